@@ -1,0 +1,91 @@
+//! The HTTP side, as an axum [`Router`] a host application can merge: the client's
+//! configuration (`GET /wtchat/config`) and the WebSocket fallback (`GET /wtchat/ws`).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::config::PATH;
+use crate::server::Shared;
+use crate::transport::websocket;
+
+/// The chat's routes, all under [`PATH`].
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route(&format!("{PATH}/config"), get(config))
+        .route(&format!("{PATH}/ws"), get(websocket::upgrade))
+        .with_state(shared)
+}
+
+/// The host name the client used to reach us (from `Host`), without the port, so the URLs
+/// we hand out work from wherever the page was loaded (`localhost`, `127.0.0.1`, a LAN name).
+fn request_host(headers: &HeaderMap) -> &str {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    match host.strip_prefix('[') {
+        // [::1]:8080 → [::1]
+        Some(rest) => rest.find(']').map_or(host, |end| &host[..end + 2]),
+        None => host.split(':').next().unwrap_or(host),
+    }
+}
+
+/// What a client needs to connect: the WebTransport URL and the certificate digests to pin
+/// (empty with a CA-issued certificate), the WebSocket URL, and the limits it must respect.
+async fn config(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let host = request_host(&headers);
+    let http_host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let secure = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+    let ws_scheme = if secure { "wss" } else { "ws" };
+    let hashes: Vec<_> = shared
+        .digests()
+        .iter()
+        .map(|d| json!({"algorithm": "sha-256", "value": crate::certs::hex(d)}))
+        .collect();
+    let limits = &shared.session.limits;
+    let body = json!({
+        "webtransport": format!("https://{host}:{}{PATH}", shared.webtransport_port),
+        "certificateHashes": hashes,
+        "websocket": format!("{ws_scheme}://{http_host}{PATH}/ws"),
+        "limits": {
+            "maxFrameBytes": limits.max_frame_bytes,
+            "maxTextChars": limits.max_text_chars,
+            "maxNameChars": limits.max_name_chars,
+            "maxRoomChars": limits.max_room_chars,
+            "maxRoomsPerConnection": limits.max_rooms_per_connection,
+            "framesPerSecond": limits.frames_per_second,
+        },
+    });
+    ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn host_is_taken_from_the_request_without_its_port() {
+        let host = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_str(value).unwrap());
+            request_host(&headers).to_string()
+        };
+        assert_eq!(host("localhost:8080"), "localhost");
+        assert_eq!(host("127.0.0.1:8080"), "127.0.0.1");
+        assert_eq!(host("[::1]:8080"), "[::1]");
+        assert_eq!(host("chat.example.com"), "chat.example.com");
+        assert_eq!(request_host(&HeaderMap::new()), "localhost");
+    }
+}

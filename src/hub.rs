@@ -1,0 +1,787 @@
+//! The broadcast core: rooms, their members, per-room sequence numbers, recent history,
+//! idempotent sends and presence. It knows nothing about transports.
+//!
+//! Every connection owns an [`Outbox`]/[`Inbox`] pair: a bounded queue of encoded frames.
+//! A room message is encoded once, under the room's lock (so that its sequence number and
+//! its place in every member's queue agree), and the same [`Bytes`] is pushed into each
+//! member's queue: a reference-count increment and a lock-free `try_send`, no allocation,
+//! no per-recipient serialization. A member whose queue is full is too slow: it is removed
+//! from the room, told to close with [`CloseCode::TooSlow`], and can resume later; the room
+//! never waits for it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc};
+
+use crate::protocol::{self, CloseCode, ErrorCode, MemberRef, PresenceEvent, ServerFrame};
+
+/// Sizes of the hub's state. Every one bounds memory; every one is configuration.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Messages kept per room for history on join and for resume after a reconnect.
+    pub history_len: usize,
+    /// Client message ids remembered per room, so that a retried send is acknowledged
+    /// again instead of stored twice. Larger than `history_len`: a retry may come late.
+    pub dedupe_window: usize,
+    /// Rooms held in memory. At the limit the least recently active empty room is dropped
+    /// (with its history) to make space; if none is empty, new rooms are refused.
+    pub max_rooms: usize,
+    /// Frames queued per connection before it counts as too slow and is disconnected.
+    /// Large enough for a join's history replay in every room a connection may be in.
+    pub outbound_queue: usize,
+    /// Connections held at once over all transports.
+    pub max_connections: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            history_len: 100,
+            dedupe_window: 1000,
+            max_rooms: 10_000,
+            outbound_queue: 2048,
+            max_connections: 50_000,
+        }
+    }
+}
+
+/// One queued frame for a connection.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The encoded frame, `\n`-terminated, shared with every other recipient.
+    pub frame: Bytes,
+    /// May be lost (typing notices): WebTransport sends it as a datagram, and a full queue
+    /// drops it instead of disconnecting the client.
+    pub ephemeral: bool,
+}
+
+/// Tells a connection's session to close, from anywhere (a room that found it too slow,
+/// the host kicking it). Set once; the first reason wins.
+#[derive(Debug, Default)]
+struct Control {
+    close: OnceLock<CloseCode>,
+    notify: Notify,
+}
+
+/// The sending side of a connection's queue, held by the rooms it is in.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Outbound>,
+    ctl: Arc<Control>,
+}
+
+/// The receiving side of a connection's queue, held by its session.
+#[derive(Debug)]
+pub struct Inbox {
+    rx: mpsc::Receiver<Outbound>,
+}
+
+/// Resolves when someone asked the connection to close. Apart from [`Inbox`] so that a
+/// session can wait for frames and for this at once.
+#[derive(Debug)]
+pub struct Closing {
+    ctl: Arc<Control>,
+}
+
+/// A connection's bounded queue of outbound frames.
+pub fn queue(capacity: usize) -> (Outbox, Inbox, Closing) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let ctl = Arc::new(Control::default());
+    (
+        Outbox {
+            tx,
+            ctl: ctl.clone(),
+        },
+        Inbox { rx },
+        Closing { ctl },
+    )
+}
+
+impl Outbox {
+    /// Queues a frame that must arrive. Returns false when the connection cannot take it:
+    /// its queue is full (it is then told to close as too slow) or it is gone.
+    pub fn push(&self, frame: Bytes) -> bool {
+        match self.tx.try_send(Outbound {
+            frame,
+            ephemeral: false,
+        }) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(CloseCode::TooSlow);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queues a frame that may be lost; a full queue drops it.
+    pub fn push_ephemeral(&self, frame: Bytes) {
+        let _ = self.tx.try_send(Outbound {
+            frame,
+            ephemeral: true,
+        });
+    }
+
+    /// Asks the connection's session to close with `code`.
+    pub fn close(&self, code: CloseCode) {
+        if self.ctl.close.set(code).is_ok() {
+            // notify_one stores a permit if the session is not waiting right now.
+            self.ctl.notify.notify_one();
+        }
+    }
+}
+
+impl Inbox {
+    /// Waits for queued frames and moves up to `limit` of them into `batch`.
+    /// Returns 0 only when every [`Outbox`] is gone.
+    pub async fn recv_many(&mut self, batch: &mut Vec<Outbound>, limit: usize) -> usize {
+        self.rx.recv_many(batch, limit).await
+    }
+
+    /// Takes frames already queued without waiting (for the final drain).
+    pub fn drain_now(&mut self, batch: &mut Vec<Outbound>) {
+        while let Ok(frame) = self.rx.try_recv() {
+            batch.push(frame);
+        }
+    }
+}
+
+impl Closing {
+    /// Resolves when someone asked this connection to close, with the reason.
+    pub async fn wait(&self) -> CloseCode {
+        loop {
+            if let Some(code) = self.ctl.close.get() {
+                return *code;
+            }
+            self.ctl.notify.notified().await;
+        }
+    }
+}
+
+/// A member of a room: one connection under one display name.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// The connection's id, unique in this process.
+    pub id: u64,
+    /// Display name; shared, never copied per message.
+    pub name: Arc<str>,
+    /// Where the room delivers this member's frames.
+    pub outbox: Outbox,
+}
+
+impl Member {
+    fn as_ref(&self) -> MemberRef<'_> {
+        MemberRef {
+            id: self.id,
+            name: &self.name,
+        }
+    }
+}
+
+/// Where a joining client left off, to resume without gaps or duplicates.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Resume {
+    /// The last sequence number the client saw in this room.
+    pub since: Option<u64>,
+    /// The room epoch it saw them under; a different epoch means the room was recreated
+    /// (server restart, eviction) and its numbers started again.
+    pub epoch: Option<u64>,
+}
+
+/// One chat room. Cheap to share: sessions hold an `Arc<Room>` per room they are in, so
+/// sending needs no global lock.
+#[derive(Debug)]
+pub struct Room {
+    name: Arc<str>,
+    /// Copied from [`HubConfig`] at creation.
+    history_len: usize,
+    dedupe_window: usize,
+    /// Held only for short, non-async sections: assigning a sequence number and pushing the
+    /// frame to every member's queue must be one step, or two members could see two
+    /// messages in different orders.
+    state: Mutex<RoomState>,
+}
+
+#[derive(Debug)]
+struct RoomState {
+    epoch: u64,
+    seq: u64,
+    history: VecDeque<(u64, Bytes)>,
+    members: Vec<Member>,
+    /// (sender, client id) → sequence number, for idempotent retries.
+    dedupe: HashMap<Box<str>, u64>,
+    dedupe_order: VecDeque<Box<str>>,
+    last_active: Instant,
+    /// Set when the hub dropped this room; a join that raced with it looks again.
+    removed: bool,
+}
+
+/// The broadcast core. A cheap, cloneable handle.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+#[derive(Debug)]
+struct HubInner {
+    config: HubConfig,
+    /// Taken on join and room creation only, never per message.
+    rooms: Mutex<HashMap<Arc<str>, Arc<Room>>>,
+    next_id: AtomicU64,
+    last_epoch: AtomicU64,
+    connections: AtomicUsize,
+}
+
+/// Counts one open connection against `max_connections` until dropped.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    hub: Arc<HubInner>,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.hub.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Hub {
+    /// A hub with no rooms.
+    pub fn new(config: HubConfig) -> Hub {
+        Hub {
+            inner: Arc::new(HubInner {
+                config,
+                rooms: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                last_epoch: AtomicU64::new(0),
+                connections: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The hub's configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    /// A fresh connection id.
+    pub fn next_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Admits one more connection, or None at `max_connections`.
+    pub fn try_connect(&self) -> Option<ConnectionPermit> {
+        let max = self.inner.config.max_connections;
+        self.inner
+            .connections
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnectionPermit {
+                hub: self.inner.clone(),
+            })
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.inner.connections.load(Ordering::Relaxed)
+    }
+
+    /// A room's epoch: milliseconds since 1970 at creation, made unique in this process so
+    /// a recreated room never reuses its predecessor's.
+    fn new_epoch(&self) -> u64 {
+        let now = now_ms();
+        let prev = self
+            .inner
+            .last_epoch
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or(0);
+        now.max(prev + 1)
+    }
+
+    /// The room called `name`, if it exists.
+    pub fn room(&self, name: &str) -> Option<Arc<Room>> {
+        self.inner.rooms.lock().unwrap().get(name).cloned()
+    }
+
+    fn room_or_create(&self, name: &str) -> Result<Arc<Room>, ErrorCode> {
+        let mut rooms = self.inner.rooms.lock().unwrap();
+        if let Some(room) = rooms.get(name) {
+            return Ok(room.clone());
+        }
+        if rooms.len() >= self.inner.config.max_rooms {
+            // Make space by dropping the least recently active empty room.
+            let victim = rooms
+                .iter()
+                .filter_map(|(key, room)| {
+                    let state = room.state.lock().unwrap();
+                    state
+                        .members
+                        .is_empty()
+                        .then(|| (state.last_active, key.clone()))
+                })
+                .min()
+                .map(|(_, key)| key)
+                .ok_or(ErrorCode::ServerFull)?;
+            if let Some(room) = rooms.remove(&victim) {
+                room.state.lock().unwrap().removed = true;
+            }
+        }
+        let name: Arc<str> = name.into();
+        let room = Arc::new(Room {
+            name: name.clone(),
+            history_len: self.inner.config.history_len,
+            dedupe_window: self.inner.config.dedupe_window,
+            state: Mutex::new(RoomState {
+                epoch: self.new_epoch(),
+                seq: 0,
+                history: VecDeque::new(),
+                members: Vec::new(),
+                dedupe: HashMap::new(),
+                dedupe_order: VecDeque::new(),
+                last_active: Instant::now(),
+                removed: false,
+            }),
+        });
+        rooms.insert(name, room.clone());
+        Ok(room)
+    }
+
+    /// Adds `member` to room `name` (creating it). Its queue receives, in this order and
+    /// before anything else from the room: `joined`, then the history it missed (all of
+    /// the recent history without `resume.since`). The other members get a presence event.
+    pub fn join(&self, name: &str, member: Member, resume: Resume) -> Result<Arc<Room>, ErrorCode> {
+        loop {
+            let room = self.room_or_create(name)?;
+            let mut state = room.state.lock().unwrap();
+            if state.removed {
+                continue;
+            }
+            state.join(&room.name, member, resume);
+            drop(state);
+            return Ok(room);
+        }
+    }
+}
+
+impl Room {
+    /// The room's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Stores and broadcasts a message from `sender` (who must be a member), then queues the
+    /// sender's acknowledgement behind it. A retry of an `id` already stored is only
+    /// acknowledged again, with the original sequence number. Returns that number.
+    pub fn publish(&self, sender: &Member, text: &str, id: Option<&str>) -> u64 {
+        let mut state = self.state.lock().unwrap();
+        let key = id.map(|id| format!("{}\0{id}", sender.name).into_boxed_str());
+        if let Some(&seq) = key.as_ref().and_then(|k| state.dedupe.get(k)) {
+            sender.outbox.push(ack(&self.name, id, seq));
+            return seq;
+        }
+        state.seq += 1;
+        let seq = state.seq;
+        let frame = protocol::encode(&ServerFrame::Message {
+            room: &self.name,
+            seq,
+            from: &sender.name,
+            text,
+            time: now_ms(),
+            id,
+        });
+        state.history.push_back((seq, frame.clone()));
+        if state.history.len() > self.history_len {
+            state.history.pop_front();
+        }
+        if let Some(key) = key {
+            state.dedupe.insert(key.clone(), seq);
+            state.dedupe_order.push_back(key);
+            if state.dedupe_order.len() > self.dedupe_window
+                && let Some(old) = state.dedupe_order.pop_front()
+            {
+                state.dedupe.remove(&old);
+            }
+        }
+        state.last_active = Instant::now();
+        state.broadcast(&self.name, &frame, None);
+        // Only if the broadcast did not just drop the sender as too slow.
+        if state.members.iter().any(|m| m.id == sender.id) {
+            sender.outbox.push(ack(&self.name, id, seq));
+        }
+        seq
+    }
+
+    /// Relays a typing notice to the other members; may be dropped for busy ones.
+    pub fn typing(&self, sender: &Member) {
+        let frame = protocol::encode(&ServerFrame::Typing {
+            room: &self.name,
+            from: &sender.name,
+        });
+        let state = self.state.lock().unwrap();
+        for member in state.members.iter().filter(|m| m.id != sender.id) {
+            member.outbox.push_ephemeral(frame.clone());
+        }
+    }
+
+    /// Removes the member with id `member_id`; the others get a presence event.
+    /// Returns false when it was not a member (already left, or dropped as too slow).
+    pub fn leave(&self, member_id: u64) -> bool {
+        let mut state = self.state.lock().unwrap();
+        state.last_active = Instant::now();
+        state.remove(&self.name, member_id)
+    }
+
+    /// The current members' ids and names.
+    pub fn members(&self) -> Vec<(u64, Arc<str>)> {
+        let state = self.state.lock().unwrap();
+        state
+            .members
+            .iter()
+            .map(|m| (m.id, m.name.clone()))
+            .collect()
+    }
+}
+
+fn ack(room: &str, id: Option<&str>, seq: u64) -> Bytes {
+    protocol::encode(&ServerFrame::Ack { room, id, seq })
+}
+
+impl RoomState {
+    fn join(&mut self, room: &str, member: Member, resume: Resume) {
+        let oldest = self.history.front().map_or(self.seq + 1, |(seq, _)| *seq);
+        let (gap, replay_from) = match resume.since {
+            None => (false, oldest),
+            Some(_) if resume.epoch.is_some_and(|e| e != self.epoch) => (true, oldest),
+            Some(since) if since.saturating_add(1) < oldest => (true, oldest),
+            Some(since) => (false, since.saturating_add(1)),
+        };
+        let mut members: Vec<MemberRef<'_>> = self.members.iter().map(Member::as_ref).collect();
+        members.push(member.as_ref());
+        let joined = protocol::encode(&ServerFrame::Joined {
+            room,
+            epoch: self.epoch,
+            seq: self.seq,
+            you: member.as_ref(),
+            members: &members,
+            gap,
+        });
+        drop(members);
+        member.outbox.push(joined);
+        let skip = replay_from.saturating_sub(oldest) as usize;
+        for (_, frame) in self.history.iter().skip(skip) {
+            if !member.outbox.push(frame.clone()) {
+                break;
+            }
+        }
+        let presence = protocol::encode(&ServerFrame::Presence {
+            room,
+            event: PresenceEvent::Join,
+            member: member.as_ref(),
+        });
+        let id = member.id;
+        self.members.push(member);
+        self.last_active = Instant::now();
+        self.broadcast(room, &presence, Some(id));
+    }
+
+    /// Pushes `frame` to every member but `skip`. Members that cannot take it are dropped
+    /// from the room (they were told to close as too slow), and the others told they left.
+    fn broadcast(&mut self, room: &str, frame: &Bytes, skip: Option<u64>) {
+        let mut slow = Vec::new();
+        for member in &self.members {
+            if Some(member.id) != skip && !member.outbox.push(frame.clone()) {
+                slow.push(member.id);
+            }
+        }
+        for id in slow {
+            self.remove(room, id);
+        }
+    }
+
+    fn remove(&mut self, room: &str, member_id: u64) -> bool {
+        let Some(pos) = self.members.iter().position(|m| m.id == member_id) else {
+            return false;
+        };
+        let gone = self.members.swap_remove(pos);
+        let presence = protocol::encode(&ServerFrame::Presence {
+            room,
+            event: PresenceEvent::Leave,
+            member: gone.as_ref(),
+        });
+        self.broadcast(room, &presence, None);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn member(hub: &Hub, name: &str, capacity: usize) -> (Member, Inbox) {
+        let (outbox, inbox, _) = queue(capacity);
+        let m = Member {
+            id: hub.next_id(),
+            name: name.into(),
+            outbox,
+        };
+        (m, inbox)
+    }
+
+    /// Everything queued so far, parsed.
+    fn frames(inbox: &mut Inbox) -> Vec<Value> {
+        let mut batch = Vec::new();
+        inbox.drain_now(&mut batch);
+        batch
+            .iter()
+            .map(|o| serde_json::from_slice(&o.frame).unwrap())
+            .collect()
+    }
+
+    fn texts(frames: &[Value]) -> Vec<(u64, String)> {
+        frames
+            .iter()
+            .filter(|f| f["type"] == "message")
+            .map(|f| {
+                (
+                    f["seq"].as_u64().unwrap(),
+                    f["text"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn join_gets_members_and_history_then_presence_goes_to_others() {
+        let hub = Hub::new(HubConfig::default());
+        let (ann, mut ann_in) = member(&hub, "ann", 64);
+        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
+        room.publish(&ann, "one", None);
+        room.publish(&ann, "two", None);
+        let (bob, mut bob_in) = member(&hub, "bob", 64);
+        hub.join("r", bob.clone(), Resume::default()).unwrap();
+
+        let got = frames(&mut bob_in);
+        assert_eq!(got[0]["type"], "joined");
+        assert_eq!(got[0]["seq"], 2);
+        assert_eq!(got[0]["gap"], false);
+        assert_eq!(got[0]["you"]["name"], "bob");
+        let names: Vec<&str> = got[0]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["ann", "bob"]);
+        assert_eq!(texts(&got[1..]), [(1, "one".into()), (2, "two".into())]);
+
+        let ann_got = frames(&mut ann_in);
+        let last = ann_got.last().unwrap();
+        assert_eq!(last["type"], "presence");
+        assert_eq!(last["event"], "join");
+        assert_eq!(last["member"]["name"], "bob");
+    }
+
+    #[test]
+    fn publish_orders_messages_and_acks_the_sender_after_its_message() {
+        let hub = Hub::new(HubConfig::default());
+        let (ann, mut ann_in) = member(&hub, "ann", 64);
+        let (bob, mut bob_in) = member(&hub, "bob", 64);
+        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
+        hub.join("r", bob.clone(), Resume::default()).unwrap();
+        frames(&mut ann_in);
+        frames(&mut bob_in);
+
+        assert_eq!(room.publish(&ann, "a1", Some("x1")), 1);
+        assert_eq!(room.publish(&bob, "b1", Some("y1")), 2);
+        let ann_got = frames(&mut ann_in);
+        let bob_got = frames(&mut bob_in);
+        assert_eq!(texts(&ann_got), texts(&bob_got));
+        assert_eq!(texts(&ann_got), [(1, "a1".into()), (2, "b1".into())]);
+        assert_eq!(ann_got[0]["from"], "ann");
+        assert_eq!(ann_got[0]["id"], "x1");
+        assert!(ann_got[0]["time"].as_u64().unwrap() > 1_600_000_000_000);
+        assert_eq!(ann_got[1]["type"], "ack");
+        assert_eq!(
+            (ann_got[1]["id"].as_str(), ann_got[1]["seq"].as_u64()),
+            (Some("x1"), Some(1))
+        );
+        assert!(
+            bob_got
+                .iter()
+                .all(|f| f["id"] != "x1" || f["type"] == "message")
+        );
+    }
+
+    #[test]
+    fn a_retried_id_is_acknowledged_again_and_stored_once() {
+        let hub = Hub::new(HubConfig::default());
+        let (ann, mut ann_in) = member(&hub, "ann", 64);
+        let (bob, mut bob_in) = member(&hub, "bob", 64);
+        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
+        hub.join("r", bob.clone(), Resume::default()).unwrap();
+        frames(&mut ann_in);
+        frames(&mut bob_in);
+        assert_eq!(room.publish(&ann, "hello", Some("k")), 1);
+        assert_eq!(room.publish(&ann, "hello", Some("k")), 1);
+        // The same id from another sender is another message.
+        assert_eq!(room.publish(&bob, "hello", Some("k")), 2);
+        let ann_got = frames(&mut ann_in);
+        let acks: Vec<u64> = ann_got
+            .iter()
+            .filter(|f| f["type"] == "ack")
+            .map(|f| f["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(acks, [1, 1]);
+        assert_eq!(texts(&frames(&mut bob_in)).len(), 2);
+    }
+
+    #[test]
+    fn resume_replays_exactly_what_was_missed_or_reports_a_gap() {
+        let hub = Hub::new(HubConfig {
+            history_len: 5,
+            ..HubConfig::default()
+        });
+        let (ann, _ann_in) = member(&hub, "ann", 64);
+        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
+        for i in 1..=8 {
+            room.publish(&ann, &format!("m{i}"), None);
+        }
+        let epoch = {
+            let (probe, mut probe_in) = member(&hub, "probe", 64);
+            hub.join("r", probe.clone(), Resume::default()).unwrap();
+            let got = frames(&mut probe_in);
+            assert_eq!(
+                texts(&got).first().unwrap().0,
+                4,
+                "only the last 5 are kept"
+            );
+            room.leave(probe.id);
+            got[0]["epoch"].as_u64().unwrap()
+        };
+        let resume = |since, epoch| {
+            let (m, mut inbox) = member(&hub, "bob", 64);
+            hub.join("r", m.clone(), Resume { since, epoch }).unwrap();
+            room.leave(m.id);
+            let got = frames(&mut inbox);
+            (
+                got[0]["gap"].as_bool().unwrap(),
+                texts(&got).iter().map(|t| t.0).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(resume(Some(6), Some(epoch)), (false, vec![7, 8]));
+        assert_eq!(resume(Some(3), Some(epoch)), (false, vec![4, 5, 6, 7, 8]));
+        assert_eq!(resume(Some(8), Some(epoch)), (false, vec![]));
+        assert_eq!(resume(Some(2), Some(epoch)), (true, vec![4, 5, 6, 7, 8]));
+        assert_eq!(
+            resume(Some(6), Some(epoch + 1)),
+            (true, vec![4, 5, 6, 7, 8])
+        );
+        assert_eq!(resume(Some(6), None), (false, vec![7, 8]));
+    }
+
+    #[test]
+    fn a_full_queue_drops_only_that_member_and_tells_it_why() {
+        let hub = Hub::new(HubConfig::default());
+        let (ann, mut ann_in) = member(&hub, "ann", 1024);
+        let (outbox, _slow_in, closing) = queue(8);
+        let slow = Member {
+            id: hub.next_id(),
+            name: "slow".into(),
+            outbox,
+        };
+        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
+        hub.join("r", slow.clone(), Resume::default()).unwrap();
+        for i in 0..20 {
+            room.publish(&ann, &format!("m{i}"), None);
+        }
+        let members: Vec<_> = room
+            .members()
+            .into_iter()
+            .map(|m| m.1.to_string())
+            .collect();
+        assert_eq!(members, ["ann"]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(closing.wait()), CloseCode::TooSlow);
+        let got = frames(&mut ann_in);
+        assert_eq!(texts(&got).len(), 20, "the fast member got everything");
+        assert!(got.iter().any(|f| f["type"] == "presence"
+            && f["event"] == "leave"
+            && f["member"]["name"] == "slow"));
+        assert!(!room.leave(slow.id), "already gone: no second leave event");
+    }
+
+    #[test]
+    fn typing_is_ephemeral_and_never_disconnects() {
+        let hub = Hub::new(HubConfig::default());
+        let (ann, _ann_in) = member(&hub, "ann", 64);
+        let (bob, mut bob_in) = member(&hub, "bob", 4);
+        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
+        hub.join("r", bob.clone(), Resume::default()).unwrap();
+        for _ in 0..10 {
+            room.typing(&ann);
+        }
+        assert_eq!(
+            room.members().len(),
+            2,
+            "a full queue drops typing, not the member"
+        );
+        let got = frames(&mut bob_in);
+        assert!(
+            got.iter()
+                .any(|f| f["type"] == "typing" && f["from"] == "ann")
+        );
+    }
+
+    #[test]
+    fn at_the_room_limit_the_oldest_empty_room_makes_space() {
+        let hub = Hub::new(HubConfig {
+            max_rooms: 2,
+            ..HubConfig::default()
+        });
+        let (ann, _a) = member(&hub, "ann", 64);
+        let busy = hub.join("busy", ann.clone(), Resume::default()).unwrap();
+        let (bob, _b) = member(&hub, "bob", 64);
+        let idle = hub.join("idle", bob.clone(), Resume::default()).unwrap();
+        idle.leave(bob.id);
+        let (cid, _c) = member(&hub, "cid", 64);
+        hub.join("new", cid.clone(), Resume::default()).unwrap();
+        assert!(hub.room("idle").is_none());
+        assert!(hub.room("busy").is_some());
+        let (dan, _d) = member(&hub, "dan", 64);
+        assert_eq!(
+            hub.join("fourth", dan, Resume::default()).unwrap_err(),
+            ErrorCode::ServerFull
+        );
+        assert_eq!(busy.members().len(), 1);
+    }
+
+    #[test]
+    fn connection_permits_count_against_the_limit() {
+        let hub = Hub::new(HubConfig {
+            max_connections: 2,
+            ..HubConfig::default()
+        });
+        let a = hub.try_connect().unwrap();
+        let _b = hub.try_connect().unwrap();
+        assert!(hub.try_connect().is_none());
+        drop(a);
+        assert!(hub.try_connect().is_some());
+    }
+}

@@ -1,0 +1,172 @@
+//! The `wtchat` command: `serve` runs the chat server, `certs` writes a development
+//! certificate.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wtchat::certs::{self, DevCert};
+use wtchat::{Config, Server, Tls};
+
+#[derive(Parser)]
+#[command(
+    name = "wtchat",
+    version,
+    about = "Chat rooms over WebTransport with a WebSocket fallback"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the chat server.
+    Serve {
+        /// HTTP address (TCP): configuration, WebSocket fallback, client. Port 0 picks one.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: SocketAddr,
+        /// WebTransport address (UDP). `[::]` is dual-stack. Port 0 picks one.
+        #[arg(long, default_value = "[::]:4433")]
+        webtransport: SocketAddr,
+        /// Directory of the development certificate (created and renewed as needed).
+        #[arg(long, default_value = "certs")]
+        certs: PathBuf,
+        /// A CA-issued certificate chain (PEM) instead of the development certificate.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// The private key (PEM) of --cert.
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// An origin whose pages may connect (repeatable; `*` for any). Default: this
+        /// server's own HTTP origins.
+        #[arg(long = "allow-origin")]
+        allow_origin: Vec<String>,
+        /// Refuse connections that carry no Origin header (non-browser clients).
+        #[arg(long)]
+        require_origin: bool,
+    },
+    /// Write a development certificate browsers accept by digest (at most 14 days).
+    Certs {
+        /// Where to write cert.pem and key.pem.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Validity in days, 1 to 14.
+        #[arg(long, default_value_t = certs::MAX_DAYS)]
+        days: u32,
+        /// Subject alternative names (repeatable). Default: localhost, 127.0.0.1, ::1.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "wtchat=info".into()),
+        )
+        .init();
+    let result = match Cli::parse().command {
+        Command::Certs { dir, days, sans } => write_certs(dir, days, sans),
+        Command::Serve {
+            http,
+            webtransport,
+            certs,
+            cert,
+            key,
+            allow_origin,
+            require_origin,
+        } => {
+            let tls = match (cert, key) {
+                (Some(cert), Some(key)) => Tls::Files { cert, key },
+                _ => Tls::Dev { dir: certs },
+            };
+            let config = Config {
+                http,
+                webtransport,
+                tls,
+                allowed_origins: (!allow_origin.is_empty()).then_some(allow_origin),
+                allow_missing_origin: !require_origin,
+                ..Config::default()
+            };
+            serve(config)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("wtchat: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_certs(dir: PathBuf, days: u32, sans: Vec<String>) -> Result<(), String> {
+    let sans = if sans.is_empty() {
+        certs::DEFAULT_SANS.iter().map(|s| s.to_string()).collect()
+    } else {
+        sans
+    };
+    let cert = DevCert::generate(&sans, days).map_err(|e| e.to_string())?;
+    cert.write(&dir).map_err(|e| e.to_string())?;
+    let expires = time::OffsetDateTime::from(cert.not_after);
+    println!(
+        "wrote {}/{} and {}/{} (key mode 0600)",
+        dir.display(),
+        certs::CERT_FILE,
+        dir.display(),
+        certs::KEY_FILE
+    );
+    println!("names:   {}", sans.join(", "));
+    println!("sha-256: {}", cert.digest_hex());
+    println!("expires: {expires} ({days} days)");
+    Ok(())
+}
+
+fn serve(config: Config) -> Result<(), String> {
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let server = Server::bind(config).await.map_err(|e| e.to_string())?;
+        let http = server.http_addr();
+        let wt = server.webtransport_addr();
+        println!("wtchat is running");
+        println!("  HTTP          http://{http}  (configuration: http://{http}/wtchat/config)");
+        println!("  WebSocket     ws://{http}/wtchat/ws");
+        println!(
+            "  WebTransport  https://localhost:{}/wtchat  (UDP {wt})",
+            wt.port()
+        );
+        for digest in server.certificate_digests() {
+            println!("  certificate   sha-256 {}", certs::hex(&digest));
+        }
+        println!("Press Ctrl-C to stop.");
+        server
+            .run(shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Ctrl-C, or SIGTERM (what service managers and containers send).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

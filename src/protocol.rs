@@ -1,0 +1,568 @@
+//! The wire protocol: client and server frames, their JSON codec, the limits a frame is
+//! checked against, the error codes and the close-code table.
+//!
+//! Nothing here does I/O. A transport hands [`decode`] the bytes of one frame (one WebSocket
+//! text message, or one `\n`-terminated line of the WebTransport stream, or one datagram) and
+//! writes the bytes [`encode`] returns. Every encoded frame ends with `\n`: the WebTransport
+//! stream needs it as a delimiter, the WebSocket transport slices it off for free
+//! (`Bytes::slice` shares the allocation), so one encoding serves both transports.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A frame sent by a client.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Join a room. `since` (with the room's `epoch` as last seen) resumes after a reconnect:
+    /// the server replays every message with a larger sequence number, or says `gap`.
+    Join {
+        room: String,
+        name: Option<String>,
+        since: Option<u64>,
+        epoch: Option<u64>,
+    },
+    /// Leave a room.
+    Leave { room: String },
+    /// Send a message. `id` is chosen by the client; resending the same `id` is idempotent.
+    Send {
+        room: String,
+        text: String,
+        id: Option<String>,
+    },
+    /// "I am typing": relayed to the room's other members, may be lost.
+    Typing { room: String },
+    /// Liveness check (browsers cannot send WebSocket pings); answered with `pong`.
+    Ping {},
+}
+
+/// A member as the protocol shows it: the connection's id and its display name.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MemberRef<'a> {
+    pub id: u64,
+    pub name: &'a str,
+}
+
+/// A frame sent by the server. Borrowed fields: encoding never clones the strings it writes.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    /// Answer to `join`: the room's epoch and head sequence number, the member list, and
+    /// whether messages after the client's `since` are missing (`gap`). The replayed
+    /// history follows as ordinary `message` frames.
+    Joined {
+        room: &'a str,
+        epoch: u64,
+        seq: u64,
+        you: MemberRef<'a>,
+        members: &'a [MemberRef<'a>],
+        gap: bool,
+    },
+    /// A room message, identical bytes for every recipient.
+    Message {
+        room: &'a str,
+        seq: u64,
+        from: &'a str,
+        text: &'a str,
+        time: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+    },
+    /// The sender's acknowledgement: the message is stored under `seq`.
+    Ack {
+        room: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        seq: u64,
+    },
+    /// Someone joined or left.
+    Presence {
+        room: &'a str,
+        event: PresenceEvent,
+        member: MemberRef<'a>,
+    },
+    /// Someone is typing.
+    Typing { room: &'a str, from: &'a str },
+    /// Answer to `leave`.
+    Left { room: &'a str },
+    /// A frame was refused; the connection stays open.
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+    },
+    /// The server is about to close the connection, and why. Sent on both transports
+    /// because WebTransport close codes do not reach browsers reliably.
+    Bye {
+        code: u16,
+        reason: &'a str,
+        reconnect: bool,
+    },
+    /// Answer to `ping`.
+    Pong {},
+}
+
+/// Presence event kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceEvent {
+    Join,
+    Leave,
+}
+
+/// Stable, machine-readable codes of `error` frames. The connection stays open after each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not JSON.
+    InvalidJson,
+    /// The frame is not UTF-8 (WebTransport; on WebSocket this is fatal, see [`CloseCode`]).
+    InvalidUtf8,
+    /// The `type` is not one this server knows.
+    UnknownType,
+    /// A field is missing or has the wrong type.
+    InvalidFrame,
+    /// A binary WebSocket message; the protocol is text only.
+    BinaryUnsupported,
+    /// `send`, `typing` or `leave` for a room the connection has not joined.
+    NotJoined,
+    /// `join` for a room the connection is already in.
+    AlreadyJoined,
+    /// The display name is missing, empty, too long or has control characters.
+    InvalidName,
+    /// The room name is empty, too long or has characters outside `A-Za-z0-9_-.:@`.
+    InvalidRoom,
+    /// The message text is empty, or the client message id is too long.
+    InvalidText,
+    /// The message text is longer than the limit.
+    TextTooLong,
+    /// The connection is already in the maximum number of rooms.
+    TooManyRooms,
+    /// The server holds the maximum number of rooms and none is empty.
+    ServerFull,
+    /// The connection sent frames faster than its rate limit; this one was dropped.
+    RateLimited,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidUtf8 => "invalid_utf8",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidFrame => "invalid_frame",
+            ErrorCode::BinaryUnsupported => "binary_unsupported",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::AlreadyJoined => "already_joined",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::InvalidRoom => "invalid_room",
+            ErrorCode::InvalidText => "invalid_text",
+            ErrorCode::TextTooLong => "text_too_long",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::ServerFull => "server_full",
+            ErrorCode::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// Why the server closes a connection. One table for both transports: the WebSocket close
+/// code, the WebTransport session close code, and the `code` of the `bye` frame are the
+/// same number. 4000-4399 mean "reconnect (with backoff) and resume"; 1000 and 4400-4999
+/// mean "do not reconnect".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum CloseCode {
+    /// The client closed, or the server closes an orderly conversation.
+    Normal = 1000,
+    /// The server is shutting down or restarting.
+    Shutdown = 4000,
+    /// The client did not read fast enough and its outbound queue filled up.
+    TooSlow = 4001,
+    /// The client broke the transport's framing (e.g. invalid UTF-8 in a WebSocket text
+    /// message). Reconnecting would fail the same way.
+    ProtocolError = 4400,
+    /// A frame was larger than `max_frame_bytes`.
+    FrameTooLarge = 4409,
+}
+
+impl CloseCode {
+    /// The numeric code.
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// Whether a client should reconnect after this close.
+    pub fn reconnect(self) -> bool {
+        (4000..4400).contains(&self.code())
+    }
+
+    /// Short stable name, used as the close reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "normal",
+            CloseCode::Shutdown => "shutdown",
+            CloseCode::TooSlow => "too_slow",
+            CloseCode::ProtocolError => "protocol_error",
+            CloseCode::FrameTooLarge => "frame_too_large",
+        }
+    }
+}
+
+/// Limits every frame and connection is checked against. Defaults suit a chat on one
+/// machine; every one is configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest client frame in bytes. Bounds what one read can make the server buffer.
+    pub max_frame_bytes: usize,
+    /// Longest message text in characters.
+    pub max_text_chars: usize,
+    /// Longest display name in characters.
+    pub max_name_chars: usize,
+    /// Longest room name in characters.
+    pub max_room_chars: usize,
+    /// Longest client message id in bytes (ids are kept for idempotency).
+    pub max_id_bytes: usize,
+    /// Rooms one connection may be in at once.
+    pub max_rooms_per_connection: usize,
+    /// Frames per second a connection may send, sustained.
+    pub frames_per_second: u32,
+    /// Frames a connection may send in a burst above the sustained rate.
+    pub frame_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 16 * 1024,
+            max_text_chars: 4000,
+            max_name_chars: 32,
+            max_room_chars: 64,
+            max_id_bytes: 64,
+            max_rooms_per_connection: 16,
+            frames_per_second: 20,
+            frame_burst: 40,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks a display name: 1..=max_name_chars characters, not blank, no control chars.
+    pub fn check_name(&self, name: &str) -> Result<(), (ErrorCode, &'static str)> {
+        let chars = name.chars().count();
+        if name.trim().is_empty() || chars > self.max_name_chars {
+            return Err((
+                ErrorCode::InvalidName,
+                "name must be 1 to max_name_chars characters",
+            ));
+        }
+        if name.chars().any(char::is_control) {
+            return Err((
+                ErrorCode::InvalidName,
+                "name must not contain control characters",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a room name: 1..=max_room_chars of `A-Za-z0-9_-.:@`.
+    pub fn check_room(&self, room: &str) -> Result<(), (ErrorCode, &'static str)> {
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || "_-.:@".contains(c);
+        if room.is_empty() || room.len() > self.max_room_chars || !room.chars().all(ok_char) {
+            return Err((
+                ErrorCode::InvalidRoom,
+                "room must be 1 to max_room_chars characters of A-Z a-z 0-9 _ - . : @",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a message: non-blank text of at most max_text_chars, id of at most max_id_bytes.
+    pub fn check_message(
+        &self,
+        text: &str,
+        id: Option<&str>,
+    ) -> Result<(), (ErrorCode, &'static str)> {
+        if text.trim().is_empty() {
+            return Err((ErrorCode::InvalidText, "text must not be empty"));
+        }
+        // Byte length bounds the char count from above: skip counting for short texts.
+        if text.len() > self.max_text_chars && text.chars().count() > self.max_text_chars {
+            return Err((ErrorCode::TextTooLong, "text is longer than max_text_chars"));
+        }
+        if id.is_some_and(|id| id.is_empty() || id.len() > self.max_id_bytes) {
+            return Err((ErrorCode::InvalidText, "id must be 1 to max_id_bytes bytes"));
+        }
+        Ok(())
+    }
+}
+
+/// Why a frame could not be decoded: the error code and a human explanation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Decodes one client frame (without its `\n`).
+pub fn decode(frame: &[u8]) -> Result<ClientFrame, DecodeError> {
+    if std::str::from_utf8(frame).is_err() {
+        return Err(DecodeError {
+            code: ErrorCode::InvalidUtf8,
+            message: "frame is not valid UTF-8".into(),
+        });
+    }
+    serde_json::from_slice(frame).map_err(|e| {
+        use serde_json::error::Category;
+        let message = e.to_string();
+        let code = match e.classify() {
+            Category::Syntax | Category::Eof | Category::Io => ErrorCode::InvalidJson,
+            Category::Data if message.starts_with("unknown variant") => ErrorCode::UnknownType,
+            Category::Data => ErrorCode::InvalidFrame,
+        };
+        DecodeError { code, message }
+    })
+}
+
+/// Encodes one server frame, `\n`-terminated, into shareable bytes.
+pub fn encode(frame: &ServerFrame<'_>) -> Bytes {
+    let mut out = Vec::with_capacity(128);
+    // Serializing these types cannot fail: no maps with non-string keys, no failing impls.
+    serde_json::to_writer(&mut out, frame).expect("server frames always serialize");
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+/// Encodes an `error` frame.
+pub fn error_frame(code: ErrorCode, message: &str, room: Option<&str>, id: Option<&str>) -> Bytes {
+    encode(&ServerFrame::Error {
+        code,
+        message,
+        room,
+        id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn parsed(bytes: &Bytes) -> Value {
+        assert_eq!(bytes.last(), Some(&b'\n'), "frames end with a newline");
+        serde_json::from_slice(&bytes[..bytes.len() - 1]).unwrap()
+    }
+
+    #[test]
+    fn decodes_every_client_frame() {
+        assert_eq!(
+            decode(br#"{"type":"join","room":"lobby","name":"ann","since":4,"epoch":9}"#),
+            Ok(ClientFrame::Join {
+                room: "lobby".into(),
+                name: Some("ann".into()),
+                since: Some(4),
+                epoch: Some(9)
+            })
+        );
+        assert_eq!(
+            decode(br#"{"type":"join","room":"lobby","name":"ann"}"#),
+            Ok(ClientFrame::Join {
+                room: "lobby".into(),
+                name: Some("ann".into()),
+                since: None,
+                epoch: None
+            })
+        );
+        assert_eq!(
+            decode(br#"{"type":"send","room":"r","text":"hi \u00e9","id":"c-1"}"#),
+            Ok(ClientFrame::Send {
+                room: "r".into(),
+                text: "hi é".into(),
+                id: Some("c-1".into())
+            })
+        );
+        assert_eq!(
+            decode(br#"{"type":"leave","room":"r"}"#),
+            Ok(ClientFrame::Leave { room: "r".into() })
+        );
+        assert_eq!(
+            decode(br#"{"type":"typing","room":"r"}"#),
+            Ok(ClientFrame::Typing { room: "r".into() })
+        );
+        assert_eq!(decode(br#"{"type":"ping"}"#), Ok(ClientFrame::Ping {}));
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_for_forward_compatibility() {
+        assert_eq!(
+            decode(br#"{"type":"leave","room":"r","future":true}"#),
+            Ok(ClientFrame::Leave { room: "r".into() })
+        );
+    }
+
+    #[test]
+    fn classifies_bad_frames() {
+        let code = |b: &[u8]| decode(b).unwrap_err().code;
+        assert_eq!(code(b"{not json"), ErrorCode::InvalidJson);
+        assert_eq!(code(b""), ErrorCode::InvalidJson);
+        assert_eq!(
+            code(br#"{"type":"shout","room":"r"}"#),
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            code(br#"{"type":"send","room":"r"}"#),
+            ErrorCode::InvalidFrame
+        );
+        assert_eq!(code(br#"{"room":"r"}"#), ErrorCode::InvalidFrame);
+        assert_eq!(
+            code(br#"{"type":"send","room":5,"text":"x"}"#),
+            ErrorCode::InvalidFrame
+        );
+        assert_eq!(code(b"42"), ErrorCode::InvalidFrame);
+        assert_eq!(code(b"{\"type\":\"ping\xff\"}"), ErrorCode::InvalidUtf8);
+        let missing = decode(br#"{"type":"send","room":"r"}"#).unwrap_err();
+        assert!(missing.message.contains("text"), "{}", missing.message);
+    }
+
+    #[test]
+    fn encodes_message_frames_with_every_field() {
+        let bytes = encode(&ServerFrame::Message {
+            room: "lobby",
+            seq: 7,
+            from: "ann",
+            text: "<b>hi</b> \"quoted\"\n",
+            time: 1_700_000_000_000,
+            id: Some("c-1"),
+        });
+        assert_eq!(
+            parsed(&bytes),
+            json!({"type":"message","room":"lobby","seq":7,"from":"ann",
+                   "text":"<b>hi</b> \"quoted\"\n","time":1_700_000_000_000u64,"id":"c-1"})
+        );
+        // Exactly one newline: the terminator. Newlines inside text are escaped.
+        assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 1);
+    }
+
+    #[test]
+    fn encodes_control_frames() {
+        let members = [
+            MemberRef { id: 1, name: "ann" },
+            MemberRef { id: 2, name: "bob" },
+        ];
+        let joined = encode(&ServerFrame::Joined {
+            room: "r",
+            epoch: 3,
+            seq: 10,
+            you: members[1],
+            members: &members,
+            gap: false,
+        });
+        assert_eq!(
+            parsed(&joined),
+            json!({"type":"joined","room":"r","epoch":3,"seq":10,"you":{"id":2,"name":"bob"},
+                   "members":[{"id":1,"name":"ann"},{"id":2,"name":"bob"}],"gap":false})
+        );
+        let err = error_frame(ErrorCode::NotJoined, "join first", Some("r"), None);
+        assert_eq!(
+            parsed(&err),
+            json!({"type":"error","code":"not_joined","message":"join first","room":"r"})
+        );
+        let bye = encode(&ServerFrame::Bye {
+            code: CloseCode::TooSlow.code(),
+            reason: CloseCode::TooSlow.reason(),
+            reconnect: CloseCode::TooSlow.reconnect(),
+        });
+        assert_eq!(
+            parsed(&bye),
+            json!({"type":"bye","code":4001,"reason":"too_slow","reconnect":true})
+        );
+        let presence = encode(&ServerFrame::Presence {
+            room: "r",
+            event: PresenceEvent::Leave,
+            member: members[0],
+        });
+        assert_eq!(
+            parsed(&presence),
+            json!({"type":"presence","room":"r","event":"leave","member":{"id":1,"name":"ann"}})
+        );
+        assert_eq!(
+            parsed(&encode(&ServerFrame::Pong {})),
+            json!({"type":"pong"})
+        );
+    }
+
+    #[test]
+    fn error_code_names_match_serde() {
+        for code in [
+            ErrorCode::InvalidJson,
+            ErrorCode::InvalidUtf8,
+            ErrorCode::UnknownType,
+            ErrorCode::InvalidFrame,
+            ErrorCode::BinaryUnsupported,
+            ErrorCode::NotJoined,
+            ErrorCode::AlreadyJoined,
+            ErrorCode::InvalidName,
+            ErrorCode::InvalidRoom,
+            ErrorCode::InvalidText,
+            ErrorCode::TextTooLong,
+            ErrorCode::TooManyRooms,
+            ErrorCode::ServerFull,
+            ErrorCode::RateLimited,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
+        }
+    }
+
+    #[test]
+    fn close_codes_say_whether_to_reconnect() {
+        assert!(CloseCode::Shutdown.reconnect());
+        assert!(CloseCode::TooSlow.reconnect());
+        assert!(!CloseCode::Normal.reconnect());
+        assert!(!CloseCode::ProtocolError.reconnect());
+        assert!(!CloseCode::FrameTooLarge.reconnect());
+    }
+
+    #[test]
+    fn limits_check_names_rooms_and_texts() {
+        let l = Limits::default();
+        assert!(l.check_name("Ann").is_ok());
+        assert!(l.check_name("Zoë 🚀").is_ok());
+        assert_eq!(l.check_name("  ").unwrap_err().0, ErrorCode::InvalidName);
+        assert_eq!(
+            l.check_name("a\u{7}b").unwrap_err().0,
+            ErrorCode::InvalidName
+        );
+        assert_eq!(
+            l.check_name(&"x".repeat(33)).unwrap_err().0,
+            ErrorCode::InvalidName
+        );
+        assert!(
+            l.check_name(&"é".repeat(32)).is_ok(),
+            "limit counts characters"
+        );
+        assert!(l.check_room("lobby-1:dev@team.x").is_ok());
+        assert_eq!(l.check_room("").unwrap_err().0, ErrorCode::InvalidRoom);
+        assert_eq!(l.check_room("a b").unwrap_err().0, ErrorCode::InvalidRoom);
+        assert_eq!(
+            l.check_room(&"r".repeat(65)).unwrap_err().0,
+            ErrorCode::InvalidRoom
+        );
+        assert!(l.check_message("hi", Some("id")).is_ok());
+        assert_eq!(
+            l.check_message(" \n", None).unwrap_err().0,
+            ErrorCode::InvalidText
+        );
+        assert_eq!(
+            l.check_message(&"x".repeat(4001), None).unwrap_err().0,
+            ErrorCode::TextTooLong
+        );
+        assert!(l.check_message(&"é".repeat(4000), None).is_ok());
+        assert_eq!(
+            l.check_message("hi", Some(&"i".repeat(65))).unwrap_err().0,
+            ErrorCode::InvalidText
+        );
+    }
+}

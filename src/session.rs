@@ -1,0 +1,316 @@
+//! One client connection's state machine, whatever its transport.
+//!
+//! A transport adapts its connection to two small traits — [`FrameReader`] (the next client
+//! frame) and [`FrameWriter`] (write a batch of server frames, close with a code) — and calls
+//! [`run`]. The session decodes frames, checks them against the limits, applies them to the
+//! [hub](crate::hub), and writes whatever the hub queued for it in batches. Everything a
+//! client can get wrong is answered here, once, for both transports.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Hub, Member, Outbound, Outbox, Resume, Room};
+use crate::protocol::{self, ClientFrame, CloseCode, ErrorCode, Limits, ServerFrame};
+
+/// Frames written per batch: enough to amortize a write call under load, small enough that
+/// one busy connection does not hold its worker thread for long.
+const BATCH: usize = 256;
+
+/// What a transport read from its client.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    /// One frame's bytes (without any delimiter).
+    Frame(Bytes),
+    /// A binary WebSocket message: valid framing, but not our protocol.
+    Binary,
+    /// The client broke the transport's framing; close with this code.
+    Fatal(CloseCode),
+    /// The client went away.
+    Closed,
+}
+
+/// The reading half of a transport.
+pub(crate) trait FrameReader: Send {
+    /// The next thing the client sent. Must be cancel-safe: the session drops this future
+    /// whenever it has frames to write.
+    fn next(&mut self) -> impl Future<Output = Inbound> + Send;
+}
+
+/// The writing half of a transport.
+pub(crate) trait FrameWriter: Send {
+    /// Writes the frames in order (each ends with `\n`) and flushes. If cancelled, nothing is
+    /// left half-written: a later call finishes what was started.
+    fn send(&mut self, batch: &[Outbound]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Closes the connection with `code` (the `bye` frame has been sent already).
+    fn close(&mut self, code: CloseCode) -> impl Future<Output = ()> + Send;
+}
+
+/// What every session needs from the server, shared by all of them.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionContext {
+    pub hub: Hub,
+    pub limits: Arc<Limits>,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+    /// How long a closing session may spend writing its last frames and `bye`.
+    pub close_grace: Duration,
+}
+
+/// Runs one connection until the client leaves, breaks the protocol, is too slow, or the
+/// server shuts down. `id` is the connection's id (from [`Hub::next_id`]).
+pub(crate) async fn run(
+    ctx: &SessionContext,
+    id: u64,
+    mut reader: impl FrameReader,
+    mut writer: impl FrameWriter,
+) {
+    let (outbox, mut inbox, closing) = crate::hub::queue(ctx.hub.config().outbound_queue);
+    let mut session = Session {
+        id,
+        ctx,
+        outbox,
+        rooms: Vec::new(),
+        rate: RateLimit::new(&ctx.limits),
+    };
+    let mut batch = Vec::new();
+    let end = loop {
+        tokio::select! {
+            biased;
+            code = closing.wait() => break Some(code),
+            () = ctx.shutdown.cancelled() => break Some(CloseCode::Shutdown),
+            _ = inbox.recv_many(&mut batch, BATCH) => {
+                // A client that stops reading blocks this write; it must not stop the
+                // session from hearing that it is too slow, or that the server stops.
+                let written = tokio::select! {
+                    biased;
+                    code = closing.wait() => Err(Some(code)),
+                    () = ctx.shutdown.cancelled() => Err(Some(CloseCode::Shutdown)),
+                    result = writer.send(&batch) => result.map_err(|_| None),
+                };
+                batch.clear();
+                if let Err(end) = written {
+                    break end;
+                }
+            }
+            inbound = reader.next() => match inbound {
+                Inbound::Frame(bytes) => session.handle(&bytes),
+                Inbound::Binary => session.error(
+                    ErrorCode::BinaryUnsupported,
+                    "binary messages are not part of the protocol; send JSON text",
+                    None,
+                    None,
+                ),
+                Inbound::Fatal(code) => break Some(code),
+                Inbound::Closed => break None,
+            },
+        }
+    };
+    session.leave_all();
+    tracing::debug!(close = ?end, "session ends");
+    if let Some(code) = end {
+        // Last words: what is still queued, then `bye`, then the close itself; bounded,
+        // because a client that stopped reading would otherwise hold us forever.
+        let goodbye = async {
+            inbox.drain_now(&mut batch);
+            batch.push(Outbound {
+                frame: protocol::encode(&ServerFrame::Bye {
+                    code: code.code(),
+                    reason: code.reason(),
+                    reconnect: code.reconnect(),
+                }),
+                ephemeral: false,
+            });
+            if writer.send(&batch).await.is_ok() {
+                writer.close(code).await;
+            }
+        };
+        let _ = tokio::time::timeout(ctx.close_grace, goodbye).await;
+    }
+}
+
+/// A room this connection is in, and who it is there.
+struct Joined {
+    room: Arc<Room>,
+    me: Member,
+}
+
+struct Session<'a> {
+    id: u64,
+    ctx: &'a SessionContext,
+    /// This connection's own queue: replies go through it so that they keep their order
+    /// with the room messages around them (a message, then its ack).
+    outbox: Outbox,
+    rooms: Vec<Joined>,
+    rate: RateLimit,
+}
+
+impl Session<'_> {
+    fn handle(&mut self, bytes: &[u8]) {
+        let decoded = protocol::decode(bytes);
+        // Every frame counts against the rate, even one that does not decode.
+        if !self.rate.allow() {
+            let (room, id) = match &decoded {
+                Ok(ClientFrame::Send { room, id, .. }) => (Some(room.as_str()), id.as_deref()),
+                _ => (None, None),
+            };
+            return self.error(
+                ErrorCode::RateLimited,
+                "too many frames per second; this one was dropped",
+                room,
+                id,
+            );
+        }
+        let frame = match decoded {
+            Ok(frame) => frame,
+            Err(e) => return self.error(e.code, &e.message, None, None),
+        };
+        match frame {
+            ClientFrame::Join {
+                room,
+                name,
+                since,
+                epoch,
+            } => self.join(&room, name.as_deref(), Resume { since, epoch }),
+            ClientFrame::Leave { room } => self.leave(&room),
+            ClientFrame::Send { room, text, id } => self.send(&room, &text, id.as_deref()),
+            ClientFrame::Typing { room } => match self.joined(&room) {
+                Some(j) => j.room.typing(&j.me),
+                None => self.not_joined(&room, None),
+            },
+            ClientFrame::Ping {} => {
+                self.outbox.push(protocol::encode(&ServerFrame::Pong {}));
+            }
+        }
+    }
+
+    fn joined(&self, room: &str) -> Option<&Joined> {
+        self.rooms.iter().find(|j| j.room.name() == room)
+    }
+
+    fn join(&mut self, room: &str, name: Option<&str>, resume: Resume) {
+        let limits = &self.ctx.limits;
+        if let Err((code, msg)) = limits.check_room(room) {
+            return self.error(code, msg, Some(room), None);
+        }
+        let name = name.unwrap_or("");
+        if let Err((code, msg)) = limits.check_name(name) {
+            return self.error(code, msg, Some(room), None);
+        }
+        if self.joined(room).is_some() {
+            return self.error(
+                ErrorCode::AlreadyJoined,
+                "already in this room",
+                Some(room),
+                None,
+            );
+        }
+        if self.rooms.len() >= limits.max_rooms_per_connection {
+            return self.error(
+                ErrorCode::TooManyRooms,
+                "this connection is in max_rooms_per_connection rooms already",
+                Some(room),
+                None,
+            );
+        }
+        let me = Member {
+            id: self.id,
+            name: name.into(),
+            outbox: self.outbox.clone(),
+        };
+        match self.ctx.hub.join(room, me.clone(), resume) {
+            Ok(room) => self.rooms.push(Joined { room, me }),
+            Err(code) => self.error(code, "the server holds too many rooms", Some(room), None),
+        }
+    }
+
+    fn leave(&mut self, room: &str) {
+        let Some(pos) = self.rooms.iter().position(|j| j.room.name() == room) else {
+            return self.not_joined(room, None);
+        };
+        let joined = self.rooms.swap_remove(pos);
+        joined.room.leave(self.id);
+        self.outbox
+            .push(protocol::encode(&ServerFrame::Left { room }));
+    }
+
+    fn send(&mut self, room: &str, text: &str, id: Option<&str>) {
+        let Some(joined) = self.joined(room) else {
+            return self.not_joined(room, id);
+        };
+        if let Err((code, msg)) = self.ctx.limits.check_message(text, id) {
+            return self.error(code, msg, Some(room), id);
+        }
+        joined.room.publish(&joined.me, text, id);
+    }
+
+    fn leave_all(&mut self) {
+        for joined in self.rooms.drain(..) {
+            joined.room.leave(self.id);
+        }
+    }
+
+    fn not_joined(&self, room: &str, id: Option<&str>) {
+        self.error(ErrorCode::NotJoined, "join the room first", Some(room), id);
+    }
+
+    fn error(&self, code: ErrorCode, message: &str, room: Option<&str>, id: Option<&str>) {
+        tracing::debug!(code = code.as_str(), message, "refused a frame");
+        self.outbox
+            .push(protocol::error_frame(code, message, room, id));
+    }
+}
+
+/// A token bucket: `frame_burst` frames at once, refilled at `frames_per_second`.
+struct RateLimit {
+    tokens: f64,
+    last: Instant,
+    per_second: f64,
+    burst: f64,
+}
+
+impl RateLimit {
+    fn new(limits: &Limits) -> RateLimit {
+        RateLimit {
+            tokens: f64::from(limits.frame_burst),
+            last: Instant::now(),
+            per_second: f64::from(limits.frames_per_second),
+            burst: f64::from(limits.frame_burst),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_allows_a_burst_then_the_sustained_rate() {
+        let limits = Limits {
+            frames_per_second: 10,
+            frame_burst: 5,
+            ..Limits::default()
+        };
+        let mut rate = RateLimit::new(&limits);
+        assert_eq!((0..20).filter(|_| rate.allow()).count(), 5);
+        rate.last -= Duration::from_millis(300);
+        assert_eq!((0..20).filter(|_| rate.allow()).count(), 3);
+    }
+}
