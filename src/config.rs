@@ -51,6 +51,8 @@ pub struct Config {
     pub close_grace: Duration,
     /// A development certificate is replaced when it has less than this left.
     pub renew_before: Duration,
+    /// Serve the demo chat page at `/`.
+    pub demo_page: bool,
     /// tungstenite's read buffer per WebSocket. Chat frames are small; a small buffer is
     /// what keeps an idle WebSocket under a few KiB of memory.
     pub ws_read_buffer: usize,
@@ -74,6 +76,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             close_grace: Duration::from_secs(5),
             renew_before: Duration::from_secs(24 * 3600),
+            demo_page: true,
             ws_read_buffer: 2048,
             ws_write_buffer: 16 * 1024,
         }

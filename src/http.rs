@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
@@ -14,12 +14,34 @@ use crate::config::PATH;
 use crate::server::Shared;
 use crate::transport::websocket;
 
-/// The chat's routes, all under [`PATH`].
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+/// The browser client, built into the binary so that `wtchat` is one self-contained file.
+const CLIENT_JS: &str = include_str!("../client/wtchat.js");
+/// The demo chat page.
+const DEMO_PAGE: &str = include_str!("../client/index.html");
+
+/// The chat's routes, all under [`PATH`], plus the demo page at `/` when configured.
+pub(crate) fn router(shared: Arc<Shared>, demo_page: bool) -> Router {
+    let router = Router::new()
         .route(&format!("{PATH}/config"), get(config))
         .route(&format!("{PATH}/ws"), get(websocket::upgrade))
-        .with_state(shared)
+        .route(
+            &format!("{PATH}/wtchat.js"),
+            get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+                        (header::CACHE_CONTROL, "no-cache"),
+                    ],
+                    CLIENT_JS,
+                )
+            }),
+        );
+    let router = if demo_page {
+        router.route("/", get(|| async { Html(DEMO_PAGE) }))
+    } else {
+        router
+    };
+    router.with_state(shared)
 }
 
 /// The host name the client used to reach us (from `Host`), without the port, so the URLs

@@ -317,6 +317,21 @@ impl Hub {
         self.inner.rooms.lock().unwrap().get(name).cloned()
     }
 
+    /// Asks connection `member_id` to close with `code`, if it is in a room. Its session
+    /// sends `bye` and closes; with a reconnect code the client comes back and resumes.
+    pub fn disconnect(&self, member_id: u64, code: CloseCode) -> bool {
+        let rooms: Vec<Arc<Room>> = self.inner.rooms.lock().unwrap().values().cloned().collect();
+        rooms.iter().any(|room| {
+            let state = room.state.lock().unwrap();
+            state
+                .members
+                .iter()
+                .find(|m| m.id == member_id)
+                .map(|m| m.outbox.close(code))
+                .is_some()
+        })
+    }
+
     fn room_or_create(&self, name: &str) -> Result<Arc<Room>, ErrorCode> {
         let mut rooms = self.inner.rooms.lock().unwrap();
         if let Some(room) = rooms.get(name) {
@@ -471,6 +486,7 @@ impl RoomState {
         };
         let mut members: Vec<MemberRef<'_>> = self.members.iter().map(Member::as_ref).collect();
         members.push(member.as_ref());
+        let skip = (replay_from.saturating_sub(oldest) as usize).min(self.history.len());
         let joined = protocol::encode(&ServerFrame::Joined {
             room,
             epoch: self.epoch,
@@ -478,10 +494,10 @@ impl RoomState {
             you: member.as_ref(),
             members: &members,
             gap,
+            replay: self.history.len() - skip,
         });
         drop(members);
         member.outbox.push(joined);
-        let skip = replay_from.saturating_sub(oldest) as usize;
         for (_, frame) in self.history.iter().skip(skip) {
             if !member.outbox.push(frame.clone()) {
                 break;

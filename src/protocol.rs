@@ -47,9 +47,9 @@ pub struct MemberRef<'a> {
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame<'a> {
-    /// Answer to `join`: the room's epoch and head sequence number, the member list, and
-    /// whether messages after the client's `since` are missing (`gap`). The replayed
-    /// history follows as ordinary `message` frames.
+    /// Answer to `join`: the room's epoch and head sequence number, the member list,
+    /// whether messages after the client's `since` are missing (`gap`), and how many
+    /// messages of history follow right after, as ordinary `message` frames (`replay`).
     Joined {
         room: &'a str,
         epoch: u64,
@@ -57,6 +57,7 @@ pub enum ServerFrame<'a> {
         you: MemberRef<'a>,
         members: &'a [MemberRef<'a>],
         gap: bool,
+        replay: usize,
     },
     /// A room message, identical bytes for every recipient.
     Message {
@@ -459,11 +460,12 @@ mod tests {
             you: members[1],
             members: &members,
             gap: false,
+            replay: 0,
         });
         assert_eq!(
             parsed(&joined),
             json!({"type":"joined","room":"r","epoch":3,"seq":10,"you":{"id":2,"name":"bob"},
-                   "members":[{"id":1,"name":"ann"},{"id":2,"name":"bob"}],"gap":false})
+                   "members":[{"id":1,"name":"ann"},{"id":2,"name":"bob"}],"gap":false,"replay":0})
         );
         let err = error_frame(ErrorCode::NotJoined, "join first", Some("r"), None);
         assert_eq!(

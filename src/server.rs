@@ -126,6 +126,11 @@ impl Server {
             .expect("a bound endpoint has an address")
     }
 
+    /// The broadcast core, to look at rooms and members or disconnect a client.
+    pub fn hub(&self) -> Hub {
+        self.shared.session.hub.clone()
+    }
+
     /// SHA-256 digests of the development certificate (empty with a CA-issued certificate).
     pub fn certificate_digests(&self) -> Vec<[u8; 32]> {
         self.shared.digests()
@@ -135,7 +140,7 @@ impl Server {
     /// and returns once they are closed or `shutdown_grace` has passed.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
         let token = self.shared.session.shutdown.clone();
-        let router = crate::http::router(self.shared.clone());
+        let router = crate::http::router(self.shared.clone(), self.config.demo_page);
         let http = axum::serve(
             self.listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -1,0 +1,2 @@
+// placeholder: the browser client is being written
+export {};

@@ -1,0 +1,419 @@
+//! Test harness: a wtchat server on port 0 (its own certificate in a temporary directory),
+//! and real clients over loopback — tokio-tungstenite for the WebSocket fallback, wtransport's
+//! client (pinning the server's certificate digest) for WebTransport — behind one `Client`
+//! type, so a test reads the same whatever the transport. Every wait has a deadline.
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wtchat::{Config, Server, Tls};
+use wtransport::endpoint::ConnectOptions;
+use wtransport::tls::Sha256Digest;
+use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
+
+/// How long any single expected event may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub hub: wtchat::hub::Hub,
+    pub http: SocketAddr,
+    pub webtransport: SocketAddr,
+    pub digests: Vec<[u8; 32]>,
+    pub cert_dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// A server with the default configuration on free ports.
+pub async fn start() -> TestServer {
+    start_with(|_| {}).await
+}
+
+/// A server on free ports, with `tweak` applied to its configuration.
+pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+    let cert_dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        http: "127.0.0.1:0".parse().unwrap(),
+        webtransport: "[::]:0".parse().unwrap(),
+        tls: Tls::Dev {
+            dir: cert_dir.path().to_path_buf(),
+        },
+        ..Config::default()
+    };
+    tweak(&mut config);
+    let server = Server::bind(config).await.expect("server binds");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let http = server.http_addr();
+    let webtransport = server.webtransport_addr();
+    let digests = server.certificate_digests();
+    let hub = server.hub();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    TestServer {
+        hub,
+        http,
+        webtransport,
+        digests,
+        cert_dir,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+impl TestServer {
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/wtchat/ws", self.http)
+    }
+
+    pub fn wt_url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.webtransport.port())
+    }
+
+    /// Starts the shutdown (as ctrl-c would).
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Shuts down and waits until `run` returned.
+    pub async fn stop(mut self) {
+        self.begin_shutdown();
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(DEADLINE, task)
+            .await
+            .expect("the server stops within the deadline")
+            .unwrap()
+            .unwrap();
+    }
+
+    /// GET a path on the HTTP side: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.http, path, &[]).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.begin_shutdown();
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a fresh connection: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).to_string();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// A WebSocket close frame with this code, or a WebTransport `bye` frame with this code.
+    Code(u16),
+    /// The connection ended with no code.
+    NoCode,
+}
+
+pub enum Client {
+    Ws {
+        socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+        /// The code of a `bye` frame seen, if any.
+        bye: Option<u16>,
+    },
+    Wt {
+        connection: Connection,
+        send: SendStream,
+        recv: RecvStream,
+        buf: BytesMut,
+        bye: Option<u16>,
+        _endpoint: Endpoint<wtransport::endpoint::endpoint_side::Client>,
+    },
+}
+
+/// A WebTransport client endpoint that pins `digests`.
+pub fn wt_endpoint(digests: &[[u8; 32]]) -> Endpoint<wtransport::endpoint::endpoint_side::Client> {
+    let config = ClientConfig::builder()
+        .with_bind_default()
+        .with_server_certificate_hashes(digests.iter().map(|d| Sha256Digest::new(*d)))
+        .build();
+    Endpoint::client(config).unwrap()
+}
+
+impl Client {
+    /// A WebSocket client with no Origin header.
+    pub async fn ws(server: &TestServer) -> Client {
+        Client::ws_with_origin(server, None).await.expect("websocket connects")
+    }
+
+    /// A WebSocket client; Err(status) when the upgrade is refused.
+    pub async fn ws_with_origin(server: &TestServer, origin: Option<&str>) -> Result<Client, u16> {
+        let mut request = server.ws_url().into_client_request().unwrap();
+        if let Some(origin) = origin {
+            request
+                .headers_mut()
+                .insert("origin", origin.parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => Ok(Client::Ws { socket, bye: None }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(e) => panic!("websocket connect failed: {e}"),
+        }
+    }
+
+    /// A WebTransport client on path /wtchat, no Origin header.
+    pub async fn wt(server: &TestServer) -> Client {
+        Client::wt_with(server, "/wtchat", None).await.expect("webtransport connects")
+    }
+
+    /// A WebTransport client; Err(description) when the session is refused.
+    pub async fn wt_with(
+        server: &TestServer,
+        path: &str,
+        origin: Option<&str>,
+    ) -> Result<Client, String> {
+        let endpoint = wt_endpoint(&server.digests);
+        let mut options = ConnectOptions::builder(server.wt_url(path));
+        if let Some(origin) = origin {
+            options = options.add_header("origin", origin);
+        }
+        let connection = endpoint
+            .connect(options.build())
+            .await
+            .map_err(|e| e.to_string())?;
+        let (send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Client::Wt {
+            connection,
+            send,
+            recv,
+            buf: BytesMut::new(),
+            bye: None,
+            _endpoint: endpoint,
+        })
+    }
+
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Client::Ws { .. } => "websocket",
+            Client::Wt { .. } => "webtransport",
+        }
+    }
+
+    /// Sends one frame as JSON.
+    pub async fn send(&mut self, frame: Value) {
+        self.send_raw(frame.to_string().as_bytes()).await;
+    }
+
+    /// Sends raw bytes as one frame (a text message, or a line).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        match self {
+            Client::Ws { socket, .. } => {
+                // tungstenite insists on valid UTF-8 for text; raw bytes go as-is anyway.
+                let text = unsafe { String::from_utf8_unchecked(bytes.to_vec()) };
+                socket.send(Message::text(text)).await.unwrap();
+            }
+            Client::Wt { send, .. } => {
+                let mut line = bytes.to_vec();
+                line.push(b'\n');
+                send.write_all(&line).await.unwrap();
+            }
+        }
+    }
+
+    /// Sends a frame as a WebTransport datagram.
+    pub fn send_datagram(&self, frame: Value) {
+        match self {
+            Client::Wt { connection, .. } => connection
+                .send_datagram(frame.to_string().as_bytes())
+                .unwrap(),
+            Client::Ws { .. } => panic!("datagrams are WebTransport only"),
+        }
+    }
+
+    /// The next frame (stream or datagram), or None when the connection ended.
+    pub async fn try_next(&mut self) -> Option<Value> {
+        tokio::time::timeout(DEADLINE, self.next_inner())
+            .await
+            .expect("a frame arrives before the deadline")
+    }
+
+    async fn next_inner(&mut self) -> Option<Value> {
+        let frame = match self {
+            Client::Ws { socket, bye } => loop {
+                match socket.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        let v: Value = serde_json::from_str(&text).unwrap();
+                        if v["type"] == "bye" {
+                            *bye = v["code"].as_u64().map(|c| c as u16);
+                        }
+                        break Some(v);
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
+                    Some(Ok(_)) => continue,
+                }
+            },
+            Client::Wt {
+                connection,
+                recv,
+                buf,
+                bye,
+                ..
+            } => loop {
+                if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                    let line = buf.split_to(pos + 1);
+                    let v: Value = serde_json::from_slice(&line[..pos]).unwrap();
+                    if v["type"] == "bye" {
+                        *bye = v["code"].as_u64().map(|c| c as u16);
+                    }
+                    break Some(v);
+                }
+                buf.reserve(4096);
+                tokio::select! {
+                    read = recv.read_buf(buf) => match read {
+                        Ok(0) | Err(_) => break None,
+                        Ok(_) => {}
+                    },
+                    datagram = connection.receive_datagram() => match datagram {
+                        Ok(d) => break Some(serde_json::from_slice(d.payload().chunk()).unwrap()),
+                        Err(_) => break None,
+                    },
+                }
+            },
+        };
+        frame
+    }
+
+    /// The next frame; fails the test if the connection ended.
+    pub async fn next(&mut self) -> Value {
+        self.try_next().await.expect("connection still open")
+    }
+
+    /// Skips frames until one matches; fails on the deadline or if the connection ends.
+    pub async fn next_matching(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.next_inner())
+                .await
+                .unwrap_or_else(|_| panic!("no {what} before the deadline"))
+                .unwrap_or_else(|| panic!("connection ended while waiting for {what}"));
+            if pred(&frame) {
+                return frame;
+            }
+        }
+    }
+
+    /// The next frame of this type, skipping others.
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        self.next_matching(kind, |f| f["type"] == kind).await
+    }
+
+    /// Joins `room` as `name`: returns the `joined` frame and the replayed history.
+    pub async fn join(&mut self, room: &str, name: &str) -> (Value, Vec<Value>) {
+        self.join_frame(json!({"type": "join", "room": room, "name": name}))
+            .await
+    }
+
+    /// Sends a join frame; returns `joined` and the replayed messages (those up to its `seq`).
+    pub async fn join_frame(&mut self, frame: Value) -> (Value, Vec<Value>) {
+        let room = frame["room"].as_str().unwrap().to_string();
+        self.send(frame).await;
+        let joined = self
+            .next_matching("joined", |f| f["type"] == "joined" && f["room"] == room.as_str())
+            .await;
+        let mut history = Vec::new();
+        // The replayed messages of this room follow `joined` at once (frames of other
+        // rooms may interleave).
+        for _ in 0..joined["replay"].as_u64().unwrap() {
+            let m = self
+                .next_matching("history", |f| f["type"] == "message" && f["room"] == room.as_str())
+                .await;
+            history.push(m);
+        }
+        (joined, history)
+    }
+
+    /// Sends a message and waits for its ack; returns the acknowledged sequence number.
+    pub async fn say(&mut self, room: &str, text: &str, id: &str) -> u64 {
+        self.send(json!({"type": "send", "room": room, "text": text, "id": id}))
+            .await;
+        let ack = self
+            .next_matching("ack", |f| f["type"] == "ack" && f["id"] == id)
+            .await;
+        ack["seq"].as_u64().unwrap()
+    }
+
+    /// Waits until the connection ends; returns how (close code or `bye` code).
+    pub async fn ended(&mut self) -> Ended {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            match tokio::time::timeout_at(deadline, self.next_raw_end()).await {
+                Err(_) => panic!("connection still open at the deadline"),
+                Ok(Some(end)) => return end,
+                Ok(None) => continue,
+            }
+        }
+    }
+
+    /// One step of reading towards the end: Some(end) when it ended.
+    async fn next_raw_end(&mut self) -> Option<Ended> {
+        match self {
+            Client::Ws { socket, bye } => match socket.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => Some(Ended::Code(frame.code.into())),
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
+                    Some(bye.map_or(Ended::NoCode, Ended::Code))
+                }
+                Some(Ok(Message::Text(text))) => {
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    if v["type"] == "bye" {
+                        *bye = v["code"].as_u64().map(|c| c as u16);
+                    }
+                    None
+                }
+                Some(Ok(_)) => None,
+            },
+            Client::Wt { .. } => match self.next_inner().await {
+                Some(_) => None,
+                None => {
+                    let Client::Wt { bye, .. } = self else { unreachable!() };
+                    Some(bye.map_or(Ended::NoCode, Ended::Code))
+                }
+            },
+        }
+    }
+}
