@@ -34,6 +34,10 @@ pub struct Config {
     pub webtransport: SocketAddr,
     /// The certificate for WebTransport.
     pub tls: Tls,
+    /// The WebTransport URL handed to clients, when it is not this server's own address as
+    /// the page reached it (a public name, a port forwarded elsewhere). `None`:
+    /// `https://<host the page used>:<bound UDP port>/wtchat`.
+    pub public_webtransport_url: Option<String>,
     /// Origins whose pages may connect, like `https://example.com`. `None` means the
     /// server's own HTTP origins (`http://localhost:PORT`, `http://127.0.0.1:PORT`,
     /// `http://[::1]:PORT`); `"*"` in the list allows any origin.
@@ -69,6 +73,7 @@ impl Default for Config {
             tls: Tls::Dev {
                 dir: PathBuf::from("certs"),
             },
+            public_webtransport_url: None,
             allowed_origins: None,
             allow_missing_origin: true,
             limits: Limits::default(),

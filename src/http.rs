@@ -77,7 +77,9 @@ async fn config(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
         .collect();
     let limits = &shared.session.limits;
     let body = json!({
-        "webtransport": format!("https://{host}:{}{PATH}", shared.webtransport_port),
+        "webtransport": shared.public_webtransport_url.clone().unwrap_or_else(|| {
+            format!("https://{host}:{}{PATH}", shared.webtransport_port)
+        }),
         "certificateHashes": hashes,
         "websocket": format!("{ws_scheme}://{http_host}{PATH}/ws"),
         "limits": {

@@ -42,6 +42,7 @@ pub(crate) struct Shared {
     /// does not track upgraded WebSockets).
     pub tracker: TaskTracker,
     pub webtransport_port: u16,
+    pub public_webtransport_url: Option<String>,
     pub ws_read_buffer: usize,
     pub ws_write_buffer: usize,
     /// SHA-256 digests of the development certificate in use (none with a CA-issued one).
@@ -99,6 +100,7 @@ impl Server {
             origins: OriginPolicy::new(&config, http_addr),
             tracker: TaskTracker::new(),
             webtransport_port,
+            public_webtransport_url: config.public_webtransport_url.clone(),
             ws_read_buffer: config.ws_read_buffer,
             ws_write_buffer: config.ws_write_buffer,
             digests: RwLock::new(dev_cert.iter().map(|c| c.digest).collect()),
