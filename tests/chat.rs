@@ -35,24 +35,48 @@ async fn webtransport_and_websocket_clients_share_one_room_in_one_order() {
     ws.join("lobby", "walt").await;
     // Wendy sees Walt arrive.
     let presence = wt.next_of("presence").await;
-    assert_eq!((presence["event"].as_str(), presence["member"]["name"].as_str()), (Some("join"), Some("walt")));
+    assert_eq!(
+        (
+            presence["event"].as_str(),
+            presence["member"]["name"].as_str()
+        ),
+        (Some("join"), Some("walt"))
+    );
 
     // Both send at once, interleaved, without waiting for acks.
     for i in 0..10 {
-        wt.send(json!({"type":"send","room":"lobby","text":format!("wt {i}"),"id":format!("wt-{i}")}))
-            .await;
-        ws.send(json!({"type":"send","room":"lobby","text":format!("ws {i}"),"id":format!("ws-{i}")}))
-            .await;
+        wt.send(
+            json!({"type":"send","room":"lobby","text":format!("wt {i}"),"id":format!("wt-{i}")}),
+        )
+        .await;
+        ws.send(
+            json!({"type":"send","room":"lobby","text":format!("ws {i}"),"id":format!("ws-{i}")}),
+        )
+        .await;
     }
     let seen_by_wt = messages(&mut wt, "lobby", 20).await;
     let seen_by_ws = messages(&mut ws, "lobby", 20).await;
-    assert_eq!(seen_by_wt, seen_by_ws, "same messages, same order, same numbers");
+    assert_eq!(
+        seen_by_wt, seen_by_ws,
+        "same messages, same order, same numbers"
+    );
     let seqs: Vec<u64> = seen_by_wt.iter().map(|m| m.0).collect();
     assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
     // Each sender's own messages keep their order.
-    let wendy: Vec<&str> = seen_by_wt.iter().filter(|m| m.1 == "wendy").map(|m| m.2.as_str()).collect();
-    assert_eq!(wendy, (0..10).map(|i| format!("wt {i}")).collect::<Vec<_>>());
-    let walt: Vec<&str> = seen_by_ws.iter().filter(|m| m.1 == "walt").map(|m| m.2.as_str()).collect();
+    let wendy: Vec<&str> = seen_by_wt
+        .iter()
+        .filter(|m| m.1 == "wendy")
+        .map(|m| m.2.as_str())
+        .collect();
+    assert_eq!(
+        wendy,
+        (0..10).map(|i| format!("wt {i}")).collect::<Vec<_>>()
+    );
+    let walt: Vec<&str> = seen_by_ws
+        .iter()
+        .filter(|m| m.1 == "walt")
+        .map(|m| m.2.as_str())
+        .collect();
     assert_eq!(walt, (0..10).map(|i| format!("ws {i}")).collect::<Vec<_>>());
     server.stop().await;
 }
@@ -67,13 +91,22 @@ async fn a_joiner_gets_members_and_history_and_others_see_presence() {
     }
     let mut bob = Client::wt(&server).await;
     let (joined, history) = bob.join("r", "bob").await;
-    let names: Vec<&str> = joined["members"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = joined["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["ann", "bob"]);
     assert_eq!(joined["you"]["name"], "bob");
     assert_eq!(joined["seq"], 3);
     let texts: Vec<String> = history.iter().map(|m| seq_text(m).2).collect();
     assert_eq!(texts, ["m1", "m2", "m3"]);
-    assert!(history.iter().all(|m| m["from"] == "ann" && m["time"].as_u64().unwrap() > 1_600_000_000_000));
+    assert!(
+        history
+            .iter()
+            .all(|m| m["from"] == "ann" && m["time"].as_u64().unwrap() > 1_600_000_000_000)
+    );
 
     let joined_event = ann.next_of("presence").await;
     assert_eq!(joined_event["event"], "join");
@@ -81,7 +114,13 @@ async fn a_joiner_gets_members_and_history_and_others_see_presence() {
     bob.send(json!({"type":"leave","room":"r"})).await;
     assert_eq!(bob.next_of("left").await["room"], "r");
     let left_event = ann.next_of("presence").await;
-    assert_eq!((left_event["event"].as_str(), left_event["member"]["name"].as_str()), (Some("leave"), Some("bob")));
+    assert_eq!(
+        (
+            left_event["event"].as_str(),
+            left_event["member"]["name"].as_str()
+        ),
+        (Some("leave"), Some("bob"))
+    );
 
     // Closing the connection counts as leaving too.
     let mut cid = Client::wt(&server).await;
@@ -89,7 +128,10 @@ async fn a_joiner_gets_members_and_history_and_others_see_presence() {
     assert_eq!(ann.next_of("presence").await["member"]["name"], "cid");
     drop(cid);
     let gone = ann.next_of("presence").await;
-    assert_eq!((gone["event"].as_str(), gone["member"]["name"].as_str()), (Some("leave"), Some("cid")));
+    assert_eq!(
+        (gone["event"].as_str(), gone["member"]["name"].as_str()),
+        (Some("leave"), Some("cid"))
+    );
     server.stop().await;
 }
 
@@ -98,7 +140,11 @@ async fn sends_are_acknowledged_and_a_retried_id_is_stored_once() {
     let server = start().await;
     for transport in ["websocket", "webtransport"] {
         let room = format!("acks-{transport}");
-        let mut sender = if transport == "websocket" { Client::ws(&server).await } else { Client::wt(&server).await };
+        let mut sender = if transport == "websocket" {
+            Client::ws(&server).await
+        } else {
+            Client::wt(&server).await
+        };
         let mut watcher = Client::ws(&server).await;
         sender.join(&room, "sam").await;
         watcher.join(&room, "wes").await;
@@ -108,7 +154,13 @@ async fn sends_are_acknowledged_and_a_retried_id_is_stored_once() {
         assert_eq!(sender.say(&room, "second", "id-2").await, 2);
         // The watcher sees two messages, not three.
         let got = messages(&mut watcher, &room, 2).await;
-        assert_eq!(got, [(1, "sam".into(), "first".into()), (2, "sam".into(), "second".into())]);
+        assert_eq!(
+            got,
+            [
+                (1, "sam".into(), "first".into()),
+                (2, "sam".into(), "second".into())
+            ]
+        );
         // A retry from a new connection (after a reconnect) is recognized too.
         drop(sender);
         let mut again = Client::wt(&server).await;
@@ -130,7 +182,13 @@ async fn resume_after_a_drop_switching_transport_misses_and_duplicates_nothing()
         let connect = |t: &str| {
             let t = t.to_string();
             let server = &server;
-            async move { if t == "websocket" { Client::ws(server).await } else { Client::wt(server).await } }
+            async move {
+                if t == "websocket" {
+                    Client::ws(server).await
+                } else {
+                    Client::wt(server).await
+                }
+            }
         };
         let mut reader = connect(first).await;
         let (joined, _) = reader.join("resume", "reader").await;
@@ -149,7 +207,9 @@ async fn resume_after_a_drop_switching_transport_misses_and_duplicates_nothing()
         // It comes back over the other transport and names the last number it saw.
         let mut back = connect(second).await;
         let (joined, history) = back
-            .join_frame(json!({"type":"join","room":"resume","name":"reader","since":head,"epoch":epoch}))
+            .join_frame(
+                json!({"type":"join","room":"resume","name":"reader","since":head,"epoch":epoch}),
+            )
             .await;
         assert_eq!(joined["gap"], false);
         let replayed: Vec<_> = history.iter().map(seq_text).collect();
@@ -201,7 +261,10 @@ async fn typing_travels_as_a_datagram_over_webtransport_and_a_frame_over_websock
     // From WebTransport as a datagram, to the WebSocket client as a frame.
     wt.send_datagram(json!({"type":"typing","room":"t"}));
     let typing = ws.next_of("typing").await;
-    assert_eq!((typing["room"].as_str(), typing["from"].as_str()), (Some("t"), Some("walt").filter(|_| false).or(Some("wendy"))));
+    assert_eq!(
+        (typing["room"].as_str(), typing["from"].as_str()),
+        (Some("t"), Some("walt").filter(|_| false).or(Some("wendy")))
+    );
     // From WebSocket as a frame, to the WebTransport client (as a datagram).
     ws.send(json!({"type":"typing","room":"t"})).await;
     let typing = wt.next_of("typing").await;
@@ -229,7 +292,10 @@ async fn config_endpoint_tells_clients_how_to_connect() {
         config["webtransport"],
         format!("https://127.0.0.1:{}/wtchat", server.webtransport.port())
     );
-    assert_eq!(config["websocket"], format!("ws://{}/wtchat/ws", server.http));
+    assert_eq!(
+        config["websocket"],
+        format!("ws://{}/wtchat/ws", server.http)
+    );
     let hashes = config["certificateHashes"].as_array().unwrap();
     assert_eq!(hashes.len(), 1);
     assert_eq!(hashes[0]["algorithm"], "sha-256");

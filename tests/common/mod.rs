@@ -172,7 +172,9 @@ pub fn wt_endpoint(digests: &[[u8; 32]]) -> Endpoint<wtransport::endpoint::endpo
 impl Client {
     /// A WebSocket client with no Origin header.
     pub async fn ws(server: &TestServer) -> Client {
-        Client::ws_with_origin(server, None).await.expect("websocket connects")
+        Client::ws_with_origin(server, None)
+            .await
+            .expect("websocket connects")
     }
 
     /// A WebSocket client; Err(status) when the upgrade is refused.
@@ -194,7 +196,9 @@ impl Client {
 
     /// A WebTransport client on path /wtchat, no Origin header.
     pub async fn wt(server: &TestServer) -> Client {
-        Client::wt_with(server, "/wtchat", None).await.expect("webtransport connects")
+        Client::wt_with(server, "/wtchat", None)
+            .await
+            .expect("webtransport connects")
     }
 
     /// A WebTransport client; Err(description) when the session is refused.
@@ -203,7 +207,17 @@ impl Client {
         path: &str,
         origin: Option<&str>,
     ) -> Result<Client, String> {
-        let endpoint = wt_endpoint(&server.digests);
+        Client::wt_pinning(server, &server.digests, path, origin).await
+    }
+
+    /// A WebTransport client that pins `digests` instead of the server's.
+    pub async fn wt_pinning(
+        server: &TestServer,
+        digests: &[[u8; 32]],
+        path: &str,
+        origin: Option<&str>,
+    ) -> Result<Client, String> {
+        let endpoint = wt_endpoint(digests);
         let mut options = ConnectOptions::builder(server.wt_url(path));
         if let Some(origin) = origin {
             options = options.add_header("origin", origin);
@@ -354,14 +368,18 @@ impl Client {
         let room = frame["room"].as_str().unwrap().to_string();
         self.send(frame).await;
         let joined = self
-            .next_matching("joined", |f| f["type"] == "joined" && f["room"] == room.as_str())
+            .next_matching("joined", |f| {
+                f["type"] == "joined" && f["room"] == room.as_str()
+            })
             .await;
         let mut history = Vec::new();
         // The replayed messages of this room follow `joined` at once (frames of other
         // rooms may interleave).
         for _ in 0..joined["replay"].as_u64().unwrap() {
             let m = self
-                .next_matching("history", |f| f["type"] == "message" && f["room"] == room.as_str())
+                .next_matching("history", |f| {
+                    f["type"] == "message" && f["room"] == room.as_str()
+                })
                 .await;
             history.push(m);
         }
@@ -410,7 +428,9 @@ impl Client {
             Client::Wt { .. } => match self.next_inner().await {
                 Some(_) => None,
                 None => {
-                    let Client::Wt { bye, .. } = self else { unreachable!() };
+                    let Client::Wt { bye, .. } = self else {
+                        unreachable!()
+                    };
                     Some(bye.map_or(Ended::NoCode, Ended::Code))
                 }
             },

@@ -1,0 +1,172 @@
+//! The `wtchat` command: `certs` writes what a client pinning the printed digest accepts
+//! and refuses a validity browsers would refuse; `serve` prints where it listens, makes its
+//! certificate, serves, and stops cleanly on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+
+use common::{Client, start_with};
+use wtchat::Tls;
+
+fn wtchat(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_wtchat"))
+        .args(args)
+        .output()
+        .expect("the wtchat binary runs")
+}
+
+#[tokio::test]
+async fn the_printed_digest_is_what_a_pinning_client_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = wtchat(&[
+        "certs",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--days",
+        "14",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let digest_hex = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("sha-256: "))
+        .expect("the digest is printed")
+        .trim()
+        .to_string();
+    assert!(stdout.contains("expires: "), "{stdout}");
+    let key = std::fs::metadata(dir.path().join("key.pem")).unwrap();
+    assert_eq!(
+        key.permissions().mode() & 0o777,
+        0o600,
+        "the key is private"
+    );
+    assert!(dir.path().join("cert.pem").exists());
+
+    let mut digest = [0u8; 32];
+    for (i, b) in digest.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&digest_hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    // A server using that directory serves that certificate, unchanged.
+    let certs = dir.path().to_path_buf();
+    let server = start_with(move |c| c.tls = Tls::Dev { dir: certs }).await;
+    assert_eq!(server.digests, [digest]);
+    let mut client = Client::wt_pinning(&server, &[digest], "/wtchat", None)
+        .await
+        .expect("a client pinning the printed digest connects");
+    client.join("pinned", "pat").await;
+    assert_eq!(client.say("pinned", "hello", "1").await, 1);
+    // Pinning anything else fails the handshake.
+    let mut other = digest;
+    other[0] ^= 0xff;
+    assert!(
+        Client::wt_pinning(&server, &[other], "/wtchat", None)
+            .await
+            .is_err()
+    );
+    server.stop().await;
+}
+
+#[test]
+fn more_than_fourteen_days_is_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = wtchat(&[
+        "certs",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--days",
+        "15",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("14 days"), "{stderr}");
+    assert!(!dir.path().join("key.pem").exists(), "nothing is written");
+}
+
+#[test]
+fn names_can_be_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = wtchat(&[
+        "certs",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--san",
+        "chat.test",
+        "--san",
+        "10.1.2.3",
+    ]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("names:   chat.test, 10.1.2.3"), "{stdout}");
+}
+
+#[tokio::test]
+async fn serve_prints_its_addresses_serves_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wtchat"))
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--webtransport",
+            "[::]:0",
+            "--certs",
+        ])
+        .arg(&certs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let done = line.starts_with("Press Ctrl-C");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    let text = printed.join("\n");
+    // The real ports, not 0.
+    let http = text
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the HTTP address is printed")
+        .to_string();
+    assert!(!http.ends_with(":0"), "{text}");
+    assert!(text.contains("sha-256 "), "{text}");
+    assert!(
+        certs.join("cert.pem").exists(),
+        "a certificate was generated"
+    );
+    let (status, body) = common::http_get(http.parse().unwrap(), "/wtchat/config", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("certificateHashes"));
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}

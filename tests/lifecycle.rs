@@ -1,0 +1,252 @@
+//! The connection's life at its edges: a slow reader cut off without holding up the room,
+//! shutdown closing everyone with the documented code, origins refused on both transports,
+//! and the development certificate renewed while the server runs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, Ended, TestServer, start_with};
+use serde_json::{Value, json};
+
+async fn client(server: &TestServer, transport: &str) -> Client {
+    match transport {
+        "websocket" => Client::ws(server).await,
+        _ => Client::wt(server).await,
+    }
+}
+
+/// Waits for the next message in `room` and returns (seq, text).
+async fn message(client: &mut Client, room: &str) -> (u64, String) {
+    let m = client
+        .next_matching("message", |f| f["type"] == "message" && f["room"] == room)
+        .await;
+    (
+        m["seq"].as_u64().unwrap(),
+        m["text"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_is_cut_off_as_too_slow_and_the_room_goes_on() {
+    let server = start_with(|c| {
+        c.hub.outbound_queue = 32;
+        c.limits.frames_per_second = 100_000;
+        c.limits.frame_burst = 100_000;
+        c.close_grace = Duration::from_secs(20);
+    })
+    .await;
+    for transport in ["websocket", "webtransport"] {
+        let room = format!("slow-{transport}");
+        let mut slow = client(&server, transport).await;
+        slow.join(&room, "sloth").await;
+        let mut fast_ws = Client::ws(&server).await;
+        let mut fast_wt = Client::wt(&server).await;
+        let mut talker = Client::ws(&server).await;
+        fast_ws.join(&room, "fast-ws").await;
+        fast_wt.join(&room, "fast-wt").await;
+        talker.join(&room, "talker").await;
+        // The sloth now reads nothing while the talker sends big messages: its socket
+        // buffers and then its queue fill up.
+        let text = "x".repeat(3900);
+        let mut sent = 0u64;
+        let sloth_left = loop {
+            sent += 1;
+            talker
+                .send(json!({"type":"send","room":room,"text":text,"id":format!("m{sent}")}))
+                .await;
+            // Meanwhile the others keep up, message by message.
+            assert_eq!(message(&mut fast_ws, &room).await.0, sent);
+            assert_eq!(message(&mut fast_wt, &room).await.0, sent);
+            let members: Vec<String> = server
+                .hub
+                .room(&room)
+                .unwrap()
+                .members()
+                .iter()
+                .map(|m| m.1.to_string())
+                .collect();
+            if !members.contains(&"sloth".to_string()) {
+                break sent;
+            }
+            assert!(sent < 20_000, "the slow reader was never cut off");
+        };
+        // The others were told it left.
+        let leave = fast_wt
+            .next_matching("sloth's leave", |f| {
+                f["type"] == "presence" && f["member"]["name"] == "sloth"
+            })
+            .await;
+        assert_eq!(leave["event"], "leave");
+        // The room goes on for everyone else.
+        talker
+            .send(json!({"type":"send","room":room,"text":"after","id":"after"}))
+            .await;
+        assert_eq!(
+            message(&mut fast_ws, &room).await,
+            (sloth_left + 1, "after".into())
+        );
+        assert_eq!(
+            message(&mut fast_wt, &room).await,
+            (sloth_left + 1, "after".into())
+        );
+        // When the sloth reads again, it finds what was queued for it, in order, then the
+        // reason it was cut off: too slow, reconnect and resume.
+        let mut last_seq = 0;
+        let end = loop {
+            match slow.try_next().await {
+                Some(f) if f["type"] == "message" => {
+                    let seq = f["seq"].as_u64().unwrap();
+                    assert_eq!(seq, last_seq + 1, "no gap in what it did receive");
+                    last_seq = seq;
+                }
+                Some(f) if f["type"] == "bye" => break f,
+                Some(_) => {}
+                None => panic!("closed without a bye frame"),
+            }
+        };
+        assert_eq!(
+            end,
+            json!({"type":"bye","code":4001,"reason":"too_slow","reconnect":true})
+        );
+        assert!(last_seq < sloth_left, "it was cut off before the end");
+        assert_eq!(slow.ended().await, Ended::Code(4001));
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_tells_every_client_and_the_server_stops_in_time() {
+    let mut server = start_with(|c| c.shutdown_grace = Duration::from_secs(3)).await;
+    let mut ws = Client::ws(&server).await;
+    let mut wt = Client::wt(&server).await;
+    ws.join("bye", "walt").await;
+    wt.join("bye", "wendy").await;
+    // A message accepted just before shutdown still reaches everyone before `bye`.
+    ws.send(json!({"type":"send","room":"bye","text":"last words","id":"l"}))
+        .await;
+    let got = wt.next_of("message").await;
+    assert_eq!(got["text"], "last words");
+    server.begin_shutdown();
+    for client in [&mut ws, &mut wt] {
+        let bye = client.next_of("bye").await;
+        assert_eq!(
+            bye,
+            json!({"type":"bye","code":4000,"reason":"shutdown","reconnect":true})
+        );
+        assert_eq!(
+            client.ended().await,
+            Ended::Code(4000),
+            "{}",
+            client.transport()
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn origins_other_than_the_servers_own_are_refused_on_both_transports() {
+    let server = common::start().await;
+    let own = format!("http://127.0.0.1:{}", server.http.port());
+    // Cross-site WebSocket hijacking: a page on another site opening our socket.
+    assert_eq!(
+        Client::ws_with_origin(&server, Some("https://evil.example"))
+            .await
+            .err(),
+        Some(403)
+    );
+    let mut ok = Client::ws_with_origin(&server, Some(&own)).await.unwrap();
+    ok.send(json!({"type":"ping"})).await;
+    assert_eq!(ok.next().await["type"], "pong");
+    // The same over WebTransport.
+    assert!(
+        Client::wt_with(&server, "/wtchat", Some("https://evil.example"))
+            .await
+            .is_err()
+    );
+    let mut ok = Client::wt_with(&server, "/wtchat", Some(&own))
+        .await
+        .unwrap();
+    ok.send(json!({"type":"ping"})).await;
+    assert_eq!(ok.next().await["type"], "pong");
+    server.stop().await;
+
+    // Configured: only the named origin, and no Origin header at all is refused too.
+    let strict = start_with(|c| {
+        c.allowed_origins = Some(vec!["https://chat.example.com".into()]);
+        c.allow_missing_origin = false;
+    })
+    .await;
+    assert_eq!(Client::ws_with_origin(&strict, None).await.err(), Some(403));
+    assert!(Client::wt_with(&strict, "/wtchat", None).await.is_err());
+    assert!(
+        Client::ws_with_origin(&strict, Some("https://chat.example.com"))
+            .await
+            .is_ok()
+    );
+    assert!(
+        Client::wt_with(&strict, "/wtchat", Some("https://chat.example.com"))
+            .await
+            .is_ok()
+    );
+    strict.stop().await;
+}
+
+#[tokio::test]
+async fn the_development_certificate_is_renewed_while_running() {
+    // Renew whenever less than 14 days minus 62 s are left: a fresh certificate (valid
+    // from a minute ago) is due about two seconds after it was made.
+    let server = start_with(|c| {
+        c.renew_before = Duration::from_secs(14 * 24 * 3600 - 62);
+    })
+    .await;
+    let first = server.digests[0];
+    let mut before = Client::wt(&server).await;
+    before.join("renew", "early").await;
+    let digest_now = || async {
+        let (_, body) = server.get("/wtchat/config").await;
+        let config: Value = serde_json::from_str(&body).unwrap();
+        config["certificateHashes"][0]["value"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    let renewed = loop {
+        let current = digest_now().await;
+        if current != wtchat::certs::hex(&first) {
+            break current;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never renewed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The session opened before the renewal is untouched.
+    assert_eq!(before.say("renew", "still here", "s").await, 1);
+    // A new client pinning the digest the server now serves connects. (The server may have
+    // renewed again since: read the digest and connect until one matches.)
+    let mut digest = renewed;
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    let mut after = loop {
+        let mut bytes = [0u8; 32];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&digest[2 * i..2 * i + 2], 16).unwrap();
+        }
+        if let Ok(client) = Client::wt_pinning(&server, &[bytes], "/wtchat", None).await {
+            break client;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no client could pin the served digest"
+        );
+        digest = digest_now().await;
+    };
+    after.join("renew", "late").await;
+    assert_eq!(after.say("renew", "hello", "h").await, 2);
+    // The first certificate is no longer the one presented.
+    assert!(
+        Client::wt_pinning(&server, &[first], "/wtchat", None)
+            .await
+            .is_err()
+    );
+    server.stop().await;
+}
