@@ -133,7 +133,7 @@ impl OriginPolicy {
             Some(_) if self.any => true,
             Some(origin) => {
                 let origin = normalize(origin);
-                self.allowed.iter().any(|o| *o == origin)
+                self.allowed.contains(&origin)
             }
         }
     }

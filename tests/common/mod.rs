@@ -288,7 +288,7 @@ impl Client {
     }
 
     async fn next_inner(&mut self) -> Option<Value> {
-        let frame = match self {
+        match self {
             Client::Ws { socket, bye } => loop {
                 match socket.next().await {
                     Some(Ok(Message::Text(text))) => {
@@ -329,8 +329,7 @@ impl Client {
                     },
                 }
             },
-        };
-        frame
+        }
     }
 
     /// The next frame; fails the test if the connection ended.
