@@ -46,6 +46,18 @@ enum Command {
         /// Refuse connections that carry no Origin header (non-browser clients).
         #[arg(long)]
         require_origin: bool,
+        /// Frames per second one connection may send, sustained.
+        #[arg(long, default_value_t = wtchat::protocol::Limits::default().frames_per_second)]
+        max_frames_per_second: u32,
+        /// Frames one connection may send in a burst.
+        #[arg(long, default_value_t = wtchat::protocol::Limits::default().frame_burst)]
+        frame_burst: u32,
+        /// Connections held at once, over both transports.
+        #[arg(long, default_value_t = wtchat::hub::HubConfig::default().max_connections)]
+        max_connections: usize,
+        /// Messages of history kept per room.
+        #[arg(long, default_value_t = wtchat::hub::HubConfig::default().history_len)]
+        history: usize,
     },
     /// Write a development certificate browsers accept by digest (at most 14 days).
     Certs {
@@ -78,6 +90,10 @@ fn main() -> ExitCode {
             key,
             allow_origin,
             require_origin,
+            max_frames_per_second,
+            frame_burst,
+            max_connections,
+            history,
         } => {
             let tls = match (cert, key) {
                 (Some(cert), Some(key)) => Tls::Files { cert, key },
@@ -89,6 +105,16 @@ fn main() -> ExitCode {
                 tls,
                 allowed_origins: (!allow_origin.is_empty()).then_some(allow_origin),
                 allow_missing_origin: !require_origin,
+                limits: wtchat::protocol::Limits {
+                    frames_per_second: max_frames_per_second,
+                    frame_burst,
+                    ..Default::default()
+                },
+                hub: wtchat::hub::HubConfig {
+                    max_connections,
+                    history_len: history,
+                    ..Default::default()
+                },
                 ..Config::default()
             };
             serve(config)
