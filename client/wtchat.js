@@ -1,2 +1,879 @@
-// placeholder: the browser client is being written
-export {};
+// wtchat browser client: chat rooms over WebTransport, with a WebSocket fallback.
+//
+// An ES module with no dependencies and no build step:
+//
+//   import { connect } from "/wtchat/wtchat.js";
+//   const chat = await connect({ room: "lobby", name: "ann" });
+//   chat.on("message", (m) => console.log(m.from, m.text));
+//   await chat.send("hello");
+//
+// How it connects: it fetches `/wtchat/config` from the server, then opens WebTransport
+// (pinning the development certificate by its SHA-256 digest when the server serves one).
+// WebTransport gets a short head start; if it is not ready by then (UDP blocked, a proxy, an
+// old browser) a WebSocket attempt starts too and whichever is ready first wins ("happy
+// eyeballs"); the loser is closed. Over WebTransport frames are JSON lines on one
+// bidirectional stream and typing notices travel as datagrams; over WebSocket every frame
+// is one text message.
+//
+// Reconnects: when the connection drops, the client reconnects with exponential backoff
+// and jitter (unless the server's `bye` frame said not to), joins again with the last
+// sequence number and room epoch it saw, and the server replays exactly what was missed.
+// Unacknowledged sends are re-sent with their client ids, which the server deduplicates,
+// so every message is delivered once and in order, whichever transport the new connection
+// uses. Incoming messages are deduplicated by (epoch, seq) as well.
+
+/** The client's version. */
+export const VERSION = "0.1.0";
+
+/** How long WebTransport may try alone before a WebSocket attempt races it. */
+const HEAD_START_MS = 400;
+/** Reconnect backoff: first delay, growth cap. Each delay is jittered to 50-100%. */
+const BACKOFF_BASE_MS = 500;
+const BACKOFF_MAX_MS = 15000;
+/** How long one connection attempt (config, transport, join) may take. */
+const ATTEMPT_TIMEOUT_MS = 10000;
+/** Keepalive: a `ping` after this much silence from the server... */
+const PING_IDLE_MS = 25000;
+/** ...and the connection is considered dead after this much more. */
+const PING_TIMEOUT_MS = 10000;
+/** At most one typing notice per this interval. */
+const TYPING_INTERVAL_MS = 2500;
+/** Messages kept in `chat.messages` (oldest dropped first). */
+const DEFAULT_MAX_MESSAGES = 1000;
+
+/** Close codes (WebSocket close code = WebTransport close code = `bye.code`). */
+export const CloseCodes = Object.freeze({
+  NORMAL: 1000,
+  SHUTDOWN: 4000,
+  TOO_SLOW: 4001,
+  PROTOCOL_ERROR: 4400,
+  FRAME_TOO_LARGE: 4409,
+});
+
+/** Whether a close code means "reconnect": 4000-4399. */
+export function shouldReconnect(code) {
+  return code >= 4000 && code < 4400;
+}
+
+/** An error with a machine-readable `code` (the server's error code, or a client one). */
+export class ChatError extends Error {
+  constructor(code, message, details) {
+    super(message || code);
+    this.name = "ChatError";
+    this.code = code;
+    if (details) Object.assign(this, details);
+  }
+}
+
+/**
+ * Connects to a room; resolves with a {@link Chat} once the room is joined.
+ * Rejects with a ChatError: `invalid_name`, `invalid_room` (and other server codes) when the
+ * server refuses the join, `unsupported` when a forced transport is missing, `unreachable`
+ * when no transport could connect within `timeout` ms.
+ */
+export async function connect(options) {
+  const chat = new Chat(options);
+  await chat._open();
+  return chat;
+}
+
+const encoder = new TextEncoder();
+
+function hexToBytes(hex) {
+  const clean = String(hex).replace(/[^0-9a-f]/gi, "");
+  const out = new Uint8Array(clean.length >> 1);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(clean.substr(i * 2, 2), 16);
+  return out;
+}
+
+function withToken(url, token) {
+  if (token == null || token === "") return url;
+  const u = new URL(url);
+  u.searchParams.set("token", token);
+  return u.toString();
+}
+
+function randomId() {
+  const bytes = new Uint8Array(6);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(36).padStart(2, "0")).join("").slice(0, 10);
+}
+
+function delay(ms, signal) {
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => { clearTimeout(t); resolve(); }, { once: true });
+  });
+}
+
+/**
+ * Opens a WebSocket. Resolves with a connection once open; rejects if it fails first.
+ * `events.frame(conn, obj)` and `events.closed(conn, info)` report what happens after.
+ */
+function openWebSocket(url, events, signal) {
+  return new Promise((resolve, reject) => {
+    let ws;
+    try {
+      ws = new WebSocket(url);
+    } catch (e) {
+      reject(new ChatError("unreachable", `websocket: ${e.message}`));
+      return;
+    }
+    let open = false;
+    let done = false;
+    const conn = {
+      kind: "websocket",
+      write(obj) {
+        if (ws.readyState !== WebSocket.OPEN) return false;
+        ws.send(JSON.stringify(obj));
+        return true;
+      },
+      writeEphemeral(obj) {
+        return conn.write(obj);
+      },
+      close(code = 1000, reason = "") {
+        // Closing a socket that is still connecting makes the browser log an error; let it
+        // open first, then close it.
+        if (ws.readyState === WebSocket.CONNECTING) {
+          ws.addEventListener("open", () => ws.close(code, reason), { once: true });
+        } else if (ws.readyState === WebSocket.OPEN) {
+          ws.close(code, reason);
+        }
+      },
+    };
+    const finish = (info) => {
+      if (done) return;
+      done = true;
+      if (open) events.closed(conn, info);
+      else reject(new ChatError("unreachable", "websocket: connection failed"));
+    };
+    ws.onopen = () => {
+      if (signal?.aborted) {
+        ws.close(1000, "not needed");
+        return;
+      }
+      open = true;
+      resolve(conn);
+    };
+    ws.onmessage = (e) => {
+      if (typeof e.data !== "string") return;
+      let frame;
+      try {
+        frame = JSON.parse(e.data);
+      } catch {
+        return;
+      }
+      events.frame(conn, frame);
+    };
+    ws.onerror = () => {}; // always followed by close
+    ws.onclose = (e) => finish({ code: e.code, reason: e.reason });
+    signal?.addEventListener("abort", () => {
+      if (!open) {
+        conn.close(1000, "not needed");
+        reject(new ChatError("aborted", "websocket: not needed"));
+      }
+    }, { once: true });
+  });
+}
+
+/**
+ * Opens a WebTransport session and its one bidirectional stream. Resolves with a
+ * connection once both are ready; rejects if either fails first.
+ */
+async function openWebTransport(url, hashes, events, signal) {
+  const options = {};
+  if (hashes && hashes.length) {
+    options.serverCertificateHashes = hashes.map((h) => ({
+      algorithm: h.algorithm,
+      value: hexToBytes(h.value),
+    }));
+  }
+  let wt;
+  try {
+    wt = new WebTransport(url, options);
+  } catch (e) {
+    throw new ChatError("unreachable", `webtransport: ${e.message}`);
+  }
+  // Every promise of a WebTransport may reject; none may go unhandled.
+  wt.ready.catch(() => {});
+  wt.closed.catch(() => {});
+  const abort = () => {
+    try { wt.close({ closeCode: 1000, reason: "not needed" }); } catch { /* already closed */ }
+  };
+  signal?.addEventListener("abort", abort, { once: true });
+  let stream;
+  try {
+    await wt.ready;
+    stream = await wt.createBidirectionalStream();
+  } catch (e) {
+    abort();
+    throw new ChatError(signal?.aborted ? "aborted" : "unreachable", `webtransport: ${e.message}`);
+  }
+  signal?.removeEventListener("abort", abort);
+  if (signal?.aborted) {
+    abort();
+    throw new ChatError("aborted", "webtransport: not needed");
+  }
+
+  const writer = stream.writable.getWriter();
+  writer.closed.catch(() => {});
+  const dgram = wt.datagrams;
+  let dgWriter = null;
+  try {
+    dgWriter = (typeof dgram.createWritable === "function" ? dgram.createWritable() : dgram.writable).getWriter();
+    dgWriter.closed.catch(() => {});
+  } catch {
+    dgWriter = null;
+  }
+  const maxDatagram = () => dgram.maxDatagramSize || 1100;
+  let closed = false;
+
+  const conn = {
+    kind: "webtransport",
+    write(obj) {
+      if (closed) return false;
+      writer.write(encoder.encode(JSON.stringify(obj) + "\n")).catch(() => {});
+      return true;
+    },
+    writeEphemeral(obj) {
+      if (closed) return false;
+      const bytes = encoder.encode(JSON.stringify(obj));
+      if (!dgWriter || bytes.length > maxDatagram()) return conn.write(obj);
+      dgWriter.write(bytes).catch(() => {});
+      return true;
+    },
+    close(code = 1000, reason = "") {
+      if (closed) return;
+      try { wt.close({ closeCode: code, reason }); } catch { /* already closed */ }
+      finish({ code, reason });
+    },
+  };
+  const finish = (info) => {
+    if (closed) return;
+    closed = true;
+    events.closed(conn, info);
+  };
+
+  // The stream: UTF-8 JSON lines.
+  (async () => {
+    const reader = stream.readable.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = "";
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let nl;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 1);
+          if (!line.trim()) continue;
+          let frame;
+          try {
+            frame = JSON.parse(line);
+          } catch {
+            continue;
+          }
+          if (closed) return;
+          events.frame(conn, frame);
+        }
+      }
+    } catch {
+      /* the stream was reset or the session closed */
+    }
+    finish({});
+  })();
+
+  // Datagrams: one JSON frame each.
+  (async () => {
+    const decoder = new TextDecoder();
+    let reader;
+    try {
+      reader = dgram.readable.getReader();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        let frame;
+        try {
+          frame = JSON.parse(decoder.decode(value));
+        } catch {
+          continue;
+        }
+        if (closed) return;
+        events.frame(conn, frame);
+      }
+    } catch {
+      /* session closed */
+    }
+  })();
+
+  wt.closed.then(
+    (info) => finish({ code: info?.closeCode, reason: info?.reason }),
+    () => finish({}),
+  );
+  return conn;
+}
+
+/**
+ * Opens whichever transport is ready first: WebTransport with a head start, then
+ * WebSocket racing it. The loser is closed.
+ */
+async function dial(config, options, events, state) {
+  const forced = options.transport;
+  const hasWT = typeof globalThis.WebTransport === "function" && !!config.webtransport;
+  if (forced === "webtransport" && !hasWT) {
+    throw new ChatError("unsupported", "WebTransport is not available in this browser or server");
+  }
+  const useWT = hasWT && forced !== "websocket";
+  const useWS = forced !== "webtransport" && !!config.websocket;
+  const controller = new AbortController();
+  const attempts = [];
+  const start = (open) => {
+    const p = open(controller.signal);
+    attempts.push(p);
+    return p;
+  };
+  const openWT = (signal) =>
+    openWebTransport(withToken(config.webtransport, options.token), config.certificateHashes, events, signal);
+  const openWS = (signal) => openWebSocket(withToken(config.websocket, options.token), events, signal);
+
+  let winner;
+  try {
+    if (useWT && useWS) {
+      const wt = start(openWT);
+      // The head start ends early if WebTransport fails outright. After a reconnect where
+      // WebTransport lost the race, both start together.
+      const headStart = state.webTransportLost ? 0 : options.headStart ?? HEAD_START_MS;
+      const early = await Promise.race([
+        wt.then((conn) => conn, () => null),
+        delay(headStart).then(() => null),
+      ]);
+      if (early) {
+        winner = early;
+      } else {
+        const ws = start(openWS);
+        winner = await Promise.any([wt, ws]);
+      }
+    } else if (useWT) {
+      winner = await start(openWT);
+    } else if (useWS) {
+      winner = await start(openWS);
+    } else {
+      throw new ChatError("unsupported", "the server offers no transport this browser has");
+    }
+  } catch (e) {
+    controller.abort();
+    if (e instanceof AggregateError) {
+      throw new ChatError("unreachable", e.errors.map((x) => x.message).join("; "));
+    }
+    throw e;
+  }
+  // Close every other attempt, now or whenever it connects.
+  controller.abort();
+  for (const p of attempts) {
+    p.then((conn) => { if (conn !== winner) conn.close(1000, "not needed"); }, () => {});
+  }
+  if (useWT && useWS) state.webTransportLost = winner.kind !== "webtransport";
+  return winner;
+}
+
+/** A joined room. Create it with {@link connect}. */
+export class Chat {
+  constructor(options) {
+    if (!options || typeof options.room !== "string" || typeof options.name !== "string") {
+      throw new TypeError("connect({room, name}) needs a room and a name");
+    }
+    const server = options.server ?? (typeof location !== "undefined" ? location.origin : "");
+    /** The room's name. */
+    this.room = options.room;
+    /** The display name. */
+    this.name = options.name;
+    /** The server's HTTP base URL. */
+    this.server = String(server).replace(/\/+$/, "");
+    /** `"webtransport"` or `"websocket"` once connected; null before. */
+    this.transport = null;
+    /** connecting | connected | reconnecting | closed */
+    this.status = "connecting";
+    /** The room's messages so far, in order, without duplicates. */
+    this.messages = [];
+    /** The room's members, `{id, name}`. */
+    this.members = [];
+    /** This connection as the room sees it, `{id, name}`. */
+    this.me = null;
+    /** The server's limits (from `/wtchat/config`). */
+    this.limits = null;
+    /** The room's epoch and the last sequence number seen in it. */
+    this.epoch = null;
+    this.seq = 0;
+
+    this._options = { ...options };
+    this._maxMessages = options.maxMessages ?? DEFAULT_MAX_MESSAGES;
+    this._handlers = new Map();
+    this._conn = null;
+    this._joined = false;
+    this._gen = 0;
+    this._idPrefix = `${randomId()}-`;
+    this._idCounter = 0;
+    this._pending = []; // unacknowledged sends, in order
+    this._wire = []; // frames waiting for the rate limit, current connection only
+    this._tokens = 0;
+    this._tokensAt = 0;
+    this._wireTimer = null;
+    this._lastTyping = 0;
+    this._attempt = 0;
+    this._reconnectTimer = null;
+    this._keepaliveTimer = null;
+    this._lastHeard = 0;
+    this._pinged = false;
+    this._bye = null;
+    this._dialState = { webTransportLost: false };
+    this._joinWaiter = null;
+    this._closedByUser = false;
+    this._replayLeft = 0;
+    if (options.on) {
+      for (const [event, handler] of Object.entries(options.on)) this.on(event, handler);
+    }
+    this._onOnline = () => {
+      if (this.status === "reconnecting" && this._reconnectTimer) {
+        clearTimeout(this._reconnectTimer);
+        this._reconnectTimer = null;
+        this._attemptConnect();
+      }
+    };
+    if (typeof addEventListener === "function") addEventListener("online", this._onOnline);
+  }
+
+  /**
+   * Subscribes to an event: `message`, `presence`, `typing`, `status`, `error`, `gap`.
+   * Returns a function that unsubscribes.
+   */
+  on(event, handler) {
+    let set = this._handlers.get(event);
+    if (!set) this._handlers.set(event, (set = new Set()));
+    set.add(handler);
+    return () => set.delete(handler);
+  }
+
+  _emit(event, value) {
+    const set = this._handlers.get(event);
+    if (!set) return;
+    for (const handler of [...set]) {
+      try {
+        handler(value);
+      } catch (e) {
+        // A broken handler must not break the client; report it without throwing here.
+        setTimeout(() => { throw e; });
+      }
+    }
+  }
+
+  _setStatus(status, details = {}) {
+    this.status = status;
+    this._emit("status", { status, ...details });
+  }
+
+  /**
+   * Sends a message. Resolves with `{seq, id}` once the server stored it; rejects with a
+   * ChatError whose `code` is the server's error code (`text_too_long`, ...), or `closed`.
+   * While reconnecting, sends are queued and delivered once, in order.
+   */
+  send(text) {
+    if (this.status === "closed") {
+      return Promise.reject(new ChatError("closed", "the chat is closed"));
+    }
+    text = String(text ?? "");
+    if (!text.trim()) return Promise.reject(new ChatError("invalid_text", "text must not be empty"));
+    const max = this.limits?.maxTextChars;
+    if (max && text.length > max && [...text].length > max) {
+      return Promise.reject(new ChatError("text_too_long", `text is longer than ${max} characters`));
+    }
+    const id = `${this._idPrefix}${++this._idCounter}`;
+    return new Promise((resolve, reject) => {
+      const pending = { id, text, resolve, reject, gen: -1, retries: 0 };
+      this._pending.push(pending);
+      if (this._joined) this._writeSend(pending);
+    });
+  }
+
+  /** Says "I am typing" to the room; throttled, and dropped when not connected. */
+  typing() {
+    const now = Date.now();
+    if (!this._joined || now - this._lastTyping < TYPING_INTERVAL_MS) return false;
+    // Never let a typing notice cost a message its place under the rate limit.
+    this._refill();
+    if (this._tokens < 2 || this._wire.length) return false;
+    this._lastTyping = now;
+    this._tokens -= 1;
+    return this._conn.writeEphemeral({ type: "typing", room: this.room });
+  }
+
+  /** Leaves the room and closes the connection. Queued sends are rejected. */
+  close() {
+    if (this.status === "closed") return;
+    this._closedByUser = true;
+    const conn = this._conn;
+    if (conn && this._joined) conn.write({ type: "leave", room: this.room });
+    this._shutdown("closed by client", CloseCodes.NORMAL);
+    // Give the leave frame a moment on the wire before closing.
+    if (conn) setTimeout(() => conn.close(CloseCodes.NORMAL, "normal"), 50);
+  }
+
+  /** Whether a message was sent by this client (it carries one of our client ids). */
+  isMine(message) {
+    return typeof message.id === "string" && message.id.startsWith(this._idPrefix);
+  }
+
+  // ---- connection lifecycle ----
+
+  async _open() {
+    this._setStatus("connecting");
+    const timeout = this._options.timeout ?? ATTEMPT_TIMEOUT_MS;
+    const deadline = Date.now() + timeout;
+    for (;;) {
+      try {
+        await this._connectOnce();
+        this._attempt = 0;
+        this._startKeepalive();
+        return;
+      } catch (e) {
+        const fatal = !["unreachable", "timeout", "server_full", "rate_limited", "lost"].includes(e.code);
+        const wait = this._backoff();
+        if (fatal || Date.now() + wait > deadline) {
+          this._shutdown(e.message, undefined, e.code);
+          throw e;
+        }
+        this._setStatus("connecting", { reason: e.message, attempt: this._attempt, delay: wait });
+        await delay(wait);
+        if (this.status === "closed") throw new ChatError("closed", "the chat is closed");
+      }
+    }
+  }
+
+  _backoff() {
+    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** this._attempt);
+    this._attempt = Math.min(this._attempt + 1, 16);
+    return Math.round(base / 2 + (Math.random() * base) / 2);
+  }
+
+  async _fetchConfig() {
+    let response;
+    try {
+      response = await fetch(`${this.server}/wtchat/config`, { cache: "no-store" });
+    } catch (e) {
+      throw new ChatError("unreachable", `config: ${e.message}`);
+    }
+    if (!response.ok) throw new ChatError("unreachable", `config: HTTP ${response.status}`);
+    return response.json();
+  }
+
+  /** One attempt: config, transport, join. Resolves once joined. */
+  async _connectOnce() {
+    const gen = ++this._gen;
+    const attempt = (async () => {
+      const config = await this._fetchConfig();
+      if (gen !== this._gen) throw new ChatError("aborted", "superseded");
+      this.limits = config.limits || null;
+      const events = {
+        frame: (conn, frame) => { if (conn === this._conn) this._onFrame(frame); },
+        closed: (conn, info) => { if (conn === this._conn) this._onClosed(info); },
+      };
+      const conn = await dial(config, this._options, events, this._dialState);
+      if (gen !== this._gen || this.status === "closed") {
+        conn.close(1000, "not needed");
+        throw new ChatError("aborted", "superseded");
+      }
+      this._conn = conn;
+      this._bye = null;
+      this._lastHeard = Date.now();
+      this._tokens = Math.max(1, this._rate());
+      this._tokensAt = performance.now();
+      this._wire = [];
+      const joined = new Promise((resolve, reject) => { this._joinWaiter = { resolve, reject }; });
+      const join = { type: "join", room: this.room, name: this.name };
+      if (this.epoch != null) {
+        join.since = this.seq;
+        join.epoch = this.epoch;
+      }
+      this._enqueue(join);
+      await joined;
+      this._joined = true;
+      return conn;
+    })();
+    let timer;
+    const timeout = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new ChatError("timeout", "connecting timed out")), ATTEMPT_TIMEOUT_MS);
+    });
+    try {
+      const conn = await Promise.race([attempt, timeout]);
+      this.transport = conn.kind;
+      this._setStatus("connected", { transport: conn.kind });
+      // Queued and unacknowledged sends, in order, with their ids: the server stores each once.
+      for (const pending of this._pending) this._writeSend(pending);
+    } catch (e) {
+      attempt.catch(() => {});
+      if (gen === this._gen) {
+        // Invalidate this attempt: if it is still under way, it closes what it opens.
+        this._gen++;
+        this._joinWaiter = null;
+        const conn = this._conn;
+        this._conn = null;
+        this._joined = false;
+        conn?.close(1000, "attempt failed");
+      }
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  _onClosed(info) {
+    const conn = this._conn;
+    this._conn = null;
+    this._joined = false;
+    this._wire = [];
+    this._stopKeepalive();
+    if (this._joinWaiter) {
+      const waiter = this._joinWaiter;
+      this._joinWaiter = null;
+      if (this._bye && !this._bye.reconnect) {
+        waiter.reject(new ChatError(this._bye.reason || "closed", "the server closed the connection"));
+      } else {
+        waiter.reject(new ChatError("lost", "connection lost while joining"));
+      }
+      return;
+    }
+    if (this.status === "closed" || !conn) return;
+    // Trust `bye` over the close code: WebTransport close codes do not reach browsers.
+    const code = this._bye?.code ?? info.code;
+    const reconnect = this._bye ? this._bye.reconnect : !(code === 1000 || (code >= 4400 && code < 5000));
+    if (!reconnect) {
+      this._shutdown(this._bye?.reason || info.reason || "closed by server", code);
+      return;
+    }
+    this._scheduleReconnect(this._bye?.reason || "connection lost");
+  }
+
+  _scheduleReconnect(reason) {
+    if (this.status === "closed" || this._reconnectTimer) return;
+    const wait = this._backoff();
+    this.transport = null;
+    this._setStatus("reconnecting", { reason, attempt: this._attempt, delay: wait });
+    this._reconnectTimer = setTimeout(() => {
+      this._reconnectTimer = null;
+      this._attemptConnect();
+    }, wait);
+  }
+
+  async _attemptConnect() {
+    if (this.status === "closed") return;
+    try {
+      await this._connectOnce();
+      this._attempt = 0;
+      this._startKeepalive();
+    } catch (e) {
+      if (this.status === "closed" || e.code === "aborted") return;
+      const retry = ["unreachable", "timeout", "server_full", "rate_limited", "lost", "shutdown", "too_slow"];
+      if (!retry.includes(e.code)) {
+        this._shutdown(e.message, undefined, e.code);
+        return;
+      }
+      this._scheduleReconnect(e.message);
+    }
+  }
+
+  _shutdown(reason, code, errorCode) {
+    if (this.status === "closed") return;
+    this._gen++;
+    clearTimeout(this._reconnectTimer);
+    this._reconnectTimer = null;
+    clearTimeout(this._wireTimer);
+    this._wireTimer = null;
+    this._stopKeepalive();
+    if (typeof removeEventListener === "function") removeEventListener("online", this._onOnline);
+    const conn = this._conn;
+    this._conn = null;
+    this._joined = false;
+    if (conn && !this._closedByUser) conn.close(CloseCodes.NORMAL, "normal");
+    this.transport = null;
+    const pending = this._pending;
+    this._pending = [];
+    for (const p of pending) p.reject(new ChatError("closed", "the chat closed before the message was sent"));
+    this._setStatus("closed", { reason, code, error: errorCode });
+  }
+
+  _startKeepalive() {
+    this._stopKeepalive();
+    this._keepaliveTimer = setInterval(() => {
+      const silent = Date.now() - this._lastHeard;
+      if (!this._conn) return;
+      if (this._pinged && silent > PING_IDLE_MS + PING_TIMEOUT_MS) {
+        // Nothing came back: the connection is dead even if the socket does not know yet.
+        const conn = this._conn;
+        this._onClosed({ reason: "keepalive timeout" });
+        conn.close(1000, "keepalive timeout");
+      } else if (!this._pinged && silent > PING_IDLE_MS) {
+        this._pinged = true;
+        this._enqueue({ type: "ping" });
+      }
+    }, 5000);
+  }
+
+  _stopKeepalive() {
+    clearInterval(this._keepaliveTimer);
+    this._keepaliveTimer = null;
+    this._pinged = false;
+  }
+
+  // ---- writing, under the server's rate limit ----
+
+  _rate() {
+    return Math.max(1, this.limits?.framesPerSecond || 20);
+  }
+
+  _refill() {
+    const now = performance.now();
+    const rate = this._rate();
+    this._tokens = Math.min(rate, this._tokens + ((now - this._tokensAt) / 1000) * rate);
+    this._tokensAt = now;
+  }
+
+  _enqueue(frame) {
+    this._wire.push(frame);
+    this._pump();
+  }
+
+  _pump() {
+    if (this._wireTimer) return;
+    this._refill();
+    while (this._wire.length && this._conn) {
+      if (this._tokens < 1) {
+        const wait = Math.ceil(((1 - this._tokens) / this._rate()) * 1000);
+        this._wireTimer = setTimeout(() => { this._wireTimer = null; this._pump(); }, wait);
+        return;
+      }
+      this._tokens -= 1;
+      this._conn.write(this._wire.shift());
+    }
+  }
+
+  _writeSend(pending) {
+    if (pending.gen === this._gen) return;
+    pending.gen = this._gen;
+    this._enqueue({ type: "send", room: this.room, text: pending.text, id: pending.id });
+  }
+
+  // ---- reading ----
+
+  _onFrame(frame) {
+    this._lastHeard = Date.now();
+    this._pinged = false;
+    if (!frame || typeof frame !== "object") return;
+    if (frame.room !== undefined && frame.room !== this.room) return;
+    switch (frame.type) {
+      case "joined": return this._onJoined(frame);
+      case "message": return this._onMessage(frame);
+      case "ack": return this._onAck(frame);
+      case "presence": return this._onPresence(frame);
+      case "typing":
+        if (frame.from) this._emit("typing", { room: this.room, from: frame.from });
+        return;
+      case "error": return this._onError(frame);
+      case "bye":
+        this._bye = { code: frame.code, reason: frame.reason, reconnect: !!frame.reconnect };
+        return;
+      case "left":
+      case "pong":
+      default:
+        return;
+    }
+  }
+
+  _onJoined(frame) {
+    const newEpoch = this.epoch != null && frame.epoch !== this.epoch;
+    if (frame.gap || newEpoch) {
+      this._emit("gap", { room: this.room, epoch: frame.epoch, previousEpoch: this.epoch, since: this.seq });
+    }
+    if (newEpoch || this.epoch == null) this.seq = 0;
+    this.epoch = frame.epoch;
+    this.me = frame.you ? { id: frame.you.id, name: frame.you.name } : null;
+    this.members = (frame.members || []).map((m) => ({ id: m.id, name: m.name }));
+    this._emit("presence", { room: this.room, event: "sync", member: this.me, members: this.members.slice() });
+    // The join completes once the replayed history (the next `replay` messages) is in.
+    this._replayLeft = frame.replay || 0;
+    if (!this._replayLeft) this._joinDone();
+  }
+
+  _joinDone() {
+    const waiter = this._joinWaiter;
+    this._joinWaiter = null;
+    waiter?.resolve();
+  }
+
+  _onMessage(frame) {
+    // Dedupe by (epoch, seq): within an epoch the server sends in sequence order, so
+    // anything at or below the last seen number is a duplicate.
+    if (this._replayLeft > 0 && --this._replayLeft === 0) queueMicrotask(() => this._joinDone());
+    if (typeof frame.seq !== "number" || frame.seq <= this.seq) return;
+    this.seq = frame.seq;
+    const message = {
+      room: this.room,
+      epoch: this.epoch,
+      seq: frame.seq,
+      from: frame.from,
+      text: frame.text,
+      time: frame.time,
+      id: frame.id,
+      mine: this.isMine(frame),
+    };
+    this.messages.push(message);
+    if (this.messages.length > this._maxMessages) this.messages.splice(0, this.messages.length - this._maxMessages);
+    this._emit("message", message);
+  }
+
+  _onAck(frame) {
+    const i = this._pending.findIndex((p) => p.id === frame.id);
+    if (i < 0) return;
+    const [pending] = this._pending.splice(i, 1);
+    pending.resolve({ seq: frame.seq, id: pending.id });
+  }
+
+  _onPresence(frame) {
+    const member = frame.member && { id: frame.member.id, name: frame.member.name };
+    if (!member) return;
+    if (frame.event === "join") {
+      if (!this.members.some((m) => m.id === member.id)) this.members.push(member);
+    } else if (frame.event === "leave") {
+      this.members = this.members.filter((m) => m.id !== member.id);
+    }
+    this._emit("presence", { room: this.room, event: frame.event, member, members: this.members.slice() });
+  }
+
+  _onError(frame) {
+    const error = new ChatError(frame.code, frame.message, { room: frame.room, id: frame.id });
+    if (frame.id) {
+      const i = this._pending.findIndex((p) => p.id === frame.id);
+      if (i >= 0) {
+        const pending = this._pending[i];
+        if (frame.code === "rate_limited" && pending.retries < 5) {
+          // Dropped, not refused: try again shortly (the id keeps it idempotent).
+          pending.retries += 1;
+          pending.gen = -1;
+          setTimeout(() => {
+            if (this._joined && this._pending.includes(pending)) this._writeSend(pending);
+          }, 1000 * pending.retries);
+          return;
+        }
+        this._pending.splice(i, 1);
+        pending.reject(error);
+        return;
+      }
+    }
+    if (this._joinWaiter && !this._joined && frame.room === this.room) {
+      const waiter = this._joinWaiter;
+      this._joinWaiter = null;
+      waiter.reject(error);
+      return;
+    }
+    this._emit("error", error);
+  }
+}

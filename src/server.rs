@@ -33,6 +33,18 @@ const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// QUIC idle timeout: how long a vanished client holds its session.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Streams a client may open at once, per direction. A chat session needs two bidirectional
+/// streams (the CONNECT request and the chat stream) and a few unidirectional ones (HTTP/3
+/// control and QPACK). quinn reserves state for every stream the peer may open, so quinn's
+/// default of 100 + 100 costs memory on every idle session for nothing.
+const MAX_STREAMS: u32 = 8;
+
+/// Receive windows sized for chat frames (at most 16 KiB each), not bulk transfer: the
+/// client's side of a conversation is small.
+const STREAM_RECEIVE_WINDOW: u32 = 64 * 1024;
+const RECEIVE_WINDOW: u32 = 256 * 1024;
+const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
+
 /// What the HTTP handlers and the WebTransport acceptor share.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -190,6 +202,11 @@ impl Server {
 fn quic_config(identity: Identity, bind: Option<SocketAddr>) -> io::Result<ServerConfig> {
     let mut transport = wtransport::config::QuicTransportConfig::default();
     transport.keep_alive_interval(Some(KEEP_ALIVE));
+    transport.max_concurrent_bidi_streams(MAX_STREAMS.into());
+    transport.max_concurrent_uni_streams(MAX_STREAMS.into());
+    transport.stream_receive_window(STREAM_RECEIVE_WINDOW.into());
+    transport.receive_window(RECEIVE_WINDOW.into());
+    transport.datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
     transport.max_idle_timeout(Some(
         IDLE_TIMEOUT
             .try_into()
