@@ -250,3 +250,77 @@ async fn the_development_certificate_is_renewed_while_running() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_ca_issued_certificate_is_served_as_given_with_no_digest() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use wtransport::tls::rustls;
+
+    // A private CA and a leaf for localhost, as a real deployment would have (chain file =
+    // leaf then CA).
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let chain = dir.path().join("fullchain.pem");
+    let key = dir.path().join("privkey.pem");
+    std::fs::write(&chain, format!("{}{}", leaf.pem(), ca_cert.pem())).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+
+    let server = start_with(|c| {
+        c.tls = wtchat::Tls::Files {
+            cert: chain.clone(),
+            key: key.clone(),
+        }
+    })
+    .await;
+    assert!(server.digests.is_empty());
+    let (_, body) = server.get("/wtchat/config").await;
+    let config: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["certificateHashes"], json!([]));
+
+    // A client that trusts the CA (as a browser trusts public CAs) connects by name.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_cert.der().clone()).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let endpoint = wtransport::Endpoint::client(
+        wtransport::ClientConfig::builder()
+            .with_bind_default()
+            .with_custom_tls(tls)
+            .build(),
+    )
+    .unwrap();
+    let url = format!("https://localhost:{}/wtchat", server.webtransport.port());
+    let connection = endpoint
+        .connect(url)
+        .await
+        .expect("the CA-issued chain verifies");
+    let (mut send, mut recv) = connection.open_bi().await.unwrap().await.unwrap();
+    send.write_all(b"{\"type\":\"ping\"}\n").await.unwrap();
+    let mut reply = Vec::new();
+    while !reply.ends_with(b"\n") {
+        let mut chunk = [0u8; 64];
+        let n = tokio::time::timeout(common::DEADLINE, recv.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(reply, b"{\"type\":\"pong\"}\n");
+    server.stop().await;
+}
