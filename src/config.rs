@@ -5,6 +5,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::auth::{AuthHook, ConnectRequest, Identity, TokenAuth};
 use crate::hub::HubConfig;
 use crate::protocol::Limits;
 
@@ -24,8 +28,26 @@ pub enum Tls {
     Files { cert: PathBuf, key: PathBuf },
 }
 
+/// What the host's message hook sees of a message before it is stored.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageEvent<'a> {
+    /// The room.
+    pub room: &'a str,
+    /// The sender's display name.
+    pub from: &'a str,
+    /// The sender's user id, when authenticated.
+    pub user: Option<&'a str>,
+    /// The text.
+    pub text: &'a str,
+}
+
+/// The host's message hook: `Ok` lets the message through, `Err(reason)` rejects it (the
+/// sender gets error `rejected` with the reason, nobody else sees it). It runs on the
+/// sender's session before the message is stored: keep it quick (spawn slow work).
+pub type MessageHook = Arc<dyn Fn(&MessageEvent<'_>) -> Result<(), String> + Send + Sync>;
+
 /// Everything `wtchat serve` (or an embedding application) can set.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// TCP address of the HTTP side. Port 0 picks a free port.
     pub http: SocketAddr,
@@ -57,6 +79,16 @@ pub struct Config {
     pub renew_before: Duration,
     /// Serve the demo chat page at `/`.
     pub demo_page: bool,
+    /// The host's authentication hook (see [`Config::with_auth`]); takes precedence over
+    /// `token_secret`.
+    pub authenticate: Option<AuthHook>,
+    /// Accept signed tokens (`?token=`, HS256 JWT) made with this secret, and refuse
+    /// connections without a valid one.
+    pub token_secret: Option<String>,
+    /// Called for every message before it is stored; may reject it.
+    pub on_message: Option<MessageHook>,
+    /// Enables the HTTP API (`/wtchat/api/...`) for requests bearing this key.
+    pub api_key: Option<String>,
     /// tungstenite's read buffer per WebSocket. Chat frames are small; a small buffer is
     /// what keeps an idle WebSocket under a few KiB of memory.
     pub ws_read_buffer: usize,
@@ -82,9 +114,65 @@ impl Default for Config {
             close_grace: Duration::from_secs(5),
             renew_before: Duration::from_secs(24 * 3600),
             demo_page: true,
+            authenticate: None,
+            token_secret: None,
+            on_message: None,
+            api_key: None,
             ws_read_buffer: 2048,
             ws_write_buffer: 16 * 1024,
         }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("http", &self.http)
+            .field("webtransport", &self.webtransport)
+            .field("tls", &self.tls)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("allow_missing_origin", &self.allow_missing_origin)
+            .field("limits", &self.limits)
+            .field("hub", &self.hub)
+            .field("authenticate", &self.authenticate.is_some())
+            .field(
+                "token_secret",
+                &self.token_secret.as_ref().map(|_| "<secret>"),
+            )
+            .field("on_message", &self.on_message.is_some())
+            .field("api_key", &self.api_key.as_ref().map(|_| "<secret>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Sets the authentication hook: it sees each connection's request and returns who it
+    /// is, or why it is refused (the client gets `bye` 4401 with that reason).
+    pub fn with_auth<F, Fut>(mut self, hook: F) -> Config
+    where
+        F: Fn(ConnectRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Identity, String>> + Send + 'static,
+    {
+        self.authenticate = Some(Arc::new(move |request| Box::pin(hook(request))));
+        self
+    }
+
+    /// Sets the message hook (store, moderate, reject).
+    pub fn with_message_hook<F>(mut self, hook: F) -> Config
+    where
+        F: Fn(&MessageEvent<'_>) -> Result<(), String> + Send + Sync + 'static,
+    {
+        self.on_message = Some(Arc::new(hook));
+        self
+    }
+
+    /// The hook in force: the host's, else token checking when a secret is set.
+    pub(crate) fn auth_hook(&self) -> Option<AuthHook> {
+        self.authenticate.clone().or_else(|| {
+            self.token_secret
+                .as_ref()
+                .map(|secret| TokenAuth::new(secret.as_bytes()).into_hook())
+        })
     }
 }
 

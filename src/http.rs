@@ -1,17 +1,22 @@
 //! The HTTP side, as an axum [`Router`] a host application can merge: the client's
-//! configuration (`GET /wtchat/config`) and the WebSocket fallback (`GET /wtchat/ws`).
+//! configuration (`GET /wtchat/config`), the WebSocket fallback (`GET /wtchat/ws`), the
+//! client (`GET /wtchat/wtchat.js`), and — when an API key is configured — the API for the
+//! host's backend (`/wtchat/api/...`).
 
 use std::sync::Arc;
 
+use axum::extract::Query;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde_json::json;
 
+use crate::chat::Shared;
 use crate::config::PATH;
-use crate::server::Shared;
 use crate::transport::websocket;
 
 /// The browser client, built into the binary so that `wtchat` is one self-contained file.
@@ -36,6 +41,14 @@ pub(crate) fn router(shared: Arc<Shared>, demo_page: bool) -> Router {
                 )
             }),
         );
+    let router = if shared.api_key.is_some() {
+        router
+            .route(&format!("{PATH}/api/publish"), post(api_publish))
+            .route(&format!("{PATH}/api/members"), get(api_members))
+            .route(&format!("{PATH}/api/kick"), post(api_kick))
+    } else {
+        router
+    };
     let router = if demo_page {
         router.route("/", get(|| async { Html(DEMO_PAGE) }))
     } else {
@@ -92,6 +105,102 @@ async fn config(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
         },
     });
     ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+}
+
+/// Whether the request bears the API key (`Authorization: Bearer KEY`). Compared in
+/// constant time: the key is a password.
+fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    let Some(key) = &shared.api_key else {
+        return false;
+    };
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    given.len() == key.len()
+        && given
+            .bytes()
+            .zip(key.bytes())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
+fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({"error": code, "message": message}))).into_response()
+}
+
+fn unauthorized() -> Response {
+    api_error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "send the API key as Authorization: Bearer KEY",
+    )
+}
+
+#[derive(Deserialize)]
+struct PublishRequest {
+    room: String,
+    from: String,
+    text: String,
+}
+
+/// `POST /wtchat/api/publish {"room","from","text"}` → `{"seq"}`.
+async fn api_publish(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(body): Json<PublishRequest>,
+) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
+    match shared.publish(&body.room, &body.from, &body.text) {
+        Ok(seq) => Json(json!({"room": body.room, "seq": seq})).into_response(),
+        Err(code) => api_error(StatusCode::BAD_REQUEST, code.as_str(), "message refused"),
+    }
+}
+
+#[derive(Deserialize)]
+struct RoomQuery {
+    room: String,
+}
+
+/// `GET /wtchat/api/members?room=R` → `{"room","members":[{"id","name","user"}]}`.
+async fn api_members(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(query): Query<RoomQuery>,
+) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
+    let members: Vec<_> = shared
+        .members(&query.room)
+        .into_iter()
+        .map(|m| json!({"id": m.id, "name": m.name, "user": m.user}))
+        .collect();
+    Json(json!({"room": query.room, "members": members})).into_response()
+}
+
+#[derive(Deserialize)]
+struct KickRequest {
+    room: String,
+    user: String,
+}
+
+/// `POST /wtchat/api/kick {"room","user"}` → `{"kicked": N}`.
+async fn api_kick(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(body): Json<KickRequest>,
+) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
+    let kicked = shared.kick(&body.room, &body.user);
+    Json(json!({"room": body.room, "kicked": kicked})).into_response()
 }
 
 #[cfg(test)]

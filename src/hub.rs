@@ -169,11 +169,27 @@ pub struct Member {
     pub id: u64,
     /// Display name; shared, never copied per message.
     pub name: Arc<str>,
+    /// The host's user id, when the connection was authenticated.
+    pub user: Option<Arc<str>>,
     /// Where the room delivers this member's frames.
     pub outbox: Outbox,
 }
 
+/// A member as listed for the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberSummary {
+    pub id: u64,
+    pub name: Arc<str>,
+    pub user: Option<Arc<str>>,
+}
+
 impl Member {
+    /// Whose retries are recognized as the same message: the user when authenticated, else
+    /// the display name.
+    fn sender_key(&self) -> &str {
+        self.user.as_deref().unwrap_or(&self.name)
+    }
+
     fn as_ref(&self) -> MemberRef<'_> {
         MemberRef {
             id: self.id,
@@ -375,6 +391,19 @@ impl Hub {
         Ok(room)
     }
 
+    /// Publishes into room `name` (creating it) as `from`, on behalf of the host.
+    pub fn publish_as(&self, name: &str, from: &str, text: &str) -> Result<u64, ErrorCode> {
+        loop {
+            let room = self.room_or_create(name)?;
+            let mut state = room.state.lock().unwrap();
+            if state.removed {
+                continue;
+            }
+            let seq = room.store_and_broadcast(&mut state, from, text, None, None);
+            return Ok(seq);
+        }
+    }
+
     /// Adds `member` to room `name` (creating it). Its queue receives, in this order and
     /// before anything else from the room: `joined`, then the history it missed (all of
     /// the recent history without `resume.since`). The other members get a presence event.
@@ -403,17 +432,33 @@ impl Room {
     /// acknowledged again, with the original sequence number. Returns that number.
     pub fn publish(&self, sender: &Member, text: &str, id: Option<&str>) -> u64 {
         let mut state = self.state.lock().unwrap();
-        let key = id.map(|id| format!("{}\0{id}", sender.name).into_boxed_str());
+        let key = id.map(|id| format!("{}\0{id}", sender.sender_key()).into_boxed_str());
         if let Some(&seq) = key.as_ref().and_then(|k| state.dedupe.get(k)) {
             sender.outbox.push(ack(&self.name, id, seq));
             return seq;
         }
+        let seq = self.store_and_broadcast(&mut state, &sender.name, text, id, key);
+        // Only if the broadcast did not just drop the sender as too slow.
+        if state.members.iter().any(|m| m.id == sender.id) {
+            sender.outbox.push(ack(&self.name, id, seq));
+        }
+        seq
+    }
+
+    fn store_and_broadcast(
+        &self,
+        state: &mut RoomState,
+        from: &str,
+        text: &str,
+        id: Option<&str>,
+        dedupe_key: Option<Box<str>>,
+    ) -> u64 {
         state.seq += 1;
         let seq = state.seq;
         let frame = protocol::encode(&ServerFrame::Message {
             room: &self.name,
             seq,
-            from: &sender.name,
+            from,
             text,
             time: now_ms(),
             id,
@@ -422,7 +467,7 @@ impl Room {
         if state.history.len() > self.history_len {
             state.history.pop_front();
         }
-        if let Some(key) = key {
+        if let Some(key) = dedupe_key {
             state.dedupe.insert(key.clone(), seq);
             state.dedupe_order.push_back(key);
             if state.dedupe_order.len() > self.dedupe_window
@@ -433,10 +478,6 @@ impl Room {
         }
         state.last_active = Instant::now();
         state.broadcast(&self.name, &frame, None);
-        // Only if the broadcast did not just drop the sender as too slow.
-        if state.members.iter().any(|m| m.id == sender.id) {
-            sender.outbox.push(ack(&self.name, id, seq));
-        }
         seq
     }
 
@@ -458,6 +499,20 @@ impl Room {
         let mut state = self.state.lock().unwrap();
         state.last_active = Instant::now();
         state.remove(&self.name, member_id)
+    }
+
+    /// The current members, for the host.
+    pub fn roster(&self) -> Vec<MemberSummary> {
+        let state = self.state.lock().unwrap();
+        state
+            .members
+            .iter()
+            .map(|m| MemberSummary {
+                id: m.id,
+                name: m.name.clone(),
+                user: m.user.clone(),
+            })
+            .collect()
     }
 
     /// The current members' ids and names.
@@ -553,6 +608,7 @@ mod tests {
         let m = Member {
             id: hub.next_id(),
             name: name.into(),
+            user: None,
             outbox,
         };
         (m, inbox)
@@ -718,6 +774,7 @@ mod tests {
         let slow = Member {
             id: hub.next_id(),
             name: "slow".into(),
+            user: None,
             outbox,
         };
         let room = hub.join("r", ann.clone(), Resume::default()).unwrap();

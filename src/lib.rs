@@ -37,7 +37,9 @@
 //! # }
 //! ```
 
+pub mod auth;
 pub mod certs;
+mod chat;
 pub mod config;
 mod http;
 pub mod hub;
@@ -46,5 +48,7 @@ mod server;
 mod session;
 mod transport;
 
-pub use config::{Config, Tls};
+pub use auth::{ConnectRequest, Identity, Rooms};
+pub use chat::{Chat, MemberInfo};
+pub use config::{Config, MessageEvent, Tls};
 pub use server::Server;

@@ -1,5 +1,5 @@
 //! The `wtchat` command: `serve` runs the chat server, `certs` writes a development
-//! certificate.
+//! certificate, `token` mints a signed token.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,6 +58,30 @@ enum Command {
         /// Messages of history kept per room.
         #[arg(long, default_value_t = wtchat::hub::HubConfig::default().history_len)]
         history: usize,
+        /// Require signed tokens (`?token=`, HS256) made with this secret.
+        #[arg(long, env = "WTCHAT_TOKEN_SECRET", hide_env_values = true)]
+        token_secret: Option<String>,
+        /// Enable the HTTP API for the host's backend with this key (Authorization: Bearer).
+        #[arg(long, env = "WTCHAT_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+    },
+    /// Mint a signed token for trying things out (a host's backend mints its own).
+    Token {
+        /// The shared secret (as given to `serve --token-secret`).
+        #[arg(long, env = "WTCHAT_TOKEN_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The user id.
+        #[arg(long)]
+        user: String,
+        /// The display name.
+        #[arg(long)]
+        name: String,
+        /// A room the user may join (repeatable; `*` for any).
+        #[arg(long = "room", required = true)]
+        rooms: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
     },
     /// Write a development certificate browsers accept by digest (at most 14 days).
     Certs {
@@ -82,6 +106,22 @@ fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Certs { dir, days, sans } => write_certs(dir, days, sans),
+        Command::Token {
+            secret,
+            user,
+            name,
+            rooms,
+            ttl,
+        } => {
+            let claims = wtchat::auth::Claims {
+                sub: user,
+                name,
+                rooms,
+                exp: wtchat::auth::unix_now() + ttl,
+            };
+            println!("{}", wtchat::auth::mint(secret.as_bytes(), &claims));
+            Ok(())
+        }
         Command::Serve {
             http,
             webtransport,
@@ -94,6 +134,8 @@ fn main() -> ExitCode {
             frame_burst,
             max_connections,
             history,
+            token_secret,
+            api_key,
         } => {
             let tls = match (cert, key) {
                 (Some(cert), Some(key)) => Tls::Files { cert, key },
@@ -115,6 +157,8 @@ fn main() -> ExitCode {
                     history_len: history,
                     ..Default::default()
                 },
+                token_secret,
+                api_key,
                 ..Config::default()
             };
             serve(config)

@@ -101,6 +101,9 @@ pub enum ServerFrame<'a> {
         code: u16,
         reason: &'a str,
         reconnect: bool,
+        /// A human explanation, when there is more to say than `reason`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<&'a str>,
     },
     /// Answer to `ping`.
     Pong {},
@@ -146,6 +149,10 @@ pub enum ErrorCode {
     ServerFull,
     /// The connection sent frames faster than its rate limit; this one was dropped.
     RateLimited,
+    /// The connection's identity does not allow this room.
+    RoomForbidden,
+    /// The host's message hook rejected the message.
+    Rejected,
 }
 
 impl ErrorCode {
@@ -166,6 +173,8 @@ impl ErrorCode {
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::ServerFull => "server_full",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::RoomForbidden => "room_forbidden",
+            ErrorCode::Rejected => "rejected",
         }
     }
 }
@@ -186,6 +195,10 @@ pub enum CloseCode {
     /// The client broke the transport's framing (e.g. invalid UTF-8 in a WebSocket text
     /// message). Reconnecting would fail the same way.
     ProtocolError = 4400,
+    /// Authentication failed (no token, a forged or expired one, refused by the host).
+    Unauthorized = 4401,
+    /// The host removed this client.
+    Kicked = 4403,
     /// A frame was larger than `max_frame_bytes`.
     FrameTooLarge = 4409,
 }
@@ -208,6 +221,8 @@ impl CloseCode {
             CloseCode::Shutdown => "shutdown",
             CloseCode::TooSlow => "too_slow",
             CloseCode::ProtocolError => "protocol_error",
+            CloseCode::Unauthorized => "unauthorized",
+            CloseCode::Kicked => "kicked",
             CloseCode::FrameTooLarge => "frame_too_large",
         }
     }
@@ -476,6 +491,7 @@ mod tests {
             code: CloseCode::TooSlow.code(),
             reason: CloseCode::TooSlow.reason(),
             reconnect: CloseCode::TooSlow.reconnect(),
+            message: None,
         });
         assert_eq!(
             parsed(&bye),
@@ -513,6 +529,8 @@ mod tests {
             ErrorCode::TooManyRooms,
             ErrorCode::ServerFull,
             ErrorCode::RateLimited,
+            ErrorCode::RoomForbidden,
+            ErrorCode::Rejected,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
         }
@@ -525,6 +543,8 @@ mod tests {
         assert!(!CloseCode::Normal.reconnect());
         assert!(!CloseCode::ProtocolError.reconnect());
         assert!(!CloseCode::FrameTooLarge.reconnect());
+        assert!(!CloseCode::Unauthorized.reconnect());
+        assert!(!CloseCode::Kicked.reconnect());
     }
 
     #[test]

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{AuthHook, ConnectRequest, Identity};
+use crate::config::{MessageEvent, MessageHook};
 use crate::hub::{Hub, Member, Outbound, Outbox, Resume, Room};
 use crate::protocol::{self, ClientFrame, CloseCode, ErrorCode, Limits, ServerFrame};
 
@@ -51,7 +53,7 @@ pub(crate) trait FrameWriter: Send {
 }
 
 /// What every session needs from the server, shared by all of them.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct SessionContext {
     pub hub: Hub,
     pub limits: Arc<Limits>,
@@ -59,13 +61,69 @@ pub(crate) struct SessionContext {
     pub shutdown: CancellationToken,
     /// How long a closing session may spend writing its last frames and `bye`.
     pub close_grace: Duration,
+    /// The host's authentication, if any.
+    pub auth: Option<AuthHook>,
+    /// The host's message hook, if any.
+    pub on_message: Option<MessageHook>,
+}
+
+/// Authenticates a new connection (when the host asked for it), then runs it. A refused
+/// connection gets `bye` 4401 with the host's reason: browsers see no HTTP status from a
+/// failed WebSocket or WebTransport handshake, so the reason has to travel in-band.
+pub(crate) async fn start(
+    ctx: &SessionContext,
+    id: u64,
+    request: impl FnOnce() -> ConnectRequest,
+    reader: impl FrameReader,
+    mut writer: impl FrameWriter,
+) {
+    let identity = match &ctx.auth {
+        None => None,
+        Some(hook) => match hook(request()).await {
+            Ok(identity) => Some(identity),
+            Err(reason) => {
+                tracing::info!(reason, "connection refused by authentication");
+                let goodbye = goodbye(
+                    &mut writer,
+                    Vec::new(),
+                    CloseCode::Unauthorized,
+                    Some(&reason),
+                );
+                let _ = tokio::time::timeout(ctx.close_grace, goodbye).await;
+                return;
+            }
+        },
+    };
+    run(ctx, id, identity, reader, writer).await;
+}
+
+/// Writes `batch`, then `bye`, then closes with `code`.
+async fn goodbye(
+    writer: &mut impl FrameWriter,
+    mut batch: Vec<Outbound>,
+    code: CloseCode,
+    message: Option<&str>,
+) {
+    batch.push(Outbound {
+        frame: protocol::encode(&ServerFrame::Bye {
+            code: code.code(),
+            reason: code.reason(),
+            reconnect: code.reconnect(),
+            message,
+        }),
+        ephemeral: false,
+    });
+    if writer.send(&batch).await.is_ok() {
+        writer.close(code).await;
+    }
 }
 
 /// Runs one connection until the client leaves, breaks the protocol, is too slow, or the
 /// server shuts down. `id` is the connection's id (from [`Hub::next_id`]).
-pub(crate) async fn run(
+async fn run(
     ctx: &SessionContext,
     id: u64,
+    identity: Option<Identity>,
     mut reader: impl FrameReader,
     mut writer: impl FrameWriter,
 ) {
@@ -73,6 +131,7 @@ pub(crate) async fn run(
     let mut session = Session {
         id,
         ctx,
+        identity,
         outbox,
         rooms: Vec::new(),
         rate: RateLimit::new(&ctx.limits),
@@ -115,20 +174,8 @@ pub(crate) async fn run(
     if let Some(code) = end {
         // Last words: what is still queued, then `bye`, then the close itself; bounded,
         // because a client that stopped reading would otherwise hold us forever.
-        let goodbye = async {
-            inbox.drain_now(&mut batch);
-            batch.push(Outbound {
-                frame: protocol::encode(&ServerFrame::Bye {
-                    code: code.code(),
-                    reason: code.reason(),
-                    reconnect: code.reconnect(),
-                }),
-                ephemeral: false,
-            });
-            if writer.send(&batch).await.is_ok() {
-                writer.close(code).await;
-            }
-        };
+        inbox.drain_now(&mut batch);
+        let goodbye = goodbye(&mut writer, batch, code, None);
         let _ = tokio::time::timeout(ctx.close_grace, goodbye).await;
     }
 }
@@ -142,6 +189,8 @@ struct Joined {
 struct Session<'a> {
     id: u64,
     ctx: &'a SessionContext,
+    /// Who the host says this connection is; None when the host does not authenticate.
+    identity: Option<Identity>,
     /// This connection's own queue: replies go through it so that they keep their order
     /// with the room messages around them (a message, then its ack).
     outbox: Outbox,
@@ -197,7 +246,21 @@ impl Session<'_> {
         if let Err((code, msg)) = limits.check_room(room) {
             return self.error(code, msg, Some(room), None);
         }
-        let name = name.unwrap_or("");
+        // With an identity the host names the user, whatever the client says.
+        let name = match &self.identity {
+            Some(identity) => {
+                if !identity.rooms.allows(room) {
+                    return self.error(
+                        ErrorCode::RoomForbidden,
+                        "your identity does not allow this room",
+                        Some(room),
+                        None,
+                    );
+                }
+                identity.name.as_str()
+            }
+            None => name.unwrap_or(""),
+        };
         if let Err((code, msg)) = limits.check_name(name) {
             return self.error(code, msg, Some(room), None);
         }
@@ -220,6 +283,7 @@ impl Session<'_> {
         let me = Member {
             id: self.id,
             name: name.into(),
+            user: self.identity.as_ref().map(|i| i.user.as_str().into()),
             outbox: self.outbox.clone(),
         };
         match self.ctx.hub.join(room, me.clone(), resume) {
@@ -244,6 +308,17 @@ impl Session<'_> {
         };
         if let Err((code, msg)) = self.ctx.limits.check_message(text, id) {
             return self.error(code, msg, Some(room), id);
+        }
+        if let Some(hook) = &self.ctx.on_message {
+            let event = MessageEvent {
+                room,
+                from: &joined.me.name,
+                user: joined.me.user.as_deref(),
+                text,
+            };
+            if let Err(reason) = hook(&event) {
+                return self.error(ErrorCode::Rejected, &reason, Some(room), id);
+            }
         }
         joined.room.publish(&joined.me, text, id);
     }

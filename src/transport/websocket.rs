@@ -19,14 +19,16 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tracing::Instrument;
 
+use crate::auth::ConnectRequest;
+use crate::chat::Shared;
 use crate::hub::Outbound;
 use crate::protocol::CloseCode;
-use crate::server::Shared;
 use crate::session::{self, FrameReader, FrameWriter, Inbound};
 
 /// The WebSocket fallback: checks the origin and the connection limit before upgrading.
 pub(crate) async fn upgrade(
     State(shared): State<Arc<Shared>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     ws: WebSocketUpgrade,
@@ -34,8 +36,8 @@ pub(crate) async fn upgrade(
     // A header that is not visible ASCII can match no allowed origin.
     let origin = headers
         .get(header::ORIGIN)
-        .map(|o| o.to_str().unwrap_or("\u{0}"));
-    if !shared.origins.allows(origin) {
+        .map(|o| o.to_str().unwrap_or("\u{0}").to_string());
+    if !shared.origins.allows(origin.as_deref()) {
         tracing::info!(?origin, "websocket refused: origin not allowed");
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
@@ -60,7 +62,15 @@ pub(crate) async fn upgrade(
                 async move {
                     let _permit = permit;
                     let (sink, stream) = socket.split();
-                    session::run(&shared.session, id, WsReader { stream }, WsWriter { sink }).await;
+                    let request = || ConnectRequest {
+                        transport: "websocket",
+                        path: uri.path().to_string(),
+                        query: uri.query().unwrap_or_default().to_string(),
+                        origin,
+                        headers,
+                    };
+                    let (reader, writer) = (WsReader { stream }, WsWriter { sink });
+                    session::start(&shared.session, id, request, reader, writer).await;
                 }
                 .instrument(span),
             )

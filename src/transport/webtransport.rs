@@ -20,7 +20,10 @@ use wtransport::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use crate::config::PATH;
 use crate::hub::Outbound;
 use crate::protocol::CloseCode;
-use crate::server::Shared;
+use axum::http::{HeaderName, HeaderValue};
+
+use crate::auth::ConnectRequest;
+use crate::chat::Shared;
 use crate::session::{self, FrameReader, FrameWriter, Inbound};
 
 /// How long a client may take from its first packet to an open stream. Bounds what a
@@ -51,7 +54,27 @@ async fn accept(incoming: IncomingSession, shared: Arc<Shared>) {
         Err(_) => return tracing::debug!(%peer, "handshake timed out"),
     };
     // The path includes the query string.
-    let path = request.path().split('?').next().unwrap_or_default();
+    let (path, query) = request
+        .path()
+        .split_once('?')
+        .unwrap_or((request.path(), ""));
+    let connect = ConnectRequest {
+        transport: "webtransport",
+        path: path.to_string(),
+        query: query.to_string(),
+        origin: request.origin().map(str::to_string),
+        headers: request
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    HeaderName::from_bytes(k.as_bytes()).ok()?,
+                    HeaderValue::from_str(v).ok()?,
+                ))
+            })
+            .collect(),
+    };
+    let path = connect.path.as_str();
     if path != PATH {
         tracing::debug!(%peer, path, "refused: unknown path");
         return request.not_found().await;
@@ -92,7 +115,7 @@ async fn accept(incoming: IncomingSession, shared: Arc<Shared>) {
         connection,
         pending: Vec::new(),
     };
-    session::run(&shared.session, id, reader, writer)
+    session::start(&shared.session, id, || connect, reader, writer)
         .instrument(span)
         .await;
 }

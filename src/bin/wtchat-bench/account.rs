@@ -1,0 +1,349 @@
+//! The load tool's own bookkeeping, with no I/O and no clock, so that it can be tested
+//! exactly: what kind a server frame is (by its first bytes), the numbers in it (by byte
+//! search, not a JSON parse: the receive path must not allocate per message), the send-time
+//! marker a publisher writes into each message's text, and the per-subscriber tally of
+//! expected versus received messages that counts losses and duplicates.
+
+/// What a server frame is. The server serializes the `type` tag first (serde's internally
+/// tagged enums do), so the first bytes say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Message,
+    Ack,
+    Joined,
+    Presence,
+    Error,
+    Bye,
+    Other,
+}
+
+/// Classifies one server frame (a WebSocket text payload or a WebTransport line).
+pub fn kind(frame: &[u8]) -> Kind {
+    let Some(rest) = frame.strip_prefix(b"{\"type\":\"") else {
+        return Kind::Other;
+    };
+    // Ordered by frequency on the hot path.
+    if rest.starts_with(b"message\"") {
+        Kind::Message
+    } else if rest.starts_with(b"ack\"") {
+        Kind::Ack
+    } else if rest.starts_with(b"presence\"") {
+        Kind::Presence
+    } else if rest.starts_with(b"joined\"") {
+        Kind::Joined
+    } else if rest.starts_with(b"error\"") {
+        Kind::Error
+    } else if rest.starts_with(b"bye\"") {
+        Kind::Bye
+    } else {
+        Kind::Other
+    }
+}
+
+/// Where `needle` starts in `hay`. Frames are ~150 bytes: a first-byte scan is enough.
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let (&first, rest) = needle.split_first()?;
+    let mut from = 0;
+    while from + needle.len() <= hay.len() {
+        let pos = from + hay[from..=hay.len() - needle.len()]
+            .iter()
+            .position(|&b| b == first)?;
+        if hay[pos + 1..pos + needle.len()] == *rest {
+            return Some(pos);
+        }
+        from = pos + 1;
+    }
+    None
+}
+
+/// The decimal number at the start of `bytes`, and how many bytes it took.
+fn leading_u64(bytes: &[u8]) -> Option<(u64, usize)> {
+    let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 {
+        return None;
+    }
+    let value = bytes[..digits]
+        .iter()
+        .fold(0u64, |acc, &b| acc * 10 + u64::from(b - b'0'));
+    Some((value, digits))
+}
+
+/// The number right after the first occurrence of `key` (e.g. `"seq":`).
+pub fn u64_after(frame: &[u8], key: &[u8]) -> Option<u64> {
+    let at = find(frame, key)? + key.len();
+    leading_u64(&frame[at..]).map(|(v, _)| v)
+}
+
+/// The key that precedes every number the tool reads from a frame.
+pub const SEQ_KEY: &[u8] = b"\"seq\":";
+/// Where a message's text starts, when the text is one of our markers.
+const MARKER_KEY: &[u8] = b"\"text\":\"t=";
+
+/// What a publisher writes into each message's text: when it was sent (nanoseconds since
+/// the tool started), who sent it and its number in that publisher's sequence (from 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    pub sent_ns: u64,
+    pub publisher: u32,
+    pub counter: u64,
+}
+
+/// Appends the marker text `t=<ns>;p=<publisher>;n=<counter>` (no quotes: the caller
+/// writes it inside a JSON string; it needs no escaping), then `pad` bytes of filler.
+pub fn write_marker(out: &mut Vec<u8>, marker: Marker, pad: usize) {
+    use std::io::Write;
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "t={};p={};n={}",
+        marker.sent_ns, marker.publisher, marker.counter
+    );
+    if pad > 0 {
+        out.push(b';');
+        out.resize(out.len() + pad - 1, b'x');
+    }
+}
+
+/// Reads the marker out of a `message` frame; None for a text that is not ours.
+pub fn parse_marker(frame: &[u8]) -> Option<Marker> {
+    let mut at = find(frame, MARKER_KEY)? + MARKER_KEY.len();
+    let (sent_ns, used) = leading_u64(&frame[at..])?;
+    at += used;
+    let rest = frame[at..].strip_prefix(b";p=")?;
+    let (publisher, used) = leading_u64(rest)?;
+    let rest = rest[used..].strip_prefix(b";n=")?;
+    let (counter, _) = leading_u64(rest)?;
+    Some(Marker {
+        sent_ns,
+        publisher: u32::try_from(publisher).ok()?,
+        counter,
+    })
+}
+
+/// What [`Tally::record`] made of one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The next expected message of its publisher.
+    New,
+    /// A new message, after `missing` that never came (counted lost).
+    AfterGap { missing: u64 },
+    /// A message this subscriber already had (or one older than one it had: the protocol
+    /// keeps each sender's messages in order, so that is an error either way).
+    Duplicate,
+    /// History replayed on join (`seq` at most the `seq` of `joined`): not part of the run.
+    Replay,
+    /// A marker naming a publisher this run does not have.
+    Foreign,
+}
+
+/// One subscriber's account of the messages it received, per publisher.
+///
+/// Each publisher numbers its messages 0, 1, 2, …; the room keeps each sender's messages in
+/// order, so a subscriber expects exactly the next number of each publisher. A higher
+/// number means the ones between were lost; a lower one is a duplicate. Messages that
+/// never arrived after the last one received are counted by [`Tally::finish`].
+#[derive(Debug, Clone)]
+pub struct Tally {
+    /// Per publisher: the next counter expected.
+    next: Vec<u64>,
+    /// The room's `seq` when this subscriber joined: messages at or below it are history.
+    base_seq: u64,
+    /// Highest room `seq` seen, to count frames that go backwards.
+    last_seq: u64,
+    /// Distinct messages received.
+    pub received: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    /// Messages whose room `seq` was not above the previous one's (order broken).
+    pub out_of_order: u64,
+    pub foreign: u64,
+}
+
+impl Tally {
+    /// A tally for a run with `publishers` publishers, for a subscriber that joined when the
+    /// room's latest sequence number was `base_seq`.
+    pub fn new(publishers: usize, base_seq: u64) -> Tally {
+        Tally {
+            next: vec![0; publishers],
+            base_seq,
+            last_seq: base_seq,
+            received: 0,
+            lost: 0,
+            duplicated: 0,
+            out_of_order: 0,
+            foreign: 0,
+        }
+    }
+
+    /// Accounts one `message` frame with room sequence number `seq` and marker `m`.
+    pub fn record(&mut self, seq: u64, m: &Marker) -> Outcome {
+        if seq <= self.base_seq {
+            return Outcome::Replay;
+        }
+        if seq <= self.last_seq {
+            self.out_of_order += 1;
+        } else {
+            self.last_seq = seq;
+        }
+        let Some(next) = self.next.get_mut(m.publisher as usize) else {
+            self.foreign += 1;
+            return Outcome::Foreign;
+        };
+        if m.counter < *next {
+            self.duplicated += 1;
+            return Outcome::Duplicate;
+        }
+        let missing = m.counter - *next;
+        *next = m.counter + 1;
+        self.received += 1;
+        self.lost += missing;
+        if missing == 0 {
+            Outcome::New
+        } else {
+            Outcome::AfterGap { missing }
+        }
+    }
+
+    /// Ends the account: `sent[p]` is how many messages publisher `p` sent in all; every one
+    /// this subscriber never got counts as lost. Returns the total lost.
+    pub fn finish(&mut self, sent: &[u64]) -> u64 {
+        for (next, &sent) in self.next.iter_mut().zip(sent) {
+            if sent > *next {
+                self.lost += sent - *next;
+                *next = sent;
+            }
+        }
+        self.lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marker(publisher: u32, counter: u64) -> Marker {
+        Marker {
+            sent_ns: 1_000 + counter,
+            publisher,
+            counter,
+        }
+    }
+
+    /// A frame exactly as the server encodes it.
+    fn message(seq: u64, m: Marker) -> Vec<u8> {
+        let mut text = Vec::new();
+        write_marker(&mut text, m, 0);
+        format!(
+            r#"{{"type":"message","room":"bench","seq":{seq},"from":"p{}","text":"{}","time":1764117000000,"id":"{}-{}"}}"#,
+            m.publisher,
+            String::from_utf8(text).unwrap(),
+            m.publisher,
+            m.counter
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn counts_one_lost_and_one_duplicated_message() {
+        // Publisher 0 sends 0..=4; the subscriber misses 2 and gets 3 twice.
+        let mut tally = Tally::new(1, 0);
+        let seen = [0u64, 1, 3, 3, 4];
+        for (i, &n) in seen.iter().enumerate() {
+            let frame = message(i as u64 + 1, marker(0, n));
+            let m = parse_marker(&frame).unwrap();
+            let seq = u64_after(&frame, SEQ_KEY).unwrap();
+            tally.record(seq, &m);
+        }
+        assert_eq!(tally.finish(&[5]), 1);
+        assert_eq!(tally.lost, 1);
+        assert_eq!(tally.duplicated, 1);
+        assert_eq!(tally.received, 4);
+    }
+
+    #[test]
+    fn outcomes_per_publisher() {
+        let mut tally = Tally::new(2, 10);
+        assert_eq!(tally.record(5, &marker(0, 0)), Outcome::Replay);
+        assert_eq!(tally.record(11, &marker(0, 0)), Outcome::New);
+        assert_eq!(tally.record(12, &marker(1, 0)), Outcome::New);
+        assert_eq!(
+            tally.record(13, &marker(1, 3)),
+            Outcome::AfterGap { missing: 2 }
+        );
+        assert_eq!(tally.record(14, &marker(0, 0)), Outcome::Duplicate);
+        assert_eq!(tally.record(15, &marker(7, 0)), Outcome::Foreign);
+        assert_eq!(tally.record(15, &marker(0, 1)), Outcome::New);
+        assert_eq!(tally.out_of_order, 1);
+        // Publisher 0 sent 4 (2 never came), publisher 1 sent 4 (1 and 2 lost in the gap).
+        assert_eq!(tally.finish(&[4, 4]), 4);
+        assert_eq!(tally.received, 4);
+        assert_eq!(tally.duplicated, 1);
+        assert_eq!(tally.foreign, 1);
+    }
+
+    #[test]
+    fn a_complete_run_has_nothing_lost() {
+        let mut tally = Tally::new(3, 0);
+        let mut seq = 0;
+        for n in 0..100 {
+            for p in 0..3 {
+                seq += 1;
+                assert_eq!(tally.record(seq, &marker(p, n)), Outcome::New);
+            }
+        }
+        assert_eq!(tally.finish(&[100, 100, 100]), 0);
+        assert_eq!((tally.received, tally.duplicated), (300, 0));
+    }
+
+    #[test]
+    fn marker_round_trips_and_padding_is_ignored() {
+        let m = Marker {
+            sent_ns: 123_456_789_012,
+            publisher: 7,
+            counter: 42,
+        };
+        let mut text = Vec::new();
+        write_marker(&mut text, m, 20);
+        assert!(text.starts_with(b"t=123456789012;p=7;n=42;"));
+        let frame = [b"{\"type\":\"message\",\"text\":\"".as_slice(), &text, b"\"}"].concat();
+        assert_eq!(text.len(), "t=123456789012;p=7;n=42".len() + 20);
+        assert_eq!(parse_marker(&frame), Some(m));
+    }
+
+    #[test]
+    fn foreign_texts_are_not_markers() {
+        assert_eq!(parse_marker(br#"{"type":"message","text":"hello"}"#), None);
+        assert_eq!(parse_marker(br#"{"type":"message","text":"t=1;p=x;n=2"}"#), None);
+        assert_eq!(parse_marker(br#"{"type":"message","text":"t=1;p=2"}"#), None);
+        assert_eq!(parse_marker(br#"{"text":"t=99999999999999999999;p=1;n=2"}"#), None);
+    }
+
+    #[test]
+    fn frames_are_classified_by_their_tag() {
+        let frame = message(9, marker(1, 2));
+        assert_eq!(kind(&frame), Kind::Message);
+        assert_eq!(u64_after(&frame, SEQ_KEY), Some(9));
+        let ack = br#"{"type":"ack","room":"bench","id":"1-2","seq":9}"#;
+        assert_eq!(kind(ack), Kind::Ack);
+        assert_eq!(u64_after(ack, SEQ_KEY), Some(9));
+        let joined = br#"{"type":"joined","room":"r","epoch":17,"seq":41,"you":{"id":7,"name":"s"},"members":[],"gap":false,"replay":0}"#;
+        assert_eq!(kind(joined), Kind::Joined);
+        assert_eq!(u64_after(joined, SEQ_KEY), Some(41));
+        let bye = br#"{"type":"bye","code":4001,"reason":"too_slow","reconnect":true}"#;
+        assert_eq!(kind(bye), Kind::Bye);
+        assert_eq!(u64_after(bye, b"\"code\":"), Some(4001));
+        assert_eq!(kind(br#"{"type":"presence","room":"r"}"#), Kind::Presence);
+        assert_eq!(kind(br#"{"type":"error","code":"rate_limited"}"#), Kind::Error);
+        assert_eq!(kind(br#"{"type":"pong"}"#), Kind::Other);
+        assert_eq!(kind(b"garbage"), Kind::Other);
+    }
+
+    #[test]
+    fn find_handles_edges() {
+        assert_eq!(find(b"abcabd", b"abd"), Some(3));
+        assert_eq!(find(b"ab", b"abc"), None);
+        assert_eq!(find(b"", b"a"), None);
+        assert_eq!(find(b"aaa", b"aa"), Some(0));
+        assert_eq!(find(b"xyz", b""), None);
+    }
+}

@@ -1,0 +1,784 @@
+//! The simulated clients: one task per connection that connects, joins, and reads every
+//! frame; publishers have a second task that sends. All of them share one [`Run`]: the plan,
+//! the phase of the run, and per-client counters the main task and the monitor read.
+//!
+//! The receive path is the tool's hot loop (a fan-out run delivers up to a few hundred
+//! thousand frames a second to it): it reads as many bytes as a buffer holds per call,
+//! looks at each frame in place with byte searches, takes one clock reading per read
+//! call, and records latencies into a histogram owned by the worker thread (one lock per
+//! read, never contended). Nothing on it allocates per message.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::account::{self, Kind, Marker, Outcome, Tally};
+use crate::ws;
+
+/// Phases of a run, in order. Publishers send during `SEND`; readers return their tally at
+/// `FINISH`.
+pub const PHASE_CONNECT: u8 = 0;
+pub const PHASE_SEND: u8 = 1;
+pub const PHASE_STOP: u8 = 2;
+pub const PHASE_FINISH: u8 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Ws,
+    Wt,
+}
+
+/// Where and how to reach the server, from its `/wtchat/config`.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub http: SocketAddr,
+    pub ws_url: String,
+    pub wt_url: String,
+    pub wt_hashes: Vec<[u8; 32]>,
+}
+
+/// What every client does; fixed for the run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The room (with `room_size`, the prefix of the rooms).
+    pub room: String,
+    /// 0: everyone in `room`; otherwise clients fill rooms `room-0`, `room-1`, … of this size.
+    pub room_size: usize,
+    /// Join a room after connecting (false: connect only).
+    pub join: bool,
+    /// Clients 0..publishers also publish.
+    pub publishers: usize,
+    /// Sends a publisher keeps unacknowledged (full-speed mode).
+    pub window: u64,
+    /// Messages per second over all publishers; 0 = full speed (window and lag bound).
+    pub rate: f64,
+    /// Filler bytes after the marker in each message text.
+    pub pad: usize,
+    /// Full speed only: publishers wait while the slowest member is more than this many
+    /// messages behind what was sent (0: no bound).
+    pub max_lag: u64,
+    pub read_buffer: usize,
+    pub udp_buffer: usize,
+    /// Messages per publisher tracked for first/last delivery (rate mode); 0: none.
+    pub track_per_publisher: usize,
+}
+
+/// Counters of one client, written by its tasks, read by the main task. Aligned to a
+/// cache line so that two clients on two worker threads never share one.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct ClientStat {
+    /// Distinct run messages received (replay excluded).
+    pub received: AtomicU64,
+    /// Frames of any kind received.
+    pub frames: AtomicU64,
+    /// `read` calls that returned data.
+    pub reads: AtomicU64,
+    /// Publishers: sends written, and acknowledgements received.
+    pub sent: AtomicU64,
+    pub acked: AtomicU64,
+    /// The `code` of a `bye` frame received (4001: too slow); 0 if none.
+    pub bye: AtomicU32,
+    pub errors: AtomicU32,
+    /// `error` frames with code `rate_limited`: sends the server dropped.
+    pub refused: AtomicU32,
+    /// 1 once joined (or connected, without join), 2 once its reader has ended.
+    pub state: AtomicU32,
+    /// Wakes the publisher when acknowledgements arrive.
+    pub acks: Notify,
+}
+
+/// First and last delivery of one message over all its recipients (rate mode), in ns
+/// since the tool started.
+#[derive(Debug)]
+pub struct MessageTrack {
+    pub sent: AtomicU64,
+    pub first: AtomicU64,
+    pub last: AtomicU64,
+}
+
+/// Everything the clients share.
+#[derive(Debug)]
+pub struct Run {
+    pub plan: Plan,
+    pub target: Target,
+    /// The zero of every time in the run (markers carry nanoseconds since it).
+    start: Instant,
+    pub clients: Box<[ClientStat]>,
+    /// Clients joined, and clients that failed to connect or join.
+    pub ready: AtomicUsize,
+    pub failed: AtomicUsize,
+    pub progress: Notify,
+    phase: watch::Sender<u8>,
+    /// Sends written by all publishers.
+    pub sent_total: AtomicU64,
+    /// The fewest messages any live member has received (kept by the monitor).
+    pub min_received: AtomicU64,
+    /// Latencies are recorded for messages sent in [from, to) (ns since start).
+    pub measure_from: AtomicU64,
+    pub measure_to: AtomicU64,
+    /// Time publishers spent waiting for the slowest member (`max_lag`), summed.
+    pub gate_stall_ns: AtomicU64,
+    /// Bounds concurrent handshakes: a burst of thousands of SYNs or QUIC Initials at
+    /// once overflows the server's accept queue and turns into retries.
+    connect_slots: Arc<Semaphore>,
+    pub tracks: Box<[MessageTrack]>,
+}
+
+impl Run {
+    pub fn new(plan: Plan, target: Target, clients: usize, concurrency: usize) -> Arc<Run> {
+        let tracks = (0..plan.publishers * plan.track_per_publisher)
+            .map(|_| MessageTrack {
+                sent: AtomicU64::new(u64::MAX),
+                first: AtomicU64::new(u64::MAX),
+                last: AtomicU64::new(0),
+            })
+            .collect();
+        Arc::new(Run {
+            plan,
+            target,
+            start: Instant::now(),
+            clients: (0..clients).map(|_| ClientStat::default()).collect(),
+            ready: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            progress: Notify::new(),
+            phase: watch::channel(PHASE_CONNECT).0,
+            sent_total: AtomicU64::new(0),
+            min_received: AtomicU64::new(0),
+            measure_from: AtomicU64::new(0),
+            measure_to: AtomicU64::new(u64::MAX),
+            gate_stall_ns: AtomicU64::new(0),
+            connect_slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            tracks,
+        })
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    pub fn set_phase(&self, phase: u8) {
+        self.phase.send_replace(phase);
+    }
+
+    pub fn phase(&self) -> u8 {
+        *self.phase.borrow()
+    }
+
+    fn room_of(&self, idx: usize) -> String {
+        match self.plan.room_size {
+            0 => self.plan.room.clone(),
+            size => format!("{}-{}", self.plan.room, idx / size),
+        }
+    }
+}
+
+/// What a client's reader returns at the end.
+#[derive(Debug)]
+pub struct ClientResult {
+    pub transport: Transport,
+    /// None if it never joined.
+    pub tally: Option<Tally>,
+    pub error: Option<String>,
+}
+
+// --- latency histograms, one per worker thread ---------------------------------------
+
+/// Every thread's latency histogram, for the report to merge.
+static HISTOGRAMS: Mutex<Vec<Arc<Mutex<Histogram<u64>>>>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// This worker thread's histogram: only its own thread records into it, so its lock is
+    /// never contended (the report reads it once, at the end).
+    static LOCAL: Arc<Mutex<Histogram<u64>>> = {
+        let h = Arc::new(Mutex::new(new_histogram()));
+        HISTOGRAMS.lock().unwrap().push(h.clone());
+        h
+    };
+}
+
+/// Nanoseconds from 1 µs to 100 s at 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1_000, 100_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// All latencies recorded so far, merged.
+pub fn merged_latency() -> Histogram<u64> {
+    let mut total = new_histogram();
+    for h in HISTOGRAMS.lock().unwrap().iter() {
+        let _ = total.add(&*h.lock().unwrap());
+    }
+    total
+}
+
+// --- one client --------------------------------------------------------------------------
+
+/// Runs client `idx` until the run finishes or its connection ends.
+pub async fn client(run: Arc<Run>, idx: usize, transport: Transport) -> ClientResult {
+    let fail = |run: &Run, error: String| {
+        run.failed.fetch_add(1, Relaxed);
+        run.progress.notify_one();
+        ClientResult {
+            transport,
+            tally: None,
+            error: Some(error),
+        }
+    };
+    let permit = match run.connect_slots.clone().acquire_owned().await {
+        Ok(p) => p,
+        Err(e) => return fail(&run, e.to_string()),
+    };
+    let publisher = idx < run.plan.publishers;
+    let name = if publisher {
+        format!("p{idx}")
+    } else {
+        format!("s{idx}")
+    };
+    let join = run.plan.join.then(|| {
+        format!(
+            r#"{{"type":"join","room":"{}","name":"{name}"}}"#,
+            run.room_of(idx)
+        )
+    });
+    let mut reader = Reader::new(run.clone(), idx, permit);
+    let result = match transport {
+        Transport::Ws => run_ws(&run, idx, join.as_deref(), publisher, &mut reader).await,
+        Transport::Wt => run_wt(&run, idx, join.as_deref(), publisher, &mut reader).await,
+    };
+    run.clients[idx].state.store(2, Relaxed);
+    match result {
+        // Failed before it was ready: it never counted as connected.
+        Err(e) if !reader.counted_ready => fail(&run, e.to_string()),
+        result => ClientResult {
+            transport,
+            tally: reader.tally.take(),
+            error: result.err().map(|e| e.to_string()),
+        },
+    }
+}
+
+async fn run_ws(
+    run: &Arc<Run>,
+    idx: usize,
+    join: Option<&str>,
+    publisher: bool,
+    reader: &mut Reader,
+) -> io::Result<()> {
+    let mut tcp = ws::connect(run.target.http, &run.target.ws_url).await?;
+    if let Some(join) = join {
+        let mut frame = Vec::with_capacity(join.len() + 8);
+        ws::encode_frame(&mut frame, ws::OP_TEXT, join.as_bytes());
+        tcp.write_all(&frame).await?;
+    } else {
+        reader.mark_ready();
+    }
+    let (rd, wr) = tcp.into_split();
+    // A subscriber keeps its write half unused: dropping it would send FIN, and the server
+    // would end the session.
+    let (_keep, writer) = spawn_publisher(run, idx, publisher, wr, Framing::WebSocket);
+    let result = read_ws(rd, reader).await;
+    if let Some(writer) = writer {
+        writer.abort();
+    }
+    result
+}
+
+async fn run_wt(
+    run: &Arc<Run>,
+    idx: usize,
+    join: Option<&str>,
+    publisher: bool,
+    reader: &mut Reader,
+) -> io::Result<()> {
+    let conn = crate::wt::connect(
+        &run.target.wt_url,
+        &run.target.wt_hashes,
+        run.plan.udp_buffer,
+    )
+    .await?;
+    let crate::wt::Session {
+        endpoint: _endpoint,
+        connection: _connection,
+        mut send,
+        recv,
+    } = conn;
+    if let Some(join) = join {
+        let mut line = Vec::with_capacity(join.len() + 1);
+        line.extend_from_slice(join.as_bytes());
+        line.push(b'\n');
+        send.write_all(&line).await.map_err(io::Error::other)?;
+    } else {
+        reader.mark_ready();
+    }
+    // As over WebSocket: dropping the send half would finish the stream and end the session.
+    let (_keep, writer) = spawn_publisher(run, idx, publisher, send, Framing::Lines);
+    let result = read_lines(recv, reader).await;
+    if let Some(writer) = writer {
+        writer.abort();
+    }
+    result
+}
+
+/// Spawns the publishing task of a publisher; otherwise hands the write half back to be
+/// kept alive.
+fn spawn_publisher<W: AsyncWrite + Unpin + Send + 'static>(
+    run: &Arc<Run>,
+    idx: usize,
+    publisher: bool,
+    wr: W,
+    framing: Framing,
+) -> (Option<W>, Option<tokio::task::JoinHandle<()>>) {
+    if publisher {
+        let run = run.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(e) = publish(&run, idx, wr, framing).await {
+                tracing::debug!(idx, error = %e, "publisher stopped");
+            }
+        });
+        (None, Some(handle))
+    } else {
+        (Some(wr), None)
+    }
+}
+
+/// A growable read buffer with a window of unconsumed bytes.
+struct ReadBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuf {
+    fn new(size: usize) -> ReadBuf {
+        ReadBuf {
+            buf: vec![0; size.max(512)],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Free space to read into, making room for a frame of `need` bytes when known (a
+    /// `joined` frame lists every member: tens of KiB in a big room).
+    fn space(&mut self, need: Option<usize>) -> &mut [u8] {
+        let need = need.unwrap_or(0);
+        if self.end == self.buf.len() || self.buf.len() - self.start < need {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() || self.buf.len() < need {
+            let size = (self.buf.len() * 2).max(need);
+            self.buf.resize(size, 0);
+        }
+        &mut self.buf[self.end..]
+    }
+}
+
+/// Reads raw WebSocket frames until the run finishes or the connection ends.
+async fn read_ws<R: AsyncRead + Unpin>(mut rd: R, reader: &mut Reader) -> io::Result<()> {
+    let mut phase = reader.run.phase.subscribe();
+    let mut buf = ReadBuf::new(reader.run.plan.read_buffer);
+    let mut need = None;
+    // A message split over continuation frames (the server does not fragment; a peer may).
+    let mut fragments: Vec<u8> = Vec::new();
+    loop {
+        let n = tokio::select! {
+            biased;
+            n = rd.read(buf.space(need)) => n?,
+            _ = phase.changed() => {
+                if *phase.borrow() == PHASE_FINISH {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.end += n;
+        let now = reader.run.now_ns();
+        need = None;
+        loop {
+            match ws::parse_frame(buf.data()) {
+                Ok(frame) => {
+                    let payload = &buf.data()[frame.payload.0..frame.payload.1];
+                    match frame.opcode {
+                        ws::OP_TEXT if frame.fin => reader.on_frame(payload, now),
+                        ws::OP_TEXT => fragments = payload.to_vec(),
+                        ws::OP_CONTINUATION => {
+                            fragments.extend_from_slice(payload);
+                            if frame.fin {
+                                reader.on_frame(&fragments, now);
+                            }
+                        }
+                        ws::OP_CLOSE => {
+                            let code = payload
+                                .get(..2)
+                                .map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
+                            reader.on_close(code);
+                            reader.end_batch();
+                            return Err(io::Error::other(format!("closed by server ({code})")));
+                        }
+                        // The server sends no pings (browsers cannot answer them from JS
+                        // anyway); binary frames are not part of the protocol.
+                        _ => {}
+                    }
+                    buf.consume(frame.total);
+                }
+                Err(ws::Incomplete::More { need: n }) => {
+                    need = n;
+                    break;
+                }
+                Err(ws::Incomplete::Masked) => {
+                    return Err(io::Error::other("masked frame from the server"));
+                }
+            }
+        }
+        reader.end_batch();
+    }
+}
+
+/// Reads `\n`-terminated frames (WebTransport) until the run finishes or the stream ends.
+async fn read_lines(mut recv: wtransport::RecvStream, reader: &mut Reader) -> io::Result<()> {
+    let mut phase = reader.run.phase.subscribe();
+    let mut buf = ReadBuf::new(reader.run.plan.read_buffer);
+    loop {
+        let n = tokio::select! {
+            biased;
+            n = recv.read(buf.space(None)) => n.map_err(io::Error::other)?,
+            _ = phase.changed() => {
+                if *phase.borrow() == PHASE_FINISH {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        let Some(n) = n else {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        };
+        // Lines never straddle what was scanned: scanning restarts at the unconsumed start,
+        // which is at most one partial line.
+        buf.end += n;
+        let now = reader.run.now_ns();
+        while let Some(pos) = buf.data().iter().position(|&b| b == b'\n') {
+            reader.on_frame(&buf.data()[..pos], now);
+            buf.consume(pos + 1);
+        }
+        reader.end_batch();
+    }
+}
+
+/// The per-connection receive state: the tally, and what it hands out per read.
+struct Reader {
+    run: Arc<Run>,
+    idx: usize,
+    /// Held until joined, so that connecting is bounded.
+    permit: Option<OwnedSemaphorePermit>,
+    counted_ready: bool,
+    tally: Option<Tally>,
+    /// Latencies of this read, recorded into the thread's histogram at its end.
+    latencies: Vec<u64>,
+    frames: u64,
+    reads: u64,
+    acks: u64,
+    new_acks: bool,
+}
+
+impl Reader {
+    fn new(run: Arc<Run>, idx: usize, permit: OwnedSemaphorePermit) -> Reader {
+        Reader {
+            run,
+            idx,
+            permit: Some(permit),
+            counted_ready: false,
+            tally: None,
+            latencies: Vec::new(),
+            frames: 0,
+            reads: 0,
+            acks: 0,
+            new_acks: false,
+        }
+    }
+
+    fn mark_ready(&mut self) {
+        self.permit = None;
+        self.counted_ready = true;
+        self.run.clients[self.idx].state.store(1, Relaxed);
+        self.run.ready.fetch_add(1, Relaxed);
+        self.run.progress.notify_one();
+    }
+
+    fn on_frame(&mut self, frame: &[u8], now: u64) {
+        self.frames += 1;
+        match account::kind(frame) {
+            Kind::Message => self.on_message(frame, now),
+            Kind::Ack => {
+                self.acks += 1;
+                self.new_acks = true;
+            }
+            Kind::Joined => {
+                let seq = account::u64_after(frame, account::SEQ_KEY).unwrap_or(0);
+                self.tally = Some(Tally::new(self.run.plan.publishers, seq));
+                self.mark_ready();
+            }
+            Kind::Error => {
+                let stat = &self.run.clients[self.idx];
+                stat.errors.fetch_add(1, Relaxed);
+                if account::find(frame, b"\"rate_limited\"").is_some() {
+                    stat.refused.fetch_add(1, Relaxed);
+                }
+            }
+            Kind::Bye => {
+                let code = account::u64_after(frame, b"\"code\":").unwrap_or(1);
+                self.on_close(code as u16);
+            }
+            Kind::Presence | Kind::Other => {}
+        }
+    }
+
+    fn on_close(&self, code: u16) {
+        let _ = self.run.clients[self.idx].bye.compare_exchange(
+            0,
+            u32::from(code),
+            Relaxed,
+            Relaxed,
+        );
+    }
+
+    fn on_message(&mut self, frame: &[u8], now: u64) {
+        let (Some(tally), Some(seq), Some(m)) = (
+            self.tally.as_mut(),
+            account::u64_after(frame, account::SEQ_KEY),
+            account::parse_marker(frame),
+        ) else {
+            return;
+        };
+        if !matches!(tally.record(seq, &m), Outcome::New | Outcome::AfterGap { .. }) {
+            return;
+        }
+        let latency = now.saturating_sub(m.sent_ns);
+        let run = &*self.run;
+        if m.sent_ns >= run.measure_from.load(Relaxed) && m.sent_ns < run.measure_to.load(Relaxed)
+        {
+            self.latencies.push(latency);
+        }
+        let per = run.plan.track_per_publisher;
+        if per > 0 && (m.counter as usize) < per {
+            let track = &run.tracks[m.publisher as usize * per + m.counter as usize];
+            track.sent.store(m.sent_ns, Relaxed);
+            track.first.fetch_min(now, Relaxed);
+            track.last.fetch_max(now, Relaxed);
+        }
+    }
+
+    /// After each read: publish counters, wake the publisher, record latencies.
+    fn end_batch(&mut self) {
+        self.reads += 1;
+        let stat = &self.run.clients[self.idx];
+        stat.frames.store(self.frames, Relaxed);
+        stat.reads.store(self.reads, Relaxed);
+        if let Some(tally) = &self.tally {
+            stat.received.store(tally.received, Relaxed);
+        }
+        if self.new_acks {
+            self.new_acks = false;
+            stat.acked.store(self.acks, Relaxed);
+            stat.acks.notify_one();
+        }
+        if !self.latencies.is_empty() {
+            LOCAL.with(|h| {
+                let mut h = h.lock().unwrap();
+                for &v in &self.latencies {
+                    h.saturating_record(v.max(1_000));
+                }
+            });
+            self.latencies.clear();
+        }
+    }
+}
+
+// --- publishing -------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    WebSocket,
+    Lines,
+}
+
+thread_local! {
+    /// Reused by `build_send`; never shared across an await.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Appends one `send` frame, framed for the transport, to `out`.
+fn build_send(out: &mut Vec<u8>, room: &str, m: Marker, pad: usize, framing: Framing) {
+    SCRATCH.with(|json| {
+        let mut json = json.borrow_mut();
+        let json = &mut *json;
+        let dst = match framing {
+            Framing::WebSocket => {
+                json.clear();
+                &mut *json
+            }
+            Framing::Lines => &mut *out,
+        };
+        dst.extend_from_slice(b"{\"type\":\"send\",\"room\":\"");
+        dst.extend_from_slice(room.as_bytes());
+        dst.extend_from_slice(b"\",\"text\":\"");
+        account::write_marker(dst, m, pad);
+        use std::io::Write;
+        let _ = write!(dst, "\",\"id\":\"{}-{}\"}}", m.publisher, m.counter);
+        match framing {
+            Framing::WebSocket => ws::encode_frame(out, ws::OP_TEXT, json),
+            Framing::Lines => out.push(b'\n'),
+        }
+    });
+}
+
+/// Publisher `idx`: waits for the send phase, then sends at its share of the rate, or as
+/// fast as its window of unacknowledged sends (and the slowest member) allows.
+async fn publish<W: AsyncWrite + Unpin>(
+    run: &Run,
+    idx: usize,
+    mut wr: W,
+    framing: Framing,
+) -> io::Result<()> {
+    let mut phase = run.phase.subscribe();
+    while *phase.borrow_and_update() < PHASE_SEND {
+        if phase.changed().await.is_err() {
+            return Ok(());
+        }
+    }
+    let plan = &run.plan;
+    let stat = &run.clients[idx];
+    let publisher = idx as u32;
+    let mut counter = 0u64;
+    let mut out = Vec::with_capacity(4096);
+    // Rate mode: each publisher sends every `period`, the publishers evenly staggered.
+    let period = (plan.rate > 0.0).then(|| {
+        Duration::from_secs_f64(plan.publishers as f64 / plan.rate)
+    });
+    let mut next = tokio::time::Instant::now()
+        + period.map_or(Duration::ZERO, |p| p.mul_f64(idx as f64 / plan.publishers as f64));
+    loop {
+        if run.phase() >= PHASE_STOP {
+            return Ok(());
+        }
+        let (count, sent_ns) = match period {
+            Some(period) => {
+                tokio::time::sleep_until(next).await;
+                if run.phase() >= PHASE_STOP {
+                    return Ok(());
+                }
+                // The intended send time, not the actual one: a late tool must show up as
+                // latency, not hide it (coordinated omission).
+                let intended = run.now_ns().saturating_sub(
+                    tokio::time::Instant::now()
+                        .saturating_duration_since(next)
+                        .as_nanos() as u64,
+                );
+                next += period;
+                (1, intended)
+            }
+            None => {
+                let outstanding = loop {
+                    let outstanding = counter - stat.acked.load(Relaxed);
+                    if outstanding < plan.window {
+                        break outstanding;
+                    }
+                    stat.acks.notified().await;
+                    if run.phase() >= PHASE_STOP {
+                        return Ok(());
+                    }
+                };
+                if plan.max_lag > 0 {
+                    let stalled = Instant::now();
+                    let mut waited = false;
+                    while run.sent_total.load(Relaxed)
+                        > run.min_received.load(Relaxed) + plan.max_lag
+                        && run.phase() < PHASE_STOP
+                    {
+                        waited = true;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    if waited {
+                        run.gate_stall_ns
+                            .fetch_add(stalled.elapsed().as_nanos() as u64, Relaxed);
+                    }
+                }
+                (plan.window - outstanding, run.now_ns())
+            }
+        };
+        out.clear();
+        for _ in 0..count {
+            let m = Marker {
+                sent_ns,
+                publisher,
+                counter,
+            };
+            build_send(&mut out, &plan.room, m, plan.pad, framing);
+            counter += 1;
+        }
+        wr.write_all(&out).await?;
+        wr.flush().await?;
+        stat.sent.store(counter, Relaxed);
+        run.sent_total.fetch_add(count, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_frames_carry_a_parsable_marker() {
+        let m = Marker {
+            sent_ns: 5,
+            publisher: 2,
+            counter: 9,
+        };
+        let mut out = Vec::new();
+        build_send(&mut out, "bench", m, 0, Framing::Lines);
+        assert_eq!(
+            out,
+            b"{\"type\":\"send\",\"room\":\"bench\",\"text\":\"t=5;p=2;n=9\",\"id\":\"2-9\"}\n"
+        );
+        let frame: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(frame["text"], "t=5;p=2;n=9");
+        let mut ws_out = Vec::new();
+        build_send(&mut ws_out, "bench", m, 0, Framing::WebSocket);
+        assert_eq!(ws_out.len(), 2 + 4 + out.len() - 1);
+    }
+
+    #[test]
+    fn read_buffer_grows_for_a_large_frame() {
+        let mut buf = ReadBuf::new(512);
+        buf.space(None)[..10].copy_from_slice(b"0123456789");
+        buf.end += 10;
+        buf.consume(4);
+        assert_eq!(buf.data(), b"456789");
+        let space = buf.space(Some(2000)).len();
+        assert_eq!(buf.data(), b"456789");
+        assert!(space + 6 >= 2000);
+    }
+}

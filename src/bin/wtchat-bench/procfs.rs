@@ -1,0 +1,179 @@
+//! What the tool reads from Linux's `/proc`: a process's CPU time (its own and the
+//! server's), a process's memory, the whole machine's idle time; and the open-file limit,
+//! raised to the hard limit so that thousands of sockets fit.
+
+use std::fs;
+use std::time::Duration;
+
+unsafe extern "C" {
+    fn sysconf(name: i32) -> i64;
+    fn getrlimit(resource: i32, rlim: *mut RLimit) -> i32;
+    fn setrlimit(resource: i32, rlim: *const RLimit) -> i32;
+}
+
+#[repr(C)]
+struct RLimit {
+    cur: u64,
+    max: u64,
+}
+
+/// `_SC_CLK_TCK` and `RLIMIT_NOFILE` on Linux.
+const SC_CLK_TCK: i32 = 2;
+const RLIMIT_NOFILE: i32 = 7;
+
+/// Clock ticks per second of `/proc/*/stat` times (USER_HZ, 100 on every Linux we know).
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions; it returns -1 for an unknown name.
+    let ticks = unsafe { sysconf(SC_CLK_TCK) };
+    if ticks > 0 { ticks as u64 } else { 100 }
+}
+
+/// Raises the soft open-file limit to the hard limit; returns the limit now in force.
+pub fn raise_nofile() -> u64 {
+    let mut lim = RLimit { cur: 0, max: 0 };
+    // SAFETY: `lim` is a valid, writable rlimit struct of the C layout.
+    if unsafe { getrlimit(RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    if lim.cur < lim.max {
+        let raised = RLimit {
+            cur: lim.max,
+            max: lim.max,
+        };
+        // SAFETY: `raised` is a valid rlimit struct; raising the soft limit up to the hard
+        // limit needs no privilege.
+        if unsafe { setrlimit(RLIMIT_NOFILE, &raised) } == 0 {
+            return lim.max;
+        }
+    }
+    lim.cur
+}
+
+/// CPU time a process has used, user and system, from `/proc/PID/stat`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTime {
+    pub user: Duration,
+    pub system: Duration,
+}
+
+impl CpuTime {
+    pub fn total(&self) -> Duration {
+        self.user + self.system
+    }
+
+    pub fn since(&self, earlier: &CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
+}
+
+/// `pid` None reads the tool itself.
+pub fn cpu_time(pid: Option<u32>) -> Option<CpuTime> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    parse_stat(&fs::read_to_string(path).ok()?)
+}
+
+/// Fields 14 and 15 (utime, stime) of a `stat` line. The command name (field 2) may hold
+/// spaces and parentheses, so counting starts after its last `)`.
+fn parse_stat(stat: &str) -> Option<CpuTime> {
+    let after = &stat[stat.rfind(')')? + 2..];
+    let mut fields = after.split_ascii_whitespace();
+    // `after` starts at field 3 (state); utime is field 14.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let tick = clock_ticks();
+    let to = |t: u64| Duration::from_nanos(t * 1_000_000_000 / tick);
+    Some(CpuTime {
+        user: to(utime),
+        system: to(stime),
+    })
+}
+
+/// A process's resident memory now and at its peak, in KiB (`VmRSS`, `VmHWM`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memory {
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+}
+
+pub fn memory(pid: u32) -> Option<Memory> {
+    parse_status(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+fn parse_status(status: &str) -> Option<Memory> {
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].split_ascii_whitespace().next()?.parse().ok()
+    };
+    Some(Memory {
+        rss_kib: field("VmRSS:")?,
+        hwm_kib: field("VmHWM:")?,
+    })
+}
+
+/// The whole machine's CPU time, busy and idle, in ticks (first line of `/proc/stat`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineTime {
+    pub busy: u64,
+    pub idle: u64,
+}
+
+pub fn machine_time() -> Option<MachineTime> {
+    parse_proc_stat(&fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_proc_stat(text: &str) -> Option<MachineTime> {
+    let line = text.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_ascii_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest times are inside user).
+    let idle = v.get(3)? + v.get(4).unwrap_or(&0);
+    let busy = v.iter().take(8).sum::<u64>() - idle;
+    Some(MachineTime { busy, idle })
+}
+
+/// The open-file limit of a process, from `/proc/PID/limits` (to warn before a run fails).
+pub fn nofile_limit(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_ascii_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_found_past_odd_command_names() {
+        let line = "1234 (a b) c)) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 3 0";
+        let cpu = parse_stat(line).unwrap();
+        let tick = clock_ticks();
+        assert_eq!(cpu.user, Duration::from_nanos(250 * 1_000_000_000 / tick));
+        assert_eq!(cpu.system, Duration::from_nanos(50 * 1_000_000_000 / tick));
+    }
+
+    #[test]
+    fn status_and_proc_stat_parse() {
+        let m = parse_status("Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n").unwrap();
+        assert_eq!((m.rss_kib, m.hwm_kib), (1024, 2048));
+        let t = parse_proc_stat("cpu  10 1 5 100 2 0 3 0 0 0\ncpu0 1 2\n").unwrap();
+        assert_eq!((t.busy, t.idle), (19, 102));
+    }
+
+    #[test]
+    fn own_process_is_readable() {
+        assert!(cpu_time(None).is_some());
+        assert!(memory(std::process::id()).unwrap().rss_kib > 0);
+    }
+}
