@@ -26,6 +26,8 @@ use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct TestServer {
+    /// The host's handle on the chat (publish, members, kick).
+    pub chat: wtchat::Chat,
     pub hub: wtchat::hub::Hub,
     pub http: SocketAddr,
     pub webtransport: SocketAddr,
@@ -58,10 +60,61 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
     let webtransport = server.webtransport_addr();
     let digests = server.certificate_digests();
     let hub = server.hub();
+    let chat = server.chat();
     let task = tokio::spawn(server.run(async {
         let _ = stopped.await;
     }));
     TestServer {
+        chat,
+        hub,
+        http,
+        webtransport,
+        digests,
+        cert_dir,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// A host application on free ports: `config` gets the HTTP and WebTransport addresses and a
+/// certificate directory; `app` builds the host's router around the chat (as
+/// examples/axum_host.rs does).
+pub async fn start_host(
+    config: impl FnOnce(SocketAddr, SocketAddr, std::path::PathBuf) -> Config,
+    app: impl FnOnce(&wtchat::Chat) -> axum::Router,
+) -> TestServer {
+    let cert_dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
+    let config = config(
+        http,
+        "[::]:0".parse().unwrap(),
+        cert_dir.path().to_path_buf(),
+    );
+    let chat = wtchat::Chat::new(config).await.expect("chat starts");
+    let router = app(&chat);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let webtransport = chat.webtransport_addr();
+    let digests = chat.certificate_digests();
+    let hub = chat.hub();
+    let handle = chat.clone();
+    let task = tokio::spawn(async move {
+        let token = tokio_util::sync::CancellationToken::new();
+        let serving = token.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(serving.cancelled_owned())
+                .await
+        });
+        chat.run(async {
+            let _ = stopped.await;
+        })
+        .await;
+        token.cancel();
+        http.await.unwrap()
+    });
+    TestServer {
+        chat: handle,
         hub,
         http,
         webtransport,
@@ -113,13 +166,44 @@ impl Drop for TestServer {
 
 /// A minimal HTTP/1.1 GET over a fresh connection: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    http_request(addr, "GET", path, headers, None).await
+}
+
+/// A minimal HTTP/1.1 request over a fresh connection: (status, body). With a body, it is
+/// sent as JSON.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> (u16, String) {
+    http_exchange(addr, method, path, headers, body).await.0
+}
+
+/// Like [`http_request`], also returning the raw response head (status line and headers).
+pub async fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> ((u16, String), String) {
     use tokio::io::AsyncWriteExt;
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    if !body.is_empty() {
+        request.push_str(&format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        ));
+    }
     request.push_str("\r\n");
+    request.push_str(&body);
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     tokio::time::timeout(DEADLINE, stream.read_to_end(&mut response))
@@ -128,11 +212,11 @@ pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) ->
         .unwrap();
     let response = String::from_utf8_lossy(&response).to_string();
     let status = response[9..12].parse().unwrap();
-    let body = response
+    let (head, body) = response
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
+        .map(|(h, b)| (h.to_string(), b.to_string()))
         .unwrap_or_default();
-    (status, body)
+    ((status, body), head)
 }
 
 /// How a connection ended, as the client saw it.
@@ -179,11 +263,26 @@ impl Client {
 
     /// A WebSocket client; Err(status) when the upgrade is refused.
     pub async fn ws_with_origin(server: &TestServer, origin: Option<&str>) -> Result<Client, u16> {
-        let mut request = server.ws_url().into_client_request().unwrap();
-        if let Some(origin) = origin {
-            request
-                .headers_mut()
-                .insert("origin", origin.parse().unwrap());
+        let headers: Vec<(&str, &str)> = origin.map(|o| ("origin", o)).into_iter().collect();
+        Client::ws_request(server, "", &headers).await
+    }
+
+    /// A WebSocket client with a query string (`?token=...`, or empty) and extra headers;
+    /// Err(status) when the upgrade is refused.
+    pub async fn ws_request(
+        server: &TestServer,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, u16> {
+        let mut request = format!("{}{query}", server.ws_url())
+            .into_client_request()
+            .unwrap();
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .unwrap(),
+                value.parse().unwrap(),
+            );
         }
         match tokio_tungstenite::connect_async(request).await {
             Ok((socket, _)) => Ok(Client::Ws { socket, bye: None }),
@@ -210,6 +309,15 @@ impl Client {
         Client::wt_pinning(server, &server.digests, path, origin).await
     }
 
+    /// A WebTransport client on `path_and_query` with extra headers.
+    pub async fn wt_request(
+        server: &TestServer,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, String> {
+        Client::wt_connect(server, &server.digests, path_and_query, headers).await
+    }
+
     /// A WebTransport client that pins `digests` instead of the server's.
     pub async fn wt_pinning(
         server: &TestServer,
@@ -217,10 +325,20 @@ impl Client {
         path: &str,
         origin: Option<&str>,
     ) -> Result<Client, String> {
+        let headers: Vec<(&str, &str)> = origin.map(|o| ("origin", o)).into_iter().collect();
+        Client::wt_connect(server, digests, path, &headers).await
+    }
+
+    async fn wt_connect(
+        server: &TestServer,
+        digests: &[[u8; 32]],
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, String> {
         let endpoint = wt_endpoint(digests);
         let mut options = ConnectOptions::builder(server.wt_url(path));
-        if let Some(origin) = origin {
-            options = options.add_header("origin", origin);
+        for (name, value) in headers {
+            options = options.add_header(*name, *value);
         }
         let connection = endpoint
             .connect(options.build())

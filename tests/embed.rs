@@ -1,0 +1,367 @@
+//! wtchat embedded in a host application: the wiring of examples/axum_host.rs (the host's
+//! own routes, a cookie login, identities from it, a message hook), and the way hosts in any
+//! other language use it (signed tokens, the HTTP API with an API key).
+
+mod common;
+
+#[allow(dead_code)] // its `main` is the example's, not the test's
+#[path = "../examples/axum_host.rs"]
+mod host;
+
+use common::{Client, Ended, TestServer, http_request, start_host, start_with};
+use serde_json::{Value, json};
+use wtchat::auth::{Claims, mint, unix_now};
+
+async fn start_example() -> TestServer {
+    start_host(host::chat_config, host::app).await
+}
+
+/// Expects the connection to be refused after connecting: `bye` 4401 with `message`.
+async fn assert_unauthorized(mut client: Client, message: &str) {
+    let bye = client.next_of("bye").await;
+    assert_eq!(
+        bye,
+        json!({"type":"bye","code":4401,"reason":"unauthorized","reconnect":false,"message":message}),
+        "{}",
+        client.transport()
+    );
+    assert_eq!(client.ended().await, Ended::Code(4401));
+}
+
+async fn messages(client: &mut Client, room: &str, n: usize) -> Vec<(u64, String, String)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let m = client
+            .next_matching("message", |f| f["type"] == "message" && f["room"] == room)
+            .await;
+        got.push((
+            m["seq"].as_u64().unwrap(),
+            m["from"].as_str().unwrap().to_string(),
+            m["text"].as_str().unwrap().to_string(),
+        ));
+    }
+    got
+}
+
+#[tokio::test]
+async fn the_hosts_own_routes_work_beside_the_chat() {
+    let server = start_example().await;
+    assert_eq!(server.get("/health").await, (200, "ok".to_string()));
+    let (status, page) = server.get("/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Log in"), "{page}");
+    // The login sets the cookie the chat will trust.
+    let ((status, _), head) =
+        common::http_exchange(server.http, "GET", "/login?name=ann", &[], None).await;
+    assert_eq!(status, 303);
+    assert!(
+        head.to_lowercase().contains("set-cookie: user=ann;"),
+        "{head}"
+    );
+    let (status, page) = common::http_get(server.http, "/", &[("cookie", "user=ann")]).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Logged in as ann") && page.contains("/wtchat/wtchat.js"));
+    // And the chat's routes are there too, but not its demo page.
+    assert_eq!(server.get("/wtchat/config").await.0, 200);
+    assert_eq!(server.get("/wtchat/wtchat.js").await.0, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_login_cookie_is_the_identity_on_both_transports() {
+    let server = start_example().await;
+    // Without the cookie: refused, with the reason.
+    assert_unauthorized(
+        Client::ws_request(&server, "", &[]).await.unwrap(),
+        "log in first",
+    )
+    .await;
+    assert_unauthorized(
+        Client::wt_request(&server, "/wtchat", &[]).await.unwrap(),
+        "log in first",
+    )
+    .await;
+
+    let mut ann = Client::ws_request(&server, "", &[("cookie", "user=ann")])
+        .await
+        .unwrap();
+    let mut bob = Client::wt_request(&server, "/wtchat", &[("cookie", "user=bob")])
+        .await
+        .unwrap();
+    // Ann claims to be "Bob" in her join: the host's identity wins.
+    let (joined, _) = ann.join("lobby", "Bob").await;
+    assert_eq!(joined["you"]["name"], "Ann");
+    let (joined, _) = bob.join("lobby", "whatever").await;
+    assert_eq!(joined["you"]["name"], "Bob");
+    ann.say("lobby", "hello from ann", "a1").await;
+    let got = messages(&mut bob, "lobby", 1).await;
+    assert_eq!(got, [(1, "Ann".to_string(), "hello from ann".to_string())]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_the_hosts_hook_rejects_reaches_nobody() {
+    let server = start_example().await;
+    let mut ann = Client::wt_request(&server, "/wtchat", &[("cookie", "user=ann")])
+        .await
+        .unwrap();
+    let mut bob = Client::ws_request(&server, "", &[("cookie", "user=bob")])
+        .await
+        .unwrap();
+    ann.join("lobby", "ann").await;
+    bob.join("lobby", "bob").await;
+    ann.send(json!({"type":"send","room":"lobby","text":"buy SPAM now","id":"s1"}))
+        .await;
+    let error = ann.next_of("error").await;
+    assert_eq!(
+        error,
+        json!({"type":"error","code":"rejected","message":"no spam here","room":"lobby","id":"s1"})
+    );
+    // The next message Bob sees is the next good one, numbered 1: nothing was stored.
+    ann.say("lobby", "a real question", "q1").await;
+    assert_eq!(
+        messages(&mut bob, "lobby", 1).await,
+        [(1, "Ann".to_string(), "a real question".to_string())]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_rust_api_publishes_lists_and_kicks() {
+    let server = start_example().await;
+    let mut ann = Client::wt_request(&server, "/wtchat", &[("cookie", "user=ann")])
+        .await
+        .unwrap();
+    let mut bob = Client::ws_request(&server, "", &[("cookie", "user=bob")])
+        .await
+        .unwrap();
+    ann.join("lobby", "ann").await;
+    bob.join("lobby", "bob").await;
+    let chat = &server.chat;
+    let seq = chat
+        .publish("lobby", "Shop bot", "Sale starts now")
+        .unwrap();
+    for client in [&mut ann, &mut bob] {
+        assert_eq!(
+            messages(client, "lobby", 1).await,
+            [(seq, "Shop bot".to_string(), "Sale starts now".to_string())]
+        );
+    }
+    let mut names: Vec<String> = chat
+        .members("lobby")
+        .iter()
+        .map(|m| format!("{}={}", m.user.as_deref().unwrap_or("?"), m.name))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ann=Ann", "bob=Bob"]);
+    // Invalid input is refused with the protocol's codes.
+    assert_eq!(
+        chat.publish("lobby", "Shop bot", " ").unwrap_err(),
+        wtchat::protocol::ErrorCode::InvalidText
+    );
+    // Kicking Bob closes his connection for good; Ann sees him leave.
+    assert_eq!(chat.kick("lobby", "bob"), 1);
+    let bye = bob.next_of("bye").await;
+    assert_eq!(
+        (
+            bye["code"].as_u64(),
+            bye["reason"].as_str(),
+            bye["reconnect"].as_bool()
+        ),
+        (Some(4403), Some("kicked"), Some(false))
+    );
+    let left = ann.next_of("presence").await;
+    assert_eq!(
+        (left["event"].as_str(), left["member"]["name"].as_str()),
+        (Some("leave"), Some("Bob"))
+    );
+    assert_eq!(chat.members("lobby").len(), 1);
+    server.stop().await;
+}
+
+fn token(secret: &str, user: &str, name: &str, rooms: &[&str], exp: u64) -> String {
+    mint(
+        secret.as_bytes(),
+        &Claims {
+            sub: user.into(),
+            name: name.into(),
+            rooms: rooms.iter().map(|r| r.to_string()).collect(),
+            exp,
+        },
+    )
+}
+
+async fn token_server() -> TestServer {
+    start_with(|c| {
+        c.token_secret = Some("s3cret".into());
+        c.api_key = Some("k3y".into());
+    })
+    .await
+}
+
+async fn with_token(server: &TestServer, transport: &str, token: &str) -> Client {
+    let query = format!("?token={token}");
+    match transport {
+        "websocket" => Client::ws_request(server, &query, &[]).await.unwrap(),
+        _ => Client::wt_request(server, &format!("/wtchat{query}"), &[])
+            .await
+            .unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_checked_on_both_transports() {
+    let server = token_server().await;
+    let later = unix_now() + 600;
+    for transport in ["websocket", "webtransport"] {
+        let none = match transport {
+            "websocket" => Client::ws_request(&server, "", &[]).await.unwrap(),
+            _ => Client::wt_request(&server, "/wtchat", &[]).await.unwrap(),
+        };
+        assert_unauthorized(none, "a token is required (?token=...)").await;
+        let forged = token("not-the-secret", "u1", "Ann", &["a"], later);
+        assert_unauthorized(
+            with_token(&server, transport, &forged).await,
+            "token signature is not valid",
+        )
+        .await;
+        let expired = token("s3cret", "u1", "Ann", &["a"], unix_now() - 1);
+        assert_unauthorized(
+            with_token(&server, transport, &expired).await,
+            "token expired",
+        )
+        .await;
+
+        // A good token for room "a": its name is used, room "b" is refused.
+        let good = token("s3cret", "u1", "Ann", &["a"], later);
+        let mut ann = with_token(&server, transport, &good).await;
+        let (joined, _) = ann.join("a", "Mallory").await;
+        assert_eq!(joined["you"]["name"], "Ann");
+        ann.send(json!({"type":"join","room":"b","name":"Ann"}))
+            .await;
+        let error = ann.next_of("error").await;
+        assert_eq!(
+            (error["code"].as_str(), error["room"].as_str()),
+            (Some("room_forbidden"), Some("b"))
+        );
+        assert!(server.hub.room("b").is_none_or(|r| r.members().is_empty()));
+        ann.send(json!({"type":"leave","room":"a"})).await;
+        ann.next_of("left").await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_http_api_publishes_to_both_transports_and_refuses_a_wrong_key() {
+    let server = token_server().await;
+    let t = token("s3cret", "u1", "Ann", &["*"], unix_now() + 600);
+    let mut wt = with_token(&server, "webtransport", &t).await;
+    let t2 = token("s3cret", "u2", "Bob", &["lobby"], unix_now() + 600);
+    let mut ws = with_token(&server, "websocket", &t2).await;
+    wt.join("lobby", "x").await;
+    ws.join("lobby", "x").await;
+
+    let publish = |key: &str| {
+        let key = format!("Bearer {key}");
+        let server = &server;
+        async move {
+            http_request(
+                server.http,
+                "POST",
+                "/wtchat/api/publish",
+                &[("authorization", &key)],
+                Some(&json!({"room":"lobby","from":"Backend","text":"order #42 shipped"})),
+            )
+            .await
+        }
+    };
+    // A wrong key: 401, and nothing published.
+    let (status, body) = publish("wrong").await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"],
+        "unauthorized"
+    );
+    let (status, body) = http_request(
+        server.http,
+        "POST",
+        "/wtchat/api/publish",
+        &[],
+        Some(&json!({"room":"lobby","from":"Backend","text":"x"})),
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    // The right key: stored as message 1 (the refused ones took no number), on both.
+    let (status, body) = publish("k3y").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["seq"], 1);
+    for client in [&mut wt, &mut ws] {
+        assert_eq!(
+            messages(client, "lobby", 1).await,
+            [(1, "Backend".to_string(), "order #42 shipped".to_string())],
+            "{}",
+            client.transport()
+        );
+    }
+    // Members, then a kick: Bob's connection is closed with 4403 and does not come back.
+    let (status, body) = http_request(
+        server.http,
+        "GET",
+        "/wtchat/api/members?room=lobby",
+        &[("authorization", "Bearer k3y")],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let members: Value = serde_json::from_str(&body).unwrap();
+    let mut users: Vec<&str> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user"].as_str().unwrap())
+        .collect();
+    users.sort();
+    assert_eq!(users, ["u1", "u2"]);
+    let (status, body) = http_request(
+        server.http,
+        "POST",
+        "/wtchat/api/kick",
+        &[("authorization", "Bearer k3y")],
+        Some(&json!({"room":"lobby","user":"u2"})),
+    )
+    .await;
+    assert_eq!(
+        (
+            status,
+            serde_json::from_str::<Value>(&body).unwrap()["kicked"].as_u64()
+        ),
+        (200, Some(1))
+    );
+    let bye = ws.next_of("bye").await;
+    assert_eq!(
+        (bye["code"].as_u64(), bye["reconnect"].as_bool()),
+        (Some(4403), Some(false))
+    );
+    assert_eq!(ws.ended().await, Ended::Code(4403));
+    let left = wt.next_of("presence").await;
+    assert_eq!(
+        (left["event"].as_str(), left["member"]["name"].as_str()),
+        (Some("leave"), Some("Bob"))
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn without_an_api_key_there_is_no_api() {
+    let server = common::start().await;
+    let (status, _) = http_request(
+        server.http,
+        "POST",
+        "/wtchat/api/publish",
+        &[("authorization", "Bearer anything")],
+        Some(&json!({"room":"r","from":"x","text":"y"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    server.stop().await;
+}
