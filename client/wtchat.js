@@ -26,7 +26,7 @@
 export const VERSION = "0.1.0";
 
 /** How long WebTransport may try alone before a WebSocket attempt races it. */
-const HEAD_START_MS = 400;
+const HEAD_START_MS = 500;
 /** Reconnect backoff: first delay, growth cap. Each delay is jittered to 50-100%. */
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_MAX_MS = 15000;
@@ -475,7 +475,8 @@ export class Chat {
   /**
    * Sends a message. Resolves with `{seq, id}` once the server stored it; rejects with a
    * ChatError whose `code` is the server's error code (`text_too_long`, ...), or `closed`.
-   * While reconnecting, sends are queued and delivered once, in order.
+   * While reconnecting, sends are queued and delivered once, in order. The returned
+   * promise has an `id` property: the client message id the `message` event will carry.
    */
   send(text) {
     if (this.status === "closed") {
@@ -488,11 +489,14 @@ export class Chat {
       return Promise.reject(new ChatError("text_too_long", `text is longer than ${max} characters`));
     }
     const id = `${this._idPrefix}${++this._idCounter}`;
-    return new Promise((resolve, reject) => {
+    const promise = new Promise((resolve, reject) => {
       const pending = { id, text, resolve, reject, gen: -1, retries: 0 };
       this._pending.push(pending);
       if (this._joined) this._writeSend(pending);
     });
+    // The client id, known at once: the `message` event for this send carries it.
+    promise.id = id;
+    return promise;
   }
 
   /** Says "I am typing" to the room; throttled, and dropped when not connected. */

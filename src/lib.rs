@@ -20,7 +20,10 @@
 //! - `session`: the per-connection state machine over a two-trait transport contract.
 //! - `transport`: the WebTransport and WebSocket adapters.
 //! - [`certs`]: development certificates browsers accept by digest, and real ones.
-//! - [`config`], [`Server`]: one configuration, one `run` until a shutdown future resolves.
+//! - [`auth`]: identities from the host's hook or from signed tokens.
+//! - [`Chat`]: what a host application mounts (a router, a WebTransport future, and
+//!   publish / members / kick); [`Server`]: the standalone `wtchat serve`.
+//! - [`config`]: one configuration with working defaults.
 //!
 //! ## Quick start
 //!

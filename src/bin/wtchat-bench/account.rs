@@ -45,9 +45,10 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     let (&first, rest) = needle.split_first()?;
     let mut from = 0;
     while from + needle.len() <= hay.len() {
-        let pos = from + hay[from..=hay.len() - needle.len()]
-            .iter()
-            .position(|&b| b == first)?;
+        let pos = from
+            + hay[from..=hay.len() - needle.len()]
+                .iter()
+                .position(|&b| b == first)?;
         if hay[pos + 1..pos + needle.len()] == *rest {
             return Some(pos);
         }
@@ -305,7 +306,12 @@ mod tests {
         let mut text = Vec::new();
         write_marker(&mut text, m, 20);
         assert!(text.starts_with(b"t=123456789012;p=7;n=42;"));
-        let frame = [b"{\"type\":\"message\",\"text\":\"".as_slice(), &text, b"\"}"].concat();
+        let frame = [
+            b"{\"type\":\"message\",\"text\":\"".as_slice(),
+            &text,
+            b"\"}",
+        ]
+        .concat();
         assert_eq!(text.len(), "t=123456789012;p=7;n=42".len() + 20);
         assert_eq!(parse_marker(&frame), Some(m));
     }
@@ -313,9 +319,18 @@ mod tests {
     #[test]
     fn foreign_texts_are_not_markers() {
         assert_eq!(parse_marker(br#"{"type":"message","text":"hello"}"#), None);
-        assert_eq!(parse_marker(br#"{"type":"message","text":"t=1;p=x;n=2"}"#), None);
-        assert_eq!(parse_marker(br#"{"type":"message","text":"t=1;p=2"}"#), None);
-        assert_eq!(parse_marker(br#"{"text":"t=99999999999999999999;p=1;n=2"}"#), None);
+        assert_eq!(
+            parse_marker(br#"{"type":"message","text":"t=1;p=x;n=2"}"#),
+            None
+        );
+        assert_eq!(
+            parse_marker(br#"{"type":"message","text":"t=1;p=2"}"#),
+            None
+        );
+        assert_eq!(
+            parse_marker(br#"{"text":"t=99999999999999999999;p=1;n=2"}"#),
+            None
+        );
     }
 
     #[test]
@@ -333,7 +348,10 @@ mod tests {
         assert_eq!(kind(bye), Kind::Bye);
         assert_eq!(u64_after(bye, b"\"code\":"), Some(4001));
         assert_eq!(kind(br#"{"type":"presence","room":"r"}"#), Kind::Presence);
-        assert_eq!(kind(br#"{"type":"error","code":"rate_limited"}"#), Kind::Error);
+        assert_eq!(
+            kind(br#"{"type":"error","code":"rate_limited"}"#),
+            Kind::Error
+        );
         assert_eq!(kind(br#"{"type":"pong"}"#), Kind::Other);
         assert_eq!(kind(b"garbage"), Kind::Other);
     }

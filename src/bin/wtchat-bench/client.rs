@@ -398,6 +398,7 @@ impl ReadBuf {
 async fn read_ws<R: AsyncRead + Unpin>(mut rd: R, reader: &mut Reader) -> io::Result<()> {
     let mut phase = reader.run.phase.subscribe();
     let mut buf = ReadBuf::new(reader.run.plan.read_buffer);
+    // The size of a frame only partly read, once its header says it.
     let mut need = None;
     // A message split over continuation frames (the server does not fragment; a peer may).
     let mut fragments: Vec<u8> = Vec::new();
@@ -417,7 +418,6 @@ async fn read_ws<R: AsyncRead + Unpin>(mut rd: R, reader: &mut Reader) -> io::Re
         }
         buf.end += n;
         let now = reader.run.now_ns();
-        need = None;
         loop {
             match ws::parse_frame(buf.data()) {
                 Ok(frame) => {
@@ -557,12 +557,10 @@ impl Reader {
     }
 
     fn on_close(&self, code: u16) {
-        let _ = self.run.clients[self.idx].bye.compare_exchange(
-            0,
-            u32::from(code),
-            Relaxed,
-            Relaxed,
-        );
+        let _ =
+            self.run.clients[self.idx]
+                .bye
+                .compare_exchange(0, u32::from(code), Relaxed, Relaxed);
     }
 
     fn on_message(&mut self, frame: &[u8], now: u64) {
@@ -573,13 +571,15 @@ impl Reader {
         ) else {
             return;
         };
-        if !matches!(tally.record(seq, &m), Outcome::New | Outcome::AfterGap { .. }) {
+        if !matches!(
+            tally.record(seq, &m),
+            Outcome::New | Outcome::AfterGap { .. }
+        ) {
             return;
         }
         let latency = now.saturating_sub(m.sent_ns);
         let run = &*self.run;
-        if m.sent_ns >= run.measure_from.load(Relaxed) && m.sent_ns < run.measure_to.load(Relaxed)
-        {
+        if m.sent_ns >= run.measure_from.load(Relaxed) && m.sent_ns < run.measure_to.load(Relaxed) {
             self.latencies.push(latency);
         }
         let per = run.plan.track_per_publisher;
@@ -675,11 +675,12 @@ async fn publish<W: AsyncWrite + Unpin>(
     let mut counter = 0u64;
     let mut out = Vec::with_capacity(4096);
     // Rate mode: each publisher sends every `period`, the publishers evenly staggered.
-    let period = (plan.rate > 0.0).then(|| {
-        Duration::from_secs_f64(plan.publishers as f64 / plan.rate)
-    });
+    let period =
+        (plan.rate > 0.0).then(|| Duration::from_secs_f64(plan.publishers as f64 / plan.rate));
     let mut next = tokio::time::Instant::now()
-        + period.map_or(Duration::ZERO, |p| p.mul_f64(idx as f64 / plan.publishers as f64));
+        + period.map_or(Duration::ZERO, |p| {
+            p.mul_f64(idx as f64 / plan.publishers as f64)
+        });
     loop {
         if run.phase() >= PHASE_STOP {
             return Ok(());

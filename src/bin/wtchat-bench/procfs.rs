@@ -108,7 +108,11 @@ pub fn memory(pid: u32) -> Option<Memory> {
 fn parse_status(status: &str) -> Option<Memory> {
     let field = |name: &str| -> Option<u64> {
         let line = status.lines().find(|l| l.starts_with(name))?;
-        line[name.len()..].split_ascii_whitespace().next()?.parse().ok()
+        line[name.len()..]
+            .split_ascii_whitespace()
+            .next()?
+            .parse()
+            .ok()
     };
     Some(Memory {
         rss_kib: field("VmRSS:")?,

@@ -15,7 +15,6 @@ use tokio::net::TcpStream;
 pub const OP_CONTINUATION: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
 pub const OP_CLOSE: u8 = 0x8;
-pub const OP_PING: u8 = 0x9;
 
 /// The masking key of every frame the tool sends. RFC 6455 wants it unpredictable (a
 /// defence for proxies of browsers); a fixed non-zero key still makes the server do the
