@@ -6,6 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::chat::Chat;
@@ -60,8 +61,13 @@ impl Server {
     /// and returns once they are closed or `shutdown_grace` has passed.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
         let stopping = self.chat.stopping();
+        // Chat frames are small and latency matters: no Nagle delay. It also sends a close
+        // frame at once, before a socket with unread input is reset (see session::goodbye).
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let http = axum::serve(
-            self.listener,
+            listener,
             self.chat
                 .router()
                 .into_make_service_with_connect_info::<SocketAddr>(),

@@ -23,6 +23,10 @@ use crate::protocol::{self, ClientFrame, CloseCode, ErrorCode, Limits, ServerFra
 /// one busy connection does not hold its worker thread for long.
 const BATCH: usize = 256;
 
+/// How long a closing session waits for the client to close its side. Clients answer a
+/// close at once; one that does not read is not waited for long.
+const LINGER: Duration = Duration::from_secs(1);
+
 /// What a transport read from its client.
 #[derive(Debug)]
 pub(crate) enum Inbound {
@@ -74,7 +78,7 @@ pub(crate) async fn start(
     ctx: &SessionContext,
     id: u64,
     request: impl FnOnce() -> ConnectRequest,
-    reader: impl FrameReader,
+    mut reader: impl FrameReader,
     mut writer: impl FrameWriter,
 ) {
     let identity = match &ctx.auth {
@@ -84,6 +88,7 @@ pub(crate) async fn start(
             Err(reason) => {
                 tracing::info!(reason, "connection refused by authentication");
                 let goodbye = goodbye(
+                    &mut reader,
                     &mut writer,
                     Vec::new(),
                     CloseCode::Unauthorized,
@@ -97,8 +102,12 @@ pub(crate) async fn start(
     run(ctx, id, identity, reader, writer).await;
 }
 
-/// Writes `batch`, then `bye`, then closes with `code`.
+/// Writes `batch`, then `bye`, then closes with `code`, then waits (at most [`LINGER`]) for
+/// the client to close its side: dropping a TCP socket with unread input resets it, and the
+/// reset can destroy the close frame just sent. The caller bounds the writing with
+/// `close_grace`.
 async fn goodbye(
+    reader: &mut impl FrameReader,
     writer: &mut impl FrameWriter,
     mut batch: Vec<Outbound>,
     code: CloseCode,
@@ -115,6 +124,9 @@ async fn goodbye(
     });
     if writer.send(&batch).await.is_ok() {
         writer.close(code).await;
+        let client_closed =
+            async { while !matches!(reader.next().await, Inbound::Closed | Inbound::Fatal(_)) {} };
+        let _ = tokio::time::timeout(LINGER, client_closed).await;
     }
 }
 
@@ -175,7 +187,7 @@ async fn run(
         // Last words: what is still queued, then `bye`, then the close itself; bounded,
         // because a client that stopped reading would otherwise hold us forever.
         inbox.drain_now(&mut batch);
-        let goodbye = goodbye(&mut writer, batch, code, None);
+        let goodbye = goodbye(&mut reader, &mut writer, batch, code, None);
         let _ = tokio::time::timeout(ctx.close_grace, goodbye).await;
     }
 }

@@ -135,6 +135,11 @@ impl FrameReader for WtReader {
     async fn next(&mut self) -> Inbound {
         loop {
             if let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+                // One read may bring a whole oversized line at once: check its length, not
+                // only the length of what is still unterminated.
+                if self.scanned + pos > self.max_frame {
+                    return Inbound::Fatal(CloseCode::FrameTooLarge);
+                }
                 let mut line = self.buf.split_to(self.scanned + pos + 1);
                 line.truncate(line.len() - 1);
                 self.scanned = 0;

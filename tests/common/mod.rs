@@ -222,7 +222,8 @@ pub async fn http_exchange(
 /// How a connection ended, as the client saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {
-    /// A WebSocket close frame with this code, or a WebTransport `bye` frame with this code.
+    /// A WebSocket close frame with this code, or over WebTransport (whose close codes do
+    /// not reach clients reliably) the code of the `bye` frame before the end.
     Code(u16),
     /// The connection ended with no code.
     NoCode,
@@ -530,9 +531,8 @@ impl Client {
         match self {
             Client::Ws { socket, bye } => match socket.next().await {
                 Some(Ok(Message::Close(Some(frame)))) => Some(Ended::Code(frame.code.into())),
-                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
-                    Some(bye.map_or(Ended::NoCode, Ended::Code))
-                }
+                // No close frame: whatever `bye` said, the close itself carried no code.
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => Some(Ended::NoCode),
                 Some(Ok(Message::Text(text))) => {
                     let v: Value = serde_json::from_str(&text).unwrap();
                     if v["type"] == "bye" {
