@@ -47,6 +47,8 @@ export const CloseCodes = Object.freeze({
   SHUTDOWN: 4000,
   TOO_SLOW: 4001,
   PROTOCOL_ERROR: 4400,
+  UNAUTHORIZED: 4401,
+  KICKED: 4403,
   FRAME_TOO_LARGE: 4409,
 });
 
@@ -380,14 +382,17 @@ async function dial(config, options, events, state) {
 /** A joined room. Create it with {@link connect}. */
 export class Chat {
   constructor(options) {
-    if (!options || typeof options.room !== "string" || typeof options.name !== "string") {
-      throw new TypeError("connect({room, name}) needs a room and a name");
+    if (!options || typeof options.room !== "string" || !options.room) {
+      throw new TypeError("connect({room, name}) needs a room");
+    }
+    if (typeof options.name !== "string" && options.token == null) {
+      throw new TypeError("connect({room, name}) needs a name (or a token that carries one)");
     }
     const server = options.server ?? (typeof location !== "undefined" ? location.origin : "");
     /** The room's name. */
     this.room = options.room;
-    /** The display name. */
-    this.name = options.name;
+    /** The display name (as the server has it once joined: a token's name wins). */
+    this.name = options.name ?? null;
     /** The server's HTTP base URL. */
     this.server = String(server).replace(/\/+$/, "");
     /** `"webtransport"` or `"websocket"` once connected; null before. */
@@ -489,6 +494,8 @@ export class Chat {
       return Promise.reject(new ChatError("text_too_long", `text is longer than ${max} characters`));
     }
     const id = `${this._idPrefix}${++this._idCounter}`;
+    // The message ends the others' "typing" display: the next keystroke may say so again.
+    this._lastTyping = 0;
     const promise = new Promise((resolve, reject) => {
       const pending = { id, text, resolve, reject, gen: -1, retries: 0 };
       this._pending.push(pending);
@@ -535,7 +542,7 @@ export class Chat {
     const deadline = Date.now() + timeout;
     for (;;) {
       try {
-        await this._connectOnce();
+        await this._connectOnce(Math.max(1000, Math.min(ATTEMPT_TIMEOUT_MS, deadline - Date.now())));
         this._attempt = 0;
         this._startKeepalive();
         return;
@@ -571,7 +578,7 @@ export class Chat {
   }
 
   /** One attempt: config, transport, join. Resolves once joined. */
-  async _connectOnce() {
+  async _connectOnce(limit = ATTEMPT_TIMEOUT_MS) {
     const gen = ++this._gen;
     const attempt = (async () => {
       const config = await this._fetchConfig();
@@ -589,11 +596,12 @@ export class Chat {
       this._conn = conn;
       this._bye = null;
       this._lastHeard = Date.now();
-      this._tokens = Math.max(1, this._rate());
+      this._tokens = this._burst();
       this._tokensAt = performance.now();
       this._wire = [];
       const joined = new Promise((resolve, reject) => { this._joinWaiter = { resolve, reject }; });
-      const join = { type: "join", room: this.room, name: this.name };
+      const join = { type: "join", room: this.room };
+      if (this._options.name != null) join.name = this._options.name;
       if (this.epoch != null) {
         join.since = this.seq;
         join.epoch = this.epoch;
@@ -605,14 +613,15 @@ export class Chat {
     })();
     let timer;
     const timeout = new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new ChatError("timeout", "connecting timed out")), ATTEMPT_TIMEOUT_MS);
+      timer = setTimeout(() => reject(new ChatError("timeout", "connecting timed out")), limit);
     });
     try {
       const conn = await Promise.race([attempt, timeout]);
       this.transport = conn.kind;
-      this._setStatus("connected", { transport: conn.kind });
-      // Queued and unacknowledged sends, in order, with their ids: the server stores each once.
+      // Queued and unacknowledged sends, in order, with their ids: the server stores each
+      // once. Before the status event, whose handlers may send more.
       for (const pending of this._pending) this._writeSend(pending);
+      this._setStatus("connected", { transport: conn.kind });
     } catch (e) {
       attempt.catch(() => {});
       if (gen === this._gen) {
@@ -640,7 +649,8 @@ export class Chat {
       const waiter = this._joinWaiter;
       this._joinWaiter = null;
       if (this._bye && !this._bye.reconnect) {
-        waiter.reject(new ChatError(this._bye.reason || "closed", "the server closed the connection"));
+        const { reason, message, code } = this._bye;
+        waiter.reject(new ChatError(reason || "closed", message || `the server closed the connection (${reason})`, { closeCode: code }));
       } else {
         waiter.reject(new ChatError("lost", "connection lost while joining"));
       }
@@ -651,7 +661,7 @@ export class Chat {
     const code = this._bye?.code ?? info.code;
     const reconnect = this._bye ? this._bye.reconnect : !(code === 1000 || (code >= 4400 && code < 5000));
     if (!reconnect) {
-      this._shutdown(this._bye?.reason || info.reason || "closed by server", code);
+      this._shutdown(this._bye?.message || this._bye?.reason || info.reason || "closed by server", code, this._bye?.reason);
       return;
     }
     this._scheduleReconnect(this._bye?.reason || "connection lost");
@@ -734,10 +744,19 @@ export class Chat {
     return Math.max(1, this.limits?.framesPerSecond || 20);
   }
 
+  /**
+   * The client's bucket: three quarters of the server's burst when it says (the rest
+   * absorbs network jitter), else one second's worth (the server's default burst is two).
+   */
+  _burst() {
+    const burst = this.limits?.frameBurst;
+    return Math.max(1, burst ? Math.floor(burst * 0.75) : this._rate());
+  }
+
   _refill() {
     const now = performance.now();
     const rate = this._rate();
-    this._tokens = Math.min(rate, this._tokens + ((now - this._tokensAt) / 1000) * rate);
+    this._tokens = Math.min(this._burst(), this._tokens + ((now - this._tokensAt) / 1000) * rate);
     this._tokensAt = now;
   }
 
@@ -783,7 +802,7 @@ export class Chat {
         return;
       case "error": return this._onError(frame);
       case "bye":
-        this._bye = { code: frame.code, reason: frame.reason, reconnect: !!frame.reconnect };
+        this._bye = { code: frame.code, reason: frame.reason, reconnect: !!frame.reconnect, message: frame.message };
         return;
       case "left":
       case "pong":
@@ -800,6 +819,7 @@ export class Chat {
     if (newEpoch || this.epoch == null) this.seq = 0;
     this.epoch = frame.epoch;
     this.me = frame.you ? { id: frame.you.id, name: frame.you.name } : null;
+    if (this.me) this.name = this.me.name;
     this.members = (frame.members || []).map((m) => ({ id: m.id, name: m.name }));
     this._emit("presence", { room: this.room, event: "sync", member: this.me, members: this.members.slice() });
     // The join completes once the replayed history (the next `replay` messages) is in.

@@ -36,6 +36,8 @@ pub(crate) fn router(shared: Arc<Shared>, demo_page: bool) -> Router {
                     [
                         (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
                         (header::CACHE_CONTROL, "no-cache"),
+                        // A page on another origin imports the module: it is public.
+                        (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
                     ],
                     CLIENT_JS,
                 )
@@ -102,9 +104,15 @@ async fn config(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
             "maxRoomChars": limits.max_room_chars,
             "maxRoomsPerConnection": limits.max_rooms_per_connection,
             "framesPerSecond": limits.frames_per_second,
+            "frameBurst": limits.frame_burst,
         },
     });
-    ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+    // Pages on other origins fetch it; it holds nothing secret and no credentials are sent.
+    let headers = [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+    ];
+    (headers, Json(body)).into_response()
 }
 
 /// Whether the request bears the API key (`Authorization: Bearer KEY`). Compared in

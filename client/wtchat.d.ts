@@ -1,0 +1,242 @@
+// TypeScript declarations for wtchat.js, the wtchat browser client.
+//
+//   import { connect } from "/wtchat/wtchat.js";
+//   const chat = await connect({ room: "lobby", name: "Ann" });
+//   chat.on("message", (m) => render(m.from, m.text)); // render as text, never as HTML
+//   const { seq } = await chat.send("hello");
+
+/** The client's version. */
+export const VERSION: string;
+
+/** The transports the client can use. */
+export type Transport = "webtransport" | "websocket";
+
+/** Where the connection stands. */
+export type Status = "connecting" | "connected" | "reconnecting" | "closed";
+
+/** Close codes: the WebSocket close code, the WebTransport close code and `bye.code`. */
+export const CloseCodes: Readonly<{
+  NORMAL: 1000;
+  SHUTDOWN: 4000;
+  TOO_SLOW: 4001;
+  PROTOCOL_ERROR: 4400;
+  UNAUTHORIZED: 4401;
+  KICKED: 4403;
+  FRAME_TOO_LARGE: 4409;
+}>;
+
+/** Whether a close code means "reconnect and resume": 4000-4399. */
+export function shouldReconnect(code: number): boolean;
+
+/**
+ * Error codes a promise may reject with or an `error` event may carry: the server's error
+ * codes, plus the client's own (`closed`, `unreachable`, `unsupported`, `timeout`) and the
+ * `reason` of a `bye` that said not to reconnect (`unauthorized`, `kicked`, ...).
+ */
+export type ErrorCode =
+  | "invalid_json"
+  | "invalid_utf8"
+  | "unknown_type"
+  | "invalid_frame"
+  | "binary_unsupported"
+  | "not_joined"
+  | "already_joined"
+  | "invalid_name"
+  | "invalid_room"
+  | "invalid_text"
+  | "text_too_long"
+  | "too_many_rooms"
+  | "server_full"
+  | "rate_limited"
+  | "room_forbidden"
+  | "rejected"
+  | "closed"
+  | "unreachable"
+  | "unsupported"
+  | "timeout"
+  | "unauthorized"
+  | "kicked"
+  | (string & {});
+
+/** An error with a machine-readable code. */
+export class ChatError extends Error {
+  constructor(code: ErrorCode, message?: string, details?: object);
+  readonly name: "ChatError";
+  readonly code: ErrorCode;
+  /** The room the server's error frame named, if any. */
+  readonly room?: string;
+  /** The client message id the server's error frame named, if any. */
+  readonly id?: string;
+  /** For a refusal by `bye`: its close code. */
+  readonly closeCode?: number;
+}
+
+/** A member of the room: the connection's id and its display name. */
+export interface Member {
+  id: number;
+  name: string;
+}
+
+/** A room message. */
+export interface Message {
+  room: string;
+  /** The room epoch it was numbered under (changes when the room is recreated). */
+  epoch: number;
+  /** Room sequence number: increasing by one per message within an epoch. */
+  seq: number;
+  /** The sender's display name. */
+  from: string;
+  /** The text. Render it as text (`textContent`), never as HTML. */
+  text: string;
+  /** Server time, milliseconds since 1970. */
+  time: number;
+  /** The sender's client message id, if it gave one. */
+  id?: string;
+  /** Whether this client sent it. */
+  mine: boolean;
+}
+
+/** The server's limits, from `/wtchat/config`. */
+export interface Limits {
+  maxFrameBytes: number;
+  maxTextChars: number;
+  maxNameChars: number;
+  maxRoomChars: number;
+  maxRoomsPerConnection: number;
+  /** Frames per second a connection may send, sustained; the client paces itself under it. */
+  framesPerSecond: number;
+  /** Frames a connection may send in a burst, when the server says. */
+  frameBurst?: number;
+}
+
+export interface PresenceEvent {
+  room: string;
+  /** `sync`: the full member list arrived (on every join, including after reconnects). */
+  event: "join" | "leave" | "sync";
+  /** Who joined or left (for `sync`: this client). */
+  member: Member | null;
+  /** The member list after the change. */
+  members: Member[];
+}
+
+export interface TypingEvent {
+  room: string;
+  /** Who is typing. Notices may be lost; show one for a few seconds. */
+  from: string;
+}
+
+export interface StatusEvent {
+  status: Status;
+  /** With `connected`: the transport in use. */
+  transport?: Transport;
+  /** With `reconnecting`, `connecting` (a retry) and `closed`: why. */
+  reason?: string;
+  /** With `closed`: the close code, when known. */
+  code?: number;
+  /** With `closed` on a failure: its error code (`unauthorized`, `kicked`, ...). */
+  error?: ErrorCode;
+  /** With `reconnecting`: the attempt number and the delay before it, in ms. */
+  attempt?: number;
+  delay?: number;
+}
+
+export interface GapEvent {
+  room: string;
+  /** The room's epoch now. */
+  epoch: number;
+  /** The epoch seen before; different when the room was recreated (server restart). */
+  previousEpoch: number | null;
+  /** The last sequence number seen before the gap. */
+  since: number;
+}
+
+export interface ChatEvents {
+  message: Message;
+  presence: PresenceEvent;
+  typing: TypingEvent;
+  status: StatusEvent;
+  /** A server error not tied to a `send()` (whose promise rejects instead). */
+  error: ChatError;
+  /** Messages were missed and cannot be replayed (too old, or the room was recreated). */
+  gap: GapEvent;
+}
+
+export interface ConnectOptions {
+  /** The room to join: 1 to 64 of `A-Z a-z 0-9 _ - . : @`. */
+  room: string;
+  /** Display name (1 to 32 characters). Optional with a `token`, whose name wins. */
+  name?: string;
+  /** The wtchat server's HTTP base URL. Default: the page's origin. */
+  server?: string;
+  /** Force one transport. Default: WebTransport with a head start, racing WebSocket. */
+  transport?: Transport;
+  /** A token from the host application, passed as `?token=` on both transports. */
+  token?: string;
+  /** Handlers registered before connecting, so they also see the joined room's history. */
+  on?: { [E in keyof ChatEvents]?: (event: ChatEvents[E]) => void };
+  /** How long WebTransport tries alone before WebSocket races it, ms. Default 500. */
+  headStart?: number;
+  /** How long `connect()` keeps retrying before it rejects with `unreachable`, ms. Default 10000. */
+  timeout?: number;
+  /** Messages kept in `chat.messages`, oldest dropped first. Default 1000. */
+  maxMessages?: number;
+}
+
+/** The answer to `send()`: the message's room sequence number and client id. */
+export interface Ack {
+  seq: number;
+  id: string;
+}
+
+/** A joined room. Made by {@link connect}. */
+export class Chat {
+  private constructor(options: ConnectOptions);
+  readonly room: string;
+  /** The display name, as the server has it once joined. */
+  readonly name: string | null;
+  /** The server's HTTP base URL. */
+  readonly server: string;
+  /** The transport in use; null while not connected. */
+  readonly transport: Transport | null;
+  readonly status: Status;
+  /** The room's messages received so far, in order, without duplicates. */
+  readonly messages: readonly Message[];
+  /** The room's members now. */
+  readonly members: readonly Member[];
+  /** This connection as the room sees it. */
+  readonly me: Member | null;
+  /** The server's limits. */
+  readonly limits: Limits | null;
+  /** The room epoch and the last sequence number seen (what a reconnect resumes from). */
+  readonly epoch: number | null;
+  readonly seq: number;
+
+  /** Subscribes to an event; returns a function that unsubscribes. */
+  on<E extends keyof ChatEvents>(event: E, handler: (event: ChatEvents[E]) => void): () => void;
+
+  /**
+   * Sends a message. Resolves with the acknowledgement once the server stored it; rejects
+   * with a ChatError carrying the server's error code. While reconnecting, sends are queued
+   * and delivered once, in order. `id` is the client message id, known at once.
+   */
+  send(text: string): Promise<Ack> & { readonly id: string };
+
+  /** Tells the room this user is typing (a datagram over WebTransport). Throttled to one
+   * notice per 2.5 s; returns whether one was sent. */
+  typing(): boolean;
+
+  /** Leaves the room and closes the connection; queued sends are rejected with `closed`. */
+  close(): void;
+
+  /** Whether a message was sent by this client. */
+  isMine(message: { id?: string }): boolean;
+}
+
+/**
+ * Fetches `/wtchat/config` from the server, connects (WebTransport, or WebSocket where
+ * WebTransport is missing, blocked or slow), joins the room, and resolves once the room is
+ * joined and its recent history is in `chat.messages`. Rejects with a ChatError
+ * (`invalid_name`, `invalid_room`, `room_forbidden`, `unauthorized`, `unsupported`,
+ * `unreachable`, ...).
+ */
+export function connect(options: ConnectOptions): Promise<Chat>;

@@ -1,0 +1,775 @@
+//! Real-browser tests: Debian's Chromium, driven over the DevTools protocol, loads the demo
+//! page from a test server and chats over WebTransport and over the WebSocket fallback in
+//! the same room. Without Chromium these tests print a loud SKIPPED line (and fail under
+//! `CI=true`). Screenshots land in `target/screenshots/`.
+
+#[path = "common/browser.rs"]
+mod browser;
+mod common;
+
+use std::net::UdpSocket;
+use std::time::Instant;
+
+use browser::{Browser, Page};
+use common::{TestServer, start, start_with};
+use serde_json::{Value, json};
+use wtchat::protocol::CloseCode;
+
+/// One browser test at a time: several Chromiums starting at once on a small machine make
+/// every timing in them (the WebTransport head start, the two-second fallback) meaningless,
+/// and running them side by side saves no wall time on two cores anyway.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Takes this test's turn, then launches Chromium (None: not installed, test skipped).
+async fn take_browser(test: &str) -> Option<(tokio::sync::MutexGuard<'static, ()>, Browser)> {
+    let turn = ONE_AT_A_TIME.lock().await;
+    Some((turn, Browser::launch_or_skip(test).await?))
+}
+
+/// Run before the page's scripts: the browser has no WebTransport at all.
+const NO_WEBTRANSPORT: &str = "delete window.WebTransport;";
+
+/// Run before the page's scripts: records every change of the status element, so a test
+/// can see a `reconnecting` that lasted only a moment.
+const STATUS_LOG: &str = r#"
+window.__statusLog = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const status = document.querySelector("[data-testid=status]");
+  new MutationObserver(() => window.__statusLog.push(status.dataset.status))
+    .observe(status, { attributes: true, attributeFilter: ["data-status"] });
+});
+"#;
+
+/// The messages in a page's list: [seq, from, text] each.
+const MESSAGES: &str = "[...document.querySelectorAll('[data-testid=message]')].map(li => [
+    Number(li.dataset.seq),
+    li.querySelector('[data-testid=message-from]').textContent,
+    li.querySelector('[data-testid=message-text]').textContent])";
+
+/// The names in a page's member list, sorted.
+const MEMBERS: &str = "[...document.querySelectorAll('[data-testid=member] .name')]
+    .map(n => n.textContent).sort()";
+
+fn demo_url(server: &TestServer, query: &str) -> String {
+    format!("http://127.0.0.1:{}/?{query}", server.http.port())
+}
+
+/// Opens the demo page, joined to `room` as `name` through the URL.
+async fn open_chat<'b>(
+    browser: &'b Browser,
+    server: &TestServer,
+    label: &str,
+    (width, height): (u32, u32),
+    init: Option<&str>,
+    room: &str,
+    name: &str,
+) -> Page<'b> {
+    let page = browser.page(label, width, height, init).await;
+    let query = format!("room={room}&name={}", urlencode(name));
+    page.goto(&demo_url(server, &query)).await;
+    page
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Waits until the page says it is connected over `transport`, badge and status both.
+async fn wait_connected(page: &Page<'_>, transport: &str) {
+    let label = if transport == "webtransport" {
+        "WebTransport"
+    } else {
+        "WebSocket"
+    };
+    page.wait_for(
+        &format!("connected over {transport}"),
+        &format!(
+            "(() => {{ const b = document.querySelector('[data-testid=transport-badge]');
+                      const s = document.querySelector('[data-testid=status]');
+                      return s.dataset.status === 'connected' && b.dataset.transport === '{transport}'
+                          && b.textContent.trim() === '{label}' && s.textContent.trim() === 'Connected'; }})()"
+        ),
+    )
+    .await;
+}
+
+async fn wait_message_count(page: &Page<'_>, n: usize) -> Vec<(u64, String, String)> {
+    page.wait_for(
+        &format!("{n} messages in the list"),
+        &format!("document.querySelectorAll('[data-testid=message]').length >= {n}"),
+    )
+    .await;
+    messages(page).await
+}
+
+async fn messages(page: &Page<'_>) -> Vec<(u64, String, String)> {
+    let value = page.eval(MESSAGES).await;
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m[0].as_u64().unwrap(),
+                m[1].as_str().unwrap().to_string(),
+                m[2].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Types a message into the page's input and presses Enter.
+async fn say(page: &Page<'_>, text: &str) {
+    page.type_and_enter("[data-testid=message-input]", text)
+        .await;
+}
+
+async fn wait_members(page: &Page<'_>, names: &[&str]) {
+    // Sorted as JavaScript sorts (UTF-16 code units; the same as bytes for ASCII names).
+    let mut names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    names.sort();
+    let want = serde_json::to_string(&names).unwrap();
+    page.wait_for(
+        &format!("members {want}"),
+        &format!("JSON.stringify({MEMBERS}) === {}", json!(want)),
+    )
+    .await;
+}
+
+fn assert_no_console_errors(page: &Page<'_>) {
+    if std::env::var_os("WTCHAT_BROWSER_CONSOLE").is_some() {
+        eprintln!("[{}] console: {:#?}", page.name, page.console());
+    }
+    let errors = page.console_errors();
+    assert!(
+        errors.is_empty(),
+        "[{}] console errors: {errors:#?}",
+        page.name
+    );
+}
+
+fn expected(list: &[(&str, &str)]) -> Vec<(u64, String, String)> {
+    list.iter()
+        .enumerate()
+        .map(|(i, (from, text))| (i as u64 + 1, from.to_string(), text.to_string()))
+        .collect()
+}
+
+/// The member id the hub gave `name` in `room`.
+fn member_id(server: &TestServer, room: &str, name: &str) -> u64 {
+    let members = server.hub.room(room).expect("room exists").members();
+    members
+        .iter()
+        .find(|(_, n)| &**n == name)
+        .unwrap_or_else(|| panic!("{name} is not in {room}: {members:?}"))
+        .0
+}
+
+#[tokio::test]
+async fn webtransport_and_websocket_pages_chat_in_one_room() {
+    let Some((_serial, browser)) =
+        take_browser("webtransport_and_websocket_pages_chat_in_one_room").await
+    else {
+        return;
+    };
+    let server = start().await;
+    let started = Instant::now();
+
+    // B on a phone-sized page with no WebTransport at all, joining through the form with
+    // the keyboard; then A on a desktop-sized page, joined through the URL.
+    let b = browser.page("B", 390, 844, Some(NO_WEBTRANSPORT)).await;
+    b.goto(&demo_url(&server, "room=lobby")).await;
+    b.wait_for(
+        "the join form",
+        "document.activeElement?.dataset.testid === 'name-input'",
+    )
+    .await;
+    assert_eq!(
+        b.eval("document.querySelector('[data-testid=room-input]').value")
+            .await,
+        "lobby"
+    );
+    b.type_and_enter("[data-testid=name-input]", "bob").await;
+    wait_connected(&b, "websocket").await;
+    assert_eq!(b.eval("window.chat.transport").await, "websocket");
+
+    let a = open_chat(&browser, &server, "A", (1280, 800), None, "lobby", "ann").await;
+    wait_connected(&a, "webtransport").await;
+    assert_eq!(a.eval("window.chat.transport").await, "webtransport");
+    let took = a
+        .eval(
+            "performance.getEntriesByName('wtchat:connected')[0].startTime
+                - performance.getEntriesByName('wtchat:connect')[0].startTime",
+        )
+        .await;
+    eprintln!("A: config, WebTransport and join took {took} ms");
+    wait_members(&a, &["ann", "bob"]).await;
+    wait_members(&b, &["ann", "bob"]).await;
+
+    // A starts typing: B sees it (over a datagram from A, a frame to B).
+    a.type_into("[data-testid=message-input]", "hello from ann")
+        .await;
+    let typing = b
+        .wait_for(
+            "ann's typing notice",
+            "document.querySelector('[data-testid=typing]').textContent",
+        )
+        .await;
+    assert_eq!(typing, "ann is typing");
+    a.press("Enter").await;
+
+    say(&b, "hi ann, bob here").await;
+    wait_message_count(&a, 2).await;
+    say(&a, "WebTransport says hi").await;
+    wait_message_count(&b, 3).await;
+    say(&b, "WebSocket says hi back").await;
+    let want = expected(&[
+        ("ann", "hello from ann"),
+        ("bob", "hi ann, bob here"),
+        ("ann", "WebTransport says hi"),
+        ("bob", "WebSocket says hi back"),
+    ]);
+    assert_eq!(wait_message_count(&a, 4).await, want);
+    assert_eq!(wait_message_count(&b, 4).await, want);
+    // The sender's input is empty again, and nothing is left pending.
+    assert_eq!(
+        a.eval("document.querySelector('[data-testid=message-input]').value")
+            .await,
+        ""
+    );
+    assert_eq!(
+        a.eval("document.querySelectorAll('[data-testid=pending-message]').length")
+            .await,
+        0
+    );
+    eprintln!(
+        "two pages chatting over both transports: {:?}",
+        started.elapsed()
+    );
+
+    a.screenshot("chat-webtransport-desktop").await;
+    b.screenshot("chat-websocket-phone").await;
+    // The same conversation at the other widths.
+    a.resize(390, 844).await;
+    a.screenshot("chat-webtransport-phone").await;
+    b.resize(1280, 800).await;
+    b.dark_mode().await;
+    b.screenshot("chat-websocket-desktop-dark").await;
+    assert_no_console_errors(&a);
+    assert_no_console_errors(&b);
+}
+
+#[tokio::test]
+async fn a_page_whose_connection_is_killed_reconnects_and_misses_nothing() {
+    let Some((_serial, browser)) =
+        take_browser("a_page_whose_connection_is_killed_reconnects_and_misses_nothing").await
+    else {
+        return;
+    };
+    let server = start().await;
+    let b = open_chat(
+        &browser,
+        &server,
+        "B",
+        (1024, 768),
+        Some(NO_WEBTRANSPORT),
+        "resume",
+        "bob",
+    )
+    .await;
+    wait_connected(&b, "websocket").await;
+    let a = open_chat(
+        &browser,
+        &server,
+        "A",
+        (1024, 768),
+        Some(STATUS_LOG),
+        "resume",
+        "ann",
+    )
+    .await;
+    wait_connected(&a, "webtransport").await;
+    wait_members(&a, &["ann", "bob"]).await;
+
+    let mut want: Vec<(&str, String)> = Vec::new();
+    for i in 1..=3 {
+        say(&b, &format!("before {i}")).await;
+        want.push(("bob", format!("before {i}")));
+    }
+    wait_message_count(&a, 3).await;
+
+    // Kill A's connection from the server side while B keeps sending; A, reconnecting,
+    // queues a message of its own.
+    let started = Instant::now();
+    assert!(
+        server
+            .hub
+            .disconnect(member_id(&server, "resume", "ann"), CloseCode::Shutdown)
+    );
+    for i in 1..=3 {
+        say(&b, &format!("during {i}")).await;
+        want.push(("bob", format!("during {i}")));
+    }
+    a.wait_for("A to notice", "window.__statusLog.includes('reconnecting')")
+        .await;
+    say(&a, "ann, typed while reconnecting").await;
+    wait_connected(&a, "webtransport").await;
+    eprintln!(
+        "A reconnected over WebTransport after {:?}",
+        started.elapsed()
+    );
+    // B's messages and A's queued one may interleave; B's keep their order.
+    wait_message_count(&b, 7).await;
+    let seen = messages(&b).await;
+    let ann_at = seen
+        .iter()
+        .position(|m| m.1 == "ann")
+        .expect("A's queued message arrived");
+    want.insert(ann_at, ("ann", "ann, typed while reconnecting".into()));
+
+    // Again, and this time A comes back over the other transport.
+    a.eval("delete window.WebTransport").await;
+    assert!(
+        server
+            .hub
+            .disconnect(member_id(&server, "resume", "ann"), CloseCode::Shutdown)
+    );
+    for i in 1..=2 {
+        say(&b, &format!("switch {i}")).await;
+        want.push(("bob", format!("switch {i}")));
+    }
+    wait_connected(&a, "websocket").await;
+    say(&b, "after").await;
+    want.push(("bob", "after".into()));
+
+    let want: Vec<(&str, &str)> = want.iter().map(|(f, t)| (*f, t.as_str())).collect();
+    let want = expected(&want);
+    assert_eq!(wait_message_count(&b, want.len()).await, want);
+    assert_eq!(
+        wait_message_count(&a, want.len()).await,
+        want,
+        "A has every message once, in order"
+    );
+    wait_members(&b, &["ann", "bob"]).await;
+    let log = a.eval("window.__statusLog").await;
+    let reconnects = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| *s == "reconnecting")
+        .count();
+    assert!(reconnects >= 2, "A went through reconnecting twice: {log}");
+    // Exactly the expected number of messages: nothing doubled in the client's own list.
+    assert_eq!(
+        a.eval("window.chat.messages.length").await,
+        json!(want.len())
+    );
+    a.screenshot("reconnected-desktop").await;
+    assert_no_console_errors(&a);
+    assert_no_console_errors(&b);
+}
+
+#[tokio::test]
+async fn html_in_messages_and_names_is_shown_as_text() {
+    let Some((_serial, browser)) =
+        take_browser("html_in_messages_and_names_is_shown_as_text").await
+    else {
+        return;
+    };
+    let server = start().await;
+    let evil_name = "<b onclick=x>eve</b>";
+    let evil_text = "<img src=x onerror=\"window.__pwned=1\"> <script>window.__pwned=2</script> &amp; <b>bold</b>";
+    let a = open_chat(&browser, &server, "A", (1024, 768), None, "xss", evil_name).await;
+    wait_connected(&a, "webtransport").await;
+    let b = open_chat(
+        &browser,
+        &server,
+        "B",
+        (390, 844),
+        Some(NO_WEBTRANSPORT),
+        "xss",
+        "bob",
+    )
+    .await;
+    wait_connected(&b, "websocket").await;
+    say(&a, evil_text).await;
+    for page in [&a, &b] {
+        let got = wait_message_count(page, 1).await;
+        assert_eq!(got, [(1, evil_name.to_string(), evil_text.to_string())]);
+        wait_members(page, &["bob", evil_name]).await;
+        let markup = page
+            .eval(
+                "({ imgs: document.querySelectorAll('main img, main script, main b').length,
+                    pwned: window.__pwned ?? null })",
+            )
+            .await;
+        assert_eq!(
+            markup,
+            json!({"imgs": 0, "pwned": null}),
+            "[{}] user text became markup",
+            page.name
+        );
+    }
+    b.screenshot("html-as-text-phone").await;
+    assert_no_console_errors(&a);
+    assert_no_console_errors(&b);
+}
+
+/// A UDP port where nothing listens: the WebTransport handshake is refused at once.
+fn closed_udp_port() -> u16 {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn without_webtransport_the_page_chats_over_websocket_within_two_seconds() {
+    let Some((_serial, browser)) =
+        take_browser("without_webtransport_the_page_chats_over_websocket_within_two_seconds").await
+    else {
+        return;
+    };
+    // Two ways WebTransport fails: a closed port (refused at once), and a port that swallows
+    // every packet, as a UDP-blocking network does (the handshake would hang for seconds).
+    let closed = closed_udp_port();
+    let blackhole = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let blackhole_port = blackhole.local_addr().unwrap().port();
+    for (label, port) in [
+        ("closed-udp-port", closed),
+        ("udp-blackhole", blackhole_port),
+    ] {
+        let server = start_with(|config| {
+            config.public_webtransport_url = Some(format!("https://127.0.0.1:{port}/wtchat"));
+        })
+        .await;
+        let page = open_chat(
+            &browser,
+            &server,
+            label,
+            (1024, 768),
+            None,
+            "fallback",
+            "cat",
+        )
+        .await;
+        wait_connected(&page, "websocket").await;
+        let connected_at = page
+            .eval("performance.getEntriesByName('wtchat:connected')[0].startTime")
+            .await
+            .as_f64()
+            .unwrap();
+        say(&page, "still here").await;
+        assert_eq!(
+            wait_message_count(&page, 1).await,
+            expected(&[("cat", "still here")])
+        );
+        let chatting_at = page.eval("performance.now()").await.as_f64().unwrap();
+        eprintln!(
+            "{label}: connected over WebSocket {connected_at:.0} ms after navigation, chatting at {chatting_at:.0} ms"
+        );
+        assert!(
+            connected_at < 2000.0,
+            "{label}: connected only after {connected_at} ms"
+        );
+        page.screenshot(&format!("fallback-{label}")).await;
+        // The only console error allowed is the browser's own report of the failed
+        // WebTransport handshake.
+        if std::env::var_os("WTCHAT_BROWSER_CONSOLE").is_some() {
+            eprintln!("[{label}] console: {:#?}", page.console());
+        }
+        let errors: Vec<_> = page
+            .console_errors()
+            .into_iter()
+            .filter(|e| {
+                !(e.text.contains("WebTransport") || e.text.contains(&format!(":{port}/wtchat")))
+            })
+            .collect();
+        assert!(errors.is_empty(), "[{label}] console errors: {errors:#?}");
+    }
+    drop(blackhole);
+}
+
+#[tokio::test]
+async fn the_demo_page_loads_cleanly_and_is_keyboard_usable() {
+    let Some((_serial, browser)) =
+        take_browser("the_demo_page_loads_cleanly_and_is_keyboard_usable").await
+    else {
+        return;
+    };
+    let server = start().await;
+    for (label, size) in [("desktop", (1280, 800)), ("phone", (390, 844))] {
+        let page = browser.page(label, size.0, size.1, None).await;
+        page.goto(&demo_url(&server, "")).await;
+        page.wait_for(
+            "the name input to have focus",
+            "document.activeElement?.dataset.testid === 'name-input'",
+        )
+        .await;
+        page.screenshot(&format!("join-{label}")).await;
+        // Keyboard only: a name, Tab to the room, replace it, Enter.
+        page.call("Input.insertText", json!({"text": "kim"})).await;
+        page.press("Tab").await;
+        let focused: Value = page.eval("document.activeElement.dataset.testid").await;
+        assert_eq!(focused, "room-input");
+        page.eval("document.activeElement.select()").await;
+        page.call("Input.insertText", json!({"text": format!("kbd-{label}")}))
+            .await;
+        page.press("Enter").await;
+        wait_connected(&page, "webtransport").await;
+        page.wait_for(
+            "the message input to have focus",
+            "document.activeElement?.dataset.testid === 'message-input'",
+        )
+        .await;
+        say(&page, "typed with the keyboard").await;
+        wait_message_count(&page, 1).await;
+        assert_eq!(
+            page.eval("document.title").await,
+            json!(format!("#kbd-{label} · wtchat"))
+        );
+        assert_no_console_errors(&page);
+    }
+}
+
+#[tokio::test]
+async fn pages_come_back_by_themselves_after_a_server_restart() {
+    let Some((_serial, browser)) =
+        take_browser("pages_come_back_by_themselves_after_a_server_restart").await
+    else {
+        return;
+    };
+    let server = start().await;
+    let (http, webtransport) = (server.http, server.webtransport);
+    let b = open_chat(
+        &browser,
+        &server,
+        "B",
+        (1024, 768),
+        Some(NO_WEBTRANSPORT),
+        "restart",
+        "bob",
+    )
+    .await;
+    wait_connected(&b, "websocket").await;
+    let a = open_chat(
+        &browser,
+        &server,
+        "A",
+        (1024, 768),
+        Some(STATUS_LOG),
+        "restart",
+        "ann",
+    )
+    .await;
+    wait_connected(&a, "webtransport").await;
+    say(&b, "before the restart").await;
+    wait_message_count(&a, 1).await;
+
+    // Stop the server (every client gets `bye` 4000, reconnect) and start a new one on the
+    // same ports, with a new certificate: the rooms, their epochs and history are gone.
+    let started = Instant::now();
+    server.stop().await;
+    a.wait_for("A to notice", "window.__statusLog.includes('reconnecting')")
+        .await;
+    let server = start_with(|config| {
+        config.http = http;
+        config.webtransport = webtransport;
+    })
+    .await;
+    wait_connected(&a, "webtransport").await;
+    wait_connected(&b, "websocket").await;
+    eprintln!("both pages back after {:?}", started.elapsed());
+    wait_members(&a, &["ann", "bob"]).await;
+    // The page says plainly that earlier messages may be missing, keeps what it had, and
+    // goes on in the new room.
+    a.wait_for(
+        "the gap notice",
+        "document.querySelector('[data-testid=gap-notice]')",
+    )
+    .await;
+    say(&b, "after the restart").await;
+    say(&a, "ann is back").await;
+    let want = [
+        (1, "bob".to_string(), "before the restart".to_string()),
+        (1, "bob".to_string(), "after the restart".to_string()),
+        (2, "ann".to_string(), "ann is back".to_string()),
+    ];
+    assert_eq!(wait_message_count(&a, 3).await, want);
+    assert_eq!(wait_message_count(&b, 3).await, want);
+    a.screenshot("after-restart-desktop").await;
+    // While the server was down the browser itself logged the refused connections; the page
+    // and the client logged nothing.
+    for page in [&a, &b] {
+        let errors: Vec<_> = page
+            .console_errors()
+            .into_iter()
+            .filter(|e| {
+                !(e.source == "network"
+                    && (e.text.contains("ERR_CONNECTION_REFUSED")
+                        || e.text.contains("Failed to establish a connection")))
+            })
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "[{}] console errors: {errors:#?}",
+            page.name
+        );
+    }
+    drop(server);
+}
+
+/// The client API as a page uses it (see client/wtchat.d.ts), over each transport: a burst
+/// above the server's rate limit is paced and acknowledged in order, refusals reject with
+/// the server's error code, a token names the user, and `close()` leaves.
+const API_CHECKS: &str = r#"(async (transport, token, watcherToken, badToken) => {
+  const { connect, ChatError } = await import("/wtchat/wtchat.js");
+  const room = `api-${transport}`;
+  const watcher = await connect({ room, name: "ignored: the token names", transport, token: watcherToken });
+  const presence = [];
+  watcher.on("presence", (p) => presence.push([p.event, p.member?.name, p.members.length]));
+  const chat = await connect({ room, transport, token });
+  const result = { transport: chat.transport, name: chat.name, me: chat.me?.name };
+  result.typing = [chat.typing(), chat.typing()];
+  // 45 sends at once: more than the server's burst of 40, so the client must pace them.
+  const acks = await Promise.all(Array.from({ length: 45 }, (_, i) => chat.send(`burst ${i}`)));
+  result.seqs = acks.map((a) => a.seq);
+  result.texts = chat.messages.map((m) => m.text);
+  result.mine = chat.messages.every((m) => m.mine);
+  const code = async (promise) => {
+    try { await promise; return "resolved"; } catch (e) { return e instanceof ChatError ? e.code : `not a ChatError: ${e}`; }
+  };
+  result.empty = await code(chat.send("   "));
+  result.tooLong = await code(chat.send("x".repeat(chat.limits.maxTextChars + 1)));
+  // The same refusal from the server itself, with the client's check out of the way.
+  const limits = chat.limits;
+  chat.limits = null;
+  result.serverTooLong = await code(chat.send("y".repeat(limits.maxTextChars + 1)));
+  chat.limits = limits;
+  result.badRoom = await code(connect({ room: "no spaces", transport, token }));
+  result.badToken = await code(connect({ room, transport, token: badToken }));
+  const statuses = [];
+  chat.on("status", (s) => statuses.push(s.status));
+  chat.close();
+  result.afterClose = await code(chat.send("late"));
+  result.statuses = statuses;
+  await new Promise((resolve) => {
+    const check = () => (watcher.members.length === 1 ? resolve() : setTimeout(check, 20));
+    check();
+  });
+  result.presence = presence;
+  result.watcherSaw = watcher.messages.length;
+  watcher.close();
+  return result;
+})"#;
+
+#[tokio::test]
+async fn the_client_api_paces_acknowledges_refuses_and_closes() {
+    let Some((_serial, browser)) =
+        take_browser("the_client_api_paces_acknowledges_refuses_and_closes").await
+    else {
+        return;
+    };
+    let secret = "browser-test-secret";
+    let server = start_with(|config| config.token_secret = Some(secret.into())).await;
+    let mint = |secret: &str, user: &str, name: &str| {
+        let claims = wtchat::auth::Claims {
+            sub: user.into(),
+            name: name.into(),
+            rooms: vec!["*".into()],
+            exp: wtchat::auth::unix_now() + 600,
+        };
+        wtchat::auth::mint(secret.as_bytes(), &claims)
+    };
+    let token = mint(secret, "42", "Tokened Ann");
+    let watcher = mint(secret, "7", "Watcher");
+    let forged = mint("not the secret", "42", "Mallory");
+    let page = browser.page("api", 1024, 768, None).await;
+    // The demo page's join screen: the server's origin, and no connection of its own.
+    page.goto(&demo_url(&server, "")).await;
+    for transport in ["webtransport", "websocket"] {
+        let started = Instant::now();
+        let got = page
+            .eval(&format!(
+                "{API_CHECKS}({}, {}, {}, {})",
+                json!(transport),
+                json!(token),
+                json!(watcher),
+                json!(forged)
+            ))
+            .await;
+        eprintln!(
+            "{transport}: client API checks took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(got["transport"], transport);
+        assert_eq!(got["name"], "Tokened Ann", "{got}");
+        assert_eq!(got["me"], "Tokened Ann");
+        let seqs: Vec<u64> = serde_json::from_value(got["seqs"].clone()).unwrap();
+        assert_eq!(
+            seqs,
+            (1..=45).collect::<Vec<_>>(),
+            "acked in order, none dropped"
+        );
+        let texts: Vec<String> = serde_json::from_value(got["texts"].clone()).unwrap();
+        assert_eq!(
+            texts,
+            (0..45).map(|i| format!("burst {i}")).collect::<Vec<_>>()
+        );
+        assert_eq!(got["mine"], true);
+        assert_eq!(got["empty"], "invalid_text");
+        assert_eq!(got["tooLong"], "text_too_long");
+        assert_eq!(got["serverTooLong"], "text_too_long");
+        assert_eq!(
+            got["typing"],
+            json!([true, false]),
+            "typing notices are throttled"
+        );
+        assert_eq!(got["badRoom"], "invalid_room");
+        assert_eq!(got["badToken"], "unauthorized");
+        assert_eq!(got["afterClose"], "closed");
+        assert_eq!(got["statuses"], json!(["closed"]));
+        assert_eq!(
+            got["presence"],
+            json!([["join", "Tokened Ann", 2], ["leave", "Tokened Ann", 1]]),
+            "the watcher saw the token's name join and, on close, leave"
+        );
+        assert_eq!(got["watcherSaw"], 45);
+    }
+    assert_no_console_errors(&page);
+}
+
+#[tokio::test]
+async fn a_page_of_another_origin_loads_the_client_from_the_chat_server() {
+    let Some((_serial, browser)) =
+        take_browser("a_page_of_another_origin_loads_the_client_from_the_chat_server").await
+    else {
+        return;
+    };
+    // The page is http://localhost:PORT, the chat server http://127.0.0.1:PORT: two origins,
+    // as for a site that puts the client on its own pages (the origin itself is allowed).
+    let server = start().await;
+    let port = server.http.port();
+    let page = browser.page("other-origin", 1024, 768, None).await;
+    page.goto(&format!("http://localhost:{port}/")).await;
+    for transport in ["webtransport", "websocket"] {
+        let got = page
+            .eval(&format!(
+                r#"(async () => {{
+                    const {{ connect }} = await import("http://127.0.0.1:{port}/wtchat/wtchat.js");
+                    const chat = await connect({{ server: "http://127.0.0.1:{port}", room: "embedded",
+                                                  name: "guest", transport: "{transport}" }});
+                    const ack = await chat.send("from another origin");
+                    const used = chat.transport;
+                    chat.close();
+                    return [used, ack.seq > 0];
+                }})()"#
+            ))
+            .await;
+        assert_eq!(got, json!([transport, true]));
+    }
+    assert_no_console_errors(&page);
+}

@@ -1,0 +1,587 @@
+//! A small Chrome DevTools Protocol client that drives Debian's Chromium for the browser
+//! tests: launch a headless browser with a fresh profile, open pages in isolated browser
+//! contexts, evaluate JavaScript, type like a user, wait for conditions with a deadline,
+//! collect console errors, and take screenshots. No browser is downloaded: without
+//! Chromium the tests say loudly that they were skipped (and fail under `CI=true`).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::protocol::Message;
+
+/// How long any awaited browser condition may take.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// Where Chromium is: `$CHROMIUM` when set (only there), else Debian's binary or wrapper.
+fn chromium_path() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("CHROMIUM") {
+        return Some(PathBuf::from(path)).filter(|p| p.is_file());
+    }
+    ["/usr/lib/chromium/chromium", "/usr/bin/chromium"]
+        .map(PathBuf::from)
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+/// Whether the tests run under CI, where a missing browser is a failure.
+fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, Value>>>>>;
+type Logs = Arc<Mutex<HashMap<String, Vec<ConsoleEntry>>>>;
+
+/// One console line, exception or log entry a page produced.
+#[derive(Debug, Clone)]
+pub struct ConsoleEntry {
+    /// `error`, `warning`, `info`, ...
+    pub level: String,
+    /// Where it came from: `console`, `exception`, or a `Log` source like `network`.
+    pub source: String,
+    pub text: String,
+}
+
+/// A headless Chromium and a DevTools connection to it. Killed on drop.
+pub struct Browser {
+    child: Child,
+    out: mpsc::UnboundedSender<Message>,
+    pending: Pending,
+    logs: Logs,
+    next_id: AtomicU64,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Launches Chromium, or returns None (after saying so loudly) when it is not installed.
+    /// Under `CI=true` a missing browser panics instead.
+    pub async fn launch_or_skip(test: &str) -> Option<Browser> {
+        let Some(path) = chromium_path() else {
+            if under_ci() {
+                panic!(
+                    "chromium is not installed and CI=true: install it (apt-get install chromium)"
+                );
+            }
+            // Straight to the process's stderr: the test harness captures `eprintln!` of a
+            // passing test, and this must be seen.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n*** SKIPPED: chromium not installed: browser test `{test}` did not run \
+                 (apt-get install chromium, or set CHROMIUM=/path/to/chromium) ***"
+            );
+            return None;
+        };
+        Some(Browser::launch(&path).await)
+    }
+
+    async fn launch(path: &Path) -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        let child = Command::new(path)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-extensions",
+                "--disable-background-timer-throttling",
+                "--disable-renderer-backgrounding",
+                "--disable-backgrounding-occluded-windows",
+                "--mute-audio",
+                "--password-store=basic",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1, EXCLUDE [::1]",
+                "--remote-debugging-port=0",
+                "about:blank",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", path.display()));
+        let mut child = KillOnDrop(Some(child));
+
+        // Chromium writes its DevTools port and path here once it listens.
+        let port_file = profile.path().join("DevToolsActivePort");
+        let started = Instant::now();
+        let url = loop {
+            if let Ok(text) = std::fs::read_to_string(&port_file) {
+                let mut lines = text.lines();
+                if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
+                    break format!("ws://127.0.0.1:{port}{path}");
+                }
+            }
+            if let Some(status) = child.0.as_mut().unwrap().try_wait().unwrap() {
+                panic!("chromium exited at start: {status}");
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "chromium did not open its DevTools port in time"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .expect("connect to chromium's DevTools socket");
+        let (mut sink, mut stream) = socket.split();
+        let (out, mut outgoing) = mpsc::unbounded_channel::<Message>();
+        tokio::spawn(async move {
+            while let Some(message) = outgoing.recv().await {
+                if sink.send(message).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let pending: Pending = Arc::default();
+        let logs: Logs = Arc::default();
+        let (pending2, logs2) = (pending.clone(), logs.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = stream.next().await {
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                let Ok(value) = serde_json::from_str::<Value>(&text) else {
+                    continue;
+                };
+                if let Some(id) = value["id"].as_u64() {
+                    if let Some(reply) = pending2.lock().unwrap().remove(&id) {
+                        let result = match value.get("error") {
+                            Some(error) => Err(error.clone()),
+                            None => Ok(value["result"].clone()),
+                        };
+                        let _ = reply.send(result);
+                    }
+                } else if let (Some(method), Some(session)) =
+                    (value["method"].as_str(), value["sessionId"].as_str())
+                    && let Some(entry) = console_entry(method, &value["params"])
+                {
+                    logs2
+                        .lock()
+                        .unwrap()
+                        .entry(session.to_string())
+                        .or_default()
+                        .push(entry);
+                }
+            }
+            // The browser went away: fail every outstanding call.
+            for (_, reply) in pending2.lock().unwrap().drain() {
+                let _ = reply.send(Err(json!({"message": "browser connection closed"})));
+            }
+        });
+        Browser {
+            child: child.0.take().unwrap(),
+            out,
+            pending,
+            logs,
+            next_id: AtomicU64::new(1),
+            _profile: profile,
+        }
+    }
+
+    /// Calls a DevTools method (on a page when `session` is given).
+    pub async fn call(
+        &self,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, Value> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut message = json!({"id": id, "method": method, "params": params});
+        if let Some(session) = session {
+            message["sessionId"] = json!(session);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.pending.lock().unwrap().insert(id, reply);
+        self.out
+            .send(Message::text(message.to_string()))
+            .map_err(|_| json!({"message": "browser connection closed"}))?;
+        match tokio::time::timeout(WAIT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(json!({"message": "browser connection closed"})),
+            Err(_) => Err(json!({"message": format!("{method} timed out")})),
+        }
+    }
+
+    /// Opens a page in a fresh, isolated browser context (its own cookies, storage, cache),
+    /// `width` x `height` CSS pixels. `init_script` runs before any script of every document.
+    pub async fn page(
+        &self,
+        name: &str,
+        width: u32,
+        height: u32,
+        init_script: Option<&str>,
+    ) -> Page<'_> {
+        let context = self
+            .call(
+                None,
+                "Target.createBrowserContext",
+                json!({"disposeOnDetach": true}),
+            )
+            .await
+            .expect("createBrowserContext");
+        let context = context["browserContextId"].as_str().unwrap().to_string();
+        let target = self
+            .call(
+                None,
+                "Target.createTarget",
+                json!({"url": "about:blank", "browserContextId": context, "width": width, "height": height}),
+            )
+            .await
+            .expect("createTarget");
+        let target = target["targetId"].as_str().unwrap().to_string();
+        let session = self
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": target, "flatten": true}),
+            )
+            .await
+            .expect("attachToTarget");
+        let session = session["sessionId"].as_str().unwrap().to_string();
+        let page = Page {
+            browser: self,
+            name: name.to_string(),
+            session,
+        };
+        for method in ["Runtime.enable", "Log.enable", "Page.enable"] {
+            page.call(method, json!({})).await;
+        }
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600}),
+        )
+        .await;
+        // Every page behaves as the focused one, so typing works in several at once.
+        page.call(
+            "Emulation.setFocusEmulationEnabled",
+            json!({"enabled": true}),
+        )
+        .await;
+        if let Some(source) = init_script {
+            page.call(
+                "Page.addScriptToEvaluateOnNewDocument",
+                json!({"source": source}),
+            )
+            .await;
+        }
+        page
+    }
+}
+
+/// Kills a half-started browser if launching panics.
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a DevTools event says about the console, if it is a console event.
+fn console_entry(method: &str, params: &Value) -> Option<ConsoleEntry> {
+    match method {
+        "Runtime.consoleAPICalled" => {
+            let text = params["args"]
+                .as_array()
+                .map(|args| {
+                    args.iter()
+                        .map(|a| {
+                            a["value"]
+                                .as_str()
+                                .map(str::to_string)
+                                .or_else(|| a["description"].as_str().map(str::to_string))
+                                .unwrap_or_else(|| a["value"].to_string())
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            let level = match params["type"].as_str().unwrap_or("log") {
+                "error" | "assert" => "error",
+                "warning" => "warning",
+                other => other,
+            };
+            Some(ConsoleEntry {
+                level: level.to_string(),
+                source: "console".into(),
+                text,
+            })
+        }
+        "Runtime.exceptionThrown" => {
+            let details = &params["exceptionDetails"];
+            let text = details["exception"]["description"]
+                .as_str()
+                .or(details["text"].as_str())
+                .unwrap_or("exception")
+                .to_string();
+            Some(ConsoleEntry {
+                level: "error".into(),
+                source: "exception".into(),
+                text,
+            })
+        }
+        "Log.entryAdded" => {
+            let entry = &params["entry"];
+            Some(ConsoleEntry {
+                level: entry["level"].as_str().unwrap_or("info").to_string(),
+                source: entry["source"].as_str().unwrap_or("other").to_string(),
+                text: format!(
+                    "{} {}",
+                    entry["text"].as_str().unwrap_or(""),
+                    entry["url"].as_str().unwrap_or("")
+                ),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// One page (a tab in its own browser context).
+pub struct Page<'b> {
+    browser: &'b Browser,
+    /// A name for messages and screenshot files.
+    pub name: String,
+    session: String,
+}
+
+impl Page<'_> {
+    /// Calls a DevTools method on this page; panics on error.
+    pub async fn call(&self, method: &str, params: Value) -> Value {
+        self.browser
+            .call(Some(&self.session), method, params)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] {method} failed: {e}", self.name))
+    }
+
+    /// Navigates and waits until the document has loaded.
+    pub async fn goto(&self, url: &str) {
+        let nav = self.call("Page.navigate", json!({"url": url})).await;
+        assert!(
+            nav.get("errorText").is_none(),
+            "[{}] navigation to {url} failed: {nav}",
+            self.name
+        );
+        self.wait_for(
+            "the page to load",
+            "document.readyState === 'complete' && location.href !== 'about:blank'",
+        )
+        .await;
+    }
+
+    /// Evaluates `expression` (awaiting a promise) and returns its value as JSON.
+    pub async fn try_eval(&self, expression: &str) -> Result<Value, String> {
+        let result = self
+            .browser
+            .call(
+                Some(&self.session),
+                "Runtime.evaluate",
+                json!({"expression": expression, "awaitPromise": true, "returnByValue": true}),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(details) = result.get("exceptionDetails") {
+            let text = details["exception"]["description"]
+                .as_str()
+                .or(details["text"].as_str())
+                .unwrap_or("exception");
+            return Err(text.to_string());
+        }
+        Ok(result["result"]["value"].clone())
+    }
+
+    /// Evaluates `expression`; panics if it throws.
+    pub async fn eval(&self, expression: &str) -> Value {
+        self.try_eval(expression)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] `{expression}` threw: {e}", self.name))
+    }
+
+    /// Polls `expression` until it is truthy (not null, false, 0 or ""); returns its value.
+    /// Panics after [`WAIT`] with `what`, the last value and the page's console.
+    pub async fn wait_for(&self, what: &str, expression: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            // A navigation in progress makes evaluation fail; that just means "not yet".
+            let last = match self.try_eval(expression).await {
+                Ok(value) if truthy(&value) => return value,
+                other => other,
+            };
+            if Instant::now() > deadline {
+                panic!(
+                    "[{}] timed out waiting for {what}\n  condition: {expression}\n  last: {last:?}\n  console: {:#?}",
+                    self.name,
+                    self.console()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Focuses the element matching `selector` and types `text` into it, as a user would.
+    pub async fn type_into(&self, selector: &str, text: &str) {
+        let focused = self
+            .eval(&format!(
+                "(() => {{ const el = document.querySelector({sel}); if (!el) return false; el.focus(); return document.activeElement === el; }})()",
+                sel = json!(selector)
+            ))
+            .await;
+        assert_eq!(
+            focused,
+            json!(true),
+            "[{}] cannot focus {selector}",
+            self.name
+        );
+        self.call("Input.insertText", json!({"text": text})).await;
+    }
+
+    /// Presses a key (`Enter`, `Tab`, ...) in the focused element.
+    pub async fn press(&self, key: &str) {
+        let (code, text) = match key {
+            "Enter" => (13, "\r"),
+            "Tab" => (9, ""),
+            "Escape" => (27, ""),
+            _ => (0, ""),
+        };
+        let mut down =
+            json!({"type": "keyDown", "key": key, "code": key, "windowsVirtualKeyCode": code});
+        if !text.is_empty() {
+            down["text"] = json!(text);
+        }
+        self.call("Input.dispatchKeyEvent", down).await;
+        self.call(
+            "Input.dispatchKeyEvent",
+            json!({"type": "keyUp", "key": key, "code": key, "windowsVirtualKeyCode": code}),
+        )
+        .await;
+    }
+
+    /// Types `text` into `selector` and presses Enter.
+    pub async fn type_and_enter(&self, selector: &str, text: &str) {
+        self.type_into(selector, text).await;
+        self.press("Enter").await;
+    }
+
+    /// Everything this page wrote to its console so far.
+    pub fn console(&self) -> Vec<ConsoleEntry> {
+        self.browser
+            .logs
+            .lock()
+            .unwrap()
+            .get(&self.session)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The page's console errors (console.error, uncaught exceptions, error log entries).
+    pub fn console_errors(&self) -> Vec<ConsoleEntry> {
+        self.console()
+            .into_iter()
+            .filter(|e| e.level == "error")
+            .collect()
+    }
+
+    /// Writes a PNG screenshot to `target/screenshots/<file>.png`; returns its path.
+    pub async fn screenshot(&self, file: &str) -> PathBuf {
+        let shot = self
+            .call(
+                "Page.captureScreenshot",
+                json!({"format": "png", "captureBeyondViewport": false}),
+            )
+            .await;
+        let png = base64_decode(shot["data"].as_str().expect("screenshot data"));
+        let dir = screenshot_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{file}.png"));
+        std::fs::write(&path, png).unwrap();
+        eprintln!("screenshot: {}", path.display());
+        path
+    }
+
+    /// Renders the page as for a user who prefers a dark color scheme.
+    pub async fn dark_mode(&self) {
+        self.call(
+            "Emulation.setEmulatedMedia",
+            json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}),
+        )
+        .await;
+    }
+
+    /// Sets the viewport size (for a second screenshot at another width).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600}),
+        )
+        .await;
+    }
+}
+
+fn truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(_) | Value::Object(_) => true,
+    }
+}
+
+/// `target/screenshots`, beside the build's own directories.
+pub fn screenshot_dir() -> PathBuf {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    tmp.parent().unwrap_or(tmp).join("screenshots")
+}
+
+/// Standard base64 (what DevTools uses for screenshots) to bytes.
+fn base64_decode(text: &str) -> Vec<u8> {
+    fn value(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0);
+    for v in text.bytes().filter_map(value) {
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn base64_decodes() {
+    assert_eq!(base64_decode("aGVsbG8="), b"hello");
+    assert_eq!(base64_decode("aGVsbG8hIQ=="), b"hello!!");
+    assert_eq!(base64_decode("AAEC/w=="), [0, 1, 2, 255]);
+}
