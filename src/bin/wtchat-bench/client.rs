@@ -306,7 +306,7 @@ async fn run_wt(
     .await?;
     let crate::wt::Session {
         endpoint: _endpoint,
-        connection: _connection,
+        connection,
         mut send,
         recv,
     } = conn;
@@ -324,7 +324,12 @@ async fn run_wt(
     if let Some(writer) = writer {
         writer.abort();
     }
-    result
+    // A stream error says little ("not connected"); the connection knows why it closed
+    // (timed out, closed by the server with a code, reset).
+    result.map_err(|e| match connection.quic_connection().close_reason() {
+        Some(reason) => io::Error::other(format!("{e}: {reason}")),
+        None => e,
+    })
 }
 
 /// Spawns the publishing task of a publisher; otherwise hands the write half back to be
@@ -339,9 +344,15 @@ fn spawn_publisher<W: AsyncWrite + Unpin + Send + 'static>(
     if publisher {
         let run = run.clone();
         let handle = tokio::spawn(async move {
-            if let Err(e) = publish(&run, idx, wr, framing).await {
+            let mut wr = wr;
+            if let Err(e) = publish(&run, idx, &mut wr, framing).await {
                 tracing::debug!(idx, error = %e, "publisher stopped");
             }
+            // Dropping the write half would close the connection while its last messages
+            // are still being delivered to it: hold it until the reader, once done, aborts
+            // this task.
+            std::future::pending::<()>().await;
+            drop(wr);
         });
         (None, Some(handle))
     } else {
@@ -660,7 +671,7 @@ fn build_send(out: &mut Vec<u8>, room: &str, m: Marker, pad: usize, framing: Fra
 async fn publish<W: AsyncWrite + Unpin>(
     run: &Run,
     idx: usize,
-    mut wr: W,
+    wr: &mut W,
     framing: Framing,
 ) -> io::Result<()> {
     let mut phase = run.phase.subscribe();

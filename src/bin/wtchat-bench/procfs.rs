@@ -22,7 +22,7 @@ const SC_CLK_TCK: i32 = 2;
 const RLIMIT_NOFILE: i32 = 7;
 
 /// Clock ticks per second of `/proc/*/stat` times (USER_HZ, 100 on every Linux we know).
-fn clock_ticks() -> u64 {
+pub fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no preconditions; it returns -1 for an unknown name.
     let ticks = unsafe { sysconf(SC_CLK_TCK) };
     if ticks > 0 { ticks as u64 } else { 100 }
@@ -143,6 +143,21 @@ fn parse_proc_stat(text: &str) -> Option<MachineTime> {
     Some(MachineTime { busy, idle })
 }
 
+/// Datagrams the kernel dropped for want of socket buffer space, machine-wide
+/// (`RcvbufErrors` + `SndbufErrors` of `/proc/net/snmp`): QUIC retransmits them, at a cost.
+pub fn udp_buffer_errors() -> Option<u64> {
+    parse_snmp(&fs::read_to_string("/proc/net/snmp").ok()?)
+}
+
+fn parse_snmp(text: &str) -> Option<u64> {
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp: "));
+    let names: Vec<&str> = udp.next()?.split_ascii_whitespace().collect();
+    let values: Vec<&str> = udp.next()?.split_ascii_whitespace().collect();
+    let get =
+        |name: &str| -> Option<u64> { values[names.iter().position(|n| *n == name)?].parse().ok() };
+    Some(get("RcvbufErrors")? + get("SndbufErrors").unwrap_or(0))
+}
+
 /// The open-file limit of a process, from `/proc/PID/limits` (to warn before a run fails).
 pub fn nofile_limit(pid: u32) -> Option<u64> {
     let text = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
@@ -173,6 +188,9 @@ mod tests {
         assert_eq!((m.rss_kib, m.hwm_kib), (1024, 2048));
         let t = parse_proc_stat("cpu  10 1 5 100 2 0 3 0 0 0\ncpu0 1 2\n").unwrap();
         assert_eq!((t.busy, t.idle), (19, 102));
+        let snmp = "Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    Udp: 10 0 3 9 3 1\n";
+        assert_eq!(parse_snmp(snmp), Some(4));
     }
 
     #[test]
