@@ -3,28 +3,8 @@
 
 mod common;
 
-use common::{Client, start};
+use common::{Client, seq_text, start};
 use serde_json::{Value, json};
-
-fn seq_text(m: &Value) -> (u64, String, String) {
-    (
-        m["seq"].as_u64().unwrap(),
-        m["from"].as_str().unwrap().to_string(),
-        m["text"].as_str().unwrap().to_string(),
-    )
-}
-
-/// Collects the next `n` messages of `room`.
-async fn messages(client: &mut Client, room: &str, n: usize) -> Vec<(u64, String, String)> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        let m = client
-            .next_matching("message", |f| f["type"] == "message" && f["room"] == room)
-            .await;
-        got.push(seq_text(&m));
-    }
-    got
-}
 
 #[tokio::test]
 async fn webtransport_and_websocket_clients_share_one_room_in_one_order() {
@@ -54,8 +34,8 @@ async fn webtransport_and_websocket_clients_share_one_room_in_one_order() {
         )
         .await;
     }
-    let seen_by_wt = messages(&mut wt, "lobby", 20).await;
-    let seen_by_ws = messages(&mut ws, "lobby", 20).await;
+    let seen_by_wt = wt.messages("lobby", 20).await;
+    let seen_by_ws = ws.messages("lobby", 20).await;
     assert_eq!(
         seen_by_wt, seen_by_ws,
         "same messages, same order, same numbers"
@@ -153,7 +133,7 @@ async fn sends_are_acknowledged_and_a_retried_id_is_stored_once() {
         assert_eq!(sender.say(&room, "first", "id-1").await, 1);
         assert_eq!(sender.say(&room, "second", "id-2").await, 2);
         // The watcher sees two messages, not three.
-        let got = messages(&mut watcher, &room, 2).await;
+        let got = watcher.messages(&room, 2).await;
         assert_eq!(
             got,
             [
@@ -167,7 +147,7 @@ async fn sends_are_acknowledged_and_a_retried_id_is_stored_once() {
         again.join(&room, "sam").await;
         assert_eq!(again.say(&room, "first", "id-1").await, 1);
         assert_eq!(again.say(&room, "third", "id-3").await, 3);
-        let next = messages(&mut watcher, &room, 1).await;
+        let next = watcher.messages(&room, 1).await;
         assert_eq!(next, [(3, "sam".into(), "third".into())]);
     }
     server.stop().await;
@@ -194,7 +174,7 @@ async fn resume_after_a_drop_switching_transport_misses_and_duplicates_nothing()
         let (joined, _) = reader.join("resume", "reader").await;
         let epoch = joined["epoch"].as_u64().unwrap();
         let head = talker.say("resume", "before", &format!("b-{first}")).await;
-        let seen = messages(&mut reader, "resume", 1).await;
+        let seen = reader.messages("resume", 1).await;
         assert_eq!(seen[0].0, head);
         // The reader's connection drops; the room goes on without it.
         drop(reader);
@@ -216,7 +196,7 @@ async fn resume_after_a_drop_switching_transport_misses_and_duplicates_nothing()
         assert_eq!(replayed, missed, "exactly what it missed, in order");
         // And live messages continue right after, with no duplicate.
         let seq = talker.say("resume", "after", &format!("a-{first}")).await;
-        let live = messages(&mut back, "resume", 1).await;
+        let live = back.messages("resume", 1).await;
         assert_eq!(live, [(seq, "talker".to_string(), "after".to_string())]);
         back.send(json!({"type":"leave","room":"resume"})).await;
         back.next_of("left").await;

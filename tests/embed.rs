@@ -28,21 +28,6 @@ async fn assert_unauthorized(mut client: Client, message: &str) {
     assert_eq!(client.ended().await, Ended::Code(4401));
 }
 
-async fn messages(client: &mut Client, room: &str, n: usize) -> Vec<(u64, String, String)> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        let m = client
-            .next_matching("message", |f| f["type"] == "message" && f["room"] == room)
-            .await;
-        got.push((
-            m["seq"].as_u64().unwrap(),
-            m["from"].as_str().unwrap().to_string(),
-            m["text"].as_str().unwrap().to_string(),
-        ));
-    }
-    got
-}
-
 #[tokio::test]
 async fn the_hosts_own_routes_work_beside_the_chat() {
     let server = start_example().await;
@@ -94,7 +79,7 @@ async fn the_login_cookie_is_the_identity_on_both_transports() {
     let (joined, _) = bob.join("lobby", "whatever").await;
     assert_eq!(joined["you"]["name"], "Bob");
     ann.say("lobby", "hello from ann", "a1").await;
-    let got = messages(&mut bob, "lobby", 1).await;
+    let got = bob.messages("lobby", 1).await;
     assert_eq!(got, [(1, "Ann".to_string(), "hello from ann".to_string())]);
     server.stop().await;
 }
@@ -120,7 +105,7 @@ async fn a_message_the_hosts_hook_rejects_reaches_nobody() {
     // The next message Bob sees is the next good one, numbered 1: nothing was stored.
     ann.say("lobby", "a real question", "q1").await;
     assert_eq!(
-        messages(&mut bob, "lobby", 1).await,
+        bob.messages("lobby", 1).await,
         [(1, "Ann".to_string(), "a real question".to_string())]
     );
     server.stop().await;
@@ -143,7 +128,7 @@ async fn the_rust_api_publishes_lists_and_kicks() {
         .unwrap();
     for client in [&mut ann, &mut bob] {
         assert_eq!(
-            messages(client, "lobby", 1).await,
+            client.messages("lobby", 1).await,
             [(seq, "Shop bot".to_string(), "Sale starts now".to_string())]
         );
     }
@@ -297,7 +282,7 @@ async fn the_http_api_publishes_to_both_transports_and_refuses_a_wrong_key() {
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["seq"], 1);
     for client in [&mut wt, &mut ws] {
         assert_eq!(
-            messages(client, "lobby", 1).await,
+            client.messages("lobby", 1).await,
             [(1, "Backend".to_string(), "order #42 shipped".to_string())],
             "{}",
             client.transport()

@@ -219,6 +219,15 @@ pub async fn http_exchange(
     ((status, body), head)
 }
 
+/// A message frame as (seq, from, text).
+pub fn seq_text(m: &Value) -> (u64, String, String) {
+    (
+        m["seq"].as_u64().unwrap(),
+        m["from"].as_str().unwrap().to_string(),
+        m["text"].as_str().unwrap().to_string(),
+    )
+}
+
 /// How a connection ended, as the client saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {
@@ -502,6 +511,18 @@ impl Client {
             history.push(m);
         }
         (joined, history)
+    }
+
+    /// The next `n` messages of `room`, as (seq, from, text).
+    pub async fn messages(&mut self, room: &str, n: usize) -> Vec<(u64, String, String)> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let m = self
+                .next_matching("message", |f| f["type"] == "message" && f["room"] == room)
+                .await;
+            got.push(seq_text(&m));
+        }
+        got
     }
 
     /// Sends a message and waits for its ack; returns the acknowledged sequence number.
