@@ -118,7 +118,7 @@ impl Default for Config {
             token_secret: None,
             on_message: None,
             api_key: None,
-            ws_read_buffer: 2048,
+            ws_read_buffer: 1024,
             ws_write_buffer: 16 * 1024,
         }
     }

@@ -71,19 +71,19 @@ pub(crate) struct SessionContext {
     pub on_message: Option<MessageHook>,
 }
 
-/// Authenticates a new connection (when the host asked for it), then runs it. A refused
+/// Authenticates a new connection (when the host asked for it: `request` is what the hook
+/// sees), then runs it. A refused
 /// connection gets `bye` 4401 with the host's reason: browsers see no HTTP status from a
 /// failed WebSocket or WebTransport handshake, so the reason has to travel in-band.
 pub(crate) async fn start(
     ctx: &SessionContext,
     id: u64,
-    request: impl FnOnce() -> ConnectRequest,
+    request: Option<ConnectRequest>,
     mut reader: impl FrameReader,
     mut writer: impl FrameWriter,
 ) {
-    let identity = match &ctx.auth {
-        None => None,
-        Some(hook) => match hook(request()).await {
+    let identity = match (&ctx.auth, request) {
+        (Some(hook), Some(request)) => match hook(request).await {
             Ok(identity) => Some(identity),
             Err(reason) => {
                 tracing::info!(reason, "connection refused by authentication");
@@ -98,6 +98,7 @@ pub(crate) async fn start(
                 return;
             }
         },
+        _ => None,
     };
     run(ctx, id, identity, reader, writer).await;
 }

@@ -48,6 +48,17 @@ pub(crate) async fn upgrade(
         tracing::warn!("websocket refused: connection limit reached");
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
+    // What the host's authentication sees, copied out of the request: the request's own
+    // headers share hyper's whole read buffer (16 KiB), which must not live as long as the
+    // connection. Nothing is kept when the host does not authenticate.
+    let request = shared.session.auth.is_some().then(|| ConnectRequest {
+        transport: "websocket",
+        path: uri.path().to_string(),
+        query: uri.query().unwrap_or_default().to_string(),
+        origin: origin.clone(),
+        headers: detached(&headers),
+    });
+    drop((uri, headers));
     let max_frame = shared.session.limits.max_frame_bytes;
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
     let tracker = shared.tracker.clone();
@@ -62,19 +73,25 @@ pub(crate) async fn upgrade(
                 async move {
                     let _permit = permit;
                     let (sink, stream) = socket.split();
-                    let request = || ConnectRequest {
-                        transport: "websocket",
-                        path: uri.path().to_string(),
-                        query: uri.query().unwrap_or_default().to_string(),
-                        origin,
-                        headers,
-                    };
                     let (reader, writer) = (WsReader { stream }, WsWriter { sink });
                     session::start(&shared.session, id, request, reader, writer).await;
                 }
                 .instrument(span),
             )
         })
+}
+
+/// A copy of `headers` that shares no memory with the request it came from.
+fn detached(headers: &HeaderMap) -> HeaderMap {
+    headers
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((
+                axum::http::HeaderName::from_bytes(name.as_str().as_bytes()).ok()?,
+                axum::http::HeaderValue::from_bytes(value.as_bytes()).ok()?,
+            ))
+        })
+        .collect()
 }
 
 struct WsReader {

@@ -115,7 +115,8 @@ async fn accept(incoming: IncomingSession, shared: Arc<Shared>) {
         connection,
         pending: Vec::new(),
     };
-    session::start(&shared.session, id, || connect, reader, writer)
+    let request = shared.session.auth.is_some().then_some(connect);
+    session::start(&shared.session, id, request, reader, writer)
         .instrument(span)
         .await;
 }

@@ -5,48 +5,35 @@
 use std::fs;
 use std::time::Duration;
 
-unsafe extern "C" {
-    fn sysconf(name: i32) -> i64;
-    fn getrlimit(resource: i32, rlim: *mut RLimit) -> i32;
-    fn setrlimit(resource: i32, rlim: *const RLimit) -> i32;
-}
-
-#[repr(C)]
-struct RLimit {
-    cur: u64,
-    max: u64,
-}
-
-/// `_SC_CLK_TCK` and `RLIMIT_NOFILE` on Linux.
-const SC_CLK_TCK: i32 = 2;
-const RLIMIT_NOFILE: i32 = 7;
-
 /// Clock ticks per second of `/proc/*/stat` times (USER_HZ, 100 on every Linux we know).
 pub fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no preconditions; it returns -1 for an unknown name.
-    let ticks = unsafe { sysconf(SC_CLK_TCK) };
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 { ticks as u64 } else { 100 }
 }
 
 /// Raises the soft open-file limit to the hard limit; returns the limit now in force.
 pub fn raise_nofile() -> u64 {
-    let mut lim = RLimit { cur: 0, max: 0 };
-    // SAFETY: `lim` is a valid, writable rlimit struct of the C layout.
-    if unsafe { getrlimit(RLIMIT_NOFILE, &mut lim) } != 0 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return 0;
     }
-    if lim.cur < lim.max {
-        let raised = RLimit {
-            cur: lim.max,
-            max: lim.max,
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
         };
-        // SAFETY: `raised` is a valid rlimit struct; raising the soft limit up to the hard
-        // limit needs no privilege.
-        if unsafe { setrlimit(RLIMIT_NOFILE, &raised) } == 0 {
-            return lim.max;
+        // SAFETY: `raised` is a valid rlimit; raising the soft limit up to the hard limit
+        // needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return lim.rlim_max;
         }
     }
-    lim.cur
+    lim.rlim_cur
 }
 
 /// CPU time a process has used, user and system, from `/proc/PID/stat`.

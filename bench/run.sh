@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# wtchat's standard benchmark set (issue 5): builds in release mode, starts a fresh
+# `wtchat serve` on loopback for every run (so memory figures start clean), runs the load
+# tool against it, repeats each scenario, and prints the medians against the budget.
+#
+#   bench/run.sh                 # the standard set, 3 runs each (about 5 minutes)
+#   bench/run.sh ws-fanout       # one scenario (or several, by name)
+#   RUNS=5 bench/run.sh wt-idle  # more runs
+#   bench/run.sh --list          # the scenarios and what they run
+#
+# Environment:
+#   RUNS=3          runs per scenario (medians are printed)
+#   NO_BUILD=1      skip `cargo build --release`
+#   OUT=FILE        where the JSON lines go (default target/bench/results-<time>.jsonl)
+#   QUIET_WAIT=60   seconds to wait, before each run, for other processes to go quiet
+#   QUIET_MAX=25    "quiet": other processes use less than this % of one core
+#   PROFILE=1       also record the server with `perf` during each fan-out's measured
+#                   window (target/bench/NAME-RUN.perf.data) and print its top functions
+#                   (needs `perf`: apt-get install linux-perf; sampling costs the server ~1%)
+#
+# Traffic stays on 127.0.0.1. Every run is bounded (timeout), and the server and the
+# temporary certificate directory are removed on exit, including on ctrl-c.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-3}
+QUIET_WAIT=${QUIET_WAIT:-60}
+QUIET_MAX=${QUIET_MAX:-25}
+SERVER=target/release/wtchat
+TOOL=target/release/wtchat-bench
+
+# name | tool arguments (the script adds --http, --server-pid, --label, --json).
+# Budgets (issue 5) travel in the JSON line; `wtchat-bench summary` checks medians.
+SCENARIOS=(
+  "ws-fanout|fanout --transport ws --subscribers 1000 --publishers 10 --duration 5 --budget server_ns_per_delivery=400"
+  "wt-fanout|fanout --transport wt --subscribers 200 --publishers 10 --duration 5 --budget server_ns_per_delivery=800"
+  "wt-1000|fanout --transport wt --subscribers 1000 --publishers 10 --rate 50 --duration 5"
+  "ws-latency|fanout --transport ws --subscribers 1000 --publishers 10 --rate 20 --duration 8 --budget latency_us.p99=15000"
+  "wt-latency|fanout --transport wt --subscribers 1000 --publishers 10 --rate 20 --duration 8 --budget latency_us.p99=30000"
+  "ws-idle|idle --transport ws --subscribers 10000 --budget bytes_per_connection=8192"
+  "wt-idle|idle --transport wt --subscribers 1000 --budget bytes_per_connection=65536"
+)
+# Not in the standard set; run by name.
+EXTRA=(
+  "mix-fanout|fanout --transport mix --ws-fraction 0.5 --subscribers 1000 --publishers 10 --rate 200 --duration 5"
+  "ws-fanout-1t|fanout --transport ws --subscribers 1000 --publishers 10 --duration 5 --threads 1"
+  "ws-latency-1t|fanout --transport ws --subscribers 1000 --publishers 10 --rate 20 --duration 8 --threads 1"
+  "wt-latency-1t|fanout --transport wt --subscribers 1000 --publishers 10 --rate 20 --duration 8 --threads 1"
+)
+
+if [[ ${1:-} == --list || ${1:-} == -h || ${1:-} == --help ]]; then
+  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+  echo
+  for s in "${SCENARIOS[@]}" "${EXTRA[@]}"; do printf '  %-14s %s\n' "${s%%|*}" "${s#*|}"; done
+  exit 0
+fi
+
+selected=()
+if [[ $# -eq 0 ]]; then
+  selected=("${SCENARIOS[@]}")
+else
+  for name in "$@"; do
+    found=
+    for s in "${SCENARIOS[@]}" "${EXTRA[@]}"; do
+      [[ ${s%%|*} == "$name" ]] && selected+=("$s") && found=1
+    done
+    [[ -n $found ]] || { echo "unknown scenario: $name (see --list)" >&2; exit 2; }
+  done
+fi
+
+if [[ -z ${NO_BUILD:-} ]]; then
+  cargo build --release --bin wtchat --bin wtchat-bench
+fi
+
+# Thousands of sockets on each side: raise the open-file limit as far as allowed.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if (( $(ulimit -n) < 10100 )); then
+  echo "warning: open-file limit $(ulimit -n) is below what 10,000 connections need" >&2
+fi
+rmem=$(cat /proc/sys/net/core/rmem_max 2>/dev/null || echo 0)
+if (( rmem < 4194304 )); then
+  echo "warning: net.core.rmem_max is $rmem: the server's 4 MiB UDP buffers are capped" \
+       "(sysctl -w net.core.rmem_max=4194304 net.core.wmem_max=4194304)" >&2
+fi
+
+TMP=$(mktemp -d)
+mkdir -p target/bench
+OUT=${OUT:-target/bench/results-$(date +%Y%m%d-%H%M%S).jsonl}
+SERVER_PID=
+
+stop_server() {
+  if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 70); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  SERVER_PID=
+}
+cleanup() {
+  stop_server
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Starts a fresh server on free loopback ports; sets SERVER_PID and HTTP.
+start_server() {
+  : >"$TMP/server.log"
+  RUST_LOG=warn "$SERVER" serve --http 127.0.0.1:0 --webtransport 127.0.0.1:0 \
+    --certs "$TMP/certs" --max-frames-per-second 1000000 --frame-burst 1000000 \
+    --max-connections 100000 >"$TMP/server.log" 2>&1 &
+  SERVER_PID=$!
+  HTTP=
+  for _ in $(seq 100); do
+    HTTP=$(sed -n 's|^ *HTTP *http://\([0-9.:]*\).*|\1|p' "$TMP/server.log")
+    [[ -n $HTTP ]] && return 0
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "the server did not start:" >&2
+  cat "$TMP/server.log" >&2
+  exit 1
+}
+
+# CPU busy on the machine over `1` second, in % of one core.
+machine_busy() {
+  local a b
+  read -r _ u1 n1 s1 i1 w1 q1 sq1 st1 _ </proc/stat
+  sleep 1
+  read -r _ u2 n2 s2 i2 w2 q2 sq2 st2 _ </proc/stat
+  a=$(( (u2+n2+s2+q2+sq2+st2) - (u1+n1+s1+q1+sq1+st1) ))
+  b=$(getconf CLK_TCK)
+  echo $(( a * 100 / b ))
+}
+
+# Other processes (builds, browsers) skew every figure: wait a while for them to finish.
+wait_quiet() {
+  local waited=0 busy
+  busy=$(machine_busy)
+  while (( busy > QUIET_MAX && waited < QUIET_WAIT )); do
+    (( waited == 0 )) && echo "  (machine busy: ${busy}% of a core used by others; waiting up to ${QUIET_WAIT}s)"
+    sleep 4
+    waited=$((waited + 5))
+    busy=$(machine_busy)
+  done
+  (( busy > QUIET_MAX )) && echo "  (still busy: ${busy}%; running anyway, see other_cpu_pct)"
+  return 0
+}
+
+# Runs the tool (its JSON line into $OUT, its table into tool.log); with PROFILE, records
+# the server with perf for exactly the measured window of a fan-out.
+run_tool() {
+  local name=$1 run=$2
+  shift 2
+  if [[ -z ${PROFILE:-} || $1 != fanout ]]; then
+    timeout 180 "$TOOL" "$@" >>"$OUT" 2>"$TMP/tool.log"
+    return
+  fi
+  local data="target/bench/$name-$run.perf.data" tool status=0
+  rm -f "$TMP/window"
+  timeout 180 "$TOOL" "$@" --window-file "$TMP/window" >>"$OUT" 2>"$TMP/tool.log" &
+  tool=$!
+  for _ in $(seq 1800); do
+    [[ -f $TMP/window ]] && break
+    kill -0 "$tool" 2>/dev/null || break
+    sleep 0.05
+  done
+  if [[ -f $TMP/window ]]; then
+    perf record -e cpu-clock -F 999 -p "$SERVER_PID" -o "$data" \
+      -- sleep "$(cat "$TMP/window")" >/dev/null 2>&1 || echo "  (perf record failed)"
+    PROFILES+=("$data")
+  fi
+  wait "$tool" || status=$?
+  return $status
+}
+PROFILES=()
+
+echo "wtchat benchmark: ${#selected[@]} scenario(s) x $RUNS run(s); $(nproc) cores; results in $OUT"
+echo "source: $(git describe --always --dirty 2>/dev/null || echo unknown); $(uname -sr)"
+failed=0
+for s in "${selected[@]}"; do
+  name=${s%%|*}
+  args=${s#*|}
+  for run in $(seq "$RUNS"); do
+    echo "== $name, run $run/$RUNS: wtchat-bench $args"
+    start_server
+    wait_quiet
+    # shellcheck disable=SC2086 # word splitting of $args is intended
+    if run_tool "$name" "$run" $args --http "$HTTP" --server-pid "$SERVER_PID" \
+         --label "$name" --json; then
+      cat "$TMP/tool.log"
+    else
+      echo "  run failed (exit $?):" >&2
+      tail -5 "$TMP/tool.log" >&2
+      failed=$((failed + 1))
+    fi
+    stop_server
+  done
+done
+
+echo
+echo "== medians ($OUT)"
+"$TOOL" summary "$OUT" || true
+for data in "${PROFILES[@]}"; do
+  [[ $data == *-1.perf.data ]] || continue
+  echo
+  echo "== server profile, $(basename "$data" .perf.data) (self time, top functions)"
+  perf report -i "$data" --no-children --sort symbol --stdio --percent-limit 1 -g none \
+    2>/dev/null | grep -v '^#' | grep -v '^$' | head -25
+done
+if (( failed > 0 )); then
+  echo "$failed run(s) failed" >&2
+  exit 1
+fi

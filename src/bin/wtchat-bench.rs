@@ -1,0 +1,1255 @@
+//! `wtchat-bench`: the load tool of wtchat. It speaks wtchat's own protocol over WebSocket
+//! and WebTransport and measures what a chat server is chosen for: how many users one
+//! machine carries, how fast a message reaches all of them, and at what cost in server CPU
+//! and memory.
+//!
+//! - `fanout`: N clients join one room (over WebSocket, WebTransport or a mix); the first P
+//!   of them also publish, at a fixed total rate or as fast as acknowledgements allow, for D
+//!   seconds. Every message carries its send time, publisher and number in its text
+//!   (`t=<ns>;p=<publisher>;n=<counter>`), so each receiver measures end-to-end latency and
+//!   counts lost and duplicated messages. Given the server's pid it reads the server's CPU
+//!   time and memory from `/proc`, and its own CPU time, to say what one delivery costs the
+//!   server and whether the tool itself was the bottleneck.
+//! - `idle`: N connections that join a room and then stay quiet: server memory per
+//!   connection.
+//! - `summary`: medians of the JSON lines of several runs, checked against budgets.
+//!
+//! Run the standard set with `bench/run.sh` (see `bench/README.md`), or by hand:
+//!
+//! ```text
+//! cargo build --release --bin wtchat --bin wtchat-bench
+//! target/release/wtchat serve --http 127.0.0.1:8080 --webtransport 127.0.0.1:4433 \
+//!     --certs "$(mktemp -d)" --max-frames-per-second 1000000 --frame-burst 1000000 &
+//! target/release/wtchat-bench fanout --http 127.0.0.1:8080 --transport ws \
+//!     --subscribers 1000 --publishers 10 --duration 5 --server-pid $!
+//! ```
+//!
+//! The tool shares the machine with the server, so it is built to be cheap per message:
+//! one tokio runtime, raw WebSocket frames read a buffer at a time, frames inspected by byte
+//! search instead of a JSON parse, one clock reading per read call, latencies recorded into
+//! one histogram per worker thread.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[path = "wtchat-bench/account.rs"]
+mod account;
+#[path = "wtchat-bench/client.rs"]
+mod client;
+#[path = "wtchat-bench/procfs.rs"]
+mod procfs;
+#[path = "wtchat-bench/summary.rs"]
+mod summary;
+#[path = "wtchat-bench/ws.rs"]
+mod ws;
+#[path = "wtchat-bench/wt.rs"]
+mod wt;
+
+use client::{ClientResult, Plan, Run, Target, Transport};
+
+#[derive(Parser)]
+#[command(
+    name = "wtchat-bench",
+    about = "Load tool for wtchat: room fan-out and idle connections over WebSocket and WebTransport"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// N clients in one room, P of them publishing: throughput, latency, loss, server cost.
+    Fanout(FanoutArgs),
+    /// N quiet connections: server memory per connection.
+    Idle(IdleArgs),
+    /// Medians of JSON result lines (one run per line), grouped by label, with budgets.
+    Summary {
+        /// Files of JSON lines as printed by `--json` (stdin if none).
+        files: Vec<std::path::PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TransportArg {
+    Ws,
+    Wt,
+    Mix,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// The server's HTTP address (its `/wtchat/config` says where the rest is).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// Transport of the clients.
+    #[arg(long, value_enum, default_value = "ws")]
+    transport: TransportArg,
+    /// With `--transport mix`: the share of clients on WebSocket (spread evenly).
+    #[arg(long, default_value_t = 0.5)]
+    ws_fraction: f64,
+    /// Number of clients (in `fanout`, publishers included).
+    #[arg(long, default_value_t = 100)]
+    subscribers: usize,
+    /// The server's process id: enables server CPU and memory figures.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Worker threads of the tool's runtime; 1 runs a single-threaded runtime.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// Give up on clients not joined after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
+    connect_timeout: f64,
+    /// Read buffer per connection, bytes (grows for larger frames).
+    #[arg(long)]
+    read_buffer: Option<usize>,
+    /// Kernel UDP buffers per WebTransport client socket, bytes (0: the kernel default).
+    #[arg(long, default_value_t = 1 << 20)]
+    udp_buffer: usize,
+    /// Room name (prefix, with `idle --room-size`); default `bench-<pid>`.
+    #[arg(long)]
+    room: Option<String>,
+    /// A name for this run in the JSON line (what `summary` groups by).
+    #[arg(long, default_value = "")]
+    label: String,
+    /// A budget for `summary`: FIELD=MAX (repeatable), e.g. server_ns_per_delivery=400.
+    #[arg(long = "budget")]
+    budgets: Vec<String>,
+    /// Print one JSON line on stdout (the human table goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
+struct FanoutArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Publishing clients (the first P of the subscribers).
+    #[arg(long, default_value_t = 10)]
+    publishers: usize,
+    /// Messages per second over all publishers; 0 = as fast as acknowledgements allow.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Full speed: unacknowledged sends each publisher keeps in flight.
+    #[arg(long, default_value_t = 8)]
+    window: u64,
+    /// Full speed: publishers pause while the slowest member is more than this many
+    /// messages behind (below the server's per-connection queue of 2048, so that nobody is
+    /// cut off for the tool's own slowness); 0 = no bound.
+    #[arg(long, default_value_t = 1000)]
+    max_lag: u64,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Seconds of traffic before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Seconds to wait, after sending stops, for the last messages to arrive.
+    #[arg(long, default_value_t = 5.0)]
+    drain: f64,
+    /// Filler bytes added to each message text (the marker alone is about 30).
+    #[arg(long, default_value_t = 0)]
+    text_bytes: usize,
+    /// Created when the measured window starts (holding its length in seconds) and removed
+    /// when it ends: a script can attach a profiler to exactly the window.
+    #[arg(long)]
+    window_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct IdleArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Clients per room (each join tells every member, so one huge room would cost the
+    /// server N² presence frames while connecting); 0 = all in one room.
+    #[arg(long, default_value_t = 100)]
+    room_size: usize,
+    /// Only connect; do not join a room.
+    #[arg(long)]
+    no_join: bool,
+    /// Seconds to hold the connections quiet before reading the server's memory.
+    #[arg(long, default_value_t = 2.0)]
+    settle: f64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (common, work): (Common, Work) = match cli.command {
+        Command::Summary { files } => {
+            return match summary::run(&files) {
+                Ok(ok) => {
+                    if ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(2)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("wtchat-bench: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Fanout(args) => (args.common.clone(), Work::Fanout(args)),
+        Command::Idle(args) => (args.common.clone(), Work::Idle(args)),
+    };
+    let runtime = if common.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(common.threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wtchat-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match work {
+            Work::Fanout(args) => fanout(args).await.map(|r| emit(&common, &r, r.table())),
+            Work::Idle(args) => idle(args).await.map(|r| emit(&common, &r, r.table())),
+        }
+    });
+    // Thousands of connections: do not wait for each to close politely.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wtchat-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Work {
+    Fanout(FanoutArgs),
+    Idle(IdleArgs),
+}
+
+/// Prints the human table (stdout, or stderr with `--json`) and the JSON line.
+fn emit<R: Serialize>(common: &Common, report: &R, table: String) {
+    if common.json {
+        eprint!("{table}");
+        println!(
+            "{}",
+            serde_json::to_string(report).expect("reports serialize")
+        );
+    } else {
+        print!("{table}");
+    }
+}
+
+// --- shared steps ----------------------------------------------------------------------
+
+/// `GET /wtchat/config`: the WebTransport URL and certificate digests, the WebSocket URL.
+async fn fetch_config(http: SocketAddr) -> Result<Target, String> {
+    let fail = |e: &dyn std::fmt::Display| format!("GET http://{http}/wtchat/config: {e}");
+    let mut tcp = TcpStream::connect(http).await.map_err(|e| fail(&e))?;
+    let request =
+        format!("GET /wtchat/config HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes())
+        .await
+        .map_err(|e| fail(&e))?;
+    let mut response = Vec::new();
+    tcp.read_to_end(&mut response).await.map_err(|e| fail(&e))?;
+    let split = account::find(&response, b"\r\n\r\n").ok_or_else(|| fail(&"no header end"))?;
+    let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 200") {
+        return Err(fail(&head.lines().next().unwrap_or_default()));
+    }
+    let mut body = response[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body).ok_or_else(|| fail(&"bad chunked body"))?;
+    }
+    let config: serde_json::Value = serde_json::from_slice(&body).map_err(|e| fail(&e))?;
+    let text = |key: &str| {
+        config[key]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| fail(&format!("no {key}")))
+    };
+    let wt_hashes = config["certificateHashes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h["value"].as_str().and_then(parse_hex32))
+        .collect();
+    Ok(Target {
+        http,
+        ws_url: text("websocket")?,
+        wt_url: text("webtransport")?,
+        wt_hashes,
+    })
+}
+
+fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = account::find(body, b"\r\n")?;
+        let size_text = std::str::from_utf8(&body[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(body.get(..size)?);
+        body = body.get(size + 2..)?;
+    }
+}
+
+fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn transport_of(common: &Common, i: usize) -> Transport {
+    match common.transport {
+        TransportArg::Ws => Transport::Ws,
+        TransportArg::Wt => Transport::Wt,
+        TransportArg::Mix => {
+            // Client i is on WebSocket when the running share crosses an integer: the
+            // fraction is met exactly, and evenly spread (publishers included).
+            let f = common.ws_fraction.clamp(0.0, 1.0);
+            if ((i + 1) as f64 * f).floor() > (i as f64 * f).floor() {
+                Transport::Ws
+            } else {
+                Transport::Wt
+            }
+        }
+    }
+}
+
+fn check_limits(n: usize) -> Option<String> {
+    let limit = procfs::raise_nofile();
+    (limit > 0 && (limit as usize) < n + 64).then(|| {
+        format!(
+            "open-file limit {limit} is below {n} connections: run `ulimit -n {}` first",
+            n + 1024
+        )
+    })
+}
+
+/// Spawns every client and waits until all are ready (joined) or failed.
+async fn connect_all(
+    run: &Arc<Run>,
+    common: &Common,
+    n: usize,
+) -> (Vec<tokio::task::JoinHandle<ClientResult>>, Duration) {
+    let started = Instant::now();
+    let handles = (0..n)
+        .map(|i| tokio::spawn(client::client(run.clone(), i, transport_of(common, i))))
+        .collect();
+    let deadline = started + Duration::from_secs_f64(common.connect_timeout);
+    while run.ready.load(Relaxed) + run.failed.load(Relaxed) < n && Instant::now() < deadline {
+        let _ = tokio::time::timeout(Duration::from_millis(100), run.progress.notified()).await;
+    }
+    (handles, started.elapsed())
+}
+
+/// Waits until no frame has arrived for 300 ms (presence frames of the joins, history),
+/// at most `max`.
+async fn settle(run: &Run, max: Duration) {
+    let until = Instant::now() + max;
+    let mut last = u64::MAX;
+    let mut quiet = 0;
+    while Instant::now() < until && quiet < 3 {
+        let frames = run.clients.iter().map(|c| c.frames.load(Relaxed)).sum();
+        quiet = if frames == last { quiet + 1 } else { 0 };
+        last = frames;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Collects the clients' results after `FINISH` (bounded: a stuck task is abandoned).
+async fn collect(handles: Vec<tokio::task::JoinHandle<ClientResult>>) -> Vec<ClientResult> {
+    let mut results = Vec::with_capacity(handles.len());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for handle in handles {
+        let abort = handle.abort_handle();
+        match tokio::time::timeout_at(deadline, handle).await {
+            Ok(Ok(result)) => results.push(result),
+            _ => abort.abort(),
+        }
+    }
+    results
+}
+
+/// A reading of everything that changes during the measured window.
+#[derive(Clone, Copy)]
+struct Snapshot {
+    at: Instant,
+    server: Option<procfs::CpuTime>,
+    tool: Option<procfs::CpuTime>,
+    machine: Option<procfs::MachineTime>,
+    received: u64,
+    frames: u64,
+    reads: u64,
+    stall_ns: u64,
+    udp_errors: Option<u64>,
+}
+
+impl Snapshot {
+    fn take(run: &Run, pid: Option<u32>) -> Snapshot {
+        let sum = |f: fn(&client::ClientStat) -> u64| run.clients.iter().map(f).sum();
+        Snapshot {
+            at: Instant::now(),
+            server: pid.and_then(|p| procfs::cpu_time(Some(p))),
+            tool: procfs::cpu_time(None),
+            machine: procfs::machine_time(),
+            received: sum(|c| c.received.load(Relaxed)),
+            frames: sum(|c| c.frames.load(Relaxed)),
+            reads: sum(|c| c.reads.load(Relaxed)),
+            stall_ns: run.gate_stall_ns.load(Relaxed),
+            udp_errors: procfs::udp_buffer_errors(),
+        }
+    }
+}
+
+/// Keeps `min_received` (for the publishers' lag bound) and the server's peak RSS, until
+/// the run finishes; returns the peak in KiB.
+async fn monitor(run: Arc<Run>, pid: Option<u32>) -> u64 {
+    let gate = run.plan.max_lag > 0 && run.plan.rate == 0.0 && run.plan.publishers > 0;
+    let tick = if gate {
+        Duration::from_millis(1)
+    } else {
+        Duration::from_millis(50)
+    };
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut peak = 0;
+    let mut next_rss = Instant::now();
+    while run.phase() < client::PHASE_FINISH {
+        interval.tick().await;
+        if gate {
+            // Members still reading (state 1); one cut off or gone must not stall the rest.
+            let min = run
+                .clients
+                .iter()
+                .filter(|c| c.state.load(Relaxed) == 1)
+                .map(|c| c.received.load(Relaxed))
+                .min()
+                .unwrap_or(u64::MAX);
+            run.min_received.store(min, Relaxed);
+        }
+        if let Some(pid) = pid
+            && Instant::now() >= next_rss
+        {
+            next_rss += Duration::from_millis(100);
+            if let Some(m) = procfs::memory(pid) {
+                peak = peak.max(m.rss_kib);
+            }
+        }
+    }
+    peak
+}
+
+/// How late a ready task runs on the tool's runtime: a probe yields and times how long
+/// until it is polled again (every other ready task, and one I/O poll, come first). This
+/// is the tool's own share of the latency each reader adds.
+async fn probe_scheduling(run: Arc<Run>) -> Histogram<u64> {
+    let mut h = client::new_histogram();
+    while run.phase() < client::PHASE_STOP {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let t = Instant::now();
+        tokio::task::yield_now().await;
+        h.saturating_record((t.elapsed().as_nanos() as u64).max(1_000));
+    }
+    h
+}
+
+// --- reports ----------------------------------------------------------------------------
+
+/// Percentiles in microseconds.
+#[derive(Debug, Default, Serialize)]
+struct Percentiles {
+    count: u64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        let us = |ns: u64| (ns as f64 / 1_000.0 * 10.0).round() / 10.0;
+        Percentiles {
+            count: h.len(),
+            p50: us(h.value_at_quantile(0.50)),
+            p90: us(h.value_at_quantile(0.90)),
+            p99: us(h.value_at_quantile(0.99)),
+            max: us(h.max()),
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} samples)",
+            self.p50 / 1e3,
+            self.p90 / 1e3,
+            self.p99 / 1e3,
+            self.max / 1e3,
+            self.count
+        )
+    }
+}
+
+fn budgets(common: &Common) -> serde_json::Map<String, serde_json::Value> {
+    common
+        .budgets
+        .iter()
+        .filter_map(|b| {
+            let (k, v) = b.split_once('=')?;
+            Some((k.trim().to_string(), v.trim().parse::<f64>().ok()?.into()))
+        })
+        .collect()
+}
+
+#[derive(Debug, Serialize)]
+struct FanoutReport {
+    scenario: &'static str,
+    label: String,
+    transport: &'static str,
+    subscribers: usize,
+    ws_clients: usize,
+    wt_clients: usize,
+    publishers: usize,
+    /// 0: full speed.
+    rate: f64,
+    window: u64,
+    threads: usize,
+    duration_s: f64,
+    connected: usize,
+    connect_failures: usize,
+    /// Time to connect and join all clients.
+    connect_s: f64,
+    /// Server CPU per connect+join (handshakes), µs.
+    server_cpu_per_connect_us: Option<f64>,
+    messages_sent: u64,
+    /// Deliveries (message frames received, replay excluded) in the measured window.
+    deliveries: u64,
+    deliveries_per_s: f64,
+    /// Expected over the whole run (every member gets every message), lost, duplicated.
+    expected: u64,
+    received: u64,
+    lost: u64,
+    duplicated: u64,
+    out_of_order: u64,
+    /// Sends the server refused (`rate_limited`): raise its --max-frames-per-second.
+    refused: u64,
+    errors: u64,
+    /// Clients told `too_slow` (4001), and clients whose connection ended early.
+    too_slow: usize,
+    closed_early: usize,
+    /// End-to-end latency of messages sent in the window, µs.
+    latency_us: Percentiles,
+    /// Rate mode: per message, latency to its first recipient, and from first to last.
+    first_delivery_us: Option<Percentiles>,
+    fanout_spread_us: Option<Percentiles>,
+    server_cpu_pct: Option<f64>,
+    server_user_pct: Option<f64>,
+    server_sys_pct: Option<f64>,
+    server_ns_per_delivery: Option<f64>,
+    server_rss_idle_kib: Option<u64>,
+    server_rss_connected_kib: Option<u64>,
+    server_rss_peak_kib: Option<u64>,
+    tool_cpu_pct: Option<f64>,
+    tool_ns_per_delivery: Option<f64>,
+    machine_idle_pct: Option<f64>,
+    /// CPU used by other processes in the window (100 = one core): noise.
+    other_cpu_pct: Option<f64>,
+    /// Datagrams the kernel dropped for want of UDP buffer space in the window (machine-wide).
+    udp_buffer_drops: Option<u64>,
+    /// The first few distinct reasons clients ended early.
+    early_errors: Vec<String>,
+    /// How long a ready task waited on the tool's runtime (the tool's own latency), µs.
+    tool_sched_delay_us: Percentiles,
+    /// Frames per read call in the window (how well reads batch).
+    frames_per_read: f64,
+    /// Share of the publishers' time spent waiting for the slowest member.
+    lag_stall_pct: f64,
+    tool_bound: bool,
+    verdict: String,
+    budget: serde_json::Map<String, serde_json::Value>,
+}
+
+async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
+    let common = &args.common;
+    let n = common.subscribers;
+    let pid = common.server_pid;
+    if args.publishers > n {
+        return Err("--publishers cannot exceed --subscribers (publishers are members)".into());
+    }
+    if let Some(warning) = check_limits(n) {
+        return Err(warning);
+    }
+    let target = fetch_config(common.http).await?;
+    let track_per_publisher = if args.rate > 0.0 && args.publishers > 0 {
+        // Every message of the run, with room to spare.
+        let per = args.rate / args.publishers as f64 * (args.warmup + args.duration + 1.0);
+        (per.ceil() as usize + 16).min(1 << 20)
+    } else {
+        0
+    };
+    let plan = Plan {
+        room: common
+            .room
+            .clone()
+            .unwrap_or_else(|| format!("bench-{}", std::process::id())),
+        room_size: 0,
+        join: true,
+        publishers: args.publishers,
+        window: args.window.max(1),
+        rate: args.rate.max(0.0),
+        pad: args.text_bytes,
+        max_lag: args.max_lag,
+        read_buffer: common.read_buffer.unwrap_or(32 * 1024),
+        udp_buffer: common.udp_buffer,
+        track_per_publisher,
+    };
+    let run = Run::new(plan, target, n, common.connect_concurrency);
+    let rss_idle = pid.and_then(procfs::memory);
+    if let Some(pid) = pid
+        && let Some(limit) = procfs::nofile_limit(pid)
+        && (limit as usize) < n + 64
+    {
+        eprintln!("warning: the server's open-file limit is {limit}, below {n} connections");
+    }
+
+    // Connect and join.
+    let cpu_before = pid.and_then(|p| procfs::cpu_time(Some(p)));
+    let (handles, connect_time) = connect_all(&run, common, n).await;
+    let cpu_connected = pid.and_then(|p| procfs::cpu_time(Some(p)));
+    let connected = run.ready.load(Relaxed);
+    if connected < args.publishers.max(1) {
+        return Err(format!(
+            "only {connected} of {n} clients connected (failed: {})",
+            run.failed.load(Relaxed)
+        ));
+    }
+    settle(&run, Duration::from_secs(10)).await;
+    let rss_connected = pid.and_then(procfs::memory);
+    let monitor = tokio::spawn(monitor(run.clone(), pid));
+
+    // Traffic: warm-up, then the measured window.
+    run.set_phase(client::PHASE_SEND);
+    tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
+    let probe = tokio::spawn(probe_scheduling(run.clone()));
+    run.measure_from.store(run.now_ns(), Relaxed);
+    if let Some(path) = &args.window_file {
+        let _ = std::fs::write(path, format!("{}\n", args.duration));
+    }
+    let a = Snapshot::take(&run, pid);
+    tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
+    let b = Snapshot::take(&run, pid);
+    if let Some(path) = &args.window_file {
+        let _ = std::fs::remove_file(path);
+    }
+    run.measure_to.store(run.now_ns(), Relaxed);
+    run.set_phase(client::PHASE_STOP);
+
+    // Drain: every acknowledgement, then every delivery to members still connected.
+    let drain_until = Instant::now() + Duration::from_secs_f64(args.drain);
+    let publishers = &run.clients[..args.publishers];
+    while Instant::now() < drain_until
+        && publishers
+            .iter()
+            .any(|c| c.state.load(Relaxed) == 1 && c.acked.load(Relaxed) < c.sent.load(Relaxed))
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sent: Vec<u64> = publishers.iter().map(|c| c.sent.load(Relaxed)).collect();
+    let total_sent: u64 = sent.iter().sum();
+    while Instant::now() < drain_until
+        && run
+            .clients
+            .iter()
+            .any(|c| c.state.load(Relaxed) == 1 && c.received.load(Relaxed) < total_sent)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    run.set_phase(client::PHASE_FINISH);
+    let sched = probe.await.unwrap_or_else(|_| client::new_histogram());
+    let peak = monitor.await.unwrap_or(0);
+    let results = collect(handles).await;
+
+    // Account.
+    let (mut lost, mut duplicated, mut received, mut out_of_order, mut members) = (0, 0, 0, 0, 0);
+    let mut closed_early = 0;
+    let (mut ws_clients, mut wt_clients) = (0, 0);
+    for r in &results {
+        match r.transport {
+            Transport::Ws => ws_clients += 1,
+            Transport::Wt => wt_clients += 1,
+        }
+        if let Some(mut tally) = r.tally.clone() {
+            members += 1;
+            lost += tally.finish(&sent);
+            duplicated += tally.duplicated;
+            received += tally.received;
+            out_of_order += tally.out_of_order;
+            if r.error.is_some() {
+                closed_early += 1;
+            }
+        }
+    }
+    let sum32 = |f: fn(&client::ClientStat) -> u32| -> u64 {
+        run.clients.iter().map(|c| u64::from(f(c))).sum()
+    };
+    let too_slow = run
+        .clients
+        .iter()
+        .filter(|c| c.bye.load(Relaxed) == u32::from(4001u16))
+        .count();
+
+    let window = b.at.duration_since(a.at).as_secs_f64();
+    let deliveries = b.received - a.received;
+    let pct = |d: Duration| d.as_secs_f64() / window * 100.0;
+    let server = a.server.zip(b.server).map(|(a, b)| b.since(&a));
+    let tool = a.tool.zip(b.tool).map(|(a, b)| b.since(&a));
+    let per_delivery =
+        |d: Duration| (deliveries > 0).then(|| d.as_nanos() as f64 / deliveries as f64);
+    let machine_idle_pct = a.machine.zip(b.machine).map(|(a, b)| {
+        let idle = (b.idle - a.idle) as f64;
+        let busy = (b.busy - a.busy) as f64;
+        idle / (idle + busy).max(1.0) * 100.0
+    });
+    let server_cpu_pct = server.map(|s| pct(s.total()));
+    let tool_cpu_pct = tool.map(|t| pct(t.total()));
+    // Whatever else ran on the machine (builds, browsers): noise in every figure.
+    let other_cpu_pct = a.machine.zip(b.machine).map(|(a, b)| {
+        let busy = (b.busy - a.busy) as f64 / procfs::clock_ticks() as f64;
+        (busy / window * 100.0 - server_cpu_pct.unwrap_or(0.0) - tool_cpu_pct.unwrap_or(0.0))
+            .max(0.0)
+    });
+    let lag_stall_pct = if args.publishers > 0 {
+        (b.stall_ns - a.stall_ns) as f64 / (window * 1e9 * args.publishers as f64) * 100.0
+    } else {
+        0.0
+    };
+    let (tool_bound, mut verdict) = verdict(
+        server_cpu_pct,
+        tool_cpu_pct,
+        machine_idle_pct,
+        lag_stall_pct,
+        common.threads,
+    );
+    if let Some(other) = other_cpu_pct.filter(|o| *o > 20.0) {
+        verdict = format!("NOISY: other processes used {other:.0}% CPU; {verdict}");
+    }
+    let (first, spread) = message_tracks(&run);
+    let latency = client::merged_latency();
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+    Ok(FanoutReport {
+        scenario: "fanout",
+        label: common.label.clone(),
+        transport: match common.transport {
+            TransportArg::Ws => "ws",
+            TransportArg::Wt => "wt",
+            TransportArg::Mix => "mix",
+        },
+        subscribers: n,
+        ws_clients,
+        wt_clients,
+        publishers: args.publishers,
+        rate: args.rate,
+        window: args.window,
+        threads: common.threads,
+        duration_s: round(window),
+        connected,
+        connect_failures: run.failed.load(Relaxed),
+        connect_s: (connect_time.as_secs_f64() * 1000.0).round() / 1000.0,
+        server_cpu_per_connect_us: cpu_before.zip(cpu_connected).map(|(a, b)| {
+            round(b.since(&a).total().as_nanos() as f64 / 1e3 / connected.max(1) as f64)
+        }),
+        messages_sent: total_sent,
+        deliveries,
+        deliveries_per_s: (deliveries as f64 / window).round(),
+        expected: total_sent * members,
+        received,
+        lost,
+        duplicated,
+        out_of_order,
+        refused: sum32(|c| c.refused.load(Relaxed)),
+        errors: sum32(|c| c.errors.load(Relaxed)),
+        too_slow,
+        closed_early,
+        latency_us: Percentiles::of(&latency),
+        first_delivery_us: first.as_ref().map(Percentiles::of),
+        fanout_spread_us: spread.as_ref().map(Percentiles::of),
+        server_cpu_pct: server_cpu_pct.map(round),
+        server_user_pct: server.map(|s| round(pct(s.user))),
+        server_sys_pct: server.map(|s| round(pct(s.system))),
+        server_ns_per_delivery: server.and_then(|s| per_delivery(s.total())).map(round),
+        server_rss_idle_kib: rss_idle.map(|m| m.rss_kib),
+        server_rss_connected_kib: rss_connected.map(|m| m.rss_kib),
+        server_rss_peak_kib: pid.and_then(procfs::memory).map(|m| m.hwm_kib.max(peak)),
+        tool_cpu_pct: tool_cpu_pct.map(round),
+        tool_ns_per_delivery: tool.and_then(|t| per_delivery(t.total())).map(round),
+        machine_idle_pct: machine_idle_pct.map(round),
+        other_cpu_pct: other_cpu_pct.map(round),
+        udp_buffer_drops: a.udp_errors.zip(b.udp_errors).map(|(a, b)| b - a),
+        early_errors: early_errors(&results),
+        tool_sched_delay_us: Percentiles::of(&sched),
+        frames_per_read: round((b.frames - a.frames) as f64 / (b.reads - a.reads).max(1) as f64),
+        lag_stall_pct: round(lag_stall_pct),
+        tool_bound,
+        verdict,
+        budget: budgets(common),
+    })
+}
+
+/// Up to three distinct reasons clients ended before the run did, with counts.
+fn early_errors(results: &[ClientResult]) -> Vec<String> {
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    for e in results.iter().filter_map(|r| r.error.as_ref()) {
+        match seen.iter_mut().find(|(s, _)| s == e) {
+            Some((_, n)) => *n += 1,
+            None => seen.push((e.clone(), 1)),
+        }
+    }
+    seen.iter()
+        .take(3)
+        .map(|(e, n)| format!("{n}x {e}"))
+        .collect()
+}
+
+/// First-delivery latency and first-to-last spread per message sent in the window.
+fn message_tracks(run: &Run) -> (Option<Histogram<u64>>, Option<Histogram<u64>>) {
+    if run.tracks.is_empty() {
+        return (None, None);
+    }
+    let (from, to) = (run.measure_from.load(Relaxed), run.measure_to.load(Relaxed));
+    let mut first = client::new_histogram();
+    let mut spread = client::new_histogram();
+    for t in run.tracks.iter() {
+        let sent = t.sent.load(Relaxed);
+        let (f, l) = (t.first.load(Relaxed), t.last.load(Relaxed));
+        if sent >= from && sent < to && f != u64::MAX {
+            first.saturating_record(f.saturating_sub(sent).max(1_000));
+            spread.saturating_record(l.saturating_sub(f).max(1_000));
+        }
+    }
+    (Some(first), Some(spread))
+}
+
+/// Whether the tool, not the server, limited the run, and a sentence saying why.
+fn verdict(
+    server: Option<f64>,
+    tool: Option<f64>,
+    idle: Option<f64>,
+    stall: f64,
+    threads: usize,
+) -> (bool, String) {
+    let (Some(server), Some(tool)) = (server, tool) else {
+        return (false, "no --server-pid: cannot compare".into());
+    };
+    let idle = idle.unwrap_or(0.0);
+    let tool_cap = 100.0 * threads.max(1) as f64;
+    if tool >= 0.9 * tool_cap {
+        return (
+            true,
+            format!("tool-bound: the tool used {tool:.0}% of its {tool_cap:.0}% (its threads)"),
+        );
+    }
+    if idle < 10.0 && tool > server {
+        return (
+            true,
+            format!(
+                "tool-bound: machine saturated ({idle:.0}% idle) and the tool took more CPU \
+                 ({tool:.0}%) than the server ({server:.0}%)"
+            ),
+        );
+    }
+    if stall > 50.0 && tool > server {
+        return (
+            true,
+            format!(
+                "tool-bound: publishers waited {stall:.0}% of the time for slow readers, \
+                 and the tool took more CPU ({tool:.0}%) than the server ({server:.0}%)"
+            ),
+        );
+    }
+    if idle < 10.0 {
+        return (
+            false,
+            format!(
+                "machine saturated ({idle:.0}% idle): server {server:.0}%, tool {tool:.0}%; \
+                 the server took the larger share"
+            ),
+        );
+    }
+    (
+        false,
+        format!("server {server:.0}%, tool {tool:.0}%, machine {idle:.0}% idle"),
+    )
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v}{unit}"))
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or_else(
+        || "-".to_string(),
+        |k| format!("{:.1} MiB", k as f64 / 1024.0),
+    )
+}
+
+impl FanoutReport {
+    fn table(&self) -> String {
+        let mut t = String::new();
+        let mut row = |k: &str, v: String| t.push_str(&format!("  {k:<28} {v}\n"));
+        let mode = if self.rate > 0.0 {
+            format!("{} msgs/s in total", self.rate)
+        } else {
+            format!("full speed, window {}", self.window)
+        };
+        row(
+            "fan-out",
+            format!(
+                "{} clients ({} ws, {} wt), {} publishers, {mode}, {:.1} s{}",
+                self.subscribers,
+                self.ws_clients,
+                self.wt_clients,
+                self.publishers,
+                self.duration_s,
+                if self.label.is_empty() {
+                    String::new()
+                } else {
+                    format!("  [{}]", self.label)
+                }
+            ),
+        );
+        row(
+            "connect + join all",
+            format!(
+                "{:.2} s ({} ok, {} failed; server {} per client)",
+                self.connect_s,
+                self.connected,
+                self.connect_failures,
+                opt(self.server_cpu_per_connect_us, " µs CPU")
+            ),
+        );
+        row(
+            "deliveries",
+            format!(
+                "{:.0}/s ({} in the window; {} messages sent)",
+                self.deliveries_per_s, self.deliveries, self.messages_sent
+            ),
+        );
+        row("latency", self.latency_us.line());
+        if let (Some(first), Some(spread)) = (&self.first_delivery_us, &self.fanout_spread_us) {
+            row("  to first recipient", first.line());
+            row("  first to last recipient", spread.line());
+        }
+        row(
+            "lost / duplicated",
+            format!(
+                "{} / {} of {} expected (out of order {}, refused {}, too slow {}, closed early {})",
+                self.lost,
+                self.duplicated,
+                self.expected,
+                self.out_of_order,
+                self.refused,
+                self.too_slow,
+                self.closed_early
+            ),
+        );
+        row(
+            "server CPU per delivery",
+            format!(
+                "{} (server {} = user {} + sys {})",
+                opt(self.server_ns_per_delivery, " ns"),
+                opt(self.server_cpu_pct, "%"),
+                opt(self.server_user_pct, "%"),
+                opt(self.server_sys_pct, "%")
+            ),
+        );
+        row(
+            "server RSS",
+            format!(
+                "idle {}, connected {}, peak {}",
+                mib(self.server_rss_idle_kib),
+                mib(self.server_rss_connected_kib),
+                mib(self.server_rss_peak_kib)
+            ),
+        );
+        row(
+            "tool CPU",
+            format!(
+                "{} ({} per delivery); machine idle {}, other processes {}",
+                opt(self.tool_cpu_pct, "%"),
+                opt(self.tool_ns_per_delivery, " ns"),
+                opt(self.machine_idle_pct, "%"),
+                opt(self.other_cpu_pct, "%")
+            ),
+        );
+        if let Some(drops) = self.udp_buffer_drops.filter(|d| *d > 0) {
+            row(
+                "UDP buffer drops",
+                format!("{drops} datagrams (retransmitted by QUIC)"),
+            );
+        }
+        if !self.early_errors.is_empty() {
+            row("ended early", self.early_errors.join("; "));
+        }
+        row(
+            "tool scheduling delay",
+            format!(
+                "{}; {:.1} frames per read; publishers held back {:.1}% of the time",
+                self.tool_sched_delay_us.line(),
+                self.frames_per_read,
+                self.lag_stall_pct
+            ),
+        );
+        row("verdict", self.verdict.clone());
+        t
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct IdleReport {
+    scenario: &'static str,
+    label: String,
+    transport: &'static str,
+    connections: usize,
+    joined: bool,
+    room_size: usize,
+    connect_failures: usize,
+    connect_s: f64,
+    server_cpu_per_connect_us: Option<f64>,
+    server_rss_before_kib: Option<u64>,
+    server_rss_after_kib: Option<u64>,
+    server_rss_peak_kib: Option<u64>,
+    /// (RSS after − RSS before) / connections.
+    bytes_per_connection: Option<f64>,
+    /// The tool's own RSS per connection, for comparison.
+    tool_bytes_per_connection: Option<f64>,
+    closed_early: usize,
+    /// CPU use while the connections sit idle (100 = one core): the server's, the tool's.
+    server_idle_cpu_pct: Option<f64>,
+    tool_idle_cpu_pct: Option<f64>,
+    budget: serde_json::Map<String, serde_json::Value>,
+}
+
+async fn idle(args: IdleArgs) -> Result<IdleReport, String> {
+    let common = &args.common;
+    let n = common.subscribers;
+    let pid = common.server_pid;
+    if let Some(warning) = check_limits(n) {
+        return Err(warning);
+    }
+    let target = fetch_config(common.http).await?;
+    let plan = Plan {
+        room: common
+            .room
+            .clone()
+            .unwrap_or_else(|| format!("idle-{}", std::process::id())),
+        room_size: args.room_size,
+        join: !args.no_join,
+        publishers: 0,
+        window: 1,
+        rate: 0.0,
+        pad: 0,
+        max_lag: 0,
+        // Idle connections only ever hold a `joined` frame and presence: small buffers.
+        read_buffer: common.read_buffer.unwrap_or(4096),
+        udp_buffer: common.udp_buffer,
+        track_per_publisher: 0,
+    };
+    let run = Run::new(plan, target, n, common.connect_concurrency);
+    let tool_before = procfs::memory(std::process::id());
+    let before = pid.and_then(procfs::memory);
+    let cpu_before = pid.and_then(|p| procfs::cpu_time(Some(p)));
+    let (handles, connect_time) = connect_all(&run, common, n).await;
+    let cpu_after = pid.and_then(|p| procfs::cpu_time(Some(p)));
+    let connected = run.ready.load(Relaxed);
+    settle(&run, Duration::from_secs(30)).await;
+    // CPU while nothing happens: timers, keep-alives, the transports' own housekeeping.
+    let quiet_from = (
+        Instant::now(),
+        pid.and_then(|p| procfs::cpu_time(Some(p))),
+        procfs::cpu_time(None),
+    );
+    tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+    let quiet_pct = |before: Option<procfs::CpuTime>, now: Option<procfs::CpuTime>| {
+        let secs = quiet_from.0.elapsed().as_secs_f64();
+        before
+            .zip(now)
+            .map(|(a, b)| (b.since(&a).total().as_secs_f64() / secs * 1000.0).round() / 10.0)
+    };
+    let server_idle_cpu_pct = quiet_pct(quiet_from.1, pid.and_then(|p| procfs::cpu_time(Some(p))));
+    let tool_idle_cpu_pct = quiet_pct(quiet_from.2, procfs::cpu_time(None));
+    let after = pid.and_then(procfs::memory);
+    let tool_after = procfs::memory(std::process::id());
+    run.set_phase(client::PHASE_FINISH);
+    let results = collect(handles).await;
+    let closed_early = results
+        .iter()
+        .filter(|r| r.error.is_some() && r.tally.is_some())
+        .count();
+    let per_conn = |a: Option<procfs::Memory>, b: Option<procfs::Memory>| {
+        a.zip(b).map(|(a, b)| {
+            ((b.rss_kib as f64 - a.rss_kib as f64) * 1024.0 / connected.max(1) as f64).round()
+        })
+    };
+    Ok(IdleReport {
+        scenario: "idle",
+        label: common.label.clone(),
+        transport: match common.transport {
+            TransportArg::Ws => "ws",
+            TransportArg::Wt => "wt",
+            TransportArg::Mix => "mix",
+        },
+        connections: connected,
+        joined: !args.no_join,
+        room_size: args.room_size,
+        connect_failures: run.failed.load(Relaxed),
+        connect_s: (connect_time.as_secs_f64() * 1000.0).round() / 1000.0,
+        server_cpu_per_connect_us: cpu_before.zip(cpu_after).map(|(a, b)| {
+            (b.since(&a).total().as_nanos() as f64 / 1e3 / connected.max(1) as f64).round()
+        }),
+        server_rss_before_kib: before.map(|m| m.rss_kib),
+        server_rss_after_kib: after.map(|m| m.rss_kib),
+        server_rss_peak_kib: after.map(|m| m.hwm_kib),
+        bytes_per_connection: per_conn(before, after),
+        tool_bytes_per_connection: per_conn(tool_before, tool_after),
+        closed_early,
+        server_idle_cpu_pct,
+        tool_idle_cpu_pct,
+        budget: budgets(common),
+    })
+}
+
+impl IdleReport {
+    fn table(&self) -> String {
+        let mut t = String::new();
+        let mut row = |k: &str, v: String| t.push_str(&format!("  {k:<28} {v}\n"));
+        row(
+            "idle connections",
+            format!(
+                "{} over {} ({}){}",
+                self.connections,
+                self.transport,
+                if self.joined {
+                    format!("each joined to a room of {}", self.room_size)
+                } else {
+                    "connected, not joined".to_string()
+                },
+                if self.label.is_empty() {
+                    String::new()
+                } else {
+                    format!("  [{}]", self.label)
+                }
+            ),
+        );
+        row(
+            "connect + join all",
+            format!(
+                "{:.2} s ({} failed; server {} per client)",
+                self.connect_s,
+                self.connect_failures,
+                opt(self.server_cpu_per_connect_us, " µs CPU")
+            ),
+        );
+        row(
+            "server RSS",
+            format!(
+                "before {}, after {}, peak {}",
+                mib(self.server_rss_before_kib),
+                mib(self.server_rss_after_kib),
+                mib(self.server_rss_peak_kib)
+            ),
+        );
+        row(
+            "server memory per connection",
+            format!(
+                "{} (the tool: {})",
+                self.bytes_per_connection.map_or("-".into(), |b| format!(
+                    "{:.0} B = {:.1} KiB",
+                    b,
+                    b / 1024.0
+                )),
+                self.tool_bytes_per_connection
+                    .map_or("-".into(), |b| format!("{:.1} KiB", b / 1024.0))
+            ),
+        );
+        row(
+            "CPU while idle",
+            format!(
+                "server {}, tool {}",
+                opt(self.server_idle_cpu_pct, "%"),
+                opt(self.tool_idle_cpu_pct, "%")
+            ),
+        );
+        if self.closed_early > 0 {
+            row("closed early", self.closed_early.to_string());
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_and_hex_digests_decode() {
+        assert_eq!(
+            dechunk(b"4\r\nwtch\r\n2;x=1\r\nat\r\n0\r\n\r\n").as_deref(),
+            Some(&b"wtchat"[..])
+        );
+        assert_eq!(dechunk(b"9\r\nshort\r\n"), None);
+        let hex = "00ff".repeat(16);
+        let digest = parse_hex32(&hex).unwrap();
+        assert_eq!((digest[0], digest[1], digest[31]), (0, 255, 255));
+        assert_eq!(parse_hex32("abc"), None);
+    }
+
+    #[test]
+    fn mix_spreads_the_websocket_share_evenly() {
+        let common = Cli::parse_from([
+            "wtchat-bench",
+            "idle",
+            "--transport",
+            "mix",
+            "--ws-fraction",
+            "0.25",
+        ]);
+        let Command::Idle(args) = common.command else {
+            unreachable!()
+        };
+        let kinds: Vec<Transport> = (0..8).map(|i| transport_of(&args.common, i)).collect();
+        let ws = kinds.iter().filter(|t| **t == Transport::Ws).count();
+        assert_eq!(ws, 2);
+        assert!(kinds[..4].contains(&Transport::Ws) && kinds[4..].contains(&Transport::Ws));
+    }
+}
