@@ -74,7 +74,6 @@ pub(crate) struct Shared {
     pub webtransport_port: u16,
     pub public_webtransport_url: Option<String>,
     pub ws_read_buffer: usize,
-    pub ws_write_buffer: usize,
     /// The key the host's backend presents to the HTTP API; None disables the API.
     pub api_key: Option<String>,
     /// SHA-256 digests of the development certificate in use (none with a CA-issued one).
@@ -190,7 +189,6 @@ impl Chat {
             webtransport_port,
             public_webtransport_url: config.public_webtransport_url.clone(),
             ws_read_buffer: config.ws_read_buffer,
-            ws_write_buffer: config.ws_write_buffer,
             api_key: config.api_key.clone(),
             digests: RwLock::new(dev_cert.iter().map(|c| c.digest).collect()),
         });

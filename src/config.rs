@@ -92,9 +92,6 @@ pub struct Config {
     /// tungstenite's read buffer per WebSocket. Chat frames are small; a small buffer is
     /// what keeps an idle WebSocket under a few KiB of memory.
     pub ws_read_buffer: usize,
-    /// tungstenite's write buffer target per WebSocket: frames of one batch are gathered
-    /// up to this size before a write call.
-    pub ws_write_buffer: usize,
 }
 
 impl Default for Config {
@@ -119,7 +116,6 @@ impl Default for Config {
             on_message: None,
             api_key: None,
             ws_read_buffer: 1024,
-            ws_write_buffer: 16 * 1024,
         }
     }
 }

@@ -182,6 +182,10 @@ async fn run(
             },
         }
     };
+    if end.is_none() {
+        // The client closed (or vanished): answer its close, briefly.
+        let _ = tokio::time::timeout(LINGER, writer.close(CloseCode::Normal)).await;
+    }
     session.leave_all();
     tracing::debug!(close = ?end, "session ends");
     if let Some(code) = end {

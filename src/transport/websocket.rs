@@ -1,23 +1,35 @@
 //! The WebSocket fallback: one text message is one frame.
 //!
-//! axum performs the upgrade (so a host application mounts it like any route); this file
-//! turns the upgraded socket into a session. Oversized messages and invalid UTF-8 break
-//! WebSocket framing itself, so they close the connection ([`CloseCode::FrameTooLarge`],
-//! [`CloseCode::ProtocolError`]); everything else is answered by the session.
+//! The upgrade is an ordinary axum handler (so a host application mounts it like any
+//! route). Reading uses tungstenite. Writing does not: every server frame is already encoded
+//! (and known to be UTF-8) once for all its recipients, so this file only puts a header in
+//! front of each and writes a whole batch in one call — no per-recipient UTF-8 check, and no
+//! write buffer left allocated on an idle connection.
+//!
+//! Oversized messages and invalid UTF-8 break WebSocket framing itself, so they close the
+//! connection ([`CloseCode::FrameTooLarge`], [`CloseCode::ProtocolError`]); everything else
+//! is answered by the session.
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::Extension;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use base64::Engine;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
+use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::{Error as WsError, Message};
 
 use crate::auth::ConnectRequest;
 use crate::chat::Shared;
@@ -25,14 +37,24 @@ use crate::hub::Outbound;
 use crate::protocol::CloseCode;
 use crate::session::{self, FrameReader, FrameWriter, Inbound};
 
-/// The WebSocket fallback: checks the origin and the connection limit before upgrading.
+type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+
+/// The WebSocket fallback: checks the handshake, the origin and the connection limit, then
+/// answers 101 and runs the session on the upgraded connection.
 pub(crate) async fn upgrade(
     State(shared): State<Arc<Shared>>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    ws: WebSocketUpgrade,
+    mut request: Request,
 ) -> Response {
+    let headers = request.headers();
+    let Some(accept) = handshake_accept(request.method(), headers) else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::SEC_WEBSOCKET_VERSION, "13")],
+            "a WebSocket upgrade (version 13) is expected here",
+        )
+            .into_response();
+    };
     // A header that is not visible ASCII can match no allowed origin.
     let origin = headers
         .get(header::ORIGIN)
@@ -51,34 +73,73 @@ pub(crate) async fn upgrade(
     // What the host's authentication sees, copied out of the request: the request's own
     // headers share hyper's whole read buffer (16 KiB), which must not live as long as the
     // connection. Nothing is kept when the host does not authenticate.
-    let request = shared.session.auth.is_some().then(|| ConnectRequest {
+    let connect = shared.session.auth.is_some().then(|| ConnectRequest {
         transport: "websocket",
-        path: uri.path().to_string(),
-        query: uri.query().unwrap_or_default().to_string(),
-        origin: origin.clone(),
-        headers: detached(&headers),
+        path: request.uri().path().to_string(),
+        query: request.uri().query().unwrap_or_default().to_string(),
+        origin,
+        headers: detached(headers),
     });
-    drop((uri, headers));
-    let max_frame = shared.session.limits.max_frame_bytes;
+    let upgrading = hyper::upgrade::on(&mut request);
+    drop(request);
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(shared.ws_read_buffer)
+        .max_message_size(Some(shared.session.limits.max_frame_bytes))
+        .max_frame_size(Some(shared.session.limits.max_frame_bytes));
+    let id = shared.session.hub.next_id();
+    let span = tracing::info_span!("session", id, transport = "websocket", peer = ?peer);
     let tracker = shared.tracker.clone();
-    ws.read_buffer_size(shared.ws_read_buffer)
-        .write_buffer_size(shared.ws_write_buffer)
-        .max_message_size(max_frame)
-        .max_frame_size(max_frame)
-        .on_upgrade(move |socket| {
-            let id = shared.session.hub.next_id();
-            let span = tracing::info_span!("session", id, transport = "websocket", peer = ?peer);
-            tracker.track_future(
-                async move {
-                    let _permit = permit;
-                    let (sink, stream) = socket.split();
-                    let (reader, writer) = (WsReader { stream }, WsWriter { sink });
-                    session::start(&shared.session, id, request, reader, writer).await;
-                }
-                .instrument(span),
-            )
+    tracker.spawn(
+        async move {
+            let _permit = permit;
+            let upgraded = match upgrading.await {
+                Ok(upgraded) => TokioIo::new(upgraded),
+                Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
+            };
+            let (read, write) = tokio::io::split(upgraded);
+            let stream =
+                WebSocketStream::from_raw_socket(ReadOnly(read), Role::Server, Some(config)).await;
+            let reader = WsReader { stream };
+            let writer = WsWriter {
+                io: write,
+                pending: Bytes::new(),
+            };
+            session::start(&shared.session, id, connect, reader, writer).await;
+        }
+        .instrument(span),
+    );
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    response
+}
+
+/// Checks that `headers` ask for a WebSocket (RFC 6455, section 4.2.1) and returns the
+/// `Sec-WebSocket-Accept` answer.
+fn handshake_accept(method: &Method, headers: &HeaderMap) -> Option<HeaderValue> {
+    let has_token = |name: HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
+    };
+    if method != Method::GET
+        || !has_token(header::CONNECTION, "upgrade")
+        || !has_token(header::UPGRADE, "websocket")
+        || headers.get(header::SEC_WEBSOCKET_VERSION)? != "13"
+    {
+        return None;
+    }
+    let key = headers.get(header::SEC_WEBSOCKET_KEY)?;
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    digest.update(key.as_bytes());
+    digest.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let accept = base64::engine::general_purpose::STANDARD.encode(digest.finish());
+    HeaderValue::from_str(&accept).ok()
 }
 
 /// A copy of `headers` that shares no memory with the request it came from.
@@ -87,19 +148,48 @@ fn detached(headers: &HeaderMap) -> HeaderMap {
         .iter()
         .filter_map(|(name, value)| {
             Some((
-                axum::http::HeaderName::from_bytes(name.as_str().as_bytes()).ok()?,
-                axum::http::HeaderValue::from_bytes(value.as_bytes()).ok()?,
+                HeaderName::from_bytes(name.as_str().as_bytes()).ok()?,
+                HeaderValue::from_bytes(value.as_bytes()).ok()?,
             ))
         })
         .collect()
 }
 
-struct WsReader {
-    stream: SplitStream<WebSocket>,
+/// The read half, as tungstenite wants a whole stream: what tungstenite would write on its
+/// own (pong and close replies) is dropped — the session writes its own close, and browsers
+/// never ping.
+struct ReadOnly(ReadHalf<Upgraded>);
+
+impl AsyncRead for ReadOnly {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
 }
 
-struct WsWriter {
-    sink: SplitSink<WebSocket, Message>,
+impl AsyncWrite for ReadOnly {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+struct WsReader {
+    stream: WebSocketStream<ReadOnly>,
 }
 
 impl FrameReader for WsReader {
@@ -108,49 +198,122 @@ impl FrameReader for WsReader {
             return match self.stream.next().await {
                 Some(Ok(Message::Text(text))) => Inbound::Frame(Bytes::from(text)),
                 Some(Ok(Message::Binary(_))) => Inbound::Binary,
-                // tungstenite answers pings itself.
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Ok(Message::Close(_))) | None => Inbound::Closed,
-                Some(Err(e)) => classify(e),
+                Some(Err(WsError::Capacity(_))) => Inbound::Fatal(CloseCode::FrameTooLarge),
+                Some(Err(WsError::Utf8(_) | WsError::Protocol(_))) => {
+                    Inbound::Fatal(CloseCode::ProtocolError)
+                }
+                Some(Err(_)) => Inbound::Closed,
             };
         }
     }
 }
 
-/// Maps a read error to what the session should do about it.
-fn classify(error: axum::Error) -> Inbound {
-    match error
-        .into_inner()
-        .downcast::<tungstenite::Error>()
-        .map(|e| *e)
-    {
-        Ok(tungstenite::Error::Capacity(_)) => Inbound::Fatal(CloseCode::FrameTooLarge),
-        Ok(tungstenite::Error::Utf8(_) | tungstenite::Error::Protocol(_)) => {
-            Inbound::Fatal(CloseCode::ProtocolError)
+struct WsWriter {
+    io: WriteHalf<Upgraded>,
+    /// Encoded frames not yet written, and how much of them was. Kept here, not in the
+    /// future, so that a cancelled write resumes exactly where it stopped.
+    pending: Bytes,
+}
+
+/// The header of an unmasked server frame with FIN set: opcode, then the payload length in
+/// 7, 7+16 or 7+64 bits.
+fn put_header(out: &mut BytesMut, opcode: u8, len: usize) {
+    out.put_u8(0x80 | opcode);
+    if len < 126 {
+        out.put_u8(len as u8);
+    } else if len <= u16::MAX as usize {
+        out.put_u8(126);
+        out.put_u16(len as u16);
+    } else {
+        out.put_u8(127);
+        out.put_u64(len as u64);
+    }
+}
+
+impl WsWriter {
+    /// Appends frames to what is pending, then writes it all.
+    async fn write(&mut self, frames: impl FnOnce(&mut BytesMut)) -> io::Result<()> {
+        // One buffer per batch, freed once written: one copy of each small frame into it
+        // is cheaper than handing the kernel two tiny slices per frame, and an idle
+        // connection keeps no buffer at all.
+        let mut buf = BytesMut::with_capacity(self.pending.len() + 4096);
+        buf.put_slice(&self.pending);
+        frames(&mut buf);
+        self.pending = buf.freeze();
+        while !self.pending.is_empty() {
+            let n = self.io.write(&self.pending).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.pending.advance(n);
         }
-        _ => Inbound::Closed,
+        self.pending = Bytes::new();
+        Ok(())
     }
 }
 
 impl FrameWriter for WsWriter {
     async fn send(&mut self, batch: &[Outbound]) -> io::Result<()> {
-        for out in batch {
-            // The frame without its `\n`: a slice of the shared bytes, no copy.
-            let text = Utf8Bytes::try_from(out.frame.slice(..out.frame.len() - 1))
-                .map_err(io::Error::other)?;
-            self.sink
-                .feed(Message::Text(text))
-                .await
-                .map_err(io::Error::other)?;
-        }
-        self.sink.flush().await.map_err(io::Error::other)
+        self.write(|buf| {
+            for out in batch {
+                // The frame without its `\n`.
+                let payload = &out.frame[..out.frame.len() - 1];
+                put_header(buf, 0x1, payload.len());
+                buf.put_slice(payload);
+            }
+        })
+        .await
     }
 
     async fn close(&mut self, code: CloseCode) {
-        let frame = CloseFrame {
-            code: code.code(),
-            reason: Utf8Bytes::from_static(code.reason()),
+        let reason = code.reason().as_bytes();
+        let closed = self.write(|buf| {
+            put_header(buf, 0x8, 2 + reason.len());
+            buf.put_u16(code.code());
+            buf.put_slice(reason);
+        });
+        if closed.await.is_ok() {
+            let _ = self.io.shutdown().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_encode_the_three_length_forms() {
+        let header = |len| {
+            let mut out = BytesMut::new();
+            put_header(&mut out, 0x1, len);
+            out.to_vec()
         };
-        let _ = self.sink.send(Message::Close(Some(frame))).await;
+        assert_eq!(header(5), [0x81, 5]);
+        assert_eq!(header(125), [0x81, 125]);
+        assert_eq!(header(126), [0x81, 126, 0, 126]);
+        assert_eq!(header(65535), [0x81, 126, 0xff, 0xff]);
+        assert_eq!(header(65536), [0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+    }
+
+    #[test]
+    fn the_accept_key_is_the_rfc_example() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        headers.insert(header::UPGRADE, "websocket".parse().unwrap());
+        headers.insert(header::SEC_WEBSOCKET_VERSION, "13".parse().unwrap());
+        headers.insert(
+            header::SEC_WEBSOCKET_KEY,
+            "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap(),
+        );
+        assert_eq!(
+            handshake_accept(&Method::GET, &headers).unwrap(),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        assert!(handshake_accept(&Method::POST, &headers).is_none());
+        headers.insert(header::SEC_WEBSOCKET_VERSION, "8".parse().unwrap());
+        assert!(handshake_accept(&Method::GET, &headers).is_none());
     }
 }
