@@ -4,8 +4,9 @@
 //! Every connection owns an [`Outbox`]/[`Inbox`] pair: a bounded queue of encoded frames.
 //! A room message is encoded once, under the room's lock (so that its sequence number and
 //! its place in every member's queue agree), and the same [`Bytes`] is pushed into each
-//! member's queue: a reference-count increment and a lock-free `try_send`, no allocation,
-//! no per-recipient serialization. A member whose queue is full is too slow: it is removed
+//! member's queue: a reference-count increment and a push under that connection's own
+//! short lock — no per-recipient serialization, and no allocation once the queue has grown
+//! to its working size. A member whose queue is full is too slow: it is removed
 //! from the room, told to close with [`CloseCode::TooSlow`], and can resume later; the room
 //! never waits for it.
 
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::protocol::{self, CloseCode, ErrorCode, MemberRef, PresenceEvent, ServerFrame};
 
@@ -59,94 +60,157 @@ pub struct Outbound {
     pub ephemeral: bool,
 }
 
-/// Tells a connection's session to close, from anywhere (a room that found it too slow,
-/// the host kicking it). Set once; the first reason wins.
-#[derive(Debug, Default)]
-struct Control {
+/// One connection's queue of outbound frames, shared by its [`Outbox`] handles (the rooms
+/// it is in) and its session.
+#[derive(Debug)]
+struct Queue {
+    /// Held for a push or a drain, never across an `.await`. Per connection, so rooms
+    /// delivering to different connections never meet here.
+    frames: Mutex<Frames>,
+    capacity: usize,
+    /// Wakes the session when the queue stops being empty (not on every push: a session
+    /// that has not drained yet will see the new frames anyway).
+    ready: Notify,
+    /// Why the session should close, from anywhere (a room that found it too slow, the host
+    /// kicking it). Set once; the first reason wins.
     close: OnceLock<CloseCode>,
-    notify: Notify,
+    closing: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Frames {
+    queued: VecDeque<Outbound>,
+    /// The session is gone: pushes fail.
+    gone: bool,
 }
 
 /// The sending side of a connection's queue, held by the rooms it is in.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Outbound>,
-    ctl: Arc<Control>,
+    queue: Arc<Queue>,
 }
 
 /// The receiving side of a connection's queue, held by its session.
 #[derive(Debug)]
 pub struct Inbox {
-    rx: mpsc::Receiver<Outbound>,
+    queue: Arc<Queue>,
 }
 
 /// Resolves when someone asked the connection to close. Apart from [`Inbox`] so that a
 /// session can wait for frames and for this at once.
 #[derive(Debug)]
 pub struct Closing {
-    ctl: Arc<Control>,
+    queue: Arc<Queue>,
 }
 
-/// A connection's bounded queue of outbound frames.
+/// A connection's bounded queue of outbound frames. It allocates nothing until the first
+/// frame, and gives its memory back once drained after a burst.
 pub fn queue(capacity: usize) -> (Outbox, Inbox, Closing) {
-    let (tx, rx) = mpsc::channel(capacity);
-    let ctl = Arc::new(Control::default());
+    let queue = Arc::new(Queue {
+        frames: Mutex::new(Frames::default()),
+        capacity,
+        ready: Notify::new(),
+        close: OnceLock::new(),
+        closing: Notify::new(),
+    });
     (
         Outbox {
-            tx,
-            ctl: ctl.clone(),
+            queue: queue.clone(),
         },
-        Inbox { rx },
-        Closing { ctl },
+        Inbox {
+            queue: queue.clone(),
+        },
+        Closing { queue },
     )
 }
 
+/// Why a frame was not queued.
+enum Refused {
+    Full,
+    Gone,
+}
+
 impl Outbox {
+    fn enqueue(&self, frame: Bytes, ephemeral: bool) -> Result<(), Refused> {
+        let mut frames = self.queue.frames.lock().unwrap();
+        if frames.gone {
+            return Err(Refused::Gone);
+        }
+        if frames.queued.len() >= self.queue.capacity {
+            return Err(Refused::Full);
+        }
+        frames.queued.push_back(Outbound { frame, ephemeral });
+        let was_empty = frames.queued.len() == 1;
+        drop(frames);
+        if was_empty {
+            // notify_one keeps a permit if the session is not waiting right now.
+            self.queue.ready.notify_one();
+        }
+        Ok(())
+    }
+
     /// Queues a frame that must arrive. Returns false when the connection cannot take it:
     /// its queue is full (it is then told to close as too slow) or it is gone.
     pub fn push(&self, frame: Bytes) -> bool {
-        match self.tx.try_send(Outbound {
-            frame,
-            ephemeral: false,
-        }) {
+        match self.enqueue(frame, false) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full) => {
                 self.close(CloseCode::TooSlow);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(Refused::Gone) => false,
         }
     }
 
     /// Queues a frame that may be lost; a full queue drops it.
     pub fn push_ephemeral(&self, frame: Bytes) {
-        let _ = self.tx.try_send(Outbound {
-            frame,
-            ephemeral: true,
-        });
+        let _ = self.enqueue(frame, true);
     }
 
     /// Asks the connection's session to close with `code`.
     pub fn close(&self, code: CloseCode) {
-        if self.ctl.close.set(code).is_ok() {
-            // notify_one stores a permit if the session is not waiting right now.
-            self.ctl.notify.notify_one();
+        if self.queue.close.set(code).is_ok() {
+            self.queue.closing.notify_one();
         }
     }
 }
 
+/// A queue's buffer is given back when a drain leaves it empty and larger than this.
+const KEEP_CAPACITY: usize = 32;
+
 impl Inbox {
     /// Waits for queued frames and moves up to `limit` of them into `batch`.
-    /// Returns 0 only when every [`Outbox`] is gone.
     pub async fn recv_many(&mut self, batch: &mut Vec<Outbound>, limit: usize) -> usize {
-        self.rx.recv_many(batch, limit).await
+        loop {
+            let moved = self.take(batch, limit);
+            if moved > 0 {
+                return moved;
+            }
+            self.queue.ready.notified().await;
+        }
     }
 
     /// Takes frames already queued without waiting (for the final drain).
     pub fn drain_now(&mut self, batch: &mut Vec<Outbound>) {
-        while let Ok(frame) = self.rx.try_recv() {
-            batch.push(frame);
+        self.take(batch, usize::MAX);
+    }
+
+    fn take(&mut self, batch: &mut Vec<Outbound>, limit: usize) -> usize {
+        let mut frames = self.queue.frames.lock().unwrap();
+        let n = frames.queued.len().min(limit);
+        batch.extend(frames.queued.drain(..n));
+        if frames.queued.is_empty() && frames.queued.capacity() > KEEP_CAPACITY {
+            frames.queued = VecDeque::new();
         }
+        n
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let mut frames = self.queue.frames.lock().unwrap();
+        frames.gone = true;
+        frames.queued = VecDeque::new();
     }
 }
 
@@ -154,10 +218,10 @@ impl Closing {
     /// Resolves when someone asked this connection to close, with the reason.
     pub async fn wait(&self) -> CloseCode {
         loop {
-            if let Some(code) = self.ctl.close.get() {
+            if let Some(code) = self.queue.close.get() {
                 return *code;
             }
-            self.ctl.notify.notified().await;
+            self.queue.closing.notified().await;
         }
     }
 }
