@@ -83,7 +83,7 @@ async fn accept(incoming: IncomingSession, shared: Arc<Shared>) {
         tracing::info!(%peer, origin = request.origin(), "refused: origin not allowed");
         return request.forbidden().await;
     }
-    let Some(_permit) = shared.session.hub.try_connect() else {
+    let Some(permit) = shared.session.hub.try_connect() else {
         tracing::warn!(%peer, "refused: connection limit reached");
         return request.too_many_requests().await;
     };
@@ -116,9 +116,16 @@ async fn accept(incoming: IncomingSession, shared: Arc<Shared>) {
         pending: Vec::new(),
     };
     let request = shared.session.auth.is_some().then_some(connect);
-    session::start(&shared.session, id, request, reader, writer)
-        .instrument(span)
-        .await;
+    // A task of its own: this one's size is that of its largest state, the handshake, and
+    // a session would carry that for its whole life.
+    let tracker = shared.tracker.clone();
+    tracker.spawn(
+        async move {
+            let _permit = permit;
+            session::start(&shared.session, id, request, reader, writer).await;
+        }
+        .instrument(span),
+    );
 }
 
 struct WtReader {
@@ -180,6 +187,9 @@ struct WtWriter {
 impl FrameWriter for WtWriter {
     async fn send(&mut self, batch: &[Outbound]) -> io::Result<()> {
         self.pending.retain(|chunk| !chunk.is_empty());
+        // The batch as one chunk: one copy of each small frame costs less than quinn
+        // tracking, framing and acknowledging every frame as a chunk of its own.
+        let mut chunk = BytesMut::with_capacity(batch.iter().map(|o| o.frame.len()).sum());
         for out in batch {
             // Ephemeral frames go as datagrams (without the `\n`); one too large for a
             // datagram takes the stream instead.
@@ -191,9 +201,9 @@ impl FrameWriter for WtWriter {
             {
                 continue;
             }
-            self.pending.push(out.frame.clone());
+            chunk.extend_from_slice(&out.frame);
         }
-        // One call for the whole batch: quinn packs the frames into as few packets as fit.
+        self.pending.push(chunk.freeze());
         self.send
             .quic_stream_mut()
             .write_all_chunks(&mut self.pending)
