@@ -70,6 +70,38 @@ async fn open_chat<'b>(
     page
 }
 
+/// Bob's page without WebTransport (so on WebSocket), then Ann's on WebTransport, logging
+/// its status changes; both connected in `room`. Returns (Ann's, Bob's).
+async fn open_ann_and_bob<'b>(
+    browser: &'b Browser,
+    server: &TestServer,
+    room: &str,
+) -> (Page<'b>, Page<'b>) {
+    let bob = open_chat(
+        browser,
+        server,
+        "B",
+        (1024, 768),
+        Some(NO_WEBTRANSPORT),
+        room,
+        "bob",
+    )
+    .await;
+    wait_connected(&bob, "websocket").await;
+    let ann = open_chat(
+        browser,
+        server,
+        "A",
+        (1024, 768),
+        Some(STATUS_LOG),
+        room,
+        "ann",
+    )
+    .await;
+    wait_connected(&ann, "webtransport").await;
+    (ann, bob)
+}
+
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -272,28 +304,7 @@ async fn a_page_whose_connection_is_killed_reconnects_and_misses_nothing() {
         return;
     };
     let server = start().await;
-    let b = open_chat(
-        &browser,
-        &server,
-        "B",
-        (1024, 768),
-        Some(NO_WEBTRANSPORT),
-        "resume",
-        "bob",
-    )
-    .await;
-    wait_connected(&b, "websocket").await;
-    let a = open_chat(
-        &browser,
-        &server,
-        "A",
-        (1024, 768),
-        Some(STATUS_LOG),
-        "resume",
-        "ann",
-    )
-    .await;
-    wait_connected(&a, "webtransport").await;
+    let (a, b) = open_ann_and_bob(&browser, &server, "resume").await;
     wait_members(&a, &["ann", "bob"]).await;
 
     let mut want: Vec<(&str, String)> = Vec::new();
@@ -544,28 +555,7 @@ async fn pages_come_back_by_themselves_after_a_server_restart() {
     };
     let server = start().await;
     let (http, webtransport) = (server.http, server.webtransport);
-    let b = open_chat(
-        &browser,
-        &server,
-        "B",
-        (1024, 768),
-        Some(NO_WEBTRANSPORT),
-        "restart",
-        "bob",
-    )
-    .await;
-    wait_connected(&b, "websocket").await;
-    let a = open_chat(
-        &browser,
-        &server,
-        "A",
-        (1024, 768),
-        Some(STATUS_LOG),
-        "restart",
-        "ann",
-    )
-    .await;
-    wait_connected(&a, "webtransport").await;
+    let (a, b) = open_ann_and_bob(&browser, &server, "restart").await;
     say(&b, "before the restart").await;
     wait_message_count(&a, 1).await;
 

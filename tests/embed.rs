@@ -350,3 +350,18 @@ async fn without_an_api_key_there_is_no_api() {
     assert_eq!(status, 404);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn mounting_the_chat_installs_nothing_global() {
+    let server = start_example().await;
+    let mut ann = Client::ws_request(&server, "", &[("cookie", "user=ann")])
+        .await
+        .unwrap();
+    ann.join("lobby", "ann").await;
+    ann.say("lobby", "hello", "h").await;
+    // No process-wide TLS crypto provider and no tracing subscriber the host did not ask
+    // for: the host keeps those choices.
+    assert!(wtransport::tls::rustls::crypto::CryptoProvider::get_default().is_none());
+    assert!(!tracing::dispatcher::has_been_set());
+    server.stop().await;
+}

@@ -324,3 +324,31 @@ async fn a_ca_issued_certificate_is_served_as_given_with_no_digest() {
     assert_eq!(reply, b"{\"type\":\"pong\"}\n");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_is_bounded_even_when_a_client_stops_reading() {
+    let mut server = start_with(|c| {
+        c.shutdown_grace = Duration::from_secs(1);
+        c.close_grace = Duration::from_secs(30);
+        c.hub.outbound_queue = 100_000;
+    })
+    .await;
+    let mut stuck = Client::ws(&server).await;
+    stuck.join("stuck", "stuck").await;
+    let mut watcher = Client::wt(&server).await;
+    watcher.join("stuck", "watcher").await;
+    // Fill the stuck client's socket buffers (it never reads) and leave frames queued for
+    // it: 12 MB of messages from the host.
+    let text = "x".repeat(3900);
+    for _ in 0..3000 {
+        server.chat.publish("stuck", "host", &text).unwrap();
+    }
+    server.begin_shutdown();
+    // The watcher, who reads, gets everything and is told; the server does not wait for
+    // the one who does not read longer than shutdown_grace (stop() fails the test past its
+    // own deadline).
+    let bye = watcher.next_of("bye").await;
+    assert_eq!(bye["code"], 4000);
+    server.stop().await;
+    drop(stuck);
+}

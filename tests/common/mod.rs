@@ -384,18 +384,25 @@ impl Client {
 
     /// Sends raw bytes as one frame (a text message, or a line).
     pub async fn send_raw(&mut self, bytes: &[u8]) {
-        match self {
-            Client::Ws { socket, .. } => {
-                // tungstenite insists on valid UTF-8 for text; raw bytes go as-is anyway.
-                let text = unsafe { String::from_utf8_unchecked(bytes.to_vec()) };
-                socket.send(Message::text(text)).await.unwrap();
+        // A send that cannot complete (a peer that stopped reading) fails the test instead
+        // of hanging it.
+        let sent = async {
+            match self {
+                Client::Ws { socket, .. } => {
+                    let text = String::from_utf8(bytes.to_vec())
+                        .expect("WebSocket text is UTF-8 (send invalid bytes as a raw frame)");
+                    socket.send(Message::text(text)).await.unwrap();
+                }
+                Client::Wt { send, .. } => {
+                    let mut line = bytes.to_vec();
+                    line.push(b'\n');
+                    send.write_all(&line).await.unwrap();
+                }
             }
-            Client::Wt { send, .. } => {
-                let mut line = bytes.to_vec();
-                line.push(b'\n');
-                send.write_all(&line).await.unwrap();
-            }
-        }
+        };
+        tokio::time::timeout(DEADLINE, sent)
+            .await
+            .expect("the frame is sent before the deadline");
     }
 
     /// Sends a frame as a WebTransport datagram.
