@@ -281,5 +281,43 @@ async fn config_endpoint_tells_clients_how_to_connect() {
     assert_eq!(hashes[0]["algorithm"], "sha-256");
     assert_eq!(hashes[0]["value"], wtchat::certs::hex(&server.digests[0]));
     assert_eq!(config["limits"]["maxTextChars"], 4000);
+    // Behind a TLS-terminating proxy the WebSocket URL is wss://, on the name the page used.
+    let (_, body) = common::http_get(
+        server.http,
+        "/wtchat/config",
+        &[("x-forwarded-proto", "https"), ("host", "chat.example.com")],
+    )
+    .await;
+    let config: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["websocket"], "wss://chat.example.com/wtchat/ws");
+    assert_eq!(
+        config["webtransport"],
+        format!(
+            "https://chat.example.com:{}/wtchat",
+            server.webtransport.port()
+        )
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_above_the_limit_are_refused_on_both_transports() {
+    let server = common::start_with(|c| c.hub.max_connections = 2).await;
+    let mut first = Client::ws(&server).await;
+    let _second = Client::wt(&server).await;
+    assert_eq!(Client::ws_with_origin(&server, None).await.err(), Some(503));
+    assert!(Client::wt_with(&server, "/wtchat", None).await.is_err());
+    // The ones admitted are served as usual, and a freed place is taken again.
+    first.send(json!({"type":"ping"})).await;
+    assert_eq!(first.next().await["type"], "pong");
+    drop(first);
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    while Client::ws_with_origin(&server, None).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the freed place never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     server.stop().await;
 }

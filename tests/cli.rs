@@ -170,3 +170,23 @@ async fn serve_prints_its_addresses_serves_and_stops_on_sigterm() {
     };
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn token_mints_what_the_server_verifies() {
+    let out = wtchat(&[
+        "token", "--secret", "s3cret", "--user", "42", "--name", "Ann", "--room", "lobby",
+        "--room", "help", "--ttl", "600",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let now = wtchat::auth::unix_now();
+    let claims = wtchat::auth::verify(b"s3cret", token.trim(), now).unwrap();
+    assert_eq!((claims.sub.as_str(), claims.name.as_str()), ("42", "Ann"));
+    assert_eq!(claims.rooms, ["lobby", "help"]);
+    assert!(claims.exp > now + 590 && claims.exp <= now + 600);
+    assert!(wtchat::auth::verify(b"other", token.trim(), now).is_err());
+}
