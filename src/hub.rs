@@ -373,11 +373,6 @@ impl Hub {
             })
     }
 
-    /// Open connections.
-    pub fn connections(&self) -> usize {
-        self.inner.connections.load(Ordering::Relaxed)
-    }
-
     /// A room's epoch: milliseconds since 1970 at creation, made unique in this process so
     /// a recreated room never reuses its predecessor's.
     fn new_epoch(&self) -> u64 {
