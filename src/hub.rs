@@ -5,8 +5,9 @@
 //! A room message is encoded once, under the room's lock (so that its sequence number and
 //! its place in every member's queue agree), and the same [`Bytes`] is pushed into each
 //! member's queue: a reference-count increment and a push under that connection's own
-//! short lock — no per-recipient serialization, and no allocation once the queue has grown
-//! to its working size. A member whose queue is full is too slow: it is removed
+//! short lock — no per-recipient serialization and no per-delivery allocation (a queue grows
+//! by doubling, and gives its memory back once drained). A member whose queue is full is too
+//! slow: it is removed
 //! from the room, told to close with [`CloseCode::TooSlow`], and can resume later; the room
 //! never waits for it.
 

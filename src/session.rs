@@ -2,7 +2,7 @@
 //!
 //! A transport adapts its connection to two small traits — [`FrameReader`] (the next client
 //! frame) and [`FrameWriter`] (write a batch of server frames, close with a code) — and calls
-//! [`run`]. The session decodes frames, checks them against the limits, applies them to the
+//! [`start`]. The session decodes frames, checks them against the limits, applies them to the
 //! [hub](crate::hub), and writes whatever the hub queued for it in batches. Everything a
 //! client can get wrong is answered here, once, for both transports.
 
