@@ -7,9 +7,8 @@
 //! member's queue: a reference-count increment and a push under that connection's own
 //! short lock — no per-recipient serialization and no per-delivery allocation (a queue grows
 //! by doubling, and gives its memory back once drained). A member whose queue is full is too
-//! slow: it is removed
-//! from the room, told to close with [`CloseCode::TooSlow`], and can resume later; the room
-//! never waits for it.
+//! slow: it is removed from the room, told to close with [`CloseCode::TooSlow`], and can
+//! resume later; the room never waits for it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
