@@ -16,6 +16,19 @@ async fn start_example() -> TestServer {
     start_host(host::chat_config, host::app).await
 }
 
+/// Ann logged in over WebTransport and Bob over WebSocket, both joined to "lobby".
+async fn ann_and_bob_in_the_lobby(server: &TestServer) -> (Client, Client) {
+    let mut ann = Client::wt_request(server, "/wtchat", &[("cookie", "user=ann")])
+        .await
+        .unwrap();
+    let mut bob = Client::ws_request(server, "", &[("cookie", "user=bob")])
+        .await
+        .unwrap();
+    ann.join("lobby", "ann").await;
+    bob.join("lobby", "bob").await;
+    (ann, bob)
+}
+
 /// Expects the connection to be refused after connecting: `bye` 4401 with `message`.
 async fn assert_unauthorized(mut client: Client, message: &str) {
     let bye = client.next_of("bye").await;
@@ -87,14 +100,7 @@ async fn the_login_cookie_is_the_identity_on_both_transports() {
 #[tokio::test]
 async fn a_message_the_hosts_hook_rejects_reaches_nobody() {
     let server = start_example().await;
-    let mut ann = Client::wt_request(&server, "/wtchat", &[("cookie", "user=ann")])
-        .await
-        .unwrap();
-    let mut bob = Client::ws_request(&server, "", &[("cookie", "user=bob")])
-        .await
-        .unwrap();
-    ann.join("lobby", "ann").await;
-    bob.join("lobby", "bob").await;
+    let (mut ann, mut bob) = ann_and_bob_in_the_lobby(&server).await;
     ann.send(json!({"type":"send","room":"lobby","text":"buy SPAM now","id":"s1"}))
         .await;
     let error = ann.next_of("error").await;
@@ -114,14 +120,7 @@ async fn a_message_the_hosts_hook_rejects_reaches_nobody() {
 #[tokio::test]
 async fn the_rust_api_publishes_lists_and_kicks() {
     let server = start_example().await;
-    let mut ann = Client::wt_request(&server, "/wtchat", &[("cookie", "user=ann")])
-        .await
-        .unwrap();
-    let mut bob = Client::ws_request(&server, "", &[("cookie", "user=bob")])
-        .await
-        .unwrap();
-    ann.join("lobby", "ann").await;
-    bob.join("lobby", "bob").await;
+    let (mut ann, mut bob) = ann_and_bob_in_the_lobby(&server).await;
     let chat = &server.chat;
     let seq = chat
         .publish("lobby", "Shop bot", "Sale starts now")

@@ -55,25 +55,12 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
     };
     tweak(&mut config);
     let server = Server::bind(config).await.expect("server binds");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let http = server.http_addr();
-    let webtransport = server.webtransport_addr();
-    let digests = server.certificate_digests();
-    let hub = server.hub();
-    let chat = server.chat();
-    let task = tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
-    TestServer {
-        chat,
-        hub,
-        http,
-        webtransport,
-        digests,
-        cert_dir,
-        stop: Some(stop),
-        task: Some(task),
-    }
+    let (chat, http) = (server.chat(), server.http_addr());
+    TestServer::spawn(chat, http, cert_dir, |stopped| {
+        server.run(async {
+            let _ = stopped.await;
+        })
+    })
 }
 
 /// A host application on free ports: `config` gets the HTTP and WebTransport addresses and a
@@ -93,12 +80,7 @@ pub async fn start_host(
     );
     let chat = wtchat::Chat::new(config).await.expect("chat starts");
     let router = app(&chat);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let webtransport = chat.webtransport_addr();
-    let digests = chat.certificate_digests();
-    let hub = chat.hub();
-    let handle = chat.clone();
-    let task = tokio::spawn(async move {
+    TestServer::spawn(chat.clone(), http, cert_dir, move |stopped| async move {
         let token = tokio_util::sync::CancellationToken::new();
         let serving = token.clone();
         let http = tokio::spawn(async move {
@@ -112,20 +94,33 @@ pub async fn start_host(
         .await;
         token.cancel();
         http.await.unwrap()
-    });
-    TestServer {
-        chat: handle,
-        hub,
-        http,
-        webtransport,
-        digests,
-        cert_dir,
-        stop: Some(stop),
-        task: Some(task),
-    }
+    })
 }
 
 impl TestServer {
+    /// Runs `serve` (a server around `chat`) in a task until the receiver it gets fires.
+    fn spawn<F>(
+        chat: wtchat::Chat,
+        http: SocketAddr,
+        cert_dir: tempfile::TempDir,
+        serve: impl FnOnce(oneshot::Receiver<()>) -> F,
+    ) -> TestServer
+    where
+        F: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel();
+        TestServer {
+            hub: chat.hub(),
+            webtransport: chat.webtransport_addr(),
+            digests: chat.certificate_digests(),
+            chat,
+            http,
+            cert_dir,
+            stop: Some(stop),
+            task: Some(tokio::spawn(serve(stopped))),
+        }
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/wtchat/ws", self.http)
     }
