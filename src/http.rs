@@ -9,6 +9,7 @@ use axum::extract::Query;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::{HeaderMap, header};
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -44,10 +45,17 @@ pub(crate) fn router(shared: Arc<Shared>, demo_page: bool) -> Router {
             }),
         );
     let router = if shared.api_key.is_some() {
-        router
+        // The key is checked before anything else, the body included. A router of its
+        // own: route_layer guards every route already on a router.
+        let api = Router::new()
             .route(&format!("{PATH}/api/publish"), post(api_publish))
             .route(&format!("{PATH}/api/members"), get(api_members))
             .route(&format!("{PATH}/api/kick"), post(api_kick))
+            .route_layer(middleware::from_fn_with_state(
+                shared.clone(),
+                require_api_key,
+            ));
+        router.merge(api)
     } else {
         router
     };
@@ -140,12 +148,21 @@ fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(json!({"error": code, "message": message}))).into_response()
 }
 
-fn unauthorized() -> Response {
-    api_error(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "send the API key as Authorization: Bearer KEY",
-    )
+/// Lets an API request through only with the API key; 401 otherwise.
+async fn require_api_key(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    if authorized(&shared, request.headers()) {
+        next.run(request).await
+    } else {
+        api_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send the API key as Authorization: Bearer KEY",
+        )
+    }
 }
 
 #[derive(Deserialize)]
@@ -158,12 +175,8 @@ struct PublishRequest {
 /// `POST /wtchat/api/publish {"room","from","text"}` → `{"seq"}`.
 async fn api_publish(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Json(body): Json<PublishRequest>,
 ) -> Response {
-    if !authorized(&shared, &headers) {
-        return unauthorized();
-    }
     match shared.publish(&body.room, &body.from, &body.text) {
         Ok(seq) => Json(json!({"room": body.room, "seq": seq})).into_response(),
         Err(code) => api_error(StatusCode::BAD_REQUEST, code.as_str(), "message refused"),
@@ -178,12 +191,8 @@ struct RoomQuery {
 /// `GET /wtchat/api/members?room=R` → `{"room","members":[{"id","name","user"}]}`.
 async fn api_members(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Query(query): Query<RoomQuery>,
 ) -> Response {
-    if !authorized(&shared, &headers) {
-        return unauthorized();
-    }
     let members: Vec<_> = shared
         .members(&query.room)
         .into_iter()
@@ -199,14 +208,7 @@ struct KickRequest {
 }
 
 /// `POST /wtchat/api/kick {"room","user"}` → `{"kicked": N}`.
-async fn api_kick(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Json(body): Json<KickRequest>,
-) -> Response {
-    if !authorized(&shared, &headers) {
-        return unauthorized();
-    }
+async fn api_kick(State(shared): State<Arc<Shared>>, Json(body): Json<KickRequest>) -> Response {
     let kicked = shared.kick(&body.room, &body.user);
     Json(json!({"room": body.room, "kicked": kicked})).into_response()
 }

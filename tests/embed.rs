@@ -275,6 +275,16 @@ async fn the_http_api_publishes_to_both_transports_and_refuses_a_wrong_key() {
     )
     .await;
     assert_eq!(status, 401, "{body}");
+    // Checked before the body is even read: a wrong key with a broken body is still 401.
+    let (status, _) = http_request(
+        server.http,
+        "POST",
+        "/wtchat/api/kick",
+        &[("authorization", "Bearer wrong")],
+        Some(&json!("not an object")),
+    )
+    .await;
+    assert_eq!(status, 401);
     // The right key: stored as message 1 (the refused ones took no number), on both.
     let (status, body) = publish("k3y").await;
     assert_eq!(status, 200, "{body}");
