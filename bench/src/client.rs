@@ -345,9 +345,8 @@ fn spawn_publisher<W: AsyncWrite + Unpin + Send + 'static>(
         let run = run.clone();
         let handle = tokio::spawn(async move {
             let mut wr = wr;
-            if let Err(e) = publish(&run, idx, &mut wr, framing).await {
-                tracing::debug!(idx, error = %e, "publisher stopped");
-            }
+            // A publisher stops when its connection fails; the reader reports that.
+            let _ = publish(&run, idx, &mut wr, framing).await;
             // Dropping the write half would close the connection while its last messages
             // are still being delivered to it: hold it until the reader, once done, aborts
             // this task.

@@ -21,9 +21,9 @@ use crate::config::PATH;
 use crate::transport::websocket;
 
 /// The browser client, built into the binary so that `wtchat` is one self-contained file.
-const CLIENT_JS: &str = include_str!("../client/wtchat.js");
+const CLIENT_JS: &str = include_str!("../../client/wtchat.js");
 /// The demo chat page.
-const DEMO_PAGE: &str = include_str!("../client/index.html");
+const DEMO_PAGE: &str = include_str!("../../client/index.html");
 
 /// The chat's routes, all under [`PATH`], plus the demo page at `/` when configured.
 pub(crate) fn router(shared: Arc<Shared>, demo_page: bool) -> Router {

@@ -41,17 +41,11 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-#[path = "wtchat-bench/account.rs"]
 mod account;
-#[path = "wtchat-bench/client.rs"]
 mod client;
-#[path = "wtchat-bench/procfs.rs"]
 mod procfs;
-#[path = "wtchat-bench/summary.rs"]
 mod summary;
-#[path = "wtchat-bench/ws.rs"]
 mod ws;
-#[path = "wtchat-bench/wt.rs"]
 mod wt;
 
 use client::{ClientResult, Plan, Run, Target, Transport};
