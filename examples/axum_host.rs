@@ -14,37 +14,36 @@ use axum::http::header;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde::Deserialize;
-use wtchat::{Chat, Config, Identity, Rooms};
+use wtchat::{Chat, Config, ConfigError, Identity};
 
 /// The chat's configuration for this host: identities come from the `user` cookie set by
 /// `/login`, and messages containing "spam" are refused.
-pub fn chat_config(http: SocketAddr, webtransport: SocketAddr, certs: PathBuf) -> Config {
-    Config {
-        http,
-        webtransport,
-        tls: wtchat::Tls::Dev { dir: certs },
+pub fn chat_config(
+    http: SocketAddr,
+    webtransport: SocketAddr,
+    certs: PathBuf,
+) -> Result<Config, ConfigError> {
+    Config::builder()
+        .http(http)
+        .webtransport(webtransport)
+        .tls(wtchat::Tls::Dev { dir: certs })
         // The host has its own `/`.
-        demo_page: false,
-        ..Config::default()
-    }
-    .with_auth(|request| async move {
-        let user = request
-            .cookie("user")
-            .filter(|u| !u.is_empty())
-            .ok_or("log in first")?;
-        Ok(Identity {
-            name: display_name(&user),
-            user,
-            rooms: Rooms::Any,
+        .demo_page(false)
+        .auth(|request| async move {
+            let user = request
+                .cookie("user")
+                .filter(|u| !u.is_empty())
+                .ok_or("log in first")?;
+            Ok(Identity::new(&user, display_name(&user)))
         })
-    })
-    .with_message_hook(|message| {
-        if message.text.to_lowercase().contains("spam") {
-            Err("no spam here".into())
-        } else {
-            Ok(())
-        }
-    })
+        .message_hook(|message| {
+            if message.text.to_lowercase().contains("spam") {
+                Err("no spam here".into())
+            } else {
+                Ok(())
+            }
+        })
+        .build()
 }
 
 /// The host's whole app: its own routes, and the chat's merged in.
@@ -144,10 +143,10 @@ async fn home(headers: axum::http::HeaderMap) -> Html<String> {
 }
 
 #[tokio::main]
-async fn main() -> std::io::Result<()> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().init();
-    let http: SocketAddr = "127.0.0.1:3000".parse().unwrap();
-    let config = chat_config(http, "[::]:4433".parse().unwrap(), PathBuf::from("certs"));
+    let http: SocketAddr = "127.0.0.1:3000".parse()?;
+    let config = chat_config(http, "[::]:4433".parse()?, PathBuf::from("certs"))?;
     let chat = Chat::new(config).await?;
     let listener = tokio::net::TcpListener::bind(http).await?;
     println!("open http://localhost:3000");

@@ -5,9 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
 use wtchat::certs::{self, DevCert};
-use wtchat::{Config, Server, Tls};
+use wtchat::{Config, ConfigError, Server, Tls};
 
 #[derive(Parser)]
 #[command(
@@ -23,48 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the chat server.
-    Serve {
-        /// HTTP address (TCP): configuration, WebSocket fallback, client. Port 0 picks one.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        http: SocketAddr,
-        /// WebTransport address (UDP). `[::]` is dual-stack. Port 0 picks one.
-        #[arg(long, default_value = "[::]:4433")]
-        webtransport: SocketAddr,
-        /// Directory of the development certificate (created and renewed as needed).
-        #[arg(long, default_value = "certs")]
-        certs: PathBuf,
-        /// A CA-issued certificate chain (PEM) instead of the development certificate.
-        #[arg(long, requires = "key")]
-        cert: Option<PathBuf>,
-        /// The private key (PEM) of --cert.
-        #[arg(long, requires = "cert")]
-        key: Option<PathBuf>,
-        /// An origin whose pages may connect (repeatable; `*` for any). Default: this
-        /// server's own HTTP origins.
-        #[arg(long = "allow-origin")]
-        allow_origin: Vec<String>,
-        /// Refuse connections that carry no Origin header (non-browser clients).
-        #[arg(long)]
-        require_origin: bool,
-        /// Frames per second one connection may send, sustained.
-        #[arg(long, default_value_t = wtchat::protocol::Limits::default().frames_per_second)]
-        max_frames_per_second: u32,
-        /// Frames one connection may send in a burst.
-        #[arg(long, default_value_t = wtchat::protocol::Limits::default().frame_burst)]
-        frame_burst: u32,
-        /// Connections held at once, over both transports.
-        #[arg(long, default_value_t = wtchat::hub::HubConfig::default().max_connections)]
-        max_connections: usize,
-        /// Messages of history kept per room.
-        #[arg(long, default_value_t = wtchat::hub::HubConfig::default().history_len)]
-        history: usize,
-        /// Require signed tokens (`?token=`, HS256) made with this secret.
-        #[arg(long, env = "WTCHAT_TOKEN_SECRET", hide_env_values = true)]
-        token_secret: Option<String>,
-        /// Enable the HTTP API for the host's backend with this key (Authorization: Bearer).
-        #[arg(long, env = "WTCHAT_API_KEY", hide_env_values = true)]
-        api_key: Option<String>,
-    },
+    Serve(Box<ServeArgs>),
     /// Mint a signed token for trying things out (a host's backend mints its own).
     Token {
         /// The shared secret (as given to `serve --token-secret`).
@@ -97,6 +58,143 @@ enum Command {
     },
 }
 
+/// `wtchat serve`'s settings. Each is the library's builder setting of the same name (with
+/// dashes): unset, the library's default applies, and the builder refuses what cannot work
+/// with the same words for both. Defaults are in README.md.
+#[derive(Args)]
+struct ServeArgs {
+    /// HTTP address (TCP): configuration, WebSocket fallback, client. Port 0 picks one.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// WebTransport address (UDP). `[::]` is dual-stack. Port 0 picks one.
+    #[arg(long)]
+    webtransport: Option<SocketAddr>,
+    /// Directory of the development certificate (created and renewed as needed).
+    #[arg(long, default_value = "certs")]
+    certs: PathBuf,
+    /// A CA-issued certificate chain (PEM) instead of the development certificate.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// The WebTransport URL handed to browsers when they reach the UDP port under another
+    /// name or port (https://chat.example.com:443/wtchat).
+    #[arg(long)]
+    public_webtransport_url: Option<String>,
+    /// An origin whose pages may connect (repeatable; `*` for any). Default: this
+    /// server's own HTTP origins.
+    #[arg(long = "allow-origin")]
+    allow_origin: Vec<String>,
+    /// Refuse connections that carry no Origin header (non-browser clients).
+    #[arg(long)]
+    require_origin: bool,
+    /// Frames per second one connection may send, sustained.
+    #[arg(long, alias = "max-frames-per-second")]
+    frames_per_second: Option<u32>,
+    /// Frames one connection may send in a burst.
+    #[arg(long)]
+    frame_burst: Option<u32>,
+    /// Largest frame a client may send, in bytes.
+    #[arg(long)]
+    max_frame_bytes: Option<usize>,
+    /// Longest message text, in characters.
+    #[arg(long)]
+    max_text_chars: Option<usize>,
+    /// Rooms one connection may be in at once.
+    #[arg(long)]
+    max_rooms_per_connection: Option<usize>,
+    /// Connections held at once, over every transport.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Messages of history kept per room and replayed on join.
+    #[arg(long)]
+    history: Option<usize>,
+    /// Frames queued per connection before it is cut off as too slow.
+    #[arg(long)]
+    outbound_queue: Option<usize>,
+    /// Replace the development certificate when it has less than this left (90s, 30m,
+    /// 12h, 1d).
+    #[arg(long, value_parser = duration)]
+    renew_before: Option<Duration>,
+    /// How long shutdown waits for clients to receive their last frames (like 5s).
+    #[arg(long, value_parser = duration)]
+    shutdown_grace: Option<Duration>,
+    /// Require signed tokens (`?token=`, HS256) made with this secret (32 bytes or more).
+    #[arg(long, env = "WTCHAT_TOKEN_SECRET", hide_env_values = true)]
+    token_secret: Option<String>,
+    /// Enable the HTTP API for the host's backend with this key (32 bytes or more;
+    /// Authorization: Bearer KEY).
+    #[arg(long, env = "WTCHAT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+impl ServeArgs {
+    /// The configuration these flags ask for, checked by the library's builder.
+    fn config(self) -> Result<Config, ConfigError> {
+        let tls = match (self.cert, self.key) {
+            (Some(cert), Some(key)) => Tls::Files { cert, key },
+            _ => Tls::Dev { dir: self.certs },
+        };
+        let mut b = Config::builder()
+            .tls(tls)
+            .require_origin(self.require_origin);
+        for origin in self.allow_origin {
+            b = b.allow_origin(origin);
+        }
+        /// Applies each flag that was given to the builder method of the same name.
+        macro_rules! given {
+            ($($setting:ident),* $(,)?) => {
+                $(if let Some(value) = self.$setting {
+                    b = b.$setting(value);
+                })*
+            };
+        }
+        given!(
+            http,
+            webtransport,
+            public_webtransport_url,
+            frames_per_second,
+            frame_burst,
+            max_frame_bytes,
+            max_text_chars,
+            max_rooms_per_connection,
+            max_connections,
+            history,
+            outbound_queue,
+            renew_before,
+            shutdown_grace,
+            token_secret,
+            api_key,
+        );
+        b.build()
+    }
+}
+
+/// `90s`, `30m`, `12h`, `1d`, `500ms`; a bare number is seconds.
+fn duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 12h or 1d"))?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(number)),
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}: use ms, s, m, h or d"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(number.saturating_mul(seconds)))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -113,56 +211,25 @@ fn main() -> ExitCode {
             rooms,
             ttl,
         } => {
-            let claims = wtchat::auth::Claims {
-                sub: user,
-                name,
-                rooms,
-                exp: wtchat::auth::unix_now() + ttl,
-            };
-            println!("{}", wtchat::auth::mint(secret.as_bytes(), &claims));
-            Ok(())
+            // A secret `serve` would refuse must not mint tokens either: same check, same words.
+            match Config::builder().token_secret(secret.as_str()).build() {
+                Ok(_) => {
+                    let claims = wtchat::auth::Claims {
+                        sub: user,
+                        name,
+                        rooms,
+                        exp: wtchat::auth::unix_now() + ttl,
+                    };
+                    println!("{}", wtchat::auth::mint(secret.as_bytes(), &claims));
+                    Ok(())
+                }
+                Err(e) => Err(format!("invalid configuration: {e}")),
+            }
         }
-        Command::Serve {
-            http,
-            webtransport,
-            certs,
-            cert,
-            key,
-            allow_origin,
-            require_origin,
-            max_frames_per_second,
-            frame_burst,
-            max_connections,
-            history,
-            token_secret,
-            api_key,
-        } => {
-            let tls = match (cert, key) {
-                (Some(cert), Some(key)) => Tls::Files { cert, key },
-                _ => Tls::Dev { dir: certs },
-            };
-            let config = Config {
-                http,
-                webtransport,
-                tls,
-                allowed_origins: (!allow_origin.is_empty()).then_some(allow_origin),
-                allow_missing_origin: !require_origin,
-                limits: wtchat::protocol::Limits {
-                    frames_per_second: max_frames_per_second,
-                    frame_burst,
-                    ..Default::default()
-                },
-                hub: wtchat::hub::HubConfig {
-                    max_connections,
-                    history_len: history,
-                    ..Default::default()
-                },
-                token_secret,
-                api_key,
-                ..Config::default()
-            };
-            serve(config)
-        }
+        Command::Serve(args) => args
+            .config()
+            .map_err(|e| format!("invalid configuration: {e}"))
+            .and_then(serve),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -212,10 +279,8 @@ fn serve(config: Config) -> Result<(), String> {
             println!("  certificate   sha-256 {}", certs::hex(&digest));
         }
         println!("Press Ctrl-C to stop.");
-        server
-            .run(shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())
+        server.run(shutdown_signal()).await;
+        Ok(())
     })
 }
 

@@ -13,7 +13,6 @@ use std::time::Instant;
 use browser::{Browser, Page};
 use common::{TestServer, start, start_with};
 use serde_json::{Value, json};
-use wtchat::protocol::CloseCode;
 
 /// One browser test at a time: several Chromiums starting at once on a small machine make
 /// every timing in them (the WebTransport head start, the two-second fallback) meaningless,
@@ -192,14 +191,14 @@ fn expected(list: &[(&str, &str)]) -> Vec<(u64, String, String)> {
         .collect()
 }
 
-/// The member id the hub gave `name` in `room`.
+/// The member id the chat gave `name` in `room`.
 fn member_id(server: &TestServer, room: &str, name: &str) -> u64 {
-    let members = server.hub.room(room).expect("room exists").members();
+    let members = server.chat.members(room);
     members
         .iter()
-        .find(|(_, n)| &**n == name)
+        .find(|m| m.name == name)
         .unwrap_or_else(|| panic!("{name} is not in {room}: {members:?}"))
-        .0
+        .id
 }
 
 #[tokio::test]
@@ -319,8 +318,8 @@ async fn a_page_whose_connection_is_killed_reconnects_and_misses_nothing() {
     let started = Instant::now();
     assert!(
         server
-            .hub
-            .disconnect(member_id(&server, "resume", "ann"), CloseCode::Shutdown)
+            .chat
+            .reconnect_member("resume", member_id(&server, "resume", "ann"))
     );
     for i in 1..=3 {
         say(&b, &format!("during {i}")).await;
@@ -347,8 +346,8 @@ async fn a_page_whose_connection_is_killed_reconnects_and_misses_nothing() {
     a.eval("delete window.WebTransport").await;
     assert!(
         server
-            .hub
-            .disconnect(member_id(&server, "resume", "ann"), CloseCode::Shutdown)
+            .chat
+            .reconnect_member("resume", member_id(&server, "resume", "ann"))
     );
     for i in 1..=2 {
         say(&b, &format!("switch {i}")).await;
@@ -454,7 +453,7 @@ async fn without_webtransport_the_page_chats_over_websocket_within_two_seconds()
         ("udp-blackhole", blackhole_port),
     ] {
         let server = start_with(|config| {
-            config.public_webtransport_url = Some(format!("https://127.0.0.1:{port}/wtchat"));
+            config.public_webtransport_url(format!("https://127.0.0.1:{port}/wtchat"))
         })
         .await;
         let page = open_chat(
@@ -565,11 +564,7 @@ async fn pages_come_back_by_themselves_after_a_server_restart() {
     server.stop().await;
     a.wait_for("A to notice", "window.__statusLog.includes('reconnecting')")
         .await;
-    let server = start_with(|config| {
-        config.http = http;
-        config.webtransport = webtransport;
-    })
-    .await;
+    let server = start_with(|config| config.http(http).webtransport(webtransport)).await;
     wait_connected(&a, "webtransport").await;
     wait_connected(&b, "websocket").await;
     eprintln!("both pages back after {:?}", started.elapsed());
@@ -663,8 +658,8 @@ async fn the_client_api_paces_acknowledges_refuses_and_closes() {
     else {
         return;
     };
-    let secret = "browser-test-secret";
-    let server = start_with(|config| config.token_secret = Some(secret.into())).await;
+    let secret = "browser-tests-sign-tokens-with-this-secret";
+    let server = start_with(|config| config.token_secret(secret)).await;
     let mint = |secret: &str, user: &str, name: &str| {
         let claims = wtchat::auth::Claims {
             sub: user.into(),

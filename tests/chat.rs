@@ -206,7 +206,7 @@ async fn resume_after_a_drop_switching_transport_misses_and_duplicates_nothing()
 
 #[tokio::test]
 async fn a_resume_older_than_history_says_gap() {
-    let server = common::start_with(|c| c.hub.history_len = 3).await;
+    let server = common::start_with(|c| c.history(3)).await;
     let mut talker = Client::wt(&server).await;
     let (joined, _) = talker.join("old", "talker").await;
     let epoch = joined["epoch"].as_u64().unwrap();
@@ -302,7 +302,7 @@ async fn config_endpoint_tells_clients_how_to_connect() {
 
 #[tokio::test]
 async fn connections_above_the_limit_are_refused_on_both_transports() {
-    let server = common::start_with(|c| c.hub.max_connections = 2).await;
+    let server = common::start_with(|c| c.max_connections(2)).await;
     let mut first = Client::ws(&server).await;
     let _second = Client::wt(&server).await;
     assert_eq!(Client::ws_with_origin(&server, None).await.err(), Some(503));

@@ -55,7 +55,7 @@ async fn the_printed_digest_is_what_a_pinning_client_accepts() {
     }
     // A server using that directory serves that certificate, unchanged.
     let certs = dir.path().to_path_buf();
-    let server = start_with(move |c| c.tls = Tls::Dev { dir: certs }).await;
+    let server = start_with(move |c| c.tls(Tls::Dev { dir: certs })).await;
     assert_eq!(server.digests, [digest]);
     let mut client = Client::wt_pinning(&server, &[digest], "/wtchat", None)
         .await
@@ -173,9 +173,10 @@ async fn serve_prints_its_addresses_serves_and_stops_on_sigterm() {
 
 #[test]
 fn token_mints_what_the_server_verifies() {
+    let secret = "the-same-secret-as-serve-is-given-32";
     let out = wtchat(&[
-        "token", "--secret", "s3cret", "--user", "42", "--name", "Ann", "--room", "lobby",
-        "--room", "help", "--ttl", "600",
+        "token", "--secret", secret, "--user", "42", "--name", "Ann", "--room", "lobby", "--room",
+        "help", "--ttl", "600",
     ]);
     assert!(
         out.status.success(),
@@ -184,7 +185,7 @@ fn token_mints_what_the_server_verifies() {
     );
     let token = String::from_utf8(out.stdout).unwrap();
     let now = wtchat::auth::unix_now();
-    let claims = wtchat::auth::verify(b"s3cret", token.trim(), now).unwrap();
+    let claims = wtchat::auth::verify(secret.as_bytes(), token.trim(), now).unwrap();
     assert_eq!((claims.sub.as_str(), claims.name.as_str()), ("42", "Ann"));
     assert_eq!(claims.rooms, ["lobby", "help"]);
     assert!(claims.exp > now + 590 && claims.exp <= now + 600);

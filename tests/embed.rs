@@ -138,10 +138,13 @@ async fn the_rust_api_publishes_lists_and_kicks() {
         .collect();
     names.sort();
     assert_eq!(names, ["ann=Ann", "bob=Bob"]);
-    // Invalid input is refused with the protocol's codes.
+    // Invalid input is refused, and says why.
+    let refused = chat.publish("lobby", "Shop bot", " ").unwrap_err();
+    assert_eq!(refused, wtchat::PublishError::EmptyText);
+    assert_eq!(refused.to_string(), "text must not be empty");
     assert_eq!(
-        chat.publish("lobby", "Shop bot", " ").unwrap_err(),
-        wtchat::protocol::ErrorCode::InvalidText
+        chat.publish("no spaces allowed", "Shop bot", "hi"),
+        Err(wtchat::PublishError::InvalidRoom)
     );
     // Kicking Bob closes his connection for good; Ann sees him leave.
     assert_eq!(chat.kick("lobby", "bob"), 1);
@@ -175,12 +178,13 @@ fn token(secret: &str, user: &str, name: &str, rooms: &[&str], exp: u64) -> Stri
     )
 }
 
+/// The shared secret of the token server's tokens (32 bytes or more, as required).
+const SECRET: &str = "tokens-are-signed-with-32-bytes-or-more";
+/// The token server's API key.
+const API_KEY: &str = "the-backend-presents-this-32-byte-key";
+
 async fn token_server() -> TestServer {
-    start_with(|c| {
-        c.token_secret = Some("s3cret".into());
-        c.api_key = Some("k3y".into());
-    })
-    .await
+    start_with(|c| c.token_secret(SECRET).api_key(API_KEY)).await
 }
 
 async fn with_token(server: &TestServer, transport: &str, token: &str) -> Client {
@@ -209,7 +213,7 @@ async fn tokens_are_checked_on_both_transports() {
             "token signature is not valid",
         )
         .await;
-        let expired = token("s3cret", "u1", "Ann", &["a"], unix_now() - 1);
+        let expired = token(SECRET, "u1", "Ann", &["a"], unix_now() - 1);
         assert_unauthorized(
             with_token(&server, transport, &expired).await,
             "token expired",
@@ -217,7 +221,7 @@ async fn tokens_are_checked_on_both_transports() {
         .await;
 
         // A good token for room "a": its name is used, room "b" is refused.
-        let good = token("s3cret", "u1", "Ann", &["a"], later);
+        let good = token(SECRET, "u1", "Ann", &["a"], later);
         let mut ann = with_token(&server, transport, &good).await;
         let (joined, _) = ann.join("a", "Mallory").await;
         assert_eq!(joined["you"]["name"], "Ann");
@@ -228,7 +232,7 @@ async fn tokens_are_checked_on_both_transports() {
             (error["code"].as_str(), error["room"].as_str()),
             (Some("room_forbidden"), Some("b"))
         );
-        assert!(server.hub.room("b").is_none_or(|r| r.members().is_empty()));
+        assert!(server.chat.members("b").is_empty());
         ann.send(json!({"type":"leave","room":"a"})).await;
         ann.next_of("left").await;
     }
@@ -238,9 +242,9 @@ async fn tokens_are_checked_on_both_transports() {
 #[tokio::test]
 async fn the_http_api_publishes_to_both_transports_and_refuses_a_wrong_key() {
     let server = token_server().await;
-    let t = token("s3cret", "u1", "Ann", &["*"], unix_now() + 600);
+    let t = token(SECRET, "u1", "Ann", &["*"], unix_now() + 600);
     let mut wt = with_token(&server, "webtransport", &t).await;
-    let t2 = token("s3cret", "u2", "Bob", &["lobby"], unix_now() + 600);
+    let t2 = token(SECRET, "u2", "Bob", &["lobby"], unix_now() + 600);
     let mut ws = with_token(&server, "websocket", &t2).await;
     wt.join("lobby", "x").await;
     ws.join("lobby", "x").await;
@@ -286,7 +290,7 @@ async fn the_http_api_publishes_to_both_transports_and_refuses_a_wrong_key() {
     .await;
     assert_eq!(status, 401);
     // The right key: stored as message 1 (the refused ones took no number), on both.
-    let (status, body) = publish("k3y").await;
+    let (status, body) = publish(API_KEY).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["seq"], 1);
     for client in [&mut wt, &mut ws] {
@@ -302,7 +306,7 @@ async fn the_http_api_publishes_to_both_transports_and_refuses_a_wrong_key() {
         server.http,
         "GET",
         "/wtchat/api/members?room=lobby",
-        &[("authorization", "Bearer k3y")],
+        &[("authorization", &format!("Bearer {API_KEY}"))],
         None,
     )
     .await;
@@ -320,7 +324,7 @@ async fn the_http_api_publishes_to_both_transports_and_refuses_a_wrong_key() {
         server.http,
         "POST",
         "/wtchat/api/kick",
-        &[("authorization", "Bearer k3y")],
+        &[("authorization", &format!("Bearer {API_KEY}"))],
         Some(&json!({"room":"lobby","user":"u2"})),
     )
     .await;

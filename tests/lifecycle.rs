@@ -30,10 +30,11 @@ async fn message(client: &mut Client, room: &str) -> (u64, String) {
 #[tokio::test]
 async fn a_reader_that_stops_is_cut_off_as_too_slow_and_the_room_goes_on() {
     let server = start_with(|c| {
-        c.hub.outbound_queue = 32;
-        c.limits.frames_per_second = 100_000;
-        c.limits.frame_burst = 100_000;
-        c.close_grace = Duration::from_secs(20);
+        c.outbound_queue(32)
+            .history(2)
+            .frames_per_second(100_000)
+            .frame_burst(100_000)
+            .close_grace(Duration::from_secs(20))
     })
     .await;
     for transport in ["websocket", "webtransport"] {
@@ -58,15 +59,7 @@ async fn a_reader_that_stops_is_cut_off_as_too_slow_and_the_room_goes_on() {
             // Meanwhile the others keep up, message by message.
             assert_eq!(message(&mut fast_ws, &room).await.0, sent);
             assert_eq!(message(&mut fast_wt, &room).await.0, sent);
-            let members: Vec<String> = server
-                .hub
-                .room(&room)
-                .unwrap()
-                .members()
-                .iter()
-                .map(|m| m.1.to_string())
-                .collect();
-            if !members.contains(&"sloth".to_string()) {
+            if !server.chat.members(&room).iter().any(|m| m.name == "sloth") {
                 break sent;
             }
             assert!(sent < 20_000, "the slow reader was never cut off");
@@ -117,7 +110,7 @@ async fn a_reader_that_stops_is_cut_off_as_too_slow_and_the_room_goes_on() {
 
 #[tokio::test]
 async fn shutdown_tells_every_client_and_the_server_stops_in_time() {
-    let mut server = start_with(|c| c.shutdown_grace = Duration::from_secs(3)).await;
+    let mut server = start_with(|c| c.shutdown_grace(Duration::from_secs(3))).await;
     let mut ws = Client::ws(&server).await;
     let mut wt = Client::wt(&server).await;
     ws.join("bye", "walt").await;
@@ -173,8 +166,8 @@ async fn origins_other_than_the_servers_own_are_refused_on_both_transports() {
 
     // Configured: only the named origin, and no Origin header at all is refused too.
     let strict = start_with(|c| {
-        c.allowed_origins = Some(vec!["https://chat.example.com".into()]);
-        c.allow_missing_origin = false;
+        c.allow_origin("https://chat.example.com")
+            .require_origin(true)
     })
     .await;
     assert_eq!(Client::ws_with_origin(&strict, None).await.err(), Some(403));
@@ -196,10 +189,7 @@ async fn origins_other_than_the_servers_own_are_refused_on_both_transports() {
 async fn the_development_certificate_is_renewed_while_running() {
     // Renew whenever less than 14 days minus 62 s are left: a fresh certificate (valid
     // from a minute ago) is due about two seconds after it was made.
-    let server = start_with(|c| {
-        c.renew_before = Duration::from_secs(14 * 24 * 3600 - 62);
-    })
-    .await;
+    let server = start_with(|c| c.renew_before(Duration::from_secs(14 * 24 * 3600 - 62))).await;
     let first = server.digests[0];
     let mut before = Client::wt(&server).await;
     before.join("renew", "early").await;
@@ -275,10 +265,10 @@ async fn a_ca_issued_certificate_is_served_as_given_with_no_digest() {
     std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
 
     let server = start_with(|c| {
-        c.tls = wtchat::Tls::Files {
+        c.tls(wtchat::Tls::Files {
             cert: chain.clone(),
             key: key.clone(),
-        }
+        })
     })
     .await;
     assert!(server.digests.is_empty());
@@ -328,9 +318,9 @@ async fn a_ca_issued_certificate_is_served_as_given_with_no_digest() {
 #[tokio::test]
 async fn shutdown_is_bounded_even_when_a_client_stops_reading() {
     let mut server = start_with(|c| {
-        c.shutdown_grace = Duration::from_secs(1);
-        c.close_grace = Duration::from_secs(30);
-        c.hub.outbound_queue = 100_000;
+        c.shutdown_grace(Duration::from_secs(1))
+            .close_grace(Duration::from_secs(30))
+            .outbound_queue(100_000)
     })
     .await;
     let mut stuck = Client::ws(&server).await;

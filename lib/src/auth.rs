@@ -7,9 +7,12 @@
 //! an identity, the display name is the host's, not the client's, so nobody can speak as
 //! somebody else. Without a hook, connections are anonymous and choose their own names.
 //!
-//! [`TokenAuth`] is the hook for any other stack: the host's backend mints a short-lived
-//! HS256 JWT with a shared secret ([`mint`]), the page passes it as `?token=`.
+//! For any other stack there are tokens: the host's backend mints a short-lived HS256 JWT
+//! with a shared secret ([`mint`] does it in Rust), the page passes it as `?token=`, and
+//! wtchat checks it ([`verify`]) when the configuration has a
+//! [`token_secret`](crate::ConfigBuilder::token_secret).
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,11 +23,36 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 
+/// The transport a client connected with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transport {
+    /// WebTransport (HTTP/3 over QUIC).
+    WebTransport,
+    /// The WebSocket fallback.
+    WebSocket,
+}
+
+impl Transport {
+    /// `"webtransport"` or `"websocket"`, as the browser client's `chat.transport` says.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebTransport => "webtransport",
+            Transport::WebSocket => "websocket",
+        }
+    }
+}
+
 /// What the client sent when it connected, for the host to decide who it is.
+///
+/// Browsers send no cookies on a WebTransport CONNECT (the specification fixes its
+/// credentials mode to "omit"): over WebTransport, only the URL (path and query) can carry
+/// who the user is.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ConnectRequest {
-    /// `"websocket"` or `"webtransport"`.
-    pub transport: &'static str,
+    /// The transport.
+    pub transport: Transport,
     /// The request path, without the query.
     pub path: String,
     /// The query string, without `?` (empty when none).
@@ -86,8 +114,9 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Who a connection is, as the host says.
+/// Who a connection is, as the host says. Made with [`Identity::new`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Identity {
     /// The host's user id (kicks and idempotency keys use it).
     pub user: String,
@@ -97,8 +126,26 @@ pub struct Identity {
     pub rooms: Rooms,
 }
 
+impl Identity {
+    /// User `user`, shown to others as `name`, allowed in any room.
+    pub fn new(user: impl Into<String>, name: impl Into<String>) -> Identity {
+        Identity {
+            user: user.into(),
+            name: name.into(),
+            rooms: Rooms::Any,
+        }
+    }
+
+    /// The same identity, allowed only in `rooms`.
+    pub fn with_rooms(mut self, rooms: Rooms) -> Identity {
+        self.rooms = rooms;
+        self
+    }
+}
+
 /// Which rooms an identity may join.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Rooms {
     /// Any room.
     Any,
@@ -116,12 +163,62 @@ impl Rooms {
     }
 }
 
-/// The future an authentication hook returns: an identity, or the reason for refusing,
-/// which the client receives in its `bye` frame (close code 4401).
-pub type AuthFuture = Pin<Box<dyn Future<Output = Result<Identity, String>> + Send>>;
+/// Why the host refuses a connection (authentication hook) or a message (message hook).
+/// Its message is shown to the client: in the `bye` frame of a refused connection (close
+/// code 4401), in the `rejected` error of a refused message.
+///
+/// `?` turns a `&str` or a `String` into one, so a hook can say
+/// `request.cookie("session").ok_or("log in first")?`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    message: String,
+}
 
-/// The host's authentication hook.
-pub type AuthHook = Arc<dyn Fn(ConnectRequest) -> AuthFuture + Send + Sync>;
+impl Refusal {
+    /// A refusal that tells the client `message`.
+    pub fn new(message: impl Into<String>) -> Refusal {
+        Refusal {
+            message: message.into(),
+        }
+    }
+
+    /// What the client is told.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+impl From<&str> for Refusal {
+    fn from(message: &str) -> Refusal {
+        Refusal::new(message)
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Refusal {
+        Refusal::new(message)
+    }
+}
+
+impl From<TokenError> for Refusal {
+    fn from(error: TokenError) -> Refusal {
+        Refusal::new(error.to_string())
+    }
+}
+
+/// The future an authentication hook returns.
+pub(crate) type AuthFuture = Pin<Box<dyn Future<Output = Result<Identity, Refusal>> + Send>>;
+
+/// The host's authentication hook, as the sessions call it.
+pub(crate) type AuthHook = Arc<dyn Fn(ConnectRequest) -> AuthFuture + Send + Sync>;
 
 /// Claims of a wtchat token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -146,38 +243,65 @@ pub fn mint(secret: &[u8], claims: &Claims) -> String {
     format!("{signing_input}.{signature}")
 }
 
-/// Checks an HS256 JWT's signature (in constant time) and expiry; returns its claims or a
-/// human reason.
-pub fn verify(secret: &[u8], token: &str, now: u64) -> Result<Claims, String> {
+/// Why a token was not accepted. Its `Display` is what the client is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The connection carries no `?token=`.
+    Missing,
+    /// Not three base64url parts of JSON, as a JWT is.
+    Malformed,
+    /// The header names another algorithm than HS256 (`none` included).
+    Algorithm,
+    /// The signature does not match: another secret, or altered claims.
+    Signature,
+    /// `exp` has passed.
+    Expired,
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TokenError::Missing => "a token is required (?token=...)",
+            TokenError::Malformed => "malformed token",
+            TokenError::Algorithm => "token algorithm must be HS256",
+            TokenError::Signature => "token signature is not valid",
+            TokenError::Expired => "token expired",
+        })
+    }
+}
+
+impl std::error::Error for TokenError {}
+
+/// Checks an HS256 JWT's signature (in constant time) and expiry at `now` (seconds since
+/// 1970); returns its claims.
+pub fn verify(secret: &[u8], token: &str, now: u64) -> Result<Claims, TokenError> {
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err("malformed token".into());
+        return Err(TokenError::Malformed);
     };
     let header: serde_json::Value = B64
         .decode(header)
         .ok()
         .and_then(|h| serde_json::from_slice(&h).ok())
-        .ok_or("malformed token header")?;
+        .ok_or(TokenError::Malformed)?;
     // Only HS256: never "none", never an algorithm the client picked.
     if header["alg"] != "HS256" {
-        return Err("token algorithm must be HS256".into());
+        return Err(TokenError::Algorithm);
     }
-    let signature = B64
-        .decode(signature)
-        .map_err(|_| "malformed token signature")?;
+    let signature = B64.decode(signature).map_err(|_| TokenError::Malformed)?;
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
     let signing_input = &token[..header_and_payload_len(token)];
-    hmac::verify(&key, signing_input.as_bytes(), &signature)
-        .map_err(|_| "token signature is not valid")?;
+    hmac::verify(&key, signing_input.as_bytes(), &signature).map_err(|_| TokenError::Signature)?;
     let claims: Claims = B64
         .decode(payload)
         .ok()
         .and_then(|p| serde_json::from_slice(&p).ok())
-        .ok_or("malformed token claims")?;
+        .ok_or(TokenError::Malformed)?;
     if claims.exp <= now {
-        return Err("token expired".into());
+        return Err(TokenError::Expired);
     }
     Ok(claims)
 }
@@ -197,23 +321,21 @@ pub fn unix_now() -> u64 {
 
 /// The hook for hosts in any language: a connection must carry `?token=` signed with the
 /// shared secret.
-pub struct TokenAuth {
+pub(crate) struct TokenAuth {
     secret: Vec<u8>,
 }
 
 impl TokenAuth {
     /// Tokens signed with `secret`.
-    pub fn new(secret: impl Into<Vec<u8>>) -> TokenAuth {
+    pub(crate) fn new(secret: impl Into<Vec<u8>>) -> TokenAuth {
         TokenAuth {
             secret: secret.into(),
         }
     }
 
     /// The identity a request's token proves, or why not.
-    pub fn identify(&self, request: &ConnectRequest) -> Result<Identity, String> {
-        let token = request
-            .query_param("token")
-            .ok_or("a token is required (?token=...)")?;
+    fn identify(&self, request: &ConnectRequest) -> Result<Identity, TokenError> {
+        let token = request.query_param("token").ok_or(TokenError::Missing)?;
         let claims = verify(&self.secret, &token, unix_now())?;
         let rooms = if claims.rooms.iter().any(|r| r == "*") {
             Rooms::Any
@@ -228,10 +350,10 @@ impl TokenAuth {
     }
 
     /// As an [`AuthHook`].
-    pub fn into_hook(self) -> AuthHook {
+    pub(crate) fn into_hook(self) -> AuthHook {
         let this = Arc::new(self);
         Arc::new(move |request| {
-            let result = this.identify(&request);
+            let result = this.identify(&request).map_err(Refusal::from);
             Box::pin(async move { result })
         })
     }
@@ -256,8 +378,9 @@ mod tests {
         assert_eq!(verify(b"secret", &token, 999), Ok(claims(1000)));
         assert_eq!(
             verify(b"secret", &token, 1000).unwrap_err(),
-            "token expired"
+            TokenError::Expired
         );
+        assert_eq!(TokenError::Expired.to_string(), "token expired");
     }
 
     #[test]
@@ -265,7 +388,7 @@ mod tests {
         let token = mint(b"secret", &claims(1000));
         assert_eq!(
             verify(b"other", &token, 1).unwrap_err(),
-            "token signature is not valid"
+            TokenError::Signature
         );
         // Claims changed after signing.
         let (head, rest) = token.split_once('.').unwrap();
@@ -283,9 +406,12 @@ mod tests {
         );
         assert_eq!(
             verify(b"secret", &none, 1).unwrap_err(),
-            "token algorithm must be HS256"
+            TokenError::Algorithm
         );
-        assert_eq!(verify(b"secret", "abc", 1).unwrap_err(), "malformed token");
+        assert_eq!(
+            verify(b"secret", "abc", 1).unwrap_err(),
+            TokenError::Malformed
+        );
     }
 
     #[test]
@@ -293,7 +419,7 @@ mod tests {
         let mut headers = axum::http::HeaderMap::new();
         headers.insert("cookie", "a=1; session=xyz".parse().unwrap());
         let request = ConnectRequest {
-            transport: "websocket",
+            transport: Transport::WebSocket,
             path: "/wtchat/ws".into(),
             query: "token=a%2Bb&x=y+z&bad=%zz".into(),
             origin: None,

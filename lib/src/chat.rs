@@ -4,10 +4,14 @@
 //! publish, list members, kick.
 //!
 //! ```no_run
-//! # async fn demo() -> std::io::Result<()> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use axum::{Router, routing::get};
 //!
-//! let chat = wtchat::Chat::new(wtchat::Config::default()).await?;
+//! let config = wtchat::Config::builder()
+//!     .http("127.0.0.1:8080".parse()?)
+//!     .demo_page(false)
+//!     .build()?;
+//! let chat = wtchat::Chat::new(config).await?;
 //! let app = Router::new()
 //!     .route("/", get(|| async { "the host's own page" }))
 //!     .merge(chat.router());
@@ -16,10 +20,12 @@
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! axum::serve(listener, app)
 //!     .with_graceful_shutdown(async move { shutdown.cancelled().await })
-//!     .await
+//!     .await?;
+//! # Ok(())
 //! # }
 //! ```
 
+use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -27,106 +33,22 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use wtransport::Endpoint;
 use wtransport::endpoint::endpoint_side;
-use wtransport::{Endpoint, Identity, ServerConfig};
 
-use crate::certs::{self, DevCert};
-use crate::config::{Config, OriginPolicy, Tls};
+use crate::certs::{self, CertError, DevCert};
+use crate::config::{Config, Tls};
+use crate::host::{Host, MemberInfo, PublishError};
 use crate::hub::Hub;
-use crate::protocol::{CloseCode, ErrorCode};
+use crate::protocol::CloseCode;
 use crate::session::SessionContext;
-use crate::transport::webtransport;
+use crate::transport::{self, OriginPolicy, webtransport};
 
-/// UDP socket buffers for the WebTransport endpoint. With the kernel's 208 KiB default a
-/// busy endpoint drops datagrams (and QUIC then retransmits); 4 MiB stopped the drops at
-/// 1000 sessions here (see NOTES.md). The kernel caps it at `net.core.rmem_max`.
-const UDP_BUFFER: usize = 4 << 20;
-
-/// QUIC keep-alive: browsers time out an idle QUIC connection after about 30 s; a quiet chat
-/// room must not lose its members.
-const KEEP_ALIVE: Duration = Duration::from_secs(10);
-
-/// QUIC idle timeout: how long a vanished client holds its session.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Streams a client may open at once, per direction. A chat session needs two bidirectional
-/// streams (the CONNECT request and the chat stream) and a few unidirectional ones (HTTP/3
-/// control and QPACK). quinn reserves state for every stream the peer may open, so quinn's
-/// default of 100 + 100 costs memory on every idle session for nothing.
-const MAX_STREAMS: u32 = 8;
-
-/// Receive windows sized for chat frames (at most 16 KiB each), not bulk transfer: the
-/// client's side of a conversation is small.
-const STREAM_RECEIVE_WINDOW: u32 = 64 * 1024;
-const RECEIVE_WINDOW: u32 = 256 * 1024;
-const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
-
-/// What the HTTP handlers and the WebTransport acceptor share.
-pub(crate) struct Shared {
-    pub session: SessionContext,
-    pub origins: OriginPolicy,
-    /// Every session task, so that shutdown can wait for them (axum's graceful shutdown
-    /// does not track upgraded WebSockets).
-    pub tracker: TaskTracker,
-    pub webtransport_port: u16,
-    pub public_webtransport_url: Option<String>,
-    pub ws_read_buffer: usize,
-    /// The key the host's backend presents to the HTTP API; None disables the API.
-    pub api_key: Option<String>,
-    /// SHA-256 digests of the development certificate in use (none with a CA-issued one).
-    /// Replaced on renewal; read on every `/wtchat/config`.
-    digests: RwLock<Vec<[u8; 32]>>,
-}
-
-impl Shared {
-    /// The certificate digests clients should pin.
-    pub(crate) fn digests(&self) -> Vec<[u8; 32]> {
-        self.digests.read().unwrap().clone()
-    }
-
-    /// See [`Chat::publish`].
-    pub(crate) fn publish(&self, room: &str, from: &str, text: &str) -> Result<u64, ErrorCode> {
-        let limits = &self.session.limits;
-        limits.check_room(room).map_err(|e| e.0)?;
-        limits.check_name(from).map_err(|e| e.0)?;
-        limits.check_message(text, None).map_err(|e| e.0)?;
-        self.session.hub.publish_as(room, from, text)
-    }
-
-    /// See [`Chat::members`].
-    pub(crate) fn members(&self, room: &str) -> Vec<MemberInfo> {
-        self.session.hub.room(room).map_or_else(Vec::new, |room| {
-            room.roster()
-                .into_iter()
-                .map(|m| MemberInfo {
-                    id: m.id,
-                    name: m.name.to_string(),
-                    user: m.user.map(|u| u.to_string()),
-                })
-                .collect()
-        })
-    }
-
-    /// See [`Chat::kick`].
-    pub(crate) fn kick(&self, room: &str, user: &str) -> usize {
-        let Some(room) = self.session.hub.room(room) else {
-            return 0;
-        };
-        let ids: Vec<u64> = room
-            .roster()
-            .into_iter()
-            .filter(|m| m.user.as_deref() == Some(user) || m.id.to_string() == user)
-            .map(|m| m.id)
-            .collect();
-        let hub = &self.session.hub;
-        ids.iter()
-            .filter(|id| hub.disconnect(**id, CloseCode::Kicked))
-            .count()
-    }
-}
+/// SHA-256 digests of the development certificate in use (none with a CA-issued one).
+/// Replaced on renewal, read on every `/wtchat/config`.
+pub(crate) type Digests = Arc<RwLock<Vec<[u8; 32]>>>;
 
 /// wtchat, ready to be mounted: cheap to clone (one `Arc` inside).
 #[derive(Clone)]
@@ -136,76 +58,142 @@ pub struct Chat {
 
 struct ChatInner {
     config: Config,
-    shared: Arc<Shared>,
+    transport: Arc<transport::Context>,
+    host: Host,
     endpoint: Arc<Endpoint<endpoint_side::Server>>,
     dev_cert: Option<DevCert>,
+    digests: Digests,
 }
 
-/// A room member, as the host sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberInfo {
-    /// The connection's id (as in `presence` frames).
-    pub id: u64,
-    /// The display name.
-    pub name: String,
-    /// The host's user id, when the connection was authenticated.
-    pub user: Option<String>,
+impl fmt::Debug for Chat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chat")
+            .field("config", &self.inner.config)
+            .field("webtransport_addr", &self.webtransport_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a chat (or a server) could not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The development certificate could not be loaded or created, or the certificate
+    /// files could not be read.
+    Certificate(CertError),
+    /// A socket could not be bound (the address is in use, or not this machine's).
+    Bind {
+        /// `"HTTP (TCP)"` or `"WebTransport (UDP)"`.
+        listener: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the operating system said.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Certificate(e) => write!(f, "certificate: {e}"),
+            StartError::Bind {
+                listener,
+                addr,
+                source,
+            } => write!(f, "cannot listen for {listener} on {addr}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Certificate(e) => Some(e),
+            StartError::Bind { source, .. } => Some(source),
+        }
+    }
+}
+
+impl From<CertError> for StartError {
+    fn from(e: CertError) -> StartError {
+        StartError::Certificate(e)
+    }
 }
 
 impl Chat {
-    /// Loads (or creates) the certificate and binds the WebTransport endpoint on
-    /// `config.webtransport`. `config.http` is where the host serves HTTP: its origins are
-    /// the default allowed origins.
-    pub async fn new(config: Config) -> io::Result<Chat> {
+    /// Loads (or creates) the certificate and binds the WebTransport endpoint on the
+    /// configured UDP address. The configured HTTP address is where the host serves HTTP:
+    /// its origins are the default allowed origins.
+    pub async fn new(config: Config) -> Result<Chat, StartError> {
         let (identity, dev_cert) = match &config.tls {
             Tls::Dev { dir } => {
-                let (cert, created) =
-                    certs::load_or_create(dir, config.renew_before).map_err(io::Error::other)?;
+                let (cert, created) = certs::load_or_create(dir, config.renew_before)?;
                 if created {
                     tracing::info!(dir = %dir.display(), "generated a development certificate");
                 }
-                (cert.identity().map_err(io::Error::other)?, Some(cert))
+                (cert.identity()?, Some(cert))
             }
-            Tls::Files { cert, key } => (
-                certs::load_identity(cert, key)
-                    .await
-                    .map_err(io::Error::other)?,
-                None,
-            ),
+            Tls::Files { cert, key } => (certs::load_identity(cert, key).await?, None),
         };
-        let endpoint = Endpoint::server(quic_config(identity, Some(config.webtransport))?)?;
-        let webtransport_port = endpoint.local_addr()?.port();
-        let shared = Arc::new(Shared {
-            session: SessionContext {
-                hub: Hub::new(config.hub.clone()),
-                limits: Arc::new(config.limits.clone()),
-                shutdown: CancellationToken::new(),
-                close_grace: config.close_grace,
-                auth: config.auth_hook(),
-                on_message: config.on_message.clone(),
-            },
-            origins: OriginPolicy::new(&config, config.http),
+        let bind_error = |source| StartError::Bind {
+            listener: "WebTransport (UDP)",
+            addr: config.webtransport,
+            source,
+        };
+        let endpoint = webtransport::endpoint(identity, config.webtransport).map_err(bind_error)?;
+        endpoint.local_addr().map_err(bind_error)?;
+        let session = SessionContext {
+            hub: Hub::new(config.hub.clone()),
+            limits: Arc::new(config.limits.clone()),
+            shutdown: CancellationToken::new(),
+            close_grace: config.close_grace,
+            auth: config.auth_hook(),
+            on_message: config.on_message.clone(),
+        };
+        let host = Host {
+            hub: session.hub.clone(),
+            limits: session.limits.clone(),
+        };
+        let transport = Arc::new(transport::Context {
+            session,
+            origins: OriginPolicy::new(
+                config.allowed_origins.as_deref(),
+                config.allow_missing_origin,
+                config.http,
+            ),
             tracker: TaskTracker::new(),
-            webtransport_port,
-            public_webtransport_url: config.public_webtransport_url.clone(),
             ws_read_buffer: config.ws_read_buffer,
-            api_key: config.api_key.clone(),
-            digests: RwLock::new(dev_cert.iter().map(|c| c.digest).collect()),
         });
         Ok(Chat {
             inner: Arc::new(ChatInner {
+                digests: Arc::new(RwLock::new(dev_cert.iter().map(|c| c.digest).collect())),
                 config,
-                shared,
+                transport,
+                host,
                 endpoint: Arc::new(endpoint),
                 dev_cert,
             }),
         })
     }
 
-    /// The chat's HTTP routes, all under `/wtchat` (plus the demo page at `/` when
-    /// `config.demo_page`): merge or nest it into the host's router.
+    /// The chat's HTTP routes, all under `/wtchat` (plus the demo page at `/` unless
+    /// [`demo_page(false)`](crate::ConfigBuilder::demo_page)): merge or nest it into the
+    /// host's router.
     pub fn router(&self) -> Router {
-        crate::http::router(self.inner.shared.clone(), self.inner.config.demo_page)
+        let inner = &self.inner;
+        crate::http::router(crate::http::HttpState {
+            transport: inner.transport.clone(),
+            host: inner.host.clone(),
+            api_key: inner.config.api_key.as_deref().map(Arc::from),
+            webtransport_port: self.webtransport_addr().port(),
+            public_webtransport_url: inner
+                .config
+                .public_webtransport_url
+                .as_deref()
+                .map(Arc::from),
+            digests: inner.digests.clone(),
+            demo_page: inner.config.demo_page,
+        })
     }
 
     /// The WebTransport (UDP) address actually bound.
@@ -218,49 +206,62 @@ impl Chat {
 
     /// SHA-256 digests of the development certificate (empty with a CA-issued certificate).
     pub fn certificate_digests(&self) -> Vec<[u8; 32]> {
-        self.inner.shared.digests()
-    }
-
-    /// The broadcast core.
-    pub fn hub(&self) -> Hub {
-        self.inner.shared.session.hub.clone()
+        self.inner.digests.read().unwrap().clone()
     }
 
     /// Publishes `text` into `room` as `from` (a bot, the system, a message from the host's
     /// own form), exactly like a member's message: stored, numbered, sent to every member.
     /// Returns its sequence number.
-    pub fn publish(&self, room: &str, from: &str, text: &str) -> Result<u64, ErrorCode> {
-        self.inner.shared.publish(room, from, text)
+    pub fn publish(&self, room: &str, from: &str, text: &str) -> Result<u64, PublishError> {
+        self.inner.host.publish(room, from, text)
     }
 
     /// The members of `room` (empty when it does not exist).
     pub fn members(&self, room: &str) -> Vec<MemberInfo> {
-        self.inner.shared.members(room)
+        self.inner.host.members(room)
     }
 
-    /// Disconnects every connection of user `user` (or, for anonymous members, of member id
-    /// `user`) in `room` with close code 4403 `kicked`: the client does not reconnect.
-    /// Returns how many connections were kicked.
+    /// Disconnects every connection of user `user` (the user id of its
+    /// [`Identity`](crate::Identity)) in `room` with close code 4403 `kicked`: the client
+    /// does not reconnect. Returns how many connections were kicked.
     pub fn kick(&self, room: &str, user: &str) -> usize {
-        self.inner.shared.kick(room, user)
+        self.inner.host.kick(room, user)
+    }
+
+    /// Disconnects member `member` (its id, as [`members`](Self::members) lists it) of
+    /// `room` with close code 4403 `kicked`: for anonymous members, who have no user id.
+    /// Returns whether it was there.
+    pub fn kick_member(&self, room: &str, member: u64) -> bool {
+        self.inner
+            .host
+            .disconnect_member(room, member, CloseCode::Kicked)
+    }
+
+    /// Asks member `member` of `room` to reconnect (close code 4002 `reconnect`): its
+    /// client comes back at once, authenticates again (picking up a changed identity or
+    /// changed rooms) and resumes, missing no message. Returns whether it was there.
+    pub fn reconnect_member(&self, room: &str, member: u64) -> bool {
+        self.inner
+            .host
+            .disconnect_member(room, member, CloseCode::Reconnect)
     }
 
     /// Runs the WebTransport endpoint (and the certificate renewal) until `shutdown`
     /// resolves; then closes every session, WebSocket ones included, with close code 4000,
-    /// and returns once they are closed or `shutdown_grace` has passed.
+    /// and returns once they are closed or the shutdown grace has passed.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
         let inner = &self.inner;
-        let token = inner.shared.session.shutdown.clone();
+        let token = inner.transport.session.shutdown.clone();
         let accept = tokio::spawn(webtransport::serve(
             inner.endpoint.clone(),
-            inner.shared.clone(),
+            inner.transport.clone(),
         ));
         let renew = inner.dev_cert.clone().map(|cert| {
             tokio::spawn(renew(
                 cert,
                 inner.config.clone(),
                 inner.endpoint.clone(),
-                inner.shared.clone(),
+                inner.digests.clone(),
             ))
         });
         tokio::select! {
@@ -273,12 +274,10 @@ impl Chat {
             renew.abort();
         }
         let _ = accept.await;
-        inner.shared.tracker.close();
+        let tracker = &inner.transport.tracker;
+        tracker.close();
         let grace = inner.config.shutdown_grace;
-        if tokio::time::timeout(grace, inner.shared.tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(?grace, "some sessions did not finish in time");
         }
         inner.endpoint.close(0u32.into(), b"shutdown");
@@ -287,46 +286,8 @@ impl Chat {
 
     /// Resolves when the chat starts shutting down (for the host's HTTP server).
     pub(crate) fn stopping(&self) -> CancellationToken {
-        self.inner.shared.session.shutdown.clone()
+        self.inner.transport.session.shutdown.clone()
     }
-}
-
-/// The WebTransport endpoint's configuration. `bind` None: for a reload, which keeps the
-/// socket it has.
-fn quic_config(identity: Identity, bind: Option<SocketAddr>) -> io::Result<ServerConfig> {
-    let mut transport = wtransport::config::QuicTransportConfig::default();
-    transport.keep_alive_interval(Some(KEEP_ALIVE));
-    transport.max_concurrent_bidi_streams(MAX_STREAMS.into());
-    transport.max_concurrent_uni_streams(MAX_STREAMS.into());
-    transport.stream_receive_window(STREAM_RECEIVE_WINDOW.into());
-    transport.receive_window(RECEIVE_WINDOW.into());
-    transport.datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
-    transport.max_idle_timeout(Some(
-        IDLE_TIMEOUT
-            .try_into()
-            .expect("30 s is a valid idle timeout"),
-    ));
-    let builder = ServerConfig::builder();
-    let builder = match bind {
-        Some(addr) => builder.with_bind_socket(udp_socket(addr)?),
-        None => builder.with_bind_default(0),
-    };
-    Ok(builder.with_custom_transport(identity, transport).build())
-}
-
-/// A UDP socket for the endpoint: dual-stack when bound to an IPv6 address (Chromium dials
-/// `::1` for `localhost`), with buffers sized for many sessions.
-fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
-    // Best effort: a smaller buffer still works, only less well under load.
-    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
-    let _ = socket.set_send_buffer_size(UDP_BUFFER);
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
 }
 
 /// Replaces the development certificate before it expires, without dropping a session:
@@ -335,7 +296,7 @@ async fn renew(
     mut cert: DevCert,
     config: Config,
     endpoint: Arc<Endpoint<endpoint_side::Server>>,
-    shared: Arc<Shared>,
+    digests: Digests,
 ) {
     let Tls::Dev { dir } = &config.tls else {
         return;
@@ -357,15 +318,13 @@ async fn renew(
                 continue;
             }
         };
-        let reloaded =
-            quic_config(identity, None).and_then(|quic| endpoint.reload_config(quic, false));
-        if let Err(e) = reloaded {
+        if let Err(e) = webtransport::reload(&endpoint, identity) {
             tracing::error!(error = %e, "could not load the renewed certificate; retrying in a minute");
             tokio::time::sleep(Duration::from_secs(60)).await;
             continue;
         }
         tracing::info!(digest = %fresh.digest_hex(), "renewed the development certificate");
-        *shared.digests.write().unwrap() = vec![fresh.digest];
+        *digests.write().unwrap() = vec![fresh.digest];
         cert = fresh;
     }
 }

@@ -1,14 +1,19 @@
-//! Configuration and its defaults: where to listen, which certificate to use, which
-//! origins may connect, and the limits. Defaults work on a laptop with no flags.
+//! The configuration: where to listen, which certificate to use, which origins may connect,
+//! the host's hooks, and the limits. It is built by [`Config::builder`], whose
+//! [`build`](ConfigBuilder::build) refuses every setting that cannot work with a
+//! [`ConfigError`] naming the setting and the reason; `wtchat serve` builds its
+//! configuration through the same builder, so the command line and the library refuse the
+//! same things with the same words. The defaults work on a laptop with no settings at all.
 
+use std::fmt;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::future::Future;
-use std::sync::Arc;
-
-use crate::auth::{AuthHook, ConnectRequest, Identity, TokenAuth};
+use crate::auth::{AuthHook, ConnectRequest, Identity, Refusal, TokenAuth};
+use crate::certs::MAX_DAYS;
 use crate::hub::HubConfig;
 use crate::protocol::Limits;
 
@@ -17,19 +22,34 @@ use crate::protocol::Limits;
 /// a host application mount the chat beside its routes without collisions.
 pub const PATH: &str = "/wtchat";
 
+/// The shortest token secret or API key accepted. HS256 tokens can be checked offline
+/// against guessed secrets as fast as a GPU hashes; 32 random bytes (the hash's own size)
+/// put that out of reach.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// Where the WebTransport certificate comes from.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Tls {
     /// A development certificate in this directory, generated when missing or about to
     /// expire, renewed while running, served by digest (`serverCertificateHashes`).
-    Dev { dir: PathBuf },
+    Dev {
+        /// The directory holding `cert.pem` and `key.pem`.
+        dir: PathBuf,
+    },
     /// A CA-issued certificate chain and key (PEM files). No digests are served: browsers
     /// verify it the usual way.
-    Files { cert: PathBuf, key: PathBuf },
+    Files {
+        /// The certificate chain, leaf first.
+        cert: PathBuf,
+        /// The private key.
+        key: PathBuf,
+    },
 }
 
 /// What the host's message hook sees of a message before it is stored.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct MessageEvent<'a> {
     /// The room.
     pub room: &'a str,
@@ -41,59 +61,41 @@ pub struct MessageEvent<'a> {
     pub text: &'a str,
 }
 
-/// The host's message hook: `Ok` lets the message through, `Err(reason)` rejects it (the
-/// sender gets error `rejected` with the reason, nobody else sees it). It runs on the
-/// sender's session before the message is stored: keep it quick (spawn slow work).
-pub type MessageHook = Arc<dyn Fn(&MessageEvent<'_>) -> Result<(), String> + Send + Sync>;
+/// The host's message hook: `Ok` lets the message through, `Err(refusal)` rejects it (the
+/// sender gets error `rejected` with the refusal's message, nobody else sees it). It runs
+/// on the sender's session before the message is stored: keep it quick (spawn slow work).
+pub(crate) type MessageHook = Arc<dyn Fn(&MessageEvent<'_>) -> Result<(), Refusal> + Send + Sync>;
 
-/// Everything `wtchat serve` (or an embedding application) can set.
+/// A validated configuration: everything `wtchat serve` (or a host application) can set.
+/// Made by [`Config::builder`] (or [`Config::default`]) and handed to
+/// [`Chat::new`](crate::Chat::new) or [`Server::bind`](crate::Server::bind).
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct Config {
-    /// TCP address of the HTTP side. Port 0 picks a free port.
-    pub http: SocketAddr,
-    /// UDP address of WebTransport. The default `[::]` is dual-stack: Chromium dials `::1`
-    /// for `localhost`, other clients `127.0.0.1`. Port 0 picks a free port.
-    pub webtransport: SocketAddr,
-    /// The certificate for WebTransport.
-    pub tls: Tls,
-    /// The WebTransport URL handed to clients, when it is not this server's own address as
-    /// the page reached it (a public name, a port forwarded elsewhere). `None`:
-    /// `https://<host the page used>:<bound UDP port>/wtchat`.
-    pub public_webtransport_url: Option<String>,
-    /// Origins whose pages may connect, like `https://example.com`. `None` means the
-    /// server's own HTTP origins (`http://localhost:PORT`, `http://127.0.0.1:PORT`,
-    /// `http://[::1]:PORT`); `"*"` in the list allows any origin.
-    pub allowed_origins: Option<Vec<String>>,
-    /// Whether a request without an `Origin` header (not a browser: a script, a test, a
-    /// backend) may connect.
-    pub allow_missing_origin: bool,
-    /// Frame and connection limits.
-    pub limits: Limits,
-    /// Room and queue sizes.
-    pub hub: HubConfig,
-    /// How long shutdown waits for sessions to say goodbye before exiting anyway.
-    pub shutdown_grace: Duration,
-    /// How long a closing connection may take to receive its last frames and `bye`.
-    pub close_grace: Duration,
-    /// A development certificate is replaced when it has less than this left.
-    pub renew_before: Duration,
-    /// Serve the demo chat page at `/`.
-    pub demo_page: bool,
-    /// The host's authentication hook (see [`Config::with_auth`]); takes precedence over
-    /// `token_secret`.
-    pub authenticate: Option<AuthHook>,
-    /// Accept signed tokens (`?token=`, HS256 JWT) made with this secret, and refuse
-    /// connections without a valid one.
-    pub token_secret: Option<String>,
-    /// Called for every message before it is stored; may reject it.
-    pub on_message: Option<MessageHook>,
-    /// Enables the HTTP API (`/wtchat/api/...`) for requests bearing this key.
-    pub api_key: Option<String>,
-    /// tungstenite's read buffer per WebSocket. Chat frames are small; a small buffer is
-    /// what keeps an idle WebSocket under a few KiB of memory.
-    pub ws_read_buffer: usize,
+    /// TCP address of the HTTP side.
+    pub(crate) http: SocketAddr,
+    /// UDP address of WebTransport.
+    pub(crate) webtransport: SocketAddr,
+    pub(crate) tls: Tls,
+    pub(crate) public_webtransport_url: Option<String>,
+    /// `None`: the server's own HTTP origins.
+    pub(crate) allowed_origins: Option<Vec<String>>,
+    pub(crate) allow_missing_origin: bool,
+    pub(crate) limits: Limits,
+    pub(crate) hub: HubConfig,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) close_grace: Duration,
+    pub(crate) renew_before: Duration,
+    pub(crate) demo_page: bool,
+    /// Takes precedence over `token_secret`.
+    pub(crate) authenticate: Option<AuthHook>,
+    pub(crate) token_secret: Option<String>,
+    pub(crate) on_message: Option<MessageHook>,
+    pub(crate) api_key: Option<String>,
+    pub(crate) ws_read_buffer: usize,
 }
 
+/// The defaults, as documented on each [`ConfigBuilder`] method.
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -120,46 +122,48 @@ impl Default for Config {
     }
 }
 
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secret = |s: &Option<String>| s.as_ref().map(|_| "<secret>");
         f.debug_struct("Config")
             .field("http", &self.http)
             .field("webtransport", &self.webtransport)
             .field("tls", &self.tls)
+            .field("public_webtransport_url", &self.public_webtransport_url)
             .field("allowed_origins", &self.allowed_origins)
             .field("allow_missing_origin", &self.allow_missing_origin)
             .field("limits", &self.limits)
             .field("hub", &self.hub)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("close_grace", &self.close_grace)
+            .field("renew_before", &self.renew_before)
+            .field("demo_page", &self.demo_page)
             .field("authenticate", &self.authenticate.is_some())
-            .field(
-                "token_secret",
-                &self.token_secret.as_ref().map(|_| "<secret>"),
-            )
+            .field("token_secret", &secret(&self.token_secret))
             .field("on_message", &self.on_message.is_some())
-            .field("api_key", &self.api_key.as_ref().map(|_| "<secret>"))
-            .finish_non_exhaustive()
+            .field("api_key", &secret(&self.api_key))
+            .field("ws_read_buffer", &self.ws_read_buffer)
+            .finish()
     }
 }
 
 impl Config {
-    /// Sets the authentication hook: it sees each connection's request and returns who it
-    /// is, or why it is refused (the client gets `bye` 4401 with that reason).
-    pub fn with_auth<F, Fut>(mut self, hook: F) -> Config
-    where
-        F: Fn(ConnectRequest) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Identity, String>> + Send + 'static,
-    {
-        self.authenticate = Some(Arc::new(move |request| Box::pin(hook(request))));
-        self
-    }
-
-    /// Sets the message hook (store, moderate, reject).
-    pub fn with_message_hook<F>(mut self, hook: F) -> Config
-    where
-        F: Fn(&MessageEvent<'_>) -> Result<(), String> + Send + Sync + 'static,
-    {
-        self.on_message = Some(Arc::new(hook));
-        self
+    /// A builder starting from the defaults.
+    ///
+    /// ```
+    /// let config = wtchat::Config::builder()
+    ///     .http("127.0.0.1:3000".parse().unwrap())
+    ///     .history(50)
+    ///     .build()
+    ///     .expect("a valid configuration");
+    /// # let _ = config;
+    /// let refused = wtchat::Config::builder().token_secret("change-me").build().unwrap_err();
+    /// assert_eq!(refused.setting(), "token_secret");
+    /// ```
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder {
+            config: Config::default(),
+        }
     }
 
     /// The hook in force: the host's, else token checking when a secret is set.
@@ -172,90 +176,425 @@ impl Config {
     }
 }
 
-/// Which `Origin` headers may open a connection.
-#[derive(Debug, Clone)]
-pub(crate) struct OriginPolicy {
-    allowed: Vec<String>,
-    any: bool,
-    allow_missing: bool,
+/// Builds a [`Config`]: each method sets one setting (its default is in its documentation),
+/// and [`build`](Self::build) checks them all together.
+#[must_use = "a builder does nothing until build() is called"]
+pub struct ConfigBuilder {
+    config: Config,
 }
 
-/// Origins compare without case and without a trailing slash.
-fn normalize(origin: &str) -> String {
-    origin.trim().trim_end_matches('/').to_ascii_lowercase()
+impl fmt::Debug for ConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ConfigBuilder").field(&self.config).finish()
+    }
 }
 
-impl OriginPolicy {
-    /// The policy for `config`, given the HTTP address actually bound.
-    pub(crate) fn new(config: &Config, http: SocketAddr) -> OriginPolicy {
-        let allowed: Vec<String> = match &config.allowed_origins {
-            Some(list) => list.iter().map(|o| normalize(o)).collect(),
-            None => {
-                let port = http.port();
-                let mut own = vec![
-                    format!("http://localhost:{port}"),
-                    format!("http://127.0.0.1:{port}"),
-                    format!("http://[::1]:{port}"),
-                ];
-                if !http.ip().is_loopback() && !http.ip().is_unspecified() {
-                    own.push(format!("http://{http}"));
-                }
-                own
+impl ConfigBuilder {
+    /// TCP address of the HTTP side: configuration, WebSocket fallback, client, demo page.
+    /// Its origins are the default allowed origins. Port 0 picks a free port (with
+    /// [`Server`](crate::Server)). Default `127.0.0.1:8080`.
+    pub fn http(mut self, addr: SocketAddr) -> Self {
+        self.config.http = addr;
+        self
+    }
+
+    /// UDP address of WebTransport. The default `[::]:4433` is dual-stack: Chromium dials
+    /// `::1` for `localhost`, other clients `127.0.0.1`. Port 0 picks a free port.
+    pub fn webtransport(mut self, addr: SocketAddr) -> Self {
+        self.config.webtransport = addr;
+        self
+    }
+
+    /// The WebTransport certificate. Default: a development certificate in `certs/`.
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.config.tls = tls;
+        self
+    }
+
+    /// The WebTransport URL handed to clients, when it is not this server's own address as
+    /// the page reached it (a public name, a port forwarded elsewhere): an `https://` URL.
+    /// Default: `https://<host the page used>:<bound UDP port>/wtchat`.
+    pub fn public_webtransport_url(mut self, url: impl Into<String>) -> Self {
+        self.config.public_webtransport_url = Some(url.into());
+        self
+    }
+
+    /// Allows pages of `origin` (like `https://example.com`, or `*` for any origin) to
+    /// connect; repeatable. Once one is given, the defaults — the server's own HTTP origins
+    /// `http://localhost:PORT`, `http://127.0.0.1:PORT`, `http://[::1]:PORT` — no longer
+    /// apply.
+    pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
+        self.config
+            .allowed_origins
+            .get_or_insert_with(Vec::new)
+            .push(origin.into());
+        self
+    }
+
+    /// Refuses requests without an `Origin` header (not a browser: a script, a test, a
+    /// backend). Default `false`: they may connect.
+    pub fn require_origin(mut self, require: bool) -> Self {
+        self.config.allow_missing_origin = !require;
+        self
+    }
+
+    /// Largest client frame in bytes; it bounds what one read can make the server buffer.
+    /// Default 16 KiB. It must hold a `send` frame with the longest text.
+    pub fn max_frame_bytes(mut self, bytes: usize) -> Self {
+        self.config.limits.max_frame_bytes = bytes;
+        self
+    }
+
+    /// Longest message text in characters. Default 4000.
+    pub fn max_text_chars(mut self, chars: usize) -> Self {
+        self.config.limits.max_text_chars = chars;
+        self
+    }
+
+    /// Longest display name in characters. Default 32.
+    pub fn max_name_chars(mut self, chars: usize) -> Self {
+        self.config.limits.max_name_chars = chars;
+        self
+    }
+
+    /// Longest room name in characters. Default 64.
+    pub fn max_room_chars(mut self, chars: usize) -> Self {
+        self.config.limits.max_room_chars = chars;
+        self
+    }
+
+    /// Longest client message id in bytes (ids are kept for idempotent retries). Default 64.
+    pub fn max_id_bytes(mut self, bytes: usize) -> Self {
+        self.config.limits.max_id_bytes = bytes;
+        self
+    }
+
+    /// Rooms one connection may be in at once. Default 16.
+    pub fn max_rooms_per_connection(mut self, rooms: usize) -> Self {
+        self.config.limits.max_rooms_per_connection = rooms;
+        self
+    }
+
+    /// Frames per second one connection may send, sustained. Default 20.
+    pub fn frames_per_second(mut self, frames: u32) -> Self {
+        self.config.limits.frames_per_second = frames;
+        self
+    }
+
+    /// Frames one connection may send in a burst above the sustained rate. Default 40.
+    pub fn frame_burst(mut self, frames: u32) -> Self {
+        self.config.limits.frame_burst = frames;
+        self
+    }
+
+    /// Messages kept per room and replayed on join (and for resume after a reconnect).
+    /// Default 100; 0 keeps none.
+    pub fn history(mut self, messages: usize) -> Self {
+        self.config.hub.history_len = messages;
+        self
+    }
+
+    /// Client message ids remembered per room, so that a retried send is acknowledged again
+    /// instead of stored twice. Default 1000: more than `history`, since a retry may come
+    /// late.
+    pub fn dedupe_window(mut self, ids: usize) -> Self {
+        self.config.hub.dedupe_window = ids;
+        self
+    }
+
+    /// Rooms held in memory. At the limit the least recently active empty room is dropped
+    /// (with its history) to make space; if none is empty, new rooms are refused. Default
+    /// 10,000.
+    pub fn max_rooms(mut self, rooms: usize) -> Self {
+        self.config.hub.max_rooms = rooms;
+        self
+    }
+
+    /// Frames queued per connection before it counts as too slow and is disconnected
+    /// (close code 4001; it can resume). Default 2048. It must hold a join's history
+    /// replay in every room a connection may be in: at least `history` ×
+    /// `max_rooms_per_connection`.
+    pub fn outbound_queue(mut self, frames: usize) -> Self {
+        self.config.hub.outbound_queue = frames;
+        self
+    }
+
+    /// Connections held at once, over all transports. Default 50,000.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.config.hub.max_connections = connections;
+        self
+    }
+
+    /// How long shutdown waits for sessions to say goodbye before returning anyway.
+    /// Default 5 s.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.config.shutdown_grace = grace;
+        self
+    }
+
+    /// How long a closing connection may take to receive its last frames and `bye`.
+    /// Default 5 s.
+    pub fn close_grace(mut self, grace: Duration) -> Self {
+        self.config.close_grace = grace;
+        self
+    }
+
+    /// A development certificate is replaced when it has less than this left; less than
+    /// the 14 days it is valid. Default 1 day.
+    pub fn renew_before(mut self, window: Duration) -> Self {
+        self.config.renew_before = window;
+        self
+    }
+
+    /// Serves the demo chat page at `/`. Default `true`; a host with its own `/` turns it
+    /// off.
+    pub fn demo_page(mut self, serve: bool) -> Self {
+        self.config.demo_page = serve;
+        self
+    }
+
+    /// The host's authentication hook: it sees each connection's request and returns who it
+    /// is, or why it is refused (the client gets `bye` 4401 with that reason). Takes
+    /// precedence over [`token_secret`](Self::token_secret).
+    pub fn auth<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(ConnectRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Identity, Refusal>> + Send + 'static,
+    {
+        self.config.authenticate = Some(Arc::new(move |request| Box::pin(hook(request))));
+        self
+    }
+
+    /// Accepts signed tokens (`?token=`, HS256 JWT) made with this secret, and refuses
+    /// connections without a valid one. At least 32 bytes.
+    pub fn token_secret(mut self, secret: impl Into<String>) -> Self {
+        self.config.token_secret = Some(secret.into());
+        self
+    }
+
+    /// The message hook: called for every message before it is stored; store, moderate,
+    /// or reject it.
+    pub fn message_hook<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&MessageEvent<'_>) -> Result<(), Refusal> + Send + Sync + 'static,
+    {
+        self.config.on_message = Some(Arc::new(hook));
+        self
+    }
+
+    /// Enables the HTTP API (`/wtchat/api/...`) for requests bearing this key
+    /// (`Authorization: Bearer KEY`). At least 32 bytes. Default: no API.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.config.api_key = Some(key.into());
+        self
+    }
+
+    /// The read buffer of each WebSocket, in bytes. Chat frames are small; a small buffer
+    /// keeps an idle WebSocket under a few KiB of memory. Default 1024.
+    pub fn ws_read_buffer(mut self, bytes: usize) -> Self {
+        self.config.ws_read_buffer = bytes;
+        self
+    }
+
+    /// Checks every setting; the first that cannot work is refused with its name and the
+    /// reason.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let config = self.config;
+        let limits = &config.limits;
+        let hub = &config.hub;
+        let positive = [
+            ("max_frame_bytes", limits.max_frame_bytes),
+            ("max_text_chars", limits.max_text_chars),
+            ("max_name_chars", limits.max_name_chars),
+            ("max_room_chars", limits.max_room_chars),
+            ("max_id_bytes", limits.max_id_bytes),
+            ("max_rooms_per_connection", limits.max_rooms_per_connection),
+            ("frames_per_second", limits.frames_per_second as usize),
+            ("frame_burst", limits.frame_burst as usize),
+            ("dedupe_window", hub.dedupe_window),
+            ("max_rooms", hub.max_rooms),
+            ("outbound_queue", hub.outbound_queue),
+            ("max_connections", hub.max_connections),
+            ("ws_read_buffer", config.ws_read_buffer),
+        ];
+        for (setting, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::new(
+                    setting,
+                    "must be at least 1: with 0 nothing could ever pass",
+                ));
             }
-        };
-        OriginPolicy {
-            any: allowed.iter().any(|o| o == "*"),
-            allowed,
-            allow_missing: config.allow_missing_origin,
+        }
+        // The longest text, in ASCII, with the longest room and id, in a `send` frame.
+        let longest_send = limits.max_text_chars + limits.max_room_chars + limits.max_id_bytes + 64;
+        if limits.max_frame_bytes < longest_send {
+            return Err(ConfigError::new(
+                "max_frame_bytes",
+                format!(
+                    "must be at least {longest_send} bytes to carry a send frame with a text of \
+                     max_text_chars ({}) characters; got {}",
+                    limits.max_text_chars, limits.max_frame_bytes
+                ),
+            ));
+        }
+        let replay = hub
+            .history_len
+            .saturating_mul(limits.max_rooms_per_connection);
+        if hub.outbound_queue < replay {
+            return Err(ConfigError::new(
+                "outbound_queue",
+                format!(
+                    "must hold at least history × max_rooms_per_connection = {} × {} = {replay} \
+                     frames, or a client joining its rooms would be cut off as too slow by \
+                     their history alone; got {}",
+                    hub.history_len, limits.max_rooms_per_connection, hub.outbound_queue
+                ),
+            ));
+        }
+        for (setting, grace) in [
+            ("shutdown_grace", config.shutdown_grace),
+            ("close_grace", config.close_grace),
+        ] {
+            if grace.is_zero() {
+                return Err(ConfigError::new(
+                    setting,
+                    "must be more than 0: clients need time to receive their last frames and bye",
+                ));
+            }
+        }
+        let max_validity = Duration::from_secs(u64::from(MAX_DAYS) * 86_400);
+        if config.renew_before.is_zero() || config.renew_before >= max_validity {
+            return Err(ConfigError::new(
+                "renew_before",
+                format!(
+                    "must be more than 0 and less than {MAX_DAYS} days, the longest a development \
+                     certificate is valid (otherwise it is replaced without end, or only once it \
+                     has expired); got {} s",
+                    config.renew_before.as_secs()
+                ),
+            ));
+        }
+        for (setting, secret) in [
+            ("token_secret", &config.token_secret),
+            ("api_key", &config.api_key),
+        ] {
+            if let Some(secret) = secret
+                && secret.len() < MIN_SECRET_BYTES
+            {
+                return Err(ConfigError::new(
+                    setting,
+                    format!(
+                        "must be at least {MIN_SECRET_BYTES} bytes, or it can be guessed; got {} \
+                         (make one with `openssl rand -hex 32`)",
+                        secret.len()
+                    ),
+                ));
+            }
+        }
+        if let Some(url) = &config.public_webtransport_url
+            && !url.starts_with("https://")
+        {
+            return Err(ConfigError::new(
+                "public_webtransport_url",
+                format!("must be an https:// URL (WebTransport runs only over HTTPS); got {url:?}"),
+            ));
+        }
+        for origin in config.allowed_origins.iter().flatten() {
+            if !is_origin(origin) {
+                return Err(ConfigError::new(
+                    "allow_origin",
+                    format!(
+                        "must be `*` or scheme://host[:port] with no path, as browsers send it \
+                         (like https://example.com); got {origin:?}"
+                    ),
+                ));
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// Whether `origin` can match an `Origin` header: `*`, or `http(s)://host[:port]`.
+fn is_origin(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let origin = origin.trim_end_matches('/');
+    let Some((scheme, host)) = origin.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        && !host.is_empty()
+        && !host.contains(['/', '?', '#', ' ', '@'])
+}
+
+/// A setting that cannot work, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    setting: &'static str,
+    reason: String,
+}
+
+impl ConfigError {
+    fn new(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            setting,
+            reason: reason.into(),
         }
     }
 
-    /// Whether a request with this `Origin` header (None: no header) may connect.
-    pub(crate) fn allows(&self, origin: Option<&str>) -> bool {
-        match origin {
-            None => self.allow_missing,
-            Some(_) if self.any => true,
-            Some(origin) => {
-                let origin = normalize(origin);
-                self.allowed.contains(&origin)
-            }
-        }
+    /// The setting refused, as the builder method (and the `wtchat serve` flag, with
+    /// dashes) names it: `token_secret`, `outbound_queue`…
+    pub fn setting(&self) -> &'static str {
+        self.setting
+    }
+
+    /// Why it cannot work.
+    pub fn reason(&self) -> &str {
+        &self.reason
     }
 }
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.setting, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn default_origins_are_the_servers_own() {
-        let http: SocketAddr = "127.0.0.1:8123".parse().unwrap();
-        let policy = OriginPolicy::new(&Config::default(), http);
-        assert!(policy.allows(Some("http://localhost:8123")));
-        assert!(policy.allows(Some("http://127.0.0.1:8123/")));
-        assert!(policy.allows(Some("HTTP://LOCALHOST:8123")));
-        assert!(!policy.allows(Some("http://localhost:8124")));
-        assert!(!policy.allows(Some("https://evil.example")));
-        assert!(!policy.allows(Some("null")));
-        assert!(policy.allows(None));
+    fn the_defaults_are_valid() {
+        let built = Config::builder().build().unwrap();
+        assert_eq!(format!("{built:?}"), format!("{:?}", Config::default()));
     }
 
     #[test]
-    fn configured_origins_replace_the_defaults() {
-        let config = Config {
-            allowed_origins: Some(vec!["https://chat.example.com/".into()]),
-            allow_missing_origin: false,
-            ..Config::default()
-        };
-        let policy = OriginPolicy::new(&config, "127.0.0.1:80".parse().unwrap());
-        assert!(policy.allows(Some("https://chat.example.com")));
-        assert!(!policy.allows(Some("http://localhost:80")));
-        assert!(!policy.allows(None));
-        let any = Config {
-            allowed_origins: Some(vec!["*".into()]),
-            ..Config::default()
-        };
-        let policy = OriginPolicy::new(&any, "127.0.0.1:80".parse().unwrap());
-        assert!(policy.allows(Some("https://anything.example")));
+    fn secrets_never_show_in_debug_output() {
+        let secret = "s".repeat(40);
+        let config = Config::builder()
+            .token_secret(&secret)
+            .api_key(&secret)
+            .build()
+            .unwrap();
+        assert!(!format!("{config:?}").contains(&secret));
+    }
+
+    #[test]
+    fn origins_are_scheme_host_and_port() {
+        assert!(is_origin("*"));
+        assert!(is_origin("https://example.com"));
+        assert!(is_origin("http://localhost:8080/"));
+        assert!(is_origin("http://[::1]:8080"));
+        assert!(!is_origin("example.com"));
+        assert!(!is_origin("https://example.com/chat"));
+        assert!(!is_origin("https://"));
     }
 }

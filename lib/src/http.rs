@@ -5,8 +5,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::Query;
-use axum::extract::State;
+use axum::extract::{FromRef, Query, State};
 use axum::http::StatusCode;
 use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
@@ -16,17 +15,42 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::chat::Shared;
+use crate::chat::Digests;
 use crate::config::PATH;
-use crate::transport::websocket;
+use crate::host::Host;
+use crate::protocol::{CloseCode, ErrorCode};
+use crate::transport::{self, websocket};
 
 /// The browser client, built into the binary so that `wtchat` is one self-contained file.
 const CLIENT_JS: &str = include_str!("../../client/wtchat.js");
 /// The demo chat page.
 const DEMO_PAGE: &str = include_str!("../../client/index.html");
 
+/// What the routes need; cloned for every request, so every field is cheap to clone.
+#[derive(Clone)]
+pub(crate) struct HttpState {
+    /// For the WebSocket upgrade.
+    pub transport: Arc<transport::Context>,
+    /// For the API.
+    pub host: Host,
+    /// The key the host's backend presents to the API; None disables the API.
+    pub api_key: Option<Arc<str>>,
+    /// For `/wtchat/config`: where WebTransport is, and which certificate to pin.
+    pub webtransport_port: u16,
+    pub public_webtransport_url: Option<Arc<str>>,
+    pub digests: Digests,
+    pub demo_page: bool,
+}
+
+/// The WebSocket upgrade handler sees only the transports' context.
+impl FromRef<HttpState> for Arc<transport::Context> {
+    fn from_ref(state: &HttpState) -> Self {
+        state.transport.clone()
+    }
+}
+
 /// The chat's routes, all under [`PATH`], plus the demo page at `/` when configured.
-pub(crate) fn router(shared: Arc<Shared>, demo_page: bool) -> Router {
+pub(crate) fn router(state: HttpState) -> Router {
     let router = Router::new()
         .route(&format!("{PATH}/config"), get(config))
         .route(&format!("{PATH}/ws"), get(websocket::upgrade))
@@ -44,7 +68,7 @@ pub(crate) fn router(shared: Arc<Shared>, demo_page: bool) -> Router {
                 )
             }),
         );
-    let router = if shared.api_key.is_some() {
+    let router = if state.api_key.is_some() {
         // The key is checked before anything else, the body included. A router of its
         // own: route_layer guards every route already on a router.
         let api = Router::new()
@@ -52,19 +76,19 @@ pub(crate) fn router(shared: Arc<Shared>, demo_page: bool) -> Router {
             .route(&format!("{PATH}/api/members"), get(api_members))
             .route(&format!("{PATH}/api/kick"), post(api_kick))
             .route_layer(middleware::from_fn_with_state(
-                shared.clone(),
+                state.clone(),
                 require_api_key,
             ));
         router.merge(api)
     } else {
         router
     };
-    let router = if demo_page {
+    let router = if state.demo_page {
         router.route("/", get(|| async { Html(DEMO_PAGE) }))
     } else {
         router
     };
-    router.with_state(shared)
+    router.with_state(state)
 }
 
 /// The host name the client used to reach us (from `Host`), without the port, so the URLs
@@ -83,7 +107,7 @@ fn request_host(headers: &HeaderMap) -> &str {
 
 /// What a client needs to connect: the WebTransport URL and the certificate digests to pin
 /// (empty with a CA-issued certificate), the WebSocket URL, and the limits it must respect.
-async fn config(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+async fn config(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let host = request_host(&headers);
     let http_host = headers
         .get(header::HOST)
@@ -93,16 +117,19 @@ async fn config(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
         .get("x-forwarded-proto")
         .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
     let ws_scheme = if secure { "wss" } else { "ws" };
-    let hashes: Vec<_> = shared
-        .digests()
+    let hashes: Vec<_> = state
+        .digests
+        .read()
+        .unwrap()
         .iter()
         .map(|d| json!({"algorithm": "sha-256", "value": crate::certs::hex(d)}))
         .collect();
-    let limits = &shared.session.limits;
+    let limits = &state.host.limits;
     let body = json!({
-        "webtransport": shared.public_webtransport_url.clone().unwrap_or_else(|| {
-            format!("https://{host}:{}{PATH}", shared.webtransport_port)
-        }),
+        "webtransport": match &state.public_webtransport_url {
+            Some(url) => url.to_string(),
+            None => format!("https://{host}:{}{PATH}", state.webtransport_port),
+        },
         "certificateHashes": hashes,
         "websocket": format!("{ws_scheme}://{http_host}{PATH}/ws"),
         "limits": {
@@ -125,8 +152,8 @@ async fn config(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
 
 /// Whether the request bears the API key (`Authorization: Bearer KEY`). Compared in
 /// constant time: the key is a password.
-fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
-    let Some(key) = &shared.api_key else {
+fn authorized(state: &HttpState, headers: &HeaderMap) -> bool {
+    let Some(key) = &state.api_key else {
         return false;
     };
     let Some(given) = headers
@@ -150,11 +177,11 @@ fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
 
 /// Lets an API request through only with the API key; 401 otherwise.
 async fn require_api_key(
-    State(shared): State<Arc<Shared>>,
+    State(state): State<HttpState>,
     request: axum::extract::Request,
     next: Next,
 ) -> Response {
-    if authorized(&shared, request.headers()) {
+    if authorized(&state, request.headers()) {
         next.run(request).await
     } else {
         api_error(
@@ -173,13 +200,10 @@ struct PublishRequest {
 }
 
 /// `POST /wtchat/api/publish {"room","from","text"}` → `{"seq"}`.
-async fn api_publish(
-    State(shared): State<Arc<Shared>>,
-    Json(body): Json<PublishRequest>,
-) -> Response {
-    match shared.publish(&body.room, &body.from, &body.text) {
+async fn api_publish(State(state): State<HttpState>, Json(body): Json<PublishRequest>) -> Response {
+    match state.host.publish(&body.room, &body.from, &body.text) {
         Ok(seq) => Json(json!({"room": body.room, "seq": seq})).into_response(),
-        Err(code) => api_error(StatusCode::BAD_REQUEST, code.as_str(), "message refused"),
+        Err(e) => api_error(StatusCode::BAD_REQUEST, e.code().as_str(), &e.to_string()),
     }
 }
 
@@ -189,11 +213,9 @@ struct RoomQuery {
 }
 
 /// `GET /wtchat/api/members?room=R` → `{"room","members":[{"id","name","user"}]}`.
-async fn api_members(
-    State(shared): State<Arc<Shared>>,
-    Query(query): Query<RoomQuery>,
-) -> Response {
-    let members: Vec<_> = shared
+async fn api_members(State(state): State<HttpState>, Query(query): Query<RoomQuery>) -> Response {
+    let members: Vec<_> = state
+        .host
         .members(&query.room)
         .into_iter()
         .map(|m| json!({"id": m.id, "name": m.name, "user": m.user}))
@@ -204,12 +226,28 @@ async fn api_members(
 #[derive(Deserialize)]
 struct KickRequest {
     room: String,
-    user: String,
+    user: Option<String>,
+    member: Option<u64>,
 }
 
-/// `POST /wtchat/api/kick {"room","user"}` → `{"kicked": N}`.
-async fn api_kick(State(shared): State<Arc<Shared>>, Json(body): Json<KickRequest>) -> Response {
-    let kicked = shared.kick(&body.room, &body.user);
+/// `POST /wtchat/api/kick {"room","user"}` (every connection of that user id) or
+/// `{"room","member"}` (that member id, for anonymous members) → `{"room","kicked": N}`.
+async fn api_kick(State(state): State<HttpState>, Json(body): Json<KickRequest>) -> Response {
+    let kicked = match (&body.user, body.member) {
+        (Some(user), None) => state.host.kick(&body.room, user),
+        (None, Some(member)) => usize::from(state.host.disconnect_member(
+            &body.room,
+            member,
+            CloseCode::Kicked,
+        )),
+        _ => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidFrame.as_str(),
+                "give either user (a user id) or member (a member id)",
+            );
+        }
+    };
     Json(json!({"room": body.room, "kicked": kicked})).into_response()
 }
 

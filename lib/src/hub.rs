@@ -22,7 +22,7 @@ use crate::protocol::{self, CloseCode, ErrorCode, MemberRef, PresenceEvent, Serv
 
 /// Sizes of the hub's state. Every one bounds memory; every one is configuration.
 #[derive(Debug, Clone)]
-pub struct HubConfig {
+pub(crate) struct HubConfig {
     /// Messages kept per room for history on join and for resume after a reconnect.
     pub history_len: usize,
     /// Client message ids remembered per room, so that a retried send is acknowledged
@@ -52,7 +52,7 @@ impl Default for HubConfig {
 
 /// One queued frame for a connection.
 #[derive(Debug, Clone)]
-pub struct Outbound {
+pub(crate) struct Outbound {
     /// The encoded frame, `\n`-terminated, shared with every other recipient.
     pub frame: Bytes,
     /// May be lost (typing notices): WebTransport sends it as a datagram, and a full queue
@@ -86,26 +86,26 @@ struct Frames {
 
 /// The sending side of a connection's queue, held by the rooms it is in.
 #[derive(Debug, Clone)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     queue: Arc<Queue>,
 }
 
 /// The receiving side of a connection's queue, held by its session.
 #[derive(Debug)]
-pub struct Inbox {
+pub(crate) struct Inbox {
     queue: Arc<Queue>,
 }
 
 /// Resolves when someone asked the connection to close. Apart from [`Inbox`] so that a
 /// session can wait for frames and for this at once.
 #[derive(Debug)]
-pub struct Closing {
+pub(crate) struct Closing {
     queue: Arc<Queue>,
 }
 
 /// A connection's bounded queue of outbound frames. It allocates nothing until the first
 /// frame, and gives its memory back once drained after a burst.
-pub fn queue(capacity: usize) -> (Outbox, Inbox, Closing) {
+pub(crate) fn queue(capacity: usize) -> (Outbox, Inbox, Closing) {
     let queue = Arc::new(Queue {
         frames: Mutex::new(Frames::default()),
         capacity,
@@ -151,7 +151,7 @@ impl Outbox {
 
     /// Queues a frame that must arrive. Returns false when the connection cannot take it:
     /// its queue is full (it is then told to close as too slow) or it is gone.
-    pub fn push(&self, frame: Bytes) -> bool {
+    pub(crate) fn push(&self, frame: Bytes) -> bool {
         match self.enqueue(frame, false) {
             Ok(()) => true,
             Err(Refused::Full) => {
@@ -163,12 +163,12 @@ impl Outbox {
     }
 
     /// Queues a frame that may be lost; a full queue drops it.
-    pub fn push_ephemeral(&self, frame: Bytes) {
+    pub(crate) fn push_ephemeral(&self, frame: Bytes) {
         let _ = self.enqueue(frame, true);
     }
 
     /// Asks the connection's session to close with `code`.
-    pub fn close(&self, code: CloseCode) {
+    pub(crate) fn close(&self, code: CloseCode) {
         if self.queue.close.set(code).is_ok() {
             self.queue.closing.notify_one();
         }
@@ -180,7 +180,7 @@ const KEEP_CAPACITY: usize = 32;
 
 impl Inbox {
     /// Waits for queued frames and moves up to `limit` of them into `batch`.
-    pub async fn recv_many(&mut self, batch: &mut Vec<Outbound>, limit: usize) -> usize {
+    pub(crate) async fn recv_many(&mut self, batch: &mut Vec<Outbound>, limit: usize) -> usize {
         loop {
             let moved = self.take(batch, limit);
             if moved > 0 {
@@ -191,7 +191,7 @@ impl Inbox {
     }
 
     /// Takes frames already queued without waiting (for the final drain).
-    pub fn drain_now(&mut self, batch: &mut Vec<Outbound>) {
+    pub(crate) fn drain_now(&mut self, batch: &mut Vec<Outbound>) {
         self.take(batch, usize::MAX);
     }
 
@@ -216,7 +216,7 @@ impl Drop for Inbox {
 
 impl Closing {
     /// Resolves when someone asked this connection to close, with the reason.
-    pub async fn wait(&self) -> CloseCode {
+    pub(crate) async fn wait(&self) -> CloseCode {
         loop {
             if let Some(code) = self.queue.close.get() {
                 return *code;
@@ -228,7 +228,7 @@ impl Closing {
 
 /// A member of a room: one connection under one display name.
 #[derive(Debug, Clone)]
-pub struct Member {
+pub(crate) struct Member {
     /// The connection's id, unique in this process.
     pub id: u64,
     /// Display name; shared, never copied per message.
@@ -241,7 +241,7 @@ pub struct Member {
 
 /// A member as listed for the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberSummary {
+pub(crate) struct MemberSummary {
     pub id: u64,
     pub name: Arc<str>,
     pub user: Option<Arc<str>>,
@@ -264,7 +264,7 @@ impl Member {
 
 /// Where a joining client left off, to resume without gaps or duplicates.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Resume {
+pub(crate) struct Resume {
     /// The last sequence number the client saw in this room.
     pub since: Option<u64>,
     /// The room epoch it saw them under; a different epoch means the room was recreated
@@ -275,7 +275,7 @@ pub struct Resume {
 /// One chat room. Cheap to share: sessions hold an `Arc<Room>` per room they are in, so
 /// sending needs no global lock.
 #[derive(Debug)]
-pub struct Room {
+pub(crate) struct Room {
     name: Arc<str>,
     /// Copied from [`HubConfig`] at creation.
     history_len: usize,
@@ -302,7 +302,7 @@ struct RoomState {
 
 /// The broadcast core. A cheap, cloneable handle.
 #[derive(Debug, Clone)]
-pub struct Hub {
+pub(crate) struct Hub {
     inner: Arc<HubInner>,
 }
 
@@ -318,7 +318,7 @@ struct HubInner {
 
 /// Counts one open connection against `max_connections` until dropped.
 #[derive(Debug)]
-pub struct ConnectionPermit {
+pub(crate) struct ConnectionPermit {
     hub: Arc<HubInner>,
 }
 
@@ -337,7 +337,7 @@ fn now_ms() -> u64 {
 
 impl Hub {
     /// A hub with no rooms.
-    pub fn new(config: HubConfig) -> Hub {
+    pub(crate) fn new(config: HubConfig) -> Hub {
         Hub {
             inner: Arc::new(HubInner {
                 config,
@@ -350,17 +350,17 @@ impl Hub {
     }
 
     /// The hub's configuration.
-    pub fn config(&self) -> &HubConfig {
+    pub(crate) fn config(&self) -> &HubConfig {
         &self.inner.config
     }
 
     /// A fresh connection id.
-    pub fn next_id(&self) -> u64 {
+    pub(crate) fn next_id(&self) -> u64 {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Admits one more connection, or None at `max_connections`.
-    pub fn try_connect(&self) -> Option<ConnectionPermit> {
+    pub(crate) fn try_connect(&self) -> Option<ConnectionPermit> {
         let max = self.inner.config.max_connections;
         self.inner
             .connections
@@ -388,23 +388,8 @@ impl Hub {
     }
 
     /// The room called `name`, if it exists.
-    pub fn room(&self, name: &str) -> Option<Arc<Room>> {
+    pub(crate) fn room(&self, name: &str) -> Option<Arc<Room>> {
         self.inner.rooms.lock().unwrap().get(name).cloned()
-    }
-
-    /// Asks connection `member_id` to close with `code`, if it is in a room. Its session
-    /// sends `bye` and closes; with a reconnect code the client comes back and resumes.
-    pub fn disconnect(&self, member_id: u64, code: CloseCode) -> bool {
-        let rooms: Vec<Arc<Room>> = self.inner.rooms.lock().unwrap().values().cloned().collect();
-        rooms.iter().any(|room| {
-            let state = room.state.lock().unwrap();
-            state
-                .members
-                .iter()
-                .find(|m| m.id == member_id)
-                .map(|m| m.outbox.close(code))
-                .is_some()
-        })
     }
 
     fn room_or_create(&self, name: &str) -> Result<Arc<Room>, ErrorCode> {
@@ -451,7 +436,7 @@ impl Hub {
     }
 
     /// Publishes into room `name` (creating it) as `from`, on behalf of the host.
-    pub fn publish_as(&self, name: &str, from: &str, text: &str) -> Result<u64, ErrorCode> {
+    pub(crate) fn publish_as(&self, name: &str, from: &str, text: &str) -> Result<u64, ErrorCode> {
         loop {
             let room = self.room_or_create(name)?;
             let mut state = room.state.lock().unwrap();
@@ -466,7 +451,12 @@ impl Hub {
     /// Adds `member` to room `name` (creating it). Its queue receives, in this order and
     /// before anything else from the room: `joined`, then the history it missed (all of
     /// the recent history without `resume.since`). The other members get a presence event.
-    pub fn join(&self, name: &str, member: Member, resume: Resume) -> Result<Arc<Room>, ErrorCode> {
+    pub(crate) fn join(
+        &self,
+        name: &str,
+        member: Member,
+        resume: Resume,
+    ) -> Result<Arc<Room>, ErrorCode> {
         loop {
             let room = self.room_or_create(name)?;
             let mut state = room.state.lock().unwrap();
@@ -482,14 +472,14 @@ impl Hub {
 
 impl Room {
     /// The room's name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// Stores and broadcasts a message from `sender` (who must be a member), then queues the
     /// sender's acknowledgement behind it. A retry of an `id` already stored is only
     /// acknowledged again, with the original sequence number. Returns that number.
-    pub fn publish(&self, sender: &Member, text: &str, id: Option<&str>) -> u64 {
+    pub(crate) fn publish(&self, sender: &Member, text: &str, id: Option<&str>) -> u64 {
         let mut state = self.state.lock().unwrap();
         let key = id.map(|id| format!("{}\0{id}", sender.sender_key()).into_boxed_str());
         if let Some(&seq) = key.as_ref().and_then(|k| state.dedupe.get(k)) {
@@ -541,7 +531,7 @@ impl Room {
     }
 
     /// Relays a typing notice to the other members; may be dropped for busy ones.
-    pub fn typing(&self, sender: &Member) {
+    pub(crate) fn typing(&self, sender: &Member) {
         let frame = protocol::encode(&ServerFrame::Typing {
             room: &self.name,
             from: &sender.name,
@@ -554,14 +544,27 @@ impl Room {
 
     /// Removes the member with id `member_id`; the others get a presence event.
     /// Returns false when it was not a member (already left, or dropped as too slow).
-    pub fn leave(&self, member_id: u64) -> bool {
+    pub(crate) fn leave(&self, member_id: u64) -> bool {
         let mut state = self.state.lock().unwrap();
         state.last_active = Instant::now();
         state.remove(&self.name, member_id)
     }
 
+    /// Asks every member that `which` selects to close with `code`; returns how many.
+    /// Their sessions send `bye` and close (and leave every room they are in); with a
+    /// reconnect code the clients come back and resume.
+    pub(crate) fn disconnect(&self, which: impl Fn(&Member) -> bool, code: CloseCode) -> usize {
+        let state = self.state.lock().unwrap();
+        state
+            .members
+            .iter()
+            .filter(|m| which(m))
+            .map(|m| m.outbox.close(code))
+            .count()
+    }
+
     /// The current members, for the host.
-    pub fn roster(&self) -> Vec<MemberSummary> {
+    pub(crate) fn roster(&self) -> Vec<MemberSummary> {
         let state = self.state.lock().unwrap();
         state
             .members
@@ -571,16 +574,6 @@ impl Room {
                 name: m.name.clone(),
                 user: m.user.clone(),
             })
-            .collect()
-    }
-
-    /// The current members' ids and names.
-    pub fn members(&self) -> Vec<(u64, Arc<str>)> {
-        let state = self.state.lock().unwrap();
-        state
-            .members
-            .iter()
-            .map(|m| (m.id, m.name.clone()))
             .collect()
     }
 }
@@ -842,9 +835,9 @@ mod tests {
             room.publish(&ann, &format!("m{i}"), None);
         }
         let members: Vec<_> = room
-            .members()
+            .roster()
             .into_iter()
-            .map(|m| m.1.to_string())
+            .map(|m| m.name.to_string())
             .collect();
         assert_eq!(members, ["ann"]);
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -870,7 +863,7 @@ mod tests {
             room.typing(&ann);
         }
         assert_eq!(
-            room.members().len(),
+            room.roster().len(),
             2,
             "a full queue drops typing, not the member"
         );
@@ -901,7 +894,7 @@ mod tests {
             hub.join("fourth", dan, Resume::default()).unwrap_err(),
             ErrorCode::ServerFull
         );
-        assert_eq!(busy.members().len(), 1);
+        assert_eq!(busy.roster().len(), 1);
     }
 
     #[test]

@@ -14,44 +14,53 @@
 //!                   hub                             rooms, sequence numbers, history, presence
 //! ```
 //!
-//! - [`protocol`]: frames, codec, limits, error and close codes (no I/O).
-//! - [`hub`]: the broadcast core; a message is encoded once and its bytes shared by every
+//! - `protocol`: frames, codec, limits, error and close codes (no I/O).
+//! - `hub`: the broadcast core; a message is encoded once and its bytes shared by every
 //!   recipient's bounded queue.
 //! - `session`: the per-connection state machine over a two-trait transport contract.
-//! - `transport`: the WebTransport and WebSocket adapters.
+//! - `transport`: the WebTransport and WebSocket adapters, each handed a small context.
 //! - [`certs`]: development certificates browsers accept by digest, and real ones.
 //! - [`auth`]: identities from the host's hook or from signed tokens.
 //! - [`Chat`]: what a host application mounts (a router, a WebTransport future, and
 //!   publish / members / kick); [`Server`]: the standalone `wtchat serve`.
-//! - [`config`]: one configuration with working defaults.
+//! - [`Config`]: one configuration with working defaults, made by a builder that refuses
+//!   what cannot work.
+//!
+//! Only what a host needs is public; the wire protocol and the core are not, so they can
+//! change without breaking a host. Every error is a type of its own: [`ConfigError`],
+//! [`StartError`], [`PublishError`], [`auth::TokenError`], and the hooks' [`Refusal`].
 //!
 //! ## Quick start
 //!
 //! ```no_run
-//! # async fn demo() -> std::io::Result<()> {
-//! let config = wtchat::Config {
-//!     http: "127.0.0.1:0".parse().unwrap(),
-//!     webtransport: "[::]:0".parse().unwrap(),
-//!     ..wtchat::Config::default()
-//! };
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = wtchat::Config::builder()
+//!     .http("127.0.0.1:0".parse()?)
+//!     .webtransport("[::]:0".parse()?)
+//!     .build()?;
 //! let server = wtchat::Server::bind(config).await?;
 //! println!("HTTP on {}, WebTransport on {}", server.http_addr(), server.webtransport_addr());
-//! server.run(async { tokio::signal::ctrl_c().await.unwrap() }).await
+//! server.run(async { tokio::signal::ctrl_c().await.unwrap() }).await;
+//! # Ok(())
 //! # }
 //! ```
+
+#![deny(missing_docs)]
 
 pub mod auth;
 pub mod certs;
 mod chat;
-pub mod config;
+mod config;
+mod host;
 mod http;
-pub mod hub;
-pub mod protocol;
+mod hub;
+mod protocol;
 mod server;
 mod session;
 mod transport;
 
-pub use auth::{ConnectRequest, Identity, Rooms};
-pub use chat::{Chat, MemberInfo};
-pub use config::{Config, MessageEvent, Tls};
+pub use auth::{ConnectRequest, Identity, Refusal, Rooms, Transport};
+pub use chat::{Chat, StartError};
+pub use config::{Config, ConfigBuilder, ConfigError, MIN_SECRET_BYTES, MessageEvent, PATH, Tls};
+pub use host::{MemberInfo, PublishError};
 pub use server::Server;

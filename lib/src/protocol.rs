@@ -192,6 +192,8 @@ pub enum CloseCode {
     Shutdown = 4000,
     /// The client did not read fast enough and its outbound queue filled up.
     TooSlow = 4001,
+    /// The host asked the client to reconnect (to authenticate again, say).
+    Reconnect = 4002,
     /// The client broke the transport's framing (e.g. invalid UTF-8 in a WebSocket text
     /// message). Reconnecting would fail the same way.
     ProtocolError = 4400,
@@ -220,6 +222,7 @@ impl CloseCode {
             CloseCode::Normal => "normal",
             CloseCode::Shutdown => "shutdown",
             CloseCode::TooSlow => "too_slow",
+            CloseCode::Reconnect => "reconnect",
             CloseCode::ProtocolError => "protocol_error",
             CloseCode::Unauthorized => "unauthorized",
             CloseCode::Kicked => "kicked",
@@ -540,6 +543,7 @@ mod tests {
     fn close_codes_say_whether_to_reconnect() {
         assert!(CloseCode::Shutdown.reconnect());
         assert!(CloseCode::TooSlow.reconnect());
+        assert!(CloseCode::Reconnect.reconnect());
         assert!(!CloseCode::Normal.reconnect());
         assert!(!CloseCode::ProtocolError.reconnect());
         assert!(!CloseCode::FrameTooLarge.reconnect());

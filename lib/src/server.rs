@@ -2,18 +2,17 @@
 //! router on it, and runs both until shutdown.
 
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
-use crate::chat::Chat;
+use crate::chat::{Chat, StartError};
 use crate::config::Config;
-use crate::hub::Hub;
 
 /// A bound, not yet running chat server.
+#[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
     chat: Chat,
@@ -22,10 +21,15 @@ pub struct Server {
 impl Server {
     /// Binds both addresses and loads (or creates) the certificate. Nothing is served until
     /// [`run`](Self::run).
-    pub async fn bind(mut config: Config) -> io::Result<Server> {
-        let listener = TcpListener::bind(config.http).await?;
+    pub async fn bind(mut config: Config) -> Result<Server, StartError> {
+        let bind_error = |source| StartError::Bind {
+            listener: "HTTP (TCP)",
+            addr: config.http,
+            source,
+        };
+        let listener = TcpListener::bind(config.http).await.map_err(bind_error)?;
         // The address actually bound (port 0 picks one) is the origin pages will have.
-        config.http = listener.local_addr()?;
+        config.http = listener.local_addr().map_err(bind_error)?;
         let chat = Chat::new(config).await?;
         Ok(Server { listener, chat })
     }
@@ -47,19 +51,14 @@ impl Server {
         self.chat.clone()
     }
 
-    /// The broadcast core, to look at rooms and members or disconnect a client.
-    pub fn hub(&self) -> Hub {
-        self.chat.hub()
-    }
-
     /// SHA-256 digests of the development certificate (empty with a CA-issued certificate).
     pub fn certificate_digests(&self) -> Vec<[u8; 32]> {
         self.chat.certificate_digests()
     }
 
     /// Serves until `shutdown` resolves, then closes every connection with the shutdown code
-    /// and returns once they are closed or `shutdown_grace` has passed.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
+    /// and returns once they are closed or the shutdown grace has passed.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
         let stopping = self.chat.stopping();
         // Chat frames are small and latency matters: no Nagle delay. It also sends a close
         // frame at once, before a socket with unread input is reset (see session::goodbye).
@@ -77,6 +76,5 @@ impl Server {
         self.chat.run(shutdown).await;
         // Plain HTTP requests still in flight get a short deadline.
         let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
-        Ok(())
     }
 }

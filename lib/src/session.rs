@@ -85,14 +85,17 @@ pub(crate) async fn start(
     let identity = match (&ctx.auth, request) {
         (Some(hook), Some(request)) => match hook(request).await {
             Ok(identity) => Some(identity),
-            Err(reason) => {
-                tracing::info!(reason, "connection refused by authentication");
+            Err(refusal) => {
+                tracing::info!(
+                    reason = refusal.message(),
+                    "connection refused by authentication"
+                );
                 let goodbye = goodbye(
                     &mut reader,
                     &mut writer,
                     Vec::new(),
                     CloseCode::Unauthorized,
-                    Some(&reason),
+                    Some(refusal.message()),
                 );
                 let _ = tokio::time::timeout(ctx.close_grace, goodbye).await;
                 return;
@@ -333,8 +336,8 @@ impl Session<'_> {
                 user: joined.me.user.as_deref(),
                 text,
             };
-            if let Err(reason) = hook(&event) {
-                return self.error(ErrorCode::Rejected, &reason, Some(room), id);
+            if let Err(refusal) = hook(&event) {
+                return self.error(ErrorCode::Rejected, refusal.message(), Some(room), id);
             }
         }
         joined.room.publish(&joined.me, text, id);

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use wtchat::{Config, Server, Tls};
+use wtchat::{Config, ConfigBuilder, Server, Tls};
 use wtransport::endpoint::ConnectOptions;
 use wtransport::tls::Sha256Digest;
 use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
@@ -28,7 +28,6 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 pub struct TestServer {
     /// The host's handle on the chat (publish, members, kick).
     pub chat: wtchat::Chat,
-    pub hub: wtchat::hub::Hub,
     pub http: SocketAddr,
     pub webtransport: SocketAddr,
     pub digests: Vec<[u8; 32]>,
@@ -39,27 +38,28 @@ pub struct TestServer {
 
 /// A server with the default configuration on free ports.
 pub async fn start() -> TestServer {
-    start_with(|_| {}).await
+    start_with(|config| config).await
 }
 
 /// A server on free ports, with `tweak` applied to its configuration.
-pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+pub async fn start_with(tweak: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> TestServer {
     let cert_dir = tempfile::tempdir().unwrap();
-    let mut config = Config {
-        http: "127.0.0.1:0".parse().unwrap(),
-        webtransport: "[::]:0".parse().unwrap(),
-        tls: Tls::Dev {
+    let builder = Config::builder()
+        .http("127.0.0.1:0".parse().unwrap())
+        .webtransport("[::]:0".parse().unwrap())
+        .tls(Tls::Dev {
             dir: cert_dir.path().to_path_buf(),
-        },
-        ..Config::default()
-    };
-    tweak(&mut config);
+        });
+    let config = tweak(builder).build().expect("a valid configuration");
     let server = Server::bind(config).await.expect("server binds");
     let (chat, http) = (server.chat(), server.http_addr());
-    TestServer::spawn(chat, http, cert_dir, |stopped| {
-        server.run(async {
-            let _ = stopped.await;
-        })
+    TestServer::spawn(chat, http, cert_dir, |stopped| async move {
+        server
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await;
+        Ok(())
     })
 }
 
@@ -67,7 +67,11 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
 /// certificate directory; `app` builds the host's router around the chat (as
 /// examples/axum_host.rs does).
 pub async fn start_host(
-    config: impl FnOnce(SocketAddr, SocketAddr, std::path::PathBuf) -> Config,
+    config: impl FnOnce(
+        SocketAddr,
+        SocketAddr,
+        std::path::PathBuf,
+    ) -> Result<Config, wtchat::ConfigError>,
     app: impl FnOnce(&wtchat::Chat) -> axum::Router,
 ) -> TestServer {
     let cert_dir = tempfile::tempdir().unwrap();
@@ -77,7 +81,8 @@ pub async fn start_host(
         http,
         "[::]:0".parse().unwrap(),
         cert_dir.path().to_path_buf(),
-    );
+    )
+    .expect("a valid configuration");
     let chat = wtchat::Chat::new(config).await.expect("chat starts");
     let router = app(&chat);
     TestServer::spawn(chat.clone(), http, cert_dir, move |stopped| async move {
@@ -110,7 +115,6 @@ impl TestServer {
     {
         let (stop, stopped) = oneshot::channel();
         TestServer {
-            hub: chat.hub(),
             webtransport: chat.webtransport_addr(),
             digests: chat.certificate_digests(),
             chat,

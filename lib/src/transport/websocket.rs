@@ -14,7 +14,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{self, Poll};
 
 use axum::Extension;
 use axum::body::Body;
@@ -31,8 +31,8 @@ use tracing::Instrument;
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message};
 
-use crate::auth::ConnectRequest;
-use crate::chat::Shared;
+use super::Context;
+use crate::auth::{ConnectRequest, Transport};
 use crate::hub::Outbound;
 use crate::protocol::CloseCode;
 use crate::session::{self, FrameReader, FrameWriter, Inbound};
@@ -42,7 +42,7 @@ type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 /// The WebSocket fallback: checks the handshake, the origin and the connection limit, then
 /// answers 101 and runs the session on the upgraded connection.
 pub(crate) async fn upgrade(
-    State(shared): State<Arc<Shared>>,
+    State(ctx): State<Arc<Context>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     mut request: Request,
 ) -> Response {
@@ -59,22 +59,22 @@ pub(crate) async fn upgrade(
     let origin = headers
         .get(header::ORIGIN)
         .map(|o| o.to_str().unwrap_or("\u{0}").to_string());
-    if !shared.origins.allows(origin.as_deref()) {
+    if !ctx.origins.allows(origin.as_deref()) {
         tracing::info!(?origin, "websocket refused: origin not allowed");
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
-    if shared.session.shutdown.is_cancelled() {
+    if ctx.session.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
-    let Some(permit) = shared.session.hub.try_connect() else {
+    let Some(permit) = ctx.session.hub.try_connect() else {
         tracing::warn!("websocket refused: connection limit reached");
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
     // What the host's authentication sees, copied out of the request: the request's own
     // headers share hyper's whole read buffer (16 KiB), which must not live as long as the
     // connection. Nothing is kept when the host does not authenticate.
-    let connect = shared.session.auth.is_some().then(|| ConnectRequest {
-        transport: "websocket",
+    let connect = ctx.session.auth.is_some().then(|| ConnectRequest {
+        transport: Transport::WebSocket,
         path: request.uri().path().to_string(),
         query: request.uri().query().unwrap_or_default().to_string(),
         origin,
@@ -84,12 +84,12 @@ pub(crate) async fn upgrade(
     drop(request);
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
     let config = WebSocketConfig::default()
-        .read_buffer_size(shared.ws_read_buffer)
-        .max_message_size(Some(shared.session.limits.max_frame_bytes))
-        .max_frame_size(Some(shared.session.limits.max_frame_bytes));
-    let id = shared.session.hub.next_id();
+        .read_buffer_size(ctx.ws_read_buffer)
+        .max_message_size(Some(ctx.session.limits.max_frame_bytes))
+        .max_frame_size(Some(ctx.session.limits.max_frame_bytes));
+    let id = ctx.session.hub.next_id();
     let span = tracing::info_span!("session", id, transport = "websocket", peer = ?peer);
-    let tracker = shared.tracker.clone();
+    let tracker = ctx.tracker.clone();
     tracker.spawn(
         async move {
             let _permit = permit;
@@ -105,7 +105,7 @@ pub(crate) async fn upgrade(
                 io: write,
                 pending: Bytes::new(),
             };
-            session::start(&shared.session, id, connect, reader, writer).await;
+            session::start(&ctx.session, id, connect, reader, writer).await;
         }
         .instrument(span),
     );
@@ -163,7 +163,7 @@ struct ReadOnly(ReadHalf<Upgraded>);
 impl AsyncRead for ReadOnly {
     fn poll_read(
         mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        cx: &mut task::Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
@@ -173,17 +173,17 @@ impl AsyncRead for ReadOnly {
 impl AsyncWrite for ReadOnly {
     fn poll_write(
         self: Pin<&mut Self>,
-        _: &mut Context<'_>,
+        _: &mut task::Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         Poll::Ready(Ok(buf.len()))
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_flush(self: Pin<&mut Self>, _: &mut task::Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut task::Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
 }

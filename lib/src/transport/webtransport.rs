@@ -8,45 +8,119 @@
 //! be resynchronized without buffering the oversized line.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::{HeaderName, HeaderValue};
 use bytes::{Bytes, BytesMut};
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::AsyncReadExt;
 use tracing::Instrument;
-use wtransport::endpoint::IncomingSession;
-use wtransport::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use wtransport::endpoint::{IncomingSession, endpoint_side};
+use wtransport::{Connection, Endpoint, Identity, RecvStream, SendStream, ServerConfig, VarInt};
 
+use super::Context;
+use crate::auth::{ConnectRequest, Transport};
 use crate::config::PATH;
 use crate::hub::Outbound;
 use crate::protocol::CloseCode;
-use axum::http::{HeaderName, HeaderValue};
-
-use crate::auth::ConnectRequest;
-use crate::chat::Shared;
 use crate::session::{self, FrameReader, FrameWriter, Inbound};
 
 /// How long a client may take from its first packet to an open stream. Bounds what a
 /// half-open handshake can hold.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// UDP socket buffers for the endpoint. With the kernel's 208 KiB default a busy endpoint
+/// drops datagrams (and QUIC then retransmits); 4 MiB stopped the drops at 1000 sessions
+/// here (see NOTES.md). The kernel caps it at `net.core.rmem_max`.
+const UDP_BUFFER: usize = 4 << 20;
+
+/// QUIC keep-alive: browsers time out an idle QUIC connection after about 30 s; a quiet chat
+/// room must not lose its members.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// QUIC idle timeout: how long a vanished client holds its session.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Streams a client may open at once, per direction. A chat session needs two bidirectional
+/// streams (the CONNECT request and the chat stream) and a few unidirectional ones (HTTP/3
+/// control and QPACK). quinn reserves state for every stream the peer may open, so quinn's
+/// default of 100 + 100 costs memory on every idle session for nothing.
+const MAX_STREAMS: u32 = 8;
+
+/// Receive windows sized for chat frames (at most 16 KiB each), not bulk transfer: the
+/// client's side of a conversation is small.
+const STREAM_RECEIVE_WINDOW: u32 = 64 * 1024;
+const RECEIVE_WINDOW: u32 = 256 * 1024;
+const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
+
+/// The endpoint, bound to `addr`, serving `identity`.
+pub(crate) fn endpoint(
+    identity: Identity,
+    addr: SocketAddr,
+) -> io::Result<Endpoint<endpoint_side::Server>> {
+    Endpoint::server(quic_config(identity, Some(addr))?)
+}
+
+/// Makes new sessions use `identity` (a renewed certificate); open ones are untouched.
+pub(crate) fn reload(
+    endpoint: &Endpoint<endpoint_side::Server>,
+    identity: Identity,
+) -> io::Result<()> {
+    endpoint.reload_config(quic_config(identity, None)?, false)
+}
+
+/// The endpoint's configuration. `bind` None: for a reload, which keeps the socket it has.
+fn quic_config(identity: Identity, bind: Option<SocketAddr>) -> io::Result<ServerConfig> {
+    let mut transport = wtransport::config::QuicTransportConfig::default();
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    transport.max_concurrent_bidi_streams(MAX_STREAMS.into());
+    transport.max_concurrent_uni_streams(MAX_STREAMS.into());
+    transport.stream_receive_window(STREAM_RECEIVE_WINDOW.into());
+    transport.receive_window(RECEIVE_WINDOW.into());
+    transport.datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
+    transport.max_idle_timeout(Some(
+        IDLE_TIMEOUT
+            .try_into()
+            .expect("30 s is a valid idle timeout"),
+    ));
+    let builder = ServerConfig::builder();
+    let builder = match bind {
+        Some(addr) => builder.with_bind_socket(udp_socket(addr)?),
+        None => builder.with_bind_default(0),
+    };
+    Ok(builder.with_custom_transport(identity, transport).build())
+}
+
+/// A UDP socket for the endpoint: dual-stack when bound to an IPv6 address (Chromium dials
+/// `::1` for `localhost`), with buffers sized for many sessions.
+fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    // Best effort: a smaller buffer still works, only less well under load.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 /// Accepts sessions until shutdown.
-pub(crate) async fn serve(
-    endpoint: Arc<Endpoint<wtransport::endpoint::endpoint_side::Server>>,
-    shared: Arc<Shared>,
-) {
+pub(crate) async fn serve(endpoint: Arc<Endpoint<endpoint_side::Server>>, ctx: Arc<Context>) {
     loop {
         tokio::select! {
-            () = shared.session.shutdown.cancelled() => break,
+            () = ctx.session.shutdown.cancelled() => break,
             incoming = endpoint.accept() => {
-                let shared2 = shared.clone();
-                shared.tracker.spawn(accept(incoming, shared2));
+                ctx.tracker.spawn(accept(incoming, ctx.clone()));
             }
         }
     }
 }
 
-async fn accept(incoming: IncomingSession, shared: Arc<Shared>) {
+async fn accept(incoming: IncomingSession, ctx: Arc<Context>) {
     let peer = incoming.remote_address();
     let request = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
         Ok(Ok(request)) => request,
@@ -59,7 +133,7 @@ async fn accept(incoming: IncomingSession, shared: Arc<Shared>) {
         .split_once('?')
         .unwrap_or((request.path(), ""));
     let connect = ConnectRequest {
-        transport: "webtransport",
+        transport: Transport::WebTransport,
         path: path.to_string(),
         query: query.to_string(),
         origin: request.origin().map(str::to_string),
@@ -79,11 +153,11 @@ async fn accept(incoming: IncomingSession, shared: Arc<Shared>) {
         tracing::debug!(%peer, path, "refused: unknown path");
         return request.not_found().await;
     }
-    if !shared.origins.allows(request.origin()) {
+    if !ctx.origins.allows(request.origin()) {
         tracing::info!(%peer, origin = request.origin(), "refused: origin not allowed");
         return request.forbidden().await;
     }
-    let Some(permit) = shared.session.hub.try_connect() else {
+    let Some(permit) = ctx.session.hub.try_connect() else {
         tracing::warn!(%peer, "refused: connection limit reached");
         return request.too_many_requests().await;
     };
@@ -92,7 +166,7 @@ async fn accept(incoming: IncomingSession, shared: Arc<Shared>) {
     };
     let stream = tokio::select! {
         stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connection.accept_bi()) => stream,
-        () = shared.session.shutdown.cancelled() => return,
+        () = ctx.session.shutdown.cancelled() => return,
     };
     let Ok(Ok((send, recv))) = stream else {
         connection.close(
@@ -101,28 +175,28 @@ async fn accept(incoming: IncomingSession, shared: Arc<Shared>) {
         );
         return;
     };
-    let id = shared.session.hub.next_id();
+    let id = ctx.session.hub.next_id();
     let span = tracing::info_span!("session", id, transport = "webtransport", %peer);
     let reader = WtReader {
         recv,
         connection: connection.clone(),
         buf: BytesMut::new(),
         scanned: 0,
-        max_frame: shared.session.limits.max_frame_bytes,
+        max_frame: ctx.session.limits.max_frame_bytes,
     };
     let writer = WtWriter {
         send,
         connection,
         pending: Vec::new(),
     };
-    let request = shared.session.auth.is_some().then_some(connect);
+    let request = ctx.session.auth.is_some().then_some(connect);
     // A task of its own: this one's size is that of its largest state, the handshake, and
     // a session would carry that for its whole life.
-    let tracker = shared.tracker.clone();
+    let tracker = ctx.tracker.clone();
     tracker.spawn(
         async move {
             let _permit = permit;
-            session::start(&shared.session, id, request, reader, writer).await;
+            session::start(&ctx.session, id, request, reader, writer).await;
         }
         .instrument(span),
     );

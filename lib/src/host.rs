@@ -1,0 +1,130 @@
+//! What the host application does to the rooms, from Rust ([`Chat`](crate::Chat)) or from
+//! its backend over the HTTP API: publish a message, list a room's members, kick a user
+//! or a member. One implementation for both, checked against the same limits as a
+//! client's frames.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::hub::Hub;
+use crate::protocol::{CloseCode, ErrorCode, Limits};
+
+/// The host's handle on the hub.
+#[derive(Clone)]
+pub(crate) struct Host {
+    pub hub: Hub,
+    pub limits: Arc<Limits>,
+}
+
+/// A room member, as the host sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemberInfo {
+    /// The member's id (as in `presence` frames): one per connection.
+    pub id: u64,
+    /// The display name.
+    pub name: String,
+    /// The host's user id, when the connection was authenticated.
+    pub user: Option<String>,
+}
+
+/// Why [`Chat::publish`](crate::Chat::publish) refused a message. Nothing was stored and
+/// no sequence number was used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The room name is empty, longer than `max_room_chars`, or has characters outside
+    /// `A-Z a-z 0-9 _ - . : @`.
+    InvalidRoom,
+    /// The sender's name is blank, longer than `max_name_chars`, or has control characters.
+    InvalidSender,
+    /// The text is blank.
+    EmptyText,
+    /// The text is longer than `max_text_chars`.
+    TextTooLong,
+    /// The server holds `max_rooms` rooms, none of them empty, and this room is not one.
+    ServerFull,
+}
+
+impl PublishError {
+    /// The wire code the HTTP API answers with: the same as a client's `error` frame.
+    pub(crate) fn code(self) -> ErrorCode {
+        match self {
+            PublishError::InvalidRoom => ErrorCode::InvalidRoom,
+            PublishError::InvalidSender => ErrorCode::InvalidName,
+            PublishError::EmptyText => ErrorCode::InvalidText,
+            PublishError::TextTooLong => ErrorCode::TextTooLong,
+            PublishError::ServerFull => ErrorCode::ServerFull,
+        }
+    }
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PublishError::InvalidRoom => {
+                "room must be 1 to max_room_chars characters of A-Z a-z 0-9 _ - . : @"
+            }
+            PublishError::InvalidSender => {
+                "sender name must be 1 to max_name_chars characters, not blank, without control characters"
+            }
+            PublishError::EmptyText => "text must not be empty",
+            PublishError::TextTooLong => "text is longer than max_text_chars",
+            PublishError::ServerFull => "the server holds max_rooms rooms and none is empty",
+        })
+    }
+}
+
+impl std::error::Error for PublishError {}
+
+impl Host {
+    /// See [`Chat::publish`](crate::Chat::publish).
+    pub(crate) fn publish(&self, room: &str, from: &str, text: &str) -> Result<u64, PublishError> {
+        let limits = &self.limits;
+        limits
+            .check_room(room)
+            .map_err(|_| PublishError::InvalidRoom)?;
+        limits
+            .check_name(from)
+            .map_err(|_| PublishError::InvalidSender)?;
+        limits
+            .check_message(text, None)
+            .map_err(|(code, _)| match code {
+                ErrorCode::TextTooLong => PublishError::TextTooLong,
+                _ => PublishError::EmptyText,
+            })?;
+        self.hub
+            .publish_as(room, from, text)
+            .map_err(|_| PublishError::ServerFull)
+    }
+
+    /// See [`Chat::members`](crate::Chat::members).
+    pub(crate) fn members(&self, room: &str) -> Vec<MemberInfo> {
+        self.hub.room(room).map_or_else(Vec::new, |room| {
+            room.roster()
+                .into_iter()
+                .map(|m| MemberInfo {
+                    id: m.id,
+                    name: m.name.to_string(),
+                    user: m.user.map(|u| u.to_string()),
+                })
+                .collect()
+        })
+    }
+
+    /// See [`Chat::kick`](crate::Chat::kick).
+    pub(crate) fn kick(&self, room: &str, user: &str) -> usize {
+        self.hub.room(room).map_or(0, |room| {
+            room.disconnect(|m| m.user.as_deref() == Some(user), CloseCode::Kicked)
+        })
+    }
+
+    /// Closes member `member` of `room` with `code`; whether it was there. See
+    /// [`Chat::kick_member`](crate::Chat::kick_member) and
+    /// [`Chat::reconnect_member`](crate::Chat::reconnect_member).
+    pub(crate) fn disconnect_member(&self, room: &str, member: u64, code: CloseCode) -> bool {
+        self.hub
+            .room(room)
+            .is_some_and(|room| room.disconnect(|m| m.id == member, code) > 0)
+    }
+}
