@@ -69,7 +69,7 @@ else
 fi
 
 if [[ -z ${NO_BUILD:-} ]]; then
-  cargo build --release --bin wtchat --bin wtchat-bench
+  cargo build --release -p wtchat-cli -p wtchat-bench
 fi
 
 # Thousands of sockets on each side: raise the open-file limit as far as allowed.
@@ -108,7 +108,7 @@ trap 'exit 130' INT TERM
 start_server() {
   : >"$TMP/server.log"
   RUST_LOG=warn "$SERVER" serve --http 127.0.0.1:0 --webtransport 127.0.0.1:0 \
-    --certs "$TMP/certs" --max-frames-per-second 1000000 --frame-burst 1000000 \
+    --certs "$TMP/certs" --frames-per-second 1000000 --frame-burst 1000000 \
     --max-connections 100000 >"$TMP/server.log" 2>&1 &
   SERVER_PID=$!
   HTTP=

@@ -46,6 +46,7 @@ export const CloseCodes = Object.freeze({
   NORMAL: 1000,
   SHUTDOWN: 4000,
   TOO_SLOW: 4001,
+  RECONNECT: 4002,
   PROTOCOL_ERROR: 4400,
   UNAUTHORIZED: 4401,
   KICKED: 4403,

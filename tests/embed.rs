@@ -378,3 +378,99 @@ async fn mounting_the_chat_installs_nothing_global() {
     assert!(!tracing::dispatcher::has_been_set());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn anonymous_members_are_kicked_by_member_id_and_never_by_a_user_id() {
+    let server = start_with(|c| c.api_key(API_KEY)).await;
+    let mut ann = Client::wt(&server).await;
+    let mut bob = Client::ws(&server).await;
+    let mut cid = Client::ws(&server).await;
+    let (ann_joined, _) = ann.join("open", "ann").await;
+    let (bob_joined, _) = bob.join("open", "bob").await;
+    cid.join("open", "cid").await;
+    let ann_id = ann_joined["you"]["id"].as_u64().unwrap();
+    let bob_id = bob_joined["you"]["id"].as_u64().unwrap();
+
+    // A user id that spells a member's id is not that member: nobody has that user id.
+    assert_eq!(server.chat.kick("open", &ann_id.to_string()), 0);
+    assert_eq!(server.chat.members("open").len(), 3);
+
+    // By member id, from Rust: Ann is kicked, for good; the others see her leave.
+    assert!(server.chat.kick_member("open", ann_id));
+    assert_eq!(ann.next_of("bye").await["code"], 4403);
+    assert_eq!(ann.ended().await, Ended::Code(4403));
+    assert!(!server.chat.kick_member("open", ann_id), "already gone");
+
+    // By member id, over the HTTP API.
+    let kick = |body: Value| {
+        let server = &server;
+        async move {
+            let (status, body) = http_request(
+                server.http,
+                "POST",
+                "/wtchat/api/kick",
+                &[("authorization", &format!("Bearer {API_KEY}"))],
+                Some(&body),
+            )
+            .await;
+            (status, serde_json::from_str::<Value>(&body).unwrap())
+        }
+    };
+    let (status, body) = kick(json!({"room":"open","member":bob_id})).await;
+    assert_eq!((status, body["kicked"].as_u64()), (200, Some(1)));
+    assert_eq!(bob.next_of("bye").await["code"], 4403);
+    // Neither or both of user and member: refused, nobody kicked.
+    for body in [
+        json!({"room":"open"}),
+        json!({"room":"open","user":"x","member":1}),
+    ] {
+        let (status, body) = kick(body).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_frame"))
+        );
+    }
+    let names: Vec<String> = server
+        .chat
+        .members("open")
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, ["cid"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_http_api_says_why_a_publish_is_refused() {
+    let server = start_with(|c| c.api_key(API_KEY)).await;
+    for (body, code, message) in [
+        (
+            json!({"room":"a room","from":"Shop","text":"hi"}),
+            "invalid_room",
+            wtchat::PublishError::InvalidRoom.to_string(),
+        ),
+        (
+            json!({"room":"lobby","from":"","text":"hi"}),
+            "invalid_name",
+            wtchat::PublishError::InvalidSender.to_string(),
+        ),
+        (
+            json!({"room":"lobby","from":"Shop","text":"x".repeat(4001)}),
+            "text_too_long",
+            wtchat::PublishError::TextTooLong.to_string(),
+        ),
+    ] {
+        let (status, reply) = http_request(
+            server.http,
+            "POST",
+            "/wtchat/api/publish",
+            &[("authorization", &format!("Bearer {API_KEY}"))],
+            Some(&body),
+        )
+        .await;
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(status, 400, "{reply}");
+        assert_eq!(reply, json!({"error": code, "message": message}));
+    }
+    server.stop().await;
+}

@@ -342,3 +342,52 @@ async fn shutdown_is_bounded_even_when_a_client_stops_reading() {
     server.stop().await;
     drop(stuck);
 }
+
+#[tokio::test]
+async fn a_server_that_cannot_start_says_what_and_why() {
+    use std::error::Error;
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = taken.local_addr().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let config = wtchat::Config::builder()
+        .http(addr)
+        .webtransport("127.0.0.1:0".parse().unwrap())
+        .tls(wtchat::Tls::Dev {
+            dir: certs.path().to_path_buf(),
+        })
+        .build()
+        .unwrap();
+    let error = wtchat::Server::bind(config).await.unwrap_err();
+    assert!(
+        matches!(&error, wtchat::StartError::Bind { listener: "HTTP (TCP)", addr: a, source }
+            if *a == addr && source.kind() == std::io::ErrorKind::AddrInUse),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .starts_with(&format!("cannot listen for HTTP (TCP) on {addr}: ")),
+        "{error}"
+    );
+    assert!(error.source().is_some());
+
+    let missing = certs.path().join("no-such-cert.pem");
+    let config = wtchat::Config::builder()
+        .http("127.0.0.1:0".parse().unwrap())
+        .webtransport("127.0.0.1:0".parse().unwrap())
+        .tls(wtchat::Tls::Files {
+            cert: missing.clone(),
+            key: missing.clone(),
+        })
+        .build()
+        .unwrap();
+    let error = wtchat::Chat::new(config).await.unwrap_err();
+    assert!(
+        matches!(error, wtchat::StartError::Certificate(_)),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("no-such-cert.pem"),
+        "names the file: {error}"
+    );
+}

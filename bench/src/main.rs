@@ -17,9 +17,9 @@
 //! Run the standard set with `bench/run.sh` (see `bench/README.md`), or by hand:
 //!
 //! ```text
-//! cargo build --release --bin wtchat --bin wtchat-bench
+//! cargo build --release -p wtchat-cli -p wtchat-bench
 //! target/release/wtchat serve --http 127.0.0.1:8080 --webtransport 127.0.0.1:4433 \
-//!     --certs "$(mktemp -d)" --max-frames-per-second 1000000 --frame-burst 1000000 &
+//!     --certs "$(mktemp -d)" --frames-per-second 1000000 --frame-burst 1000000 &
 //! target/release/wtchat-bench fanout --http 127.0.0.1:8080 --transport ws \
 //!     --subscribers 1000 --publishers 10 --duration 5 --server-pid $!
 //! ```
@@ -556,7 +556,7 @@ struct FanoutReport {
     lost: u64,
     duplicated: u64,
     out_of_order: u64,
-    /// Sends the server refused (`rate_limited`): raise its --max-frames-per-second.
+    /// Sends the server refused (`rate_limited`): raise its --frames-per-second.
     refused: u64,
     errors: u64,
     /// Clients told `too_slow` (4001), and clients whose connection ended early.
