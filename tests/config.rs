@@ -7,10 +7,13 @@ use std::time::{Duration, Instant};
 
 use wtchat::{Config, ConfigBuilder, ConfigError};
 
+/// A host's settings.
+type Settings = fn(ConfigBuilder) -> ConfigBuilder;
+
 /// One setting that cannot work, as a host sets it and as a command line does.
 struct Case {
     setting: &'static str,
-    builder: fn(ConfigBuilder) -> ConfigBuilder,
+    builder: Settings,
     flags: &'static [&'static str],
 }
 
@@ -121,7 +124,7 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn refusal(builder: fn(ConfigBuilder) -> ConfigBuilder) -> ConfigError {
+fn refusal(builder: Settings) -> ConfigError {
     builder(Config::builder())
         .build()
         .expect_err("the builder refuses it")
@@ -167,7 +170,7 @@ fn the_builder_names_the_setting_and_the_reason() {
 
 #[test]
 fn zero_is_refused_for_every_limit() {
-    let zeroes: [(&str, fn(ConfigBuilder) -> ConfigBuilder); 14] = [
+    let zeroes: [(&str, Settings); 14] = [
         ("max_frame_bytes", |b| b.max_frame_bytes(0)),
         ("max_text_chars", |b| b.max_text_chars(0)),
         ("max_name_chars", |b| b.max_name_chars(0)),
