@@ -41,14 +41,11 @@ use wtransport::endpoint::endpoint_side;
 use crate::certs::{self, CertError, DevCert};
 use crate::config::{Config, Tls};
 use crate::host::{Host, MemberInfo, PublishError};
+use crate::http::{Digests, HttpState};
 use crate::hub::Hub;
 use crate::protocol::CloseCode;
 use crate::session::SessionContext;
 use crate::transport::{self, OriginPolicy, webtransport};
-
-/// SHA-256 digests of the development certificate in use (none with a CA-issued one).
-/// Replaced on renewal, read on every `/wtchat/config`.
-pub(crate) type Digests = Arc<RwLock<Vec<[u8; 32]>>>;
 
 /// wtchat, ready to be mounted: cheap to clone (one `Arc` inside).
 #[derive(Clone)]
@@ -181,7 +178,7 @@ impl Chat {
     /// host's router.
     pub fn router(&self) -> Router {
         let inner = &self.inner;
-        crate::http::router(crate::http::HttpState {
+        crate::http::router(HttpState {
             transport: inner.transport.clone(),
             host: inner.host.clone(),
             api_key: inner.config.api_key.as_deref().map(Arc::from),

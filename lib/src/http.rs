@@ -3,7 +3,7 @@
 //! client (`GET /wtchat/wtchat.js`), and — when an API key is configured — the API for the
 //! host's backend (`/wtchat/api/...`).
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::extract::{FromRef, Query, State};
 use axum::http::StatusCode;
@@ -15,7 +15,6 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::chat::Digests;
 use crate::config::PATH;
 use crate::host::Host;
 use crate::protocol::{CloseCode, ErrorCode};
@@ -25,6 +24,10 @@ use crate::transport::{self, websocket};
 const CLIENT_JS: &str = include_str!("../../client/wtchat.js");
 /// The demo chat page.
 const DEMO_PAGE: &str = include_str!("../../client/index.html");
+
+/// SHA-256 digests of the development certificate in use (none with a CA-issued one).
+/// Replaced on renewal, read on every `/wtchat/config`.
+pub(crate) type Digests = Arc<RwLock<Vec<[u8; 32]>>>;
 
 /// What the routes need; cloned for every request, so every field is cheap to clone.
 #[derive(Clone)]
