@@ -26,7 +26,7 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 QUIET_WAIT=${QUIET_WAIT:-60}
 QUIET_MAX=${QUIET_MAX:-25}
-SERVER=target/release/wtchat
+SERVER=${SERVER:-target/release/wtchat}
 TOOL=target/release/wtchat-bench
 
 # name | tool arguments (the script adds --http, --server-pid, --label, --json).
@@ -109,7 +109,7 @@ start_server() {
   : >"$TMP/server.log"
   RUST_LOG=warn "$SERVER" serve --http 127.0.0.1:0 --webtransport 127.0.0.1:0 \
     --certs "$TMP/certs" --frames-per-second 1000000 --frame-burst 1000000 \
-    --max-connections 100000 >"$TMP/server.log" 2>&1 &
+    --max-connections 100000 --idle-timeout 1h >"$TMP/server.log" 2>&1 &
   SERVER_PID=$!
   HTTP=
   for _ in $(seq 100); do
