@@ -108,6 +108,8 @@ export interface Limits {
   framesPerSecond: number;
   /** Frames a connection may send in a burst, when the server says. */
   frameBurst?: number;
+  /** A client that sends nothing for this long is closed (4003); the client pings within it. */
+  idleTimeoutMs?: number;
 }
 
 export interface PresenceEvent {

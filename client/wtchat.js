@@ -32,9 +32,13 @@ const BACKOFF_BASE_MS = 500;
 const BACKOFF_MAX_MS = 15000;
 /** How long one connection attempt (config, transport, join) may take. */
 const ATTEMPT_TIMEOUT_MS = 10000;
-/** Keepalive: a `ping` after this much silence from the server... */
-const PING_IDLE_MS = 25000;
-/** ...and the connection is considered dead after this much more. */
+/**
+ * Keepalive: a `ping` whenever the client has sent nothing for this long — or for a third
+ * of the server's idle timeout (`limits.idleTimeoutMs`), if that is shorter — busy room or
+ * quiet: the server closes a client it has not heard from for its idle timeout...
+ */
+const PING_EVERY_MS = 20000;
+/** ...and the connection is dead when nothing at all came back this long after a ping. */
 const PING_TIMEOUT_MS = 10000;
 /** At most one typing notice per this interval. */
 const TYPING_INTERVAL_MS = 2500;
@@ -430,7 +434,8 @@ export class Chat {
     this._reconnectTimer = null;
     this._keepaliveTimer = null;
     this._lastHeard = 0;
-    this._pinged = false;
+    this._lastSent = 0;
+    this._pingSentAt = 0;
     this._bye = null;
     this._dialState = { webTransportLost: false };
     this._joinWaiter = null;
@@ -716,27 +721,35 @@ export class Chat {
     this._setStatus("closed", { reason, code, error: errorCode });
   }
 
+  /** How often to ping when there is nothing else to send. */
+  _pingEvery() {
+    const idle = this.limits?.idleTimeoutMs;
+    return idle > 0 ? Math.min(PING_EVERY_MS, Math.max(250, Math.floor(idle / 3))) : PING_EVERY_MS;
+  }
+
   _startKeepalive() {
     this._stopKeepalive();
+    const every = this._pingEvery();
     this._keepaliveTimer = setInterval(() => {
-      const silent = Date.now() - this._lastHeard;
       if (!this._conn) return;
-      if (this._pinged && silent > PING_IDLE_MS + PING_TIMEOUT_MS) {
+      const now = Date.now();
+      const outstanding = this._pingSentAt > this._lastHeard;
+      if (outstanding && now - this._pingSentAt > PING_TIMEOUT_MS) {
         // Nothing came back: the connection is dead even if the socket does not know yet.
         const conn = this._conn;
         this._onClosed({ reason: "keepalive timeout" });
         conn.close(1000, "keepalive timeout");
-      } else if (!this._pinged && silent > PING_IDLE_MS) {
-        this._pinged = true;
+      } else if (now - this._lastSent >= every) {
+        if (!outstanding) this._pingSentAt = now;
         this._enqueue({ type: "ping" });
       }
-    }, 5000);
+    }, Math.min(5000, Math.max(100, Math.floor(every / 4))));
   }
 
   _stopKeepalive() {
     clearInterval(this._keepaliveTimer);
     this._keepaliveTimer = null;
-    this._pinged = false;
+    this._pingSentAt = 0;
   }
 
   // ---- writing, under the server's rate limit ----
@@ -777,6 +790,7 @@ export class Chat {
       }
       this._tokens -= 1;
       this._conn.write(this._wire.shift());
+      this._lastSent = Date.now();
     }
   }
 
@@ -790,7 +804,6 @@ export class Chat {
 
   _onFrame(frame) {
     this._lastHeard = Date.now();
-    this._pinged = false;
     if (!frame || typeof frame !== "object") return;
     if (frame.room !== undefined && frame.room !== this.room) return;
     switch (frame.type) {

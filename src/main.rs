@@ -117,6 +117,9 @@ struct ServeArgs {
     /// 12h, 1d).
     #[arg(long, value_parser = duration)]
     renew_before: Option<Duration>,
+    /// Close a client that sends nothing, not even a ping, for this long (60, 90s, 2m).
+    #[arg(long, value_parser = duration)]
+    idle_timeout: Option<Duration>,
     /// How long shutdown waits for clients to receive their last frames (like 5s).
     #[arg(long, value_parser = duration)]
     shutdown_grace: Option<Duration>,
@@ -163,6 +166,7 @@ impl ServeArgs {
             history,
             outbound_queue,
             renew_before,
+            idle_timeout,
             shutdown_grace,
             token_secret,
             api_key,

@@ -412,6 +412,17 @@ async fn undecodable_frames(server: &TestServer, transport: &str) {
         ),
         ("a number", b"42".to_vec(), "invalid_frame"),
         ("an array", b"[]".to_vec(), "invalid_frame"),
+        // serde could read a frame from this array: still not an object, still refused.
+        (
+            "a send as an array",
+            format!(r#"["send","{room}","from an array","arr"]"#).into_bytes(),
+            "invalid_frame",
+        ),
+        (
+            "a number out of range",
+            br#"{"type":"join","room":"elsewhere","name":"n","since":1e400}"#.to_vec(),
+            "invalid_frame",
+        ),
         ("a string", br#""ping""#.to_vec(), "invalid_frame"),
         ("null", b"null".to_vec(), "invalid_frame"),
     ];
@@ -423,6 +434,53 @@ async fn undecodable_frames(server: &TestServer, transport: &str) {
     by.chat().await;
     // Not just alive: still a member, and its next message takes the next number.
     say_to(&mut bad, &mut by, &name, "still making sense", "sane").await;
+    by.chat().await;
+}
+
+/// Datagrams carry `typing` only, and no more than `max_frame_bytes`: a `send`, a `join` or
+/// a `ping` in a datagram is refused (a lost one would go unanswered), an oversized one
+/// too; nothing reaches the room, and the session goes on.
+async fn datagrams(server: &TestServer, max_frame_bytes: usize) {
+    let room = "datagrams";
+    let mut by = Bystanders::new(server, room).await;
+    let mut bad = connect(server, "webtransport").await;
+    bad.join(room, "dgram").await;
+    for (what, frame) in [
+        (
+            "a send",
+            json!({"type":"send","room":room,"text":"by datagram","id":"d1"}),
+        ),
+        (
+            "a join",
+            json!({"type":"join","room":"other","name":"dgram"}),
+        ),
+        ("a leave", json!({"type":"leave","room":room})),
+    ] {
+        bad.send_datagram(frame.clone());
+        let id = frame["id"].as_str();
+        refused_in(
+            &mut bad,
+            what,
+            "invalid_frame",
+            frame["room"].as_str().unwrap(),
+            id,
+        )
+        .await;
+    }
+    bad.send_datagram(json!({"type":"ping"}));
+    refused(&mut bad, "a ping", "invalid_frame").await;
+    let oversized = padded_send(room, "too big", "d2", max_frame_bytes + 1);
+    match &bad {
+        Client::Wt { connection, .. } => connection.send_datagram(&oversized).unwrap(),
+        Client::Ws { .. } => unreachable!(),
+    }
+    refused(&mut bad, "an oversized datagram", "frame_too_large").await;
+    // A typing notice in a datagram is what datagrams are for.
+    bad.send_datagram(json!({"type":"typing","room":room}));
+    let typing = bystander_next(&mut by.ws, "typing", |f| f["type"] == "typing").await;
+    assert_eq!(typing["from"], "dgram");
+    assert_alive(&mut bad, "datagrams").await;
+    say_to(&mut bad, &mut by, "dgram", "on the stream", "d3").await;
     by.chat().await;
 }
 
@@ -1135,6 +1193,14 @@ async fn a_flood_is_rate_limited_frame_by_frame_and_served_again_after() {
     })
     .await;
     all_pass(per_transport(|t| flood(&server, t, &limits))).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn datagrams_carry_typing_only_and_no_more_than_a_frame() {
+    // Frames small enough that an oversized one still fits in a QUIC datagram.
+    let server = start_with(|c| c.max_frame_bytes(300).max_text_chars(100)).await;
+    datagrams(&server, 300).await;
     server.stop().await;
 }
 

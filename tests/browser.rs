@@ -758,3 +758,53 @@ async fn a_page_of_another_origin_loads_the_client_from_the_chat_server() {
     }
     assert_no_console_errors(&page);
 }
+
+#[tokio::test]
+async fn pages_that_only_read_outlive_the_idle_timeout() {
+    let Some((_serial, browser)) =
+        take_browser("pages_that_only_read_outlive_the_idle_timeout").await
+    else {
+        return;
+    };
+    // Idle after one second: the client keeps alive well within it, busy or quiet.
+    let server = start_with(|c| c.idle_timeout(std::time::Duration::from_secs(1))).await;
+    let (a, b) = open_ann_and_bob(&browser, &server, "readers").await;
+    wait_members(&a, &["ann", "bob"]).await;
+    let ids = (
+        member_id(&server, "readers", "ann"),
+        member_id(&server, "readers", "bob"),
+    );
+    // Four seconds in which the pages only read: the host posts every half second.
+    let mut want = Vec::new();
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
+    for i in 1..=8 {
+        every.tick().await;
+        let text = format!("news {i}");
+        server.chat.publish("readers", "Host", &text).unwrap();
+        want.push(("Host", text));
+    }
+    // Then some quiet, longer than the timeout.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let want: Vec<(u64, String, String)> = want
+        .iter()
+        .enumerate()
+        .map(|(i, (from, text))| (i as u64 + 1, from.to_string(), text.clone()))
+        .collect();
+    assert_eq!(wait_message_count(&a, 8).await, want);
+    assert_eq!(wait_message_count(&b, 8).await, want);
+    // The same connections throughout: same member ids, never reconnecting.
+    assert_eq!(
+        (
+            member_id(&server, "readers", "ann"),
+            member_id(&server, "readers", "bob")
+        ),
+        ids
+    );
+    assert_eq!(
+        a.eval("window.__statusLog.filter(s => s !== 'connected')")
+            .await,
+        json!([])
+    );
+    assert_no_console_errors(&a);
+    assert_no_console_errors(&b);
+}

@@ -104,6 +104,16 @@ fn cases() -> Vec<Case> {
             flags: &["--max-frame-bytes", "4000"],
         },
         Case {
+            setting: "idle_timeout",
+            builder: |b| b.idle_timeout(Duration::ZERO),
+            flags: &["--idle-timeout", "0"],
+        },
+        Case {
+            setting: "idle_timeout",
+            builder: |b| b.idle_timeout(Duration::from_millis(500)),
+            flags: &["--idle-timeout", "500ms"],
+        },
+        Case {
             setting: "shutdown_grace",
             builder: |b| b.shutdown_grace(Duration::ZERO),
             flags: &["--shutdown-grace", "0"],

@@ -391,3 +391,59 @@ async fn a_server_that_cannot_start_says_what_and_why() {
         "names the file: {error}"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_sends_nothing_is_closed_and_its_rooms_are_told() {
+    let server = start_with(|c| c.idle_timeout(Duration::from_secs(1))).await;
+    // The watcher keeps alive as the browser client does: a ping well within the timeout.
+    let mut watcher = Client::ws(&server).await;
+    watcher.join("quiet", "watcher").await;
+    let mut ghost_ws = Client::ws(&server).await;
+    let mut ghost_wt = Client::wt(&server).await;
+    ghost_ws.join("quiet", "ghost-ws").await;
+    ghost_wt.join("quiet", "ghost-wt").await;
+    let started = std::time::Instant::now();
+
+    let mut left = Vec::new();
+    let mut keepalive = tokio::time::interval(Duration::from_millis(300));
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    while left.len() < 2 {
+        tokio::select! {
+            _ = keepalive.tick() => watcher.send(json!({"type":"ping"})).await,
+            frame = watcher.next() => {
+                if frame["type"] == "presence" && frame["event"] == "leave" {
+                    left.push(frame["member"]["name"].as_str().unwrap().to_string());
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => panic!("only {left:?} left"),
+        }
+    }
+    left.sort();
+    assert_eq!(left, ["ghost-ws", "ghost-wt"]);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "not before the timeout"
+    );
+    for ghost in [&mut ghost_ws, &mut ghost_wt] {
+        let bye = ghost.next_of("bye").await;
+        assert_eq!(
+            (bye["reason"].as_str(), bye["reconnect"].as_bool()),
+            (Some("idle_timeout"), Some(true))
+        );
+        assert_eq!(ghost.ended().await, Ended::Code(4003));
+    }
+    // The watcher, who kept alive, is still served.
+    let names: Vec<String> = server
+        .chat
+        .members("quiet")
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, ["watcher"]);
+    assert_eq!(watcher.say("quiet", "still here", "w1").await, 1);
+    // The timeout is advertised, for clients to keep alive within it.
+    let (_, body) = server.get("/wtchat/config").await;
+    let config: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["limits"]["idleTimeoutMs"], 1000);
+    server.stop().await;
+}

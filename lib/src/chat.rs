@@ -144,6 +144,7 @@ impl Chat {
             limits: Arc::new(config.limits.clone()),
             shutdown: CancellationToken::new(),
             close_grace: config.close_grace,
+            idle_timeout: config.idle_timeout,
             auth: config.auth_hook(),
             on_message: config.on_message.clone(),
         };

@@ -85,6 +85,7 @@ pub struct Config {
     pub(crate) hub: HubConfig,
     pub(crate) shutdown_grace: Duration,
     pub(crate) close_grace: Duration,
+    pub(crate) idle_timeout: Duration,
     pub(crate) renew_before: Duration,
     pub(crate) demo_page: bool,
     /// Takes precedence over `token_secret`.
@@ -111,6 +112,7 @@ impl Default for Config {
             hub: HubConfig::default(),
             shutdown_grace: Duration::from_secs(5),
             close_grace: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
             renew_before: Duration::from_secs(24 * 3600),
             demo_page: true,
             authenticate: None,
@@ -136,6 +138,7 @@ impl fmt::Debug for Config {
             .field("hub", &self.hub)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("close_grace", &self.close_grace)
+            .field("idle_timeout", &self.idle_timeout)
             .field("renew_before", &self.renew_before)
             .field("demo_page", &self.demo_page)
             .field("authenticate", &self.authenticate.is_some())
@@ -339,6 +342,15 @@ impl ConfigBuilder {
         self
     }
 
+    /// A client that sends nothing for this long — not a frame, not a ping — is closed with
+    /// code 4003 `idle_timeout` and leaves its rooms: it may have vanished without a word
+    /// (a closed laptop, a lost network). Advertised in `/wtchat/config`; the browser client
+    /// pings well within it. Default 60 s.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
     /// A development certificate is replaced when it has less than this left; less than
     /// the 14 days it is valid. Default 1 day.
     pub fn renew_before(mut self, window: Duration) -> Self {
@@ -448,6 +460,16 @@ impl ConfigBuilder {
                      frames, or a client joining its rooms would be cut off as too slow by \
                      their history alone; got {}",
                     hub.history_len, limits.max_rooms_per_connection, hub.outbound_queue
+                ),
+            ));
+        }
+        if config.idle_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "idle_timeout",
+                format!(
+                    "must be at least 1 s: clients keep alive within it, and cannot ping many \
+                     times a second; got {} ms",
+                    config.idle_timeout.as_millis()
                 ),
             ));
         }

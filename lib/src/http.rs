@@ -143,6 +143,7 @@ async fn config(State(state): State<HttpState>, headers: HeaderMap) -> Response 
             "maxRoomsPerConnection": limits.max_rooms_per_connection,
             "framesPerSecond": limits.frames_per_second,
             "frameBurst": limits.frame_burst,
+            "idleTimeoutMs": state.transport.session.idle_timeout.as_millis() as u64,
         },
     });
     // Pages on other origins fetch it; it holds nothing secret and no credentials are sent.

@@ -53,11 +53,24 @@ impl Default for HubConfig {
 /// One queued frame for a connection.
 #[derive(Debug, Clone)]
 pub(crate) struct Outbound {
-    /// The encoded frame, `\n`-terminated, shared with every other recipient.
+    /// The encoded frame, `\n`-terminated, shared with every other recipient; for
+    /// [`Kind::Pong`], the ping's payload as it came.
     pub frame: Bytes,
-    /// May be lost (typing notices): WebTransport sends it as a datagram, and a full queue
-    /// drops it instead of disconnecting the client.
-    pub ephemeral: bool,
+    pub kind: Kind,
+}
+
+/// How a queued frame travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A protocol frame that must arrive, in order.
+    Frame,
+    /// A protocol frame that may be lost (typing notices): WebTransport sends it as a
+    /// datagram, and a full queue drops it instead of disconnecting the client.
+    Ephemeral,
+    /// The answer to a WebSocket Ping (RFC 6455, section 5.5.3): a Pong control frame with
+    /// the ping's payload. Queued like the rest so that it is written in order, by the one
+    /// task that writes to the connection.
+    Pong,
 }
 
 /// One connection's queue of outbound frames, shared by its [`Outbox`] handles (the rooms
@@ -131,7 +144,7 @@ enum Refused {
 }
 
 impl Outbox {
-    fn enqueue(&self, frame: Bytes, ephemeral: bool) -> Result<(), Refused> {
+    fn enqueue(&self, frame: Bytes, kind: Kind) -> Result<(), Refused> {
         let mut frames = self.queue.frames.lock().unwrap();
         if frames.gone {
             return Err(Refused::Gone);
@@ -139,7 +152,7 @@ impl Outbox {
         if frames.queued.len() >= self.queue.capacity {
             return Err(Refused::Full);
         }
-        frames.queued.push_back(Outbound { frame, ephemeral });
+        frames.queued.push_back(Outbound { frame, kind });
         let was_empty = frames.queued.len() == 1;
         drop(frames);
         if was_empty {
@@ -152,7 +165,7 @@ impl Outbox {
     /// Queues a frame that must arrive. Returns false when the connection cannot take it:
     /// its queue is full (it is then told to close as too slow) or it is gone.
     pub(crate) fn push(&self, frame: Bytes) -> bool {
-        match self.enqueue(frame, false) {
+        match self.enqueue(frame, Kind::Frame) {
             Ok(()) => true,
             Err(Refused::Full) => {
                 self.close(CloseCode::TooSlow);
@@ -164,7 +177,13 @@ impl Outbox {
 
     /// Queues a frame that may be lost; a full queue drops it.
     pub(crate) fn push_ephemeral(&self, frame: Bytes) {
-        let _ = self.enqueue(frame, true);
+        let _ = self.enqueue(frame, Kind::Ephemeral);
+    }
+
+    /// Queues the answer to a WebSocket Ping; like an ephemeral frame, a full queue drops
+    /// it (the client is being cut off as too slow anyway).
+    pub(crate) fn push_pong(&self, payload: Bytes) {
+        let _ = self.enqueue(payload, Kind::Pong);
     }
 
     /// Asks the connection's session to close with `code`.

@@ -36,6 +36,19 @@ pub enum ClientFrame {
     Ping {},
 }
 
+impl ClientFrame {
+    /// The room and client message id a frame names, to echo in an error about it.
+    pub(crate) fn room_and_id(&self) -> (Option<&str>, Option<&str>) {
+        match self {
+            ClientFrame::Send { room, id, .. } => (Some(room), id.as_deref()),
+            ClientFrame::Join { room, .. }
+            | ClientFrame::Leave { room }
+            | ClientFrame::Typing { room } => (Some(room), None),
+            ClientFrame::Ping {} => (None, None),
+        }
+    }
+}
+
 /// A member as the protocol shows it: the connection's id and its display name.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct MemberRef<'a> {
@@ -153,6 +166,9 @@ pub enum ErrorCode {
     RoomForbidden,
     /// The host's message hook rejected the message.
     Rejected,
+    /// A WebTransport datagram larger than the frame limit (on a stream or a WebSocket,
+    /// an oversized frame closes the connection instead: [`CloseCode::FrameTooLarge`]).
+    FrameTooLarge,
 }
 
 impl ErrorCode {
@@ -175,6 +191,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::RoomForbidden => "room_forbidden",
             ErrorCode::Rejected => "rejected",
+            ErrorCode::FrameTooLarge => "frame_too_large",
         }
     }
 }
@@ -194,6 +211,9 @@ pub enum CloseCode {
     TooSlow = 4001,
     /// The host asked the client to reconnect (to authenticate again, say).
     Reconnect = 4002,
+    /// The client sent nothing (not even a ping) for longer than the idle timeout: it may
+    /// have vanished. A live client reconnects and resumes.
+    IdleTimeout = 4003,
     /// The client broke the transport's framing (e.g. invalid UTF-8 in a WebSocket text
     /// message). Reconnecting would fail the same way.
     ProtocolError = 4400,
@@ -223,6 +243,7 @@ impl CloseCode {
             CloseCode::Shutdown => "shutdown",
             CloseCode::TooSlow => "too_slow",
             CloseCode::Reconnect => "reconnect",
+            CloseCode::IdleTimeout => "idle_timeout",
             CloseCode::ProtocolError => "protocol_error",
             CloseCode::Unauthorized => "unauthorized",
             CloseCode::Kicked => "kicked",
@@ -334,10 +355,30 @@ pub fn decode(frame: &[u8]) -> Result<ClientFrame, DecodeError> {
             message: "frame is not valid UTF-8".into(),
         });
     }
+    // serde reads a tagged enum from an array too (`["send","r","hi"]`); a frame is an
+    // object. Anything else that is JSON at all is a frame of the wrong shape.
+    if frame.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(frame) {
+                Ok(_) => DecodeError {
+                    code: ErrorCode::InvalidFrame,
+                    message: "a frame is a JSON object with a \"type\"".into(),
+                },
+                Err(e) => DecodeError {
+                    code: ErrorCode::InvalidJson,
+                    message: e.to_string(),
+                },
+            },
+        );
+    }
     serde_json::from_slice(frame).map_err(|e| {
         use serde_json::error::Category;
         let message = e.to_string();
         let code = match e.classify() {
+            // Valid JSON whose number does not fit the field (`"since": 1e400`).
+            Category::Syntax if message.starts_with("number out of range") => {
+                ErrorCode::InvalidFrame
+            }
             Category::Syntax | Category::Eof | Category::Io => ErrorCode::InvalidJson,
             Category::Data if message.starts_with("unknown variant") => ErrorCode::UnknownType,
             Category::Data => ErrorCode::InvalidFrame,
@@ -441,6 +482,21 @@ mod tests {
             ErrorCode::InvalidFrame
         );
         assert_eq!(code(b"42"), ErrorCode::InvalidFrame);
+        assert_eq!(
+            code(br#"["send","r","hi","id1"]"#),
+            ErrorCode::InvalidFrame,
+            "an array is not a frame, even one serde could read"
+        );
+        assert_eq!(code(br#" "ping" "#), ErrorCode::InvalidFrame);
+        assert_eq!(code(b"[1,"), ErrorCode::InvalidJson);
+        assert_eq!(
+            code(br#"{"type":"join","room":"r","since":1e400}"#),
+            ErrorCode::InvalidFrame
+        );
+        assert_eq!(
+            code(br#"{"type":"join","room":"r","since":-1}"#),
+            ErrorCode::InvalidFrame
+        );
         assert_eq!(code(b"{\"type\":\"ping\xff\"}"), ErrorCode::InvalidUtf8);
         let missing = decode(br#"{"type":"send","room":"r"}"#).unwrap_err();
         assert!(missing.message.contains("text"), "{}", missing.message);
@@ -534,6 +590,7 @@ mod tests {
             ErrorCode::RateLimited,
             ErrorCode::RoomForbidden,
             ErrorCode::Rejected,
+            ErrorCode::FrameTooLarge,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
         }
@@ -544,6 +601,7 @@ mod tests {
         assert!(CloseCode::Shutdown.reconnect());
         assert!(CloseCode::TooSlow.reconnect());
         assert!(CloseCode::Reconnect.reconnect());
+        assert!(CloseCode::IdleTimeout.reconnect());
         assert!(!CloseCode::Normal.reconnect());
         assert!(!CloseCode::ProtocolError.reconnect());
         assert!(!CloseCode::FrameTooLarge.reconnect());

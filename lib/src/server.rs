@@ -6,10 +6,17 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
+use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpListener;
 
 use crate::chat::{Chat, StartError};
 use crate::config::Config;
+
+/// TCP keepalive on HTTP and WebSocket connections: the first probe after this much
+/// silence...
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// ...then one probe per interval (the kernel gives up after its default 9 probes).
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A bound, not yet running chat server.
 #[derive(Debug)]
@@ -64,6 +71,12 @@ impl Server {
         // frame at once, before a socket with unread input is reset (see session::goodbye).
         let listener = self.listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
+            // A peer that vanished without a FIN (a closed laptop, a lost network) is found
+            // by the kernel, not only by the idle timeout of the chat it was in.
+            let keepalive = TcpKeepalive::new()
+                .with_time(TCP_KEEPALIVE_IDLE)
+                .with_interval(TCP_KEEPALIVE_INTERVAL);
+            let _ = SockRef::from(&*tcp).set_tcp_keepalive(&keepalive);
         });
         let http = axum::serve(
             listener,

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthHook, ConnectRequest, Identity};
 use crate::config::{MessageEvent, MessageHook};
-use crate::hub::{Hub, Member, Outbound, Outbox, Resume, Room};
+use crate::hub::{Hub, Kind, Member, Outbound, Outbox, Resume, Room};
 use crate::protocol::{self, ClientFrame, CloseCode, ErrorCode, Limits, ServerFrame};
 
 /// Frames written per batch: enough to amortize a write call under load, small enough that
@@ -27,11 +27,18 @@ const BATCH: usize = 256;
 /// close at once; one that does not read is not waited for long.
 const LINGER: Duration = Duration::from_secs(1);
 
-/// What a transport read from its client.
+/// What a transport read from its client. Everything but `Closed` shows the client is
+/// there (see the idle timeout).
 #[derive(Debug)]
 pub(crate) enum Inbound {
     /// One frame's bytes (without any delimiter).
     Frame(Bytes),
+    /// One WebTransport datagram's bytes.
+    Datagram(Bytes),
+    /// A WebSocket Ping control frame, with its payload: answered with a Pong.
+    Ping(Bytes),
+    /// A frame that only shows the client is alive (an unsolicited WebSocket Pong).
+    Alive,
     /// A binary WebSocket message: valid framing, but not our protocol.
     Binary,
     /// The client broke the transport's framing; close with this code.
@@ -65,6 +72,10 @@ pub(crate) struct SessionContext {
     pub shutdown: CancellationToken,
     /// How long a closing session may spend writing its last frames and `bye`.
     pub close_grace: Duration,
+    /// A client that sends nothing for this long is closed with
+    /// [`CloseCode::IdleTimeout`]: a client that vanished without a word (a closed laptop,
+    /// a lost network) must not stay a member forever.
+    pub idle_timeout: Duration,
     /// The host's authentication, if any.
     pub auth: Option<AuthHook>,
     /// The host's message hook, if any.
@@ -124,7 +135,7 @@ async fn goodbye(
             reconnect: code.reconnect(),
             message,
         }),
-        ephemeral: false,
+        kind: Kind::Frame,
     });
     if writer.send(&batch).await.is_ok() {
         writer.close(code).await;
@@ -153,11 +164,23 @@ async fn run(
         rate: RateLimit::new(&ctx.limits),
     };
     let mut batch = Vec::new();
+    // One timer per session, re-armed only when it fires: hearing from the client only
+    // moves `last_heard`, which costs a clock read, not a timer update.
+    let mut last_heard = Instant::now();
+    let idle = tokio::time::sleep(ctx.idle_timeout);
+    tokio::pin!(idle);
     let end = loop {
         tokio::select! {
             biased;
             code = closing.wait() => break Some(code),
             () = ctx.shutdown.cancelled() => break Some(CloseCode::Shutdown),
+            () = &mut idle => {
+                let due = last_heard + ctx.idle_timeout;
+                if Instant::now() >= due {
+                    break Some(CloseCode::IdleTimeout);
+                }
+                idle.as_mut().reset(due.into());
+            }
             _ = inbox.recv_many(&mut batch, BATCH) => {
                 // A client that stops reading blocks this write; it must not stop the
                 // session from hearing that it is too slow, or that the server stops.
@@ -173,13 +196,31 @@ async fn run(
                 }
             }
             inbound = reader.next() => match inbound {
-                Inbound::Frame(bytes) => session.handle(&bytes),
-                Inbound::Binary => session.error(
-                    ErrorCode::BinaryUnsupported,
-                    "binary messages are not part of the protocol; send JSON text",
-                    None,
-                    None,
-                ),
+                Inbound::Frame(bytes) => {
+                    last_heard = Instant::now();
+                    session.handle(&bytes);
+                }
+                Inbound::Datagram(bytes) => {
+                    last_heard = Instant::now();
+                    session.handle_datagram(&bytes);
+                }
+                Inbound::Ping(payload) => {
+                    last_heard = Instant::now();
+                    // Pings count against the rate like any frame; past it, no answer.
+                    if session.rate.allow() {
+                        session.outbox.push_pong(payload);
+                    }
+                }
+                Inbound::Alive => last_heard = Instant::now(),
+                Inbound::Binary => {
+                    last_heard = Instant::now();
+                    session.error(
+                        ErrorCode::BinaryUnsupported,
+                        "binary messages are not part of the protocol; send JSON text",
+                        None,
+                        None,
+                    );
+                }
                 Inbound::Fatal(code) => break Some(code),
                 Inbound::Closed => break None,
             },
@@ -219,13 +260,45 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// A frame from a WebTransport datagram: only `typing` travels there (a datagram may
+    /// be lost, and nothing that needs an answer may be), under the same size limit as
+    /// any frame. Its boundaries are intact, so an oversized one is refused, not fatal.
+    fn handle_datagram(&mut self, bytes: &[u8]) {
+        if bytes.len() > self.ctx.limits.max_frame_bytes {
+            if self.rate.allow() {
+                self.error(
+                    ErrorCode::FrameTooLarge,
+                    "a datagram is larger than max_frame_bytes",
+                    None,
+                    None,
+                );
+            }
+            return;
+        }
+        match protocol::decode(bytes) {
+            Ok(ClientFrame::Typing { .. }) | Err(_) => self.handle(bytes),
+            Ok(frame) => {
+                if !self.rate.allow() {
+                    return;
+                }
+                let (room, id) = frame.room_and_id();
+                self.error(
+                    ErrorCode::InvalidFrame,
+                    "only typing travels in a datagram; send this frame on the stream",
+                    room,
+                    id,
+                );
+            }
+        }
+    }
+
     fn handle(&mut self, bytes: &[u8]) {
         let decoded = protocol::decode(bytes);
         // Every frame counts against the rate, even one that does not decode.
         if !self.rate.allow() {
             let (room, id) = match &decoded {
-                Ok(ClientFrame::Send { room, id, .. }) => (Some(room.as_str()), id.as_deref()),
-                _ => (None, None),
+                Ok(frame) => frame.room_and_id(),
+                Err(_) => (None, None),
             };
             return self.error(
                 ErrorCode::RateLimited,

@@ -33,7 +33,7 @@ use tungstenite::{Error as WsError, Message};
 
 use super::Context;
 use crate::auth::{ConnectRequest, Transport};
-use crate::hub::Outbound;
+use crate::hub::{Kind, Outbound};
 use crate::protocol::CloseCode;
 use crate::session::{self, FrameReader, FrameWriter, Inbound};
 
@@ -156,8 +156,8 @@ fn detached(headers: &HeaderMap) -> HeaderMap {
 }
 
 /// The read half, as tungstenite wants a whole stream: what tungstenite would write on its
-/// own (pong and close replies) is dropped — the session writes its own close, and browsers
-/// never ping.
+/// own (pong and close replies) is dropped — the session writes its own close, and answers
+/// pings through the connection's queue, in order with everything else it writes.
 struct ReadOnly(ReadHalf<Upgraded>);
 
 impl AsyncRead for ReadOnly {
@@ -198,7 +198,9 @@ impl FrameReader for WsReader {
             return match self.stream.next().await {
                 Some(Ok(Message::Text(text))) => Inbound::Frame(Bytes::from(text)),
                 Some(Ok(Message::Binary(_))) => Inbound::Binary,
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Ping(payload))) => Inbound::Ping(payload),
+                Some(Ok(Message::Pong(_))) => Inbound::Alive,
+                Some(Ok(Message::Frame(_))) => continue,
                 Some(Ok(Message::Close(_))) | None => Inbound::Closed,
                 Some(Err(WsError::Capacity(_))) => Inbound::Fatal(CloseCode::FrameTooLarge),
                 Some(Err(WsError::Utf8(_) | WsError::Protocol(_))) => {
@@ -258,9 +260,12 @@ impl FrameWriter for WsWriter {
     async fn send(&mut self, batch: &[Outbound]) -> io::Result<()> {
         self.write(|buf| {
             for out in batch {
-                // The frame without its `\n`.
-                let payload = &out.frame[..out.frame.len() - 1];
-                put_header(buf, 0x1, payload.len());
+                let (opcode, payload) = match out.kind {
+                    // A protocol frame without its `\n`, as one text message.
+                    Kind::Frame | Kind::Ephemeral => (0x1, &out.frame[..out.frame.len() - 1]),
+                    Kind::Pong => (0xA, &out.frame[..]),
+                };
+                put_header(buf, opcode, payload.len());
                 buf.put_slice(payload);
             }
         })

@@ -23,7 +23,7 @@ use wtransport::{Connection, Endpoint, Identity, RecvStream, SendStream, ServerC
 use super::Context;
 use crate::auth::{ConnectRequest, Transport};
 use crate::config::PATH;
-use crate::hub::Outbound;
+use crate::hub::{Kind, Outbound};
 use crate::protocol::CloseCode;
 use crate::session::{self, FrameReader, FrameWriter, Inbound};
 
@@ -242,7 +242,7 @@ impl FrameReader for WtReader {
                     Ok(_) => {}
                 },
                 datagram = self.connection.receive_datagram() => match datagram {
-                    Ok(datagram) => return Inbound::Frame(datagram.payload()),
+                    Ok(datagram) => return Inbound::Datagram(datagram.payload()),
                     Err(_) => return Inbound::Closed,
                 },
             }
@@ -265,17 +265,18 @@ impl FrameWriter for WtWriter {
         // tracking, framing and acknowledging every frame as a chunk of its own.
         let mut chunk = BytesMut::with_capacity(batch.iter().map(|o| o.frame.len()).sum());
         for out in batch {
-            // Ephemeral frames go as datagrams (without the `\n`); one too large for a
-            // datagram takes the stream instead.
-            if out.ephemeral
-                && self
-                    .connection
-                    .send_datagram(&out.frame[..out.frame.len() - 1])
-                    .is_ok()
-            {
-                continue;
+            match out.kind {
+                // Ephemeral frames go as datagrams (without the `\n`); one too large for a
+                // datagram takes the stream instead.
+                Kind::Ephemeral
+                    if self
+                        .connection
+                        .send_datagram(&out.frame[..out.frame.len() - 1])
+                        .is_ok() => {}
+                Kind::Frame | Kind::Ephemeral => chunk.extend_from_slice(&out.frame),
+                // WebTransport has no pings of its own (QUIC keeps itself alive).
+                Kind::Pong => {}
             }
-            chunk.extend_from_slice(&out.frame);
         }
         self.pending.push(chunk.freeze());
         self.send
