@@ -78,6 +78,11 @@ export interface Member {
   name: string;
 }
 
+/** This connection as the room sees it, with its public sender id. */
+export interface Me extends Member {
+  sender: string;
+}
+
 /** A room message. */
 export interface Message {
   room: string;
@@ -91,9 +96,12 @@ export interface Message {
   text: string;
   /** Server time, milliseconds since 1970. */
   time: number;
-  /** The sender's client message id, if it gave one. */
+  /** The sender's public id (none for messages the host published). */
+  sender?: string;
+  /** The client message id: on this client's own messages as they are sent (the server
+   * tells nobody else; history replayed after a reconnect has none). */
   id?: string;
-  /** Whether this client sent it. */
+  /** Whether this client sent it (its `sender` is `me.sender`), in history too. */
   mine: boolean;
 }
 
@@ -207,7 +215,7 @@ export class Chat {
   /** The room's members now. */
   readonly members: readonly Member[];
   /** This connection as the room sees it. */
-  readonly me: Member | null;
+  readonly me: Me | null;
   /** The server's limits. */
   readonly limits: Limits | null;
   /** The room epoch and the last sequence number seen (what a reconnect resumes from). */
@@ -231,8 +239,9 @@ export class Chat {
   /** Leaves the room and closes the connection; queued sends are rejected with `closed`. */
   close(): void;
 
-  /** Whether a message was sent by this client. */
-  isMine(message: { id?: string }): boolean;
+  /** Whether a message was sent by this client: by its sender id (the same across
+   * reconnects), or by one of its client message ids. */
+  isMine(message: { sender?: string; id?: string }): boolean;
 }
 
 /**

@@ -408,8 +408,10 @@ export class Chat {
     this.messages = [];
     /** The room's members, `{id, name}`. */
     this.members = [];
-    /** This connection as the room sees it, `{id, name}`. */
+    /** This connection as the room sees it, `{id, name, sender}`. */
     this.me = null;
+    /** The resume key the server gave this chat's first connection (secret). */
+    this._key = null;
     /** The server's limits (from `/wtchat/config`). */
     this.limits = null;
     /** The room's epoch and the last sequence number seen in it. */
@@ -503,9 +505,9 @@ export class Chat {
     // The message ends the others' "typing" display: the next keystroke may say so again.
     this._lastTyping = 0;
     const promise = new Promise((resolve, reject) => {
-      const pending = { id, text, resolve, reject, gen: -1, retries: 0 };
+      const pending = { id, text, resolve, reject, gen: -1, retries: 0, held: false };
       this._pending.push(pending);
-      if (this._joined) this._writeSend(pending);
+      if (this._joined) this._sendNext();
     });
     // The client id, known at once: the `message` event for this send carries it.
     promise.id = id;
@@ -535,8 +537,12 @@ export class Chat {
     if (conn) setTimeout(() => conn.close(CloseCodes.NORMAL, "normal"), 50);
   }
 
-  /** Whether a message was sent by this client (it carries one of our client ids). */
+  /**
+   * Whether a message was sent by this client: it carries this client's public sender id
+   * (the server keeps it across reconnects, through the resume key), or one of its ids.
+   */
   isMine(message) {
+    if (message.sender != null && message.sender === this.me?.sender) return true;
     return typeof message.id === "string" && message.id.startsWith(this._idPrefix);
   }
 
@@ -608,6 +614,9 @@ export class Chat {
       const joined = new Promise((resolve, reject) => { this._joinWaiter = { resolve, reject }; });
       const join = { type: "join", room: this.room };
       if (this._options.name != null) join.name = this._options.name;
+      // The resume key of the first connection: retried sends are recognised as ours, and
+      // our messages stay ours.
+      if (this._key) join.key = this._key;
       if (this.epoch != null) {
         join.since = this.seq;
         join.epoch = this.epoch;
@@ -626,7 +635,7 @@ export class Chat {
       this.transport = conn.kind;
       // Queued and unacknowledged sends, in order, with their ids: the server stores each
       // once. Before the status event, whose handlers may send more.
-      for (const pending of this._pending) this._writeSend(pending);
+      this._sendNext();
       this._setStatus("connected", { transport: conn.kind });
     } catch (e) {
       attempt.catch(() => {});
@@ -794,10 +803,16 @@ export class Chat {
     }
   }
 
-  _writeSend(pending) {
-    if (pending.gen === this._gen) return;
-    pending.gen = this._gen;
-    this._enqueue({ type: "send", room: this.room, text: pending.text, id: pending.id });
+  /**
+   * Writes the oldest unacknowledged send unless it is on the wire already: one send at a
+   * time, so that one the server drops (`rate_limited`) and the client retries can never
+   * be stored after a later one. Each goes out on its ack's heels.
+   */
+  _sendNext() {
+    const head = this._pending[0];
+    if (!head || !this._conn || head.held || head.gen === this._gen) return;
+    head.gen = this._gen;
+    this._enqueue({ type: "send", room: this.room, text: head.text, id: head.id });
   }
 
   // ---- reading ----
@@ -832,7 +847,9 @@ export class Chat {
     }
     if (newEpoch || this.epoch == null) this.seq = 0;
     this.epoch = frame.epoch;
-    this.me = frame.you ? { id: frame.you.id, name: frame.you.name } : null;
+    this.me = frame.you ? { id: frame.you.id, name: frame.you.name, sender: frame.you.sender } : null;
+    // Secret: kept for this chat's own reconnects, never shown or sent anywhere else.
+    if (frame.key) this._key = frame.key;
     if (this.me) this.name = this.me.name;
     this.members = (frame.members || []).map((m) => ({ id: m.id, name: m.name }));
     this._emit("presence", { room: this.room, event: "sync", member: this.me, members: this.members.slice() });
@@ -858,6 +875,7 @@ export class Chat {
       epoch: this.epoch,
       seq: frame.seq,
       from: frame.from,
+      sender: frame.sender,
       text: frame.text,
       time: frame.time,
       id: frame.id,
@@ -873,6 +891,7 @@ export class Chat {
     if (i < 0) return;
     const [pending] = this._pending.splice(i, 1);
     pending.resolve({ seq: frame.seq, id: pending.id });
+    this._sendNext();
   }
 
   _onPresence(frame) {
@@ -893,16 +912,20 @@ export class Chat {
       if (i >= 0) {
         const pending = this._pending[i];
         if (frame.code === "rate_limited" && pending.retries < 5) {
-          // Dropped, not refused: try again shortly (the id keeps it idempotent).
+          // Dropped, not refused: try again shortly (the id keeps it idempotent), and
+          // nothing after it before it.
           pending.retries += 1;
           pending.gen = -1;
+          pending.held = true;
           setTimeout(() => {
-            if (this._joined && this._pending.includes(pending)) this._writeSend(pending);
+            pending.held = false;
+            if (this._joined) this._sendNext();
           }, 1000 * pending.retries);
           return;
         }
         this._pending.splice(i, 1);
         pending.reject(error);
+        this._sendNext();
         return;
       }
     }

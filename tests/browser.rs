@@ -808,3 +808,47 @@ async fn pages_that_only_read_outlive_the_idle_timeout() {
     assert_no_console_errors(&a);
     assert_no_console_errors(&b);
 }
+
+/// A client whose pacing is defeated (as when a stalled network delivers a backlog at
+/// once) sends eight messages into a server allowing 2 frames/s, and a ninth while the
+/// refused ones wait for their retry: everything is stored, in the order it was sent.
+const RATE_LIMITED_ORDER: &str = r#"(async (transport) => {
+  const { connect } = await import("/wtchat/wtchat.js");
+  const chat = await connect({ room: `order-${transport}`, name: "eager", transport });
+  chat._rate = () => 1000;
+  chat._burst = () => 1000;
+  chat._tokens = 1000;
+  const sends = Array.from({ length: 8 }, (_, i) => chat.send(`m${i}`));
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  sends.push(chat.send("m8"));
+  const acks = await Promise.all(sends);
+  const result = { seqs: acks.map((a) => a.seq), texts: chat.messages.map((m) => m.text) };
+  chat.close();
+  return result;
+})"#;
+
+#[tokio::test]
+async fn a_rate_limited_send_keeps_its_place_in_line() {
+    let Some((_serial, browser)) =
+        take_browser("a_rate_limited_send_keeps_its_place_in_line").await
+    else {
+        return;
+    };
+    let server = start_with(|c| c.frames_per_second(2).frame_burst(2)).await;
+    let page = browser.page("order", 800, 600, None).await;
+    page.goto(&demo_url(&server, "")).await;
+    for transport in ["webtransport", "websocket"] {
+        let got = page
+            .eval(&format!("{RATE_LIMITED_ORDER}({})", json!(transport)))
+            .await;
+        let seqs: Vec<u64> = serde_json::from_value(got["seqs"].clone()).unwrap();
+        assert_eq!(seqs, (1..=9).collect::<Vec<_>>(), "{transport}: {got}");
+        let texts: Vec<String> = serde_json::from_value(got["texts"].clone()).unwrap();
+        assert_eq!(
+            texts,
+            (0..9).map(|i| format!("m{i}")).collect::<Vec<_>>(),
+            "{transport}"
+        );
+    }
+    assert_no_console_errors(&page);
+}

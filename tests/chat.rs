@@ -126,7 +126,9 @@ async fn sends_are_acknowledged_and_a_retried_id_is_stored_once() {
             Client::wt(&server).await
         };
         let mut watcher = Client::ws(&server).await;
-        sender.join(&room, "sam").await;
+        let (joined, _) = sender.join(&room, "sam").await;
+        let key = joined["key"].as_str().unwrap().to_string();
+        assert_eq!(key.len(), 22, "a 128-bit resume key: {joined}");
         watcher.join(&room, "wes").await;
         assert_eq!(sender.say(&room, "first", "id-1").await, 1);
         // The same id again (a retry after a lost ack) is acknowledged with the same number.
@@ -141,15 +143,93 @@ async fn sends_are_acknowledged_and_a_retried_id_is_stored_once() {
                 (2, "sam".into(), "second".into())
             ]
         );
-        // A retry from a new connection (after a reconnect) is recognized too.
+        // A retry from a new connection (after a reconnect) presenting the resume key is
+        // recognized too, and its messages are still its own.
         drop(sender);
         let mut again = Client::wt(&server).await;
-        again.join(&room, "sam").await;
+        let (rejoined, _) = again
+            .join_frame(json!({"type":"join","room":room,"name":"sam","key":key}))
+            .await;
+        assert_eq!(rejoined["key"], key.as_str());
+        assert_eq!(rejoined["you"]["sender"], joined["you"]["sender"]);
         assert_eq!(again.say(&room, "first", "id-1").await, 1);
         assert_eq!(again.say(&room, "third", "id-3").await, 3);
         let next = watcher.messages(&room, 1).await;
         assert_eq!(next, [(3, "sam".into(), "third".into())]);
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_display_name_is_not_an_identity() {
+    let server = start().await;
+    // Two anonymous clients named "ann", on either transport, using the same message ids,
+    // the impostor first.
+    let mut impostor = Client::ws(&server).await;
+    let mut ann = Client::wt(&server).await;
+    let mut bob = Client::ws(&server).await;
+    let (fake_joined, _) = impostor.join("names", "ann").await;
+    let (ann_joined, _) = ann.join("names", "ann").await;
+    bob.join("names", "bob").await;
+    assert_ne!(fake_joined["you"]["sender"], ann_joined["you"]["sender"]);
+    assert_ne!(fake_joined["key"], ann_joined["key"]);
+    // What Ann's connection receives, up to each of her acks.
+    let mut ann_saw = Vec::new();
+    for (i, id) in ["1", "2"].iter().enumerate() {
+        let seq = impostor.say("names", &format!("fake {i}"), id).await;
+        assert_eq!(seq, 2 * i as u64 + 1);
+        ann.send(json!({"type":"send","room":"names","text":format!("real {i}"),"id":id}))
+            .await;
+        let ack = loop {
+            let frame = ann.next().await;
+            match frame["type"].as_str() {
+                Some("ack") => break frame,
+                Some("message") => ann_saw.push(frame),
+                _ => {}
+            }
+        };
+        assert_eq!(
+            (ack["id"].as_str(), ack["seq"].as_u64()),
+            (Some(*id), Some(seq + 1))
+        );
+    }
+    // Everyone gets all four, each message with its own sender.
+    let want: Vec<(u64, String, String)> = vec![
+        (1, "ann".into(), "fake 0".into()),
+        (2, "ann".into(), "real 0".into()),
+        (3, "ann".into(), "fake 1".into()),
+        (4, "ann".into(), "real 1".into()),
+    ];
+    let mut raw = Vec::new();
+    for _ in 0..4 {
+        raw.push(bob.next_of("message").await);
+    }
+    assert_eq!(raw.iter().map(seq_text).collect::<Vec<_>>(), want);
+    // Nobody but the sender learns a client id; the senders tell the two anns apart.
+    assert!(raw.iter().all(|m| m.get("id").is_none()), "{raw:?}");
+    let senders: Vec<&Value> = raw.iter().map(|m| &m["sender"]).collect();
+    assert_eq!(
+        senders,
+        [
+            &fake_joined["you"]["sender"],
+            &ann_joined["you"]["sender"],
+            &fake_joined["you"]["sender"],
+            &ann_joined["you"]["sender"]
+        ]
+    );
+    // Ann's own copies carry her ids; the impostor's, as Ann sees them, do not.
+    let ids: Vec<Option<&str>> = ann_saw.iter().map(|m| m["id"].as_str()).collect();
+    assert_eq!(ids, [None, Some("1"), None, Some("2")]);
+    // A key that is not one this server could have issued is refused; the join is not made.
+    let mut forger = Client::ws(&server).await;
+    forger
+        .send(json!({"type":"join","room":"names","name":"ann","key":"guess"}))
+        .await;
+    let error = forger.next_of("error").await;
+    assert_eq!(
+        (error["code"].as_str(), error["room"].as_str()),
+        (Some("invalid_frame"), Some("names"))
+    );
     server.stop().await;
 }
 

@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::protocol::{self, CloseCode, ErrorCode, MemberRef, PresenceEvent, ServerFrame};
+use crate::protocol::{self, CloseCode, ErrorCode, MemberRef, PresenceEvent, ServerFrame, You};
 
 /// Sizes of the hub's state. Every one bounds memory; every one is configuration.
 #[derive(Debug, Clone)]
@@ -254,8 +255,56 @@ pub(crate) struct Member {
     pub name: Arc<str>,
     /// The host's user id, when the connection was authenticated.
     pub user: Option<Arc<str>>,
+    /// Who sends this member's messages: the same for every room the connection is in.
+    pub sender: Arc<Sender>,
     /// Where the room delivers this member's frames.
     pub outbox: Outbox,
+}
+
+/// Who sends a member's messages. A display name is not an identity (anyone may take
+/// "ann"), so neither the idempotency window nor "is this message mine" may rest on it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Sender {
+    /// Secret, never sent to anyone but its owner: `u:` and the host's user id, or `k:` and
+    /// the connection's resume key. Scopes the client message ids of idempotent retries.
+    scope: Box<str>,
+    /// Public: a digest of the scope, carried by every message this sender publishes, so
+    /// that a client (told its own in `joined`) can mark its own messages, in history too.
+    public: Box<str>,
+}
+
+impl Sender {
+    /// The sender of an authenticated user's connections, all alike.
+    pub(crate) fn user(user: &str) -> Sender {
+        Sender::new(format!("u:{user}"))
+    }
+
+    /// The sender of an anonymous connection holding resume key `key`.
+    pub(crate) fn key(key: &str) -> Sender {
+        Sender::new(format!("k:{key}"))
+    }
+
+    fn new(scope: String) -> Sender {
+        let digest = ring::digest::digest(&ring::digest::SHA256, scope.as_bytes());
+        // 96 bits: no two senders of a room collide, and nothing can be learned of the
+        // scope (the key is 128 random bits; a user id is hashed with its prefix).
+        let public =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest.as_ref()[..12]);
+        Sender {
+            scope: scope.into(),
+            public: public.into(),
+        }
+    }
+
+    /// The public id.
+    pub(crate) fn public(&self) -> &str {
+        &self.public
+    }
+
+    /// An anonymous connection's resume key, for its own `joined`.
+    pub(crate) fn resume_key(&self) -> Option<&str> {
+        self.scope.strip_prefix("k:")
+    }
 }
 
 /// A member as listed for the host.
@@ -267,12 +316,6 @@ pub(crate) struct MemberSummary {
 }
 
 impl Member {
-    /// Whose retries are recognized as the same message: the user when authenticated, else
-    /// the display name.
-    fn sender_key(&self) -> &str {
-        self.user.as_deref().unwrap_or(&self.name)
-    }
-
     fn as_ref(&self) -> MemberRef<'_> {
         MemberRef {
             id: self.id,
@@ -462,7 +505,7 @@ impl Hub {
             if state.removed {
                 continue;
             }
-            let seq = room.store_and_broadcast(&mut state, from, text, None, None);
+            let seq = room.store_and_broadcast(&mut state, from, None, text, None);
             return Ok(seq);
         }
     }
@@ -496,16 +539,17 @@ impl Room {
     }
 
     /// Stores and broadcasts a message from `sender` (who must be a member), then queues the
-    /// sender's acknowledgement behind it. A retry of an `id` already stored is only
-    /// acknowledged again, with the original sequence number. Returns that number.
+    /// sender's acknowledgement behind it. A retry of an `id` already stored by the same
+    /// sender is only acknowledged again, with the original sequence number. Returns that
+    /// number.
     pub(crate) fn publish(&self, sender: &Member, text: &str, id: Option<&str>) -> u64 {
         let mut state = self.state.lock().unwrap();
-        let key = id.map(|id| format!("{}\0{id}", sender.sender_key()).into_boxed_str());
+        let key = id.map(|id| format!("{}\0{id}", sender.sender.scope).into_boxed_str());
         if let Some(&seq) = key.as_ref().and_then(|k| state.dedupe.get(k)) {
             sender.outbox.push(ack(&self.name, id, seq));
             return seq;
         }
-        let seq = self.store_and_broadcast(&mut state, &sender.name, text, id, key);
+        let seq = self.store_and_broadcast(&mut state, &sender.name, Some((sender, id)), text, key);
         // Only if the broadcast did not just drop the sender as too slow.
         if state.members.iter().any(|m| m.id == sender.id) {
             sender.outbox.push(ack(&self.name, id, seq));
@@ -513,24 +557,32 @@ impl Room {
         seq
     }
 
+    /// Numbers, stores and delivers a message from `from`: from member `by` (with its client
+    /// id, if it gave one), or from the host (None).
     fn store_and_broadcast(
         &self,
         state: &mut RoomState,
         from: &str,
+        by: Option<(&Member, Option<&str>)>,
         text: &str,
-        id: Option<&str>,
         dedupe_key: Option<Box<str>>,
     ) -> u64 {
         state.seq += 1;
         let seq = state.seq;
-        let frame = protocol::encode(&ServerFrame::Message {
-            room: &self.name,
-            seq,
-            from,
-            text,
-            time: now_ms(),
-            id,
-        });
+        let time = now_ms();
+        let message = |id| {
+            protocol::encode(&ServerFrame::Message {
+                room: &self.name,
+                seq,
+                from,
+                sender: by.map(|(member, _)| member.sender.public()),
+                text,
+                time,
+                id,
+            })
+        };
+        // Everyone's copy, history's too, without the client's id: only its sender knows it.
+        let frame = message(None);
         state.history.push_back((seq, frame.clone()));
         if state.history.len() > self.history_len {
             state.history.pop_front();
@@ -545,7 +597,18 @@ impl Room {
             }
         }
         state.last_active = Instant::now();
-        state.broadcast(&self.name, &frame, None);
+        match by {
+            Some((sender, Some(id))) => {
+                // The sender's own copy names its client id, so that the client can put it
+                // in the place of the message it showed as pending. First, as the sender
+                // would see it in the broadcast.
+                if !sender.outbox.push(message(Some(id))) {
+                    state.remove(&self.name, sender.id);
+                }
+                state.broadcast(&self.name, &frame, Some(sender.id));
+            }
+            _ => state.broadcast(&self.name, &frame, None),
+        }
         seq
     }
 
@@ -617,7 +680,12 @@ impl RoomState {
             room,
             epoch: self.epoch,
             seq: self.seq,
-            you: member.as_ref(),
+            you: You {
+                id: member.id,
+                name: &member.name,
+                sender: member.sender.public(),
+            },
+            key: member.sender.resume_key(),
             members: &members,
             gap,
             replay: self.history.len() - skip,
@@ -674,15 +742,23 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
+    /// An anonymous member whose resume key is derived from its name (unique per test).
     fn member(hub: &Hub, name: &str, capacity: usize) -> (Member, Inbox) {
         let (outbox, inbox, _) = queue(capacity);
-        let m = Member {
+        (
+            anonymous(hub, name, &format!("key-of-{name}"), outbox),
+            inbox,
+        )
+    }
+
+    fn anonymous(hub: &Hub, name: &str, key: &str, outbox: Outbox) -> Member {
+        Member {
             id: hub.next_id(),
             name: name.into(),
             user: None,
+            sender: Arc::new(Sender::key(key)),
             outbox,
-        };
-        (m, inbox)
+        }
     }
 
     /// Everything queued so far, parsed.
@@ -794,6 +870,55 @@ mod tests {
     }
 
     #[test]
+    fn a_name_is_not_an_identity_the_sender_is() {
+        let hub = Hub::new(HubConfig::default());
+        let (outbox, mut ann_in, _) = queue(64);
+        let ann = anonymous(&hub, "ann", "AAAAAAAAAAAAAAAAAAAAAA", outbox);
+        let (outbox, mut fake_in, _) = queue(64);
+        let impostor = anonymous(&hub, "ann", "BBBBBBBBBBBBBBBBBBBBBB", outbox);
+        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
+        hub.join("r", impostor.clone(), Resume::default()).unwrap();
+        frames(&mut ann_in);
+        frames(&mut fake_in);
+        // Same name, same client ids: two senders, two messages each, each acked its own.
+        assert_eq!(room.publish(&impostor, "fake 1", Some("1")), 1);
+        assert_eq!(room.publish(&ann, "real 1", Some("1")), 2);
+        assert_eq!(room.publish(&ann, "real 1", Some("1")), 2, "a retry");
+        let ann_got = frames(&mut ann_in);
+        assert_eq!(
+            texts(&ann_got),
+            [(1, "fake 1".into()), (2, "real 1".into())]
+        );
+        let acks: Vec<u64> = ann_got
+            .iter()
+            .filter(|f| f["type"] == "ack")
+            .map(|f| f["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(acks, [2, 2]);
+        // Ann's own copy names her client id and her public sender id; the impostor's
+        // message, as Ann sees it, has no id and another sender.
+        let own = &ann_got[1];
+        assert_eq!(
+            (own["id"].as_str(), own["sender"].as_str()),
+            (Some("1"), Some(ann.sender.public()))
+        );
+        let theirs = &ann_got[0];
+        assert_eq!(theirs.get("id"), None);
+        assert_eq!(theirs["sender"], impostor.sender.public());
+        assert_ne!(ann.sender.public(), impostor.sender.public());
+        // The impostor never learns Ann's client ids.
+        let fake_got = frames(&mut fake_in);
+        assert!(
+            fake_got
+                .iter()
+                .filter(|f| f["seq"] == 2)
+                .all(|f| f.get("id").is_none())
+        );
+        // The public id gives nothing of the key away.
+        assert!(!ann.sender.public().contains("AAAA"));
+    }
+
+    #[test]
     fn resume_replays_exactly_what_was_missed_or_reports_a_gap() {
         let hub = Hub::new(HubConfig {
             history_len: 5,
@@ -842,12 +967,7 @@ mod tests {
         let hub = Hub::new(HubConfig::default());
         let (ann, mut ann_in) = member(&hub, "ann", 1024);
         let (outbox, _slow_in, closing) = queue(8);
-        let slow = Member {
-            id: hub.next_id(),
-            name: "slow".into(),
-            user: None,
-            outbox,
-        };
+        let slow = anonymous(&hub, "slow", "key-of-slow", outbox);
         let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
         hub.join("r", slow.clone(), Resume::default()).unwrap();
         for i in 0..20 {

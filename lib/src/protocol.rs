@@ -21,6 +21,9 @@ pub enum ClientFrame {
         name: Option<String>,
         since: Option<u64>,
         epoch: Option<u64>,
+        /// The resume key of an anonymous client's earlier connection (from its `joined`):
+        /// its retried sends are recognised, and its messages are still its own.
+        key: Option<String>,
     },
     /// Leave a room.
     Leave { room: String },
@@ -56,6 +59,15 @@ pub struct MemberRef<'a> {
     pub name: &'a str,
 }
 
+/// The joining member, as its own `joined` shows it: its member id, its name, and its
+/// public sender id.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct You<'a> {
+    pub id: u64,
+    pub name: &'a str,
+    pub sender: &'a str,
+}
+
 /// A frame sent by the server. Borrowed fields: encoding never clones the strings it writes.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -67,7 +79,10 @@ pub enum ServerFrame<'a> {
         room: &'a str,
         epoch: u64,
         seq: u64,
-        you: MemberRef<'a>,
+        you: You<'a>,
+        /// An anonymous connection's secret resume key: only in its own `joined`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<&'a str>,
         members: &'a [MemberRef<'a>],
         gap: bool,
         replay: usize,
@@ -77,8 +92,13 @@ pub enum ServerFrame<'a> {
         room: &'a str,
         seq: u64,
         from: &'a str,
+        /// The sender's public id (none for the host's messages): a client marks as its own
+        /// the messages with the `sender` of its `joined.you`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sender: Option<&'a str>,
         text: &'a str,
         time: u64,
+        /// The client's message id: in its sender's own copy only.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a str>,
     },
@@ -419,12 +439,13 @@ mod tests {
     #[test]
     fn decodes_every_client_frame() {
         assert_eq!(
-            decode(br#"{"type":"join","room":"lobby","name":"ann","since":4,"epoch":9}"#),
+            decode(br#"{"type":"join","room":"lobby","name":"ann","since":4,"epoch":9,"key":"k"}"#),
             Ok(ClientFrame::Join {
                 room: "lobby".into(),
                 name: Some("ann".into()),
                 since: Some(4),
-                epoch: Some(9)
+                epoch: Some(9),
+                key: Some("k".into()),
             })
         );
         assert_eq!(
@@ -433,7 +454,8 @@ mod tests {
                 room: "lobby".into(),
                 name: Some("ann".into()),
                 since: None,
-                epoch: None
+                epoch: None,
+                key: None,
             })
         );
         assert_eq!(
@@ -508,13 +530,14 @@ mod tests {
             room: "lobby",
             seq: 7,
             from: "ann",
+            sender: Some("s3nd3r"),
             text: "<b>hi</b> \"quoted\"\n",
             time: 1_700_000_000_000,
             id: Some("c-1"),
         });
         assert_eq!(
             parsed(&bytes),
-            json!({"type":"message","room":"lobby","seq":7,"from":"ann",
+            json!({"type":"message","room":"lobby","seq":7,"from":"ann","sender":"s3nd3r",
                    "text":"<b>hi</b> \"quoted\"\n","time":1_700_000_000_000u64,"id":"c-1"})
         );
         // Exactly one newline: the terminator. Newlines inside text are escaped.
@@ -531,14 +554,20 @@ mod tests {
             room: "r",
             epoch: 3,
             seq: 10,
-            you: members[1],
+            you: You {
+                id: 2,
+                name: "bob",
+                sender: "pub",
+            },
+            key: Some("secret"),
             members: &members,
             gap: false,
             replay: 0,
         });
         assert_eq!(
             parsed(&joined),
-            json!({"type":"joined","room":"r","epoch":3,"seq":10,"you":{"id":2,"name":"bob"},
+            json!({"type":"joined","room":"r","epoch":3,"seq":10,
+                   "you":{"id":2,"name":"bob","sender":"pub"},"key":"secret",
                    "members":[{"id":1,"name":"ann"},{"id":2,"name":"bob"}],"gap":false,"replay":0})
         );
         let err = error_frame(ErrorCode::NotJoined, "join first", Some("r"), None);

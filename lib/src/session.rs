@@ -11,12 +11,13 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthHook, ConnectRequest, Identity};
 use crate::config::{MessageEvent, MessageHook};
-use crate::hub::{Hub, Kind, Member, Outbound, Outbox, Resume, Room};
+use crate::hub::{Hub, Kind, Member, Outbound, Outbox, Resume, Room, Sender};
 use crate::protocol::{self, ClientFrame, CloseCode, ErrorCode, Limits, ServerFrame};
 
 /// Frames written per batch: enough to amortize a write call under load, small enough that
@@ -161,6 +162,7 @@ async fn run(
         identity,
         outbox,
         rooms: Vec::new(),
+        sender: None,
         rate: RateLimit::new(&ctx.limits),
     };
     let mut batch = Vec::new();
@@ -256,7 +258,30 @@ struct Session<'a> {
     /// with the room messages around them (a message, then its ack).
     outbox: Outbox,
     rooms: Vec<Joined>,
+    /// Who sends this connection's messages, once it joined a room.
+    sender: Option<Arc<Sender>>,
     rate: RateLimit,
+}
+
+/// Bytes of randomness in a resume key: 128 bits, beyond guessing.
+const RESUME_KEY_BYTES: usize = 16;
+
+/// A fresh resume key: 128 random bits, base64url (22 characters).
+fn new_resume_key() -> String {
+    let mut bytes = [0u8; RESUME_KEY_BYTES];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("the operating system provides randomness");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Whether `key` has the shape of a key [`new_resume_key`] makes. Any such key is accepted:
+/// one that was never issued only scopes its own holder's messages, and a key issued to
+/// someone else cannot be guessed.
+fn is_resume_key(key: &str) -> bool {
+    key.len() == 22
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl Session<'_> {
@@ -317,7 +342,13 @@ impl Session<'_> {
                 name,
                 since,
                 epoch,
-            } => self.join(&room, name.as_deref(), Resume { since, epoch }),
+                key,
+            } => self.join(
+                &room,
+                name.as_deref(),
+                key.as_deref(),
+                Resume { since, epoch },
+            ),
             ClientFrame::Leave { room } => self.leave(&room),
             ClientFrame::Send { room, text, id } => self.send(&room, &text, id.as_deref()),
             ClientFrame::Typing { room } => match self.joined(&room) {
@@ -334,7 +365,7 @@ impl Session<'_> {
         self.rooms.iter().find(|j| j.room.name() == room)
     }
 
-    fn join(&mut self, room: &str, name: Option<&str>, resume: Resume) {
+    fn join(&mut self, room: &str, name: Option<&str>, key: Option<&str>, resume: Resume) {
         let limits = &self.ctx.limits;
         if let Err((code, msg)) = limits.check_room(room) {
             return self.error(code, msg, Some(room), None);
@@ -350,11 +381,11 @@ impl Session<'_> {
                         None,
                     );
                 }
-                identity.name.as_str()
+                Arc::from(identity.name.as_str())
             }
-            None => name.unwrap_or(""),
+            None => Arc::from(name.unwrap_or("")),
         };
-        if let Err((code, msg)) = limits.check_name(name) {
+        if let Err((code, msg)) = limits.check_name(&name) {
             return self.error(code, msg, Some(room), None);
         }
         if self.joined(room).is_some() {
@@ -373,16 +404,43 @@ impl Session<'_> {
                 None,
             );
         }
+        let sender = match self.sender(key) {
+            Ok(sender) => sender,
+            Err(msg) => return self.error(ErrorCode::InvalidFrame, msg, Some(room), None),
+        };
         let me = Member {
             id: self.id,
-            name: name.into(),
+            name,
             user: self.identity.as_ref().map(|i| i.user.as_str().into()),
+            sender,
             outbox: self.outbox.clone(),
         };
         match self.ctx.hub.join(room, me.clone(), resume) {
             Ok(room) => self.rooms.push(Joined { room, me }),
             Err(code) => self.error(code, "the server holds too many rooms", Some(room), None),
         }
+    }
+
+    /// Who sends this connection's messages: the host's user, or — anonymous — the holder
+    /// of a resume key: the one `presented` (from an earlier connection's `joined`), else a
+    /// fresh one. Set by the first join, the same in every room after it.
+    fn sender(&mut self, presented: Option<&str>) -> Result<Arc<Sender>, &'static str> {
+        if let Some(sender) = &self.sender {
+            // An identified connection's key is ignored: its user is who it is.
+            return match presented {
+                Some(key) if self.identity.is_none() && sender.resume_key() != Some(key) => {
+                    Err("this connection already has another key")
+                }
+                _ => Ok(sender.clone()),
+            };
+        }
+        let sender = match (&self.identity, presented) {
+            (Some(identity), _) => Sender::user(&identity.user),
+            (None, Some(key)) if is_resume_key(key) => Sender::key(key),
+            (None, Some(_)) => return Err("key must be a resume key this server issued"),
+            (None, None) => Sender::key(&new_resume_key()),
+        };
+        Ok(self.sender.insert(Arc::new(sender)).clone())
     }
 
     fn leave(&mut self, room: &str) {
