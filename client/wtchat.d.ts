@@ -175,13 +175,16 @@ export interface ChatEvents {
 export interface ConnectOptions {
   /** The room to join: 1 to 64 of `A-Z a-z 0-9 _ - . : @`. */
   room: string;
-  /** Display name (1 to 32 characters). Optional with a `token`, whose name wins. */
+  /** Display name (1 to 32 characters). Optional where the host names its users (a
+   * `token`, or the host's login through tickets): the host's name wins. */
   name?: string;
   /** The wtchat server's HTTP base URL. Default: the page's origin. */
   server?: string;
   /** Force one transport. Default: WebTransport with a head start, racing WebSocket. */
   transport?: Transport;
-  /** A token from the host application, passed as `?token=` on both transports. */
+  /** A token from the host application, passed as `?token=` on both transports. Without
+   * one, where the server says so (`/wtchat/config`'s `ticket`), the client first asks for
+   * tickets with the page's cookies (`POST`, credentials included) and passes those. */
   token?: string;
   /** Handlers registered before connecting, so they also see the joined room's history. */
   on?: { [E in keyof ChatEvents]?: (event: ChatEvents[E]) => void };

@@ -93,10 +93,16 @@ function hexToBytes(hex) {
   return out;
 }
 
-function withToken(url, token) {
-  if (token == null || token === "") return url;
+/**
+ * `url` with what identifies this client on `kind`'s connection: its ticket for that
+ * transport (from `POST /wtchat/ticket`), else the host's token, else nothing.
+ */
+function withIdentity(url, options, kind) {
+  const ticket = options.tickets?.[kind];
+  const [name, value] = ticket ? ["ticket", ticket] : ["token", options.token];
+  if (value == null || value === "") return url;
   const u = new URL(url);
-  u.searchParams.set("token", token);
+  u.searchParams.set(name, value);
   return u.toString();
 }
 
@@ -341,8 +347,8 @@ async function dial(config, options, events, state) {
     return p;
   };
   const openWT = (signal) =>
-    openWebTransport(withToken(config.webtransport, options.token), config.certificateHashes, events, signal);
-  const openWS = (signal) => openWebSocket(withToken(config.websocket, options.token), events, signal);
+    openWebTransport(withIdentity(config.webtransport, options, "webtransport"), config.certificateHashes, events, signal);
+  const openWS = (signal) => openWebSocket(withIdentity(config.websocket, options, "websocket"), events, signal);
 
   let winner;
   try {
@@ -390,13 +396,10 @@ export class Chat {
     if (!options || typeof options.room !== "string" || !options.room) {
       throw new TypeError("connect({room, name}) needs a room");
     }
-    if (typeof options.name !== "string" && options.token == null) {
-      throw new TypeError("connect({room, name}) needs a name (or a token that carries one)");
-    }
     const server = options.server ?? (typeof location !== "undefined" ? location.origin : "");
     /** The room's name. */
     this.room = options.room;
-    /** The display name (as the server has it once joined: a token's name wins). */
+    /** The display name (as the server has it once joined: the host's name for the user wins). */
     this.name = options.name ?? null;
     /** The server's HTTP base URL. */
     this.server = String(server).replace(/\/+$/, "");
@@ -589,7 +592,28 @@ export class Chat {
     return response.json();
   }
 
-  /** One attempt: config, transport, join. Resolves once joined. */
+  /**
+   * Tickets for this attempt, one per transport: the page's own credentialed request, so
+   * the host's login (its cookies) decides who this is whatever the transport — browsers
+   * send no cookies on a WebTransport CONNECT. A refusal is final (`unauthorized`, with the
+   * host's reason); a failure to reach the server is not.
+   */
+  async _fetchTickets(url) {
+    let response;
+    try {
+      response = await fetch(url, { method: "POST", credentials: "include", cache: "no-store" });
+    } catch (e) {
+      throw new ChatError("unreachable", `ticket: ${e.message}`);
+    }
+    if (response.status === 401 || response.status === 403) {
+      const body = await response.json().catch(() => ({}));
+      throw new ChatError("unauthorized", body.message || `ticket: HTTP ${response.status}`);
+    }
+    if (!response.ok) throw new ChatError("unreachable", `ticket: HTTP ${response.status}`);
+    return (await response.json()).tickets;
+  }
+
+  /** One attempt: config, tickets, transport, join. Resolves once joined. */
   async _connectOnce(limit = ATTEMPT_TIMEOUT_MS) {
     const gen = ++this._gen;
     const attempt = (async () => {
@@ -600,7 +624,11 @@ export class Chat {
         frame: (conn, frame) => { if (conn === this._conn) this._onFrame(frame); },
         closed: (conn, info) => { if (conn === this._conn) this._onClosed(info); },
       };
-      const conn = await dial(config, this._options, events, this._dialState);
+      // A token is the host's own answer; without one, the host's hook answers through
+      // tickets, when the server issues them.
+      const tickets = config.ticket && this._options.token == null ? await this._fetchTickets(config.ticket) : null;
+      if (gen !== this._gen) throw new ChatError("aborted", "superseded");
+      const conn = await dial(config, { ...this._options, tickets }, events, this._dialState);
       if (gen !== this._gen || this.status === "closed") {
         conn.close(1000, "not needed");
         throw new ChatError("aborted", "superseded");

@@ -2,6 +2,10 @@
 //! wtchat mounted beside them, using that login: the chat knows who each user is from the
 //! host's cookie, so nobody can speak under another name.
 //!
+//! Browsers send no cookies on a WebTransport CONNECT; the page's client asks the chat for
+//! tickets first (`POST /wtchat/ticket`, cookies included), and the hook below answers that
+//! request: the same hook, the same cookie, whatever transport then connects.
+//!
 //! Run with: `cargo run --example axum_host`, then open http://localhost:3000 (log in as
 //! two different names in two browser profiles).
 
@@ -119,7 +123,10 @@ async fn home(headers: axum::http::HeaderMap) -> Html<String> {
 <form id="send"><input id="text" aria-label="Message" autocomplete="off"><button>Send</button></form>
 <script type="module">
   import {{ connect }} from "/wtchat/wtchat.js";
-  const chat = await connect({{ room: "lobby", name: "{user}" }});
+  // Nothing but the room: the client asks the chat for tickets with this page's cookies,
+  // and the hook below says who this is, over WebTransport as over WebSocket.
+  const chat = await connect({{ room: "lobby" }});
+  window.chat = chat; // for the console (and the browser tests)
   const list = document.getElementById("messages");
   const show = (m) => {{
     const li = document.createElement("li");
@@ -138,7 +145,7 @@ async fn home(headers: axum::http::HeaderMap) -> Html<String> {
         ),
     };
     Html(format!(
-        "<!doctype html><meta charset=utf-8><title>Example shop</title>{body}"
+        "<!doctype html><meta charset=utf-8><title>Example shop</title><link rel=icon href=\"data:,\">{body}"
     ))
 }
 

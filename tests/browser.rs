@@ -11,7 +11,11 @@ use std::net::UdpSocket;
 use std::time::Instant;
 
 use browser::{Browser, Page};
-use common::{TestServer, start, start_with};
+#[allow(dead_code)] // its `main` is the example's, not the test's
+#[path = "../examples/axum_host.rs"]
+mod host;
+
+use common::{TestServer, start, start_host, start_with};
 use serde_json::{Value, json};
 
 /// One browser test at a time: several Chromiums starting at once on a small machine make
@@ -851,4 +855,64 @@ async fn a_rate_limited_send_keeps_its_place_in_line() {
         );
     }
     assert_no_console_errors(&page);
+}
+
+#[tokio::test]
+async fn the_hosts_login_is_the_chat_identity_over_webtransport() {
+    let Some((_serial, browser)) =
+        take_browser("the_hosts_login_is_the_chat_identity_over_webtransport").await
+    else {
+        return;
+    };
+    // examples/axum_host.rs as it is: a cookie login, and a hook that reads the cookie.
+    let server = start_host(host::chat_config, host::app).await;
+    let site = format!("http://127.0.0.1:{}", server.http.port());
+    let mut pages = Vec::new();
+    for (label, user) in [("A", "ann"), ("B", "bob")] {
+        let page = browser.page(label, 1024, 768, None).await;
+        // The login redirects to the host's page, whose script is `connect({room})`.
+        page.goto(&format!("{site}/login?name={user}")).await;
+        page.wait_for(
+            "connected over WebTransport",
+            "window.chat?.status === 'connected' && window.chat.transport === 'webtransport'",
+        )
+        .await;
+        pages.push(page);
+    }
+    let (a, b) = (&pages[0], &pages[1]);
+    assert_eq!(a.eval("window.chat.name").await, "Ann");
+    assert_eq!(b.eval("window.chat.me.name").await, "Bob");
+    // Ann chats through the host's own form; Bob's list shows it under her host name.
+    a.type_and_enter("#text", "hello from the host page").await;
+    let seen = b
+        .wait_for(
+            "Ann's message on Bob's page",
+            "[...document.querySelectorAll('#messages li')].map(li => li.textContent).join('|') || null",
+        )
+        .await;
+    assert_eq!(seen, "Ann: hello from the host page");
+
+    // Not logged in: told so, once, and no reconnecting loop.
+    let c = browser.page("C", 1024, 768, None).await;
+    c.goto(&format!("{site}/")).await;
+    let refused = c
+        .eval(
+            "import('/wtchat/wtchat.js').then(({ connect }) => connect({ room: 'lobby' }))
+               .then(() => 'connected', (e) => [e.code, e.message])",
+        )
+        .await;
+    assert_eq!(refused, json!(["unauthorized", "log in first"]));
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let asked = c
+        .eval("performance.getEntriesByType('resource').filter(e => e.name.endsWith('/wtchat/ticket')).length")
+        .await;
+    assert_eq!(asked, 1, "one ticket request, and no retry after a refusal");
+    assert_eq!(
+        server.chat.members("lobby").len(),
+        2,
+        "only Ann and Bob are in"
+    );
+    for page in [a, b] {
+        assert_no_console_errors(page);
+    }
 }

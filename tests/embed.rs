@@ -16,11 +16,32 @@ async fn start_example() -> TestServer {
     start_host(host::chat_config, host::app).await
 }
 
+/// `POST /wtchat/ticket` as the page of the host's own origin sends it: with the page's
+/// cookies (`cookie` None: not logged in). Returns the status and the JSON answer.
+async fn tickets(server: &TestServer, cookie: Option<&str>) -> (u16, Value) {
+    let origin = format!("http://127.0.0.1:{}", server.http.port());
+    let mut headers = vec![("origin", origin.as_str())];
+    if let Some(cookie) = cookie {
+        headers.push(("cookie", cookie));
+    }
+    let (status, body) = http_request(server.http, "POST", "/wtchat/ticket", &headers, None).await;
+    (status, serde_json::from_str(&body).unwrap())
+}
+
+/// A WebTransport session as a browser opens it for a logged-in user: no cookie on the
+/// CONNECT (browsers send none there), a ticket from the page's credentialed request.
+async fn wt_with_ticket(server: &TestServer, cookie: &str) -> Client {
+    let (status, answer) = tickets(server, Some(cookie)).await;
+    assert_eq!(status, 200, "{answer}");
+    let ticket = answer["tickets"]["webtransport"].as_str().unwrap();
+    Client::wt_request(server, &format!("/wtchat?ticket={ticket}"), &[])
+        .await
+        .unwrap()
+}
+
 /// Ann logged in over WebTransport and Bob over WebSocket, both joined to "lobby".
 async fn ann_and_bob_in_the_lobby(server: &TestServer) -> (Client, Client) {
-    let mut ann = Client::wt_request(server, "/wtchat", &[("cookie", "user=ann")])
-        .await
-        .unwrap();
+    let mut ann = wt_with_ticket(server, "user=ann").await;
     let mut bob = Client::ws_request(server, "", &[("cookie", "user=bob")])
         .await
         .unwrap();
@@ -83,9 +104,7 @@ async fn the_login_cookie_is_the_identity_on_both_transports() {
     let mut ann = Client::ws_request(&server, "", &[("cookie", "user=ann")])
         .await
         .unwrap();
-    let mut bob = Client::wt_request(&server, "/wtchat", &[("cookie", "user=bob")])
-        .await
-        .unwrap();
+    let mut bob = wt_with_ticket(&server, "user=bob").await;
     // Ann claims to be "Bob" in her join: the host's identity wins.
     let (joined, _) = ann.join("lobby", "Bob").await;
     assert_eq!(joined["you"]["name"], "Ann");
@@ -94,6 +113,104 @@ async fn the_login_cookie_is_the_identity_on_both_transports() {
     ann.say("lobby", "hello from ann", "a1").await;
     let got = bob.messages("lobby", 1).await;
     assert_eq!(got, [(1, "Ann".to_string(), "hello from ann".to_string())]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tickets_carry_the_login_to_webtransport_once_each() {
+    let server = start_example().await;
+    // Not logged in: the hook's reason, as a 401 the client takes as final.
+    let (status, answer) = tickets(&server, None).await;
+    assert_eq!(
+        (status, answer),
+        (
+            401,
+            json!({"error":"unauthorized","message":"log in first"})
+        )
+    );
+    // Logged in: one ticket per transport, for the cookie's user.
+    let (status, answer) = tickets(&server, Some("user=cid")).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["expiresIn"], 60);
+    let wt = answer["tickets"]["webtransport"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ws = answer["tickets"]["websocket"].as_str().unwrap().to_string();
+    assert_ne!(wt, ws);
+    let mut cid = Client::wt_request(&server, &format!("/wtchat?ticket={wt}"), &[])
+        .await
+        .unwrap();
+    let (joined, _) = cid.join("lobby", "Mallory").await;
+    assert_eq!(joined["you"]["name"], "Cid");
+    let mut cid_ws = Client::ws_request(&server, &format!("?ticket={ws}"), &[])
+        .await
+        .unwrap();
+    let (joined, _) = cid_ws.join("lobby", "Mallory").await;
+    assert_eq!(joined["you"]["name"], "Cid");
+    // Each ticket once: a second use is refused, over either transport.
+    for (transport, path) in [
+        ("webtransport", format!("/wtchat?ticket={wt}")),
+        ("websocket", format!("?ticket={ws}")),
+    ] {
+        let again = match transport {
+            "webtransport" => Client::wt_request(&server, &path, &[]).await.unwrap(),
+            _ => Client::ws_request(&server, &path, &[]).await.unwrap(),
+        };
+        assert_unauthorized(again, "this ticket was used already; fetch a new one").await;
+    }
+    // A token (here one signed with a made-up secret) is not a ticket.
+    let forged = token(
+        "a-made-up-secret-of-32-bytes-at-least",
+        "cid",
+        "Cid",
+        &["*"],
+        unix_now() + 60,
+    );
+    assert_unauthorized(
+        Client::wt_request(&server, &format!("/wtchat?ticket={forged}"), &[])
+            .await
+            .unwrap(),
+        "token signature is not valid",
+    )
+    .await;
+    // The page of an origin that may not connect gets no ticket.
+    let (status, _) = http_request(
+        server.http,
+        "POST",
+        "/wtchat/ticket",
+        &[("origin", "https://evil.example"), ("cookie", "user=cid")],
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    // The answer is readable by the page that asked, credentials included (CORS).
+    let origin = format!("http://localhost:{}", server.http.port());
+    let ((status, _), head) = common::http_exchange(
+        server.http,
+        "POST",
+        "/wtchat/ticket",
+        &[("origin", &origin), ("cookie", "user=cid")],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let head = head.to_lowercase();
+    assert!(
+        head.contains(&format!("access-control-allow-origin: {origin}")),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-allow-credentials: true"),
+        "{head}"
+    );
+    // And /wtchat/config tells the client where to ask.
+    let (_, body) = server.get("/wtchat/config").await;
+    let config: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        config["ticket"],
+        format!("http://{}/wtchat/ticket", server.http)
+    );
     server.stop().await;
 }
 

@@ -12,10 +12,11 @@
 //! wtchat checks it ([`verify`]) when the configuration has a
 //! [`token_secret`](crate::ConfigBuilder::token_secret).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -31,14 +32,19 @@ pub enum Transport {
     WebTransport,
     /// The WebSocket fallback.
     WebSocket,
+    /// Not a connection yet: a browser's credentialed `POST /wtchat/ticket` before it
+    /// connects, the one request of a page that carries its cookies whatever the transport.
+    Ticket,
 }
 
 impl Transport {
-    /// `"webtransport"` or `"websocket"`, as the browser client's `chat.transport` says.
+    /// `"webtransport"` or `"websocket"`, as the browser client's `chat.transport` says;
+    /// `"ticket"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::WebTransport => "webtransport",
             Transport::WebSocket => "websocket",
+            Transport::Ticket => "ticket",
         }
     }
 }
@@ -51,7 +57,7 @@ impl Transport {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ConnectRequest {
-    /// The transport.
+    /// The transport; [`Transport::Ticket`] for a browser's `POST /wtchat/ticket`.
     pub transport: Transport,
     /// The request path, without the query.
     pub path: String,
@@ -235,11 +241,15 @@ pub struct Claims {
 
 /// Signs `claims` as an HS256 JWT with `secret`.
 pub fn mint(secret: &[u8], claims: &Claims) -> String {
+    seal(&hmac::Key::new(hmac::HMAC_SHA256, secret), claims)
+}
+
+/// `payload` as an HS256 JWT signed with `key`.
+pub(crate) fn seal(key: &hmac::Key, payload: &impl Serialize) -> String {
     let header = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = B64.encode(serde_json::to_vec(claims).expect("claims serialize"));
+    let payload = B64.encode(serde_json::to_vec(payload).expect("claims serialize"));
     let signing_input = format!("{header}.{payload}");
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    let signature = B64.encode(hmac::sign(&key, signing_input.as_bytes()).as_ref());
+    let signature = B64.encode(hmac::sign(key, signing_input.as_bytes()).as_ref());
     format!("{signing_input}.{signature}")
 }
 
@@ -257,6 +267,8 @@ pub enum TokenError {
     Signature,
     /// `exp` has passed.
     Expired,
+    /// A ticket that was used already (tickets are single-use).
+    Spent,
 }
 
 impl fmt::Display for TokenError {
@@ -267,6 +279,7 @@ impl fmt::Display for TokenError {
             TokenError::Algorithm => "token algorithm must be HS256",
             TokenError::Signature => "token signature is not valid",
             TokenError::Expired => "token expired",
+            TokenError::Spent => "this ticket was used already; fetch a new one",
         })
     }
 }
@@ -276,6 +289,18 @@ impl std::error::Error for TokenError {}
 /// Checks an HS256 JWT's signature (in constant time) and expiry at `now` (seconds since
 /// 1970); returns its claims.
 pub fn verify(secret: &[u8], token: &str, now: u64) -> Result<Claims, TokenError> {
+    let claims: Claims = open(&hmac::Key::new(hmac::HMAC_SHA256, secret), token)?;
+    if claims.exp <= now {
+        return Err(TokenError::Expired);
+    }
+    Ok(claims)
+}
+
+/// The payload of an HS256 JWT signed with `key`, signature checked in constant time.
+pub(crate) fn open<T: serde::de::DeserializeOwned>(
+    key: &hmac::Key,
+    token: &str,
+) -> Result<T, TokenError> {
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -292,18 +317,12 @@ pub fn verify(secret: &[u8], token: &str, now: u64) -> Result<Claims, TokenError
         return Err(TokenError::Algorithm);
     }
     let signature = B64.decode(signature).map_err(|_| TokenError::Malformed)?;
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
     let signing_input = &token[..header_and_payload_len(token)];
-    hmac::verify(&key, signing_input.as_bytes(), &signature).map_err(|_| TokenError::Signature)?;
-    let claims: Claims = B64
-        .decode(payload)
+    hmac::verify(key, signing_input.as_bytes(), &signature).map_err(|_| TokenError::Signature)?;
+    B64.decode(payload)
         .ok()
         .and_then(|p| serde_json::from_slice(&p).ok())
-        .ok_or(TokenError::Malformed)?;
-    if claims.exp <= now {
-        return Err(TokenError::Expired);
-    }
-    Ok(claims)
+        .ok_or(TokenError::Malformed)
 }
 
 /// Length of `header.payload` in a JWT.
@@ -319,44 +338,184 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The hook for hosts in any language: a connection must carry `?token=` signed with the
-/// shared secret.
-pub(crate) struct TokenAuth {
-    secret: Vec<u8>,
+/// How a server tells who a connection is, as its configuration says.
+pub(crate) enum Authenticator {
+    /// Anyone, under the name they choose.
+    Anonymous,
+    /// A `?token=` signed with the shared secret: hosts in any language.
+    Tokens { secret: Vec<u8> },
+    /// The host's hook. Browsers send no cookies on a WebTransport CONNECT, so they come
+    /// with a ticket, which their credentialed `POST /wtchat/ticket` got from the same
+    /// hook; other requests go to the hook itself.
+    Host {
+        hook: AuthHook,
+        /// Boxed: a key and a table, much larger than the other variants.
+        tickets: Box<Tickets>,
+    },
 }
 
-impl TokenAuth {
-    /// Tokens signed with `secret`.
-    pub(crate) fn new(secret: impl Into<Vec<u8>>) -> TokenAuth {
-        TokenAuth {
-            secret: secret.into(),
+impl Authenticator {
+    /// The host's hook when there is one, else tokens when there is a secret, else nobody.
+    pub(crate) fn new(hook: Option<AuthHook>, token_secret: Option<&str>) -> Authenticator {
+        match (hook, token_secret) {
+            (Some(hook), secret) => Authenticator::Host {
+                hook,
+                tickets: Box::new(Tickets::new(secret.map(str::as_bytes))),
+            },
+            (None, Some(secret)) => Authenticator::Tokens {
+                secret: secret.as_bytes().to_vec(),
+            },
+            (None, None) => Authenticator::Anonymous,
         }
     }
 
-    /// The identity a request's token proves, or why not.
-    fn identify(&self, request: &ConnectRequest) -> Result<Identity, TokenError> {
-        let token = request.query_param("token").ok_or(TokenError::Missing)?;
-        let claims = verify(&self.secret, &token, unix_now())?;
-        let rooms = if claims.rooms.iter().any(|r| r == "*") {
-            Rooms::Any
-        } else {
-            Rooms::Only(claims.rooms)
-        };
-        Ok(Identity {
-            user: claims.sub,
-            name: claims.name,
-            rooms,
-        })
+    /// Whether browsers get tickets here (`POST /wtchat/ticket`): where the host's hook
+    /// decides who connects.
+    pub(crate) fn issues_tickets(&self) -> bool {
+        matches!(self, Authenticator::Host { .. })
     }
 
-    /// As an [`AuthHook`].
-    pub(crate) fn into_hook(self) -> AuthHook {
-        let this = Arc::new(self);
-        Arc::new(move |request| {
-            let result = this.identify(&request).map_err(Refusal::from);
-            Box::pin(async move { result })
-        })
+    /// Whether connections are identified at all (transports copy what the client sent
+    /// only then).
+    pub(crate) fn identifies(&self) -> bool {
+        !matches!(self, Authenticator::Anonymous)
     }
+
+    /// Who a connection is, or why it is refused.
+    pub(crate) async fn identify(&self, request: ConnectRequest) -> Result<Identity, Refusal> {
+        match self {
+            Authenticator::Anonymous => Err(Refusal::new("this server identifies nobody")),
+            Authenticator::Tokens { secret } => {
+                let token = request.query_param("token").ok_or(TokenError::Missing)?;
+                Ok(identity(verify(secret, &token, unix_now())?))
+            }
+            Authenticator::Host { hook, tickets } => match request.query_param("ticket") {
+                Some(ticket) => Ok(tickets.redeem(&ticket)?),
+                None => hook(request).await,
+            },
+        }
+    }
+
+    /// The tickets of `POST /wtchat/ticket`: the host's hook decides on the page's own
+    /// request (cookies included), and a yes is `count` single-use tickets for that
+    /// identity, one per transport the client may try. None where there is no host hook.
+    pub(crate) async fn tickets(
+        &self,
+        request: ConnectRequest,
+        count: usize,
+    ) -> Option<Result<Vec<String>, Refusal>> {
+        let Authenticator::Host { hook, tickets } = self else {
+            return None;
+        };
+        Some(
+            hook(request)
+                .await
+                .map(|identity| (0..count).map(|_| tickets.issue(&identity)).collect()),
+        )
+    }
+}
+
+/// A token's or a ticket's claims as an identity.
+fn identity(claims: Claims) -> Identity {
+    let rooms = if claims.rooms.iter().any(|r| r == "*") {
+        Rooms::Any
+    } else {
+        Rooms::Only(claims.rooms)
+    };
+    Identity {
+        user: claims.sub,
+        name: claims.name,
+        rooms,
+    }
+}
+
+/// How long a ticket may wait to be used: enough for one connection attempt.
+pub(crate) const TICKET_TTL_SECS: u64 = 60;
+
+/// Single-use tickets: an identity the host's hook granted on a browser's credentialed
+/// request, carried to a transport that cannot carry cookies (`?ticket=`). Signed with a
+/// key of their own (derived from the token secret, or random), so that a ticket is never
+/// a token and a token never a ticket; each is used at most once.
+pub(crate) struct Tickets {
+    key: hmac::Key,
+    /// Nonces of tickets used, with their expiry: a ticket's second use is refused. Held
+    /// for a lookup and an insert, never across an `.await`.
+    spent: Mutex<HashMap<String, u64>>,
+}
+
+/// A ticket's payload: an identity, its expiry, and a nonce that makes it single-use.
+#[derive(Serialize, Deserialize)]
+struct TicketClaims {
+    #[serde(flatten)]
+    claims: Claims,
+    nonce: String,
+}
+
+impl Tickets {
+    /// Tickets signed with a key derived from `secret`; from random bytes without one
+    /// (then only this process accepts them).
+    fn new(secret: Option<&[u8]>) -> Tickets {
+        let random;
+        let secret = match secret {
+            Some(secret) => secret,
+            None => {
+                random = random_bytes::<32>();
+                &random[..]
+            }
+        };
+        let derived = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, secret),
+            b"wtchat ticket key v1",
+        );
+        Tickets {
+            key: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
+            spent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn issue(&self, identity: &Identity) -> String {
+        let rooms = match &identity.rooms {
+            Rooms::Any => vec!["*".to_string()],
+            Rooms::Only(rooms) => rooms.clone(),
+        };
+        let claims = TicketClaims {
+            claims: Claims {
+                sub: identity.user.clone(),
+                name: identity.name.clone(),
+                rooms,
+                exp: unix_now() + TICKET_TTL_SECS,
+            },
+            nonce: B64.encode(random_bytes::<16>()),
+        };
+        seal(&self.key, &claims)
+    }
+
+    fn redeem(&self, ticket: &str) -> Result<Identity, TokenError> {
+        let ticket: TicketClaims = open(&self.key, ticket)?;
+        let now = unix_now();
+        if ticket.claims.exp <= now {
+            return Err(TokenError::Expired);
+        }
+        let mut spent = self.spent.lock().unwrap();
+        if spent.contains_key(&ticket.nonce) {
+            return Err(TokenError::Spent);
+        }
+        // Expired tickets cannot be used anyway: forget their nonces now and then.
+        if spent.len() >= 1024 {
+            spent.retain(|_, exp| *exp > now);
+        }
+        spent.insert(ticket.nonce, ticket.claims.exp);
+        drop(spent);
+        Ok(identity(ticket.claims))
+    }
+}
+
+/// `N` bytes from the operating system's random source.
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("the operating system provides randomness");
+    bytes
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ use tokio_util::task::TaskTracker;
 use wtransport::Endpoint;
 use wtransport::endpoint::endpoint_side;
 
+use crate::auth::Authenticator;
 use crate::certs::{self, CertError, DevCert};
 use crate::config::{Config, Tls};
 use crate::host::{Host, MemberInfo, PublishError};
@@ -145,7 +146,10 @@ impl Chat {
             shutdown: CancellationToken::new(),
             close_grace: config.close_grace,
             idle_timeout: config.idle_timeout,
-            auth: config.auth_hook(),
+            auth: Arc::new(Authenticator::new(
+                config.authenticate.clone(),
+                config.token_secret.as_deref(),
+            )),
             on_message: config.on_message.clone(),
         };
         let host = Host {

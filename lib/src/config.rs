@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::{AuthHook, ConnectRequest, Identity, Refusal, TokenAuth};
+use crate::auth::{AuthHook, ConnectRequest, Identity, Refusal};
 use crate::certs::MAX_DAYS;
 use crate::hub::HubConfig;
 use crate::protocol::Limits;
@@ -167,15 +167,6 @@ impl Config {
         ConfigBuilder {
             config: Config::default(),
         }
-    }
-
-    /// The hook in force: the host's, else token checking when a secret is set.
-    pub(crate) fn auth_hook(&self) -> Option<AuthHook> {
-        self.authenticate.clone().or_else(|| {
-            self.token_secret
-                .as_ref()
-                .map(|secret| TokenAuth::new(secret.as_bytes()).into_hook())
-        })
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use axum::extract::{FromRef, Query, State};
 use axum::http::StatusCode;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,6 +15,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::auth::{ConnectRequest, TICKET_TTL_SECS, Transport};
 use crate::config::PATH;
 use crate::host::Host;
 use crate::protocol::{CloseCode, ErrorCode};
@@ -71,6 +72,14 @@ pub(crate) fn router(state: HttpState) -> Router {
                 )
             }),
         );
+    let router = if state.transport.session.auth.issues_tickets() {
+        router.route(
+            &format!("{PATH}/ticket"),
+            post(ticket).options(ticket_preflight),
+        )
+    } else {
+        router
+    };
     let router = if state.api_key.is_some() {
         // The key is checked before anything else, the body included. A router of its
         // own: route_layer guards every route already on a router.
@@ -119,7 +128,11 @@ async fn config(State(state): State<HttpState>, headers: HeaderMap) -> Response 
     let secure = headers
         .get("x-forwarded-proto")
         .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
-    let ws_scheme = if secure { "wss" } else { "ws" };
+    let (ws_scheme, http_scheme) = if secure {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
     let hashes: Vec<_> = state
         .digests
         .read()
@@ -135,6 +148,10 @@ async fn config(State(state): State<HttpState>, headers: HeaderMap) -> Response 
         },
         "certificateHashes": hashes,
         "websocket": format!("{ws_scheme}://{http_host}{PATH}/ws"),
+        // Where a browser gets its tickets (with its cookies) before connecting, when the
+        // host's hook decides who it is.
+        "ticket": state.transport.session.auth.issues_tickets()
+            .then(|| format!("{http_scheme}://{http_host}{PATH}/ticket")),
         "limits": {
             "maxFrameBytes": limits.max_frame_bytes,
             "maxTextChars": limits.max_text_chars,
@@ -152,6 +169,103 @@ async fn config(State(state): State<HttpState>, headers: HeaderMap) -> Response 
         (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
     ];
     (headers, Json(body)).into_response()
+}
+
+/// The transports a browser may try, each with a ticket of its own: a ticket is single-use,
+/// and the client may open both before it keeps one.
+const TICKET_TRANSPORTS: [Transport; 2] = [Transport::WebTransport, Transport::WebSocket];
+
+/// `POST /wtchat/ticket`: the page's credentialed request (its cookies, its headers) goes
+/// to the host's hook; a yes is `{"tickets": {"webtransport": T, "websocket": T},
+/// "expiresIn": 60}`, single-use tickets for that identity; a no is 401 with the hook's
+/// reason. From an origin that may not connect: 403. The answer names the page's origin
+/// and allows credentials (CORS), so a page on the host's other origin gets it too.
+async fn ticket(State(state): State<HttpState>, request: axum::extract::Request) -> Response {
+    let headers = request.headers();
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|o| o.to_str().unwrap_or("\u{0}").to_string());
+    let transport = &state.transport;
+    if !transport.origins.allows(origin.as_deref()) {
+        return api_error(
+            StatusCode::FORBIDDEN,
+            "origin_forbidden",
+            "this origin may not connect",
+        );
+    }
+    let connect = ConnectRequest {
+        transport: Transport::Ticket,
+        path: request.uri().path().to_string(),
+        query: request.uri().query().unwrap_or_default().to_string(),
+        origin: origin.clone(),
+        headers: headers.clone(),
+    };
+    let answer = match transport
+        .session
+        .auth
+        .tickets(connect, TICKET_TRANSPORTS.len())
+        .await
+    {
+        Some(Ok(tickets)) => {
+            let tickets: serde_json::Map<String, serde_json::Value> = TICKET_TRANSPORTS
+                .iter()
+                .zip(tickets)
+                .map(|(t, ticket)| (t.as_str().to_string(), ticket.into()))
+                .collect();
+            Json(json!({"tickets": tickets, "expiresIn": TICKET_TTL_SECS})).into_response()
+        }
+        Some(Err(refusal)) => {
+            tracing::info!(
+                reason = refusal.message(),
+                "ticket refused by authentication"
+            );
+            api_error(StatusCode::UNAUTHORIZED, "unauthorized", refusal.message())
+        }
+        None => api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this server issues no tickets",
+        ),
+    };
+    with_credentials_cors(answer, origin.as_deref())
+}
+
+/// The CORS preflight of `POST /wtchat/ticket`, for a client that sends more than a simple
+/// request (the browser client does not).
+async fn ticket_preflight(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    if !state.transport.origins.allows(origin) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    if let Some(requested) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested.clone());
+    }
+    with_credentials_cors(response, origin)
+}
+
+/// Lets the page of `origin` (already allowed) read the answer of a credentialed request.
+fn with_credentials_cors(mut response: Response, origin: Option<&str>) -> Response {
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    if let Some(origin) = origin.and_then(|o| HeaderValue::from_str(o).ok()) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+    response
 }
 
 /// Whether the request bears the API key (`Authorization: Bearer KEY`). Compared in

@@ -15,7 +15,7 @@ use base64::Engine;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthHook, ConnectRequest, Identity};
+use crate::auth::{Authenticator, ConnectRequest, Identity, random_bytes};
 use crate::config::{MessageEvent, MessageHook};
 use crate::hub::{Hub, Kind, Member, Outbound, Outbox, Resume, Room, Sender};
 use crate::protocol::{self, ClientFrame, CloseCode, ErrorCode, Limits, ServerFrame};
@@ -77,16 +77,16 @@ pub(crate) struct SessionContext {
     /// [`CloseCode::IdleTimeout`]: a client that vanished without a word (a closed laptop,
     /// a lost network) must not stay a member forever.
     pub idle_timeout: Duration,
-    /// The host's authentication, if any.
-    pub auth: Option<AuthHook>,
+    /// Who connections are.
+    pub auth: Arc<Authenticator>,
     /// The host's message hook, if any.
     pub on_message: Option<MessageHook>,
 }
 
-/// Authenticates a new connection (when the host asked for it: `request` is what the hook
-/// sees), then runs it. A refused
-/// connection gets `bye` 4401 with the host's reason: browsers see no HTTP status from a
-/// failed WebSocket or WebTransport handshake, so the reason has to travel in-band.
+/// Identifies a new connection (when the server identifies connections: `request` is what
+/// the client sent), then runs it. A refused connection gets `bye` 4401 with the reason:
+/// browsers see no HTTP status from a failed WebSocket or WebTransport handshake, so the
+/// reason has to travel in-band.
 pub(crate) async fn start(
     ctx: &SessionContext,
     id: u64,
@@ -94,8 +94,8 @@ pub(crate) async fn start(
     mut reader: impl FrameReader,
     mut writer: impl FrameWriter,
 ) {
-    let identity = match (&ctx.auth, request) {
-        (Some(hook), Some(request)) => match hook(request).await {
+    let identity = match request {
+        Some(request) => match ctx.auth.identify(request).await {
             Ok(identity) => Some(identity),
             Err(refusal) => {
                 tracing::info!(
@@ -113,7 +113,7 @@ pub(crate) async fn start(
                 return;
             }
         },
-        _ => None,
+        None => None,
     };
     run(ctx, id, identity, reader, writer).await;
 }
@@ -268,10 +268,7 @@ const RESUME_KEY_BYTES: usize = 16;
 
 /// A fresh resume key: 128 random bits, base64url (22 characters).
 fn new_resume_key() -> String {
-    let mut bytes = [0u8; RESUME_KEY_BYTES];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .expect("the operating system provides randomness");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<RESUME_KEY_BYTES>())
 }
 
 /// Whether `key` has the shape of a key [`new_resume_key`] makes. Any such key is accepted:

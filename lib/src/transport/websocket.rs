@@ -73,7 +73,7 @@ pub(crate) async fn upgrade(
     // What the host's authentication sees, copied out of the request: the request's own
     // headers share hyper's whole read buffer (16 KiB), which must not live as long as the
     // connection. Nothing is kept when the host does not authenticate.
-    let connect = ctx.session.auth.is_some().then(|| ConnectRequest {
+    let connect = ctx.session.auth.identifies().then(|| ConnectRequest {
         transport: Transport::WebSocket,
         path: request.uri().path().to_string(),
         query: request.uri().query().unwrap_or_default().to_string(),

@@ -189,7 +189,7 @@ async fn accept(incoming: IncomingSession, ctx: Arc<Context>) {
         connection,
         pending: Vec::new(),
     };
-    let request = ctx.session.auth.is_some().then_some(connect);
+    let request = ctx.session.auth.identifies().then_some(connect);
     // A task of its own: this one's size is that of its largest state, the handshake, and
     // a session would carry that for its whole life.
     let tracker = ctx.tracker.clone();
