@@ -1,0 +1,378 @@
+//! Real-browser tests in a second engine: Debian's Firefox ESR, driven over WebDriver BiDi
+//! (tests/common/firefox.rs), loads the demo page from a test server and chats over
+//! WebTransport and over the WebSocket fallback, in one room with a Chromium page (when
+//! Chromium is installed). Without Firefox these tests print a loud SKIPPED line (and fail
+//! under `CI=true`). One Firefox serves the whole file; every page has its own user context.
+
+#[path = "common/browser.rs"]
+mod browser;
+mod common;
+#[path = "common/firefox.rs"]
+mod firefox;
+
+use std::time::Instant;
+
+use common::{TestServer, start};
+use firefox::Firefox;
+use serde_json::{Value, json};
+
+/// One test at a time: they share one Firefox, and pages of two tests connecting at once on a
+/// small machine would make the connect times they report meaningless.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Takes this test's turn, then the file's Firefox (None: not installed, test skipped).
+async fn take_firefox(
+    test: &str,
+) -> Option<(tokio::sync::MutexGuard<'static, ()>, &'static Firefox)> {
+    let turn = ONE_AT_A_TIME.lock().await;
+    Some((turn, Firefox::shared_or_skip(test).await?))
+}
+
+/// Run before the page's scripts: the browser has no WebTransport at all.
+const NO_WEBTRANSPORT: &str = "delete window.WebTransport;";
+
+/// The messages in a page's list: [seq, from, text] each.
+const MESSAGES: &str = "[...document.querySelectorAll('[data-testid=message]')].map(li => [
+    Number(li.dataset.seq),
+    li.querySelector('[data-testid=message-from]').textContent,
+    li.querySelector('[data-testid=message-text]').textContent])";
+
+/// The names in a page's member list, sorted.
+const MEMBERS: &str = "[...document.querySelectorAll('[data-testid=member] .name')]
+    .map(n => n.textContent).sort()";
+
+/// How long the page took from starting to join to connected (config, transport, join), ms.
+const CONNECT_TIME: &str = "performance.getEntriesByName('wtchat:connected')[0].startTime
+    - performance.getEntriesByName('wtchat:connect')[0].startTime";
+
+fn demo_url(server: &TestServer, query: &str) -> String {
+    format!("http://127.0.0.1:{}/?{query}", server.http.port())
+}
+
+/// A page in either browser, so one conversation can span both engines.
+#[derive(Clone, Copy)]
+enum Tab<'a> {
+    Firefox(&'a firefox::Page<'a>),
+    Chromium(&'a browser::Page<'a>),
+}
+
+impl Tab<'_> {
+    fn name(&self) -> String {
+        match self {
+            Tab::Firefox(p) => format!("firefox {}", p.name),
+            Tab::Chromium(p) => format!("chromium {}", p.name),
+        }
+    }
+
+    async fn eval(&self, expression: &str) -> Value {
+        match self {
+            Tab::Firefox(p) => p.eval(expression).await,
+            Tab::Chromium(p) => p.eval(expression).await,
+        }
+    }
+
+    async fn wait_for(&self, what: &str, expression: &str) -> Value {
+        match self {
+            Tab::Firefox(p) => p.wait_for(what, expression).await,
+            Tab::Chromium(p) => p.wait_for(what, expression).await,
+        }
+    }
+
+    /// Types a message into the page's input and presses Enter, as a user does.
+    async fn say(&self, text: &str) {
+        match self {
+            Tab::Firefox(p) => p.type_and_enter("[data-testid=message-input]", text).await,
+            Tab::Chromium(p) => p.type_and_enter("[data-testid=message-input]", text).await,
+        }
+    }
+
+    /// (level, text) of every console error so far.
+    fn console_errors(&self) -> Vec<(String, String)> {
+        match self {
+            Tab::Firefox(p) => p
+                .console_errors()
+                .into_iter()
+                .map(|e| (e.source, e.text))
+                .collect(),
+            Tab::Chromium(p) => p
+                .console_errors()
+                .into_iter()
+                .map(|e| (e.source, e.text))
+                .collect(),
+        }
+    }
+
+    fn assert_no_console_errors(&self) {
+        let errors = self.console_errors();
+        assert!(
+            errors.is_empty(),
+            "[{}] console errors: {errors:#?}",
+            self.name()
+        );
+    }
+
+    /// Waits until the page says it is connected over `transport` (badge and status), and
+    /// checks the client agrees; returns how long connecting took, in ms.
+    async fn wait_connected(&self, transport: &str) -> f64 {
+        let label = if transport == "webtransport" {
+            "WebTransport"
+        } else {
+            "WebSocket"
+        };
+        self.wait_for(
+            &format!("connected over {transport}"),
+            &format!(
+                "(() => {{ const b = document.querySelector('[data-testid=transport-badge]');
+                          const s = document.querySelector('[data-testid=status]');
+                          return s.dataset.status === 'connected' && b.dataset.transport === '{transport}'
+                              && b.textContent.trim() === '{label}' && s.textContent.trim() === 'Connected'; }})()"
+            ),
+        )
+        .await;
+        assert_eq!(
+            self.eval("window.chat.transport").await,
+            transport,
+            "[{}]",
+            self.name()
+        );
+        self.eval(CONNECT_TIME).await.as_f64().unwrap()
+    }
+
+    /// The page's message list once it has at least `n` messages, as (seq, from, text).
+    async fn messages(&self, n: usize) -> Vec<(u64, String, String)> {
+        self.wait_for(
+            &format!("{n} messages in the list"),
+            &format!("document.querySelectorAll('[data-testid=message]').length >= {n}"),
+        )
+        .await;
+        let value = self.eval(MESSAGES).await;
+        serde_json::from_value(value).expect("[seq, from, text] per message")
+    }
+
+    async fn wait_members(&self, names: &[&str]) {
+        let mut names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        names.sort();
+        let want = serde_json::to_string(&names).unwrap();
+        self.wait_for(
+            &format!("members {want}"),
+            &format!("JSON.stringify({MEMBERS}) === {}", json!(want)),
+        )
+        .await;
+    }
+}
+
+fn expected(list: &[(&str, &str)]) -> Vec<(u64, String, String)> {
+    list.iter()
+        .enumerate()
+        .map(|(i, (from, text))| (i as u64 + 1, from.to_string(), text.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn firefox_over_both_transports_and_chromium_chat_in_one_room() {
+    let test = "firefox_over_both_transports_and_chromium_chat_in_one_room";
+    let Some((_turn, firefox)) = take_firefox(test).await else {
+        return;
+    };
+    let server = start().await;
+    let started = Instant::now();
+
+    // Fox: Firefox as it ships, so over WebTransport (pinning the served certificate digest).
+    let fox = firefox.page("fox", (1280, 800), None).await;
+    fox.goto(&demo_url(&server, "room=mixed&name=fox")).await;
+    let fox = Tab::Firefox(&fox);
+    let fox_took = fox.wait_connected("webtransport").await;
+    // Wolf: Firefox with no WebTransport at all, so over the WebSocket fallback.
+    let wolf = firefox
+        .page("wolf", (390, 844), Some(NO_WEBTRANSPORT))
+        .await;
+    wolf.goto(&demo_url(&server, "room=mixed&name=wolf")).await;
+    let wolf = Tab::Firefox(&wolf);
+    let wolf_took = wolf.wait_connected("websocket").await;
+    assert_eq!(wolf.eval("typeof WebTransport").await, "undefined");
+    eprintln!(
+        "firefox {}: connected over WebTransport in {fox_took} ms, over WebSocket in {wolf_took} ms \
+         (config, transport and join)",
+        firefox.version
+    );
+
+    // Crow: Chromium over WebTransport, when it is installed (it says so loudly when not).
+    let chromium = browser::Browser::launch_or_skip(&format!("{test} (its Chromium page)")).await;
+    let crow = match &chromium {
+        Some(chromium) => {
+            let page = chromium.page("crow", 1024, 768, None).await;
+            page.goto(&demo_url(&server, "room=mixed&name=crow")).await;
+            Some(page)
+        }
+        None => None,
+    };
+    let crow = crow.as_ref().map(Tab::Chromium);
+    if let Some(crow) = crow {
+        crow.wait_connected("webtransport").await;
+    }
+    let pages: Vec<Tab> = [Some(fox), Some(wolf), crow]
+        .into_iter()
+        .flatten()
+        .collect();
+    let names: Vec<&str> = ["fox", "wolf", "crow"][..pages.len()].to_vec();
+    for page in &pages {
+        page.wait_members(&names).await;
+    }
+
+    // A conversation, each line sent once the previous one reached every page: the order is
+    // the order typed, and every page must show exactly it.
+    let mut lines = vec![
+        (fox, "fox", "hello from Firefox over WebTransport"),
+        (wolf, "wolf", "Firefox over WebSocket hears you"),
+        (fox, "fox", "and back over WebTransport: ünïcödé ✓"),
+    ];
+    if let Some(crow) = crow {
+        lines.push((crow, "crow", "Chromium over WebTransport, same room"));
+        lines.push((wolf, "wolf", "everyone sees everyone"));
+    }
+    let mut want = Vec::new();
+    for (page, from, text) in &lines {
+        page.say(text).await;
+        want.push((*from, *text));
+        for page in &pages {
+            assert_eq!(
+                page.messages(want.len()).await,
+                expected(&want),
+                "[{}]",
+                page.name()
+            );
+        }
+    }
+
+    // Then every page at once: the server decides the order, and every page shows that
+    // same order, with the same sequence numbers.
+    let burst: Vec<String> = names.iter().map(|n| format!("{n}, all at once")).collect();
+    for (page, text) in pages.iter().zip(&burst) {
+        page.say(text).await;
+    }
+    let total = want.len() + burst.len();
+    let seen = pages[0].messages(total).await;
+    for page in &pages[1..] {
+        assert_eq!(
+            page.messages(total).await,
+            seen,
+            "[{}] differs from [{}]",
+            page.name(),
+            pages[0].name()
+        );
+    }
+    assert_eq!(seen[..want.len()], expected(&want)[..]);
+    let seqs: Vec<u64> = seen.iter().map(|m| m.0).collect();
+    assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>());
+    let mut tail: Vec<(String, String)> = seen[want.len()..]
+        .iter()
+        .map(|(_, from, text)| (from.clone(), text.clone()))
+        .collect();
+    tail.sort();
+    let mut sent: Vec<(String, String)> = names
+        .iter()
+        .zip(&burst)
+        .map(|(n, t)| (n.to_string(), t.clone()))
+        .collect();
+    sent.sort();
+    assert_eq!(tail, sent, "each burst message once, from its sender");
+    // Nothing left pending in the senders' lists.
+    for page in &pages {
+        assert_eq!(
+            page.eval("document.querySelectorAll('[data-testid=pending-message]').length")
+                .await,
+            0,
+            "[{}]",
+            page.name()
+        );
+    }
+    eprintln!(
+        "{} pages chatting over both transports: {:?}",
+        pages.len(),
+        started.elapsed()
+    );
+    for page in &pages {
+        page.assert_no_console_errors();
+    }
+}
+
+/// Run in the demo page: whether its room field accepts each value, by the browser's own
+/// constraint validation of the field's `pattern` (the field is restored after).
+const ROOM_FIELD_ACCEPTS: &str = r##"(() => {
+  const room = document.querySelector('[data-testid=room-input]');
+  const before = room.value;
+  const verdicts = {};
+  for (const value of ["lobby", "A-Z_a.z:0@9", "-", "no spaces", "a\\b", "a/b", "é", "#hash"]) {
+    room.value = value;
+    verdicts[value] = !room.validity.patternMismatch;
+  }
+  room.value = before;
+  return verdicts;
+})()"##;
+
+/// The room names the field must accept (letters, digits, `_ . : @ -`) and refuse.
+fn room_field_verdicts() -> Value {
+    json!({
+        "lobby": true, "A-Z_a.z:0@9": true, "-": true,
+        "no spaces": false, "a\\b": false, "a/b": false, "é": false, "#hash": false,
+    })
+}
+
+#[tokio::test]
+async fn the_demo_page_loads_in_firefox_without_console_errors_and_checks_room_names() {
+    let test = "the_demo_page_loads_in_firefox_without_console_errors_and_checks_room_names";
+    let Some((_turn, firefox)) = take_firefox(test).await else {
+        return;
+    };
+    let server = start().await;
+    let started = Instant::now();
+    let page = firefox.page("demo", (1280, 800), None).await;
+    page.goto(&demo_url(&server, "")).await;
+    page.wait_for(
+        "the name input to have focus",
+        "document.activeElement?.dataset.testid === 'name-input'",
+    )
+    .await;
+    // Join with the keyboard, then chat: the page works as well as it loads.
+    page.type_and_enter("[data-testid=name-input]", "kit").await;
+    let tab = Tab::Firefox(&page);
+    tab.wait_connected("webtransport").await;
+    page.wait_for(
+        "the message input to have focus",
+        "document.activeElement?.dataset.testid === 'message-input'",
+    )
+    .await;
+    tab.say("typed in Firefox").await;
+    assert_eq!(
+        tab.messages(1).await,
+        expected(&[("kit", "typed in Firefox")])
+    );
+    assert_eq!(page.eval("document.title").await, "#lobby · wtchat");
+    // Firefox reports a `pattern` it cannot compile (they are compiled with the `v` flag) as
+    // an error on load, and then ignores it.
+    tab.assert_no_console_errors();
+
+    // The room field's own validation is on, and says what the server says.
+    let fresh = firefox.page("room-field", (1280, 800), None).await;
+    fresh.goto(&demo_url(&server, "")).await;
+    assert_eq!(
+        fresh.eval(ROOM_FIELD_ACCEPTS).await,
+        room_field_verdicts(),
+        "[firefox] room field"
+    );
+    Tab::Firefox(&fresh).assert_no_console_errors();
+    // The same field in Chromium, when installed.
+    if let Some(chromium) =
+        browser::Browser::launch_or_skip(&format!("{test} (its Chromium part)")).await
+    {
+        let page = chromium.page("room-field", 1280, 800, None).await;
+        page.goto(&demo_url(&server, "")).await;
+        assert_eq!(
+            page.eval(ROOM_FIELD_ACCEPTS).await,
+            room_field_verdicts(),
+            "[chromium] room field"
+        );
+        Tab::Chromium(&page).assert_no_console_errors();
+    }
+    eprintln!("the demo page in Firefox: {:?}", started.elapsed());
+}
