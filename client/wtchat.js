@@ -923,14 +923,17 @@ export class Chat {
   }
 
   _onPresence(frame) {
-    const member = frame.member && { id: frame.member.id, name: frame.member.name };
-    if (!member) return;
-    if (frame.event === "join") {
-      if (!this.members.some((m) => m.id === member.id)) this.members.push(member);
-    } else if (frame.event === "leave") {
-      this.members = this.members.filter((m) => m.id !== member.id);
+    // One member, or several that left together (one frame for all): an event for each.
+    const list = Array.isArray(frame.members) ? frame.members : frame.member ? [frame.member] : [];
+    for (const { id, name } of list) {
+      const member = { id, name };
+      if (frame.event === "join") {
+        if (!this.members.some((m) => m.id === member.id)) this.members.push(member);
+      } else if (frame.event === "leave") {
+        this.members = this.members.filter((m) => m.id !== member.id);
+      }
+      this._emit("presence", { room: this.room, event: frame.event, member, members: this.members.slice() });
     }
-    this._emit("presence", { room: this.room, event: frame.event, member, members: this.members.slice() });
   }
 
   _onError(frame) {

@@ -603,7 +603,7 @@ impl Room {
                 // in the place of the message it showed as pending. First, as the sender
                 // would see it in the broadcast.
                 if !sender.outbox.push(message(Some(id))) {
-                    state.remove(&self.name, sender.id);
+                    state.remove(&self.name, vec![sender.id]);
                 }
                 state.broadcast(&self.name, &frame, Some(sender.id));
             }
@@ -629,7 +629,7 @@ impl Room {
     pub(crate) fn leave(&self, member_id: u64) -> bool {
         let mut state = self.state.lock().unwrap();
         state.last_active = Instant::now();
-        state.remove(&self.name, member_id)
+        state.remove(&self.name, vec![member_id])
     }
 
     /// Asks every member that `which` selects to close with `code`; returns how many.
@@ -711,29 +711,56 @@ impl RoomState {
     /// Pushes `frame` to every member but `skip`. Members that cannot take it are dropped
     /// from the room (they were told to close as too slow), and the others told they left.
     fn broadcast(&mut self, room: &str, frame: &Bytes, skip: Option<u64>) {
-        let mut slow = Vec::new();
-        for member in &self.members {
-            if Some(member.id) != skip && !member.outbox.push(frame.clone()) {
-                slow.push(member.id);
-            }
-        }
-        for id in slow {
-            self.remove(room, id);
-        }
+        let slow = self.push_all(frame, skip);
+        self.remove(room, slow);
     }
 
-    fn remove(&mut self, room: &str, member_id: u64) -> bool {
-        let Some(pos) = self.members.iter().position(|m| m.id == member_id) else {
-            return false;
-        };
-        let gone = self.members.swap_remove(pos);
-        let presence = protocol::encode(&ServerFrame::Presence {
-            room,
-            event: PresenceEvent::Leave,
-            member: gone.as_ref(),
-        });
-        self.broadcast(room, &presence, None);
-        true
+    /// Pushes `frame` to every member but `skip`; returns the ids of those that could not
+    /// take it.
+    fn push_all(&self, frame: &Bytes, skip: Option<u64>) -> Vec<u64> {
+        self.members
+            .iter()
+            .filter(|m| Some(m.id) != skip && !m.outbox.push(frame.clone()))
+            .map(|m| m.id)
+            .collect()
+    }
+
+    /// Removes the members `ids` and tells the others, in one frame however many left.
+    /// Members that cannot take that frame leave in the next round: a loop, not recursion,
+    /// and each round costs one pass over the members, so a thousand slow members cut off
+    /// together cost a few passes, not a thousand. Returns whether anyone was removed.
+    fn remove(&mut self, room: &str, mut ids: Vec<u64>) -> bool {
+        let mut removed_any = false;
+        while !ids.is_empty() {
+            ids.sort_unstable();
+            let mut gone = Vec::new();
+            self.members.retain(|m| {
+                let stays = ids.binary_search(&m.id).is_err();
+                if !stays {
+                    gone.push(m.clone());
+                }
+                stays
+            });
+            let presence = match gone.as_slice() {
+                [] => break,
+                [one] => protocol::encode(&ServerFrame::Presence {
+                    room,
+                    event: PresenceEvent::Leave,
+                    member: one.as_ref(),
+                }),
+                many => {
+                    let members: Vec<MemberRef<'_>> = many.iter().map(Member::as_ref).collect();
+                    protocol::encode(&ServerFrame::PresenceMany {
+                        room,
+                        event: PresenceEvent::Leave,
+                        members: &members,
+                    })
+                }
+            };
+            removed_any = true;
+            ids = self.push_all(&presence, None);
+        }
+        removed_any
     }
 }
 
@@ -989,6 +1016,42 @@ mod tests {
             && f["event"] == "leave"
             && f["member"]["name"] == "slow"));
         assert!(!room.leave(slow.id), "already gone: no second leave event");
+    }
+
+    #[test]
+    fn many_slow_members_leave_together_in_one_frame_without_recursion() {
+        // Joining is still quadratic in a room's size (the big-rooms issue): 1000 keeps this quick.
+        const N: usize = 1000;
+        let hub = Hub::new(HubConfig::default());
+        let (ann, mut ann_in) = member(&hub, "ann", N + 10);
+        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
+        // N members whose sessions are gone (their queues refuse everything), and one whose
+        // queue takes the message but not what follows: it leaves in the second round.
+        let mut gone = Vec::new();
+        for i in 0..N {
+            let (m, inbox) = member(&hub, &format!("s{i}"), N + 10);
+            hub.join("r", m, Resume::default()).unwrap();
+            gone.push(inbox);
+        }
+        let (edge, mut edge_in) = member(&hub, "edge", 8);
+        hub.join("r", edge.clone(), Resume::default()).unwrap();
+        frames(&mut ann_in);
+        frames(&mut edge_in);
+        for _ in 0..7 {
+            assert!(edge.outbox.push(Bytes::from_static(b"{}\n")));
+        }
+        drop(gone);
+        room.publish(&ann, "hello", None);
+        let got = frames(&mut ann_in);
+        assert_eq!(texts(&got), [(1, "hello".into())]);
+        let leaves: Vec<usize> = got
+            .iter()
+            .filter(|f| f["type"] == "presence" && f["event"] == "leave")
+            .map(|f| f["members"].as_array().map_or(1, Vec::len))
+            .collect();
+        assert_eq!(leaves, [N, 1], "one frame for the N, then one for the edge");
+        let names: Vec<String> = room.roster().iter().map(|m| m.name.to_string()).collect();
+        assert_eq!(names, ["ann"]);
     }
 
     #[test]

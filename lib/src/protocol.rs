@@ -115,6 +115,14 @@ pub enum ServerFrame<'a> {
         event: PresenceEvent,
         member: MemberRef<'a>,
     },
+    /// Several members left at once (cut off as too slow together): one frame for all of
+    /// them, so that a mass departure costs every other member one frame, not one each.
+    #[serde(rename = "presence")]
+    PresenceMany {
+        room: &'a str,
+        event: PresenceEvent,
+        members: &'a [MemberRef<'a>],
+    },
     /// Someone is typing.
     Typing { room: &'a str, from: &'a str },
     /// Answer to `leave`.
