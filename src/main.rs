@@ -104,9 +104,15 @@ struct ServeArgs {
     /// Rooms one connection may be in at once.
     #[arg(long)]
     max_rooms_per_connection: Option<usize>,
+    /// Rooms one connection may create per minute (joining rooms that do not exist yet).
+    #[arg(long)]
+    max_new_rooms_per_minute: Option<u32>,
     /// Connections held at once, over every transport.
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Connections one client address may hold at once.
+    #[arg(long)]
+    max_connections_per_ip: Option<usize>,
     /// Messages of history kept per room and replayed on join.
     #[arg(long)]
     history: Option<usize>,
@@ -162,7 +168,9 @@ impl ServeArgs {
             max_frame_bytes,
             max_text_chars,
             max_rooms_per_connection,
+            max_new_rooms_per_minute,
             max_connections,
+            max_connections_per_ip,
             history,
             outbound_queue,
             renew_before,

@@ -83,6 +83,16 @@ fn cases() -> Vec<Case> {
             flags: &["--max-connections", "0"],
         },
         Case {
+            setting: "max_connections_per_ip",
+            builder: |b| b.max_connections_per_ip(0),
+            flags: &["--max-connections-per-ip", "0"],
+        },
+        Case {
+            setting: "max_new_rooms_per_minute",
+            builder: |b| b.max_new_rooms_per_minute(0),
+            flags: &["--max-new-rooms-per-minute", "0"],
+        },
+        Case {
             setting: "max_rooms_per_connection",
             builder: |b| b.max_rooms_per_connection(0),
             flags: &["--max-rooms-per-connection", "0"],

@@ -400,9 +400,10 @@ async fn a_client_that_sends_nothing_is_closed_and_its_rooms_are_told() {
     watcher.join("quiet", "watcher").await;
     let mut ghost_ws = Client::ws(&server).await;
     let mut ghost_wt = Client::wt(&server).await;
+    // Before their last frames: neither may be closed sooner than a second after this.
+    let started = std::time::Instant::now();
     ghost_ws.join("quiet", "ghost-ws").await;
     ghost_wt.join("quiet", "ghost-wt").await;
-    let started = std::time::Instant::now();
 
     let mut left = Vec::new();
     let mut keepalive = tokio::time::interval(Duration::from_millis(300));
@@ -445,5 +446,94 @@ async fn a_client_that_sends_nothing_is_closed_and_its_rooms_are_told() {
     let (_, body) = server.get("/wtchat/config").await;
     let config: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(config["limits"]["idleTimeoutMs"], 1000);
+    server.stop().await;
+}
+
+/// A WebSocket to the server from another loopback address (127.0.0.2 is this machine
+/// too): a second client address. The HTTP status when refused.
+async fn ws_from(
+    server: &TestServer,
+    source: &str,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, u16> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(server.http).await.unwrap();
+    match tokio_tungstenite::client_async(server.ws_url(), tcp).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    use futures_util::{SinkExt, StreamExt};
+    let server = start_with(|c| c.max_connections_per_ip(3)).await;
+    let mut held = vec![
+        Client::ws(&server).await,
+        Client::wt(&server).await,
+        Client::ws(&server).await,
+    ];
+    // A fourth from the same address, over either transport: refused.
+    assert_eq!(Client::ws_with_origin(&server, None).await.err(), Some(429));
+    assert!(Client::wt_with(&server, "/wtchat", None).await.is_err());
+    // Another address is served as usual, and chats with the first.
+    let mut other = ws_from(&server, "127.0.0.2")
+        .await
+        .expect("another address");
+    other
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            json!({"type":"join","room":"shared","name":"other"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let joined: Value = loop {
+        if let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) = other.next().await {
+            break serde_json::from_str(&text).unwrap();
+        }
+    };
+    assert_eq!(joined["type"], "joined");
+    held[1].join("shared", "first").await;
+    assert_eq!(held[1].say("shared", "hello", "h1").await, 1);
+    // A connection that ends gives its place back.
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    let again = loop {
+        match Client::ws_with_origin(&server, None).await {
+            Ok(client) => break client,
+            Err(429) if tokio::time::Instant::now() < deadline => tokio::task::yield_now().await,
+            Err(status) => panic!("still refused: {status}"),
+        }
+    };
+    drop(again);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_creates_rooms_at_a_bounded_rate() {
+    let server = start_with(|c| c.max_new_rooms_per_minute(3)).await;
+    let mut maker = Client::ws(&server).await;
+    let mut host = Client::wt(&server).await;
+    host.join("existing", "host").await;
+    for room in ["new-1", "new-2", "new-3"] {
+        maker.join(room, "maker").await;
+    }
+    maker
+        .send(json!({"type":"join","room":"new-4","name":"maker"}))
+        .await;
+    let error = maker.next_of("error").await;
+    assert_eq!(
+        (error["code"].as_str(), error["room"].as_str()),
+        (Some("rate_limited"), Some("new-4"))
+    );
+    assert!(server.chat.members("new-4").is_empty());
+    // Joining a room that exists creates nothing, and is allowed.
+    let (joined, _) = maker.join("existing", "maker").await;
+    assert_eq!(joined["type"], "joined");
+    // Others create their own rooms as usual.
+    host.join("hosts-own", "host").await;
+    assert_eq!(host.say("hosts-own", "mine", "m1").await, 1);
     server.stop().await;
 }

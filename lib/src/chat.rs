@@ -46,7 +46,7 @@ use crate::http::{Digests, HttpState};
 use crate::hub::Hub;
 use crate::protocol::CloseCode;
 use crate::session::SessionContext;
-use crate::transport::{self, OriginPolicy, webtransport};
+use crate::transport::{self, OriginPolicy, PerAddress, webtransport};
 
 /// wtchat, ready to be mounted: cheap to clone (one `Arc` inside).
 #[derive(Clone)]
@@ -165,6 +165,7 @@ impl Chat {
             ),
             tracker: TaskTracker::new(),
             ws_read_buffer: config.ws_read_buffer,
+            per_address: PerAddress::new(config.max_connections_per_ip),
         });
         Ok(Chat {
             inner: Arc::new(ChatInner {

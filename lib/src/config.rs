@@ -94,6 +94,7 @@ pub struct Config {
     pub(crate) on_message: Option<MessageHook>,
     pub(crate) api_key: Option<String>,
     pub(crate) ws_read_buffer: usize,
+    pub(crate) max_connections_per_ip: usize,
 }
 
 /// The defaults, as documented on each [`ConfigBuilder`] method.
@@ -120,6 +121,7 @@ impl Default for Config {
             on_message: None,
             api_key: None,
             ws_read_buffer: 1024,
+            max_connections_per_ip: 1000,
         }
     }
 }
@@ -146,6 +148,7 @@ impl fmt::Debug for Config {
             .field("on_message", &self.on_message.is_some())
             .field("api_key", &secret(&self.api_key))
             .field("ws_read_buffer", &self.ws_read_buffer)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
             .finish()
     }
 }
@@ -281,6 +284,14 @@ impl ConfigBuilder {
         self
     }
 
+    /// Rooms one connection may create per minute (by joining a room that does not exist),
+    /// with as many at once; past it, such a join is refused with `rate_limited`. Default
+    /// 30.
+    pub fn max_new_rooms_per_minute(mut self, rooms: u32) -> Self {
+        self.config.limits.new_rooms_per_minute = rooms;
+        self
+    }
+
     /// Messages kept per room and replayed on join (and for resume after a reconnect).
     /// Default 100; 0 keeps none.
     pub fn history(mut self, messages: usize) -> Self {
@@ -310,6 +321,16 @@ impl ConfigBuilder {
     /// `max_rooms_per_connection`.
     pub fn outbound_queue(mut self, frames: usize) -> Self {
         self.config.hub.outbound_queue = frames;
+        self
+    }
+
+    /// Connections one client address may hold at once, over all transports; past it, 429.
+    /// Default 1000 (an office behind one address is many users). Counted where the peer's
+    /// address is known: always over WebTransport, over WebSocket where the HTTP server
+    /// gives it (`wtchat serve` does; a host's server does with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`).
+    pub fn max_connections_per_ip(mut self, connections: usize) -> Self {
+        self.config.max_connections_per_ip = connections;
         self
     }
 
@@ -414,10 +435,15 @@ impl ConfigBuilder {
             ("max_rooms_per_connection", limits.max_rooms_per_connection),
             ("frames_per_second", limits.frames_per_second as usize),
             ("frame_burst", limits.frame_burst as usize),
+            (
+                "max_new_rooms_per_minute",
+                limits.new_rooms_per_minute as usize,
+            ),
             ("dedupe_window", hub.dedupe_window),
             ("max_rooms", hub.max_rooms),
             ("outbound_queue", hub.outbound_queue),
             ("max_connections", hub.max_connections),
+            ("max_connections_per_ip", config.max_connections_per_ip),
             ("ws_read_buffer", config.ws_read_buffer),
         ];
         for (setting, value) in positive {

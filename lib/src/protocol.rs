@@ -300,6 +300,9 @@ pub struct Limits {
     pub frames_per_second: u32,
     /// Frames a connection may send in a burst above the sustained rate.
     pub frame_burst: u32,
+    /// Rooms one connection may create per minute (joining a room that does not exist
+    /// yet), sustained, with this many at once: each room holds memory of its own.
+    pub new_rooms_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -313,6 +316,7 @@ impl Default for Limits {
             max_rooms_per_connection: 16,
             frames_per_second: 20,
             frame_burst: 40,
+            new_rooms_per_minute: 30,
         }
     }
 }

@@ -163,7 +163,14 @@ async fn run(
         outbox,
         rooms: Vec::new(),
         sender: None,
-        rate: RateLimit::new(&ctx.limits),
+        rate: RateLimit::new(
+            f64::from(ctx.limits.frames_per_second),
+            f64::from(ctx.limits.frame_burst),
+        ),
+        new_rooms: RateLimit::new(
+            f64::from(ctx.limits.new_rooms_per_minute) / 60.0,
+            f64::from(ctx.limits.new_rooms_per_minute),
+        ),
     };
     let mut batch = Vec::new();
     // One timer per session, re-armed only when it fires: hearing from the client only
@@ -261,6 +268,8 @@ struct Session<'a> {
     /// Who sends this connection's messages, once it joined a room.
     sender: Option<Arc<Sender>>,
     rate: RateLimit,
+    /// Rooms this connection may still create.
+    new_rooms: RateLimit,
 }
 
 /// Bytes of randomness in a resume key: 128 bits, beyond guessing.
@@ -401,6 +410,15 @@ impl Session<'_> {
                 None,
             );
         }
+        // Creating a room costs the server memory: at most so many per connection.
+        if self.ctx.hub.room(room).is_none() && !self.new_rooms.allow() {
+            return self.error(
+                ErrorCode::RateLimited,
+                "this connection created too many rooms; wait a minute or join existing ones",
+                Some(room),
+                None,
+            );
+        }
         let sender = match self.sender(key) {
             Ok(sender) => sender,
             Err(msg) => return self.error(ErrorCode::InvalidFrame, msg, Some(room), None),
@@ -488,7 +506,7 @@ impl Session<'_> {
     }
 }
 
-/// A token bucket: `frame_burst` frames at once, refilled at `frames_per_second`.
+/// A token bucket: `burst` at once, refilled at `per_second`.
 struct RateLimit {
     tokens: f64,
     last: Instant,
@@ -497,12 +515,12 @@ struct RateLimit {
 }
 
 impl RateLimit {
-    fn new(limits: &Limits) -> RateLimit {
+    fn new(per_second: f64, burst: f64) -> RateLimit {
         RateLimit {
-            tokens: f64::from(limits.frame_burst),
+            tokens: burst,
             last: Instant::now(),
-            per_second: f64::from(limits.frames_per_second),
-            burst: f64::from(limits.frame_burst),
+            per_second,
+            burst,
         }
     }
 
@@ -526,12 +544,7 @@ mod tests {
 
     #[test]
     fn rate_limit_allows_a_burst_then_the_sustained_rate() {
-        let limits = Limits {
-            frames_per_second: 10,
-            frame_burst: 5,
-            ..Limits::default()
-        };
-        let mut rate = RateLimit::new(&limits);
+        let mut rate = RateLimit::new(10.0, 5.0);
         assert_eq!((0..20).filter(|_| rate.allow()).count(), 5);
         rate.last -= Duration::from_millis(300);
         assert_eq!((0..20).filter(|_| rate.allow()).count(), 3);

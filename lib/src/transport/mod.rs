@@ -6,7 +6,9 @@
 //! sessions' shared context, the origin policy, the task tracker), and nothing of the
 //! module that mounts the transports.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use tokio_util::task::TaskTracker;
 
@@ -24,6 +26,60 @@ pub(crate) struct Context {
     pub tracker: TaskTracker,
     /// tungstenite's read buffer per WebSocket.
     pub ws_read_buffer: usize,
+    /// Connections per client address.
+    pub per_address: Arc<PerAddress>,
+}
+
+/// Connections held per client address, so that one address cannot take every connection
+/// slot (and file descriptor) of the server.
+pub(crate) struct PerAddress {
+    max: usize,
+    /// Held to count one connection in or out, never across an `.await`; per connection,
+    /// not per message.
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Counts one connection against its address until dropped.
+pub(crate) struct AddressPermit {
+    table: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    pub(crate) fn new(max: usize) -> Arc<PerAddress> {
+        Arc::new(PerAddress {
+            max,
+            counts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Admits one more connection from `ip`, or None when it holds `max` already. An
+    /// IPv4 client on the dual-stack socket counts as its IPv4 address.
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<AddressPermit> {
+        let ip = ip.to_canonical();
+        let mut counts = self.counts.lock().unwrap();
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressPermit {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressPermit {
+    fn drop(&mut self) {
+        let mut counts = self.table.counts.lock().unwrap();
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Which `Origin` headers may open a connection.
@@ -85,6 +141,24 @@ impl OriginPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_address_holds_at_most_its_share() {
+        let table = PerAddress::new(2);
+        let one: IpAddr = "10.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let a = table.admit(one).unwrap();
+        let _b = table.admit(mapped).unwrap();
+        assert!(
+            table.admit(one).is_none(),
+            "the mapped address is the same client"
+        );
+        assert!(table.admit("10.0.0.2".parse().unwrap()).is_some());
+        drop(a);
+        assert!(table.admit(one).is_some());
+        drop(table.admit(one));
+        assert_eq!(table.counts.lock().unwrap().get(&one), Some(&1));
+    }
 
     #[test]
     fn default_origins_are_the_servers_own() {

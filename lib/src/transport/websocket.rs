@@ -66,6 +66,24 @@ pub(crate) async fn upgrade(
     if ctx.session.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
+    // Without the peer's address (a host that serves without connect info) there is no
+    // per-address limit; the total one still holds.
+    let address_permit = match peer.map(|addr| ctx.per_address.admit(addr.ip())) {
+        Some(None) => {
+            tracing::warn!(
+                ?peer,
+                "websocket refused: too many connections from this address"
+            );
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from your address",
+            )
+                .into_response();
+        }
+        Some(Some(permit)) => Some(permit),
+        None => None,
+    };
     let Some(permit) = ctx.session.hub.try_connect() else {
         tracing::warn!("websocket refused: connection limit reached");
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
@@ -82,7 +100,6 @@ pub(crate) async fn upgrade(
     });
     let upgrading = hyper::upgrade::on(&mut request);
     drop(request);
-    let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
     let config = WebSocketConfig::default()
         .read_buffer_size(ctx.ws_read_buffer)
         .max_message_size(Some(ctx.session.limits.max_frame_bytes))
@@ -92,7 +109,7 @@ pub(crate) async fn upgrade(
     let tracker = ctx.tracker.clone();
     tracker.spawn(
         async move {
-            let _permit = permit;
+            let _permits = (permit, address_permit);
             let upgraded = match upgrading.await {
                 Ok(upgraded) => TokioIo::new(upgraded),
                 Err(e) => return tracing::debug!(error = %e, "upgrade failed"),

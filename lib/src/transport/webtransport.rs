@@ -157,6 +157,10 @@ async fn accept(incoming: IncomingSession, ctx: Arc<Context>) {
         tracing::info!(%peer, origin = request.origin(), "refused: origin not allowed");
         return request.forbidden().await;
     }
+    let Some(address_permit) = ctx.per_address.admit(peer.ip()) else {
+        tracing::warn!(%peer, "refused: too many connections from this address");
+        return request.too_many_requests().await;
+    };
     let Some(permit) = ctx.session.hub.try_connect() else {
         tracing::warn!(%peer, "refused: connection limit reached");
         return request.too_many_requests().await;
@@ -195,7 +199,7 @@ async fn accept(incoming: IncomingSession, ctx: Arc<Context>) {
     let tracker = ctx.tracker.clone();
     tracker.spawn(
         async move {
-            let _permit = permit;
+            let _permits = (permit, address_permit);
             session::start(&ctx.session, id, request, reader, writer).await;
         }
         .instrument(span),
