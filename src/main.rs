@@ -113,6 +113,12 @@ struct ServeArgs {
     /// Connections one client address may hold at once.
     #[arg(long)]
     max_connections_per_ip: Option<usize>,
+    /// HTTP connections held at once that have not become WebSockets.
+    #[arg(long)]
+    max_http_connections: Option<usize>,
+    /// How long a client may take to send a request's headers (like 10s).
+    #[arg(long, value_parser = duration)]
+    header_read_timeout: Option<Duration>,
     /// Messages of history kept per room and replayed on join.
     #[arg(long)]
     history: Option<usize>,
@@ -171,6 +177,8 @@ impl ServeArgs {
             max_new_rooms_per_minute,
             max_connections,
             max_connections_per_ip,
+            max_http_connections,
+            header_read_timeout,
             history,
             outbound_queue,
             renew_before,

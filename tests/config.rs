@@ -88,6 +88,16 @@ fn cases() -> Vec<Case> {
             flags: &["--max-connections-per-ip", "0"],
         },
         Case {
+            setting: "max_http_connections",
+            builder: |b| b.max_http_connections(0),
+            flags: &["--max-http-connections", "0"],
+        },
+        Case {
+            setting: "header_read_timeout",
+            builder: |b| b.header_read_timeout(Duration::ZERO),
+            flags: &["--header-read-timeout", "0"],
+        },
+        Case {
             setting: "max_new_rooms_per_minute",
             builder: |b| b.max_new_rooms_per_minute(0),
             flags: &["--max-new-rooms-per-minute", "0"],

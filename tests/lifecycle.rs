@@ -537,3 +537,66 @@ async fn a_connection_creates_rooms_at_a_bounded_rate() {
     assert_eq!(host.say("hosts-own", "mine", "m1").await, 1);
     server.stop().await;
 }
+
+/// Reads `stream` until the server closes it; how long that took, or None at the deadline.
+async fn closed_within(stream: &mut tokio::net::TcpStream, deadline: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(deadline, async {
+        // A 408 or nothing, then the end.
+        while !matches!(stream.read(&mut buf).await, Ok(0) | Err(_)) {}
+    })
+    .await
+    .ok()
+    .map(|()| started.elapsed())
+}
+
+#[tokio::test]
+async fn slow_http_clients_are_cut_off_and_capped_while_the_chat_goes_on() {
+    use tokio::io::AsyncWriteExt;
+    let server = start_with(|c| {
+        c.header_read_timeout(Duration::from_secs(1))
+            .max_http_connections(10)
+    })
+    .await;
+    // A chat under way over both transports: upgraded WebSockets do not count as pending.
+    let mut ws = Client::ws(&server).await;
+    let mut wt = Client::wt(&server).await;
+    ws.join("steady", "ws").await;
+    wt.join("steady", "wt").await;
+    // Ten clients send half a request's headers and stop.
+    let mut slow = Vec::new();
+    for _ in 0..10 {
+        let mut tcp = tokio::net::TcpStream::connect(server.http).await.unwrap();
+        tcp.write_all(b"GET /wtchat/config HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(tcp);
+    }
+    // An eleventh connection is over the cap: closed at once, unanswered.
+    let mut over = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    let _ = over
+        .write_all(b"GET /wtchat/config HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert!(
+        closed_within(&mut over, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the connection over the cap is closed"
+    );
+    // The chat goes on meanwhile.
+    assert_eq!(ws.say("steady", "still here", "s1").await, 1);
+    assert_eq!(wt.messages("steady", 1).await[0].2, "still here");
+    // The slow ones are cut off after the header deadline...
+    for tcp in &mut slow {
+        let took = closed_within(tcp, common::DEADLINE).await;
+        assert!(
+            took.is_some_and(|t| t <= Duration::from_secs(5)),
+            "closed after the header deadline: {took:?}"
+        );
+    }
+    // ...and their places serve new clients.
+    assert_eq!(server.get("/wtchat/config").await.0, 200);
+    server.stop().await;
+}

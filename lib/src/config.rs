@@ -95,6 +95,8 @@ pub struct Config {
     pub(crate) api_key: Option<String>,
     pub(crate) ws_read_buffer: usize,
     pub(crate) max_connections_per_ip: usize,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_http_connections: usize,
 }
 
 /// The defaults, as documented on each [`ConfigBuilder`] method.
@@ -122,6 +124,8 @@ impl Default for Config {
             api_key: None,
             ws_read_buffer: 1024,
             max_connections_per_ip: 1000,
+            header_read_timeout: Duration::from_secs(10),
+            max_http_connections: 1024,
         }
     }
 }
@@ -149,6 +153,8 @@ impl fmt::Debug for Config {
             .field("api_key", &secret(&self.api_key))
             .field("ws_read_buffer", &self.ws_read_buffer)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("max_http_connections", &self.max_http_connections)
             .finish()
     }
 }
@@ -334,6 +340,22 @@ impl ConfigBuilder {
         self
     }
 
+    /// [`Server`](crate::Server) only (a host's own HTTP server sets its own): how long a
+    /// client may take to send a request's headers before its connection is closed.
+    /// Default 10 s.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.config.header_read_timeout = timeout;
+        self
+    }
+
+    /// [`Server`](crate::Server) only: HTTP connections held at once that have not become
+    /// WebSockets (page loads, fetches, half-sent requests); past it, a new one is closed
+    /// at once. WebSockets count against `max_connections` instead. Default 1024.
+    pub fn max_http_connections(mut self, connections: usize) -> Self {
+        self.config.max_http_connections = connections;
+        self
+    }
+
     /// Connections held at once, over all transports. Default 50,000.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.config.hub.max_connections = connections;
@@ -444,6 +466,7 @@ impl ConfigBuilder {
             ("outbound_queue", hub.outbound_queue),
             ("max_connections", hub.max_connections),
             ("max_connections_per_ip", config.max_connections_per_ip),
+            ("max_http_connections", config.max_http_connections),
             ("ws_read_buffer", config.ws_read_buffer),
         ];
         for (setting, value) in positive {
@@ -493,6 +516,7 @@ impl ConfigBuilder {
         for (setting, grace) in [
             ("shutdown_grace", config.shutdown_grace),
             ("close_grace", config.close_grace),
+            ("header_read_timeout", config.header_read_timeout),
         ] {
             if grace.is_zero() {
                 return Err(ConfigError::new(
