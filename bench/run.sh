@@ -109,7 +109,7 @@ start_server() {
   : >"$TMP/server.log"
   RUST_LOG=warn "$SERVER" serve --http 127.0.0.1:0 --webtransport 127.0.0.1:0 \
     --certs "$TMP/certs" --frames-per-second 1000000 --frame-burst 1000000 \
-    --max-connections 100000 --max-connections-per-ip 100000 --idle-timeout 1h >"$TMP/server.log" 2>&1 &
+    --max-connections 100000 --max-connections-per-ip 100000 --max-http-connections 100000 --idle-timeout 1h >"$TMP/server.log" 2>&1 &
   SERVER_PID=$!
   HTTP=
   for _ in $(seq 100); do

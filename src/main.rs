@@ -122,6 +122,9 @@ struct ServeArgs {
     /// Messages of history kept per room and replayed on join.
     #[arg(long)]
     history: Option<usize>,
+    /// Bytes of history held over all rooms (the least active rooms lose theirs first).
+    #[arg(long)]
+    history_bytes: Option<usize>,
     /// Frames queued per connection before it is cut off as too slow.
     #[arg(long)]
     outbound_queue: Option<usize>,
@@ -180,6 +183,7 @@ impl ServeArgs {
             max_http_connections,
             header_read_timeout,
             history,
+            history_bytes,
             outbound_queue,
             renew_before,
             idle_timeout,

@@ -88,6 +88,11 @@ fn cases() -> Vec<Case> {
             flags: &["--max-connections-per-ip", "0"],
         },
         Case {
+            setting: "history_bytes",
+            builder: |b| b.history_bytes(20_000),
+            flags: &["--history-bytes", "20000"],
+        },
+        Case {
             setting: "max_http_connections",
             builder: |b| b.max_http_connections(0),
             flags: &["--max-http-connections", "0"],

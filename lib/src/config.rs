@@ -305,6 +305,14 @@ impl ConfigBuilder {
         self
     }
 
+    /// Bytes of history held over all rooms. Past it, the least recently active rooms lose
+    /// their oldest messages first (a resume that needed them is told `gap`). Default
+    /// 256 MiB; at least two frames of `max_frame_bytes`.
+    pub fn history_bytes(mut self, bytes: usize) -> Self {
+        self.config.hub.history_bytes = bytes;
+        self
+    }
+
     /// Client message ids remembered per room, so that a retried send is acknowledged again
     /// instead of stored twice. Default 1000: more than `history`, since a retry may come
     /// late.
@@ -486,6 +494,16 @@ impl ConfigBuilder {
                     "must be at least {longest_send} bytes to carry a send frame with a text of \
                      max_text_chars ({}) characters; got {}",
                     limits.max_text_chars, limits.max_frame_bytes
+                ),
+            ));
+        }
+        if hub.history_bytes < 2 * limits.max_frame_bytes {
+            return Err(ConfigError::new(
+                "history_bytes",
+                format!(
+                    "must hold at least two messages of max_frame_bytes ({} bytes); got {}",
+                    2 * limits.max_frame_bytes,
+                    hub.history_bytes
                 ),
             ));
         }

@@ -37,6 +37,10 @@ pub(crate) struct HubConfig {
     pub outbound_queue: usize,
     /// Connections held at once over all transports.
     pub max_connections: usize,
+    /// Bytes of history held over all rooms. Past it, the least recently active rooms
+    /// lose their oldest messages first (a resume that needed them is told `gap`), so that
+    /// many rooms of long messages cannot take the server's memory.
+    pub history_bytes: usize,
 }
 
 impl Default for HubConfig {
@@ -47,6 +51,7 @@ impl Default for HubConfig {
             max_rooms: 10_000,
             outbound_queue: 2048,
             max_connections: 50_000,
+            history_bytes: 256 << 20,
         }
     }
 }
@@ -342,6 +347,9 @@ pub(crate) struct Room {
     /// Copied from [`HubConfig`] at creation.
     history_len: usize,
     dedupe_window: usize,
+    /// The hub's count of history bytes over all rooms (see [`HubConfig::history_bytes`]):
+    /// moved once per message stored or dropped, never per delivery.
+    history_held: Arc<AtomicUsize>,
     /// Held only for short, non-async sections: assigning a sequence number and pushing the
     /// frame to every member's queue must be one step, or two members could see two
     /// messages in different orders.
@@ -376,6 +384,8 @@ struct HubInner {
     next_id: AtomicU64,
     last_epoch: AtomicU64,
     connections: AtomicUsize,
+    /// Bytes of history held over all rooms.
+    history_held: Arc<AtomicUsize>,
 }
 
 /// Counts one open connection against `max_connections` until dropped.
@@ -407,6 +417,7 @@ impl Hub {
                 next_id: AtomicU64::new(1),
                 last_epoch: AtomicU64::new(0),
                 connections: AtomicUsize::new(0),
+                history_held: Arc::new(AtomicUsize::new(0)),
             }),
         }
     }
@@ -474,7 +485,13 @@ impl Hub {
                 .map(|(_, key)| key)
                 .ok_or(ErrorCode::ServerFull)?;
             if let Some(room) = rooms.remove(&victim) {
-                room.state.lock().unwrap().removed = true;
+                let mut state = room.state.lock().unwrap();
+                state.removed = true;
+                while let Some((_, frame)) = state.history.pop_front() {
+                    self.inner
+                        .history_held
+                        .fetch_sub(frame.len(), Ordering::Relaxed);
+                }
             }
         }
         let name: Arc<str> = name.into();
@@ -482,6 +499,7 @@ impl Hub {
             name: name.clone(),
             history_len: self.inner.config.history_len,
             dedupe_window: self.inner.config.dedupe_window,
+            history_held: self.inner.history_held.clone(),
             state: Mutex::new(RoomState {
                 epoch: self.new_epoch(),
                 seq: 0,
@@ -506,7 +524,41 @@ impl Hub {
                 continue;
             }
             let seq = room.store_and_broadcast(&mut state, from, None, text, None);
+            drop(state);
+            self.keep_history_budget();
             return Ok(seq);
+        }
+    }
+
+    /// Brings the history held over all rooms back under its budget, when a message took it
+    /// over: the least recently active rooms lose their oldest messages first, down to nine
+    /// tenths of the budget so that this runs once per many messages, not on each. Called
+    /// with no room locked (it locks the room map, then one room at a time, the same order
+    /// as creating a room).
+    pub(crate) fn keep_history_budget(&self) {
+        let budget = self.inner.config.history_bytes;
+        let held = &self.inner.history_held;
+        if held.load(Ordering::Relaxed) <= budget {
+            return;
+        }
+        let target = budget / 10 * 9;
+        let rooms = self.inner.rooms.lock().unwrap();
+        let mut by_activity: Vec<(Instant, &Arc<Room>)> = rooms
+            .values()
+            .map(|room| (room.state.lock().unwrap().last_active, room))
+            .collect();
+        by_activity.sort_unstable_by_key(|(last_active, _)| *last_active);
+        for (_, room) in by_activity {
+            let mut state = room.state.lock().unwrap();
+            while held.load(Ordering::Relaxed) > target {
+                let Some((_, frame)) = state.history.pop_front() else {
+                    break;
+                };
+                held.fetch_sub(frame.len(), Ordering::Relaxed);
+            }
+            if held.load(Ordering::Relaxed) <= target {
+                return;
+            }
         }
     }
 
@@ -583,9 +635,14 @@ impl Room {
         };
         // Everyone's copy, history's too, without the client's id: only its sender knows it.
         let frame = message(None);
-        state.history.push_back((seq, frame.clone()));
-        if state.history.len() > self.history_len {
-            state.history.pop_front();
+        if self.history_len > 0 {
+            self.history_held.fetch_add(frame.len(), Ordering::Relaxed);
+            state.history.push_back((seq, frame.clone()));
+        }
+        if state.history.len() > self.history_len
+            && let Some((_, old)) = state.history.pop_front()
+        {
+            self.history_held.fetch_sub(old.len(), Ordering::Relaxed);
         }
         if let Some(key) = dedupe_key {
             state.dedupe.insert(key.clone(), seq);
@@ -1052,6 +1109,47 @@ mod tests {
         assert_eq!(leaves, [N, 1], "one frame for the N, then one for the edge");
         let names: Vec<String> = room.roster().iter().map(|m| m.name.to_string()).collect();
         assert_eq!(names, ["ann"]);
+    }
+
+    #[test]
+    fn history_over_its_budget_leaves_the_least_active_rooms_first() {
+        let hub = Hub::new(HubConfig {
+            history_bytes: 20_000,
+            ..HubConfig::default()
+        });
+        let (ann, _a) = member(&hub, "ann", 1024);
+        let (bob, _b) = member(&hub, "bob", 1024);
+        let quiet = hub.join("quiet", ann.clone(), Resume::default()).unwrap();
+        let busy = hub.join("busy", bob.clone(), Resume::default()).unwrap();
+        let text = "x".repeat(1000);
+        for _ in 0..10 {
+            quiet.publish(&ann, &text, None);
+        }
+        // The busy room takes the total over 20 KB: the quiet room's oldest go first.
+        for _ in 0..12 {
+            busy.publish(&bob, &text, None);
+            hub.keep_history_budget();
+        }
+        let held = hub.inner.history_held.load(Ordering::Relaxed);
+        assert!(held <= 20_000, "{held} bytes held");
+        let kept = |room: &Room| room.state.lock().unwrap().history.len();
+        assert_eq!(kept(&busy), 12, "the active room keeps its history");
+        assert!(kept(&quiet) < 10, "the quiet room gave some up");
+        // A resume from before what the quiet room kept is told it missed some.
+        let (probe, mut probe_in) = member(&hub, "probe", 1024);
+        let epoch = quiet.state.lock().unwrap().epoch;
+        let resume = Resume {
+            since: Some(0),
+            epoch: Some(epoch),
+        };
+        hub.join("quiet", probe, resume).unwrap();
+        assert_eq!(frames(&mut probe_in)[0]["gap"], true);
+        // The count is exact: what the rooms hold, to the byte.
+        let bytes = |room: &Room| -> usize {
+            let state = room.state.lock().unwrap();
+            state.history.iter().map(|(_, frame)| frame.len()).sum()
+        };
+        assert_eq!(bytes(&quiet) + bytes(&busy), held);
     }
 
     #[test]

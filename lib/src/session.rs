@@ -487,6 +487,7 @@ impl Session<'_> {
             }
         }
         joined.room.publish(&joined.me, text, id);
+        self.ctx.hub.keep_history_budget();
     }
 
     fn leave_all(&mut self) {
