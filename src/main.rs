@@ -1,7 +1,7 @@
 //! The `wtchat` command: `serve` runs the chat server, `certs` writes a development
 //! certificate, `token` mints a signed token.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -82,6 +82,14 @@ struct ServeArgs {
     /// name or port (https://chat.example.com:443/wtchat).
     #[arg(long)]
     public_webtransport_url: Option<String>,
+    /// Where pages reach this server's HTTP side when the request does not say it: a
+    /// public name, port or path prefix behind a proxy (https://example.com/chat).
+    #[arg(long)]
+    public_url: Option<String>,
+    /// A proxy whose X-Forwarded-For/-Proto/-Host/-Prefix headers are believed
+    /// (repeatable); nobody else's are.
+    #[arg(long = "trusted-proxy")]
+    trusted_proxy: Vec<IpAddr>,
     /// An origin whose pages may connect (repeatable; `*` for any). Default: this
     /// server's own HTTP origins.
     #[arg(long = "allow-origin")]
@@ -160,6 +168,9 @@ impl ServeArgs {
         for origin in self.allow_origin {
             b = b.allow_origin(origin);
         }
+        for proxy in self.trusted_proxy {
+            b = b.trusted_proxy(proxy);
+        }
         /// Applies each flag that was given to the builder method of the same name.
         macro_rules! given {
             ($($setting:ident),* $(,)?) => {
@@ -172,6 +183,7 @@ impl ServeArgs {
             http,
             webtransport,
             public_webtransport_url,
+            public_url,
             frames_per_second,
             frame_burst,
             max_frame_bytes,

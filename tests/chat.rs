@@ -361,15 +361,33 @@ async fn config_endpoint_tells_clients_how_to_connect() {
     assert_eq!(hashes[0]["algorithm"], "sha-256");
     assert_eq!(hashes[0]["value"], wtchat::certs::hex(&server.digests[0]));
     assert_eq!(config["limits"]["maxTextChars"], 4000);
-    // Behind a TLS-terminating proxy the WebSocket URL is wss://, on the name the page used.
+    // X-Forwarded-* from a client that is not a trusted proxy: ignored (anyone could
+    // send them), the page's own Host is used.
+    let forwarded = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+        ("host", "chat.example.com"),
+    ];
+    let (_, body) = common::http_get(server.http, "/wtchat/config", &forwarded).await;
+    let config: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["websocket"], "ws://chat.example.com/wtchat/ws");
+    server.stop().await;
+
+    // Behind a trusted TLS-terminating proxy: wss://, on the name and prefix it forwards.
+    let server = common::start_with(|c| c.trusted_proxy("127.0.0.1".parse().unwrap())).await;
     let (_, body) = common::http_get(
         server.http,
         "/wtchat/config",
-        &[("x-forwarded-proto", "https"), ("host", "chat.example.com")],
+        &[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "chat.example.com"),
+            ("x-forwarded-prefix", "/talk"),
+            ("host", "127.0.0.1:8080"),
+        ],
     )
     .await;
     let config: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(config["websocket"], "wss://chat.example.com/wtchat/ws");
+    assert_eq!(config["websocket"], "wss://chat.example.com/talk/wtchat/ws");
     assert_eq!(
         config["webtransport"],
         format!(
@@ -377,6 +395,13 @@ async fn config_endpoint_tells_clients_how_to_connect() {
             server.webtransport.port()
         )
     );
+    server.stop().await;
+
+    // A configured public URL wins over the request.
+    let server = common::start_with(|c| c.public_url("https://example.com/chat/")).await;
+    let (_, body) = server.get("/wtchat/config").await;
+    let config: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["websocket"], "wss://example.com/chat/wtchat/ws");
     server.stop().await;
 }
 

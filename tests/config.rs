@@ -152,6 +152,11 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            setting: "public_url",
+            builder: |b| b.public_url("example.com/chat"),
+            flags: &["--public-url", "example.com/chat"],
+        },
+        Case {
             setting: "allow_origin",
             builder: |b| b.allow_origin("https://shop.example.com/chat"),
             flags: &["--allow-origin", "https://shop.example.com/chat"],

@@ -591,3 +591,38 @@ async fn the_http_api_says_why_a_publish_is_refused() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_chat_nested_under_a_prefix_hands_out_urls_under_it() {
+    let server = start_host(
+        |http, webtransport, certs| {
+            wtchat::Config::builder()
+                .http(http)
+                .webtransport(webtransport)
+                .tls(wtchat::Tls::Dev { dir: certs })
+                .demo_page(false)
+                .build()
+        },
+        |chat| axum::Router::new().nest("/chat", chat.router()),
+    )
+    .await;
+    let (status, body) = server.get("/chat/wtchat/config").await;
+    assert_eq!(status, 200, "{body}");
+    let config: Value = serde_json::from_str(&body).unwrap();
+    let ws_url = format!("ws://{}/chat/wtchat/ws", server.http);
+    assert_eq!(config["websocket"], ws_url);
+    assert_eq!(
+        server.get("/wtchat/config").await.0,
+        404,
+        "nothing outside the prefix"
+    );
+    // The URL it hands out works, and the WebTransport side (its own listener) as ever.
+    let (socket, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+    let mut ws = Client::Ws { socket, bye: None };
+    let mut wt = Client::wt(&server).await;
+    ws.join("nested", "ws").await;
+    wt.join("nested", "wt").await;
+    assert_eq!(ws.say("nested", "under a prefix", "p1").await, 1);
+    assert_eq!(wt.messages("nested", 1).await[0].2, "under a prefix");
+    server.stop().await;
+}

@@ -166,6 +166,7 @@ impl Chat {
             tracker: TaskTracker::new(),
             ws_read_buffer: config.ws_read_buffer,
             per_address: PerAddress::new(config.max_connections_per_ip),
+            trusted_proxies: config.trusted_proxies.clone(),
         });
         Ok(Chat {
             inner: Arc::new(ChatInner {
@@ -194,6 +195,7 @@ impl Chat {
                 .public_webtransport_url
                 .as_deref()
                 .map(Arc::from),
+            public_url: inner.config.public_url.as_deref().map(Arc::from),
             digests: inner.digests.clone(),
             demo_page: inner.config.demo_page,
         })

@@ -97,6 +97,8 @@ pub struct Config {
     pub(crate) max_connections_per_ip: usize,
     pub(crate) header_read_timeout: Duration,
     pub(crate) max_http_connections: usize,
+    pub(crate) public_url: Option<String>,
+    pub(crate) trusted_proxies: Vec<IpAddr>,
 }
 
 /// The defaults, as documented on each [`ConfigBuilder`] method.
@@ -126,6 +128,8 @@ impl Default for Config {
             max_connections_per_ip: 1000,
             header_read_timeout: Duration::from_secs(10),
             max_http_connections: 1024,
+            public_url: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -155,6 +159,8 @@ impl fmt::Debug for Config {
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("max_http_connections", &self.max_http_connections)
+            .field("public_url", &self.public_url)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }
@@ -211,6 +217,25 @@ impl ConfigBuilder {
     /// The WebTransport certificate. Default: a development certificate in `certs/`.
     pub fn tls(mut self, tls: Tls) -> Self {
         self.config.tls = tls;
+        self
+    }
+
+    /// Where pages reach the chat's HTTP side when that is not what the request says: a
+    /// public name, a port, a path prefix behind a proxy (`https://example.com/chat`, under
+    /// which `/wtchat/...` lives). `/wtchat/config` builds its URLs from it. Default: from
+    /// the request (its `Host`, the prefix the router is nested under, and a trusted
+    /// proxy's `X-Forwarded-*`).
+    pub fn public_url(mut self, url: impl Into<String>) -> Self {
+        self.config.public_url = Some(url.into());
+        self
+    }
+
+    /// Trusts the proxy at `ip` (repeatable): its `X-Forwarded-For` names the client's
+    /// address (for `max_connections_per_ip`), its `X-Forwarded-Proto`, `-Host` and
+    /// `-Prefix` how the client reached the chat. Headers from anyone else are ignored.
+    /// Default: none.
+    pub fn trusted_proxy(mut self, ip: IpAddr) -> Self {
+        self.config.trusted_proxies.push(ip);
         self
     }
 
@@ -572,6 +597,17 @@ impl ConfigBuilder {
                 ));
             }
         }
+        if let Some(url) = &config.public_url
+            && !is_base_url(url)
+        {
+            return Err(ConfigError::new(
+                "public_url",
+                format!(
+                    "must be an http:// or https:// URL with a host, and a path prefix at most \
+                     (like https://example.com/chat); got {url:?}"
+                ),
+            ));
+        }
         if let Some(url) = &config.public_webtransport_url
             && !url.starts_with("https://")
         {
@@ -593,6 +629,18 @@ impl ConfigBuilder {
         }
         Ok(config)
     }
+}
+
+/// Whether `url` is `http(s)://host[:port][/prefix]`: no query, no fragment.
+fn is_base_url(url: &str) -> bool {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    matches!(scheme, "http" | "https")
+        && !host.is_empty()
+        && !rest.contains(['?', '#', ' '])
+        && !host.contains('@')
 }
 
 /// Whether `origin` can match an `Origin` header: `*`, or `http(s)://host[:port]`.

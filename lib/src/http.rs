@@ -3,9 +3,10 @@
 //! client (`GET /wtchat/wtchat.js`), and — when an API key is configured — the API for the
 //! host's backend (`/wtchat/api/...`).
 
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
-use axum::extract::{FromRef, Query, State};
+use axum::extract::{ConnectInfo, FromRef, Query, State};
 use axum::http::StatusCode;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::{self, Next};
@@ -42,6 +43,8 @@ pub(crate) struct HttpState {
     /// For `/wtchat/config`: where WebTransport is, and which certificate to pin.
     pub webtransport_port: u16,
     pub public_webtransport_url: Option<Arc<str>>,
+    /// Where the chat's HTTP side is reached, when configured (`https://example.com/chat`).
+    pub public_url: Option<Arc<str>>,
     pub digests: Digests,
     pub demo_page: bool,
 }
@@ -103,36 +106,88 @@ pub(crate) fn router(state: HttpState) -> Router {
     router.with_state(state)
 }
 
-/// The host name the client used to reach us (from `Host`), without the port, so the URLs
-/// we hand out work from wherever the page was loaded (`localhost`, `127.0.0.1`, a LAN name).
-fn request_host(headers: &HeaderMap) -> &str {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    match host.strip_prefix('[') {
-        // [::1]:8080 → [::1]
-        Some(rest) => rest.find(']').map_or(host, |end| &host[..end + 2]),
-        None => host.split(':').next().unwrap_or(host),
+/// Where the client reached the chat's HTTP side, to hand it URLs that work from there:
+/// the configured public URL; else the request's `Host` under the prefix the host mounted
+/// the router at, with `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Forwarded-Prefix`
+/// honoured when the request comes from a trusted proxy (and only then: anyone else could
+/// send them).
+struct Reached {
+    secure: bool,
+    /// `name[:port]`, as in a URL.
+    host: String,
+    /// The path in front of `/wtchat` (empty, or `/chat`).
+    prefix: String,
+}
+
+impl Reached {
+    fn of(state: &HttpState, request: &axum::extract::Request) -> Reached {
+        if let Some(public) = &state.public_url {
+            let (scheme, rest) = public.split_once("://").unwrap_or(("http", public));
+            let (host, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            return Reached {
+                secure: scheme.eq_ignore_ascii_case("https"),
+                host: host.to_string(),
+                prefix: prefix.trim_end_matches('/').to_string(),
+            };
+        }
+        let headers = request.headers();
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                // A proxy chain appends: the first value is what the client sent.
+                .map(|v| v.split(',').next().unwrap_or(v).trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let mounted = request
+            .extensions()
+            .get::<axum::extract::NestedPath>()
+            .map(|nested| nested.as_str().trim_end_matches('/').to_string())
+            .unwrap_or_default();
+        let mut reached = Reached {
+            secure: false,
+            host: header("host").unwrap_or_else(|| "localhost".into()),
+            prefix: mounted,
+        };
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        if peer.is_some_and(|ip| state.transport.trusts(ip)) {
+            if let Some(proto) = header("x-forwarded-proto") {
+                reached.secure = proto.eq_ignore_ascii_case("https");
+            }
+            if let Some(host) = header("x-forwarded-host") {
+                reached.host = host;
+            }
+            if let Some(prefix) = header("x-forwarded-prefix") {
+                reached.prefix = format!("{}{}", prefix.trim_end_matches('/'), reached.prefix);
+            }
+        }
+        reached
+    }
+
+    /// The host name without the port: `[::1]:8080` → `[::1]`, `localhost:8080` → `localhost`.
+    fn name(&self) -> &str {
+        let host = self.host.as_str();
+        match host.strip_prefix('[') {
+            Some(rest) => rest.find(']').map_or(host, |end| &host[..end + 2]),
+            None => host.split(':').next().unwrap_or(host),
+        }
+    }
+
+    /// The URL of `path` under the chat's HTTP side, with `scheme` or its secure twin.
+    fn url(&self, plain: &str, secure: &str, path: &str) -> String {
+        let scheme = if self.secure { secure } else { plain };
+        format!("{scheme}://{}{}{PATH}{path}", self.host, self.prefix)
     }
 }
 
 /// What a client needs to connect: the WebTransport URL and the certificate digests to pin
-/// (empty with a CA-issued certificate), the WebSocket URL, and the limits it must respect.
-async fn config(State(state): State<HttpState>, headers: HeaderMap) -> Response {
-    let host = request_host(&headers);
-    let http_host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    let secure = headers
-        .get("x-forwarded-proto")
-        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
-    let (ws_scheme, http_scheme) = if secure {
-        ("wss", "https")
-    } else {
-        ("ws", "http")
-    };
+/// (empty with a CA-issued certificate), the WebSocket URL, where to get tickets, and the
+/// limits it must respect. Every URL is as the client reached us.
+async fn config(State(state): State<HttpState>, request: axum::extract::Request) -> Response {
+    let reached = Reached::of(&state, &request);
     let hashes: Vec<_> = state
         .digests
         .read()
@@ -144,14 +199,14 @@ async fn config(State(state): State<HttpState>, headers: HeaderMap) -> Response 
     let body = json!({
         "webtransport": match &state.public_webtransport_url {
             Some(url) => url.to_string(),
-            None => format!("https://{host}:{}{PATH}", state.webtransport_port),
+            None => format!("https://{}:{}{PATH}", reached.name(), state.webtransport_port),
         },
         "certificateHashes": hashes,
-        "websocket": format!("{ws_scheme}://{http_host}{PATH}/ws"),
+        "websocket": reached.url("ws", "wss", "/ws"),
         // Where a browser gets its tickets (with its cookies) before connecting, when the
         // host's hook decides who it is.
         "ticket": state.transport.session.auth.issues_tickets()
-            .then(|| format!("{http_scheme}://{http_host}{PATH}/ticket")),
+            .then(|| reached.url("http", "https", "/ticket")),
         "limits": {
             "maxFrameBytes": limits.max_frame_bytes,
             "maxTextChars": limits.max_text_chars,
@@ -372,19 +427,21 @@ async fn api_kick(State(state): State<HttpState>, Json(body): Json<KickRequest>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
 
     #[test]
-    fn host_is_taken_from_the_request_without_its_port() {
-        let host = |value: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(header::HOST, HeaderValue::from_str(value).unwrap());
-            request_host(&headers).to_string()
+    fn the_host_name_is_taken_without_its_port() {
+        let name = |host: &str| {
+            Reached {
+                secure: false,
+                host: host.into(),
+                prefix: String::new(),
+            }
+            .name()
+            .to_string()
         };
-        assert_eq!(host("localhost:8080"), "localhost");
-        assert_eq!(host("127.0.0.1:8080"), "127.0.0.1");
-        assert_eq!(host("[::1]:8080"), "[::1]");
-        assert_eq!(host("chat.example.com"), "chat.example.com");
-        assert_eq!(request_host(&HeaderMap::new()), "localhost");
+        assert_eq!(name("localhost:8080"), "localhost");
+        assert_eq!(name("127.0.0.1:8080"), "127.0.0.1");
+        assert_eq!(name("[::1]:8080"), "[::1]");
+        assert_eq!(name("chat.example.com"), "chat.example.com");
     }
 }

@@ -28,6 +28,35 @@ pub(crate) struct Context {
     pub ws_read_buffer: usize,
     /// Connections per client address.
     pub per_address: Arc<PerAddress>,
+    /// Proxies whose `X-Forwarded-*` headers are believed: the client's address, scheme,
+    /// host and prefix as they say. Nobody else's.
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl Context {
+    /// Whether `ip` is a trusted proxy.
+    pub(crate) fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted_proxies.iter().any(|p| p.to_canonical() == ip)
+    }
+
+    /// The client's address: the peer's, or — when the peer is a trusted proxy — the one
+    /// `X-Forwarded-For` names: the last address there that is not itself a trusted proxy
+    /// (each proxy appends the address it received the request from).
+    pub(crate) fn client_address(&self, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
+        if !self.trusts(peer) {
+            return peer;
+        }
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+            .rev()
+            .find(|ip| !self.trusts(*ip))
+            .unwrap_or(peer)
+    }
 }
 
 /// Connections held per client address, so that one address cannot take every connection

@@ -69,10 +69,11 @@ pub(crate) async fn upgrade(
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
     // Without the peer's address (a host that serves without connect info) there is no
     // per-address limit; the total one still holds.
-    let address_permit = match peer.map(|addr| ctx.per_address.admit(addr.ip())) {
+    let client = peer.map(|addr| ctx.client_address(addr.ip(), headers));
+    let address_permit = match client.map(|ip| ctx.per_address.admit(ip)) {
         Some(None) => {
             tracing::warn!(
-                ?peer,
+                ?client,
                 "websocket refused: too many connections from this address"
             );
             return (

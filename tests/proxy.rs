@@ -1,0 +1,239 @@
+//! Behind a real reverse proxy, as the README tells it: Debian's nginx, started here on a
+//! free port with the README's own `location` block (read from README.md, not copied), in
+//! front of a server; a Chromium page loaded through the proxy chats over the proxied
+//! WebSocket with a client connected directly, and the per-address cap counts the addresses
+//! the proxy forwards. Without nginx the test skips loudly (and fails under `CI=true`).
+
+#[path = "common/browser.rs"]
+mod browser;
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use browser::Browser;
+use common::{Client, start_with};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The README's nginx `location` block, for an upstream at `upstream` (the README's says
+/// `127.0.0.1:8080`).
+fn readme_location(upstream: &str) -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme
+        .find("```nginx\n")
+        .expect("the README has an nginx block")
+        + 9;
+    let block = &readme[start..];
+    let block = &block[..block.find("```").unwrap()];
+    assert!(block.contains("127.0.0.1:8080"), "{block}");
+    block.replace("127.0.0.1:8080", upstream)
+}
+
+/// nginx in the foreground with its own prefix directory; stopped on drop.
+struct Nginx {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free port on 127.0.0.1 (nginx takes a port number, not a socket).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn nginx_path() -> Option<&'static str> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+}
+
+/// Starts nginx on `port` with the README's block in front of `upstream`, and the page at
+/// `/` from there too (a site serves its own pages; here the demo page stands in).
+async fn nginx(port: u16, upstream: &str) -> Nginx {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let conf = format!(
+        "daemon off; master_process off; user root; pid {d}/nginx.pid; error_log {d}/error.log;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location = / {{ proxy_pass http://{upstream}; }}
+        {}
+    }}
+}}
+",
+        readme_location(upstream)
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let child = Command::new(nginx_path().unwrap())
+        .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nginx starts");
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nginx did not listen: {}",
+            std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Nginx {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+/// A WebSocket through the proxy from client address `source`: the joined frame of
+/// `name` in `room`, or the HTTP status of the refusal.
+async fn ws_via(
+    proxy: u16,
+    source: &str,
+    room: &str,
+    name: &str,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, u16> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let tcp = socket
+        .connect(format!("127.0.0.1:{proxy}").parse().unwrap())
+        .await
+        .unwrap();
+    let url = format!("ws://127.0.0.1:{proxy}/wtchat/ws");
+    let mut ws = match tokio_tungstenite::client_async(url, tcp).await {
+        Ok((ws, _)) => ws,
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            return Err(response.status().as_u16());
+        }
+        Err(e) => panic!("{e}"),
+    };
+    ws.send(Message::text(
+        json!({"type":"join","room":room,"name":name}).to_string(),
+    ))
+    .await
+    .unwrap();
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(frame["type"], "joined", "{frame}");
+                return Ok(ws);
+            }
+            Some(Ok(_)) => {}
+            other => panic!("no joined: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_page_through_nginx_chats_over_the_proxied_websocket() {
+    if nginx_path().is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "nginx is required under CI (scripts/test installs it)"
+        );
+        eprintln!("SKIPPED: nginx is not installed (run scripts/test)");
+        return;
+    }
+    let Some(browser) =
+        Browser::launch_or_skip("a_page_through_nginx_chats_over_the_proxied_websocket").await
+    else {
+        return;
+    };
+    let port = free_port();
+    let site = format!("http://127.0.0.1:{port}");
+    let site_origin = site.clone();
+    let server = start_with(move |c| {
+        c.trusted_proxy("127.0.0.1".parse().unwrap())
+            .allow_origin(site_origin)
+            .max_connections_per_ip(3)
+    })
+    .await;
+    let proxy = nginx(port, &server.http.to_string()).await;
+
+    // The configuration, fetched through the proxy, names the proxy, not the backend.
+    let (status, body) = common::http_get(
+        format!("127.0.0.1:{}", proxy.port).parse().unwrap(),
+        "/wtchat/config",
+        &[("host", &format!("127.0.0.1:{port}"))],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let config: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        config["websocket"],
+        format!("ws://127.0.0.1:{port}/wtchat/ws")
+    );
+
+    // A page of the site, loaded through the proxy, without WebTransport: over the proxied
+    // WebSocket it chats with a client connected directly over WebTransport.
+    let page = browser
+        .page("P", 1024, 768, Some("delete window.WebTransport;"))
+        .await;
+    page.goto(&format!("{site}/?room=proxied&name=pat")).await;
+    page.wait_for(
+        "connected over the proxied WebSocket",
+        "window.chat?.status === 'connected' && window.chat.transport === 'websocket'",
+    )
+    .await;
+    let mut direct = Client::wt(&server).await;
+    direct.join("proxied", "dan").await;
+    assert_eq!(direct.say("proxied", "hello through nginx", "d1").await, 1);
+    page.wait_for(
+        "the direct client's message",
+        "document.querySelectorAll('[data-testid=message]').length === 1",
+    )
+    .await;
+    page.eval("window.chat.send('and back')").await;
+    assert_eq!(
+        direct.messages("proxied", 1).await,
+        [(2, "pat".to_string(), "and back".to_string())]
+    );
+
+    // The per-address cap (3) counts the addresses nginx forwards, not nginx's own: 127.0.0.1
+    // holds two (the page through the proxy, the direct client); one more from there is let
+    // in, a fourth refused; a client at 127.0.0.2 is served all the same.
+    let second = ws_via(proxy.port, "127.0.0.1", "proxied", "second").await;
+    assert!(second.is_ok());
+    assert_eq!(
+        ws_via(proxy.port, "127.0.0.1", "proxied", "third")
+            .await
+            .err(),
+        Some(429)
+    );
+    assert!(
+        ws_via(proxy.port, "127.0.0.2", "proxied", "elsewhere")
+            .await
+            .is_ok()
+    );
+    assert!(
+        page.console_errors().is_empty(),
+        "{:?}",
+        page.console_errors()
+    );
+    server.stop().await;
+}
