@@ -20,9 +20,14 @@
 //! - `session`: the per-connection state machine over a two-trait transport contract.
 //! - `transport`: the WebTransport and WebSocket adapters, each handed a small context.
 //! - [`certs`]: development certificates browsers accept by digest, and real ones.
-//! - [`auth`]: identities from the host's hook or from signed tokens.
+//! - [`auth`]: identities from the host's hook (browsers reach it through single-use
+//!   tickets: they send no cookies on a WebTransport CONNECT) or from signed tokens.
+//! - `host`: what the host does to the rooms (publish, members, kick), for the Rust API
+//!   and the HTTP API alike; `http`: the routes (configuration, WebSocket upgrade,
+//!   tickets, client, API).
 //! - [`Chat`]: what a host application mounts (a router, a WebTransport future, and
-//!   publish / members / kick); [`Server`]: the standalone `wtchat serve`.
+//!   publish / members / kick); [`Server`]: the standalone `wtchat serve`, with its own
+//!   HTTP server (a header deadline, a cap on connections not yet upgraded).
 //! - [`Config`]: one configuration with working defaults, made by a builder that refuses
 //!   what cannot work.
 //!
