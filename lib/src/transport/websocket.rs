@@ -234,6 +234,27 @@ fn put_header(out: &mut BytesMut, opcode: u8, len: usize) {
     }
 }
 
+/// A batch as WebSocket frames: each protocol frame, without its `\n`, as one text message;
+/// each Pong with its ping's payload.
+fn put_batch(out: &mut BytesMut, batch: &[Outbound]) {
+    for frame in batch {
+        let (opcode, payload) = match frame.kind {
+            Kind::Frame | Kind::Ephemeral => (0x1, &frame.frame[..frame.frame.len() - 1]),
+            Kind::Pong => (0xA, &frame.frame[..]),
+        };
+        put_header(out, opcode, payload.len());
+        out.put_slice(payload);
+    }
+}
+
+/// A Close frame: the code, then its reason (RFC 6455, section 5.5.1).
+fn put_close(out: &mut BytesMut, code: CloseCode) {
+    let reason = code.reason().as_bytes();
+    put_header(out, 0x8, 2 + reason.len());
+    out.put_u16(code.code());
+    out.put_slice(reason);
+}
+
 impl WsWriter {
     /// Appends frames to what is pending, then writes it all.
     async fn write(&mut self, frames: impl FnOnce(&mut BytesMut)) -> io::Result<()> {
@@ -258,28 +279,11 @@ impl WsWriter {
 
 impl FrameWriter for WsWriter {
     async fn send(&mut self, batch: &[Outbound]) -> io::Result<()> {
-        self.write(|buf| {
-            for out in batch {
-                let (opcode, payload) = match out.kind {
-                    // A protocol frame without its `\n`, as one text message.
-                    Kind::Frame | Kind::Ephemeral => (0x1, &out.frame[..out.frame.len() - 1]),
-                    Kind::Pong => (0xA, &out.frame[..]),
-                };
-                put_header(buf, opcode, payload.len());
-                buf.put_slice(payload);
-            }
-        })
-        .await
+        self.write(|buf| put_batch(buf, batch)).await
     }
 
     async fn close(&mut self, code: CloseCode) {
-        let reason = code.reason().as_bytes();
-        let closed = self.write(|buf| {
-            put_header(buf, 0x8, 2 + reason.len());
-            buf.put_u16(code.code());
-            buf.put_slice(reason);
-        });
-        if closed.await.is_ok() {
+        if self.write(|buf| put_close(buf, code)).await.is_ok() {
             let _ = self.io.shutdown().await;
         }
     }
