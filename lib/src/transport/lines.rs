@@ -74,6 +74,7 @@ impl LineSplitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// Feeds `chunks` one after the other (like reads), taking every line each makes
     /// available. Returns the lines and whether the splitter said [`Line::TooLarge`].
@@ -114,5 +115,116 @@ mod tests {
         );
         // Blank or not, an oversized line is refused: it had to be buffered all the same.
         assert_eq!(split(4, &[b"      \nok\n"]), (vec![], true));
+    }
+
+    /// What the splitter must have returned once it has read `stream`: the non-blank lines
+    /// before the first line longer than `max_frame`, and whether there is such a line,
+    /// complete or still unterminated.
+    fn model(stream: &[u8], max_frame: usize) -> (Vec<&[u8]>, bool) {
+        let mut pieces: Vec<&[u8]> = stream.split(|&b| b == b'\n').collect();
+        // What follows the last `\n` is not a line yet.
+        let tail = pieces.pop().expect("split yields at least one piece");
+        let mut lines = Vec::new();
+        for line in pieces {
+            if line.len() > max_frame {
+                return (lines, true);
+            }
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                lines.push(line);
+            }
+        }
+        (lines, tail.len() > max_frame)
+    }
+
+    /// A small frame limit, and a stream of lines around it (blank ones, and ones of any
+    /// bytes that matter: `\n`, ASCII whitespace and not quite, others), some of them
+    /// unterminated, cut into reads of arbitrary sizes.
+    fn streams() -> impl Strategy<Value = (usize, Vec<u8>, Vec<usize>)> {
+        const BLANK: &[u8] = b" \t\r\x0c";
+        const ANY: &[u8] = b" \t\r\x0c\x0b\n\0{}aaaa\x85\xff";
+        prop_oneof![4 => 0..=24usize, 1 => 25..=300usize]
+            .prop_flat_map(|max_frame| {
+                let bytes = |alphabet| {
+                    prop::collection::vec(prop::sample::select(alphabet), 0..=max_frame + 2)
+                };
+                let line = (
+                    prop_oneof![1 => bytes(BLANK), 3 => bytes(ANY)],
+                    prop::bool::weighted(0.9),
+                );
+                let read = prop_oneof![
+                    1..=4usize,
+                    1..=max_frame + 2,
+                    1..=max_frame * 2 + READ_RESERVE
+                ];
+                let reads = prop::collection::vec(read, 1..16);
+                (Just(max_frame), prop::collection::vec(line, 0..12), reads)
+            })
+            .prop_map(|(max_frame, lines, reads)| {
+                let mut stream = Vec::new();
+                for (line, terminated) in lines {
+                    stream.extend_from_slice(&line);
+                    if terminated {
+                        stream.push(b'\n');
+                    }
+                }
+                (max_frame, stream, reads)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz_config(256))]
+
+        /// After every read, what the splitter returned is what the model says of all the
+        /// bytes read so far: so the lines are the same however the stream was cut, an
+        /// oversized line is refused as soon as it is longer than the limit, and nothing
+        /// after it is returned, whatever more is read.
+        #[test]
+        fn fuzz_lines_are_the_streams_lines_however_it_is_cut(
+            (max_frame, stream, reads) in streams()
+        ) {
+            let mut splitter = LineSplitter::new(max_frame);
+            let mut lines: Vec<Bytes> = Vec::new();
+            let mut too_large = false;
+            let mut read = 0;
+            for size in reads.iter().cycle() {
+                if read == stream.len() {
+                    break;
+                }
+                let chunk = &stream[read..stream.len().min(read + size)];
+                read += chunk.len();
+                let before = splitter.buf.len();
+                splitter.read_buf().extend_from_slice(chunk);
+                if !too_large {
+                    // Reads happen only after NeedMore: at most max_frame bytes were held,
+                    // and the allocation is within a constant factor of that and a read
+                    // (the buffer's growth doubles at most).
+                    prop_assert!(before <= max_frame, "{before} bytes held before a read");
+                    let most = max_frame + reads.iter().max().unwrap() + READ_RESERVE;
+                    prop_assert!(splitter.buf.capacity() <= 4 * most, "{most}");
+                }
+                // Each line returned ends at a `\n` read: more lines than that is a loop.
+                let newlines = stream[..read].iter().filter(|&&b| b == b'\n').count();
+                loop {
+                    match splitter.next_line() {
+                        Line::Frame(line) => {
+                            prop_assert!(!too_large, "a line after TooLarge");
+                            lines.push(line);
+                            prop_assert!(lines.len() <= newlines);
+                        }
+                        Line::NeedMore => {
+                            prop_assert!(!too_large, "NeedMore after TooLarge");
+                            break;
+                        }
+                        Line::TooLarge => {
+                            too_large = true;
+                            break;
+                        }
+                    }
+                }
+                let (want, want_too_large) = model(&stream[..read], max_frame);
+                prop_assert_eq!(&lines, &want);
+                prop_assert_eq!(too_large, want_too_large);
+            }
+        }
     }
 }
