@@ -69,3 +69,15 @@ pub use chat::{Chat, StartError};
 pub use config::{Config, ConfigBuilder, ConfigError, MIN_SECRET_BYTES, MessageEvent, PATH, Tls};
 pub use host::{MemberInfo, PublishError};
 pub use server::Server;
+
+/// The property tests' configuration: `cases` per test, few enough for `cargo test`, unless
+/// `PROPTEST_CASES` asks for more (the long runs of the `fuzz_` tests, `--profile fuzz`).
+#[cfg(test)]
+fn fuzz_config(cases: u32) -> proptest::test_runner::Config {
+    let config = proptest::test_runner::Config::default();
+    if std::env::var_os("PROPTEST_CASES").is_some() {
+        config
+    } else {
+        proptest::test_runner::Config { cases, ..config }
+    }
+}

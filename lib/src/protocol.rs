@@ -441,6 +441,7 @@ pub fn error_frame(code: ErrorCode, message: &str, room: Option<&str>, id: Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::{Value, json};
 
     fn parsed(bytes: &Bytes) -> Value {
@@ -612,27 +613,29 @@ mod tests {
         );
     }
 
+    const ERROR_CODES: [ErrorCode; 17] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidUtf8,
+        ErrorCode::UnknownType,
+        ErrorCode::InvalidFrame,
+        ErrorCode::BinaryUnsupported,
+        ErrorCode::NotJoined,
+        ErrorCode::AlreadyJoined,
+        ErrorCode::InvalidName,
+        ErrorCode::InvalidRoom,
+        ErrorCode::InvalidText,
+        ErrorCode::TextTooLong,
+        ErrorCode::TooManyRooms,
+        ErrorCode::ServerFull,
+        ErrorCode::RateLimited,
+        ErrorCode::RoomForbidden,
+        ErrorCode::Rejected,
+        ErrorCode::FrameTooLarge,
+    ];
+
     #[test]
     fn error_code_names_match_serde() {
-        for code in [
-            ErrorCode::InvalidJson,
-            ErrorCode::InvalidUtf8,
-            ErrorCode::UnknownType,
-            ErrorCode::InvalidFrame,
-            ErrorCode::BinaryUnsupported,
-            ErrorCode::NotJoined,
-            ErrorCode::AlreadyJoined,
-            ErrorCode::InvalidName,
-            ErrorCode::InvalidRoom,
-            ErrorCode::InvalidText,
-            ErrorCode::TextTooLong,
-            ErrorCode::TooManyRooms,
-            ErrorCode::ServerFull,
-            ErrorCode::RateLimited,
-            ErrorCode::RoomForbidden,
-            ErrorCode::Rejected,
-            ErrorCode::FrameTooLarge,
-        ] {
+        for code in ERROR_CODES {
             assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
         }
     }
@@ -689,5 +692,561 @@ mod tests {
             l.check_message("hi", Some(&"i".repeat(65))).unwrap_err().0,
             ErrorCode::InvalidText
         );
+    }
+
+    /// The codes `decode` may refuse a frame with (README, "Error codes"): the others are
+    /// the session's.
+    const DECODE_CODES: [ErrorCode; 4] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidUtf8,
+        ErrorCode::UnknownType,
+        ErrorCode::InvalidFrame,
+    ];
+
+    /// serde_json refuses to nest arrays and objects this deep (its recursion limit).
+    const TOO_DEEP: usize = 128;
+
+    /// A JSON value, written out by hand so that it can hold what `serde_json::Value`
+    /// cannot: numbers beyond `f64` and nesting beyond serde_json's recursion limit.
+    #[derive(Debug, Clone)]
+    enum Json {
+        Null,
+        Bool(bool),
+        /// As written: `1e400`, `-0`, `18446744073709551616`…
+        Number(String),
+        String(String),
+        Array(Vec<Json>),
+        /// Keys are distinct: serde refuses duplicate fields, `Value` keeps the last.
+        Object(Vec<(String, Json)>),
+        /// This many arrays, one inside the other.
+        Nested(usize),
+    }
+
+    impl Json {
+        fn write(&self, out: &mut String) {
+            let string = |s: &str| serde_json::to_string(s).unwrap();
+            match self {
+                Json::Null => out.push_str("null"),
+                Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+                Json::Number(n) => out.push_str(n),
+                Json::String(s) => out.push_str(&string(s)),
+                Json::Array(items) => {
+                    out.push('[');
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        item.write(out);
+                    }
+                    out.push(']');
+                }
+                Json::Object(fields) => {
+                    out.push('{');
+                    for (i, (key, value)) in fields.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(&string(key));
+                        out.push(':');
+                        value.write(out);
+                    }
+                    out.push('}');
+                }
+                Json::Nested(depth) => {
+                    out.push_str(&"[".repeat(*depth));
+                    out.push_str(&"]".repeat(*depth));
+                }
+            }
+        }
+
+        /// How many arrays and objects nest here.
+        fn depth(&self) -> usize {
+            match self {
+                Json::Array(items) => 1 + items.iter().map(Json::depth).max().unwrap_or(0),
+                Json::Object(fields) => {
+                    1 + fields.iter().map(|(_, v)| v.depth()).max().unwrap_or(0)
+                }
+                Json::Nested(depth) => *depth,
+                _ => 0,
+            }
+        }
+
+        /// Whether a number here is beyond `f64` (serde_json refuses it).
+        fn out_of_range(&self) -> bool {
+            match self {
+                Json::Number(n) => n.parse::<f64>().is_ok_and(f64::is_infinite),
+                Json::Array(items) => items.iter().any(Json::out_of_range),
+                Json::Object(fields) => fields.iter().any(|(_, v)| v.out_of_range()),
+                _ => false,
+            }
+        }
+    }
+
+    fn numbers() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            // Finite ones: JSON has no NaN or infinity. (Not a filter: a run of millions
+            // of cases would exceed proptest's limit on rejected values.)
+            {
+                use prop::num::f64::{NEGATIVE, NORMAL, POSITIVE, SUBNORMAL, ZERO};
+                (POSITIVE | NEGATIVE | NORMAL | SUBNORMAL | ZERO).prop_map(|f| format!("{f:?}"))
+            },
+            prop::sample::select(vec![
+                "0",
+                "-0",
+                "0.0",
+                "1E2",
+                "1e-400",
+                "1e400",
+                "-1e400",
+                "18446744073709551615",
+                "18446744073709551616",
+                "-9223372036854775809",
+                "123456789012345678901234567890",
+            ])
+            .prop_map(String::from),
+        ]
+    }
+
+    /// Strings a frame might hold: the protocol's names, and anything at all.
+    fn strings() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "", " ", "lobby", "ann", "join", "leave", "send", "typing", "ping", "type",
+            ])
+            .prop_map(String::from),
+            any::<String>(),
+        ]
+    }
+
+    /// Any JSON value, nesting a few levels (and, now and then, far too many).
+    fn values() -> impl Strategy<Value = Json> {
+        let leaf = prop_oneof![
+            2 => Just(Json::Null),
+            2 => any::<bool>().prop_map(Json::Bool),
+            3 => numbers().prop_map(Json::Number),
+            3 => strings().prop_map(Json::String),
+            1 => (1..TOO_DEEP * 2).prop_map(Json::Nested),
+        ];
+        leaf.prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Json::Array),
+                prop::collection::vec((strings(), inner), 0..4).prop_map(object),
+            ]
+        })
+    }
+
+    /// An object of these fields, the first of each key kept.
+    fn object(fields: Vec<(String, Json)>) -> Json {
+        let mut seen = std::collections::HashSet::new();
+        Json::Object(
+            fields
+                .into_iter()
+                .filter(|(key, _)| seen.insert(key.clone()))
+                .collect(),
+        )
+    }
+
+    /// Client frames, mostly near valid: a `type` among the known ones (or not, or not a
+    /// string, or none), each field of the right type or of any other, unknown fields, in
+    /// any order; now and then the same as an array (which serde alone would take for a
+    /// frame), or not an object at all.
+    fn frames() -> impl Strategy<Value = Json> {
+        let known = prop::sample::select(vec!["join", "leave", "send", "typing", "ping"]);
+        let kind = prop_oneof![
+            6 => known.prop_map(|t| Json::String(t.into())),
+            1 => strings().prop_map(Json::String),
+            1 => values(),
+        ];
+        let string = || prop_oneof![3 => strings().prop_map(Json::String), 1 => values()];
+        let number = || {
+            prop_oneof![
+                3 => any::<u64>().prop_map(|n| Json::Number(n.to_string())),
+                1 => values(),
+            ]
+        };
+        let field = |value: BoxedStrategy<Json>| prop::option::weighted(0.7, value);
+        let fields = (
+            field(kind.boxed()),
+            field(string().boxed()),
+            field(string().boxed()),
+            field(string().boxed()),
+            field(string().boxed()),
+            field(number().boxed()),
+            field(number().boxed()),
+            prop::collection::vec((strings(), values()), 0..3),
+        )
+            .boxed();
+        let object = fields
+            .clone()
+            .prop_map(|(t, room, name, text, id, since, epoch, unknown)| {
+                let names = ["type", "room", "name", "text", "id", "since", "epoch"];
+                let known = [t, room, name, text, id, since, epoch];
+                let known = names
+                    .into_iter()
+                    .zip(known)
+                    .filter_map(|(name, value)| Some((name.to_string(), value?)));
+                known.chain(unknown).collect::<Vec<_>>()
+            })
+            .prop_shuffle()
+            .prop_map(object);
+        // The tag, then the type's fields in order: what serde reads from an array.
+        let array = fields.prop_map(|(t, room, name, text, id, since, epoch, _)| {
+            let t = t.unwrap_or(Json::Null);
+            let mut items = vec![t.clone()];
+            let mut add = |fields: Vec<Option<Json>>| {
+                items.extend(fields.into_iter().map(|f| f.unwrap_or(Json::Null)));
+            };
+            match t {
+                Json::String(t) if t == "join" => add(vec![room, name, since, epoch]),
+                Json::String(t) if t == "send" => add(vec![room, text, id]),
+                Json::String(t) if t == "ping" => {}
+                _ => add(vec![room]),
+            }
+            Json::Array(items)
+        });
+        prop_oneof![8 => object, 1 => array, 1 => values()]
+    }
+
+    /// What `decode` must make of `json`: a frame, or the codes it may refuse it with —
+    /// several when the frame has several faults, as serde stops at the first it meets,
+    /// which depends on the order of the fields.
+    fn model(json: &Json) -> Result<ClientFrame, Vec<ErrorCode>> {
+        let mut faults = Vec::new();
+        if json.depth() >= TOO_DEEP {
+            faults.push(ErrorCode::InvalidJson);
+        }
+        if json.out_of_range() {
+            faults.push(ErrorCode::InvalidFrame);
+        }
+        let Json::Object(fields) = json else {
+            faults.push(ErrorCode::InvalidFrame);
+            return Err(faults);
+        };
+        let get = |key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+        let string = |key| match get(key) {
+            Some(Json::String(s)) => Ok(s.clone()),
+            _ => Err(ErrorCode::InvalidFrame),
+        };
+        let optional = |key| match get(key) {
+            None | Some(Json::Null) => Ok(None),
+            _ => string(key).map(Some),
+        };
+        let number = |key| match get(key) {
+            None | Some(Json::Null) => Ok(None),
+            Some(Json::Number(n)) => n
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| ErrorCode::InvalidFrame),
+            _ => Err(ErrorCode::InvalidFrame),
+        };
+        let frame = match get("type") {
+            Some(Json::String(t)) => match t.as_str() {
+                "join" => (|| {
+                    Ok(ClientFrame::Join {
+                        room: string("room")?,
+                        name: optional("name")?,
+                        since: number("since")?,
+                        epoch: number("epoch")?,
+                    })
+                })(),
+                "leave" => string("room").map(|room| ClientFrame::Leave { room }),
+                "send" => (|| {
+                    Ok(ClientFrame::Send {
+                        room: string("room")?,
+                        text: string("text")?,
+                        id: optional("id")?,
+                    })
+                })(),
+                "typing" => string("room").map(|room| ClientFrame::Typing { room }),
+                "ping" => Ok(ClientFrame::Ping {}),
+                _ => Err(ErrorCode::UnknownType),
+            },
+            // Missing, or not a string.
+            _ => Err(ErrorCode::InvalidFrame),
+        };
+        match frame {
+            Ok(frame) if faults.is_empty() => Ok(frame),
+            Ok(_) => Err(faults),
+            Err(code) => {
+                faults.push(code);
+                Err(faults)
+            }
+        }
+    }
+
+    /// The `type` a decoded frame came with.
+    fn type_name(frame: &ClientFrame) -> &'static str {
+        match frame {
+            ClientFrame::Join { .. } => "join",
+            ClientFrame::Leave { .. } => "leave",
+            ClientFrame::Send { .. } => "send",
+            ClientFrame::Typing { .. } => "typing",
+            ClientFrame::Ping {} => "ping",
+        }
+    }
+
+    /// Bytes to decode: anything; JSON-ish text; near-valid frames with a few bytes
+    /// flipped, dropped, inserted or cut off.
+    fn any_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let mangled = (
+            frames(),
+            prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..4u8), 0..4),
+        )
+            .prop_map(|(frame, edits)| {
+                let mut text = String::new();
+                frame.write(&mut text);
+                let mut bytes = text.into_bytes();
+                for (at, byte, edit) in edits {
+                    let i = at.index(bytes.len() + 1);
+                    match edit {
+                        0 if i < bytes.len() => bytes[i] = byte,
+                        1 if i < bytes.len() => drop(bytes.remove(i)),
+                        2 => bytes.insert(i, byte),
+                        _ => bytes.truncate(i),
+                    }
+                }
+                bytes
+            });
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..256),
+            "[\\[\\]{}\":, \t0-9a-z.eE+\\\\-]{0,64}".prop_map(String::into_bytes),
+            mangled,
+        ]
+    }
+
+    /// Server frames with arbitrary strings and numbers, and the JSON each must encode to.
+    fn server_frames() -> impl Strategy<Value = (Bytes, Value)> {
+        let s = any::<String>;
+        let member = || (any::<u64>(), s());
+        prop_oneof![
+            (
+                s(),
+                any::<u64>(),
+                any::<u64>(),
+                member(),
+                prop::collection::vec(member(), 0..4),
+                any::<bool>(),
+                any::<usize>()
+            )
+                .prop_map(|(room, epoch, seq, you, members, gap, replay)| {
+                    let refs: Vec<MemberRef> = members
+                        .iter()
+                        .map(|(id, name)| MemberRef { id: *id, name })
+                        .collect();
+                    let frame = encode(&ServerFrame::Joined {
+                        room: &room,
+                        epoch,
+                        seq,
+                        you: MemberRef {
+                            id: you.0,
+                            name: &you.1,
+                        },
+                        members: &refs,
+                        gap,
+                        replay,
+                    });
+                    let members: Vec<Value> = members
+                        .iter()
+                        .map(|(id, name)| json!({"id": id, "name": name}))
+                        .collect();
+                    (
+                        frame,
+                        json!({"type": "joined", "room": room, "epoch": epoch, "seq": seq,
+                                   "you": {"id": you.0, "name": you.1}, "members": members,
+                                   "gap": gap, "replay": replay}),
+                    )
+                }),
+            (
+                s(),
+                any::<u64>(),
+                s(),
+                s(),
+                any::<u64>(),
+                prop::option::of(s())
+            )
+                .prop_map(|(room, seq, from, text, time, id)| {
+                    let frame = encode(&ServerFrame::Message {
+                        room: &room,
+                        seq,
+                        from: &from,
+                        text: &text,
+                        time,
+                        id: id.as_deref(),
+                    });
+                    let mut want = json!({"type": "message", "room": room, "seq": seq,
+                                          "from": from, "text": text, "time": time});
+                    if let Some(id) = id {
+                        want["id"] = json!(id);
+                    }
+                    (frame, want)
+                }),
+            (s(), prop::option::of(s()), any::<u64>()).prop_map(|(room, id, seq)| {
+                let frame = encode(&ServerFrame::Ack {
+                    room: &room,
+                    id: id.as_deref(),
+                    seq,
+                });
+                let mut want = json!({"type": "ack", "room": room, "seq": seq});
+                if let Some(id) = id {
+                    want["id"] = json!(id);
+                }
+                (frame, want)
+            }),
+            (s(), any::<bool>(), member()).prop_map(|(room, join, (id, name))| {
+                let event = if join {
+                    PresenceEvent::Join
+                } else {
+                    PresenceEvent::Leave
+                };
+                let frame = encode(&ServerFrame::Presence {
+                    room: &room,
+                    event,
+                    member: MemberRef { id, name: &name },
+                });
+                (
+                    frame,
+                    json!({"type": "presence", "room": room,
+                               "event": if join { "join" } else { "leave" },
+                               "member": {"id": id, "name": name}}),
+                )
+            }),
+            (s(), s()).prop_map(|(room, from)| {
+                let frame = encode(&ServerFrame::Typing {
+                    room: &room,
+                    from: &from,
+                });
+                (frame, json!({"type": "typing", "room": room, "from": from}))
+            }),
+            s().prop_map(|room| {
+                (
+                    encode(&ServerFrame::Left { room: &room }),
+                    json!({"type": "left", "room": room}),
+                )
+            }),
+            (
+                prop::sample::select(&ERROR_CODES[..]),
+                s(),
+                prop::option::of(s()),
+                prop::option::of(s())
+            )
+                .prop_map(|(code, message, room, id)| {
+                    let frame = error_frame(code, &message, room.as_deref(), id.as_deref());
+                    let mut want =
+                        json!({"type": "error", "code": code.as_str(), "message": message});
+                    if let Some(room) = room {
+                        want["room"] = json!(room);
+                    }
+                    if let Some(id) = id {
+                        want["id"] = json!(id);
+                    }
+                    (frame, want)
+                }),
+            (any::<u16>(), s(), any::<bool>(), prop::option::of(s())).prop_map(
+                |(code, reason, reconnect, message)| {
+                    let frame = encode(&ServerFrame::Bye {
+                        code,
+                        reason: &reason,
+                        reconnect,
+                        message: message.as_deref(),
+                    });
+                    let mut want = json!({"type": "bye", "code": code, "reason": reason,
+                                          "reconnect": reconnect});
+                    if let Some(message) = message {
+                        want["message"] = json!(message);
+                    }
+                    (frame, want)
+                }
+            ),
+            Just((encode(&ServerFrame::Pong {}), json!({"type": "pong"}))),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz_config(256))]
+
+        /// Any bytes: no panic; a refusal carries one of the decoder's codes (`invalid_utf8`
+        /// exactly when the bytes are not UTF-8); a frame comes only from a JSON object
+        /// whose `type` names it; valid JSON is never called `invalid_json`.
+        #[test]
+        fn fuzz_decode_any_bytes(bytes in any_bytes()) {
+            let decoded = decode(&bytes);
+            let utf8 = std::str::from_utf8(&bytes).is_ok();
+            let json = serde_json::from_slice::<Value>(&bytes);
+            match &decoded {
+                Ok(frame) => {
+                    let json = json.map_err(|e| TestCaseError::fail(format!("decoded non-JSON: {e}")))?;
+                    prop_assert_eq!(json.get("type").and_then(Value::as_str), Some(type_name(frame)));
+                }
+                Err(e) => {
+                    prop_assert!(DECODE_CODES.contains(&e.code), "{:?}", e);
+                    prop_assert_eq!(e.code == ErrorCode::InvalidUtf8, !utf8, "{:?}", e);
+                    match &json {
+                        Ok(value) if !value.is_object() => prop_assert_eq!(e.code, ErrorCode::InvalidFrame),
+                        Ok(_) => prop_assert_ne!(e.code, ErrorCode::InvalidJson, "{:?}", e),
+                        Err(_) => {}
+                    }
+                }
+            }
+        }
+
+        /// Near-valid frames: `decode` gives exactly the frame the model reads, or refuses
+        /// it with a code the model allows.
+        #[test]
+        fn fuzz_decode_near_valid_frames(
+            frame in frames(),
+            space in prop::sample::select(vec!["", " ", "\t", "\r\n", "\n "]),
+        ) {
+            let mut text = space.to_string();
+            frame.write(&mut text);
+            text.push_str(space);
+            match (decode(text.as_bytes()), model(&frame)) {
+                (Ok(got), Ok(want)) => prop_assert_eq!(got, want),
+                (Err(e), Err(codes)) => prop_assert!(codes.contains(&e.code), "{e:?}, want one of {codes:?}"),
+                (got, want) => prop_assert!(false, "{text}: got {got:?}, want {want:?}"),
+            }
+        }
+
+        /// Client frames serialized from arbitrary strings and numbers decode to exactly
+        /// those strings and numbers.
+        #[test]
+        fn fuzz_client_frames_round_trip(
+            room in any::<String>(),
+            name in prop::option::of(any::<String>()),
+            text in any::<String>(),
+            id in prop::option::of(any::<String>()),
+            since in prop::option::of(any::<u64>()),
+            epoch in prop::option::of(any::<u64>()),
+        ) {
+            let join = json!({"type": "join", "room": room, "name": name, "since": since, "epoch": epoch});
+            prop_assert_eq!(
+                decode(&serde_json::to_vec(&join).unwrap()),
+                Ok(ClientFrame::Join { room: room.clone(), name, since, epoch })
+            );
+            let send = json!({"type": "send", "room": room, "text": text, "id": id});
+            prop_assert_eq!(
+                decode(&serde_json::to_vec(&send).unwrap()),
+                Ok(ClientFrame::Send { room: room.clone(), text, id })
+            );
+            for (kind, want) in [
+                ("leave", ClientFrame::Leave { room: room.clone() }),
+                ("typing", ClientFrame::Typing { room: room.clone() }),
+            ] {
+                let frame = json!({"type": kind, "room": room});
+                prop_assert_eq!(decode(&serde_json::to_vec(&frame).unwrap()), Ok(want));
+            }
+        }
+
+        /// Every server frame, whatever its strings hold, is one line: valid JSON with
+        /// exactly the frame's fields, then one `\n`, the only one.
+        #[test]
+        fn fuzz_encode_makes_one_json_line((bytes, want) in server_frames()) {
+            prop_assert_eq!(bytes.last(), Some(&b'\n'));
+            prop_assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 1);
+            let got: Value = serde_json::from_slice(&bytes[..bytes.len() - 1])
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(got, want);
+        }
     }
 }

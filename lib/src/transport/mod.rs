@@ -2,6 +2,9 @@
 //! ([`FrameReader`](crate::session::FrameReader), [`FrameWriter`](crate::session::FrameWriter)):
 //! accepting, framing and close codes. No room logic lives here.
 //!
+//! `lines` is the WebTransport stream's framing (lines of at most `max_frame_bytes`), kept
+//! apart from its I/O so that it can be tested on its own.
+//!
 //! Every transport is handed one [`Context`]: what accepting a connection needs (the
 //! sessions' shared context, the origin policy, the task tracker), and nothing of the
 //! module that mounts the transports.
@@ -14,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::session::SessionContext;
 
+mod lines;
 pub(crate) mod websocket;
 pub(crate) mod webtransport;
 

@@ -252,6 +252,27 @@ fn put_header(out: &mut BytesMut, opcode: u8, len: usize) {
     }
 }
 
+/// A batch as WebSocket frames: each protocol frame, without its `\n`, as one text message;
+/// each Pong with its ping's payload.
+fn put_batch(out: &mut BytesMut, batch: &[Outbound]) {
+    for frame in batch {
+        let (opcode, payload) = match frame.kind {
+            Kind::Frame | Kind::Ephemeral => (0x1, &frame.frame[..frame.frame.len() - 1]),
+            Kind::Pong => (0xA, &frame.frame[..]),
+        };
+        put_header(out, opcode, payload.len());
+        out.put_slice(payload);
+    }
+}
+
+/// A Close frame: the code, then its reason (RFC 6455, section 5.5.1).
+fn put_close(out: &mut BytesMut, code: CloseCode) {
+    let reason = code.reason().as_bytes();
+    put_header(out, 0x8, 2 + reason.len());
+    out.put_u16(code.code());
+    out.put_slice(reason);
+}
+
 impl WsWriter {
     /// Appends frames to what is pending, then writes it all.
     async fn write(&mut self, frames: impl FnOnce(&mut BytesMut)) -> io::Result<()> {
@@ -276,28 +297,11 @@ impl WsWriter {
 
 impl FrameWriter for WsWriter {
     async fn send(&mut self, batch: &[Outbound]) -> io::Result<()> {
-        self.write(|buf| {
-            for out in batch {
-                let (opcode, payload) = match out.kind {
-                    // A protocol frame without its `\n`, as one text message.
-                    Kind::Frame | Kind::Ephemeral => (0x1, &out.frame[..out.frame.len() - 1]),
-                    Kind::Pong => (0xA, &out.frame[..]),
-                };
-                put_header(buf, opcode, payload.len());
-                buf.put_slice(payload);
-            }
-        })
-        .await
+        self.write(|buf| put_batch(buf, batch)).await
     }
 
     async fn close(&mut self, code: CloseCode) {
-        let reason = code.reason().as_bytes();
-        let closed = self.write(|buf| {
-            put_header(buf, 0x8, 2 + reason.len());
-            buf.put_u16(code.code());
-            buf.put_slice(reason);
-        });
-        if closed.await.is_ok() {
+        if self.write(|buf| put_close(buf, code)).await.is_ok() {
             let _ = self.io.shutdown().await;
         }
     }
@@ -306,6 +310,15 @@ impl FrameWriter for WsWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Cursor, Read, Write};
+
+    use proptest::prelude::*;
+    use tungstenite::error::ProtocolError;
+    use tungstenite::protocol::WebSocket;
+    use tungstenite::protocol::frame::FrameHeader;
+    use tungstenite::protocol::frame::coding::OpCode;
+
+    use crate::protocol::{ServerFrame, encode};
 
     #[test]
     fn headers_encode_the_three_length_forms() {
@@ -338,5 +351,159 @@ mod tests {
         assert!(handshake_accept(&Method::POST, &headers).is_none());
         headers.insert(header::SEC_WEBSOCKET_VERSION, "8".parse().unwrap());
         assert!(handshake_accept(&Method::GET, &headers).is_none());
+    }
+
+    /// What a server wrote, as a client reads it; what the client writes back (its answer
+    /// to a Close) goes nowhere.
+    struct FromServer(Cursor<Vec<u8>>);
+
+    impl Read for FromServer {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+
+    impl Write for FromServer {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Payload lengths on both sides of every boundary between the three length forms, and
+    /// any other a buffer can have (an allocation holds at most `isize::MAX` bytes).
+    fn lengths() -> impl Strategy<Value = usize> {
+        let max = isize::MAX as usize;
+        prop_oneof![0..=130usize, 65_530..=65_540usize, 0..=max, max - 2..=max]
+    }
+
+    /// One frame as the hub queues it: a room message (sized across the 7- and 16-bit
+    /// length forms), a typing notice, or a Pong carrying a ping's payload (a control
+    /// frame's payload is at most 125 bytes: tungstenite refuses longer pings).
+    fn outbound() -> impl Strategy<Value = Outbound> {
+        let message = (
+            any::<String>(),
+            any::<String>(),
+            prop_oneof![20 => 0..300usize, 1 => 65_400..65_700usize],
+            any::<u64>(),
+            proptest::option::of(any::<String>()),
+        )
+            .prop_map(|(room, from, padding, seq, id)| {
+                let text = format!("{from}{}", "x".repeat(padding));
+                let frame = encode(&ServerFrame::Message {
+                    room: &room,
+                    seq,
+                    from: &from,
+                    text: &text,
+                    time: seq / 3,
+                    id: id.as_deref(),
+                });
+                Outbound {
+                    frame,
+                    kind: Kind::Frame,
+                }
+            });
+        let typing = (any::<String>(), any::<String>()).prop_map(|(room, from)| Outbound {
+            frame: encode(&ServerFrame::Typing {
+                room: &room,
+                from: &from,
+            }),
+            kind: Kind::Ephemeral,
+        });
+        let pong = prop::collection::vec(any::<u8>(), 0..=125).prop_map(|payload| Outbound {
+            frame: Bytes::from(payload),
+            kind: Kind::Pong,
+        });
+        prop_oneof![3 => message, 1 => typing, 1 => pong]
+    }
+
+    const CLOSE_CODES: [CloseCode; 9] = [
+        CloseCode::Normal,
+        CloseCode::Shutdown,
+        CloseCode::TooSlow,
+        CloseCode::Reconnect,
+        CloseCode::IdleTimeout,
+        CloseCode::ProtocolError,
+        CloseCode::Unauthorized,
+        CloseCode::Kicked,
+        CloseCode::FrameTooLarge,
+    ];
+
+    proptest! {
+        #![proptest_config(crate::fuzz_config(256))]
+
+        /// tungstenite reads back every header: FIN, no reserved bits, no mask, the opcode
+        /// and the length; RFC 6455 section 5.2's rules besides (the shortest length form,
+        /// the 64-bit form's top bit clear), which tungstenite does not check.
+        #[test]
+        fn fuzz_headers_read_back(opcode in 0u8..=0xF, len in lengths()) {
+            let mut out = BytesMut::new();
+            put_header(&mut out, opcode, len);
+            let shortest = match len {
+                0..=125 => 2,
+                126..=65_535 => 4,
+                _ => 10,
+            };
+            prop_assert_eq!(out.len(), shortest, "{:02x?}", &out[..]);
+            if shortest == 10 {
+                prop_assert_eq!(out[2] & 0x80, 0, "the 64-bit length's top bit is clear");
+            }
+            let mut cursor = Cursor::new(&out[..]);
+            match FrameHeader::parse(&mut cursor) {
+                Ok(Some((header, length))) => {
+                    prop_assert!(header.is_final);
+                    prop_assert!(!header.rsv1 && !header.rsv2 && !header.rsv3);
+                    prop_assert_eq!(header.opcode, OpCode::from(opcode));
+                    prop_assert_eq!(header.mask, None, "a server does not mask");
+                    prop_assert_eq!(length, len as u64);
+                    prop_assert_eq!(cursor.position() as usize, out.len());
+                }
+                // The reserved opcodes, which wtchat never sends: still read from the
+                // right bits.
+                Err(tungstenite::Error::Protocol(ProtocolError::InvalidOpcode(read))) => {
+                    prop_assert!(matches!(opcode, 3..=7 | 11..=15), "{opcode} refused");
+                    prop_assert_eq!(read, opcode);
+                }
+                other => prop_assert!(false, "{opcode} {len}: {other:?}"),
+            }
+        }
+
+        /// Batches written the way `WsWriter::send` writes them, then a close the way
+        /// `WsWriter::close` writes it, read by a real client: the same messages, in order,
+        /// and the close code and reason.
+        #[test]
+        fn fuzz_batches_read_back_by_a_client(
+            batches in prop::collection::vec(prop::collection::vec(outbound(), 0..6), 1..4),
+            close in prop::sample::select(&CLOSE_CODES[..]),
+        ) {
+            let mut out = BytesMut::new();
+            for batch in &batches {
+                put_batch(&mut out, batch);
+            }
+            put_close(&mut out, close);
+            let mut client =
+                WebSocket::from_raw_socket(FromServer(Cursor::new(out.to_vec())), Role::Client, None);
+            for sent in batches.iter().flatten() {
+                let want = match sent.kind {
+                    Kind::Frame | Kind::Ephemeral => {
+                        let text = std::str::from_utf8(&sent.frame).unwrap();
+                        Message::text(text.strip_suffix('\n').unwrap())
+                    }
+                    Kind::Pong => Message::Pong(sent.frame.clone()),
+                };
+                prop_assert_eq!(client.read().unwrap(), want);
+            }
+            match client.read().unwrap() {
+                Message::Close(Some(frame)) => {
+                    prop_assert_eq!(u16::from(frame.code), close.code());
+                    prop_assert_eq!(frame.reason.as_str(), close.reason());
+                }
+                other => prop_assert!(false, "expected a Close, got {other:?}"),
+            }
+            prop_assert!(client.read().is_err(), "nothing after the Close");
+        }
     }
 }

@@ -21,6 +21,7 @@ use wtransport::endpoint::{IncomingSession, endpoint_side};
 use wtransport::{Connection, Endpoint, Identity, RecvStream, SendStream, ServerConfig, VarInt};
 
 use super::Context;
+use super::lines::{Line, LineSplitter};
 use crate::auth::{ConnectRequest, Transport};
 use crate::config::PATH;
 use crate::hub::{Kind, Outbound};
@@ -184,9 +185,7 @@ async fn accept(incoming: IncomingSession, ctx: Arc<Context>) {
     let reader = WtReader {
         recv,
         connection: connection.clone(),
-        buf: BytesMut::new(),
-        scanned: 0,
-        max_frame: ctx.session.limits.max_frame_bytes,
+        lines: LineSplitter::new(ctx.session.limits.max_frame_bytes),
     };
     let writer = WtWriter {
         send,
@@ -209,39 +208,22 @@ async fn accept(incoming: IncomingSession, ctx: Arc<Context>) {
 struct WtReader {
     recv: RecvStream,
     connection: Connection,
-    /// Bytes read but not yet returned as lines. Allocated on first read, so an idle
-    /// session holds none.
-    buf: BytesMut,
-    /// How much of `buf` is known to hold no `\n`.
-    scanned: usize,
-    max_frame: usize,
+    /// The stream's bytes not yet returned, cut into lines.
+    lines: LineSplitter,
 }
 
 impl FrameReader for WtReader {
     async fn next(&mut self) -> Inbound {
         loop {
-            if let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
-                // One read may bring a whole oversized line at once: check its length, not
-                // only the length of what is still unterminated.
-                if self.scanned + pos > self.max_frame {
-                    return Inbound::Fatal(CloseCode::FrameTooLarge);
-                }
-                let mut line = self.buf.split_to(self.scanned + pos + 1);
-                line.truncate(line.len() - 1);
-                self.scanned = 0;
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                return Inbound::Frame(line.freeze());
+            match self.lines.next_line() {
+                Line::Frame(line) => return Inbound::Frame(line),
+                Line::TooLarge => return Inbound::Fatal(CloseCode::FrameTooLarge),
+                Line::NeedMore => {}
             }
-            self.scanned = self.buf.len();
-            if self.buf.len() > self.max_frame {
-                return Inbound::Fatal(CloseCode::FrameTooLarge);
-            }
-            self.buf.reserve(1024);
-            // Both are cancel-safe: a read either happened (and is in `buf`) or did not.
+            // Both are cancel-safe: a read either happened (and is in the splitter's
+            // buffer) or did not.
             tokio::select! {
-                read = self.recv.read_buf(&mut self.buf) => match read {
+                read = self.recv.read_buf(self.lines.read_buf()) => match read {
                     Ok(0) | Err(_) => return Inbound::Closed,
                     Ok(_) => {}
                 },
