@@ -949,6 +949,7 @@ mod tests {
                         name: optional("name")?,
                         since: number("since")?,
                         epoch: number("epoch")?,
+                        key: optional("key")?,
                     })
                 })(),
                 "leave" => string("room").map(|room| ClientFrame::Leave { room }),
@@ -1025,58 +1026,68 @@ mod tests {
                 s(),
                 any::<u64>(),
                 any::<u64>(),
-                member(),
+                (member(), s(), prop::option::of(s())),
                 prop::collection::vec(member(), 0..4),
                 any::<bool>(),
                 any::<usize>()
             )
-                .prop_map(|(room, epoch, seq, you, members, gap, replay)| {
-                    let refs: Vec<MemberRef> = members
-                        .iter()
-                        .map(|(id, name)| MemberRef { id: *id, name })
-                        .collect();
-                    let frame = encode(&ServerFrame::Joined {
-                        room: &room,
-                        epoch,
-                        seq,
-                        you: MemberRef {
-                            id: you.0,
-                            name: &you.1,
-                        },
-                        members: &refs,
-                        gap,
-                        replay,
-                    });
-                    let members: Vec<Value> = members
-                        .iter()
-                        .map(|(id, name)| json!({"id": id, "name": name}))
-                        .collect();
-                    (
-                        frame,
-                        json!({"type": "joined", "room": room, "epoch": epoch, "seq": seq,
-                                   "you": {"id": you.0, "name": you.1}, "members": members,
-                                   "gap": gap, "replay": replay}),
-                    )
-                }),
+                .prop_map(
+                    |(room, epoch, seq, (you, sender, key), members, gap, replay)| {
+                        let refs: Vec<MemberRef> = members
+                            .iter()
+                            .map(|(id, name)| MemberRef { id: *id, name })
+                            .collect();
+                        let frame = encode(&ServerFrame::Joined {
+                            room: &room,
+                            epoch,
+                            seq,
+                            you: You {
+                                id: you.0,
+                                name: &you.1,
+                                sender: &sender,
+                            },
+                            key: key.as_deref(),
+                            members: &refs,
+                            gap,
+                            replay,
+                        });
+                        let members: Vec<Value> = members
+                            .iter()
+                            .map(|(id, name)| json!({"id": id, "name": name}))
+                            .collect();
+                        let mut want = json!({"type": "joined", "room": room, "epoch": epoch,
+                                          "seq": seq,
+                                          "you": {"id": you.0, "name": you.1, "sender": sender},
+                                          "members": members, "gap": gap, "replay": replay});
+                        if let Some(key) = key {
+                            want["key"] = json!(key);
+                        }
+                        (frame, want)
+                    }
+                ),
             (
                 s(),
                 any::<u64>(),
                 s(),
                 s(),
                 any::<u64>(),
-                prop::option::of(s())
+                (prop::option::of(s()), prop::option::of(s()))
             )
-                .prop_map(|(room, seq, from, text, time, id)| {
+                .prop_map(|(room, seq, from, text, time, (sender, id))| {
                     let frame = encode(&ServerFrame::Message {
                         room: &room,
                         seq,
                         from: &from,
+                        sender: sender.as_deref(),
                         text: &text,
                         time,
                         id: id.as_deref(),
                     });
                     let mut want = json!({"type": "message", "room": room, "seq": seq,
                                           "from": from, "text": text, "time": time});
+                    if let Some(sender) = sender {
+                        want["sender"] = json!(sender);
+                    }
                     if let Some(id) = id {
                         want["id"] = json!(id);
                     }
@@ -1219,10 +1230,12 @@ mod tests {
             since in prop::option::of(any::<u64>()),
             epoch in prop::option::of(any::<u64>()),
         ) {
-            let join = json!({"type": "join", "room": room, "name": name, "since": since, "epoch": epoch});
+            let key = id.clone();
+            let join = json!({"type": "join", "room": room, "name": name, "since": since,
+                              "epoch": epoch, "key": key});
             prop_assert_eq!(
                 decode(&serde_json::to_vec(&join).unwrap()),
-                Ok(ClientFrame::Join { room: room.clone(), name, since, epoch })
+                Ok(ClientFrame::Join { room: room.clone(), name, since, epoch, key })
             );
             let send = json!({"type": "send", "room": room, "text": text, "id": id});
             prop_assert_eq!(

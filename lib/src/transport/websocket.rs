@@ -397,6 +397,7 @@ mod tests {
                     room: &room,
                     seq,
                     from: &from,
+                    sender: None,
                     text: &text,
                     time: seq / 3,
                     id: id.as_deref(),
