@@ -421,6 +421,36 @@ mod tests {
         prop_oneof![3 => message, 1 => typing, 1 => pong]
     }
 
+    /// Header values as a client might send them: any bytes a header value may hold
+    /// (visible ASCII, spaces and tabs, and bytes above 0x7f, which are not text).
+    fn header_values() -> impl Strategy<Value = HeaderValue> {
+        prop::collection::vec(any::<u8>(), 0..40).prop_map(|bytes| {
+            let bytes: Vec<u8> = bytes
+                .into_iter()
+                .map(|b| {
+                    if b < 0x20 && b != b'\t' || b == 0x7f {
+                        b' '
+                    } else {
+                        b
+                    }
+                })
+                .collect();
+            HeaderValue::from_bytes(&bytes).expect("no control characters")
+        })
+    }
+
+    /// A header's lines: lists of tokens, among them the ones that matter (in any case,
+    /// with spaces), or any values.
+    fn header_lines(tokens: &'static [&'static str]) -> impl Strategy<Value = Vec<HeaderValue>> {
+        let value = prop_oneof![
+            3 => prop::collection::vec(prop::sample::select(tokens), 1..4).prop_map(|tokens| {
+                HeaderValue::from_str(&tokens.join(",")).expect("visible ASCII")
+            }),
+            1 => header_values(),
+        ];
+        prop::collection::vec(value, 0..3)
+    }
+
     const CLOSE_CODES: [CloseCode; 9] = [
         CloseCode::Normal,
         CloseCode::Shutdown,
@@ -470,6 +500,51 @@ mod tests {
                 }
                 other => prop_assert!(false, "{opcode} {len}: {other:?}"),
             }
+        }
+
+        /// Any upgrade request: no panic; an answer exactly when the request asks for a
+        /// WebSocket, version 13, with a key; and then tungstenite's answer to that key.
+        #[test]
+        fn fuzz_handshakes_are_answered_as_tungstenite_would(
+            post in prop::bool::weighted(0.2),
+            connection in header_lines(&["Upgrade", "upgrade", " UPGRADE ", "keep-alive", "upgrade2"]),
+            upgrade in header_lines(&["websocket", "WebSocket", "h2c", "websockets"]),
+            version in prop_oneof![
+                3 => Just(vec![HeaderValue::from_static("13")]),
+                1 => header_lines(&["13", "8", "13 "]),
+            ],
+            key in prop::option::weighted(0.8, header_values()),
+        ) {
+            let method = if post { Method::POST } else { Method::GET };
+            let mut headers = HeaderMap::new();
+            for (name, values) in [
+                (header::CONNECTION, connection),
+                (header::UPGRADE, upgrade),
+                (header::SEC_WEBSOCKET_VERSION, version),
+            ] {
+                for value in values {
+                    headers.append(name.clone(), value);
+                }
+            }
+            if let Some(key) = &key {
+                headers.insert(header::SEC_WEBSOCKET_KEY, key.clone());
+            }
+            let has = |name: HeaderName, token: &str| {
+                headers.get_all(name).iter().any(|value| {
+                    let text = value.to_str().unwrap_or_default();
+                    text.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
+                })
+            };
+            let asks = !post
+                && has(header::CONNECTION, "upgrade")
+                && has(header::UPGRADE, "websocket")
+                && headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13")
+                && key.is_some();
+            let want = key
+                .filter(|_| asks)
+                .map(|key| tungstenite::handshake::derive_accept_key(key.as_bytes()));
+            let got = handshake_accept(&method, &headers);
+            prop_assert_eq!(got.as_ref().map(|v| v.to_str().unwrap()), want.as_deref());
         }
 
         /// Batches written the way `WsWriter::send` writes them, then a close the way
