@@ -183,13 +183,6 @@ async fn run(
             biased;
             code = closing.wait() => break Some(code),
             () = ctx.shutdown.cancelled() => break Some(CloseCode::Shutdown),
-            () = &mut idle => {
-                let due = last_heard + ctx.idle_timeout;
-                if Instant::now() >= due {
-                    break Some(CloseCode::IdleTimeout);
-                }
-                idle.as_mut().reset(due.into());
-            }
             _ = inbox.recv_many(&mut batch, BATCH) => {
                 // A client that stops reading blocks this write; it must not stop the
                 // session from hearing that it is too slow, or that the server stops.
@@ -233,6 +226,15 @@ async fn run(
                 Inbound::Fatal(code) => break Some(code),
                 Inbound::Closed => break None,
             },
+            // Last: polled only when nothing else is ready, so that a busy session pays
+            // nothing for it (a client that vanished in a busy room is cut off as too slow).
+            () = &mut idle => {
+                let due = last_heard + ctx.idle_timeout;
+                if Instant::now() >= due {
+                    break Some(CloseCode::IdleTimeout);
+                }
+                idle.as_mut().reset(due.into());
+            }
         }
     };
     if end.is_none() {
