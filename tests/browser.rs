@@ -10,7 +10,7 @@ mod common;
 use std::net::UdpSocket;
 use std::time::Instant;
 
-use browser::{Browser, Page};
+use browser::{Browser, Drive, Page, demo_connected};
 #[allow(dead_code)] // its `main` is the example's, not the test's
 #[path = "../examples/axum_host.rs"]
 mod host;
@@ -44,10 +44,7 @@ document.addEventListener("DOMContentLoaded", () => {
 "#;
 
 /// The messages in a page's list: [seq, from, text] each.
-const MESSAGES: &str = "[...document.querySelectorAll('[data-testid=message]')].map(li => [
-    Number(li.dataset.seq),
-    li.querySelector('[data-testid=message-from]').textContent,
-    li.querySelector('[data-testid=message-text]').textContent])";
+const MESSAGES: &str = browser::DEMO_MESSAGES;
 
 /// The names in a page's member list, sorted.
 const MEMBERS: &str = "[...document.querySelectorAll('[data-testid=member] .name')]
@@ -116,19 +113,9 @@ fn urlencode(s: &str) -> String {
 
 /// Waits until the page says it is connected over `transport`, badge and status both.
 async fn wait_connected(page: &Page<'_>, transport: &str) {
-    let label = if transport == "webtransport" {
-        "WebTransport"
-    } else {
-        "WebSocket"
-    };
     page.wait_for(
         &format!("connected over {transport}"),
-        &format!(
-            "(() => {{ const b = document.querySelector('[data-testid=transport-badge]');
-                      const s = document.querySelector('[data-testid=status]');
-                      return s.dataset.status === 'connected' && b.dataset.transport === '{transport}'
-                          && b.textContent.trim() === '{label}' && s.textContent.trim() === 'Connected'; }})()"
-        ),
+        &demo_connected(transport),
     )
     .await;
 }

@@ -12,6 +12,7 @@ mod firefox;
 
 use std::time::Instant;
 
+use browser::{ConsoleEntry, Drive, demo_connected};
 use common::{TestServer, start};
 use firefox::Firefox;
 use serde_json::{Value, json};
@@ -32,10 +33,7 @@ async fn take_firefox(
 const NO_WEBTRANSPORT: &str = "delete window.WebTransport;";
 
 /// The messages in a page's list: [seq, from, text] each.
-const MESSAGES: &str = "[...document.querySelectorAll('[data-testid=message]')].map(li => [
-    Number(li.dataset.seq),
-    li.querySelector('[data-testid=message-from]').textContent,
-    li.querySelector('[data-testid=message-text]').textContent])";
+const MESSAGES: &str = browser::DEMO_MESSAGES;
 
 /// The names in a page's member list, sorted.
 const MEMBERS: &str = "[...document.querySelectorAll('[data-testid=member] .name')]
@@ -56,28 +54,30 @@ enum Tab<'a> {
     Chromium(&'a browser::Page<'a>),
 }
 
-impl Tab<'_> {
-    fn name(&self) -> String {
+impl Drive for Tab<'_> {
+    fn label(&self) -> String {
         match self {
             Tab::Firefox(p) => format!("firefox {}", p.name),
             Tab::Chromium(p) => format!("chromium {}", p.name),
         }
     }
 
-    async fn eval(&self, expression: &str) -> Value {
+    async fn try_eval(&self, expression: &str) -> Result<Value, String> {
         match self {
-            Tab::Firefox(p) => p.eval(expression).await,
-            Tab::Chromium(p) => p.eval(expression).await,
+            Tab::Firefox(p) => p.try_eval(expression).await,
+            Tab::Chromium(p) => p.try_eval(expression).await,
         }
     }
 
-    async fn wait_for(&self, what: &str, expression: &str) -> Value {
+    fn console(&self) -> Vec<ConsoleEntry> {
         match self {
-            Tab::Firefox(p) => p.wait_for(what, expression).await,
-            Tab::Chromium(p) => p.wait_for(what, expression).await,
+            Tab::Firefox(p) => p.console(),
+            Tab::Chromium(p) => p.console(),
         }
     }
+}
 
+impl Tab<'_> {
     /// Types a message into the page's input and presses Enter, as a user does.
     async fn say(&self, text: &str) {
         match self {
@@ -86,54 +86,32 @@ impl Tab<'_> {
         }
     }
 
-    /// (level, text) of every console error so far.
-    fn console_errors(&self) -> Vec<(String, String)> {
-        match self {
-            Tab::Firefox(p) => p
-                .console_errors()
-                .into_iter()
-                .map(|e| (e.source, e.text))
-                .collect(),
-            Tab::Chromium(p) => p
-                .console_errors()
-                .into_iter()
-                .map(|e| (e.source, e.text))
-                .collect(),
-        }
-    }
-
     fn assert_no_console_errors(&self) {
-        let errors = self.console_errors();
+        let errors: Vec<(String, String)> = self
+            .console_errors()
+            .into_iter()
+            .map(|e| (e.source, e.text))
+            .collect();
         assert!(
             errors.is_empty(),
             "[{}] console errors: {errors:#?}",
-            self.name()
+            self.label()
         );
     }
 
     /// Waits until the page says it is connected over `transport` (badge and status), and
     /// checks the client agrees; returns how long connecting took, in ms.
     async fn wait_connected(&self, transport: &str) -> f64 {
-        let label = if transport == "webtransport" {
-            "WebTransport"
-        } else {
-            "WebSocket"
-        };
         self.wait_for(
             &format!("connected over {transport}"),
-            &format!(
-                "(() => {{ const b = document.querySelector('[data-testid=transport-badge]');
-                          const s = document.querySelector('[data-testid=status]');
-                          return s.dataset.status === 'connected' && b.dataset.transport === '{transport}'
-                              && b.textContent.trim() === '{label}' && s.textContent.trim() === 'Connected'; }})()"
-            ),
+            &demo_connected(transport),
         )
         .await;
         assert_eq!(
             self.eval("window.chat.transport").await,
             transport,
             "[{}]",
-            self.name()
+            self.label()
         );
         self.eval(CONNECT_TIME).await.as_f64().unwrap()
     }
@@ -239,7 +217,7 @@ async fn firefox_over_both_transports_and_chromium_chat_in_one_room() {
                 page.messages(want.len()).await,
                 expected(&want),
                 "[{}]",
-                page.name()
+                page.label()
             );
         }
     }
@@ -257,8 +235,8 @@ async fn firefox_over_both_transports_and_chromium_chat_in_one_room() {
             page.messages(total).await,
             seen,
             "[{}] differs from [{}]",
-            page.name(),
-            pages[0].name()
+            page.label(),
+            pages[0].label()
         );
     }
     assert_eq!(seen[..want.len()], expected(&want)[..]);
@@ -283,7 +261,7 @@ async fn firefox_over_both_transports_and_chromium_chat_in_one_room() {
                 .await,
             0,
             "[{}]",
-            page.name()
+            page.label()
         );
     }
     eprintln!(

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use browser::Browser;
+use browser::{Browser, Drive};
 use common::{Client, start_with};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};

@@ -32,7 +32,7 @@ fn chromium_path() -> Option<PathBuf> {
 }
 
 /// Whether the tests run under CI, where a missing browser is a failure.
-fn under_ci() -> bool {
+pub fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
@@ -47,6 +47,135 @@ pub struct ConsoleEntry {
     /// Where it came from: `console`, `exception`, or a `Log` source like `network`.
     pub source: String,
     pub text: String,
+}
+
+/// What a test does with a page, whichever browser drives it (the DevTools protocol for
+/// Chromium here, WebDriver BiDi for Firefox in `firefox.rs`): only evaluating and reading
+/// the console differ; waiting and checking are the same code for both.
+#[allow(async_fn_in_trait)] // the tests' own trait: no caller needs its futures to be Send
+pub trait Drive {
+    /// A name for messages.
+    fn label(&self) -> String;
+
+    /// Evaluates `expression` (awaiting a promise); its value as JSON, or what it threw.
+    async fn try_eval(&self, expression: &str) -> Result<Value, String>;
+
+    /// Everything this page wrote to its console so far.
+    fn console(&self) -> Vec<ConsoleEntry>;
+
+    /// Evaluates `expression`; panics if it throws.
+    async fn eval(&self, expression: &str) -> Value {
+        self.try_eval(expression)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] `{expression}` threw: {e}", self.label()))
+    }
+
+    /// Polls `expression` until it is truthy (not null, false, 0 or ""); returns its value.
+    /// Panics after [`WAIT`] with `what`, the last value and the page's console.
+    async fn wait_for(&self, what: &str, expression: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            // A navigation in progress makes evaluation fail; that just means "not yet".
+            let last = match self.try_eval(expression).await {
+                Ok(value) if truthy(&value) => return value,
+                other => other,
+            };
+            if Instant::now() > deadline {
+                panic!(
+                    "[{}] timed out waiting for {what}\n  condition: {expression}\n  last: {last:?}\n  console: {:#?}",
+                    self.label(),
+                    self.console()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Focuses the element matching `selector`; panics if there is none or it cannot take
+    /// the focus.
+    async fn focus(&self, selector: &str) {
+        let focused = self
+            .eval(&format!(
+                "(() => {{ const el = document.querySelector({sel}); if (!el) return false; el.focus(); return document.activeElement === el; }})()",
+                sel = json!(selector)
+            ))
+            .await;
+        assert_eq!(
+            focused,
+            json!(true),
+            "[{}] cannot focus {selector}",
+            self.label()
+        );
+    }
+
+    /// The page's console errors (console.error, uncaught exceptions, errors the engine
+    /// reports about the page).
+    fn console_errors(&self) -> Vec<ConsoleEntry> {
+        self.console()
+            .into_iter()
+            .filter(|e| e.level == "error")
+            .collect()
+    }
+}
+
+/// The demo page's messages: `[seq, from, text]` each.
+pub const DEMO_MESSAGES: &str =
+    "[...document.querySelectorAll('[data-testid=message]')].map(li => [
+    Number(li.dataset.seq),
+    li.querySelector('[data-testid=message-from]').textContent,
+    li.querySelector('[data-testid=message-text]').textContent])";
+
+/// The demo page says it is connected over `transport`: status and badge both.
+pub fn demo_connected(transport: &str) -> String {
+    let label = if transport == "webtransport" {
+        "WebTransport"
+    } else {
+        "WebSocket"
+    };
+    format!(
+        "(() => {{ const b = document.querySelector('[data-testid=transport-badge]');
+                  const s = document.querySelector('[data-testid=status]');
+                  return s.dataset.status === 'connected' && b.dataset.transport === '{transport}'
+                      && b.textContent.trim() === '{label}' && s.textContent.trim() === 'Connected'; }})()"
+    )
+}
+
+impl Drive for Page<'_> {
+    fn label(&self) -> String {
+        self.name.clone()
+    }
+
+    /// Evaluates `expression` (awaiting a promise) and returns its value as JSON.
+    async fn try_eval(&self, expression: &str) -> Result<Value, String> {
+        let result = self
+            .browser
+            .call(
+                Some(&self.session),
+                "Runtime.evaluate",
+                json!({"expression": expression, "awaitPromise": true, "returnByValue": true}),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(details) = result.get("exceptionDetails") {
+            let text = details["exception"]["description"]
+                .as_str()
+                .or(details["text"].as_str())
+                .unwrap_or("exception");
+            return Err(text.to_string());
+        }
+        Ok(result["result"]["value"].clone())
+    }
+
+    /// Everything this page wrote to its console so far.
+    fn console(&self) -> Vec<ConsoleEntry> {
+        self.browser
+            .logs
+            .lock()
+            .unwrap()
+            .get(&self.session)
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 /// A headless Chromium and a DevTools connection to it. Killed on drop.
@@ -389,69 +518,9 @@ impl Page<'_> {
         .await;
     }
 
-    /// Evaluates `expression` (awaiting a promise) and returns its value as JSON.
-    pub async fn try_eval(&self, expression: &str) -> Result<Value, String> {
-        let result = self
-            .browser
-            .call(
-                Some(&self.session),
-                "Runtime.evaluate",
-                json!({"expression": expression, "awaitPromise": true, "returnByValue": true}),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Some(details) = result.get("exceptionDetails") {
-            let text = details["exception"]["description"]
-                .as_str()
-                .or(details["text"].as_str())
-                .unwrap_or("exception");
-            return Err(text.to_string());
-        }
-        Ok(result["result"]["value"].clone())
-    }
-
-    /// Evaluates `expression`; panics if it throws.
-    pub async fn eval(&self, expression: &str) -> Value {
-        self.try_eval(expression)
-            .await
-            .unwrap_or_else(|e| panic!("[{}] `{expression}` threw: {e}", self.name))
-    }
-
-    /// Polls `expression` until it is truthy (not null, false, 0 or ""); returns its value.
-    /// Panics after [`WAIT`] with `what`, the last value and the page's console.
-    pub async fn wait_for(&self, what: &str, expression: &str) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            // A navigation in progress makes evaluation fail; that just means "not yet".
-            let last = match self.try_eval(expression).await {
-                Ok(value) if truthy(&value) => return value,
-                other => other,
-            };
-            if Instant::now() > deadline {
-                panic!(
-                    "[{}] timed out waiting for {what}\n  condition: {expression}\n  last: {last:?}\n  console: {:#?}",
-                    self.name,
-                    self.console()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
     /// Focuses the element matching `selector` and types `text` into it, as a user would.
     pub async fn type_into(&self, selector: &str, text: &str) {
-        let focused = self
-            .eval(&format!(
-                "(() => {{ const el = document.querySelector({sel}); if (!el) return false; el.focus(); return document.activeElement === el; }})()",
-                sel = json!(selector)
-            ))
-            .await;
-        assert_eq!(
-            focused,
-            json!(true),
-            "[{}] cannot focus {selector}",
-            self.name
-        );
+        self.focus(selector).await;
         self.call("Input.insertText", json!({"text": text})).await;
     }
 
@@ -480,25 +549,6 @@ impl Page<'_> {
     pub async fn type_and_enter(&self, selector: &str, text: &str) {
         self.type_into(selector, text).await;
         self.press("Enter").await;
-    }
-
-    /// Everything this page wrote to its console so far.
-    pub fn console(&self) -> Vec<ConsoleEntry> {
-        self.browser
-            .logs
-            .lock()
-            .unwrap()
-            .get(&self.session)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// The page's console errors (console.error, uncaught exceptions, error log entries).
-    pub fn console_errors(&self) -> Vec<ConsoleEntry> {
-        self.console()
-            .into_iter()
-            .filter(|e| e.level == "error")
-            .collect()
     }
 
     /// Writes a PNG screenshot to `target/screenshots/<file>.png`; returns its path.

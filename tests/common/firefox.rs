@@ -30,8 +30,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{OnceCell, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::Message;
 
-/// How long any awaited browser condition may take.
-pub const WAIT: Duration = Duration::from_secs(15);
+use crate::browser::{ConsoleEntry, Drive, WAIT, under_ci};
 
 /// Where Firefox is: `$FIREFOX` when set (only there), else Debian's Firefox ESR.
 fn firefox_path() -> Option<PathBuf> {
@@ -44,24 +43,8 @@ fn firefox_path() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Whether the tests run under CI, where a missing browser is a failure.
-fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, Value>>>>>;
 type Logs = Arc<Mutex<HashMap<String, Vec<ConsoleEntry>>>>;
-
-/// One console line or uncaught exception a page produced.
-#[derive(Debug, Clone)]
-pub struct ConsoleEntry {
-    /// `error`, `warning`, `info`, `debug`.
-    pub level: String,
-    /// `console` (the page called console.*) or `javascript` (an uncaught exception, or an
-    /// error the engine reports about the page, such as an invalid `<input pattern>`).
-    pub source: String,
-    pub text: String,
-}
 
 /// A headless Firefox and a WebDriver BiDi session with it. Quits on drop.
 pub struct Firefox {
@@ -470,73 +453,10 @@ impl Page<'_> {
         .await;
     }
 
-    /// Evaluates `expression` (awaiting a promise) and returns its value as JSON.
-    pub async fn try_eval(&self, expression: &str) -> Result<Value, String> {
-        let result = self
-            .firefox
-            .call(
-                "script.evaluate",
-                json!({
-                    "expression": expression,
-                    "target": {"context": self.context},
-                    "awaitPromise": true,
-                    "resultOwnership": "none",
-                }),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        match result["type"].as_str() {
-            Some("success") => Ok(from_remote(&result["result"])),
-            _ => {
-                let details = &result["exceptionDetails"];
-                Err(details["text"].as_str().unwrap_or("exception").to_string())
-            }
-        }
-    }
-
-    /// Evaluates `expression`; panics if it throws.
-    pub async fn eval(&self, expression: &str) -> Value {
-        self.try_eval(expression)
-            .await
-            .unwrap_or_else(|e| panic!("[{}] `{expression}` threw: {e}", self.name))
-    }
-
-    /// Polls `expression` until it is truthy (not null, false, 0 or ""); returns its value.
-    /// Panics after [`WAIT`] with `what`, the last value and the page's console.
-    pub async fn wait_for(&self, what: &str, expression: &str) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            // A navigation in progress makes evaluation fail; that just means "not yet".
-            let last = match self.try_eval(expression).await {
-                Ok(value) if truthy(&value) => return value,
-                other => other,
-            };
-            if Instant::now() > deadline {
-                panic!(
-                    "[{}] timed out waiting for {what}\n  condition: {expression}\n  last: {last:?}\n  console: {:#?}",
-                    self.name,
-                    self.console()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
     /// Focuses the element matching `selector` and types `text` into it key by key, as a
     /// user would (BiDi input actions: real key events, which the page's handlers see).
     pub async fn type_into(&self, selector: &str, text: &str) {
-        let focused = self
-            .eval(&format!(
-                "(() => {{ const el = document.querySelector({sel}); if (!el) return false; el.focus(); return document.activeElement === el; }})()",
-                sel = json!(selector)
-            ))
-            .await;
-        assert_eq!(
-            focused,
-            json!(true),
-            "[{}] cannot focus {selector}",
-            self.name
-        );
+        self.focus(selector).await;
         let keys: Vec<String> = text.chars().map(String::from).collect();
         self.keys(&keys).await;
     }
@@ -576,9 +496,38 @@ impl Page<'_> {
         )
         .await;
     }
+}
 
+impl Drive for Page<'_> {
+    fn label(&self) -> String {
+        self.name.clone()
+    }
+
+    /// Evaluates `expression` (awaiting a promise) and returns its value as JSON.
+    async fn try_eval(&self, expression: &str) -> Result<Value, String> {
+        let result = self
+            .firefox
+            .call(
+                "script.evaluate",
+                json!({
+                    "expression": expression,
+                    "target": {"context": self.context},
+                    "awaitPromise": true,
+                    "resultOwnership": "none",
+                }),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        match result["type"].as_str() {
+            Some("success") => Ok(from_remote(&result["result"])),
+            _ => {
+                let details = &result["exceptionDetails"];
+                Err(details["text"].as_str().unwrap_or("exception").to_string())
+            }
+        }
+    }
     /// Everything this page wrote to its console so far.
-    pub fn console(&self) -> Vec<ConsoleEntry> {
+    fn console(&self) -> Vec<ConsoleEntry> {
         self.firefox
             .logs
             .lock()
@@ -586,15 +535,6 @@ impl Page<'_> {
             .get(&self.context)
             .cloned()
             .unwrap_or_default()
-    }
-
-    /// The page's console errors (console.error, uncaught exceptions, errors the engine
-    /// reports about the page).
-    pub fn console_errors(&self) -> Vec<ConsoleEntry> {
-        self.console()
-            .into_iter()
-            .filter(|e| e.level == "error")
-            .collect()
     }
 }
 
@@ -632,16 +572,6 @@ fn from_remote(value: &Value) -> Value {
             Value::Object(object)
         }
         other => json!({"type": other}),
-    }
-}
-
-fn truthy(value: &Value) -> bool {
-    match value {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(_) | Value::Object(_) => true,
     }
 }
 
