@@ -440,7 +440,16 @@ pub(crate) struct Tickets {
     key: hmac::Key,
     /// Nonces of tickets used, with their expiry: a ticket's second use is refused. Held
     /// for a lookup and an insert, never across an `.await`.
-    spent: Mutex<HashMap<String, u64>>,
+    spent: Mutex<Spent>,
+}
+
+/// Nonces of used tickets until they expire.
+struct Spent {
+    nonces: HashMap<String, u64>,
+    /// Expired nonces are forgotten when the table reaches this size, which then doubles
+    /// what is left: a sweep per so many inserts, however busy the server (amortized
+    /// constant time per ticket).
+    sweep_at: usize,
 }
 
 /// A ticket's payload: an identity, its expiry, and a nonce that makes it single-use.
@@ -469,7 +478,10 @@ impl Tickets {
         );
         Tickets {
             key: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
-            spent: Mutex::new(HashMap::new()),
+            spent: Mutex::new(Spent {
+                nonces: HashMap::new(),
+                sweep_at: 1024,
+            }),
         }
     }
 
@@ -497,14 +509,15 @@ impl Tickets {
             return Err(TokenError::Expired);
         }
         let mut spent = self.spent.lock().unwrap();
-        if spent.contains_key(&ticket.nonce) {
+        if spent.nonces.contains_key(&ticket.nonce) {
             return Err(TokenError::Spent);
         }
         // Expired tickets cannot be used anyway: forget their nonces now and then.
-        if spent.len() >= 1024 {
-            spent.retain(|_, exp| *exp > now);
+        if spent.nonces.len() >= spent.sweep_at {
+            spent.nonces.retain(|_, exp| *exp > now);
+            spent.sweep_at = (spent.nonces.len() * 2).max(1024);
         }
-        spent.insert(ticket.nonce, ticket.claims.exp);
+        spent.nonces.insert(ticket.nonce, ticket.claims.exp);
         drop(spent);
         Ok(identity(ticket.claims))
     }
@@ -571,6 +584,35 @@ mod tests {
             verify(b"secret", "abc", 1).unwrap_err(),
             TokenError::Malformed
         );
+    }
+
+    #[test]
+    fn a_ticket_is_used_once_and_is_never_a_token() {
+        let secret = b"a-secret-of-thirty-two-bytes-or-more";
+        let tickets = Tickets::new(Some(secret));
+        let ann = Identity::new("u1", "Ann").with_rooms(Rooms::Only(vec!["lobby".into()]));
+        let (first, second) = (tickets.issue(&ann), tickets.issue(&ann));
+        assert_ne!(first, second, "each ticket has its own nonce");
+        assert_eq!(tickets.redeem(&first), Ok(ann.clone()));
+        assert_eq!(tickets.redeem(&first), Err(TokenError::Spent));
+        assert_eq!(tickets.redeem(&second), Ok(ann));
+        // Signed with a key of their own: a token is not a ticket, a ticket not a token.
+        let token = mint(secret, &claims(unix_now() + 60));
+        assert_eq!(tickets.redeem(&token), Err(TokenError::Signature));
+        let third = tickets.issue(&Identity::new("u2", "Bob"));
+        assert_eq!(
+            verify(secret, &third, unix_now()),
+            Err(TokenError::Signature)
+        );
+        // Thousands of spent (still unexpired) tickets later: swept when it doubled, not on
+        // every insert.
+        for _ in 0..3000 {
+            let ticket = tickets.issue(&Identity::new("u3", "Cid"));
+            tickets.redeem(&ticket).unwrap();
+        }
+        let spent = tickets.spent.lock().unwrap();
+        assert_eq!(spent.nonces.len(), 3003);
+        assert_eq!(spent.sweep_at, 4096);
     }
 
     #[test]
