@@ -611,7 +611,7 @@ mod tests {
             tickets.redeem(&ticket).unwrap();
         }
         let spent = tickets.spent.lock().unwrap();
-        assert_eq!(spent.nonces.len(), 3003);
+        assert_eq!(spent.nonces.len(), 3002);
         assert_eq!(spent.sweep_at, 4096);
     }
 
