@@ -8,7 +8,7 @@
 //!
 //! Classic WebDriver has no browser contexts, and WebKitWebDriver serves one session at a
 //! time, so every [`Page`] is a driver, a display and a MiniBrowser of its own: a fresh
-//! profile, nothing shared with any other page. Starting one takes about a second.
+//! profile, nothing shared with any other page. Starting one takes about half a second.
 //!
 //! Classic WebDriver gives no console log either. Right after each navigation, [`Page::goto`]
 //! installs a script that records the page's errors (window `error` events, including
