@@ -604,7 +604,7 @@ pub fn screenshot_dir() -> PathBuf {
 }
 
 /// Standard base64 (what DevTools uses for screenshots) to bytes.
-fn base64_decode(text: &str) -> Vec<u8> {
+pub fn base64_decode(text: &str) -> Vec<u8> {
     fn value(c: u8) -> Option<u32> {
         Some(match c {
             b'A'..=b'Z' => c - b'A',
