@@ -123,7 +123,13 @@ pub(crate) async fn serve(endpoint: Arc<Endpoint<endpoint_side::Server>>, ctx: A
 
 async fn accept(incoming: IncomingSession, ctx: Arc<Context>) {
     let peer = incoming.remote_address();
-    let request = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+    // A handshake under way when the server stops is dropped: shutdown waits for tasks,
+    // and a client may open a connection it never completes.
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming) => handshake,
+        () = ctx.session.shutdown.cancelled() => return,
+    };
+    let request = match handshake {
         Ok(Ok(request)) => request,
         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "handshake failed"),
         Err(_) => return tracing::debug!(%peer, "handshake timed out"),
