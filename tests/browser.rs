@@ -10,7 +10,7 @@ mod common;
 use std::net::UdpSocket;
 use std::time::Instant;
 
-use browser::{Browser, Drive, Page, demo_connected};
+use browser::{Browser, DemoPage, Drive, Page, numbered};
 #[allow(dead_code)] // its `main` is the example's, not the test's
 #[path = "../examples/axum_host.rs"]
 mod host;
@@ -42,13 +42,6 @@ document.addEventListener("DOMContentLoaded", () => {
     .observe(status, { attributes: true, attributeFilter: ["data-status"] });
 });
 "#;
-
-/// The messages in a page's list: [seq, from, text] each.
-const MESSAGES: &str = browser::DEMO_MESSAGES;
-
-/// The names in a page's member list, sorted.
-const MEMBERS: &str = "[...document.querySelectorAll('[data-testid=member] .name')]
-    .map(n => n.textContent).sort()";
 
 fn demo_url(server: &TestServer, query: &str) -> String {
     format!("http://127.0.0.1:{}/?{query}", server.http.port())
@@ -87,7 +80,7 @@ async fn open_ann_and_bob<'b>(
         "bob",
     )
     .await;
-    wait_connected(&bob, "websocket").await;
+    bob.wait_connected("websocket").await;
     let ann = open_chat(
         browser,
         server,
@@ -98,7 +91,7 @@ async fn open_ann_and_bob<'b>(
         "ann",
     )
     .await;
-    wait_connected(&ann, "webtransport").await;
+    ann.wait_connected("webtransport").await;
     (ann, bob)
 }
 
@@ -112,55 +105,10 @@ fn urlencode(s: &str) -> String {
 }
 
 /// Waits until the page says it is connected over `transport`, badge and status both.
-async fn wait_connected(page: &Page<'_>, transport: &str) {
-    page.wait_for(
-        &format!("connected over {transport}"),
-        &demo_connected(transport),
-    )
-    .await;
-}
-
-async fn wait_message_count(page: &Page<'_>, n: usize) -> Vec<(u64, String, String)> {
-    page.wait_for(
-        &format!("{n} messages in the list"),
-        &format!("document.querySelectorAll('[data-testid=message]').length >= {n}"),
-    )
-    .await;
-    messages(page).await
-}
-
-async fn messages(page: &Page<'_>) -> Vec<(u64, String, String)> {
-    let value = page.eval(MESSAGES).await;
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m[0].as_u64().unwrap(),
-                m[1].as_str().unwrap().to_string(),
-                m[2].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 /// Types a message into the page's input and presses Enter.
 async fn say(page: &Page<'_>, text: &str) {
     page.type_and_enter("[data-testid=message-input]", text)
         .await;
-}
-
-async fn wait_members(page: &Page<'_>, names: &[&str]) {
-    // Sorted as JavaScript sorts (UTF-16 code units; the same as bytes for ASCII names).
-    let mut names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-    names.sort();
-    let want = serde_json::to_string(&names).unwrap();
-    page.wait_for(
-        &format!("members {want}"),
-        &format!("JSON.stringify({MEMBERS}) === {}", json!(want)),
-    )
-    .await;
 }
 
 fn assert_no_console_errors(page: &Page<'_>) {
@@ -173,13 +121,6 @@ fn assert_no_console_errors(page: &Page<'_>) {
         "[{}] console errors: {errors:#?}",
         page.name
     );
-}
-
-fn expected(list: &[(&str, &str)]) -> Vec<(u64, String, String)> {
-    list.iter()
-        .enumerate()
-        .map(|(i, (from, text))| (i as u64 + 1, from.to_string(), text.to_string()))
-        .collect()
 }
 
 /// The member id the chat gave `name` in `room`.
@@ -217,11 +158,11 @@ async fn webtransport_and_websocket_pages_chat_in_one_room() {
         "lobby"
     );
     b.type_and_enter("[data-testid=name-input]", "bob").await;
-    wait_connected(&b, "websocket").await;
+    b.wait_connected("websocket").await;
     assert_eq!(b.eval("window.chat.transport").await, "websocket");
 
     let a = open_chat(&browser, &server, "A", (1280, 800), None, "lobby", "ann").await;
-    wait_connected(&a, "webtransport").await;
+    a.wait_connected("webtransport").await;
     assert_eq!(a.eval("window.chat.transport").await, "webtransport");
     let took = a
         .eval(
@@ -230,8 +171,8 @@ async fn webtransport_and_websocket_pages_chat_in_one_room() {
         )
         .await;
     eprintln!("A: config, WebTransport and join took {took} ms");
-    wait_members(&a, &["ann", "bob"]).await;
-    wait_members(&b, &["ann", "bob"]).await;
+    a.wait_members(&["ann", "bob"]).await;
+    b.wait_members(&["ann", "bob"]).await;
 
     // A starts typing: B sees it (over a datagram from A, a frame to B).
     a.type_into("[data-testid=message-input]", "hello from ann")
@@ -246,18 +187,18 @@ async fn webtransport_and_websocket_pages_chat_in_one_room() {
     a.press("Enter").await;
 
     say(&b, "hi ann, bob here").await;
-    wait_message_count(&a, 2).await;
+    a.messages(2).await;
     say(&a, "WebTransport says hi").await;
-    wait_message_count(&b, 3).await;
+    b.messages(3).await;
     say(&b, "WebSocket says hi back").await;
-    let want = expected(&[
+    let want = numbered(&[
         ("ann", "hello from ann"),
         ("bob", "hi ann, bob here"),
         ("ann", "WebTransport says hi"),
         ("bob", "WebSocket says hi back"),
     ]);
-    assert_eq!(wait_message_count(&a, 4).await, want);
-    assert_eq!(wait_message_count(&b, 4).await, want);
+    assert_eq!(a.messages(4).await, want);
+    assert_eq!(b.messages(4).await, want);
     // The sender's input is empty again, and nothing is left pending.
     assert_eq!(
         a.eval("document.querySelector('[data-testid=message-input]').value")
@@ -295,14 +236,14 @@ async fn a_page_whose_connection_is_killed_reconnects_and_misses_nothing() {
     };
     let server = start().await;
     let (a, b) = open_ann_and_bob(&browser, &server, "resume").await;
-    wait_members(&a, &["ann", "bob"]).await;
+    a.wait_members(&["ann", "bob"]).await;
 
     let mut want: Vec<(&str, String)> = Vec::new();
     for i in 1..=3 {
         say(&b, &format!("before {i}")).await;
         want.push(("bob", format!("before {i}")));
     }
-    wait_message_count(&a, 3).await;
+    a.messages(3).await;
 
     // Kill A's connection from the server side while B keeps sending; A, reconnecting,
     // queues a message of its own.
@@ -319,14 +260,14 @@ async fn a_page_whose_connection_is_killed_reconnects_and_misses_nothing() {
     a.wait_for("A to notice", "window.__statusLog.includes('reconnecting')")
         .await;
     say(&a, "ann, typed while reconnecting").await;
-    wait_connected(&a, "webtransport").await;
+    a.wait_connected("webtransport").await;
     eprintln!(
         "A reconnected over WebTransport after {:?}",
         started.elapsed()
     );
     // B's messages and A's queued one may interleave; B's keep their order.
-    wait_message_count(&b, 7).await;
-    let seen = messages(&b).await;
+    b.messages(7).await;
+    let seen = b.messages(0).await;
     let ann_at = seen
         .iter()
         .position(|m| m.1 == "ann")
@@ -344,19 +285,19 @@ async fn a_page_whose_connection_is_killed_reconnects_and_misses_nothing() {
         say(&b, &format!("switch {i}")).await;
         want.push(("bob", format!("switch {i}")));
     }
-    wait_connected(&a, "websocket").await;
+    a.wait_connected("websocket").await;
     say(&b, "after").await;
     want.push(("bob", "after".into()));
 
     let want: Vec<(&str, &str)> = want.iter().map(|(f, t)| (*f, t.as_str())).collect();
-    let want = expected(&want);
-    assert_eq!(wait_message_count(&b, want.len()).await, want);
+    let want = numbered(&want);
+    assert_eq!(b.messages(want.len()).await, want);
     assert_eq!(
-        wait_message_count(&a, want.len()).await,
+        a.messages(want.len()).await,
         want,
         "A has every message once, in order"
     );
-    wait_members(&b, &["ann", "bob"]).await;
+    b.wait_members(&["ann", "bob"]).await;
     let log = a.eval("window.__statusLog").await;
     let reconnects = log
         .as_array()
@@ -386,7 +327,7 @@ async fn html_in_messages_and_names_is_shown_as_text() {
     let evil_name = "<b onclick=x>eve</b>";
     let evil_text = "<img src=x onerror=\"window.__pwned=1\"> <script>window.__pwned=2</script> &amp; <b>bold</b>";
     let a = open_chat(&browser, &server, "A", (1024, 768), None, "xss", evil_name).await;
-    wait_connected(&a, "webtransport").await;
+    a.wait_connected("webtransport").await;
     let b = open_chat(
         &browser,
         &server,
@@ -397,12 +338,12 @@ async fn html_in_messages_and_names_is_shown_as_text() {
         "bob",
     )
     .await;
-    wait_connected(&b, "websocket").await;
+    b.wait_connected("websocket").await;
     say(&a, evil_text).await;
     for page in [&a, &b] {
-        let got = wait_message_count(page, 1).await;
+        let got = page.messages(1).await;
         assert_eq!(got, [(1, evil_name.to_string(), evil_text.to_string())]);
-        wait_members(page, &["bob", evil_name]).await;
+        page.wait_members(&["bob", evil_name]).await;
         let markup = page
             .eval(
                 "({ imgs: document.querySelectorAll('main img, main script, main b').length,
@@ -457,17 +398,14 @@ async fn without_webtransport_the_page_chats_over_websocket_within_two_seconds()
             "cat",
         )
         .await;
-        wait_connected(&page, "websocket").await;
+        page.wait_connected("websocket").await;
         let connected_at = page
             .eval("performance.getEntriesByName('wtchat:connected')[0].startTime")
             .await
             .as_f64()
             .unwrap();
         say(&page, "still here").await;
-        assert_eq!(
-            wait_message_count(&page, 1).await,
-            expected(&[("cat", "still here")])
-        );
+        assert_eq!(page.messages(1).await, numbered(&[("cat", "still here")]));
         let chatting_at = page.eval("performance.now()").await.as_f64().unwrap();
         eprintln!(
             "{label}: connected over WebSocket {connected_at:.0} ms after navigation, chatting at {chatting_at:.0} ms"
@@ -520,14 +458,14 @@ async fn the_demo_page_loads_cleanly_and_is_keyboard_usable() {
         page.call("Input.insertText", json!({"text": format!("kbd-{label}")}))
             .await;
         page.press("Enter").await;
-        wait_connected(&page, "webtransport").await;
+        page.wait_connected("webtransport").await;
         page.wait_for(
             "the message input to have focus",
             "document.activeElement?.dataset.testid === 'message-input'",
         )
         .await;
         say(&page, "typed with the keyboard").await;
-        wait_message_count(&page, 1).await;
+        page.messages(1).await;
         assert_eq!(
             page.eval("document.title").await,
             json!(format!("#kbd-{label} · wtchat"))
@@ -547,7 +485,7 @@ async fn pages_come_back_by_themselves_after_a_server_restart() {
     let (http, webtransport) = (server.http, server.webtransport);
     let (a, b) = open_ann_and_bob(&browser, &server, "restart").await;
     say(&b, "before the restart").await;
-    wait_message_count(&a, 1).await;
+    a.messages(1).await;
 
     // Stop the server (every client gets `bye` 4000, reconnect) and start a new one on the
     // same ports, with a new certificate: the rooms, their epochs and history are gone.
@@ -556,10 +494,10 @@ async fn pages_come_back_by_themselves_after_a_server_restart() {
     a.wait_for("A to notice", "window.__statusLog.includes('reconnecting')")
         .await;
     let server = start_with(|config| config.http(http).webtransport(webtransport)).await;
-    wait_connected(&a, "webtransport").await;
-    wait_connected(&b, "websocket").await;
+    a.wait_connected("webtransport").await;
+    b.wait_connected("websocket").await;
     eprintln!("both pages back after {:?}", started.elapsed());
-    wait_members(&a, &["ann", "bob"]).await;
+    a.wait_members(&["ann", "bob"]).await;
     // The page says plainly that earlier messages may be missing, keeps what it had, and
     // goes on in the new room.
     a.wait_for(
@@ -574,8 +512,8 @@ async fn pages_come_back_by_themselves_after_a_server_restart() {
         (1, "bob".to_string(), "after the restart".to_string()),
         (2, "ann".to_string(), "ann is back".to_string()),
     ];
-    assert_eq!(wait_message_count(&a, 3).await, want);
-    assert_eq!(wait_message_count(&b, 3).await, want);
+    assert_eq!(a.messages(3).await, want);
+    assert_eq!(b.messages(3).await, want);
     a.screenshot("after-restart-desktop").await;
     // While the server was down the browser itself logged the refused connections; the page
     // and the client logged nothing.
@@ -760,7 +698,7 @@ async fn pages_that_only_read_outlive_the_idle_timeout() {
     // Idle after one second: the client keeps alive well within it, busy or quiet.
     let server = start_with(|c| c.idle_timeout(std::time::Duration::from_secs(1))).await;
     let (a, b) = open_ann_and_bob(&browser, &server, "readers").await;
-    wait_members(&a, &["ann", "bob"]).await;
+    a.wait_members(&["ann", "bob"]).await;
     let ids = (
         member_id(&server, "readers", "ann"),
         member_id(&server, "readers", "bob"),
@@ -781,8 +719,8 @@ async fn pages_that_only_read_outlive_the_idle_timeout() {
         .enumerate()
         .map(|(i, (from, text))| (i as u64 + 1, from.to_string(), text.clone()))
         .collect();
-    assert_eq!(wait_message_count(&a, 8).await, want);
-    assert_eq!(wait_message_count(&b, 8).await, want);
+    assert_eq!(a.messages(8).await, want);
+    assert_eq!(b.messages(8).await, want);
     // The same connections throughout: same member ids, never reconnecting.
     assert_eq!(
         (

@@ -12,7 +12,7 @@ mod firefox;
 
 use std::time::Instant;
 
-use browser::{ConsoleEntry, Drive, demo_connected};
+use browser::{ConsoleEntry, DemoPage, Drive, assert_one_order, numbered};
 use common::{TestServer, start};
 use firefox::Firefox;
 use serde_json::{Value, json};
@@ -31,17 +31,6 @@ async fn take_firefox(
 
 /// Run before the page's scripts: the browser has no WebTransport at all.
 const NO_WEBTRANSPORT: &str = "delete window.WebTransport;";
-
-/// The messages in a page's list: [seq, from, text] each.
-const MESSAGES: &str = browser::DEMO_MESSAGES;
-
-/// The names in a page's member list, sorted.
-const MEMBERS: &str = "[...document.querySelectorAll('[data-testid=member] .name')]
-    .map(n => n.textContent).sort()";
-
-/// How long the page took from starting to join to connected (config, transport, join), ms.
-const CONNECT_TIME: &str = "performance.getEntriesByName('wtchat:connected')[0].startTime
-    - performance.getEntriesByName('wtchat:connect')[0].startTime";
 
 fn demo_url(server: &TestServer, query: &str) -> String {
     format!("http://127.0.0.1:{}/?{query}", server.http.port())
@@ -98,52 +87,6 @@ impl Tab<'_> {
             self.label()
         );
     }
-
-    /// Waits until the page says it is connected over `transport` (badge and status), and
-    /// checks the client agrees; returns how long connecting took, in ms.
-    async fn wait_connected(&self, transport: &str) -> f64 {
-        self.wait_for(
-            &format!("connected over {transport}"),
-            &demo_connected(transport),
-        )
-        .await;
-        assert_eq!(
-            self.eval("window.chat.transport").await,
-            transport,
-            "[{}]",
-            self.label()
-        );
-        self.eval(CONNECT_TIME).await.as_f64().unwrap()
-    }
-
-    /// The page's message list once it has at least `n` messages, as (seq, from, text).
-    async fn messages(&self, n: usize) -> Vec<(u64, String, String)> {
-        self.wait_for(
-            &format!("{n} messages in the list"),
-            &format!("document.querySelectorAll('[data-testid=message]').length >= {n}"),
-        )
-        .await;
-        let value = self.eval(MESSAGES).await;
-        serde_json::from_value(value).expect("[seq, from, text] per message")
-    }
-
-    async fn wait_members(&self, names: &[&str]) {
-        let mut names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        names.sort();
-        let want = serde_json::to_string(&names).unwrap();
-        self.wait_for(
-            &format!("members {want}"),
-            &format!("JSON.stringify({MEMBERS}) === {}", json!(want)),
-        )
-        .await;
-    }
-}
-
-fn expected(list: &[(&str, &str)]) -> Vec<(u64, String, String)> {
-    list.iter()
-        .enumerate()
-        .map(|(i, (from, text))| (i as u64 + 1, from.to_string(), text.to_string()))
-        .collect()
 }
 
 #[tokio::test]
@@ -215,7 +158,7 @@ async fn firefox_over_both_transports_and_chromium_chat_in_one_room() {
         for page in &pages {
             assert_eq!(
                 page.messages(want.len()).await,
-                expected(&want),
+                numbered(&want),
                 "[{}]",
                 page.label()
             );
@@ -228,42 +171,7 @@ async fn firefox_over_both_transports_and_chromium_chat_in_one_room() {
     for (page, text) in pages.iter().zip(&burst) {
         page.say(text).await;
     }
-    let total = want.len() + burst.len();
-    let seen = pages[0].messages(total).await;
-    for page in &pages[1..] {
-        assert_eq!(
-            page.messages(total).await,
-            seen,
-            "[{}] differs from [{}]",
-            page.label(),
-            pages[0].label()
-        );
-    }
-    assert_eq!(seen[..want.len()], expected(&want)[..]);
-    let seqs: Vec<u64> = seen.iter().map(|m| m.0).collect();
-    assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>());
-    let mut tail: Vec<(String, String)> = seen[want.len()..]
-        .iter()
-        .map(|(_, from, text)| (from.clone(), text.clone()))
-        .collect();
-    tail.sort();
-    let mut sent: Vec<(String, String)> = names
-        .iter()
-        .zip(&burst)
-        .map(|(n, t)| (n.to_string(), t.clone()))
-        .collect();
-    sent.sort();
-    assert_eq!(tail, sent, "each burst message once, from its sender");
-    // Nothing left pending in the senders' lists.
-    for page in &pages {
-        assert_eq!(
-            page.eval("document.querySelectorAll('[data-testid=pending-message]').length")
-                .await,
-            0,
-            "[{}]",
-            page.label()
-        );
-    }
+    assert_one_order(&pages, &numbered(&want), &names, &burst).await;
     eprintln!(
         "{} pages chatting over both transports: {:?}",
         pages.len(),
@@ -323,7 +231,7 @@ async fn the_demo_page_loads_in_firefox_without_console_errors_and_checks_room_n
     tab.say("typed in Firefox").await;
     assert_eq!(
         tab.messages(1).await,
-        expected(&[("kit", "typed in Firefox")])
+        numbered(&[("kit", "typed in Firefox")])
     );
     assert_eq!(page.eval("document.title").await, "#lobby · wtchat");
     // Firefox reports a `pattern` it cannot compile (they are compiled with the `v` flag) as

@@ -17,24 +17,13 @@ mod webkit;
 
 use std::time::{Duration, Instant};
 
-use browser::{ConsoleEntry, Drive, demo_connected};
+use browser::{ConsoleEntry, DemoPage, Drive, assert_one_order, demo_connected, numbered};
 use common::{Client, TestServer, start, start_with};
 use serde_json::{Value, json};
 
 /// One test at a time: two tests' browsers starting and connecting at once on a small
 /// machine would make the connect times they report meaningless.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The messages in a page's list: [seq, from, text] each.
-const MESSAGES: &str = browser::DEMO_MESSAGES;
-
-/// The names in a page's member list, sorted.
-const MEMBERS: &str = "[...document.querySelectorAll('[data-testid=member] .name')]
-    .map(n => n.textContent).sort()";
-
-/// How long the page took from starting to join to connected (config, transport, join), ms.
-const CONNECT_TIME: &str = "performance.getEntriesByName('wtchat:connected')[0].startTime
-    - performance.getEntriesByName('wtchat:connect')[0].startTime";
 
 /// The text of the page's typing notice (empty when nobody types).
 const TYPING: &str = "document.querySelector('[data-testid=typing]').textContent";
@@ -148,45 +137,6 @@ impl Tab<'_> {
         );
     }
 
-    /// Waits until the page says it is connected over `transport` (badge and status), and
-    /// checks the client agrees; returns how long connecting took, in ms.
-    async fn wait_connected(&self, transport: &str) -> f64 {
-        self.wait_for(
-            &format!("connected over {transport}"),
-            &demo_connected(transport),
-        )
-        .await;
-        assert_eq!(
-            self.eval("window.chat.transport").await,
-            transport,
-            "[{}]",
-            self.label()
-        );
-        self.eval(CONNECT_TIME).await.as_f64().unwrap()
-    }
-
-    /// The page's message list once it has at least `n` messages, as (seq, from, text).
-    async fn messages(&self, n: usize) -> Vec<(u64, String, String)> {
-        self.wait_for(
-            &format!("{n} messages in the list"),
-            &format!("document.querySelectorAll('[data-testid=message]').length >= {n}"),
-        )
-        .await;
-        let value = self.eval(MESSAGES).await;
-        serde_json::from_value(value).expect("[seq, from, text] per message")
-    }
-
-    async fn wait_members(&self, names: &[&str]) {
-        let mut names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        names.sort();
-        let want = serde_json::to_string(&names).unwrap();
-        self.wait_for(
-            &format!("members {want}"),
-            &format!("JSON.stringify({MEMBERS}) === {}", json!(want)),
-        )
-        .await;
-    }
-
     async fn wait_typing(&self, notice: &str) {
         self.wait_for(
             &format!("the typing notice `{notice}`"),
@@ -194,13 +144,6 @@ impl Tab<'_> {
         )
         .await;
     }
-}
-
-fn expected(list: &[(&str, &str)]) -> Vec<(u64, String, String)> {
-    list.iter()
-        .enumerate()
-        .map(|(i, (from, text))| (i as u64 + 1, from.to_string(), text.to_string()))
-        .collect()
 }
 
 /// Asserts every page shows exactly `want`, in that order.
@@ -333,7 +276,7 @@ async fn webkit_without_and_with_failing_webtransport_chats_with_chromium_and_fi
             .await;
         first.press("Enter").await;
         want.push((first_name, text));
-        assert_all_show(&pages, &expected(&want)).await;
+        assert_all_show(&pages, &numbered(&want)).await;
     }
     let text = "WebKitGTK over WebSocket hears you";
     kit_tab.type_into("[data-testid=message-input]", text).await;
@@ -342,7 +285,7 @@ async fn webkit_without_and_with_failing_webtransport_chats_with_chromium_and_fi
     }
     kit_tab.press("Enter").await;
     want.push(("kit", text));
-    assert_all_show(&pages, &expected(&want)).await;
+    assert_all_show(&pages, &numbered(&want)).await;
     // One line from every other page, each sent once the previous one reached every page:
     // the order is the order typed, and every page must show exactly it.
     let mut lines = vec![(
@@ -356,7 +299,7 @@ async fn webkit_without_and_with_failing_webtransport_chats_with_chromium_and_fi
     for (page, from, text) in lines {
         page.say(text).await;
         want.push((from, text));
-        assert_all_show(&pages, &expected(&want)).await;
+        assert_all_show(&pages, &numbered(&want)).await;
     }
 
     // Then every page at once: the server decides the order, and every page shows that
@@ -365,40 +308,8 @@ async fn webkit_without_and_with_failing_webtransport_chats_with_chromium_and_fi
     for (page, text) in pages.iter().zip(&burst) {
         page.say(text).await;
     }
-    let total = want.len() + burst.len();
-    let seen = pages[0].messages(total).await;
-    for page in &pages[1..] {
-        assert_eq!(
-            page.messages(total).await,
-            seen,
-            "[{}] differs from [{}]",
-            page.label(),
-            pages[0].label()
-        );
-    }
-    assert_eq!(seen[..want.len()], expected(&want)[..]);
-    let seqs: Vec<u64> = seen.iter().map(|m| m.0).collect();
-    assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>());
-    let mut tail: Vec<(String, String)> = seen[want.len()..]
-        .iter()
-        .map(|(_, from, text)| (from.clone(), text.clone()))
-        .collect();
-    tail.sort();
-    let mut sent: Vec<(String, String)> = names
-        .iter()
-        .zip(&burst)
-        .map(|(n, t)| (n.to_string(), t.clone()))
-        .collect();
-    sent.sort();
-    assert_eq!(tail, sent, "each burst message once, from its sender");
+    let seen = assert_one_order(&pages, &numbered(&want), &names, &burst).await;
     for page in &pages {
-        assert_eq!(
-            page.eval("document.querySelectorAll('[data-testid=pending-message]').length")
-                .await,
-            0,
-            "[{}] still has pending messages",
-            page.label()
-        );
         page.assert_no_errors().await;
     }
     eprintln!(
@@ -551,7 +462,7 @@ async fn the_demo_page_works_in_webkit_at_phone_and_desktop_sizes() {
         );
         assert_eq!(
             tab.messages(2).await,
-            expected(&[
+            numbered(&[
                 ("bot", "hello, whoever comes"),
                 ("kim", "hello from WebKitGTK")
             ])

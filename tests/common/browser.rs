@@ -118,6 +118,122 @@ pub trait Drive {
     }
 }
 
+/// What a test reads off the demo page (`client/index.html`), in any browser.
+#[allow(async_fn_in_trait)] // the tests' own trait: no caller needs its futures to be Send
+pub trait DemoPage: Drive {
+    /// Waits until the page says it is connected over `transport` (badge and status), and
+    /// checks the client agrees; returns how long its first connection took (config,
+    /// transport, join), in ms.
+    async fn wait_connected(&self, transport: &str) -> f64 {
+        self.wait_for(
+            &format!("connected over {transport}"),
+            &demo_connected(transport),
+        )
+        .await;
+        assert_eq!(
+            self.eval("window.chat.transport").await,
+            transport,
+            "[{}]",
+            self.label()
+        );
+        self.eval(DEMO_CONNECT_TIME)
+            .await
+            .as_f64()
+            .expect("the demo page marks its connection")
+    }
+
+    /// The page's message list once it has at least `n` messages, as (seq, from, text).
+    async fn messages(&self, n: usize) -> Vec<(u64, String, String)> {
+        self.wait_for(
+            &format!("{n} messages in the list"),
+            &format!("document.querySelectorAll('[data-testid=message]').length >= {n}"),
+        )
+        .await;
+        let value = self.eval(DEMO_MESSAGES).await;
+        serde_json::from_value(value).expect("[seq, from, text] per message")
+    }
+
+    /// Waits until the member list shows exactly `names`.
+    async fn wait_members(&self, names: &[&str]) {
+        // Sorted as JavaScript sorts (UTF-16 code units; the same as bytes for ASCII names).
+        let mut names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        names.sort();
+        let want = serde_json::to_string(&names).unwrap();
+        self.wait_for(
+            &format!("members {want}"),
+            &format!("JSON.stringify({DEMO_MEMBERS}) === {}", json!(want)),
+        )
+        .await;
+    }
+}
+
+impl<T: Drive> DemoPage for T {}
+
+/// `(from, text)` pairs as a room shows them from its first message: numbered 1, 2, …
+pub fn numbered(list: &[(&str, &str)]) -> Vec<(u64, String, String)> {
+    list.iter()
+        .enumerate()
+        .map(|(i, (from, text))| (i as u64 + 1, from.to_string(), text.to_string()))
+        .collect()
+}
+
+/// After the room's `earlier` messages, each of `senders` sent its `burst` message at
+/// once, one from each page: the server decides their order, and every page shows that
+/// same order with the same sequence numbers, each message once, none left pending.
+/// Returns what they show.
+pub async fn assert_one_order(
+    pages: &[impl DemoPage],
+    earlier: &[(u64, String, String)],
+    senders: &[&str],
+    burst: &[String],
+) -> Vec<(u64, String, String)> {
+    let total = earlier.len() + burst.len();
+    let seen = pages[0].messages(total).await;
+    for page in &pages[1..] {
+        assert_eq!(
+            page.messages(total).await,
+            seen,
+            "[{}] differs from [{}]",
+            page.label(),
+            pages[0].label()
+        );
+    }
+    assert_eq!(seen[..earlier.len()], earlier[..]);
+    let seqs: Vec<u64> = seen.iter().map(|m| m.0).collect();
+    assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>());
+    let mut tail: Vec<(String, String)> = seen[earlier.len()..]
+        .iter()
+        .map(|(_, from, text)| (from.clone(), text.clone()))
+        .collect();
+    tail.sort();
+    let mut sent: Vec<(String, String)> = senders
+        .iter()
+        .zip(burst)
+        .map(|(n, t)| (n.to_string(), t.clone()))
+        .collect();
+    sent.sort();
+    assert_eq!(tail, sent, "each burst message once, from its sender");
+    for page in pages {
+        assert_eq!(
+            page.eval("document.querySelectorAll('[data-testid=pending-message]').length")
+                .await,
+            0,
+            "[{}] still has pending messages",
+            page.label()
+        );
+    }
+    seen
+}
+
+/// The names in the demo page's member list, sorted.
+pub const DEMO_MEMBERS: &str = "[...document.querySelectorAll('[data-testid=member] .name')]
+    .map(n => n.textContent).sort()";
+
+/// How long the demo page took from starting to join to connected (config, transport,
+/// join), ms.
+pub const DEMO_CONNECT_TIME: &str = "performance.getEntriesByName('wtchat:connected')[0].startTime
+    - performance.getEntriesByName('wtchat:connect')[0].startTime";
+
 /// The demo page's messages: `[seq, from, text]` each.
 pub const DEMO_MESSAGES: &str =
     "[...document.querySelectorAll('[data-testid=message]')].map(li => [
@@ -560,12 +676,7 @@ impl Page<'_> {
             )
             .await;
         let png = base64_decode(shot["data"].as_str().expect("screenshot data"));
-        let dir = screenshot_dir();
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{file}.png"));
-        std::fs::write(&path, png).unwrap();
-        eprintln!("screenshot: {}", path.display());
-        path
+        save_screenshot(file, &png)
     }
 
     /// Renders the page as for a user who prefers a dark color scheme.
@@ -601,6 +712,29 @@ fn truthy(value: &Value) -> bool {
 pub fn screenshot_dir() -> PathBuf {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     tmp.parent().unwrap_or(tmp).join("screenshots")
+}
+
+/// Writes `png` to `target/screenshots/<file>.png` for a developer to look at; its path.
+pub fn save_screenshot(file: &str, png: &[u8]) -> PathBuf {
+    let dir = screenshot_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{file}.png"));
+    std::fs::write(&path, png).unwrap();
+    eprintln!("screenshot: {}", path.display());
+    path
+}
+
+/// Waits up to `limit` for `child` to exit by itself (a driver's keeper, told to stop by
+/// closing its stdin); whether it did.
+pub fn exited_within(child: &mut std::process::Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 /// Standard base64 (what DevTools uses for screenshots) to bytes.

@@ -30,7 +30,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{OnceCell, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::Message;
 
-use crate::browser::{ConsoleEntry, Drive, WAIT, under_ci};
+use crate::browser::{ConsoleEntry, Drive, WAIT, exited_within, under_ci};
 
 /// Where Firefox is: `$FIREFOX` when set (only there), else Debian's Firefox ESR.
 fn firefox_path() -> Option<PathBuf> {
@@ -403,12 +403,8 @@ impl Drop for Firefox {
         // Closing the keeper's stdin stops Firefox (see `launch`); give it a moment to exit
         // and clean up, then make sure the keeper itself is gone.
         drop(self.lifeline.take());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.keeper.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if exited_within(&mut self.keeper, Duration::from_secs(5)) {
+            return;
         }
         let _ = self.keeper.kill();
         let _ = self.keeper.wait();

@@ -163,6 +163,16 @@ impl Drop for TestServer {
     }
 }
 
+/// A port nobody listens on right now on 127.0.0.1, for programs that take a port number
+/// rather than a socket (nginx, a WebDriver).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A minimal HTTP/1.1 GET over a fresh connection: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     http_request(addr, "GET", path, headers, None).await

@@ -27,7 +27,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::browser::{ConsoleEntry, Drive, WAIT, base64_decode, screenshot_dir, under_ci};
+use crate::browser::{
+    ConsoleEntry, Drive, WAIT, base64_decode, exited_within, save_screenshot, under_ci,
+};
+use crate::common::free_port;
 
 /// Debian's WebDriver for WebKitGTK (package `webkit2gtk-driver`).
 const DRIVER: &str = "/usr/bin/WebKitWebDriver";
@@ -78,15 +81,6 @@ pub fn installed_or_skip(test: &str) -> bool {
 fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
-}
-
-/// A port nobody listens on right now (the driver is told to listen there).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Run in the page after each navigation: keeps the page's errors in `__wtchatPageErrors`
@@ -399,12 +393,7 @@ impl Page {
             "[{}] the screenshot is not a PNG",
             self.name
         );
-        let dir = screenshot_dir();
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{file}.png"));
-        std::fs::write(&path, png).unwrap();
-        eprintln!("screenshot: {}", path.display());
-        path
+        save_screenshot(file, &png)
     }
 
     /// The page's errors up to now (those still in the page included).
@@ -469,12 +458,8 @@ impl Drop for Page {
         // Closing the keeper's stdin stops the driver, its browser and Xvfb (see `open`);
         // give them a moment to exit and clean up, then make sure the group is gone.
         drop(self.lifeline.take());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.keeper.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if exited_within(&mut self.keeper, Duration::from_secs(5)) {
+            return;
         }
         // The keeper leads its own process group: kill all of it, by that id.
         let _ = Command::new("kill")
