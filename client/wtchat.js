@@ -51,6 +51,7 @@ export const CloseCodes = Object.freeze({
   SHUTDOWN: 4000,
   TOO_SLOW: 4001,
   RECONNECT: 4002,
+  IDLE_TIMEOUT: 4003,
   PROTOCOL_ERROR: 4400,
   UNAUTHORIZED: 4401,
   KICKED: 4403,
