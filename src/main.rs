@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use wtchat::certs::{self, DevCert};
-use wtchat::{Config, ConfigError, Server, Tls};
+use wtchat::{Config, ConfigError, Engine, Server, Tls};
 
 #[derive(Parser)]
 #[command(
@@ -127,9 +127,22 @@ struct ServeArgs {
     /// How long a client may take to send a request's headers (like 10s).
     #[arg(long, value_parser = duration)]
     header_read_timeout: Option<Duration>,
-    /// Messages of history kept per room and replayed on join.
+    /// Where rooms keep their messages: sqlite:PATH (durable; the file is created on first
+    /// start) or memory (gone on every restart).
+    #[arg(long, default_value = "sqlite:wtchat.db")]
+    engine: Engine,
+    /// Messages of history kept in memory per room and replayed on join.
     #[arg(long)]
     history: Option<usize>,
+    /// Most messages a resuming client is sent at once (past it: the newest and a gap).
+    #[arg(long)]
+    max_replay: Option<usize>,
+    /// Messages stored per room; older ones are deleted.
+    #[arg(long)]
+    retention_messages: Option<u64>,
+    /// How long stored messages are kept (like 30d, 12h).
+    #[arg(long, value_parser = duration)]
+    retention_age: Option<Duration>,
     /// Bytes of history held over all rooms (the least active rooms lose theirs first).
     #[arg(long)]
     history_bytes: Option<usize>,
@@ -164,6 +177,7 @@ impl ServeArgs {
         };
         let mut b = Config::builder()
             .tls(tls)
+            .engine(self.engine)
             .require_origin(self.require_origin);
         for origin in self.allow_origin {
             b = b.allow_origin(origin);
@@ -195,6 +209,9 @@ impl ServeArgs {
             max_http_connections,
             header_read_timeout,
             history,
+            max_replay,
+            retention_messages,
+            retention_age,
             history_bytes,
             outbound_queue,
             renew_before,
@@ -299,6 +316,7 @@ fn write_certs(dir: PathBuf, days: u32, sans: Vec<String>) -> Result<(), String>
 }
 
 fn serve(config: Config) -> Result<(), String> {
+    let engine = config.engine().to_string();
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async {
         let server = Server::bind(config).await.map_err(|e| e.to_string())?;
@@ -314,6 +332,7 @@ fn serve(config: Config) -> Result<(), String> {
         for digest in server.certificate_digests() {
             println!("  certificate   sha-256 {}", certs::hex(&digest));
         }
+        println!("  rooms         {engine}");
         println!("Press Ctrl-C to stop.");
         server.run(shutdown_signal()).await;
         Ok(())

@@ -709,7 +709,7 @@ async fn pages_that_only_read_outlive_the_idle_timeout() {
     for i in 1..=8 {
         every.tick().await;
         let text = format!("news {i}");
-        server.chat.publish("readers", "Host", &text).unwrap();
+        server.chat.publish("readers", "Host", &text).await.unwrap();
         want.push(("Host", text));
     }
     // Then some quiet, longer than the timeout.

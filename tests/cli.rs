@@ -111,6 +111,8 @@ async fn serve_prints_its_addresses_serves_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     let mut child = Command::new(env!("CARGO_BIN_EXE_wtchat"))
+        // The default engine's database is created in the working directory.
+        .current_dir(dir.path())
         .args([
             "serve",
             "--http",
@@ -151,6 +153,9 @@ async fn serve_prints_its_addresses_serves_and_stops_on_sigterm() {
     let (status, body) = common::http_get(http.parse().unwrap(), "/wtchat/config", &[]).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("certificateHashes"));
+    // The default engine: a database in the working directory, named where it is printed.
+    assert!(text.contains("rooms         sqlite:wtchat.db"), "{text}");
+    assert!(dir.path().join("wtchat.db").exists());
 
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

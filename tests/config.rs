@@ -46,7 +46,7 @@ fn cases() -> Vec<Case> {
             builder: |b| b.renew_before(Duration::ZERO),
             flags: &["--renew-before", "0s"],
         },
-        // 1000 messages of history × 16 rooms cannot fit the default queue of 2048.
+        // 1000 messages of history × 16 rooms cannot fit the default queue of 8192.
         Case {
             setting: "outbound_queue",
             builder: |b| b.history(1000),
@@ -56,6 +56,32 @@ fn cases() -> Vec<Case> {
             setting: "outbound_queue",
             builder: |b| b.outbound_queue(1599),
             flags: &["--outbound-queue", "1599"],
+        },
+        // Nor can a resume's 600 × 16.
+        Case {
+            setting: "outbound_queue",
+            builder: |b| b.max_replay(600),
+            flags: &["--max-replay", "600"],
+        },
+        Case {
+            setting: "max_replay",
+            builder: |b| b.max_replay(0),
+            flags: &["--max-replay", "0"],
+        },
+        Case {
+            setting: "retention_messages",
+            builder: |b| b.retention_messages(0),
+            flags: &["--retention-messages", "0"],
+        },
+        Case {
+            setting: "retention_messages",
+            builder: |b| b.retention_messages(99),
+            flags: &["--retention-messages", "99"],
+        },
+        Case {
+            setting: "retention_age",
+            builder: |b| b.retention_age(Duration::from_millis(500)),
+            flags: &["--retention-age", "500ms"],
         },
         Case {
             setting: "outbound_queue",
@@ -187,16 +213,24 @@ fn the_builder_names_the_setting_and_the_reason() {
          `openssl rand -hex 32`)"
     );
     assert_eq!(
+        refusal(|b| b.retention_messages(99)).to_string(),
+        "retention_messages: must be at least history (100): memory would replay messages that \
+         storage no longer has; got 99"
+    );
+    assert_eq!(
         refusal(|b| b.history(1000)).to_string(),
-        "outbound_queue: must hold at least history × max_rooms_per_connection = 1000 × 16 = \
-         16000 frames, or a client joining its rooms would be cut off as too slow by their \
-         history alone; got 2048"
+        "outbound_queue: must hold at least max(history, max_replay) × max_rooms_per_connection \
+         = 1000 × 16 = 16000 frames, or a client joining its rooms would be cut off as too slow \
+         by their history alone; got 8192"
     );
     // The limits themselves are fine.
     let at_the_edge = Config::builder()
         .token_secret("x".repeat(32))
         .api_key("y".repeat(32))
         .history(128)
+        .max_replay(128)
+        .retention_messages(128)
+        .retention_age(Duration::from_secs(1))
         .outbound_queue(128 * 16)
         .renew_before(Duration::from_secs(14 * 86_400 - 1))
         .public_webtransport_url("https://chat.example.com/wtchat")
@@ -237,8 +271,12 @@ fn zero_is_refused_for_every_limit() {
 /// deadline (a server that does not refuse its configuration would run on: it is killed,
 /// and the test fails).
 fn wtchat(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    // In a directory of its own: a server that failed to refuse would create its database
+    // there, not in the repository.
+    let cwd = tempfile::tempdir().unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_wtchat"));
     command
+        .current_dir(cwd.path())
         .args(args)
         .env_remove("WTCHAT_TOKEN_SECRET")
         .env_remove("WTCHAT_API_KEY")

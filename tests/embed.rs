@@ -241,6 +241,7 @@ async fn the_rust_api_publishes_lists_and_kicks() {
     let chat = &server.chat;
     let seq = chat
         .publish("lobby", "Shop bot", "Sale starts now")
+        .await
         .unwrap();
     for client in [&mut ann, &mut bob] {
         assert_eq!(
@@ -256,11 +257,11 @@ async fn the_rust_api_publishes_lists_and_kicks() {
     names.sort();
     assert_eq!(names, ["ann=Ann", "bob=Bob"]);
     // Invalid input is refused, and says why.
-    let refused = chat.publish("lobby", "Shop bot", " ").unwrap_err();
+    let refused = chat.publish("lobby", "Shop bot", " ").await.unwrap_err();
     assert_eq!(refused, wtchat::PublishError::EmptyText);
     assert_eq!(refused.to_string(), "text must not be empty");
     assert_eq!(
-        chat.publish("no spaces allowed", "Shop bot", "hi"),
+        chat.publish("no spaces allowed", "Shop bot", "hi").await,
         Err(wtchat::PublishError::InvalidRoom)
     );
     // Kicking Bob closes his connection for good; Ann sees him leave.

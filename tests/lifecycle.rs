@@ -331,7 +331,7 @@ async fn shutdown_is_bounded_even_when_a_client_stops_reading() {
     // it: 12 MB of messages from the host.
     let text = "x".repeat(3900);
     for _ in 0..3000 {
-        server.chat.publish("stuck", "host", &text).unwrap();
+        server.chat.publish("stuck", "host", &text).await.unwrap();
     }
     server.begin_shutdown();
     // The watcher, who reads, gets everything and is told; the server does not wait for

@@ -41,6 +41,7 @@ use wtransport::endpoint::endpoint_side;
 use crate::auth::Authenticator;
 use crate::certs::{self, CertError, DevCert};
 use crate::config::{Config, Tls};
+use crate::engine::{HistoryPage, StorageError, Store};
 use crate::host::{Host, MemberInfo, PublishError};
 use crate::http::{Digests, HttpState};
 use crate::hub::Hub;
@@ -79,6 +80,9 @@ pub enum StartError {
     /// The development certificate could not be loaded or created, or the certificate
     /// files could not be read.
     Certificate(CertError),
+    /// The engine's storage could not be opened: the database file cannot be created, is
+    /// read-only, is in use by another process, or is corrupt.
+    Storage(StorageError),
     /// A socket could not be bound (the address is in use, or not this machine's).
     Bind {
         /// `"HTTP (TCP)"` or `"WebTransport (UDP)"`.
@@ -94,6 +98,7 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StartError::Certificate(e) => write!(f, "certificate: {e}"),
+            StartError::Storage(e) => write!(f, "storage: {e}"),
             StartError::Bind {
                 listener,
                 addr,
@@ -107,8 +112,15 @@ impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StartError::Certificate(e) => Some(e),
+            StartError::Storage(e) => Some(e),
             StartError::Bind { source, .. } => Some(source),
         }
+    }
+}
+
+impl From<StorageError> for StartError {
+    fn from(e: StorageError) -> StartError {
+        StartError::Storage(e)
     }
 }
 
@@ -140,8 +152,9 @@ impl Chat {
         };
         let endpoint = webtransport::endpoint(identity, config.webtransport).map_err(bind_error)?;
         endpoint.local_addr().map_err(bind_error)?;
+        let store = Store::open(&config.engine, config.hub.retention)?;
         let session = SessionContext {
-            hub: Hub::new(config.hub.clone()),
+            hub: Hub::new(config.hub.clone(), store)?,
             limits: Arc::new(config.limits.clone()),
             shutdown: CancellationToken::new(),
             close_grace: config.close_grace,
@@ -215,10 +228,47 @@ impl Chat {
     }
 
     /// Publishes `text` into `room` as `from` (a bot, the system, a message from the host's
-    /// own form), exactly like a member's message: stored, numbered, sent to every member.
-    /// Returns its sequence number.
-    pub fn publish(&self, room: &str, from: &str, text: &str) -> Result<u64, PublishError> {
-        self.inner.host.publish(room, from, text)
+    /// own form), exactly like a member's message: numbered, stored, sent to every member.
+    /// Resolves with its sequence number once it is stored (committed, on a durable engine).
+    pub async fn publish(&self, room: &str, from: &str, text: &str) -> Result<u64, PublishError> {
+        self.inner.host.publish(room, from, text).await
+    }
+
+    /// One page of `room`'s history for an archive or an export: up to `limit` messages with
+    /// sequence numbers below `before` (None: the newest), oldest first, and whether older
+    /// ones remain. On the memory engine only the recent history is there.
+    pub fn history(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, StorageError> {
+        self.inner.host.history(room, before, limit)
+    }
+
+    /// Deletes message `seq` from `room`: it leaves the stored history, and every member is
+    /// sent a `deleted` frame. Resolves with whether there was such a message, once the
+    /// deletion is stored.
+    pub async fn delete_message(&self, room: &str, seq: u64) -> Result<bool, StorageError> {
+        self.inner.host.delete(room, seq).await
+    }
+
+    /// Bans `user` (a user id from the host's authentication) from `room`, or from every
+    /// room with None, for `duration`: its joins are refused with `banned`, and its
+    /// connections in the room are closed with 4403. On a durable engine the ban survives
+    /// a restart. Resolves, once stored, with how many connections were closed.
+    pub async fn ban(
+        &self,
+        user: &str,
+        room: Option<&str>,
+        duration: Duration,
+    ) -> Result<usize, StorageError> {
+        self.inner.host.ban(user, room, duration).await
+    }
+
+    /// Lifts a ban set by [`Chat::ban`] with the same `user` and `room`.
+    pub async fn unban(&self, user: &str, room: Option<&str>) -> Result<(), StorageError> {
+        self.inner.host.unban(user, room).await
     }
 
     /// The members of `room` (empty when it does not exist).
@@ -285,6 +335,8 @@ impl Chat {
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(?grace, "some sessions did not finish in time");
         }
+        // Whatever the engine was handed is committed (or failed) before the process ends.
+        inner.transport.session.hub.flush().await;
         inner.endpoint.close(0u32.into(), b"shutdown");
         let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
     }

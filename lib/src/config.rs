@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::auth::{AuthHook, ConnectRequest, Identity, Refusal};
 use crate::certs::MAX_DAYS;
+use crate::engine::Engine;
 use crate::hub::HubConfig;
 use crate::protocol::Limits;
 
@@ -83,6 +84,7 @@ pub struct Config {
     pub(crate) allow_missing_origin: bool,
     pub(crate) limits: Limits,
     pub(crate) hub: HubConfig,
+    pub(crate) engine: Engine,
     pub(crate) shutdown_grace: Duration,
     pub(crate) close_grace: Duration,
     pub(crate) idle_timeout: Duration,
@@ -115,6 +117,7 @@ impl Default for Config {
             allow_missing_origin: true,
             limits: Limits::default(),
             hub: HubConfig::default(),
+            engine: Engine::Memory,
             shutdown_grace: Duration::from_secs(5),
             close_grace: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
@@ -146,6 +149,7 @@ impl fmt::Debug for Config {
             .field("allow_missing_origin", &self.allow_missing_origin)
             .field("limits", &self.limits)
             .field("hub", &self.hub)
+            .field("engine", &self.engine)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("close_grace", &self.close_grace)
             .field("idle_timeout", &self.idle_timeout)
@@ -182,6 +186,11 @@ impl Config {
         ConfigBuilder {
             config: Config::default(),
         }
+    }
+
+    /// Where rooms keep their messages.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 }
 
@@ -323,10 +332,42 @@ impl ConfigBuilder {
         self
     }
 
-    /// Messages kept per room and replayed on join (and for resume after a reconnect).
-    /// Default 100; 0 keeps none.
+    /// Where rooms keep their messages: [`Engine::Memory`] (the default: nothing survives a
+    /// restart) or [`Engine::Sqlite`] (a database file: every acknowledged message survives
+    /// a crash, with its room's epoch and numbering). A host decides where its data lives;
+    /// `wtchat serve` defaults to `sqlite:wtchat.db`.
+    pub fn engine(mut self, engine: Engine) -> Self {
+        self.config.engine = engine;
+        self
+    }
+
+    /// Messages kept in memory per room and replayed on join. Default 100; 0 keeps none.
+    /// The engine may store more (see [`retention_messages`](Self::retention_messages)).
     pub fn history(mut self, messages: usize) -> Self {
         self.config.hub.history_len = messages;
+        self
+    }
+
+    /// Most messages a resuming client is sent at once: one that missed more gets the
+    /// newest this many and `gap`, and pages back with `history` for the rest. Default
+    /// 500.
+    pub fn max_replay(mut self, messages: usize) -> Self {
+        self.config.hub.max_replay = messages;
+        self
+    }
+
+    /// Messages a durable engine keeps per room; older ones are deleted as new ones arrive.
+    /// Default 10,000; at least `history`.
+    pub fn retention_messages(mut self, messages: u64) -> Self {
+        self.config.hub.retention.messages = messages;
+        self
+    }
+
+    /// How long a durable engine keeps a message (swept every minute, or every quarter of
+    /// the age if shorter); older ones are never replayed, on any engine. Default 30 days;
+    /// at least 1 s.
+    pub fn retention_age(mut self, age: Duration) -> Self {
+        self.config.hub.retention.age_ms = age.as_millis().min(u64::MAX as u128) as u64;
         self
     }
 
@@ -355,9 +396,9 @@ impl ConfigBuilder {
     }
 
     /// Frames queued per connection before it counts as too slow and is disconnected
-    /// (close code 4001; it can resume). Default 2048. It must hold a join's history
-    /// replay in every room a connection may be in: at least `history` ×
-    /// `max_rooms_per_connection`.
+    /// (close code 4001; it can resume). Default 8192. It must hold a join's replay in every
+    /// room a connection may be in: at least the larger of `history` and `max_replay`, ×
+    /// `max_rooms_per_connection`. A queue takes memory only while frames wait in it.
     pub fn outbound_queue(mut self, frames: usize) -> Self {
         self.config.hub.outbound_queue = frames;
         self
@@ -495,6 +536,8 @@ impl ConfigBuilder {
                 limits.new_rooms_per_minute as usize,
             ),
             ("dedupe_window", hub.dedupe_window),
+            ("max_replay", hub.max_replay),
+            ("retention_messages", hub.retention.messages as usize),
             ("max_rooms", hub.max_rooms),
             ("outbound_queue", hub.outbound_queue),
             ("max_connections", hub.max_connections),
@@ -532,18 +575,33 @@ impl ConfigBuilder {
                 ),
             ));
         }
-        let replay = hub
-            .history_len
-            .saturating_mul(limits.max_rooms_per_connection);
+        let one_replay = hub.history_len.max(hub.max_replay);
+        let replay = one_replay.saturating_mul(limits.max_rooms_per_connection);
         if hub.outbound_queue < replay {
             return Err(ConfigError::new(
                 "outbound_queue",
                 format!(
-                    "must hold at least history × max_rooms_per_connection = {} × {} = {replay} \
-                     frames, or a client joining its rooms would be cut off as too slow by \
-                     their history alone; got {}",
-                    hub.history_len, limits.max_rooms_per_connection, hub.outbound_queue
+                    "must hold at least max(history, max_replay) × max_rooms_per_connection = \
+                     {one_replay} × {} = {replay} frames, or a client joining its rooms would \
+                     be cut off as too slow by their history alone; got {}",
+                    limits.max_rooms_per_connection, hub.outbound_queue
                 ),
+            ));
+        }
+        if hub.retention.messages < hub.history_len as u64 {
+            return Err(ConfigError::new(
+                "retention_messages",
+                format!(
+                    "must be at least history ({}): memory would replay messages that storage \
+                     no longer has; got {}",
+                    hub.history_len, hub.retention.messages
+                ),
+            ));
+        }
+        if hub.retention.age_ms < 1000 {
+            return Err(ConfigError::new(
+                "retention_age",
+                format!("must be at least 1 s; got {} ms", hub.retention.age_ms),
             ));
         }
         if config.idle_timeout < Duration::from_secs(1) {

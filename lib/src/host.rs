@@ -1,12 +1,14 @@
 //! What the host application does to the rooms, from Rust ([`Chat`](crate::Chat)) or from
 //! its backend over the HTTP API: publish a message, list a room's members, kick a user
-//! or a member. One implementation for both, checked against the same limits as a
-//! client's frames.
+//! or a member, read a room's history, delete a message, ban a user. One implementation
+//! for both, checked against the same limits as a client's frames.
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::hub::Hub;
+use crate::engine::{HistoryPage, StorageError};
+use crate::hub::{Hub, now_ms};
 use crate::protocol::{CloseCode, ErrorCode, Limits};
 
 /// The host's handle on the hub.
@@ -30,7 +32,7 @@ pub struct MemberInfo {
 
 /// Why [`Chat::publish`](crate::Chat::publish) refused a message. Nothing was stored and
 /// no sequence number was used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PublishError {
     /// The room name is empty, longer than `max_room_chars`, or has characters outside
@@ -44,17 +46,20 @@ pub enum PublishError {
     TextTooLong,
     /// The server holds `max_rooms` rooms, none of them empty, and this room is not one.
     ServerFull,
+    /// The message could not be stored; it was not delivered.
+    Storage(StorageError),
 }
 
 impl PublishError {
     /// The wire code the HTTP API answers with: the same as a client's `error` frame.
-    pub(crate) fn code(self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             PublishError::InvalidRoom => ErrorCode::InvalidRoom,
             PublishError::InvalidSender => ErrorCode::InvalidName,
             PublishError::EmptyText => ErrorCode::InvalidText,
             PublishError::TextTooLong => ErrorCode::TextTooLong,
             PublishError::ServerFull => ErrorCode::ServerFull,
+            PublishError::Storage(_) => ErrorCode::StorageFailed,
         }
     }
 }
@@ -71,6 +76,7 @@ impl fmt::Display for PublishError {
             PublishError::EmptyText => "text must not be empty",
             PublishError::TextTooLong => "text is longer than max_text_chars",
             PublishError::ServerFull => "the server holds max_rooms rooms and none is empty",
+            PublishError::Storage(e) => return write!(f, "the message could not be stored: {e}"),
         })
     }
 }
@@ -79,7 +85,12 @@ impl std::error::Error for PublishError {}
 
 impl Host {
     /// See [`Chat::publish`](crate::Chat::publish).
-    pub(crate) fn publish(&self, room: &str, from: &str, text: &str) -> Result<u64, PublishError> {
+    pub(crate) async fn publish(
+        &self,
+        room: &str,
+        from: &str,
+        text: &str,
+    ) -> Result<u64, PublishError> {
         let limits = &self.limits;
         limits
             .check_room(room)
@@ -93,9 +104,48 @@ impl Host {
                 ErrorCode::TextTooLong => PublishError::TextTooLong,
                 _ => PublishError::EmptyText,
             })?;
-        self.hub
+        let published = self
+            .hub
             .publish_as(room, from, text)
-            .map_err(|_| PublishError::ServerFull)
+            .map_err(|code| match code {
+                ErrorCode::StorageFailed => {
+                    PublishError::Storage(StorageError::new("the room could not be read"))
+                }
+                _ => PublishError::ServerFull,
+            })?;
+        match published.await {
+            Ok(stored) => stored.map_err(PublishError::Storage),
+            Err(_) => Err(PublishError::Storage(StorageError::new(
+                "the server stopped before the message was stored",
+            ))),
+        }
+    }
+
+    pub(crate) fn history(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, StorageError> {
+        self.hub.history(room, before, limit)
+    }
+
+    pub(crate) async fn delete(&self, room: &str, seq: u64) -> Result<bool, StorageError> {
+        self.hub.delete(room, seq).await
+    }
+
+    pub(crate) async fn ban(
+        &self,
+        user: &str,
+        room: Option<&str>,
+        duration: Duration,
+    ) -> Result<usize, StorageError> {
+        let until = now_ms().saturating_add(duration.as_millis().min(u64::MAX as u128) as u64);
+        self.hub.ban(room, user, until).await
+    }
+
+    pub(crate) async fn unban(&self, user: &str, room: Option<&str>) -> Result<(), StorageError> {
+        self.hub.unban(room, user).await
     }
 
     /// See [`Chat::members`](crate::Chat::members).

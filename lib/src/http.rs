@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::auth::{ConnectRequest, TICKET_TTL_SECS, Transport};
 use crate::config::PATH;
-use crate::host::Host;
+use crate::host::{Host, PublishError};
 use crate::protocol::{CloseCode, ErrorCode};
 use crate::transport::{self, websocket};
 
@@ -90,6 +90,10 @@ pub(crate) fn router(state: HttpState) -> Router {
             .route(&format!("{PATH}/api/publish"), post(api_publish))
             .route(&format!("{PATH}/api/members"), get(api_members))
             .route(&format!("{PATH}/api/kick"), post(api_kick))
+            .route(&format!("{PATH}/api/history"), get(api_history))
+            .route(&format!("{PATH}/api/delete"), post(api_delete))
+            .route(&format!("{PATH}/api/ban"), post(api_ban))
+            .route(&format!("{PATH}/api/unban"), post(api_unban))
             .route_layer(middleware::from_fn_with_state(
                 state.clone(),
                 require_api_key,
@@ -374,9 +378,103 @@ struct PublishRequest {
 
 /// `POST /wtchat/api/publish {"room","from","text"}` → `{"seq"}`.
 async fn api_publish(State(state): State<HttpState>, Json(body): Json<PublishRequest>) -> Response {
-    match state.host.publish(&body.room, &body.from, &body.text) {
+    match state.host.publish(&body.room, &body.from, &body.text).await {
         Ok(seq) => Json(json!({"room": body.room, "seq": seq})).into_response(),
+        Err(e @ PublishError::Storage(_)) => storage_error(&e),
         Err(e) => api_error(StatusCode::BAD_REQUEST, e.code().as_str(), &e.to_string()),
+    }
+}
+
+/// 503 with `storage_failed`: the request may succeed later.
+fn storage_error(e: &dyn std::fmt::Display) -> Response {
+    api_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::StorageFailed.as_str(),
+        &e.to_string(),
+    )
+}
+
+/// Most messages in one page of the history API: an export pages through a room.
+const API_HISTORY_PAGE: usize = 1000;
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    room: String,
+    before: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /wtchat/api/history?room=R[&before=SEQ][&limit=N]` →
+/// `{"room","messages":[{"seq","time","from","sender","text"}],"more"}`: up to N (default
+/// 100, at most 1000) messages below `before`, oldest first.
+async fn api_history(State(state): State<HttpState>, Query(query): Query<HistoryQuery>) -> Response {
+    let limit = query.limit.unwrap_or(100).clamp(1, API_HISTORY_PAGE);
+    match state.host.history(&query.room, query.before, limit) {
+        Ok(page) => {
+            let messages: Vec<_> = page
+                .messages
+                .iter()
+                .map(|m| {
+                    json!({"seq": m.seq, "time": m.time, "from": m.from,
+                           "sender": m.sender, "text": m.text})
+                })
+                .collect();
+            Json(json!({"room": query.room, "messages": messages, "more": page.more}))
+                .into_response()
+        }
+        Err(e) => storage_error(&e),
+    }
+}
+
+#[derive(Deserialize)]
+struct DeleteRequest {
+    room: String,
+    seq: u64,
+}
+
+/// `POST /wtchat/api/delete {"room","seq"}` → `{"room","seq","deleted": bool}`; members get
+/// a `deleted` frame.
+async fn api_delete(State(state): State<HttpState>, Json(body): Json<DeleteRequest>) -> Response {
+    match state.host.delete(&body.room, body.seq).await {
+        Ok(deleted) => {
+            Json(json!({"room": body.room, "seq": body.seq, "deleted": deleted})).into_response()
+        }
+        Err(e) => storage_error(&e),
+    }
+}
+
+#[derive(Deserialize)]
+struct BanRequest {
+    user: String,
+    room: Option<String>,
+    seconds: Option<u64>,
+}
+
+/// `POST /wtchat/api/ban {"user","room"?,"seconds"}` → `{"user","room","kicked": N}`: the
+/// user (a host user id) may not join the room — every room without `room` — for that
+/// long, and its connections there are closed with 4403.
+async fn api_ban(State(state): State<HttpState>, Json(body): Json<BanRequest>) -> Response {
+    let Some(seconds) = body.seconds.filter(|s| *s > 0) else {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidFrame.as_str(),
+            "give seconds: how long the ban lasts",
+        );
+    };
+    let duration = std::time::Duration::from_secs(seconds);
+    match state.host.ban(&body.user, body.room.as_deref(), duration).await {
+        Ok(kicked) => {
+            Json(json!({"user": body.user, "room": body.room, "kicked": kicked})).into_response()
+        }
+        Err(e) => storage_error(&e),
+    }
+}
+
+/// `POST /wtchat/api/unban {"user","room"?}` → `{"user","room"}`: lifts that ban.
+async fn api_unban(State(state): State<HttpState>, Json(body): Json<BanRequest>) -> Response {
+    match state.host.unban(&body.user, body.room.as_deref()).await {
+        Ok(()) => Json(json!({"user": body.user, "room": body.room})).into_response(),
+        Err(e) => storage_error(&e),
     }
 }
 

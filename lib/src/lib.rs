@@ -56,6 +56,7 @@ pub mod auth;
 pub mod certs;
 mod chat;
 mod config;
+mod engine;
 mod host;
 mod http;
 mod hub;
@@ -67,6 +68,7 @@ mod transport;
 pub use auth::{ConnectRequest, Identity, Refusal, Rooms, Transport};
 pub use chat::{Chat, StartError};
 pub use config::{Config, ConfigBuilder, ConfigError, MIN_SECRET_BYTES, MessageEvent, PATH, Tls};
+pub use engine::{Engine, HistoryPage, StorageError, StoredMessage};
 pub use host::{MemberInfo, PublishError};
 pub use server::Server;
 

@@ -37,7 +37,18 @@ pub enum ClientFrame {
     Typing { room: String },
     /// Liveness check (browsers cannot send WebSocket pings); answered with `pong`.
     Ping {},
+    /// One page of older messages of a joined room: up to `limit` (default and maximum
+    /// [`HISTORY_PAGE`]) messages with sequence numbers below `before` (default: the
+    /// newest), answered with `history`.
+    History {
+        room: String,
+        before: Option<u64>,
+        limit: Option<u32>,
+    },
 }
+
+/// The default and largest number of messages in one `history` page.
+pub const HISTORY_PAGE: usize = 100;
 
 impl ClientFrame {
     /// The room and client message id a frame names, to echo in an error about it.
@@ -45,6 +56,7 @@ impl ClientFrame {
         match self {
             ClientFrame::Send { room, id, .. } => (Some(room), id.as_deref()),
             ClientFrame::Join { room, .. }
+            | ClientFrame::History { room, .. }
             | ClientFrame::Leave { room }
             | ClientFrame::Typing { room } => (Some(room), None),
             ClientFrame::Ping {} => (None, None),
@@ -148,6 +160,9 @@ pub enum ServerFrame<'a> {
     },
     /// Answer to `ping`.
     Pong {},
+    /// The host deleted message `seq`: it has left the room's history, and a client
+    /// removes it from view.
+    Deleted { room: &'a str, seq: u64 },
 }
 
 /// Presence event kinds.
@@ -197,6 +212,12 @@ pub enum ErrorCode {
     /// A WebTransport datagram larger than the frame limit (on a stream or a WebSocket,
     /// an oversized frame closes the connection instead: [`CloseCode::FrameTooLarge`]).
     FrameTooLarge,
+    /// The message could not be stored (the disk is full, the database is read-only or
+    /// broken): it was neither acknowledged nor delivered. Retrying later with the same
+    /// `id` is safe. Also answers a `join` or `history` whose room could not be read.
+    StorageFailed,
+    /// The host banned this user from this room, or from the server, for a while.
+    Banned,
 }
 
 impl ErrorCode {
@@ -220,6 +241,8 @@ impl ErrorCode {
             ErrorCode::RoomForbidden => "room_forbidden",
             ErrorCode::Rejected => "rejected",
             ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::StorageFailed => "storage_failed",
+            ErrorCode::Banned => "banned",
         }
     }
 }
@@ -425,6 +448,29 @@ pub fn encode(frame: &ServerFrame<'_>) -> Bytes {
     // Serializing these types cannot fail: no maps with non-string keys, no failing impls.
     serde_json::to_writer(&mut out, frame).expect("server frames always serialize");
     out.push(b'\n');
+    Bytes::from(out)
+}
+
+/// Encodes a `history` page: `{"type":"history","room":…,"more":…,"messages":[…]}`, where
+/// each message is a `message` frame as [`encode`] made it (trailing `\n` and all), so
+/// stored frames are copied, not decoded and encoded again.
+pub fn encode_history(room: &str, messages: &[Bytes], more: bool) -> Bytes {
+    let body: usize = messages.iter().map(Bytes::len).sum();
+    let mut out = Vec::with_capacity(64 + room.len() + body);
+    out.extend_from_slice(b"{\"type\":\"history\",\"room\":");
+    serde_json::to_writer(&mut out, room).expect("a string always serializes");
+    out.extend_from_slice(if more {
+        b",\"more\":true,\"messages\":["
+    } else {
+        b",\"more\":false,\"messages\":["
+    });
+    for (i, message) in messages.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(message.strip_suffix(b"\n").unwrap_or(message));
+    }
+    out.extend_from_slice(b"]}\n");
     Bytes::from(out)
 }
 
@@ -813,7 +859,8 @@ mod tests {
     fn strings() -> impl Strategy<Value = String> {
         prop_oneof![
             prop::sample::select(vec![
-                "", " ", "lobby", "ann", "join", "leave", "send", "typing", "ping", "type",
+                "", " ", "lobby", "ann", "join", "leave", "send", "typing", "ping", "history",
+                "type", "before", "limit",
             ])
             .prop_map(String::from),
             any::<String>(),
@@ -853,7 +900,7 @@ mod tests {
     /// any order; now and then the same as an array (which serde alone would take for a
     /// frame), or not an object at all.
     fn frames() -> impl Strategy<Value = Json> {
-        let known = prop::sample::select(vec!["join", "leave", "send", "typing", "ping"]);
+        let known = prop::sample::select(vec!["join", "leave", "send", "typing", "ping", "history"]);
         let kind = prop_oneof![
             6 => known.prop_map(|t| Json::String(t.into())),
             1 => strings().prop_map(Json::String),
@@ -962,6 +1009,17 @@ mod tests {
                 })(),
                 "typing" => string("room").map(|room| ClientFrame::Typing { room }),
                 "ping" => Ok(ClientFrame::Ping {}),
+                "history" => (|| {
+                    let limit = number("limit")?
+                        .map(u32::try_from)
+                        .transpose()
+                        .map_err(|_| ErrorCode::InvalidFrame)?;
+                    Ok(ClientFrame::History {
+                        room: string("room")?,
+                        before: number("before")?,
+                        limit,
+                    })
+                })(),
                 _ => Err(ErrorCode::UnknownType),
             },
             // Missing, or not a string.
@@ -985,6 +1043,7 @@ mod tests {
             ClientFrame::Send { .. } => "send",
             ClientFrame::Typing { .. } => "typing",
             ClientFrame::Ping {} => "ping",
+            ClientFrame::History { .. } => "history",
         }
     }
 
@@ -1245,6 +1304,7 @@ mod tests {
             for (kind, want) in [
                 ("leave", ClientFrame::Leave { room: room.clone() }),
                 ("typing", ClientFrame::Typing { room: room.clone() }),
+                ("history", ClientFrame::History { room: room.clone(), before: None, limit: None }),
             ] {
                 let frame = json!({"type": kind, "room": room});
                 prop_assert_eq!(decode(&serde_json::to_vec(&frame).unwrap()), Ok(want));

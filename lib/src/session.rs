@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, ConnectRequest, Identity, random_bytes};
 use crate::config::{MessageEvent, MessageHook};
-use crate::hub::{Hub, Kind, Member, Outbound, Outbox, Resume, Room, Sender};
-use crate::protocol::{self, ClientFrame, CloseCode, ErrorCode, Limits, ServerFrame};
+use crate::hub::{Hub, Kind, Member, Outbound, Outbox, Resume, Room, Sender, message_frame};
+use crate::protocol::{self, ClientFrame, CloseCode, ErrorCode, HISTORY_PAGE, Limits, ServerFrame};
 
 /// Frames written per batch: enough to amortize a write call under load, small enough that
 /// one busy connection does not hold its worker thread for long.
@@ -366,6 +366,11 @@ impl Session<'_> {
             ClientFrame::Ping {} => {
                 self.outbox.push(protocol::encode(&ServerFrame::Pong {}));
             }
+            ClientFrame::History {
+                room,
+                before,
+                limit,
+            } => self.history(&room, before, limit),
         }
     }
 
@@ -385,6 +390,14 @@ impl Session<'_> {
                     return self.error(
                         ErrorCode::RoomForbidden,
                         "your identity does not allow this room",
+                        Some(room),
+                        None,
+                    );
+                }
+                if self.ctx.hub.banned(room, &identity.user) {
+                    return self.error(
+                        ErrorCode::Banned,
+                        "you are banned from this room for now",
                         Some(room),
                         None,
                     );
@@ -434,6 +447,12 @@ impl Session<'_> {
         };
         match self.ctx.hub.join(room, me.clone(), resume) {
             Ok(room) => self.rooms.push(Joined { room, me }),
+            Err(ErrorCode::StorageFailed) => self.error(
+                ErrorCode::StorageFailed,
+                "the room could not be read from storage; try again later",
+                Some(room),
+                None,
+            ),
             Err(code) => self.error(code, "the server holds too many rooms", Some(room), None),
         }
     }
@@ -490,6 +509,34 @@ impl Session<'_> {
         }
         joined.room.publish(&joined.me, text, id);
         self.ctx.hub.keep_history_budget();
+    }
+
+    /// Answers `history` with one page of a joined room's older messages.
+    fn history(&self, room: &str, before: Option<u64>, limit: Option<u32>) {
+        let Some(joined) = self.joined(room) else {
+            return self.not_joined(room, None);
+        };
+        let limit = limit.map_or(HISTORY_PAGE, |n| (n as usize).clamp(1, HISTORY_PAGE));
+        match joined.room.page(before, limit) {
+            Ok(page) => {
+                let frames: Vec<Bytes> = page
+                    .messages
+                    .iter()
+                    .map(|m| message_frame(room, m))
+                    .collect();
+                self.outbox
+                    .push(protocol::encode_history(room, &frames, page.more));
+            }
+            Err(e) => {
+                tracing::error!(room, error = %e, "could not read history");
+                self.error(
+                    ErrorCode::StorageFailed,
+                    "history could not be read from storage; try again later",
+                    Some(room),
+                    None,
+                );
+            }
+        }
     }
 
     fn leave_all(&mut self) {

@@ -1,0 +1,267 @@
+//! The engine seam: where the room state that must outlive the process lives.
+//!
+//! The [hub](crate::hub) keeps what must be fast in memory — members, their queues, the
+//! encode-once fan-out, a recent tail of each room's history — and hands what must survive
+//! to an engine: the messages with their sequence numbers, each room's epoch, the client ids
+//! of idempotent retries, deletions and bans. Only publishing and history reads cross the
+//! seam; delivering a message to N members costs the same whatever the engine.
+//!
+//! - [`Engine::Memory`]: nothing crosses; a message is delivered as soon as it is numbered,
+//!   and nothing survives a restart.
+//! - [`Engine::Sqlite`]: a file on disk. The hub numbers a message and hands it over; one
+//!   writer thread commits everything that arrived while its last commit ran in one
+//!   transaction, then tells each room how far it got; the room delivers and acknowledges
+//!   only then (see [`sqlite`]).
+//!
+//! An engine shared by several processes (Redis) numbers messages itself; the room's side
+//! of the seam — deliver what the engine committed, in order — stays the same.
+
+pub(crate) mod sqlite;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::hub::Room;
+
+/// Where rooms keep their messages. Chosen with
+/// [`ConfigBuilder::engine`](crate::ConfigBuilder::engine).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Engine {
+    /// In this process's memory: fast, and gone on every restart. The library's default.
+    #[default]
+    Memory,
+    /// An SQLite database file, created on first start: every acknowledged message survives
+    /// a crash or `kill -9`, and a restart keeps each room's epoch, numbers and history.
+    /// One process serves one file at a time.
+    Sqlite(PathBuf),
+}
+
+impl FromStr for Engine {
+    type Err = String;
+
+    /// `memory`, or `sqlite:PATH`.
+    fn from_str(s: &str) -> Result<Engine, String> {
+        match s.split_once(':') {
+            None if s == "memory" => Ok(Engine::Memory),
+            Some(("sqlite", path)) if !path.is_empty() => Ok(Engine::Sqlite(path.into())),
+            _ => Err(format!("`{s}` is not an engine: use memory or sqlite:PATH")),
+        }
+    }
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Engine::Memory => f.write_str("memory"),
+            Engine::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+        }
+    }
+}
+
+/// Why the engine could not store or read something: the disk is full, the database is
+/// read-only, locked by another process, or corrupt. The message says which, in words an
+/// operator can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageError {
+    message: Arc<str>,
+}
+
+impl StorageError {
+    pub(crate) fn new(message: impl Into<Arc<str>>) -> StorageError {
+        StorageError {
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+/// A message as a room's history holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoredMessage {
+    /// Its sequence number in the room.
+    pub seq: u64,
+    /// When the server numbered it, in milliseconds since 1970.
+    pub time: u64,
+    /// The sender's display name.
+    pub from: String,
+    /// The sender's public id; None for messages the host published.
+    pub sender: Option<String>,
+    /// The text.
+    pub text: String,
+}
+
+/// One page of a room's history, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct HistoryPage {
+    /// Up to the page's limit of messages, in sequence order.
+    pub messages: Vec<StoredMessage>,
+    /// Whether older messages remain: ask again with `before` the first one's `seq`.
+    pub more: bool,
+}
+
+/// How long stored history lasts, per room.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retention {
+    /// Messages kept per room; older ones are deleted as new ones arrive.
+    pub messages: u64,
+    /// Milliseconds a message is kept.
+    pub age_ms: u64,
+}
+
+/// A room's lasting state, as the engine read it back.
+#[derive(Debug)]
+pub(crate) struct LoadedRoom {
+    pub epoch: u64,
+    /// The last sequence number handed out.
+    pub seq: u64,
+    /// The newest messages, oldest first.
+    pub tail: Vec<StoredMessage>,
+    /// (sender's public id, client id, seq) of the newest messages that had a client id.
+    pub dedupe: Vec<(String, String, u64)>,
+}
+
+/// A ban as stored: `room` is None for the whole server.
+#[derive(Debug, Clone)]
+pub(crate) struct Ban {
+    pub room: Option<String>,
+    pub user: String,
+    /// Milliseconds since 1970.
+    pub until: u64,
+}
+
+/// What a room hands the engine to store.
+#[derive(Debug)]
+pub(crate) struct Record {
+    pub seq: u64,
+    pub time: u64,
+    pub from: Arc<str>,
+    pub sender: Option<Box<str>>,
+    pub client_id: Option<Box<str>>,
+    pub text: Box<str>,
+}
+
+/// The engine a hub runs on. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) enum Store {
+    Memory,
+    Sqlite(Arc<sqlite::Sqlite>),
+}
+
+impl Store {
+    /// Opens the engine `engine` names: creates, checks and locks its files.
+    pub(crate) fn open(engine: &Engine, retention: Retention) -> Result<Store, StorageError> {
+        Ok(match engine {
+            Engine::Memory => Store::Memory,
+            Engine::Sqlite(path) => Store::Sqlite(Arc::new(sqlite::Sqlite::open(path, retention)?)),
+        })
+    }
+
+    /// Whether messages wait for a commit before they are delivered.
+    pub(crate) fn is_durable(&self) -> bool {
+        !matches!(self, Store::Memory)
+    }
+
+    /// A room's lasting state, None when the engine has never stored it (or keeps
+    /// nothing).
+    pub(crate) fn load(
+        &self,
+        room: &str,
+        tail: usize,
+        dedupe: usize,
+    ) -> Result<Option<LoadedRoom>, StorageError> {
+        match self {
+            Store::Memory => Ok(None),
+            Store::Sqlite(db) => db.load(room, tail, dedupe),
+        }
+    }
+
+    /// Hands `record` of `room` to the engine; the room hears back through
+    /// [`Room::committed`] or [`Room::failed`]. Records of one room arrive in order.
+    pub(crate) fn append(&self, room: &Arc<Room>, generation: u64, record: Record) {
+        match self {
+            Store::Memory => unreachable!("the memory engine delivers at once"),
+            Store::Sqlite(db) => db.append(room.clone(), generation, record),
+        }
+    }
+
+    /// Stored messages of `room` with `from <= seq < to`, oldest first; None when the
+    /// engine keeps nothing beyond the rooms' tails.
+    pub(crate) fn range(
+        &self,
+        room: &str,
+        from: u64,
+        to: u64,
+    ) -> Option<Result<Vec<StoredMessage>, StorageError>> {
+        match self {
+            Store::Memory => None,
+            Store::Sqlite(db) => Some(db.range(room, from, to)),
+        }
+    }
+
+    /// The newest `limit` stored messages of `room` below `before`, oldest first, and
+    /// whether there are older ones; None when the engine keeps nothing beyond the tails.
+    pub(crate) fn page(
+        &self,
+        room: &str,
+        before: u64,
+        limit: usize,
+    ) -> Option<Result<HistoryPage, StorageError>> {
+        match self {
+            Store::Memory => None,
+            Store::Sqlite(db) => Some(db.page(room, before, limit)),
+        }
+    }
+
+    /// Deletes message `seq` of `room` from storage; whether it was there. None when the
+    /// engine keeps nothing beyond the tails.
+    pub(crate) async fn delete(
+        &self,
+        room: &str,
+        seq: u64,
+    ) -> Option<Result<bool, StorageError>> {
+        match self {
+            Store::Memory => None,
+            Store::Sqlite(db) => Some(db.delete(room, seq).await),
+        }
+    }
+
+    /// Stores a ban (`until` Some) or lifts one (None).
+    pub(crate) async fn ban(
+        &self,
+        room: Option<&str>,
+        user: &str,
+        until: Option<u64>,
+    ) -> Result<(), StorageError> {
+        match self {
+            Store::Memory => Ok(()),
+            Store::Sqlite(db) => db.ban(room, user, until).await,
+        }
+    }
+
+    /// The bans in force.
+    pub(crate) fn bans(&self) -> Result<Vec<Ban>, StorageError> {
+        match self {
+            Store::Memory => Ok(Vec::new()),
+            Store::Sqlite(db) => db.bans(),
+        }
+    }
+
+    /// Resolves once everything handed over so far is committed (or failed).
+    pub(crate) async fn flush(&self) {
+        if let Store::Sqlite(db) = self {
+            db.flush().await;
+        }
+    }
+}
