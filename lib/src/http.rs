@@ -407,7 +407,10 @@ struct HistoryQuery {
 /// `GET /wtchat/api/history?room=R[&before=SEQ][&limit=N]` →
 /// `{"room","messages":[{"seq","time","from","sender","text"}],"more"}`: up to N (default
 /// 100, at most 1000) messages below `before`, oldest first.
-async fn api_history(State(state): State<HttpState>, Query(query): Query<HistoryQuery>) -> Response {
+async fn api_history(
+    State(state): State<HttpState>,
+    Query(query): Query<HistoryQuery>,
+) -> Response {
     let limit = query.limit.unwrap_or(100).clamp(1, API_HISTORY_PAGE);
     match state.host.history(&query.room, query.before, limit) {
         Ok(page) => {
@@ -462,7 +465,11 @@ async fn api_ban(State(state): State<HttpState>, Json(body): Json<BanRequest>) -
         );
     };
     let duration = std::time::Duration::from_secs(seconds);
-    match state.host.ban(&body.user, body.room.as_deref(), duration).await {
+    match state
+        .host
+        .ban(&body.user, body.room.as_deref(), duration)
+        .await
+    {
         Ok(kicked) => {
             Json(json!({"user": body.user, "room": body.room, "kicked": kicked})).into_response()
         }

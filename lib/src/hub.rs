@@ -19,7 +19,9 @@ use base64::Engine;
 use bytes::Bytes;
 use tokio::sync::{Notify, oneshot};
 
-use crate::engine::{HistoryPage, LoadedRoom, Record, Retention, StorageError, Store, StoredMessage};
+use crate::engine::{
+    HistoryPage, LoadedRoom, Record, Retention, StorageError, Store, StoredMessage,
+};
 use crate::protocol::{self, CloseCode, ErrorCode, MemberRef, PresenceEvent, ServerFrame, You};
 
 /// Sizes of the hub's state. Every one bounds memory; every one is configuration.
@@ -457,9 +459,11 @@ struct HubInner {
     connections: AtomicUsize,
     /// Bytes of history held over all rooms.
     history_held: Arc<AtomicUsize>,
-    /// (room, or "" for the whole server; user) → banned until, in ms since 1970.
-    bans: Mutex<HashMap<(Box<str>, Box<str>), u64>>,
+    bans: Mutex<Bans>,
 }
+
+/// (room, or "" for the whole server; user) → banned until, in ms since 1970.
+type Bans = HashMap<(Box<str>, Box<str>), u64>;
 
 /// Counts one open connection against `max_connections` until dropped.
 #[derive(Debug)]
@@ -815,7 +819,11 @@ impl Hub {
     ) -> Result<HistoryPage, StorageError> {
         match self.room(name) {
             Some(room) => room.page(before, limit),
-            None => match self.inner.store.page(name, before.unwrap_or(u64::MAX), limit) {
+            None => match self
+                .inner
+                .store
+                .page(name, before.unwrap_or(u64::MAX), limit)
+            {
                 Some(page) => page,
                 None => Ok(HistoryPage::default()),
             },
@@ -1258,11 +1266,7 @@ impl RoomState {
                 None => gap = true,
             }
         }
-        frames.extend(
-            recent
-                .skip_while(|s| s.seq < from)
-                .map(|s| s.frame.clone()),
-        );
+        frames.extend(recent.skip_while(|s| s.seq < from).map(|s| s.frame.clone()));
         (gap, frames)
     }
 

@@ -900,7 +900,8 @@ mod tests {
     /// any order; now and then the same as an array (which serde alone would take for a
     /// frame), or not an object at all.
     fn frames() -> impl Strategy<Value = Json> {
-        let known = prop::sample::select(vec!["join", "leave", "send", "typing", "ping", "history"]);
+        let known =
+            prop::sample::select(vec!["join", "leave", "send", "typing", "ping", "history"]);
         let kind = prop_oneof![
             6 => known.prop_map(|t| Json::String(t.into())),
             1 => strings().prop_map(Json::String),

@@ -299,9 +299,12 @@ impl Client {
         query: &str,
         headers: &[(&str, &str)],
     ) -> Result<Client, u16> {
-        let mut request = format!("{}{query}", server.ws_url())
-            .into_client_request()
-            .unwrap();
+        Client::ws_at(&format!("{}{query}", server.ws_url()), headers).await
+    }
+
+    /// A WebSocket client of the server at `url`; Err(status) when the upgrade is refused.
+    pub async fn ws_at(url: &str, headers: &[(&str, &str)]) -> Result<Client, u16> {
+        let mut request = url.into_client_request().unwrap();
         for (name, value) in headers {
             request.headers_mut().insert(
                 tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
@@ -360,8 +363,18 @@ impl Client {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<Client, String> {
+        Client::wt_at(&server.wt_url(path), digests, headers).await
+    }
+
+    /// A WebTransport client of the server at `url` whose certificate has one of `digests`;
+    /// Err(description) when the session is refused.
+    pub async fn wt_at(
+        url: &str,
+        digests: &[[u8; 32]],
+        headers: &[(&str, &str)],
+    ) -> Result<Client, String> {
         let endpoint = wt_endpoint(digests);
-        let mut options = ConnectOptions::builder(server.wt_url(path));
+        let mut options = ConnectOptions::builder(url);
         for (name, value) in headers {
             options = options.add_header(*name, *value);
         }
@@ -435,6 +448,17 @@ impl Client {
         tokio::time::timeout(DEADLINE, self.next_inner())
             .await
             .expect("a frame arrives before the deadline")
+    }
+
+    /// The frames that still arrive until the connection ends or is quiet for `quiet`: what
+    /// a client got of a server that died without closing (a QUIC peer that vanished is
+    /// only noticed at the idle timeout).
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut frames = Vec::new();
+        while let Ok(Some(frame)) = tokio::time::timeout(quiet, self.next_inner()).await {
+            frames.push(frame);
+        }
+        frames
     }
 
     async fn next_inner(&mut self) -> Option<Value> {

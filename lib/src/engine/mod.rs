@@ -226,11 +226,7 @@ impl Store {
 
     /// Deletes message `seq` of `room` from storage; whether it was there. None when the
     /// engine keeps nothing beyond the tails.
-    pub(crate) async fn delete(
-        &self,
-        room: &str,
-        seq: u64,
-    ) -> Option<Result<bool, StorageError>> {
+    pub(crate) async fn delete(&self, room: &str, seq: u64) -> Option<Result<bool, StorageError>> {
         match self {
             Store::Memory => None,
             Store::Sqlite(db) => Some(db.delete(room, seq).await),

@@ -125,7 +125,8 @@ impl Sqlite {
     /// Opens (creating it if needed) the database at `path`, checks that it is a wtchat
     /// database this release can use and that it can be written, and starts its writer.
     pub(crate) fn open(path: &Path, retention: Retention) -> Result<Sqlite, StorageError> {
-        let refuse = |what: String| StorageError::new(format!("database {}: {what}", path.display()));
+        let refuse =
+            |what: String| StorageError::new(format!("database {}: {what}", path.display()));
         let lock = OpenOptions::new()
             .read(true)
             .write(true)
@@ -205,7 +206,10 @@ impl Sqlite {
     }
 
     fn gone(&self) -> StorageError {
-        StorageError::new(format!("database {}: its writer stopped", self.path.display()))
+        StorageError::new(format!(
+            "database {}: its writer stopped",
+            self.path.display()
+        ))
     }
 
     /// Runs `read` on a reading connection.
@@ -547,7 +551,11 @@ impl Writer {
                         tx.prepare_cached(
                             "INSERT OR REPLACE INTO bans (room, user, until) VALUES (?1, ?2, ?3)",
                         )?
-                        .execute(params![&**room, &**user, *until as i64])?;
+                        .execute(params![
+                            &**room,
+                            &**user,
+                            *until as i64
+                        ])?;
                     }
                     Job::Ban {
                         room,
@@ -565,7 +573,8 @@ impl Writer {
                 "INSERT INTO rooms (name, epoch, seq) VALUES (?1, ?2, ?3)
                  ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
             )?;
-            let mut trim = tx.prepare_cached("DELETE FROM messages WHERE room = ?1 AND seq <= ?2")?;
+            let mut trim =
+                tx.prepare_cached("DELETE FROM messages WHERE room = ?1 AND seq <= ?2")?;
             for p in progress {
                 head.execute(params![p.room.name(), p.room.epoch() as i64, p.seq as i64])?;
                 if p.seq > self.retention.messages {

@@ -1,0 +1,741 @@
+//! Rooms that survive: the SQLite engine across `kill -9` and restarts, retention,
+//! moderation on stored history, and what a broken disk gets.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Client, DEADLINE};
+use serde_json::{Value, json};
+use wtchat::Engine;
+
+/// A real `wtchat serve` process on the SQLite engine, on free ports.
+struct Serve {
+    child: Child,
+    http: SocketAddr,
+    wt_port: u16,
+    digests: Vec<[u8; 32]>,
+}
+
+impl Serve {
+    /// Starts `wtchat serve` on the database `db`, certificates in `dir`, and `extra` flags.
+    fn start(dir: &Path, db: &Path, extra: &[&str]) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wtchat"))
+            .current_dir(dir)
+            .args([
+                "serve",
+                "--http",
+                "127.0.0.1:0",
+                "--webtransport",
+                "127.0.0.1:0",
+            ])
+            .arg("--certs")
+            .arg(dir.join("certs"))
+            .arg("--engine")
+            .arg(format!("sqlite:{}", db.display()))
+            .args(["--frames-per-second", "100000", "--frame-burst", "100000"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (mut http, mut wt_port, mut digests) = (None, None, Vec::new());
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            let word_after = |marker: &str| {
+                line.split(marker)
+                    .nth(1)
+                    .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == ')').next())
+                    .map(str::to_string)
+            };
+            if line.trim_start().starts_with("HTTP") {
+                http = word_after("http://").map(|a| a.parse().unwrap());
+            } else if line.trim_start().starts_with("WebTransport") {
+                let udp: SocketAddr = word_after("(UDP ").unwrap().parse().unwrap();
+                wt_port = Some(udp.port());
+            } else if let Some(hex) = word_after("sha-256 ") {
+                let bytes: Vec<u8> = (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                    .collect();
+                digests.push(bytes.try_into().unwrap());
+            } else if line.starts_with("Press Ctrl-C") {
+                break;
+            }
+        }
+        Serve {
+            child,
+            http: http.expect("the HTTP address is printed"),
+            wt_port: wt_port.expect("the WebTransport address is printed"),
+            digests,
+        }
+    }
+
+    async fn ws(&self) -> Client {
+        Client::ws_at(&format!("ws://{}/wtchat/ws", self.http), &[])
+            .await
+            .unwrap()
+    }
+
+    async fn wt(&self) -> Client {
+        let url = format!("https://127.0.0.1:{}/wtchat", self.wt_port);
+        Client::wt_at(&url, &self.digests, &[]).await.unwrap()
+    }
+
+    /// `kill -9`: no goodbye, no flush.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a reader saw of a room: seq → text, and the room's epoch.
+#[derive(Default)]
+struct Seen {
+    epoch: u64,
+    texts: BTreeMap<u64, String>,
+}
+
+impl Seen {
+    fn add(&mut self, message: &Value) {
+        let seq = message["seq"].as_u64().unwrap();
+        let text = message["text"].as_str().unwrap().to_string();
+        assert!(
+            self.texts.insert(seq, text).is_none(),
+            "message {seq} arrived twice"
+        );
+    }
+
+    fn last(&self) -> u64 {
+        self.texts.keys().next_back().copied().unwrap_or(0)
+    }
+}
+
+/// Reads what still arrives of `room` into `seen` after the server died.
+async fn read_until_dropped(client: &mut Client, room: &str, seen: &mut Seen) {
+    for frame in client.drain(Duration::from_millis(300)).await {
+        if frame["type"] == "message" && frame["room"] == room {
+            seen.add(&frame);
+        }
+    }
+}
+
+/// Rejoins `room` after a restart, saying what it saw; returns `joined` and adds the replay.
+async fn resume(client: &mut Client, room: &str, seen: &mut Seen) -> Value {
+    let (joined, replay) = client
+        .join_frame(json!({"type": "join", "room": room, "name": "reader",
+                           "since": seen.last(), "epoch": seen.epoch}))
+        .await;
+    for message in &replay {
+        seen.add(message);
+    }
+    joined
+}
+
+#[tokio::test]
+async fn kill_9_during_a_burst_loses_nothing_acknowledged() {
+    const ROOM: &str = "burst";
+    const SENT: usize = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    // Room for a resume of the whole burst in one replay.
+    let flags = ["--max-replay", "5000", "--outbound-queue", "100000"];
+    let server = Serve::start(dir.path(), &db, &flags);
+
+    // Readers on both transports, and a writer that sends without waiting for acks.
+    let mut readers = [server.ws().await, server.wt().await];
+    let mut seen = [Seen::default(), Seen::default()];
+    for (reader, seen) in readers.iter_mut().zip(&mut seen) {
+        let (joined, _) = reader.join(ROOM, "reader").await;
+        seen.epoch = joined["epoch"].as_u64().unwrap();
+    }
+    let mut writer = server.ws().await;
+    let (joined, _) = writer.join(ROOM, "writer").await;
+    let key = joined["key"].as_str().unwrap().to_string();
+    let epoch = joined["epoch"].as_u64().unwrap();
+    for i in 0..SENT {
+        writer
+            .send(json!({"type": "send", "room": ROOM, "text": format!("m{i}"), "id": format!("i{i}")}))
+            .await;
+    }
+    // Kill the server in the middle of the burst: once some, but not all, are acknowledged.
+    let mut acked: HashMap<String, u64> = HashMap::new();
+    while acked.len() < SENT / 4 {
+        let ack = writer.next_of("ack").await;
+        acked.insert(
+            ack["id"].as_str().unwrap().into(),
+            ack["seq"].as_u64().unwrap(),
+        );
+    }
+    server.kill();
+    for frame in writer.drain(Duration::from_millis(300)).await {
+        if frame["type"] == "ack" {
+            acked.insert(
+                frame["id"].as_str().unwrap().into(),
+                frame["seq"].as_u64().unwrap(),
+            );
+        }
+    }
+    for (reader, seen) in readers.iter_mut().zip(&mut seen) {
+        read_until_dropped(reader, ROOM, seen).await;
+    }
+    assert!(
+        acked.len() < SENT,
+        "the kill came after the burst: nothing was tested"
+    );
+
+    let server = Serve::start(dir.path(), &db, &flags);
+    // A newcomer reads the whole room: every acknowledged message, under its number, in the
+    // same epoch, numbered without holes.
+    let mut probe = server.ws().await;
+    let mut all = Seen::default();
+    let (joined, replay) = probe
+        .join_frame(
+            json!({"type": "join", "room": ROOM, "name": "probe", "since": 0,
+                           "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(joined["epoch"], epoch, "the room keeps its epoch");
+    assert_eq!(joined["gap"], false);
+    for message in &replay {
+        all.add(message);
+    }
+    let head = joined["seq"].as_u64().unwrap();
+    assert_eq!(
+        all.texts.keys().copied().collect::<Vec<_>>(),
+        (1..=head).collect::<Vec<_>>()
+    );
+    for (id, seq) in &acked {
+        let i = &id[1..];
+        assert_eq!(
+            all.texts.get(seq),
+            Some(&format!("m{i}")),
+            "acknowledged {id} as {seq}"
+        );
+    }
+
+    // Readers on both transports resume: exactly what they missed, no gap, no duplicate
+    // (Seen::add panics on one).
+    let mut readers = [server.ws().await, server.wt().await];
+    for (reader, seen) in readers.iter_mut().zip(&mut seen) {
+        let joined = resume(reader, ROOM, seen).await;
+        assert_eq!(joined["gap"], false, "{}", reader.transport());
+        assert_eq!(seen.texts, all.texts, "{}", reader.transport());
+    }
+
+    // The writer retries everything it never saw acknowledged, with its key: what was
+    // stored is acknowledged under its first number and not stored again.
+    let mut writer = server.wt().await;
+    writer
+        .join_frame(json!({"type": "join", "room": ROOM, "name": "writer", "key": key}))
+        .await;
+    // First the newest acknowledged ones (within the dedupe window): once more, same numbers.
+    let mut newest: Vec<(&String, &u64)> = acked.iter().collect();
+    newest.sort_by_key(|(_, seq)| std::cmp::Reverse(**seq));
+    for (id, seq) in newest.into_iter().take(20) {
+        assert_eq!(writer.say(ROOM, &format!("m{}", &id[1..]), id).await, *seq);
+    }
+    let stored: HashMap<&str, u64> = all
+        .texts
+        .iter()
+        .map(|(seq, text)| (text.as_str(), *seq))
+        .collect();
+    let mut retried = 0;
+    for i in 0..SENT {
+        let id = format!("i{i}");
+        if acked.contains_key(&id) {
+            continue;
+        }
+        let seq = writer.say(ROOM, &format!("m{i}"), &id).await;
+        match stored.get(format!("m{i}").as_str()) {
+            Some(&first) => assert_eq!(seq, first, "{id} was stored before the kill"),
+            None => assert!(seq > head, "{id} is new"),
+        }
+        retried += 1;
+    }
+    assert_eq!(retried, SENT - acked.len());
+    let mut reader = server.ws().await;
+    let (joined, _) = reader
+        .join_frame(
+            json!({"type": "join", "room": ROOM, "name": "reader", "since": head,
+                           "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(
+        joined["seq"].as_u64().unwrap() as usize,
+        SENT,
+        "each message once"
+    );
+}
+
+/// An in-process server on the SQLite engine at `db`, with `tweak` applied.
+async fn on_sqlite(
+    db: &Path,
+    tweak: impl FnOnce(wtchat::ConfigBuilder) -> wtchat::ConfigBuilder,
+) -> common::TestServer {
+    let db: PathBuf = db.to_path_buf();
+    common::start_with(move |b| tweak(b.engine(Engine::Sqlite(db)))).await
+}
+
+fn texts(page: &wtchat::HistoryPage) -> Vec<(u64, &str)> {
+    page.messages
+        .iter()
+        .map(|m| (m.seq, m.text.as_str()))
+        .collect()
+}
+
+#[tokio::test]
+async fn retention_by_count_keeps_the_newest_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let server = on_sqlite(&db, |b| b.history(5).retention_messages(20)).await;
+    for i in 1..=50 {
+        server
+            .chat
+            .publish("r", "host", &format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    let page = server.chat.history("r", None, 100).unwrap();
+    assert_eq!(page.messages.len(), 20);
+    assert_eq!(texts(&page)[0], (31, "m31"));
+    assert!(!page.more);
+    server.stop().await;
+    let server = on_sqlite(&db, |b| b.history(5).retention_messages(20)).await;
+    let page = server.chat.history("r", Some(40), 100).unwrap();
+    let expected: Vec<(u64, String)> = (31..40).map(|i| (i, format!("m{i}"))).collect();
+    let got: Vec<(u64, String)> = texts(&page)
+        .iter()
+        .map(|(s, t)| (*s, t.to_string()))
+        .collect();
+    assert_eq!(got, expected);
+    // And numbering goes on where it stopped.
+    assert_eq!(server.chat.publish("r", "host", "m51").await.unwrap(), 51);
+}
+
+#[tokio::test]
+async fn retention_by_age_forgets_old_messages_in_storage_and_in_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let server = on_sqlite(&db, |b| b.retention_age(Duration::from_secs(1))).await;
+    for i in 1..=3 {
+        server
+            .chat
+            .publish("r", "host", &format!("old {i}"))
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    // The sweep deletes them from the database within a second or two.
+    while !server
+        .chat
+        .history("r", None, 100)
+        .unwrap()
+        .messages
+        .is_empty()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never swept");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.chat.publish("r", "host", "new").await.unwrap();
+    let mut client = Client::ws(&server).await;
+    let (joined, replay) = client.join("r", "ann").await;
+    assert_eq!(joined["seq"], 4);
+    let replayed: Vec<&str> = replay.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(
+        replayed,
+        ["new"],
+        "old messages are not replayed from memory either"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_message_and_a_ban_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let secret = "a-token-secret-of-at-least-32-bytes!";
+    let token = |user: &str| {
+        let claims = wtchat::auth::Claims {
+            sub: user.into(),
+            name: user.to_uppercase(),
+            rooms: vec!["*".into()],
+            exp: wtchat::auth::unix_now() + 600,
+        };
+        format!("?token={}", wtchat::auth::mint(secret.as_bytes(), &claims))
+    };
+    let config = move |b: wtchat::ConfigBuilder| b.token_secret(secret);
+    let server = on_sqlite(&db, config).await;
+    let mut ann = Client::ws_request(&server, &token("ann"), &[])
+        .await
+        .unwrap();
+    let mut bob = Client::wt_request(&server, &format!("/wtchat{}", token("bob")), &[])
+        .await
+        .unwrap();
+    ann.join("r", "").await;
+    bob.join("r", "").await;
+    for text in ["one", "two", "three"] {
+        ann.say("r", text, text).await;
+    }
+    assert!(server.chat.delete_message("r", 2).await.unwrap());
+    assert!(!server.chat.delete_message("r", 99).await.unwrap());
+    let deleted = bob.next_of("deleted").await;
+    assert_eq!(
+        (deleted["room"].as_str(), deleted["seq"].as_u64()),
+        (Some("r"), Some(2))
+    );
+    // Bob is banned from the room: his connection is closed, for good.
+    let kicked = server
+        .chat
+        .ban("bob", Some("r"), Duration::from_secs(3600))
+        .await;
+    assert_eq!(kicked.unwrap(), 1);
+    assert_eq!(bob.ended().await, common::Ended::Code(4403));
+    server.stop().await;
+
+    let server = on_sqlite(&db, config).await;
+    let mut bob = Client::ws_request(&server, &token("bob"), &[])
+        .await
+        .unwrap();
+    bob.send(json!({"type": "join", "room": "r"})).await;
+    let refused = bob.next_of("error").await;
+    assert_eq!(refused["code"], "banned");
+    // Another room is fine: the ban was for "r".
+    bob.join("elsewhere", "").await;
+    let mut ann = Client::wt_request(&server, &format!("/wtchat{}", token("ann")), &[])
+        .await
+        .unwrap();
+    let (_, replay) = ann.join("r", "").await;
+    let replayed: Vec<&str> = replay.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(replayed, ["one", "three"]);
+    assert_eq!(
+        texts(&server.chat.history("r", None, 10).unwrap()),
+        [(1, "one"), (3, "three")]
+    );
+    // Lifted, Bob may join again; a server-wide ban keeps him out of every room.
+    server.chat.unban("bob", Some("r")).await.unwrap();
+    bob.join("r", "").await;
+    server
+        .chat
+        .ban("bob", None, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(bob.ended().await, common::Ended::Code(4403));
+    let mut bob = Client::ws_request(&server, &token("bob"), &[])
+        .await
+        .unwrap();
+    bob.send(json!({"type": "join", "room": "elsewhere"})).await;
+    assert_eq!(bob.next_of("error").await["code"], "banned");
+}
+
+#[tokio::test]
+async fn history_pages_back_through_a_room_over_the_protocol_and_the_http_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let key = "an-api-key-of-at-least-32-bytes-long!!";
+    let server = on_sqlite(&db, |b| b.history(10).api_key(key)).await;
+    for i in 1..=250 {
+        server
+            .chat
+            .publish("r", "host", &format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    let mut client = Client::wt(&server).await;
+    let (_, replay) = client.join("r", "ann").await;
+    assert_eq!(replay.len(), 10);
+    let mut before = replay[0]["seq"].as_u64().unwrap();
+    let mut seqs: Vec<u64> = replay.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    loop {
+        client
+            .send(json!({"type": "history", "room": "r", "before": before}))
+            .await;
+        let page = client.next_of("history").await;
+        let messages = page["messages"].as_array().unwrap();
+        assert!(messages.len() <= 100);
+        let mut got: Vec<u64> = messages
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        assert!(
+            messages
+                .iter()
+                .all(|m| m["type"] == "message" && m["room"] == "r")
+        );
+        got.append(&mut seqs);
+        seqs = got;
+        if page["more"] == false {
+            break;
+        }
+        before = seqs[0];
+    }
+    assert_eq!(seqs, (1..=250).collect::<Vec<_>>());
+    // Not a member: refused.
+    client
+        .send(json!({"type": "history", "room": "other"}))
+        .await;
+    assert_eq!(client.next_of("error").await["code"], "not_joined");
+
+    let auth = format!("Bearer {key}");
+    let headers = [("authorization", auth.as_str())];
+    let (status, body) = common::http_get(
+        server.http,
+        "/wtchat/api/history?room=r&before=101&limit=1000",
+        &headers,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    let seqs: Vec<u64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+    assert_eq!(page["more"], false);
+    assert_eq!(page["messages"][0]["text"], "m1");
+    let (status, body) = common::http_request(
+        server.http,
+        "POST",
+        "/wtchat/api/delete",
+        &headers,
+        Some(&json!({"room": "r", "seq": 5})),
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"deleted":true,"room":"r","seq":5}"#)
+    );
+    assert_eq!(client.next_of("deleted").await["seq"], 5);
+    let (status, body) = common::http_request(
+        server.http,
+        "POST",
+        "/wtchat/api/ban",
+        &headers,
+        Some(&json!({"user": "u1", "room": "r"})),
+    )
+    .await;
+    assert_eq!(status, 400, "a ban says how long: {body}");
+}
+
+/// A server on `db` that must refuse to start: the words it prints, through `wtchat serve`
+/// and through the library.
+async fn refusal(db: &Path) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wtchat"))
+        .current_dir(dir.path())
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--webtransport",
+            "127.0.0.1:0",
+        ])
+        .arg("--certs")
+        .arg(dir.path().join("certs"))
+        .arg("--engine")
+        .arg(format!("sqlite:{}", db.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let config = wtchat::Config::builder()
+        .http("127.0.0.1:0".parse().unwrap())
+        .webtransport("127.0.0.1:0".parse().unwrap())
+        .tls(wtchat::Tls::Dev {
+            dir: dir.path().join("certs"),
+        })
+        .engine(Engine::Sqlite(db.to_path_buf()))
+        .build()
+        .unwrap();
+    let error = wtchat::Chat::new(config).await.unwrap_err();
+    assert!(matches!(error, wtchat::StartError::Storage(_)), "{error}");
+    (
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        error.to_string(),
+    )
+}
+
+#[tokio::test]
+async fn a_database_that_cannot_be_used_is_refused_at_start_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    // A path that cannot be created: its "directory" is a file.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let (cli, lib) = refusal(&file.join("chat.db")).await;
+    assert!(cli.starts_with("wtchat: storage: database "), "{cli}");
+    assert!(
+        cli.contains("cannot open or create it: Not a directory"),
+        "{cli}"
+    );
+    assert!(lib.contains("cannot open or create it"), "{lib}");
+
+    // A corrupt file.
+    let corrupt = dir.path().join("corrupt.db");
+    std::fs::write(&corrupt, vec![0x5a; 8192]).unwrap();
+    let (cli, _) = refusal(&corrupt).await;
+    assert!(
+        cli.contains("not an SQLite database, or it is corrupt"),
+        "{cli}"
+    );
+
+    // Someone else's SQLite database.
+    let other = dir.path().join("other.db");
+    rusqlite_free_write(&other);
+    let (cli, _) = refusal(&other).await;
+    assert!(cli.contains("not one of wtchat's"), "{cli}");
+
+    // A database another server is using.
+    let shared = dir.path().join("shared.db");
+    let _first = on_sqlite(&shared, |b| b).await;
+    let (cli, lib) = refusal(&shared).await;
+    assert!(cli.contains("another process is serving it"), "{cli}");
+    assert!(lib.contains("another process is serving it"), "{lib}");
+}
+
+/// Writes an SQLite database of another application at `path`, with the `sqlite3` command
+/// if there is one, else by hand: the smallest valid database file with one table.
+fn rusqlite_free_write(path: &Path) {
+    let made = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+             c.execute('create table notes(x)'); c.commit()",
+        ])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+}
+
+/// A directory mounted for the test (a small tmpfs, or a read-only view), unmounted after.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn new(args: &[&str], at: &Path) -> Mount {
+        let status = Command::new("mount").args(args).arg(at).status().unwrap();
+        assert!(
+            status.success(),
+            "mount {args:?} failed: these tests need root (CI runs as root)"
+        );
+        Mount(at.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_read_only_database_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let server = on_sqlite(&data.join("chat.db"), |b| b).await;
+    server.chat.publish("r", "host", "kept").await.unwrap();
+    server.stop().await;
+    let view = dir.path().join("view");
+    std::fs::create_dir(&view).unwrap();
+    let data_arg = data.to_str().unwrap();
+    let _mount = Mount::new(&["--bind", "-o", "ro", data_arg], &view);
+    let (cli, _) = refusal(&view.join("chat.db")).await;
+    assert!(
+        cli.contains("Read-only file system") || cli.contains("read-only"),
+        "{cli}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_sends_clearly_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let _mount = Mount::new(&["-t", "tmpfs", "-o", "size=1m", "tmpfs"], &disk);
+    let server = on_sqlite(&disk.join("chat.db"), |b| {
+        b.frames_per_second(100_000).frame_burst(100_000)
+    })
+    .await;
+    let mut ann = Client::ws(&server).await;
+    let mut bob = Client::wt(&server).await;
+    ann.join("r", "ann").await;
+    bob.join("r", "bob").await;
+    // Fill the disk but for a little room.
+    let filler = disk.join("filler");
+    let free = || {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&disk)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    std::fs::write(
+        &filler,
+        vec![0u8; free().saturating_sub(64 * 1024) as usize],
+    )
+    .unwrap();
+    let text = "x".repeat(1000);
+    let mut acked = Vec::new();
+    let refused = loop {
+        let id = format!("i{}", acked.len());
+        ann.send(json!({"type": "send", "room": "r", "text": text, "id": id}))
+            .await;
+        let answer = ann
+            .next_matching("ack or error", |f| {
+                f["id"] == id.as_str() && (f["type"] == "ack" || f["type"] == "error")
+            })
+            .await;
+        if answer["type"] == "error" {
+            break answer;
+        }
+        acked.push(answer["seq"].as_u64().unwrap());
+        assert!(acked.len() < 2000, "the disk never filled");
+    };
+    assert_eq!(refused["code"], "storage_failed");
+    assert_eq!(refused["room"], "r");
+    // Everything acknowledged is stored and was delivered; the refused one was not.
+    let stored: Vec<u64> = server
+        .chat
+        .history("r", None, 10_000)
+        .unwrap()
+        .messages
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(stored, acked);
+    let delivered = bob.messages("r", acked.len()).await;
+    assert_eq!(delivered.iter().map(|m| m.0).collect::<Vec<_>>(), acked);
+    // The server goes on serving: joins, pings, typing.
+    let mut cid = Client::ws(&server).await;
+    let (joined, _) = cid.join("r", "cid").await;
+    assert_eq!(joined["seq"].as_u64(), acked.last().copied());
+    cid.send(json!({"type": "ping"})).await;
+    cid.next_of("pong").await;
+    // Space again: the retry goes through, numbered right after the last one stored.
+    std::fs::remove_file(&filler).unwrap();
+    let id = format!("i{}", acked.len());
+    let seq = ann.say("r", &text, &id).await;
+    assert_eq!(seq, acked.last().unwrap() + 1);
+    assert_eq!(bob.messages("r", 1).await[0].0, seq);
+}
