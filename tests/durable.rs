@@ -594,9 +594,19 @@ async fn a_database_that_cannot_be_used_is_refused_at_start_with_the_reason() {
 
     // Someone else's SQLite database.
     let other = dir.path().join("other.db");
-    rusqlite_free_write(&other);
+    sqlite(&other, "create table notes(x)");
     let (cli, _) = refusal(&other).await;
     assert!(cli.contains("not one of wtchat's"), "{cli}");
+
+    // A database from a newer wtchat.
+    let newer = dir.path().join("newer.db");
+    on_sqlite(&newer, |b| b).await.stop().await;
+    sqlite(&newer, "pragma user_version = 2");
+    let (cli, _) = refusal(&newer).await;
+    assert!(
+        cli.contains("written by a newer wtchat (schema 2; this one knows 1)"),
+        "{cli}"
+    );
 
     // A database another server is using.
     let shared = dir.path().join("shared.db");
@@ -606,19 +616,19 @@ async fn a_database_that_cannot_be_used_is_refused_at_start_with_the_reason() {
     assert!(lib.contains("another process is serving it"), "{lib}");
 }
 
-/// Writes an SQLite database of another application at `path`, with the `sqlite3` command
-/// if there is one, else by hand: the smallest valid database file with one table.
-fn rusqlite_free_write(path: &Path) {
-    let made = Command::new("python3")
+/// Runs `statement` on the database at `path` with Python's sqlite3 (another program than
+/// the server, as an operator's tool would be).
+fn sqlite(path: &Path, statement: &str) {
+    let done = Command::new("python3")
         .args([
             "-c",
-            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
-             c.execute('create table notes(x)'); c.commit()",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()",
         ])
         .arg(path)
+        .arg(statement)
         .status()
         .unwrap();
-    assert!(made.success());
+    assert!(done.success());
 }
 
 /// A directory mounted for the test (a small tmpfs, or a read-only view), unmounted after.
@@ -738,4 +748,74 @@ async fn a_full_disk_fails_sends_clearly_and_loses_nothing_acknowledged() {
     let seq = ann.say("r", &text, &id).await;
     assert_eq!(seq, acked.last().unwrap() + 1);
     assert_eq!(bob.messages("r", 1).await[0].0, seq);
+}
+
+#[tokio::test]
+async fn a_resume_reads_older_history_from_storage_up_to_max_replay_then_says_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let server = on_sqlite(&db, |b| b.history(5).max_replay(20)).await;
+    for i in 1..=50 {
+        server
+            .chat
+            .publish("r", "host", &format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    let mut client = Client::ws(&server).await;
+    let (joined, replay) = client.join("r", "probe").await;
+    assert_eq!(replay.len(), 5, "a plain join replays the in-memory tail");
+    let epoch = joined["epoch"].as_u64().unwrap();
+    let resume = |since: u64| json!({"type": "join", "room": "r", "name": "ann", "since": since, "epoch": epoch});
+    let seqs = |replay: &[Value]| {
+        replay
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    // 15 missed, 10 of them older than memory's tail: all of them, from the database.
+    let mut ann = Client::wt(&server).await;
+    let (joined, replay) = ann.join_frame(resume(35)).await;
+    assert_eq!(joined["gap"], false);
+    assert_eq!(seqs(&replay), (36..=50).collect::<Vec<_>>());
+    // 40 missed, more than max_replay: the newest 20, and an honest gap.
+    let mut bob = Client::ws(&server).await;
+    let (joined, replay) = bob.join_frame(resume(10)).await;
+    assert_eq!(joined["gap"], true);
+    assert_eq!(seqs(&replay), (31..=50).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn an_online_backup_is_a_database_a_server_starts_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let backup = dir.path().join("backup.db");
+    let server = on_sqlite(&db, |b| b).await;
+    for i in 1..=3 {
+        server
+            .chat
+            .publish("r", "host", &format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    // SQLite's online backup, while the server runs (what `sqlite3 chat.db .backup` does).
+    let copied = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; s=sqlite3.connect(sys.argv[1]); d=sqlite3.connect(sys.argv[2]); \
+             s.backup(d); d.close()",
+        ])
+        .args([&db, &backup])
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    server
+        .chat
+        .publish("r", "host", "after the backup")
+        .await
+        .unwrap();
+    let restored = on_sqlite(&backup, |b| b).await;
+    let page = restored.chat.history("r", None, 10).unwrap();
+    assert_eq!(texts(&page), [(1, "m1"), (2, "m2"), (3, "m3")]);
+    assert_eq!(restored.chat.publish("r", "host", "m4").await.unwrap(), 4);
 }
