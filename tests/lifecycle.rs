@@ -31,6 +31,7 @@ async fn message(client: &mut Client, room: &str) -> (u64, String) {
 async fn a_reader_that_stops_is_cut_off_as_too_slow_and_the_room_goes_on() {
     let server = start_with(|c| {
         c.outbound_queue(32)
+            .max_replay(2)
             .history(2)
             .frames_per_second(100_000)
             .frame_burst(100_000)

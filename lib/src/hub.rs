@@ -938,29 +938,29 @@ impl Room {
         self.store.append(self, self.generation(), record);
     }
 
-    /// The engine stored this room's messages up to `seq`: deliver them.
-    pub(crate) fn committed(&self, generation: u64, seq: u64) {
+    /// The engine stored this room's messages up to `seq`: deliver them. Notices may come
+    /// late and out of order (an older one then finds nothing left), and after a failure:
+    /// what was stored before it is still pending here, below the failed numbers.
+    pub(crate) fn committed(&self, seq: u64) {
         let mut state = self.state.lock().unwrap();
-        if generation != self.generation() {
-            return;
-        }
         while state.pending.front().is_some_and(|p| p.message.seq <= seq) {
             let pending = state.pending.pop_front().expect("checked above");
             state.deliver(&self.name, &self.limits, &self.history_held, pending);
         }
     }
 
-    /// The engine could not store this room's pending messages: none of them is delivered
-    /// or acknowledged; their senders are told, and numbering resumes after the last
-    /// message delivered.
-    pub(crate) fn failed(&self, generation: u64, error: &StorageError) {
+    /// The engine could not store this room's messages from `first` on: none of them is
+    /// delivered or acknowledged; their senders are told, and numbering resumes at `first`.
+    /// (Messages numbered after them under this generation are dropped by the engine.)
+    pub(crate) fn failed(&self, generation: u64, first: u64, error: &StorageError) {
         let mut state = self.state.lock().unwrap();
         if generation != self.generation() {
             return;
         }
         self.generation.fetch_add(1, Ordering::Release);
-        state.seq = state.delivered;
-        for pending in std::mem::take(&mut state.pending) {
+        state.seq = first - 1;
+        let stored = state.pending.partition_point(|p| p.message.seq < first);
+        for pending in state.pending.split_off(stored) {
             if let Some(key) = &pending.dedupe_key {
                 state.dedupe.remove(key);
             }

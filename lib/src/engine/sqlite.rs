@@ -147,6 +147,7 @@ impl Sqlite {
             conn,
             path: path.to_path_buf(),
             retention,
+            runtime: tokio::runtime::Handle::try_current().ok(),
         };
         std::thread::Builder::new()
             .name("wtchat-sqlite".into())
@@ -410,13 +411,18 @@ struct Writer {
     conn: Connection,
     path: PathBuf,
     retention: Retention,
+    /// Where committed messages are delivered: on the runtime's workers, so that fanning
+    /// them out to members neither waits for nor delays the next commit, and rooms deliver
+    /// in parallel. (The writer itself delivers when opened outside a runtime.)
+    runtime: Option<tokio::runtime::Handle>,
 }
 
-/// How far one room got in one transaction.
+/// One room's messages in one transaction: the first and last sequence numbers.
 struct Progress {
     room: Arc<Room>,
     generation: u64,
-    seq: u64,
+    first: u64,
+    last: u64,
 }
 
 impl Writer {
@@ -471,18 +477,26 @@ impl Writer {
                     progress.push(Progress {
                         room: room.clone(),
                         generation: *generation,
-                        seq: 0,
+                        first: record.seq,
+                        last: 0,
                     });
                     progress.len() - 1
                 });
-                progress[at].seq = record.seq;
+                progress[at].last = record.seq;
             }
         }
         let written = self.write(batch, &progress);
         match written {
             Ok(deleted) => {
-                for p in &progress {
-                    p.room.committed(p.generation, p.seq);
+                for p in progress {
+                    // Out of order is fine: a room delivers everything up to the highest
+                    // number it is told, and an older notice then finds nothing left.
+                    match &self.runtime {
+                        Some(runtime) => drop(runtime.spawn(async move {
+                            p.room.committed(p.last);
+                        })),
+                        None => p.room.committed(p.last),
+                    }
                 }
                 let mut deleted = deleted.into_iter();
                 for job in batch.drain(..) {
@@ -500,7 +514,7 @@ impl Writer {
                 let error = describe(&self.path, &e);
                 tracing::error!(%error, "could not store messages; their senders are told");
                 for p in &progress {
-                    p.room.failed(p.generation, &error);
+                    p.room.failed(p.generation, p.first, &error);
                 }
                 for job in batch.drain(..) {
                     match job {
@@ -576,11 +590,11 @@ impl Writer {
             let mut trim =
                 tx.prepare_cached("DELETE FROM messages WHERE room = ?1 AND seq <= ?2")?;
             for p in progress {
-                head.execute(params![p.room.name(), p.room.epoch() as i64, p.seq as i64])?;
-                if p.seq > self.retention.messages {
+                head.execute(params![p.room.name(), p.room.epoch() as i64, p.last as i64])?;
+                if p.last > self.retention.messages {
                     trim.execute(params![
                         p.room.name(),
-                        (p.seq - self.retention.messages) as i64
+                        (p.last - self.retention.messages) as i64
                     ])?;
                 }
             }
