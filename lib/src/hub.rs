@@ -806,8 +806,10 @@ impl Hub {
     /// `deleted` frame. Returns whether there was such a message.
     pub(crate) async fn delete(&self, name: &str, seq: u64) -> Result<bool, StorageError> {
         let stored = self.inner.store.delete(name, seq).await.transpose()?;
-        let in_memory = self.room(name).is_some_and(|room| room.forget(seq));
-        Ok(stored.unwrap_or(in_memory))
+        Ok(match self.room(name) {
+            Some(room) => room.forget(seq, stored),
+            None => stored.unwrap_or(false),
+        })
     }
 
     /// One page of room `name`'s history: up to `limit` messages below `before`.
@@ -989,25 +991,25 @@ impl Room {
         }
     }
 
-    /// Removes message `seq` from the recent history and tells the members; whether it was
-    /// there.
-    fn forget(&self, seq: u64) -> bool {
+    /// Removes message `seq` from the recent history and, if it was a message — `stored`
+    /// says whether the engine had it (None: the engine keeps nothing beyond this history)
+    /// — tells the members. Returns whether it was.
+    fn forget(&self, seq: u64, stored: Option<bool>) -> bool {
         let mut state = self.state.lock().unwrap();
-        let found = state.history.iter().position(|s| s.seq == seq);
-        if let Some(at) = found
-            && let Some(old) = state.history.remove(at)
-        {
+        let in_memory = state.history.iter().position(|s| s.seq == seq);
+        if let Some(old) = in_memory.and_then(|at| state.history.remove(at)) {
             self.history_held
                 .fetch_sub(old.frame.len(), Ordering::Relaxed);
         }
-        if seq <= state.delivered {
+        let deleted = stored.unwrap_or(in_memory.is_some());
+        if deleted {
             let frame = protocol::encode(&ServerFrame::Deleted {
                 room: &self.name,
                 seq,
             });
             state.broadcast(&self.name, &frame, None);
         }
-        found.is_some()
+        deleted
     }
 
     /// Up to `limit` delivered messages below `before`, oldest first: from the engine when it
@@ -1716,5 +1718,86 @@ mod tests {
         assert!(hub.try_connect().is_none());
         drop(a);
         assert!(hub.try_connect().is_some());
+    }
+
+    fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    #[test]
+    fn deleting_a_message_removes_it_from_history_and_tells_the_members() {
+        let hub = hub_on_memory(HubConfig::default());
+        let (ann, mut ann_in) = member(&hub, "ann", 64);
+        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
+        for text in ["one", "two", "three"] {
+            room.publish(&ann, text, None);
+        }
+        frames(&mut ann_in);
+        assert!(block_on(hub.delete("r", 2)).unwrap());
+        let got = frames(&mut ann_in);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0]["type"].as_str(), got[0]["seq"].as_u64()),
+            (Some("deleted"), Some(2))
+        );
+        // Not a message (any more): nothing to say.
+        assert!(!block_on(hub.delete("r", 2)).unwrap());
+        assert!(!block_on(hub.delete("r", 99)).unwrap());
+        assert!(frames(&mut ann_in).is_empty());
+        let (bob, mut bob_in) = member(&hub, "bob", 64);
+        hub.join("r", bob, Resume::default()).unwrap();
+        assert_eq!(
+            texts(&frames(&mut bob_in)),
+            [(1, "one".into()), (3, "three".into())]
+        );
+    }
+
+    #[test]
+    fn history_pages_go_back_from_the_newest() {
+        let hub = hub_on_memory(HubConfig::default());
+        let (ann, _ann_in) = member(&hub, "ann", 64);
+        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
+        for i in 1..=7 {
+            room.publish(&ann, &format!("m{i}"), None);
+        }
+        let page = |before, limit| {
+            let page = hub.history("r", before, limit).unwrap();
+            (
+                page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+                page.more,
+            )
+        };
+        assert_eq!(page(None, 3), (vec![5, 6, 7], true));
+        assert_eq!(page(Some(5), 3), (vec![2, 3, 4], true));
+        assert_eq!(page(Some(2), 3), (vec![1], false));
+        assert_eq!(page(Some(100), 10).0.len(), 7, "nothing beyond the newest");
+        assert_eq!(hub.history("nowhere", None, 3).unwrap().messages, []);
+    }
+
+    #[test]
+    fn a_ban_keeps_a_user_out_of_its_room_or_everywhere_until_it_ends() {
+        let hub = hub_on_memory(HubConfig::default());
+        let (outbox, _inbox, closing) = queue(64);
+        let mut bob = anonymous(&hub, "bob", "key-of-bob", outbox);
+        bob.user = Some("u-bob".into());
+        hub.join("r", bob, Resume::default()).unwrap();
+        assert!(!hub.banned("r", "u-bob"));
+        let kicked = block_on(hub.ban(Some("r"), "u-bob", now_ms() + 60_000)).unwrap();
+        assert_eq!(kicked, 1);
+        assert_eq!(block_on(closing.wait()), CloseCode::Kicked);
+        assert!(hub.banned("r", "u-bob"));
+        assert!(!hub.banned("elsewhere", "u-bob"));
+        assert!(!hub.banned("r", "u-ann"));
+        block_on(hub.ban(None, "u-bob", now_ms() + 60_000)).unwrap();
+        assert!(hub.banned("elsewhere", "u-bob"));
+        block_on(hub.unban(None, "u-bob")).unwrap();
+        block_on(hub.unban(Some("r"), "u-bob")).unwrap();
+        assert!(!hub.banned("r", "u-bob"));
+        // A ban that ended is no ban.
+        block_on(hub.ban(Some("r"), "u-bob", now_ms() - 1)).unwrap();
+        assert!(!hub.banned("r", "u-bob"));
     }
 }
