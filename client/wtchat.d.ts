@@ -52,6 +52,8 @@ export type ErrorCode =
   | "rate_limited"
   | "room_forbidden"
   | "rejected"
+  | "storage_failed"
+  | "banned"
   | "closed"
   | "unreachable"
   | "unsupported"
@@ -162,12 +164,23 @@ export interface GapEvent {
   since: number;
 }
 
+/** The host deleted a message: remove it from view. */
+export interface DeletedEvent {
+  room: string;
+  /** The room epoch the deleted message was numbered under. */
+  epoch: number;
+  /** The deleted message's sequence number. */
+  seq: number;
+}
+
 export interface ChatEvents {
   message: Message;
+  /** The host deleted a message (it is gone from `chat.messages` too). */
+  deleted: DeletedEvent;
   presence: PresenceEvent;
   typing: TypingEvent;
   status: StatusEvent;
-  /** A server error not tied to a `send()` (whose promise rejects instead). */
+  /** A server error not tied to a `send()` or `history()` (whose promise rejects instead). */
   error: ChatError;
   /** Messages were missed and cannot be replayed (too old, or the room was recreated). */
   gap: GapEvent;
@@ -203,6 +216,24 @@ export interface Ack {
   id: string;
 }
 
+/** What `history()` asks for. */
+export interface HistoryOptions {
+  /** The chat's own room (the default); any other is refused with `not_joined`. */
+  room?: string;
+  /** Only messages with a sequence number below this one. Default: up to the newest. */
+  before?: number;
+  /** At most this many messages. Default and maximum: 100 (the server's). */
+  limit?: number;
+}
+
+/** One page of older messages. */
+export interface HistoryPage {
+  /** Oldest first, in the shape of `message` events. */
+  messages: Message[];
+  /** Whether older messages remain (ask again with `before` = the first one's `seq`). */
+  more: boolean;
+}
+
 /** A joined room. Made by {@link connect}. */
 export class Chat {
   private constructor(options: ConnectOptions);
@@ -214,7 +245,8 @@ export class Chat {
   /** The transport in use; null while not connected. */
   readonly transport: Transport | null;
   readonly status: Status;
-  /** The room's messages received so far, in order, without duplicates. */
+  /** The room's messages received so far, in order, without duplicates, without the
+   * deleted ones (older pages from `history()` are not added). */
   readonly messages: readonly Message[];
   /** The room's members now. */
   readonly members: readonly Member[];
@@ -232,9 +264,20 @@ export class Chat {
   /**
    * Sends a message. Resolves with the acknowledgement once the server stored it; rejects
    * with a ChatError carrying the server's error code. While reconnecting, sends are queued
-   * and delivered once, in order. `id` is the client message id, known at once.
+   * and delivered once, in order. One the server dropped (`rate_limited`) or could not
+   * store (`storage_failed`) is sent again a few times, keeping its place, before it
+   * rejects. `id` is the client message id, known at once.
    */
   send(text: string): Promise<Ack> & { readonly id: string };
+
+  /**
+   * One page of the room's older messages: up to `limit` below `before`, oldest first, and
+   * whether older ones remain. Rejects with a ChatError: `not_joined`, `storage_failed` (the
+   * server could not read its storage: try again later), `closed`; with a TypeError when
+   * `before` or `limit` is not a positive whole number. Requests are answered in the order
+   * they were made; while reconnecting they wait. `chat.messages` is left as it is.
+   */
+  history(options?: HistoryOptions): Promise<HistoryPage>;
 
   /** Tells the room this user is typing (a datagram over WebTransport). Throttled to one
    * notice per 2.5 s; returns whether one was sent. */
@@ -252,7 +295,7 @@ export class Chat {
  * Fetches `/wtchat/config` from the server, connects (WebTransport, or WebSocket where
  * WebTransport is missing, blocked or slow), joins the room, and resolves once the room is
  * joined and its recent history is in `chat.messages`. Rejects with a ChatError
- * (`invalid_name`, `invalid_room`, `room_forbidden`, `unauthorized`, `unsupported`,
- * `unreachable`, ...).
+ * (`invalid_name`, `invalid_room`, `room_forbidden`, `banned`, `unauthorized`,
+ * `unsupported`, `unreachable`, ...).
  */
 export function connect(options: ConnectOptions): Promise<Chat>;

@@ -44,6 +44,14 @@ const PING_TIMEOUT_MS = 10000;
 const TYPING_INTERVAL_MS = 2500;
 /** Messages kept in `chat.messages` (oldest dropped first). */
 const DEFAULT_MAX_MESSAGES = 1000;
+/**
+ * How often a request the server dropped (`rate_limited`) or could not store
+ * (`storage_failed`) is tried again, keeping its place, before it fails; the n-th retry
+ * waits n seconds.
+ */
+const MAX_RETRIES = 5;
+/** Connection attempts that fail with these codes are tried again later. */
+const RETRY_CONNECT = ["unreachable", "timeout", "server_full", "rate_limited", "storage_failed", "lost", "shutdown", "too_slow"];
 
 /** Close codes (WebSocket close code = WebTransport close code = `bye.code`). */
 export const CloseCodes = Object.freeze({
@@ -431,6 +439,7 @@ export class Chat {
     this._idPrefix = `${randomId()}-`;
     this._idCounter = 0;
     this._pending = []; // unacknowledged sends, in order
+    this._histories = []; // unanswered history requests, in order
     this._wire = []; // frames waiting for the rate limit, current connection only
     this._tokens = 0;
     this._tokensAt = 0;
@@ -461,8 +470,8 @@ export class Chat {
   }
 
   /**
-   * Subscribes to an event: `message`, `presence`, `typing`, `status`, `error`, `gap`.
-   * Returns a function that unsubscribes.
+   * Subscribes to an event: `message`, `deleted`, `presence`, `typing`, `status`, `error`,
+   * `gap`. Returns a function that unsubscribes.
    */
   on(event, handler) {
     let set = this._handlers.get(event);
@@ -508,20 +517,54 @@ export class Chat {
     const id = `${this._idPrefix}${++this._idCounter}`;
     // The message ends the others' "typing" display: the next keystroke may say so again.
     this._lastTyping = 0;
-    const promise = new Promise((resolve, reject) => {
-      const pending = { id, text, resolve, reject, gen: -1, retries: 0, held: false };
-      this._pending.push(pending);
-      if (this._joined) this._sendNext();
-    });
+    const promise = this._request(this._pending, { type: "send", room: this.room, text, id }, { id });
     // The client id, known at once: the `message` event for this send carries it.
     promise.id = id;
     return promise;
+  }
+
+  /**
+   * One page of the room's older messages: up to `limit` (the server's default and maximum:
+   * 100) with sequence numbers below `before` (default: the newest), oldest first, in the
+   * shape of `message` events. Resolves with `{messages, more}`, `more` saying whether
+   * older ones remain; rejects with a ChatError carrying the server's error code
+   * (`not_joined`, `storage_failed`), or `closed`. Requests are answered in the order they
+   * were made; while reconnecting they wait, like sends. `chat.messages` is left as it is.
+   */
+  history({ room = this.room, before, limit } = {}) {
+    if (this.status === "closed") {
+      return Promise.reject(new ChatError("closed", "the chat is closed"));
+    }
+    for (const [name, value] of Object.entries({ before, limit })) {
+      if (value !== undefined && !(Number.isSafeInteger(value) && value > 0)) {
+        return Promise.reject(new TypeError(`history: ${name} must be a positive whole number`));
+      }
+    }
+    if (room !== this.room) {
+      return Promise.reject(new ChatError("not_joined", `this chat is in ${this.room}, not ${room}`, { room }));
+    }
+    return this._request(this._histories, { type: "history", room, before, limit });
+  }
+
+  /**
+   * Queues a frame that the server answers, on `line` (sends, or history requests): each
+   * line has one request on the wire at a time, in order, sent again on every new
+   * connection until answered.
+   */
+  _request(line, frame, fields = {}) {
+    return new Promise((resolve, reject) => {
+      line.push({ ...fields, frame, resolve, reject, gen: -1, retries: 0, held: false });
+      if (this._joined) this._writeNext(line);
+    });
   }
 
   /** Says "I am typing" to the room; throttled, and dropped when not connected. */
   typing() {
     const now = Date.now();
     if (!this._joined || now - this._lastTyping < TYPING_INTERVAL_MS) return false;
+    // An error about a typing notice would read as one about the history request (neither
+    // has an id); notices may be lost anyway.
+    if (this._onWire(this._histories)) return false;
     // Never let a typing notice cost a message its place under the rate limit.
     this._refill();
     if (this._tokens < 2 || this._wire.length) return false;
@@ -563,9 +606,8 @@ export class Chat {
         this._startKeepalive();
         return;
       } catch (e) {
-        const fatal = !["unreachable", "timeout", "server_full", "rate_limited", "lost"].includes(e.code);
         const wait = this._backoff();
-        if (fatal || Date.now() + wait > deadline) {
+        if (!RETRY_CONNECT.includes(e.code) || Date.now() + wait > deadline) {
           this._shutdown(e.message, undefined, e.code);
           throw e;
         }
@@ -663,8 +705,10 @@ export class Chat {
       const conn = await Promise.race([attempt, timeout]);
       this.transport = conn.kind;
       // Queued and unacknowledged sends, in order, with their ids: the server stores each
-      // once. Before the status event, whose handlers may send more.
-      this._sendNext();
+      // once. Unanswered history requests too. Before the status event, whose handlers may
+      // send more.
+      this._writeNext(this._pending);
+      this._writeNext(this._histories);
       this._setStatus("connected", { transport: conn.kind });
     } catch (e) {
       attempt.catch(() => {});
@@ -730,8 +774,7 @@ export class Chat {
       this._startKeepalive();
     } catch (e) {
       if (this.status === "closed" || e.code === "aborted") return;
-      const retry = ["unreachable", "timeout", "server_full", "rate_limited", "lost", "shutdown", "too_slow"];
-      if (!retry.includes(e.code)) {
+      if (!RETRY_CONNECT.includes(e.code)) {
         this._shutdown(e.message, undefined, e.code);
         return;
       }
@@ -753,9 +796,9 @@ export class Chat {
     this._joined = false;
     if (conn && !this._closedByUser) conn.close(CloseCodes.NORMAL, "normal");
     this.transport = null;
-    const pending = this._pending;
-    this._pending = [];
-    for (const p of pending) p.reject(new ChatError("closed", "the chat closed before the message was sent"));
+    for (const [line, what] of [[this._pending, "the message was sent"], [this._histories, "history arrived"]]) {
+      for (const request of line.splice(0)) request.reject(new ChatError("closed", `the chat closed before ${what}`));
+    }
     this._setStatus("closed", { reason, code, error: errorCode });
   }
 
@@ -833,15 +876,43 @@ export class Chat {
   }
 
   /**
-   * Writes the oldest unacknowledged send unless it is on the wire already: one send at a
-   * time, so that one the server drops (`rate_limited`) and the client retries can never
-   * be stored after a later one. Each goes out on its ack's heels.
+   * Writes the oldest request of `line` unless it is on the wire already: one at a time, so
+   * that one the server drops (`rate_limited`) and the client retries can never be stored
+   * (or answered) after a later one. Each goes out on its answer's heels.
    */
-  _sendNext() {
-    const head = this._pending[0];
+  _writeNext(line) {
+    const head = line[0];
     if (!head || !this._conn || head.held || head.gen === this._gen) return;
     head.gen = this._gen;
-    this._enqueue({ type: "send", room: this.room, text: head.text, id: head.id });
+    this._enqueue(head.frame);
+  }
+
+  /** Whether the oldest request of `line` is on the wire of this connection. */
+  _onWire(line) {
+    return line.length > 0 && line[0].gen === this._gen;
+  }
+
+  /**
+   * Sends the oldest request of `line` again after a pause, in its place (its id keeps a
+   * send idempotent); false when it was retried enough already.
+   */
+  _retryLater(line) {
+    const head = line[0];
+    if (head.retries >= MAX_RETRIES) return false;
+    head.retries += 1;
+    head.gen = -1;
+    head.held = true;
+    setTimeout(() => {
+      head.held = false;
+      if (this._joined) this._writeNext(line);
+    }, 1000 * head.retries);
+    return true;
+  }
+
+  /** Settles the oldest request of `line` and writes the next. */
+  _settle(line, settle) {
+    settle(line.shift());
+    this._writeNext(line);
   }
 
   // ---- reading ----
@@ -854,6 +925,8 @@ export class Chat {
       case "joined": return this._onJoined(frame);
       case "message": return this._onMessage(frame);
       case "ack": return this._onAck(frame);
+      case "history": return this._onHistory(frame);
+      case "deleted": return this._onDeleted(frame);
       case "presence": return this._onPresence(frame);
       case "typing":
         if (frame.from) this._emit("typing", { room: this.room, from: frame.from });
@@ -899,7 +972,15 @@ export class Chat {
     if (this._replayLeft > 0 && --this._replayLeft === 0) queueMicrotask(() => this._joinDone());
     if (typeof frame.seq !== "number" || frame.seq <= this.seq) return;
     this.seq = frame.seq;
-    const message = {
+    const message = this._message(frame);
+    this.messages.push(message);
+    if (this.messages.length > this._maxMessages) this.messages.splice(0, this.messages.length - this._maxMessages);
+    this._emit("message", message);
+  }
+
+  /** A `message` frame as the `message` event and `history()` give it. */
+  _message(frame) {
+    return {
       room: this.room,
       epoch: this.epoch,
       seq: frame.seq,
@@ -910,9 +991,6 @@ export class Chat {
       id: frame.id,
       mine: this.isMine(frame),
     };
-    this.messages.push(message);
-    if (this.messages.length > this._maxMessages) this.messages.splice(0, this.messages.length - this._maxMessages);
-    this._emit("message", message);
   }
 
   _onAck(frame) {
@@ -920,7 +998,21 @@ export class Chat {
     if (i < 0) return;
     const [pending] = this._pending.splice(i, 1);
     pending.resolve({ seq: frame.seq, id: pending.id });
-    this._sendNext();
+    this._writeNext(this._pending);
+  }
+
+  _onHistory(frame) {
+    // One request on the wire at a time: this answers the oldest.
+    if (!this._onWire(this._histories)) return;
+    const messages = (Array.isArray(frame.messages) ? frame.messages : []).map((m) => this._message(m));
+    this._settle(this._histories, (request) => request.resolve({ messages, more: !!frame.more }));
+  }
+
+  _onDeleted(frame) {
+    if (typeof frame.seq !== "number") return;
+    const i = this.messages.findIndex((m) => m.epoch === this.epoch && m.seq === frame.seq);
+    if (i >= 0) this.messages.splice(i, 1);
+    this._emit("deleted", { room: this.room, epoch: this.epoch, seq: frame.seq });
   }
 
   _onPresence(frame) {
@@ -942,22 +1034,13 @@ export class Chat {
     if (frame.id) {
       const i = this._pending.findIndex((p) => p.id === frame.id);
       if (i >= 0) {
-        const pending = this._pending[i];
-        if (frame.code === "rate_limited" && pending.retries < 5) {
-          // Dropped, not refused: try again shortly (the id keeps it idempotent), and
-          // nothing after it before it.
-          pending.retries += 1;
-          pending.gen = -1;
-          pending.held = true;
-          setTimeout(() => {
-            pending.held = false;
-            if (this._joined) this._sendNext();
-          }, 1000 * pending.retries);
-          return;
-        }
-        this._pending.splice(i, 1);
+        // Dropped, or not stored: neither acknowledged nor delivered. Try again shortly (the
+        // id keeps it idempotent), and nothing after it before it.
+        const retry = frame.code === "rate_limited" || frame.code === "storage_failed";
+        if (i === 0 && retry && this._retryLater(this._pending)) return;
+        const [pending] = this._pending.splice(i, 1);
         pending.reject(error);
-        this._sendNext();
+        this._writeNext(this._pending);
         return;
       }
     }
@@ -965,6 +1048,13 @@ export class Chat {
       const waiter = this._joinWaiter;
       this._joinWaiter = null;
       waiter.reject(error);
+      return;
+    }
+    // An error naming the room and no id, while joined, answers the history request on the
+    // wire: it is the only such frame the client has in flight (no typing notice meanwhile).
+    if (!frame.id && frame.room === this.room && this._onWire(this._histories)) {
+      if (frame.code === "rate_limited" && this._retryLater(this._histories)) return;
+      this._settle(this._histories, (request) => request.reject(error));
       return;
     }
     this._emit("error", error);
