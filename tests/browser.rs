@@ -17,6 +17,7 @@ mod host;
 
 use common::{TestServer, start, start_host, start_with};
 use serde_json::{Value, json};
+use wtchat::Engine;
 
 /// One browser test at a time: several Chromiums starting at once on a small machine make
 /// every timing in them (the WebTransport head start, the two-second fallback) meaningless,
@@ -476,45 +477,115 @@ async fn the_demo_page_loads_cleanly_and_is_keyboard_usable() {
 
 #[tokio::test]
 async fn pages_come_back_by_themselves_after_a_server_restart() {
-    let Some((_serial, browser)) =
-        take_browser("pages_come_back_by_themselves_after_a_server_restart").await
-    else {
+    // In memory: the rooms, their epochs and history are gone with the server.
+    come_back_after_a_restart(
+        "pages_come_back_by_themselves_after_a_server_restart",
+        Engine::Memory,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn pages_resume_after_a_restart_on_a_durable_engine_missing_nothing() {
+    // In an SQLite file: the restarted server has the rooms as they were.
+    let dir = tempfile::tempdir().unwrap();
+    come_back_after_a_restart(
+        "pages_resume_after_a_restart_on_a_durable_engine_missing_nothing",
+        Engine::Sqlite(dir.path().join("chat.db")),
+    )
+    .await;
+}
+
+/// Ann's and Bob's pages are open when the server stops (every client gets `bye` 4000,
+/// reconnect) and a new one starts on the same ports with a new certificate and the same
+/// `engine`, where the host says something before they are back. They come back by
+/// themselves, and show every message once: on a durable engine the room goes on where it
+/// was, with no gap; in memory it starts over, and the page says plainly that earlier
+/// messages may be missing.
+async fn come_back_after_a_restart(test: &str, engine: Engine) {
+    let Some((_serial, browser)) = take_browser(test).await else {
         return;
     };
-    let server = start().await;
+    let durable = engine != Engine::Memory;
+    let server = start_with(|config| config.engine(engine.clone())).await;
     let (http, webtransport) = (server.http, server.webtransport);
     let (a, b) = open_ann_and_bob(&browser, &server, "restart").await;
     say(&b, "before the restart").await;
     a.messages(1).await;
+    let epoch = a.eval("window.chat.epoch").await;
 
-    // Stop the server (every client gets `bye` 4000, reconnect) and start a new one on the
-    // same ports, with a new certificate: the rooms, their epochs and history are gone.
     let started = Instant::now();
     server.stop().await;
     a.wait_for("A to notice", "window.__statusLog.includes('reconnecting')")
         .await;
-    let server = start_with(|config| config.http(http).webtransport(webtransport)).await;
+    // Meanwhile the host says something, through a server on the same storage that the
+    // pages cannot reach: kept in the file, lost with the memory.
+    let elsewhere = start_with(|config| config.engine(engine.clone())).await;
+    elsewhere
+        .chat
+        .publish("restart", "Host", "while you were away")
+        .await
+        .unwrap();
+    elsewhere.stop().await;
+    let server =
+        start_with(|config| config.http(http).webtransport(webtransport).engine(engine)).await;
     a.wait_connected("webtransport").await;
     b.wait_connected("websocket").await;
     eprintln!("both pages back after {:?}", started.elapsed());
     a.wait_members(&["ann", "bob"]).await;
-    // The page says plainly that earlier messages may be missing, keeps what it had, and
-    // goes on in the new room.
-    a.wait_for(
-        "the gap notice",
-        "document.querySelector('[data-testid=gap-notice]')",
-    )
-    .await;
+    if !durable {
+        // Shown on rejoining, before anything new: the page keeps what it had and goes on
+        // in the new room.
+        a.wait_for(
+            "the gap notice",
+            "document.querySelector('[data-testid=gap-notice]')",
+        )
+        .await;
+    }
     say(&b, "after the restart").await;
     say(&a, "ann is back").await;
-    let want = [
-        (1, "bob".to_string(), "before the restart".to_string()),
-        (1, "bob".to_string(), "after the restart".to_string()),
-        (2, "ann".to_string(), "ann is back".to_string()),
-    ];
-    assert_eq!(a.messages(3).await, want);
-    assert_eq!(b.messages(3).await, want);
-    a.screenshot("after-restart-desktop").await;
+    let mut said = vec![("bob", "before the restart")];
+    if durable {
+        said.push(("Host", "while you were away"));
+    }
+    said.extend([("bob", "after the restart"), ("ann", "ann is back")]);
+    let want = if durable {
+        numbered(&said)
+    } else {
+        // The new room numbers from 1 again.
+        [numbered(&said[..1]), numbered(&said[1..])].concat()
+    };
+    for page in [&a, &b] {
+        assert_eq!(page.messages(want.len()).await, want, "[{}]", page.name);
+        // Each once, and a gap notice in memory only.
+        assert_eq!(
+            page.eval(&format!(
+                "[window.chat.messages.length, {SHOWN},
+                  document.querySelectorAll('[data-testid=gap-notice]').length]"
+            ))
+            .await,
+            json!([want.len(), want.len(), if durable { 0 } else { 1 }]),
+            "[{}]",
+            page.name
+        );
+    }
+    // Bob was cut off too, and came back: A's page does not say he left.
+    assert_eq!(
+        a.eval("[...document.querySelectorAll('[data-testid=presence-notice]')].map(n => n.textContent)")
+            .await,
+        json!([])
+    );
+    assert_eq!(
+        a.eval("window.chat.epoch").await == epoch,
+        durable,
+        "the room's epoch survives on a durable engine only"
+    );
+    a.screenshot(if durable {
+        "after-restart-durable-desktop"
+    } else {
+        "after-restart-desktop"
+    })
+    .await;
     // While the server was down the browser itself logged the refused connections; the page
     // and the client logged nothing.
     for page in [&a, &b] {
@@ -565,6 +636,7 @@ const API_CHECKS: &str = r#"(async (transport, token, watcherToken, badToken) =>
   chat.limits = limits;
   result.badRoom = await code(connect({ room: "no spaces", transport, token }));
   result.badToken = await code(connect({ room, transport, token: badToken }));
+  result.banned = await code(connect({ room: "no-entry", transport, token }));
   const statuses = [];
   chat.on("status", (s) => statuses.push(s.status));
   chat.close();
@@ -601,6 +673,11 @@ async fn the_client_api_paces_acknowledges_refuses_and_closes() {
     let token = mint(secret, "42", "Tokened Ann");
     let watcher = mint(secret, "7", "Watcher");
     let forged = mint("not the secret", "42", "Mallory");
+    server
+        .chat
+        .ban("42", Some("no-entry"), std::time::Duration::from_secs(600))
+        .await
+        .unwrap();
     let page = browser.page("api", 1024, 768, None).await;
     // The demo page's join screen: the server's origin, and no connection of its own.
     page.goto(&demo_url(&server, "")).await;
@@ -644,6 +721,7 @@ async fn the_client_api_paces_acknowledges_refuses_and_closes() {
         );
         assert_eq!(got["badRoom"], "invalid_room");
         assert_eq!(got["badToken"], "unauthorized");
+        assert_eq!(got["banned"], "banned");
         assert_eq!(got["afterClose"], "closed");
         assert_eq!(got["statuses"], json!(["closed"]));
         assert_eq!(
@@ -840,4 +918,239 @@ async fn the_hosts_login_is_the_chat_identity_over_webtransport() {
     for page in [a, b] {
         assert_no_console_errors(page);
     }
+}
+
+/// The demo page's message list.
+const MESSAGE_LIST: &str = "[data-testid=message-list]";
+
+/// How many messages the demo page shows.
+const SHOWN: &str = "document.querySelectorAll('[data-testid=message]').length";
+
+/// Whether the demo page says the room has no older messages.
+const AT_THE_BEGINNING: &str = "!!document.querySelector('[data-testid=history-start]')";
+
+/// `(seq, "Host", "message seq")` for each of `seqs`: what the host published.
+fn host_messages(seqs: impl IntoIterator<Item = u64>) -> Vec<(u64, String, String)> {
+    seqs.into_iter()
+        .map(|i| (i, "Host".to_string(), format!("message {i}")))
+        .collect()
+}
+
+/// Publishes "message 1", "message 2", … up to `n` into `room` as the host.
+async fn publish_numbered(server: &TestServer, room: &str, n: u64) {
+    for i in 1..=n {
+        server
+            .chat
+            .publish(room, "Host", &format!("message {i}"))
+            .await
+            .unwrap();
+    }
+}
+
+/// A server keeping its rooms in an SQLite file in `dir`, replaying the newest 10 on join.
+async fn start_durable(dir: &tempfile::TempDir) -> TestServer {
+    start_with(|c| {
+        c.engine(Engine::Sqlite(dir.path().join("chat.db")))
+            .history(10)
+    })
+    .await
+}
+
+/// Scrolls the demo page's message list up to the top, again and again, as a reader does,
+/// until the page says the room has no older messages; returns how many times. Each time a
+/// page of older messages appears above, and the message that was at the top stays in view.
+async fn scroll_to_the_beginning(page: &Page<'_>) -> usize {
+    let mut scrolls = 0;
+    while page.eval(AT_THE_BEGINNING).await != json!(true) {
+        let (shown, oldest) = (
+            page.eval(SHOWN).await,
+            page.eval("document.querySelector('[data-testid=message]').dataset.seq")
+                .await,
+        );
+        page.wheel(MESSAGE_LIST, -100_000.0).await;
+        page.wait_for(
+            "older messages, or the room's beginning",
+            &format!("{SHOWN} > {shown} || {AT_THE_BEGINNING}"),
+        )
+        .await;
+        let in_view = page
+            .eval(&format!(
+                "(() => {{ const list = document.querySelector('{MESSAGE_LIST}');
+                          const m = list.querySelector('[data-testid=message][data-seq=\"{oldest}\"]');
+                          const l = list.getBoundingClientRect(), r = m.getBoundingClientRect();
+                          return r.top >= l.top && r.bottom <= l.bottom; }})()",
+                oldest = oldest.as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(
+            in_view,
+            json!(true),
+            "[{}] message {oldest} left the view",
+            page.name
+        );
+        scrolls += 1;
+        assert!(
+            scrolls <= 10,
+            "[{}] still paging after {scrolls} scrolls",
+            page.name
+        );
+    }
+    scrolls
+}
+
+#[tokio::test]
+async fn a_page_scrolled_to_the_top_pages_back_through_the_whole_room() {
+    let Some((_serial, browser)) =
+        take_browser("a_page_scrolled_to_the_top_pages_back_through_the_whole_room").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_durable(&dir).await;
+    let started = Instant::now();
+    publish_numbered(&server, "archive", 250).await;
+    eprintln!("250 messages stored in {:?}", started.elapsed());
+
+    let page = open_chat(&browser, &server, "A", (1024, 768), None, "archive", "ann").await;
+    page.wait_connected("webtransport").await;
+    // The join brought the newest 10, at the bottom of the list.
+    assert_eq!(
+        page.eval("window.chat.messages.map(m => m.seq)").await,
+        json!((241..=250).collect::<Vec<_>>())
+    );
+    assert_eq!(page.messages(10).await.last(), host_messages([250]).last());
+
+    let started = Instant::now();
+    let scrolls = scroll_to_the_beginning(&page).await;
+    eprintln!(
+        "paged back through 250 messages in {scrolls} scrolls, {:?}",
+        started.elapsed()
+    );
+    assert_eq!(page.messages(250).await, host_messages(1..=250));
+    page.wheel(MESSAGE_LIST, -100_000.0).await;
+    page.wait_for(
+        "the list scrolled to its top",
+        &format!("document.querySelector('{MESSAGE_LIST}').scrollTop === 0"),
+    )
+    .await;
+    page.screenshot("history-beginning-desktop").await;
+
+    // The client API itself: pages below a sequence number, several at once answered in
+    // order, and a room this chat is not in refused.
+    let got = page
+        .eval(
+            r#"(async () => {
+              const seqs = (page) => [page.messages.map((m) => m.seq), page.more];
+              const pages = await Promise.all([
+                chat.history({ before: 5, limit: 3 }), chat.history({ before: 3 }), chat.history({ limit: 2 }),
+              ]);
+              const first = pages[0].messages[0];
+              const other = await chat.history({ room: "elsewhere" }).then(() => "resolved", (e) => e.code);
+              return { pages: pages.map(seqs), first: [first.room, first.seq, first.from, first.text, first.mine], other };
+            })()"#,
+        )
+        .await;
+    assert_eq!(
+        got,
+        json!({
+            "pages": [[[2, 3, 4], true], [[1, 2], false], [[249, 250], true]],
+            "first": ["archive", 2, "Host", "message 2", false],
+            "other": "not_joined",
+        })
+    );
+    assert_no_console_errors(&page);
+}
+
+#[tokio::test]
+async fn messages_the_host_deletes_leave_the_pages() {
+    let Some((_serial, browser)) = take_browser("messages_the_host_deletes_leave_the_pages").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_durable(&dir).await;
+    publish_numbered(&server, "notes", 12).await;
+    // Deleted before anyone looks: paging back does not bring it.
+    assert_eq!(server.chat.delete_message("notes", 2).await, Ok(true));
+    let (a, b) = open_ann_and_bob(&browser, &server, "notes").await;
+    for page in [&a, &b] {
+        scroll_to_the_beginning(page).await;
+        assert_eq!(
+            page.messages(11).await,
+            host_messages([1].into_iter().chain(3..=12))
+        );
+    }
+
+    // Deleted while shown: the first message, under the sender's name, and one amid others.
+    for seq in [1, 7] {
+        assert_eq!(server.chat.delete_message("notes", seq).await, Ok(true));
+    }
+    let left = host_messages([3, 4, 5, 6, 8, 9, 10, 11, 12]);
+    for page in [&a, &b] {
+        page.wait_for(
+            "the deleted messages to go",
+            &format!("{SHOWN} === {}", left.len()),
+        )
+        .await;
+        assert_eq!(page.messages(left.len()).await, left);
+        assert_eq!(
+            page.eval("window.chat.messages.map(m => m.seq)").await,
+            json!([3, 4, 5, 6, 8, 9, 10, 11, 12]),
+            "[{}]",
+            page.name
+        );
+        // The sender's name moved down to what is now the first message.
+        assert_eq!(
+            page.eval("document.querySelector('[data-testid=message]').classList.contains('cont')")
+                .await,
+            json!(false),
+            "[{}]",
+            page.name
+        );
+    }
+    assert_eq!(server.chat.delete_message("notes", 7).await, Ok(false));
+    a.screenshot("deleted-desktop").await;
+    assert_no_console_errors(&a);
+    assert_no_console_errors(&b);
+}
+
+/// Run on a joined demo page: the next send it makes is answered as by a server that could
+/// not store it (`storage_failed`: neither acknowledged nor delivered), once.
+const STORAGE_FAILS_ONCE: &str = r#"(() => {
+  const conn = window.chat._conn;
+  const write = conn.write;
+  window.__refused = [];
+  conn.write = (frame) => {
+    if (frame.type !== "send" || window.__refused.length) return write(frame);
+    window.__refused.push(frame.text);
+    setTimeout(() => window.chat._onFrame({ type: "error", code: "storage_failed",
+      message: "the disk is full", room: frame.room, id: frame.id }));
+    return true;
+  };
+})()"#;
+
+#[tokio::test]
+async fn a_send_the_server_could_not_store_goes_again_in_its_place() {
+    let Some((_serial, browser)) =
+        take_browser("a_send_the_server_could_not_store_goes_again_in_its_place").await
+    else {
+        return;
+    };
+    let server = start().await;
+    let page = open_chat(&browser, &server, "A", (1024, 768), None, "disk", "ann").await;
+    page.wait_connected("webtransport").await;
+    page.eval(STORAGE_FAILS_ONCE).await;
+    say(&page, "refused once").await;
+    say(&page, "sent after it").await;
+    assert_eq!(
+        page.messages(2).await,
+        numbered(&[("ann", "refused once"), ("ann", "sent after it")])
+    );
+    assert_eq!(page.eval("window.__refused").await, json!(["refused once"]));
+    assert_eq!(
+        page.eval("document.querySelectorAll('[data-testid=pending-message]').length")
+            .await,
+        0
+    );
+    assert_no_console_errors(&page);
 }

@@ -667,6 +667,23 @@ impl Page<'_> {
         self.press("Enter").await;
     }
 
+    /// Turns the mouse wheel over the middle of the element matching `selector`, as a user
+    /// scrolls it: `delta_y` CSS pixels, negative upwards.
+    pub async fn wheel(&self, selector: &str, delta_y: f64) {
+        let middle = self
+            .eval(&format!(
+                "(() => {{ const r = document.querySelector({sel}).getBoundingClientRect();
+                          return [r.x + r.width / 2, r.y + r.height / 2]; }})()",
+                sel = json!(selector)
+            ))
+            .await;
+        self.call(
+            "Input.dispatchMouseEvent",
+            json!({"type": "mouseWheel", "x": middle[0], "y": middle[1], "deltaX": 0, "deltaY": delta_y}),
+        )
+        .await;
+    }
+
     /// Writes a PNG screenshot to `target/screenshots/<file>.png`; returns its path.
     pub async fn screenshot(&self, file: &str) -> PathBuf {
         let shot = self
