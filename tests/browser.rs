@@ -1116,16 +1116,14 @@ async fn messages_the_host_deletes_leave_the_pages() {
 
 /// Run on a joined demo page: the next send it makes is answered as by a server that could
 /// not store it (`storage_failed`: neither acknowledged nor delivered), once.
-const STORAGE_FAILS_ONCE: &str = r#"(() => {
-  const conn = window.chat._conn;
-  const write = conn.write;
-  window.__refused = [];
-  conn.write = (frame) => {
-    if (frame.type !== "send" || window.__refused.length) return write(frame);
-    window.__refused.push(frame.text);
-    setTimeout(() => window.chat._onFrame({ type: "error", code: "storage_failed",
-      message: "the disk is full", room: frame.room, id: frame.id }));
-    return true;
+/// Notes the code of every error frame the page's client receives, and changes nothing.
+const RECORD_ERRORS: &str = r#"(() => {
+  const chat = window.chat;
+  const onFrame = chat._onFrame.bind(chat);
+  window.__errors = [];
+  chat._onFrame = (frame) => {
+    if (frame && frame.type === "error") window.__errors.push(frame.code);
+    onFrame(frame);
   };
 })()"#;
 
@@ -1136,17 +1134,47 @@ async fn a_send_the_server_could_not_store_goes_again_in_its_place() {
     else {
         return;
     };
-    let server = start().await;
+    // A real full disk under the server's database.
+    let dir = tempfile::tempdir().unwrap();
+    let disk = common::SmallDisk::new(dir.path());
+    let db = disk.path().join("chat.db");
+    let server = start_with(move |b| b.engine(Engine::Sqlite(db))).await;
     let page = open_chat(&browser, &server, "A", (1024, 768), None, "disk", "ann").await;
     page.wait_connected("webtransport").await;
-    page.eval(STORAGE_FAILS_ONCE).await;
+    page.eval(RECORD_ERRORS).await;
+    say(&page, "stored before").await;
+    page.messages(1).await;
+    disk.fill(0);
+    // The host's own publishing (into another room) shows the disk is full now.
+    let big = "x".repeat(3000);
+    let mut fit = 0;
+    while server.chat.publish("probe", "host", &big).await.is_ok() {
+        fit += 1;
+        assert!(fit < 1000, "the disk never filled");
+    }
     say(&page, "refused once").await;
-    say(&page, "sent after it").await;
+    page.wait_for(
+        "the server's refusal",
+        "window.__errors.includes('storage_failed')",
+    )
+    .await;
     assert_eq!(
-        page.messages(2).await,
-        numbered(&[("ann", "refused once"), ("ann", "sent after it")])
+        page.eval("document.querySelectorAll('[data-testid=pending-message]').length")
+            .await,
+        1,
+        "neither acknowledged nor shown as sent"
     );
-    assert_eq!(page.eval("window.__refused").await, json!(["refused once"]));
+    say(&page, "sent after it").await;
+    disk.free();
+    // The client tries again by itself, and the message takes its place, before the next.
+    assert_eq!(
+        page.messages(3).await,
+        numbered(&[
+            ("ann", "stored before"),
+            ("ann", "refused once"),
+            ("ann", "sent after it")
+        ])
+    );
     assert_eq!(
         page.eval("document.querySelectorAll('[data-testid=pending-message]').length")
             .await,

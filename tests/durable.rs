@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Client, DEADLINE};
+use common::{Client, DEADLINE, Mount, SmallDisk};
 use serde_json::{Value, json};
 use wtchat::Engine;
 
@@ -631,26 +631,6 @@ fn sqlite(path: &Path, statement: &str) {
     assert!(done.success());
 }
 
-/// A directory mounted for the test (a small tmpfs, or a read-only view), unmounted after.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn new(args: &[&str], at: &Path) -> Mount {
-        let status = Command::new("mount").args(args).arg(at).status().unwrap();
-        assert!(
-            status.success(),
-            "mount {args:?} failed: these tests need root (CI runs as root)"
-        );
-        Mount(at.to_path_buf())
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[tokio::test]
 async fn a_read_only_database_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -673,10 +653,8 @@ async fn a_read_only_database_is_refused_at_start() {
 #[tokio::test]
 async fn a_full_disk_fails_sends_clearly_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("disk");
-    std::fs::create_dir(&disk).unwrap();
-    let _mount = Mount::new(&["-t", "tmpfs", "-o", "size=1m", "tmpfs"], &disk);
-    let server = on_sqlite(&disk.join("chat.db"), |b| {
+    let disk = SmallDisk::new(dir.path());
+    let server = on_sqlite(&disk.path().join("chat.db"), |b| {
         b.frames_per_second(100_000).frame_burst(100_000)
     })
     .await;
@@ -685,26 +663,7 @@ async fn a_full_disk_fails_sends_clearly_and_loses_nothing_acknowledged() {
     ann.join("r", "ann").await;
     bob.join("r", "bob").await;
     // Fill the disk but for a little room.
-    let filler = disk.join("filler");
-    let free = || {
-        let out = Command::new("df")
-            .args(["--output=avail", "-B1"])
-            .arg(&disk)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .nth(1)
-            .unwrap()
-            .trim()
-            .parse::<u64>()
-            .unwrap()
-    };
-    std::fs::write(
-        &filler,
-        vec![0u8; free().saturating_sub(64 * 1024) as usize],
-    )
-    .unwrap();
+    disk.fill(64 * 1024);
     let text = "x".repeat(1000);
     let mut acked = Vec::new();
     let refused = loop {
@@ -743,7 +702,7 @@ async fn a_full_disk_fails_sends_clearly_and_loses_nothing_acknowledged() {
     cid.send(json!({"type": "ping"})).await;
     cid.next_of("pong").await;
     // Space again: the retry goes through, numbered right after the last one stored.
-    std::fs::remove_file(&filler).unwrap();
+    disk.free();
     let id = format!("i{}", acked.len());
     let seq = ann.say("r", &text, &id).await;
     assert_eq!(seq, acked.last().unwrap() + 1);

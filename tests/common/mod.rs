@@ -621,3 +621,72 @@ impl Client {
         }
     }
 }
+
+/// A directory mounted for a test (a small tmpfs, or a read-only view), unmounted after.
+/// Mounting needs root, which CI has.
+pub struct Mount(std::path::PathBuf);
+
+impl Mount {
+    pub fn new(args: &[&str], at: &std::path::Path) -> Mount {
+        let status = std::process::Command::new("mount")
+            .args(args)
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mount {args:?} failed: these tests need root (CI runs as root)"
+        );
+        Mount(at.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A 1 MiB disk of its own (a tmpfs), to fill up: what a server sees when its disk is full.
+pub struct SmallDisk {
+    dir: std::path::PathBuf,
+    _mount: Mount,
+}
+
+impl SmallDisk {
+    /// Mounts it in a new directory under `parent`.
+    pub fn new(parent: &std::path::Path) -> SmallDisk {
+        let dir = parent.join("disk");
+        std::fs::create_dir(&dir).unwrap();
+        let mount = Mount::new(&["-t", "tmpfs", "-o", "size=1m", "tmpfs"], &dir);
+        SmallDisk { dir, _mount: mount }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Fills it but for `room` bytes.
+    pub fn fill(&self, room: u64) {
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        let free: u64 = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|line| line.trim().parse().ok())
+            .expect("df prints the free bytes");
+        let filler = vec![0u8; free.saturating_sub(room) as usize];
+        std::fs::write(self.dir.join("filler"), filler).unwrap();
+    }
+
+    /// Gives the filled space back.
+    pub fn free(&self) {
+        std::fs::remove_file(self.dir.join("filler")).unwrap();
+    }
+}
