@@ -3,23 +3,29 @@
 # `wtchat serve` on loopback for every run (so memory figures start clean), runs the load
 # tool against it, repeats each scenario, and prints the medians against the budget.
 #
-#   bench/run.sh                 # the standard set, 3 runs each (about 5 minutes)
+#   bench/run.sh                 # the standard set, 3 runs each (about 9 minutes)
 #   bench/run.sh ws-fanout       # one scenario (or several, by name)
+#   bench/run.sh engines         # SQLite beside memory: four pairs, with their ratios
 #   RUNS=5 bench/run.sh wt-idle  # more runs
 #   bench/run.sh --list          # the scenarios and what they run
 #
 # Environment:
-#   RUNS=3          runs per scenario (medians are printed)
+#   RUNS=3          runs per scenario (medians are printed); the runs go round the chosen
+#                   scenarios (A1 B1 A2 B2 ...), so that a busy spell hits all alike
 #   NO_BUILD=1      skip `cargo build --release`
 #   OUT=FILE        where the JSON lines go (default target/bench/results-<time>.jsonl)
+#   DB_DIR=DIR      where each SQLite run's fresh database directory is made (default
+#                   $TMPDIR or /tmp); it must be a real disk: on tmpfs fsync is free
 #   QUIET_WAIT=60   seconds to wait, before each run, for other processes to go quiet
 #   QUIET_MAX=25    "quiet": other processes use less than this % of one core
 #   PROFILE=1       also record the server with `perf` during each fan-out's measured
 #                   window (target/bench/NAME-RUN.perf.data) and print its top functions
 #                   (needs `perf`: apt-get install linux-perf; sampling costs the server ~1%)
 #
-# Traffic stays on 127.0.0.1. Every run is bounded (timeout), and the server and the
-# temporary certificate directory are removed on exit, including on ctrl-c.
+# Every scenario names the server's engine: `memory`, or `sqlite` (a database in a fresh
+# directory made for that one run and removed after it). Traffic stays on 127.0.0.1.
+# Every run is bounded (timeout), and the server, its database and the temporary
+# certificate directory are removed on exit, including on failure and ctrl-c.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,44 +35,71 @@ QUIET_MAX=${QUIET_MAX:-25}
 SERVER=${SERVER:-target/release/wtchat}
 TOOL=target/release/wtchat-bench
 
-# name | tool arguments (the script adds --http, --server-pid, --label, --json).
-# Budgets (issue 5) travel in the JSON line; `wtchat-bench summary` checks medians.
+# name | engine (memory or sqlite) | tool arguments (the script adds --http, --server-pid,
+# --label, --json). Budgets (issue 5) travel in the JSON line; `wtchat-bench summary`
+# checks medians, and a budget FIELD/LABEL checks the ratio to LABEL's median, so a
+# *-sqlite scenario is judged against its memory twin run in the same invocation.
 SCENARIOS=(
-  "ws-fanout|fanout --transport ws --subscribers 1000 --publishers 10 --duration 5 --budget server_ns_per_delivery=400"
-  "wt-fanout|fanout --transport wt --subscribers 200 --publishers 10 --duration 5 --budget server_ns_per_delivery=800"
-  "wt-1000|fanout --transport wt --subscribers 1000 --publishers 10 --rate 50 --duration 5"
-  "ws-latency|fanout --transport ws --subscribers 1000 --publishers 10 --rate 20 --duration 8 --budget latency_us.p99=15000"
-  "wt-latency|fanout --transport wt --subscribers 1000 --publishers 10 --rate 20 --duration 8 --budget latency_us.p99=30000"
-  "ws-idle|idle --transport ws --subscribers 10000 --budget bytes_per_connection=8192"
-  "wt-idle|idle --transport wt --subscribers 1000 --budget bytes_per_connection=65536"
+  "ws-fanout|memory|fanout --transport ws --subscribers 1000 --publishers 10 --duration 5 --budget server_ns_per_delivery=400"
+  "ws-fanout-sqlite|sqlite|fanout --transport ws --subscribers 1000 --publishers 10 --duration 5 --budget server_ns_per_delivery/ws-fanout<=1.1"
+  "wt-fanout|memory|fanout --transport wt --subscribers 200 --publishers 10 --duration 5 --budget server_ns_per_delivery=800"
+  "wt-1000|memory|fanout --transport wt --subscribers 1000 --publishers 10 --rate 50 --duration 5"
+  "ws-throughput|memory|fanout --transport ws --subscribers 13 --publishers 10 --window 64 --duration 5"
+  "ws-throughput-sqlite|sqlite|fanout --transport ws --subscribers 13 --publishers 10 --window 64 --duration 5 --budget acked_per_s>=50000 --budget acked_per_s/ws-throughput>=0.7"
+  "ws-latency|memory|fanout --transport ws --subscribers 1000 --publishers 10 --rate 20 --duration 8 --budget latency_us.p99=15000"
+  "ws-latency-sqlite|sqlite|fanout --transport ws --subscribers 1000 --publishers 10 --rate 20 --duration 8 --budget latency_us.p99/ws-latency<=1.2"
+  "wt-latency|memory|fanout --transport wt --subscribers 1000 --publishers 10 --rate 20 --duration 8 --budget latency_us.p99=30000"
+  "ws-idle|memory|idle --transport ws --subscribers 10000 --budget bytes_per_connection=8192"
+  "wt-idle|memory|idle --transport wt --subscribers 1000 --budget bytes_per_connection=65536"
 )
 # Not in the standard set; run by name.
 EXTRA=(
-  "mix-fanout|fanout --transport mix --ws-fraction 0.5 --subscribers 1000 --publishers 10 --rate 200 --duration 5"
-  "ws-fanout-1t|fanout --transport ws --subscribers 1000 --publishers 10 --duration 5 --threads 1"
-  "ws-latency-1t|fanout --transport ws --subscribers 1000 --publishers 10 --rate 20 --duration 8 --threads 1"
-  "wt-latency-1t|fanout --transport wt --subscribers 1000 --publishers 10 --rate 20 --duration 8 --threads 1"
+  # ws-fanout with 64 sends in flight per publisher instead of 8: SQLite acknowledges after
+  # a commit, so with 8 in flight its publishers send less, and the server writes smaller
+  # (dearer per delivery) batches; with 64 both engines run at the same load.
+  "ws-fanout-w64|memory|fanout --transport ws --subscribers 1000 --publishers 10 --window 64 --duration 5"
+  "ws-fanout-sqlite-w64|sqlite|fanout --transport ws --subscribers 1000 --publishers 10 --window 64 --duration 5 --budget server_ns_per_delivery/ws-fanout-w64<=1.1"
+  "mix-fanout|memory|fanout --transport mix --ws-fraction 0.5 --subscribers 1000 --publishers 10 --rate 200 --duration 5"
+  "ws-fanout-1t|memory|fanout --transport ws --subscribers 1000 --publishers 10 --duration 5 --threads 1"
+  "ws-latency-1t|memory|fanout --transport ws --subscribers 1000 --publishers 10 --rate 20 --duration 8 --threads 1"
+  "wt-latency-1t|memory|fanout --transport wt --subscribers 1000 --publishers 10 --rate 20 --duration 8 --threads 1"
+)
+# Names for several scenarios at once.
+SETS=(
+  "engines|ws-fanout ws-fanout-sqlite ws-throughput ws-throughput-sqlite ws-latency ws-latency-sqlite ws-fanout-w64 ws-fanout-sqlite-w64"
 )
 
 if [[ ${1:-} == --list || ${1:-} == -h || ${1:-} == --help ]]; then
-  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,/^set /{/^#/p}' "$0" | sed 's/^# \{0,1\}//'
   echo
-  for s in "${SCENARIOS[@]}" "${EXTRA[@]}"; do printf '  %-14s %s\n' "${s%%|*}" "${s#*|}"; done
+  for s in "${SCENARIOS[@]}" "${EXTRA[@]}"; do
+    printf '  %-21s %-7s %s\n' "${s%%|*}" "$(cut -d'|' -f2 <<<"$s")" "${s#*|*|}"
+  done
+  for g in "${SETS[@]}"; do printf '  %-21s set: %s\n' "${g%%|*}" "${g#*|}"; done
   exit 0
 fi
 
 selected=()
+names=("$@")
 if [[ $# -eq 0 ]]; then
   selected=("${SCENARIOS[@]}")
-else
-  for name in "$@"; do
-    found=
-    for s in "${SCENARIOS[@]}" "${EXTRA[@]}"; do
-      [[ ${s%%|*} == "$name" ]] && selected+=("$s") && found=1
-    done
-    [[ -n $found ]] || { echo "unknown scenario: $name (see --list)" >&2; exit 2; }
-  done
 fi
+for g in "${SETS[@]}"; do
+  for i in "${!names[@]}"; do
+    if [[ ${names[$i]} == "${g%%|*}" ]]; then
+      # shellcheck disable=SC2206 # the set's names are split on spaces
+      names=("${names[@]:0:i}" ${g#*|} "${names[@]:i+1}")
+      break
+    fi
+  done
+done
+for name in ${names[@]+"${names[@]}"}; do
+  found=
+  for s in "${SCENARIOS[@]}" "${EXTRA[@]}"; do
+    [[ ${s%%|*} == "$name" ]] && selected+=("$s") && found=1
+  done
+  [[ -n $found ]] || { echo "unknown scenario: $name (see --list)" >&2; exit 2; }
+done
 
 if [[ -z ${NO_BUILD:-} ]]; then
   cargo build --release -p wtchat-cli -p wtchat-bench
@@ -86,7 +119,9 @@ fi
 TMP=$(mktemp -d)
 mkdir -p target/bench
 OUT=${OUT:-target/bench/results-$(date +%Y%m%d-%H%M%S).jsonl}
+DB_DIR=${DB_DIR:-${TMPDIR:-/tmp}}
 SERVER_PID=
+DB=
 
 stop_server() {
   if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -96,6 +131,10 @@ stop_server() {
     wait "$SERVER_PID" 2>/dev/null || true
   fi
   SERVER_PID=
+  if [[ -n $DB ]]; then
+    rm -rf "$DB"
+    DB=
+  fi
 }
 cleanup() {
   stop_server
@@ -104,10 +143,20 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Starts a fresh server on free loopback ports; sets SERVER_PID and HTTP.
+# Starts a fresh server on free loopback ports with engine $1 (memory, or sqlite: a
+# database in a new directory of its own, removed by stop_server); sets SERVER_PID and HTTP.
 start_server() {
+  local engine
+  case $1 in
+    memory) engine=memory ;;
+    sqlite)
+      DB=$(mktemp -d "$DB_DIR/wtchat-bench-db.XXXXXX")
+      engine="sqlite:$DB/wtchat.db"
+      ;;
+    *) echo "unknown engine: $1" >&2; exit 2 ;;
+  esac
   : >"$TMP/server.log"
-  RUST_LOG=warn "$SERVER" serve --http 127.0.0.1:0 --webtransport 127.0.0.1:0 \
+  RUST_LOG=warn "$SERVER" serve --engine "$engine" --http 127.0.0.1:0 --webtransport 127.0.0.1:0 \
     --certs "$TMP/certs" --frames-per-second 1000000 --frame-burst 1000000 \
     --max-connections 100000 --max-connections-per-ip 100000 --max-http-connections 100000 --idle-timeout 1h >"$TMP/server.log" 2>&1 &
   SERVER_PID=$!
@@ -178,13 +227,23 @@ PROFILES=()
 
 echo "wtchat benchmark: ${#selected[@]} scenario(s) x $RUNS run(s); $(nproc) cores; results in $OUT"
 echo "source: $(git describe --always --dirty 2>/dev/null || echo unknown); $(uname -sr)"
-failed=0
 for s in "${selected[@]}"; do
-  name=${s%%|*}
-  args=${s#*|}
-  for run in $(seq "$RUNS"); do
-    echo "== $name, run $run/$RUNS: wtchat-bench $args"
-    start_server
+  if [[ $(cut -d'|' -f2 <<<"$s") == sqlite ]]; then
+    fs=$(df --output=fstype "$DB_DIR" 2>/dev/null | tail -1 || true)
+    echo "SQLite databases: a new directory in $DB_DIR (${fs:-unknown file system}) per run"
+    [[ $fs == tmpfs || $fs == ramfs ]] &&
+      echo "warning: $DB_DIR is in memory: commits cost no disk flush (set DB_DIR)" >&2
+    break
+  fi
+done
+failed=0
+for run in $(seq "$RUNS"); do
+  for s in "${selected[@]}"; do
+    name=${s%%|*}
+    engine=$(cut -d'|' -f2 <<<"$s")
+    args=${s#*|*|}
+    echo "== $name, run $run/$RUNS, engine $engine: wtchat-bench $args"
+    start_server "$engine"
     wait_quiet
     # shellcheck disable=SC2086 # word splitting of $args is intended
     if run_tool "$name" "$run" $args --http "$HTTP" --server-pid "$SERVER_PID" \

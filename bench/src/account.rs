@@ -4,6 +4,9 @@
 //! marker a publisher writes into each message's text, and the per-subscriber tally of
 //! expected versus received messages that counts losses and duplicates.
 
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+
 /// What a server frame is. The server serializes the `type` tag first (serde's internally
 /// tagged enums do), so the first bytes say it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +122,70 @@ pub fn parse_marker(frame: &[u8]) -> Option<Marker> {
         publisher: u32::try_from(publisher).ok()?,
         counter,
     })
+}
+
+/// Where a client id starts in an `ack` frame (the tool's ids are `<publisher>-<counter>`).
+const ID_KEY: &[u8] = b"\"id\":\"";
+
+/// The publisher and counter in an `ack` frame's client id (`"id":"3-17"`); None for an
+/// ack without one, or with an id that is not the tool's.
+pub fn parse_ack_id(frame: &[u8]) -> Option<(u32, u64)> {
+    let at = find(frame, ID_KEY)? + ID_KEY.len();
+    let (publisher, used) = leading_u64(&frame[at..])?;
+    let rest = frame[at + used..].strip_prefix(b"-")?;
+    let (counter, used) = leading_u64(rest)?;
+    rest[used..].starts_with(b"\"").then_some(())?;
+    Some((u32::try_from(publisher).ok()?, counter))
+}
+
+/// When each publisher sent its recent messages, so that whoever reads a message's `ack`
+/// can time it (send to acknowledgement: with a durable engine, that includes the commit).
+///
+/// A ring of `slots` per publisher, written by the publisher before it sends, read by its
+/// connection's reader when the ack arrives. Each slot remembers which message it holds:
+/// if a publisher had more than `slots` messages unacknowledged (full speed never lets it:
+/// the window is at most `slots`), an ack whose slot was reused is not timed rather than
+/// timed wrong.
+#[derive(Debug)]
+pub struct SendTimes {
+    mask: u64,
+    slots: usize,
+    /// Counter + 1 of the message a slot holds (0: none yet).
+    tag: Box<[AtomicU64]>,
+    sent_ns: Box<[AtomicU64]>,
+}
+
+impl SendTimes {
+    /// Rings of at least `slots` (rounded up to a power of two) for `publishers`.
+    pub fn new(publishers: usize, slots: usize) -> SendTimes {
+        let slots = slots.max(1).next_power_of_two();
+        let zeros = || (0..publishers * slots).map(|_| AtomicU64::new(0)).collect();
+        SendTimes {
+            mask: slots as u64 - 1,
+            slots,
+            tag: zeros(),
+            sent_ns: zeros(),
+        }
+    }
+
+    fn index(&self, publisher: u32, counter: u64) -> Option<usize> {
+        let at = publisher as usize * self.slots + (counter & self.mask) as usize;
+        (at < self.tag.len()).then_some(at)
+    }
+
+    /// Publisher `publisher` sends its message `counter` at `sent_ns`.
+    pub fn sent(&self, publisher: u32, counter: u64, sent_ns: u64) {
+        if let Some(at) = self.index(publisher, counter) {
+            self.sent_ns[at].store(sent_ns, Relaxed);
+            self.tag[at].store(counter + 1, Release);
+        }
+    }
+
+    /// When message `counter` of `publisher` was sent, if its slot still holds it.
+    pub fn sent_at(&self, publisher: u32, counter: u64) -> Option<u64> {
+        let at = self.index(publisher, counter)?;
+        (self.tag[at].load(Acquire) == counter + 1).then(|| self.sent_ns[at].load(Relaxed))
+    }
 }
 
 /// What [`Tally::record`] made of one message.
@@ -354,6 +421,39 @@ mod tests {
         );
         assert_eq!(kind(br#"{"type":"pong"}"#), Kind::Other);
         assert_eq!(kind(b"garbage"), Kind::Other);
+    }
+
+    #[test]
+    fn ack_ids_name_publisher_and_counter() {
+        let ack = br#"{"type":"ack","room":"bench","id":"3-17","seq":9}"#;
+        assert_eq!(parse_ack_id(ack), Some((3, 17)));
+        assert_eq!(parse_ack_id(br#"{"type":"ack","room":"r","seq":9}"#), None);
+        assert_eq!(parse_ack_id(br#"{"type":"ack","id":"abc","seq":9}"#), None);
+        assert_eq!(
+            parse_ack_id(br#"{"type":"ack","id":"3-17x","seq":9}"#),
+            None
+        );
+        assert_eq!(parse_ack_id(br#"{"type":"ack","id":"3-","seq":9}"#), None);
+    }
+
+    #[test]
+    fn send_times_remember_what_each_slot_holds() {
+        let times = SendTimes::new(2, 3);
+        assert_eq!(times.slots, 4);
+        assert_eq!(times.sent_at(0, 0), None);
+        times.sent(0, 0, 100);
+        times.sent(1, 0, 150);
+        times.sent(0, 1, 200);
+        assert_eq!(times.sent_at(0, 0), Some(100));
+        assert_eq!(times.sent_at(1, 0), Some(150));
+        assert_eq!(times.sent_at(0, 1), Some(200));
+        // Message 4 takes message 0's slot: 0 is no longer timed, not timed wrong.
+        times.sent(0, 4, 500);
+        assert_eq!(times.sent_at(0, 0), None);
+        assert_eq!(times.sent_at(0, 4), Some(500));
+        // A publisher the run does not have.
+        times.sent(9, 0, 1);
+        assert_eq!(times.sent_at(9, 0), None);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::account::{self, Kind, Marker, Outcome, Tally};
+use crate::account::{self, Kind, Marker, Outcome, SendTimes, Tally};
 use crate::ws;
 
 /// Phases of a run, in order. Publishers send during `SEND`; readers return their tally at
@@ -131,6 +131,8 @@ pub struct Run {
     /// once overflows the server's accept queue and turns into retries.
     connect_slots: Arc<Semaphore>,
     pub tracks: Box<[MessageTrack]>,
+    /// When each publisher sent its recent messages, to time their acknowledgements.
+    pub send_times: SendTimes,
 }
 
 impl Run {
@@ -142,6 +144,9 @@ impl Run {
                 last: AtomicU64::new(0),
             })
             .collect();
+        // Full speed keeps at most `window` sends unacknowledged; a fixed rate far fewer
+        // than 1024 (unless the server stalls for minutes).
+        let send_times = SendTimes::new(plan.publishers, (plan.window as usize).max(1024));
         Arc::new(Run {
             plan,
             target,
@@ -158,6 +163,7 @@ impl Run {
             gate_stall_ns: AtomicU64::new(0),
             connect_slots: Arc::new(Semaphore::new(concurrency.max(1))),
             tracks,
+            send_times,
         })
     }
 
@@ -190,16 +196,33 @@ pub struct ClientResult {
     pub error: Option<String>,
 }
 
-// --- latency histograms, one per worker thread ---------------------------------------
+// --- latency histograms, one pair per worker thread ----------------------------------
 
-/// Every thread's latency histogram, for the report to merge.
-static HISTOGRAMS: Mutex<Vec<Arc<Mutex<Histogram<u64>>>>> = Mutex::new(Vec::new());
+/// Latencies of messages sent in the measured window, in ns.
+pub struct Latencies {
+    /// Send to receipt, for every recipient.
+    pub delivery: Histogram<u64>,
+    /// Send to the sender's `ack`.
+    pub ack: Histogram<u64>,
+}
+
+impl Latencies {
+    fn new() -> Latencies {
+        Latencies {
+            delivery: new_histogram(),
+            ack: new_histogram(),
+        }
+    }
+}
+
+/// Every thread's histograms, for the report to merge.
+static HISTOGRAMS: Mutex<Vec<Arc<Mutex<Latencies>>>> = Mutex::new(Vec::new());
 
 thread_local! {
-    /// This worker thread's histogram: only its own thread records into it, so its lock is
-    /// never contended (the report reads it once, at the end).
-    static LOCAL: Arc<Mutex<Histogram<u64>>> = {
-        let h = Arc::new(Mutex::new(new_histogram()));
+    /// This worker thread's histograms: only its own thread records into them, so their
+    /// lock is never contended (the report reads them once, at the end).
+    static LOCAL: Arc<Mutex<Latencies>> = {
+        let h = Arc::new(Mutex::new(Latencies::new()));
         HISTOGRAMS.lock().unwrap().push(h.clone());
         h
     };
@@ -211,10 +234,12 @@ pub fn new_histogram() -> Histogram<u64> {
 }
 
 /// All latencies recorded so far, merged.
-pub fn merged_latency() -> Histogram<u64> {
-    let mut total = new_histogram();
+pub fn merged_latencies() -> Latencies {
+    let mut total = Latencies::new();
     for h in HISTOGRAMS.lock().unwrap().iter() {
-        let _ = total.add(&*h.lock().unwrap());
+        let h = h.lock().unwrap();
+        let _ = total.delivery.add(&h.delivery);
+        let _ = total.ack.add(&h.ack);
     }
     total
 }
@@ -506,8 +531,10 @@ struct Reader {
     permit: Option<OwnedSemaphorePermit>,
     counted_ready: bool,
     tally: Option<Tally>,
-    /// Latencies of this read, recorded into the thread's histogram at its end.
+    /// Latencies of this read (deliveries, acks), recorded into the thread's histograms at
+    /// its end.
     latencies: Vec<u64>,
+    ack_latencies: Vec<u64>,
     frames: u64,
     reads: u64,
     acks: u64,
@@ -523,6 +550,7 @@ impl Reader {
             counted_ready: false,
             tally: None,
             latencies: Vec::new(),
+            ack_latencies: Vec::new(),
             frames: 0,
             reads: 0,
             acks: 0,
@@ -545,6 +573,7 @@ impl Reader {
             Kind::Ack => {
                 self.acks += 1;
                 self.new_acks = true;
+                self.on_ack(frame, now);
             }
             Kind::Joined => {
                 let seq = account::u64_after(frame, account::SEQ_KEY).unwrap_or(0);
@@ -601,6 +630,19 @@ impl Reader {
         }
     }
 
+    /// Times an acknowledgement of a message sent in the window.
+    fn on_ack(&mut self, frame: &[u8], now: u64) {
+        let run = &*self.run;
+        let Some(sent) =
+            account::parse_ack_id(frame).and_then(|(p, n)| run.send_times.sent_at(p, n))
+        else {
+            return;
+        };
+        if sent >= run.measure_from.load(Relaxed) && sent < run.measure_to.load(Relaxed) {
+            self.ack_latencies.push(now.saturating_sub(sent));
+        }
+    }
+
     /// After each read: publish counters, wake the publisher, record latencies.
     fn end_batch(&mut self) {
         self.reads += 1;
@@ -615,14 +657,18 @@ impl Reader {
             stat.acked.store(self.acks, Relaxed);
             stat.acks.notify_one();
         }
-        if !self.latencies.is_empty() {
+        if !self.latencies.is_empty() || !self.ack_latencies.is_empty() {
             LOCAL.with(|h| {
                 let mut h = h.lock().unwrap();
                 for &v in &self.latencies {
-                    h.saturating_record(v.max(1_000));
+                    h.delivery.saturating_record(v.max(1_000));
+                }
+                for &v in &self.ack_latencies {
+                    h.ack.saturating_record(v.max(1_000));
                 }
             });
             self.latencies.clear();
+            self.ack_latencies.clear();
         }
     }
 }
@@ -747,6 +793,7 @@ async fn publish<W: AsyncWrite + Unpin>(
                 publisher,
                 counter,
             };
+            run.send_times.sent(publisher, counter, sent_ns);
             build_send(&mut out, &plan.room, m, plan.pad, framing);
             counter += 1;
         }

@@ -7,9 +7,12 @@
 //!   of them also publish, at a fixed total rate or as fast as acknowledgements allow, for D
 //!   seconds. Every message carries its send time, publisher and number in its text
 //!   (`t=<ns>;p=<publisher>;n=<counter>`), so each receiver measures end-to-end latency and
-//!   counts lost and duplicated messages. Given the server's pid it reads the server's CPU
-//!   time and memory from `/proc`, and its own CPU time, to say what one delivery costs the
-//!   server and whether the tool itself was the bottleneck.
+//!   counts lost and duplicated messages; every send carries a client id
+//!   (`<publisher>-<counter>`), so the publisher times its `ack` and counts acknowledged
+//!   sends per second (with few members and a wide `--window`: publish throughput). Given
+//!   the server's pid it reads the server's CPU time and memory from `/proc`, and its own
+//!   CPU time, to say what one delivery costs the server and whether the tool itself was
+//!   the bottleneck.
 //! - `idle`: N connections that join a room and then stay quiet: server memory per
 //!   connection.
 //! - `summary`: medians of the JSON lines of several runs, checked against budgets.
@@ -18,8 +21,9 @@
 //!
 //! ```text
 //! cargo build --release -p wtchat-cli -p wtchat-bench
-//! target/release/wtchat serve --http 127.0.0.1:8080 --webtransport 127.0.0.1:4433 \
-//!     --certs "$(mktemp -d)" --frames-per-second 1000000 --frame-burst 1000000 &
+//! target/release/wtchat serve --engine memory --http 127.0.0.1:8080 \
+//!     --webtransport 127.0.0.1:4433 --certs "$(mktemp -d)" \
+//!     --frames-per-second 1000000 --frame-burst 1000000 &
 //! target/release/wtchat-bench fanout --http 127.0.0.1:8080 --transport ws \
 //!     --subscribers 1000 --publishers 10 --duration 5 --server-pid $!
 //! ```
@@ -118,7 +122,10 @@ struct Common {
     /// A name for this run in the JSON line (what `summary` groups by).
     #[arg(long, default_value = "")]
     label: String,
-    /// A budget for `summary`: FIELD=MAX (repeatable), e.g. server_ns_per_delivery=400.
+    /// A budget for `summary` (repeatable): FIELD=MAX (same as FIELD<=MAX) or FIELD>=MIN,
+    /// on the median of the runs with this label; FIELD/LABEL<=R or FIELD/LABEL>=R, on the
+    /// ratio of that median to the median of the runs labelled LABEL. E.g.
+    /// server_ns_per_delivery=400, acked_per_s>=50000, latency_us.p99/ws-latency<=1.2.
     #[arg(long = "budget")]
     budgets: Vec<String>,
     /// Print one JSON line on stdout (the human table goes to stderr).
@@ -199,6 +206,10 @@ fn main() -> ExitCode {
         Command::Fanout(args) => (args.common.clone(), Work::Fanout(args)),
         Command::Idle(args) => (args.common.clone(), Work::Idle(args)),
     };
+    if let Err(e) = budgets(&common) {
+        eprintln!("wtchat-bench: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = if common.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -401,6 +412,7 @@ struct Snapshot {
     tool: Option<procfs::CpuTime>,
     machine: Option<procfs::MachineTime>,
     received: u64,
+    acked: u64,
     frames: u64,
     reads: u64,
     stall_ns: u64,
@@ -416,6 +428,7 @@ impl Snapshot {
             tool: procfs::cpu_time(None),
             machine: procfs::machine_time(),
             received: sum(|c| c.received.load(Relaxed)),
+            acked: sum(|c| c.acked.load(Relaxed)),
             frames: sum(|c| c.frames.load(Relaxed)),
             reads: sum(|c| c.reads.load(Relaxed)),
             stall_ns: run.gate_stall_ns.load(Relaxed),
@@ -515,14 +528,12 @@ impl Percentiles {
     }
 }
 
-fn budgets(common: &Common) -> serde_json::Map<String, serde_json::Value> {
+/// The `--budget`s, checked and written out the way `summary` reads them.
+fn budgets(common: &Common) -> Result<Vec<String>, String> {
     common
         .budgets
         .iter()
-        .filter_map(|b| {
-            let (k, v) = b.split_once('=')?;
-            Some((k.trim().to_string(), v.trim().parse::<f64>().ok()?.into()))
-        })
+        .map(|b| summary::Budget::parse(b).map(|b| b.to_string()))
         .collect()
 }
 
@@ -550,6 +561,9 @@ struct FanoutReport {
     /// Deliveries (message frames received, replay excluded) in the measured window.
     deliveries: u64,
     deliveries_per_s: f64,
+    /// Sends acknowledged (an `ack` each) per second in the window: the publish rate the
+    /// server sustained, durably with a durable engine.
+    acked_per_s: f64,
     /// Expected over the whole run (every member gets every message), lost, duplicated.
     expected: u64,
     received: u64,
@@ -564,6 +578,8 @@ struct FanoutReport {
     closed_early: usize,
     /// End-to-end latency of messages sent in the window, µs.
     latency_us: Percentiles,
+    /// From send to the sender's `ack`, messages sent in the window, µs.
+    ack_latency_us: Percentiles,
     /// Rate mode: per message, latency to its first recipient, and from first to last.
     first_delivery_us: Option<Percentiles>,
     fanout_spread_us: Option<Percentiles>,
@@ -591,7 +607,7 @@ struct FanoutReport {
     lag_stall_pct: f64,
     tool_bound: bool,
     verdict: String,
-    budget: serde_json::Map<String, serde_json::Value>,
+    budget: Vec<String>,
 }
 
 async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
@@ -759,7 +775,7 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
         verdict = format!("NOISY: other processes used {other:.0}% CPU; {verdict}");
     }
     let (first, spread) = message_tracks(&run);
-    let latency = client::merged_latency();
+    let latency = client::merged_latencies();
     let round = |x: f64| (x * 10.0).round() / 10.0;
     Ok(FanoutReport {
         scenario: "fanout",
@@ -786,6 +802,7 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
         messages_sent: total_sent,
         deliveries,
         deliveries_per_s: (deliveries as f64 / window).round(),
+        acked_per_s: ((b.acked - a.acked) as f64 / window).round(),
         expected: total_sent * members,
         received,
         lost,
@@ -795,7 +812,8 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
         errors: sum32(|c| c.errors.load(Relaxed)),
         too_slow,
         closed_early,
-        latency_us: Percentiles::of(&latency),
+        latency_us: Percentiles::of(&latency.delivery),
+        ack_latency_us: Percentiles::of(&latency.ack),
         first_delivery_us: first.as_ref().map(Percentiles::of),
         fanout_spread_us: spread.as_ref().map(Percentiles::of),
         server_cpu_pct: server_cpu_pct.map(round),
@@ -816,7 +834,7 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
         lag_stall_pct: round(lag_stall_pct),
         tool_bound,
         verdict,
-        budget: budgets(common),
+        budget: budgets(common)?,
     })
 }
 
@@ -959,7 +977,9 @@ impl FanoutReport {
                 self.deliveries_per_s, self.deliveries, self.messages_sent
             ),
         );
+        row("acknowledged", format!("{:.0} sends/s", self.acked_per_s));
         row("latency", self.latency_us.line());
+        row("  send to ack", self.ack_latency_us.line());
         if let (Some(first), Some(spread)) = (&self.first_delivery_us, &self.fanout_spread_us) {
             row("  to first recipient", first.line());
             row("  first to last recipient", spread.line());
@@ -1051,7 +1071,7 @@ struct IdleReport {
     /// CPU use while the connections sit idle (100 = one core): the server's, the tool's.
     server_idle_cpu_pct: Option<f64>,
     tool_idle_cpu_pct: Option<f64>,
-    budget: serde_json::Map<String, serde_json::Value>,
+    budget: Vec<String>,
 }
 
 async fn idle(args: IdleArgs) -> Result<IdleReport, String> {
@@ -1139,7 +1159,7 @@ async fn idle(args: IdleArgs) -> Result<IdleReport, String> {
         closed_early,
         server_idle_cpu_pct,
         tool_idle_cpu_pct,
-        budget: budgets(common),
+        budget: budgets(common)?,
     })
 }
 

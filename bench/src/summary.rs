@@ -1,9 +1,15 @@
 //! `wtchat-bench summary`: reads the JSON lines of several runs, groups them by label, and
 //! prints the median (and range) of each figure, then checks each run's budgets
-//! (`--budget FIELD=MAX`, carried in its JSON line) against the medians. Medians, because a
-//! shared 2-core machine has outliers; the range shows how far the runs spread.
+//! (`--budget`, carried in its JSON line) against the medians. Medians, because a shared
+//! 2-core machine has outliers; the range shows how far the runs spread.
+//!
+//! A budget bounds a median (`FIELD=MAX`, `FIELD>=MIN`) or its ratio to the median of
+//! another label's runs in the same files (`FIELD/LABEL<=R`): how one setup compares with
+//! another measured alongside it, on the same machine in the same minutes, which holds
+//! better than an absolute figure on a shared machine.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -18,12 +24,15 @@ const FANOUT: &[(&str, &str, f64, &str)] = &[
         "ns",
     ),
     ("deliveries_per_s", "deliveries per second", 1.0, "/s"),
+    ("acked_per_s", "sends acknowledged per second", 1.0, "/s"),
     ("latency_us.p50", "latency p50", 1e-3, "ms"),
     ("latency_us.p90", "latency p90", 1e-3, "ms"),
     ("latency_us.p99", "latency p99", 1e-3, "ms"),
     ("latency_us.max", "latency max", 1e-3, "ms"),
     ("first_delivery_us.p99", "  first recipient p99", 1e-3, "ms"),
     ("fanout_spread_us.p99", "  first to last p99", 1e-3, "ms"),
+    ("ack_latency_us.p50", "send to ack p50", 1e-3, "ms"),
+    ("ack_latency_us.p99", "send to ack p99", 1e-3, "ms"),
     (
         "tool_sched_delay_us.p99",
         "tool scheduling delay p99",
@@ -103,6 +112,103 @@ const IDLE: &[(&str, &str, f64, &str)] = &[
     ("server_idle_cpu_pct", "server CPU while idle", 1.0, "%"),
     ("tool_idle_cpu_pct", "tool CPU while idle", 1.0, "%"),
 ];
+
+/// One `--budget`: a bound on the median of a figure, or on its ratio to the median of the
+/// same figure in another label's runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budget {
+    /// The figure: a dotted path into the JSON line (`latency_us.p99`).
+    pub field: String,
+    /// Some(label): the bound is on median / (median of `label`'s runs).
+    pub versus: Option<String>,
+    /// `>=` (a floor, for throughput) rather than `<=` (a ceiling).
+    pub at_least: bool,
+    pub bound: f64,
+}
+
+impl Budget {
+    /// `FIELD=MAX`, `FIELD<=MAX`, `FIELD>=MIN`, or any of them with `FIELD/LABEL` on the
+    /// left for a ratio.
+    pub fn parse(text: &str) -> Result<Budget, String> {
+        let bad = |why: &str| {
+            format!("budget `{text}`: {why} (FIELD=MAX, FIELD>=MIN, FIELD/LABEL<=RATIO)")
+        };
+        let (left, at_least, right) = if let Some((l, r)) = text.split_once(">=") {
+            (l, true, r)
+        } else if let Some((l, r)) = text.split_once("<=") {
+            (l, false, r)
+        } else if let Some((l, r)) = text.split_once('=') {
+            (l, false, r)
+        } else {
+            return Err(bad("no bound"));
+        };
+        let bound = right
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|b| b.is_finite())
+            .ok_or_else(|| bad("the bound is not a number"))?;
+        let (field, versus) = match left.split_once('/') {
+            Some((field, label)) => (field.trim(), Some(label.trim())),
+            None => (left.trim(), None),
+        };
+        if field.is_empty() || versus.is_some_and(str::is_empty) {
+            return Err(bad("no field or no label"));
+        }
+        Ok(Budget {
+            field: field.to_string(),
+            versus: versus.map(str::to_string),
+            at_least,
+            bound,
+        })
+    }
+
+    /// The budgets a JSON line carries: a list of budget texts, or (older lines) an object
+    /// of FIELD: MAX.
+    fn of(run: &Value) -> Vec<Budget> {
+        match &run["budget"] {
+            Value::Array(list) => list
+                .iter()
+                .filter_map(|b| Budget::parse(b.as_str()?).ok())
+                .collect(),
+            Value::Object(map) => map
+                .iter()
+                .filter_map(|(field, max)| {
+                    Some(Budget {
+                        field: field.clone(),
+                        versus: None,
+                        at_least: false,
+                        bound: max.as_f64()?,
+                    })
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn holds(&self, value: f64) -> bool {
+        if self.at_least {
+            value >= self.bound
+        } else {
+            value <= self.bound
+        }
+    }
+
+    fn sign(&self) -> &'static str {
+        if self.at_least { "≥" } else { "≤" }
+    }
+}
+
+impl fmt::Display for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.field)?;
+        if let Some(label) = &self.versus {
+            write!(f, "/{label}")?;
+        }
+        let op = if self.at_least { ">=" } else { "<=" };
+        write!(f, "{op}{}", self.bound)
+    }
+}
 
 /// The value at a dotted path, as a number.
 pub fn field(v: &Value, path: &str) -> Option<f64> {
@@ -226,20 +332,10 @@ pub fn render(runs: &[Value]) -> (String, bool) {
                     .unwrap_or("")
             ));
         }
-        if let Some(budget) = first["budget"].as_object() {
-            for (path, max) in budget {
-                let Some(max) = max.as_f64() else { continue };
-                let mut values: Vec<f64> = group.iter().filter_map(|r| field(r, path)).collect();
-                let med = median(&mut values);
-                let ok = med.is_some_and(|m| m <= max);
-                all_ok &= ok;
-                verdicts.push(format!(
-                    "  {:<4} {label:<14} {path} median {} ≤ {}",
-                    if ok { "PASS" } else { "FAIL" },
-                    med.map_or("-".into(), fmt),
-                    fmt(max)
-                ));
-            }
+        for budget in Budget::of(first) {
+            let (verdict, ok) = check(&budget, label, group, &groups);
+            all_ok &= ok;
+            verdicts.push(verdict);
         }
         if !idle {
             let lossy = group
@@ -251,7 +347,7 @@ pub fn render(runs: &[Value]) -> (String, bool) {
                 .count();
             all_ok &= lossy == 0;
             verdicts.push(format!(
-                "  {:<4} {label:<14} no loss, no duplicates ({lossy} of {} run(s) had some)",
+                "  {:<4} {label:<20} no loss, no duplicates ({lossy} of {} run(s) had some)",
                 if lossy == 0 { "PASS" } else { "FAIL" },
                 group.len()
             ));
@@ -265,6 +361,62 @@ pub fn render(runs: &[Value]) -> (String, bool) {
         }
     }
     (out, all_ok)
+}
+
+/// The median of `path` over `runs`.
+fn median_of(runs: &[&Value], path: &str) -> Option<f64> {
+    let mut values: Vec<f64> = runs.iter().filter_map(|r| field(r, path)).collect();
+    median(&mut values)
+}
+
+/// One budget of `label`'s runs: its verdict line, and whether it passed. A ratio to a
+/// label with no runs in these files is skipped (not failed): run both scenarios together.
+fn check(
+    budget: &Budget,
+    label: &str,
+    runs: &[&Value],
+    groups: &BTreeMap<String, Vec<&Value>>,
+) -> (String, bool) {
+    let path = &budget.field;
+    let med = median_of(runs, path);
+    let mark = |ok: bool| if ok { "PASS" } else { "FAIL" };
+    let Some(versus) = &budget.versus else {
+        let ok = med.is_some_and(|m| budget.holds(m));
+        return (
+            format!(
+                "  {:<4} {label:<20} {path} median {} {} {}",
+                mark(ok),
+                med.map_or("-".into(), fmt),
+                budget.sign(),
+                fmt(budget.bound)
+            ),
+            ok,
+        );
+    };
+    let Some(base) = groups.get(versus).and_then(|g| median_of(g, path)) else {
+        return (
+            format!(
+                "  SKIP {label:<20} {path} versus {versus} {} {}: no runs of {versus} here",
+                budget.sign(),
+                fmt(budget.bound)
+            ),
+            true,
+        );
+    };
+    let ratio = med.filter(|_| base != 0.0).map(|m| m / base);
+    let ok = ratio.is_some_and(|r| budget.holds(r));
+    (
+        format!(
+            "  {:<4} {label:<20} {path} median {} = {} × {versus}'s {} (goal {} {}×)",
+            mark(ok),
+            med.map_or("-".into(), fmt),
+            ratio.map_or("-".into(), |r| format!("{r:.2}")),
+            fmt(base),
+            budget.sign(),
+            fmt(budget.bound)
+        ),
+        ok,
+    )
 }
 
 #[cfg(test)]
@@ -293,5 +445,51 @@ mod tests {
         assert!(text.contains("median 450 "), "{text}");
         assert!(text.contains("1 of 3 run(s) had some"), "{text}");
         assert_eq!(field(&run(1.0, 0), "latency_us.p99"), Some(1500.0));
+    }
+
+    #[test]
+    fn budgets_parse_and_print_back() {
+        let b = Budget::parse("server_ns_per_delivery=400").unwrap();
+        assert_eq!(
+            (b.at_least, b.bound, b.versus.as_deref()),
+            (false, 400.0, None)
+        );
+        assert_eq!(b.to_string(), "server_ns_per_delivery<=400");
+        let b = Budget::parse("acked_per_s>=50000").unwrap();
+        assert!(b.at_least && b.holds(50000.0) && !b.holds(49999.0));
+        let b = Budget::parse("latency_us.p99/ws-latency<=1.2").unwrap();
+        assert_eq!(b.field, "latency_us.p99");
+        assert_eq!(b.versus.as_deref(), Some("ws-latency"));
+        assert_eq!(Budget::parse(&b.to_string()), Ok(b));
+        for bad in ["lost", "x=", "=3", "x>=fast", "x/<=1", "x=inf"] {
+            assert!(Budget::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ratio_budgets_compare_with_another_label() {
+        let run = |label: &str, acked: f64, budget: &[&str]| {
+            json!({"scenario":"fanout","label":label,"transport":"ws","subscribers":13,
+                   "publishers":10,"rate":0.0,"acked_per_s":acked,"lost":0,"duplicated":0,
+                   "budget":budget})
+        };
+        let floor = ["acked_per_s/mem>=0.7", "acked_per_s>=50000"];
+        let mem = [run("mem", 100_000.0, &[]), run("mem", 90_000.0, &[])];
+        let good = run("disk", 80_000.0, &floor);
+        let (text, ok) = render(&[mem[0].clone(), mem[1].clone(), good]);
+        assert!(ok, "{text}");
+        assert!(
+            text.contains("PASS disk                 acked_per_s median 80000 = 0.84 × mem's 95000 (goal ≥ 0.70×)"),
+            "{text}"
+        );
+        assert!(text.contains("acked_per_s median 80000 ≥ 50000"), "{text}");
+        let slow = run("disk", 60_000.0, &floor);
+        let (text, ok) = render(&[mem[0].clone(), mem[1].clone(), slow.clone()]);
+        assert!(!ok);
+        assert!(text.contains("FAIL disk"), "{text}");
+        // Without the other label's runs the ratio cannot be checked: skipped, not failed.
+        let (text, ok) = render(&[slow]);
+        assert!(ok, "{text}");
+        assert!(text.contains("SKIP disk"), "{text}");
     }
 }
