@@ -59,6 +59,10 @@ EXTRA=(
   # (dearer per delivery) batches; with 64 both engines run at the same load.
   "ws-fanout-w64|memory|fanout --transport ws --subscribers 1000 --publishers 10 --window 64 --duration 5"
   "ws-fanout-sqlite-w64|sqlite|fanout --transport ws --subscribers 1000 --publishers 10 --window 64 --duration 5 --budget server_ns_per_delivery/ws-fanout-w64<=1.1"
+  # ws-fanout at a fixed 3000 messages/s (3 M deliveries/s, below both engines' maximum):
+  # the cost of a delivery at the same load, whatever the publishers' round trip.
+  "ws-fanout-3k|memory|fanout --transport ws --subscribers 1000 --publishers 10 --rate 3000 --duration 5"
+  "ws-fanout-sqlite-3k|sqlite|fanout --transport ws --subscribers 1000 --publishers 10 --rate 3000 --duration 5 --budget server_ns_per_delivery/ws-fanout-3k<=1.1"
   "mix-fanout|memory|fanout --transport mix --ws-fraction 0.5 --subscribers 1000 --publishers 10 --rate 200 --duration 5"
   "ws-fanout-1t|memory|fanout --transport ws --subscribers 1000 --publishers 10 --duration 5 --threads 1"
   "ws-latency-1t|memory|fanout --transport ws --subscribers 1000 --publishers 10 --rate 20 --duration 8 --threads 1"
@@ -66,7 +70,7 @@ EXTRA=(
 )
 # Names for several scenarios at once.
 SETS=(
-  "engines|ws-fanout ws-fanout-sqlite ws-throughput ws-throughput-sqlite ws-latency ws-latency-sqlite ws-fanout-w64 ws-fanout-sqlite-w64"
+  "engines|ws-fanout ws-fanout-sqlite ws-throughput ws-throughput-sqlite ws-latency ws-latency-sqlite ws-fanout-w64 ws-fanout-sqlite-w64 ws-fanout-3k ws-fanout-sqlite-3k"
 )
 
 if [[ ${1:-} == --list || ${1:-} == -h || ${1:-} == --help ]]; then

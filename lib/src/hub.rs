@@ -182,6 +182,31 @@ impl Outbox {
         Ok(())
     }
 
+    /// Queues frames that must arrive, all or none, under one lock and with at most one
+    /// wake-up. Returns false when the connection cannot take them all: its queue is full
+    /// (it is then told to close as too slow) or it is gone.
+    pub(crate) fn push_many(&self, batch: &[Bytes]) -> bool {
+        let mut frames = self.queue.frames.lock().unwrap();
+        if frames.gone {
+            return false;
+        }
+        if frames.queued.len() + batch.len() > self.queue.capacity {
+            drop(frames);
+            self.close(CloseCode::TooSlow);
+            return false;
+        }
+        let was_empty = frames.queued.is_empty();
+        frames.queued.extend(batch.iter().map(|frame| Outbound {
+            frame: frame.clone(),
+            kind: Kind::Frame,
+        }));
+        drop(frames);
+        if was_empty && !batch.is_empty() {
+            self.queue.ready.notify_one();
+        }
+        true
+    }
+
     /// Queues a frame that must arrive. Returns false when the connection cannot take it:
     /// its queue is full (it is then told to close as too slow) or it is gone.
     pub(crate) fn push(&self, frame: Bytes) -> bool {
@@ -440,6 +465,16 @@ enum Origin {
         ack: Bytes,
     },
     Host(Option<oneshot::Sender<Result<u64, StorageError>>>),
+}
+
+impl Origin {
+    /// The member's connection id, for a member's message.
+    fn member(&self) -> Option<u64> {
+        match self {
+            Origin::Member { id, .. } => Some(*id),
+            Origin::Host(_) => None,
+        }
+    }
 }
 
 /// The broadcast core. A cheap, cloneable handle.
@@ -925,7 +960,7 @@ impl Room {
             retries: Vec::new(),
         };
         if !self.store.is_durable() {
-            return state.deliver(&self.name, &self.limits, &self.history_held, pending);
+            return state.deliver(&self.name, &self.limits, &self.history_held, vec![pending]);
         }
         let record = Record {
             seq,
@@ -945,9 +980,10 @@ impl Room {
     /// what was stored before it is still pending here, below the failed numbers.
     pub(crate) fn committed(&self, seq: u64) {
         let mut state = self.state.lock().unwrap();
-        while state.pending.front().is_some_and(|p| p.message.seq <= seq) {
-            let pending = state.pending.pop_front().expect("checked above");
-            state.deliver(&self.name, &self.limits, &self.history_held, pending);
+        let stored = state.pending.partition_point(|p| p.message.seq <= seq);
+        if stored > 0 {
+            let batch = state.pending.drain(..stored).collect();
+            state.deliver(&self.name, &self.limits, &self.history_held, batch);
         }
     }
 
@@ -1128,63 +1164,94 @@ fn ack(room: &str, id: Option<&str>, seq: u64) -> Bytes {
 }
 
 impl RoomState {
-    /// Delivers a numbered (and, on a durable engine, stored) message: into the recent
-    /// history, to every member, and the acknowledgement to its sender.
+    /// Delivers numbered (and, on a durable engine, stored) messages, in order: into the
+    /// recent history, to every member, and each acknowledgement to its sender. A member's
+    /// share of the batch goes in with one push (one lock, one wake-up, one write for a
+    /// commit's worth of messages); a sender's share has its own copies, each followed by
+    /// its ack.
     fn deliver(
         &mut self,
         room: &str,
         limits: &RoomLimits,
         history_held: &AtomicUsize,
-        pending: Pending,
+        batch: Vec<Pending>,
     ) {
-        let Pending {
-            message,
-            origin,
-            retries,
-            ..
-        } = pending;
-        let seq = message.seq;
-        self.delivered = seq;
+        let Some(last) = batch.last() else {
+            return;
+        };
+        self.delivered = last.message.seq;
         self.last_active = Instant::now();
-        let frame = message.frame.clone();
-        if limits.history_len > 0 {
-            history_held.fetch_add(frame.len(), Ordering::Relaxed);
-            self.history.push_back(message);
-        }
-        if self.history.len() > limits.history_len
-            && let Some(old) = self.history.pop_front()
-        {
-            history_held.fetch_sub(old.frame.len(), Ordering::Relaxed);
-        }
-        match origin {
-            Origin::Member {
-                id,
-                outbox,
-                own: Some(own),
-                ack,
-            } => {
-                // First the sender's own copy, as it would see the broadcast.
-                if !outbox.push(own) {
-                    self.remove(room, vec![id]);
-                }
-                self.broadcast(room, &frame, Some(id));
-                // A sender cut off as too slow has a full queue: this push fails too.
-                outbox.push(ack.clone());
-                for retry in retries {
-                    retry.push(ack.clone());
-                }
-            }
-            Origin::Member { outbox, ack, .. } => {
-                self.broadcast(room, &frame, None);
-                outbox.push(ack);
-            }
-            Origin::Host(done) => {
-                self.broadcast(room, &frame, None);
-                if let Some(done) = done {
-                    let _ = done.send(Ok(seq));
-                }
+        let frames: Vec<Bytes> = batch.iter().map(|p| p.message.frame.clone()).collect();
+        let mut senders: Vec<u64> = batch.iter().filter_map(|p| p.origin.member()).collect();
+        senders.sort_unstable();
+        senders.dedup();
+        let mut in_room = vec![false; senders.len()];
+        let mut slow: Vec<u64> = Vec::new();
+        for member in &self.members {
+            match senders.binary_search(&member.id) {
+                Ok(i) => in_room[i] = true,
+                Err(_) if !member.outbox.push_many(&frames) => slow.push(member.id),
+                Err(_) => {}
             }
         }
+        for (&sender, in_room) in senders.iter().zip(in_room) {
+            // A sender that left the room meanwhile still gets its own messages and acks.
+            let mut outbox = None;
+            let mut share = Vec::with_capacity(frames.len() + 2);
+            for pending in &batch {
+                match &pending.origin {
+                    Origin::Member {
+                        id,
+                        outbox: own_box,
+                        own,
+                        ack,
+                    } if *id == sender => {
+                        share.push(own.clone().unwrap_or_else(|| pending.message.frame.clone()));
+                        share.push(ack.clone());
+                        outbox = Some(own_box);
+                    }
+                    _ if in_room => share.push(pending.message.frame.clone()),
+                    _ => {}
+                }
+            }
+            if let Some(outbox) = outbox
+                && !outbox.push_many(&share)
+                && in_room
+            {
+                slow.push(sender);
+            }
+        }
+        for pending in batch {
+            let Pending {
+                message,
+                origin,
+                retries,
+                ..
+            } = pending;
+            let seq = message.seq;
+            match origin {
+                Origin::Member { ack, .. } => {
+                    for retry in retries {
+                        retry.push(ack.clone());
+                    }
+                }
+                Origin::Host(done) => {
+                    if let Some(done) = done {
+                        let _ = done.send(Ok(seq));
+                    }
+                }
+            }
+            if limits.history_len > 0 {
+                history_held.fetch_add(message.frame.len(), Ordering::Relaxed);
+                self.history.push_back(message);
+            }
+            if self.history.len() > limits.history_len
+                && let Some(old) = self.history.pop_front()
+            {
+                history_held.fetch_sub(old.frame.len(), Ordering::Relaxed);
+            }
+        }
+        self.remove(room, slow);
     }
 
     fn join(&mut self, room: &Room, member: Member, resume: Resume) {
