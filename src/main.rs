@@ -146,6 +146,13 @@ struct ServeArgs {
     /// Bytes of history held over all rooms (the least active rooms lose theirs first).
     #[arg(long)]
     history_bytes: Option<usize>,
+    /// Members at which a room becomes big: count and first page on join, presence in
+    /// periodic updates.
+    #[arg(long)]
+    presence_threshold: Option<usize>,
+    /// How often a big room tells its members who joined and left (like 1s, 500ms).
+    #[arg(long, value_parser = duration)]
+    presence_interval: Option<Duration>,
     /// Frames queued per connection before it is cut off as too slow.
     #[arg(long)]
     outbound_queue: Option<usize>,
@@ -213,6 +220,8 @@ impl ServeArgs {
             retention_messages,
             retention_age,
             history_bytes,
+            presence_threshold,
+            presence_interval,
             outbound_queue,
             renew_before,
             idle_timeout,

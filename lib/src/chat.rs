@@ -42,7 +42,7 @@ use crate::auth::Authenticator;
 use crate::certs::{self, CertError, DevCert};
 use crate::config::{Config, Tls};
 use crate::engine::{HistoryPage, StorageError, Store};
-use crate::host::{Host, MemberInfo, PublishError};
+use crate::host::{Host, MemberInfo, MembersPage, PublishError};
 use crate::http::{Digests, HttpState};
 use crate::hub::Hub;
 use crate::protocol::CloseCode;
@@ -276,6 +276,21 @@ impl Chat {
         self.inner.host.members(room)
     }
 
+    /// One page of `room`'s members: up to `limit` with ids above `after` (None: from the
+    /// start), in id order, with the room's count and where the next page starts.
+    pub fn members_page(&self, room: &str, after: Option<u64>, limit: usize) -> MembersPage {
+        self.inner.host.members_page(room, after, limit)
+    }
+
+    /// Sets how `room` tells its members who is there: past `threshold` members (at least
+    /// 2) it is big — its `joined` carries the count and the first page, and joins and
+    /// leaves go out in one update per presence interval; with `counts_only`, a big room's
+    /// updates carry only the count. Applies at once, and whenever the room is created
+    /// again. See [`ConfigBuilder::presence_threshold`](crate::ConfigBuilder::presence_threshold).
+    pub fn set_presence(&self, room: &str, threshold: usize, counts_only: bool) {
+        self.inner.host.set_presence(room, threshold, counts_only);
+    }
+
     /// Disconnects every connection of user `user` (the user id of its
     /// [`Identity`](crate::Identity)) in `room` with close code 4403 `kicked`: the client
     /// does not reconnect. Returns how many connections were kicked.
@@ -311,6 +326,10 @@ impl Chat {
             inner.endpoint.clone(),
             inner.transport.clone(),
         ));
+        let presence = tokio::spawn(presence_updates(
+            inner.transport.session.hub.clone(),
+            inner.config.presence_interval,
+        ));
         let renew = inner.dev_cert.clone().map(|cert| {
             tokio::spawn(renew(
                 cert,
@@ -328,6 +347,7 @@ impl Chat {
         if let Some(renew) = renew {
             renew.abort();
         }
+        presence.abort();
         let _ = accept.await;
         let tracker = &inner.transport.tracker;
         tracker.close();
@@ -349,6 +369,16 @@ impl Chat {
 
 /// Replaces the development certificate before it expires, without dropping a session:
 /// new sessions get the new certificate, and `/wtchat/config` serves its digest.
+/// Sends big rooms' presence updates, once per `interval`.
+async fn presence_updates(hub: Hub, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        hub.send_presence_updates();
+    }
+}
+
 async fn renew(
     mut cert: DevCert,
     config: Config,

@@ -88,6 +88,7 @@ pub struct Config {
     pub(crate) shutdown_grace: Duration,
     pub(crate) close_grace: Duration,
     pub(crate) idle_timeout: Duration,
+    pub(crate) presence_interval: Duration,
     pub(crate) renew_before: Duration,
     pub(crate) demo_page: bool,
     /// Takes precedence over `token_secret`.
@@ -121,6 +122,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             close_grace: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
+            presence_interval: Duration::from_secs(1),
             renew_before: Duration::from_secs(24 * 3600),
             demo_page: true,
             authenticate: None,
@@ -459,6 +461,23 @@ impl ConfigBuilder {
         self
     }
 
+    /// Members at which a room becomes *big*: its `joined` carries the count and the first
+    /// page of members instead of everyone, and joins and leaves are told in one update per
+    /// `presence_interval` instead of one frame each — filling a room then costs its size,
+    /// not its square. Default 100; at least 2. A host sets it per room with
+    /// [`Chat::set_presence`](crate::Chat::set_presence).
+    pub fn presence_threshold(mut self, members: usize) -> Self {
+        self.config.hub.presence.threshold = members;
+        self
+    }
+
+    /// How often a big room tells its members who joined and left. Default 1 s; from
+    /// 10 ms to 1 minute.
+    pub fn presence_interval(mut self, interval: Duration) -> Self {
+        self.config.presence_interval = interval;
+        self
+    }
+
     /// A development certificate is replaced when it has less than this left; less than
     /// the 14 days it is valid. Default 1 day.
     pub fn renew_before(mut self, window: Duration) -> Self {
@@ -595,6 +614,26 @@ impl ConfigBuilder {
                     "must be at least history ({}): memory would replay messages that storage \
                      no longer has; got {}",
                     hub.history_len, hub.retention.messages
+                ),
+            ));
+        }
+        if hub.presence.threshold < 2 {
+            return Err(ConfigError::new(
+                "presence_threshold",
+                format!(
+                    "must be at least 2: a room of one has nobody to tell; got {}",
+                    hub.presence.threshold
+                ),
+            ));
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(60))
+            .contains(&config.presence_interval)
+        {
+            return Err(ConfigError::new(
+                "presence_interval",
+                format!(
+                    "must be from 10 ms to 1 minute; got {} ms",
+                    config.presence_interval.as_millis()
                 ),
             ));
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::{HistoryPage, StorageError};
-use crate::hub::{Hub, now_ms};
+use crate::hub::{Hub, MemberSummary, Policy, now_ms};
 use crate::protocol::{CloseCode, ErrorCode, Limits};
 
 /// The host's handle on the hub.
@@ -16,6 +16,28 @@ use crate::protocol::{CloseCode, ErrorCode, Limits};
 pub(crate) struct Host {
     pub hub: Hub,
     pub limits: Arc<Limits>,
+}
+
+/// One page of a room's members, in id order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct MembersPage {
+    /// Up to the page's limit of members.
+    pub members: Vec<MemberInfo>,
+    /// How many members the room has.
+    pub count: usize,
+    /// Ask again with this as `after` for the next page; None at the end.
+    pub next: Option<u64>,
+}
+
+impl From<MemberSummary> for MemberInfo {
+    fn from(m: MemberSummary) -> MemberInfo {
+        MemberInfo {
+            id: m.id,
+            name: m.name.to_string(),
+            user: m.user.map(|u| u.to_string()),
+        }
+    }
 }
 
 /// A room member, as the host sees it.
@@ -150,16 +172,30 @@ impl Host {
 
     /// See [`Chat::members`](crate::Chat::members).
     pub(crate) fn members(&self, room: &str) -> Vec<MemberInfo> {
-        self.hub.room(room).map_or_else(Vec::new, |room| {
-            room.roster()
-                .into_iter()
-                .map(|m| MemberInfo {
-                    id: m.id,
-                    name: m.name.to_string(),
-                    user: m.user.map(|u| u.to_string()),
-                })
-                .collect()
-        })
+        self.members_page(room, None, usize::MAX).members
+    }
+
+    pub(crate) fn members_page(&self, room: &str, after: Option<u64>, limit: usize) -> MembersPage {
+        let Some(room) = self.hub.room(room) else {
+            return MembersPage::default();
+        };
+        let (members, count, next) = room.members_page(after, limit);
+        MembersPage {
+            members: members.into_iter().map(MemberInfo::from).collect(),
+            count,
+            next,
+        }
+    }
+
+    pub(crate) fn set_presence(&self, room: &str, threshold: usize, counts_only: bool) {
+        let threshold = threshold.max(2);
+        self.hub.set_policy(
+            room,
+            Policy {
+                threshold,
+                counts_only,
+            },
+        );
     }
 
     /// See [`Chat::kick`](crate::Chat::kick).

@@ -486,19 +486,29 @@ async fn api_unban(State(state): State<HttpState>, Json(body): Json<BanRequest>)
 }
 
 #[derive(Deserialize)]
-struct RoomQuery {
+struct MembersQuery {
     room: String,
+    after: Option<u64>,
+    limit: Option<usize>,
 }
 
-/// `GET /wtchat/api/members?room=R` → `{"room","members":[{"id","name","user"}]}`.
-async fn api_members(State(state): State<HttpState>, Query(query): Query<RoomQuery>) -> Response {
-    let members: Vec<_> = state
-        .host
-        .members(&query.room)
-        .into_iter()
+/// `GET /wtchat/api/members?room=R[&after=ID][&limit=N]` →
+/// `{"room","count","members":[{"id","name","user"}],"next"}`: every member in id order, or
+/// with `limit` a page of them (`next` is the `after` of the next page, null at the end).
+async fn api_members(
+    State(state): State<HttpState>,
+    Query(query): Query<MembersQuery>,
+) -> Response {
+    let limit = query.limit.map_or(usize::MAX, |n| n.max(1));
+    let page = state.host.members_page(&query.room, query.after, limit);
+    let members: Vec<_> = page
+        .members
+        .iter()
         .map(|m| json!({"id": m.id, "name": m.name, "user": m.user}))
         .collect();
-    Json(json!({"room": query.room, "members": members})).into_response()
+    let body =
+        json!({"room": query.room, "count": page.count, "members": members, "next": page.next});
+    Json(body).into_response()
 }
 
 #[derive(Deserialize)]

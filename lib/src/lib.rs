@@ -69,7 +69,7 @@ pub use auth::{ConnectRequest, Identity, Refusal, Rooms, Transport};
 pub use chat::{Chat, StartError};
 pub use config::{Config, ConfigBuilder, ConfigError, MIN_SECRET_BYTES, MessageEvent, PATH, Tls};
 pub use engine::{Engine, HistoryPage, StorageError, StoredMessage};
-pub use host::{MemberInfo, PublishError};
+pub use host::{MemberInfo, MembersPage, PublishError};
 pub use server::Server;
 
 /// The property tests' configuration: `cases` per test, few enough for `cargo test`, unless

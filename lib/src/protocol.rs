@@ -45,7 +45,18 @@ pub enum ClientFrame {
         before: Option<u64>,
         limit: Option<u32>,
     },
+    /// One page of a joined room's members: up to `limit` (default and maximum
+    /// [`MEMBERS_PAGE`]) with ids above `after`, in id order; answered with `members`.
+    Members {
+        room: String,
+        after: Option<u64>,
+        limit: Option<u32>,
+    },
 }
+
+/// The default and largest number of members in one `members` page, and in a big room's
+/// `joined`.
+pub const MEMBERS_PAGE: usize = 100;
 
 /// The default and largest number of messages in one `history` page.
 pub const HISTORY_PAGE: usize = 100;
@@ -57,6 +68,7 @@ impl ClientFrame {
             ClientFrame::Send { room, id, .. } => (Some(room), id.as_deref()),
             ClientFrame::Join { room, .. }
             | ClientFrame::History { room, .. }
+            | ClientFrame::Members { room, .. }
             | ClientFrame::Leave { room }
             | ClientFrame::Typing { room } => (Some(room), None),
             ClientFrame::Ping {} => (None, None),
@@ -95,7 +107,10 @@ pub enum ServerFrame<'a> {
         /// An anonymous connection's secret resume key: only in its own `joined`.
         #[serde(skip_serializing_if = "Option::is_none")]
         key: Option<&'a str>,
+        /// Everyone in a small room; the first page (by id) in a big one.
         members: &'a [MemberRef<'a>],
+        /// How many members the room has, you included.
+        count: usize,
         gap: bool,
         replay: usize,
     },
@@ -121,19 +136,43 @@ pub enum ServerFrame<'a> {
         id: Option<&'a str>,
         seq: u64,
     },
-    /// Someone joined or left.
+    /// Someone joined or left (a small room); `count` is the members after it.
     Presence {
         room: &'a str,
         event: PresenceEvent,
         member: MemberRef<'a>,
+        count: usize,
     },
     /// Several members left at once (cut off as too slow together): one frame for all of
     /// them, so that a mass departure costs every other member one frame, not one each.
+    /// With event `sync`: the whole list, sent to everyone when a big room becomes small.
     #[serde(rename = "presence")]
     PresenceMany {
         room: &'a str,
         event: PresenceEvent,
         members: &'a [MemberRef<'a>],
+        count: usize,
+    },
+    /// A big room's comings and goings since its last update, at most once per presence
+    /// interval: the count, and who joined and left — or only the count, when too many
+    /// changed at once or the room's policy says so.
+    #[serde(rename = "presence")]
+    PresenceUpdate {
+        room: &'a str,
+        event: PresenceEvent,
+        count: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        joined: Option<&'a [MemberRef<'a>]>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        left: Option<&'a [MemberRef<'a>]>,
+    },
+    /// Answer to `members`: a page of members in id order; `next` is the `after` of the
+    /// next page (null at the end).
+    Members {
+        room: &'a str,
+        count: usize,
+        members: &'a [MemberRef<'a>],
+        next: Option<u64>,
     },
     /// Someone is typing.
     Typing { room: &'a str, from: &'a str },
@@ -171,6 +210,10 @@ pub enum ServerFrame<'a> {
 pub enum PresenceEvent {
     Join,
     Leave,
+    /// A big room's periodic update.
+    Update,
+    /// The whole list, replacing what a client had.
+    Sync,
 }
 
 /// Stable, machine-readable codes of `error` frames. The connection stays open after each.
@@ -620,6 +663,7 @@ mod tests {
             },
             key: Some("secret"),
             members: &members,
+            count: 2,
             gap: false,
             replay: 0,
         });
@@ -627,7 +671,8 @@ mod tests {
             parsed(&joined),
             json!({"type":"joined","room":"r","epoch":3,"seq":10,
                    "you":{"id":2,"name":"bob","sender":"pub"},"key":"secret",
-                   "members":[{"id":1,"name":"ann"},{"id":2,"name":"bob"}],"gap":false,"replay":0})
+                   "members":[{"id":1,"name":"ann"},{"id":2,"name":"bob"}],"count":2,
+                   "gap":false,"replay":0})
         );
         let err = error_frame(ErrorCode::NotJoined, "join first", Some("r"), None);
         assert_eq!(
@@ -648,10 +693,46 @@ mod tests {
             room: "r",
             event: PresenceEvent::Leave,
             member: members[0],
+            count: 1,
         });
         assert_eq!(
             parsed(&presence),
-            json!({"type":"presence","room":"r","event":"leave","member":{"id":1,"name":"ann"}})
+            json!({"type":"presence","room":"r","event":"leave","member":{"id":1,"name":"ann"},
+                   "count":1})
+        );
+        let update = encode(&ServerFrame::PresenceUpdate {
+            room: "r",
+            event: PresenceEvent::Update,
+            count: 5000,
+            joined: Some(&members[1..]),
+            left: Some(&[]),
+        });
+        assert_eq!(
+            parsed(&update),
+            json!({"type":"presence","room":"r","event":"update","count":5000,
+                   "joined":[{"id":2,"name":"bob"}],"left":[]})
+        );
+        let counts_only = encode(&ServerFrame::PresenceUpdate {
+            room: "r",
+            event: PresenceEvent::Update,
+            count: 5000,
+            joined: None,
+            left: None,
+        });
+        assert_eq!(
+            parsed(&counts_only),
+            json!({"type":"presence","room":"r","event":"update","count":5000})
+        );
+        let page = encode(&ServerFrame::Members {
+            room: "r",
+            count: 5000,
+            members: &members,
+            next: Some(2),
+        });
+        assert_eq!(
+            parsed(&page),
+            json!({"type":"members","room":"r","count":5000,
+                   "members":[{"id":1,"name":"ann"},{"id":2,"name":"bob"}],"next":2})
         );
         assert_eq!(
             parsed(&encode(&ServerFrame::Pong {})),
@@ -860,7 +941,7 @@ mod tests {
         prop_oneof![
             prop::sample::select(vec![
                 "", " ", "lobby", "ann", "join", "leave", "send", "typing", "ping", "history",
-                "type", "before", "limit",
+                "members", "type", "before", "after", "limit",
             ])
             .prop_map(String::from),
             any::<String>(),
@@ -900,8 +981,9 @@ mod tests {
     /// any order; now and then the same as an array (which serde alone would take for a
     /// frame), or not an object at all.
     fn frames() -> impl Strategy<Value = Json> {
-        let known =
-            prop::sample::select(vec!["join", "leave", "send", "typing", "ping", "history"]);
+        let known = prop::sample::select(vec![
+            "join", "leave", "send", "typing", "ping", "history", "members",
+        ]);
         let kind = prop_oneof![
             6 => known.prop_map(|t| Json::String(t.into())),
             1 => strings().prop_map(Json::String),
@@ -989,6 +1071,12 @@ mod tests {
                 .map_err(|_| ErrorCode::InvalidFrame),
             _ => Err(ErrorCode::InvalidFrame),
         };
+        let small = |key| {
+            number(key)?
+                .map(u32::try_from)
+                .transpose()
+                .map_err(|_| ErrorCode::InvalidFrame)
+        };
         let frame = match get("type") {
             Some(Json::String(t)) => match t.as_str() {
                 "join" => (|| {
@@ -1011,14 +1099,17 @@ mod tests {
                 "typing" => string("room").map(|room| ClientFrame::Typing { room }),
                 "ping" => Ok(ClientFrame::Ping {}),
                 "history" => (|| {
-                    let limit = number("limit")?
-                        .map(u32::try_from)
-                        .transpose()
-                        .map_err(|_| ErrorCode::InvalidFrame)?;
                     Ok(ClientFrame::History {
                         room: string("room")?,
                         before: number("before")?,
-                        limit,
+                        limit: small("limit")?,
+                    })
+                })(),
+                "members" => (|| {
+                    Ok(ClientFrame::Members {
+                        room: string("room")?,
+                        after: number("after")?,
+                        limit: small("limit")?,
                     })
                 })(),
                 _ => Err(ErrorCode::UnknownType),
@@ -1045,6 +1136,7 @@ mod tests {
             ClientFrame::Typing { .. } => "typing",
             ClientFrame::Ping {} => "ping",
             ClientFrame::History { .. } => "history",
+            ClientFrame::Members { .. } => "members",
         }
     }
 
@@ -1108,6 +1200,7 @@ mod tests {
                             },
                             key: key.as_deref(),
                             members: &refs,
+                            count: refs.len(),
                             gap,
                             replay,
                         });
@@ -1118,7 +1211,8 @@ mod tests {
                         let mut want = json!({"type": "joined", "room": room, "epoch": epoch,
                                           "seq": seq,
                                           "you": {"id": you.0, "name": you.1, "sender": sender},
-                                          "members": members, "gap": gap, "replay": replay});
+                                          "members": members, "count": members.len(),
+                                          "gap": gap, "replay": replay});
                         if let Some(key) = key {
                             want["key"] = json!(key);
                         }
@@ -1175,12 +1269,13 @@ mod tests {
                     room: &room,
                     event,
                     member: MemberRef { id, name: &name },
+                    count: id as usize,
                 });
                 (
                     frame,
                     json!({"type": "presence", "room": room,
                                "event": if join { "join" } else { "leave" },
-                               "member": {"id": id, "name": name}}),
+                               "member": {"id": id, "name": name}, "count": id}),
                 )
             }),
             (s(), s()).prop_map(|(room, from)| {
@@ -1306,6 +1401,7 @@ mod tests {
                 ("leave", ClientFrame::Leave { room: room.clone() }),
                 ("typing", ClientFrame::Typing { room: room.clone() }),
                 ("history", ClientFrame::History { room: room.clone(), before: None, limit: None }),
+                ("members", ClientFrame::Members { room: room.clone(), after: None, limit: None }),
             ] {
                 let frame = json!({"type": kind, "room": room});
                 prop_assert_eq!(decode(&serde_json::to_vec(&frame).unwrap()), Ok(want));

@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Authenticator, ConnectRequest, Identity, random_bytes};
 use crate::config::{MessageEvent, MessageHook};
 use crate::hub::{Hub, Kind, Member, Outbound, Outbox, Resume, Room, Sender, message_frame};
-use crate::protocol::{self, ClientFrame, CloseCode, ErrorCode, HISTORY_PAGE, Limits, ServerFrame};
+use crate::protocol::{
+    self, ClientFrame, CloseCode, ErrorCode, HISTORY_PAGE, Limits, MEMBERS_PAGE, ServerFrame,
+};
 
 /// Frames written per batch: enough to amortize a write call under load, small enough that
 /// one busy connection does not hold its worker thread for long.
@@ -371,6 +373,13 @@ impl Session<'_> {
                 before,
                 limit,
             } => self.history(&room, before, limit),
+            ClientFrame::Members { room, after, limit } => match self.joined(&room) {
+                Some(j) => {
+                    let limit = limit.map_or(MEMBERS_PAGE, |n| (n as usize).clamp(1, MEMBERS_PAGE));
+                    self.outbox.push(j.room.members_frame(after, limit));
+                }
+                None => self.not_joined(&room, None),
+            },
         }
     }
 

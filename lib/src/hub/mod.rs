@@ -24,6 +24,11 @@ use crate::engine::{
 };
 use crate::protocol::{self, CloseCode, ErrorCode, MemberRef, PresenceEvent, ServerFrame, You};
 
+mod roster;
+
+pub(crate) use roster::Policy;
+use roster::{Roster, Told};
+
 /// Sizes of the hub's state. Every one bounds memory; every one is configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct HubConfig {
@@ -46,6 +51,9 @@ pub(crate) struct HubConfig {
     pub outbound_queue: usize,
     /// Connections held at once over all transports.
     pub max_connections: usize,
+    /// How rooms tell their members who is there: the size at which a room becomes big,
+    /// and whether a big room's updates carry only the count.
+    pub presence: Policy,
     /// Bytes of history held over all rooms. Past it, the least recently active rooms
     /// lose their oldest messages first (a resume that needed them is told `gap`), so that
     /// many rooms of long messages cannot take the server's memory.
@@ -62,6 +70,10 @@ impl Default for HubConfig {
                 age_ms: 30 * 24 * 3600 * 1000,
             },
             dedupe_window: 1000,
+            presence: Policy {
+                threshold: 100,
+                counts_only: false,
+            },
             max_rooms: 10_000,
             outbound_queue: 8192,
             max_connections: 50_000,
@@ -366,6 +378,14 @@ impl Member {
             name: &self.name,
         }
     }
+
+    fn summary(&self) -> MemberSummary {
+        MemberSummary {
+            id: self.id,
+            name: self.name.clone(),
+            user: self.user.clone(),
+        }
+    }
 }
 
 /// Where a joining client left off, to resume without gaps or duplicates.
@@ -426,7 +446,7 @@ struct RoomState {
     /// Numbered, handed to the engine, waiting for its commit (always empty on the memory
     /// engine).
     pending: VecDeque<Pending>,
-    members: Vec<Member>,
+    roster: Roster,
     /// (sender's public id, client id) → sequence number, for idempotent retries.
     dedupe: HashMap<Box<str>, u64>,
     dedupe_order: VecDeque<Box<str>>,
@@ -495,7 +515,11 @@ struct HubInner {
     /// Bytes of history held over all rooms.
     history_held: Arc<AtomicUsize>,
     bans: Mutex<Bans>,
+    policies: Mutex<Policies>,
 }
+
+/// Rooms whose presence policy the host set, by name: kept for rooms not in memory yet.
+type Policies = HashMap<Box<str>, Policy>;
 
 /// (room, or "" for the whole server; user) → banned until, in ms since 1970.
 type Bans = HashMap<(Box<str>, Box<str>), u64>;
@@ -558,6 +582,7 @@ impl Hub {
                 connections: AtomicUsize::new(0),
                 history_held: Arc::new(AtomicUsize::new(0)),
                 bans: Mutex::new(bans),
+                policies: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -605,6 +630,39 @@ impl Hub {
         self.inner.rooms.lock().unwrap().get(name).cloned()
     }
 
+    /// Room `name`'s presence policy: the host's for it, else the server's.
+    fn policy(&self, name: &str) -> Policy {
+        let policies = self.inner.policies.lock().unwrap();
+        policies
+            .get(name)
+            .copied()
+            .unwrap_or(self.inner.config.presence)
+    }
+
+    /// Sets room `name`'s presence policy, now and whenever it is created again.
+    pub(crate) fn set_policy(&self, name: &str, policy: Policy) {
+        self.inner
+            .policies
+            .lock()
+            .unwrap()
+            .insert(name.into(), policy);
+        if let Some(room) = self.room(name) {
+            let mut state = room.state.lock().unwrap();
+            if let Told::Everyone = state.roster.set_policy(policy) {
+                state.send_list(&room.name);
+            }
+        }
+    }
+
+    /// Sends every big room's due presence update. The server calls it once per presence
+    /// interval.
+    pub(crate) fn send_presence_updates(&self) {
+        let rooms: Vec<Arc<Room>> = self.inner.rooms.lock().unwrap().values().cloned().collect();
+        for room in rooms {
+            room.state.lock().unwrap().send_update(&room.name);
+        }
+    }
+
     /// Resolves once every message handed to the engine so far is stored (or failed).
     pub(crate) async fn flush(&self) {
         self.inner.store.flush().await;
@@ -647,7 +705,7 @@ impl Hub {
             .iter()
             .filter_map(|(key, room)| {
                 let state = room.state.lock().unwrap();
-                (state.members.is_empty() && state.pending.is_empty())
+                (state.roster.is_empty() && state.pending.is_empty())
                     .then(|| (state.last_active, key.clone()))
             })
             .min()
@@ -672,7 +730,7 @@ impl Hub {
             delivered: 0,
             history: VecDeque::new(),
             pending: VecDeque::new(),
-            members: Vec::new(),
+            roster: Roster::new(self.policy(&name)),
             dedupe: HashMap::new(),
             dedupe_order: VecDeque::new(),
             last_active: Instant::now(),
@@ -1093,7 +1151,7 @@ impl Room {
             from: &sender.name,
         });
         let state = self.state.lock().unwrap();
-        for member in state.members.iter().filter(|m| m.id != sender.id) {
+        for member in state.roster.iter().filter(|m| m.id != sender.id) {
             member.outbox.push_ephemeral(frame.clone());
         }
     }
@@ -1112,25 +1170,37 @@ impl Room {
     pub(crate) fn disconnect(&self, which: impl Fn(&Member) -> bool, code: CloseCode) -> usize {
         let state = self.state.lock().unwrap();
         state
-            .members
+            .roster
             .iter()
             .filter(|m| which(m))
             .map(|m| m.outbox.close(code))
             .count()
     }
 
-    /// The current members, for the host.
-    pub(crate) fn roster(&self) -> Vec<MemberSummary> {
+    /// Up to `limit` members with ids above `after`, in id order; the room's count; and the
+    /// `after` of the next page.
+    pub(crate) fn members_page(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> (Vec<MemberSummary>, usize, Option<u64>) {
         let state = self.state.lock().unwrap();
-        state
-            .members
-            .iter()
-            .map(|m| MemberSummary {
-                id: m.id,
-                name: m.name.clone(),
-                user: m.user.clone(),
-            })
-            .collect()
+        let (page, next) = state.roster.page(after, limit);
+        let page = page.into_iter().map(Member::summary).collect();
+        (page, state.roster.len(), next)
+    }
+
+    /// The same page, encoded as a `members` frame.
+    pub(crate) fn members_frame(&self, after: Option<u64>, limit: usize) -> Bytes {
+        let state = self.state.lock().unwrap();
+        let (page, next) = state.roster.page(after, limit);
+        let members: Vec<MemberRef<'_>> = page.into_iter().map(Member::as_ref).collect();
+        protocol::encode(&ServerFrame::Members {
+            room: &self.name,
+            count: state.roster.len(),
+            members: &members,
+            next,
+        })
     }
 }
 
@@ -1187,7 +1257,7 @@ impl RoomState {
         senders.dedup();
         let mut in_room = vec![false; senders.len()];
         let mut slow: Vec<u64> = Vec::new();
-        for member in &self.members {
+        for member in self.roster.iter() {
             match senders.binary_search(&member.id) {
                 Ok(i) => in_room[i] = true,
                 Err(_) if !member.outbox.push_many(&frames) => slow.push(member.id),
@@ -1256,38 +1326,43 @@ impl RoomState {
 
     fn join(&mut self, room: &Room, member: Member, resume: Resume) {
         let (gap, replay) = self.replay(room, resume);
-        let mut members: Vec<MemberRef<'_>> = self.members.iter().map(Member::as_ref).collect();
-        members.push(member.as_ref());
+        let (id, outbox) = (member.id, member.outbox.clone());
+        let presence = protocol::encode(&ServerFrame::Presence {
+            room: &room.name,
+            event: PresenceEvent::Join,
+            member: member.as_ref(),
+            count: self.roster.len() + 1,
+        });
+        let you = (member.name.clone(), member.sender.clone());
+        let told = self.roster.add(member);
+        // In a big room, the count and the first page: the same cost whatever its size.
+        let members = self.roster.first_page();
         let joined = protocol::encode(&ServerFrame::Joined {
             room: &room.name,
             epoch: room.epoch,
             seq: self.delivered,
             you: You {
-                id: member.id,
-                name: &member.name,
-                sender: member.sender.public(),
+                id,
+                name: &you.0,
+                sender: you.1.public(),
             },
-            key: member.sender.resume_key(),
+            key: you.1.resume_key(),
             members: &members,
+            count: self.roster.len(),
             gap,
             replay: replay.len(),
         });
         drop(members);
-        member.outbox.push(joined);
+        outbox.push(joined);
         for frame in replay {
-            if !member.outbox.push(frame) {
+            if !outbox.push(frame) {
                 break;
             }
         }
-        let presence = protocol::encode(&ServerFrame::Presence {
-            room: &room.name,
-            event: PresenceEvent::Join,
-            member: member.as_ref(),
-        });
-        let id = member.id;
-        self.members.push(member);
         self.last_active = Instant::now();
-        self.broadcast(&room.name, &presence, Some(id));
+        if let Told::Now = told {
+            self.broadcast(&room.name, &presence, Some(id));
+        }
     }
 
     /// What a join replays, and whether the client missed messages it will not get.
@@ -1348,49 +1423,90 @@ impl RoomState {
     /// Pushes `frame` to every member but `skip`; returns the ids of those that could not
     /// take it.
     fn push_all(&self, frame: &Bytes, skip: Option<u64>) -> Vec<u64> {
-        self.members
+        self.roster
             .iter()
             .filter(|m| Some(m.id) != skip && !m.outbox.push(frame.clone()))
             .map(|m| m.id)
             .collect()
     }
 
-    /// Removes the members `ids` and tells the others, in one frame however many left.
-    /// Members that cannot take that frame leave in the next round: a loop, not recursion,
-    /// and each round costs one pass over the members, so a thousand slow members cut off
-    /// together cost a few passes, not a thousand. Returns whether anyone was removed.
+    /// Removes the members `ids` and tells the others: in a small room at once, in one
+    /// frame however many left; in a big one with the next update. Members that cannot take
+    /// that frame leave in the next round: a loop, not recursion, and each round costs one
+    /// pass over the members, so a thousand slow members cut off together cost a few
+    /// passes, not a thousand. Returns whether anyone was removed.
     fn remove(&mut self, room: &str, mut ids: Vec<u64>) -> bool {
         let mut removed_any = false;
         while !ids.is_empty() {
-            ids.sort_unstable();
-            let mut gone = Vec::new();
-            self.members.retain(|m| {
-                let stays = ids.binary_search(&m.id).is_err();
-                if !stays {
-                    gone.push(m.clone());
+            let (gone, told) = self.roster.remove(&ids);
+            if gone.is_empty() {
+                break;
+            }
+            removed_any = true;
+            let count = self.roster.len();
+            let frame = match (told, gone.as_slice()) {
+                (Told::Later, _) => break,
+                (Told::Everyone, _) => {
+                    self.send_list(room);
+                    break;
                 }
-                stays
-            });
-            let presence = match gone.as_slice() {
-                [] => break,
-                [one] => protocol::encode(&ServerFrame::Presence {
+                (Told::Now, [one]) => protocol::encode(&ServerFrame::Presence {
                     room,
                     event: PresenceEvent::Leave,
                     member: one.as_ref(),
+                    count,
                 }),
-                many => {
+                (Told::Now, many) => {
                     let members: Vec<MemberRef<'_>> = many.iter().map(Member::as_ref).collect();
                     protocol::encode(&ServerFrame::PresenceMany {
                         room,
                         event: PresenceEvent::Leave,
                         members: &members,
+                        count,
                     })
                 }
             };
-            removed_any = true;
-            ids = self.push_all(&presence, None);
+            ids = self.push_all(&frame, None);
         }
         removed_any
+    }
+
+    /// Sends everyone the whole list: the room just became small again.
+    fn send_list(&mut self, room: &str) {
+        let members = self.roster.first_page();
+        let frame = protocol::encode(&ServerFrame::PresenceMany {
+            room,
+            event: PresenceEvent::Sync,
+            members: &members,
+            count: self.roster.len(),
+        });
+        drop(members);
+        let slow = self.push_all(&frame, None);
+        self.remove(room, slow);
+    }
+
+    /// A big room's update, when one is due: who joined and left since the last one (or
+    /// only the count), to every member.
+    fn send_update(&mut self, room: &str) {
+        let Some(changes) = self.roster.take_changes() else {
+            return;
+        };
+        fn refs(list: &[(u64, Arc<str>)]) -> Vec<MemberRef<'_>> {
+            list.iter()
+                .map(|(id, name)| MemberRef { id: *id, name })
+                .collect()
+        }
+        let (joined, left) = (refs(&changes.joined), refs(&changes.left));
+        let lists = !changes.overflow;
+        let frame = protocol::encode(&ServerFrame::PresenceUpdate {
+            room,
+            event: PresenceEvent::Update,
+            count: self.roster.len(),
+            joined: lists.then_some(&joined[..]),
+            left: lists.then_some(&left[..]),
+        });
+        let slow = self.push_all(&frame, None);
+        self.remove(room, slow);
     }
 }
 
@@ -1635,7 +1751,8 @@ mod tests {
             room.publish(&ann, &format!("m{i}"), None);
         }
         let members: Vec<_> = room
-            .roster()
+            .members_page(None, usize::MAX)
+            .0
             .into_iter()
             .map(|m| m.name.to_string())
             .collect();
@@ -1654,9 +1771,16 @@ mod tests {
 
     #[test]
     fn many_slow_members_leave_together_in_one_frame_without_recursion() {
-        // Joining is still quadratic in a room's size (the big-rooms issue): 1000 keeps this quick.
+        // A small room of a thousand (a big one tells leaves in its next update): joining
+        // it costs the square of its size, 1000 keeps this quick.
         const N: usize = 1000;
-        let hub = hub_on_memory(HubConfig::default());
+        let hub = hub_on_memory(HubConfig {
+            presence: Policy {
+                threshold: 10_000,
+                counts_only: false,
+            },
+            ..HubConfig::default()
+        });
         let (ann, mut ann_in) = member(&hub, "ann", N + 10);
         let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
         // N members whose sessions are gone (their queues refuse everything), and one whose
@@ -1684,7 +1808,12 @@ mod tests {
             .map(|f| f["members"].as_array().map_or(1, Vec::len))
             .collect();
         assert_eq!(leaves, [N, 1], "one frame for the N, then one for the edge");
-        let names: Vec<String> = room.roster().iter().map(|m| m.name.to_string()).collect();
+        let names: Vec<String> = room
+            .members_page(None, usize::MAX)
+            .0
+            .iter()
+            .map(|m| m.name.to_string())
+            .collect();
         assert_eq!(names, ["ann"]);
     }
 
@@ -1740,7 +1869,7 @@ mod tests {
             room.typing(&ann);
         }
         assert_eq!(
-            room.roster().len(),
+            room.members_page(None, usize::MAX).0.len(),
             2,
             "a full queue drops typing, not the member"
         );
@@ -1771,7 +1900,7 @@ mod tests {
             hub.join("fourth", dan, Resume::default()).unwrap_err(),
             ErrorCode::ServerFull
         );
-        assert_eq!(busy.roster().len(), 1);
+        assert_eq!(busy.members_page(None, usize::MAX).0.len(), 1);
     }
 
     #[test]
@@ -1866,5 +1995,225 @@ mod tests {
         // A ban that ended is no ban.
         block_on(hub.ban(Some("r"), "u-bob", now_ms() - 1)).unwrap();
         assert!(!hub.banned("r", "u-bob"));
+    }
+
+    fn big_at(threshold: usize) -> HubConfig {
+        HubConfig {
+            presence: Policy {
+                threshold,
+                counts_only: false,
+            },
+            ..HubConfig::default()
+        }
+    }
+
+    /// What a client makes of its room's presence frames: the members it knows and the
+    /// count it shows.
+    #[derive(Default)]
+    struct View {
+        members: std::collections::BTreeMap<u64, String>,
+        count: u64,
+    }
+
+    impl View {
+        fn apply(&mut self, frame: &Value) {
+            let entries = |key: &str| -> Vec<(u64, String)> {
+                frame[key]
+                    .as_array()
+                    .map(|list| {
+                        list.iter()
+                            .map(|m| {
+                                (
+                                    m["id"].as_u64().unwrap(),
+                                    m["name"].as_str().unwrap().into(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            match (frame["type"].as_str(), frame["event"].as_str()) {
+                (Some("joined"), _) | (Some("presence"), Some("sync")) => {
+                    self.members = entries("members").into_iter().collect();
+                }
+                (Some("presence"), Some("join")) => {
+                    let m = &frame["member"];
+                    self.members.insert(
+                        m["id"].as_u64().unwrap(),
+                        m["name"].as_str().unwrap().into(),
+                    );
+                }
+                (Some("presence"), Some("leave")) => {
+                    let ids = entries("members").into_iter().map(|(id, _)| id);
+                    for id in ids.chain(frame["member"]["id"].as_u64()) {
+                        self.members.remove(&id);
+                    }
+                }
+                (Some("presence"), Some("update")) => {
+                    self.members.extend(entries("joined"));
+                    for (id, _) in entries("left") {
+                        self.members.remove(&id);
+                    }
+                }
+                _ => return,
+            }
+            self.count = frame["count"].as_u64().unwrap();
+        }
+    }
+
+    fn truth(room: &Room) -> std::collections::BTreeMap<u64, String> {
+        room.members_page(None, usize::MAX)
+            .0
+            .into_iter()
+            .map(|m| (m.id, m.name.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_big_room_joins_with_a_count_and_a_first_page_and_tells_changes_in_updates() {
+        let hub = hub_on_memory(big_at(5));
+        let (ann, mut ann_in) = member(&hub, "ann", 10_000);
+        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
+        let mut others = Vec::new();
+        for i in 0..149 {
+            let (m, inbox) = member(&hub, &format!("m{i}"), 10_000);
+            hub.join("r", m.clone(), Resume::default()).unwrap();
+            others.push((m, inbox));
+        }
+        // Small until five: one frame per join, with the count; then nothing until the update.
+        let got = frames(&mut ann_in);
+        let counts: Vec<u64> = got
+            .iter()
+            .filter(|f| f["type"] == "presence")
+            .map(|f| f["count"].as_u64().unwrap())
+            .collect();
+        assert_eq!(counts, [2, 3, 4]);
+        // The last to join gets the count and the first page, not everyone.
+        let joined = &frames(&mut others.last_mut().unwrap().1)[0];
+        assert_eq!(joined["count"], 150);
+        let page = joined["members"].as_array().unwrap();
+        assert_eq!(page.len(), protocol::MEMBERS_PAGE);
+        assert_eq!(page[0]["name"], "ann", "the lowest ids first");
+        // 146 joins since the room became big: more than one update lists, so counts only.
+        hub.send_presence_updates();
+        let update = frames(&mut ann_in);
+        assert_eq!(update.len(), 1);
+        assert_eq!(
+            update[0],
+            serde_json::json!({"type":"presence","room":"r","event":"update","count":150})
+        );
+        // A few leave: the next update names them.
+        for (m, _) in others.drain(..3) {
+            room.leave(m.id);
+        }
+        assert!(frames(&mut ann_in).is_empty(), "nothing until the update");
+        hub.send_presence_updates();
+        let update = &frames(&mut ann_in)[0];
+        assert_eq!(update["count"], 147);
+        let left: Vec<&str> = update["left"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(left, ["m0", "m1", "m2"]);
+        assert_eq!(update["joined"], serde_json::json!([]));
+        hub.send_presence_updates();
+        assert!(frames(&mut ann_in).is_empty(), "no change, no update");
+        // Pages cover everyone once, in id order.
+        let mut listed = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, count, next) = room.members_page(after, 40);
+            assert_eq!(count, 147);
+            listed.extend(page.into_iter().map(|m| m.id));
+            match next {
+                Some(id) => after = Some(id),
+                None => break,
+            }
+        }
+        assert_eq!(listed, truth(&room).into_keys().collect::<Vec<_>>());
+        // Below the threshold again: everyone gets the whole list, and it is small again.
+        let keep = 3;
+        for (m, _) in others.drain(keep..) {
+            room.leave(m.id);
+        }
+        let sync = frames(&mut ann_in);
+        let sync = sync.last().unwrap();
+        assert_eq!(
+            (sync["event"].as_str(), sync["count"].as_u64()),
+            (Some("sync"), Some(4))
+        );
+        assert_eq!(sync["members"].as_array().unwrap().len(), 4);
+        room.leave(others[0].0.id);
+        let leave = frames(&mut ann_in);
+        assert_eq!(
+            (leave[0]["event"].as_str(), leave[0]["count"].as_u64()),
+            (Some("leave"), Some(3))
+        );
+    }
+
+    #[test]
+    fn after_a_join_and_leave_storm_every_members_view_converges_to_the_truth() {
+        let hub = hub_on_memory(big_at(20));
+        let mut clients: Vec<(Member, Inbox, View)> = Vec::new();
+        let mut left = Vec::new();
+        let room = |hub: &Hub| hub.room("r").unwrap();
+        for round in 0..30 {
+            // Five join, two leave, an update every other round: some changes cross the
+            // threshold, some updates list a dozen changes.
+            for i in 0..5 {
+                let (m, inbox) = member(&hub, &format!("r{round}-{i}"), 10_000);
+                hub.join("r", m.clone(), Resume::default()).unwrap();
+                clients.push((m, inbox, View::default()));
+            }
+            for _ in 0..2 {
+                let (m, inbox, _) = clients.remove((round * 7) % clients.len());
+                room(&hub).leave(m.id);
+                left.push(inbox);
+            }
+            if round % 2 == 1 {
+                hub.send_presence_updates();
+            }
+            for (_, inbox, view) in &mut clients {
+                for frame in frames(inbox) {
+                    view.apply(&frame);
+                }
+            }
+        }
+        hub.send_presence_updates();
+        let truth = truth(&room(&hub));
+        assert!(truth.len() > 20, "the room is big");
+        for (m, inbox, view) in &mut clients {
+            for frame in frames(inbox) {
+                view.apply(&frame);
+            }
+            assert_eq!(view.count, truth.len() as u64, "{}'s count", m.name);
+            // Under a hundred: a big room's first page is everyone, and every update
+            // listed its changes, so each list is exact.
+            assert_eq!(view.members, truth, "{}'s list", m.name);
+        }
+    }
+
+    #[test]
+    fn a_room_set_to_counts_only_never_lists_who_came_or_went() {
+        let hub = hub_on_memory(big_at(100));
+        let (ann, mut ann_in) = member(&hub, "ann", 1000);
+        hub.join("r", ann, Resume::default()).unwrap();
+        hub.set_policy(
+            "r",
+            Policy {
+                threshold: 2,
+                counts_only: true,
+            },
+        );
+        let (bob, _b) = member(&hub, "bob", 1000);
+        hub.join("r", bob, Resume::default()).unwrap();
+        hub.send_presence_updates();
+        let got = frames(&mut ann_in);
+        let update = got.last().unwrap();
+        assert_eq!(update["event"], "update");
+        assert_eq!(update["count"], 2);
+        assert!(update.get("joined").is_none() && update.get("left").is_none());
     }
 }

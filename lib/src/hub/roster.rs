@@ -1,0 +1,187 @@
+//! A room's members, and how their comings and goings are told.
+//!
+//! Members live in a `Vec`, so that the fan-out is one pass over contiguous memory, with an
+//! index by id beside it, so that a leave costs O(log n) and the list pages in id order.
+//!
+//! A small room tells every join and leave to every member at once, and `joined` lists
+//! everyone. Past its threshold a room is *big*: that would cost the square of its size to
+//! fill, so `joined` carries the count and the first page, and joins and leaves are
+//! gathered into one `presence` update per interval (the hub's ticker sends it). When it
+//! shrinks below the threshold again, every member gets the whole list once, and it is
+//! small again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::Member;
+use crate::protocol::{MEMBERS_PAGE, MemberRef};
+
+/// Most joins and leaves one `presence` update lists; past it, the update carries only the
+/// count, and clients that show a list page it again.
+pub(crate) const UPDATE_MAX_CHANGES: usize = 100;
+
+/// How a room tells its members who is there, once it is big.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Policy {
+    /// Members at which the room becomes big.
+    pub threshold: usize,
+    /// A big room's updates carry only the count, never who came or went.
+    pub counts_only: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Roster {
+    members: Vec<Member>,
+    /// id → position in `members`.
+    index: BTreeMap<u64, usize>,
+    pub policy: Policy,
+    big: bool,
+    changes: Changes,
+}
+
+/// Joins and leaves since a big room's last update.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    pub joined: Vec<(u64, Arc<str>)>,
+    pub left: Vec<(u64, Arc<str>)>,
+    /// More changed than one update lists (or the policy lists none): counts only.
+    pub overflow: bool,
+    /// Something changed: an update is due.
+    pub due: bool,
+}
+
+/// What a membership change asks the room to send now.
+pub(crate) enum Told {
+    /// Nothing now: the change waits for the next update.
+    Later,
+    /// A small room: tell everyone about this change.
+    Now,
+    /// The room just became small again: send everyone the whole list.
+    Everyone,
+}
+
+impl Roster {
+    pub(crate) fn new(policy: Policy) -> Roster {
+        Roster {
+            members: Vec::new(),
+            index: BTreeMap::new(),
+            policy,
+            big: false,
+            changes: Changes::default(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, Member> {
+        self.members.iter()
+    }
+
+    /// Adds a member; says how to tell the others.
+    pub(crate) fn add(&mut self, member: Member) -> Told {
+        self.index.insert(member.id, self.members.len());
+        let change = (member.id, member.name.clone());
+        self.members.push(member);
+        if !self.big && self.members.len() >= self.policy.threshold {
+            self.big = true;
+        }
+        if !self.big {
+            return Told::Now;
+        }
+        self.note(|changes| changes.joined.push(change));
+        Told::Later
+    }
+
+    /// Removes the members `ids` (those still here); returns them, and how to tell the
+    /// others.
+    pub(crate) fn remove(&mut self, ids: &[u64]) -> (Vec<Member>, Told) {
+        let mut gone = Vec::new();
+        for id in ids {
+            let Some(at) = self.index.remove(id) else {
+                continue;
+            };
+            let member = self.members.swap_remove(at);
+            if let Some(moved) = self.members.get(at) {
+                self.index.insert(moved.id, at);
+            }
+            gone.push(member);
+        }
+        if gone.is_empty() || !self.big {
+            return (gone, Told::Now);
+        }
+        if self.members.len() < self.policy.threshold {
+            self.big = false;
+            self.changes = Changes::default();
+            return (gone, Told::Everyone);
+        }
+        for member in &gone {
+            let change = (member.id, member.name.clone());
+            self.note(|changes| changes.left.push(change));
+        }
+        (gone, Told::Later)
+    }
+
+    fn note(&mut self, change: impl FnOnce(&mut Changes)) {
+        let changes = &mut self.changes;
+        changes.due = true;
+        if changes.overflow || self.policy.counts_only {
+            changes.overflow = true;
+            return;
+        }
+        change(changes);
+        if changes.joined.len() + changes.left.len() > UPDATE_MAX_CHANGES {
+            changes.overflow = true;
+            changes.joined = Vec::new();
+            changes.left = Vec::new();
+        }
+    }
+
+    /// The changes an update is due for, if one is; the room starts gathering anew.
+    pub(crate) fn take_changes(&mut self) -> Option<Changes> {
+        (self.big && self.changes.due).then(|| std::mem::take(&mut self.changes))
+    }
+
+    /// Applies a new policy: a room now past its threshold becomes big, one now under it
+    /// small (`Told::Everyone`: send the list).
+    pub(crate) fn set_policy(&mut self, policy: Policy) -> Told {
+        self.policy = policy;
+        if !self.big && self.members.len() >= policy.threshold {
+            self.big = true;
+        } else if self.big && self.members.len() < policy.threshold {
+            self.big = false;
+            self.changes = Changes::default();
+            return Told::Everyone;
+        }
+        Told::Later
+    }
+
+    /// Up to `limit` members with ids above `after`, in id order, and the id to ask after
+    /// for the next page (None at the end).
+    pub(crate) fn page(&self, after: Option<u64>, limit: usize) -> (Vec<&Member>, Option<u64>) {
+        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let mut range = self.index.range((from, std::ops::Bound::Unbounded));
+        let page: Vec<&Member> = range
+            .by_ref()
+            .take(limit)
+            .map(|(_, &at)| &self.members[at])
+            .collect();
+        let next = range.next().and(page.last().map(|m| m.id));
+        (page, next)
+    }
+
+    /// The members a `joined` lists: everyone in a small room, the first page in a big one.
+    pub(crate) fn first_page(&self) -> Vec<MemberRef<'_>> {
+        let limit = if self.big { MEMBERS_PAGE } else { usize::MAX };
+        self.page(None, limit)
+            .0
+            .into_iter()
+            .map(Member::as_ref)
+            .collect()
+    }
+}
