@@ -79,6 +79,16 @@ fn cases() -> Vec<Case> {
             flags: &["--retention-messages", "99"],
         },
         Case {
+            setting: "presence_threshold",
+            builder: |b| b.presence_threshold(1),
+            flags: &["--presence-threshold", "1"],
+        },
+        Case {
+            setting: "presence_interval",
+            builder: |b| b.presence_interval(Duration::from_millis(5)),
+            flags: &["--presence-interval", "5ms"],
+        },
+        Case {
             setting: "retention_age",
             builder: |b| b.retention_age(Duration::from_millis(500)),
             flags: &["--retention-age", "500ms"],
