@@ -6,6 +6,7 @@
 #   bench/run.sh                 # the standard set, 3 runs each (about 9 minutes)
 #   bench/run.sh ws-fanout       # one scenario (or several, by name)
 #   bench/run.sh engines         # SQLite beside memory: four pairs, with their ratios
+#   bench/run.sh bigrooms        # join storms into one room of 10,000, and their baselines
 #   RUNS=5 bench/run.sh wt-idle  # more runs
 #   bench/run.sh --list          # the scenarios and what they run
 #
@@ -13,6 +14,8 @@
 #   RUNS=3          runs per scenario (medians are printed); the runs go round the chosen
 #                   scenarios (A1 B1 A2 B2 ...), so that a busy spell hits all alike
 #   NO_BUILD=1      skip `cargo build --release`
+#   SERVER=PATH     the `wtchat` binary to run (default target/release/wtchat), e.g. one
+#                   built from another commit, to measure before and after a change
 #   OUT=FILE        where the JSON lines go (default target/bench/results-<time>.jsonl)
 #   DB_DIR=DIR      where each SQLite run's fresh database directory is made (default
 #                   $TMPDIR or /tmp); it must be a real disk: on tmpfs fsync is free
@@ -67,10 +70,20 @@ EXTRA=(
   "ws-fanout-1t|memory|fanout --transport ws --subscribers 1000 --publishers 10 --duration 5 --threads 1"
   "ws-latency-1t|memory|fanout --transport ws --subscribers 1000 --publishers 10 --rate 20 --duration 8 --threads 1"
   "wt-latency-1t|memory|fanout --transport wt --subscribers 1000 --publishers 10 --rate 20 --duration 8 --threads 1"
+  # Big rooms (the `bigrooms` set): filling one room must cost what its joins cost, not the
+  # square of its size. Each storm is judged against a baseline run in the same invocation:
+  # a join into an empty room (each client its own room), and a bare WebTransport session.
+  "ws-join-10k|memory|join --transport ws --subscribers 10000 --budget join_s=2 --budget bytes_per_member=12288 --budget server_cpu_per_join_us/ws-join-empty-10k<=3"
+  "ws-join-empty-10k|memory|join --transport ws --subscribers 10000 --rooms each"
+  "wt-join-2k|memory|join --transport wt --subscribers 2000 --budget server_cpu_per_join_us/wt-bare-2k<=1.5"
+  "wt-bare-2k|memory|join --transport wt --subscribers 2000 --no-join"
+  # 10,000 members, 10 messages/s in total: 100,000 deliveries/s.
+  "ws-10k-fanout|memory|fanout --transport ws --subscribers 10000 --publishers 10 --rate 10 --duration 10 --budget latency_us.p99=100000"
 )
 # Names for several scenarios at once.
 SETS=(
   "engines|ws-fanout ws-fanout-sqlite ws-throughput ws-throughput-sqlite ws-latency ws-latency-sqlite ws-fanout-w64 ws-fanout-sqlite-w64 ws-fanout-3k ws-fanout-sqlite-3k"
+  "bigrooms|ws-join-empty-10k ws-join-10k wt-bare-2k wt-join-2k ws-10k-fanout"
 )
 
 if [[ ${1:-} == --list || ${1:-} == -h || ${1:-} == --help ]]; then

@@ -389,14 +389,18 @@ struct ReadBuf {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// The size it was made with, and goes back to once a large frame has been read.
+    size: usize,
 }
 
 impl ReadBuf {
     fn new(size: usize) -> ReadBuf {
+        let size = size.max(512);
         ReadBuf {
-            buf: vec![0; size.max(512)],
+            buf: vec![0; size],
             start: 0,
             end: 0,
+            size,
         }
     }
 
@@ -409,6 +413,11 @@ impl ReadBuf {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+            // A `joined` listing thousands of members grew it to hundreds of KiB: with
+            // thousands of connections, keeping that would take the tool's memory.
+            if self.buf.len() > 4 * self.size {
+                self.buf = vec![0; self.size];
+            }
         }
     }
 
@@ -497,6 +506,8 @@ async fn read_ws<R: AsyncRead + Unpin>(mut rd: R, reader: &mut Reader) -> io::Re
 async fn read_lines(mut recv: wtransport::RecvStream, reader: &mut Reader) -> io::Result<()> {
     let mut phase = reader.run.phase.subscribe();
     let mut buf = ReadBuf::new(reader.run.plan.read_buffer);
+    // Unconsumed bytes already known to hold no line end (a long line arrives in pieces).
+    let mut scanned = 0;
     loop {
         let n = tokio::select! {
             biased;
@@ -511,15 +522,31 @@ async fn read_lines(mut recv: wtransport::RecvStream, reader: &mut Reader) -> io
         let Some(n) = n else {
             return Err(io::ErrorKind::UnexpectedEof.into());
         };
-        // Lines never straddle what was scanned: scanning restarts at the unconsumed start,
-        // which is at most one partial line.
         buf.end += n;
         let now = reader.run.now_ns();
-        while let Some(pos) = buf.data().iter().position(|&b| b == b'\n') {
+        while let Some(pos) = next_line(buf.data(), &mut scanned) {
             reader.on_frame(&buf.data()[..pos], now);
             buf.consume(pos + 1);
         }
         reader.end_batch();
+    }
+}
+
+/// Where the first line of `data` ends, looking only past the `scanned` bytes known to hold
+/// no line end; once none is found, all of `data` is scanned. Lines never straddle what was
+/// scanned: `data` starts at the unconsumed start, which is at most one partial line, so a
+/// `joined` of hundreds of KiB read in packets is scanned once, not once per packet.
+fn next_line(data: &[u8], scanned: &mut usize) -> Option<usize> {
+    match data[*scanned..].iter().position(|&b| b == b'\n') {
+        Some(at) => {
+            let pos = *scanned + at;
+            *scanned = 0;
+            Some(pos)
+        }
+        None => {
+            *scanned = data.len();
+            None
+        }
     }
 }
 
@@ -826,6 +853,34 @@ mod tests {
         let mut ws_out = Vec::new();
         build_send(&mut ws_out, "bench", m, 0, Framing::WebSocket);
         assert_eq!(ws_out.len(), 2 + 4 + out.len() - 1);
+    }
+
+    #[test]
+    fn lines_split_over_reads_are_found_and_scanned_once() {
+        let head = b"{\"type\":\"joi";
+        let line = b"{\"type\":\"joined\"}";
+        let mut scanned = 0;
+        assert_eq!(next_line(head, &mut scanned), None);
+        assert_eq!(scanned, head.len());
+        // The next piece: only the new bytes are looked at (a line end before `scanned`
+        // would be missed, and cannot be there).
+        let data = [&line[..], b"\n{\"ty"].concat();
+        assert_eq!(next_line(&data, &mut scanned), Some(line.len()));
+        assert_eq!(scanned, 0);
+        assert_eq!(next_line(&data[line.len() + 1..], &mut scanned), None);
+        assert_eq!(scanned, 4);
+    }
+
+    #[test]
+    fn read_buffer_shrinks_back_after_a_large_frame() {
+        let mut buf = ReadBuf::new(512);
+        let big = buf.space(Some(100_000)).len();
+        assert!(big >= 100_000);
+        buf.end += 100_000;
+        buf.consume(99_000);
+        assert_eq!(buf.buf.len(), big, "kept while a frame is partly read");
+        buf.consume(1_000);
+        assert_eq!(buf.buf.len(), 512);
     }
 
     #[test]

@@ -15,6 +15,9 @@
 //!   the bottleneck.
 //! - `idle`: N connections that join a room and then stay quiet: server memory per
 //!   connection.
+//! - `join`: a join storm. N clients connect and join one room as fast as they can (or a
+//!   room each, or none: the baselines): time until all joined, server CPU per join, server
+//!   memory per member.
 //! - `summary`: medians of the JSON lines of several runs, checked against budgets.
 //!
 //! Run the standard set with `bench/run.sh` (see `bench/README.md`), or by hand:
@@ -47,6 +50,7 @@ use tokio::net::TcpStream;
 
 mod account;
 mod client;
+mod join;
 mod procfs;
 mod summary;
 mod ws;
@@ -57,7 +61,7 @@ use client::{ClientResult, Plan, Run, Target, Transport};
 #[derive(Parser)]
 #[command(
     name = "wtchat-bench",
-    about = "Load tool for wtchat: room fan-out and idle connections over WebSocket and WebTransport"
+    about = "Load tool for wtchat: room fan-out, idle connections and join storms over WebSocket and WebTransport"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -70,6 +74,9 @@ enum Command {
     Fanout(FanoutArgs),
     /// N quiet connections: server memory per connection.
     Idle(IdleArgs),
+    /// A join storm: N clients join one room (or a room each, or none) as fast as they can:
+    /// time until all joined, server CPU per join, server memory per member.
+    Join(join::JoinArgs),
     /// Medians of JSON result lines (one run per line), grouped by label, with budgets.
     Summary {
         /// Files of JSON lines as printed by `--json` (stdin if none).
@@ -205,6 +212,7 @@ fn main() -> ExitCode {
         }
         Command::Fanout(args) => (args.common.clone(), Work::Fanout(args)),
         Command::Idle(args) => (args.common.clone(), Work::Idle(args)),
+        Command::Join(args) => (args.common.clone(), Work::Join(args)),
     };
     if let Err(e) = budgets(&common) {
         eprintln!("wtchat-bench: {e}");
@@ -231,6 +239,7 @@ fn main() -> ExitCode {
         match work {
             Work::Fanout(args) => fanout(args).await.map(|r| emit(&common, &r, r.table())),
             Work::Idle(args) => idle(args).await.map(|r| emit(&common, &r, r.table())),
+            Work::Join(args) => join::join(args).await.map(|r| emit(&common, &r, r.table())),
         }
     });
     // Thousands of connections: do not wait for each to close politely.
@@ -247,6 +256,7 @@ fn main() -> ExitCode {
 enum Work {
     Fanout(FanoutArgs),
     Idle(IdleArgs),
+    Join(join::JoinArgs),
 }
 
 /// Prints the human table (stdout, or stderr with `--json`) and the JSON line.

@@ -113,6 +113,56 @@ const IDLE: &[(&str, &str, f64, &str)] = &[
     ("tool_idle_cpu_pct", "tool CPU while idle", 1.0, "%"),
 ];
 
+const JOIN: &[(&str, &str, f64, &str)] = &[
+    ("join_s", "first connect to all joined", 1.0, "s"),
+    ("joins_per_s", "joins per second", 1.0, "/s"),
+    ("storm_s", "first connect to last frame", 1.0, "s"),
+    ("server_cpu_per_join_us", "server CPU per join", 1.0, "µs"),
+    (
+        "server_cpu_per_join_until_joined_us",
+        "  until the last joined",
+        1.0,
+        "µs",
+    ),
+    (
+        "bytes_per_member",
+        "server memory per member",
+        1.0 / 1024.0,
+        "KiB",
+    ),
+    ("frames_per_client", "frames per client", 1.0, ""),
+    ("joined", "joined", 1.0, ""),
+    ("failures", "failed to join", 1.0, ""),
+    ("closed_early", "closed early", 1.0, ""),
+    ("server_cpu_pct", "server CPU", 1.0, "%"),
+    ("tool_cpu_pct", "tool CPU", 1.0, "%"),
+    ("other_cpu_pct", "other processes' CPU", 1.0, "%"),
+    (
+        "server_rss_before_kib",
+        "server RSS before",
+        1.0 / 1024.0,
+        "MiB",
+    ),
+    (
+        "server_rss_after_kib",
+        "server RSS after",
+        1.0 / 1024.0,
+        "MiB",
+    ),
+    (
+        "server_rss_peak_kib",
+        "server RSS peak",
+        1.0 / 1024.0,
+        "MiB",
+    ),
+    (
+        "tool_bytes_per_member",
+        "tool memory per member",
+        1.0 / 1024.0,
+        "KiB",
+    ),
+];
+
 /// One `--budget`: a bound on the median of a figure, or on its ratio to the median of the
 /// same figure in another label's runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -282,12 +332,19 @@ pub fn render(runs: &[Value]) -> (String, bool) {
     let mut all_ok = true;
     for (label, group) in &groups {
         let first = group[0];
-        let idle = first["scenario"] == "idle";
-        let describe = if idle {
+        let kind = first["scenario"].as_str().unwrap_or("fanout");
+        let transport = first["transport"].as_str().unwrap_or("?");
+        let describe = if kind == "idle" {
+            format!("{} idle {transport} connections", first["connections"])
+        } else if kind == "join" {
             format!(
-                "{} idle {} connections",
-                first["connections"],
-                first["transport"].as_str().unwrap_or("?")
+                "{} {transport} clients {}",
+                first["clients"],
+                match first["rooms"].as_str() {
+                    Some("one") => "join one room",
+                    Some("each") => "join a room each",
+                    _ => "set up sessions, no join",
+                }
             )
         } else {
             let rate = first["rate"].as_f64().unwrap_or(0.0);
@@ -307,7 +364,12 @@ pub fn render(runs: &[Value]) -> (String, bool) {
             "\n{label} — {describe} — median of {} run(s) [min .. max]\n",
             group.len()
         ));
-        for &(path, name, scale, unit) in if idle { IDLE } else { FANOUT } {
+        let figures = match kind {
+            "idle" => IDLE,
+            "join" => JOIN,
+            _ => FANOUT,
+        };
+        for &(path, name, scale, unit) in figures {
             let mut values: Vec<f64> = group.iter().filter_map(|r| field(r, path)).collect();
             let Some(med) = median(&mut values) else {
                 continue;
@@ -337,7 +399,22 @@ pub fn render(runs: &[Value]) -> (String, bool) {
             all_ok &= ok;
             verdicts.push(verdict);
         }
-        if !idle {
+        if kind == "join" {
+            // A storm in which clients failed, or were cut off, did not fill the room.
+            let short = group
+                .iter()
+                .filter(|r| {
+                    field(r, "failures").unwrap_or(1.0) > 0.0
+                        || field(r, "closed_early").unwrap_or(0.0) > 0.0
+                })
+                .count();
+            all_ok &= short == 0;
+            verdicts.push(format!(
+                "  {:<4} {label:<20} every client joined and stayed ({short} of {} run(s) had failures)",
+                if short == 0 { "PASS" } else { "FAIL" },
+                group.len()
+            ));
+        } else if kind != "idle" {
             let lossy = group
                 .iter()
                 .filter(|r| {
@@ -445,6 +522,59 @@ mod tests {
         assert!(text.contains("median 450 "), "{text}");
         assert!(text.contains("1 of 3 run(s) had some"), "{text}");
         assert_eq!(field(&run(1.0, 0), "latency_us.p99"), Some(1500.0));
+    }
+
+    #[test]
+    fn join_storms_are_judged_on_their_own_figures() {
+        let run = |label: &str, rooms: &str, us: f64, failures: u64, budget: &[&str]| {
+            json!({"scenario":"join","label":label,"transport":"ws","clients":10000,
+                   "rooms":rooms,"join_s":1.5,"server_cpu_per_join_us":us,
+                   "bytes_per_member":10240.0,"failures":failures,"closed_early":0,
+                   "budget":budget})
+        };
+        let big = [
+            "join_s=2",
+            "bytes_per_member=12288",
+            "server_cpu_per_join_us/empty<=3",
+        ];
+        let runs = [
+            run("empty", "each", 100.0, 0, &[]),
+            run("big", "one", 250.0, 0, &big),
+        ];
+        let (text, ok) = render(&runs);
+        assert!(ok, "{text}");
+        assert!(
+            text.contains("big — 10000 ws clients join one room"),
+            "{text}"
+        );
+        assert!(
+            text.contains("empty — 10000 ws clients join a room each"),
+            "{text}"
+        );
+        assert!(text.contains("server memory per member"), "{text}");
+        assert!(text.contains("= 2.50 × empty's 100 (goal ≤ 3×)"), "{text}");
+        assert!(
+            text.contains("PASS big                  every client joined"),
+            "{text}"
+        );
+        // Not a fan-out: no loss line, no fan-out figures.
+        assert!(
+            !text.contains("no loss") && !text.contains("latency"),
+            "{text}"
+        );
+        let (text, ok) = render(&[
+            run("empty", "each", 100.0, 0, &[]),
+            run("big", "one", 350.0, 3, &big),
+        ]);
+        assert!(!ok);
+        assert!(
+            text.contains("FAIL big                  server_cpu_per_join_us"),
+            "{text}"
+        );
+        assert!(
+            text.contains("FAIL big                  every client joined and stayed (1 of 1"),
+            "{text}"
+        );
     }
 
     #[test]
