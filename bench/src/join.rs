@@ -39,8 +39,10 @@ pub struct JoinArgs {
     /// bidirectional stream); join no room. The baseline of a bare session.
     #[arg(long, conflicts_with = "rooms")]
     no_join: bool,
-    /// The storm is over once no client has received a frame for this long (ms).
-    #[arg(long, default_value_t = 1000)]
+    /// The storm is over once no client has received a frame for this long (ms): longer
+    /// than the server's presence interval (1 s by default), which a big room's last
+    /// update may wait for.
+    #[arg(long, default_value_t = 2500)]
     quiet_ms: u64,
     /// Longest wait, after the last `joined`, for the frames to stop (s).
     #[arg(long, default_value_t = 20.0)]
