@@ -123,14 +123,35 @@ export interface Limits {
   idleTimeoutMs?: number;
 }
 
+/**
+ * Who is in the room. A small room says who comes and goes as it happens (`join`, `leave`).
+ * A room past the server's threshold (100 members by default) is big: it says what changed
+ * at most once per presence interval (1 s by default: `update`), and `members` may be only
+ * its first members (see `Chat.membersComplete`).
+ */
 export interface PresenceEvent {
   room: string;
-  /** `sync`: the full member list arrived (on every join, including after reconnects). */
-  event: "join" | "leave" | "sync";
-  /** Who joined or left (for `sync`: this client). */
+  /**
+   * `sync`: the member list was replaced (on every join, including after reconnects — in a
+   * big room only its first page —, and with everyone when a big room became small again).
+   * `update`: a big room's news, at most once per presence interval: `count`, and `joined`
+   * and `left` unless too many changed at once or the room gives counts only — then the
+   * list may name some who left and miss some who came (`chat.membersNext` is undefined):
+   * a page that shows it fetches the first page again with `membersPage()`, not more than
+   * once every few seconds.
+   */
+  event: "join" | "leave" | "sync" | "update";
+  /** Who joined or left (for `sync` after a join: this client; else null). */
   member: Member | null;
-  /** The member list after the change. */
+  /** The member list after the change (`chat.members`). */
   members: Member[];
+  /** How many members the room has after the change (for several leaving at once: after
+   * all of them), this client included (`chat.memberCount`). */
+  count: number;
+  /** With `update`: who joined since the last one, in order; absent when only counted. */
+  joined?: Member[];
+  /** With `update`: who left since the last one, in order; absent when only counted. */
+  left?: Member[];
 }
 
 export interface TypingEvent {
@@ -226,6 +247,24 @@ export interface HistoryOptions {
   limit?: number;
 }
 
+/** What `membersPage()` asks for. */
+export interface MembersPageOptions {
+  /** Only members with ids above this one: the previous page's `next`. Default: from the lowest. */
+  after?: number;
+  /** At most this many members. Default and maximum: 100 (the server's). */
+  limit?: number;
+}
+
+/** One page of the room's members. */
+export interface MembersPage {
+  /** By id, lowest first. */
+  members: Member[];
+  /** How many members the room has. */
+  count: number;
+  /** The `after` of the next page; null when this one is the last. */
+  next: number | null;
+}
+
 /** One page of older messages. */
 export interface HistoryPage {
   /** Oldest first, in the shape of `message` events. */
@@ -248,8 +287,22 @@ export class Chat {
   /** The room's messages received so far, in order, without duplicates, without the
    * deleted ones (older pages from `history()` are not added). */
   readonly messages: readonly Message[];
-  /** The room's members now. */
+  /**
+   * The room's members the client knows, by id: everyone in a small room; in a big one its
+   * first members (the lowest ids): the first page on joining, more as `membersPage()`
+   * brings them, kept up to date by `presence` events.
+   */
   readonly members: readonly Member[];
+  /** How many members the room has, this client included; exact in rooms of any size. */
+  readonly memberCount: number;
+  /** Whether `members` is everyone in the room (then it has `memberCount` members). */
+  readonly membersComplete: boolean;
+  /**
+   * What to pass as `after` to `membersPage()` to continue `members`: the last id it has;
+   * undefined when an update without lists left it in doubt (ask for the first page again);
+   * null when it is complete.
+   */
+  readonly membersNext: number | null | undefined;
   /** This connection as the room sees it. */
   readonly me: Me | null;
   /** The server's limits. */
@@ -278,6 +331,18 @@ export class Chat {
    * they were made; while reconnecting they wait. `chat.messages` is left as it is.
    */
   history(options?: HistoryOptions): Promise<HistoryPage>;
+
+  /**
+   * One page of the room's members: up to `limit` with ids above `after`, by id. The page
+   * also goes into `chat.members`, in place of what it had in that range, when it continues
+   * what the client is sure of: the first page always (after an update without lists it
+   * replaces the whole list), a later one when `after` is at most `chat.membersNext`. No
+   * `presence` event: the promise is the news; `memberCount` takes the page's `count`.
+   * Rejects with a ChatError: `not_joined`, `closed`; with a TypeError when `after` is not
+   * a whole number (0 or more) or `limit` not a positive one. Requests are answered in the
+   * order they were made; while reconnecting they wait.
+   */
+  membersPage(options?: MembersPageOptions): Promise<MembersPage>;
 
   /** Tells the room this user is typing (a datagram over WebTransport). Throttled to one
    * notice per 2.5 s; returns whether one was sent. */

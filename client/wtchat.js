@@ -115,6 +115,11 @@ function withIdentity(url, options, kind) {
   return u.toString();
 }
 
+/** A member as the client keeps it: its id and name, nothing else the frame had. */
+function member({ id, name }) {
+  return { id, name };
+}
+
 function randomId() {
   const bytes = new Uint8Array(6);
   crypto.getRandomValues(bytes);
@@ -418,8 +423,14 @@ export class Chat {
     this.status = "connecting";
     /** The room's messages so far, in order, without duplicates. */
     this.messages = [];
-    /** The room's members, `{id, name}`. */
+    /**
+     * The room's members the client knows, `{id, name}`, by id: everyone in a small room; in
+     * a big one the first ones (the lowest ids), as many as `joined` and `membersPage()`
+     * brought (see `membersComplete`).
+     */
     this.members = [];
+    /** How many members the room has, this client included: exact, whatever the room's size. */
+    this.memberCount = 0;
     /** This connection as the room sees it, `{id, name, sender}`. */
     this.me = null;
     /** The resume key the server gave this chat's first connection (secret). */
@@ -440,6 +451,13 @@ export class Chat {
     this._idCounter = 0;
     this._pending = []; // unacknowledged sends, in order
     this._histories = []; // unanswered history requests, in order
+    this._memberPages = []; // unanswered members requests, in order
+    // The lines whose requests carry no id: the server's errors about them name only the room.
+    this._idless = [this._histories, this._memberPages];
+    this._written = 0; // requests written so far: the order they went on the wire in
+    // `members` is exactly the room's members with ids up to this: Infinity when it is
+    // everyone, -Infinity when an update without lists left it in doubt.
+    this._exactThrough = Infinity;
     this._wire = []; // frames waiting for the rate limit, current connection only
     this._tokens = 0;
     this._tokensAt = 0;
@@ -467,6 +485,21 @@ export class Chat {
       }
     };
     if (typeof addEventListener === "function") addEventListener("online", this._onOnline);
+  }
+
+  /** Whether `members` is everyone in the room (`memberCount` of them). */
+  get membersComplete() {
+    return this._exactThrough === Infinity;
+  }
+
+  /**
+   * The `after` that continues `members` with `membersPage()`: the last id it has; undefined
+   * when an update without lists left it in doubt (start again from the first page); null
+   * when it is complete.
+   */
+  get membersNext() {
+    if (this.membersComplete) return null;
+    return this._exactThrough === -Infinity ? undefined : this._exactThrough;
   }
 
   /**
@@ -532,24 +565,48 @@ export class Chat {
    * were made; while reconnecting they wait, like sends. `chat.messages` is left as it is.
    */
   history({ room = this.room, before, limit } = {}) {
-    if (this.status === "closed") {
-      return Promise.reject(new ChatError("closed", "the chat is closed"));
-    }
-    for (const [name, value] of Object.entries({ before, limit })) {
-      if (value !== undefined && !(Number.isSafeInteger(value) && value > 0)) {
-        return Promise.reject(new TypeError(`history: ${name} must be a positive whole number`));
-      }
-    }
-    if (room !== this.room) {
-      return Promise.reject(new ChatError("not_joined", `this chat is in ${this.room}, not ${room}`, { room }));
-    }
-    return this._request(this._histories, { type: "history", room, before, limit });
+    return this._ask(this._histories, { type: "history", room, before, limit }, { before: 1, limit: 1 });
   }
 
   /**
-   * Queues a frame that the server answers, on `line` (sends, or history requests): each
-   * line has one request on the wire at a time, in order, sent again on every new
-   * connection until answered.
+   * One page of the room's members: up to `limit` (the server's default and maximum: 100)
+   * with ids above `after` (default: from the lowest), by id. Resolves with
+   * `{members, count, next}`: `next` is the `after` of the following page, null at the end.
+   * The page goes into `chat.members` where it continues what the client is sure of (the
+   * first page, or `after` up to `membersNext`), without a `presence` event. Rejects like
+   * `history()`. Requests are answered in the order they were made; while reconnecting
+   * they wait.
+   */
+  membersPage({ after, limit } = {}) {
+    return this._ask(this._memberPages, { type: "members", room: this.room, after, limit }, { after: 0, limit: 1 });
+  }
+
+  /**
+   * Queues a question about the room on `line` (`history`, `members`), unless the chat is
+   * closed, `frame.room` is not this chat's, or one of the numbers named in `least` is given
+   * but is not a whole number of at least that much (a TypeError).
+   */
+  _ask(line, frame, least) {
+    if (this.status === "closed") {
+      return Promise.reject(new ChatError("closed", "the chat is closed"));
+    }
+    for (const [name, min] of Object.entries(least)) {
+      const value = frame[name];
+      if (value !== undefined && !(Number.isSafeInteger(value) && value >= min)) {
+        const what = min > 0 ? "a positive whole number" : "a whole number, 0 or more";
+        return Promise.reject(new TypeError(`${frame.type}: ${name} must be ${what}`));
+      }
+    }
+    if (frame.room !== this.room) {
+      return Promise.reject(new ChatError("not_joined", `this chat is in ${this.room}, not ${frame.room}`, { room: frame.room }));
+    }
+    return this._request(line, frame);
+  }
+
+  /**
+   * Queues a frame that the server answers, on `line` (sends, history or members
+   * requests): each line has one request on the wire at a time, in order, sent again on
+   * every new connection until answered.
    */
   _request(line, frame, fields = {}) {
     return new Promise((resolve, reject) => {
@@ -562,9 +619,9 @@ export class Chat {
   typing() {
     const now = Date.now();
     if (!this._joined || now - this._lastTyping < TYPING_INTERVAL_MS) return false;
-    // An error about a typing notice would read as one about the history request (neither
-    // has an id); notices may be lost anyway.
-    if (this._onWire(this._histories)) return false;
+    // An error about a typing notice would read as one about a history or members request
+    // (none has an id); notices may be lost anyway.
+    if (this._idless.some((line) => this._onWire(line))) return false;
     // Never let a typing notice cost a message its place under the rate limit.
     this._refill();
     if (this._tokens < 2 || this._wire.length) return false;
@@ -705,10 +762,9 @@ export class Chat {
       const conn = await Promise.race([attempt, timeout]);
       this.transport = conn.kind;
       // Queued and unacknowledged sends, in order, with their ids: the server stores each
-      // once. Unanswered history requests too. Before the status event, whose handlers may
-      // send more.
-      this._writeNext(this._pending);
-      this._writeNext(this._histories);
+      // once. Unanswered history and members requests too. Before the status event, whose
+      // handlers may send more.
+      for (const line of [this._pending, ...this._idless]) this._writeNext(line);
       this._setStatus("connected", { transport: conn.kind });
     } catch (e) {
       attempt.catch(() => {});
@@ -796,7 +852,8 @@ export class Chat {
     this._joined = false;
     if (conn && !this._closedByUser) conn.close(CloseCodes.NORMAL, "normal");
     this.transport = null;
-    for (const [line, what] of [[this._pending, "the message was sent"], [this._histories, "history arrived"]]) {
+    const lines = [[this._pending, "the message was sent"], [this._histories, "history arrived"], [this._memberPages, "the members arrived"]];
+    for (const [line, what] of lines) {
       for (const request of line.splice(0)) request.reject(new ChatError("closed", `the chat closed before ${what}`));
     }
     this._setStatus("closed", { reason, code, error: errorCode });
@@ -884,12 +941,22 @@ export class Chat {
     const head = line[0];
     if (!head || !this._conn || head.held || head.gen === this._gen) return;
     head.gen = this._gen;
+    head.written = ++this._written;
     this._enqueue(head.frame);
   }
 
   /** Whether the oldest request of `line` is on the wire of this connection. */
   _onWire(line) {
     return line.length > 0 && line[0].gen === this._gen;
+  }
+
+  /** Of `lines`, the one whose request on the wire went first, if any has one there. */
+  _oldestOnWire(lines) {
+    let oldest = null;
+    for (const line of lines) {
+      if (this._onWire(line) && (!oldest || line[0].written < oldest[0].written)) oldest = line;
+    }
+    return oldest;
   }
 
   /**
@@ -926,6 +993,7 @@ export class Chat {
       case "message": return this._onMessage(frame);
       case "ack": return this._onAck(frame);
       case "history": return this._onHistory(frame);
+      case "members": return this._onMembers(frame);
       case "deleted": return this._onDeleted(frame);
       case "presence": return this._onPresence(frame);
       case "typing":
@@ -953,8 +1021,9 @@ export class Chat {
     // Secret: kept for this chat's own reconnects, never shown or sent anywhere else.
     if (frame.key) this._key = frame.key;
     if (this.me) this.name = this.me.name;
-    this.members = (frame.members || []).map((m) => ({ id: m.id, name: m.name }));
-    this._emit("presence", { room: this.room, event: "sync", member: this.me, members: this.members.slice() });
+    this.memberCount = frame.count;
+    this._setMembers(frame.members, frame.count);
+    this._emitPresence("sync", this.me);
     // The join completes once the replayed history (the next `replay` messages) is in.
     this._replayLeft = frame.replay || 0;
     if (!this._replayLeft) this._joinDone();
@@ -1015,18 +1084,86 @@ export class Chat {
     this._emit("deleted", { room: this.room, epoch: this.epoch, seq: frame.seq });
   }
 
+  _onMembers(frame) {
+    // One request on the wire at a time: this answers the oldest.
+    if (!this._onWire(this._memberPages)) return;
+    const members = (Array.isArray(frame.members) ? frame.members : []).map(member);
+    const next = frame.next ?? null;
+    this.memberCount = frame.count;
+    this._settle(this._memberPages, (request) => {
+      this._mergeMembers(request.frame.after, members, next);
+      request.resolve({ members, count: frame.count, next });
+    });
+  }
+
   _onPresence(frame) {
-    // One member, or several that left together (one frame for all): an event for each.
-    const list = Array.isArray(frame.members) ? frame.members : frame.member ? [frame.member] : [];
-    for (const { id, name } of list) {
-      const member = { id, name };
-      if (frame.event === "join") {
-        if (!this.members.some((m) => m.id === member.id)) this.members.push(member);
-      } else if (frame.event === "leave") {
-        this.members = this.members.filter((m) => m.id !== member.id);
-      }
-      this._emit("presence", { room: this.room, event: frame.event, member, members: this.members.slice() });
+    this.memberCount = frame.count;
+    if (frame.event === "update") return this._onUpdate(frame);
+    if (frame.event === "sync") {
+      // A big room became small again: everyone, and presence frames from now on.
+      this._setMembers(frame.members, frame.count);
+      return this._emitPresence("sync", null);
     }
+    // A small room. One member, or several that left together (one frame for all): an
+    // event for each.
+    const list = Array.isArray(frame.members) ? frame.members : frame.member ? [frame.member] : [];
+    for (const m of list.map(member)) {
+      if (frame.event === "join") this._addMember(m);
+      else if (frame.event === "leave") this.members = this.members.filter((x) => x.id !== m.id);
+      this._emitPresence(frame.event, m);
+    }
+  }
+
+  /** A big room's periodic news: the count, and who came and went since the last one. */
+  _onUpdate(frame) {
+    if (!Array.isArray(frame.joined) && !Array.isArray(frame.left)) {
+      // Counts only: who came and went is unknown, so nothing of the list is sure any more.
+      this._exactThrough = -Infinity;
+      return this._emitPresence("update", null);
+    }
+    const joined = (frame.joined || []).map(member);
+    const left = (frame.left || []).map(member);
+    // Joins first: one who came and went within the interval (perhaps into a page fetched
+    // meanwhile) is gone.
+    for (const m of joined) this._addMember(m);
+    const gone = new Set(left.map((m) => m.id));
+    this.members = this.members.filter((m) => !gone.has(m.id));
+    this._emitPresence("update", null, { joined, left });
+  }
+
+  _emitPresence(event, who, lists) {
+    this._emit("presence", { room: this.room, event, member: who, members: this.members.slice(), count: this.memberCount, ...lists });
+  }
+
+  /** The room's first members, by id (of `count`): the list from now on. */
+  _setMembers(list, count) {
+    this.members = (Array.isArray(list) ? list : []).map(member);
+    this._exactThrough = this.members.length >= count ? Infinity : this.members[this.members.length - 1]?.id ?? -Infinity;
+  }
+
+  /** Adds a member in id order, if it is not there yet and the list reaches that far. */
+  _addMember(m) {
+    if (m.id > this._exactThrough) return;
+    const i = this.members.findIndex((x) => x.id >= m.id);
+    if (i < 0) this.members.push(m);
+    else if (this.members[i].id !== m.id) this.members.splice(i, 0, m);
+  }
+
+  /**
+   * Puts a page of members (ids above `after`, through `next`) in the list, in place of what
+   * it had there, when the page continues what the list is sure of.
+   */
+  _mergeMembers(after, page, next) {
+    const from = after ?? -Infinity;
+    const through = this._exactThrough;
+    if (from > through) return;
+    const end = next ?? Infinity;
+    this.members = [
+      ...this.members.filter((m) => m.id <= from),
+      ...page,
+      ...this.members.filter((m) => m.id > end && m.id <= through),
+    ];
+    this._exactThrough = Math.max(through, end);
   }
 
   _onError(frame) {
@@ -1050,11 +1187,13 @@ export class Chat {
       waiter.reject(error);
       return;
     }
-    // An error naming the room and no id, while joined, answers the history request on the
-    // wire: it is the only such frame the client has in flight (no typing notice meanwhile).
-    if (!frame.id && frame.room === this.room && this._onWire(this._histories)) {
-      if (frame.code === "rate_limited" && this._retryLater(this._histories)) return;
-      this._settle(this._histories, (request) => request.reject(error));
+    // An error naming the room and no id, while joined, answers the oldest history or
+    // members request on the wire: the server answers in order, and no typing notice goes
+    // out while one is there.
+    const line = frame.id || frame.room !== this.room ? null : this._oldestOnWire(this._idless);
+    if (line) {
+      if (frame.code === "rate_limited" && this._retryLater(line)) return;
+      this._settle(line, (request) => request.reject(error));
       return;
     }
     this._emit("error", error);

@@ -1182,3 +1182,337 @@ async fn a_send_the_server_could_not_store_goes_again_in_its_place() {
     );
     assert_no_console_errors(&page);
 }
+
+/// The member ids the demo page shows, in its order.
+const SHOWN_MEMBER_IDS: &str =
+    "[...document.querySelectorAll('[data-testid=member]')].map(li => Number(li.dataset.memberId))";
+
+/// Pages through the room with `chat.membersPage()`, `limit` at a time, from the first:
+/// what the pages held and how many there were, then what `chat.members` holds, `[id, name]`
+/// each.
+const PAGE_THROUGH_MEMBERS: &str = r#"(async (limit) => {
+  const pair = (m) => [m.id, m.name];
+  const members = [];
+  let pages = 0;
+  for (let after; ; ) {
+    const page = await window.chat.membersPage({ after, limit });
+    pages += 1;
+    members.push(...page.members.map(pair));
+    if (page.next === null) break;
+    after = page.next;
+  }
+  return { members, pages, known: window.chat.members.map(pair), complete: window.chat.membersComplete };
+})"#;
+
+/// Records, from now on, the page's `membersPage()` calls and the updates without lists it
+/// gets: `window.__asks` (`[ms, after]` each) and `window.__countsOnly` (ms each).
+const RECORD_MEMBER_REFRESHES: &str = r#"(() => {
+  window.__asks = [];
+  window.__countsOnly = [];
+  const chat = window.chat;
+  const page = chat.membersPage.bind(chat);
+  chat.membersPage = (options = {}) => {
+    window.__asks.push([performance.now(), options.after ?? null]);
+    return page(options);
+  };
+  chat.on("presence", (p) => {
+    if (p.event === "update" && !p.joined) window.__countsOnly.push(performance.now());
+  });
+})()"#;
+
+/// `room`'s members as the server has them, `(id, name)` each, by id.
+fn server_members(server: &TestServer, room: &str) -> Vec<(u64, String)> {
+    let mut members: Vec<(u64, String)> = server
+        .chat
+        .members(room)
+        .into_iter()
+        .map(|m| (m.id, m.name))
+        .collect();
+    members.sort();
+    members
+}
+
+/// Waits until the server has `n` members in `room`.
+async fn wait_server_members(server: &TestServer, room: &str, n: usize) {
+    let deadline = Instant::now() + common::DEADLINE;
+    while server.chat.members(room).len() != n {
+        assert!(
+            Instant::now() < deadline,
+            "{room} has {:?}, not {n} members",
+            server_members(server, room)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the page, and its chat, say the room has `n` members (fewer than 1,000: no
+/// digit grouping).
+async fn wait_member_count(page: &Page<'_>, n: usize) {
+    page.wait_for(
+        &format!("a count of {n} members"),
+        &format!(
+            "window.chat.memberCount === {n}
+             && document.querySelector('[data-testid=member-count]').textContent === '{n}'"
+        ),
+    )
+    .await;
+}
+
+/// Waits until the page shows exactly everyone the server has in `room`, by name.
+async fn wait_everyone(page: &Page<'_>, server: &TestServer, room: &str) {
+    let members = server_members(server, room);
+    let names: Vec<&str> = members.iter().map(|(_, name)| name.as_str()).collect();
+    wait_member_count(page, names.len()).await;
+    page.wait_members(&names).await;
+    assert_eq!(
+        page.eval("[window.chat.membersComplete, document.querySelector('#members-more').hidden]")
+            .await,
+        json!([true, true]),
+        "[{}] complete, with nothing more to load",
+        page.name
+    );
+}
+
+/// Waits until the page shows the server's first `n` members of `room`, by id, and the
+/// room's count, with more to load.
+async fn wait_first_members(page: &Page<'_>, server: &TestServer, room: &str, n: usize) {
+    let members = server_members(server, room);
+    let first: Vec<u64> = members.iter().take(n).map(|(id, _)| *id).collect();
+    wait_member_count(page, members.len()).await;
+    page.wait_for(
+        &format!("the first {n} members by id"),
+        &format!(
+            "JSON.stringify({SHOWN_MEMBER_IDS}) === {} && window.chat.membersNext === {}",
+            json!(json!(first).to_string()),
+            first[n - 1]
+        ),
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.querySelector('[data-testid=members-shown]').textContent")
+            .await,
+        format!("Showing {n} of {}", members.len()),
+        "[{}]",
+        page.name
+    );
+}
+
+/// The presence notices the page shows.
+async fn presence_notices(page: &Page<'_>) -> Value {
+    page.eval(
+        "[...document.querySelectorAll('[data-testid=presence-notice]')].map(n => n.textContent)",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn pages_in_a_big_room_show_its_count_and_page_through_its_members() {
+    let Some((_serial, browser)) =
+        take_browser("pages_in_a_big_room_show_its_count_and_page_through_its_members").await
+    else {
+        return;
+    };
+    // Big from 5 members: presence in updates once a second, no frame per join or leave.
+    let server = start_with(|config| config.presence_threshold(5)).await;
+    let room = "big";
+    let mut pages = Vec::new();
+    for (label, size, init, transport) in [
+        ("P1", (1024, 768), None, "webtransport"),
+        ("P2", (1024, 768), Some(NO_WEBTRANSPORT), "websocket"),
+        ("P3", (390, 844), None, "webtransport"),
+    ] {
+        let name = format!("page{}", pages.len() + 1);
+        let page = open_chat(&browser, &server, label, size, init, room, &name).await;
+        page.wait_connected(transport).await;
+        pages.push(page);
+    }
+
+    let started = Instant::now();
+    let mut bots = Vec::new();
+    for i in 0..20 {
+        let mut bot = common::Client::ws(&server).await;
+        let (joined, _) = bot.join(room, &format!("bot{i:02}")).await;
+        // Fewer than a page: `joined` lists everyone, whatever the room's size.
+        assert_eq!(joined["count"], 4 + i);
+        assert_eq!(joined["members"].as_array().unwrap().len(), 4 + i);
+        bots.push(bot);
+    }
+    for page in &pages {
+        wait_everyone(page, &server, room).await;
+    }
+    eprintln!(
+        "20 joins: every page shows 23 members after {:?}",
+        started.elapsed()
+    );
+
+    // Eight go: four say so, four just drop their connections.
+    let started = Instant::now();
+    let mut leaving = Vec::new();
+    for (i, mut bot) in bots.drain(..8).enumerate() {
+        if i % 2 == 0 {
+            bot.send(json!({"type": "leave", "room": room})).await;
+            leaving.push(bot);
+        }
+    }
+    wait_server_members(&server, room, 15).await;
+    for page in &pages {
+        wait_everyone(page, &server, room).await;
+    }
+    eprintln!(
+        "8 leaves: every page shows 15 members after {:?}",
+        started.elapsed()
+    );
+    pages[2].screenshot("big-room-phone").await;
+
+    // Paging through the room, 4 at a time, gives the server's list; and the chat's own.
+    let want = json!(server_members(&server, room));
+    for page in &pages {
+        let got = page.eval(&format!("{PAGE_THROUGH_MEMBERS}(4)")).await;
+        assert_eq!(got["members"], want, "[{}]", page.name);
+        assert_eq!(got["pages"], 4, "[{}]", page.name);
+        assert_eq!(got["known"], want, "[{}]", page.name);
+        assert_eq!(got["complete"], true, "[{}]", page.name);
+    }
+
+    // Under the threshold again: everyone gets the whole list, and joins and leaves are
+    // told one by one again.
+    let started = Instant::now();
+    let last = bots.pop().unwrap();
+    drop(bots);
+    wait_server_members(&server, room, 4).await;
+    for page in &pages {
+        wait_everyone(page, &server, room).await;
+    }
+    eprintln!(
+        "11 more leaves: every page shows 4 members after {:?}",
+        started.elapsed()
+    );
+    drop(last);
+    wait_server_members(&server, room, 3).await;
+    for page in &pages {
+        wait_everyone(page, &server, room).await;
+    }
+    // Notices for the small room's joins and leaves only: none for the big room's.
+    let notices = [
+        json!(["page2 joined", "page3 joined", "bot00 joined", "bot19 left"]),
+        json!(["page3 joined", "bot00 joined", "bot19 left"]),
+        json!(["bot00 joined", "bot19 left"]),
+    ];
+    for (page, want) in pages.iter().zip(notices) {
+        page.wait_for(
+            "bot19's leave told",
+            "document.querySelectorAll('[data-testid=presence-notice]').length > 0
+             && [...document.querySelectorAll('[data-testid=presence-notice]')].at(-1).textContent === 'bot19 left'",
+        )
+        .await;
+        assert_eq!(presence_notices(page).await, want, "[{}]", page.name);
+        assert_no_console_errors(page);
+    }
+    drop(leaving);
+}
+
+#[tokio::test]
+async fn a_page_shows_a_crowded_room_a_page_at_a_time() {
+    let Some((_serial, browser)) =
+        take_browser("a_page_shows_a_crowded_room_a_page_at_a_time").await
+    else {
+        return;
+    };
+    let server = start().await;
+    let room = "crowd";
+    let started = Instant::now();
+    let mut bots = Vec::new();
+    for i in 0..110 {
+        let mut bot = common::Client::ws(&server).await;
+        bot.join(room, &format!("bot{i:03}")).await;
+        bots.push(bot);
+    }
+    eprintln!("110 bots joined in {:?}", started.elapsed());
+    let ann = open_chat(&browser, &server, "A", (1024, 768), None, room, "ann").await;
+    ann.wait_connected("webtransport").await;
+    // A phone, with the members behind the "People" button.
+    let kim = open_chat(
+        &browser,
+        &server,
+        "K",
+        (390, 844),
+        Some(NO_WEBTRANSPORT),
+        room,
+        "kim",
+    )
+    .await;
+    kim.wait_connected("websocket").await;
+
+    // Past 100: the first 100 by id, the count, and a button for more.
+    for page in [&ann, &kim] {
+        wait_first_members(page, &server, room, 100).await;
+    }
+    ann.eval("document.querySelector('[data-testid=members-more]').scrollIntoView()")
+        .await;
+    ann.screenshot("crowded-room-first-page").await;
+    let started = Instant::now();
+    ann.click("[data-testid=members-more]").await;
+    wait_everyone(&ann, &server, room).await;
+    eprintln!("\"Show more\" brought the rest in {:?}", started.elapsed());
+
+    // Updates with lists keep everyone exact, and the first page exact.
+    for bot in bots.drain(..5) {
+        drop(bot);
+    }
+    for i in 110..113 {
+        let mut bot = common::Client::ws(&server).await;
+        bot.join(room, &format!("bot{i:03}")).await;
+        bots.push(bot);
+    }
+    wait_server_members(&server, room, 110).await;
+    wait_everyone(&ann, &server, room).await;
+    wait_first_members(&kim, &server, room, 95).await;
+
+    // Counts only from now on: a page whose list is on screen fetches its first page again,
+    // at most once every 3 s; one whose list is behind a button waits till it is shown.
+    server.chat.set_presence(room, 100, true);
+    for page in [&ann, &kim] {
+        page.eval(RECORD_MEMBER_REFRESHES).await;
+    }
+    let started = Instant::now();
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(400));
+    for bot in bots.drain(..8) {
+        every.tick().await;
+        drop(bot);
+    }
+    wait_server_members(&server, room, 102).await;
+    wait_first_members(&ann, &server, room, 100).await;
+    eprintln!(
+        "8 leaves told by count only: the page shows the new first page after {:?}",
+        started.elapsed()
+    );
+    let asks = ann.eval("window.__asks").await;
+    let asks = asks.as_array().unwrap();
+    let updates = ann
+        .eval("window.__countsOnly.length")
+        .await
+        .as_u64()
+        .unwrap();
+    eprintln!("{} updates without lists, {} fetches", updates, asks.len());
+    assert!(!asks.is_empty() && asks.len() as u64 <= updates, "{asks:?}");
+    for pair in asks.windows(2) {
+        let gap = pair[1][0].as_f64().unwrap() - pair[0][0].as_f64().unwrap();
+        assert!(gap >= 2990.0, "fetched again after {gap} ms: {asks:?}");
+    }
+    assert!(
+        asks.iter().all(|a| a[1].is_null()),
+        "the first page: {asks:?}"
+    );
+    wait_member_count(&kim, 102).await;
+    assert_eq!(kim.eval("window.__asks.length").await, 0);
+    assert_eq!(
+        kim.eval("window.chat.membersNext === undefined").await,
+        true
+    );
+    kim.click("[data-testid=members-toggle]").await;
+    wait_first_members(&kim, &server, room, 100).await;
+    kim.screenshot("crowded-room-phone").await;
+    for page in [&ann, &kim] {
+        assert_no_console_errors(page);
+    }
+}

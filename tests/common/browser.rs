@@ -667,6 +667,27 @@ impl Page<'_> {
         self.press("Enter").await;
     }
 
+    /// Clicks the middle of the element matching `selector` with the mouse, as a user does
+    /// (scrolled into view first).
+    pub async fn click(&self, selector: &str) {
+        let middle = self
+            .eval(&format!(
+                "(() => {{ const el = document.querySelector({sel});
+                          el.scrollIntoView({{ block: 'center' }});
+                          const r = el.getBoundingClientRect();
+                          return [r.x + r.width / 2, r.y + r.height / 2]; }})()",
+                sel = json!(selector)
+            ))
+            .await;
+        for kind in ["mousePressed", "mouseReleased"] {
+            self.call(
+                "Input.dispatchMouseEvent",
+                json!({"type": kind, "x": middle[0], "y": middle[1], "button": "left", "clickCount": 1}),
+            )
+            .await;
+        }
+    }
+
     /// Turns the mouse wheel over the middle of the element matching `selector`, as a user
     /// scrolls it: `delta_y` CSS pixels, negative upwards.
     pub async fn wheel(&self, selector: &str, delta_y: f64) {
