@@ -14,6 +14,26 @@ use common::{Client, DEADLINE, Mount, SmallDisk};
 use serde_json::{Value, json};
 use wtchat::Engine;
 
+/// `wtchat serve` on the SQLite database `db`, on free ports, working in `dir` (its
+/// certificates in `dir/certs`).
+fn serve_command(dir: &Path, db: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wtchat"));
+    command
+        .current_dir(dir)
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--webtransport",
+            "127.0.0.1:0",
+        ])
+        .arg("--certs")
+        .arg(dir.join("certs"))
+        .arg("--engine")
+        .arg(format!("sqlite:{}", db.display()));
+    command
+}
+
 /// A real `wtchat serve` process on the SQLite engine, on free ports.
 struct Serve {
     child: Child,
@@ -25,19 +45,7 @@ struct Serve {
 impl Serve {
     /// Starts `wtchat serve` on the database `db`, certificates in `dir`, and `extra` flags.
     fn start(dir: &Path, db: &Path, extra: &[&str]) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wtchat"))
-            .current_dir(dir)
-            .args([
-                "serve",
-                "--http",
-                "127.0.0.1:0",
-                "--webtransport",
-                "127.0.0.1:0",
-            ])
-            .arg("--certs")
-            .arg(dir.join("certs"))
-            .arg("--engine")
-            .arg(format!("sqlite:{}", db.display()))
+        let mut child = serve_command(dir, db)
             .args(["--frames-per-second", "100000", "--frame-burst", "100000"])
             .args(extra)
             .stdout(Stdio::piped())
@@ -289,6 +297,14 @@ async fn on_sqlite(
     common::start_with(move |b| tweak(b.engine(Engine::Sqlite(db)))).await
 }
 
+/// The host publishes `prefix`1 … `prefix``n` into `room`, each stored before the next.
+async fn publish_numbered(server: &common::TestServer, room: &str, prefix: &str, n: usize) {
+    for i in 1..=n {
+        let text = format!("{prefix}{i}");
+        server.chat.publish(room, "host", &text).await.unwrap();
+    }
+}
+
 fn texts(page: &wtchat::HistoryPage) -> Vec<(u64, &str)> {
     page.messages
         .iter()
@@ -301,13 +317,7 @@ async fn retention_by_count_keeps_the_newest_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("chat.db");
     let server = on_sqlite(&db, |b| b.history(5).retention_messages(20)).await;
-    for i in 1..=50 {
-        server
-            .chat
-            .publish("r", "host", &format!("m{i}"))
-            .await
-            .unwrap();
-    }
+    publish_numbered(&server, "r", "m", 50).await;
     let page = server.chat.history("r", None, 100).unwrap();
     assert_eq!(page.messages.len(), 20);
     assert_eq!(texts(&page)[0], (31, "m31"));
@@ -330,13 +340,7 @@ async fn retention_by_age_forgets_old_messages_in_storage_and_in_replays() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("chat.db");
     let server = on_sqlite(&db, |b| b.retention_age(Duration::from_secs(1))).await;
-    for i in 1..=3 {
-        server
-            .chat
-            .publish("r", "host", &format!("old {i}"))
-            .await
-            .unwrap();
-    }
+    publish_numbered(&server, "r", "old ", 3).await;
     let deadline = tokio::time::Instant::now() + DEADLINE;
     // The sweep deletes them from the database within a second or two.
     while !server
@@ -445,13 +449,7 @@ async fn history_pages_back_through_a_room_over_the_protocol_and_the_http_api() 
     let db = dir.path().join("chat.db");
     let key = "an-api-key-of-at-least-32-bytes-long!!";
     let server = on_sqlite(&db, |b| b.history(10).api_key(key)).await;
-    for i in 1..=250 {
-        server
-            .chat
-            .publish("r", "host", &format!("m{i}"))
-            .await
-            .unwrap();
-    }
+    publish_numbered(&server, "r", "m", 250).await;
     let mut client = Client::wt(&server).await;
     let (_, replay) = client.join("r", "ann").await;
     assert_eq!(replay.len(), 10);
@@ -534,19 +532,7 @@ async fn history_pages_back_through_a_room_over_the_protocol_and_the_http_api() 
 /// and through the library.
 async fn refusal(db: &Path) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_wtchat"))
-        .current_dir(dir.path())
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--webtransport",
-            "127.0.0.1:0",
-        ])
-        .arg("--certs")
-        .arg(dir.path().join("certs"))
-        .arg("--engine")
-        .arg(format!("sqlite:{}", db.display()))
+    let out = serve_command(dir.path(), db)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
@@ -714,13 +700,7 @@ async fn a_resume_reads_older_history_from_storage_up_to_max_replay_then_says_ga
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("chat.db");
     let server = on_sqlite(&db, |b| b.history(5).max_replay(20)).await;
-    for i in 1..=50 {
-        server
-            .chat
-            .publish("r", "host", &format!("m{i}"))
-            .await
-            .unwrap();
-    }
+    publish_numbered(&server, "r", "m", 50).await;
     let mut client = Client::ws(&server).await;
     let (joined, replay) = client.join("r", "probe").await;
     assert_eq!(replay.len(), 5, "a plain join replays the in-memory tail");
@@ -750,13 +730,7 @@ async fn an_online_backup_is_a_database_a_server_starts_from() {
     let db = dir.path().join("chat.db");
     let backup = dir.path().join("backup.db");
     let server = on_sqlite(&db, |b| b).await;
-    for i in 1..=3 {
-        server
-            .chat
-            .publish("r", "host", &format!("m{i}"))
-            .await
-            .unwrap();
-    }
+    publish_numbered(&server, "r", "m", 3).await;
     // SQLite's online backup, while the server runs (what `sqlite3 chat.db .backup` does).
     let copied = Command::new("python3")
         .args([

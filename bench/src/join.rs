@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::client::{self, Plan, Run};
 use crate::{
     Common, Snapshot, TransportArg, budgets, check_limits, collect, connect_all, early_errors,
-    fetch_config, mib, opt, procfs,
+    fetch_config, labelled, mib, opt, procfs,
 };
 
 #[derive(Args, Clone)]
@@ -298,11 +298,7 @@ impl JoinReport {
                 self.clients,
                 self.transport,
                 self.connect_concurrency,
-                if self.label.is_empty() {
-                    String::new()
-                } else {
-                    format!("  [{}]", self.label)
-                }
+                labelled(&self.label)
             ),
         );
         row(

@@ -934,6 +934,15 @@ fn verdict(
     )
 }
 
+/// A run's label as its table's first row shows it: `  [label]`, or nothing.
+fn labelled(label: &str) -> String {
+    if label.is_empty() {
+        String::new()
+    } else {
+        format!("  [{label}]")
+    }
+}
+
 fn opt<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{v}{unit}"))
 }
@@ -963,11 +972,7 @@ impl FanoutReport {
                 self.wt_clients,
                 self.publishers,
                 self.duration_s,
-                if self.label.is_empty() {
-                    String::new()
-                } else {
-                    format!("  [{}]", self.label)
-                }
+                labelled(&self.label)
             ),
         );
         row(
@@ -1188,11 +1193,7 @@ impl IdleReport {
                 } else {
                     "connected, not joined".to_string()
                 },
-                if self.label.is_empty() {
-                    String::new()
-                } else {
-                    format!("  [{}]", self.label)
-                }
+                labelled(&self.label)
             ),
         );
         row(
