@@ -1327,12 +1327,6 @@ impl RoomState {
     fn join(&mut self, room: &Room, member: Member, resume: Resume) {
         let (gap, replay) = self.replay(room, resume);
         let (id, outbox) = (member.id, member.outbox.clone());
-        let presence = protocol::encode(&ServerFrame::Presence {
-            room: &room.name,
-            event: PresenceEvent::Join,
-            member: member.as_ref(),
-            count: self.roster.len() + 1,
-        });
         let you = (member.name.clone(), member.sender.clone());
         let told = self.roster.add(member);
         // In a big room, the count and the first page: the same cost whatever its size.
@@ -1361,6 +1355,13 @@ impl RoomState {
         }
         self.last_active = Instant::now();
         if let Told::Now = told {
+            // A small room tells everyone now; a big one in its next update.
+            let presence = protocol::encode(&ServerFrame::Presence {
+                room: &room.name,
+                event: PresenceEvent::Join,
+                member: MemberRef { id, name: &you.0 },
+                count: self.roster.len(),
+            });
             self.broadcast(&room.name, &presence, Some(id));
         }
     }
