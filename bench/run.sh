@@ -7,6 +7,7 @@
 #   bench/run.sh ws-fanout       # one scenario (or several, by name)
 #   bench/run.sh engines         # SQLite beside memory: four pairs, with their ratios
 #   bench/run.sh bigrooms        # join storms into one room of 10,000, and their baselines
+#   bench/run.sh redis           # two nodes sharing a room through Redis, beside memory
 #   RUNS=5 bench/run.sh wt-idle  # more runs
 #   bench/run.sh --list          # the scenarios and what they run
 #
@@ -24,10 +25,16 @@
 #   PROFILE=1       also record the server with `perf` during each fan-out's measured
 #                   window (target/bench/NAME-RUN.perf.data) and print its top functions
 #                   (needs `perf`: apt-get install linux-perf; sampling costs the server ~1%)
+#   REDIS_NODES=2   `wtchat serve` processes sharing the rooms in a `redis` scenario
+#   REDIS_AOF=1     Redis with its append-only file (--appendonly yes --appendfsync
+#                   everysec, in a directory under DB_DIR); default: no persistence at all
+#   REDIS_SERVER=redis-server   the Redis binary (needs redis-cli beside it)
 #
-# Every scenario names the server's engine: `memory`, or `sqlite` (a database in a fresh
-# directory made for that one run and removed after it). Traffic stays on 127.0.0.1.
-# Every run is bounded (timeout), and the server, its database and the temporary
+# Every scenario names the server's engine: `memory`, `sqlite` (a database in a fresh
+# directory made for that one run and removed after it), or `redis` (a redis-server of its
+# own on a free loopback port, fresh for that one run, and REDIS_NODES servers on it; the
+# clients are spread evenly over the servers). Traffic stays on 127.0.0.1.
+# Every run is bounded (timeout), and the servers, Redis, the databases and the temporary
 # certificate directory are removed on exit, including on failure and ctrl-c.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,8 +45,8 @@ QUIET_MAX=${QUIET_MAX:-25}
 SERVER=${SERVER:-target/release/wtchat}
 TOOL=target/release/wtchat-bench
 
-# name | engine (memory or sqlite) | tool arguments (the script adds --http, --server-pid,
-# --label, --json). Budgets (issue 5) travel in the JSON line; `wtchat-bench summary`
+# name | engine (memory, sqlite or redis) | tool arguments (the script adds --http,
+# --server-pid, with redis --redis-pid, --label, --json). Budgets (issue 5) travel in the JSON line; `wtchat-bench summary`
 # checks medians, and a budget FIELD/LABEL checks the ratio to LABEL's median, so a
 # *-sqlite scenario is judged against its memory twin run in the same invocation.
 SCENARIOS=(
@@ -79,11 +86,20 @@ EXTRA=(
   "wt-bare-2k|memory|join --transport wt --subscribers 2000 --no-join"
   # 10,000 members, 10 messages/s in total: 100,000 deliveries/s.
   "ws-10k-fanout|memory|fanout --transport ws --subscribers 10000 --publishers 10 --rate 10 --duration 10 --budget latency_us.p99=100000"
+  # Redis (the `redis` set): REDIS_NODES (2) servers share one room through a redis-server
+  # of the run's own; clients and publishers are spread evenly over them (500 + 500
+  # members, 5 + 5 publishers). Each is its memory twin's load; server figures are summed
+  # over the nodes, Redis's CPU is reported beside them (redis_ns_per_delivery), not in
+  # them; `--versus` makes `summary` print the ratios to the twin.
+  "ws-fanout-redis|redis|fanout --transport ws --subscribers 1000 --publishers 10 --duration 5 --versus ws-fanout --budget server_ns_per_delivery/ws-fanout<=1.3"
+  "ws-throughput-redis|redis|fanout --transport ws --subscribers 13 --publishers 10 --window 64 --duration 5 --versus ws-throughput"
+  "ws-latency-redis|redis|fanout --transport ws --subscribers 1000 --publishers 10 --rate 20 --duration 8 --versus ws-latency --budget latency_us.p99/ws-latency<=1.5"
 )
 # Names for several scenarios at once.
 SETS=(
   "engines|ws-fanout ws-fanout-sqlite ws-throughput ws-throughput-sqlite ws-latency ws-latency-sqlite ws-fanout-w64 ws-fanout-sqlite-w64 ws-fanout-3k ws-fanout-sqlite-3k"
   "bigrooms|ws-join-empty-10k ws-join-10k wt-bare-2k wt-join-2k ws-10k-fanout"
+  "redis|ws-fanout ws-fanout-redis ws-throughput ws-throughput-redis ws-latency ws-latency-redis"
 )
 
 if [[ ${1:-} == --list || ${1:-} == -h || ${1:-} == --help ]]; then
@@ -133,24 +149,61 @@ if (( rmem < 4194304 )); then
        "(sysctl -w net.core.rmem_max=4194304 net.core.wmem_max=4194304)" >&2
 fi
 
+REDIS_NODES=${REDIS_NODES:-2}
+REDIS_SERVER=${REDIS_SERVER:-redis-server}
+uses_redis=
+for s in "${selected[@]}"; do
+  [[ $(cut -d'|' -f2 <<<"$s") == redis ]] && uses_redis=1
+done
+if [[ -n $uses_redis ]]; then
+  REDIS_CLI=$(dirname "$(command -v "$REDIS_SERVER" || echo /usr/bin/redis-server)")/redis-cli
+  command -v "$REDIS_CLI" >/dev/null || REDIS_CLI=redis-cli
+  if ! command -v "$REDIS_SERVER" >/dev/null || ! command -v "$REDIS_CLI" >/dev/null; then
+    echo "the redis scenarios need $REDIS_SERVER and redis-cli (apt-get install redis-server)" >&2
+    exit 2
+  fi
+  [[ $REDIS_NODES =~ ^[1-9][0-9]*$ ]] || { echo "REDIS_NODES must be 1 or more" >&2; exit 2; }
+fi
+
 TMP=$(mktemp -d)
 mkdir -p target/bench
 OUT=${OUT:-target/bench/results-$(date +%Y%m%d-%H%M%S).jsonl}
 DB_DIR=${DB_DIR:-${TMPDIR:-/tmp}}
-SERVER_PID=
+SERVER_PID=   # the servers' pids, separated by commas (one, unless nodes share Redis)
+SERVER_PIDS=()
+HTTPS=()
 DB=
+REDIS_PID=
+REDIS_DIR=
 
 stop_server() {
-  if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 70); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
+  local pid
+  # The nodes first (they are Redis's clients), all told at once, then Redis.
+  for pid in ${SERVER_PIDS[@]+"${SERVER_PIDS[@]}"}; do
+    kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null
+  done
+  for pid in ${SERVER_PIDS[@]+"${SERVER_PIDS[@]}"}; do
+    for _ in $(seq 70); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  SERVER_PIDS=()
+  HTTPS=()
   SERVER_PID=
   if [[ -n $DB ]]; then
     rm -rf "$DB"
     DB=
+  fi
+  if [[ -n $REDIS_PID ]]; then
+    kill -TERM "$REDIS_PID" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$REDIS_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$REDIS_PID" 2>/dev/null || true
+    wait "$REDIS_PID" 2>/dev/null || true
+    REDIS_PID=
+  fi
+  if [[ -n $REDIS_DIR ]]; then
+    rm -rf "$REDIS_DIR"
+    REDIS_DIR=
   fi
 }
 cleanup() {
@@ -160,33 +213,113 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Starts a fresh server on free loopback ports with engine $1 (memory, or sqlite: a
-# database in a new directory of its own, removed by stop_server); sets SERVER_PID and HTTP.
+# A TCP port on 127.0.0.1 nobody listens on, below the ephemeral range (where the tool's
+# own thousands of connections take their ports).
+free_port() {
+  local low p
+  read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || low=32768
+  (( low > 11000 )) || low=32768
+  for _ in $(seq 100); do
+    p=$((10000 + RANDOM % (low - 10000)))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      echo "$p"
+      return 0
+    fi
+  done
+  echo "no free port found" >&2
+  exit 1
+}
+
+# Starts a fresh redis-server on a free loopback port, in a new directory of its own
+# (removed by stop_server); sets REDIS_PID and REDIS_PORT. Without persistence unless
+# REDIS_AOF: no snapshots (--save ''), no append-only file.
+start_redis() {
+  local persist=(--appendonly no)
+  [[ -n ${REDIS_AOF:-} ]] && persist=(--appendonly yes --appendfsync everysec)
+  REDIS_DIR=$(mktemp -d "$DB_DIR/wtchat-bench-redis.XXXXXX")
+  for _ in 1 2 3 4 5; do
+    REDIS_PORT=$(free_port)
+    "$REDIS_SERVER" --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$REDIS_DIR" --save '' \
+      "${persist[@]}" --daemonize no --logfile "$REDIS_DIR/redis.log" >/dev/null 2>&1 &
+    REDIS_PID=$!
+    for _ in $(seq 50); do
+      [[ $("$REDIS_CLI" -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]] && return 0
+      kill -0 "$REDIS_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    # Most likely the port was taken in the meantime: another one.
+    kill -KILL "$REDIS_PID" 2>/dev/null || true
+    wait "$REDIS_PID" 2>/dev/null || true
+    REDIS_PID=
+  done
+  echo "redis-server did not start:" >&2
+  tail -20 "$REDIS_DIR/redis.log" >&2 || true
+  exit 1
+}
+
+# Starts one `wtchat serve` with engine $1, its output in $2; adds its pid to SERVER_PIDS
+# and its HTTP address to HTTPS once it says where it listens.
+start_node() {
+  local engine=$1 log=$2 pid http=
+  : >"$log"
+  RUST_LOG=warn "$SERVER" serve --engine "$engine" --http 127.0.0.1:0 --webtransport 127.0.0.1:0 \
+    --certs "$TMP/certs" --frames-per-second 1000000 --frame-burst 1000000 \
+    --max-connections 100000 --max-connections-per-ip 100000 --max-http-connections 100000 --idle-timeout 1h >"$log" 2>&1 &
+  pid=$!
+  SERVER_PIDS+=("$pid")
+  for _ in $(seq 100); do
+    http=$(sed -n 's|^ *HTTP *http://\([0-9.:]*\).*|\1|p' "$log")
+    if [[ -n $http ]]; then
+      HTTPS+=("$http")
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "the server did not start:" >&2
+  cat "$log" >&2
+  exit 1
+}
+
+# Starts fresh servers on free loopback ports with engine $1: memory; sqlite, a database in
+# a new directory of its own; or redis, a fresh redis-server and REDIS_NODES servers on it
+# (all removed by stop_server). Sets SERVER_PID and HTTP (comma-separated with several
+# nodes: the tool takes lists) and, with redis, REDIS_PID.
 start_server() {
-  local engine
+  local engine nodes=1 i
   case $1 in
     memory) engine=memory ;;
     sqlite)
       DB=$(mktemp -d "$DB_DIR/wtchat-bench-db.XXXXXX")
       engine="sqlite:$DB/wtchat.db"
       ;;
+    redis)
+      start_redis
+      engine="redis://127.0.0.1:$REDIS_PORT"
+      nodes=$REDIS_NODES
+      ;;
     *) echo "unknown engine: $1" >&2; exit 2 ;;
   esac
-  : >"$TMP/server.log"
-  RUST_LOG=warn "$SERVER" serve --engine "$engine" --http 127.0.0.1:0 --webtransport 127.0.0.1:0 \
-    --certs "$TMP/certs" --frames-per-second 1000000 --frame-burst 1000000 \
-    --max-connections 100000 --max-connections-per-ip 100000 --max-http-connections 100000 --idle-timeout 1h >"$TMP/server.log" 2>&1 &
-  SERVER_PID=$!
-  HTTP=
-  for _ in $(seq 100); do
-    HTTP=$(sed -n 's|^ *HTTP *http://\([0-9.:]*\).*|\1|p' "$TMP/server.log")
-    [[ -n $HTTP ]] && return 0
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.1
+  rm -f "$TMP"/server-*.log
+  # One after another: the first makes the development certificate the others then share.
+  start_node "$engine" "$TMP/server.log"
+  for ((i = 1; i < nodes; i++)); do
+    start_node "$engine" "$TMP/server-$i.log"
   done
-  echo "the server did not start:" >&2
-  cat "$TMP/server.log" >&2
-  exit 1
+  SERVER_PID=$(IFS=,; echo "${SERVER_PIDS[*]}")
+  HTTP=$(IFS=,; echo "${HTTPS[*]}")
+}
+
+# Warnings and errors the nodes of a redis run logged (the engine's trouble, if any).
+node_warnings() {
+  local log
+  for log in "$TMP"/server*.log; do
+    if grep -qE 'WARN|ERROR' "$log"; then
+      echo "  $(basename "$log" .log) logged:"
+      grep -E 'WARN|ERROR' "$log" | tail -5 | sed 's/^/    /'
+    fi
+  done
+  return 0
 }
 
 # CPU busy on the machine over `1` second, in % of one core.
@@ -244,6 +377,12 @@ PROFILES=()
 
 echo "wtchat benchmark: ${#selected[@]} scenario(s) x $RUNS run(s); $(nproc) cores; results in $OUT"
 echo "source: $(git describe --always --dirty 2>/dev/null || echo unknown); $(uname -sr)"
+if [[ -n $uses_redis ]]; then
+  echo "Redis: $("$REDIS_SERVER" --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p'), a fresh" \
+    "redis-server per run on a free loopback port, $REDIS_NODES wtchat node(s) on it;" \
+    "$([[ -n ${REDIS_AOF:-} ]] && echo "append-only file, fsync every second, in $DB_DIR" ||
+      echo "no persistence (--save '' --appendonly no)")"
+fi
 for s in "${selected[@]}"; do
   if [[ $(cut -d'|' -f2 <<<"$s") == sqlite ]]; then
     fs=$(df --output=fstype "$DB_DIR" 2>/dev/null | tail -1 || true)
@@ -262,15 +401,18 @@ for run in $(seq "$RUNS"); do
     echo "== $name, run $run/$RUNS, engine $engine: wtchat-bench $args"
     start_server "$engine"
     wait_quiet
+    redis=()
+    [[ -n $REDIS_PID ]] && redis=(--redis-pid "$REDIS_PID")
     # shellcheck disable=SC2086 # word splitting of $args is intended
     if run_tool "$name" "$run" $args --http "$HTTP" --server-pid "$SERVER_PID" \
-         --label "$name" --json; then
+         ${redis[@]+"${redis[@]}"} --label "$name" --json; then
       cat "$TMP/tool.log"
     else
       echo "  run failed (exit $?):" >&2
       tail -5 "$TMP/tool.log" >&2
       failed=$((failed + 1))
     fi
+    [[ $engine == redis ]] && node_warnings
     stop_server
   done
 done

@@ -36,7 +36,7 @@ pub enum Transport {
     Wt,
 }
 
-/// Where and how to reach the server, from its `/wtchat/config`.
+/// Where and how to reach one server (one node of the chat), from its `/wtchat/config`.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub http: SocketAddr,
@@ -109,7 +109,10 @@ pub struct MessageTrack {
 #[derive(Debug)]
 pub struct Run {
     pub plan: Plan,
-    pub target: Target,
+    /// The servers: nodes of one chat (one, unless the engine shares rooms between
+    /// processes). Client `i` connects to node `i mod nodes`, so members and publishers
+    /// are spread evenly over them.
+    pub targets: Vec<Target>,
     /// The zero of every time in the run (markers carry nanoseconds since it).
     start: Instant,
     pub clients: Box<[ClientStat]>,
@@ -136,7 +139,9 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn new(plan: Plan, target: Target, clients: usize, concurrency: usize) -> Arc<Run> {
+    /// `targets` must not be empty.
+    pub fn new(plan: Plan, targets: Vec<Target>, clients: usize, concurrency: usize) -> Arc<Run> {
+        assert!(!targets.is_empty(), "a run needs a server");
         let tracks = (0..plan.publishers * plan.track_per_publisher)
             .map(|_| MessageTrack {
                 sent: AtomicU64::new(u64::MAX),
@@ -149,7 +154,7 @@ impl Run {
         let send_times = SendTimes::new(plan.publishers, (plan.window as usize).max(1024));
         Arc::new(Run {
             plan,
-            target,
+            targets,
             start: Instant::now(),
             clients: (0..clients).map(|_| ClientStat::default()).collect(),
             ready: AtomicUsize::new(0),
@@ -177,6 +182,11 @@ impl Run {
 
     pub fn phase(&self) -> u8 {
         *self.phase.borrow()
+    }
+
+    /// The node client `idx` connects to: round robin.
+    pub fn target(&self, idx: usize) -> &Target {
+        &self.targets[idx % self.targets.len()]
     }
 
     fn room_of(&self, idx: usize) -> String {
@@ -297,7 +307,8 @@ async fn run_ws(
     publisher: bool,
     reader: &mut Reader,
 ) -> io::Result<()> {
-    let mut tcp = ws::connect(run.target.http, &run.target.ws_url).await?;
+    let target = run.target(idx);
+    let mut tcp = ws::connect(target.http, &target.ws_url).await?;
     if let Some(join) = join {
         let mut frame = Vec::with_capacity(join.len() + 8);
         ws::encode_frame(&mut frame, ws::OP_TEXT, join.as_bytes());
@@ -323,12 +334,8 @@ async fn run_wt(
     publisher: bool,
     reader: &mut Reader,
 ) -> io::Result<()> {
-    let conn = crate::wt::connect(
-        &run.target.wt_url,
-        &run.target.wt_hashes,
-        run.plan.udp_buffer,
-    )
-    .await?;
+    let target = run.target(idx);
+    let conn = crate::wt::connect(&target.wt_url, &target.wt_hashes, run.plan.udp_buffer).await?;
     let crate::wt::Session {
         endpoint: _endpoint,
         connection,

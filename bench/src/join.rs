@@ -23,8 +23,8 @@ use serde::Serialize;
 
 use crate::client::{self, Plan, Run};
 use crate::{
-    Common, Snapshot, TransportArg, budgets, check_limits, collect, connect_all, early_errors,
-    fetch_config, labelled, mib, opt, procfs,
+    Common, Snapshot, TransportArg, budgets, check_limits, check_server_limits, collect,
+    connect_all, early_errors, fetch_configs, labelled, mib, opt, procfs,
 };
 
 #[derive(Args, Clone)]
@@ -164,24 +164,19 @@ pub struct JoinReport {
 pub async fn join(args: JoinArgs) -> Result<JoinReport, String> {
     let common = &args.common;
     let n = common.subscribers;
-    let pid = common.server_pid;
+    let pids = &common.server_pid[..];
     if let Some(warning) = check_limits(n) {
         return Err(warning);
     }
-    if let Some(pid) = pid
-        && let Some(limit) = procfs::nofile_limit(pid)
-        && (limit as usize) < n + 64
-    {
-        eprintln!("warning: the server's open-file limit is {limit}, below {n} connections");
-    }
-    let target = fetch_config(common.http).await?;
-    let run = Run::new(args.plan(), target, n, common.connect_concurrency);
+    check_server_limits(pids, n);
+    let targets = fetch_configs(&common.http).await?;
+    let run = Run::new(args.plan(), targets, n, common.connect_concurrency);
     let tool_before = procfs::memory(std::process::id());
-    let before = pid.and_then(procfs::memory);
+    let before = procfs::memory_sum(pids);
 
-    let start = Snapshot::take(&run, pid);
+    let start = Snapshot::take(&run, pids, None);
     let (handles, join_time) = connect_all(&run, common, n).await;
-    let joined_at = Snapshot::take(&run, pid);
+    let joined_at = Snapshot::take(&run, pids, None);
     let joined = run.ready.load(Relaxed);
 
     // Until the frames stop: presence after the last join, sent at once or gathered.
@@ -190,13 +185,13 @@ pub async fn join(args: JoinArgs) -> Result<JoinReport, String> {
     let mut end = StormEnd::new(joined_at.frames, joined_at.at, joined_at);
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = Snapshot::take(&run, pid);
+        let now = Snapshot::take(&run, pids, None);
         if end.observe(now.frames, now.at, now, quiet) || now.at >= settle_until {
             break;
         }
     }
     let end = end.sample;
-    let after = pid.and_then(procfs::memory);
+    let after = procfs::memory_sum(pids);
     let tool_after = procfs::memory(std::process::id());
 
     run.set_phase(client::PHASE_FINISH);

@@ -93,9 +93,12 @@ enum TransportArg {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// The server's HTTP address (its `/wtchat/config` says where the rest is).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    http: SocketAddr,
+    /// The server's HTTP address (its `/wtchat/config` says where the rest is). Several
+    /// (repeated, or separated by commas): nodes of one chat sharing their rooms through
+    /// the engine; client i connects to the (i mod nodes)-th, so members and publishers are
+    /// spread evenly.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8080")]
+    http: Vec<SocketAddr>,
     /// Transport of the clients.
     #[arg(long, value_enum, default_value = "ws")]
     transport: TransportArg,
@@ -105,9 +108,10 @@ struct Common {
     /// Number of clients (in `fanout`, publishers included).
     #[arg(long, default_value_t = 100)]
     subscribers: usize,
-    /// The server's process id: enables server CPU and memory figures.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// The server's process id: enables server CPU and memory figures. Several (repeated,
+    /// or separated by commas): the nodes' processes, whose CPU and memory are summed.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Worker threads of the tool's runtime; 1 runs a single-threaded runtime.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -174,6 +178,14 @@ struct FanoutArgs {
     /// when it ends: a script can attach a profiler to exactly the window.
     #[arg(long)]
     window_file: Option<std::path::PathBuf>,
+    /// The process id of the Redis server the nodes share: its CPU is reported beside the
+    /// servers' (`redis_ns_per_delivery`), not counted in theirs.
+    #[arg(long)]
+    redis_pid: Option<u32>,
+    /// The label of this run's twin (the same load on another setup, run in the same
+    /// invocation): `summary` prints the ratios of the main figures' medians to its.
+    #[arg(long)]
+    versus: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -274,6 +286,15 @@ fn emit<R: Serialize>(common: &Common, report: &R, table: String) {
 
 // --- shared steps ----------------------------------------------------------------------
 
+/// Every node's `/wtchat/config`, in the order given.
+async fn fetch_configs(http: &[SocketAddr]) -> Result<Vec<Target>, String> {
+    let mut targets = Vec::with_capacity(http.len());
+    for &addr in http {
+        targets.push(fetch_config(addr).await?);
+    }
+    Ok(targets)
+}
+
 /// `GET /wtchat/config`: the WebTransport URL and certificate digests, the WebSocket URL.
 async fn fetch_config(http: SocketAddr) -> Result<Target, String> {
     let fail = |e: &dyn std::fmt::Display| format!("GET http://{http}/wtchat/config: {e}");
@@ -359,6 +380,21 @@ fn transport_of(common: &Common, i: usize) -> Transport {
     }
 }
 
+/// Warns when a server's open-file limit is below the connections it will hold (its share
+/// of `n`, over several nodes).
+fn check_server_limits(pids: &[u32], n: usize) {
+    let share = n.div_ceil(pids.len().max(1));
+    for &pid in pids {
+        if let Some(limit) = procfs::nofile_limit(pid)
+            && (limit as usize) < share + 64
+        {
+            eprintln!(
+                "warning: the server's open-file limit is {limit}, below {share} connections"
+            );
+        }
+    }
+}
+
 fn check_limits(n: usize) -> Option<String> {
     let limit = procfs::raise_nofile();
     (limit > 0 && (limit as usize) < n + 64).then(|| {
@@ -418,7 +454,10 @@ async fn collect(handles: Vec<tokio::task::JoinHandle<ClientResult>>) -> Vec<Cli
 #[derive(Clone, Copy)]
 struct Snapshot {
     at: Instant,
+    /// Summed over the server processes (the nodes).
     server: Option<procfs::CpuTime>,
+    /// The Redis server the nodes share, when given.
+    redis: Option<procfs::CpuTime>,
     tool: Option<procfs::CpuTime>,
     machine: Option<procfs::MachineTime>,
     received: u64,
@@ -430,11 +469,12 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn take(run: &Run, pid: Option<u32>) -> Snapshot {
+    fn take(run: &Run, pids: &[u32], redis: Option<u32>) -> Snapshot {
         let sum = |f: fn(&client::ClientStat) -> u64| run.clients.iter().map(f).sum();
         Snapshot {
             at: Instant::now(),
-            server: pid.and_then(|p| procfs::cpu_time(Some(p))),
+            server: procfs::cpu_time_sum(pids),
+            redis: redis.and_then(|p| procfs::cpu_time(Some(p))),
             tool: procfs::cpu_time(None),
             machine: procfs::machine_time(),
             received: sum(|c| c.received.load(Relaxed)),
@@ -447,9 +487,9 @@ impl Snapshot {
     }
 }
 
-/// Keeps `min_received` (for the publishers' lag bound) and the server's peak RSS, until
-/// the run finishes; returns the peak in KiB.
-async fn monitor(run: Arc<Run>, pid: Option<u32>) -> u64 {
+/// Keeps `min_received` (for the publishers' lag bound) and the server's peak RSS (summed
+/// over the nodes), until the run finishes; returns the peak in KiB.
+async fn monitor(run: Arc<Run>, pids: Vec<u32>) -> u64 {
     let gate = run.plan.max_lag > 0 && run.plan.rate == 0.0 && run.plan.publishers > 0;
     let tick = if gate {
         Duration::from_millis(1)
@@ -473,11 +513,9 @@ async fn monitor(run: Arc<Run>, pid: Option<u32>) -> u64 {
                 .unwrap_or(u64::MAX);
             run.min_received.store(min, Relaxed);
         }
-        if let Some(pid) = pid
-            && Instant::now() >= next_rss
-        {
+        if !pids.is_empty() && Instant::now() >= next_rss {
             next_rss += Duration::from_millis(100);
-            if let Some(m) = procfs::memory(pid) {
+            if let Some(m) = procfs::memory_sum(&pids) {
                 peak = peak.max(m.rss_kib);
             }
         }
@@ -593,10 +631,23 @@ struct FanoutReport {
     /// Rate mode: per message, latency to its first recipient, and from first to last.
     first_delivery_us: Option<Percentiles>,
     fanout_spread_us: Option<Percentiles>,
+    /// Server processes (nodes of one chat) the clients were spread over; written only when
+    /// more than one. Every server figure is their sum.
+    #[serde(skip_serializing_if = "is_one")]
+    nodes: usize,
     server_cpu_pct: Option<f64>,
+    /// Each node's share of `server_cpu_pct` (more than one node only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    server_cpu_pct_nodes: Vec<f64>,
     server_user_pct: Option<f64>,
     server_sys_pct: Option<f64>,
     server_ns_per_delivery: Option<f64>,
+    /// The shared Redis server's CPU in the window (`--redis-pid`), not counted in the
+    /// server figures: % of one core, and per delivery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_cpu_pct: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_ns_per_delivery: Option<f64>,
     server_rss_idle_kib: Option<u64>,
     server_rss_connected_kib: Option<u64>,
     server_rss_peak_kib: Option<u64>,
@@ -617,20 +668,29 @@ struct FanoutReport {
     lag_stall_pct: f64,
     tool_bound: bool,
     verdict: String,
+    /// `--versus`: the label whose medians `summary` compares this run's with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    versus: Option<String>,
     budget: Vec<String>,
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
     let common = &args.common;
     let n = common.subscribers;
-    let pid = common.server_pid;
+    let pids = &common.server_pid[..];
+    let redis_pid = args.redis_pid;
     if args.publishers > n {
         return Err("--publishers cannot exceed --subscribers (publishers are members)".into());
     }
     if let Some(warning) = check_limits(n) {
         return Err(warning);
     }
-    let target = fetch_config(common.http).await?;
+    let targets = fetch_configs(&common.http).await?;
+    let nodes = targets.len();
     let track_per_publisher = if args.rate > 0.0 && args.publishers > 0 {
         // Every message of the run, with room to spare.
         let per = args.rate / args.publishers as f64 * (args.warmup + args.duration + 1.0);
@@ -654,19 +714,14 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
         udp_buffer: common.udp_buffer,
         track_per_publisher,
     };
-    let run = Run::new(plan, target, n, common.connect_concurrency);
-    let rss_idle = pid.and_then(procfs::memory);
-    if let Some(pid) = pid
-        && let Some(limit) = procfs::nofile_limit(pid)
-        && (limit as usize) < n + 64
-    {
-        eprintln!("warning: the server's open-file limit is {limit}, below {n} connections");
-    }
+    let run = Run::new(plan, targets, n, common.connect_concurrency);
+    let rss_idle = procfs::memory_sum(pids);
+    check_server_limits(pids, n);
 
     // Connect and join.
-    let cpu_before = pid.and_then(|p| procfs::cpu_time(Some(p)));
+    let cpu_before = procfs::cpu_time_sum(pids);
     let (handles, connect_time) = connect_all(&run, common, n).await;
-    let cpu_connected = pid.and_then(|p| procfs::cpu_time(Some(p)));
+    let cpu_connected = procfs::cpu_time_sum(pids);
     let connected = run.ready.load(Relaxed);
     if connected < args.publishers.max(1) {
         return Err(format!(
@@ -675,8 +730,8 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
         ));
     }
     settle(&run, Duration::from_secs(10)).await;
-    let rss_connected = pid.and_then(procfs::memory);
-    let monitor = tokio::spawn(monitor(run.clone(), pid));
+    let rss_connected = procfs::memory_sum(pids);
+    let monitor = tokio::spawn(monitor(run.clone(), pids.to_vec()));
 
     // Traffic: warm-up, then the measured window.
     run.set_phase(client::PHASE_SEND);
@@ -686,9 +741,19 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
     if let Some(path) = &args.window_file {
         let _ = std::fs::write(path, format!("{}\n", args.duration));
     }
-    let a = Snapshot::take(&run, pid);
+    // Each node's own CPU too (only read with several), to show how evenly they shared.
+    let node_cpu = || -> Vec<Option<procfs::CpuTime>> {
+        if pids.len() > 1 {
+            pids.iter().map(|&p| procfs::cpu_time(Some(p))).collect()
+        } else {
+            Vec::new()
+        }
+    };
+    let a_nodes = node_cpu();
+    let a = Snapshot::take(&run, pids, redis_pid);
     tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
-    let b = Snapshot::take(&run, pid);
+    let b = Snapshot::take(&run, pids, redis_pid);
+    let b_nodes = node_cpu();
     if let Some(path) = &args.window_file {
         let _ = std::fs::remove_file(path);
     }
@@ -753,6 +818,7 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
     let deliveries = b.received - a.received;
     let pct = |d: Duration| d.as_secs_f64() / window * 100.0;
     let server = a.server.zip(b.server).map(|(a, b)| b.since(&a));
+    let redis = a.redis.zip(b.redis).map(|(a, b)| b.since(&a));
     let tool = a.tool.zip(b.tool).map(|(a, b)| b.since(&a));
     let per_delivery =
         |d: Duration| (deliveries > 0).then(|| d.as_nanos() as f64 / deliveries as f64);
@@ -762,12 +828,16 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
         idle / (idle + busy).max(1.0) * 100.0
     });
     let server_cpu_pct = server.map(|s| pct(s.total()));
+    let redis_cpu_pct = redis.map(|r| pct(r.total()));
     let tool_cpu_pct = tool.map(|t| pct(t.total()));
     // Whatever else ran on the machine (builds, browsers): noise in every figure.
     let other_cpu_pct = a.machine.zip(b.machine).map(|(a, b)| {
         let busy = (b.busy - a.busy) as f64 / procfs::clock_ticks() as f64;
-        (busy / window * 100.0 - server_cpu_pct.unwrap_or(0.0) - tool_cpu_pct.unwrap_or(0.0))
-            .max(0.0)
+        (busy / window * 100.0
+            - server_cpu_pct.unwrap_or(0.0)
+            - redis_cpu_pct.unwrap_or(0.0)
+            - tool_cpu_pct.unwrap_or(0.0))
+        .max(0.0)
     });
     let lag_stall_pct = if args.publishers > 0 {
         (b.stall_ns - a.stall_ns) as f64 / (window * 1e9 * args.publishers as f64) * 100.0
@@ -826,13 +896,22 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
         ack_latency_us: Percentiles::of(&latency.ack),
         first_delivery_us: first.as_ref().map(Percentiles::of),
         fanout_spread_us: spread.as_ref().map(Percentiles::of),
+        nodes,
         server_cpu_pct: server_cpu_pct.map(round),
+        server_cpu_pct_nodes: a_nodes
+            .iter()
+            .zip(&b_nodes)
+            .map(|(a, b)| Some(round(pct(b.as_ref()?.since(a.as_ref()?).total()))))
+            .collect::<Option<Vec<f64>>>()
+            .unwrap_or_default(),
         server_user_pct: server.map(|s| round(pct(s.user))),
         server_sys_pct: server.map(|s| round(pct(s.system))),
         server_ns_per_delivery: server.and_then(|s| per_delivery(s.total())).map(round),
+        redis_cpu_pct: redis_cpu_pct.map(round),
+        redis_ns_per_delivery: redis.and_then(|r| per_delivery(r.total())).map(round),
         server_rss_idle_kib: rss_idle.map(|m| m.rss_kib),
         server_rss_connected_kib: rss_connected.map(|m| m.rss_kib),
-        server_rss_peak_kib: pid.and_then(procfs::memory).map(|m| m.hwm_kib.max(peak)),
+        server_rss_peak_kib: procfs::memory_sum(pids).map(|m| m.hwm_kib.max(peak)),
         tool_cpu_pct: tool_cpu_pct.map(round),
         tool_ns_per_delivery: tool.and_then(|t| per_delivery(t.total())).map(round),
         machine_idle_pct: machine_idle_pct.map(round),
@@ -844,6 +923,7 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
         lag_stall_pct: round(lag_stall_pct),
         tool_bound,
         verdict,
+        versus: args.versus.clone(),
         budget: budgets(common)?,
     })
 }
@@ -963,10 +1043,15 @@ impl FanoutReport {
         } else {
             format!("full speed, window {}", self.window)
         };
+        let nodes = if self.nodes > 1 {
+            format!(" over {} nodes", self.nodes)
+        } else {
+            String::new()
+        };
         row(
             "fan-out",
             format!(
-                "{} clients ({} ws, {} wt), {} publishers, {mode}, {:.1} s{}",
+                "{} clients ({} ws, {} wt){nodes}, {} publishers, {mode}, {:.1} s{}",
                 self.subscribers,
                 self.ws_clients,
                 self.wt_clients,
@@ -1022,6 +1107,24 @@ impl FanoutReport {
                 opt(self.server_sys_pct, "%")
             ),
         );
+        if !self.server_cpu_pct_nodes.is_empty() {
+            let each: Vec<String> = self
+                .server_cpu_pct_nodes
+                .iter()
+                .map(|p| format!("{p}%"))
+                .collect();
+            row("  per node", each.join(" + "));
+        }
+        if self.redis_cpu_pct.is_some() {
+            row(
+                "Redis CPU per delivery",
+                format!(
+                    "{} (redis-server {}; not in the server's figure)",
+                    opt(self.redis_ns_per_delivery, " ns"),
+                    opt(self.redis_cpu_pct, "%")
+                ),
+            );
+        }
         row(
             "server RSS",
             format!(
@@ -1092,11 +1195,11 @@ struct IdleReport {
 async fn idle(args: IdleArgs) -> Result<IdleReport, String> {
     let common = &args.common;
     let n = common.subscribers;
-    let pid = common.server_pid;
+    let pids = &common.server_pid[..];
     if let Some(warning) = check_limits(n) {
         return Err(warning);
     }
-    let target = fetch_config(common.http).await?;
+    let targets = fetch_configs(&common.http).await?;
     let plan = Plan {
         room: common
             .room
@@ -1114,18 +1217,18 @@ async fn idle(args: IdleArgs) -> Result<IdleReport, String> {
         udp_buffer: common.udp_buffer,
         track_per_publisher: 0,
     };
-    let run = Run::new(plan, target, n, common.connect_concurrency);
+    let run = Run::new(plan, targets, n, common.connect_concurrency);
     let tool_before = procfs::memory(std::process::id());
-    let before = pid.and_then(procfs::memory);
-    let cpu_before = pid.and_then(|p| procfs::cpu_time(Some(p)));
+    let before = procfs::memory_sum(pids);
+    let cpu_before = procfs::cpu_time_sum(pids);
     let (handles, connect_time) = connect_all(&run, common, n).await;
-    let cpu_after = pid.and_then(|p| procfs::cpu_time(Some(p)));
+    let cpu_after = procfs::cpu_time_sum(pids);
     let connected = run.ready.load(Relaxed);
     settle(&run, Duration::from_secs(30)).await;
     // CPU while nothing happens: timers, keep-alives, the transports' own housekeeping.
     let quiet_from = (
         Instant::now(),
-        pid.and_then(|p| procfs::cpu_time(Some(p))),
+        procfs::cpu_time_sum(pids),
         procfs::cpu_time(None),
     );
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
@@ -1135,9 +1238,9 @@ async fn idle(args: IdleArgs) -> Result<IdleReport, String> {
             .zip(now)
             .map(|(a, b)| (b.since(&a).total().as_secs_f64() / secs * 1000.0).round() / 10.0)
     };
-    let server_idle_cpu_pct = quiet_pct(quiet_from.1, pid.and_then(|p| procfs::cpu_time(Some(p))));
+    let server_idle_cpu_pct = quiet_pct(quiet_from.1, procfs::cpu_time_sum(pids));
     let tool_idle_cpu_pct = quiet_pct(quiet_from.2, procfs::cpu_time(None));
-    let after = pid.and_then(procfs::memory);
+    let after = procfs::memory_sum(pids);
     let tool_after = procfs::memory(std::process::id());
     run.set_phase(client::PHASE_FINISH);
     let results = collect(handles).await;
@@ -1257,6 +1360,63 @@ mod tests {
         let digest = parse_hex32(&hex).unwrap();
         assert_eq!((digest[0], digest[1], digest[31]), (0, 255, 255));
         assert_eq!(parse_hex32("abc"), None);
+    }
+
+    #[test]
+    fn several_nodes_share_the_clients_round_robin() {
+        let cli = Cli::parse_from([
+            "wtchat-bench",
+            "fanout",
+            "--http",
+            "127.0.0.1:1,127.0.0.1:2",
+            "--server-pid",
+            "10",
+            "--server-pid",
+            "11",
+            "--redis-pid",
+            "12",
+            "--subscribers",
+            "1000",
+        ]);
+        let Command::Fanout(args) = cli.command else {
+            unreachable!()
+        };
+        assert_eq!(args.common.http.len(), 2);
+        assert_eq!(args.common.server_pid, [10, 11]);
+        assert_eq!(args.redis_pid, Some(12));
+        let target = |port: u16| Target {
+            http: SocketAddr::from(([127, 0, 0, 1], port)),
+            ws_url: String::new(),
+            wt_url: String::new(),
+            wt_hashes: Vec::new(),
+        };
+        let plan = Plan {
+            room: "r".into(),
+            room_size: 0,
+            join: true,
+            publishers: 10,
+            window: 8,
+            rate: 0.0,
+            pad: 0,
+            max_lag: 0,
+            read_buffer: 512,
+            udp_buffer: 0,
+            track_per_publisher: 0,
+        };
+        let run = Run::new(plan, vec![target(1), target(2)], 1000, 1);
+        let on = |port: u16, range: std::ops::Range<usize>| {
+            range.filter(|&i| run.target(i).http.port() == port).count()
+        };
+        // Members and publishers (the first 10) split evenly.
+        assert_eq!((on(1, 0..1000), on(2, 0..1000)), (500, 500));
+        assert_eq!((on(1, 0..10), on(2, 0..10)), (5, 5));
+        // One node, as before: everything on it.
+        let one = Cli::parse_from(["wtchat-bench", "idle"]);
+        let Command::Idle(args) = one.command else {
+            unreachable!()
+        };
+        assert_eq!(args.common.http, ["127.0.0.1:8080".parse().unwrap()]);
+        assert!(args.common.server_pid.is_empty());
     }
 
     #[test]

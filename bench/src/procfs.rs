@@ -1,6 +1,7 @@
 //! What the tool reads from Linux's `/proc`: a process's CPU time (its own and the
-//! server's), a process's memory, the whole machine's idle time; and the open-file limit,
-//! raised to the hard limit so that thousands of sockets fit.
+//! server's, or the sum over several server processes: the nodes of one chat), a process's
+//! memory, the whole machine's idle time; and the open-file limit, raised to the hard limit
+//! so that thousands of sockets fit.
 
 use std::fs;
 use std::time::Duration;
@@ -65,6 +66,21 @@ pub fn cpu_time(pid: Option<u32>) -> Option<CpuTime> {
     parse_stat(&fs::read_to_string(path).ok()?)
 }
 
+/// The CPU time of several processes together (the nodes of one chat); None when there
+/// are none, or when one cannot be read (a node that died would make the sum a lie).
+pub fn cpu_time_sum(pids: &[u32]) -> Option<CpuTime> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().try_fold(CpuTime::default(), |sum, &pid| {
+        let t = cpu_time(Some(pid))?;
+        Some(CpuTime {
+            user: sum.user + t.user,
+            system: sum.system + t.system,
+        })
+    })
+}
+
 /// Fields 14 and 15 (utime, stime) of a `stat` line. The command name (field 2) may hold
 /// spaces and parentheses, so counting starts after its last `)`.
 fn parse_stat(stat: &str) -> Option<CpuTime> {
@@ -90,6 +106,21 @@ pub struct Memory {
 
 pub fn memory(pid: u32) -> Option<Memory> {
     parse_status(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// The memory of several processes together: RSS summed, and the sum of their peaks (an
+/// upper bound of the peak of the sum). None as with [`cpu_time_sum`].
+pub fn memory_sum(pids: &[u32]) -> Option<Memory> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().try_fold(Memory::default(), |sum, &pid| {
+        let m = memory(pid)?;
+        Some(Memory {
+            rss_kib: sum.rss_kib + m.rss_kib,
+            hwm_kib: sum.hwm_kib + m.hwm_kib,
+        })
+    })
 }
 
 fn parse_status(status: &str) -> Option<Memory> {
@@ -184,5 +215,18 @@ mod tests {
     fn own_process_is_readable() {
         assert!(cpu_time(None).is_some());
         assert!(memory(std::process::id()).unwrap().rss_kib > 0);
+    }
+
+    #[test]
+    fn sums_over_processes_need_every_one() {
+        let me = std::process::id();
+        let one = memory_sum(&[me]).unwrap();
+        assert!(one.rss_kib > 0);
+        assert!(memory_sum(&[me, me]).unwrap().rss_kib > one.rss_kib);
+        assert!(cpu_time_sum(&[me, me]).is_some());
+        assert!(cpu_time_sum(&[]).is_none() && memory_sum(&[]).is_none());
+        // No such process (pids are below 2^22 on Linux): the sum is unknown, not partial.
+        assert!(cpu_time_sum(&[me, u32::MAX]).is_none());
+        assert!(memory_sum(&[me, u32::MAX]).is_none());
     }
 }

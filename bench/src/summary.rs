@@ -23,6 +23,8 @@ const FANOUT: &[(&str, &str, f64, &str)] = &[
         1.0,
         "ns",
     ),
+    // Only in runs given --redis-pid: the shared Redis server, not counted above.
+    ("redis_ns_per_delivery", "Redis CPU per delivery", 1.0, "ns"),
     ("deliveries_per_s", "deliveries per second", 1.0, "/s"),
     ("acked_per_s", "sends acknowledged per second", 1.0, "/s"),
     ("latency_us.p50", "latency p50", 1e-3, "ms"),
@@ -44,6 +46,7 @@ const FANOUT: &[(&str, &str, f64, &str)] = &[
     ("too_slow", "cut off as too slow", 1.0, ""),
     ("server_cpu_pct", "server CPU", 1.0, "%"),
     ("server_sys_pct", "  of which system", 1.0, "%"),
+    ("redis_cpu_pct", "Redis CPU", 1.0, "%"),
     ("tool_cpu_pct", "tool CPU", 1.0, "%"),
     ("machine_idle_pct", "machine idle", 1.0, "%"),
     ("other_cpu_pct", "other processes' CPU", 1.0, "%"),
@@ -161,6 +164,16 @@ const JOIN: &[(&str, &str, f64, &str)] = &[
         1.0 / 1024.0,
         "KiB",
     ),
+];
+
+/// Figures a fan-out's `--versus` compares with its twin's: (JSON path, name).
+const VERSUS: &[(&str, &str)] = &[
+    ("server_ns_per_delivery", "server CPU per delivery"),
+    ("deliveries_per_s", "deliveries/s"),
+    ("acked_per_s", "acknowledged/s"),
+    ("latency_us.p50", "latency p50"),
+    ("latency_us.p99", "latency p99"),
+    ("ack_latency_us.p50", "send to ack p50"),
 ];
 
 /// One `--budget`: a bound on the median of a figure, or on its ratio to the median of the
@@ -329,6 +342,7 @@ pub fn render(runs: &[Value]) -> (String, bool) {
     }
     let mut out = String::new();
     let mut verdicts = Vec::new();
+    let mut ratios = Vec::new();
     let mut all_ok = true;
     for (label, group) in &groups {
         let first = group[0];
@@ -349,9 +363,13 @@ pub fn render(runs: &[Value]) -> (String, bool) {
         } else {
             let rate = first["rate"].as_f64().unwrap_or(0.0);
             format!(
-                "{} {} clients, {} publishers, {}",
+                "{} {} clients{}, {} publishers, {}",
                 first["subscribers"],
                 first["transport"].as_str().unwrap_or("?"),
+                // Written only when the clients were spread over several servers.
+                first["nodes"]
+                    .as_u64()
+                    .map_or(String::new(), |n| format!(" over {n} nodes")),
                 first["publishers"],
                 if rate > 0.0 {
                     format!("{rate} msgs/s in total")
@@ -394,6 +412,9 @@ pub fn render(runs: &[Value]) -> (String, bool) {
                     .unwrap_or("")
             ));
         }
+        if let Some(versus) = first["versus"].as_str() {
+            ratios.push(versus_line(label, group, versus, &groups));
+        }
         for budget in Budget::of(first) {
             let (verdict, ok) = check(&budget, label, group, &groups);
             all_ok &= ok;
@@ -430,6 +451,13 @@ pub fn render(runs: &[Value]) -> (String, bool) {
             ));
         }
     }
+    if !ratios.is_empty() {
+        out.push_str("\nratios (median ÷ the twin's median, same invocation)\n");
+        for r in ratios {
+            out.push_str(&r);
+            out.push('\n');
+        }
+    }
     if !verdicts.is_empty() {
         out.push_str("\nbudget\n");
         for v in verdicts {
@@ -438,6 +466,26 @@ pub fn render(runs: &[Value]) -> (String, bool) {
         }
     }
     (out, all_ok)
+}
+
+/// `label ÷ versus: figure ratio, …` for the figures both have; or why there are none.
+fn versus_line(
+    label: &str,
+    runs: &[&Value],
+    versus: &str,
+    groups: &BTreeMap<String, Vec<&Value>>,
+) -> String {
+    let Some(twin) = groups.get(versus) else {
+        return format!("  {label} ÷ {versus}: no runs of {versus} here");
+    };
+    let figures: Vec<String> = VERSUS
+        .iter()
+        .filter_map(|&(path, name)| {
+            let (m, base) = (median_of(runs, path)?, median_of(twin, path)?);
+            (base != 0.0).then(|| format!("{name} {:.2}", m / base))
+        })
+        .collect();
+    format!("  {label} ÷ {versus}: {}", figures.join(", "))
 }
 
 /// The median of `path` over `runs`.
@@ -575,6 +623,54 @@ mod tests {
             text.contains("FAIL big                  every client joined and stayed (1 of 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn nodes_and_redis_are_shown_when_present() {
+        let run = |label: &str, ns: f64, extra: serde_json::Value, budget: &[&str]| {
+            let mut v = json!({"scenario":"fanout","label":label,"transport":"ws",
+                   "subscribers":1000,"publishers":10,"rate":0.0,"server_ns_per_delivery":ns,
+                   "lost":0,"duplicated":0,"budget":budget});
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            v
+        };
+        let memory = run("ws-fanout", 200.0, json!({}), &[]);
+        let redis = run(
+            "ws-fanout-redis",
+            250.0,
+            json!({"nodes":2,"redis_ns_per_delivery":30.0,"redis_cpu_pct":12.5,
+                   "versus":"ws-fanout"}),
+            &["server_ns_per_delivery/ws-fanout<=1.3"],
+        );
+        let (text, _) = render(std::slice::from_ref(&redis));
+        assert!(
+            text.contains("ws-fanout-redis ÷ ws-fanout: no runs of ws-fanout here"),
+            "{text}"
+        );
+        let (text, ok) = render(&[memory, redis]);
+        assert!(
+            text.contains("ws-fanout-redis ÷ ws-fanout: server CPU per delivery 1.25\n"),
+            "{text}"
+        );
+        assert!(ok, "{text}");
+        assert!(
+            text.contains("ws-fanout-redis — 1000 ws clients over 2 nodes, 10 publishers"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ws-fanout — 1000 ws clients, 10 publishers"),
+            "{text}"
+        );
+        assert!(text.contains("Redis CPU per delivery"), "{text}");
+        assert!(
+            text.contains("= 1.25 × ws-fanout's 200 (goal ≤ 1.30×)"),
+            "{text}"
+        );
+        // The memory run has no Redis figures: one line each, the Redis run's.
+        assert_eq!(text.matches("Redis CPU per delivery").count(), 1, "{text}");
+        assert_eq!(text.matches("Redis CPU  ").count(), 1, "{text}");
     }
 
     #[test]
