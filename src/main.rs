@@ -128,9 +128,14 @@ struct ServeArgs {
     #[arg(long, value_parser = duration)]
     header_read_timeout: Option<Duration>,
     /// Where rooms keep their messages: sqlite:PATH (durable; the file is created on first
-    /// start) or memory (gone on every restart).
+    /// start), redis://HOST:PORT[/DB] (several wtchat processes share Redis 6.2+ and serve
+    /// one chat) or memory (gone on every restart).
     #[arg(long, default_value = "sqlite:wtchat.db")]
     engine: Engine,
+    /// With a Redis engine: the start of every key and channel name, so that several sites
+    /// can share one Redis.
+    #[arg(long, default_value = wtchat::DEFAULT_REDIS_PREFIX)]
+    redis_prefix: String,
     /// Messages of history kept in memory per room and replayed on join.
     #[arg(long)]
     history: Option<usize>,
@@ -182,9 +187,16 @@ impl ServeArgs {
             (Some(cert), Some(key)) => Tls::Files { cert, key },
             _ => Tls::Dev { dir: self.certs },
         };
+        let engine = match self.engine {
+            Engine::Redis { url, .. } => Engine::Redis {
+                url,
+                prefix: self.redis_prefix,
+            },
+            other => other,
+        };
         let mut b = Config::builder()
             .tls(tls)
-            .engine(self.engine)
+            .engine(engine)
             .require_origin(self.require_origin);
         for origin in self.allow_origin {
             b = b.allow_origin(origin);
@@ -325,7 +337,10 @@ fn write_certs(dir: PathBuf, days: u32, sans: Vec<String>) -> Result<(), String>
 }
 
 fn serve(config: Config) -> Result<(), String> {
-    let engine = config.engine().to_string();
+    let engine = match config.engine() {
+        Engine::Redis { url, prefix } => format!("{url}  (key prefix {prefix})"),
+        other => other.to_string(),
+    };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async {
         let server = Server::bind(config).await.map_err(|e| e.to_string())?;

@@ -152,7 +152,12 @@ impl Chat {
         };
         let endpoint = webtransport::endpoint(identity, config.webtransport).map_err(bind_error)?;
         endpoint.local_addr().map_err(bind_error)?;
-        let store = Store::open(&config.engine, config.hub.retention)?;
+        let store = Store::open(
+            &config.engine,
+            config.hub.retention,
+            config.hub.dedupe_window,
+        )
+        .await?;
         let session = SessionContext {
             hub: Hub::new(config.hub.clone(), store)?,
             limits: Arc::new(config.limits.clone()),
@@ -375,7 +380,7 @@ async fn presence_updates(hub: Hub, interval: Duration) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        hub.send_presence_updates();
+        hub.tick();
     }
 }
 

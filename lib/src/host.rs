@@ -129,6 +129,7 @@ impl Host {
         let published = self
             .hub
             .publish_as(room, from, text)
+            .await
             .map_err(|code| match code {
                 ErrorCode::StorageFailed => {
                     PublishError::Storage(StorageError::new("the room could not be read"))
@@ -176,10 +177,13 @@ impl Host {
     }
 
     pub(crate) fn members_page(&self, room: &str, after: Option<u64>, limit: usize) -> MembersPage {
-        let Some(room) = self.hub.room(room) else {
-            return MembersPage::default();
+        let (members, count, next) = match self.hub.members_page(room, after, limit) {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(room, error = %e, "could not list the members");
+                return MembersPage::default();
+            }
         };
-        let (members, count, next) = room.members_page(after, limit);
         MembersPage {
             members: members.into_iter().map(MemberInfo::from).collect(),
             count,
@@ -200,17 +204,13 @@ impl Host {
 
     /// See [`Chat::kick`](crate::Chat::kick).
     pub(crate) fn kick(&self, room: &str, user: &str) -> usize {
-        self.hub.room(room).map_or(0, |room| {
-            room.disconnect(|m| m.user.as_deref() == Some(user), CloseCode::Kicked)
-        })
+        self.hub.kick(Some(room), user, CloseCode::Kicked)
     }
 
     /// Closes member `member` of `room` with `code`; whether it was there. See
     /// [`Chat::kick_member`](crate::Chat::kick_member) and
     /// [`Chat::reconnect_member`](crate::Chat::reconnect_member).
     pub(crate) fn disconnect_member(&self, room: &str, member: u64, code: CloseCode) -> bool {
-        self.hub
-            .room(room)
-            .is_some_and(|room| room.disconnect(|m| m.id == member, code) > 0)
+        self.hub.disconnect_member(room, member, code)
     }
 }

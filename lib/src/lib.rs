@@ -68,7 +68,7 @@ mod transport;
 pub use auth::{ConnectRequest, Identity, Refusal, Rooms, Transport};
 pub use chat::{Chat, StartError};
 pub use config::{Config, ConfigBuilder, ConfigError, MIN_SECRET_BYTES, MessageEvent, PATH, Tls};
-pub use engine::{Engine, HistoryPage, StorageError, StoredMessage};
+pub use engine::{DEFAULT_REDIS_PREFIX, Engine, HistoryPage, StorageError, StoredMessage};
 pub use host::{MemberInfo, MembersPage, PublishError};
 pub use server::Server;
 

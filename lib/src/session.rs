@@ -202,11 +202,11 @@ async fn run(
             inbound = reader.next() => match inbound {
                 Inbound::Frame(bytes) => {
                     last_heard = Instant::now();
-                    session.handle(&bytes);
+                    session.handle(&bytes).await;
                 }
                 Inbound::Datagram(bytes) => {
                     last_heard = Instant::now();
-                    session.handle_datagram(&bytes);
+                    session.handle_datagram(&bytes).await;
                 }
                 Inbound::Ping(payload) => {
                     last_heard = Instant::now();
@@ -298,7 +298,7 @@ impl Session<'_> {
     /// A frame from a WebTransport datagram: only `typing` travels there (a datagram may
     /// be lost, and nothing that needs an answer may be), under the same size limit as
     /// any frame. Its boundaries are intact, so an oversized one is refused, not fatal.
-    fn handle_datagram(&mut self, bytes: &[u8]) {
+    async fn handle_datagram(&mut self, bytes: &[u8]) {
         if bytes.len() > self.ctx.limits.max_frame_bytes {
             if self.rate.allow() {
                 self.error(
@@ -311,7 +311,7 @@ impl Session<'_> {
             return;
         }
         match protocol::decode(bytes) {
-            Ok(ClientFrame::Typing { .. }) | Err(_) => self.handle(bytes),
+            Ok(ClientFrame::Typing { .. }) | Err(_) => self.handle(bytes).await,
             Ok(frame) => {
                 if !self.rate.allow() {
                     return;
@@ -327,7 +327,7 @@ impl Session<'_> {
         }
     }
 
-    fn handle(&mut self, bytes: &[u8]) {
+    async fn handle(&mut self, bytes: &[u8]) {
         let decoded = protocol::decode(bytes);
         // Every frame counts against the rate, even one that does not decode.
         if !self.rate.allow() {
@@ -353,12 +353,15 @@ impl Session<'_> {
                 since,
                 epoch,
                 key,
-            } => self.join(
-                &room,
-                name.as_deref(),
-                key.as_deref(),
-                Resume { since, epoch },
-            ),
+            } => {
+                self.join(
+                    &room,
+                    name.as_deref(),
+                    key.as_deref(),
+                    Resume { since, epoch },
+                )
+                .await
+            }
             ClientFrame::Leave { room } => self.leave(&room),
             ClientFrame::Send { room, text, id } => self.send(&room, &text, id.as_deref()),
             ClientFrame::Typing { room } => match self.joined(&room) {
@@ -387,7 +390,7 @@ impl Session<'_> {
         self.rooms.iter().find(|j| j.room.name() == room)
     }
 
-    fn join(&mut self, room: &str, name: Option<&str>, key: Option<&str>, resume: Resume) {
+    async fn join(&mut self, room: &str, name: Option<&str>, key: Option<&str>, resume: Resume) {
         let limits = &self.ctx.limits;
         if let Err((code, msg)) = limits.check_room(room) {
             return self.error(code, msg, Some(room), None);
@@ -454,7 +457,7 @@ impl Session<'_> {
             sender,
             outbox: self.outbox.clone(),
         };
-        match self.ctx.hub.join(room, me.clone(), resume) {
+        match self.ctx.hub.join(room, me.clone(), resume).await {
             Ok(room) => self.rooms.push(Joined { room, me }),
             Err(ErrorCode::StorageFailed) => self.error(
                 ErrorCode::StorageFailed,

@@ -13,9 +13,11 @@
 //!   transaction, then tells each room how far it got; the room delivers and acknowledges
 //!   only then (see [`sqlite`]).
 //!
-//! An engine shared by several processes (Redis) numbers messages itself; the room's side
-//! of the seam — deliver what the engine committed, in order — stays the same.
+//! - [`Engine::Redis`]: several processes ("nodes") share Redis, and are one chat. Redis
+//!   numbers the messages, and every node delivers them to its own members in that order
+//!   as they come back on the room's channel (see [`redis`]).
 
+pub(crate) mod redis;
 pub(crate) mod sqlite;
 
 use std::fmt;
@@ -23,7 +25,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::hub::Room;
+use crate::hub::{MemberSummary, Room};
 
 /// Where rooms keep their messages. Chosen with
 /// [`ConfigBuilder::engine`](crate::ConfigBuilder::engine).
@@ -37,17 +39,38 @@ pub enum Engine {
     /// a crash or `kill -9`, and a restart keeps each room's epoch, numbers and history.
     /// One process serves one file at a time.
     Sqlite(PathBuf),
+    /// A Redis server (6.2 or later) shared by several wtchat processes, which then serve
+    /// one chat: the same rooms, messages, numbers and members on every process. `url` is
+    /// `redis://HOST:PORT[/DB]`; every key starts with `prefix`, so that several sites can
+    /// share one Redis.
+    Redis {
+        /// `redis://HOST:PORT[/DB]`.
+        url: String,
+        /// The start of every key and channel name (`wtchat` when parsed from a URL).
+        prefix: String,
+    },
 }
+
+/// The key prefix of a Redis engine parsed from its URL.
+pub const DEFAULT_REDIS_PREFIX: &str = "wtchat";
 
 impl FromStr for Engine {
     type Err = String;
 
-    /// `memory`, or `sqlite:PATH`.
+    /// `memory`, `sqlite:PATH`, or `redis://HOST:PORT[/DB]` (key prefix `wtchat`).
     fn from_str(s: &str) -> Result<Engine, String> {
         match s.split_once(':') {
             None if s == "memory" => Ok(Engine::Memory),
             Some(("sqlite", path)) if !path.is_empty() => Ok(Engine::Sqlite(path.into())),
-            _ => Err(format!("`{s}` is not an engine: use memory or sqlite:PATH")),
+            Some(("redis" | "rediss", rest)) if rest.len() > 2 && rest.starts_with("//") => {
+                Ok(Engine::Redis {
+                    url: s.to_owned(),
+                    prefix: DEFAULT_REDIS_PREFIX.to_owned(),
+                })
+            }
+            _ => Err(format!(
+                "`{s}` is not an engine: use memory, sqlite:PATH or redis://HOST:PORT"
+            )),
         }
     }
 }
@@ -57,6 +80,7 @@ impl fmt::Display for Engine {
         match self {
             Engine::Memory => f.write_str("memory"),
             Engine::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            Engine::Redis { url, .. } => f.write_str(url),
         }
     }
 }
@@ -130,6 +154,8 @@ pub(crate) struct LoadedRoom {
     pub tail: Vec<StoredMessage>,
     /// (sender's public id, client id, seq) of the newest messages that had a client id.
     pub dedupe: Vec<(String, String, u64)>,
+    /// Its members connected to other nodes (a shared engine only).
+    pub members: Vec<MemberSummary>,
 }
 
 /// A ban as stored: `room` is None for the whole server.
@@ -144,7 +170,10 @@ pub(crate) struct Ban {
 /// What a room hands the engine to store.
 #[derive(Debug)]
 pub(crate) struct Record {
+    /// Its number (0 for an engine that numbers messages itself).
     pub seq: u64,
+    /// Names it when an engine that numbers messages sends it back.
+    pub token: u64,
     pub time: u64,
     pub from: Arc<str>,
     pub sender: Option<Box<str>>,
@@ -157,25 +186,56 @@ pub(crate) struct Record {
 pub(crate) enum Store {
     Memory,
     Sqlite(Arc<sqlite::Sqlite>),
+    Redis(Arc<redis::Redis>),
 }
 
 impl Store {
-    /// Opens the engine `engine` names: creates, checks and locks its files.
-    pub(crate) fn open(engine: &Engine, retention: Retention) -> Result<Store, StorageError> {
+    /// Opens the engine `engine` names: creates, checks and locks its files, or connects.
+    pub(crate) async fn open(
+        engine: &Engine,
+        retention: Retention,
+        dedupe_window: usize,
+    ) -> Result<Store, StorageError> {
         Ok(match engine {
             Engine::Memory => Store::Memory,
             Engine::Sqlite(path) => Store::Sqlite(Arc::new(sqlite::Sqlite::open(path, retention)?)),
+            Engine::Redis { url, prefix } => Store::Redis(Arc::new(
+                redis::Redis::open(url, prefix, retention, dedupe_window).await?,
+            )),
         })
     }
 
-    /// Whether messages wait for a commit before they are delivered.
+    /// Whether messages wait for the engine before they are delivered.
     pub(crate) fn is_durable(&self) -> bool {
         !matches!(self, Store::Memory)
     }
 
+    /// Whether the engine numbers messages itself (it is shared by several nodes).
+    pub(crate) fn numbers_messages(&self) -> bool {
+        matches!(self, Store::Redis(_))
+    }
+
+    /// This node's number on a shared engine (0 on one process).
+    pub(crate) fn node(&self) -> u64 {
+        match self {
+            Store::Redis(redis) => redis.node(),
+            _ => 0,
+        }
+    }
+
+    /// The first connection id this process hands out: on a shared engine, ids are unique
+    /// over all nodes (and below 2^53).
+    pub(crate) fn first_id(&self) -> u64 {
+        match self {
+            Store::Redis(redis) => redis.first_id(),
+            _ => 1,
+        }
+    }
+
     /// A room's lasting state, None when the engine has never stored it (or keeps
-    /// nothing).
-    pub(crate) fn load(
+    /// nothing). On a shared engine, the node subscribes to the room first: what arrives
+    /// meanwhile waits for [`Store::attach`].
+    pub(crate) async fn load(
         &self,
         room: &str,
         tail: usize,
@@ -184,15 +244,75 @@ impl Store {
         match self {
             Store::Memory => Ok(None),
             Store::Sqlite(db) => db.load(room, tail, dedupe),
+            Store::Redis(redis) => redis.load(room, tail).await.map(Some),
+        }
+    }
+
+    /// Room `room`, just loaded, is held here now.
+    pub(crate) fn attach(&self, room: &Arc<Room>) {
+        if let Store::Redis(redis) = self {
+            redis.attach(room);
+        }
+    }
+
+    /// Room `name` is no longer held here (or its load failed).
+    pub(crate) fn detach(&self, name: &str) {
+        if let Store::Redis(redis) = self {
+            redis.detach(name);
         }
     }
 
     /// Hands `record` of `room` to the engine; the room hears back through
-    /// [`Room::committed`] or [`Room::failed`]. Records of one room arrive in order.
+    /// [`Room::committed`] or [`Room::failed`] (Redis: [`Room::outcome`], and the message
+    /// itself through [`Room::receive`]). Records of one room arrive in order.
     pub(crate) fn append(&self, room: &Arc<Room>, generation: u64, record: Record) {
         match self {
             Store::Memory => unreachable!("the memory engine delivers at once"),
             Store::Sqlite(db) => db.append(room.clone(), generation, record),
+            Store::Redis(redis) => redis.append(room.clone(), record.token, record),
+        }
+    }
+
+    /// Reads what room `room` missed after `after` from a shared engine, and hands it to
+    /// [`Room::caught_up`].
+    pub(crate) fn catch_up(&self, room: &Arc<Room>, after: u64) {
+        if let Store::Redis(redis) = self {
+            redis.catch_up(room, after);
+        }
+    }
+
+    /// Members connected here joined room `room` (a shared engine lists them).
+    pub(crate) fn joined(&self, room: &str, members: Vec<MemberSummary>) {
+        if let Store::Redis(redis) = self {
+            redis.joined(room, members);
+        }
+    }
+
+    /// Members connected here left room `room`.
+    pub(crate) fn left(&self, room: &str, ids: Vec<u64>) {
+        if let Store::Redis(redis) = self {
+            redis.left(room, ids);
+        }
+    }
+
+    /// Tells the other nodes of a shared engine (a kick, a ban).
+    pub(crate) fn control(&self, control: redis::Control) {
+        if let Store::Redis(redis) = self {
+            redis.control(control);
+        }
+    }
+
+    /// A page of room `room`'s members over all nodes, for a room not held here; None when
+    /// the engine does not list members.
+    pub(crate) fn members_page(
+        &self,
+        room: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Option<Result<(Vec<MemberSummary>, usize, Option<u64>), StorageError>> {
+        match self {
+            Store::Redis(redis) => Some(redis.members_page(room, after, limit)),
+            _ => None,
         }
     }
 
@@ -207,6 +327,7 @@ impl Store {
         match self {
             Store::Memory => None,
             Store::Sqlite(db) => Some(db.range(room, from, to)),
+            Store::Redis(redis) => Some(redis.range(room, from, to)),
         }
     }
 
@@ -221,6 +342,7 @@ impl Store {
         match self {
             Store::Memory => None,
             Store::Sqlite(db) => Some(db.page(room, before, limit)),
+            Store::Redis(redis) => Some(redis.page(room, before, limit)),
         }
     }
 
@@ -230,6 +352,7 @@ impl Store {
         match self {
             Store::Memory => None,
             Store::Sqlite(db) => Some(db.delete(room, seq).await),
+            Store::Redis(redis) => Some(redis.delete(room, seq).await),
         }
     }
 
@@ -243,6 +366,7 @@ impl Store {
         match self {
             Store::Memory => Ok(()),
             Store::Sqlite(db) => db.ban(room, user, until).await,
+            Store::Redis(redis) => redis.ban(room, user, until).await,
         }
     }
 
@@ -251,13 +375,16 @@ impl Store {
         match self {
             Store::Memory => Ok(Vec::new()),
             Store::Sqlite(db) => db.bans(),
+            Store::Redis(redis) => redis.bans(),
         }
     }
 
     /// Resolves once everything handed over so far is committed (or failed).
     pub(crate) async fn flush(&self) {
-        if let Store::Sqlite(db) = self {
-            db.flush().await;
+        match self {
+            Store::Memory => {}
+            Store::Sqlite(db) => db.flush().await,
+            Store::Redis(redis) => redis.flush().await,
         }
     }
 }

@@ -268,6 +268,7 @@ impl Sqlite {
                 seq,
                 tail,
                 dedupe,
+                members: Vec::new(),
             }))
         })
     }

@@ -10,7 +10,7 @@
 //! slow: it is removed from the room, told to close with [`CloseCode::TooSlow`], and can
 //! resume later; the room never waits for it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -19,6 +19,7 @@ use base64::Engine;
 use bytes::Bytes;
 use tokio::sync::{Notify, oneshot};
 
+use crate::engine::redis::{Control, Event, Outcome, Published as Numbered, Snapshot};
 use crate::engine::{
     HistoryPage, LoadedRoom, Record, Retention, StorageError, Store, StoredMessage,
 };
@@ -27,7 +28,7 @@ use crate::protocol::{self, CloseCode, ErrorCode, MemberRef, PresenceEvent, Serv
 mod roster;
 
 pub(crate) use roster::Policy;
-use roster::{Roster, Told};
+use roster::{Listed, Roster, Told};
 
 /// Sizes of the hub's state. Every one bounds memory; every one is configuration.
 #[derive(Debug, Clone)]
@@ -371,14 +372,16 @@ pub(crate) struct MemberSummary {
     pub user: Option<Arc<str>>,
 }
 
-impl Member {
+impl MemberSummary {
     fn as_ref(&self) -> MemberRef<'_> {
         MemberRef {
             id: self.id,
             name: &self.name,
         }
     }
+}
 
+impl Member {
     fn summary(&self) -> MemberSummary {
         MemberSummary {
             id: self.id,
@@ -453,6 +456,22 @@ struct RoomState {
     last_active: Instant,
     /// Set when the hub dropped this room; a join that raced with it looks again.
     removed: bool,
+    /// The room's engine, told when members here leave (a shared engine lists them).
+    store: Store,
+    /// On an engine that numbers messages itself (Redis): messages handed to it, by
+    /// token, until they come back numbered.
+    submitted: HashMap<u64, Submitted>,
+    next_token: u64,
+    /// Acknowledgements of retries, owed once the message they repeat is delivered here.
+    acks_after: Vec<(u64, Outbox, Bytes)>,
+    /// Messages that came before the ones they follow, waiting for a catch-up.
+    early: BTreeMap<u64, Numbered>,
+    /// A catch-up is reading what this room missed.
+    fetching: bool,
+    /// The highest number the engine reported for this node's messages.
+    heard: u64,
+    /// Behind `heard` at the last tick: the next tick catches up.
+    lagging: bool,
 }
 
 /// A message in a room's recent history.
@@ -485,6 +504,8 @@ enum Origin {
         ack: Bytes,
     },
     Host(Option<oneshot::Sender<Result<u64, StorageError>>>),
+    /// Published through another node: nobody here is owed anything.
+    Peer,
 }
 
 impl Origin {
@@ -492,9 +513,43 @@ impl Origin {
     fn member(&self) -> Option<u64> {
         match self {
             Origin::Member { id, .. } => Some(*id),
-            Origin::Host(_) => None,
+            Origin::Host(_) | Origin::Peer => None,
         }
     }
+
+    /// Tells whoever published a message that it could not be stored.
+    fn refuse(self, room: &str, client_id: Option<&str>, retries: &[Outbox], error: &StorageError) {
+        let refused = |outbox: &Outbox| {
+            outbox.push(protocol::error_frame(
+                ErrorCode::StorageFailed,
+                "the message could not be stored; it was not delivered. Retry later",
+                Some(room),
+                client_id,
+            ));
+        };
+        match self {
+            Origin::Member { outbox, .. } => {
+                refused(&outbox);
+                for retry in retries {
+                    refused(retry);
+                }
+            }
+            Origin::Host(done) => {
+                if let Some(done) = done {
+                    let _ = done.send(Err(error.clone()));
+                }
+            }
+            Origin::Peer => {}
+        }
+    }
+}
+
+/// A message handed to an engine that numbers messages itself (Redis), waiting to come
+/// back numbered.
+#[derive(Debug)]
+struct Submitted {
+    origin: Origin,
+    client_id: Option<Box<str>>,
 }
 
 /// The broadcast core. A cheap, cloneable handle.
@@ -516,6 +571,9 @@ struct HubInner {
     history_held: Arc<AtomicUsize>,
     bans: Mutex<Bans>,
     policies: Mutex<Policies>,
+    /// On a shared engine, one room is taken up at a time: a room's subscription and its
+    /// read belong together.
+    loading: tokio::sync::Mutex<()>,
 }
 
 /// Rooms whose presence policy the host set, by name: kept for rooms not in memory yet.
@@ -572,19 +630,117 @@ impl Hub {
                 ((room, ban.user.into_boxed_str()), ban.until)
             })
             .collect();
-        Ok(Hub {
+        let first_id = store.first_id();
+        let redis = match &store {
+            Store::Redis(redis) => Some(redis.clone()),
+            _ => None,
+        };
+        let hub = Hub {
             inner: Arc::new(HubInner {
                 config,
                 store,
                 rooms: Mutex::new(HashMap::new()),
-                next_id: AtomicU64::new(1),
+                next_id: AtomicU64::new(first_id),
                 last_epoch: AtomicU64::new(0),
                 connections: AtomicUsize::new(0),
                 history_held: Arc::new(AtomicUsize::new(0)),
                 bans: Mutex::new(bans),
                 policies: Mutex::new(HashMap::new()),
+                loading: tokio::sync::Mutex::new(()),
             }),
-        })
+        };
+        if let Some(redis) = redis {
+            let weak = Arc::downgrade(&hub.inner);
+            redis.on_control(Box::new(move |control| {
+                if let Some(inner) = weak.upgrade() {
+                    Hub { inner }.apply(control);
+                }
+            }));
+        }
+        Ok(hub)
+    }
+
+    /// Applies a kick or a ban another node published.
+    fn apply(&self, control: Control) {
+        match control {
+            Control::Kick {
+                room, user, code, ..
+            } => {
+                self.disconnect_user(room.as_deref(), &user, close_code(code));
+            }
+            Control::Disconnect {
+                room, member, code, ..
+            } => {
+                if let Some(room) = self.room(&room) {
+                    room.disconnect(|m| m.id == member, close_code(code));
+                }
+            }
+            Control::Ban {
+                room, user, until, ..
+            } => {
+                self.note_ban(room.as_deref(), &user, until);
+            }
+        }
+    }
+
+    /// Closes `user`'s connections here in `room` (None: every room); returns how many.
+    fn disconnect_user(&self, room: Option<&str>, user: &str, code: CloseCode) -> usize {
+        let rooms: Vec<Arc<Room>> = match room {
+            Some(name) => self.room(name).into_iter().collect(),
+            None => self.inner.rooms.lock().unwrap().values().cloned().collect(),
+        };
+        let by_user = |m: &Member| m.user.as_deref() == Some(user);
+        rooms
+            .iter()
+            .map(|room| room.disconnect(by_user, code))
+            .sum()
+    }
+
+    /// Closes `user`'s connections in `room` (None: every room) with `code`, on every
+    /// node; returns how many were here.
+    pub(crate) fn kick(&self, room: Option<&str>, user: &str, code: CloseCode) -> usize {
+        self.inner.store.control(Control::Kick {
+            node: self.inner.store.node(),
+            room: room.map(Into::into),
+            user: user.into(),
+            code: code.code(),
+        });
+        self.disconnect_user(room, user, code)
+    }
+
+    /// Closes member `member` of `room` with `code`, on whichever node it is connected
+    /// to; whether it is in the room.
+    pub(crate) fn disconnect_member(&self, room: &str, member: u64, code: CloseCode) -> bool {
+        let Some(held) = self.room(room) else {
+            // Not held here: ask every node.
+            let listed = self
+                .inner
+                .store
+                .members_page(room, Some(member.saturating_sub(1)), 1)
+                .and_then(Result::ok)
+                .is_some_and(|(page, _, _)| page.first().is_some_and(|m| m.id == member));
+            if listed {
+                self.disconnect_elsewhere(room, member, code);
+            }
+            return listed;
+        };
+        if held.disconnect(|m| m.id == member, code) > 0 {
+            return true;
+        }
+        let listed = held.lists(member);
+        if listed {
+            self.disconnect_elsewhere(room, member, code);
+        }
+        listed
+    }
+
+    fn disconnect_elsewhere(&self, room: &str, member: u64, code: CloseCode) {
+        self.inner.store.control(Control::Disconnect {
+            node: self.inner.store.node(),
+            room: room.into(),
+            member,
+            code: code.code(),
+        });
     }
 
     /// The hub's configuration.
@@ -655,11 +811,41 @@ impl Hub {
     }
 
     /// Sends every big room's due presence update. The server calls it once per presence
-    /// interval.
-    pub(crate) fn send_presence_updates(&self) {
+    /// interval. On a shared engine it also lets go of rooms no member here is in any
+    /// more (unsubscribing), and has rooms that fell behind what Redis reported catch up.
+    pub(crate) fn tick(&self) {
         let rooms: Vec<Arc<Room>> = self.inner.rooms.lock().unwrap().values().cloned().collect();
+        let shared = self.inner.store.numbers_messages();
         for room in rooms {
-            room.state.lock().unwrap().send_update(&room.name);
+            let mut state = room.state.lock().unwrap();
+            state.send_update(&room.name);
+            if !shared || state.fetching {
+                continue;
+            }
+            if state.roster.none_here() && state.submitted.is_empty() && !state.removed {
+                state.removed = true;
+                drop(state);
+                self.forget_room(&room);
+            } else if state.heard > state.delivered {
+                if state.lagging {
+                    state.fetching = true;
+                    self.inner.store.catch_up(&room, state.delivered);
+                } else {
+                    state.lagging = true;
+                }
+            } else {
+                state.lagging = false;
+            }
+        }
+    }
+
+    /// Takes `room` (dropped) out of the hub, if it is still there.
+    fn forget_room(&self, room: &Arc<Room>) {
+        let mut rooms = self.inner.rooms.lock().unwrap();
+        if rooms.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, room)) {
+            rooms.remove(&room.name);
+            drop(rooms);
+            self.inner.store.detach(&room.name);
         }
     }
 
@@ -669,7 +855,15 @@ impl Hub {
     }
 
     /// The room called `name`: in memory, else as the engine stored it, else new.
-    fn room_or_create(&self, name: &str) -> Result<Arc<Room>, ErrorCode> {
+    async fn room_or_create(&self, name: &str) -> Result<Arc<Room>, ErrorCode> {
+        if let Some(room) = self.room(name) {
+            return Ok(room);
+        }
+        let store = &self.inner.store;
+        let _loading = match store.numbers_messages() {
+            true => Some(self.inner.loading.lock().await),
+            false => None,
+        };
         if let Some(room) = self.room(name) {
             return Ok(room);
         }
@@ -677,10 +871,9 @@ impl Hub {
         // absent from memory has nothing pending (see the eviction below), so what the
         // engine holds is all there is.
         let config = &self.inner.config;
-        let loaded = self
-            .inner
-            .store
+        let loaded = store
             .load(name, config.history_len, config.dedupe_window)
+            .await
             .map_err(|e| {
                 tracing::error!(room = name, error = %e, "could not load a room");
                 ErrorCode::StorageFailed
@@ -689,12 +882,18 @@ impl Hub {
         if let Some(room) = rooms.get(name) {
             return Ok(room.clone());
         }
-        if rooms.len() >= config.max_rooms {
-            self.evict_one(&mut rooms)?;
+        if rooms.len() >= config.max_rooms
+            && let Err(full) = self.evict_one(&mut rooms)
+        {
+            drop(rooms);
+            store.detach(name);
+            return Err(full);
         }
         let name: Arc<str> = name.into();
         let room = Arc::new(self.new_room(name.clone(), loaded));
         rooms.insert(name, room.clone());
+        drop(rooms);
+        store.attach(&room);
         Ok(room)
     }
 
@@ -705,13 +904,14 @@ impl Hub {
             .iter()
             .filter_map(|(key, room)| {
                 let state = room.state.lock().unwrap();
-                (state.roster.is_empty() && state.pending.is_empty())
+                (state.roster.none_here() && state.pending.is_empty() && state.submitted.is_empty())
                     .then(|| (state.last_active, key.clone()))
             })
             .min()
             .map(|(_, key)| key)
             .ok_or(ErrorCode::ServerFull)?;
         if let Some(room) = rooms.remove(&victim) {
+            self.inner.store.detach(&victim);
             let mut state = room.state.lock().unwrap();
             state.removed = true;
             while let Some(old) = state.history.pop_front() {
@@ -735,6 +935,14 @@ impl Hub {
             dedupe_order: VecDeque::new(),
             last_active: Instant::now(),
             removed: false,
+            store: self.inner.store.clone(),
+            submitted: HashMap::new(),
+            next_token: 1,
+            acks_after: Vec::new(),
+            early: BTreeMap::new(),
+            fetching: false,
+            heard: 0,
+            lagging: false,
         };
         let epoch = match loaded {
             None => self.new_epoch(),
@@ -757,6 +965,14 @@ impl Hub {
                     state.dedupe.insert(key.clone(), seq);
                     state.dedupe_order.push_back(key);
                 }
+                // Members elsewhere. This node's own are listed only as they join here:
+                // Redis may still list some that left a moment ago.
+                let node = self.inner.store.node();
+                for member in loaded.members {
+                    if member.id >> 32 != node {
+                        state.roster.add_elsewhere(member);
+                    }
+                }
                 loaded.epoch
             }
         };
@@ -778,16 +994,18 @@ impl Hub {
 
     /// Publishes into room `name` (creating it) as `from`, on behalf of the host; the
     /// receiver resolves with the message's number once it is stored.
-    pub(crate) fn publish_as(
+    pub(crate) async fn publish_as(
         &self,
         name: &str,
         from: &str,
         text: &str,
     ) -> Result<Published, ErrorCode> {
         loop {
-            let room = self.room_or_create(name)?;
+            let room = self.room_or_create(name).await?;
             let mut state = room.state.lock().unwrap();
             if state.removed {
+                drop(state);
+                self.forget_room(&room);
                 continue;
             }
             let (done, published) = oneshot::channel();
@@ -833,18 +1051,22 @@ impl Hub {
     /// Adds `member` to room `name` (creating it). Its queue receives, in this order and
     /// before anything else from the room: `joined`, then the history it missed (all of
     /// the recent history without `resume.since`). The other members get a presence event.
-    pub(crate) fn join(
+    pub(crate) async fn join(
         &self,
         name: &str,
         member: Member,
         resume: Resume,
     ) -> Result<Arc<Room>, ErrorCode> {
         loop {
-            let room = self.room_or_create(name)?;
+            let room = self.room_or_create(name).await?;
             let mut state = room.state.lock().unwrap();
             if state.removed {
+                drop(state);
+                self.forget_room(&room);
                 continue;
             }
+            // Under the room's lock: a shared engine hears of the join before the leave.
+            self.inner.store.joined(name, vec![member.summary()]);
             state.join(&room, member, resume);
             drop(state);
             return Ok(room);
@@ -874,25 +1096,28 @@ impl Hub {
         until: u64,
     ) -> Result<usize, StorageError> {
         self.inner.store.ban(room, user, Some(until)).await?;
-        let key = (room.unwrap_or("").into(), user.into());
-        self.inner.bans.lock().unwrap().insert(key, until);
-        let rooms: Vec<Arc<Room>> = match room {
-            Some(name) => self.room(name).into_iter().collect(),
-            None => self.inner.rooms.lock().unwrap().values().cloned().collect(),
-        };
-        let by_user = |m: &Member| m.user.as_deref() == Some(user);
-        Ok(rooms
-            .iter()
-            .map(|room| room.disconnect(by_user, CloseCode::Kicked))
-            .sum())
+        Ok(self.note_ban(room, user, Some(until)))
     }
 
     /// Lifts a ban set by [`Hub::ban`].
     pub(crate) async fn unban(&self, room: Option<&str>, user: &str) -> Result<(), StorageError> {
         self.inner.store.ban(room, user, None).await?;
-        let key = (room.unwrap_or("").into(), user.into());
-        self.inner.bans.lock().unwrap().remove(&key);
+        self.note_ban(room, user, None);
         Ok(())
+    }
+
+    /// A ban was stored (`until` Some: its user's connections here are closed; returns
+    /// how many) or lifted.
+    fn note_ban(&self, room: Option<&str>, user: &str, until: Option<u64>) -> usize {
+        let key = (room.unwrap_or("").into(), user.into());
+        let mut bans = self.inner.bans.lock().unwrap();
+        let Some(until) = until else {
+            bans.remove(&key);
+            return 0;
+        };
+        bans.insert(key, until);
+        drop(bans);
+        self.disconnect_user(room, user, CloseCode::Kicked)
     }
 
     /// Deletes message `seq` from room `name`'s history, and tells its members with a
@@ -903,6 +1128,24 @@ impl Hub {
             Some(room) => room.forget(seq, stored),
             None => stored.unwrap_or(false),
         })
+    }
+
+    /// Up to `limit` members of room `name` with ids above `after`, in id order, over all
+    /// nodes; the room's count; and the `after` of the next page.
+    pub(crate) fn members_page(
+        &self,
+        name: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<MemberSummary>, usize, Option<u64>), StorageError> {
+        match self.room(name) {
+            Some(room) => Ok(room.members_page(after, limit)),
+            None => self
+                .inner
+                .store
+                .members_page(name, after, limit)
+                .unwrap_or_else(|| Ok((Vec::new(), 0, None))),
+        }
     }
 
     /// One page of room `name`'s history: up to `limit` messages below `before`.
@@ -978,11 +1221,34 @@ impl Room {
         dedupe_key: Option<Box<str>>,
         mut origin: Origin,
     ) {
-        state.seq += 1;
-        let seq = state.seq;
         let time = now_ms();
         let sender = by.map(|(public, _)| public);
         let client_id = by.and_then(|(_, id)| id);
+        if self.store.numbers_messages() {
+            // Redis numbers it (and knows its client id); it comes back with the room's
+            // other messages, in their order, naming this token.
+            let token = state.next_token;
+            state.next_token += 1;
+            state.submitted.insert(
+                token,
+                Submitted {
+                    origin,
+                    client_id: client_id.map(Into::into),
+                },
+            );
+            let record = Record {
+                seq: 0,
+                token,
+                time,
+                from: from.into(),
+                sender: sender.map(Into::into),
+                client_id: client_id.map(Into::into),
+                text: text.into(),
+            };
+            return self.store.append(self, 0, record);
+        }
+        state.seq += 1;
+        let seq = state.seq;
         let message = |id| {
             protocol::encode(&ServerFrame::Message {
                 room: &self.name,
@@ -1022,6 +1288,7 @@ impl Room {
         }
         let record = Record {
             seq,
+            token: 0,
             time,
             from: from.into(),
             sender: sender.map(Into::into),
@@ -1060,29 +1327,232 @@ impl Room {
             if let Some(key) = &pending.dedupe_key {
                 state.dedupe.remove(key);
             }
-            let refused = |outbox: &Outbox, id| {
-                outbox.push(protocol::error_frame(
-                    ErrorCode::StorageFailed,
-                    "the message could not be stored; it was not delivered. Retry later",
-                    Some(&self.name),
-                    id,
-                ));
-            };
-            match pending.origin {
-                Origin::Member { outbox, .. } => {
-                    let id = pending.dedupe_key.as_deref().and_then(client_id);
-                    refused(&outbox, id);
-                    for retry in &pending.retries {
-                        refused(retry, id);
-                    }
-                }
-                Origin::Host(done) => {
-                    if let Some(done) = done {
-                        let _ = done.send(Err(error.clone()));
+            let id = pending.dedupe_key.as_deref().and_then(client_id);
+            pending
+                .origin
+                .refuse(&self.name, id, &pending.retries, error);
+        }
+    }
+
+    /// What Redis said of message `token` this node handed it: stored (it comes back on
+    /// the room's channel, and is delivered then), a retry of one stored before (its
+    /// sender is acknowledged once that one is delivered here), or not stored.
+    pub(crate) fn outcome(self: &Arc<Self>, token: u64, outcome: Result<Outcome, StorageError>) {
+        let mut state = self.state.lock().unwrap();
+        match outcome {
+            Ok(Outcome::Stored(seq)) => state.heard = state.heard.max(seq),
+            Ok(Outcome::Duplicate(seq)) => {
+                let Some(submitted) = state.submitted.remove(&token) else {
+                    return;
+                };
+                if let Origin::Member { outbox, .. } = submitted.origin {
+                    let ack = ack(&self.name, submitted.client_id.as_deref(), seq);
+                    if seq <= state.delivered {
+                        outbox.push(ack);
+                    } else {
+                        state.heard = state.heard.max(seq);
+                        state.acks_after.push((seq, outbox, ack));
                     }
                 }
             }
+            Err(error) => {
+                if let Some(submitted) = state.submitted.remove(&token) {
+                    let id = submitted.client_id.as_deref();
+                    submitted.origin.refuse(&self.name, id, &[], &error);
+                }
+            }
         }
+    }
+
+    /// An event on the room's Redis channel. Messages are delivered in sequence order: one
+    /// that comes early (a number was skipped: a lost or late message) waits while the
+    /// room reads what it missed from the stream.
+    pub(crate) fn receive(self: &Arc<Self>, event: Event) {
+        let mut state = self.state.lock().unwrap();
+        let node = self.store.node();
+        match event {
+            Event::Message(message) => {
+                if message.epoch != self.epoch {
+                    drop(state);
+                    return self.lost();
+                }
+                if message.seq <= state.delivered {
+                    return;
+                }
+                if state.fetching || message.seq > state.delivered + 1 {
+                    state.heard = state.heard.max(message.seq);
+                    state.early.insert(message.seq, message);
+                    if !state.fetching {
+                        state.fetching = true;
+                        self.store.catch_up(self, state.delivered);
+                    }
+                    return;
+                }
+                self.deliver_numbered(&mut state, vec![message]);
+            }
+            Event::Join {
+                node: from,
+                members,
+            } if from != node => {
+                let members = members.into_iter().map(MemberSummary::from).collect();
+                self.add_elsewhere(&mut state, members);
+            }
+            Event::Leave { node: from, ids } if from != node => {
+                state.remove(&self.name, ids);
+            }
+            Event::Deleted { node: from, seq } if from != node => {
+                drop(state);
+                self.forget(seq, Some(true));
+            }
+            // This node's own joins, leaves and deletions took effect here already.
+            Event::Join { .. } | Event::Leave { .. } | Event::Deleted { .. } => {}
+        }
+    }
+
+    /// Delivers messages Redis numbered, in order, each to be the next: the sender here
+    /// (found by its token) gets its own copy and acknowledgement.
+    fn deliver_numbered(&self, state: &mut RoomState, messages: Vec<Numbered>) {
+        let node = self.store.node();
+        let batch = messages
+            .into_iter()
+            .map(|m| {
+                let message = |id: Option<&str>| {
+                    protocol::encode(&ServerFrame::Message {
+                        room: &self.name,
+                        seq: m.seq,
+                        from: &m.from,
+                        sender: m.sender.as_deref(),
+                        text: &m.text,
+                        time: m.time,
+                        id,
+                    })
+                };
+                let submitted = m.token_of(node).and_then(|t| state.submitted.remove(&t));
+                let origin = match submitted {
+                    Some(Submitted {
+                        origin: Origin::Member { id, outbox, .. },
+                        client_id,
+                    }) => Origin::Member {
+                        id,
+                        outbox,
+                        own: client_id.as_deref().map(|c| message(Some(c))),
+                        ack: ack(&self.name, client_id.as_deref(), m.seq),
+                    },
+                    Some(Submitted { origin, .. }) => origin,
+                    None => Origin::Peer,
+                };
+                Pending {
+                    message: Stored {
+                        seq: m.seq,
+                        time: m.time,
+                        frame: message(None),
+                    },
+                    origin,
+                    dedupe_key: None,
+                    retries: Vec::new(),
+                }
+            })
+            .collect();
+        state.deliver(&self.name, &self.limits, &self.history_held, batch);
+    }
+
+    /// What the room missed, read from Redis: delivered in order with what came early,
+    /// and the members elsewhere brought up to date.
+    pub(crate) fn caught_up(self: &Arc<Self>, snapshot: Snapshot) {
+        if snapshot.epoch != self.epoch {
+            return self.lost();
+        }
+        let mut state = self.state.lock().unwrap();
+        let mut messages: BTreeMap<u64, Numbered> = std::mem::take(&mut state.early);
+        for (m, origin) in snapshot.messages {
+            messages.entry(m.seq).or_insert(Numbered {
+                seq: m.seq,
+                epoch: self.epoch,
+                time: m.time,
+                from: m.from,
+                sender: m.sender,
+                text: m.text,
+                origin,
+            });
+        }
+        let delivered = state.delivered;
+        let missed: Vec<Numbered> = messages
+            .into_values()
+            .filter(|m| m.seq > delivered)
+            .collect();
+        self.deliver_numbered(&mut state, missed);
+        // A number Redis handed out that is in no stream entry was deleted or trimmed.
+        state.delivered = state.delivered.max(snapshot.seq);
+        state.fetching = false;
+        state.lagging = false;
+        // Members: those listed elsewhere that Redis no longer has left; those it has that
+        // are not listed here joined.
+        let listed: std::collections::HashSet<u64> =
+            snapshot.members.iter().map(|m| m.id).collect();
+        let gone: Vec<u64> = state
+            .roster
+            .ids_elsewhere()
+            .into_iter()
+            .filter(|id| !listed.contains(id))
+            .collect();
+        state.remove(&self.name, gone);
+        // This node's own members are listed as they join here (see `Hub::new_room`).
+        let node = self.store.node();
+        let joined = snapshot
+            .members
+            .into_iter()
+            .filter(|m| m.id >> 32 != node)
+            .map(MemberSummary::from)
+            .collect();
+        self.add_elsewhere(&mut state, joined);
+    }
+
+    /// Lists members connected to other nodes (those not listed yet), and tells the
+    /// members here as a join here is told.
+    fn add_elsewhere(&self, state: &mut RoomState, members: Vec<MemberSummary>) {
+        for member in members {
+            let (id, name) = (member.id, member.name.clone());
+            if let Some(Told::Now) = state.roster.add_elsewhere(member) {
+                let presence = protocol::encode(&ServerFrame::Presence {
+                    room: &self.name,
+                    event: PresenceEvent::Join,
+                    member: MemberRef { id, name: &name },
+                    count: state.roster.len(),
+                });
+                state.broadcast(&self.name, &presence, None);
+            }
+        }
+    }
+
+    /// Reading what the room missed failed (Redis is away): the next message, the
+    /// presence ticker or the subscription's return tries again.
+    pub(crate) fn catch_up_failed(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.fetching = false;
+        state.lagging = true;
+    }
+
+    /// Redis lost this room (its data is gone, and it was made anew under another epoch):
+    /// its members here are told to reconnect; they join the new room and are told `gap`.
+    fn lost(&self) {
+        tracing::warn!(room = %self.name, "Redis lost this room's history; its members reconnect");
+        let mut state = self.state.lock().unwrap();
+        // The hub drops it: joins take up the new room.
+        state.removed = true;
+        for member in state.roster.iter() {
+            member.outbox.close(CloseCode::Reconnect);
+        }
+    }
+
+    /// The last message delivered here.
+    pub(crate) fn delivered(&self) -> u64 {
+        self.state.lock().unwrap().delivered
+    }
+
+    /// The members connected here.
+    pub(crate) fn members_here(&self) -> Vec<MemberSummary> {
+        let state = self.state.lock().unwrap();
+        state.roster.iter().map(Member::summary).collect()
     }
 
     /// Removes message `seq` from the recent history and, if it was a message — `stored`
@@ -1177,6 +1647,17 @@ impl Room {
             .count()
     }
 
+    /// Whether member `id` is in the room, here or on another node.
+    fn lists(&self, id: u64) -> bool {
+        let state = self.state.lock().unwrap();
+        state
+            .roster
+            .page(Some(id.saturating_sub(1)), 1)
+            .0
+            .first()
+            .is_some_and(|m| m.id == id)
+    }
+
     /// Up to `limit` members with ids above `after`, in id order; the room's count; and the
     /// `after` of the next page.
     pub(crate) fn members_page(
@@ -1186,7 +1667,7 @@ impl Room {
     ) -> (Vec<MemberSummary>, usize, Option<u64>) {
         let state = self.state.lock().unwrap();
         let (page, next) = state.roster.page(after, limit);
-        let page = page.into_iter().map(Member::summary).collect();
+        let page = page.iter().map(Listed::summary).collect();
         (page, state.roster.len(), next)
     }
 
@@ -1194,7 +1675,7 @@ impl Room {
     pub(crate) fn members_frame(&self, after: Option<u64>, limit: usize) -> Bytes {
         let state = self.state.lock().unwrap();
         let (page, next) = state.roster.page(after, limit);
-        let members: Vec<MemberRef<'_>> = page.into_iter().map(Member::as_ref).collect();
+        let members: Vec<MemberRef<'_>> = page.iter().map(Listed::as_ref).collect();
         protocol::encode(&ServerFrame::Members {
             room: &self.name,
             count: state.roster.len(),
@@ -1227,6 +1708,15 @@ fn decode_stored(frame: &[u8]) -> Option<StoredMessage> {
         sender: f.sender,
         text: f.text,
     })
+}
+
+/// A close code another node sent, as ours.
+fn close_code(code: u16) -> CloseCode {
+    match code {
+        4000 => CloseCode::Shutdown,
+        4002 => CloseCode::Reconnect,
+        _ => CloseCode::Kicked,
+    }
 }
 
 fn ack(room: &str, id: Option<&str>, seq: u64) -> Bytes {
@@ -1310,6 +1800,7 @@ impl RoomState {
                         let _ = done.send(Ok(seq));
                     }
                 }
+                Origin::Peer => {}
             }
             if limits.history_len > 0 {
                 history_held.fetch_add(message.frame.len(), Ordering::Relaxed);
@@ -1319,6 +1810,16 @@ impl RoomState {
                 && let Some(old) = self.history.pop_front()
             {
                 history_held.fetch_sub(old.frame.len(), Ordering::Relaxed);
+            }
+        }
+        if !self.acks_after.is_empty() {
+            let delivered = self.delivered;
+            let (due, later) = std::mem::take(&mut self.acks_after)
+                .into_iter()
+                .partition(|(seq, _, _)| *seq <= delivered);
+            self.acks_after = later;
+            for (_, outbox, ack) in due {
+                outbox.push(ack);
             }
         }
         self.remove(room, slow);
@@ -1444,6 +1945,14 @@ impl RoomState {
                 break;
             }
             removed_any = true;
+            let here: Vec<u64> = gone
+                .iter()
+                .filter(|g| g.here)
+                .map(|g| g.member.id)
+                .collect();
+            if !here.is_empty() {
+                self.store.left(room, here);
+            }
             let count = self.roster.len();
             let frame = match (told, gone.as_slice()) {
                 (Told::Later, _) => break,
@@ -1454,11 +1963,12 @@ impl RoomState {
                 (Told::Now, [one]) => protocol::encode(&ServerFrame::Presence {
                     room,
                     event: PresenceEvent::Leave,
-                    member: one.as_ref(),
+                    member: one.member.as_ref(),
                     count,
                 }),
                 (Told::Now, many) => {
-                    let members: Vec<MemberRef<'_>> = many.iter().map(Member::as_ref).collect();
+                    let members: Vec<MemberRef<'_>> =
+                        many.iter().map(|g| g.member.as_ref()).collect();
                     protocol::encode(&ServerFrame::PresenceMany {
                         room,
                         event: PresenceEvent::Leave,

@@ -1,7 +1,10 @@
 //! A room's members, and how their comings and goings are told.
 //!
-//! Members live in a `Vec`, so that the fan-out is one pass over contiguous memory, with an
-//! index by id beside it, so that a leave costs O(log n) and the list pages in id order.
+//! Members connected here live in a `Vec`, so that the fan-out is one pass over contiguous
+//! memory; on an engine shared by several nodes, the members connected to other nodes are
+//! listed beside them (they count, page and are told about, but receive nothing from here).
+//! An index by id covers both, so that a leave costs O(log n) and the list pages in id
+//! order.
 //!
 //! A small room tells every join and leave to every member at once, and `joined` lists
 //! everyone. Past its threshold a room is *big*: that would cost the square of its size to
@@ -13,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::Member;
+use super::{Member, MemberSummary};
 use crate::protocol::{MEMBERS_PAGE, MemberRef};
 
 /// Most joins and leaves one `presence` update lists; past it, the update carries only the
@@ -31,12 +34,54 @@ pub(crate) struct Policy {
 
 #[derive(Debug)]
 pub(crate) struct Roster {
+    /// Connected here: the room delivers to them.
     members: Vec<Member>,
-    /// id → position in `members`.
-    index: BTreeMap<u64, usize>,
+    /// Connected to other nodes (on a shared engine).
+    elsewhere: Vec<MemberSummary>,
+    /// id → where the member is.
+    index: BTreeMap<u64, Slot>,
     pub policy: Policy,
     big: bool,
     changes: Changes,
+}
+
+/// Where a member is listed.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Here(usize),
+    Elsewhere(usize),
+}
+
+/// A member as listed: connected here or elsewhere.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Listed<'a> {
+    pub id: u64,
+    pub name: &'a Arc<str>,
+    pub user: Option<&'a Arc<str>>,
+}
+
+impl<'a> Listed<'a> {
+    pub(crate) fn as_ref(&self) -> MemberRef<'a> {
+        MemberRef {
+            id: self.id,
+            name: self.name,
+        }
+    }
+
+    pub(crate) fn summary(&self) -> MemberSummary {
+        MemberSummary {
+            id: self.id,
+            name: self.name.clone(),
+            user: self.user.cloned(),
+        }
+    }
+}
+
+/// A member who left, and whether it was connected here.
+#[derive(Debug)]
+pub(crate) struct Gone {
+    pub member: MemberSummary,
+    pub here: bool,
 }
 
 /// Joins and leaves since a big room's last update.
@@ -64,6 +109,7 @@ impl Roster {
     pub(crate) fn new(policy: Policy) -> Roster {
         Roster {
             members: Vec::new(),
+            elsewhere: Vec::new(),
             index: BTreeMap::new(),
             policy,
             big: false,
@@ -71,24 +117,49 @@ impl Roster {
         }
     }
 
+    /// Members over all nodes.
     pub(crate) fn len(&self) -> usize {
-        self.members.len()
+        self.members.len() + self.elsewhere.len()
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    /// Whether no member is connected here.
+    pub(crate) fn none_here(&self) -> bool {
         self.members.is_empty()
     }
 
+    /// The members connected here.
     pub(crate) fn iter(&self) -> std::slice::Iter<'_, Member> {
         self.members.iter()
     }
 
-    /// Adds a member; says how to tell the others.
+    /// Adds a member connected here; says how to tell the others.
     pub(crate) fn add(&mut self, member: Member) -> Told {
-        self.index.insert(member.id, self.members.len());
+        self.index.insert(member.id, Slot::Here(self.members.len()));
         let change = (member.id, member.name.clone());
         self.members.push(member);
-        if !self.big && self.members.len() >= self.policy.threshold {
+        self.added(change)
+    }
+
+    /// Adds a member connected to another node, unless it is listed already; says how to
+    /// tell the others.
+    pub(crate) fn add_elsewhere(&mut self, member: MemberSummary) -> Option<Told> {
+        if self.index.contains_key(&member.id) {
+            return None;
+        }
+        self.index
+            .insert(member.id, Slot::Elsewhere(self.elsewhere.len()));
+        let change = (member.id, member.name.clone());
+        self.elsewhere.push(member);
+        Some(self.added(change))
+    }
+
+    /// The ids of the members connected to other nodes.
+    pub(crate) fn ids_elsewhere(&self) -> Vec<u64> {
+        self.elsewhere.iter().map(|m| m.id).collect()
+    }
+
+    fn added(&mut self, change: (u64, Arc<str>)) -> Told {
+        if !self.big && self.len() >= self.policy.threshold {
             self.big = true;
         }
         if !self.big {
@@ -100,28 +171,43 @@ impl Roster {
 
     /// Removes the members `ids` (those still here); returns them, and how to tell the
     /// others.
-    pub(crate) fn remove(&mut self, ids: &[u64]) -> (Vec<Member>, Told) {
+    pub(crate) fn remove(&mut self, ids: &[u64]) -> (Vec<Gone>, Told) {
         let mut gone = Vec::new();
         for id in ids {
-            let Some(at) = self.index.remove(id) else {
-                continue;
-            };
-            let member = self.members.swap_remove(at);
-            if let Some(moved) = self.members.get(at) {
-                self.index.insert(moved.id, at);
+            match self.index.remove(id) {
+                None => continue,
+                Some(Slot::Here(at)) => {
+                    let member = self.members.swap_remove(at);
+                    if let Some(moved) = self.members.get(at) {
+                        self.index.insert(moved.id, Slot::Here(at));
+                    }
+                    gone.push(Gone {
+                        member: member.summary(),
+                        here: true,
+                    });
+                }
+                Some(Slot::Elsewhere(at)) => {
+                    let member = self.elsewhere.swap_remove(at);
+                    if let Some(moved) = self.elsewhere.get(at) {
+                        self.index.insert(moved.id, Slot::Elsewhere(at));
+                    }
+                    gone.push(Gone {
+                        member,
+                        here: false,
+                    });
+                }
             }
-            gone.push(member);
         }
         if gone.is_empty() || !self.big {
             return (gone, Told::Now);
         }
-        if self.members.len() < self.policy.threshold {
+        if self.len() < self.policy.threshold {
             self.big = false;
             self.changes = Changes::default();
             return (gone, Told::Everyone);
         }
-        for member in &gone {
-            let change = (member.id, member.name.clone());
+        for gone in &gone {
+            let change = (gone.member.id, gone.member.name.clone());
             self.note(|changes| changes.left.push(change));
         }
         (gone, Told::Later)
@@ -151,9 +237,9 @@ impl Roster {
     /// small (`Told::Everyone`: send the list).
     pub(crate) fn set_policy(&mut self, policy: Policy) -> Told {
         self.policy = policy;
-        if !self.big && self.members.len() >= policy.threshold {
+        if !self.big && self.len() >= policy.threshold {
             self.big = true;
-        } else if self.big && self.members.len() < policy.threshold {
+        } else if self.big && self.len() < policy.threshold {
             self.big = false;
             self.changes = Changes::default();
             return Told::Everyone;
@@ -163,13 +249,30 @@ impl Roster {
 
     /// Up to `limit` members with ids above `after`, in id order, and the id to ask after
     /// for the next page (None at the end).
-    pub(crate) fn page(&self, after: Option<u64>, limit: usize) -> (Vec<&Member>, Option<u64>) {
+    pub(crate) fn page(&self, after: Option<u64>, limit: usize) -> (Vec<Listed<'_>>, Option<u64>) {
         let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
         let mut range = self.index.range((from, std::ops::Bound::Unbounded));
-        let page: Vec<&Member> = range
+        let page: Vec<Listed<'_>> = range
             .by_ref()
             .take(limit)
-            .map(|(_, &at)| &self.members[at])
+            .map(|(_, &slot)| match slot {
+                Slot::Here(at) => {
+                    let m = &self.members[at];
+                    Listed {
+                        id: m.id,
+                        name: &m.name,
+                        user: m.user.as_ref(),
+                    }
+                }
+                Slot::Elsewhere(at) => {
+                    let m = &self.elsewhere[at];
+                    Listed {
+                        id: m.id,
+                        name: &m.name,
+                        user: m.user.as_ref(),
+                    }
+                }
+            })
             .collect();
         let next = range.next().and(page.last().map(|m| m.id));
         (page, next)
@@ -180,8 +283,8 @@ impl Roster {
         let limit = if self.big { MEMBERS_PAGE } else { usize::MAX };
         self.page(None, limit)
             .0
-            .into_iter()
-            .map(Member::as_ref)
+            .iter()
+            .map(Listed::as_ref)
             .collect()
     }
 }

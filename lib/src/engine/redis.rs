@@ -1,0 +1,1263 @@
+//! The Redis engine: many wtchat processes ("nodes"), one chat.
+//!
+//! Redis numbers the messages. One Lua script assigns a room's next sequence number, appends
+//! the message to the room's stream (its history), records its client id for idempotent
+//! retries and publishes it on the room's channel, atomically: no two nodes hand out the
+//! same number, and a node that sees message 9 after 7 knows it missed 8.
+//!
+//! Each node subscribes to the channels of the rooms it holds (those with members here)
+//! and delivers what arrives to its own members, encoding each message once per node as on
+//! one process. A node's own sends come back the same way, in the room's one order; the
+//! message names the node and a token, so the node finds the sender it owes a copy and an
+//! acknowledgement. A gap in the numbers, a lost subscription or a late message is filled
+//! from the stream by sequence number (see [`Room::receive`]).
+//!
+//! Membership lives in Redis too (a sorted set per room, by member id) and every change is
+//! published on the room's channel, so that each node keeps the whole room's list beside
+//! its own members and presence works as on one process. Nodes beat every second; a node
+//! silent for [`NODE_TIMEOUT`] is dead, and the next live node's beat removes its members
+//! (one script, which publishes their departure).
+//!
+//! Writes go through one task that sends everything queued as one pipeline of script calls,
+//! in order: a room's messages keep the order they were sent in, and a join is in Redis
+//! before the same member's leave. Reads that callers make synchronously (resumes beyond the
+//! memory tail, history pages, member pages of rooms not held here) use blocking
+//! connections of their own, like the SQLite engine's readers.
+//!
+//! Keys, under the prefix `P` (`--redis-prefix`), for room `R` (room names have no `/`):
+//! `P:R/meta` (epoch, seq), `P:R/log` (stream, entry id `seq-0`), `P:R/ids` and `P:R/ido`
+//! (the dedupe window), `P:R/m` (members by id), channel `P:R/c`; and `P/nodes` (beats),
+//! `P/node/N` (node N's members), `P/nodeseq`, `P/bans`, channel `P/ctl` (kicks and bans
+//! for every node).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::{Client, Value};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::{Ban, HistoryPage, LoadedRoom, Record, Retention, StorageError, StoredMessage};
+use crate::hub::{MemberSummary, Room};
+
+/// A node that has not beaten for this long is dead: its members leave every room.
+pub(crate) const NODE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a node beats (and looks for dead ones).
+const BEAT_EVERY: Duration = Duration::from_secs(1);
+/// How long a command may wait for Redis before its sender is told `storage_failed`.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most script calls in one pipeline.
+const MAX_BATCH: usize = 1024;
+/// Node numbers wrap here: ids are `node << 32 | n`, below 2^52, so below the 2^53 a
+/// browser reads exactly.
+const NODE_BITS: u32 = 20;
+
+/// Numbers a message, stores it, remembers its client id and publishes it (see the module
+/// documentation). Returns {1, seq}, or {0, seq} for a client id already stored.
+const PUBLISH: &str = r#"
+local dk = nil
+if ARGV[5] ~= '' then
+  dk = ARGV[4] .. '\0' .. ARGV[5]
+  local seen = redis.call('HGET', KEYS[3], dk)
+  if seen then return {0, tonumber(seen)} end
+end
+redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], seq .. '-0', 't', ARGV[2], 'f', ARGV[3],
+  's', ARGV[4], 'c', ARGV[5], 'x', ARGV[6], 'o', ARGV[7])
+if dk then
+  redis.call('HSET', KEYS[3], dk, seq)
+  redis.call('ZADD', KEYS[4], seq, dk)
+  if redis.call('ZCARD', KEYS[4]) > tonumber(ARGV[10]) then
+    local old = redis.call('ZPOPMIN', KEYS[4])
+    redis.call('HDEL', KEYS[3], old[1])
+  end
+end
+for _ = 1, 4 do
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+  if not first or tonumber(first[2][2]) >= tonumber(ARGV[12]) then break end
+  redis.call('XDEL', KEYS[2], first[1])
+end
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[11]) end
+redis.call('PUBLISH', ARGV[13], '{"seq":' .. seq .. ',"epoch":' .. epoch .. ARGV[8])
+return {1, seq}
+"#;
+
+/// A room as a node takes it up: its epoch (made if new), last number, the messages after
+/// ARGV[2] (or the newest ARGV[3] when empty) and its members.
+const LOAD: &str = r#"
+if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local seq = redis.call('HGET', KEYS[1], 'seq') or '0'
+local entries
+if ARGV[2] == '' then
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
+else
+  entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[2] .. '-0', '+')
+end
+return {epoch, seq, entries, redis.call('ZRANGE', KEYS[3], 0, -1)}
+"#;
+
+/// Members of this node join a room (KEYS: the room's members, the node's; ARGV: channel,
+/// event, room, then id/entry pairs).
+const JOIN: &str = r#"
+for i = 4, #ARGV, 2 do
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[i], ARGV[i])
+  redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('HSET', KEYS[2], ARGV[3] .. '/' .. ARGV[i], 1)
+end
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+"#;
+
+/// Members of this node leave a room (KEYS as for JOIN; ARGV: channel, event, room, ids).
+const LEAVE: &str = r#"
+for i = 4, #ARGV do
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[i], ARGV[i])
+  redis.call('HDEL', KEYS[2], ARGV[3] .. '/' .. ARGV[i])
+end
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+"#;
+
+/// A node's beat, by Redis's clock: returns whether the node was missing (reaped, or Redis
+/// lost its data), and, when ARGV[3] is 1, removes the members of nodes silent for ARGV[2]
+/// ms and publishes their departure.
+const BEAT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local missing = redis.call('ZADD', KEYS[1], now, ARGV[1])
+if ARGV[3] == '1' then
+  local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])))
+  for _, node in ipairs(dead) do
+    local hk = ARGV[4] .. '/node/' .. node
+    local rooms = {}
+    for _, field in ipairs(redis.call('HKEYS', hk)) do
+      local room, id = string.match(field, '^(.*)/(%d+)$')
+      if room then
+        redis.call('ZREMRANGEBYSCORE', ARGV[4] .. ':' .. room .. '/m', id, id)
+        rooms[room] = rooms[room] and (rooms[room] .. ',' .. id) or id
+      end
+    end
+    for room, ids in pairs(rooms) do
+      redis.call('PUBLISH', ARGV[4] .. ':' .. room .. '/c',
+        '{"kind":"leave","node":' .. node .. ',"ids":[' .. ids .. ']}')
+    end
+    redis.call('DEL', hk)
+    redis.call('ZREM', KEYS[1], node)
+  end
+end
+return missing
+"#;
+
+/// Deletes message ARGV[1] from a room's stream and tells every node (ARGV[2]: channel,
+/// ARGV[3]: event). Returns whether it was there.
+const DELETE: &str = r#"
+local n = redis.call('XDEL', KEYS[1], ARGV[1] .. '-0')
+if n > 0 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return n
+"#;
+
+/// The scripts, loaded once (and again after a restart of Redis forgot them).
+#[derive(Debug)]
+struct Scripts {
+    publish: redis::Script,
+    load: redis::Script,
+    join: redis::Script,
+    leave: redis::Script,
+    beat: redis::Script,
+    delete: redis::Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            publish: redis::Script::new(PUBLISH),
+            load: redis::Script::new(LOAD),
+            join: redis::Script::new(JOIN),
+            leave: redis::Script::new(LEAVE),
+            beat: redis::Script::new(BEAT),
+            delete: redis::Script::new(DELETE),
+        }
+    }
+
+    fn all(&self) -> [&redis::Script; 6] {
+        [
+            &self.publish,
+            &self.load,
+            &self.join,
+            &self.leave,
+            &self.beat,
+            &self.delete,
+        ]
+    }
+}
+
+/// What a node hears on a room's channel.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub(crate) enum Event {
+    Message(Published),
+    Join { node: u64, members: Vec<Listed> },
+    Leave { node: u64, ids: Vec<u64> },
+    Deleted { node: u64, seq: u64 },
+}
+
+/// A message as Redis numbered it.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Published {
+    pub seq: u64,
+    pub epoch: u64,
+    pub time: u64,
+    pub from: String,
+    pub sender: Option<String>,
+    pub text: String,
+    /// `node:token` of the publishing node's submission.
+    pub origin: String,
+}
+
+impl Published {
+    /// The token of this node's submission, when this node published it.
+    pub(crate) fn token_of(&self, node: u64) -> Option<u64> {
+        let (n, token) = self.origin.split_once(':')?;
+        (n.parse::<u64>().ok()? == node)
+            .then(|| token.parse().ok())
+            .flatten()
+    }
+}
+
+/// A member as Redis lists it.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub(crate) struct Listed {
+    pub id: u64,
+    pub name: String,
+    pub user: Option<String>,
+}
+
+/// What kicks and bans tell every node.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub(crate) enum Control {
+    /// Close `user`'s connections in `room` (every room: None) with close code `code`.
+    Kick {
+        node: u64,
+        room: Option<String>,
+        user: String,
+        code: u16,
+    },
+    /// Close member `member` of `room` with close code `code`.
+    Disconnect {
+        node: u64,
+        room: String,
+        member: u64,
+        code: u16,
+    },
+    /// A ban set (`until` Some) or lifted.
+    Ban {
+        node: u64,
+        room: Option<String>,
+        user: String,
+        until: Option<u64>,
+    },
+}
+
+impl Control {
+    fn node(&self) -> u64 {
+        match self {
+            Control::Kick { node, .. }
+            | Control::Disconnect { node, .. }
+            | Control::Ban { node, .. } => *node,
+        }
+    }
+}
+
+/// The outcome of a published message, for the room that sent it.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Stored(u64),
+    /// A retry of a client id stored before as this number.
+    Duplicate(u64),
+}
+
+/// A room's state as read from Redis: to take it up, or to catch up.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub epoch: u64,
+    pub seq: u64,
+    /// (message, origin) oldest first.
+    pub messages: Vec<(StoredMessage, String)>,
+    pub members: Vec<Listed>,
+}
+
+/// A room's subscription.
+#[derive(Debug)]
+enum Sub {
+    /// Being read: what arrives waits, and is applied once the read is (for a room taken
+    /// up, `room` is None until it exists).
+    Syncing {
+        room: Option<Arc<Room>>,
+        waiting: Vec<Event>,
+    },
+    Live(Arc<Room>),
+}
+
+/// One command of the writing task.
+enum Command {
+    Publish {
+        room: Arc<Room>,
+        token: u64,
+        record: Record,
+    },
+    Join {
+        room: Arc<str>,
+        members: Vec<Listed>,
+    },
+    Leave {
+        room: Arc<str>,
+        ids: Vec<u64>,
+    },
+    /// A kick or a ban for every node.
+    Control(Control),
+    /// Resolves once the commands before it went to Redis.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+type ControlHandler = Box<dyn Fn(Control) + Send + Sync>;
+
+/// A connection to Redis, shared by the node's rooms.
+pub(crate) struct Redis {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("prefix", &self.inner.prefix)
+            .field("node", &self.inner.node)
+            .finish()
+    }
+}
+
+struct Inner {
+    url: String,
+    prefix: String,
+    node: u64,
+    retention: Retention,
+    /// Client ids remembered per room for idempotent retries.
+    dedupe_window: usize,
+    client: Client,
+    conn: ConnectionManager,
+    readers: Mutex<Vec<redis::Connection>>,
+    scripts: Scripts,
+    commands: mpsc::UnboundedSender<Command>,
+    subs: Mutex<HashMap<Arc<str>, Sub>>,
+    sink: tokio::sync::Mutex<Option<PubSubSink>>,
+    control: OnceLock<ControlHandler>,
+}
+
+fn failed(url: &str, e: &redis::RedisError) -> StorageError {
+    StorageError::new(format!("Redis at {url}: {e}"))
+}
+
+impl Redis {
+    /// Connects to Redis at `url`, checks its version (6.2 or later: the scripts use
+    /// exclusive stream ranges), takes a node number, and starts the node's tasks: writing,
+    /// subscriptions, beats.
+    pub(crate) async fn open(
+        url: &str,
+        prefix: &str,
+        retention: Retention,
+        dedupe_window: usize,
+    ) -> Result<Redis, StorageError> {
+        let client = Client::open(url).map_err(|e| failed(url, &e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let mut conn = tokio::time::timeout(
+            RESPONSE_TIMEOUT * 2,
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| StorageError::new(format!("Redis at {url}: no answer")))?
+        .map_err(|e| failed(url, &e))?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| failed(url, &e))?;
+        check_version(url, &info)?;
+        let n: u64 = redis::cmd("INCR")
+            .arg(format!("{prefix}/nodeseq"))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| failed(url, &e))?;
+        let node = n % (1 << NODE_BITS);
+        let (commands, queue) = mpsc::unbounded_channel();
+        let redis = Redis {
+            inner: Arc::new(Inner {
+                url: url.to_owned(),
+                prefix: prefix.to_owned(),
+                node,
+                retention,
+                dedupe_window,
+                client,
+                conn,
+                readers: Mutex::new(Vec::new()),
+                scripts: Scripts::new(),
+                commands,
+                subs: Mutex::new(HashMap::new()),
+                sink: tokio::sync::Mutex::new(None),
+                control: OnceLock::new(),
+            }),
+        };
+        redis.inner.load_scripts().await?;
+        let (connected, ready) = tokio::sync::oneshot::channel();
+        tokio::spawn(subscriber(redis.inner.clone(), connected));
+        ready
+            .await
+            .map_err(|_| StorageError::new(format!("Redis at {url}: could not subscribe")))??;
+        tokio::spawn(writer(Arc::downgrade(&redis.inner), queue));
+        tokio::spawn(beats(Arc::downgrade(&redis.inner)));
+        tracing::info!(url, prefix, node, "joined the Redis cluster");
+        Ok(redis)
+    }
+
+    /// The first connection id of this node: ids are unique over all nodes.
+    pub(crate) fn first_id(&self) -> u64 {
+        (self.inner.node << 32) + 1
+    }
+
+    /// Where kicks and bans from other nodes go.
+    pub(crate) fn on_control(&self, handler: ControlHandler) {
+        let _ = self.inner.control.set(handler);
+    }
+
+    /// Subscribes to room `name` and reads it: its epoch, number, newest `tail` messages
+    /// and members. What arrives on its channel meanwhile waits for [`Redis::attach`].
+    pub(crate) async fn load(&self, name: &str, tail: usize) -> Result<LoadedRoom, StorageError> {
+        let key: Arc<str> = name.into();
+        self.inner.subs.lock().unwrap().insert(
+            key.clone(),
+            Sub::Syncing {
+                room: None,
+                waiting: Vec::new(),
+            },
+        );
+        let loaded = async {
+            self.inner.subscribe(name).await?;
+            self.inner.read(name, None, tail).await
+        }
+        .await;
+        match loaded {
+            Ok(snapshot) => Ok(LoadedRoom {
+                epoch: snapshot.epoch,
+                seq: snapshot.seq,
+                tail: snapshot.messages.into_iter().map(|(m, _)| m).collect(),
+                dedupe: Vec::new(),
+                members: snapshot
+                    .members
+                    .into_iter()
+                    .map(MemberSummary::from)
+                    .collect(),
+            }),
+            Err(e) => {
+                self.detach(name);
+                Err(e)
+            }
+        }
+    }
+
+    /// Room `room`, loaded with [`Redis::load`], exists now: what waited is applied.
+    pub(crate) fn attach(&self, room: &Arc<Room>) {
+        let mut subs = self.inner.subs.lock().unwrap();
+        let waiting = match subs.insert(room.name().into(), Sub::Live(room.clone())) {
+            Some(Sub::Syncing { waiting, .. }) => waiting,
+            _ => Vec::new(),
+        };
+        for event in waiting {
+            room.receive(event);
+        }
+    }
+
+    /// This node no longer holds room `name`: unsubscribes.
+    pub(crate) fn detach(&self, name: &str) {
+        self.inner.subs.lock().unwrap().remove(name);
+        let inner = self.inner.clone();
+        let channel = inner.channel(name);
+        tokio::spawn(async move {
+            if let Some(sink) = inner.sink.lock().await.as_mut() {
+                let _ = sink.unsubscribe(channel).await;
+            }
+        });
+    }
+
+    /// Reads what room `room` missed after `after` (and its members), and applies it.
+    pub(crate) fn catch_up(&self, room: &Arc<Room>, after: u64) {
+        let inner = self.inner.clone();
+        let room = room.clone();
+        tokio::spawn(async move {
+            match inner.read(room.name(), Some(after), 0).await {
+                Ok(snapshot) => room.caught_up(snapshot),
+                Err(e) => {
+                    tracing::warn!(room = room.name(), error = %e, "could not catch up");
+                    room.catch_up_failed();
+                }
+            }
+        });
+    }
+
+    /// This node's id, as messages and events name it.
+    pub(crate) fn node(&self) -> u64 {
+        self.inner.node
+    }
+
+    /// Hands a message to Redis; the room hears back through [`Room::outcome`].
+    pub(crate) fn append(&self, room: Arc<Room>, token: u64, record: Record) {
+        let command = Command::Publish {
+            room,
+            token,
+            record,
+        };
+        if let Err(mpsc::error::SendError(Command::Publish { room, token, .. })) =
+            self.inner.commands.send(command)
+        {
+            room.outcome(token, Err(StorageError::new("the Redis writer stopped")));
+        }
+    }
+
+    /// Members of this node joined room `room`.
+    pub(crate) fn joined(&self, room: &str, members: Vec<MemberSummary>) {
+        let members = members.into_iter().map(Listed::from).collect();
+        let _ = self.inner.commands.send(Command::Join {
+            room: room.into(),
+            members,
+        });
+    }
+
+    /// Members of this node left room `room`.
+    pub(crate) fn left(&self, room: &str, ids: Vec<u64>) {
+        let _ = self.inner.commands.send(Command::Leave {
+            room: room.into(),
+            ids,
+        });
+    }
+
+    /// Tells every other node, after the writes queued before.
+    pub(crate) fn control(&self, control: Control) {
+        let _ = self.inner.commands.send(Command::Control(control));
+    }
+
+    /// Stored messages of `room` with `from <= seq < to`, oldest first.
+    pub(crate) fn range(
+        &self,
+        room: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        if to <= from {
+            return Ok(Vec::new());
+        }
+        let entries: Value = self.inner.blocking(|conn| {
+            redis::cmd("XRANGE")
+                .arg(self.inner.key(room, "log"))
+                .arg(format!("{from}-0"))
+                .arg(format!("{}-0", to - 1))
+                .query(conn)
+        })?;
+        let cutoff = self.inner.cutoff();
+        Ok(entries_of(entries)
+            .into_iter()
+            .map(|(m, _)| m)
+            .filter(|m| m.time >= cutoff)
+            .collect())
+    }
+
+    /// The newest `limit` messages of `room` below `before`, and whether there are older.
+    pub(crate) fn page(
+        &self,
+        room: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, StorageError> {
+        if before <= 1 || limit == 0 {
+            return Ok(HistoryPage::default());
+        }
+        let entries: Value = self.inner.blocking(|conn| {
+            redis::cmd("XREVRANGE")
+                .arg(self.inner.key(room, "log"))
+                .arg(format!("({}-0", before.min(i64::MAX as u64)))
+                .arg("-")
+                .arg("COUNT")
+                .arg(limit + 1)
+                .query(conn)
+        })?;
+        let cutoff = self.inner.cutoff();
+        let mut messages: Vec<StoredMessage> = entries_of(entries)
+            .into_iter()
+            .map(|(m, _)| m)
+            .filter(|m| m.time >= cutoff)
+            .collect();
+        let more = messages.len() > limit;
+        messages.truncate(limit);
+        messages.reverse();
+        Ok(HistoryPage { messages, more })
+    }
+
+    /// Members of `room` (over all nodes) with ids above `after`, at most `limit`, the
+    /// room's count, and the `after` of the next page.
+    pub(crate) fn members_page(
+        &self,
+        room: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<MemberSummary>, usize, Option<u64>), StorageError> {
+        let key = self.inner.key(room, "m");
+        let (count, listed): (usize, Vec<String>) = self.inner.blocking(|conn| {
+            redis::pipe()
+                .cmd("ZCARD")
+                .arg(&key)
+                .cmd("ZRANGEBYSCORE")
+                .arg(&key)
+                .arg(after.map_or("-inf".to_owned(), |a| format!("({a}")))
+                .arg("+inf")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit.min(i64::MAX as usize - 1) + 1)
+                .query(conn)
+        })?;
+        let mut members: Vec<MemberSummary> = listed
+            .iter()
+            .filter_map(|entry| serde_json::from_str::<Listed>(entry).ok())
+            .map(MemberSummary::from)
+            .collect();
+        let next = (members.len() > limit).then(|| members[limit - 1].id);
+        members.truncate(limit);
+        Ok((members, count, next))
+    }
+
+    /// Deletes message `seq` of `room`; every node holding the room tells its members.
+    pub(crate) async fn delete(&self, room: &str, seq: u64) -> Result<bool, StorageError> {
+        let inner = &self.inner;
+        let event = format!(r#"{{"kind":"deleted","node":{},"seq":{seq}}}"#, inner.node);
+        let deleted: u64 = inner
+            .scripts
+            .delete
+            .key(inner.key(room, "log"))
+            .arg(seq)
+            .arg(inner.channel(room))
+            .arg(event)
+            .invoke_async(&mut inner.conn.clone())
+            .await
+            .map_err(|e| failed(&inner.url, &e))?;
+        Ok(deleted > 0)
+    }
+
+    /// Stores a ban (`until` Some) or lifts one, and tells every node.
+    pub(crate) async fn ban(
+        &self,
+        room: Option<&str>,
+        user: &str,
+        until: Option<u64>,
+    ) -> Result<(), StorageError> {
+        let inner = &self.inner;
+        let field = format!("{}\0{user}", room.unwrap_or(""));
+        let cmd = match until {
+            Some(until) => redis::cmd("HSET")
+                .arg(format!("{}/bans", inner.prefix))
+                .arg(field)
+                .arg(until)
+                .to_owned(),
+            None => redis::cmd("HDEL")
+                .arg(format!("{}/bans", inner.prefix))
+                .arg(field)
+                .to_owned(),
+        };
+        cmd.query_async::<()>(&mut inner.conn.clone())
+            .await
+            .map_err(|e| failed(&inner.url, &e))?;
+        self.control(Control::Ban {
+            node: inner.node,
+            room: room.map(Into::into),
+            user: user.into(),
+            until,
+        });
+        Ok(())
+    }
+
+    /// The bans stored.
+    pub(crate) fn bans(&self) -> Result<Vec<Ban>, StorageError> {
+        let stored: HashMap<String, u64> = self.inner.blocking(|conn| {
+            redis::cmd("HGETALL")
+                .arg(format!("{}/bans", self.inner.prefix))
+                .query(conn)
+        })?;
+        Ok(stored
+            .into_iter()
+            .filter_map(|(field, until)| {
+                let (room, user) = field.split_once('\0')?;
+                Some(Ban {
+                    room: (!room.is_empty()).then(|| room.to_owned()),
+                    user: user.to_owned(),
+                    until,
+                })
+            })
+            .collect())
+    }
+
+    /// Resolves once every write queued so far went to Redis.
+    pub(crate) async fn flush(&self) {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        if self.inner.commands.send(Command::Flush(done)).is_ok() {
+            let _ = flushed.await;
+        }
+    }
+}
+
+fn check_version(url: &str, info: &str) -> Result<(), StorageError> {
+    let version = info
+        .lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))
+        .unwrap_or("")
+        .trim();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < (6, 2) {
+        return Err(StorageError::new(format!(
+            "Redis at {url} is version {version}; wtchat needs 6.2 or later"
+        )));
+    }
+    Ok(())
+}
+
+impl From<Listed> for MemberSummary {
+    fn from(m: Listed) -> MemberSummary {
+        MemberSummary {
+            id: m.id,
+            name: m.name.into(),
+            user: m.user.map(Into::into),
+        }
+    }
+}
+
+impl From<MemberSummary> for Listed {
+    fn from(m: MemberSummary) -> Listed {
+        Listed {
+            id: m.id,
+            name: m.name.to_string(),
+            user: m.user.map(|u| u.to_string()),
+        }
+    }
+}
+
+impl Inner {
+    fn key(&self, room: &str, what: &str) -> String {
+        format!("{}:{room}/{what}", self.prefix)
+    }
+
+    fn channel(&self, room: &str) -> String {
+        self.key(room, "c")
+    }
+
+    /// Messages older than this (ms since 1970) are past their retention age.
+    fn cutoff(&self) -> u64 {
+        crate::hub::now_ms().saturating_sub(self.retention.age_ms)
+    }
+
+    async fn load_scripts(&self) -> Result<(), StorageError> {
+        for script in self.scripts.all() {
+            script
+                .prepare_invoke()
+                .load_async(&mut self.conn.clone())
+                .await
+                .map_err(|e| failed(&self.url, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `read` on a blocking connection of its own.
+    fn blocking<T>(
+        &self,
+        read: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, StorageError> {
+        let pooled = self.readers.lock().unwrap().pop();
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let conn = self
+                    .client
+                    .get_connection_with_timeout(RESPONSE_TIMEOUT)
+                    .map_err(|e| failed(&self.url, &e))?;
+                conn.set_read_timeout(Some(RESPONSE_TIMEOUT))
+                    .and_then(|()| conn.set_write_timeout(Some(RESPONSE_TIMEOUT)))
+                    .map_err(|e| failed(&self.url, &e))?;
+                conn
+            }
+        };
+        let result = read(&mut conn).map_err(|e| failed(&self.url, &e));
+        if result.is_ok() {
+            self.readers.lock().unwrap().push(conn);
+        }
+        result
+    }
+
+    async fn subscribe(&self, room: &str) -> Result<(), StorageError> {
+        let mut sink = self.sink.lock().await;
+        let sink = sink
+            .as_mut()
+            .ok_or_else(|| StorageError::new(format!("Redis at {}: not connected", self.url)))?;
+        tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(self.channel(room)))
+            .await
+            .map_err(|_| StorageError::new(format!("Redis at {}: no answer", self.url)))?
+            .map_err(|e| failed(&self.url, &e))
+    }
+
+    /// A room's epoch, number, messages after `after` (or the newest `tail`) and members.
+    async fn read(
+        &self,
+        room: &str,
+        after: Option<u64>,
+        tail: usize,
+    ) -> Result<Snapshot, StorageError> {
+        let mut invocation = self.scripts.load.key(self.key(room, "meta"));
+        invocation
+            .key(self.key(room, "log"))
+            .key(self.key(room, "m"))
+            .arg(crate::hub::now_ms())
+            .arg(after.map(|a| a.to_string()).unwrap_or_default())
+            .arg(tail)
+            .arg(self.retention.age_ms);
+        let reply: Value = tokio::time::timeout(
+            RESPONSE_TIMEOUT,
+            invocation.invoke_async(&mut self.conn.clone()),
+        )
+        .await
+        .map_err(|_| StorageError::new(format!("Redis at {}: no answer", self.url)))?
+        .map_err(|e| failed(&self.url, &e))?;
+        let Value::Array(mut parts) = reply else {
+            return Err(StorageError::new("Redis: unexpected answer to a room read"));
+        };
+        let members: Vec<String> =
+            redis::from_redis_value(parts.pop().unwrap_or(Value::Nil)).unwrap_or_default();
+        let entries = parts.pop().unwrap_or(Value::Nil);
+        let seq: String =
+            redis::from_redis_value(parts.pop().unwrap_or(Value::Nil)).unwrap_or_default();
+        let epoch: String =
+            redis::from_redis_value(parts.pop().unwrap_or(Value::Nil)).unwrap_or_default();
+        let mut messages = entries_of(entries);
+        if after.is_none() {
+            messages.reverse();
+        }
+        let cutoff = self.cutoff();
+        messages.retain(|(m, _)| m.time >= cutoff);
+        Ok(Snapshot {
+            epoch: epoch.parse().unwrap_or(0),
+            seq: seq.parse().unwrap_or(0),
+            messages,
+            members: members
+                .iter()
+                .filter_map(|entry| serde_json::from_str(entry).ok())
+                .collect(),
+        })
+    }
+}
+
+/// Stream entries as messages with their origins.
+fn entries_of(entries: Value) -> Vec<(StoredMessage, String)> {
+    let entries: Vec<(String, HashMap<String, String>)> =
+        redis::from_redis_value(entries).unwrap_or_default();
+    entries
+        .into_iter()
+        .filter_map(|(id, mut fields)| {
+            let seq = id.split_once('-')?.0.parse().ok()?;
+            let sender = fields.remove("s").filter(|s| !s.is_empty());
+            Some((
+                StoredMessage {
+                    seq,
+                    time: fields.get("t")?.parse().ok()?,
+                    from: fields.remove("f")?,
+                    sender,
+                    text: fields.remove("x")?,
+                },
+                fields.remove("o").unwrap_or_default(),
+            ))
+        })
+        .collect()
+}
+
+/// The writing task: everything queued goes to Redis as one pipeline, in order.
+async fn writer(inner: std::sync::Weak<Inner>, mut queue: mpsc::UnboundedReceiver<Command>) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let mut pipe = redis::pipe();
+        for command in &batch {
+            inner.add(&mut pipe, command);
+        }
+        let mut result = inner.run(&pipe).await;
+        if let Err(e) = &result
+            && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+        {
+            // Redis restarted and forgot the scripts: none of them ran.
+            result = match inner.load_scripts().await {
+                Ok(()) => inner.run(&pipe).await,
+                Err(_) => result,
+            };
+        }
+        match result {
+            Ok(replies) => {
+                for (command, reply) in batch.drain(..).zip(replies) {
+                    match command {
+                        Command::Publish { room, token, .. } => {
+                            room.outcome(token, outcome(reply));
+                        }
+                        Command::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                        Command::Join { .. } | Command::Leave { .. } | Command::Control(_) => {}
+                    }
+                }
+            }
+            Err(e) => {
+                let error = failed(&inner.url, &e);
+                tracing::warn!(error = %error, "a write to Redis failed");
+                for command in batch.drain(..) {
+                    match command {
+                        Command::Publish { room, token, .. } => {
+                            room.outcome(token, Err(error.clone()));
+                        }
+                        // Membership is written again when the subscription comes back.
+                        Command::Join { .. }
+                        | Command::Leave { .. }
+                        | Command::Control(_)
+                        | Command::Flush(_) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn outcome(reply: Value) -> Result<Outcome, StorageError> {
+    match redis::from_redis_value::<(u8, u64)>(reply) {
+        Ok((1, seq)) => Ok(Outcome::Stored(seq)),
+        Ok((_, seq)) => Ok(Outcome::Duplicate(seq)),
+        Err(e) => Err(StorageError::new(format!("Redis: {e}"))),
+    }
+}
+
+impl Inner {
+    fn add(&self, pipe: &mut redis::Pipeline, command: &Command) {
+        match command {
+            Command::Publish {
+                room,
+                token,
+                record,
+            } => {
+                let name = room.name();
+                let origin = format!("{}:{token}", self.node);
+                let fragment = serde_json::json!({
+                    "kind": "message",
+                    "time": record.time,
+                    "from": &*record.from,
+                    "sender": record.sender.as_deref(),
+                    "text": &*record.text,
+                    "origin": origin,
+                })
+                .to_string();
+                // `{"seq":N,"epoch":E` comes from the script: the rest of the object.
+                let fragment = format!(",{}", &fragment[1..]);
+                pipe.invoke_script(
+                    self.scripts
+                        .publish
+                        .key(self.key(name, "meta"))
+                        .key(self.key(name, "log"))
+                        .key(self.key(name, "ids"))
+                        .key(self.key(name, "ido"))
+                        .arg(crate::hub::now_ms())
+                        .arg(record.time)
+                        .arg(&*record.from)
+                        .arg(record.sender.as_deref().unwrap_or(""))
+                        .arg(record.client_id.as_deref().unwrap_or(""))
+                        .arg(&*record.text)
+                        .arg(origin)
+                        .arg(fragment)
+                        .arg(self.retention.messages)
+                        .arg(self.dedupe_window)
+                        .arg(self.retention.age_ms)
+                        .arg(self.cutoff())
+                        .arg(self.channel(name)),
+                );
+            }
+            Command::Join { room, members } => {
+                let event =
+                    serde_json::json!({"kind": "join", "node": self.node, "members": members});
+                let mut call = self.scripts.join.key(self.key(room, "m"));
+                call.key(format!("{}/node/{}", self.prefix, self.node))
+                    .arg(self.channel(room))
+                    .arg(event.to_string())
+                    .arg(&**room);
+                for member in members {
+                    call.arg(member.id)
+                        .arg(serde_json::to_string(member).expect("serializable"));
+                }
+                pipe.invoke_script(&call);
+            }
+            Command::Control(control) => {
+                pipe.cmd("PUBLISH")
+                    .arg(format!("{}/ctl", self.prefix))
+                    .arg(serde_json::to_string(control).expect("serializable"));
+            }
+            Command::Flush(_) => {
+                pipe.cmd("PING");
+            }
+            Command::Leave { room, ids } => {
+                let event = serde_json::json!({"kind": "leave", "node": self.node, "ids": ids});
+                let mut call = self.scripts.leave.key(self.key(room, "m"));
+                call.key(format!("{}/node/{}", self.prefix, self.node))
+                    .arg(self.channel(room))
+                    .arg(event.to_string())
+                    .arg(&**room);
+                for id in ids {
+                    call.arg(id);
+                }
+                pipe.invoke_script(&call);
+            }
+        }
+    }
+
+    async fn run(&self, pipe: &redis::Pipeline) -> redis::RedisResult<Vec<Value>> {
+        match tokio::time::timeout(RESPONSE_TIMEOUT, pipe.query_async(&mut self.conn.clone())).await
+        {
+            Ok(result) => result,
+            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer",
+            ))),
+        }
+    }
+}
+
+/// The subscribing task: holds the node's one subscription connection, hands each room's
+/// events to it, and when the connection comes back after a loss, subscribes again and
+/// has every room catch up.
+async fn subscriber(
+    inner: Arc<Inner>,
+    connected: tokio::sync::oneshot::Sender<Result<(), StorageError>>,
+) {
+    let mut connected = Some(connected);
+    let mut delay = Duration::from_millis(100);
+    let weak = Arc::downgrade(&inner);
+    drop(inner);
+    loop {
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let attempt = async {
+            let pubsub = inner.client.get_async_pubsub().await?;
+            let (mut sink, stream) = pubsub.split();
+            sink.subscribe(format!("{}/ctl", inner.prefix)).await?;
+            redis::RedisResult::Ok((sink, stream))
+        };
+        let (sink, mut stream) = match tokio::time::timeout(RESPONSE_TIMEOUT, attempt).await {
+            Ok(Ok(pair)) => pair,
+            failure => {
+                let error = match failure {
+                    Ok(Err(e)) => failed(&inner.url, &e),
+                    _ => StorageError::new(format!("Redis at {}: no answer", inner.url)),
+                };
+                if let Some(connected) = connected.take() {
+                    let _ = connected.send(Err(error));
+                    return;
+                }
+                drop(inner);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        delay = Duration::from_millis(100);
+        *inner.sink.lock().await = Some(sink);
+        if let Some(connected) = connected.take() {
+            let _ = connected.send(Ok(()));
+        } else {
+            tracing::info!(url = %inner.url, "subscribed to Redis again; rooms catch up");
+            resubscribe(&inner).await;
+        }
+        let ctl = format!("{}/ctl", inner.prefix);
+        drop(inner);
+        while let Some(msg) = stream.next().await {
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            let channel = msg.get_channel_name();
+            if channel == ctl {
+                if let Ok(control) = serde_json::from_slice::<Control>(msg.get_payload_bytes())
+                    && control.node() != inner.node
+                    && let Some(handler) = inner.control.get()
+                {
+                    handler(control);
+                }
+                continue;
+            }
+            let Some(room) = channel
+                .strip_prefix(inner.prefix.as_str())
+                .and_then(|rest| rest.strip_prefix(':'))
+                .and_then(|rest| rest.strip_suffix("/c"))
+            else {
+                continue;
+            };
+            let event = match serde_json::from_slice::<Event>(msg.get_payload_bytes()) {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::warn!(room, error = %e, "an unreadable event from Redis");
+                    continue;
+                }
+            };
+            let live = {
+                let mut subs = inner.subs.lock().unwrap();
+                match subs.get_mut(room) {
+                    Some(Sub::Live(room)) => Some(room.clone()),
+                    Some(Sub::Syncing { waiting, .. }) => {
+                        waiting.push(event);
+                        continue;
+                    }
+                    None => None,
+                }
+            };
+            if let Some(room) = live {
+                room.receive(event);
+            }
+        }
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        tracing::warn!(url = %inner.url, "lost the Redis subscription; reconnecting");
+        *inner.sink.lock().await = None;
+    }
+}
+
+/// After a lost subscription: every room held subscribes again, reads what it missed and
+/// its members, and writes its own members back (Redis may have lost them).
+async fn resubscribe(inner: &Arc<Inner>) {
+    let rooms: Vec<Arc<Room>> = {
+        let mut subs = inner.subs.lock().unwrap();
+        subs.values_mut()
+            .filter_map(|sub| {
+                let room = match sub {
+                    Sub::Live(room) => room.clone(),
+                    Sub::Syncing { room, .. } => room.clone()?,
+                };
+                *sub = Sub::Syncing {
+                    room: Some(room.clone()),
+                    waiting: Vec::new(),
+                };
+                Some(room)
+            })
+            .collect()
+    };
+    for room in rooms {
+        let name = room.name();
+        let read = async {
+            inner.subscribe(name).await?;
+            inner.read(name, Some(room.delivered()), 0).await
+        };
+        match read.await {
+            Ok(snapshot) => {
+                room.caught_up(snapshot);
+                let members = room.members_here();
+                if !members.is_empty() {
+                    let _ = inner.commands.send(Command::Join {
+                        room: name.into(),
+                        members: members.into_iter().map(Listed::from).collect(),
+                    });
+                }
+                let mut subs = inner.subs.lock().unwrap();
+                let waiting = match subs.insert(name.into(), Sub::Live(room.clone())) {
+                    Some(Sub::Syncing { waiting, .. }) => waiting,
+                    _ => Vec::new(),
+                };
+                for event in waiting {
+                    room.receive(event);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(room = name, error = %e, "could not catch up after reconnecting");
+                room.catch_up_failed();
+            }
+        }
+    }
+}
+
+/// The beating task: every second, this node tells Redis it is alive (by Redis's clock)
+/// and, once it has itself been alive for a whole timeout, removes nodes that stopped.
+async fn beats(inner: std::sync::Weak<Inner>) {
+    let mut every = tokio::time::interval(BEAT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut alive_since: Option<Instant> = None;
+    loop {
+        every.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        // Only a node that has beaten for a whole timeout may judge others: after Redis
+        // was away, every node's last beat is old, and they all need one beat first.
+        let judge = alive_since.is_some_and(|t| t.elapsed() >= NODE_TIMEOUT);
+        let mut call = inner.scripts.beat.key(format!("{}/nodes", inner.prefix));
+        call.arg(inner.node)
+            .arg(NODE_TIMEOUT.as_millis() as u64)
+            .arg(if judge { "1" } else { "0" })
+            .arg(&inner.prefix);
+        let result = tokio::time::timeout(
+            RESPONSE_TIMEOUT,
+            call.invoke_async::<u64>(&mut inner.conn.clone()),
+        )
+        .await;
+        match result {
+            Ok(Ok(missing)) => {
+                if alive_since.is_none() {
+                    alive_since = Some(Instant::now());
+                }
+                if missing == 1 {
+                    // Redis forgot this node (it lost its data, or judged the node dead
+                    // while it could not beat): write its members back.
+                    let rooms: Vec<Arc<Room>> = inner
+                        .subs
+                        .lock()
+                        .unwrap()
+                        .values()
+                        .filter_map(|sub| match sub {
+                            Sub::Live(room) => Some(room.clone()),
+                            Sub::Syncing { .. } => None,
+                        })
+                        .collect();
+                    for room in rooms {
+                        let members = room.members_here();
+                        if !members.is_empty() {
+                            let _ = inner.commands.send(Command::Join {
+                                room: room.name().into(),
+                                members: members.into_iter().map(Listed::from).collect(),
+                            });
+                        }
+                    }
+                }
+            }
+            Ok(Err(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                let _ = inner.load_scripts().await;
+                alive_since = None;
+            }
+            _ => alive_since = None,
+        }
+    }
+}
