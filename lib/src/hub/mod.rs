@@ -2024,6 +2024,19 @@ impl RoomState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Hub {
+        /// `join` on the memory engine, which never waits.
+        fn join_now(
+            &self,
+            name: &str,
+            member: Member,
+            resume: Resume,
+        ) -> Result<Arc<Room>, ErrorCode> {
+            futures_util::FutureExt::now_or_never(self.join(name, member, resume))
+                .expect("the memory engine joins at once")
+        }
+    }
     use serde_json::Value;
 
     fn hub_on_memory(config: HubConfig) -> Hub {
@@ -2076,11 +2089,11 @@ mod tests {
     fn join_gets_members_and_history_then_presence_goes_to_others() {
         let hub = hub_on_memory(HubConfig::default());
         let (ann, mut ann_in) = member(&hub, "ann", 64);
-        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
+        let room = hub.join_now("r", ann.clone(), Resume::default()).unwrap();
         room.publish(&ann, "one", None);
         room.publish(&ann, "two", None);
         let (bob, mut bob_in) = member(&hub, "bob", 64);
-        hub.join("r", bob.clone(), Resume::default()).unwrap();
+        hub.join_now("r", bob.clone(), Resume::default()).unwrap();
 
         let got = frames(&mut bob_in);
         assert_eq!(got[0]["type"], "joined");
@@ -2108,8 +2121,8 @@ mod tests {
         let hub = hub_on_memory(HubConfig::default());
         let (ann, mut ann_in) = member(&hub, "ann", 64);
         let (bob, mut bob_in) = member(&hub, "bob", 64);
-        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
-        hub.join("r", bob.clone(), Resume::default()).unwrap();
+        let room = hub.join_now("r", ann.clone(), Resume::default()).unwrap();
+        hub.join_now("r", bob.clone(), Resume::default()).unwrap();
         frames(&mut ann_in);
         frames(&mut bob_in);
 
@@ -2139,8 +2152,8 @@ mod tests {
         let hub = hub_on_memory(HubConfig::default());
         let (ann, mut ann_in) = member(&hub, "ann", 64);
         let (bob, mut bob_in) = member(&hub, "bob", 64);
-        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
-        hub.join("r", bob.clone(), Resume::default()).unwrap();
+        let room = hub.join_now("r", ann.clone(), Resume::default()).unwrap();
+        hub.join_now("r", bob.clone(), Resume::default()).unwrap();
         frames(&mut ann_in);
         frames(&mut bob_in);
         room.publish(&ann, "hello", Some("k"));
@@ -2164,8 +2177,9 @@ mod tests {
         let ann = anonymous(&hub, "ann", "AAAAAAAAAAAAAAAAAAAAAA", outbox);
         let (outbox, mut fake_in, _) = queue(64);
         let impostor = anonymous(&hub, "ann", "BBBBBBBBBBBBBBBBBBBBBB", outbox);
-        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
-        hub.join("r", impostor.clone(), Resume::default()).unwrap();
+        let room = hub.join_now("r", ann.clone(), Resume::default()).unwrap();
+        hub.join_now("r", impostor.clone(), Resume::default())
+            .unwrap();
         frames(&mut ann_in);
         frames(&mut fake_in);
         // Same name, same client ids: two senders, two messages each, each acked its own.
@@ -2213,13 +2227,13 @@ mod tests {
             ..HubConfig::default()
         });
         let (ann, _ann_in) = member(&hub, "ann", 64);
-        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
+        let room = hub.join_now("r", ann.clone(), Resume::default()).unwrap();
         for i in 1..=8 {
             room.publish(&ann, &format!("m{i}"), None);
         }
         let epoch = {
             let (probe, mut probe_in) = member(&hub, "probe", 64);
-            hub.join("r", probe.clone(), Resume::default()).unwrap();
+            hub.join_now("r", probe.clone(), Resume::default()).unwrap();
             let got = frames(&mut probe_in);
             assert_eq!(
                 texts(&got).first().unwrap().0,
@@ -2231,7 +2245,8 @@ mod tests {
         };
         let resume = |since, epoch| {
             let (m, mut inbox) = member(&hub, "bob", 64);
-            hub.join("r", m.clone(), Resume { since, epoch }).unwrap();
+            hub.join_now("r", m.clone(), Resume { since, epoch })
+                .unwrap();
             room.leave(m.id);
             let got = frames(&mut inbox);
             (
@@ -2256,8 +2271,8 @@ mod tests {
         let (ann, mut ann_in) = member(&hub, "ann", 1024);
         let (outbox, _slow_in, closing) = queue(8);
         let slow = anonymous(&hub, "slow", "key-of-slow", outbox);
-        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
-        hub.join("r", slow.clone(), Resume::default()).unwrap();
+        let room = hub.join_now("r", ann.clone(), Resume::default()).unwrap();
+        hub.join_now("r", slow.clone(), Resume::default()).unwrap();
         for i in 0..20 {
             room.publish(&ann, &format!("m{i}"), None);
         }
@@ -2293,17 +2308,17 @@ mod tests {
             ..HubConfig::default()
         });
         let (ann, mut ann_in) = member(&hub, "ann", N + 10);
-        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
+        let room = hub.join_now("r", ann.clone(), Resume::default()).unwrap();
         // N members whose sessions are gone (their queues refuse everything), and one whose
         // queue takes the message but not what follows: it leaves in the second round.
         let mut gone = Vec::new();
         for i in 0..N {
             let (m, inbox) = member(&hub, &format!("s{i}"), N + 10);
-            hub.join("r", m, Resume::default()).unwrap();
+            hub.join_now("r", m, Resume::default()).unwrap();
             gone.push(inbox);
         }
         let (edge, mut edge_in) = member(&hub, "edge", 8);
-        hub.join("r", edge.clone(), Resume::default()).unwrap();
+        hub.join_now("r", edge.clone(), Resume::default()).unwrap();
         frames(&mut ann_in);
         frames(&mut edge_in);
         for _ in 0..7 {
@@ -2336,8 +2351,12 @@ mod tests {
         });
         let (ann, _a) = member(&hub, "ann", 1024);
         let (bob, _b) = member(&hub, "bob", 1024);
-        let quiet = hub.join("quiet", ann.clone(), Resume::default()).unwrap();
-        let busy = hub.join("busy", bob.clone(), Resume::default()).unwrap();
+        let quiet = hub
+            .join_now("quiet", ann.clone(), Resume::default())
+            .unwrap();
+        let busy = hub
+            .join_now("busy", bob.clone(), Resume::default())
+            .unwrap();
         let text = "x".repeat(1000);
         for _ in 0..10 {
             quiet.publish(&ann, &text, None);
@@ -2359,7 +2378,7 @@ mod tests {
             since: Some(0),
             epoch: Some(epoch),
         };
-        hub.join("quiet", probe, resume).unwrap();
+        hub.join_now("quiet", probe, resume).unwrap();
         assert_eq!(frames(&mut probe_in)[0]["gap"], true);
         // The count is exact: what the rooms hold, to the byte.
         let bytes = |room: &Room| -> usize {
@@ -2374,8 +2393,8 @@ mod tests {
         let hub = hub_on_memory(HubConfig::default());
         let (ann, _ann_in) = member(&hub, "ann", 64);
         let (bob, mut bob_in) = member(&hub, "bob", 4);
-        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
-        hub.join("r", bob.clone(), Resume::default()).unwrap();
+        let room = hub.join_now("r", ann.clone(), Resume::default()).unwrap();
+        hub.join_now("r", bob.clone(), Resume::default()).unwrap();
         for _ in 0..10 {
             room.typing(&ann);
         }
@@ -2398,17 +2417,21 @@ mod tests {
             ..HubConfig::default()
         });
         let (ann, _a) = member(&hub, "ann", 64);
-        let busy = hub.join("busy", ann.clone(), Resume::default()).unwrap();
+        let busy = hub
+            .join_now("busy", ann.clone(), Resume::default())
+            .unwrap();
         let (bob, _b) = member(&hub, "bob", 64);
-        let idle = hub.join("idle", bob.clone(), Resume::default()).unwrap();
+        let idle = hub
+            .join_now("idle", bob.clone(), Resume::default())
+            .unwrap();
         idle.leave(bob.id);
         let (cid, _c) = member(&hub, "cid", 64);
-        hub.join("new", cid.clone(), Resume::default()).unwrap();
+        hub.join_now("new", cid.clone(), Resume::default()).unwrap();
         assert!(hub.room("idle").is_none());
         assert!(hub.room("busy").is_some());
         let (dan, _d) = member(&hub, "dan", 64);
         assert_eq!(
-            hub.join("fourth", dan, Resume::default()).unwrap_err(),
+            hub.join_now("fourth", dan, Resume::default()).unwrap_err(),
             ErrorCode::ServerFull
         );
         assert_eq!(busy.members_page(None, usize::MAX).0.len(), 1);
@@ -2438,7 +2461,7 @@ mod tests {
     fn deleting_a_message_removes_it_from_history_and_tells_the_members() {
         let hub = hub_on_memory(HubConfig::default());
         let (ann, mut ann_in) = member(&hub, "ann", 64);
-        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
+        let room = hub.join_now("r", ann.clone(), Resume::default()).unwrap();
         for text in ["one", "two", "three"] {
             room.publish(&ann, text, None);
         }
@@ -2455,7 +2478,7 @@ mod tests {
         assert!(!block_on(hub.delete("r", 99)).unwrap());
         assert!(frames(&mut ann_in).is_empty());
         let (bob, mut bob_in) = member(&hub, "bob", 64);
-        hub.join("r", bob, Resume::default()).unwrap();
+        hub.join_now("r", bob, Resume::default()).unwrap();
         assert_eq!(
             texts(&frames(&mut bob_in)),
             [(1, "one".into()), (3, "three".into())]
@@ -2466,7 +2489,7 @@ mod tests {
     fn history_pages_go_back_from_the_newest() {
         let hub = hub_on_memory(HubConfig::default());
         let (ann, _ann_in) = member(&hub, "ann", 64);
-        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
+        let room = hub.join_now("r", ann.clone(), Resume::default()).unwrap();
         for i in 1..=7 {
             room.publish(&ann, &format!("m{i}"), None);
         }
@@ -2490,7 +2513,7 @@ mod tests {
         let (outbox, _inbox, closing) = queue(64);
         let mut bob = anonymous(&hub, "bob", "key-of-bob", outbox);
         bob.user = Some("u-bob".into());
-        hub.join("r", bob, Resume::default()).unwrap();
+        hub.join_now("r", bob, Resume::default()).unwrap();
         assert!(!hub.banned("r", "u-bob"));
         let kicked = block_on(hub.ban(Some("r"), "u-bob", now_ms() + 60_000)).unwrap();
         assert_eq!(kicked, 1);
@@ -2584,11 +2607,11 @@ mod tests {
     fn a_big_room_joins_with_a_count_and_a_first_page_and_tells_changes_in_updates() {
         let hub = hub_on_memory(big_at(5));
         let (ann, mut ann_in) = member(&hub, "ann", 10_000);
-        let room = hub.join("r", ann.clone(), Resume::default()).unwrap();
+        let room = hub.join_now("r", ann.clone(), Resume::default()).unwrap();
         let mut others = Vec::new();
         for i in 0..149 {
             let (m, inbox) = member(&hub, &format!("m{i}"), 10_000);
-            hub.join("r", m.clone(), Resume::default()).unwrap();
+            hub.join_now("r", m.clone(), Resume::default()).unwrap();
             others.push((m, inbox));
         }
         // Small until five: one frame per join, with the count; then nothing until the update.
@@ -2606,7 +2629,7 @@ mod tests {
         assert_eq!(page.len(), protocol::MEMBERS_PAGE);
         assert_eq!(page[0]["name"], "ann", "the lowest ids first");
         // 146 joins since the room became big: more than one update lists, so counts only.
-        hub.send_presence_updates();
+        hub.tick();
         let update = frames(&mut ann_in);
         assert_eq!(update.len(), 1);
         assert_eq!(
@@ -2618,7 +2641,7 @@ mod tests {
             room.leave(m.id);
         }
         assert!(frames(&mut ann_in).is_empty(), "nothing until the update");
-        hub.send_presence_updates();
+        hub.tick();
         let update = &frames(&mut ann_in)[0];
         assert_eq!(update["count"], 147);
         let left: Vec<&str> = update["left"]
@@ -2629,7 +2652,7 @@ mod tests {
             .collect();
         assert_eq!(left, ["m0", "m1", "m2"]);
         assert_eq!(update["joined"], serde_json::json!([]));
-        hub.send_presence_updates();
+        hub.tick();
         assert!(frames(&mut ann_in).is_empty(), "no change, no update");
         // Pages cover everyone once, in id order.
         let mut listed = Vec::new();
@@ -2675,7 +2698,7 @@ mod tests {
             // threshold, some updates list a dozen changes.
             for i in 0..5 {
                 let (m, inbox) = member(&hub, &format!("r{round}-{i}"), 10_000);
-                hub.join("r", m.clone(), Resume::default()).unwrap();
+                hub.join_now("r", m.clone(), Resume::default()).unwrap();
                 clients.push((m, inbox, View::default()));
             }
             for _ in 0..2 {
@@ -2684,7 +2707,7 @@ mod tests {
                 left.push(inbox);
             }
             if round % 2 == 1 {
-                hub.send_presence_updates();
+                hub.tick();
             }
             for (_, inbox, view) in &mut clients {
                 for frame in frames(inbox) {
@@ -2692,7 +2715,7 @@ mod tests {
                 }
             }
         }
-        hub.send_presence_updates();
+        hub.tick();
         let truth = truth(&room(&hub));
         assert!(truth.len() > 20, "the room is big");
         for (m, inbox, view) in &mut clients {
@@ -2710,7 +2733,7 @@ mod tests {
     fn a_room_set_to_counts_only_never_lists_who_came_or_went() {
         let hub = hub_on_memory(big_at(100));
         let (ann, mut ann_in) = member(&hub, "ann", 1000);
-        hub.join("r", ann, Resume::default()).unwrap();
+        hub.join_now("r", ann, Resume::default()).unwrap();
         hub.set_policy(
             "r",
             Policy {
@@ -2719,8 +2742,8 @@ mod tests {
             },
         );
         let (bob, _b) = member(&hub, "bob", 1000);
-        hub.join("r", bob, Resume::default()).unwrap();
-        hub.send_presence_updates();
+        hub.join_now("r", bob, Resume::default()).unwrap();
+        hub.tick();
         let got = frames(&mut ann_in);
         let update = got.last().unwrap();
         assert_eq!(update["event"], "update");
