@@ -331,7 +331,7 @@ impl Chat {
             inner.endpoint.clone(),
             inner.transport.clone(),
         ));
-        let presence = tokio::spawn(presence_updates(
+        let ticker = tokio::spawn(ticks(
             inner.transport.session.hub.clone(),
             inner.config.presence_interval,
         ));
@@ -352,7 +352,7 @@ impl Chat {
         if let Some(renew) = renew {
             renew.abort();
         }
-        presence.abort();
+        ticker.abort();
         let _ = accept.await;
         let tracker = &inner.transport.tracker;
         tracker.close();
@@ -360,8 +360,9 @@ impl Chat {
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(?grace, "some sessions did not finish in time");
         }
-        // Whatever the engine was handed is committed (or failed) before the process ends.
-        inner.transport.session.hub.flush().await;
+        // Whatever the engine was handed is committed (or failed) before the process ends,
+        // and the other nodes hear that this one left.
+        inner.transport.session.hub.close().await;
         inner.endpoint.close(0u32.into(), b"shutdown");
         let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
     }
@@ -372,10 +373,9 @@ impl Chat {
     }
 }
 
-/// Replaces the development certificate before it expires, without dropping a session:
-/// new sessions get the new certificate, and `/wtchat/config` serves its digest.
-/// Sends big rooms' presence updates, once per `interval`.
-async fn presence_updates(hub: Hub, interval: Duration) {
+/// Runs the hub's [`tick`](Hub::tick) once per `interval`: big rooms' presence updates,
+/// and on Redis letting go of rooms nobody here is in.
+async fn ticks(hub: Hub, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -384,6 +384,8 @@ async fn presence_updates(hub: Hub, interval: Duration) {
     }
 }
 
+/// Replaces the development certificate before it expires, without dropping a session:
+/// new sessions get the new certificate, and `/wtchat/config` serves its digest.
 async fn renew(
     mut cert: DevCert,
     config: Config,

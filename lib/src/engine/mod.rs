@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::hub::{MemberSummary, Room};
+use crate::hub::{MemberPage, MemberSummary, Room};
 
 /// Where rooms keep their messages. Chosen with
 /// [`ConfigBuilder::engine`](crate::ConfigBuilder::engine).
@@ -309,7 +309,7 @@ impl Store {
         room: &str,
         after: Option<u64>,
         limit: usize,
-    ) -> Option<Result<(Vec<MemberSummary>, usize, Option<u64>), StorageError>> {
+    ) -> Option<Result<MemberPage, StorageError>> {
         match self {
             Store::Redis(redis) => Some(redis.members_page(room, after, limit)),
             _ => None,
@@ -376,6 +376,13 @@ impl Store {
             Store::Memory => Ok(Vec::new()),
             Store::Sqlite(db) => db.bans(),
             Store::Redis(redis) => redis.bans(),
+        }
+    }
+
+    /// Leaves a shared engine: the other nodes stop waiting for this one's beat.
+    pub(crate) async fn close(&self) {
+        if let Store::Redis(redis) = self {
+            redis.close().await;
         }
     }
 

@@ -41,7 +41,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::{Ban, HistoryPage, LoadedRoom, Record, Retention, StorageError, StoredMessage};
-use crate::hub::{MemberSummary, Room};
+use crate::hub::{MemberPage, MemberSummary, Room};
 
 /// A node that has not beaten for this long is dead: its members leave every room.
 pub(crate) const NODE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -128,10 +128,15 @@ return 1
 
 /// A node's beat, by Redis's clock: returns whether the node was missing (reaped, or Redis
 /// lost its data), and, when ARGV[3] is 1, removes the members of nodes silent for ARGV[2]
-/// ms and publishes their departure.
+/// ms and publishes their departure. With ARGV[5] `gone`, the node's last word: it marks
+/// itself silent since 1970.
 const BEAT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[5] == 'gone' then
+  redis.call('ZADD', KEYS[1], 0, ARGV[1])
+  return 0
+end
 local missing = redis.call('ZADD', KEYS[1], now, ARGV[1])
 if ARGV[3] == '1' then
   local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])))
@@ -618,7 +623,7 @@ impl Redis {
         room: &str,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<(Vec<MemberSummary>, usize, Option<u64>), StorageError> {
+    ) -> Result<MemberPage, StorageError> {
         let key = self.inner.key(room, "m");
         let (count, listed): (usize, Vec<String>) = self.inner.blocking(|conn| {
             redis::pipe()
@@ -710,6 +715,24 @@ impl Redis {
                 })
             })
             .collect())
+    }
+
+    /// This node stops: it no longer beats, and any member it still lists (one whose
+    /// leave failed) is removed by the next beat of another node.
+    pub(crate) async fn close(&self) {
+        let inner = &self.inner;
+        let mut call = inner.scripts.beat.key(format!("{}/nodes", inner.prefix));
+        // A beat from long ago: the next node to beat finds this one dead.
+        call.arg(inner.node)
+            .arg(0)
+            .arg("0")
+            .arg(&inner.prefix)
+            .arg("gone");
+        let _ = tokio::time::timeout(
+            RESPONSE_TIMEOUT,
+            call.invoke_async::<u64>(&mut inner.conn.clone()),
+        )
+        .await;
     }
 
     /// Resolves once every write queued so far went to Redis.
@@ -1216,7 +1239,8 @@ async fn beats(inner: std::sync::Weak<Inner>) {
         call.arg(inner.node)
             .arg(NODE_TIMEOUT.as_millis() as u64)
             .arg(if judge { "1" } else { "0" })
-            .arg(&inner.prefix);
+            .arg(&inner.prefix)
+            .arg("beat");
         let result = tokio::time::timeout(
             RESPONSE_TIMEOUT,
             call.invoke_async::<u64>(&mut inner.conn.clone()),

@@ -372,6 +372,9 @@ pub(crate) struct MemberSummary {
     pub user: Option<Arc<str>>,
 }
 
+/// A page of members in id order, the room's count, and the `after` of the next page.
+pub(crate) type MemberPage = (Vec<MemberSummary>, usize, Option<u64>);
+
 impl MemberSummary {
     fn as_ref(&self) -> MemberRef<'_> {
         MemberRef {
@@ -822,7 +825,7 @@ impl Hub {
             if !shared || state.fetching {
                 continue;
             }
-            if state.roster.none_here() && state.submitted.is_empty() && !state.removed {
+            if state.removed || state.roster.none_here() && state.submitted.is_empty() {
                 state.removed = true;
                 drop(state);
                 self.forget_room(&room);
@@ -849,9 +852,11 @@ impl Hub {
         }
     }
 
-    /// Resolves once every message handed to the engine so far is stored (or failed).
-    pub(crate) async fn flush(&self) {
+    /// Resolves once every message handed to the engine so far is stored (or failed); on a
+    /// shared engine then tells the other nodes that this one is gone.
+    pub(crate) async fn close(&self) {
         self.inner.store.flush().await;
+        self.inner.store.close().await;
     }
 
     /// The room called `name`: in memory, else as the engine stored it, else new.
@@ -1137,7 +1142,7 @@ impl Hub {
         name: &str,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<(Vec<MemberSummary>, usize, Option<u64>), StorageError> {
+    ) -> Result<MemberPage, StorageError> {
         match self.room(name) {
             Some(room) => Ok(room.members_page(after, limit)),
             None => self
@@ -1660,11 +1665,7 @@ impl Room {
 
     /// Up to `limit` members with ids above `after`, in id order; the room's count; and the
     /// `after` of the next page.
-    pub(crate) fn members_page(
-        &self,
-        after: Option<u64>,
-        limit: usize,
-    ) -> (Vec<MemberSummary>, usize, Option<u64>) {
+    pub(crate) fn members_page(&self, after: Option<u64>, limit: usize) -> MemberPage {
         let state = self.state.lock().unwrap();
         let (page, next) = state.roster.page(after, limit);
         let page = page.iter().map(Listed::summary).collect();
