@@ -288,6 +288,14 @@ impl Store {
         }
     }
 
+    /// Member `id` (`name`) here is typing in room `room`: a shared engine tells the other
+    /// nodes (and keeps nothing).
+    pub(crate) fn typing(&self, room: &str, id: u64, name: &str) {
+        if let Store::Redis(redis) = self {
+            redis.typing(room, id, name);
+        }
+    }
+
     /// Members connected here left room `room`.
     pub(crate) fn left(&self, room: &str, ids: Vec<u64>) {
         if let Store::Redis(redis) = self {

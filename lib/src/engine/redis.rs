@@ -209,9 +209,24 @@ impl Scripts {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub(crate) enum Event {
     Message(Published),
-    Join { node: u64, members: Vec<Listed> },
-    Leave { node: u64, ids: Vec<u64> },
-    Deleted { node: u64, seq: u64 },
+    Join {
+        node: u64,
+        members: Vec<Listed>,
+    },
+    Leave {
+        node: u64,
+        ids: Vec<u64>,
+    },
+    Deleted {
+        node: u64,
+        seq: u64,
+    },
+    /// A typing notice: published, never stored.
+    Typing {
+        node: u64,
+        id: u64,
+        name: String,
+    },
 }
 
 /// A message as Redis numbered it.
@@ -327,6 +342,8 @@ enum Command {
         room: Arc<str>,
         ids: Vec<u64>,
     },
+    /// An event for room `.0`'s channel that is not stored (typing).
+    Notice(Arc<str>, String),
     /// A kick or a ban for every node.
     Control(Control),
     /// Resolves once the commands before it went to Redis.
@@ -545,6 +562,16 @@ impl Redis {
             room: room.into(),
             members,
         });
+    }
+
+    /// Member `id` of this node is typing in room `room`.
+    pub(crate) fn typing(&self, room: &str, id: u64, name: &str) {
+        let event =
+            serde_json::json!({"kind": "typing", "node": self.inner.node, "id": id, "name": name});
+        let _ = self
+            .inner
+            .commands
+            .send(Command::Notice(room.into(), event.to_string()));
     }
 
     /// Members of this node left room `room`.
@@ -946,7 +973,10 @@ async fn writer(inner: std::sync::Weak<Inner>, mut queue: mpsc::UnboundedReceive
                         Command::Flush(done) => {
                             let _ = done.send(());
                         }
-                        Command::Join { .. } | Command::Leave { .. } | Command::Control(_) => {}
+                        Command::Join { .. }
+                        | Command::Leave { .. }
+                        | Command::Notice(..)
+                        | Command::Control(_) => {}
                     }
                 }
             }
@@ -961,6 +991,7 @@ async fn writer(inner: std::sync::Weak<Inner>, mut queue: mpsc::UnboundedReceive
                         // Membership is written again when the subscription comes back.
                         Command::Join { .. }
                         | Command::Leave { .. }
+                        | Command::Notice(..)
                         | Command::Control(_)
                         | Command::Flush(_) => {}
                     }
@@ -1034,6 +1065,9 @@ impl Inner {
                         .arg(serde_json::to_string(member).expect("serializable"));
                 }
                 pipe.invoke_script(&call);
+            }
+            Command::Notice(room, event) => {
+                pipe.cmd("PUBLISH").arg(self.channel(room)).arg(event);
             }
             Command::Control(control) => {
                 pipe.cmd("PUBLISH")

@@ -1409,8 +1409,19 @@ impl Room {
                 drop(state);
                 self.forget(seq, Some(true));
             }
-            // This node's own joins, leaves and deletions took effect here already.
-            Event::Join { .. } | Event::Leave { .. } | Event::Deleted { .. } => {}
+            Event::Typing {
+                node: from,
+                id,
+                name,
+            } if from != node => {
+                drop(state);
+                self.relay_typing(id, &name);
+            }
+            // This node's own events took effect here already.
+            Event::Join { .. }
+            | Event::Leave { .. }
+            | Event::Deleted { .. }
+            | Event::Typing { .. } => {}
         }
     }
 
@@ -1621,12 +1632,18 @@ impl Room {
 
     /// Relays a typing notice to the other members; may be dropped for busy ones.
     pub(crate) fn typing(&self, sender: &Member) {
+        self.store.typing(&self.name, sender.id, &sender.name);
+        self.relay_typing(sender.id, &sender.name);
+    }
+
+    /// Tells the members here but `sender` that `name` is typing.
+    fn relay_typing(&self, sender: u64, name: &str) {
         let frame = protocol::encode(&ServerFrame::Typing {
             room: &self.name,
-            from: &sender.name,
+            from: name,
         });
         let state = self.state.lock().unwrap();
-        for member in state.roster.iter().filter(|m| m.id != sender.id) {
+        for member in state.roster.iter().filter(|m| m.id != sender) {
             member.outbox.push_ephemeral(frame.clone());
         }
     }
