@@ -514,8 +514,14 @@ impl Redis {
         self.inner.subs.lock().unwrap().remove(name);
         let inner = self.inner.clone();
         let channel = inner.channel(name);
+        let name: Arc<str> = name.into();
         tokio::spawn(async move {
-            if let Some(sink) = inner.sink.lock().await.as_mut() {
+            let mut sink = inner.sink.lock().await;
+            // Taken up again meanwhile (it is in `subs` before it subscribes): keep it.
+            if inner.subs.lock().unwrap().contains_key(&name) {
+                return;
+            }
+            if let Some(sink) = sink.as_mut() {
                 let _ = sink.unsubscribe(channel).await;
             }
         });
@@ -1238,18 +1244,20 @@ async fn resubscribe(inner: &Arc<Inner>) {
                         members: members.into_iter().map(Listed::from).collect(),
                     });
                 }
-                let mut subs = inner.subs.lock().unwrap();
-                let waiting = match subs.insert(name.into(), Sub::Live(room.clone())) {
-                    Some(Sub::Syncing { waiting, .. }) => waiting,
-                    _ => Vec::new(),
-                };
+            }
+            Err(e) => {
+                // Redis went away again: the room catches up at the next tick, or when
+                // the subscription comes back once more.
+                tracing::warn!(room = name, error = %e, "could not catch up after reconnecting");
+                room.catch_up_failed();
+            }
+        }
+        let mut subs = inner.subs.lock().unwrap();
+        if let Some(sub) = subs.get_mut(name) {
+            if let Sub::Syncing { waiting, .. } = std::mem::replace(sub, Sub::Live(room.clone())) {
                 for event in waiting {
                     room.receive(event);
                 }
-            }
-            Err(e) => {
-                tracing::warn!(room = name, error = %e, "could not catch up after reconnecting");
-                room.catch_up_failed();
             }
         }
     }

@@ -475,6 +475,8 @@ struct RoomState {
     heard: u64,
     /// Behind `heard` at the last tick: the next tick catches up.
     lagging: bool,
+    /// A catch-up failed (Redis was away): the next tick tries again.
+    stale: bool,
 }
 
 /// A message in a room's recent history.
@@ -829,8 +831,8 @@ impl Hub {
                 state.removed = true;
                 drop(state);
                 self.forget_room(&room);
-            } else if state.heard > state.delivered {
-                if state.lagging {
+            } else if state.heard > state.delivered || state.stale {
+                if state.lagging || state.stale {
                     state.fetching = true;
                     self.inner.store.catch_up(&room, state.delivered);
                 } else {
@@ -948,6 +950,7 @@ impl Hub {
             fetching: false,
             heard: 0,
             lagging: false,
+            stale: false,
         };
         let epoch = match loaded {
             None => self.new_epoch(),
@@ -1501,6 +1504,7 @@ impl Room {
         state.delivered = state.delivered.max(snapshot.seq);
         state.fetching = false;
         state.lagging = false;
+        state.stale = false;
         // Members: those listed elsewhere that Redis no longer has left; those it has that
         // are not listed here joined.
         let listed: std::collections::HashSet<u64> =
@@ -1545,7 +1549,7 @@ impl Room {
     pub(crate) fn catch_up_failed(&self) {
         let mut state = self.state.lock().unwrap();
         state.fetching = false;
-        state.lagging = true;
+        state.stale = true;
     }
 
     /// Redis lost this room (its data is gone, and it was made anew under another epoch):
