@@ -637,6 +637,14 @@ impl ConfigBuilder {
                 ),
             ));
         }
+        if let Engine::Redis { prefix, .. } = &config.engine
+            && (prefix.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c == '/'))
+        {
+            return Err(ConfigError::new(
+                "redis_prefix",
+                format!("must be a non-empty name without spaces or `/`; got {prefix:?}"),
+            ));
+        }
         if hub.retention.age_ms < 1000 {
             return Err(ConfigError::new(
                 "retention_age",
