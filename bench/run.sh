@@ -385,7 +385,8 @@ echo "source: $(git describe --always --dirty 2>/dev/null || echo unknown); $(un
 if [[ -n $uses_redis ]]; then
   echo "Redis: $("$REDIS_SERVER" --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p'), a fresh" \
     "redis-server per run on a free loopback port, $REDIS_NODES wtchat node(s) on it;" \
-    "$([[ -n ${REDIS_AOF:-} ]] && echo "append-only file, fsync every second, in $DB_DIR" ||
+    "$([[ -n ${REDIS_AOF:-} ]] &&
+      echo "append-only file, fsync every second, in $DB_DIR ($(df --output=fstype "$DB_DIR" 2>/dev/null | tail -1))" ||
       echo "no persistence (--save '' --appendonly no)")"
 fi
 for s in "${selected[@]}"; do
