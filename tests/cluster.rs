@@ -1,0 +1,1443 @@
+//! Many nodes, one chat: real `wtchat serve` processes on the Redis engine, sharing one real
+//! `redis-server`, with real clients on both transports. One room has one order and one
+//! sequence across nodes; clients of a node killed with `kill -9` resume on another with
+//! nothing lost; a Redis that stops (SHUTDOWN, or `kill -9`) and comes back loses nothing
+//! acknowledged and refuses sends honestly meanwhile; presence and the HTTP API span the
+//! nodes, and a dead node's members leave. Without `redis-server` the tests skip loudly (and
+//! fail under `CI=true`; `scripts/test` installs it).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Client, DEADLINE, Ended, seq_text};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// The HTTP API's key on every node of a test that uses the API.
+const API_KEY: &str = "an-api-key-of-at-least-32-bytes-long!!";
+/// The token secret every node of a test with identified users shares.
+const SECRET: &str = "a-token-secret-of-at-least-32-bytes!";
+/// Member ids travel as JSON numbers: a browser reads them exactly only below 2^53.
+const MAX_SAFE_ID: u64 = 1 << 53;
+
+/// `redis-server` on the PATH, if any.
+fn redis_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("redis-server"))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A port nobody listens on, below the ephemeral range (32768 and up), so that no outgoing
+/// connection of this or a parallel test takes it while a Redis that owns it is down.
+fn quiet_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..1000 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        let port = 20_000 + (hasher.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000")
+}
+
+/// What Redis keeps on disk.
+#[derive(Clone, Copy, PartialEq)]
+enum Persistence {
+    /// Nothing: a restarted Redis is empty.
+    None,
+    /// An append-only file synced on every write: a restart (even after `kill -9`) has every
+    /// write Redis answered.
+    Aof,
+}
+
+/// A real `redis-server` in a directory of its own, on its own port, killed on drop.
+struct Redis {
+    binary: PathBuf,
+    child: Option<Child>,
+    port: u16,
+    persistence: Persistence,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Starts one, or says loudly why the test is skipped (and fails under CI).
+    async fn start_or_skip(test: &str, persistence: Persistence) -> Option<Redis> {
+        let Some(binary) = redis_binary() else {
+            assert!(
+                std::env::var("CI").is_err(),
+                "redis-server is required under CI (scripts/test installs it)"
+            );
+            eprintln!("SKIPPED {test}: redis-server is not installed (run scripts/test)");
+            return None;
+        };
+        let mut redis = Redis {
+            binary,
+            child: None,
+            port: quiet_port(),
+            persistence,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        redis.run().await;
+        Some(redis)
+    }
+
+    /// The engine URL nodes are given.
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again: same port, same directory) and waits until it answers.
+    async fn run(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("redis.log"))
+            .unwrap();
+        let mut command = Command::new(&self.binary);
+        command
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", ""])
+            .arg("--dir")
+            .arg(self.dir.path());
+        match self.persistence {
+            Persistence::None => command.args(["--appendonly", "no"]),
+            Persistence::Aof => command.args(["--appendonly", "yes", "--appendfsync", "always"]),
+        };
+        let child = command
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + DEADLINE;
+        while !self.pings().await {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("redis-server exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server does not answer PING:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether it answers `PING` with `+PONG` (in the inline protocol, as a person would
+    /// type it).
+    async fn pings(&self) -> bool {
+        let exchange = async {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+            stream.write_all(b"PING\r\n").await?;
+            let mut answer = [0u8; 7];
+            stream.read_exact(&mut answer).await?;
+            Ok::<_, std::io::Error>(&answer == b"+PONG\r\n")
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), exchange).await,
+            Ok(Ok(true))
+        )
+    }
+
+    /// Stops it the way an operator does: `SHUTDOWN` (redis-cli, or the inline command over
+    /// TCP without it), and waits until the process is gone.
+    async fn shutdown(&mut self) {
+        let cli = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "shutdown"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if cli.is_err()
+            && let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await
+        {
+            let _ = stream.write_all(b"SHUTDOWN\r\n").await;
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest)).await;
+        }
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server still runs after SHUTDOWN"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `kill -9`: no goodbye, no flush.
+    fn kill(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- redis-server log ---\n{}", tail(&self.log()));
+        }
+    }
+}
+
+/// The end of a log: enough to see what went wrong.
+fn tail(log: &str) -> &str {
+    let mut start = log.len().saturating_sub(6000);
+    while !log.is_char_boundary(start) {
+        start += 1;
+    }
+    &log[start..]
+}
+
+/// `wtchat serve` on the Redis engine at `engine`, on free ports, working in `dir`.
+fn serve_command(dir: &Path, engine: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wtchat"));
+    command
+        .current_dir(dir)
+        .args(["serve", "--http", "127.0.0.1:0"])
+        .args(["--webtransport", "127.0.0.1:0"])
+        .arg("--certs")
+        .arg(dir.join("certs"))
+        .args(["--engine", engine]);
+    command
+}
+
+/// What `wtchat serve` printed at start: where it listens and its certificate digests.
+struct Started {
+    http: SocketAddr,
+    wt_port: u16,
+    digests: Vec<[u8; 32]>,
+}
+
+/// Parses the startup lines until "Press Ctrl-C"; None if the output ended first.
+fn parse_startup(lines: &mut impl Iterator<Item = String>) -> Option<Started> {
+    let (mut http, mut wt_port, mut digests) = (None, None, Vec::new());
+    for line in lines {
+        let word_after = |marker: &str| {
+            line.split(marker)
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == ')').next())
+                .map(str::to_string)
+        };
+        if line.trim_start().starts_with("HTTP") {
+            http = word_after("http://").map(|a| a.parse().unwrap());
+        } else if line.trim_start().starts_with("WebTransport") {
+            let udp: SocketAddr = word_after("(UDP ").unwrap().parse().unwrap();
+            wt_port = Some(udp.port());
+        } else if let Some(hex) = word_after("sha-256 ") {
+            let bytes: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            digests.push(bytes.try_into().unwrap());
+        } else if line.starts_with("Press Ctrl-C") {
+            return Some(Started {
+                http: http.expect("the HTTP address is printed"),
+                wt_port: wt_port.expect("the WebTransport address is printed"),
+                digests,
+            });
+        }
+    }
+    None
+}
+
+/// A real `wtchat serve` process on the Redis engine, on free ports, in a directory of its
+/// own; its stderr is kept there and shown when the test fails.
+struct Node {
+    name: &'static str,
+    child: Child,
+    http: SocketAddr,
+    wt_port: u16,
+    digests: Vec<[u8; 32]>,
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// Starts a node of `redis` (`extra`: more flags) and waits until it serves.
+    async fn start(name: &'static str, redis: &Redis, extra: &[&str]) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let stderr = File::create(dir.path().join("stderr.log")).unwrap();
+        let mut child = serve_command(dir.path(), &redis.url())
+            .args(["--frames-per-second", "100000", "--frame-burst", "100000"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .unwrap();
+        // Read stdout (the startup lines, then the log) to its end in a thread of its own,
+        // into stdout.log, so that nothing the node prints later ever finds a closed pipe.
+        let stdout = child.stdout.take().unwrap();
+        let mut log = File::create(dir.path().join("stdout.log")).unwrap();
+        let (started, startup) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .inspect(|line| {
+                    let _ = writeln!(log, "{line}");
+                });
+            let _ = started.send(parse_startup(&mut lines));
+            lines.for_each(drop);
+        });
+        let started = match tokio::time::timeout(DEADLINE, startup).await {
+            Ok(Ok(Some(started))) => started,
+            outcome => {
+                let _ = child.kill();
+                let status = child.wait().unwrap();
+                let what = if outcome.is_err() {
+                    "did not start before the deadline"
+                } else {
+                    "exited before serving"
+                };
+                panic!(
+                    "node {name}: wtchat serve {what} ({status}):\n{}",
+                    logs(dir.path())
+                );
+            }
+        };
+        Node {
+            name,
+            child,
+            http: started.http,
+            wt_port: started.wt_port,
+            digests: started.digests,
+            dir,
+        }
+    }
+
+    /// A WebSocket client; `query` is `?token=…` or empty.
+    async fn ws_query(&self, query: &str) -> Client {
+        let url = format!("ws://{}/wtchat/ws{query}", self.http);
+        Client::ws_at(&url, &[]).await.unwrap()
+    }
+
+    /// A WebTransport client; `query` is `?token=…` or empty.
+    async fn wt_query(&self, query: &str) -> Client {
+        let url = format!("https://127.0.0.1:{}/wtchat{query}", self.wt_port);
+        Client::wt_at(&url, &self.digests, &[]).await.unwrap()
+    }
+
+    async fn ws(&self) -> Client {
+        self.ws_query("").await
+    }
+
+    async fn wt(&self) -> Client {
+        self.wt_query("").await
+    }
+
+    /// A request to the HTTP API with the key: (status, JSON body).
+    async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let auth = format!("Bearer {API_KEY}");
+        let (status, text) = common::http_request(
+            self.http,
+            method,
+            path,
+            &[("authorization", &auth)],
+            body.as_ref(),
+        )
+        .await;
+        let value = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("node {}: {path} answered {status} {text:?}: {e}", self.name)
+        });
+        (status, value)
+    }
+
+    /// The members `/wtchat/api/members` lists for `room`: id → (name, user).
+    async fn api_members(&self, room: &str) -> BTreeMap<u64, (String, Value)> {
+        let (status, body) = self
+            .api("GET", &format!("/wtchat/api/members?room={room}"), None)
+            .await;
+        assert_eq!(status, 200, "node {}: {body}", self.name);
+        let members = body["members"].as_array().unwrap();
+        assert_eq!(
+            body["count"].as_u64(),
+            Some(members.len() as u64),
+            "node {}: {body}",
+            self.name
+        );
+        members
+            .iter()
+            .map(|m| {
+                let id = m["id"].as_u64().unwrap();
+                (
+                    id,
+                    (m["name"].as_str().unwrap().to_string(), m["user"].clone()),
+                )
+            })
+            .collect()
+    }
+
+    /// Polls `/wtchat/api/members` until its ids are `want`; returns how long that took.
+    async fn await_api_members(&self, room: &str, want: &BTreeSet<u64>, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let got: BTreeSet<u64> = self.api_members(room).await.into_keys().collect();
+            if &got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {}: /wtchat/api/members lists {got:?}, not {want:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `kill -9`: no goodbye, no flush, no last heartbeat.
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let logs = logs(self.dir.path());
+            eprintln!("--- node {} ---\n{}", self.name, tail(&logs));
+        }
+    }
+}
+
+/// What a node in `dir` printed: its log (stdout), then its stderr.
+fn logs(dir: &Path) -> String {
+    let read = |name| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    format!(
+        "{}--- stderr ---\n{}",
+        read("stdout.log"),
+        read("stderr.log")
+    )
+}
+
+/// A token for user `user` named `name`, for every room.
+fn token(user: &str, name: &str) -> String {
+    let claims = wtchat::auth::Claims {
+        sub: user.into(),
+        name: name.into(),
+        rooms: vec!["*".into()],
+        exp: wtchat::auth::unix_now() + 600,
+    };
+    format!("?token={}", wtchat::auth::mint(SECRET.as_bytes(), &claims))
+}
+
+/// What a reader saw of a room: seq → text, and the room's epoch.
+#[derive(Default)]
+struct Seen {
+    epoch: u64,
+    texts: BTreeMap<u64, String>,
+}
+
+impl Seen {
+    fn add(&mut self, message: &Value) {
+        let seq = message["seq"].as_u64().unwrap();
+        let text = message["text"].as_str().unwrap().to_string();
+        assert!(
+            self.texts.insert(seq, text).is_none(),
+            "message {seq} arrived twice"
+        );
+    }
+
+    fn last(&self) -> u64 {
+        self.texts.keys().next_back().copied().unwrap_or(0)
+    }
+}
+
+/// Rejoins `room` on another node, saying what it saw; returns `joined` and adds the replay.
+async fn resume(client: &mut Client, room: &str, seen: &mut Seen, key: Option<&str>) -> Value {
+    let mut join = json!({"type": "join", "room": room, "name": "again",
+                          "since": seen.last(), "epoch": seen.epoch});
+    if let Some(key) = key {
+        join["key"] = key.into();
+    }
+    let (joined, replay) = client.join_frame(join).await;
+    for message in &replay {
+        seen.add(message);
+    }
+    joined
+}
+
+/// Reads `room` until `messages` messages and `acks` acks arrived: the messages in arrival
+/// order, the acks as id → seq. Any error fails the test.
+async fn read_room(
+    client: &mut Client,
+    room: &str,
+    messages: usize,
+    acks: usize,
+) -> (Vec<(u64, String, String)>, HashMap<String, u64>) {
+    let (mut got, mut acked) = (Vec::new(), HashMap::new());
+    while got.len() < messages || acked.len() < acks {
+        let frame = client
+            .next_matching("a message or an ack", |f| {
+                (f["type"] == "message" && f["room"] == room)
+                    || f["type"] == "ack"
+                    || f["type"] == "error"
+            })
+            .await;
+        match frame["type"].as_str() {
+            Some("message") => got.push(seq_text(&frame)),
+            Some("ack") => {
+                let id = frame["id"].as_str().unwrap().to_string();
+                assert!(acked.insert(id, frame["seq"].as_u64().unwrap()).is_none());
+            }
+            _ => panic!("{}: {frame}", client.transport()),
+        }
+    }
+    (got, acked)
+}
+
+/// The next frame that matches `pred`; the room's messages and anything that tells of a
+/// gap, met on the way, go to `stash` (to be checked later, not lost).
+async fn next_stashing(
+    client: &mut Client,
+    stash: &mut Vec<Value>,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    loop {
+        let frame = client
+            .next_matching(what, |f| {
+                pred(f) || f["type"] == "message" || f["gap"] == true
+            })
+            .await;
+        if pred(&frame) {
+            return frame;
+        }
+        stash.push(frame);
+    }
+}
+
+/// The members a presence frame names (`member`, or several in `members`).
+fn presence_members(frame: &Value) -> Vec<(u64, String)> {
+    let one = [frame["member"].clone()];
+    let many = frame["members"].as_array().map_or(&one[..], |m| &m[..]);
+    many.iter()
+        .filter(|m| m.is_object())
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap(),
+                m["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A client's view of a room's members: `joined.members`, then every `presence` frame.
+fn apply_presence(view: &mut BTreeMap<u64, String>, frame: &Value) {
+    match frame["event"].as_str() {
+        Some("join") => view.extend(presence_members(frame)),
+        Some("leave") => {
+            for (id, _) in presence_members(frame) {
+                view.remove(&id);
+            }
+        }
+        Some("sync") => *view = presence_members(frame).into_iter().collect(),
+        other => panic!("a small room's presence is join, leave or sync, not {other:?}: {frame}"),
+    }
+}
+
+/// Reads `client`'s presence frames for `room` until its view's ids are `want`; Err says
+/// what it saw at the deadline.
+async fn await_view(
+    client: &mut Client,
+    room: &str,
+    view: &mut BTreeMap<u64, String>,
+    want: &BTreeSet<u64>,
+    deadline: Instant,
+) -> Result<(), String> {
+    while view.keys().copied().collect::<BTreeSet<_>>() != *want {
+        let presence =
+            client.next_matching("presence", |f| f["type"] == "presence" && f["room"] == room);
+        let Ok(frame) = tokio::time::timeout_at(deadline, presence).await else {
+            return Err(format!(
+                "{}: sees members {:?}, not {want:?}, at the deadline",
+                client.transport(),
+                view.keys().collect::<Vec<_>>()
+            ));
+        };
+        apply_presence(view, &frame);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_room_across_three_nodes_and_both_transports_has_one_order() {
+    const ROOM: &str = "lobby";
+    const EACH: usize = 30;
+    let Some(redis) = Redis::start_or_skip("one_room", Persistence::None).await else {
+        return;
+    };
+    let nodes = [
+        Node::start("A", &redis, &[]).await,
+        Node::start("B", &redis, &[]).await,
+        Node::start("C", &redis, &[]).await,
+    ];
+    let names = ["ann", "bob", "cid"];
+    let mut clients = [
+        nodes[0].ws().await,
+        nodes[1].wt().await,
+        nodes[2].ws().await,
+    ];
+    let mut joins = Vec::new();
+    for (client, name) in clients.iter_mut().zip(names) {
+        let (joined, replay) = client.join(ROOM, name).await;
+        assert_eq!(joined["seq"], 0, "a new room: {joined}");
+        assert!(replay.is_empty());
+        joins.push(joined);
+    }
+    let epoch = &joins[0]["epoch"];
+    assert!(epoch.is_u64(), "{}", joins[0]);
+    for joined in &joins {
+        assert_eq!(&joined["epoch"], epoch, "one room, one epoch on every node");
+    }
+
+    // Every sender sends without waiting, interleaved with the others.
+    for i in 0..EACH {
+        for (client, name) in clients.iter_mut().zip(names) {
+            client
+                .send(
+                    json!({"type": "send", "room": ROOM, "text": format!("{name} {i}"),
+                             "id": format!("{name}-{i}")}),
+                )
+                .await;
+        }
+    }
+    let mut orders = Vec::new();
+    for (client, name) in clients.iter_mut().zip(names) {
+        let (messages, acks) = read_room(client, ROOM, names.len() * EACH, EACH).await;
+        let by_seq: HashMap<u64, &(u64, String, String)> =
+            messages.iter().map(|m| (m.0, m)).collect();
+        for (id, seq) in &acks {
+            let (_, from, text) = by_seq[seq];
+            assert_eq!(
+                (from.as_str(), text.as_str()),
+                (name, id.replace('-', " ").as_str()),
+                "{name}'s ack of {id} names the message it was delivered as"
+            );
+        }
+        orders.push(messages);
+    }
+    for (order, client) in orders.iter().zip(&clients).skip(1) {
+        assert_eq!(
+            order,
+            &orders[0],
+            "{} sees another order",
+            client.transport()
+        );
+    }
+    let seqs: Vec<u64> = orders[0].iter().map(|m| m.0).collect();
+    assert_eq!(
+        seqs,
+        (1..=(names.len() * EACH) as u64).collect::<Vec<_>>(),
+        "one sequence for the room across nodes, in order, without holes"
+    );
+    for name in names {
+        let own: Vec<&str> = orders[0]
+            .iter()
+            .filter(|m| m.1 == name)
+            .map(|m| m.2.as_str())
+            .collect();
+        let sent: Vec<String> = (0..EACH).map(|i| format!("{name} {i}")).collect();
+        assert_eq!(own, sent, "{name}'s messages in the order sent");
+    }
+
+    // Ann reconnects to node B with her key and retries a message node A stored: acknowledged
+    // with its first number, stored once, and she is still the same sender.
+    let key = joins[0]["key"].as_str().unwrap();
+    let first = orders[0]
+        .iter()
+        .find(|m| m.2 == "ann 3")
+        .map(|m| m.0)
+        .unwrap();
+    let mut ann = nodes[1].ws().await;
+    let (joined, _) = ann
+        .join_frame(json!({"type": "join", "room": ROOM, "name": "ann", "key": key}))
+        .await;
+    assert_eq!(joined["you"]["sender"], joins[0]["you"]["sender"]);
+    assert_eq!(ann.say(ROOM, "ann 3", "ann-3").await, first);
+
+    // Another site on the same Redis (another --redis-prefix) has a room of that name of its
+    // own: a new room, numbered from 1, and nothing crosses over.
+    let other = Node::start("other site", &redis, &["--redis-prefix", "othersite"]).await;
+    let mut dan = other.wt().await;
+    let (joined, replay) = dan.join(ROOM, "dan").await;
+    assert_eq!(
+        (joined["seq"].as_u64(), replay.len()),
+        (Some(0), 0),
+        "{joined}"
+    );
+    assert_eq!(
+        joined["members"].as_array().map(Vec::len),
+        Some(1),
+        "{joined}"
+    );
+    assert_eq!(dan.say(ROOM, "elsewhere", "e1").await, 1);
+
+    // The next message anyone of the first site sees is the next one sent there.
+    let next = (names.len() * EACH) as u64 + 1;
+    assert_eq!(ann.say(ROOM, "after", "after").await, next);
+    for client in &mut clients {
+        assert_eq!(
+            client.messages(ROOM, 1).await,
+            [(next, "ann".to_string(), "after".to_string())],
+            "{}",
+            client.transport()
+        );
+    }
+}
+
+#[tokio::test]
+async fn clients_of_a_node_killed_mid_chat_resume_on_another_with_nothing_lost() {
+    const ROOM: &str = "burst";
+    const SENT: usize = 400;
+    let Some(redis) = Redis::start_or_skip("node_killed", Persistence::None).await else {
+        return;
+    };
+    let mut a = Node::start("A", &redis, &[]).await;
+    let b = Node::start("B", &redis, &[]).await;
+
+    // On A a writer (WebSocket) and a reader (WebTransport); on B a watcher who stays.
+    let mut writer = a.ws().await;
+    let (joined, _) = writer.join(ROOM, "writer").await;
+    let key = joined["key"].as_str().unwrap().to_string();
+    let epoch = joined["epoch"].as_u64().unwrap();
+    let mut writer_seen = Seen {
+        epoch,
+        ..Seen::default()
+    };
+    let mut reader = a.wt().await;
+    let (joined, _) = reader.join(ROOM, "reader").await;
+    let mut reader_seen = Seen {
+        epoch: joined["epoch"].as_u64().unwrap(),
+        ..Seen::default()
+    };
+    let mut watcher = b.ws().await;
+    let (joined, _) = watcher.join(ROOM, "watcher").await;
+    assert_eq!(joined["epoch"], epoch);
+
+    for i in 0..SENT {
+        let (text, id) = (format!("m{i}"), format!("i{i}"));
+        writer
+            .send(json!({"type": "send", "room": ROOM, "text": text, "id": id}))
+            .await;
+    }
+    // Kill A once some, not all, are acknowledged.
+    let mut acked: HashMap<String, u64> = HashMap::new();
+    let note =
+        |frame: &Value, acked: &mut HashMap<String, u64>, seen: &mut Seen| match frame["type"]
+            .as_str()
+        {
+            Some("ack") => {
+                acked.insert(
+                    frame["id"].as_str().unwrap().into(),
+                    frame["seq"].as_u64().unwrap(),
+                );
+            }
+            Some("message") if frame["room"] == ROOM => seen.add(frame),
+            Some("error") => panic!("{frame}"),
+            _ => {}
+        };
+    while acked.len() < SENT / 4 {
+        let frame = writer.next().await;
+        note(&frame, &mut acked, &mut writer_seen);
+    }
+    a.kill();
+    for frame in writer.drain(Duration::from_millis(300)).await {
+        note(&frame, &mut acked, &mut writer_seen);
+    }
+    for frame in reader.drain(Duration::from_millis(300)).await {
+        if frame["type"] == "message" && frame["room"] == ROOM {
+            reader_seen.add(&frame);
+        }
+    }
+    assert!(
+        acked.len() < SENT,
+        "the kill came after the burst: nothing was tested"
+    );
+
+    // Both reconnect to B and resume: exactly what they missed, no gap.
+    let mut reader = b.ws().await;
+    let joined = resume(&mut reader, ROOM, &mut reader_seen, None).await;
+    assert_eq!(joined["gap"], false, "{joined}");
+    assert_eq!(joined["epoch"], epoch);
+    let mut writer = b.wt().await;
+    let joined = resume(&mut writer, ROOM, &mut writer_seen, Some(&key)).await;
+    assert_eq!(joined["gap"], false, "{joined}");
+
+    // A newcomer reads the whole room: every acknowledged message under its number, numbered
+    // without holes; the resumed ones saw exactly that.
+    let mut probe = b.ws().await;
+    let mut all = Seen {
+        epoch,
+        ..Seen::default()
+    };
+    let joined = resume(&mut probe, ROOM, &mut all, None).await;
+    assert_eq!(joined["gap"], false);
+    let head = joined["seq"].as_u64().unwrap();
+    assert_eq!(
+        all.texts.keys().copied().collect::<Vec<_>>(),
+        (1..=head).collect::<Vec<_>>()
+    );
+    for (id, seq) in &acked {
+        assert_eq!(
+            all.texts.get(seq),
+            Some(&format!("m{}", &id[1..])),
+            "acknowledged {id} as {seq}"
+        );
+    }
+    assert_eq!(reader_seen.texts, all.texts, "the reader resumed on B");
+    assert_eq!(writer_seen.texts, all.texts, "the writer resumed on B");
+
+    // The writer retries on B what it never saw acknowledged, and a few that were: what A
+    // stored is acknowledged under its first number and not stored again.
+    let mut newest: Vec<(&String, &u64)> = acked.iter().collect();
+    newest.sort_by_key(|(_, seq)| std::cmp::Reverse(**seq));
+    for (id, seq) in newest.into_iter().take(20) {
+        assert_eq!(writer.say(ROOM, &format!("m{}", &id[1..]), id).await, *seq);
+    }
+    let stored: HashMap<&str, u64> = all.texts.iter().map(|(s, t)| (t.as_str(), *s)).collect();
+    for i in 0..SENT {
+        let id = format!("i{i}");
+        if acked.contains_key(&id) {
+            continue;
+        }
+        let text = format!("m{i}");
+        let seq = writer.say(ROOM, &text, &id).await;
+        match stored.get(text.as_str()) {
+            Some(&first) => assert_eq!(seq, first, "{id} was stored before the kill"),
+            None => assert!(seq > head, "{id} is new: {seq}"),
+        }
+    }
+
+    // Every message once, numbered 1..=SENT; the watcher on B saw them all live, in order;
+    // the resumed reader got the rest live.
+    let mut last = Seen {
+        epoch,
+        ..Seen::default()
+    };
+    let mut probe = b.wt().await;
+    let joined = resume(&mut probe, ROOM, &mut last, None).await;
+    assert_eq!(
+        joined["seq"].as_u64(),
+        Some(SENT as u64),
+        "each message once"
+    );
+    let texts: BTreeSet<&String> = last.texts.values().collect();
+    assert_eq!(texts.len(), SENT, "each text once");
+    let watched = watcher.messages(ROOM, SENT).await;
+    let watched: BTreeMap<u64, String> = watched.into_iter().map(|(s, _, t)| (s, t)).collect();
+    assert_eq!(watched, last.texts, "the watcher on B");
+    for (seq, _, text) in reader.messages(ROOM, SENT - head as usize).await {
+        assert!(reader_seen.texts.insert(seq, text).is_none());
+    }
+    assert_eq!(reader_seen.texts, last.texts, "the resumed reader");
+}
+
+/// How Redis goes away in [`redis_goes_away_mid_chat`].
+#[derive(Clone, Copy, Debug)]
+enum Outage {
+    /// `SHUTDOWN`: Redis finishes what it has and exits.
+    Shutdown,
+    /// `kill -9`.
+    Kill,
+}
+
+/// A sender on node A mid-burst and a reader on node B while Redis goes away and comes back
+/// (same port, same directory, its append-only file synced on every write).
+async fn redis_goes_away_mid_chat(outage: Outage) {
+    const ROOM: &str = "r";
+    const BURST: usize = 600;
+    let test = format!("redis_{outage:?}");
+    let Some(mut redis) = Redis::start_or_skip(&test, Persistence::Aof).await else {
+        return;
+    };
+    // Room for a resume of the whole room in one replay.
+    let flags = ["--api-key", API_KEY, "--max-replay", "5000"];
+    let flags = [&flags[..], &["--outbound-queue", "100000"]].concat();
+    let a = Node::start("A", &redis, &flags).await;
+    let b = Node::start("B", &redis, &flags).await;
+    let mut ann = a.ws().await;
+    let mut bob = b.wt().await;
+    let (joined, _) = ann.join(ROOM, "ann").await;
+    let epoch = joined["epoch"].as_u64().unwrap();
+    let mut members = BTreeSet::from([joined["you"]["id"].as_u64().unwrap()]);
+    let (joined, _) = bob.join(ROOM, "bob").await;
+    members.insert(joined["you"]["id"].as_u64().unwrap());
+    // What Bob receives while the test waits for something else, checked at the end.
+    let mut bob_stash: Vec<Value> = Vec::new();
+
+    // seq → text of everything acknowledged; no number may ever name two texts.
+    let mut acked: BTreeMap<u64, String> = BTreeMap::new();
+    let ack = |acked: &mut BTreeMap<u64, String>, seq: u64, text: String| {
+        if let Some(before) = acked.insert(seq, text.clone()) {
+            assert_eq!(before, text, "seq {seq} acknowledged for two messages");
+        }
+    };
+    for i in 0..20 {
+        let text = format!("before {i}");
+        let seq = ann.say(ROOM, &text, &format!("p{i}")).await;
+        ack(&mut acked, seq, text);
+    }
+
+    // A burst, sent without waiting: Redis goes away after the first half is sent, while the
+    // node still works through it; the second half is sent to a node whose Redis is gone.
+    let send = |i: usize| {
+        let text = format!("b{i}");
+        json!({"type": "send", "room": ROOM, "text": text, "id": text})
+    };
+    for i in 0..BURST / 2 {
+        ann.send(send(i)).await;
+    }
+    match outage {
+        Outage::Shutdown => redis.shutdown().await,
+        Outage::Kill => redis.kill(),
+    }
+    for i in BURST / 2..BURST {
+        ann.send(send(i)).await;
+    }
+    // Every send is answered, ack or error, naming its id.
+    let mut answered: HashMap<String, Value> = HashMap::new();
+    let deadline = Instant::now() + 3 * DEADLINE;
+    while answered.len() < BURST {
+        let frame = tokio::time::timeout_at(
+            deadline,
+            ann.next_matching("the burst's answers", |f| {
+                f["type"] == "ack" || f["type"] == "error"
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} of {BURST} sends answered (ack or error) at the deadline",
+                answered.len()
+            )
+        });
+        let id = frame["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("an answer names its message's id: {frame}"))
+            .to_string();
+        assert!(answered.insert(id, frame).is_none(), "answered twice");
+    }
+    let mut failed = Vec::new();
+    for i in 0..BURST {
+        let id = format!("b{i}");
+        let frame = &answered[&id];
+        if frame["type"] == "ack" {
+            ack(&mut acked, frame["seq"].as_u64().unwrap(), format!("b{i}"));
+        } else {
+            assert_eq!(frame["code"], "storage_failed", "{frame}");
+            failed.push(i);
+        }
+    }
+    eprintln!(
+        "{test}: {} of the burst acknowledged, {} refused",
+        BURST - failed.len(),
+        failed.len()
+    );
+    assert!(
+        failed.len() >= BURST / 2,
+        "sends made while Redis was down were acknowledged: {failed:?}"
+    );
+
+    // While it is down: a send on either node is refused with storage_failed naming its id,
+    // never acknowledged; the API says 503; clients stay connected.
+    let mut ann_stash = Vec::new();
+    for (client, id, stash) in [
+        (&mut ann, "down-a", &mut ann_stash),
+        (&mut bob, "down-b", &mut bob_stash),
+    ] {
+        client
+            .send(json!({"type": "send", "room": ROOM, "text": id, "id": id}))
+            .await;
+        let answer = next_stashing(client, stash, "an answer", |f| {
+            f["id"] == id && (f["type"] == "ack" || f["type"] == "error")
+        })
+        .await;
+        assert_eq!(
+            (
+                answer["type"].as_str(),
+                answer["code"].as_str(),
+                answer["room"].as_str()
+            ),
+            (Some("error"), Some("storage_failed"), Some(ROOM)),
+            "{}: {answer}",
+            client.transport()
+        );
+        client.send(json!({"type": "ping"})).await;
+        let pong = next_stashing(client, stash, "pong", |f| {
+            f["type"] == "pong" || f["type"] == "bye"
+        })
+        .await;
+        assert_eq!(pong["type"], "pong", "{}: {pong}", client.transport());
+    }
+    let publish = json!({"room": ROOM, "from": "backend", "text": "while down"});
+    let (status, body) = b.api("POST", "/wtchat/api/publish", Some(publish)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("storage_failed")),
+        "{body}"
+    );
+
+    // Back: sends work again once the nodes reconnect. Ann retries everything refused (and
+    // what she sent while down): whatever Redis had stored keeps its first number.
+    redis.run().await;
+    let retries: Vec<(String, String)> = failed
+        .iter()
+        .map(|i| (format!("b{i}"), format!("b{i}")))
+        .chain([("down-a".to_string(), "down-a".to_string())])
+        .collect();
+    let head_before = acked.keys().next_back().copied().unwrap();
+    let deadline = Instant::now() + 2 * DEADLINE;
+    for (id, text) in retries {
+        let seq = loop {
+            ann.send(json!({"type": "send", "room": ROOM, "text": text, "id": id}))
+                .await;
+            let answer = ann
+                .next_matching("an answer", |f| {
+                    f["id"] == id.as_str() && (f["type"] == "ack" || f["type"] == "error")
+                })
+                .await;
+            if answer["type"] == "ack" {
+                break answer["seq"].as_u64().unwrap();
+            }
+            assert_eq!(answer["code"], "storage_failed", "{answer}");
+            assert!(
+                Instant::now() < deadline,
+                "sends still fail after Redis came back: {answer}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        ack(&mut acked, seq, text);
+    }
+    for i in 0..20 {
+        let text = format!("after {i}");
+        let seq = ann.say(ROOM, &text, &format!("q{i}")).await;
+        assert!(seq > head_before, "a new message takes a new number: {seq}");
+        ack(&mut acked, seq, text);
+    }
+
+    // Everything acknowledged is stored under its number, each text once: in the history
+    // API on A, and in a resume from 0 on B, in the same epoch, without a gap.
+    let (status, page) = a
+        .api(
+            "GET",
+            &format!("/wtchat/api/history?room={ROOM}&limit=1000"),
+            None,
+        )
+        .await;
+    assert_eq!((status, &page["more"]), (200, &json!(false)), "{page}");
+    let stored: BTreeMap<u64, String> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["seq"].as_u64().unwrap(),
+                m["text"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let missing: Vec<(&u64, &String)> = acked
+        .iter()
+        .filter(|(seq, text)| stored.get(seq) != Some(text))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged, not in the history API: {missing:?}"
+    );
+    let texts: BTreeSet<&String> = stored.values().collect();
+    assert_eq!(texts.len(), stored.len(), "a text stored twice: {stored:?}");
+    let mut probe = b.ws().await;
+    let (joined, replay) = probe
+        .join_frame(
+            json!({"type": "join", "room": ROOM, "name": "probe", "since": 0,
+                           "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(joined["epoch"], epoch, "the room keeps its epoch");
+    members.insert(joined["you"]["id"].as_u64().unwrap());
+    let replayed: BTreeMap<u64, String> = replay
+        .iter()
+        .map(|m| {
+            (
+                m["seq"].as_u64().unwrap(),
+                m["text"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        (&joined["gap"], replayed.len()),
+        (&json!(false), stored.len()),
+        "a resume from 0 of {} stored messages: {joined}",
+        stored.len()
+    );
+    assert_eq!(replayed, stored, "a resume on B and the history API on A");
+
+    // Bob never left: he got every stored message, in order, once — or was told of a gap.
+    let head = *stored.keys().next_back().unwrap();
+    let (mut got, mut gap) = (Vec::new(), false);
+    let mut stashed = bob_stash.into_iter();
+    while got.last().copied() != Some(head) {
+        let frame = match stashed.next() {
+            Some(frame) => frame,
+            None => {
+                bob.next_matching("bob's messages", |f| {
+                    (f["type"] == "message" && f["room"] == ROOM)
+                        || f["gap"] == true
+                        || f["type"] == "bye"
+                })
+                .await
+            }
+        };
+        assert_ne!(frame["type"], "bye", "bob was disconnected: {frame}");
+        if frame["gap"] == true {
+            gap = true;
+            eprintln!("{test}: bob was told of a gap: {frame}");
+            continue;
+        }
+        let seq = frame["seq"].as_u64().unwrap();
+        assert!(
+            got.last().is_none_or(|last| *last < seq),
+            "bob got {seq} after {got:?}"
+        );
+        assert_eq!(
+            stored.get(&seq),
+            frame["text"].as_str().map(String::from).as_ref()
+        );
+        got.push(seq);
+    }
+    let missed: Vec<&u64> = stored.keys().filter(|s| !got.contains(s)).collect();
+    assert!(
+        missed.is_empty() || gap,
+        "bob missed {missed:?} and was not told of a gap"
+    );
+
+    // The room's members, as every node lists them, are the three connected.
+    for node in [&a, &b] {
+        node.await_api_members(ROOM, &members, DEADLINE).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_shut_down_and_restarted_mid_chat_loses_nothing_acknowledged() {
+    redis_goes_away_mid_chat(Outage::Shutdown).await;
+}
+
+#[tokio::test]
+async fn redis_killed_and_restarted_mid_chat_loses_nothing_acknowledged() {
+    redis_goes_away_mid_chat(Outage::Kill).await;
+}
+
+#[tokio::test]
+async fn the_http_api_of_one_node_reaches_members_on_another() {
+    const ROOM: &str = "lobby";
+    let Some(redis) = Redis::start_or_skip("http_api", Persistence::None).await else {
+        return;
+    };
+    let flags = ["--token-secret", SECRET, "--api-key", API_KEY];
+    let a = Node::start("A", &redis, &flags).await;
+    let b = Node::start("B", &redis, &flags).await;
+    let mut ann = b.wt_query(&token("u1", "Ann")).await;
+    let mut bob = b.ws_query(&token("u2", "Bob")).await;
+    let mut cid = a.ws_query(&token("u3", "Cid")).await;
+    let mut ids = BTreeMap::new();
+    for (client, user) in [(&mut ann, "u1"), (&mut bob, "u2"), (&mut cid, "u3")] {
+        let (joined, _) = client.join(ROOM, "").await;
+        ids.insert(user, joined["you"]["id"].as_u64().unwrap());
+    }
+
+    // Published on A: every member, on A and on B, gets it as message 1.
+    let publish = json!({"room": ROOM, "from": "Backend", "text": "order #42 shipped"});
+    let (status, body) = a.api("POST", "/wtchat/api/publish", Some(publish)).await;
+    assert_eq!((status, body["seq"].as_u64()), (200, Some(1)), "{body}");
+    for client in [&mut ann, &mut bob, &mut cid] {
+        assert_eq!(
+            client.messages(ROOM, 1).await,
+            [(1, "Backend".to_string(), "order #42 shipped".to_string())],
+            "{}",
+            client.transport()
+        );
+    }
+
+    // Either node lists every member, wherever it is connected.
+    let everyone: BTreeSet<u64> = ids.values().copied().collect();
+    for node in [&a, &b] {
+        node.await_api_members(ROOM, &everyone, DEADLINE).await;
+        let members = node.api_members(ROOM).await;
+        for (user, id) in &ids {
+            assert_eq!(members[id].1, *user, "node {}: {members:?}", node.name);
+        }
+    }
+
+    // Sent on B, read through A's history API.
+    assert_eq!(ann.say(ROOM, "hello from B", "h1").await, 2);
+    let (status, page) = a
+        .api("GET", &format!("/wtchat/api/history?room={ROOM}"), None)
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let texts: Vec<(u64, &str)> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["seq"].as_u64().unwrap(), m["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(texts, [(1, "order #42 shipped"), (2, "hello from B")]);
+
+    // A kick on A closes Bob's connection on B with 4403, for good; he leaves everywhere.
+    let kick = json!({"room": ROOM, "user": "u2"});
+    let (status, body) = a.api("POST", "/wtchat/api/kick", Some(kick)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["kicked"].is_u64(), "{body}");
+    eprintln!("http_api: a kick on A of a member on B answered {body}");
+    let bye = bob.next_of("bye").await;
+    assert_eq!(
+        (
+            bye["code"].as_u64(),
+            bye["reason"].as_str(),
+            bye["reconnect"].as_bool()
+        ),
+        (Some(4403), Some("kicked"), Some(false)),
+        "{bye}"
+    );
+    assert_eq!(bob.ended().await, Ended::Code(4403));
+    for client in [&mut ann, &mut cid] {
+        let left = client.next_of("presence").await;
+        assert_eq!(
+            (left["event"].as_str(), presence_members(&left)),
+            (Some("leave"), vec![(ids["u2"], "Bob".to_string())]),
+            "{}: {left}",
+            client.transport()
+        );
+    }
+    let rest: BTreeSet<u64> = [ids["u1"], ids["u3"]].into();
+    for node in [&a, &b] {
+        node.await_api_members(ROOM, &rest, DEADLINE).await;
+    }
+}
+
+#[tokio::test]
+async fn presence_spans_the_nodes_and_a_dead_nodes_members_leave() {
+    const ROOM: &str = "hall";
+    let Some(redis) = Redis::start_or_skip("presence", Persistence::None).await else {
+        return;
+    };
+    let flags = ["--api-key", API_KEY];
+    let mut nodes = [
+        Node::start("A", &redis, &flags).await,
+        Node::start("B", &redis, &flags).await,
+        Node::start("C", &redis, &flags).await,
+    ];
+
+    // One at a time, one per node and C with a second: each newcomer's `joined` lists
+    // everyone so far (on every node), and everyone already in is told.
+    let mut clients: Vec<(usize, Client)> = vec![
+        (0, nodes[0].ws().await),
+        (1, nodes[1].wt().await),
+        (2, nodes[2].ws().await),
+        (2, nodes[2].wt().await),
+    ];
+    let mut views: Vec<BTreeMap<u64, String>> = Vec::new();
+    let mut ids: BTreeMap<u64, usize> = BTreeMap::new(); // member id → node
+    for i in 0..clients.len() {
+        let name = format!("m{i}");
+        let (node, client) = &mut clients[i];
+        let (joined, _) = client.join(ROOM, &name).await;
+        let id = joined["you"]["id"].as_u64().unwrap();
+        assert!(
+            ids.insert(id, *node).is_none(),
+            "member id {id} given twice"
+        );
+        let view: BTreeMap<u64, String> = joined["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["id"].as_u64().unwrap(),
+                    m["name"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        let want: BTreeSet<u64> = ids.keys().copied().collect();
+        let listed: BTreeSet<u64> = view.keys().copied().collect();
+        if listed != want {
+            // Say whether the presence frames that follow mend it.
+            let mut later = view.clone();
+            let soon = Instant::now() + Duration::from_secs(2);
+            let mended = await_view(client, ROOM, &mut later, &want, soon).await;
+            panic!(
+                "{name}'s joined on node {} lists {listed:?}, not everyone whose join was \
+                 answered before {want:?}; presence within 2 s after: {mended:?}; {joined}",
+                nodes[*node].name
+            );
+        }
+        assert_eq!(
+            joined["count"].as_u64(),
+            Some(want.len() as u64),
+            "{joined}"
+        );
+        views.push(view);
+        for (j, (_, other)) in clients.iter_mut().enumerate().take(i) {
+            let frame = other
+                .next_matching("presence", |f| f["type"] == "presence" && f["room"] == ROOM)
+                .await;
+            assert_eq!(
+                (frame["event"].as_str(), presence_members(&frame)),
+                (Some("join"), vec![(id, name.clone())]),
+                "m{j}: {frame}"
+            );
+            if !frame["count"].is_null() {
+                assert_eq!(frame["count"].as_u64(), Some(i as u64 + 1), "m{j}: {frame}");
+            }
+            apply_presence(&mut views[j], &frame);
+        }
+    }
+
+    // Then six more at once, two per node: ids unique across nodes, below 2^53, and every
+    // view comes to the same ten.
+    for n in 0..6 {
+        let node = n % 3;
+        let client = if n < 3 {
+            nodes[node].ws().await
+        } else {
+            nodes[node].wt().await
+        };
+        clients.push((node, client));
+    }
+    let joins =
+        futures_util::future::join_all(clients[4..].iter_mut().enumerate().map(
+            |(n, (_, client))| async move { client.join(ROOM, &format!("m{}", n + 4)).await },
+        ))
+        .await;
+    for ((joined, _), (node, _)) in joins.iter().zip(&clients[4..]) {
+        let id = joined["you"]["id"].as_u64().unwrap();
+        assert!(
+            ids.insert(id, *node).is_none(),
+            "member id {id} given twice"
+        );
+        views.push(
+            joined["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    (
+                        m["id"].as_u64().unwrap(),
+                        m["name"].as_str().unwrap().into(),
+                    )
+                })
+                .collect(),
+        );
+    }
+    assert_eq!(ids.len(), 10);
+    assert!(
+        ids.keys().all(|id| *id < MAX_SAFE_ID),
+        "member ids beyond 2^53: {ids:?}"
+    );
+    let everyone: BTreeSet<u64> = ids.keys().copied().collect();
+    let deadline = Instant::now() + DEADLINE;
+    for ((_, client), view) in clients.iter_mut().zip(&mut views) {
+        await_view(client, ROOM, view, &everyone, deadline)
+            .await
+            .unwrap();
+    }
+    for node in &nodes {
+        node.await_api_members(ROOM, &everyone, DEADLINE).await;
+    }
+
+    // C dies without a word: within 10 s its four members leave every view on A and B, and
+    // their lists.
+    nodes[2].kill();
+    let killed = Instant::now();
+    let survivors: BTreeSet<u64> = ids
+        .iter()
+        .filter(|(_, node)| **node != 2)
+        .map(|(id, _)| *id)
+        .collect();
+    let within = killed + Duration::from_secs(10);
+    for ((node, client), view) in clients.iter_mut().zip(&mut views) {
+        if *node != 2 {
+            await_view(client, ROOM, view, &survivors, within)
+                .await
+                .unwrap_or_else(|e| panic!("a dead node's members, 10 s after the kill: {e}"));
+        }
+    }
+    eprintln!(
+        "presence: a dead node's members left every view {:?} after the kill",
+        killed.elapsed()
+    );
+    for node in &nodes[..2] {
+        node.await_api_members(ROOM, &survivors, within - Instant::now())
+            .await;
+    }
+}
+
+#[test]
+fn an_unreachable_redis_is_refused_at_start_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = quiet_port(); // nobody listens there
+    let engine = format!("redis://127.0.0.1:{port}");
+    let mut child = serve_command(dir.path(), &engine)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("wtchat serve still runs {DEADLINE:?} after starting on {engine}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    let stderr = stderr.trim();
+    assert!(stderr.starts_with("wtchat: "), "{stderr}");
+    assert!(
+        stderr.contains(&port.to_string()) || stderr.to_lowercase().contains("redis"),
+        "the reason names Redis or its address: {stderr}"
+    );
+    assert!(
+        !stdout.contains("Press Ctrl-C"),
+        "it never served: {stdout}"
+    );
+}
