@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{Client, Value};
 use serde::Deserialize;
@@ -57,6 +57,9 @@ const NODE_BITS: u32 = 20;
 
 /// Numbers a message, stores it, remembers its client id and publishes it (see the module
 /// documentation). Returns {1, seq}, or {0, seq} for a client id already stored.
+/// Every 64th message of a room also drops its messages past the retention age (reads skip
+/// them anyway; looking on every message would cost Redis a stream read each). Every
+/// message pushes back the room's keys' expiry: an idle room's keys go with its history.
 const PUBLISH: &str = r#"
 local dk = nil
 if ARGV[5] ~= '' then
@@ -77,10 +80,12 @@ if dk then
     redis.call('HDEL', KEYS[3], old[1])
   end
 end
-for _ = 1, 4 do
-  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
-  if not first or tonumber(first[2][2]) >= tonumber(ARGV[12]) then break end
-  redis.call('XDEL', KEYS[2], first[1])
+if seq % 64 == 1 then
+  for _ = 1, 256 do
+    local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+    if not first or tonumber(first[2][2]) >= tonumber(ARGV[12]) then break end
+    redis.call('XDEL', KEYS[2], first[1])
+  end
 end
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[11]) end
 redis.call('PUBLISH', ARGV[13], '{"seq":' .. seq .. ',"epoch":' .. epoch .. ARGV[8])
@@ -504,9 +509,7 @@ impl Redis {
             Some(Sub::Syncing { waiting, .. }) => waiting,
             _ => Vec::new(),
         };
-        for event in waiting {
-            room.receive(event);
-        }
+        room.receive(waiting);
     }
 
     /// This node no longer holds room `name`: unsubscribes.
@@ -1158,22 +1161,48 @@ async fn subscriber(
         }
         let ctl = format!("{}/ctl", inner.prefix);
         drop(inner);
-        while let Some(msg) = stream.next().await {
+        let mut batch = Vec::new();
+        while let Some(first) = stream.next().await {
             let Some(inner) = weak.upgrade() else {
                 return;
             };
+            // What else has arrived goes with it: a room's messages that follow each other
+            // are delivered together, one push per member.
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match stream.next().now_or_never() {
+                    Some(Some(msg)) => batch.push(msg),
+                    _ => break,
+                }
+            }
+            inner.dispatch(&ctl, batch.drain(..));
+        }
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        tracing::warn!(url = %inner.url, "lost the Redis subscription; reconnecting");
+        *inner.sink.lock().await = None;
+    }
+}
+
+impl Inner {
+    /// Hands what arrived on the subscription to the rooms (in order, per room) and kicks
+    /// and bans to the hub.
+    fn dispatch(&self, ctl: &str, messages: impl Iterator<Item = redis::Msg>) {
+        let mut rooms: Vec<(Arc<Room>, Vec<Event>)> = Vec::new();
+        for msg in messages {
             let channel = msg.get_channel_name();
             if channel == ctl {
                 if let Ok(control) = serde_json::from_slice::<Control>(msg.get_payload_bytes())
-                    && control.node() != inner.node
-                    && let Some(handler) = inner.control.get()
+                    && control.node() != self.node
+                    && let Some(handler) = self.control.get()
                 {
                     handler(control);
                 }
                 continue;
             }
-            let Some(room) = channel
-                .strip_prefix(inner.prefix.as_str())
+            let Some(name) = channel
+                .strip_prefix(self.prefix.as_str())
                 .and_then(|rest| rest.strip_prefix(':'))
                 .and_then(|rest| rest.strip_suffix("/c"))
             else {
@@ -1182,30 +1211,24 @@ async fn subscriber(
             let event = match serde_json::from_slice::<Event>(msg.get_payload_bytes()) {
                 Ok(event) => event,
                 Err(e) => {
-                    tracing::warn!(room, error = %e, "an unreadable event from Redis");
+                    tracing::warn!(room = name, error = %e, "an unreadable event from Redis");
                     continue;
                 }
             };
-            let live = {
-                let mut subs = inner.subs.lock().unwrap();
-                match subs.get_mut(room) {
-                    Some(Sub::Live(room)) => Some(room.clone()),
-                    Some(Sub::Syncing { waiting, .. }) => {
-                        waiting.push(event);
-                        continue;
-                    }
-                    None => None,
-                }
-            };
-            if let Some(room) = live {
-                room.receive(event);
+            let mut subs = self.subs.lock().unwrap();
+            match subs.get_mut(name) {
+                Some(Sub::Live(room)) => match rooms.iter_mut().find(|(r, _)| Arc::ptr_eq(r, room))
+                {
+                    Some((_, events)) => events.push(event),
+                    None => rooms.push((room.clone(), vec![event])),
+                },
+                Some(Sub::Syncing { waiting, .. }) => waiting.push(event),
+                None => {}
             }
         }
-        let Some(inner) = weak.upgrade() else {
-            return;
-        };
-        tracing::warn!(url = %inner.url, "lost the Redis subscription; reconnecting");
-        *inner.sink.lock().await = None;
+        for (room, events) in rooms {
+            room.receive(events);
+        }
     }
 }
 
@@ -1253,12 +1276,10 @@ async fn resubscribe(inner: &Arc<Inner>) {
             }
         }
         let mut subs = inner.subs.lock().unwrap();
-        if let Some(sub) = subs.get_mut(name) {
-            if let Sub::Syncing { waiting, .. } = std::mem::replace(sub, Sub::Live(room.clone())) {
-                for event in waiting {
-                    room.receive(event);
-                }
-            }
+        if let Some(sub) = subs.get_mut(name)
+            && let Sub::Syncing { waiting, .. } = std::mem::replace(sub, Sub::Live(room.clone()))
+        {
+            room.receive(waiting);
         }
     }
 }

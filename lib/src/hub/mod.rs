@@ -1375,56 +1375,67 @@ impl Room {
     /// An event on the room's Redis channel. Messages are delivered in sequence order: one
     /// that comes early (a number was skipped: a lost or late message) waits while the
     /// room reads what it missed from the stream.
-    pub(crate) fn receive(self: &Arc<Self>, event: Event) {
+    pub(crate) fn receive(self: &Arc<Self>, events: Vec<Event>) {
         let mut state = self.state.lock().unwrap();
         let node = self.store.node();
-        match event {
-            Event::Message(message) => {
-                if message.epoch != self.epoch {
-                    drop(state);
-                    return self.lost();
-                }
-                if message.seq <= state.delivered {
-                    return;
-                }
-                if state.fetching || message.seq > state.delivered + 1 {
-                    state.heard = state.heard.max(message.seq);
-                    state.early.insert(message.seq, message);
-                    if !state.fetching {
-                        state.fetching = true;
-                        self.store.catch_up(self, state.delivered);
+        // Messages that follow each other go out together: one push per member.
+        let mut run: Vec<Numbered> = Vec::new();
+        for event in events {
+            if !matches!(&event, Event::Message(m)
+                if !state.fetching && m.epoch == self.epoch
+                    && m.seq == run.last().map_or(state.delivered, |l| l.seq) + 1)
+                && !run.is_empty()
+            {
+                self.deliver_numbered(&mut state, std::mem::take(&mut run));
+            }
+            match event {
+                Event::Message(message) => {
+                    if message.epoch != self.epoch {
+                        return self.lost(&mut state);
                     }
-                    return;
+                    if message.seq <= run.last().map_or(state.delivered, |l| l.seq) {
+                        continue;
+                    }
+                    if state.fetching || message.seq > state.delivered + 1 + run.len() as u64 {
+                        state.heard = state.heard.max(message.seq);
+                        state.early.insert(message.seq, message);
+                        if !state.fetching {
+                            state.fetching = true;
+                            self.store.catch_up(self, state.delivered);
+                        }
+                        continue;
+                    }
+                    run.push(message);
                 }
-                self.deliver_numbered(&mut state, vec![message]);
+                Event::Join {
+                    node: from,
+                    members,
+                } if from != node => {
+                    let members = members.into_iter().map(MemberSummary::from).collect();
+                    self.add_elsewhere(&mut state, members);
+                }
+                Event::Leave { node: from, ids } if from != node => {
+                    state.remove(&self.name, ids);
+                }
+                Event::Deleted { node: from, seq } if from != node => {
+                    self.forget_in(&mut state, seq, Some(true));
+                }
+                Event::Typing {
+                    node: from,
+                    id,
+                    name,
+                } if from != node => {
+                    self.relay_typing_in(&state, id, &name);
+                }
+                // This node's own events took effect here already.
+                Event::Join { .. }
+                | Event::Leave { .. }
+                | Event::Deleted { .. }
+                | Event::Typing { .. } => {}
             }
-            Event::Join {
-                node: from,
-                members,
-            } if from != node => {
-                let members = members.into_iter().map(MemberSummary::from).collect();
-                self.add_elsewhere(&mut state, members);
-            }
-            Event::Leave { node: from, ids } if from != node => {
-                state.remove(&self.name, ids);
-            }
-            Event::Deleted { node: from, seq } if from != node => {
-                drop(state);
-                self.forget(seq, Some(true));
-            }
-            Event::Typing {
-                node: from,
-                id,
-                name,
-            } if from != node => {
-                drop(state);
-                self.relay_typing(id, &name);
-            }
-            // This node's own events took effect here already.
-            Event::Join { .. }
-            | Event::Leave { .. }
-            | Event::Deleted { .. }
-            | Event::Typing { .. } => {}
+        }
+        if !run.is_empty() {
+            self.deliver_numbered(&mut state, run);
         }
     }
 
@@ -1478,10 +1489,10 @@ impl Room {
     /// What the room missed, read from Redis: delivered in order with what came early,
     /// and the members elsewhere brought up to date.
     pub(crate) fn caught_up(self: &Arc<Self>, snapshot: Snapshot) {
-        if snapshot.epoch != self.epoch {
-            return self.lost();
-        }
         let mut state = self.state.lock().unwrap();
+        if snapshot.epoch != self.epoch {
+            return self.lost(&mut state);
+        }
         let mut messages: BTreeMap<u64, Numbered> = std::mem::take(&mut state.early);
         for (m, origin) in snapshot.messages {
             messages.entry(m.seq).or_insert(Numbered {
@@ -1554,9 +1565,8 @@ impl Room {
 
     /// Redis lost this room (its data is gone, and it was made anew under another epoch):
     /// its members here are told to reconnect; they join the new room and are told `gap`.
-    fn lost(&self) {
+    fn lost(&self, state: &mut RoomState) {
         tracing::warn!(room = %self.name, "Redis lost this room's history; its members reconnect");
-        let mut state = self.state.lock().unwrap();
         // The hub drops it: joins take up the new room.
         state.removed = true;
         for member in state.roster.iter() {
@@ -1579,7 +1589,10 @@ impl Room {
     /// says whether the engine had it (None: the engine keeps nothing beyond this history)
     /// — tells the members. Returns whether it was.
     fn forget(&self, seq: u64, stored: Option<bool>) -> bool {
-        let mut state = self.state.lock().unwrap();
+        self.forget_in(&mut self.state.lock().unwrap(), seq, stored)
+    }
+
+    fn forget_in(&self, state: &mut RoomState, seq: u64, stored: Option<bool>) -> bool {
         let in_memory = state.history.iter().position(|s| s.seq == seq);
         if let Some(old) = in_memory.and_then(|at| state.history.remove(at)) {
             self.history_held
@@ -1642,11 +1655,14 @@ impl Room {
 
     /// Tells the members here but `sender` that `name` is typing.
     fn relay_typing(&self, sender: u64, name: &str) {
+        self.relay_typing_in(&self.state.lock().unwrap(), sender, name);
+    }
+
+    fn relay_typing_in(&self, state: &RoomState, sender: u64, name: &str) {
         let frame = protocol::encode(&ServerFrame::Typing {
             room: &self.name,
             from: name,
         });
-        let state = self.state.lock().unwrap();
         for member in state.roster.iter().filter(|m| m.id != sender) {
             member.outbox.push_ephemeral(frame.clone());
         }
