@@ -281,10 +281,11 @@ impl Store {
         }
     }
 
-    /// Members connected here joined room `room` (a shared engine lists them).
-    pub(crate) fn joined(&self, room: &str, members: Vec<MemberSummary>) {
+    /// Members connected here join room `room`: a shared engine lists them, and this
+    /// resolves once it does.
+    pub(crate) async fn joined(&self, room: &str, members: Vec<MemberSummary>) {
         if let Store::Redis(redis) = self {
-            redis.joined(room, members);
+            redis.joined(room, members).await;
         }
     }
 

@@ -342,6 +342,8 @@ enum Command {
     Join {
         room: Arc<str>,
         members: Vec<Listed>,
+        /// Dropped once the write went to Redis (or failed).
+        written: Option<tokio::sync::oneshot::Sender<()>>,
     },
     Leave {
         room: Arc<str>,
@@ -564,13 +566,18 @@ impl Redis {
         }
     }
 
-    /// Members of this node joined room `room`.
-    pub(crate) fn joined(&self, room: &str, members: Vec<MemberSummary>) {
-        let members = members.into_iter().map(Listed::from).collect();
-        let _ = self.inner.commands.send(Command::Join {
+    /// Members of this node join room `room`: resolves once Redis lists them (or could
+    /// not be reached), so that a member told it joined is listed on every node.
+    pub(crate) async fn joined(&self, room: &str, members: Vec<MemberSummary>) {
+        let (written, done) = tokio::sync::oneshot::channel();
+        let command = Command::Join {
             room: room.into(),
-            members,
-        });
+            members: members.into_iter().map(Listed::from).collect(),
+            written: Some(written),
+        };
+        if self.inner.commands.send(command).is_ok() {
+            let _ = done.await;
+        }
     }
 
     /// Member `id` of this node is typing in room `room`.
@@ -844,27 +851,35 @@ impl Inner {
     /// Runs `read` on a blocking connection of its own.
     fn blocking<T>(
         &self,
-        read: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        read: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, StorageError> {
         let pooled = self.readers.lock().unwrap().pop();
-        let mut conn = match pooled {
-            Some(conn) => conn,
-            None => {
-                let conn = self
-                    .client
-                    .get_connection_with_timeout(RESPONSE_TIMEOUT)
-                    .map_err(|e| failed(&self.url, &e))?;
-                conn.set_read_timeout(Some(RESPONSE_TIMEOUT))
-                    .and_then(|()| conn.set_write_timeout(Some(RESPONSE_TIMEOUT)))
-                    .map_err(|e| failed(&self.url, &e))?;
-                conn
-            }
+        let (mut conn, fresh) = match pooled {
+            Some(conn) => (conn, false),
+            None => (self.connect()?, true),
         };
-        let result = read(&mut conn).map_err(|e| failed(&self.url, &e));
+        let mut result = read(&mut conn);
+        if !fresh && result.as_ref().is_err_and(|e| e.is_io_error()) {
+            // A pooled connection from before Redis restarted: once more, on a new one.
+            conn = self.connect()?;
+            result = read(&mut conn);
+        }
         if result.is_ok() {
             self.readers.lock().unwrap().push(conn);
         }
-        result
+        result.map_err(|e| failed(&self.url, &e))
+    }
+
+    /// A new blocking connection, with timeouts.
+    fn connect(&self) -> Result<redis::Connection, StorageError> {
+        let conn = self
+            .client
+            .get_connection_with_timeout(RESPONSE_TIMEOUT)
+            .map_err(|e| failed(&self.url, &e))?;
+        conn.set_read_timeout(Some(RESPONSE_TIMEOUT))
+            .and_then(|()| conn.set_write_timeout(Some(RESPONSE_TIMEOUT)))
+            .map_err(|e| failed(&self.url, &e))?;
+        Ok(conn)
     }
 
     async fn subscribe(&self, room: &str) -> Result<(), StorageError> {
@@ -979,7 +994,11 @@ async fn writer(inner: std::sync::Weak<Inner>, mut queue: mpsc::UnboundedReceive
                         Command::Publish { room, token, .. } => {
                             room.outcome(token, outcome(reply));
                         }
-                        Command::Flush(done) => {
+                        Command::Join {
+                            written: Some(done),
+                            ..
+                        }
+                        | Command::Flush(done) => {
                             let _ = done.send(());
                         }
                         Command::Join { .. }
@@ -997,7 +1016,8 @@ async fn writer(inner: std::sync::Weak<Inner>, mut queue: mpsc::UnboundedReceive
                         Command::Publish { room, token, .. } => {
                             room.outcome(token, Err(error.clone()));
                         }
-                        // Membership is written again when the subscription comes back.
+                        // Membership is written again when the subscription comes back;
+                        // waiting joins and flushes go on (their senders are dropped).
                         Command::Join { .. }
                         | Command::Leave { .. }
                         | Command::Notice(..)
@@ -1061,7 +1081,7 @@ impl Inner {
                         .arg(self.channel(name)),
                 );
             }
-            Command::Join { room, members } => {
+            Command::Join { room, members, .. } => {
                 let event =
                     serde_json::json!({"kind": "join", "node": self.node, "members": members});
                 let mut call = self.scripts.join.key(self.key(room, "m"));
@@ -1265,6 +1285,7 @@ async fn resubscribe(inner: &Arc<Inner>) {
                     let _ = inner.commands.send(Command::Join {
                         room: name.into(),
                         members: members.into_iter().map(Listed::from).collect(),
+                        written: None,
                     });
                 }
             }
@@ -1333,6 +1354,7 @@ async fn beats(inner: std::sync::Weak<Inner>) {
                             let _ = inner.commands.send(Command::Join {
                                 room: room.name().into(),
                                 members: members.into_iter().map(Listed::from).collect(),
+                                written: None,
                             });
                         }
                     }

@@ -1065,16 +1065,28 @@ impl Hub {
         member: Member,
         resume: Resume,
     ) -> Result<Arc<Room>, ErrorCode> {
+        let store = &self.inner.store;
+        let mut listed = false;
         loop {
-            let room = self.room_or_create(name).await?;
+            let room = match self.room_or_create(name).await {
+                Ok(room) => room,
+                Err(e) => {
+                    if listed {
+                        store.left(name, vec![member.id]);
+                    }
+                    return Err(e);
+                }
+            };
+            // A shared engine lists the member before it is told it joined: a member who
+            // joins on another node after that finds it in its list.
+            store.joined(name, vec![member.summary()]).await;
+            listed = true;
             let mut state = room.state.lock().unwrap();
             if state.removed {
                 drop(state);
                 self.forget_room(&room);
                 continue;
             }
-            // Under the room's lock: a shared engine hears of the join before the leave.
-            self.inner.store.joined(name, vec![member.summary()]);
             state.join(&room, member, resume);
             drop(state);
             return Ok(room);
