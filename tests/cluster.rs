@@ -1441,3 +1441,103 @@ fn an_unreachable_redis_is_refused_at_start_with_the_reason() {
         "it never served: {stdout}"
     );
 }
+
+/// The big-room policy over nodes: a room is big when its members over all nodes reach the
+/// threshold; then joins on any node reach the others as one `update` per interval, with
+/// the count over all nodes, and when members elsewhere leave and it shrinks below the
+/// threshold, everyone gets the whole list once (`sync`).
+#[tokio::test]
+async fn a_big_room_counts_and_tells_members_over_all_nodes() {
+    const ROOM: &str = "big";
+    let Some(redis) = Redis::start_or_skip("big_room", Persistence::None).await else {
+        return;
+    };
+    let flags = ["--presence-threshold", "4", "--presence-interval", "100ms"];
+    let a = Node::start("A", &redis, &flags).await;
+    let b = Node::start("B", &redis, &flags).await;
+    // Six members, joining in turn on A and B: each `joined` counts both nodes.
+    let (mut on_a, mut on_b) = (Vec::new(), Vec::new());
+    let (mut ids_a, mut ids_b) = (BTreeSet::new(), BTreeSet::new());
+    for i in 0..6u64 {
+        let here_a = i % 2 == 0;
+        let mut client = if here_a { a.ws().await } else { b.wt().await };
+        let (joined, _) = client.join(ROOM, &format!("m{i}")).await;
+        assert_eq!(joined["count"].as_u64(), Some(i + 1), "{joined}");
+        assert_eq!(
+            joined["members"].as_array().unwrap().len() as u64,
+            i + 1,
+            "a first page lists everyone (fewer than 100): {joined}"
+        );
+        let id = joined["you"]["id"].as_u64().unwrap();
+        if here_a {
+            ids_a.insert(id);
+            on_a.push(client);
+        } else {
+            ids_b.insert(id);
+            on_b.push(client);
+        }
+    }
+    // m0, on A, hears of m1 and m2 one by one (a small room), then of m3, m4 (on A) and
+    // m5 (on B) in `update`s once the room is big, the last with the count of both nodes.
+    let m0 = &mut on_a[0];
+    let everyone: BTreeSet<u64> = ids_a.union(&ids_b).copied().collect();
+    let mut heard: BTreeSet<u64> = ids_a.iter().take(1).copied().collect();
+    let mut updates = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while heard != everyone || updates.last().is_none_or(|u: &Value| u["count"] != 6) {
+        let presence = m0.next_matching("presence", |f| f["type"] == "presence");
+        let frame = tokio::time::timeout_at(deadline, presence)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("m0 heard of {heard:?}, not {everyone:?}; updates {updates:?}")
+            });
+        match frame["event"].as_str() {
+            Some("join") => {
+                heard.insert(frame["member"]["id"].as_u64().unwrap());
+            }
+            Some("update") => {
+                for member in frame["joined"].as_array().into_iter().flatten() {
+                    heard.insert(member["id"].as_u64().unwrap());
+                }
+                updates.push(frame);
+            }
+            _ => panic!("nobody left yet: {frame}"),
+        }
+    }
+    let last_on_b = *ids_b.iter().max().unwrap();
+    assert!(
+        updates.iter().any(|u| u["joined"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["id"] == last_on_b)),
+        "the join on node B past the threshold came in an update: {updates:?}"
+    );
+    // A page of members on A lists both nodes' members.
+    m0.send(json!({"type": "members", "room": ROOM})).await;
+    let page = m0.next_of("members").await;
+    assert_eq!(page["count"], 6, "{page}");
+    let listed: BTreeSet<u64> = page["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, everyone, "{page}");
+    // B's three leave: the room falls below 4, and m0 gets the whole list once: A's three.
+    drop(on_b);
+    let sync = tokio::time::timeout(
+        DEADLINE,
+        m0.next_matching("a sync", |f| {
+            f["type"] == "presence" && f["event"] == "sync"
+        }),
+    )
+    .await
+    .expect("a sync once the room is small again");
+    let listed: BTreeSet<u64> = presence_members(&sync)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(listed, ids_a, "{sync}");
+    assert_eq!(sync["count"], 3, "{sync}");
+}

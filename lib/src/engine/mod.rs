@@ -404,3 +404,34 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engines_parse_from_their_flag_and_print_back() {
+        for text in ["memory", "sqlite:wtchat.db", "redis://127.0.0.1:6379/2"] {
+            let engine: Engine = text.parse().unwrap();
+            assert_eq!(engine.to_string(), text);
+        }
+        assert_eq!(
+            "redis://10.0.0.5:6379".parse::<Engine>().unwrap(),
+            Engine::Redis {
+                url: "redis://10.0.0.5:6379".into(),
+                prefix: DEFAULT_REDIS_PREFIX.into(),
+            }
+        );
+        for wrong in [
+            "",
+            "sqlite:",
+            "redis:",
+            "redis://",
+            "postgres://db",
+            "Memory",
+        ] {
+            let refused = wrong.parse::<Engine>().unwrap_err();
+            assert!(refused.contains("redis://HOST:PORT"), "{wrong}: {refused}");
+        }
+    }
+}
