@@ -56,7 +56,7 @@ const MAX_BATCH: usize = 1024;
 const NODE_BITS: u32 = 20;
 
 /// Numbers a message, stores it, remembers its client id and publishes it (see the module
-/// documentation). Returns {1, seq}, or {0, seq} for a client id already stored.
+/// documentation). Returns {1, seq, epoch}, or {0, seq} for a client id already stored.
 /// Every 64th message of a room also drops its messages past the retention age (reads skip
 /// them anyway; looking on every message would cost Redis a stream read each). Every
 /// message pushes back the room's keys' expiry: an idle room's keys go with its history.
@@ -89,7 +89,7 @@ if seq % 64 == 1 then
 end
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[11]) end
 redis.call('PUBLISH', ARGV[13], '{"seq":' .. seq .. ',"epoch":' .. epoch .. ARGV[8])
-return {1, seq}
+return {1, seq, epoch}
 "#;
 
 /// A room as a node takes it up: its epoch (made if new), last number, the messages after
@@ -305,7 +305,9 @@ impl Control {
 /// The outcome of a published message, for the room that sent it.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    Stored(u64),
+    /// Stored under this number: the message as every node receives it, so that the node
+    /// that sent it can deliver it at once when it is the next one.
+    Stored(Published),
     /// A retry of a client id stored before as this number.
     Duplicate(u64),
 }
@@ -991,8 +993,13 @@ async fn writer(inner: std::sync::Weak<Inner>, mut queue: mpsc::UnboundedReceive
             Ok(replies) => {
                 for (command, reply) in batch.drain(..).zip(replies) {
                     match command {
-                        Command::Publish { room, token, .. } => {
-                            room.outcome(token, outcome(reply));
+                        Command::Publish {
+                            room,
+                            token,
+                            record,
+                        } => {
+                            let origin = format!("{}:{token}", inner.node);
+                            room.outcome(token, outcome(reply, record, origin));
                         }
                         Command::Join {
                             written: Some(done),
@@ -1030,10 +1037,22 @@ async fn writer(inner: std::sync::Weak<Inner>, mut queue: mpsc::UnboundedReceive
     }
 }
 
-fn outcome(reply: Value) -> Result<Outcome, StorageError> {
-    match redis::from_redis_value::<(u8, u64)>(reply) {
-        Ok((1, seq)) => Ok(Outcome::Stored(seq)),
-        Ok((_, seq)) => Ok(Outcome::Duplicate(seq)),
+/// What the publish script said of `record`.
+fn outcome(reply: Value, record: Record, origin: String) -> Result<Outcome, StorageError> {
+    match redis::from_redis_value::<Vec<u64>>(reply).as_deref() {
+        Ok(&[1, seq, epoch]) => Ok(Outcome::Stored(Published {
+            seq,
+            epoch,
+            time: record.time,
+            from: record.from.to_string(),
+            sender: record.sender.map(String::from),
+            text: record.text.into(),
+            origin,
+        })),
+        Ok(&[0, seq]) => Ok(Outcome::Duplicate(seq)),
+        Ok(other) => Err(StorageError::new(format!(
+            "Redis: the publish script answered {other:?}"
+        ))),
         Err(e) => Err(StorageError::new(format!("Redis: {e}"))),
     }
 }

@@ -1354,13 +1354,24 @@ impl Room {
         }
     }
 
-    /// What Redis said of message `token` this node handed it: stored (it comes back on
-    /// the room's channel, and is delivered then), a retry of one stored before (its
-    /// sender is acknowledged once that one is delivered here), or not stored.
+    /// What Redis said of message `token` this node handed it: stored (delivered now if it
+    /// is the next one, else when it comes back on the room's channel after the ones before
+    /// it), a retry of one stored before (its sender is acknowledged once that one is
+    /// delivered here), or not stored.
     pub(crate) fn outcome(self: &Arc<Self>, token: u64, outcome: Result<Outcome, StorageError>) {
         let mut state = self.state.lock().unwrap();
         match outcome {
-            Ok(Outcome::Stored(seq)) => state.heard = state.heard.max(seq),
+            Ok(Outcome::Stored(message)) => {
+                state.heard = state.heard.max(message.seq);
+                // The next message here: delivered now, without waiting for its copy on the
+                // room's channel (which is then one this node has).
+                if !state.fetching
+                    && message.epoch == self.epoch
+                    && message.seq == state.delivered + 1
+                {
+                    self.deliver_numbered(&mut state, vec![message]);
+                }
+            }
             Ok(Outcome::Duplicate(seq)) => {
                 let Some(submitted) = state.submitted.remove(&token) else {
                     return;
