@@ -1389,3 +1389,41 @@ async fn beats(inner: std::sync::Weak<Inner>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_older_than_6_2_is_refused_with_its_version() {
+        let info = |v: &str| format!("# Server\r\nredis_version:{v}\r\nredis_mode:standalone\r\n");
+        for ok in ["6.2.0", "7.0.15", "10.0.1"] {
+            assert!(check_version("redis://r", &info(ok)).is_ok(), "{ok}");
+        }
+        for old in ["6.0.16", "5.0.7", "garbage"] {
+            let refused = check_version("redis://r", &info(old))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                refused.contains(old) && refused.contains("6.2 or later"),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_message_names_the_node_that_published_it() {
+        let message = |origin: &str| Published {
+            seq: 1,
+            epoch: 1,
+            time: 1,
+            from: "ann".into(),
+            sender: None,
+            text: "hi".into(),
+            origin: origin.into(),
+        };
+        assert_eq!(message("7:42").token_of(7), Some(42));
+        assert_eq!(message("7:42").token_of(8), None);
+        assert_eq!(message("").token_of(7), None);
+    }
+}
