@@ -529,7 +529,7 @@ impl Redis {
                 return;
             }
             if let Some(sink) = sink.as_mut() {
-                let _ = sink.unsubscribe(channel).await;
+                let _ = tokio::time::timeout(RESPONSE_TIMEOUT, sink.unsubscribe(channel)).await;
             }
         });
     }
@@ -971,10 +971,16 @@ fn entries_of(entries: Value) -> Vec<(StoredMessage, String)> {
 /// The writing task: everything queued goes to Redis as one pipeline, in order.
 async fn writer(inner: std::sync::Weak<Inner>, mut queue: mpsc::UnboundedReceiver<Command>) {
     let mut batch = Vec::new();
+    // Leaves Redis did not get (it was away) go first with the next batch: a member must
+    // not stay listed for a leave Redis never heard.
+    let mut unsent: Vec<Command> = Vec::new();
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let Some(inner) = inner.upgrade() else {
             return;
         };
+        if !unsent.is_empty() {
+            batch.splice(0..0, unsent.drain(..));
+        }
         let mut pipe = redis::pipe();
         for command in &batch {
             inner.add(&mut pipe, command);
@@ -1023,10 +1029,10 @@ async fn writer(inner: std::sync::Weak<Inner>, mut queue: mpsc::UnboundedReceive
                         Command::Publish { room, token, .. } => {
                             room.outcome(token, Err(error.clone()));
                         }
-                        // Membership is written again when the subscription comes back;
-                        // waiting joins and flushes go on (their senders are dropped).
+                        command @ Command::Leave { .. } => unsent.push(command),
+                        // Joins are written again when the subscription comes back; waiting
+                        // joins and flushes go on (their senders are dropped).
                         Command::Join { .. }
-                        | Command::Leave { .. }
                         | Command::Notice(..)
                         | Command::Control(_)
                         | Command::Flush(_) => {}
@@ -1186,7 +1192,9 @@ async fn subscriber(
                 }
                 drop(inner);
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+                // At most a quarter second: until it subscribes again, a node serves joins
+                // from what it holds, and catches up after.
+                delay = (delay * 2).min(Duration::from_millis(250));
                 continue;
             }
         };
@@ -1272,7 +1280,8 @@ impl Inner {
 }
 
 /// After a lost subscription: every room held subscribes again, reads what it missed and
-/// its members, and writes its own members back (Redis may have lost them).
+/// its members, and writes its own members back (Redis may have lost them) and the leaves
+/// it missed.
 async fn resubscribe(inner: &Arc<Inner>) {
     let rooms: Vec<Arc<Room>> = {
         let mut subs = inner.subs.lock().unwrap();
@@ -1322,6 +1331,11 @@ async fn resubscribe(inner: &Arc<Inner>) {
             room.receive(waiting);
         }
     }
+    // The writer's next batch carries the leaves Redis missed, even with nothing else to
+    // write.
+    let _ = inner
+        .commands
+        .send(Command::Flush(tokio::sync::oneshot::channel().0));
 }
 
 /// The beating task: every second, this node tells Redis it is alive (by Redis's clock)
