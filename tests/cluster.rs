@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Client, DEADLINE, Ended, seq_text};
+use common::{Client, DEADLINE, Ended, Seen, parse_startup, seq_text};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -222,45 +222,6 @@ fn serve_command(dir: &Path, engine: &str) -> Command {
     command
 }
 
-/// What `wtchat serve` printed at start: where it listens and its certificate digests.
-struct Started {
-    http: SocketAddr,
-    wt_port: u16,
-    digests: Vec<[u8; 32]>,
-}
-
-/// Parses the startup lines until "Press Ctrl-C"; None if the output ended first.
-fn parse_startup(lines: &mut impl Iterator<Item = String>) -> Option<Started> {
-    let (mut http, mut wt_port, mut digests) = (None, None, Vec::new());
-    for line in lines {
-        let word_after = |marker: &str| {
-            line.split(marker)
-                .nth(1)
-                .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == ')').next())
-                .map(str::to_string)
-        };
-        if line.trim_start().starts_with("HTTP") {
-            http = word_after("http://").map(|a| a.parse().unwrap());
-        } else if line.trim_start().starts_with("WebTransport") {
-            let udp: SocketAddr = word_after("(UDP ").unwrap().parse().unwrap();
-            wt_port = Some(udp.port());
-        } else if let Some(hex) = word_after("sha-256 ") {
-            let bytes: Vec<u8> = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-                .collect();
-            digests.push(bytes.try_into().unwrap());
-        } else if line.starts_with("Press Ctrl-C") {
-            return Some(Started {
-                http: http.expect("the HTTP address is printed"),
-                wt_port: wt_port.expect("the WebTransport address is printed"),
-                digests,
-            });
-        }
-    }
-    None
-}
-
 /// A real `wtchat serve` process on the Redis engine, on free ports, in a directory of its
 /// own; its stderr is kept there and shown when the test fails.
 struct Node {
@@ -441,42 +402,6 @@ fn token(user: &str, name: &str) -> String {
         exp: wtchat::auth::unix_now() + 600,
     };
     format!("?token={}", wtchat::auth::mint(SECRET.as_bytes(), &claims))
-}
-
-/// What a reader saw of a room: seq → text, and the room's epoch.
-#[derive(Default)]
-struct Seen {
-    epoch: u64,
-    texts: BTreeMap<u64, String>,
-}
-
-impl Seen {
-    fn add(&mut self, message: &Value) {
-        let seq = message["seq"].as_u64().unwrap();
-        let text = message["text"].as_str().unwrap().to_string();
-        assert!(
-            self.texts.insert(seq, text).is_none(),
-            "message {seq} arrived twice"
-        );
-    }
-
-    fn last(&self) -> u64 {
-        self.texts.keys().next_back().copied().unwrap_or(0)
-    }
-}
-
-/// Rejoins `room` on another node, saying what it saw; returns `joined` and adds the replay.
-async fn resume(client: &mut Client, room: &str, seen: &mut Seen, key: Option<&str>) -> Value {
-    let mut join = json!({"type": "join", "room": room, "name": "again",
-                          "since": seen.last(), "epoch": seen.epoch});
-    if let Some(key) = key {
-        join["key"] = key.into();
-    }
-    let (joined, replay) = client.join_frame(join).await;
-    for message in &replay {
-        seen.add(message);
-    }
-    joined
 }
 
 /// Reads `room` until `messages` messages and `acks` acks arrived: the messages in arrival
@@ -779,11 +704,13 @@ async fn clients_of_a_node_killed_mid_chat_resume_on_another_with_nothing_lost()
 
     // Both reconnect to B and resume: exactly what they missed, no gap.
     let mut reader = b.ws().await;
-    let joined = resume(&mut reader, ROOM, &mut reader_seen, None).await;
+    let joined = reader_seen.resume(&mut reader, ROOM, "again", None).await;
     assert_eq!(joined["gap"], false, "{joined}");
     assert_eq!(joined["epoch"], epoch);
     let mut writer = b.wt().await;
-    let joined = resume(&mut writer, ROOM, &mut writer_seen, Some(&key)).await;
+    let joined = writer_seen
+        .resume(&mut writer, ROOM, "again", Some(&key))
+        .await;
     assert_eq!(joined["gap"], false, "{joined}");
 
     // A newcomer reads the whole room: every acknowledged message under its number, numbered
@@ -793,7 +720,7 @@ async fn clients_of_a_node_killed_mid_chat_resume_on_another_with_nothing_lost()
         epoch,
         ..Seen::default()
     };
-    let joined = resume(&mut probe, ROOM, &mut all, None).await;
+    let joined = all.resume(&mut probe, ROOM, "again", None).await;
     assert_eq!(joined["gap"], false);
     let head = joined["seq"].as_u64().unwrap();
     assert_eq!(
@@ -838,7 +765,7 @@ async fn clients_of_a_node_killed_mid_chat_resume_on_another_with_nothing_lost()
         ..Seen::default()
     };
     let mut probe = b.wt().await;
-    let joined = resume(&mut probe, ROOM, &mut last, None).await;
+    let joined = last.resume(&mut probe, ROOM, "again", None).await;
     assert_eq!(
         joined["seq"].as_u64(),
         Some(SENT as u64),

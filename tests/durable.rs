@@ -3,14 +3,14 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Client, DEADLINE, Mount, SmallDisk};
+use common::{Client, DEADLINE, Mount, Seen, SmallDisk};
 use serde_json::{Value, json};
 use wtchat::Engine;
 
@@ -52,35 +52,15 @@ impl Serve {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let (mut http, mut wt_port, mut digests) = (None, None, Vec::new());
-        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-            let line = line.unwrap();
-            let word_after = |marker: &str| {
-                line.split(marker)
-                    .nth(1)
-                    .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == ')').next())
-                    .map(str::to_string)
-            };
-            if line.trim_start().starts_with("HTTP") {
-                http = word_after("http://").map(|a| a.parse().unwrap());
-            } else if line.trim_start().starts_with("WebTransport") {
-                let udp: SocketAddr = word_after("(UDP ").unwrap().parse().unwrap();
-                wt_port = Some(udp.port());
-            } else if let Some(hex) = word_after("sha-256 ") {
-                let bytes: Vec<u8> = (0..hex.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-                    .collect();
-                digests.push(bytes.try_into().unwrap());
-            } else if line.starts_with("Press Ctrl-C") {
-                break;
-            }
-        }
+        let mut lines = BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok);
+        let started = common::parse_startup(&mut lines).expect("wtchat serve started");
         Serve {
             child,
-            http: http.expect("the HTTP address is printed"),
-            wt_port: wt_port.expect("the WebTransport address is printed"),
-            digests,
+            http: started.http,
+            wt_port: started.wt_port,
+            digests: started.digests,
         }
     }
 
@@ -109,28 +89,6 @@ impl Drop for Serve {
     }
 }
 
-/// What a reader saw of a room: seq → text, and the room's epoch.
-#[derive(Default)]
-struct Seen {
-    epoch: u64,
-    texts: BTreeMap<u64, String>,
-}
-
-impl Seen {
-    fn add(&mut self, message: &Value) {
-        let seq = message["seq"].as_u64().unwrap();
-        let text = message["text"].as_str().unwrap().to_string();
-        assert!(
-            self.texts.insert(seq, text).is_none(),
-            "message {seq} arrived twice"
-        );
-    }
-
-    fn last(&self) -> u64 {
-        self.texts.keys().next_back().copied().unwrap_or(0)
-    }
-}
-
 /// Reads what still arrives of `room` into `seen` after the server died.
 async fn read_until_dropped(client: &mut Client, room: &str, seen: &mut Seen) {
     for frame in client.drain(Duration::from_millis(300)).await {
@@ -138,18 +96,6 @@ async fn read_until_dropped(client: &mut Client, room: &str, seen: &mut Seen) {
             seen.add(&frame);
         }
     }
-}
-
-/// Rejoins `room` after a restart, saying what it saw; returns `joined` and adds the replay.
-async fn resume(client: &mut Client, room: &str, seen: &mut Seen) -> Value {
-    let (joined, replay) = client
-        .join_frame(json!({"type": "join", "room": room, "name": "reader",
-                           "since": seen.last(), "epoch": seen.epoch}))
-        .await;
-    for message in &replay {
-        seen.add(message);
-    }
-    joined
 }
 
 #[tokio::test]
@@ -238,7 +184,7 @@ async fn kill_9_during_a_burst_loses_nothing_acknowledged() {
     // (Seen::add panics on one).
     let mut readers = [server.ws().await, server.wt().await];
     for (reader, seen) in readers.iter_mut().zip(&mut seen) {
-        let joined = resume(reader, ROOM, seen).await;
+        let joined = seen.resume(reader, ROOM, "reader", None).await;
         assert_eq!(joined["gap"], false, "{}", reader.transport());
         assert_eq!(seen.texts, all.texts, "{}", reader.transport());
     }

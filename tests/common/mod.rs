@@ -690,3 +690,89 @@ impl SmallDisk {
         std::fs::remove_file(self.dir.join("filler")).unwrap();
     }
 }
+
+/// What a `wtchat serve` process printed at start (its stdout lines), for tests that run the
+/// real command.
+/// Where a `wtchat serve` listens and its certificate digests, as it printed them.
+pub struct Started {
+    pub http: SocketAddr,
+    pub wt_port: u16,
+    pub digests: Vec<[u8; 32]>,
+}
+
+/// Parses the startup lines until "Press Ctrl-C"; None if the output ended first.
+pub fn parse_startup(lines: &mut impl Iterator<Item = String>) -> Option<Started> {
+    let (mut http, mut wt_port, mut digests) = (None, None, Vec::new());
+    for line in lines {
+        let word_after = |marker: &str| {
+            line.split(marker)
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == ')').next())
+                .map(str::to_string)
+        };
+        if line.trim_start().starts_with("HTTP") {
+            http = word_after("http://").map(|a| a.parse().unwrap());
+        } else if line.trim_start().starts_with("WebTransport") {
+            let udp: SocketAddr = word_after("(UDP ").unwrap().parse().unwrap();
+            wt_port = Some(udp.port());
+        } else if let Some(hex) = word_after("sha-256 ") {
+            let bytes: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            digests.push(bytes.try_into().unwrap());
+        } else if line.starts_with("Press Ctrl-C") {
+            return Some(Started {
+                http: http.expect("the HTTP address is printed"),
+                wt_port: wt_port.expect("the WebTransport address is printed"),
+                digests,
+            });
+        }
+    }
+    None
+}
+
+/// What a reader saw of a room: seq → text, and the room's epoch.
+#[derive(Default)]
+pub struct Seen {
+    pub epoch: u64,
+    pub texts: std::collections::BTreeMap<u64, String>,
+}
+
+impl Seen {
+    /// Adds a `message` frame; a message seen twice fails the test.
+    pub fn add(&mut self, message: &Value) {
+        let seq = message["seq"].as_u64().unwrap();
+        let text = message["text"].as_str().unwrap().to_string();
+        assert!(
+            self.texts.insert(seq, text).is_none(),
+            "message {seq} arrived twice"
+        );
+    }
+
+    /// The last sequence number seen (0 for none).
+    pub fn last(&self) -> u64 {
+        self.texts.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// Rejoins `room` as `name` (with its resume `key`), saying what it saw; returns
+    /// `joined` and adds the replay.
+    pub async fn resume(
+        &mut self,
+        client: &mut Client,
+        room: &str,
+        name: &str,
+        key: Option<&str>,
+    ) -> Value {
+        let mut join = json!({"type": "join", "room": room, "name": name,
+                              "since": self.last(), "epoch": self.epoch});
+        if let Some(key) = key {
+            join["key"] = key.into();
+        }
+        let (joined, replay) = client.join_frame(join).await;
+        for message in &replay {
+            self.add(message);
+        }
+        joined
+    }
+}

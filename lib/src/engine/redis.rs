@@ -765,19 +765,8 @@ impl Redis {
     /// This node stops: it no longer beats, and any member it still lists (one whose
     /// leave failed) is removed by the next beat of another node.
     pub(crate) async fn close(&self) {
-        let inner = &self.inner;
-        let mut call = inner.scripts.beat.key(format!("{}/nodes", inner.prefix));
         // A beat from long ago: the next node to beat finds this one dead.
-        call.arg(inner.node)
-            .arg(0)
-            .arg("0")
-            .arg(&inner.prefix)
-            .arg("gone");
-        let _ = tokio::time::timeout(
-            RESPONSE_TIMEOUT,
-            call.invoke_async::<u64>(&mut inner.conn.clone()),
-        )
-        .await;
+        let _ = self.inner.beat(false, "gone").await;
     }
 
     /// Resolves once every write queued so far went to Redis.
@@ -848,6 +837,22 @@ impl Inner {
                 .map_err(|e| failed(&self.url, &e))?;
         }
         Ok(())
+    }
+
+    /// Runs the beat script: `judge` removes the nodes silent for `NODE_TIMEOUT`; `mode`
+    /// `gone` marks this node silent since 1970. Returns whether Redis had forgotten it.
+    async fn beat(
+        &self,
+        judge: bool,
+        mode: &str,
+    ) -> Result<redis::RedisResult<u64>, tokio::time::error::Elapsed> {
+        let mut call = self.scripts.beat.key(format!("{}/nodes", self.prefix));
+        call.arg(self.node)
+            .arg(NODE_TIMEOUT.as_millis() as u64)
+            .arg(if judge { "1" } else { "0" })
+            .arg(&self.prefix)
+            .arg(mode);
+        tokio::time::timeout(RESPONSE_TIMEOUT, call.invoke_async(&mut self.conn.clone())).await
     }
 
     /// Runs `read` on a blocking connection of its own.
@@ -1352,18 +1357,7 @@ async fn beats(inner: std::sync::Weak<Inner>) {
         // Only a node that has beaten for a whole timeout may judge others: after Redis
         // was away, every node's last beat is old, and they all need one beat first.
         let judge = alive_since.is_some_and(|t| t.elapsed() >= NODE_TIMEOUT);
-        let mut call = inner.scripts.beat.key(format!("{}/nodes", inner.prefix));
-        call.arg(inner.node)
-            .arg(NODE_TIMEOUT.as_millis() as u64)
-            .arg(if judge { "1" } else { "0" })
-            .arg(&inner.prefix)
-            .arg("beat");
-        let result = tokio::time::timeout(
-            RESPONSE_TIMEOUT,
-            call.invoke_async::<u64>(&mut inner.conn.clone()),
-        )
-        .await;
-        match result {
+        match inner.beat(judge, "beat").await {
             Ok(Ok(missing)) => {
                 if alive_since.is_none() {
                     alive_since = Some(Instant::now());
