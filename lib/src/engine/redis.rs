@@ -815,6 +815,11 @@ impl From<MemberSummary> for Listed {
 }
 
 impl Inner {
+    /// How a message names the submission it came from: `node:token`.
+    fn origin(&self, token: u64) -> String {
+        format!("{}:{token}", self.node)
+    }
+
     fn key(&self, room: &str, what: &str) -> String {
         format!("{}:{room}/{what}", self.prefix)
     }
@@ -1009,8 +1014,7 @@ async fn writer(inner: std::sync::Weak<Inner>, mut queue: mpsc::UnboundedReceive
                             token,
                             record,
                         } => {
-                            let origin = format!("{}:{token}", inner.node);
-                            room.outcome(token, outcome(reply, record, origin));
+                            room.outcome(token, outcome(reply, record, inner.origin(token)));
                         }
                         Command::Join {
                             written: Some(done),
@@ -1077,7 +1081,7 @@ impl Inner {
                 record,
             } => {
                 let name = room.name();
-                let origin = format!("{}:{token}", self.node);
+                let origin = self.origin(*token);
                 let fragment = serde_json::json!({
                     "kind": "message",
                     "time": record.time,
