@@ -1173,6 +1173,65 @@ async fn the_http_api_of_one_node_reaches_members_on_another() {
     for node in [&a, &b] {
         node.await_api_members(ROOM, &rest, DEADLINE).await;
     }
+
+    // Typing on A reaches B.
+    cid.send(json!({"type": "typing", "room": ROOM})).await;
+    let typing = ann.next_of("typing").await;
+    assert_eq!(typing["from"], "Cid", "{typing}");
+
+    // A deletion on A reaches the member on B, and leaves the history of both nodes.
+    let delete = json!({"room": ROOM, "seq": 2});
+    let (status, body) = a.api("POST", "/wtchat/api/delete", Some(delete)).await;
+    assert_eq!((status, &body["deleted"]), (200, &json!(true)), "{body}");
+    let deleted = ann.next_of("deleted").await;
+    assert_eq!(deleted["seq"], 2, "{deleted}");
+    for node in [&a, &b] {
+        let (_, page) = node
+            .api("GET", &format!("/wtchat/api/history?room={ROOM}"), None)
+            .await;
+        let seqs: Vec<u64> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, [1], "node {}: {page}", node.name);
+    }
+
+    // A ban on A closes Ann's connection on B, and B refuses her next join.
+    let ban = json!({"room": ROOM, "user": "u1", "seconds": 3600});
+    let (status, body) = a.api("POST", "/wtchat/api/ban", Some(ban)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ann.ended().await, Ended::Code(4403));
+    let mut again = b.ws_query(&token("u1", "Ann")).await;
+    again.send(json!({"type": "join", "room": ROOM})).await;
+    let refused = again.next_of("error").await;
+    assert_eq!(refused["code"], "banned", "{refused}");
+
+    // A node stopped with SIGTERM takes its members out at once, without waiting for the
+    // 5 s of a dead node: Dan on B leaves Cid's view on A well within them.
+    let mut dan = b.ws_query(&token("u4", "Dan")).await;
+    let (joined, _) = dan.join(ROOM, "").await;
+    let dan_id = joined["you"]["id"].as_u64().unwrap();
+    cid.next_matching("dan's join", |f| f["event"] == "join")
+        .await;
+    let stopped = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &b.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let left = tokio::time::timeout(
+        Duration::from_secs(4),
+        cid.next_matching("dan's leave", |f| f["event"] == "leave"),
+    )
+    .await
+    .expect("a stopped node's members leave before a dead node's would");
+    assert_eq!(presence_members(&left)[0].0, dan_id, "{left}");
+    eprintln!(
+        "http_api: B's member left A's view {:?} after SIGTERM",
+        stopped.elapsed()
+    );
 }
 
 #[tokio::test]
