@@ -1538,3 +1538,45 @@ async fn a_big_room_counts_and_tells_members_over_all_nodes() {
     assert_eq!(listed, ids_a, "{sync}");
     assert_eq!(sync["count"], 3, "{sync}");
 }
+
+/// The dedupe window in Redis: a retry of one of the last `dedupe_window` client ids is
+/// acknowledged with its first number, whatever happened since; ids more than twice the
+/// window back are forgotten (the window is kept in two generations). A library host on
+/// the Redis engine, with a window of 4.
+#[tokio::test]
+async fn retries_within_the_dedupe_window_keep_their_number_and_older_ones_are_forgotten() {
+    const ROOM: &str = "window";
+    let Some(redis) = Redis::start_or_skip("dedupe_window", Persistence::None).await else {
+        return;
+    };
+    let url = redis.url();
+    let server = common::start_with(move |config| {
+        config
+            .engine(wtchat::Engine::Redis {
+                url,
+                prefix: "window".into(),
+            })
+            .dedupe_window(4)
+            .frames_per_second(10_000)
+            .frame_burst(10_000)
+    })
+    .await;
+    let mut ann = Client::ws(&server).await;
+    ann.join(ROOM, "ann").await;
+    for i in 1..=10u64 {
+        assert_eq!(ann.say(ROOM, &format!("t{i}"), &format!("a{i}")).await, i);
+    }
+    for i in 7..=10u64 {
+        assert_eq!(
+            ann.say(ROOM, &format!("t{i}"), &format!("a{i}")).await,
+            i,
+            "a retry within the window keeps its number"
+        );
+    }
+    assert_eq!(
+        ann.say(ROOM, "t1", "a1").await,
+        11,
+        "an id from more than twice the window back is new again"
+    );
+    server.stop().await;
+}

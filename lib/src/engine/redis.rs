@@ -25,10 +25,10 @@
 //! connections of their own, like the SQLite engine's readers.
 //!
 //! Keys, under the prefix `P` (`--redis-prefix`), for room `R` (room names have no `/`):
-//! `P:R/meta` (epoch, seq), `P:R/log` (stream, entry id `seq-0`), `P:R/ids` and `P:R/ido`
-//! (the dedupe window), `P:R/m` (members by id), channel `P:R/c`; and `P/nodes` (beats),
-//! `P/node/N` (node N's members), `P/nodeseq`, `P/bans`, channel `P/ctl` (kicks and bans
-//! for every node).
+//! `P:R/meta` (epoch, seq), `P:R/log` (stream, entry id `seq-0`), `P:R/ids` and
+//! `P:R/ids-old` (the dedupe window), `P:R/m` (members by id), channel `P:R/c`; and
+//! `P/nodes` (beats), `P/node/N` (node N's members), `P/nodeseq`, `P/bans`, channel
+//! `P/ctl` (kicks and bans for every node).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -57,6 +57,9 @@ const NODE_BITS: u32 = 20;
 
 /// Numbers a message, stores it, remembers its client id and publishes it (see the module
 /// documentation). Returns {1, seq, epoch}, or {0, seq} for a client id already stored.
+/// Client ids are remembered in two generations: once the current one holds the dedupe
+/// window's count it becomes the old one (replacing the older), so between one and two
+/// windows' worth are known, for four cheap calls a message.
 /// Every 64th message of a room also drops its messages past the retention age (reads skip
 /// them anyway; looking on every message would cost Redis a stream read each). Every
 /// message pushes back the room's keys' expiry: an idle room's keys go with its history.
@@ -64,21 +67,20 @@ const PUBLISH: &str = r#"
 local dk = nil
 if ARGV[5] ~= '' then
   dk = ARGV[4] .. '\0' .. ARGV[5]
-  local seen = redis.call('HGET', KEYS[3], dk)
+  local seen = redis.call('HGET', KEYS[3], dk) or redis.call('HGET', KEYS[4], dk)
   if seen then return {0, tonumber(seen)} end
 end
-redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[1])
+  epoch = ARGV[1]
+end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], seq .. '-0', 't', ARGV[2], 'f', ARGV[3],
   's', ARGV[4], 'c', ARGV[5], 'x', ARGV[6], 'o', ARGV[7])
-if dk then
-  redis.call('HSET', KEYS[3], dk, seq)
-  redis.call('ZADD', KEYS[4], seq, dk)
-  if redis.call('ZCARD', KEYS[4]) > tonumber(ARGV[10]) then
-    local old = redis.call('ZPOPMIN', KEYS[4])
-    redis.call('HDEL', KEYS[3], old[1])
-  end
+if dk and redis.call('HSET', KEYS[3], dk, seq) == 1
+    and redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[10]) then
+  redis.call('RENAME', KEYS[3], KEYS[4])
 end
 if seq % 64 == 1 then
   for _ = 1, 256 do
@@ -1099,7 +1101,7 @@ impl Inner {
                         .key(self.key(name, "meta"))
                         .key(self.key(name, "log"))
                         .key(self.key(name, "ids"))
-                        .key(self.key(name, "ido"))
+                        .key(self.key(name, "ids-old"))
                         .arg(crate::hub::now_ms())
                         .arg(record.time)
                         .arg(&*record.from)
