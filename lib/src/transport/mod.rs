@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::task::TaskTracker;
 
+use crate::hub::ConnectionPermit;
 use crate::session::SessionContext;
 
 mod lines;
@@ -60,6 +61,61 @@ impl Context {
             .rev()
             .find(|ip| !self.trusts(*ip))
             .unwrap_or(peer)
+    }
+}
+
+/// Why a connection was not admitted; each transport answers it its own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Its `Origin` is not one the server allows.
+    Origin,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// Its address holds `max_connections_per_ip` connections already.
+    Address,
+    /// The server holds `max_connections` connections.
+    Full,
+}
+
+/// What an admitted connection holds until it ends: its place in the server's and its
+/// address's counts.
+pub(crate) struct Admitted {
+    _total: ConnectionPermit,
+    _address: Option<AddressPermit>,
+}
+
+impl Context {
+    /// Admits a connection from `client` (None when the host serves without peer
+    /// addresses: then only the total limit holds) with `Origin` header `origin`, or says
+    /// why not. Every transport admits through here, in this order.
+    pub(crate) fn admit(
+        &self,
+        origin: Option<&str>,
+        client: Option<IpAddr>,
+    ) -> Result<Admitted, Refused> {
+        if !self.origins.allows(origin) {
+            tracing::info!(?origin, ?client, "refused: origin not allowed");
+            return Err(Refused::Origin);
+        }
+        if self.session.shutdown.is_cancelled() {
+            return Err(Refused::ShuttingDown);
+        }
+        let address = match client.map(|ip| self.per_address.admit(ip)) {
+            Some(None) => {
+                tracing::warn!(?client, "refused: too many connections from this address");
+                return Err(Refused::Address);
+            }
+            Some(permit) => permit,
+            None => None,
+        };
+        let Some(total) = self.session.hub.try_connect() else {
+            tracing::warn!(?client, "refused: connection limit reached");
+            return Err(Refused::Full);
+        };
+        Ok(Admitted {
+            _total: total,
+            _address: address,
+        })
     }
 }
 

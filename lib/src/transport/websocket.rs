@@ -31,7 +31,7 @@ use tracing::Instrument;
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message};
 
-use super::Context;
+use super::{Context, Refused};
 use crate::auth::{ConnectRequest, Transport};
 use crate::hub::{Kind, Outbound};
 use crate::protocol::CloseCode;
@@ -59,35 +59,28 @@ pub(crate) async fn upgrade(
     let origin = headers
         .get(header::ORIGIN)
         .map(|o| o.to_str().unwrap_or("\u{0}").to_string());
-    if !ctx.origins.allows(origin.as_deref()) {
-        tracing::info!(?origin, "websocket refused: origin not allowed");
-        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
-    }
-    if ctx.session.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
-    }
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
     // Without the peer's address (a host that serves without connect info) there is no
     // per-address limit; the total one still holds.
     let client = peer.map(|addr| ctx.client_address(addr.ip(), headers));
-    let address_permit = match client.map(|ip| ctx.per_address.admit(ip)) {
-        Some(None) => {
-            tracing::warn!(
-                ?client,
-                "websocket refused: too many connections from this address"
-            );
+    let admitted = match ctx.admit(origin.as_deref(), client) {
+        Ok(admitted) => admitted,
+        Err(Refused::Origin) => {
+            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+        }
+        Err(Refused::ShuttingDown) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+        }
+        Err(Refused::Address) => {
             return (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many connections from your address",
             )
                 .into_response();
         }
-        Some(Some(permit)) => Some(permit),
-        None => None,
-    };
-    let Some(permit) = ctx.session.hub.try_connect() else {
-        tracing::warn!("websocket refused: connection limit reached");
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+        Err(Refused::Full) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+        }
     };
     // What the host's authentication sees, copied out of the request: the request's own
     // headers share hyper's whole read buffer (16 KiB), which must not live as long as the
@@ -110,7 +103,7 @@ pub(crate) async fn upgrade(
     let tracker = ctx.tracker.clone();
     tracker.spawn(
         async move {
-            let _permits = (permit, address_permit);
+            let _admitted = admitted;
             let upgraded = match upgrading.await {
                 Ok(upgraded) => TokioIo::new(upgraded),
                 Err(e) => return tracing::debug!(error = %e, "upgrade failed"),

@@ -20,8 +20,8 @@ use tracing::Instrument;
 use wtransport::endpoint::{IncomingSession, endpoint_side};
 use wtransport::{Connection, Endpoint, Identity, RecvStream, SendStream, ServerConfig, VarInt};
 
-use super::Context;
 use super::lines::{Line, LineSplitter};
+use super::{Context, Refused};
 use crate::auth::{ConnectRequest, Transport};
 use crate::config::PATH;
 use crate::hub::{Kind, Outbound};
@@ -160,17 +160,13 @@ async fn accept(incoming: IncomingSession, ctx: Arc<Context>) {
         tracing::debug!(%peer, path, "refused: unknown path");
         return request.not_found().await;
     }
-    if !ctx.origins.allows(request.origin()) {
-        tracing::info!(%peer, origin = request.origin(), "refused: origin not allowed");
-        return request.forbidden().await;
-    }
-    let Some(address_permit) = ctx.per_address.admit(peer.ip()) else {
-        tracing::warn!(%peer, "refused: too many connections from this address");
-        return request.too_many_requests().await;
-    };
-    let Some(permit) = ctx.session.hub.try_connect() else {
-        tracing::warn!(%peer, "refused: connection limit reached");
-        return request.too_many_requests().await;
+    let admitted = match ctx.admit(request.origin(), Some(peer.ip())) {
+        Ok(admitted) => admitted,
+        Err(Refused::Origin) => return request.forbidden().await,
+        // WebTransport has no "unavailable": a shutting-down or full server is busy.
+        Err(Refused::ShuttingDown | Refused::Address | Refused::Full) => {
+            return request.too_many_requests().await;
+        }
     };
     let Ok(connection) = request.accept().await else {
         return;
@@ -204,7 +200,7 @@ async fn accept(incoming: IncomingSession, ctx: Arc<Context>) {
     let tracker = ctx.tracker.clone();
     tracker.spawn(
         async move {
-            let _permits = (permit, address_permit);
+            let _admitted = admitted;
             session::start(&ctx.session, id, request, reader, writer).await;
         }
         .instrument(span),
