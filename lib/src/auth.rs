@@ -32,18 +32,22 @@ pub enum Transport {
     WebTransport,
     /// The WebSocket fallback.
     WebSocket,
+    /// Server-Sent Events, with frames posted back: for networks that block UDP and break
+    /// WebSocket upgrades.
+    Sse,
     /// Not a connection yet: a browser's credentialed `POST /wtchat/ticket` before it
     /// connects, the one request of a page that carries its cookies whatever the transport.
     Ticket,
 }
 
 impl Transport {
-    /// `"webtransport"` or `"websocket"`, as the browser client's `chat.transport` says;
-    /// `"ticket"`.
+    /// `"webtransport"`, `"websocket"` or `"sse"`, as the browser client's
+    /// `chat.transport` says; `"ticket"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::WebTransport => "webtransport",
             Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
             Transport::Ticket => "ticket",
         }
     }

@@ -185,6 +185,7 @@ impl Chat {
             ws_read_buffer: config.ws_read_buffer,
             per_address: PerAddress::new(config.max_connections_per_ip),
             trusted_proxies: config.trusted_proxies.clone(),
+            sse: transport::sse::Sessions::default(),
         });
         Ok(Chat {
             inner: Arc::new(ChatInner {

@@ -13,12 +13,14 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use tokio_util::task::TaskTracker;
 
 use crate::hub::ConnectionPermit;
 use crate::session::SessionContext;
 
 mod lines;
+pub(crate) mod sse;
 pub(crate) mod websocket;
 pub(crate) mod webtransport;
 
@@ -36,6 +38,8 @@ pub(crate) struct Context {
     /// Proxies whose `X-Forwarded-*` headers are believed: the client's address, scheme,
     /// host and prefix as they say. Nobody else's.
     pub trusted_proxies: Vec<IpAddr>,
+    /// The Server-Sent Events streams open here.
+    pub sse: sse::Sessions,
 }
 
 impl Context {
@@ -48,7 +52,7 @@ impl Context {
     /// The client's address: the peer's, or — when the peer is a trusted proxy — the one
     /// `X-Forwarded-For` names: the last address there that is not itself a trusted proxy
     /// (each proxy appends the address it received the request from).
-    pub(crate) fn client_address(&self, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
+    pub(crate) fn client_address(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         if !self.trusts(peer) {
             return peer;
         }
@@ -225,6 +229,19 @@ impl OriginPolicy {
             }
         }
     }
+}
+
+/// A copy of `headers` that shares no memory with the request it came from.
+pub(crate) fn detached(headers: &HeaderMap) -> HeaderMap {
+    headers
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((
+                HeaderName::from_bytes(name.as_str().as_bytes()).ok()?,
+                HeaderValue::from_bytes(value.as_bytes()).ok()?,
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use tracing::Instrument;
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message};
 
-use super::{Context, Refused};
+use super::{Context, Refused, detached};
 use crate::auth::{ConnectRequest, Transport};
 use crate::hub::{Kind, Outbound};
 use crate::protocol::CloseCode;
@@ -151,19 +151,6 @@ fn handshake_accept(method: &Method, headers: &HeaderMap) -> Option<HeaderValue>
     digest.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
     let accept = base64::engine::general_purpose::STANDARD.encode(digest.finish());
     HeaderValue::from_str(&accept).ok()
-}
-
-/// A copy of `headers` that shares no memory with the request it came from.
-fn detached(headers: &HeaderMap) -> HeaderMap {
-    headers
-        .iter()
-        .filter_map(|(name, value)| {
-            Some((
-                HeaderName::from_bytes(name.as_str().as_bytes()).ok()?,
-                HeaderValue::from_bytes(value.as_bytes()).ok()?,
-            ))
-        })
-        .collect()
 }
 
 /// The read half, as tungstenite wants a whole stream: what tungstenite would write on its

@@ -1,0 +1,277 @@
+//! The Server-Sent Events transport, driven by `curl` (a standard client, its defaults:
+//! `-N` only turns off its own output buffering) for the stream and plain HTTP posts for
+//! the frames: one room with a WebSocket client, one order; a reconnect with
+//! `Last-Event-ID` resumes with nothing lost or repeated; bad input gets its answer.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+
+use common::{Client, DEADLINE, TestServer, start_with};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+/// One event of the stream: its id (if any) and its data as JSON.
+#[derive(Debug)]
+struct Event {
+    id: Option<String>,
+    data: Value,
+}
+
+/// An event stream read by `curl`.
+struct Stream {
+    curl: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    /// Where this stream's frames are posted.
+    post: String,
+    http: SocketAddr,
+    last_id: Option<String>,
+}
+
+impl Stream {
+    /// Opens `/wtchat/sse` with `headers`; reads the `session` event.
+    async fn open(http: SocketAddr, headers: &[&str]) -> Stream {
+        let mut command = Command::new("curl");
+        command.args(["-sN", "--max-time", "60"]);
+        for header in headers {
+            command.args(["-H", header]);
+        }
+        let mut curl = command
+            .arg(format!("http://{http}/wtchat/sse"))
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("curl runs");
+        let lines = BufReader::new(curl.stdout.take().unwrap()).lines();
+        let mut stream = Stream {
+            curl,
+            lines,
+            post: String::new(),
+            http,
+            last_id: None,
+        };
+        let hello = stream.next().await.expect("a session event");
+        assert_eq!(hello.data["type"], "session", "{:?}", hello);
+        stream.post = hello.data["post"].as_str().unwrap().to_string();
+        stream
+    }
+
+    /// The next event, None when the stream ended.
+    async fn next(&mut self) -> Option<Event> {
+        let read = async {
+            let (mut id, mut data) = (None, String::new());
+            while let Some(line) = self.lines.next_line().await.unwrap() {
+                if line.is_empty() && !data.is_empty() {
+                    return Some(Event {
+                        id,
+                        data: serde_json::from_str(&data).unwrap(),
+                    });
+                }
+                if let Some(value) = line.strip_prefix("id: ") {
+                    id = Some(value.to_string());
+                } else if let Some(value) = line.strip_prefix("data: ") {
+                    data.push_str(value);
+                }
+            }
+            None
+        };
+        let event = tokio::time::timeout(DEADLINE, read)
+            .await
+            .expect("an event before the deadline");
+        if let Some(Event { id: Some(id), .. }) = &event {
+            self.last_id = Some(id.clone());
+        }
+        event
+    }
+
+    /// The next event whose data has `type` `kind`.
+    async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let event = self
+                .next()
+                .await
+                .unwrap_or_else(|| panic!("ended before {kind}"));
+            if event.data["type"] == kind {
+                return event.data;
+            }
+        }
+    }
+
+    /// Posts `frames`, one per line; the status.
+    async fn post(&self, frames: &[Value]) -> u16 {
+        self.post_raw(
+            &frames
+                .iter()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            &[],
+        )
+        .await
+    }
+
+    async fn post_raw(&self, body: &str, headers: &[(&str, &str)]) -> u16 {
+        post(self.http, &self.post, body, headers).await
+    }
+}
+
+/// A raw `POST` of `body` to `path`: its status.
+async fn post(http: SocketAddr, path: &str, body: &str, headers: &[(&str, &str)]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tcp.read_to_end(&mut response).await.unwrap();
+    String::from_utf8_lossy(&response)[9..12].parse().unwrap()
+}
+
+async fn server() -> TestServer {
+    start_with(|config| config.frames_per_second(10_000).frame_burst(10_000)).await
+}
+
+#[tokio::test]
+async fn an_sse_client_and_a_websocket_client_share_one_room_in_one_order() {
+    let server = server().await;
+    let mut sse = Stream::open(server.http, &[]).await;
+    assert_eq!(
+        sse.post(&[json!({"type": "join", "room": "r", "name": "eve"})])
+            .await,
+        204
+    );
+    let joined = sse.next_of("joined").await;
+    assert_eq!(joined["you"]["name"], "eve");
+    let mut ws = Client::ws(&server).await;
+    ws.join("r", "wes").await;
+    // Interleaved sends from both: both see the same numbers and texts.
+    for i in 0..5 {
+        let frame =
+            json!({"type": "send", "room": "r", "text": format!("e{i}"), "id": format!("e{i}")});
+        assert_eq!(sse.post(&[frame]).await, 204);
+        ws.send(
+            json!({"type": "send", "room": "r", "text": format!("w{i}"), "id": format!("w{i}")}),
+        )
+        .await;
+    }
+    let over_ws = ws.messages("r", 10).await;
+    let mut over_sse = Vec::new();
+    while over_sse.len() < 10 {
+        let m = sse.next_of("message").await;
+        over_sse.push(common::seq_text(&m));
+    }
+    assert_eq!(over_sse, over_ws);
+    let seqs: Vec<u64> = over_sse.iter().map(|m| m.0).collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_reconnect_with_last_event_id_resumes_with_nothing_lost_or_repeated() {
+    let server = server().await;
+    let mut sse = Stream::open(server.http, &[]).await;
+    sse.post(&[json!({"type": "join", "room": "r", "name": "eve"})])
+        .await;
+    let joined = sse.next_of("joined").await;
+    let mut ws = Client::ws(&server).await;
+    ws.join("r", "wes").await;
+    for i in 1..=3 {
+        ws.say("r", &format!("m{i}"), &format!("m{i}")).await;
+    }
+    for i in 1..=3u64 {
+        assert_eq!(sse.next_of("message").await["seq"], i);
+    }
+    // The stream drops (as a network change would); meanwhile three more are sent.
+    let last = sse.last_id.clone().expect("message events carry ids");
+    drop(sse);
+    for i in 4..=6 {
+        ws.say("r", &format!("m{i}"), &format!("m{i}")).await;
+    }
+    // A reconnect as EventSource makes it: the same URL, and the last id it saw.
+    let header = format!("Last-Event-ID: {last}");
+    let mut again = Stream::open(server.http, &[&header]).await;
+    let rejoined = again.next_of("joined").await;
+    assert_eq!(rejoined["gap"], false, "{rejoined}");
+    assert_eq!(rejoined["epoch"], joined["epoch"]);
+    assert_eq!(
+        rejoined["you"]["sender"], joined["you"]["sender"],
+        "the same sender: the resume key came back"
+    );
+    let mut seqs = Vec::new();
+    while seqs.len() < 3 {
+        seqs.push(again.next_of("message").await["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs, [4, 5, 6], "exactly what was missed");
+    // And the new stream's post address works.
+    let send = json!({"type": "send", "room": "r", "text": "back", "id": "b1"});
+    assert_eq!(again.post(&[send]).await, 204);
+    assert_eq!(again.next_of("ack").await["seq"], 7);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_posts_get_their_answers_and_the_stream_goes_on() {
+    let server = server().await;
+    let mut sse = Stream::open(server.http, &[]).await;
+    sse.post(&[json!({"type": "join", "room": "r", "name": "eve"})])
+        .await;
+    sse.next_of("joined").await;
+    // Not a session: 404. Another origin than the stream's: 403.
+    assert_eq!(
+        post(server.http, "/wtchat/sse/nosuchsession", "{}", &[]).await,
+        404
+    );
+    let elsewhere = [("Origin", "https://evil.example")];
+    assert_eq!(sse.post_raw(r#"{"type":"ping"}"#, &elsewhere).await, 403);
+    // Too many frames in one post: 413, none of them taken.
+    let many = vec![r#"{"type":"ping"}"#; 65].join("\n");
+    assert_eq!(sse.post_raw(&many, &[]).await, 413);
+    // Not JSON, an unknown type, a send to a room not joined: error frames, in order.
+    assert_eq!(
+        sse.post_raw(
+            "not json\n{\"type\":\"fly\"}\n{\"type\":\"send\",\"room\":\"x\",\"text\":\"t\"}",
+            &[]
+        )
+        .await,
+        204
+    );
+    let codes = [
+        sse.next_of("error").await["code"].clone(),
+        sse.next_of("error").await["code"].clone(),
+        sse.next_of("error").await["code"].clone(),
+    ];
+    assert_eq!(codes, ["invalid_json", "unknown_type", "not_joined"]);
+    // Still serving: a ping is answered.
+    assert_eq!(sse.post(&[json!({"type": "ping"})]).await, 204);
+    sse.next_of("pong").await;
+    // A frame over max_frame_bytes closes the connection with 4409, as on a WebSocket.
+    let huge = format!(
+        r#"{{"type":"send","room":"r","text":"{}"}}"#,
+        "x".repeat(20_000)
+    );
+    assert_eq!(sse.post_raw(&huge, &[]).await, 204);
+    let bye = sse.next_of("bye").await;
+    assert_eq!(bye["code"], 4409, "{bye}");
+    assert!(sse.next().await.is_none(), "the stream ends after bye");
+    let _ = sse.curl.wait().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_needs_the_same_credentials_as_a_websocket() {
+    let secret = "a-token-secret-of-at-least-32-bytes!";
+    let server = start_with(move |config| config.token_secret(secret)).await;
+    let mut sse = Stream::open(server.http, &[]).await;
+    let bye = sse.next_of("bye").await;
+    assert_eq!(bye["code"], 4401, "{bye}");
+    server.stop().await;
+}
