@@ -35,19 +35,23 @@ pub enum Transport {
     /// Server-Sent Events, with frames posted back: for networks that block UDP and break
     /// WebSocket upgrades.
     Sse,
+    /// Long polling, with frames posted back: for proxies that buffer even streaming
+    /// responses.
+    LongPoll,
     /// Not a connection yet: a browser's credentialed `POST /wtchat/ticket` before it
     /// connects, the one request of a page that carries its cookies whatever the transport.
     Ticket,
 }
 
 impl Transport {
-    /// `"webtransport"`, `"websocket"` or `"sse"`, as the browser client's
+    /// `"webtransport"`, `"websocket"`, `"sse"` or `"longpoll"`, as the browser client's
     /// `chat.transport` says; `"ticket"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::WebTransport => "webtransport",
             Transport::WebSocket => "websocket",
             Transport::Sse => "sse",
+            Transport::LongPoll => "longpoll",
             Transport::Ticket => "ticket",
         }
     }

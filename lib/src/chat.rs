@@ -185,7 +185,8 @@ impl Chat {
             ws_read_buffer: config.ws_read_buffer,
             per_address: PerAddress::new(config.max_connections_per_ip),
             trusted_proxies: config.trusted_proxies.clone(),
-            sse: transport::sse::Sessions::default(),
+            posted: transport::posted::Sessions::default(),
+            polled: transport::poll::Polled::default(),
         });
         Ok(Chat {
             inner: Arc::new(ChatInner {

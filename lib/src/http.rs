@@ -20,7 +20,7 @@ use crate::auth::{ConnectRequest, TICKET_TTL_SECS, Transport};
 use crate::config::PATH;
 use crate::host::{Host, PublishError};
 use crate::protocol::{CloseCode, ErrorCode};
-use crate::transport::{self, sse, websocket};
+use crate::transport::{self, poll, posted, sse, websocket};
 
 /// The browser client, built into the binary so that `wtchat` is one self-contained file.
 const CLIENT_JS: &str = include_str!("../../client/wtchat.js");
@@ -62,7 +62,12 @@ pub(crate) fn router(state: HttpState) -> Router {
         .route(&format!("{PATH}/config"), get(config))
         .route(&format!("{PATH}/ws"), get(websocket::upgrade))
         .route(&format!("{PATH}/sse"), get(sse::open))
-        .route(&format!("{PATH}/sse/{{session}}"), post(sse::post))
+        .route(&format!("{PATH}/sse/{{session}}"), post(posted::post))
+        .route(&format!("{PATH}/poll"), post(poll::open))
+        .route(
+            &format!("{PATH}/poll/{{session}}"),
+            get(poll::poll).post(posted::post),
+        )
         .route(
             &format!("{PATH}/wtchat.js"),
             get(|| async {

@@ -2,6 +2,9 @@
 //! ([`FrameReader`](crate::session::FrameReader), [`FrameWriter`](crate::session::FrameWriter)):
 //! accepting, framing and close codes. No room logic lives here.
 //!
+//! `sse` and `poll` are for networks where neither WebTransport nor WebSocket gets
+//! through; `posted` is what they share (their clients post their frames).
+//!
 //! `lines` is the WebTransport stream's framing (lines of at most `max_frame_bytes`), kept
 //! apart from its I/O so that it can be tested on its own.
 //!
@@ -20,6 +23,8 @@ use crate::hub::ConnectionPermit;
 use crate::session::SessionContext;
 
 mod lines;
+pub(crate) mod poll;
+pub(crate) mod posted;
 pub(crate) mod sse;
 pub(crate) mod websocket;
 pub(crate) mod webtransport;
@@ -38,8 +43,10 @@ pub(crate) struct Context {
     /// Proxies whose `X-Forwarded-*` headers are believed: the client's address, scheme,
     /// host and prefix as they say. Nobody else's.
     pub trusted_proxies: Vec<IpAddr>,
-    /// The Server-Sent Events streams open here.
-    pub sse: sse::Sessions,
+    /// The sessions whose clients post their frames (SSE, long polling).
+    pub posted: posted::Sessions,
+    /// The long-polling sessions' queues.
+    pub polled: poll::Polled,
 }
 
 impl Context {

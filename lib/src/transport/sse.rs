@@ -12,47 +12,31 @@
 //! stream — on whichever node it reaches — joins those rooms again from there, before
 //! anything else: nothing lost, nothing repeated.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header;
+use axum::response::Response;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
-use tracing::Instrument;
 
-use super::{Context, Refused, detached};
+use super::{Context, posted};
 use crate::PATH;
-use crate::auth::{ConnectRequest, Transport, random_bytes};
+use crate::auth::Transport;
 use crate::hub::{Kind, Outbound};
 use crate::protocol::CloseCode;
-use crate::session::{self, FrameReader, FrameWriter, Inbound};
+use crate::session::{FrameWriter, Inbound};
 
-/// Frames a session may have waiting from its posts; past it a post is answered 429.
-const INBOX: usize = 256;
 /// A comment line this often keeps proxies from closing a quiet stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
-/// Most frames in one post.
-const MAX_FRAMES_PER_POST: usize = 64;
-
-/// The streams open here, by session id: where their posts go.
-#[derive(Default)]
-pub(crate) struct Sessions {
-    open: Mutex<HashMap<String, Posts>>,
-}
-
-struct Posts {
-    frames: mpsc::Sender<Inbound>,
-    origin: Option<String>,
-}
 
 /// Where a connection is, as its events' ids carry it.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -151,86 +135,50 @@ pub(crate) async fn open(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     request: Request,
 ) -> Response {
-    let headers = request.headers();
-    let origin = headers
-        .get(header::ORIGIN)
-        .map(|o| o.to_str().unwrap_or("\u{0}").to_string());
-    let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
-    let client = peer.map(|addr| ctx.client_address(addr.ip(), headers));
-    let admitted = match ctx.admit(origin.as_deref(), client) {
-        Ok(admitted) => admitted,
-        Err(Refused::Origin) => {
-            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
-        }
-        Err(Refused::Address) => {
-            return (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many connections from your address",
-            )
-                .into_response();
-        }
-        Err(Refused::ShuttingDown | Refused::Full) => {
-            return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
-        }
+    let opened = match posted::open(&ctx, peer, &request, Transport::Sse) {
+        Ok(opened) => opened,
+        Err(refused) => return posted::refusal(refused),
     };
-    let resume = headers
+    let resume = request
+        .headers()
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(Position::decode)
         .unwrap_or_default();
-    let connect = ctx.session.auth.identifies().then(|| ConnectRequest {
-        transport: Transport::Sse,
-        path: request.uri().path().to_string(),
-        query: request.uri().query().unwrap_or_default().to_string(),
-        origin: origin.clone(),
-        headers: detached(headers),
-    });
-    let sid = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<16>());
-    let (posts, inbox) = mpsc::channel(INBOX);
-    let (events, stream) = mpsc::channel::<Bytes>(16);
-    let (gone, client_gone) = oneshot::channel::<()>();
     // The joins of a resumed stream come first, before any post.
     for join in resume.joins() {
-        let _ = posts.try_send(Inbound::Frame(join));
+        let _ = opened.first.try_send(Inbound::Frame(join));
     }
-    ctx.sse.open.lock().unwrap().insert(
-        sid.clone(),
-        Posts {
-            frames: posts,
-            origin,
-        },
+    let hello = format!(
+        "retry: 1000\ndata: {{\"type\":\"session\",\"post\":\"{PATH}/sse/{}\"}}\n\n",
+        opened.id
     );
-    let hello =
-        format!("retry: 1000\ndata: {{\"type\":\"session\",\"post\":\"{PATH}/sse/{sid}\"}}\n\n");
-    let id = ctx.session.hub.next_id();
-    let span = tracing::info_span!("session", id, transport = "sse", peer = ?peer);
-    let tracker = ctx.tracker.clone();
-    let session_ctx = ctx.clone();
-    let session_sid = sid.clone();
-    tracker.spawn(
-        async move {
-            let _admitted = admitted;
-            let reader = SseReader { inbox, client_gone };
-            let writer = SseWriter {
-                events,
-                position: resume,
-            };
-            session::start(&session_ctx.session, id, connect, reader, writer).await;
-            session_ctx.sse.open.lock().unwrap().remove(&session_sid);
-        }
-        .instrument(span),
+    let (events, stream) = mpsc::channel::<Bytes>(16);
+    let (alive, gone) = oneshot::channel::<()>();
+    let writer = SseWriter {
+        events,
+        position: resume,
+    };
+    // The response stream is dropped when the client goes away: so is `alive`.
+    posted::run(
+        &ctx,
+        opened,
+        Transport::Sse,
+        async {
+            let _ = gone.await;
+        },
+        writer,
     );
     let body = futures_util::stream::unfold(
-        (stream, Some(gone), Some(Bytes::from(hello))),
-        |(mut stream, gone, first)| async move {
+        (stream, Some(alive), Some(Bytes::from(hello))),
+        |(mut stream, alive, first)| async move {
             if let Some(first) = first {
-                return Some((Ok::<_, Infallible>(first), (stream, gone, None)));
+                return Some((Ok::<_, Infallible>(first), (stream, alive, None)));
             }
-            let next = tokio::time::timeout(KEEPALIVE, stream.recv()).await;
-            match next {
-                Ok(Some(chunk)) => Some((Ok(chunk), (stream, gone, None))),
+            match tokio::time::timeout(KEEPALIVE, stream.recv()).await {
+                Ok(Some(chunk)) => Some((Ok(chunk), (stream, alive, None))),
                 Ok(None) => None,
-                Err(_) => Some((Ok(Bytes::from_static(b":\n\n")), (stream, gone, None))),
+                Err(_) => Some((Ok(Bytes::from_static(b":\n\n")), (stream, alive, None))),
             }
         },
     );
@@ -241,67 +189,6 @@ pub(crate) async fn open(
         .header("x-accel-buffering", "no")
         .body(Body::from_stream(body))
         .expect("valid response")
-}
-
-/// `POST /wtchat/sse/ID`: frames for a stream's session, one per line.
-pub(crate) async fn post(
-    State(ctx): State<Arc<Context>>,
-    Path(sid): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let origin = headers
-        .get(header::ORIGIN)
-        .map(|o| o.to_str().unwrap_or("\u{0}").to_string());
-    let frames = {
-        let open = ctx.sse.open.lock().unwrap();
-        let Some(posts) = open.get(&sid) else {
-            return (StatusCode::NOT_FOUND, "no such session: open a new stream").into_response();
-        };
-        if posts.origin != origin {
-            return (StatusCode::FORBIDDEN, "not the stream's origin").into_response();
-        }
-        posts.frames.clone()
-    };
-    let max = ctx.session.limits.max_frame_bytes;
-    let lines: Vec<&[u8]> = body
-        .split(|b| *b == b'\n')
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
-        .filter(|line| !line.is_empty())
-        .collect();
-    if lines.len() > MAX_FRAMES_PER_POST {
-        return (StatusCode::PAYLOAD_TOO_LARGE, "too many frames in one post").into_response();
-    }
-    if frames.capacity() < lines.len() {
-        return (StatusCode::TOO_MANY_REQUESTS, "too many frames waiting").into_response();
-    }
-    for line in lines {
-        // As on a WebSocket: a frame over the limit closes the connection (4409).
-        let inbound = if line.len() > max {
-            Inbound::Fatal(CloseCode::FrameTooLarge)
-        } else {
-            Inbound::Frame(body.slice_ref(line))
-        };
-        if frames.try_send(inbound).is_err() {
-            return (StatusCode::TOO_MANY_REQUESTS, "too many frames waiting").into_response();
-        }
-    }
-    StatusCode::NO_CONTENT.into_response()
-}
-
-struct SseReader {
-    inbox: mpsc::Receiver<Inbound>,
-    client_gone: oneshot::Receiver<()>,
-}
-
-impl FrameReader for SseReader {
-    async fn next(&mut self) -> Inbound {
-        tokio::select! {
-            frame = self.inbox.recv() => frame.unwrap_or(Inbound::Closed),
-            // The response stream was dropped: the client went away.
-            _ = &mut self.client_gone => Inbound::Closed,
-        }
-    }
 }
 
 struct SseWriter {

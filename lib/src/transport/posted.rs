@@ -1,0 +1,215 @@
+//! What the two transports whose clients post their frames share — Server-Sent Events
+//! ([`sse`](super::sse)) and long polling ([`poll`](super::poll)): opening a session
+//! (admitted and authenticated as a WebSocket is), its unguessable id, the `POST` that
+//! carries frames to it, and the reader that hands them to the session.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::{Admitted, Context, Refused, detached};
+use crate::auth::{ConnectRequest, Transport, random_bytes};
+use crate::protocol::CloseCode;
+use crate::session::{self, FrameReader, FrameWriter, Inbound};
+
+/// Frames a session may have waiting from its posts; past it a post is answered 429.
+const INBOX: usize = 256;
+/// Most frames in one post.
+const MAX_FRAMES_PER_POST: usize = 64;
+
+/// The sessions open here whose clients post, by id: where their posts go.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    open: Mutex<HashMap<String, Posts>>,
+}
+
+struct Posts {
+    frames: mpsc::Sender<Inbound>,
+    origin: Option<String>,
+}
+
+/// A session being opened: admitted, registered, not yet running.
+pub(crate) struct Opened {
+    pub id: String,
+    admitted: Admitted,
+    connect: Option<ConnectRequest>,
+    inbox: mpsc::Receiver<Inbound>,
+    /// Frames the session reads before any post (a resumed stream's joins).
+    pub first: mpsc::Sender<Inbound>,
+    peer: Option<SocketAddr>,
+}
+
+/// The `Origin` header as the origin policy reads it (a value that is not visible ASCII
+/// matches no allowed origin).
+fn origin_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::ORIGIN)
+        .map(|o| o.to_str().unwrap_or("\u{0}").to_string())
+}
+
+/// The answer to a refused session.
+pub(crate) fn refusal(refused: Refused) -> Response {
+    match refused {
+        Refused::Origin => (StatusCode::FORBIDDEN, "origin not allowed"),
+        Refused::Address => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from your address",
+        ),
+        Refused::ShuttingDown | Refused::Full => {
+            (StatusCode::SERVICE_UNAVAILABLE, "too many connections")
+        }
+    }
+    .into_response()
+}
+
+/// Admits a session for `request` and registers its id; or why not (see [`refusal`]).
+pub(crate) fn open(
+    ctx: &Context,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    request: &Request,
+    transport: Transport,
+) -> Result<Opened, Refused> {
+    let headers = request.headers();
+    let origin = origin_of(headers);
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
+    let client = peer.map(|addr| ctx.client_address(addr.ip(), headers));
+    let admitted = ctx.admit(origin.as_deref(), client)?;
+    let connect = ctx.session.auth.identifies().then(|| ConnectRequest {
+        transport,
+        path: request.uri().path().to_string(),
+        query: request.uri().query().unwrap_or_default().to_string(),
+        origin: origin.clone(),
+        headers: detached(headers),
+    });
+    // 128 random bits: a session's posts cannot be guessed.
+    let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<16>());
+    let (frames, inbox) = mpsc::channel(INBOX);
+    ctx.posted.open.lock().unwrap().insert(
+        id.clone(),
+        Posts {
+            frames: frames.clone(),
+            origin,
+        },
+    );
+    Ok(Opened {
+        id,
+        admitted,
+        connect,
+        inbox,
+        first: frames,
+        peer,
+    })
+}
+
+/// Runs `opened`'s session with `writer` until it ends (or `gone` says the client went
+/// away); then its id is forgotten.
+pub(crate) fn run(
+    ctx: &Arc<Context>,
+    opened: Opened,
+    transport: Transport,
+    gone: impl Future<Output = ()> + Send + 'static,
+    writer: impl FrameWriter + 'static,
+) {
+    let Opened {
+        id: key,
+        admitted,
+        connect,
+        inbox,
+        first,
+        peer,
+    } = opened;
+    drop(first);
+    let id = ctx.session.hub.next_id();
+    let span = tracing::info_span!("session", id, transport = transport.as_str(), peer = ?peer);
+    let ctx = ctx.clone();
+    let tracker = ctx.tracker.clone();
+    tracker.spawn(
+        async move {
+            let _admitted = admitted;
+            let reader = Reader {
+                inbox,
+                gone: Some(Box::pin(gone)),
+            };
+            session::start(&ctx.session, id, connect, reader, writer).await;
+            ctx.posted.open.lock().unwrap().remove(&key);
+        }
+        .instrument(span),
+    );
+}
+
+/// `POST /wtchat/sse/ID` and `/wtchat/poll/ID`: frames for a session, one per line.
+pub(crate) async fn post(
+    State(ctx): State<Arc<Context>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let origin = origin_of(&headers);
+    let frames = {
+        let open = ctx.posted.open.lock().unwrap();
+        let Some(posts) = open.get(&id) else {
+            return (StatusCode::NOT_FOUND, "no such session: open a new one").into_response();
+        };
+        if posts.origin != origin {
+            return (StatusCode::FORBIDDEN, "not the session's origin").into_response();
+        }
+        posts.frames.clone()
+    };
+    let max = ctx.session.limits.max_frame_bytes;
+    let lines: Vec<&[u8]> = body
+        .split(|b| *b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .filter(|line| !line.is_empty())
+        .collect();
+    if lines.len() > MAX_FRAMES_PER_POST {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "too many frames in one post").into_response();
+    }
+    if frames.capacity() < lines.len() {
+        return (StatusCode::TOO_MANY_REQUESTS, "too many frames waiting").into_response();
+    }
+    for line in lines {
+        // As on a WebSocket: a frame over the limit closes the connection (4409).
+        let inbound = if line.len() > max {
+            Inbound::Fatal(CloseCode::FrameTooLarge)
+        } else {
+            Inbound::Frame(body.slice_ref(line))
+        };
+        if frames.try_send(inbound).is_err() {
+            return (StatusCode::TOO_MANY_REQUESTS, "too many frames waiting").into_response();
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// A posted session's reading half: its posts, until the client is gone.
+struct Reader {
+    inbox: mpsc::Receiver<Inbound>,
+    /// None once it resolved.
+    gone: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl FrameReader for Reader {
+    async fn next(&mut self) -> Inbound {
+        let Some(gone) = self.gone.as_mut() else {
+            return Inbound::Closed;
+        };
+        tokio::select! {
+            frame = self.inbox.recv() => frame.unwrap_or(Inbound::Closed),
+            () = gone => {
+                self.gone = None;
+                Inbound::Closed
+            }
+        }
+    }
+}
