@@ -35,7 +35,7 @@ impl Polling {
     /// Posts `frames`; the status.
     async fn post(&self, frames: &[Value]) -> u16 {
         let body: Vec<String> = frames.iter().map(Value::to_string).collect();
-        post_raw(self.http, &self.url, &body.join("\n")).await
+        common::post_text(self.http, &self.url, &body.join("\n"), &[]).await
     }
 
     /// One poll from `after`: (next, frames).
@@ -61,20 +61,6 @@ impl Polling {
             }
         }
     }
-}
-
-/// A raw `POST` of `body` to `path`: its status.
-async fn post_raw(http: SocketAddr, path: &str, body: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(http).await.unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tcp.read_to_end(&mut response).await.unwrap();
-    String::from_utf8_lossy(&response)[9..12].parse().unwrap()
 }
 
 async fn server(idle: Duration) -> TestServer {
@@ -198,11 +184,14 @@ async fn bad_polls_and_posts_get_their_answers() {
     let (status, _) = http_request(server.http, "GET", &polling.url, &elsewhere, None).await;
     assert_eq!(status, 403);
     assert_eq!(
-        post_raw(server.http, "/wtchat/poll/nosuch", "{}").await,
+        common::post_text(server.http, "/wtchat/poll/nosuch", "{}", &[]).await,
         404
     );
     // Bad frames get error frames, and the session goes on.
-    assert_eq!(post_raw(server.http, &polling.url, "not json").await, 204);
+    assert_eq!(
+        common::post_text(server.http, &polling.url, "not json", &[]).await,
+        204
+    );
     assert_eq!(polling.next_of("error").await["code"], "invalid_json");
     polling.post(&[json!({"type": "ping"})]).await;
     polling.next_of("pong").await;

@@ -113,27 +113,8 @@ impl Stream {
     }
 
     async fn post_raw(&self, body: &str, headers: &[(&str, &str)]) -> u16 {
-        post(self.http, &self.post, body, headers).await
+        common::post_text(self.http, &self.post, body, headers).await
     }
-}
-
-/// A raw `POST` of `body` to `path`: its status.
-async fn post(http: SocketAddr, path: &str, body: &str, headers: &[(&str, &str)]) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(http).await.unwrap();
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tcp.read_to_end(&mut response).await.unwrap();
-    String::from_utf8_lossy(&response)[9..12].parse().unwrap()
 }
 
 async fn server() -> TestServer {
@@ -227,7 +208,7 @@ async fn bad_posts_get_their_answers_and_the_stream_goes_on() {
     sse.next_of("joined").await;
     // Not a session: 404. Another origin than the stream's: 403.
     assert_eq!(
-        post(server.http, "/wtchat/sse/nosuchsession", "{}", &[]).await,
+        common::post_text(server.http, "/wtchat/sse/nosuchsession", "{}", &[]).await,
         404
     );
     let elsewhere = [("Origin", "https://evil.example")];

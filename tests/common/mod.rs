@@ -776,3 +776,25 @@ impl Seen {
         joined
     }
 }
+
+/// A raw `POST` of `body` (text, not JSON) to `path` with `headers`: its status.
+pub async fn post_text(addr: SocketAddr, path: &str, body: &str, headers: &[(&str, &str)]) -> u16 {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&response)[9..12].parse().unwrap()
+}
