@@ -1580,3 +1580,63 @@ async fn retries_within_the_dedupe_window_keep_their_number_and_older_ones_are_f
     );
     server.stop().await;
 }
+
+/// Without a sticky load balancer: an SSE stream held by node A, its posts reaching node B,
+/// which sends them on to A through Redis (answered 202); the frames take effect on A.
+#[tokio::test]
+async fn an_sse_post_that_reaches_another_node_goes_to_the_stream_s_node() {
+    use tokio::io::AsyncBufReadExt;
+    const ROOM: &str = "relay";
+    let Some(redis) = Redis::start_or_skip("sse_relay", Persistence::None).await else {
+        return;
+    };
+    let a = Node::start("A", &redis, &[]).await;
+    let b = Node::start("B", &redis, &[]).await;
+    let mut curl = tokio::process::Command::new("curl")
+        .args(["-sN", "--max-time", "60"])
+        .arg(format!("http://{}/wtchat/sse", a.http))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("curl runs");
+    let mut lines = tokio::io::BufReader::new(curl.stdout.take().unwrap()).lines();
+    // The stream's frames (each event's data), in order.
+    let mut next_frame = async || -> Value {
+        loop {
+            let line = tokio::time::timeout(DEADLINE, lines.next_line())
+                .await
+                .expect("an event before the deadline")
+                .unwrap()
+                .expect("the stream goes on");
+            if let Some(data) = line.strip_prefix("data: ") {
+                return serde_json::from_str(data).unwrap();
+            }
+        }
+    };
+    let session = next_frame().await;
+    let post = session["post"].as_str().unwrap().to_string();
+    let mut wes = b.ws().await;
+    wes.join(ROOM, "wes").await;
+    let frames = [
+        json!({"type": "join", "room": ROOM, "name": "eve"}).to_string(),
+        json!({"type": "send", "room": ROOM, "text": "via B", "id": "e1"}).to_string(),
+    ];
+    let status = common::post_text(b.http, &post, &frames.join("\n"), &[]).await;
+    assert_eq!(status, 202, "B sends it on");
+    let mut seen = Vec::new();
+    while !seen.iter().any(|f: &Value| f["type"] == "ack") {
+        seen.push(next_frame().await);
+    }
+    let kinds: Vec<&str> = seen.iter().filter_map(|f| f["type"].as_str()).collect();
+    assert_eq!(kinds, ["joined", "message", "ack"], "{seen:?}");
+    let message = wes.next_of("message").await;
+    assert_eq!(
+        (&message["from"], &message["text"]),
+        (&json!("eve"), &json!("via B"))
+    );
+    // A session id of A's that A does not hold: A answers 404; B cannot know, sends it on.
+    let (base, _) = post.rsplit_once('.').unwrap();
+    let unknown = format!("{base}.bm93aGVyZQ");
+    assert_eq!(common::post_text(a.http, &unknown, "{}", &[]).await, 404);
+    assert_eq!(common::post_text(b.http, &unknown, "{}", &[]).await, 202);
+}

@@ -188,6 +188,24 @@ impl Chat {
             posted: transport::posted::Sessions::default(),
             polled: transport::poll::Polled::default(),
         });
+        // Posts for sessions held here that reached another node come through the engine.
+        let held = Arc::downgrade(&transport);
+        transport.session.hub.on_forwarded(move |post| {
+            if let Some(ctx) = held.upgrade() {
+                let max = ctx.session.limits.max_frame_bytes;
+                let body = bytes::Bytes::from(post.body);
+                if let Err(why) =
+                    ctx.posted
+                        .deliver(&post.session, post.origin.as_deref(), &body, max)
+                {
+                    tracing::debug!(
+                        session = post.session,
+                        ?why,
+                        "a forwarded post was not delivered"
+                    );
+                }
+            }
+        });
         Ok(Chat {
             inner: Arc::new(ChatInner {
                 digests: Arc::new(RwLock::new(dev_cert.iter().map(|c| c.digest).collect())),

@@ -304,6 +304,17 @@ impl Store {
         }
     }
 
+    /// Sends a post for a session node `node` holds to it; false without a shared engine.
+    pub(crate) fn forward(&self, node: u64, post: redis::Forwarded) -> bool {
+        match self {
+            Store::Redis(redis) => {
+                redis.forward(node, post);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Tells the other nodes of a shared engine (a kick, a ban).
     pub(crate) fn control(&self, control: redis::Control) {
         if let Store::Redis(redis) = self {

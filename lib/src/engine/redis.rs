@@ -27,8 +27,9 @@
 //! Keys, under the prefix `P` (`--redis-prefix`), for room `R` (room names have no `/`):
 //! `P:R/meta` (epoch, seq), `P:R/log` (stream, entry id `seq-0`), `P:R/ids` and
 //! `P:R/ids-old` (the dedupe window), `P:R/m` (members by id), channel `P:R/c`; and
-//! `P/nodes` (beats), `P/node/N` (node N's members), `P/nodeseq`, `P/bans`, channel
-//! `P/ctl` (kicks and bans for every node).
+//! `P/nodes` (beats), `P/node/N` (node N's members), `P/nodeseq`, `P/bans`, channels
+//! `P/ctl` (kicks and bans for every node) and `P/inbox/N` (posts for sessions node N
+//! holds, that reached another node).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -37,7 +38,7 @@ use std::time::{Duration, Instant};
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{Client, Value};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{Ban, HistoryPage, LoadedRoom, Record, Retention, StorageError, StoredMessage};
@@ -353,7 +354,7 @@ enum Command {
         room: Arc<str>,
         ids: Vec<u64>,
     },
-    /// An event for room `.0`'s channel that is not stored (typing).
+    /// A message for channel `.0` that is not stored (typing, a forwarded post).
     Notice(Arc<str>, String),
     /// A kick or a ban for every node.
     Control(Control),
@@ -362,6 +363,16 @@ enum Command {
 }
 
 type ControlHandler = Box<dyn Fn(Control) + Send + Sync>;
+
+/// A post for a session this node holds, that reached another node.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Forwarded {
+    pub session: String,
+    pub origin: Option<String>,
+    pub body: String,
+}
+
+type PostHandler = Box<dyn Fn(Forwarded) + Send + Sync>;
 
 /// A connection to Redis, shared by the node's rooms.
 pub(crate) struct Redis {
@@ -392,6 +403,8 @@ struct Inner {
     subs: Mutex<HashMap<Arc<str>, Sub>>,
     sink: tokio::sync::Mutex<Option<PubSubSink>>,
     control: OnceLock<ControlHandler>,
+    /// Where posts forwarded to this node go.
+    posts: OnceLock<PostHandler>,
 }
 
 fn failed(url: &str, e: &redis::RedisError) -> StorageError {
@@ -449,6 +462,7 @@ impl Redis {
                 subs: Mutex::new(HashMap::new()),
                 sink: tokio::sync::Mutex::new(None),
                 control: OnceLock::new(),
+                posts: OnceLock::new(),
             }),
         };
         redis.inner.load_scripts().await?;
@@ -471,6 +485,21 @@ impl Redis {
     /// Where kicks and bans from other nodes go.
     pub(crate) fn on_control(&self, handler: ControlHandler) {
         let _ = self.inner.control.set(handler);
+    }
+
+    /// Where posts forwarded to this node go.
+    pub(crate) fn on_post(&self, handler: PostHandler) {
+        let _ = self.inner.posts.set(handler);
+    }
+
+    /// Sends a post for a session node `node` holds to it.
+    pub(crate) fn forward(&self, node: u64, post: Forwarded) {
+        let payload = serde_json::to_string(&post).expect("serializable");
+        let channel = format!("{}/inbox/{node}", self.inner.prefix);
+        let _ = self
+            .inner
+            .commands
+            .send(Command::Notice(channel.into(), payload));
     }
 
     /// Subscribes to room `name` and reads it: its epoch, number, newest `tail` messages
@@ -588,10 +617,11 @@ impl Redis {
     pub(crate) fn typing(&self, room: &str, id: u64, name: &str) {
         let event =
             serde_json::json!({"kind": "typing", "node": self.inner.node, "id": id, "name": name});
+        let channel = self.inner.channel(room);
         let _ = self
             .inner
             .commands
-            .send(Command::Notice(room.into(), event.to_string()));
+            .send(Command::Notice(channel.into(), event.to_string()));
     }
 
     /// Members of this node left room `room`.
@@ -1131,8 +1161,8 @@ impl Inner {
                 }
                 pipe.invoke_script(&call);
             }
-            Command::Notice(room, event) => {
-                pipe.cmd("PUBLISH").arg(self.channel(room)).arg(event);
+            Command::Notice(channel, event) => {
+                pipe.cmd("PUBLISH").arg(&**channel).arg(event);
             }
             Command::Control(control) => {
                 pipe.cmd("PUBLISH")
@@ -1188,6 +1218,8 @@ async fn subscriber(
             let pubsub = inner.client.get_async_pubsub().await?;
             let (mut sink, stream) = pubsub.split();
             sink.subscribe(format!("{}/ctl", inner.prefix)).await?;
+            sink.subscribe(format!("{}/inbox/{}", inner.prefix, inner.node))
+                .await?;
             redis::RedisResult::Ok((sink, stream))
         };
         let (sink, mut stream) = match tokio::time::timeout(RESPONSE_TIMEOUT, attempt).await {
@@ -1218,6 +1250,7 @@ async fn subscriber(
             resubscribe(&inner).await;
         }
         let ctl = format!("{}/ctl", inner.prefix);
+        let inbox = format!("{}/inbox/{}", inner.prefix, inner.node);
         drop(inner);
         let mut batch = Vec::new();
         while let Some(first) = stream.next().await {
@@ -1233,7 +1266,7 @@ async fn subscriber(
                     _ => break,
                 }
             }
-            inner.dispatch(&ctl, batch.drain(..));
+            inner.dispatch(&ctl, &inbox, batch.drain(..));
         }
         let Some(inner) = weak.upgrade() else {
             return;
@@ -1244,12 +1277,20 @@ async fn subscriber(
 }
 
 impl Inner {
-    /// Hands what arrived on the subscription to the rooms (in order, per room) and kicks
-    /// and bans to the hub.
-    fn dispatch(&self, ctl: &str, messages: impl Iterator<Item = redis::Msg>) {
+    /// Hands what arrived on the subscription to the rooms (in order, per room), kicks and
+    /// bans to the hub, and posts forwarded to this node to their sessions.
+    fn dispatch(&self, ctl: &str, inbox: &str, messages: impl Iterator<Item = redis::Msg>) {
         let mut rooms: Vec<(Arc<Room>, Vec<Event>)> = Vec::new();
         for msg in messages {
             let channel = msg.get_channel_name();
+            if channel == inbox {
+                if let Ok(post) = serde_json::from_slice::<Forwarded>(msg.get_payload_bytes())
+                    && let Some(handler) = self.posts.get()
+                {
+                    handler(post);
+                }
+                continue;
+            }
             if channel == ctl {
                 if let Ok(control) = serde_json::from_slice::<Control>(msg.get_payload_bytes())
                     && control.node() != self.node

@@ -753,6 +753,41 @@ impl Hub {
         &self.inner.config
     }
 
+    /// This node's number on a shared engine (0 on one process).
+    pub(crate) fn node(&self) -> u64 {
+        self.inner.store.node()
+    }
+
+    /// Sends a post for a session another node holds to it: `origin` and `body` as they
+    /// came. False without a shared engine (the session is nowhere).
+    pub(crate) fn forward(
+        &self,
+        node: u64,
+        session: &str,
+        origin: Option<String>,
+        body: &[u8],
+    ) -> bool {
+        let Ok(body) = std::str::from_utf8(body) else {
+            return false;
+        };
+        let post = crate::engine::redis::Forwarded {
+            session: session.into(),
+            origin,
+            body: body.into(),
+        };
+        self.inner.store.forward(node, post)
+    }
+
+    /// Where posts other nodes forward to this one go (the sessions whose clients post).
+    pub(crate) fn on_forwarded(
+        &self,
+        handler: impl Fn(crate::engine::redis::Forwarded) + Send + Sync + 'static,
+    ) {
+        if let Store::Redis(redis) = &self.inner.store {
+            redis.on_post(Box::new(handler));
+        }
+    }
+
     /// A fresh connection id.
     pub(crate) fn next_id(&self) -> u64 {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed)

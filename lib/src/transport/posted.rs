@@ -92,8 +92,13 @@ pub(crate) fn open(
         origin: origin.clone(),
         headers: detached(headers),
     });
-    // 128 random bits: a session's posts cannot be guessed.
-    let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<16>());
+    // The node that holds it (where posts that reach another node are sent on), and 128
+    // random bits: a session's posts cannot be guessed.
+    let id = format!(
+        "{}.{}",
+        ctx.session.hub.node(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<16>())
+    );
     let (frames, inbox) = mpsc::channel(INBOX);
     ctx.posted.open.lock().unwrap().insert(
         id.clone(),
@@ -148,7 +153,9 @@ pub(crate) fn run(
     );
 }
 
-/// `POST /wtchat/sse/ID` and `/wtchat/poll/ID`: frames for a session, one per line.
+/// `POST /wtchat/sse/ID` and `/wtchat/poll/ID`: frames for a session, one per line. A
+/// post for a session another node holds (no sticky load balancer) goes there through the
+/// engine, and is answered 202.
 pub(crate) async fn post(
     State(ctx): State<Arc<Context>>,
     Path(id): Path<String>,
@@ -156,40 +163,83 @@ pub(crate) async fn post(
     body: Bytes,
 ) -> Response {
     let origin = origin_of(&headers);
-    let frames = {
-        let open = ctx.posted.open.lock().unwrap();
-        let Some(posts) = open.get(&id) else {
-            return (StatusCode::NOT_FOUND, "no such session: open a new one").into_response();
-        };
-        if posts.origin != origin {
-            return (StatusCode::FORBIDDEN, "not the session's origin").into_response();
-        }
-        posts.frames.clone()
-    };
     let max = ctx.session.limits.max_frame_bytes;
-    let lines: Vec<&[u8]> = body
-        .split(|b| *b == b'\n')
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
-        .filter(|line| !line.is_empty())
-        .collect();
-    if lines.len() > MAX_FRAMES_PER_POST {
-        return (StatusCode::PAYLOAD_TOO_LARGE, "too many frames in one post").into_response();
-    }
-    if frames.capacity() < lines.len() {
-        return (StatusCode::TOO_MANY_REQUESTS, "too many frames waiting").into_response();
-    }
-    for line in lines {
-        // As on a WebSocket: a frame over the limit closes the connection (4409).
-        let inbound = if line.len() > max {
-            Inbound::Fatal(CloseCode::FrameTooLarge)
-        } else {
-            Inbound::Frame(body.slice_ref(line))
-        };
-        if frames.try_send(inbound).is_err() {
-            return (StatusCode::TOO_MANY_REQUESTS, "too many frames waiting").into_response();
+    match ctx.posted.deliver(&id, origin.as_deref(), &body, max) {
+        Err(Undelivered::Unknown) => {
+            let node = id.split_once('.').and_then(|(n, _)| n.parse::<u64>().ok());
+            let hub = &ctx.session.hub;
+            match node {
+                Some(node) if node != hub.node() && hub.forward(node, &id, origin, &body) => {
+                    StatusCode::ACCEPTED.into_response()
+                }
+                _ => (StatusCode::NOT_FOUND, "no such session: open a new one").into_response(),
+            }
         }
+        Err(Undelivered::Origin) => {
+            (StatusCode::FORBIDDEN, "not the session's origin").into_response()
+        }
+        Err(Undelivered::TooMany) => {
+            (StatusCode::PAYLOAD_TOO_LARGE, "too many frames in one post").into_response()
+        }
+        Err(Undelivered::Full) => {
+            (StatusCode::TOO_MANY_REQUESTS, "too many frames waiting").into_response()
+        }
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
     }
-    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Why a post's frames were not handed to their session.
+#[derive(Debug)]
+pub(crate) enum Undelivered {
+    /// No such session here.
+    Unknown,
+    /// From another origin than the session's.
+    Origin,
+    /// More frames than one post may carry.
+    TooMany,
+    /// The session has too many frames waiting.
+    Full,
+}
+
+impl Sessions {
+    /// Hands the frames of a post (`body`, one per line) from `origin` to session `id`.
+    pub(crate) fn deliver(
+        &self,
+        id: &str,
+        origin: Option<&str>,
+        body: &Bytes,
+        max_frame_bytes: usize,
+    ) -> Result<(), Undelivered> {
+        let frames = {
+            let open = self.open.lock().unwrap();
+            let posts = open.get(id).ok_or(Undelivered::Unknown)?;
+            if posts.origin.as_deref() != origin {
+                return Err(Undelivered::Origin);
+            }
+            posts.frames.clone()
+        };
+        let lines: Vec<&[u8]> = body
+            .split(|b| *b == b'\n')
+            .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+            .filter(|line| !line.is_empty())
+            .collect();
+        if lines.len() > MAX_FRAMES_PER_POST {
+            return Err(Undelivered::TooMany);
+        }
+        if frames.capacity() < lines.len() {
+            return Err(Undelivered::Full);
+        }
+        for line in lines {
+            // As on a WebSocket: a frame over the limit closes the connection (4409).
+            let inbound = if line.len() > max_frame_bytes {
+                Inbound::Fatal(CloseCode::FrameTooLarge)
+            } else {
+                Inbound::Frame(body.slice_ref(line))
+            };
+            frames.try_send(inbound).map_err(|_| Undelivered::Full)?;
+        }
+        Ok(())
+    }
 }
 
 /// A posted session's reading half: its posts, until the client is gone.
