@@ -9,7 +9,7 @@
 export const VERSION: string;
 
 /** The transports the client can use. */
-export type Transport = "webtransport" | "websocket";
+export type Transport = "webtransport" | "websocket" | "sse" | "longpoll";
 
 /** Where the connection stands. */
 export type Status = "connecting" | "connected" | "reconnecting" | "closed";

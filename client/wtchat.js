@@ -204,6 +204,147 @@ function openWebSocket(url, events, signal) {
 }
 
 /**
+ * The sending half of the transports whose frames go up as posts (SSE, long polling):
+ * frames written while a post is under way go together in the next one, in order.
+ */
+function poster(conn, fail) {
+  let queue = [];
+  let busy = false;
+  const flush = async () => {
+    if (busy || queue.length === 0 || !conn.post) return;
+    busy = true;
+    const lines = queue.splice(0, 64);
+    try {
+      const response = await fetch(conn.post, {
+        method: "POST",
+        body: lines.join("\n"),
+        headers: { "content-type": "text/plain" },
+        cache: "no-store",
+      });
+      // 204 (here) or 202 (sent on to the session's node); anything else: the session is gone.
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    } catch (e) {
+      fail(e);
+      return;
+    } finally {
+      busy = false;
+    }
+    flush();
+  };
+  return (obj) => {
+    queue.push(JSON.stringify(obj));
+    flush();
+    return true;
+  };
+}
+
+/**
+ * Server-Sent Events: frames come as events, go up as posts. Resolves once the stream's
+ * `session` event named where to post. When the stream breaks, the connection is over
+ * (the chat reconnects and resumes, as on the other transports).
+ */
+function openSse(url, events, signal) {
+  return new Promise((resolve, reject) => {
+    let source;
+    try {
+      source = new EventSource(url);
+    } catch (e) {
+      reject(new ChatError("unreachable", `sse: ${e.message}`));
+      return;
+    }
+    let open = false;
+    let done = false;
+    const conn = {
+      kind: "sse",
+      post: null,
+      write: null,
+      writeEphemeral(obj) { return conn.write(obj); },
+      close() { finish({}); },
+    };
+    const finish = (info) => {
+      if (done) return;
+      done = true;
+      source.close();
+      if (open) events.closed(conn, info);
+      else reject(new ChatError("unreachable", "sse: connection failed"));
+    };
+    conn.write = poster(conn, () => finish({}));
+    source.onmessage = (e) => {
+      let frame;
+      try {
+        frame = JSON.parse(e.data);
+      } catch {
+        return;
+      }
+      if (frame.type === "session") {
+        conn.post = new URL(frame.post, url).toString();
+        if (!open) {
+          if (signal?.aborted) return finish({});
+          open = true;
+          resolve(conn);
+        }
+        return;
+      }
+      if (!done) events.frame(conn, frame);
+    };
+    source.onerror = () => finish({});
+    signal?.addEventListener("abort", () => { if (!open) { finish({}); } }, { once: true });
+  });
+}
+
+/**
+ * Long polling: `POST` opens a session, held `GET`s fetch its frames (each asking from the
+ * last one it got, so a lost answer is asked again), posts carry ours up.
+ */
+async function openPoll(url, events, signal) {
+  let session;
+  try {
+    const response = await fetch(url, { method: "POST", cache: "no-store", signal });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    session = await response.json();
+  } catch (e) {
+    throw new ChatError(signal?.aborted ? "aborted" : "unreachable", `longpoll: ${e.message}`);
+  }
+  let done = false;
+  const stop = new AbortController();
+  const conn = {
+    kind: "longpoll",
+    post: new URL(session.post, url).toString(),
+    write: null,
+    writeEphemeral(obj) { return conn.write(obj); },
+    close() { finish({}); },
+  };
+  const finish = (info) => {
+    if (done) return;
+    done = true;
+    stop.abort();
+    events.closed(conn, info);
+  };
+  conn.write = poster(conn, () => finish({}));
+  (async () => {
+    let after = 0;
+    const poll = new URL(session.poll, url);
+    while (!done) {
+      poll.searchParams.set("after", String(after));
+      try {
+        const response = await fetch(poll, { cache: "no-store", signal: stop.signal });
+        if (!response.ok) throw new Error(`HTTP ${response.status}`);
+        const answer = await response.json();
+        after = answer.next;
+        for (const frame of answer.frames) {
+          if (done) return;
+          events.frame(conn, frame);
+        }
+      } catch {
+        finish({});
+        return;
+      }
+    }
+  })();
+  return conn;
+}
+
+/**
  * Opens a WebTransport session and its one bidirectional stream. Resolves with a
  * connection once both are ready; rejects if either fails first.
  */
@@ -351,8 +492,19 @@ async function dial(config, options, events, state) {
   if (forced === "webtransport" && !hasWT) {
     throw new ChatError("unsupported", "WebTransport is not available in this browser or server");
   }
+  const hasWS = typeof globalThis.WebSocket === "function" && !!config.websocket;
+  const hasSse = typeof globalThis.EventSource === "function" && !!config.sse;
+  const hasPoll = typeof globalThis.fetch === "function" && !!config.poll;
+  if (forced && !{ webtransport: hasWT, websocket: hasWS, sse: hasSse, longpoll: hasPoll }[forced]) {
+    throw new ChatError("unsupported", `${forced} is not available in this browser or server`);
+  }
+  // Where neither WebTransport nor WebSocket gets through: SSE, then long polling, each
+  // started once the ones before it failed or kept silent for FALLBACK_MS.
+  if (forced === "sse" || forced === "longpoll" || (!forced && !hasWT && !hasWS)) {
+    return dialPosted(config, options, events, forced);
+  }
   const useWT = hasWT && forced !== "websocket";
-  const useWS = forced !== "webtransport" && !!config.websocket;
+  const useWS = forced !== "webtransport" && hasWS;
   const controller = new AbortController();
   const attempts = [];
   const start = (open) => {
@@ -390,6 +542,9 @@ async function dial(config, options, events, state) {
     }
   } catch (e) {
     controller.abort();
+    if (!forced && (hasSse || hasPoll) && (e instanceof AggregateError || e?.code === "unreachable")) {
+      return dialPosted(config, options, events, null);
+    }
     if (e instanceof AggregateError) {
       throw new ChatError("unreachable", e.errors.map((x) => x.message).join("; "));
     }
@@ -402,6 +557,29 @@ async function dial(config, options, events, state) {
   }
   if (useWT && useWS) state.webTransportLost = winner.kind !== "webtransport";
   return winner;
+}
+
+/**
+ * SSE, then long polling (or the one `forced`): the first that connects.
+ */
+async function dialPosted(config, options, events, forced) {
+  const errors = [];
+  if (forced !== "longpoll" && typeof globalThis.EventSource === "function" && config.sse) {
+    try {
+      return await openSse(withIdentity(config.sse, options, "sse"), events);
+    } catch (e) {
+      if (forced === "sse") throw e;
+      errors.push(e.message);
+    }
+  }
+  if (typeof globalThis.fetch === "function" && config.poll) {
+    try {
+      return await openPoll(withIdentity(config.poll, options, "longpoll"), events);
+    } catch (e) {
+      errors.push(e.message);
+    }
+  }
+  throw new ChatError("unreachable", errors.join("; ") || "no transport could connect");
 }
 
 /** A joined room. Create it with {@link connect}. */
@@ -417,7 +595,7 @@ export class Chat {
     this.name = options.name ?? null;
     /** The server's HTTP base URL. */
     this.server = String(server).replace(/\/+$/, "");
-    /** `"webtransport"` or `"websocket"` once connected; null before. */
+    /** `"webtransport"`, `"websocket"`, `"sse"` or `"longpoll"` once connected; null before. */
     this.transport = null;
     /** connecting | connected | reconnecting | closed */
     this.status = "connecting";

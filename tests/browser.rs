@@ -1516,3 +1516,89 @@ async fn a_page_shows_a_crowded_room_a_page_at_a_time() {
         assert_no_console_errors(page);
     }
 }
+
+/// Run before the page's scripts: neither WebTransport nor WebSocket (UDP blocked, upgrades
+/// broken by a proxy); and, for the last, no EventSource either.
+const NO_STREAMS: &str = "delete window.WebTransport; delete window.WebSocket;";
+const NO_EVENT_SOURCE: &str =
+    "delete window.WebTransport; delete window.WebSocket; delete window.EventSource;";
+
+#[tokio::test]
+async fn pages_on_sse_and_long_polling_chat_with_webtransport_and_websocket_pages() {
+    let Some((_serial, browser)) =
+        take_browser("pages_on_sse_and_long_polling_chat_with_webtransport_and_websocket_pages")
+            .await
+    else {
+        return;
+    };
+    let server = start().await;
+    let size = (1024, 768);
+    let ann = open_chat(&browser, &server, "A", size, None, "mixed", "ann").await;
+    let ann_took = ann.wait_connected("webtransport").await;
+    let bob = open_chat(
+        &browser,
+        &server,
+        "B",
+        size,
+        Some(NO_WEBTRANSPORT),
+        "mixed",
+        "bob",
+    )
+    .await;
+    bob.wait_connected("websocket").await;
+    let eve = open_chat(
+        &browser,
+        &server,
+        "E",
+        size,
+        Some(NO_STREAMS),
+        "mixed",
+        "eve",
+    )
+    .await;
+    let eve_took = eve.wait_connected("sse").await;
+    let pol = open_chat(
+        &browser,
+        &server,
+        "P",
+        size,
+        Some(NO_EVENT_SOURCE),
+        "mixed",
+        "pol",
+    )
+    .await;
+    let pol_took = pol.wait_connected("longpoll").await;
+    eprintln!(
+        "connected in {ann_took:.0} ms (WebTransport), {eve_took:.0} ms (SSE), {pol_took:.0} ms (long polling)"
+    );
+    for page in [&ann, &bob, &eve, &pol] {
+        page.wait_members(&["ann", "bob", "eve", "pol"]).await;
+    }
+    say(&eve, "eve over SSE").await;
+    ann.messages(1).await;
+    say(&pol, "pol over long polling").await;
+    ann.messages(2).await;
+    say(&ann, "ann over WebTransport").await;
+    eve.messages(3).await;
+    say(&bob, "bob over WebSocket").await;
+    let want = numbered(&[
+        ("eve", "eve over SSE"),
+        ("pol", "pol over long polling"),
+        ("ann", "ann over WebTransport"),
+        ("bob", "bob over WebSocket"),
+    ]);
+    for page in [&ann, &bob, &eve, &pol] {
+        assert_eq!(page.messages(4).await, want, "[{}]", page.label());
+    }
+    // A forced reconnect of the SSE page: it comes back on SSE and misses nothing.
+    eve.eval("window.chat._conn.close()").await;
+    say(&ann, "while eve reconnects").await;
+    eve.wait_connected("sse").await;
+    let mut want = want;
+    want.push((5, "ann".into(), "while eve reconnects".into()));
+    assert_eq!(eve.messages(5).await, want);
+    for page in [&ann, &bob, &eve, &pol] {
+        assert_no_console_errors(page);
+    }
+    server.stop().await;
+}

@@ -194,10 +194,13 @@ impl Chat {
             if let Some(ctx) = held.upgrade() {
                 let max = ctx.session.limits.max_frame_bytes;
                 let body = bytes::Bytes::from(post.body);
-                if let Err(why) =
-                    ctx.posted
-                        .deliver(&post.session, post.origin.as_deref(), &body, max)
-                {
+                if let Err(why) = ctx.posted.deliver(
+                    &post.session,
+                    post.origin.as_deref(),
+                    &ctx.origins,
+                    &body,
+                    max,
+                ) {
                     tracing::debug!(
                         session = post.session,
                         ?why,

@@ -214,6 +214,9 @@ async fn config(State(state): State<HttpState>, request: axum::extract::Request)
         },
         "certificateHashes": hashes,
         "websocket": reached.url("ws", "wss", "/ws"),
+        // Where neither gets through: Server-Sent Events, then long polling.
+        "sse": reached.url("http", "https", "/sse"),
+        "poll": reached.url("http", "https", "/poll"),
         // Where a browser gets its tickets (with its cookies) before connecting, when the
         // host's hook decides who it is.
         "ticket": state.transport.session.auth.issues_tickets()

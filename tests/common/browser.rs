@@ -243,10 +243,11 @@ pub const DEMO_MESSAGES: &str =
 
 /// The demo page says it is connected over `transport`: status and badge both.
 pub fn demo_connected(transport: &str) -> String {
-    let label = if transport == "webtransport" {
-        "WebTransport"
-    } else {
-        "WebSocket"
+    let label = match transport {
+        "webtransport" => "WebTransport",
+        "sse" => "SSE",
+        "longpoll" => "Long polling",
+        _ => "WebSocket",
     };
     format!(
         "(() => {{ const b = document.querySelector('[data-testid=transport-badge]');

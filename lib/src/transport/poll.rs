@@ -140,7 +140,7 @@ pub(crate) async fn poll(
     let Some(queue) = ctx.polled.open.lock().unwrap().get(&id).cloned() else {
         return (StatusCode::NOT_FOUND, "no such session: open a new one").into_response();
     };
-    if queue.origin != origin {
+    if !posted::origin_fits(queue.origin.as_deref(), origin.as_deref(), &ctx.origins) {
         return (StatusCode::FORBIDDEN, "not the session's origin").into_response();
     }
     queue.state.lock().unwrap().polling += 1;

@@ -18,7 +18,7 @@ use base64::Engine;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::{Admitted, Context, Refused, detached};
+use super::{Admitted, Context, OriginPolicy, Refused, detached};
 use crate::auth::{ConnectRequest, Transport, random_bytes};
 use crate::protocol::CloseCode;
 use crate::session::{self, FrameReader, FrameWriter, Inbound};
@@ -71,6 +71,24 @@ pub(crate) fn refusal(refused: Refused) -> Response {
         }
     }
     .into_response()
+}
+
+/// Whether a request with `Origin` header `request` may use a session opened with
+/// `session`'s. A browser always names its origin on a cross-origin request, and names none
+/// on a same-origin GET (an `EventSource`, a poll) while it does on its POSTs: so a request
+/// without one is the session's own page (or not a browser, which needs the session's
+/// unguessable id all the same); one with an origin must be the session's, or — for a
+/// session opened without one — an origin the server allows.
+pub(crate) fn origin_fits(
+    session: Option<&str>,
+    request: Option<&str>,
+    origins: &OriginPolicy,
+) -> bool {
+    match (session, request) {
+        (_, None) => true,
+        (Some(opened), Some(origin)) => opened == origin,
+        (None, Some(origin)) => origins.allows(Some(origin)),
+    }
 }
 
 /// Admits a session for `request` and registers its id; or why not (see [`refusal`]).
@@ -164,7 +182,10 @@ pub(crate) async fn post(
 ) -> Response {
     let origin = origin_of(&headers);
     let max = ctx.session.limits.max_frame_bytes;
-    match ctx.posted.deliver(&id, origin.as_deref(), &body, max) {
+    match ctx
+        .posted
+        .deliver(&id, origin.as_deref(), &ctx.origins, &body, max)
+    {
         Err(Undelivered::Unknown) => {
             let node = id.split_once('.').and_then(|(n, _)| n.parse::<u64>().ok());
             let hub = &ctx.session.hub;
@@ -207,13 +228,14 @@ impl Sessions {
         &self,
         id: &str,
         origin: Option<&str>,
+        origins: &OriginPolicy,
         body: &Bytes,
         max_frame_bytes: usize,
     ) -> Result<(), Undelivered> {
         let frames = {
             let open = self.open.lock().unwrap();
             let posts = open.get(id).ok_or(Undelivered::Unknown)?;
-            if posts.origin.as_deref() != origin {
+            if !origin_fits(posts.origin.as_deref(), origin, origins) {
                 return Err(Undelivered::Origin);
             }
             posts.frames.clone()
