@@ -33,6 +33,12 @@ const BACKOFF_MAX_MS = 15000;
 /** How long one connection attempt (config, transport, join) may take. */
 const ATTEMPT_TIMEOUT_MS = 10000;
 /**
+ * How long WebTransport and WebSocket may stay silent before SSE and long polling are
+ * tried beside them (at once when both failed): a proxy that swallows the WebSocket
+ * upgrade costs this, not the whole attempt.
+ */
+const FALLBACK_MS = 1500;
+/**
  * Keepalive: a `ping` whenever the client has sent nothing for this long — or for a third
  * of the server's idle timeout (`limits.idleTimeoutMs`), if that is shorter — busy room or
  * quiet: the server closes a client it has not heard from for its idle timeout...
@@ -516,6 +522,21 @@ async function dial(config, options, events, state) {
     openWebTransport(withIdentity(config.webtransport, options, "webtransport"), config.certificateHashes, events, signal);
   const openWS = (signal) => openWebSocket(withIdentity(config.websocket, options, "websocket"), events, signal);
 
+  // SSE and long polling join the race once the direct transports failed or stayed silent
+  // for FALLBACK_MS (unless one was forced).
+  const fallback = !forced && (hasSse || hasPoll);
+  const direct = [];
+  const withFallback = (promises) => {
+    direct.push(...promises);
+    if (!fallback) return Promise.any(promises);
+    const late = start(async (signal) => {
+      await Promise.race([delay(options.fallbackAfter ?? FALLBACK_MS, signal), Promise.allSettled(direct)]);
+      if (signal.aborted) throw new ChatError("aborted", "fallback: not needed");
+      return dialPosted(config, options, events, null, signal);
+    });
+    return Promise.any([...promises, late]);
+  };
+
   let winner;
   try {
     if (useWT && useWS) {
@@ -531,20 +552,17 @@ async function dial(config, options, events, state) {
         winner = early;
       } else {
         const ws = start(openWS);
-        winner = await Promise.any([wt, ws]);
+        winner = await withFallback([wt, ws]);
       }
     } else if (useWT) {
-      winner = await start(openWT);
+      winner = await withFallback([start(openWT)]);
     } else if (useWS) {
-      winner = await start(openWS);
+      winner = await withFallback([start(openWS)]);
     } else {
       throw new ChatError("unsupported", "the server offers no transport this browser has");
     }
   } catch (e) {
     controller.abort();
-    if (!forced && (hasSse || hasPoll) && (e instanceof AggregateError || e?.code === "unreachable")) {
-      return dialPosted(config, options, events, null);
-    }
     if (e instanceof AggregateError) {
       throw new ChatError("unreachable", e.errors.map((x) => x.message).join("; "));
     }
@@ -562,11 +580,11 @@ async function dial(config, options, events, state) {
 /**
  * SSE, then long polling (or the one `forced`): the first that connects.
  */
-async function dialPosted(config, options, events, forced) {
+async function dialPosted(config, options, events, forced, signal) {
   const errors = [];
   if (forced !== "longpoll" && typeof globalThis.EventSource === "function" && config.sse) {
     try {
-      return await openSse(withIdentity(config.sse, options, "sse"), events);
+      return await openSse(withIdentity(config.sse, options, "sse"), events, signal);
     } catch (e) {
       if (forced === "sse") throw e;
       errors.push(e.message);
@@ -574,7 +592,7 @@ async function dialPosted(config, options, events, forced) {
   }
   if (typeof globalThis.fetch === "function" && config.poll) {
     try {
-      return await openPoll(withIdentity(config.poll, options, "longpoll"), events);
+      return await openPoll(withIdentity(config.poll, options, "longpoll"), events, signal);
     } catch (e) {
       errors.push(e.message);
     }

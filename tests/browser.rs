@@ -1602,3 +1602,42 @@ async fn pages_on_sse_and_long_polling_chat_with_webtransport_and_websocket_page
     }
     server.stop().await;
 }
+
+/// Run before the page's scripts: no WebTransport, and a WebSocket that never opens (a
+/// proxy that swallows the upgrade).
+const HANGING_WEBSOCKET: &str = "delete window.WebTransport;
+window.WebSocket = function () { return { readyState: 0, send() {}, close() {}, addEventListener() {} }; };
+window.WebSocket.CONNECTING = 0; window.WebSocket.OPEN = 1;";
+
+#[tokio::test]
+async fn a_websocket_that_hangs_falls_back_to_sse_without_waiting_for_the_attempt_timeout() {
+    let Some((_serial, browser)) = take_browser(
+        "a_websocket_that_hangs_falls_back_to_sse_without_waiting_for_the_attempt_timeout",
+    )
+    .await
+    else {
+        return;
+    };
+    let server = start().await;
+    let page = open_chat(
+        &browser,
+        &server,
+        "H",
+        (1024, 768),
+        Some(HANGING_WEBSOCKET),
+        "hang",
+        "hal",
+    )
+    .await;
+    let took = page.wait_connected("sse").await;
+    eprintln!("a hanging WebSocket: connected over SSE in {took:.0} ms");
+    // The fallback starts after 1.5 s of silence, far below the 10 s attempt timeout.
+    assert!((1500.0..4000.0).contains(&took), "{took} ms");
+    say(&page, "through the fallback").await;
+    assert_eq!(
+        page.messages(1).await,
+        numbered(&[("hal", "through the fallback")])
+    );
+    assert_no_console_errors(&page);
+    server.stop().await;
+}
