@@ -882,6 +882,16 @@ async fn the_hosts_login_is_the_chat_identity_over_webtransport() {
         .await;
         pages.push(page);
     }
+    // Dan's browser has neither WebTransport nor WebSocket: SSE, with its own ticket.
+    let d = browser.page("D", 1024, 768, Some(NO_STREAMS)).await;
+    d.goto(&format!("{site}/login?name=dan")).await;
+    d.wait_for(
+        "connected over SSE",
+        "window.chat?.status === 'connected' && window.chat.transport === 'sse'",
+    )
+    .await;
+    assert_eq!(d.eval("window.chat.me.name").await, "Dan");
+    pages.push(d);
     let (a, b) = (&pages[0], &pages[1]);
     assert_eq!(a.eval("window.chat.name").await, "Ann");
     assert_eq!(b.eval("window.chat.me.name").await, "Bob");
@@ -912,10 +922,10 @@ async fn the_hosts_login_is_the_chat_identity_over_webtransport() {
     assert_eq!(asked, 1, "one ticket request, and no retry after a refusal");
     assert_eq!(
         server.chat.members("lobby").len(),
-        2,
-        "only Ann and Bob are in"
+        3,
+        "only Ann, Bob and Dan are in"
     );
-    for page in [a, b] {
+    for page in &pages {
         assert_no_console_errors(page);
     }
 }

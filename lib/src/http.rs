@@ -242,10 +242,16 @@ async fn config(State(state): State<HttpState>, request: axum::extract::Request)
 
 /// The transports a browser may try, each with a ticket of its own: a ticket is single-use,
 /// and the client may open both before it keeps one.
-const TICKET_TRANSPORTS: [Transport; 2] = [Transport::WebTransport, Transport::WebSocket];
+const TICKET_TRANSPORTS: [Transport; 4] = [
+    Transport::WebTransport,
+    Transport::WebSocket,
+    Transport::Sse,
+    Transport::LongPoll,
+];
 
 /// `POST /wtchat/ticket`: the page's credentialed request (its cookies, its headers) goes
-/// to the host's hook; a yes is `{"tickets": {"webtransport": T, "websocket": T},
+/// to the host's hook; a yes is `{"tickets": {"webtransport": T, "websocket": T, "sse": T,
+/// "longpoll": T},
 /// "expiresIn": 60}`, single-use tickets for that identity; a no is 401 with the hook's
 /// reason. From an origin that may not connect: 403. The answer names the page's origin
 /// and allows credentials (CORS), so a page on the host's other origin gets it too.
