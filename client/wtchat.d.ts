@@ -215,9 +215,10 @@ export interface ConnectOptions {
   name?: string;
   /** The wtchat server's HTTP base URL. Default: the page's origin. */
   server?: string;
-  /** Force one transport. Default: WebTransport with a head start, racing WebSocket. */
+  /** Force one transport. Default: WebTransport with a head start, racing WebSocket; then
+   * SSE and long polling once both failed or stayed silent for 1.5 s. */
   transport?: Transport;
-  /** A token from the host application, passed as `?token=` on both transports. Without
+  /** A token from the host application, passed as `?token=` on every transport. Without
    * one, where the server says so (`/wtchat/config`'s `ticket`), the client first asks for
    * tickets with the page's cookies (`POST`, credentials included) and passes those. */
   token?: string;

@@ -530,7 +530,7 @@ async function dial(config, options, events, state) {
     direct.push(...promises);
     if (!fallback) return Promise.any(promises);
     const late = start(async (signal) => {
-      await Promise.race([delay(options.fallbackAfter ?? FALLBACK_MS, signal), Promise.allSettled(direct)]);
+      await Promise.race([delay(FALLBACK_MS, signal), Promise.allSettled(direct)]);
       if (signal.aborted) throw new ChatError("aborted", "fallback: not needed");
       return dialPosted(config, options, events, null, signal);
     });

@@ -79,6 +79,18 @@ impl Position {
         struct You {
             name: String,
         }
+        // A message, the frame every member gets: its room and number are read from where
+        // the protocol's encoder puts them (room names hold no quote or escape), not parsed
+        // for each recipient.
+        if let Some((room, seq)) = message_position(frame) {
+            return match self.rooms.get_mut(room) {
+                Some(position) => {
+                    position.1 = position.1.max(seq);
+                    true
+                }
+                None => false,
+            };
+        }
         // Only frames that move a room's position are read.
         if !(frame.starts_with(br#"{"type":"joined""#)
             || frame.starts_with(br#"{"type":"message""#))
@@ -127,6 +139,18 @@ impl Position {
             })
             .collect()
     }
+}
+
+/// The room and number of a `message` frame as `protocol::encode` writes it
+/// (`{"type":"message","room":"R","seq":N,…`); None for any other frame or shape.
+fn message_position(frame: &[u8]) -> Option<(&str, u64)> {
+    let rest = frame.strip_prefix(br#"{"type":"message","room":""#)?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    let room = std::str::from_utf8(&rest[..end]).ok()?;
+    let rest = rest[end..].strip_prefix(br#"","seq":"#)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let seq = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    Some((room, seq))
 }
 
 /// `GET /wtchat/sse`: opens a stream (admitted and authenticated as a WebSocket is).
@@ -225,5 +249,30 @@ impl FrameWriter for SseWriter {
     async fn close(&mut self, _code: CloseCode) {
         // The `bye` frame said why; the stream ends when the writer is dropped. A browser's
         // `EventSource` would reconnect by itself: the client closes it on `bye`.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{self, ServerFrame};
+
+    #[test]
+    fn a_message_frames_position_is_read_where_the_encoder_puts_it() {
+        let frame = protocol::encode(&ServerFrame::Message {
+            room: "lobby.1:a@b",
+            seq: 42,
+            from: "ann \"the\" \u{1F600}",
+            sender: Some("x"),
+            text: r#"{"type":"message","room":"other","seq":7}"#,
+            time: 1,
+            id: None,
+        });
+        let frame = frame.strip_suffix(b"\n").unwrap();
+        assert_eq!(message_position(frame), Some(("lobby.1:a@b", 42)));
+        assert_eq!(
+            message_position(br#"{"type":"ack","room":"r","seq":1}"#),
+            None
+        );
     }
 }
