@@ -507,6 +507,20 @@ async fn await_view(
     Ok(())
 }
 
+/// A JSON list of objects as `number field → text field` (messages by seq, members by id).
+fn numbered_by(list: &Value, number: &str, text: &str) -> BTreeMap<u64, String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m[number].as_u64().unwrap(),
+                m[text].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn one_room_across_three_nodes_and_both_transports_has_one_order() {
     const ROOM: &str = "lobby";
@@ -981,17 +995,7 @@ async fn redis_goes_away_mid_chat(outage: Outage) {
         )
         .await;
     assert_eq!((status, &page["more"]), (200, &json!(false)), "{page}");
-    let stored: BTreeMap<u64, String> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["seq"].as_u64().unwrap(),
-                m["text"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
+    let stored: BTreeMap<u64, String> = numbered_by(&page["messages"], "seq", "text");
     let missing: Vec<(&u64, &String)> = acked
         .iter()
         .filter(|(seq, text)| stored.get(seq) != Some(text))
@@ -1266,17 +1270,7 @@ async fn presence_spans_the_nodes_and_a_dead_nodes_members_leave() {
             ids.insert(id, *node).is_none(),
             "member id {id} given twice"
         );
-        let view: BTreeMap<u64, String> = joined["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| {
-                (
-                    m["id"].as_u64().unwrap(),
-                    m["name"].as_str().unwrap().into(),
-                )
-            })
-            .collect();
+        let view: BTreeMap<u64, String> = numbered_by(&joined["members"], "id", "name");
         let want: BTreeSet<u64> = ids.keys().copied().collect();
         let listed: BTreeSet<u64> = view.keys().copied().collect();
         if listed != want {
@@ -1334,19 +1328,7 @@ async fn presence_spans_the_nodes_and_a_dead_nodes_members_leave() {
             ids.insert(id, *node).is_none(),
             "member id {id} given twice"
         );
-        views.push(
-            joined["members"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| {
-                    (
-                        m["id"].as_u64().unwrap(),
-                        m["name"].as_str().unwrap().into(),
-                    )
-                })
-                .collect(),
-        );
+        views.push(numbered_by(&joined["members"], "id", "name"));
     }
     assert_eq!(ids.len(), 10);
     assert!(
