@@ -232,6 +232,16 @@ export interface ConnectOptions {
   maxMessages?: number;
 }
 
+/** What `chat.join()` may say about the room it joins. */
+export interface JoinOptions {
+  /** The display name in this room. Default: the one given to `connect()`. */
+  name?: string;
+  /** Handlers registered before joining, so they also see the room's history. */
+  on?: { [E in keyof ChatEvents]?: (event: ChatEvents[E]) => void };
+  /** Messages kept in this room's `messages`. Default: as given to `connect()`, else 1000. */
+  maxMessages?: number;
+}
+
 /** The answer to `send()`: the message's room sequence number and client id. */
 export interface Ack {
   seq: number;
@@ -274,9 +284,13 @@ export interface HistoryPage {
   more: boolean;
 }
 
-/** A joined room. Made by {@link connect}. */
+/**
+ * A joined room. {@link connect} makes the first; `chat.join()` more on the same connection.
+ * Every Chat of one connection shares its transport, status and reconnects; each has its
+ * own messages, members and events (`status` events go to all of them).
+ */
 export class Chat {
-  private constructor(options: ConnectOptions);
+  private constructor();
   readonly room: string;
   /** The display name, as the server has it once joined. */
   readonly name: string | null;
@@ -284,6 +298,7 @@ export class Chat {
   readonly server: string;
   /** The transport in use; null while not connected. */
   readonly transport: Transport | null;
+  /** The connection's status; `closed` also once this room was left. */
   readonly status: Status;
   /** The room's messages received so far, in order, without duplicates, without the
    * deleted ones (older pages from `history()` are not added). */
@@ -349,7 +364,24 @@ export class Chat {
    * notice per 2.5 s; returns whether one was sent. */
   typing(): boolean;
 
-  /** Leaves the room and closes the connection; queued sends are rejected with `closed`. */
+  /**
+   * Joins another room on this chat's connection (a browser allows six connections per
+   * host over HTTP/1.1, and an SSE stream holds one): resolves with its Chat once joined
+   * and its recent history is in — the same Chat when the room is joined already. A
+   * reconnect joins every room again from where it was. Rejects with a ChatError
+   * (`too_many_rooms` past `limits.maxRoomsPerConnection`, `invalid_room`,
+   * `room_forbidden`, `banned`, `closed`).
+   */
+  join(room: string, options?: JoinOptions): Promise<Chat>;
+
+  /**
+   * Leaves this room; the connection stays, with its other rooms. This room's queued
+   * requests are rejected with `closed`, and its status becomes `closed`.
+   */
+  leave(): void;
+
+  /** Leaves every room of this chat's connection and closes it; queued sends are rejected
+   * with `closed`. */
   close(): void;
 
   /** Whether a message was sent by this client: by its sender id (the same across

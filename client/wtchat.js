@@ -94,8 +94,13 @@ export class ChatError extends Error {
  * when no transport could connect within `timeout` ms.
  */
 export async function connect(options) {
-  const chat = new Chat(options);
-  await chat._open();
+  if (!options || typeof options.room !== "string" || !options.room) {
+    throw new TypeError("connect({room, name}) needs a room");
+  }
+  const link = new Link(options);
+  const chat = new Chat(link, options.room, { on: options.on });
+  link.rooms.set(chat.room, chat);
+  await link.open();
   return chat;
 }
 
@@ -340,6 +345,8 @@ async function openPoll(url, events, signal) {
         for (const frame of answer.frames) {
           if (done) return;
           events.frame(conn, frame);
+          // The server's last word: the session is over (a poll now would get 404).
+          if (frame.type === "bye") return finish({ code: frame.code });
         }
       } catch {
         finish({});
@@ -600,66 +607,38 @@ async function dialPosted(config, options, events, forced, signal) {
   throw new ChatError("unreachable", errors.join("; ") || "no transport could connect");
 }
 
-/** A joined room. Create it with {@link connect}. */
-export class Chat {
+/**
+ * One connection to the server and everything that lives as long as it does: dialing and
+ * reconnecting, the keepalive, the pacing under the server's rate limit, the resume key,
+ * and the rooms joined on it (one {@link Chat} each). Frames naming a room go to that
+ * room's Chat; a reconnect joins every room again from where it was.
+ */
+class Link {
   constructor(options) {
-    if (!options || typeof options.room !== "string" || !options.room) {
-      throw new TypeError("connect({room, name}) needs a room");
-    }
     const server = options.server ?? (typeof location !== "undefined" ? location.origin : "");
-    /** The room's name. */
-    this.room = options.room;
-    /** The display name (as the server has it once joined: the host's name for the user wins). */
-    this.name = options.name ?? null;
-    /** The server's HTTP base URL. */
     this.server = String(server).replace(/\/+$/, "");
+    this.options = { ...options };
     /** `"webtransport"`, `"websocket"`, `"sse"` or `"longpoll"` once connected; null before. */
     this.transport = null;
     /** connecting | connected | reconnecting | closed */
     this.status = "connecting";
-    /** The room's messages so far, in order, without duplicates. */
-    this.messages = [];
-    /**
-     * The room's members the client knows, `{id, name}`, by id: everyone in a small room; in
-     * a big one the first ones (the lowest ids), as many as `joined` and `membersPage()`
-     * brought (see `membersComplete`).
-     */
-    this.members = [];
-    /** How many members the room has, this client included: exact, whatever the room's size. */
-    this.memberCount = 0;
-    /** This connection as the room sees it, `{id, name, sender}`. */
-    this.me = null;
-    /** The resume key the server gave this chat's first connection (secret). */
-    this._key = null;
     /** The server's limits (from `/wtchat/config`). */
     this.limits = null;
-    /** The room's epoch and the last sequence number seen in it. */
-    this.epoch = null;
-    this.seq = 0;
-
-    this._options = { ...options };
-    this._maxMessages = options.maxMessages ?? DEFAULT_MAX_MESSAGES;
-    this._handlers = new Map();
+    /** The rooms on this connection, by name, in the order they were joined. */
+    this.rooms = new Map();
+    /** The resume key the server gave this link's first join (secret). */
+    this._key = null;
     this._conn = null;
-    this._joined = false;
     this._gen = 0;
     this._idPrefix = `${randomId()}-`;
     this._idCounter = 0;
-    this._pending = []; // unacknowledged sends, in order
-    this._histories = []; // unanswered history requests, in order
-    this._memberPages = []; // unanswered members requests, in order
-    // The lines whose requests carry no id: the server's errors about them name only the room.
-    this._idless = [this._histories, this._memberPages];
     this._written = 0; // requests written so far: the order they went on the wire in
-    // `members` is exactly the room's members with ids up to this: Infinity when it is
-    // everyone, -Infinity when an update without lists left it in doubt.
-    this._exactThrough = Infinity;
     this._wire = []; // frames waiting for the rate limit, current connection only
     this._tokens = 0;
     this._tokensAt = 0;
     this._wireTimer = null;
-    this._lastTyping = 0;
     this._attempt = 0;
+    this._attempting = false; // an attempt is joining its rooms: it handles a loss itself
     this._reconnectTimer = null;
     this._keepaliveTimer = null;
     this._lastHeard = 0;
@@ -667,12 +646,7 @@ export class Chat {
     this._pingSentAt = 0;
     this._bye = null;
     this._dialState = { webTransportLost: false };
-    this._joinWaiter = null;
     this._closedByUser = false;
-    this._replayLeft = 0;
-    if (options.on) {
-      for (const [event, handler] of Object.entries(options.on)) this.on(event, handler);
-    }
     this._onOnline = () => {
       if (this.status === "reconnecting" && this._reconnectTimer) {
         clearTimeout(this._reconnectTimer);
@@ -683,174 +657,61 @@ export class Chat {
     if (typeof addEventListener === "function") addEventListener("online", this._onOnline);
   }
 
-  /** Whether `members` is everyone in the room (`memberCount` of them). */
-  get membersComplete() {
-    return this._exactThrough === Infinity;
-  }
-
-  /**
-   * The `after` that continues `members` with `membersPage()`: the last id it has; undefined
-   * when an update without lists left it in doubt (start again from the first page); null
-   * when it is complete.
-   */
-  get membersNext() {
-    if (this.membersComplete) return null;
-    return this._exactThrough === -Infinity ? undefined : this._exactThrough;
-  }
-
-  /**
-   * Subscribes to an event: `message`, `deleted`, `presence`, `typing`, `status`, `error`,
-   * `gap`. Returns a function that unsubscribes.
-   */
-  on(event, handler) {
-    let set = this._handlers.get(event);
-    if (!set) this._handlers.set(event, (set = new Set()));
-    set.add(handler);
-    return () => set.delete(handler);
-  }
-
-  _emit(event, value) {
-    const set = this._handlers.get(event);
-    if (!set) return;
-    for (const handler of [...set]) {
-      try {
-        handler(value);
-      } catch (e) {
-        // A broken handler must not break the client; report it without throwing here.
-        setTimeout(() => { throw e; });
-      }
-    }
+  _nextId() {
+    return `${this._idPrefix}${++this._idCounter}`;
   }
 
   _setStatus(status, details = {}) {
     this.status = status;
-    this._emit("status", { status, ...details });
+    for (const room of [...this.rooms.values()]) room._emit("status", { status, ...details });
   }
 
-  /**
-   * Sends a message. Resolves with `{seq, id}` once the server stored it; rejects with a
-   * ChatError whose `code` is the server's error code (`text_too_long`, ...), or `closed`.
-   * While reconnecting, sends are queued and delivered once, in order. The returned
-   * promise has an `id` property: the client message id the `message` event will carry.
-   */
-  send(text) {
-    if (this.status === "closed") {
-      return Promise.reject(new ChatError("closed", "the chat is closed"));
-    }
-    text = String(text ?? "");
-    if (!text.trim()) return Promise.reject(new ChatError("invalid_text", "text must not be empty"));
-    const max = this.limits?.maxTextChars;
-    if (max && text.length > max && [...text].length > max) {
-      return Promise.reject(new ChatError("text_too_long", `text is longer than ${max} characters`));
-    }
-    const id = `${this._idPrefix}${++this._idCounter}`;
-    // The message ends the others' "typing" display: the next keystroke may say so again.
-    this._lastTyping = 0;
-    const promise = this._request(this._pending, { type: "send", room: this.room, text, id }, { id });
-    // The client id, known at once: the `message` event for this send carries it.
-    promise.id = id;
-    return promise;
+  /** A room joined on this connection: at once when connected, else with the next one. */
+  join(chat) {
+    this.rooms.set(chat.room, chat);
+    if (this.status === "connected" && this._conn) this._joinNow(chat);
+    return chat._ready;
   }
 
-  /**
-   * One page of the room's older messages: up to `limit` (the server's default and maximum:
-   * 100) with sequence numbers below `before` (default: the newest), oldest first, in the
-   * shape of `message` events. Resolves with `{messages, more}`, `more` saying whether
-   * older ones remain; rejects with a ChatError carrying the server's error code
-   * (`not_joined`, `storage_failed`), or `closed`. Requests are answered in the order they
-   * were made; while reconnecting they wait, like sends. `chat.messages` is left as it is.
-   */
-  history({ room = this.room, before, limit } = {}) {
-    return this._ask(this._histories, { type: "history", room, before, limit }, { before: 1, limit: 1 });
+  /** Joins `chat`'s room on the connection there is. */
+  _joinNow(chat) {
+    chat._joinOn(this._gen).then(
+      () => chat._onConnected(),
+      (e) => {
+        // Lost with the connection: the next one joins it again. Refused: it is left.
+        const refused = e.code !== "lost" && e.code !== "aborted";
+        if (refused && this.status !== "closed" && this.rooms.get(chat.room) === chat) chat._drop(e);
+      },
+    );
   }
 
-  /**
-   * One page of the room's members: up to `limit` (the server's default and maximum: 100)
-   * with ids above `after` (default: from the lowest), by id. Resolves with
-   * `{members, count, next}`: `next` is the `after` of the following page, null at the end.
-   * The page goes into `chat.members` where it continues what the client is sure of (the
-   * first page, or `after` up to `membersNext`), without a `presence` event. Rejects like
-   * `history()`. Requests are answered in the order they were made; while reconnecting
-   * they wait.
-   */
-  membersPage({ after, limit } = {}) {
-    return this._ask(this._memberPages, { type: "members", room: this.room, after, limit }, { after: 0, limit: 1 });
+  /** A room left: the server is told if it knows the room. */
+  leave(chat) {
+    if (this.rooms.get(chat.room) !== chat) return;
+    this.rooms.delete(chat.room);
+    if (this._conn) this._enqueue({ type: "leave", room: chat.room });
   }
 
-  /**
-   * Queues a question about the room on `line` (`history`, `members`), unless the chat is
-   * closed, `frame.room` is not this chat's, or one of the numbers named in `least` is given
-   * but is not a whole number of at least that much (a TypeError).
-   */
-  _ask(line, frame, least) {
-    if (this.status === "closed") {
-      return Promise.reject(new ChatError("closed", "the chat is closed"));
-    }
-    for (const [name, min] of Object.entries(least)) {
-      const value = frame[name];
-      if (value !== undefined && !(Number.isSafeInteger(value) && value >= min)) {
-        const what = min > 0 ? "a positive whole number" : "a whole number, 0 or more";
-        return Promise.reject(new TypeError(`${frame.type}: ${name} must be ${what}`));
-      }
-    }
-    if (frame.room !== this.room) {
-      return Promise.reject(new ChatError("not_joined", `this chat is in ${this.room}, not ${frame.room}`, { room: frame.room }));
-    }
-    return this._request(line, frame);
-  }
-
-  /**
-   * Queues a frame that the server answers, on `line` (sends, history or members
-   * requests): each line has one request on the wire at a time, in order, sent again on
-   * every new connection until answered.
-   */
-  _request(line, frame, fields = {}) {
-    return new Promise((resolve, reject) => {
-      line.push({ ...fields, frame, resolve, reject, gen: -1, retries: 0, held: false });
-      if (this._joined) this._writeNext(line);
-    });
-  }
-
-  /** Says "I am typing" to the room; throttled, and dropped when not connected. */
-  typing() {
-    const now = Date.now();
-    if (!this._joined || now - this._lastTyping < TYPING_INTERVAL_MS) return false;
-    // An error about a typing notice would read as one about a history or members request
-    // (none has an id); notices may be lost anyway.
-    if (this._idless.some((line) => this._onWire(line))) return false;
-    // Never let a typing notice cost a message its place under the rate limit.
-    this._refill();
-    if (this._tokens < 2 || this._wire.length) return false;
-    this._lastTyping = now;
-    this._tokens -= 1;
-    return this._conn.writeEphemeral({ type: "typing", room: this.room });
-  }
-
-  /** Leaves the room and closes the connection. Queued sends are rejected. */
+  /** Leaves every room and closes the connection. */
   close() {
     if (this.status === "closed") return;
     this._closedByUser = true;
     const conn = this._conn;
-    if (conn && this._joined) conn.write({ type: "leave", room: this.room });
+    if (conn) {
+      for (const room of this.rooms.values()) {
+        if (room._joined) conn.write({ type: "leave", room: room.room });
+      }
+    }
     this._shutdown("closed by client", CloseCodes.NORMAL);
-    // Give the leave frame a moment on the wire before closing.
+    // Give the leave frames a moment on the wire before closing.
     if (conn) setTimeout(() => conn.close(CloseCodes.NORMAL, "normal"), 50);
-  }
-
-  /**
-   * Whether a message was sent by this client: it carries this client's public sender id
-   * (the server keeps it across reconnects, through the resume key), or one of its ids.
-   */
-  isMine(message) {
-    if (message.sender != null && message.sender === this.me?.sender) return true;
-    return typeof message.id === "string" && message.id.startsWith(this._idPrefix);
   }
 
   // ---- connection lifecycle ----
 
-  async _open() {
+  async open() {
     this._setStatus("connecting");
-    const timeout = this._options.timeout ?? ATTEMPT_TIMEOUT_MS;
+    const timeout = this.options.timeout ?? ATTEMPT_TIMEOUT_MS;
     const deadline = Date.now() + timeout;
     for (;;) {
       try {
@@ -909,7 +770,11 @@ export class Chat {
     return (await response.json()).tickets;
   }
 
-  /** One attempt: config, tickets, transport, join. Resolves once joined. */
+  /**
+   * One attempt: config, tickets, transport, and a join of every room. Resolves once they
+   * are answered: a room the server refuses is dropped (its `status` says why), unless it
+   * refuses them all — then the attempt fails with the first one's error.
+   */
   async _connectOnce(limit = ATTEMPT_TIMEOUT_MS) {
     const gen = ++this._gen;
     const attempt = (async () => {
@@ -922,9 +787,9 @@ export class Chat {
       };
       // A token is the host's own answer; without one, the host's hook answers through
       // tickets, when the server issues them.
-      const tickets = config.ticket && this._options.token == null ? await this._fetchTickets(config.ticket) : null;
+      const tickets = config.ticket && this.options.token == null ? await this._fetchTickets(config.ticket) : null;
       if (gen !== this._gen) throw new ChatError("aborted", "superseded");
-      const conn = await dial(config, { ...this._options, tickets }, events, this._dialState);
+      const conn = await dial(config, { ...this.options, tickets }, events, this._dialState);
       if (gen !== this._gen || this.status === "closed") {
         conn.close(1000, "not needed");
         throw new ChatError("aborted", "superseded");
@@ -935,19 +800,13 @@ export class Chat {
       this._tokens = this._burst();
       this._tokensAt = performance.now();
       this._wire = [];
-      const joined = new Promise((resolve, reject) => { this._joinWaiter = { resolve, reject }; });
-      const join = { type: "join", room: this.room };
-      if (this._options.name != null) join.name = this._options.name;
-      // The resume key of the first connection: retried sends are recognised as ours, and
-      // our messages stay ours.
-      if (this._key) join.key = this._key;
-      if (this.epoch != null) {
-        join.since = this.seq;
-        join.epoch = this.epoch;
-      }
-      this._enqueue(join);
-      await joined;
-      this._joined = true;
+      this._attempting = true;
+      const rooms = [...this.rooms.values()];
+      const answers = await Promise.allSettled(rooms.map((room) => room._joinOn(gen)));
+      const refused = answers.filter((a) => a.status === "rejected").map((a) => a.reason);
+      if (refused.length === rooms.length && refused.length) throw refused[0];
+      if (refused.some((e) => e.code === "lost")) throw new ChatError("lost", "connection lost while joining");
+      answers.forEach((a, i) => { if (a.status === "rejected") rooms[i]._drop(a.reason); });
       return conn;
     })();
     let timer;
@@ -956,21 +815,25 @@ export class Chat {
     });
     try {
       const conn = await Promise.race([attempt, timeout]);
+      this._attempting = false;
       this.transport = conn.kind;
-      // Queued and unacknowledged sends, in order, with their ids: the server stores each
-      // once. Unanswered history and members requests too. Before the status event, whose
-      // handlers may send more.
-      for (const line of [this._pending, ...this._idless]) this._writeNext(line);
+      // Queued and unacknowledged requests, in order, before the status event, whose
+      // handlers may send more. A room joined during the attempt joins now.
+      for (const room of this.rooms.values()) {
+        if (room._joinedOn === gen) room._onConnected();
+        else this._joinNow(room);
+      }
       this._setStatus("connected", { transport: conn.kind });
     } catch (e) {
       attempt.catch(() => {});
+      this._attempting = false;
       if (gen === this._gen) {
         // Invalidate this attempt: if it is still under way, it closes what it opens.
         this._gen++;
-        this._joinWaiter = null;
         const conn = this._conn;
         this._conn = null;
-        this._joined = false;
+        const aborted = new ChatError("aborted", "the attempt failed");
+        for (const room of this.rooms.values()) room._onDisconnected(aborted);
         conn?.close(1000, "attempt failed");
       }
       throw e;
@@ -982,29 +845,22 @@ export class Chat {
   _onClosed(info) {
     const conn = this._conn;
     this._conn = null;
-    this._joined = false;
     this._wire = [];
     this._stopKeepalive();
-    if (this._joinWaiter) {
-      const waiter = this._joinWaiter;
-      this._joinWaiter = null;
-      if (this._bye && !this._bye.reconnect) {
-        const { reason, message, code } = this._bye;
-        waiter.reject(new ChatError(reason || "closed", message || `the server closed the connection (${reason})`, { closeCode: code }));
-      } else {
-        waiter.reject(new ChatError("lost", "connection lost while joining"));
-      }
-      return;
-    }
-    if (this.status === "closed" || !conn) return;
+    const bye = this._bye;
+    const refusal = bye && !bye.reconnect
+      ? new ChatError(bye.reason || "closed", bye.message || `the server closed the connection (${bye.reason})`, { closeCode: bye.code })
+      : new ChatError("lost", "connection lost while joining");
+    for (const room of this.rooms.values()) room._onDisconnected(refusal);
+    if (this._attempting || this.status === "closed" || !conn) return;
     // Trust `bye` over the close code: WebTransport close codes do not reach browsers.
-    const code = this._bye?.code ?? info.code;
-    const reconnect = this._bye ? this._bye.reconnect : !(code === 1000 || (code >= 4400 && code < 5000));
+    const code = bye?.code ?? info.code;
+    const reconnect = bye ? bye.reconnect : !(code === 1000 || (code >= 4400 && code < 5000));
     if (!reconnect) {
-      this._shutdown(this._bye?.message || this._bye?.reason || info.reason || "closed by server", code, this._bye?.reason);
+      this._shutdown(bye?.message || bye?.reason || info.reason || "closed by server", code, bye?.reason);
       return;
     }
-    this._scheduleReconnect(this._bye?.reason || "connection lost");
+    this._scheduleReconnect(bye?.reason || "connection lost");
   }
 
   _scheduleReconnect(reason) {
@@ -1045,13 +901,9 @@ export class Chat {
     if (typeof removeEventListener === "function") removeEventListener("online", this._onOnline);
     const conn = this._conn;
     this._conn = null;
-    this._joined = false;
     if (conn && !this._closedByUser) conn.close(CloseCodes.NORMAL, "normal");
     this.transport = null;
-    const lines = [[this._pending, "the message was sent"], [this._histories, "history arrived"], [this._memberPages, "the members arrived"]];
-    for (const [line, what] of lines) {
-      for (const request of line.splice(0)) request.reject(new ChatError("closed", `the chat closed before ${what}`));
-    }
+    for (const room of this.rooms.values()) room._end(new ChatError(errorCode || "closed", reason));
     this._setStatus("closed", { reason, code, error: errorCode });
   }
 
@@ -1129,21 +981,371 @@ export class Chat {
   }
 
   /**
+   * Writes a typing notice if the rate limit has tokens to spare: never let one cost a
+   * message its place.
+   */
+  _writeEphemeral(frame) {
+    this._refill();
+    if (this._tokens < 2 || this._wire.length || !this._conn) return false;
+    this._tokens -= 1;
+    return this._conn.writeEphemeral(frame);
+  }
+
+  // ---- reading ----
+
+  _onFrame(frame) {
+    this._lastHeard = Date.now();
+    if (!frame || typeof frame !== "object") return;
+    if (frame.type === "bye") {
+      this._bye = { code: frame.code, reason: frame.reason, reconnect: !!frame.reconnect, message: frame.message };
+      return;
+    }
+    if (frame.room !== undefined) {
+      // Frames about a room this client left (or never joined) are old news.
+      this.rooms.get(frame.room)?._onFrame(frame);
+      return;
+    }
+    if (frame.type === "error") {
+      // Not about a room: a send's (by its id), else the connection's, told to every room.
+      const owner = frame.id ? [...this.rooms.values()].find((room) => room._owns(frame.id)) : null;
+      if (owner) owner._onFrame(frame);
+      else for (const room of [...this.rooms.values()]) room._onError(frame);
+    }
+  }
+}
+
+/**
+ * A joined room. {@link connect} makes the first; `chat.join(room)` more on the same
+ * connection.
+ */
+export class Chat {
+  constructor(link, room, options = {}) {
+    if (typeof room !== "string" || !room) throw new TypeError("a room is a non-empty string");
+    this._link = link;
+    /** The room's name. */
+    this.room = room;
+    /** The display name (as the server has it once joined: the host's name for the user wins). */
+    this.name = options.name ?? link.options.name ?? null;
+    /** The room's messages so far, in order, without duplicates. */
+    this.messages = [];
+    /**
+     * The room's members the client knows, `{id, name}`, by id: everyone in a small room; in
+     * a big one the first ones (the lowest ids), as many as `joined` and `membersPage()`
+     * brought (see `membersComplete`).
+     */
+    this.members = [];
+    /** How many members the room has, this client included: exact, whatever the room's size. */
+    this.memberCount = 0;
+    /** This connection as the room sees it, `{id, name, sender}`. */
+    this.me = null;
+    /** The room's epoch and the last sequence number seen in it. */
+    this.epoch = null;
+    this.seq = 0;
+
+    this._name = options.name ?? link.options.name;
+    this._maxMessages = options.maxMessages ?? link.options.maxMessages ?? DEFAULT_MAX_MESSAGES;
+    this._handlers = new Map();
+    this._joined = false; // joined on the current connection
+    this._joinedOn = -1; // the connection (`link._gen`) whose join was answered last
+    this._left = false;
+    this._joinWaiter = null;
+    this._pending = []; // unacknowledged sends, in order
+    this._histories = []; // unanswered history requests, in order
+    this._memberPages = []; // unanswered members requests, in order
+    // The lines whose requests carry no id: the server's errors about them name only the room.
+    this._idless = [this._histories, this._memberPages];
+    // `members` is exactly the room's members with ids up to this: Infinity when it is
+    // everyone, -Infinity when an update without lists left it in doubt.
+    this._exactThrough = Infinity;
+    this._lastTyping = 0;
+    this._replayLeft = 0;
+    // Settled by the first join: what `connect()` and `join()` resolve with.
+    this._ready = new Promise((resolve, reject) => { this._readyWaiter = { resolve, reject }; });
+    this._ready.catch(() => {});
+    if (options.on) {
+      for (const [event, handler] of Object.entries(options.on)) this.on(event, handler);
+    }
+  }
+
+  /** The server's HTTP base URL. */
+  get server() {
+    return this._link.server;
+  }
+
+  /** `"webtransport"`, `"websocket"`, `"sse"` or `"longpoll"` once connected; null before. */
+  get transport() {
+    return this._left ? null : this._link.transport;
+  }
+
+  /** connecting | connected | reconnecting | closed (a room left is closed). */
+  get status() {
+    return this._left ? "closed" : this._link.status;
+  }
+
+  /** The server's limits (from `/wtchat/config`). */
+  get limits() {
+    return this._link.limits;
+  }
+
+  /** Whether `members` is everyone in the room (`memberCount` of them). */
+  get membersComplete() {
+    return this._exactThrough === Infinity;
+  }
+
+  /**
+   * The `after` that continues `members` with `membersPage()`: the last id it has; undefined
+   * when an update without lists left it in doubt (start again from the first page); null
+   * when it is complete.
+   */
+  get membersNext() {
+    if (this.membersComplete) return null;
+    return this._exactThrough === -Infinity ? undefined : this._exactThrough;
+  }
+
+  /**
+   * Subscribes to an event: `message`, `deleted`, `presence`, `typing`, `status`, `error`,
+   * `gap`. Returns a function that unsubscribes.
+   */
+  on(event, handler) {
+    let set = this._handlers.get(event);
+    if (!set) this._handlers.set(event, (set = new Set()));
+    set.add(handler);
+    return () => set.delete(handler);
+  }
+
+  _emit(event, value) {
+    const set = this._handlers.get(event);
+    if (!set) return;
+    for (const handler of [...set]) {
+      try {
+        handler(value);
+      } catch (e) {
+        // A broken handler must not break the client; report it without throwing here.
+        setTimeout(() => { throw e; });
+      }
+    }
+  }
+
+  /**
+   * Joins another room on this chat's connection (no new connection: a browser allows only
+   * six per host over HTTP/1.1). Resolves with that room's Chat once joined and its recent
+   * history is in; the same one if it is joined already. Rejects like `connect()`
+   * (`too_many_rooms` past the server's `maxRoomsPerConnection`, `invalid_room`, `banned`...).
+   */
+  join(room, options = {}) {
+    const link = this._link;
+    if (link.status === "closed") return Promise.reject(new ChatError("closed", "the chat is closed"));
+    const joined = link.rooms.get(room);
+    if (joined) return joined._ready;
+    let chat;
+    try {
+      chat = new Chat(link, room, options);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return link.join(chat);
+  }
+
+  /**
+   * Leaves this room; the connection stays, with the chat's other rooms. Its queued
+   * requests are rejected with `closed`, and its status is `closed`.
+   */
+  leave() {
+    if (this._left || this.status === "closed") return;
+    this._link.leave(this);
+    this._end(new ChatError("closed", "left the room"));
+    this._left = true;
+    this._emit("status", { status: "closed", reason: "left the room" });
+  }
+
+  /**
+   * Sends a message. Resolves with `{seq, id}` once the server stored it; rejects with a
+   * ChatError whose `code` is the server's error code (`text_too_long`, ...), or `closed`.
+   * While reconnecting, sends are queued and delivered once, in order. The returned
+   * promise has an `id` property: the client message id the `message` event will carry.
+   */
+  send(text) {
+    if (this.status === "closed") {
+      return Promise.reject(new ChatError("closed", "the chat is closed"));
+    }
+    text = String(text ?? "");
+    if (!text.trim()) return Promise.reject(new ChatError("invalid_text", "text must not be empty"));
+    const max = this.limits?.maxTextChars;
+    if (max && text.length > max && [...text].length > max) {
+      return Promise.reject(new ChatError("text_too_long", `text is longer than ${max} characters`));
+    }
+    const id = this._link._nextId();
+    // The message ends the others' "typing" display: the next keystroke may say so again.
+    this._lastTyping = 0;
+    const promise = this._request(this._pending, { type: "send", room: this.room, text, id }, { id });
+    // The client id, known at once: the `message` event for this send carries it.
+    promise.id = id;
+    return promise;
+  }
+
+  /**
+   * One page of the room's older messages: up to `limit` (the server's default and maximum:
+   * 100) with sequence numbers below `before` (default: the newest), oldest first, in the
+   * shape of `message` events. Resolves with `{messages, more}`, `more` saying whether
+   * older ones remain; rejects with a ChatError carrying the server's error code
+   * (`not_joined`, `storage_failed`), or `closed`. Requests are answered in the order they
+   * were made; while reconnecting they wait, like sends. `chat.messages` is left as it is.
+   */
+  history({ room = this.room, before, limit } = {}) {
+    return this._ask(this._histories, { type: "history", room, before, limit }, { before: 1, limit: 1 });
+  }
+
+  /**
+   * One page of the room's members: up to `limit` (the server's default and maximum: 100)
+   * with ids above `after` (default: from the lowest), by id. Resolves with
+   * `{members, count, next}`: `next` is the `after` of the following page, null at the end.
+   * The page goes into `chat.members` where it continues what the client is sure of (the
+   * first page, or `after` up to `membersNext`), without a `presence` event. Rejects like
+   * `history()`. Requests are answered in the order they were made; while reconnecting
+   * they wait.
+   */
+  membersPage({ after, limit } = {}) {
+    return this._ask(this._memberPages, { type: "members", room: this.room, after, limit }, { after: 0, limit: 1 });
+  }
+
+  /**
+   * Queues a question about the room on `line` (`history`, `members`), unless the chat is
+   * closed, `frame.room` is not this chat's, or one of the numbers named in `least` is given
+   * but is not a whole number of at least that much (a TypeError).
+   */
+  _ask(line, frame, least) {
+    if (this.status === "closed") {
+      return Promise.reject(new ChatError("closed", "the chat is closed"));
+    }
+    for (const [name, min] of Object.entries(least)) {
+      const value = frame[name];
+      if (value !== undefined && !(Number.isSafeInteger(value) && value >= min)) {
+        const what = min > 0 ? "a positive whole number" : "a whole number, 0 or more";
+        return Promise.reject(new TypeError(`${frame.type}: ${name} must be ${what}`));
+      }
+    }
+    if (frame.room !== this.room) {
+      return Promise.reject(new ChatError("not_joined", `this chat is in ${this.room}, not ${frame.room}`, { room: frame.room }));
+    }
+    return this._request(line, frame);
+  }
+
+  /**
+   * Queues a frame that the server answers, on `line` (sends, history or members
+   * requests): each line has one request on the wire at a time, in order, sent again on
+   * every new connection until answered.
+   */
+  _request(line, frame, fields = {}) {
+    return new Promise((resolve, reject) => {
+      line.push({ ...fields, frame, resolve, reject, gen: -1, retries: 0, held: false });
+      if (this._joined) this._writeNext(line);
+    });
+  }
+
+  /** Says "I am typing" to the room; throttled, and dropped when not connected. */
+  typing() {
+    const now = Date.now();
+    if (!this._joined || now - this._lastTyping < TYPING_INTERVAL_MS) return false;
+    // An error about a typing notice would read as one about a history or members request
+    // (none has an id); notices may be lost anyway.
+    if (this._idless.some((line) => this._onWire(line))) return false;
+    if (!this._link._writeEphemeral({ type: "typing", room: this.room })) return false;
+    this._lastTyping = now;
+    return true;
+  }
+
+  /** Leaves every room of this chat's connection and closes it. Queued sends are rejected. */
+  close() {
+    this._link.close();
+  }
+
+  /**
+   * Whether a message was sent by this client: it carries this client's public sender id
+   * (the server keeps it across reconnects, through the resume key), or one of its ids.
+   */
+  isMine(message) {
+    if (message.sender != null && message.sender === this.me?.sender) return true;
+    return typeof message.id === "string" && message.id.startsWith(this._link._idPrefix);
+  }
+
+  // ---- joining, on each connection ----
+
+  /**
+   * Writes this room's join on the connection `gen` (resuming from the last message seen);
+   * resolves once joined and the replayed history is in.
+   */
+  _joinOn(gen) {
+    const link = this._link;
+    const joined = new Promise((resolve, reject) => {
+      this._joinWaiter = { resolve: () => { this._joinedOn = gen; resolve(); }, reject };
+    });
+    const join = { type: "join", room: this.room };
+    if (this._name != null) join.name = this._name;
+    // The resume key of the link's first join: retried sends are recognised as ours, and
+    // our messages stay ours.
+    if (link._key) join.key = link._key;
+    if (this.epoch != null) {
+      join.since = this.seq;
+      join.epoch = this.epoch;
+    }
+    link._enqueue(join);
+    return joined;
+  }
+
+  /** Joined on this connection: queued and unanswered requests go out, in order. */
+  _onConnected() {
+    if (this._joined || this._left || this._joinedOn !== this._link._gen) return;
+    this._joined = true;
+    this._readyWaiter.resolve(this);
+    for (const line of [this._pending, ...this._idless]) this._writeNext(line);
+  }
+
+  /** The connection is gone: a join under way fails with `error`. */
+  _onDisconnected(error) {
+    this._joined = false;
+    const waiter = this._joinWaiter;
+    this._joinWaiter = null;
+    waiter?.reject(error);
+  }
+
+  /** The server refused this room on a new connection: it is left, and says why. */
+  _drop(error) {
+    this._link.rooms.delete(this.room);
+    this._end(error);
+    this._left = true;
+    this._emit("error", error);
+    this._emit("status", { status: "closed", reason: error.message, error: error.code });
+  }
+
+  /** Every request still waiting fails with `error`'s code. */
+  _end(error) {
+    this._joined = false;
+    this._readyWaiter.reject(error);
+    const lines = [[this._pending, "the message was sent"], [this._histories, "history arrived"], [this._memberPages, "the members arrived"]];
+    for (const [line, what] of lines) {
+      for (const request of line.splice(0)) request.reject(new ChatError("closed", `the chat closed before ${what}`));
+    }
+  }
+
+  // ---- requests on the wire ----
+
+  /**
    * Writes the oldest request of `line` unless it is on the wire already: one at a time, so
    * that one the server drops (`rate_limited`) and the client retries can never be stored
    * (or answered) after a later one. Each goes out on its answer's heels.
    */
   _writeNext(line) {
+    const link = this._link;
     const head = line[0];
-    if (!head || !this._conn || head.held || head.gen === this._gen) return;
-    head.gen = this._gen;
-    head.written = ++this._written;
-    this._enqueue(head.frame);
+    if (!head || !this._joined || !link._conn || head.held || head.gen === link._gen) return;
+    head.gen = link._gen;
+    head.written = ++link._written;
+    link._enqueue(head.frame);
   }
 
   /** Whether the oldest request of `line` is on the wire of this connection. */
   _onWire(line) {
-    return line.length > 0 && line[0].gen === this._gen;
+    return line.length > 0 && line[0].gen === this._link._gen;
   }
 
   /** Of `lines`, the one whose request on the wire went first, if any has one there. */
@@ -1167,7 +1369,7 @@ export class Chat {
     head.held = true;
     setTimeout(() => {
       head.held = false;
-      if (this._joined) this._writeNext(line);
+      this._writeNext(line);
     }, 1000 * head.retries);
     return true;
   }
@@ -1178,12 +1380,14 @@ export class Chat {
     this._writeNext(line);
   }
 
+  /** Whether `id` is one of this room's unacknowledged sends. */
+  _owns(id) {
+    return this._pending.some((p) => p.id === id);
+  }
+
   // ---- reading ----
 
   _onFrame(frame) {
-    this._lastHeard = Date.now();
-    if (!frame || typeof frame !== "object") return;
-    if (frame.room !== undefined && frame.room !== this.room) return;
     switch (frame.type) {
       case "joined": return this._onJoined(frame);
       case "message": return this._onMessage(frame);
@@ -1196,11 +1400,7 @@ export class Chat {
         if (frame.from) this._emit("typing", { room: this.room, from: frame.from });
         return;
       case "error": return this._onError(frame);
-      case "bye":
-        this._bye = { code: frame.code, reason: frame.reason, reconnect: !!frame.reconnect, message: frame.message };
-        return;
       case "left":
-      case "pong":
       default:
         return;
     }
@@ -1214,8 +1414,8 @@ export class Chat {
     if (newEpoch || this.epoch == null) this.seq = 0;
     this.epoch = frame.epoch;
     this.me = frame.you ? { id: frame.you.id, name: frame.you.name, sender: frame.you.sender } : null;
-    // Secret: kept for this chat's own reconnects, never shown or sent anywhere else.
-    if (frame.key) this._key = frame.key;
+    // Secret: kept for this link's own reconnects and joins, never shown or sent anywhere else.
+    if (frame.key) this._link._key = frame.key;
     if (this.me) this.name = this.me.name;
     this.memberCount = frame.count;
     this._setMembers(frame.members, frame.count);

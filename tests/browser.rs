@@ -822,9 +822,9 @@ async fn pages_that_only_read_outlive_the_idle_timeout() {
 const RATE_LIMITED_ORDER: &str = r#"(async (transport) => {
   const { connect } = await import("/wtchat/wtchat.js");
   const chat = await connect({ room: `order-${transport}`, name: "eager", transport });
-  chat._rate = () => 1000;
-  chat._burst = () => 1000;
-  chat._tokens = 1000;
+  chat._link._rate = () => 1000;
+  chat._link._burst = () => 1000;
+  chat._link._tokens = 1000;
   const sends = Array.from({ length: 8 }, (_, i) => chat.send(`m${i}`));
   await new Promise((resolve) => setTimeout(resolve, 1500));
   sends.push(chat.send("m8"));
@@ -1601,7 +1601,7 @@ async fn pages_on_sse_and_long_polling_chat_with_webtransport_and_websocket_page
         assert_eq!(page.messages(4).await, want, "[{}]", page.label());
     }
     // A forced reconnect of the SSE page: it comes back on SSE and misses nothing.
-    eve.eval("window.chat._conn.close()").await;
+    eve.eval("window.chat._link._conn.close()").await;
     say(&ann, "while eve reconnects").await;
     eve.wait_connected("sse").await;
     let mut want = want;
@@ -1610,6 +1610,91 @@ async fn pages_on_sse_and_long_polling_chat_with_webtransport_and_websocket_page
     for page in [&ann, &bob, &eve, &pol] {
         assert_no_console_errors(page);
     }
+    server.stop().await;
+}
+
+/// Run in a page of the server: the browser's own `EventSource`, no wtchat client. It joins
+/// room `native` by posting to the stream's session, then only reads, recording every
+/// message and session event; the browser reconnects it by itself.
+const NATIVE_EVENT_SOURCE: &str = r#"(async () => {
+  window.__seen = { sessions: 0, joined: [], messages: [], errors: 0, closed: false };
+  const source = new EventSource("/wtchat/sse");
+  source.onerror = () => { window.__seen.errors++; window.__seen.closed = source.readyState === EventSource.CLOSED; };
+  const session = new Promise((resolve) => {
+    source.onmessage = (e) => {
+      const frame = JSON.parse(e.data);
+      if (frame.type === "session") { window.__seen.sessions++; resolve(frame.post); }
+      if (frame.type === "joined") window.__seen.joined.push({ sender: frame.you.sender, replay: frame.replay, gap: frame.gap });
+      if (frame.type === "message") window.__seen.messages.push([frame.seq, frame.text]);
+    };
+  });
+  const post = await session;
+  const response = await fetch(post, { method: "POST", body: JSON.stringify({ type: "join", room: "native", name: "sal" }) });
+  return response.status;
+})()"#;
+
+#[tokio::test]
+async fn the_browsers_own_event_source_reconnect_resumes_without_loss_or_repeats() {
+    let Some((_serial, browser)) =
+        take_browser("the_browsers_own_event_source_reconnect_resumes_without_loss_or_repeats")
+            .await
+    else {
+        return;
+    };
+    let server = start().await;
+    let mut bob = common::Client::ws(&server).await;
+    bob.join("native", "bob").await;
+    for n in 1..=3 {
+        bob.say("native", &format!("before {n}"), &format!("b{n}"))
+            .await;
+    }
+    let page = browser.page("native", 800, 600, None).await;
+    page.goto(&demo_url(&server, "")).await;
+    assert_eq!(page.eval(NATIVE_EVENT_SOURCE).await, 204);
+    page.wait_for("the history", "window.__seen.messages.length === 3")
+        .await;
+    // The server drops the stream (4002: reconnect) while bob keeps talking; the
+    // EventSource comes back by itself, sending the last event id it saw.
+    assert!(
+        server
+            .chat
+            .reconnect_member("native", member_id(&server, "native", "sal"))
+    );
+    for n in 4..=6 {
+        bob.say("native", &format!("meanwhile {n}"), &format!("b{n}"))
+            .await;
+    }
+    page.wait_for("the second session", "window.__seen.sessions === 2")
+        .await;
+    bob.say("native", "after 7", "b7").await;
+    page.wait_for("every message", "window.__seen.messages.length >= 7")
+        .await;
+    let seen = page.eval("window.__seen").await;
+    let want: Vec<Value> = (1..=7)
+        .map(|n| {
+            let text = match n {
+                1..=3 => format!("before {n}"),
+                4..=6 => format!("meanwhile {n}"),
+                _ => "after 7".into(),
+            };
+            json!([n, text])
+        })
+        .collect();
+    assert_eq!(seen["messages"], json!(want), "nothing lost, nothing twice");
+    let joined = seen["joined"].as_array().unwrap();
+    assert_eq!(joined.len(), 2, "{seen}");
+    assert_eq!(joined[0]["sender"], joined[1]["sender"], "the same sender");
+    assert_eq!(joined[1]["gap"], false, "{seen}");
+    assert_eq!(seen["closed"], false, "the browser reconnected: {seen}");
+    assert_eq!(
+        server
+            .chat
+            .members("native")
+            .iter()
+            .filter(|m| m.name == "sal")
+            .count(),
+        1
+    );
     server.stop().await;
 }
 
@@ -1649,5 +1734,179 @@ async fn a_websocket_that_hangs_falls_back_to_sse_without_waiting_for_the_attemp
         numbered(&[("hal", "through the fallback")])
     );
     assert_no_console_errors(&page);
+    server.stop().await;
+}
+
+/// Run in a page of the server: counts the connections the page opens from now on (every
+/// WebTransport, WebSocket and EventSource, and every long-polling session), then connects
+/// to `lobby-T` over `T` and joins `news-T` and `help-T` on the same connection.
+const THREE_ROOMS: &str = r#"(async (transport) => {
+  window.__opened = 0;
+  for (const name of ["WebTransport", "WebSocket", "EventSource"]) {
+    if (!window[name]) continue;
+    window[name] = new Proxy(window[name], {
+      construct(target, args) { window.__opened++; return Reflect.construct(target, args); },
+    });
+  }
+  const fetchBase = window.fetch;
+  window.fetch = (input, init) => {
+    if (init?.method === "POST" && String(input).endsWith("/wtchat/poll")) window.__opened++;
+    return fetchBase(input, init);
+  };
+  window.__until = async (what, check) => {
+    const end = Date.now() + 10000;
+    while (!check()) {
+      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+  window.__texts = (chat) => chat.messages.map((m) => m.text);
+  const { connect } = await import("/wtchat/wtchat.js");
+  const lobby = await connect({ room: `lobby-${transport}`, name: "pia", transport });
+  const [news, help] = await Promise.all([lobby.join(`news-${transport}`), lobby.join(`help-${transport}`)]);
+  window.__rooms = { lobby, news, help };
+  return {
+    opened: window.__opened,
+    transports: [lobby.transport, news.transport, help.transport],
+    senders: [lobby.me.sender, news.me.sender, help.me.sender],
+    again: (await lobby.join(`news-${transport}`)) === news,
+  };
+})"#;
+
+#[tokio::test]
+async fn a_page_chats_in_several_rooms_over_one_connection_on_every_transport() {
+    let Some((_serial, browser)) =
+        take_browser("a_page_chats_in_several_rooms_over_one_connection_on_every_transport").await
+    else {
+        return;
+    };
+    let server = start().await;
+    for transport in ["webtransport", "websocket", "sse", "longpoll"] {
+        let [lobby, news, help] = ["lobby", "news", "help"].map(|r| format!("{r}-{transport}"));
+        let mut bob = common::Client::ws(&server).await;
+        for room in [&lobby, &news, &help] {
+            bob.join(room, "bob").await;
+        }
+        let page = browser.page(transport, 800, 600, None).await;
+        page.goto(&demo_url(&server, "")).await;
+        let setup = page
+            .eval(&format!("{THREE_ROOMS}({})", json!(transport)))
+            .await;
+        assert_eq!(setup["opened"], 1, "{transport}: {setup}");
+        assert_eq!(
+            setup["transports"],
+            json!([transport, transport, transport]),
+            "{setup}"
+        );
+        let senders = setup["senders"].as_array().unwrap();
+        assert!(senders.iter().all(|s| s == &senders[0]), "{setup}");
+        assert_eq!(setup["again"], true, "joining a joined room gives its chat");
+
+        // Each room's messages reach that room's chat only.
+        for room in [&news, &lobby, &help] {
+            bob.say(room, &format!("bob in {room}"), &format!("b-{room}"))
+                .await;
+        }
+        page.wait_for(
+            "a message in each room",
+            "['lobby','news','help'].every((r) => window.__rooms[r].messages.length === 1)",
+        )
+        .await;
+        let texts = page
+            .eval("Object.fromEntries(Object.entries(window.__rooms).map(([r, c]) => [r, window.__texts(c)]))")
+            .await;
+        assert_eq!(
+            texts,
+            json!({"lobby": [format!("bob in {lobby}")], "news": [format!("bob in {news}")], "help": [format!("bob in {help}")]}),
+            "{transport}"
+        );
+
+        // Sends from each room's chat reach their room.
+        page.eval(
+            "Promise.all(Object.entries(window.__rooms).map(([r, c]) => c.send(`pia in ${r}`))).then(() => true)",
+        )
+        .await;
+        let mut heard = std::collections::BTreeMap::new();
+        while heard.len() < 3 {
+            let m = bob
+                .next_matching("pia's messages", |f| {
+                    f["type"] == "message" && f["from"] == "pia"
+                })
+                .await;
+            heard.insert(m["room"].as_str().unwrap().to_string(), m["text"].clone());
+        }
+        for (room, short) in [(&lobby, "lobby"), (&news, "news"), (&help, "help")] {
+            assert_eq!(
+                heard[room.as_str()],
+                format!("pia in {short}"),
+                "{transport}"
+            );
+        }
+
+        // Leaving one room leaves that room only; its messages no longer reach the page.
+        page.eval("window.__rooms.help.leave()").await;
+        bob.next_matching("pia leaving help", |f| {
+            f["type"] == "presence" && f["event"] == "leave" && f["room"] == help.as_str()
+        })
+        .await;
+        bob.say(&help, "help after pia left", "b-help-after").await;
+        bob.say(&news, "news after pia left help", "b-news-after")
+            .await;
+        page.wait_for(
+            "the news after leaving help",
+            "window.__rooms.news.messages.length === 3",
+        )
+        .await;
+        let help_chat = page
+            .eval("({texts: window.__texts(window.__rooms.help), status: window.__rooms.help.status, lobby: window.__rooms.lobby.status})")
+            .await;
+        assert_eq!(
+            help_chat,
+            json!({"texts": [format!("bob in {help}"), "pia in help"], "status": "closed", "lobby": "connected"}),
+            "{transport}"
+        );
+        let names = |room: &str| -> Vec<String> {
+            let mut names: Vec<String> = server
+                .chat
+                .members(room)
+                .into_iter()
+                .map(|m| m.name)
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(&help), ["bob"], "{transport}");
+
+        // The server drops the connection: one new one joins both rooms again, and what
+        // was said meanwhile arrives once.
+        assert!(
+            server
+                .chat
+                .reconnect_member(&lobby, member_id(&server, &lobby, "pia"))
+        );
+        bob.say(&news, "news while pia reconnects", "b-news-during")
+            .await;
+        page.wait_for(
+            "the news said during the reconnect",
+            "window.__rooms.news.messages.length === 4 && window.__rooms.lobby.status === 'connected'",
+        )
+        .await;
+        let after = page
+            .eval("({opened: window.__opened, news: window.__texts(window.__rooms.news), lobby: window.__texts(window.__rooms.lobby), transport: window.__rooms.news.transport})")
+            .await;
+        assert_eq!(
+            after,
+            json!({
+                "opened": 2,
+                "news": [format!("bob in {news}"), "pia in news", "news after pia left help", "news while pia reconnects"],
+                "lobby": [format!("bob in {lobby}"), "pia in lobby"],
+                "transport": transport,
+            }),
+            "{transport}"
+        );
+        assert_eq!(names(&news), ["bob", "pia"], "{transport}");
+        assert_eq!(names(&help), ["bob"], "{transport}: not joined again");
+        assert_no_console_errors(&page);
+    }
     server.stop().await;
 }
