@@ -1,9 +1,17 @@
-//! Bad input, over both transports: every malformed, oversized or out-of-order frame is
-//! answered with an `error` frame carrying a stable code (echoing `room` and `id` where the
-//! frame had them), or — where the transport's framing itself is broken — a `bye` frame and
-//! a documented close code (4409 frame too large, 4400 protocol error). The offending
+//! Bad input, over all four transports (WebSocket, WebTransport, Server-Sent Events, long
+//! polling): every malformed, oversized or out-of-order frame is answered with an `error`
+//! frame carrying a stable code (echoing `room` and `id` where the frame had them), or —
+//! where the transport's framing itself is broken — a `bye` frame and a documented close
+//! code (4409 frame too large, 4400 protocol error; SSE and long polling have no close code:
+//! the `bye` and the end of the stream, or a poll answered 404, say it). The offending
 //! connection keeps working after every non-fatal error, nothing accepted before a fatal
 //! one is lost, and nothing refused reaches a room or uses up a sequence number.
+//!
+//! The cases about frames run on every transport. Some are one transport's own: binary
+//! WebSocket messages, WebSocket text that is not UTF-8 (fatal there), WebTransport
+//! datagrams, paths and lines that never end; and for the transports whose clients post
+//! their frames (SSE, long polling), several frames in one post, too many in one post (413)
+//! and posted bytes that are not UTF-8 (an error frame there, as on WebTransport).
 //!
 //! Every case keeps two bystanders (one WebSocket, one WebTransport client) in a room of
 //! their own that exchange messages after the bad input: the server keeps serving everyone
@@ -50,13 +58,18 @@ impl Default for Limits {
     }
 }
 
-const TRANSPORTS: [&str; 2] = ["websocket", "webtransport"];
+const TRANSPORTS: [&str; 4] = ["websocket", "webtransport", "sse", "longpoll"];
+
+/// The transports whose clients post their frames, one per line of a `POST`.
+const POSTED: [&str; 2] = ["sse", "longpoll"];
 
 /// A client of the named transport.
 async fn connect(server: &TestServer, transport: &str) -> Client {
     match transport {
         "websocket" => Client::ws(server).await,
         "webtransport" => Client::wt(server).await,
+        "sse" => Client::sse(server).await,
+        "longpoll" => Client::poll(server).await,
         other => panic!("no transport {other}"),
     }
 }
@@ -144,8 +157,9 @@ async fn assert_alive(client: &mut Client, after: &str) {
 
 /// Sends `bytes` as one frame exactly as given, even where that breaks the transport: as one
 /// WebSocket text message (a raw frame, because tungstenite's `Message::Text` holds only
-/// valid UTF-8), or on the WebTransport stream, `\n`-terminated if `terminated`. Write errors
-/// are ignored: the server may close before the client finishes writing a fatal frame.
+/// valid UTF-8), on the WebTransport stream, `\n`-terminated if `terminated`, or as a `POST`
+/// of its own. Write errors and the post's status are ignored: the server may close before
+/// the client finishes writing a fatal frame.
 async fn inject(client: &mut Client, bytes: &[u8], terminated: bool) {
     match client {
         Client::Ws { socket, .. } => {
@@ -159,6 +173,10 @@ async fn inject(client: &mut Client, bytes: &[u8], terminated: bool) {
                 line.push(b'\n');
             }
             let _ = send.write_all(&line).await;
+        }
+        Client::Sse { .. } | Client::Poll { .. } => {
+            assert!(terminated, "a post's last line ends with the post");
+            let _ = client.post_body(bytes, &[]).await;
         }
     }
 }
@@ -472,7 +490,7 @@ async fn datagrams(server: &TestServer, max_frame_bytes: usize) {
     let oversized = padded_send(room, "too big", "d2", max_frame_bytes + 1);
     match &bad {
         Client::Wt { connection, .. } => connection.send_datagram(&oversized).unwrap(),
-        Client::Ws { .. } => unreachable!(),
+        _ => unreachable!(),
     }
     refused(&mut bad, "an oversized datagram", "frame_too_large").await;
     // A typing notice in a datagram is what datagrams are for.
@@ -756,7 +774,7 @@ async fn fatal_frame(
             Ok((code, reason.to_string())),
             "{label}: the WebSocket close frame"
         ),
-        _ => {
+        "webtransport" => {
             assert_eq!(bad.ended().await, Ended::Code(code), "{label}");
             assert_eq!(
                 wt_close(&bad).await,
@@ -764,6 +782,8 @@ async fn fatal_frame(
                 "{label}: the WebTransport session close code"
             );
         }
+        // No close code: the stream ends (or polls answer 404) after the `bye`.
+        _ => assert_eq!(bad.ended().await, Ended::Code(code), "{transport}, {label}"),
     }
     // The room: its last words, its leaving, and nothing else from it.
     by.expect_leave(&name).await;
@@ -840,6 +860,142 @@ async fn unterminated_line_case(server: &TestServer) {
         "frame_too_large",
     )
     .await;
+}
+
+/// Posted bytes that are not UTF-8 are refused as a WebTransport line is: an `invalid_utf8`
+/// error frame, not a close — a post's lines are frames of their own, and a bad one breaks
+/// no framing. Alone or between valid frames of one post, only that frame is refused.
+async fn invalid_utf8_in_a_post(server: &TestServer, transport: &str) {
+    let room = format!("utf8-{transport}");
+    let mut by = Bystanders::new(server, &room).await;
+    let mut bad = connect(server, transport).await;
+    let name = format!("mangler-{transport}");
+    bad.join(&room, &name).await;
+    by.expect_join(&name).await;
+    let ping = br#"{"type":"ping"}"#;
+    let invalid_ping = b"{\"type\":\"ping\xff\"}";
+    bad.send_raw(invalid_ping).await;
+    refused(&mut bad, "invalid UTF-8 ping", "invalid_utf8").await;
+    let mut invalid_send = format!(r#"{{"type":"send","room":"{room}","text":"a"#).into_bytes();
+    invalid_send.extend_from_slice(b"\xc3\x28b\",\"id\":\"u\"}");
+    bad.send_raw(&invalid_send).await;
+    refused(&mut bad, "invalid UTF-8 send", "invalid_utf8").await;
+    assert_eq!(
+        bad.post_lines(&[ping, &invalid_send, ping]).await,
+        204,
+        "{transport}: a post with an invalid line among valid ones is taken"
+    );
+    assert_eq!(
+        answer(&mut bad).await,
+        json!({"type": "pong"}),
+        "{transport}"
+    );
+    refused(&mut bad, "invalid UTF-8 between pings", "invalid_utf8").await;
+    assert_eq!(
+        answer(&mut bad).await,
+        json!({"type": "pong"}),
+        "{transport}"
+    );
+    assert_alive(&mut bad, "invalid UTF-8").await;
+    // None of the sends reached the room.
+    by.chat().await;
+    say_to(&mut bad, &mut by, &name, "valid UTF-8: ✓", "valid").await;
+}
+
+/// Several frames in one post are taken in order; one over `max_frame_bytes` among them
+/// closes the session with 4409 once the frames before it were taken (stored, relayed,
+/// acknowledged), and those after it never are.
+async fn oversized_frame_amid_a_post(server: &TestServer, transport: &str, limits: &Limits) {
+    let room = format!("fatal-amid-{transport}");
+    let mut by = Bystanders::new(server, &room).await;
+    let mut bad = connect(server, transport).await;
+    let name = format!("breaker-{transport}");
+    bad.join(&room, &name).await;
+    by.expect_join(&name).await;
+    let before = json!({"type": "send", "room": room, "text": "before", "id": "before"});
+    let poison = padded_send(&room, "too large", "huge", limits.max_frame_bytes + 1);
+    let after = json!({"type": "send", "room": room, "text": "after", "id": "after"});
+    let status = bad
+        .post_lines(&[
+            before.to_string().as_bytes(),
+            &poison,
+            after.to_string().as_bytes(),
+        ])
+        .await;
+    assert_eq!(status, 204, "{transport}: the post is taken, line by line");
+
+    let seq = by.expect_message(&name, "before").await;
+    let mine = bad.next().await;
+    assert_frame(
+        &json!([mine["type"], mine["text"], mine["seq"]]),
+        &json!(["message", "before", seq]),
+        &format!("{transport}: the frame before the oversized one was taken"),
+    );
+    assert_frame(
+        &bad.next().await,
+        &json!({"type": "ack", "room": room, "id": "before", "seq": seq}),
+        &format!("{transport}: and acknowledged"),
+    );
+    assert_frame(
+        &bad.next().await,
+        &json!({"type": "bye", "code": 4409, "reason": "frame_too_large", "reconnect": false}),
+        &format!("{transport}: then the oversized frame ends the session"),
+    );
+    assert_eq!(bad.ended().await, Ended::Code(4409), "{transport}");
+    // It leaves; the frame after the oversized one never reaches the room (the bystanders'
+    // next message takes the next number).
+    by.expect_leave(&name).await;
+    by.chat().await;
+}
+
+/// At most 64 frames in one post: a post of 65 is refused whole (413) — none of them is
+/// answered or reaches the room — and one of 64 is taken, each frame answered in order.
+async fn frames_per_post(server: &TestServer, transport: &str) {
+    let room = format!("per-post-{transport}");
+    let mut by = Bystanders::new(server, &room).await;
+    let mut bad = connect(server, transport).await;
+    let name = format!("poster-{transport}");
+    bad.join(&room, &name).await;
+    by.expect_join(&name).await;
+    let sends = |n: usize, tag: &str| -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                json!({"type": "send", "room": room, "text": format!("{tag} {i}"), "id": format!("{tag}-{i}")})
+                    .to_string()
+            })
+            .collect()
+    };
+    let too_many = sends(65, "refused");
+    let lines: Vec<&[u8]> = too_many.iter().map(|l| l.as_bytes()).collect();
+    assert_eq!(bad.post_lines(&lines).await, 413, "{transport}: 65 frames");
+    // The next answer is the pong: none of the 65 was answered, none reached the room.
+    assert_alive(&mut bad, "a post of 65 frames").await;
+    by.chat().await;
+
+    let most = sends(64, "taken");
+    let lines: Vec<&[u8]> = most.iter().map(|l| l.as_bytes()).collect();
+    assert_eq!(bad.post_lines(&lines).await, 204, "{transport}: 64 frames");
+    // Each answered in order: stored, or dropped by the rate limit (64 is over the burst).
+    let mut acked = Vec::new();
+    for i in 0..64 {
+        let f = answer(&mut bad).await;
+        let id = format!("taken-{i}");
+        assert_eq!(
+            f["id"],
+            id.as_str(),
+            "{transport}: answer {i}: {}",
+            brief(&f)
+        );
+        match f["type"].as_str() {
+            Some("ack") => acked.push((i, f["seq"].as_u64().unwrap())),
+            _ => assert_eq!(f["code"], "rate_limited", "{transport}: {}", brief(&f)),
+        }
+    }
+    assert!(acked.len() > 1, "{transport}: {acked:?}");
+    for (i, seq) in acked {
+        assert_eq!(by.expect_message(&name, &format!("taken {i}")).await, seq);
+    }
+    by.chat().await;
 }
 
 /// A WebSocket text message that is not UTF-8 breaks WebSocket framing: 4400.
@@ -1066,9 +1222,17 @@ async fn all_pass(cases: Vec<Case<'_>>) {
 fn per_transport<'a, F: Future<Output = ()> + 'a>(
     make: impl Fn(&'static str) -> F,
 ) -> Vec<Case<'a>> {
-    TRANSPORTS
-        .into_iter()
-        .map(|t| case(t.to_string(), make(t)))
+    each_of(&TRANSPORTS, make)
+}
+
+/// The same case for each transport in `transports`.
+fn each_of<'a, F: Future<Output = ()> + 'a>(
+    transports: &[&'static str],
+    make: impl Fn(&'static str) -> F,
+) -> Vec<Case<'a>> {
+    transports
+        .iter()
+        .map(|&t| case(t.to_string(), make(t)))
         .collect()
 }
 
@@ -1165,6 +1329,41 @@ async fn an_oversized_webtransport_line_closes_with_4409_and_loses_nothing_accep
 }
 
 #[tokio::test]
+async fn an_oversized_posted_frame_ends_the_session_with_4409_and_loses_nothing_accepted() {
+    let server = start().await;
+    let limits = Limits::default();
+    let mut cases = Vec::new();
+    for t in POSTED {
+        for (label, len) in oversizes(&limits) {
+            cases.push(case(
+                format!("{label} {t}"),
+                oversized_frame_case(&server, t, label, len),
+            ));
+        }
+        cases.push(case(
+            format!("amid a post {t}"),
+            oversized_frame_amid_a_post(&server, t, &limits),
+        ));
+    }
+    all_pass(cases).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_in_a_post_is_an_error_over_sse_and_long_polling() {
+    let server = start().await;
+    all_pass(each_of(&POSTED, |t| invalid_utf8_in_a_post(&server, t))).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_post_of_more_than_64_frames_is_refused_whole_and_64_are_taken_in_order() {
+    let server = start().await;
+    all_pass(each_of(&POSTED, |t| frames_per_post(&server, t))).await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_webtransport_line_that_never_ends_closes_with_4409() {
     let server = start().await;
     unterminated_line_case(&server).await;
@@ -1248,6 +1447,17 @@ async fn the_server_keeps_serving_after_all_of_it() {
             too_many_rooms(&server, t, &limits),
         ));
         cases.push(case(format!("flood {t}"), flood(&server, t, &limits)));
+    }
+    for t in POSTED {
+        cases.push(case(
+            format!("utf8 {t}"),
+            invalid_utf8_in_a_post(&server, t),
+        ));
+        cases.push(case(
+            format!("amid a post {t}"),
+            oversized_frame_amid_a_post(&server, t, &limits),
+        ));
+        cases.push(case(format!("per post {t}"), frames_per_post(&server, t)));
     }
     cases.push(case("binary".into(), binary_websocket_message(&server)));
     cases.push(case(

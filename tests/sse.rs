@@ -1,14 +1,20 @@
 //! The Server-Sent Events transport, driven by `curl` (a standard client, its defaults:
 //! `-N` only turns off its own output buffering) for the stream and plain HTTP posts for
 //! the frames: one room with a WebSocket client, one order; a reconnect with
-//! `Last-Event-ID` resumes with nothing lost or repeated; bad input gets its answer.
+//! `Last-Event-ID` resumes with nothing lost or repeated; bad input gets its answer
+//! (every case of tests/bad_input.rs that applies runs there over SSE too).
+//!
+//! And with the harness's own plain HTTP/1.1 client (`Client::sse`): clients of all four
+//! transports in one room see one order; `Last-Event-ID` resumes every room of a stream; a
+//! new stream that joins with `since` (as the wtchat client resumes) gets exactly what was
+//! missed.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
 
-use common::{Client, DEADLINE, TestServer, start_with};
+use common::{Client, DEADLINE, Seen, TestServer, start_with};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -254,5 +260,157 @@ async fn a_stream_needs_the_same_credentials_as_a_websocket() {
     let mut sse = Stream::open(server.http, &[]).await;
     let bye = sse.next_of("bye").await;
     assert_eq!(bye["code"], 4401, "{bye}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn clients_of_all_four_transports_share_one_room_in_one_order() {
+    let server = server().await;
+    let mut clients = vec![
+        Client::sse(&server).await,
+        Client::poll(&server).await,
+        Client::ws(&server).await,
+        Client::wt(&server).await,
+    ];
+    for client in &mut clients {
+        let name = client.transport();
+        client.join("all", name).await;
+    }
+    // Five rounds of one message from each, sent without waiting for the acks.
+    for i in 0..5 {
+        for client in &mut clients {
+            let t = client.transport();
+            client
+                .send(json!({"type": "send", "room": "all", "text": format!("{t} {i}"), "id": format!("{t}-{i}")}))
+                .await;
+        }
+    }
+    let mut seen = Vec::new();
+    for client in &mut clients {
+        seen.push(client.messages("all", 20).await);
+    }
+    let seqs: Vec<u64> = seen[0].iter().map(|m| m.0).collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    for (client, got) in clients.iter().zip(&seen) {
+        assert_eq!(got, &seen[0], "{} sees the same order", client.transport());
+        // Each sender's messages in the order it sent them.
+        let t = client.transport();
+        let own: Vec<&str> = seen[0]
+            .iter()
+            .filter(|m| m.1 == t)
+            .map(|m| m.2.as_str())
+            .collect();
+        let sent: Vec<String> = (0..5).map(|i| format!("{t} {i}")).collect();
+        assert_eq!(own, sent, "{t}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn last_event_id_resumes_every_room_of_the_stream() {
+    let server = server().await;
+    let mut ws = Client::ws(&server).await;
+    ws.join("a", "wes").await;
+    ws.join("b", "wes").await;
+    let mut sse = Client::sse(&server).await;
+    let (joined_a, _) = sse.join("a", "eve").await;
+    let (joined_b, _) = sse.join("b", "eve").await;
+    ws.say("a", "a1", "a1").await;
+    ws.say("b", "b1", "b1").await;
+    ws.say("a", "a2", "a2").await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let m = sse.next_of("message").await;
+        got.push((m["room"].clone(), m["seq"].clone()));
+    }
+    assert_eq!(
+        got,
+        [
+            (json!("a"), json!(1)),
+            (json!("b"), json!(1)),
+            (json!("a"), json!(2))
+        ]
+    );
+    // The stream drops; meanwhile both rooms go on.
+    let last = sse
+        .last_event_id()
+        .expect("message events carry ids")
+        .to_string();
+    drop(sse);
+    ws.say("a", "a3", "a3").await;
+    ws.say("b", "b2", "b2").await;
+    ws.say("b", "b3", "b3").await;
+    let mut again = Client::sse_request(&server, "", &[("Last-Event-ID", &last)])
+        .await
+        .expect("the stream reopens");
+    // Both rooms joined again, before anything else, each from where it was.
+    let mut rejoined = Vec::new();
+    let mut missed = Vec::new();
+    while rejoined.len() < 2 || missed.len() < 3 {
+        let f = again.next().await;
+        match f["type"].as_str() {
+            Some("joined") => rejoined.push(f),
+            Some("message") => {
+                missed.push((f["room"].clone(), f["seq"].clone(), f["text"].clone()))
+            }
+            _ => {}
+        }
+    }
+    for (rejoined, joined) in rejoined.iter().zip([&joined_a, &joined_b]) {
+        assert_eq!(rejoined["room"], joined["room"]);
+        assert_eq!(rejoined["gap"], false, "{rejoined}");
+        assert_eq!(
+            rejoined["you"]["sender"], joined["you"]["sender"],
+            "{rejoined}"
+        );
+    }
+    assert_eq!(
+        missed,
+        [
+            (json!("a"), json!(3), json!("a3")),
+            (json!("b"), json!(2), json!("b2")),
+            (json!("b"), json!(3), json!("b3")),
+        ],
+        "exactly what was missed, in each room's order"
+    );
+    assert_eq!(again.say("b", "back", "back").await, 4);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_stream_that_joins_with_since_gets_exactly_what_was_missed() {
+    let server = server().await;
+    let mut ws = Client::ws(&server).await;
+    ws.join("r", "wes").await;
+    let mut sse = Client::sse(&server).await;
+    let (joined, _) = sse.join("r", "eve").await;
+    let key = joined["key"].as_str().expect("a resume key").to_string();
+    let mut seen = Seen {
+        epoch: joined["epoch"].as_u64().unwrap(),
+        ..Seen::default()
+    };
+    for i in 1..=3 {
+        ws.say("r", &format!("m{i}"), &format!("m{i}")).await;
+    }
+    for _ in 0..3 {
+        seen.add(&sse.next_of("message").await);
+    }
+    // The stream drops; three more are sent; a new stream (no Last-Event-ID) joins with
+    // `since`, as the wtchat client does on every transport.
+    drop(sse);
+    for i in 4..=6 {
+        ws.say("r", &format!("m{i}"), &format!("m{i}")).await;
+    }
+    let mut again = Client::sse(&server).await;
+    let rejoined = seen.resume(&mut again, "r", "eve", Some(&key)).await;
+    assert_eq!(rejoined["gap"], false, "{rejoined}");
+    assert_eq!(rejoined["replay"], 3, "{rejoined}");
+    assert_eq!(rejoined["you"]["sender"], joined["you"]["sender"]);
+    assert_eq!(
+        seen.texts.values().collect::<Vec<_>>(),
+        ["m1", "m2", "m3", "m4", "m5", "m6"],
+        "nothing lost, nothing repeated"
+    );
+    assert_eq!(again.say("r", "back", "back").await, 7);
     server.stop().await;
 }

@@ -1,7 +1,9 @@
 //! Test harness: a wtchat server on port 0 (its own certificate in a temporary directory),
 //! and real clients over loopback — tokio-tungstenite for the WebSocket fallback, wtransport's
-//! client (pinning the server's certificate digest) for WebTransport — behind one `Client`
-//! type, so a test reads the same whatever the transport. Every wait has a deadline.
+//! client (pinning the server's certificate digest) for WebTransport, and plain HTTP/1.1 over
+//! a TCP stream for Server-Sent Events and long polling (the event stream and the chunked
+//! encoding parsed here, by hand) — behind one `Client` type, so a test reads the same
+//! whatever the transport. Every wait has a deadline.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 use std::net::SocketAddr;
@@ -12,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::Message;
@@ -247,7 +249,8 @@ pub fn seq_text(m: &Value) -> (u64, String, String) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {
     /// A WebSocket close frame with this code, or over WebTransport (whose close codes do
-    /// not reach clients reliably) the code of the `bye` frame before the end.
+    /// not reach clients reliably), SSE and long polling (which have none) the code of the
+    /// `bye` frame before the end.
     Code(u16),
     /// The connection ended with no code.
     NoCode,
@@ -267,6 +270,332 @@ pub enum Client {
         bye: Option<u16>,
         _endpoint: Endpoint<wtransport::endpoint::endpoint_side::Client>,
     },
+    /// Server-Sent Events: a task reads the `GET /wtchat/sse` event stream into `events`
+    /// (the `session` event already read); frames go up as `POST`s to `post`. The stream
+    /// ending is the connection's end: there is no close code, the `bye` before it says why.
+    Sse {
+        http: SocketAddr,
+        post: String,
+        events: mpsc::UnboundedReceiver<SseEvent>,
+        /// The id of the last event read that had one (what `Last-Event-ID` would say).
+        last_event_id: Option<String>,
+        bye: Option<u16>,
+        _reader: AbortOnDrop,
+    },
+    /// Long polling: a task polls `GET poll?after=N` (one poll at a time, `N` the last frame
+    /// number it got) into `frames`; frames go up as `POST`s to `post`. A poll answered 404
+    /// is the end: after a `bye`, once it was fetched.
+    Poll {
+        http: SocketAddr,
+        post: String,
+        frames: mpsc::UnboundedReceiver<Value>,
+        bye: Option<u16>,
+        _poller: AbortOnDrop,
+    },
+}
+
+/// One event of an SSE stream: its `id` (if it had one) and its `data`, as JSON.
+#[derive(Debug)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub data: Value,
+}
+
+/// A background task of a client, stopped with it: dropping an SSE or polling client closes
+/// its connections as dropping a socket would.
+pub struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How long a long poll may be held (the server holds it at most 25 s) before the test fails.
+const POLL_HOLD: Duration = Duration::from_secs(40);
+
+/// The head of an HTTP/1.1 request `method path` to `addr`, with `headers` (and `Host`).
+fn request_head(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> String {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head
+}
+
+/// An HTTP/1.1 response read off its connection as it arrives: the head, then the body piece
+/// by piece, whatever its framing (chunked, a length, or until the connection closes).
+struct HttpResponse {
+    tcp: TcpStream,
+    buf: BytesMut,
+    status: u16,
+    headers: Vec<(String, String)>,
+    framing: Framing,
+}
+
+enum Framing {
+    /// Chunked: a size line is due next.
+    ChunkSize,
+    /// Chunked: this many bytes of the current chunk are still to come.
+    ChunkData(usize),
+    /// Chunked: the `\r\n` after a chunk's data is due.
+    ChunkEnd,
+    /// This many bytes are still to come (`Content-Length`).
+    Length(usize),
+    /// Until the connection closes.
+    UntilClose,
+    /// The body is over.
+    Done,
+}
+
+impl HttpResponse {
+    /// Reads the response head from `tcp`.
+    async fn read(mut tcp: TcpStream) -> std::io::Result<HttpResponse> {
+        let mut buf = BytesMut::new();
+        let end = loop {
+            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos;
+            }
+            if tcp.read_buf(&mut buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        };
+        let head = buf.split_to(end + 4);
+        let head = String::from_utf8_lossy(&head[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|line| line.split(' ').nth(1))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP response: {head}"));
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+            .collect();
+        let mut response = HttpResponse {
+            tcp,
+            buf,
+            status,
+            headers,
+            framing: Framing::UntilClose,
+        };
+        response.framing = if response
+            .header("transfer-encoding")
+            .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"))
+        {
+            Framing::ChunkSize
+        } else if let Some(length) = response.header("content-length") {
+            Framing::Length(length.parse().expect("a numeric Content-Length"))
+        } else {
+            Framing::UntilClose
+        };
+        Ok(response)
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Reads more into `buf`; false when the connection ended.
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        self.buf.reserve(4096);
+        Ok(self.tcp.read_buf(&mut self.buf).await? > 0)
+    }
+
+    /// The next piece of the body as it arrived; None at its end. A connection that ends
+    /// inside a chunked or sized body is an error.
+    async fn piece(&mut self) -> std::io::Result<Option<bytes::Bytes>> {
+        let cut = || std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        loop {
+            match self.framing {
+                Framing::Done | Framing::Length(0) => return Ok(None),
+                Framing::ChunkSize => {
+                    let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") else {
+                        if !self.fill().await? {
+                            return Err(cut());
+                        }
+                        continue;
+                    };
+                    let line = String::from_utf8_lossy(&self.buf[..pos]).into_owned();
+                    self.buf.advance(pos + 2);
+                    let hex = line.split(';').next().unwrap_or_default().trim();
+                    let size = usize::from_str_radix(hex, 16)
+                        .unwrap_or_else(|_| panic!("a chunk size, not {line:?}"));
+                    // The last chunk: trailers, if any, are not read.
+                    self.framing = if size == 0 {
+                        Framing::Done
+                    } else {
+                        Framing::ChunkData(size)
+                    };
+                }
+                Framing::ChunkEnd => {
+                    if self.buf.len() < 2 {
+                        if !self.fill().await? {
+                            return Err(cut());
+                        }
+                        continue;
+                    }
+                    assert_eq!(&self.buf[..2], b"\r\n", "a chunk ends with CRLF");
+                    self.buf.advance(2);
+                    self.framing = Framing::ChunkSize;
+                }
+                Framing::ChunkData(left) | Framing::Length(left) => {
+                    if self.buf.is_empty() && !self.fill().await? {
+                        return Err(cut());
+                    }
+                    let take = left.min(self.buf.len());
+                    let piece = self.buf.split_to(take).freeze();
+                    self.framing = match self.framing {
+                        Framing::ChunkData(_) if take == left => Framing::ChunkEnd,
+                        Framing::ChunkData(_) => Framing::ChunkData(left - take),
+                        _ => Framing::Length(left - take),
+                    };
+                    return Ok(Some(piece));
+                }
+                Framing::UntilClose => {
+                    if self.buf.is_empty() && !self.fill().await? {
+                        self.framing = Framing::Done;
+                        return Ok(None);
+                    }
+                    return Ok(Some(self.buf.split().freeze()));
+                }
+            }
+        }
+    }
+
+    /// The whole body.
+    async fn body(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        while let Some(piece) = self.piece().await? {
+            body.extend_from_slice(&piece);
+        }
+        Ok(body)
+    }
+}
+
+/// One request over a fresh connection (`Connection: close`), `body` sent as is:
+/// (status, body). Fails the test if the answer takes longer than `wait`.
+async fn http_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    wait: Duration,
+) -> (u16, Vec<u8>) {
+    use tokio::io::AsyncWriteExt;
+    let exchange = async {
+        let mut tcp = TcpStream::connect(addr).await?;
+        let mut request = request_head(addr, method, path, headers).into_bytes();
+        request.extend_from_slice(
+            format!(
+                "Connection: close\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        request.extend_from_slice(body);
+        tcp.write_all(&request).await?;
+        let mut response = HttpResponse::read(tcp).await?;
+        let body = response.body().await?;
+        std::io::Result::Ok((response.status, body))
+    };
+    tokio::time::timeout(wait, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no answer within {wait:?}"))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// Parses a text/event-stream as it arrives (`data:` lines, `id:`, comments; a blank line
+/// ends an event) and hands each event on, until the stream or the receiver ends.
+async fn read_events(mut response: HttpResponse, events: mpsc::UnboundedSender<SseEvent>) {
+    let mut line = Vec::new();
+    let (mut id, mut data): (Option<String>, Option<String>) = (None, None);
+    loop {
+        let piece = match response.piece().await {
+            Ok(Some(piece)) => piece,
+            // The end of the stream, or of the connection: the end either way.
+            Ok(None) | Err(_) => return,
+        };
+        for &byte in piece.iter() {
+            if byte != b'\n' {
+                line.push(byte);
+                continue;
+            }
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            let text =
+                String::from_utf8(std::mem::take(&mut line)).expect("the event stream is UTF-8");
+            if text.is_empty() {
+                // The end of an event; one without data is not dispatched.
+                if let Some(data) = data.take() {
+                    let data = serde_json::from_str(&data)
+                        .unwrap_or_else(|e| panic!("event data is JSON ({e}): {data}"));
+                    if events
+                        .send(SseEvent {
+                            id: id.take(),
+                            data,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                id = None;
+                continue;
+            }
+            if text.starts_with(':') {
+                continue; // a comment: the keepalive
+            }
+            let (field, value) = text.split_once(':').unwrap_or((&text, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "data" => match &mut data {
+                    Some(data) => {
+                        data.push('\n');
+                        data.push_str(value);
+                    }
+                    None => data = Some(value.to_string()),
+                },
+                "id" => id = Some(value.to_string()),
+                _ => {} // `retry`, `event`: not used by the server's frames
+            }
+        }
+    }
+}
+
+/// Polls `url` from frame 0 on, one poll at a time, handing on each frame, until a poll is
+/// answered 404 (the session is over) or the receiver ends.
+async fn poll_frames(http: SocketAddr, url: String, frames: mpsc::UnboundedSender<Value>) {
+    let mut after = 0;
+    loop {
+        let path = format!("{url}?after={after}");
+        let (status, body) = http_bytes(http, "GET", &path, &[], b"", POLL_HOLD).await;
+        match status {
+            404 => return,
+            200 => {}
+            other => panic!("GET {path}: {other} {}", String::from_utf8_lossy(&body)),
+        }
+        let answer: Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("a poll answers JSON ({e}): {body:?}"));
+        let next = answer["next"].as_u64().expect("a poll answer has `next`");
+        let got = answer["frames"]
+            .as_array()
+            .expect("a poll answer has `frames`");
+        if next < after || (next == after && !got.is_empty()) {
+            panic!("poll after {after} answered {answer}");
+        }
+        for frame in got {
+            if frames.send(frame.clone()).is_err() {
+                return;
+            }
+        }
+        after = next;
+    }
 }
 
 /// A WebTransport client endpoint that pins `digests`.
@@ -398,11 +727,152 @@ impl Client {
         })
     }
 
+    /// A Server-Sent Events client, no Origin header.
+    pub async fn sse(server: &TestServer) -> Client {
+        Client::sse_request(server, "", &[])
+            .await
+            .expect("the event stream opens")
+    }
+
+    /// A Server-Sent Events client with a query string (`?token=...`, or empty) and extra
+    /// headers (`Last-Event-ID`, `Origin`); Err(status) when the stream is refused.
+    pub async fn sse_request(
+        server: &TestServer,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, u16> {
+        Client::sse_at(server.http, query, headers).await
+    }
+
+    /// A Server-Sent Events client of the server at `http`; Err(status) when refused.
+    pub async fn sse_at(
+        http: SocketAddr,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, u16> {
+        use tokio::io::AsyncWriteExt;
+        let open = async {
+            let mut tcp = TcpStream::connect(http).await.unwrap();
+            let path = format!("/wtchat/sse{query}");
+            let mut request = request_head(http, "GET", &path, headers);
+            request.push_str("Accept: text/event-stream\r\n\r\n");
+            tcp.write_all(request.as_bytes()).await.unwrap();
+            HttpResponse::read(tcp).await.expect("an HTTP response")
+        };
+        let response = tokio::time::timeout(DEADLINE, open)
+            .await
+            .expect("the stream is answered before the deadline");
+        if response.status != 200 {
+            return Err(response.status);
+        }
+        assert_eq!(
+            response.header("content-type"),
+            Some("text/event-stream"),
+            "an event stream"
+        );
+        let (sender, mut events) = mpsc::unbounded_channel();
+        let reader = AbortOnDrop(tokio::spawn(read_events(response, sender)));
+        let session = tokio::time::timeout(DEADLINE, events.recv())
+            .await
+            .expect("the session event before the deadline")
+            .expect("the stream's first event");
+        assert_eq!(session.data["type"], "session", "{:?}", session);
+        let post = session.data["post"].as_str().unwrap().to_string();
+        Ok(Client::Sse {
+            http,
+            post,
+            events,
+            last_event_id: None,
+            bye: None,
+            _reader: reader,
+        })
+    }
+
+    /// A long-polling client, no Origin header.
+    pub async fn poll(server: &TestServer) -> Client {
+        Client::poll_request(server, "", &[])
+            .await
+            .expect("a polling session opens")
+    }
+
+    /// A long-polling client with a query string and extra headers; Err(status) when the
+    /// session is refused.
+    pub async fn poll_request(
+        server: &TestServer,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, u16> {
+        Client::poll_at(server.http, query, headers).await
+    }
+
+    /// A long-polling client of the server at `http`; Err(status) when refused.
+    pub async fn poll_at(
+        http: SocketAddr,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, u16> {
+        let path = format!("/wtchat/poll{query}");
+        let (status, body) = http_bytes(http, "POST", &path, headers, b"", DEADLINE).await;
+        if status != 200 {
+            return Err(status);
+        }
+        let session: Value = serde_json::from_slice(&body).expect("the session is JSON");
+        assert_eq!(session["type"], "session", "{session}");
+        let post = session["post"].as_str().unwrap().to_string();
+        let poll = session["poll"].as_str().unwrap().to_string();
+        let (sender, frames) = mpsc::unbounded_channel();
+        let poller = AbortOnDrop(tokio::spawn(poll_frames(http, poll, sender)));
+        Ok(Client::Poll {
+            http,
+            post,
+            frames,
+            bye: None,
+            _poller: poller,
+        })
+    }
+
     pub fn transport(&self) -> &'static str {
         match self {
             Client::Ws { .. } => "websocket",
             Client::Wt { .. } => "webtransport",
+            Client::Sse { .. } => "sse",
+            Client::Poll { .. } => "longpoll",
         }
+    }
+
+    /// Where an SSE or long-polling client posts its frames.
+    pub fn post_url(&self) -> &str {
+        match self {
+            Client::Sse { post, .. } | Client::Poll { post, .. } => post,
+            _ => panic!("{} clients do not post their frames", self.transport()),
+        }
+    }
+
+    /// The id of the last SSE event read that had one: what a reconnecting `EventSource`
+    /// sends as `Last-Event-ID`.
+    pub fn last_event_id(&self) -> Option<&str> {
+        match self {
+            Client::Sse { last_event_id, .. } => last_event_id.as_deref(),
+            _ => panic!("event ids are SSE only"),
+        }
+    }
+
+    /// POSTs `body` as is to this SSE or long-polling client's session (with `headers`):
+    /// its status.
+    pub async fn post_body(&self, body: &[u8], headers: &[(&str, &str)]) -> u16 {
+        let http = match self {
+            Client::Sse { http, .. } | Client::Poll { http, .. } => *http,
+            _ => panic!("{} clients do not post their frames", self.transport()),
+        };
+        http_bytes(http, "POST", self.post_url(), headers, body, DEADLINE)
+            .await
+            .0
+    }
+
+    /// POSTs `lines` in one request, one frame per line: its status (204 when they were
+    /// taken).
+    pub async fn post_lines(&self, lines: &[&[u8]]) -> u16 {
+        self.post_body(&lines.join(&b'\n'), &[]).await
     }
 
     /// Sends one frame as JSON.
@@ -410,7 +880,8 @@ impl Client {
         self.send_raw(frame.to_string().as_bytes()).await;
     }
 
-    /// Sends raw bytes as one frame (a text message, or a line).
+    /// Sends raw bytes as one frame (a text message, a line, or a `POST` of its own, which
+    /// must be answered 204).
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         // A send that cannot complete (a peer that stopped reading) fails the test instead
         // of hanging it.
@@ -426,6 +897,10 @@ impl Client {
                     line.push(b'\n');
                     send.write_all(&line).await.unwrap();
                 }
+                Client::Sse { .. } | Client::Poll { .. } => {
+                    let status = self.post_lines(&[bytes]).await;
+                    assert_eq!(status, 204, "a frame posted to {}", self.post_url());
+                }
             }
         };
         tokio::time::timeout(DEADLINE, sent)
@@ -439,7 +914,7 @@ impl Client {
             Client::Wt { connection, .. } => connection
                 .send_datagram(frame.to_string().as_bytes())
                 .unwrap(),
-            Client::Ws { .. } => panic!("datagrams are WebTransport only"),
+            _ => panic!("datagrams are WebTransport only"),
         }
     }
 
@@ -503,6 +978,28 @@ impl Client {
                     },
                 }
             },
+            Client::Sse {
+                events,
+                last_event_id,
+                bye,
+                ..
+            } => {
+                let event = events.recv().await?;
+                if event.id.is_some() {
+                    *last_event_id = event.id;
+                }
+                if event.data["type"] == "bye" {
+                    *bye = event.data["code"].as_u64().map(|c| c as u16);
+                }
+                Some(event.data)
+            }
+            Client::Poll { frames, bye, .. } => {
+                let frame = frames.recv().await?;
+                if frame["type"] == "bye" {
+                    *bye = frame["code"].as_u64().map(|c| c as u16);
+                }
+                Some(frame)
+            }
         }
     }
 
@@ -609,15 +1106,22 @@ impl Client {
                 }
                 Some(Ok(_)) => None,
             },
-            Client::Wt { .. } => match self.next_inner().await {
-                Some(_) => None,
-                None => {
-                    let Client::Wt { bye, .. } = self else {
-                        unreachable!()
-                    };
-                    Some(bye.map_or(Ended::NoCode, Ended::Code))
+            // No close code on these: the end (WebTransport's stream, the event stream, a
+            // poll answered 404) after a `bye` is that `bye`'s code.
+            Client::Wt { .. } | Client::Sse { .. } | Client::Poll { .. } => {
+                match self.next_inner().await {
+                    Some(_) => None,
+                    None => {
+                        let (Client::Wt { bye, .. }
+                        | Client::Sse { bye, .. }
+                        | Client::Poll { bye, .. }) = self
+                        else {
+                            unreachable!()
+                        };
+                        Some(bye.map_or(Ended::NoCode, Ended::Code))
+                    }
                 }
-            },
+            }
         }
     }
 }
