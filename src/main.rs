@@ -1,5 +1,7 @@
-//! The `wtchat` command: `serve` runs the chat server, `certs` writes a development
-//! certificate, `token` mints a signed token.
+//! The `wtchat` command: `serve` runs the chat server, `config --check` validates and prints
+//! its configuration, `certs` writes a development certificate, `token` mints a signed token.
+
+mod config_file;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -7,7 +9,7 @@ use std::process::ExitCode;
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use wtchat::certs::{self, DevCert};
 use wtchat::{Config, ConfigError, Engine, Server, Tls};
 
@@ -22,10 +24,20 @@ struct Cli {
     command: Command,
 }
 
+/// Said under `serve --help` and `config --help`.
+const SOURCES: &str = "Every flag may also be set by an environment variable, WTCHAT_ and \
+    the flag's name in capitals with underscores (WTCHAT_MAX_FRAME_BYTES), or by a key of \
+    the --config file, the flag's name with underscores (max_frame_bytes = 16384). A flag \
+    beats the environment, which beats the file, which beats the default.";
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the chat server.
-    Serve(Box<ServeArgs>),
+    #[command(after_help = SOURCES)]
+    Serve(Box<ServeCommand>),
+    /// Check a configuration as `serve` would and print it, secrets masked.
+    #[command(after_help = SOURCES)]
+    Config(Box<ConfigCommand>),
     /// Mint a signed token for trying things out (a host's backend mints its own).
     Token {
         /// The shared secret (as given to `serve --token-secret`).
@@ -58,9 +70,33 @@ enum Command {
     },
 }
 
+/// `serve`'s settings and where else they come from.
+#[derive(Args)]
+struct ServeCommand {
+    /// A TOML file of settings: each key is a flag's name with underscores
+    /// (max_frame_bytes = 16384).
+    // Read (as `config_file::FILE_ARG`) before the settings are parsed, not from here.
+    #[arg(long, env = "WTCHAT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: ServeArgs,
+}
+
+/// `wtchat config`'s arguments: what it does, and the configuration to do it with.
+#[derive(Args)]
+struct ConfigCommand {
+    /// Validate the configuration (flags, environment, file) as `serve` would and print it,
+    /// one `key = value` a line (TOML), secrets masked; exit 1 if it is refused.
+    #[arg(long, required = true)]
+    check: bool,
+    #[command(flatten)]
+    serve: ServeCommand,
+}
+
 /// `wtchat serve`'s settings. Each is the library's builder setting of the same name (with
 /// dashes): unset, the library's default applies, and the builder refuses what cannot work
-/// with the same words for both. Defaults are in README.md.
+/// with the same words for both. Defaults are in README.md. Each field is also an
+/// environment variable and a file key (config_file.rs derives both from the flag).
 #[derive(Args)]
 struct ServeArgs {
     /// HTTP address (TCP): configuration, WebSocket fallback, client. Port 0 picks one.
@@ -172,12 +208,20 @@ struct ServeArgs {
     #[arg(long, value_parser = duration)]
     shutdown_grace: Option<Duration>,
     /// Require signed tokens (`?token=`, HS256) made with this secret (32 bytes or more).
-    #[arg(long, env = "WTCHAT_TOKEN_SECRET", hide_env_values = true)]
+    #[arg(long)]
     token_secret: Option<String>,
     /// Enable the HTTP API for the host's backend with this key (32 bytes or more;
     /// Authorization: Bearer KEY).
-    #[arg(long, env = "WTCHAT_API_KEY", hide_env_values = true)]
+    #[arg(long)]
     api_key: Option<String>,
+}
+
+/// The ids of `serve`'s settings: every field of `ServeArgs`.
+fn setting_ids() -> Vec<clap::Id> {
+    ServeArgs::augment_args(clap::Command::new("serve"))
+        .get_arguments()
+        .map(|arg| arg.get_id().clone())
+        .collect()
 }
 
 impl ServeArgs {
@@ -276,7 +320,17 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "wtchat=info".into()),
         )
         .init();
-    let result = match Cli::parse().command {
+    let command = Cli::command();
+    let ids = setting_ids();
+    let (cli, completed) = match parse(&command, &ids) {
+        Ok(parsed) => parsed,
+        Err(config_file::Error::Usage(error)) => error.exit(),
+        Err(config_file::Error::Setting(message)) => {
+            eprintln!("wtchat: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
         Command::Certs { dir, days, sans } => write_certs(dir, days, sans),
         Command::Token {
             secret,
@@ -301,9 +355,16 @@ fn main() -> ExitCode {
             }
         }
         Command::Serve(args) => args
+            .settings
             .config()
             .map_err(|e| format!("invalid configuration: {e}"))
             .and_then(serve),
+        Command::Config(args) => args
+            .serve
+            .settings
+            .config()
+            .map(|_| print!("{}", completed.describe(&command, &ids)))
+            .map_err(|e| format!("invalid configuration: {e}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -312,6 +373,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line, each setting it does not give taken from the environment or the file.
+fn parse(
+    command: &clap::Command,
+    ids: &[clap::Id],
+) -> Result<(Cli, config_file::Completed), config_file::Error> {
+    let args = std::env::args_os().collect();
+    let completed = config_file::complete(command, args, ids, &|name| std::env::var_os(name))?;
+    let cli = Cli::from_arg_matches(&completed.matches).map_err(config_file::Error::Usage)?;
+    Ok((cli, completed))
 }
 
 fn write_certs(dir: PathBuf, days: u32, sans: Vec<String>) -> Result<(), String> {
@@ -393,5 +465,187 @@ async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
             signal.recv().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use super::*;
+    use config_file::{Completed, Origin};
+
+    /// `wtchat ARGS`, completed from `env` (a variable's name and value) and the files it names.
+    fn complete(args: &[&str], env: &[(String, String)]) -> Completed {
+        let argv = ["wtchat"].iter().chain(args).map(OsString::from).collect();
+        let lookup = |name: &str| {
+            env.iter()
+                .find(|(variable, _)| variable == name)
+                .map(|(_, value)| OsString::from(value))
+        };
+        match config_file::complete(&Cli::command(), argv, &setting_ids(), &lookup) {
+            Ok(completed) => completed,
+            Err(config_file::Error::Usage(error)) => panic!("{error}"),
+            Err(config_file::Error::Setting(message)) => panic!("{message}"),
+        }
+    }
+
+    /// The printed configuration without where each value came from.
+    fn values(described: &str) -> Vec<&str> {
+        described
+            .lines()
+            .map(|line| line.split("  # ").next().unwrap())
+            .collect()
+    }
+
+    /// Every `serve` flag — those added later too — has an environment variable named after
+    /// it and is a key of the file, for `serve` and `config --check` alike: each is given a
+    /// value through its variable alone, then through the file alone, and reaches the
+    /// settings the same way.
+    #[test]
+    fn every_serve_flag_has_an_environment_variable_and_a_file_key() {
+        let command = Cli::command();
+        command.clone().debug_assert();
+        let ids = setting_ids();
+        let serve = command.find_subcommand("serve").unwrap();
+        let settings = config_file::settings(serve, &ids);
+        assert_eq!(settings.len(), ids.len(), "every setting is a --flag");
+        let mut env = Vec::new();
+        let mut switches = Vec::new();
+        for setting in &settings {
+            let arg = serve
+                .get_arguments()
+                .find(|arg| arg.get_id() == setting.id())
+                .unwrap();
+            let long = arg.get_long().unwrap();
+            let variable = format!("WTCHAT_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(setting.env, variable, "--{long}");
+            assert_eq!(setting.key, long.replace('-', "_"), "--{long}");
+            // A value this flag takes (a flag of a new type that takes none of these: add
+            // one of its values here).
+            let value = if matches!(arg.get_action(), clap::ArgAction::SetTrue) {
+                switches.push(setting.id());
+                "true"
+            } else {
+                ["1", "127.0.0.1:1", "127.0.0.1", "memory"]
+                    .into_iter()
+                    .find(|text| setting.check(text).is_ok())
+                    .unwrap_or_else(|| panic!("no sample value for --{long}"))
+            };
+            env.push((variable, value.to_owned()));
+        }
+
+        for subcommand in ["serve", "config"] {
+            let mut args = vec![subcommand];
+            if subcommand == "config" {
+                args.push("--check");
+            }
+            let from_env = complete(&args, &env);
+            let matches = from_env.matches.subcommand_matches(subcommand).unwrap();
+            for (setting, (variable, value)) in settings.iter().zip(&env) {
+                assert_eq!(
+                    from_env.origin(setting.id()),
+                    Some(&Origin::Env(variable.clone())),
+                    "{variable}"
+                );
+                let id = setting.id();
+                let given: Vec<_> = if switches.contains(&id) {
+                    vec![matches.get_flag(id).to_string()]
+                } else {
+                    matches
+                        .get_raw(id)
+                        .unwrap()
+                        .map(|raw| raw.to_string_lossy().into_owned())
+                        .collect()
+                };
+                assert_eq!(given, [value.as_str()], "{variable}");
+            }
+
+            // What `config --check` prints of it, as a file, gives the same settings.
+            let described = from_env.describe(&command, &ids);
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("wtchat.toml");
+            std::fs::write(&file, &described).unwrap();
+            let mut with_file = args.clone();
+            with_file.extend(["--config", file.to_str().unwrap()]);
+            let from_file = complete(&with_file, &[]);
+            for setting in &settings {
+                assert_eq!(
+                    from_file.origin(setting.id()),
+                    Some(&Origin::File(file.clone())),
+                    "{}",
+                    setting.key
+                );
+            }
+            assert_eq!(
+                values(&from_file.describe(&command, &ids)),
+                values(&described),
+                "{described}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_flag_beats_the_environment_which_beats_the_file_and_lists_are_not_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("wtchat.toml");
+        std::fs::write(
+            &file,
+            "max_frame_bytes = 9000\nframes_per_second = 7\nmax_text_chars = 1000\n\
+             allow_origin = [\"https://file.example\"]\n\
+             trusted_proxy = [\"10.0.0.1\"]\nrequire_origin = true\n",
+        )
+        .unwrap();
+        let env = [
+            ("WTCHAT_MAX_FRAME_BYTES", "10000"),
+            ("WTCHAT_FRAMES_PER_SECOND", "9"),
+            (
+                "WTCHAT_ALLOW_ORIGIN",
+                "https://a.example, https://b.example",
+            ),
+            ("WTCHAT_REQUIRE_ORIGIN", "false"),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned()));
+        let file_arg = file.to_str().unwrap();
+        let completed = complete(
+            &[
+                "serve",
+                "--config",
+                file_arg,
+                "--max-frame-bytes",
+                "12000",
+                "--trusted-proxy",
+                "10.0.0.2",
+            ],
+            &env,
+        );
+        let matches = completed.matches.subcommand_matches("serve").unwrap();
+        let all = |id: &str| -> Vec<String> {
+            matches
+                .get_raw(id)
+                .unwrap()
+                .map(|raw| raw.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(all("max_frame_bytes"), ["12000"]);
+        assert_eq!(all("frames_per_second"), ["9"]);
+        assert_eq!(all("max_text_chars"), ["1000"]);
+        assert_eq!(
+            all("allow_origin"),
+            ["https://a.example", "https://b.example"]
+        );
+        assert_eq!(all("trusted_proxy"), ["10.0.0.2"]);
+        assert!(
+            !matches.get_flag("require_origin"),
+            "false in the environment"
+        );
+        let origin = |id: &str| completed.origin(id).cloned();
+        assert_eq!(origin("max_frame_bytes"), Some(Origin::CommandLine));
+        assert_eq!(
+            origin("frames_per_second"),
+            Some(Origin::Env("WTCHAT_FRAMES_PER_SECOND".into()))
+        );
+        assert_eq!(origin("max_text_chars"), Some(Origin::File(file.clone())));
+        assert_eq!(origin("max_connections"), None);
     }
 }
