@@ -214,6 +214,28 @@ struct ServeArgs {
     /// Authorization: Bearer KEY).
     #[arg(long)]
     api_key: Option<String>,
+    /// Ask this http:// URL of the host's backend about every client message before it is
+    /// stored: it accepts, rejects or rewrites it (README: Webhooks).
+    #[arg(long, value_name = "URL")]
+    message_webhook: Option<String>,
+    /// Post the messages stored, the joins and the leaves to this http:// URL, in order,
+    /// retrying until it takes them.
+    #[arg(long, value_name = "URL")]
+    events_webhook: Option<String>,
+    /// Ask this http:// URL who connects, from the connection's cookies, Authorization
+    /// header or token; it fails closed.
+    #[arg(long, value_name = "URL")]
+    auth_webhook: Option<String>,
+    /// Sign every webhook request with this secret (Wtchat-Signature; 32 bytes or more).
+    #[arg(long)]
+    webhook_secret: Option<String>,
+    /// How long a webhook call may take, connecting included (like 2s, 500ms).
+    #[arg(long, value_parser = duration)]
+    webhook_timeout: Option<Duration>,
+    /// Accept a message the message webhook did not answer for (fail open); by default it
+    /// is rejected (fail closed).
+    #[arg(long)]
+    webhook_fail_open: bool,
 }
 
 /// The ids of `serve`'s settings: every field of `ServeArgs`.
@@ -241,7 +263,8 @@ impl ServeArgs {
         let mut b = Config::builder()
             .tls(tls)
             .engine(engine)
-            .require_origin(self.require_origin);
+            .require_origin(self.require_origin)
+            .webhook_fail_open(self.webhook_fail_open);
         for origin in self.allow_origin {
             b = b.allow_origin(origin);
         }
@@ -284,6 +307,11 @@ impl ServeArgs {
             shutdown_grace,
             token_secret,
             api_key,
+            message_webhook,
+            events_webhook,
+            auth_webhook,
+            webhook_secret,
+            webhook_timeout,
         );
         b.build()
     }

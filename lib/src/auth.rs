@@ -87,14 +87,19 @@ impl ConnectRequest {
 
     /// The value of cookie `name`.
     pub fn cookie(&self, name: &str) -> Option<String> {
+        self.cookies()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    }
+
+    /// Every cookie, as (name, value), in the order sent.
+    pub fn cookies(&self) -> impl Iterator<Item = (&str, &str)> {
         self.headers
             .get_all(axum::http::header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_string())
     }
 }
 
@@ -639,6 +644,8 @@ mod tests {
         assert_eq!(request.query_param("bad").as_deref(), Some("%zz"));
         assert_eq!(request.query_param("nope"), None);
         assert_eq!(request.cookie("session").as_deref(), Some("xyz"));
+        let cookies: Vec<(&str, &str)> = request.cookies().collect();
+        assert_eq!(cookies, [("a", "1"), ("session", "xyz")]);
         assert_eq!(request.cookie("b"), None);
     }
 }

@@ -48,6 +48,7 @@ use crate::hub::Hub;
 use crate::protocol::CloseCode;
 use crate::session::SessionContext;
 use crate::transport::{self, OriginPolicy, PerAddress, webtransport};
+use crate::webhook::{Events, Webhooks};
 
 /// wtchat, ready to be mounted: cheap to clone (one `Arc` inside).
 #[derive(Clone)]
@@ -62,6 +63,8 @@ struct ChatInner {
     endpoint: Arc<Endpoint<endpoint_side::Server>>,
     dev_cert: Option<DevCert>,
     digests: Digests,
+    /// The events webhook, whose sender runs with the chat.
+    events: Option<Arc<Events>>,
 }
 
 impl fmt::Debug for Chat {
@@ -158,6 +161,7 @@ impl Chat {
             config.hub.dedupe_window,
         )
         .await?;
+        let webhooks = Webhooks::new(&config.webhooks, &config.limits);
         let session = SessionContext {
             hub: Hub::new(config.hub.clone(), store)?,
             limits: Arc::new(config.limits.clone()),
@@ -165,11 +169,15 @@ impl Chat {
             close_grace: config.close_grace,
             idle_timeout: config.idle_timeout,
             auth: Arc::new(Authenticator::new(
-                config.authenticate.clone(),
+                config.authenticate.clone().or(webhooks.auth),
                 config.token_secret.as_deref(),
             )),
             on_message: config.on_message.clone(),
+            message_webhook: webhooks.message,
         };
+        if let Some(events) = &webhooks.events {
+            session.hub.observe(events.observer());
+        }
         let host = Host {
             hub: session.hub.clone(),
             limits: session.limits.clone(),
@@ -217,6 +225,7 @@ impl Chat {
                 host,
                 endpoint: Arc::new(endpoint),
                 dev_cert,
+                events: webhooks.events,
             }),
         })
     }
@@ -366,6 +375,12 @@ impl Chat {
                 inner.digests.clone(),
             ))
         });
+        // The events webhook's sender stops last: the sessions' leaves and the engine's last
+        // commits are events too.
+        let events_stop = CancellationToken::new();
+        let events = inner.events.clone().map(|events| {
+            tokio::spawn(events.run(events_stop.clone(), inner.config.shutdown_grace))
+        });
         tokio::select! {
             () = shutdown => {}
             () = token.cancelled() => {}
@@ -386,6 +401,10 @@ impl Chat {
         // Whatever the engine was handed is committed (or failed) before the process ends,
         // and the other nodes hear that this one left.
         inner.transport.session.hub.close().await;
+        events_stop.cancel();
+        if let Some(events) = events {
+            let _ = events.await;
+        }
         inner.endpoint.close(0u32.into(), b"shutdown");
         let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
     }

@@ -17,6 +17,7 @@ use crate::certs::MAX_DAYS;
 use crate::engine::Engine;
 use crate::hub::HubConfig;
 use crate::protocol::Limits;
+use crate::webhook::{self, WebhookConfig};
 
 /// The path of the chat on both the HTTP side (`/wtchat/config`, `/wtchat/ws`, …) and the
 /// WebTransport side (sessions are accepted on exactly this path). A prefix of its own lets
@@ -102,6 +103,8 @@ pub struct Config {
     pub(crate) max_http_connections: usize,
     pub(crate) public_url: Option<String>,
     pub(crate) trusted_proxies: Vec<IpAddr>,
+    /// The host's backend as HTTP endpoints: hosts in any language.
+    pub(crate) webhooks: WebhookConfig,
 }
 
 /// The defaults, as documented on each [`ConfigBuilder`] method.
@@ -135,6 +138,7 @@ impl Default for Config {
             max_http_connections: 1024,
             public_url: None,
             trusted_proxies: Vec::new(),
+            webhooks: WebhookConfig::default(),
         }
     }
 }
@@ -167,6 +171,7 @@ impl fmt::Debug for Config {
             .field("max_http_connections", &self.max_http_connections)
             .field("public_url", &self.public_url)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("webhooks", &self.webhooks)
             .finish()
     }
 }
@@ -521,6 +526,58 @@ impl ConfigBuilder {
         self
     }
 
+    /// The message webhook: an `http://` URL of the host's backend (a PHP or Django
+    /// endpoint) that is asked about every client message before it is stored (after the
+    /// [`message_hook`](Self::message_hook), if both are set) and accepts, rejects or
+    /// rewrites it. The sender waits for its answer; other connections do not. See the
+    /// README, "Webhooks". Needs a [`webhook_secret`](Self::webhook_secret).
+    pub fn message_webhook(mut self, url: impl Into<String>) -> Self {
+        self.config.webhooks.message = Some(url.into());
+        self
+    }
+
+    /// The events webhook: an `http://` URL the chat posts what happened to (messages
+    /// stored, members joined and left), in order, in batches, with retries, after the fact.
+    /// Needs a [`webhook_secret`](Self::webhook_secret).
+    pub fn events_webhook(mut self, url: impl Into<String>) -> Self {
+        self.config.webhooks.events = Some(url.into());
+        self
+    }
+
+    /// The auth webhook: an `http://` URL that is sent each connection's credentials
+    /// (cookies, `Authorization`, origin, `?token=`) and names the user, or refuses. It is
+    /// the authentication hook of hosts not written in Rust (browsers reach it through
+    /// tickets, like [`auth`](Self::auth)); it fails closed. Not with `auth`. Needs a
+    /// [`webhook_secret`](Self::webhook_secret).
+    pub fn auth_webhook(mut self, url: impl Into<String>) -> Self {
+        self.config.webhooks.auth = Some(url.into());
+        self
+    }
+
+    /// The secret every webhook request is signed with (`Wtchat-Signature`), shared with
+    /// the backend, which checks it. At least 32 bytes; required with any webhook.
+    pub fn webhook_secret(mut self, secret: impl Into<String>) -> Self {
+        self.config.webhooks.secret = Some(secret.into());
+        self
+    }
+
+    /// How long a webhook call may take, connecting included; then it counts as
+    /// unanswered. Default 2 s; from 10 ms to 1 minute.
+    pub fn webhook_timeout(mut self, timeout: Duration) -> Self {
+        self.config.webhooks.timeout = timeout;
+        self
+    }
+
+    /// What becomes of a message the message webhook did not answer for (in time, or with
+    /// a valid answer): `true` accepts it as it is (fail open: the chat goes on while the
+    /// backend is down, unmoderated); `false` rejects it with `rejected` (fail closed:
+    /// nothing unchecked gets through). Default `false`. The auth webhook always fails
+    /// closed.
+    pub fn webhook_fail_open(mut self, open: bool) -> Self {
+        self.config.webhooks.fail_open = open;
+        self
+    }
+
     /// Enables the HTTP API (`/wtchat/api/...`) for requests bearing this key
     /// (`Authorization: Bearer KEY`). At least 32 bytes. Default: no API.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
@@ -688,6 +745,7 @@ impl ConfigBuilder {
         for (setting, secret) in [
             ("token_secret", &config.token_secret),
             ("api_key", &config.api_key),
+            ("webhook_secret", &config.webhooks.secret),
         ] {
             if let Some(secret) = secret
                 && secret.len() < MIN_SECRET_BYTES
@@ -719,6 +777,41 @@ impl ConfigBuilder {
             return Err(ConfigError::new(
                 "public_webtransport_url",
                 format!("must be an https:// URL (WebTransport runs only over HTTPS); got {url:?}"),
+            ));
+        }
+        let hooks = &config.webhooks;
+        for (setting, url) in [
+            ("message_webhook", &hooks.message),
+            ("events_webhook", &hooks.events),
+            ("auth_webhook", &hooks.auth),
+        ] {
+            if let Some(url) = url
+                && let Some(problem) = webhook::url_problem(url)
+            {
+                return Err(ConfigError::new(setting, format!("{problem}; got {url:?}")));
+            }
+        }
+        if hooks.any() && hooks.secret.is_none() {
+            return Err(ConfigError::new(
+                "webhook_secret",
+                "is required with a webhook: the backend tells the chat's requests from \
+                 forged ones by their signature (make one with `openssl rand -hex 32`)",
+            ));
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&hooks.timeout) {
+            return Err(ConfigError::new(
+                "webhook_timeout",
+                format!(
+                    "must be from 10 ms to 1 minute: a sender waits for the message webhook; \
+                     got {} ms",
+                    hooks.timeout.as_millis()
+                ),
+            ));
+        }
+        if hooks.auth.is_some() && config.authenticate.is_some() {
+            return Err(ConfigError::new(
+                "auth_webhook",
+                "cannot be combined with an auth hook: one of them decides who connects",
             ));
         }
         for origin in config.allowed_origins.iter().flatten() {

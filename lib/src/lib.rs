@@ -28,6 +28,9 @@
 //! - [`Chat`]: what a host application mounts (a router, a WebTransport future, and
 //!   publish / members / kick); [`Server`]: the standalone `wtchat serve`, with its own
 //!   HTTP server (a header deadline, a cap on connections not yet upgraded).
+//! - `webhook`: the host's backend in any language (PHP, Django…) as signed HTTP calls: a
+//!   message webhook (accept, reject, rewrite), an auth webhook, and the events webhook
+//!   (messages stored, joins, leaves, posted after the fact).
 //! - [`Config`]: one configuration with working defaults, made by a builder that refuses
 //!   what cannot work.
 //!
@@ -64,6 +67,7 @@ mod protocol;
 mod server;
 mod session;
 mod transport;
+mod webhook;
 
 pub use auth::{ConnectRequest, Identity, Refusal, Rooms, Transport};
 pub use chat::{Chat, StartError};

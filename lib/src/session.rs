@@ -21,6 +21,7 @@ use crate::hub::{Hub, Kind, Member, Outbound, Outbox, Resume, Room, Sender, mess
 use crate::protocol::{
     self, ClientFrame, CloseCode, ErrorCode, HISTORY_PAGE, Limits, MEMBERS_PAGE, ServerFrame,
 };
+use crate::webhook::{MessageWebhook, Verdict};
 
 /// Frames written per batch: enough to amortize a write call under load, small enough that
 /// one busy connection does not hold its worker thread for long.
@@ -83,6 +84,8 @@ pub(crate) struct SessionContext {
     pub auth: Arc<Authenticator>,
     /// The host's message hook, if any.
     pub on_message: Option<MessageHook>,
+    /// The host's message webhook, if any: called after `on_message`.
+    pub message_webhook: Option<Arc<MessageWebhook>>,
 }
 
 /// Identifies a new connection (when the server identifies connections: `request` is what
@@ -363,7 +366,7 @@ impl Session<'_> {
                 .await
             }
             ClientFrame::Leave { room } => self.leave(&room),
-            ClientFrame::Send { room, text, id } => self.send(&room, &text, id.as_deref()),
+            ClientFrame::Send { room, text, id } => self.send(&room, &text, id.as_deref()).await,
             ClientFrame::Typing { room } => match self.joined(&room) {
                 Some(j) => j.room.typing(&j.me),
                 None => self.not_joined(&room, None),
@@ -501,7 +504,7 @@ impl Session<'_> {
             .push(protocol::encode(&ServerFrame::Left { room }));
     }
 
-    fn send(&mut self, room: &str, text: &str, id: Option<&str>) {
+    async fn send(&mut self, room: &str, text: &str, id: Option<&str>) {
         let Some(joined) = self.joined(room) else {
             return self.not_joined(room, id);
         };
@@ -519,6 +522,19 @@ impl Session<'_> {
                 return self.error(ErrorCode::Rejected, refusal.message(), Some(room), id);
             }
         }
+        // This session reads and writes nothing while the backend decides (at most the
+        // webhook timeout): its messages keep their order, and other sessions go on.
+        let verdict = match &self.ctx.message_webhook {
+            Some(webhook) => webhook.check(room, &joined.me, text, id).await,
+            None => Verdict::Accept,
+        };
+        let text = match &verdict {
+            Verdict::Accept => text,
+            Verdict::Rewrite(rewritten) => rewritten,
+            Verdict::Reject(reason) => {
+                return self.error(ErrorCode::Rejected, reason, Some(room), id);
+            }
+        };
         joined.room.publish(&joined.me, text, id);
         self.ctx.hub.keep_history_budget();
     }

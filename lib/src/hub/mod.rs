@@ -25,8 +25,10 @@ use crate::engine::{
 };
 use crate::protocol::{self, CloseCode, ErrorCode, MemberRef, PresenceEvent, ServerFrame, You};
 
+mod happened;
 mod roster;
 
+pub(crate) use happened::{Happened, Observer};
 pub(crate) use roster::Policy;
 use roster::{Listed, Roster, Told};
 
@@ -477,6 +479,8 @@ struct RoomState {
     lagging: bool,
     /// A catch-up failed (Redis was away): the next tick tries again.
     stale: bool,
+    /// Told what happens here (the events webhook), if anyone follows.
+    observer: Option<Observer>,
 }
 
 /// A message in a room's recent history.
@@ -507,6 +511,8 @@ enum Origin {
         /// The sender's own copy, naming its client id.
         own: Option<Bytes>,
         ack: Bytes,
+        /// The sender's user id, for the observer.
+        user: Option<Arc<str>>,
     },
     Host(Option<oneshot::Sender<Result<u64, StorageError>>>),
     /// Published through another node: nobody here is owed anything.
@@ -579,6 +585,8 @@ struct HubInner {
     /// On a shared engine, one room is taken up at a time: a room's subscription and its
     /// read belong together.
     loading: tokio::sync::Mutex<()>,
+    /// Told what happens in the rooms (see [`Hub::observe`]); set before the first room.
+    observer: OnceLock<Observer>,
 }
 
 /// Rooms whose presence policy the host set, by name: kept for rooms not in memory yet.
@@ -652,6 +660,7 @@ impl Hub {
                 bans: Mutex::new(bans),
                 policies: Mutex::new(HashMap::new()),
                 loading: tokio::sync::Mutex::new(()),
+                observer: OnceLock::new(),
             }),
         };
         if let Some(redis) = redis {
@@ -786,6 +795,12 @@ impl Hub {
         if let Store::Redis(redis) = &self.inner.store {
             redis.on_post(Box::new(handler));
         }
+    }
+
+    /// Has `observer` told what happens in every room from now on: before any room exists
+    /// (a room takes its observer when it is created). Only the first observer counts.
+    pub(crate) fn observe(&self, observer: Observer) {
+        let _ = self.inner.observer.set(observer);
     }
 
     /// A fresh connection id.
@@ -986,6 +1001,7 @@ impl Hub {
             heard: 0,
             lagging: false,
             stale: false,
+            observer: self.inner.observer.get().cloned(),
         };
         let epoch = match loaded {
             None => self.new_epoch(),
@@ -1260,6 +1276,7 @@ impl Room {
             outbox: sender.outbox.clone(),
             own: None,
             ack: Bytes::new(),
+            user: sender.user.clone(),
         };
         let by = Some((sender.sender.public(), id));
         self.submit(&mut state, &sender.name, by, text, key, origin);
@@ -1518,11 +1535,15 @@ impl Room {
                 let submitted = m.token_of(node).and_then(|t| state.submitted.remove(&t));
                 let origin = match submitted {
                     Some(Submitted {
-                        origin: Origin::Member { id, outbox, .. },
+                        origin:
+                            Origin::Member {
+                                id, outbox, user, ..
+                            },
                         client_id,
                     }) => Origin::Member {
                         id,
                         outbox,
+                        user,
                         own: client_id.as_deref().map(|c| message(Some(c))),
                         ack: ack(&self.name, client_id.as_deref(), m.seq),
                     },
@@ -1861,6 +1882,7 @@ impl RoomState {
                         outbox: own_box,
                         own,
                         ack,
+                        ..
                     } if *id == sender => {
                         share.push(own.clone().unwrap_or_else(|| pending.message.frame.clone()));
                         share.push(ack.clone());
@@ -1885,6 +1907,17 @@ impl RoomState {
                 ..
             } = pending;
             let seq = message.seq;
+            // Told by the node where it was published: each node tells its own.
+            if let Some(observer) = &self.observer
+                && !matches!(origin, Origin::Peer)
+            {
+                let user = match &origin {
+                    Origin::Member { user, .. } => user.clone(),
+                    _ => None,
+                };
+                let frame = message.frame.clone();
+                observer.tell(Happened::Message { frame, user });
+            }
             match origin {
                 Origin::Member { ack, .. } => {
                     for retry in retries {
@@ -1925,6 +1958,13 @@ impl RoomState {
         let (gap, replay) = self.replay(room, resume);
         let (id, outbox) = (member.id, member.outbox.clone());
         let you = (member.name.clone(), member.sender.clone());
+        if let Some(observer) = &self.observer {
+            let member = member.summary();
+            observer.tell(Happened::Joined {
+                room: room.name.clone(),
+                member,
+            });
+        }
         let told = self.roster.add(member);
         // In a big room, the count and the first page: the same cost whatever its size.
         let members = self.roster.first_page();
@@ -2048,6 +2088,14 @@ impl RoomState {
                 .collect();
             if !here.is_empty() {
                 self.store.left(room, here);
+            }
+            if let Some(observer) = &self.observer {
+                let room: Arc<str> = room.into();
+                for gone in gone.iter().filter(|g| g.here) {
+                    let member = gone.member.clone();
+                    let room = room.clone();
+                    observer.tell(Happened::Left { room, member });
+                }
             }
             let count = self.roster.len();
             let frame = match (told, gone.as_slice()) {

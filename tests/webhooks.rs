@@ -1,0 +1,676 @@
+//! Webhooks, as a host written in another language uses them: a small HTTP backend runs in
+//! the test (the "PHP or Django endpoint"), and real clients chat through the server. The
+//! message webhook accepts, rejects and rewrites; a backend that never answers meets the
+//! configured fail-closed or fail-open choice at the timeout; the events webhook receives
+//! what happened in order, again after a failure; the auth webhook logs users in from their
+//! cookies. Every request's signature is checked by the README's own Python function, with
+//! the secret (it verifies) and with another (it does not).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use common::{Client, DEADLINE, http_request, start_with};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use wtchat::Config;
+
+/// The secret shared by the server and the backend.
+const SECRET: &str = "a-webhook-secret-of-at-least-32-bytes";
+
+/// The webhook timeout of the tests that wait for it.
+const TIMEOUT: Duration = Duration::from_millis(300);
+
+/// One request the backend received, and the status it answered.
+#[derive(Debug, Clone)]
+struct Call {
+    path: String,
+    /// The `Wtchat-Webhook` header.
+    webhook: String,
+    /// The `Wtchat-Signature` header.
+    signature: String,
+    body: Bytes,
+    status: u16,
+}
+
+impl Call {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("webhook bodies are JSON")
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    calls: mpsc::UnboundedSender<Call>,
+    /// Posts to /events so far: the first is answered 500.
+    events_posts: Arc<AtomicUsize>,
+}
+
+impl Shared {
+    fn record(&self, uri: &Uri, headers: &HeaderMap, body: Bytes, status: StatusCode) {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let _ = self.calls.send(Call {
+            path: uri.path().to_string(),
+            webhook: header("wtchat-webhook"),
+            signature: header("wtchat-signature"),
+            body,
+            status: status.as_u16(),
+        });
+    }
+}
+
+/// The host's backend: `/message` (a moderator), `/hang` (never answers), `/events`
+/// (fails once, then takes everything) and `/auth` (a cookie login).
+struct Backend {
+    addr: SocketAddr,
+    calls: mpsc::UnboundedReceiver<Call>,
+    /// Calls received while waiting for another path's.
+    unclaimed: Vec<Call>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Backend {
+    async fn start() -> Backend {
+        let (tx, calls) = mpsc::unbounded_channel();
+        let shared = Shared {
+            calls: tx,
+            events_posts: Arc::default(),
+        };
+        let app = Router::new()
+            .route("/message", post(moderate))
+            .route("/hang", post(hang))
+            .route("/events", post(events))
+            .route("/auth", post(login))
+            .with_state(shared);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Backend {
+            addr,
+            calls,
+            unclaimed: Vec::new(),
+            task,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The next request the backend received at `path` (the events webhook posts while
+    /// the others are called).
+    async fn next(&mut self, path: &str) -> Call {
+        if let Some(at) = self.unclaimed.iter().position(|c| c.path == path) {
+            return self.unclaimed.remove(at);
+        }
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let call = tokio::time::timeout_at(deadline, self.calls.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no call to {path} before the deadline"))
+                .unwrap();
+            if call.path == path {
+                return call;
+            }
+            self.unclaimed.push(call);
+        }
+    }
+
+    /// The next `n` requests at `path`.
+    async fn take(&mut self, path: &str, n: usize) -> Vec<Call> {
+        let mut calls = Vec::new();
+        for _ in 0..n {
+            calls.push(self.next(path).await);
+        }
+        calls
+    }
+
+    /// The events the events webhook posted, in order, until there are `n` of them that
+    /// the backend took: (every call made, the events taken).
+    async fn events(&mut self, n: usize) -> (Vec<Call>, Vec<Value>) {
+        let (mut calls, mut taken) = (Vec::new(), Vec::new());
+        while taken.len() < n {
+            let call = self.next("/events").await;
+            if call.status == 200 {
+                taken.extend(call.json()["events"].as_array().unwrap().iter().cloned());
+            }
+            calls.push(call);
+        }
+        (calls, taken)
+    }
+}
+
+/// Rejects spam, rewrites "darn", answers "quiet" texts with an empty 204, accepts the rest.
+async fn moderate(
+    State(shared): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let message: Value = serde_json::from_slice(&body).unwrap();
+    let text = message["text"].as_str().unwrap();
+    let (status, answer) = if text.contains("spam") {
+        (
+            StatusCode::OK,
+            json!({"action": "reject", "reason": "no spam here"}),
+        )
+    } else if text.contains("darn") {
+        let text = text.replace("darn", "d*rn");
+        (StatusCode::OK, json!({"action": "rewrite", "text": text}))
+    } else if text.starts_with("quiet") {
+        (StatusCode::NO_CONTENT, Value::Null)
+    } else {
+        (StatusCode::OK, json!({"action": "accept"}))
+    };
+    shared.record(&uri, &headers, body, status);
+    match status {
+        StatusCode::NO_CONTENT => status.into_response(),
+        _ => axum::Json(answer).into_response(),
+    }
+}
+
+async fn hang(State(shared): State<Shared>, uri: Uri, headers: HeaderMap, body: Bytes) {
+    shared.record(&uri, &headers, body, StatusCode::REQUEST_TIMEOUT);
+    std::future::pending::<()>().await;
+}
+
+async fn events(
+    State(shared): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let status = match shared.events_posts.fetch_add(1, Ordering::Relaxed) {
+        0 => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::OK,
+    };
+    shared.record(&uri, &headers, body, status);
+    status
+}
+
+/// Cookie `session=good` is Ann (user u42, the lobby only); anything else is refused.
+async fn login(
+    State(shared): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request: Value = serde_json::from_slice(&body).unwrap();
+    let (status, answer) = if request["cookies"]["session"] == "good" {
+        let ann = json!({"user": "u42", "name": "Ann", "rooms": ["lobby"]});
+        (StatusCode::OK, ann)
+    } else {
+        (StatusCode::UNAUTHORIZED, json!({"reason": "log in first"}))
+    };
+    shared.record(&uri, &headers, body, status);
+    (status, axum::Json(answer)).into_response()
+}
+
+/// Whether the README's Python `wtchat_verified` accepts each call's signature with
+/// `secret`: the signature checked by the code a Django host copies, not by wtchat's.
+async fn python_verifies(secret: &str, calls: &[Call]) -> Vec<bool> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let snippet = readme
+        .split("```python\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap())
+        .find(|block| block.contains("def wtchat_verified("))
+        .expect("the README has a Python wtchat_verified");
+    let script = format!(
+        "{snippet}\nimport json, sys\nsecret = sys.argv[1].encode()\n\
+         calls = json.load(sys.stdin)\n\
+         print(json.dumps([wtchat_verified(secret, s, b.encode()) for s, b in calls]))\n"
+    );
+    let input: Vec<(&str, &str)> = calls
+        .iter()
+        .map(|c| (c.signature.as_str(), std::str::from_utf8(&c.body).unwrap()))
+        .collect();
+    let mut python = tokio::process::Command::new("python3")
+        .args(["-c", &script, secret])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut stdin = python.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, json!(input).to_string().as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = python.wait_with_output().await.unwrap();
+    assert!(out.status.success(), "the README's Python snippet runs");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Checks that every call verifies with the secret, and none with another.
+async fn assert_signed(calls: &[Call]) {
+    assert!(
+        python_verifies(SECRET, calls).await.iter().all(|&ok| ok),
+        "every signature verifies with the secret"
+    );
+    let wrong = "another-secret-of-at-least-32-bytes!!";
+    assert!(
+        python_verifies(wrong, calls).await.iter().all(|&ok| !ok),
+        "no signature verifies with another secret"
+    );
+}
+
+#[tokio::test]
+async fn the_message_webhook_accepts_rejects_and_rewrites_before_a_message_is_stored() {
+    let mut backend = Backend::start().await;
+    let url = backend.url("/message");
+    let server = start_with(|c| c.message_webhook(url).webhook_secret(SECRET)).await;
+    let mut ann = Client::ws(&server).await;
+    let mut bob = Client::wt(&server).await;
+    let (joined, _) = ann.join("lobby", "ann").await;
+    bob.join("lobby", "bob").await;
+
+    // Accepted with {"action":"accept"}, and with an empty 204.
+    assert_eq!(ann.say("lobby", "hello", "m1").await, 1);
+    assert_eq!(ann.say("lobby", "quiet please", "m2").await, 2);
+    // Rejected: the sender is told why.
+    ann.send(json!({"type": "send", "room": "lobby", "text": "buy spam", "id": "m3"}))
+        .await;
+    let error = ann.next_of("error").await;
+    assert_eq!(
+        (&error["code"], &error["message"], &error["id"]),
+        (&json!("rejected"), &json!("no spam here"), &json!("m3"))
+    );
+    // Rewritten: the sender's own copy and ack carry the new text, under the next number
+    // (the rejected message used none).
+    ann.send(json!({"type": "send", "room": "lobby", "text": "darn it", "id": "m4"}))
+        .await;
+    let own = ann
+        .next_matching("own copy", |f| f["type"] == "message" && f["id"] == "m4")
+        .await;
+    assert_eq!((&own["seq"], &own["text"]), (&json!(3), &json!("d*rn it")));
+    let ack = ann.next_of("ack").await;
+    assert_eq!((&ack["id"], &ack["seq"]), (&json!("m4"), &json!(3)));
+
+    // The room saw the accepted and the rewritten messages, nothing of the spam.
+    let expected = [
+        (1u64, "ann".to_string(), "hello".to_string()),
+        (2, "ann".into(), "quiet please".into()),
+        (3, "ann".into(), "d*rn it".into()),
+    ];
+    assert_eq!(bob.messages("lobby", 3).await, expected);
+    // So does the history a newcomer gets.
+    let mut cid = Client::ws(&server).await;
+    let (_, history) = cid.join("lobby", "cid").await;
+    let history: Vec<_> = history.iter().map(common::seq_text).collect();
+    assert_eq!(history, expected);
+    // The host's own messages do not go through the webhook.
+    assert_eq!(
+        server.chat.publish("lobby", "Shop", "spam sale").await,
+        Ok(4)
+    );
+
+    let calls = backend.take("/message", 4).await;
+    assert_eq!(
+        calls[0].json(),
+        json!({"room": "lobby", "from": "ann", "user": null, "sender": joined["you"]["sender"],
+               "text": "hello", "id": "m1"})
+    );
+    let texts: Vec<Value> = calls.iter().map(|c| c.json()["text"].clone()).collect();
+    assert_eq!(texts, ["hello", "quiet please", "buy spam", "darn it"]);
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.path == "/message" && c.webhook == "message")
+    );
+    assert_signed(&calls).await;
+    server.stop().await;
+    assert!(
+        backend.calls.try_recv().is_err() && backend.unclaimed.is_empty(),
+        "four calls, no more"
+    );
+}
+
+#[tokio::test]
+async fn a_message_webhook_that_never_answers_fails_closed_or_open_at_the_timeout() {
+    let mut backend = Backend::start().await;
+    let hang = backend.url("/hang");
+    let webhook = |open: bool| {
+        let hang = hang.clone();
+        move |c: wtchat::ConfigBuilder| {
+            c.message_webhook(hang)
+                .webhook_secret(SECRET)
+                .webhook_timeout(TIMEOUT)
+                .webhook_fail_open(open)
+        }
+    };
+
+    // Fail closed (the default): the sender is told, the room sees nothing.
+    let closed = start_with(webhook(false)).await;
+    let mut ann = Client::ws(&closed).await;
+    let mut bob = Client::wt(&closed).await;
+    ann.join("lobby", "ann").await;
+    bob.join("lobby", "bob").await;
+    let sent = Instant::now();
+    ann.send(json!({"type": "send", "room": "lobby", "text": "anyone?", "id": "c1"}))
+        .await;
+    // Only the sender waits: another connection is answered meanwhile.
+    bob.send(json!({"type": "ping"})).await;
+    bob.next_of("pong").await;
+    let pong_after = sent.elapsed();
+    let error = ann.next_of("error").await;
+    let rejected_after = sent.elapsed();
+    assert_eq!(
+        (&error["code"], &error["id"]),
+        (&json!("rejected"), &json!("c1"))
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer"),
+        "{error}"
+    );
+    assert!(
+        rejected_after >= TIMEOUT && rejected_after < TIMEOUT + Duration::from_secs(2),
+        "rejected after {rejected_after:?}, with a timeout of {TIMEOUT:?}"
+    );
+    assert!(
+        pong_after < rejected_after,
+        "{pong_after:?} {rejected_after:?}"
+    );
+    // No number was used: the next message is 1.
+    assert_eq!(closed.chat.publish("lobby", "Shop", "hi").await, Ok(1));
+    let first = bob.next_of("message").await;
+    assert_eq!((&first["seq"], &first["text"]), (&json!(1), &json!("hi")));
+
+    // Fail open: the message goes through as it is, once the timeout passed.
+    let open = start_with(webhook(true)).await;
+    let mut ann = Client::wt(&open).await;
+    let mut bob = Client::ws(&open).await;
+    ann.join("lobby", "ann").await;
+    bob.join("lobby", "bob").await;
+    let sent = Instant::now();
+    assert_eq!(ann.say("lobby", "anyone?", "o1").await, 1);
+    let accepted_after = sent.elapsed();
+    assert!(
+        accepted_after >= TIMEOUT && accepted_after < TIMEOUT + Duration::from_secs(2),
+        "accepted after {accepted_after:?}, with a timeout of {TIMEOUT:?}"
+    );
+    let seen = bob.next_of("message").await;
+    assert_eq!(common::seq_text(&seen), (1, "ann".into(), "anyone?".into()));
+
+    let calls = backend.take("/hang", 2).await;
+    assert_signed(&calls).await;
+    tokio::join!(closed.stop(), open.stop());
+}
+
+#[tokio::test]
+async fn the_events_webhook_gets_messages_joins_and_leaves_in_order_and_retries() {
+    let mut backend = Backend::start().await;
+    let url = backend.url("/events");
+    let server = start_with(|c| c.events_webhook(url).webhook_secret(SECRET)).await;
+    let mut ann = Client::ws(&server).await;
+    let mut bob = Client::wt(&server).await;
+    let (ann_joined, _) = ann.join("lobby", "ann").await;
+    let (bob_joined, _) = bob.join("lobby", "bob").await;
+    ann.say("lobby", "one", "a1").await;
+    bob.say("lobby", "two", "b1").await;
+    server.chat.publish("lobby", "Shop", "three").await.unwrap();
+    bob.send(json!({"type": "leave", "room": "lobby"})).await;
+    bob.next_of("left").await;
+    drop(ann);
+
+    let started = Instant::now();
+    let (calls, events) = backend.events(7).await;
+    let (ann_id, bob_id) = (&ann_joined["you"]["id"], &bob_joined["you"]["id"]);
+    let member = |kind: &str, id: &Value, name: &str| {
+        json!({"type": kind, "room": "lobby", "member": id, "name": name,
+               "user": null})
+    };
+    let message = |seq: u64, from: &str, sender: &Value, text: &str| {
+        json!({"type": "message", "room": "lobby", "seq": seq, "from": from, "user": null,
+               "sender": sender, "text": text})
+    };
+    let without_time: Vec<Value> = events
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            assert!(e["time"].as_u64().unwrap() > 1_700_000_000_000, "{e}");
+            e.as_object_mut().unwrap().remove("time");
+            e
+        })
+        .collect();
+    assert_eq!(
+        without_time,
+        [
+            member("joined", ann_id, "ann"),
+            member("joined", bob_id, "bob"),
+            message(1, "ann", &ann_joined["you"]["sender"], "one"),
+            message(2, "bob", &bob_joined["you"]["sender"], "two"),
+            message(3, "Shop", &Value::Null, "three"),
+            member("left", bob_id, "bob"),
+            member("left", ann_id, "ann"),
+        ]
+    );
+    // The first post failed (500); its events came again, first, in a later one.
+    assert_eq!(calls[0].status, 500);
+    let failed = calls[0].json()["events"].as_array().unwrap().clone();
+    assert!(!failed.is_empty());
+    assert_eq!(events[..failed.len()], failed[..]);
+    assert!(calls.iter().all(|c| c.webhook == "events"));
+    assert_signed(&calls).await;
+    println!(
+        "{} events in {} posts (the first failed) in {:?}",
+        events.len(),
+        calls.len(),
+        started.elapsed()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_auth_webhook_logs_users_in_from_their_cookies_on_every_transport() {
+    let mut backend = Backend::start().await;
+    let (auth, events) = (backend.url("/auth"), backend.url("/events"));
+    let server = start_with(|c| {
+        c.auth_webhook(auth)
+            .events_webhook(events)
+            .webhook_secret(SECRET)
+    })
+    .await;
+
+    // A WebSocket upgrade carries the page's cookies: the backend names the user.
+    let headers = [
+        ("cookie", "theme=dark; session=good"),
+        ("authorization", "Bearer abc"),
+    ];
+    let mut ann = Client::ws_request(&server, "", &headers).await.unwrap();
+    let (joined, _) = ann.join("lobby", "mallory").await;
+    assert_eq!(joined["you"]["name"], "Ann");
+    ann.send(json!({"type": "join", "room": "staff", "name": "x"}))
+        .await;
+    assert_eq!(ann.next_of("error").await["code"], "room_forbidden");
+    let login = backend.next("/auth").await;
+    assert_eq!(
+        (login.path.as_str(), login.webhook.as_str(), login.json()),
+        (
+            "/auth",
+            "auth",
+            json!({"transport": "websocket", "origin": null,
+                   "cookies": {"theme": "dark", "session": "good"},
+                   "authorization": "Bearer abc", "token": null})
+        )
+    );
+
+    // WebTransport carries no cookies: the page's ticket request does, and the ticket
+    // carries the login.
+    let origin = format!("http://127.0.0.1:{}", server.http.port());
+    let page = [("origin", origin.as_str()), ("cookie", "session=good")];
+    let (status, answer) = http_request(server.http, "POST", "/wtchat/ticket", &page, None).await;
+    assert_eq!(status, 200, "{answer}");
+    let ticket_call = backend.next("/auth").await;
+    assert_eq!(
+        (
+            &ticket_call.json()["transport"],
+            &ticket_call.json()["origin"]
+        ),
+        (&json!("ticket"), &json!(origin))
+    );
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    let ticket = answer["tickets"]["webtransport"].as_str().unwrap();
+    let mut ann_wt = Client::wt_request(&server, &format!("/wtchat?ticket={ticket}"), &[])
+        .await
+        .unwrap();
+    let (joined, _) = ann_wt.join("lobby", "whoever").await;
+    assert_eq!(joined["you"]["name"], "Ann");
+
+    // Refused: the backend's reason reaches the client.
+    let mut eve = Client::ws_request(&server, "?token=t0k", &[("cookie", "session=bad")])
+        .await
+        .unwrap();
+    let bye = eve.next_of("bye").await;
+    assert_eq!(
+        (&bye["code"], &bye["message"]),
+        (&json!(4401), &json!("log in first"))
+    );
+    assert_eq!(backend.next("/auth").await.json()["token"], "t0k");
+    let bad_page = [("origin", origin.as_str()), ("cookie", "session=bad")];
+    let (status, answer) =
+        http_request(server.http, "POST", "/wtchat/ticket", &bad_page, None).await;
+    assert_eq!(status, 401);
+    assert!(answer.contains("log in first"), "{answer}");
+    backend.next("/auth").await;
+
+    // The backend's user id travels with the events.
+    ann.say("lobby", "hi", "a1").await;
+    let (mut calls, events) = backend.events(3).await;
+    let users: Vec<(&Value, &Value)> = events.iter().map(|e| (&e["type"], &e["user"])).collect();
+    assert_eq!(
+        users,
+        [
+            (&json!("joined"), &json!("u42")),
+            (&json!("joined"), &json!("u42")),
+            (&json!("message"), &json!("u42")),
+        ]
+    );
+    calls.extend([login, ticket_call]);
+    assert_signed(&calls).await;
+
+    // A backend that does not answer lets nobody in.
+    let hang = backend.url("/hang");
+    let unanswered = start_with(|c| {
+        c.auth_webhook(hang)
+            .webhook_secret(SECRET)
+            .webhook_timeout(TIMEOUT)
+    })
+    .await;
+    let mut nobody = Client::ws_request(&unanswered, "", &[("cookie", "session=good")])
+        .await
+        .unwrap();
+    let bye = nobody.next_of("bye").await;
+    assert_eq!(bye["code"], 4401);
+    assert!(
+        bye["message"].as_str().unwrap().contains("did not answer"),
+        "{bye}"
+    );
+    tokio::join!(unanswered.stop(), server.stop());
+}
+
+#[test]
+fn webhook_settings_that_cannot_work_are_refused() {
+    let refused = |builder: wtchat::ConfigBuilder| builder.build().unwrap_err();
+    let url = "http://127.0.0.1:8000/hook";
+    let no_secret = refused(Config::builder().message_webhook(url));
+    assert_eq!(no_secret.setting(), "webhook_secret");
+    let short = refused(
+        Config::builder()
+            .events_webhook(url)
+            .webhook_secret("short"),
+    );
+    assert_eq!(short.setting(), "webhook_secret");
+    assert!(short.reason().contains("32 bytes"), "{short}");
+    let with_secret = || Config::builder().webhook_secret(SECRET);
+    let https = refused(with_secret().message_webhook("https://backend/hook"));
+    assert_eq!(https.setting(), "message_webhook");
+    assert!(https.reason().contains("not supported"), "{https}");
+    let not_a_url = refused(with_secret().events_webhook("backend/hook"));
+    assert_eq!(not_a_url.setting(), "events_webhook");
+    let zero = refused(
+        with_secret()
+            .message_webhook(url)
+            .webhook_timeout(Duration::ZERO),
+    );
+    assert_eq!(zero.setting(), "webhook_timeout");
+    let both = refused(
+        with_secret()
+            .auth_webhook(url)
+            .auth(|_| async { Ok(wtchat::Identity::new("u", "U")) }),
+    );
+    assert_eq!(both.setting(), "auth_webhook");
+    let fine = with_secret()
+        .message_webhook(url)
+        .events_webhook(url)
+        .auth_webhook(url)
+        .webhook_timeout(TIMEOUT)
+        .webhook_fail_open(true)
+        .build()
+        .unwrap();
+    assert!(
+        !format!("{fine:?}").contains(SECRET),
+        "the secret never shows"
+    );
+}
+
+#[test]
+fn wtchat_serve_takes_the_webhooks_from_flags_and_the_environment() {
+    let check = |secret: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wtchat"));
+        command
+            .args(["config", "--check", "--engine", "memory"])
+            .args(["--message-webhook", "http://127.0.0.1:8000/message"])
+            .args(["--webhook-timeout", "500ms", "--webhook-fail-open"])
+            .env_remove("WTCHAT_WEBHOOK_SECRET");
+        if let Some(secret) = secret {
+            command.env("WTCHAT_WEBHOOK_SECRET", secret);
+        }
+        let out = command.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, refused) = check(None);
+    assert!(
+        !ok && refused.contains("webhook_secret: is required"),
+        "{refused}"
+    );
+    let (ok, effective) = check(Some(SECRET));
+    assert!(ok, "{effective}");
+    for line in [
+        "message_webhook = \"http://127.0.0.1:8000/message\"",
+        "webhook_timeout = \"500ms\"",
+        "webhook_fail_open = true",
+    ] {
+        assert!(effective.contains(line), "{line} in:\n{effective}");
+    }
+    assert!(
+        !effective.contains(SECRET),
+        "the secret is masked:\n{effective}"
+    );
+}
