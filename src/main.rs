@@ -236,6 +236,28 @@ struct ServeArgs {
     /// is rejected (fail closed).
     #[arg(long)]
     webhook_fail_open: bool,
+    /// Do not serve Prometheus metrics at /wtchat/metrics.
+    #[arg(long)]
+    no_metrics: bool,
+    /// Serve /wtchat/metrics only with the API key (Authorization: Bearer KEY).
+    #[arg(long)]
+    metrics_auth: bool,
+    /// On SIGTERM, tell clients to reconnect (4000) spread over this long, so that they do
+    /// not all land on the other nodes at once (like 10s). Default 0: all at once.
+    #[arg(long, value_parser = duration)]
+    drain_window: Option<Duration>,
+    /// How log lines are written (to stderr): text, or json (one object a line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How `wtchat serve` writes its log.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// For people: one line per event.
+    Text,
+    /// For log collectors: one JSON object per line, with the connection's fields.
+    Json,
 }
 
 /// The ids of `serve`'s settings: every field of `ServeArgs`.
@@ -264,7 +286,9 @@ impl ServeArgs {
             .tls(tls)
             .engine(engine)
             .require_origin(self.require_origin)
-            .webhook_fail_open(self.webhook_fail_open);
+            .webhook_fail_open(self.webhook_fail_open)
+            .metrics(!self.no_metrics)
+            .metrics_auth(self.metrics_auth);
         for origin in self.allow_origin {
             b = b.allow_origin(origin);
         }
@@ -305,6 +329,7 @@ impl ServeArgs {
             renew_before,
             idle_timeout,
             shutdown_grace,
+            drain_window,
             token_secret,
             api_key,
             message_webhook,
@@ -341,13 +366,21 @@ fn duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(number.saturating_mul(seconds)))
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+/// Logs to stderr, `RUST_LOG` choosing what (default: wtchat's info lines).
+fn init_logging(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "wtchat=info".into()),
-        )
-        .init();
+        );
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
     let command = Cli::command();
     let ids = setting_ids();
     let (cli, completed) = match parse(&command, &ids) {
@@ -358,6 +391,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    init_logging(match &cli.command {
+        Command::Serve(args) => args.settings.log_format,
+        _ => LogFormat::Text,
+    });
     let result = match cli.command {
         Command::Certs { dir, days, sans } => write_certs(dir, days, sans),
         Command::Token {
@@ -555,7 +592,7 @@ mod tests {
                 switches.push(setting.id());
                 "true"
             } else {
-                ["1", "127.0.0.1:1", "127.0.0.1", "memory"]
+                ["1", "127.0.0.1:1", "127.0.0.1", "memory", "json"]
                     .into_iter()
                     .find(|text| setting.check(text).is_ok())
                     .unwrap_or_else(|| panic!("no sample value for --{long}"))

@@ -7,18 +7,20 @@
 //! fail under `CI=true`; `scripts/test` installs it).
 
 mod common;
+#[path = "common/redis.rs"]
+mod redis;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{Client, DEADLINE, Ended, Seen, parse_startup, seq_text};
+use redis::{Persistence, Redis, quiet_port, tail};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 /// The HTTP API's key on every node of a test that uses the API.
@@ -28,197 +30,10 @@ const SECRET: &str = "a-token-secret-of-at-least-32-bytes!";
 /// Member ids travel as JSON numbers: a browser reads them exactly only below 2^53.
 const MAX_SAFE_ID: u64 = 1 << 53;
 
-/// `redis-server` on the PATH, if any.
-fn redis_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("redis-server"))
-        .find(|candidate| candidate.is_file())
-}
-
-/// A port nobody listens on, below the ephemeral range (32768 and up), so that no outgoing
-/// connection of this or a parallel test takes it while a Redis that owns it is down.
-fn quiet_port() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    for _ in 0..1000 {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u32(std::process::id());
-        let port = 20_000 + (hasher.finish() % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port between 20000 and 32000")
-}
-
-/// What Redis keeps on disk.
-#[derive(Clone, Copy, PartialEq)]
-enum Persistence {
-    /// Nothing: a restarted Redis is empty.
-    None,
-    /// An append-only file synced on every write: a restart (even after `kill -9`) has every
-    /// write Redis answered.
-    Aof,
-}
-
-/// A real `redis-server` in a directory of its own, on its own port, killed on drop.
-struct Redis {
-    binary: PathBuf,
-    child: Option<Child>,
-    port: u16,
-    persistence: Persistence,
-    dir: tempfile::TempDir,
-}
-
-impl Redis {
-    /// Starts one, or says loudly why the test is skipped (and fails under CI).
-    async fn start_or_skip(test: &str, persistence: Persistence) -> Option<Redis> {
-        let Some(binary) = redis_binary() else {
-            assert!(
-                std::env::var("CI").is_err(),
-                "redis-server is required under CI (scripts/test installs it)"
-            );
-            eprintln!("SKIPPED {test}: redis-server is not installed (run scripts/test)");
-            return None;
-        };
-        let mut redis = Redis {
-            binary,
-            child: None,
-            port: quiet_port(),
-            persistence,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        redis.run().await;
-        Some(redis)
-    }
-
-    /// The engine URL nodes are given.
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server (again: same port, same directory) and waits until it answers.
-    async fn run(&mut self) {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("redis.log"))
-            .unwrap();
-        let mut command = Command::new(&self.binary);
-        command
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", ""])
-            .arg("--dir")
-            .arg(self.dir.path());
-        match self.persistence {
-            Persistence::None => command.args(["--appendonly", "no"]),
-            Persistence::Aof => command.args(["--appendonly", "yes", "--appendfsync", "always"]),
-        };
-        let child = command
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + DEADLINE;
-        while !self.pings().await {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("redis-server exited ({status}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server does not answer PING:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Whether it answers `PING` with `+PONG` (in the inline protocol, as a person would
-    /// type it).
-    async fn pings(&self) -> bool {
-        let exchange = async {
-            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
-            stream.write_all(b"PING\r\n").await?;
-            let mut answer = [0u8; 7];
-            stream.read_exact(&mut answer).await?;
-            Ok::<_, std::io::Error>(&answer == b"+PONG\r\n")
-        };
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), exchange).await,
-            Ok(Ok(true))
-        )
-    }
-
-    /// Stops it the way an operator does: `SHUTDOWN` (redis-cli, or the inline command over
-    /// TCP without it), and waits until the process is gone.
-    async fn shutdown(&mut self) {
-        let cli = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "shutdown"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if cli.is_err()
-            && let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await
-        {
-            let _ = stream.write_all(b"SHUTDOWN\r\n").await;
-            let mut rest = Vec::new();
-            let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest)).await;
-        }
-        let mut child = self.child.take().unwrap();
-        let deadline = Instant::now() + DEADLINE;
-        while child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server still runs after SHUTDOWN"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// `kill -9`: no goodbye, no flush.
-    fn kill(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- redis-server log ---\n{}", tail(&self.log()));
-        }
-    }
-}
-
-/// The end of a log: enough to see what went wrong.
-fn tail(log: &str) -> &str {
-    let mut start = log.len().saturating_sub(6000);
-    while !log.is_char_boundary(start) {
-        start += 1;
-    }
-    &log[start..]
-}
-
 /// `wtchat serve` on the Redis engine at `engine`, on free ports, working in `dir`.
 fn serve_command(dir: &Path, engine: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wtchat"));
-    command
-        .current_dir(dir)
-        .args(["serve", "--http", "127.0.0.1:0"])
-        .args(["--webtransport", "127.0.0.1:0"])
-        .arg("--certs")
-        .arg(dir.join("certs"))
-        .args(["--engine", engine]);
+    let mut command = common::serve_command(dir);
+    command.args(["--engine", engine]);
     command
 }
 
@@ -676,13 +491,17 @@ async fn clients_of_a_node_killed_mid_chat_resume_on_another_with_nothing_lost()
     let (joined, _) = watcher.join(ROOM, "watcher").await;
     assert_eq!(joined["epoch"], epoch);
 
-    for i in 0..SENT {
-        let (text, id) = (format!("m{i}"), format!("i{i}"));
-        writer
-            .send(json!({"type": "send", "room": ROOM, "text": text, "id": id}))
-            .await;
-    }
-    // Kill A once some, not all, are acknowledged.
+    let send = async |writer: &mut Client, sends: std::ops::Range<usize>| {
+        for i in sends {
+            let (text, id) = (format!("m{i}"), format!("i{i}"));
+            writer
+                .send(json!({"type": "send", "room": ROOM, "text": text, "id": id}))
+                .await;
+        }
+    };
+    // A quarter acknowledged; then the rest sent, and A killed at once, with them in flight
+    // (however fast or slow the machine: a kill timed by acks alone can come too late).
+    send(&mut writer, 0..SENT / 4).await;
     let mut acked: HashMap<String, u64> = HashMap::new();
     let note =
         |frame: &Value, acked: &mut HashMap<String, u64>, seen: &mut Seen| match frame["type"]
@@ -702,6 +521,7 @@ async fn clients_of_a_node_killed_mid_chat_resume_on_another_with_nothing_lost()
         let frame = writer.next().await;
         note(&frame, &mut acked, &mut writer_seen);
     }
+    send(&mut writer, SENT / 4..SENT).await;
     a.kill();
     for frame in writer.drain(Duration::from_millis(300)).await {
         note(&frame, &mut acked, &mut writer_seen);
@@ -1409,7 +1229,8 @@ fn an_unreachable_redis_is_refused_at_start_with_the_reason() {
         .read_to_string(&mut stderr)
         .unwrap();
     assert_eq!(status.code(), Some(1), "stderr: {stderr}");
-    let stderr = stderr.trim();
+    // The reason is the last line (log lines come before it).
+    let stderr = stderr.trim().lines().last().unwrap_or_default();
     assert!(stderr.starts_with("wtchat: "), "{stderr}");
     assert!(
         stderr.contains(&port.to_string()) || stderr.to_lowercase().contains("redis"),
@@ -1621,4 +1442,75 @@ async fn an_sse_post_that_reaches_another_node_goes_to_the_stream_s_node() {
     let unknown = format!("{base}.bm93aGVyZQ");
     assert_eq!(common::post_text(a.http, &unknown, "{}", &[]).await, 404);
     assert_eq!(common::post_text(b.http, &unknown, "{}", &[]).await, 202);
+}
+
+/// Without a sticky load balancer, long polling too: a session opened on node A, its polls
+/// and posts reaching A and B by turns; B sends each on to A through Redis, and the poll's
+/// answer comes back the same way.
+#[tokio::test]
+async fn long_polls_that_reach_another_node_are_answered_by_the_sessions_node() {
+    const ROOM: &str = "polled";
+    let Some(redis) = Redis::start_or_skip("poll_relay", Persistence::None).await else {
+        return;
+    };
+    let a = Node::start("A", &redis, &[]).await;
+    let b = Node::start("B", &redis, &[]).await;
+    let (status, body) = common::http_request(a.http, "POST", "/wtchat/poll", &[], None).await;
+    assert_eq!(status, 200, "{body}");
+    let session: Value = serde_json::from_str(&body).unwrap();
+    let url = session["poll"].as_str().unwrap().to_string();
+    let mut wes = b.ws().await;
+    wes.join(ROOM, "wes").await;
+    // Polls by turns on B and A, from the last frame received, until `want` came.
+    let nodes = [b.http, a.http];
+    let mut after = 0;
+    let mut turn = 0;
+    let mut poll_until = async |want: &str| -> Vec<Value> {
+        let mut seen: Vec<Value> = Vec::new();
+        while !seen.iter().any(|f| f["type"] == want) {
+            let node = nodes[turn % 2];
+            turn += 1;
+            let path = format!("{url}?after={after}");
+            let (status, body) = tokio::time::timeout(
+                DEADLINE,
+                common::http_request(node, "GET", &path, &[], None),
+            )
+            .await
+            .expect("a poll answered before the deadline");
+            assert_eq!(status, 200, "poll on {node}: {body}");
+            let answer: Value = serde_json::from_str(&body).unwrap();
+            after = answer["next"].as_u64().unwrap();
+            seen.extend(answer["frames"].as_array().unwrap().iter().cloned());
+        }
+        seen
+    };
+    let frames = [
+        json!({"type": "join", "room": ROOM, "name": "pol"}).to_string(),
+        json!({"type": "send", "room": ROOM, "text": "via B", "id": "p1"}).to_string(),
+    ];
+    assert_eq!(
+        common::post_text(b.http, &url, &frames.join("\n"), &[]).await,
+        202
+    );
+    let seen = poll_until("ack").await;
+    let kinds: Vec<&str> = seen.iter().filter_map(|f| f["type"].as_str()).collect();
+    assert_eq!(kinds, ["joined", "message", "ack"], "{seen:?}");
+    assert_eq!(wes.next_of("message").await["text"], "via B");
+    wes.say(ROOM, "to pol", "w1").await;
+    let seen = poll_until("message").await;
+    let message = seen.iter().find(|f| f["type"] == "message").unwrap();
+    assert_eq!(
+        (&message["from"], &message["text"]),
+        (&json!("wes"), &json!("to pol"))
+    );
+    assert!(turn >= 3, "polls went to both nodes");
+    // A session of A's that A does not hold: B sends the poll on, and A's 404 comes back.
+    let (base, _) = url.rsplit_once('.').unwrap();
+    let unknown = format!("{base}.bm93aGVyZQ?after=0");
+    assert_eq!(
+        common::http_request(b.http, "GET", &unknown, &[], None)
+            .await
+            .0,
+        404
+    );
 }

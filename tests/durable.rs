@@ -17,18 +17,8 @@ use wtchat::Engine;
 /// `wtchat serve` on the SQLite database `db`, on free ports, working in `dir` (its
 /// certificates in `dir/certs`).
 fn serve_command(dir: &Path, db: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wtchat"));
+    let mut command = common::serve_command(dir);
     command
-        .current_dir(dir)
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--webtransport",
-            "127.0.0.1:0",
-        ])
-        .arg("--certs")
-        .arg(dir.join("certs"))
         .arg("--engine")
         .arg(format!("sqlite:{}", db.display()));
     command
@@ -495,10 +485,10 @@ async fn refusal(db: &Path) -> (String, String) {
         .unwrap();
     let error = wtchat::Chat::new(config).await.unwrap_err();
     assert!(matches!(error, wtchat::StartError::Storage(_)), "{error}");
-    (
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        error.to_string(),
-    )
+    // The reason is the last line of stderr (log lines come before it).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let reason = stderr.trim().lines().last().unwrap_or_default();
+    (reason.to_string(), error.to_string())
 }
 
 #[tokio::test]

@@ -7,28 +7,10 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{Client, start_with};
 use serde_json::Value;
-
-/// Whether `python3` can import `websockets`; under CI it must.
-fn python_websockets() -> bool {
-    let found = std::process::Command::new("python3")
-        .args(["-c", "import websockets"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CI").is_err(),
-            "python3 with `websockets` is required under CI (scripts/test installs it)"
-        );
-        eprintln!("SKIPPED: python3 with `websockets` is not installed (run scripts/test)");
-    }
-    found
-}
 
 /// Joins, pings explicitly and waits for the pong, stays quiet (the library's own
 /// keepalive pings only) for longer than the server's idle timeout, then sends and waits
@@ -58,7 +40,7 @@ asyncio.run(main(sys.argv[1], float(sys.argv[2])))
 
 #[tokio::test]
 async fn python_websockets_gets_its_pongs_and_its_pings_keep_it_connected() {
-    if !python_websockets() {
+    if !common::python_has("websockets") {
         return;
     }
     let server = start_with(|c| c.idle_timeout(Duration::from_secs(1))).await;

@@ -494,6 +494,14 @@ pub async fn load_identity(cert: &Path, key: &Path) -> Result<Identity, CertErro
     Ok(identity)
 }
 
+/// When the leaf certificate of `identity` expires; None if it cannot be read.
+pub(crate) fn not_after(identity: &Identity) -> Option<SystemTime> {
+    let leaf = identity.certificate_chain().as_slice().first()?;
+    let (_, x509) = X509Certificate::from_der(leaf.der()).ok()?;
+    let secs = u64::try_from(x509.validity().not_after.timestamp()).ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
 /// The error for a certificate file without a certificate in it.
 fn no_certificate(cert: &Path) -> CertError {
     CertError::Invalid {

@@ -43,8 +43,9 @@ use crate::certs::{self, CertError, DevCert};
 use crate::config::{Config, Tls};
 use crate::engine::{HistoryPage, StorageError, Store};
 use crate::host::{Host, MemberInfo, MembersPage, PublishError};
-use crate::http::{Digests, HttpState};
+use crate::http::{Digests, HttpState, MetricsAccess};
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::protocol::CloseCode;
 use crate::session::SessionContext;
 use crate::transport::{self, OriginPolicy, PerAddress, webtransport};
@@ -65,6 +66,8 @@ struct ChatInner {
     digests: Digests,
     /// The events webhook, whose sender runs with the chat.
     events: Option<Arc<Events>>,
+    /// Cancelled once every session is gone (for the host's HTTP server).
+    stopped: CancellationToken,
 }
 
 impl fmt::Debug for Chat {
@@ -153,19 +156,29 @@ impl Chat {
             addr: config.webtransport,
             source,
         };
+        let not_after = dev_cert
+            .as_ref()
+            .map(|c| c.not_after)
+            .or_else(|| certs::not_after(&identity));
         let endpoint = webtransport::endpoint(identity, config.webtransport).map_err(bind_error)?;
         endpoint.local_addr().map_err(bind_error)?;
+        let metrics = Arc::new(Metrics::default());
+        if let Some(not_after) = not_after {
+            metrics.set_certificate_expiry(not_after);
+        }
         let store = Store::open(
             &config.engine,
             config.hub.retention,
             config.hub.dedupe_window,
+            metrics.engine.clone(),
         )
         .await?;
         let webhooks = Webhooks::new(&config.webhooks, &config.limits);
         let session = SessionContext {
-            hub: Hub::new(config.hub.clone(), store)?,
+            hub: Hub::new(config.hub.clone(), store, metrics)?,
             limits: Arc::new(config.limits.clone()),
             shutdown: CancellationToken::new(),
+            drain_window: config.drain_window,
             close_grace: config.close_grace,
             idle_timeout: config.idle_timeout,
             auth: Arc::new(Authenticator::new(
@@ -196,25 +209,12 @@ impl Chat {
             posted: transport::posted::Sessions::default(),
             polled: transport::poll::Polled::default(),
         });
-        // Posts for sessions held here that reached another node come through the engine.
+        // Posts and polls for sessions held here that reached another node come through
+        // the engine, and so do the answers to polls this node sent on.
         let held = Arc::downgrade(&transport);
-        transport.session.hub.on_forwarded(move |post| {
+        transport.session.hub.on_forwarded(move |request| {
             if let Some(ctx) = held.upgrade() {
-                let max = ctx.session.limits.max_frame_bytes;
-                let body = bytes::Bytes::from(post.body);
-                if let Err(why) = ctx.posted.deliver(
-                    &post.session,
-                    post.origin.as_deref(),
-                    &ctx.origins,
-                    &body,
-                    max,
-                ) {
-                    tracing::debug!(
-                        session = post.session,
-                        ?why,
-                        "a forwarded post was not delivered"
-                    );
-                }
+                transport::posted::forwarded(ctx, request);
             }
         });
         Ok(Chat {
@@ -226,6 +226,7 @@ impl Chat {
                 endpoint: Arc::new(endpoint),
                 dev_cert,
                 events: webhooks.events,
+                stopped: CancellationToken::new(),
             }),
         })
     }
@@ -248,6 +249,11 @@ impl Chat {
             public_url: inner.config.public_url.as_deref().map(Arc::from),
             digests: inner.digests.clone(),
             demo_page: inner.config.demo_page,
+            metrics: match (inner.config.metrics, inner.config.metrics_auth) {
+                (false, _) => MetricsAccess::Off,
+                (true, false) => MetricsAccess::Open,
+                (true, true) => MetricsAccess::ApiKey,
+            },
         })
     }
 
@@ -373,6 +379,7 @@ impl Chat {
                 inner.config.clone(),
                 inner.endpoint.clone(),
                 inner.digests.clone(),
+                inner.transport.session.hub.clone(),
             ))
         });
         // The events webhook's sender stops last: the sessions' leaves and the engine's last
@@ -385,7 +392,11 @@ impl Chat {
             () = shutdown => {}
             () = token.cancelled() => {}
         }
-        tracing::info!("shutting down: closing every connection");
+        let window = inner.config.drain_window;
+        tracing::info!(
+            drain_window_ms = window.as_millis() as u64,
+            "shutting down: refusing new connections, telling every client to reconnect (4000)"
+        );
         token.cancel();
         if let Some(renew) = renew {
             renew.abort();
@@ -395,9 +406,14 @@ impl Chat {
         let tracker = &inner.transport.tracker;
         tracker.close();
         let grace = inner.config.shutdown_grace;
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(window + grace, tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(?grace, "some sessions did not finish in time");
         }
+        // Posts and polls of the sessions above needed HTTP until now.
+        inner.stopped.cancel();
         // Whatever the engine was handed is committed (or failed) before the process ends,
         // and the other nodes hear that this one left.
         inner.transport.session.hub.close().await;
@@ -409,9 +425,11 @@ impl Chat {
         let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
     }
 
-    /// Resolves when the chat starts shutting down (for the host's HTTP server).
+    /// Cancelled once the chat's sessions are gone, at the end of a shutdown: its HTTP
+    /// server may stop then (not before: SSE and long-polling clients post and poll over
+    /// HTTP until their session says goodbye).
     pub(crate) fn stopping(&self) -> CancellationToken {
-        self.inner.transport.session.shutdown.clone()
+        self.inner.stopped.clone()
     }
 }
 
@@ -433,6 +451,7 @@ async fn renew(
     config: Config,
     endpoint: Arc<Endpoint<endpoint_side::Server>>,
     digests: Digests,
+    hub: Hub,
 ) {
     let Tls::Dev { dir } = &config.tls else {
         return;
@@ -460,6 +479,7 @@ async fn renew(
             continue;
         }
         tracing::info!(digest = %fresh.digest_hex(), "renewed the development certificate");
+        hub.metrics().set_certificate_expiry(fresh.not_after);
         *digests.write().unwrap() = vec![fresh.digest];
         cert = fresh;
     }

@@ -105,6 +105,9 @@ pub struct Config {
     pub(crate) trusted_proxies: Vec<IpAddr>,
     /// The host's backend as HTTP endpoints: hosts in any language.
     pub(crate) webhooks: WebhookConfig,
+    pub(crate) metrics: bool,
+    pub(crate) metrics_auth: bool,
+    pub(crate) drain_window: Duration,
 }
 
 /// The defaults, as documented on each [`ConfigBuilder`] method.
@@ -139,6 +142,9 @@ impl Default for Config {
             public_url: None,
             trusted_proxies: Vec::new(),
             webhooks: WebhookConfig::default(),
+            metrics: false,
+            metrics_auth: false,
+            drain_window: Duration::ZERO,
         }
     }
 }
@@ -172,6 +178,9 @@ impl fmt::Debug for Config {
             .field("public_url", &self.public_url)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("webhooks", &self.webhooks)
+            .field("metrics", &self.metrics)
+            .field("metrics_auth", &self.metrics_auth)
+            .field("drain_window", &self.drain_window)
             .finish()
     }
 }
@@ -585,6 +594,31 @@ impl ConfigBuilder {
         self
     }
 
+    /// Serves Prometheus metrics (OpenMetrics text) at `/wtchat/metrics`. Default `false`
+    /// in the library (a host may have its own); `wtchat serve` turns it on.
+    pub fn metrics(mut self, serve: bool) -> Self {
+        self.config.metrics = serve;
+        self
+    }
+
+    /// Serves `/wtchat/metrics` only to requests bearing the API key
+    /// (`Authorization: Bearer KEY`); needs [`api_key`](Self::api_key). Default `false`:
+    /// metrics carry no message, name or address, and scrapers usually sit on a private
+    /// network.
+    pub fn metrics_auth(mut self, behind: bool) -> Self {
+        self.config.metrics_auth = behind;
+        self
+    }
+
+    /// On shutdown (SIGTERM), how long the server takes to tell its clients to reconnect
+    /// (4000), each at a random moment within it, so that they do not all land on the other
+    /// nodes at once. Meanwhile it refuses new connections, `/wtchat/ready` says 503, and
+    /// every connection is served as before. Default 0: all at once.
+    pub fn drain_window(mut self, window: Duration) -> Self {
+        self.config.drain_window = window;
+        self
+    }
+
     /// The read buffer of each WebSocket, in bytes. Chat frames are small; a small buffer
     /// keeps an idle WebSocket under a few KiB of memory. Default 1024.
     pub fn ws_read_buffer(mut self, bytes: usize) -> Self {
@@ -621,6 +655,12 @@ impl ConfigBuilder {
             ("max_http_connections", config.max_http_connections),
             ("ws_read_buffer", config.ws_read_buffer),
         ];
+        if config.metrics_auth && config.api_key.is_none() {
+            return Err(ConfigError::new(
+                "metrics_auth",
+                "needs api_key: the key scrapers present",
+            ));
+        }
         for (setting, value) in positive {
             if value == 0 {
                 return Err(ConfigError::new(

@@ -47,6 +47,18 @@ pub(crate) struct HttpState {
     pub public_url: Option<Arc<str>>,
     pub digests: Digests,
     pub demo_page: bool,
+    pub metrics: MetricsAccess,
+}
+
+/// Who may read `/wtchat/metrics`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MetricsAccess {
+    /// Not served.
+    Off,
+    /// Anyone who reaches it.
+    Open,
+    /// Requests bearing the API key.
+    ApiKey,
 }
 
 /// The WebSocket upgrade handler sees only the transports' context.
@@ -60,6 +72,8 @@ impl FromRef<HttpState> for Arc<transport::Context> {
 pub(crate) fn router(state: HttpState) -> Router {
     let router = Router::new()
         .route(&format!("{PATH}/config"), get(config))
+        .route(&format!("{PATH}/health"), get(health))
+        .route(&format!("{PATH}/ready"), get(ready))
         .route(&format!("{PATH}/ws"), get(websocket::upgrade))
         .route(&format!("{PATH}/sse"), get(sse::open))
         .route(&format!("{PATH}/sse/{{session}}"), post(posted::post))
@@ -108,6 +122,17 @@ pub(crate) fn router(state: HttpState) -> Router {
         router.merge(api)
     } else {
         router
+    };
+    let router = match state.metrics {
+        MetricsAccess::Off => router,
+        MetricsAccess::Open => router.route(&format!("{PATH}/metrics"), get(metrics)),
+        MetricsAccess::ApiKey => router.route(
+            &format!("{PATH}/metrics"),
+            get(metrics).route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_api_key,
+            )),
+        ),
     };
     let router = if state.demo_page {
         router.route("/", get(|| async { Html(DEMO_PAGE) }))
@@ -341,6 +366,54 @@ fn with_credentials_cors(mut response: Response, origin: Option<&str>) -> Respon
         );
     }
     response
+}
+
+/// `GET /wtchat/health`: 200 while the process serves HTTP (liveness).
+async fn health() -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], "ok\n").into_response()
+}
+
+/// `GET /wtchat/ready`: 200 when this node should get new clients — its engine answers,
+/// its certificate is valid, it is not shutting down — else 503 saying what is wrong,
+/// one thing a line. (Its listeners are bound: the server does not start otherwise.)
+async fn ready(State(state): State<HttpState>) -> Response {
+    let hub = &state.host.hub;
+    let mut problems = Vec::new();
+    if state.transport.session.shutdown.is_cancelled() {
+        problems.push("shutting down".to_string());
+    }
+    if let Err(why) = hub.engine_reachable().await {
+        problems.push(format!("engine unreachable: {why}"));
+    }
+    if !hub.metrics().certificate_valid() {
+        problems.push("the TLS certificate has expired".to_string());
+    }
+    let status = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut text: String = problems.iter().map(|p| format!("{p}\n")).collect();
+    if text.is_empty() {
+        text.push_str("ok\n");
+    }
+    (status, [(header::CACHE_CONTROL, "no-store")], text).into_response()
+}
+
+/// `GET /wtchat/metrics`: Prometheus text (OpenMetrics format).
+async fn metrics(State(state): State<HttpState>) -> Response {
+    let hub = &state.host.hub;
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        hub.metrics().render(hub.gauges()),
+    )
+        .into_response()
 }
 
 /// Whether the request bears the API key (`Authorization: Bearer KEY`). Compared in

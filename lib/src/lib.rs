@@ -63,6 +63,7 @@ mod engine;
 mod host;
 mod http;
 mod hub;
+mod metrics;
 mod protocol;
 mod server;
 mod session;

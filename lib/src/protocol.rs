@@ -222,7 +222,8 @@ pub enum PresenceEvent {
 pub enum ErrorCode {
     /// The frame is not JSON.
     InvalidJson,
-    /// The frame is not UTF-8 (WebTransport; on WebSocket this is fatal, see [`CloseCode`]).
+    /// The frame is not UTF-8 (a WebTransport line, a posted SSE or long-polling line; on
+    /// WebSocket this is fatal, see [`CloseCode`]).
     InvalidUtf8,
     /// The `type` is not one this server knows.
     UnknownType,

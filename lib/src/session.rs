@@ -15,7 +15,7 @@ use base64::Engine;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Authenticator, ConnectRequest, Identity, random_bytes};
+use crate::auth::{Authenticator, ConnectRequest, Identity, Transport, random_bytes};
 use crate::config::{MessageEvent, MessageHook};
 use crate::hub::{Hub, Kind, Member, Outbound, Outbox, Resume, Room, Sender, message_frame};
 use crate::protocol::{
@@ -72,8 +72,10 @@ pub(crate) trait FrameWriter: Send {
 pub(crate) struct SessionContext {
     pub hub: Hub,
     pub limits: Arc<Limits>,
-    /// Cancelled when the server shuts down.
+    /// Cancelled when the server starts shutting down: each session then says goodbye
+    /// (4000) at a random moment within `drain_window`.
     pub shutdown: CancellationToken,
+    pub drain_window: Duration,
     /// How long a closing session may spend writing its last frames and `bye`.
     pub close_grace: Duration,
     /// A client that sends nothing for this long is closed with
@@ -95,6 +97,7 @@ pub(crate) struct SessionContext {
 pub(crate) async fn start(
     ctx: &SessionContext,
     id: u64,
+    transport: Transport,
     request: Option<ConnectRequest>,
     mut reader: impl FrameReader,
     mut writer: impl FrameWriter,
@@ -120,7 +123,7 @@ pub(crate) async fn start(
         },
         None => None,
     };
-    run(ctx, id, identity, reader, writer).await;
+    run(ctx, id, transport, identity, reader, writer).await;
 }
 
 /// Writes `batch`, then `bye`, then closes with `code`, then waits (at most [`LINGER`]) for
@@ -156,10 +159,15 @@ async fn goodbye(
 async fn run(
     ctx: &SessionContext,
     id: u64,
+    transport: Transport,
     identity: Option<Identity>,
     mut reader: impl FrameReader,
     mut writer: impl FrameWriter,
 ) {
+    let metrics = ctx.hub.metrics();
+    let stats = metrics.opened(id, transport);
+    let started = Instant::now();
+    tracing::info!("connection opened");
     let (outbox, mut inbox, closing) = crate::hub::queue(ctx.hub.config().outbound_queue);
     let mut session = Session {
         id,
@@ -178,6 +186,16 @@ async fn run(
         ),
     };
     let mut batch = Vec::new();
+    // This session's moment to go, once the server shuts down: spread over the drain
+    // window, so that its clients do not all reconnect to the other nodes at once.
+    let shutdown = async {
+        ctx.shutdown.cancelled().await;
+        if !ctx.drain_window.is_zero() {
+            let share = u64::from_le_bytes(random_bytes::<8>()) as f64 / u64::MAX as f64;
+            tokio::time::sleep(ctx.drain_window.mul_f64(share)).await;
+        }
+    };
+    tokio::pin!(shutdown);
     // One timer per session, re-armed only when it fires: hearing from the client only
     // moves `last_heard`, which costs a clock read, not a timer update.
     let mut last_heard = Instant::now();
@@ -187,14 +205,15 @@ async fn run(
         tokio::select! {
             biased;
             code = closing.wait() => break Some(code),
-            () = ctx.shutdown.cancelled() => break Some(CloseCode::Shutdown),
-            _ = inbox.recv_many(&mut batch, BATCH) => {
+            () = &mut shutdown => break Some(CloseCode::Shutdown),
+            left = inbox.recv_many(&mut batch, BATCH) => {
+                stats.sending(&batch, left);
                 // A client that stops reading blocks this write; it must not stop the
                 // session from hearing that it is too slow, or that the server stops.
                 let written = tokio::select! {
                     biased;
                     code = closing.wait() => Err(Some(code)),
-                    () = ctx.shutdown.cancelled() => Err(Some(CloseCode::Shutdown)),
+                    () = &mut shutdown => Err(Some(CloseCode::Shutdown)),
                     result = writer.send(&batch) => result.map_err(|_| None),
                 };
                 batch.clear();
@@ -247,7 +266,13 @@ async fn run(
         let _ = tokio::time::timeout(LINGER, writer.close(CloseCode::Normal)).await;
     }
     session.leave_all();
-    tracing::debug!(close = ?end, "session ends");
+    metrics.closed(id, end);
+    tracing::info!(
+        close = end.map_or(1000, CloseCode::code),
+        reason = end.map_or("client", CloseCode::reason),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "connection closed"
+    );
     if let Some(code) = end {
         // Last words: what is still queued, then `bye`, then the close itself; bounded,
         // because a client that stopped reading would otherwise hold us forever.
@@ -461,7 +486,10 @@ impl Session<'_> {
             outbox: self.outbox.clone(),
         };
         match self.ctx.hub.join(room, me.clone(), resume).await {
-            Ok(room) => self.rooms.push(Joined { room, me }),
+            Ok(room) => {
+                self.ctx.hub.metrics().joined();
+                self.rooms.push(Joined { room, me });
+            }
             Err(ErrorCode::StorageFailed) => self.error(
                 ErrorCode::StorageFailed,
                 "the room could not be read from storage; try again later",
@@ -579,6 +607,7 @@ impl Session<'_> {
 
     fn error(&self, code: ErrorCode, message: &str, room: Option<&str>, id: Option<&str>) {
         tracing::debug!(code = code.as_str(), message, "refused a frame");
+        self.ctx.hub.metrics().refused(code);
         self.outbox
             .push(protocol::error_frame(code, message, room, id));
     }

@@ -1302,3 +1302,33 @@ pub async fn post_text(addr: SocketAddr, path: &str, body: &str, headers: &[(&st
         .unwrap();
     String::from_utf8_lossy(&response)[9..12].parse().unwrap()
 }
+
+/// `wtchat serve` on free loopback ports, working in `dir`, its certificates in `dir/certs`
+/// (the caller adds the engine and whatever else).
+pub fn serve_command(dir: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wtchat"));
+    command
+        .current_dir(dir)
+        .args(["serve", "--http", "127.0.0.1:0"])
+        .args(["--webtransport", "127.0.0.1:0"])
+        .arg("--certs")
+        .arg(dir.join("certs"));
+    command
+}
+
+/// Whether `python3` can import `module`; under CI it must (`scripts/test` installs it).
+pub fn python_has(module: &str) -> bool {
+    let found = std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").is_err(),
+            "python3 with `{module}` is required under CI (scripts/test installs it)"
+        );
+        eprintln!("SKIPPED: python3 with `{module}` is not installed (run scripts/test)");
+    }
+    found
+}

@@ -26,6 +26,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::hub::{MemberPage, MemberSummary, Room};
+use crate::metrics::EngineStats;
 
 /// Where rooms keep their messages. Chosen with
 /// [`ConfigBuilder::engine`](crate::ConfigBuilder::engine).
@@ -195,14 +196,30 @@ impl Store {
         engine: &Engine,
         retention: Retention,
         dedupe_window: usize,
+        stats: EngineStats,
     ) -> Result<Store, StorageError> {
         Ok(match engine {
             Engine::Memory => Store::Memory,
-            Engine::Sqlite(path) => Store::Sqlite(Arc::new(sqlite::Sqlite::open(path, retention)?)),
+            Engine::Sqlite(path) => {
+                Store::Sqlite(Arc::new(sqlite::Sqlite::open(path, retention, stats)?))
+            }
             Engine::Redis { url, prefix } => Store::Redis(Arc::new(
-                redis::Redis::open(url, prefix, retention, dedupe_window).await?,
+                redis::Redis::open(url, prefix, retention, dedupe_window, stats).await?,
             )),
         })
+    }
+
+    /// Whether the engine can store messages now: for SQLite, its last commit went
+    /// through (`stats` says); Redis answers a PING.
+    pub(crate) async fn reachable(&self, stats: &EngineStats) -> Result<(), String> {
+        match self {
+            Store::Memory => Ok(()),
+            Store::Sqlite(_) if stats.failing() => {
+                Err("the last write to the database failed".into())
+            }
+            Store::Sqlite(_) => Ok(()),
+            Store::Redis(redis) => redis.ping().await,
+        }
     }
 
     /// Whether messages wait for the engine before they are delivered.
@@ -304,7 +321,8 @@ impl Store {
         }
     }
 
-    /// Sends a post for a session node `node` holds to it; false without a shared engine.
+    /// Sends a request for a session node `node` holds (or an answer) to it; false without
+    /// a shared engine.
     pub(crate) fn forward(&self, node: u64, post: redis::Forwarded) -> bool {
         match self {
             Store::Redis(redis) => {

@@ -43,6 +43,7 @@ use tokio::sync::mpsc;
 
 use super::{Ban, HistoryPage, LoadedRoom, Record, Retention, StorageError, StoredMessage};
 use crate::hub::{MemberPage, MemberSummary, Room};
+use crate::metrics::EngineStats;
 
 /// A node that has not beaten for this long is dead: its members leave every room.
 pub(crate) const NODE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -364,12 +365,31 @@ enum Command {
 
 type ControlHandler = Box<dyn Fn(Control) + Send + Sync>;
 
-/// A post for a session this node holds, that reached another node.
+/// A request for a session that another node holds (SSE and long polling need no sticky
+/// load balancer), or the answer to one.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Forwarded {
-    pub session: String,
-    pub origin: Option<String>,
-    pub body: String,
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum Forwarded {
+    /// A post's frames (`body`, one per line), from `origin`.
+    Post {
+        session: String,
+        origin: Option<String>,
+        body: String,
+    },
+    /// A long poll from `after`: answer node `reply` with `token`.
+    Poll {
+        session: String,
+        origin: Option<String>,
+        after: u64,
+        reply: u64,
+        token: u64,
+    },
+    /// The answer to the poll this node forwarded with `token`: an HTTP status and body.
+    Polled {
+        token: u64,
+        status: u16,
+        body: String,
+    },
 }
 
 type PostHandler = Box<dyn Fn(Forwarded) + Send + Sync>;
@@ -405,6 +425,7 @@ struct Inner {
     control: OnceLock<ControlHandler>,
     /// Where posts forwarded to this node go.
     posts: OnceLock<PostHandler>,
+    stats: EngineStats,
 }
 
 fn failed(url: &str, e: &redis::RedisError) -> StorageError {
@@ -420,6 +441,7 @@ impl Redis {
         prefix: &str,
         retention: Retention,
         dedupe_window: usize,
+        stats: EngineStats,
     ) -> Result<Redis, StorageError> {
         let client = Client::open(url).map_err(|e| failed(url, &e))?;
         let config = ConnectionManagerConfig::new()
@@ -463,6 +485,7 @@ impl Redis {
                 sink: tokio::sync::Mutex::new(None),
                 control: OnceLock::new(),
                 posts: OnceLock::new(),
+                stats,
             }),
         };
         redis.inner.load_scripts().await?;
@@ -475,6 +498,17 @@ impl Redis {
         tokio::spawn(beats(Arc::downgrade(&redis.inner)));
         tracing::info!(url, prefix, node, "joined the Redis cluster");
         Ok(redis)
+    }
+
+    /// Whether Redis answers a PING within the response timeout.
+    pub(crate) async fn ping(&self) -> Result<(), String> {
+        let mut conn = self.inner.conn.clone();
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(RESPONSE_TIMEOUT, ping.query_async::<String>(&mut conn)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("Redis at {}: {e}", self.inner.url)),
+            Err(_) => Err(format!("Redis at {}: no answer", self.inner.url)),
+        }
     }
 
     /// The first connection id of this node: ids are unique over all nodes.
@@ -492,7 +526,7 @@ impl Redis {
         let _ = self.inner.posts.set(handler);
     }
 
-    /// Sends a post for a session node `node` holds to it.
+    /// Sends a request (or an answer) to node `node`.
     pub(crate) fn forward(&self, node: u64, post: Forwarded) {
         let payload = serde_json::to_string(&post).expect("serializable");
         let channel = format!("{}/inbox/{node}", self.inner.prefix);
@@ -1188,14 +1222,19 @@ impl Inner {
     }
 
     async fn run(&self, pipe: &redis::Pipeline) -> redis::RedisResult<Vec<Value>> {
-        match tokio::time::timeout(RESPONSE_TIMEOUT, pipe.query_async(&mut self.conn.clone())).await
-        {
-            Ok(result) => result,
-            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no answer",
-            ))),
-        }
+        let started = Instant::now();
+        let result =
+            match tokio::time::timeout(RESPONSE_TIMEOUT, pipe.query_async(&mut self.conn.clone()))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer",
+                ))),
+            };
+        self.stats.wrote(started.elapsed(), result.is_ok());
+        result
     }
 }
 

@@ -30,6 +30,7 @@ use tokio::sync::oneshot;
 
 use super::{Ban, HistoryPage, LoadedRoom, Record, Retention, StorageError, StoredMessage};
 use crate::hub::{Room, now_ms};
+use crate::metrics::EngineStats;
 
 /// The schema this release reads and writes, in `PRAGMA user_version`. A later release that
 /// changes the schema migrates from here; an older release refuses a newer file.
@@ -124,7 +125,11 @@ fn describe(path: &Path, e: &rusqlite::Error) -> StorageError {
 impl Sqlite {
     /// Opens (creating it if needed) the database at `path`, checks that it is a wtchat
     /// database this release can use and that it can be written, and starts its writer.
-    pub(crate) fn open(path: &Path, retention: Retention) -> Result<Sqlite, StorageError> {
+    pub(crate) fn open(
+        path: &Path,
+        retention: Retention,
+        stats: EngineStats,
+    ) -> Result<Sqlite, StorageError> {
         let refuse =
             |what: String| StorageError::new(format!("database {}: {what}", path.display()));
         let lock = OpenOptions::new()
@@ -148,6 +153,7 @@ impl Sqlite {
             path: path.to_path_buf(),
             retention,
             runtime: tokio::runtime::Handle::try_current().ok(),
+            stats,
         };
         std::thread::Builder::new()
             .name("wtchat-sqlite".into())
@@ -416,6 +422,7 @@ struct Writer {
     /// them out to members neither waits for nor delays the next commit, and rooms deliver
     /// in parallel. (The writer itself delivers when opened outside a runtime.)
     runtime: Option<tokio::runtime::Handle>,
+    stats: EngineStats,
 }
 
 /// One room's messages in one transaction: the first and last sequence numbers.
@@ -486,7 +493,9 @@ impl Writer {
                 progress[at].last = record.seq;
             }
         }
+        let started = Instant::now();
         let written = self.write(batch, &progress);
+        self.stats.wrote(started.elapsed(), written.is_ok());
         match written {
             Ok(deleted) => {
                 for p in progress {

@@ -23,6 +23,7 @@ use crate::engine::redis::{Control, Event, Outcome, Published as Numbered, Snaps
 use crate::engine::{
     HistoryPage, LoadedRoom, Record, Retention, StorageError, Store, StoredMessage,
 };
+use crate::metrics::{HubGauges, Metrics};
 use crate::protocol::{self, CloseCode, ErrorCode, MemberRef, PresenceEvent, ServerFrame, You};
 
 mod happened;
@@ -258,12 +259,13 @@ impl Outbox {
 const KEEP_CAPACITY: usize = 32;
 
 impl Inbox {
-    /// Waits for queued frames and moves up to `limit` of them into `batch`.
+    /// Waits for queued frames and moves up to `limit` of them into `batch`; returns how
+    /// many are still queued behind them.
     pub(crate) async fn recv_many(&mut self, batch: &mut Vec<Outbound>, limit: usize) -> usize {
         loop {
-            let moved = self.take(batch, limit);
+            let (moved, left) = self.take(batch, limit);
             if moved > 0 {
-                return moved;
+                return left;
             }
             self.queue.ready.notified().await;
         }
@@ -274,14 +276,15 @@ impl Inbox {
         self.take(batch, usize::MAX);
     }
 
-    fn take(&mut self, batch: &mut Vec<Outbound>, limit: usize) -> usize {
+    /// Moves up to `limit` frames into `batch`: (how many, how many are left).
+    fn take(&mut self, batch: &mut Vec<Outbound>, limit: usize) -> (usize, usize) {
         let mut frames = self.queue.frames.lock().unwrap();
         let n = frames.queued.len().min(limit);
         batch.extend(frames.queued.drain(..n));
         if frames.queued.is_empty() && frames.queued.capacity() > KEEP_CAPACITY {
             frames.queued = VecDeque::new();
         }
-        n
+        (n, frames.queued.len())
     }
 }
 
@@ -424,6 +427,7 @@ pub(crate) struct Room {
     /// moved once per message stored or dropped, never per delivery.
     history_held: Arc<AtomicUsize>,
     store: Store,
+    metrics: Arc<Metrics>,
     /// Bumped (under the state lock) when the engine failed to store this room's pending
     /// messages and the numbering went back: the engine drops what it still holds from
     /// before. Read without the lock by the engine.
@@ -587,6 +591,7 @@ struct HubInner {
     loading: tokio::sync::Mutex<()>,
     /// Told what happens in the rooms (see [`Hub::observe`]); set before the first room.
     observer: OnceLock<Observer>,
+    metrics: Arc<Metrics>,
 }
 
 /// Rooms whose presence policy the host set, by name: kept for rooms not in memory yet.
@@ -634,7 +639,11 @@ fn dedupe_key(sender: &str, id: &str) -> Box<str> {
 
 impl Hub {
     /// A hub with no rooms, on the engine `store`, with the bans it holds.
-    pub(crate) fn new(config: HubConfig, store: Store) -> Result<Hub, StorageError> {
+    pub(crate) fn new(
+        config: HubConfig,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Result<Hub, StorageError> {
         let bans = store
             .bans()?
             .into_iter()
@@ -661,6 +670,7 @@ impl Hub {
                 policies: Mutex::new(HashMap::new()),
                 loading: tokio::sync::Mutex::new(()),
                 observer: OnceLock::new(),
+                metrics,
             }),
         };
         if let Some(redis) = redis {
@@ -762,32 +772,42 @@ impl Hub {
         &self.inner.config
     }
 
+    /// What this server counts.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Rooms held here, and their members connected here: for a scrape.
+    pub(crate) fn gauges(&self) -> HubGauges {
+        let rooms: Vec<Arc<Room>> = self.inner.rooms.lock().unwrap().values().cloned().collect();
+        let members = rooms
+            .iter()
+            .map(|room| room.state.lock().unwrap().roster.iter().len())
+            .sum();
+        HubGauges {
+            rooms: rooms.len(),
+            members,
+        }
+    }
+
+    /// Whether the engine answers (for `/wtchat/ready`).
+    pub(crate) async fn engine_reachable(&self) -> Result<(), String> {
+        self.inner.store.reachable(&self.inner.metrics.engine).await
+    }
+
     /// This node's number on a shared engine (0 on one process).
     pub(crate) fn node(&self) -> u64 {
         self.inner.store.node()
     }
 
-    /// Sends a post for a session another node holds to it: `origin` and `body` as they
-    /// came. False without a shared engine (the session is nowhere).
-    pub(crate) fn forward(
-        &self,
-        node: u64,
-        session: &str,
-        origin: Option<String>,
-        body: &[u8],
-    ) -> bool {
-        let Ok(body) = std::str::from_utf8(body) else {
-            return false;
-        };
-        let post = crate::engine::redis::Forwarded {
-            session: session.into(),
-            origin,
-            body: body.into(),
-        };
-        self.inner.store.forward(node, post)
+    /// Sends a request for a session another node holds (or the answer to one) to it.
+    /// False without a shared engine (the session is nowhere).
+    pub(crate) fn forward(&self, node: u64, request: crate::engine::redis::Forwarded) -> bool {
+        self.inner.store.forward(node, request)
     }
 
-    /// Where posts other nodes forward to this one go (the sessions whose clients post).
+    /// Where requests other nodes forward to this one go (the sessions whose clients post
+    /// and poll), and the answers to those this one forwarded.
     pub(crate) fn on_forwarded(
         &self,
         handler: impl Fn(crate::engine::redis::Forwarded) + Send + Sync + 'static,
@@ -1046,6 +1066,7 @@ impl Hub {
             },
             history_held: self.inner.history_held.clone(),
             store: self.inner.store.clone(),
+            metrics: self.inner.metrics.clone(),
             generation: AtomicU64::new(0),
             state: Mutex::new(state),
         }
@@ -1294,6 +1315,7 @@ impl Room {
         mut origin: Origin,
     ) {
         let time = now_ms();
+        self.metrics.published();
         let sender = by.map(|(public, _)| public);
         let client_id = by.and_then(|(_, id)| id);
         if self.store.numbers_messages() {
@@ -2184,7 +2206,7 @@ mod tests {
     use serde_json::Value;
 
     fn hub_on_memory(config: HubConfig) -> Hub {
-        Hub::new(config, Store::Memory).unwrap()
+        Hub::new(config, Store::Memory, Arc::default()).unwrap()
     }
 
     /// An anonymous member whose resume key is derived from its name (unique per test).

@@ -298,3 +298,8 @@ mod tests {
         assert!(policy.allows(Some("https://anything.example")));
     }
 }
+
+/// A peer's address as the connection log lines show it.
+pub(crate) fn shown(peer: Option<std::net::SocketAddr>) -> String {
+    peer.map_or_else(|| "unknown".into(), |p| p.to_string())
+}

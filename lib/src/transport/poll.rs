@@ -11,9 +11,10 @@
 //! A session nobody polls for half the idle timeout (30 s by default) is over: it leaves
 //! its rooms.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,11 +23,12 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use super::{Context, posted};
 use crate::PATH;
 use crate::auth::Transport;
+use crate::engine::redis::Forwarded;
 use crate::hub::{Kind, Outbound};
 use crate::protocol::CloseCode;
 use crate::session::FrameWriter;
@@ -34,16 +36,47 @@ use crate::session::FrameWriter;
 /// How long a poll is held when there is nothing to send.
 pub(crate) const HOLD: Duration = Duration::from_secs(25);
 
-/// The sessions open for polling, by id.
+/// How much longer than [`HOLD`] a node waits for the answer to a poll it sent on to the
+/// session's node: two trips through Redis.
+const FORWARD_MARGIN: Duration = Duration::from_secs(5);
+
+/// The sessions open for polling, by id; and the polls this node sent on to the node that
+/// holds their session, waiting for its answer.
 #[derive(Default)]
 pub(crate) struct Polled {
-    open: Mutex<std::collections::HashMap<String, Arc<Queue>>>,
+    open: Mutex<HashMap<String, Arc<Queue>>>,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<(u16, String)>>>,
+    next_token: AtomicU64,
+}
+
+impl Polled {
+    /// The answer to a poll this node forwarded, from the session's node.
+    pub(crate) fn answered(&self, token: u64, status: u16, body: String) {
+        if let Some(waiter) = self.waiting.lock().unwrap().remove(&token) {
+            let _ = waiter.send((status, body));
+        }
+    }
+}
+
+/// A forwarded poll's place in [`Polled::waiting`], given up when its request ends.
+struct Waiting<'a> {
+    polled: &'a Polled,
+    token: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.polled.waiting.lock().unwrap().remove(&self.token);
+    }
 }
 
 /// A session's frames, numbered, until a poll acknowledges them.
 struct Queue {
     state: Mutex<QueueState>,
+    /// Frames came (or the session ended): held polls answer.
     ready: Notify,
+    /// A poll ended or answered, or the session ended: whether it is over may have changed.
+    changed: Notify,
     origin: Option<String>,
 }
 
@@ -52,6 +85,8 @@ struct QueueState {
     frames: VecDeque<(u64, Bytes)>,
     /// The next frame's number.
     next: u64,
+    /// The last frame number a poll answered with.
+    answered: u64,
     /// The session ended: after its last frames, polls get 404.
     closed: bool,
     /// Polls in flight, and when the last one ended.
@@ -81,6 +116,7 @@ pub(crate) async fn open(
         state: Mutex::new(QueueState {
             frames: VecDeque::new(),
             next: 1,
+            answered: 0,
             closed: false,
             polling: 0,
             last_poll: Instant::now(),
@@ -88,6 +124,7 @@ pub(crate) async fn open(
             expiry: ctx.session.idle_timeout / 2,
         }),
         ready: Notify::new(),
+        changed: Notify::new(),
         origin,
     });
     let id = opened.id.clone();
@@ -96,22 +133,21 @@ pub(crate) async fn open(
         .lock()
         .unwrap()
         .insert(id.clone(), queue.clone());
-    let expired = {
+    // Over (the client has its `bye`, or stopped polling): later polls get 404, and the
+    // client opens a new session.
+    tokio::spawn({
         let (queue, ctx, id) = (queue.clone(), ctx.clone(), id.clone());
         async move {
-            while !queue.forgotten() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            // Over: later polls get 404, and the client opens a new session.
+            queue.over().await;
             ctx.polled.open.lock().unwrap().remove(&id);
         }
+    });
+    let gone = {
+        let queue = queue.clone();
+        async move { queue.over().await }
     };
-    let writer = PollWriter {
-        queue,
-        polled: ctx.clone(),
-        id: id.clone(),
-    };
-    posted::run(&ctx, opened, Transport::LongPoll, expired, writer);
+    let writer = PollWriter { queue };
+    posted::run(&ctx, opened, Transport::LongPoll, gone, writer);
     let url = format!("{PATH}/poll/{id}");
     (
         [(header::CACHE_CONTROL, "no-store")],
@@ -127,7 +163,8 @@ pub(crate) struct After {
 }
 
 /// `GET /wtchat/poll/ID?after=N`: the session's frames numbered above `N`, held until there
-/// is one (or [`HOLD`] passed).
+/// is one (or [`HOLD`] passed). A poll for a session another node holds goes there through
+/// the engine, and its answer comes back the same way.
 pub(crate) async fn poll(
     State(ctx): State<Arc<Context>>,
     Path(id): Path<String>,
@@ -137,11 +174,84 @@ pub(crate) async fn poll(
     let origin = headers
         .get(header::ORIGIN)
         .map(|o| o.to_str().unwrap_or("\u{0}").to_string());
-    let Some(queue) = ctx.polled.open.lock().unwrap().get(&id).cloned() else {
-        return (StatusCode::NOT_FOUND, "no such session: open a new one").into_response();
+    let (status, body) = match posted::elsewhere(&ctx, &id) {
+        Some(node) if !ctx.polled.open.lock().unwrap().contains_key(&id) => {
+            forward(&ctx, node, id, origin, after).await
+        }
+        _ => answer(&ctx, &id, after, origin.as_deref()).await,
     };
-    if !posted::origin_fits(queue.origin.as_deref(), origin.as_deref(), &ctx.origins) {
-        return (StatusCode::FORBIDDEN, "not the session's origin").into_response();
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    if status == StatusCode::OK {
+        let json = [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ];
+        (status, json, body).into_response()
+    } else {
+        (status, body).into_response()
+    }
+}
+
+/// Sends a poll on to node `node`, which holds the session, and waits for its answer (a
+/// little longer than a poll is held there).
+async fn forward(
+    ctx: &Context,
+    node: u64,
+    session: String,
+    origin: Option<String>,
+    after: u64,
+) -> (u16, String) {
+    let polled = &ctx.polled;
+    let token = polled.next_token.fetch_add(1, Ordering::Relaxed);
+    let (answer, answered) = oneshot::channel();
+    polled.waiting.lock().unwrap().insert(token, answer);
+    let _waiting = Waiting { polled, token };
+    let hub = &ctx.session.hub;
+    let request = Forwarded::Poll {
+        session,
+        origin,
+        after,
+        reply: hub.node(),
+        token,
+    };
+    if !hub.forward(node, request) {
+        return (404, "no such session: open a new one".into());
+    }
+    match tokio::time::timeout(HOLD + FORWARD_MARGIN, answered).await {
+        Ok(Ok(answer)) => answer,
+        // The session's node did not answer (gone, or Redis is away): the client polls
+        // again, or opens a new session once this one is over.
+        _ => (504, "the session's node did not answer".into()),
+    }
+}
+
+/// Answers a poll forwarded from node `reply` (see [`forward`]).
+pub(crate) async fn answer_forwarded(
+    ctx: Arc<Context>,
+    session: String,
+    origin: Option<String>,
+    after: u64,
+    reply: u64,
+    token: u64,
+) {
+    let (status, body) = answer(&ctx, &session, after, origin.as_deref()).await;
+    ctx.session.hub.forward(
+        reply,
+        Forwarded::Polled {
+            token,
+            status,
+            body,
+        },
+    );
+}
+
+/// A poll of session `id` held here, from `after`: (HTTP status, body).
+async fn answer(ctx: &Context, id: &str, after: u64, origin: Option<&str>) -> (u16, String) {
+    let Some(queue) = ctx.polled.open.lock().unwrap().get(id).cloned() else {
+        return (404, "no such session: open a new one".into());
+    };
+    if !posted::origin_fits(queue.origin.as_deref(), origin, &ctx.origins) {
+        return (403, "not the session's origin".into());
     }
     queue.state.lock().unwrap().polling += 1;
     // Counted until this poll ends, answered or dropped by a client that went away.
@@ -160,6 +270,7 @@ pub(crate) async fn poll(
             }
             if !state.frames.is_empty() {
                 let next = state.frames.back().map_or(after, |(n, _)| *n);
+                state.answered = next;
                 let mut body = format!("{{\"next\":{next},\"frames\":[").into_bytes();
                 for (i, (_, frame)) in state.frames.iter().enumerate() {
                     if i > 0 {
@@ -177,26 +288,53 @@ pub(crate) async fn poll(
         }
     };
     let Some(mut body) = answer else {
-        return (StatusCode::NOT_FOUND, "the session is over").into_response();
+        return (404, "the session is over".into());
     };
     if body.is_empty() {
         body = format!("{{\"next\":{after},\"frames\":[]}}").into_bytes();
     }
-    (
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body,
-    )
-        .into_response()
+    // Frames are UTF-8 (the encoder's JSON), and so is what joins them.
+    (200, String::from_utf8(body).unwrap_or_default())
 }
 
 impl Queue {
-    /// Nobody polls: none in flight, and the last ended longer than the expiry ago.
-    fn forgotten(&self) -> bool {
-        let state = self.state.lock().unwrap();
-        state.polling == 0 && state.last_poll.elapsed() >= state.expiry
+    /// Resolves when the session is over for its client: it was answered with everything,
+    /// its `bye` last, or nobody polled it for the expiry time (none in flight, the last
+    /// ended that long ago). Wakes only when a poll ends or the session ends, or at the
+    /// expiry: an idle session costs no timer ticks.
+    async fn over(&self) {
+        loop {
+            let changed = self.changed.notified();
+            let expires_in = {
+                let state = self.state.lock().unwrap();
+                if state.closed && state.answered + 1 >= state.next {
+                    return;
+                }
+                match state.polling {
+                    0 => match state.expiry.checked_sub(state.last_poll.elapsed()) {
+                        Some(left) if !left.is_zero() => Some(left),
+                        _ => return,
+                    },
+                    _ => None,
+                }
+            };
+            match expires_in {
+                Some(left) => {
+                    tokio::select! {
+                        () = changed => {}
+                        () = tokio::time::sleep(left) => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+
+    /// No more frames: held polls answer with what there is.
+    fn end(&self) {
+        self.state.lock().unwrap().closed = true;
+        self.ready.notify_waiters();
+        self.changed.notify_waiters();
     }
 }
 
@@ -208,13 +346,13 @@ impl Drop for Polling<'_> {
         let mut state = self.0.state.lock().unwrap();
         state.polling -= 1;
         state.last_poll = Instant::now();
+        drop(state);
+        self.0.changed.notify_waiters();
     }
 }
 
 struct PollWriter {
     queue: Arc<Queue>,
-    polled: Arc<Context>,
-    id: String,
 }
 
 impl FrameWriter for PollWriter {
@@ -238,30 +376,15 @@ impl FrameWriter for PollWriter {
     }
 
     async fn close(&mut self, _code: CloseCode) {
-        // The `bye` frame is queued: polls get it, then 404 once it was fetched.
-        self.queue.state.lock().unwrap().closed = true;
-        self.queue.ready.notify_waiters();
+        // The `bye` frame is queued: polls get it, then 404.
+        self.queue.end();
     }
 }
 
 impl Drop for PollWriter {
     fn drop(&mut self) {
-        self.queue.state.lock().unwrap().closed = true;
-        self.queue.ready.notify_waiters();
-        // Polls still read what is queued (the `bye` last): the entry goes once the client
-        // has it all, or stops asking.
-        let queue = self.queue.clone();
-        let ctx = self.polled.clone();
-        let id = std::mem::take(&mut self.id);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let fetched = queue.state.lock().unwrap().frames.is_empty();
-                if fetched || queue.forgotten() {
-                    ctx.polled.open.lock().unwrap().remove(&id);
-                    return;
-                }
-            }
-        });
+        // Polls still read what is queued (the `bye` last); the session's entry goes once
+        // the client has it all, or stops asking.
+        self.queue.end();
     }
 }

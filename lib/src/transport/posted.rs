@@ -18,8 +18,9 @@ use base64::Engine;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::{Admitted, Context, OriginPolicy, Refused, detached};
+use super::{Admitted, Context, OriginPolicy, Refused, detached, shown};
 use crate::auth::{ConnectRequest, Transport, random_bytes};
+use crate::engine::redis::Forwarded;
 use crate::protocol::CloseCode;
 use crate::session::{self, FrameReader, FrameWriter, Inbound};
 
@@ -66,9 +67,8 @@ pub(crate) fn refusal(refused: Refused) -> Response {
             StatusCode::TOO_MANY_REQUESTS,
             "too many connections from your address",
         ),
-        Refused::ShuttingDown | Refused::Full => {
-            (StatusCode::SERVICE_UNAVAILABLE, "too many connections")
-        }
+        Refused::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        Refused::Full => (StatusCode::SERVICE_UNAVAILABLE, "too many connections"),
     }
     .into_response()
 }
@@ -154,7 +154,8 @@ pub(crate) fn run(
     } = opened;
     drop(first);
     let id = ctx.session.hub.next_id();
-    let span = tracing::info_span!("session", id, transport = transport.as_str(), peer = ?peer);
+    let span =
+        tracing::info_span!("session", id, transport = transport.as_str(), peer = %shown(peer));
     let ctx = ctx.clone();
     let tracker = ctx.tracker.clone();
     tracker.spawn(
@@ -164,7 +165,7 @@ pub(crate) fn run(
                 inbox,
                 gone: Some(Box::pin(gone)),
             };
-            session::start(&ctx.session, id, connect, reader, writer).await;
+            session::start(&ctx.session, id, transport, connect, reader, writer).await;
             ctx.posted.open.lock().unwrap().remove(&key);
         }
         .instrument(span),
@@ -187,13 +188,21 @@ pub(crate) async fn post(
         .deliver(&id, origin.as_deref(), &ctx.origins, &body, max)
     {
         Err(Undelivered::Unknown) => {
-            let node = id.split_once('.').and_then(|(n, _)| n.parse::<u64>().ok());
-            let hub = &ctx.session.hub;
-            match node {
-                Some(node) if node != hub.node() && hub.forward(node, &id, origin, &body) => {
-                    StatusCode::ACCEPTED.into_response()
-                }
-                _ => (StatusCode::NOT_FOUND, "no such session: open a new one").into_response(),
+            let forwarded = match (elsewhere(&ctx, &id), std::str::from_utf8(&body)) {
+                (Some(node), Ok(body)) => ctx.session.hub.forward(
+                    node,
+                    Forwarded::Post {
+                        session: id,
+                        origin,
+                        body: body.into(),
+                    },
+                ),
+                _ => false,
+            };
+            if forwarded {
+                StatusCode::ACCEPTED.into_response()
+            } else {
+                (StatusCode::NOT_FOUND, "no such session: open a new one").into_response()
             }
         }
         Err(Undelivered::Origin) => {
@@ -207,6 +216,50 @@ pub(crate) async fn post(
         }
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
     }
+}
+
+/// A request another node sent on to this one, which holds its session (or the answer to
+/// a poll this one sent on).
+pub(crate) fn forwarded(ctx: Arc<Context>, request: Forwarded) {
+    match request {
+        Forwarded::Post {
+            session,
+            origin,
+            body,
+        } => {
+            let max = ctx.session.limits.max_frame_bytes;
+            let body = Bytes::from(body);
+            let delivered =
+                ctx.posted
+                    .deliver(&session, origin.as_deref(), &ctx.origins, &body, max);
+            if let Err(why) = delivered {
+                tracing::debug!(session, ?why, "a forwarded post was not delivered");
+            }
+        }
+        Forwarded::Poll {
+            session,
+            origin,
+            after,
+            reply,
+            token,
+        } => {
+            tokio::spawn(super::poll::answer_forwarded(
+                ctx, session, origin, after, reply, token,
+            ));
+        }
+        Forwarded::Polled {
+            token,
+            status,
+            body,
+        } => ctx.polled.answered(token, status, body),
+    }
+}
+
+/// The node that holds session `id` (its id starts with the node's number), when that is
+/// another node than this one.
+pub(crate) fn elsewhere(ctx: &Context, id: &str) -> Option<u64> {
+    let node = id.split_once('.')?.0.parse::<u64>().ok()?;
+    (node != ctx.session.hub.node()).then_some(node)
 }
 
 /// Why a post's frames were not handed to their session.
@@ -243,7 +296,8 @@ impl Sessions {
         let lines: Vec<&[u8]> = body
             .split(|b| *b == b'\n')
             .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
-            .filter(|line| !line.is_empty())
+            // Blank lines are no frames (as on WebTransport's stream).
+            .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
             .collect();
         if lines.len() > MAX_FRAMES_PER_POST {
             return Err(Undelivered::TooMany);

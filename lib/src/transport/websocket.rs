@@ -31,7 +31,7 @@ use tracing::Instrument;
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message};
 
-use super::{Context, Refused, detached};
+use super::{Context, Refused, detached, shown};
 use crate::auth::{ConnectRequest, Transport};
 use crate::hub::{Kind, Outbound};
 use crate::protocol::CloseCode;
@@ -99,7 +99,7 @@ pub(crate) async fn upgrade(
         .max_message_size(Some(ctx.session.limits.max_frame_bytes))
         .max_frame_size(Some(ctx.session.limits.max_frame_bytes));
     let id = ctx.session.hub.next_id();
-    let span = tracing::info_span!("session", id, transport = "websocket", peer = ?peer);
+    let span = tracing::info_span!("session", id, transport = "websocket", peer = %shown(peer));
     let tracker = ctx.tracker.clone();
     tracker.spawn(
         async move {
@@ -116,7 +116,15 @@ pub(crate) async fn upgrade(
                 io: write,
                 pending: Bytes::new(),
             };
-            session::start(&ctx.session, id, connect, reader, writer).await;
+            session::start(
+                &ctx.session,
+                id,
+                Transport::WebSocket,
+                connect,
+                reader,
+                writer,
+            )
+            .await;
         }
         .instrument(span),
     );

@@ -201,7 +201,15 @@ async fn accept(incoming: IncomingSession, ctx: Arc<Context>) {
     tracker.spawn(
         async move {
             let _admitted = admitted;
-            session::start(&ctx.session, id, request, reader, writer).await;
+            session::start(
+                &ctx.session,
+                id,
+                Transport::WebTransport,
+                request,
+                reader,
+                writer,
+            )
+            .await;
         }
         .instrument(span),
     );

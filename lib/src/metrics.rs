@@ -1,0 +1,474 @@
+//! What the server counts for its operators, and the Prometheus text (OpenMetrics format,
+//! written by the `prometheus-client` crate) that `/wtchat/metrics` serves.
+//!
+//! The hot path touches no shared counter. What grows with every delivery — frames, bytes
+//! and messages sent, a message's time from publish to its write — is counted by each
+//! connection in counters of its own ([`ConnectionStats`], written only by its session,
+//! once per batch) and summed when scraped; a closed connection's counts join the totals
+//! once. Counters that grow once per event (a join, a message published, a refused frame,
+//! a disconnect, an engine write) are shared: they cost one atomic add per event, never one
+//! per recipient.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::auth::Transport;
+use crate::hub::{Kind, Outbound, now_ms};
+use crate::protocol::{CloseCode, ErrorCode};
+
+/// Upper bounds of the publish-to-write latency buckets, in milliseconds.
+const LATENCY_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10_000];
+
+/// Every transport, in the order the metrics list them.
+const TRANSPORTS: [Transport; 4] = [
+    Transport::WebTransport,
+    Transport::WebSocket,
+    Transport::Sse,
+    Transport::LongPoll,
+];
+
+/// A label set of one error code (`code="rate_limited"`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CodeLabel {
+    code: &'static str,
+}
+
+/// A label set of one close: its code and name (`code="4001",reason="too_slow"`); a client
+/// that closed or vanished is `code="1000",reason="client"`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CloseLabel {
+    code: u16,
+    reason: &'static str,
+}
+
+/// The engine's side: how long its writes take, and how many failed.
+#[derive(Debug, Clone)]
+pub(crate) struct EngineStats {
+    latency: Histogram,
+    errors: Counter,
+    /// Whether the last write failed (readiness).
+    failing: Arc<AtomicBool>,
+}
+
+impl Default for EngineStats {
+    fn default() -> Self {
+        EngineStats {
+            // 100 µs to 2.5 s.
+            latency: Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5,
+            ]),
+            errors: Counter::default(),
+            failing: Arc::default(),
+        }
+    }
+}
+
+impl EngineStats {
+    /// One write (a commit, a pipeline to Redis) that took `took`.
+    pub(crate) fn wrote(&self, took: Duration, ok: bool) {
+        self.latency.observe(took.as_secs_f64());
+        if !ok {
+            self.errors.inc();
+        }
+        self.failing.store(!ok, Relaxed);
+    }
+
+    /// Whether the last write failed.
+    pub(crate) fn failing(&self) -> bool {
+        self.failing.load(Relaxed)
+    }
+}
+
+/// What one connection sent: written by its session only, read when scraped.
+#[derive(Debug)]
+pub(crate) struct ConnectionStats {
+    transport: Transport,
+    frames: AtomicU64,
+    bytes: AtomicU64,
+    delivered: AtomicU64,
+    /// Publish-to-write latency of the first message of each batch: a count per bucket of
+    /// [`LATENCY_MS`] (and one past the last), and their sum in ms.
+    latency: [AtomicU64; LATENCY_MS.len() + 1],
+    latency_sum_ms: AtomicU64,
+    /// Frames waiting in the connection's queue, as of its last batch.
+    queued: AtomicU64,
+}
+
+impl ConnectionStats {
+    /// Counts a batch about to be written; `left` frames still wait behind it.
+    pub(crate) fn sending(&self, batch: &[Outbound], left: usize) {
+        let mut bytes = 0;
+        let mut frames = 0;
+        let mut delivered = 0;
+        let mut first_time = None;
+        for outbound in batch {
+            if outbound.kind == Kind::Pong {
+                continue;
+            }
+            frames += 1;
+            bytes += outbound.frame.len() as u64;
+            if outbound.frame.starts_with(MESSAGE) {
+                delivered += 1;
+                if first_time.is_none() {
+                    first_time = message_time(&outbound.frame);
+                }
+            }
+        }
+        // Plain loads and stores: only this connection's session writes them.
+        add(&self.frames, frames);
+        add(&self.bytes, bytes);
+        add(&self.delivered, delivered);
+        self.queued.store(left as u64, Relaxed);
+        if let Some(time) = first_time {
+            let took = now_ms().saturating_sub(time);
+            let bucket = LATENCY_MS
+                .iter()
+                .position(|&le| took <= le)
+                .unwrap_or(LATENCY_MS.len());
+            add(&self.latency[bucket], 1);
+            add(&self.latency_sum_ms, took);
+        }
+    }
+}
+
+/// Adds to a counter that one task writes (no read-modify-write instruction needed).
+fn add(counter: &AtomicU64, n: u64) {
+    if n > 0 {
+        counter.store(counter.load(Relaxed) + n, Relaxed);
+    }
+}
+
+/// How `protocol::encode` starts a `message` frame.
+const MESSAGE: &[u8] = br#"{"type":"message","#;
+
+/// The `time` of a `message` frame as `protocol::encode` writes it (after the text, whose
+/// quotes are escaped, so the first `,"time":` is the field).
+fn message_time(frame: &[u8]) -> Option<u64> {
+    const FIELD: &[u8] = br#","time":"#;
+    let at = frame.windows(FIELD.len()).position(|w| w == FIELD)? + FIELD.len();
+    let digits = frame[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&frame[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Sums of the counts of connections that closed.
+#[derive(Debug, Default)]
+struct Totals {
+    frames: u64,
+    bytes: u64,
+    delivered: u64,
+    latency: [u64; LATENCY_MS.len() + 1],
+    latency_sum_ms: u64,
+}
+
+impl Totals {
+    fn add(&mut self, c: &ConnectionStats) {
+        self.frames += c.frames.load(Relaxed);
+        self.bytes += c.bytes.load(Relaxed);
+        self.delivered += c.delivered.load(Relaxed);
+        for (total, bucket) in self.latency.iter_mut().zip(&c.latency) {
+            *total += bucket.load(Relaxed);
+        }
+        self.latency_sum_ms += c.latency_sum_ms.load(Relaxed);
+    }
+}
+
+/// The connections open now, and what the closed ones counted: one lock, so that a
+/// connection is counted exactly once however a scrape and its close interleave.
+#[derive(Debug, Default)]
+struct Connections {
+    open: HashMap<u64, Arc<ConnectionStats>>,
+    closed: Totals,
+}
+
+/// Everything the server counts. One per [`Chat`](crate::Chat).
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    connections: Mutex<Connections>,
+    joins: Counter,
+    published: Counter,
+    refused: Family<CodeLabel, Counter>,
+    disconnects: Family<CloseLabel, Counter>,
+    pub(crate) engine: EngineStats,
+    /// The certificate's `not_after`, seconds since 1970 (0: unknown).
+    certificate_expiry: AtomicU64,
+}
+
+/// What the hub says about itself when scraped.
+pub(crate) struct HubGauges {
+    pub rooms: usize,
+    pub members: usize,
+}
+
+impl Metrics {
+    /// A connection opens: its own counters, until [`closed`](Self::closed).
+    pub(crate) fn opened(&self, id: u64, transport: Transport) -> Arc<ConnectionStats> {
+        let stats = Arc::new(ConnectionStats {
+            transport,
+            frames: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            latency: Default::default(),
+            latency_sum_ms: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+        });
+        self.connections
+            .lock()
+            .unwrap()
+            .open
+            .insert(id, stats.clone());
+        stats
+    }
+
+    /// Connection `id` closed with `code` (None: the client closed or vanished).
+    pub(crate) fn closed(&self, id: u64, code: Option<CloseCode>) {
+        let mut connections = self.connections.lock().unwrap();
+        if let Some(stats) = connections.open.remove(&id) {
+            connections.closed.add(&stats);
+        }
+        drop(connections);
+        let label = match code {
+            Some(code) => CloseLabel {
+                code: code.code(),
+                reason: code.reason(),
+            },
+            None => CloseLabel {
+                code: 1000,
+                reason: "client",
+            },
+        };
+        self.disconnects.get_or_create(&label).inc();
+    }
+
+    pub(crate) fn joined(&self) {
+        self.joins.inc();
+    }
+
+    /// A message numbered for storing and delivery here.
+    pub(crate) fn published(&self) {
+        self.published.inc();
+    }
+
+    /// A client frame answered with error `code`.
+    pub(crate) fn refused(&self, code: ErrorCode) {
+        self.refused
+            .get_or_create(&CodeLabel {
+                code: code.as_str(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn set_certificate_expiry(&self, not_after: SystemTime) {
+        let secs = not_after
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.certificate_expiry.store(secs, Relaxed);
+    }
+
+    /// Whether the certificate is valid now (or unknown).
+    pub(crate) fn certificate_valid(&self) -> bool {
+        let expiry = self.certificate_expiry.load(Relaxed);
+        expiry == 0 || now_ms() / 1000 < expiry
+    }
+
+    /// The Prometheus text of everything, with the hub's own figures.
+    pub(crate) fn render(&self, hub: HubGauges) -> String {
+        let mut registry = Registry::with_prefix("wtchat");
+        registry.register(
+            "joins",
+            "Room joins accepted (a connection joining a room)",
+            self.joins.clone(),
+        );
+        registry.register(
+            "messages_published",
+            "Messages numbered here for storing and delivery (clients' and the host's)",
+            self.published.clone(),
+        );
+        registry.register(
+            "frames_refused",
+            "Client frames answered with an error frame, by error code",
+            self.refused.clone(),
+        );
+        registry.register(
+            "disconnects",
+            "Connections closed, by close code (reason \"client\": the client closed or vanished)",
+            self.disconnects.clone(),
+        );
+        registry.register_with_unit(
+            "engine_write_duration",
+            "How long the engine took to store a batch (a commit, a pipeline to Redis)",
+            Unit::Seconds,
+            self.engine.latency.clone(),
+        );
+        registry.register(
+            "engine_errors",
+            "Engine writes that failed",
+            self.engine.errors.clone(),
+        );
+        let snapshot = {
+            let connections = self.connections.lock().unwrap();
+            let mut sums = Snapshot {
+                totals: Totals::default(),
+                by_transport: [0; TRANSPORTS.len()],
+                queued: 0,
+                rooms: hub.rooms,
+                members: hub.members,
+                certificate_expiry: self.certificate_expiry.load(Relaxed),
+            };
+            sums.totals.frames = connections.closed.frames;
+            sums.totals.bytes = connections.closed.bytes;
+            sums.totals.delivered = connections.closed.delivered;
+            sums.totals.latency = connections.closed.latency;
+            sums.totals.latency_sum_ms = connections.closed.latency_sum_ms;
+            for stats in connections.open.values() {
+                sums.totals.add(stats);
+                let t = TRANSPORTS.iter().position(|t| *t == stats.transport);
+                sums.by_transport[t.unwrap_or(0)] += 1;
+                sums.queued += stats.queued.load(Relaxed);
+            }
+            sums
+        };
+        registry.register_collector(Box::new(snapshot));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// The figures summed over connections at one scrape, and the hub's.
+#[derive(Debug)]
+struct Snapshot {
+    totals: Totals,
+    by_transport: [u64; TRANSPORTS.len()],
+    queued: u64,
+    rooms: usize,
+    members: usize,
+    certificate_expiry: u64,
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut connections = encoder.encode_descriptor(
+            "connections",
+            "Connections open now, by transport",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (transport, n) in TRANSPORTS.iter().zip(self.by_transport) {
+            connections
+                .encode_family(&[("transport", transport.as_str())])?
+                .encode_gauge(&(n as i64))?;
+        }
+        let counters = [
+            (
+                "frames_sent",
+                "Frames written to clients",
+                self.totals.frames,
+            ),
+            (
+                "deliveries",
+                "Messages written to clients (one per recipient)",
+                self.totals.delivered,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let metric = Counter::<u64>::default();
+            metric.inc_by(value);
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+        let bytes = Counter::<u64>::default();
+        bytes.inc_by(self.totals.bytes);
+        bytes.encode(encoder.encode_descriptor(
+            "sent",
+            "Bytes of frames written to clients",
+            Some(&Unit::Bytes),
+            bytes.metric_type(),
+        )?)?;
+        let gauges = [
+            (
+                "queued_frames",
+                "Frames waiting in connections' queues (as of each one's last write)",
+                self.queued as i64,
+            ),
+            ("rooms", "Rooms held in memory here", self.rooms as i64),
+            (
+                "members",
+                "Members of rooms connected here (one per connection and room)",
+                self.members as i64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Gauge)?
+                .encode_gauge(&value)?;
+        }
+        if self.certificate_expiry > 0 {
+            encoder
+                .encode_descriptor(
+                    "certificate_expiry_timestamp",
+                    "When the TLS certificate expires, seconds since 1970",
+                    Some(&Unit::Seconds),
+                    MetricType::Gauge,
+                )?
+                .encode_gauge(&(self.certificate_expiry as i64))?;
+        }
+        // Per-bucket counts: the encoder accumulates them; f64::MAX is its `+Inf`.
+        let buckets: Vec<(f64, u64)> = LATENCY_MS
+            .iter()
+            .map(|le| *le as f64 / 1000.0)
+            .chain([f64::MAX])
+            .zip(self.totals.latency)
+            .collect();
+        encoder
+            .encode_descriptor(
+                "delivery_latency",
+                "Time from a message's publish to its write to a client (the first message of each write; ms resolution)",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(
+                self.totals.latency_sum_ms as f64 / 1000.0,
+                self.totals.latency.iter().sum(),
+                &buckets,
+                None,
+            )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::StoredMessage;
+
+    #[test]
+    fn a_message_frames_time_is_read_where_the_encoder_puts_it() {
+        let message = StoredMessage {
+            seq: 7,
+            from: "ann".into(),
+            sender: Some("s1".into()),
+            text: r#"look: ","time":1,"#.into(),
+            time: 1_700_000_000_123,
+        };
+        let frame = crate::hub::message_frame("lobby", &message);
+        assert!(frame.starts_with(MESSAGE));
+        assert_eq!(message_time(&frame), Some(1_700_000_000_123));
+    }
+}
