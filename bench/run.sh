@@ -8,6 +8,7 @@
 #   bench/run.sh engines         # SQLite beside memory: four pairs, with their ratios
 #   bench/run.sh bigrooms        # join storms into one room of 10,000, and their baselines
 #   bench/run.sh redis           # two nodes sharing a room through Redis, beside memory
+#   bench/run.sh posted          # Server-Sent Events and long polling beside WebSocket
 #   RUNS=5 bench/run.sh wt-idle  # more runs
 #   bench/run.sh --list          # the scenarios and what they run
 #
@@ -99,12 +100,35 @@ EXTRA=(
   # smaller (dearer per delivery) batches, as with SQLite. Run by name, with their twins.
   "ws-fanout-redis-w64|redis|fanout --transport ws --subscribers 1000 --publishers 10 --window 64 --duration 5 --versus ws-fanout-w64"
   "ws-fanout-redis-3k|redis|fanout --transport ws --subscribers 1000 --publishers 10 --rate 3000 --duration 5 --versus ws-fanout-3k"
+  # Server-Sent Events and long polling (the `posted` set), each beside its WebSocket twin
+  # at the same load: every member on the transport, the publishers posting their sends
+  # (POST, one frame per line, as the browser client does). No budgets: `--versus` makes
+  # `summary` print the ratios to the twin.
+  "sse-fanout|memory|fanout --transport sse --subscribers 1000 --publishers 10 --duration 5 --versus ws-fanout"
+  "poll-fanout|memory|fanout --transport poll --subscribers 1000 --publishers 10 --duration 5 --versus ws-fanout"
+  # At a fixed 1000 messages/s (1 M deliveries/s: 3000 is more than SSE or polling carry on
+  # 2 cores), so that a closed loop's round trip does not set the load.
+  "ws-fanout-1k|memory|fanout --transport ws --subscribers 1000 --publishers 10 --rate 1000 --duration 5"
+  "sse-fanout-1k|memory|fanout --transport sse --subscribers 1000 --publishers 10 --rate 1000 --duration 5 --versus ws-fanout-1k"
+  "poll-fanout-1k|memory|fanout --transport poll --subscribers 1000 --publishers 10 --rate 1000 --duration 5 --versus ws-fanout-1k"
+  # The same with the publishers on WebSocket: the cost of delivering to SSE or polling
+  # members alone, without the posts'.
+  "sse-fanout-1k-wsp|memory|fanout --transport sse --ws-publishers --subscribers 1000 --publishers 10 --rate 1000 --duration 5 --versus ws-fanout-1k"
+  "poll-fanout-1k-wsp|memory|fanout --transport poll --ws-publishers --subscribers 1000 --publishers 10 --rate 1000 --duration 5 --versus ws-fanout-1k"
+  # ws-latency's load (1000 members, 20 messages/s): what the transport adds to a message's way.
+  "sse-latency|memory|fanout --transport sse --subscribers 1000 --publishers 10 --rate 20 --duration 8 --versus ws-latency"
+  "poll-latency|memory|fanout --transport poll --subscribers 1000 --publishers 10 --rate 20 --duration 8 --versus ws-latency"
+  # ws-idle's connections (10,000, each joined to a room of 100). An idle polling client
+  # keeps a poll held (the server answers an empty one after 25 s, and it asks again).
+  "sse-idle|memory|idle --transport sse --subscribers 10000 --versus ws-idle"
+  "poll-idle|memory|idle --transport poll --subscribers 10000 --versus ws-idle"
 )
 # Names for several scenarios at once.
 SETS=(
   "engines|ws-fanout ws-fanout-sqlite ws-throughput ws-throughput-sqlite ws-latency ws-latency-sqlite ws-fanout-w64 ws-fanout-sqlite-w64 ws-fanout-3k ws-fanout-sqlite-3k"
   "bigrooms|ws-join-empty-10k ws-join-10k wt-bare-2k wt-join-2k ws-10k-fanout"
   "redis|ws-fanout ws-fanout-redis ws-throughput ws-throughput-redis ws-latency ws-latency-redis"
+  "posted|ws-fanout sse-fanout poll-fanout ws-fanout-1k sse-fanout-1k poll-fanout-1k sse-fanout-1k-wsp poll-fanout-1k-wsp ws-latency sse-latency poll-latency ws-idle sse-idle poll-idle"
 )
 
 if [[ ${1:-} == --list || ${1:-} == -h || ${1:-} == --help ]]; then

@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::account::{self, Kind, Marker, Outcome, SendTimes, Tally};
+use crate::http::{self, Poster};
 use crate::ws;
 
 /// Phases of a run, in order. Publishers send during `SEND`; readers return their tally at
@@ -34,6 +35,10 @@ pub const PHASE_FINISH: u8 = 3;
 pub enum Transport {
     Ws,
     Wt,
+    /// Server-Sent Events: frames down one streamed response, up as posts.
+    Sse,
+    /// Long polling: frames down as held `GET`s' answers, up as posts.
+    Poll,
 }
 
 /// Where and how to reach one server (one node of the chat), from its `/wtchat/config`.
@@ -43,6 +48,9 @@ pub struct Target {
     pub ws_url: String,
     pub wt_url: String,
     pub wt_hashes: Vec<[u8; 32]>,
+    /// Paths of the SSE stream (`GET`) and of a long-polling session's opening (`POST`).
+    pub sse_path: String,
+    pub poll_path: String,
 }
 
 /// What every client does; fixed for the run.
@@ -287,6 +295,8 @@ pub async fn client(run: Arc<Run>, idx: usize, transport: Transport) -> ClientRe
     let result = match transport {
         Transport::Ws => run_ws(&run, idx, join.as_deref(), publisher, &mut reader).await,
         Transport::Wt => run_wt(&run, idx, join.as_deref(), publisher, &mut reader).await,
+        Transport::Sse => run_sse(&run, idx, join.as_deref(), publisher, &mut reader).await,
+        Transport::Poll => run_poll(&run, idx, join.as_deref(), publisher, &mut reader).await,
     };
     run.clients[idx].state.store(2, Relaxed);
     match result {
@@ -319,7 +329,8 @@ async fn run_ws(
     let (rd, wr) = tcp.into_split();
     // A subscriber keeps its write half unused: dropping it would send FIN, and the server
     // would end the session.
-    let (_keep, writer) = spawn_publisher(run, idx, publisher, wr, Framing::WebSocket);
+    let (_keep, writer) =
+        spawn_publisher(run, idx, publisher, Outlet::Stream(wr, Framing::WebSocket));
     let result = read_ws(rd, reader).await;
     if let Some(writer) = writer {
         writer.abort();
@@ -351,7 +362,8 @@ async fn run_wt(
         reader.mark_ready();
     }
     // As over WebSocket: dropping the send half would finish the stream and end the session.
-    let (_keep, writer) = spawn_publisher(run, idx, publisher, send, Framing::Lines);
+    let (_keep, writer) =
+        spawn_publisher(run, idx, publisher, Outlet::Stream(send, Framing::Lines));
     let result = read_lines(recv, reader).await;
     if let Some(writer) = writer {
         writer.abort();
@@ -364,31 +376,175 @@ async fn run_wt(
     })
 }
 
-/// Spawns the publishing task of a publisher; otherwise hands the write half back to be
-/// kept alive.
+/// Spawns the publishing task of a publisher; otherwise hands the outlet back to be kept
+/// alive.
 fn spawn_publisher<W: AsyncWrite + Unpin + Send + 'static>(
     run: &Arc<Run>,
     idx: usize,
     publisher: bool,
-    wr: W,
-    framing: Framing,
-) -> (Option<W>, Option<tokio::task::JoinHandle<()>>) {
+    outlet: Outlet<W>,
+) -> (Option<Outlet<W>>, Option<tokio::task::JoinHandle<()>>) {
     if publisher {
         let run = run.clone();
         let handle = tokio::spawn(async move {
-            let mut wr = wr;
+            let mut outlet = outlet;
             // A publisher stops when its connection fails; the reader reports that.
-            let _ = publish(&run, idx, &mut wr, framing).await;
+            let _ = publish(&run, idx, &mut outlet).await;
             // Dropping the write half would close the connection while its last messages
             // are still being delivered to it: hold it until the reader, once done, aborts
             // this task.
             std::future::pending::<()>().await;
-            drop(wr);
+            drop(outlet);
         });
         (None, Some(handle))
     } else {
-        (Some(wr), None)
+        (Some(outlet), None)
     }
+}
+
+/// Client `idx` over Server-Sent Events: opens the stream, reads its `session` event for
+/// where to post, posts its join there (on a connection of its own, closed after it), then
+/// reads the stream. A publisher posts its sends on a keep-alive connection of its own.
+async fn run_sse(
+    run: &Arc<Run>,
+    idx: usize,
+    join: Option<&str>,
+    publisher: bool,
+    reader: &mut Reader,
+) -> io::Result<()> {
+    let target = run.target(idx);
+    let mut tcp = http::connect(target.http).await?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-store\r\n\r\n",
+        target.sse_path, target.http
+    );
+    tcp.write_all(request.as_bytes()).await?;
+    let mut raw = ReadBuf::new(run.plan.read_buffer);
+    let head = loop {
+        if let Some(head) = http::parse_head(raw.data())? {
+            break head;
+        }
+        let n = tcp.read(raw.space(None)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        raw.end += n;
+    };
+    if head.status != 200 {
+        return Err(io::Error::other(format!(
+            "GET {}: HTTP {}",
+            target.sse_path, head.status
+        )));
+    }
+    let mut events = match head.body {
+        http::Body::Chunked => http::EventStream::new(true),
+        http::Body::UntilClose => http::EventStream::new(false),
+        http::Body::Length(_) => return Err(io::Error::other("SSE: not a stream")),
+    };
+    raw.consume(head.len);
+    // The first event: `{"type":"session","post":"/wtchat/sse/ID"}`.
+    let post = loop {
+        let used = events.feed(raw.data())?;
+        raw.consume(used);
+        let mut session = None;
+        events.data_lines(|data| {
+            if session.is_none() {
+                session = Some(data.to_vec());
+            }
+        });
+        if let Some(session) = session {
+            break http::json_str(&session, "post")
+                .ok_or_else(|| io::Error::other("SSE: no session event first"))?;
+        }
+        if events.ended() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let n = tcp.read(raw.space(None)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        raw.end += n;
+    };
+    match join {
+        Some(join) => http::post_once(target.http, &post, format!("{join}\n").as_bytes()).await?,
+        None => reader.mark_ready(),
+    }
+    let writer = publisher.then(|| {
+        let poster = Poster::new(target.http, post);
+        spawn_publisher(run, idx, true, Outlet::<tokio::io::Sink>::Post(poster)).1
+    });
+    let result = read_sse(tcp, raw, events, reader).await;
+    if let Some(Some(writer)) = writer {
+        writer.abort();
+    }
+    result
+}
+
+/// Client `idx` over long polling: opens a session (`POST`), posts its join on the same
+/// keep-alive connection, then polls on it, each poll from the last frame it got, as the
+/// browser client does. A publisher posts its sends on a keep-alive connection of its own.
+async fn run_poll(
+    run: &Arc<Run>,
+    idx: usize,
+    join: Option<&str>,
+    publisher: bool,
+    reader: &mut Reader,
+) -> io::Result<()> {
+    let target = run.target(idx);
+    let host = target.http.to_string();
+    let mut tcp = http::connect(target.http).await?;
+    let mut request = Vec::with_capacity(512);
+    let mut response = Vec::new();
+    http::post_request(&mut request, &host, &target.poll_path, b"", false);
+    let (head, body) = http::exchange(&mut tcp, &request, &mut response).await?;
+    if head.status != 200 {
+        return Err(io::Error::other(format!(
+            "POST {}: HTTP {}",
+            target.poll_path, head.status
+        )));
+    }
+    let session = &response[body];
+    let (Some(post), Some(poll)) = (
+        http::json_str(session, "post"),
+        http::json_str(session, "poll"),
+    ) else {
+        return Err(io::Error::other("long polling: no session"));
+    };
+    if head.close {
+        tcp = http::connect(target.http).await?;
+    }
+    match join {
+        Some(join) => {
+            request.clear();
+            http::post_request(
+                &mut request,
+                &host,
+                &post,
+                format!("{join}\n").as_bytes(),
+                false,
+            );
+            let (head, _) = http::exchange(&mut tcp, &request, &mut response).await?;
+            if head.status != 204 && head.status != 202 {
+                return Err(io::Error::other(format!(
+                    "POST {post}: HTTP {}",
+                    head.status
+                )));
+            }
+            if head.close {
+                tcp = http::connect(target.http).await?;
+            }
+        }
+        None => reader.mark_ready(),
+    }
+    let writer = publisher.then(|| {
+        let poster = Poster::new(target.http, post);
+        spawn_publisher(run, idx, true, Outlet::<tokio::io::Sink>::Post(poster)).1
+    });
+    let result = read_poll(tcp, &poll, &host, reader).await;
+    if let Some(Some(writer)) = writer {
+        writer.abort();
+    }
+    result
 }
 
 /// A growable read buffer with a window of unconsumed bytes.
@@ -536,6 +692,111 @@ async fn read_lines(mut recv: wtransport::RecvStream, reader: &mut Reader) -> io
             buf.consume(pos + 1);
         }
         reader.end_batch();
+    }
+}
+
+/// Reads an event stream (SSE) until the run finishes or the stream ends: `raw` holds what
+/// was read past the head, `events` what was decoded and not handed out yet.
+async fn read_sse(
+    mut tcp: tokio::net::TcpStream,
+    mut raw: ReadBuf,
+    mut events: http::EventStream,
+    reader: &mut Reader,
+) -> io::Result<()> {
+    let mut phase = reader.run.phase.subscribe();
+    let mut first = true;
+    loop {
+        if !first {
+            let n = tokio::select! {
+                biased;
+                n = tcp.read(raw.space(None)) => n?,
+                _ = phase.changed() => {
+                    if *phase.borrow() == PHASE_FINISH {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            raw.end += n;
+        }
+        first = false;
+        let used = events.feed(raw.data())?;
+        raw.consume(used);
+        let now = reader.run.now_ns();
+        events.data_lines(|frame| reader.on_frame(frame, now));
+        reader.end_batch();
+        if events.ended() {
+            return Err(io::Error::other("the event stream ended"));
+        }
+    }
+}
+
+/// Polls (`GET poll?after=N`, on the keep-alive connection `tcp`) until the run finishes or
+/// the session is over; each answer's frames are handed out where they lie in the buffer.
+async fn read_poll(
+    mut tcp: tokio::net::TcpStream,
+    poll: &str,
+    host: &str,
+    reader: &mut Reader,
+) -> io::Result<()> {
+    use std::io::Write;
+    let mut phase = reader.run.phase.subscribe();
+    let mut buf = ReadBuf::new(reader.run.plan.read_buffer);
+    let mut request = Vec::with_capacity(poll.len() + host.len() + 64);
+    let mut after = 0u64;
+    loop {
+        request.clear();
+        let _ = write!(
+            request,
+            "GET {poll}?after={after} HTTP/1.1\r\nHost: {host}\r\n\r\n"
+        );
+        tcp.write_all(&request).await?;
+        // The whole answer: its head, then its body (the head says how long).
+        let mut need = None;
+        let (head, body_len) = loop {
+            if let Some(head) = http::parse_head(buf.data())? {
+                let http::Body::Length(len) = head.body else {
+                    return Err(io::Error::other("poll: an answer without a length"));
+                };
+                if buf.data().len() >= head.len + len {
+                    break (head, len);
+                }
+                need = Some(head.len + len);
+            }
+            let n = tokio::select! {
+                biased;
+                n = tcp.read(buf.space(need)) => n?,
+                _ = phase.changed() => {
+                    if *phase.borrow() == PHASE_FINISH {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.end += n;
+        };
+        let now = reader.run.now_ns();
+        if head.status != 200 {
+            // 404: the session is over (after its `bye`, if it had one).
+            return Err(io::Error::other(format!(
+                "GET {poll}: HTTP {}",
+                head.status
+            )));
+        }
+        let body = &buf.data()[head.len..head.len + body_len];
+        after = http::poll_frames(body, |frame| reader.on_frame(frame, now))
+            .ok_or_else(|| io::Error::other("poll: not a poll answer"))?;
+        buf.consume(head.len + body_len);
+        reader.end_batch();
+        if head.close {
+            return Err(io::Error::other("poll: the server closed the connection"));
+        }
     }
 }
 
@@ -715,6 +976,33 @@ enum Framing {
     Lines,
 }
 
+/// Where a publisher's sends go.
+enum Outlet<W> {
+    /// Written on its connection (WebSocket frames, or WebTransport lines).
+    Stream(W, Framing),
+    /// Posted, one frame per line (SSE, long polling).
+    Post(Poster),
+}
+
+impl<W: AsyncWrite + Unpin> Outlet<W> {
+    fn framing(&self) -> Framing {
+        match self {
+            Outlet::Stream(_, framing) => *framing,
+            Outlet::Post(_) => Framing::Lines,
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Outlet::Stream(wr, _) => {
+                wr.write_all(bytes).await?;
+                wr.flush().await
+            }
+            Outlet::Post(poster) => poster.post(bytes).await,
+        }
+    }
+}
+
 thread_local! {
     /// Reused by `build_send`; never shared across an await.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -750,8 +1038,7 @@ fn build_send(out: &mut Vec<u8>, room: &str, m: Marker, pad: usize, framing: Fra
 async fn publish<W: AsyncWrite + Unpin>(
     run: &Run,
     idx: usize,
-    wr: &mut W,
-    framing: Framing,
+    outlet: &mut Outlet<W>,
 ) -> io::Result<()> {
     let mut phase = run.phase.subscribe();
     while *phase.borrow_and_update() < PHASE_SEND {
@@ -762,8 +1049,15 @@ async fn publish<W: AsyncWrite + Unpin>(
     let plan = &run.plan;
     let stat = &run.clients[idx];
     let publisher = idx as u32;
+    let framing = outlet.framing();
+    // A post takes a round trip, during which the next sends may fall due: those go together
+    // in the next post (as the browser client's do), each with its own intended time. On a
+    // stream each is written on its own, as soon as it is due.
+    let catch_up = matches!(outlet, Outlet::Post(_));
     let mut counter = 0u64;
     let mut out = Vec::with_capacity(4096);
+    // The send time of each message of this turn.
+    let mut due: Vec<u64> = Vec::with_capacity(plan.window as usize);
     // Rate mode: each publisher sends every `period`, the publishers evenly staggered.
     let period =
         (plan.rate > 0.0).then(|| Duration::from_secs_f64(plan.publishers as f64 / plan.rate));
@@ -775,21 +1069,24 @@ async fn publish<W: AsyncWrite + Unpin>(
         if run.phase() >= PHASE_STOP {
             return Ok(());
         }
-        let (count, sent_ns) = match period {
+        due.clear();
+        match period {
             Some(period) => {
                 tokio::time::sleep_until(next).await;
                 if run.phase() >= PHASE_STOP {
                     return Ok(());
                 }
-                // The intended send time, not the actual one: a late tool must show up as
-                // latency, not hide it (coordinated omission).
-                let intended = run.now_ns().saturating_sub(
-                    tokio::time::Instant::now()
-                        .saturating_duration_since(next)
-                        .as_nanos() as u64,
-                );
-                next += period;
-                (1, intended)
+                let (now, now_ns) = (tokio::time::Instant::now(), run.now_ns());
+                loop {
+                    // The intended send time, not the actual one: a late tool must show up
+                    // as latency, not hide it (coordinated omission).
+                    let late = now.saturating_duration_since(next).as_nanos() as u64;
+                    due.push(now_ns.saturating_sub(late));
+                    next += period;
+                    if !catch_up || next > now || due.len() >= http::MAX_FRAMES_PER_POST {
+                        break;
+                    }
+                }
             }
             None => {
                 let outstanding = loop {
@@ -817,11 +1114,11 @@ async fn publish<W: AsyncWrite + Unpin>(
                             .fetch_add(stalled.elapsed().as_nanos() as u64, Relaxed);
                     }
                 }
-                (plan.window - outstanding, run.now_ns())
+                due.resize((plan.window - outstanding) as usize, run.now_ns());
             }
-        };
+        }
         out.clear();
-        for _ in 0..count {
+        for &sent_ns in &due {
             let m = Marker {
                 sent_ns,
                 publisher,
@@ -831,10 +1128,9 @@ async fn publish<W: AsyncWrite + Unpin>(
             build_send(&mut out, &plan.room, m, plan.pad, framing);
             counter += 1;
         }
-        wr.write_all(&out).await?;
-        wr.flush().await?;
+        outlet.send(&out).await?;
         stat.sent.store(counter, Relaxed);
-        run.sent_total.fetch_add(count, Relaxed);
+        run.sent_total.fetch_add(due.len() as u64, Relaxed);
     }
 }
 

@@ -23,8 +23,8 @@ use serde::Serialize;
 
 use crate::client::{self, Plan, Run};
 use crate::{
-    Common, Snapshot, TransportArg, budgets, check_limits, check_server_limits, collect,
-    connect_all, early_errors, fetch_configs, labelled, mib, opt, procfs,
+    Common, Snapshot, budgets, check_limits, check_server_limits, collect, connect_all,
+    early_errors, fetch_configs, labelled, mib, opt, procfs,
 };
 
 #[derive(Args, Clone)]
@@ -234,11 +234,7 @@ pub async fn join(args: JoinArgs) -> Result<JoinReport, String> {
     Ok(JoinReport {
         scenario: "join",
         label: common.label.clone(),
-        transport: match common.transport {
-            TransportArg::Ws => "ws",
-            TransportArg::Wt => "wt",
-            TransportArg::Mix => "mix",
-        },
+        transport: common.transport.name(),
         clients: n,
         rooms: args.rooms_name(),
         threads: common.threads,

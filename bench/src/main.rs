@@ -1,10 +1,11 @@
-//! `wtchat-bench`: the load tool of wtchat. It speaks wtchat's own protocol over WebSocket
-//! and WebTransport and measures what a chat server is chosen for: how many users one
-//! machine carries, how fast a message reaches all of them, and at what cost in server CPU
-//! and memory.
+//! `wtchat-bench`: the load tool of wtchat. It speaks wtchat's own protocol over WebSocket,
+//! WebTransport, Server-Sent Events and long polling, and measures what a chat server is
+//! chosen for: how many users one machine carries, how fast a message reaches all of them,
+//! and at what cost in server CPU and memory.
 //!
-//! - `fanout`: N clients join one room (over WebSocket, WebTransport or a mix); the first P
-//!   of them also publish, at a fixed total rate or as fast as acknowledgements allow, for D
+//! - `fanout`: N clients join one room (over WebSocket, WebTransport, a mix of both, SSE or
+//!   long polling: those post their frames, as the browser client does); the first P of
+//!   them also publish, at a fixed total rate or as fast as acknowledgements allow, for D
 //!   seconds. Every message carries its send time, publisher and number in its text
 //!   (`t=<ns>;p=<publisher>;n=<counter>`), so each receiver measures end-to-end latency and
 //!   counts lost and duplicated messages; every send carries a client id
@@ -32,9 +33,9 @@
 //! ```
 //!
 //! The tool shares the machine with the server, so it is built to be cheap per message:
-//! one tokio runtime, raw WebSocket frames read a buffer at a time, frames inspected by byte
-//! search instead of a JSON parse, one clock reading per read call, latencies recorded into
-//! one histogram per worker thread.
+//! one tokio runtime, raw WebSocket frames (or an event stream's chunks, or a poll's answer)
+//! read a buffer at a time, frames inspected by byte search instead of a JSON parse, one
+//! clock reading per read call, latencies recorded into one histogram per worker thread.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -50,6 +51,7 @@ use tokio::net::TcpStream;
 
 mod account;
 mod client;
+mod http;
 mod join;
 mod procfs;
 mod summary;
@@ -61,7 +63,7 @@ use client::{ClientResult, Plan, Run, Target, Transport};
 #[derive(Parser)]
 #[command(
     name = "wtchat-bench",
-    about = "Load tool for wtchat: room fan-out, idle connections and join storms over WebSocket and WebTransport"
+    about = "Load tool for wtchat: room fan-out, idle connections and join storms over WebSocket, WebTransport, Server-Sent Events and long polling"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -89,6 +91,23 @@ enum TransportArg {
     Ws,
     Wt,
     Mix,
+    /// Server-Sent Events: frames down one streamed response, up as posts.
+    Sse,
+    /// Long polling: frames down as held `GET`s' answers, up as posts.
+    Poll,
+}
+
+impl TransportArg {
+    /// As the JSON lines name it.
+    fn name(self) -> &'static str {
+        match self {
+            TransportArg::Ws => "ws",
+            TransportArg::Wt => "wt",
+            TransportArg::Mix => "mix",
+            TransportArg::Sse => "sse",
+            TransportArg::Poll => "poll",
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -186,6 +205,11 @@ struct FanoutArgs {
     /// invocation): `summary` prints the ratios of the main figures' medians to its.
     #[arg(long)]
     versus: Option<String>,
+    /// With `--transport sse` or `poll`: the publishers connect over WebSocket instead of
+    /// posting their sends, so that the figures are those of delivering to SSE or polling
+    /// members, without the posts' cost.
+    #[arg(long)]
+    ws_publishers: bool,
 }
 
 #[derive(Args, Clone)]
@@ -202,6 +226,10 @@ struct IdleArgs {
     /// Seconds to hold the connections quiet before reading the server's memory.
     #[arg(long, default_value_t = 2.0)]
     settle: f64,
+    /// The label of this run's twin (the same connections over another transport, run in
+    /// the same invocation): `summary` prints the ratios of the memory and CPU figures.
+    #[arg(long)]
+    versus: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -328,11 +356,21 @@ async fn fetch_config(http: SocketAddr) -> Result<Target, String> {
         .flatten()
         .filter_map(|h| h["value"].as_str().and_then(parse_hex32))
         .collect();
+    // Where SSE and long polling are (a server without them has no such keys: then the
+    // paths they would have, and a 404 says the rest).
+    let path = |key: &str, default: &str| {
+        config[key]
+            .as_str()
+            .map_or(default, http::path_of)
+            .to_string()
+    };
     Ok(Target {
         http,
         ws_url: text("websocket")?,
         wt_url: text("webtransport")?,
         wt_hashes,
+        sse_path: path("sse", "/wtchat/sse"),
+        poll_path: path("poll", "/wtchat/poll"),
     })
 }
 
@@ -367,6 +405,8 @@ fn transport_of(common: &Common, i: usize) -> Transport {
     match common.transport {
         TransportArg::Ws => Transport::Ws,
         TransportArg::Wt => Transport::Wt,
+        TransportArg::Sse => Transport::Sse,
+        TransportArg::Poll => Transport::Poll,
         TransportArg::Mix => {
             // Client i is on WebSocket when the running share crosses an integer: the
             // fraction is met exactly, and evenly spread (publishers included).
@@ -411,9 +451,19 @@ async fn connect_all(
     common: &Common,
     n: usize,
 ) -> (Vec<tokio::task::JoinHandle<ClientResult>>, Duration) {
+    connect_all_with(run, common, n, |i| transport_of(common, i)).await
+}
+
+/// [`connect_all`], client `i` over `transport(i)`.
+async fn connect_all_with(
+    run: &Arc<Run>,
+    common: &Common,
+    n: usize,
+    transport: impl Fn(usize) -> Transport,
+) -> (Vec<tokio::task::JoinHandle<ClientResult>>, Duration) {
     let started = Instant::now();
     let handles = (0..n)
-        .map(|i| tokio::spawn(client::client(run.clone(), i, transport_of(common, i))))
+        .map(|i| tokio::spawn(client::client(run.clone(), i, transport(i))))
         .collect();
     let deadline = started + Duration::from_secs_f64(common.connect_timeout);
     while run.ready.load(Relaxed) + run.failed.load(Relaxed) < n && Instant::now() < deadline {
@@ -593,6 +643,11 @@ struct FanoutReport {
     subscribers: usize,
     ws_clients: usize,
     wt_clients: usize,
+    /// Written only when there are some (older lines have neither).
+    #[serde(skip_serializing_if = "is_zero")]
+    sse_clients: usize,
+    #[serde(skip_serializing_if = "is_zero")]
+    poll_clients: usize,
     publishers: usize,
     /// 0: full speed.
     rate: f64,
@@ -678,6 +733,10 @@ fn is_one(n: &usize) -> bool {
     *n == 1
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
     let common = &args.common;
     let n = common.subscribers;
@@ -720,7 +779,16 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
 
     // Connect and join.
     let cpu_before = procfs::cpu_time_sum(pids);
-    let (handles, connect_time) = connect_all(&run, common, n).await;
+    let publishers_ws =
+        args.ws_publishers && matches!(common.transport, TransportArg::Sse | TransportArg::Poll);
+    let (handles, connect_time) = connect_all_with(&run, common, n, |i| {
+        if publishers_ws && i < args.publishers {
+            Transport::Ws
+        } else {
+            transport_of(common, i)
+        }
+    })
+    .await;
     let cpu_connected = procfs::cpu_time_sum(pids);
     let connected = run.ready.load(Relaxed);
     if connected < args.publishers.max(1) {
@@ -788,11 +856,13 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
     // Account.
     let (mut lost, mut duplicated, mut received, mut out_of_order, mut members) = (0, 0, 0, 0, 0);
     let mut closed_early = 0;
-    let (mut ws_clients, mut wt_clients) = (0, 0);
+    let (mut ws_clients, mut wt_clients, mut sse_clients, mut poll_clients) = (0, 0, 0, 0);
     for r in &results {
         match r.transport {
             Transport::Ws => ws_clients += 1,
             Transport::Wt => wt_clients += 1,
+            Transport::Sse => sse_clients += 1,
+            Transport::Poll => poll_clients += 1,
         }
         if let Some(mut tally) = r.tally.clone() {
             members += 1;
@@ -860,14 +930,12 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
     Ok(FanoutReport {
         scenario: "fanout",
         label: common.label.clone(),
-        transport: match common.transport {
-            TransportArg::Ws => "ws",
-            TransportArg::Wt => "wt",
-            TransportArg::Mix => "mix",
-        },
+        transport: common.transport.name(),
         subscribers: n,
         ws_clients,
         wt_clients,
+        sse_clients,
+        poll_clients,
         publishers: args.publishers,
         rate: args.rate,
         window: args.window,
@@ -1048,13 +1116,22 @@ impl FanoutReport {
         } else {
             String::new()
         };
+        let kinds: Vec<String> = [
+            (self.ws_clients, "ws"),
+            (self.wt_clients, "wt"),
+            (self.sse_clients, "sse"),
+            (self.poll_clients, "poll"),
+        ]
+        .iter()
+        .filter(|(n, kind)| *n > 0 || *kind == "ws" || *kind == "wt")
+        .map(|(n, kind)| format!("{n} {kind}"))
+        .collect();
         row(
             "fan-out",
             format!(
-                "{} clients ({} ws, {} wt){nodes}, {} publishers, {mode}, {:.1} s{}",
+                "{} clients ({}){nodes}, {} publishers, {mode}, {:.1} s{}",
                 self.subscribers,
-                self.ws_clients,
-                self.wt_clients,
+                kinds.join(", "),
                 self.publishers,
                 self.duration_s,
                 labelled(&self.label)
@@ -1189,6 +1266,9 @@ struct IdleReport {
     /// CPU use while the connections sit idle (100 = one core): the server's, the tool's.
     server_idle_cpu_pct: Option<f64>,
     tool_idle_cpu_pct: Option<f64>,
+    /// `--versus`: the label whose medians `summary` compares this run's with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    versus: Option<String>,
     budget: Vec<String>,
 }
 
@@ -1256,11 +1336,7 @@ async fn idle(args: IdleArgs) -> Result<IdleReport, String> {
     Ok(IdleReport {
         scenario: "idle",
         label: common.label.clone(),
-        transport: match common.transport {
-            TransportArg::Ws => "ws",
-            TransportArg::Wt => "wt",
-            TransportArg::Mix => "mix",
-        },
+        transport: common.transport.name(),
         connections: connected,
         joined: !args.no_join,
         room_size: args.room_size,
@@ -1277,6 +1353,7 @@ async fn idle(args: IdleArgs) -> Result<IdleReport, String> {
         closed_early,
         server_idle_cpu_pct,
         tool_idle_cpu_pct,
+        versus: args.versus.clone(),
         budget: budgets(common)?,
     })
 }
@@ -1389,6 +1466,8 @@ mod tests {
             ws_url: String::new(),
             wt_url: String::new(),
             wt_hashes: Vec::new(),
+            sse_path: String::new(),
+            poll_path: String::new(),
         };
         let plan = Plan {
             room: "r".into(),

@@ -176,6 +176,12 @@ const VERSUS: &[(&str, &str)] = &[
     ("ack_latency_us.p50", "send to ack p50"),
 ];
 
+/// The same for an idle run's `--versus`.
+const VERSUS_IDLE: &[(&str, &str)] = &[
+    ("bytes_per_connection", "memory per connection"),
+    ("server_cpu_per_connect_us", "CPU per connect"),
+];
+
 /// One `--budget`: a bound on the median of a figure, or on its ratio to the median of the
 /// same figure in another label's runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -362,15 +368,18 @@ pub fn render(runs: &[Value]) -> (String, bool) {
             )
         } else {
             let rate = first["rate"].as_f64().unwrap_or(0.0);
+            // SSE or polling members with WebSocket publishers (`--ws-publishers`).
+            let publishers_ws = matches!(transport, "sse" | "poll")
+                && first["ws_clients"].as_u64().is_some_and(|n| n > 0);
             format!(
-                "{} {} clients{}, {} publishers, {}",
+                "{} {transport} clients{}, {} publishers{}, {}",
                 first["subscribers"],
-                first["transport"].as_str().unwrap_or("?"),
                 // Written only when the clients were spread over several servers.
                 first["nodes"]
                     .as_u64()
                     .map_or(String::new(), |n| format!(" over {n} nodes")),
                 first["publishers"],
+                if publishers_ws { " over ws" } else { "" },
                 if rate > 0.0 {
                     format!("{rate} msgs/s in total")
                 } else {
@@ -478,7 +487,12 @@ fn versus_line(
     let Some(twin) = groups.get(versus) else {
         return format!("  {label} ÷ {versus}: no runs of {versus} here");
     };
-    let figures: Vec<String> = VERSUS
+    let compared = if runs.first().is_some_and(|r| r["scenario"] == "idle") {
+        VERSUS_IDLE
+    } else {
+        VERSUS
+    };
+    let figures: Vec<String> = compared
         .iter()
         .filter_map(|&(path, name)| {
             let (m, base) = (median_of(runs, path)?, median_of(twin, path)?);
