@@ -13,11 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tower_service::Service as _;
 
 use crate::chat::{Chat, StartError};
 use crate::config::Config;
@@ -128,9 +130,14 @@ async fn serve_http(
             continue;
         };
         tune(&tcp);
-        // The peer's address, as the WebSocket upgrade reads it (`ConnectInfo`).
-        let service =
-            TowerToHyperService::new(router.clone().layer(axum::Extension(ConnectInfo(peer))));
+        // The peer's address, as the transports read it (`ConnectInfo`), put in each
+        // request: layered onto a copy of the router it would rebuild the routes for every
+        // connection, and an SSE or long-polling connection would keep them (~6 KiB).
+        let router = router.clone();
+        let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().call(request)
+        });
         let stopping = stopping.clone();
         connections.spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()

@@ -91,19 +91,23 @@ pub(crate) struct SessionContext {
 }
 
 /// Identifies a new connection (when the server identifies connections: `request` is what
-/// the client sent), then runs it. A refused connection gets `bye` 4401 with the reason:
+/// the client sent), then runs it until the client leaves, breaks the protocol, is too
+/// slow, or the server shuts down. `id` is the connection's id (from [`Hub::next_id`]). A refused connection gets `bye` 4401 with the reason:
 /// browsers see no HTTP status from a failed WebSocket or WebTransport handshake, so the
 /// reason has to travel in-band.
 pub(crate) async fn start(
     ctx: &SessionContext,
     id: u64,
     transport: Transport,
-    request: Option<ConnectRequest>,
+    // Boxed: a future keeps its arguments for its whole life (the request is read once).
+    request: Option<Box<ConnectRequest>>,
     mut reader: impl FrameReader,
     mut writer: impl FrameWriter,
 ) {
     let identity = match request {
-        Some(request) => match ctx.auth.identify(request).await {
+        // Boxed, like every await that happens once per connection (identifying it, its
+        // last words): their state inline would enlarge every session's future for good.
+        Some(request) => match Box::pin(ctx.auth.identify(*request)).await {
             Ok(identity) => Some(identity),
             Err(refusal) => {
                 tracing::info!(
@@ -117,53 +121,14 @@ pub(crate) async fn start(
                     CloseCode::Unauthorized,
                     Some(refusal.message()),
                 );
-                let _ = tokio::time::timeout(ctx.close_grace, goodbye).await;
+                let _ = Box::pin(tokio::time::timeout(ctx.close_grace, goodbye)).await;
                 return;
             }
         },
         None => None,
     };
-    run(ctx, id, transport, identity, reader, writer).await;
-}
-
-/// Writes `batch`, then `bye`, then closes with `code`, then waits (at most [`LINGER`]) for
-/// the client to close its side: dropping a TCP socket with unread input resets it, and the
-/// reset can destroy the close frame just sent. The caller bounds the writing with
-/// `close_grace`.
-async fn goodbye(
-    reader: &mut impl FrameReader,
-    writer: &mut impl FrameWriter,
-    mut batch: Vec<Outbound>,
-    code: CloseCode,
-    message: Option<&str>,
-) {
-    batch.push(Outbound {
-        frame: protocol::encode(&ServerFrame::Bye {
-            code: code.code(),
-            reason: code.reason(),
-            reconnect: code.reconnect(),
-            message,
-        }),
-        kind: Kind::Frame,
-    });
-    if writer.send(&batch).await.is_ok() {
-        writer.close(code).await;
-        let client_closed =
-            async { while !matches!(reader.next().await, Inbound::Closed | Inbound::Fatal(_)) {} };
-        let _ = tokio::time::timeout(LINGER, client_closed).await;
-    }
-}
-
-/// Runs one connection until the client leaves, breaks the protocol, is too slow, or the
-/// server shuts down. `id` is the connection's id (from [`Hub::next_id`]).
-async fn run(
-    ctx: &SessionContext,
-    id: u64,
-    transport: Transport,
-    identity: Option<Identity>,
-    mut reader: impl FrameReader,
-    mut writer: impl FrameWriter,
-) {
+    // The rest is here, not in a function of its own: the reader and writer would be held
+    // twice (as this future's arguments and the callee's), for the connection's life.
     let metrics = ctx.hub.metrics();
     let stats = metrics.opened(id, transport);
     let started = Instant::now();
@@ -186,26 +151,24 @@ async fn run(
         ),
     };
     let mut batch = Vec::new();
-    // This session's moment to go, once the server shuts down: spread over the drain
-    // window, so that its clients do not all reconnect to the other nodes at once.
-    let shutdown = async {
-        ctx.shutdown.cancelled().await;
-        if !ctx.drain_window.is_zero() {
-            let share = u64::from_le_bytes(random_bytes::<8>()) as f64 / u64::MAX as f64;
-            tokio::time::sleep(ctx.drain_window.mul_f64(share)).await;
-        }
-    };
-    tokio::pin!(shutdown);
     // One timer per session, re-armed only when it fires: hearing from the client only
-    // moves `last_heard`, which costs a clock read, not a timer update.
+    // moves `last_heard`, which costs a clock read, not a timer update. It also marks this
+    // session's moment to go once the server shuts down (`leaving`): a random moment within
+    // the drain window, so that its clients do not all reconnect to the other nodes at once.
     let mut last_heard = Instant::now();
+    let mut leaving: Option<Instant> = None;
     let idle = tokio::time::sleep(ctx.idle_timeout);
     tokio::pin!(idle);
     let end = loop {
         tokio::select! {
             biased;
             code = closing.wait() => break Some(code),
-            () = &mut shutdown => break Some(CloseCode::Shutdown),
+            () = ctx.shutdown.cancelled(), if leaving.is_none() => {
+                let share = u64::from_le_bytes(random_bytes::<8>()) as f64 / u64::MAX as f64;
+                let at = Instant::now() + ctx.drain_window.mul_f64(share);
+                leaving = Some(at);
+                idle.as_mut().reset(at.min(last_heard + ctx.idle_timeout).into());
+            }
             left = inbox.recv_many(&mut batch, BATCH) => {
                 stats.sending(&batch, left);
                 // A client that stops reading blocks this write; it must not stop the
@@ -213,7 +176,7 @@ async fn run(
                 let written = tokio::select! {
                     biased;
                     code = closing.wait() => Err(Some(code)),
-                    () = &mut shutdown => Err(Some(CloseCode::Shutdown)),
+                    () = gone_at(leaving) => Err(Some(CloseCode::Shutdown)),
                     result = writer.send(&batch) => result.map_err(|_| None),
                 };
                 batch.clear();
@@ -253,17 +216,25 @@ async fn run(
             // Last: polled only when nothing else is ready, so that a busy session pays
             // nothing for it (a client that vanished in a busy room is cut off as too slow).
             () = &mut idle => {
+                let now = Instant::now();
+                if leaving.is_some_and(|at| now >= at) {
+                    break Some(CloseCode::Shutdown);
+                }
                 let due = last_heard + ctx.idle_timeout;
-                if Instant::now() >= due {
+                if now >= due {
                     break Some(CloseCode::IdleTimeout);
                 }
-                idle.as_mut().reset(due.into());
+                idle.as_mut().reset(leaving.map_or(due, |at| at.min(due)).into());
             }
         }
     };
     if end.is_none() {
         // The client closed (or vanished): answer its close, briefly.
-        let _ = tokio::time::timeout(LINGER, writer.close(CloseCode::Normal)).await;
+        let _ = Box::pin(tokio::time::timeout(
+            LINGER,
+            writer.close(CloseCode::Normal),
+        ))
+        .await;
     }
     session.leave_all();
     metrics.closed(id, end);
@@ -278,7 +249,44 @@ async fn run(
         // because a client that stopped reading would otherwise hold us forever.
         inbox.drain_now(&mut batch);
         let goodbye = goodbye(&mut reader, &mut writer, batch, code, None);
-        let _ = tokio::time::timeout(ctx.close_grace, goodbye).await;
+        let _ = Box::pin(tokio::time::timeout(ctx.close_grace, goodbye)).await;
+    }
+}
+
+/// Writes `batch`, then `bye`, then closes with `code`, then waits (at most [`LINGER`]) for
+/// the client to close its side: dropping a TCP socket with unread input resets it, and the
+/// reset can destroy the close frame just sent. The caller bounds the writing with
+/// `close_grace`.
+async fn goodbye(
+    reader: &mut impl FrameReader,
+    writer: &mut impl FrameWriter,
+    mut batch: Vec<Outbound>,
+    code: CloseCode,
+    message: Option<&str>,
+) {
+    batch.push(Outbound {
+        frame: protocol::encode(&ServerFrame::Bye {
+            code: code.code(),
+            reason: code.reason(),
+            reconnect: code.reconnect(),
+            message,
+        }),
+        kind: Kind::Frame,
+    });
+    if writer.send(&batch).await.is_ok() {
+        writer.close(code).await;
+        let client_closed =
+            async { while !matches!(reader.next().await, Inbound::Closed | Inbound::Fatal(_)) {} };
+        let _ = tokio::time::timeout(LINGER, client_closed).await;
+    }
+}
+
+/// Resolves at `leaving` (never, while the server is not shutting down): a write stuck on
+/// a client that stopped reading must not keep the session past its moment to go.
+async fn gone_at(leaving: Option<Instant>) {
+    match leaving {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -339,7 +347,7 @@ impl Session<'_> {
             return;
         }
         match protocol::decode(bytes) {
-            Ok(ClientFrame::Typing { .. }) | Err(_) => self.handle(bytes).await,
+            Ok(ClientFrame::Typing { .. }) | Err(_) => Box::pin(self.handle(bytes)).await,
             Ok(frame) => {
                 if !self.rate.allow() {
                     return;
@@ -382,16 +390,27 @@ impl Session<'_> {
                 epoch,
                 key,
             } => {
-                self.join(
+                // Boxed: a join is rare, and its state inline would be part of every
+                // session's future for its whole life (idle connections pay for it).
+                Box::pin(self.join(
                     &room,
                     name.as_deref(),
                     key.as_deref(),
                     Resume { since, epoch },
-                )
+                ))
                 .await
             }
             ClientFrame::Leave { room } => self.leave(&room),
-            ClientFrame::Send { room, text, id } => self.send(&room, &text, id.as_deref()).await,
+            ClientFrame::Send { room, text, id } => {
+                let id = id.as_deref();
+                if self.ctx.message_webhook.is_some() {
+                    // Boxed: the backend's answer is awaited, and that state inline would
+                    // be part of every session's future, webhook or not.
+                    Box::pin(self.send_through_webhook(&room, &text, id)).await;
+                } else if let Some(joined) = self.accepts(&room, &text, id) {
+                    self.publish(joined, &text, id);
+                }
+            }
             ClientFrame::Typing { room } => match self.joined(&room) {
                 Some(j) => j.room.typing(&j.me),
                 None => self.not_joined(&room, None),
@@ -532,12 +551,16 @@ impl Session<'_> {
             .push(protocol::encode(&ServerFrame::Left { room }));
     }
 
-    async fn send(&mut self, room: &str, text: &str, id: Option<&str>) {
+    /// The room a `send` goes to, if the message passes the limits and the host's message
+    /// hook; else the sender is told why, and None.
+    fn accepts(&self, room: &str, text: &str, id: Option<&str>) -> Option<&Joined> {
         let Some(joined) = self.joined(room) else {
-            return self.not_joined(room, id);
+            self.not_joined(room, id);
+            return None;
         };
         if let Err((code, msg)) = self.ctx.limits.check_message(text, id) {
-            return self.error(code, msg, Some(room), id);
+            self.error(code, msg, Some(room), id);
+            return None;
         }
         if let Some(hook) = &self.ctx.on_message {
             let event = MessageEvent {
@@ -547,22 +570,32 @@ impl Session<'_> {
                 text,
             };
             if let Err(refusal) = hook(&event) {
-                return self.error(ErrorCode::Rejected, refusal.message(), Some(room), id);
+                self.error(ErrorCode::Rejected, refusal.message(), Some(room), id);
+                return None;
             }
         }
-        // This session reads and writes nothing while the backend decides (at most the
-        // webhook timeout): its messages keep their order, and other sessions go on.
-        let verdict = match &self.ctx.message_webhook {
-            Some(webhook) => webhook.check(room, &joined.me, text, id).await,
-            None => Verdict::Accept,
+        Some(joined)
+    }
+
+    /// A `send` when the host has a message webhook: accepted here, then by the backend
+    /// (which may rewrite it). This session reads and writes nothing while the backend
+    /// decides (at most the webhook timeout): its messages keep their order, and other
+    /// sessions go on.
+    async fn send_through_webhook(&self, room: &str, text: &str, id: Option<&str>) {
+        let (Some(joined), Some(webhook)) =
+            (self.accepts(room, text, id), &self.ctx.message_webhook)
+        else {
+            return;
         };
-        let text = match &verdict {
-            Verdict::Accept => text,
-            Verdict::Rewrite(rewritten) => rewritten,
-            Verdict::Reject(reason) => {
-                return self.error(ErrorCode::Rejected, reason, Some(room), id);
-            }
-        };
+        let verdict = webhook.check(room, &joined.me, text, id).await;
+        match &verdict {
+            Verdict::Accept => self.publish(joined, text, id),
+            Verdict::Rewrite(rewritten) => self.publish(joined, rewritten, id),
+            Verdict::Reject(reason) => self.error(ErrorCode::Rejected, reason, Some(room), id),
+        }
+    }
+
+    fn publish(&self, joined: &Joined, text: &str, id: Option<&str>) {
         joined.room.publish(&joined.me, text, id);
         self.ctx.hub.keep_history_budget();
     }
@@ -655,5 +688,47 @@ mod tests {
         assert_eq!((0..20).filter(|_| rate.allow()).count(), 5);
         rate.last -= Duration::from_millis(300);
         assert_eq!((0..20).filter(|_| rate.allow()).count(), 3);
+    }
+
+    struct Reader;
+    impl FrameReader for Reader {
+        async fn next(&mut self) -> Inbound {
+            std::future::pending().await
+        }
+    }
+    struct Writer;
+    impl FrameWriter for Writer {
+        async fn send(&mut self, _batch: &[Outbound]) -> io::Result<()> {
+            Ok(())
+        }
+        async fn close(&mut self, _code: CloseCode) {}
+    }
+
+    /// Every idle connection holds its session's future: what is awaited once (a join, a
+    /// webhook, identifying it, its last words) is boxed, so that it is not part of it.
+    /// The figure was 1768 bytes before they were; past this bound, look for an await
+    /// that inlined a large future.
+    #[test]
+    fn a_sessions_future_stays_small() {
+        let hub = Hub::new(
+            crate::hub::HubConfig::default(),
+            crate::engine::Store::Memory,
+            Arc::default(),
+        )
+        .unwrap();
+        let ctx = SessionContext {
+            hub,
+            limits: Arc::new(Limits::default()),
+            shutdown: CancellationToken::new(),
+            drain_window: Duration::ZERO,
+            close_grace: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(60),
+            auth: Arc::new(Authenticator::new(None, None)),
+            on_message: None,
+            message_webhook: None,
+        };
+        let session = start(&ctx, 1, Transport::WebSocket, None, Reader, Writer);
+        let size = std::mem::size_of_val(&session);
+        assert!(size <= 1100, "a session's future is {size} bytes");
     }
 }

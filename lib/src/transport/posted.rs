@@ -165,7 +165,15 @@ pub(crate) fn run(
                 inbox,
                 gone: Some(Box::pin(gone)),
             };
-            session::start(&ctx.session, id, transport, connect, reader, writer).await;
+            session::start(
+                &ctx.session,
+                id,
+                transport,
+                connect.map(Box::new),
+                reader,
+                writer,
+            )
+            .await;
             ctx.posted.open.lock().unwrap().remove(&key);
         }
         .instrument(span),

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,11 +40,25 @@ use crate::session::{FrameWriter, Inbound};
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// Where a connection is, as its events' ids carry it.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone)]
 struct Position {
     /// room → (epoch, last seq).
-    #[serde(rename = "r")]
     rooms: BTreeMap<String, (u64, u64)>,
+    key: Option<String>,
+    name: Option<String>,
+    /// The encoded part of the id that messages do not move (see [`Fixed`]); None when a
+    /// join or a leave changed it.
+    fixed: Option<String>,
+}
+
+/// What an id says besides the rooms' numbers: the rooms (in order) with their epochs, the
+/// key and the name. JSON in base64url; the numbers follow it in decimal, one per room,
+/// each after a `.` (base64url has none): `FIXED.12.7`. Only the numbers are written for
+/// each event, not the whole position for each recipient.
+#[derive(Serialize, Deserialize)]
+struct Fixed {
+    #[serde(rename = "r")]
+    rooms: Vec<(String, u64)>,
     #[serde(rename = "k", skip_serializing_if = "Option::is_none")]
     key: Option<String>,
     #[serde(rename = "n", skip_serializing_if = "Option::is_none")]
@@ -51,16 +66,49 @@ struct Position {
 }
 
 impl Position {
-    fn encode(&self) -> String {
-        let json = serde_json::to_vec(self).expect("serializable");
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    fn encode(&mut self) -> String {
+        let fixed = self.fixed.get_or_insert_with(|| {
+            let fixed = Fixed {
+                rooms: self
+                    .rooms
+                    .iter()
+                    .map(|(room, (epoch, _))| (room.clone(), *epoch))
+                    .collect(),
+                key: self.key.clone(),
+                name: self.name.clone(),
+            };
+            let json = serde_json::to_vec(&fixed).expect("serializable");
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        });
+        let mut id = String::with_capacity(fixed.len() + 8 * self.rooms.len());
+        id.push_str(fixed);
+        for (_, seq) in self.rooms.values() {
+            let _ = write!(id, ".{seq}");
+        }
+        id
     }
 
     fn decode(id: &str) -> Option<Position> {
+        let mut parts = id.trim().split('.');
         let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(id.trim())
+            .decode(parts.next()?)
             .ok()?;
-        serde_json::from_slice(&json).ok()
+        let fixed: Fixed = serde_json::from_slice(&json).ok()?;
+        let seqs: Vec<u64> = parts.map(str::parse).collect::<Result<_, _>>().ok()?;
+        if seqs.len() != fixed.rooms.len() {
+            return None;
+        }
+        Some(Position {
+            rooms: fixed
+                .rooms
+                .into_iter()
+                .zip(seqs)
+                .map(|((room, epoch), seq)| (room, (epoch, seq)))
+                .collect(),
+            key: fixed.key,
+            name: fixed.name,
+            fixed: None,
+        })
     }
 
     /// Follows a frame the connection is sent; whether it moved the position.
@@ -91,6 +139,11 @@ impl Position {
                 None => false,
             };
         }
+        // A room left is no longer where the connection is.
+        if let Some(room) = left_room(frame) {
+            self.fixed = None;
+            return self.rooms.remove(room).is_some();
+        }
         // Only frames that move a room's position are read.
         if !(frame.starts_with(br#"{"type":"joined""#)
             || frame.starts_with(br#"{"type":"message""#))
@@ -105,6 +158,7 @@ impl Position {
         };
         match seen.kind {
             "joined" => {
+                self.fixed = None;
                 self.rooms.insert(room, (seen.epoch.unwrap_or(0), seq));
                 if seen.key.is_some() {
                     self.key = seen.key;
@@ -139,6 +193,13 @@ impl Position {
             })
             .collect()
     }
+}
+
+/// The room of a `left` frame as `protocol::encode` writes it (`{"type":"left","room":"R"}`).
+fn left_room(frame: &[u8]) -> Option<&str> {
+    let rest = frame.strip_prefix(br#"{"type":"left","room":""#)?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    std::str::from_utf8(&rest[..end]).ok()
 }
 
 /// The room and number of a `message` frame as `protocol::encode` writes it
@@ -256,6 +317,36 @@ impl FrameWriter for SseWriter {
 mod tests {
     use super::*;
     use crate::protocol::{self, ServerFrame};
+
+    #[test]
+    fn an_id_says_where_the_connection_is_and_reads_back() {
+        let mut position = Position::default();
+        for frame in [
+            r#"{"type":"joined","room":"b","epoch":5,"seq":3,"key":"K","you":{"name":"ann"}}"#,
+            r#"{"type":"joined","room":"a","epoch":6,"seq":0}"#,
+            r#"{"type":"message","room":"b","seq":4,"from":"x","text":"hi","time":1}"#,
+            r#"{"type":"joined","room":"c","epoch":7,"seq":9}"#,
+            r#"{"type":"left","room":"c"}"#,
+        ] {
+            assert!(position.follow(frame.as_bytes()), "{frame}");
+        }
+        let id = position.encode();
+        assert!(
+            id.ends_with(".0.4"),
+            "rooms in order, their numbers in decimal: {id}"
+        );
+        let back = Position::decode(&id).unwrap();
+        assert_eq!(back.rooms, position.rooms);
+        assert_eq!(
+            (back.key.as_deref(), back.name.as_deref()),
+            (Some("K"), Some("ann"))
+        );
+        assert!(
+            Position::decode(&format!("{id}.1")).is_none(),
+            "a number too many"
+        );
+        assert!(Position::decode("not base64!.1").is_none());
+    }
 
     #[test]
     fn a_message_frames_position_is_read_where_the_encoder_puts_it() {

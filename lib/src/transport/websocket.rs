@@ -120,7 +120,7 @@ pub(crate) async fn upgrade(
                 &ctx.session,
                 id,
                 Transport::WebSocket,
-                connect,
+                connect.map(Box::new),
                 reader,
                 writer,
             )

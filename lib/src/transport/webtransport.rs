@@ -205,7 +205,7 @@ async fn accept(incoming: IncomingSession, ctx: Arc<Context>) {
                 &ctx.session,
                 id,
                 Transport::WebTransport,
-                request,
+                request.map(Box::new),
                 reader,
                 writer,
             )
