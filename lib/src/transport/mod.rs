@@ -251,6 +251,11 @@ pub(crate) fn detached(headers: &HeaderMap) -> HeaderMap {
         .collect()
 }
 
+/// A peer's address as the connection log lines show it.
+pub(crate) fn shown(peer: Option<std::net::SocketAddr>) -> String {
+    peer.map_or_else(|| "unknown".into(), |p| p.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,9 +302,4 @@ mod tests {
         let policy = OriginPolicy::new(Some(&["*".to_string()]), true, http);
         assert!(policy.allows(Some("https://anything.example")));
     }
-}
-
-/// A peer's address as the connection log lines show it.
-pub(crate) fn shown(peer: Option<std::net::SocketAddr>) -> String {
-    peer.map_or_else(|| "unknown".into(), |p| p.to_string())
 }
