@@ -257,6 +257,8 @@ pub struct EventStream {
     chunk_left: usize,
     /// Bytes of the CRLF after a chunk's data still to come.
     crlf_left: usize,
+    /// The last chunk's header came: the CRLF that ends the body (no trailers) follows.
+    last: bool,
     /// The last chunk came: the stream is over.
     ended: bool,
     /// Decoded bytes not yet handed out: at most one partial line between calls.
@@ -271,6 +273,7 @@ impl EventStream {
             chunked,
             chunk_left: 0,
             crlf_left: 0,
+            last: false,
             ended: false,
             text: Vec::new(),
             scanned: 0,
@@ -302,6 +305,7 @@ impl EventStream {
                 }
                 self.crlf_left -= n;
                 at += n;
+                self.ended = self.last && self.crlf_left == 0;
             } else if self.chunk_left > 0 {
                 let n = self.chunk_left.min(rest.len());
                 self.text.extend_from_slice(&rest[..n]);
@@ -329,7 +333,8 @@ impl EventStream {
                     })?;
                 at += eol + 2;
                 if size == 0 {
-                    self.ended = true;
+                    self.last = true;
+                    self.crlf_left = 2;
                 } else {
                     self.chunk_left = size;
                 }
