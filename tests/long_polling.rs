@@ -1,6 +1,6 @@
 //! Long polling with a plain HTTP client: one room with a WebSocket client in one order; a
-//! poll whose answer was lost is asked again and loses nothing; a new session that joins with
-//! `since` gets exactly what the abandoned one missed; a session nobody polls leaves its
+//! poll whose answer was lost is asked again and loses nothing (a new session that joins with
+//! `since` gets exactly what an abandoned one missed: tests/sse.rs); a session nobody polls leaves its
 //! rooms; bad requests get their answers (every case of tests/bad_input.rs that applies runs
 //! there over long polling too, and tests/sse.rs has clients of all four transports in one
 //! room).
@@ -10,7 +10,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Client, DEADLINE, Seen, TestServer, http_request, start_with};
+use common::{Client, DEADLINE, TestServer, http_request, start_with};
 use serde_json::{Value, json};
 
 /// A long-polling session, as a client without streaming keeps it.
@@ -152,44 +152,6 @@ async fn a_poll_whose_answer_was_lost_is_answered_again() {
     let (_, later) = polling.poll_from(next).await;
     let texts: Vec<&str> = later.iter().filter_map(|f| f["text"].as_str()).collect();
     assert_eq!(texts, ["m4"]);
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn a_new_session_that_joins_with_since_gets_exactly_what_was_missed() {
-    let server = server(Duration::from_secs(60)).await;
-    let mut ws = Client::ws(&server).await;
-    ws.join("r", "wes").await;
-    let mut polling = Client::poll(&server).await;
-    let (joined, _) = polling.join("r", "pol").await;
-    let key = joined["key"].as_str().expect("a resume key").to_string();
-    let mut seen = Seen {
-        epoch: joined["epoch"].as_u64().unwrap(),
-        ..Seen::default()
-    };
-    for i in 1..=3 {
-        ws.say("r", &format!("m{i}"), &format!("m{i}")).await;
-    }
-    for _ in 0..3 {
-        seen.add(&polling.next_of("message").await);
-    }
-    // The client stops polling (a page that was suspended, a network change): its session
-    // is abandoned, not ended. Three more are sent; a new session joins with `since`.
-    drop(polling);
-    for i in 4..=6 {
-        ws.say("r", &format!("m{i}"), &format!("m{i}")).await;
-    }
-    let mut again = Client::poll(&server).await;
-    let rejoined = seen.resume(&mut again, "r", "pol", Some(&key)).await;
-    assert_eq!(rejoined["gap"], false, "{rejoined}");
-    assert_eq!(rejoined["replay"], 3, "{rejoined}");
-    assert_eq!(rejoined["you"]["sender"], joined["you"]["sender"]);
-    assert_eq!(
-        seen.texts.values().collect::<Vec<_>>(),
-        ["m1", "m2", "m3", "m4", "m5", "m6"],
-        "nothing lost, nothing repeated"
-    );
-    assert_eq!(again.say("r", "back", "back").await, 7);
     server.stop().await;
 }
 

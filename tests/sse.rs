@@ -377,40 +377,54 @@ async fn last_event_id_resumes_every_room_of_the_stream() {
     server.stop().await;
 }
 
+/// The wtchat client's own resume, as on every transport: a new SSE stream or polling
+/// session joins with `since`, `epoch` and its key after the old one was dropped (SSE) or
+/// abandoned (a page that stopped polling: suspended, a network change).
 #[tokio::test]
-async fn a_new_stream_that_joins_with_since_gets_exactly_what_was_missed() {
+async fn a_new_session_that_joins_with_since_gets_exactly_what_was_missed() {
     let server = server().await;
-    let mut ws = Client::ws(&server).await;
-    ws.join("r", "wes").await;
-    let mut sse = Client::sse(&server).await;
-    let (joined, _) = sse.join("r", "eve").await;
+    for transport in ["sse", "longpoll"] {
+        new_session_resumes(&server, transport).await;
+    }
+    server.stop().await;
+}
+
+async fn new_session_resumes(server: &TestServer, transport: &str) {
+    let open = async || match transport {
+        "sse" => Client::sse(server).await,
+        _ => Client::poll(server).await,
+    };
+    let room = format!("r-{transport}");
+    let room = room.as_str();
+    let mut ws = Client::ws(server).await;
+    ws.join(room, "wes").await;
+    let mut sse = open().await;
+    let (joined, _) = sse.join(room, "eve").await;
     let key = joined["key"].as_str().expect("a resume key").to_string();
     let mut seen = Seen {
         epoch: joined["epoch"].as_u64().unwrap(),
         ..Seen::default()
     };
     for i in 1..=3 {
-        ws.say("r", &format!("m{i}"), &format!("m{i}")).await;
+        ws.say(room, &format!("m{i}"), &format!("m{i}")).await;
     }
     for _ in 0..3 {
         seen.add(&sse.next_of("message").await);
     }
-    // The stream drops; three more are sent; a new stream (no Last-Event-ID) joins with
-    // `since`, as the wtchat client does on every transport.
+    // It goes; three more are sent; a new one (no Last-Event-ID) joins with `since`.
     drop(sse);
     for i in 4..=6 {
-        ws.say("r", &format!("m{i}"), &format!("m{i}")).await;
+        ws.say(room, &format!("m{i}"), &format!("m{i}")).await;
     }
-    let mut again = Client::sse(&server).await;
-    let rejoined = seen.resume(&mut again, "r", "eve", Some(&key)).await;
-    assert_eq!(rejoined["gap"], false, "{rejoined}");
-    assert_eq!(rejoined["replay"], 3, "{rejoined}");
+    let mut again = open().await;
+    let rejoined = seen.resume(&mut again, room, "eve", Some(&key)).await;
+    assert_eq!(rejoined["gap"], false, "{transport}: {rejoined}");
+    assert_eq!(rejoined["replay"], 3, "{transport}: {rejoined}");
     assert_eq!(rejoined["you"]["sender"], joined["you"]["sender"]);
     assert_eq!(
         seen.texts.values().collect::<Vec<_>>(),
         ["m1", "m2", "m3", "m4", "m5", "m6"],
-        "nothing lost, nothing repeated"
+        "{transport}: nothing lost, nothing repeated"
     );
-    assert_eq!(again.say("r", "back", "back").await, 7);
-    server.stop().await;
+    assert_eq!(again.say(room, "back", "back").await, 7);
 }
