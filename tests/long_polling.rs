@@ -1,9 +1,9 @@
 //! Long polling with a plain HTTP client: one room with a WebSocket client in one order; a
-//! poll whose answer was lost is asked again and loses nothing (a new session that joins with
-//! `since` gets exactly what an abandoned one missed: tests/sse.rs); a session nobody polls leaves its
-//! rooms; bad requests get their answers (every case of tests/bad_input.rs that applies runs
-//! there over long polling too, and tests/sse.rs has clients of all four transports in one
-//! room).
+//! poll whose answer was lost is asked again and loses nothing; a session nobody polls
+//! leaves its rooms; bad requests get their answers. Every case of tests/bad_input.rs that
+//! applies runs there over long polling too; tests/sse.rs has clients of all four
+//! transports in one room, and a new session that joins with `since` getting exactly what
+//! an abandoned one missed.
 
 mod common;
 
