@@ -358,6 +358,7 @@ async fn a_message_webhook_that_never_answers_fails_closed_or_open_at_the_timeou
                 .webhook_secret(SECRET)
                 .webhook_timeout(TIMEOUT)
                 .webhook_fail_open(open)
+                .metrics(true)
         }
     };
 
@@ -394,6 +395,12 @@ async fn a_message_webhook_that_never_answers_fails_closed_or_open_at_the_timeou
     assert!(
         pong_after < rejected_after,
         "{pong_after:?} {rejected_after:?}"
+    );
+    // The operator sees it too.
+    let (_, metrics) = closed.get("/wtchat/metrics").await;
+    assert!(
+        metrics.contains(r#"wtchat_webhook_calls_total{webhook="message",outcome="timeout"} 1"#),
+        "{metrics}"
     );
     // No number was used: the next message is 1.
     assert_eq!(closed.chat.publish("lobby", "Shop", "hi").await, Ok(1));

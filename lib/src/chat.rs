@@ -173,7 +173,7 @@ impl Chat {
             metrics.engine.clone(),
         )
         .await?;
-        let webhooks = Webhooks::new(&config.webhooks, &config.limits);
+        let webhooks = Webhooks::new(&config.webhooks, &config.limits, &metrics);
         let session = SessionContext {
             hub: Hub::new(config.hub.clone(), store, metrics)?,
             limits: Arc::new(config.limits.clone()),

@@ -51,6 +51,14 @@ pub(crate) struct CloseLabel {
     reason: &'static str,
 }
 
+/// A label set of a webhook call: which webhook, and how it went (`success`: a 2xx answer;
+/// `http_error`: another status; `timeout`; `unreachable`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct WebhookLabel {
+    webhook: &'static str,
+    outcome: &'static str,
+}
+
 /// The engine's side: how long its writes take, and how many failed.
 #[derive(Debug, Clone)]
 pub(crate) struct EngineStats {
@@ -205,6 +213,8 @@ pub(crate) struct Metrics {
     published: Counter,
     refused: Family<CodeLabel, Counter>,
     disconnects: Family<CloseLabel, Counter>,
+    webhook_calls: Family<WebhookLabel, Counter>,
+    webhook_events_dropped: Counter,
     pub(crate) engine: EngineStats,
     /// The certificate's `not_after`, seconds since 1970 (0: unknown).
     certificate_expiry: AtomicU64,
@@ -274,6 +284,18 @@ impl Metrics {
             .inc();
     }
 
+    /// A call to the host's `webhook` that went as `outcome` says.
+    pub(crate) fn webhook_called(&self, webhook: &'static str, outcome: &'static str) {
+        self.webhook_calls
+            .get_or_create(&WebhookLabel { webhook, outcome })
+            .inc();
+    }
+
+    /// An event the events webhook had no room left for.
+    pub(crate) fn webhook_event_dropped(&self) {
+        self.webhook_events_dropped.inc();
+    }
+
     pub(crate) fn set_certificate_expiry(&self, not_after: SystemTime) {
         let secs = not_after
             .duration_since(UNIX_EPOCH)
@@ -320,6 +342,16 @@ impl Metrics {
             "engine_errors",
             "Engine writes that failed",
             self.engine.errors.clone(),
+        );
+        registry.register(
+            "webhook_calls",
+            "Calls to the host's webhooks, by webhook and outcome",
+            self.webhook_calls.clone(),
+        );
+        registry.register(
+            "webhook_events_dropped",
+            "Events the events webhook dropped, its queue full (the backend not keeping up)",
+            self.webhook_events_dropped.clone(),
         );
         let snapshot = {
             let connections = self.connections.lock().unwrap();

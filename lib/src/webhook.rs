@@ -41,6 +41,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::auth::{AuthHook, ConnectRequest, Identity, Refusal, Rooms, unix_now};
 use crate::hub::{Happened, Member, Observer, now_ms};
+use crate::metrics::Metrics;
 use crate::protocol::Limits;
 
 /// The header carrying the signature.
@@ -140,10 +141,14 @@ pub(crate) struct Webhooks {
 impl Webhooks {
     /// The webhooks of `settings` (validated by the builder); each says at start where it
     /// points, and the message webhook which way it fails.
-    pub(crate) fn new(settings: &WebhookConfig, limits: &Limits) -> Webhooks {
+    pub(crate) fn new(
+        settings: &WebhookConfig,
+        limits: &Limits,
+        metrics: &Arc<Metrics>,
+    ) -> Webhooks {
         let endpoint = |kind, url: &Option<String>| {
             url.as_deref().map(|url| {
-                let endpoint = Endpoint::new(kind, url, settings);
+                let endpoint = Endpoint::new(kind, url, settings, metrics.clone());
                 tracing::info!(
                     url,
                     timeout_ms = endpoint.timeout.as_millis() as u64,
@@ -258,6 +263,8 @@ struct Endpoint {
     /// Connections whose last answer was read in full: the next calls reuse them. Held to
     /// take or give back one, never across an `.await`.
     idle: Mutex<Vec<Connection>>,
+    /// Counts each call by how it went.
+    metrics: Arc<Metrics>,
 }
 
 /// An open HTTP/1.1 connection to a backend. Dropping it closes it (its task watches the
@@ -294,7 +301,12 @@ struct Answer {
 }
 
 impl Endpoint {
-    fn new(kind: &'static str, url: &str, settings: &WebhookConfig) -> Endpoint {
+    fn new(
+        kind: &'static str,
+        url: &str,
+        settings: &WebhookConfig,
+        metrics: Arc<Metrics>,
+    ) -> Endpoint {
         let secret = settings.secret.as_deref().expect("checked by the builder");
         Endpoint {
             kind,
@@ -302,15 +314,25 @@ impl Endpoint {
             key: hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
             timeout: settings.timeout,
             idle: Mutex::new(Vec::new()),
+            metrics,
         }
     }
 
     /// POSTs `body` (JSON), signed now, and reads the answer, within the timeout.
     async fn post(&self, body: impl Serialize) -> Result<Answer, CallError> {
         let body = Bytes::from(serde_json::to_vec(&body).expect("webhook bodies serialize"));
-        tokio::time::timeout(self.timeout, self.exchange(body))
+        let answer = tokio::time::timeout(self.timeout, self.exchange(body))
             .await
-            .map_err(|_| CallError::Timeout(self.timeout))?
+            .map_err(|_| CallError::Timeout(self.timeout))
+            .and_then(|answer| answer);
+        let outcome = match &answer {
+            Ok(answer) if answer.status.is_success() => "success",
+            Ok(_) => "http_error",
+            Err(CallError::Timeout(_)) => "timeout",
+            Err(_) => "unreachable",
+        };
+        self.metrics.webhook_called(self.kind, outcome);
+        answer
     }
 
     async fn exchange(&self, body: Bytes) -> Result<Answer, CallError> {
@@ -677,6 +699,7 @@ impl Events {
         if backlog.events.len() >= EVENTS_QUEUE {
             backlog.events.pop_front();
             backlog.dropped += 1;
+            self.endpoint.metrics.webhook_event_dropped();
             if let Some(unlogged) = backlog.warnings.note() {
                 tracing::warn!(
                     dropped = backlog.dropped,
