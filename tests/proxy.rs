@@ -2,17 +2,22 @@
 //! free port with the README's own `location` block (read from README.md, not copied), in
 //! front of a server; a Chromium page loaded through the proxy chats over the proxied
 //! WebSocket with a client connected directly, and the per-address cap counts the addresses
-//! the proxy forwards. Without nginx the test skips loudly (and fails under `CI=true`).
+//! the proxy forwards. And in front of two nodes sharing Redis, nginx taking turns between
+//! them request by request (no sticky sessions): Chromium pages on SSE and on long polling
+//! chat with clients of both nodes. Without nginx (or redis-server) the tests skip loudly
+//! (and fail under `CI=true`).
 
 #[path = "common/browser.rs"]
 mod browser;
 mod common;
+#[path = "common/redis.rs"]
+mod redis;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use browser::{Browser, Drive};
+use browser::{Browser, DemoPage, Drive};
 use common::{Client, free_port, start_with};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -53,11 +58,13 @@ fn nginx_path() -> Option<&'static str> {
         .find(|p| Path::new(p).is_file())
 }
 
-/// Starts nginx on `port` with the README's block in front of `upstream`, and the page at
-/// `/` from there too (a site serves its own pages; here the demo page stands in).
-async fn nginx(port: u16, upstream: &str) -> Nginx {
+/// Starts nginx on `port` with the README's block in front of `upstreams` (several: nginx
+/// takes turns between them, request by request), and the page at `/` from the first (a
+/// site serves its own pages; here the demo page stands in).
+async fn nginx(port: u16, upstreams: &[String]) -> Nginx {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
+    let servers: String = upstreams.iter().map(|u| format!("server {u}; ")).collect();
     let conf = format!(
         "daemon off; master_process off; user root; pid {d}/nginx.pid; error_log {d}/error.log;
 events {{}}
@@ -65,14 +72,16 @@ http {{
     access_log off;
     client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
     fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+    upstream chat {{ {servers} }}
     server {{
         listen 127.0.0.1:{port};
-        location = / {{ proxy_pass http://{upstream}; }}
+        location = / {{ proxy_pass http://{}; }}
         {}
     }}
 }}
 ",
-        readme_location(upstream)
+        upstreams[0],
+        readme_location("chat")
     );
     std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
     let child = Command::new(nginx_path().unwrap())
@@ -164,7 +173,7 @@ async fn a_page_through_nginx_chats_over_the_proxied_websocket() {
             .max_connections_per_ip(3)
     })
     .await;
-    let proxy = nginx(port, &server.http.to_string()).await;
+    let proxy = nginx(port, &[server.http.to_string()]).await;
 
     // The configuration, fetched through the proxy, names the proxy, not the backend.
     let (status, body) = common::http_get(
@@ -227,4 +236,107 @@ async fn a_page_through_nginx_chats_over_the_proxied_websocket() {
         page.console_errors()
     );
     server.stop().await;
+}
+
+/// Run before the page's scripts: neither WebTransport nor WebSocket (and, for `NO_STREAMS`'s
+/// twin, no EventSource either): the page is left with SSE, or long polling.
+const NO_STREAMS: &str = "delete window.WebTransport; delete window.WebSocket;";
+const NO_EVENT_SOURCE: &str =
+    "delete window.WebTransport; delete window.WebSocket; delete window.EventSource;";
+
+/// How many requests node `server` sent on to another node, by kind (`post`, `poll`).
+async fn forwarded(server: &common::TestServer, request: &str) -> u64 {
+    let (_, metrics) = server.get("/wtchat/metrics").await;
+    let sample = format!("wtchat_forwarded_requests_total{{request=\"{request}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(sample.as_str()))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn pages_on_sse_and_long_polling_chat_through_nginx_taking_turns_between_two_nodes() {
+    const TEST: &str = "pages_on_sse_and_long_polling_chat_through_nginx_taking_turns";
+    if nginx_path().is_none() {
+        assert!(std::env::var("CI").is_err(), "nginx is required under CI");
+        eprintln!("SKIPPED: nginx is not installed (run scripts/test)");
+        return;
+    }
+    let Some(redis) = redis::Redis::start_or_skip(TEST, redis::Persistence::None).await else {
+        return;
+    };
+    let Some(browser) = Browser::launch_or_skip(TEST).await else {
+        return;
+    };
+    let port = free_port();
+    let site = format!("http://127.0.0.1:{port}");
+    let node = async || {
+        let (site, url) = (site.clone(), redis.url());
+        start_with(move |c| {
+            c.engine(url.parse().unwrap())
+                .trusted_proxy("127.0.0.1".parse().unwrap())
+                .allow_origin(site)
+                .metrics(true)
+        })
+        .await
+    };
+    let (a, b) = (node().await, node().await);
+    let _proxy = nginx(port, &[a.http.to_string(), b.http.to_string()]).await;
+    let mut ann = Client::wt(&a).await;
+    ann.join("lb", "ann").await;
+    let mut bob = Client::ws(&b).await;
+    bob.join("lb", "bob").await;
+
+    // SSE first, alone: its stream stays on one node, and nginx sends its posts to each in
+    // turn, so that one of every two reaches the other node.
+    let eve = browser.page("E", 1024, 768, Some(NO_STREAMS)).await;
+    eve.goto(&format!("{site}/?room=lb&name=eve")).await;
+    eve.wait_connected("sse").await;
+    eve.type_and_enter("[data-testid=message-input]", "eve through nginx")
+        .await;
+    eve.type_and_enter("[data-testid=message-input]", "eve again")
+        .await;
+    assert_eq!(
+        ann.messages("lb", 2).await,
+        [
+            (1, "eve".to_string(), "eve through nginx".to_string()),
+            (2, "eve".to_string(), "eve again".to_string())
+        ]
+    );
+    assert_eq!(bob.messages("lb", 2).await.len(), 2);
+    let posts = forwarded(&a, "post").await + forwarded(&b, "post").await;
+    assert!(posts >= 1, "a post reached the node without the stream");
+
+    // Long polling: every other poll reaches the node without the session.
+    let pol = browser.page("P", 1024, 768, Some(NO_EVENT_SOURCE)).await;
+    pol.goto(&format!("{site}/?room=lb&name=pol")).await;
+    pol.wait_connected("longpoll").await;
+    pol.type_and_enter("[data-testid=message-input]", "pol through nginx")
+        .await;
+    assert_eq!(
+        bob.messages("lb", 1).await,
+        [(3, "pol".to_string(), "pol through nginx".to_string())]
+    );
+    assert_eq!(ann.messages("lb", 1).await.len(), 1);
+    assert_eq!(bob.say("lb", "bob on B", "b1").await, 4);
+    assert_eq!(ann.say("lb", "ann on A", "a1").await, 5);
+    let want = browser::numbered(&[
+        ("eve", "eve through nginx"),
+        ("eve", "eve again"),
+        ("pol", "pol through nginx"),
+        ("bob", "bob on B"),
+        ("ann", "ann on A"),
+    ]);
+    for page in [&eve, &pol] {
+        assert_eq!(page.messages(5).await, want, "[{}]", page.label());
+    }
+    let polls = forwarded(&a, "poll").await + forwarded(&b, "poll").await;
+    assert!(polls >= 1, "a poll reached the node without the session");
+    eprintln!("sent on to the session's node: {posts} posts, {polls} polls");
+    for page in [&eve, &pol] {
+        let errors = page.console_errors();
+        assert!(errors.is_empty(), "[{}] {errors:?}", page.label());
+    }
+    a.stop().await;
+    b.stop().await;
 }

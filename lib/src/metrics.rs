@@ -59,6 +59,12 @@ pub(crate) struct WebhookLabel {
     outcome: &'static str,
 }
 
+/// A label set of a request sent on to the node that holds its session (`post`, `poll`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestLabel {
+    request: &'static str,
+}
+
 /// The engine's side: how long its writes take, and how many failed.
 #[derive(Debug, Clone)]
 pub(crate) struct EngineStats {
@@ -214,6 +220,7 @@ pub(crate) struct Metrics {
     refused: Family<CodeLabel, Counter>,
     disconnects: Family<CloseLabel, Counter>,
     webhook_calls: Family<WebhookLabel, Counter>,
+    forwarded: Family<RequestLabel, Counter>,
     webhook_events_dropped: Counter,
     pub(crate) engine: EngineStats,
     /// The certificate's `not_after`, seconds since 1970 (0: unknown).
@@ -291,6 +298,13 @@ impl Metrics {
             .inc();
     }
 
+    /// A `request` (`post`, `poll`) for a session another node holds, sent on to it.
+    pub(crate) fn forwarded(&self, request: &'static str) {
+        self.forwarded
+            .get_or_create(&RequestLabel { request })
+            .inc();
+    }
+
     /// An event the events webhook had no room left for.
     pub(crate) fn webhook_event_dropped(&self) {
         self.webhook_events_dropped.inc();
@@ -342,6 +356,11 @@ impl Metrics {
             "engine_errors",
             "Engine writes that failed",
             self.engine.errors.clone(),
+        );
+        registry.register(
+            "forwarded_requests",
+            "SSE and long-polling requests that reached this node for a session another node holds, sent on to it through the engine",
+            self.forwarded.clone(),
         );
         registry.register(
             "webhook_calls",

@@ -217,6 +217,7 @@ async fn forward(
     if !hub.forward(node, request) {
         return (404, "no such session: open a new one".into());
     }
+    hub.metrics().forwarded("poll");
     match tokio::time::timeout(HOLD + FORWARD_MARGIN, answered).await {
         Ok(Ok(answer)) => answer,
         // The session's node did not answer (gone, or Redis is away): the client polls

@@ -208,6 +208,7 @@ pub(crate) async fn post(
                 _ => false,
             };
             if forwarded {
+                ctx.session.hub.metrics().forwarded("post");
                 StatusCode::ACCEPTED.into_response()
             } else {
                 (StatusCode::NOT_FOUND, "no such session: open a new one").into_response()
