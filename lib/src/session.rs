@@ -152,14 +152,17 @@ pub(crate) async fn start(
     };
     let mut batch = Vec::new();
     // One timer per session, re-armed only when it fires: hearing from the client only
-    // moves `last_heard`, which costs a clock read, not a timer update. It also marks this
-    // session's moment to go once the server shuts down (`leaving`): a random moment within
-    // the drain window, so that its clients do not all reconnect to the other nodes at once.
+    // moves `last_heard`, which costs a clock read, not a timer update.
     let mut last_heard = Instant::now();
+    // Once the server shuts down, this session's moment to go: a random moment within the
+    // drain window, so that its clients do not all reconnect to the other nodes at once.
     let mut leaving: Option<Instant> = None;
     let idle = tokio::time::sleep(ctx.idle_timeout);
     tokio::pin!(idle);
     let end = loop {
+        if leaving.is_some_and(|at| Instant::now() >= at) {
+            break Some(CloseCode::Shutdown);
+        }
         tokio::select! {
             biased;
             code = closing.wait() => break Some(code),
@@ -167,6 +170,7 @@ pub(crate) async fn start(
                 let share = u64::from_le_bytes(random_bytes::<8>()) as f64 / u64::MAX as f64;
                 let at = Instant::now() + ctx.drain_window.mul_f64(share);
                 leaving = Some(at);
+                // The idle timer wakes a quiet session then; a busy one sees it above.
                 idle.as_mut().reset(at.min(last_heard + ctx.idle_timeout).into());
             }
             left = inbox.recv_many(&mut batch, BATCH) => {
@@ -216,12 +220,8 @@ pub(crate) async fn start(
             // Last: polled only when nothing else is ready, so that a busy session pays
             // nothing for it (a client that vanished in a busy room is cut off as too slow).
             () = &mut idle => {
-                let now = Instant::now();
-                if leaving.is_some_and(|at| now >= at) {
-                    break Some(CloseCode::Shutdown);
-                }
                 let due = last_heard + ctx.idle_timeout;
-                if now >= due {
+                if Instant::now() >= due {
                     break Some(CloseCode::IdleTimeout);
                 }
                 idle.as_mut().reset(leaving.map_or(due, |at| at.min(due)).into());
@@ -281,8 +281,8 @@ async fn goodbye(
     }
 }
 
-/// Resolves at `leaving` (never, while the server is not shutting down): a write stuck on
-/// a client that stopped reading must not keep the session past its moment to go.
+/// Resolves at `leaving` (never, while the server is not shutting down): neither a busy
+/// session nor a write stuck on a client that stopped reading keeps it past its moment.
 async fn gone_at(leaving: Option<Instant>) {
     match leaving {
         Some(at) => tokio::time::sleep_until(at.into()).await,
