@@ -11,15 +11,13 @@ mod common;
 mod redis;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Client, DEADLINE, Ended, Seen, parse_startup, seq_text};
-use redis::{Persistence, Redis, quiet_port, tail};
+use common::{Client, DEADLINE, Ended, Seen, Serve, seq_text};
+use redis::{Persistence, Redis, quiet_port};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -38,87 +36,47 @@ fn serve_command(dir: &Path, engine: &str) -> Command {
 }
 
 /// A real `wtchat serve` process on the Redis engine, on free ports, in a directory of its
-/// own; its stderr is kept there and shown when the test fails.
+/// own (its output kept there and shown when the test fails).
 struct Node {
     name: &'static str,
-    child: Child,
+    serve: Serve,
     http: SocketAddr,
-    wt_port: u16,
-    digests: Vec<[u8; 32]>,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Node {
     /// Starts a node of `redis` (`extra`: more flags) and waits until it serves.
     async fn start(name: &'static str, redis: &Redis, extra: &[&str]) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        let stderr = File::create(dir.path().join("stderr.log")).unwrap();
-        let mut child = serve_command(dir.path(), &redis.url())
+        let mut command = serve_command(dir.path(), &redis.url());
+        command
             .args(["--frames-per-second", "100000", "--frame-burst", "100000"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .unwrap();
-        // Read stdout (the startup lines, then the log) to its end in a thread of its own,
-        // into stdout.log, so that nothing the node prints later ever finds a closed pipe.
-        let stdout = child.stdout.take().unwrap();
-        let mut log = File::create(dir.path().join("stdout.log")).unwrap();
-        let (started, startup) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .inspect(|line| {
-                    let _ = writeln!(log, "{line}");
-                });
-            let _ = started.send(parse_startup(&mut lines));
-            lines.for_each(drop);
-        });
-        let started = match tokio::time::timeout(DEADLINE, startup).await {
-            Ok(Ok(Some(started))) => started,
-            outcome => {
-                let _ = child.kill();
-                let status = child.wait().unwrap();
-                let what = if outcome.is_err() {
-                    "did not start before the deadline"
-                } else {
-                    "exited before serving"
-                };
-                panic!(
-                    "node {name}: wtchat serve {what} ({status}):\n{}",
-                    logs(dir.path())
-                );
-            }
-        };
+            .args(extra);
+        let serve = Serve::start(command, dir.path()).await;
         Node {
             name,
-            child,
-            http: started.http,
-            wt_port: started.wt_port,
-            digests: started.digests,
-            dir,
+            http: serve.http,
+            serve,
+            _dir: dir,
         }
     }
 
     /// A WebSocket client; `query` is `?token=…` or empty.
     async fn ws_query(&self, query: &str) -> Client {
-        let url = format!("ws://{}/wtchat/ws{query}", self.http);
-        Client::ws_at(&url, &[]).await.unwrap()
+        self.serve.ws_query(query).await
     }
 
     /// A WebTransport client; `query` is `?token=…` or empty.
     async fn wt_query(&self, query: &str) -> Client {
-        let url = format!("https://127.0.0.1:{}/wtchat{query}", self.wt_port);
-        Client::wt_at(&url, &self.digests, &[]).await.unwrap()
+        self.serve.wt_query(query).await
     }
 
     async fn ws(&self) -> Client {
-        self.ws_query("").await
+        self.serve.ws().await
     }
 
     async fn wt(&self) -> Client {
-        self.wt_query("").await
+        self.serve.wt().await
     }
 
     /// A request to the HTTP API with the key: (status, JSON body).
@@ -182,30 +140,8 @@ impl Node {
 
     /// `kill -9`: no goodbye, no flush, no last heartbeat.
     fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.serve.kill();
     }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let logs = logs(self.dir.path());
-            eprintln!("--- node {} ---\n{}", self.name, tail(&logs));
-        }
-    }
-}
-
-/// What a node in `dir` printed: its log (stdout), then its stderr.
-fn logs(dir: &Path) -> String {
-    let read = |name| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
-    format!(
-        "{}--- stderr ---\n{}",
-        read("stdout.log"),
-        read("stderr.log")
-    )
 }
 
 /// A token for user `user` named `name`, for every room.
@@ -1040,11 +976,7 @@ async fn the_http_api_of_one_node_reaches_members_on_another() {
     cid.next_matching("dan's join", |f| f["event"] == "join")
         .await;
     let stopped = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &b.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    b.serve.terminate();
     let left = tokio::time::timeout(
         Duration::from_secs(4),
         cid.next_matching("dan's leave", |f| f["event"] == "leave"),
@@ -1198,36 +1130,12 @@ fn an_unreachable_redis_is_refused_at_start_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let port = quiet_port(); // nobody listens there
     let engine = format!("redis://127.0.0.1:{port}");
-    let mut child = serve_command(dir.path(), &engine)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("wtchat serve still runs {DEADLINE:?} after starting on {engine}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let out = common::run_to_end(serve_command(dir.path(), &engine));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    let status = out.status;
     assert_eq!(status.code(), Some(1), "stderr: {stderr}");
     // The reason is the last line (log lines come before it).
     let stderr = stderr.trim().lines().last().unwrap_or_default();

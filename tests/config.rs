@@ -2,8 +2,9 @@
 //! `wtchat serve` (and `wtchat token`) with the very same words — before anything is bound
 //! or written.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 use wtchat::{Config, ConfigBuilder, ConfigError};
 
@@ -277,34 +278,14 @@ fn zero_is_refused_for_every_limit() {
     }
 }
 
-/// Runs `wtchat` with `args` and no secrets in its environment; it must exit within the
-/// deadline (a server that does not refuse its configuration would run on: it is killed,
-/// and the test fails).
+/// Runs `wtchat` with `args` and only `env` of its settings in its environment; it must
+/// exit within the deadline (a server that does not refuse its configuration would run on:
+/// it is killed, and the test fails).
 fn wtchat(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     // In a directory of its own: a server that failed to refuse would create its database
     // there, not in the repository.
     let cwd = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wtchat"));
-    command
-        .current_dir(cwd.path())
-        .args(args)
-        .env_remove("WTCHAT_TOKEN_SECRET")
-        .env_remove("WTCHAT_API_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let mut child = command.spawn().expect("the wtchat binary runs");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("wtchat {args:?} is still running: it did not refuse its configuration");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
+    common::run_to_end(common::wtchat_command(args, env, cwd.path()))
 }
 
 #[test]

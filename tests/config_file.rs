@@ -6,46 +6,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
 use serde_json::Value;
 
 const SECRET: &str = "a-token-secret-of-32-bytes-or-more";
 const API_KEY: &str = "an-api-key-of-32-bytes-or-more-too";
 
-/// `wtchat ARGS` in `cwd`, with `env` as its only WTCHAT_ variables (the test runner's own
-/// would change what it reads).
-fn command(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wtchat"));
-    command.current_dir(cwd).args(args);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("WTCHAT_") {
-            command.env_remove(name);
-        }
-    }
-    command.envs(env.iter().copied());
-    command
-}
+use common::{Serve, wtchat_command as command};
 
 /// Runs `wtchat ARGS` to its end, which must come within the deadline.
 fn run(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output {
-    let mut child = command(args, env, cwd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the wtchat binary runs");
-    let deadline = Instant::now() + common::DEADLINE;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("wtchat {args:?} is still running: it did not refuse its configuration");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
+    common::run_to_end(command(args, env, cwd))
 }
 
 /// Asserts that `wtchat ARGS` was refused with status 1, printing nothing to stdout and an
@@ -79,52 +52,20 @@ engine = "sqlite:from-the-file.db"
 "#,
     )
     .unwrap();
-    let certs = dir.path().join("certs");
-    let mut child = command(
-        &[
-            "serve",
-            "--config",
-            file.to_str().unwrap(),
-            "--http",
-            "127.0.0.1:0",
-            "--webtransport",
-            "127.0.0.1:0",
-            "--certs",
-            certs.to_str().unwrap(),
-            "--engine",
-            "memory",
-            "--max-frame-bytes",
-            "12000",
-        ],
-        &[
+    let mut serve = common::serve_command(dir.path());
+    serve
+        .args(["--config", file.to_str().unwrap()])
+        .args(["--engine", "memory", "--max-frame-bytes", "12000"])
+        .envs([
             ("WTCHAT_FRAMES_PER_SECOND", "9"),
             ("WTCHAT_MAX_FRAME_BYTES", "10000"),
             ("WTCHAT_FRAME_BURST", "50"),
-        ],
-        dir.path(),
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit())
-    .spawn()
-    .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (started_tx, started) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
-        let mut printed = Vec::new();
-        let parsed = common::parse_startup(&mut lines.by_ref().inspect(|line| {
-            printed.push(line.clone());
-        }));
-        let _ = started_tx.send((parsed, printed));
-    });
-    let (parsed, printed) = started
-        .recv_timeout(common::DEADLINE)
-        .expect("wtchat serve starts within the deadline");
-    let started = parsed.expect("wtchat serve started");
-    let printed = printed.join("\n");
+        ]);
+    let server = Serve::start(serve, dir.path()).await;
+    let printed = server.output();
     assert!(printed.contains("rooms         memory"), "{printed}");
 
-    let (status, body) = common::http_get(started.http, "/wtchat/config", &[]).await;
+    let (status, body) = common::http_get(server.http, "/wtchat/config", &[]).await;
     assert_eq!(status, 200, "{body}");
     let limits = serde_json::from_str::<Value>(&body).unwrap()["limits"].clone();
     assert_eq!(limits["maxTextChars"], 1000, "the file's: {limits}");
@@ -136,8 +77,6 @@ engine = "sqlite:from-the-file.db"
         !dir.path().join("from-the-file.db").exists(),
         "the flag's engine, not the file's"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[test]

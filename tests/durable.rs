@@ -4,13 +4,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{Client, DEADLINE, Mount, Seen, SmallDisk};
+use common::{Client, DEADLINE, Mount, Seen, Serve, SmallDisk};
 use serde_json::{Value, json};
 use wtchat::Engine;
 
@@ -24,59 +22,13 @@ fn serve_command(dir: &Path, db: &Path) -> Command {
     command
 }
 
-/// A real `wtchat serve` process on the SQLite engine, on free ports.
-struct Serve {
-    child: Child,
-    http: SocketAddr,
-    wt_port: u16,
-    digests: Vec<[u8; 32]>,
-}
-
-impl Serve {
-    /// Starts `wtchat serve` on the database `db`, certificates in `dir`, and `extra` flags.
-    fn start(dir: &Path, db: &Path, extra: &[&str]) -> Serve {
-        let mut child = serve_command(dir, db)
-            .args(["--frames-per-second", "100000", "--frame-burst", "100000"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap())
-            .lines()
-            .map_while(Result::ok);
-        let started = common::parse_startup(&mut lines).expect("wtchat serve started");
-        Serve {
-            child,
-            http: started.http,
-            wt_port: started.wt_port,
-            digests: started.digests,
-        }
-    }
-
-    async fn ws(&self) -> Client {
-        Client::ws_at(&format!("ws://{}/wtchat/ws", self.http), &[])
-            .await
-            .unwrap()
-    }
-
-    async fn wt(&self) -> Client {
-        let url = format!("https://127.0.0.1:{}/wtchat", self.wt_port);
-        Client::wt_at(&url, &self.digests, &[]).await.unwrap()
-    }
-
-    /// `kill -9`: no goodbye, no flush.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A real `wtchat serve` on the database `db`, certificates in `dir`, with `extra` flags.
+async fn serve(dir: &Path, db: &Path, extra: &[&str]) -> Serve {
+    let mut command = serve_command(dir, db);
+    command
+        .args(["--frames-per-second", "100000", "--frame-burst", "100000"])
+        .args(extra);
+    Serve::start(command, dir).await
 }
 
 /// Reads what still arrives of `room` into `seen` after the server died.
@@ -96,7 +48,7 @@ async fn kill_9_during_a_burst_loses_nothing_acknowledged() {
     let db = dir.path().join("chat.db");
     // Room for a resume of the whole burst in one replay.
     let flags = ["--max-replay", "5000", "--outbound-queue", "100000"];
-    let server = Serve::start(dir.path(), &db, &flags);
+    let mut server = serve(dir.path(), &db, &flags).await;
 
     // Readers on both transports, and a writer that sends without waiting for acks.
     let mut readers = [server.ws().await, server.wt().await];
@@ -140,7 +92,7 @@ async fn kill_9_during_a_burst_loses_nothing_acknowledged() {
         "the kill came after the burst: nothing was tested"
     );
 
-    let server = Serve::start(dir.path(), &db, &flags);
+    let server = serve(dir.path(), &db, &flags).await;
     // A newcomer reads the whole room: every acknowledged message, under its number, in the
     // same epoch, numbered without holes.
     let mut probe = server.ws().await;
@@ -468,11 +420,7 @@ async fn history_pages_back_through_a_room_over_the_protocol_and_the_http_api() 
 /// and through the library.
 async fn refusal(db: &Path) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let out = serve_command(dir.path(), db)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
+    let out = common::run_to_end(serve_command(dir.path(), db));
     assert_eq!(out.status.code(), Some(1));
     let config = wtchat::Config::builder()
         .http("127.0.0.1:0".parse().unwrap())

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Client, DEADLINE, Ended, http_get, start_with};
+use common::{Client, DEADLINE, Ended, Serve, http_get, start_with};
 use redis::{Persistence, Redis};
 use wtchat::Engine;
 
@@ -273,95 +273,11 @@ async fn readiness_follows_the_engine_and_health_stays() {
     server.stop().await;
 }
 
-/// A real `wtchat serve` process, its stderr (the log) kept in its directory.
-struct Serve {
-    child: std::process::Child,
-    started: common::Started,
-    log: std::path::PathBuf,
-}
-
-impl Serve {
-    /// Starts `wtchat serve` with `args` on free loopback ports, certificates in `dir`, and
-    /// waits until it says it runs.
-    fn start(dir: &std::path::Path, args: &[&str]) -> Serve {
-        use std::io::BufRead as _;
-        let log = dir.join(format!("serve-{}.log", std::process::id()));
-        let mut child = common::serve_command(dir)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap())
-            .lines()
-            .map_while(Result::ok);
-        let started = common::parse_startup(&mut lines).unwrap_or_else(|| {
-            panic!(
-                "wtchat serve did not start:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
-        // The rest of stdout is read (and dropped) so that the process never blocks on it.
-        std::thread::spawn(move || lines.for_each(drop));
-        Serve {
-            child,
-            started,
-            log,
-        }
-    }
-
-    async fn ws(&self) -> Client {
-        let url = format!("ws://{}/wtchat/ws", self.started.http);
-        Client::ws_at(&url, &[]).await.expect("websocket connects")
-    }
-
-    async fn wt(&self) -> Client {
-        let url = format!("https://127.0.0.1:{}/wtchat", self.started.wt_port);
-        Client::wt_at(&url, &self.started.digests, &[])
-            .await
-            .expect("webtransport connects")
-    }
-
-    fn terminate(&self) {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit by itself; its status.
-    async fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "still running after {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The log's JSON lines.
-    fn json_log(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap()
-            .lines()
-            .map(|line| {
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `wtchat serve` with `args`, working (and keeping its output) in `dir`.
+async fn serve(dir: &std::path::Path, args: &[&str]) -> Serve {
+    let mut command = common::serve_command(dir);
+    command.args(args);
+    Serve::start(command, dir).await
 }
 
 /// Every message of `room` the server has, oldest first, as (seq, text), read a page at a
@@ -400,7 +316,7 @@ async fn sigterm_spreads_the_4000s_over_the_drain_window_and_loses_nothing_ackno
     const WINDOW: Duration = Duration::from_secs(2);
     let dir = tempfile::tempdir().unwrap();
     let engine = format!("sqlite:{}", dir.path().join("wtchat.db").display());
-    let mut node = Serve::start(
+    let mut node = serve(
         dir.path(),
         &[
             "--engine",
@@ -414,7 +330,8 @@ async fn sigterm_spreads_the_4000s_over_the_drain_window_and_loses_nothing_ackno
             "--frame-burst",
             "1000",
         ],
-    );
+    )
+    .await;
     let mut members = Vec::new();
     for i in 0..8 {
         let mut client = if i % 2 == 0 {
@@ -461,11 +378,11 @@ async fn sigterm_spreads_the_4000s_over_the_drain_window_and_loses_nothing_ackno
     let terminated = tokio::time::Instant::now();
     // Refusing newcomers at once, and telling load balancers so.
     let deadline = terminated + DEADLINE;
-    while http_get(node.started.http, "/wtchat/ready", &[]).await.0 != 503 {
+    while http_get(node.http, "/wtchat/ready", &[]).await.0 != 503 {
         assert!(tokio::time::Instant::now() < deadline, "still ready");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let url = format!("ws://{}/wtchat/ws", node.started.http);
+    let url = format!("ws://{}/wtchat/ws", node.http);
     assert_eq!(Client::ws_at(&url, &[]).await.err(), Some(503));
     // Everyone is told 4000, each at its own moment within the window.
     let told: Vec<Duration> = futures_util::future::join_all(members.iter_mut().map(|c| async {
@@ -486,7 +403,11 @@ async fn sigterm_spreads_the_4000s_over_the_drain_window_and_loses_nothing_ackno
     assert!(node.exited(WINDOW + Duration::from_secs(5)).await.success());
 
     // Its connection log: one line when each opened and one when each closed, in JSON.
-    let log = node.json_log();
+    let log: Vec<serde_json::Value> = node
+        .log()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
     let closed: Vec<&serde_json::Value> = log
         .iter()
         .filter(|line| line["fields"]["message"] == "connection closed")
@@ -517,7 +438,7 @@ async fn sigterm_spreads_the_4000s_over_the_drain_window_and_loses_nothing_ackno
     // The next node on the same database has every acknowledged message.
     let acked = acked_rx.borrow().clone();
     assert!(acked.len() >= 10);
-    let next = Serve::start(dir.path(), &["--engine", &engine]);
+    let next = serve(dir.path(), &["--engine", &engine]).await;
     let mut reader = next.ws().await;
     reader.join("deploy", "reader").await;
     let history = stored(&mut reader, "deploy").await;

@@ -1303,17 +1303,210 @@ pub async fn post_text(addr: SocketAddr, path: &str, body: &str, headers: &[(&st
     String::from_utf8_lossy(&response)[9..12].parse().unwrap()
 }
 
+/// `wtchat ARGS` in `cwd`, with `env` as its only `WTCHAT_` variables: the test runner's
+/// own would change what it reads (every setting is one).
+pub fn wtchat_command(
+    args: &[&str],
+    env: &[(&str, &str)],
+    cwd: &std::path::Path,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wtchat"));
+    command.current_dir(cwd).args(args);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("WTCHAT_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().copied());
+    command
+}
+
+/// Runs `command` to its end, which must come within the deadline (one that does not, a
+/// server that failed to refuse its configuration, is killed and the test fails); its
+/// output.
+pub fn run_to_end(mut command: std::process::Command) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the wtchat binary runs");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{command:?} is still running after {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// `wtchat serve` on free loopback ports, working in `dir`, its certificates in `dir/certs`
 /// (the caller adds the engine and whatever else).
 pub fn serve_command(dir: &std::path::Path) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wtchat"));
-    command
-        .current_dir(dir)
-        .args(["serve", "--http", "127.0.0.1:0"])
-        .args(["--webtransport", "127.0.0.1:0"])
-        .arg("--certs")
-        .arg(dir.join("certs"));
-    command
+    let certs = dir.join("certs");
+    let args = [
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--webtransport",
+        "127.0.0.1:0",
+        "--certs",
+        certs.to_str().unwrap(),
+    ];
+    wtchat_command(&args, &[], dir)
+}
+
+/// A real `wtchat serve` process, started from a [`serve_command`]: its stdout (the startup
+/// lines, then anything else) and stderr (the log) kept in files of `dir`, shown when the
+/// test fails; killed when dropped.
+pub struct Serve {
+    child: std::process::Child,
+    pub http: SocketAddr,
+    pub wt_port: u16,
+    pub digests: Vec<[u8; 32]>,
+    dir: std::path::PathBuf,
+}
+
+impl Serve {
+    /// Starts `command` and waits until it says it serves.
+    pub async fn start(mut command: std::process::Command, dir: &std::path::Path) -> Serve {
+        use std::io::{BufRead, Write};
+        use std::process::Stdio;
+        let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .unwrap();
+        // Stdout is read to its end in a thread of its own, into stdout.log, so that nothing
+        // the server prints later ever finds a closed pipe.
+        let stdout = child.stdout.take().unwrap();
+        let mut log = std::fs::File::create(dir.join("stdout.log")).unwrap();
+        let (started, startup) = oneshot::channel();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .inspect(|line| {
+                    let _ = writeln!(log, "{line}");
+                });
+            let _ = started.send(parse_startup(&mut lines));
+            lines.for_each(drop);
+        });
+        let started = match tokio::time::timeout(DEADLINE, startup).await {
+            Ok(Ok(Some(started))) => started,
+            outcome => {
+                let _ = child.kill();
+                let status = child.wait().unwrap();
+                let what = if outcome.is_err() {
+                    "did not start before the deadline"
+                } else {
+                    "exited before serving"
+                };
+                panic!("wtchat serve {what} ({status}):\n{}", logs(dir));
+            }
+        };
+        Serve {
+            child,
+            http: started.http,
+            wt_port: started.wt_port,
+            digests: started.digests,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// A WebSocket client; `query` is `?token=…` or empty.
+    pub async fn ws_query(&self, query: &str) -> Client {
+        let url = format!("ws://{}/wtchat/ws{query}", self.http);
+        Client::ws_at(&url, &[]).await.expect("websocket connects")
+    }
+
+    /// A WebTransport client; `query` is `?token=…` or empty.
+    pub async fn wt_query(&self, query: &str) -> Client {
+        let url = format!("https://127.0.0.1:{}/wtchat{query}", self.wt_port);
+        Client::wt_at(&url, &self.digests, &[])
+            .await
+            .expect("webtransport connects")
+    }
+
+    pub async fn ws(&self) -> Client {
+        self.ws_query("").await
+    }
+
+    pub async fn wt(&self) -> Client {
+        self.wt_query("").await
+    }
+
+    /// `kill -9`: no goodbye, no flush.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, as a service manager stops it.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit by itself; its status.
+    pub async fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still running after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What it printed on stdout (its startup lines).
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout.log")).unwrap_or_default()
+    }
+
+    /// What it wrote to stderr: its log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- wtchat serve ---\n{}", tail(&logs(&self.dir)));
+        }
+    }
+}
+
+/// What a [`Serve`] in `dir` printed: stdout, then stderr.
+fn logs(dir: &std::path::Path) -> String {
+    let read = |name| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    format!(
+        "{}--- stderr ---\n{}",
+        read("stdout.log"),
+        read("stderr.log")
+    )
+}
+
+/// The end of a log: enough to see what went wrong.
+pub fn tail(log: &str) -> &str {
+    let mut start = log.len().saturating_sub(6000);
+    while !log.is_char_boundary(start) {
+        start += 1;
+    }
+    &log[start..]
 }
 
 /// Whether `python3` can import `module`; under CI it must (`scripts/test` installs it).

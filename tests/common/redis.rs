@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::common::DEADLINE;
+use crate::common::{DEADLINE, tail};
 
 /// `redis-server` on the PATH, if any.
 pub fn redis_binary() -> Option<PathBuf> {
@@ -185,13 +185,4 @@ impl Drop for Redis {
             eprintln!("--- redis-server log ---\n{}", tail(&self.log()));
         }
     }
-}
-
-/// The end of a log: enough to see what went wrong.
-pub fn tail(log: &str) -> &str {
-    let mut start = log.len().saturating_sub(6000);
-    while !log.is_char_boundary(start) {
-        start += 1;
-    }
-    &log[start..]
 }
