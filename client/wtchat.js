@@ -1,4 +1,5 @@
-// wtchat browser client: chat rooms over WebTransport, with a WebSocket fallback.
+// wtchat browser client: chat rooms over WebTransport, with WebSocket, Server-Sent Events
+// and long polling as fallbacks.
 //
 // An ES module with no dependencies and no build step:
 //
@@ -11,9 +12,14 @@
 // (pinning the development certificate by its SHA-256 digest when the server serves one).
 // WebTransport gets a short head start; if it is not ready by then (UDP blocked, a proxy, an
 // old browser) a WebSocket attempt starts too and whichever is ready first wins ("happy
-// eyeballs"); the loser is closed. Over WebTransport frames are JSON lines on one
-// bidirectional stream and typing notices travel as datagrams; over WebSocket every frame
-// is one text message.
+// eyeballs"); the loser is closed. Where neither connects within 1.5 s, SSE and then long
+// polling join the race. Over WebTransport frames are JSON lines on one bidirectional
+// stream and typing notices travel as datagrams; over WebSocket every frame is one text
+// message; over SSE and long polling frames come down as events or poll answers and go up
+// as posts.
+//
+// One connection carries every room the page joins (`chat.join(room)`), one `Chat` each:
+// browsers allow six HTTP/1.1 connections per host.
 //
 // Reconnects: when the connection drops, the client reconnects with exponential backoff
 // and jitter (unless the server's `bye` frame said not to), joins again with the last

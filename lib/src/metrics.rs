@@ -166,11 +166,12 @@ fn add(counter: &AtomicU64, n: u64) {
 /// How `protocol::encode` starts a `message` frame.
 const MESSAGE: &[u8] = br#"{"type":"message","#;
 
-/// The `time` of a `message` frame as `protocol::encode` writes it (after the text, whose
-/// quotes are escaped, so the first `,"time":` is the field).
+/// The `time` of a `message` frame as `protocol::encode` writes it: after the text, near
+/// the end, followed by no more than the client id. Strings escape their quotes, so the
+/// only `,"time":` is the field, and it is looked for from the end (not across the text).
 fn message_time(frame: &[u8]) -> Option<u64> {
     const FIELD: &[u8] = br#","time":"#;
-    let at = frame.windows(FIELD.len()).position(|w| w == FIELD)? + FIELD.len();
+    let at = frame.windows(FIELD.len()).rposition(|w| w == FIELD)? + FIELD.len();
     let digits = frame[at..]
         .iter()
         .take_while(|b| b.is_ascii_digit())

@@ -6,11 +6,11 @@
 //! `{"type":"session","post":"/wtchat/sse/ID"}`. The id is 128 random bits, and a post
 //! must come from the origin the stream was opened from.
 //!
-//! Every `joined` and `message` event carries an SSE id that says where the connection is:
-//! each room it is in with its epoch and last sequence number, its resume key and name. A
-//! browser's `EventSource` that reconnects sends it back (`Last-Event-ID`), and the new
-//! stream — on whichever node it reaches — joins those rooms again from there, before
-//! anything else: nothing lost, nothing repeated.
+//! Every `joined`, `message` and `left` event carries an SSE id that says where the
+//! connection is: each room it is in with its epoch and last sequence number, its resume
+//! key and name. A browser's `EventSource` that reconnects sends it back
+//! (`Last-Event-ID`), and the new stream — on whichever node it reaches — joins those rooms
+//! again from there, before anything else: nothing lost, nothing repeated.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
