@@ -4,8 +4,11 @@
 //! configured fail-closed or fail-open choice at the timeout; the events webhook receives
 //! what happened in order, again after a failure; the auth webhook logs users in from their
 //! cookies. Every request's signature is checked by the README's own Python function, with
-//! the secret (it verifies) and with another (it does not).
+//! the secret (it verifies) and with another (it does not). The cookie login is also driven
+//! the way its users meet it: Chromium on the host's own site, the client on every transport.
 
+#[path = "common/browser.rs"]
+mod browser;
 mod common;
 
 use std::net::SocketAddr;
@@ -16,8 +19,9 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use browser::{Browser, Drive};
 use bytes::Bytes;
 use common::{Client, DEADLINE, http_request, start_with};
 use serde_json::{Value, json};
@@ -75,7 +79,8 @@ impl Shared {
 }
 
 /// The host's backend: `/message` (a moderator), `/hang` (never answers), `/events`
-/// (fails once, then takes everything) and `/auth` (a cookie login).
+/// (fails once, then takes everything) and `/auth` (a cookie login); and its site for a
+/// browser: `/login` (sets the session cookie) and `/` (a page).
 struct Backend {
     addr: SocketAddr,
     calls: mpsc::UnboundedReceiver<Call>,
@@ -102,6 +107,13 @@ impl Backend {
             .route("/hang", post(hang))
             .route("/events", post(events))
             .route("/auth", post(login))
+            .route("/login", get(log_in))
+            .route(
+                "/",
+                get(|| async {
+                    Html("<!doctype html><title>the host's site</title><link rel=icon href=data:,>")
+                }),
+            )
             .with_state(shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -225,6 +237,16 @@ async fn login(
     };
     shared.record(&uri, &headers, body, status);
     (status, axum::Json(answer)).into_response()
+}
+
+/// The site's own login: the session cookie a browser then sends along, and back to `/`.
+async fn log_in() -> Response {
+    let cookie = "session=good; Path=/; HttpOnly; SameSite=Lax";
+    (
+        [(axum::http::header::SET_COOKIE, cookie)],
+        Redirect::to("/"),
+    )
+        .into_response()
 }
 
 /// Whether the README's Python `wtchat_verified` accepts each call's signature with
@@ -598,6 +620,105 @@ async fn the_auth_webhook_logs_users_in_from_their_cookies_on_every_transport() 
         "{bye}"
     );
     tokio::join!(unanswered.stop(), server.stop());
+}
+
+/// The setting the README describes for a PHP or Django site: `wtchat` beside the site, on
+/// another port of the same host, and the site's session cookie as the chat login. Chromium
+/// logs in on the site, and the client on its page, loaded from the chat server, connects
+/// over each transport: the browser's own ticket request carries the cookie (same site,
+/// credentials included), and the ticket carries the login, WebTransport included.
+#[tokio::test]
+async fn a_browser_logged_in_on_the_site_chats_under_its_login_on_every_transport() {
+    const TEST: &str = "a_browser_logged_in_on_the_site_chats_under_its_login_on_every_transport";
+    let Some(browser) = Browser::launch_or_skip(TEST).await else {
+        return;
+    };
+    let mut backend = Backend::start().await;
+    let site = format!("http://localhost:{}", backend.addr.port());
+    let server = start_with(|c| {
+        c.auth_webhook(backend.url("/auth"))
+            .webhook_secret(SECRET)
+            .allow_origin(site.clone())
+    })
+    .await;
+    let chat = format!("http://localhost:{}", server.http.port());
+    let connect = |transport: &str| {
+        format!(
+            r#"(async () => {{
+                const {{ connect }} = await import("{chat}/wtchat/wtchat.js");
+                try {{
+                    const chat = await connect({{ server: "{chat}", room: "lobby",
+                                                  name: "whoever", transport: "{transport}" }});
+                    const ack = await chat.send("over " + chat.transport);
+                    const got = [chat.transport, chat.me.name, ack.seq];
+                    chat.close();
+                    return got;
+                }} catch (e) {{
+                    return [e.code, e.message];
+                }}
+            }})()"#
+        )
+    };
+
+    let page = browser.page("logged-in", 1024, 768, None).await;
+    page.goto(&format!("{site}/login")).await;
+    let mut calls = Vec::new();
+    for (n, transport) in ["webtransport", "websocket", "sse", "longpoll"]
+        .into_iter()
+        .enumerate()
+    {
+        let got = page.eval(&connect(transport)).await;
+        assert_eq!(
+            got,
+            json!([transport, "Ann", n + 1]),
+            "over {transport}: {:#?}",
+            page.console()
+        );
+        // One login per connection: the ticket request, with the site's cookie and origin.
+        let call = backend.next("/auth").await;
+        let asked = call.json();
+        assert_eq!(
+            (&asked["transport"], &asked["origin"], &asked["cookies"]),
+            (&json!("ticket"), &json!(site), &json!({"session": "good"})),
+            "over {transport}"
+        );
+        calls.push(call);
+    }
+    let said: Vec<(String, String)> = server
+        .chat
+        .history("lobby", None, 10)
+        .unwrap()
+        .messages
+        .iter()
+        .map(|m| (m.from.clone(), m.text.clone()))
+        .collect();
+    let over = |t: &str| ("Ann".to_string(), format!("over {t}"));
+    assert_eq!(
+        said,
+        [
+            over("webtransport"),
+            over("websocket"),
+            over("sse"),
+            over("longpoll")
+        ]
+    );
+    assert_signed(&calls).await;
+
+    // A browser that has not logged in on the site is told why, on any transport.
+    let stranger = browser.page("stranger", 1024, 768, None).await;
+    stranger.goto(&format!("{site}/")).await;
+    let refused = stranger.eval(&connect("websocket")).await;
+    assert_eq!(refused, json!(["unauthorized", "log in first"]));
+    assert_eq!(backend.next("/auth").await.json()["cookies"], json!({}));
+    for page in [&page, &stranger] {
+        let errors: Vec<_> = page
+            .console_errors()
+            .into_iter()
+            .filter(|e| !e.text.contains("401"))
+            .collect();
+        assert!(errors.is_empty(), "console errors: {errors:#?}");
+    }
+    server.stop().await;
 }
 
 #[test]
