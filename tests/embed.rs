@@ -625,5 +625,28 @@ async fn a_chat_nested_under_a_prefix_hands_out_urls_under_it() {
     wt.join("nested", "wt").await;
     assert_eq!(ws.say("nested", "under a prefix", "p1").await, 1);
     assert_eq!(wt.messages("nested", 1).await[0].2, "under a prefix");
+    // SSE and long polling hand out their sessions' URLs under the prefix too, and the
+    // clients post (and poll) where they are told.
+    assert_eq!(
+        config["sse"],
+        format!("http://{}/chat/wtchat/sse", server.http)
+    );
+    let mut sse = Client::sse_under(server.http, "/chat", "", &[])
+        .await
+        .unwrap();
+    let mut poll = Client::poll_under(server.http, "/chat", "", &[])
+        .await
+        .unwrap();
+    sse.join("nested", "sse").await;
+    poll.join("nested", "poll").await;
+    assert_eq!(sse.say("nested", "posted under it", "s1").await, 2);
+    assert_eq!(poll.say("nested", "polled under it", "l1").await, 3);
+    assert_eq!(
+        wt.messages("nested", 2).await,
+        [
+            (2, "sse".to_string(), "posted under it".to_string()),
+            (3, "poll".to_string(), "polled under it".to_string())
+        ]
+    );
     server.stop().await;
 }

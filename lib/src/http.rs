@@ -91,10 +91,14 @@ pub(crate) fn router(state: HttpState) -> Router {
         );
     // SSE and long polling are plain requests a page of another allowed origin (a PHP
     // site beside the chat server) makes too, and must be able to read.
+    let under_prefix = || middleware::from_fn_with_state(state.clone(), routes_at);
     let posted = Router::new()
-        .route(&format!("{PATH}/sse"), get(sse::open))
+        .route(&format!("{PATH}/sse"), get(sse::open).layer(under_prefix()))
         .route(&format!("{PATH}/sse/{{session}}"), post(posted::post))
-        .route(&format!("{PATH}/poll"), post(poll::open))
+        .route(
+            &format!("{PATH}/poll"),
+            post(poll::open).layer(under_prefix()),
+        )
         .route(
             &format!("{PATH}/poll/{{session}}"),
             get(poll::poll).post(posted::post),
@@ -381,6 +385,18 @@ fn with_credentials_cors(mut response: Response, origin: Option<&str>) -> Respon
 fn readable_by(h: &mut HeaderMap, origin: HeaderValue) {
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     h.insert(header::VARY, HeaderValue::from_static("Origin"));
+}
+
+/// Tells the session a request opens where the chat's routes are as its client reached
+/// them, under whatever prefix: the URLs it hands out are the client's to use as they are.
+async fn routes_at(
+    State(state): State<HttpState>,
+    mut request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let at = format!("{}{PATH}", Reached::of(&state, &request).prefix);
+    request.extensions_mut().insert(posted::RoutesAt(at.into()));
+    next.run(request).await
 }
 
 /// The answers of the SSE and long-polling routes, readable by a page of any allowed origin.

@@ -750,10 +750,21 @@ impl Client {
         query: &str,
         headers: &[(&str, &str)],
     ) -> Result<Client, u16> {
+        Client::sse_under(http, "", query, headers).await
+    }
+
+    /// A Server-Sent Events client of a chat under path `prefix` (`/chat`) at `http`; it
+    /// posts where the stream's first event says.
+    pub async fn sse_under(
+        http: SocketAddr,
+        prefix: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, u16> {
         use tokio::io::AsyncWriteExt;
         let open = async {
             let mut tcp = TcpStream::connect(http).await.unwrap();
-            let path = format!("/wtchat/sse{query}");
+            let path = format!("{prefix}/wtchat/sse{query}");
             let mut request = request_head(http, "GET", &path, headers);
             request.push_str("Accept: text/event-stream\r\n\r\n");
             tcp.write_all(request.as_bytes()).await.unwrap();
@@ -811,7 +822,18 @@ impl Client {
         query: &str,
         headers: &[(&str, &str)],
     ) -> Result<Client, u16> {
-        let path = format!("/wtchat/poll{query}");
+        Client::poll_under(http, "", query, headers).await
+    }
+
+    /// A long-polling client of a chat under path `prefix` (`/chat`) at `http`; it polls
+    /// and posts where the session's answer says.
+    pub async fn poll_under(
+        http: SocketAddr,
+        prefix: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, u16> {
+        let path = format!("{prefix}/wtchat/poll{query}");
         let (status, body) = http_bytes(http, "POST", &path, headers, b"", DEADLINE).await;
         if status != 200 {
             return Err(status);

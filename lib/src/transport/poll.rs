@@ -26,7 +26,6 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::{Notify, oneshot};
 
 use super::{Context, posted};
-use crate::PATH;
 use crate::auth::Transport;
 use crate::engine::redis::Forwarded;
 use crate::hub::{Kind, Outbound};
@@ -147,8 +146,8 @@ pub(crate) async fn open(
         async move { queue.over().await }
     };
     let writer = PollWriter { queue };
+    let url = format!("{}/poll/{id}", opened.routes_at);
     posted::run(&ctx, opened, Transport::LongPoll, gone, writer);
-    let url = format!("{PATH}/poll/{id}");
     (
         [(header::CACHE_CONTROL, "no-store")],
         axum::Json(serde_json::json!({"type": "session", "post": url, "poll": url})),

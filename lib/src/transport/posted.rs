@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::{Admitted, Context, OriginPolicy, Refused, detached, shown};
+use crate::PATH;
 use crate::auth::{ConnectRequest, Transport, random_bytes};
 use crate::engine::redis::Forwarded;
 use crate::protocol::CloseCode;
@@ -40,9 +41,17 @@ struct Posts {
     origin: Option<String>,
 }
 
+/// Where the chat's routes are as the client reached them (`/chat/wtchat` under a path
+/// prefix, from a nested router or a proxy's `X-Forwarded-Prefix`): put into the opening
+/// request by the HTTP side, which knows the prefix; a session's URLs start with it.
+#[derive(Clone)]
+pub(crate) struct RoutesAt(pub Arc<str>);
+
 /// A session being opened: admitted, registered, not yet running.
 pub(crate) struct Opened {
     pub id: String,
+    /// Where its URLs start ([`RoutesAt`]; [`PATH`] when not given).
+    pub routes_at: Arc<str>,
     admitted: Admitted,
     connect: Option<ConnectRequest>,
     inbox: mpsc::Receiver<Inbound>,
@@ -125,8 +134,13 @@ pub(crate) fn open(
             origin,
         },
     );
+    let routes_at = request
+        .extensions()
+        .get::<RoutesAt>()
+        .map_or_else(|| PATH.into(), |at| at.0.clone());
     Ok(Opened {
         id,
+        routes_at,
         admitted,
         connect,
         inbox,
@@ -151,6 +165,7 @@ pub(crate) fn run(
         inbox,
         first,
         peer,
+        routes_at: _,
     } = opened;
     drop(first);
     let id = ctx.session.hub.next_id();

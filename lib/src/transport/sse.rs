@@ -30,7 +30,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Context, posted};
-use crate::PATH;
 use crate::auth::Transport;
 use crate::hub::{Kind, Outbound};
 use crate::protocol::CloseCode;
@@ -235,8 +234,8 @@ pub(crate) async fn open(
         let _ = opened.first.try_send(Inbound::Frame(join));
     }
     let hello = format!(
-        "retry: 1000\ndata: {{\"type\":\"session\",\"post\":\"{PATH}/sse/{}\"}}\n\n",
-        opened.id
+        "retry: 1000\ndata: {{\"type\":\"session\",\"post\":\"{}/sse/{}\"}}\n\n",
+        opened.routes_at, opened.id
     );
     let (events, stream) = mpsc::channel::<Bytes>(16);
     let (alive, gone) = oneshot::channel::<()>();
