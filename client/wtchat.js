@@ -520,7 +520,7 @@ async function dial(config, options, events, state) {
   // Where neither WebTransport nor WebSocket gets through: SSE, then long polling, each
   // started once the ones before it failed or kept silent for FALLBACK_MS.
   if (forced === "sse" || forced === "longpoll" || (!forced && !hasWT && !hasWS)) {
-    return dialPosted(config, options, events, forced);
+    return dialPosted(config, options, events, forced, state);
   }
   const useWT = hasWT && forced !== "websocket";
   const useWS = forced !== "webtransport" && hasWS;
@@ -545,7 +545,7 @@ async function dial(config, options, events, state) {
     const late = start(async (signal) => {
       await Promise.race([delay(FALLBACK_MS, signal), Promise.allSettled(direct)]);
       if (signal.aborted) throw new ChatError("aborted", "fallback: not needed");
-      return dialPosted(config, options, events, null, signal);
+      return dialPosted(config, options, events, null, state, signal);
     });
     return Promise.any([...promises, late]);
   };
@@ -591,26 +591,49 @@ async function dial(config, options, events, state) {
 }
 
 /**
- * SSE, then long polling (or the one `forced`): the first that connects.
+ * SSE, then long polling (or the one `forced`): the first that connects; the other is
+ * closed. Long polling starts once SSE failed or stayed silent for FALLBACK_MS — a proxy
+ * that buffers streamed responses holds the stream's first event back, and the stream
+ * never fails — or at once when long polling won the last time (`state.sseLost`).
  */
-async function dialPosted(config, options, events, forced, signal) {
-  const errors = [];
-  if (forced !== "longpoll" && typeof globalThis.EventSource === "function" && config.sse) {
-    try {
-      return await openSse(withIdentity(config.sse, options, "sse"), events, signal);
-    } catch (e) {
-      if (forced === "sse") throw e;
-      errors.push(e.message);
-    }
+async function dialPosted(config, options, events, forced, state, signal) {
+  const useSse = forced !== "longpoll" && typeof globalThis.EventSource === "function" && !!config.sse;
+  const usePoll = forced !== "sse" && typeof globalThis.fetch === "function" && !!config.poll;
+  if (!useSse && !usePoll) throw new ChatError("unreachable", "no transport could connect");
+  const controller = new AbortController();
+  const stop = () => controller.abort();
+  signal?.addEventListener("abort", stop, { once: true });
+  const attempts = [];
+  const sse = useSse ? openSse(withIdentity(config.sse, options, "sse"), events, controller.signal) : null;
+  if (sse) attempts.push(sse);
+  if (usePoll) {
+    attempts.push((async () => {
+      if (sse) {
+        const wait = state?.sseLost ? 0 : FALLBACK_MS;
+        const sseWon = await Promise.race([
+          delay(wait, controller.signal).then(() => false),
+          sse.then(() => true, () => false),
+        ]);
+        if (sseWon || controller.signal.aborted) throw new ChatError("aborted", "longpoll: not needed");
+      }
+      return openPoll(withIdentity(config.poll, options, "longpoll"), events, controller.signal);
+    })());
   }
-  if (typeof globalThis.fetch === "function" && config.poll) {
-    try {
-      return await openPoll(withIdentity(config.poll, options, "longpoll"), events, signal);
-    } catch (e) {
-      errors.push(e.message);
-    }
+  let winner;
+  try {
+    winner = await Promise.any(attempts);
+  } catch (e) {
+    const reasons = e.errors.filter((x) => x.code !== "aborted").map((x) => x.message);
+    throw new ChatError("unreachable", reasons.join("; ") || "no transport could connect");
+  } finally {
+    signal?.removeEventListener("abort", stop);
+    controller.abort();
   }
-  throw new ChatError("unreachable", errors.join("; ") || "no transport could connect");
+  for (const p of attempts) {
+    p.then((conn) => { if (conn !== winner) conn.close(1000, "not needed"); }, () => {});
+  }
+  if (useSse && usePoll && state) state.sseLost = winner.kind !== "sse";
+  return winner;
 }
 
 /**
@@ -651,7 +674,7 @@ class Link {
     this._lastSent = 0;
     this._pingSentAt = 0;
     this._bye = null;
-    this._dialState = { webTransportLost: false };
+    this._dialState = { webTransportLost: false, sseLost: false };
     this._closedByUser = false;
     this._onOnline = () => {
       if (this.status === "reconnecting" && this._reconnectTimer) {

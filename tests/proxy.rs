@@ -4,8 +4,10 @@
 //! WebSocket with a client connected directly, and the per-address cap counts the addresses
 //! the proxy forwards. And in front of two nodes sharing Redis, nginx taking turns between
 //! them request by request (no sticky sessions): Chromium pages on SSE and on long polling
-//! chat with clients of both nodes. Without nginx (or redis-server) the tests skip loudly
-//! (and fail under `CI=true`).
+//! chat with clients of both nodes. Mounted under a path prefix as the README's text says,
+//! pages on SSE and long polling chat through it; behind a proxy that buffers the event
+//! stream, a page falls back to long polling. Without nginx (or redis-server) the tests
+//! skip loudly (and fail under `CI=true`).
 
 #[path = "common/browser.rs"]
 mod browser;
@@ -38,6 +40,35 @@ fn readme_location(upstream: &str) -> String {
     block.replace("127.0.0.1:8080", upstream)
 }
 
+/// The README's block mounted under `prefix` (`/chat`) as its text says: `location
+/// /chat/wtchat/`, `proxy_pass` to the upstream's `/wtchat/`, and `X-Forwarded-Prefix`.
+fn readme_location_under(prefix: &str, upstream: &str) -> String {
+    let block = readme_location(upstream);
+    let under = block
+        .replacen(
+            "location /wtchat/ {",
+            &format!("location {prefix}/wtchat/ {{"),
+            1,
+        )
+        .replacen(
+            &format!("proxy_pass http://{upstream};"),
+            &format!("proxy_pass http://{upstream}/wtchat/;"),
+            1,
+        )
+        .replacen(
+            "    proxy_read_timeout",
+            &format!("    proxy_set_header X-Forwarded-Prefix {prefix};\n    proxy_read_timeout"),
+            1,
+        );
+    assert_eq!(under.lines().count(), block.lines().count() + 1, "{block}");
+    assert!(
+        under.contains(&format!("location {prefix}/wtchat/")),
+        "{under}"
+    );
+    assert!(under.contains("/wtchat/;"), "{under}");
+    under
+}
+
 /// nginx in the foreground with its own prefix directory; stopped on drop.
 struct Nginx {
     child: Child,
@@ -62,6 +93,17 @@ fn nginx_path() -> Option<&'static str> {
 /// takes turns between them, request by request), and the page at `/` from the first (a
 /// site serves its own pages; here the demo page stands in).
 async fn nginx(port: u16, upstreams: &[String]) -> Nginx {
+    let site = format!("location = / {{ proxy_pass http://{}; }}", upstreams[0]);
+    nginx_with(
+        port,
+        upstreams,
+        &format!("{site}\n{}", readme_location("chat")),
+    )
+    .await
+}
+
+/// Starts nginx on `port` with `locations`, where `chat` is the upstream of `upstreams`.
+async fn nginx_with(port: u16, upstreams: &[String], locations: &str) -> Nginx {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     let servers: String = upstreams.iter().map(|u| format!("server {u}; ")).collect();
@@ -75,13 +117,10 @@ http {{
     upstream chat {{ {servers} }}
     server {{
         listen 127.0.0.1:{port};
-        location = / {{ proxy_pass http://{}; }}
-        {}
+        {locations}
     }}
 }}
-",
-        upstreams[0],
-        readme_location("chat")
+"
     );
     std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
     let child = Command::new(nginx_path().unwrap())
@@ -339,4 +378,130 @@ async fn pages_on_sse_and_long_polling_chat_through_nginx_taking_turns_between_t
     }
     a.stop().await;
     b.stop().await;
+}
+
+/// A connect of the client, loaded from `server` (the chat's URL under its prefix), to room
+/// `prefixed`: its transport and name, then a message sent, answered `[transport, seq]`;
+/// or `[code, message]` when it fails.
+fn connect_under(server: &str, name: &str) -> String {
+    format!(
+        r#"(async () => {{
+            const {{ connect }} = await import("{server}/wtchat/wtchat.js");
+            try {{
+                const started = performance.now();
+                window.chat = await connect({{ server: "{server}", room: "prefixed", name: "{name}" }});
+                window.connectMs = Math.round(performance.now() - started);
+                const ack = await window.chat.send("{name} via " + window.chat.transport);
+                return [window.chat.transport, ack.seq];
+            }} catch (e) {{
+                return [e.code, e.message];
+            }}
+        }})()"#
+    )
+}
+
+/// Under a path prefix, as the README says to mount it (`location /chat/wtchat/` and
+/// `X-Forwarded-Prefix`): pages left with SSE and with long polling are handed their
+/// sessions' URLs under the prefix, and chat. And behind a proxy that buffers streamed
+/// answers (nginx compressing them, ignoring `X-Accel-Buffering`: gzip holds small events
+/// back until its buffer fills), where an SSE stream opens but its events never come, a
+/// page lands on long polling by itself.
+#[tokio::test]
+async fn pages_chat_under_a_path_prefix_and_through_a_proxy_that_buffers_streams() {
+    const TEST: &str = "pages_chat_under_a_path_prefix_and_through_a_proxy_that_buffers_streams";
+    if nginx_path().is_none() {
+        assert!(std::env::var("CI").is_err(), "nginx is required under CI");
+        eprintln!("SKIPPED: nginx is not installed (run scripts/test)");
+        return;
+    }
+    let Some(browser) = Browser::launch_or_skip(TEST).await else {
+        return;
+    };
+    let port = free_port();
+    let site = format!("http://127.0.0.1:{port}");
+    let site_origin = site.clone();
+    let server = start_with(move |c| {
+        c.trusted_proxy("127.0.0.1".parse().unwrap())
+            .allow_origin(site_origin)
+    })
+    .await;
+    // The site's own page, the README's block under /chat, and a proxy under /buffered
+    // that compresses streamed answers, holding them back until its buffers fill.
+    let buffered = readme_location_under("/buffered", "chat").replacen(
+        "    proxy_read_timeout",
+        "    proxy_buffering on;\n    proxy_ignore_headers X-Accel-Buffering;\n    gzip on;\n    gzip_types text/event-stream;\n    gzip_min_length 1;\n    proxy_read_timeout",
+        1,
+    );
+    let locations = format!(
+        "location = / {{ default_type text/html; return 200 '<!doctype html><title>site</title><link rel=icon href=data:,>'; }}\n{}\n{buffered}",
+        readme_location_under("/chat", "chat")
+    );
+    let _proxy = nginx_with(port, &[server.http.to_string()], &locations).await;
+    let mut dan = Client::wt(&server).await;
+    dan.join("prefixed", "dan").await;
+
+    let chat = format!("{site}/chat");
+    let mut pages = Vec::new();
+    for (label, init, name, transport) in [
+        ("S", NO_STREAMS, "sue", "sse"),
+        ("L", NO_EVENT_SOURCE, "lou", "longpoll"),
+    ] {
+        let page = browser.page(label, 1024, 768, Some(init)).await;
+        page.goto(&format!("{site}/")).await;
+        let seq = pages.len() + 1;
+        assert_eq!(
+            page.eval(&connect_under(&chat, name)).await,
+            json!([transport, seq]),
+            "[{label}] {:?}",
+            page.console()
+        );
+        assert_eq!(
+            dan.messages("prefixed", 1).await,
+            [(
+                seq as u64,
+                name.to_string(),
+                format!("{name} via {transport}")
+            )]
+        );
+        pages.push(page);
+    }
+    // The buffering proxy lets the stream open and keeps its events: long polling starts
+    // after the fallback's 1.5 s of silence and wins.
+    let bea = browser.page("B", 1024, 768, Some(NO_STREAMS)).await;
+    bea.goto(&format!("{site}/")).await;
+    assert_eq!(
+        bea.eval(&connect_under(&format!("{site}/buffered"), "bea"))
+            .await,
+        json!(["longpoll", 3]),
+        "{:?}",
+        bea.console()
+    );
+    let took = bea.eval("window.connectMs").await;
+    eprintln!("behind the buffering proxy: connected over long polling in {took} ms");
+    pages.push(bea);
+    assert_eq!(dan.say("prefixed", "dan to all", "d1").await, 4);
+    let want = browser::numbered(&[
+        ("sue", "sue via sse"),
+        ("lou", "lou via longpoll"),
+        ("bea", "bea via longpoll"),
+        ("dan", "dan to all"),
+    ]);
+    for page in &pages {
+        let seen = page
+            .wait_for(
+                "all four messages",
+                "window.chat.messages.length === 4 \
+                   && window.chat.messages.map((m) => [m.seq, m.from, m.text])",
+            )
+            .await;
+        assert_eq!(
+            serde_json::from_value::<Vec<(u64, String, String)>>(seen).unwrap(),
+            want,
+            "[{}]",
+            page.label()
+        );
+        let errors = page.console_errors();
+        assert!(errors.is_empty(), "[{}] {errors:?}", page.label());
+    }
+    server.stop().await;
 }
