@@ -3,7 +3,8 @@
 //! sequence across nodes; clients of a node killed with `kill -9` resume on another with
 //! nothing lost; a Redis that stops (SHUTDOWN, or `kill -9`) and comes back loses nothing
 //! acknowledged and refuses sends honestly meanwhile; presence and the HTTP API span the
-//! nodes, and a dead node's members leave. Without `redis-server` the tests skip loudly (and
+//! nodes, and a dead node's members leave; a ticket one node hands out logs in on another.
+//! Without `redis-server` the tests skip loudly (and
 //! fail under `CI=true`; `scripts/test` installs it).
 
 mod common;
@@ -1420,5 +1421,85 @@ async fn long_polls_that_reach_another_node_are_answered_by_the_sessions_node() 
             .await
             .0,
         404
+    );
+}
+
+/// The host's login, as the auth webhook: cookie `session=tia` is Tia (user u7), anything
+/// else is refused. Returns its URL; it serves until the test ends.
+async fn start_login() -> String {
+    use axum::{Json, Router, http::StatusCode, routing::post};
+    let login = |Json(asked): Json<Value>| async move {
+        if asked["cookies"]["session"] == "tia" {
+            (StatusCode::OK, Json(json!({"user": "u7", "name": "Tia"})))
+        } else {
+            (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"reason": "log in first"})),
+            )
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, Router::new().route("/auth", post(login)))
+            .await
+            .unwrap()
+    });
+    format!("http://{addr}/auth")
+}
+
+/// The README's "Tokens and tickets": with the same `--token-secret`, the tickets one node
+/// hands out (its auth webhook said who the cookie is) are taken by another — the page's
+/// ticket request and its connection may reach different nodes behind a load balancer —
+/// and each only once there.
+#[tokio::test]
+async fn a_ticket_one_node_hands_out_logs_in_on_another_once() {
+    let Some(redis) = Redis::start_or_skip("tickets_across_nodes", Persistence::None).await else {
+        return;
+    };
+    let login = start_login().await;
+    let flags = [
+        "--token-secret",
+        SECRET,
+        "--auth-webhook",
+        &login,
+        "--webhook-secret",
+        "a-webhook-secret-of-at-least-32-bytes",
+    ];
+    let a = Node::start("A", &redis, &flags).await;
+    let b = Node::start("B", &redis, &flags).await;
+    let origin = format!("http://{}", a.http);
+    let tickets = async |cookie: &str| {
+        let page = [("origin", origin.as_str()), ("cookie", cookie)];
+        common::http_request(a.http, "POST", "/wtchat/ticket", &page, None).await
+    };
+    assert_eq!(tickets("session=nobody").await.0, 401);
+    let (status, answer) = tickets("session=tia").await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    let ticket =
+        |transport: &str| format!("?ticket={}", answer["tickets"][transport].as_str().unwrap());
+
+    // Made on A, taken on B: over WebSocket and over WebTransport, as Tia.
+    let mut ws = b.ws_query(&ticket("websocket")).await;
+    let mut wt = b.wt_query(&ticket("webtransport")).await;
+    for client in [&mut ws, &mut wt] {
+        let (joined, _) = client.join("tickets", "whoever").await;
+        assert_eq!(joined["you"]["name"], "Tia", "{}", client.transport());
+    }
+    assert_eq!(ws.say("tickets", "hello from B", "t1").await, 1);
+    assert_eq!(
+        wt.messages("tickets", 1).await,
+        [(1, "Tia".to_string(), "hello from B".to_string())]
+    );
+    // Used on B, it is refused there the second time.
+    let mut again = b.ws_query(&ticket("websocket")).await;
+    let bye = again.next_of("bye").await;
+    assert_eq!(
+        (&bye["code"], &bye["message"]),
+        (
+            &json!(4401),
+            &json!("this ticket was used already; fetch a new one")
+        )
     );
 }
