@@ -4,8 +4,8 @@
 //! nothing lost; a Redis that stops (SHUTDOWN, or `kill -9`) and comes back loses nothing
 //! acknowledged and refuses sends honestly meanwhile; presence and the HTTP API span the
 //! nodes, and a dead node's members leave; a ticket one node hands out logs in on another.
-//! Without `redis-server` the tests skip loudly (and
-//! fail under `CI=true`; `scripts/test` installs it).
+//! Without `redis-server` the tests skip loudly (and fail under `CI=true`; `scripts/test`
+//! installs it).
 
 mod common;
 #[path = "common/redis.rs"]
