@@ -2,7 +2,8 @@
 //! `-N` only turns off its own output buffering) for the stream and plain HTTP posts for
 //! the frames: one room with a WebSocket client, one order; a reconnect with
 //! `Last-Event-ID` resumes with nothing lost or repeated; bad input gets its answer
-//! (every case of tests/bad_input.rs that applies runs there over SSE too).
+//! (every case of tests/bad_input.rs that applies runs there over SSE too); only an allowed
+//! origin opens a stream or a polling session, and reads it.
 //!
 //! And with the harness's own plain HTTP/1.1 client (`Client::sse`): clients of all four
 //! transports in one room see one order; `Last-Event-ID` resumes every room of a stream; a
@@ -260,6 +261,58 @@ async fn a_stream_needs_the_same_credentials_as_a_websocket() {
     let mut sse = Stream::open(server.http, &[]).await;
     let bye = sse.next_of("bye").await;
     assert_eq!(bye["code"], 4401, "{bye}");
+    server.stop().await;
+}
+
+/// The status and head (lowercased) curl gets for `method` `/wtchat/{what}` from `origin`;
+/// read up to the end of the head, as an event stream's answer never ends.
+async fn head_from(http: SocketAddr, method: &str, what: &str, origin: &str) -> (u16, String) {
+    let mut curl = Command::new("curl")
+        .args(["-siN", "--max-time", "10", "-X", method, "-H"])
+        .arg(format!("Origin: {origin}"))
+        .arg(format!("http://{http}/wtchat/{what}"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("curl runs");
+    let mut lines = BufReader::new(curl.stdout.take().unwrap()).lines();
+    let mut head = String::new();
+    while let Some(line) = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("the head before the deadline")
+        .unwrap()
+    {
+        if line.trim().is_empty() {
+            break;
+        }
+        head.push_str(&line.to_lowercase());
+        head.push('\n');
+    }
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok());
+    (status.unwrap_or(0), head)
+}
+
+/// A page of an allowed origin opens a stream or a polling session and may read the answer
+/// (`Access-Control-Allow-Origin` names it); any other origin is refused, and told nothing.
+#[tokio::test]
+async fn only_an_allowed_origin_opens_a_stream_or_a_poll_and_reads_it() {
+    let site = "https://site.example";
+    let server = start_with(move |config| config.allow_origin(site)).await;
+    for (method, what) in [("GET", "sse"), ("POST", "poll")] {
+        let (status, head) = head_from(server.http, method, what, site).await;
+        assert_eq!(status, 200, "{what}: {head}");
+        assert!(
+            head.contains(&format!("access-control-allow-origin: {site}\n")),
+            "{what}: {head}"
+        );
+        assert!(head.contains("vary: origin\n"), "{what}: {head}");
+        let (status, head) = head_from(server.http, method, what, "https://evil.example").await;
+        assert_eq!(status, 403, "{what}: {head}");
+        assert!(
+            !head.contains("access-control-allow-origin"),
+            "{what}: {head}"
+        );
+    }
     server.stop().await;
 }
 
