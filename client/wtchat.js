@@ -1430,6 +1430,13 @@ export class Chat {
         return;
       case "error": return this._onError(frame);
       case "left":
+        // With a code, the host removed this connection from the room (a kick, a ban): it
+        // ends here, and the other rooms go on. From its last room the server closes the
+        // connection too, and that `bye` says it for the whole chat.
+        if (frame.code && this._link.rooms.size > 1) {
+          this._drop(new ChatError(frame.reason || "kicked", "the host removed you from this room", { closeCode: frame.code }));
+        }
+        return;
       default:
         return;
     }

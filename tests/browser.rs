@@ -1910,3 +1910,99 @@ async fn a_page_chats_in_several_rooms_over_one_connection_on_every_transport() 
     }
     server.stop().await;
 }
+
+/// A page in two rooms: what each room's chat records, and the connections it opened.
+const TWO_ROOMS: &str = r#"(async (transport) => {
+  const { connect } = await import("/wtchat/wtchat.js");
+  window.__configs = () => performance.getEntriesByType("resource")
+    .filter((e) => e.name.endsWith("/wtchat/config")).length;
+  const a = await connect({ room: `ka-${transport}`, name: "kim", transport });
+  const b = await a.join(`kb-${transport}`);
+  const log = (chat) => {
+    const events = [];
+    chat.on("status", (s) => events.push(["status", s.status, s.error ?? null]));
+    chat.on("error", (e) => events.push(["error", e.code]));
+    return events;
+  };
+  window.__k = { a, b, aEvents: log(a), bEvents: log(b) };
+  return [a.me.id, b.me.id];
+})"#;
+
+/// The host kicks a page out of one of its two rooms: that room's chat closes with
+/// `kicked`, the other goes on over the same connection; kicked out of the second, the
+/// page closes and does not come back. On every transport.
+#[tokio::test]
+async fn a_page_kicked_from_one_room_stays_in_the_other_and_kicked_from_both_stays_out() {
+    let Some((_serial, browser)) = take_browser(
+        "a_page_kicked_from_one_room_stays_in_the_other_and_kicked_from_both_stays_out",
+    )
+    .await
+    else {
+        return;
+    };
+    let server = start().await;
+    for transport in ["webtransport", "websocket", "sse", "longpoll"] {
+        let (a, b) = (format!("ka-{transport}"), format!("kb-{transport}"));
+        let page = browser.page(transport, 800, 600, None).await;
+        page.goto(&demo_url(&server, "")).await;
+        let ids = page
+            .eval(&format!("{TWO_ROOMS}({})", json!(transport)))
+            .await;
+        let ids: [u64; 2] = serde_json::from_value(ids).unwrap();
+        let configs = page.eval("window.__configs()").await;
+
+        assert!(server.chat.kick_member(&a, ids[0]));
+        let a_events = page
+            .wait_for(
+                "room a closed",
+                "window.__k.a.status === 'closed' && window.__k.aEvents",
+            )
+            .await;
+        assert_eq!(
+            a_events,
+            json!([["error", "kicked"], ["status", "closed", "kicked"]]),
+            "{transport}"
+        );
+        // The other room goes on, on the same connection.
+        let (status, seq, b_events) = serde_json::from_value::<(String, u64, Value)>(
+            page.eval(
+                "window.__k.b.send('still in b').then((ack) =>
+                   [window.__k.b.status, ack.seq, window.__k.bEvents])",
+            )
+            .await,
+        )
+        .unwrap();
+        assert_eq!((status.as_str(), seq), ("connected", 1), "{transport}");
+        assert_eq!(b_events, json!([]), "{transport}");
+        assert_eq!(server_members(&server, &a), [], "{transport}");
+        assert_eq!(server_members(&server, &b).len(), 1, "{transport}");
+        let refused = page
+            .eval("window.__k.a.send('let me back').then(() => 'sent', (e) => e.code)")
+            .await;
+        assert_eq!(refused, "closed", "{transport}");
+
+        // Out of both: the whole chat closes, with the server's code, and stays closed.
+        assert!(server.chat.kick_member(&b, ids[1]));
+        let b_events = page
+            .wait_for(
+                "room b closed",
+                "window.__k.b.status === 'closed' && window.__k.bEvents",
+            )
+            .await;
+        assert_eq!(
+            b_events,
+            json!([["status", "closed", "kicked"]]),
+            "{transport}"
+        );
+        // A reconnect would fetch the configuration again within its first backoff (at
+        // most 0.75 s); none does.
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        assert_eq!(
+            page.eval("window.__configs()").await,
+            configs,
+            "{transport}"
+        );
+        assert_eq!(server_members(&server, &b), [], "{transport}");
+        assert_no_console_errors(&page);
+    }
+}

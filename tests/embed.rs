@@ -650,3 +650,75 @@ async fn a_chat_nested_under_a_prefix_hands_out_urls_under_it() {
     );
     server.stop().await;
 }
+
+/// A kick (or a ban) is about one room: a connection in several rooms is taken out of that
+/// one — told with a `left` carrying 4403, gone from its member list, sent nothing more of
+/// it — and stays in the others; out of its last room, the connection closes with 4403.
+/// On every transport.
+#[tokio::test]
+async fn a_kick_takes_a_connection_out_of_that_room_only_and_out_of_its_last_closes_it() {
+    let server = start_with(|c| c).await;
+    for transport in ["websocket", "webtransport", "sse", "longpoll"] {
+        let [a, b] = ["a", "b"].map(|r| format!("{r}-{transport}"));
+        let mut cat = match transport {
+            "websocket" => Client::ws(&server).await,
+            "webtransport" => Client::wt(&server).await,
+            "sse" => Client::sse(&server).await,
+            _ => Client::poll(&server).await,
+        };
+        let (joined, _) = cat.join(&a, "cat").await;
+        let id = joined["you"]["id"].as_u64().unwrap();
+        cat.join(&b, "cat").await;
+        let mut owl = Client::ws(&server).await;
+        owl.join(&a, "owl").await;
+
+        assert!(server.chat.kick_member(&a, id));
+        assert_eq!(
+            cat.next_of("left").await,
+            json!({"type": "left", "room": a, "code": 4403, "reason": "kicked"}),
+            "{transport}"
+        );
+        let gone = owl.next_of("presence").await;
+        assert_eq!(
+            (&gone["event"], &gone["member"]["name"]),
+            (&json!("leave"), &json!("cat"))
+        );
+        let names: Vec<String> = server
+            .chat
+            .members(&a)
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(names, ["owl"], "{transport}");
+        // Still in the other room, and only there.
+        assert_eq!(owl.say(&a, "not for cat", "o1").await, 1);
+        cat.send(json!({"type": "send", "room": a, "text": "let me back", "id": "c1"}))
+            .await;
+        assert_eq!(
+            cat.next_of("error").await["code"],
+            "not_joined",
+            "{transport}"
+        );
+        cat.send(json!({"type": "send", "room": b, "text": "still here", "id": "c2"}))
+            .await;
+        let first = cat.next_of("message").await;
+        assert_eq!(
+            (&first["room"], &first["seq"], &first["text"]),
+            (&json!(b), &json!(1), &json!("still here")),
+            "{transport}: nothing of room a came before"
+        );
+        assert_eq!(cat.next_of("ack").await["seq"], 1);
+
+        // Out of its last room: the connection closes, and the client does not come back.
+        assert!(server.chat.kick_member(&b, id));
+        assert_eq!(cat.next_of("left").await["room"], b.as_str());
+        let bye = cat.next_of("bye").await;
+        assert_eq!(
+            (&bye["code"], &bye["reconnect"]),
+            (&json!(4403), &json!(false)),
+            "{transport}"
+        );
+        assert_eq!(cat.ended().await, Ended::Code(4403), "{transport}");
+    }
+    server.stop().await;
+}

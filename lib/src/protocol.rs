@@ -176,8 +176,15 @@ pub enum ServerFrame<'a> {
     },
     /// Someone is typing.
     Typing { room: &'a str, from: &'a str },
-    /// Answer to `leave`.
-    Left { room: &'a str },
+    /// Answer to `leave`; or, with a close code and its reason, the host removed this
+    /// connection from the room (a kick or a ban), and it stays in its other rooms.
+    Left {
+        room: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        code: Option<u16>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+    },
     /// A frame was refused; the connection stays open.
     Error {
         code: ErrorCode,
@@ -1288,7 +1295,11 @@ mod tests {
             }),
             s().prop_map(|room| {
                 (
-                    encode(&ServerFrame::Left { room: &room }),
+                    encode(&ServerFrame::Left {
+                        room: &room,
+                        code: None,
+                        reason: None,
+                    }),
                     json!({"type": "left", "room": room}),
                 )
             }),

@@ -174,6 +174,8 @@ pub(crate) async fn start(
                 idle.as_mut().reset(at.min(last_heard + ctx.idle_timeout).into());
             }
             left = inbox.recv_many(&mut batch, BATCH) => {
+                // A kick or a ban took it out of a room; out of its last, it closes.
+                let kicked_out = inbox.rooms_removed() && session.forget_removed_rooms();
                 stats.sending(&batch, left);
                 // A client that stops reading blocks this write; it must not stop the
                 // session from hearing that it is too slow, or that the server stops.
@@ -186,6 +188,9 @@ pub(crate) async fn start(
                 batch.clear();
                 if let Err(end) = written {
                     break end;
+                }
+                if kicked_out {
+                    break Some(CloseCode::Kicked);
                 }
             }
             inbound = reader.next() => match inbound {
@@ -541,14 +546,25 @@ impl Session<'_> {
         Ok(self.sender.insert(Arc::new(sender)).clone())
     }
 
+    /// Forgets the rooms that no longer list this connection: the host removed it from
+    /// them (their `left` is on its way). True when that left it in no room at all.
+    fn forget_removed_rooms(&mut self) -> bool {
+        let before = self.rooms.len();
+        self.rooms.retain(|joined| joined.room.lists(self.id));
+        before > self.rooms.len() && self.rooms.is_empty()
+    }
+
     fn leave(&mut self, room: &str) {
         let Some(pos) = self.rooms.iter().position(|j| j.room.name() == room) else {
             return self.not_joined(room, None);
         };
         let joined = self.rooms.swap_remove(pos);
         joined.room.leave(self.id);
-        self.outbox
-            .push(protocol::encode(&ServerFrame::Left { room }));
+        self.outbox.push(protocol::encode(&ServerFrame::Left {
+            room,
+            code: None,
+            reason: None,
+        }));
     }
 
     /// The room a `send` goes to, if the message passes the limits and the host's message

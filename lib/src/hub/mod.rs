@@ -131,6 +131,8 @@ struct Frames {
     queued: VecDeque<Outbound>,
     /// The session is gone: pushes fail.
     gone: bool,
+    /// A room removed the connection: its `left` is queued ([`Outbox::push_removal`]).
+    removed: bool,
 }
 
 /// The sending side of a connection's queue, held by the rooms it is in.
@@ -143,6 +145,8 @@ pub(crate) struct Outbox {
 #[derive(Debug)]
 pub(crate) struct Inbox {
     queue: Arc<Queue>,
+    /// A room removed this connection since the session last asked ([`Inbox::rooms_removed`]).
+    removed: bool,
 }
 
 /// Resolves when someone asked the connection to close. Apart from [`Inbox`] so that a
@@ -168,6 +172,7 @@ pub(crate) fn queue(capacity: usize) -> (Outbox, Inbox, Closing) {
         },
         Inbox {
             queue: queue.clone(),
+            removed: false,
         },
         Closing { queue },
     )
@@ -223,6 +228,26 @@ impl Outbox {
         true
     }
 
+    /// Queues the `left` frame of a room the host removed this connection from, and marks
+    /// the queue so that the session taking it forgets the room. Past the queue's capacity
+    /// too: it is the room's last frame to this connection, and small.
+    pub(crate) fn push_removal(&self, frame: Bytes) {
+        let mut frames = self.queue.frames.lock().unwrap();
+        if frames.gone {
+            return;
+        }
+        frames.removed = true;
+        frames.queued.push_back(Outbound {
+            frame,
+            kind: Kind::Frame,
+        });
+        let was_empty = frames.queued.len() == 1;
+        drop(frames);
+        if was_empty {
+            self.queue.ready.notify_one();
+        }
+    }
+
     /// Queues a frame that must arrive. Returns false when the connection cannot take it:
     /// its queue is full (it is then told to close as too slow) or it is gone.
     pub(crate) fn push(&self, frame: Bytes) -> bool {
@@ -271,6 +296,12 @@ impl Inbox {
         }
     }
 
+    /// Whether a room removed this connection since the last call (its `left` is in the
+    /// frames taken): the session then forgets the rooms that no longer list it.
+    pub(crate) fn rooms_removed(&mut self) -> bool {
+        std::mem::take(&mut self.removed)
+    }
+
     /// Takes frames already queued without waiting (for the final drain).
     pub(crate) fn drain_now(&mut self, batch: &mut Vec<Outbound>) {
         self.take(batch, usize::MAX);
@@ -281,6 +312,7 @@ impl Inbox {
         let mut frames = self.queue.frames.lock().unwrap();
         let n = frames.queued.len().min(limit);
         batch.extend(frames.queued.drain(..n));
+        self.removed |= std::mem::take(&mut frames.removed);
         if frames.queued.is_empty() && frames.queued.capacity() > KEEP_CAPACITY {
             frames.queued = VecDeque::new();
         }
@@ -1780,18 +1812,44 @@ impl Room {
     /// Asks every member that `which` selects to close with `code`; returns how many.
     /// Their sessions send `bye` and close (and leave every room they are in); with a
     /// reconnect code the clients come back and resume.
+    ///
+    /// Kicked (a kick or a ban) is about this room only: the members leave it and are told
+    /// so with a `left` carrying the code; a connection stays in its other rooms, and its
+    /// session closes it with 4403 once it is in none.
     pub(crate) fn disconnect(&self, which: impl Fn(&Member) -> bool, code: CloseCode) -> usize {
-        let state = self.state.lock().unwrap();
-        state
+        let mut state = self.state.lock().unwrap();
+        if code != CloseCode::Kicked {
+            return state
+                .roster
+                .iter()
+                .filter(|m| which(m))
+                .map(|m| m.outbox.close(code))
+                .count();
+        }
+        let left = protocol::encode(&ServerFrame::Left {
+            room: &self.name,
+            code: Some(code.code()),
+            reason: Some(code.reason()),
+        });
+        let removed: Vec<u64> = state
             .roster
             .iter()
             .filter(|m| which(m))
-            .map(|m| m.outbox.close(code))
-            .count()
+            .map(|m| {
+                m.outbox.push_removal(left.clone());
+                m.id
+            })
+            .collect();
+        let count = removed.len();
+        if count > 0 {
+            state.last_active = Instant::now();
+            state.remove(&self.name, removed);
+        }
+        count
     }
 
     /// Whether member `id` is in the room, here or on another node.
-    fn lists(&self, id: u64) -> bool {
+    pub(crate) fn lists(&self, id: u64) -> bool {
         let state = self.state.lock().unwrap();
         state
             .roster
@@ -2676,14 +2734,23 @@ mod tests {
     #[test]
     fn a_ban_keeps_a_user_out_of_its_room_or_everywhere_until_it_ends() {
         let hub = hub_on_memory(HubConfig::default());
-        let (outbox, _inbox, closing) = queue(64);
+        let (outbox, mut inbox, _closing) = queue(64);
         let mut bob = anonymous(&hub, "bob", "key-of-bob", outbox);
         bob.user = Some("u-bob".into());
-        hub.join_now("r", bob, Resume::default()).unwrap();
+        let room = hub.join_now("r", bob.clone(), Resume::default()).unwrap();
         assert!(!hub.banned("r", "u-bob"));
         let kicked = block_on(hub.ban(Some("r"), "u-bob", now_ms() + 60_000)).unwrap();
         assert_eq!(kicked, 1);
-        assert_eq!(block_on(closing.wait()), CloseCode::Kicked);
+        // Out of that room, and told so; the connection's session sees it (and closes the
+        // connection with 4403 if that was its last room).
+        assert_eq!(
+            frames(&mut inbox).last(),
+            Some(
+                &serde_json::json!({"type": "left", "room": "r", "code": 4403, "reason": "kicked"})
+            )
+        );
+        assert!(inbox.rooms_removed());
+        assert!(!room.lists(bob.id));
         assert!(hub.banned("r", "u-bob"));
         assert!(!hub.banned("elsewhere", "u-bob"));
         assert!(!hub.banned("r", "u-ann"));
