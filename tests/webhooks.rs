@@ -6,6 +6,8 @@
 //! cookies. Every request's signature is checked by the README's own Python function, with
 //! the secret (it verifies) and with another (it does not). The cookie login is also driven
 //! the way its users meet it: Chromium on the host's own site, the client on every transport.
+//! And the message webhook is served by Python's own `http.server`, which closes its
+//! connections after each answer, or when idle: calls that meet the close are not lost.
 
 #[path = "common/browser.rs"]
 mod browser;
@@ -801,4 +803,279 @@ fn wtchat_serve_takes_the_webhooks_from_flags_and_the_environment() {
         !effective.contains(SECRET),
         "the secret is masked:\n{effective}"
     );
+}
+
+/// The message webhook's backend written with Python's standard library: `http.server`, on
+/// which Flask's and Django's development servers are built. Argument `http/1.0`: the
+/// handler as it ships, which answers in HTTP/1.0 and closes the connection after each
+/// answer; `keep-alive <seconds>`: HTTP/1.1 with keep-alive, and a connection idle for that
+/// long closed (as gunicorn does after 2 s). Prints its port, then `connection` for each
+/// connection it accepts and `call` for each call it answers.
+const PYTHON_BACKEND: &str = r#"
+import http.server, json, sys, threading
+
+lock = threading.Lock()
+
+def say(line):
+    with lock:
+        print(line, flush=True)
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    def setup(self):
+        super().setup()
+        say("connection")
+
+    def do_POST(self):
+        text = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["text"]
+        if "spam" in text:
+            answer = {"action": "reject", "reason": "no spam here"}
+        else:
+            answer = {"action": "accept"}
+        body = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        say("call")
+
+    def log_message(self, format, *args):
+        pass
+
+if sys.argv[1] == "keep-alive":
+    Hook.protocol_version = "HTTP/1.1"
+    Hook.timeout = float(sys.argv[2])
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+/// [`PYTHON_BACKEND`], running.
+struct PythonBackend {
+    child: tokio::process::Child,
+    port: u16,
+    /// What it printed after its port.
+    lines: mpsc::UnboundedReceiver<String>,
+    connections: usize,
+    calls: usize,
+}
+
+impl PythonBackend {
+    async fn start(args: &[&str]) -> PythonBackend {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("python3")
+            .args(["-c", PYTHON_BACKEND])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs");
+        let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let port = tokio::time::timeout(DEADLINE, stdout.next_line())
+            .await
+            .expect("the backend prints its port")
+            .unwrap()
+            .expect("the backend runs")
+            .parse()
+            .unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        PythonBackend {
+            child,
+            port,
+            lines,
+            connections: 0,
+            calls: 0,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/chat/message", self.port)
+    }
+
+    /// One call by hand, on a connection of its own: the answer's status line, and how long
+    /// the backend kept the connection open after answering.
+    async fn probe(&self) -> (String, Duration) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body = r#"{"text":"probe"}"#;
+        let request = format!(
+            "POST /chat/message HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.port,
+            body.len()
+        );
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let (mut answer, mut answered) = (Vec::new(), None);
+        let read = async {
+            let mut buf = [0; 4096];
+            loop {
+                let n = stream.read(&mut buf).await.unwrap();
+                answered.get_or_insert_with(Instant::now);
+                if n == 0 {
+                    return answered.unwrap().elapsed();
+                }
+                answer.extend_from_slice(&buf[..n]);
+            }
+        };
+        let open = tokio::time::timeout(DEADLINE, read)
+            .await
+            .expect("the backend closes the connection");
+        let answer = String::from_utf8(answer).unwrap();
+        (answer.lines().next().unwrap_or_default().to_string(), open)
+    }
+
+    fn count(&mut self, line: &str) {
+        match line {
+            "connection" => self.connections += 1,
+            "call" => self.calls += 1,
+            other => panic!("the backend printed {other:?}"),
+        }
+    }
+
+    /// How many connections it accepted since the last look (as far as it printed yet).
+    fn new_connections(&mut self) -> usize {
+        let before = self.connections;
+        while let Ok(line) = self.lines.try_recv() {
+            self.count(&line);
+        }
+        self.connections - before
+    }
+
+    /// Stops it: how many connections it accepted and how many calls it answered.
+    async fn stop(mut self) -> (usize, usize) {
+        self.child.kill().await.unwrap();
+        while let Some(line) = self.lines.recv().await {
+            self.count(&line);
+        }
+        (self.connections, self.calls)
+    }
+}
+
+/// A message webhook served by Python's `http.server`, as a Flask or Django host runs it in
+/// development: once as the handler ships (HTTP/1.0, a connection per call), once with
+/// HTTP/1.1 keep-alive and a short idle timeout. A WebSocket client sends messages, some
+/// back to back, most after a pause that the test keeps at the backend's idle timeout (a
+/// little longer after each call that found the connection kept, shorter after each that
+/// found it closed): calls keep starting as the backend closes the connection. Every
+/// message is checked and stored, in order; none is rejected for a failed call (the
+/// message webhook fails closed).
+#[tokio::test]
+async fn a_python_http_server_backend_checks_every_message_with_or_without_keep_alive() {
+    if !common::python_has("http.server") {
+        return;
+    }
+    /// The keep-alive backend's idle timeout.
+    const IDLE: Duration = Duration::from_millis(100);
+    const MESSAGES: usize = 60;
+    /// How much the pause changes after each call.
+    const STEP: Duration = Duration::from_micros(250);
+    // Message 30 is rejected.
+    let spam = |n: usize| n == 30;
+
+    let idle = IDLE.as_secs_f64().to_string();
+    for args in [&["http/1.0"][..], &["keep-alive", &idle]] {
+        let mut backend = PythonBackend::start(args).await;
+        // The backend as described: HTTP/1.0 closes at once; keep-alive closes when idle.
+        let (status, open) = backend.probe().await;
+        if args[0] == "http/1.0" {
+            assert!(status.starts_with("HTTP/1.0 200"), "{status}");
+            assert!(open < IDLE / 2, "closed {open:?} after answering");
+        } else {
+            assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+            assert!(
+                open >= IDLE - IDLE / 10 && open < IDLE + Duration::from_secs(1),
+                "closed {open:?} after answering, with an idle timeout of {IDLE:?}"
+            );
+        }
+
+        let url = backend.url();
+        let server = start_with(|c| c.message_webhook(url).webhook_secret(SECRET)).await;
+        let mut ann = Client::ws(&server).await;
+        ann.join("lobby", "ann").await;
+        let (mut got, mut expected, mut stored) = (Vec::new(), Vec::new(), Vec::new());
+        // How long the backend's connection is to have been idle when the next call reaches
+        // it; and how long the last call took, which it was idle for already (the backend
+        // answered at its start, or 40 ms later: it writes the body apart from the head,
+        // and Nagle holds that until the chat's delayed ACK).
+        let (mut idle_at_call, mut last_call) = (IDLE, Duration::ZERO);
+        backend.new_connections();
+        for n in 0..MESSAGES {
+            // Every fourth message back to back.
+            let back_to_back = n % 4 == 3;
+            if !back_to_back {
+                tokio::time::sleep(idle_at_call.saturating_sub(last_call)).await;
+            }
+            let sent = Instant::now();
+            let id = format!("m{n}");
+            let text = match spam(n) {
+                true => "buy spam".to_string(),
+                false => format!("hello {n}"),
+            };
+            ann.send(json!({"type": "send", "room": "lobby", "text": text, "id": id}))
+                .await;
+            let answer = ann
+                .next_matching("its ack or error", |f| {
+                    f["id"] == id.as_str() && (f["type"] == "ack" || f["type"] == "error")
+                })
+                .await;
+            got.push(match answer["type"].as_str() {
+                Some("ack") => json!({"id": id, "seq": answer["seq"]}),
+                _ => json!({"id": id, answer["code"].as_str().unwrap(): answer["message"]}),
+            });
+            if spam(n) {
+                expected.push(json!({"id": id, "rejected": "no spam here"}));
+            } else {
+                stored.push(("ann".to_string(), text));
+                expected.push(json!({"id": id, "seq": stored.len()}));
+            }
+            last_call = sent.elapsed();
+            let new_connection = backend.new_connections() > 0;
+            if !back_to_back {
+                idle_at_call = match new_connection {
+                    false => idle_at_call + STEP,
+                    true => idle_at_call.saturating_sub(STEP).max(IDLE / 2),
+                };
+            }
+        }
+
+        let failed: Vec<&Value> = (got.iter())
+            .filter(|a| a["seq"].is_null() && !expected.contains(a))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{args:?}: {} of {MESSAGES} messages failed: {failed:#?}",
+            failed.len(),
+        );
+        assert_eq!(got, expected, "{args:?}");
+        let history: Vec<(String, String)> = server
+            .chat
+            .history("lobby", None, MESSAGES)
+            .unwrap()
+            .messages
+            .iter()
+            .map(|m| (m.from.clone(), m.text.clone()))
+            .collect();
+        assert_eq!(history, stored, "{args:?}");
+        server.stop().await;
+
+        let (connections, calls) = backend.stop().await;
+        println!("{args:?}: {calls} calls on {connections} connections");
+        assert_eq!(calls, MESSAGES + 1, "the probe and each message");
+        if args[0] == "http/1.0" {
+            assert_eq!(connections, calls, "a connection per call");
+        } else {
+            // Kept between calls, closed in the longer pauses.
+            assert!(
+                connections > 2 && connections < calls,
+                "{calls} calls on {connections} connections"
+            );
+        }
+    }
 }

@@ -15,6 +15,12 @@
 //! `Wtchat-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`, so the
 //! backend can tell the chat's calls from anyone else's, and old ones from new.
 //!
+//! Connections are kept open between calls, as long as the backend keeps them. A backend
+//! closes an idle one when it likes (gunicorn after 2 s, Python's `http.server` after its
+//! `timeout`), and a call may go out on it just then: a call whose kept connection closes
+//! before the answer goes out again, once, on a new connection. Every call is safe to
+//! repeat.
+//!
 //! Plain `http://` only: an HTTPS client needs a TLS adapter for tokio and a set of root
 //! certificates, neither of which the library has, and the backend is normally on the same
 //! machine or private network (where a TLS-terminating proxy on localhost covers the rest).
@@ -336,9 +342,11 @@ impl Endpoint {
     }
 
     async fn exchange(&self, body: Bytes) -> Result<Answer, CallError> {
-        let mut request = self.request(body);
+        let mut request = self.request(body.clone());
+        let mut resent = false;
         loop {
-            let (mut connection, kept) = match self.spare() {
+            let spare = if resent { None } else { self.spare() };
+            let (mut connection, kept) = match spare {
                 Some(connection) => (connection, true),
                 None => (self.connect().await?, false),
             };
@@ -362,6 +370,15 @@ impl Endpoint {
                     // A kept connection the backend had closed meanwhile: the request never
                     // left, so it goes out on another.
                     Some(unsent) if kept => request = unsent,
+                    // A kept connection the backend closed as the request went out (it
+                    // closes idle ones: gunicorn after 2 s), without answering: the request
+                    // goes out again, once, on a new connection. Every call is safe to
+                    // repeat: a verdict, a login, an events batch (which the backend
+                    // deduplicates by room and seq, delivery being at least once anyway).
+                    None if kept && closed_unanswered(failed.error()) => {
+                        request = self.request(body.clone());
+                        resent = true;
+                    }
                     _ => return Err(CallError::Http(failed.into_error())),
                 },
             }
@@ -419,6 +436,21 @@ impl Endpoint {
             idle.push(connection);
         }
     }
+}
+
+/// Whether `e` says that the connection was closed or reset before the answer's head came
+/// in full (hyper does not say whether part of it did).
+fn closed_unanswered(e: &hyper::Error) -> bool {
+    let io = std::error::Error::source(e).and_then(|e| e.downcast_ref::<io::Error>());
+    e.is_incomplete_message()
+        || io.is_some_and(|e| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+            )
+        })
 }
 
 /// Warnings of one kind at most once a second, each saying how many happened since the
