@@ -2006,3 +2006,169 @@ async fn a_page_kicked_from_one_room_stays_in_the_other_and_kicked_from_both_sta
         assert_no_console_errors(&page);
     }
 }
+
+/// A TCP relay in front of the server whose streams (WebSocket upgrades, SSE streams) can
+/// go silent: the ones open at that moment stop passing bytes either way and stay open, as
+/// when a NAT forgot the mapping or the Wi-Fi died under a page. Everything else passes. It
+/// reads the request line at the start of each request a connection carries (a kept-alive
+/// connection may carry a script, then a stream).
+struct Relay {
+    /// Per connection: whether its request now is a stream, and whether it went silent.
+    connections: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<RelayedState>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct RelayedState {
+    stream: std::sync::atomic::AtomicBool,
+    silent: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Relay {
+    /// Listens on `port`, relaying to `upstream`.
+    async fn start(port: u16, upstream: std::net::SocketAddr) -> Relay {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let all = connections.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((down, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = std::sync::Arc::new(RelayedState::default());
+                all.lock().unwrap().push(state.clone());
+                let up = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let (mut down_r, mut down_w) = down.into_split();
+                let (mut up_r, mut up_w) = up.into_split();
+                let to_server = state.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = down_r.read(&mut buf).await {
+                        let chunk = &buf[..n];
+                        if chunk.starts_with(b"GET ") || chunk.starts_with(b"POST ") {
+                            let stream = chunk.starts_with(b"GET /wtchat/ws")
+                                || chunk.starts_with(b"GET /wtchat/sse");
+                            to_server.stream.store(stream, Ordering::SeqCst);
+                        }
+                        if to_server.silent.load(Ordering::SeqCst) {
+                            // Silent, and open: the test's end closes it.
+                            std::future::pending::<()>().await;
+                        }
+                        if up_w.write_all(chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = up_w.shutdown().await;
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = up_r.read(&mut buf).await {
+                        if state.silent.load(Ordering::SeqCst) {
+                            std::future::pending::<()>().await;
+                        }
+                        if down_w.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = down_w.shutdown().await;
+                });
+            }
+        });
+        Relay { connections, task }
+    }
+
+    /// The streams open now go silent.
+    fn go_silent(&self) {
+        use std::sync::atomic::Ordering;
+        for state in self.connections.lock().unwrap().iter() {
+            if state.stream.load(Ordering::SeqCst) {
+                state.silent.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// A connection that goes silent without closing — no close, no error, nothing — is given
+/// up by the client's keepalive (a ping with no answer within 10 s) and replaced; the page
+/// resumes with what it missed meanwhile, once each, in order. Over WebSocket and SSE.
+#[tokio::test]
+async fn a_connection_that_goes_silent_is_given_up_and_the_page_resumes() {
+    let Some((_serial, browser)) =
+        take_browser("a_connection_that_goes_silent_is_given_up_and_the_page_resumes").await
+    else {
+        return;
+    };
+    // Idle after 3 s: the client pings every second. The page comes through the relay, so
+    // its origin is the relay's.
+    let port = common::free_port();
+    let page_url = format!("http://127.0.0.1:{port}/");
+    let origin = page_url.trim_end_matches('/').to_string();
+    let server = start_with(|c| {
+        c.idle_timeout(std::time::Duration::from_secs(3))
+            .allow_origin(origin)
+    })
+    .await;
+    let relay = Relay::start(port, server.http).await;
+    for transport in ["websocket", "sse"] {
+        let room = format!("silent-{transport}");
+        let page = browser.page(transport, 800, 600, Some(STATUS_LOG)).await;
+        page.goto(&page_url).await;
+        let joined = page
+            .eval(&format!(
+                r#"import("/wtchat/wtchat.js").then(async ({{ connect }}) => {{
+                     window.chat = await connect({{ room: "{room}", name: "sid", transport: "{transport}" }});
+                     window.__statuses = [];
+                     window.chat.on("status", (s) => window.__statuses.push(s.status));
+                     return window.chat.transport;
+                   }})"#
+            ))
+            .await;
+        assert_eq!(joined, transport);
+        server.chat.publish(&room, "Host", "before").await.unwrap();
+        page.wait_for("the first message", "window.chat.messages.length === 1")
+            .await;
+
+        relay.go_silent();
+        let silent_at = Instant::now();
+        for text in ["during 1", "during 2"] {
+            server.chat.publish(&room, "Host", text).await.unwrap();
+        }
+        // Given up about 11 s in (a ping a second, 10 s without an answer), then replaced.
+        page.wait_for("given up", "window.__statuses.includes('reconnecting')")
+            .await;
+        page.wait_for("connected again", "window.chat.status === 'connected'")
+            .await;
+        eprintln!(
+            "{transport}: silent connection given up and replaced in {:?}",
+            silent_at.elapsed()
+        );
+        server.chat.publish(&room, "Host", "after").await.unwrap();
+        let seen = page
+            .wait_for(
+                "every message once",
+                "window.chat.messages.length >= 4 && window.chat.messages.map((m) => [m.seq, m.text])",
+            )
+            .await;
+        assert_eq!(
+            seen,
+            json!([
+                [1, "before"],
+                [2, "during 1"],
+                [3, "during 2"],
+                [4, "after"]
+            ]),
+            "{transport}"
+        );
+        assert_no_console_errors(&page);
+    }
+}
