@@ -2172,3 +2172,45 @@ async fn a_connection_that_goes_silent_is_given_up_and_the_page_resumes() {
         assert_no_console_errors(&page);
     }
 }
+
+/// `connect()` to a server that is down, or that takes connections and never answers: it
+/// rejects with the client's own code (`unreachable`, `timeout`) by its `timeout`, and
+/// leaves nothing open behind it.
+#[tokio::test]
+async fn connect_to_a_server_that_is_down_or_silent_rejects_by_its_timeout() {
+    let Some((_serial, browser)) =
+        take_browser("connect_to_a_server_that_is_down_or_silent_rejects_by_its_timeout").await
+    else {
+        return;
+    };
+    let server = start().await;
+    let down = common::free_port();
+    // Takes connections, reads nothing, answers nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let page = browser.page("down", 800, 600, None).await;
+    page.goto(&demo_url(&server, "")).await;
+    for (port, code) in [(down, "unreachable"), (silent_port, "timeout")] {
+        let got = page
+            .eval(&format!(
+                r#"import("/wtchat/wtchat.js").then(async ({{ connect, ChatError }}) => {{
+                     const started = performance.now();
+                     try {{
+                       await connect({{ server: "http://127.0.0.1:{port}", room: "r", name: "x", timeout: 2000 }});
+                       return ["connected"];
+                     }} catch (e) {{
+                       return [e instanceof ChatError, e.code, Math.round(performance.now() - started)];
+                     }}
+                   }})"#
+            ))
+            .await;
+        let (is_chat_error, got_code, took): (bool, String, u64) =
+            serde_json::from_value(got.clone()).unwrap_or_else(|_| panic!("{got}"));
+        assert!(is_chat_error, "{got}");
+        assert_eq!(got_code, code, "{got}");
+        // By its timeout of 2 s: an attempt is cut at the deadline, with at least 1 s.
+        assert!(took < 4000, "{code}: rejected after {took} ms");
+        eprintln!("{code}: rejected after {took} ms");
+    }
+    drop(silent);
+}
