@@ -40,6 +40,19 @@ fn readme_location(upstream: &str) -> String {
     block.replace("127.0.0.1:8080", upstream)
 }
 
+/// Whether nginx is here; without it the test says it skips (and fails under `CI=true`).
+fn nginx_or_skip() -> bool {
+    if nginx_path().is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "nginx is required under CI (scripts/test installs it)"
+    );
+    eprintln!("SKIPPED: nginx is not installed (run scripts/test)");
+    false
+}
+
 /// The README's block mounted under `prefix` (`/chat`) as its text says: `location
 /// /chat/wtchat/`, `proxy_pass` to the upstream's `/wtchat/`, and `X-Forwarded-Prefix`.
 fn readme_location_under(prefix: &str, upstream: &str) -> String {
@@ -190,12 +203,7 @@ async fn ws_via(
 
 #[tokio::test]
 async fn a_page_through_nginx_chats_over_the_proxied_websocket() {
-    if nginx_path().is_none() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "nginx is required under CI (scripts/test installs it)"
-        );
-        eprintln!("SKIPPED: nginx is not installed (run scripts/test)");
+    if !nginx_or_skip() {
         return;
     }
     let Some(browser) =
@@ -296,9 +304,7 @@ async fn forwarded(server: &common::TestServer, request: &str) -> u64 {
 #[tokio::test]
 async fn pages_on_sse_and_long_polling_chat_through_nginx_taking_turns_between_two_nodes() {
     const TEST: &str = "pages_on_sse_and_long_polling_chat_through_nginx_taking_turns";
-    if nginx_path().is_none() {
-        assert!(std::env::var("CI").is_err(), "nginx is required under CI");
-        eprintln!("SKIPPED: nginx is not installed (run scripts/test)");
+    if !nginx_or_skip() {
         return;
     }
     let Some(redis) = redis::Redis::start_or_skip(TEST, redis::Persistence::None).await else {
@@ -409,9 +415,7 @@ fn connect_under(server: &str, name: &str) -> String {
 #[tokio::test]
 async fn pages_chat_under_a_path_prefix_and_through_a_proxy_that_buffers_streams() {
     const TEST: &str = "pages_chat_under_a_path_prefix_and_through_a_proxy_that_buffers_streams";
-    if nginx_path().is_none() {
-        assert!(std::env::var("CI").is_err(), "nginx is required under CI");
-        eprintln!("SKIPPED: nginx is not installed (run scripts/test)");
+    if !nginx_or_skip() {
         return;
     }
     let Some(browser) = Browser::launch_or_skip(TEST).await else {
