@@ -2174,8 +2174,7 @@ async fn a_connection_that_goes_silent_is_given_up_and_the_page_resumes() {
 }
 
 /// `connect()` to a server that is down, or that takes connections and never answers: it
-/// rejects with the client's own code (`unreachable`, `timeout`) by its `timeout`, and
-/// leaves nothing open behind it.
+/// rejects with the client's own code (`unreachable`, `timeout`) by its `timeout`.
 #[tokio::test]
 async fn connect_to_a_server_that_is_down_or_silent_rejects_by_its_timeout() {
     let Some((_serial, browser)) =
