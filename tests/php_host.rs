@@ -1,0 +1,260 @@
+//! The headline promise, run for real: a PHP site beside the `wtchat` server. The README's
+//! own PHP snippet (read from README.md, not copied) is served by PHP's built-in server
+//! (Debian's `php-cli`) on another origin than the chat server, minting an HS256 token with
+//! `hash_hmac` from `WTCHAT_TOKEN_SECRET`; Chromium loads that page over each transport in
+//! turn (WebTransport, then with the newer ones deleted: WebSocket, SSE, long polling). The
+//! server lists the user the token names, the page shows the room's history and a message
+//! a Rust client sends, as text, and nothing goes to the console. Without PHP the test
+//! skips loudly (and fails under `CI=true`).
+
+#[path = "common/browser.rs"]
+mod browser;
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use browser::{Browser, Drive, under_ci};
+use common::{Client, TestServer, free_port, http_get, start_with};
+use serde_json::json;
+
+/// The token secret the chat server checks and the PHP page signs with (at least 32 bytes).
+const SECRET: &str = "php-host-test-secret-0123456789abcdef";
+
+/// The user the page's preamble stands in for: what a PHP site's session would hold.
+const PREAMBLE: &str = "<?php $user = (object)['id' => 42, 'name' => 'Ann']; ?>\n";
+
+/// The README's ```php block, with the chat server it names (`127.0.0.1:8080`) replaced by
+/// `chat`.
+fn readme_php(chat: &str) -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("```php\n").expect("the README has a php block") + 7;
+    let block = &readme[start..];
+    let block = &block[..block.find("```").unwrap()];
+    assert!(block.contains("127.0.0.1:8080"), "{block}");
+    block.replace("127.0.0.1:8080", chat)
+}
+
+/// PHP's built-in web server serving one directory; stopped on drop.
+struct PhpServer {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for PhpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl PhpServer {
+    /// What PHP logged (requests, warnings), for failure messages.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("php.log")).unwrap_or_default()
+    }
+}
+
+fn php_installed() -> bool {
+    Command::new("php")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `php -S 127.0.0.1:port` serving `index_php` as `/`, with the token secret in its
+/// environment as the README says to run it.
+async fn php_server(port: u16, index_php: &str) -> PhpServer {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    std::fs::create_dir(&site).unwrap();
+    std::fs::write(site.join("index.php"), index_php).unwrap();
+    // A site has its icon: without one, the browser's request for it is a 404 error in the
+    // page's console, which would hide a real error there.
+    std::fs::write(site.join("favicon.ico"), b"").unwrap();
+    let log = std::fs::File::create(dir.path().join("php.log")).unwrap();
+    let child = Command::new("php")
+        .args(["-S", &format!("127.0.0.1:{port}"), "-t"])
+        .arg(&site)
+        .env("WTCHAT_TOKEN_SECRET", SECRET)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("php starts");
+    let php = PhpServer { child, dir };
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "php -S did not listen: {}",
+            php.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    php
+}
+
+/// The server's open connections by transport, from `/wtchat/metrics`.
+async fn connections(server: &TestServer) -> Vec<(String, f64)> {
+    let (status, text) = http_get(server.http, "/wtchat/metrics", &[]).await;
+    assert_eq!(status, 200, "{text}");
+    ["webtransport", "websocket", "sse", "longpoll"]
+        .into_iter()
+        .map(|t| {
+            let name = format!("wtchat_connections{{transport=\"{t}\"}} ");
+            let line = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&name))
+                .unwrap_or_else(|| panic!("no {name} in the metrics:\n{text}"));
+            (t.to_string(), line.trim().parse().unwrap())
+        })
+        .collect()
+}
+
+/// Polls `what` on the server side until it is true, for at most the harness's deadline.
+async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    while !ready() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One page load of the README's PHP page on a fresh PHP site and chat server: with
+/// `init` run first (deleting what the browser should lack), it must connect over
+/// `transport` as the token's user, show the history and a live message as text, and
+/// log no error.
+async fn php_page_chats_over(browser: &Browser, init: Option<&str>, transport: &str) {
+    let php_port = free_port();
+    let site = format!("http://127.0.0.1:{php_port}");
+    let origin = site.clone();
+    let server =
+        start_with(move |c| c.token_secret(SECRET).allow_origin(origin).metrics(true)).await;
+    let php = php_server(
+        php_port,
+        &format!("{PREAMBLE}{}", readme_php(&server.http.to_string())),
+    )
+    .await;
+
+    // Said before the page loads: the room's history, which a user expects to see.
+    server
+        .chat
+        .publish("lobby", "Shop", "Order #42 shipped")
+        .await
+        .unwrap();
+
+    let page = browser.page(transport, 1024, 768, init).await;
+    page.goto(&format!("{site}/")).await;
+
+    // The server names the member after the token PHP signed: Ann, user 42.
+    wait_until(&format!("[{transport}] Ann joins the lobby"), || {
+        !server.chat.members("lobby").is_empty()
+    })
+    .await;
+    let members = server.chat.members("lobby");
+    assert_eq!(members.len(), 1, "{members:?}\n{}", php.log());
+    assert_eq!(members[0].name, "Ann", "{members:?}");
+    assert_eq!(members[0].user.as_deref(), Some("42"), "{members:?}");
+    // Over the transport this browser has, and only that one.
+    let open = connections(&server).await;
+    let expected: Vec<(String, f64)> = open
+        .iter()
+        .map(|(t, _)| (t.clone(), if t == transport { 1.0 } else { 0.0 }))
+        .collect();
+    assert_eq!(open, expected, "[{transport}] connections by transport");
+
+    page.wait_for(
+        "the room's history in the list",
+        "[...document.querySelectorAll('#messages li')].some(li => li.textContent === 'Shop: Order #42 shipped')",
+    )
+    .await;
+
+    // A live message from a Rust client (with its own token: the server requires one)
+    // shows up, as text (its markup is not markup).
+    let bob_token = wtchat::auth::mint(
+        SECRET.as_bytes(),
+        &wtchat::auth::Claims {
+            sub: "7".into(),
+            name: "bob".into(),
+            rooms: vec!["lobby".into()],
+            exp: wtchat::auth::unix_now() + 600,
+        },
+    );
+    let mut bob = Client::ws_request(&server, &format!("?token={bob_token}"), &[])
+        .await
+        .expect("bob's token is accepted");
+    bob.join("lobby", "bob").await;
+    let text = "<b>hi</b> from PHP's neighbour & co";
+    bob.say("lobby", text, "b1").await;
+    page.wait_for(
+        "bob's message in the list",
+        &format!(
+            "[...document.querySelectorAll('#messages li')].some(li => li.textContent === {})",
+            json!(format!("bob: {text}"))
+        ),
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.querySelectorAll('#messages b').length")
+            .await,
+        json!(0),
+        "a message's text became markup"
+    );
+    assert_eq!(
+        page.eval("[...document.querySelectorAll('#messages li')].map(li => li.textContent)")
+            .await,
+        json!(["Shop: Order #42 shipped", format!("bob: {text}")]),
+    );
+
+    let errors = page.console_errors();
+    assert!(
+        errors.is_empty(),
+        "[{transport}] console errors: {errors:#?}\nphp: {}",
+        php.log()
+    );
+}
+
+#[tokio::test]
+async fn the_readme_php_page_chats_beside_wtchat_over_every_transport() {
+    if !php_installed() {
+        assert!(
+            !under_ci(),
+            "php is required under CI (scripts/test installs php-cli)"
+        );
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED: php not installed: the README's PHP page did not run \
+             (apt-get install php-cli, or run scripts/test) ***"
+        );
+        return;
+    }
+    let Some(browser) =
+        Browser::launch_or_skip("the_readme_php_page_chats_beside_wtchat_over_every_transport")
+            .await
+    else {
+        return;
+    };
+    for (init, transport) in [
+        (None, "webtransport"),
+        (Some("delete window.WebTransport;"), "websocket"),
+        (
+            Some("delete window.WebTransport; delete window.WebSocket;"),
+            "sse",
+        ),
+        (
+            Some("delete window.WebTransport; delete window.WebSocket; delete window.EventSource;"),
+            "longpoll",
+        ),
+    ] {
+        php_page_chats_over(&browser, init, transport).await;
+    }
+}
