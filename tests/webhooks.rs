@@ -15,7 +15,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -59,6 +59,8 @@ struct Shared {
     calls: mpsc::UnboundedSender<Call>,
     /// Posts to /events so far: the first is answered 500.
     events_posts: Arc<AtomicUsize>,
+    /// Whether /outage is down (answers 503).
+    down: Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -81,10 +83,13 @@ impl Shared {
 }
 
 /// The host's backend: `/message` (a moderator), `/hang` (never answers), `/events`
-/// (fails once, then takes everything) and `/auth` (a cookie login); and its site for a
-/// browser: `/login` (sets the session cookie) and `/` (a page).
+/// (fails once, then takes everything), `/outage` (events again: answers 503 while
+/// [`Backend::down`], then takes everything) and `/auth` (a cookie login); and its site for
+/// a browser: `/login` (sets the session cookie) and `/` (a page).
 struct Backend {
     addr: SocketAddr,
+    /// Whether `/outage` is down.
+    down: Arc<AtomicBool>,
     calls: mpsc::UnboundedReceiver<Call>,
     /// Calls received while waiting for another path's.
     unclaimed: Vec<Call>,
@@ -103,11 +108,14 @@ impl Backend {
         let shared = Shared {
             calls: tx,
             events_posts: Arc::default(),
+            down: Arc::default(),
         };
+        let down = shared.down.clone();
         let app = Router::new()
             .route("/message", post(moderate))
             .route("/hang", post(hang))
             .route("/events", post(events))
+            .route("/outage", post(outage))
             .route("/auth", post(login))
             .route("/login", get(log_in))
             .route(
@@ -122,6 +130,7 @@ impl Backend {
         let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Backend {
             addr,
+            down,
             calls,
             unclaimed: Vec::new(),
             task,
@@ -132,17 +141,27 @@ impl Backend {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Takes `/outage` down (503) or brings it back up.
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
     /// The next request the backend received at `path` (the events webhook posts while
     /// the others are called).
     async fn next(&mut self, path: &str) -> Call {
+        self.next_within(path, DEADLINE).await
+    }
+
+    /// [`Backend::next`], waiting for it up to `within`.
+    async fn next_within(&mut self, path: &str, within: Duration) -> Call {
         if let Some(at) = self.unclaimed.iter().position(|c| c.path == path) {
             return self.unclaimed.remove(at);
         }
-        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             let call = tokio::time::timeout_at(deadline, self.calls.recv())
                 .await
-                .unwrap_or_else(|_| panic!("no call to {path} before the deadline"))
+                .unwrap_or_else(|_| panic!("no call to {path} within {within:?}"))
                 .unwrap();
             if call.path == path {
                 return call;
@@ -157,6 +176,18 @@ impl Backend {
         for _ in 0..n {
             calls.push(self.next(path).await);
         }
+        calls
+    }
+
+    /// Every request at `path` received so far, without waiting.
+    fn received(&mut self, path: &str) -> Vec<Call> {
+        while let Ok(call) = self.calls.try_recv() {
+            self.unclaimed.push(call);
+        }
+        let (calls, others) = std::mem::take(&mut self.unclaimed)
+            .into_iter()
+            .partition(|c| c.path == path);
+        self.unclaimed = others;
         calls
     }
 
@@ -176,6 +207,8 @@ impl Backend {
 }
 
 /// Rejects spam, rewrites "darn", answers "quiet" texts with an empty 204, accepts the rest.
+/// And rewrites beyond what a client may send: "shout" into the text in capitals followed by
+/// 64 "!", "erase" into an empty text; "pad" into exactly 32 "é" (32 characters, 64 bytes).
 async fn moderate(
     State(shared): State<Shared>,
     uri: Uri,
@@ -189,6 +222,14 @@ async fn moderate(
             StatusCode::OK,
             json!({"action": "reject", "reason": "no spam here"}),
         )
+    } else if text.contains("shout") {
+        let text = text.to_uppercase() + &"!".repeat(64);
+        (StatusCode::OK, json!({"action": "rewrite", "text": text}))
+    } else if text.contains("erase") {
+        (StatusCode::OK, json!({"action": "rewrite", "text": ""}))
+    } else if text.contains("pad") {
+        let text = "é".repeat(32);
+        (StatusCode::OK, json!({"action": "rewrite", "text": text}))
     } else if text.contains("darn") {
         let text = text.replace("darn", "d*rn");
         (StatusCode::OK, json!({"action": "rewrite", "text": text}))
@@ -223,7 +264,25 @@ async fn events(
     status
 }
 
-/// Cookie `session=good` is Ann (user u42, the lobby only); anything else is refused.
+/// The events webhook of a backend that is down (503) while [`Backend::down`] is set, and
+/// takes everything otherwise.
+async fn outage(
+    State(shared): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let status = match shared.down.load(Ordering::SeqCst) {
+        true => StatusCode::SERVICE_UNAVAILABLE,
+        false => StatusCode::OK,
+    };
+    shared.record(&uri, &headers, body, status);
+    status
+}
+
+/// Cookie `session=good` is Ann (user u42, the lobby only); `session=django` is Bo (user 7,
+/// the README's Django answer: no `rooms`); `session=star` is Cy (user 8, `"rooms": ["*"]`);
+/// `session=banned` is refused with a 403; anything else with a 401.
 async fn login(
     State(shared): State<Shared>,
     uri: Uri,
@@ -234,6 +293,14 @@ async fn login(
     let (status, answer) = if request["cookies"]["session"] == "good" {
         let ann = json!({"user": "u42", "name": "Ann", "rooms": ["lobby"]});
         (StatusCode::OK, ann)
+    } else if request["cookies"]["session"] == "django" {
+        (StatusCode::OK, json!({"user": "7", "name": "Bo"}))
+    } else if request["cookies"]["session"] == "star" {
+        let cy = json!({"user": "8", "name": "Cy", "rooms": ["*"]});
+        (StatusCode::OK, cy)
+    } else if request["cookies"]["session"] == "banned" {
+        let why = json!({"reason": "banned for spamming"});
+        (StatusCode::FORBIDDEN, why)
     } else {
         (StatusCode::UNAUTHORIZED, json!({"reason": "log in first"}))
     };
@@ -1078,4 +1145,232 @@ async fn a_python_http_server_backend_checks_every_message_with_or_without_keep_
             );
         }
     }
+}
+
+/// The next `joined` or `error` of `room` after sending a join for it.
+async fn try_join(client: &mut Client, room: &str, name: &str) -> Value {
+    client
+        .send(json!({"type": "join", "room": room, "name": name}))
+        .await;
+    client
+        .next_matching("joined or error", |f| {
+            f["room"] == room && (f["type"] == "joined" || f["type"] == "error")
+        })
+        .await
+}
+
+/// The README: the auth webhook refuses with 401 or 403 `{"reason": …}`, and the client
+/// gets the reason in its `bye` 4401 (a ticket request, in its 401). A 403 is a refusal
+/// like a 401, not a failed call ("the host's login service did not answer").
+#[tokio::test]
+async fn an_auth_webhook_403_refuses_with_its_reason_like_a_401() {
+    let mut backend = Backend::start().await;
+    let auth = backend.url("/auth");
+    let server = start_with(|c| c.auth_webhook(auth).webhook_secret(SECRET)).await;
+
+    let mut eve = Client::ws_request(&server, "", &[("cookie", "session=banned")])
+        .await
+        .unwrap();
+    let bye = eve.next_of("bye").await;
+    assert_eq!(
+        (&bye["code"], &bye["message"]),
+        (&json!(4401), &json!("banned for spamming"))
+    );
+    assert_eq!(eve.ended().await, common::Ended::Code(4401));
+    let call = backend.next("/auth").await;
+    assert_eq!(
+        (call.status, &call.json()["transport"]),
+        (403, &json!("websocket"))
+    );
+
+    let origin = format!("http://127.0.0.1:{}", server.http.port());
+    let page = [("origin", origin.as_str()), ("cookie", "session=banned")];
+    let (status, answer) = http_request(server.http, "POST", "/wtchat/ticket", &page, None).await;
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&answer).unwrap(),
+        json!({"error": "unauthorized", "message": "banned for spamming"})
+    );
+    let call = backend.next("/auth").await;
+    assert_eq!(
+        (call.status, &call.json()["transport"]),
+        (403, &json!("ticket"))
+    );
+    server.stop().await;
+}
+
+/// The README: an auth webhook answer with `rooms` left out (as its Django example answers)
+/// or `["*"]` lets the user into any room, under the backend's name.
+#[tokio::test]
+async fn an_auth_webhook_answer_without_rooms_or_with_a_star_opens_every_room() {
+    let mut backend = Backend::start().await;
+    let auth = backend.url("/auth");
+    let server = start_with(|c| c.auth_webhook(auth).webhook_secret(SECRET)).await;
+    // As the backend answers them: {"user":"7","name":"Bo"}, and the same with "rooms":["*"].
+    for (cookie, name) in [("session=django", "Bo"), ("session=star", "Cy")] {
+        let mut client = Client::ws_request(&server, "", &[("cookie", cookie)])
+            .await
+            .unwrap();
+        for room in ["lobby", "staff", "a-room-nobody-named"] {
+            let joined = try_join(&mut client, room, "whoever").await;
+            assert_eq!(
+                (&joined["type"], &joined["you"]["name"]),
+                (&json!("joined"), &json!(name)),
+                "{cookie} joining {room}: {joined}"
+            );
+        }
+        let said = client.say("staff", "hello", "s1").await;
+        assert_eq!(said, 1 + u64::from(name == "Cy"), "{cookie}");
+        let call = backend.next("/auth").await;
+        assert_eq!(call.status, 200, "{cookie}");
+    }
+    server.stop().await;
+}
+
+/// The README: a rewrite "is held to `max_text_chars` like a client's (past it, or empty,
+/// the message is rejected…)". The sender gets `rejected` with the reason, nobody else sees anything, nothing is stored and no
+/// sequence number is used; a rewrite at the limit, counted in characters like a client's
+/// text, is stored.
+#[tokio::test]
+async fn a_message_webhook_rewrite_is_held_to_the_limits_of_a_client_text() {
+    const MAX: usize = 32;
+    let mut backend = Backend::start().await;
+    let url = backend.url("/message");
+    let server = start_with(|c| {
+        c.message_webhook(url)
+            .webhook_secret(SECRET)
+            .max_text_chars(MAX)
+    })
+    .await;
+    let mut ann = Client::ws(&server).await;
+    let mut bob = Client::sse(&server).await;
+    ann.join("lobby", "ann").await;
+    bob.join("lobby", "bob").await;
+
+    for (text, id, why) in [
+        ("shout it", "s1", "max_text_chars"),
+        ("erase me", "s2", "empty"),
+    ] {
+        ann.send(json!({"type": "send", "room": "lobby", "text": text, "id": id}))
+            .await;
+        let answer = ann
+            .next_matching("its ack or error", |f| {
+                f["id"] == id && (f["type"] == "ack" || f["type"] == "error")
+            })
+            .await;
+        assert_eq!(
+            (&answer["type"], &answer["code"], &answer["room"]),
+            (&json!("error"), &json!("rejected"), &json!("lobby")),
+            "{text}: {answer}"
+        );
+        let message = answer["message"].as_str().unwrap();
+        assert!(message.contains(why), "{text}: {message}");
+    }
+    // At the limit: stored and delivered, as the first message of the room.
+    let padded = "é".repeat(MAX);
+    ann.send(json!({"type": "send", "room": "lobby", "text": "pad me", "id": "s3"}))
+        .await;
+    let own = ann
+        .next_matching("own copy", |f| f["type"] == "message" && f["id"] == "s3")
+        .await;
+    assert_eq!((&own["seq"], &own["text"]), (&json!(1), &json!(padded)));
+    assert_eq!(ann.next_of("ack").await["seq"], 1);
+    assert_eq!(
+        bob.messages("lobby", 1).await,
+        [(1, "ann".to_string(), padded.clone())]
+    );
+    let history: Vec<(u64, String)> = server
+        .chat
+        .history("lobby", None, 10)
+        .unwrap()
+        .messages
+        .iter()
+        .map(|m| (m.seq, m.text.clone()))
+        .collect();
+    assert_eq!(history, [(1, padded)]);
+
+    let calls = backend.take("/message", 3).await;
+    let texts: Vec<Value> = calls.iter().map(|c| c.json()["text"].clone()).collect();
+    assert_eq!(texts, ["shout it", "erase me", "pad me"]);
+    server.stop().await;
+}
+
+/// The README: events wait in a queue of 10,000 (besides the batch being sent); "when it is
+/// full the oldest is dropped", and `wtchat_webhook_events_dropped_total` counts them. The queue's size is not a setting,
+/// so the test fills the real one: the backend is down (503) while the host publishes more
+/// messages than the queue holds. The batch already being retried is not part of the queue
+/// and survives; of the rest, the newest 10,000 arrive once the backend is back, in order.
+#[tokio::test]
+async fn a_full_events_queue_drops_the_oldest_events_and_counts_them() {
+    /// `EVENTS_QUEUE` in lib/src/webhook.rs.
+    const QUEUE: u64 = 10_000;
+    const DROPPED: u64 = 150;
+    let mut backend = Backend::start().await;
+    backend.set_down(true);
+    let url = backend.url("/outage");
+    let server = start_with(|c| c.events_webhook(url).webhook_secret(SECRET).metrics(true)).await;
+    let dropped_metric = || async {
+        let (_, metrics) = server.get("/wtchat/metrics").await;
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("wtchat_webhook_events_dropped_total "))
+            .unwrap_or_else(|| panic!("no dropped events counter in:\n{metrics}"))
+            .to_string();
+        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+    };
+
+    // Message 1 is taken at once; its post fails, and it waits to be sent again.
+    assert_eq!(server.chat.publish("lobby", "Shop", "1").await, Ok(1));
+    let failed = backend.next("/outage").await;
+    assert_eq!(failed.status, 503);
+    assert_eq!(dropped_metric().await, 0);
+
+    // Then more than the queue holds, while the batch of message 1 waits.
+    let started = Instant::now();
+    let last = 1 + QUEUE + DROPPED;
+    for seq in 2..=last {
+        let published = server.chat.publish("lobby", "Shop", &seq.to_string()).await;
+        assert_eq!(published, Ok(seq));
+    }
+    println!("{} messages published in {:?}", last - 1, started.elapsed());
+    assert_eq!(dropped_metric().await, DROPPED);
+
+    // Back up: the batch that was waiting, then the newest QUEUE events, in order. The first
+    // post may wait for the backoff (up to 30 s between tries).
+    backend.set_down(false);
+    let mut taken = Vec::new();
+    let mut failures = vec![failed];
+    while taken.len() < 1 + QUEUE as usize {
+        let call = backend
+            .next_within("/outage", Duration::from_secs(45))
+            .await;
+        match call.status {
+            200 => taken.extend(call.json()["events"].as_array().unwrap().iter().cloned()),
+            _ => failures.push(call),
+        }
+    }
+    let seqs: Vec<u64> = taken.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let expected: Vec<u64> = std::iter::once(1).chain(DROPPED + 2..=last).collect();
+    assert!(
+        seqs == expected,
+        "got {} events: not 1, then {}..={last}",
+        seqs.len(),
+        DROPPED + 2
+    );
+    assert!(
+        taken.iter().all(|e| e["type"] == "message"
+            && e["text"].as_str().and_then(|t| t.parse().ok()) == e["seq"].as_u64()),
+        "every event is its message"
+    );
+    // Every failed post carried the same batch: message 1 alone.
+    for call in &failures {
+        let events = call.json()["events"].clone();
+        assert_eq!(events, json!([taken[0]]), "a failed post");
+    }
+    assert_eq!(dropped_metric().await, DROPPED);
+    server.stop().await;
+    assert!(
+        backend.received("/outage").iter().all(|c| c.status != 200),
+        "nothing posted twice"
+    );
 }
