@@ -46,6 +46,8 @@ struct Call {
     signature: String,
     body: Bytes,
     status: u16,
+    /// When the backend received it (before it answered).
+    at: Instant,
 }
 
 impl Call {
@@ -78,6 +80,7 @@ impl Shared {
             signature: header("wtchat-signature"),
             body,
             status: status.as_u16(),
+            at: Instant::now(),
         });
     }
 }
@@ -1372,5 +1375,97 @@ async fn a_full_events_queue_drops_the_oldest_events_and_counts_them() {
     assert!(
         backend.received("/outage").iter().all(|c| c.status != 200),
         "nothing posted twice"
+    );
+}
+
+/// The README: "At shutdown, what is still queued gets one more try within
+/// `shutdown_grace`, a post under way then included". The backend is down while a member joins: that batch is being retried
+/// with a growing wait. After the fourth failure, with the next try 2 s away, more happens
+/// (a message of the member's, one of the host's), the backend comes back, and the server
+/// stops at once: before `stop` returns the backend has every event, the member's leave at
+/// the shutdown included, well before the next try was due. And a backend that does not
+/// answer at all holds the exit no longer than the grace, even with a longer
+/// `webhook_timeout` and a post under way when the shutdown starts.
+#[tokio::test]
+async fn at_shutdown_the_events_webhook_posts_what_is_queued_within_the_grace() {
+    let mut backend = Backend::start().await;
+    backend.set_down(true);
+    let url = backend.url("/outage");
+    let server = start_with(|c| c.events_webhook(url).webhook_secret(SECRET)).await;
+    let mut ann = Client::ws(&server).await;
+    let (joined, _) = ann.join("lobby", "ann").await;
+
+    // Tried again after 250 ms, then 500 ms, then 1 s: after the fourth failure, 2 s.
+    let failed = backend.take("/outage", 4).await;
+    for (n, pair) in failed.windows(2).enumerate() {
+        let gap = pair[1].at - pair[0].at;
+        let wait = Duration::from_millis(250 << n);
+        assert!(
+            gap >= wait - wait / 10,
+            "try {} came {gap:?} after the one before",
+            n + 2
+        );
+    }
+    let next_try = failed[3].at + Duration::from_secs(2);
+    assert!(failed.iter().all(|c| c.status == 503));
+    ann.say("lobby", "one", "a1").await;
+    server.chat.publish("lobby", "Shop", "two").await.unwrap();
+    backend.set_down(false);
+    let ((), end) = tokio::join!(server.stop(), ann.ended());
+    let stopped = Instant::now();
+    assert_eq!(end, common::Ended::Code(4000));
+    assert!(
+        stopped < next_try,
+        "the test is inconclusive: the server stopped {:?} after the next try was due",
+        stopped - next_try
+    );
+
+    let calls = backend.received("/outage");
+    assert!(calls.iter().all(|c| c.status == 200), "{calls:#?}");
+    let events: Vec<(Value, Value)> = calls
+        .iter()
+        .flat_map(|c| c.json()["events"].as_array().unwrap().clone())
+        .map(|e| (e["type"].clone(), e["text"].clone()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (json!("joined"), Value::Null),
+            (json!("message"), json!("one")),
+            (json!("message"), json!("two")),
+            (json!("left"), Value::Null),
+        ]
+    );
+    let first = calls[0].json()["events"][0].clone();
+    assert_eq!(first["member"], joined["you"]["id"]);
+
+    // A backend that never answers: the post under way when the shutdown starts, then what
+    // is queued, get the grace and no more.
+    const GRACE: Duration = Duration::from_millis(500);
+    let hang = backend.url("/hang");
+    let server = start_with(|c| {
+        c.events_webhook(hang)
+            .webhook_secret(SECRET)
+            .webhook_timeout(Duration::from_secs(5))
+            .shutdown_grace(GRACE)
+    })
+    .await;
+    server
+        .chat
+        .publish("lobby", "Shop", "unheard")
+        .await
+        .unwrap();
+    backend.next("/hang").await;
+    server
+        .chat
+        .publish("lobby", "Shop", "queued")
+        .await
+        .unwrap();
+    let stopping = Instant::now();
+    server.stop().await;
+    let took = stopping.elapsed();
+    assert!(
+        took >= GRACE && took < GRACE + Duration::from_secs(1),
+        "stopped in {took:?}, with a grace of {GRACE:?} and a webhook timeout of 5 s"
     );
 }

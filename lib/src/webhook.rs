@@ -779,7 +779,9 @@ impl Events {
 
     /// Posts the queued events, in order, until `stop`: a batch that fails is sent again
     /// (and nothing after it meanwhile), after 250 ms, then twice as long each time, up to
-    /// 30 s. On `stop`, what is still queued gets one attempt per batch within `grace`.
+    /// 30 s. On `stop`, what is still queued gets one attempt per batch within `grace`; a
+    /// post under way then is its batch's attempt, and has the grace too (not the rest of
+    /// its `webhook_timeout`, which may be longer).
     pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken, grace: Duration) {
         let mut pending: Option<Batch> = None;
         let mut retry = FIRST_RETRY;
@@ -791,12 +793,28 @@ impl Events {
                         break batch;
                     }
                     tokio::select! {
-                        () = stop.cancelled() => return self.flush(None, grace).await,
+                        () = stop.cancelled() => return self.flush(None, deadline(grace)).await,
                         () = self.ready.notified() => {}
                     }
                 },
             };
-            match self.send(&batch).await {
+            // A post under way when the shutdown starts is its batch's last try: it has the
+            // grace, not the rest of a longer webhook timeout.
+            let sent = {
+                let send = self.send(&batch);
+                tokio::pin!(send);
+                tokio::select! {
+                    sent = &mut send => sent,
+                    () = stop.cancelled() => {
+                        let deadline = deadline(grace);
+                        return match tokio::time::timeout_at(deadline, send).await {
+                            Ok(Ok(())) => self.flush(None, deadline).await,
+                            _ => self.lost(batch.len),
+                        };
+                    }
+                }
+            };
+            match sent {
                 Ok(()) => retry = FIRST_RETRY,
                 Err(failure) => {
                     tracing::warn!(
@@ -807,7 +825,7 @@ impl Events {
                     );
                     pending = Some(batch);
                     tokio::select! {
-                        () = stop.cancelled() => return self.flush(pending, grace).await,
+                        () = stop.cancelled() => return self.flush(pending, deadline(grace)).await,
                         () = tokio::time::sleep(retry) => {}
                     }
                     retry = (retry * 2).min(MAX_RETRY);
@@ -816,25 +834,34 @@ impl Events {
         }
     }
 
-    /// At shutdown: `pending`, then the rest of the queue, one attempt per batch within
-    /// `grace`; what is left is logged as lost.
-    async fn flush(&self, mut pending: Option<Batch>, grace: Duration) {
-        let deadline = tokio::time::Instant::now() + grace;
+    /// At shutdown: `pending`, then the rest of the queue, one attempt per batch until
+    /// `deadline`; what is left is logged as lost.
+    async fn flush(&self, mut pending: Option<Batch>, deadline: tokio::time::Instant) {
         loop {
             let Some(batch) = pending.take().or_else(|| self.take()) else {
                 return;
             };
             let sent = tokio::time::timeout_at(deadline, self.send(&batch)).await;
             if !matches!(sent, Ok(Ok(()))) {
-                let lost = batch.len + self.backlog.lock().unwrap().events.len();
-                tracing::warn!(
-                    lost,
-                    "shutting down: events the events webhook did not take are lost"
-                );
-                return;
+                return self.lost(batch.len);
             }
         }
     }
+
+    /// At shutdown, when the backend did not take a batch of `batch` events: logs them and
+    /// the rest of the queue as lost.
+    fn lost(&self, batch: usize) {
+        let lost = batch + self.backlog.lock().unwrap().events.len();
+        tracing::warn!(
+            lost,
+            "shutting down: events the events webhook did not take are lost"
+        );
+    }
+}
+
+/// When the shutdown's last try at the events ends: `grace` from now.
+fn deadline(grace: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + grace
 }
 
 /// A queued event as the backend gets it.
