@@ -70,11 +70,23 @@ impl FromRef<HttpState> for Arc<transport::Context> {
 
 /// The chat's routes, all under [`PATH`], plus the demo page at `/` when configured.
 pub(crate) fn router(state: HttpState) -> Router {
+    // SSE and long polling hand out their sessions' URLs under the prefix the client used.
+    let under_prefix = || middleware::from_fn_with_state(state.clone(), routes_at);
     let router = Router::new()
         .route(&format!("{PATH}/config"), get(config))
         .route(&format!("{PATH}/health"), get(health))
         .route(&format!("{PATH}/ready"), get(ready))
         .route(&format!("{PATH}/ws"), get(websocket::upgrade))
+        .route(&format!("{PATH}/sse"), get(sse::open).layer(under_prefix()))
+        .route(&format!("{PATH}/sse/{{session}}"), post(posted::post))
+        .route(
+            &format!("{PATH}/poll"),
+            post(poll::open).layer(under_prefix()),
+        )
+        .route(
+            &format!("{PATH}/poll/{{session}}"),
+            get(poll::poll).post(posted::post),
+        )
         .route(
             &format!("{PATH}/wtchat.js"),
             get(|| async {
@@ -89,25 +101,6 @@ pub(crate) fn router(state: HttpState) -> Router {
                 )
             }),
         );
-    // SSE and long polling are plain requests a page of another allowed origin (a PHP
-    // site beside the chat server) makes too, and must be able to read.
-    let under_prefix = || middleware::from_fn_with_state(state.clone(), routes_at);
-    let posted = Router::new()
-        .route(&format!("{PATH}/sse"), get(sse::open).layer(under_prefix()))
-        .route(&format!("{PATH}/sse/{{session}}"), post(posted::post))
-        .route(
-            &format!("{PATH}/poll"),
-            post(poll::open).layer(under_prefix()),
-        )
-        .route(
-            &format!("{PATH}/poll/{{session}}"),
-            get(poll::poll).post(posted::post),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            readable_by_origin,
-        ));
-    let router = router.merge(posted);
     let router = if state.transport.session.auth.issues_tickets() {
         router.route(
             &format!("{PATH}/ticket"),
@@ -369,22 +362,15 @@ async fn ticket_preflight(State(state): State<HttpState>, headers: HeaderMap) ->
 fn with_credentials_cors(mut response: Response, origin: Option<&str>) -> Response {
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::VARY, HeaderValue::from_static("Origin"));
     if let Some(origin) = origin.and_then(|o| HeaderValue::from_str(o).ok()) {
-        readable_by(h, origin);
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         h.insert(
             header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
             HeaderValue::from_static("true"),
         );
-    } else {
-        h.insert(header::VARY, HeaderValue::from_static("Origin"));
     }
     response
-}
-
-/// Lets a page of `origin` read the answer; it differs by origin, so caches must not share it.
-fn readable_by(h: &mut HeaderMap, origin: HeaderValue) {
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    h.insert(header::VARY, HeaderValue::from_static("Origin"));
 }
 
 /// Tells the session a request opens where the chat's routes are as its client reached
@@ -397,27 +383,6 @@ async fn routes_at(
     let at = format!("{}{PATH}", Reached::of(&state, &request).prefix);
     request.extensions_mut().insert(posted::RoutesAt(at.into()));
     next.run(request).await
-}
-
-/// The answers of the SSE and long-polling routes, readable by a page of any allowed origin.
-/// The browser client's requests there are all simple ones (a GET, an `EventSource`, a POST
-/// of `text/plain` without credentials), so no preflight comes first: the answer naming the
-/// page's origin is all the browser needs. A refused origin learns nothing more.
-async fn readable_by_origin(
-    State(state): State<HttpState>,
-    request: axum::extract::Request,
-    next: Next,
-) -> Response {
-    let origin = request.headers().get(header::ORIGIN).cloned();
-    let mut response = next.run(request).await;
-    let allowed = |o: &HeaderValue| {
-        o.to_str()
-            .is_ok_and(|o| state.transport.origins.allows(Some(o)))
-    };
-    if let Some(origin) = origin.filter(allowed) {
-        readable_by(response.headers_mut(), origin);
-    }
-    response
 }
 
 /// `GET /wtchat/health`: 200 while the process serves HTTP (liveness).

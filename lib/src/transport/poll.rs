@@ -103,7 +103,16 @@ pub(crate) async fn open(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     request: Request,
 ) -> Response {
-    let opened = match posted::open(&ctx, peer, &request, Transport::LongPoll) {
+    let answer = open_session(&ctx, peer, &request);
+    posted::readable(&ctx, request.headers(), answer)
+}
+
+fn open_session(
+    ctx: &Arc<Context>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    request: &Request,
+) -> Response {
+    let opened = match posted::open(ctx, peer, request, Transport::LongPoll) {
         Ok(opened) => opened,
         Err(refused) => return posted::refusal(refused),
     };
@@ -147,7 +156,7 @@ pub(crate) async fn open(
     };
     let writer = PollWriter { queue };
     let url = format!("{}/poll/{id}", opened.routes_at);
-    posted::run(&ctx, opened, Transport::LongPoll, gone, writer);
+    posted::run(ctx, opened, Transport::LongPoll, gone, writer);
     (
         [(header::CACHE_CONTROL, "no-store")],
         axum::Json(serde_json::json!({"type": "session", "post": url, "poll": url})),
@@ -180,7 +189,7 @@ pub(crate) async fn poll(
         _ => answer(&ctx, &id, after, origin.as_deref()).await,
     };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-    if status == StatusCode::OK {
+    let answer = if status == StatusCode::OK {
         let json = [
             (header::CONTENT_TYPE, "application/json"),
             (header::CACHE_CONTROL, "no-store"),
@@ -188,7 +197,8 @@ pub(crate) async fn poll(
         (status, json, body).into_response()
     } else {
         (status, body).into_response()
-    }
+    };
+    posted::readable(&ctx, &headers, answer)
 }
 
 /// Sends a poll on to node `node`, which holds the session, and waits for its answer (a

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use tokio::sync::mpsc;
@@ -195,6 +195,25 @@ pub(crate) fn run(
     );
 }
 
+/// `response`, readable by the page that asked when its origin is allowed. The browser
+/// client's requests to the SSE and long-polling routes are all simple ones (a GET, an
+/// `EventSource`, a POST of `text/plain` without credentials), so no preflight comes first:
+/// an answer naming the page's origin is all the browser needs to let the page read it (a
+/// PHP site's page beside the chat server). A refused origin learns nothing more. Done in
+/// the handlers, not in a middleware: a poll is answered tens of thousands of times a
+/// second, and a middleware's machinery per request showed in its cost.
+pub(crate) fn readable(ctx: &Context, headers: &HeaderMap, mut response: Response) -> Response {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return response;
+    };
+    if origin.to_str().is_ok_and(|o| ctx.origins.allows(Some(o))) {
+        let h = response.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    response
+}
+
 /// `POST /wtchat/sse/ID` and `/wtchat/poll/ID`: frames for a session, one per line. A
 /// post for a session another node holds (no sticky load balancer) goes there through the
 /// engine, and is answered 202.
@@ -204,14 +223,19 @@ pub(crate) async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let origin = origin_of(&headers);
+    let answer = post_frames(&ctx, id, &headers, body);
+    readable(&ctx, &headers, answer)
+}
+
+fn post_frames(ctx: &Context, id: String, headers: &HeaderMap, body: Bytes) -> Response {
+    let origin = origin_of(headers);
     let max = ctx.session.limits.max_frame_bytes;
     match ctx
         .posted
         .deliver(&id, origin.as_deref(), &ctx.origins, &body, max)
     {
         Err(Undelivered::Unknown) => {
-            let forwarded = match (elsewhere(&ctx, &id), std::str::from_utf8(&body)) {
+            let forwarded = match (elsewhere(ctx, &id), std::str::from_utf8(&body)) {
                 (Some(node), Ok(body)) => ctx.session.hub.forward(
                     node,
                     Forwarded::Post {

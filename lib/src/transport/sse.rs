@@ -219,7 +219,16 @@ pub(crate) async fn open(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     request: Request,
 ) -> Response {
-    let opened = match posted::open(&ctx, peer, &request, Transport::Sse) {
+    let answer = open_stream(&ctx, peer, &request);
+    posted::readable(&ctx, request.headers(), answer)
+}
+
+fn open_stream(
+    ctx: &Arc<Context>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    request: &Request,
+) -> Response {
+    let opened = match posted::open(ctx, peer, request, Transport::Sse) {
         Ok(opened) => opened,
         Err(refused) => return posted::refusal(refused),
     };
