@@ -254,7 +254,7 @@ fn open_stream(
     };
     // The response stream is dropped when the client goes away: so is `alive`.
     posted::run(
-        &ctx,
+        ctx,
         opened,
         Transport::Sse,
         async {
