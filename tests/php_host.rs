@@ -11,7 +11,6 @@
 mod browser;
 mod common;
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -28,11 +27,7 @@ const PREAMBLE: &str = "<?php $user = (object)['id' => 42, 'name' => 'Ann']; ?>\
 /// The README's ```php block, with the chat server it names (`127.0.0.1:8080`) replaced by
 /// `chat`.
 fn readme_php(chat: &str) -> String {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let start = readme.find("```php\n").expect("the README has a php block") + 7;
-    let block = &readme[start..];
-    let block = &block[..block.find("```").unwrap()];
+    let block = common::readme_block("php", "hash_hmac");
     assert!(block.contains("127.0.0.1:8080"), "{block}");
     block.replace("127.0.0.1:8080", chat)
 }

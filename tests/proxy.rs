@@ -28,14 +28,7 @@ use tokio_tungstenite::tungstenite::Message;
 /// The README's nginx `location` block, for an upstream at `upstream` (the README's says
 /// `127.0.0.1:8080`).
 fn readme_location(upstream: &str) -> String {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let start = readme
-        .find("```nginx\n")
-        .expect("the README has an nginx block")
-        + 9;
-    let block = &readme[start..];
-    let block = &block[..block.find("```").unwrap()];
+    let block = common::readme_block("nginx", "proxy_pass");
     assert!(block.contains("127.0.0.1:8080"), "{block}");
     block.replace("127.0.0.1:8080", upstream)
 }

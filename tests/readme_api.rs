@@ -40,19 +40,10 @@ struct Readme {
 }
 
 impl Readme {
-    /// The `sh` block after "The HTTP API for your backend", split into commands (a command
+    /// The `sh` block of the HTTP API (its `publish` call), split into commands (a command
     /// goes on while its line ends with `\`), each with the comment lines above it.
     fn read() -> Readme {
-        let readme =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-        let section = readme
-            .find("The HTTP API for your backend")
-            .expect("the README documents the HTTP API");
-        let start = section
-            + readme[section..].find("```sh\n").expect("with an sh block")
-            + "```sh\n".len();
-        let block = &readme[start..];
-        let block = &block[..block.find("```").unwrap()];
+        let block = common::readme_block("sh", "/wtchat/api/publish");
         let mut calls = Vec::new();
         let mut comment = String::new();
         let mut command = String::new();

@@ -324,14 +324,7 @@ async fn log_in() -> Response {
 /// Whether the README's Python `wtchat_verified` accepts each call's signature with
 /// `secret`: the signature checked by the code a Django host copies, not by wtchat's.
 async fn python_verifies(secret: &str, calls: &[Call]) -> Vec<bool> {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let snippet = readme
-        .split("```python\n")
-        .skip(1)
-        .map(|block| block.split("```").next().unwrap())
-        .find(|block| block.contains("def wtchat_verified("))
-        .expect("the README has a Python wtchat_verified");
+    let snippet = common::readme_block("python", "def wtchat_verified(");
     let script = format!(
         "{snippet}\nimport json, sys\nsecret = sys.argv[1].encode()\n\
          calls = json.load(sys.stdin)\n\

@@ -38,6 +38,20 @@ pub struct TestServer {
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
+/// The README's first ```` ```lang ```` block that contains `marker`, read from README.md
+/// (never copied into a test): what a user pastes, run as they would.
+pub fn readme_block(lang: &str, marker: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md is readable");
+    readme
+        .split(&format!("```{lang}\n"))
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap())
+        .find(|block| block.contains(marker))
+        .unwrap_or_else(|| panic!("the README has a {lang} block with {marker:?}"))
+        .to_string()
+}
+
 /// A server with the default configuration on free ports.
 pub async fn start() -> TestServer {
     start_with(|config| config).await
