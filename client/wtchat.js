@@ -1027,6 +1027,9 @@ class Link {
     if (!frame || typeof frame !== "object") return;
     if (frame.type === "bye") {
       this._bye = { code: frame.code, reason: frame.reason, reconnect: !!frame.reconnect, message: frame.message };
+      // The server's last word: close our side now rather than wait for its close (over
+      // WebTransport it waits for ours, so that its close cannot overtake the `bye`).
+      this._conn?.close(CloseCodes.NORMAL, "bye");
       return;
     }
     if (frame.room !== undefined) {

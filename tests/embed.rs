@@ -722,3 +722,21 @@ async fn a_kick_takes_a_connection_out_of_that_room_only_and_out_of_its_last_clo
     }
     server.stop().await;
 }
+
+/// A WebTransport client busy elsewhere when the server says goodbye still reads the
+/// `bye`: the server, its `bye` delivered, waits for the client to close before closing the
+/// connection (a QUIC CONNECTION_CLOSE first would make the client drop the unread `bye`,
+/// and a kicked client would take it for a lost connection and come back).
+#[tokio::test]
+async fn a_webtransport_client_that_reads_late_still_gets_its_bye() {
+    let server = start_with(|c| c).await;
+    let mut kim = Client::wt(&server).await;
+    let (joined, _) = kim.join("late", "kim").await;
+    let id = joined["you"]["id"].as_u64().unwrap();
+    assert!(server.chat.kick_member("late", id));
+    // The client's application is busy while the `bye` arrives.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(kim.next_of("bye").await["code"], 4403);
+    assert_eq!(kim.ended().await, Ended::Code(4403));
+    server.stop().await;
+}

@@ -386,7 +386,8 @@ async fn sigterm_spreads_the_4000s_over_the_drain_window_and_loses_nothing_ackno
     assert_eq!(Client::ws_at(&url, &[]).await.err(), Some(503));
     // Everyone is told 4000, each at its own moment within the window.
     let told: Vec<Duration> = futures_util::future::join_all(members.iter_mut().map(|c| async {
-        assert_eq!(c.ended().await, Ended::Code(4000));
+        let transport = c.transport();
+        assert_eq!(c.ended().await, Ended::Code(4000), "{transport}");
         terminated.elapsed()
     }))
     .await;

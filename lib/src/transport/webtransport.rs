@@ -41,6 +41,11 @@ const UDP_BUFFER: usize = 4 << 20;
 /// room must not lose its members.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
+/// How long a closing session waits, its `bye` delivered, for the client to close first (it
+/// does once it has read `bye`): a CONNECTION_CLOSE from us could make it drop the `bye`
+/// unread.
+const BYE_READ: Duration = Duration::from_secs(1);
+
 /// QUIC idle timeout: how long a vanished client holds its session.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -285,7 +290,12 @@ impl FrameWriter for WtWriter {
     }
 
     async fn close(&mut self, code: CloseCode) {
+        // Once `finish` resolves the peer has every byte, `bye` included; but a
+        // CONNECTION_CLOSE arriving before its application read them makes it drop them.
+        // So the client, which closes once it has read `bye`, closes first (bounded: the
+        // session's whole goodbye is).
         let _ = self.send.finish().await;
+        let _ = tokio::time::timeout(BYE_READ, self.connection.closed()).await;
         self.connection.close(
             VarInt::from_u32(code.code().into()),
             code.reason().as_bytes(),
