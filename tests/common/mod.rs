@@ -999,8 +999,6 @@ impl Client {
                     let v: Value = serde_json::from_slice(&line[..pos]).unwrap();
                     if v["type"] == "bye" {
                         *bye = v["code"].as_u64().map(|c| c as u16);
-                        // As the browser client does: the server waits for this close.
-                        connection.close(wtransport::VarInt::from_u32(0), b"bye");
                     }
                     break Some(v);
                 }

@@ -292,8 +292,8 @@ impl FrameWriter for WtWriter {
     async fn close(&mut self, code: CloseCode) {
         // Once `finish` resolves the peer has every byte, `bye` included; but a
         // CONNECTION_CLOSE arriving before its application read them makes it drop them.
-        // So the client, which closes once it has read `bye`, closes first (bounded: the
-        // session's whole goodbye is).
+        // A client that closes once it has read `bye` (the browser client does) ends this
+        // wait at once; one that does not gets our close, with its code, after BYE_READ.
         let _ = self.send.finish().await;
         let _ = tokio::time::timeout(BYE_READ, self.connection.closed()).await;
         self.connection.close(
