@@ -11,7 +11,7 @@
 mod browser;
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use browser::{Browser, Drive, under_ci};
@@ -34,15 +34,8 @@ fn readme_php(chat: &str) -> String {
 
 /// PHP's built-in web server serving one directory; stopped on drop.
 struct PhpServer {
-    child: Child,
+    _child: common::KillOnDrop,
     dir: tempfile::TempDir,
-}
-
-impl Drop for PhpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl PhpServer {
@@ -81,7 +74,10 @@ async fn php_server(port: u16, index_php: &str) -> PhpServer {
         .stderr(log)
         .spawn()
         .expect("php starts");
-    let php = PhpServer { child, dir };
+    let php = PhpServer {
+        _child: common::KillOnDrop(child),
+        dir,
+    };
     let deadline = tokio::time::Instant::now() + common::DEADLINE;
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await

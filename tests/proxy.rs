@@ -16,7 +16,7 @@ mod common;
 mod redis;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use browser::{Browser, DemoPage, Drive};
@@ -77,16 +77,9 @@ fn readme_location_under(prefix: &str, upstream: &str) -> String {
 
 /// nginx in the foreground with its own prefix directory; stopped on drop.
 struct Nginx {
-    child: Child,
+    _child: common::KillOnDrop,
     port: u16,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn nginx_path() -> Option<&'static str> {
@@ -148,7 +141,7 @@ http {{
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Nginx {
-        child,
+        _child: common::KillOnDrop(child),
         port,
         _dir: dir,
     }

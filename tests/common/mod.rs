@@ -1378,6 +1378,16 @@ pub fn run_to_end(mut command: std::process::Command) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
+/// A server process a test started (nginx, PHP): killed, and reaped, when dropped.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `wtchat serve` on free loopback ports, working in `dir`, its certificates in `dir/certs`
 /// (the caller adds the engine and whatever else).
 pub fn serve_command(dir: &std::path::Path) -> std::process::Command {
