@@ -78,18 +78,7 @@ async fn php_server(port: u16, index_php: &str) -> PhpServer {
         _child: common::KillOnDrop(child),
         dir,
     };
-    let deadline = tokio::time::Instant::now() + common::DEADLINE;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "php -S did not listen: {}",
-            php.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_listening(port, "php -S", || php.log()).await;
     php
 }
 

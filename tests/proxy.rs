@@ -17,7 +17,6 @@ mod redis;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use browser::{Browser, DemoPage, Drive};
 use common::{Client, free_port, start_with};
@@ -128,18 +127,10 @@ http {{
         .stderr(Stdio::piped())
         .spawn()
         .expect("nginx starts");
-    let deadline = tokio::time::Instant::now() + common::DEADLINE;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nginx did not listen: {}",
-            std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_listening(port, "nginx", || {
+        std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+    })
+    .await;
     Nginx {
         _child: common::KillOnDrop(child),
         port,

@@ -1378,6 +1378,20 @@ pub fn run_to_end(mut command: std::process::Command) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
+/// Waits until something listens on loopback `port` (a server the test started), for at
+/// most [`DEADLINE`]; `log` says what the server said, for the failure message.
+pub async fn wait_listening(port: u16, what: &str, log: impl Fn() -> String) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not listen: {}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A server process a test started (nginx, PHP): killed, and reaped, when dropped.
 pub struct KillOnDrop(pub std::process::Child);
 
