@@ -16,7 +16,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use tokio_util::task::TaskTracker;
 
 use crate::hub::ConnectionPermit;
@@ -75,7 +76,8 @@ impl Context {
     }
 }
 
-/// Why a connection was not admitted; each transport answers it its own way.
+/// Why a connection was not admitted. The HTTP transports (WebSocket, SSE, long polling)
+/// answer it as below; WebTransport answers in its own handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refused {
     /// Its `Origin` is not one the server allows.
@@ -86,6 +88,21 @@ pub(crate) enum Refused {
     Address,
     /// The server holds `max_connections` connections.
     Full,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::Origin => (StatusCode::FORBIDDEN, "origin not allowed"),
+            Refused::Address => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from your address",
+            ),
+            Refused::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+            Refused::Full => (StatusCode::SERVICE_UNAVAILABLE, "too many connections"),
+        }
+        .into_response()
+    }
 }
 
 /// What an admitted connection holds until it ends: its place in the server's and its

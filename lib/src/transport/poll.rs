@@ -114,7 +114,7 @@ fn open_session(
 ) -> Response {
     let opened = match posted::open(ctx, peer, request, Transport::LongPoll) {
         Ok(opened) => opened,
-        Err(refused) => return posted::refusal(refused),
+        Err(refused) => return refused.into_response(),
     };
     let origin = request
         .headers()

@@ -68,20 +68,6 @@ fn origin_of(headers: &HeaderMap) -> Option<String> {
         .map(|o| o.to_str().unwrap_or("\u{0}").to_string())
 }
 
-/// The answer to a refused session.
-pub(crate) fn refusal(refused: Refused) -> Response {
-    match refused {
-        Refused::Origin => (StatusCode::FORBIDDEN, "origin not allowed"),
-        Refused::Address => (
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many connections from your address",
-        ),
-        Refused::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
-        Refused::Full => (StatusCode::SERVICE_UNAVAILABLE, "too many connections"),
-    }
-    .into_response()
-}
-
 /// Whether a request with `Origin` header `request` may use a session opened with
 /// `session`'s. A browser always names its origin on a cross-origin request, and names none
 /// on a same-origin GET (an `EventSource`, a poll) while it does on its POSTs: so a request
@@ -100,7 +86,7 @@ pub(crate) fn origin_fits(
     }
 }
 
-/// Admits a session for `request` and registers its id; or why not (see [`refusal`]).
+/// Admits a session for `request` and registers its id; or why not.
 pub(crate) fn open(
     ctx: &Context,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,

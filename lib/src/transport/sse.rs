@@ -24,7 +24,7 @@ use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -230,7 +230,7 @@ fn open_stream(
 ) -> Response {
     let opened = match posted::open(ctx, peer, request, Transport::Sse) {
         Ok(opened) => opened,
-        Err(refused) => return posted::refusal(refused),
+        Err(refused) => return refused.into_response(),
     };
     let resume = request
         .headers()

@@ -31,7 +31,7 @@ use tracing::Instrument;
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message};
 
-use super::{Context, Refused, detached, shown};
+use super::{Context, detached, shown};
 use crate::auth::{ConnectRequest, Transport};
 use crate::hub::{Kind, Outbound};
 use crate::protocol::CloseCode;
@@ -65,22 +65,7 @@ pub(crate) async fn upgrade(
     let client = peer.map(|addr| ctx.client_address(addr.ip(), headers));
     let admitted = match ctx.admit(origin.as_deref(), client) {
         Ok(admitted) => admitted,
-        Err(Refused::Origin) => {
-            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
-        }
-        Err(Refused::ShuttingDown) => {
-            return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
-        }
-        Err(Refused::Address) => {
-            return (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many connections from your address",
-            )
-                .into_response();
-        }
-        Err(Refused::Full) => {
-            return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
-        }
+        Err(refused) => return refused.into_response(),
     };
     // What the host's authentication sees, copied out of the request: the request's own
     // headers share hyper's whole read buffer (16 KiB), which must not live as long as the
