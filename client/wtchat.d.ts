@@ -33,7 +33,8 @@ export function shouldReconnect(code: number): boolean;
 /**
  * Error codes a promise may reject with or an `error` event may carry: the server's error
  * codes, plus the client's own (`closed`, `unreachable`, `unsupported`, `timeout`) and the
- * `reason` of a `bye` that said not to reconnect (`unauthorized`, `kicked`, ...).
+ * `reason` of a `bye` that said not to reconnect (`unauthorized`, `kicked`, ...) or of a
+ * `left` that took the connection out of one room (`kicked`: a kick or a ban there).
  */
 export type ErrorCode =
   | "invalid_json"
@@ -71,7 +72,7 @@ export class ChatError extends Error {
   readonly room?: string;
   /** The client message id the server's error frame named, if any. */
   readonly id?: string;
-  /** For a refusal by `bye`: its close code. */
+  /** For a refusal by `bye`, or a room left by the host's kick or ban: its close code. */
   readonly closeCode?: number;
 }
 

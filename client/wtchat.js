@@ -1340,13 +1340,16 @@ export class Chat {
     waiter?.reject(error);
   }
 
-  /** The server refused this room on a new connection: it is left, and says why. */
+  /**
+   * The room is over for this chat: the server refused it on a new connection, or the
+   * host took this connection out of it (a kick, a ban). It is left, and says why.
+   */
   _drop(error) {
     this._link.rooms.delete(this.room);
     this._end(error);
     this._left = true;
     this._emit("error", error);
-    this._emit("status", { status: "closed", reason: error.message, error: error.code });
+    this._emit("status", { status: "closed", reason: error.message, error: error.code, code: error.closeCode });
   }
 
   /** Every request still waiting fails with `error`'s code. */

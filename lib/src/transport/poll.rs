@@ -6,7 +6,9 @@
 //! `GET poll?after=N`: held until there is a frame numbered above `N` (at most
 //! [`HOLD`]), then answered with every such frame, `{"next":M,"frames":[…]}`. Frames stay
 //! until a poll's `after` says they arrived, so a poll whose answer was lost loses nothing:
-//! the next one asks again from the same `after`.
+//! the next one asks again from the same `after`. Except `bye`: the session is over once the
+//! answer carrying it is sent (the client polls no more after it), so a lost one leaves a
+//! 404 for the next poll.
 //!
 //! A session nobody polls for half the idle timeout (30 s by default) is over: it leaves
 //! its rooms.
