@@ -14,8 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::fmt::Write as _;
-use std::io;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +64,8 @@ struct Fixed {
 }
 
 impl Position {
-    fn encode(&mut self) -> String {
+    /// Writes the id into `out` (the event being built): no string of its own per event.
+    fn encode_into(&mut self, out: &mut Vec<u8>) {
         let fixed = self.fixed.get_or_insert_with(|| {
             let fixed = Fixed {
                 rooms: self
@@ -79,12 +79,10 @@ impl Position {
             let json = serde_json::to_vec(&fixed).expect("serializable");
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
         });
-        let mut id = String::with_capacity(fixed.len() + 8 * self.rooms.len());
-        id.push_str(fixed);
+        out.extend_from_slice(fixed.as_bytes());
         for (_, seq) in self.rooms.values() {
-            let _ = write!(id, ".{seq}");
+            let _ = write!(out, ".{seq}");
         }
-        id
     }
 
     fn decode(id: &str) -> Option<Position> {
@@ -302,7 +300,7 @@ impl FrameWriter for SseWriter {
                 .unwrap_or(&outbound.frame);
             if self.position.follow(frame) {
                 chunk.extend_from_slice(b"id: ");
-                chunk.extend_from_slice(self.position.encode().as_bytes());
+                self.position.encode_into(&mut chunk);
                 chunk.push(b'\n');
             }
             chunk.extend_from_slice(b"data: ");
@@ -338,7 +336,9 @@ mod tests {
         ] {
             assert!(position.follow(frame.as_bytes()), "{frame}");
         }
-        let id = position.encode();
+        let mut id = Vec::new();
+        position.encode_into(&mut id);
+        let id = String::from_utf8(id).unwrap();
         assert!(
             id.ends_with(".0.4"),
             "rooms in order, their numbers in decimal: {id}"
