@@ -514,6 +514,7 @@ async fn come_back_after_a_restart(test: &str, engine: Engine) {
     a.messages(1).await;
     let epoch = a.eval("window.chat.epoch").await;
 
+    a.eval(browser::WATCH_WEBTRANSPORT).await;
     let started = Instant::now();
     server.stop().await;
     a.wait_for("A to notice", "window.__statusLog.includes('reconnecting')")
@@ -529,9 +530,12 @@ async fn come_back_after_a_restart(test: &str, engine: Engine) {
     elsewhere.stop().await;
     let server =
         start_with(|config| config.http(http).webtransport(webtransport).engine(engine)).await;
-    a.wait_connected("webtransport").await;
+    let a_over = a.wait_back_over_webtransport().await;
     b.wait_connected("websocket").await;
-    eprintln!("both pages back after {:?}", started.elapsed());
+    eprintln!(
+        "both pages back after {:?} (ann over {a_over})",
+        started.elapsed()
+    );
     a.wait_members(&["ann", "bob"]).await;
     if !durable {
         // Shown on rejoining, before anything new: the page keeps what it had and goes on

@@ -17,7 +17,9 @@ mod webkit;
 
 use std::time::{Duration, Instant};
 
-use browser::{ConsoleEntry, DemoPage, Drive, assert_one_order, demo_connected, numbered};
+use browser::{
+    ConsoleEntry, DemoPage, Drive, WATCH_WEBTRANSPORT, assert_one_order, demo_connected, numbered,
+};
 use common::{Client, TestServer, start, start_with};
 use serde_json::{Value, json};
 
@@ -27,28 +29,6 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 /// The text of the page's typing notice (empty when nobody types).
 const TYPING: &str = "document.querySelector('[data-testid=typing]').textContent";
-
-/// Run in a page before it joins: wraps `WebTransport` to record how each session the
-/// client opens ends (`ready`, or `failed: <why>`) in `__webTransports`.
-const WATCH_WEBTRANSPORT: &str = "(() => {
-  const Real = window.WebTransport;
-  const outcomes = (window.__webTransports = []);
-  // WebKit rejects a failed session's `ready` with no reason at all.
-  const text = (e) => (e === undefined ? 'no reason given' : e instanceof Error ? `${e.name}: ${e.message}` : String(e));
-  window.WebTransport = function WebTransport(url, options) {
-    const at = outcomes.push('pending') - 1;
-    let session;
-    try {
-      session = new Real(url, options);
-    } catch (e) {
-      outcomes[at] = `failed at once: ${text(e)}`;
-      throw e;
-    }
-    session.ready.then(() => (outcomes[at] = 'ready'), (e) => (outcomes[at] = `failed: ${text(e)}`));
-    return session;
-  };
-  window.WebTransport.prototype = Real.prototype;
-})()";
 
 /// How long a shutting-down server waits for its sessions to end: the default.
 const GRACE: Duration = Duration::from_secs(5);
@@ -320,8 +300,12 @@ async fn webkit_without_and_with_failing_webtransport_chats_with_chromium_and_fi
     );
 
     // The server restarts on the same ports (with a new certificate; the room and its
-    // history are gone): every page comes back by itself, over the transport it had.
+    // history are gone): every page comes back by itself, over the transport it had (see
+    // `wait_back_over_webtransport` for when WebSocket wins the race instead).
     let (http, webtransport) = (server.http, server.webtransport);
+    for page in pages.iter().filter(|p| !matches!(p, Tab::WebKit(_))) {
+        page.eval(WATCH_WEBTRANSPORT).await;
+    }
     let down = Instant::now();
     server.stop().await;
     let stopped = down.elapsed();
@@ -349,15 +333,18 @@ async fn webkit_without_and_with_failing_webtransport_chats_with_chromium_and_fi
     );
     for page in &pages {
         let transport = match page {
-            Tab::WebKit(_) => "websocket",
-            _ => "webtransport",
+            Tab::WebKit(_) => {
+                page.wait_for("connected again", &demo_connected("websocket"))
+                    .await;
+                "websocket".to_string()
+            }
+            _ => page.wait_back_over_webtransport().await,
         };
-        page.wait_for(
-            &format!("connected again over {transport}"),
-            &demo_connected(transport),
-        )
-        .await;
-        eprintln!("  [{}] back after {:?}", page.label(), down.elapsed());
+        eprintln!(
+            "  [{}] back over {transport} after {:?}",
+            page.label(),
+            down.elapsed()
+        );
     }
     for page in &pages {
         page.wait_members(&names).await;

@@ -142,6 +142,44 @@ pub trait DemoPage: Drive {
             .expect("the demo page marks its connection")
     }
 
+    /// Waits until a page that was on WebTransport is connected again (after its server
+    /// restarted, say) and returns the transport. That is WebTransport, unless WebSocket
+    /// won the race: on a loaded machine a WebTransport handshake can outlast its 500 ms
+    /// head start. WebSocket passes only when the page tried WebTransport since
+    /// [`WATCH_WEBTRANSPORT`] last ran and every such session connected or was given up by
+    /// the client, none failed: a WebTransport that cannot reconnect fails the test.
+    async fn wait_back_over_webtransport(&self) -> String {
+        let transport = self
+            .wait_for(
+                "connected again",
+                "document.querySelector('[data-testid=status]').dataset.status === 'connected'
+                    && window.chat.transport",
+            )
+            .await;
+        let transport = transport.as_str().unwrap_or_default().to_string();
+        if transport != "webtransport" {
+            let outcomes = self.eval("window.__webTransports").await;
+            let lost_the_race = outcomes.as_array().is_some_and(|all| {
+                !all.is_empty() && all.iter().all(|o| o == "ready" || o == "given up")
+            });
+            assert!(
+                transport == "websocket" && lost_the_race,
+                "[{}] back over {transport}, its WebTransport sessions: {outcomes}",
+                self.label()
+            );
+            eprintln!(
+                "[{}] back over WebSocket: it won the race (WebTransport sessions: {outcomes})",
+                self.label()
+            );
+        }
+        self.wait_for(
+            &format!("connected again over {transport}"),
+            &demo_connected(&transport),
+        )
+        .await;
+        transport
+    }
+
     /// The page's message list once it has at least `n` messages, as (seq, from, text).
     async fn messages(&self, n: usize) -> Vec<(u64, String, String)> {
         self.wait_for(
@@ -224,6 +262,34 @@ pub async fn assert_one_order(
     }
     seen
 }
+
+/// Run in a page (before it joins, to see its first session): wraps `WebTransport` to
+/// record how each session the client opens ends in `__webTransports`: `ready`,
+/// `failed: <why>`, or `given up` when the client closed it while it was still connecting
+/// (another transport won the race). Run again, it only empties the record.
+pub const WATCH_WEBTRANSPORT: &str = "(() => {
+  if (window.__webTransports) return void (window.__webTransports.length = 0);
+  const Real = window.WebTransport;
+  const outcomes = (window.__webTransports = []);
+  // WebKit rejects a failed session's `ready` with no reason at all.
+  const text = (e) => (e === undefined ? 'no reason given' : e instanceof Error ? `${e.name}: ${e.message}` : String(e));
+  window.WebTransport = function WebTransport(url, options) {
+    const at = outcomes.push('pending') - 1;
+    const settle = (outcome) => { if (outcomes[at] === 'pending') outcomes[at] = outcome; };
+    let session;
+    try {
+      session = new Real(url, options);
+    } catch (e) {
+      settle(`failed at once: ${text(e)}`);
+      throw e;
+    }
+    const close = session.close.bind(session);
+    session.close = (info) => { settle('given up'); return close(info); };
+    session.ready.then(() => settle('ready'), (e) => settle(`failed: ${text(e)}`));
+    return session;
+  };
+  window.WebTransport.prototype = Real.prototype;
+})()";
 
 /// The names in the demo page's member list, sorted.
 pub const DEMO_MEMBERS: &str = "[...document.querySelectorAll('[data-testid=member] .name')]

@@ -7,7 +7,7 @@
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -67,7 +67,20 @@ pub async fn start_with(tweak: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> T
             dir: cert_dir.path().to_path_buf(),
         });
     let config = tweak(builder).build().expect("a valid configuration");
-    let server = Server::bind(config).await.expect("server binds");
+    // A server restarted on the ports of one just stopped: the old UDP socket closes when
+    // its endpoint's last handle is dropped and its closed connections have drained, just
+    // after `stop` returns. Free ports (0) are never in use.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let server = loop {
+        match Server::bind(config.clone()).await {
+            Err(wtchat::StartError::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            bound => break bound.expect("server binds"),
+        }
+    };
     let (chat, http) = (server.chat(), server.http_addr());
     TestServer::spawn(chat, http, cert_dir, |stopped| async move {
         server
