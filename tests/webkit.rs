@@ -218,7 +218,11 @@ async fn webkit_without_and_with_failing_webtransport_chats_with_chromium_and_fi
         .await;
     let attempts: Vec<String> = serde_json::from_value(attempts).unwrap();
     assert!(
-        attempts.iter().all(|a| a.starts_with("failed")),
+        // Failed, or (on a loaded machine, past its head start) given up by the client
+        // once WebSocket won: tried, and never connected.
+        attempts
+            .iter()
+            .all(|a| a.starts_with("failed") || a == "given up"),
         "[kit-wt] WebTransport attempts: {attempts:?}"
     );
     times.push(format!(
