@@ -1,7 +1,7 @@
 //! Real-browser tests in a second engine: Debian's Firefox ESR, driven over WebDriver BiDi
 //! (tests/common/firefox.rs), loads the demo page from a test server and chats over
 //! WebTransport and over the WebSocket fallback, in one room with a Chromium page (when
-//! Chromium is installed). Without Firefox these tests print a loud SKIPPED line (and fail
+//! Chromium is installed), and over SSE and long polling beside WebTransport. Without Firefox these tests print a loud SKIPPED line (and fail
 //! under `CI=true`). One Firefox serves the whole file; every page has its own user context.
 
 #[path = "common/browser.rs"]
@@ -180,6 +180,90 @@ async fn firefox_over_both_transports_and_chromium_chat_in_one_room() {
     for page in &pages {
         page.assert_no_console_errors();
     }
+}
+
+/// Run before the page's scripts: neither WebTransport nor WebSocket (UDP blocked, upgrades
+/// broken by a proxy); and, for long polling, no EventSource either.
+const NO_STREAMS: &str = "delete window.WebTransport; delete window.WebSocket;";
+const NO_EVENT_SOURCE: &str =
+    "delete window.WebTransport; delete window.WebSocket; delete window.EventSource;";
+
+#[tokio::test]
+async fn firefox_over_sse_and_long_polling_chats_with_firefox_over_webtransport() {
+    let test = "firefox_over_sse_and_long_polling_chats_with_firefox_over_webtransport";
+    let Some((_turn, firefox)) = take_firefox(test).await else {
+        return;
+    };
+    let server = start().await;
+    let fox = firefox.page("fox", (1024, 768), None).await;
+    fox.goto(&demo_url(&server, "room=posted&name=fox")).await;
+    let fox = Tab::Firefox(&fox);
+    fox.wait_connected("webtransport").await;
+    // Elk: Firefox behind a proxy that lets only plain HTTP through, so over SSE (Firefox's
+    // own EventSource); owl: no EventSource either, so over long polling (its fetch).
+    let elk = firefox.page("elk", (1024, 768), Some(NO_STREAMS)).await;
+    elk.goto(&demo_url(&server, "room=posted&name=elk")).await;
+    let elk = Tab::Firefox(&elk);
+    let elk_took = elk.wait_connected("sse").await;
+    let owl = firefox.page("owl", (390, 844), Some(NO_EVENT_SOURCE)).await;
+    owl.goto(&demo_url(&server, "room=posted&name=owl")).await;
+    let owl = Tab::Firefox(&owl);
+    let owl_took = owl.wait_connected("longpoll").await;
+    eprintln!(
+        "firefox {}: connected over SSE in {elk_took} ms, over long polling in {owl_took} ms \
+         (config, transport and join)",
+        firefox.version
+    );
+    let pages = [fox, elk, owl];
+    for page in &pages {
+        page.wait_members(&["elk", "fox", "owl"]).await;
+    }
+    let mut want = Vec::new();
+    for (page, from, text) in [
+        (elk, "elk", "elk over SSE"),
+        (owl, "owl", "owl over long polling: ünïcödé ✓"),
+        (fox, "fox", "fox over WebTransport hears you both"),
+    ] {
+        page.say(text).await;
+        want.push((from, text));
+        for page in &pages {
+            assert_eq!(
+                page.messages(want.len()).await,
+                numbered(&want),
+                "[{}]",
+                page.label()
+            );
+        }
+    }
+    // Every page at once: one order, the server's, on every page.
+    let names = ["fox", "elk", "owl"];
+    let burst: Vec<String> = names.iter().map(|n| format!("{n}, all at once")).collect();
+    for (page, text) in pages.iter().zip(&burst) {
+        page.say(text).await;
+    }
+    let mut seen = assert_one_order(&pages, &numbered(&want), &names, &burst).await;
+    // The SSE and long-polling pages lose their connections: each comes back on the
+    // transport it had and misses nothing said meanwhile.
+    for (page, transport) in [(elk, "sse"), (owl, "longpoll")] {
+        page.eval(
+            "window.chat.on('status', (e) => { window.__dropped ||= e.status === 'reconnecting'; });
+             window.chat._link._conn.close()",
+        )
+        .await;
+        page.wait_for("the page to notice", "window.__dropped")
+            .await;
+        let text = format!("while {} reconnects", page.label());
+        fox.say(&text).await;
+        page.wait_connected(transport).await;
+        seen.push((seen.len() as u64 + 1, "fox".into(), text));
+        for page in &pages {
+            assert_eq!(page.messages(seen.len()).await, seen, "[{}]", page.label());
+        }
+    }
+    for page in &pages {
+        page.assert_no_console_errors();
+    }
+    server.stop().await;
 }
 
 /// Run in the demo page: whether its room field accepts each value, by the browser's own
