@@ -2,7 +2,8 @@
 //! (the engine family of Safari), driven over classic W3C WebDriver (tests/common/webkit.rs),
 //! chats over the WebSocket fallback in one room with Chromium and Firefox over WebTransport
 //! (each when installed), and once more with WebKit's own WebTransport switched on, present
-//! but unable to connect: a genuine "WebTransport fails, fall back" browser. The demo page is
+//! but unable to connect: a genuine "WebTransport fails, fall back" browser; with WebSocket
+//! gone too, WebKitGTK chats over SSE and long polling. The demo page is
 //! exercised in WebKitGTK at a phone and a desktop size; screenshots land in
 //! `target/screenshots/webkit-*.png`. Without WebKitGTK these tests print a loud SKIPPED line
 //! (and fail under `CI=true`).
@@ -545,4 +546,85 @@ async fn the_demo_page_works_in_webkit_at_phone_and_desktop_sizes() {
         ]
     );
     eprintln!("the demo page in WebKitGTK: {:?}", started.elapsed());
+}
+
+/// Run in a WebKit page before it joins (classic WebDriver runs nothing before the page's
+/// own scripts, so the page joins through its form after this): no WebSocket, as behind a
+/// proxy that breaks upgrades, so SSE; and with no `EventSource` either, long polling.
+const NO_WEBSOCKET: &str = "delete window.WebSocket";
+const NO_EVENT_SOURCE: &str = "delete window.WebSocket && delete window.EventSource";
+
+#[tokio::test]
+async fn webkit_over_sse_and_long_polling_chats_with_webtransport_and_comes_back() {
+    let test = "webkit_over_sse_and_long_polling_chats_with_webtransport_and_comes_back";
+    let _turn = ONE_AT_A_TIME.lock().await;
+    if !webkit::installed_or_skip(test) {
+        return;
+    }
+    let server = start().await;
+    let room = "webkit-posted";
+    // Someone on WebTransport in the same room.
+    let mut bot = Client::wt(&server).await;
+    bot.join(room, "bot").await;
+    let (sse, poll) = tokio::join!(
+        webkit::Page::open("kit-sse", (1024, 768), &[]),
+        webkit::Page::open("kit-poll", (1024, 768), &[]),
+    );
+    let (sal, pat) = (Tab::WebKit(&sse), Tab::WebKit(&poll));
+    for (page, tab, name, script, transport) in [
+        (&sse, sal, "sal", NO_WEBSOCKET, "sse"),
+        (&poll, pat, "pat", NO_EVENT_SOURCE, "longpoll"),
+    ] {
+        page.goto(&demo_url(&server, &format!("room={room}"))).await;
+        page.eval(script).await;
+        page.type_and_enter("[data-testid=name-input]", name).await;
+        let took = tab.wait_connected(transport).await;
+        eprintln!(
+            "WebKitGTK {} over {transport}: {took:.0} ms (config, transport and join)",
+            page.version
+        );
+    }
+    for page in [sal, pat] {
+        page.wait_members(&["bot", "pat", "sal"]).await;
+    }
+    sal.say("sal over SSE").await;
+    pat.messages(1).await;
+    pat.say("pat over long polling: ünïcödé ✓").await;
+    sal.messages(2).await;
+    assert_eq!(
+        bot.messages(room, 2).await,
+        numbered(&[
+            ("sal", "sal over SSE"),
+            ("pat", "pat over long polling: ünïcödé ✓"),
+        ])
+    );
+    bot.say(room, "bot over WebTransport hears you both", "b1")
+        .await;
+    let mut want = numbered(&[
+        ("sal", "sal over SSE"),
+        ("pat", "pat over long polling: ünïcödé ✓"),
+        ("bot", "bot over WebTransport hears you both"),
+    ]);
+    assert_all_show(&[sal, pat], &want).await;
+    // Each loses its connection, and comes back on the transport it had, missing nothing
+    // said meanwhile.
+    for (page, transport) in [(sal, "sse"), (pat, "longpoll")] {
+        page.eval(
+            "(window.chat.on('status', (e) => { window.__dropped ||= e.status === 'reconnecting'; }),
+              window.chat._link._conn.close())",
+        )
+        .await;
+        page.wait_for("the page to notice", "window.__dropped")
+            .await;
+        let text = format!("while {} reconnects", page.label());
+        let id = format!("b{}", want.len() + 1);
+        bot.say(room, &text, &id).await;
+        page.wait_connected(transport).await;
+        want.push((want.len() as u64 + 1, "bot".into(), text));
+        assert_all_show(&[sal, pat], &want).await;
+    }
+    for page in [sal, pat] {
+        page.assert_no_errors().await;
+    }
+    server.stop().await;
 }
