@@ -1,0 +1,238 @@
+//! The README's Django auth webhook, run for real: a Django site (Django from PyPI, its own
+//! sessions and users in an SQLite file, served by Django's development server) beside the
+//! `wtchat` server on another port of the same host, with the README's `wtchat_verified`
+//! and `chat_auth` (read from README.md, not copied) answering the chat's auth webhook.
+//! Chromium logs in on the site through Django's own `login()`, then the client, loaded from
+//! the chat server, connects over every transport under that login, with no token: the
+//! browser's ticket request carries Django's session cookie. A browser that has not logged
+//! in is refused with the view's reason. Without Django the test skips loudly (and fails
+//! under `CI=true`; `scripts/test` installs it with pip).
+
+#[path = "common/browser.rs"]
+mod browser;
+mod common;
+
+use std::process::{Command, Stdio};
+
+use browser::{Browser, Drive, under_ci};
+use common::{free_port, start_with};
+use serde_json::json;
+
+/// The webhook secret both sides know (at least 32 bytes).
+const SECRET: &str = "django-host-test-secret-0123456789abcdef";
+
+/// The site around the README's code: settings, a user, a login view, the URLs, and
+/// Django's development server. `README_CODE` is replaced by the README's two blocks.
+const SITE: &str = r#"
+import os, sys
+
+import django
+from django.conf import settings
+
+settings.configure(
+    DEBUG=True,
+    ALLOWED_HOSTS=["localhost"],
+    SECRET_KEY="a test site's secret key, long enough for Django to take it",
+    ROOT_URLCONF=__name__,
+    INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions"],
+    MIDDLEWARE=[
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+    ],
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": sys.argv[2]}},
+    WTCHAT_WEBHOOK_SECRET=os.environ["WTCHAT_WEBHOOK_SECRET"],
+)
+django.setup()
+
+README_CODE
+
+from django.contrib.auth import login
+from django.core.management import call_command
+from django.core.servers.basehttp import run
+from django.core.wsgi import get_wsgi_application
+from django.http import HttpResponse
+from django.urls import path
+
+
+def log_in(request):
+    login(request, get_user_model().objects.get(username="ann"))
+    return HttpResponse("<!doctype html><title>shop</title><p>logged in</p>")
+
+
+def page(request):
+    return HttpResponse("<!doctype html><title>shop</title><p>not logged in</p>")
+
+
+def no_icon(request):
+    return HttpResponse(b"", content_type="image/x-icon")
+
+
+urlpatterns = [
+    path("chat/auth", chat_auth),
+    path("login", log_in),
+    path("", page),
+    path("favicon.ico", no_icon),
+]
+
+call_command("migrate", verbosity=0)
+get_user_model().objects.create_user("ann", password="not used here")
+run("127.0.0.1", int(sys.argv[1]), get_wsgi_application(), threading=True)
+"#;
+
+fn django_installed() -> bool {
+    Command::new("python3")
+        .args(["-c", "import django"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The site on `port`, its database and log in a directory of its own; stopped on drop.
+struct Site {
+    _child: common::KillOnDrop,
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    async fn start(port: u16) -> Site {
+        let code = format!(
+            "{}\n{}",
+            common::readme_block("python", "def wtchat_verified"),
+            common::readme_block("python", "def chat_auth"),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("site.py");
+        std::fs::write(&script, SITE.replace("README_CODE", &code)).unwrap();
+        let log = std::fs::File::create(dir.path().join("site.log")).unwrap();
+        let child = Command::new("python3")
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(dir.path().join("site.sqlite3"))
+            .env("WTCHAT_WEBHOOK_SECRET", SECRET)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("python3 starts");
+        let site = Site {
+            _child: common::KillOnDrop(child),
+            dir,
+        };
+        common::wait_listening(port, "the Django site", || site.log()).await;
+        site
+    }
+
+    /// What Django logged (requests, tracebacks), for failure messages.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("site.log")).unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn the_readme_django_auth_webhook_logs_a_browser_in_on_every_transport() {
+    const TEST: &str = "the_readme_django_auth_webhook_logs_a_browser_in_on_every_transport";
+    if !django_installed() {
+        assert!(
+            !under_ci(),
+            "Django is required under CI (scripts/test installs it with pip)"
+        );
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED: {TEST}: Django not installed (pip install django, or run scripts/test) ***"
+        );
+        return;
+    }
+    let Some(browser) = Browser::launch_or_skip(TEST).await else {
+        return;
+    };
+    let port = free_port();
+    let django = Site::start(port).await;
+    // One host name for both, as a site and its chat on two ports are: the browser sends
+    // the site's cookie to the chat server's port too.
+    let site = format!("http://localhost:{port}");
+    let origin = site.clone();
+    let server = start_with(move |c| {
+        c.auth_webhook(format!("http://127.0.0.1:{port}/chat/auth"))
+            .webhook_secret(SECRET)
+            .allow_origin(origin)
+    })
+    .await;
+    let chat = format!("http://localhost:{}", server.http.port());
+    let connect = |transport: &str| {
+        format!(
+            r#"(async () => {{
+                const {{ connect }} = await import("{chat}/wtchat/wtchat.js");
+                try {{
+                    const chat = await connect({{ server: "{chat}", room: "lobby",
+                                                  transport: "{transport}", timeout: 5000 }});
+                    const ack = await chat.send("over " + chat.transport);
+                    const got = [chat.transport, chat.me.name, ack.seq];
+                    chat.close();
+                    return got;
+                }} catch (e) {{
+                    return [e.code, e.message];
+                }}
+            }})()"#
+        )
+    };
+
+    // Not logged in: Django's session has no user, and the view's reason reaches the page.
+    let stranger = browser.page("stranger", 1024, 768, None).await;
+    stranger.goto(&format!("{site}/")).await;
+    let refused = stranger.eval(&connect("websocket")).await;
+    assert_eq!(
+        refused[0],
+        "unauthorized",
+        "{refused}\ndjango: {}",
+        django.log()
+    );
+    assert!(
+        refused[1].as_str().unwrap().contains("log in first"),
+        "{refused}"
+    );
+
+    // Logged in through Django's own login(): every transport comes up as that user.
+    let ann = browser.page("ann", 1024, 768, None).await;
+    ann.goto(&format!("{site}/login")).await;
+    for (n, transport) in ["webtransport", "websocket", "sse", "longpoll"]
+        .into_iter()
+        .enumerate()
+    {
+        let got = ann.eval(&connect(transport)).await;
+        assert_eq!(
+            got,
+            json!([transport, "ann", n + 1]),
+            "over {transport}: {:#?}\ndjango: {}",
+            ann.console(),
+            django.log()
+        );
+    }
+    let said = server.chat.history("lobby", None, 10).unwrap().messages;
+    assert_eq!(
+        said.iter()
+            .map(|m| (m.from.as_str(), m.text.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("ann", "over webtransport"),
+            ("ann", "over websocket"),
+            ("ann", "over sse"),
+            ("ann", "over longpoll")
+        ]
+    );
+    // One user behind all four: the sender id the server derives from the user Django named.
+    assert!(
+        said.iter()
+            .all(|m| m.sender.is_some() && m.sender == said[0].sender),
+        "{said:?}"
+    );
+    for page in [&stranger, &ann] {
+        let errors: Vec<_> = page
+            .console_errors()
+            .into_iter()
+            .filter(|e| e.source != "network")
+            .collect();
+        assert!(errors.is_empty(), "[{}] {errors:#?}", page.label());
+    }
+}
