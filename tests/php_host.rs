@@ -4,8 +4,9 @@
 //! `hash_hmac` from `WTCHAT_TOKEN_SECRET`; Chromium loads that page over each transport in
 //! turn (WebTransport, then with the newer ones deleted: WebSocket, SSE, long polling). The
 //! server lists the user the token names, the page shows the room's history and a message
-//! a Rust client sends, as text, and nothing goes to the console. Without PHP the test
-//! skips loudly (and fails under `CI=true`).
+//! a Rust client sends, as text, and nothing goes to the console. The README's PHP message
+//! webhook runs the same way, as the chat's message webhook. Without PHP the tests skip
+//! loudly (and fail under `CI=true`).
 
 #[path = "common/browser.rs"]
 mod browser;
@@ -20,6 +21,9 @@ use serde_json::json;
 
 /// The token secret the chat server checks and the PHP page signs with (at least 32 bytes).
 const SECRET: &str = "php-host-test-secret-0123456789abcdef";
+
+/// The webhook secret the chat server signs with and the README's PHP webhook checks.
+const WEBHOOK_SECRET: &str = "php-webhook-test-secret-0123456789abcdef";
 
 /// The user the page's preamble stands in for: what a PHP site's session would hold.
 const PREAMBLE: &str = "<?php $user = (object)['id' => 42, 'name' => 'Ann']; ?>\n";
@@ -54,13 +58,16 @@ fn php_installed() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// `php -S 127.0.0.1:port` serving `index_php` as `/`, with the token secret in its
-/// environment as the README says to run it.
-async fn php_server(port: u16, index_php: &str) -> PhpServer {
+/// `php -S 127.0.0.1:port` serving `files` (path, content), with the token and webhook
+/// secrets in its environment as the README says to run it.
+async fn php_server(port: u16, files: &[(&str, &str)]) -> PhpServer {
     let dir = tempfile::tempdir().unwrap();
     let site = dir.path().join("site");
-    std::fs::create_dir(&site).unwrap();
-    std::fs::write(site.join("index.php"), index_php).unwrap();
+    for (path, content) in files {
+        let path = site.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
     // A site has its icon: without one, the browser's request for it is a 404 error in the
     // page's console, which would hide a real error there.
     std::fs::write(site.join("favicon.ico"), b"").unwrap();
@@ -69,6 +76,7 @@ async fn php_server(port: u16, index_php: &str) -> PhpServer {
         .args(["-S", &format!("127.0.0.1:{port}"), "-t"])
         .arg(&site)
         .env("WTCHAT_TOKEN_SECRET", SECRET)
+        .env("WTCHAT_WEBHOOK_SECRET", WEBHOOK_SECRET)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -118,11 +126,8 @@ async fn php_page_chats_over(browser: &Browser, init: Option<&str>, transport: &
     let origin = site.clone();
     let server =
         start_with(move |c| c.token_secret(SECRET).allow_origin(origin).metrics(true)).await;
-    let php = php_server(
-        php_port,
-        &format!("{PREAMBLE}{}", readme_php(&server.http.to_string())),
-    )
-    .await;
+    let index = format!("{PREAMBLE}{}", readme_php(&server.http.to_string()));
+    let php = php_server(php_port, &[("index.php", &index)]).await;
 
     // Said before the page loads: the room's history, which a user expects to see.
     server
@@ -238,3 +243,76 @@ async fn the_readme_php_page_chats_beside_wtchat_over_every_transport() {
         php_page_chats_over(&browser, init, transport).await;
     }
 }
+
+/// The README's PHP message webhook (`chat/message.php`, read from README.md), served by
+/// `php -S` and checking every call's signature with the README's `wtchat_verified`:
+/// a link is rejected with its reason, "darn" is rewritten, the rest accepted, as the
+/// sender and the room see it; with another secret it refuses every call (403), and the
+/// chat, failing closed, refuses the message.
+#[tokio::test]
+async fn the_readme_php_message_webhook_rejects_rewrites_and_accepts() {
+    if !php_installed() {
+        assert!(
+            !under_ci(),
+            "php is required under CI (scripts/test installs php-cli)"
+        );
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED: php not installed: the README's PHP webhook did not run \
+             (apt-get install php-cli, or run scripts/test) ***"
+        );
+        return;
+    }
+    let webhook = common::readme_block("php", "chat/message.php");
+    let port = free_port();
+    let php = php_server(port, &[("chat/message.php", &webhook)]).await;
+    let url = format!("http://127.0.0.1:{port}/chat/message.php");
+    for (secret, refused) in [(WEBHOOK_SECRET, false), (OTHER_SECRET, true)] {
+        let url = url.clone();
+        let server = start_with(move |c| c.message_webhook(url).webhook_secret(secret)).await;
+        let mut ann = Client::ws(&server).await;
+        let mut bob = Client::wt(&server).await;
+        ann.join("lobby", "ann").await;
+        bob.join("lobby", "bob").await;
+        if refused {
+            ann.send(json!({"type": "send", "room": "lobby", "text": "hello", "id": "m1"}))
+                .await;
+            let error = ann.next_of("error").await;
+            assert_eq!(
+                (&error["code"], &error["id"]),
+                (&json!("rejected"), &json!("m1")),
+                "{error}\nphp: {}",
+                php.log()
+            );
+            server.stop().await;
+            continue;
+        }
+        assert_eq!(ann.say("lobby", "hello", "m1").await, 1, "{}", php.log());
+        ann.send(json!({"type": "send", "room": "lobby",
+                        "text": "see http://spam.example", "id": "m2"}))
+            .await;
+        let error = ann.next_of("error").await;
+        assert_eq!(
+            (&error["code"], &error["message"], &error["id"]),
+            (&json!("rejected"), &json!("no links, please"), &json!("m2"))
+        );
+        ann.send(json!({"type": "send", "room": "lobby", "text": "Darn it", "id": "m3"}))
+            .await;
+        let own = ann
+            .next_matching("own copy", |f| f["type"] == "message" && f["id"] == "m3")
+            .await;
+        assert_eq!((&own["seq"], &own["text"]), (&json!(2), &json!("d*rn it")));
+        assert_eq!(
+            bob.messages("lobby", 2).await,
+            [
+                (1, "ann".to_string(), "hello".to_string()),
+                (2, "ann".into(), "d*rn it".into())
+            ]
+        );
+        server.stop().await;
+    }
+}
+
+/// A webhook secret the PHP webhook does not know.
+const OTHER_SECRET: &str = "not-the-php-sites-secret-0123456789abcdef";
