@@ -2,15 +2,17 @@
 //! sessions and users in an SQLite file, served by Django's development server) beside the
 //! `wtchat` server on another port of the same host, with the README's `wtchat_verified`
 //! and `chat_auth` (read from README.md, not copied) answering the chat's auth webhook.
-//! Chromium logs in on the site through Django's own `login()`, then the client, loaded from
-//! the chat server, connects over every transport under that login, with no token: the
-//! browser's ticket request carries Django's session cookie. A browser that has not logged
-//! in is refused with the view's reason. Without Django the test skips loudly (and fails
+//! Chromium and Firefox (cookies are where engines differ) each log in on the site through
+//! Django's own `login()`, then the client, loaded from the chat server, connects over every
+//! transport under that login, with no token: the browser's ticket request carries Django's
+//! session cookie. A browser that has not logged in is refused with the view's reason. Without Django the test skips loudly (and fails
 //! under `CI=true`; `scripts/test` installs it with pip).
 
 #[path = "common/browser.rs"]
 mod browser;
 mod common;
+#[path = "common/firefox.rs"]
+mod firefox;
 
 use std::process::{Command, Stdio};
 
@@ -144,9 +146,11 @@ async fn the_readme_django_auth_webhook_logs_a_browser_in_on_every_transport() {
         );
         return;
     }
-    let Some(browser) = Browser::launch_or_skip(TEST).await else {
+    let chromium = Browser::launch_or_skip(TEST).await;
+    let firefox = firefox::Firefox::launch_or_skip(TEST).await;
+    if chromium.is_none() && firefox.is_none() {
         return;
-    };
+    }
     let port = free_port();
     let django = Site::start(port).await;
     // One host name for both, as a site and its chat on two ports are: the browser sends
@@ -178,61 +182,97 @@ async fn the_readme_django_auth_webhook_logs_a_browser_in_on_every_transport() {
         )
     };
 
-    // Not logged in: Django's session has no user, and the view's reason reaches the page.
-    let stranger = browser.page("stranger", 1024, 768, None).await;
-    stranger.goto(&format!("{site}/")).await;
+    // Chromium, then Firefox (each when installed): cookies are where engines differ.
+    let mut said_by = Vec::new();
+    if let Some(chromium) = &chromium {
+        let stranger = chromium.page("stranger", 1024, 768, None).await;
+        stranger.goto(&format!("{site}/")).await;
+        let ann = chromium.page("ann", 1024, 768, None).await;
+        ann.goto(&format!("{site}/login")).await;
+        said_by.push(logs_in(&stranger, &ann, &connect, &server, &django).await);
+    }
+    if let Some(firefox) = &firefox {
+        let stranger = firefox.page("stranger", (1024, 768), None).await;
+        stranger.goto(&format!("{site}/")).await;
+        let ann = firefox.page("ann", (1024, 768), None).await;
+        ann.goto(&format!("{site}/login")).await;
+        said_by.push(logs_in(&stranger, &ann, &connect, &server, &django).await);
+    }
+    // One Django user behind every message, in both browsers: the sender id the server
+    // derives from the user the view named.
+    assert!(
+        said_by.iter().all(|s| s.is_some() && *s == said_by[0]),
+        "{said_by:?}"
+    );
+}
+
+/// A page not logged in is refused with the view's reason; a page logged in through
+/// Django's `login()` chats as `ann` over every transport. The sender id of ann's messages.
+async fn logs_in(
+    stranger: &impl Drive,
+    ann: &impl Drive,
+    connect: &impl Fn(&str) -> String,
+    server: &common::TestServer,
+    django: &Site,
+) -> Option<String> {
     let refused = stranger.eval(&connect("websocket")).await;
     assert_eq!(
         refused[0],
         "unauthorized",
-        "{refused}\ndjango: {}",
+        "[{}] {refused}\ndjango: {}",
+        stranger.label(),
         django.log()
     );
     assert!(
         refused[1].as_str().unwrap().contains("log in first"),
-        "{refused}"
+        "[{}] {refused}",
+        stranger.label()
     );
-
-    // Logged in through Django's own login(): every transport comes up as that user.
-    let ann = browser.page("ann", 1024, 768, None).await;
-    ann.goto(&format!("{site}/login")).await;
-    for (n, transport) in ["webtransport", "websocket", "sse", "longpoll"]
-        .into_iter()
-        .enumerate()
-    {
+    let before = server
+        .chat
+        .history("lobby", None, 100)
+        .unwrap()
+        .messages
+        .len();
+    for (n, transport) in TRANSPORTS.into_iter().enumerate() {
         let got = ann.eval(&connect(transport)).await;
         assert_eq!(
             got,
-            json!([transport, "ann", n + 1]),
-            "over {transport}: {:#?}\ndjango: {}",
+            json!([transport, "ann", before + n + 1]),
+            "[{}] over {transport}: {:#?}\ndjango: {}",
+            ann.label(),
             ann.console(),
             django.log()
         );
     }
-    let said = server.chat.history("lobby", None, 10).unwrap().messages;
+    let said = server.chat.history("lobby", None, 100).unwrap().messages;
+    let said = &said[before..];
     assert_eq!(
         said.iter()
-            .map(|m| (m.from.as_str(), m.text.as_str()))
+            .map(|m| (m.from.clone(), m.text.clone()))
             .collect::<Vec<_>>(),
-        [
-            ("ann", "over webtransport"),
-            ("ann", "over websocket"),
-            ("ann", "over sse"),
-            ("ann", "over longpoll")
-        ]
+        TRANSPORTS.map(|t| ("ann".to_string(), format!("over {t}"))),
+        "[{}]",
+        ann.label()
     );
-    // One user behind all four: the sender id the server derives from the user Django named.
     assert!(
-        said.iter()
-            .all(|m| m.sender.is_some() && m.sender == said[0].sender),
-        "{said:?}"
+        said.iter().all(|m| m.sender == said[0].sender),
+        "[{}] {said:?}",
+        ann.label()
     );
-    for page in [&stranger, &ann] {
-        let errors: Vec<_> = page
-            .console_errors()
+    for page in [stranger.label(), ann.label()]
+        .iter()
+        .zip([stranger.console_errors(), ann.console_errors()])
+    {
+        let (label, errors) = page;
+        // The refused ticket request is a 401 the browser reports as a network error.
+        let errors: Vec<_> = errors
             .into_iter()
             .filter(|e| e.source != "network")
             .collect();
-        assert!(errors.is_empty(), "[{}] {errors:#?}", page.label());
+        assert!(errors.is_empty(), "[{label}] {errors:#?}");
     }
+    said[0].sender.clone()
 }
+
+const TRANSPORTS: [&str; 4] = ["webtransport", "websocket", "sse", "longpoll"];
