@@ -2,7 +2,7 @@
 //! sessions and users in an SQLite file, served by Django's development server) beside the
 //! `wtchat` server on another port of the same host, with the README's `wtchat_verified`
 //! and `chat_auth` (read from README.md, not copied) answering the chat's auth webhook.
-//! Chromium and Firefox (cookies are where engines differ) each log in on the site through
+//! Chromium, Firefox and WebKitGTK (cookies are where engines differ) each log in on the site through
 //! Django's own `login()`, then the client, loaded from the chat server, connects over every
 //! transport under that login, with no token: the browser's ticket request carries Django's
 //! session cookie. A browser that has not logged in is refused with the view's reason. Without Django the test skips loudly (and fails
@@ -13,6 +13,8 @@ mod browser;
 mod common;
 #[path = "common/firefox.rs"]
 mod firefox;
+#[path = "common/webkit.rs"]
+mod webkit;
 
 use std::process::{Command, Stdio};
 
@@ -148,9 +150,6 @@ async fn the_readme_django_auth_webhook_logs_a_browser_in_on_every_transport() {
     }
     let chromium = Browser::launch_or_skip(TEST).await;
     let firefox = firefox::Firefox::launch_or_skip(TEST).await;
-    if chromium.is_none() && firefox.is_none() {
-        return;
-    }
     let port = free_port();
     let django = Site::start(port).await;
     // One host name for both, as a site and its chat on two ports are: the browser sends
@@ -182,23 +181,44 @@ async fn the_readme_django_auth_webhook_logs_a_browser_in_on_every_transport() {
         )
     };
 
-    // Chromium, then Firefox (each when installed): cookies are where engines differ.
+    // Chromium, Firefox, then WebKitGTK (each when installed): cookies are where engines
+    // differ.
     let mut said_by = Vec::new();
     if let Some(chromium) = &chromium {
         let stranger = chromium.page("stranger", 1024, 768, None).await;
         stranger.goto(&format!("{site}/")).await;
         let ann = chromium.page("ann", 1024, 768, None).await;
         ann.goto(&format!("{site}/login")).await;
-        said_by.push(logs_in(&stranger, &ann, &connect, &server, &django).await);
+        said_by.push(logs_in(&stranger, &ann, &TRANSPORTS, &connect, &server, &django).await);
     }
     if let Some(firefox) = &firefox {
         let stranger = firefox.page("stranger", (1024, 768), None).await;
         stranger.goto(&format!("{site}/")).await;
         let ann = firefox.page("ann", (1024, 768), None).await;
         ann.goto(&format!("{site}/login")).await;
-        said_by.push(logs_in(&stranger, &ann, &connect, &server, &django).await);
+        said_by.push(logs_in(&stranger, &ann, &TRANSPORTS, &connect, &server, &django).await);
     }
-    // One Django user behind every message, in both browsers: the sender id the server
+    // WebKitGTK, Safari's engine, has no WebTransport: the other three.
+    if webkit::installed_or_skip(TEST) {
+        let (stranger, ann) = tokio::join!(
+            webkit::Page::open("webkit stranger", (1024, 768), &[]),
+            webkit::Page::open("webkit ann", (1024, 768), &[]),
+        );
+        stranger.goto(&format!("{site}/")).await;
+        ann.goto(&format!("{site}/login")).await;
+        said_by.push(
+            logs_in(
+                &stranger,
+                &ann,
+                &TRANSPORTS[1..],
+                &connect,
+                &server,
+                &django,
+            )
+            .await,
+        );
+    }
+    // One Django user behind every message, in every browser: the sender id the server
     // derives from the user the view named.
     assert!(
         said_by.iter().all(|s| s.is_some() && *s == said_by[0]),
@@ -211,6 +231,7 @@ async fn the_readme_django_auth_webhook_logs_a_browser_in_on_every_transport() {
 async fn logs_in(
     stranger: &impl Drive,
     ann: &impl Drive,
+    transports: &[&str],
     connect: &impl Fn(&str) -> String,
     server: &common::TestServer,
     django: &Site,
@@ -234,7 +255,7 @@ async fn logs_in(
         .unwrap()
         .messages
         .len();
-    for (n, transport) in TRANSPORTS.into_iter().enumerate() {
+    for (n, &transport) in transports.iter().enumerate() {
         let got = ann.eval(&connect(transport)).await;
         assert_eq!(
             got,
@@ -251,7 +272,10 @@ async fn logs_in(
         said.iter()
             .map(|m| (m.from.clone(), m.text.clone()))
             .collect::<Vec<_>>(),
-        TRANSPORTS.map(|t| ("ann".to_string(), format!("over {t}"))),
+        transports
+            .iter()
+            .map(|t| ("ann".to_string(), format!("over {t}")))
+            .collect::<Vec<_>>(),
         "[{}]",
         ann.label()
     );
