@@ -10,7 +10,9 @@ mod common;
 use std::net::UdpSocket;
 use std::time::Instant;
 
-use browser::{Browser, DemoPage, Drive, Page, numbered};
+use browser::{
+    Browser, DemoPage, Drive, NO_EVENT_SOURCE, NO_STREAMS, NO_WEBTRANSPORT, Page, numbered,
+};
 #[allow(dead_code)] // its `main` is the example's, not the test's
 #[path = "../examples/axum_host.rs"]
 mod host;
@@ -29,9 +31,6 @@ async fn take_browser(test: &str) -> Option<(tokio::sync::MutexGuard<'static, ()
     let turn = ONE_AT_A_TIME.lock().await;
     Some((turn, Browser::launch_or_skip(test).await?))
 }
-
-/// Run before the page's scripts: the browser has no WebTransport at all.
-const NO_WEBTRANSPORT: &str = "delete window.WebTransport;";
 
 /// Run before the page's scripts: records every change of the status element, so a test
 /// can see a `reconnecting` that lasted only a moment.
@@ -1530,12 +1529,6 @@ async fn a_page_shows_a_crowded_room_a_page_at_a_time() {
         assert_no_console_errors(page);
     }
 }
-
-/// Run before the page's scripts: neither WebTransport nor WebSocket (UDP blocked, upgrades
-/// broken by a proxy); and, for the last, no EventSource either.
-const NO_STREAMS: &str = "delete window.WebTransport; delete window.WebSocket;";
-const NO_EVENT_SOURCE: &str =
-    "delete window.WebTransport; delete window.WebSocket; delete window.EventSource;";
 
 #[tokio::test]
 async fn pages_on_sse_and_long_polling_chat_with_webtransport_and_websocket_pages() {

@@ -18,7 +18,7 @@ mod webkit;
 
 use std::process::{Command, Stdio};
 
-use browser::{Browser, Drive, under_ci};
+use browser::{Browser, Drive, connect_and_send, under_ci};
 use common::{free_port, start_with};
 use serde_json::json;
 
@@ -163,23 +163,7 @@ async fn the_readme_django_auth_webhook_logs_a_browser_in_on_every_transport() {
     })
     .await;
     let chat = format!("http://localhost:{}", server.http.port());
-    let connect = |transport: &str| {
-        format!(
-            r#"(async () => {{
-                const {{ connect }} = await import("{chat}/wtchat/wtchat.js");
-                try {{
-                    const chat = await connect({{ server: "{chat}", room: "lobby",
-                                                  transport: "{transport}", timeout: 5000 }});
-                    const ack = await chat.send("over " + chat.transport);
-                    const got = [chat.transport, chat.me.name, ack.seq];
-                    chat.close();
-                    return got;
-                }} catch (e) {{
-                    return [e.code, e.message];
-                }}
-            }})()"#
-        )
-    };
+    let connect = |transport: &str| connect_and_send(&chat, transport);
 
     // Chromium, Firefox, then WebKitGTK (each when installed): cookies are where engines
     // differ.

@@ -12,7 +12,10 @@ mod firefox;
 
 use std::time::Instant;
 
-use browser::{ConsoleEntry, DemoPage, Drive, assert_one_order, numbered};
+use browser::{
+    ConsoleEntry, DemoPage, Drive, NO_EVENT_SOURCE, NO_STREAMS, NO_WEBTRANSPORT, assert_one_order,
+    numbered,
+};
 use common::{TestServer, start};
 use firefox::Firefox;
 use serde_json::{Value, json};
@@ -28,9 +31,6 @@ async fn take_firefox(
     let turn = ONE_AT_A_TIME.lock().await;
     Some((turn, Firefox::shared_or_skip(test).await?))
 }
-
-/// Run before the page's scripts: the browser has no WebTransport at all.
-const NO_WEBTRANSPORT: &str = "delete window.WebTransport;";
 
 fn demo_url(server: &TestServer, query: &str) -> String {
     format!("http://127.0.0.1:{}/?{query}", server.http.port())
@@ -181,12 +181,6 @@ async fn firefox_over_both_transports_and_chromium_chat_in_one_room() {
         page.assert_no_console_errors();
     }
 }
-
-/// Run before the page's scripts: neither WebTransport nor WebSocket (UDP blocked, upgrades
-/// broken by a proxy); and, for long polling, no EventSource either.
-const NO_STREAMS: &str = "delete window.WebTransport; delete window.WebSocket;";
-const NO_EVENT_SOURCE: &str =
-    "delete window.WebTransport; delete window.WebSocket; delete window.EventSource;";
 
 #[tokio::test]
 async fn firefox_over_sse_and_long_polling_chats_with_firefox_over_webtransport() {

@@ -15,7 +15,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use browser::{Browser, Drive, under_ci};
+use browser::{Browser, Drive, EVERY_TRANSPORT, under_ci};
 use common::{Client, TestServer, free_port, http_get, start_with};
 use serde_json::json;
 
@@ -49,13 +49,28 @@ impl PhpServer {
     }
 }
 
-fn php_installed() -> bool {
-    Command::new("php")
+/// Whether PHP is installed; when not, says loudly that the README's `what` did not run
+/// (a failure under CI, where scripts/test installs it).
+fn php_or_skip(what: &str) -> bool {
+    let installed = Command::new("php")
         .arg("-v")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    if !installed {
+        assert!(
+            !under_ci(),
+            "php is required under CI (scripts/test installs php-cli)"
+        );
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED: php not installed: the README's {what} did not run \
+             (apt-get install php-cli, or run scripts/test) ***"
+        );
+    }
+    installed
 }
 
 /// `php -S 127.0.0.1:port` serving `files` (path, content), with the token and webhook
@@ -209,17 +224,7 @@ async fn php_page_chats_over(browser: &Browser, init: Option<&str>, transport: &
 
 #[tokio::test]
 async fn the_readme_php_page_chats_beside_wtchat_over_every_transport() {
-    if !php_installed() {
-        assert!(
-            !under_ci(),
-            "php is required under CI (scripts/test installs php-cli)"
-        );
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n*** SKIPPED: php not installed: the README's PHP page did not run \
-             (apt-get install php-cli, or run scripts/test) ***"
-        );
+    if !php_or_skip("PHP page") {
         return;
     }
     let Some(browser) =
@@ -228,18 +233,7 @@ async fn the_readme_php_page_chats_beside_wtchat_over_every_transport() {
     else {
         return;
     };
-    for (init, transport) in [
-        (None, "webtransport"),
-        (Some("delete window.WebTransport;"), "websocket"),
-        (
-            Some("delete window.WebTransport; delete window.WebSocket;"),
-            "sse",
-        ),
-        (
-            Some("delete window.WebTransport; delete window.WebSocket; delete window.EventSource;"),
-            "longpoll",
-        ),
-    ] {
+    for (init, transport) in EVERY_TRANSPORT {
         php_page_chats_over(&browser, init, transport).await;
     }
 }
@@ -251,17 +245,7 @@ async fn the_readme_php_page_chats_beside_wtchat_over_every_transport() {
 /// chat, failing closed, refuses the message.
 #[tokio::test]
 async fn the_readme_php_message_webhook_rejects_rewrites_and_accepts() {
-    if !php_installed() {
-        assert!(
-            !under_ci(),
-            "php is required under CI (scripts/test installs php-cli)"
-        );
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n*** SKIPPED: php not installed: the README's PHP webhook did not run \
-             (apt-get install php-cli, or run scripts/test) ***"
-        );
+    if !php_or_skip("PHP webhook") {
         return;
     }
     let webhook = common::readme_block("php", "chat/message.php");

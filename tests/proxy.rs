@@ -18,7 +18,7 @@ mod redis;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use browser::{Browser, DemoPage, Drive};
+use browser::{Browser, DemoPage, Drive, NO_EVENT_SOURCE, NO_STREAMS};
 use common::{Client, free_port, start_with};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -261,12 +261,6 @@ async fn a_page_through_nginx_chats_over_the_proxied_websocket() {
     );
     server.stop().await;
 }
-
-/// Run before the page's scripts: neither WebTransport nor WebSocket (and, for `NO_STREAMS`'s
-/// twin, no EventSource either): the page is left with SSE, or long polling.
-const NO_STREAMS: &str = "delete window.WebTransport; delete window.WebSocket;";
-const NO_EVENT_SOURCE: &str =
-    "delete window.WebTransport; delete window.WebSocket; delete window.EventSource;";
 
 /// How many requests node `server` sent on to another node, by kind (`post`, `poll`).
 async fn forwarded(server: &common::TestServer, request: &str) -> u64 {

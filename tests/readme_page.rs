@@ -13,7 +13,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use axum::response::Html;
-use browser::{Browser, Drive};
+use browser::{Browser, Drive, EVERY_TRANSPORT};
 use common::start_with;
 use serde_json::json;
 
@@ -50,18 +50,7 @@ async fn the_readme_snippet_chats_on_a_page_of_another_site_over_every_transport
     else {
         return;
     };
-    for (init, transport) in [
-        (None, "webtransport"),
-        (Some("delete window.WebTransport;"), "websocket"),
-        (
-            Some("delete window.WebTransport; delete window.WebSocket;"),
-            "sse",
-        ),
-        (
-            Some("delete window.WebTransport; delete window.WebSocket; delete window.EventSource;"),
-            "longpoll",
-        ),
-    ] {
+    for (init, transport) in EVERY_TRANSPORT {
         let page = Arc::new(Mutex::new(String::new()));
         let origin = site(page.clone()).await;
         let allowed = origin.clone();

@@ -23,7 +23,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use browser::{Browser, Drive};
+use browser::{Browser, Drive, connect_and_send};
 use bytes::Bytes;
 use common::{Client, DEADLINE, http_request, start_with};
 use serde_json::{Value, json};
@@ -707,23 +707,7 @@ async fn a_browser_logged_in_on_the_site_chats_under_its_login_on_every_transpor
     })
     .await;
     let chat = format!("http://localhost:{}", server.http.port());
-    let connect = |transport: &str| {
-        format!(
-            r#"(async () => {{
-                const {{ connect }} = await import("{chat}/wtchat/wtchat.js");
-                try {{
-                    const chat = await connect({{ server: "{chat}", room: "lobby",
-                                                  name: "whoever", transport: "{transport}" }});
-                    const ack = await chat.send("over " + chat.transport);
-                    const got = [chat.transport, chat.me.name, ack.seq];
-                    chat.close();
-                    return got;
-                }} catch (e) {{
-                    return [e.code, e.message];
-                }}
-            }})()"#
-        )
-    };
+    let connect = |transport: &str| connect_and_send(&chat, transport);
 
     let page = browser.page("logged-in", 1024, 768, None).await;
     page.goto(&format!("{site}/login")).await;

@@ -263,6 +263,44 @@ pub async fn assert_one_order(
     seen
 }
 
+/// Run before a page's own scripts, each leaves it fewer transports: no WebTransport (UDP
+/// blocked), so WebSocket; no WebSocket either (upgrades broken by a proxy), so SSE; and no
+/// EventSource either, so long polling.
+pub const NO_WEBTRANSPORT: &str = "delete window.WebTransport;";
+pub const NO_STREAMS: &str = "delete window.WebTransport; delete window.WebSocket;";
+pub const NO_EVENT_SOURCE: &str =
+    "delete window.WebTransport; delete window.WebSocket; delete window.EventSource;";
+
+/// Every transport, with the script above that makes a page land on it.
+pub const EVERY_TRANSPORT: [(Option<&str>, &str); 4] = [
+    (None, "webtransport"),
+    (Some(NO_WEBTRANSPORT), "websocket"),
+    (Some(NO_STREAMS), "sse"),
+    (Some(NO_EVENT_SOURCE), "longpoll"),
+];
+
+/// Run in a page of a site: imports the client from the chat server at `chat`, connects to
+/// `lobby` over `transport` (under whatever login the host's auth gives it), sends
+/// "over <transport>" and closes; `[transport, name, seq]`, or `[code, message]` of the
+/// `ChatError` it threw.
+pub fn connect_and_send(chat: &str, transport: &str) -> String {
+    format!(
+        r#"(async () => {{
+            const {{ connect }} = await import("{chat}/wtchat/wtchat.js");
+            try {{
+                const chat = await connect({{ server: "{chat}", room: "lobby",
+                                              name: "whoever", transport: "{transport}" }});
+                const ack = await chat.send("over " + chat.transport);
+                const got = [chat.transport, chat.me.name, ack.seq];
+                chat.close();
+                return got;
+            }} catch (e) {{
+                return [e.code, e.message];
+            }}
+        }})()"#
+    )
+}
+
 /// Run in a page (before it joins, to see its first session): wraps `WebTransport` to
 /// record how each session the client opens ends in `__webTransports`: `ready`,
 /// `failed: <why>`, or `given up` when the client closed it while it was still connecting
