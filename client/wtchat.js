@@ -525,14 +525,23 @@ async function dial(config, options, events, state) {
   const useWT = hasWT && forced !== "websocket";
   const useWS = forced !== "webtransport" && hasWS;
   const controller = new AbortController();
+  // WebTransport's attempt has a signal of its own: when another transport wins while its
+  // handshake is still under way, it may finish (within the attempt's time, then closed) so
+  // that the next reconnect knows whether WebTransport works here and was only slow once.
+  const wtController = new AbortController();
   const attempts = [];
   const start = (open) => {
     const p = open(controller.signal);
     attempts.push(p);
     return p;
   };
-  const openWT = (signal) =>
-    openWebTransport(withIdentity(config.webtransport, options, "webtransport"), config.certificateHashes, events, signal);
+  const openWT = () =>
+    openWebTransport(
+      withIdentity(config.webtransport, options, "webtransport"),
+      config.certificateHashes,
+      events,
+      wtController.signal,
+    );
   const openWS = (signal) => openWebSocket(withIdentity(config.websocket, options, "websocket"), events, signal);
 
   // SSE and long polling join the race once the direct transports failed or stayed silent
@@ -551,9 +560,10 @@ async function dial(config, options, events, state) {
   };
 
   let winner;
+  let wt = null;
   try {
     if (useWT && useWS) {
-      const wt = start(openWT);
+      wt = start(openWT);
       // The head start ends early if WebTransport fails outright. After a reconnect where
       // WebTransport lost the race, both start together.
       const headStart = state.webTransportLost ? 0 : options.headStart ?? HEAD_START_MS;
@@ -576,6 +586,7 @@ async function dial(config, options, events, state) {
     }
   } catch (e) {
     controller.abort();
+    wtController.abort();
     if (e instanceof AggregateError) {
       throw new ChatError("unreachable", e.errors.map((x) => x.message).join("; "));
     }
@@ -586,7 +597,16 @@ async function dial(config, options, events, state) {
   for (const p of attempts) {
     p.then((conn) => { if (conn !== winner) conn.close(1000, "not needed"); }, () => {});
   }
-  if (useWT && useWS) state.webTransportLost = winner.kind !== "webtransport";
+  if (wt && winner.kind !== "webtransport") {
+    // Lost the race: the next reconnect starts both at once (a network that drops UDP does
+    // not pay the head start every time), unless WebTransport still connects now.
+    state.webTransportLost = true;
+    wt.then(() => { state.webTransportLost = false; }, () => {});
+    setTimeout(() => wtController.abort(), ATTEMPT_TIMEOUT_MS);
+  } else {
+    wtController.abort();
+    if (wt) state.webTransportLost = false;
+  }
   return winner;
 }
 

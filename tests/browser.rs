@@ -11,7 +11,8 @@ use std::net::UdpSocket;
 use std::time::Instant;
 
 use browser::{
-    Browser, DemoPage, Drive, NO_EVENT_SOURCE, NO_STREAMS, NO_WEBTRANSPORT, Page, numbered,
+    Browser, DemoPage, Drive, NO_EVENT_SOURCE, NO_STREAMS, NO_WEBTRANSPORT, Page, demo_connected,
+    numbered,
 };
 #[allow(dead_code)] // its `main` is the example's, not the test's
 #[path = "../examples/axum_host.rs"]
@@ -2209,4 +2210,82 @@ async fn connect_to_a_server_that_is_down_or_silent_rejects_by_its_timeout() {
         eprintln!("{code}: rejected after {took} ms");
     }
     drop(silent);
+}
+
+/// Run in a page: its next WebTransport session reports ready 1.5 s late (a handshake slow
+/// this once: WebSocket, after WebTransport's 500 ms head start, wins the race); how that
+/// session ends goes to `__slowSession`.
+const SLOW_WEBTRANSPORT_ONCE: &str = "(() => {
+  const Real = window.WebTransport;
+  let slow = 1;
+  window.__slowSession = 'not yet made';
+  window.WebTransport = function WebTransport(url, options) {
+    const session = new Real(url, options);
+    if (slow-- <= 0) return session;
+    window.__slowSession = 'pending';
+    const ready = session.ready.then(() => new Promise((resolve) => setTimeout(resolve, 1500)));
+    ready.then(() => (window.__slowSession = 'ready'), () => (window.__slowSession = 'failed'));
+    return new Proxy(session, {
+      get(target, key) {
+        if (key === 'ready') return ready;
+        const value = Reflect.get(target, key, target);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+  };
+  window.WebTransport.prototype = Real.prototype;
+})()";
+
+/// The server drops the page's connection (4002: reconnect) to room `slow`; waits until the
+/// page notices.
+async fn drop_connection(page: &Page<'_>, server: &TestServer) {
+    page.eval(
+        "window.__dropped = false;
+         window.chat.on('status', (e) => { window.__dropped ||= e.status === 'reconnecting'; })",
+    )
+    .await;
+    let member = server.chat.members("slow")[0].id;
+    assert!(server.chat.reconnect_member("slow", member));
+    page.wait_for("the page to notice", "window.__dropped")
+        .await;
+}
+
+/// A page whose WebTransport handshake was slow once lands on WebSocket for that reconnect,
+/// but its WebTransport attempt is left to finish: it connected, so the next reconnect gives
+/// WebTransport its head start again and the page is back on it (before, one lost race kept
+/// a page on WebSocket until it reloaded).
+#[tokio::test]
+async fn a_page_whose_webtransport_was_slow_once_is_back_on_it_at_the_next_reconnect() {
+    let Some((_serial, browser)) =
+        take_browser("a_page_whose_webtransport_was_slow_once_is_back_on_it_at_the_next_reconnect")
+            .await
+    else {
+        return;
+    };
+    let server = start().await;
+    let page = open_chat(&browser, &server, "S", (1024, 768), None, "slow", "sam").await;
+    page.wait_connected("webtransport").await;
+    page.eval(SLOW_WEBTRANSPORT_ONCE).await;
+
+    drop_connection(&page, &server).await;
+    page.wait_for("connected again", &demo_connected("websocket"))
+        .await;
+    page.wait_for(
+        "the slow session to connect after all",
+        "window.__slowSession === 'ready'",
+    )
+    .await;
+    // The late session was closed, not used: one connection in the room.
+    let members = server.chat.members("slow");
+    assert_eq!(members.len(), 1, "{members:?}");
+
+    drop_connection(&page, &server).await;
+    page.wait_for("connected again", &demo_connected("webtransport"))
+        .await;
+    say(&page, "back on WebTransport").await;
+    assert_eq!(
+        page.messages(1).await,
+        numbered(&[("sam", "back on WebTransport")])
+    );
+    assert_no_console_errors(&page);
 }
