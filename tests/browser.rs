@@ -1599,7 +1599,7 @@ async fn pages_on_sse_and_long_polling_chat_with_webtransport_and_websocket_page
         assert_eq!(page.messages(4).await, want, "[{}]", page.label());
     }
     // A forced reconnect of the SSE page: it comes back on SSE and misses nothing.
-    eve.eval("window.chat._link._conn.close()").await;
+    eve.lose_connection().await;
     say(&ann, "while eve reconnects").await;
     eve.wait_connected("sse").await;
     let mut want = want;

@@ -239,13 +239,7 @@ async fn firefox_over_sse_and_long_polling_chats_with_firefox_over_webtransport(
     // The SSE and long-polling pages lose their connections: each comes back on the
     // transport it had and misses nothing said meanwhile.
     for (page, transport) in [(elk, "sse"), (owl, "longpoll")] {
-        page.eval(
-            "window.chat.on('status', (e) => { window.__dropped ||= e.status === 'reconnecting'; });
-             window.chat._link._conn.close()",
-        )
-        .await;
-        page.wait_for("the page to notice", "window.__dropped")
-            .await;
+        page.lose_connection().await;
         let text = format!("while {} reconnects", page.label());
         fox.say(&text).await;
         page.wait_connected(transport).await;

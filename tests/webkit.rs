@@ -609,13 +609,7 @@ async fn webkit_over_sse_and_long_polling_chats_with_webtransport_and_comes_back
     // Each loses its connection, and comes back on the transport it had, missing nothing
     // said meanwhile.
     for (page, transport) in [(sal, "sse"), (pat, "longpoll")] {
-        page.eval(
-            "(window.chat.on('status', (e) => { window.__dropped ||= e.status === 'reconnecting'; }),
-              window.chat._link._conn.close())",
-        )
-        .await;
-        page.wait_for("the page to notice", "window.__dropped")
-            .await;
+        page.lose_connection().await;
         let text = format!("while {} reconnects", page.label());
         let id = format!("b{}", want.len() + 1);
         bot.say(room, &text, &id).await;

@@ -180,6 +180,19 @@ pub trait DemoPage: Drive {
         transport
     }
 
+    /// Drops the demo page's connection from the page's side, as a lost network does, and
+    /// waits until the page says it is reconnecting.
+    async fn lose_connection(&self) {
+        self.eval(
+            "(window.__dropped = false,
+              window.chat.on('status', (e) => { window.__dropped ||= e.status === 'reconnecting'; }),
+              window.chat._link._conn.close())",
+        )
+        .await;
+        self.wait_for("the page to notice", "window.__dropped")
+            .await;
+    }
+
     /// The page's message list once it has at least `n` messages, as (seq, from, text).
     async fn messages(&self, n: usize) -> Vec<(u64, String, String)> {
         self.wait_for(
