@@ -241,8 +241,9 @@ async fn the_readme_php_page_chats_beside_wtchat_over_every_transport() {
 /// The README's PHP message webhook (`chat/message.php`, read from README.md), served by
 /// `php -S` and checking every call's signature with the README's `wtchat_verified`:
 /// a link is rejected with its reason, "darn" is rewritten, the rest accepted, as the
-/// sender and the room see it; with another secret it refuses every call (403), and the
-/// chat, failing closed, refuses the message.
+/// sender (a protocol client, then the demo page in Chromium) and the room see it; with
+/// another secret it refuses every call (403), and the chat, failing closed, refuses the
+/// message.
 #[tokio::test]
 async fn the_readme_php_message_webhook_rejects_rewrites_and_accepts() {
     if !php_or_skip("PHP webhook") {
@@ -294,6 +295,47 @@ async fn the_readme_php_message_webhook_rejects_rewrites_and_accepts() {
                 (2, "ann".into(), "d*rn it".into())
             ]
         );
+        // The same in the demo page, as a user types: the link stays on the page marked
+        // not sent, with the webhook's reason; the rewritten text is what the page shows.
+        if let Some(browser) =
+            Browser::launch_or_skip("the_readme_php_message_webhook_rejects_rewrites_and_accepts")
+                .await
+        {
+            let page = browser.page("sender", 1024, 768, None).await;
+            page.goto(&format!(
+                "http://127.0.0.1:{}/?room=lobby&name=cy",
+                server.http.port()
+            ))
+            .await;
+            page.wait_for(
+                "connected",
+                "document.querySelector('[data-testid=status]').dataset.status === 'connected'",
+            )
+            .await;
+            page.type_and_enter("[data-testid=message-input]", "more at http://spam.example")
+                .await;
+            page.wait_for(
+                "the reason the message was not sent",
+                "document.querySelector('[data-testid=pending-message].failed .state')?.textContent
+                    === 'not sent: no links, please'",
+            )
+            .await;
+            page.type_and_enter("[data-testid=message-input]", "darn, says cy")
+                .await;
+            page.wait_for(
+                "the rewritten message",
+                "[...document.querySelectorAll('[data-testid=message-text]')]
+                    .some((p) => p.textContent === 'd*rn, says cy')",
+            )
+            .await;
+            assert_eq!(
+                bob.messages("lobby", 1).await,
+                [(3, "cy".to_string(), "d*rn, says cy".to_string())],
+                "the link never reached the room"
+            );
+            let errors = page.console_errors();
+            assert!(errors.is_empty(), "console errors: {errors:#?}");
+        }
         server.stop().await;
     }
 }
