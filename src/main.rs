@@ -197,6 +197,10 @@ struct ServeArgs {
     /// Frames queued per connection before it is cut off as too slow.
     #[arg(long)]
     outbound_queue: Option<usize>,
+    /// Bytes of live frames queued per connection before it is cut off as too slow (a
+    /// join's replay does not count).
+    #[arg(long)]
+    outbound_bytes: Option<usize>,
     /// Replace the development certificate when it has less than this left (90s, 30m,
     /// 12h, 1d).
     #[arg(long, value_parser = duration)]
@@ -326,6 +330,7 @@ impl ServeArgs {
             presence_threshold,
             presence_interval,
             outbound_queue,
+            outbound_bytes,
             renew_before,
             idle_timeout,
             shutdown_grace,

@@ -123,6 +123,8 @@ async fn counts_and_lists_converge_after_a_join_and_leave_storm_on_both_transpor
     let truth: BTreeMap<u64, String> = server
         .chat
         .members("big")
+        .await
+        .unwrap()
         .into_iter()
         .map(|m| (m.id, m.name))
         .collect();
@@ -170,9 +172,13 @@ async fn counts_and_lists_converge_after_a_join_and_leave_storm_on_both_transpor
         (first["count"].as_u64(), &rest["next"]),
         (Some(102), &Value::Null)
     );
-    let page = server.chat.members_page("big", None, 60);
+    let page = server.chat.members_page("big", None, 60).await.unwrap();
     assert_eq!((page.members.len(), page.count), (60, 102));
-    let rest = server.chat.members_page("big", page.next, 60);
+    let rest = server
+        .chat
+        .members_page("big", page.next, 60)
+        .await
+        .unwrap();
     assert_eq!((rest.members.len(), rest.next), (42, None));
 }
 

@@ -125,8 +125,8 @@ fn assert_no_console_errors(page: &Page<'_>) {
 }
 
 /// The member id the chat gave `name` in `room`.
-fn member_id(server: &TestServer, room: &str, name: &str) -> u64 {
-    let members = server.chat.members(room);
+async fn member_id(server: &TestServer, room: &str, name: &str) -> u64 {
+    let members = server.chat.members(room).await.unwrap();
     members
         .iter()
         .find(|m| m.name == name)
@@ -252,7 +252,9 @@ async fn a_page_whose_connection_is_killed_reconnects_and_misses_nothing() {
     assert!(
         server
             .chat
-            .reconnect_member("resume", member_id(&server, "resume", "ann"))
+            .reconnect_member("resume", member_id(&server, "resume", "ann").await)
+            .await
+            .unwrap()
     );
     for i in 1..=3 {
         say(&b, &format!("during {i}")).await;
@@ -280,7 +282,9 @@ async fn a_page_whose_connection_is_killed_reconnects_and_misses_nothing() {
     assert!(
         server
             .chat
-            .reconnect_member("resume", member_id(&server, "resume", "ann"))
+            .reconnect_member("resume", member_id(&server, "resume", "ann").await)
+            .await
+            .unwrap()
     );
     for i in 1..=2 {
         say(&b, &format!("switch {i}")).await;
@@ -679,7 +683,7 @@ async fn the_client_api_paces_acknowledges_refuses_and_closes() {
     let forged = mint("not the secret", "42", "Mallory");
     server
         .chat
-        .ban("42", Some("no-entry"), std::time::Duration::from_secs(600))
+        .ban(Some("no-entry"), "42", std::time::Duration::from_secs(600))
         .await
         .unwrap();
     let page = browser.page("api", 1024, 768, None).await;
@@ -782,8 +786,8 @@ async fn pages_that_only_read_outlive_the_idle_timeout() {
     let (a, b) = open_ann_and_bob(&browser, &server, "readers").await;
     a.wait_members(&["ann", "bob"]).await;
     let ids = (
-        member_id(&server, "readers", "ann"),
-        member_id(&server, "readers", "bob"),
+        member_id(&server, "readers", "ann").await,
+        member_id(&server, "readers", "bob").await,
     );
     // Four seconds in which the pages only read: the host posts every half second.
     let mut want = Vec::new();
@@ -806,8 +810,8 @@ async fn pages_that_only_read_outlive_the_idle_timeout() {
     // The same connections throughout: same member ids, never reconnecting.
     assert_eq!(
         (
-            member_id(&server, "readers", "ann"),
-            member_id(&server, "readers", "bob")
+            member_id(&server, "readers", "ann").await,
+            member_id(&server, "readers", "bob").await
         ),
         ids
     );
@@ -925,7 +929,7 @@ async fn the_hosts_login_is_the_chat_identity_over_webtransport() {
         .await;
     assert_eq!(asked, 1, "one ticket request, and no retry after a refusal");
     assert_eq!(
-        server.chat.members("lobby").len(),
+        server.chat.members("lobby").await.unwrap().len(),
         3,
         "only Ann, Bob and Dan are in"
     );
@@ -1235,10 +1239,12 @@ const RECORD_MEMBER_REFRESHES: &str = r#"(() => {
 })()"#;
 
 /// `room`'s members as the server has them, `(id, name)` each, by id.
-fn server_members(server: &TestServer, room: &str) -> Vec<(u64, String)> {
+async fn server_members(server: &TestServer, room: &str) -> Vec<(u64, String)> {
     let mut members: Vec<(u64, String)> = server
         .chat
         .members(room)
+        .await
+        .unwrap()
         .into_iter()
         .map(|m| (m.id, m.name))
         .collect();
@@ -1249,11 +1255,11 @@ fn server_members(server: &TestServer, room: &str) -> Vec<(u64, String)> {
 /// Waits until the server has `n` members in `room`.
 async fn wait_server_members(server: &TestServer, room: &str, n: usize) {
     let deadline = Instant::now() + common::DEADLINE;
-    while server.chat.members(room).len() != n {
+    while server.chat.members(room).await.unwrap().len() != n {
         assert!(
             Instant::now() < deadline,
             "{room} has {:?}, not {n} members",
-            server_members(server, room)
+            server_members(server, room).await
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
@@ -1274,7 +1280,7 @@ async fn wait_member_count(page: &Page<'_>, n: usize) {
 
 /// Waits until the page shows exactly everyone the server has in `room`, by name.
 async fn wait_everyone(page: &Page<'_>, server: &TestServer, room: &str) {
-    let members = server_members(server, room);
+    let members = server_members(server, room).await;
     let names: Vec<&str> = members.iter().map(|(_, name)| name.as_str()).collect();
     wait_member_count(page, names.len()).await;
     page.wait_members(&names).await;
@@ -1290,7 +1296,7 @@ async fn wait_everyone(page: &Page<'_>, server: &TestServer, room: &str) {
 /// Waits until the page shows the server's first `n` members of `room`, by id, and the
 /// room's count, with more to load.
 async fn wait_first_members(page: &Page<'_>, server: &TestServer, room: &str, n: usize) {
-    let members = server_members(server, room);
+    let members = server_members(server, room).await;
     let first: Vec<u64> = members.iter().take(n).map(|(id, _)| *id).collect();
     wait_member_count(page, members.len()).await;
     page.wait_for(
@@ -1379,7 +1385,7 @@ async fn pages_in_a_big_room_show_its_count_and_page_through_its_members() {
     pages[2].screenshot("big-room-phone").await;
 
     // Paging through the room, 4 at a time, gives the server's list; and the chat's own.
-    let want = json!(server_members(&server, room));
+    let want = json!(server_members(&server, room).await);
     for page in &pages {
         let got = page.eval(&format!("{PAGE_THROUGH_MEMBERS}(4)")).await;
         assert_eq!(got["members"], want, "[{}]", page.name);
@@ -1656,7 +1662,9 @@ async fn the_browsers_own_event_source_reconnect_resumes_without_loss_or_repeats
     assert!(
         server
             .chat
-            .reconnect_member("native", member_id(&server, "native", "sal"))
+            .reconnect_member("native", member_id(&server, "native", "sal").await)
+            .await
+            .unwrap()
     );
     for n in 4..=6 {
         bob.say("native", &format!("meanwhile {n}"), &format!("b{n}"))
@@ -1688,6 +1696,8 @@ async fn the_browsers_own_event_source_reconnect_resumes_without_loss_or_repeats
         server
             .chat
             .members("native")
+            .await
+            .unwrap()
             .iter()
             .filter(|m| m.name == "sal")
             .count(),
@@ -1863,24 +1873,28 @@ async fn a_page_chats_in_several_rooms_over_one_connection_on_every_transport() 
             json!({"texts": [format!("bob in {help}"), "pia in help"], "status": "closed", "lobby": "connected"}),
             "{transport}"
         );
-        let names = |room: &str| -> Vec<String> {
+        let names = async |room: &str| -> Vec<String> {
             let mut names: Vec<String> = server
                 .chat
                 .members(room)
+                .await
+                .unwrap()
                 .into_iter()
                 .map(|m| m.name)
                 .collect();
             names.sort();
             names
         };
-        assert_eq!(names(&help), ["bob"], "{transport}");
+        assert_eq!(names(&help).await, ["bob"], "{transport}");
 
         // The server drops the connection: one new one joins both rooms again, and what
         // was said meanwhile arrives once.
         assert!(
             server
                 .chat
-                .reconnect_member(&lobby, member_id(&server, &lobby, "pia"))
+                .reconnect_member(&lobby, member_id(&server, &lobby, "pia").await)
+                .await
+                .unwrap()
         );
         bob.say(&news, "news while pia reconnects", "b-news-during")
             .await;
@@ -1902,8 +1916,8 @@ async fn a_page_chats_in_several_rooms_over_one_connection_on_every_transport() 
             }),
             "{transport}"
         );
-        assert_eq!(names(&news), ["bob", "pia"], "{transport}");
-        assert_eq!(names(&help), ["bob"], "{transport}: not joined again");
+        assert_eq!(names(&news).await, ["bob", "pia"], "{transport}");
+        assert_eq!(names(&help).await, ["bob"], "{transport}: not joined again");
         assert_no_console_errors(&page);
     }
     server.stop().await;
@@ -1949,7 +1963,7 @@ async fn a_page_kicked_from_one_room_stays_in_the_other_and_kicked_from_both_sta
         let ids: [u64; 2] = serde_json::from_value(ids).unwrap();
         let configs = page.eval("window.__configs()").await;
 
-        assert!(server.chat.kick_member(&a, ids[0]));
+        assert!(server.chat.kick_member(&a, ids[0]).await.unwrap());
         let a_events = page
             .wait_for(
                 "room a closed",
@@ -1972,15 +1986,15 @@ async fn a_page_kicked_from_one_room_stays_in_the_other_and_kicked_from_both_sta
         .unwrap();
         assert_eq!((status.as_str(), seq), ("connected", 1), "{transport}");
         assert_eq!(b_events, json!([]), "{transport}");
-        assert_eq!(server_members(&server, &a), [], "{transport}");
-        assert_eq!(server_members(&server, &b).len(), 1, "{transport}");
+        assert_eq!(server_members(&server, &a).await, [], "{transport}");
+        assert_eq!(server_members(&server, &b).await.len(), 1, "{transport}");
         let refused = page
             .eval("window.__k.a.send('let me back').then(() => 'sent', (e) => e.code)")
             .await;
         assert_eq!(refused, "closed", "{transport}");
 
         // Out of both: the whole chat closes, with the server's code, and stays closed.
-        assert!(server.chat.kick_member(&b, ids[1]));
+        assert!(server.chat.kick_member(&b, ids[1]).await.unwrap());
         let b_events = page
             .wait_for(
                 "room b closed",
@@ -2000,7 +2014,7 @@ async fn a_page_kicked_from_one_room_stays_in_the_other_and_kicked_from_both_sta
             configs,
             "{transport}"
         );
-        assert_eq!(server_members(&server, &b), [], "{transport}");
+        assert_eq!(server_members(&server, &b).await, [], "{transport}");
         assert_no_console_errors(&page);
     }
 }
@@ -2244,8 +2258,8 @@ async fn drop_connection(page: &Page<'_>, server: &TestServer) {
          window.chat.on('status', (e) => { window.__dropped ||= e.status === 'reconnecting'; })",
     )
     .await;
-    let member = server.chat.members("slow")[0].id;
-    assert!(server.chat.reconnect_member("slow", member));
+    let member = server.chat.members("slow").await.unwrap()[0].id;
+    assert!(server.chat.reconnect_member("slow", member).await.unwrap());
     page.wait_for("the page to notice", "window.__dropped")
         .await;
 }
@@ -2276,7 +2290,7 @@ async fn a_page_whose_webtransport_was_slow_once_is_back_on_it_at_the_next_recon
     )
     .await;
     // The late session was closed, not used: one connection in the room.
-    let members = server.chat.members("slow");
+    let members = server.chat.members("slow").await.unwrap();
     assert_eq!(members.len(), 1, "{members:?}");
 
     drop_connection(&page, &server).await;

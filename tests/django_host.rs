@@ -236,6 +236,7 @@ async fn logs_in(
     let before = server
         .chat
         .history("lobby", None, 100)
+        .await
         .unwrap()
         .messages
         .len();
@@ -250,7 +251,12 @@ async fn logs_in(
             django.log()
         );
     }
-    let said = server.chat.history("lobby", None, 100).unwrap().messages;
+    let said = server
+        .chat
+        .history("lobby", None, 100)
+        .await
+        .unwrap()
+        .messages;
     let said = &said[before..];
     assert_eq!(
         said.iter()

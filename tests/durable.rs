@@ -206,13 +206,13 @@ async fn retention_by_count_keeps_the_newest_across_a_restart() {
     let db = dir.path().join("chat.db");
     let server = on_sqlite(&db, |b| b.history(5).retention_messages(20)).await;
     publish_numbered(&server, "r", "m", 50).await;
-    let page = server.chat.history("r", None, 100).unwrap();
+    let page = server.chat.history("r", None, 100).await.unwrap();
     assert_eq!(page.messages.len(), 20);
     assert_eq!(texts(&page)[0], (31, "m31"));
     assert!(!page.more);
     server.stop().await;
     let server = on_sqlite(&db, |b| b.history(5).retention_messages(20)).await;
-    let page = server.chat.history("r", Some(40), 100).unwrap();
+    let page = server.chat.history("r", Some(40), 100).await.unwrap();
     let expected: Vec<(u64, String)> = (31..40).map(|i| (i, format!("m{i}"))).collect();
     let got: Vec<(u64, String)> = texts(&page)
         .iter()
@@ -234,6 +234,7 @@ async fn retention_by_age_forgets_old_messages_in_storage_and_in_replays() {
     while !server
         .chat
         .history("r", None, 100)
+        .await
         .unwrap()
         .messages
         .is_empty()
@@ -290,7 +291,7 @@ async fn a_deleted_message_and_a_ban_survive_a_restart() {
     // Bob is banned from the room: his connection is closed, for good.
     let kicked = server
         .chat
-        .ban("bob", Some("r"), Duration::from_secs(3600))
+        .ban(Some("r"), "bob", Duration::from_secs(3600))
         .await;
     assert_eq!(kicked.unwrap(), 1);
     assert_eq!(bob.ended().await, common::Ended::Code(4403));
@@ -312,15 +313,15 @@ async fn a_deleted_message_and_a_ban_survive_a_restart() {
     let replayed: Vec<&str> = replay.iter().map(|m| m["text"].as_str().unwrap()).collect();
     assert_eq!(replayed, ["one", "three"]);
     assert_eq!(
-        texts(&server.chat.history("r", None, 10).unwrap()),
+        texts(&server.chat.history("r", None, 10).await.unwrap()),
         [(1, "one"), (3, "three")]
     );
     // Lifted, Bob may join again; a server-wide ban keeps him out of every room.
-    server.chat.unban("bob", Some("r")).await.unwrap();
+    server.chat.unban(Some("r"), "bob").await.unwrap();
     bob.join("r", "").await;
     server
         .chat
-        .ban("bob", None, Duration::from_secs(60))
+        .ban(None, "bob", Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(bob.ended().await, common::Ended::Code(4403));
@@ -557,6 +558,7 @@ async fn a_full_disk_fails_sends_clearly_and_loses_nothing_acknowledged() {
     let stored: Vec<u64> = server
         .chat
         .history("r", None, 10_000)
+        .await
         .unwrap()
         .messages
         .iter()
@@ -632,7 +634,7 @@ async fn an_online_backup_is_a_database_a_server_starts_from() {
         .await
         .unwrap();
     let restored = on_sqlite(&backup, |b| b).await;
-    let page = restored.chat.history("r", None, 10).unwrap();
+    let page = restored.chat.history("r", None, 10).await.unwrap();
     assert_eq!(texts(&page), [(1, "m1"), (2, "m2"), (3, "m3")]);
     assert_eq!(restored.chat.publish("r", "host", "m4").await.unwrap(), 4);
 }

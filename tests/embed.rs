@@ -251,6 +251,8 @@ async fn the_rust_api_publishes_lists_and_kicks() {
     }
     let mut names: Vec<String> = chat
         .members("lobby")
+        .await
+        .unwrap()
         .iter()
         .map(|m| format!("{}={}", m.user.as_deref().unwrap_or("?"), m.name))
         .collect();
@@ -280,7 +282,7 @@ async fn the_rust_api_publishes_lists_and_kicks() {
         (left["event"].as_str(), left["member"]["name"].as_str()),
         (Some("leave"), Some("Bob"))
     );
-    assert_eq!(chat.members("lobby").len(), 1);
+    assert_eq!(chat.members("lobby").await.unwrap().len(), 1);
     server.stop().await;
 }
 
@@ -350,7 +352,7 @@ async fn tokens_are_checked_on_both_transports() {
             (error["code"].as_str(), error["room"].as_str()),
             (Some("room_forbidden"), Some("b"))
         );
-        assert!(server.chat.members("b").is_empty());
+        assert!(server.chat.members("b").await.unwrap().is_empty());
         ann.send(json!({"type":"leave","room":"a"})).await;
         ann.next_of("left").await;
     }
@@ -511,13 +513,16 @@ async fn anonymous_members_are_kicked_by_member_id_and_never_by_a_user_id() {
 
     // A user id that spells a member's id is not that member: nobody has that user id.
     assert_eq!(server.chat.kick("open", &ann_id.to_string()), 0);
-    assert_eq!(server.chat.members("open").len(), 3);
+    assert_eq!(server.chat.members("open").await.unwrap().len(), 3);
 
     // By member id, from Rust: Ann is kicked, for good; the others see her leave.
-    assert!(server.chat.kick_member("open", ann_id));
+    assert!(server.chat.kick_member("open", ann_id).await.unwrap());
     assert_eq!(ann.next_of("bye").await["code"], 4403);
     assert_eq!(ann.ended().await, Ended::Code(4403));
-    assert!(!server.chat.kick_member("open", ann_id), "already gone");
+    assert!(
+        !server.chat.kick_member("open", ann_id).await.unwrap(),
+        "already gone"
+    );
 
     // By member id, over the HTTP API.
     let kick = |body: Value| {
@@ -551,6 +556,8 @@ async fn anonymous_members_are_kicked_by_member_id_and_never_by_a_user_id() {
     let names: Vec<String> = server
         .chat
         .members("open")
+        .await
+        .unwrap()
         .into_iter()
         .map(|m| m.name)
         .collect();
@@ -672,7 +679,7 @@ async fn a_kick_takes_a_connection_out_of_that_room_only_and_out_of_its_last_clo
         let mut owl = Client::ws(&server).await;
         owl.join(&a, "owl").await;
 
-        assert!(server.chat.kick_member(&a, id));
+        assert!(server.chat.kick_member(&a, id).await.unwrap());
         assert_eq!(
             cat.next_of("left").await,
             json!({"type": "left", "room": a, "code": 4403, "reason": "kicked"}),
@@ -686,6 +693,8 @@ async fn a_kick_takes_a_connection_out_of_that_room_only_and_out_of_its_last_clo
         let names: Vec<String> = server
             .chat
             .members(&a)
+            .await
+            .unwrap()
             .into_iter()
             .map(|m| m.name)
             .collect();
@@ -710,7 +719,7 @@ async fn a_kick_takes_a_connection_out_of_that_room_only_and_out_of_its_last_clo
         assert_eq!(cat.next_of("ack").await["seq"], 1);
 
         // Out of its last room: the connection closes, and the client does not come back.
-        assert!(server.chat.kick_member(&b, id));
+        assert!(server.chat.kick_member(&b, id).await.unwrap());
         assert_eq!(cat.next_of("left").await["room"], b.as_str());
         let bye = cat.next_of("bye").await;
         assert_eq!(
@@ -733,7 +742,7 @@ async fn a_webtransport_client_that_reads_late_still_gets_its_bye() {
     let mut kim = Client::wt(&server).await;
     let (joined, _) = kim.join("late", "kim").await;
     let id = joined["you"]["id"].as_u64().unwrap();
-    assert!(server.chat.kick_member("late", id));
+    assert!(server.chat.kick_member("late", id).await.unwrap());
     // The client's application is busy while the `bye` arrives.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(kim.next_of("bye").await["code"], 4403);

@@ -123,9 +123,9 @@ async fn connections(server: &TestServer) -> Vec<(String, f64)> {
 }
 
 /// Polls `what` on the server side until it is true, for at most the harness's deadline.
-async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+async fn wait_until(what: &str, mut ready: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + common::DEADLINE;
-    while !ready() {
+    while !ready().await {
         assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -155,11 +155,11 @@ async fn php_page_chats_over(browser: &Browser, init: Option<&str>, transport: &
     page.goto(&format!("{site}/")).await;
 
     // The server names the member after the token PHP signed: Ann, user 42.
-    wait_until(&format!("[{transport}] Ann joins the lobby"), || {
-        !server.chat.members("lobby").is_empty()
+    wait_until(&format!("[{transport}] Ann joins the lobby"), async || {
+        !server.chat.members("lobby").await.unwrap().is_empty()
     })
     .await;
-    let members = server.chat.members("lobby");
+    let members = server.chat.members("lobby").await.unwrap();
     assert_eq!(members.len(), 1, "{members:?}\n{}", php.log());
     assert_eq!(members[0].name, "Ann", "{members:?}");
     assert_eq!(members[0].user.as_deref(), Some("42"), "{members:?}");

@@ -273,7 +273,7 @@ async fn the_readme_curl_commands_of_the_http_api_work_as_pasted_into_bash() {
         .answered(&server)
         .await;
     assert_kicked(&mut ann).await;
-    assert!(server.chat.members("lobby").is_empty());
+    assert!(server.chat.members("lobby").await.unwrap().is_empty());
 
     // History: all 43, oldest first, Ann's "hi" first and the published message last.
     let mut bob = arrive(&server, "43", "Bob").await;

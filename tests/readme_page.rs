@@ -77,7 +77,7 @@ async fn the_readme_snippet_chats_on_a_page_of_another_site_over_every_transport
             json!(["Shop: Order #42 shipped", "Ann: hello"]),
             "[{transport}]"
         );
-        let members = server.chat.members("lobby");
+        let members = server.chat.members("lobby").await.unwrap();
         assert_eq!(
             members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
             ["Ann"],
@@ -85,7 +85,13 @@ async fn the_readme_snippet_chats_on_a_page_of_another_site_over_every_transport
         );
         // The snippet logs the status as it changes: the server drops the connection
         // (4002: reconnect), and the page logs that, then that it is back, and where.
-        assert!(server.chat.reconnect_member("lobby", members[0].id));
+        assert!(
+            server
+                .chat
+                .reconnect_member("lobby", members[0].id)
+                .await
+                .unwrap()
+        );
         let want = ["reconnecting".to_string(), format!("connected {transport}")];
         let deadline = tokio::time::Instant::now() + common::DEADLINE;
         loop {

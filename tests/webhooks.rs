@@ -736,6 +736,7 @@ async fn a_browser_logged_in_on_the_site_chats_under_its_login_on_every_transpor
     let said: Vec<(String, String)> = server
         .chat
         .history("lobby", None, 10)
+        .await
         .unwrap()
         .messages
         .iter()
@@ -1104,6 +1105,7 @@ async fn a_python_http_server_backend_checks_every_message_with_or_without_keep_
         let history: Vec<(String, String)> = server
             .chat
             .history("lobby", None, MESSAGES)
+            .await
             .unwrap()
             .messages
             .iter()
@@ -1262,6 +1264,7 @@ async fn a_message_webhook_rewrite_is_held_to_the_limits_of_a_client_text() {
     let history: Vec<(u64, String)> = server
         .chat
         .history("lobby", None, 10)
+        .await
         .unwrap()
         .messages
         .iter()

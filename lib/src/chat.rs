@@ -41,8 +41,8 @@ use wtransport::endpoint::endpoint_side;
 use crate::auth::Authenticator;
 use crate::certs::{self, CertError, DevCert};
 use crate::config::{Config, Tls};
-use crate::engine::{HistoryPage, StorageError, Store};
-use crate::host::{Host, MemberInfo, MembersPage, PublishError};
+use crate::engine::{self, HistoryPage, MemberInfo, MembersPage, Options, StorageError};
+use crate::host::{Host, PublishError};
 use crate::http::{Digests, HttpState, MetricsAccess};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -166,16 +166,17 @@ impl Chat {
         if let Some(not_after) = not_after {
             metrics.set_certificate_expiry(not_after);
         }
-        let store = Store::open(
-            &config.engine,
-            config.hub.retention,
-            config.hub.dedupe_window,
-            metrics.engine.clone(),
-        )
-        .await?;
+        let options = Options {
+            retention: config.hub.retention,
+            dedupe_window: config.hub.dedupe_window,
+        };
+        let mut engine = engine::open(&config.engine, options, metrics.engine.clone()).await?;
+        if let Some(layer) = &config.engine_layer {
+            engine = layer(engine);
+        }
         let webhooks = Webhooks::new(&config.webhooks, &config.limits, &metrics);
         let session = SessionContext {
-            hub: Hub::new(config.hub.clone(), store, metrics)?,
+            hub: Hub::new(config.hub.clone(), engine, metrics).await?,
             limits: Arc::new(config.limits.clone()),
             shutdown: CancellationToken::new(),
             drain_window: config.drain_window,
@@ -186,7 +187,7 @@ impl Chat {
                 config.token_secret.as_deref(),
             )),
             on_message: config.on_message.clone(),
-            message_webhook: webhooks.message,
+            message_check: webhooks.message,
         };
         if let Some(events) = &webhooks.events {
             session.hub.observe(events.observer());
@@ -214,7 +215,7 @@ impl Chat {
         let held = Arc::downgrade(&transport);
         transport.session.hub.on_forwarded(move |request| {
             if let Some(ctx) = held.upgrade() {
-                transport::posted::forwarded(ctx, request);
+                transport::relay::forwarded(ctx, request);
             }
         });
         Ok(Chat {
@@ -280,13 +281,13 @@ impl Chat {
     /// One page of `room`'s history for an archive or an export: up to `limit` messages with
     /// sequence numbers below `before` (None: the newest), oldest first, and whether older
     /// ones remain. On the memory engine only the recent history is there.
-    pub fn history(
+    pub async fn history(
         &self,
         room: &str,
         before: Option<u64>,
         limit: usize,
     ) -> Result<HistoryPage, StorageError> {
-        self.inner.host.history(room, before, limit)
+        self.inner.host.history(room, before, limit).await
     }
 
     /// Deletes message `seq` from `room`: it leaves the stored history, and every member is
@@ -298,31 +299,37 @@ impl Chat {
 
     /// Bans `user` (a user id from the host's authentication) from `room`, or from every
     /// room with None, for `duration`: its joins are refused with `banned`, and its
-    /// connections in the room are closed with 4403. On a durable engine the ban survives
-    /// a restart. Resolves, once stored, with how many connections were closed.
+    /// connections in the room are closed with 4403, on every node. On a durable engine the
+    /// ban survives a restart. Resolves, once stored, with how many connections were closed
+    /// here.
     pub async fn ban(
         &self,
-        user: &str,
         room: Option<&str>,
+        user: &str,
         duration: Duration,
     ) -> Result<usize, StorageError> {
-        self.inner.host.ban(user, room, duration).await
+        self.inner.host.ban(room, user, duration).await
     }
 
-    /// Lifts a ban set by [`Chat::ban`] with the same `user` and `room`.
-    pub async fn unban(&self, user: &str, room: Option<&str>) -> Result<(), StorageError> {
-        self.inner.host.unban(user, room).await
+    /// Lifts a ban set by [`Chat::ban`] with the same `room` and `user`.
+    pub async fn unban(&self, room: Option<&str>, user: &str) -> Result<(), StorageError> {
+        self.inner.host.unban(room, user).await
     }
 
-    /// The members of `room` (empty when it does not exist).
-    pub fn members(&self, room: &str) -> Vec<MemberInfo> {
-        self.inner.host.members(room)
+    /// The members of `room`, over every node (none when it does not exist).
+    pub async fn members(&self, room: &str) -> Result<Vec<MemberInfo>, StorageError> {
+        self.inner.host.members(room).await
     }
 
     /// One page of `room`'s members: up to `limit` with ids above `after` (None: from the
     /// start), in id order, with the room's count and where the next page starts.
-    pub fn members_page(&self, room: &str, after: Option<u64>, limit: usize) -> MembersPage {
-        self.inner.host.members_page(room, after, limit)
+    pub async fn members_page(
+        &self,
+        room: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<MembersPage, StorageError> {
+        self.inner.host.members_page(room, after, limit).await
     }
 
     /// Sets how `room` tells its members who is there: past `threshold` members (at least
@@ -344,19 +351,21 @@ impl Chat {
     /// Disconnects member `member` (its id, as [`members`](Self::members) lists it) of
     /// `room` with close code 4403 `kicked`: for anonymous members, who have no user id.
     /// Returns whether it was there.
-    pub fn kick_member(&self, room: &str, member: u64) -> bool {
+    pub async fn kick_member(&self, room: &str, member: u64) -> Result<bool, StorageError> {
         self.inner
             .host
             .disconnect_member(room, member, CloseCode::Kicked)
+            .await
     }
 
     /// Asks member `member` of `room` to reconnect (close code 4002 `reconnect`): its
     /// client comes back at once, authenticates again (picking up a changed identity or
     /// changed rooms) and resumes, missing no message. Returns whether it was there.
-    pub fn reconnect_member(&self, room: &str, member: u64) -> bool {
+    pub async fn reconnect_member(&self, room: &str, member: u64) -> Result<bool, StorageError> {
         self.inner
             .host
             .disconnect_member(room, member, CloseCode::Reconnect)
+            .await
     }
 
     /// Runs the WebTransport endpoint (and the certificate renewal) until `shutdown`

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use crate::auth::{AuthHook, ConnectRequest, Identity, Refusal};
 use crate::certs::MAX_DAYS;
-use crate::engine::Engine;
+use crate::engine::{Broker, Engine};
+use crate::hooks::{MessageEvent, MessageHook};
 use crate::hub::HubConfig;
 use crate::protocol::Limits;
 use crate::webhook::{self, WebhookConfig};
@@ -49,24 +50,9 @@ pub enum Tls {
     },
 }
 
-/// What the host's message hook sees of a message before it is stored.
-#[derive(Debug, Clone, Copy)]
-#[non_exhaustive]
-pub struct MessageEvent<'a> {
-    /// The room.
-    pub room: &'a str,
-    /// The sender's display name.
-    pub from: &'a str,
-    /// The sender's user id, when authenticated.
-    pub user: Option<&'a str>,
-    /// The text.
-    pub text: &'a str,
-}
-
-/// The host's message hook: `Ok` lets the message through, `Err(refusal)` rejects it (the
-/// sender gets error `rejected` with the refusal's message, nobody else sees it). It runs
-/// on the sender's session before the message is stored: keep it quick (spawn slow work).
-pub(crate) type MessageHook = Arc<dyn Fn(&MessageEvent<'_>) -> Result<(), Refusal> + Send + Sync>;
+/// A wrapper the host puts around the configured engine (see
+/// [`ConfigBuilder::engine_layer`]).
+pub(crate) type EngineLayer = Arc<dyn Fn(Arc<dyn Broker>) -> Arc<dyn Broker> + Send + Sync>;
 
 /// A validated configuration: everything `wtchat serve` (or a host application) can set.
 /// Made by [`Config::builder`] (or [`Config::default`]) and handed to
@@ -86,6 +72,7 @@ pub struct Config {
     pub(crate) limits: Limits,
     pub(crate) hub: HubConfig,
     pub(crate) engine: Engine,
+    pub(crate) engine_layer: Option<EngineLayer>,
     pub(crate) shutdown_grace: Duration,
     pub(crate) close_grace: Duration,
     pub(crate) idle_timeout: Duration,
@@ -125,6 +112,7 @@ impl Default for Config {
             limits: Limits::default(),
             hub: HubConfig::default(),
             engine: Engine::Memory,
+            engine_layer: None,
             shutdown_grace: Duration::from_secs(5),
             close_grace: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
@@ -357,6 +345,18 @@ impl ConfigBuilder {
         self
     }
 
+    /// Wraps the engine: `layer` is handed the engine [`engine`](Self::engine) opened and
+    /// returns the one the chat uses — the same one with something around it (counting its
+    /// calls, slowing or failing some on purpose in a test). See
+    /// [`Broker`](crate::engine::Broker) for the contract it keeps.
+    pub fn engine_layer(
+        mut self,
+        layer: impl Fn(Arc<dyn Broker>) -> Arc<dyn Broker> + Send + Sync + 'static,
+    ) -> Self {
+        self.config.engine_layer = Some(Arc::new(layer));
+        self
+    }
+
     /// Messages kept in memory per room and replayed on join. Default 100; 0 keeps none.
     /// The engine may store more (see [`retention_messages`](Self::retention_messages)).
     pub fn history(mut self, messages: usize) -> Self {
@@ -417,6 +417,15 @@ impl ConfigBuilder {
     /// `max_rooms_per_connection`. A queue takes memory only while frames wait in it.
     pub fn outbound_queue(mut self, frames: usize) -> Self {
         self.config.hub.outbound_queue = frames;
+        self
+    }
+
+    /// Bytes of live frames queued per connection before it counts as too slow (a join's
+    /// replay does not count: it is queued at once on purpose). Default 1 MiB: a reader
+    /// that stopped pins at most this much, not `outbound_queue` large frames. At least
+    /// four frames of `max_frame_bytes`.
+    pub fn outbound_bytes(mut self, bytes: usize) -> Self {
+        self.config.hub.outbound_bytes = bytes;
         self
     }
 
@@ -701,6 +710,26 @@ impl ConfigBuilder {
                      {one_replay} × {} = {replay} frames, or a client joining its rooms would \
                      be cut off as too slow by their history alone; got {}",
                     limits.max_rooms_per_connection, hub.outbound_queue
+                ),
+            ));
+        }
+        if hub.outbound_bytes < 4 * limits.max_frame_bytes {
+            return Err(ConfigError::new(
+                "outbound_bytes",
+                format!(
+                    "must hold at least four frames of max_frame_bytes ({} bytes), or one \
+                     long message could cut a client off as too slow; got {}",
+                    4 * limits.max_frame_bytes,
+                    hub.outbound_bytes
+                ),
+            ));
+        }
+        if let Some(feature) = config.engine.missing_feature() {
+            return Err(ConfigError::new(
+                "engine",
+                format!(
+                    "{} needs the `{feature}` feature of wtchat, which this build lacks",
+                    config.engine
                 ),
             ));
         }

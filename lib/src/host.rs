@@ -7,49 +7,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::{HistoryPage, StorageError};
-use crate::hub::{Hub, MemberSummary, Policy, now_ms};
-use crate::protocol::{CloseCode, ErrorCode, Limits};
+use crate::engine::{HistoryPage, MemberInfo, MembersPage, StorageError};
+use crate::hub::{Hub, Policy};
+use crate::protocol::{CloseCode, ErrorCode, Limits, now_ms};
 
 /// The host's handle on the hub.
 #[derive(Clone)]
 pub(crate) struct Host {
     pub hub: Hub,
     pub limits: Arc<Limits>,
-}
-
-/// One page of a room's members, in id order.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct MembersPage {
-    /// Up to the page's limit of members.
-    pub members: Vec<MemberInfo>,
-    /// How many members the room has.
-    pub count: usize,
-    /// Ask again with this as `after` for the next page; None at the end.
-    pub next: Option<u64>,
-}
-
-impl From<MemberSummary> for MemberInfo {
-    fn from(m: MemberSummary) -> MemberInfo {
-        MemberInfo {
-            id: m.id,
-            name: m.name.to_string(),
-            user: m.user.map(|u| u.to_string()),
-        }
-    }
-}
-
-/// A room member, as the host sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct MemberInfo {
-    /// The member's id (as in `presence` frames): one per connection.
-    pub id: u64,
-    /// The display name.
-    pub name: String,
-    /// The host's user id, when the connection was authenticated.
-    pub user: Option<String>,
 }
 
 /// Why [`Chat::publish`](crate::Chat::publish) refused a message. Nothing was stored and
@@ -103,7 +69,14 @@ impl fmt::Display for PublishError {
     }
 }
 
-impl std::error::Error for PublishError {}
+impl std::error::Error for PublishError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PublishError::Storage(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl Host {
     /// See [`Chat::publish`](crate::Chat::publish).
@@ -136,21 +109,16 @@ impl Host {
                 }
                 _ => PublishError::ServerFull,
             })?;
-        match published.await {
-            Ok(stored) => stored.map_err(PublishError::Storage),
-            Err(_) => Err(PublishError::Storage(StorageError::new(
-                "the server stopped before the message was stored",
-            ))),
-        }
+        published.map_err(PublishError::Storage)
     }
 
-    pub(crate) fn history(
+    pub(crate) async fn history(
         &self,
         room: &str,
         before: Option<u64>,
         limit: usize,
     ) -> Result<HistoryPage, StorageError> {
-        self.hub.history(room, before, limit)
+        self.hub.history(room, before, limit).await
     }
 
     pub(crate) async fn delete(&self, room: &str, seq: u64) -> Result<bool, StorageError> {
@@ -159,36 +127,30 @@ impl Host {
 
     pub(crate) async fn ban(
         &self,
-        user: &str,
         room: Option<&str>,
+        user: &str,
         duration: Duration,
     ) -> Result<usize, StorageError> {
         let until = now_ms().saturating_add(duration.as_millis().min(u64::MAX as u128) as u64);
         self.hub.ban(room, user, until).await
     }
 
-    pub(crate) async fn unban(&self, user: &str, room: Option<&str>) -> Result<(), StorageError> {
+    pub(crate) async fn unban(&self, room: Option<&str>, user: &str) -> Result<(), StorageError> {
         self.hub.unban(room, user).await
     }
 
     /// See [`Chat::members`](crate::Chat::members).
-    pub(crate) fn members(&self, room: &str) -> Vec<MemberInfo> {
-        self.members_page(room, None, usize::MAX).members
+    pub(crate) async fn members(&self, room: &str) -> Result<Vec<MemberInfo>, StorageError> {
+        Ok(self.members_page(room, None, usize::MAX).await?.members)
     }
 
-    pub(crate) fn members_page(&self, room: &str, after: Option<u64>, limit: usize) -> MembersPage {
-        let (members, count, next) = match self.hub.members_page(room, after, limit) {
-            Ok(page) => page,
-            Err(e) => {
-                tracing::warn!(room, error = %e, "could not list the members");
-                return MembersPage::default();
-            }
-        };
-        MembersPage {
-            members: members.into_iter().map(MemberInfo::from).collect(),
-            count,
-            next,
-        }
+    pub(crate) async fn members_page(
+        &self,
+        room: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<MembersPage, StorageError> {
+        self.hub.members_page(room, after, limit).await
     }
 
     pub(crate) fn set_presence(&self, room: &str, threshold: usize, counts_only: bool) {
@@ -210,7 +172,12 @@ impl Host {
     /// Closes member `member` of `room` with `code`; whether it was there. See
     /// [`Chat::kick_member`](crate::Chat::kick_member) and
     /// [`Chat::reconnect_member`](crate::Chat::reconnect_member).
-    pub(crate) fn disconnect_member(&self, room: &str, member: u64, code: CloseCode) -> bool {
-        self.hub.disconnect_member(room, member, code)
+    pub(crate) async fn disconnect_member(
+        &self,
+        room: &str,
+        member: u64,
+        code: CloseCode,
+    ) -> Result<bool, StorageError> {
+        self.hub.disconnect_member(room, member, code).await
     }
 }

@@ -518,7 +518,7 @@ async fn api_history(
     Query(query): Query<HistoryQuery>,
 ) -> Response {
     let limit = query.limit.unwrap_or(100).clamp(1, API_HISTORY_PAGE);
-    match state.host.history(&query.room, query.before, limit) {
+    match state.host.history(&query.room, query.before, limit).await {
         Ok(page) => {
             let messages: Vec<_> = page
                 .messages
@@ -573,7 +573,7 @@ async fn api_ban(State(state): State<HttpState>, Json(body): Json<BanRequest>) -
     let duration = std::time::Duration::from_secs(seconds);
     match state
         .host
-        .ban(&body.user, body.room.as_deref(), duration)
+        .ban(body.room.as_deref(), &body.user, duration)
         .await
     {
         Ok(kicked) => {
@@ -585,7 +585,7 @@ async fn api_ban(State(state): State<HttpState>, Json(body): Json<BanRequest>) -
 
 /// `POST /wtchat/api/unban {"user","room"?}` → `{"user","room"}`: lifts that ban.
 async fn api_unban(State(state): State<HttpState>, Json(body): Json<BanRequest>) -> Response {
-    match state.host.unban(&body.user, body.room.as_deref()).await {
+    match state.host.unban(body.room.as_deref(), &body.user).await {
         Ok(()) => Json(json!({"user": body.user, "room": body.room})).into_response(),
         Err(e) => storage_error(&e),
     }
@@ -606,7 +606,14 @@ async fn api_members(
     Query(query): Query<MembersQuery>,
 ) -> Response {
     let limit = query.limit.map_or(usize::MAX, |n| n.max(1));
-    let page = state.host.members_page(&query.room, query.after, limit);
+    let page = match state
+        .host
+        .members_page(&query.room, query.after, limit)
+        .await
+    {
+        Ok(page) => page,
+        Err(e) => return storage_error(&e),
+    };
     let members: Vec<_> = page
         .members
         .iter()
@@ -629,11 +636,16 @@ struct KickRequest {
 async fn api_kick(State(state): State<HttpState>, Json(body): Json<KickRequest>) -> Response {
     let kicked = match (&body.user, body.member) {
         (Some(user), None) => state.host.kick(&body.room, user),
-        (None, Some(member)) => usize::from(state.host.disconnect_member(
-            &body.room,
-            member,
-            CloseCode::Kicked,
-        )),
+        (None, Some(member)) => {
+            let kicked = state
+                .host
+                .disconnect_member(&body.room, member, CloseCode::Kicked)
+                .await;
+            match kicked {
+                Ok(kicked) => usize::from(kicked),
+                Err(e) => return storage_error(&e),
+            }
+        }
         _ => {
             return api_error(
                 StatusCode::BAD_REQUEST,

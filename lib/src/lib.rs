@@ -59,12 +59,14 @@ pub mod auth;
 pub mod certs;
 mod chat;
 mod config;
-mod engine;
+pub mod engine;
+mod hooks;
 mod host;
 mod http;
 mod hub;
 mod metrics;
 mod protocol;
+mod queue;
 mod server;
 mod session;
 mod transport;
@@ -72,9 +74,12 @@ mod webhook;
 
 pub use auth::{ConnectRequest, Identity, Refusal, Rooms, Transport};
 pub use chat::{Chat, StartError};
-pub use config::{Config, ConfigBuilder, ConfigError, MIN_SECRET_BYTES, MessageEvent, PATH, Tls};
-pub use engine::{DEFAULT_REDIS_PREFIX, Engine, HistoryPage, StorageError, StoredMessage};
-pub use host::{MemberInfo, MembersPage, PublishError};
+pub use config::{Config, ConfigBuilder, ConfigError, MIN_SECRET_BYTES, PATH, Tls};
+pub use engine::{
+    DEFAULT_REDIS_PREFIX, Engine, HistoryPage, MemberInfo, MembersPage, StorageError, StoredMessage,
+};
+pub use hooks::MessageEvent;
+pub use host::PublishError;
 pub use server::Server;
 
 /// The property tests' configuration: `cases` per test, few enough for `cargo test`, unless

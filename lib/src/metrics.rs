@@ -10,7 +10,7 @@
 //! per recipient.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,8 +23,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::auth::Transport;
-use crate::hub::{Kind, Outbound, now_ms};
+use crate::protocol::now_ms;
 use crate::protocol::{CloseCode, ErrorCode};
+use crate::queue::{Kind, Outbound};
 
 /// Upper bounds of the publish-to-write latency buckets, in milliseconds.
 const LATENCY_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10_000];
@@ -70,8 +71,6 @@ pub(crate) struct RequestLabel {
 pub(crate) struct EngineStats {
     latency: Histogram,
     errors: Counter,
-    /// Whether the last write failed (readiness).
-    failing: Arc<AtomicBool>,
 }
 
 impl Default for EngineStats {
@@ -83,7 +82,6 @@ impl Default for EngineStats {
                 1.0, 2.5,
             ]),
             errors: Counter::default(),
-            failing: Arc::default(),
         }
     }
 }
@@ -95,12 +93,6 @@ impl EngineStats {
         if !ok {
             self.errors.inc();
         }
-        self.failing.store(!ok, Relaxed);
-    }
-
-    /// Whether the last write failed.
-    pub(crate) fn failing(&self) -> bool {
-        self.failing.load(Relaxed)
     }
 }
 

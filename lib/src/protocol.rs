@@ -10,6 +10,14 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+/// Milliseconds since 1970: the server's clock, as frames carry it.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// A frame sent by a client.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

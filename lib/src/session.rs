@@ -6,8 +6,10 @@
 //! [hub](crate::hub), and writes whatever the hub queued for it in batches. Everything a
 //! client can get wrong is answered here, once, for both transports.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,12 +18,12 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, ConnectRequest, Identity, Transport, random_bytes};
-use crate::config::{MessageEvent, MessageHook};
-use crate::hub::{Hub, Kind, Member, Outbound, Outbox, Resume, Room, Sender, message_frame};
+use crate::hooks::{MessageCheck, MessageEvent, MessageHook, Verdict};
+use crate::hub::{Hub, Member, Resume, Room, Sender, message_frame};
 use crate::protocol::{
     self, ClientFrame, CloseCode, ErrorCode, HISTORY_PAGE, Limits, MEMBERS_PAGE, ServerFrame,
 };
-use crate::webhook::{MessageWebhook, Verdict};
+use crate::queue::{Kind, Outbound, Outbox};
 
 /// Frames written per batch: enough to amortize a write call under load, small enough that
 /// one busy connection does not hold its worker thread for long.
@@ -30,6 +32,11 @@ const BATCH: usize = 256;
 /// How long a closing session waits for the client to close its side. Clients answer a
 /// close at once; one that does not read is not waited for long.
 const LINGER: Duration = Duration::from_secs(1);
+
+/// Frames read while one of the client's frames waits (for the host's backend, the store,
+/// a busy engine): they are handled after it, in order. Past this many the session stops
+/// reading, and the client's own TCP window holds the rest.
+const WAITING: usize = 64;
 
 /// What a transport read from its client. Everything but `Closed` shows the client is
 /// there (see the idle timeout).
@@ -86,8 +93,21 @@ pub(crate) struct SessionContext {
     pub auth: Arc<Authenticator>,
     /// The host's message hook, if any.
     pub on_message: Option<MessageHook>,
-    /// The host's message webhook, if any: called after `on_message`.
-    pub message_webhook: Option<Arc<MessageWebhook>>,
+    /// The host's backend, asked about each message after `on_message` (the message
+    /// webhook), if any.
+    pub message_check: Option<Arc<dyn MessageCheck>>,
+}
+
+/// The handling of a client frame that waits (for the host's backend, the store, a busy
+/// engine): it borrows nothing of the session, so that the session goes on writing, and
+/// says at the end what becomes of the session.
+type Pending<'a> = Pin<Box<dyn Future<Output = Effect> + Send + 'a>>;
+
+/// What a frame's handling that waited does to the session once it is done.
+enum Effect {
+    None,
+    /// The connection joined a room.
+    Joined(Joined),
 }
 
 /// Identifies a new connection (when the server identifies connections: `request` is what
@@ -133,7 +153,7 @@ pub(crate) async fn start(
     let stats = metrics.opened(id, transport);
     let started = Instant::now();
     tracing::info!("connection opened");
-    let (outbox, mut inbox, closing) = crate::hub::queue(ctx.hub.config().outbound_queue);
+    let (outbox, mut inbox, closing) = crate::queue::queue(ctx.hub.config().queue_bounds());
     let mut session = Session {
         id,
         ctx,
@@ -151,6 +171,10 @@ pub(crate) async fn start(
         ),
     };
     let mut batch = Vec::new();
+    // The client frame whose handling waits, and the frames read behind it (with when they
+    // came, for the rate): handled in order once it is done. Meanwhile the session writes.
+    let mut pending: Option<Pending<'_>> = None;
+    let mut waiting: VecDeque<(Instant, Inbound)> = VecDeque::new();
     // One timer per session, re-armed only when it fires: hearing from the client only
     // moves `last_heard`, which costs a clock read, not a timer update.
     let mut last_heard = Instant::now();
@@ -162,6 +186,11 @@ pub(crate) async fn start(
     let end = loop {
         if leaving.is_some_and(|at| Instant::now() >= at) {
             break Some(CloseCode::Shutdown);
+        }
+        while pending.is_none()
+            && let Some((at, inbound)) = waiting.pop_front()
+        {
+            pending = session.take(at, inbound);
         }
         tokio::select! {
             biased;
@@ -193,34 +222,22 @@ pub(crate) async fn start(
                     break Some(CloseCode::Kicked);
                 }
             }
-            inbound = reader.next() => match inbound {
-                Inbound::Frame(bytes) => {
-                    last_heard = Instant::now();
-                    session.handle(&bytes).await;
-                }
-                Inbound::Datagram(bytes) => {
-                    last_heard = Instant::now();
-                    session.handle_datagram(&bytes).await;
-                }
-                Inbound::Ping(payload) => {
-                    last_heard = Instant::now();
-                    // Pings count against the rate like any frame; past it, no answer.
-                    if session.rate.allow() {
-                        session.outbox.push_pong(payload);
-                    }
-                }
-                Inbound::Alive => last_heard = Instant::now(),
-                Inbound::Binary => {
-                    last_heard = Instant::now();
-                    session.error(
-                        ErrorCode::BinaryUnsupported,
-                        "binary messages are not part of the protocol; send JSON text",
-                        None,
-                        None,
-                    );
-                }
+            effect = async { pending.as_mut().expect("polled only when set").await },
+                if pending.is_some() => {
+                pending = None;
+                session.apply(effect);
+            }
+            inbound = reader.next(), if waiting.len() < WAITING => match inbound {
                 Inbound::Fatal(code) => break Some(code),
                 Inbound::Closed => break None,
+                inbound => {
+                    last_heard = Instant::now();
+                    if pending.is_none() {
+                        pending = session.take(last_heard, inbound);
+                    } else if let Some(inbound) = session.at_once(inbound) {
+                        waiting.push_back((last_heard, inbound));
+                    }
+                }
             },
             // Last: polled only when nothing else is ready, so that a busy session pays
             // nothing for it (a client that vanished in a busy room is cut off as too slow).
@@ -233,6 +250,9 @@ pub(crate) async fn start(
             }
         }
     };
+    // What still waited is given up (a join reading history leaves the room's list of
+    // joins as it goes); then the session leaves every room it is in.
+    drop(pending);
     if end.is_none() {
         // The client closed (or vanished): answer its close, briefly.
         let _ = Box::pin(tokio::time::timeout(
@@ -335,13 +355,66 @@ fn is_resume_key(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
+    /// Handles what the client sent (at `at`): at once, or — when it must wait — as the
+    /// pending handling the session polls while it goes on writing.
+    fn take(&mut self, at: Instant, inbound: Inbound) -> Option<Pending<'a>> {
+        match inbound {
+            Inbound::Frame(bytes) => self.handle(at, &bytes),
+            Inbound::Datagram(bytes) => self.handle_datagram(at, &bytes),
+            Inbound::Ping(payload) => {
+                // Pings count against the rate like any frame; past it, no answer.
+                if self.rate.allow_at(at) {
+                    self.outbox.push_pong(payload);
+                }
+                None
+            }
+            Inbound::Binary => {
+                self.error(
+                    ErrorCode::BinaryUnsupported,
+                    "binary messages are not part of the protocol; send JSON text",
+                    None,
+                    None,
+                );
+                None
+            }
+            Inbound::Alive | Inbound::Fatal(_) | Inbound::Closed => None,
+        }
+    }
+
+    /// While a frame's handling waits: what is answered at once (pings, both kinds: a
+    /// client that hears nothing back would think the connection dead), and what is
+    /// given back to wait its turn.
+    fn at_once(&mut self, inbound: Inbound) -> Option<Inbound> {
+        let is_ping = match &inbound {
+            Inbound::Ping(_) | Inbound::Alive => true,
+            Inbound::Frame(bytes) => matches!(protocol::decode(bytes), Ok(ClientFrame::Ping {})),
+            _ => false,
+        };
+        if !is_ping {
+            return Some(inbound);
+        }
+        let _ = self.take(Instant::now(), inbound);
+        None
+    }
+
+    /// What a handling that waited does to the session, now that it is done.
+    fn apply(&mut self, effect: Effect) {
+        match effect {
+            Effect::None => {}
+            Effect::Joined(joined) => {
+                self.ctx.hub.metrics().joined();
+                self.rooms.push(joined);
+            }
+        }
+    }
+
     /// A frame from a WebTransport datagram: only `typing` travels there (a datagram may
     /// be lost, and nothing that needs an answer may be), under the same size limit as
     /// any frame. Its boundaries are intact, so an oversized one is refused, not fatal.
-    async fn handle_datagram(&mut self, bytes: &[u8]) {
+    fn handle_datagram(&mut self, at: Instant, bytes: &[u8]) -> Option<Pending<'a>> {
         if bytes.len() > self.ctx.limits.max_frame_bytes {
-            if self.rate.allow() {
+            if self.rate.allow_at(at) {
                 self.error(
                     ErrorCode::FrameTooLarge,
                     "a datagram is larger than max_frame_bytes",
@@ -349,43 +422,47 @@ impl Session<'_> {
                     None,
                 );
             }
-            return;
+            return None;
         }
         match protocol::decode(bytes) {
-            Ok(ClientFrame::Typing { .. }) | Err(_) => Box::pin(self.handle(bytes)).await,
+            Ok(ClientFrame::Typing { .. }) | Err(_) => self.handle(at, bytes),
             Ok(frame) => {
-                if !self.rate.allow() {
-                    return;
+                if self.rate.allow_at(at) {
+                    let (room, id) = frame.room_and_id();
+                    self.error(
+                        ErrorCode::InvalidFrame,
+                        "only typing travels in a datagram; send this frame on the stream",
+                        room,
+                        id,
+                    );
                 }
-                let (room, id) = frame.room_and_id();
-                self.error(
-                    ErrorCode::InvalidFrame,
-                    "only typing travels in a datagram; send this frame on the stream",
-                    room,
-                    id,
-                );
+                None
             }
         }
     }
 
-    async fn handle(&mut self, bytes: &[u8]) {
+    fn handle(&mut self, at: Instant, bytes: &[u8]) -> Option<Pending<'a>> {
         let decoded = protocol::decode(bytes);
         // Every frame counts against the rate, even one that does not decode.
-        if !self.rate.allow() {
+        if !self.rate.allow_at(at) {
             let (room, id) = match &decoded {
                 Ok(frame) => frame.room_and_id(),
                 Err(_) => (None, None),
             };
-            return self.error(
+            self.error(
                 ErrorCode::RateLimited,
                 "too many frames per second; this one was dropped",
                 room,
                 id,
             );
+            return None;
         }
         let frame = match decoded {
             Ok(frame) => frame,
-            Err(e) => return self.error(e.code, &e.message, None, None),
+            Err(e) => {
+                self.error(e.code, &e.message, None, None);
+                return None;
+            }
         };
         match frame {
             ClientFrame::Join {
@@ -395,27 +472,15 @@ impl Session<'_> {
                 epoch,
                 key,
             } => {
-                // Boxed: a join is rare, and its state inline would be part of every
-                // session's future for its whole life (idle connections pay for it).
-                Box::pin(self.join(
-                    &room,
+                return self.join(
+                    room,
                     name.as_deref(),
                     key.as_deref(),
                     Resume { since, epoch },
-                ))
-                .await
+                );
             }
             ClientFrame::Leave { room } => self.leave(&room),
-            ClientFrame::Send { room, text, id } => {
-                let id = id.as_deref();
-                if self.ctx.message_webhook.is_some() {
-                    // Boxed: the backend's answer is awaited, and that state inline would
-                    // be part of every session's future, webhook or not.
-                    Box::pin(self.send_through_webhook(&room, &text, id)).await;
-                } else if let Some(joined) = self.accepts(&room, &text, id) {
-                    self.publish(joined, &text, id);
-                }
-            }
+            ClientFrame::Send { room, text, id } => return self.send(room, text, id),
             ClientFrame::Typing { room } => match self.joined(&room) {
                 Some(j) => j.room.typing(&j.me),
                 None => self.not_joined(&room, None),
@@ -427,7 +492,7 @@ impl Session<'_> {
                 room,
                 before,
                 limit,
-            } => self.history(&room, before, limit),
+            } => return self.history(room, before, limit),
             ClientFrame::Members { room, after, limit } => match self.joined(&room) {
                 Some(j) => {
                     let limit = limit.map_or(MEMBERS_PAGE, |n| (n as usize).clamp(1, MEMBERS_PAGE));
@@ -436,71 +501,78 @@ impl Session<'_> {
                 None => self.not_joined(&room, None),
             },
         }
+        None
     }
 
     fn joined(&self, room: &str) -> Option<&Joined> {
         self.rooms.iter().find(|j| j.room.name() == room)
     }
 
-    async fn join(&mut self, room: &str, name: Option<&str>, key: Option<&str>, resume: Resume) {
+    fn join(
+        &mut self,
+        room: String,
+        name: Option<&str>,
+        key: Option<&str>,
+        resume: Resume,
+    ) -> Option<Pending<'a>> {
         let limits = &self.ctx.limits;
-        if let Err((code, msg)) = limits.check_room(room) {
-            return self.error(code, msg, Some(room), None);
+        if let Err((code, msg)) = limits.check_room(&room) {
+            self.error(code, msg, Some(&room), None);
+            return None;
         }
         // With an identity the host names the user, whatever the client says.
         let name = match &self.identity {
             Some(identity) => {
-                if !identity.rooms.allows(room) {
-                    return self.error(
+                if !identity.rooms.allows(&room) {
+                    self.error(
                         ErrorCode::RoomForbidden,
                         "your identity does not allow this room",
-                        Some(room),
+                        Some(&room),
                         None,
                     );
+                    return None;
                 }
-                if self.ctx.hub.banned(room, &identity.user) {
-                    return self.error(
+                if self.ctx.hub.banned(&room, &identity.user) {
+                    self.error(
                         ErrorCode::Banned,
                         "you are banned from this room for now",
-                        Some(room),
+                        Some(&room),
                         None,
                     );
+                    return None;
                 }
                 Arc::from(identity.name.as_str())
             }
             None => Arc::from(name.unwrap_or("")),
         };
-        if let Err((code, msg)) = limits.check_name(&name) {
-            return self.error(code, msg, Some(room), None);
-        }
-        if self.joined(room).is_some() {
-            return self.error(
-                ErrorCode::AlreadyJoined,
-                "already in this room",
-                Some(room),
-                None,
-            );
-        }
-        if self.rooms.len() >= limits.max_rooms_per_connection {
-            return self.error(
+        let refused = if let Err((code, msg)) = limits.check_name(&name) {
+            Some((code, msg))
+        } else if self.joined(&room).is_some() {
+            Some((ErrorCode::AlreadyJoined, "already in this room"))
+        } else if self.rooms.len() >= limits.max_rooms_per_connection {
+            Some((
                 ErrorCode::TooManyRooms,
                 "this connection is in max_rooms_per_connection rooms already",
-                Some(room),
-                None,
-            );
-        }
-        // Creating a room costs the server memory: at most so many per connection.
-        if self.ctx.hub.room(room).is_none() && !self.new_rooms.allow() {
-            return self.error(
+            ))
+        } else if self.ctx.hub.room(&room).is_none() && !self.new_rooms.allow() {
+            // Creating a room costs the server memory: at most so many per connection.
+            Some((
                 ErrorCode::RateLimited,
                 "this connection created too many rooms; wait a minute or join existing ones",
-                Some(room),
-                None,
-            );
+            ))
+        } else {
+            None
+        };
+        if let Some((code, msg)) = refused {
+            self.error(code, msg, Some(&room), None);
+            return None;
         }
         let sender = match self.sender(key) {
             Ok(sender) => sender,
-            Err(msg) => return self.error(ErrorCode::InvalidFrame, msg, Some(room), None),
+            Err(msg) => {
+                self.error(ErrorCode::InvalidFrame, msg, Some(&room), None);
+                return None;
+            }
         };
         let me = Member {
             id: self.id,
@@ -509,19 +581,23 @@ impl Session<'_> {
             sender,
             outbox: self.outbox.clone(),
         };
-        match self.ctx.hub.join(room, me.clone(), resume).await {
-            Ok(room) => {
-                self.ctx.hub.metrics().joined();
-                self.rooms.push(Joined { room, me });
+        let hub = &self.ctx.hub;
+        let outbox = self.outbox.clone();
+        Some(Box::pin(async move {
+            match hub.join(&room, me.clone(), resume).await {
+                Ok(room) => Effect::Joined(Joined { room, me }),
+                Err(code) => {
+                    let message = match code {
+                        ErrorCode::StorageFailed => {
+                            "the room could not be read from storage; try again later"
+                        }
+                        _ => "the server holds too many rooms",
+                    };
+                    refuse(hub, &outbox, code, message, Some(&room), None);
+                    Effect::None
+                }
             }
-            Err(ErrorCode::StorageFailed) => self.error(
-                ErrorCode::StorageFailed,
-                "the room could not be read from storage; try again later",
-                Some(room),
-                None,
-            ),
-            Err(code) => self.error(code, "the server holds too many rooms", Some(room), None),
-        }
+        }))
     }
 
     /// Who sends this connection's messages: the host's user, or — anonymous — the holder
@@ -567,6 +643,45 @@ impl Session<'_> {
         }));
     }
 
+    /// A `send`: checked against the limits and the host's message hook here; then, with a
+    /// message webhook, asked of the backend (which may rewrite it), and published. What
+    /// waits — the backend, an engine too busy to take it — waits as this session's
+    /// pending frame: its later frames wait behind it, its deliveries do not.
+    fn send(&self, room: String, text: String, id: Option<String>) -> Option<Pending<'a>> {
+        let joined = self.accepts(&room, &text, id.as_deref())?;
+        let (room_handle, me) = (joined.room.clone(), joined.me.clone());
+        let Some(check) = &self.ctx.message_check else {
+            let retry = room_handle.publish(&me, &text, id.as_deref()).err()?;
+            return Some(Box::pin(async move {
+                retry.append().await;
+                Effect::None
+            }));
+        };
+        let hub = &self.ctx.hub;
+        Some(Box::pin(async move {
+            let id = id.as_deref();
+            let text = match check.check(&room, &me, &text, id).await {
+                Verdict::Accept => text,
+                Verdict::Rewrite(rewritten) => rewritten,
+                Verdict::Reject(reason) => {
+                    refuse(
+                        hub,
+                        &me.outbox,
+                        ErrorCode::Rejected,
+                        &reason,
+                        Some(&room),
+                        id,
+                    );
+                    return Effect::None;
+                }
+            };
+            if let Err(retry) = room_handle.publish(&me, &text, id) {
+                retry.append().await;
+            }
+            Effect::None
+        }))
+    }
+
     /// The room a `send` goes to, if the message passes the limits and the host's message
     /// hook; else the sender is told why, and None.
     fn accepts(&self, room: &str, text: &str, id: Option<&str>) -> Option<&Joined> {
@@ -590,58 +705,48 @@ impl Session<'_> {
                 return None;
             }
         }
+        self.ctx.hub.keep_history_budget();
         Some(joined)
     }
 
-    /// A `send` when the host has a message webhook: accepted here, then by the backend
-    /// (which may rewrite it). This session reads and writes nothing while the backend
-    /// decides (at most the webhook timeout): its messages keep their order, and other
-    /// sessions go on.
-    async fn send_through_webhook(&self, room: &str, text: &str, id: Option<&str>) {
-        let (Some(joined), Some(webhook)) =
-            (self.accepts(room, text, id), &self.ctx.message_webhook)
-        else {
-            return;
-        };
-        let verdict = webhook.check(room, &joined.me, text, id).await;
-        match &verdict {
-            Verdict::Accept => self.publish(joined, text, id),
-            Verdict::Rewrite(rewritten) => self.publish(joined, rewritten, id),
-            Verdict::Reject(reason) => self.error(ErrorCode::Rejected, reason, Some(room), id),
-        }
-    }
-
-    fn publish(&self, joined: &Joined, text: &str, id: Option<&str>) {
-        joined.room.publish(&joined.me, text, id);
-        self.ctx.hub.keep_history_budget();
-    }
-
-    /// Answers `history` with one page of a joined room's older messages.
-    fn history(&self, room: &str, before: Option<u64>, limit: Option<u32>) {
-        let Some(joined) = self.joined(room) else {
-            return self.not_joined(room, None);
+    /// Answers `history` with one page of a joined room's older messages, read without
+    /// holding up the session's writing.
+    fn history(
+        &self,
+        room: String,
+        before: Option<u64>,
+        limit: Option<u32>,
+    ) -> Option<Pending<'a>> {
+        let Some(joined) = self.joined(&room) else {
+            self.not_joined(&room, None);
+            return None;
         };
         let limit = limit.map_or(HISTORY_PAGE, |n| (n as usize).clamp(1, HISTORY_PAGE));
-        match joined.room.page(before, limit) {
-            Ok(page) => {
-                let frames: Vec<Bytes> = page
-                    .messages
-                    .iter()
-                    .map(|m| message_frame(room, m))
-                    .collect();
-                self.outbox
-                    .push(protocol::encode_history(room, &frames, page.more));
+        let (handle, outbox, hub) = (joined.room.clone(), self.outbox.clone(), &self.ctx.hub);
+        Some(Box::pin(async move {
+            match handle.page(before, limit).await {
+                Ok(page) => {
+                    let frames: Vec<Bytes> = page
+                        .messages
+                        .iter()
+                        .map(|m| message_frame(&room, m))
+                        .collect();
+                    outbox.push(protocol::encode_history(&room, &frames, page.more));
+                }
+                Err(e) => {
+                    tracing::error!(room, error = %e, "could not read history");
+                    refuse(
+                        hub,
+                        &outbox,
+                        ErrorCode::StorageFailed,
+                        "history could not be read from storage; try again later",
+                        Some(&room),
+                        None,
+                    );
+                }
             }
-            Err(e) => {
-                tracing::error!(room, error = %e, "could not read history");
-                self.error(
-                    ErrorCode::StorageFailed,
-                    "history could not be read from storage; try again later",
-                    Some(room),
-                    None,
-                );
-            }
-        }
+            Effect::None
+        }))
     }
 
     fn leave_all(&mut self) {
@@ -655,11 +760,22 @@ impl Session<'_> {
     }
 
     fn error(&self, code: ErrorCode, message: &str, room: Option<&str>, id: Option<&str>) {
-        tracing::debug!(code = code.as_str(), message, "refused a frame");
-        self.ctx.hub.metrics().refused(code);
-        self.outbox
-            .push(protocol::error_frame(code, message, room, id));
+        refuse(&self.ctx.hub, &self.outbox, code, message, room, id);
     }
+}
+
+/// Answers a client frame with an error frame (counted, and logged at debug).
+fn refuse(
+    hub: &Hub,
+    outbox: &Outbox,
+    code: ErrorCode,
+    message: &str,
+    room: Option<&str>,
+    id: Option<&str>,
+) {
+    tracing::debug!(code = code.as_str(), message, "refused a frame");
+    hub.metrics().refused(code);
+    outbox.push(protocol::error_frame(code, message, room, id));
 }
 
 /// A token bucket: `burst` at once, refilled at `per_second`.
@@ -681,7 +797,13 @@ impl RateLimit {
     }
 
     fn allow(&mut self) -> bool {
-        let now = Instant::now();
+        self.allow_at(Instant::now())
+    }
+
+    /// Whether a frame that came at `now` is within the rate (frames are judged by when
+    /// they came, even when handled later).
+    fn allow_at(&mut self, now: Instant) -> bool {
+        let now = now.max(self.last);
         let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
         self.tokens = (self.tokens + refill).min(self.burst);
         self.last = now;
@@ -724,14 +846,12 @@ mod tests {
     /// webhook, identifying it, its last words) is boxed, so that it is not part of it.
     /// The figure was 1768 bytes before they were; past this bound, look for an await
     /// that inlined a large future.
-    #[test]
-    fn a_sessions_future_stays_small() {
-        let hub = Hub::new(
-            crate::hub::HubConfig::default(),
-            crate::engine::Store::Memory,
-            Arc::default(),
-        )
-        .unwrap();
+    #[tokio::test]
+    async fn a_sessions_future_stays_small() {
+        let engine = Arc::new(crate::engine::memory::Memory::new(1));
+        let hub = Hub::new(crate::hub::HubConfig::default(), engine, Arc::default())
+            .await
+            .unwrap();
         let ctx = SessionContext {
             hub,
             limits: Arc::new(Limits::default()),
@@ -741,7 +861,7 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
             auth: Arc::new(Authenticator::new(None, None)),
             on_message: None,
-            message_webhook: None,
+            message_check: None,
         };
         let session = start(&ctx, 1, Transport::WebSocket, None, Reader, Writer);
         let size = std::mem::size_of_val(&session);

@@ -46,9 +46,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::auth::{AuthHook, ConnectRequest, Identity, Refusal, Rooms, unix_now};
-use crate::hub::{Happened, Member, Observer, now_ms};
+use crate::hooks::{MessageCheck, Verdict};
+use crate::hub::{Happened, Member, Observer};
 use crate::metrics::Metrics;
-use crate::protocol::Limits;
+use crate::protocol::{Limits, now_ms};
 
 /// The header carrying the signature.
 const SIGNATURE_HEADER: &str = "Wtchat-Signature";
@@ -137,7 +138,7 @@ impl WebhookConfig {
 /// The webhooks a configuration sets, ready to be called.
 pub(crate) struct Webhooks {
     /// For the sessions, which await it.
-    pub message: Option<Arc<MessageWebhook>>,
+    pub message: Option<Arc<dyn MessageCheck>>,
     /// For the hub, which tells it, and the chat, which runs its sender.
     pub events: Option<Arc<Events>>,
     /// For the authenticator, as the host's hook.
@@ -179,7 +180,7 @@ impl Webhooks {
                 fail_open,
                 limits: Arc::new(limits.clone()),
                 failures: Throttle::default(),
-            })
+            }) as Arc<dyn MessageCheck>
         });
         let events = endpoint("events", &settings.events).map(|endpoint| {
             Arc::new(Events {
@@ -512,28 +513,11 @@ enum Action {
     Rewrite { text: String },
 }
 
-/// What becomes of a message.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Verdict {
-    /// Stored and delivered as it is.
-    Accept,
-    /// Stored and delivered with this text instead.
-    Rewrite(String),
-    /// Not stored; the sender gets `rejected` with this reason.
-    Reject(String),
-}
-
 impl MessageWebhook {
     /// What the backend decides of `text`, sent by `sender` into `room` with client id `id`
     /// — or, when it does not answer in time or answers something else, what `fail_open`
     /// says.
-    pub(crate) async fn check(
-        &self,
-        room: &str,
-        sender: &Member,
-        text: &str,
-        id: Option<&str>,
-    ) -> Verdict {
+    async fn check(&self, room: &str, sender: &Member, text: &str, id: Option<&str>) -> Verdict {
         let call = MessageCall {
             room,
             from: &sender.name,
@@ -686,6 +670,18 @@ async fn identify(endpoint: &Endpoint, request: &ConnectRequest) -> Result<Ident
     Err(Refusal::new(
         "the host's login service did not answer; try again later",
     ))
+}
+
+impl MessageCheck for MessageWebhook {
+    fn check<'a>(
+        &'a self,
+        room: &'a str,
+        sender: &'a Member,
+        text: &'a str,
+        id: Option<&'a str>,
+    ) -> futures_util::future::BoxFuture<'a, Verdict> {
+        Box::pin(MessageWebhook::check(self, room, sender, text, id))
+    }
 }
 
 /// The events webhook: what happened in the rooms, queued as the hub tells it and posted in

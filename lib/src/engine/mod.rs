@@ -1,36 +1,47 @@
-//! The engine seam: where the room state that must outlive the process lives.
+//! The engine contract: where the room state that must outlive the process lives, and how
+//! several processes ("nodes") share one chat.
 //!
-//! The [hub](crate::hub) keeps what must be fast in memory — members, their queues, the
-//! encode-once fan-out, a recent tail of each room's history — and hands what must survive
-//! to an engine: the messages with their sequence numbers, each room's epoch, the client ids
-//! of idempotent retries, deletions and bans. Only publishing and history reads cross the
-//! seam; delivering a message to N members costs the same whatever the engine.
+//! The [hub](crate) keeps what must be fast in memory — members, their queues, the
+//! encode-once fan-out, a recent tail of each room's history — and talks to its engine
+//! through one trait, [`Broker`] (the shape of centrifuge's broker):
 //!
-//! - [`Engine::Memory`]: nothing crosses; a message is delivered as soon as it is numbered,
-//!   and nothing survives a restart.
-//! - [`Engine::Sqlite`]: a file on disk. The hub numbers a message and hands it over; one
-//!   writer thread commits everything that arrived while its last commit ran in one
-//!   transaction, then tells each room how far it got; the room delivers and acknowledges
-//!   only then (see [`sqlite`]).
+//! - [`Broker::append`] takes a message's place in its room's order at once, and resolves
+//!   with its position (epoch, seq) once it is as durable as the engine promises; a retried
+//!   client id resolves with the position it got the first time.
+//! - Every numbered message of a room — this node's and other nodes' alike — comes back
+//!   through **one** handler, the room's [`RoomSink`], in order and once: a message reaches
+//!   its members by one route, whatever the engine.
+//! - History ranges, history pages and member pages are async reads; the hub makes them
+//!   outside a room's lock.
+//! - Presence across nodes (who is connected to other nodes), kicks and bans for every
+//!   node, and requests for sessions another node holds are the engine's too, behind the
+//!   same trait; an engine of one process leaves them at their defaults.
 //!
-//! - [`Engine::Redis`]: several processes ("nodes") share Redis, and are one chat. Redis
-//!   numbers the messages, and every node delivers them to its own members in that order
-//!   as they come back on the room's channel (see [`redis`]).
+//! The engines here: [`Engine::Memory`] (nothing survives a restart), [`Engine::Sqlite`]
+//! (one process, durable on disk), [`Engine::Redis`] (many processes, one chat). A host may
+//! bring its own ([`Engine::Custom`]) or wrap one of these
+//! ([`ConfigBuilder::engine_layer`](crate::ConfigBuilder::engine_layer)). Nothing outside
+//! this folder names an engine.
 
-pub(crate) mod redis;
-pub(crate) mod sqlite;
+pub(crate) mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::hub::{MemberPage, MemberSummary, Room};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
 use crate::metrics::EngineStats;
 
-/// Where rooms keep their messages. Chosen with
+/// Which engine rooms keep their messages in. Chosen with
 /// [`ConfigBuilder::engine`](crate::ConfigBuilder::engine).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub enum Engine {
     /// In this process's memory: fast, and gone on every restart. The library's default.
@@ -38,19 +49,56 @@ pub enum Engine {
     Memory,
     /// An SQLite database file, created on first start: every acknowledged message survives
     /// a crash or `kill -9`, and a restart keeps each room's epoch, numbers and history.
-    /// One process serves one file at a time.
+    /// One process serves one file at a time. Needs the `sqlite` feature.
     Sqlite(PathBuf),
     /// A Redis server (6.2 or later) shared by several wtchat processes, which then serve
     /// one chat: the same rooms, messages, numbers and members on every process. `url` is
     /// `redis://HOST:PORT[/DB]`; every key starts with `prefix`, so that several sites can
-    /// share one Redis.
+    /// share one Redis. Needs the `redis` feature.
     Redis {
         /// `redis://HOST:PORT[/DB]`.
         url: String,
         /// The start of every key and channel name (`wtchat` when parsed from a URL).
         prefix: String,
     },
+    /// The host's own engine.
+    Custom(Arc<dyn Broker>),
 }
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Engine::Memory => f.write_str("Memory"),
+            Engine::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Engine::Redis { url, prefix } => f
+                .debug_struct("Redis")
+                .field("url", url)
+                .field("prefix", prefix)
+                .finish(),
+            Engine::Custom(_) => f.write_str("Custom"),
+        }
+    }
+}
+
+impl PartialEq for Engine {
+    fn eq(&self, other: &Engine) -> bool {
+        match (self, other) {
+            (Engine::Memory, Engine::Memory) => true,
+            (Engine::Sqlite(a), Engine::Sqlite(b)) => a == b,
+            (
+                Engine::Redis { url, prefix },
+                Engine::Redis {
+                    url: url2,
+                    prefix: prefix2,
+                },
+            ) => url == url2 && prefix == prefix2,
+            (Engine::Custom(a), Engine::Custom(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Engine {}
 
 /// The key prefix of a Redis engine parsed from its URL.
 pub const DEFAULT_REDIS_PREFIX: &str = "wtchat";
@@ -82,25 +130,60 @@ impl fmt::Display for Engine {
             Engine::Memory => f.write_str("memory"),
             Engine::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
             Engine::Redis { url, .. } => f.write_str(url),
+            Engine::Custom(_) => f.write_str("custom"),
+        }
+    }
+}
+
+impl Engine {
+    /// The cargo feature this engine needs that this build lacks, if any.
+    pub(crate) fn missing_feature(&self) -> Option<&'static str> {
+        match self {
+            Engine::Sqlite(_) if !cfg!(feature = "sqlite") => Some("sqlite"),
+            Engine::Redis { .. } if !cfg!(feature = "redis") => Some("redis"),
+            _ => None,
         }
     }
 }
 
 /// Why the engine could not store or read something: the disk is full, the database is
-/// read-only, locked by another process, or corrupt. The message says which, in words an
-/// operator can act on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// read-only, locked by another process or corrupt, Redis does not answer. The message says
+/// which, in words an operator can act on; [`source`](std::error::Error::source) is the
+/// underlying error, when there is one.
+#[derive(Debug, Clone)]
 pub struct StorageError {
     message: Arc<str>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl StorageError {
-    pub(crate) fn new(message: impl Into<Arc<str>>) -> StorageError {
+    /// An error with this message and no underlying cause.
+    pub fn new(message: impl Into<Arc<str>>) -> StorageError {
         StorageError {
             message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An error with this message, caused by `source`.
+    pub fn caused_by(
+        message: impl Into<Arc<str>>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StorageError {
+        StorageError {
+            message: message.into(),
+            source: Some(Arc::new(source)),
         }
     }
 }
+
+impl PartialEq for StorageError {
+    fn eq(&self, other: &StorageError) -> bool {
+        self.message == other.message
+    }
+}
+
+impl Eq for StorageError {}
 
 impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -108,7 +191,13 @@ impl fmt::Display for StorageError {
     }
 }
 
-impl std::error::Error for StorageError {}
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// A message as a room's history holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +215,19 @@ pub struct StoredMessage {
     pub text: String,
 }
 
+impl StoredMessage {
+    /// A stored message, for an engine that reads its history back.
+    pub fn new(seq: u64, time: u64, from: String, sender: Option<String>, text: String) -> Self {
+        StoredMessage {
+            seq,
+            time,
+            from,
+            sender,
+            text,
+        }
+    }
+}
+
 /// One page of a room's history, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -134,6 +236,75 @@ pub struct HistoryPage {
     pub messages: Vec<StoredMessage>,
     /// Whether older messages remain: ask again with `before` the first one's `seq`.
     pub more: bool,
+}
+
+impl HistoryPage {
+    /// A page of `messages` (oldest first), with older ones left when `more`.
+    pub fn new(messages: Vec<StoredMessage>, more: bool) -> HistoryPage {
+        HistoryPage { messages, more }
+    }
+}
+
+/// A room member, as the host and the engines see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemberInfo {
+    /// The member's id (as in `presence` frames): one per connection, unique over every
+    /// node sharing the engine.
+    pub id: u64,
+    /// The display name.
+    pub name: String,
+    /// The host's user id, when the connection was authenticated.
+    pub user: Option<String>,
+}
+
+impl MemberInfo {
+    /// A member as listed.
+    pub fn new(id: u64, name: String, user: Option<String>) -> MemberInfo {
+        MemberInfo { id, name, user }
+    }
+}
+
+/// One page of a room's members, in id order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct MembersPage {
+    /// Up to the page's limit of members.
+    pub members: Vec<MemberInfo>,
+    /// How many members the room has.
+    pub count: usize,
+    /// Ask again with this as `after` for the next page; None at the end.
+    pub next: Option<u64>,
+}
+
+impl MembersPage {
+    /// A page of `members` out of `count`, the next starting after `next`.
+    pub fn new(members: Vec<MemberInfo>, count: usize, next: Option<u64>) -> MembersPage {
+        MembersPage {
+            members,
+            count,
+            next,
+        }
+    }
+}
+
+/// A ban as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Ban {
+    /// The room, or None for every room.
+    pub room: Option<String>,
+    /// The host's user id.
+    pub user: String,
+    /// Until when, in milliseconds since 1970.
+    pub until: u64,
+}
+
+impl Ban {
+    /// `user` banned from `room` (None: every room) until `until`.
+    pub fn new(room: Option<String>, user: String, until: u64) -> Ban {
+        Ban { room, user, until }
+    }
 }
 
 /// How long stored history lasts, per room.
@@ -145,292 +316,382 @@ pub(crate) struct Retention {
     pub age_ms: u64,
 }
 
-/// A room's lasting state, as the engine read it back.
+/// What the built-in engines are opened with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    pub retention: Retention,
+    /// Client ids remembered per room, for idempotent retries.
+    pub dedupe_window: usize,
+}
+
+/// A message handed to [`Broker::append`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Record {
+    /// When the server took it, in milliseconds since 1970.
+    pub time: u64,
+    /// The sender's display name.
+    pub from: Arc<str>,
+    /// The sender's public id (None for the host's messages).
+    pub sender: Option<Arc<str>>,
+    /// The text.
+    pub text: Arc<str>,
+    /// What makes a retry idempotent: the sender's scope and its client message id. A
+    /// record whose key the room saw among its last `dedupe_window` keys is not stored
+    /// again; its append resolves with the first one's position.
+    pub dedupe: Option<Box<str>>,
+    /// The appending node's own number for the record: handed back in
+    /// [`Numbered::token`] so that this node finds who is owed an acknowledgement.
+    pub token: u64,
+}
+
+impl Record {
+    /// A message from `from` saying `text`, taken at `time`, with no sender id, no dedupe
+    /// key and token 0.
+    pub fn new(time: u64, from: impl Into<Arc<str>>, text: impl Into<Arc<str>>) -> Record {
+        Record {
+            time,
+            from: from.into(),
+            sender: None,
+            text: text.into(),
+            dedupe: None,
+            token: 0,
+        }
+    }
+
+    /// The record as history shows it, numbered `seq`.
+    pub fn stored(&self, seq: u64) -> StoredMessage {
+        StoredMessage {
+            seq,
+            time: self.time,
+            from: self.from.to_string(),
+            sender: self.sender.as_deref().map(str::to_owned),
+            text: self.text.to_string(),
+        }
+    }
+}
+
+/// A record the engine numbered, on its way back to the room.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Numbered {
+    /// Its sequence number in the room.
+    pub seq: u64,
+    /// The node that appended it ([`Broker::node`]).
+    pub node: u64,
+    /// The record as appended.
+    pub record: Record,
+}
+
+impl Numbered {
+    /// Record `record`, appended by node `node`, numbered `seq`.
+    pub fn new(seq: u64, node: u64, record: Record) -> Numbered {
+        Numbered { seq, node, record }
+    }
+}
+
+/// Where a record stands in its room: the room's epoch (it changes when the room was lost
+/// and made anew) and the record's sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The room's epoch.
+    pub epoch: u64,
+    /// The record's number.
+    pub seq: u64,
+}
+
+/// What an append came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Appended {
+    /// Stored at this position; it reaches the room's sink as a [`Numbered`] record.
+    Stored(Position),
+    /// A retry of a dedupe key stored before at this position: nothing new reaches the sink.
+    Duplicate(Position),
+}
+
+/// The engine cannot take more records now; here is the one it was given back. Wait for
+/// [`Broker::ready`] and append again: memory stays flat while a slow disk slows senders.
 #[derive(Debug)]
-pub(crate) struct LoadedRoom {
+pub struct Busy(pub Record);
+
+/// A room as the engine held it when the hub took it up.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Loaded {
+    /// The room's epoch: made now for a room the engine never held.
     pub epoch: u64,
     /// The last sequence number handed out.
     pub seq: u64,
-    /// The newest messages, oldest first.
+    /// The newest messages (up to the `tail` asked for), oldest first.
     pub tail: Vec<StoredMessage>,
-    /// (sender's public id, client id, seq) of the newest messages that had a client id.
-    pub dedupe: Vec<(String, String, u64)>,
-    /// Its members connected to other nodes (a shared engine only).
-    pub members: Vec<MemberSummary>,
+    /// Its members connected to other nodes.
+    pub members: Vec<MemberInfo>,
 }
 
-/// A ban as stored: `room` is None for the whole server.
-#[derive(Debug, Clone)]
-pub(crate) struct Ban {
-    pub room: Option<String>,
-    pub user: String,
-    /// Milliseconds since 1970.
-    pub until: u64,
+impl Loaded {
+    /// A room of epoch `epoch` whose last number is `seq`, with these newest messages.
+    pub fn new(epoch: u64, seq: u64, tail: Vec<StoredMessage>) -> Loaded {
+        Loaded {
+            epoch,
+            seq,
+            tail,
+            members: Vec::new(),
+        }
+    }
 }
 
-/// What a room hands the engine to store.
+/// What the engine hands a room.
 #[derive(Debug)]
-pub(crate) struct Record {
-    /// Its number (0 for an engine that numbers messages itself).
-    pub seq: u64,
-    /// Names it when an engine that numbers messages sends it back.
-    pub token: u64,
-    pub time: u64,
-    pub from: Arc<str>,
-    pub sender: Option<Box<str>>,
-    pub client_id: Option<Box<str>>,
-    pub text: Box<str>,
+#[non_exhaustive]
+pub enum RoomEvent {
+    /// A numbered record: numbers only grow; a number skipped was deleted or trimmed.
+    Record(Numbered),
+    /// Members connected to another node joined.
+    Joined(Vec<MemberInfo>),
+    /// Members connected to another node left.
+    Left(Vec<u64>),
+    /// The whole list of the members connected to other nodes, as the engine holds it now
+    /// (after it lost track for a while).
+    Members(Vec<MemberInfo>),
+    /// Another node deleted message `.0`.
+    Deleted(u64),
+    /// A member connected to another node is typing.
+    Typing {
+        /// Its member id.
+        member: u64,
+        /// Its display name.
+        name: String,
+    },
+    /// The engine lost the room (its data is gone, and it is being made anew under
+    /// another epoch): its members here reconnect and join the new one.
+    Lost,
 }
 
-/// The engine a hub runs on. Cheap to clone.
-#[derive(Debug, Clone)]
-pub(crate) enum Store {
-    Memory,
-    Sqlite(Arc<sqlite::Sqlite>),
-    Redis(Arc<redis::Redis>),
+/// A room the hub holds, as its engine sees it: where the room's events go.
+pub trait RoomSink: Send + Sync {
+    /// The room's next events, in order. The engine calls this from one place at a time
+    /// per room (never two calls of one room at once), so that every member sees one order.
+    fn receive(&self, events: Vec<RoomEvent>);
+
+    /// The room's members connected to this node: for an engine that lists members over
+    /// every node and must list them again (Redis lost them).
+    fn members_here(&self) -> Vec<MemberInfo>;
 }
 
-impl Store {
-    /// Opens the engine `engine` names: creates, checks and locks its files, or connects.
-    pub(crate) async fn open(
-        engine: &Engine,
-        retention: Retention,
-        dedupe_window: usize,
-        stats: EngineStats,
-    ) -> Result<Store, StorageError> {
-        Ok(match engine {
-            Engine::Memory => Store::Memory,
-            Engine::Sqlite(path) => {
-                Store::Sqlite(Arc::new(sqlite::Sqlite::open(path, retention, stats)?))
-            }
-            Engine::Redis { url, prefix } => Store::Redis(Arc::new(
-                redis::Redis::open(url, prefix, retention, dedupe_window, stats).await?,
-            )),
-        })
+/// Where the engine hands what is meant for this whole node.
+pub trait NodeSink: Send + Sync {
+    /// Another node's [`Broker::broadcast`] (kicks and bans for every node).
+    fn broadcast(&self, payload: Bytes);
+
+    /// A request another node [forwarded](Broker::forward) to this one (a post or a poll
+    /// of a session this node holds), or the answer to one this node forwarded.
+    fn forwarded(&self, payload: Bytes);
+}
+
+/// A room's position as it was handed back, or a read's outcome: the engines' futures.
+pub type EngineFuture<'a, T> = BoxFuture<'a, Result<T, StorageError>>;
+
+/// The engine contract: see the [module documentation](self). Every method that reads or
+/// writes storage returns a future; none blocks the caller's thread. The defaults are what
+/// an engine of one process that keeps nothing beyond the hub's tail does.
+pub trait Broker: Send + Sync + 'static {
+    /// This node's number among the nodes sharing the engine (0 for one process): member
+    /// ids are `node << 32` plus a counter, unique over every node.
+    fn node(&self) -> u64 {
+        0
     }
 
-    /// Whether the engine can store messages now: for SQLite, its last commit went
-    /// through (`stats` says); Redis answers a PING.
-    pub(crate) async fn reachable(&self, stats: &EngineStats) -> Result<(), String> {
-        match self {
-            Store::Memory => Ok(()),
-            Store::Sqlite(_) if stats.failing() => {
-                Err("the last write to the database failed".into())
-            }
-            Store::Sqlite(_) => Ok(()),
-            Store::Redis(redis) => redis.ping().await,
-        }
+    /// Starts serving this node: what other nodes send it goes to `sink`. Called once,
+    /// before the first room is attached.
+    fn start(&self, sink: Arc<dyn NodeSink>) {
+        let _ = sink;
     }
 
-    /// Whether messages wait for the engine before they are delivered.
-    pub(crate) fn is_durable(&self) -> bool {
-        !matches!(self, Store::Memory)
+    /// Takes up room `room`: reads what the engine holds of it (its newest `tail`
+    /// messages) and from then on hands `sink` every event of the room, starting with the
+    /// records after [`Loaded::seq`], in order and each once.
+    fn attach(&self, room: &str, sink: Arc<dyn RoomSink>, tail: usize) -> EngineFuture<'_, Loaded>;
+
+    /// Lets go of room `room`: its sink hears nothing more. Called only when the room has
+    /// nothing in flight (every append of it resolved).
+    fn detach(&self, room: &str);
+
+    /// Whether the hub lets go of a room as soon as no member is connected here (it takes
+    /// it up again at the next join). False when letting go loses the room (memory);
+    /// true for an engine shared by nodes, so that a node stops hearing rooms it does not
+    /// serve.
+    fn release_idle_rooms(&self) -> bool {
+        false
     }
 
-    /// Whether the engine numbers messages itself (it is shared by several nodes).
-    pub(crate) fn numbers_messages(&self) -> bool {
-        matches!(self, Store::Redis(_))
+    /// Takes `record`'s place in room `room`'s order now — the order of these calls is the
+    /// room's order — and resolves with its position once it is as durable as the engine
+    /// promises. The numbered record reaches the room's sink (before or after the future
+    /// resolves); a duplicate does not. [`Busy`] when the engine holds as many records as
+    /// it allows: wait for [`Broker::ready`] and try again.
+    fn append(&self, room: &str, record: Record) -> Result<EngineFuture<'static, Appended>, Busy>;
+
+    /// Resolves when [`Broker::append`] may take a record again.
+    fn ready(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
     }
 
-    /// This node's number on a shared engine (0 on one process).
-    pub(crate) fn node(&self) -> u64 {
-        match self {
-            Store::Redis(redis) => redis.node(),
-            _ => 0,
-        }
+    /// Stored messages of `room` with `from <= seq < to`, oldest first (the ones the engine
+    /// still has: a missing number was deleted or is too old).
+    fn range(&self, room: &str, from: u64, to: u64) -> EngineFuture<'_, Vec<StoredMessage>> {
+        let _ = (room, from, to);
+        Box::pin(std::future::ready(Ok(Vec::new())))
     }
 
-    /// The first connection id this process hands out: on a shared engine, ids are unique
-    /// over all nodes (and below 2^53).
-    pub(crate) fn first_id(&self) -> u64 {
-        match self {
-            Store::Redis(redis) => redis.first_id(),
-            _ => 1,
-        }
+    /// The newest `limit` stored messages of `room` below `before`, oldest first, and
+    /// whether older ones remain.
+    fn page(&self, room: &str, before: u64, limit: usize) -> EngineFuture<'_, HistoryPage> {
+        let _ = (room, before, limit);
+        Box::pin(std::future::ready(Ok(HistoryPage::default())))
     }
 
-    /// A room's lasting state, None when the engine has never stored it (or keeps
-    /// nothing). On a shared engine, the node subscribes to the room first: what arrives
-    /// meanwhile waits for [`Store::attach`].
-    pub(crate) async fn load(
-        &self,
-        room: &str,
-        tail: usize,
-        dedupe: usize,
-    ) -> Result<Option<LoadedRoom>, StorageError> {
-        match self {
-            Store::Memory => Ok(None),
-            Store::Sqlite(db) => db.load(room, tail, dedupe),
-            Store::Redis(redis) => redis.load(room, tail).await.map(Some),
-        }
+    /// Deletes message `seq` of `room`, and tells the other nodes holding the room
+    /// ([`RoomEvent::Deleted`]); resolves with whether the engine had it.
+    fn delete(&self, room: &str, seq: u64) -> EngineFuture<'_, bool> {
+        let _ = (room, seq);
+        Box::pin(std::future::ready(Ok(false)))
     }
 
-    /// Room `room`, just loaded, is held here now.
-    pub(crate) fn attach(&self, room: &Arc<Room>) {
-        if let Store::Redis(redis) = self {
-            redis.attach(room);
-        }
+    /// The bans in force.
+    fn bans(&self) -> EngineFuture<'_, Vec<Ban>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
     }
 
-    /// Room `name` is no longer held here (or its load failed).
-    pub(crate) fn detach(&self, name: &str) {
-        if let Store::Redis(redis) = self {
-            redis.detach(name);
-        }
+    /// Stores a ban (`until` Some) or lifts one (None).
+    fn ban(&self, room: Option<&str>, user: &str, until: Option<u64>) -> EngineFuture<'_, ()> {
+        let _ = (room, user, until);
+        Box::pin(std::future::ready(Ok(())))
     }
 
-    /// Hands `record` of `room` to the engine; the room hears back through
-    /// [`Room::committed`] or [`Room::failed`] (Redis: [`Room::outcome`], and the message
-    /// itself through [`Room::receive`]). Records of one room arrive in order.
-    pub(crate) fn append(&self, room: &Arc<Room>, generation: u64, record: Record) {
-        match self {
-            Store::Memory => unreachable!("the memory engine delivers at once"),
-            Store::Sqlite(db) => db.append(room.clone(), generation, record),
-            Store::Redis(redis) => redis.append(room.clone(), record.token, record),
-        }
+    /// Members connected here joined `room`: an engine shared by nodes lists them for the
+    /// others, and resolves once it has (a member told it joined is listed everywhere).
+    fn joined(&self, room: &str, members: Vec<MemberInfo>) -> BoxFuture<'_, ()> {
+        let _ = (room, members);
+        Box::pin(std::future::ready(()))
     }
 
-    /// Reads what room `room` missed after `after` from a shared engine, and hands it to
-    /// [`Room::caught_up`].
-    pub(crate) fn catch_up(&self, room: &Arc<Room>, after: u64) {
-        if let Store::Redis(redis) = self {
-            redis.catch_up(room, after);
-        }
+    /// Members connected here left `room`.
+    fn left(&self, room: &str, ids: Vec<u64>) {
+        let _ = (room, ids);
     }
 
-    /// Members connected here join room `room`: a shared engine lists them, and this
-    /// resolves once it does.
-    pub(crate) async fn joined(&self, room: &str, members: Vec<MemberSummary>) {
-        if let Store::Redis(redis) = self {
-            redis.joined(room, members).await;
-        }
-    }
-
-    /// Member `id` (`name`) here is typing in room `room`: a shared engine tells the other
-    /// nodes (and keeps nothing).
-    pub(crate) fn typing(&self, room: &str, id: u64, name: &str) {
-        if let Store::Redis(redis) = self {
-            redis.typing(room, id, name);
-        }
-    }
-
-    /// Members connected here left room `room`.
-    pub(crate) fn left(&self, room: &str, ids: Vec<u64>) {
-        if let Store::Redis(redis) = self {
-            redis.left(room, ids);
-        }
-    }
-
-    /// Sends a request for a session node `node` holds (or an answer) to it; false without
-    /// a shared engine.
-    pub(crate) fn forward(&self, node: u64, post: redis::Forwarded) -> bool {
-        match self {
-            Store::Redis(redis) => {
-                redis.forward(node, post);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Tells the other nodes of a shared engine (a kick, a ban).
-    pub(crate) fn control(&self, control: redis::Control) {
-        if let Store::Redis(redis) = self {
-            redis.control(control);
-        }
-    }
-
-    /// A page of room `room`'s members over all nodes, for a room not held here; None when
-    /// the engine does not list members.
-    pub(crate) fn members_page(
+    /// A page of `room`'s members over every node, for a room not held here; None when
+    /// the engine lists no members (then a room not held here has none).
+    fn members_page(
         &self,
         room: &str,
         after: Option<u64>,
         limit: usize,
-    ) -> Option<Result<MemberPage, StorageError>> {
-        match self {
-            Store::Redis(redis) => Some(redis.members_page(room, after, limit)),
-            _ => None,
+    ) -> EngineFuture<'_, Option<MembersPage>> {
+        let _ = (room, after, limit);
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Member `member` (`name`) connected here is typing in `room`: tells the other nodes
+    /// holding the room, and keeps nothing.
+    fn typing(&self, room: &str, member: u64, name: &str) {
+        let _ = (room, member, name);
+    }
+
+    /// Tells every other node (their [`NodeSink::broadcast`]), after what this node wrote
+    /// before.
+    fn broadcast(&self, payload: Bytes) {
+        let _ = payload;
+    }
+
+    /// Sends `payload` to node `node` (its [`NodeSink::forwarded`]); false when there is no
+    /// other node.
+    fn forward(&self, node: u64, payload: Bytes) -> bool {
+        let _ = (node, payload);
+        false
+    }
+
+    /// Whether the engine can store messages now (for readiness): the last write went
+    /// through, or the server answers.
+    fn reachable(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Resolves once everything appended so far is stored (or failed).
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    /// This node stops: the other nodes stop waiting for it.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// Opens the engine `engine` names: creates, checks and locks its files, or connects.
+pub(crate) async fn open(
+    engine: &Engine,
+    options: Options,
+    stats: EngineStats,
+) -> Result<Arc<dyn Broker>, StorageError> {
+    let _ = (&options, &stats);
+    Ok(match engine {
+        Engine::Memory => Arc::new(memory::Memory::new(options.dedupe_window)),
+        #[cfg(feature = "sqlite")]
+        Engine::Sqlite(path) => Arc::new(sqlite::Sqlite::open(path, options, stats).await?),
+        #[cfg(feature = "redis")]
+        Engine::Redis { url, prefix } => {
+            Arc::new(redis::Redis::open(url, prefix, options, stats).await?)
+        }
+        Engine::Custom(broker) => broker.clone(),
+        #[allow(unreachable_patterns)]
+        _ => {
+            return Err(StorageError::new(format!(
+                "engine {engine} needs the `{}` feature of wtchat",
+                engine.missing_feature().unwrap_or("?")
+            )));
+        }
+    })
+}
+
+/// Remembers the dedupe keys of a room's newest records, for idempotent retries: what the
+/// memory and SQLite engines keep per room (Redis keeps its own, in Redis).
+#[derive(Debug, Default)]
+pub(crate) struct Dedupe {
+    seen: std::collections::HashMap<Box<str>, u64>,
+    order: std::collections::VecDeque<Box<str>>,
+}
+
+impl Dedupe {
+    /// The number a key was stored under, if it is still remembered.
+    pub(crate) fn get(&self, key: &str) -> Option<u64> {
+        self.seen.get(key).copied()
+    }
+
+    /// Remembers `key` as `seq`, forgetting the oldest past `window` keys.
+    pub(crate) fn insert(&mut self, key: Box<str>, seq: u64, window: usize) {
+        self.seen.insert(key.clone(), seq);
+        self.order.push_back(key);
+        while self.order.len() > window {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
         }
     }
 
-    /// Stored messages of `room` with `from <= seq < to`, oldest first; None when the
-    /// engine keeps nothing beyond the rooms' tails.
-    pub(crate) fn range(
-        &self,
-        room: &str,
-        from: u64,
-        to: u64,
-    ) -> Option<Result<Vec<StoredMessage>, StorageError>> {
-        match self {
-            Store::Memory => None,
-            Store::Sqlite(db) => Some(db.range(room, from, to)),
-            Store::Redis(redis) => Some(redis.range(room, from, to)),
-        }
-    }
-
-    /// The newest `limit` stored messages of `room` below `before`, oldest first, and
-    /// whether there are older ones; None when the engine keeps nothing beyond the tails.
-    pub(crate) fn page(
-        &self,
-        room: &str,
-        before: u64,
-        limit: usize,
-    ) -> Option<Result<HistoryPage, StorageError>> {
-        match self {
-            Store::Memory => None,
-            Store::Sqlite(db) => Some(db.page(room, before, limit)),
-            Store::Redis(redis) => Some(redis.page(room, before, limit)),
-        }
-    }
-
-    /// Deletes message `seq` of `room` from storage; whether it was there. None when the
-    /// engine keeps nothing beyond the tails.
-    pub(crate) async fn delete(&self, room: &str, seq: u64) -> Option<Result<bool, StorageError>> {
-        match self {
-            Store::Memory => None,
-            Store::Sqlite(db) => Some(db.delete(room, seq).await),
-            Store::Redis(redis) => Some(redis.delete(room, seq).await),
-        }
-    }
-
-    /// Stores a ban (`until` Some) or lifts one (None).
-    pub(crate) async fn ban(
-        &self,
-        room: Option<&str>,
-        user: &str,
-        until: Option<u64>,
-    ) -> Result<(), StorageError> {
-        match self {
-            Store::Memory => Ok(()),
-            Store::Sqlite(db) => db.ban(room, user, until).await,
-            Store::Redis(redis) => redis.ban(room, user, until).await,
-        }
-    }
-
-    /// The bans in force.
-    pub(crate) fn bans(&self) -> Result<Vec<Ban>, StorageError> {
-        match self {
-            Store::Memory => Ok(Vec::new()),
-            Store::Sqlite(db) => db.bans(),
-            Store::Redis(redis) => redis.bans(),
-        }
-    }
-
-    /// Leaves a shared engine: the other nodes stop waiting for this one's beat.
-    pub(crate) async fn close(&self) {
-        if let Store::Redis(redis) = self {
-            redis.close().await;
-        }
-    }
-
-    /// Resolves once everything handed over so far is committed (or failed).
-    pub(crate) async fn flush(&self) {
-        match self {
-            Store::Memory => {}
-            Store::Sqlite(db) => db.flush().await,
-            Store::Redis(redis) => redis.flush().await,
-        }
+    /// Forgets the keys of the records numbered `first` or later (they were not stored
+    /// after all).
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn forget_from(&mut self, first: u64) {
+        let seen = &mut self.seen;
+        self.order.retain(|key| match seen.get(key) {
+            Some(&seq) if seq >= first => {
+                seen.remove(key);
+                false
+            }
+            _ => true,
+        });
     }
 }
 
@@ -462,5 +723,18 @@ mod tests {
             let refused = wrong.parse::<Engine>().unwrap_err();
             assert!(refused.contains("redis://HOST:PORT"), "{wrong}: {refused}");
         }
+    }
+
+    #[test]
+    fn a_dedupe_window_forgets_its_oldest_keys() {
+        let mut dedupe = Dedupe::default();
+        for seq in 1..=5 {
+            dedupe.insert(format!("k{seq}").into(), seq, 3);
+        }
+        assert_eq!(dedupe.get("k1"), None);
+        assert_eq!(dedupe.get("k3"), Some(3));
+        dedupe.forget_from(5);
+        assert_eq!(dedupe.get("k5"), None);
+        assert_eq!(dedupe.get("k4"), Some(4));
     }
 }

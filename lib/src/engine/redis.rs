@@ -6,11 +6,11 @@
 //! same number, and a node that sees message 9 after 7 knows it missed 8.
 //!
 //! Each node subscribes to the channels of the rooms it holds (those with members here)
-//! and delivers what arrives to its own members, encoding each message once per node as on
-//! one process. A node's own sends come back the same way, in the room's one order; the
-//! message names the node and a token, so the node finds the sender it owes a copy and an
-//! acknowledgement. A gap in the numbers, a lost subscription or a late message is filled
-//! from the stream by sequence number (see [`Room::receive`]).
+//! and hands what arrives to the room, in sequence order and once: a message that comes
+//! early (a number was skipped: a lost or late message, a lost subscription) waits while
+//! the node reads what it missed from the stream by sequence number ([`Order`]). A node's
+//! own sends come back the same way, in the room's one order; the message names the node
+//! and a token, so the room finds the sender it owes a copy and an acknowledgement.
 //!
 //! Membership lives in Redis too (a sorted set per room, by member id) and every change is
 //! published on the room's channel, so that each node keeps the whole room's list beside
@@ -20,30 +20,40 @@
 //!
 //! Writes go through one task that sends everything queued as one pipeline of script calls,
 //! in order: a room's messages keep the order they were sent in, and a join is in Redis
-//! before the same member's leave. Reads that callers make synchronously (resumes beyond the
-//! memory tail, history pages, member pages of rooms not held here) use blocking
-//! connections of their own, like the SQLite engine's readers.
+//! before the same member's leave. Reads use the same multiplexed connection, with a
+//! timeout: none blocks a thread.
 //!
 //! Keys, under the prefix `P` (`--redis-prefix`), for room `R` (room names have no `/`):
 //! `P:R/meta` (epoch, seq), `P:R/log` (stream, entry id `seq-0`), `P:R/ids` and
 //! `P:R/ids-old` (the dedupe window), `P:R/m` (members by id), channel `P:R/c`; and
 //! `P/nodes` (beats), `P/node/N` (node N's members), `P/nodeseq`, `P/bans`, channels
-//! `P/ctl` (kicks and bans for every node) and `P/inbox/N` (posts for sessions node N
+//! `P/ctl` (kicks and bans for every node) and `P/inbox/N` (requests for sessions node N
 //! holds, that reached another node).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{Client, Value};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{Ban, HistoryPage, LoadedRoom, Record, Retention, StorageError, StoredMessage};
-use crate::hub::{MemberPage, MemberSummary, Room};
+use super::{
+    Appended, Ban, Broker, Busy, EngineFuture, HistoryPage, Loaded, MemberInfo, MembersPage,
+    NodeSink, Numbered, Options, Position, Record, Retention, RoomEvent, RoomSink, StorageError,
+    StoredMessage,
+};
 use crate::metrics::EngineStats;
+use crate::protocol::now_ms;
+
+/// Messages handed to the writing task and not yet answered, at most: past it appends are
+/// busy, so that a Redis that does not keep up slows the senders instead of filling memory.
+const MAX_IN_FLIGHT: usize = 2 * MAX_BATCH;
 
 /// A node that has not beaten for this long is dead: its members leave every room.
 pub(crate) const NODE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -216,7 +226,7 @@ impl Scripts {
 /// What a node hears on a room's channel.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
-pub(crate) enum Event {
+enum Event {
     Message(Published),
     Join {
         node: u64,
@@ -240,77 +250,65 @@ pub(crate) enum Event {
 
 /// A message as Redis numbered it.
 #[derive(Debug, Deserialize)]
-pub(crate) struct Published {
-    pub seq: u64,
-    pub epoch: u64,
-    pub time: u64,
-    pub from: String,
-    pub sender: Option<String>,
-    pub text: String,
+struct Published {
+    seq: u64,
+    epoch: u64,
+    time: u64,
+    from: String,
+    sender: Option<String>,
+    text: String,
     /// `node:token` of the publishing node's submission.
-    pub origin: String,
+    origin: String,
 }
 
 impl Published {
-    /// The token of this node's submission, when this node published it.
-    pub(crate) fn token_of(&self, node: u64) -> Option<u64> {
-        let (n, token) = self.origin.split_once(':')?;
-        (n.parse::<u64>().ok()? == node)
-            .then(|| token.parse().ok())
-            .flatten()
+    /// The message as the room receives it.
+    fn numbered(self) -> Numbered {
+        let (node, token) = origin_of(&self.origin);
+        let mut record = Record::new(self.time, self.from, self.text);
+        record.sender = self.sender.map(Into::into);
+        record.token = token;
+        Numbered::new(self.seq, node, record)
     }
 }
 
+/// The node and token a message's `origin` names (0, 0 when it names none).
+fn origin_of(origin: &str) -> (u64, u64) {
+    origin
+        .split_once(':')
+        .and_then(|(node, token)| Some((node.parse().ok()?, token.parse().ok()?)))
+        .unwrap_or((0, 0))
+}
+
 /// A member as Redis lists it.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-pub(crate) struct Listed {
-    pub id: u64,
-    pub name: String,
-    pub user: Option<String>,
+#[derive(Debug, Clone, Deserialize, Serialize)]
+struct Listed {
+    id: u64,
+    name: String,
+    user: Option<String>,
 }
 
-/// What kicks and bans tell every node.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub(crate) enum Control {
-    /// Close `user`'s connections in `room` (every room: None) with close code `code`.
-    Kick {
-        node: u64,
-        room: Option<String>,
-        user: String,
-        code: u16,
-    },
-    /// Close member `member` of `room` with close code `code`.
-    Disconnect {
-        node: u64,
-        room: String,
-        member: u64,
-        code: u16,
-    },
-    /// A ban set (`until` Some) or lifted.
-    Ban {
-        node: u64,
-        room: Option<String>,
-        user: String,
-        until: Option<u64>,
-    },
+impl From<Listed> for MemberInfo {
+    fn from(m: Listed) -> MemberInfo {
+        MemberInfo::new(m.id, m.name, m.user)
+    }
 }
 
-impl Control {
-    fn node(&self) -> u64 {
-        match self {
-            Control::Kick { node, .. }
-            | Control::Disconnect { node, .. }
-            | Control::Ban { node, .. } => *node,
+impl From<MemberInfo> for Listed {
+    fn from(m: MemberInfo) -> Listed {
+        Listed {
+            id: m.id,
+            name: m.name,
+            user: m.user,
         }
     }
 }
 
-/// The outcome of a published message, for the room that sent it.
+/// The outcome of a published message, for the node that sent it.
 #[derive(Debug)]
-pub(crate) enum Outcome {
+enum Outcome {
     /// Stored under this number: the message as every node receives it, so that the node
-    /// that sent it can deliver it at once when it is the next one.
+    /// that sent it can hand it to the room at once when it is the next one.
     Stored(Published),
     /// A retry of a client id stored before as this number.
     Duplicate(u64),
@@ -318,94 +316,72 @@ pub(crate) enum Outcome {
 
 /// A room's state as read from Redis: to take it up, or to catch up.
 #[derive(Debug)]
-pub(crate) struct Snapshot {
-    pub epoch: u64,
-    pub seq: u64,
+struct Snapshot {
+    epoch: u64,
+    seq: u64,
     /// (message, origin) oldest first.
-    pub messages: Vec<(StoredMessage, String)>,
-    pub members: Vec<Listed>,
+    messages: Vec<(StoredMessage, String)>,
+    members: Vec<Listed>,
 }
 
-/// A room's subscription.
-#[derive(Debug)]
-enum Sub {
-    /// Being read: what arrives waits, and is applied once the read is (for a room taken
-    /// up, `room` is None until it exists).
-    Syncing {
-        room: Option<Arc<Room>>,
-        waiting: Vec<Event>,
-    },
-    Live(Arc<Room>),
+/// A room this node holds: where its events go, and their order.
+struct Followed {
+    name: Arc<str>,
+    sink: Arc<dyn RoomSink>,
+    /// Held while the room's events are put in order and handed to the sink: one hand-over
+    /// at a time per room, whichever task brings them.
+    order: Mutex<Order>,
+}
+
+/// Where a room's messages stand on this node.
+#[derive(Default)]
+struct Order {
+    /// Being read (taken up, or again after a lost subscription): what arrives waits here,
+    /// and is applied once the read is.
+    syncing: Option<Vec<Event>>,
+    epoch: u64,
+    /// The last number handed to the room.
+    delivered: u64,
+    /// Messages that came before the ones they follow, waiting for a catch-up.
+    early: BTreeMap<u64, Published>,
+    /// A catch-up is reading what the room missed.
+    fetching: bool,
+    /// The highest number Redis reported for this node's messages.
+    heard: u64,
+    /// Behind `heard` at the last beat: the next beat catches up.
+    lagging: bool,
+    /// A catch-up failed (Redis was away): the next beat tries again.
+    stale: bool,
+    /// Redis lost the room: nothing more is handed to it.
+    lost: bool,
 }
 
 /// One command of the writing task.
 enum Command {
     Publish {
-        room: Arc<Room>,
-        token: u64,
+        room: Arc<Followed>,
         record: Record,
+        done: oneshot::Sender<Result<Appended, StorageError>>,
     },
     Join {
         room: Arc<str>,
         members: Vec<Listed>,
         /// Dropped once the write went to Redis (or failed).
-        written: Option<tokio::sync::oneshot::Sender<()>>,
+        written: Option<oneshot::Sender<()>>,
     },
     Leave {
         room: Arc<str>,
         ids: Vec<u64>,
     },
-    /// A message for channel `.0` that is not stored (typing, a forwarded post).
-    Notice(Arc<str>, String),
-    /// A kick or a ban for every node.
-    Control(Control),
+    /// A message for channel `.0` that is not stored (typing, a forwarded request, a kick).
+    Notice(Arc<str>, Bytes),
     /// Resolves once the commands before it went to Redis.
-    Flush(tokio::sync::oneshot::Sender<()>),
+    Flush(oneshot::Sender<()>),
 }
-
-type ControlHandler = Box<dyn Fn(Control) + Send + Sync>;
-
-/// A request for a session that another node holds (SSE and long polling need no sticky
-/// load balancer), or the answer to one.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub(crate) enum Forwarded {
-    /// A post's frames (`body`, one per line), from `origin`.
-    Post {
-        session: String,
-        origin: Option<String>,
-        body: String,
-    },
-    /// A long poll from `after`: answer node `reply` with `token`.
-    Poll {
-        session: String,
-        origin: Option<String>,
-        after: u64,
-        reply: u64,
-        token: u64,
-    },
-    /// The answer to the poll this node forwarded with `token`: an HTTP status and body.
-    Polled {
-        token: u64,
-        status: u16,
-        body: String,
-    },
-}
-
-type PostHandler = Box<dyn Fn(Forwarded) + Send + Sync>;
 
 /// A connection to Redis, shared by the node's rooms.
 pub(crate) struct Redis {
     inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for Redis {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Redis")
-            .field("prefix", &self.inner.prefix)
-            .field("node", &self.inner.node)
-            .finish()
-    }
 }
 
 struct Inner {
@@ -417,19 +393,25 @@ struct Inner {
     dedupe_window: usize,
     client: Client,
     conn: ConnectionManager,
-    readers: Mutex<Vec<redis::Connection>>,
     scripts: Scripts,
     commands: mpsc::UnboundedSender<Command>,
-    subs: Mutex<HashMap<Arc<str>, Sub>>,
+    /// Publishes handed to the writer and not answered yet (see [`MAX_IN_FLIGHT`]).
+    in_flight: AtomicUsize,
+    /// Wakes the appends waiting for room once the writer was answered.
+    room_for_more: Notify,
+    subs: Mutex<HashMap<Arc<str>, Arc<Followed>>>,
     sink: tokio::sync::Mutex<Option<PubSubSink>>,
-    control: OnceLock<ControlHandler>,
-    /// Where posts forwarded to this node go.
-    posts: OnceLock<PostHandler>,
+    /// Where what other nodes send this one goes.
+    node_sink: OnceLock<Arc<dyn NodeSink>>,
     stats: EngineStats,
 }
 
 fn failed(url: &str, e: &redis::RedisError) -> StorageError {
-    StorageError::new(format!("Redis at {url}: {e}"))
+    StorageError::caused_by(format!("Redis at {url}: {e}"), e.clone())
+}
+
+fn no_answer(url: &str) -> StorageError {
+    StorageError::new(format!("Redis at {url}: no answer"))
 }
 
 impl Redis {
@@ -439,8 +421,7 @@ impl Redis {
     pub(crate) async fn open(
         url: &str,
         prefix: &str,
-        retention: Retention,
-        dedupe_window: usize,
+        options: Options,
         stats: EngineStats,
     ) -> Result<Redis, StorageError> {
         let client = Client::open(url).map_err(|e| failed(url, &e))?;
@@ -454,7 +435,7 @@ impl Redis {
             client.get_connection_manager_with_config(config),
         )
         .await
-        .map_err(|_| StorageError::new(format!("Redis at {url}: no answer")))?
+        .map_err(|_| no_answer(url))?
         .map_err(|e| failed(url, &e))?;
         let info: String = redis::cmd("INFO")
             .arg("server")
@@ -474,22 +455,22 @@ impl Redis {
                 url: url.to_owned(),
                 prefix: prefix.to_owned(),
                 node,
-                retention,
-                dedupe_window,
+                retention: options.retention,
+                dedupe_window: options.dedupe_window,
                 client,
                 conn,
-                readers: Mutex::new(Vec::new()),
                 scripts: Scripts::new(),
                 commands,
+                in_flight: AtomicUsize::new(0),
+                room_for_more: Notify::new(),
                 subs: Mutex::new(HashMap::new()),
                 sink: tokio::sync::Mutex::new(None),
-                control: OnceLock::new(),
-                posts: OnceLock::new(),
+                node_sink: OnceLock::new(),
                 stats,
             }),
         };
         redis.inner.load_scripts().await?;
-        let (connected, ready) = tokio::sync::oneshot::channel();
+        let (connected, ready) = oneshot::channel();
         tokio::spawn(subscriber(redis.inner.clone(), connected));
         ready
             .await
@@ -499,94 +480,74 @@ impl Redis {
         tracing::info!(url, prefix, node, "joined the Redis cluster");
         Ok(redis)
     }
+}
 
-    /// Whether Redis answers a PING within the response timeout.
-    pub(crate) async fn ping(&self) -> Result<(), String> {
-        let mut conn = self.inner.conn.clone();
-        let ping = redis::cmd("PING");
-        match tokio::time::timeout(RESPONSE_TIMEOUT, ping.query_async::<String>(&mut conn)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("Redis at {}: {e}", self.inner.url)),
-            Err(_) => Err(format!("Redis at {}: no answer", self.inner.url)),
-        }
+impl Broker for Redis {
+    fn node(&self) -> u64 {
+        self.inner.node
     }
 
-    /// The first connection id of this node: ids are unique over all nodes.
-    pub(crate) fn first_id(&self) -> u64 {
-        (self.inner.node << 32) + 1
+    fn start(&self, sink: Arc<dyn NodeSink>) {
+        let _ = self.inner.node_sink.set(sink);
     }
 
-    /// Where kicks and bans from other nodes go.
-    pub(crate) fn on_control(&self, handler: ControlHandler) {
-        let _ = self.inner.control.set(handler);
-    }
-
-    /// Where posts forwarded to this node go.
-    pub(crate) fn on_post(&self, handler: PostHandler) {
-        let _ = self.inner.posts.set(handler);
-    }
-
-    /// Sends a request (or an answer) to node `node`.
-    pub(crate) fn forward(&self, node: u64, post: Forwarded) {
-        let payload = serde_json::to_string(&post).expect("serializable");
-        let channel = format!("{}/inbox/{node}", self.inner.prefix);
-        let _ = self
-            .inner
-            .commands
-            .send(Command::Notice(channel.into(), payload));
-    }
-
-    /// Subscribes to room `name` and reads it: its epoch, number, newest `tail` messages
-    /// and members. What arrives on its channel meanwhile waits for [`Redis::attach`].
-    pub(crate) async fn load(&self, name: &str, tail: usize) -> Result<LoadedRoom, StorageError> {
-        let key: Arc<str> = name.into();
-        self.inner.subs.lock().unwrap().insert(
-            key.clone(),
-            Sub::Syncing {
-                room: None,
-                waiting: Vec::new(),
-            },
-        );
-        let loaded = async {
-            self.inner.subscribe(name).await?;
-            self.inner.read(name, None, tail).await
-        }
-        .await;
-        match loaded {
-            Ok(snapshot) => Ok(LoadedRoom {
-                epoch: snapshot.epoch,
-                seq: snapshot.seq,
-                tail: snapshot.messages.into_iter().map(|(m, _)| m).collect(),
-                dedupe: Vec::new(),
-                members: snapshot
-                    .members
-                    .into_iter()
-                    .map(MemberSummary::from)
-                    .collect(),
+    /// Subscribes to room `room` and reads it: its epoch, number, newest `tail` messages
+    /// and members. What arrives on its channel meanwhile waits, and is applied after.
+    fn attach(&self, room: &str, sink: Arc<dyn RoomSink>, tail: usize) -> EngineFuture<'_, Loaded> {
+        let name: Arc<str> = room.into();
+        let followed = Arc::new(Followed {
+            name: name.clone(),
+            sink,
+            order: Mutex::new(Order {
+                syncing: Some(Vec::new()),
+                ..Order::default()
             }),
-            Err(e) => {
-                self.detach(name);
-                Err(e)
+        });
+        self.inner
+            .subs
+            .lock()
+            .unwrap()
+            .insert(name.clone(), followed.clone());
+        Box::pin(async move {
+            let inner = &self.inner;
+            let read = async {
+                inner.subscribe(&name).await?;
+                inner.read(&name, None, tail).await
+            };
+            match read.await {
+                Ok(snapshot) => {
+                    let node = inner.node;
+                    let mut loaded = Loaded::new(snapshot.epoch, snapshot.seq, Vec::new());
+                    loaded.tail = snapshot.messages.into_iter().map(|(m, _)| m).collect();
+                    // This node's own members are listed as they join here: Redis may
+                    // still list some that left a moment ago.
+                    loaded.members = snapshot
+                        .members
+                        .into_iter()
+                        .filter(|m| m.id >> 32 != node)
+                        .map(MemberInfo::from)
+                        .collect();
+                    let mut order = followed.order.lock().unwrap();
+                    order.epoch = snapshot.epoch;
+                    order.delivered = snapshot.seq;
+                    let waiting = order.syncing.take().unwrap_or_default();
+                    inner.apply(&followed, &mut order, waiting);
+                    Ok(loaded)
+                }
+                Err(e) => {
+                    self.detach(&name);
+                    Err(e)
+                }
             }
-        }
+        })
     }
 
-    /// Room `room`, loaded with [`Redis::load`], exists now: what waited is applied.
-    pub(crate) fn attach(&self, room: &Arc<Room>) {
-        let mut subs = self.inner.subs.lock().unwrap();
-        let waiting = match subs.insert(room.name().into(), Sub::Live(room.clone())) {
-            Some(Sub::Syncing { waiting, .. }) => waiting,
-            _ => Vec::new(),
-        };
-        room.receive(waiting);
-    }
-
-    /// This node no longer holds room `name`: unsubscribes.
-    pub(crate) fn detach(&self, name: &str) {
-        self.inner.subs.lock().unwrap().remove(name);
+    /// This node no longer holds room `room`: unsubscribes.
+    fn detach(&self, room: &str) {
+        self.inner.subs.lock().unwrap().remove(room);
         let inner = self.inner.clone();
-        let channel = inner.channel(name);
-        let name: Arc<str> = name.into();
+        let channel = inner.channel(room);
+        let name: Arc<str> = room.into();
         tokio::spawn(async move {
             let mut sink = inner.sink.lock().await;
             // Taken up again meanwhile (it is in `subs` before it subscribes): keep it.
@@ -599,146 +560,194 @@ impl Redis {
         });
     }
 
-    /// Reads what room `room` missed after `after` (and its members), and applies it.
-    pub(crate) fn catch_up(&self, room: &Arc<Room>, after: u64) {
-        let inner = self.inner.clone();
-        let room = room.clone();
-        tokio::spawn(async move {
-            match inner.read(room.name(), Some(after), 0).await {
-                Ok(snapshot) => room.caught_up(snapshot),
-                Err(e) => {
-                    tracing::warn!(room = room.name(), error = %e, "could not catch up");
-                    room.catch_up_failed();
-                }
-            }
-        });
+    fn release_idle_rooms(&self) -> bool {
+        true
     }
 
-    /// This node's id, as messages and events name it.
-    pub(crate) fn node(&self) -> u64 {
-        self.inner.node
-    }
-
-    /// Hands a message to Redis; the room hears back through [`Room::outcome`].
-    pub(crate) fn append(&self, room: Arc<Room>, token: u64, record: Record) {
-        let command = Command::Publish {
-            room,
-            token,
-            record,
+    fn append(&self, room: &str, record: Record) -> Result<EngineFuture<'static, Appended>, Busy> {
+        let inner = &self.inner;
+        let Some(followed) = inner.subs.lock().unwrap().get(room).cloned() else {
+            let error = StorageError::new(format!("room {room} is not held here"));
+            return Ok(Box::pin(std::future::ready(Err(error))));
         };
-        if let Err(mpsc::error::SendError(Command::Publish { room, token, .. })) =
-            self.inner.commands.send(command)
-        {
-            room.outcome(token, Err(StorageError::new("the Redis writer stopped")));
+        if inner.in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT {
+            return Err(Busy(record));
         }
+        inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        let (done, result) = oneshot::channel();
+        let command = Command::Publish {
+            room: followed,
+            record,
+            done,
+        };
+        if let Err(mpsc::error::SendError(Command::Publish { done, .. })) =
+            inner.commands.send(command)
+        {
+            inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+            let _ = done.send(Err(StorageError::new("the Redis writer stopped")));
+        }
+        Ok(Box::pin(async move {
+            result
+                .await
+                .unwrap_or_else(|_| Err(StorageError::new("the Redis writer stopped")))
+        }))
+    }
+
+    fn ready(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            loop {
+                let notified = self.inner.room_for_more.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.inner.in_flight.load(Ordering::Acquire) < MAX_IN_FLIGHT {
+                    return;
+                }
+                notified.await;
+            }
+        })
+    }
+
+    fn range(&self, room: &str, from: u64, to: u64) -> EngineFuture<'_, Vec<StoredMessage>> {
+        let key = self.inner.key(room, "log");
+        Box::pin(async move {
+            if to <= from {
+                return Ok(Vec::new());
+            }
+            let entries: Value = self
+                .inner
+                .query(
+                    redis::cmd("XRANGE")
+                        .arg(key)
+                        .arg(format!("{from}-0"))
+                        .arg(format!("{}-0", to - 1)),
+                )
+                .await?;
+            let cutoff = self.inner.cutoff();
+            Ok(entries_of(entries)
+                .into_iter()
+                .map(|(m, _)| m)
+                .filter(|m| m.time >= cutoff)
+                .collect())
+        })
+    }
+
+    fn page(&self, room: &str, before: u64, limit: usize) -> EngineFuture<'_, HistoryPage> {
+        let key = self.inner.key(room, "log");
+        Box::pin(async move {
+            if before <= 1 {
+                return Ok(HistoryPage::default());
+            }
+            let entries: Value = self
+                .inner
+                .query(
+                    redis::cmd("XREVRANGE")
+                        .arg(key)
+                        .arg(format!("({}-0", before.min(i64::MAX as u64)))
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(limit.saturating_add(1)),
+                )
+                .await?;
+            let cutoff = self.inner.cutoff();
+            let mut messages: Vec<StoredMessage> = entries_of(entries)
+                .into_iter()
+                .map(|(m, _)| m)
+                .filter(|m| m.time >= cutoff)
+                .collect();
+            let more = messages.len() > limit;
+            messages.truncate(limit);
+            messages.reverse();
+            Ok(HistoryPage::new(messages, more))
+        })
+    }
+
+    /// Deletes message `seq` of `room`; every node holding the room tells its members.
+    fn delete(&self, room: &str, seq: u64) -> EngineFuture<'_, bool> {
+        let inner = &self.inner;
+        let event = format!(r#"{{"kind":"deleted","node":{},"seq":{seq}}}"#, inner.node);
+        let mut call = inner.scripts.delete.key(inner.key(room, "log"));
+        call.arg(seq).arg(inner.channel(room)).arg(event);
+        Box::pin(async move {
+            let deleted: u64 =
+                tokio::time::timeout(RESPONSE_TIMEOUT, call.invoke_async(&mut inner.conn.clone()))
+                    .await
+                    .map_err(|_| no_answer(&inner.url))?
+                    .map_err(|e| failed(&inner.url, &e))?;
+            Ok(deleted > 0)
+        })
+    }
+
+    fn bans(&self) -> EngineFuture<'_, Vec<Ban>> {
+        Box::pin(async move {
+            let stored: HashMap<String, u64> = self
+                .inner
+                .query(redis::cmd("HGETALL").arg(format!("{}/bans", self.inner.prefix)))
+                .await?;
+            Ok(stored
+                .into_iter()
+                .filter_map(|(field, until)| {
+                    let (room, user) = field.split_once('\0')?;
+                    Some(Ban::new(
+                        (!room.is_empty()).then(|| room.to_owned()),
+                        user.to_owned(),
+                        until,
+                    ))
+                })
+                .collect())
+        })
+    }
+
+    fn ban(&self, room: Option<&str>, user: &str, until: Option<u64>) -> EngineFuture<'_, ()> {
+        let inner = &self.inner;
+        let field = format!("{}\0{user}", room.unwrap_or(""));
+        let key = format!("{}/bans", inner.prefix);
+        let mut cmd = match until {
+            Some(_) => redis::cmd("HSET"),
+            None => redis::cmd("HDEL"),
+        };
+        cmd.arg(key).arg(field);
+        if let Some(until) = until {
+            cmd.arg(until);
+        }
+        Box::pin(async move { inner.query::<()>(&cmd).await })
     }
 
     /// Members of this node join room `room`: resolves once Redis lists them (or could
     /// not be reached), so that a member told it joined is listed on every node.
-    pub(crate) async fn joined(&self, room: &str, members: Vec<MemberSummary>) {
-        let (written, done) = tokio::sync::oneshot::channel();
+    fn joined(&self, room: &str, members: Vec<MemberInfo>) -> BoxFuture<'_, ()> {
+        let (written, done) = oneshot::channel();
         let command = Command::Join {
             room: room.into(),
             members: members.into_iter().map(Listed::from).collect(),
             written: Some(written),
         };
-        if self.inner.commands.send(command).is_ok() {
-            let _ = done.await;
-        }
+        let sent = self.inner.commands.send(command).is_ok();
+        Box::pin(async move {
+            if sent {
+                let _ = done.await;
+            }
+        })
     }
 
-    /// Member `id` of this node is typing in room `room`.
-    pub(crate) fn typing(&self, room: &str, id: u64, name: &str) {
-        let event =
-            serde_json::json!({"kind": "typing", "node": self.inner.node, "id": id, "name": name});
-        let channel = self.inner.channel(room);
-        let _ = self
-            .inner
-            .commands
-            .send(Command::Notice(channel.into(), event.to_string()));
-    }
-
-    /// Members of this node left room `room`.
-    pub(crate) fn left(&self, room: &str, ids: Vec<u64>) {
+    fn left(&self, room: &str, ids: Vec<u64>) {
         let _ = self.inner.commands.send(Command::Leave {
             room: room.into(),
             ids,
         });
     }
 
-    /// Tells every other node, after the writes queued before.
-    pub(crate) fn control(&self, control: Control) {
-        let _ = self.inner.commands.send(Command::Control(control));
-    }
-
-    /// Stored messages of `room` with `from <= seq < to`, oldest first.
-    pub(crate) fn range(
-        &self,
-        room: &str,
-        from: u64,
-        to: u64,
-    ) -> Result<Vec<StoredMessage>, StorageError> {
-        if to <= from {
-            return Ok(Vec::new());
-        }
-        let entries: Value = self.inner.blocking(|conn| {
-            redis::cmd("XRANGE")
-                .arg(self.inner.key(room, "log"))
-                .arg(format!("{from}-0"))
-                .arg(format!("{}-0", to - 1))
-                .query(conn)
-        })?;
-        let cutoff = self.inner.cutoff();
-        Ok(entries_of(entries)
-            .into_iter()
-            .map(|(m, _)| m)
-            .filter(|m| m.time >= cutoff)
-            .collect())
-    }
-
-    /// The newest `limit` messages of `room` below `before`, and whether there are older.
-    pub(crate) fn page(
-        &self,
-        room: &str,
-        before: u64,
-        limit: usize,
-    ) -> Result<HistoryPage, StorageError> {
-        if before <= 1 || limit == 0 {
-            return Ok(HistoryPage::default());
-        }
-        let entries: Value = self.inner.blocking(|conn| {
-            redis::cmd("XREVRANGE")
-                .arg(self.inner.key(room, "log"))
-                .arg(format!("({}-0", before.min(i64::MAX as u64)))
-                .arg("-")
-                .arg("COUNT")
-                .arg(limit + 1)
-                .query(conn)
-        })?;
-        let cutoff = self.inner.cutoff();
-        let mut messages: Vec<StoredMessage> = entries_of(entries)
-            .into_iter()
-            .map(|(m, _)| m)
-            .filter(|m| m.time >= cutoff)
-            .collect();
-        let more = messages.len() > limit;
-        messages.truncate(limit);
-        messages.reverse();
-        Ok(HistoryPage { messages, more })
-    }
-
     /// Members of `room` (over all nodes) with ids above `after`, at most `limit`, the
     /// room's count, and the `after` of the next page.
-    pub(crate) fn members_page(
+    fn members_page(
         &self,
         room: &str,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<MemberPage, StorageError> {
+    ) -> EngineFuture<'_, Option<MembersPage>> {
         let key = self.inner.key(room, "m");
-        let (count, listed): (usize, Vec<String>) = self.inner.blocking(|conn| {
-            redis::pipe()
-                .cmd("ZCARD")
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZCARD")
                 .arg(&key)
                 .cmd("ZRANGEBYSCORE")
                 .arg(&key)
@@ -746,101 +755,81 @@ impl Redis {
                 .arg("+inf")
                 .arg("LIMIT")
                 .arg(0)
-                .arg(limit.min(i64::MAX as usize - 1) + 1)
-                .query(conn)
-        })?;
-        let mut members: Vec<MemberSummary> = listed
-            .iter()
-            .filter_map(|entry| serde_json::from_str::<Listed>(entry).ok())
-            .map(MemberSummary::from)
-            .collect();
-        let next = (members.len() > limit).then(|| members[limit - 1].id);
-        members.truncate(limit);
-        Ok((members, count, next))
+                .arg(limit.min(i64::MAX as usize - 1) + 1);
+            let (count, listed): (usize, Vec<String>) = self.inner.query_pipe(&pipe).await?;
+            let mut members: Vec<MemberInfo> = listed
+                .iter()
+                .filter_map(|entry| serde_json::from_str::<Listed>(entry).ok())
+                .map(MemberInfo::from)
+                .collect();
+            // One more than asked for says whether there is a next page; a page of none
+            // has no next one to point to.
+            let next = (limit > 0 && members.len() > limit).then(|| members[limit - 1].id);
+            members.truncate(limit);
+            Ok(Some(MembersPage::new(members, count, next)))
+        })
     }
 
-    /// Deletes message `seq` of `room`; every node holding the room tells its members.
-    pub(crate) async fn delete(&self, room: &str, seq: u64) -> Result<bool, StorageError> {
-        let inner = &self.inner;
-        let event = format!(r#"{{"kind":"deleted","node":{},"seq":{seq}}}"#, inner.node);
-        let deleted: u64 = inner
-            .scripts
-            .delete
-            .key(inner.key(room, "log"))
-            .arg(seq)
-            .arg(inner.channel(room))
-            .arg(event)
-            .invoke_async(&mut inner.conn.clone())
-            .await
-            .map_err(|e| failed(&inner.url, &e))?;
-        Ok(deleted > 0)
+    fn typing(&self, room: &str, member: u64, name: &str) {
+        let event = serde_json::json!({"kind": "typing", "node": self.inner.node, "id": member, "name": name});
+        let channel = self.inner.channel(room);
+        let _ = self
+            .inner
+            .commands
+            .send(Command::Notice(channel.into(), event.to_string().into()));
     }
 
-    /// Stores a ban (`until` Some) or lifts one, and tells every node.
-    pub(crate) async fn ban(
-        &self,
-        room: Option<&str>,
-        user: &str,
-        until: Option<u64>,
-    ) -> Result<(), StorageError> {
-        let inner = &self.inner;
-        let field = format!("{}\0{user}", room.unwrap_or(""));
-        let cmd = match until {
-            Some(until) => redis::cmd("HSET")
-                .arg(format!("{}/bans", inner.prefix))
-                .arg(field)
-                .arg(until)
-                .to_owned(),
-            None => redis::cmd("HDEL")
-                .arg(format!("{}/bans", inner.prefix))
-                .arg(field)
-                .to_owned(),
-        };
-        cmd.query_async::<()>(&mut inner.conn.clone())
-            .await
-            .map_err(|e| failed(&inner.url, &e))?;
-        self.control(Control::Ban {
-            node: inner.node,
-            room: room.map(Into::into),
-            user: user.into(),
-            until,
-        });
-        Ok(())
+    /// Tells every other node: on the control channel, after the writes queued before,
+    /// naming this node (which skips its own).
+    fn broadcast(&self, payload: Bytes) {
+        let mut message = format!("{} ", self.inner.node).into_bytes();
+        message.extend_from_slice(&payload);
+        let channel = format!("{}/ctl", self.inner.prefix);
+        let _ = self
+            .inner
+            .commands
+            .send(Command::Notice(channel.into(), message.into()));
     }
 
-    /// The bans stored.
-    pub(crate) fn bans(&self) -> Result<Vec<Ban>, StorageError> {
-        let stored: HashMap<String, u64> = self.inner.blocking(|conn| {
-            redis::cmd("HGETALL")
-                .arg(format!("{}/bans", self.inner.prefix))
-                .query(conn)
-        })?;
-        Ok(stored
-            .into_iter()
-            .filter_map(|(field, until)| {
-                let (room, user) = field.split_once('\0')?;
-                Some(Ban {
-                    room: (!room.is_empty()).then(|| room.to_owned()),
-                    user: user.to_owned(),
-                    until,
-                })
-            })
-            .collect())
+    /// Sends a request (or an answer) to node `node`.
+    fn forward(&self, node: u64, payload: Bytes) -> bool {
+        let channel = format!("{}/inbox/{node}", self.inner.prefix);
+        let _ = self
+            .inner
+            .commands
+            .send(Command::Notice(channel.into(), payload));
+        true
+    }
+
+    /// Whether Redis answers a PING within the response timeout.
+    fn reachable(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.inner
+                .query::<String>(&redis::cmd("PING"))
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// Resolves once every write queued so far went to Redis.
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        let (done, flushed) = oneshot::channel();
+        let sent = self.inner.commands.send(Command::Flush(done)).is_ok();
+        Box::pin(async move {
+            if sent {
+                let _ = flushed.await;
+            }
+        })
     }
 
     /// This node stops: it no longer beats, and any member it still lists (one whose
     /// leave failed) is removed by the next beat of another node.
-    pub(crate) async fn close(&self) {
-        // A beat from long ago: the next node to beat finds this one dead.
-        let _ = self.inner.beat(false, "gone").await;
-    }
-
-    /// Resolves once every write queued so far went to Redis.
-    pub(crate) async fn flush(&self) {
-        let (done, flushed) = tokio::sync::oneshot::channel();
-        if self.inner.commands.send(Command::Flush(done)).is_ok() {
-            let _ = flushed.await;
-        }
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // A beat from long ago: the next node to beat finds this one dead.
+            let _ = self.inner.beat(false, "gone").await;
+        })
     }
 }
 
@@ -860,26 +849,6 @@ fn check_version(url: &str, info: &str) -> Result<(), StorageError> {
     Ok(())
 }
 
-impl From<Listed> for MemberSummary {
-    fn from(m: Listed) -> MemberSummary {
-        MemberSummary {
-            id: m.id,
-            name: m.name.into(),
-            user: m.user.map(Into::into),
-        }
-    }
-}
-
-impl From<MemberSummary> for Listed {
-    fn from(m: MemberSummary) -> Listed {
-        Listed {
-            id: m.id,
-            name: m.name.to_string(),
-            user: m.user.map(|u| u.to_string()),
-        }
-    }
-}
-
 impl Inner {
     /// How a message names the submission it came from: `node:token`.
     fn origin(&self, token: u64) -> String {
@@ -896,7 +865,26 @@ impl Inner {
 
     /// Messages older than this (ms since 1970) are past their retention age.
     fn cutoff(&self) -> u64 {
-        crate::hub::now_ms().saturating_sub(self.retention.age_ms)
+        now_ms().saturating_sub(self.retention.age_ms)
+    }
+
+    /// Runs `cmd` on the shared connection, within the response timeout.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StorageError> {
+        tokio::time::timeout(RESPONSE_TIMEOUT, cmd.query_async(&mut self.conn.clone()))
+            .await
+            .map_err(|_| no_answer(&self.url))?
+            .map_err(|e| failed(&self.url, &e))
+    }
+
+    /// Runs `pipe` on the shared connection, within the response timeout.
+    async fn query_pipe<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StorageError> {
+        tokio::time::timeout(RESPONSE_TIMEOUT, pipe.query_async(&mut self.conn.clone()))
+            .await
+            .map_err(|_| no_answer(&self.url))?
+            .map_err(|e| failed(&self.url, &e))
     }
 
     async fn load_scripts(&self) -> Result<(), StorageError> {
@@ -926,40 +914,6 @@ impl Inner {
         tokio::time::timeout(RESPONSE_TIMEOUT, call.invoke_async(&mut self.conn.clone())).await
     }
 
-    /// Runs `read` on a blocking connection of its own.
-    fn blocking<T>(
-        &self,
-        read: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, StorageError> {
-        let pooled = self.readers.lock().unwrap().pop();
-        let (mut conn, fresh) = match pooled {
-            Some(conn) => (conn, false),
-            None => (self.connect()?, true),
-        };
-        let mut result = read(&mut conn);
-        if !fresh && result.as_ref().is_err_and(|e| e.is_io_error()) {
-            // A pooled connection from before Redis restarted: once more, on a new one.
-            conn = self.connect()?;
-            result = read(&mut conn);
-        }
-        if result.is_ok() {
-            self.readers.lock().unwrap().push(conn);
-        }
-        result.map_err(|e| failed(&self.url, &e))
-    }
-
-    /// A new blocking connection, with timeouts.
-    fn connect(&self) -> Result<redis::Connection, StorageError> {
-        let conn = self
-            .client
-            .get_connection_with_timeout(RESPONSE_TIMEOUT)
-            .map_err(|e| failed(&self.url, &e))?;
-        conn.set_read_timeout(Some(RESPONSE_TIMEOUT))
-            .and_then(|()| conn.set_write_timeout(Some(RESPONSE_TIMEOUT)))
-            .map_err(|e| failed(&self.url, &e))?;
-        Ok(conn)
-    }
-
     async fn subscribe(&self, room: &str) -> Result<(), StorageError> {
         let mut sink = self.sink.lock().await;
         let sink = sink
@@ -967,7 +921,7 @@ impl Inner {
             .ok_or_else(|| StorageError::new(format!("Redis at {}: not connected", self.url)))?;
         tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(self.channel(room)))
             .await
-            .map_err(|_| StorageError::new(format!("Redis at {}: no answer", self.url)))?
+            .map_err(|_| no_answer(&self.url))?
             .map_err(|e| failed(&self.url, &e))
     }
 
@@ -982,7 +936,7 @@ impl Inner {
         invocation
             .key(self.key(room, "log"))
             .key(self.key(room, "m"))
-            .arg(crate::hub::now_ms())
+            .arg(now_ms())
             .arg(after.map(|a| a.to_string()).unwrap_or_default())
             .arg(tail)
             .arg(self.retention.age_ms);
@@ -991,7 +945,7 @@ impl Inner {
             invocation.invoke_async(&mut self.conn.clone()),
         )
         .await
-        .map_err(|_| StorageError::new(format!("Redis at {}: no answer", self.url)))?
+        .map_err(|_| no_answer(&self.url))?
         .map_err(|e| failed(&self.url, &e))?;
         let Value::Array(mut parts) = reply else {
             return Err(StorageError::new("Redis: unexpected answer to a room read"));
@@ -1019,6 +973,198 @@ impl Inner {
                 .collect(),
         })
     }
+
+    /// Puts what arrived for `room` in order and hands it on (under its order lock).
+    /// Messages are handed on in sequence order: one that comes early (a number was
+    /// skipped: a lost or late message) waits while the node reads what it missed.
+    fn apply(self: &Arc<Self>, room: &Arc<Followed>, order: &mut Order, events: Vec<Event>) {
+        if let Some(waiting) = &mut order.syncing {
+            waiting.extend(events);
+            return;
+        }
+        if order.lost {
+            return;
+        }
+        let mut out = Vec::new();
+        for event in events {
+            match event {
+                Event::Message(message) => {
+                    if message.epoch != order.epoch {
+                        order.lost = true;
+                        out.push(RoomEvent::Lost);
+                        break;
+                    }
+                    if message.seq <= order.delivered {
+                        continue;
+                    }
+                    if order.fetching || message.seq > order.delivered + 1 {
+                        order.heard = order.heard.max(message.seq);
+                        order.early.insert(message.seq, message);
+                        if !order.fetching {
+                            order.fetching = true;
+                            self.catch_up(room, order.delivered);
+                        }
+                        continue;
+                    }
+                    order.delivered = message.seq;
+                    out.push(RoomEvent::Record(message.numbered()));
+                }
+                // This node's own events took effect here already.
+                Event::Join { node, .. }
+                | Event::Leave { node, .. }
+                | Event::Deleted { node, .. }
+                | Event::Typing { node, .. }
+                    if node == self.node => {}
+                Event::Join { members, .. } => {
+                    out.push(RoomEvent::Joined(
+                        members.into_iter().map(Into::into).collect(),
+                    ));
+                }
+                Event::Leave { ids, .. } => out.push(RoomEvent::Left(ids)),
+                Event::Deleted { seq, .. } => out.push(RoomEvent::Deleted(seq)),
+                Event::Typing { id, name, .. } => {
+                    out.push(RoomEvent::Typing { member: id, name });
+                }
+            }
+        }
+        if !out.is_empty() {
+            room.sink.receive(out);
+        }
+    }
+
+    /// What Redis said of a message this node published: stored (handed to the room now if
+    /// it is the next one, else when it comes back on the room's channel after the ones
+    /// before it), a retry of one stored before, or not stored.
+    fn outcome(&self, room: &Followed, outcome: &Result<Outcome, StorageError>) {
+        let Ok(Outcome::Stored(message)) = outcome else {
+            return;
+        };
+        let mut order = room.order.lock().unwrap();
+        order.heard = order.heard.max(message.seq);
+        // The next message here: handed on now, without waiting for its copy on the
+        // room's channel (which is then one this room has).
+        if order.syncing.is_none()
+            && !order.fetching
+            && !order.lost
+            && message.epoch == order.epoch
+            && message.seq == order.delivered + 1
+        {
+            order.delivered = message.seq;
+            let numbered = Numbered::new(message.seq, self.node, {
+                let mut record =
+                    Record::new(message.time, message.from.as_str(), message.text.as_str());
+                record.sender = message.sender.as_deref().map(Into::into);
+                record.token = origin_of(&message.origin).1;
+                record
+            });
+            room.sink.receive(vec![RoomEvent::Record(numbered)]);
+        }
+    }
+
+    /// Reads what `room` missed after `after` (and its members), and applies it.
+    fn catch_up(self: &Arc<Self>, room: &Arc<Followed>, after: u64) {
+        let inner = self.clone();
+        let room = room.clone();
+        tokio::spawn(async move {
+            let read = inner.read(&room.name, Some(after), 0).await;
+            let mut order = room.order.lock().unwrap();
+            match read {
+                Ok(snapshot) => inner.caught_up(&room, &mut order, snapshot),
+                Err(e) => {
+                    tracing::warn!(room = %room.name, error = %e, "could not catch up");
+                    order.fetching = false;
+                    order.stale = true;
+                }
+            }
+        });
+    }
+
+    /// What the room missed, read from Redis: handed on in order with what came early, and
+    /// the members elsewhere brought up to date.
+    fn caught_up(&self, room: &Followed, order: &mut Order, snapshot: Snapshot) {
+        if order.lost {
+            return;
+        }
+        if snapshot.epoch != order.epoch {
+            order.lost = true;
+            return room.sink.receive(vec![RoomEvent::Lost]);
+        }
+        let mut messages: BTreeMap<u64, Numbered> = std::mem::take(&mut order.early)
+            .into_iter()
+            .map(|(seq, m)| (seq, m.numbered()))
+            .collect();
+        for (m, origin) in snapshot.messages {
+            messages.entry(m.seq).or_insert_with(|| {
+                let (node, token) = origin_of(&origin);
+                let mut record = Record::new(m.time, m.from, m.text);
+                record.sender = m.sender.map(Into::into);
+                record.token = token;
+                Numbered::new(m.seq, node, record)
+            });
+        }
+        let delivered = order.delivered;
+        let mut out: Vec<RoomEvent> = messages
+            .into_values()
+            .filter(|m| m.seq > delivered)
+            .map(RoomEvent::Record)
+            .collect();
+        // A number Redis handed out that is in no stream entry was deleted or trimmed.
+        let last = out.iter().rev().find_map(|e| match e {
+            RoomEvent::Record(r) => Some(r.seq),
+            _ => None,
+        });
+        order.delivered = order.delivered.max(snapshot.seq).max(last.unwrap_or(0));
+        order.fetching = false;
+        order.lagging = false;
+        order.stale = false;
+        // This node's own members are listed as they join here.
+        let node = self.node;
+        out.push(RoomEvent::Members(
+            snapshot
+                .members
+                .into_iter()
+                .filter(|m| m.id >> 32 != node)
+                .map(Into::into)
+                .collect(),
+        ));
+        room.sink.receive(out);
+    }
+
+    /// Once a beat: rooms that fell behind what Redis reported (or whose catch-up failed)
+    /// catch up.
+    fn check_lag(self: &Arc<Self>) {
+        let rooms: Vec<Arc<Followed>> = self.subs.lock().unwrap().values().cloned().collect();
+        for room in rooms {
+            let mut order = room.order.lock().unwrap();
+            if order.syncing.is_some() || order.fetching || order.lost {
+                continue;
+            }
+            if order.heard > order.delivered || order.stale {
+                if order.lagging || order.stale {
+                    order.fetching = true;
+                    self.catch_up(&room, order.delivered);
+                } else {
+                    order.lagging = true;
+                }
+            } else {
+                order.lagging = false;
+            }
+        }
+    }
+
+    /// Lists again (after Redis forgot them) the members connected here of every room.
+    fn list_again(&self, rooms: &[Arc<Followed>]) {
+        for room in rooms {
+            let members = room.sink.members_here();
+            if !members.is_empty() {
+                let _ = self.commands.send(Command::Join {
+                    room: room.name.clone(),
+                    members: members.into_iter().map(Listed::from).collect(),
+                    written: None,
+                });
+            }
+        }
+    }
 }
 
 /// Stream entries as messages with their origins.
@@ -1031,13 +1177,13 @@ fn entries_of(entries: Value) -> Vec<(StoredMessage, String)> {
             let seq = id.split_once('-')?.0.parse().ok()?;
             let sender = fields.remove("s").filter(|s| !s.is_empty());
             Some((
-                StoredMessage {
+                StoredMessage::new(
                     seq,
-                    time: fields.get("t")?.parse().ok()?,
-                    from: fields.remove("f")?,
+                    fields.get("t")?.parse().ok()?,
+                    fields.remove("f")?,
                     sender,
-                    text: fields.remove("x")?,
-                },
+                    fields.remove("x")?,
+                ),
                 fields.remove("o").unwrap_or_default(),
             ))
         })
@@ -1071,16 +1217,26 @@ async fn writer(inner: std::sync::Weak<Inner>, mut queue: mpsc::UnboundedReceive
                 Err(_) => result,
             };
         }
+        let mut answered = 0;
         match result {
             Ok(replies) => {
                 for (command, reply) in batch.drain(..).zip(replies) {
                     match command {
-                        Command::Publish {
-                            room,
-                            token,
-                            record,
-                        } => {
-                            room.outcome(token, outcome(reply, record, inner.origin(token)));
+                        Command::Publish { room, record, done } => {
+                            answered += 1;
+                            let token = record.token;
+                            let outcome = outcome(reply, record, inner.origin(token));
+                            inner.outcome(&room, &outcome);
+                            let _ = done.send(outcome.map(|o| match o {
+                                Outcome::Stored(m) => Appended::Stored(Position {
+                                    epoch: m.epoch,
+                                    seq: m.seq,
+                                }),
+                                Outcome::Duplicate(seq) => Appended::Duplicate(Position {
+                                    epoch: room.order.lock().unwrap().epoch,
+                                    seq,
+                                }),
+                            }));
                         }
                         Command::Join {
                             written: Some(done),
@@ -1089,10 +1245,7 @@ async fn writer(inner: std::sync::Weak<Inner>, mut queue: mpsc::UnboundedReceive
                         | Command::Flush(done) => {
                             let _ = done.send(());
                         }
-                        Command::Join { .. }
-                        | Command::Leave { .. }
-                        | Command::Notice(..)
-                        | Command::Control(_) => {}
+                        Command::Join { .. } | Command::Leave { .. } | Command::Notice(..) => {}
                     }
                 }
             }
@@ -1101,19 +1254,21 @@ async fn writer(inner: std::sync::Weak<Inner>, mut queue: mpsc::UnboundedReceive
                 tracing::warn!(error = %error, "a write to Redis failed");
                 for command in batch.drain(..) {
                     match command {
-                        Command::Publish { room, token, .. } => {
-                            room.outcome(token, Err(error.clone()));
+                        Command::Publish { done, .. } => {
+                            answered += 1;
+                            let _ = done.send(Err(error.clone()));
                         }
                         command @ Command::Leave { .. } => unsent.push(command),
                         // Joins are written again when the subscription comes back; waiting
                         // joins and flushes go on (their senders are dropped).
-                        Command::Join { .. }
-                        | Command::Notice(..)
-                        | Command::Control(_)
-                        | Command::Flush(_) => {}
+                        Command::Join { .. } | Command::Notice(..) | Command::Flush(_) => {}
                     }
                 }
             }
+        }
+        if answered > 0 {
+            inner.in_flight.fetch_sub(answered, Ordering::AcqRel);
+            inner.room_for_more.notify_waiters();
         }
     }
 }
@@ -1126,8 +1281,8 @@ fn outcome(reply: Value, record: Record, origin: String) -> Result<Outcome, Stor
             epoch,
             time: record.time,
             from: record.from.to_string(),
-            sender: record.sender.map(String::from),
-            text: record.text.into(),
+            sender: record.sender.as_deref().map(String::from),
+            text: record.text.to_string(),
             origin,
         })),
         Ok(&[0, seq]) => Ok(Outcome::Duplicate(seq)),
@@ -1141,13 +1296,9 @@ fn outcome(reply: Value, record: Record, origin: String) -> Result<Outcome, Stor
 impl Inner {
     fn add(&self, pipe: &mut redis::Pipeline, command: &Command) {
         match command {
-            Command::Publish {
-                room,
-                token,
-                record,
-            } => {
-                let name = room.name();
-                let origin = self.origin(*token);
+            Command::Publish { room, record, .. } => {
+                let name = &room.name;
+                let origin = self.origin(record.token);
                 let fragment = serde_json::json!({
                     "kind": "message",
                     "time": record.time,
@@ -1159,6 +1310,11 @@ impl Inner {
                 .to_string();
                 // `{"seq":N,"epoch":E` comes from the script: the rest of the object.
                 let fragment = format!(",{}", &fragment[1..]);
+                let client_id = record
+                    .dedupe
+                    .as_deref()
+                    .and_then(|key| key.split_once('\0'))
+                    .map_or("", |(_, id)| id);
                 pipe.invoke_script(
                     self.scripts
                         .publish
@@ -1166,11 +1322,11 @@ impl Inner {
                         .key(self.key(name, "log"))
                         .key(self.key(name, "ids"))
                         .key(self.key(name, "ids-old"))
-                        .arg(crate::hub::now_ms())
+                        .arg(now_ms())
                         .arg(record.time)
                         .arg(&*record.from)
                         .arg(record.sender.as_deref().unwrap_or(""))
-                        .arg(record.client_id.as_deref().unwrap_or(""))
+                        .arg(client_id)
                         .arg(&*record.text)
                         .arg(origin)
                         .arg(fragment)
@@ -1195,13 +1351,8 @@ impl Inner {
                 }
                 pipe.invoke_script(&call);
             }
-            Command::Notice(channel, event) => {
-                pipe.cmd("PUBLISH").arg(&**channel).arg(event);
-            }
-            Command::Control(control) => {
-                pipe.cmd("PUBLISH")
-                    .arg(format!("{}/ctl", self.prefix))
-                    .arg(serde_json::to_string(control).expect("serializable"));
+            Command::Notice(channel, payload) => {
+                pipe.cmd("PUBLISH").arg(&**channel).arg(&payload[..]);
             }
             Command::Flush(_) => {
                 pipe.cmd("PING");
@@ -1241,10 +1392,7 @@ impl Inner {
 /// The subscribing task: holds the node's one subscription connection, hands each room's
 /// events to it, and when the connection comes back after a loss, subscribes again and
 /// has every room catch up.
-async fn subscriber(
-    inner: Arc<Inner>,
-    connected: tokio::sync::oneshot::Sender<Result<(), StorageError>>,
-) {
+async fn subscriber(inner: Arc<Inner>, connected: oneshot::Sender<Result<(), StorageError>>) {
     let mut connected = Some(connected);
     let mut delay = Duration::from_millis(100);
     let weak = Arc::downgrade(&inner);
@@ -1266,7 +1414,7 @@ async fn subscriber(
             failure => {
                 let error = match failure {
                     Ok(Err(e)) => failed(&inner.url, &e),
-                    _ => StorageError::new(format!("Redis at {}: no answer", inner.url)),
+                    _ => no_answer(&inner.url),
                 };
                 if let Some(connected) = connected.take() {
                     let _ = connected.send(Err(error));
@@ -1297,7 +1445,7 @@ async fn subscriber(
                 return;
             };
             // What else has arrived goes with it: a room's messages that follow each other
-            // are delivered together, one push per member.
+            // are handed on together, one push per member.
             batch.push(first);
             while batch.len() < MAX_BATCH {
                 match stream.next().now_or_never() {
@@ -1317,25 +1465,30 @@ async fn subscriber(
 
 impl Inner {
     /// Hands what arrived on the subscription to the rooms (in order, per room), kicks and
-    /// bans to the hub, and posts forwarded to this node to their sessions.
-    fn dispatch(&self, ctl: &str, inbox: &str, messages: impl Iterator<Item = redis::Msg>) {
-        let mut rooms: Vec<(Arc<Room>, Vec<Event>)> = Vec::new();
+    /// bans and forwarded requests to the node.
+    fn dispatch(
+        self: &Arc<Self>,
+        ctl: &str,
+        inbox: &str,
+        messages: impl Iterator<Item = redis::Msg>,
+    ) {
+        let mut rooms: Vec<(Arc<Followed>, Vec<Event>)> = Vec::new();
         for msg in messages {
             let channel = msg.get_channel_name();
+            let payload = msg.get_payload_bytes();
             if channel == inbox {
-                if let Ok(post) = serde_json::from_slice::<Forwarded>(msg.get_payload_bytes())
-                    && let Some(handler) = self.posts.get()
-                {
-                    handler(post);
+                if let Some(sink) = self.node_sink.get() {
+                    sink.forwarded(Bytes::copy_from_slice(payload));
                 }
                 continue;
             }
             if channel == ctl {
-                if let Ok(control) = serde_json::from_slice::<Control>(msg.get_payload_bytes())
-                    && control.node() != self.node
-                    && let Some(handler) = self.control.get()
-                {
-                    handler(control);
+                let from_elsewhere = payload
+                    .iter()
+                    .position(|&b| b == b' ')
+                    .filter(|&at| payload[..at] != *self.node.to_string().as_bytes());
+                if let (Some(at), Some(sink)) = (from_elsewhere, self.node_sink.get()) {
+                    sink.broadcast(Bytes::copy_from_slice(&payload[at + 1..]));
                 }
                 continue;
             }
@@ -1346,26 +1499,24 @@ impl Inner {
             else {
                 continue;
             };
-            let event = match serde_json::from_slice::<Event>(msg.get_payload_bytes()) {
+            let event = match serde_json::from_slice::<Event>(payload) {
                 Ok(event) => event,
                 Err(e) => {
                     tracing::warn!(room = name, error = %e, "an unreadable event from Redis");
                     continue;
                 }
             };
-            let mut subs = self.subs.lock().unwrap();
-            match subs.get_mut(name) {
-                Some(Sub::Live(room)) => match rooms.iter_mut().find(|(r, _)| Arc::ptr_eq(r, room))
-                {
-                    Some((_, events)) => events.push(event),
-                    None => rooms.push((room.clone(), vec![event])),
-                },
-                Some(Sub::Syncing { waiting, .. }) => waiting.push(event),
-                None => {}
+            let Some(room) = self.subs.lock().unwrap().get(name).cloned() else {
+                continue;
+            };
+            match rooms.iter_mut().find(|(r, _)| Arc::ptr_eq(r, &room)) {
+                Some((_, events)) => events.push(event),
+                None => rooms.push((room, vec![event])),
             }
         }
         for (room, events) in rooms {
-            room.receive(events);
+            let mut order = room.order.lock().unwrap();
+            self.apply(&room, &mut order, events);
         }
     }
 }
@@ -1374,63 +1525,45 @@ impl Inner {
 /// its members, and writes its own members back (Redis may have lost them) and the leaves
 /// it missed.
 async fn resubscribe(inner: &Arc<Inner>) {
-    let rooms: Vec<Arc<Room>> = {
-        let mut subs = inner.subs.lock().unwrap();
-        subs.values_mut()
-            .filter_map(|sub| {
-                let room = match sub {
-                    Sub::Live(room) => room.clone(),
-                    Sub::Syncing { room, .. } => room.clone()?,
-                };
-                *sub = Sub::Syncing {
-                    room: Some(room.clone()),
-                    waiting: Vec::new(),
-                };
-                Some(room)
-            })
-            .collect()
-    };
+    let rooms: Vec<Arc<Followed>> = inner.subs.lock().unwrap().values().cloned().collect();
+    for room in &rooms {
+        let mut order = room.order.lock().unwrap();
+        if order.syncing.is_none() {
+            order.syncing = Some(Vec::new());
+        }
+    }
     for room in rooms {
-        let name = room.name();
+        let after = room.order.lock().unwrap().delivered;
         let read = async {
-            inner.subscribe(name).await?;
-            inner.read(name, Some(room.delivered()), 0).await
+            inner.subscribe(&room.name).await?;
+            inner.read(&room.name, Some(after), 0).await
         };
-        match read.await {
+        let read = read.await;
+        let mut order = room.order.lock().unwrap();
+        let waiting = order.syncing.take().unwrap_or_default();
+        match read {
             Ok(snapshot) => {
-                room.caught_up(snapshot);
-                let members = room.members_here();
-                if !members.is_empty() {
-                    let _ = inner.commands.send(Command::Join {
-                        room: name.into(),
-                        members: members.into_iter().map(Listed::from).collect(),
-                        written: None,
-                    });
-                }
+                inner.caught_up(&room, &mut order, snapshot);
+                inner.list_again(std::slice::from_ref(&room));
             }
             Err(e) => {
-                // Redis went away again: the room catches up at the next tick, or when
+                // Redis went away again: the room catches up at the next beat, or when
                 // the subscription comes back once more.
-                tracing::warn!(room = name, error = %e, "could not catch up after reconnecting");
-                room.catch_up_failed();
+                tracing::warn!(room = %room.name, error = %e, "could not catch up after reconnecting");
+                order.fetching = false;
+                order.stale = true;
             }
         }
-        let mut subs = inner.subs.lock().unwrap();
-        if let Some(sub) = subs.get_mut(name)
-            && let Sub::Syncing { waiting, .. } = std::mem::replace(sub, Sub::Live(room.clone()))
-        {
-            room.receive(waiting);
-        }
+        inner.apply(&room, &mut order, waiting);
     }
     // The writer's next batch carries the leaves Redis missed, even with nothing else to
     // write.
-    let _ = inner
-        .commands
-        .send(Command::Flush(tokio::sync::oneshot::channel().0));
+    let _ = inner.commands.send(Command::Flush(oneshot::channel().0));
 }
 
 /// The beating task: every second, this node tells Redis it is alive (by Redis's clock)
-/// and, once it has itself been alive for a whole timeout, removes nodes that stopped.
+/// and, once it has itself been alive for a whole timeout, removes nodes that stopped; and
+/// the rooms that fell behind catch up.
 async fn beats(inner: std::sync::Weak<Inner>) {
     let mut every = tokio::time::interval(BEAT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1440,6 +1573,7 @@ async fn beats(inner: std::sync::Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
+        inner.check_lag();
         // Only a node that has beaten for a whole timeout may judge others: after Redis
         // was away, every node's last beat is old, and they all need one beat first.
         let judge = alive_since.is_some_and(|t| t.elapsed() >= NODE_TIMEOUT);
@@ -1451,26 +1585,9 @@ async fn beats(inner: std::sync::Weak<Inner>) {
                 if missing == 1 {
                     // Redis forgot this node (it lost its data, or judged the node dead
                     // while it could not beat): write its members back.
-                    let rooms: Vec<Arc<Room>> = inner
-                        .subs
-                        .lock()
-                        .unwrap()
-                        .values()
-                        .filter_map(|sub| match sub {
-                            Sub::Live(room) => Some(room.clone()),
-                            Sub::Syncing { .. } => None,
-                        })
-                        .collect();
-                    for room in rooms {
-                        let members = room.members_here();
-                        if !members.is_empty() {
-                            let _ = inner.commands.send(Command::Join {
-                                room: room.name().into(),
-                                members: members.into_iter().map(Listed::from).collect(),
-                                written: None,
-                            });
-                        }
-                    }
+                    let rooms: Vec<Arc<Followed>> =
+                        inner.subs.lock().unwrap().values().cloned().collect();
+                    inner.list_again(&rooms);
                 }
             }
             Ok(Err(e))
@@ -1507,17 +1624,8 @@ mod tests {
 
     #[test]
     fn a_message_names_the_node_that_published_it() {
-        let message = |origin: &str| Published {
-            seq: 1,
-            epoch: 1,
-            time: 1,
-            from: "ann".into(),
-            sender: None,
-            text: "hi".into(),
-            origin: origin.into(),
-        };
-        assert_eq!(message("7:42").token_of(7), Some(42));
-        assert_eq!(message("7:42").token_of(8), None);
-        assert_eq!(message("").token_of(7), None);
+        assert_eq!(origin_of("7:42"), (7, 42));
+        assert_eq!(origin_of(""), (0, 0));
+        assert_eq!(origin_of("x:1"), (0, 0));
     }
 }

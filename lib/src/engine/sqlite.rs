@@ -1,36 +1,43 @@
 //! The SQLite engine: rooms in one database file, durable before they are delivered.
 //!
-//! One writer thread owns the only connection that writes. Rooms hand it numbered messages
-//! through a channel; it takes everything queued, writes it in one transaction, commits, and
-//! then tells each room the last sequence number committed — the room delivers and
-//! acknowledges up to there. Messages that arrive while a commit runs wait for the next one:
-//! group commit, so that a commit's cost is shared by every message in it and durability
-//! costs latency (about one commit), not throughput.
+//! A room's messages are numbered here, in the order they are appended, and handed to one
+//! writer thread through a bounded queue. The writer takes everything queued, writes it in
+//! one transaction, commits, and only then hands each room its committed records (to the
+//! room's sink, on the runtime's workers, one room at a time in order) and resolves their
+//! appends: group commit, so that a commit's cost is shared by every message in it and
+//! durability costs latency (about one commit), not throughput. When the queue holds
+//! [`MAX_QUEUED`] messages, appends are refused as busy until the writer catches up: a slow
+//! disk slows the senders, and memory stays flat.
 //!
 //! The database is in WAL mode with `synchronous = FULL`: a commit returns once the WAL is
 //! on disk (fsync), so an acknowledged message survives a crash of the process *and* a power
 //! loss or kernel panic. Reads (room loads, resumes from older history, history pages) use
-//! their own connections and never wait for the writer.
+//! their own connections, on the runtime's blocking threads, and never wait for the writer.
 //!
 //! If a commit fails (the disk is full, the file became read-only or corrupt), its messages
 //! were never delivered nor acknowledged: each room rewinds its numbering to the last
-//! committed message and tells the senders `storage_failed`; a retry with the same client
-//! id is safe. Messages already queued behind the failed ones belong to the room's old
-//! numbering and are dropped (a room's `generation` tells them apart).
+//! committed message and its appends fail; a retry with the same client id is safe.
+//! Messages already queued behind the failed ones belong to the room's old numbering and
+//! fail too (a room's `generation` tells them apart).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use rusqlite::{Connection, ErrorCode as SqlCode, OpenFlags, OptionalExtension, params};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
-use super::{Ban, HistoryPage, LoadedRoom, Record, Retention, StorageError, StoredMessage};
-use crate::hub::{Room, now_ms};
+use super::{
+    Appended, Ban, Broker, Busy, Dedupe, EngineFuture, HistoryPage, Loaded, Numbered, Options,
+    Position, Record, RoomEvent, RoomSink, StorageError, StoredMessage,
+};
 use crate::metrics::EngineStats;
+use crate::protocol::now_ms;
 
 /// The schema this release reads and writes, in `PRAGMA user_version`. A later release that
 /// changes the schema migrates from here; an older release refuses a newer file.
@@ -73,38 +80,6 @@ const SCHEMA: &str = "
     ) WITHOUT ROWID;
 ";
 
-/// One open database.
-#[derive(Debug)]
-pub(crate) struct Sqlite {
-    path: PathBuf,
-    jobs: mpsc::Sender<Job>,
-    /// Connections for reading, reused.
-    readers: Mutex<Vec<Connection>>,
-    /// Held open with an exclusive lock for as long as this process serves the file: a
-    /// second wtchat on the same file would hand out the same sequence numbers.
-    _lock: File,
-}
-
-enum Job {
-    Message {
-        room: Arc<Room>,
-        generation: u64,
-        record: Record,
-    },
-    Delete {
-        room: Box<str>,
-        seq: u64,
-        done: oneshot::Sender<Result<bool, StorageError>>,
-    },
-    Ban {
-        room: Box<str>,
-        user: Box<str>,
-        until: Option<u64>,
-        done: oneshot::Sender<Result<(), StorageError>>,
-    },
-    Flush(oneshot::Sender<()>),
-}
-
 /// Says what went wrong in words an operator can act on.
 fn describe(path: &Path, e: &rusqlite::Error) -> StorageError {
     let what = match e.sqlite_error_code() {
@@ -122,13 +97,106 @@ fn describe(path: &Path, e: &rusqlite::Error) -> StorageError {
     StorageError::new(format!("database {}: {what} ({e})", path.display()))
 }
 
+/// Messages waiting for the writer (queued or in the transaction under way) at most: past
+/// it appends are busy. Two full transactions' worth: the writer always has a whole batch
+/// to take while the next one fills.
+const MAX_QUEUED: usize = 2 * MAX_BATCH;
+
+/// One open database.
+pub(crate) struct Sqlite {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
+    options: Options,
+    jobs: mpsc::Sender<Job>,
+    /// Connections for reading, reused.
+    readers: Mutex<Vec<Connection>>,
+    /// The rooms the hub holds, by name: their numbering and their sinks.
+    rooms: Mutex<HashMap<Arc<str>, Arc<Held>>>,
+    /// Messages handed to the writer and not yet committed or failed.
+    queued: AtomicUsize,
+    /// Wakes the appends waiting for [`Broker::ready`] once the writer took some.
+    room_for_more: Notify,
+    /// Whether the last commit failed (readiness says so).
+    failing: AtomicBool,
+    /// The last epoch handed out: two rooms made in one millisecond still differ.
+    last_epoch: AtomicU64,
+    /// Held open with an exclusive lock for as long as this process serves the file: a
+    /// second wtchat on the same file would hand out the same sequence numbers.
+    _lock: File,
+}
+
+/// A room the hub holds.
+struct Held {
+    name: Arc<str>,
+    epoch: u64,
+    sink: Arc<dyn RoomSink>,
+    numbers: Mutex<Numbers>,
+    /// Committed records not yet handed to the sink, oldest first.
+    outgoing: Mutex<VecDeque<Numbered>>,
+    /// Held while handing records to the sink: one hand-over at a time per room, so that
+    /// the room receives them in order whichever worker runs it.
+    handing: Mutex<()>,
+}
+
+/// A room's numbering.
+struct Numbers {
+    /// The last number handed out.
+    seq: u64,
+    /// The last number committed.
+    committed: u64,
+    /// Bumped when a commit of the room failed and the numbering went back: jobs numbered
+    /// before it are not the room's any more.
+    generation: u64,
+    dedupe: Dedupe,
+    /// Retries of messages not yet committed: resolved with them.
+    retries: Vec<(u64, oneshot::Sender<Result<Appended, StorageError>>)>,
+}
+
+enum Job {
+    Message {
+        room: Arc<Held>,
+        generation: u64,
+        seq: u64,
+        record: Record,
+        done: oneshot::Sender<Result<Appended, StorageError>>,
+    },
+    Delete {
+        room: Box<str>,
+        seq: u64,
+        done: oneshot::Sender<Result<bool, StorageError>>,
+    },
+    Ban {
+        room: Box<str>,
+        user: Box<str>,
+        until: Option<u64>,
+        done: oneshot::Sender<Result<(), StorageError>>,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
 impl Sqlite {
     /// Opens (creating it if needed) the database at `path`, checks that it is a wtchat
     /// database this release can use and that it can be written, and starts its writer.
-    pub(crate) fn open(
+    pub(crate) async fn open(
         path: &Path,
-        retention: Retention,
+        options: Options,
         stats: EngineStats,
+    ) -> Result<Sqlite, StorageError> {
+        let path = path.to_path_buf();
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || Sqlite::open_blocking(path, options, stats, runtime))
+            .await
+            .map_err(|e| StorageError::new(format!("the database could not be opened: {e}")))?
+    }
+
+    fn open_blocking(
+        path: PathBuf,
+        options: Options,
+        stats: EngineStats,
+        runtime: tokio::runtime::Handle,
     ) -> Result<Sqlite, StorageError> {
         let refuse =
             |what: String| StorageError::new(format!("database {}: {what}", path.display()));
@@ -137,79 +205,49 @@ impl Sqlite {
             .write(true)
             .create(true)
             .truncate(false)
-            .open(path)
+            .open(&path)
             .map_err(|e| refuse(format!("cannot open or create it: {e}")))?;
         lock.try_lock().map_err(|_| {
             refuse("another process is serving it (one wtchat per database file)".into())
         })?;
-        let conn = Connection::open(path).map_err(|e| describe(path, &e))?;
+        let conn = Connection::open(&path).map_err(|e| describe(&path, &e))?;
         setup(&conn).map_err(|e| match e {
-            Setup::Sql(e) => describe(path, &e),
+            Setup::Sql(e) => describe(&path, &e),
             Setup::Refused(what) => refuse(what),
         })?;
         let (jobs, queue) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            path: path.clone(),
+            options,
+            jobs,
+            readers: Mutex::new(Vec::new()),
+            rooms: Mutex::new(HashMap::new()),
+            queued: AtomicUsize::new(0),
+            room_for_more: Notify::new(),
+            failing: AtomicBool::new(false),
+            last_epoch: AtomicU64::new(0),
+            _lock: lock,
+        });
         let writer = Writer {
             conn,
-            path: path.to_path_buf(),
-            retention,
-            runtime: tokio::runtime::Handle::try_current().ok(),
+            shared: Arc::downgrade(&shared),
+            path: path.clone(),
+            retention: options.retention,
+            runtime,
             stats,
         };
         std::thread::Builder::new()
             .name("wtchat-sqlite".into())
             .spawn(move || writer.run(queue))
             .map_err(|e| refuse(format!("cannot start its writer thread: {e}")))?;
-        Ok(Sqlite {
-            path: path.to_path_buf(),
-            jobs,
-            readers: Mutex::new(Vec::new()),
-            _lock: lock,
-        })
+        Ok(Sqlite { shared })
     }
+}
 
+impl Shared {
     fn send(&self, job: Job) {
         // The writer lives as long as this sender: it cannot have gone.
         let _ = self.jobs.send(job);
-    }
-
-    pub(crate) fn append(&self, room: Arc<Room>, generation: u64, record: Record) {
-        self.send(Job::Message {
-            room,
-            generation,
-            record,
-        });
-    }
-
-    pub(crate) async fn delete(&self, room: &str, seq: u64) -> Result<bool, StorageError> {
-        let (done, result) = oneshot::channel();
-        self.send(Job::Delete {
-            room: room.into(),
-            seq,
-            done,
-        });
-        result.await.unwrap_or_else(|_| Err(self.gone()))
-    }
-
-    pub(crate) async fn ban(
-        &self,
-        room: Option<&str>,
-        user: &str,
-        until: Option<u64>,
-    ) -> Result<(), StorageError> {
-        let (done, result) = oneshot::channel();
-        self.send(Job::Ban {
-            room: room.unwrap_or("").into(),
-            user: user.into(),
-            until,
-            done,
-        });
-        result.await.unwrap_or_else(|_| Err(self.gone()))
-    }
-
-    pub(crate) async fn flush(&self) {
-        let (done, flushed) = oneshot::channel();
-        self.send(Job::Flush(done));
-        let _ = flushed.await;
     }
 
     fn gone(&self) -> StorageError {
@@ -219,8 +257,21 @@ impl Sqlite {
         ))
     }
 
-    /// Runs `read` on a reading connection.
-    fn read<T>(
+    /// Runs `read` on a reading connection, on a blocking thread.
+    fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> EngineFuture<'static, T> {
+        let shared = self.clone();
+        Box::pin(async move {
+            let path = shared.path.clone();
+            tokio::task::spawn_blocking(move || shared.read_now(read))
+                .await
+                .map_err(|e| StorageError::new(format!("database {}: {e}", path.display())))?
+        })
+    }
+
+    fn read_now<T>(
         &self,
         read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StorageError> {
@@ -243,87 +294,237 @@ impl Sqlite {
         result
     }
 
-    pub(crate) fn load(
-        &self,
-        room: &str,
-        tail: usize,
-        dedupe: usize,
-    ) -> Result<Option<LoadedRoom>, StorageError> {
-        self.read(|conn| {
-            let head: Option<(u64, u64)> = conn
-                .prepare_cached("SELECT epoch, seq FROM rooms WHERE name = ?1")?
-                .query_row([room], |row| Ok((uint(row, 0)?, uint(row, 1)?)))
-                .optional()?;
-            let Some((epoch, seq)) = head else {
-                return Ok(None);
+    /// A new room's epoch: milliseconds since 1970, unique here.
+    fn new_epoch(&self) -> u64 {
+        let now = now_ms();
+        let prev = self
+            .last_epoch
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or(0);
+        now.max(prev + 1)
+    }
+}
+
+/// A job's answer, awaited.
+fn answer<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    result: oneshot::Receiver<Result<T, StorageError>>,
+) -> EngineFuture<'static, T> {
+    let shared = shared.clone();
+    Box::pin(async move { result.await.unwrap_or_else(|_| Err(shared.gone())) })
+}
+
+impl Broker for Sqlite {
+    fn attach(&self, room: &str, sink: Arc<dyn RoomSink>, tail: usize) -> EngineFuture<'_, Loaded> {
+        let shared = self.shared.clone();
+        let name: Arc<str> = room.into();
+        let dedupe = self.shared.options.dedupe_window;
+        Box::pin(async move {
+            let key = name.clone();
+            let stored = shared
+                .read(move |conn| load(conn, &key, tail, dedupe))
+                .await?;
+            let (loaded, seen) = match stored {
+                Some(stored) => stored,
+                None => (Loaded::new(shared.new_epoch(), 0, Vec::new()), Vec::new()),
             };
-            let mut tail = newest(conn, room, u64::MAX, tail)?;
-            tail.reverse();
-            let dedupe = conn
-                .prepare_cached(
-                    "SELECT sender, client_id, seq FROM messages
-                     WHERE room = ?1 AND client_id IS NOT NULL AND sender IS NOT NULL
-                     ORDER BY seq DESC LIMIT ?2",
-                )?
-                .query_map(params![room, dedupe as i64], |row| {
-                    Ok((row.get(0)?, row.get(1)?, uint(row, 2)?))
-                })?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(Some(LoadedRoom {
-                epoch,
-                seq,
-                tail,
-                dedupe,
-                members: Vec::new(),
-            }))
+            let mut dedupe = Dedupe::default();
+            for (key, seq) in seen.into_iter().rev() {
+                dedupe.insert(key, seq, shared.options.dedupe_window);
+            }
+            let held = Arc::new(Held {
+                name: name.clone(),
+                epoch: loaded.epoch,
+                sink,
+                numbers: Mutex::new(Numbers {
+                    seq: loaded.seq,
+                    committed: loaded.seq,
+                    generation: 0,
+                    dedupe,
+                    retries: Vec::new(),
+                }),
+                outgoing: Mutex::new(VecDeque::new()),
+                handing: Mutex::new(()),
+            });
+            shared.rooms.lock().unwrap().insert(name, held);
+            Ok(loaded)
         })
     }
 
-    pub(crate) fn range(
-        &self,
-        room: &str,
-        from: u64,
-        to: u64,
-    ) -> Result<Vec<StoredMessage>, StorageError> {
-        self.read(|conn| {
+    fn detach(&self, room: &str) {
+        self.shared.rooms.lock().unwrap().remove(room);
+    }
+
+    fn append(&self, room: &str, record: Record) -> Result<EngineFuture<'static, Appended>, Busy> {
+        let shared = &self.shared;
+        let Some(held) = shared.rooms.lock().unwrap().get(room).cloned() else {
+            let error = StorageError::new(format!("room {room} is not held here"));
+            return Ok(Box::pin(std::future::ready(Err(error))));
+        };
+        if shared.queued.load(Ordering::Acquire) >= MAX_QUEUED {
+            return Err(Busy(record));
+        }
+        let (done, result) = oneshot::channel();
+        let mut numbers = held.numbers.lock().unwrap();
+        if let Some(seq) = record.dedupe.as_deref().and_then(|k| numbers.dedupe.get(k)) {
+            let duplicate = Appended::Duplicate(Position {
+                epoch: held.epoch,
+                seq,
+            });
+            if seq <= numbers.committed {
+                let _ = done.send(Ok(duplicate));
+            } else {
+                numbers.retries.push((seq, done));
+            }
+            return Ok(answer(shared, result));
+        }
+        numbers.seq += 1;
+        let seq = numbers.seq;
+        if let Some(key) = &record.dedupe {
+            numbers
+                .dedupe
+                .insert(key.clone(), seq, shared.options.dedupe_window);
+        }
+        shared.queued.fetch_add(1, Ordering::AcqRel);
+        // Under the room's numbering lock: the writer receives its records in their order.
+        shared.send(Job::Message {
+            room: held.clone(),
+            generation: numbers.generation,
+            seq,
+            record,
+            done,
+        });
+        drop(numbers);
+        Ok(answer(shared, result))
+    }
+
+    fn ready(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            loop {
+                let notified = self.shared.room_for_more.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.shared.queued.load(Ordering::Acquire) < MAX_QUEUED {
+                    return;
+                }
+                notified.await;
+            }
+        })
+    }
+
+    fn range(&self, room: &str, from: u64, to: u64) -> EngineFuture<'_, Vec<StoredMessage>> {
+        let room = room.to_owned();
+        self.shared.read(move |conn| {
             conn.prepare_cached(
                 "SELECT seq, time, name, sender, text FROM messages
                  WHERE room = ?1 AND seq >= ?2 AND seq < ?3 ORDER BY seq",
             )?
-            .query_map(params![room, from as i64, to as i64], message)?
+            .query_map(
+                params![
+                    room,
+                    from.min(i64::MAX as u64) as i64,
+                    to.min(i64::MAX as u64) as i64
+                ],
+                message,
+            )?
             .collect()
         })
     }
 
-    pub(crate) fn page(
-        &self,
-        room: &str,
-        before: u64,
-        limit: usize,
-    ) -> Result<HistoryPage, StorageError> {
-        self.read(|conn| {
-            let mut messages = newest(conn, room, before, limit + 1)?;
+    fn page(&self, room: &str, before: u64, limit: usize) -> EngineFuture<'_, HistoryPage> {
+        let room = room.to_owned();
+        self.shared.read(move |conn| {
+            let mut messages = newest(conn, &room, before, limit + 1)?;
             let more = messages.len() > limit;
             messages.truncate(limit);
             messages.reverse();
-            Ok(HistoryPage { messages, more })
+            Ok(HistoryPage::new(messages, more))
         })
     }
 
-    pub(crate) fn bans(&self) -> Result<Vec<Ban>, StorageError> {
-        self.read(|conn| {
+    fn delete(&self, room: &str, seq: u64) -> EngineFuture<'_, bool> {
+        let (done, result) = oneshot::channel();
+        self.shared.send(Job::Delete {
+            room: room.into(),
+            seq,
+            done,
+        });
+        answer(&self.shared, result)
+    }
+
+    fn bans(&self) -> EngineFuture<'_, Vec<Ban>> {
+        self.shared.read(|conn| {
             conn.prepare("SELECT room, user, until FROM bans WHERE until > ?1")?
                 .query_map([now_ms() as i64], |row| {
                     let room: String = row.get(0)?;
-                    Ok(Ban {
-                        room: (!room.is_empty()).then_some(room),
-                        user: row.get(1)?,
-                        until: uint(row, 2)?,
-                    })
+                    Ok(Ban::new(
+                        (!room.is_empty()).then_some(room),
+                        row.get(1)?,
+                        uint(row, 2)?,
+                    ))
                 })?
                 .collect()
         })
     }
+
+    fn ban(&self, room: Option<&str>, user: &str, until: Option<u64>) -> EngineFuture<'_, ()> {
+        let (done, result) = oneshot::channel();
+        self.shared.send(Job::Ban {
+            room: room.unwrap_or("").into(),
+            user: user.into(),
+            until,
+            done,
+        });
+        answer(&self.shared, result)
+    }
+
+    fn reachable(&self) -> BoxFuture<'_, Result<(), String>> {
+        let failing = self.shared.failing.load(Ordering::Relaxed);
+        Box::pin(std::future::ready(if failing {
+            Err("the last write to the database failed".into())
+        } else {
+            Ok(())
+        }))
+    }
+
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        let (done, flushed) = oneshot::channel();
+        self.shared.send(Job::Flush(done));
+        Box::pin(async move {
+            let _ = flushed.await;
+        })
+    }
+}
+
+/// What a room's first read brings: its state, and the dedupe keys of its newest messages
+/// (newest first); None for a room never stored.
+type Stored = Option<(Loaded, Vec<(Box<str>, u64)>)>;
+
+/// Reads room `room`: its head, its newest `tail` messages and its newest `dedupe` keys.
+fn load(conn: &Connection, room: &str, tail: usize, dedupe: usize) -> rusqlite::Result<Stored> {
+    let head: Option<(u64, u64)> = conn
+        .prepare_cached("SELECT epoch, seq FROM rooms WHERE name = ?1")?
+        .query_row([room], |row| Ok((uint(row, 0)?, uint(row, 1)?)))
+        .optional()?;
+    let Some((epoch, seq)) = head else {
+        return Ok(None);
+    };
+    let mut messages = newest(conn, room, u64::MAX, tail)?;
+    messages.reverse();
+    let keys = conn
+        .prepare_cached(
+            "SELECT sender, client_id, seq FROM messages
+             WHERE room = ?1 AND client_id IS NOT NULL AND sender IS NOT NULL
+             ORDER BY seq DESC LIMIT ?2",
+        )?
+        .query_map(params![room, dedupe as i64], |row| {
+            let (sender, id): (String, String) = (row.get(0)?, row.get(1)?);
+            Ok((format!("{sender}\0{id}").into_boxed_str(), uint(row, 2)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Some((Loaded::new(epoch, seq, messages), keys)))
 }
 
 /// The newest `limit` messages of `room` below `before`, newest first.
@@ -416,18 +617,20 @@ fn setup(conn: &Connection) -> Result<(), Setup> {
 /// The writer thread's state.
 struct Writer {
     conn: Connection,
+    /// Weak: the writer stops once the engine is dropped (its job channel closes).
+    shared: std::sync::Weak<Shared>,
     path: PathBuf,
-    retention: Retention,
-    /// Where committed messages are delivered: on the runtime's workers, so that fanning
-    /// them out to members neither waits for nor delays the next commit, and rooms deliver
-    /// in parallel. (The writer itself delivers when opened outside a runtime.)
-    runtime: Option<tokio::runtime::Handle>,
+    retention: super::Retention,
+    /// Where committed records are handed to their rooms: on the runtime's workers, so
+    /// that fanning them out to members neither waits for nor delays the next commit, and
+    /// rooms deliver in parallel.
+    runtime: tokio::runtime::Handle,
     stats: EngineStats,
 }
 
 /// One room's messages in one transaction: the first and last sequence numbers.
 struct Progress {
-    room: Arc<Room>,
+    room: Arc<Held>,
     generation: u64,
     first: u64,
     last: u64,
@@ -465,59 +668,86 @@ impl Writer {
 
     /// Writes `batch` in one transaction, then reports to everyone waiting on it.
     fn commit(&mut self, batch: &mut Vec<Job>) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
         // Messages numbered before their room's last failure are not the room's any more.
-        batch.retain(|job| match job {
-            Job::Message {
-                room, generation, ..
-            } => *generation == room.generation(),
-            _ => true,
+        let (stale, kept): (Vec<Job>, Vec<Job>) = batch.drain(..).partition(|job| {
+            matches!(job, Job::Message { room, generation, .. }
+                if *generation != room.numbers.lock().unwrap().generation)
         });
+        *batch = kept;
+        let dropped = stale.len();
+        for job in stale {
+            if let Job::Message { done, .. } = job {
+                let _ = done.send(Err(StorageError::new(
+                    "the message could not be stored: an earlier message of its room failed",
+                )));
+            }
+        }
         let mut progress: Vec<Progress> = Vec::new();
-        let mut index: HashMap<*const Room, usize> = HashMap::new();
+        let mut index: HashMap<*const Held, usize> = HashMap::new();
         for job in batch.iter() {
             if let Job::Message {
                 room,
                 generation,
-                record,
+                seq,
+                ..
             } = job
             {
                 let at = *index.entry(Arc::as_ptr(room)).or_insert_with(|| {
                     progress.push(Progress {
                         room: room.clone(),
                         generation: *generation,
-                        first: record.seq,
+                        first: *seq,
                         last: 0,
                     });
                     progress.len() - 1
                 });
-                progress[at].last = record.seq;
+                progress[at].last = *seq;
             }
         }
         let started = Instant::now();
         let written = self.write(batch, &progress);
         self.stats.wrote(started.elapsed(), written.is_ok());
+        shared.failing.store(written.is_err(), Ordering::Relaxed);
+        let messages = batch
+            .iter()
+            .filter(|job| matches!(job, Job::Message { .. }))
+            .count();
         match written {
             Ok(deleted) => {
-                for p in progress {
-                    // Out of order is fine: a room delivers everything up to the highest
-                    // number it is told, and an older notice then finds nothing left.
-                    match &self.runtime {
-                        Some(runtime) => drop(runtime.spawn(async move {
-                            p.room.committed(p.last);
-                        })),
-                        None => p.room.committed(p.last),
-                    }
-                }
                 let mut deleted = deleted.into_iter();
                 for job in batch.drain(..) {
                     match job {
-                        Job::Message { .. } => {}
+                        Job::Message {
+                            room,
+                            seq,
+                            record,
+                            done,
+                            ..
+                        } => {
+                            let position = Position {
+                                epoch: room.epoch,
+                                seq,
+                            };
+                            let _ = done.send(Ok(Appended::Stored(position)));
+                            room.outgoing
+                                .lock()
+                                .unwrap()
+                                .push_back(Numbered::new(seq, 0, record));
+                        }
                         Job::Delete { done, .. } => {
                             let _ = done.send(Ok(deleted.next().unwrap_or(false)));
                         }
                         Job::Ban { done, .. } => drop(done.send(Ok(()))),
                         Job::Flush(done) => drop(done.send(())),
                     }
+                }
+                for p in progress {
+                    p.room.committed(p.last);
+                    // Out of order is fine: each hand-over takes whatever is committed.
+                    self.runtime.spawn(async move { p.room.hand_over() });
                 }
             }
             Err(e) => {
@@ -528,7 +758,7 @@ impl Writer {
                 }
                 for job in batch.drain(..) {
                     match job {
-                        Job::Message { .. } => {}
+                        Job::Message { done, .. } => drop(done.send(Err(error.clone()))),
                         Job::Delete { done, .. } => drop(done.send(Err(error.clone()))),
                         Job::Ban { done, .. } => drop(done.send(Err(error.clone()))),
                         Job::Flush(done) => drop(done.send(())),
@@ -536,6 +766,10 @@ impl Writer {
                 }
             }
         }
+        shared
+            .queued
+            .fetch_sub(messages + dropped, Ordering::AcqRel);
+        shared.room_for_more.notify_waiters();
     }
 
     /// The transaction itself; returns, per delete in `batch`, whether it found its message.
@@ -549,14 +783,21 @@ impl Writer {
             )?;
             for job in batch {
                 match job {
-                    Job::Message { room, record, .. } => {
+                    Job::Message {
+                        room, seq, record, ..
+                    } => {
+                        let client_id = record
+                            .dedupe
+                            .as_deref()
+                            .and_then(|key| key.split_once('\0'))
+                            .map(|(_, id)| id);
                         insert.execute(params![
-                            room.name(),
-                            record.seq as i64,
+                            &*room.name,
+                            *seq as i64,
                             record.time as i64,
                             &*record.from,
                             record.sender.as_deref(),
-                            record.client_id.as_deref(),
+                            client_id,
                             &*record.text,
                         ])?;
                     }
@@ -600,10 +841,10 @@ impl Writer {
             let mut trim =
                 tx.prepare_cached("DELETE FROM messages WHERE room = ?1 AND seq <= ?2")?;
             for p in progress {
-                head.execute(params![p.room.name(), p.room.epoch() as i64, p.last as i64])?;
+                head.execute(params![&*p.room.name, p.room.epoch as i64, p.last as i64])?;
                 if p.last > self.retention.messages {
                     trim.execute(params![
-                        p.room.name(),
+                        &*p.room.name,
                         (p.last - self.retention.messages) as i64
                     ])?;
                 }
@@ -627,5 +868,136 @@ impl Writer {
         if let Err(e) = swept {
             tracing::warn!(error = %describe(&self.path, &e), "could not sweep old history");
         }
+    }
+}
+
+impl Held {
+    /// The room's records up to `seq` are committed: the retries waiting for them are
+    /// answered.
+    fn committed(&self, seq: u64) {
+        let mut numbers = self.numbers.lock().unwrap();
+        numbers.committed = numbers.committed.max(seq);
+        let epoch = self.epoch;
+        let (due, later) = std::mem::take(&mut numbers.retries)
+            .into_iter()
+            .partition(|(s, _)| *s <= seq);
+        numbers.retries = later;
+        for (s, done) in due {
+            let _ = done.send(Ok(Appended::Duplicate(Position { epoch, seq: s })));
+        }
+    }
+
+    /// The room's records from `first` on (of `generation`) could not be stored: numbering
+    /// resumes at `first`, their keys are forgotten, and the retries of them fail.
+    fn failed(&self, generation: u64, first: u64, error: &StorageError) {
+        let mut numbers = self.numbers.lock().unwrap();
+        if generation != numbers.generation {
+            return;
+        }
+        numbers.generation += 1;
+        numbers.seq = first - 1;
+        numbers.dedupe.forget_from(first);
+        let (failed, kept) = std::mem::take(&mut numbers.retries)
+            .into_iter()
+            .partition(|(s, _)| *s >= first);
+        numbers.retries = kept;
+        for (_, done) in failed {
+            let _ = done.send(Err(error.clone()));
+        }
+    }
+
+    /// Hands the committed records to the room's sink, in order.
+    fn hand_over(&self) {
+        let _one = self.handing.lock().unwrap();
+        let records: Vec<RoomEvent> = self
+            .outgoing
+            .lock()
+            .unwrap()
+            .drain(..)
+            .map(RoomEvent::Record)
+            .collect();
+        if !records.is_empty() {
+            self.sink.receive(records);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Counted(Mutex<Vec<u64>>);
+
+    impl RoomSink for Counted {
+        fn receive(&self, events: Vec<RoomEvent>) {
+            let mut seen = self.0.lock().unwrap();
+            for event in events {
+                if let RoomEvent::Record(r) = event {
+                    seen.push(r.seq);
+                }
+            }
+        }
+        fn members_here(&self) -> Vec<super::super::MemberInfo> {
+            Vec::new()
+        }
+    }
+
+    fn options() -> Options {
+        Options {
+            retention: super::super::Retention {
+                messages: 100_000,
+                age_ms: 3_600_000,
+            },
+            dedupe_window: 100,
+        }
+    }
+
+    /// A disk that stalls (here: another process holding the write lock) fills the
+    /// writer's queue; past `MAX_QUEUED` appends are busy, and `ready` resolves once the
+    /// writer took them: memory stays flat, and every message is stored once, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_writer_makes_appends_busy_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let db = Sqlite::open(&path, options(), EngineStats::default())
+            .await
+            .unwrap();
+        let sink = Arc::new(Counted(Mutex::new(Vec::new())));
+        db.attach("r", sink.clone(), 10).await.unwrap();
+        // Another connection takes the write lock: the writer waits on it (busy timeout).
+        let blocker = Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let mut appends = Vec::new();
+        let mut busy = 0;
+        let mut n = 0;
+        while busy == 0 {
+            n += 1;
+            match db.append("r", Record::new(1, "ann", format!("m{n}"))) {
+                Ok(appending) => appends.push(appending),
+                Err(Busy(_)) => busy += 1,
+            }
+        }
+        assert_eq!(appends.len(), MAX_QUEUED, "busy exactly at the bound");
+        let ready = tokio::spawn(async move {
+            db.ready().await;
+            db
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !ready.is_finished(),
+            "ready waits while the writer is stalled"
+        );
+        blocker.execute_batch("COMMIT").unwrap();
+        let db = ready.await.unwrap();
+        for appending in appends {
+            assert!(matches!(appending.await, Ok(Appended::Stored(_))));
+        }
+        db.flush().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sink.0.lock().unwrap().len() < MAX_QUEUED && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let seen = sink.0.lock().unwrap().clone();
+        assert_eq!(seen, (1..=MAX_QUEUED as u64).collect::<Vec<_>>());
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::MemberSummary;
+use super::member::MemberSummary;
 
 /// One thing that happened in a room.
 #[derive(Debug)]

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Member, MemberSummary};
+use super::member::{Member, MemberSummary};
 use crate::protocol::{MEMBERS_PAGE, MemberRef};
 
 /// Most joins and leaves one `presence` update lists; past it, the update carries only the
@@ -120,6 +120,11 @@ impl Roster {
     /// Members over all nodes.
     pub(crate) fn len(&self) -> usize {
         self.members.len() + self.elsewhere.len()
+    }
+
+    /// Whether the room is big: its joins, leaves and typing go out once per interval.
+    pub(crate) fn is_big(&self) -> bool {
+        self.big
     }
 
     /// Whether no member is connected here.

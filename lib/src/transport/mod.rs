@@ -26,6 +26,7 @@ use crate::session::SessionContext;
 mod lines;
 pub(crate) mod poll;
 pub(crate) mod posted;
+pub(crate) mod relay;
 pub(crate) mod sse;
 pub(crate) mod websocket;
 pub(crate) mod webtransport;

@@ -27,11 +27,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::{Notify, oneshot};
 
-use super::{Context, posted};
+use super::Context;
+use super::posted::{self, Forwarded};
 use crate::auth::Transport;
-use crate::engine::redis::Forwarded;
-use crate::hub::{Kind, Outbound};
 use crate::protocol::CloseCode;
+use crate::queue::{Kind, Outbound};
 use crate::session::FrameWriter;
 
 /// How long a poll is held when there is nothing to send.
@@ -225,7 +225,7 @@ async fn forward(
         reply: hub.node(),
         token,
     };
-    if !hub.forward(node, request) {
+    if !request.send(ctx, node) {
         return (404, "no such session: open a new one".into());
     }
     hub.metrics().forwarded("poll");
@@ -247,14 +247,12 @@ pub(crate) async fn answer_forwarded(
     token: u64,
 ) {
     let (status, body) = answer(&ctx, &session, after, origin.as_deref()).await;
-    ctx.session.hub.forward(
-        reply,
-        Forwarded::Polled {
-            token,
-            status,
-            body,
-        },
-    );
+    Forwarded::Polled {
+        token,
+        status,
+        body,
+    }
+    .send(&ctx, reply);
 }
 
 /// A poll of session `id` held here, from `after`: (HTTP status, body).

@@ -15,15 +15,50 @@ use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::{Admitted, Context, OriginPolicy, Refused, detached, shown};
 use crate::PATH;
 use crate::auth::{ConnectRequest, Transport, random_bytes};
-use crate::engine::redis::Forwarded;
 use crate::protocol::CloseCode;
 use crate::session::{self, FrameReader, FrameWriter, Inbound};
+
+/// A request for a session that another node holds (SSE and long polling need no sticky
+/// load balancer), or the answer to one: it travels between nodes through the engine.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum Forwarded {
+    /// A post's frames (`body`, one per line), from `origin`.
+    Post {
+        session: String,
+        origin: Option<String>,
+        body: String,
+    },
+    /// A long poll from `after`: answer node `reply` with `token`.
+    Poll {
+        session: String,
+        origin: Option<String>,
+        after: u64,
+        reply: u64,
+        token: u64,
+    },
+    /// The answer to the poll this node forwarded with `token`: an HTTP status and body.
+    Polled {
+        token: u64,
+        status: u16,
+        body: String,
+    },
+}
+
+impl Forwarded {
+    /// Sends it to node `node`; false when there is no such node to send it to.
+    pub(crate) fn send(&self, ctx: &Context, node: u64) -> bool {
+        let payload = serde_json::to_vec(self).expect("serializable");
+        ctx.session.hub.forward(node, payload.into())
+    }
+}
 
 /// Frames a session may have waiting from its posts; past it a post is answered 429.
 const INBOX: usize = 256;
@@ -222,14 +257,12 @@ fn post_frames(ctx: &Context, id: String, headers: &HeaderMap, body: Bytes) -> R
     {
         Err(Undelivered::Unknown) => {
             let forwarded = match (elsewhere(ctx, &id), std::str::from_utf8(&body)) {
-                (Some(node), Ok(body)) => ctx.session.hub.forward(
-                    node,
-                    Forwarded::Post {
-                        session: id,
-                        origin,
-                        body: body.into(),
-                    },
-                ),
+                (Some(node), Ok(body)) => Forwarded::Post {
+                    session: id,
+                    origin,
+                    body: body.into(),
+                }
+                .send(ctx, node),
                 _ => false,
             };
             if forwarded {
@@ -252,40 +285,15 @@ fn post_frames(ctx: &Context, id: String, headers: &HeaderMap, body: Bytes) -> R
     }
 }
 
-/// A request another node sent on to this one, which holds its session (or the answer to
-/// a poll this one sent on).
-pub(crate) fn forwarded(ctx: Arc<Context>, request: Forwarded) {
-    match request {
-        Forwarded::Post {
-            session,
-            origin,
-            body,
-        } => {
-            let max = ctx.session.limits.max_frame_bytes;
-            let body = Bytes::from(body);
-            let delivered =
-                ctx.posted
-                    .deliver(&session, origin.as_deref(), &ctx.origins, &body, max);
-            if let Err(why) = delivered {
-                tracing::debug!(session, ?why, "a forwarded post was not delivered");
-            }
-        }
-        Forwarded::Poll {
-            session,
-            origin,
-            after,
-            reply,
-            token,
-        } => {
-            tokio::spawn(super::poll::answer_forwarded(
-                ctx, session, origin, after, reply, token,
-            ));
-        }
-        Forwarded::Polled {
-            token,
-            status,
-            body,
-        } => ctx.polled.answered(token, status, body),
+/// The frames of a post another node sent on to this one, which holds its session.
+pub(crate) fn deliver_forwarded(ctx: &Context, session: &str, origin: Option<&str>, body: String) {
+    let max = ctx.session.limits.max_frame_bytes;
+    let body = Bytes::from(body);
+    let delivered = ctx
+        .posted
+        .deliver(session, origin, &ctx.origins, &body, max);
+    if let Err(why) = delivered {
+        tracing::debug!(session, ?why, "a forwarded post was not delivered");
     }
 }
 

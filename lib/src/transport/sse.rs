@@ -30,8 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Context, posted};
 use crate::auth::Transport;
-use crate::hub::{Kind, Outbound};
 use crate::protocol::CloseCode;
+use crate::queue::{Kind, Outbound};
 use crate::session::{FrameWriter, Inbound};
 
 /// A comment line this often keeps proxies from closing a quiet stream.

@@ -33,8 +33,8 @@ use tungstenite::{Error as WsError, Message};
 
 use super::{Context, detached, shown};
 use crate::auth::{ConnectRequest, Transport};
-use crate::hub::{Kind, Outbound};
 use crate::protocol::CloseCode;
+use crate::queue::{Kind, Outbound};
 use crate::session::{self, FrameReader, FrameWriter, Inbound};
 
 type Upgraded = TokioIo<hyper::upgrade::Upgraded>;

@@ -24,8 +24,8 @@ use super::lines::{Line, LineSplitter};
 use super::{Context, Refused};
 use crate::auth::{ConnectRequest, Transport};
 use crate::config::PATH;
-use crate::hub::{Kind, Outbound};
 use crate::protocol::CloseCode;
+use crate::queue::{Kind, Outbound};
 use crate::session::{self, FrameReader, FrameWriter, Inbound};
 
 /// How long a client may take from its first packet to an open stream. Bounds what a

@@ -1,0 +1,1253 @@
+//! One chat room: its members, the recent tail of its history, and the one route by which
+//! its messages reach them.
+//!
+//! A member's message goes to the engine ([`Broker::append`]); every numbered record comes
+//! back through [`RoomSink::receive`] — this node's and other nodes', on every engine — and
+//! only there is it encoded (once), put in the tail and pushed into every member's queue,
+//! with the sender's own copy and acknowledgement. The room's lock is held for short,
+//! non-async sections only: nothing here waits for the engine under it. A join that must
+//! replay messages older than the tail reads them with the lock released, while the
+//! messages delivered meanwhile are kept for it, so that the replay is exact.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use tokio::sync::{Notify, oneshot};
+
+use super::happened::{Happened, Observer};
+use super::member::{Member, MemberSummary, Resume};
+use super::roster::{Listed, Policy, Roster, Told};
+use crate::engine::{
+    Appended, Broker, Busy, EngineFuture, HistoryPage, Loaded, MemberInfo, Numbered, Record,
+    RoomEvent, RoomSink, StorageError, StoredMessage,
+};
+use crate::metrics::Metrics;
+use crate::protocol::{
+    self, CloseCode, ErrorCode, MemberRef, PresenceEvent, ServerFrame, You, now_ms,
+};
+use crate::queue::Outbox;
+
+/// Typing notices a big room relays per presence interval: in a room of thousands, each
+/// notice would otherwise reach everyone, several times a second.
+const TYPING_PER_TICK: usize = 3;
+
+/// Sizes a room keeps to, from the hub's configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RoomLimits {
+    /// Messages kept in the tail.
+    pub history_len: usize,
+    /// Most messages a resume replays.
+    pub max_replay: usize,
+    /// Messages older than this are never replayed.
+    pub retention_age_ms: u64,
+}
+
+/// One chat room. Cheap to share: sessions hold an `Arc<Room>` per room they are in, so
+/// sending needs no global lock.
+pub(crate) struct Room {
+    name: Arc<str>,
+    limits: RoomLimits,
+    /// The hub's count of history bytes over all rooms (see
+    /// [`HubConfig::history_bytes`](super::HubConfig::history_bytes)): moved once per
+    /// message kept or dropped, never per delivery.
+    history_held: Arc<AtomicUsize>,
+    engine: Arc<dyn Broker>,
+    /// This node's number: a record it appended comes back naming it.
+    node: u64,
+    metrics: Arc<Metrics>,
+    /// Wakes the joins that wait for the engine to have taken the room up.
+    loaded: Notify,
+    /// Held only for short, non-async sections: delivering a record and pushing it to every
+    /// member's queue must be one step, or two members could see two messages in different
+    /// orders.
+    state: Mutex<RoomState>,
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Room").field("name", &self.name).finish()
+    }
+}
+
+/// Where the room is in being taken up by the engine.
+enum Phase {
+    /// The engine is reading it; what it hands the room meanwhile waits here.
+    Loading(Vec<RoomEvent>),
+    Ready,
+    /// The engine could not read it: the hub drops it, and joins try again.
+    Failed,
+}
+
+struct RoomState {
+    phase: Phase,
+    /// The room's epoch, as the engine gave it.
+    epoch: u64,
+    /// The last sequence number delivered here.
+    delivered: u64,
+    /// The newest delivered messages, oldest first: what a join replays, shared by every
+    /// replay.
+    history: VecDeque<Stored>,
+    roster: Roster,
+    /// Records appended here and not delivered yet, by token: who is owed what.
+    submitted: HashMap<u64, Origin>,
+    next_token: u64,
+    /// Acknowledgements of retries, owed once the message they repeat is delivered here.
+    acks_after: Vec<(u64, Outbox, Bytes)>,
+    /// Members whose join reads older history from the engine: what is delivered meanwhile
+    /// waits here for them, behind that history.
+    joining: Vec<Joining>,
+    /// In a big room, who typed since the last presence interval (most recent last).
+    typing: Vec<(u64, Arc<str>)>,
+    last_active: Instant,
+    /// Set when the hub dropped this room; a join that raced with it looks again.
+    removed: bool,
+    /// Told what happens here (the events webhook), if anyone follows.
+    observer: Option<Observer>,
+}
+
+/// A message in a room's recent history.
+#[derive(Debug, Clone)]
+struct Stored {
+    seq: u64,
+    time: u64,
+    /// The `message` frame every member got.
+    frame: Bytes,
+}
+
+/// A join waiting for older history.
+struct Joining {
+    id: u64,
+    /// Frames delivered since its snapshot of the tail.
+    frames: Vec<Bytes>,
+}
+
+/// Who appended a record here, and what they are owed once it is delivered.
+enum Origin {
+    Member {
+        id: u64,
+        outbox: Outbox,
+        client_id: Option<Box<str>>,
+        /// The sender's user id, for the observer.
+        user: Option<Arc<str>>,
+    },
+    /// The host (the Rust or HTTP API): told the number once the room delivered it, so
+    /// that what it reads next (history, say) has it.
+    Host(Option<oneshot::Sender<u64>>),
+}
+
+/// The room was dropped while a join waited: join it again, as the hub has it now.
+pub(crate) struct Removed;
+
+/// A message the engine could not take yet (it was [`Busy`]): wait, then
+/// [`Retry::append`] it again, before the sender's next frame.
+pub(crate) struct Retry {
+    room: Arc<Room>,
+    origin: Origin,
+    record: Record,
+}
+
+impl Retry {
+    /// Waits until the engine takes records again, and hands it this one (again, while it
+    /// is still busy).
+    pub(crate) async fn append(self: Box<Self>) {
+        let Retry {
+            room,
+            mut origin,
+            mut record,
+        } = *self;
+        loop {
+            room.engine.ready().await;
+            match room.append(origin, record) {
+                Ok((token, appending)) => return room.follow(token, appending),
+                Err(busy) => (origin, Busy(record)) = *busy,
+            }
+        }
+    }
+}
+
+impl Room {
+    pub(crate) fn new(
+        name: Arc<str>,
+        limits: RoomLimits,
+        history_held: Arc<AtomicUsize>,
+        engine: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+        policy: Policy,
+        observer: Option<Observer>,
+    ) -> Room {
+        Room {
+            name,
+            limits,
+            history_held,
+            node: engine.node(),
+            engine,
+            metrics,
+            loaded: Notify::new(),
+            state: Mutex::new(RoomState {
+                phase: Phase::Loading(Vec::new()),
+                epoch: 0,
+                delivered: 0,
+                history: VecDeque::new(),
+                roster: Roster::new(policy),
+                submitted: HashMap::new(),
+                next_token: 1,
+                acks_after: Vec::new(),
+                joining: Vec::new(),
+                typing: Vec::new(),
+                last_active: Instant::now(),
+                removed: false,
+                observer,
+            }),
+        }
+    }
+
+    /// The room's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The engine has read the room (or could not): what it handed the room meanwhile is
+    /// applied, and the joins waiting for it go on.
+    pub(crate) fn loaded(&self, result: Result<Loaded, StorageError>) {
+        let mut guard = self.state.lock().unwrap();
+        let state = &mut *guard;
+        let waiting = match std::mem::replace(&mut state.phase, Phase::Ready) {
+            Phase::Loading(waiting) => waiting,
+            _ => Vec::new(),
+        };
+        match result {
+            Ok(loaded) => {
+                state.epoch = loaded.epoch;
+                state.delivered = loaded.seq;
+                for message in &loaded.tail {
+                    let frame = message_frame(&self.name, message);
+                    self.history_held.fetch_add(frame.len(), Ordering::Relaxed);
+                    state.history.push_back(Stored {
+                        seq: message.seq,
+                        time: message.time,
+                        frame,
+                    });
+                }
+                for member in loaded.members {
+                    state.roster.add_elsewhere(member.into());
+                }
+                self.apply(state, waiting);
+            }
+            Err(e) => {
+                tracing::error!(room = %self.name, error = %e, "could not load a room");
+                state.phase = Phase::Failed;
+                state.removed = true;
+            }
+        }
+        drop(guard);
+        self.loaded.notify_waiters();
+    }
+
+    /// Waits until the engine has taken the room up: false when it could not.
+    pub(crate) async fn ready(&self) -> bool {
+        loop {
+            let notified = self.loaded.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.state.lock().unwrap().phase {
+                Phase::Ready => return true,
+                Phase::Failed => return false,
+                Phase::Loading(_) => {}
+            }
+            notified.await;
+        }
+    }
+
+    /// Publishes a message from `sender` (a member): once the engine numbered it, it is
+    /// delivered to every member, and the sender's acknowledgement is queued behind its own
+    /// copy. A retry of an `id` the same sender used before is only acknowledged again,
+    /// with the original sequence number. `Err` when the engine is busy: the sender waits
+    /// with [`Retry::append`] before its next frame, so that its messages keep their order.
+    pub(crate) fn publish(
+        self: &Arc<Self>,
+        sender: &Member,
+        text: &str,
+        id: Option<&str>,
+    ) -> Result<(), Box<Retry>> {
+        let origin = Origin::Member {
+            id: sender.id,
+            outbox: sender.outbox.clone(),
+            client_id: id.map(Into::into),
+            user: sender.user.clone(),
+        };
+        let mut record = Record::new(now_ms(), sender.name.clone(), text);
+        record.sender = Some(sender.sender.public().into());
+        record.dedupe = id.map(|id| sender.sender.dedupe_key(id));
+        match self.append(origin, record) {
+            Ok((token, appending)) => {
+                self.follow(token, appending);
+                Ok(())
+            }
+            Err(busy) => {
+                let (origin, Busy(record)) = *busy;
+                Err(Box::new(Retry {
+                    room: self.clone(),
+                    origin,
+                    record,
+                }))
+            }
+        }
+    }
+
+    /// Publishes `text` as `from` on behalf of the host: resolves with its number once the
+    /// engine stored it.
+    pub(crate) async fn publish_as(&self, from: &str, text: &str) -> Result<u64, StorageError> {
+        let mut record = Record::new(now_ms(), from, text);
+        loop {
+            let (told, delivered) = oneshot::channel();
+            match self.append(Origin::Host(Some(told)), record) {
+                Ok((token, appending)) => {
+                    let appended = appending.await;
+                    if appended.is_err() {
+                        self.state.lock().unwrap().submitted.remove(&token);
+                    }
+                    let seq = match appended? {
+                        Appended::Stored(p) | Appended::Duplicate(p) => p.seq,
+                    };
+                    // Delivered here (or the room is gone, which drops what it owed).
+                    return Ok(delivered.await.unwrap_or(seq));
+                }
+                Err(busy) => {
+                    record = busy.1.0;
+                    self.engine.ready().await;
+                }
+            }
+        }
+    }
+
+    /// Hands `record` to the engine under a fresh token, remembering `origin` for when it
+    /// comes back; both are given back when the engine is busy.
+    #[allow(clippy::type_complexity)]
+    fn append(
+        &self,
+        origin: Origin,
+        mut record: Record,
+    ) -> Result<(u64, EngineFuture<'static, Appended>), Box<(Origin, Busy)>> {
+        let token = {
+            let mut state = self.state.lock().unwrap();
+            let token = state.next_token;
+            state.next_token += 1;
+            state.submitted.insert(token, origin);
+            token
+        };
+        record.token = token;
+        self.metrics.published();
+        // Not under the room's lock: the engine may hand the record back at once.
+        match self.engine.append(&self.name, record) {
+            Ok(appending) => Ok((token, appending)),
+            Err(busy) => {
+                let origin = self.state.lock().unwrap().submitted.remove(&token);
+                Err(Box::new((origin.unwrap_or(Origin::Host(None)), busy)))
+            }
+        }
+    }
+
+    /// Awaits what the engine says of the record appended as `token` (at once when it has
+    /// said it already): a duplicate is acknowledged, a failure told to its sender.
+    fn follow(self: &Arc<Self>, token: u64, appending: EngineFuture<'static, Appended>) {
+        let mut appending = appending;
+        match (&mut appending).now_or_never() {
+            Some(outcome) => self.appended(token, outcome),
+            None => {
+                let room = self.clone();
+                tokio::spawn(async move { room.appended(token, appending.await) });
+            }
+        }
+    }
+
+    /// The engine's outcome for the record appended as `token`. Stored: it reaches this
+    /// room through [`RoomSink::receive`], where its sender is acknowledged.
+    fn appended(&self, token: u64, outcome: Result<Appended, StorageError>) {
+        let stored = matches!(outcome, Ok(Appended::Stored(_)));
+        if stored {
+            return;
+        }
+        let mut state = self.state.lock().unwrap();
+        let Some(Origin::Member {
+            outbox, client_id, ..
+        }) = state.submitted.remove(&token)
+        else {
+            return;
+        };
+        match outcome {
+            Ok(Appended::Duplicate(position)) => {
+                let ack = ack(&self.name, client_id.as_deref(), position.seq);
+                if position.seq <= state.delivered {
+                    outbox.push(ack);
+                } else {
+                    state.acks_after.push((position.seq, outbox, ack));
+                }
+            }
+            Err(_) => {
+                outbox.push(protocol::error_frame(
+                    ErrorCode::StorageFailed,
+                    "the message could not be stored; it was not delivered. Retry later",
+                    Some(&self.name),
+                    client_id.as_deref(),
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
+
+    /// Adds `member` to the room. Its queue receives, in this order and before anything else
+    /// from the room: `joined`, then the history it missed (all of the recent history
+    /// without `resume.since`). The other members get a presence event. Messages older than
+    /// the tail are read from the engine with the room's lock released; what is delivered
+    /// meanwhile is kept for the member, behind them.
+    pub(crate) async fn join(&self, member: Member, resume: Resume) -> Result<(), Removed> {
+        let (gap, from, to, snapshot) = {
+            let mut state = self.state.lock().unwrap();
+            if state.removed {
+                return Err(Removed);
+            }
+            let plan = state.plan(&self.limits, resume);
+            if plan.from >= plan.oldest {
+                let frames = state.tail_from(plan.from);
+                state.admit(&self.name, &self.engine, member, plan.gap, frames);
+                return Ok(());
+            }
+            state.joining.push(Joining {
+                id: member.id,
+                frames: Vec::new(),
+            });
+            (
+                plan.gap,
+                plan.from,
+                plan.oldest,
+                state.tail_from(plan.oldest),
+            )
+        };
+        // Given up (the session went away): the room stops keeping frames for it.
+        let waiting = Waiting {
+            room: self,
+            id: member.id,
+        };
+        let older = self.engine.range(&self.name, from, to).await;
+        std::mem::forget(waiting);
+        let mut state = self.state.lock().unwrap();
+        let at = state.joining.iter().position(|j| j.id == member.id);
+        let meanwhile = at.map_or_else(Vec::new, |at| state.joining.swap_remove(at).frames);
+        if state.removed {
+            return Err(Removed);
+        }
+        let cutoff = now_ms().saturating_sub(self.limits.retention_age_ms);
+        let (older_gap, older) = match older {
+            Ok(older) => {
+                let older: Vec<&StoredMessage> =
+                    older.iter().filter(|m| m.time >= cutoff).collect();
+                let gap = older.first().is_none_or(|m| m.seq != from);
+                (
+                    gap,
+                    older.iter().map(|m| message_frame(&self.name, m)).collect(),
+                )
+            }
+            Err(e) => {
+                tracing::error!(room = %self.name, error = %e, "could not read older history");
+                (true, Vec::new())
+            }
+        };
+        let frames: Vec<Bytes> = [older, snapshot, meanwhile].concat();
+        state.admit(&self.name, &self.engine, member, gap || older_gap, frames);
+        Ok(())
+    }
+
+    /// Relays a typing notice to the other members (here and on other nodes); may be
+    /// dropped for busy ones, and is thinned in a big room.
+    pub(crate) fn typing(&self, sender: &Member) {
+        self.engine.typing(&self.name, sender.id, &sender.name);
+        self.state
+            .lock()
+            .unwrap()
+            .typing(&self.name, sender.id, &sender.name);
+    }
+
+    /// Removes the member with id `member_id`; the others get a presence event.
+    /// Returns false when it was not a member (already left, or dropped as too slow).
+    pub(crate) fn leave(&self, member_id: u64) -> bool {
+        let mut state = self.state.lock().unwrap();
+        state.last_active = Instant::now();
+        state.remove(&self.name, &self.engine, vec![member_id])
+    }
+
+    /// Asks every member that `which` selects to close with `code`; returns how many.
+    /// Their sessions send `bye` and close (and leave every room they are in); with a
+    /// reconnect code the clients come back and resume.
+    ///
+    /// Kicked (a kick or a ban) is about this room only: the members leave it and are told
+    /// so with a `left` carrying the code; a connection stays in its other rooms, and its
+    /// session closes it with 4403 once it is in none.
+    pub(crate) fn disconnect(&self, which: impl Fn(&Member) -> bool, code: CloseCode) -> usize {
+        let mut state = self.state.lock().unwrap();
+        if code != CloseCode::Kicked {
+            return state
+                .roster
+                .iter()
+                .filter(|m| which(m))
+                .map(|m| m.outbox.close(code))
+                .count();
+        }
+        let left = protocol::encode(&ServerFrame::Left {
+            room: &self.name,
+            code: Some(code.code()),
+            reason: Some(code.reason()),
+        });
+        let removed: Vec<u64> = state
+            .roster
+            .iter()
+            .filter(|m| which(m))
+            .map(|m| {
+                m.outbox.push_removal(left.clone());
+                m.id
+            })
+            .collect();
+        let count = removed.len();
+        if count > 0 {
+            state.last_active = Instant::now();
+            state.remove(&self.name, &self.engine, removed);
+        }
+        count
+    }
+
+    /// Whether member `id` is in the room, here or on another node.
+    pub(crate) fn lists(&self, id: u64) -> bool {
+        let state = self.state.lock().unwrap();
+        state
+            .roster
+            .page(Some(id.saturating_sub(1)), 1)
+            .0
+            .first()
+            .is_some_and(|m| m.id == id)
+    }
+
+    /// Up to `limit` members with ids above `after`, in id order; the room's count; and the
+    /// `after` of the next page.
+    pub(crate) fn members_page(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> (Vec<MemberSummary>, usize, Option<u64>) {
+        let state = self.state.lock().unwrap();
+        let (page, next) = state.roster.page(after, limit);
+        let page = page.iter().map(Listed::summary).collect();
+        (page, state.roster.len(), next)
+    }
+
+    /// The same page, encoded as a `members` frame.
+    pub(crate) fn members_frame(&self, after: Option<u64>, limit: usize) -> Bytes {
+        let state = self.state.lock().unwrap();
+        let (page, next) = state.roster.page(after, limit);
+        let members: Vec<MemberRef<'_>> = page.iter().map(Listed::as_ref).collect();
+        protocol::encode(&ServerFrame::Members {
+            room: &self.name,
+            count: state.roster.len(),
+            members: &members,
+            next,
+        })
+    }
+
+    /// Up to `limit` delivered messages below `before`, oldest first: from the tail, and
+    /// from the engine for what is older (read with the room's lock released).
+    pub(crate) async fn page(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, StorageError> {
+        let (mut recent, below) = {
+            let state = self.state.lock().unwrap();
+            // Nothing a member has not been sent yet.
+            let before = before.unwrap_or(u64::MAX).min(state.delivered + 1);
+            let cutoff = now_ms().saturating_sub(self.limits.retention_age_ms);
+            let recent: Vec<Bytes> = state
+                .history
+                .iter()
+                .filter(|s| s.seq < before && s.time >= cutoff)
+                .map(|s| s.frame.clone())
+                .collect();
+            let below = state
+                .history
+                .iter()
+                .find(|s| s.seq < before && s.time >= cutoff)
+                .map_or(before, |s| s.seq);
+            (recent, below)
+        };
+        if recent.len() > limit {
+            let from = recent.len() - limit;
+            let messages = recent.split_off(from);
+            return Ok(HistoryPage::new(decode_all(&messages), true));
+        }
+        let older = self
+            .engine
+            .page(&self.name, below, limit - recent.len())
+            .await?;
+        let mut messages = older.messages;
+        messages.extend(decode_all(&recent));
+        Ok(HistoryPage::new(messages, older.more))
+    }
+
+    /// Removes message `seq` from the tail and, if it was a message — `stored` says
+    /// whether the engine had it — tells the members. Returns whether it was.
+    pub(crate) fn forget(&self, seq: u64, stored: bool) -> bool {
+        self.state.lock().unwrap().forget(self, seq, stored)
+    }
+
+    /// Sends a big room's due presence update and its typing notices (once per presence
+    /// interval).
+    pub(crate) fn tick(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.send_update(&self.name, &self.engine);
+        for (id, name) in std::mem::take(&mut state.typing) {
+            state.relay_typing(&self.name, id, &name);
+        }
+    }
+
+    /// Sets the room's presence policy.
+    pub(crate) fn set_policy(&self, policy: Policy) {
+        let mut state = self.state.lock().unwrap();
+        if let Told::Everyone = state.roster.set_policy(policy) {
+            state.send_list(&self.name, &self.engine);
+        }
+    }
+
+    /// When the room was last active, if the hub may let go of it: no member is connected
+    /// here, nothing is in flight, nobody is joining (or it was lost).
+    pub(crate) fn releasable(&self) -> Option<Instant> {
+        let state = self.state.lock().unwrap();
+        let quiet = state.roster.none_here()
+            && state.submitted.is_empty()
+            && state.joining.is_empty()
+            && !matches!(state.phase, Phase::Loading(_));
+        (quiet || state.removed).then_some(state.last_active)
+    }
+
+    /// Marks the room dropped by the hub (a join that raced with it looks again) and
+    /// gives its tail's memory back.
+    pub(crate) fn remove(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.removed = true;
+        while let Some(old) = state.history.pop_front() {
+            self.history_held
+                .fetch_sub(old.frame.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the hub dropped the room (or it was lost).
+    pub(crate) fn removed(&self) -> bool {
+        self.state.lock().unwrap().removed
+    }
+
+    /// When a member last came, went or spoke.
+    pub(crate) fn last_active(&self) -> Instant {
+        self.state.lock().unwrap().last_active
+    }
+
+    /// Drops the tail's oldest messages while the hub holds more than `target` bytes of
+    /// history; whether that brought it down to `target`.
+    pub(crate) fn shed_history(&self, target: usize) -> bool {
+        let held = &self.history_held;
+        let mut state = self.state.lock().unwrap();
+        while held.load(Ordering::Relaxed) > target {
+            let Some(old) = state.history.pop_front() else {
+                return false;
+            };
+            held.fetch_sub(old.frame.len(), Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Members connected here, for the scrape.
+    pub(crate) fn members_here_count(&self) -> usize {
+        self.state.lock().unwrap().roster.iter().len()
+    }
+
+    /// Applies what the engine handed the room, in order: runs of records that follow each
+    /// other go out together (one push per member).
+    fn apply(&self, state: &mut RoomState, events: Vec<RoomEvent>) {
+        let mut run: Vec<Numbered> = Vec::new();
+        for event in events {
+            let event = match event {
+                RoomEvent::Record(record) => {
+                    if record.seq > run.last().map_or(state.delivered, |r| r.seq) {
+                        run.push(record);
+                    }
+                    continue;
+                }
+                other => other,
+            };
+            if !run.is_empty() {
+                self.deliver(state, std::mem::take(&mut run));
+            }
+            match event {
+                RoomEvent::Record(_) => {}
+                RoomEvent::Joined(members) => self.add_elsewhere(state, members),
+                RoomEvent::Left(ids) => {
+                    state.remove(&self.name, &self.engine, ids);
+                }
+                RoomEvent::Members(members) => {
+                    // Those listed elsewhere that the engine no longer has left; those it
+                    // has that are not listed here joined.
+                    let listed: std::collections::HashSet<u64> =
+                        members.iter().map(|m| m.id).collect();
+                    let gone: Vec<u64> = state
+                        .roster
+                        .ids_elsewhere()
+                        .into_iter()
+                        .filter(|id| !listed.contains(id))
+                        .collect();
+                    state.remove(&self.name, &self.engine, gone);
+                    self.add_elsewhere(state, members);
+                }
+                RoomEvent::Deleted(seq) => {
+                    state.forget(self, seq, true);
+                }
+                RoomEvent::Typing { member, name } => {
+                    state.typing(&self.name, member, &Arc::from(name));
+                }
+                RoomEvent::Lost => {
+                    tracing::warn!(room = %self.name, "the engine lost this room's history; its members reconnect");
+                    // The hub drops it: joins take up the new room.
+                    state.removed = true;
+                    for member in state.roster.iter() {
+                        member.outbox.close(CloseCode::Reconnect);
+                    }
+                }
+            }
+        }
+        if !run.is_empty() {
+            self.deliver(state, run);
+        }
+    }
+
+    /// Lists members connected to other nodes (those not listed yet), and tells the
+    /// members here as a join here is told.
+    fn add_elsewhere(&self, state: &mut RoomState, members: Vec<MemberInfo>) {
+        for member in members {
+            let member = MemberSummary::from(member);
+            let (id, name) = (member.id, member.name.clone());
+            if let Some(Told::Now) = state.roster.add_elsewhere(member) {
+                let presence = protocol::encode(&ServerFrame::Presence {
+                    room: &self.name,
+                    event: PresenceEvent::Join,
+                    member: MemberRef { id, name: &name },
+                    count: state.roster.len(),
+                });
+                state.broadcast(&self.name, &self.engine, &presence, None);
+            }
+        }
+    }
+
+    /// Delivers numbered records, in order, each the next: into the tail, to every member,
+    /// and each acknowledgement to its sender here. A member's share of the batch goes in
+    /// with one push (one lock, one wake-up, one write for a commit's worth of messages); a
+    /// sender's share has its own copies, each followed by its ack.
+    fn deliver(&self, state: &mut RoomState, records: Vec<Numbered>) {
+        let Some(last) = records.last() else {
+            return;
+        };
+        state.delivered = last.seq;
+        state.last_active = Instant::now();
+        let batch: Vec<Delivery> = records
+            .into_iter()
+            .map(|numbered| {
+                let origin = (numbered.node == self.node)
+                    .then(|| state.submitted.remove(&numbered.record.token))
+                    .flatten();
+                Delivery::new(&self.name, numbered, origin)
+            })
+            .collect();
+        let frames: Vec<Bytes> = batch.iter().map(|d| d.frame.clone()).collect();
+        let mut senders: Vec<u64> = batch.iter().filter_map(Delivery::sender).collect();
+        senders.sort_unstable();
+        senders.dedup();
+        let mut in_room = vec![false; senders.len()];
+        let mut slow: Vec<u64> = Vec::new();
+        for member in state.roster.iter() {
+            match senders.binary_search(&member.id) {
+                Ok(i) => in_room[i] = true,
+                Err(_) if !member.outbox.push_many(&frames) => slow.push(member.id),
+                Err(_) => {}
+            }
+        }
+        for (&sender, in_room) in senders.iter().zip(in_room) {
+            // A sender that left the room meanwhile still gets its own messages and acks.
+            let mut outbox = None;
+            let mut share = Vec::with_capacity(frames.len() + 2);
+            for delivery in &batch {
+                match &delivery.origin {
+                    Some(Origin::Member {
+                        id, outbox: own, ..
+                    }) if *id == sender => {
+                        share.push(
+                            delivery
+                                .own
+                                .clone()
+                                .unwrap_or_else(|| delivery.frame.clone()),
+                        );
+                        share.push(delivery.ack.clone());
+                        outbox = Some(own);
+                    }
+                    _ if in_room => share.push(delivery.frame.clone()),
+                    _ => {}
+                }
+            }
+            if let Some(outbox) = outbox
+                && !outbox.push_many(&share)
+                && in_room
+            {
+                slow.push(sender);
+            }
+        }
+        for joining in &mut state.joining {
+            joining.frames.extend(frames.iter().cloned());
+        }
+        for mut delivery in batch {
+            if let Some(Origin::Host(told)) = &mut delivery.origin
+                && let Some(told) = told.take()
+            {
+                let _ = told.send(delivery.seq);
+            }
+            // Told by the node where it was published: each node tells its own.
+            if let (Some(observer), Some(origin)) = (&state.observer, &delivery.origin) {
+                let user = match origin {
+                    Origin::Member { user, .. } => user.clone(),
+                    Origin::Host(_) => None,
+                };
+                let frame = delivery.frame.clone();
+                observer.tell(Happened::Message { frame, user });
+            }
+            if self.limits.history_len > 0 {
+                self.history_held
+                    .fetch_add(delivery.frame.len(), Ordering::Relaxed);
+                state.history.push_back(Stored {
+                    seq: delivery.seq,
+                    time: delivery.time,
+                    frame: delivery.frame,
+                });
+            }
+            if state.history.len() > self.limits.history_len
+                && let Some(old) = state.history.pop_front()
+            {
+                self.history_held
+                    .fetch_sub(old.frame.len(), Ordering::Relaxed);
+            }
+        }
+        if !state.acks_after.is_empty() {
+            let delivered = state.delivered;
+            let (due, later) = std::mem::take(&mut state.acks_after)
+                .into_iter()
+                .partition(|(seq, _, _)| *seq <= delivered);
+            state.acks_after = later;
+            for (_, outbox, ack) in due {
+                outbox.push(ack);
+            }
+        }
+        state.remove(&self.name, &self.engine, slow);
+    }
+}
+
+#[cfg(test)]
+impl Room {
+    /// The room's epoch, as the engine gave it.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.state.lock().unwrap().epoch
+    }
+
+    /// Messages in the tail.
+    pub(crate) fn tail_len(&self) -> usize {
+        self.state.lock().unwrap().history.len()
+    }
+
+    /// Bytes of the tail's frames.
+    pub(crate) fn tail_bytes(&self) -> usize {
+        let state = self.state.lock().unwrap();
+        state.history.iter().map(|s| s.frame.len()).sum()
+    }
+}
+
+impl RoomSink for Room {
+    fn receive(&self, events: Vec<RoomEvent>) {
+        let mut state = self.state.lock().unwrap();
+        if let Phase::Loading(waiting) = &mut state.phase {
+            waiting.extend(events);
+            return;
+        }
+        self.apply(&mut state, events);
+    }
+
+    fn members_here(&self) -> Vec<MemberInfo> {
+        let state = self.state.lock().unwrap();
+        state.roster.iter().map(|m| m.summary().into()).collect()
+    }
+}
+
+/// A join reading older history, given up when its future is dropped.
+struct Waiting<'a> {
+    room: &'a Room,
+    id: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut state = self.room.state.lock().unwrap();
+        state.joining.retain(|j| j.id != self.id);
+    }
+}
+
+/// A record on its way to the members: its frames, and who appended it here.
+struct Delivery {
+    seq: u64,
+    time: u64,
+    /// The `message` frame every member gets, history's too.
+    frame: Bytes,
+    /// The sender's own copy, naming its client id, and its ack (for a member's record).
+    own: Option<Bytes>,
+    ack: Bytes,
+    origin: Option<Origin>,
+}
+
+impl Delivery {
+    fn new(room: &str, numbered: Numbered, origin: Option<Origin>) -> Delivery {
+        let Numbered { seq, record, .. } = numbered;
+        let message = |id| {
+            protocol::encode(&ServerFrame::Message {
+                room,
+                seq,
+                from: &record.from,
+                sender: record.sender.as_deref(),
+                text: &record.text,
+                time: record.time,
+                id,
+            })
+        };
+        // Everyone's copy, history's too, without the client's id: only its sender knows it.
+        let frame = message(None);
+        let (own, ack) = match &origin {
+            Some(Origin::Member { client_id, .. }) => (
+                client_id.as_deref().map(|id| message(Some(id))),
+                ack(room, client_id.as_deref(), seq),
+            ),
+            _ => (None, Bytes::new()),
+        };
+        Delivery {
+            seq,
+            time: record.time,
+            frame,
+            own,
+            ack,
+            origin,
+        }
+    }
+
+    /// The member here that sent it.
+    fn sender(&self) -> Option<u64> {
+        match self.origin {
+            Some(Origin::Member { id, .. }) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// What a join replays: from `from`, with messages below `oldest` read from the engine.
+struct Plan {
+    gap: bool,
+    from: u64,
+    oldest: u64,
+}
+
+impl RoomState {
+    /// What a join replays, and whether the client missed messages it will not get.
+    ///
+    /// Without `since`: the recent history. With it: every message after it, at most
+    /// `max_replay` (beyond that, the newest `max_replay` and a gap: a client pages back
+    /// for more). Messages older than the tail come from the engine.
+    fn plan(&self, limits: &RoomLimits, resume: Resume) -> Plan {
+        let head = self.delivered;
+        let cutoff = now_ms().saturating_sub(limits.retention_age_ms);
+        let oldest = self
+            .history
+            .iter()
+            .find(|s| s.time >= cutoff)
+            .map_or(head + 1, |s| s.seq);
+        let (gap, from) = match resume.since {
+            None => (false, oldest),
+            // Numbers of another room of that name: all of them were missed, unless the
+            // client had seen none.
+            Some(since) if resume.epoch.is_some_and(|e| e != self.epoch) => (since > 0, oldest),
+            Some(since) => {
+                let since = since.min(head);
+                let max = limits.max_replay as u64;
+                if head - since > max {
+                    (true, head + 1 - max)
+                } else {
+                    (false, since + 1)
+                }
+            }
+        };
+        Plan { gap, from, oldest }
+    }
+
+    /// The tail's frames from `from` on.
+    fn tail_from(&self, from: u64) -> Vec<Bytes> {
+        self.history
+            .iter()
+            .skip_while(|s| s.seq < from)
+            .map(|s| s.frame.clone())
+            .collect()
+    }
+
+    /// Makes `member` a member, and queues its `joined` and `replay`.
+    fn admit(
+        &mut self,
+        room: &Arc<str>,
+        engine: &Arc<dyn Broker>,
+        member: Member,
+        gap: bool,
+        replay: Vec<Bytes>,
+    ) {
+        let (id, outbox) = (member.id, member.outbox.clone());
+        let you = (member.name.clone(), member.sender.clone());
+        if let Some(observer) = &self.observer {
+            let member = member.summary();
+            observer.tell(Happened::Joined {
+                room: room.clone(),
+                member,
+            });
+        }
+        let told = self.roster.add(member);
+        // In a big room, the count and the first page: the same cost whatever its size.
+        let members = self.roster.first_page();
+        let joined = protocol::encode(&ServerFrame::Joined {
+            room,
+            epoch: self.epoch,
+            seq: self.delivered,
+            you: You {
+                id,
+                name: &you.0,
+                sender: you.1.public(),
+            },
+            key: you.1.resume_key(),
+            members: &members,
+            count: self.roster.len(),
+            gap,
+            replay: replay.len(),
+        });
+        drop(members);
+        if outbox.push(joined) {
+            outbox.push_replay(&replay);
+        }
+        self.last_active = Instant::now();
+        if let Told::Now = told {
+            // A small room tells everyone now; a big one in its next update.
+            let presence = protocol::encode(&ServerFrame::Presence {
+                room,
+                event: PresenceEvent::Join,
+                member: MemberRef { id, name: &you.0 },
+                count: self.roster.len(),
+            });
+            self.broadcast(room, engine, &presence, Some(id));
+        }
+    }
+
+    /// Removes message `seq` from the tail and tells the members when it was a message.
+    fn forget(&mut self, room: &Room, seq: u64, stored: bool) -> bool {
+        let in_memory = self.history.iter().position(|s| s.seq == seq);
+        if let Some(old) = in_memory.and_then(|at| self.history.remove(at)) {
+            room.history_held
+                .fetch_sub(old.frame.len(), Ordering::Relaxed);
+        }
+        let deleted = stored || in_memory.is_some();
+        if deleted {
+            let frame = protocol::encode(&ServerFrame::Deleted {
+                room: &room.name,
+                seq,
+            });
+            for joining in &mut self.joining {
+                joining.frames.push(frame.clone());
+            }
+            self.broadcast(&room.name, &room.engine, &frame, None);
+        }
+        deleted
+    }
+
+    /// Relays that `name` (member `id`) is typing: at once in a small room; in a big one,
+    /// kept for the next tick (at most [`TYPING_PER_TICK`] of them, the latest).
+    fn typing(&mut self, room: &str, id: u64, name: &Arc<str>) {
+        if !self.roster.is_big() {
+            return self.relay_typing(room, id, name);
+        }
+        self.typing.retain(|(typist, _)| *typist != id);
+        self.typing.push((id, name.clone()));
+        if self.typing.len() > TYPING_PER_TICK {
+            self.typing.remove(0);
+        }
+    }
+
+    fn relay_typing(&self, room: &str, id: u64, name: &str) {
+        let frame = protocol::encode(&ServerFrame::Typing { room, from: name });
+        for member in self.roster.iter().filter(|m| m.id != id) {
+            member.outbox.push_ephemeral(frame.clone());
+        }
+    }
+
+    /// Pushes `frame` to every member but `skip`. Members that cannot take it are dropped
+    /// from the room (they were told to close as too slow), and the others told they left.
+    fn broadcast(
+        &mut self,
+        room: &str,
+        engine: &Arc<dyn Broker>,
+        frame: &Bytes,
+        skip: Option<u64>,
+    ) {
+        let slow = self.push_all(frame, skip);
+        self.remove(room, engine, slow);
+    }
+
+    /// Pushes `frame` to every member but `skip`; returns the ids of those that could not
+    /// take it.
+    fn push_all(&self, frame: &Bytes, skip: Option<u64>) -> Vec<u64> {
+        self.roster
+            .iter()
+            .filter(|m| Some(m.id) != skip && !m.outbox.push(frame.clone()))
+            .map(|m| m.id)
+            .collect()
+    }
+
+    /// Removes the members `ids` and tells the others: in a small room at once, in one
+    /// frame however many left; in a big one with the next update. Members that cannot take
+    /// that frame leave in the next round: a loop, not recursion, and each round costs one
+    /// pass over the members, so a thousand slow members cut off together cost a few
+    /// passes, not a thousand. Returns whether anyone was removed.
+    fn remove(&mut self, room: &str, engine: &Arc<dyn Broker>, mut ids: Vec<u64>) -> bool {
+        let mut removed_any = false;
+        while !ids.is_empty() {
+            let (gone, told) = self.roster.remove(&ids);
+            if gone.is_empty() {
+                break;
+            }
+            removed_any = true;
+            let here: Vec<u64> = gone
+                .iter()
+                .filter(|g| g.here)
+                .map(|g| g.member.id)
+                .collect();
+            if !here.is_empty() {
+                engine.left(room, here);
+            }
+            if let Some(observer) = &self.observer {
+                let room: Arc<str> = room.into();
+                for gone in gone.iter().filter(|g| g.here) {
+                    let member = gone.member.clone();
+                    let room = room.clone();
+                    observer.tell(Happened::Left { room, member });
+                }
+            }
+            let count = self.roster.len();
+            let frame = match (told, gone.as_slice()) {
+                (Told::Later, _) => break,
+                (Told::Everyone, _) => {
+                    self.send_list(room, engine);
+                    break;
+                }
+                (Told::Now, [one]) => protocol::encode(&ServerFrame::Presence {
+                    room,
+                    event: PresenceEvent::Leave,
+                    member: one.member.as_ref(),
+                    count,
+                }),
+                (Told::Now, many) => {
+                    let members: Vec<MemberRef<'_>> =
+                        many.iter().map(|g| g.member.as_ref()).collect();
+                    protocol::encode(&ServerFrame::PresenceMany {
+                        room,
+                        event: PresenceEvent::Leave,
+                        members: &members,
+                        count,
+                    })
+                }
+            };
+            ids = self.push_all(&frame, None);
+        }
+        removed_any
+    }
+
+    /// Sends everyone the whole list: the room just became small again.
+    fn send_list(&mut self, room: &str, engine: &Arc<dyn Broker>) {
+        let members = self.roster.first_page();
+        let frame = protocol::encode(&ServerFrame::PresenceMany {
+            room,
+            event: PresenceEvent::Sync,
+            members: &members,
+            count: self.roster.len(),
+        });
+        drop(members);
+        let slow = self.push_all(&frame, None);
+        self.remove(room, engine, slow);
+    }
+
+    /// A big room's update, when one is due: who joined and left since the last one (or
+    /// only the count), to every member.
+    fn send_update(&mut self, room: &str, engine: &Arc<dyn Broker>) {
+        let Some(changes) = self.roster.take_changes() else {
+            return;
+        };
+        fn refs(list: &[(u64, Arc<str>)]) -> Vec<MemberRef<'_>> {
+            list.iter()
+                .map(|(id, name)| MemberRef { id: *id, name })
+                .collect()
+        }
+        let (joined, left) = (refs(&changes.joined), refs(&changes.left));
+        let lists = !changes.overflow;
+        let frame = protocol::encode(&ServerFrame::PresenceUpdate {
+            room,
+            event: PresenceEvent::Update,
+            count: self.roster.len(),
+            joined: lists.then_some(&joined[..]),
+            left: lists.then_some(&left[..]),
+        });
+        let slow = self.push_all(&frame, None);
+        self.remove(room, engine, slow);
+    }
+}
+
+/// A stored message as a `message` frame (as everyone but its sender got it).
+pub(crate) fn message_frame(room: &str, message: &StoredMessage) -> Bytes {
+    protocol::encode(&ServerFrame::Message {
+        room,
+        seq: message.seq,
+        from: &message.from,
+        sender: message.sender.as_deref(),
+        text: &message.text,
+        time: message.time,
+        id: None,
+    })
+}
+
+/// Tail frames read back, for history pages.
+fn decode_all(frames: &[Bytes]) -> Vec<StoredMessage> {
+    #[derive(serde::Deserialize)]
+    struct Frame {
+        seq: u64,
+        time: u64,
+        from: String,
+        sender: Option<String>,
+        text: String,
+    }
+    frames
+        .iter()
+        .filter_map(|frame| serde_json::from_slice::<Frame>(frame).ok())
+        .map(|f| StoredMessage::new(f.seq, f.time, f.from, f.sender, f.text))
+        .collect()
+}
+
+fn ack(room: &str, id: Option<&str>, seq: u64) -> Bytes {
+    protocol::encode(&ServerFrame::Ack { room, id, seq })
+}
