@@ -42,6 +42,7 @@ use crate::auth::Authenticator;
 use crate::certs::{self, CertError, DevCert};
 use crate::config::{Config, Tls};
 use crate::engine::{self, HistoryPage, MemberInfo, MembersPage, Options, StorageError};
+use crate::hooks::{EventsSender, Webhooks};
 use crate::host::{Host, PublishError};
 use crate::http::{Digests, HttpState, MetricsAccess};
 use crate::hub::Hub;
@@ -49,7 +50,6 @@ use crate::metrics::Metrics;
 use crate::protocol::CloseCode;
 use crate::session::SessionContext;
 use crate::transport::{self, OriginPolicy, PerAddress, webtransport};
-use crate::webhook::{Events, Webhooks};
 
 /// wtchat, ready to be mounted: cheap to clone (one `Arc` inside).
 #[derive(Clone)]
@@ -65,7 +65,7 @@ struct ChatInner {
     dev_cert: Option<DevCert>,
     digests: Digests,
     /// The events webhook, whose sender runs with the chat.
-    events: Option<Arc<Events>>,
+    events: Option<Arc<dyn EventsSender>>,
     /// Cancelled once every session is gone (for the host's HTTP server).
     stopped: CancellationToken,
 }
@@ -174,7 +174,7 @@ impl Chat {
         if let Some(layer) = &config.engine_layer {
             engine = layer(engine);
         }
-        let webhooks = Webhooks::new(&config.webhooks, &config.limits, &metrics);
+        let webhooks = Webhooks::of(&config, &metrics);
         let session = SessionContext {
             hub: Hub::new(config.hub.clone(), engine, metrics).await?,
             limits: Arc::new(config.limits.clone()),
@@ -190,7 +190,7 @@ impl Chat {
             message_check: webhooks.message,
         };
         if let Some(events) = &webhooks.events {
-            session.hub.observe(events.observer());
+            session.hub.observe(events.clone().observer());
         }
         let host = Host {
             hub: session.hub.clone(),

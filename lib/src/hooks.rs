@@ -1,12 +1,53 @@
-//! The host's say over each message before it is stored: its Rust message hook (quick,
-//! synchronous) and its backend (the message webhook, awaited), as the sessions call them.
+//! The host's say over what happens: its Rust message hook (quick, synchronous), and its
+//! backend's webhooks as the chat calls them — the message webhook (awaited by the
+//! sessions), the auth webhook (a hook like the Rust one) and the events webhook (told by
+//! the hub). With the `webhooks` feature they come from [`crate::webhook`]; without it
+//! there are none (the builder refuses their settings).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
 
-use crate::auth::Refusal;
-use crate::hub::Member;
+use crate::auth::{AuthHook, Refusal};
+use crate::config::Config;
+use crate::hub::{Member, Observer};
+use crate::metrics::Metrics;
+
+/// The webhooks a configuration sets, ready to be called.
+#[derive(Default)]
+pub(crate) struct Webhooks {
+    /// For the sessions, which await it.
+    pub message: Option<Arc<dyn MessageCheck>>,
+    /// For the hub, which tells it, and the chat, which runs its sender.
+    pub events: Option<Arc<dyn EventsSender>>,
+    /// For the authenticator, as the host's hook.
+    pub auth: Option<AuthHook>,
+}
+
+impl Webhooks {
+    /// The webhooks `config` sets (none in a build without the `webhooks` feature: the
+    /// builder refused their settings there).
+    pub(crate) fn of(config: &Config, metrics: &Arc<Metrics>) -> Webhooks {
+        #[cfg(feature = "webhooks")]
+        return Webhooks::new(&config.webhooks, &config.limits, metrics);
+        #[cfg(not(feature = "webhooks"))]
+        {
+            let _ = (config, metrics);
+            Webhooks::default()
+        }
+    }
+}
+
+/// The events webhook, as the chat runs it.
+pub(crate) trait EventsSender: Send + Sync {
+    /// What the hub tells: each event is queued.
+    fn observer(self: Arc<Self>) -> Observer;
+
+    /// Posts the queued events until `stop`, then what is left within `grace`.
+    fn run(self: Arc<Self>, stop: CancellationToken, grace: Duration) -> BoxFuture<'static, ()>;
+}
 
 /// What the host's message hook sees of a message before it is stored.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +82,7 @@ pub(crate) trait MessageCheck: Send + Sync {
 
 /// What becomes of a message.
 #[derive(Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "webhooks"), allow(dead_code))]
 pub(crate) enum Verdict {
     /// Stored and delivered as it is.
     Accept,

@@ -47,11 +47,13 @@ pub(crate) struct HttpState {
     pub public_url: Option<Arc<str>>,
     pub digests: Digests,
     pub demo_page: bool,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub metrics: MetricsAccess,
 }
 
 /// Who may read `/wtchat/metrics`.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 pub(crate) enum MetricsAccess {
     /// Not served.
     Off,
@@ -128,6 +130,8 @@ pub(crate) fn router(state: HttpState) -> Router {
     } else {
         router
     };
+    // Without the `metrics` feature the builder refused `metrics(true)`: it is off.
+    #[cfg(feature = "metrics")]
     let router = match state.metrics {
         MetricsAccess::Off => router,
         MetricsAccess::Open => router.route(&format!("{PATH}/metrics"), get(metrics)),
@@ -418,6 +422,7 @@ async fn ready(State(state): State<HttpState>) -> Response {
 }
 
 /// `GET /wtchat/metrics`: Prometheus text (OpenMetrics format).
+#[cfg(feature = "metrics")]
 async fn metrics(State(state): State<HttpState>) -> Response {
     let hub = &state.host.hub;
     (

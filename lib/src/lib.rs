@@ -70,6 +70,7 @@ mod queue;
 mod server;
 mod session;
 mod transport;
+#[cfg(feature = "webhooks")]
 mod webhook;
 
 pub use auth::{ConnectRequest, Identity, Refusal, Rooms, Transport};

@@ -1,5 +1,6 @@
-//! What the server counts for its operators, and the Prometheus text (OpenMetrics format,
-//! written by the `prometheus-client` crate) that `/wtchat/metrics` serves.
+//! What the server counts for its operators, and — with the `metrics` feature — the
+//! Prometheus text (OpenMetrics format, written by the `prometheus-client` crate) that
+//! `/wtchat/metrics` serves. The counting is plain atomics, the same with or without it.
 //!
 //! The hot path touches no shared counter. What grows with every delivery — frames, bytes
 //! and messages sent, a message's time from publish to its write — is counted by each
@@ -9,18 +10,13 @@
 //! a disconnect, an engine write) are shared: they cost one atomic add per event, never one
 //! per recipient.
 
-use std::collections::HashMap;
+// Without the `metrics` feature nothing reads the counts (there is no /wtchat/metrics).
+#![cfg_attr(not(feature = "metrics"), allow(dead_code))]
+
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
 
 use crate::auth::Transport;
 use crate::protocol::now_ms;
@@ -38,60 +34,57 @@ const TRANSPORTS: [Transport; 4] = [
     Transport::LongPoll,
 ];
 
-/// A label set of one error code (`code="rate_limited"`).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct CodeLabel {
-    code: &'static str,
-}
+/// Counts by label: for events that are rare next to deliveries (a refused frame, a
+/// disconnect, a webhook call), so one lock per event is fine.
+#[derive(Debug, Default)]
+struct ByLabel<L: Ord>(Mutex<BTreeMap<L, u64>>);
 
-/// A label set of one close: its code and name (`code="4001",reason="too_slow"`); a client
-/// that closed or vanished is `code="1000",reason="client"`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct CloseLabel {
-    code: u16,
-    reason: &'static str,
-}
-
-/// A label set of a webhook call: which webhook, and how it went (`success`: a 2xx answer;
-/// `http_error`: another status; `timeout`; `unreachable`).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct WebhookLabel {
-    webhook: &'static str,
-    outcome: &'static str,
-}
-
-/// A label set of a request sent on to the node that holds its session (`post`, `poll`).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct RequestLabel {
-    request: &'static str,
-}
-
-/// The engine's side: how long its writes take, and how many failed.
-#[derive(Debug, Clone)]
-pub(crate) struct EngineStats {
-    latency: Histogram,
-    errors: Counter,
-}
-
-impl Default for EngineStats {
-    fn default() -> Self {
-        EngineStats {
-            // 100 µs to 2.5 s.
-            latency: Histogram::new([
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5,
-            ]),
-            errors: Counter::default(),
-        }
+impl<L: Ord + Clone> ByLabel<L> {
+    fn inc(&self, label: L) {
+        *self.0.lock().unwrap().entry(label).or_insert(0) += 1;
     }
+
+    #[cfg(feature = "metrics")]
+    fn counts(&self) -> Vec<(L, u64)> {
+        let counts = self.0.lock().unwrap();
+        counts.iter().map(|(l, n)| (l.clone(), *n)).collect()
+    }
+}
+
+/// Upper bounds of the engine's write-duration buckets, in seconds: 100 µs to 2.5 s.
+const ENGINE_SECONDS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// The engine's side: how long its writes take, and how many failed. Shared by the engine
+/// and the scrape.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EngineStats(Arc<EngineCounts>);
+
+#[derive(Debug, Default)]
+struct EngineCounts {
+    /// Writes per bucket of [`ENGINE_SECONDS`] (and one past the last).
+    buckets: [AtomicU64; ENGINE_SECONDS.len() + 1],
+    /// Their total duration, in nanoseconds.
+    sum_ns: AtomicU64,
+    errors: AtomicU64,
 }
 
 impl EngineStats {
     /// One write (a commit, a pipeline to Redis) that took `took`.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "redis")), allow(dead_code))]
     pub(crate) fn wrote(&self, took: Duration, ok: bool) {
-        self.latency.observe(took.as_secs_f64());
+        let seconds = took.as_secs_f64();
+        let bucket = ENGINE_SECONDS
+            .iter()
+            .position(|&le| seconds <= le)
+            .unwrap_or(ENGINE_SECONDS.len());
+        self.0.buckets[bucket].fetch_add(1, Relaxed);
+        self.0
+            .sum_ns
+            .fetch_add(took.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
         if !ok {
-            self.errors.inc();
+            self.0.errors.fetch_add(1, Relaxed);
         }
     }
 }
@@ -208,13 +201,18 @@ struct Connections {
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
     connections: Mutex<Connections>,
-    joins: Counter,
-    published: Counter,
-    refused: Family<CodeLabel, Counter>,
-    disconnects: Family<CloseLabel, Counter>,
-    webhook_calls: Family<WebhookLabel, Counter>,
-    forwarded: Family<RequestLabel, Counter>,
-    webhook_events_dropped: Counter,
+    joins: AtomicU64,
+    published: AtomicU64,
+    /// By error code.
+    refused: ByLabel<&'static str>,
+    /// By close code and its name; a client that closed or vanished is (1000, "client").
+    disconnects: ByLabel<(u16, &'static str)>,
+    /// By webhook, and how the call went (`success`: a 2xx answer; `http_error`: another
+    /// status; `timeout`; `unreachable`).
+    webhook_calls: ByLabel<(&'static str, &'static str)>,
+    /// By request (`post`, `poll`).
+    forwarded: ByLabel<&'static str>,
+    webhook_events_dropped: AtomicU64,
     pub(crate) engine: EngineStats,
     /// The certificate's `not_after`, seconds since 1970 (0: unknown).
     certificate_expiry: AtomicU64,
@@ -254,53 +252,41 @@ impl Metrics {
         }
         drop(connections);
         let label = match code {
-            Some(code) => CloseLabel {
-                code: code.code(),
-                reason: code.reason(),
-            },
-            None => CloseLabel {
-                code: 1000,
-                reason: "client",
-            },
+            Some(code) => (code.code(), code.reason()),
+            None => (1000, "client"),
         };
-        self.disconnects.get_or_create(&label).inc();
+        self.disconnects.inc(label);
     }
 
     pub(crate) fn joined(&self) {
-        self.joins.inc();
+        self.joins.fetch_add(1, Relaxed);
     }
 
-    /// A message numbered for storing and delivery here.
+    /// A message handed to the engine here (a client's or the host's).
     pub(crate) fn published(&self) {
-        self.published.inc();
+        self.published.fetch_add(1, Relaxed);
     }
 
     /// A client frame answered with error `code`.
     pub(crate) fn refused(&self, code: ErrorCode) {
-        self.refused
-            .get_or_create(&CodeLabel {
-                code: code.as_str(),
-            })
-            .inc();
+        self.refused.inc(code.as_str());
     }
 
     /// A call to the host's `webhook` that went as `outcome` says.
+    #[cfg_attr(not(feature = "webhooks"), allow(dead_code))]
     pub(crate) fn webhook_called(&self, webhook: &'static str, outcome: &'static str) {
-        self.webhook_calls
-            .get_or_create(&WebhookLabel { webhook, outcome })
-            .inc();
+        self.webhook_calls.inc((webhook, outcome));
     }
 
     /// A `request` (`post`, `poll`) for a session another node holds, sent on to it.
     pub(crate) fn forwarded(&self, request: &'static str) {
-        self.forwarded
-            .get_or_create(&RequestLabel { request })
-            .inc();
+        self.forwarded.inc(request);
     }
 
     /// An event the events webhook had no room left for.
+    #[cfg_attr(not(feature = "webhooks"), allow(dead_code))]
     pub(crate) fn webhook_event_dropped(&self) {
-        self.webhook_events_dropped.inc();
+        self.webhook_events_dropped.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn set_certificate_expiry(&self, not_after: SystemTime) {
@@ -317,54 +303,9 @@ impl Metrics {
     }
 
     /// The Prometheus text of everything, with the hub's own figures.
+    #[cfg(feature = "metrics")]
     pub(crate) fn render(&self, hub: HubGauges) -> String {
-        let mut registry = Registry::with_prefix("wtchat");
-        registry.register(
-            "joins",
-            "Room joins accepted (a connection joining a room)",
-            self.joins.clone(),
-        );
-        registry.register(
-            "messages_published",
-            "Messages numbered here for storing and delivery (clients' and the host's)",
-            self.published.clone(),
-        );
-        registry.register(
-            "frames_refused",
-            "Client frames answered with an error frame, by error code",
-            self.refused.clone(),
-        );
-        registry.register(
-            "disconnects",
-            "Connections closed, by close code (reason \"client\": the client closed or vanished)",
-            self.disconnects.clone(),
-        );
-        registry.register_with_unit(
-            "engine_write_duration",
-            "How long the engine took to store a batch (a commit, a pipeline to Redis)",
-            Unit::Seconds,
-            self.engine.latency.clone(),
-        );
-        registry.register(
-            "engine_errors",
-            "Engine writes that failed",
-            self.engine.errors.clone(),
-        );
-        registry.register(
-            "forwarded_requests",
-            "SSE and long-polling requests that reached this node for a session another node holds, sent on to it through the engine",
-            self.forwarded.clone(),
-        );
-        registry.register(
-            "webhook_calls",
-            "Calls to the host's webhooks, by webhook and outcome",
-            self.webhook_calls.clone(),
-        );
-        registry.register(
-            "webhook_events_dropped",
-            "Events the events webhook dropped, its queue full (the backend not keeping up)",
-            self.webhook_events_dropped.clone(),
-        );
+        let mut registry = prometheus_client::registry::Registry::with_prefix("wtchat");
         let snapshot = {
             let connections = self.connections.lock().unwrap();
             let mut sums = Snapshot {
@@ -374,6 +315,16 @@ impl Metrics {
                 rooms: hub.rooms,
                 members: hub.members,
                 certificate_expiry: self.certificate_expiry.load(Relaxed),
+                joins: self.joins.load(Relaxed),
+                published: self.published.load(Relaxed),
+                refused: self.refused.counts(),
+                disconnects: self.disconnects.counts(),
+                webhook_calls: self.webhook_calls.counts(),
+                forwarded: self.forwarded.counts(),
+                webhook_events_dropped: self.webhook_events_dropped.load(Relaxed),
+                engine_buckets: self.engine.0.buckets.each_ref().map(|b| b.load(Relaxed)),
+                engine_sum_ns: self.engine.0.sum_ns.load(Relaxed),
+                engine_errors: self.engine.0.errors.load(Relaxed),
             };
             sums.totals.frames = connections.closed.frames;
             sums.totals.bytes = connections.closed.bytes;
@@ -396,7 +347,9 @@ impl Metrics {
     }
 }
 
-/// The figures summed over connections at one scrape, and the hub's.
+/// Everything at one scrape: the counters, the figures summed over connections, and the
+/// hub's.
+#[cfg(feature = "metrics")]
 #[derive(Debug)]
 struct Snapshot {
     totals: Totals,
@@ -405,10 +358,132 @@ struct Snapshot {
     rooms: usize,
     members: usize,
     certificate_expiry: u64,
+    joins: u64,
+    published: u64,
+    refused: Vec<(&'static str, u64)>,
+    disconnects: Vec<((u16, &'static str), u64)>,
+    webhook_calls: Vec<((&'static str, &'static str), u64)>,
+    forwarded: Vec<(&'static str, u64)>,
+    webhook_events_dropped: u64,
+    engine_buckets: [u64; ENGINE_SECONDS.len() + 1],
+    engine_sum_ns: u64,
+    engine_errors: u64,
 }
 
-impl Collector for Snapshot {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+#[cfg(feature = "metrics")]
+impl prometheus_client::collector::Collector for Snapshot {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::{EncodeMetric, NoLabelSet};
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::registry::Unit;
+        let plain = [
+            (
+                "joins",
+                "Room joins accepted (a connection joining a room)",
+                self.joins,
+            ),
+            (
+                "messages_published",
+                "Messages numbered here for storing and delivery (clients' and the host's)",
+                self.published,
+            ),
+            (
+                "engine_errors",
+                "Engine writes that failed",
+                self.engine_errors,
+            ),
+            (
+                "webhook_events_dropped",
+                "Events the events webhook dropped, its queue full (the backend not keeping up)",
+                self.webhook_events_dropped,
+            ),
+        ];
+        for (name, help, value) in plain {
+            let metric = Counter::<u64>::default();
+            metric.inc_by(value);
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+        let mut family = |name: &str,
+                          help: &str,
+                          rows: Vec<(Vec<(&'static str, String)>, u64)>|
+         -> Result<(), std::fmt::Error> {
+            let mut descriptor =
+                encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (labels, value) in rows {
+                descriptor
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+            }
+            Ok(())
+        };
+        family(
+            "frames_refused",
+            "Client frames answered with an error frame, by error code",
+            self.refused
+                .iter()
+                .map(|(code, n)| (vec![("code", code.to_string())], *n))
+                .collect(),
+        )?;
+        family(
+            "disconnects",
+            "Connections closed, by close code (reason \"client\": the client closed or vanished)",
+            self.disconnects
+                .iter()
+                .map(|((code, reason), n)| {
+                    (
+                        vec![("code", code.to_string()), ("reason", reason.to_string())],
+                        *n,
+                    )
+                })
+                .collect(),
+        )?;
+        family(
+            "forwarded_requests",
+            "SSE and long-polling requests that reached this node for a session another node holds, sent on to it through the engine",
+            self.forwarded
+                .iter()
+                .map(|(request, n)| (vec![("request", request.to_string())], *n))
+                .collect(),
+        )?;
+        family(
+            "webhook_calls",
+            "Calls to the host's webhooks, by webhook and outcome",
+            self.webhook_calls
+                .iter()
+                .map(|((webhook, outcome), n)| {
+                    (
+                        vec![
+                            ("webhook", webhook.to_string()),
+                            ("outcome", outcome.to_string()),
+                        ],
+                        *n,
+                    )
+                })
+                .collect(),
+        )?;
+        let engine_buckets: Vec<(f64, u64)> = ENGINE_SECONDS
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .zip(self.engine_buckets)
+            .collect();
+        encoder
+            .encode_descriptor(
+                "engine_write_duration",
+                "How long the engine took to store a batch (a commit, a pipeline to Redis)",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(
+                self.engine_sum_ns as f64 / 1e9,
+                self.engine_buckets.iter().sum(),
+                &engine_buckets,
+                None,
+            )?;
         let mut connections = encoder.encode_descriptor(
             "connections",
             "Connections open now, by transport",

@@ -46,7 +46,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::auth::{AuthHook, ConnectRequest, Identity, Refusal, Rooms, unix_now};
-use crate::hooks::{MessageCheck, Verdict};
+use crate::config::WebhookConfig;
+use crate::hooks::{EventsSender, MessageCheck, Verdict, Webhooks};
 use crate::hub::{Happened, Member, Observer};
 use crate::metrics::Metrics;
 use crate::protocol::{Limits, now_ms};
@@ -83,67 +84,6 @@ const MAX_RETRY: Duration = Duration::from_secs(30);
 
 /// What the sender of a message is told when the message webhook failed closed.
 const NO_ANSWER: &str = "the host did not answer; the message was not sent, try again later";
-
-/// The webhook settings, as the configuration builder collects them.
-#[derive(Clone)]
-pub(crate) struct WebhookConfig {
-    /// The message webhook's URL.
-    pub message: Option<String>,
-    /// The events webhook's URL.
-    pub events: Option<String>,
-    /// The auth webhook's URL.
-    pub auth: Option<String>,
-    /// What every request is signed with: the backend's proof that a call is the chat's.
-    pub secret: Option<String>,
-    /// How long a call may take, connecting included.
-    pub timeout: Duration,
-    /// Whether a message the message webhook did not answer for is accepted (`true`) or
-    /// rejected (`false`).
-    pub fail_open: bool,
-}
-
-impl Default for WebhookConfig {
-    fn default() -> Self {
-        WebhookConfig {
-            message: None,
-            events: None,
-            auth: None,
-            secret: None,
-            timeout: Duration::from_secs(2),
-            fail_open: false,
-        }
-    }
-}
-
-impl fmt::Debug for WebhookConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WebhookConfig")
-            .field("message", &self.message)
-            .field("events", &self.events)
-            .field("auth", &self.auth)
-            .field("secret", &self.secret.as_ref().map(|_| "<secret>"))
-            .field("timeout", &self.timeout)
-            .field("fail_open", &self.fail_open)
-            .finish()
-    }
-}
-
-impl WebhookConfig {
-    /// Whether any webhook is set.
-    pub(crate) fn any(&self) -> bool {
-        self.message.is_some() || self.events.is_some() || self.auth.is_some()
-    }
-}
-
-/// The webhooks a configuration sets, ready to be called.
-pub(crate) struct Webhooks {
-    /// For the sessions, which await it.
-    pub message: Option<Arc<dyn MessageCheck>>,
-    /// For the hub, which tells it, and the chat, which runs its sender.
-    pub events: Option<Arc<Events>>,
-    /// For the authenticator, as the host's hook.
-    pub auth: Option<AuthHook>,
-}
 
 impl Webhooks {
     /// The webhooks of `settings` (validated by the builder); each says at start where it
@@ -187,7 +127,7 @@ impl Webhooks {
                 endpoint,
                 backlog: Mutex::new(Backlog::default()),
                 ready: Notify::new(),
-            })
+            }) as Arc<dyn EventsSender>
         });
         let auth = endpoint("auth", &settings.auth).map(auth_hook);
         Webhooks {
@@ -684,6 +624,20 @@ impl MessageCheck for MessageWebhook {
     }
 }
 
+impl EventsSender for Events {
+    fn observer(self: Arc<Self>) -> Observer {
+        Events::observer(&self)
+    }
+
+    fn run(
+        self: Arc<Self>,
+        stop: CancellationToken,
+        grace: Duration,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(Events::run(self, stop, grace))
+    }
+}
+
 /// The events webhook: what happened in the rooms, queued as the hub tells it and posted in
 /// order by [`Events::run`].
 pub(crate) struct Events {
@@ -717,7 +671,7 @@ struct Batch {
 
 impl Events {
     /// What the hub tells: each event is queued here.
-    pub(crate) fn observer(self: &Arc<Self>) -> Observer {
+    fn observer(self: &Arc<Self>) -> Observer {
         let events = self.clone();
         Observer::new(move |happened| events.push(happened))
     }
@@ -778,7 +732,7 @@ impl Events {
     /// 30 s. On `stop`, what is still queued gets one attempt per batch within `grace`; a
     /// post under way then is its batch's attempt, and has the grace too (not the rest of
     /// its `webhook_timeout`, which may be longer).
-    pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken, grace: Duration) {
+    async fn run(self: Arc<Self>, stop: CancellationToken, grace: Duration) {
         let mut pending: Option<Batch> = None;
         let mut retry = FIRST_RETRY;
         loop {

@@ -319,6 +319,7 @@ pub(crate) struct Retention {
 /// What the built-in engines are opened with.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Options {
+    #[cfg_attr(not(any(feature = "sqlite", feature = "redis")), allow(dead_code))]
     pub retention: Retention,
     /// Client ids remembered per room, for idempotent retries.
     pub dedupe_window: usize,

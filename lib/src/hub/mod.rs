@@ -27,7 +27,9 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use bytes::Bytes;
 use futures_util::FutureExt;
 
-pub(crate) use happened::{Happened, Observer};
+#[cfg(feature = "webhooks")]
+pub(crate) use happened::Happened;
+pub(crate) use happened::Observer;
 pub(crate) use member::{Member, Resume};
 pub(crate) use room::{Room, message_frame};
 pub(crate) use roster::Policy;
@@ -321,6 +323,7 @@ impl Hub {
     }
 
     /// Rooms held here, and their members connected here: for a scrape.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn gauges(&self) -> HubGauges {
         let rooms = self.rooms();
         HubGauges {

@@ -665,6 +665,7 @@ impl Room {
     }
 
     /// Members connected here, for the scrape.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn members_here_count(&self) -> usize {
         self.state.lock().unwrap().roster.iter().len()
     }
