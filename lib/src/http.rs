@@ -20,6 +20,7 @@ use crate::auth::{ConnectRequest, TICKET_TTL_SECS, Transport};
 use crate::config::PATH;
 use crate::host::{Host, PublishError};
 use crate::protocol::{CloseCode, ErrorCode};
+use crate::throttle::throttled;
 use crate::transport::{self, poll, posted, sse, websocket};
 
 /// The browser client, built into the binary so that `wtchat` is one self-contained file.
@@ -320,7 +321,8 @@ async fn ticket(State(state): State<HttpState>, request: axum::extract::Request)
             Json(json!({"tickets": tickets, "expiresIn": TICKET_TTL_SECS})).into_response()
         }
         Some(Err(refusal)) => {
-            tracing::info!(
+            throttled!(
+                info,
                 reason = refusal.message(),
                 "ticket refused by authentication"
             );

@@ -67,6 +67,7 @@ mod metrics;
 mod protocol;
 mod server;
 mod session;
+mod throttle;
 mod transport;
 mod webhook;
 

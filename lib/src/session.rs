@@ -21,6 +21,7 @@ use crate::hub::{Hub, Kind, Member, Outbound, Outbox, Resume, Room, Sender, mess
 use crate::protocol::{
     self, ClientFrame, CloseCode, ErrorCode, HISTORY_PAGE, Limits, MEMBERS_PAGE, ServerFrame,
 };
+use crate::throttle::{RateLimit, throttled};
 use crate::webhook::{MessageWebhook, Verdict};
 
 /// Frames written per batch: enough to amortize a write call under load, small enough that
@@ -110,7 +111,8 @@ pub(crate) async fn start(
         Some(request) => match Box::pin(ctx.auth.identify(*request)).await {
             Ok(identity) => Some(identity),
             Err(refusal) => {
-                tracing::info!(
+                throttled!(
+                    info,
                     reason = refusal.message(),
                     "connection refused by authentication"
                 );
@@ -662,49 +664,9 @@ impl Session<'_> {
     }
 }
 
-/// A token bucket: `burst` at once, refilled at `per_second`.
-struct RateLimit {
-    tokens: f64,
-    last: Instant,
-    per_second: f64,
-    burst: f64,
-}
-
-impl RateLimit {
-    fn new(per_second: f64, burst: f64) -> RateLimit {
-        RateLimit {
-            tokens: burst,
-            last: Instant::now(),
-            per_second,
-            burst,
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rate_limit_allows_a_burst_then_the_sustained_rate() {
-        let mut rate = RateLimit::new(10.0, 5.0);
-        assert_eq!((0..20).filter(|_| rate.allow()).count(), 5);
-        rate.last -= Duration::from_millis(300);
-        assert_eq!((0..20).filter(|_| rate.allow()).count(), 3);
-    }
 
     struct Reader;
     impl FrameReader for Reader {

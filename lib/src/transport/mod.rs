@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::hub::ConnectionPermit;
 use crate::session::SessionContext;
+use crate::throttle::throttled;
 
 mod lines;
 pub(crate) mod poll;
@@ -122,7 +123,7 @@ impl Context {
         client: Option<IpAddr>,
     ) -> Result<Admitted, Refused> {
         if !self.origins.allows(origin) {
-            tracing::info!(?origin, ?client, "refused: origin not allowed");
+            throttled!(info, ?origin, ?client, "refused: origin not allowed");
             return Err(Refused::Origin);
         }
         if self.session.shutdown.is_cancelled() {
@@ -130,14 +131,18 @@ impl Context {
         }
         let address = match client.map(|ip| self.per_address.admit(ip)) {
             Some(None) => {
-                tracing::warn!(?client, "refused: too many connections from this address");
+                throttled!(
+                    warn,
+                    ?client,
+                    "refused: too many connections from this address"
+                );
                 return Err(Refused::Address);
             }
             Some(permit) => permit,
             None => None,
         };
         let Some(total) = self.session.hub.try_connect() else {
-            tracing::warn!(?client, "refused: connection limit reached");
+            throttled!(warn, ?client, "refused: connection limit reached");
             return Err(Refused::Full);
         };
         Ok(Admitted {
