@@ -126,8 +126,9 @@ struct ServeArgs {
     /// (repeatable); nobody else's are.
     #[arg(long = "trusted-proxy")]
     trusted_proxy: Vec<IpAddr>,
-    /// An origin whose pages may connect (repeatable; `*` for any). Default: this
-    /// server's own HTTP origins.
+    /// An origin whose pages may connect (repeatable; `*` for any, but not with
+    /// --auth-webhook: a login needs named origins). Default: this server's own HTTP
+    /// origins.
     #[arg(long = "allow-origin")]
     allow_origin: Vec<String>,
     /// Refuse connections that carry no Origin header (non-browser clients).

@@ -19,6 +19,7 @@ struct Case {
 }
 
 const SHORT_SECRET: &str = "change-me";
+const WEBHOOK_SECRET: &str = "a-webhook-secret-of-32-bytes-or-more";
 
 fn cases() -> Vec<Case> {
     vec![
@@ -197,6 +198,23 @@ fn cases() -> Vec<Case> {
             setting: "allow_origin",
             builder: |b| b.allow_origin("https://shop.example.com/chat"),
             flags: &["--allow-origin", "https://shop.example.com/chat"],
+        },
+        // A login (the page's cookies) offered to every site.
+        Case {
+            setting: "allow_origin",
+            builder: |b| {
+                b.allow_origin("*")
+                    .auth_webhook("http://127.0.0.1:9/auth")
+                    .webhook_secret(WEBHOOK_SECRET)
+            },
+            flags: &[
+                "--allow-origin",
+                "*",
+                "--auth-webhook",
+                "http://127.0.0.1:9/auth",
+                "--webhook-secret",
+                WEBHOOK_SECRET,
+            ],
         },
     ]
 }

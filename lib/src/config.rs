@@ -275,7 +275,11 @@ impl ConfigBuilder {
     /// Allows pages of `origin` (like `https://example.com`, or `*` for any origin) to
     /// connect; repeatable. Once one is given, the defaults — the server's own HTTP origins
     /// `http://localhost:PORT`, `http://127.0.0.1:PORT`, `http://[::1]:PORT` — no longer
-    /// apply.
+    /// apply. Not `*` with an [`auth`](Self::auth) hook or an
+    /// [`auth_webhook`](Self::auth_webhook): they log in whatever the request carries (the
+    /// page's cookies), so any site could connect as its user; tokens alone
+    /// ([`token_secret`](Self::token_secret)) work with `*`, since a page must hold its
+    /// token.
     pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
         self.config
             .allowed_origins
@@ -864,6 +868,16 @@ impl ConfigBuilder {
                     ),
                 ));
             }
+        }
+        let logs_in = config.authenticate.is_some() || hooks.auth.is_some();
+        if logs_in && config.allowed_origins.iter().flatten().any(|o| o == "*") {
+            return Err(ConfigError::new(
+                "allow_origin",
+                "cannot be `*` with an auth hook or auth webhook: a login needs named origins \
+                 (like https://example.com), or any site a user visits could connect as that \
+                 user with the cookies their browser sends along (tokens alone, with \
+                 token_secret, may use `*`)",
+            ));
         }
         Ok(config)
     }

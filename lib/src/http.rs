@@ -338,7 +338,9 @@ async fn ticket(State(state): State<HttpState>, request: axum::extract::Request)
 }
 
 /// The CORS preflight of `POST /wtchat/ticket`, for a client that sends more than a simple
-/// request (the browser client does not).
+/// request (the browser client does not). It allows what the route reads and nothing else,
+/// whatever is asked for: the method `POST`, and of the headers a page can set, only
+/// `Authorization` (the auth webhook is sent it; cookies travel without a preflight).
 async fn ticket_preflight(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
     if !state.transport.origins.allows(origin) {
@@ -351,21 +353,24 @@ async fn ticket_preflight(State(state): State<HttpState>, headers: HeaderMap) ->
         HeaderValue::from_static("POST"),
     );
     h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization"),
+    );
+    h.insert(
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("600"),
     );
-    if let Some(requested) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
-        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested.clone());
-    }
     with_credentials_cors(response, origin)
 }
 
-/// Lets the page of `origin` (already allowed) read the answer of a credentialed request.
+/// Lets the page of `origin` (already allowed) read the answer of a credentialed request;
+/// never an opaque origin (see [`transport::nameable`]).
 fn with_credentials_cors(mut response: Response, origin: Option<&str>) -> Response {
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::VARY, HeaderValue::from_static("Origin"));
-    if let Some(origin) = origin.and_then(|o| HeaderValue::from_str(o).ok()) {
+    let named = origin.filter(|o| transport::nameable(o));
+    if let Some(origin) = named.and_then(|o| HeaderValue::from_str(o).ok()) {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         h.insert(
             header::ACCESS_CONTROL_ALLOW_CREDENTIALS,

@@ -262,6 +262,13 @@ impl OriginPolicy {
     }
 }
 
+/// Whether an answer may name `origin` in `Access-Control-Allow-Origin`: never an opaque
+/// origin (`null`: a sandboxed frame, a `data:` or `file:` page), which any site can give
+/// itself, so that naming it would hand the answer to every site.
+pub(crate) fn nameable(origin: &str) -> bool {
+    !origin.eq_ignore_ascii_case("null")
+}
+
 /// A copy of `headers` that shares no memory with the request it came from.
 pub(crate) fn detached(headers: &HeaderMap) -> HeaderMap {
     headers

@@ -185,14 +185,16 @@ pub(crate) fn run(
 /// client's requests to the SSE and long-polling routes are all simple ones (a GET, an
 /// `EventSource`, a POST of `text/plain` without credentials), so no preflight comes first:
 /// an answer naming the page's origin is all the browser needs to let the page read it (a
-/// PHP site's page beside the chat server). A refused origin learns nothing more. Done in
-/// the handlers, not in a middleware: a poll is answered tens of thousands of times a
-/// second, and a middleware's machinery per request showed in its cost.
+/// PHP site's page beside the chat server). A refused origin learns nothing more, and an
+/// opaque one is never named (see [`nameable`](super::nameable)).
+/// Done in the handlers, not in a middleware: a poll is answered tens of thousands of times
+/// a second, and a middleware's machinery per request showed in its cost.
 pub(crate) fn readable(ctx: &Context, headers: &HeaderMap, mut response: Response) -> Response {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return response;
     };
-    if origin.to_str().is_ok_and(|o| ctx.origins.allows(Some(o))) {
+    let named = |o: &str| super::nameable(o) && ctx.origins.allows(Some(o));
+    if origin.to_str().is_ok_and(named) {
         let h = response.headers_mut();
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         h.insert(header::VARY, HeaderValue::from_static("Origin"));

@@ -1,0 +1,166 @@
+//! What anyone on the Internet can try against a chat, made as an attacker makes it: plain
+//! HTTP with a forged `Origin` and someone's `Cookie`. Each is answered without giving
+//! anything away.
+
+mod common;
+
+use common::{TestServer, http_exchange, start_with};
+use serde_json::Value;
+use wtchat::{Config, Identity, Refusal};
+
+/// The shop's own origin: the one page allowed to log its users in to the chat.
+const SHOP: &str = "https://shop.example";
+
+/// A server whose login is the shop's cookie (`session=ann` is user 42), for the shop's
+/// pages only.
+async fn shop_chat() -> TestServer {
+    start_with(|c| {
+        c.allow_origin(SHOP).auth(|request| async move {
+            match request.cookie("session").as_deref() {
+                Some("ann") => Ok(Identity::new("42", "Ann")),
+                _ => Err(Refusal::new("log in first")),
+            }
+        })
+    })
+    .await
+}
+
+/// `POST /wtchat/ticket` with `headers`: (status, body, response head in lowercase).
+async fn ask_ticket(server: &TestServer, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let ((status, body), head) =
+        http_exchange(server.http, "POST", "/wtchat/ticket", headers, None).await;
+    (status, body, head.to_lowercase())
+}
+
+#[test]
+fn a_login_cannot_be_offered_to_every_origin() {
+    type Login = fn(wtchat::ConfigBuilder) -> wtchat::ConfigBuilder;
+    let logins: [(&str, Login); 2] = [
+        ("auth hook", |b| {
+            b.auth(|_| async { Ok::<_, Refusal>(Identity::new("42", "Ann")) })
+        }),
+        ("auth webhook", |b| {
+            b.auth_webhook("http://127.0.0.1:9/auth")
+                .webhook_secret("s".repeat(32))
+        }),
+    ];
+    for (login, builder) in logins {
+        let refused = builder(Config::builder().allow_origin("*"))
+            .build()
+            .expect_err(login);
+        assert_eq!(refused.setting(), "allow_origin", "{login}: {refused}");
+        assert!(refused.reason().contains("named origins"), "{refused}");
+        // Named origins are what a login needs.
+        assert!(
+            builder(Config::builder().allow_origin(SHOP))
+                .build()
+                .is_ok()
+        );
+    }
+    // Tokens are not ambient: a page must hold its token, so any origin may use them.
+    let tokens = Config::builder()
+        .token_secret("t".repeat(32))
+        .allow_origin("*")
+        .build();
+    assert!(tokens.is_ok(), "{tokens:?}");
+}
+
+#[tokio::test]
+async fn a_foreign_page_with_the_users_cookie_gets_no_ticket() {
+    let server = shop_chat().await;
+    let cookie = ("cookie", "session=ann");
+    for forged in ["https://evil.example", "null"] {
+        let (status, body, head) = ask_ticket(&server, &[("origin", forged), cookie]).await;
+        assert_eq!(status, 403, "Origin: {forged}: {body}");
+        assert!(!body.contains("tickets"), "Origin: {forged}: {body}");
+        assert!(
+            !head.contains("access-control-allow"),
+            "Origin: {forged}: {head}"
+        );
+    }
+    // The shop's own page gets its user's tickets, readable there and only there.
+    let (status, body, head) = ask_ticket(&server, &[("origin", SHOP), cookie]).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["tickets"].as_object().map(|t| t.len()), Some(4));
+    assert!(
+        head.contains(&format!("access-control-allow-origin: {SHOP}\r\n")),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-allow-credentials: true"),
+        "{head}"
+    );
+
+    // The preflight allows what the route reads, not whatever it is asked for.
+    let ((status, _), head) = http_exchange(
+        server.http,
+        "OPTIONS",
+        "/wtchat/ticket",
+        &[
+            ("origin", SHOP),
+            ("access-control-request-method", "POST"),
+            ("access-control-request-headers", "x-evil, authorization"),
+        ],
+        None,
+    )
+    .await;
+    let head = head.to_lowercase();
+    assert_eq!(status, 204, "{head}");
+    assert!(
+        head.contains("access-control-allow-methods: post\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-allow-headers: authorization\r\n"),
+        "{head}"
+    );
+    assert!(!head.contains("x-evil"), "{head}");
+    // A foreign page's preflight is refused.
+    let ((status, _), head) = http_exchange(
+        server.http,
+        "OPTIONS",
+        "/wtchat/ticket",
+        &[
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "POST"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(
+        !head.to_lowercase().contains("access-control-allow"),
+        "{head}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_opaque_origin_is_never_named_even_where_any_origin_may_connect() {
+    // Tokens alone may be offered to every origin.
+    let server = start_with(|c| c.token_secret("t".repeat(32)).allow_origin("*")).await;
+    // A sandboxed frame of any site says `Origin: null`.
+    for (origin, named) in [("null", false), ("https://anyone.example", true)] {
+        let ((status, _), head) = http_exchange(
+            server.http,
+            "POST",
+            "/wtchat/poll",
+            &[("origin", origin)],
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "Origin: {origin}: {head}");
+        let head = head.to_lowercase();
+        assert_eq!(
+            head.contains(&format!("access-control-allow-origin: {origin}\r\n")),
+            named,
+            "Origin: {origin}: {head}"
+        );
+        assert!(
+            !head.contains("access-control-allow-origin: null"),
+            "{head}"
+        );
+    }
+    server.stop().await;
+}
