@@ -1,11 +1,12 @@
 //! What anyone on the Internet can try against a chat, made as an attacker makes it: plain
-//! HTTP with a forged `Origin` and someone's `Cookie`. Each is answered without giving
-//! anything away.
+//! HTTP with a forged `Origin` and someone's `Cookie`, a loop counting up user ids against
+//! the public sender ids. Each is answered without giving anything away.
 
 mod common;
 
-use common::{TestServer, http_exchange, start_with};
-use serde_json::Value;
+use common::{Client, TestServer, http_exchange, start_with};
+use serde_json::{Value, json};
+use wtchat::auth::{Claims, mint, unix_now};
 use wtchat::{Config, Identity, Refusal};
 
 /// The shop's own origin: the one page allowed to log its users in to the chat.
@@ -163,4 +164,78 @@ async fn an_opaque_origin_is_never_named_even_where_any_origin_may_connect() {
         );
     }
     server.stop().await;
+}
+
+/// The token secret of [`counting_user_ids_finds_nobody_behind_a_sender_id`].
+const SECRET: &str = "tokens-are-signed-with-32-bytes-or-more";
+
+/// A token for user `user` on a server with `secret`.
+fn token(secret: &str, user: &str) -> String {
+    mint(
+        secret.as_bytes(),
+        &Claims {
+            sub: user.into(),
+            name: user.into(),
+            rooms: vec!["*".into()],
+            exp: unix_now() + 600,
+        },
+    )
+}
+
+/// A WebSocket client of user `user` (also its name), with a token made with `secret`.
+async fn logged_in(server: &TestServer, secret: &str, user: &str) -> Client {
+    let query = format!("?token={}", token(secret, user));
+    Client::ws_request(server, &query, &[]).await.unwrap()
+}
+
+/// The public sender id of user `user` on `server` (tokens made with `secret`), as its own
+/// `joined` tells it.
+async fn sender_of(server: &TestServer, secret: &str, user: &str) -> Value {
+    let (joined, _) = logged_in(server, secret, user)
+        .await
+        .join("lobby", user)
+        .await;
+    joined["you"]["sender"].clone()
+}
+
+#[tokio::test]
+async fn counting_user_ids_finds_nobody_behind_a_sender_id() {
+    let server = start_with(|c| c.token_secret(SECRET)).await;
+    let mut bob = logged_in(&server, SECRET, "7").await;
+    bob.join("lobby", "Bob").await;
+    let mut ann = logged_in(&server, SECRET, "42").await;
+    ann.join("lobby", "Ann").await;
+    ann.say("lobby", "hello", "m1").await;
+    let message = bob
+        .next_matching("Ann's message", |f| f["text"] == "hello")
+        .await;
+    let sender = message["sender"].as_str().unwrap().to_string();
+
+    // What the attacker ran: the digest of "u:" and each user id, against the id.
+    let found = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import base64,hashlib,sys\n\
+             for n in range(100000):\n\
+             \x20   d = hashlib.sha256(f'u:{n}'.encode()).digest()[:12]\n\
+             \x20   if base64.urlsafe_b64encode(d).rstrip(b'=').decode() == sys.argv[1]:\n\
+             \x20       print(n); break\n\
+             else:\n\
+             \x20   print('nobody')",
+        ])
+        .arg(&sender)
+        .output()
+        .unwrap();
+    assert!(found.status.success(), "{found:?}");
+    assert_eq!(String::from_utf8_lossy(&found.stdout).trim(), "nobody");
+
+    // Every node with the same token secret names Ann alike; a server with another does not.
+    let node = start_with(|c| c.token_secret(SECRET)).await;
+    assert_eq!(sender_of(&node, SECRET, "42").await, json!(sender));
+    let other = "another-secret-of-thirty-two-bytes-at-least";
+    let elsewhere = start_with(move |c| c.token_secret(other)).await;
+    assert_ne!(sender_of(&elsewhere, other, "42").await, json!(sender));
+    for server in [server, node, elsewhere] {
+        server.stop().await;
+    }
 }

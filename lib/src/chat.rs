@@ -44,7 +44,7 @@ use crate::config::{Config, Tls};
 use crate::engine::{HistoryPage, StorageError, Store};
 use crate::host::{Host, MemberInfo, MembersPage, PublishError};
 use crate::http::{Digests, HttpState, MetricsAccess};
-use crate::hub::Hub;
+use crate::hub::{Hub, SenderKey};
 use crate::metrics::Metrics;
 use crate::protocol::CloseCode;
 use crate::session::SessionContext;
@@ -173,6 +173,12 @@ impl Chat {
             metrics.engine.clone(),
         )
         .await?;
+        // Public sender ids are keyed: with the token secret when there is one (every node
+        // has it), else with the engine's own key.
+        let senders = match &config.token_secret {
+            Some(secret) => SenderKey::new(secret.as_bytes()),
+            None => SenderKey::new(&store.sender_key().await?),
+        };
         let webhooks = Webhooks::new(&config.webhooks, &config.limits, &metrics);
         let session = SessionContext {
             hub: Hub::new(config.hub.clone(), store, metrics)?,
@@ -185,6 +191,7 @@ impl Chat {
                 config.authenticate.clone().or(webhooks.auth),
                 config.token_secret.as_deref(),
             )),
+            senders: Arc::new(senders),
             on_message: config.on_message.clone(),
             message_webhook: webhooks.message,
         };

@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, ConnectRequest, Identity, Transport, random_bytes};
 use crate::config::{MessageEvent, MessageHook};
-use crate::hub::{Hub, Kind, Member, Outbound, Outbox, Resume, Room, Sender, message_frame};
+use crate::hub::{
+    Hub, Kind, Member, Outbound, Outbox, Resume, Room, Sender, SenderKey, message_frame,
+};
 use crate::protocol::{
     self, ClientFrame, CloseCode, ErrorCode, HISTORY_PAGE, Limits, MEMBERS_PAGE, ServerFrame,
 };
@@ -85,6 +87,8 @@ pub(crate) struct SessionContext {
     pub idle_timeout: Duration,
     /// Who connections are.
     pub auth: Arc<Authenticator>,
+    /// Makes the public ids of senders, the same on every node and across restarts.
+    pub senders: Arc<SenderKey>,
     /// The host's message hook, if any.
     pub on_message: Option<MessageHook>,
     /// The host's message webhook, if any: called after `on_message`.
@@ -540,10 +544,10 @@ impl Session<'_> {
             };
         }
         let sender = match (&self.identity, presented) {
-            (Some(identity), _) => Sender::user(&identity.user),
-            (None, Some(key)) if is_resume_key(key) => Sender::key(key),
+            (Some(identity), _) => self.ctx.senders.user(&identity.user),
+            (None, Some(key)) if is_resume_key(key) => self.ctx.senders.resume_key(key),
             (None, Some(_)) => return Err("key must be a resume key this server issued"),
-            (None, None) => Sender::key(&new_resume_key()),
+            (None, None) => self.ctx.senders.resume_key(&new_resume_key()),
         };
         Ok(self.sender.insert(Arc::new(sender)).clone())
     }
@@ -702,6 +706,7 @@ mod tests {
             close_grace: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(60),
             auth: Arc::new(Authenticator::new(None, None)),
+            senders: Arc::new(SenderKey::new(b"a test's key")),
             on_message: None,
             message_webhook: None,
         };

@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use crate::auth::random_bytes;
 use crate::hub::{MemberPage, MemberSummary, Room};
 use crate::metrics::EngineStats;
 
@@ -153,7 +154,7 @@ pub(crate) struct LoadedRoom {
     pub seq: u64,
     /// The newest messages, oldest first.
     pub tail: Vec<StoredMessage>,
-    /// (sender's public id, client id, seq) of the newest messages that had a client id.
+    /// (sender's dedupe id, client id, seq) of the newest messages that had a client id.
     pub dedupe: Vec<(String, String, u64)>,
     /// Its members connected to other nodes (a shared engine only).
     pub members: Vec<MemberSummary>,
@@ -178,6 +179,9 @@ pub(crate) struct Record {
     pub time: u64,
     pub from: Arc<str>,
     pub sender: Option<Box<str>>,
+    /// What the sender's retries are matched by (see [`crate::hub::Sender`]), with
+    /// `client_id`: not the public id.
+    pub dedupe_id: Option<Box<str>>,
     pub client_id: Option<Box<str>>,
     pub text: Box<str>,
 }
@@ -207,6 +211,18 @@ impl Store {
                 redis::Redis::open(url, prefix, retention, dedupe_window, stats).await?,
             )),
         })
+    }
+
+    /// The engine's own secret for public sender ids, when there is no token secret to
+    /// derive them from (see [`crate::hub::SenderKey`]): made once and kept with what the
+    /// engine stores, so that ids stay the same across restarts and nodes. The memory
+    /// engine keeps nothing: a random one per process. Read once, at start.
+    pub(crate) async fn sender_key(&self) -> Result<Vec<u8>, StorageError> {
+        match self {
+            Store::Memory => Ok(random_bytes::<32>().to_vec()),
+            Store::Sqlite(db) => db.sender_key(),
+            Store::Redis(redis) => redis.sender_key().await,
+        }
     }
 
     /// Whether the engine can store messages now: for SQLite, its last commit went

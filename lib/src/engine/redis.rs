@@ -27,7 +27,8 @@
 //! Keys, under the prefix `P` (`--redis-prefix`), for room `R` (room names have no `/`):
 //! `P:R/meta` (epoch, seq), `P:R/log` (stream, entry id `seq-0`), `P:R/ids` and
 //! `P:R/ids-old` (the dedupe window), `P:R/m` (members by id), channel `P:R/c`; and
-//! `P/nodes` (beats), `P/node/N` (node N's members), `P/nodeseq`, `P/bans`, channels
+//! `P/nodes` (beats), `P/node/N` (node N's members), `P/nodeseq`, `P/bans`,
+//! `P/sender-key` (the key of public sender ids, when there is no token secret), channels
 //! `P/ctl` (kicks and bans for every node) and `P/inbox/N` (posts for sessions node N
 //! holds, that reached another node).
 
@@ -42,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{Ban, HistoryPage, LoadedRoom, Record, Retention, StorageError, StoredMessage};
+use crate::auth::random_bytes;
 use crate::hub::{MemberPage, MemberSummary, Room};
 use crate::metrics::EngineStats;
 
@@ -59,6 +61,8 @@ const NODE_BITS: u32 = 20;
 
 /// Numbers a message, stores it, remembers its client id and publishes it (see the module
 /// documentation). Returns {1, seq, epoch}, or {0, seq} for a client id already stored.
+/// Client ids are remembered by the sender's dedupe id (ARGV[14]), not its public id
+/// (ARGV[4]): see `crate::hub::sender`.
 /// Client ids are remembered in two generations: once the current one holds the dedupe
 /// window's count it becomes the old one (replacing the older), so between one and two
 /// windows' worth are known, for four cheap calls a message.
@@ -68,7 +72,7 @@ const NODE_BITS: u32 = 20;
 const PUBLISH: &str = r#"
 local dk = nil
 if ARGV[5] ~= '' then
-  dk = ARGV[4] .. '\0' .. ARGV[5]
+  dk = ARGV[14] .. '\0' .. ARGV[5]
   local seen = redis.call('HGET', KEYS[3], dk) or redis.call('HGET', KEYS[4], dk)
   if seen then return {0, tonumber(seen)} end
 end
@@ -509,6 +513,27 @@ impl Redis {
             Ok(Err(e)) => Err(format!("Redis at {}: {e}", self.inner.url)),
             Err(_) => Err(format!("Redis at {}: no answer", self.inner.url)),
         }
+    }
+
+    /// The key of public sender ids (see [`Store::sender_key`]): made by the first node
+    /// that asks, the same for every node after it.
+    ///
+    /// [`Store::sender_key`]: super::Store::sender_key
+    pub(crate) async fn sender_key(&self) -> Result<Vec<u8>, StorageError> {
+        let key = format!("{}/sender-key", self.inner.prefix);
+        let (value,): (Vec<u8>,) = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(&key)
+            .arg(&random_bytes::<32>()[..])
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(&key)
+            .query_async(&mut self.inner.conn.clone())
+            .await
+            .map_err(|e| failed(&self.inner.url, &e))?;
+        Ok(value)
     }
 
     /// The first connection id of this node: ids are unique over all nodes.
@@ -1178,7 +1203,8 @@ impl Inner {
                         .arg(self.dedupe_window)
                         .arg(self.retention.age_ms)
                         .arg(self.cutoff())
-                        .arg(self.channel(name)),
+                        .arg(self.channel(name))
+                        .arg(record.dedupe_id.as_deref().unwrap_or("")),
                 );
             }
             Command::Join { room, members, .. } => {

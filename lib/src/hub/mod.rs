@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
 use bytes::Bytes;
 use tokio::sync::{Notify, oneshot};
 
@@ -28,10 +27,12 @@ use crate::protocol::{self, CloseCode, ErrorCode, MemberRef, PresenceEvent, Serv
 
 mod happened;
 mod roster;
+mod sender;
 
 pub(crate) use happened::{Happened, Observer};
 pub(crate) use roster::Policy;
 use roster::{Listed, Roster, Told};
+pub(crate) use sender::{Sender, SenderKey};
 
 /// Sizes of the hub's state. Every one bounds memory; every one is configuration.
 #[derive(Debug, Clone)]
@@ -355,52 +356,6 @@ pub(crate) struct Member {
     pub outbox: Outbox,
 }
 
-/// Who sends a member's messages. A display name is not an identity (anyone may take
-/// "ann"), so neither the idempotency window nor "is this message mine" may rest on it.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Sender {
-    /// Secret, never sent to anyone but its owner: `u:` and the host's user id, or `k:` and
-    /// the connection's resume key. Scopes the client message ids of idempotent retries.
-    scope: Box<str>,
-    /// Public: a digest of the scope, carried by every message this sender publishes, so
-    /// that a client (told its own in `joined`) can mark its own messages, in history too.
-    public: Box<str>,
-}
-
-impl Sender {
-    /// The sender of an authenticated user's connections, all alike.
-    pub(crate) fn user(user: &str) -> Sender {
-        Sender::new(format!("u:{user}"))
-    }
-
-    /// The sender of an anonymous connection holding resume key `key`.
-    pub(crate) fn key(key: &str) -> Sender {
-        Sender::new(format!("k:{key}"))
-    }
-
-    fn new(scope: String) -> Sender {
-        let digest = ring::digest::digest(&ring::digest::SHA256, scope.as_bytes());
-        // 96 bits: no two senders of a room collide, and nothing can be learned of the
-        // scope (the key is 128 random bits; a user id is hashed with its prefix).
-        let public =
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest.as_ref()[..12]);
-        Sender {
-            scope: scope.into(),
-            public: public.into(),
-        }
-    }
-
-    /// The public id.
-    pub(crate) fn public(&self) -> &str {
-        &self.public
-    }
-
-    /// An anonymous connection's resume key, for its own `joined`.
-    pub(crate) fn resume_key(&self) -> Option<&str> {
-        self.scope.strip_prefix("k:")
-    }
-}
-
 /// A member as listed for the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MemberSummary {
@@ -491,7 +446,7 @@ struct RoomState {
     /// engine).
     pending: VecDeque<Pending>,
     roster: Roster,
-    /// (sender's public id, client id) → sequence number, for idempotent retries.
+    /// (sender's dedupe id, client id) → sequence number, for idempotent retries.
     dedupe: HashMap<Box<str>, u64>,
     dedupe_order: VecDeque<Box<str>>,
     last_active: Instant,
@@ -665,8 +620,10 @@ pub(crate) fn message_frame(room: &str, message: &StoredMessage) -> Bytes {
     })
 }
 
-fn dedupe_key(sender: &str, id: &str) -> Box<str> {
-    format!("{sender}\0{id}").into_boxed_str()
+/// What a retry is recognised by: the sender's dedupe id (never its public id: see
+/// [`sender`]) and the client's message id.
+fn dedupe_key(dedupe_id: &str, id: &str) -> Box<str> {
+    format!("{dedupe_id}\0{id}").into_boxed_str()
 }
 
 impl Hub {
@@ -1071,8 +1028,8 @@ impl Hub {
                         frame,
                     });
                 }
-                for (sender, id, seq) in loaded.dedupe.into_iter().rev() {
-                    let key = dedupe_key(&sender, &id);
+                for (dedupe_id, id, seq) in loaded.dedupe.into_iter().rev() {
+                    let key = dedupe_key(&dedupe_id, &id);
                     state.dedupe.insert(key.clone(), seq);
                     state.dedupe_order.push_back(key);
                 }
@@ -1315,7 +1272,7 @@ impl Room {
     /// original sequence number (once that one is stored).
     pub(crate) fn publish(self: &Arc<Self>, sender: &Member, text: &str, id: Option<&str>) {
         let mut state = self.state.lock().unwrap();
-        let key = id.map(|id| dedupe_key(sender.sender.public(), id));
+        let key = id.map(|id| dedupe_key(sender.sender.dedupe_id(), id));
         if let Some(&seq) = key.as_ref().and_then(|k| state.dedupe.get(k)) {
             if seq <= state.delivered {
                 sender.outbox.push(ack(&self.name, id, seq));
@@ -1331,24 +1288,25 @@ impl Room {
             ack: Bytes::new(),
             user: sender.user.clone(),
         };
-        let by = Some((sender.sender.public(), id));
+        let by = Some((&*sender.sender, id));
         self.submit(&mut state, &sender.name, by, text, key, origin);
     }
 
-    /// Numbers a message from `from` — a member (with its public sender id and client id)
-    /// or the host — and delivers it at once (memory engine) or once the engine stored it.
+    /// Numbers a message from `from` — a member (with its sender and client id) or the
+    /// host — and delivers it at once (memory engine) or once the engine stored it.
     fn submit(
         self: &Arc<Self>,
         state: &mut RoomState,
         from: &str,
-        by: Option<(&str, Option<&str>)>,
+        by: Option<(&Sender, Option<&str>)>,
         text: &str,
         dedupe_key: Option<Box<str>>,
         mut origin: Origin,
     ) {
         let time = now_ms();
         self.metrics.published();
-        let sender = by.map(|(public, _)| public);
+        let sender = by.map(|(sender, _)| sender.public());
+        let dedupe_id = by.map(|(sender, _)| sender.dedupe_id());
         let client_id = by.and_then(|(_, id)| id);
         if self.store.numbers_messages() {
             // Redis numbers it (and knows its client id); it comes back with the room's
@@ -1368,6 +1326,7 @@ impl Room {
                 time,
                 from: from.into(),
                 sender: sender.map(Into::into),
+                dedupe_id: dedupe_id.map(Into::into),
                 client_id: client_id.map(Into::into),
                 text: text.into(),
             };
@@ -1418,6 +1377,7 @@ impl Room {
             time,
             from: from.into(),
             sender: sender.map(Into::into),
+            dedupe_id: dedupe_id.map(Into::into),
             client_id: client_id.map(Into::into),
             text: text.into(),
         };
@@ -2281,7 +2241,7 @@ mod tests {
             id: hub.next_id(),
             name: name.into(),
             user: None,
-            sender: Arc::new(Sender::key(key)),
+            sender: Arc::new(SenderKey::new(b"the hub tests' key").resume_key(key)),
             outbox,
         }
     }
