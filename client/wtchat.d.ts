@@ -112,6 +112,8 @@ export interface Message {
 /** The server's limits, from `/wtchat/config`. */
 export interface Limits {
   maxFrameBytes: number;
+  /** Bytes one post of frames (SSE, long polling) may hold; the client splits its posts to fit. */
+  maxPostBytes?: number;
   maxTextChars: number;
   maxNameChars: number;
   maxRoomChars: number;

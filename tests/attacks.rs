@@ -1,11 +1,16 @@
 //! What anyone on the Internet can try against a chat, made as an attacker makes it: plain
 //! HTTP with a forged `Origin` and someone's `Cookie`, a loop counting up user ids against
-//! the public sender ids. Each is answered without giving anything away.
+//! the public sender ids, bodies too large or too slow. Each is answered without giving
+//! anything away, and the server goes on serving everyone else.
 
 mod common;
 
-use common::{Client, TestServer, http_exchange, start_with};
+use std::time::{Duration, Instant};
+
+use common::{Client, DEADLINE, TestServer, http_exchange, start_with};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use wtchat::auth::{Claims, mint, unix_now};
 use wtchat::{Config, Identity, Refusal};
 
@@ -238,4 +243,154 @@ async fn counting_user_ids_finds_nobody_behind_a_sender_id() {
     for server in [server, node, elsewhere] {
         server.stop().await;
     }
+}
+
+/// Sends `head` (a request head, without its final blank line) and then `body` in pieces,
+/// reading the answer meanwhile (a server may answer before the body is all sent, and close
+/// the connection): the status and head of the answer, within the deadline.
+async fn send_streaming(
+    server: &TestServer,
+    head: &str,
+    pieces: Vec<Vec<u8>>,
+    pause: Duration,
+) -> (u16, String) {
+    let (mut read, mut write) = TcpStream::connect(server.http).await.unwrap().into_split();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // A reset after the answer is how a server drops an upload it refused.
+        while let Ok(n) = read.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        got
+    });
+    let head = format!("{head}Host: {}\r\n\r\n", server.http);
+    let writer = tokio::spawn(async move {
+        if write.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        for piece in pieces {
+            tokio::time::sleep(pause).await;
+            if write.write_all(&piece).await.is_err() {
+                return;
+            }
+        }
+        // Keep the connection open, sending nothing more: a slow client.
+        tokio::time::sleep(DEADLINE * 2).await;
+    });
+    let got = tokio::time::timeout(DEADLINE, reader)
+        .await
+        .expect("an answer before the deadline")
+        .unwrap();
+    writer.abort();
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+/// A chunked body of `total` bytes in chunks of `chunk`, blank lines (no frames) for a post.
+fn chunked(total: usize, chunk: usize) -> Vec<Vec<u8>> {
+    let mut pieces = Vec::new();
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(chunk);
+        let mut piece = format!("{n:x}\r\n").into_bytes();
+        piece.extend(std::iter::repeat_n(b'\n', n));
+        piece.extend_from_slice(b"\r\n");
+        pieces.push(piece);
+        left -= n;
+    }
+    pieces.push(b"0\r\n\r\n".to_vec());
+    pieces
+}
+
+#[tokio::test]
+async fn bodies_larger_than_a_route_needs_are_refused_and_slow_ones_hold_nothing() {
+    const API_KEY: &str = "the-backend-presents-this-32-byte-key";
+    let server = start_with(|c| {
+        c.api_key(API_KEY)
+            .auth(|_| async { Ok::<_, Refusal>(Identity::new("42", "Ann")) })
+    })
+    .await;
+    let mut bystander = Client::ws(&server).await;
+    bystander.join("lobby", "Bystander").await;
+    let sse = Client::sse(&server).await;
+    let post = sse.post_url().to_string();
+    let (_, config) = server.get("/wtchat/config").await;
+    let config: Value = serde_json::from_str(&config).unwrap();
+    // 64 frames of the default 16 KiB, up to 1 MiB.
+    assert_eq!(config["limits"]["maxPostBytes"], 1 << 20, "{config}");
+    let auth = format!("Bearer {API_KEY}");
+
+    // Declared too large: refused at once, before a byte of the body is read, the upload
+    // left hanging as a slow client leaves it.
+    let declared = [
+        ("/wtchat/ticket", 2048),
+        ("/wtchat/poll", 2048),
+        (post.as_str(), (1 << 20) + 1),
+        ("/wtchat/api/publish", 10_000_000),
+    ];
+    for (path, length) in declared {
+        let started = Instant::now();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\n\
+             Content-Length: {length}\r\n"
+        );
+        let (status, answer) =
+            send_streaming(&server, &head, vec![b"{\"room\":".to_vec()], Duration::ZERO).await;
+        assert_eq!(status, 413, "{path} with {length} bytes declared: {answer}");
+        assert!(
+            started.elapsed() < DEADLINE / 2,
+            "{path}: answered without waiting"
+        );
+    }
+    // Chunked, with no length declared: refused once past the limit.
+    let head = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\n\
+             Transfer-Encoding: chunked\r\n"
+        )
+    };
+    let over = [
+        (post.as_str(), (1 << 20) + 64 * 1024),
+        ("/wtchat/api/publish", 64 * 1024),
+    ];
+    for (path, total) in over {
+        let pieces = chunked(total, 16 * 1024);
+        let (status, answer) =
+            send_streaming(&server, &head(path), pieces, Duration::from_millis(1)).await;
+        assert_eq!(status, 413, "{path} with {total} bytes chunked: {answer}");
+    }
+    // Within the limits, everything works as before, for everyone.
+    let (status, _) = common::http_request(
+        server.http,
+        "POST",
+        "/wtchat/api/publish",
+        &[("authorization", &auth)],
+        Some(&json!({"room": "lobby", "from": "Shop", "text": "é".repeat(4000)})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen = bystander
+        .next_matching("the shop's message", |f| f["from"] == "Shop")
+        .await;
+    assert_eq!(seen["text"].as_str().map(|t| t.chars().count()), Some(4000));
+    let (status, body, _) = ask_ticket(&server, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let frames: Vec<String> = (0..64)
+        .map(|i| json!({"type": "ping", "pad": "x".repeat(16 * 1024 - 40), "i": i}).to_string())
+        .collect();
+    let lines: Vec<&[u8]> = frames.iter().take(63).map(|f| f.as_bytes()).collect();
+    assert_eq!(
+        sse.post_lines(&lines).await,
+        204,
+        "63 frames of nearly 16 KiB"
+    );
+    server.stop().await;
 }

@@ -934,6 +934,57 @@ async fn the_hosts_login_is_the_chat_identity_over_webtransport() {
     }
 }
 
+/// A page of the chat server's origin with nothing of the chat on it (`/wtchat/health`),
+/// for a test's script to import the client and use it (`init`: run before the page).
+async fn bare_page<'b>(browser: &'b Browser, server: &TestServer, init: Option<&str>) -> Page<'b> {
+    let page = browser.page("A", 1024, 768, init).await;
+    let port = server.http.port();
+    page.goto(&format!("http://127.0.0.1:{port}/wtchat/health"))
+        .await;
+    page
+}
+
+/// Posts are bounded at 1 MiB whatever the frame limit: under a frame limit raised to
+/// 90,000 bytes, a page on SSE in 16 rooms that sends a message of the longest text into
+/// each at once (1.3 MB of frames; one send at a time per room) splits them over posts
+/// that fit (a post over the bound would be refused, and cost a reconnect), and every one
+/// is stored.
+#[tokio::test]
+async fn a_page_on_sse_splits_its_frames_over_posts_that_fit() {
+    let Some((_serial, browser)) =
+        take_browser("a_page_on_sse_splits_its_frames_over_posts_that_fit").await
+    else {
+        return;
+    };
+    let server = start_with(|c| c.max_frame_bytes(90_000).max_text_chars(20_000)).await;
+    let page = bare_page(&browser, &server, Some(NO_STREAMS)).await;
+    let run = page
+        .eval(
+            "import('/wtchat/wtchat.js').then(async ({ connect }) => {
+               const statuses = [];
+               const on = { status: (s) => statuses.push(s.status) };
+               const first = await connect({ room: 'r0', name: 'ann', on });
+               const rooms = [first];
+               for (let i = 1; i < 16; i++) rooms.push(await first.join(`r${i}`));
+               const text = '\u{1F600}'.repeat(20000);
+               const acks = await Promise.all(rooms.map((room) => room.send(text)));
+               return { transport: first.transport, seqs: acks.map((a) => a.seq), statuses };
+             })",
+        )
+        .await;
+    assert_eq!(run["transport"], "sse", "{run}");
+    assert_eq!(run["seqs"], json!(vec![1; 16]), "{run}");
+    assert_eq!(
+        run["statuses"],
+        json!(["connecting", "connected"]),
+        "never reconnecting: {run}"
+    );
+    for room in 0..16 {
+        let page = server.chat.history(&format!("r{room}"), None, 10).unwrap();
+        assert_eq!(page.messages.len(), 1, "r{room}");
+    }
+}
+
 /// The demo page's message list.
 const MESSAGE_LIST: &str = "[data-testid=message-list]";
 

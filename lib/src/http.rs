@@ -2,16 +2,20 @@
 //! configuration (`GET /wtchat/config`), the WebSocket fallback (`GET /wtchat/ws`), the
 //! client (`GET /wtchat/wtchat.js`), and — when an API key is configured — the API for the
 //! host's backend (`/wtchat/api/...`).
+//!
+//! Every `POST` route takes a body of at most what it can need (see [`body_limit`]): frames
+//! are what a post may carry, a ticket request and the opening of a long-polling session
+//! read none, the API's largest call is a publish of the longest text.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
-use axum::extract::{ConnectInfo, FromRef, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef, Query, State};
 use axum::http::StatusCode;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -19,7 +23,7 @@ use serde_json::json;
 use crate::auth::{ConnectRequest, TICKET_TTL_SECS, Transport};
 use crate::config::PATH;
 use crate::host::{Host, PublishError};
-use crate::protocol::{CloseCode, ErrorCode};
+use crate::protocol::{CloseCode, ErrorCode, Limits};
 use crate::throttle::throttled;
 use crate::transport::{self, poll, posted, sse, websocket};
 
@@ -69,24 +73,70 @@ impl FromRef<HttpState> for Arc<transport::Context> {
     }
 }
 
+/// The body of a request to a route that reads none (a ticket request, the opening of a
+/// long-polling session): a client has no reason to send more than a few bytes.
+const NO_BODY_BYTES: usize = 1024;
+
+/// The body of the API's largest call: a publish of the longest text, room and sender
+/// name, every character escaped as JSON may escape it (`\uD83D\uDE00`: 12 bytes for one
+/// emoji, as PHP's `json_encode` writes it), and a kilobyte for the rest (the keys, a
+/// user id).
+fn api_body_bytes(limits: &Limits) -> usize {
+    12 * (limits.max_text_chars + limits.max_room_chars + limits.max_name_chars) + 1024
+}
+
+/// `route` with request bodies of at most `limit` bytes, answered 413 beyond: a declared
+/// `Content-Length` over it at once, before a byte of the body is read (a slow upload holds
+/// nothing), and a body that grows past it (chunked) as soon as it does, by the extractors
+/// (axum's [`DefaultBodyLimit`], 2 MB otherwise). A route that reads no body never reads
+/// an undeclared one.
+fn body_limit<S: Clone + Send + Sync + 'static>(
+    route: MethodRouter<S>,
+    limit: usize,
+) -> MethodRouter<S> {
+    route
+        .route_layer(middleware::from_fn(
+            move |request: axum::extract::Request, next: Next| async move {
+                let declared = request
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if declared.is_some_and(|length| length > limit as u64) {
+                    return (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("a body of at most {limit} bytes\n"),
+                    )
+                        .into_response();
+                }
+                next.run(request).await
+            },
+        ))
+        .route_layer(DefaultBodyLimit::max(limit))
+}
+
 /// The chat's routes, all under [`PATH`], plus the demo page at `/` when configured.
 pub(crate) fn router(state: HttpState) -> Router {
     // SSE and long polling hand out their sessions' URLs under the prefix the client used.
     let under_prefix = || middleware::from_fn_with_state(state.clone(), routes_at);
+    let posts = posted::max_post_bytes(state.host.limits.max_frame_bytes);
     let router = Router::new()
         .route(&format!("{PATH}/config"), get(config))
         .route(&format!("{PATH}/health"), get(health))
         .route(&format!("{PATH}/ready"), get(ready))
         .route(&format!("{PATH}/ws"), get(websocket::upgrade))
         .route(&format!("{PATH}/sse"), get(sse::open).layer(under_prefix()))
-        .route(&format!("{PATH}/sse/{{session}}"), post(posted::post))
+        .route(
+            &format!("{PATH}/sse/{{session}}"),
+            body_limit(post(posted::post), posts),
+        )
         .route(
             &format!("{PATH}/poll"),
-            post(poll::open).layer(under_prefix()),
+            body_limit(post(poll::open), NO_BODY_BYTES).layer(under_prefix()),
         )
         .route(
             &format!("{PATH}/poll/{{session}}"),
-            get(poll::poll).post(posted::post),
+            get(poll::poll).merge(body_limit(post(posted::post), posts)),
         )
         .route(
             &format!("{PATH}/wtchat.js"),
@@ -105,7 +155,7 @@ pub(crate) fn router(state: HttpState) -> Router {
     let router = if state.transport.session.auth.issues_tickets() {
         router.route(
             &format!("{PATH}/ticket"),
-            post(ticket).options(ticket_preflight),
+            body_limit(post(ticket), NO_BODY_BYTES).options(ticket_preflight),
         )
     } else {
         router
@@ -113,14 +163,15 @@ pub(crate) fn router(state: HttpState) -> Router {
     let router = if state.api_key.is_some() {
         // The key is checked before anything else, the body included. A router of its
         // own: route_layer guards every route already on a router.
+        let call = |route| body_limit(route, api_body_bytes(&state.host.limits));
         let api = Router::new()
-            .route(&format!("{PATH}/api/publish"), post(api_publish))
+            .route(&format!("{PATH}/api/publish"), call(post(api_publish)))
             .route(&format!("{PATH}/api/members"), get(api_members))
-            .route(&format!("{PATH}/api/kick"), post(api_kick))
+            .route(&format!("{PATH}/api/kick"), call(post(api_kick)))
             .route(&format!("{PATH}/api/history"), get(api_history))
-            .route(&format!("{PATH}/api/delete"), post(api_delete))
-            .route(&format!("{PATH}/api/ban"), post(api_ban))
-            .route(&format!("{PATH}/api/unban"), post(api_unban))
+            .route(&format!("{PATH}/api/delete"), call(post(api_delete)))
+            .route(&format!("{PATH}/api/ban"), call(post(api_ban)))
+            .route(&format!("{PATH}/api/unban"), call(post(api_unban)))
             .route_layer(middleware::from_fn_with_state(
                 state.clone(),
                 require_api_key,
@@ -254,6 +305,8 @@ async fn config(State(state): State<HttpState>, request: axum::extract::Request)
             .then(|| reached.url("http", "https", "/ticket")),
         "limits": {
             "maxFrameBytes": limits.max_frame_bytes,
+            // What one post of frames (SSE, long polling) may hold.
+            "maxPostBytes": posted::max_post_bytes(limits.max_frame_bytes),
             "maxTextChars": limits.max_text_chars,
             "maxNameChars": limits.max_name_chars,
             "maxRoomChars": limits.max_room_chars,

@@ -29,6 +29,16 @@ use crate::session::{self, FrameReader, FrameWriter, Inbound};
 const INBOX: usize = 256;
 /// Most frames in one post.
 const MAX_FRAMES_PER_POST: usize = 64;
+/// Most bytes in one post, whatever the frame limit: bounds what a post can make the server
+/// buffer (the browser client splits its posts to fit, told by `/wtchat/config`).
+const MAX_POST_BYTES: usize = 1 << 20;
+
+/// The largest body of a post: [`MAX_FRAMES_PER_POST`] frames of `max_frame_bytes`, each
+/// with its line end (`\r\n` at most), up to [`MAX_POST_BYTES`], but always one frame.
+pub(crate) fn max_post_bytes(max_frame_bytes: usize) -> usize {
+    let line = max_frame_bytes + 2;
+    (MAX_FRAMES_PER_POST * line).min(MAX_POST_BYTES.max(line))
+}
 
 /// The sessions open here whose clients post, by id: where their posts go.
 #[derive(Default)]
