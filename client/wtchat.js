@@ -785,7 +785,7 @@ class Link {
         this._startKeepalive();
         return;
       } catch (e) {
-        const wait = this._backoff();
+        const wait = this._backoff(e);
         if (!RETRY_CONNECT.includes(e.code) || Date.now() + wait > deadline) {
           this._shutdown(e.message, undefined, e.code);
           throw e;
@@ -797,10 +797,11 @@ class Link {
     }
   }
 
-  _backoff() {
+  /** The wait before the next attempt: backoff, and at least what the server asked for. */
+  _backoff(error) {
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** this._attempt);
     this._attempt = Math.min(this._attempt + 1, 16);
-    return Math.round(base / 2 + (Math.random() * base) / 2);
+    return Math.max(Math.round(base / 2 + (Math.random() * base) / 2), error?.retryAfter ?? 0);
   }
 
   async _fetchConfig() {
@@ -818,7 +819,8 @@ class Link {
    * Tickets for this attempt, one per transport: the page's own credentialed request, so
    * the host's login (its cookies) decides who this is whatever the transport — browsers
    * send no cookies on a WebTransport CONNECT. A refusal is final (`unauthorized`, with the
-   * host's reason); a failure to reach the server is not.
+   * host's reason); a failure to reach the server is not, nor is too many requests
+   * (`rate_limited`: the next attempt waits the server's `Retry-After`).
    */
   async _fetchTickets(url) {
     let response;
@@ -830,6 +832,10 @@ class Link {
     if (response.status === 401 || response.status === 403) {
       const body = await response.json().catch(() => ({}));
       throw new ChatError("unauthorized", body.message || `ticket: HTTP ${response.status}`);
+    }
+    if (response.status === 429) {
+      const seconds = Number(response.headers.get("retry-after")) || 1;
+      throw new ChatError("rate_limited", "ticket: too many requests", { retryAfter: seconds * 1000 });
     }
     if (!response.ok) throw new ChatError("unreachable", `ticket: HTTP ${response.status}`);
     return (await response.json()).tickets;
@@ -928,9 +934,9 @@ class Link {
     this._scheduleReconnect(bye?.reason || "connection lost");
   }
 
-  _scheduleReconnect(reason) {
+  _scheduleReconnect(reason, error) {
     if (this.status === "closed" || this._reconnectTimer) return;
-    const wait = this._backoff();
+    const wait = this._backoff(error);
     this.transport = null;
     this._setStatus("reconnecting", { reason, attempt: this._attempt, delay: wait });
     this._reconnectTimer = setTimeout(() => {
@@ -951,7 +957,7 @@ class Link {
         this._shutdown(e.message, undefined, e.code);
         return;
       }
-      this._scheduleReconnect(e.message);
+      this._scheduleReconnect(e.message, e);
     }
   }
 

@@ -1,13 +1,15 @@
 //! What anyone on the Internet can try against a chat, made as an attacker makes it: plain
 //! HTTP with a forged `Origin` and someone's `Cookie`, a loop counting up user ids against
-//! the public sender ids, bodies too large or too slow. Each is answered without giving
-//! anything away, and the server goes on serving everyone else.
+//! the public sender ids, bodies too large or too slow, a burst of ticket requests. Each is
+//! answered without giving anything away, and the server goes on serving everyone else.
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Client, DEADLINE, TestServer, http_exchange, start_with};
+use common::{Client, DEADLINE, Serve, TestServer, http_exchange, start_with};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -95,6 +97,10 @@ async fn a_foreign_page_with_the_users_cookie_gets_no_ticket() {
     );
     assert!(
         head.contains("access-control-allow-credentials: true"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-expose-headers: retry-after"),
         "{head}"
     );
 
@@ -393,4 +399,132 @@ async fn bodies_larger_than_a_route_needs_are_refused_and_slow_ones_hold_nothing
         "63 frames of nearly 16 KiB"
     );
     server.stop().await;
+}
+
+/// A backend whose login is down: every call answered 500, and counted.
+async fn broken_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let app = axum::Router::new().route(
+        "/auth",
+        axum::routing::post(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { axum::http::StatusCode::INTERNAL_SERVER_ERROR }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, calls)
+}
+
+/// The lines of `log` that contain `what`.
+fn lines<'a>(log: &'a str, what: &str) -> Vec<&'a str> {
+    log.lines().filter(|l| l.contains(what)).collect()
+}
+
+/// `wtchat serve`'s log without its colours (ANSI escapes `ESC [ … m`).
+fn plain(log: &str) -> String {
+    let mut text = String::with_capacity(log.len());
+    let mut rest = log;
+    while let Some(at) = rest.find("\x1b[") {
+        text.push_str(&rest[..at]);
+        rest = rest[at..].split_once('m').map_or("", |(_, after)| after);
+    }
+    text.push_str(rest);
+    text
+}
+
+#[tokio::test]
+async fn a_burst_of_ticket_requests_reaches_the_login_at_its_rate_and_logs_a_line_a_second() {
+    const BURST: usize = 300;
+    const FAILED: &str = "the auth webhook failed";
+    let (backend, calls) = broken_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = common::serve_command(dir.path());
+    command.args(["--engine", "memory", "--auth-webhook"]);
+    command.arg(format!("http://{backend}/auth"));
+    command.args(["--webhook-secret", &"w".repeat(32)]);
+    let server = Serve::start(command, dir.path()).await;
+
+    // 300 at once, as the attacker sent them (the default rate: 20 at once, 5 a second).
+    let started = Instant::now();
+    let asks = (0..BURST).map(|_| {
+        http_exchange(
+            server.http,
+            "POST",
+            "/wtchat/ticket",
+            &[("cookie", "session=x")],
+            None,
+        )
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let took = started.elapsed().as_secs_f64();
+    let allowed = 20 + (5.0 * took).ceil() as usize;
+    let refused: Vec<&String> = answers
+        .iter()
+        .filter(|((status, _), _)| *status == 429)
+        .map(|(_, head)| head)
+        .collect();
+    let failed = answers
+        .iter()
+        .filter(|((status, _), _)| *status == 401)
+        .count();
+    assert_eq!(failed + refused.len(), BURST, "401 or 429, nothing else");
+    assert!(
+        failed <= allowed,
+        "{failed} reached the login in {took:.2} s"
+    );
+    assert!(failed >= 20, "a burst of 20 is let through: {failed}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        failed,
+        "one call per ticket asked"
+    );
+    for head in &refused {
+        let head = head.to_lowercase();
+        let after: u64 = head
+            .split("\r\nretry-after: ")
+            .nth(1)
+            .and_then(|rest| rest.split("\r\n").next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("a 429 says when to come back: {head}"));
+        assert!((1..=2).contains(&after), "{head}");
+    }
+
+    // The log: a line a second at most of each, not one per request.
+    let log = plain(&server.log());
+    let most = took.ceil() as usize + 1;
+    let warned = lines(&log, FAILED);
+    assert!(!warned.is_empty() && warned.len() <= most, "{warned:#?}");
+    let limited = lines(&log, "ticket refused: too many");
+    assert!(!limited.is_empty() && limited.len() <= most, "{limited:#?}");
+
+    // Once the wait is over the login is asked again, and its line (the last second's
+    // first) says how many failures were not logged: every line counts what it left out.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let ((status, _), _) = http_exchange(
+        server.http,
+        "POST",
+        "/wtchat/ticket",
+        &[("cookie", "session=x")],
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(calls.load(Ordering::SeqCst), failed + 1);
+    let log = plain(&server.log());
+    let warned = lines(&log, FAILED);
+    let unlogged: usize = warned
+        .iter()
+        .map(|line| {
+            line.split("unlogged=")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or_else(|| panic!("{line}"))
+        })
+        .sum();
+    assert!(warned.len() <= most + 1, "{warned:#?}");
+    assert_eq!(warned.len() + unlogged, failed + 1, "{warned:#?}");
 }

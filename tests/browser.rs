@@ -944,6 +944,53 @@ async fn bare_page<'b>(browser: &'b Browser, server: &TestServer, init: Option<&
     page
 }
 
+/// A page told to wait for its ticket (429, `Retry-After: 1`: one ticket a second, and the
+/// page took the only one) waits that long before it asks again, not its shorter backoff,
+/// then connects.
+#[tokio::test]
+async fn a_page_told_to_wait_for_its_ticket_waits_that_long_then_connects() {
+    let Some((_serial, browser)) =
+        take_browser("a_page_told_to_wait_for_its_ticket_waits_that_long_then_connects").await
+    else {
+        return;
+    };
+    let server = start_with(|c| {
+        c.ticket_rate(1)
+            .ticket_burst(1)
+            .auth(|_| async { Ok::<_, wtchat::Refusal>(wtchat::Identity::new("42", "Ann")) })
+    })
+    .await;
+    let page = bare_page(&browser, &server, None).await;
+    let run = page
+        .eval(
+            "import('/wtchat/wtchat.js').then(async ({ connect }) => {
+               const taken = await fetch('/wtchat/ticket', { method: 'POST' });
+               const started = performance.now();
+               const waits = [];
+               const chat = await connect({ room: 'lobby', on: { status: (s) => {
+                 if (s.delay) waits.push([s.delay, s.error ?? s.reason]);
+               } } });
+               const asked = performance.getEntriesByType('resource')
+                 .filter((e) => e.name.endsWith('/wtchat/ticket') && e.startTime >= started)
+                 .map((e) => e.startTime - started);
+               return { taken: taken.status, waits, asked, name: chat.me.name };
+             })",
+        )
+        .await;
+    assert_eq!(run["taken"], 200, "{run}");
+    assert_eq!(run["name"], "Ann", "{run}");
+    // One wait, for the refused ticket, as long as the server asked.
+    let waits = run["waits"].as_array().unwrap();
+    assert_eq!(waits.len(), 1, "{run}");
+    assert_eq!(waits[0][1], "ticket: too many requests", "{run}");
+    assert!(waits[0][0].as_f64().unwrap() >= 1000.0, "{run}");
+    // The ticket it connected with was asked for after it. (The refused request, whose
+    // body the client never reads, has no timing entry.)
+    let asked = run["asked"].as_array().unwrap();
+    assert_eq!(asked.len(), 1, "{run}");
+    assert!(asked[0].as_f64().unwrap() >= 1000.0, "{run}");
+}
+
 /// Posts are bounded at 1 MiB whatever the frame limit: under a frame limit raised to
 /// 90,000 bytes, a page on SSE in 16 rooms that sends a message of the longest text into
 /// each at once (1.3 MB of frames; one send at a time per room) splits them over posts

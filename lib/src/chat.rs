@@ -48,6 +48,7 @@ use crate::hub::{Hub, SenderKey};
 use crate::metrics::Metrics;
 use crate::protocol::CloseCode;
 use crate::session::SessionContext;
+use crate::throttle::PerAddressRate;
 use crate::transport::{self, OriginPolicy, PerAddress, webtransport};
 use crate::webhook::{Events, Webhooks};
 
@@ -66,6 +67,8 @@ struct ChatInner {
     digests: Digests,
     /// The events webhook, whose sender runs with the chat.
     events: Option<Arc<Events>>,
+    /// Ticket requests per client address, for every router made.
+    ticket_rate: Arc<PerAddressRate>,
     /// Cancelled once every session is gone (for the host's HTTP server).
     stopped: CancellationToken,
 }
@@ -224,6 +227,10 @@ impl Chat {
                 transport::posted::forwarded(ctx, request);
             }
         });
+        let ticket_rate = Arc::new(PerAddressRate::new(
+            f64::from(config.ticket_rate),
+            f64::from(config.ticket_burst),
+        ));
         Ok(Chat {
             inner: Arc::new(ChatInner {
                 digests: Arc::new(RwLock::new(dev_cert.iter().map(|c| c.digest).collect())),
@@ -233,6 +240,7 @@ impl Chat {
                 endpoint: Arc::new(endpoint),
                 dev_cert,
                 events: webhooks.events,
+                ticket_rate,
                 stopped: CancellationToken::new(),
             }),
         })
@@ -261,6 +269,7 @@ impl Chat {
                 (true, false) => MetricsAccess::Open,
                 (true, true) => MetricsAccess::ApiKey,
             },
+            ticket_rate: inner.ticket_rate.clone(),
         })
     }
 

@@ -99,6 +99,9 @@ pub struct Config {
     pub(crate) api_key: Option<String>,
     pub(crate) ws_read_buffer: usize,
     pub(crate) max_connections_per_ip: usize,
+    /// `POST /wtchat/ticket` per client address: sustained per second, and at once.
+    pub(crate) ticket_rate: u32,
+    pub(crate) ticket_burst: u32,
     pub(crate) header_read_timeout: Duration,
     pub(crate) max_http_connections: usize,
     pub(crate) public_url: Option<String>,
@@ -137,6 +140,8 @@ impl Default for Config {
             api_key: None,
             ws_read_buffer: 1024,
             max_connections_per_ip: 1000,
+            ticket_rate: 5,
+            ticket_burst: 20,
             header_read_timeout: Duration::from_secs(10),
             max_http_connections: 1024,
             public_url: None,
@@ -173,6 +178,8 @@ impl fmt::Debug for Config {
             .field("api_key", &secret(&self.api_key))
             .field("ws_read_buffer", &self.ws_read_buffer)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("ticket_rate", &self.ticket_rate)
+            .field("ticket_burst", &self.ticket_burst)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("max_http_connections", &self.max_http_connections)
             .field("public_url", &self.public_url)
@@ -434,6 +441,23 @@ impl ConfigBuilder {
         self
     }
 
+    /// Ticket requests (`POST /wtchat/ticket`, each a call to the host's login) one client
+    /// address may make per second, sustained; past it, 429 with `Retry-After`, which the
+    /// browser client waits out. Default 5: a page asks once per connection attempt, and an
+    /// office behind one address reconnects at once after a restart. Counted where the
+    /// peer's address is known (as for `max_connections_per_ip`).
+    pub fn ticket_rate(mut self, per_second: u32) -> Self {
+        self.config.ticket_rate = per_second;
+        self
+    }
+
+    /// Ticket requests one client address may make at once, above `ticket_rate`.
+    /// Default 20.
+    pub fn ticket_burst(mut self, requests: u32) -> Self {
+        self.config.ticket_burst = requests;
+        self
+    }
+
     /// [`Server`](crate::Server) only (a host's own HTTP server sets its own): how long a
     /// client may take to send a request's headers before its connection is closed.
     /// Default 10 s.
@@ -656,6 +680,8 @@ impl ConfigBuilder {
             ("outbound_queue", hub.outbound_queue),
             ("max_connections", hub.max_connections),
             ("max_connections_per_ip", config.max_connections_per_ip),
+            ("ticket_rate", config.ticket_rate as usize),
+            ("ticket_burst", config.ticket_burst as usize),
             ("max_http_connections", config.max_http_connections),
             ("ws_read_buffer", config.ws_read_buffer),
         ];

@@ -24,7 +24,7 @@ use crate::auth::{ConnectRequest, TICKET_TTL_SECS, Transport};
 use crate::config::PATH;
 use crate::host::{Host, PublishError};
 use crate::protocol::{CloseCode, ErrorCode, Limits};
-use crate::throttle::throttled;
+use crate::throttle::{PerAddressRate, throttled};
 use crate::transport::{self, poll, posted, sse, websocket};
 
 /// The browser client, built into the binary so that `wtchat` is one self-contained file.
@@ -53,6 +53,8 @@ pub(crate) struct HttpState {
     pub digests: Digests,
     pub demo_page: bool,
     pub metrics: MetricsAccess,
+    /// Ticket requests per client address: each is a call to the host's login.
+    pub ticket_rate: Arc<PerAddressRate>,
 }
 
 /// Who may read `/wtchat/metrics`.
@@ -337,8 +339,9 @@ const TICKET_TRANSPORTS: [Transport; 4] = [
 /// to the host's hook; a yes is `{"tickets": {"webtransport": T, "websocket": T, "sse": T,
 /// "longpoll": T},
 /// "expiresIn": 60}`, single-use tickets for that identity; a no is 401 with the hook's
-/// reason. From an origin that may not connect: 403. The answer names the page's origin
-/// and allows credentials (CORS), so a page on the host's other origin gets it too.
+/// reason. From an origin that may not connect: 403. Past the address's `ticket_rate`:
+/// 429 with `Retry-After` (seconds), before the hook is asked. The answer names the page's
+/// origin and allows credentials (CORS), so a page on the host's other origin gets it too.
 async fn ticket(State(state): State<HttpState>, request: axum::extract::Request) -> Response {
     let headers = request.headers();
     let origin = headers
@@ -351,6 +354,24 @@ async fn ticket(State(state): State<HttpState>, request: axum::extract::Request)
             "origin_forbidden",
             "this origin may not connect",
         );
+    }
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| transport.client_address(addr.ip(), headers));
+    if let Some(Err(wait)) = peer.map(|ip| state.ticket_rate.take(ip)) {
+        throttled!(info, client = ?peer, "ticket refused: too many from this address");
+        let mut answer = api_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited.as_str(),
+            "too many ticket requests from this address; retry after Retry-After seconds",
+        );
+        // Whole seconds, rounded up: a client that waits that long finds a ticket.
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        answer
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        return with_credentials_cors(answer, origin.as_deref());
     }
     let connect = ConnectRequest {
         transport: Transport::Ticket,
@@ -416,8 +437,8 @@ async fn ticket_preflight(State(state): State<HttpState>, headers: HeaderMap) ->
     with_credentials_cors(response, origin)
 }
 
-/// Lets the page of `origin` (already allowed) read the answer of a credentialed request;
-/// never an opaque origin (see [`transport::nameable`]).
+/// Lets the page of `origin` (already allowed) read the answer of a credentialed request,
+/// its `Retry-After` included; never an opaque origin (see [`transport::nameable`]).
 fn with_credentials_cors(mut response: Response, origin: Option<&str>) -> Response {
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -428,6 +449,10 @@ fn with_credentials_cors(mut response: Response, origin: Option<&str>) -> Respon
         h.insert(
             header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
             HeaderValue::from_static("true"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("Retry-After"),
         );
     }
     response

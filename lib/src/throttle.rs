@@ -1,11 +1,13 @@
-//! Rationing what any client can make the server do: token buckets (a connection's frames)
-//! and the log lines a client can cause.
+//! Rationing what any client can make the server do: token buckets (a connection's frames,
+//! an address's ticket requests) and the log lines a client can cause.
 //!
 //! A line per refused connection or failed login would let anyone fill the disk and bury
 //! what matters in the log: every warning a client can trigger is written through
 //! [`throttled!`], at most one line a second per place in the code that writes it, each
 //! saying how many of its kind were left out since the last (`unlogged`).
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -40,6 +42,67 @@ impl RateLimit {
             true
         } else {
             false
+        }
+    }
+
+    /// How long until the next token, as of the last [`allow`](Self::allow).
+    pub(crate) fn wait(&self) -> Duration {
+        Duration::from_secs_f64(((1.0 - self.tokens) / self.per_second).max(0.0))
+    }
+}
+
+/// Addresses remembered per generation by [`PerAddressRate`]: a bound on its memory
+/// (two generations, about 100 bytes an address) whatever the number of addresses asking.
+const ADDRESSES: usize = 8192;
+
+/// A token bucket per client address. The table is bounded: addresses are kept in two
+/// generations, and once the current one holds [`ADDRESSES`] it becomes the older one
+/// (the older forgotten). An address that asks again is moved to the current generation
+/// with its bucket; one forgotten had not asked while thousands of others did, and starts
+/// with a full bucket, which it would have had by then at any sane rate.
+pub(crate) struct PerAddressRate {
+    per_second: f64,
+    burst: f64,
+    /// Held for one lookup, never across an `.await`.
+    table: Mutex<Generations>,
+}
+
+#[derive(Default)]
+struct Generations {
+    current: HashMap<IpAddr, RateLimit>,
+    older: HashMap<IpAddr, RateLimit>,
+}
+
+impl PerAddressRate {
+    /// `burst` requests at once per address, then `per_second`.
+    pub(crate) fn new(per_second: f64, burst: f64) -> PerAddressRate {
+        PerAddressRate {
+            per_second,
+            burst,
+            table: Mutex::new(Generations::default()),
+        }
+    }
+
+    /// Counts one request from `ip` (an IPv4 client on a dual-stack socket counts as its
+    /// IPv4 address): `Err` with how long until it may ask again when it is over its rate.
+    pub(crate) fn take(&self, ip: IpAddr) -> Result<(), Duration> {
+        let ip = ip.to_canonical();
+        let mut table = self.table.lock().unwrap();
+        if !table.current.contains_key(&ip) {
+            let bucket = table
+                .older
+                .remove(&ip)
+                .unwrap_or_else(|| RateLimit::new(self.per_second, self.burst));
+            if table.current.len() >= ADDRESSES {
+                table.older = std::mem::take(&mut table.current);
+            }
+            table.current.insert(ip, bucket);
+        }
+        let bucket = table.current.get_mut(&ip).expect("inserted above");
+        if bucket.allow() {
+            Ok(())
+        } else {
+            Err(bucket.wait())
         }
     }
 }
@@ -103,6 +166,33 @@ mod tests {
         assert_eq!((0..20).filter(|_| rate.allow()).count(), 5);
         rate.last -= Duration::from_millis(300);
         assert_eq!((0..20).filter(|_| rate.allow()).count(), 3);
+        // Empty: the next token comes in a tenth of a second.
+        assert!(
+            rate.wait() > Duration::from_millis(90) && rate.wait() <= Duration::from_millis(100)
+        );
+    }
+
+    #[test]
+    fn each_address_has_its_bucket_and_the_table_stays_bounded() {
+        let rates = PerAddressRate::new(1.0, 2.0);
+        let one: IpAddr = "10.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(rates.take(one), Ok(()));
+        assert_eq!(rates.take(mapped), Ok(()));
+        let wait = rates.take(one).unwrap_err();
+        assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1));
+        assert_eq!(rates.take("10.0.0.2".parse().unwrap()), Ok(()));
+        // Thousands of other addresses later: kept while in the older generation...
+        for i in 0..ADDRESSES as u32 {
+            let _ = rates.take(IpAddr::from((0x0b00_0000 + i).to_be_bytes()));
+        }
+        assert!(rates.take(one).is_err(), "remembered across one generation");
+        // ...and never more than two generations of them.
+        for i in 0..3 * ADDRESSES as u32 {
+            let _ = rates.take(IpAddr::from((0x0c00_0000 + i).to_be_bytes()));
+        }
+        let table = rates.table.lock().unwrap();
+        assert!(table.current.len() + table.older.len() <= 2 * ADDRESSES);
     }
 
     #[test]
