@@ -74,6 +74,12 @@ export class ChatError extends Error {
   readonly id?: string;
   /** For a refusal by `bye`, or a room left by the host's kick or ban: its close code. */
   readonly closeCode?: number;
+  /**
+   * For `rate_limited` from the ticket request: how long the server asked the client to
+   * wait (its `Retry-After`), in milliseconds. The chat waits at least this long before
+   * its next attempt.
+   */
+  readonly retryAfter?: number;
 }
 
 /** A member of the room: the connection's id and its display name. */
@@ -112,6 +118,8 @@ export interface Message {
 /** The server's limits, from `/wtchat/config`. */
 export interface Limits {
   maxFrameBytes: number;
+  /** Bytes one post of frames (SSE, long polling) may hold; the client splits its posts to fit. */
+  maxPostBytes?: number;
   maxTextChars: number;
   maxNameChars: number;
   maxRoomChars: number;

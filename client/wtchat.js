@@ -220,17 +220,32 @@ function openWebSocket(url, events, signal) {
   });
 }
 
+/** Most frames in one post (the server's limit). */
+const MAX_FRAMES_PER_POST = 64;
+
 /**
  * The sending half of the transports whose frames go up as posts (SSE, long polling):
- * frames written while a post is under way go together in the next one, in order.
+ * frames written while a post is under way go together in the next one, in order, as many
+ * as fit in `maxBytes` (the server's `limits.maxPostBytes`; a post over it is refused).
  */
-function poster(conn, fail) {
+function poster(conn, fail, maxBytes = Infinity) {
   let queue = [];
   let busy = false;
+  const encoder = new TextEncoder();
+  const take = () => {
+    let bytes = 0;
+    let n = 0;
+    while (n < queue.length && n < MAX_FRAMES_PER_POST) {
+      bytes += encoder.encode(queue[n]).length + 1;
+      if (n > 0 && bytes > maxBytes) break;
+      n++;
+    }
+    return queue.splice(0, n);
+  };
   const flush = async () => {
     if (busy || queue.length === 0 || !conn.post) return;
     busy = true;
-    const lines = queue.splice(0, 64);
+    const lines = take();
     try {
       const response = await fetch(conn.post, {
         method: "POST",
@@ -260,7 +275,7 @@ function poster(conn, fail) {
  * `session` event named where to post. When the stream breaks, the connection is over
  * (the chat reconnects and resumes, as on the other transports).
  */
-function openSse(url, events, signal) {
+function openSse(url, events, signal, maxPost) {
   return new Promise((resolve, reject) => {
     let source;
     try {
@@ -285,7 +300,7 @@ function openSse(url, events, signal) {
       if (open) events.closed(conn, info);
       else reject(new ChatError("unreachable", "sse: connection failed"));
     };
-    conn.write = poster(conn, () => finish({}));
+    conn.write = poster(conn, () => finish({}), maxPost);
     source.onmessage = (e) => {
       let frame;
       try {
@@ -313,7 +328,7 @@ function openSse(url, events, signal) {
  * Long polling: `POST` opens a session, held `GET`s fetch its frames (each asking from the
  * last one it got, so a lost answer is asked again), posts carry ours up.
  */
-async function openPoll(url, events, signal) {
+async function openPoll(url, events, signal, maxPost) {
   let session;
   try {
     const response = await fetch(url, { method: "POST", cache: "no-store", signal });
@@ -337,7 +352,7 @@ async function openPoll(url, events, signal) {
     stop.abort();
     events.closed(conn, info);
   };
-  conn.write = poster(conn, () => finish({}));
+  conn.write = poster(conn, () => finish({}), maxPost);
   (async () => {
     let after = 0;
     const poll = new URL(session.poll, url);
@@ -624,7 +639,8 @@ async function dialPosted(config, options, events, forced, state, signal) {
   const stop = () => controller.abort();
   signal?.addEventListener("abort", stop, { once: true });
   const attempts = [];
-  const sse = useSse ? openSse(withIdentity(config.sse, options, "sse"), events, controller.signal) : null;
+  const maxPost = config.limits?.maxPostBytes;
+  const sse = useSse ? openSse(withIdentity(config.sse, options, "sse"), events, controller.signal, maxPost) : null;
   if (sse) attempts.push(sse);
   if (usePoll) {
     attempts.push((async () => {
@@ -636,7 +652,7 @@ async function dialPosted(config, options, events, forced, state, signal) {
         ]);
         if (sseWon || controller.signal.aborted) throw new ChatError("aborted", "longpoll: not needed");
       }
-      return openPoll(withIdentity(config.poll, options, "longpoll"), events, controller.signal);
+      return openPoll(withIdentity(config.poll, options, "longpoll"), events, controller.signal, maxPost);
     })());
   }
   let winner;
@@ -769,7 +785,7 @@ class Link {
         this._startKeepalive();
         return;
       } catch (e) {
-        const wait = this._backoff();
+        const wait = this._backoff(e);
         if (!RETRY_CONNECT.includes(e.code) || Date.now() + wait > deadline) {
           this._shutdown(e.message, undefined, e.code);
           throw e;
@@ -781,10 +797,11 @@ class Link {
     }
   }
 
-  _backoff() {
+  /** The wait before the next attempt: backoff, and at least what the server asked for. */
+  _backoff(error) {
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** this._attempt);
     this._attempt = Math.min(this._attempt + 1, 16);
-    return Math.round(base / 2 + (Math.random() * base) / 2);
+    return Math.max(Math.round(base / 2 + (Math.random() * base) / 2), error?.retryAfter ?? 0);
   }
 
   async _fetchConfig() {
@@ -802,7 +819,8 @@ class Link {
    * Tickets for this attempt, one per transport: the page's own credentialed request, so
    * the host's login (its cookies) decides who this is whatever the transport — browsers
    * send no cookies on a WebTransport CONNECT. A refusal is final (`unauthorized`, with the
-   * host's reason); a failure to reach the server is not.
+   * host's reason); a failure to reach the server is not, nor is too many requests
+   * (`rate_limited`: the next attempt waits the server's `Retry-After`).
    */
   async _fetchTickets(url) {
     let response;
@@ -814,6 +832,10 @@ class Link {
     if (response.status === 401 || response.status === 403) {
       const body = await response.json().catch(() => ({}));
       throw new ChatError("unauthorized", body.message || `ticket: HTTP ${response.status}`);
+    }
+    if (response.status === 429) {
+      const seconds = Number(response.headers.get("retry-after")) || 1;
+      throw new ChatError("rate_limited", "ticket: too many requests", { retryAfter: seconds * 1000 });
     }
     if (!response.ok) throw new ChatError("unreachable", `ticket: HTTP ${response.status}`);
     return (await response.json()).tickets;
@@ -912,9 +934,9 @@ class Link {
     this._scheduleReconnect(bye?.reason || "connection lost");
   }
 
-  _scheduleReconnect(reason) {
+  _scheduleReconnect(reason, error) {
     if (this.status === "closed" || this._reconnectTimer) return;
-    const wait = this._backoff();
+    const wait = this._backoff(error);
     this.transport = null;
     this._setStatus("reconnecting", { reason, attempt: this._attempt, delay: wait });
     this._reconnectTimer = setTimeout(() => {
@@ -935,7 +957,7 @@ class Link {
         this._shutdown(e.message, undefined, e.code);
         return;
       }
-      this._scheduleReconnect(e.message);
+      this._scheduleReconnect(e.message, e);
     }
   }
 

@@ -126,8 +126,9 @@ struct ServeArgs {
     /// (repeatable); nobody else's are.
     #[arg(long = "trusted-proxy")]
     trusted_proxy: Vec<IpAddr>,
-    /// An origin whose pages may connect (repeatable; `*` for any). Default: this
-    /// server's own HTTP origins.
+    /// An origin whose pages may connect (repeatable; `*` for any, but not with
+    /// --auth-webhook: a login needs named origins). Default: this server's own HTTP
+    /// origins.
     #[arg(long = "allow-origin")]
     allow_origin: Vec<String>,
     /// Refuse connections that carry no Origin header (non-browser clients).
@@ -157,6 +158,13 @@ struct ServeArgs {
     /// Connections one client address may hold at once.
     #[arg(long)]
     max_connections_per_ip: Option<usize>,
+    /// Ticket requests (POST /wtchat/ticket) one client address may make per second;
+    /// past it, 429 with Retry-After.
+    #[arg(long)]
+    ticket_rate: Option<u32>,
+    /// Ticket requests one client address may make at once, above --ticket-rate.
+    #[arg(long)]
+    ticket_burst: Option<u32>,
     /// HTTP connections held at once that have not become WebSockets.
     #[arg(long)]
     max_http_connections: Option<usize>,
@@ -320,6 +328,8 @@ impl ServeArgs {
             max_new_rooms_per_minute,
             max_connections,
             max_connections_per_ip,
+            ticket_rate,
+            ticket_burst,
             max_http_connections,
             header_read_timeout,
             history,

@@ -938,6 +938,108 @@ async fn the_hosts_login_is_the_chat_identity_over_webtransport() {
     }
 }
 
+/// A page of the chat server's origin with nothing of the chat on it (`/wtchat/health`),
+/// for a test's script to import the client and use it (`init`: run before the page).
+async fn bare_page<'b>(browser: &'b Browser, server: &TestServer, init: Option<&str>) -> Page<'b> {
+    let page = browser.page("A", 1024, 768, init).await;
+    let port = server.http.port();
+    page.goto(&format!("http://127.0.0.1:{port}/wtchat/health"))
+        .await;
+    page
+}
+
+/// A page told to wait for its ticket (429, `Retry-After: 1`: one ticket a second, and the
+/// page took the only one) waits that long before it asks again, not its shorter backoff,
+/// then connects.
+#[tokio::test]
+async fn a_page_told_to_wait_for_its_ticket_waits_that_long_then_connects() {
+    let Some((_serial, browser)) =
+        take_browser("a_page_told_to_wait_for_its_ticket_waits_that_long_then_connects").await
+    else {
+        return;
+    };
+    let server = start_with(|c| {
+        c.ticket_rate(1)
+            .ticket_burst(1)
+            .auth(|_| async { Ok::<_, wtchat::Refusal>(wtchat::Identity::new("42", "Ann")) })
+    })
+    .await;
+    let page = bare_page(&browser, &server, None).await;
+    let run = page
+        .eval(
+            "import('/wtchat/wtchat.js').then(async ({ connect }) => {
+               const taken = await fetch('/wtchat/ticket', { method: 'POST' });
+               const started = performance.now();
+               const waits = [];
+               const chat = await connect({ room: 'lobby', on: { status: (s) => {
+                 if (s.delay) waits.push([s.delay, s.error ?? s.reason]);
+               } } });
+               const asked = performance.getEntriesByType('resource')
+                 .filter((e) => e.name.endsWith('/wtchat/ticket') && e.startTime >= started)
+                 .map((e) => e.startTime - started);
+               return { taken: taken.status, waits, asked, name: chat.me.name };
+             })",
+        )
+        .await;
+    assert_eq!(run["taken"], 200, "{run}");
+    assert_eq!(run["name"], "Ann", "{run}");
+    // One wait, for the refused ticket, as long as the server asked.
+    let waits = run["waits"].as_array().unwrap();
+    assert_eq!(waits.len(), 1, "{run}");
+    assert_eq!(waits[0][1], "ticket: too many requests", "{run}");
+    assert!(waits[0][0].as_f64().unwrap() >= 1000.0, "{run}");
+    // The ticket it connected with was asked for after it. (The refused request, whose
+    // body the client never reads, has no timing entry.)
+    let asked = run["asked"].as_array().unwrap();
+    assert_eq!(asked.len(), 1, "{run}");
+    assert!(asked[0].as_f64().unwrap() >= 1000.0, "{run}");
+}
+
+/// Posts are bounded at 1 MiB whatever the frame limit: under a frame limit raised to
+/// 90,000 bytes, a page on SSE in 16 rooms that sends a message of the longest text into
+/// each at once (1.3 MB of frames; one send at a time per room) splits them over posts
+/// that fit (a post over the bound would be refused, and cost a reconnect), and every one
+/// is stored.
+#[tokio::test]
+async fn a_page_on_sse_splits_its_frames_over_posts_that_fit() {
+    let Some((_serial, browser)) =
+        take_browser("a_page_on_sse_splits_its_frames_over_posts_that_fit").await
+    else {
+        return;
+    };
+    let server = start_with(|c| c.max_frame_bytes(90_000).max_text_chars(20_000)).await;
+    let page = bare_page(&browser, &server, Some(NO_STREAMS)).await;
+    let run = page
+        .eval(
+            "import('/wtchat/wtchat.js').then(async ({ connect }) => {
+               const statuses = [];
+               const on = { status: (s) => statuses.push(s.status) };
+               const first = await connect({ room: 'r0', name: 'ann', on });
+               const rooms = [first];
+               for (let i = 1; i < 16; i++) rooms.push(await first.join(`r${i}`));
+               const text = '\u{1F600}'.repeat(20000);
+               const acks = await Promise.all(rooms.map((room) => room.send(text)));
+               return { transport: first.transport, seqs: acks.map((a) => a.seq), statuses };
+             })",
+        )
+        .await;
+    assert_eq!(run["transport"], "sse", "{run}");
+    assert_eq!(run["seqs"], json!(vec![1; 16]), "{run}");
+    assert_eq!(
+        run["statuses"],
+        json!(["connecting", "connected"]),
+        "never reconnecting: {run}"
+    );
+    for room in 0..16 {
+        let page = server
+            .chat
+            .history(&format!("r{room}"), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(page.messages.len(), 1, "r{room}");
+    }
+}
+
 /// The demo page's message list.
 const MESSAGE_LIST: &str = "[data-testid=message-list]";
 

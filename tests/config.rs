@@ -19,6 +19,7 @@ struct Case {
 }
 
 const SHORT_SECRET: &str = "change-me";
+const WEBHOOK_SECRET: &str = "a-webhook-secret-of-32-bytes-or-more";
 
 fn cases() -> Vec<Case> {
     vec![
@@ -198,6 +199,28 @@ fn cases() -> Vec<Case> {
             builder: |b| b.allow_origin("https://shop.example.com/chat"),
             flags: &["--allow-origin", "https://shop.example.com/chat"],
         },
+        // A login (the page's cookies) offered to every site.
+        Case {
+            setting: "allow_origin",
+            builder: |b| {
+                b.allow_origin("*")
+                    .auth_webhook("http://127.0.0.1:9/auth")
+                    .webhook_secret(WEBHOOK_SECRET)
+            },
+            flags: &[
+                "--allow-origin",
+                "*",
+                "--auth-webhook",
+                "http://127.0.0.1:9/auth",
+                "--webhook-secret",
+                WEBHOOK_SECRET,
+            ],
+        },
+        Case {
+            setting: "ticket_rate",
+            builder: |b| b.ticket_rate(0),
+            flags: &["--ticket-rate", "0"],
+        },
     ]
 }
 
@@ -255,7 +278,7 @@ fn the_builder_names_the_setting_and_the_reason() {
 
 #[test]
 fn zero_is_refused_for_every_limit() {
-    let zeroes: [(&str, Settings); 14] = [
+    let zeroes: [(&str, Settings); 16] = [
         ("max_frame_bytes", |b| b.max_frame_bytes(0)),
         ("max_text_chars", |b| b.max_text_chars(0)),
         ("max_name_chars", |b| b.max_name_chars(0)),
@@ -271,6 +294,8 @@ fn zero_is_refused_for_every_limit() {
         ("outbound_queue", |b| b.outbound_queue(0)),
         ("max_connections", |b| b.max_connections(0)),
         ("ws_read_buffer", |b| b.ws_read_buffer(0)),
+        ("ticket_rate", |b| b.ticket_rate(0)),
+        ("ticket_burst", |b| b.ticket_burst(0)),
         ("close_grace", |b| b.close_grace(Duration::ZERO)),
     ];
     for (setting, builder) in zeroes {

@@ -472,10 +472,10 @@ async fn a_database_that_cannot_be_used_is_refused_at_start_with_the_reason() {
     // A database from a newer wtchat.
     let newer = dir.path().join("newer.db");
     on_sqlite(&newer, |b| b).await.stop().await;
-    sqlite(&newer, "pragma user_version = 2");
+    sqlite(&newer, "pragma user_version = 3");
     let (cli, _) = refusal(&newer).await;
     assert!(
-        cli.contains("written by a newer wtchat (schema 2; this one knows 1)"),
+        cli.contains("written by a newer wtchat (schema 3; this one knows 2)"),
         "{cli}"
     );
 
@@ -637,4 +637,88 @@ async fn an_online_backup_is_a_database_a_server_starts_from() {
     let page = restored.chat.history("r", None, 10).await.unwrap();
     assert_eq!(texts(&page), [(1, "m1"), (2, "m2"), (3, "m3")]);
     assert_eq!(restored.chat.publish("r", "host", "m4").await.unwrap(), 4);
+}
+
+/// The schema of version 1 (before sender ids were keyed), as that release wrote it.
+const SCHEMA_V1: &str = "
+    CREATE TABLE rooms (name TEXT PRIMARY KEY, epoch INTEGER NOT NULL, seq INTEGER NOT NULL)
+        WITHOUT ROWID;
+    CREATE TABLE messages (room TEXT NOT NULL, seq INTEGER NOT NULL, time INTEGER NOT NULL,
+        name TEXT NOT NULL, sender TEXT, client_id TEXT, text TEXT NOT NULL,
+        PRIMARY KEY (room, seq)) WITHOUT ROWID;
+    CREATE INDEX messages_by_time ON messages (time);
+    CREATE TABLE bans (room TEXT NOT NULL, user TEXT NOT NULL, until INTEGER NOT NULL,
+        PRIMARY KEY (room, user)) WITHOUT ROWID;
+    PRAGMA application_id = 2004116328;
+    PRAGMA user_version = 1;
+";
+
+/// A database written by the release before keyed sender ids: room `lobby` holds one
+/// message, sent by the holder of resume key `key` with client id `c-1`, under the public
+/// id of then (the plain digest of its scope), which this returns.
+fn database_of_before(db: &Path, key: &str) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import base64,hashlib,sqlite3,sys,time\n\
+             db, key, schema = sys.argv[1:]\n\
+             c = sqlite3.connect(db)\n\
+             c.executescript(schema)\n\
+             old = base64.urlsafe_b64encode(hashlib.sha256(('k:' + key).encode()).digest()[:12])\n\
+             old = old.rstrip(b'=').decode()\n\
+             now = int(time.time() * 1000)\n\
+             c.execute(\"INSERT INTO rooms VALUES ('lobby', ?, 1)\", (now - 1000,))\n\
+             c.execute(\"INSERT INTO messages VALUES ('lobby', 1, ?, 'ann', ?, 'c-1', 'hello')\",\n\
+             \x20         (now, old))\n\
+             c.commit()\n\
+             print(old)",
+        ])
+        .arg(db)
+        .arg(key)
+        .arg(SCHEMA_V1)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A client that lost the ack of a message sent before the upgrade retries it after the
+/// server restarted on keyed sender ids: it is recognised (the original number, stored once),
+/// though the client's public id is not the one of then any more. The new id stays the same
+/// across restarts (the key is kept in the database), and so do retries of new messages.
+#[tokio::test]
+async fn a_retry_across_the_upgrade_to_keyed_sender_ids_is_still_recognised() {
+    const KEY: &str = "upgradeKEYupgradeKEY12";
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let old = database_of_before(&db, KEY);
+    let join = json!({"type": "join", "room": "lobby", "name": "ann", "key": KEY});
+
+    let server = on_sqlite(&db, |b| b).await;
+    let mut ann = Client::ws(&server).await;
+    let (joined, replay) = ann.join_frame(join.clone()).await;
+    assert_eq!(replay.len(), 1);
+    assert_eq!(replay[0]["sender"], old, "a stored message keeps its id");
+    let sender = joined["you"]["sender"].clone();
+    assert_ne!(sender, old, "the new id is keyed");
+    assert_eq!(ann.say("lobby", "hello", "c-1").await, 1, "recognised");
+    assert_eq!(ann.say("lobby", "again", "c-2").await, 2);
+    server.stop().await;
+
+    let server = on_sqlite(&db, |b| b).await;
+    let mut ann = Client::wt(&server).await;
+    let (joined, _) = ann.join_frame(join).await;
+    assert_eq!(
+        joined["you"]["sender"], sender,
+        "the same id after a restart"
+    );
+    assert_eq!(ann.say("lobby", "again", "c-2").await, 2, "recognised");
+    assert_eq!(ann.say("lobby", "hello", "c-1").await, 1, "recognised");
+    let page = server.chat.history("lobby", None, 10).await.unwrap();
+    assert_eq!(
+        texts(&page),
+        [(1, "hello"), (2, "again")],
+        "each stored once"
+    );
+    server.stop().await;
 }

@@ -485,12 +485,8 @@ impl Tickets {
                 &random[..]
             }
         };
-        let derived = hmac::sign(
-            &hmac::Key::new(hmac::HMAC_SHA256, secret),
-            b"wtchat ticket key v1",
-        );
         Tickets {
-            key: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
+            key: derived_key(secret, b"wtchat ticket key v1"),
             spent: Mutex::new(Spent {
                 nonces: HashMap::new(),
                 sweep_at: 1024,
@@ -534,6 +530,13 @@ impl Tickets {
         drop(spent);
         Ok(identity(ticket.claims))
     }
+}
+
+/// A key of its own for `purpose`, derived from `secret` (HMAC(secret, purpose)): one
+/// secret serves several purposes, and what is signed for one is never valid for another.
+pub(crate) fn derived_key(secret: &[u8], purpose: &[u8]) -> hmac::Key {
+    let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), purpose);
+    hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
 }
 
 /// `N` bytes from the operating system's random source.

@@ -45,10 +45,11 @@ use crate::engine::{self, HistoryPage, MemberInfo, MembersPage, Options, Storage
 use crate::hooks::{EventsSender, Webhooks};
 use crate::host::{Host, PublishError};
 use crate::http::{Digests, HttpState, MetricsAccess};
-use crate::hub::Hub;
+use crate::hub::{Hub, SenderKey};
 use crate::metrics::Metrics;
 use crate::protocol::CloseCode;
 use crate::session::SessionContext;
+use crate::throttle::PerAddressRate;
 use crate::transport::{self, OriginPolicy, PerAddress, webtransport};
 
 /// wtchat, ready to be mounted: cheap to clone (one `Arc` inside).
@@ -66,6 +67,8 @@ struct ChatInner {
     digests: Digests,
     /// The events webhook, whose sender runs with the chat.
     events: Option<Arc<dyn EventsSender>>,
+    /// Ticket requests per client address, for every router made.
+    ticket_rate: Arc<PerAddressRate>,
     /// Cancelled once every session is gone (for the host's HTTP server).
     stopped: CancellationToken,
 }
@@ -175,6 +178,12 @@ impl Chat {
             engine = layer(engine);
         }
         let webhooks = Webhooks::of(&config, &metrics);
+        // Public sender ids are keyed: with the token secret when there is one (every node
+        // has it), else with the engine's own key.
+        let senders = match &config.token_secret {
+            Some(secret) => SenderKey::new(secret.as_bytes()),
+            None => SenderKey::new(&engine.sender_key().await?),
+        };
         let session = SessionContext {
             hub: Hub::new(config.hub.clone(), engine, metrics).await?,
             limits: Arc::new(config.limits.clone()),
@@ -186,6 +195,7 @@ impl Chat {
                 config.authenticate.clone().or(webhooks.auth),
                 config.token_secret.as_deref(),
             )),
+            senders: Arc::new(senders),
             on_message: config.on_message.clone(),
             message_check: webhooks.message,
         };
@@ -218,6 +228,10 @@ impl Chat {
                 transport::relay::forwarded(ctx, request);
             }
         });
+        let ticket_rate = Arc::new(PerAddressRate::new(
+            f64::from(config.ticket_rate),
+            f64::from(config.ticket_burst),
+        ));
         Ok(Chat {
             inner: Arc::new(ChatInner {
                 digests: Arc::new(RwLock::new(dev_cert.iter().map(|c| c.digest).collect())),
@@ -227,6 +241,7 @@ impl Chat {
                 endpoint: Arc::new(endpoint),
                 dev_cert,
                 events: webhooks.events,
+                ticket_rate,
                 stopped: CancellationToken::new(),
             }),
         })
@@ -255,6 +270,7 @@ impl Chat {
                 (true, false) => MetricsAccess::Open,
                 (true, true) => MetricsAccess::ApiKey,
             },
+            ticket_rate: inner.ticket_rate.clone(),
         })
     }
 

@@ -136,6 +136,9 @@ pub struct Config {
     pub(crate) api_key: Option<String>,
     pub(crate) ws_read_buffer: usize,
     pub(crate) max_connections_per_ip: usize,
+    /// `POST /wtchat/ticket` per client address: sustained per second, and at once.
+    pub(crate) ticket_rate: u32,
+    pub(crate) ticket_burst: u32,
     pub(crate) header_read_timeout: Duration,
     pub(crate) max_http_connections: usize,
     pub(crate) public_url: Option<String>,
@@ -175,6 +178,8 @@ impl Default for Config {
             api_key: None,
             ws_read_buffer: 1024,
             max_connections_per_ip: 1000,
+            ticket_rate: 5,
+            ticket_burst: 20,
             header_read_timeout: Duration::from_secs(10),
             max_http_connections: 1024,
             public_url: None,
@@ -211,6 +216,8 @@ impl fmt::Debug for Config {
             .field("api_key", &secret(&self.api_key))
             .field("ws_read_buffer", &self.ws_read_buffer)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("ticket_rate", &self.ticket_rate)
+            .field("ticket_burst", &self.ticket_burst)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("max_http_connections", &self.max_http_connections)
             .field("public_url", &self.public_url)
@@ -313,7 +320,11 @@ impl ConfigBuilder {
     /// Allows pages of `origin` (like `https://example.com`, or `*` for any origin) to
     /// connect; repeatable. Once one is given, the defaults — the server's own HTTP origins
     /// `http://localhost:PORT`, `http://127.0.0.1:PORT`, `http://[::1]:PORT` — no longer
-    /// apply.
+    /// apply. Not `*` with an [`auth`](Self::auth) hook or an
+    /// [`auth_webhook`](Self::auth_webhook): they log in whatever the request carries (the
+    /// page's cookies), so any site could connect as its user; tokens alone
+    /// ([`token_secret`](Self::token_secret)) work with `*`, since a page must hold its
+    /// token.
     pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
         self.config
             .allowed_origins
@@ -486,6 +497,23 @@ impl ConfigBuilder {
     /// `into_make_service_with_connect_info::<SocketAddr>()`).
     pub fn max_connections_per_ip(mut self, connections: usize) -> Self {
         self.config.max_connections_per_ip = connections;
+        self
+    }
+
+    /// Ticket requests (`POST /wtchat/ticket`, each a call to the host's login) one client
+    /// address may make per second, sustained; past it, 429 with `Retry-After`, which the
+    /// browser client waits out. Default 5: a page asks once per connection attempt, and an
+    /// office behind one address reconnects at once after a restart. Counted where the
+    /// peer's address is known (as for `max_connections_per_ip`).
+    pub fn ticket_rate(mut self, per_second: u32) -> Self {
+        self.config.ticket_rate = per_second;
+        self
+    }
+
+    /// Ticket requests one client address may make at once, above `ticket_rate`.
+    /// Default 20.
+    pub fn ticket_burst(mut self, requests: u32) -> Self {
+        self.config.ticket_burst = requests;
         self
     }
 
@@ -711,6 +739,8 @@ impl ConfigBuilder {
             ("outbound_queue", hub.outbound_queue),
             ("max_connections", hub.max_connections),
             ("max_connections_per_ip", config.max_connections_per_ip),
+            ("ticket_rate", config.ticket_rate as usize),
+            ("ticket_burst", config.ticket_burst as usize),
             ("max_http_connections", config.max_http_connections),
             ("ws_read_buffer", config.ws_read_buffer),
         ];
@@ -956,6 +986,16 @@ impl ConfigBuilder {
                     ),
                 ));
             }
+        }
+        let logs_in = config.authenticate.is_some() || hooks.auth.is_some();
+        if logs_in && config.allowed_origins.iter().flatten().any(|o| o == "*") {
+            return Err(ConfigError::new(
+                "allow_origin",
+                "cannot be `*` with an auth hook or auth webhook: a login needs named origins \
+                 (like https://example.com), or any site a user visits could connect as that \
+                 user with the cookies their browser sends along (tokens alone, with \
+                 token_secret, may use `*`)",
+            ));
         }
         Ok(config)
     }

@@ -2,16 +2,20 @@
 //! configuration (`GET /wtchat/config`), the WebSocket fallback (`GET /wtchat/ws`), the
 //! client (`GET /wtchat/wtchat.js`), and — when an API key is configured — the API for the
 //! host's backend (`/wtchat/api/...`).
+//!
+//! Every `POST` route takes a body of at most what it can need (see [`body_limit`]): frames
+//! are what a post may carry, a ticket request and the opening of a long-polling session
+//! read none, the API's largest call is a publish of the longest text.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
-use axum::extract::{ConnectInfo, FromRef, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef, Query, State};
 use axum::http::StatusCode;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -19,7 +23,8 @@ use serde_json::json;
 use crate::auth::{ConnectRequest, TICKET_TTL_SECS, Transport};
 use crate::config::PATH;
 use crate::host::{Host, PublishError};
-use crate::protocol::{CloseCode, ErrorCode};
+use crate::protocol::{CloseCode, ErrorCode, Limits};
+use crate::throttle::{PerAddressRate, throttled};
 use crate::transport::{self, poll, posted, sse, websocket};
 
 /// The browser client, built into the binary so that `wtchat` is one self-contained file.
@@ -49,6 +54,8 @@ pub(crate) struct HttpState {
     pub demo_page: bool,
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub metrics: MetricsAccess,
+    /// Ticket requests per client address: each is a call to the host's login.
+    pub ticket_rate: Arc<PerAddressRate>,
 }
 
 /// Who may read `/wtchat/metrics`.
@@ -70,24 +77,70 @@ impl FromRef<HttpState> for Arc<transport::Context> {
     }
 }
 
+/// The body of a request to a route that reads none (a ticket request, the opening of a
+/// long-polling session): a client has no reason to send more than a few bytes.
+const NO_BODY_BYTES: usize = 1024;
+
+/// The body of the API's largest call: a publish of the longest text, room and sender
+/// name, every character escaped as JSON may escape it (`\uD83D\uDE00`: 12 bytes for one
+/// emoji, as PHP's `json_encode` writes it), and a kilobyte for the rest (the keys, a
+/// user id).
+fn api_body_bytes(limits: &Limits) -> usize {
+    12 * (limits.max_text_chars + limits.max_room_chars + limits.max_name_chars) + 1024
+}
+
+/// `route` with request bodies of at most `limit` bytes, answered 413 beyond: a declared
+/// `Content-Length` over it at once, before a byte of the body is read (a slow upload holds
+/// nothing), and a body that grows past it (chunked) as soon as it does, by the extractors
+/// (axum's [`DefaultBodyLimit`], 2 MB otherwise). A route that reads no body never reads
+/// an undeclared one.
+fn body_limit<S: Clone + Send + Sync + 'static>(
+    route: MethodRouter<S>,
+    limit: usize,
+) -> MethodRouter<S> {
+    route
+        .route_layer(middleware::from_fn(
+            move |request: axum::extract::Request, next: Next| async move {
+                let declared = request
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if declared.is_some_and(|length| length > limit as u64) {
+                    return (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("a body of at most {limit} bytes\n"),
+                    )
+                        .into_response();
+                }
+                next.run(request).await
+            },
+        ))
+        .route_layer(DefaultBodyLimit::max(limit))
+}
+
 /// The chat's routes, all under [`PATH`], plus the demo page at `/` when configured.
 pub(crate) fn router(state: HttpState) -> Router {
     // SSE and long polling hand out their sessions' URLs under the prefix the client used.
     let under_prefix = || middleware::from_fn_with_state(state.clone(), routes_at);
+    let posts = posted::max_post_bytes(state.host.limits.max_frame_bytes);
     let router = Router::new()
         .route(&format!("{PATH}/config"), get(config))
         .route(&format!("{PATH}/health"), get(health))
         .route(&format!("{PATH}/ready"), get(ready))
         .route(&format!("{PATH}/ws"), get(websocket::upgrade))
         .route(&format!("{PATH}/sse"), get(sse::open).layer(under_prefix()))
-        .route(&format!("{PATH}/sse/{{session}}"), post(posted::post))
+        .route(
+            &format!("{PATH}/sse/{{session}}"),
+            body_limit(post(posted::post), posts),
+        )
         .route(
             &format!("{PATH}/poll"),
-            post(poll::open).layer(under_prefix()),
+            body_limit(post(poll::open), NO_BODY_BYTES).layer(under_prefix()),
         )
         .route(
             &format!("{PATH}/poll/{{session}}"),
-            get(poll::poll).post(posted::post),
+            get(poll::poll).merge(body_limit(post(posted::post), posts)),
         )
         .route(
             &format!("{PATH}/wtchat.js"),
@@ -106,7 +159,7 @@ pub(crate) fn router(state: HttpState) -> Router {
     let router = if state.transport.session.auth.issues_tickets() {
         router.route(
             &format!("{PATH}/ticket"),
-            post(ticket).options(ticket_preflight),
+            body_limit(post(ticket), NO_BODY_BYTES).options(ticket_preflight),
         )
     } else {
         router
@@ -114,14 +167,15 @@ pub(crate) fn router(state: HttpState) -> Router {
     let router = if state.api_key.is_some() {
         // The key is checked before anything else, the body included. A router of its
         // own: route_layer guards every route already on a router.
+        let call = |route| body_limit(route, api_body_bytes(&state.host.limits));
         let api = Router::new()
-            .route(&format!("{PATH}/api/publish"), post(api_publish))
+            .route(&format!("{PATH}/api/publish"), call(post(api_publish)))
             .route(&format!("{PATH}/api/members"), get(api_members))
-            .route(&format!("{PATH}/api/kick"), post(api_kick))
+            .route(&format!("{PATH}/api/kick"), call(post(api_kick)))
             .route(&format!("{PATH}/api/history"), get(api_history))
-            .route(&format!("{PATH}/api/delete"), post(api_delete))
-            .route(&format!("{PATH}/api/ban"), post(api_ban))
-            .route(&format!("{PATH}/api/unban"), post(api_unban))
+            .route(&format!("{PATH}/api/delete"), call(post(api_delete)))
+            .route(&format!("{PATH}/api/ban"), call(post(api_ban)))
+            .route(&format!("{PATH}/api/unban"), call(post(api_unban)))
             .route_layer(middleware::from_fn_with_state(
                 state.clone(),
                 require_api_key,
@@ -257,6 +311,8 @@ async fn config(State(state): State<HttpState>, request: axum::extract::Request)
             .then(|| reached.url("http", "https", "/ticket")),
         "limits": {
             "maxFrameBytes": limits.max_frame_bytes,
+            // What one post of frames (SSE, long polling) may hold.
+            "maxPostBytes": posted::max_post_bytes(limits.max_frame_bytes),
             "maxTextChars": limits.max_text_chars,
             "maxNameChars": limits.max_name_chars,
             "maxRoomChars": limits.max_room_chars,
@@ -287,8 +343,9 @@ const TICKET_TRANSPORTS: [Transport; 4] = [
 /// to the host's hook; a yes is `{"tickets": {"webtransport": T, "websocket": T, "sse": T,
 /// "longpoll": T},
 /// "expiresIn": 60}`, single-use tickets for that identity; a no is 401 with the hook's
-/// reason. From an origin that may not connect: 403. The answer names the page's origin
-/// and allows credentials (CORS), so a page on the host's other origin gets it too.
+/// reason. From an origin that may not connect: 403. Past the address's `ticket_rate`:
+/// 429 with `Retry-After` (seconds), before the hook is asked. The answer names the page's
+/// origin and allows credentials (CORS), so a page on the host's other origin gets it too.
 async fn ticket(State(state): State<HttpState>, request: axum::extract::Request) -> Response {
     let headers = request.headers();
     let origin = headers
@@ -301,6 +358,24 @@ async fn ticket(State(state): State<HttpState>, request: axum::extract::Request)
             "origin_forbidden",
             "this origin may not connect",
         );
+    }
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| transport.client_address(addr.ip(), headers));
+    if let Some(Err(wait)) = peer.map(|ip| state.ticket_rate.take(ip)) {
+        throttled!(info, client = ?peer, "ticket refused: too many from this address");
+        let mut answer = api_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited.as_str(),
+            "too many ticket requests from this address; retry after Retry-After seconds",
+        );
+        // Whole seconds, rounded up: a client that waits that long finds a ticket.
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        answer
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        return with_credentials_cors(answer, origin.as_deref());
     }
     let connect = ConnectRequest {
         transport: Transport::Ticket,
@@ -324,7 +399,8 @@ async fn ticket(State(state): State<HttpState>, request: axum::extract::Request)
             Json(json!({"tickets": tickets, "expiresIn": TICKET_TTL_SECS})).into_response()
         }
         Some(Err(refusal)) => {
-            tracing::info!(
+            throttled!(
+                info,
                 reason = refusal.message(),
                 "ticket refused by authentication"
             );
@@ -340,7 +416,9 @@ async fn ticket(State(state): State<HttpState>, request: axum::extract::Request)
 }
 
 /// The CORS preflight of `POST /wtchat/ticket`, for a client that sends more than a simple
-/// request (the browser client does not).
+/// request (the browser client does not). It allows what the route reads and nothing else,
+/// whatever is asked for: the method `POST`, and of the headers a page can set, only
+/// `Authorization` (the auth webhook is sent it; cookies travel without a preflight).
 async fn ticket_preflight(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
     if !state.transport.origins.allows(origin) {
@@ -353,25 +431,32 @@ async fn ticket_preflight(State(state): State<HttpState>, headers: HeaderMap) ->
         HeaderValue::from_static("POST"),
     );
     h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization"),
+    );
+    h.insert(
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("600"),
     );
-    if let Some(requested) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
-        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested.clone());
-    }
     with_credentials_cors(response, origin)
 }
 
-/// Lets the page of `origin` (already allowed) read the answer of a credentialed request.
+/// Lets the page of `origin` (already allowed) read the answer of a credentialed request,
+/// its `Retry-After` included; never an opaque origin (see [`transport::nameable`]).
 fn with_credentials_cors(mut response: Response, origin: Option<&str>) -> Response {
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::VARY, HeaderValue::from_static("Origin"));
-    if let Some(origin) = origin.and_then(|o| HeaderValue::from_str(o).ok()) {
+    let named = origin.filter(|o| transport::nameable(o));
+    if let Some(origin) = named.and_then(|o| HeaderValue::from_str(o).ok()) {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         h.insert(
             header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
             HeaderValue::from_static("true"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("Retry-After"),
         );
     }
     response

@@ -69,6 +69,7 @@ mod protocol;
 mod queue;
 mod server;
 mod session;
+mod throttle;
 mod transport;
 #[cfg(feature = "webhooks")]
 mod webhook;

@@ -23,6 +23,7 @@ use tower_service::Service as _;
 
 use crate::chat::{Chat, StartError};
 use crate::config::Config;
+use crate::throttle::throttled;
 
 /// TCP keepalive on HTTP and WebSocket connections: the first probe after this much
 /// silence...
@@ -126,7 +127,11 @@ async fn serve_http(
             () = stopping.cancelled() => break,
         };
         let Ok(permit) = pending.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "HTTP connection refused: too many not yet upgraded");
+            throttled!(
+                warn,
+                %peer,
+                "HTTP connection refused: too many not yet upgraded"
+            );
             continue;
         };
         tune(&tcp);

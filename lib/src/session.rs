@@ -19,11 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, ConnectRequest, Identity, Transport, random_bytes};
 use crate::hooks::{MessageCheck, MessageEvent, MessageHook, Verdict};
-use crate::hub::{Hub, Member, Resume, Room, Sender, message_frame};
+use crate::hub::{Hub, Member, Resume, Room, Sender, SenderKey, message_frame};
 use crate::protocol::{
     self, ClientFrame, CloseCode, ErrorCode, HISTORY_PAGE, Limits, MEMBERS_PAGE, ServerFrame,
 };
 use crate::queue::{Kind, Outbound, Outbox};
+use crate::throttle::{RateLimit, throttled};
 
 /// Frames written per batch: enough to amortize a write call under load, small enough that
 /// one busy connection does not hold its worker thread for long.
@@ -91,6 +92,8 @@ pub(crate) struct SessionContext {
     pub idle_timeout: Duration,
     /// Who connections are.
     pub auth: Arc<Authenticator>,
+    /// Makes the public ids of senders, the same on every node and across restarts.
+    pub senders: Arc<SenderKey>,
     /// The host's message hook, if any.
     pub on_message: Option<MessageHook>,
     /// The host's backend, asked about each message after `on_message` (the message
@@ -130,7 +133,8 @@ pub(crate) async fn start(
         Some(request) => match Box::pin(ctx.auth.identify(*request)).await {
             Ok(identity) => Some(identity),
             Err(refusal) => {
-                tracing::info!(
+                throttled!(
+                    info,
                     reason = refusal.message(),
                     "connection refused by authentication"
                 );
@@ -614,10 +618,10 @@ impl<'a> Session<'a> {
             };
         }
         let sender = match (&self.identity, presented) {
-            (Some(identity), _) => Sender::user(&identity.user),
-            (None, Some(key)) if is_resume_key(key) => Sender::key(key),
+            (Some(identity), _) => self.ctx.senders.user(&identity.user),
+            (None, Some(key)) if is_resume_key(key) => self.ctx.senders.resume_key(key),
             (None, Some(_)) => return Err("key must be a resume key this server issued"),
-            (None, None) => Sender::key(&new_resume_key()),
+            (None, None) => self.ctx.senders.resume_key(&new_resume_key()),
         };
         Ok(self.sender.insert(Arc::new(sender)).clone())
     }
@@ -778,55 +782,9 @@ fn refuse(
     outbox.push(protocol::error_frame(code, message, room, id));
 }
 
-/// A token bucket: `burst` at once, refilled at `per_second`.
-struct RateLimit {
-    tokens: f64,
-    last: Instant,
-    per_second: f64,
-    burst: f64,
-}
-
-impl RateLimit {
-    fn new(per_second: f64, burst: f64) -> RateLimit {
-        RateLimit {
-            tokens: burst,
-            last: Instant::now(),
-            per_second,
-            burst,
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        self.allow_at(Instant::now())
-    }
-
-    /// Whether a frame that came at `now` is within the rate (frames are judged by when
-    /// they came, even when handled later).
-    fn allow_at(&mut self, now: Instant) -> bool {
-        let now = now.max(self.last);
-        let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rate_limit_allows_a_burst_then_the_sustained_rate() {
-        let mut rate = RateLimit::new(10.0, 5.0);
-        assert_eq!((0..20).filter(|_| rate.allow()).count(), 5);
-        rate.last -= Duration::from_millis(300);
-        assert_eq!((0..20).filter(|_| rate.allow()).count(), 3);
-    }
 
     struct Reader;
     impl FrameReader for Reader {
@@ -860,6 +818,7 @@ mod tests {
             close_grace: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(60),
             auth: Arc::new(Authenticator::new(None, None)),
+            senders: Arc::new(SenderKey::new(b"a test's key")),
             on_message: None,
             message_check: None,
         };

@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, Uri, header};
@@ -51,6 +51,7 @@ use crate::hooks::{EventsSender, MessageCheck, Verdict, Webhooks};
 use crate::hub::{Happened, Member, Observer};
 use crate::metrics::Metrics;
 use crate::protocol::{Limits, now_ms};
+use crate::throttle::throttled;
 
 /// The header carrying the signature.
 const SIGNATURE_HEADER: &str = "Wtchat-Signature";
@@ -119,7 +120,6 @@ impl Webhooks {
                 endpoint,
                 fail_open,
                 limits: Arc::new(limits.clone()),
-                failures: Throttle::default(),
             }) as Arc<dyn MessageCheck>
         });
         let events = endpoint("events", &settings.events).map(|endpoint| {
@@ -394,35 +394,6 @@ fn closed_unanswered(e: &hyper::Error) -> bool {
         })
 }
 
-/// Warnings of one kind at most once a second, each saying how many happened since the
-/// last: a backend that is down must not turn every message into a log line.
-#[derive(Default)]
-struct Throttle(Mutex<ThrottleState>);
-
-#[derive(Default)]
-struct ThrottleState {
-    last: Option<Instant>,
-    unlogged: u64,
-}
-
-impl Throttle {
-    /// Counts one occurrence; `Some(n)` when it is to be logged now, with `n` more that
-    /// were not logged since the last line.
-    fn note(&self) -> Option<u64> {
-        let mut state = self.0.lock().unwrap();
-        let now = Instant::now();
-        if state
-            .last
-            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
-        {
-            state.unlogged += 1;
-            return None;
-        }
-        state.last = Some(now);
-        Some(std::mem::take(&mut state.unlogged))
-    }
-}
-
 /// The message webhook: asks the backend about each client message before it is stored.
 pub(crate) struct MessageWebhook {
     endpoint: Endpoint,
@@ -430,7 +401,6 @@ pub(crate) struct MessageWebhook {
     fail_open: bool,
     /// A rewritten text is held to the same limits as the client's.
     limits: Arc<Limits>,
-    failures: Throttle,
 }
 
 /// What the message webhook is sent.
@@ -488,18 +458,17 @@ impl MessageWebhook {
             Ok(Answer { status, .. }) => format!("it answered {status}"),
             Err(e) => e.to_string(),
         };
-        if let Some(unlogged) = self.failures.note() {
-            tracing::warn!(
-                failure,
-                unlogged,
-                "the message webhook failed; the message is {}",
-                if self.fail_open {
-                    "accepted as is (fail open)"
-                } else {
-                    "rejected (fail closed)"
-                }
-            );
-        }
+        // A backend that is down must not turn every message into a log line.
+        throttled!(
+            warn,
+            failure,
+            "the message webhook failed; the message is {}",
+            if self.fail_open {
+                "accepted as is (fail open)"
+            } else {
+                "rejected (fail closed)"
+            }
+        );
         if self.fail_open {
             Verdict::Accept
         } else {
@@ -513,7 +482,8 @@ impl MessageWebhook {
         match self.limits.check_message(&text, id) {
             Ok(()) => Verdict::Rewrite(text),
             Err((code, why)) => {
-                tracing::warn!(
+                throttled!(
+                    warn,
                     code = code.as_str(),
                     why,
                     "the message webhook rewrote a message beyond the limits; it is rejected"
@@ -603,7 +573,9 @@ async fn identify(endpoint: &Endpoint, request: &ConnectRequest) -> Result<Ident
         Ok(Answer { status, .. }) => format!("it answered {status}"),
         Err(e) => e.to_string(),
     };
-    tracing::warn!(
+    // Every ticket request and connection attempt gets here while the backend is down.
+    throttled!(
+        warn,
         failure,
         "the auth webhook failed; the connection is refused"
     );
@@ -653,7 +625,6 @@ struct Backlog {
     events: VecDeque<Queued>,
     /// Events dropped because the queue was full, since the start.
     dropped: u64,
-    warnings: Throttle,
 }
 
 /// One queued event, and when it happened (ms since 1970).
@@ -682,14 +653,12 @@ impl Events {
             backlog.events.pop_front();
             backlog.dropped += 1;
             self.endpoint.metrics.webhook_event_dropped();
-            if let Some(unlogged) = backlog.warnings.note() {
-                tracing::warn!(
-                    dropped = backlog.dropped,
-                    unlogged,
-                    "the events webhook is not keeping up: its queue is full and the oldest \
-                     event was dropped"
-                );
-            }
+            throttled!(
+                warn,
+                dropped = backlog.dropped,
+                "the events webhook is not keeping up: its queue is full and the oldest event \
+                 was dropped"
+            );
         }
         backlog.events.push_back(Queued {
             happened,
@@ -883,15 +852,5 @@ mod tests {
                 .unwrap()
                 .contains("not supported")
         );
-    }
-
-    #[test]
-    fn throttled_warnings_count_what_they_did_not_log() {
-        let throttle = Throttle::default();
-        assert_eq!(throttle.note(), Some(0));
-        assert_eq!(throttle.note(), None);
-        assert_eq!(throttle.note(), None);
-        throttle.0.lock().unwrap().last = Some(Instant::now() - Duration::from_secs(2));
-        assert_eq!(throttle.note(), Some(2));
     }
 }

@@ -337,9 +337,9 @@ pub struct Record {
     pub sender: Option<Arc<str>>,
     /// The text.
     pub text: Arc<str>,
-    /// What makes a retry idempotent: the sender's scope and its client message id. A
-    /// record whose key the room saw among its last `dedupe_window` keys is not stored
-    /// again; its append resolves with the first one's position.
+    /// What makes a retry idempotent: the sender's dedupe id, `\0`, and its client message
+    /// id. A record whose key the room saw among its last `dedupe_window` keys is not
+    /// stored again; its append resolves with the first one's position.
     pub dedupe: Option<Box<str>>,
     /// The appending node's own number for the record: handed back in
     /// [`Numbered::token`] so that this node finds who is owed an acknowledgement.
@@ -358,6 +358,11 @@ impl Record {
             dedupe: None,
             token: 0,
         }
+    }
+
+    /// The two parts of its dedupe key: the sender's dedupe id and the client message id.
+    pub fn dedupe_parts(&self) -> Option<(&str, &str)> {
+        self.dedupe.as_deref()?.split_once('\0')
     }
 
     /// The record as history shows it, numbered `seq`.
@@ -611,6 +616,16 @@ pub trait Broker: Send + Sync + 'static {
     fn forward(&self, node: u64, payload: Bytes) -> bool {
         let _ = (node, payload);
         false
+    }
+
+    /// The engine's own secret for public sender ids, for a chat without a token secret
+    /// to derive them from: made once and kept with what the engine stores, so that ids stay
+    /// the same across restarts and nodes. The default keeps nothing: a random one per
+    /// process. Read once, at start.
+    fn sender_key(&self) -> EngineFuture<'_, Vec<u8>> {
+        Box::pin(std::future::ready(Ok(
+            crate::auth::random_bytes::<32>().to_vec()
+        )))
     }
 
     /// Whether the engine can store messages now (for readiness): the last write went

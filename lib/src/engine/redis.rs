@@ -26,7 +26,8 @@
 //! Keys, under the prefix `P` (`--redis-prefix`), for room `R` (room names have no `/`):
 //! `P:R/meta` (epoch, seq), `P:R/log` (stream, entry id `seq-0`), `P:R/ids` and
 //! `P:R/ids-old` (the dedupe window), `P:R/m` (members by id), channel `P:R/c`; and
-//! `P/nodes` (beats), `P/node/N` (node N's members), `P/nodeseq`, `P/bans`, channels
+//! `P/nodes` (beats), `P/node/N` (node N's members), `P/nodeseq`, `P/bans`,
+//! `P/sender-key` (the key of public sender ids, when there is no token secret), channels
 //! `P/ctl` (kicks and bans for every node) and `P/inbox/N` (requests for sessions node N
 //! holds, that reached another node).
 
@@ -48,6 +49,7 @@ use super::{
     NodeSink, Numbered, Options, Position, Record, Retention, RoomEvent, RoomSink, StorageError,
     StoredMessage,
 };
+use crate::auth::random_bytes;
 use crate::metrics::EngineStats;
 use crate::protocol::now_ms;
 
@@ -69,6 +71,8 @@ const NODE_BITS: u32 = 20;
 
 /// Numbers a message, stores it, remembers its client id and publishes it (see the module
 /// documentation). Returns {1, seq, epoch}, or {0, seq} for a client id already stored.
+/// Client ids are remembered by the sender's dedupe id (ARGV[14]), not its public id
+/// (ARGV[4]): see `crate::hub::sender`.
 /// Client ids are remembered in two generations: once the current one holds the dedupe
 /// window's count it becomes the old one (replacing the older), so between one and two
 /// windows' worth are known, for four cheap calls a message.
@@ -78,7 +82,7 @@ const NODE_BITS: u32 = 20;
 const PUBLISH: &str = r#"
 local dk = nil
 if ARGV[5] ~= '' then
-  dk = ARGV[4] .. '\0' .. ARGV[5]
+  dk = ARGV[14] .. '\0' .. ARGV[5]
   local seen = redis.call('HGET', KEYS[3], dk) or redis.call('HGET', KEYS[4], dk)
   if seen then return {0, tonumber(seen)} end
 end
@@ -801,6 +805,25 @@ impl Broker for Redis {
         true
     }
 
+    /// The key of public sender ids: made by the first node that asks, the same for every
+    /// node after it.
+    fn sender_key(&self) -> EngineFuture<'_, Vec<u8>> {
+        let key = format!("{}/sender-key", self.inner.prefix);
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("SET")
+                .arg(&key)
+                .arg(&random_bytes::<32>()[..])
+                .arg("NX")
+                .ignore()
+                .cmd("GET")
+                .arg(&key);
+            let (value,): (Vec<u8>,) = self.inner.query_pipe(&pipe).await?;
+            Ok(value)
+        })
+    }
+
     /// Whether Redis answers a PING within the response timeout.
     fn reachable(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
@@ -1310,11 +1333,7 @@ impl Inner {
                 .to_string();
                 // `{"seq":N,"epoch":E` comes from the script: the rest of the object.
                 let fragment = format!(",{}", &fragment[1..]);
-                let client_id = record
-                    .dedupe
-                    .as_deref()
-                    .and_then(|key| key.split_once('\0'))
-                    .map_or("", |(_, id)| id);
+                let (dedupe_id, client_id) = record.dedupe_parts().unwrap_or(("", ""));
                 pipe.invoke_script(
                     self.scripts
                         .publish
@@ -1334,7 +1353,8 @@ impl Inner {
                         .arg(self.dedupe_window)
                         .arg(self.retention.age_ms)
                         .arg(self.cutoff())
-                        .arg(self.channel(name)),
+                        .arg(self.channel(name))
+                        .arg(dedupe_id),
                 );
             }
             Command::Join { room, members, .. } => {

@@ -36,12 +36,13 @@ use super::{
     Appended, Ban, Broker, Busy, Dedupe, EngineFuture, HistoryPage, Loaded, Numbered, Options,
     Position, Record, RoomEvent, RoomSink, StorageError, StoredMessage,
 };
+use crate::auth::random_bytes;
 use crate::metrics::EngineStats;
 use crate::protocol::now_ms;
 
-/// The schema this release reads and writes, in `PRAGMA user_version`. A later release that
-/// changes the schema migrates from here; an older release refuses a newer file.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema this release reads and writes, in `PRAGMA user_version`: version 1
+/// ([`SCHEMA`]) and each of [`MIGRATIONS`]. An older release refuses a newer file.
+const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
 
 /// `PRAGMA application_id`: marks the file as wtchat's ("wtch").
 const APPLICATION_ID: i64 = 0x7774_6368;
@@ -54,6 +55,7 @@ const MAX_BATCH: usize = 8192;
 /// is swept more often (a quarter of it, at least every second).
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
+/// Version 1 of the schema: a new file gets it, then every migration.
 const SCHEMA: &str = "
     CREATE TABLE rooms (
         name  TEXT PRIMARY KEY,
@@ -79,6 +81,22 @@ const SCHEMA: &str = "
         PRIMARY KEY (room, user)
     ) WITHOUT ROWID;
 ";
+
+/// What each version after 1 changed, in order: a file of version `v` gets the ones after
+/// it, in the transaction that opens it.
+const MIGRATIONS: [&str; 1] = [
+    // 2: public sender ids are keyed (see `crate::hub::sender`): the engine's key, and each
+    // message's dedupe id beside its public id. Messages of version 1 have none: their
+    // public id was their dedupe id.
+    "ALTER TABLE messages ADD COLUMN dedupe_id TEXT;
+     CREATE TABLE secrets (
+         name  TEXT PRIMARY KEY,
+         value BLOB NOT NULL
+     ) WITHOUT ROWID;",
+];
+
+/// The name of the engine's key for public sender ids in table `secrets`.
+const SENDER_KEY: &str = "sender ids";
 
 /// Says what went wrong in words an operator can act on.
 fn describe(path: &Path, e: &rusqlite::Error) -> StorageError {
@@ -480,6 +498,18 @@ impl Broker for Sqlite {
         answer(&self.shared, result)
     }
 
+    /// The engine's key for public sender ids, made with the schema (or its migration to
+    /// version 2).
+    fn sender_key(&self) -> EngineFuture<'_, Vec<u8>> {
+        self.shared.read(|conn| {
+            conn.query_row(
+                "SELECT value FROM secrets WHERE name = ?1",
+                [SENDER_KEY],
+                |row| row.get(0),
+            )
+        })
+    }
+
     fn reachable(&self) -> BoxFuture<'_, Result<(), String>> {
         let failing = self.shared.failing.load(Ordering::Relaxed);
         Box::pin(std::future::ready(if failing {
@@ -515,13 +545,14 @@ fn load(conn: &Connection, room: &str, tail: usize, dedupe: usize) -> rusqlite::
     messages.reverse();
     let keys = conn
         .prepare_cached(
-            "SELECT sender, client_id, seq FROM messages
+            // A message stored before version 2 has no dedupe id: its public id is it.
+            "SELECT coalesce(dedupe_id, sender), client_id, seq FROM messages
              WHERE room = ?1 AND client_id IS NOT NULL AND sender IS NOT NULL
              ORDER BY seq DESC LIMIT ?2",
         )?
         .query_map(params![room, dedupe as i64], |row| {
-            let (sender, id): (String, String) = (row.get(0)?, row.get(1)?);
-            Ok((format!("{sender}\0{id}").into_boxed_str(), uint(row, 2)?))
+            let (dedupe_id, id): (String, String) = (row.get(0)?, row.get(1)?);
+            Ok((format!("{dedupe_id}\0{id}").into_boxed_str(), uint(row, 2)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
     Ok(Some((Loaded::new(epoch, seq, messages), keys)))
@@ -571,9 +602,9 @@ impl From<rusqlite::Error> for Setup {
     }
 }
 
-/// Sets the writer's connection up: WAL, full sync, the schema (created or checked), and
-/// one real write, so that a file that cannot be written fails now and not at the first
-/// message.
+/// Sets the writer's connection up: WAL, full sync, the schema (created, migrated or
+/// checked), and one real write, so that a file that cannot be written fails now and not at
+/// the first message.
 fn setup(conn: &Connection) -> Result<(), Setup> {
     conn.busy_timeout(Duration::from_secs(5))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
@@ -586,20 +617,15 @@ fn setup(conn: &Connection) -> Result<(), Setup> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     let app: i64 = conn.query_row("PRAGMA application_id", [], |row| row.get(0))?;
     let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))?;
-    match version {
+    // One transaction: a file is created or migrated whole, or not at all.
+    let tx = conn.unchecked_transaction()?;
+    let from = match version {
         0 if tables == 0 && app == 0 => {
-            let tx = conn.unchecked_transaction()?;
             tx.execute_batch(SCHEMA)?;
             tx.pragma_update(None, "application_id", APPLICATION_ID)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            tx.commit()?;
+            1
         }
-        SCHEMA_VERSION if app == APPLICATION_ID => {
-            // The probe write: a read-only file or disk fails here.
-            let tx = conn.unchecked_transaction()?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            tx.commit()?;
-        }
+        v if app == APPLICATION_ID && (1..=SCHEMA_VERSION).contains(&v) => v,
         v if app == APPLICATION_ID && v > SCHEMA_VERSION => {
             return Err(Setup::Refused(format!(
                 "it was written by a newer wtchat (schema {v}; this one knows {SCHEMA_VERSION})"
@@ -610,7 +636,18 @@ fn setup(conn: &Connection) -> Result<(), Setup> {
                 "it is an SQLite database, but not one of wtchat's".into(),
             ));
         }
+    };
+    for migration in &MIGRATIONS[(from - 1) as usize..] {
+        tx.execute_batch(migration)?;
     }
+    // Made on the first start, kept for good: the ids it makes are shown in history.
+    tx.execute(
+        "INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)",
+        params![SENDER_KEY, &random_bytes::<32>()[..]],
+    )?;
+    // Also the probe write: a read-only file or disk fails here.
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
     Ok(())
 }
 
@@ -778,25 +815,22 @@ impl Writer {
         let mut deleted = Vec::new();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO messages (room, seq, time, name, sender, client_id, text)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO messages (room, seq, time, name, sender, dedupe_id, client_id, text)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for job in batch {
                 match job {
                     Job::Message {
                         room, seq, record, ..
                     } => {
-                        let client_id = record
-                            .dedupe
-                            .as_deref()
-                            .and_then(|key| key.split_once('\0'))
-                            .map(|(_, id)| id);
+                        let (dedupe_id, client_id) = record.dedupe_parts().unzip();
                         insert.execute(params![
                             &*room.name,
                             *seq as i64,
                             record.time as i64,
                             &*record.from,
                             record.sender.as_deref(),
+                            dedupe_id,
                             client_id,
                             &*record.text,
                         ])?;

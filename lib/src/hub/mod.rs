@@ -33,7 +33,7 @@ pub(crate) use happened::Observer;
 pub(crate) use member::{Member, Resume};
 pub(crate) use room::{Room, message_frame};
 pub(crate) use roster::Policy;
-pub(crate) use sender::Sender;
+pub(crate) use sender::{Sender, SenderKey};
 
 use crate::engine::{Broker, HistoryPage, MembersPage, NodeSink, Retention, StorageError};
 use crate::metrics::{HubGauges, Metrics};

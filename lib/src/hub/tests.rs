@@ -50,7 +50,7 @@ fn anonymous(hub: &Hub, name: &str, key: &str, outbox: Outbox) -> Member {
         id: hub.next_id(),
         name: name.into(),
         user: None,
-        sender: Arc::new(Sender::key(key)),
+        sender: Arc::new(SenderKey::new(b"the hub tests' key").resume_key(key)),
         outbox,
     }
 }

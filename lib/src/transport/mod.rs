@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::hub::ConnectionPermit;
 use crate::session::SessionContext;
+use crate::throttle::throttled;
 
 mod lines;
 pub(crate) mod poll;
@@ -123,7 +124,7 @@ impl Context {
         client: Option<IpAddr>,
     ) -> Result<Admitted, Refused> {
         if !self.origins.allows(origin) {
-            tracing::info!(?origin, ?client, "refused: origin not allowed");
+            throttled!(info, ?origin, ?client, "refused: origin not allowed");
             return Err(Refused::Origin);
         }
         if self.session.shutdown.is_cancelled() {
@@ -131,14 +132,18 @@ impl Context {
         }
         let address = match client.map(|ip| self.per_address.admit(ip)) {
             Some(None) => {
-                tracing::warn!(?client, "refused: too many connections from this address");
+                throttled!(
+                    warn,
+                    ?client,
+                    "refused: too many connections from this address"
+                );
                 return Err(Refused::Address);
             }
             Some(permit) => permit,
             None => None,
         };
         let Some(total) = self.session.hub.try_connect() else {
-            tracing::warn!(?client, "refused: connection limit reached");
+            throttled!(warn, ?client, "refused: connection limit reached");
             return Err(Refused::Full);
         };
         Ok(Admitted {
@@ -256,6 +261,13 @@ impl OriginPolicy {
             }
         }
     }
+}
+
+/// Whether an answer may name `origin` in `Access-Control-Allow-Origin`: never an opaque
+/// origin (`null`: a sandboxed frame, a `data:` or `file:` page), which any site can give
+/// itself, so that naming it would hand the answer to every site.
+pub(crate) fn nameable(origin: &str) -> bool {
+    !origin.eq_ignore_ascii_case("null")
 }
 
 /// A copy of `headers` that shares no memory with the request it came from.

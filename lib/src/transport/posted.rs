@@ -64,6 +64,16 @@ impl Forwarded {
 const INBOX: usize = 256;
 /// Most frames in one post.
 const MAX_FRAMES_PER_POST: usize = 64;
+/// Most bytes in one post, whatever the frame limit: bounds what a post can make the server
+/// buffer (the browser client splits its posts to fit, told by `/wtchat/config`).
+const MAX_POST_BYTES: usize = 1 << 20;
+
+/// The largest body of a post: [`MAX_FRAMES_PER_POST`] frames of `max_frame_bytes`, each
+/// with its line end (`\r\n` at most), up to [`MAX_POST_BYTES`], but always one frame.
+pub(crate) fn max_post_bytes(max_frame_bytes: usize) -> usize {
+    let line = max_frame_bytes + 2;
+    (MAX_FRAMES_PER_POST * line).min(MAX_POST_BYTES.max(line))
+}
 
 /// The sessions open here whose clients post, by id: where their posts go.
 #[derive(Default)]
@@ -220,14 +230,16 @@ pub(crate) fn run(
 /// client's requests to the SSE and long-polling routes are all simple ones (a GET, an
 /// `EventSource`, a POST of `text/plain` without credentials), so no preflight comes first:
 /// an answer naming the page's origin is all the browser needs to let the page read it (a
-/// PHP site's page beside the chat server). A refused origin learns nothing more. Done in
-/// the handlers, not in a middleware: a poll is answered tens of thousands of times a
-/// second, and a middleware's machinery per request showed in its cost.
+/// PHP site's page beside the chat server). A refused origin learns nothing more, and an
+/// opaque one is never named (see [`nameable`](super::nameable)).
+/// Done in the handlers, not in a middleware: a poll is answered tens of thousands of times
+/// a second, and a middleware's machinery per request showed in its cost.
 pub(crate) fn readable(ctx: &Context, headers: &HeaderMap, mut response: Response) -> Response {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return response;
     };
-    if origin.to_str().is_ok_and(|o| ctx.origins.allows(Some(o))) {
+    let named = |o: &str| super::nameable(o) && ctx.origins.allows(Some(o));
+    if origin.to_str().is_ok_and(named) {
         let h = response.headers_mut();
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         h.insert(header::VARY, HeaderValue::from_static("Origin"));
