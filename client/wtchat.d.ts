@@ -8,6 +8,9 @@
 /** The client's version. */
 export const VERSION: string;
 
+/** The protocol version this client speaks (its first frame on every connection names it). */
+export const PROTOCOL: number;
+
 /** The transports the client can use. */
 export type Transport = "webtransport" | "websocket" | "sse" | "longpoll";
 

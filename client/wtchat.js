@@ -31,6 +31,9 @@
 /** The client's version. */
 export const VERSION = "0.1.0";
 
+/** The protocol version this client speaks: its first frame on every connection says so. */
+export const PROTOCOL = 2;
+
 /** How long WebTransport may try alone before a WebSocket attempt races it. */
 const HEAD_START_MS = 500;
 /** Reconnect backoff: first delay, growth cap. Each delay is jittered to 50-100%. */
@@ -871,6 +874,7 @@ class Link {
       this._tokens = this._burst();
       this._tokensAt = performance.now();
       this._wire = [];
+      this._enqueue({ type: "hello", protocol: PROTOCOL });
       this._attempting = true;
       const rooms = [...this.rooms.values()];
       const answers = await Promise.allSettled(rooms.map((room) => room._joinOn(gen)));
@@ -1067,6 +1071,11 @@ class Link {
   _onFrame(frame) {
     this._lastHeard = Date.now();
     if (!frame || typeof frame !== "object") return;
+    if (frame.type === "hello") {
+      // The version spoken on this connection.
+      this.protocol = frame.protocol;
+      return;
+    }
     if (frame.type === "bye") {
       this._bye = { code: frame.code, reason: frame.reason, reconnect: !!frame.reconnect, message: frame.message };
       // The server's last word: close our side now rather than wait for its close (over

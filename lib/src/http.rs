@@ -296,6 +296,9 @@ async fn config(State(state): State<HttpState>, request: axum::extract::Request)
         .collect();
     let limits = &state.host.limits;
     let body = json!({
+        // The newest protocol version the server speaks, and the oldest it still does.
+        "protocol": crate::protocol::PROTOCOL,
+        "oldestProtocol": crate::protocol::OLDEST_PROTOCOL,
         "webtransport": match &state.public_webtransport_url {
             Some(url) => url.to_string(),
             None => format!("https://{}:{}{PATH}", reached.name(), state.webtransport_port),

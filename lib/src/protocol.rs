@@ -18,10 +18,22 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The protocol this server speaks: named by `/wtchat/config` and by the `hello` frames.
+/// 1 had no `hello`; 2 adds it (a client's first frame, answered with the version the
+/// server speaks on that connection).
+pub const PROTOCOL: u32 = 2;
+
+/// The oldest protocol the server still speaks, for a release at least: a client that
+/// sends no `hello` speaks version 1, as clients did before there was one.
+pub const OLDEST_PROTOCOL: u32 = 1;
+
 /// A frame sent by a client.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
+    /// The protocol version the client speaks: its first frame, if it sends one (a client
+    /// that sends none speaks version 1). Answered with `hello`.
+    Hello { protocol: u32 },
     /// Join a room. `since` (with the room's `epoch` as last seen) resumes after a reconnect:
     /// the server replays every message with a larger sequence number, or says `gap`.
     Join {
@@ -79,7 +91,7 @@ impl ClientFrame {
             | ClientFrame::Members { room, .. }
             | ClientFrame::Leave { room }
             | ClientFrame::Typing { room } => (Some(room), None),
-            ClientFrame::Ping {} => (None, None),
+            ClientFrame::Ping {} | ClientFrame::Hello { .. } => (None, None),
         }
     }
 }
@@ -214,6 +226,9 @@ pub enum ServerFrame<'a> {
     },
     /// Answer to `ping`.
     Pong {},
+    /// Answer to `hello`: the protocol version spoken on this connection (the client's, or
+    /// the server's newest when the client's is newer still).
+    Hello { protocol: u32 },
     /// The host deleted message `seq`: it has left the room's history, and a client
     /// removes it from view.
     Deleted { room: &'a str, seq: u64 },
@@ -277,6 +292,9 @@ pub enum ErrorCode {
     StorageFailed,
     /// The host banned this user from this room, or from the server, for a while.
     Banned,
+    /// The client's `hello` names a protocol older than the server still speaks: the
+    /// connection closes with 4400 (the client must be updated).
+    UnsupportedProtocol,
 }
 
 impl ErrorCode {
@@ -302,6 +320,7 @@ impl ErrorCode {
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::StorageFailed => "storage_failed",
             ErrorCode::Banned => "banned",
+            ErrorCode::UnsupportedProtocol => "unsupported_protocol",
         }
     }
 }
@@ -756,7 +775,7 @@ mod tests {
         );
     }
 
-    const ERROR_CODES: [ErrorCode; 17] = [
+    const ERROR_CODES: [ErrorCode; 20] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidUtf8,
         ErrorCode::UnknownType,
@@ -774,6 +793,9 @@ mod tests {
         ErrorCode::RoomForbidden,
         ErrorCode::Rejected,
         ErrorCode::FrameTooLarge,
+        ErrorCode::StorageFailed,
+        ErrorCode::Banned,
+        ErrorCode::UnsupportedProtocol,
     ];
 
     #[test]
@@ -1114,6 +1136,10 @@ mod tests {
                 })(),
                 "typing" => string("room").map(|room| ClientFrame::Typing { room }),
                 "ping" => Ok(ClientFrame::Ping {}),
+                "hello" => small("protocol").and_then(|protocol| {
+                    let protocol = protocol.ok_or(ErrorCode::InvalidFrame)?;
+                    Ok(ClientFrame::Hello { protocol })
+                }),
                 "history" => (|| {
                     Ok(ClientFrame::History {
                         room: string("room")?,
@@ -1151,6 +1177,7 @@ mod tests {
             ClientFrame::Send { .. } => "send",
             ClientFrame::Typing { .. } => "typing",
             ClientFrame::Ping {} => "ping",
+            ClientFrame::Hello { .. } => "hello",
             ClientFrame::History { .. } => "history",
             ClientFrame::Members { .. } => "members",
         }

@@ -173,6 +173,7 @@ pub(crate) async fn start(
             f64::from(ctx.limits.new_rooms_per_minute) / 60.0,
             f64::from(ctx.limits.new_rooms_per_minute),
         ),
+        spoke: false,
     };
     let mut batch = Vec::new();
     // The client frame whose handling waits, and the frames read behind it (with when they
@@ -339,6 +340,8 @@ struct Session<'a> {
     rate: RateLimit,
     /// Rooms this connection may still create.
     new_rooms: RateLimit,
+    /// Whether the client sent a frame yet: `hello` may only be the first.
+    spoke: bool,
 }
 
 /// Bytes of randomness in a resume key: 128 bits, beyond guessing.
@@ -468,7 +471,9 @@ impl<'a> Session<'a> {
                 return None;
             }
         };
+        let first = !std::mem::replace(&mut self.spoke, true);
         match frame {
+            ClientFrame::Hello { protocol } => self.hello(protocol, first),
             ClientFrame::Join {
                 room,
                 name,
@@ -506,6 +511,31 @@ impl<'a> Session<'a> {
             },
         }
         None
+    }
+
+    /// The client's `hello`: answered with the version spoken from now on; one older than
+    /// the server speaks closes the connection (4400: the client must be updated).
+    fn hello(&mut self, protocol: u32, first: bool) {
+        if !first {
+            return self.error(
+                ErrorCode::InvalidFrame,
+                "hello must be the connection's first frame",
+                None,
+                None,
+            );
+        }
+        if protocol < protocol::OLDEST_PROTOCOL {
+            self.error(
+                ErrorCode::UnsupportedProtocol,
+                "this server no longer speaks that protocol version; update the client",
+                None,
+                None,
+            );
+            return self.outbox.close(CloseCode::ProtocolError);
+        }
+        self.outbox.push(protocol::encode(&ServerFrame::Hello {
+            protocol: protocol.min(protocol::PROTOCOL),
+        }));
     }
 
     fn joined(&self, room: &str) -> Option<&Joined> {
