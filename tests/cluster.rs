@@ -1503,3 +1503,45 @@ async fn a_ticket_one_node_hands_out_logs_in_on_another_once() {
         )
     );
 }
+
+/// A page of a room's members asked of a node that does not hold the room comes from
+/// Redis: a page of none is empty and points nowhere (it used to index before the start),
+/// and paging through gives every member once, over both nodes.
+#[tokio::test]
+async fn a_node_without_the_room_pages_its_members_from_redis_even_a_page_of_none() {
+    const ROOM: &str = "paged";
+    let Some(redis) = Redis::start_or_skip("members_page", Persistence::None).await else {
+        return;
+    };
+    let on_redis = |url: String| {
+        move |config: wtchat::ConfigBuilder| {
+            config.engine(wtchat::Engine::Redis {
+                url,
+                prefix: "paged".into(),
+            })
+        }
+    };
+    let holding = common::start_with(on_redis(redis.url())).await;
+    let asked = common::start_with(on_redis(redis.url())).await;
+    let mut clients = Vec::new();
+    for name in ["ann", "bob", "cy"] {
+        let mut client = Client::ws(&holding).await;
+        client.join(ROOM, name).await;
+        clients.push(client);
+    }
+    let none = asked.chat.members_page(ROOM, None, 0).await.unwrap();
+    assert_eq!((none.members.len(), none.count, none.next), (0, 3, None));
+    let mut names = Vec::new();
+    let mut after = None;
+    loop {
+        let page = asked.chat.members_page(ROOM, after, 2).await.unwrap();
+        names.extend(page.members.iter().map(|m| m.name.clone()));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(names, ["ann", "bob", "cy"]);
+    holding.stop().await;
+    asked.stop().await;
+}

@@ -181,3 +181,25 @@ impl Host {
         self.hub.disconnect_member(room, member, code).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+
+    #[test]
+    fn a_storage_failure_says_what_and_keeps_its_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left");
+        let failed = PublishError::Storage(StorageError::caused_by("the disk is full", io));
+        assert_eq!(
+            failed.to_string(),
+            "the message could not be stored: the disk is full"
+        );
+        let storage = failed.source().expect("the storage error is the source");
+        assert_eq!(storage.to_string(), "the disk is full");
+        let io = storage.source().expect("and its cause");
+        assert_eq!(io.to_string(), "no space left");
+        assert!(PublishError::EmptyText.source().is_none());
+    }
+}

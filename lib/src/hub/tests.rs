@@ -750,3 +750,85 @@ fn a_room_set_to_counts_only_never_lists_who_came_or_went() {
     assert_eq!(update["count"], 2);
     assert!(update.get("joined").is_none() && update.get("left").is_none());
 }
+
+#[test]
+fn a_big_room_relays_at_most_three_typists_a_tick_and_a_small_one_at_once() {
+    let hub = hub_on_memory(big_at(5));
+    let (mut typists, mut inboxes) = (Vec::new(), Vec::new());
+    for i in 0..8 {
+        let (m, inbox) = member(&hub, &format!("m{i}"), 256);
+        hub.join_now("big", m.clone(), Resume::default()).unwrap();
+        typists.push(m);
+        inboxes.push(inbox);
+    }
+    let room = hub.room("big").unwrap();
+    for inbox in &mut inboxes {
+        frames(inbox);
+    }
+    // Everyone types, twice: nothing goes out until the tick.
+    for _ in 0..2 {
+        for typist in &typists {
+            room.typing(typist);
+        }
+    }
+    let typing = |got: &[Value]| -> Vec<String> {
+        got.iter()
+            .filter(|f| f["type"] == "typing")
+            .map(|f| f["from"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(
+        typing(&frames(&mut inboxes[0])).is_empty(),
+        "not before the tick"
+    );
+    hub.tick();
+    // Then the last three who typed, to everyone but themselves.
+    assert_eq!(typing(&frames(&mut inboxes[0])), ["m5", "m6", "m7"]);
+    assert_eq!(typing(&frames(&mut inboxes[7])), ["m5", "m6"]);
+    hub.tick();
+    assert!(typing(&frames(&mut inboxes[0])).is_empty(), "told once");
+
+    // A small room tells each notice at once.
+    let (ann, _ann_in) = member(&hub, "ann", 64);
+    let (bob, mut bob_in) = member(&hub, "bob", 64);
+    let small = hub
+        .join_now("small", ann.clone(), Resume::default())
+        .unwrap();
+    hub.join_now("small", bob, Resume::default()).unwrap();
+    frames(&mut bob_in);
+    small.typing(&ann);
+    small.typing(&ann);
+    assert_eq!(typing(&frames(&mut bob_in)), ["ann", "ann"]);
+}
+
+#[test]
+fn a_member_that_holds_too_many_bytes_is_cut_off_and_a_replay_does_not_count() {
+    let hub = hub_on_memory(HubConfig::default());
+    let (ann, mut ann_in) = member(&hub, "ann", 1024);
+    let room = hub.join_now("r", ann.clone(), Resume::default()).unwrap();
+    let text = "x".repeat(4000);
+    for i in 0..5 {
+        say(&room, &ann, &format!("{i}{text}"), None);
+    }
+    // Bob's queue takes 8 frames of any size, or 10 KB of live frames: the replay of
+    // five 4 KB messages fits, two more live ones do not.
+    let (outbox, mut bob_in, closing) = crate::queue::queue(Bounds {
+        frames: 64,
+        bytes: 10_000,
+    });
+    let bob = anonymous(&hub, "bob", "key-of-bob", outbox);
+    hub.join_now("r", bob.clone(), Resume::default()).unwrap();
+    let got = frames(&mut bob_in);
+    assert_eq!(got[0]["replay"], 5);
+    assert_eq!(
+        texts(&got).len(),
+        5,
+        "the whole replay, past the byte bound"
+    );
+    for i in 5..8 {
+        say(&room, &ann, &format!("{i}{text}"), None);
+    }
+    assert_eq!(block_on(closing.wait()), CloseCode::TooSlow);
+    assert_eq!(room.members_page(None, usize::MAX).0.len(), 1);
+    assert_eq!(texts(&frames(&mut ann_in)).len(), 8, "Ann got everything");
+}
