@@ -138,6 +138,9 @@ pub struct Run {
     pub measure_to: AtomicU64,
     /// Time publishers spent waiting for the slowest member (`max_lag`), summed.
     pub gate_stall_ns: AtomicU64,
+    /// The highest sequence number acknowledged to a publisher: the room's head as the
+    /// tool knows it, from which the resumers count back.
+    pub acked_head: AtomicU64,
     /// Bounds concurrent handshakes: a burst of thousands of SYNs or QUIC Initials at
     /// once overflows the server's accept queue and turns into retries.
     connect_slots: Arc<Semaphore>,
@@ -174,6 +177,7 @@ impl Run {
             measure_from: AtomicU64::new(0),
             measure_to: AtomicU64::new(u64::MAX),
             gate_stall_ns: AtomicU64::new(0),
+            acked_head: AtomicU64::new(0),
             connect_slots: Arc::new(Semaphore::new(concurrency.max(1))),
             tracks,
             send_times,
@@ -548,16 +552,16 @@ async fn run_poll(
 }
 
 /// A growable read buffer with a window of unconsumed bytes.
-struct ReadBuf {
+pub struct ReadBuf {
     buf: Vec<u8>,
     start: usize,
-    end: usize,
+    pub end: usize,
     /// The size it was made with, and goes back to once a large frame has been read.
     size: usize,
 }
 
 impl ReadBuf {
-    fn new(size: usize) -> ReadBuf {
+    pub fn new(size: usize) -> ReadBuf {
         let size = size.max(512);
         ReadBuf {
             buf: vec![0; size],
@@ -567,11 +571,11 @@ impl ReadBuf {
         }
     }
 
-    fn data(&self) -> &[u8] {
+    pub fn data(&self) -> &[u8] {
         &self.buf[self.start..self.end]
     }
 
-    fn consume(&mut self, n: usize) {
+    pub fn consume(&mut self, n: usize) {
         self.start += n;
         if self.start == self.end {
             self.start = 0;
@@ -586,7 +590,7 @@ impl ReadBuf {
 
     /// Free space to read into, making room for a frame of `need` bytes when known (a
     /// `joined` frame lists every member: tens of KiB in a big room).
-    fn space(&mut self, need: Option<usize>) -> &mut [u8] {
+    pub fn space(&mut self, need: Option<usize>) -> &mut [u8] {
         let need = need.unwrap_or(0);
         if self.end == self.buf.len() || self.buf.len() - self.start < need {
             self.buf.copy_within(self.start..self.end, 0);
@@ -804,7 +808,7 @@ async fn read_poll(
 /// no line end; once none is found, all of `data` is scanned. Lines never straddle what was
 /// scanned: `data` starts at the unconsumed start, which is at most one partial line, so a
 /// `joined` of hundreds of KiB read in packets is scanned once, not once per packet.
-fn next_line(data: &[u8], scanned: &mut usize) -> Option<usize> {
+pub fn next_line(data: &[u8], scanned: &mut usize) -> Option<usize> {
     match data[*scanned..].iter().position(|&b| b == b'\n') {
         Some(at) => {
             let pos = *scanned + at;
@@ -928,6 +932,9 @@ impl Reader {
     /// Times an acknowledgement of a message sent in the window.
     fn on_ack(&mut self, frame: &[u8], now: u64) {
         let run = &*self.run;
+        if let Some(seq) = account::u64_after(frame, account::SEQ_KEY) {
+            run.acked_head.fetch_max(seq, Relaxed);
+        }
         let Some(sent) =
             account::parse_ack_id(frame).and_then(|(p, n)| run.send_times.sent_at(p, n))
         else {

@@ -14,6 +14,8 @@
 //!   the server's pid it reads the server's CPU time and memory from `/proc`, and its own
 //!   CPU time, to say what one delivery costs the server and whether the tool itself was
 //!   the bottleneck.
+//!   With `--prefill` and `--resumers` (`resume.rs`), the room has deep history and extra
+//!   clients resume from far back in it, again and again, while the members receive.
 //! - `idle`: N connections that join a room and then stay quiet: server memory per
 //!   connection.
 //! - `join`: a join storm. N clients connect and join one room as fast as they can (or a
@@ -54,6 +56,7 @@ mod client;
 mod http;
 mod join;
 mod procfs;
+mod resume;
 mod summary;
 mod ws;
 mod wt;
@@ -210,6 +213,21 @@ struct FanoutArgs {
     /// members, without the posts' cost.
     #[arg(long)]
     ws_publishers: bool,
+    /// Messages (of `--text-bytes` filler each) published into the room before the members
+    /// join, as fast as acknowledgements come: history deeper than the server's in-memory
+    /// tail, for the resumers to read from the engine.
+    #[arg(long, default_value_t = 0)]
+    prefill: u64,
+    /// Extra clients (WebSocket or WebTransport, as the members; not members, and in no
+    /// delivery figure) that, from the warm-up on, connect, resume the room from
+    /// `--resume-back` messages behind its head, read the replay and disconnect, again and
+    /// again: resumes that read the engine while the members receive.
+    #[arg(long, default_value_t = 0)]
+    resumers: usize,
+    /// How far behind the head a resumer's `since` is (at most the server's `max_replay`,
+    /// 500 by default, for a replay without a gap).
+    #[arg(long, default_value_t = 500)]
+    resume_back: u64,
 }
 
 #[derive(Args, Clone)]
@@ -589,7 +607,7 @@ async fn probe_scheduling(run: Arc<Run>) -> Histogram<u64> {
 
 // --- reports ----------------------------------------------------------------------------
 
-/// Percentiles in microseconds.
+/// Percentiles in microseconds (or, made with [`Percentiles::of_ms`], milliseconds).
 #[derive(Debug, Default, Serialize)]
 struct Percentiles {
     count: u64,
@@ -611,6 +629,21 @@ impl Percentiles {
             p90: us(h.value_at_quantile(0.90)),
             p99: us(h.value_at_quantile(0.99)),
             max: us(h.max()),
+        }
+    }
+
+    /// The same in milliseconds, to 10 µs.
+    fn of_ms(h: &Histogram<u64>) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        let ms = |ns: u64| (ns as f64 / 1e6 * 100.0).round() / 100.0;
+        Percentiles {
+            count: h.len(),
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
         }
     }
 
@@ -727,6 +760,16 @@ struct FanoutReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     versus: Option<String>,
     budget: Vec<String>,
+    /// `--prefill`: messages published before the members joined (written only then).
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    prefill: u64,
+    /// `--resumers`: what they did (written only when there were some).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    resume: Option<resume::ResumeReport>,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 fn is_one(n: &usize) -> bool {
@@ -745,11 +788,23 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
     if args.publishers > n {
         return Err("--publishers cannot exceed --subscribers (publishers are members)".into());
     }
-    if let Some(warning) = check_limits(n) {
+    if args.resumers > 0 && matches!(common.transport, TransportArg::Sse | TransportArg::Poll) {
+        return Err("--resumers needs --transport ws, wt or mix".into());
+    }
+    if let Some(warning) = check_limits(n + args.resumers) {
         return Err(warning);
     }
     let targets = fetch_configs(&common.http).await?;
     let nodes = targets.len();
+    let room = common
+        .room
+        .clone()
+        .unwrap_or_else(|| format!("bench-{}", std::process::id()));
+    // Before anyone joins: filled with members in it, the room would fan every prefilled
+    // message out to all of them.
+    if args.prefill > 0 {
+        resume::prefill(&targets, &room, args.prefill, args.text_bytes, 32 * 1024).await?;
+    }
     let track_per_publisher = if args.rate > 0.0 && args.publishers > 0 {
         // Every message of the run, with room to spare.
         let per = args.rate / args.publishers as f64 * (args.warmup + args.duration + 1.0);
@@ -758,10 +813,7 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
         0
     };
     let plan = Plan {
-        room: common
-            .room
-            .clone()
-            .unwrap_or_else(|| format!("bench-{}", std::process::id())),
+        room,
         room_size: 0,
         join: true,
         publishers: args.publishers,
@@ -801,8 +853,13 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
     let rss_connected = procfs::memory_sum(pids);
     let monitor = tokio::spawn(monitor(run.clone(), pids.to_vec()));
 
-    // Traffic: warm-up, then the measured window.
+    // Traffic: warm-up, then the measured window. The resumers start with the traffic,
+    // on the nodes clients n, n + 1, … would use.
     run.set_phase(client::PHASE_SEND);
+    let (resumes, resumers) =
+        resume::Resumes::spawn(&run, args.resumers, n, args.resume_back, |i| {
+            transport_of(common, i)
+        });
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
     let probe = tokio::spawn(probe_scheduling(run.clone()));
     run.measure_from.store(run.now_ns(), Relaxed);
@@ -847,6 +904,17 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
             .any(|c| c.state.load(Relaxed) == 1 && c.received.load(Relaxed) < total_sent)
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The resumers end after the resume they are in (a stuck one is abandoned).
+    let resumers_until = drain_until.max(Instant::now() + Duration::from_secs(2));
+    for resumer in resumers {
+        let abort = resumer.abort_handle();
+        if tokio::time::timeout_at(resumers_until.into(), resumer)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
     }
     run.set_phase(client::PHASE_FINISH);
     let sched = probe.await.unwrap_or_else(|_| client::new_histogram());
@@ -993,6 +1061,8 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
         verdict,
         versus: args.versus.clone(),
         budget: budgets(common)?,
+        prefill: args.prefill,
+        resume: (args.resumers > 0).then(|| resumes.report(args.resumers, args.resume_back)),
     })
 }
 
@@ -1174,6 +1244,40 @@ impl FanoutReport {
                 self.closed_early
             ),
         );
+        if self.prefill > 0 {
+            row(
+                "prefill",
+                format!("{} messages before the members joined", self.prefill),
+            );
+        }
+        if let Some(r) = &self.resume {
+            let ms = &r.resume_ms;
+            row(
+                "resumes",
+                format!(
+                    "{} in the window by {} resumers, {} behind the head, {:.1} frames each; \
+                     gap {}, missing {}, duplicated {}, failed {}",
+                    r.resumes,
+                    r.resumers,
+                    r.resume_back,
+                    r.resume_replay_mean,
+                    r.resume_gaps,
+                    r.resume_missing,
+                    r.resume_duplicated,
+                    r.resume_failures
+                ),
+            );
+            row(
+                "  join to last replayed",
+                format!(
+                    "p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+                    ms.p50, ms.p90, ms.p99, ms.max
+                ),
+            );
+            if let Some(why) = &r.resume_failure {
+                row("  first failure", why.clone());
+            }
+        }
         row(
             "server CPU per delivery",
             format!(

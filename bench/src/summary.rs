@@ -44,6 +44,12 @@ const FANOUT: &[(&str, &str, f64, &str)] = &[
     ("lost", "lost", 1.0, ""),
     ("duplicated", "duplicated", 1.0, ""),
     ("too_slow", "cut off as too slow", 1.0, ""),
+    // Only in runs with --resumers: joins that replay from deep in the room's history.
+    ("resumes", "resumes in the window", 1.0, ""),
+    ("resume_ms.p50", "resume, join to replayed p50", 1.0, "ms"),
+    ("resume_ms.p99", "resume, join to replayed p99", 1.0, "ms"),
+    ("resume_replay_mean", "  frames replayed each", 1.0, ""),
+    ("resume_gaps", "  answered with a gap", 1.0, ""),
     ("server_cpu_pct", "server CPU", 1.0, "%"),
     ("server_sys_pct", "  of which system", 1.0, "%"),
     ("redis_cpu_pct", "Redis CPU", 1.0, "%"),
@@ -458,6 +464,24 @@ pub fn render(runs: &[Value]) -> (String, bool) {
                 if lossy == 0 { "PASS" } else { "FAIL" },
                 group.len()
             ));
+            if first.get("resumes").is_some() {
+                // A resume must replay exactly what the client missed, and every one must
+                // have run: a failed one measured nothing.
+                let inexact = group
+                    .iter()
+                    .filter(|r| {
+                        ["resume_missing", "resume_duplicated", "resume_failures"]
+                            .iter()
+                            .any(|f| field(r, f).unwrap_or(0.0) > 0.0)
+                    })
+                    .count();
+                all_ok &= inexact == 0;
+                verdicts.push(format!(
+                    "  {:<4} {label:<20} every resume replayed exactly what it missed ({inexact} of {} run(s) had a miss, a repeat or a failure)",
+                    if inexact == 0 { "PASS" } else { "FAIL" },
+                    group.len()
+                ));
+            }
         }
     }
     if !ratios.is_empty() {
@@ -685,6 +709,35 @@ mod tests {
         // The memory run has no Redis figures: one line each, the Redis run's.
         assert_eq!(text.matches("Redis CPU per delivery").count(), 1, "{text}");
         assert_eq!(text.matches("Redis CPU  ").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn resumes_are_shown_and_must_be_exact() {
+        let run = |label: &str, missing: u64| {
+            json!({"scenario":"fanout","label":label,"transport":"ws","subscribers":1000,
+                   "publishers":10,"rate":20.0,"lost":0,"duplicated":0,
+                   "latency_us":{"p99":12000.0},"resumers":4,"resumes":310,
+                   "resume_ms":{"p50":6.2,"p99":14.5},"resume_gaps":0,
+                   "resume_missing":missing,"resume_duplicated":0,"resume_failures":0,
+                   "budget":[]})
+        };
+        let quiet = json!({"scenario":"fanout","label":"quiet","transport":"ws",
+                   "subscribers":1000,"publishers":10,"rate":20.0,"lost":0,"duplicated":0,
+                   "budget":[]});
+        let (text, ok) = render(&[quiet.clone(), run("resume", 0)]);
+        assert!(ok, "{text}");
+        assert!(text.contains("resumes in the window"), "{text}");
+        assert!(text.contains("14.5 ms"), "{text}");
+        assert!(
+            text.contains("PASS resume               every resume replayed exactly"),
+            "{text}"
+        );
+        // Runs without resumers have neither the figures nor the check.
+        assert_eq!(text.matches("every resume").count(), 1, "{text}");
+        assert_eq!(text.matches("resumes in the window").count(), 1, "{text}");
+        let (text, ok) = render(&[quiet, run("resume", 3)]);
+        assert!(!ok);
+        assert!(text.contains("FAIL resume"), "{text}");
     }
 
     #[test]
