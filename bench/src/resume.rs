@@ -237,14 +237,14 @@ fn check_replay(seen: &[u64], from: u64, to: u64) -> (u64, u64) {
 /// Publishes `count` messages of about `pad` bytes into the room before anyone joins, over
 /// a few WebSocket connections (the prefill is setup, not measured, and every wtchat serves
 /// WebSocket), each with sends in flight, as fast as acknowledgements come; spread over the
-/// nodes. Returns the room's head.
+/// nodes.
 pub async fn prefill(
     targets: &[Target],
     room: &str,
     count: u64,
     pad: usize,
     read_buffer: usize,
-) -> Result<u64, String> {
+) -> Result<(), String> {
     const PUBLISHERS: u64 = 4;
     const WINDOW: u64 = 32;
     let publishers = PUBLISHERS.min(count.max(1));
@@ -263,7 +263,7 @@ pub async fn prefill(
                 join_frame(&mut out, &room, &format!("prefill{k}"), None);
                 link.send(&out).await.map_err(fail)?;
                 read_join(&mut link, &mut Vec::new()).await.map_err(fail)?;
-                let (mut sent, mut acked, mut head) = (0u64, 0u64, 0u64);
+                let (mut sent, mut acked) = (0u64, 0u64);
                 while acked < share {
                     out.clear();
                     while sent < share && sent - acked < WINDOW {
@@ -280,8 +280,6 @@ pub async fn prefill(
                     link.read_until(|frame| match account::kind(frame) {
                         Kind::Ack => {
                             acked += 1;
-                            head =
-                                head.max(account::u64_after(frame, account::SEQ_KEY).unwrap_or(0));
                             true
                         }
                         Kind::Error | Kind::Bye => {
@@ -296,15 +294,14 @@ pub async fn prefill(
                         return Err(format!("prefill: the server refused a send: {refused}"));
                     }
                 }
-                Ok::<u64, String>(head)
+                Ok::<(), String>(())
             })
         })
         .collect();
-    let mut head = 0;
     for task in tasks {
-        head = head.max(task.await.map_err(|e| e.to_string())??);
+        task.await.map_err(|e| e.to_string())??;
     }
-    Ok(head)
+    Ok(())
 }
 
 /// What the resumers did, shared by their tasks.
