@@ -11,12 +11,17 @@
 //!         └──────────┬─────────────┘
 //!                 session                           one per connection: decode, check, apply
 //!                    │
-//!                   hub                             rooms, sequence numbers, history, presence
+//!                   hub                             rooms, members, the tail of history, presence
+//!                    │
+//!                 engine                            numbers, stores, shares rooms between nodes
 //! ```
 //!
 //! - `protocol`: frames, codec, limits, error and close codes (no I/O).
-//! - `hub`: the broadcast core; a message is encoded once and its bytes shared by every
-//!   recipient's bounded queue.
+//! - `hub`: the broadcast core; a message comes back numbered from the engine through its
+//!   room's one route, is encoded once there, and its bytes are shared by every recipient's
+//!   bounded queue (`queue`).
+//! - [`engine`]: the engine contract ([`engine::Broker`]), public so that a host can bring
+//!   or wrap an engine, and the engines behind it: memory, SQLite, Redis.
 //! - `session`: the per-connection state machine over a two-trait transport contract.
 //! - `transport`: the WebTransport and WebSocket adapters, each handed a small context.
 //! - [`certs`]: development certificates browsers accept by digest, and real ones.
@@ -31,6 +36,11 @@
 //! - `webhook`: the host's backend in any language (PHP, Django…) as signed HTTP calls: a
 //!   message webhook (accept, reject, rewrite), an auth webhook, and the events webhook
 //!   (messages stored, joins, leaves, posted after the fact).
+//!
+//! Cargo features, all on by default: `sqlite` and `redis` (those engines), `metrics`
+//! (`/wtchat/metrics`), `webhooks` (the webhooks' HTTP client). With `default-features =
+//! false` none of their crates is compiled, and a setting that needs one is refused by
+//! [`ConfigBuilder::build`] with the feature's name.
 //! - [`Config`]: one configuration with working defaults, made by a builder that refuses
 //!   what cannot work.
 //!

@@ -3,14 +3,12 @@
 //! append; a room the hub lets go of is forgotten, and comes back under a new epoch.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::{
-    Appended, Broker, Busy, Dedupe, EngineFuture, Loaded, Numbered, Position, Record, RoomEvent,
-    RoomSink, StorageError,
+    Appended, Broker, Busy, Dedupe, EngineFuture, Epochs, Loaded, Numbered, Position, Record,
+    RoomEvent, RoomSink, StorageError,
 };
-use crate::protocol::now_ms;
 
 /// The rooms the hub holds, by name.
 pub(crate) struct Memory {
@@ -18,8 +16,7 @@ pub(crate) struct Memory {
     dedupe_window: usize,
     /// Read on every append, written on attach and detach only.
     rooms: RwLock<HashMap<Arc<str>, Arc<Held>>>,
-    /// The last epoch handed out: a room made again never reuses its predecessor's.
-    last_epoch: AtomicU64,
+    epochs: Epochs,
 }
 
 struct Held {
@@ -40,20 +37,8 @@ impl Memory {
         Memory {
             dedupe_window,
             rooms: RwLock::new(HashMap::new()),
-            last_epoch: AtomicU64::new(0),
+            epochs: Epochs::default(),
         }
-    }
-
-    /// A new room's epoch: milliseconds since 1970 at creation, made unique here.
-    fn new_epoch(&self) -> u64 {
-        let now = now_ms();
-        let prev = self
-            .last_epoch
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-                Some(now.max(last + 1))
-            })
-            .unwrap_or(0);
-        now.max(prev + 1)
     }
 }
 
@@ -64,7 +49,7 @@ impl Broker for Memory {
         sink: Arc<dyn RoomSink>,
         _tail: usize,
     ) -> EngineFuture<'_, Loaded> {
-        let epoch = self.new_epoch();
+        let epoch = self.epochs.next();
         let held = Arc::new(Held {
             sink,
             numbers: Mutex::new(Numbers {

@@ -671,6 +671,76 @@ pub(crate) async fn open(
     })
 }
 
+/// Hands out rooms' epochs: milliseconds since 1970 at a room's making, made unique here so
+/// that a room made again never reuses its predecessor's.
+#[derive(Debug, Default)]
+pub(crate) struct Epochs(std::sync::atomic::AtomicU64);
+
+impl Epochs {
+    /// A new room's epoch.
+    pub(crate) fn next(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = crate::protocol::now_ms();
+        let prev = self
+            .0
+            .fetch_update(Relaxed, Relaxed, |last| Some(now.max(last + 1)))
+            .unwrap_or(0);
+        now.max(prev + 1)
+    }
+}
+
+/// Records an engine holds and has not answered for yet, and how many it may: past the
+/// bound its appends are [`Busy`], and [`Broker::ready`] waits until it answered some. So a
+/// store that does not keep up slows the senders instead of filling memory.
+#[cfg_attr(not(any(feature = "sqlite", feature = "redis")), allow(dead_code))]
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    held: std::sync::atomic::AtomicUsize,
+    max: usize,
+    /// Wakes the senders waiting for room once some were answered.
+    room: tokio::sync::Notify,
+}
+
+#[cfg_attr(not(any(feature = "sqlite", feature = "redis")), allow(dead_code))]
+impl InFlight {
+    pub(crate) fn new(max: usize) -> InFlight {
+        InFlight {
+            held: std::sync::atomic::AtomicUsize::new(0),
+            max,
+            room: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Counts one more record in, unless the bound is reached.
+    pub(crate) fn take(&self) -> bool {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        self.held
+            .fetch_update(AcqRel, Acquire, |n| (n < self.max).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// `n` records were answered (stored, or failed).
+    pub(crate) fn answered(&self, n: usize) {
+        if n > 0 {
+            self.held.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Resolves once there is room for a record.
+    pub(crate) async fn ready(&self) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.held.load(std::sync::atomic::Ordering::Acquire) < self.max {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// Remembers the dedupe keys of a room's newest records, for idempotent retries: what the
 /// memory and SQLite engines keep per room (Redis keeps its own, in Redis).
 #[derive(Debug, Default)]

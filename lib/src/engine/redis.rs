@@ -32,7 +32,6 @@
 //! holds, that reached another node).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -42,12 +41,12 @@ use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{Client, Value};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Appended, Ban, Broker, Busy, EngineFuture, HistoryPage, Loaded, MemberInfo, MembersPage,
-    NodeSink, Numbered, Options, Position, Record, Retention, RoomEvent, RoomSink, StorageError,
-    StoredMessage,
+    Appended, Ban, Broker, Busy, EngineFuture, HistoryPage, InFlight, Loaded, MemberInfo,
+    MembersPage, NodeSink, Numbered, Options, Position, Record, Retention, RoomEvent, RoomSink,
+    StorageError, StoredMessage,
 };
 use crate::auth::random_bytes;
 use crate::metrics::EngineStats;
@@ -399,10 +398,8 @@ struct Inner {
     conn: ConnectionManager,
     scripts: Scripts,
     commands: mpsc::UnboundedSender<Command>,
-    /// Publishes handed to the writer and not answered yet (see [`MAX_IN_FLIGHT`]).
-    in_flight: AtomicUsize,
-    /// Wakes the appends waiting for room once the writer was answered.
-    room_for_more: Notify,
+    /// Publishes handed to the writer and not answered yet (at most [`MAX_IN_FLIGHT`]).
+    in_flight: InFlight,
     subs: Mutex<HashMap<Arc<str>, Arc<Followed>>>,
     sink: tokio::sync::Mutex<Option<PubSubSink>>,
     /// Where what other nodes send this one goes.
@@ -465,8 +462,7 @@ impl Redis {
                 conn,
                 scripts: Scripts::new(),
                 commands,
-                in_flight: AtomicUsize::new(0),
-                room_for_more: Notify::new(),
+                in_flight: InFlight::new(MAX_IN_FLIGHT),
                 subs: Mutex::new(HashMap::new()),
                 sink: tokio::sync::Mutex::new(None),
                 node_sink: OnceLock::new(),
@@ -574,10 +570,9 @@ impl Broker for Redis {
             let error = StorageError::new(format!("room {room} is not held here"));
             return Ok(Box::pin(std::future::ready(Err(error))));
         };
-        if inner.in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT {
+        if !inner.in_flight.take() {
             return Err(Busy(record));
         }
-        inner.in_flight.fetch_add(1, Ordering::AcqRel);
         let (done, result) = oneshot::channel();
         let command = Command::Publish {
             room: followed,
@@ -587,7 +582,7 @@ impl Broker for Redis {
         if let Err(mpsc::error::SendError(Command::Publish { done, .. })) =
             inner.commands.send(command)
         {
-            inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+            inner.in_flight.answered(1);
             let _ = done.send(Err(StorageError::new("the Redis writer stopped")));
         }
         Ok(Box::pin(async move {
@@ -598,17 +593,7 @@ impl Broker for Redis {
     }
 
     fn ready(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            loop {
-                let notified = self.inner.room_for_more.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if self.inner.in_flight.load(Ordering::Acquire) < MAX_IN_FLIGHT {
-                    return;
-                }
-                notified.await;
-            }
-        })
+        Box::pin(self.inner.in_flight.ready())
     }
 
     fn range(&self, room: &str, from: u64, to: u64) -> EngineFuture<'_, Vec<StoredMessage>> {
@@ -1289,10 +1274,7 @@ async fn writer(inner: std::sync::Weak<Inner>, mut queue: mpsc::UnboundedReceive
                 }
             }
         }
-        if answered > 0 {
-            inner.in_flight.fetch_sub(answered, Ordering::AcqRel);
-            inner.room_for_more.notify_waiters();
-        }
+        inner.in_flight.answered(answered);
     }
 }
 

@@ -23,18 +23,18 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use rusqlite::{Connection, ErrorCode as SqlCode, OpenFlags, OptionalExtension, params};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 use super::{
-    Appended, Ban, Broker, Busy, Dedupe, EngineFuture, HistoryPage, Loaded, Numbered, Options,
-    Position, Record, RoomEvent, RoomSink, StorageError, StoredMessage,
+    Appended, Ban, Broker, Busy, Dedupe, EngineFuture, Epochs, HistoryPage, InFlight, Loaded,
+    Numbered, Options, Position, Record, RoomEvent, RoomSink, StorageError, StoredMessage,
 };
 use crate::auth::random_bytes;
 use crate::metrics::EngineStats;
@@ -133,14 +133,12 @@ struct Shared {
     readers: Mutex<Vec<Connection>>,
     /// The rooms the hub holds, by name: their numbering and their sinks.
     rooms: Mutex<HashMap<Arc<str>, Arc<Held>>>,
-    /// Messages handed to the writer and not yet committed or failed.
-    queued: AtomicUsize,
-    /// Wakes the appends waiting for [`Broker::ready`] once the writer took some.
-    room_for_more: Notify,
+    /// Messages handed to the writer and not yet committed or failed (at most
+    /// [`MAX_QUEUED`]).
+    queued: InFlight,
     /// Whether the last commit failed (readiness says so).
     failing: AtomicBool,
-    /// The last epoch handed out: two rooms made in one millisecond still differ.
-    last_epoch: AtomicU64,
+    epochs: Epochs,
     /// Held open with an exclusive lock for as long as this process serves the file: a
     /// second wtchat on the same file would hand out the same sequence numbers.
     _lock: File,
@@ -240,10 +238,9 @@ impl Sqlite {
             jobs,
             readers: Mutex::new(Vec::new()),
             rooms: Mutex::new(HashMap::new()),
-            queued: AtomicUsize::new(0),
-            room_for_more: Notify::new(),
+            queued: InFlight::new(MAX_QUEUED),
             failing: AtomicBool::new(false),
-            last_epoch: AtomicU64::new(0),
+            epochs: Epochs::default(),
             _lock: lock,
         });
         let writer = Writer {
@@ -311,18 +308,6 @@ impl Shared {
         self.readers.lock().unwrap().push(conn);
         result
     }
-
-    /// A new room's epoch: milliseconds since 1970, unique here.
-    fn new_epoch(&self) -> u64 {
-        let now = now_ms();
-        let prev = self
-            .last_epoch
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-                Some(now.max(last + 1))
-            })
-            .unwrap_or(0);
-        now.max(prev + 1)
-    }
 }
 
 /// A job's answer, awaited.
@@ -346,7 +331,7 @@ impl Broker for Sqlite {
                 .await?;
             let (loaded, seen) = match stored {
                 Some(stored) => stored,
-                None => (Loaded::new(shared.new_epoch(), 0, Vec::new()), Vec::new()),
+                None => (Loaded::new(shared.epochs.next(), 0, Vec::new()), Vec::new()),
             };
             let mut dedupe = Dedupe::default();
             for (key, seq) in seen.into_iter().rev() {
@@ -381,9 +366,6 @@ impl Broker for Sqlite {
             let error = StorageError::new(format!("room {room} is not held here"));
             return Ok(Box::pin(std::future::ready(Err(error))));
         };
-        if shared.queued.load(Ordering::Acquire) >= MAX_QUEUED {
-            return Err(Busy(record));
-        }
         let (done, result) = oneshot::channel();
         let mut numbers = held.numbers.lock().unwrap();
         if let Some(seq) = record.dedupe.as_deref().and_then(|k| numbers.dedupe.get(k)) {
@@ -398,6 +380,10 @@ impl Broker for Sqlite {
             }
             return Ok(answer(shared, result));
         }
+        // Counted until the writer answers it (a duplicate above never reaches it).
+        if !shared.queued.take() {
+            return Err(Busy(record));
+        }
         numbers.seq += 1;
         let seq = numbers.seq;
         if let Some(key) = &record.dedupe {
@@ -405,7 +391,6 @@ impl Broker for Sqlite {
                 .dedupe
                 .insert(key.clone(), seq, shared.options.dedupe_window);
         }
-        shared.queued.fetch_add(1, Ordering::AcqRel);
         // Under the room's numbering lock: the writer receives its records in their order.
         shared.send(Job::Message {
             room: held.clone(),
@@ -419,17 +404,7 @@ impl Broker for Sqlite {
     }
 
     fn ready(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            loop {
-                let notified = self.shared.room_for_more.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if self.shared.queued.load(Ordering::Acquire) < MAX_QUEUED {
-                    return;
-                }
-                notified.await;
-            }
-        })
+        Box::pin(self.shared.queued.ready())
     }
 
     fn range(&self, room: &str, from: u64, to: u64) -> EngineFuture<'_, Vec<StoredMessage>> {
@@ -803,10 +778,7 @@ impl Writer {
                 }
             }
         }
-        shared
-            .queued
-            .fetch_sub(messages + dropped, Ordering::AcqRel);
-        shared.room_for_more.notify_waiters();
+        shared.queued.answered(messages + dropped);
     }
 
     /// The transaction itself; returns, per delete in `batch`, whether it found its message.
