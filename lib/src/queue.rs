@@ -25,6 +25,20 @@ pub(crate) struct Outbound {
     /// [`Kind::Pong`], the ping's payload as it came.
     pub frame: Bytes,
     pub kind: Kind,
+    /// Whether it counts against [`Bounds::bytes`] (all but a join's replay). Beside
+    /// `kind`, in what would be padding: a queued frame stays 40 bytes.
+    counted: bool,
+}
+
+impl Outbound {
+    /// A frame to write that no queue holds (a last `bye`, a test's).
+    pub(crate) fn new(frame: Bytes, kind: Kind) -> Outbound {
+        Outbound {
+            frame,
+            kind,
+            counted: false,
+        }
+    }
 }
 
 /// How a queued frame travels.
@@ -70,23 +84,13 @@ struct Queue {
 
 #[derive(Debug, Default)]
 struct Frames {
-    /// Each frame, and whether it counts against [`Bounds::bytes`].
-    queued: VecDeque<(Outbound, bool)>,
+    queued: VecDeque<Outbound>,
     /// Bytes of the counted frames in `queued`.
     bytes: usize,
     /// The session is gone: pushes fail.
     gone: bool,
     /// A room removed the connection: its `left` is queued ([`Outbox::push_removal`]).
     removed: bool,
-}
-
-impl Frames {
-    fn push(&mut self, frame: Bytes, kind: Kind, counted: bool) {
-        if counted {
-            self.bytes += frame.len();
-        }
-        self.queued.push_back((Outbound { frame, kind }, counted));
-    }
 }
 
 /// The sending side of a connection's queue, held by the rooms it is in.
@@ -158,9 +162,13 @@ impl Outbox {
             return Err(Refused::Full);
         }
         let was_empty = frames.queued.is_empty();
-        for frame in batch {
-            frames.push(frame.clone(), kind, live);
-        }
+        // One extend of an exact-size iterator: the queue grows once, if at all.
+        frames.queued.extend(batch.iter().map(|frame| Outbound {
+            frame: frame.clone(),
+            kind,
+            counted: live,
+        }));
+        frames.bytes += bytes;
         drop(frames);
         if was_empty && !batch.is_empty() {
             // notify_one keeps a permit if the session is not waiting right now.
@@ -206,7 +214,7 @@ impl Outbox {
             return;
         }
         frames.removed = true;
-        frames.push(frame, Kind::Frame, false);
+        frames.queued.push_back(Outbound::new(frame, Kind::Frame));
         let was_empty = frames.queued.len() == 1;
         drop(frames);
         if was_empty {
@@ -264,14 +272,14 @@ impl Inbox {
     fn take(&mut self, batch: &mut Vec<Outbound>, limit: usize) -> (usize, usize) {
         let mut frames = self.queue.frames.lock().unwrap();
         let n = frames.queued.len().min(limit);
-        let mut freed = 0;
-        batch.extend(frames.queued.drain(..n).map(|(outbound, counted)| {
-            if counted {
-                freed += outbound.frame.len();
-            }
-            outbound
-        }));
+        let freed: usize = frames
+            .queued
+            .range(..n)
+            .filter(|o| o.counted)
+            .map(|o| o.frame.len())
+            .sum();
         frames.bytes -= freed;
+        batch.extend(frames.queued.drain(..n));
         self.removed |= std::mem::take(&mut frames.removed);
         if frames.queued.is_empty() && frames.queued.capacity() > KEEP_CAPACITY {
             frames.queued = VecDeque::new();
@@ -327,6 +335,11 @@ mod tests {
         inbox.drain_now(&mut batch);
         assert_eq!(batch.len(), 5);
         assert_eq!(inbox.queue.frames.lock().unwrap().bytes, 0);
+    }
+
+    #[test]
+    fn a_queued_frame_takes_no_more_room_than_its_bytes_and_kind() {
+        assert_eq!(std::mem::size_of::<Outbound>(), 40);
     }
 
     #[test]

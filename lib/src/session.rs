@@ -294,15 +294,15 @@ async fn goodbye(
     code: CloseCode,
     message: Option<&str>,
 ) {
-    batch.push(Outbound {
-        frame: protocol::encode(&ServerFrame::Bye {
+    batch.push(Outbound::new(
+        protocol::encode(&ServerFrame::Bye {
             code: code.code(),
             reason: code.reason(),
             reconnect: code.reconnect(),
             message,
         }),
-        kind: Kind::Frame,
-    });
+        Kind::Frame,
+    ));
     if writer.send(&batch).await.is_ok() {
         writer.close(code).await;
         let client_closed =

@@ -375,22 +375,17 @@ mod tests {
                     time: seq / 3,
                     id: id.as_deref(),
                 });
-                Outbound {
-                    frame,
-                    kind: Kind::Frame,
-                }
+                Outbound::new(frame, Kind::Frame)
             });
-        let typing = (any::<String>(), any::<String>()).prop_map(|(room, from)| Outbound {
-            frame: encode(&ServerFrame::Typing {
+        let typing = (any::<String>(), any::<String>()).prop_map(|(room, from)| {
+            let frame = encode(&ServerFrame::Typing {
                 room: &room,
                 from: &from,
-            }),
-            kind: Kind::Ephemeral,
+            });
+            Outbound::new(frame, Kind::Ephemeral)
         });
-        let pong = prop::collection::vec(any::<u8>(), 0..=125).prop_map(|payload| Outbound {
-            frame: Bytes::from(payload),
-            kind: Kind::Pong,
-        });
+        let pong = prop::collection::vec(any::<u8>(), 0..=125)
+            .prop_map(|payload| Outbound::new(Bytes::from(payload), Kind::Pong));
         prop_oneof![3 => message, 1 => typing, 1 => pong]
     }
 
