@@ -804,14 +804,8 @@ impl ConfigBuilder {
                 ),
             ));
         }
-        if let Some(feature) = config.engine.missing_feature() {
-            return Err(ConfigError::new(
-                "engine",
-                format!(
-                    "{} needs the `{feature}` feature of wtchat, which this build lacks",
-                    config.engine
-                ),
-            ));
+        if let Some((setting, reason)) = config.engine.problem() {
+            return Err(ConfigError::new(setting, reason));
         }
         if hub.retention.messages < hub.history_len as u64 {
             return Err(ConfigError::new(
@@ -841,14 +835,6 @@ impl ConfigBuilder {
                     "must be from 10 ms to 1 minute; got {} ms",
                     config.presence_interval.as_millis()
                 ),
-            ));
-        }
-        if let Engine::Redis { prefix, .. } = &config.engine
-            && (prefix.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c == '/'))
-        {
-            return Err(ConfigError::new(
-                "redis_prefix",
-                format!("must be a non-empty name without spaces or `/`; got {prefix:?}"),
             ));
         }
         if hub.retention.age_ms < 1000 {

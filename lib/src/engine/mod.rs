@@ -137,10 +137,29 @@ impl fmt::Display for Engine {
 
 impl Engine {
     /// The cargo feature this engine needs that this build lacks, if any.
-    pub(crate) fn missing_feature(&self) -> Option<&'static str> {
+    fn missing_feature(&self) -> Option<&'static str> {
         match self {
             Engine::Sqlite(_) if !cfg!(feature = "sqlite") => Some("sqlite"),
             Engine::Redis { .. } if !cfg!(feature = "redis") => Some("redis"),
+            _ => None,
+        }
+    }
+
+    /// Why this engine cannot work, if it cannot: the setting to blame and the reason.
+    pub(crate) fn problem(&self) -> Option<(&'static str, String)> {
+        if let Some(feature) = self.missing_feature() {
+            let reason =
+                format!("{self} needs the `{feature}` feature of wtchat, which this build lacks");
+            return Some(("engine", reason));
+        }
+        match self {
+            Engine::Redis { prefix, .. }
+                if prefix.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c == '/') =>
+            {
+                let reason =
+                    format!("must be a non-empty name without spaces or `/`; got {prefix:?}");
+                Some(("redis_prefix", reason))
+            }
             _ => None,
         }
     }
