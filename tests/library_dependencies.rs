@@ -73,7 +73,10 @@ fn a_host_crate_compiles_none_of_the_commands_crates() {
     }
     // The default features bring the optional crates.
     for optional in OPTIONAL {
-        assert!(crates.contains(&optional), "{optional} missing from:\n{tree}");
+        assert!(
+            crates.contains(&optional),
+            "{optional} missing from:\n{tree}"
+        );
     }
 }
 

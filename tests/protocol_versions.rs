@@ -52,7 +52,11 @@ async fn clients_of_protocol_1_and_2_share_a_room_on_every_transport() {
     }
     let mut said = Vec::new();
     for (i, client) in old.iter_mut().chain(new.iter_mut()).enumerate() {
-        let text = format!("from {} ({})", client.transport(), if i < 4 { "v1" } else { "v2" });
+        let text = format!(
+            "from {} ({})",
+            client.transport(),
+            if i < 4 { "v1" } else { "v2" }
+        );
         client
             .send(json!({"type": "send", "room": "r", "text": text, "id": format!("m{i}")}))
             .await;
@@ -76,7 +80,10 @@ async fn clients_of_protocol_1_and_2_share_a_room_on_every_transport() {
     assert_eq!(texts, want, "every message, once");
     assert!(first.windows(2).all(|w| w[0].0 < w[1].0), "{first:?}");
     for (transport, got) in &seen {
-        assert_eq!(got, first, "{transport}: the same messages in the same order");
+        assert_eq!(
+            got, first,
+            "{transport}: the same messages in the same order"
+        );
     }
     server.stop().await;
 }
