@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{
     self, CloseCode, ErrorCode, MemberRef, PresenceEvent, ServerFrame, You, now_ms,
 };
-use crate::queue::Outbox;
+use crate::queue::{Outbox, Shared};
 
 /// Typing notices a big room relays per presence interval: in a room of thousands, each
 /// notice would otherwise reach everyone, several times a second.
@@ -61,6 +61,10 @@ pub(crate) struct Room {
     metrics: Arc<Metrics>,
     /// Wakes the joins that wait for the engine to have taken the room up.
     loaded: Notify,
+    /// Records appended here and not delivered yet. A lock of its own, taken briefly: a
+    /// sender registers its message without waiting for a delivery under way (which holds
+    /// `state` for a pass over every member).
+    submitted: Mutex<Submitted>,
     /// Held only for short, non-async sections: delivering a record and pushing it to every
     /// member's queue must be one step, or two members could see two messages in different
     /// orders.
@@ -92,9 +96,6 @@ struct RoomState {
     /// replay.
     history: VecDeque<Stored>,
     roster: Roster,
-    /// Records appended here and not delivered yet, by token: who is owed what.
-    submitted: HashMap<u64, Origin>,
-    next_token: u64,
     /// Acknowledgements of retries, owed once the message they repeat is delivered here.
     acks_after: Vec<(u64, Outbox, Bytes)>,
     /// Members whose join reads older history from the engine: what is delivered meanwhile
@@ -107,6 +108,13 @@ struct RoomState {
     removed: bool,
     /// Told what happens here (the events webhook), if anyone follows.
     observer: Option<Observer>,
+}
+
+/// Records appended here and not delivered yet, by token: who is owed what.
+#[derive(Default)]
+struct Submitted {
+    last_token: u64,
+    origins: HashMap<u64, Origin>,
 }
 
 /// A message in a room's recent history.
@@ -187,14 +195,13 @@ impl Room {
             engine,
             metrics,
             loaded: Notify::new(),
+            submitted: Mutex::new(Submitted::default()),
             state: Mutex::new(RoomState {
                 phase: Phase::Loading(Vec::new()),
                 epoch: 0,
                 delivered: 0,
                 history: VecDeque::new(),
                 roster: Roster::new(policy),
-                submitted: HashMap::new(),
-                next_token: 1,
                 acks_after: Vec::new(),
                 joining: Vec::new(),
                 typing: Vec::new(),
@@ -308,7 +315,7 @@ impl Room {
                 Ok((token, appending)) => {
                     let appended = appending.await;
                     if appended.is_err() {
-                        self.state.lock().unwrap().submitted.remove(&token);
+                        self.submitted.lock().unwrap().origins.remove(&token);
                     }
                     let seq = match appended? {
                         Appended::Stored(p) | Appended::Duplicate(p) => p.seq,
@@ -333,10 +340,10 @@ impl Room {
         mut record: Record,
     ) -> Result<(u64, EngineFuture<'static, Appended>), Box<(Origin, Busy)>> {
         let token = {
-            let mut state = self.state.lock().unwrap();
-            let token = state.next_token;
-            state.next_token += 1;
-            state.submitted.insert(token, origin);
+            let mut submitted = self.submitted.lock().unwrap();
+            submitted.last_token += 1;
+            let token = submitted.last_token;
+            submitted.origins.insert(token, origin);
             token
         };
         record.token = token;
@@ -345,7 +352,7 @@ impl Room {
         match self.engine.append(&self.name, record) {
             Ok(appending) => Ok((token, appending)),
             Err(busy) => {
-                let origin = self.state.lock().unwrap().submitted.remove(&token);
+                let origin = self.submitted.lock().unwrap().origins.remove(&token);
                 Err(Box::new((origin.unwrap_or(Origin::Host(None)), busy)))
             }
         }
@@ -371,13 +378,14 @@ impl Room {
         if stored {
             return;
         }
-        let mut state = self.state.lock().unwrap();
+        let origin = self.submitted.lock().unwrap().origins.remove(&token);
         let Some(Origin::Member {
             outbox, client_id, ..
-        }) = state.submitted.remove(&token)
+        }) = origin
         else {
             return;
         };
+        let mut state = self.state.lock().unwrap();
         match outcome {
             Ok(Appended::Duplicate(position)) => {
                 let ack = ack(&self.name, client_id.as_deref(), position.seq);
@@ -623,7 +631,7 @@ impl Room {
     pub(crate) fn releasable(&self) -> Option<Instant> {
         let state = self.state.lock().unwrap();
         let quiet = state.roster.none_here()
-            && state.submitted.is_empty()
+            && self.submitted.lock().unwrap().origins.is_empty()
             && state.joining.is_empty()
             && !matches!(state.phase, Phase::Loading(_));
         (quiet || state.removed).then_some(state.last_active)
@@ -756,14 +764,20 @@ impl Room {
         };
         state.delivered = last.seq;
         state.last_active = Instant::now();
+        // Who is owed what, taken under `submitted`'s lock only as long as that takes.
+        let origins: Vec<Option<Origin>> = {
+            let mut submitted = self.submitted.lock().unwrap();
+            let mut owed = |n: &Numbered| submitted.origins.remove(&n.record.token);
+            let here = |n: &&Numbered| n.node == self.node;
+            records
+                .iter()
+                .map(|n| Some(n).filter(here).and_then(&mut owed))
+                .collect()
+        };
         let batch: Vec<Delivery> = records
             .into_iter()
-            .map(|numbered| {
-                let origin = (numbered.node == self.node)
-                    .then(|| state.submitted.remove(&numbered.record.token))
-                    .flatten();
-                Delivery::new(&self.name, numbered, origin)
-            })
+            .zip(origins)
+            .map(|(numbered, origin)| Delivery::new(&self.name, numbered, origin))
             .collect();
         let frames: Vec<Bytes> = batch.iter().map(|d| d.frame.clone()).collect();
         let mut senders: Vec<u64> = batch.iter().filter_map(Delivery::sender).collect();
@@ -771,10 +785,11 @@ impl Room {
         senders.dedup();
         let mut in_room = vec![false; senders.len()];
         let mut slow: Vec<u64> = Vec::new();
+        let shared = Shared::new(&frames);
         for member in state.roster.iter() {
             match senders.binary_search(&member.id) {
                 Ok(i) => in_room[i] = true,
-                Err(_) if !member.outbox.push_many(&frames) => slow.push(member.id),
+                Err(_) if !member.outbox.push_shared(&shared) => slow.push(member.id),
                 Err(_) => {}
             }
         }
