@@ -270,11 +270,8 @@ impl Outbox {
 }
 
 /// A queue's buffer is given back when a drain leaves it empty and larger than this (in
-/// frames; 128 × 40 bytes = 5 KiB). A member of a busy room is handed about a hundred frames
-/// per write: a smaller bound had its buffer grow from nothing, by doubling, on every write,
-/// and those reallocations cost more instructions than the deliveries themselves. An idle
-/// connection's queue holds a few frames at a time, so idle memory is not affected.
-const KEEP_CAPACITY: usize = 128;
+/// frames): an idle connection holds no more than a few frames' worth after a burst.
+const KEEP_CAPACITY: usize = 32;
 
 impl Inbox {
     /// Waits for queued frames and moves up to `limit` of them into `batch`; returns how
