@@ -361,7 +361,7 @@ pub struct Record {
     /// stored again; its append resolves with the first one's position.
     pub dedupe: Option<Box<str>>,
     /// The appending node's own number for the record: handed back in
-    /// [`Numbered::token`] so that this node finds who is owed an acknowledgement.
+    /// [`Numbered::record`] so that this node finds who is owed an acknowledgement.
     pub token: u64,
 }
 
