@@ -177,7 +177,12 @@ impl Chat {
         if let Some(layer) = &config.engine_layer {
             engine = layer(engine);
         }
-        let webhooks = Webhooks::of(&config, &metrics);
+        // The webhooks' HTTP client is the `webhooks` feature's; without it the builder
+        // refused their settings, and there are none.
+        #[cfg(feature = "webhooks")]
+        let webhooks = Webhooks::new(&config.webhooks, &config.limits, &metrics);
+        #[cfg(not(feature = "webhooks"))]
+        let webhooks = Webhooks::default();
         // Public sender ids are keyed: with the token secret when there is one (every node
         // has it), else with the engine's own key.
         let senders = match &config.token_secret {

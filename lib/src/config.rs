@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::auth::{AuthHook, ConnectRequest, Identity, Refusal};
 use crate::certs::MAX_DAYS;
 use crate::engine::{Broker, Engine};
-use crate::hooks::{MessageEvent, MessageHook};
+use crate::hooks::{MessageEvent, MessageHook, WebhookConfig};
 use crate::hub::HubConfig;
 use crate::protocol::Limits;
 
@@ -47,57 +47,6 @@ pub enum Tls {
         /// The private key.
         key: PathBuf,
     },
-}
-
-/// The webhook settings, as the configuration builder collects them.
-#[derive(Clone)]
-pub(crate) struct WebhookConfig {
-    /// The message webhook's URL.
-    pub message: Option<String>,
-    /// The events webhook's URL.
-    pub events: Option<String>,
-    /// The auth webhook's URL.
-    pub auth: Option<String>,
-    /// What every request is signed with: the backend's proof that a call is the chat's.
-    pub secret: Option<String>,
-    /// How long a call may take, connecting included.
-    pub timeout: Duration,
-    /// Whether a message the message webhook did not answer for is accepted (`true`) or
-    /// rejected (`false`).
-    pub fail_open: bool,
-}
-
-impl Default for WebhookConfig {
-    fn default() -> Self {
-        WebhookConfig {
-            message: None,
-            events: None,
-            auth: None,
-            secret: None,
-            timeout: Duration::from_secs(2),
-            fail_open: false,
-        }
-    }
-}
-
-impl fmt::Debug for WebhookConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WebhookConfig")
-            .field("message", &self.message)
-            .field("events", &self.events)
-            .field("auth", &self.auth)
-            .field("secret", &self.secret.as_ref().map(|_| "<secret>"))
-            .field("timeout", &self.timeout)
-            .field("fail_open", &self.fail_open)
-            .finish()
-    }
-}
-
-impl WebhookConfig {
-    /// Whether any webhook is set.
-    pub(crate) fn any(&self) -> bool {
-        self.message.is_some() || self.events.is_some() || self.auth.is_some()
-    }
 }
 
 /// A wrapper the host puts around the configured engine (see

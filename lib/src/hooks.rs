@@ -1,9 +1,10 @@
 //! The host's say over what happens: its Rust message hook (quick, synchronous), and its
 //! backend's webhooks as the chat calls them — the message webhook (awaited by the
 //! sessions), the auth webhook (a hook like the Rust one) and the events webhook (told by
-//! the hub). With the `webhooks` feature they come from [`crate::webhook`]; without it
-//! there are none (the builder refuses their settings).
+//! the hub), and their settings. With the `webhooks` feature they come from the
+//! `webhook` module; without it there are none (the builder refuses their settings).
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,9 +12,7 @@ use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthHook, Refusal};
-use crate::config::Config;
 use crate::hub::{Member, Observer};
-use crate::metrics::Metrics;
 
 /// The webhooks a configuration sets, ready to be called.
 #[derive(Default)]
@@ -26,17 +25,54 @@ pub(crate) struct Webhooks {
     pub auth: Option<AuthHook>,
 }
 
-impl Webhooks {
-    /// The webhooks `config` sets (none in a build without the `webhooks` feature: the
-    /// builder refused their settings there).
-    pub(crate) fn of(config: &Config, metrics: &Arc<Metrics>) -> Webhooks {
-        #[cfg(feature = "webhooks")]
-        return Webhooks::new(&config.webhooks, &config.limits, metrics);
-        #[cfg(not(feature = "webhooks"))]
-        {
-            let _ = (config, metrics);
-            Webhooks::default()
+/// The webhook settings, as the configuration builder collects them.
+#[derive(Clone)]
+pub(crate) struct WebhookConfig {
+    /// The message webhook's URL.
+    pub message: Option<String>,
+    /// The events webhook's URL.
+    pub events: Option<String>,
+    /// The auth webhook's URL.
+    pub auth: Option<String>,
+    /// What every request is signed with: the backend's proof that a call is the chat's.
+    pub secret: Option<String>,
+    /// How long a call may take, connecting included.
+    pub timeout: Duration,
+    /// Whether a message the message webhook did not answer for is accepted (`true`) or
+    /// rejected (`false`).
+    pub fail_open: bool,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            message: None,
+            events: None,
+            auth: None,
+            secret: None,
+            timeout: Duration::from_secs(2),
+            fail_open: false,
         }
+    }
+}
+
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("message", &self.message)
+            .field("events", &self.events)
+            .field("auth", &self.auth)
+            .field("secret", &self.secret.as_ref().map(|_| "<secret>"))
+            .field("timeout", &self.timeout)
+            .field("fail_open", &self.fail_open)
+            .finish()
+    }
+}
+
+impl WebhookConfig {
+    /// Whether any webhook is set.
+    pub(crate) fn any(&self) -> bool {
+        self.message.is_some() || self.events.is_some() || self.auth.is_some()
     }
 }
 

@@ -46,8 +46,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::auth::{AuthHook, ConnectRequest, Identity, Refusal, Rooms, unix_now};
-use crate::config::WebhookConfig;
-use crate::hooks::{EventsSender, MessageCheck, Verdict, Webhooks};
+use crate::hooks::{EventsSender, MessageCheck, Verdict, WebhookConfig, Webhooks};
 use crate::hub::{Happened, Member, Observer};
 use crate::metrics::Metrics;
 use crate::protocol::{Limits, now_ms};
