@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::happened::{Happened, Observer};
 use super::member::{Member, MemberSummary, Resume};
@@ -61,6 +61,9 @@ pub(crate) struct Room {
     metrics: Arc<Metrics>,
     /// Wakes the joins that wait for the engine to have taken the room up.
     loaded: Notify,
+    /// Appends whose outcome is still to come, for the room's task that awaits them (see
+    /// [`Room::follow`]); None until the first.
+    followers: Mutex<Option<Followers>>,
     /// Records appended here and not delivered yet. A lock of its own, taken briefly: a
     /// sender registers its message without waiting for a delivery under way (which holds
     /// `state` for a pass over every member).
@@ -109,6 +112,9 @@ struct RoomState {
     /// Told what happens here (the events webhook), if anyone follows.
     observer: Option<Observer>,
 }
+
+/// The room's appends whose outcome is still to come, by token, in their order.
+type Followers = mpsc::UnboundedSender<(u64, EngineFuture<'static, Appended>)>;
 
 /// Records appended here and not delivered yet, by token: who is owed what.
 #[derive(Default)]
@@ -195,6 +201,7 @@ impl Room {
             engine,
             metrics,
             loaded: Notify::new(),
+            followers: Mutex::new(None),
             submitted: Mutex::new(Submitted::default()),
             state: Mutex::new(RoomState {
                 phase: Phase::Loading(Vec::new()),
@@ -359,16 +366,37 @@ impl Room {
     }
 
     /// Awaits what the engine says of the record appended as `token` (at once when it has
-    /// said it already): a duplicate is acknowledged, a failure told to its sender.
+    /// said it already): a duplicate is acknowledged, a failure told to its sender. The
+    /// room's outcomes still to come are awaited in their order by one task of the room's
+    /// (a task per message would be thousands of wake-ups in a burst, competing with the
+    /// deliveries for the runtime's threads).
     fn follow(self: &Arc<Self>, token: u64, appending: EngineFuture<'static, Appended>) {
         let mut appending = appending;
-        match (&mut appending).now_or_never() {
-            Some(outcome) => self.appended(token, outcome),
-            None => {
-                let room = self.clone();
-                tokio::spawn(async move { room.appended(token, appending.await) });
-            }
+        if let Some(outcome) = (&mut appending).now_or_never() {
+            return self.appended(token, outcome);
         }
+        let mut followers = self.followers.lock().unwrap();
+        let pending = match followers.as_ref() {
+            Some(sender) => sender.send((token, appending)),
+            None => Err(mpsc::error::SendError((token, appending))),
+        };
+        let Err(mpsc::error::SendError(pending)) = pending else {
+            return;
+        };
+        let (sender, mut outcomes) = mpsc::unbounded_channel();
+        let _ = sender.send(pending);
+        *followers = Some(sender);
+        // Weak: the room owns the channel's sender, and the task ends with the room.
+        let room = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some((token, appending)) = outcomes.recv().await {
+                let outcome = appending.await;
+                match room.upgrade() {
+                    Some(room) => room.appended(token, outcome),
+                    None => return,
+                }
+            }
+        });
     }
 
     /// The engine's outcome for the record appended as `token`. Stored: it reaches this
