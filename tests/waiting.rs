@@ -313,6 +313,8 @@ async fn backend(delay: Duration) -> (std::net::SocketAddr, tokio::task::JoinHan
 #[tokio::test]
 async fn a_sender_keeps_receiving_while_its_own_message_waits_for_the_webhook() {
     const PENDING: Duration = Duration::from_millis(1500);
+    /// Well before the backend answers the first message.
+    const EARLY: Duration = Duration::from_millis(1200);
     let (addr, _backend) = backend(PENDING).await;
     let server = start_with(move |c| {
         c.message_webhook(format!("http://{addr}/message"))
@@ -357,8 +359,11 @@ async fn a_sender_keeps_receiving_while_its_own_message_waits_for_the_webhook() 
     while acks.len() < 3 {
         let frame = slow.next().await;
         match frame["type"].as_str() {
-            Some("message") if frame["from"] == "host" && acks.is_empty() => during += 1,
-            Some("message") if frame["from"] == "host" => {}
+            // Before the backend could have answered the first: a session that stopped
+            // writing while it waited would deliver nothing here.
+            Some("message") if frame["from"] == "host" => {
+                during += usize::from(sent_at.elapsed() < EARLY);
+            }
             Some("message") => own.push(frame["text"].as_str().unwrap().to_string()),
             Some("ack") => acks.push((frame["id"].clone(), frame["seq"].as_u64().unwrap())),
             Some("bye") => panic!("the sender was cut off while it waited: {frame}"),
@@ -371,9 +376,9 @@ async fn a_sender_keeps_receiving_while_its_own_message_waits_for_the_webhook() 
         sent_at.elapsed() >= PENDING * 3,
         "the webhook held each message"
     );
-    // While its first message waited (1.5 s), the host's kept arriving.
+    // While its first message waited, the host's kept arriving.
     assert!(
-        during >= 300,
+        during >= 100,
         "only {during} of the host's {published} messages arrived while the first one waited"
     );
     assert_eq!(
