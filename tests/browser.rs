@@ -615,7 +615,7 @@ async fn come_back_after_a_restart(test: &str, engine: Engine) {
     drop(server);
 }
 
-/// The client API as a page uses it (see client/wtchat.d.ts), over each transport: a burst
+/// The client API as a page uses it (see lib/client/wtchat.d.ts), over each transport: a burst
 /// above the server's rate limit is paced and acknowledged in order, refusals reject with
 /// the server's error code, a token names the user, and `close()` leaves.
 const API_CHECKS: &str = r#"(async (transport, token, watcherToken, badToken) => {

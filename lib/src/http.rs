@@ -28,9 +28,9 @@ use crate::throttle::{PerAddressRate, throttled};
 use crate::transport::{self, poll, posted, sse, websocket};
 
 /// The browser client, built into the binary so that `wtchat` is one self-contained file.
-const CLIENT_JS: &str = include_str!("../../client/wtchat.js");
+const CLIENT_JS: &str = include_str!("../client/wtchat.js");
 /// The demo chat page.
-const DEMO_PAGE: &str = include_str!("../../client/index.html");
+const DEMO_PAGE: &str = include_str!("../client/index.html");
 
 /// SHA-256 digests of the development certificate in use (none with a CA-issued one).
 /// Replaced on renewal, read on every `/wtchat/config`.

@@ -118,7 +118,7 @@ pub trait Drive {
     }
 }
 
-/// What a test reads off the demo page (`client/index.html`), in any browser.
+/// What a test reads off the demo page (`lib/client/index.html`), in any browser.
 #[allow(async_fn_in_trait)] // the tests' own trait: no caller needs its futures to be Send
 pub trait DemoPage: Drive {
     /// Waits until the page says it is connected over `transport` (badge and status), and
