@@ -4,6 +4,9 @@
 //   const chat = await connect({ room: "lobby", name: "Ann" });
 //   chat.on("message", (m) => render(m.from, m.text)); // render as text, never as HTML
 //   const { seq } = await chat.send("hello");
+//
+// Checked against wtchat.js by `npm run check` (see check/tsconfig.json): the JS names these
+// types in JSDoc and is type-checked against them, and its exports are compared with these.
 
 /** The client's version. */
 export const VERSION: string;
@@ -35,7 +38,8 @@ export function shouldReconnect(code: number): boolean;
 
 /**
  * Error codes a promise may reject with or an `error` event may carry: the server's error
- * codes, plus the client's own (`closed`, `unreachable`, `unsupported`, `timeout`) and the
+ * codes, plus the client's own (`closed`, `unreachable`, `unsupported`, `timeout`,
+ * `aborted`: `connect()`'s `signal` aborted) and the
  * `reason` of a `bye` that said not to reconnect (`unauthorized`, `kicked`, ...) or of a
  * `left` that took the connection out of one room (`kicked`: a kick or a ban there).
  */
@@ -62,6 +66,7 @@ export type ErrorCode =
   | "unreachable"
   | "unsupported"
   | "timeout"
+  | "aborted"
   | "unauthorized"
   | "kicked"
   | (string & {});
@@ -242,6 +247,12 @@ export interface ConnectOptions {
   timeout?: number;
   /** Messages kept in `chat.messages`, oldest dropped first. Default 1000. */
   maxMessages?: number;
+  /**
+   * Ends the chat when it aborts: before `connect()` resolves, the attempt stops and
+   * `connect()` rejects with `aborted` at once; after, it is `chat.close()`. What a
+   * component that connects in an effect aborts in its cleanup.
+   */
+  signal?: AbortSignal;
 }
 
 /** What `chat.join()` may say about the room it joins. */
@@ -406,6 +417,6 @@ export class Chat {
  * WebTransport is missing, blocked or slow), joins the room, and resolves once the room is
  * joined and its recent history is in `chat.messages`. Rejects with a ChatError
  * (`invalid_name`, `invalid_room`, `room_forbidden`, `banned`, `unauthorized`,
- * `unsupported`, `unreachable`, ...).
+ * `unsupported`, `unreachable`, `aborted` when `options.signal` aborted first, ...).
  */
 export function connect(options: ConnectOptions): Promise<Chat>;

@@ -27,6 +27,21 @@
 // Unacknowledged sends are re-sent with their client ids, which the server deduplicates,
 // so every message is delivered once and in order, whichever transport the new connection
 // uses. Incoming messages are deduplicated by (epoch, seq) as well.
+//
+// Types: wtchat.d.ts declares the public API (written by hand: it is the documented
+// contract). The JSDoc annotations here name those declared types, and `tsc -p check`
+// type-checks this file against them (checkJs): a declared method missing here, a wrong
+// return type, or an option used here that the declarations do not name fails the check.
+// check/exports.js compares the module's exports with the declared ones, both ways.
+
+/** @typedef {import("./wtchat.js").ConnectOptions} ConnectOptions */
+/** @typedef {import("./wtchat.js").ErrorCode} ErrorCode */
+/** @typedef {import("./wtchat.js").ChatEvents} ChatEvents */
+/** @typedef {import("./wtchat.js").Message} Message */
+/** @typedef {import("./wtchat.js").Member} Member */
+/** @typedef {import("./wtchat.js").Ack} Ack */
+/** @typedef {import("./wtchat.js").Chat} DeclaredChat */
+/** @typedef {import("./wtchat.js").ChatError} DeclaredChatError */
 
 /** The client's version. */
 export const VERSION = "0.1.0";
@@ -68,7 +83,10 @@ const MAX_RETRIES = 5;
 /** Connection attempts that fail with these codes are tried again later. */
 const RETRY_CONNECT = ["unreachable", "timeout", "server_full", "rate_limited", "storage_failed", "lost", "shutdown", "too_slow"];
 
-/** Close codes (WebSocket close code = WebTransport close code = `bye.code`). */
+/**
+ * Close codes (WebSocket close code = WebTransport close code = `bye.code`).
+ * @type {typeof import("./wtchat.js").CloseCodes}
+ */
 export const CloseCodes = Object.freeze({
   NORMAL: 1000,
   SHUTDOWN: 4000,
@@ -81,15 +99,29 @@ export const CloseCodes = Object.freeze({
   FRAME_TOO_LARGE: 4409,
 });
 
-/** Whether a close code means "reconnect": 4000-4399. */
+/**
+ * Whether a close code means "reconnect": 4000-4399.
+ * @param {number} code
+ * @returns {boolean}
+ */
 export function shouldReconnect(code) {
   return code >= 4000 && code < 4400;
 }
 
-/** An error with a machine-readable `code` (the server's error code, or a client one). */
+/**
+ * An error with a machine-readable `code` (the server's error code, or a client one).
+ * @implements {Omit<DeclaredChatError, "name">} (`name` is Error's `string` to the checker,
+ *   though always "ChatError"; a class field would say so, but the client stays ES2020)
+ */
 export class ChatError extends Error {
+  /**
+   * @param {ErrorCode} code
+   * @param {string} [message]
+   * @param {object} [details]
+   */
   constructor(code, message, details) {
     super(message || code);
+    /** @type {"ChatError"} */
     this.name = "ChatError";
     this.code = code;
     if (details) Object.assign(this, details);
@@ -100,16 +132,39 @@ export class ChatError extends Error {
  * Connects to a room; resolves with a {@link Chat} once the room is joined.
  * Rejects with a ChatError: `invalid_name`, `invalid_room` (and other server codes) when the
  * server refuses the join, `unsupported` when a forced transport is missing, `unreachable`
- * when no transport could connect within `timeout` ms.
+ * when no transport could connect within `timeout` ms, `aborted` when `options.signal` was
+ * aborted first.
+ *
+ * `options.signal` ends the chat whenever it aborts: before this resolves, the attempt stops
+ * (a transport it opens meanwhile is closed, not joined) and this rejects at once; after,
+ * it is `chat.close()`. A component that connects in an effect aborts in its cleanup.
+ * @param {ConnectOptions} options
+ * @returns {Promise<Chat>}
  */
 export async function connect(options) {
   if (!options || typeof options.room !== "string" || !options.room) {
     throw new TypeError("connect({room, name}) needs a room");
   }
+  const { signal } = options;
+  if (signal?.aborted) throw new ChatError("aborted", "connect() was aborted");
   const link = new Link(options);
   const chat = new Chat(link, options.room, { on: options.on });
   link.rooms.set(chat.room, chat);
-  await link.open();
+  if (!signal) {
+    await link.open();
+    return chat;
+  }
+  const aborted = new Promise((_, reject) => {
+    signal.addEventListener("abort", () => {
+      link.close();
+      reject(new ChatError("aborted", "connect() was aborted"));
+    }, { once: true });
+  });
+  // Whichever loses the race settles later, unobserved: neither may be an unhandled rejection.
+  aborted.catch(() => {});
+  const opened = link.open();
+  opened.catch(() => {});
+  await Promise.race([opened, aborted]);
   return chat;
 }
 
@@ -146,6 +201,11 @@ function randomId() {
   return Array.from(bytes, (b) => b.toString(36).padStart(2, "0")).join("").slice(0, 10);
 }
 
+/**
+ * @param {number} ms
+ * @param {AbortSignal} [signal]
+ * @returns {Promise<void>}
+ */
 function delay(ms, signal) {
   return new Promise((resolve) => {
     const t = setTimeout(resolve, ms);
@@ -425,7 +485,9 @@ async function openWebTransport(url, hashes, events, signal) {
   const dgram = wt.datagrams;
   let dgWriter = null;
   try {
-    dgWriter = (typeof dgram.createWritable === "function" ? dgram.createWritable() : dgram.writable).getWriter();
+    // `createWritable()` is newer than TypeScript's DOM types.
+    const streams = /** @type {any} */ (dgram);
+    dgWriter = (typeof streams.createWritable === "function" ? streams.createWritable() : dgram.writable).getWriter();
     dgWriter.closed.catch(() => {});
   } catch {
     dgWriter = null;
@@ -686,7 +748,10 @@ class Link {
     const server = options.server ?? (typeof location !== "undefined" ? location.origin : "");
     this.server = String(server).replace(/\/+$/, "");
     this.options = { ...options };
-    /** `"webtransport"`, `"websocket"`, `"sse"` or `"longpoll"` once connected; null before. */
+    /**
+     * `"webtransport"`, `"websocket"`, `"sse"` or `"longpoll"` once connected; null before.
+     * @type {import("./wtchat.js").Transport | null}
+     */
     this.transport = null;
     /** connecting | connected | reconnecting | closed */
     this.status = "connecting";
@@ -1100,28 +1165,47 @@ class Link {
 /**
  * A joined room. {@link connect} makes the first; `chat.join(room)` more on the same
  * connection.
+ * @implements {DeclaredChat}
  */
 export class Chat {
+  /**
+   * @param {Link} link
+   * @param {string} room
+   * @param {import("./wtchat.js").JoinOptions} [options]
+   */
   constructor(link, room, options = {}) {
     if (typeof room !== "string" || !room) throw new TypeError("a room is a non-empty string");
     this._link = link;
     /** The room's name. */
     this.room = room;
-    /** The display name (as the server has it once joined: the host's name for the user wins). */
+    /**
+     * The display name (as the server has it once joined: the host's name for the user wins).
+     * @type {string | null}
+     */
     this.name = options.name ?? link.options.name ?? null;
-    /** The room's messages so far, in order, without duplicates. */
+    /**
+     * The room's messages so far, in order, without duplicates.
+     * @type {Message[]}
+     */
     this.messages = [];
     /**
      * The room's members the client knows, `{id, name}`, by id: everyone in a small room; in
      * a big one the first ones (the lowest ids), as many as `joined` and `membersPage()`
      * brought (see `membersComplete`).
+     * @type {Member[]}
      */
     this.members = [];
     /** How many members the room has, this client included: exact, whatever the room's size. */
     this.memberCount = 0;
-    /** This connection as the room sees it, `{id, name, sender}`. */
+    /**
+     * This connection as the room sees it, `{id, name, sender}`.
+     * @type {import("./wtchat.js").Me | null}
+     */
     this.me = null;
-    /** The room's epoch and the last sequence number seen in it. */
+    /**
+     * The room's epoch and the last sequence number seen in it.
+     * @type {number | null}
+     */
     this.epoch = null;
     this.seq = 0;
 
@@ -1146,31 +1230,48 @@ export class Chat {
     this._ready = new Promise((resolve, reject) => { this._readyWaiter = { resolve, reject }; });
     this._ready.catch(() => {});
     if (options.on) {
-      for (const [event, handler] of Object.entries(options.on)) this.on(event, handler);
+      for (const [event, handler] of Object.entries(options.on)) {
+        this.on(/** @type {keyof ChatEvents} */ (event), /** @type {(event: any) => void} */ (handler));
+      }
     }
   }
 
-  /** The server's HTTP base URL. */
+  /**
+   * The server's HTTP base URL.
+   * @returns {string}
+   */
   get server() {
     return this._link.server;
   }
 
-  /** `"webtransport"`, `"websocket"`, `"sse"` or `"longpoll"` once connected; null before. */
+  /**
+   * `"webtransport"`, `"websocket"`, `"sse"` or `"longpoll"` once connected; null before.
+   * @returns {import("./wtchat.js").Transport | null}
+   */
   get transport() {
     return this._left ? null : this._link.transport;
   }
 
-  /** connecting | connected | reconnecting | closed (a room left is closed). */
+  /**
+   * connecting | connected | reconnecting | closed (a room left is closed).
+   * @returns {import("./wtchat.js").Status}
+   */
   get status() {
-    return this._left ? "closed" : this._link.status;
+    return this._left ? "closed" : /** @type {import("./wtchat.js").Status} */ (this._link.status);
   }
 
-  /** The server's limits (from `/wtchat/config`). */
+  /**
+   * The server's limits (from `/wtchat/config`).
+   * @returns {import("./wtchat.js").Limits | null}
+   */
   get limits() {
     return this._link.limits;
   }
 
-  /** Whether `members` is everyone in the room (`memberCount` of them). */
+  /**
+   * Whether `members` is everyone in the room (`memberCount` of them).
+   * @returns {boolean}
+   */
   get membersComplete() {
     return this._exactThrough === Infinity;
   }
@@ -1179,6 +1280,7 @@ export class Chat {
    * The `after` that continues `members` with `membersPage()`: the last id it has; undefined
    * when an update without lists left it in doubt (start again from the first page); null
    * when it is complete.
+   * @returns {number | null | undefined}
    */
   get membersNext() {
     if (this.membersComplete) return null;
@@ -1188,6 +1290,10 @@ export class Chat {
   /**
    * Subscribes to an event: `message`, `deleted`, `presence`, `typing`, `status`, `error`,
    * `gap`. Returns a function that unsubscribes.
+   * @template {keyof ChatEvents} E
+   * @param {E} event
+   * @param {(event: ChatEvents[E]) => void} handler
+   * @returns {() => void}
    */
   on(event, handler) {
     let set = this._handlers.get(event);
@@ -1214,6 +1320,9 @@ export class Chat {
    * six per host over HTTP/1.1). Resolves with that room's Chat once joined and its recent
    * history is in; the same one if it is joined already. Rejects like `connect()`
    * (`too_many_rooms` past the server's `maxRoomsPerConnection`, `invalid_room`, `banned`...).
+   * @param {string} room
+   * @param {import("./wtchat.js").JoinOptions} [options]
+   * @returns {Promise<Chat>}
    */
   join(room, options = {}) {
     const link = this._link;
@@ -1232,6 +1341,7 @@ export class Chat {
   /**
    * Leaves this room; the connection stays, with the chat's other rooms. Its queued
    * requests are rejected with `closed`, and its status is `closed`.
+   * @returns {void}
    */
   leave() {
     if (this._left || this.status === "closed") return;
@@ -1246,25 +1356,29 @@ export class Chat {
    * ChatError whose `code` is the server's error code (`text_too_long`, ...), or `closed`.
    * While reconnecting, sends are queued and delivered once, in order. The returned
    * promise has an `id` property: the client message id the `message` event will carry.
+   * @param {string} text
+   * @returns {Promise<Ack> & { readonly id: string }}
    */
   send(text) {
+    // The client id, known at once: the `message` event for this send carries it. A send
+    // refused here carries one too (never on the wire), as the declared type promises.
+    const id = this._link._nextId();
+    /** @type {(promise: Promise<Ack>) => Promise<Ack> & { readonly id: string }} */
+    const withId = (promise) => Object.assign(promise, { id });
     if (this.status === "closed") {
-      return Promise.reject(new ChatError("closed", "the chat is closed"));
+      return withId(Promise.reject(new ChatError("closed", "the chat is closed")));
     }
     text = String(text ?? "");
-    if (!text.trim()) return Promise.reject(new ChatError("invalid_text", "text must not be empty"));
+    if (!text.trim()) return withId(Promise.reject(new ChatError("invalid_text", "text must not be empty")));
     const max = this.limits?.maxTextChars;
     if (max && text.length > max && [...text].length > max) {
-      return Promise.reject(new ChatError("text_too_long", `text is longer than ${max} characters`));
+      return withId(Promise.reject(new ChatError("text_too_long", `text is longer than ${max} characters`)));
     }
-    const id = this._link._nextId();
     // The message ends the others' "typing" display: the next keystroke may say so again.
     this._lastTyping = 0;
-    const promise = this._request(this._pending, { type: "send", room: this.room, text, id }, { id });
-    // The client id, known at once: the `message` event for this send carries it.
-    promise.id = id;
-    return promise;
+    return withId(this._request(this._pending, { type: "send", room: this.room, text, id }, { id }));
   }
+
 
   /**
    * One page of the room's older messages: up to `limit` (the server's default and maximum:
@@ -1273,6 +1387,8 @@ export class Chat {
    * older ones remain; rejects with a ChatError carrying the server's error code
    * (`not_joined`, `storage_failed`), or `closed`. Requests are answered in the order they
    * were made; while reconnecting they wait, like sends. `chat.messages` is left as it is.
+   * @param {import("./wtchat.js").HistoryOptions} [options]
+   * @returns {Promise<import("./wtchat.js").HistoryPage>}
    */
   history({ room = this.room, before, limit } = {}) {
     return this._ask(this._histories, { type: "history", room, before, limit }, { before: 1, limit: 1 });
@@ -1286,6 +1402,8 @@ export class Chat {
    * first page, or `after` up to `membersNext`), without a `presence` event. Rejects like
    * `history()`. Requests are answered in the order they were made; while reconnecting
    * they wait.
+   * @param {import("./wtchat.js").MembersPageOptions} [options]
+   * @returns {Promise<import("./wtchat.js").MembersPage>}
    */
   membersPage({ after, limit } = {}) {
     return this._ask(this._memberPages, { type: "members", room: this.room, after, limit }, { after: 0, limit: 1 });
@@ -1325,7 +1443,10 @@ export class Chat {
     });
   }
 
-  /** Says "I am typing" to the room; throttled, and dropped when not connected. */
+  /**
+   * Says "I am typing" to the room; throttled, and dropped when not connected.
+   * @returns {boolean}
+   */
   typing() {
     const now = Date.now();
     if (!this._joined || now - this._lastTyping < TYPING_INTERVAL_MS) return false;
@@ -1337,7 +1458,10 @@ export class Chat {
     return true;
   }
 
-  /** Leaves every room of this chat's connection and closes it. Queued sends are rejected. */
+  /**
+   * Leaves every room of this chat's connection and closes it. Queued sends are rejected.
+   * @returns {void}
+   */
   close() {
     this._link.close();
   }
@@ -1345,6 +1469,8 @@ export class Chat {
   /**
    * Whether a message was sent by this client: it carries this client's public sender id
    * (the server keeps it across reconnects, through the resume key), or one of its ids.
+   * @param {{ sender?: string, id?: string }} message
+   * @returns {boolean}
    */
   isMine(message) {
     if (message.sender != null && message.sender === this.me?.sender) return true;
@@ -1407,6 +1533,7 @@ export class Chat {
   _end(error) {
     this._joined = false;
     this._readyWaiter.reject(error);
+    /** @type {[any[], string][]} */
     const lines = [[this._pending, "the message was sent"], [this._histories, "history arrived"], [this._memberPages, "the members arrived"]];
     for (const [line, what] of lines) {
       for (const request of line.splice(0)) request.reject(new ChatError("closed", `the chat closed before ${what}`));
