@@ -33,8 +33,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use wtransport::error::ConnectionError;
 
-/// The limits a test server enforces: the documented defaults (README, "Configuration"),
-/// unless a test configures others.
+/// The limits a test server enforces: the documented defaults (the book's configuration
+/// reference, docs/src/configuration.md), unless a test configures others.
 #[derive(Clone)]
 struct Limits {
     max_frame_bytes: usize,

@@ -1448,10 +1448,10 @@ async fn start_login() -> String {
     format!("http://{addr}/auth")
 }
 
-/// The README's "Tokens and tickets": with the same `--token-secret`, the tickets one node
-/// hands out (its auth webhook said who the cookie is) are taken by another — the page's
-/// ticket request and its connection may reach different nodes behind a load balancer —
-/// and each only once there.
+/// The book's "Tokens and tickets" (docs/src/redis.md, "A deployment"): with the same
+/// `--token-secret`, the tickets one node hands out (its auth webhook said who the cookie
+/// is) are taken by another — the page's ticket request and its connection may reach
+/// different nodes behind a load balancer — and each only once there.
 #[tokio::test]
 async fn a_ticket_one_node_hands_out_logs_in_on_another_once() {
     let Some(redis) = Redis::start_or_skip("tickets_across_nodes", Persistence::None).await else {

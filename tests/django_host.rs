@@ -1,7 +1,7 @@
-//! The README's Django auth webhook, run for real: a Django site (Django from PyPI, its own
+//! The book's Django auth webhook, run for real: a Django site (Django from PyPI, its own
 //! sessions and users in an SQLite file, served by Django's development server) beside the
-//! `wtchat` server on another port of the same host, with the README's `wtchat_verified`
-//! and `chat_auth` (read from README.md, not copied) answering the chat's auth webhook.
+//! `wtchat` server on another port of the same host, with the book's `wtchat_verified`
+//! and `chat_auth` (read from docs/src/webhooks.md, not copied) answering the chat's auth webhook.
 //! Chromium, Firefox and WebKitGTK (cookies are where engines differ) each log in on the site through
 //! Django's own `login()`, then the client, loaded from the chat server, connects over every
 //! transport under that login, with no token: the browser's ticket request carries Django's
@@ -25,8 +25,8 @@ use serde_json::json;
 /// The webhook secret both sides know (at least 32 bytes).
 const SECRET: &str = "django-host-test-secret-0123456789abcdef";
 
-/// The site around the README's code: settings, a user, a login view, the URLs, and
-/// Django's development server. `README_CODE` is replaced by the README's two blocks.
+/// The site around the book's code: settings, a user, a login view, the URLs, and
+/// Django's development server. `BOOK_CODE` is replaced by the book's two blocks.
 const SITE: &str = r#"
 import os, sys
 
@@ -48,7 +48,7 @@ settings.configure(
 )
 django.setup()
 
-README_CODE
+BOOK_CODE
 
 from django.contrib.auth import login
 from django.core.management import call_command
@@ -102,12 +102,12 @@ impl Site {
     async fn start(port: u16) -> Site {
         let code = format!(
             "{}\n{}",
-            common::readme_block("python", "def wtchat_verified"),
-            common::readme_block("python", "def chat_auth"),
+            common::book_block("webhooks", "python", "def wtchat_verified"),
+            common::book_block("webhooks", "python", "def chat_auth"),
         );
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("site.py");
-        std::fs::write(&script, SITE.replace("README_CODE", &code)).unwrap();
+        std::fs::write(&script, SITE.replace("BOOK_CODE", &code)).unwrap();
         let log = std::fs::File::create(dir.path().join("site.log")).unwrap();
         let child = Command::new("python3")
             .arg(&script)

@@ -1,10 +1,10 @@
-//! The headline promise, run for real: a PHP site beside the `wtchat` server. The README's
-//! own PHP snippet (read from README.md, not copied) is served by PHP's built-in server
+//! The headline promise, run for real: a PHP site beside the `wtchat` server. The book's
+//! own PHP snippet (read from docs/src/backend.md, not copied) is served by PHP's built-in server
 //! (Debian's `php-cli`) on another origin than the chat server, minting an HS256 token with
 //! `hash_hmac` from `WTCHAT_TOKEN_SECRET`; Chromium loads that page over each transport in
 //! turn (WebTransport, then with the newer ones deleted: WebSocket, SSE, long polling). The
 //! server lists the user the token names, the page shows the room's history and a message
-//! a Rust client sends, as text, and nothing goes to the console. The README's PHP message
+//! a Rust client sends, as text, and nothing goes to the console. The book's PHP message
 //! webhook runs the same way, as the chat's message webhook. Without PHP the tests skip
 //! loudly (and fail under `CI=true`).
 
@@ -22,16 +22,16 @@ use serde_json::json;
 /// The token secret the chat server checks and the PHP page signs with (at least 32 bytes).
 const SECRET: &str = "php-host-test-secret-0123456789abcdef";
 
-/// The webhook secret the chat server signs with and the README's PHP webhook checks.
+/// The webhook secret the chat server signs with and the book's PHP webhook checks.
 const WEBHOOK_SECRET: &str = "php-webhook-test-secret-0123456789abcdef";
 
 /// The user the page's preamble stands in for: what a PHP site's session would hold.
 const PREAMBLE: &str = "<?php $user = (object)['id' => 42, 'name' => 'Ann']; ?>\n";
 
-/// The README's ```php block, with the chat server it names (`127.0.0.1:8080`) replaced by
+/// The book's ```php block, with the chat server it names (`127.0.0.1:8080`) replaced by
 /// `chat`.
 fn readme_php(chat: &str) -> String {
-    let block = common::readme_block("php", "hash_hmac");
+    let block = common::book_block("backend", "php", "hash_hmac");
     assert!(block.contains("127.0.0.1:8080"), "{block}");
     block.replace("127.0.0.1:8080", chat)
 }
@@ -49,7 +49,7 @@ impl PhpServer {
     }
 }
 
-/// Whether PHP is installed; when not, says loudly that the README's `what` did not run
+/// Whether PHP is installed; when not, says loudly that the book's `what` did not run
 /// (a failure under CI, where scripts/test installs it).
 fn php_or_skip(what: &str) -> bool {
     let installed = Command::new("php")
@@ -66,7 +66,7 @@ fn php_or_skip(what: &str) -> bool {
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),
-            "\n*** SKIPPED: php not installed: the README's {what} did not run \
+            "\n*** SKIPPED: php not installed: the book's {what} did not run \
              (apt-get install php-cli, or run scripts/test) ***"
         );
     }
@@ -74,7 +74,7 @@ fn php_or_skip(what: &str) -> bool {
 }
 
 /// `php -S 127.0.0.1:port` serving `files` (path, content), with the token and webhook
-/// secrets in its environment as the README says to run it.
+/// secrets in its environment as the book says to run it.
 async fn php_server(port: u16, files: &[(&str, &str)]) -> PhpServer {
     let dir = tempfile::tempdir().unwrap();
     let site = dir.path().join("site");
@@ -131,7 +131,7 @@ async fn wait_until(what: &str, mut ready: impl AsyncFnMut() -> bool) {
     }
 }
 
-/// One page load of the README's PHP page on a fresh PHP site and chat server: with
+/// One page load of the book's PHP page on a fresh PHP site and chat server: with
 /// `init` run first (deleting what the browser should lack), it must connect over
 /// `transport` as the token's user, show the history and a live message as text, and
 /// log no error.
@@ -238,8 +238,8 @@ async fn the_readme_php_page_chats_beside_wtchat_over_every_transport() {
     }
 }
 
-/// The README's PHP message webhook (`chat/message.php`, read from README.md), served by
-/// `php -S` and checking every call's signature with the README's `wtchat_verified`:
+/// The book's PHP message webhook (`chat/message.php`, read from docs/src/webhooks.md), served by
+/// `php -S` and checking every call's signature with the book's `wtchat_verified`:
 /// a link is rejected with its reason, "darn" is rewritten, the rest accepted, as the
 /// sender (a protocol client, then the demo page in Chromium) and the room see it; with
 /// another secret it refuses every call (403), and the chat, failing closed, refuses the
@@ -249,7 +249,7 @@ async fn the_readme_php_message_webhook_rejects_rewrites_and_accepts() {
     if !php_or_skip("PHP webhook") {
         return;
     }
-    let webhook = common::readme_block("php", "chat/message.php");
+    let webhook = common::book_block("webhooks", "php", "chat/message.php");
     let port = free_port();
     let php = php_server(port, &[("chat/message.php", &webhook)]).await;
     let url = format!("http://127.0.0.1:{port}/chat/message.php");

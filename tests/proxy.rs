@@ -1,10 +1,10 @@
-//! Behind a real reverse proxy, as the README tells it: Debian's nginx, started here on a
-//! free port with the README's own `location` block (read from README.md, not copied), in
+//! Behind a real reverse proxy, as the book tells it: Debian's nginx, started here on a
+//! free port with the book's own `location` block (read from docs/src/proxy.md, not copied), in
 //! front of a server; a Chromium page loaded through the proxy chats over the proxied
 //! WebSocket with a client connected directly, and the per-address cap counts the addresses
 //! the proxy forwards. And in front of two nodes sharing Redis, nginx taking turns between
 //! them request by request (no sticky sessions): Chromium pages on SSE and on long polling
-//! chat with clients of both nodes. Mounted under a path prefix as the README's text says,
+//! chat with clients of both nodes. Mounted under a path prefix as the book's text says,
 //! pages on SSE and long polling chat through it; behind a proxy that buffers the event
 //! stream, a page falls back to long polling. Without nginx (or redis-server) the tests
 //! skip loudly (and fail under `CI=true`).
@@ -24,10 +24,10 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-/// The README's nginx `location` block, for an upstream at `upstream` (the README's says
+/// The book's nginx `location` block, for an upstream at `upstream` (the book's says
 /// `127.0.0.1:8080`).
 fn readme_location(upstream: &str) -> String {
-    let block = common::readme_block("nginx", "proxy_pass");
+    let block = common::book_block("proxy", "nginx", "proxy_pass");
     assert!(block.contains("127.0.0.1:8080"), "{block}");
     block.replace("127.0.0.1:8080", upstream)
 }
@@ -45,7 +45,7 @@ fn nginx_or_skip() -> bool {
     false
 }
 
-/// The README's block mounted under `prefix` (`/chat`) as its text says: `location
+/// The book's block mounted under `prefix` (`/chat`) as its text says: `location
 /// /chat/wtchat/`, `proxy_pass` to the upstream's `/wtchat/`, and `X-Forwarded-Prefix`.
 fn readme_location_under(prefix: &str, upstream: &str) -> String {
     let block = readme_location(upstream);
@@ -87,7 +87,7 @@ fn nginx_path() -> Option<&'static str> {
         .find(|p| Path::new(p).is_file())
 }
 
-/// Starts nginx on `port` with the README's block in front of `upstreams` (several: nginx
+/// Starts nginx on `port` with the book's block in front of `upstreams` (several: nginx
 /// takes turns between them, request by request), and the page at `/` from the first (a
 /// site serves its own pages; here the demo page stands in).
 async fn nginx(port: u16, upstreams: &[String]) -> Nginx {
@@ -377,7 +377,7 @@ fn connect_under(server: &str, name: &str) -> String {
     )
 }
 
-/// Under a path prefix, as the README says to mount it (`location /chat/wtchat/` and
+/// Under a path prefix, as the book says to mount it (`location /chat/wtchat/` and
 /// `X-Forwarded-Prefix`): pages left with SSE and with long polling are handed their
 /// sessions' URLs under the prefix, and chat. And behind a proxy that buffers streamed
 /// answers (nginx compressing them, ignoring `X-Accel-Buffering`: gzip holds small events
@@ -400,7 +400,7 @@ async fn pages_chat_under_a_path_prefix_and_through_a_proxy_that_buffers_streams
             .allow_origin(site_origin)
     })
     .await;
-    // The site's own page, the README's block under /chat, and a proxy under /buffered
+    // The site's own page, the book's block under /chat, and a proxy under /buffered
     // that compresses streamed answers, holding them back until its buffers fill.
     let buffered = readme_location_under("/buffered", "chat").replacen(
         "    proxy_read_timeout",

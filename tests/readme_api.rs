@@ -1,8 +1,8 @@
-//! The README's HTTP API block — the curl commands a backend in PHP, Django, Node… starts
-//! from — read from README.md (not copied) and run by `bash` and `curl` as pasted, with
-//! curl's defaults (no `~/.curlrc`): only the address changes (the README's
+//! The book's HTTP API block — the curl commands a backend in PHP, Django, Node… starts
+//! from — read from docs/src/backend.md (not copied) and run by `bash` and `curl` as pasted, with
+//! curl's defaults (no `~/.curlrc`): only the address changes (the book's
 //! `127.0.0.1:8080` becomes the test server's), and the key is `WTCHAT_API_KEY` in the
-//! environment, exported as the README says. A command that does not put the key in the
+//! environment, exported as the book says. A command that does not put the key in the
 //! header (single quotes keep the shell from expanding it) gets 401 and fails here.
 //!
 //! Every answer is the one its comment shows (`…` stands for any value; a list shown may be
@@ -23,18 +23,18 @@ use wtchat::auth::{Claims, mint, unix_now};
 
 /// The server's token secret (at least 32 bytes).
 const TOKEN_SECRET: &str = "tokens-are-signed-with-32-bytes-or-more";
-/// The API key, as `openssl rand -hex 32` makes one (the README's way).
+/// The API key, as `openssl rand -hex 32` makes one (the book's way).
 const API_KEY: &str = "5f0c2a9e41d7b3868e2f1c0a7d94b5e3a1c6f8027e9d4b3a5c1e0f2d8b7a6c94";
-/// Where the README's commands send their requests.
-const README_ADDRESS: &str = "127.0.0.1:8080";
+/// Where the book's commands send their requests.
+const BOOK_ADDRESS: &str = "127.0.0.1:8080";
 
-/// One command of the README's block: the comment above it and its lines.
+/// One command of the book's block: the comment above it and its lines.
 struct Call {
     comment: String,
     command: String,
 }
 
-/// The README's HTTP API commands not run yet.
+/// The book's HTTP API commands not run yet.
 struct Readme {
     calls: Vec<Call>,
 }
@@ -43,7 +43,7 @@ impl Readme {
     /// The `sh` block of the HTTP API (its `publish` call), split into commands (a command
     /// goes on while its line ends with `\`), each with the comment lines above it.
     fn read() -> Readme {
-        let block = common::readme_block("sh", "/wtchat/api/publish");
+        let block = common::book_block("backend", "sh", "/wtchat/api/publish");
         let mut calls = Vec::new();
         let mut comment = String::new();
         let mut command = String::new();
@@ -75,7 +75,7 @@ impl Readme {
                 command.contains(&format!("/wtchat/api/{path}")) && command.contains(marker)
             })
             .collect();
-        assert_eq!(found.len(), 1, "one README command for {path} {marker}");
+        assert_eq!(found.len(), 1, "one book command for {path} {marker}");
         self.calls.remove(found[0])
     }
 }
@@ -92,17 +92,15 @@ impl Call {
             .replace(":…", ":\"…\"");
         Some(
             serde_json::from_str(&shown)
-                .unwrap_or_else(|e| panic!("the README's answer {shown:?} is not JSON ({e})")),
+                .unwrap_or_else(|e| panic!("the book's answer {shown:?} is not JSON ({e})")),
         )
     }
 
     /// Runs the command with bash, as pasted into a shell where `WTCHAT_API_KEY` is exported;
     /// its answer (curl prints the body, whatever the status).
     async fn run(&self, server: &TestServer) -> Value {
-        assert!(self.command.contains(README_ADDRESS), "{}", self.command);
-        let command = self
-            .command
-            .replace(README_ADDRESS, &server.http.to_string());
+        assert!(self.command.contains(BOOK_ADDRESS), "{}", self.command);
+        let command = self.command.replace(BOOK_ADDRESS, &server.http.to_string());
         // An empty home: no ~/.curlrc of whoever runs the tests, curl as it comes.
         let home = tempfile::tempdir().unwrap();
         let out = tokio::process::Command::new("bash")
@@ -131,13 +129,13 @@ impl Call {
         answer
     }
 
-    /// Runs the command; its answer, checked against the one the README shows.
+    /// Runs the command; its answer, checked against the one the book shows.
     async fn answered(&self, server: &TestServer) -> Value {
         let answer = self.run(server).await;
         if let Some(documented) = self.documented() {
             assert!(
                 fits(&documented, &answer),
-                "{}{}\nanswered {answer}, the README shows {documented}",
+                "{}{}\nanswered {answer}, the book shows {documented}",
                 self.comment,
                 self.command
             );
@@ -146,7 +144,7 @@ impl Call {
     }
 }
 
-/// Whether `real` is what the README shows: the same keys and values, a string with `…`
+/// Whether `real` is what the book shows: the same keys and values, a string with `…`
 /// standing for any value, a list shown standing for the first items of the real one.
 fn fits(documented: &Value, real: &Value) -> bool {
     match (documented, real) {
@@ -181,7 +179,7 @@ fn curl_installed() -> bool {
 }
 
 /// A WebSocket client logged in as `user` (`name`) with a token for the lobby, as the
-/// README's PHP page makes one.
+/// book's PHP page makes one.
 async fn arrive(server: &TestServer, user: &str, name: &str) -> Client {
     let token = mint(
         TOKEN_SECRET.as_bytes(),
@@ -221,7 +219,7 @@ async fn the_readme_curl_commands_of_the_http_api_work_as_pasted_into_bash() {
     let mut readme = Readme::read();
     let server = start_with(|c| c.token_secret(TOKEN_SECRET).api_key(API_KEY)).await;
 
-    // The README's numbers: six earlier visits of seven messages each (Ann's first is "hi")
+    // The book's numbers: six earlier visits of seven messages each (Ann's first is "hi")
     // leave messages 1 to 42 in the lobby and member ids 1 to 6 handed out; Ann, user 42,
     // is back as member 7.
     let visitors = [
@@ -319,7 +317,7 @@ async fn the_readme_curl_commands_of_the_http_api_work_as_pasted_into_bash() {
 
     assert!(
         readme.calls.is_empty(),
-        "README commands this test does not run: {:?}",
+        "book commands this test does not run: {:?}",
         readme.calls.iter().map(|c| &c.command).collect::<Vec<_>>()
     );
     server.stop().await;

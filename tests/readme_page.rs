@@ -1,5 +1,5 @@
-//! The README's "on any page" snippet, run as a user pastes it: the ```html block (read from
-//! README.md, not copied) is the whole page of a site on another origin than the chat
+//! The book's "on any page" snippet, run as a user pastes it: the ```html block (read from
+//! docs/src/client.md, not copied) is the whole page of a site on another origin than the chat
 //! server, and Chromium loads it over each transport in turn (WebTransport, then with the
 //! newer ones deleted: WebSocket, SSE, long polling). The page shows the room's history,
 //! then its own "hello" once the server numbered it; the server lists Ann; when the server
@@ -17,10 +17,10 @@ use browser::{Browser, Drive, EVERY_TRANSPORT};
 use common::start_with;
 use serde_json::json;
 
-/// The README's ```html block, with the chat server it names (`localhost:8080`) replaced by
+/// The book's ```html block, with the chat server it names (`localhost:8080`) replaced by
 /// `chat`.
 fn readme_page(chat: &str) -> String {
-    let block = common::readme_block("html", "chat.send(\"hello\")");
+    let block = common::book_block("client", "html", "chat.send(\"hello\")");
     assert!(block.contains("http://localhost:8080"), "{block}");
     block.replace("localhost:8080", chat)
 }

@@ -3,7 +3,7 @@
 //! message webhook accepts, rejects and rewrites; a backend that never answers meets the
 //! configured fail-closed or fail-open choice at the timeout; the events webhook receives
 //! what happened in order, again after a failure; the auth webhook logs users in from their
-//! cookies. Every request's signature is checked by the README's own Python function, with
+//! cookies. Every request's signature is checked by the book's own Python function, with
 //! the secret (it verifies) and with another (it does not). The cookie login is also driven
 //! the way its users meet it: Chromium on the host's own site, the client on every transport.
 //! And the message webhook is served by Python's own `http.server`, which closes its
@@ -284,7 +284,7 @@ async fn outage(
 }
 
 /// Cookie `session=good` is Ann (user u42, the lobby only); `session=django` is Bo (user 7,
-/// the README's Django answer: no `rooms`); `session=star` is Cy (user 8, `"rooms": ["*"]`);
+/// the book's Django answer: no `rooms`); `session=star` is Cy (user 8, `"rooms": ["*"]`);
 /// `session=banned` is refused with a 403; anything else with a 401.
 async fn login(
     State(shared): State<Shared>,
@@ -321,10 +321,10 @@ async fn log_in() -> Response {
         .into_response()
 }
 
-/// Whether the README's Python `wtchat_verified` accepts each call's signature with
+/// Whether the book's Python `wtchat_verified` accepts each call's signature with
 /// `secret`: the signature checked by the code a Django host copies, not by wtchat's.
 async fn python_verifies(secret: &str, calls: &[Call]) -> Vec<bool> {
-    let snippet = common::readme_block("python", "def wtchat_verified(");
+    let snippet = common::book_block("webhooks", "python", "def wtchat_verified(");
     let script = format!(
         "{snippet}\nimport json, sys\nsecret = sys.argv[1].encode()\n\
          calls = json.load(sys.stdin)\n\
@@ -346,7 +346,7 @@ async fn python_verifies(secret: &str, calls: &[Call]) -> Vec<bool> {
         .unwrap();
     drop(stdin);
     let out = python.wait_with_output().await.unwrap();
-    assert!(out.status.success(), "the README's Python snippet runs");
+    assert!(out.status.success(), "the book's Python snippet runs");
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -687,7 +687,7 @@ async fn the_auth_webhook_logs_users_in_from_their_cookies_on_every_transport() 
     tokio::join!(unanswered.stop(), server.stop());
 }
 
-/// The setting the README describes for a PHP or Django site: `wtchat` beside the site, on
+/// The setting the book describes for a PHP or Django site: `wtchat` beside the site, on
 /// another port of the same host, and the site's session cookie as the chat login. Chromium
 /// logs in on the site, and the client on its page, loaded from the chat server, connects
 /// over each transport: the browser's own ticket request carries the cookie (same site,
@@ -1141,7 +1141,7 @@ async fn try_join(client: &mut Client, room: &str, name: &str) -> Value {
         .await
 }
 
-/// The README: the auth webhook refuses with 401 or 403 `{"reason": …}`, and the client
+/// The book (docs/src/webhooks.md): the auth webhook refuses with 401 or 403 `{"reason": …}`, and the client
 /// gets the reason in its `bye` 4401 (a ticket request, in its 401). A 403 is a refusal
 /// like a 401, not a failed call ("the host's login service did not answer").
 #[tokio::test]
@@ -1181,7 +1181,7 @@ async fn an_auth_webhook_403_refuses_with_its_reason_like_a_401() {
     server.stop().await;
 }
 
-/// The README: an auth webhook answer with `rooms` left out (as its Django example answers)
+/// The book (docs/src/webhooks.md): an auth webhook answer with `rooms` left out (as its Django example answers)
 /// or `["*"]` lets the user into any room, under the backend's name.
 #[tokio::test]
 async fn an_auth_webhook_answer_without_rooms_or_with_a_star_opens_every_room() {
@@ -1209,7 +1209,7 @@ async fn an_auth_webhook_answer_without_rooms_or_with_a_star_opens_every_room() 
     server.stop().await;
 }
 
-/// The README: a rewrite "is held to `max_text_chars` like a client's (past it, or empty,
+/// The book (docs/src/webhooks.md): a rewrite "is held to `max_text_chars` like a client's (past it, or empty,
 /// the message is rejected…)". The sender gets `rejected` with the reason, nobody else sees anything, nothing is stored and no
 /// sequence number is used; a rewrite at the limit, counted in characters like a client's
 /// text, is stored.
@@ -1278,7 +1278,7 @@ async fn a_message_webhook_rewrite_is_held_to_the_limits_of_a_client_text() {
     server.stop().await;
 }
 
-/// The README: events wait in a queue of 10,000 (besides the batch being sent); "when it is
+/// The book (docs/src/webhooks.md): events wait in a queue of 10,000 (besides the batch being sent); "when it is
 /// full the oldest is dropped", and `wtchat_webhook_events_dropped_total` counts them. The queue's size is not a setting,
 /// so the test fills the real one: the backend is down (503) while the host publishes more
 /// messages than the queue holds. The batch already being retried is not part of the queue
@@ -1358,7 +1358,7 @@ async fn a_full_events_queue_drops_the_oldest_events_and_counts_them() {
     );
 }
 
-/// The README: "At shutdown, what is still queued gets one more try within
+/// The book (docs/src/webhooks.md): "At shutdown, what is still queued gets one more try within
 /// `shutdown_grace`, a post under way then included". The backend is down while a member joins: that batch is being retried
 /// with a growing wait. After the fourth failure, with the next try 2 s away, more happens
 /// (a message of the member's, one of the host's), the backend comes back, and the server

@@ -38,18 +38,51 @@ pub struct TestServer {
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
-/// The README's first ```` ```lang ```` block that contains `marker`, read from README.md
-/// (never copied into a test): what a user pastes, run as they would.
-pub fn readme_block(lang: &str, marker: &str) -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md is readable");
-    readme
-        .split(&format!("```{lang}\n"))
-        .skip(1)
-        .map(|block| block.split("```").next().unwrap())
-        .find(|block| block.contains(marker))
-        .unwrap_or_else(|| panic!("the README has a {lang} block with {marker:?}"))
-        .to_string()
+/// The fenced code blocks of a Markdown text, in order: each block's info string (its
+/// language, ```` ```sh ````) and its text, the fences left out.
+pub fn code_blocks(markdown: &str) -> Vec<(String, String)> {
+    let mut blocks = Vec::new();
+    let mut open: Option<(String, String, String)> = None; // (fence indent, lang, text)
+    for line in markdown.lines() {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        match &mut open {
+            None => {
+                if let Some(lang) = trimmed.strip_prefix("```") {
+                    open = Some((indent.to_owned(), lang.trim().to_owned(), String::new()));
+                }
+            }
+            Some((fence, lang, text)) => {
+                if trimmed.starts_with("```") && trimmed.trim() == "```" {
+                    blocks.push((std::mem::take(lang), std::mem::take(text)));
+                    open = None;
+                } else {
+                    // A block inside a list item is indented like the item's text.
+                    text.push_str(line.strip_prefix(fence.as_str()).unwrap_or(line));
+                    text.push('\n');
+                }
+            }
+        }
+    }
+    blocks
+}
+
+/// The text of `docs/src/<page>.md`, a page of the book.
+pub fn book_page(page: &str) -> String {
+    let path = format!("{}/docs/src/{page}.md", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path} is readable: {e}"))
+}
+
+/// The first ```` ```lang ```` block of the book's page `page` (`docs/src/<page>.md`) that
+/// contains `marker`: what a user copies from the book, read from it rather than copied
+/// into the test, so that what the book shows is what runs. tests/book.rs checks that
+/// every code block of README.md is one of these (or otherwise checked).
+pub fn book_block(page: &str, lang: &str, marker: &str) -> String {
+    code_blocks(&book_page(page))
+        .into_iter()
+        .find(|(block_lang, text)| block_lang == lang && text.contains(marker))
+        .map(|(_, text)| text)
+        .unwrap_or_else(|| panic!("docs/src/{page}.md has a {lang} block with {marker:?}"))
 }
 
 /// A server with the default configuration on free ports.
