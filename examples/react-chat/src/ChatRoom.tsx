@@ -29,8 +29,12 @@ export function ChatRoom({ server, transport: forced, room, name }: Props) {
   const [sendError, setSendError] = useState<string | null>(null);
   const bottom = useRef<HTMLLIElement>(null);
 
-  // Keep the newest message in view.
-  useEffect(() => bottom.current?.scrollIntoView({ block: "end" }), [messages.length]);
+  // Keep the newest message in view. A block body: an effect returns nothing but its
+  // cleanup, and Chromium's scrollIntoView now returns a promise, which React would take for
+  // one (and throw "destroy is not a function" at unmount).
+  useEffect(() => {
+    bottom.current?.scrollIntoView({ block: "end" });
+  }, [messages.length]);
 
   const submit = (e: FormEvent) => {
     e.preventDefault();
