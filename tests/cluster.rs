@@ -1351,6 +1351,22 @@ async fn an_sse_post_that_reaches_another_node_goes_to_the_stream_s_node() {
     let unknown = format!("{base}.bm93aGVyZQ");
     assert_eq!(common::post_text(a.http, &unknown, "{}", &[]).await, 404);
     assert_eq!(common::post_text(b.http, &unknown, "{}", &[]).await, 202);
+    // A session id naming a node that is not alive (made up, or dead): not sent on into a
+    // channel nobody reads, as an attacker's posts and polls were: 404 at once, once the
+    // node's beat has told it which nodes are alive (within a second of its start).
+    let dead = "/wtchat/sse/999999.bm93aGVyZQ";
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while common::post_text(b.http, dead, "{}", &[]).await != 404 {
+        assert!(std::time::Instant::now() < deadline, "still forwarded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let poll = tokio::time::timeout(
+        Duration::from_secs(2),
+        common::http_get(b.http, "/wtchat/poll/999999.bm93aGVyZQ?after=0", &[]),
+    )
+    .await
+    .expect("answered at once, not after a forwarded poll's wait");
+    assert_eq!(poll.0, 404, "{poll:?}");
 }
 
 /// Without a sticky load balancer, long polling too: a session opened on node A, its polls

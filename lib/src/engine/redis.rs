@@ -29,9 +29,12 @@
 //! `P/nodes` (beats), `P/node/N` (node N's members), `P/nodeseq`, `P/bans`,
 //! `P/sender-key` (the key of public sender ids, when there is no token secret), channels
 //! `P/ctl` (kicks and bans for every node) and `P/inbox/N` (requests for sessions node N
-//! holds, that reached another node).
+//! holds, that reached another node, each after its sender's node number and a space;
+//! sent only to nodes alive at the last beat or heard from since, at most
+//! [`MAX_FORWARDING`] bytes waiting).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -55,6 +58,12 @@ use crate::protocol::now_ms;
 /// Messages handed to the writing task and not yet answered, at most: past it appends are
 /// busy, so that a Redis that does not keep up slows the senders instead of filling memory.
 const MAX_IN_FLIGHT: usize = 2 * MAX_BATCH;
+
+/// Bytes of forwarded requests (posts and polls for sessions on other nodes, and their
+/// answers) waiting to be written to Redis, at most: past it a request is not forwarded
+/// (its client is told there is no such session and opens a new one), so that requests
+/// naming other nodes cannot fill this node's memory while Redis is slow or away.
+const MAX_FORWARDING: usize = 8 << 20;
 
 /// A node that has not beaten for this long is dead: its members leave every room.
 pub(crate) const NODE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -149,15 +158,16 @@ return 1
 "#;
 
 /// A node's beat, by Redis's clock: returns whether the node was missing (reaped, or Redis
-/// lost its data), and, when ARGV[3] is 1, removes the members of nodes silent for ARGV[2]
-/// ms and publishes their departure. With ARGV[5] `gone`, the node's last word: it marks
-/// itself silent since 1970.
+/// lost its data) and the nodes that beat within ARGV[2] ms (forwarded requests go to those
+/// only), and, when ARGV[3] is 1, removes the members of nodes silent for ARGV[2] ms and
+/// publishes their departure. With ARGV[5] `gone`, the node's last word: it marks itself
+/// silent since 1970.
 const BEAT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if ARGV[5] == 'gone' then
   redis.call('ZADD', KEYS[1], 0, ARGV[1])
-  return 0
+  return {0, {}}
 end
 local missing = redis.call('ZADD', KEYS[1], now, ARGV[1])
 if ARGV[3] == '1' then
@@ -180,7 +190,7 @@ if ARGV[3] == '1' then
     redis.call('ZREM', KEYS[1], node)
   end
 end
-return missing
+return {missing, redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf')}
 "#;
 
 /// Deletes message ARGV[1] from a room's stream and tells every node (ARGV[2]: channel,
@@ -376,8 +386,13 @@ enum Command {
         room: Arc<str>,
         ids: Vec<u64>,
     },
-    /// A message for channel `.0` that is not stored (typing, a forwarded request, a kick).
-    Notice(Arc<str>, Bytes),
+    /// A message for `channel` that is not stored (typing, a forwarded request, a kick);
+    /// a forwarded request's bytes are counted until the command is written or dropped.
+    Notice {
+        channel: Arc<str>,
+        payload: Bytes,
+        _counted: Option<Forwarding>,
+    },
     /// Resolves once the commands before it went to Redis.
     Flush(oneshot::Sender<()>),
 }
@@ -385,6 +400,19 @@ enum Command {
 /// A connection to Redis, shared by the node's rooms.
 pub(crate) struct Redis {
     inner: Arc<Inner>,
+}
+
+/// A forwarded request's bytes, counted in [`Inner::forwarding`] while it waits to be
+/// written.
+struct Forwarding {
+    queued: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 struct Inner {
@@ -405,6 +433,11 @@ struct Inner {
     /// Where what other nodes send this one goes.
     node_sink: OnceLock<Arc<dyn NodeSink>>,
     stats: EngineStats,
+    /// The nodes alive at the last beat (None before the first): forwarded requests go
+    /// to those only, never into the inbox of a made-up or dead node.
+    alive: Mutex<Option<HashSet<u64>>>,
+    /// Bytes of forwarded requests waiting to be written (at most [`MAX_FORWARDING`]).
+    forwarding: Arc<AtomicUsize>,
 }
 
 fn failed(url: &str, e: &redis::RedisError) -> StorageError {
@@ -467,6 +500,8 @@ impl Redis {
                 sink: tokio::sync::Mutex::new(None),
                 node_sink: OnceLock::new(),
                 stats,
+                alive: Mutex::new(None),
+                forwarding: Arc::new(AtomicUsize::new(0)),
             }),
         };
         redis.inner.load_scripts().await?;
@@ -762,10 +797,11 @@ impl Broker for Redis {
     fn typing(&self, room: &str, member: u64, name: &str) {
         let event = serde_json::json!({"kind": "typing", "node": self.inner.node, "id": member, "name": name});
         let channel = self.inner.channel(room);
-        let _ = self
-            .inner
-            .commands
-            .send(Command::Notice(channel.into(), event.to_string().into()));
+        let _ = self.inner.commands.send(Command::Notice {
+            channel: channel.into(),
+            payload: event.to_string().into(),
+            _counted: None,
+        });
     }
 
     /// Tells every other node: on the control channel, after the writes queued before,
@@ -774,19 +810,41 @@ impl Broker for Redis {
         let mut message = format!("{} ", self.inner.node).into_bytes();
         message.extend_from_slice(&payload);
         let channel = format!("{}/ctl", self.inner.prefix);
-        let _ = self
-            .inner
-            .commands
-            .send(Command::Notice(channel.into(), message.into()));
+        let _ = self.inner.commands.send(Command::Notice {
+            channel: channel.into(),
+            payload: message.into(),
+            _counted: None,
+        });
     }
 
-    /// Sends a request (or an answer) to node `node`.
+    /// Sends a request (or an answer) to node `node`, if it is alive and this node's
+    /// forwarding budget has room for it.
     fn forward(&self, node: u64, payload: Bytes) -> bool {
-        let channel = format!("{}/inbox/{node}", self.inner.prefix);
-        let _ = self
-            .inner
-            .commands
-            .send(Command::Notice(channel.into(), payload));
+        let inner = &self.inner;
+        let alive = inner.alive.lock().unwrap();
+        if alive.as_ref().is_some_and(|alive| !alive.contains(&node)) {
+            return false;
+        }
+        drop(alive);
+        // Named by its sender, which the receiver then knows to be alive (a node started
+        // since the receiver's last beat is asked, and must be answered).
+        let mut message = format!("{} ", inner.node).into_bytes();
+        message.extend_from_slice(&payload);
+        let bytes = message.len();
+        if inner.forwarding.fetch_add(bytes, Ordering::Relaxed) + bytes > MAX_FORWARDING {
+            inner.forwarding.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        let counted = Forwarding {
+            queued: inner.forwarding.clone(),
+            bytes,
+        };
+        let channel = format!("{}/inbox/{node}", inner.prefix);
+        let _ = inner.commands.send(Command::Notice {
+            channel: channel.into(),
+            payload: message.into(),
+            _counted: Some(counted),
+        });
         true
     }
 
@@ -912,7 +970,7 @@ impl Inner {
         &self,
         judge: bool,
         mode: &str,
-    ) -> Result<redis::RedisResult<u64>, tokio::time::error::Elapsed> {
+    ) -> Result<redis::RedisResult<(u64, Vec<u64>)>, tokio::time::error::Elapsed> {
         let mut call = self.scripts.beat.key(format!("{}/nodes", self.prefix));
         call.arg(self.node)
             .arg(NODE_TIMEOUT.as_millis() as u64)
@@ -1253,7 +1311,7 @@ async fn writer(inner: std::sync::Weak<Inner>, mut queue: mpsc::UnboundedReceive
                         | Command::Flush(done) => {
                             let _ = done.send(());
                         }
-                        Command::Join { .. } | Command::Leave { .. } | Command::Notice(..) => {}
+                        Command::Join { .. } | Command::Leave { .. } | Command::Notice { .. } => {}
                     }
                 }
             }
@@ -1269,7 +1327,7 @@ async fn writer(inner: std::sync::Weak<Inner>, mut queue: mpsc::UnboundedReceive
                         command @ Command::Leave { .. } => unsent.push(command),
                         // Joins are written again when the subscription comes back; waiting
                         // joins and flushes go on (their senders are dropped).
-                        Command::Join { .. } | Command::Notice(..) | Command::Flush(_) => {}
+                        Command::Join { .. } | Command::Notice { .. } | Command::Flush(_) => {}
                     }
                 }
             }
@@ -1353,7 +1411,9 @@ impl Inner {
                 }
                 pipe.invoke_script(&call);
             }
-            Command::Notice(channel, payload) => {
+            Command::Notice {
+                channel, payload, ..
+            } => {
                 pipe.cmd("PUBLISH").arg(&**channel).arg(&payload[..]);
             }
             Command::Flush(_) => {
@@ -1479,8 +1539,17 @@ impl Inner {
             let channel = msg.get_channel_name();
             let payload = msg.get_payload_bytes();
             if channel == inbox {
+                let Some(at) = payload.iter().position(|&b| b == b' ') else {
+                    continue;
+                };
+                let sender = std::str::from_utf8(&payload[..at])
+                    .ok()
+                    .and_then(|n| n.parse::<u64>().ok());
+                if let (Some(sender), Some(alive)) = (sender, &mut *self.alive.lock().unwrap()) {
+                    alive.insert(sender);
+                }
                 if let Some(sink) = self.node_sink.get() {
-                    sink.forwarded(Bytes::copy_from_slice(payload));
+                    sink.forwarded(Bytes::copy_from_slice(&payload[at + 1..]));
                 }
                 continue;
             }
@@ -1580,7 +1649,8 @@ async fn beats(inner: std::sync::Weak<Inner>) {
         // was away, every node's last beat is old, and they all need one beat first.
         let judge = alive_since.is_some_and(|t| t.elapsed() >= NODE_TIMEOUT);
         match inner.beat(judge, "beat").await {
-            Ok(Ok(missing)) => {
+            Ok(Ok((missing, alive))) => {
+                *inner.alive.lock().unwrap() = Some(alive.into_iter().collect());
                 if alive_since.is_none() {
                     alive_since = Some(Instant::now());
                 }
