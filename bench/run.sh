@@ -305,9 +305,16 @@ start_redis() {
 start_node() {
   local engine=$1 log=$2 pid http=
   : >"$log"
+  # Every client of the tool comes from 127.0.0.1: the per-address budgets are raised
+  # (those a build older than them does not know are left out, for old/new comparisons).
+  local budgets=(--max-connections-per-ip 100000)
+  if "$SERVER" serve --help | grep -q -- --max-rooms-per-ip; then
+    budgets+=(--max-http-connections-per-ip 100000 --max-streams-per-ip 100000
+      --max-rooms-per-ip 100000 --max-new-rooms-per-minute-per-ip 1000000)
+  fi
   RUST_LOG=warn "$SERVER" serve --engine "$engine" --http 127.0.0.1:0 --webtransport 127.0.0.1:0 \
     --certs "$TMP/certs" --frames-per-second 1000000 --frame-burst 1000000 \
-    --max-connections 100000 --max-connections-per-ip 100000 --max-http-connections 100000 --idle-timeout 1h >"$log" 2>&1 &
+    --max-connections 100000 --max-http-connections 100000 "${budgets[@]}" --idle-timeout 1h >"$log" 2>&1 &
   pid=$!
   SERVER_PIDS+=("$pid")
   for _ in $(seq 100); do

@@ -149,6 +149,16 @@ struct ServeArgs {
     /// Rooms one connection may be in at once.
     #[arg(long)]
     max_rooms_per_connection: Option<usize>,
+    /// Rooms held in memory; at the limit the least recently active empty room is
+    /// dropped, and if none is empty a new room is refused (server_full).
+    #[arg(long)]
+    max_rooms: Option<usize>,
+    /// Distinct rooms the connections of one address (or signed-in user) may hold open.
+    #[arg(long)]
+    max_rooms_per_ip: Option<usize>,
+    /// Rooms one address (or signed-in user) may create per minute.
+    #[arg(long)]
+    max_new_rooms_per_minute_per_ip: Option<u32>,
     /// Rooms one connection may create per minute (joining rooms that do not exist yet).
     #[arg(long)]
     max_new_rooms_per_minute: Option<u32>,
@@ -168,6 +178,16 @@ struct ServeArgs {
     /// HTTP connections held at once that have not become WebSockets.
     #[arg(long)]
     max_http_connections: Option<usize>,
+    /// HTTP connections not yet upgraded that one client address may hold.
+    #[arg(long)]
+    max_http_connections_per_ip: Option<usize>,
+    /// SSE streams and held long polls one client address may have open.
+    #[arg(long)]
+    max_streams_per_ip: Option<usize>,
+    /// Leading bits of an IPv6 address that name one client for the per-address limits
+    /// (64: a /64 is one client; 128: each address apart).
+    #[arg(long)]
+    ipv6_prefix: Option<u8>,
     /// How long a client may take to send a request's headers (like 10s).
     #[arg(long, value_parser = duration)]
     header_read_timeout: Option<Duration>,
@@ -325,12 +345,18 @@ impl ServeArgs {
             max_frame_bytes,
             max_text_chars,
             max_rooms_per_connection,
+            max_rooms,
+            max_rooms_per_ip,
+            max_new_rooms_per_minute_per_ip,
             max_new_rooms_per_minute,
             max_connections,
             max_connections_per_ip,
             ticket_rate,
             ticket_burst,
             max_http_connections,
+            max_http_connections_per_ip,
+            max_streams_per_ip,
+            ipv6_prefix,
             header_read_timeout,
             history,
             max_replay,

@@ -1412,7 +1412,9 @@ async fn webtransport_sessions_on_other_paths_are_refused() {
 
 #[tokio::test]
 async fn the_server_keeps_serving_after_all_of_it() {
-    let server = start().await;
+    // Every case at once from 127.0.0.1: more HTTP connections in flight than one real
+    // client address opens (its share, `max_http_connections_per_ip`, is tests/budgets.rs's).
+    let server = start_with(|c| c.max_http_connections_per_ip(1024)).await;
     let limits = Limits::default();
     // Connected before any of it, kept through all of it.
     let mut veterans = Bystanders::new(&server, "veterans").await;

@@ -136,6 +136,31 @@ fn cases() -> Vec<Case> {
             flags: &["--max-http-connections", "0"],
         },
         Case {
+            setting: "max_http_connections_per_ip",
+            builder: |b| b.max_http_connections_per_ip(0),
+            flags: &["--max-http-connections-per-ip", "0"],
+        },
+        Case {
+            setting: "max_streams_per_ip",
+            builder: |b| b.max_streams_per_ip(0),
+            flags: &["--max-streams-per-ip", "0"],
+        },
+        Case {
+            setting: "ipv6_prefix",
+            builder: |b| b.ipv6_prefix(0),
+            flags: &["--ipv6-prefix", "0"],
+        },
+        Case {
+            setting: "ipv6_prefix",
+            builder: |b| b.ipv6_prefix(129),
+            flags: &["--ipv6-prefix", "129"],
+        },
+        Case {
+            setting: "max_rooms",
+            builder: |b| b.max_rooms(0),
+            flags: &["--max-rooms", "0"],
+        },
+        Case {
             setting: "header_read_timeout",
             builder: |b| b.header_read_timeout(Duration::ZERO),
             flags: &["--header-read-timeout", "0"],

@@ -49,7 +49,7 @@ fn reference() -> Reference {
         for span in spans(cells[0]).filter(|s| !s.starts_with(|c: char| c.is_uppercase())) {
             let name: String = span
                 .chars()
-                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
                 .collect();
             assert!(
                 span[name.len()..].starts_with('('),
@@ -99,7 +99,7 @@ fn serve_flags() -> BTreeSet<String> {
             let flag: String = line
                 .strip_prefix("--")?
                 .chars()
-                .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
                 .collect();
             (flag != "help").then(|| format!("--{flag}"))
         })
@@ -142,7 +142,7 @@ fn builder_methods() -> BTreeSet<String> {
             let rest = line.strip_prefix("    pub fn ")?;
             let name: String = rest
                 .chars()
-                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
                 .collect();
             (name != "build").then_some(name)
         })

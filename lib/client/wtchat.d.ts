@@ -27,6 +27,7 @@ export const CloseCodes: Readonly<{
   TOO_SLOW: 4001;
   RECONNECT: 4002;
   IDLE_TIMEOUT: 4003;
+  BUSY: 4004;
   PROTOCOL_ERROR: 4400;
   UNAUTHORIZED: 4401;
   KICKED: 4403;
@@ -62,6 +63,7 @@ export type ErrorCode =
   | "rejected"
   | "storage_failed"
   | "banned"
+  | "busy"
   | "closed"
   | "unreachable"
   | "unsupported"
@@ -83,9 +85,10 @@ export class ChatError extends Error {
   /** For a refusal by `bye`, or a room left by the host's kick or ban: its close code. */
   readonly closeCode?: number;
   /**
-   * For `rate_limited` from the ticket request: how long the server asked the client to
-   * wait (its `Retry-After`), in milliseconds. The chat waits at least this long before
-   * its next attempt.
+   * For `rate_limited` from the ticket request, and for `busy` (the server had no room for
+   * the connection: over WebSocket and WebTransport its `retryAfterMs`, over HTTP its
+   * `Retry-After`): how long the server asked the client to wait, in milliseconds. The
+   * chat waits at least this long before its next attempt.
    */
   readonly retryAfter?: number;
 }
@@ -185,9 +188,13 @@ export interface StatusEvent {
   reason?: string;
   /** With `closed`: the close code, when known. */
   code?: number;
-  /** With `closed` on a failure: its error code (`unauthorized`, `kicked`, ...). */
+  /**
+   * With `closed` on a failure: its error code (`unauthorized`, `kicked`, ...). With
+   * `connecting` or `reconnecting` after a refusal the chat waits out: `busy` (the server
+   * had no room for the connection and said how long to wait: `delay`).
+   */
   error?: ErrorCode;
-  /** With `reconnecting`: the attempt number and the delay before it, in ms. */
+  /** With `reconnecting` and `connecting` (a retry): the attempt number and the delay before it, in ms. */
   attempt?: number;
   delay?: number;
 }

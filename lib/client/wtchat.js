@@ -81,7 +81,7 @@ const DEFAULT_MAX_MESSAGES = 1000;
  */
 const MAX_RETRIES = 5;
 /** Connection attempts that fail with these codes are tried again later. */
-const RETRY_CONNECT = ["unreachable", "timeout", "server_full", "rate_limited", "storage_failed", "lost", "shutdown", "too_slow"];
+const RETRY_CONNECT = ["unreachable", "timeout", "server_full", "rate_limited", "storage_failed", "lost", "shutdown", "too_slow", "busy"];
 
 /**
  * Close codes (WebSocket close code = WebTransport close code = `bye.code`).
@@ -93,6 +93,7 @@ export const CloseCodes = Object.freeze({
   TOO_SLOW: 4001,
   RECONNECT: 4002,
   IDLE_TIMEOUT: 4003,
+  BUSY: 4004,
   PROTOCOL_ERROR: 4400,
   UNAUTHORIZED: 4401,
   KICKED: 4403,
@@ -858,7 +859,8 @@ class Link {
           this._shutdown(e.message, undefined, e.code);
           throw e;
         }
-        this._setStatus("connecting", { reason: e.message, attempt: this._attempt, delay: wait });
+        const error = e.code === "busy" ? { error: e.code } : {};
+        this._setStatus("connecting", { reason: e.message, attempt: this._attempt, delay: wait, ...error });
         await delay(wait);
         if (this.status === "closed") throw new ChatError("closed", "the chat is closed");
       }
@@ -878,6 +880,11 @@ class Link {
       response = await fetch(`${this.server}/wtchat/config`, { cache: "no-store" });
     } catch (e) {
       throw new ChatError("unreachable", `config: ${e.message}`);
+    }
+    if (response.status === 429 || response.status === 503) {
+      // The server (or this address's share of it) is busy: wait as long as it says.
+      const seconds = Number(response.headers.get("retry-after")) || 1;
+      throw new ChatError("busy", `config: HTTP ${response.status}`, { retryAfter: seconds * 1000 });
     }
     if (!response.ok) throw new ChatError("unreachable", `config: HTTP ${response.status}`);
     return response.json();
@@ -988,9 +995,13 @@ class Link {
     this._wire = [];
     this._stopKeepalive();
     const bye = this._bye;
+    // A server that had no room for this connection said how long to wait (`busy`).
+    const busy = bye?.reason === "busy"
+      ? new ChatError("busy", bye.message || "the server is busy", { closeCode: bye.code, retryAfter: bye.retryAfter })
+      : null;
     const refusal = bye && !bye.reconnect
       ? new ChatError(bye.reason || "closed", bye.message || `the server closed the connection (${bye.reason})`, { closeCode: bye.code })
-      : new ChatError("lost", "connection lost while joining");
+      : busy || new ChatError("lost", "connection lost while joining");
     for (const room of this.rooms.values()) room._onDisconnected(refusal);
     if (this._attempting || this.status === "closed" || !conn) return;
     // Trust `bye` over the close code: WebTransport close codes do not reach browsers.
@@ -1000,14 +1011,15 @@ class Link {
       this._shutdown(bye?.message || bye?.reason || info.reason || "closed by server", code, bye?.reason);
       return;
     }
-    this._scheduleReconnect(bye?.reason || "connection lost");
+    this._scheduleReconnect(bye?.reason || "connection lost", busy ?? undefined);
   }
 
   _scheduleReconnect(reason, error) {
     if (this.status === "closed" || this._reconnectTimer) return;
     const wait = this._backoff(error);
     this.transport = null;
-    this._setStatus("reconnecting", { reason, attempt: this._attempt, delay: wait });
+    const busy = error?.code === "busy" ? { error: error.code } : {};
+    this._setStatus("reconnecting", { reason, attempt: this._attempt, delay: wait, ...busy });
     this._reconnectTimer = setTimeout(() => {
       this._reconnectTimer = null;
       this._attemptConnect();
@@ -1142,7 +1154,13 @@ class Link {
       return;
     }
     if (frame.type === "bye") {
-      this._bye = { code: frame.code, reason: frame.reason, reconnect: !!frame.reconnect, message: frame.message };
+      this._bye = {
+        code: frame.code,
+        reason: frame.reason,
+        reconnect: !!frame.reconnect,
+        message: frame.message,
+        retryAfter: frame.retryAfterMs,
+      };
       // The server's last word: close our side now rather than wait for its close (over
       // WebTransport it waits for ours, so that its close cannot overtake the `bye`).
       this._conn?.close(CloseCodes.NORMAL, "bye");
@@ -1153,6 +1171,8 @@ class Link {
       this.rooms.get(frame.room)?._onFrame(frame);
       return;
     }
+    // The server had no room for this connection: its `bye` follows, with the wait.
+    if (frame.type === "error" && frame.code === "busy") return;
     if (frame.type === "error") {
       // Not about a room: a send's (by its id), else the connection's, told to every room.
       const owner = frame.id ? [...this.rooms.values()].find((room) => room._owns(frame.id)) : null;

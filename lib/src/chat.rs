@@ -49,8 +49,8 @@ use crate::hub::{Hub, SenderKey};
 use crate::metrics::Metrics;
 use crate::protocol::CloseCode;
 use crate::session::SessionContext;
-use crate::throttle::PerAddressRate;
-use crate::transport::{self, OriginPolicy, PerAddress, webtransport};
+use crate::throttle::{PerAddress, PerAddressRate, RoomBudgets};
+use crate::transport::{self, OriginPolicy, webtransport};
 
 /// wtchat, ready to be mounted: cheap to clone (one `Arc` inside).
 #[derive(Clone)]
@@ -203,6 +203,11 @@ impl Chat {
             senders: Arc::new(senders),
             on_message: config.on_message.clone(),
             message_check: webhooks.message,
+            rooms: RoomBudgets::new(
+                config.max_rooms_per_ip,
+                config.max_new_rooms_per_minute_per_ip,
+                config.ipv6_prefix,
+            ),
         };
         if let Some(events) = &webhooks.events {
             session.hub.observe(events.clone().observer());
@@ -220,7 +225,8 @@ impl Chat {
             ),
             tracker: TaskTracker::new(),
             ws_read_buffer: config.ws_read_buffer,
-            per_address: PerAddress::new(config.max_connections_per_ip),
+            per_address: PerAddress::new(config.max_connections_per_ip, config.ipv6_prefix),
+            streams: PerAddress::new(config.max_streams_per_ip, config.ipv6_prefix),
             trusted_proxies: config.trusted_proxies.clone(),
             posted: transport::posted::Sessions::default(),
             polled: transport::poll::Polled::default(),
@@ -236,6 +242,7 @@ impl Chat {
         let ticket_rate = Arc::new(PerAddressRate::new(
             f64::from(config.ticket_rate),
             f64::from(config.ticket_burst),
+            config.ipv6_prefix,
         ));
         Ok(Chat {
             inner: Arc::new(ChatInner {

@@ -90,6 +90,15 @@ pub struct Config {
     pub(crate) ticket_burst: u32,
     pub(crate) header_read_timeout: Duration,
     pub(crate) max_http_connections: usize,
+    pub(crate) max_http_connections_per_ip: usize,
+    /// SSE streams and held polls per client address.
+    pub(crate) max_streams_per_ip: usize,
+    /// The bits of an IPv6 address that name one client for the per-address budgets.
+    pub(crate) ipv6_prefix: u8,
+    /// Rooms one address (or signed-in user) may hold open through its connections, and
+    /// create per minute.
+    pub(crate) max_rooms_per_ip: usize,
+    pub(crate) max_new_rooms_per_minute_per_ip: u32,
     pub(crate) public_url: Option<String>,
     pub(crate) trusted_proxies: Vec<IpAddr>,
     /// The host's backend as HTTP endpoints: hosts in any language.
@@ -131,6 +140,11 @@ impl Default for Config {
             ticket_burst: 20,
             header_read_timeout: Duration::from_secs(10),
             max_http_connections: 1024,
+            max_http_connections_per_ip: 32,
+            max_streams_per_ip: 64,
+            ipv6_prefix: 64,
+            max_rooms_per_ip: 256,
+            max_new_rooms_per_minute_per_ip: 120,
             public_url: None,
             trusted_proxies: Vec::new(),
             webhooks: WebhookConfig::default(),
@@ -169,6 +183,17 @@ impl fmt::Debug for Config {
             .field("ticket_burst", &self.ticket_burst)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("max_http_connections", &self.max_http_connections)
+            .field(
+                "max_http_connections_per_ip",
+                &self.max_http_connections_per_ip,
+            )
+            .field("max_streams_per_ip", &self.max_streams_per_ip)
+            .field("ipv6_prefix", &self.ipv6_prefix)
+            .field("max_rooms_per_ip", &self.max_rooms_per_ip)
+            .field(
+                "max_new_rooms_per_minute_per_ip",
+                &self.max_new_rooms_per_minute_per_ip,
+            )
             .field("public_url", &self.public_url)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("webhooks", &self.webhooks)
@@ -421,6 +446,24 @@ impl ConfigBuilder {
         self
     }
 
+    /// Distinct rooms the connections of one client address may hold open at once (a
+    /// signed-in user's connections count as that user's, wherever they come from); past
+    /// it a join of another room gets `too_many_rooms`. A room someone is in cannot be
+    /// evicted, so without this one address's connections could fill `max_rooms`.
+    /// Default 256.
+    pub fn max_rooms_per_ip(mut self, rooms: usize) -> Self {
+        self.config.max_rooms_per_ip = rooms;
+        self
+    }
+
+    /// Rooms one client address (or signed-in user) may create per minute, as many at
+    /// once; past it a join of a room that does not exist yet gets `rate_limited`.
+    /// Default 120.
+    pub fn max_new_rooms_per_minute_per_ip(mut self, rooms: u32) -> Self {
+        self.config.max_new_rooms_per_minute_per_ip = rooms;
+        self
+    }
+
     /// Frames queued per connection before it counts as too slow and is disconnected
     /// (close code 4001; it can resume). Default 8192. It must hold a join's replay in every
     /// room a connection may be in: at least the larger of `history` and `max_replay`, ×
@@ -475,10 +518,40 @@ impl ConfigBuilder {
     }
 
     /// [`Server`](crate::Server) only: HTTP connections held at once that have not become
-    /// WebSockets (page loads, fetches, half-sent requests); past it, a new one is closed
-    /// at once. WebSockets count against `max_connections` instead. Default 1024.
+    /// WebSockets (page loads, fetches, half-sent requests); past it, a new one is answered
+    /// 503 with `Retry-After` and closed at once. WebSockets count against
+    /// `max_connections` instead, SSE streams and held polls against
+    /// `max_streams_per_ip`. Default 1024.
     pub fn max_http_connections(mut self, connections: usize) -> Self {
         self.config.max_http_connections = connections;
+        self
+    }
+
+    /// [`Server`](crate::Server) only: HTTP connections not yet upgraded that one client
+    /// address may hold (its share of `max_http_connections`, so that one address cannot
+    /// take them all); past it, 429 with `Retry-After` and closed at once. A trusted
+    /// proxy's connections are not counted per address (they carry everyone's requests).
+    /// Default 32: a browser opens at most 6 per server.
+    pub fn max_http_connections_per_ip(mut self, connections: usize) -> Self {
+        self.config.max_http_connections_per_ip = connections;
+        self
+    }
+
+    /// SSE streams and held long polls one client address may have open at once (through
+    /// a trusted proxy, the address the proxy names); past it, 429 with `Retry-After`.
+    /// Each long-polling session holds one poll at a time: a second poll of the same
+    /// session answers the first at once. Default 64.
+    pub fn max_streams_per_ip(mut self, streams: usize) -> Self {
+        self.config.max_streams_per_ip = streams;
+        self
+    }
+
+    /// How many leading bits of an IPv6 address name one client for every per-address
+    /// budget (connections, streams, tickets): whoever holds one address of a /64 (a home,
+    /// a host at a provider) holds them all, so by default a /64 is one client. 128
+    /// counts each address apart. Between 1 and 128; default 64.
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.config.ipv6_prefix = bits;
         self
     }
 
@@ -691,6 +764,16 @@ impl ConfigBuilder {
             ("ticket_rate", config.ticket_rate as usize),
             ("ticket_burst", config.ticket_burst as usize),
             ("max_http_connections", config.max_http_connections),
+            (
+                "max_http_connections_per_ip",
+                config.max_http_connections_per_ip,
+            ),
+            ("max_streams_per_ip", config.max_streams_per_ip),
+            ("max_rooms_per_ip", config.max_rooms_per_ip),
+            (
+                "max_new_rooms_per_minute_per_ip",
+                config.max_new_rooms_per_minute_per_ip as usize,
+            ),
             ("ws_read_buffer", config.ws_read_buffer),
         ];
         if config.metrics_auth && config.api_key.is_none() {
@@ -706,6 +789,15 @@ impl ConfigBuilder {
                     "must be at least 1: with 0 nothing could ever pass",
                 ));
             }
+        }
+        if !(1..=128).contains(&config.ipv6_prefix) {
+            return Err(ConfigError::new(
+                "ipv6_prefix",
+                format!(
+                    "must be between 1 and 128 bits (0 would make every IPv6 client one); got {}",
+                    config.ipv6_prefix
+                ),
+            ));
         }
         // The longest text, in ASCII, with the longest room and id, in a `send` frame.
         let longest_send = limits.max_text_chars + limits.max_room_chars + limits.max_id_bytes + 64;

@@ -213,6 +213,9 @@ pub enum ServerFrame<'a> {
         room: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a str>,
+        /// When to try again (`busy`), in milliseconds.
+        #[serde(rename = "retryAfterMs", skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     /// The server is about to close the connection, and why. Sent on both transports
     /// because WebTransport close codes do not reach browsers reliably.
@@ -223,6 +226,9 @@ pub enum ServerFrame<'a> {
         /// A human explanation, when there is more to say than `reason`.
         #[serde(skip_serializing_if = "Option::is_none")]
         message: Option<&'a str>,
+        /// How long to wait before reconnecting (`busy`), in milliseconds.
+        #[serde(rename = "retryAfterMs", skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     /// Answer to `ping`.
     Pong {},
@@ -295,6 +301,10 @@ pub enum ErrorCode {
     /// The client's `hello` names a protocol older than the server still speaks: the
     /// connection closes with 4400 (the client must be updated).
     UnsupportedProtocol,
+    /// The server has no room for this connection now (its address's share of
+    /// connections, or the server's, is used up): `retryAfterMs` says when to try again,
+    /// and the connection closes with [`CloseCode::Busy`].
+    Busy,
 }
 
 impl ErrorCode {
@@ -321,6 +331,7 @@ impl ErrorCode {
             ErrorCode::StorageFailed => "storage_failed",
             ErrorCode::Banned => "banned",
             ErrorCode::UnsupportedProtocol => "unsupported_protocol",
+            ErrorCode::Busy => "busy",
         }
     }
 }
@@ -343,6 +354,9 @@ pub enum CloseCode {
     /// The client sent nothing (not even a ping) for longer than the idle timeout: it may
     /// have vanished. A live client reconnects and resumes.
     IdleTimeout = 4003,
+    /// The server had no room for the connection (see [`ErrorCode::Busy`]): reconnect
+    /// after the `bye`'s `retryAfterMs`.
+    Busy = 4004,
     /// The client broke the transport's framing (e.g. invalid UTF-8 in a WebSocket text
     /// message). Reconnecting would fail the same way.
     ProtocolError = 4400,
@@ -373,6 +387,7 @@ impl CloseCode {
             CloseCode::TooSlow => "too_slow",
             CloseCode::Reconnect => "reconnect",
             CloseCode::IdleTimeout => "idle_timeout",
+            CloseCode::Busy => "busy",
             CloseCode::ProtocolError => "protocol_error",
             CloseCode::Unauthorized => "unauthorized",
             CloseCode::Kicked => "kicked",
@@ -559,6 +574,7 @@ pub fn error_frame(code: ErrorCode, message: &str, room: Option<&str>, id: Optio
         message,
         room,
         id,
+        retry_after_ms: None,
     })
 }
 
@@ -719,6 +735,7 @@ mod tests {
             reason: CloseCode::TooSlow.reason(),
             reconnect: CloseCode::TooSlow.reconnect(),
             message: None,
+            retry_after_ms: None,
         });
         assert_eq!(
             parsed(&bye),
@@ -1356,22 +1373,31 @@ mod tests {
                     }
                     (frame, want)
                 }),
-            (any::<u16>(), s(), any::<bool>(), prop::option::of(s())).prop_map(
-                |(code, reason, reconnect, message)| {
+            (
+                any::<u16>(),
+                s(),
+                any::<bool>(),
+                prop::option::of(s()),
+                prop::option::of(any::<u64>()),
+            )
+                .prop_map(|(code, reason, reconnect, message, retry_after_ms)| {
                     let frame = encode(&ServerFrame::Bye {
                         code,
                         reason: &reason,
                         reconnect,
                         message: message.as_deref(),
+                        retry_after_ms,
                     });
                     let mut want = json!({"type": "bye", "code": code, "reason": reason,
                                           "reconnect": reconnect});
                     if let Some(message) = message {
                         want["message"] = json!(message);
                     }
+                    if let Some(ms) = retry_after_ms {
+                        want["retryAfterMs"] = json!(ms);
+                    }
                     (frame, want)
-                }
-            ),
+                }),
             Just((encode(&ServerFrame::Pong {}), json!({"type": "pong"}))),
         ]
     }

@@ -4,11 +4,11 @@
 //! Its HTTP server is hyper's, driven here rather than by `axum::serve`, for what a public
 //! server needs and `axum::serve` does not offer: a deadline for a request's headers, and
 //! a cap on connections that have not become WebSockets (page loads, fetches, and clients
-//! that send half a request and stop), so that slow clients cannot hold every file
-//! descriptor.
+//! that send half a request and stop), with a share per client address, so that slow
+//! clients cannot hold every file descriptor and one address cannot shut out the others.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,13 +17,14 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use socket2::{SockRef, TcpKeepalive};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service as _;
 
 use crate::chat::{Chat, StartError};
 use crate::config::Config;
-use crate::throttle::throttled;
+use crate::throttle::{PerAddress, PoolFull, Unupgraded, throttled};
 
 /// TCP keepalive on HTTP and WebSocket connections: the first probe after this much
 /// silence...
@@ -36,8 +37,18 @@ const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub struct Server {
     listener: TcpListener,
     chat: Chat,
+    pool: Pool,
+}
+
+/// The connections not yet upgraded: how many in all, how many per address, and whose
+/// connections are not counted per address.
+#[derive(Debug)]
+struct Pool {
     header_read_timeout: Duration,
-    max_http_connections: usize,
+    max: usize,
+    per_address: usize,
+    ipv6_prefix: u8,
+    trusted_proxies: Vec<IpAddr>,
 }
 
 impl Server {
@@ -52,14 +63,22 @@ impl Server {
         let listener = TcpListener::bind(config.http).await.map_err(bind_error)?;
         // The address actually bound (port 0 picks one) is the origin pages will have.
         config.http = listener.local_addr().map_err(bind_error)?;
-        let (header_read_timeout, max_http_connections) =
-            (config.header_read_timeout, config.max_http_connections);
+        let pool = Pool {
+            header_read_timeout: config.header_read_timeout,
+            max: config.max_http_connections,
+            per_address: config.max_http_connections_per_ip,
+            ipv6_prefix: config.ipv6_prefix,
+            trusted_proxies: config
+                .trusted_proxies
+                .iter()
+                .map(|ip| ip.to_canonical())
+                .collect(),
+        };
         let chat = Chat::new(config).await?;
         Ok(Server {
             listener,
             chat,
-            header_read_timeout,
-            max_http_connections,
+            pool,
         })
     }
 
@@ -92,8 +111,7 @@ impl Server {
             self.listener,
             self.chat.router(),
             self.chat.stopping(),
-            self.header_read_timeout,
-            self.max_http_connections,
+            self.pool,
         ));
         self.chat.run(shutdown).await;
         // Plain HTTP requests still in flight get a short deadline.
@@ -101,17 +119,56 @@ impl Server {
     }
 }
 
+/// What a connection past its share of the pool is told before it is closed: a browser
+/// shows the status, a script can wait `Retry-After`. No request is read for it.
+fn refusal(full: PoolFull) -> &'static [u8] {
+    // No Content-Length: the body ends where the connection does.
+    match full {
+        PoolFull::Address => {
+            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nConnection: close\r\n\
+              Content-Type: text/plain\r\n\r\ntoo many HTTP connections from your address\n"
+        }
+        PoolFull::Server => {
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n\
+              Content-Type: text/plain\r\n\r\ntoo many HTTP connections\n"
+        }
+    }
+}
+
+/// Refused connections being told so at once, at most: each holds its socket for up to
+/// [`REFUSAL_LINGER`].
+const MAX_REFUSING: usize = 1024;
+/// How long a refused connection is given to read its answer and close.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Tells a connection past its share of the pool so ([`refusal`]), then reads and drops
+/// what it sent until it closes (within [`REFUSAL_LINGER`]): a socket closed with its
+/// request unread is reset, and the reset can destroy the answer before the client reads it.
+async fn refuse(mut tcp: TcpStream, full: PoolFull, _lingering: OwnedSemaphorePermit) {
+    let told = async {
+        tcp.write_all(refusal(full)).await?;
+        tcp.shutdown().await?;
+        let mut unread = [0u8; 512];
+        while tcp.read(&mut unread).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, told).await;
+}
+
 /// Accepts HTTP connections until `stopping`, each served by hyper with a deadline for
-/// its headers, at most `max_pending` at once until they become WebSockets; a connection
-/// past that is closed at once.
+/// its headers, each holding a place in the pool ([`Unupgraded`]) until it becomes a
+/// WebSocket (or an SSE stream or a held poll gives it back); a connection past its
+/// address's share or the pool's size is answered 429 or 503 and closed at once.
 async fn serve_http(
     listener: TcpListener,
     router: axum::Router,
     stopping: tokio_util::sync::CancellationToken,
-    header_read_timeout: Duration,
-    max_pending: usize,
+    pool: Pool,
 ) {
-    let pending = Arc::new(Semaphore::new(max_pending));
+    let places = Arc::new(Semaphore::new(pool.max));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let header_read_timeout = pool.header_read_timeout;
+    let addresses = PerAddress::new(pool.per_address, pool.ipv6_prefix);
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -126,21 +183,33 @@ async fn serve_http(
             },
             () = stopping.cancelled() => break,
         };
-        let Ok(permit) = pending.clone().try_acquire_owned() else {
-            throttled!(
-                warn,
-                %peer,
-                "HTTP connection refused: too many not yet upgraded"
-            );
-            continue;
+        let ip = peer.ip().to_canonical();
+        let counted = (!pool.trusted_proxies.contains(&ip)).then_some(ip);
+        let place = match Unupgraded::take(&places, &addresses, counted) {
+            Ok(place) => place,
+            Err(full) => {
+                throttled!(
+                    warn,
+                    %peer,
+                    ?full,
+                    "HTTP connection refused: too many not yet upgraded"
+                );
+                // Told in a task of its own (a few at once; past them, closed unanswered).
+                if let Ok(lingering) = refusing.clone().try_acquire_owned() {
+                    tokio::spawn(refuse(tcp, full, lingering));
+                }
+                continue;
+            }
         };
         tune(&tcp);
         // The peer's address, as the transports read it (`ConnectInfo`), put in each
         // request: layered onto a copy of the router it would rebuild the routes for every
         // connection, and an SSE or long-polling connection would keep them (~6 KiB).
         let router = router.clone();
+        let request_place = place.clone();
         let service = service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
+            request.extensions_mut().insert(request_place.clone());
             router.clone().call(request)
         });
         let stopping = stopping.clone();
@@ -159,7 +228,7 @@ async fn serve_http(
                 }
             }
             // Upgraded (its WebSocket runs on in a session task of its own) or done.
-            drop(permit);
+            place.release();
         });
     }
     connections.close();

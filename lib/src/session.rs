@@ -24,7 +24,7 @@ use crate::protocol::{
     self, ClientFrame, CloseCode, ErrorCode, HISTORY_PAGE, Limits, MEMBERS_PAGE, ServerFrame,
 };
 use crate::queue::{Kind, Outbound, Outbox};
-use crate::throttle::{RateLimit, throttled};
+use crate::throttle::{Holder, RateLimit, RoomBudgets, RoomHold, throttled};
 
 /// Frames written per batch: enough to amortize a write call under load, small enough that
 /// one busy connection does not hold its worker thread for long.
@@ -99,6 +99,8 @@ pub(crate) struct SessionContext {
     /// The host's backend, asked about each message after `on_message` (the message
     /// webhook), if any.
     pub message_check: Option<Arc<dyn MessageCheck>>,
+    /// The rooms each address (or signed-in user) holds open and creates.
+    pub rooms: Arc<RoomBudgets>,
 }
 
 /// The handling of a client frame that waits (for the host's backend, the store, a busy
@@ -124,6 +126,9 @@ pub(crate) async fn start(
     transport: Transport,
     // Boxed: a future keeps its arguments for its whole life (the request is read once).
     request: Option<Box<ConnectRequest>>,
+    // Whose room budgets its joins count against, as far as its address tells (a signed-in
+    // user counts as the user instead). A pointer: the future keeps its arguments.
+    holder: Option<Arc<Holder>>,
     mut reader: impl FrameReader,
     mut writer: impl FrameWriter,
 ) {
@@ -144,6 +149,7 @@ pub(crate) async fn start(
                     Vec::new(),
                     CloseCode::Unauthorized,
                     Some(refusal.message()),
+                    None,
                 );
                 let _ = Box::pin(tokio::time::timeout(ctx.close_grace, goodbye)).await;
                 return;
@@ -158,9 +164,14 @@ pub(crate) async fn start(
     let started = Instant::now();
     tracing::info!("connection opened");
     let (outbox, mut inbox, closing) = crate::queue::queue(ctx.hub.config().queue_bounds());
+    let holder = match &identity {
+        Some(identity) => ctx.rooms.holder(Some(&identity.user), None),
+        None => holder,
+    };
     let mut session = Session {
         id,
         ctx,
+        holder,
         identity,
         outbox,
         rooms: Vec::new(),
@@ -278,7 +289,7 @@ pub(crate) async fn start(
         // Last words: what is still queued, then `bye`, then the close itself; bounded,
         // because a client that stopped reading would otherwise hold us forever.
         inbox.drain_now(&mut batch);
-        let goodbye = goodbye(&mut reader, &mut writer, batch, code, None);
+        let goodbye = goodbye(&mut reader, &mut writer, batch, code, None, None);
         let _ = Box::pin(tokio::time::timeout(ctx.close_grace, goodbye)).await;
     }
 }
@@ -293,6 +304,7 @@ async fn goodbye(
     mut batch: Vec<Outbound>,
     code: CloseCode,
     message: Option<&str>,
+    retry_after_ms: Option<u64>,
 ) {
     batch.push(Outbound::new(
         protocol::encode(&ServerFrame::Bye {
@@ -300,6 +312,7 @@ async fn goodbye(
             reason: code.reason(),
             reconnect: code.reconnect(),
             message,
+            retry_after_ms,
         }),
         Kind::Frame,
     ));
@@ -309,6 +322,38 @@ async fn goodbye(
             async { while !matches!(reader.next().await, Inbound::Closed | Inbound::Fatal(_)) {} };
         let _ = tokio::time::timeout(LINGER, client_closed).await;
     }
+}
+
+/// Refuses a connection the server has no room for now (its address's share of
+/// connections, or the server's, is used up). It was accepted only to say so, because
+/// browsers cannot read the status of a refused WebSocket or WebTransport handshake:
+/// `error {code: "busy", retryAfterMs}`, `bye` 4004 with the same wait, the close. The
+/// browser client waits that long, then connects again.
+pub(crate) async fn refuse_busy(
+    ctx: &SessionContext,
+    mut reader: impl FrameReader,
+    mut writer: impl FrameWriter,
+    retry_after: Duration,
+    message: &str,
+) {
+    let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
+    let error = protocol::encode(&ServerFrame::Error {
+        code: ErrorCode::Busy,
+        message,
+        room: None,
+        id: None,
+        retry_after_ms: Some(ms),
+    });
+    let batch = vec![Outbound::new(error, Kind::Frame)];
+    let goodbye = goodbye(
+        &mut reader,
+        &mut writer,
+        batch,
+        CloseCode::Busy,
+        Some(message),
+        Some(ms),
+    );
+    let _ = tokio::time::timeout(ctx.close_grace, goodbye).await;
 }
 
 /// Resolves at `leaving` (never, while the server is not shutting down): neither a busy
@@ -324,6 +369,10 @@ async fn gone_at(leaving: Option<Instant>) {
 struct Joined {
     room: Arc<Room>,
     me: Member,
+    /// The room counted among those its holder holds open, while this connection is in it.
+    /// Boxed: a join's outcome passes through the session's future, which would keep room
+    /// for it inline for the connection's life.
+    _hold: Option<Box<RoomHold>>,
 }
 
 struct Session<'a> {
@@ -331,6 +380,8 @@ struct Session<'a> {
     ctx: &'a SessionContext,
     /// Who the host says this connection is; None when the host does not authenticate.
     identity: Option<Identity>,
+    /// Whose room budgets this connection's joins count against.
+    holder: Option<Arc<Holder>>,
     /// This connection's own queue: replies go through it so that they keep their order
     /// with the room messages around them (a message, then its ack).
     outbox: Outbox,
@@ -588,18 +639,47 @@ impl<'a> Session<'a> {
                 ErrorCode::TooManyRooms,
                 "this connection is in max_rooms_per_connection rooms already",
             ))
-        } else if self.ctx.hub.room(&room).is_none() && !self.new_rooms.allow() {
-            // Creating a room costs the server memory: at most so many per connection.
-            Some((
-                ErrorCode::RateLimited,
-                "this connection created too many rooms; wait a minute or join existing ones",
-            ))
         } else {
             None
         };
         if let Some((code, msg)) = refused {
             self.error(code, msg, Some(&room), None);
             return None;
+        }
+        // Held until this connection leaves the room: refused past the holder's budget.
+        let hold = match &self.holder {
+            Some(holder) => match self.ctx.rooms.hold(holder, &room) {
+                Some(hold) => Some(hold),
+                None => {
+                    self.error(
+                        ErrorCode::TooManyRooms,
+                        "your address (or user) holds max_rooms_per_ip rooms open already",
+                        Some(&room),
+                        None,
+                    );
+                    return None;
+                }
+            },
+            None => None,
+        };
+        // Creating a room costs the server memory: at most so many per connection, and per
+        // address (or user).
+        if self.ctx.hub.room(&room).is_none() {
+            let refused = if !self.new_rooms.allow() {
+                Some("this connection created too many rooms; wait a minute or join existing ones")
+            } else if let Some(holder) = &self.holder
+                && self.ctx.rooms.create(holder).is_err()
+            {
+                Some(
+                    "your address (or user) created too many rooms; wait a minute or join existing ones",
+                )
+            } else {
+                None
+            };
+            if let Some(msg) = refused {
+                self.error(ErrorCode::RateLimited, msg, Some(&room), None);
+                return None;
+            }
         }
         let sender = match self.sender(key) {
             Ok(sender) => sender,
@@ -619,7 +699,11 @@ impl<'a> Session<'a> {
         let outbox = self.outbox.clone();
         Some(Box::pin(async move {
             match hub.join(&room, me.clone(), resume).await {
-                Ok(room) => Effect::Joined(Joined { room, me }),
+                Ok(room) => Effect::Joined(Joined {
+                    room,
+                    me,
+                    _hold: hold.map(Box::new),
+                }),
                 Err(code) => {
                     let message = match code {
                         ErrorCode::StorageFailed => {
@@ -833,7 +917,9 @@ mod tests {
     /// Every idle connection holds its session's future: what is awaited once (a join, a
     /// webhook, identifying it, its last words) is boxed, so that it is not part of it.
     /// The figure was 1768 bytes before they were; past this bound, look for an await
-    /// that inlined a large future.
+    /// that inlined a large future. 1056 bytes before the room budgets, 1160 with them
+    /// (the holder pointer, as an argument, a local and a field: each value a future keeps
+    /// costs it more than its own size).
     #[tokio::test]
     async fn a_sessions_future_stays_small() {
         let engine = Arc::new(crate::engine::memory::Memory::new(1));
@@ -851,9 +937,10 @@ mod tests {
             senders: Arc::new(SenderKey::new(b"a test's key")),
             on_message: None,
             message_check: None,
+            rooms: RoomBudgets::new(256, 120, 64),
         };
-        let session = start(&ctx, 1, Transport::WebSocket, None, Reader, Writer);
+        let session = start(&ctx, 1, Transport::WebSocket, None, None, Reader, Writer);
         let size = std::mem::size_of_val(&session);
-        assert!(size <= 1100, "a session's future is {size} bytes");
+        assert!(size <= 1200, "a session's future is {size} bytes");
     }
 }

@@ -1,5 +1,10 @@
 //! Rationing what any client can make the server do: token buckets (a connection's frames,
-//! an address's ticket requests) and the log lines a client can cause.
+//! an address's ticket requests), what one address may hold at once (connections, HTTP
+//! connections not yet upgraded, streams and held polls), and the log lines a client can
+//! cause.
+//!
+//! Every per-address budget counts a client under [`budget_key`]: an IPv6 client by its
+//! network prefix (a /64 by default), since whoever has one address of a /64 has them all.
 //!
 //! A line per refused connection or failed login would let anyone fill the disk and bury
 //! what matters in the log: every warning a client can trigger is written through
@@ -7,9 +12,27 @@
 //! saying how many of its kind were left out since the last (`unlogged`).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::Mutex;
+use std::collections::hash_map::Entry;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The address a per-address budget counts `ip` under: an IPv4 client on a dual-stack
+/// socket as its IPv4 address, an IPv6 client by its first `ipv6_prefix` bits (the rest
+/// zero).
+pub(crate) fn budget_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u32::from(ipv6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+        v4 => v4,
+    }
+}
 
 /// A token bucket: `burst` at once, then `per_second`, sustained.
 #[derive(Debug)]
@@ -57,58 +80,309 @@ impl RateLimit {
     }
 }
 
-/// Addresses remembered per generation by [`PerAddressRate`]: a bound on its memory
-/// (two generations, about 100 bytes an address) whatever the number of addresses asking.
+/// What each client address holds at once (connections, streams…), so that one address
+/// cannot take every slot (and file descriptor) of the server.
+pub(crate) struct PerAddress {
+    max: usize,
+    ipv6_prefix: u8,
+    /// Held to count one connection in or out, never across an `.await`; per connection,
+    /// not per message.
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Counts one thing held against its address until dropped.
+pub(crate) struct AddressPermit {
+    table: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    /// At most `max` per address, IPv6 addresses counted per `ipv6_prefix`.
+    pub(crate) fn new(max: usize, ipv6_prefix: u8) -> Arc<PerAddress> {
+        Arc::new(PerAddress {
+            max,
+            ipv6_prefix,
+            counts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Admits one more from `ip`, or None when its [`budget_key`] holds `max` already.
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<AddressPermit> {
+        let ip = budget_key(ip, self.ipv6_prefix);
+        let mut counts = self.counts.lock().unwrap();
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressPermit {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressPermit {
+    fn drop(&mut self) {
+        let mut counts = self.table.counts.lock().unwrap();
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// An HTTP connection's place among those not yet upgraded ([`Server`](crate::Server)
+/// only): one of the server's `max_http_connections`, and one of its address's
+/// `max_http_connections_per_ip` (a trusted proxy's connections are counted in the first
+/// alone: they carry everyone's requests). A WebSocket gives it back when it upgrades; an
+/// SSE stream or a held poll gives it back while it streams or waits (they have their own
+/// budget, `max_streams_per_ip`) and a poll takes it again when answered. Each request of
+/// the connection carries it as an extension.
+pub(crate) struct Unupgraded {
+    pool: Arc<Semaphore>,
+    addresses: Arc<PerAddress>,
+    /// The peer's address; None for a trusted proxy.
+    ip: Option<IpAddr>,
+    held: Mutex<Option<Places>>,
+}
+
+type Places = (OwnedSemaphorePermit, Option<AddressPermit>);
+
+/// Which share of the not-yet-upgraded connections is used up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PoolFull {
+    /// The server's (`max_http_connections`).
+    Server,
+    /// The address's (`max_http_connections_per_ip`).
+    Address,
+}
+
+impl Unupgraded {
+    /// A place for a new connection from `ip` (None: from a trusted proxy), or which share
+    /// is used up.
+    pub(crate) fn take(
+        pool: &Arc<Semaphore>,
+        addresses: &Arc<PerAddress>,
+        ip: Option<IpAddr>,
+    ) -> Result<Arc<Unupgraded>, PoolFull> {
+        let places = Self::places(pool, addresses, ip)?;
+        Ok(Arc::new(Unupgraded {
+            pool: pool.clone(),
+            addresses: addresses.clone(),
+            ip,
+            held: Mutex::new(Some(places)),
+        }))
+    }
+
+    fn places(
+        pool: &Arc<Semaphore>,
+        addresses: &Arc<PerAddress>,
+        ip: Option<IpAddr>,
+    ) -> Result<Places, PoolFull> {
+        let address = match ip {
+            Some(ip) => Some(addresses.admit(ip).ok_or(PoolFull::Address)?),
+            None => None,
+        };
+        let permit = pool
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| PoolFull::Server)?;
+        Ok((permit, address))
+    }
+
+    /// Gives the places back: the connection streams or waits now.
+    pub(crate) fn release(&self) {
+        self.held.lock().unwrap().take();
+    }
+
+    /// Takes places again (the stream or the wait is over and the connection may carry
+    /// more requests); false when there are none, and then the connection must close.
+    pub(crate) fn retake(&self) -> bool {
+        let mut held = self.held.lock().unwrap();
+        if held.is_none() {
+            *held = Self::places(&self.pool, &self.addresses, self.ip).ok();
+        }
+        held.is_some()
+    }
+}
+
+/// Keys (addresses, users) remembered per generation by [`PerKeyRate`]: a bound on its
+/// memory (two generations, about 100 bytes a key) whatever the number of keys asking.
 const ADDRESSES: usize = 8192;
 
-/// A token bucket per client address. The table is bounded: addresses are kept in two
-/// generations, and once the current one holds [`ADDRESSES`] it becomes the older one
-/// (the older forgotten). An address that asks again is moved to the current generation
-/// with its bucket; one forgotten had not asked while thousands of others did, and starts
-/// with a full bucket, which it would have had by then at any sane rate.
-pub(crate) struct PerAddressRate {
+/// A token bucket per key. The table is bounded: keys are kept in two generations, and
+/// once the current one holds [`ADDRESSES`] it becomes the older one (the older
+/// forgotten). A key that asks again is moved to the current generation with its bucket;
+/// one forgotten had not asked while thousands of others did, and starts with a full
+/// bucket, which it would have had by then at any sane rate.
+pub(crate) struct PerKeyRate<K> {
     per_second: f64,
     burst: f64,
     /// Held for one lookup, never across an `.await`.
-    table: Mutex<Generations>,
+    table: Mutex<Generations<K>>,
 }
 
-#[derive(Default)]
-struct Generations {
-    current: HashMap<IpAddr, RateLimit>,
-    older: HashMap<IpAddr, RateLimit>,
+struct Generations<K> {
+    current: HashMap<K, RateLimit>,
+    older: HashMap<K, RateLimit>,
 }
 
-impl PerAddressRate {
-    /// `burst` requests at once per address, then `per_second`.
-    pub(crate) fn new(per_second: f64, burst: f64) -> PerAddressRate {
-        PerAddressRate {
+impl<K: Hash + Eq> PerKeyRate<K> {
+    /// `burst` at once per key, then `per_second`.
+    pub(crate) fn new(per_second: f64, burst: f64) -> PerKeyRate<K> {
+        PerKeyRate {
             per_second,
             burst,
-            table: Mutex::new(Generations::default()),
+            table: Mutex::new(Generations {
+                current: HashMap::new(),
+                older: HashMap::new(),
+            }),
         }
     }
 
-    /// Counts one request from `ip` (an IPv4 client on a dual-stack socket counts as its
-    /// IPv4 address): `Err` with how long until it may ask again when it is over its rate.
-    pub(crate) fn take(&self, ip: IpAddr) -> Result<(), Duration> {
-        let ip = ip.to_canonical();
+    /// Counts one for `key`: `Err` with how long until it may ask again when it is over
+    /// its rate.
+    pub(crate) fn take(&self, key: K) -> Result<(), Duration> {
         let mut table = self.table.lock().unwrap();
-        if !table.current.contains_key(&ip) {
-            let bucket = table
-                .older
-                .remove(&ip)
-                .unwrap_or_else(|| RateLimit::new(self.per_second, self.burst));
-            if table.current.len() >= ADDRESSES {
-                table.older = std::mem::take(&mut table.current);
+        let bucket = match table.current.entry(key) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                // Looked up by reference in the older generation, moved from there.
+                let key = entry.into_key();
+                let bucket = table
+                    .older
+                    .remove(&key)
+                    .unwrap_or_else(|| RateLimit::new(self.per_second, self.burst));
+                if table.current.len() >= ADDRESSES {
+                    table.older = std::mem::take(&mut table.current);
+                }
+                table.current.entry(key).or_insert(bucket)
             }
-            table.current.insert(ip, bucket);
-        }
-        let bucket = table.current.get_mut(&ip).expect("inserted above");
+        };
         if bucket.allow() {
             Ok(())
         } else {
             Err(bucket.wait())
+        }
+    }
+}
+
+/// A token bucket per client address, counted under its [`budget_key`].
+pub(crate) struct PerAddressRate {
+    ipv6_prefix: u8,
+    rates: PerKeyRate<IpAddr>,
+}
+
+impl PerAddressRate {
+    /// `burst` requests at once per address, then `per_second`; IPv6 addresses counted
+    /// per `ipv6_prefix`.
+    pub(crate) fn new(per_second: f64, burst: f64, ipv6_prefix: u8) -> PerAddressRate {
+        PerAddressRate {
+            ipv6_prefix,
+            rates: PerKeyRate::new(per_second, burst),
+        }
+    }
+
+    /// Counts one request from `ip`: `Err` with how long until it may ask again when it is
+    /// over its rate.
+    pub(crate) fn take(&self, ip: IpAddr) -> Result<(), Duration> {
+        self.rates.take(budget_key(ip, self.ipv6_prefix))
+    }
+}
+
+/// Whom a room budget counts: a signed-in user by its user id, wherever it connects from
+/// (many users behind one carrier NAT are many), anyone else by its address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Holder {
+    User(Arc<str>),
+    Address(IpAddr),
+}
+
+/// What each [`Holder`] may do to the room table: hold at most `max_rooms_per_ip` rooms
+/// open through its connections (a room held by one of them costs the server its state
+/// and cannot be evicted), and create at most `max_new_rooms_per_minute_per_ip` a minute.
+/// Without them one address's connections, each under its own limits, filled the table.
+pub(crate) struct RoomBudgets {
+    max_held: usize,
+    ipv6_prefix: u8,
+    /// Per holder, its rooms and how many of its connections are in each. Held for one
+    /// join or leave, never across an `.await`.
+    held: Mutex<HashMap<Holder, HashMap<Arc<str>, usize>>>,
+    created: PerKeyRate<Holder>,
+}
+
+/// One connection of a holder in a room, until dropped.
+pub(crate) struct RoomHold {
+    budgets: Arc<RoomBudgets>,
+    holder: Arc<Holder>,
+    room: Arc<str>,
+}
+
+impl RoomBudgets {
+    pub(crate) fn new(max_held: usize, created_per_minute: u32, ipv6_prefix: u8) -> Arc<Self> {
+        let per_minute = f64::from(created_per_minute);
+        Arc::new(RoomBudgets {
+            max_held,
+            ipv6_prefix,
+            held: Mutex::new(HashMap::new()),
+            created: PerKeyRate::new(per_minute / 60.0, per_minute),
+        })
+    }
+
+    /// Whom a connection counts as: its user, else its address (None when neither is
+    /// known: a host serving without peer addresses; then only per-connection limits
+    /// hold). Shared: a session keeps one pointer, not the key.
+    pub(crate) fn holder(&self, user: Option<&str>, client: Option<IpAddr>) -> Option<Arc<Holder>> {
+        let holder = match (user, client) {
+            (Some(user), _) => Holder::User(user.into()),
+            (None, Some(ip)) => Holder::Address(budget_key(ip, self.ipv6_prefix)),
+            (None, None) => return None,
+        };
+        Some(Arc::new(holder))
+    }
+
+    /// One more connection of `holder` in `room`, or None when that would make it hold
+    /// more than `max_rooms_per_ip` rooms.
+    pub(crate) fn hold(self: &Arc<Self>, holder: &Arc<Holder>, room: &str) -> Option<RoomHold> {
+        let mut held = self.held.lock().unwrap();
+        let rooms = held.entry(Holder::clone(holder)).or_default();
+        let room: Arc<str> = match rooms.get_key_value(room) {
+            Some((room, _)) => room.clone(),
+            None if rooms.len() >= self.max_held => return None,
+            None => room.into(),
+        };
+        *rooms.entry(room.clone()).or_insert(0) += 1;
+        Some(RoomHold {
+            budgets: self.clone(),
+            holder: holder.clone(),
+            room,
+        })
+    }
+
+    /// Counts the creation of a room by `holder`: `Err` with how long until it may create
+    /// another.
+    pub(crate) fn create(&self, holder: &Holder) -> Result<(), Duration> {
+        self.created.take(holder.clone())
+    }
+}
+
+impl Drop for RoomHold {
+    fn drop(&mut self) {
+        let mut held = self.budgets.held.lock().unwrap();
+        let Some(rooms) = held.get_mut(&*self.holder) else {
+            return;
+        };
+        if let Some(count) = rooms.get_mut(&self.room) {
+            *count -= 1;
+            if *count == 0 {
+                rooms.remove(&self.room);
+            }
+        }
+        if rooms.is_empty() {
+            held.remove(&*self.holder);
         }
     }
 }
@@ -180,7 +454,7 @@ mod tests {
 
     #[test]
     fn each_address_has_its_bucket_and_the_table_stays_bounded() {
-        let rates = PerAddressRate::new(1.0, 2.0);
+        let rates = PerAddressRate::new(1.0, 2.0, 64);
         let one: IpAddr = "10.0.0.1".parse().unwrap();
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         assert_eq!(rates.take(one), Ok(()));
@@ -197,8 +471,118 @@ mod tests {
         for i in 0..3 * ADDRESSES as u32 {
             let _ = rates.take(IpAddr::from((0x0c00_0000 + i).to_be_bytes()));
         }
-        let table = rates.table.lock().unwrap();
+        let table = rates.rates.table.lock().unwrap();
         assert!(table.current.len() + table.older.len() <= 2 * ADDRESSES);
+    }
+
+    #[test]
+    fn each_address_holds_at_most_its_share() {
+        let table = PerAddress::new(2, 64);
+        let one: IpAddr = "10.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let a = table.admit(one).unwrap();
+        let _b = table.admit(mapped).unwrap();
+        assert!(
+            table.admit(one).is_none(),
+            "the mapped address is the same client"
+        );
+        assert!(table.admit("10.0.0.2".parse().unwrap()).is_some());
+        drop(a);
+        assert!(table.admit(one).is_some());
+        drop(table.admit(one));
+        assert_eq!(table.counts.lock().unwrap().get(&one), Some(&1));
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_prefix() {
+        let table = PerAddress::new(2, 64);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let (_a, _b) = (table.admit(a).unwrap(), table.admit(b).unwrap());
+        assert!(
+            table
+                .admit("2001:db8:1:2:abcd::9".parse().unwrap())
+                .is_none(),
+            "one /64"
+        );
+        assert!(
+            table.admit(other).is_some(),
+            "the next /64 is another client"
+        );
+        assert_eq!(budget_key(a, 128), a);
+        assert_eq!(budget_key(a, 48), "2001:db8:1::".parse::<IpAddr>().unwrap());
+        assert_eq!(budget_key(a, 0), "::".parse::<IpAddr>().unwrap());
+        let v4: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(budget_key("::ffff:10.1.2.3".parse().unwrap(), 64), v4);
+    }
+
+    #[test]
+    fn a_connection_not_yet_upgraded_holds_its_place_until_it_streams() {
+        let pool = Arc::new(Semaphore::new(3));
+        let addresses = PerAddress::new(2, 64);
+        let one: IpAddr = "10.0.0.1".parse().unwrap();
+        let a = Unupgraded::take(&pool, &addresses, Some(one)).unwrap();
+        let b = Unupgraded::take(&pool, &addresses, Some(one)).unwrap();
+        assert_eq!(
+            Unupgraded::take(&pool, &addresses, Some(one)).err(),
+            Some(PoolFull::Address)
+        );
+        let proxied = Unupgraded::take(&pool, &addresses, None).unwrap();
+        assert_eq!(
+            Unupgraded::take(&pool, &addresses, None).err(),
+            Some(PoolFull::Server)
+        );
+        // `a` streams: its places are free for another connection, which takes them...
+        a.release();
+        let c = Unupgraded::take(&pool, &addresses, Some(one)).unwrap();
+        // ...so `a` cannot take them back when its stream ends: it must close.
+        assert!(!a.retake());
+        drop((b, proxied));
+        assert!(a.retake());
+        assert!(a.retake(), "taking again what is held is a no-op");
+        drop(c);
+    }
+
+    #[test]
+    fn a_holder_holds_at_most_its_rooms_and_creates_at_its_rate() {
+        let budgets = RoomBudgets::new(2, 3, 64);
+        let ann = budgets
+            .holder(Some("ann"), Some("10.0.0.1".parse().unwrap()))
+            .unwrap();
+        let address = budgets
+            .holder(None, Some("10.0.0.1".parse().unwrap()))
+            .unwrap();
+        assert_eq!(
+            *ann,
+            Holder::User("ann".into()),
+            "a user is counted as the user"
+        );
+        assert_eq!(budgets.holder(None, None), None);
+        let a1 = budgets.hold(&address, "a").unwrap();
+        let a2 = budgets.hold(&address, "a").unwrap();
+        let _b = budgets.hold(&address, "b").unwrap();
+        assert!(budgets.hold(&address, "c").is_none(), "a third room");
+        assert!(
+            budgets.hold(&address, "a").is_some(),
+            "a room it holds already"
+        );
+        assert!(budgets.hold(&ann, "c").is_some(), "another holder");
+        drop((a1, a2));
+        assert!(
+            budgets.hold(&address, "c").is_some(),
+            "room a was given back"
+        );
+        assert!(budgets.held.lock().unwrap()[&*address].len() <= 2);
+        for _ in 0..3 {
+            assert_eq!(budgets.create(&address), Ok(()));
+        }
+        let wait = budgets.create(&address).unwrap_err();
+        assert!(
+            wait > Duration::from_secs(19) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
+        assert_eq!(budgets.create(&ann), Ok(()));
     }
 
     #[test]

@@ -1160,6 +1160,49 @@ impl Client {
         ack["seq"].as_u64().unwrap()
     }
 
+    /// A WebSocket client once the server admits one: connections refused as `busy` are
+    /// tried again until the deadline (a place freed elsewhere is noticed by the server
+    /// only once that connection's end reached it).
+    pub async fn ws_when_admitted(server: &TestServer) -> Client {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let mut client = Client::ws(server).await;
+            client.send(json!({"type": "ping"})).await;
+            let answer = client.next().await;
+            if answer["type"] == "pong" {
+                return client;
+            }
+            assert_eq!(answer["code"], "busy", "{answer}");
+            assert!(tokio::time::Instant::now() < deadline, "never admitted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What a connection refused for load is told over WebSocket or WebTransport (browsers
+    /// cannot read a refused handshake's status): `error {code: "busy", retryAfterMs}`, then
+    /// `bye` 4004 with the same wait, then the close (4004 over WebSocket). Returns the wait,
+    /// in ms.
+    pub async fn expect_busy(&mut self) -> u64 {
+        let error = self.next().await;
+        assert_eq!(error["type"], "error", "{error}");
+        assert_eq!(error["code"], "busy", "{error}");
+        let wait = error["retryAfterMs"].as_u64().expect("a retryAfterMs");
+        let bye = self.next().await;
+        assert_eq!(
+            (
+                &bye["type"],
+                &bye["code"],
+                &bye["reason"],
+                &bye["reconnect"]
+            ),
+            (&json!("bye"), &json!(4004), &json!("busy"), &json!(true)),
+            "{bye}"
+        );
+        assert_eq!(bye["retryAfterMs"], wait, "{bye}");
+        assert_eq!(self.ended().await, Ended::Code(4004));
+        wait
+    }
+
     /// Waits until the connection ends; returns how (close code or `bye` code).
     pub async fn ended(&mut self) -> Ended {
         let deadline = tokio::time::Instant::now() + DEADLINE;

@@ -12,17 +12,17 @@
 //! sessions' shared context, the origin policy, the task tracker), and nothing of the
 //! module that mounts the transports.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio_util::task::TaskTracker;
 
 use crate::hub::ConnectionPermit;
-use crate::session::SessionContext;
-use crate::throttle::throttled;
+use crate::session::{self, FrameReader, FrameWriter, SessionContext};
+use crate::throttle::{AddressPermit, PerAddress, throttled};
 
 mod lines;
 pub(crate) mod poll;
@@ -43,6 +43,8 @@ pub(crate) struct Context {
     pub ws_read_buffer: usize,
     /// Connections per client address.
     pub per_address: Arc<PerAddress>,
+    /// SSE streams and held polls per client address.
+    pub streams: Arc<PerAddress>,
     /// Proxies whose `X-Forwarded-*` headers are believed: the client's address, scheme,
     /// host and prefix as they say. Nobody else's.
     pub trusted_proxies: Vec<IpAddr>,
@@ -90,20 +92,72 @@ pub(crate) enum Refused {
     Address,
     /// The server holds `max_connections` connections.
     Full,
+    /// Its address has `max_streams_per_ip` SSE streams and held polls open.
+    Streams,
+}
+
+impl Refused {
+    /// What the client is told.
+    pub(crate) fn message(self) -> &'static str {
+        match self {
+            Refused::Origin => "origin not allowed",
+            Refused::Address => "too many connections from your address",
+            Refused::Streams => "too many streams and polls from your address",
+            Refused::ShuttingDown => "shutting down",
+            Refused::Full => "too many connections",
+        }
+    }
+
+    /// When to try again: soon for a node that is going away (the next attempt reaches
+    /// another), later for a budget used up; never for an origin.
+    pub(crate) fn retry_after(self) -> Option<Duration> {
+        match self {
+            Refused::Origin => None,
+            Refused::ShuttingDown => Some(Duration::from_secs(1)),
+            Refused::Address | Refused::Streams | Refused::Full => Some(Duration::from_secs(5)),
+        }
+    }
+
+    /// Whether a WebSocket or WebTransport client is told over an accepted connection
+    /// ([`session::refuse_busy`](crate::session::refuse_busy)) rather than by the
+    /// handshake's status, which browsers cannot read: a refusal for load, which the
+    /// client waits out and tries again.
+    pub(crate) fn is_busy(self) -> bool {
+        matches!(self, Refused::Address | Refused::Full)
+    }
+}
+
+impl Context {
+    /// Tells a WebSocket or WebTransport client refused for load that the server is busy,
+    /// over the connection it was accepted on (see [`Refused::is_busy`]).
+    pub(crate) async fn refuse_busy(
+        &self,
+        refused: Refused,
+        reader: impl FrameReader,
+        writer: impl FrameWriter,
+    ) {
+        let wait = refused.retry_after().unwrap_or_default();
+        session::refuse_busy(&self.session, reader, writer, wait, refused.message()).await;
+    }
 }
 
 impl IntoResponse for Refused {
+    /// The status, and `Retry-After` (seconds) when trying again can succeed.
     fn into_response(self) -> Response {
-        match self {
-            Refused::Origin => (StatusCode::FORBIDDEN, "origin not allowed"),
-            Refused::Address => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many connections from your address",
-            ),
-            Refused::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
-            Refused::Full => (StatusCode::SERVICE_UNAVAILABLE, "too many connections"),
+        let status = match self {
+            Refused::Origin => StatusCode::FORBIDDEN,
+            Refused::Address | Refused::Streams => StatusCode::TOO_MANY_REQUESTS,
+            Refused::ShuttingDown | Refused::Full => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        match self.retry_after() {
+            Some(wait) => (
+                status,
+                [(header::RETRY_AFTER, wait.as_secs().to_string())],
+                self.message(),
+            )
+                .into_response(),
+            None => (status, self.message()).into_response(),
         }
-        .into_response()
     }
 }
 
@@ -112,6 +166,8 @@ impl IntoResponse for Refused {
 pub(crate) struct Admitted {
     _total: ConnectionPermit,
     _address: Option<AddressPermit>,
+    /// The client's address, when known (for the session's room budgets).
+    pub client: Option<IpAddr>,
 }
 
 impl Context {
@@ -149,57 +205,33 @@ impl Context {
         Ok(Admitted {
             _total: total,
             _address: address,
+            client,
         })
     }
 }
 
-/// Connections held per client address, so that one address cannot take every connection
-/// slot (and file descriptor) of the server.
-pub(crate) struct PerAddress {
-    max: usize,
-    /// Held to count one connection in or out, never across an `.await`; per connection,
-    /// not per message.
-    counts: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// Counts one connection against its address until dropped.
-pub(crate) struct AddressPermit {
-    table: Arc<PerAddress>,
-    ip: IpAddr,
-}
-
-impl PerAddress {
-    pub(crate) fn new(max: usize) -> Arc<PerAddress> {
-        Arc::new(PerAddress {
-            max,
-            counts: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// Admits one more connection from `ip`, or None when it holds `max` already. An
-    /// IPv4 client on the dual-stack socket counts as its IPv4 address.
-    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<AddressPermit> {
-        let ip = ip.to_canonical();
-        let mut counts = self.counts.lock().unwrap();
-        let count = counts.entry(ip).or_insert(0);
-        if *count >= self.max {
-            return None;
-        }
-        *count += 1;
-        Some(AddressPermit {
-            table: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for AddressPermit {
-    fn drop(&mut self) {
-        let mut counts = self.table.counts.lock().unwrap();
-        if let Some(count) = counts.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.ip);
+impl Context {
+    /// A place among its address's `max_streams_per_ip` for an SSE stream or a held poll
+    /// from `peer` (None when the host serves without peer addresses: nothing to count),
+    /// held until dropped. The transport gives back the connection's place among those not
+    /// yet upgraded ([`Unupgraded::release`](crate::throttle::Unupgraded::release)) meanwhile: streams have this budget instead.
+    pub(crate) fn hold_stream(
+        &self,
+        peer: Option<SocketAddr>,
+        headers: &HeaderMap,
+    ) -> Result<Option<AddressPermit>, Refused> {
+        let Some(client) = peer.map(|peer| self.client_address(peer.ip(), headers)) else {
+            return Ok(None);
+        };
+        match self.streams.admit(client) {
+            Some(permit) => Ok(Some(permit)),
+            None => {
+                throttled!(
+                    warn,
+                    %client,
+                    "refused: too many streams and polls from this address"
+                );
+                Err(Refused::Streams)
             }
         }
     }
@@ -291,24 +323,6 @@ pub(crate) fn shown(peer: Option<std::net::SocketAddr>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn each_address_holds_at_most_its_share() {
-        let table = PerAddress::new(2);
-        let one: IpAddr = "10.0.0.1".parse().unwrap();
-        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        let a = table.admit(one).unwrap();
-        let _b = table.admit(mapped).unwrap();
-        assert!(
-            table.admit(one).is_none(),
-            "the mapped address is the same client"
-        );
-        assert!(table.admit("10.0.0.2".parse().unwrap()).is_some());
-        drop(a);
-        assert!(table.admit(one).is_some());
-        drop(table.admit(one));
-        assert_eq!(table.counts.lock().unwrap().get(&one), Some(&1));
-    }
 
     #[test]
     fn default_origins_are_the_servers_own() {

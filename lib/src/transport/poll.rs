@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::{Notify, oneshot};
 
@@ -33,6 +33,7 @@ use crate::auth::Transport;
 use crate::protocol::CloseCode;
 use crate::queue::{Kind, Outbound};
 use crate::session::FrameWriter;
+use crate::throttle::Unupgraded;
 
 /// How long a poll is held when there is nothing to send.
 pub(crate) const HOLD: Duration = Duration::from_secs(25);
@@ -92,6 +93,9 @@ struct QueueState {
     closed: bool,
     /// Polls in flight, and when the last one ended.
     polling: usize,
+    /// The number of the latest poll: an earlier one still held answers at once (a session
+    /// holds one poll at a time, so that its polls cannot pile up).
+    latest_poll: u64,
     last_poll: Instant,
     /// Most frames kept unacknowledged; past it the client is too slow.
     capacity: usize,
@@ -129,6 +133,7 @@ fn open_session(
             answered: 0,
             closed: false,
             polling: 0,
+            latest_poll: 0,
             last_poll: Instant::now(),
             capacity: ctx.session.hub.config().outbound_queue,
             expiry: ctx.session.idle_timeout / 2,
@@ -175,23 +180,40 @@ pub(crate) struct After {
 /// `GET /wtchat/poll/ID?after=N`: the session's frames numbered above `N`, held until there
 /// is one (or [`HOLD`] passed). A poll for a session another node holds goes there through
 /// the engine, and its answer comes back the same way.
+///
+/// A held poll counts against its address's `max_streams_per_ip`, not among the HTTP
+/// connections not yet upgraded; answered, its connection takes a place there again, or
+/// closes when there is none.
 pub(crate) async fn poll(
     State(ctx): State<Arc<Context>>,
     Path(id): Path<String>,
     Query(After { after }): Query<After>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    place: Option<Extension<Arc<Unupgraded>>>,
     headers: HeaderMap,
 ) -> Response {
     let origin = headers
         .get(header::ORIGIN)
         .map(|o| o.to_str().unwrap_or("\u{0}").to_string());
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
+    let held = match ctx.hold_stream(peer, &headers) {
+        Ok(held) => held,
+        Err(refused) => return posted::readable(&ctx, &headers, refused.into_response()),
+    };
+    let place = place.map(|Extension(place)| place);
+    if let Some(place) = &place {
+        place.release();
+    }
     let (status, body) = match posted::elsewhere(&ctx, &id) {
         Some(node) if !ctx.polled.open.lock().unwrap().contains_key(&id) => {
             forward(&ctx, node, id, origin, after).await
         }
         _ => answer(&ctx, &id, after, origin.as_deref()).await,
     };
+    drop(held);
+    let keep_alive = place.is_none_or(|place| place.retake());
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let answer = if status == StatusCode::OK {
+    let mut answer = if status == StatusCode::OK {
         let json = [
             (header::CONTENT_TYPE, "application/json"),
             (header::CACHE_CONTROL, "no-store"),
@@ -200,6 +222,11 @@ pub(crate) async fn poll(
     } else {
         (status, body).into_response()
     };
+    if !keep_alive {
+        answer
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     posted::readable(&ctx, &headers, answer)
 }
 
@@ -263,7 +290,14 @@ async fn answer(ctx: &Context, id: &str, after: u64, origin: Option<&str>) -> (u
     if !posted::origin_fits(queue.origin.as_deref(), origin, &ctx.origins) {
         return (403, "not the session's origin".into());
     }
-    queue.state.lock().unwrap().polling += 1;
+    let mine = {
+        let mut state = queue.state.lock().unwrap();
+        state.polling += 1;
+        state.latest_poll += 1;
+        state.latest_poll
+    };
+    // A poll of this session held before this one answers now, with what there is.
+    queue.ready.notify_waiters();
     // Counted until this poll ends, answered or dropped by a client that went away.
     let _polling = Polling(&queue);
     let deadline = tokio::time::Instant::now() + HOLD;
@@ -277,6 +311,9 @@ async fn answer(ctx: &Context, id: &str, after: u64, origin: Option<&str>) -> (u
             }
             if state.frames.is_empty() && state.closed {
                 break None;
+            }
+            if state.latest_poll != mine {
+                break Some(Vec::new());
             }
             if !state.frames.is_empty() {
                 let next = state.frames.back().map_or(after, |(n, _)| *n);

@@ -206,7 +206,7 @@ pub(crate) fn run(
     let tracker = ctx.tracker.clone();
     tracker.spawn(
         async move {
-            let _admitted = admitted;
+            let admitted = admitted;
             let reader = Reader {
                 inbox,
                 gone: Some(Box::pin(gone)),
@@ -216,6 +216,7 @@ pub(crate) fn run(
                 id,
                 transport,
                 connect.map(Box::new),
+                ctx.session.rooms.holder(None, admitted.client),
                 reader,
                 writer,
             )

@@ -33,6 +33,7 @@ use crate::auth::Transport;
 use crate::protocol::CloseCode;
 use crate::queue::{Kind, Outbound};
 use crate::session::{FrameWriter, Inbound};
+use crate::throttle::Unupgraded;
 
 /// A comment line this often keeps proxies from closing a quiet stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -226,10 +227,22 @@ fn open_stream(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     request: &Request,
 ) -> Response {
+    let place = request.extensions().get::<Arc<Unupgraded>>();
+    let peer_addr = peer.as_ref().map(|Extension(ConnectInfo(addr))| *addr);
+    // Held while the stream is open: it lives in the body's state.
+    let stream_place = match ctx.hold_stream(peer_addr, request.headers()) {
+        Ok(held) => held,
+        Err(refused) => return refused.into_response(),
+    };
     let opened = match posted::open(ctx, peer, request, Transport::Sse) {
         Ok(opened) => opened,
         Err(refused) => return refused.into_response(),
     };
+    // Streaming now: its place among the connections not yet upgraded goes back, and the
+    // connection closes when the stream ends (it never takes a place again).
+    if let Some(place) = place {
+        place.release();
+    }
     let resume = request
         .headers()
         .get("last-event-id")
@@ -260,16 +273,17 @@ fn open_stream(
         },
         writer,
     );
+    // `held`: the alive signal and the address's stream place, kept as long as the body.
     let body = futures_util::stream::unfold(
-        (stream, Some(alive), Some(Bytes::from(hello))),
-        |(mut stream, alive, first)| async move {
+        (stream, (alive, stream_place), Some(Bytes::from(hello))),
+        |(mut stream, held, first)| async move {
             if let Some(first) = first {
-                return Some((Ok::<_, Infallible>(first), (stream, alive, None)));
+                return Some((Ok::<_, Infallible>(first), (stream, held, None)));
             }
             match tokio::time::timeout(KEEPALIVE, stream.recv()).await {
-                Ok(Some(chunk)) => Some((Ok(chunk), (stream, alive, None))),
+                Ok(Some(chunk)) => Some((Ok(chunk), (stream, held, None))),
                 Ok(None) => None,
-                Err(_) => Some((Ok(Bytes::from_static(b":\n\n")), (stream, alive, None))),
+                Err(_) => Some((Ok(Bytes::from_static(b":\n\n")), (stream, held, None))),
             }
         },
     );
@@ -278,6 +292,7 @@ fn open_stream(
         .header(header::CACHE_CONTROL, "no-store")
         // nginx buffers responses unless told not to.
         .header("x-accel-buffering", "no")
+        .header(header::CONNECTION, "close")
         .body(Body::from_stream(body))
         .expect("valid response")
 }

@@ -64,13 +64,16 @@ pub(crate) async fn upgrade(
     // per-address limit; the total one still holds.
     let client = peer.map(|addr| ctx.client_address(addr.ip(), headers));
     let admitted = match ctx.admit(origin.as_deref(), client) {
-        Ok(admitted) => admitted,
+        Ok(admitted) => Ok(admitted),
+        // A browser cannot read a refused upgrade's status: upgraded, it is told `busy`.
+        Err(refused) if refused.is_busy() => Err(refused),
         Err(refused) => return refused.into_response(),
     };
     // What the host's authentication sees, copied out of the request: the request's own
     // headers share hyper's whole read buffer (16 KiB), which must not live as long as the
     // connection. Nothing is kept when the host does not authenticate.
-    let connect = ctx.session.auth.identifies().then(|| ConnectRequest {
+    let identifies = admitted.is_ok() && ctx.session.auth.identifies();
+    let connect = identifies.then(|| ConnectRequest {
         transport: Transport::WebSocket,
         path: request.uri().path().to_string(),
         query: request.uri().query().unwrap_or_default().to_string(),
@@ -88,7 +91,6 @@ pub(crate) async fn upgrade(
     let tracker = ctx.tracker.clone();
     tracker.spawn(
         async move {
-            let _admitted = admitted;
             let upgraded = match upgrading.await {
                 Ok(upgraded) => TokioIo::new(upgraded),
                 Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
@@ -101,15 +103,22 @@ pub(crate) async fn upgrade(
                 io: write,
                 pending: Bytes::new(),
             };
+            let admitted = match admitted {
+                Ok(admitted) => admitted,
+                Err(refused) => return ctx.refuse_busy(refused, reader, writer).await,
+            };
             session::start(
                 &ctx.session,
                 id,
                 Transport::WebSocket,
                 connect.map(Box::new),
+                ctx.session.rooms.holder(None, admitted.client),
                 reader,
                 writer,
             )
             .await;
+            // Its places in the counts, held until the session ended.
+            drop(admitted);
         }
         .instrument(span),
     );

@@ -166,12 +166,12 @@ async fn accept(incoming: IncomingSession, ctx: Arc<Context>) {
         return request.not_found().await;
     }
     let admitted = match ctx.admit(request.origin(), Some(peer.ip())) {
-        Ok(admitted) => admitted,
+        Ok(admitted) => Ok(admitted),
         Err(Refused::Origin) => return request.forbidden().await,
-        // WebTransport has no "unavailable": a shutting-down or full server is busy.
-        Err(Refused::ShuttingDown | Refused::Address | Refused::Full) => {
-            return request.too_many_requests().await;
-        }
+        // A browser cannot read a refused CONNECT's status: accepted, it is told `busy`.
+        Err(refused) if refused.is_busy() => Err(refused),
+        // WebTransport has no "unavailable": a shutting-down server answers 429.
+        Err(_) => return request.too_many_requests().await,
     };
     let Ok(connection) = request.accept().await else {
         return;
@@ -199,22 +199,28 @@ async fn accept(incoming: IncomingSession, ctx: Arc<Context>) {
         connection,
         pending: Vec::new(),
     };
-    let request = ctx.session.auth.identifies().then_some(connect);
+    let request = (admitted.is_ok() && ctx.session.auth.identifies()).then_some(connect);
     // A task of its own: this one's size is that of its largest state, the handshake, and
     // a session would carry that for its whole life.
     let tracker = ctx.tracker.clone();
     tracker.spawn(
         async move {
-            let _admitted = admitted;
+            let admitted = match admitted {
+                Ok(admitted) => admitted,
+                Err(refused) => return ctx.refuse_busy(refused, reader, writer).await,
+            };
             session::start(
                 &ctx.session,
                 id,
                 Transport::WebTransport,
                 request.map(Box::new),
+                ctx.session.rooms.holder(None, admitted.client),
                 reader,
                 writer,
             )
             .await;
+            // Its places in the counts, held until the session ended.
+            drop(admitted);
         }
         .instrument(span),
     );
