@@ -6,8 +6,9 @@
 //! them request by request (no sticky sessions): Chromium pages on SSE and on long polling
 //! chat with clients of both nodes. Mounted under a path prefix as the book's text says,
 //! pages on SSE and long polling chat through it; behind a proxy that buffers the event
-//! stream, a page falls back to long polling. Without nginx (or redis-server) the tests
-//! skip loudly (and fail under `CI=true`).
+//! stream, a page falls back to long polling. The book's access log keeps no token or
+//! ticket of the URLs that carry them. Without nginx (or redis-server) the tests skip loudly
+//! (and fail under `CI=true`).
 
 #[path = "common/browser.rs"]
 mod browser;
@@ -78,7 +79,14 @@ fn readme_location_under(prefix: &str, upstream: &str) -> String {
 struct Nginx {
     _child: common::KillOnDrop,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// What nginx wrote to the book's access log so far.
+    fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
 }
 
 fn nginx_path() -> Option<&'static str> {
@@ -105,11 +113,15 @@ async fn nginx_with(port: u16, upstreams: &[String], locations: &str) -> Nginx {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     let servers: String = upstreams.iter().map(|u| format!("server {u}; ")).collect();
+    // The book's log format, and its log written here.
+    let log_format = common::book_block("proxy", "nginx", "log_format wtchat");
+    let locations = locations.replace("/var/log/nginx/access.log", &format!("{d}/access.log"));
     let conf = format!(
         "daemon off; master_process off; user root; pid {d}/nginx.pid; error_log {d}/error.log;
 events {{}}
 http {{
     access_log off;
+    {log_format}
     client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
     fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
     upstream chat {{ {servers} }}
@@ -134,7 +146,7 @@ http {{
     Nginx {
         _child: common::KillOnDrop(child),
         port,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -483,6 +495,57 @@ async fn pages_chat_under_a_path_prefix_and_through_a_proxy_that_buffers_streams
         );
         let errors = page.console_errors();
         assert!(errors.is_empty(), "[{}] {errors:?}", page.label());
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_books_proxy_log_keeps_no_token_or_ticket() {
+    if !nginx_or_skip() {
+        return;
+    }
+    const SECRET: &str = "a-secret-of-32-bytes-or-more-for-logs";
+    let server = start_with(|c| {
+        c.trusted_proxy("127.0.0.1".parse().unwrap())
+            .token_secret(SECRET)
+    })
+    .await;
+    let proxy = nginx(free_port(), &[server.http.to_string()]).await;
+    let token = wtchat::auth::mint(
+        SECRET.as_bytes(),
+        &wtchat::auth::Claims {
+            sub: "u1".into(),
+            name: "Ann".into(),
+            rooms: vec!["*".into()],
+            exp: wtchat::auth::unix_now() + 600,
+        },
+    );
+    // A client with its token in the URL, as WebSocket clients must carry it, through the
+    // proxy; and a request with a ticket in its query.
+    let url = format!("ws://127.0.0.1:{}/wtchat/ws?token={token}", proxy.port);
+    let mut client = Client::ws_at(&url, &[]).await.expect("the token is taken");
+    let (joined, _) = client.join("logged", "whoever").await;
+    assert_eq!(joined["you"]["name"], "Ann", "{joined}");
+    drop(client);
+    let (status, _) = common::http_get(
+        format!("127.0.0.1:{}", proxy.port).parse().unwrap(),
+        "/wtchat/config?ticket=a-ticket-that-must-not-be-logged",
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    // nginx logs a request when it ends: the WebSocket's once it closed.
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    let log = loop {
+        let log = proxy.access_log();
+        if log.contains("GET /wtchat/ws ") && log.contains("GET /wtchat/config ") {
+            break log;
+        }
+        assert!(std::time::Instant::now() < deadline, "not logged: {log}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    for secret in [token.as_str(), "token=", "ticket=", "a-ticket-that-must"] {
+        assert!(!log.contains(secret), "{secret:?} is in the log:\n{log}");
     }
     server.stop().await;
 }

@@ -482,8 +482,11 @@ impl ConfigBuilder {
         self
     }
 
-    /// Connections one client address may hold at once, over all transports; past it, 429.
-    /// Default 1000 (an office behind one address is many users). Counted where the peer's
+    /// Connections one client address may hold at once, over all transports; past it a
+    /// WebSocket or WebTransport connection is told `busy` (`error {code: "busy",
+    /// retryAfterMs}`, then `bye` 4004: browsers cannot read a refused handshake's status)
+    /// and SSE or long polling gets 429 with `Retry-After`. Default 1000 (an office behind
+    /// one address is many users). Counted where the peer's
     /// address is known: always over WebTransport, over WebSocket where the HTTP server
     /// gives it (`wtchat serve` does; a host's server does with
     /// `into_make_service_with_connect_info::<SocketAddr>()`).
@@ -555,7 +558,9 @@ impl ConfigBuilder {
         self
     }
 
-    /// Connections held at once, over all transports. Default 50,000.
+    /// Connections held at once, over all transports; past it a WebSocket or WebTransport
+    /// connection is told `busy` (as for `max_connections_per_ip`), SSE or long polling
+    /// gets 503 with `Retry-After`. Default 50,000.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.config.hub.max_connections = connections;
         self
