@@ -528,3 +528,51 @@ async fn a_burst_of_ticket_requests_reaches_the_login_at_its_rate_and_logs_a_lin
     assert!(warned.len() <= most + 1, "{warned:#?}");
     assert_eq!(warned.len() + unlogged, failed + 1, "{warned:#?}");
 }
+
+#[tokio::test]
+async fn a_token_is_exchanged_in_a_header_for_single_use_tickets() {
+    const SECRET: &str = "a-secret-of-32-bytes-or-more-for-tickets";
+    let server = start_with(|c| c.token_secret(SECRET)).await;
+    let ann = token(SECRET, "ann");
+    // The page's token in a header, never in a URL: four single-use tickets, 30 s each.
+    let (status, body, _) =
+        ask_ticket(&server, &[("authorization", &format!("Bearer {ann}"))]).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["expiresIn"], 30);
+    let ticket = answer["tickets"]["websocket"].as_str().unwrap().to_owned();
+    assert_eq!(answer["tickets"].as_object().unwrap().len(), 4, "{answer}");
+    assert!(!ticket.contains(&ann), "a ticket is not the token");
+    // The ticket logs in once, as the token's user...
+    let mut first = Client::ws_request(&server, &format!("?ticket={ticket}"), &[])
+        .await
+        .unwrap();
+    let (joined, _) = first.join("tickets", "someone else").await;
+    assert_eq!(joined["you"]["name"], "ann", "{joined}");
+    // ...and never again: copied from a log, it is worth nothing.
+    let mut again = Client::ws_request(&server, &format!("?ticket={ticket}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(again.ended().await, common::Ended::Code(4401));
+    // No token, or a forged one: 401 and no ticket.
+    for headers in [
+        vec![],
+        vec![(
+            "authorization",
+            format!("Bearer {}", token("not the secret at all, no", "ann")),
+        )],
+        vec![("authorization", ann.clone())],
+    ] {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, body, _) = ask_ticket(&server, &headers).await;
+        assert_eq!(status, 401, "{headers:?}: {body}");
+        assert!(!body.contains("tickets"), "{body}");
+    }
+    // A script may still carry the token itself (proxies log it: the book says so).
+    let mut script = Client::ws_request(&server, &format!("?token={ann}"), &[])
+        .await
+        .unwrap();
+    let (joined, _) = script.join("tickets", "x").await;
+    assert_eq!(joined["you"]["name"], "ann");
+    server.stop().await;
+}

@@ -660,6 +660,22 @@ const API_CHECKS: &str = r#"(async (transport, token, watcherToken, badToken) =>
   return result;
 })"#;
 
+/// Run before the page's scripts: records the URL of every WebSocket, WebTransport session
+/// and event stream the page opens, in `__urls`.
+const RECORD_URLS: &str = "(() => {
+  const urls = (window.__urls = []);
+  for (const name of ['WebSocket', 'WebTransport', 'EventSource']) {
+    const Real = window[name];
+    if (!Real) continue;
+    const Recorded = function (url, options) { urls.push(String(url)); return new Real(url, options); };
+    Recorded.prototype = Real.prototype;
+    for (const constant of ['CONNECTING', 'OPEN', 'CLOSING', 'CLOSED']) {
+      if (constant in Real) Recorded[constant] = Real[constant];
+    }
+    window[name] = Recorded;
+  }
+})()";
+
 #[tokio::test]
 async fn the_client_api_paces_acknowledges_refuses_and_closes() {
     let Some((_serial, browser)) =
@@ -686,7 +702,7 @@ async fn the_client_api_paces_acknowledges_refuses_and_closes() {
         .ban(Some("no-entry"), "42", std::time::Duration::from_secs(600))
         .await
         .unwrap();
-    let page = browser.page("api", 1024, 768, None).await;
+    let page = browser.page("api", 1024, 768, Some(RECORD_URLS)).await;
     // The demo page's join screen: the server's origin, and no connection of its own.
     page.goto(&demo_url(&server, "")).await;
     for transport in ["webtransport", "websocket"] {
@@ -739,7 +755,25 @@ async fn the_client_api_paces_acknowledges_refuses_and_closes() {
         );
         assert_eq!(got["watcherSaw"], 45);
     }
-    assert_no_console_errors(&page);
+    // The tokens went in a header, for single-use tickets: no URL carried one (a proxy's
+    // access log keeps URLs).
+    let urls: Vec<String> = serde_json::from_value(page.eval("window.__urls").await).unwrap();
+    assert!(urls.len() >= 8, "{urls:?}");
+    for url in &urls {
+        assert!(url.contains("ticket=") && !url.contains("token="), "{url}");
+    }
+    for token in [&token, &watcher, &forged] {
+        assert!(!urls.iter().any(|u| u.contains(token.as_str())));
+    }
+    // The forged token's ticket request, refused with 401 (once per transport), is the one
+    // thing Chromium logs as an error: a failed request.
+    let (refused, others): (Vec<_>, Vec<_>) = page.console_errors().into_iter().partition(|e| {
+        e.source == "network"
+            && e.text.contains("401 (Unauthorized)")
+            && e.text.contains("/wtchat/ticket")
+    });
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    assert!(others.is_empty(), "console errors: {others:#?}");
 }
 
 #[tokio::test]

@@ -131,7 +131,7 @@ async fn tickets_carry_the_login_to_webtransport_once_each() {
     // Logged in: one ticket per transport, for the cookie's user.
     let (status, answer) = tickets(&server, Some("user=cid")).await;
     assert_eq!(status, 200);
-    assert_eq!(answer["expiresIn"], 60);
+    assert_eq!(answer["expiresIn"], 30);
     let wt = answer["tickets"]["webtransport"]
         .as_str()
         .unwrap()

@@ -242,9 +242,12 @@ export interface ConnectOptions {
   /** Force one transport. Default: WebTransport with a head start, racing WebSocket; then
    * SSE and long polling once both failed or stayed silent for 1.5 s. */
   transport?: Transport;
-  /** A token from the host application, passed as `?token=` on every transport. Without
-   * one, where the server says so (`/wtchat/config`'s `ticket`), the client first asks for
-   * tickets with the page's cookies (`POST`, credentials included) and passes those. */
+  /** A token from the host application. On a server of tokens (`/wtchat/config`'s
+   * `ticketFor` is `"token"`) the client trades it, in an `Authorization` header
+   * (`POST /wtchat/ticket`), for single-use tickets, and only those travel in URLs; on a
+   * server whose host hook decides it goes to that hook as `?token=`. Without one, where the
+   * server says so (`ticketFor` `"login"`), the client asks for tickets with the page's
+   * cookies (`POST`, credentials included) and passes those. */
   token?: string;
   /** Handlers registered before connecting, so they also see the joined room's history. */
   on?: { [E in keyof ChatEvents]?: (event: ChatEvents[E]) => void };

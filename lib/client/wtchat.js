@@ -893,14 +893,18 @@ class Link {
   /**
    * Tickets for this attempt, one per transport: the page's own credentialed request, so
    * the host's login (its cookies) decides who this is whatever the transport — browsers
-   * send no cookies on a WebTransport CONNECT. A refusal is final (`unauthorized`, with the
-   * host's reason); a failure to reach the server is not, nor is too many requests
-   * (`rate_limited`: the next attempt waits the server's `Retry-After`).
+   * send no cookies on a WebTransport CONNECT — or, with `token`, that token in a header
+   * (no URL carries it). A refusal is final (`unauthorized`, with the reason); a failure
+   * to reach the server is not, nor is too many requests (`rate_limited`: the next
+   * attempt waits the server's `Retry-After`).
+   * @param {string} url
+   * @param {string | null} [token]
    */
-  async _fetchTickets(url) {
+  async _fetchTickets(url, token) {
     let response;
     try {
-      response = await fetch(url, { method: "POST", credentials: "include", cache: "no-store" });
+      const headers = token == null ? undefined : { Authorization: `Bearer ${token}` };
+      response = await fetch(url, { method: "POST", credentials: "include", cache: "no-store", headers });
     } catch (e) {
       throw new ChatError("unreachable", `ticket: ${e.message}`);
     }
@@ -931,9 +935,14 @@ class Link {
         frame: (conn, frame) => { if (conn === this._conn) this._onFrame(frame); },
         closed: (conn, info) => { if (conn === this._conn) this._onClosed(info); },
       };
-      // A token is the host's own answer; without one, the host's hook answers through
-      // tickets, when the server issues them.
-      const tickets = config.ticket && this.options.token == null ? await this._fetchTickets(config.ticket) : null;
+      // Tickets, where the server issues them: for the page's token on a server of tokens
+      // (sent in a header, so that only single-use tickets travel in URLs, where proxies
+      // log them), else for the page's cookies when the host's hook decides (a token given
+      // to such a server goes to its hook as it is).
+      const forToken = config.ticketFor === "token";
+      const tickets = config.ticket && (forToken || this.options.token == null)
+        ? await this._fetchTickets(config.ticket, forToken ? this.options.token : null)
+        : null;
       if (gen !== this._gen) throw new ChatError("aborted", "superseded");
       const conn = await dial(config, { ...this.options, tickets }, events, this._dialState);
       if (gen !== this._gen || this.status === "closed") {

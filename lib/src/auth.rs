@@ -355,8 +355,14 @@ pub fn unix_now() -> u64 {
 pub(crate) enum Authenticator {
     /// Anyone, under the name they choose.
     Anonymous,
-    /// A `?token=` signed with the shared secret: hosts in any language.
-    Tokens { secret: Vec<u8> },
+    /// A token signed with the shared secret: hosts in any language. A browser exchanges
+    /// it (in a header) for single-use tickets, so that only those travel in URLs; a
+    /// script may still put the token itself in `?token=`.
+    Tokens {
+        secret: Vec<u8>,
+        /// Boxed, as for `Host`.
+        tickets: Box<Tickets>,
+    },
     /// The host's hook. Browsers send no cookies on a WebTransport CONNECT, so they come
     /// with a ticket, which their credentialed `POST /wtchat/ticket` got from the same
     /// hook; other requests go to the hook itself.
@@ -377,15 +383,27 @@ impl Authenticator {
             },
             (None, Some(secret)) => Authenticator::Tokens {
                 secret: secret.as_bytes().to_vec(),
+                tickets: Box::new(Tickets::new(Some(secret.as_bytes()))),
             },
             (None, None) => Authenticator::Anonymous,
         }
     }
 
     /// Whether browsers get tickets here (`POST /wtchat/ticket`): where the host's hook
-    /// decides who connects.
+    /// decides who connects (for the page's cookies), or tokens (for the page's token,
+    /// sent in a header rather than a URL).
     pub(crate) fn issues_tickets(&self) -> bool {
-        matches!(self, Authenticator::Host { .. })
+        !matches!(self, Authenticator::Anonymous)
+    }
+
+    /// What a ticket request is answered from: the page's `token` (in a header) or the
+    /// host's `login` (the page's own request, cookies included). None without tickets.
+    pub(crate) fn tickets_for(&self) -> Option<&'static str> {
+        match self {
+            Authenticator::Anonymous => None,
+            Authenticator::Tokens { .. } => Some("token"),
+            Authenticator::Host { .. } => Some("login"),
+        }
     }
 
     /// Whether connections are identified at all (transports copy what the client sent
@@ -398,10 +416,13 @@ impl Authenticator {
     pub(crate) async fn identify(&self, request: ConnectRequest) -> Result<Identity, Refusal> {
         match self {
             Authenticator::Anonymous => Err(Refusal::new("this server identifies nobody")),
-            Authenticator::Tokens { secret } => {
-                let token = request.query_param("token").ok_or(TokenError::Missing)?;
-                Ok(identity(verify(secret, &token, unix_now())?))
-            }
+            Authenticator::Tokens { secret, tickets } => match request.query_param("ticket") {
+                Some(ticket) => Ok(tickets.redeem(&ticket)?),
+                None => {
+                    let token = request.query_param("token").ok_or(TokenError::Missing)?;
+                    Ok(identity(verify(secret, &token, unix_now())?))
+                }
+            },
             Authenticator::Host { hook, tickets } => match request.query_param("ticket") {
                 Some(ticket) => Ok(tickets.redeem(&ticket)?),
                 None => hook(request).await,
@@ -410,21 +431,30 @@ impl Authenticator {
     }
 
     /// The tickets of `POST /wtchat/ticket`: the host's hook decides on the page's own
-    /// request (cookies included), and a yes is `count` single-use tickets for that
-    /// identity, one per transport the client may try. None where there is no host hook.
+    /// request (cookies included), or the page's token (`Authorization: Bearer TOKEN`) is
+    /// checked; a yes is `count` single-use tickets for that identity, one per transport
+    /// the client may try. None where nobody is identified.
     pub(crate) async fn tickets(
         &self,
         request: ConnectRequest,
         count: usize,
     ) -> Option<Result<Vec<String>, Refusal>> {
-        let Authenticator::Host { hook, tickets } = self else {
-            return None;
+        let (identity, tickets) = match self {
+            Authenticator::Anonymous => return None,
+            Authenticator::Host { hook, tickets } => (hook(request).await, tickets),
+            Authenticator::Tokens { secret, tickets } => {
+                let token = request
+                    .headers
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::to_owned)
+                    .ok_or(TokenError::Missing);
+                let verified = token.and_then(|token| verify(secret, &token, unix_now()));
+                (verified.map(identity).map_err(Refusal::from), tickets)
+            }
         };
-        Some(
-            hook(request)
-                .await
-                .map(|identity| (0..count).map(|_| tickets.issue(&identity)).collect()),
-        )
+        Some(identity.map(|identity| (0..count).map(|_| tickets.issue(&identity)).collect()))
     }
 }
 
@@ -443,7 +473,7 @@ fn identity(claims: Claims) -> Identity {
 }
 
 /// How long a ticket may wait to be used: enough for one connection attempt.
-pub(crate) const TICKET_TTL_SECS: u64 = 60;
+pub(crate) const TICKET_TTL_SECS: u64 = 30;
 
 /// Single-use tickets: an identity the host's hook granted on a browser's credentialed
 /// request, carried to a transport that cannot carry cookies (`?ticket=`). Signed with a

@@ -308,10 +308,12 @@ async fn config(State(state): State<HttpState>, request: axum::extract::Request)
         // Where neither gets through: Server-Sent Events, then long polling.
         "sse": reached.url("http", "https", "/sse"),
         "poll": reached.url("http", "https", "/poll"),
-        // Where a browser gets its tickets (with its cookies) before connecting, when the
-        // host's hook decides who it is.
+        // Where a browser gets its tickets before connecting, and for what: its cookies
+        // (`login`: the host's hook decides who it is) or its token (`token`, sent in a
+        // header, so that only single-use tickets travel in URLs).
         "ticket": state.transport.session.auth.issues_tickets()
             .then(|| reached.url("http", "https", "/ticket")),
+        "ticketFor": state.transport.session.auth.tickets_for(),
         "limits": {
             "maxFrameBytes": limits.max_frame_bytes,
             // What one post of frames (SSE, long polling) may hold.
@@ -343,10 +345,10 @@ const TICKET_TRANSPORTS: [Transport; 4] = [
 ];
 
 /// `POST /wtchat/ticket`: the page's credentialed request (its cookies, its headers) goes
-/// to the host's hook; a yes is `{"tickets": {"webtransport": T, "websocket": T, "sse": T,
-/// "longpoll": T},
-/// "expiresIn": 60}`, single-use tickets for that identity; a no is 401 with the hook's
-/// reason. From an origin that may not connect: 403. Past the address's `ticket_rate`:
+/// to the host's hook, or — on a server of tokens — its `Authorization: Bearer TOKEN` is
+/// checked; a yes is `{"tickets": {"webtransport": T, "websocket": T, "sse": T,
+/// "longpoll": T}, "expiresIn": 30}`, single-use tickets for that identity (only they
+/// travel in URLs, where proxies log them); a no is 401 with the reason. From an origin that may not connect: 403. Past the address's `ticket_rate`:
 /// 429 with `Retry-After` (seconds), before the hook is asked. The answer names the page's
 /// origin and allows credentials (CORS), so a page on the host's other origin gets it too.
 async fn ticket(State(state): State<HttpState>, request: axum::extract::Request) -> Response {
