@@ -312,6 +312,9 @@ start_node() {
     budgets+=(--max-http-connections-per-ip 100000 --max-streams-per-ip 100000
       --max-rooms-per-ip 100000 --max-new-rooms-per-minute-per-ip 1000000)
   fi
+  if "$SERVER" serve --help | grep -q -- --max-new-rooms-per-day-per-ip; then
+    budgets+=(--max-new-rooms-per-day-per-ip 1000000)
+  fi
   RUST_LOG=warn "$SERVER" serve --engine "$engine" --http 127.0.0.1:0 --webtransport 127.0.0.1:0 \
     --certs "$TMP/certs" --frames-per-second 1000000 --frame-burst 1000000 \
     --max-connections 100000 --max-http-connections 100000 "${budgets[@]}" --idle-timeout 1h >"$log" 2>&1 &

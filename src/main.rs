@@ -159,6 +159,9 @@ struct ServeArgs {
     /// Rooms one address (or signed-in user) may create per minute.
     #[arg(long)]
     max_new_rooms_per_minute_per_ip: Option<u32>,
+    /// Rooms one address (or signed-in user) may create per day.
+    #[arg(long)]
+    max_new_rooms_per_day_per_ip: Option<u32>,
     /// Rooms one connection may create per minute (joining rooms that do not exist yet).
     #[arg(long)]
     max_new_rooms_per_minute: Option<u32>,
@@ -348,6 +351,7 @@ impl ServeArgs {
             max_rooms,
             max_rooms_per_ip,
             max_new_rooms_per_minute_per_ip,
+            max_new_rooms_per_day_per_ip,
             max_new_rooms_per_minute,
             max_connections,
             max_connections_per_ip,

@@ -548,3 +548,33 @@ async fn a_page_refused_as_busy_says_so_waits_and_comes_in() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_address_creates_at_most_its_rooms_a_day() {
+    // A creator within the minute's budget still meets the day's.
+    let server = start_with(|c| c.max_new_rooms_per_day_per_ip(3)).await;
+    let mut maker = Client::ws(&server).await;
+    for room in ["d1", "d2", "d3"] {
+        maker.join(room, "maker").await;
+    }
+    maker
+        .send(serde_json::json!({"type": "join", "room": "d4", "name": "maker"}))
+        .await;
+    let refused = maker.next_of("error").await;
+    assert_eq!(
+        (&refused["code"], &refused["room"]),
+        (&serde_json::json!("rate_limited"), &serde_json::json!("d4")),
+        "{refused}"
+    );
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("your address (or user) created too many rooms"),
+        "{refused}"
+    );
+    // Rooms that exist are joined as ever, from any connection of the address.
+    let mut other = Client::wt(&server).await;
+    other.join("d1", "other").await;
+    server.stop().await;
+}

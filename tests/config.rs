@@ -156,6 +156,11 @@ fn cases() -> Vec<Case> {
             flags: &["--ipv6-prefix", "129"],
         },
         Case {
+            setting: "max_new_rooms_per_day_per_ip",
+            builder: |b| b.max_new_rooms_per_day_per_ip(0),
+            flags: &["--max-new-rooms-per-day-per-ip", "0"],
+        },
+        Case {
             setting: "max_rooms",
             builder: |b| b.max_rooms(0),
             flags: &["--max-rooms", "0"],

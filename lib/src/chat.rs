@@ -206,6 +206,7 @@ impl Chat {
             rooms: RoomBudgets::new(
                 config.max_rooms_per_ip,
                 config.max_new_rooms_per_minute_per_ip,
+                config.max_new_rooms_per_day_per_ip,
                 config.ipv6_prefix,
             ),
         };

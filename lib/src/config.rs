@@ -99,6 +99,7 @@ pub struct Config {
     /// create per minute.
     pub(crate) max_rooms_per_ip: usize,
     pub(crate) max_new_rooms_per_minute_per_ip: u32,
+    pub(crate) max_new_rooms_per_day_per_ip: u32,
     pub(crate) public_url: Option<String>,
     pub(crate) trusted_proxies: Vec<IpAddr>,
     /// The host's backend as HTTP endpoints: hosts in any language.
@@ -145,6 +146,7 @@ impl Default for Config {
             ipv6_prefix: 64,
             max_rooms_per_ip: 256,
             max_new_rooms_per_minute_per_ip: 120,
+            max_new_rooms_per_day_per_ip: 1000,
             public_url: None,
             trusted_proxies: Vec::new(),
             webhooks: WebhookConfig::default(),
@@ -193,6 +195,10 @@ impl fmt::Debug for Config {
             .field(
                 "max_new_rooms_per_minute_per_ip",
                 &self.max_new_rooms_per_minute_per_ip,
+            )
+            .field(
+                "max_new_rooms_per_day_per_ip",
+                &self.max_new_rooms_per_day_per_ip,
             )
             .field("public_url", &self.public_url)
             .field("trusted_proxies", &self.trusted_proxies)
@@ -461,6 +467,16 @@ impl ConfigBuilder {
     /// Default 120.
     pub fn max_new_rooms_per_minute_per_ip(mut self, rooms: u32) -> Self {
         self.config.max_new_rooms_per_minute_per_ip = rooms;
+        self
+    }
+
+    /// Rooms one client address (or signed-in user) may create per day, as many at once:
+    /// on a durable engine each room may stay on disk for `retention_age`, and a creator
+    /// within the per-minute budget must not fill the disk either. Past it a join of a room
+    /// that does not exist yet gets `rate_limited`. Counted in memory (a restart forgets
+    /// it). Default 1000.
+    pub fn max_new_rooms_per_day_per_ip(mut self, rooms: u32) -> Self {
+        self.config.max_new_rooms_per_day_per_ip = rooms;
         self
     }
 
@@ -778,6 +794,10 @@ impl ConfigBuilder {
             (
                 "max_new_rooms_per_minute_per_ip",
                 config.max_new_rooms_per_minute_per_ip as usize,
+            ),
+            (
+                "max_new_rooms_per_day_per_ip",
+                config.max_new_rooms_per_day_per_ip as usize,
             ),
             ("ws_read_buffer", config.ws_read_buffer),
         ];

@@ -671,7 +671,7 @@ impl<'a> Session<'a> {
                 && self.ctx.rooms.create(holder).is_err()
             {
                 Some(
-                    "your address (or user) created too many rooms; wait a minute or join existing ones",
+                    "your address (or user) created too many rooms for now; join existing ones or wait",
                 )
             } else {
                 None
@@ -937,7 +937,7 @@ mod tests {
             senders: Arc::new(SenderKey::new(b"a test's key")),
             on_message: None,
             message_check: None,
-            rooms: RoomBudgets::new(256, 120, 64),
+            rooms: RoomBudgets::new(256, 120, 1000, 64),
         };
         let session = start(&ctx, 1, Transport::WebSocket, None, None, Reader, Writer);
         let size = std::mem::size_of_val(&session);

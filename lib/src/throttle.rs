@@ -303,7 +303,9 @@ pub(crate) enum Holder {
 
 /// What each [`Holder`] may do to the room table: hold at most `max_rooms_per_ip` rooms
 /// open through its connections (a room held by one of them costs the server its state
-/// and cannot be evicted), and create at most `max_new_rooms_per_minute_per_ip` a minute.
+/// and cannot be evicted), and create at most `max_new_rooms_per_minute_per_ip` a minute
+/// and `max_new_rooms_per_day_per_ip` a day (on a durable engine each may be kept on disk
+/// for its retention: a slow creator must not fill it either).
 /// Without them one address's connections, each under its own limits, filled the table.
 pub(crate) struct RoomBudgets {
     max_held: usize,
@@ -312,6 +314,7 @@ pub(crate) struct RoomBudgets {
     /// join or leave, never across an `.await`.
     held: Mutex<HashMap<Holder, HashMap<Arc<str>, usize>>>,
     created: PerKeyRate<Holder>,
+    created_today: PerKeyRate<Holder>,
 }
 
 /// One connection of a holder in a room, until dropped.
@@ -322,13 +325,19 @@ pub(crate) struct RoomHold {
 }
 
 impl RoomBudgets {
-    pub(crate) fn new(max_held: usize, created_per_minute: u32, ipv6_prefix: u8) -> Arc<Self> {
-        let per_minute = f64::from(created_per_minute);
+    pub(crate) fn new(
+        max_held: usize,
+        created_per_minute: u32,
+        created_per_day: u32,
+        ipv6_prefix: u8,
+    ) -> Arc<Self> {
+        let (per_minute, per_day) = (f64::from(created_per_minute), f64::from(created_per_day));
         Arc::new(RoomBudgets {
             max_held,
             ipv6_prefix,
             held: Mutex::new(HashMap::new()),
             created: PerKeyRate::new(per_minute / 60.0, per_minute),
+            created_today: PerKeyRate::new(per_day / 86_400.0, per_day),
         })
     }
 
@@ -363,9 +372,10 @@ impl RoomBudgets {
     }
 
     /// Counts the creation of a room by `holder`: `Err` with how long until it may create
-    /// another.
+    /// another (its minute's or its day's rooms are made).
     pub(crate) fn create(&self, holder: &Holder) -> Result<(), Duration> {
-        self.created.take(holder.clone())
+        self.created.take(holder.clone())?;
+        self.created_today.take(holder.clone())
     }
 }
 
@@ -546,7 +556,7 @@ mod tests {
 
     #[test]
     fn a_holder_holds_at_most_its_rooms_and_creates_at_its_rate() {
-        let budgets = RoomBudgets::new(2, 3, 64);
+        let budgets = RoomBudgets::new(2, 3, 1000, 64);
         let ann = budgets
             .holder(Some("ann"), Some("10.0.0.1".parse().unwrap()))
             .unwrap();
@@ -583,6 +593,13 @@ mod tests {
             "{wait:?}"
         );
         assert_eq!(budgets.create(&ann), Ok(()));
+        // The day's budget holds under the minute's.
+        let daily = RoomBudgets::new(2, 1000, 3, 64);
+        for _ in 0..3 {
+            assert_eq!(daily.create(&address), Ok(()));
+        }
+        let wait = daily.create(&address).unwrap_err();
+        assert!(wait > Duration::from_secs(28_000), "{wait:?}");
     }
 
     #[test]
