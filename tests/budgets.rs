@@ -451,25 +451,18 @@ async fn one_address_holds_at_most_its_rooms_open_and_a_user_holds_its_own() {
             .token_secret(secret)
     })
     .await;
-    let token = |user: &str| {
-        wtchat::auth::mint(
-            secret.as_bytes(),
-            &wtchat::auth::Claims {
-                sub: user.into(),
-                name: user.into(),
-                rooms: vec!["*".into()],
-                exp: wtchat::auth::unix_now() + 600,
-            },
-        )
-    };
     let mut held = Vec::new();
     for user in ["ann", "bob"] {
         let mut joined = 0;
         let mut refused = Vec::new();
         for batch in 0..17 {
-            let mut client = Client::ws_request(&server, &format!("?token={}", token(user)), &[])
-                .await
-                .unwrap();
+            let mut client = Client::ws_request(
+                &server,
+                &format!("?token={}", common::token(secret, user, user)),
+                &[],
+            )
+            .await
+            .unwrap();
             for i in 0..16 {
                 let room = format!("{user}-{batch}-{i}");
                 client

@@ -511,15 +511,7 @@ async fn the_books_proxy_log_keeps_no_token_or_ticket() {
     })
     .await;
     let proxy = nginx(free_port(), &[server.http.to_string()]).await;
-    let token = wtchat::auth::mint(
-        SECRET.as_bytes(),
-        &wtchat::auth::Claims {
-            sub: "u1".into(),
-            name: "Ann".into(),
-            rooms: vec!["*".into()],
-            exp: wtchat::auth::unix_now() + 600,
-        },
-    );
+    let token = common::token(SECRET, "u1", "Ann");
     // A client with its token in the URL, as WebSocket clients must carry it, through the
     // proxy; and a request with a ticket in its query.
     let url = format!("ws://127.0.0.1:{}/wtchat/ws?token={token}", proxy.port);

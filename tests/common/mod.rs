@@ -38,6 +38,20 @@ pub struct TestServer {
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
+/// A token for `user` named `name`, for every room, valid ten minutes, signed with
+/// `secret`: what a host's backend mints.
+pub fn token(secret: &str, user: &str, name: &str) -> String {
+    wtchat::auth::mint(
+        secret.as_bytes(),
+        &wtchat::auth::Claims {
+            sub: user.into(),
+            name: name.into(),
+            rooms: vec!["*".into()],
+            exp: wtchat::auth::unix_now() + 600,
+        },
+    )
+}
+
 /// The fenced code blocks of a Markdown text, in order: each block's info string (its
 /// language, ```` ```sh ````) and its text, the fences left out.
 pub fn code_blocks(markdown: &str) -> Vec<(String, String)> {

@@ -213,8 +213,10 @@ impl Context {
 impl Context {
     /// A place among its address's `max_streams_per_ip` for an SSE stream or a held poll
     /// from `peer` (None when the host serves without peer addresses: nothing to count),
-    /// held until dropped. The transport gives back the connection's place among those not
-    /// yet upgraded ([`Unupgraded::release`](crate::throttle::Unupgraded::release)) meanwhile: streams have this budget instead.
+    /// held until dropped. Meanwhile the transport gives back the connection's place among
+    /// those not yet upgraded
+    /// ([`Unupgraded::release`](crate::throttle::Unupgraded::release)): streams have this
+    /// budget instead.
     pub(crate) fn hold_stream(
         &self,
         peer: Option<SocketAddr>,
