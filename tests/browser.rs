@@ -1763,13 +1763,14 @@ const NATIVE_EVENT_SOURCE: &str = r#"(async () => {
   const session = new Promise((resolve) => {
     source.onmessage = (e) => {
       const frame = JSON.parse(e.data);
-      if (frame.type === "session") { window.__seen.sessions++; resolve(frame.post); }
+      if (frame.type === "session") { window.__seen.sessions++; resolve(frame); }
       if (frame.type === "joined") window.__seen.joined.push({ sender: frame.you.sender, replay: frame.replay, gap: frame.gap });
       if (frame.type === "message") window.__seen.messages.push([frame.seq, frame.text]);
     };
   });
-  const post = await session;
-  const response = await fetch(post, { method: "POST", body: JSON.stringify({ type: "join", room: "native", name: "sal" }) });
+  const { post, secret } = await session;
+  const body = JSON.stringify({ type: "join", room: "native", name: "sal" });
+  const response = await fetch(post, { method: "POST", body, headers: { "wtchat-secret": secret } });
   return response.status;
 })()"#;
 

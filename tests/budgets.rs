@@ -149,8 +149,8 @@ async fn idle_sockets_from_one_address_leave_every_other_address_served() {
     server.stop().await;
 }
 
-/// Opens a long-polling session from the attacker's address: its poll URL.
-async fn poll_session(server: &TestServer) -> String {
+/// Opens a long-polling session from the attacker's address: its poll URL and secret.
+async fn poll_session(server: &TestServer) -> (String, String) {
     let mut tcp = connect_from(ATTACKER, server.http).await;
     tcp.write_all(
         b"POST /wtchat/poll HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -161,21 +161,24 @@ async fn poll_session(server: &TestServer) -> String {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let body: serde_json::Value =
         serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
-    body["poll"].as_str().unwrap().to_owned()
+    let secret = body["secret"].as_str().unwrap().to_owned();
+    (body["poll"].as_str().unwrap().to_owned(), secret)
 }
 
 #[tokio::test]
 async fn a_session_holds_one_poll_and_held_polls_leave_the_pool_to_others() {
     // A small pool: before, eight held polls of one session took all of it.
     let server = start_with(|c| c.max_http_connections(8)).await;
-    let poll = poll_session(&server).await;
+    let (poll, secret) = poll_session(&server).await;
     let after = 0;
     let mut polls = Vec::new();
     for _ in 0..8 {
         let mut tcp = connect_from(ATTACKER, server.http).await;
-        tcp.write_all(format!("GET {poll}?after={after} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        let request = format!(
+            "GET {poll} HTTP/1.1\r\nHost: x\r\nWtchat-Secret: {secret}\r\n\
+             Wtchat-After: {after}\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
         polls.push(tcp);
     }
     // Each poll answers the one before it at once, with nothing: one stays held.

@@ -1327,13 +1327,19 @@ async fn an_sse_post_that_reaches_another_node_goes_to_the_stream_s_node() {
     };
     let session = next_frame().await;
     let post = session["post"].as_str().unwrap().to_string();
+    let secret = [("wtchat-secret", session["secret"].as_str().unwrap())];
     let mut wes = b.ws().await;
     wes.join(ROOM, "wes").await;
     let frames = [
         json!({"type": "join", "room": ROOM, "name": "eve"}).to_string(),
         json!({"type": "send", "room": ROOM, "text": "via B", "id": "e1"}).to_string(),
     ];
-    let status = common::post_text(b.http, &post, &frames.join("\n"), &[]).await;
+    // Without the secret (the URL alone, as a proxy's log has it), B sends it on all the
+    // same and A drops it: the frames that follow are the only ones the session reads.
+    let forged = json!({"type": "send", "room": ROOM, "text": "forged", "id": "x"});
+    let status = common::post_text(b.http, &post, &forged.to_string(), &[]).await;
+    assert_eq!(status, 202, "B cannot tell");
+    let status = common::post_text(b.http, &post, &frames.join("\n"), &secret).await;
     assert_eq!(status, 202, "B sends it on");
     let mut seen = Vec::new();
     while !seen.iter().any(|f: &Value| f["type"] == "ack") {
@@ -1384,6 +1390,7 @@ async fn long_polls_that_reach_another_node_are_answered_by_the_sessions_node() 
     assert_eq!(status, 200, "{body}");
     let session: Value = serde_json::from_str(&body).unwrap();
     let url = session["poll"].as_str().unwrap().to_string();
+    let secret = session["secret"].as_str().unwrap();
     let mut wes = b.ws().await;
     wes.join(ROOM, "wes").await;
     // Polls by turns on B and A, from the last frame received, until `want` came.
@@ -1395,10 +1402,11 @@ async fn long_polls_that_reach_another_node_are_answered_by_the_sessions_node() 
         while !seen.iter().any(|f| f["type"] == want) {
             let node = nodes[turn % 2];
             turn += 1;
-            let path = format!("{url}?after={after}");
+            let from = after.to_string();
+            let headers = [("wtchat-secret", secret), ("wtchat-after", from.as_str())];
             let (status, body) = tokio::time::timeout(
                 DEADLINE,
-                common::http_request(node, "GET", &path, &[], None),
+                common::http_request(node, "GET", &url, &headers, None),
             )
             .await
             .expect("a poll answered before the deadline");
@@ -1414,8 +1422,23 @@ async fn long_polls_that_reach_another_node_are_answered_by_the_sessions_node() 
         json!({"type": "send", "room": ROOM, "text": "via B", "id": "p1"}).to_string(),
     ];
     assert_eq!(
-        common::post_text(b.http, &url, &frames.join("\n"), &[]).await,
+        common::post_text(
+            b.http,
+            &url,
+            &frames.join("\n"),
+            &[("wtchat-secret", secret)]
+        )
+        .await,
         202
+    );
+    // A poll through B without the secret: A refuses it, and its answer comes back.
+    let (status, body) = common::http_request(b.http, "GET", &url, &[], None).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            403,
+            "no session secret, or not this session's (header Wtchat-Secret)"
+        )
     );
     let seen = poll_until("ack").await;
     let kinds: Vec<&str> = seen.iter().filter_map(|f| f["type"].as_str()).collect();
@@ -1428,7 +1451,9 @@ async fn long_polls_that_reach_another_node_are_answered_by_the_sessions_node() 
         (&message["from"], &message["text"]),
         (&json!("wes"), &json!("to pol"))
     );
-    assert!(turn >= 3, "polls went to both nodes");
+    // Each poll answered with frames (a held poll ends only with some), B's first: both
+    // nodes answered, B with A's frames.
+    assert!(turn >= 2, "polls went to both nodes");
     // A session of A's that A does not hold: B sends the poll on, and A's 404 comes back.
     let (base, _) = url.rsplit_once('.').unwrap();
     let unknown = format!("{base}.bm93aGVyZQ?after=0");

@@ -31,8 +31,9 @@ struct Event {
 struct Stream {
     curl: Child,
     lines: Lines<BufReader<ChildStdout>>,
-    /// Where this stream's frames are posted.
+    /// Where this stream's frames are posted, and the secret its posts bear.
     post: String,
+    secret: String,
     http: SocketAddr,
     last_id: Option<String>,
 }
@@ -56,12 +57,14 @@ impl Stream {
             curl,
             lines,
             post: String::new(),
+            secret: String::new(),
             http,
             last_id: None,
         };
         let hello = stream.next().await.expect("a session event");
         assert_eq!(hello.data["type"], "session", "{:?}", hello);
         stream.post = hello.data["post"].as_str().unwrap().to_string();
+        stream.secret = hello.data["secret"].as_str().unwrap().to_string();
         stream
     }
 
@@ -120,7 +123,9 @@ impl Stream {
     }
 
     async fn post_raw(&self, body: &str, headers: &[(&str, &str)]) -> u16 {
-        common::post_text(self.http, &self.post, body, headers).await
+        let mut headers = headers.to_vec();
+        headers.push(("wtchat-secret", &self.secret));
+        common::post_text(self.http, &self.post, body, &headers).await
     }
 }
 
@@ -220,6 +225,18 @@ async fn bad_posts_get_their_answers_and_the_stream_goes_on() {
     );
     let elsewhere = [("Origin", "https://evil.example")];
     assert_eq!(sse.post_raw(r#"{"type":"ping"}"#, &elsewhere).await, 403);
+    // The session's URL without its secret (as a proxy logs it), or with a wrong one: 403,
+    // and the frames are not taken (the errors below are the stream's next frames).
+    let fly = r#"{"type":"fly"}"#;
+    assert_eq!(
+        common::post_text(server.http, &sse.post, fly, &[]).await,
+        403
+    );
+    let guessed = [("wtchat-secret", "guessed")];
+    assert_eq!(
+        common::post_text(server.http, &sse.post, fly, &guessed).await,
+        403
+    );
     // Too many frames in one post: 413, none of them taken.
     let many = vec![r#"{"type":"ping"}"#; 65].join("\n");
     assert_eq!(sse.post_raw(&many, &[]).await, 413);

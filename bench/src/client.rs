@@ -446,8 +446,8 @@ async fn run_sse(
         http::Body::Length(_) => return Err(io::Error::other("SSE: not a stream")),
     };
     raw.consume(head.len);
-    // The first event: `{"type":"session","post":"/wtchat/sse/ID"}`.
-    let post = loop {
+    // The first event: `{"type":"session","post":"/wtchat/sse/ID","secret":"…"}`.
+    let (post, secret) = loop {
         let used = events.feed(raw.data())?;
         raw.consume(used);
         let mut session = None;
@@ -457,8 +457,9 @@ async fn run_sse(
             }
         });
         if let Some(session) = session {
-            break http::json_str(&session, "post")
+            let post = http::json_str(&session, "post")
                 .ok_or_else(|| io::Error::other("SSE: no session event first"))?;
+            break (post, http::json_str(&session, "secret"));
         }
         if events.ended() {
             return Err(io::ErrorKind::UnexpectedEof.into());
@@ -470,11 +471,14 @@ async fn run_sse(
         raw.end += n;
     };
     match join {
-        Some(join) => http::post_once(target.http, &post, format!("{join}\n").as_bytes()).await?,
+        Some(join) => {
+            let join = format!("{join}\n");
+            http::post_once(target.http, &post, secret.as_deref(), join.as_bytes()).await?
+        }
         None => reader.mark_ready(),
     }
     let writer = publisher.then(|| {
-        let poster = Poster::new(target.http, post);
+        let poster = Poster::new(target.http, post, secret);
         spawn_publisher(run, idx, true, Outlet::<tokio::io::Sink>::Post(poster)).1
     });
     let result = read_sse(tcp, raw, events, reader).await;
@@ -499,7 +503,7 @@ async fn run_poll(
     let mut tcp = http::connect(target.http).await?;
     let mut request = Vec::with_capacity(512);
     let mut response = Vec::new();
-    http::post_request(&mut request, &host, &target.poll_path, b"", false);
+    http::post_request(&mut request, &host, &target.poll_path, None, b"", false);
     let (head, body) = http::exchange(&mut tcp, &request, &mut response).await?;
     if head.status != 200 {
         return Err(io::Error::other(format!(
@@ -514,6 +518,7 @@ async fn run_poll(
     ) else {
         return Err(io::Error::other("long polling: no session"));
     };
+    let secret = http::json_str(session, "secret");
     if head.close {
         tcp = http::connect(target.http).await?;
     }
@@ -524,6 +529,7 @@ async fn run_poll(
                 &mut request,
                 &host,
                 &post,
+                secret.as_deref(),
                 format!("{join}\n").as_bytes(),
                 false,
             );
@@ -541,10 +547,10 @@ async fn run_poll(
         None => reader.mark_ready(),
     }
     let writer = publisher.then(|| {
-        let poster = Poster::new(target.http, post);
+        let poster = Poster::new(target.http, post, secret.clone());
         spawn_publisher(run, idx, true, Outlet::<tokio::io::Sink>::Post(poster)).1
     });
-    let result = read_poll(tcp, &poll, &host, reader).await;
+    let result = read_poll(tcp, &poll, secret.as_deref(), &host, reader).await;
     if let Some(Some(writer)) = writer {
         writer.abort();
     }
@@ -738,11 +744,14 @@ async fn read_sse(
     }
 }
 
-/// Polls (`GET poll?after=N`, on the keep-alive connection `tcp`) until the run finishes or
-/// the session is over; each answer's frames are handed out where they lie in the buffer.
+/// Polls (`GET poll?after=N`, on the keep-alive connection `tcp`, bearing `secret`) until
+/// the run finishes or the session is over; each answer's frames are handed out where they
+/// lie in the buffer. (`after` in the query, which every server reads; the browser client
+/// sends it in a header, which costs the server the same.)
 async fn read_poll(
     mut tcp: tokio::net::TcpStream,
     poll: &str,
+    secret: Option<&str>,
     host: &str,
     reader: &mut Reader,
 ) -> io::Result<()> {
@@ -755,8 +764,10 @@ async fn read_poll(
         request.clear();
         let _ = write!(
             request,
-            "GET {poll}?after={after} HTTP/1.1\r\nHost: {host}\r\n\r\n"
+            "GET {poll}?after={after} HTTP/1.1\r\nHost: {host}\r\n"
         );
+        http::secret_header(&mut request, secret);
+        request.extend_from_slice(b"\r\n");
         tcp.write_all(&request).await?;
         // The whole answer: its head, then its body (the head says how long).
         let mut need = None;

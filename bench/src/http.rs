@@ -116,16 +116,26 @@ fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
         .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
-/// Appends a `POST` of `body` (frames, one per line) to `out`.
-pub fn post_request(out: &mut Vec<u8>, host: &str, path: &str, body: &[u8], close: bool) {
+/// Appends a `POST` of `body` (frames, one per line) to `out`, bearing the session's
+/// `secret` when it has one (servers before it had none).
+pub fn post_request(
+    out: &mut Vec<u8>,
+    host: &str,
+    path: &str,
+    secret: Option<&str>,
+    body: &[u8],
+    close: bool,
+) {
     use std::io::Write;
     let _ = write!(
         out,
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n\
-         Content-Length: {}\r\n{}\r\n",
+         Content-Length: {}\r\n{}",
         body.len(),
         if close { "Connection: close\r\n" } else { "" }
     );
+    secret_header(out, secret);
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
 }
 
@@ -163,10 +173,15 @@ pub async fn exchange(
 /// One post on a connection of its own (`Connection: close`): a subscriber's join. A
 /// browser's connection pool would keep it a while, then the server closes it (its header
 /// read timeout): an idle subscriber holds its stream only.
-pub async fn post_once(addr: SocketAddr, path: &str, body: &[u8]) -> io::Result<()> {
+pub async fn post_once(
+    addr: SocketAddr,
+    path: &str,
+    secret: Option<&str>,
+    body: &[u8],
+) -> io::Result<()> {
     let mut tcp = connect(addr).await?;
     let mut request = Vec::with_capacity(256 + body.len());
-    post_request(&mut request, &addr.to_string(), path, body, true);
+    post_request(&mut request, &addr.to_string(), path, secret, body, true);
     let mut buf = Vec::new();
     let (head, _) = exchange(&mut tcp, &request, &mut buf).await?;
     posted(head.status, path)
@@ -187,6 +202,7 @@ pub struct Poster {
     addr: SocketAddr,
     host: String,
     path: String,
+    secret: Option<String>,
     tcp: Option<TcpStream>,
     used: Instant,
     request: Vec<u8>,
@@ -194,11 +210,12 @@ pub struct Poster {
 }
 
 impl Poster {
-    pub fn new(addr: SocketAddr, path: String) -> Poster {
+    pub fn new(addr: SocketAddr, path: String, secret: Option<String>) -> Poster {
         Poster {
             addr,
             host: addr.to_string(),
             path,
+            secret,
             tcp: None,
             used: Instant::now(),
             request: Vec::with_capacity(4096),
@@ -222,13 +239,30 @@ impl Poster {
         }
         let tcp = self.tcp.as_mut().expect("connected");
         self.request.clear();
-        post_request(&mut self.request, &self.host, &self.path, body, false);
+        let secret = self.secret.as_deref();
+        post_request(
+            &mut self.request,
+            &self.host,
+            &self.path,
+            secret,
+            body,
+            false,
+        );
         let (head, _) = exchange(tcp, &self.request, &mut self.response).await?;
         self.used = Instant::now();
         if head.close {
             self.tcp = None;
         }
         posted(head.status, &self.path)
+    }
+}
+
+/// Appends the header line that bears a session's secret, when there is one.
+pub fn secret_header(out: &mut Vec<u8>, secret: Option<&str>) {
+    if let Some(secret) = secret {
+        out.extend_from_slice(b"Wtchat-Secret: ");
+        out.extend_from_slice(secret.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
 }
 
@@ -451,11 +485,18 @@ mod tests {
         assert_eq!(after_nth_line(lines.as_bytes(), 64), 64 * 3);
         assert_eq!(after_nth_line(b"{}\n{}", 64), 5);
         let mut request = Vec::new();
-        post_request(&mut request, "h:1", "/wtchat/sse/x", b"{}\n", false);
+        post_request(
+            &mut request,
+            "h:1",
+            "/wtchat/sse/x",
+            Some("s"),
+            b"{}\n",
+            false,
+        );
         assert_eq!(
             request,
             b"POST /wtchat/sse/x HTTP/1.1\r\nHost: h:1\r\nContent-Type: text/plain\r\n\
-              Content-Length: 3\r\n\r\n{}\n"
+              Content-Length: 3\r\nWtchat-Secret: s\r\n\r\n{}\n"
         );
     }
 

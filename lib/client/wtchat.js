@@ -314,7 +314,7 @@ function poster(conn, fail, maxBytes = Infinity) {
       const response = await fetch(conn.post, {
         method: "POST",
         body: lines.join("\n"),
-        headers: { "content-type": "text/plain" },
+        headers: { "content-type": "text/plain", "wtchat-secret": conn.secret },
         cache: "no-store",
       });
       // 204 (here) or 202 (sent on to the session's node); anything else: the session is gone.
@@ -353,6 +353,7 @@ function openSse(url, events, signal, maxPost) {
     const conn = {
       kind: "sse",
       post: null,
+      secret: null,
       write: null,
       writeEphemeral(obj) { return conn.write(obj); },
       close() { finish({}); },
@@ -374,6 +375,7 @@ function openSse(url, events, signal, maxPost) {
       }
       if (frame.type === "session") {
         conn.post = new URL(frame.post, url).toString();
+        conn.secret = frame.secret;
         if (!open) {
           if (signal?.aborted) return finish({});
           open = true;
@@ -406,6 +408,7 @@ async function openPoll(url, events, signal, maxPost) {
   const conn = {
     kind: "longpoll",
     post: new URL(session.post, url).toString(),
+    secret: session.secret,
     write: null,
     writeEphemeral(obj) { return conn.write(obj); },
     close() { finish({}); },
@@ -421,9 +424,11 @@ async function openPoll(url, events, signal, maxPost) {
     let after = 0;
     const poll = new URL(session.poll, url);
     while (!done) {
-      poll.searchParams.set("after", String(after));
       try {
-        const response = await fetch(poll, { cache: "no-store", signal: stop.signal });
+        // The same URL for every poll, `after` in a header: a page on another origin than
+        // the chat's is preflighted once for the session, not once per poll.
+        const headers = { "wtchat-secret": session.secret, "wtchat-after": String(after) };
+        const response = await fetch(poll, { cache: "no-store", signal: stop.signal, headers });
         if (!response.ok) throw new Error(`HTTP ${response.status}`);
         const answer = await response.json();
         after = answer.next;

@@ -569,6 +569,17 @@ pub(crate) fn derived_key(secret: &[u8], purpose: &[u8]) -> hmac::Key {
     hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
 }
 
+/// Whether `given` is `secret`, compared in constant time (a password's comparison must not
+/// tell how much of a guess was right).
+pub(crate) fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+    given.len() == secret.len()
+        && given
+            .iter()
+            .zip(secret)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
 /// `N` bytes from the operating system's random source.
 pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
@@ -587,6 +598,14 @@ mod tests {
             name: "Ann".into(),
             rooms: vec!["lobby".into()],
             exp,
+        }
+    }
+
+    #[test]
+    fn a_secret_is_the_same_only_when_every_byte_and_the_length_are() {
+        assert!(same_secret(b"abc", b"abc"));
+        for other in [&b"abd"[..], b"ab", b"abcd", b""] {
+            assert!(!same_secret(other, b"abc"), "{other:?}");
         }
     }
 

@@ -132,7 +132,7 @@ pub(crate) fn router(state: HttpState) -> Router {
         .route(&format!("{PATH}/sse"), get(sse::open).layer(under_prefix()))
         .route(
             &format!("{PATH}/sse/{{session}}"),
-            body_limit(post(posted::post), posts),
+            body_limit(post(posted::post), posts).options(posted::preflight),
         )
         .route(
             &format!("{PATH}/poll"),
@@ -140,7 +140,9 @@ pub(crate) fn router(state: HttpState) -> Router {
         )
         .route(
             &format!("{PATH}/poll/{{session}}"),
-            get(poll::poll).merge(body_limit(post(posted::post), posts)),
+            get(poll::poll)
+                .merge(body_limit(post(posted::post), posts))
+                .options(posted::preflight),
         )
         .route(
             &format!("{PATH}/wtchat.js"),
@@ -421,7 +423,7 @@ async fn ticket(State(state): State<HttpState>, request: axum::extract::Request)
 }
 
 /// The CORS preflight of `POST /wtchat/ticket`, for a client that sends more than a simple
-/// request (the browser client does not). It allows what the route reads and nothing else,
+/// request (the browser client on a server of tokens sends `Authorization`). It allows what the route reads and nothing else,
 /// whatever is asked for: the method `POST`, and of the headers a page can set, only
 /// `Authorization` (the auth webhook is sent it; cookies travel without a preflight).
 async fn ticket_preflight(State(state): State<HttpState>, headers: HeaderMap) -> Response {
@@ -541,12 +543,7 @@ fn authorized(state: &HttpState, headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    given.len() == key.len()
-        && given
-            .bytes()
-            .zip(key.bytes())
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0
+    crate::auth::same_secret(given.as_bytes(), key.as_bytes())
 }
 
 fn api_error(status: StatusCode, code: &str, message: &str) -> Response {

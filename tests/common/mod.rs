@@ -350,18 +350,22 @@ pub enum Client {
     Sse {
         http: SocketAddr,
         post: String,
+        /// The session's secret: its posts bear it (`Wtchat-Secret`).
+        secret: String,
         events: mpsc::UnboundedReceiver<SseEvent>,
         /// The id of the last event read that had one (what `Last-Event-ID` would say).
         last_event_id: Option<String>,
         bye: Option<u16>,
         _reader: AbortOnDrop,
     },
-    /// Long polling: a task polls `GET poll?after=N` (one poll at a time, `N` the last frame
-    /// number it got) into `frames`; frames go up as `POST`s to `post`. A poll answered 404
-    /// is the end: after a `bye`, once it was fetched.
+    /// Long polling: a task polls `GET poll` with `Wtchat-After: N` (one poll at a time, `N`
+    /// the last frame number it got) into `frames`; frames go up as `POST`s to `post`. Both
+    /// bear the session's secret. A poll answered 404 is the end: after a `bye`, once it was
+    /// fetched.
     Poll {
         http: SocketAddr,
         post: String,
+        secret: String,
         frames: mpsc::UnboundedReceiver<Value>,
         bye: Option<u16>,
         _poller: AbortOnDrop,
@@ -644,15 +648,27 @@ async fn read_events(mut response: HttpResponse, events: mpsc::UnboundedSender<S
 
 /// Polls `url` from frame 0 on, one poll at a time, handing on each frame, until a poll is
 /// answered 404 (the session is over) or the receiver ends.
-async fn poll_frames(http: SocketAddr, url: String, frames: mpsc::UnboundedSender<Value>) {
+async fn poll_frames(
+    http: SocketAddr,
+    url: String,
+    secret: String,
+    frames: mpsc::UnboundedSender<Value>,
+) {
     let mut after = 0;
     loop {
-        let path = format!("{url}?after={after}");
-        let (status, body) = http_bytes(http, "GET", &path, &[], b"", POLL_HOLD).await;
+        let after_header = after.to_string();
+        let headers = [
+            ("wtchat-secret", secret.as_str()),
+            ("wtchat-after", &after_header),
+        ];
+        let (status, body) = http_bytes(http, "GET", &url, &headers, b"", POLL_HOLD).await;
         match status {
             404 => return,
             200 => {}
-            other => panic!("GET {path}: {other} {}", String::from_utf8_lossy(&body)),
+            other => panic!(
+                "GET {url} after {after}: {other} {}",
+                String::from_utf8_lossy(&body)
+            ),
         }
         let answer: Value = serde_json::from_slice(&body)
             .unwrap_or_else(|e| panic!("a poll answers JSON ({e}): {body:?}"));
@@ -863,9 +879,11 @@ impl Client {
             .expect("the stream's first event");
         assert_eq!(session.data["type"], "session", "{:?}", session);
         let post = session.data["post"].as_str().unwrap().to_string();
+        let secret = session.data["secret"].as_str().unwrap().to_string();
         Ok(Client::Sse {
             http,
             post,
+            secret,
             events,
             last_event_id: None,
             bye: None,
@@ -916,11 +934,18 @@ impl Client {
         assert_eq!(session["type"], "session", "{session}");
         let post = session["post"].as_str().unwrap().to_string();
         let poll = session["poll"].as_str().unwrap().to_string();
+        let secret = session["secret"].as_str().unwrap().to_string();
         let (sender, frames) = mpsc::unbounded_channel();
-        let poller = AbortOnDrop(tokio::spawn(poll_frames(http, poll, sender)));
+        let poller = AbortOnDrop(tokio::spawn(poll_frames(
+            http,
+            poll,
+            secret.clone(),
+            sender,
+        )));
         Ok(Client::Poll {
             http,
             post,
+            secret,
             frames,
             bye: None,
             _poller: poller,
@@ -953,14 +978,24 @@ impl Client {
         }
     }
 
-    /// POSTs `body` as is to this SSE or long-polling client's session (with `headers`):
-    /// its status.
+    /// The secret an SSE or long-polling client's posts bear.
+    pub fn secret(&self) -> &str {
+        match self {
+            Client::Sse { secret, .. } | Client::Poll { secret, .. } => secret,
+            _ => panic!("{} clients have no session secret", self.transport()),
+        }
+    }
+
+    /// POSTs `body` as is to this SSE or long-polling client's session, bearing its secret
+    /// (with `headers`): its status.
     pub async fn post_body(&self, body: &[u8], headers: &[(&str, &str)]) -> u16 {
         let http = match self {
             Client::Sse { http, .. } | Client::Poll { http, .. } => *http,
             _ => panic!("{} clients do not post their frames", self.transport()),
         };
-        http_bytes(http, "POST", self.post_url(), headers, body, DEADLINE)
+        let mut headers = headers.to_vec();
+        headers.push(("wtchat-secret", self.secret()));
+        http_bytes(http, "POST", self.post_url(), &headers, body, DEADLINE)
             .await
             .0
     }

@@ -1,10 +1,12 @@
 //! Long polling: for clients behind proxies that buffer even streaming responses.
 //!
 //! `POST /wtchat/poll` opens a session (admitted and authenticated as a WebSocket is) and
-//! answers `{"type":"session","post":"/wtchat/poll/ID","poll":"/wtchat/poll/ID"}`. The
-//! client sends frames with `POST` to `post`, one per line, and fetches them with
-//! `GET poll?after=N`: held until there is a frame numbered above `N` (at most
-//! [`HOLD`]), then answered with every such frame, `{"next":M,"frames":[…]}`. Frames stay
+//! answers `{"type":"session","post":"/wtchat/poll/ID","poll":"/wtchat/poll/ID",
+//! "secret":"…"}`. The client sends frames with `POST` to `post`, one per line, and fetches
+//! them with `GET poll` and the header `Wtchat-After: N` (or `?after=N`): held until there
+//! is a frame numbered above `N` (at most [`HOLD`]), then answered with every such frame,
+//! `{"next":M,"frames":[…]}`. Both bear the secret in `Wtchat-Secret` ([`posted::Owner`]).
+//! Frames stay
 //! until a poll's `after` says they arrived, so a poll whose answer was lost loses nothing:
 //! the next one asks again from the same `after`. Except `bye`: the session is over once the
 //! answer carrying it is sent (the client polls no more after it), so a lost one leaves a
@@ -79,7 +81,7 @@ struct Queue {
     ready: Notify,
     /// A poll ended or answered, or the session ended: whether it is over may have changed.
     changed: Notify,
-    origin: Option<String>,
+    owner: posted::Owner,
 }
 
 struct QueueState {
@@ -122,10 +124,6 @@ fn open_session(
         Ok(opened) => opened,
         Err(refused) => return refused.into_response(),
     };
-    let origin = request
-        .headers()
-        .get(header::ORIGIN)
-        .map(|o| o.to_str().unwrap_or("\u{0}").to_string());
     let queue = Arc::new(Queue {
         state: Mutex::new(QueueState {
             frames: VecDeque::new(),
@@ -140,7 +138,7 @@ fn open_session(
         }),
         ready: Notify::new(),
         changed: Notify::new(),
-        origin,
+        owner: opened.owner.clone(),
     });
     let id = opened.id.clone();
     ctx.polled
@@ -163,10 +161,13 @@ fn open_session(
     };
     let writer = PollWriter { queue };
     let url = format!("{}/poll/{id}", opened.routes_at);
+    let secret = opened.owner.secret().to_string();
     posted::run(ctx, opened, Transport::LongPoll, gone, writer);
     (
         [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(serde_json::json!({"type": "session", "post": url, "poll": url})),
+        axum::Json(serde_json::json!({
+            "type": "session", "post": url, "poll": url, "secret": secret,
+        })),
     )
         .into_response()
 }
@@ -177,8 +178,8 @@ pub(crate) struct After {
     after: u64,
 }
 
-/// `GET /wtchat/poll/ID?after=N`: the session's frames numbered above `N`, held until there
-/// is one (or [`HOLD`] passed). A poll for a session another node holds goes there through
+/// `GET /wtchat/poll/ID` with `Wtchat-After: N` (or `?after=N`, for scripts): the session's
+/// frames numbered above `N`, held until there is one (or [`HOLD`] passed). A poll for a session another node holds goes there through
 /// the engine, and its answer comes back the same way.
 ///
 /// A held poll counts against its address's `max_streams_per_ip`, not among the HTTP
@@ -192,9 +193,22 @@ pub(crate) async fn poll(
     place: Option<Extension<Arc<Unupgraded>>>,
     headers: HeaderMap,
 ) -> Response {
-    let origin = headers
-        .get(header::ORIGIN)
-        .map(|o| o.to_str().unwrap_or("\u{0}").to_string());
+    // In a header, the session's URL is the same for all its polls: a cross-origin page's
+    // browser preflights it once, not once per poll.
+    let after = match headers.get("wtchat-after") {
+        None => after,
+        Some(value) => match value.to_str().ok().and_then(|v| v.parse().ok()) {
+            Some(after) => after,
+            None => {
+                let bad = (
+                    StatusCode::BAD_REQUEST,
+                    "Wtchat-After is not a frame number",
+                );
+                return posted::readable(&ctx, &headers, bad.into_response());
+            }
+        },
+    };
+    let asker = posted::Asker::of(&headers);
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
     let held = match ctx.hold_stream(peer, &headers) {
         Ok(held) => held,
@@ -206,9 +220,9 @@ pub(crate) async fn poll(
     }
     let (status, body) = match posted::elsewhere(&ctx, &id) {
         Some(node) if !ctx.polled.open.lock().unwrap().contains_key(&id) => {
-            forward(&ctx, node, id, origin, after).await
+            forward(&ctx, node, id, asker, after).await
         }
-        _ => answer(&ctx, &id, after, origin.as_deref()).await,
+        _ => answer(&ctx, &id, after, &asker).await,
     };
     drop(held);
     let keep_alive = place.is_none_or(|place| place.retake());
@@ -236,7 +250,7 @@ async fn forward(
     ctx: &Context,
     node: u64,
     session: String,
-    origin: Option<String>,
+    asker: posted::Asker,
     after: u64,
 ) -> (u16, String) {
     let polled = &ctx.polled;
@@ -247,7 +261,7 @@ async fn forward(
     let hub = &ctx.session.hub;
     let request = Forwarded::Poll {
         session,
-        origin,
+        asker,
         after,
         reply: hub.node(),
         token,
@@ -268,12 +282,12 @@ async fn forward(
 pub(crate) async fn answer_forwarded(
     ctx: Arc<Context>,
     session: String,
-    origin: Option<String>,
+    asker: posted::Asker,
     after: u64,
     reply: u64,
     token: u64,
 ) {
-    let (status, body) = answer(&ctx, &session, after, origin.as_deref()).await;
+    let (status, body) = answer(&ctx, &session, after, &asker).await;
     Forwarded::Polled {
         token,
         status,
@@ -283,12 +297,13 @@ pub(crate) async fn answer_forwarded(
 }
 
 /// A poll of session `id` held here, from `after`: (HTTP status, body).
-async fn answer(ctx: &Context, id: &str, after: u64, origin: Option<&str>) -> (u16, String) {
+async fn answer(ctx: &Context, id: &str, after: u64, asker: &posted::Asker) -> (u16, String) {
     let Some(queue) = ctx.polled.open.lock().unwrap().get(id).cloned() else {
         return (404, "no such session: open a new one".into());
     };
-    if !posted::origin_fits(queue.origin.as_deref(), origin, &ctx.origins) {
-        return (403, "not the session's origin".into());
+    if let Err(denied) = queue.owner.admits(asker, &ctx.origins) {
+        let (status, why) = denied.answer();
+        return (status, why.into());
     }
     let mine = {
         let mut state = queue.state.lock().unwrap();

@@ -1,7 +1,12 @@
 //! What the two transports whose clients post their frames share — Server-Sent Events
 //! ([`sse`](super::sse)) and long polling ([`poll`](super::poll)): opening a session
-//! (admitted and authenticated as a WebSocket is), its unguessable id, the `POST` that
+//! (admitted and authenticated as a WebSocket is), its id and its secret, the `POST` that
 //! carries frames to it, and the reader that hands them to the session.
+//!
+//! A session's id is in its URLs, and URLs are written down by proxies and browsers'
+//! histories: it names the session, it is no key to it. Posts and polls are authorised by
+//! the session's secret, which the client learns only in the answer that opened the
+//! session and sends back in the `Wtchat-Secret` header (see [`Owner`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,7 +26,7 @@ use tracing::Instrument;
 
 use super::{Admitted, Context, OriginPolicy, Refused, detached, shown};
 use crate::PATH;
-use crate::auth::{ConnectRequest, Transport, random_bytes};
+use crate::auth::{ConnectRequest, Transport, random_bytes, same_secret};
 use crate::protocol::CloseCode;
 use crate::session::{self, FrameReader, FrameWriter, Inbound};
 
@@ -30,16 +35,18 @@ use crate::session::{self, FrameReader, FrameWriter, Inbound};
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum Forwarded {
-    /// A post's frames (`body`, one per line), from `origin`.
+    /// A post's frames (`body`, one per line), from `asker`.
     Post {
         session: String,
-        origin: Option<String>,
+        #[serde(flatten)]
+        asker: Asker,
         body: String,
     },
     /// A long poll from `after`: answer node `reply` with `token`.
     Poll {
         session: String,
-        origin: Option<String>,
+        #[serde(flatten)]
+        asker: Asker,
         after: u64,
         reply: u64,
         token: u64,
@@ -83,7 +90,81 @@ pub(crate) struct Sessions {
 
 struct Posts {
     frames: mpsc::Sender<Inbound>,
+    owner: Owner,
+}
+
+/// The header that carries a posted session's secret on each of its posts and polls.
+pub(crate) const SECRET_HEADER: &str = "wtchat-secret";
+
+/// Who may use a posted session: a request bearing its secret, from the page it was opened
+/// from. A cross-origin page's request with the header is preflighted ([`preflight`]).
+#[derive(Clone)]
+pub(crate) struct Owner {
     origin: Option<String>,
+    /// 128 random bits, base64url.
+    secret: String,
+}
+
+/// Who asks, as a post or a poll says: its `Origin` and the secret it bears. Travels with a
+/// request sent on to the session's node, which checks it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Asker {
+    pub origin: Option<String>,
+    pub secret: Option<String>,
+}
+
+impl Asker {
+    pub(crate) fn of(headers: &HeaderMap) -> Asker {
+        Asker {
+            origin: origin_of(headers),
+            secret: headers
+                .get(SECRET_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        }
+    }
+}
+
+/// Why a request may not use a session.
+#[derive(Debug)]
+pub(crate) enum Denied {
+    /// It bears no secret, or not the session's.
+    Secret,
+    /// From another origin than the session's.
+    Origin,
+}
+
+impl Denied {
+    /// The HTTP answer: 403 and what was wrong.
+    pub(crate) fn answer(&self) -> (u16, &'static str) {
+        match self {
+            Denied::Secret => (
+                403,
+                "no session secret, or not this session's (header Wtchat-Secret)",
+            ),
+            Denied::Origin => (403, "not the session's origin"),
+        }
+    }
+}
+
+impl Owner {
+    /// Whether `asker` may use the session: it bears the secret and its origin fits
+    /// ([`origin_fits`]).
+    pub(crate) fn admits(&self, asker: &Asker, origins: &OriginPolicy) -> Result<(), Denied> {
+        let given = asker.secret.as_deref().unwrap_or_default();
+        if !same_secret(given.as_bytes(), self.secret.as_bytes()) {
+            return Err(Denied::Secret);
+        }
+        if !origin_fits(self.origin.as_deref(), asker.origin.as_deref(), origins) {
+            return Err(Denied::Origin);
+        }
+        Ok(())
+    }
+
+    /// The secret, for the answer that opens the session and nothing else.
+    pub(crate) fn secret(&self) -> &str {
+        &self.secret
+    }
 }
 
 /// Where the chat's routes are as the client reached them (`/chat/wtchat` under a path
@@ -95,6 +176,7 @@ pub(crate) struct RoutesAt(pub Arc<str>);
 /// A session being opened: admitted, registered, not yet running.
 pub(crate) struct Opened {
     pub id: String,
+    pub owner: Owner,
     /// Where its URLs start ([`RoutesAt`]; [`PATH`] when not given).
     pub routes_at: Arc<str>,
     admitted: Admitted,
@@ -119,11 +201,7 @@ fn origin_of(headers: &HeaderMap) -> Option<String> {
 /// without one is the session's own page (or not a browser, which needs the session's
 /// unguessable id all the same); one with an origin must be the session's, or — for a
 /// session opened without one — an origin the server allows.
-pub(crate) fn origin_fits(
-    session: Option<&str>,
-    request: Option<&str>,
-    origins: &OriginPolicy,
-) -> bool {
+fn origin_fits(session: Option<&str>, request: Option<&str>, origins: &OriginPolicy) -> bool {
     match (session, request) {
         (_, None) => true,
         (Some(opened), Some(origin)) => opened == origin,
@@ -157,12 +235,16 @@ pub(crate) fn open(
         ctx.session.hub.node(),
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<16>())
     );
+    let owner = Owner {
+        origin,
+        secret: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<16>()),
+    };
     let (frames, inbox) = mpsc::channel(INBOX);
     ctx.posted.open.lock().unwrap().insert(
         id.clone(),
         Posts {
             frames: frames.clone(),
-            origin,
+            owner: owner.clone(),
         },
     );
     let routes_at = request
@@ -171,6 +253,7 @@ pub(crate) fn open(
         .map_or_else(|| PATH.into(), |at| at.0.clone());
     Ok(Opened {
         id,
+        owner,
         routes_at,
         admitted,
         connect,
@@ -191,6 +274,7 @@ pub(crate) fn run(
 ) {
     let Opened {
         id: key,
+        owner: _,
         admitted,
         connect,
         inbox,
@@ -227,11 +311,12 @@ pub(crate) fn run(
     );
 }
 
-/// `response`, readable by the page that asked when its origin is allowed. The browser
-/// client's requests to the SSE and long-polling routes are all simple ones (a GET, an
-/// `EventSource`, a POST of `text/plain` without credentials), so no preflight comes first:
-/// an answer naming the page's origin is all the browser needs to let the page read it (a
-/// PHP site's page beside the chat server). A refused origin learns nothing more, and an
+/// `response`, readable by the page that asked when its origin is allowed. The requests
+/// that open sessions are simple ones (an `EventSource`, a POST without a body or
+/// credentials), so no preflight comes first: an answer naming the page's origin is all
+/// the browser needs to let the page read it (a PHP site's page beside the chat server).
+/// Posts and polls carry the session's secret in a header, which a cross-origin page's
+/// browser asks about first ([`preflight`]). A refused origin learns nothing more, and an
 /// opaque one is never named (see [`nameable`](super::nameable)).
 /// Done in the handlers, not in a middleware: a poll is answered tens of thousands of times
 /// a second, and a middleware's machinery per request showed in its cost.
@@ -248,6 +333,31 @@ pub(crate) fn readable(ctx: &Context, headers: &HeaderMap, mut response: Respons
     response
 }
 
+/// The CORS preflight of a session's posts and polls (`OPTIONS /wtchat/sse/ID`, `/poll/ID`)
+/// from a page on another origin: they may carry the secret's header and a poll's
+/// `Wtchat-After`, nothing else. A session's URL stays the same for all its requests (a
+/// poll's `after` is a header too), so the browser asks once per session and caches the
+/// answer for as long as it allows (Chromium two hours, Firefox a day).
+pub(crate) async fn preflight(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response {
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    if !ctx.origins.allows(origin) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let response = (
+        StatusCode::NO_CONTENT,
+        [
+            (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST"),
+            (
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                "Wtchat-Secret, Wtchat-After",
+            ),
+            (header::ACCESS_CONTROL_MAX_AGE, "86400"),
+        ],
+    )
+        .into_response();
+    readable(&ctx, &headers, response)
+}
+
 /// `POST /wtchat/sse/ID` and `/wtchat/poll/ID`: frames for a session, one per line. A
 /// post for a session another node holds (no sticky load balancer) goes there through the
 /// engine, and is answered 202.
@@ -262,17 +372,14 @@ pub(crate) async fn post(
 }
 
 fn post_frames(ctx: &Context, id: String, headers: &HeaderMap, body: Bytes) -> Response {
-    let origin = origin_of(headers);
+    let asker = Asker::of(headers);
     let max = ctx.session.limits.max_frame_bytes;
-    match ctx
-        .posted
-        .deliver(&id, origin.as_deref(), &ctx.origins, &body, max)
-    {
+    match ctx.posted.deliver(&id, &asker, &ctx.origins, &body, max) {
         Err(Undelivered::Unknown) => {
             let forwarded = match (elsewhere(ctx, &id), std::str::from_utf8(&body)) {
                 (Some(node), Ok(body)) => Forwarded::Post {
                     session: id,
-                    origin,
+                    asker,
                     body: body.into(),
                 }
                 .send(ctx, node),
@@ -285,8 +392,9 @@ fn post_frames(ctx: &Context, id: String, headers: &HeaderMap, body: Bytes) -> R
                 (StatusCode::NOT_FOUND, "no such session: open a new one").into_response()
             }
         }
-        Err(Undelivered::Origin) => {
-            (StatusCode::FORBIDDEN, "not the session's origin").into_response()
+        Err(Undelivered::Denied(denied)) => {
+            let (_, why) = denied.answer();
+            (StatusCode::FORBIDDEN, why).into_response()
         }
         Err(Undelivered::TooMany) => {
             (StatusCode::PAYLOAD_TOO_LARGE, "too many frames in one post").into_response()
@@ -299,12 +407,10 @@ fn post_frames(ctx: &Context, id: String, headers: &HeaderMap, body: Bytes) -> R
 }
 
 /// The frames of a post another node sent on to this one, which holds its session.
-pub(crate) fn deliver_forwarded(ctx: &Context, session: &str, origin: Option<&str>, body: String) {
+pub(crate) fn deliver_forwarded(ctx: &Context, session: &str, asker: &Asker, body: String) {
     let max = ctx.session.limits.max_frame_bytes;
     let body = Bytes::from(body);
-    let delivered = ctx
-        .posted
-        .deliver(session, origin, &ctx.origins, &body, max);
+    let delivered = ctx.posted.deliver(session, asker, &ctx.origins, &body, max);
     if let Err(why) = delivered {
         tracing::debug!(session, ?why, "a forwarded post was not delivered");
     }
@@ -322,8 +428,8 @@ pub(crate) fn elsewhere(ctx: &Context, id: &str) -> Option<u64> {
 pub(crate) enum Undelivered {
     /// No such session here.
     Unknown,
-    /// From another origin than the session's.
-    Origin,
+    /// Not from the session's page ([`Owner::admits`]).
+    Denied(Denied),
     /// More frames than one post may carry.
     TooMany,
     /// The session has too many frames waiting.
@@ -331,11 +437,11 @@ pub(crate) enum Undelivered {
 }
 
 impl Sessions {
-    /// Hands the frames of a post (`body`, one per line) from `origin` to session `id`.
+    /// Hands the frames of a post (`body`, one per line) from `asker` to session `id`.
     pub(crate) fn deliver(
         &self,
         id: &str,
-        origin: Option<&str>,
+        asker: &Asker,
         origins: &OriginPolicy,
         body: &Bytes,
         max_frame_bytes: usize,
@@ -343,9 +449,10 @@ impl Sessions {
         let frames = {
             let open = self.open.lock().unwrap();
             let posts = open.get(id).ok_or(Undelivered::Unknown)?;
-            if !origin_fits(posts.origin.as_deref(), origin, origins) {
-                return Err(Undelivered::Origin);
-            }
+            posts
+                .owner
+                .admits(asker, origins)
+                .map_err(Undelivered::Denied)?;
             posts.frames.clone()
         };
         let lines: Vec<&[u8]> = body

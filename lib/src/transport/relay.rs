@@ -22,18 +22,18 @@ pub(crate) fn forwarded(ctx: Arc<Context>, payload: Bytes) {
     match request {
         Forwarded::Post {
             session,
-            origin,
+            asker,
             body,
-        } => posted::deliver_forwarded(&ctx, &session, origin.as_deref(), body),
+        } => posted::deliver_forwarded(&ctx, &session, &asker, body),
         Forwarded::Poll {
             session,
-            origin,
+            asker,
             after,
             reply,
             token,
         } => {
             tokio::spawn(poll::answer_forwarded(
-                ctx, session, origin, after, reply, token,
+                ctx, session, asker, after, reply, token,
             ));
         }
         Forwarded::Polled {

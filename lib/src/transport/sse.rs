@@ -2,9 +2,10 @@
 //! server streams frames as a `text/event-stream` (`GET /wtchat/sse`); the client sends
 //! frames with `POST /wtchat/sse/SESSION`, one frame per line.
 //!
-//! The stream's first event is a `session` frame naming where to post:
-//! `{"type":"session","post":"/wtchat/sse/ID"}`. The id is 128 random bits, and a post
-//! must come from the origin the stream was opened from.
+//! The stream's first event is a `session` frame naming where to post and the secret that
+//! authorises the posts: `{"type":"session","post":"/wtchat/sse/ID","secret":"…"}`. A post
+//! bears it in the `Wtchat-Secret` header and comes from the origin the stream was opened
+//! from ([`posted::Owner`]).
 //!
 //! Every `joined`, `message` and `left` event carries an SSE id that says where the
 //! connection is: each room it is in with its epoch and last sequence number, its resume
@@ -254,8 +255,10 @@ fn open_stream(
         let _ = opened.first.try_send(Inbound::Frame(join));
     }
     let hello = format!(
-        "retry: 1000\ndata: {{\"type\":\"session\",\"post\":\"{}/sse/{}\"}}\n\n",
-        opened.routes_at, opened.id
+        "retry: 1000\ndata: {{\"type\":\"session\",\"post\":\"{}/sse/{}\",\"secret\":\"{}\"}}\n\n",
+        opened.routes_at,
+        opened.id,
+        opened.owner.secret()
     );
     let (events, stream) = mpsc::channel::<Bytes>(16);
     let (alive, gone) = oneshot::channel::<()>();
