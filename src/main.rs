@@ -215,6 +215,14 @@ struct ServeArgs {
     /// How long stored messages are kept (like 30d, 12h).
     #[arg(long, value_parser = duration)]
     retention_age: Option<Duration>,
+    /// Bytes the stored messages may take in SQLite (the least active rooms lose their
+    /// oldest first).
+    #[arg(long)]
+    retention_bytes: Option<u64>,
+    /// Client message ids remembered per room: a retry of one is acknowledged again, not
+    /// stored twice.
+    #[arg(long)]
+    dedupe_window: Option<usize>,
     /// Bytes of history held over all rooms (the least active rooms lose theirs first).
     #[arg(long)]
     history_bytes: Option<usize>,
@@ -366,6 +374,8 @@ impl ServeArgs {
             max_replay,
             retention_messages,
             retention_age,
+            retention_bytes,
+            dedupe_window,
             history_bytes,
             presence_threshold,
             presence_interval,

@@ -96,6 +96,11 @@ fn cases() -> Vec<Case> {
             flags: &["--retention-age", "500ms"],
         },
         Case {
+            setting: "retention_bytes",
+            builder: |b| b.retention_bytes(1000),
+            flags: &["--retention-bytes", "1000"],
+        },
+        Case {
             setting: "outbound_queue",
             builder: |b| b.max_rooms_per_connection(100),
             flags: &["--max-rooms-per-connection", "100"],

@@ -46,8 +46,17 @@ async fn kill_9_during_a_burst_loses_nothing_acknowledged() {
     const SENT: usize = 3000;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("chat.db");
-    // Room for a resume of the whole burst in one replay.
-    let flags = ["--max-replay", "5000", "--outbound-queue", "100000"];
+    // Room for a resume of the whole burst in one replay, and for the retries of all of it
+    // in the dedupe window (on a busy machine the server may have stored the whole burst
+    // before the writer read a quarter of its acks).
+    let flags = [
+        "--max-replay",
+        "5000",
+        "--outbound-queue",
+        "100000",
+        "--dedupe-window",
+        "5000",
+    ];
     let mut server = serve(dir.path(), &db, &flags).await;
 
     // Readers on both transports, and a writer that sends without waiting for acks.
@@ -472,10 +481,10 @@ async fn a_database_that_cannot_be_used_is_refused_at_start_with_the_reason() {
     // A database from a newer wtchat.
     let newer = dir.path().join("newer.db");
     on_sqlite(&newer, |b| b).await.stop().await;
-    sqlite(&newer, "pragma user_version = 3");
+    sqlite(&newer, "pragma user_version = 4");
     let (cli, _) = refusal(&newer).await;
     assert!(
-        cli.contains("written by a newer wtchat (schema 3; this one knows 2)"),
+        cli.contains("written by a newer wtchat (schema 4; this one knows 3)"),
         "{cli}"
     );
 
@@ -720,5 +729,85 @@ async fn a_retry_across_the_upgrade_to_keyed_sender_ids_is_still_recognised() {
         [(1, "hello"), (2, "again")],
         "each stored once"
     );
+    server.stop().await;
+}
+
+/// Every stored message of `room`, oldest first, paged back from the newest.
+async fn stored(server: &common::TestServer, room: &str) -> Vec<(u64, String)> {
+    let mut all = Vec::new();
+    let mut before = None;
+    loop {
+        let page = server.chat.history(room, before, 100).await.unwrap();
+        let mut older: Vec<(u64, String)> = page
+            .messages
+            .iter()
+            .map(|m| (m.seq, m.text.clone()))
+            .collect();
+        before = older.first().map(|(seq, _)| *seq);
+        older.append(&mut all);
+        all = older;
+        if !page.more || before.is_none() {
+            return all;
+        }
+    }
+}
+
+/// The bytes of the database's pages in use, read by another program (Python's sqlite3).
+fn pages_in_use(db: &Path) -> u64 {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+             print(c.execute('SELECT (page_count - freelist_count) * page_size \
+             FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()').fetchone()[0])",
+        ])
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Rooms anyone may create cannot fill the disk: past `retention_bytes` the least recently
+/// active rooms lose their oldest stored messages first. Room `old` (about 600 KB) then room
+/// `new` (as much) go past a 1 MiB budget: `new` keeps every message, `old` its newest,
+/// numbered on without a hole; the database's pages in use stay within the budget.
+#[tokio::test]
+async fn stored_messages_past_their_byte_budget_leave_the_least_active_rooms_oldest_first() {
+    const BUDGET: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let tweak =
+        |b: wtchat::ConfigBuilder| b.history(5).retention_bytes(BUDGET).max_text_chars(4000);
+    let server = on_sqlite(&db, tweak).await;
+    let text = |room: &str, i: usize| format!("{room} {i} {}", "x".repeat(3000));
+    for room in ["old", "new"] {
+        for i in 1..=200 {
+            server
+                .chat
+                .publish(room, "host", &text(room, i))
+                .await
+                .unwrap();
+        }
+    }
+    server.stop().await;
+    // Read back from the file alone.
+    let server = on_sqlite(&db, tweak).await;
+    let new = stored(&server, "new").await;
+    let every: Vec<(u64, String)> = (1..=200).map(|i| (i as u64, text("new", i))).collect();
+    assert!(new == every, "the newest room keeps all its messages");
+    let old = stored(&server, "old").await;
+    let first = old.first().expect("the older room keeps its newest").0;
+    assert!(first > 1, "the older room lost its oldest");
+    let kept: Vec<(u64, String)> = (first..=200)
+        .map(|i| (i, text("old", i as usize)))
+        .collect();
+    assert!(old == kept, "the older room keeps {first}..=200, in order");
+    let used = pages_in_use(&db);
+    assert!(used <= BUDGET, "{used} bytes in use");
     server.stop().await;
 }

@@ -428,6 +428,15 @@ impl ConfigBuilder {
         self
     }
 
+    /// Bytes the stored messages of all rooms may take in SQLite's database (its pages in
+    /// use). Past it, the least recently active rooms lose their oldest messages first, so
+    /// that rooms created by anyone cannot fill the disk. Default 10 GiB; at least 1 MiB.
+    /// (Redis is bounded by its own `maxmemory`.)
+    pub fn retention_bytes(mut self, bytes: u64) -> Self {
+        self.config.hub.retention.bytes = bytes;
+        self
+    }
+
     /// Bytes of history held over all rooms. Past it, the least recently active rooms lose
     /// their oldest messages first (a resume that needed them is told `gap`). Default
     /// 256 MiB; at least two frames of `max_frame_bytes`.
@@ -907,6 +916,12 @@ impl ConfigBuilder {
             return Err(ConfigError::new(
                 "retention_age",
                 format!("must be at least 1 s; got {} ms", hub.retention.age_ms),
+            ));
+        }
+        if hub.retention.bytes < 1 << 20 {
+            return Err(ConfigError::new(
+                "retention_bytes",
+                format!("must be at least 1 MiB; got {} bytes", hub.retention.bytes),
             ));
         }
         if config.idle_timeout < Duration::from_secs(1) {

@@ -333,6 +333,9 @@ pub(crate) struct Retention {
     pub messages: u64,
     /// Milliseconds a message is kept.
     pub age_ms: u64,
+    /// Bytes the stored messages may take over all rooms (SQLite: the database's pages in
+    /// use); past it the least recently active rooms lose their oldest messages first.
+    pub bytes: u64,
 }
 
 /// What the built-in engines are opened with.

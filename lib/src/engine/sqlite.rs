@@ -55,6 +55,10 @@ const MAX_BATCH: usize = 8192;
 /// is swept more often (a quarter of it, at least every second).
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
+/// Messages deleted per statement when the stored-bytes budget is kept: bounds how long
+/// the writer is away from commits at a time.
+const SHED_ROWS: i64 = 1024;
+
 /// Version 1 of the schema: a new file gets it, then every migration.
 const SCHEMA: &str = "
     CREATE TABLE rooms (
@@ -84,7 +88,7 @@ const SCHEMA: &str = "
 
 /// What each version after 1 changed, in order: a file of version `v` gets the ones after
 /// it, in the transaction that opens it.
-const MIGRATIONS: [&str; 1] = [
+const MIGRATIONS: [&str; 2] = [
     // 2: public sender ids are keyed (see `crate::hub::sender`): the engine's key, and each
     // message's dedupe id beside its public id. Messages of version 1 have none: their
     // public id was their dedupe id.
@@ -93,6 +97,13 @@ const MIGRATIONS: [&str; 1] = [
          name  TEXT PRIMARY KEY,
          value BLOB NOT NULL
      ) WITHOUT ROWID;",
+    // 3: when each room last had a message (ms since 1970), for the stored-bytes budget
+    // (see `Writer::keep_stored_budget`): the least recently active rooms lose messages
+    // first. Existing rooms get their newest message's time.
+    "ALTER TABLE rooms ADD COLUMN active INTEGER NOT NULL DEFAULT 0;
+     UPDATE rooms SET active = coalesce(
+         (SELECT max(time) FROM messages WHERE room = rooms.name), 0);
+     CREATE INDEX rooms_by_activity ON rooms (active);",
 ];
 
 /// The name of the engine's key for public sender ids in table `secrets`.
@@ -250,6 +261,7 @@ impl Sqlite {
             retention: options.retention,
             runtime,
             stats,
+            unchecked: 0,
         };
         std::thread::Builder::new()
             .name("wtchat-sqlite".into())
@@ -638,6 +650,9 @@ struct Writer {
     /// rooms deliver in parallel.
     runtime: tokio::runtime::Handle,
     stats: EngineStats,
+    /// Bytes of messages written since the stored-bytes budget was last checked (about:
+    /// their texts and names); checked again past a sixty-fourth of the budget.
+    unchecked: u64,
 }
 
 /// One room's messages in one transaction: the first and last sequence numbers.
@@ -656,6 +671,7 @@ impl Writer {
             .max(Duration::from_secs(1));
         let mut swept = Instant::now();
         self.sweep();
+        self.keep_stored_budget();
         loop {
             match queue.recv_timeout(every.saturating_sub(swept.elapsed())) {
                 Ok(job) => batch.push(job),
@@ -674,6 +690,9 @@ impl Writer {
             if swept.elapsed() >= every {
                 self.sweep();
                 swept = Instant::now();
+            }
+            if self.unchecked >= (self.retention.bytes / 64).max(1) {
+                self.keep_stored_budget();
             }
         }
     }
@@ -743,6 +762,11 @@ impl Writer {
                                 epoch: room.epoch,
                                 seq,
                             };
+                            // About a row's size: its text and name, and its key and
+                            // numbers.
+                            self.unchecked +=
+                                (record.text.len() + record.from.len() + room.name.len() + 32)
+                                    as u64;
                             let _ = done.send(Ok(Appended::Stored(position)));
                             room.outgoing
                                 .lock()
@@ -841,13 +865,19 @@ impl Writer {
                 }
             }
             let mut head = tx.prepare_cached(
-                "INSERT INTO rooms (name, epoch, seq) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
+                "INSERT INTO rooms (name, epoch, seq, active) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, active = excluded.active",
             )?;
+            let now = now_ms() as i64;
             let mut trim =
                 tx.prepare_cached("DELETE FROM messages WHERE room = ?1 AND seq <= ?2")?;
             for p in progress {
-                head.execute(params![&*p.room.name, p.room.epoch as i64, p.last as i64])?;
+                head.execute(params![
+                    &*p.room.name,
+                    p.room.epoch as i64,
+                    p.last as i64,
+                    now
+                ])?;
                 if p.last > self.retention.messages {
                     trim.execute(params![
                         &*p.room.name,
@@ -874,6 +904,73 @@ impl Writer {
         if let Err(e) = swept {
             tracing::warn!(error = %describe(&self.path, &e), "could not sweep old history");
         }
+    }
+
+    /// Keeps the stored messages within `retention.bytes`: past it, the least recently
+    /// active rooms lose their oldest messages first (a room's newest are the last to go),
+    /// down to fifteen sixteenths of it so that this runs once per many messages. What is
+    /// measured is the database's pages in use (freed pages are reused, so the file stops
+    /// growing; it does not shrink). Anyone may create rooms and fill them, within the
+    /// per-address budgets: this bounds the disk they can take, whatever their number.
+    fn keep_stored_budget(&mut self) {
+        self.unchecked = 0;
+        let budget = self.retention.bytes;
+        let kept = (|| -> rusqlite::Result<u64> {
+            let mut shed = 0;
+            if self.stored_bytes()? <= budget {
+                return Ok(0);
+            }
+            let target = budget / 16 * 15;
+            let mut oldest = self.conn.prepare_cached(
+                "SELECT name FROM rooms
+                 WHERE EXISTS (SELECT 1 FROM messages WHERE room = rooms.name)
+                 ORDER BY active, name LIMIT 1",
+            )?;
+            // The room's oldest messages whose rows hold about `?2` bytes (at least one, at
+            // most SHED_ROWS): a small budget is not overshot by a whole room.
+            let mut delete = self.conn.prepare_cached(
+                "WITH oldest AS (
+                     SELECT seq, sum(length(text) + length(name) + 64) OVER (ORDER BY seq) AS upto
+                     FROM messages WHERE room = ?1 ORDER BY seq LIMIT ?3)
+                 DELETE FROM messages WHERE room = ?1 AND seq <= coalesce(
+                     (SELECT min(seq) FROM oldest WHERE upto >= ?2),
+                     (SELECT max(seq) FROM oldest))",
+            )?;
+            loop {
+                let used = self.stored_bytes()?;
+                if used <= target {
+                    break;
+                }
+                let room: Option<String> = oldest.query_row([], |row| row.get(0)).optional()?;
+                let Some(room) = room else { break };
+                let excess = (used - target) as i64;
+                shed += delete.execute(params![room, excess, SHED_ROWS])? as u64;
+            }
+            Ok(shed)
+        })();
+        match kept {
+            Ok(0) => {}
+            Ok(shed) => tracing::info!(
+                shed,
+                budget,
+                "stored messages reached retention_bytes: the least recently active rooms \
+                 lost their oldest messages"
+            ),
+            Err(e) => tracing::warn!(
+                error = %describe(&self.path, &e),
+                "could not keep the stored messages within retention_bytes"
+            ),
+        }
+    }
+
+    /// The bytes of the database's pages in use.
+    fn stored_bytes(&self) -> rusqlite::Result<u64> {
+        self.conn.query_row(
+            "SELECT (page_count - freelist_count) * page_size
+             FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
+            [],
+            |row| uint(row, 0),
+        )
     }
 }
 
@@ -953,6 +1050,7 @@ mod tests {
             retention: super::super::Retention {
                 messages: 100_000,
                 age_ms: 3_600_000,
+                bytes: 1 << 30,
             },
             dedupe_window: 100,
         }

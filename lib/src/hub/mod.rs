@@ -85,6 +85,7 @@ impl Default for HubConfig {
             retention: Retention {
                 messages: 10_000,
                 age_ms: 30 * 24 * 3600 * 1000,
+                bytes: 10 << 30,
             },
             dedupe_window: 1000,
             presence: Policy {
