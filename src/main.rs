@@ -171,6 +171,10 @@ struct ServeArgs {
     /// Connections one client address may hold at once.
     #[arg(long)]
     max_connections_per_ip: Option<usize>,
+    /// Connections one signed-in user may hold at once (they leave their address's count
+    /// once identified).
+    #[arg(long)]
+    max_connections_per_user: Option<usize>,
     /// Ticket requests (POST /wtchat/ticket) one client address may make per second;
     /// past it, 429 with Retry-After.
     #[arg(long)]
@@ -363,6 +367,7 @@ impl ServeArgs {
             max_new_rooms_per_minute,
             max_connections,
             max_connections_per_ip,
+            max_connections_per_user,
             ticket_rate,
             ticket_burst,
             max_http_connections,

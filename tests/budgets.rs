@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use browser::{Browser, DemoPage, Drive};
 use common::{Client, DEADLINE, TestServer, start, start_with};
 use futures_util::future::join_all;
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -468,9 +469,7 @@ async fn one_address_holds_at_most_its_rooms_open_and_a_user_holds_its_own() {
             .unwrap();
             for i in 0..16 {
                 let room = format!("{user}-{batch}-{i}");
-                client
-                    .send(serde_json::json!({"type": "join", "room": room}))
-                    .await;
+                client.send(json!({"type": "join", "room": room})).await;
             }
             for _ in 0..16 {
                 let frame = client
@@ -554,12 +553,12 @@ async fn an_address_creates_at_most_its_rooms_a_day() {
         maker.join(room, "maker").await;
     }
     maker
-        .send(serde_json::json!({"type": "join", "room": "d4", "name": "maker"}))
+        .send(json!({"type": "join", "room": "d4", "name": "maker"}))
         .await;
     let refused = maker.next_of("error").await;
     assert_eq!(
         (&refused["code"], &refused["room"]),
-        (&serde_json::json!("rate_limited"), &serde_json::json!("d4")),
+        (&json!("rate_limited"), &json!("d4")),
         "{refused}"
     );
     assert!(
@@ -572,5 +571,69 @@ async fn an_address_creates_at_most_its_rooms_a_day() {
     // Rooms that exist are joined as ever, from any connection of the address.
     let mut other = Client::wt(&server).await;
     other.join("d1", "other").await;
+    server.stop().await;
+}
+
+/// Many signed-in users behind one address (a carrier NAT's) are many clients: once
+/// identified, a connection counts against its user (`max_connections_per_user`) and
+/// leaves its address's count (which bounds the connections not yet identified, and the
+/// anonymous ones on a server without sign-in).
+#[tokio::test]
+async fn signed_in_users_behind_one_address_count_as_themselves() {
+    let secret = "a-secret-of-32-bytes-or-more-for-users";
+    let server = start_with(|c| {
+        c.token_secret(secret)
+            .max_connections_per_ip(2)
+            .max_connections_per_user(2)
+    })
+    .await;
+    let token = |user: &str| format!("?token={}", common::token(secret, user, user));
+    // Six users at 127.0.0.1, three times its two places: each comes in and is listed.
+    let mut users = Vec::new();
+    for n in 1..=6 {
+        let user = format!("u{n}");
+        let mut client = Client::ws_request(&server, &token(&user), &[])
+            .await
+            .unwrap();
+        client.join("lobby", &user).await;
+        users.push(client);
+    }
+    let members = server.chat.members("lobby").await.unwrap();
+    assert_eq!(members.len(), 6, "{members:?}");
+    // One user holds two connections, over any transport: a third is told busy.
+    let mut second = Client::wt_request(&server, &format!("/wtchat{}", token("u1")), &[])
+        .await
+        .unwrap();
+    second.join("lobby", "u1").await;
+    let mut refused = Client::ws_request(&server, &token("u1"), &[])
+        .await
+        .unwrap();
+    let error = refused.next().await;
+    assert_eq!(
+        (&error["code"], &error["message"], &error["retryAfterMs"]),
+        (
+            &json!("busy"),
+            &json!("too many connections for your user"),
+            &json!(5000)
+        ),
+        "{error}"
+    );
+    assert_eq!(refused.next().await["code"], 4004);
+    // One of them ends: the user's place comes free.
+    drop(second);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut again = Client::ws_request(&server, &token("u1"), &[])
+            .await
+            .unwrap();
+        again
+            .send(json!({"type": "join", "room": "lobby", "name": "u1"}))
+            .await;
+        if again.next().await["type"] == "joined" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the place never came free");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     server.stop().await;
 }

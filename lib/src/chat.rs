@@ -49,7 +49,7 @@ use crate::hub::{Hub, SenderKey};
 use crate::metrics::Metrics;
 use crate::protocol::CloseCode;
 use crate::session::SessionContext;
-use crate::throttle::{PerAddress, PerAddressRate, RoomBudgets};
+use crate::throttle::{HolderBudgets, PerAddress, PerAddressRate};
 use crate::transport::{self, OriginPolicy, webtransport};
 
 /// wtchat, ready to be mounted: cheap to clone (one `Arc` inside).
@@ -203,10 +203,11 @@ impl Chat {
             senders: Arc::new(senders),
             on_message: config.on_message.clone(),
             message_check: webhooks.message,
-            rooms: RoomBudgets::new(
+            budgets: HolderBudgets::new(
                 config.max_rooms_per_ip,
                 config.max_new_rooms_per_minute_per_ip,
                 config.max_new_rooms_per_day_per_ip,
+                config.max_connections_per_user,
                 config.ipv6_prefix,
             ),
         };

@@ -85,6 +85,7 @@ pub struct Config {
     pub(crate) api_key: Option<String>,
     pub(crate) ws_read_buffer: usize,
     pub(crate) max_connections_per_ip: usize,
+    pub(crate) max_connections_per_user: usize,
     /// `POST /wtchat/ticket` per client address: sustained per second, and at once.
     pub(crate) ticket_rate: u32,
     pub(crate) ticket_burst: u32,
@@ -137,6 +138,7 @@ impl Default for Config {
             api_key: None,
             ws_read_buffer: 1024,
             max_connections_per_ip: 1000,
+            max_connections_per_user: 100,
             ticket_rate: 5,
             ticket_burst: 20,
             header_read_timeout: Duration::from_secs(10),
@@ -181,6 +183,7 @@ impl fmt::Debug for Config {
             .field("api_key", &secret(&self.api_key))
             .field("ws_read_buffer", &self.ws_read_buffer)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("max_connections_per_user", &self.max_connections_per_user)
             .field("ticket_rate", &self.ticket_rate)
             .field("ticket_burst", &self.ticket_burst)
             .field("header_read_timeout", &self.header_read_timeout)
@@ -520,6 +523,16 @@ impl ConfigBuilder {
         self
     }
 
+    /// Connections one signed-in user (a token's, a ticket's, the auth hook's) may hold
+    /// over every transport; past it, the connection is told `busy` as for
+    /// `max_connections_per_ip`. Once identified, a signed-in connection counts against its
+    /// user and leaves its address's count, so that many users behind one carrier NAT are
+    /// not one client. Default 100.
+    pub fn max_connections_per_user(mut self, connections: usize) -> Self {
+        self.config.max_connections_per_user = connections;
+        self
+    }
+
     /// Ticket requests (`POST /wtchat/ticket`, each a call to the host's login) one client
     /// address may make per second, sustained; past it, 429 with `Retry-After`, which the
     /// browser client waits out. Default 5: a page asks once per connection attempt, and an
@@ -791,6 +804,7 @@ impl ConfigBuilder {
             ("outbound_queue", hub.outbound_queue),
             ("max_connections", hub.max_connections),
             ("max_connections_per_ip", config.max_connections_per_ip),
+            ("max_connections_per_user", config.max_connections_per_user),
             ("ticket_rate", config.ticket_rate as usize),
             ("ticket_burst", config.ticket_burst as usize),
             ("max_http_connections", config.max_http_connections),

@@ -24,7 +24,7 @@ use crate::protocol::{
     self, ClientFrame, CloseCode, ErrorCode, HISTORY_PAGE, Limits, MEMBERS_PAGE, ServerFrame,
 };
 use crate::queue::{Kind, Outbound, Outbox};
-use crate::throttle::{Holder, RateLimit, RoomBudgets, RoomHold, throttled};
+use crate::throttle::{HolderBudgets, RateLimit, RoomHold, Seat, throttled};
 
 /// Frames written per batch: enough to amortize a write call under load, small enough that
 /// one busy connection does not hold its worker thread for long.
@@ -99,8 +99,8 @@ pub(crate) struct SessionContext {
     /// The host's backend, asked about each message after `on_message` (the message
     /// webhook), if any.
     pub message_check: Option<Arc<dyn MessageCheck>>,
-    /// The rooms each address (or signed-in user) holds open and creates.
-    pub rooms: Arc<RoomBudgets>,
+    /// What each address (or signed-in user) holds and creates: connections, rooms.
+    pub budgets: Arc<HolderBudgets>,
 }
 
 /// The handling of a client frame that waits (for the host's backend, the store, a busy
@@ -126,9 +126,10 @@ pub(crate) async fn start(
     transport: Transport,
     // Boxed: a future keeps its arguments for its whole life (the request is read once).
     request: Option<Box<ConnectRequest>>,
-    // Whose room budgets its joins count against, as far as its address tells (a signed-in
-    // user counts as the user instead). A pointer: the future keeps its arguments.
-    holder: Option<Arc<Holder>>,
+    // Whom it counts against as far as its address tells, and its place among that
+    // address's connections (a signed-in user counts as the user instead, once
+    // identified). A pointer: the future keeps its arguments.
+    seat: Box<Seat>,
     mut reader: impl FrameReader,
     mut writer: impl FrameWriter,
 ) {
@@ -164,14 +165,26 @@ pub(crate) async fn start(
     let started = Instant::now();
     tracing::info!("connection opened");
     let (outbox, mut inbox, closing) = crate::queue::queue(ctx.hub.config().queue_bounds());
-    let holder = match &identity {
-        Some(identity) => ctx.rooms.holder(Some(&identity.user), None),
-        None => holder,
+    // Signed in: its place moves from its address's connections to its user's (the
+    // address's is given back here: a shadowed value would live as long as the future).
+    let seat = match &identity {
+        Some(identity) => match ctx.budgets.user_seat(&identity.user) {
+            Some(user_seat) => {
+                drop(seat);
+                user_seat
+            }
+            None => {
+                throttled!(info, "refused: too many connections of one user");
+                let (wait, why) = (BUSY_WAIT, "too many connections for your user");
+                return Box::pin(refuse_busy(ctx, reader, writer, wait, why)).await;
+            }
+        },
+        None => seat,
     };
     let mut session = Session {
         id,
         ctx,
-        holder,
+        seat,
         identity,
         outbox,
         rooms: Vec::new(),
@@ -324,6 +337,10 @@ async fn goodbye(
     }
 }
 
+/// How long a client refused for a budget used up (its address's, its user's, the
+/// server's) is told to wait before it tries again.
+pub(crate) const BUSY_WAIT: Duration = Duration::from_secs(5);
+
 /// Refuses a connection the server has no room for now (its address's share of
 /// connections, or the server's, is used up). It was accepted only to say so, because
 /// browsers cannot read the status of a refused WebSocket or WebTransport handshake:
@@ -380,8 +397,8 @@ struct Session<'a> {
     ctx: &'a SessionContext,
     /// Who the host says this connection is; None when the host does not authenticate.
     identity: Option<Identity>,
-    /// Whose room budgets this connection's joins count against.
-    holder: Option<Arc<Holder>>,
+    /// Whom this connection counts against, and its place among that one's connections.
+    seat: Box<Seat>,
     /// This connection's own queue: replies go through it so that they keep their order
     /// with the room messages around them (a message, then its ack).
     outbox: Outbox,
@@ -647,8 +664,8 @@ impl<'a> Session<'a> {
             return None;
         }
         // Held until this connection leaves the room: refused past the holder's budget.
-        let hold = match &self.holder {
-            Some(holder) => match self.ctx.rooms.hold(holder, &room) {
+        let hold = match &self.seat.holder {
+            Some(holder) => match self.ctx.budgets.hold(holder, &room) {
                 Some(hold) => Some(hold),
                 None => {
                     self.error(
@@ -667,8 +684,8 @@ impl<'a> Session<'a> {
         if self.ctx.hub.room(&room).is_none() {
             let refused = if !self.new_rooms.allow() {
                 Some("this connection created too many rooms; wait a minute or join existing ones")
-            } else if let Some(holder) = &self.holder
-                && self.ctx.rooms.create(holder).is_err()
+            } else if let Some(holder) = &self.seat.holder
+                && self.ctx.budgets.create(holder).is_err()
             {
                 Some(
                     "your address (or user) created too many rooms for now; join existing ones or wait",
@@ -918,7 +935,7 @@ mod tests {
     /// webhook, identifying it, its last words) is boxed, so that it is not part of it.
     /// The figure was 1768 bytes before they were; past this bound, look for an await
     /// that inlined a large future. 1056 bytes before the room budgets, 1160 with them
-    /// (the holder pointer, as an argument, a local and a field: each value a future keeps
+    /// (the seat pointer, as an argument, a local and a field: each value a future keeps
     /// costs it more than its own size).
     #[tokio::test]
     async fn a_sessions_future_stays_small() {
@@ -937,9 +954,10 @@ mod tests {
             senders: Arc::new(SenderKey::new(b"a test's key")),
             on_message: None,
             message_check: None,
-            rooms: RoomBudgets::new(256, 120, 1000, 64),
+            budgets: HolderBudgets::new(256, 120, 1000, 100, 64),
         };
-        let session = start(&ctx, 1, Transport::WebSocket, None, None, Reader, Writer);
+        let seat = ctx.budgets.address_seat(None, None);
+        let session = start(&ctx, 1, Transport::WebSocket, None, seat, Reader, Writer);
         let size = std::mem::size_of_val(&session);
         assert!(size <= 1200, "a session's future is {size} bytes");
     }

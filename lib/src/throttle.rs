@@ -80,57 +80,77 @@ impl RateLimit {
     }
 }
 
+/// What each key (an address, a user) holds at once, at most `max` each.
+pub(crate) struct PerKey<K: Hash + Eq> {
+    max: usize,
+    /// Held to count one in or out, never across an `.await`; per connection, not per
+    /// message.
+    counts: Mutex<HashMap<K, usize>>,
+}
+
+/// Counts one thing held against its key until dropped.
+pub(crate) struct Place<K: Hash + Eq> {
+    table: Arc<PerKey<K>>,
+    key: K,
+}
+
+impl<K: Hash + Eq + Clone> PerKey<K> {
+    pub(crate) fn new(max: usize) -> Arc<PerKey<K>> {
+        Arc::new(PerKey {
+            max,
+            counts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// One more for `key`, or None when it holds `max` already.
+    pub(crate) fn take(self: &Arc<Self>, key: K) -> Option<Place<K>> {
+        let mut counts = self.counts.lock().unwrap();
+        let count = counts.entry(key.clone()).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(Place {
+            table: self.clone(),
+            key,
+        })
+    }
+}
+
+impl<K: Hash + Eq> Drop for Place<K> {
+    fn drop(&mut self) {
+        let mut counts = self.table.counts.lock().unwrap();
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// What each client address holds at once (connections, streams…), so that one address
 /// cannot take every slot (and file descriptor) of the server.
 pub(crate) struct PerAddress {
-    max: usize,
     ipv6_prefix: u8,
-    /// Held to count one connection in or out, never across an `.await`; per connection,
-    /// not per message.
-    counts: Mutex<HashMap<IpAddr, usize>>,
+    places: Arc<PerKey<IpAddr>>,
 }
 
-/// Counts one thing held against its address until dropped.
-pub(crate) struct AddressPermit {
-    table: Arc<PerAddress>,
-    ip: IpAddr,
-}
+/// One thing held against an address until dropped.
+pub(crate) type AddressPermit = Place<IpAddr>;
 
 impl PerAddress {
     /// At most `max` per address, IPv6 addresses counted per `ipv6_prefix`.
     pub(crate) fn new(max: usize, ipv6_prefix: u8) -> Arc<PerAddress> {
         Arc::new(PerAddress {
-            max,
             ipv6_prefix,
-            counts: Mutex::new(HashMap::new()),
+            places: PerKey::new(max),
         })
     }
 
     /// Admits one more from `ip`, or None when its [`budget_key`] holds `max` already.
-    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<AddressPermit> {
-        let ip = budget_key(ip, self.ipv6_prefix);
-        let mut counts = self.counts.lock().unwrap();
-        let count = counts.entry(ip).or_insert(0);
-        if *count >= self.max {
-            return None;
-        }
-        *count += 1;
-        Some(AddressPermit {
-            table: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for AddressPermit {
-    fn drop(&mut self) {
-        let mut counts = self.table.counts.lock().unwrap();
-        if let Some(count) = counts.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.ip);
-            }
-        }
+    pub(crate) fn admit(&self, ip: IpAddr) -> Option<AddressPermit> {
+        self.places.take(budget_key(ip, self.ipv6_prefix))
     }
 }
 
@@ -301,15 +321,29 @@ pub(crate) enum Holder {
     Address(IpAddr),
 }
 
-/// What each [`Holder`] may do to the room table: hold at most `max_rooms_per_ip` rooms
-/// open through its connections (a room held by one of them costs the server its state
-/// and cannot be evicted), and create at most `max_new_rooms_per_minute_per_ip` a minute
-/// and `max_new_rooms_per_day_per_ip` a day (on a durable engine each may be kept on disk
-/// for its retention: a slow creator must not fill it either).
-/// Without them one address's connections, each under its own limits, filled the table.
-pub(crate) struct RoomBudgets {
+/// Whom a connection counts as ([`Seat::holder`]), and its place among that one's
+/// connections: its address's until it is identified; a signed-in connection's then moves
+/// to its user (`max_connections_per_user`), so that many users behind one carrier NAT
+/// are not one client.
+pub(crate) struct Seat {
+    pub holder: Option<Arc<Holder>>,
+    /// Its place among its address's connections, or (signed in) its user's.
+    _address: Option<AddressPermit>,
+    _user: Option<Place<Arc<str>>>,
+}
+
+/// What each [`Holder`] may do: hold at most `max_rooms_per_ip` rooms open through its
+/// connections (a room held by one of them costs the server its state and cannot be
+/// evicted), create at most `max_new_rooms_per_minute_per_ip` a minute and
+/// `max_new_rooms_per_day_per_ip` a day (on a durable engine each may be kept on disk for
+/// its retention: a slow creator must not fill it either), and — a signed-in user — hold
+/// at most `max_connections_per_user` connections. Without them one address's
+/// connections, each under its own limits, filled the table.
+pub(crate) struct HolderBudgets {
     max_held: usize,
     ipv6_prefix: u8,
+    /// Connections per signed-in user.
+    users: Arc<PerKey<Arc<str>>>,
     /// Per holder, its rooms and how many of its connections are in each. Held for one
     /// join or leave, never across an `.await`.
     held: Mutex<HashMap<Holder, HashMap<Arc<str>, usize>>>,
@@ -319,38 +353,56 @@ pub(crate) struct RoomBudgets {
 
 /// One connection of a holder in a room, until dropped.
 pub(crate) struct RoomHold {
-    budgets: Arc<RoomBudgets>,
+    budgets: Arc<HolderBudgets>,
     holder: Arc<Holder>,
     room: Arc<str>,
 }
 
-impl RoomBudgets {
+impl HolderBudgets {
     pub(crate) fn new(
         max_held: usize,
         created_per_minute: u32,
         created_per_day: u32,
+        connections_per_user: usize,
         ipv6_prefix: u8,
     ) -> Arc<Self> {
         let (per_minute, per_day) = (f64::from(created_per_minute), f64::from(created_per_day));
-        Arc::new(RoomBudgets {
+        Arc::new(HolderBudgets {
             max_held,
             ipv6_prefix,
+            users: PerKey::new(connections_per_user),
             held: Mutex::new(HashMap::new()),
             created: PerKeyRate::new(per_minute / 60.0, per_minute),
             created_today: PerKeyRate::new(per_day / 86_400.0, per_day),
         })
     }
 
-    /// Whom a connection counts as: its user, else its address (None when neither is
-    /// known: a host serving without peer addresses; then only per-connection limits
-    /// hold). Shared: a session keeps one pointer, not the key.
-    pub(crate) fn holder(&self, user: Option<&str>, client: Option<IpAddr>) -> Option<Arc<Holder>> {
-        let holder = match (user, client) {
-            (Some(user), _) => Holder::User(user.into()),
-            (None, Some(ip)) => Holder::Address(budget_key(ip, self.ipv6_prefix)),
-            (None, None) => return None,
-        };
-        Some(Arc::new(holder))
+    /// A connection from `client` (None for a host serving without peer addresses: then
+    /// only per-connection limits hold), holding `place` among its address's connections.
+    /// Boxed: a session keeps one pointer.
+    pub(crate) fn address_seat(
+        &self,
+        client: Option<IpAddr>,
+        place: Option<AddressPermit>,
+    ) -> Box<Seat> {
+        let holder = client.map(|ip| Arc::new(Holder::Address(budget_key(ip, self.ipv6_prefix))));
+        Box::new(Seat {
+            holder,
+            _address: place,
+            _user: None,
+        })
+    }
+
+    /// A connection identified as `user`, or None when the user holds
+    /// `max_connections_per_user` already.
+    pub(crate) fn user_seat(&self, user: &str) -> Option<Box<Seat>> {
+        let user: Arc<str> = user.into();
+        let place = self.users.take(user.clone())?;
+        Some(Box::new(Seat {
+            holder: Some(Arc::new(Holder::User(user))),
+            _address: None,
+            _user: Some(place),
+        }))
     }
 
     /// One more connection of `holder` in `room`, or None when that would make it hold
@@ -500,7 +552,7 @@ mod tests {
         drop(a);
         assert!(table.admit(one).is_some());
         drop(table.admit(one));
-        assert_eq!(table.counts.lock().unwrap().get(&one), Some(&1));
+        assert_eq!(table.places.counts.lock().unwrap().get(&one), Some(&1));
     }
 
     #[test]
@@ -556,19 +608,23 @@ mod tests {
 
     #[test]
     fn a_holder_holds_at_most_its_rooms_and_creates_at_its_rate() {
-        let budgets = RoomBudgets::new(2, 3, 1000, 64);
-        let ann = budgets
-            .holder(Some("ann"), Some("10.0.0.1".parse().unwrap()))
-            .unwrap();
-        let address = budgets
-            .holder(None, Some("10.0.0.1".parse().unwrap()))
-            .unwrap();
+        let budgets = HolderBudgets::new(2, 3, 1000, 2, 64);
+        let ann_seat = budgets.user_seat("ann").unwrap();
+        let ann = ann_seat.holder.clone().unwrap();
+        let address_seat = budgets.address_seat(Some("10.0.0.1".parse().unwrap()), None);
+        let address = address_seat.holder.clone().unwrap();
         assert_eq!(
             *ann,
             Holder::User("ann".into()),
             "a user is counted as the user"
         );
-        assert_eq!(budgets.holder(None, None), None);
+        assert!(budgets.address_seat(None, None).holder.is_none());
+        // Two connections per user: a third waits for one of them to end.
+        let second = budgets.user_seat("ann").unwrap();
+        assert!(budgets.user_seat("ann").is_none(), "a third connection");
+        assert!(budgets.user_seat("bob").is_some(), "another user");
+        drop(second);
+        assert!(budgets.user_seat("ann").is_some(), "a place came free");
         let a1 = budgets.hold(&address, "a").unwrap();
         let a2 = budgets.hold(&address, "a").unwrap();
         let _b = budgets.hold(&address, "b").unwrap();
@@ -594,7 +650,7 @@ mod tests {
         );
         assert_eq!(budgets.create(&ann), Ok(()));
         // The day's budget holds under the minute's.
-        let daily = RoomBudgets::new(2, 1000, 3, 64);
+        let daily = HolderBudgets::new(2, 1000, 3, 2, 64);
         for _ in 0..3 {
             assert_eq!(daily.create(&address), Ok(()));
         }

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::hub::ConnectionPermit;
 use crate::session::{self, FrameReader, FrameWriter, SessionContext};
-use crate::throttle::{AddressPermit, PerAddress, throttled};
+use crate::throttle::{AddressPermit, HolderBudgets, PerAddress, Seat, throttled};
 
 mod lines;
 pub(crate) mod poll;
@@ -114,7 +114,7 @@ impl Refused {
         match self {
             Refused::Origin => None,
             Refused::ShuttingDown => Some(Duration::from_secs(1)),
-            Refused::Address | Refused::Streams | Refused::Full => Some(Duration::from_secs(5)),
+            Refused::Address | Refused::Streams | Refused::Full => Some(session::BUSY_WAIT),
         }
     }
 
@@ -161,13 +161,22 @@ impl IntoResponse for Refused {
     }
 }
 
-/// What an admitted connection holds until it ends: its place in the server's and its
-/// address's counts.
+/// What an admitted connection holds until it ends: its place in the server's count, and
+/// in its address's until its session takes that ([`Admitted::seat`]).
 pub(crate) struct Admitted {
     _total: ConnectionPermit,
-    _address: Option<AddressPermit>,
-    /// The client's address, when known (for the session's room budgets).
+    address: Option<AddressPermit>,
+    /// The client's address, when known.
     pub client: Option<IpAddr>,
+}
+
+impl Admitted {
+    /// The session's seat: whom it counts against as far as its address tells, with its
+    /// place among the address's connections (which moves to its user once it is
+    /// identified as one).
+    pub(crate) fn seat(&mut self, budgets: &HolderBudgets) -> Box<Seat> {
+        budgets.address_seat(self.client, self.address.take())
+    }
 }
 
 impl Context {
@@ -204,7 +213,7 @@ impl Context {
         };
         Ok(Admitted {
             _total: total,
-            _address: address,
+            address,
             client,
         })
     }

@@ -290,7 +290,7 @@ pub(crate) fn run(
     let tracker = ctx.tracker.clone();
     tracker.spawn(
         async move {
-            let admitted = admitted;
+            let mut admitted = admitted;
             let reader = Reader {
                 inbox,
                 gone: Some(Box::pin(gone)),
@@ -300,7 +300,7 @@ pub(crate) fn run(
                 id,
                 transport,
                 connect.map(Box::new),
-                ctx.session.rooms.holder(None, admitted.client),
+                admitted.seat(&ctx.session.budgets),
                 reader,
                 writer,
             )

@@ -103,7 +103,7 @@ pub(crate) async fn upgrade(
                 io: write,
                 pending: Bytes::new(),
             };
-            let admitted = match admitted {
+            let mut admitted = match admitted {
                 Ok(admitted) => admitted,
                 Err(refused) => return ctx.refuse_busy(refused, reader, writer).await,
             };
@@ -112,7 +112,7 @@ pub(crate) async fn upgrade(
                 id,
                 Transport::WebSocket,
                 connect.map(Box::new),
-                ctx.session.rooms.holder(None, admitted.client),
+                admitted.seat(&ctx.session.budgets),
                 reader,
                 writer,
             )

@@ -205,7 +205,7 @@ async fn accept(incoming: IncomingSession, ctx: Arc<Context>) {
     let tracker = ctx.tracker.clone();
     tracker.spawn(
         async move {
-            let admitted = match admitted {
+            let mut admitted = match admitted {
                 Ok(admitted) => admitted,
                 Err(refused) => return ctx.refuse_busy(refused, reader, writer).await,
             };
@@ -214,7 +214,7 @@ async fn accept(incoming: IncomingSession, ctx: Arc<Context>) {
                 id,
                 Transport::WebTransport,
                 request.map(Box::new),
-                ctx.session.rooms.holder(None, admitted.client),
+                admitted.seat(&ctx.session.budgets),
                 reader,
                 writer,
             )
