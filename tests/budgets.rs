@@ -637,3 +637,90 @@ async fn signed_in_users_behind_one_address_count_as_themselves() {
     }
     server.stop().await;
 }
+
+/// The browser client, as a site bundles it from the npm package: served by the site itself.
+const CLIENT_JS: &str = include_str!("../lib/client/wtchat.js");
+
+/// A page whose own address has no place left at the chat server (its connections not yet
+/// upgraded, all taken): the fetch of `/wtchat/config` is answered 429 with `Retry-After`,
+/// and the browser client says it is busy, waits as long as told, then comes in and chats.
+/// The page and its client come from the site's own server (another origin, as with the
+/// npm package), so that the config fetch is the page's first connection to the chat
+/// server — and a cross-origin one, which must be able to read the refusal.
+#[tokio::test]
+async fn a_client_whose_config_fetch_is_refused_as_busy_waits_and_comes_in() {
+    use axum::{Router, http::header, response::Html, routing::get};
+    let Some(browser) = Browser::launch_or_skip("a_client_whose_config_fetch_is_refused").await
+    else {
+        return;
+    };
+    let site = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site_port = site.local_addr().unwrap().port();
+    let pages = Router::new()
+        .route(
+            "/",
+            get(|| async { Html("<!doctype html><title>site</title>") }),
+        )
+        .route(
+            "/wtchat.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], CLIENT_JS) }),
+        );
+    // Ends with the test's runtime.
+    tokio::spawn(async move { axum::serve(site, pages).await });
+    let server = start_with(move |c| {
+        c.allow_origin(format!("http://127.0.0.1:{site_port}"))
+            .max_http_connections_per_ip(4)
+    })
+    .await;
+    let page = browser.page("config-busy", 1024, 768, None).await;
+    page.goto(&format!("http://127.0.0.1:{site_port}/")).await;
+    page.eval("import('/wtchat.js').then((m) => { window.wtchat = m; return true; })")
+        .await;
+    // 127.0.0.1's places among the chat server's connections not yet upgraded: taken by
+    // idle sockets until a request from there is refused.
+    let mut idle = Vec::new();
+    loop {
+        idle.push(TcpStream::connect(server.http).await.unwrap());
+        let mut probe = TcpStream::connect(server.http).await.unwrap();
+        probe
+            .write_all(b"GET /wtchat/config HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = said(&mut probe, DEADLINE).await.unwrap_or_default();
+        if answer.starts_with("HTTP/1.1 429") {
+            break;
+        }
+        assert!(idle.len() < 8, "never refused: {answer}");
+    }
+    page.eval(&format!(
+        r#"(() => {{
+            window.statuses = [];
+            wtchat.connect({{ server: "http://127.0.0.1:{}", room: "lobby", name: "ann",
+                             on: {{ status: (s) => statuses.push(s) }} }})
+              .then((chat) => {{ window.chat = chat; }}, (e) => {{ window.failed = String(e); }});
+            return true;
+        }})()"#,
+        server.http.port()
+    ))
+    .await;
+    // It says why it waits, and for how long: Retry-After's second, read across origins.
+    let busy = page
+        .wait_for(
+            "a busy status",
+            "(() => { const s = statuses.find((s) => s.error === 'busy'); return s && s; })()",
+        )
+        .await;
+    assert_eq!(busy["status"], "connecting", "{busy}");
+    assert!(busy["delay"].as_u64().unwrap() >= 1000, "{busy}");
+    // The places come free: it comes in by itself and chats.
+    drop(idle);
+    page.wait_for("connected", "!!window.chat || window.failed")
+        .await;
+    let sent = page
+        .eval("chat.send('in after the wait').then((ack) => ack.seq)")
+        .await;
+    assert_eq!(sent, 1, "{:?}", page.eval("window.failed || null").await);
+    let stored = server.chat.history("lobby", None, 10).await.unwrap();
+    assert_eq!(stored.messages[0].text, "in after the wait");
+    server.stop().await;
+}

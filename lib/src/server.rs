@@ -120,16 +120,21 @@ impl Server {
 }
 
 /// What a connection past its share of the pool is told before it is closed: a browser
-/// shows the status, a script can wait `Retry-After`. No request is read for it.
+/// shows the status, a script can wait `Retry-After`. No request is read for it, so its
+/// origin is not known: any page may read it (it says nothing but the wait), which a page
+/// on another origin than the chat's needs to see that it is told to wait, and how long
+/// (`Retry-After` is not a header a page may read unless exposed).
 fn refusal(full: PoolFull) -> &'static [u8] {
     // No Content-Length: the body ends where the connection does.
     match full {
         PoolFull::Address => {
             b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nConnection: close\r\n\
+              Access-Control-Allow-Origin: *\r\nAccess-Control-Expose-Headers: Retry-After\r\n\
               Content-Type: text/plain\r\n\r\ntoo many HTTP connections from your address\n"
         }
         PoolFull::Server => {
             b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n\
+              Access-Control-Allow-Origin: *\r\nAccess-Control-Expose-Headers: Retry-After\r\n\
               Content-Type: text/plain\r\n\r\ntoo many HTTP connections\n"
         }
     }
