@@ -478,7 +478,7 @@ async fn run_sse(
         None => reader.mark_ready(),
     }
     let writer = publisher.then(|| {
-        let poster = Poster::new(target.http, post, secret);
+        let poster = Box::new(Poster::new(target.http, post, secret));
         spawn_publisher(run, idx, true, Outlet::<tokio::io::Sink>::Post(poster)).1
     });
     let result = read_sse(tcp, raw, events, reader).await;
@@ -547,7 +547,7 @@ async fn run_poll(
         None => reader.mark_ready(),
     }
     let writer = publisher.then(|| {
-        let poster = Poster::new(target.http, post, secret.clone());
+        let poster = Box::new(Poster::new(target.http, post, secret.clone()));
         spawn_publisher(run, idx, true, Outlet::<tokio::io::Sink>::Post(poster)).1
     });
     let result = read_poll(tcp, &poll, secret.as_deref(), &host, reader).await;
@@ -999,7 +999,7 @@ enum Outlet<W> {
     /// Written on its connection (WebSocket frames, or WebTransport lines).
     Stream(W, Framing),
     /// Posted, one frame per line (SSE, long polling).
-    Post(Poster),
+    Post(Box<Poster>),
 }
 
 impl<W: AsyncWrite + Unpin> Outlet<W> {
