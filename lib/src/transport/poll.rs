@@ -302,8 +302,7 @@ async fn answer(ctx: &Context, id: &str, after: u64, asker: &posted::Asker) -> (
         return (404, "no such session: open a new one".into());
     };
     if let Err(denied) = queue.owner.admits(asker, &ctx.origins) {
-        let (status, why) = denied.answer();
-        return (status, why.into());
+        return (403, denied.reason().into());
     }
     let mine = {
         let mut state = queue.state.lock().unwrap();

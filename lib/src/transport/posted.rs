@@ -135,14 +135,11 @@ pub(crate) enum Denied {
 }
 
 impl Denied {
-    /// The HTTP answer: 403 and what was wrong.
-    pub(crate) fn answer(&self) -> (u16, &'static str) {
+    /// What was wrong, as the 403 says it.
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
-            Denied::Secret => (
-                403,
-                "no session secret, or not this session's (header Wtchat-Secret)",
-            ),
-            Denied::Origin => (403, "not the session's origin"),
+            Denied::Secret => "no session secret, or not this session's (header Wtchat-Secret)",
+            Denied::Origin => "not the session's origin",
         }
     }
 }
@@ -199,7 +196,7 @@ fn origin_of(headers: &HeaderMap) -> Option<String> {
 /// `session`'s. A browser always names its origin on a cross-origin request, and names none
 /// on a same-origin GET (an `EventSource`, a poll) while it does on its POSTs: so a request
 /// without one is the session's own page (or not a browser, which needs the session's
-/// unguessable id all the same); one with an origin must be the session's, or — for a
+/// secret all the same); one with an origin must be the session's, or — for a
 /// session opened without one — an origin the server allows.
 fn origin_fits(session: Option<&str>, request: Option<&str>, origins: &OriginPolicy) -> bool {
     match (session, request) {
@@ -393,8 +390,7 @@ fn post_frames(ctx: &Context, id: String, headers: &HeaderMap, body: Bytes) -> R
             }
         }
         Err(Undelivered::Denied(denied)) => {
-            let (_, why) = denied.answer();
-            (StatusCode::FORBIDDEN, why).into_response()
+            (StatusCode::FORBIDDEN, denied.reason()).into_response()
         }
         Err(Undelivered::TooMany) => {
             (StatusCode::PAYLOAD_TOO_LARGE, "too many frames in one post").into_response()
