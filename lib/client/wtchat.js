@@ -284,6 +284,23 @@ function openWebSocket(url, events, signal) {
   });
 }
 
+/**
+ * A refusal for load (429 or 503 from an HTTP route: the server, or this address's share of
+ * it, is busy) as a `busy` error that waits the answer's `Retry-After`; null for any other
+ * answer.
+ */
+function busyRefusal(response, what) {
+  if (response.status !== 429 && response.status !== 503) return null;
+  const seconds = Number(response.headers.get("retry-after")) || 1;
+  return new ChatError("busy", `${what}: HTTP ${response.status}`, { retryAfter: seconds * 1000 });
+}
+
+/** Of the failed attempts, one refused for load (the longest wait): every transport waits it out. */
+function busyAmong(errors) {
+  const busy = errors.filter((e) => e?.code === "busy");
+  return busy.sort((a, b) => (b.retryAfter ?? 0) - (a.retryAfter ?? 0))[0] || null;
+}
+
 /** Most frames in one post (the server's limit). */
 const MAX_FRAMES_PER_POST = 64;
 
@@ -395,14 +412,15 @@ function openSse(url, events, signal, maxPost) {
  * last one it got, so a lost answer is asked again), posts carry ours up.
  */
 async function openPoll(url, events, signal, maxPost) {
+  let response;
   let session;
   try {
-    const response = await fetch(url, { method: "POST", cache: "no-store", signal });
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    session = await response.json();
+    response = await fetch(url, { method: "POST", cache: "no-store", signal });
+    if (response.ok) session = await response.json();
   } catch (e) {
     throw new ChatError(signal?.aborted ? "aborted" : "unreachable", `longpoll: ${e.message}`);
   }
+  if (!session) throw busyRefusal(response, "longpoll") || new ChatError("unreachable", `longpoll: HTTP ${response.status}`);
   let done = false;
   const stop = new AbortController();
   const conn = {
@@ -674,7 +692,7 @@ async function dial(config, options, events, state) {
     controller.abort();
     wtController.abort();
     if (e instanceof AggregateError) {
-      throw new ChatError("unreachable", e.errors.map((x) => x.message).join("; "));
+      throw busyAmong(e.errors) || new ChatError("unreachable", e.errors.map((x) => x.message).join("; "));
     }
     throw e;
   }
@@ -731,7 +749,7 @@ async function dialPosted(config, options, events, forced, state, signal) {
     winner = await Promise.any(attempts);
   } catch (e) {
     const reasons = e.errors.filter((x) => x.code !== "aborted").map((x) => x.message);
-    throw new ChatError("unreachable", reasons.join("; ") || "no transport could connect");
+    throw busyAmong(e.errors) || new ChatError("unreachable", reasons.join("; ") || "no transport could connect");
   } finally {
     signal?.removeEventListener("abort", stop);
     controller.abort();
@@ -886,12 +904,7 @@ class Link {
     } catch (e) {
       throw new ChatError("unreachable", `config: ${e.message}`);
     }
-    if (response.status === 429 || response.status === 503) {
-      // The server (or this address's share of it) is busy: wait as long as it says.
-      const seconds = Number(response.headers.get("retry-after")) || 1;
-      throw new ChatError("busy", `config: HTTP ${response.status}`, { retryAfter: seconds * 1000 });
-    }
-    if (!response.ok) throw new ChatError("unreachable", `config: HTTP ${response.status}`);
+    if (!response.ok) throw busyRefusal(response, "config") || new ChatError("unreachable", `config: HTTP ${response.status}`);
     return response.json();
   }
 

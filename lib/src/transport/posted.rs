@@ -326,6 +326,11 @@ pub(crate) fn readable(ctx: &Context, headers: &HeaderMap, mut response: Respons
         let h = response.headers_mut();
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        // A refusal for load says how long to wait, which a page may read only if told.
+        if h.contains_key(header::RETRY_AFTER) {
+            let exposed = HeaderValue::from_static("Retry-After");
+            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, exposed);
+        }
     }
     response
 }
