@@ -443,14 +443,8 @@ impl Authenticator {
             Authenticator::Anonymous => return None,
             Authenticator::Host { hook, tickets } => (hook(request).await, tickets),
             Authenticator::Tokens { secret, tickets } => {
-                let token = request
-                    .headers
-                    .get(axum::http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .map(str::to_owned)
-                    .ok_or(TokenError::Missing);
-                let verified = token.and_then(|token| verify(secret, &token, unix_now()));
+                let token = bearer(&request.headers).ok_or(TokenError::Missing);
+                let verified = token.and_then(|token| verify(secret, token, unix_now()));
                 (verified.map(identity).map_err(Refusal::from), tickets)
             }
         };
@@ -567,6 +561,15 @@ impl Tickets {
 pub(crate) fn derived_key(secret: &[u8], purpose: &[u8]) -> hmac::Key {
     let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), purpose);
     hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
+}
+
+/// What an `Authorization: Bearer …` header bears (the page's token, the host's API key).
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
 }
 
 /// Whether `given` is `secret`, compared in constant time (a password's comparison must not

@@ -350,7 +350,8 @@ const TICKET_TRANSPORTS: [Transport; 4] = [
 /// to the host's hook, or — on a server of tokens — its `Authorization: Bearer TOKEN` is
 /// checked; a yes is `{"tickets": {"webtransport": T, "websocket": T, "sse": T,
 /// "longpoll": T}, "expiresIn": 30}`, single-use tickets for that identity (only they
-/// travel in URLs, where proxies log them); a no is 401 with the reason. From an origin that may not connect: 403. Past the address's `ticket_rate`:
+/// travel in URLs, where proxies log them); a no is 401 with the reason. From an origin
+/// that may not connect: 403. Past the address's `ticket_rate`:
 /// 429 with `Retry-After` (seconds), before the hook is asked. The answer names the page's
 /// origin and allows credentials (CORS), so a page on the host's other origin gets it too.
 async fn ticket(State(state): State<HttpState>, request: axum::extract::Request) -> Response {
@@ -423,8 +424,9 @@ async fn ticket(State(state): State<HttpState>, request: axum::extract::Request)
 }
 
 /// The CORS preflight of `POST /wtchat/ticket`, for a client that sends more than a simple
-/// request (the browser client on a server of tokens sends `Authorization`). It allows what the route reads and nothing else,
-/// whatever is asked for: the method `POST`, and of the headers a page can set, only
+/// request (the browser client on a server of tokens sends `Authorization`). It allows
+/// what the route reads and nothing else, whatever is asked for: the method `POST`, and of
+/// the headers a page can set, only
 /// `Authorization` (the auth webhook is sent it; cookies travel without a preflight).
 async fn ticket_preflight(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
@@ -536,14 +538,8 @@ fn authorized(state: &HttpState, headers: &HeaderMap) -> bool {
     let Some(key) = &state.api_key else {
         return false;
     };
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    crate::auth::same_secret(given.as_bytes(), key.as_bytes())
+    crate::auth::bearer(headers)
+        .is_some_and(|given| crate::auth::same_secret(given.as_bytes(), key.as_bytes()))
 }
 
 fn api_error(status: StatusCode, code: &str, message: &str) -> Response {

@@ -342,7 +342,7 @@ async fn goodbye(
 pub(crate) const BUSY_WAIT: Duration = Duration::from_secs(5);
 
 /// Refuses a connection the server has no room for now (its address's share of
-/// connections, or the server's, is used up). It was accepted only to say so, because
+/// connections, its user's, or the server's, is used up). It was accepted only to say so, because
 /// browsers cannot read the status of a refused WebSocket or WebTransport handshake:
 /// `error {code: "busy", retryAfterMs}`, `bye` 4004 with the same wait, the close. The
 /// browser client waits that long, then connects again.

@@ -1,7 +1,9 @@
 //! Rationing what any client can make the server do: token buckets (a connection's frames,
 //! an address's ticket requests), what one address may hold at once (connections, HTTP
-//! connections not yet upgraded, streams and held polls), and the log lines a client can
-//! cause.
+//! connections not yet upgraded, streams and held polls), what each holder — an address,
+//! or a signed-in user wherever it connects from — may hold and create ([`Seat`],
+//! [`HolderBudgets`]: its connections once identified, rooms held open and created), and
+//! the log lines a client can cause.
 //!
 //! Every per-address budget counts a client under [`budget_key`]: an IPv6 client by its
 //! network prefix (a /64 by default), since whoever has one address of a /64 has them all.

@@ -6,11 +6,10 @@
 //! them with `GET poll` and the header `Wtchat-After: N` (or `?after=N`): held until there
 //! is a frame numbered above `N` (at most [`HOLD`]), then answered with every such frame,
 //! `{"next":M,"frames":[…]}`. Both bear the secret in `Wtchat-Secret` ([`posted::Owner`]).
-//! Frames stay
-//! until a poll's `after` says they arrived, so a poll whose answer was lost loses nothing:
-//! the next one asks again from the same `after`. Except `bye`: the session is over once the
-//! answer carrying it is sent (the client polls no more after it), so a lost one leaves a
-//! 404 for the next poll.
+//! Frames stay until a poll's `after` says they arrived, so a poll whose answer was lost
+//! loses nothing: the next one asks again from the same `after`. Except `bye`: the session
+//! is over once the answer carrying it is sent (the client polls no more after it), so a
+//! lost one leaves a 404 for the next poll.
 //!
 //! A session nobody polls for half the idle timeout (30 s by default) is over: it leaves
 //! its rooms.
@@ -179,8 +178,9 @@ pub(crate) struct After {
 }
 
 /// `GET /wtchat/poll/ID` with `Wtchat-After: N` (or `?after=N`, for scripts): the session's
-/// frames numbered above `N`, held until there is one (or [`HOLD`] passed). A poll for a session another node holds goes there through
-/// the engine, and its answer comes back the same way.
+/// frames numbered above `N`, held until there is one (or [`HOLD`] passed). A poll for a
+/// session another node holds goes there through the engine, and its answer comes back the
+/// same way.
 ///
 /// A held poll counts against its address's `max_streams_per_ip`, not among the HTTP
 /// connections not yet upgraded; answered, its connection takes a place there again, or
