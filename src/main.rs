@@ -248,6 +248,9 @@ struct ServeArgs {
     /// 12h, 1d).
     #[arg(long, value_parser = duration)]
     renew_before: Option<Duration>,
+    /// How long a sender may edit its message after sending it (15m; 0 = never).
+    #[arg(long, value_parser = duration)]
+    edit_window: Option<Duration>,
     /// Close a client that sends nothing, not even a ping, for this long (60, 90s, 2m).
     #[arg(long, value_parser = duration)]
     idle_timeout: Option<Duration>,
@@ -387,6 +390,7 @@ impl ServeArgs {
             outbound_queue,
             outbound_bytes,
             renew_before,
+            edit_window,
             idle_timeout,
             shutdown_grace,
             drain_window,

@@ -944,7 +944,7 @@ async fn the_http_api_of_one_node_reaches_members_on_another() {
     let delete = json!({"room": ROOM, "seq": 2});
     let (status, body) = a.api("POST", "/wtchat/api/delete", Some(delete)).await;
     assert_eq!((status, &body["deleted"]), (200, &json!(true)), "{body}");
-    let deleted = ann.next_of("deleted").await;
+    let deleted = ann.next_of("update").await;
     assert_eq!(deleted["seq"], 2, "{deleted}");
     for node in [&a, &b] {
         let (_, page) = node

@@ -292,7 +292,7 @@ async fn a_deleted_message_and_a_ban_survive_a_restart() {
     }
     assert!(server.chat.delete_message("r", 2).await.unwrap());
     assert!(!server.chat.delete_message("r", 99).await.unwrap());
-    let deleted = bob.next_of("deleted").await;
+    let deleted = bob.next_of("update").await;
     assert_eq!(
         (deleted["room"].as_str(), deleted["seq"].as_u64()),
         (Some("r"), Some(2))
@@ -414,7 +414,7 @@ async fn history_pages_back_through_a_room_over_the_protocol_and_the_http_api() 
         (status, body.as_str()),
         (200, r#"{"deleted":true,"room":"r","seq":5}"#)
     );
-    assert_eq!(client.next_of("deleted").await["seq"], 5);
+    assert_eq!(client.next_of("update").await["deleted"], true);
     let (status, body) = common::http_request(
         server.http,
         "POST",
@@ -481,10 +481,10 @@ async fn a_database_that_cannot_be_used_is_refused_at_start_with_the_reason() {
     // A database from a newer wtchat.
     let newer = dir.path().join("newer.db");
     on_sqlite(&newer, |b| b).await.stop().await;
-    sqlite(&newer, "pragma user_version = 4");
+    sqlite(&newer, "pragma user_version = 5");
     let (cli, _) = refusal(&newer).await;
     assert!(
-        cli.contains("written by a newer wtchat (schema 4; this one knows 3)"),
+        cli.contains("written by a newer wtchat (schema 5; this one knows 4)"),
         "{cli}"
     );
 
@@ -773,9 +773,11 @@ fn pages_in_use(db: &Path) -> u64 {
 }
 
 /// Rooms anyone may create cannot fill the disk: past `retention_bytes` the least recently
-/// active rooms lose their oldest stored messages first. Room `old` (about 600 KB) then room
-/// `new` (as much) go past a 1 MiB budget: `new` keeps every message, `old` its newest,
-/// numbered on without a hole; the database's pages in use stay within the budget.
+/// active rooms lose their oldest stored messages first. Room `old` (about 400 KB of text,
+/// some 600 KB of pages) then room `new` (as much) go past a 1 MiB budget: `new` keeps
+/// every message, `old` its newest, numbered on without a hole; the database's pages in use
+/// stay within the budget. (With 600 KB of text a room, `new` alone filled the budget but for
+/// a few pages: a column more per row left `old` nothing.)
 #[tokio::test]
 async fn stored_messages_past_their_byte_budget_leave_the_least_active_rooms_oldest_first() {
     const BUDGET: u64 = 1 << 20;
@@ -784,7 +786,7 @@ async fn stored_messages_past_their_byte_budget_leave_the_least_active_rooms_old
     let tweak =
         |b: wtchat::ConfigBuilder| b.history(5).retention_bytes(BUDGET).max_text_chars(4000);
     let server = on_sqlite(&db, tweak).await;
-    let text = |room: &str, i: usize| format!("{room} {i} {}", "x".repeat(3000));
+    let text = |room: &str, i: usize| format!("{room} {i} {}", "x".repeat(2000));
     for room in ["old", "new"] {
         for i in 1..=200 {
             server

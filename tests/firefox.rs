@@ -334,3 +334,194 @@ async fn the_demo_page_loads_in_firefox_without_console_errors_and_checks_room_n
     }
     eprintln!("the demo page in Firefox: {:?}", started.elapsed());
 }
+
+/// Messages that change, and replies, in one room across two engines and two transports:
+/// Chromium over WebTransport edits, replies and deletes on the demo page by keyboard (arrow
+/// up in the empty composer; Tab to a message's Reply or Delete); Firefox over WebSocket
+/// does the same through the client API (`chat.edit`, `chat.delete`, `chat.send(text,
+/// {replyTo})`) and is refused another's message. Each page shows the other's changes: the
+/// new text marked "(edited)", the deleted message gone, quotes, and a quote of a deleted
+/// message saying so.
+#[tokio::test]
+async fn edits_replies_and_deletions_made_in_chromium_and_firefox_show_on_both() {
+    let test = "edits_replies_and_deletions_made_in_chromium_and_firefox_show_on_both";
+    let Some((_turn, firefox)) = take_firefox(test).await else {
+        return;
+    };
+    let Some(chromium) = browser::Browser::launch_or_skip(test).await else {
+        return;
+    };
+    let server = start().await;
+    let crow_page = chromium.page("crow", 1024, 768, None).await;
+    crow_page
+        .goto(&demo_url(&server, "room=changes&name=crow"))
+        .await;
+    let crow = Tab::Chromium(&crow_page);
+    crow.wait_connected("webtransport").await;
+    let wolf_page = firefox
+        .page("wolf", (390, 844), Some(NO_WEBTRANSPORT))
+        .await;
+    wolf_page
+        .goto(&demo_url(&server, "room=changes&name=wolf"))
+        .await;
+    let wolf = Tab::Firefox(&wolf_page);
+    wolf.wait_connected("websocket").await;
+    for page in [crow, wolf] {
+        page.wait_members(&["crow", "wolf"]).await;
+    }
+    let mut want = Vec::new();
+    for (page, from, text) in [
+        (crow, "crow", "helo"),
+        (wolf, "wolf", "wolf one"),
+        (wolf, "wolf", "wolf two"),
+    ] {
+        page.say(text).await;
+        want.push((from, text));
+        for page in [crow, wolf] {
+            assert_eq!(page.messages(want.len()).await, numbered(&want));
+        }
+    }
+
+    // Chromium, by keyboard: arrow up in the empty composer opens its last message.
+    crow.focus("[data-testid=message-input]").await;
+    crow_page.press("ArrowUp").await;
+    crow.wait_for(
+        "the editor to open on message 1",
+        "document.activeElement?.dataset.testid === 'edit-input'
+            && document.activeElement.closest('[data-testid=message]').dataset.seq === '1'",
+    )
+    .await;
+    crow_page
+        .type_into("[data-testid=edit-input]", " there")
+        .await;
+    crow_page.press("Enter").await;
+    let shows = |seq: u64, text: &str| {
+        format!(
+            "(() => {{ const li = document.querySelector('[data-testid=message][data-seq=\"{seq}\"]');
+                return !!li && li.querySelector('[data-testid=message-text]').textContent === {text}
+                    && !!li.querySelector('[data-testid=message-edited]'); }})()",
+            text = json!(text)
+        )
+    };
+    for page in [crow, wolf] {
+        page.wait_for("crow's edit", &shows(1, "helo there")).await;
+    }
+
+    // Firefox, through the client API: an edit, a deletion, and another's message refused.
+    let acked = wolf
+        .eval("window.chat.edit(2, 'wolf one, edited').then((a) => a.seq)")
+        .await;
+    assert_eq!(acked, 5, "records 1-3 the messages, 4 crow's edit");
+    let acked = wolf.eval("window.chat.delete(3).then((a) => a.seq)").await;
+    assert_eq!(acked, 6);
+    let refused = wolf
+        .eval("window.chat.edit(1, 'not mine').then(() => 'edited', (e) => e.code)")
+        .await;
+    assert_eq!(refused, "not_yours");
+    let held = wolf
+        .eval("window.chat.messages.map((m) => [m.seq, m.text, !!m.edited])")
+        .await;
+    assert_eq!(
+        held,
+        json!([[1, "helo there", true], [2, "wolf one, edited", true]])
+    );
+    crow.wait_for("wolf's edit", &shows(2, "wolf one, edited"))
+        .await;
+    crow.wait_for(
+        "wolf's deletion",
+        "!document.querySelector('[data-testid=message][data-seq=\"3\"]')",
+    )
+    .await;
+
+    // Replies: Firefox through the API answers crow's message; Chromium by keyboard answers
+    // wolf's (Tab from the message list: message 1's Reply, Edit, Delete, then message 2's
+    // Reply). Both pages show both quotes.
+    let acked = wolf
+        .eval("window.chat.send('re: hello', { replyTo: 1 }).then((a) => a.seq)")
+        .await;
+    assert_eq!(acked, 7);
+    let quoted = |seq: u64, quote: &str| {
+        format!(
+            "(() => {{ const q = document.querySelector('[data-testid=message][data-seq=\"{seq}\"] [data-testid=message-quote]');
+                return !!q && q.textContent === {quote}; }})()",
+            quote = json!(quote)
+        )
+    };
+    for page in [crow, wolf] {
+        page.wait_for("wolf's reply", &quoted(7, "crowhelo there"))
+            .await;
+    }
+    crow.focus("[data-testid=message-list]").await;
+    for _ in 0..4 {
+        crow_page.press("Tab").await;
+    }
+    assert_eq!(
+        crow.eval("[document.activeElement.dataset.testid, document.activeElement.closest('[data-testid=message]').dataset.seq]")
+            .await,
+        json!(["reply-button", "2"])
+    );
+    crow_page.press("Enter").await;
+    assert_eq!(
+        crow.eval("document.querySelector('[data-testid=reply-to]').textContent")
+            .await,
+        "Replying to wolf: wolf one, edited"
+    );
+    crow_page
+        .type_and_enter("[data-testid=message-input]", "crow answers")
+        .await;
+    for page in [crow, wolf] {
+        page.wait_for("crow's reply", &quoted(8, "wolfwolf one, edited"))
+            .await;
+    }
+    assert_eq!(
+        crow.eval("document.querySelector('[data-testid=reply-bar]').hidden")
+            .await,
+        true,
+        "the reply bar goes once sent"
+    );
+
+    // Chromium deletes its own by keyboard: Tab to its message's Delete, which asks once
+    // before it deletes. The reply to it then says so, on both pages.
+    crow.focus("[data-testid=message-list]").await;
+    for _ in 0..3 {
+        crow_page.press("Tab").await;
+    }
+    assert_eq!(
+        crow.eval("document.activeElement.dataset.testid").await,
+        "delete-button"
+    );
+    crow_page.press("Enter").await;
+    assert_eq!(
+        crow.eval("document.activeElement.textContent").await,
+        "Delete?"
+    );
+    crow_page.press("Enter").await;
+    let left = vec![
+        (2, "wolf".to_string(), "wolf one, edited".to_string()),
+        (7, "wolf".to_string(), "re: hello".to_string()),
+        (8, "crow".to_string(), "crow answers".to_string()),
+    ];
+    for page in [crow, wolf] {
+        page.wait_for(
+            "crow's deletion",
+            "!document.querySelector('[data-testid=message][data-seq=\"1\"]')",
+        )
+        .await;
+        assert_eq!(page.messages(3).await, left, "[{}]", page.label());
+        page.wait_for(
+            "the quote of a deleted message",
+            &quoted(7, "Original message deleted"),
+        )
+        .await;
+    }
+    let replies = wolf
+        .eval("window.chat.messages.map((m) => [m.seq, m.replyTo?.seq ?? null, m.replyTo?.deleted ?? null])")
+        .await;
+    assert_eq!(
+        replies,
+        json!([[2, null, null], [7, 1, true], [8, 2, false]])
+    );
+    for page in [crow, wolf] {
+        page.assert_no_console_errors();
+    }
+}

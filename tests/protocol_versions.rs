@@ -1,6 +1,6 @@
 //! Protocol versions: `/wtchat/config` names them, a client's first frame says which it
-//! speaks, and a client of the previous version — one that sends no `hello`, as every
-//! client did before there was one — chats with a client of this one in the same room.
+//! speaks, and clients of every version — version 1 sends no `hello`, as every client did
+//! before there was one — chat in the same room, and all get a version 3 client's edit.
 
 mod common;
 
@@ -16,7 +16,7 @@ async fn hello(client: &mut Client, protocol: u32) -> Value {
 }
 
 #[tokio::test]
-async fn clients_of_protocol_1_and_2_share_a_room_on_every_transport() {
+async fn clients_of_protocol_1_2_and_3_share_a_room_on_every_transport() {
     let server = start().await;
     let (status, body) = server.get("/wtchat/config").await;
     assert_eq!(status, 200);
@@ -26,7 +26,7 @@ async fn clients_of_protocol_1_and_2_share_a_room_on_every_transport() {
             config["protocol"].as_u64(),
             config["oldestProtocol"].as_u64()
         ),
-        (Some(2), Some(1))
+        (Some(3), Some(1))
     );
 
     // Version 1: no hello, over each transport.
@@ -36,13 +36,19 @@ async fn clients_of_protocol_1_and_2_share_a_room_on_every_transport() {
         Client::sse(&server).await,
         Client::poll(&server).await,
     ];
-    // Version 2: hello first, answered with the version spoken.
-    let mut new = [Client::ws(&server).await, Client::wt(&server).await];
-    for client in &mut new {
-        let answer = hello(client, 2).await;
+    // Versions 2 and 3: hello first, answered with the version spoken.
+    let mut new = [
+        Client::ws(&server).await,
+        Client::wt(&server).await,
+        Client::ws(&server).await,
+        Client::sse(&server).await,
+    ];
+    let versions = [2, 2, 3, 3];
+    for (client, version) in new.iter_mut().zip(versions) {
+        let answer = hello(client, version).await;
         assert_eq!(
             answer,
-            json!({"type": "hello", "protocol": 2}),
+            json!({"type": "hello", "protocol": version}),
             "{}",
             client.transport()
         );
@@ -55,7 +61,7 @@ async fn clients_of_protocol_1_and_2_share_a_room_on_every_transport() {
         let text = format!(
             "from {} ({})",
             client.transport(),
-            if i < 4 { "v1" } else { "v2" }
+            ["v1", "v1", "v1", "v1", "v2", "v2", "v3", "v3"][i]
         );
         client
             .send(json!({"type": "send", "room": "r", "text": text, "id": format!("m{i}")}))
@@ -85,6 +91,22 @@ async fn clients_of_protocol_1_and_2_share_a_room_on_every_transport() {
             "{transport}: the same messages in the same order"
         );
     }
+    // A version 3 client edits its message: every client gets the same `update`, whatever
+    // its version (frames are encoded once; an older client may ignore it).
+    let own = first.iter().find(|(_, t)| t == "from websocket (v3)");
+    let own = own.unwrap().0;
+    let v3 = &mut new[2];
+    v3.send(json!({"type": "edit", "room": "r", "seq": own, "text": "edited", "id": "e"}))
+        .await;
+    for client in old.iter_mut().chain(new.iter_mut()) {
+        let update = client.next_of("update").await;
+        assert_eq!(
+            (&update["seq"], &update["text"]),
+            (&json!(own), &json!("edited")),
+            "{}",
+            client.transport()
+        );
+    }
     server.stop().await;
 }
 
@@ -94,7 +116,7 @@ async fn a_hello_from_the_future_is_answered_with_the_newest_and_one_from_the_pa
     let mut future = Client::ws(&server).await;
     assert_eq!(
         hello(&mut future, 99).await,
-        json!({"type": "hello", "protocol": 2})
+        json!({"type": "hello", "protocol": 3})
     );
     future.join("r", "future").await;
 

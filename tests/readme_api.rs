@@ -283,9 +283,22 @@ async fn the_readme_curl_commands_of_the_http_api_work_as_pasted_into_bash() {
     assert_eq!(said[0], (1, "Ann".into(), "hi".into()));
     assert_eq!(said[42], (43, "Shop".into(), "Order #42 shipped".into()));
 
+    // Edit message 42: Bob gets its new text, and so does history.
+    readme.take("edit", "").answered(&server).await;
+    let edited = bob.next_of("update").await;
+    assert_eq!(
+        (&edited["seq"], &edited["text"]),
+        (&json!(42), &json!("[removed by a moderator]"))
+    );
+    let said = messages(&history.answered(&server).await);
+    assert_eq!(
+        (said[41].0, said[41].2.as_str()),
+        (42, "[removed by a moderator]")
+    );
+
     // Delete message 42: Bob hears of it, and history no longer has it.
     readme.take("delete", "").answered(&server).await;
-    let deleted = bob.next_of("deleted").await;
+    let deleted = bob.next_of("update").await;
     assert_eq!(
         (&deleted["room"], &deleted["seq"]),
         (&json!("lobby"), &json!(42))

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use wtchat::Engine;
 use wtchat::engine::{
     Appended, Ban, Broker, Busy, EngineFuture, HistoryPage, Loaded, MemberInfo, MembersPage,
-    NodeSink, Record, RoomSink, StorageError, StoredMessage,
+    Missed, NodeSink, Record, RoomSink, StorageError, StoredMessage,
 };
 
 /// What the test does to the engine.
@@ -91,7 +91,7 @@ impl Broker for Gated {
         self.inner.ready()
     }
 
-    fn range(&self, room: &str, from: u64, to: u64) -> EngineFuture<'_, Vec<StoredMessage>> {
+    fn range(&self, room: &str, from: u64, to: u64, limit: usize) -> EngineFuture<'_, Missed> {
         let room = room.to_owned();
         Box::pin(async move {
             let gate = &self.gate;
@@ -106,7 +106,7 @@ impl Broker for Gated {
                 released.await;
             }
             gate.held.fetch_sub(1, Ordering::SeqCst);
-            self.inner.range(&room, from, to).await
+            self.inner.range(&room, from, to, limit).await
         })
     }
 
@@ -114,8 +114,8 @@ impl Broker for Gated {
         self.inner.page(room, before, limit)
     }
 
-    fn delete(&self, room: &str, seq: u64) -> EngineFuture<'_, bool> {
-        self.inner.delete(room, seq)
+    fn message(&self, room: &str, seq: u64) -> EngineFuture<'_, Option<StoredMessage>> {
+        self.inner.message(room, seq)
     }
 
     fn bans(&self) -> EngineFuture<'_, Vec<Ban>> {

@@ -412,15 +412,57 @@ async fn the_message_webhook_accepts_rejects_and_rewrites_before_a_message_is_st
         server.chat.publish("lobby", "Shop", "spam sale").await,
         Ok(4)
     );
+    // An edit is asked about too (kind "edit", the message's number): rewritten, the room
+    // gets the new text; rejected, nothing changes.
+    ann.send(json!({"type": "edit", "room": "lobby", "seq": 1, "text": "darn, hello", "id": "e1"}))
+        .await;
+    assert_eq!(ann.next_of("ack").await["seq"], 5);
+    let update = bob.next_of("update").await;
+    assert_eq!(
+        (&update["seq"], &update["text"]),
+        (&json!(1), &json!("d*rn, hello"))
+    );
+    ann.send(json!({"type": "edit", "room": "lobby", "seq": 1, "text": "spam", "id": "e2"}))
+        .await;
+    let error = ann.next_of("error").await;
+    assert_eq!(
+        (&error["code"], &error["id"]),
+        (&json!("rejected"), &json!("e2"))
+    );
 
-    let calls = backend.take("/message", 4).await;
+    let calls = backend.take("/message", 6).await;
     assert_eq!(
         calls[0].json(),
         json!({"room": "lobby", "from": "ann", "user": null, "sender": joined["you"]["sender"],
-               "text": "hello", "id": "m1"})
+               "text": "hello", "id": "m1", "kind": "send"})
+    );
+    assert_eq!(
+        calls[4].json(),
+        json!({"room": "lobby", "from": "ann", "user": null, "sender": joined["you"]["sender"],
+               "text": "darn, hello", "id": "e1", "kind": "edit", "seq": 1})
     );
     let texts: Vec<Value> = calls.iter().map(|c| c.json()["text"].clone()).collect();
-    assert_eq!(texts, ["hello", "quiet please", "buy spam", "darn it"]);
+    assert_eq!(
+        texts,
+        [
+            "hello",
+            "quiet please",
+            "buy spam",
+            "darn it",
+            "darn, hello",
+            "spam"
+        ]
+    );
+    assert_eq!(
+        server
+            .chat
+            .history("lobby", None, 10)
+            .await
+            .unwrap()
+            .messages[0]
+            .text,
+        "d*rn, hello"
+    );
     assert!(
         calls
             .iter()
@@ -430,7 +472,7 @@ async fn the_message_webhook_accepts_rejects_and_rewrites_before_a_message_is_st
     server.stop().await;
     assert!(
         backend.calls.try_recv().is_err() && backend.unclaimed.is_empty(),
-        "four calls, no more"
+        "six calls, no more"
     );
 }
 
@@ -527,12 +569,16 @@ async fn the_events_webhook_gets_messages_joins_and_leaves_in_order_and_retries(
     ann.say("lobby", "one", "a1").await;
     bob.say("lobby", "two", "b1").await;
     server.chat.publish("lobby", "Shop", "three").await.unwrap();
+    ann.send(json!({"type": "edit", "room": "lobby", "seq": 1, "text": "one!", "id": "e1"}))
+        .await;
+    ann.next_of("ack").await;
+    assert!(server.chat.delete_message("lobby", 3).await.unwrap());
     bob.send(json!({"type": "leave", "room": "lobby"})).await;
     bob.next_of("left").await;
     drop(ann);
 
     let started = Instant::now();
-    let (calls, events) = backend.events(7).await;
+    let (calls, events) = backend.events(9).await;
     let (ann_id, bob_id) = (&ann_joined["you"]["id"], &bob_joined["you"]["id"]);
     let member = |kind: &str, id: &Value, name: &str| {
         json!({"type": kind, "room": "lobby", "member": id, "name": name,
@@ -546,11 +592,15 @@ async fn the_events_webhook_gets_messages_joins_and_leaves_in_order_and_retries(
         .iter()
         .map(|e| {
             let mut e = e.clone();
-            assert!(e["time"].as_u64().unwrap() > 1_700_000_000_000, "{e}");
-            e.as_object_mut().unwrap().remove("time");
+            if e["type"] != "update" {
+                assert!(e["time"].as_u64().unwrap() > 1_700_000_000_000, "{e}");
+                e.as_object_mut().unwrap().remove("time");
+            }
             e
         })
         .collect();
+    let edited = &events[5]["edited"];
+    assert!(edited.as_u64().unwrap() > 1_700_000_000_000, "{edited}");
     assert_eq!(
         without_time,
         [
@@ -559,6 +609,10 @@ async fn the_events_webhook_gets_messages_joins_and_leaves_in_order_and_retries(
             message(1, "ann", &ann_joined["you"]["sender"], "one"),
             message(2, "bob", &bob_joined["you"]["sender"], "two"),
             message(3, "Shop", &Value::Null, "three"),
+            json!({"type": "update", "room": "lobby", "seq": 1, "at": 4, "text": "one!",
+                   "edited": edited, "user": null}),
+            json!({"type": "update", "room": "lobby", "seq": 3, "at": 5, "deleted": true,
+                   "user": null}),
             member("left", bob_id, "bob"),
             member("left", ann_id, "ann"),
         ]

@@ -56,6 +56,11 @@ export type ErrorCode =
   | "invalid_room"
   | "invalid_text"
   | "text_too_long"
+  | "unknown_message"
+  | "message_deleted"
+  | "not_yours"
+  | "edit_window_passed"
+  | "unknown_reply"
   | "too_many_rooms"
   | "server_full"
   | "rate_limited"
@@ -109,14 +114,19 @@ export interface Message {
   room: string;
   /** The room epoch it was numbered under (changes when the room is recreated). */
   epoch: number;
-  /** Room sequence number: increasing by one per message within an epoch. */
+  /** Room sequence number: increasing within an epoch (edits and deletions take numbers
+   * of their own, so messages' numbers may skip). */
   seq: number;
   /** The sender's display name. */
   from: string;
-  /** The text. Render it as text (`textContent`), never as HTML. */
+  /** The text, as last edited. Render it as text (`textContent`), never as HTML. */
   text: string;
   /** Server time, milliseconds since 1970. */
   time: number;
+  /** When the text was last edited (server time, ms since 1970); absent if never. */
+  edited?: number;
+  /** The message this one answers, quoted as it was then (absent: not a reply). */
+  replyTo?: Quote;
   /** The sender's public id (none for messages the host published). */
   sender?: string;
   /** The client message id: on this client's own messages as they are sent (the server
@@ -124,6 +134,24 @@ export interface Message {
   id?: string;
   /** Whether this client sent it (its `sender` is `me.sender`), in history too. */
   mine: boolean;
+}
+
+/** The message a reply answers, as the reply keeps it: shown without fetching it. */
+export interface Quote {
+  /** Its sequence number. */
+  seq: number;
+  /** Its sender's display name. */
+  from: string;
+  /** Its first 100 characters when it was answered; empty once deleted. */
+  text: string;
+  /** Whether it was deleted since. */
+  deleted: boolean;
+}
+
+/** Options of `send()`. */
+export interface SendOptions {
+  /** The `seq` of the message this one answers. */
+  replyTo?: number;
 }
 
 /** The server's limits, from `/wtchat/config`. */
@@ -141,6 +169,8 @@ export interface Limits {
   frameBurst?: number;
   /** A client that sends nothing for this long is closed (4003); the client pings within it. */
   idleTimeoutMs?: number;
+  /** How long after sending a message its sender may edit it (0: never). */
+  editWindowMs?: number;
 }
 
 /**
@@ -209,7 +239,7 @@ export interface GapEvent {
   since: number;
 }
 
-/** The host deleted a message: remove it from view. */
+/** A message was deleted (by its sender or the host): remove it from view. */
 export interface DeletedEvent {
   room: string;
   /** The room epoch the deleted message was numbered under. */
@@ -218,9 +248,27 @@ export interface DeletedEvent {
   seq: number;
 }
 
+/** A message's text was edited (by its sender or the host). */
+export interface EditedEvent {
+  room: string;
+  epoch: number;
+  /** The edited message's sequence number. */
+  seq: number;
+  /** Its new text. */
+  text: string;
+  /** When it was edited, server time. */
+  edited?: number;
+  /** The message as `chat.messages` now holds it; null when it holds no such message. */
+  message: Message | null;
+}
+
 export interface ChatEvents {
   message: Message;
-  /** The host deleted a message (it is gone from `chat.messages` too). */
+  /** A message was edited (`chat.messages` has the new text); after a reconnect, once per
+   * message edited while away. */
+  edited: EditedEvent;
+  /** A message was deleted (it is gone from `chat.messages` too); after a reconnect, once
+   * per message deleted while away. */
   deleted: DeletedEvent;
   presence: PresenceEvent;
   typing: TypingEvent;
@@ -370,7 +418,22 @@ export class Chat {
    * store (`storage_failed`) is sent again a few times, keeping its place, before it
    * rejects. `id` is the client message id, known at once.
    */
-  send(text: string): Promise<Ack> & { readonly id: string };
+  send(text: string, options?: SendOptions): Promise<Ack> & { readonly id: string };
+
+  /**
+   * Replaces the text of message `seq`, one of this client's own, within
+   * `limits.editWindowMs` of its sending. Resolves once stored (the ack's `seq` is the
+   * edit's own number); rejects with a ChatError: `not_yours`, `edit_window_passed`,
+   * `message_deleted`, `unknown_message`, `invalid_text`, `text_too_long`, `closed`.
+   * Queued with the sends while reconnecting.
+   */
+  edit(seq: number, text: string): Promise<Ack>;
+
+  /**
+   * Deletes message `seq`, one of this client's own. Resolves once stored; rejects with a
+   * ChatError: `not_yours`, `message_deleted`, `unknown_message`, `closed`.
+   */
+  delete(seq: number): Promise<Ack>;
 
   /**
    * One page of the room's older messages: up to `limit` below `before`, oldest first, and

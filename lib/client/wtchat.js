@@ -47,7 +47,7 @@
 export const VERSION = "0.1.0";
 
 /** The protocol version this client speaks: its first frame on every connection says so. */
-export const PROTOCOL = 2;
+export const PROTOCOL = 3;
 
 /** How long WebTransport may try alone before a WebSocket attempt races it. */
 const HEAD_START_MS = 500;
@@ -194,6 +194,16 @@ function withIdentity(url, options, kind) {
 /** A member as the client keeps it: its id and name, nothing else the frame had. */
 function member({ id, name }) {
   return { id, name };
+}
+
+/**
+ * A reply's quote of the message it answers, as frames carry it (`replyTo`).
+ * @param {any} q
+ * @returns {import("./wtchat.js").Quote | undefined}
+ */
+function quote(q) {
+  if (!q || typeof q.seq !== "number") return undefined;
+  return { seq: q.seq, from: String(q.from ?? ""), text: String(q.text ?? ""), deleted: !!q.deleted };
 }
 
 function randomId() {
@@ -1335,8 +1345,8 @@ export class Chat {
   }
 
   /**
-   * Subscribes to an event: `message`, `deleted`, `presence`, `typing`, `status`, `error`,
-   * `gap`. Returns a function that unsubscribes.
+   * Subscribes to an event: `message`, `edited`, `deleted`, `presence`, `typing`, `status`,
+   * `error`, `gap`. Returns a function that unsubscribes.
    * @template {keyof ChatEvents} E
    * @param {E} event
    * @param {(event: ChatEvents[E]) => void} handler
@@ -1403,10 +1413,14 @@ export class Chat {
    * ChatError whose `code` is the server's error code (`text_too_long`, ...), or `closed`.
    * While reconnecting, sends are queued and delivered once, in order. The returned
    * promise has an `id` property: the client message id the `message` event will carry.
+   * With `replyTo` (a message's `seq`), the message answers that one and carries its quote
+   * (`unknown_reply` when the room has no such message, `message_deleted` when it was
+   * deleted).
    * @param {string} text
+   * @param {import("./wtchat.js").SendOptions} [options]
    * @returns {Promise<Ack> & { readonly id: string }}
    */
-  send(text) {
+  send(text, { replyTo } = {}) {
     // The client id, known at once: the `message` event for this send carries it. A send
     // refused here carries one too (never on the wire), as the declared type promises.
     const id = this._link._nextId();
@@ -1423,7 +1437,50 @@ export class Chat {
     }
     // The message ends the others' "typing" display: the next keystroke may say so again.
     this._lastTyping = 0;
-    return withId(this._request(this._pending, { type: "send", room: this.room, text, id }, { id }));
+    if (replyTo !== undefined && !(Number.isSafeInteger(replyTo) && replyTo > 0)) {
+      return withId(Promise.reject(new TypeError("send: replyTo must be a positive whole number")));
+    }
+    const frame = { type: "send", room: this.room, text, id };
+    if (replyTo !== undefined) frame.replyTo = replyTo;
+    return withId(this._request(this._pending, frame, { id }));
+  }
+
+  /**
+   * Replaces the text of message `seq`, one of this client's own, within the server's
+   * edit window (`limits.editWindowMs`). Resolves with `{seq, id}` once stored (`seq`: the
+   * edit's own number); every member's copy of the message then changes (an `edited`
+   * event), and a member that was away gets the new text when it resumes. Rejects with a
+   * ChatError: `not_yours`, `edit_window_passed`, `message_deleted`, `unknown_message`,
+   * `text_too_long`, `invalid_text`... Queued while reconnecting, like sends.
+   * @param {number} seq
+   * @param {string} text
+   * @returns {Promise<Ack>}
+   */
+  edit(seq, text) {
+    text = String(text ?? "");
+    if (!text.trim()) return Promise.reject(new ChatError("invalid_text", "text must not be empty"));
+    return this._change({ type: "edit", seq, text });
+  }
+
+  /**
+   * Deletes message `seq`, one of this client's own. Resolves with `{seq, id}` once stored;
+   * every member's copy then goes (a `deleted` event), for members that were away too.
+   * Rejects like `edit()` (`not_yours`, `message_deleted`, `unknown_message`...).
+   * @param {number} seq
+   * @returns {Promise<Ack>}
+   */
+  delete(seq) {
+    return this._change({ type: "delete", seq });
+  }
+
+  /** Queues a change to message `frame.seq` with the sends, in their order. */
+  _change(frame) {
+    if (this.status === "closed") return Promise.reject(new ChatError("closed", "the chat is closed"));
+    if (!Number.isSafeInteger(frame.seq) || frame.seq < 1) {
+      return Promise.reject(new TypeError(`${frame.type}: seq must be a positive whole number`));
+    }
+    const id = this._link._nextId();
+    return this._request(this._pending, { ...frame, room: this.room, id }, { id });
   }
 
 
@@ -1654,7 +1711,7 @@ export class Chat {
       case "ack": return this._onAck(frame);
       case "history": return this._onHistory(frame);
       case "members": return this._onMembers(frame);
-      case "deleted": return this._onDeleted(frame);
+      case "update": return this._onChanged(frame);
       case "presence": return this._onPresence(frame);
       case "typing":
         if (frame.from) this._emit("typing", { room: this.room, from: frame.from });
@@ -1687,9 +1744,21 @@ export class Chat {
     this.memberCount = frame.count;
     this._setMembers(frame.members, frame.count);
     this._emitPresence("sync", this.me);
-    // The join completes once the replayed history (the next `replay` messages) is in.
+    // The join completes once the replayed history (the next `replay` frames: messages,
+    // and updates of older ones) is in; the room is then seen up to the join's head.
+    this._head = frame.seq;
     this._replayLeft = frame.replay || 0;
-    if (!this._replayLeft) this._joinDone();
+    if (!this._replayLeft) this._replayed();
+  }
+
+  /** A frame of the join's replay came; after the last, the join is done. */
+  _replaying() {
+    if (this._replayLeft > 0 && --this._replayLeft === 0) queueMicrotask(() => this._replayed());
+  }
+
+  _replayed() {
+    if (typeof this._head === "number") this.seq = Math.max(this.seq, this._head);
+    this._joinDone();
   }
 
   _joinDone() {
@@ -1701,7 +1770,7 @@ export class Chat {
   _onMessage(frame) {
     // Dedupe by (epoch, seq): within an epoch the server sends in sequence order, so
     // anything at or below the last seen number is a duplicate.
-    if (this._replayLeft > 0 && --this._replayLeft === 0) queueMicrotask(() => this._joinDone());
+    this._replaying();
     if (typeof frame.seq !== "number" || frame.seq <= this.seq) return;
     this.seq = frame.seq;
     const message = this._message(frame);
@@ -1720,6 +1789,8 @@ export class Chat {
       sender: frame.sender,
       text: frame.text,
       time: frame.time,
+      edited: frame.edited,
+      replyTo: quote(frame.replyTo),
       id: frame.id,
       mine: this.isMine(frame),
     };
@@ -1740,11 +1811,29 @@ export class Chat {
     this._settle(this._histories, (request) => request.resolve({ messages, more: !!frame.more }));
   }
 
-  _onDeleted(frame) {
+  /**
+   * Message `seq` changed (`at`: the change's number): a new text, or deleted. Replayed
+   * after a reconnect too, once per message, with its current state.
+   */
+  _onChanged(frame) {
+    const replayed = this._replayLeft > 0;
+    this._replaying();
     if (typeof frame.seq !== "number") return;
+    // Live, it moves the position; replayed, the join's head does once the replay is in.
+    if (!replayed && typeof frame.at === "number") this.seq = Math.max(this.seq, frame.at);
     const i = this.messages.findIndex((m) => m.epoch === this.epoch && m.seq === frame.seq);
-    if (i >= 0) this.messages.splice(i, 1);
-    this._emit("deleted", { room: this.room, epoch: this.epoch, seq: frame.seq });
+    if (frame.deleted) {
+      if (i >= 0) this.messages.splice(i, 1);
+      // The replies to it quote it as deleted from now on, as the server's copies do.
+      this.messages = this.messages.map((m) =>
+        m.replyTo?.seq === frame.seq ? { ...m, replyTo: { ...m.replyTo, text: "", deleted: true } } : m);
+      this._emit("deleted", { room: this.room, epoch: this.epoch, seq: frame.seq });
+      return;
+    }
+    if (typeof frame.text !== "string") return;
+    const message = i >= 0 ? { ...this.messages[i], text: frame.text, edited: frame.edited } : null;
+    if (message) this.messages[i] = message;
+    this._emit("edited", { room: this.room, epoch: this.epoch, seq: frame.seq, text: frame.text, edited: frame.edited, message });
   }
 
   _onMembers(frame) {

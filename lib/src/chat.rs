@@ -320,11 +320,26 @@ impl Chat {
         self.inner.host.history(room, before, limit).await
     }
 
-    /// Deletes message `seq` from `room`: it leaves the stored history, and every member is
-    /// sent a `deleted` frame. Resolves with whether there was such a message, once the
-    /// deletion is stored.
+    /// Deletes message `seq` from `room`, whoever sent it: it leaves the stored history,
+    /// and every member is sent an `update` saying so — a member that was away gets it
+    /// when it resumes. Resolves with whether there was such a message (not deleted
+    /// already), once the deletion is stored.
     pub async fn delete_message(&self, room: &str, seq: u64) -> Result<bool, StorageError> {
         self.inner.host.delete(room, seq).await
+    }
+
+    /// Replaces the text of message `seq` in `room`, whoever sent it and however old it is
+    /// (members may edit only their own, within `edit_window`): history keeps the new text
+    /// with the time of the edit, and every member is sent an `update` — a member that was
+    /// away gets it when it resumes. Resolves with whether there was such a message (not
+    /// deleted), once the edit is stored; the text is checked as a publish's is.
+    pub async fn edit_message(
+        &self,
+        room: &str,
+        seq: u64,
+        text: &str,
+    ) -> Result<bool, PublishError> {
+        self.inner.host.edit(room, seq, text).await
     }
 
     /// Bans `user` (a user id from the host's authentication) from `room`, or from every

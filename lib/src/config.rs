@@ -618,6 +618,14 @@ impl ConfigBuilder {
         self
     }
 
+    /// How long after sending a message its sender may still edit it (its own messages
+    /// only; the host edits any, at any time). Zero: messages are never edited by their
+    /// senders. Deleting one's own message has no window. Default 15 minutes.
+    pub fn edit_window(mut self, window: Duration) -> Self {
+        self.config.limits.edit_window = window;
+        self
+    }
+
     /// A client that sends nothing for this long — not a frame, not a ping — is closed with
     /// code 4003 `idle_timeout` and leaves its rooms: it may have vanished without a word
     /// (a closed laptop, a lost network). Advertised in `/wtchat/config`; the browser client

@@ -95,8 +95,23 @@ pub struct MessageEvent<'a> {
     pub from: &'a str,
     /// The sender's user id, when authenticated.
     pub user: Option<&'a str>,
-    /// The text.
+    /// The text (of an edit: the new text).
     pub text: &'a str,
+    /// A new message, or an edit of one.
+    pub kind: MessageKind,
+    /// The message an edit changes (its sequence number); None for a new message.
+    pub seq: Option<u64>,
+}
+
+/// Whether the message hook or webhook is asked about a new message or an edit of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum MessageKind {
+    /// A `send`.
+    Send,
+    /// An `edit` of the sender's own message.
+    Edit,
 }
 
 /// The host's message hook: `Ok` lets the message through, `Err(refusal)` rejects it (the
@@ -106,13 +121,15 @@ pub(crate) type MessageHook = Arc<dyn Fn(&MessageEvent<'_>) -> Result<(), Refusa
 
 /// What the host's backend decides of a message before it is stored.
 pub(crate) trait MessageCheck: Send + Sync {
-    /// The verdict on `text`, sent by `sender` into `room` with client id `id`.
+    /// The verdict on `text`, sent by `sender` into `room` with client id `id`: a new
+    /// message, or (`edits` Some) the new text of the sender's message `edits`.
     fn check<'a>(
         &'a self,
         room: &'a str,
         sender: &'a Member,
         text: &'a str,
         id: Option<&'a str>,
+        edits: Option<u64>,
     ) -> BoxFuture<'a, Verdict>;
 }
 

@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::{HistoryPage, MemberInfo, MembersPage, StorageError};
+use crate::engine::{HistoryPage, MemberInfo, MembersPage, RecordKind, StorageError};
 use crate::hub::{Hub, Policy};
 use crate::protocol::{CloseCode, ErrorCode, Limits, now_ms};
 
@@ -93,12 +93,7 @@ impl Host {
         limits
             .check_name(from)
             .map_err(|_| PublishError::InvalidSender)?;
-        limits
-            .check_message(text, None)
-            .map_err(|(code, _)| match code {
-                ErrorCode::TextTooLong => PublishError::TextTooLong,
-                _ => PublishError::EmptyText,
-            })?;
+        self.check_text(text)?;
         let published = self
             .hub
             .publish_as(room, from, text)
@@ -121,8 +116,32 @@ impl Host {
         self.hub.history(room, before, limit).await
     }
 
+    /// A message's text, as a publish or an edit checks it.
+    fn check_text(&self, text: &str) -> Result<(), PublishError> {
+        self.limits
+            .check_message(text, None)
+            .map_err(|(code, _)| match code {
+                ErrorCode::TextTooLong => PublishError::TextTooLong,
+                _ => PublishError::EmptyText,
+            })
+    }
+
     pub(crate) async fn delete(&self, room: &str, seq: u64) -> Result<bool, StorageError> {
-        self.hub.delete(room, seq).await
+        self.hub.change_as(room, RecordKind::Delete, seq, "").await
+    }
+
+    /// See [`Chat::edit_message`](crate::Chat::edit_message).
+    pub(crate) async fn edit(
+        &self,
+        room: &str,
+        seq: u64,
+        text: &str,
+    ) -> Result<bool, PublishError> {
+        self.check_text(text)?;
+        self.hub
+            .change_as(room, RecordKind::Edit, seq, text)
+            .await
+            .map_err(PublishError::Storage)
     }
 
     pub(crate) async fn ban(

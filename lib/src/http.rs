@@ -176,6 +176,7 @@ pub(crate) fn router(state: HttpState) -> Router {
             .route(&format!("{PATH}/api/kick"), call(post(api_kick)))
             .route(&format!("{PATH}/api/history"), get(api_history))
             .route(&format!("{PATH}/api/delete"), call(post(api_delete)))
+            .route(&format!("{PATH}/api/edit"), call(post(api_edit)))
             .route(&format!("{PATH}/api/ban"), call(post(api_ban)))
             .route(&format!("{PATH}/api/unban"), call(post(api_unban)))
             .route_layer(middleware::from_fn_with_state(
@@ -327,6 +328,8 @@ async fn config(State(state): State<HttpState>, request: axum::extract::Request)
             "framesPerSecond": limits.frames_per_second,
             "frameBurst": limits.frame_burst,
             "idleTimeoutMs": state.transport.session.idle_timeout.as_millis() as u64,
+            // How long a sender may edit its message (0: never), for the page's "edit".
+            "editWindowMs": limits.edit_window.as_millis() as u64,
         },
     });
     // Pages on other origins fetch it; it holds nothing secret and no credentials are sent.
@@ -630,13 +633,32 @@ struct DeleteRequest {
 }
 
 /// `POST /wtchat/api/delete {"room","seq"}` → `{"room","seq","deleted": bool}`; members get
-/// a `deleted` frame.
+/// an `update` saying so.
 async fn api_delete(State(state): State<HttpState>, Json(body): Json<DeleteRequest>) -> Response {
     match state.host.delete(&body.room, body.seq).await {
         Ok(deleted) => {
             Json(json!({"room": body.room, "seq": body.seq, "deleted": deleted})).into_response()
         }
         Err(e) => storage_error(&e),
+    }
+}
+
+#[derive(Deserialize)]
+struct EditRequest {
+    room: String,
+    seq: u64,
+    text: String,
+}
+
+/// `POST /wtchat/api/edit {"room","seq","text"}` → `{"room","seq","edited": bool}`; members
+/// get an `update` with the new text.
+async fn api_edit(State(state): State<HttpState>, Json(body): Json<EditRequest>) -> Response {
+    match state.host.edit(&body.room, body.seq, &body.text).await {
+        Ok(edited) => {
+            Json(json!({"room": body.room, "seq": body.seq, "edited": edited})).into_response()
+        }
+        Err(e @ PublishError::Storage(_)) => storage_error(&e),
+        Err(e) => api_error(StatusCode::BAD_REQUEST, e.code().as_str(), &e.to_string()),
     }
 }
 

@@ -90,7 +90,7 @@ pub use config::{Config, ConfigBuilder, ConfigError, MIN_SECRET_BYTES, PATH, Tls
 pub use engine::{
     DEFAULT_REDIS_PREFIX, Engine, HistoryPage, MemberInfo, MembersPage, StorageError, StoredMessage,
 };
-pub use hooks::MessageEvent;
+pub use hooks::{MessageEvent, MessageKind};
 pub use host::PublishError;
 pub use server::Server;
 

@@ -579,13 +579,13 @@ mod tests {
 
     #[test]
     fn a_message_frames_time_is_read_where_the_encoder_puts_it() {
-        let message = StoredMessage {
-            seq: 7,
-            from: "ann".into(),
-            sender: Some("s1".into()),
-            text: r#"look: ","time":1,"#.into(),
-            time: 1_700_000_000_123,
-        };
+        let message = StoredMessage::new(
+            7,
+            1_700_000_000_123,
+            "ann".into(),
+            Some("s1".into()),
+            r#"look: ","time":1,"#.into(),
+        );
         let frame = crate::hub::message_frame("lobby", &message);
         assert!(frame.starts_with(MESSAGE));
         assert_eq!(message_time(&frame), Some(1_700_000_000_123));

@@ -20,8 +20,9 @@ pub(crate) fn now_ms() -> u64 {
 
 /// The protocol this server speaks: named by `/wtchat/config` and by the `hello` frames.
 /// 1 had no `hello`; 2 adds it (a client's first frame, answered with the version the
-/// server speaks on that connection).
-pub const PROTOCOL: u32 = 2;
+/// server speaks on that connection); 3 adds `edit` and `delete`, and the `update` frame
+/// that tells a change to a message (it replaces `deleted`).
+pub const PROTOCOL: u32 = 3;
 
 /// The oldest protocol the server still speaks, for a release at least: a client that
 /// sends no `hello` speaks version 1, as clients did before there was one.
@@ -48,9 +49,26 @@ pub enum ClientFrame {
     /// Leave a room.
     Leave { room: String },
     /// Send a message. `id` is chosen by the client; resending the same `id` is idempotent.
+    /// `replyTo` names the message of the room it answers.
     Send {
         room: String,
         text: String,
+        id: Option<String>,
+        #[serde(rename = "replyTo")]
+        reply_to: Option<u64>,
+    },
+    /// Replace the text of message `seq`, one of the client's own, within the edit window;
+    /// acknowledged like a send (the `ack`'s `seq` is the edit's own number).
+    Edit {
+        room: String,
+        seq: u64,
+        text: String,
+        id: Option<String>,
+    },
+    /// Delete message `seq`, one of the client's own; acknowledged like a send.
+    Delete {
+        room: String,
+        seq: u64,
         id: Option<String>,
     },
     /// "I am typing": relayed to the room's other members, may be lost.
@@ -85,7 +103,9 @@ impl ClientFrame {
     /// The room and client message id a frame names, to echo in an error about it.
     pub(crate) fn room_and_id(&self) -> (Option<&str>, Option<&str>) {
         match self {
-            ClientFrame::Send { room, id, .. } => (Some(room), id.as_deref()),
+            ClientFrame::Send { room, id, .. }
+            | ClientFrame::Edit { room, id, .. }
+            | ClientFrame::Delete { room, id, .. } => (Some(room), id.as_deref()),
             ClientFrame::Join { room, .. }
             | ClientFrame::History { room, .. }
             | ClientFrame::Members { room, .. }
@@ -94,6 +114,17 @@ impl ClientFrame {
             ClientFrame::Ping {} | ClientFrame::Hello { .. } => (None, None),
         }
     }
+}
+
+/// The message a reply answers, as the reply's frames quote it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct QuoteRef<'a> {
+    pub seq: u64,
+    pub from: &'a str,
+    /// Its first 100 characters (empty once it was deleted).
+    pub text: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 /// A member as the protocol shows it: the connection's id and its display name.
@@ -143,11 +174,33 @@ pub enum ServerFrame<'a> {
         /// the messages with the `sender` of its `joined.you`.
         #[serde(skip_serializing_if = "Option::is_none")]
         sender: Option<&'a str>,
+        /// The message it answers, quoted.
+        #[serde(rename = "replyTo", skip_serializing_if = "Option::is_none")]
+        reply_to: Option<QuoteRef<'a>>,
         text: &'a str,
         time: u64,
+        /// When the text was last edited (ms since 1970), for a message edited before it
+        /// was sent (a replay, a history page).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        edited: Option<u64>,
         /// The client's message id: in its sender's own copy only.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a str>,
+    },
+    /// Message `seq` changed: its new `text` and when it was `edited`, or that it was
+    /// `deleted` (then it leaves history, and a client removes it from view). `at` is the
+    /// change's own number in the room's order; a replay sends each changed message once,
+    /// in its current state.
+    Update {
+        room: &'a str,
+        seq: u64,
+        at: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        text: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        edited: Option<u64>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        deleted: bool,
     },
     /// The sender's acknowledgement: the message is stored under `seq`.
     Ack {
@@ -235,9 +288,6 @@ pub enum ServerFrame<'a> {
     /// Answer to `hello`: the protocol version spoken on this connection (the client's, or
     /// the server's newest when the client's is newer still).
     Hello { protocol: u32 },
-    /// The host deleted message `seq`: it has left the room's history, and a client
-    /// removes it from view.
-    Deleted { room: &'a str, seq: u64 },
 }
 
 /// Presence event kinds.
@@ -279,6 +329,16 @@ pub enum ErrorCode {
     InvalidText,
     /// The message text is longer than the limit.
     TextTooLong,
+    /// `edit` or `delete` of a message this room does not have (never sent, or too old).
+    UnknownMessage,
+    /// `edit` of a message that was deleted.
+    MessageDeleted,
+    /// `edit` or `delete` of someone else's message.
+    NotYours,
+    /// `edit` of a message older than the edit window (`edit_window`).
+    EditWindowPassed,
+    /// A `send` whose `replyTo` is no message of the room.
+    UnknownReply,
     /// The connection is already in the maximum number of rooms.
     TooManyRooms,
     /// The server holds the maximum number of rooms and none is empty.
@@ -322,6 +382,11 @@ impl ErrorCode {
             ErrorCode::InvalidRoom => "invalid_room",
             ErrorCode::InvalidText => "invalid_text",
             ErrorCode::TextTooLong => "text_too_long",
+            ErrorCode::UnknownMessage => "unknown_message",
+            ErrorCode::MessageDeleted => "message_deleted",
+            ErrorCode::NotYours => "not_yours",
+            ErrorCode::EditWindowPassed => "edit_window_passed",
+            ErrorCode::UnknownReply => "unknown_reply",
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::ServerFull => "server_full",
             ErrorCode::RateLimited => "rate_limited",
@@ -419,6 +484,8 @@ pub struct Limits {
     /// Rooms one connection may create per minute (joining a room that does not exist
     /// yet), sustained, with this many at once: each room holds memory of its own.
     pub new_rooms_per_minute: u32,
+    /// How long after sending a message its sender may still edit it (zero: never).
+    pub edit_window: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -433,6 +500,7 @@ impl Default for Limits {
             frames_per_second: 20,
             frame_burst: 40,
             new_rooms_per_minute: 30,
+            edit_window: std::time::Duration::from_secs(15 * 60),
         }
     }
 }
@@ -481,6 +549,11 @@ impl Limits {
         if text.len() > self.max_text_chars && text.chars().count() > self.max_text_chars {
             return Err((ErrorCode::TextTooLong, "text is longer than max_text_chars"));
         }
+        self.check_id(id)
+    }
+
+    /// Checks a client message id: 1 to max_id_bytes bytes.
+    pub fn check_id(&self, id: Option<&str>) -> Result<(), (ErrorCode, &'static str)> {
         if id.is_some_and(|id| id.is_empty() || id.len() > self.max_id_bytes) {
             return Err((ErrorCode::InvalidText, "id must be 1 to max_id_bytes bytes"));
         }
@@ -616,7 +689,26 @@ mod tests {
             Ok(ClientFrame::Send {
                 room: "r".into(),
                 text: "hi é".into(),
-                id: Some("c-1".into())
+                id: Some("c-1".into()),
+                reply_to: None,
+            })
+        );
+        assert_eq!(
+            decode(br#"{"type":"edit","room":"r","seq":7,"text":"fixed"}"#),
+            Ok(ClientFrame::Edit {
+                room: "r".into(),
+                seq: 7,
+                text: "fixed".into(),
+                id: None,
+            })
+        );
+        assert_eq!(
+            decode(br#"{"type":"send","room":"r","text":"re","replyTo":7}"#),
+            Ok(ClientFrame::Send {
+                room: "r".into(),
+                text: "re".into(),
+                id: None,
+                reply_to: Some(7),
             })
         );
         assert_eq!(
@@ -684,8 +776,10 @@ mod tests {
             seq: 7,
             from: "ann",
             sender: Some("s3nd3r"),
+            reply_to: None,
             text: "<b>hi</b> \"quoted\"\n",
             time: 1_700_000_000_000,
+            edited: None,
             id: Some("c-1"),
         });
         assert_eq!(
@@ -1149,6 +1243,22 @@ mod tests {
                         room: string("room")?,
                         text: string("text")?,
                         id: optional("id")?,
+                        reply_to: number("replyTo")?,
+                    })
+                })(),
+                "edit" => (|| {
+                    Ok(ClientFrame::Edit {
+                        room: string("room")?,
+                        seq: number("seq")?.ok_or(ErrorCode::InvalidFrame)?,
+                        text: string("text")?,
+                        id: optional("id")?,
+                    })
+                })(),
+                "delete" => (|| {
+                    Ok(ClientFrame::Delete {
+                        room: string("room")?,
+                        seq: number("seq")?.ok_or(ErrorCode::InvalidFrame)?,
+                        id: optional("id")?,
                     })
                 })(),
                 "typing" => string("room").map(|room| ClientFrame::Typing { room }),
@@ -1192,6 +1302,8 @@ mod tests {
             ClientFrame::Join { .. } => "join",
             ClientFrame::Leave { .. } => "leave",
             ClientFrame::Send { .. } => "send",
+            ClientFrame::Edit { .. } => "edit",
+            ClientFrame::Delete { .. } => "delete",
             ClientFrame::Typing { .. } => "typing",
             ClientFrame::Ping {} => "ping",
             ClientFrame::Hello { .. } => "hello",
@@ -1293,8 +1405,10 @@ mod tests {
                         seq,
                         from: &from,
                         sender: sender.as_deref(),
+                        reply_to: None,
                         text: &text,
                         time,
+                        edited: None,
                         id: id.as_deref(),
                     });
                     let mut want = json!({"type": "message", "room": room, "seq": seq,
@@ -1468,7 +1582,7 @@ mod tests {
             let send = json!({"type": "send", "room": room, "text": text, "id": id});
             prop_assert_eq!(
                 decode(&serde_json::to_vec(&send).unwrap()),
-                Ok(ClientFrame::Send { room: room.clone(), text, id })
+                Ok(ClientFrame::Send { room: room.clone(), text, id, reply_to: None })
             );
             for (kind, want) in [
                 ("leave", ClientFrame::Leave { room: room.clone() }),

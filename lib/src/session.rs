@@ -18,7 +18,8 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, ConnectRequest, Identity, Transport, random_bytes};
-use crate::hooks::{MessageCheck, MessageEvent, MessageHook, Verdict};
+use crate::engine::{Quote, RecordKind};
+use crate::hooks::{MessageCheck, MessageEvent, MessageHook, MessageKind, Verdict};
 use crate::hub::{Hub, Member, Resume, Room, Sender, SenderKey, message_frame};
 use crate::protocol::{
     self, ClientFrame, CloseCode, ErrorCode, HISTORY_PAGE, Limits, MEMBERS_PAGE, ServerFrame,
@@ -557,7 +558,23 @@ impl<'a> Session<'a> {
                 );
             }
             ClientFrame::Leave { room } => self.leave(&room),
-            ClientFrame::Send { room, text, id } => return self.send(room, text, id),
+            ClientFrame::Send {
+                room,
+                text,
+                id,
+                reply_to,
+            } => return self.send(room, text, id, reply_to),
+            ClientFrame::Edit {
+                room,
+                seq,
+                text,
+                id,
+            } => {
+                return self.change(room, RecordKind::Edit, seq, text, id);
+            }
+            ClientFrame::Delete { room, seq, id } => {
+                return self.change(room, RecordKind::Delete, seq, String::new(), id);
+            }
             ClientFrame::Typing { room } => match self.joined(&room) {
                 Some(j) => j.room.typing(&j.me),
                 None => self.not_joined(&room, None),
@@ -782,44 +799,134 @@ impl<'a> Session<'a> {
     /// message webhook, asked of the backend (which may rewrite it), and published. What
     /// waits — the backend, an engine too busy to take it — waits as this session's
     /// pending frame: its later frames wait behind it, its deliveries do not.
-    fn send(&self, room: String, text: String, id: Option<String>) -> Option<Pending<'a>> {
-        let joined = self.accepts(&room, &text, id.as_deref())?;
+    fn send(
+        &self,
+        room: String,
+        text: String,
+        id: Option<String>,
+        reply_to: Option<u64>,
+    ) -> Option<Pending<'a>> {
+        let joined = self.accepts(&room, &text, id.as_deref(), None)?;
         let (room_handle, me) = (joined.room.clone(), joined.me.clone());
-        let Some(check) = &self.ctx.message_check else {
-            let retry = room_handle.publish(&me, &text, id.as_deref()).err()?;
+        let check = self.ctx.message_check.as_ref();
+        if check.is_none() && reply_to.is_none() {
+            let retry = room_handle.publish(&me, &text, id.as_deref(), None).err()?;
             return Some(Box::pin(async move {
                 retry.append().await;
                 Effect::None
             }));
-        };
+        }
         let hub = &self.ctx.hub;
         Some(Box::pin(async move {
             let id = id.as_deref();
-            let text = match check.check(&room, &me, &text, id).await {
-                Verdict::Accept => text,
-                Verdict::Rewrite(rewritten) => rewritten,
-                Verdict::Reject(reason) => {
-                    refuse(
-                        hub,
-                        &me.outbox,
-                        ErrorCode::Rejected,
-                        &reason,
-                        Some(&room),
-                        id,
-                    );
-                    return Effect::None;
-                }
+            // A reply quotes the message it answers, which must be one of the room's.
+            let reply = match reply_to {
+                None => None,
+                Some(seq) => match quote(&room_handle, seq).await {
+                    Ok(quote) => Some(quote),
+                    Err((code, message)) => {
+                        refuse(hub, &me.outbox, code, message, Some(&room), id);
+                        return Effect::None;
+                    }
+                },
             };
-            if let Err(retry) = room_handle.publish(&me, &text, id) {
+            let Some(text) = backend_says(hub, check, &room, &me, text, id, None).await else {
+                return Effect::None;
+            };
+            if let Err(retry) = room_handle.publish(&me, &text, id, reply) {
                 retry.append().await;
             }
             Effect::None
         }))
     }
 
-    /// The room a `send` goes to, if the message passes the limits and the host's message
-    /// hook; else the sender is told why, and None.
-    fn accepts(&self, room: &str, text: &str, id: Option<&str>) -> Option<&Joined> {
+    /// An `edit` or a `delete` of message `seq`: checked against the limits (an edit's text
+    /// as a send's), then — once the message is found, in the tail or the engine — against
+    /// it: it must be the sender's own, not deleted, and (an edit) within the edit window.
+    /// Then published in the room's order, and acknowledged like a send.
+    fn change(
+        &self,
+        room: String,
+        kind: RecordKind,
+        seq: u64,
+        text: String,
+        id: Option<String>,
+    ) -> Option<Pending<'a>> {
+        let joined = match kind {
+            RecordKind::Edit => self.accepts(&room, &text, id.as_deref(), Some(seq))?,
+            _ => {
+                let Some(joined) = self.joined(&room) else {
+                    self.not_joined(&room, id.as_deref());
+                    return None;
+                };
+                if let Err((code, msg)) = self.ctx.limits.check_id(id.as_deref()) {
+                    self.error(code, msg, Some(&room), id.as_deref());
+                    return None;
+                }
+                joined
+            }
+        };
+        let (handle, me) = (joined.room.clone(), joined.me.clone());
+        let (hub, window) = (&self.ctx.hub, self.ctx.limits.edit_window);
+        let check = self
+            .ctx
+            .message_check
+            .as_ref()
+            .filter(|_| kind == RecordKind::Edit);
+        Some(Box::pin(async move {
+            let id = id.as_deref();
+            let refused = match handle.target(seq).await {
+                Err(e) => {
+                    tracing::error!(room, error = %e, "could not read a message to change");
+                    Some((
+                        ErrorCode::StorageFailed,
+                        "the message could not be read from storage; try again later",
+                    ))
+                }
+                Ok(None) => Some((ErrorCode::UnknownMessage, "this room has no such message")),
+                Ok(Some(target)) if target.deleted => {
+                    Some((ErrorCode::MessageDeleted, "that message was deleted"))
+                }
+                Ok(Some(target)) if target.sender.as_deref() != Some(me.sender.public()) => {
+                    Some((ErrorCode::NotYours, "only its sender may change a message"))
+                }
+                Ok(Some(target))
+                    if kind == RecordKind::Edit
+                        && (window.is_zero()
+                            || protocol::now_ms().saturating_sub(target.time)
+                                > window.as_millis() as u64) =>
+                {
+                    Some((
+                        ErrorCode::EditWindowPassed,
+                        "the message is older than the edit window",
+                    ))
+                }
+                Ok(Some(_)) => None,
+            };
+            if let Some((code, message)) = refused {
+                refuse(hub, &me.outbox, code, message, Some(&room), id);
+                return Effect::None;
+            }
+            // The backend has its say about an edit as about a send.
+            let Some(text) = backend_says(hub, check, &room, &me, text, id, Some(seq)).await else {
+                return Effect::None;
+            };
+            if let Err(retry) = handle.change(&me, kind, seq, &text, id) {
+                retry.append().await;
+            }
+            Effect::None
+        }))
+    }
+
+    /// The room a `send` goes to (an `edit` of message `edits`), if the text passes the
+    /// limits and the host's message hook; else the sender is told why, and None.
+    fn accepts(
+        &self,
+        room: &str,
+        text: &str,
+        id: Option<&str>,
+        edits: Option<u64>,
+    ) -> Option<&Joined> {
         let Some(joined) = self.joined(room) else {
             self.not_joined(room, id);
             return None;
@@ -834,6 +941,11 @@ impl<'a> Session<'a> {
                 from: &joined.me.name,
                 user: joined.me.user.as_deref(),
                 text,
+                kind: match edits {
+                    Some(_) => MessageKind::Edit,
+                    None => MessageKind::Send,
+                },
+                seq: edits,
             };
             if let Err(refusal) = hook(&event) {
                 self.error(ErrorCode::Rejected, refusal.message(), Some(room), id);
@@ -896,6 +1008,54 @@ impl<'a> Session<'a> {
 
     fn error(&self, code: ErrorCode, message: &str, room: Option<&str>, id: Option<&str>) {
         refuse(&self.ctx.hub, &self.outbox, code, message, room, id);
+    }
+}
+
+/// The text the host's backend (the message webhook, when there is one) lets `sender` send
+/// into `room` — `text`, or its rewrite — for a new message or (`edits`) an edit; None when
+/// it rejected it, and the sender was told why.
+async fn backend_says(
+    hub: &Hub,
+    check: Option<&Arc<dyn MessageCheck>>,
+    room: &str,
+    sender: &Member,
+    text: String,
+    id: Option<&str>,
+    edits: Option<u64>,
+) -> Option<String> {
+    let Some(check) = check else {
+        return Some(text);
+    };
+    match check.check(room, sender, &text, id, edits).await {
+        Verdict::Accept => Some(text),
+        Verdict::Rewrite(rewritten) => Some(rewritten),
+        Verdict::Reject(reason) => {
+            let code = ErrorCode::Rejected;
+            refuse(hub, &sender.outbox, code, &reason, Some(room), id);
+            None
+        }
+    }
+}
+
+/// The quote of message `seq` of `room` for a reply to it; or why there is none.
+async fn quote(room: &Room, seq: u64) -> Result<Quote, (ErrorCode, &'static str)> {
+    match room.target(seq).await {
+        Ok(Some(message)) if message.deleted => Err((
+            ErrorCode::MessageDeleted,
+            "the message replied to was deleted",
+        )),
+        Ok(Some(message)) => Ok(Quote::new(seq, message.from, &message.text)),
+        Ok(None) => Err((
+            ErrorCode::UnknownReply,
+            "replyTo names no message of this room",
+        )),
+        Err(e) => {
+            tracing::error!(room = room.name(), error = %e, "could not read a message replied to");
+            Err((
+                ErrorCode::StorageFailed,
+                "the message replied to could not be read from storage; try again later",
+            ))
+        }
     }
 }
 

@@ -46,7 +46,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::auth::{AuthHook, ConnectRequest, Identity, Refusal, Rooms, unix_now};
-use crate::hooks::{EventsSender, MessageCheck, Verdict, WebhookConfig, Webhooks};
+use crate::hooks::{EventsSender, MessageCheck, MessageKind, Verdict, WebhookConfig, Webhooks};
 use crate::hub::{Happened, Member, Observer};
 use crate::metrics::Metrics;
 use crate::protocol::{Limits, now_ms};
@@ -411,6 +411,10 @@ struct MessageCall<'a> {
     sender: &'a str,
     text: &'a str,
     id: Option<&'a str>,
+    /// `send`, or `edit` (then `seq` is the message edited).
+    kind: MessageKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
 }
 
 /// What the message webhook answers with a 200.
@@ -426,7 +430,14 @@ impl MessageWebhook {
     /// What the backend decides of `text`, sent by `sender` into `room` with client id `id`
     /// — or, when it does not answer in time or answers something else, what `fail_open`
     /// says.
-    async fn check(&self, room: &str, sender: &Member, text: &str, id: Option<&str>) -> Verdict {
+    async fn check(
+        &self,
+        room: &str,
+        sender: &Member,
+        text: &str,
+        id: Option<&str>,
+        edits: Option<u64>,
+    ) -> Verdict {
         let call = MessageCall {
             room,
             from: &sender.name,
@@ -434,6 +445,12 @@ impl MessageWebhook {
             sender: sender.sender.public(),
             text,
             id,
+            kind: if edits.is_some() {
+                MessageKind::Edit
+            } else {
+                MessageKind::Send
+            },
+            seq: edits,
         };
         let failure = match self.endpoint.post(&call).await {
             Ok(Answer {
@@ -590,8 +607,9 @@ impl MessageCheck for MessageWebhook {
         sender: &'a Member,
         text: &'a str,
         id: Option<&'a str>,
+        edits: Option<u64>,
     ) -> futures_util::future::BoxFuture<'a, Verdict> {
-        Box::pin(MessageWebhook::check(self, room, sender, text, id))
+        Box::pin(MessageWebhook::check(self, room, sender, text, id, edits))
     }
 }
 
@@ -786,11 +804,13 @@ fn deadline(grace: Duration) -> tokio::time::Instant {
 fn event_json(queued: Queued) -> Value {
     let (kind, room, member) = match queued.happened {
         Happened::Message { frame, user } => {
-            // The frame as the members got it — type, room, seq, from, sender, text, time —
-            // and who sent it.
+            // The frame as the members got it — a message's type, room, seq, from, sender,
+            // text, time; an update's type, room, seq, at and what changed — and who sent it.
             let mut event: serde_json::Map<String, Value> =
                 serde_json::from_slice(&frame).expect("message frames are JSON objects");
-            event.entry("sender").or_insert(Value::Null);
+            if event.get("type").is_some_and(|t| t == "message") {
+                event.entry("sender").or_insert(Value::Null);
+            }
             event.insert("user".into(), json!(user.as_deref()));
             return Value::Object(event);
         }

@@ -764,6 +764,7 @@ impl Page<'_> {
             "Enter" => (13, "\r"),
             "Tab" => (9, ""),
             "Escape" => (27, ""),
+            "ArrowUp" => (38, ""),
             _ => (0, ""),
         };
         let mut down =

@@ -1164,7 +1164,8 @@ impl Client {
             .await
     }
 
-    /// Sends a join frame; returns `joined` and the replayed messages (those up to its `seq`).
+    /// Sends a join frame; returns `joined` and the replay: the messages up to its `seq`,
+    /// after the updates of older messages that changed (when resuming).
     pub async fn join_frame(&mut self, frame: Value) -> (Value, Vec<Value>) {
         let room = frame["room"].as_str().unwrap().to_string();
         self.send(frame).await;
@@ -1174,12 +1175,12 @@ impl Client {
             })
             .await;
         let mut history = Vec::new();
-        // The replayed messages of this room follow `joined` at once (frames of other
+        // The replayed frames of this room follow `joined` at once (frames of other
         // rooms may interleave).
         for _ in 0..joined["replay"].as_u64().unwrap() {
             let m = self
                 .next_matching("history", |f| {
-                    f["type"] == "message" && f["room"] == room.as_str()
+                    (f["type"] == "message" || f["type"] == "update") && f["room"] == room.as_str()
                 })
                 .await;
             history.push(m);

@@ -9,6 +9,7 @@ import {
   type ChatEvents,
   type ConnectOptions,
   type DeletedEvent,
+  type EditedEvent,
   type ErrorCode,
   type GapEvent,
   type HistoryOptions,
@@ -21,6 +22,8 @@ import {
   type MembersPageOptions,
   type Message,
   type PresenceEvent,
+  type Quote,
+  type SendOptions,
   type Status,
   type StatusEvent,
   type Transport,
@@ -117,7 +120,7 @@ export async function chatting(signal: AbortSignal): Promise<void> {
   const seq: number = chat.seq;
   if (limits) {
     const { maxFrameBytes, maxTextChars, maxNameChars, maxRoomChars, maxRoomsPerConnection, framesPerSecond } = limits;
-    const optional: (number | undefined)[] = [limits.maxPostBytes, limits.frameBurst, limits.idleTimeoutMs];
+    const optional: (number | undefined)[] = [limits.maxPostBytes, limits.frameBurst, limits.idleTimeoutMs, limits.editWindowMs];
     render(`${maxFrameBytes} ${maxTextChars} ${maxNameChars} ${maxRoomChars} ${maxRoomsPerConnection} ${framesPerSecond} ${optional}`);
   }
   render(`${room} ${name} ${server} ${transport} ${status} ${messages.length} ${count} ${complete} ${next} ${epoch} ${seq}`);
@@ -128,6 +131,7 @@ export async function chatting(signal: AbortSignal): Promise<void> {
   // Events: each handler gets its event's type; every one can be unsubscribed.
   const handlers: { [E in keyof ChatEvents]: (event: ChatEvents[E]) => void } = {
     message: show,
+    edited: (e: EditedEvent) => render(`${e.room} ${e.epoch} ${e.seq} ${e.text} ${e.edited} ${e.message?.text}`),
     deleted: (e: DeletedEvent) => render(`${e.room} ${e.epoch} ${e.seq}`),
     presence: (e: PresenceEvent) => {
       const who: Member | null = e.member;
@@ -141,6 +145,7 @@ export async function chatting(signal: AbortSignal): Promise<void> {
   };
   const offs: (() => void)[] = [
     chat.on("message", handlers.message),
+    chat.on("edited", handlers.edited),
     chat.on("deleted", handlers.deleted),
     chat.on("presence", handlers.presence),
     chat.on("typing", handlers.typing),
@@ -160,6 +165,15 @@ export async function chatting(signal: AbortSignal): Promise<void> {
   const acked: [number, string] = [ack.seq, ack.id];
   // @ts-expect-error: text only
   void chat.send(42);
+  const sendOptions: SendOptions = { replyTo: ack.seq };
+  const reply: Ack = await chat.send("a reply", sendOptions);
+  const quoted: Quote | undefined = messages[0].replyTo;
+  render(`${reply.seq} ${quoted?.seq} ${quoted?.from} ${quoted?.text} ${quoted?.deleted}`);
+  const edit: Ack = await chat.edit(ack.seq, "hello again");
+  const removal: Ack = await chat.delete(ack.seq);
+  render(`${edit.seq} ${removal.seq}`);
+  // @ts-expect-error: a message is named by its number
+  void chat.edit("1", "text");
   const typed: boolean = chat.typing();
   render(`${clientId} ${acked} ${typed} ${chat.isMine({ sender: "x" })} ${chat.isMine(messages[0])}`);
 

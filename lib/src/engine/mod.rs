@@ -5,12 +5,17 @@
 //! encode-once fan-out, a recent tail of each room's history — and talks to its engine
 //! through one trait, [`Broker`] (the shape of centrifuge's broker):
 //!
-//! - [`Broker::append`] takes a message's place in its room's order at once, and resolves
+//! - [`Broker::append`] takes a record's place in its room's order at once, and resolves
 //!   with its position (epoch, seq) once it is as durable as the engine promises; a retried
-//!   client id resolves with the position it got the first time.
-//! - Every numbered message of a room — this node's and other nodes' alike — comes back
-//!   through **one** handler, the room's [`RoomSink`], in order and once: a message reaches
-//!   its members by one route, whatever the engine.
+//!   client id resolves with the position it got the first time. A record is a message or
+//!   a change to one (an edit, a deletion: [`RecordKind`]): changes are numbered in the
+//!   same order, so that a resume replays them with the messages around them.
+//! - Every numbered record of a room — this node's and other nodes' alike — comes back
+//!   through **one** handler, the room's [`RoomSink`], in order and once: a message or a
+//!   change reaches its members by one route, whatever the engine.
+//! - An engine that keeps messages keeps each one's current state (its text after edits,
+//!   whether it was deleted): history pages and [`Broker::range`] read that state, and a
+//!   range names the older messages changed within it, so that a resume is never stale.
 //! - History ranges, history pages and member pages are async reads; the hub makes them
 //!   outside a room's lock.
 //! - Presence across nodes (who is connected to other nodes), kicks and bans for every
@@ -230,12 +235,58 @@ pub struct StoredMessage {
     pub from: String,
     /// The sender's public id; None for messages the host published.
     pub sender: Option<String>,
-    /// The text.
+    /// The text (after its last edit; empty once deleted).
     pub text: String,
+    /// When it was last edited, in milliseconds since 1970.
+    pub edited: Option<u64>,
+    /// Whether it was deleted.
+    pub deleted: bool,
+    /// The message it answers, if it is a reply.
+    pub reply: Option<Quote>,
+}
+
+/// The message a reply answers, as the reply keeps it: enough to show the quote without
+/// fetching the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Quote {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its sender's display name.
+    pub from: String,
+    /// Its first [`QUOTE_CHARS`] characters when it was answered (empty once deleted).
+    pub text: String,
+    /// Whether it was deleted since.
+    pub deleted: bool,
+}
+
+/// The characters of a message a reply keeps.
+pub const QUOTE_CHARS: usize = 100;
+
+impl Quote {
+    /// A quote of message `seq` from `from`: the start of `text`.
+    pub fn new(seq: u64, from: String, text: &str) -> Quote {
+        Quote {
+            seq,
+            from,
+            text: text.chars().take(QUOTE_CHARS).collect(),
+            deleted: false,
+        }
+    }
+
+    /// The same quote, of a message deleted since.
+    pub fn of_deleted(self) -> Quote {
+        Quote {
+            text: String::new(),
+            deleted: true,
+            ..self
+        }
+    }
 }
 
 impl StoredMessage {
-    /// A stored message, for an engine that reads its history back.
+    /// A stored message, for an engine that reads its history back: never edited, not
+    /// deleted (set [`edited`](Self::edited) and [`deleted`](Self::deleted) when it was).
     pub fn new(seq: u64, time: u64, from: String, sender: Option<String>, text: String) -> Self {
         StoredMessage {
             seq,
@@ -243,6 +294,35 @@ impl StoredMessage {
             from,
             sender,
             text,
+            edited: None,
+            deleted: false,
+            reply: None,
+        }
+    }
+}
+
+/// What a resume missed of a room, as its engine holds it: see [`Broker::range`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Missed {
+    /// The newest messages numbered in the range (up to the limit asked for), oldest
+    /// first, in their current state; deleted ones are left out.
+    pub messages: Vec<StoredMessage>,
+    /// The messages numbered below the range that a record in the range changed, in their
+    /// current state (deleted ones too, as deleted), oldest first.
+    pub changed: Vec<StoredMessage>,
+    /// Whether the engine still holds every record of the range: false when some were
+    /// trimmed (too old, too many) or more messages than the limit were in it.
+    pub complete: bool,
+}
+
+impl Missed {
+    /// What a range held: `messages`, `changed`, and whether that is all of it.
+    pub fn new(messages: Vec<StoredMessage>, changed: Vec<StoredMessage>, complete: bool) -> Self {
+        Missed {
+            messages,
+            changed,
+            complete,
         }
     }
 }
@@ -347,22 +427,60 @@ pub(crate) struct Options {
     pub dedupe_window: usize,
 }
 
-/// A message handed to [`Broker::append`].
+/// What a record does to its room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RecordKind {
+    /// A new message.
+    #[default]
+    Message,
+    /// Replaces the text of message [`Record::target`] with the record's text, edited at
+    /// the record's time. An edit of a deleted message changes nothing.
+    Edit,
+    /// Deletes message [`Record::target`]: its text is forgotten, and it leaves history.
+    Delete,
+}
+
+impl RecordKind {
+    /// The kind's name, as engines store it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Message => "message",
+            RecordKind::Edit => "edit",
+            RecordKind::Delete => "delete",
+        }
+    }
+
+    /// The kind [`as_str`](Self::as_str) names.
+    pub fn parse(name: &str) -> Option<RecordKind> {
+        [RecordKind::Message, RecordKind::Edit, RecordKind::Delete]
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+    }
+}
+
+/// A record handed to [`Broker::append`]: a message, or a change to one.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Record {
+    /// A message, or which change.
+    pub kind: RecordKind,
+    /// The message a change changes (its sequence number); 0 for a message.
+    pub target: u64,
     /// When the server took it, in milliseconds since 1970.
     pub time: u64,
-    /// The sender's display name.
+    /// The sender's display name (of a change: who made it).
     pub from: Arc<str>,
-    /// The sender's public id (None for the host's messages).
+    /// The sender's public id (None for the host's messages and changes).
     pub sender: Option<Arc<str>>,
-    /// The text.
+    /// The text (of an edit: the new text; of a deletion: empty).
     pub text: Arc<str>,
     /// What makes a retry idempotent: the sender's dedupe id, `\0`, and its client message
     /// id. A record whose key the room saw among its last `dedupe_window` keys is not
     /// stored again; its append resolves with the first one's position.
     pub dedupe: Option<Box<str>>,
+    /// The message a new message answers (None: not a reply; always None for a change).
+    pub reply: Option<Box<Quote>>,
     /// The appending node's own number for the record: handed back in
     /// [`Numbered::record`] so that this node finds who is owed an acknowledgement.
     pub token: u64,
@@ -373,11 +491,14 @@ impl Record {
     /// key and token 0.
     pub fn new(time: u64, from: impl Into<Arc<str>>, text: impl Into<Arc<str>>) -> Record {
         Record {
+            kind: RecordKind::Message,
+            target: 0,
             time,
             from: from.into(),
             sender: None,
             text: text.into(),
             dedupe: None,
+            reply: None,
             token: 0,
         }
     }
@@ -387,15 +508,25 @@ impl Record {
         self.dedupe.as_deref()?.split_once('\0')
     }
 
-    /// The record as history shows it, numbered `seq`.
-    pub fn stored(&self, seq: u64) -> StoredMessage {
-        StoredMessage {
-            seq,
-            time: self.time,
-            from: self.from.to_string(),
-            sender: self.sender.as_deref().map(str::to_owned),
-            text: self.text.to_string(),
+    /// A change of `kind` to message `target`, made at `time` by `from`, with `text` (an
+    /// edit's new text).
+    pub fn change(
+        kind: RecordKind,
+        target: u64,
+        time: u64,
+        from: impl Into<Arc<str>>,
+        text: impl Into<Arc<str>>,
+    ) -> Record {
+        Record {
+            kind,
+            target,
+            ..Record::new(time, from, text)
         }
+    }
+
+    /// Whether it is a message (not a change to one).
+    pub fn is_message(&self) -> bool {
+        self.kind == RecordKind::Message
     }
 }
 
@@ -451,8 +582,14 @@ pub struct Loaded {
     pub epoch: u64,
     /// The last sequence number handed out.
     pub seq: u64,
-    /// The newest messages (up to the `tail` asked for), oldest first.
+    /// The newest messages (up to the `tail` asked for), oldest first, in their current
+    /// state (deleted ones left out).
     pub tail: Vec<StoredMessage>,
+    /// The changes among the room's newest records, when the engine lists them: from which
+    /// number on it lists every changed message, and for each, the number of its last
+    /// change and its current state (a deleted one as deleted). None: a resume from before
+    /// [`seq`](Self::seq) reads [`Broker::range`].
+    pub changes: Option<(u64, Vec<(u64, StoredMessage)>)>,
     /// Its members connected to other nodes.
     pub members: Vec<MemberInfo>,
 }
@@ -464,6 +601,7 @@ impl Loaded {
             epoch,
             seq,
             tail,
+            changes: None,
             members: Vec::new(),
         }
     }
@@ -473,7 +611,8 @@ impl Loaded {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum RoomEvent {
-    /// A numbered record: numbers only grow; a number skipped was deleted or trimmed.
+    /// A numbered record: numbers only grow; a number skipped was trimmed, or its record
+    /// failed to be stored.
     Record(Numbered),
     /// Members connected to another node joined.
     Joined(Vec<MemberInfo>),
@@ -482,8 +621,6 @@ pub enum RoomEvent {
     /// The whole list of the members connected to other nodes, as the engine holds it now
     /// (after it lost track for a while).
     Members(Vec<MemberInfo>),
-    /// Another node deleted message `.0`.
-    Deleted(u64),
     /// A member connected to another node is typing.
     Typing {
         /// Its member id.
@@ -565,25 +702,27 @@ pub trait Broker: Send + Sync + 'static {
         Box::pin(std::future::ready(()))
     }
 
-    /// Stored messages of `room` with `from <= seq < to`, oldest first (the ones the engine
-    /// still has: a missing number was deleted or is too old).
-    fn range(&self, room: &str, from: u64, to: u64) -> EngineFuture<'_, Vec<StoredMessage>> {
-        let _ = (room, from, to);
-        Box::pin(std::future::ready(Ok(Vec::new())))
+    /// What a client that saw `room` up to `from - 1` missed of the records numbered
+    /// `from <= seq < to`: the newest `limit` messages among them, and the older messages
+    /// their changes changed, each in its current state (see [`Missed`]). The default holds
+    /// nothing, and says so (`complete` false).
+    fn range(&self, room: &str, from: u64, to: u64, limit: usize) -> EngineFuture<'_, Missed> {
+        let _ = (room, from, to, limit);
+        Box::pin(std::future::ready(Ok(Missed::default())))
     }
 
-    /// The newest `limit` stored messages of `room` below `before`, oldest first, and
-    /// whether older ones remain.
+    /// Message `seq` of `room` in its current state (a deleted one as deleted), if the
+    /// engine has it: what an edit or a deletion is checked against.
+    fn message(&self, room: &str, seq: u64) -> EngineFuture<'_, Option<StoredMessage>> {
+        let _ = (room, seq);
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// The newest `limit` stored messages of `room` below `before` (deleted ones left out),
+    /// oldest first, in their current state, and whether older ones remain.
     fn page(&self, room: &str, before: u64, limit: usize) -> EngineFuture<'_, HistoryPage> {
         let _ = (room, before, limit);
         Box::pin(std::future::ready(Ok(HistoryPage::default())))
-    }
-
-    /// Deletes message `seq` of `room`, and tells the other nodes holding the room
-    /// ([`RoomEvent::Deleted`]); resolves with whether the engine had it.
-    fn delete(&self, room: &str, seq: u64) -> EngineFuture<'_, bool> {
-        let _ = (room, seq);
-        Box::pin(std::future::ready(Ok(false)))
     }
 
     /// The bans in force.

@@ -48,8 +48,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Appended, Ban, Broker, Busy, EngineFuture, HistoryPage, InFlight, Loaded, MemberInfo,
-    MembersPage, NodeSink, Numbered, Options, Position, Record, Retention, RoomEvent, RoomSink,
-    StorageError, StoredMessage,
+    MembersPage, Missed, NodeSink, Numbered, Options, Position, Quote, Record, RecordKind,
+    Retention, RoomEvent, RoomSink, StorageError, StoredMessage,
 };
 use crate::auth::random_bytes;
 use crate::metrics::EngineStats;
@@ -77,8 +77,14 @@ const MAX_BATCH: usize = 1024;
 /// browser reads exactly.
 const NODE_BITS: u32 = 20;
 
-/// Numbers a message, stores it, remembers its client id and publishes it (see the module
+/// Numbers a record, stores it, remembers its client id and publishes it (see the module
 /// documentation). Returns {1, seq, epoch}, or {0, seq} for a client id already stored.
+/// A reply keeps the message it answers (ARGV[17-19]: its number, sender's name, the start of
+/// its text) in its entry. A change (ARGV[15] its kind, ARGV[16] its message) is a stream
+/// entry like a message, and
+/// also updates the room's hash of current states (KEYS[5]): `x:N` and `e:N` the text and
+/// time of message N's last edit, `d:N` the number of its deletion (after which nothing
+/// changes it).
 /// Client ids are remembered by the sender's dedupe id (ARGV[14]), not its public id
 /// (ARGV[4]): see `crate::hub::sender`.
 /// Client ids are remembered in two generations: once the current one holds the dedupe
@@ -100,8 +106,25 @@ if not epoch then
   epoch = ARGV[1]
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], seq .. '-0', 't', ARGV[2], 'f', ARGV[3],
-  's', ARGV[4], 'c', ARGV[5], 'x', ARGV[6], 'o', ARGV[7])
+local fields = {'t', ARGV[2], 'f', ARGV[3], 's', ARGV[4], 'c', ARGV[5], 'x', ARGV[6], 'o', ARGV[7]}
+if ARGV[17] ~= '' then
+  for _, v in ipairs({'r', ARGV[17], 'rf', ARGV[18], 'rt', ARGV[19]}) do table.insert(fields, v) end
+end
+if ARGV[15] ~= '' then
+  for _, v in ipairs({'k', ARGV[15], 'g', ARGV[16]}) do table.insert(fields, v) end
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], seq .. '-0', unpack(fields))
+if ARGV[15] ~= '' then
+  local g = ARGV[16]
+  if not redis.call('HGET', KEYS[5], 'd:' .. g) then
+    if ARGV[15] == 'delete' then
+      redis.call('HSET', KEYS[5], 'd:' .. g, seq)
+      redis.call('HDEL', KEYS[5], 'x:' .. g, 'e:' .. g)
+    else
+      redis.call('HSET', KEYS[5], 'x:' .. g, ARGV[6], 'e:' .. g, ARGV[2])
+    end
+  end
+end
 if dk and redis.call('HSET', KEYS[3], dk, seq) == 1
     and redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[10]) then
   redis.call('RENAME', KEYS[3], KEYS[4])
@@ -113,7 +136,7 @@ if seq % 64 == 1 then
     redis.call('XDEL', KEYS[2], first[1])
   end
 end
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[11]) end
+for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ARGV[11]) end
 redis.call('PUBLISH', ARGV[13], '{"seq":' .. seq .. ',"epoch":' .. epoch .. ARGV[8])
 return {1, seq, epoch}
 "#;
@@ -193,14 +216,6 @@ end
 return {missing, redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf')}
 "#;
 
-/// Deletes message ARGV[1] from a room's stream and tells every node (ARGV[2]: channel,
-/// ARGV[3]: event). Returns whether it was there.
-const DELETE: &str = r#"
-local n = redis.call('XDEL', KEYS[1], ARGV[1] .. '-0')
-if n > 0 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
-return n
-"#;
-
 /// The scripts, loaded once (and again after a restart of Redis forgot them).
 #[derive(Debug)]
 struct Scripts {
@@ -209,7 +224,6 @@ struct Scripts {
     join: redis::Script,
     leave: redis::Script,
     beat: redis::Script,
-    delete: redis::Script,
 }
 
 impl Scripts {
@@ -220,18 +234,16 @@ impl Scripts {
             join: redis::Script::new(JOIN),
             leave: redis::Script::new(LEAVE),
             beat: redis::Script::new(BEAT),
-            delete: redis::Script::new(DELETE),
         }
     }
 
-    fn all(&self) -> [&redis::Script; 6] {
+    fn all(&self) -> [&redis::Script; 5] {
         [
             &self.publish,
             &self.load,
             &self.join,
             &self.leave,
             &self.beat,
-            &self.delete,
         ]
     }
 }
@@ -248,10 +260,6 @@ enum Event {
     Leave {
         node: u64,
         ids: Vec<u64>,
-    },
-    Deleted {
-        node: u64,
-        seq: u64,
     },
     /// A typing notice: published, never stored.
     Typing {
@@ -272,14 +280,42 @@ struct Published {
     text: String,
     /// `node:token` of the publishing node's submission.
     origin: String,
+    /// A change's kind ([`RecordKind::as_str`]); none for a message.
+    #[serde(default)]
+    change: Option<String>,
+    /// The message a change changes.
+    #[serde(default)]
+    target: u64,
+    /// The message a reply answers.
+    #[serde(default)]
+    reply: Option<PublishedQuote>,
+}
+
+/// A reply's quote, as published.
+#[derive(Debug, Deserialize)]
+struct PublishedQuote {
+    seq: u64,
+    from: String,
+    text: String,
 }
 
 impl Published {
-    /// The message as the room receives it.
-    fn numbered(self) -> Numbered {
+    /// The record as the room receives it.
+    fn numbered(&self) -> Numbered {
         let (node, token) = origin_of(&self.origin);
-        let mut record = Record::new(self.time, self.from, self.text);
-        record.sender = self.sender.map(Into::into);
+        let kind = self.change.as_deref().and_then(RecordKind::parse);
+        let mut record = Record::change(
+            kind.unwrap_or_default(),
+            self.target,
+            self.time,
+            self.from.as_str(),
+            self.text.as_str(),
+        );
+        record.sender = self.sender.as_deref().map(Into::into);
+        record.reply = self
+            .reply
+            .as_ref()
+            .map(|q| Box::new(Quote::new(q.seq, q.from.clone(), &q.text)));
         record.token = token;
         Numbered::new(self.seq, node, record)
     }
@@ -332,8 +368,8 @@ enum Outcome {
 struct Snapshot {
     epoch: u64,
     seq: u64,
-    /// (message, origin) oldest first.
-    messages: Vec<(StoredMessage, String)>,
+    /// The records read, oldest first.
+    records: Vec<Numbered>,
     members: Vec<Listed>,
 }
 
@@ -547,13 +583,18 @@ impl Broker for Redis {
             let inner = &self.inner;
             let read = async {
                 inner.subscribe(&name).await?;
-                inner.read(&name, None, tail).await
+                let snapshot = inner.read(&name, None, tail).await?;
+                // The newest messages, in their current state.
+                let mut tail: Vec<StoredMessage> =
+                    snapshot.records.iter().filter_map(as_message).collect();
+                inner.current(&name, &mut tail).await?;
+                tail.retain(|m| !m.deleted);
+                Ok((snapshot, tail))
             };
             match read.await {
-                Ok(snapshot) => {
+                Ok((snapshot, tail)) => {
                     let node = inner.node;
-                    let mut loaded = Loaded::new(snapshot.epoch, snapshot.seq, Vec::new());
-                    loaded.tail = snapshot.messages.into_iter().map(|(m, _)| m).collect();
+                    let mut loaded = Loaded::new(snapshot.epoch, snapshot.seq, tail);
                     // This node's own members are listed as they join here: Redis may
                     // still list some that left a moment ago.
                     loaded.members = snapshot
@@ -631,73 +672,114 @@ impl Broker for Redis {
         Box::pin(self.inner.in_flight.ready())
     }
 
-    fn range(&self, room: &str, from: u64, to: u64) -> EngineFuture<'_, Vec<StoredMessage>> {
-        let key = self.inner.key(room, "log");
+    fn range(&self, room: &str, from: u64, to: u64, limit: usize) -> EngineFuture<'_, Missed> {
+        let (log, name) = (self.inner.key(room, "log"), room.to_owned());
         Box::pin(async move {
+            let inner = &self.inner;
             if to <= from {
-                return Ok(Vec::new());
+                return Ok(Missed::new(Vec::new(), Vec::new(), true));
             }
-            let entries: Value = self
-                .inner
+            let entries: Value = inner
                 .query(
                     redis::cmd("XRANGE")
-                        .arg(key)
+                        .arg(&log)
                         .arg(format!("{from}-0"))
                         .arg(format!("{}-0", to - 1)),
                 )
                 .await?;
-            let cutoff = self.inner.cutoff();
-            Ok(entries_of(entries)
-                .into_iter()
-                .map(|(m, _)| m)
-                .filter(|m| m.time >= cutoff)
-                .collect())
+            let records = entries_of(entries);
+            // Every number has its entry until the stream is trimmed.
+            let whole = records.first().is_some_and(|r| r.seq == from);
+            let mut messages: Vec<StoredMessage> = records.iter().filter_map(as_message).collect();
+            let mut targets: Vec<u64> = records
+                .iter()
+                .filter(|r| !r.record.is_message() && r.record.target < from)
+                .map(|r| r.record.target)
+                .collect();
+            targets.sort_unstable();
+            targets.dedup();
+            let mut changed = Vec::with_capacity(targets.len());
+            if !targets.is_empty() {
+                let mut pipe = redis::pipe();
+                for target in &targets {
+                    pipe.cmd("XRANGE")
+                        .arg(&log)
+                        .arg(format!("{target}-0"))
+                        .arg(format!("{target}-0"));
+                }
+                let found: Vec<Value> = inner.query_pipe(&pipe).await?;
+                changed.extend(
+                    found
+                        .into_iter()
+                        .flat_map(entries_of)
+                        .filter_map(|r| as_message(&r)),
+                );
+                inner.current(&name, &mut changed).await?;
+            }
+            inner.current(&name, &mut messages).await?;
+            messages.retain(|m| !m.deleted);
+            let all = messages.len() <= limit;
+            messages.drain(..messages.len().saturating_sub(limit));
+            Ok(Missed::new(messages, changed, whole && all))
+        })
+    }
+
+    fn message(&self, room: &str, seq: u64) -> EngineFuture<'_, Option<StoredMessage>> {
+        let (log, name) = (self.inner.key(room, "log"), room.to_owned());
+        Box::pin(async move {
+            let inner = &self.inner;
+            let entries: Value = inner
+                .query(
+                    redis::cmd("XRANGE")
+                        .arg(log)
+                        .arg(format!("{seq}-0"))
+                        .arg(format!("{seq}-0")),
+                )
+                .await?;
+            let mut found: Vec<StoredMessage> =
+                entries_of(entries).iter().filter_map(as_message).collect();
+            inner.current(&name, &mut found).await?;
+            Ok(found.pop())
         })
     }
 
     fn page(&self, room: &str, before: u64, limit: usize) -> EngineFuture<'_, HistoryPage> {
-        let key = self.inner.key(room, "log");
+        let (log, name) = (self.inner.key(room, "log"), room.to_owned());
         Box::pin(async move {
-            if before <= 1 {
-                return Ok(HistoryPage::default());
+            let inner = &self.inner;
+            let cutoff = inner.cutoff();
+            // Newest first; changes and deleted messages are not history: read on until
+            // the page is full or the stream ends.
+            let mut messages: Vec<StoredMessage> = Vec::new();
+            let mut below = before.min(i64::MAX as u64);
+            let mut ended = false;
+            while messages.len() <= limit && !ended && below > 1 {
+                let want = limit + 1 - messages.len();
+                let entries: Value = inner
+                    .query(
+                        redis::cmd("XREVRANGE")
+                            .arg(&log)
+                            .arg(format!("({below}-0"))
+                            .arg("-")
+                            .arg("COUNT")
+                            .arg(want),
+                    )
+                    .await?;
+                let records = entries_of(entries);
+                ended = records.len() < want;
+                below = records.last().map_or(1, |r| r.seq);
+                let mut found: Vec<StoredMessage> = records
+                    .iter()
+                    .filter_map(as_message)
+                    .filter(|m| m.time >= cutoff)
+                    .collect();
+                inner.current(&name, &mut found).await?;
+                messages.extend(found.into_iter().filter(|m| !m.deleted));
             }
-            let entries: Value = self
-                .inner
-                .query(
-                    redis::cmd("XREVRANGE")
-                        .arg(key)
-                        .arg(format!("({}-0", before.min(i64::MAX as u64)))
-                        .arg("-")
-                        .arg("COUNT")
-                        .arg(limit.saturating_add(1)),
-                )
-                .await?;
-            let cutoff = self.inner.cutoff();
-            let mut messages: Vec<StoredMessage> = entries_of(entries)
-                .into_iter()
-                .map(|(m, _)| m)
-                .filter(|m| m.time >= cutoff)
-                .collect();
             let more = messages.len() > limit;
             messages.truncate(limit);
             messages.reverse();
             Ok(HistoryPage::new(messages, more))
-        })
-    }
-
-    /// Deletes message `seq` of `room`; every node holding the room tells its members.
-    fn delete(&self, room: &str, seq: u64) -> EngineFuture<'_, bool> {
-        let inner = &self.inner;
-        let event = format!(r#"{{"kind":"deleted","node":{},"seq":{seq}}}"#, inner.node);
-        let mut call = inner.scripts.delete.key(inner.key(room, "log"));
-        call.arg(seq).arg(inner.channel(room)).arg(event);
-        Box::pin(async move {
-            let deleted: u64 =
-                tokio::time::timeout(RESPONSE_TIMEOUT, call.invoke_async(&mut inner.conn.clone()))
-                    .await
-                    .map_err(|_| no_answer(&inner.url))?
-                    .map_err(|e| failed(&inner.url, &e))?;
-            Ok(deleted > 0)
         })
     }
 
@@ -991,6 +1073,46 @@ impl Inner {
             .map_err(|e| failed(&self.url, &e))
     }
 
+    /// Brings `messages` of `room` (as their stream entries have them) to their current
+    /// state, from the room's hash of states: one round trip.
+    async fn current(
+        &self,
+        room: &str,
+        messages: &mut [StoredMessage],
+    ) -> Result<(), StorageError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        // Per message: its text and time of edit, its deletion, and its quote's deletion.
+        let mut fields = redis::cmd("HMGET");
+        fields.arg(self.key(room, "state"));
+        for m in messages.iter() {
+            let quoted = m.reply.as_ref().map_or(0, |q| q.seq);
+            fields
+                .arg(format!("x:{}", m.seq))
+                .arg(format!("e:{}", m.seq))
+                .arg(format!("d:{}", m.seq))
+                .arg(format!("d:{quoted}"));
+        }
+        let states: Vec<Option<String>> = self.query(&fields).await?;
+        for (m, state) in messages.iter_mut().zip(states.chunks(4)) {
+            let [text, edited, deleted, quote_deleted] = state else {
+                continue;
+            };
+            if deleted.is_some() {
+                m.deleted = true;
+                m.text.clear();
+            } else if let (Some(text), Some(edited)) = (text, edited) {
+                m.text.clone_from(text);
+                m.edited = edited.parse().ok();
+            }
+            if quote_deleted.is_some() {
+                m.reply = m.reply.take().map(Quote::of_deleted);
+            }
+        }
+        Ok(())
+    }
+
     /// A room's epoch, number, messages after `after` (or the newest `tail`) and members.
     async fn read(
         &self,
@@ -1023,16 +1145,16 @@ impl Inner {
             redis::from_redis_value(parts.pop().unwrap_or(Value::Nil)).unwrap_or_default();
         let epoch: String =
             redis::from_redis_value(parts.pop().unwrap_or(Value::Nil)).unwrap_or_default();
-        let mut messages = entries_of(entries);
+        let mut records = entries_of(entries);
         if after.is_none() {
-            messages.reverse();
+            records.reverse();
         }
         let cutoff = self.cutoff();
-        messages.retain(|(m, _)| m.time >= cutoff);
+        records.retain(|r| r.record.time >= cutoff);
         Ok(Snapshot {
             epoch: epoch.parse().unwrap_or(0),
             seq: seq.parse().unwrap_or(0),
-            messages,
+            records,
             members: members
                 .iter()
                 .filter_map(|entry| serde_json::from_str(entry).ok())
@@ -1078,7 +1200,6 @@ impl Inner {
                 // This node's own events took effect here already.
                 Event::Join { node, .. }
                 | Event::Leave { node, .. }
-                | Event::Deleted { node, .. }
                 | Event::Typing { node, .. }
                     if node == self.node => {}
                 Event::Join { members, .. } => {
@@ -1087,7 +1208,6 @@ impl Inner {
                     ));
                 }
                 Event::Leave { ids, .. } => out.push(RoomEvent::Left(ids)),
-                Event::Deleted { seq, .. } => out.push(RoomEvent::Deleted(seq)),
                 Event::Typing { id, name, .. } => {
                     out.push(RoomEvent::Typing { member: id, name });
                 }
@@ -1116,14 +1236,8 @@ impl Inner {
             && message.seq == order.delivered + 1
         {
             order.delivered = message.seq;
-            let numbered = Numbered::new(message.seq, self.node, {
-                let mut record =
-                    Record::new(message.time, message.from.as_str(), message.text.as_str());
-                record.sender = message.sender.as_deref().map(Into::into);
-                record.token = origin_of(&message.origin).1;
-                record
-            });
-            room.sink.receive(vec![RoomEvent::Record(numbered)]);
+            room.sink
+                .receive(vec![RoomEvent::Record(message.numbered())]);
         }
     }
 
@@ -1159,14 +1273,8 @@ impl Inner {
             .into_iter()
             .map(|(seq, m)| (seq, m.numbered()))
             .collect();
-        for (m, origin) in snapshot.messages {
-            messages.entry(m.seq).or_insert_with(|| {
-                let (node, token) = origin_of(&origin);
-                let mut record = Record::new(m.time, m.from, m.text);
-                record.sender = m.sender.map(Into::into);
-                record.token = token;
-                Numbered::new(m.seq, node, record)
-            });
+        for record in snapshot.records {
+            messages.entry(record.seq).or_insert(record);
         }
         let delivered = order.delivered;
         let mut out: Vec<RoomEvent> = messages
@@ -1174,7 +1282,7 @@ impl Inner {
             .filter(|m| m.seq > delivered)
             .map(RoomEvent::Record)
             .collect();
-        // A number Redis handed out that is in no stream entry was deleted or trimmed.
+        // A number Redis handed out that is in no stream entry was trimmed.
         let last = out.iter().rev().find_map(|e| match e {
             RoomEvent::Record(r) => Some(r.seq),
             _ => None,
@@ -1234,26 +1342,48 @@ impl Inner {
 }
 
 /// Stream entries as messages with their origins.
-fn entries_of(entries: Value) -> Vec<(StoredMessage, String)> {
+fn entries_of(entries: Value) -> Vec<Numbered> {
     let entries: Vec<(String, HashMap<String, String>)> =
         redis::from_redis_value(entries).unwrap_or_default();
     entries
         .into_iter()
         .filter_map(|(id, mut fields)| {
             let seq = id.split_once('-')?.0.parse().ok()?;
-            let sender = fields.remove("s").filter(|s| !s.is_empty());
-            Some((
-                StoredMessage::new(
-                    seq,
-                    fields.get("t")?.parse().ok()?,
-                    fields.remove("f")?,
-                    sender,
-                    fields.remove("x")?,
-                ),
-                fields.remove("o").unwrap_or_default(),
-            ))
+            let kind = match fields.get("k") {
+                Some(kind) => RecordKind::parse(kind)?,
+                None => RecordKind::Message,
+            };
+            let target = fields.get("g").and_then(|g| g.parse().ok()).unwrap_or(0);
+            let time = fields.get("t")?.parse().ok()?;
+            let (node, token) = origin_of(&fields.remove("o").unwrap_or_default());
+            let mut record =
+                Record::change(kind, target, time, fields.remove("f")?, fields.remove("x")?);
+            record.sender = fields.remove("s").filter(|s| !s.is_empty()).map(Into::into);
+            if let Some(quoted) = fields.get("r").and_then(|r| r.parse().ok()) {
+                let (from, text) = (fields.remove("rf"), fields.remove("rt"));
+                let quote = Quote::new(quoted, from.unwrap_or_default(), &text.unwrap_or_default());
+                record.reply = Some(Box::new(quote));
+            }
+            record.token = token;
+            Some(Numbered::new(seq, node, record))
         })
         .collect()
+}
+
+/// A stream entry that is a message, as history shows it (before its changes: see
+/// [`Inner::current`]).
+fn as_message(entry: &Numbered) -> Option<StoredMessage> {
+    let record = &entry.record;
+    let mut message = StoredMessage::new(
+        entry.seq,
+        record.time,
+        record.from.to_string(),
+        record.sender.as_deref().map(str::to_owned),
+        record.text.to_string(),
+    );
+    message.deleted = !record.is_message();
+    message.reply = record.reply.as_deref().cloned();
+    record.is_message().then_some(message)
 }
 
 /// The writing task: everything queued goes to Redis as one pipeline, in order.
@@ -1347,6 +1477,13 @@ fn outcome(reply: Value, record: Record, origin: String) -> Result<Outcome, Stor
             sender: record.sender.as_deref().map(String::from),
             text: record.text.to_string(),
             origin,
+            change: (!record.is_message()).then(|| record.kind.as_str().to_owned()),
+            target: record.target,
+            reply: record.reply.as_deref().map(|q| PublishedQuote {
+                seq: q.seq,
+                from: q.from.clone(),
+                text: q.text.clone(),
+            }),
         })),
         Ok(&[0, seq]) => Ok(Outcome::Duplicate(seq)),
         Ok(other) => Err(StorageError::new(format!(
@@ -1362,6 +1499,8 @@ impl Inner {
             Command::Publish { room, record, .. } => {
                 let name = &room.name;
                 let origin = self.origin(record.token);
+                let change = (!record.is_message()).then(|| record.kind.as_str());
+                let reply = record.reply.as_deref();
                 let fragment = serde_json::json!({
                     "kind": "message",
                     "time": record.time,
@@ -1369,6 +1508,11 @@ impl Inner {
                     "sender": record.sender.as_deref(),
                     "text": &*record.text,
                     "origin": origin,
+                    "change": change,
+                    "target": record.target,
+                    "reply": reply.map(|q| serde_json::json!({
+                        "seq": q.seq, "from": q.from, "text": q.text,
+                    })),
                 })
                 .to_string();
                 // `{"seq":N,"epoch":E` comes from the script: the rest of the object.
@@ -1381,6 +1525,7 @@ impl Inner {
                         .key(self.key(name, "log"))
                         .key(self.key(name, "ids"))
                         .key(self.key(name, "ids-old"))
+                        .key(self.key(name, "state"))
                         .arg(now_ms())
                         .arg(record.time)
                         .arg(&*record.from)
@@ -1394,7 +1539,12 @@ impl Inner {
                         .arg(self.retention.age_ms)
                         .arg(self.cutoff())
                         .arg(self.channel(name))
-                        .arg(dedupe_id),
+                        .arg(dedupe_id)
+                        .arg(change.unwrap_or(""))
+                        .arg(record.target)
+                        .arg(reply.map_or(String::new(), |q| q.seq.to_string()))
+                        .arg(reply.map_or("", |q| q.from.as_str()))
+                        .arg(reply.map_or("", |q| q.text.as_str())),
                 );
             }
             Command::Join { room, members, .. } => {

@@ -34,7 +34,8 @@ use tokio::sync::oneshot;
 
 use super::{
     Appended, Ban, Broker, Busy, Dedupe, EngineFuture, Epochs, HistoryPage, InFlight, Loaded,
-    Numbered, Options, Position, Record, RoomEvent, RoomSink, StorageError, StoredMessage,
+    Missed, Numbered, Options, Position, Quote, Record, RecordKind, RoomEvent, RoomSink,
+    StorageError, StoredMessage,
 };
 use crate::auth::random_bytes;
 use crate::metrics::EngineStats;
@@ -88,7 +89,7 @@ const SCHEMA: &str = "
 
 /// What each version after 1 changed, in order: a file of version `v` gets the ones after
 /// it, in the transaction that opens it.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     // 2: public sender ids are keyed (see `crate::hub::sender`): the engine's key, and each
     // message's dedupe id beside its public id. Messages of version 1 have none: their
     // public id was their dedupe id.
@@ -104,6 +105,22 @@ const MIGRATIONS: [&str; 2] = [
      UPDATE rooms SET active = coalesce(
          (SELECT max(time) FROM messages WHERE room = rooms.name), 0);
      CREATE INDEX rooms_by_activity ON rooms (active);",
+    // 4: messages that change, and replies (see `Record`): each keeps its current state — the text
+    // after its last edit and when that was, whether it was deleted (a deleted one keeps
+    // its row without its text, so that resumes learn of it) — and the number of the last
+    // record that changed it, indexed for the few that changed (a query names `changed >
+    // 0` for SQLite to use the partial index): what a resume reads. A reply keeps the
+    // message it answers (number, sender's name, the start of its text), marked deleted
+    // when that one is.
+    "ALTER TABLE messages ADD COLUMN edited INTEGER;
+     ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE messages ADD COLUMN changed INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX messages_by_change ON messages (room, changed) WHERE changed > 0;
+     ALTER TABLE messages ADD COLUMN reply_seq INTEGER;
+     ALTER TABLE messages ADD COLUMN reply_from TEXT;
+     ALTER TABLE messages ADD COLUMN reply_text TEXT;
+     ALTER TABLE messages ADD COLUMN reply_deleted INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX messages_by_reply ON messages (room, reply_seq) WHERE reply_seq IS NOT NULL;",
 ];
 
 /// The name of the engine's key for public sender ids in table `secrets`.
@@ -189,11 +206,6 @@ enum Job {
         seq: u64,
         record: Record,
         done: oneshot::Sender<Result<Appended, StorageError>>,
-    },
-    Delete {
-        room: Box<str>,
-        seq: u64,
-        done: oneshot::Sender<Result<bool, StorageError>>,
     },
     Ban {
         room: Box<str>,
@@ -419,22 +431,53 @@ impl Broker for Sqlite {
         Box::pin(self.shared.queued.ready())
     }
 
-    fn range(&self, room: &str, from: u64, to: u64) -> EngineFuture<'_, Vec<StoredMessage>> {
+    fn range(&self, room: &str, from: u64, to: u64, limit: usize) -> EngineFuture<'_, Missed> {
         let room = room.to_owned();
         self.shared.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT seq, time, name, sender, text FROM messages
-                 WHERE room = ?1 AND seq >= ?2 AND seq < ?3 ORDER BY seq",
-            )?
-            .query_map(
-                params![
-                    room,
-                    from.min(i64::MAX as u64) as i64,
-                    to.min(i64::MAX as u64) as i64
-                ],
-                message,
-            )?
-            .collect()
+            let (from, to) = (
+                from.min(i64::MAX as u64) as i64,
+                to.min(i64::MAX as u64) as i64,
+            );
+            let mut messages: Vec<StoredMessage> = conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM messages
+                     WHERE room = ?1 AND seq >= ?2 AND seq < ?3 AND deleted = 0
+                     ORDER BY seq DESC LIMIT ?4"
+                ))?
+                .query_map(params![room, from, to, limit as i64 + 1], message)?
+                .collect::<rusqlite::Result<_>>()?;
+            let all = messages.len() <= limit;
+            messages.truncate(limit);
+            messages.reverse();
+            // By the index of changes (`+seq` and no ORDER BY keep SQLite from scanning the
+            // room's messages by their key instead): sorted here.
+            let mut changed: Vec<StoredMessage> = conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM messages
+                     WHERE room = ?1 AND changed > 0 AND changed >= ?2 AND changed < ?3
+                       AND +seq < ?2"
+                ))?
+                .query_map(params![room, from, to], message)?
+                .collect::<rusqlite::Result<_>>()?;
+            changed.sort_unstable_by_key(|m| m.seq);
+            // Trimming takes a room's oldest rows (deleted ones stay as rows): the range is
+            // whole when its start is still there.
+            let first: Option<i64> = conn
+                .prepare_cached("SELECT min(seq) FROM messages WHERE room = ?1")?
+                .query_row([&room], |row| row.get(0))?;
+            let kept = first.is_some_and(|first| first <= from);
+            Ok(Missed::new(messages, changed, all && kept))
+        })
+    }
+
+    fn message(&self, room: &str, seq: u64) -> EngineFuture<'_, Option<StoredMessage>> {
+        let room = room.to_owned();
+        self.shared.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM messages WHERE room = ?1 AND seq = ?2"
+            ))?
+            .query_row(params![room, seq.min(i64::MAX as u64) as i64], message)
+            .optional()
         })
     }
 
@@ -447,16 +490,6 @@ impl Broker for Sqlite {
             messages.reverse();
             Ok(HistoryPage::new(messages, more))
         })
-    }
-
-    fn delete(&self, room: &str, seq: u64) -> EngineFuture<'_, bool> {
-        let (done, result) = oneshot::channel();
-        self.shared.send(Job::Delete {
-            room: room.into(),
-            seq,
-            done,
-        });
-        answer(&self.shared, result)
     }
 
     fn bans(&self) -> EngineFuture<'_, Vec<Ban>> {
@@ -530,6 +563,24 @@ fn load(conn: &Connection, room: &str, tail: usize, dedupe: usize) -> rusqlite::
     };
     let mut messages = newest(conn, room, u64::MAX, tail)?;
     messages.reverse();
+    // The changes since the oldest of them (the newest ones, at most as many as the tail
+    // has messages, and at least a few): the hub replays them without asking.
+    let from = messages.first().map_or(seq + 1, |m| m.seq);
+    let most = tail.max(64);
+    let changed: Vec<(u64, StoredMessage)> = conn
+        .prepare_cached(&format!(
+            "SELECT changed, {COLUMNS} FROM messages
+             WHERE room = ?1 AND changed > 0 AND changed >= ?2
+             ORDER BY changed DESC LIMIT ?3"
+        ))?
+        .query_map(params![room, from as i64, most as i64], |row| {
+            Ok((uint(row, 0)?, message_at(row, 1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let from = match changed.last() {
+        Some((at, _)) if changed.len() == most => *at,
+        _ => from,
+    };
     let keys = conn
         .prepare_cached(
             // A message stored before version 2 has no dedupe id: its public id is it.
@@ -542,20 +593,26 @@ fn load(conn: &Connection, room: &str, tail: usize, dedupe: usize) -> rusqlite::
             Ok((format!("{dedupe_id}\0{id}").into_boxed_str(), uint(row, 2)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    Ok(Some((Loaded::new(epoch, seq, messages), keys)))
+    let mut loaded = Loaded::new(epoch, seq, messages);
+    loaded.changes = Some((from, changed));
+    Ok(Some((loaded, keys)))
 }
 
-/// The newest `limit` messages of `room` below `before`, newest first.
+/// The columns [`message`] reads.
+const COLUMNS: &str = "seq, time, name, sender, text, edited, deleted, reply_seq, reply_from, reply_text, reply_deleted";
+
+/// The newest `limit` messages of `room` below `before` (deleted ones left out), newest
+/// first.
 fn newest(
     conn: &Connection,
     room: &str,
     before: u64,
     limit: usize,
 ) -> rusqlite::Result<Vec<StoredMessage>> {
-    conn.prepare_cached(
-        "SELECT seq, time, name, sender, text FROM messages
-         WHERE room = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
-    )?
+    conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM messages
+         WHERE room = ?1 AND seq < ?2 AND deleted = 0 ORDER BY seq DESC LIMIT ?3"
+    ))?
     .query_map(
         params![room, before.min(i64::MAX as u64) as i64, limit as i64],
         message,
@@ -569,13 +626,31 @@ fn uint(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<u64> {
 }
 
 fn message(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
-    Ok(StoredMessage {
-        seq: uint(row, 0)?,
-        time: uint(row, 1)?,
-        from: row.get(2)?,
-        sender: row.get(3)?,
-        text: row.get(4)?,
-    })
+    message_at(row, 0)
+}
+
+/// The [`COLUMNS`] of a message, from column `at` on.
+fn message_at(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<StoredMessage> {
+    let mut message = StoredMessage::new(
+        uint(row, at)?,
+        uint(row, at + 1)?,
+        row.get(at + 2)?,
+        row.get(at + 3)?,
+        row.get(at + 4)?,
+    );
+    message.edited = row.get::<_, Option<i64>>(at + 5)?.map(|t| t.max(0) as u64);
+    message.deleted = row.get(at + 6)?;
+    if let Some(seq) = row.get::<_, Option<i64>>(at + 7)? {
+        let (from, text): (Option<String>, Option<String>) = (row.get(at + 8)?, row.get(at + 9)?);
+        let quote = Quote::new(
+            seq.max(0) as u64,
+            from.unwrap_or_default(),
+            &text.unwrap_or_default(),
+        );
+        let deleted: bool = row.get(at + 10)?;
+        message.reply = Some(if deleted { quote.of_deleted() } else { quote });
+    }
+    Ok(message)
 }
 
 enum Setup {
@@ -747,8 +822,7 @@ impl Writer {
             .filter(|job| matches!(job, Job::Message { .. }))
             .count();
         match written {
-            Ok(deleted) => {
-                let mut deleted = deleted.into_iter();
+            Ok(()) => {
                 for job in batch.drain(..) {
                     match job {
                         Job::Message {
@@ -773,9 +847,6 @@ impl Writer {
                                 .unwrap()
                                 .push_back(Numbered::new(seq, 0, record));
                         }
-                        Job::Delete { done, .. } => {
-                            let _ = done.send(Ok(deleted.next().unwrap_or(false)));
-                        }
                         Job::Ban { done, .. } => drop(done.send(Ok(()))),
                         Job::Flush(done) => drop(done.send(())),
                     }
@@ -795,7 +866,6 @@ impl Writer {
                 for job in batch.drain(..) {
                     match job {
                         Job::Message { done, .. } => drop(done.send(Err(error.clone()))),
-                        Job::Delete { done, .. } => drop(done.send(Err(error.clone()))),
                         Job::Ban { done, .. } => drop(done.send(Err(error.clone()))),
                         Job::Flush(done) => drop(done.send(())),
                     }
@@ -805,21 +875,52 @@ impl Writer {
         shared.queued.answered(messages + dropped);
     }
 
-    /// The transaction itself; returns, per delete in `batch`, whether it found its message.
-    fn write(&mut self, batch: &[Job], progress: &[Progress]) -> rusqlite::Result<Vec<bool>> {
+    /// The transaction itself: messages inserted, changes applied to their messages (an
+    /// edit of a deleted message changes nothing), bans, each room's head.
+    fn write(&mut self, batch: &[Job], progress: &[Progress]) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
-        let mut deleted = Vec::new();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO messages (room, seq, time, name, sender, dedupe_id, client_id, text)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO messages (room, seq, time, name, sender, dedupe_id, client_id, text,
+                                       reply_seq, reply_from, reply_text)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             for job in batch {
                 match job {
                     Job::Message {
                         room, seq, record, ..
+                    } if record.kind == RecordKind::Edit => {
+                        tx.prepare_cached(
+                            "UPDATE messages SET text = ?3, edited = ?4, changed = ?5
+                             WHERE room = ?1 AND seq = ?2 AND deleted = 0",
+                        )?
+                        .execute(params![
+                            &*room.name,
+                            record.target as i64,
+                            &*record.text,
+                            record.time as i64,
+                            *seq as i64,
+                        ])?;
+                    }
+                    Job::Message {
+                        room, seq, record, ..
+                    } if record.kind == RecordKind::Delete => {
+                        tx.prepare_cached(
+                            "UPDATE messages SET text = '', edited = NULL, deleted = 1, changed = ?3
+                             WHERE room = ?1 AND seq = ?2 AND deleted = 0",
+                        )?
+                        .execute(params![&*room.name, record.target as i64, *seq as i64])?;
+                        tx.prepare_cached(
+                            "UPDATE messages SET reply_text = '', reply_deleted = 1
+                             WHERE room = ?1 AND reply_seq = ?2",
+                        )?
+                        .execute(params![&*room.name, record.target as i64])?;
+                    }
+                    Job::Message {
+                        room, seq, record, ..
                     } => {
                         let (dedupe_id, client_id) = record.dedupe_parts().unzip();
+                        let reply = record.reply.as_deref();
                         insert.execute(params![
                             &*room.name,
                             *seq as i64,
@@ -829,13 +930,10 @@ impl Writer {
                             dedupe_id,
                             client_id,
                             &*record.text,
+                            reply.map(|q| q.seq as i64),
+                            reply.map(|q| q.from.as_str()),
+                            reply.map(|q| q.text.as_str()),
                         ])?;
-                    }
-                    Job::Delete { room, seq, .. } => {
-                        let n = tx
-                            .prepare_cached("DELETE FROM messages WHERE room = ?1 AND seq = ?2")?
-                            .execute(params![&**room, *seq as i64])?;
-                        deleted.push(n > 0);
                     }
                     Job::Ban {
                         room,
@@ -886,8 +984,7 @@ impl Writer {
                 }
             }
         }
-        tx.commit()?;
-        Ok(deleted)
+        tx.commit()
     }
 
     /// Deletes messages past their age and bans past their time.

@@ -20,8 +20,9 @@ use super::member::MemberSummary;
 /// One thing that happened in a room.
 #[derive(Debug)]
 pub(crate) enum Happened {
-    /// A message published here (by a member connected here, or by the host) was stored and
-    /// delivered: its `message` frame as every member got it, and its sender's user id.
+    /// A message or a change to one (an edit, a deletion) published here — by a member
+    /// connected here, or by the host — was stored and delivered: its frame as every member
+    /// got it (`message`, or `update`), and its sender's user id.
     Message {
         frame: Bytes,
         user: Option<Arc<str>>,

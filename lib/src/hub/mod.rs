@@ -35,9 +35,11 @@ pub(crate) use room::{Room, message_frame};
 pub(crate) use roster::Policy;
 pub(crate) use sender::{Sender, SenderKey};
 
-use crate::engine::{Broker, HistoryPage, MembersPage, NodeSink, Retention, StorageError};
+use crate::engine::{
+    Broker, HistoryPage, MembersPage, NodeSink, Record, RecordKind, Retention, StorageError,
+};
 use crate::metrics::{HubGauges, Metrics};
-use crate::protocol::{CloseCode, ErrorCode};
+use crate::protocol::{CloseCode, ErrorCode, now_ms};
 use budget::HistoryBudget;
 use moderation::{Control, Moderation, close_code};
 use room::{Removed, RoomLimits};
@@ -515,7 +517,7 @@ impl Hub {
         text: &str,
     ) -> Result<Result<u64, StorageError>, ErrorCode> {
         let room = self.room_or_create(name).await?;
-        let published = room.publish_as(from, text).await;
+        let published = room.publish_as(Record::new(now_ms(), from, text)).await;
         self.keep_history_budget();
         Ok(published)
     }
@@ -603,14 +605,30 @@ impl Hub {
         }
     }
 
-    /// Deletes message `seq` from room `name`'s history, and tells its members with a
-    /// `deleted` frame. Returns whether there was such a message.
-    pub(crate) async fn delete(&self, name: &str, seq: u64) -> Result<bool, StorageError> {
-        let stored = self.inner.engine.delete(name, seq).await?;
-        Ok(match self.room(name) {
-            Some(room) => room.forget(seq, stored),
-            None => stored,
-        })
+    /// Changes message `seq` of room `name` on the host's behalf — an edit to `text`, or a
+    /// deletion — in the room's order, so that members and resumes get its `update`.
+    /// Whatever its sender and age. Ok(false) when the room has no such message, or it was
+    /// deleted.
+    pub(crate) async fn change_as(
+        &self,
+        name: &str,
+        kind: RecordKind,
+        seq: u64,
+        text: &str,
+    ) -> Result<bool, StorageError> {
+        let room = self.room_or_create(name).await.map_err(|code| {
+            StorageError::new(match code {
+                ErrorCode::StorageFailed => "the room could not be read",
+                _ => "the server holds too many rooms",
+            })
+        })?;
+        match room.target(seq).await? {
+            Some(target) if !target.deleted => {}
+            _ => return Ok(false),
+        }
+        room.publish_as(Record::change(kind, seq, now_ms(), "", text))
+            .await?;
+        Ok(true)
     }
 
     /// Up to `limit` members of room `name` with ids above `after`, in id order, over all

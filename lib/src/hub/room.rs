@@ -1,13 +1,19 @@
 //! One chat room: its members, the recent tail of its history, and the one route by which
-//! its messages reach them.
+//! its messages and their changes reach them.
 //!
-//! A member's message goes to the engine ([`Broker::append`]); every numbered record comes
-//! back through [`RoomSink::receive`] — this node's and other nodes', on every engine — and
-//! only there is it encoded (once), put in the tail and pushed into every member's queue,
-//! with the sender's own copy and acknowledgement. The room's lock is held for short,
-//! non-async sections only: nothing here waits for the engine under it. A join that must
-//! replay messages older than the tail reads them with the lock released, while the
-//! messages delivered meanwhile are kept for it, so that the replay is exact.
+//! A member's message, edit or deletion goes to the engine ([`Broker::append`]); every
+//! numbered record comes back through [`RoomSink::receive`] — this node's and other
+//! nodes', on every engine — and only there is it encoded (once), applied to the tail and
+//! pushed into every member's queue, with the sender's own copy and acknowledgement. The
+//! room's lock is held for short, non-async sections only: nothing here waits for the
+//! engine under it. A join that must replay records older than the tail reads them with the
+//! lock released, while what is delivered meanwhile is kept for it, so that the replay is
+//! exact.
+//!
+//! A replay is compact and never stale: the messages the client missed come in their
+//! current state (edited text, deleted ones left out), and each older message that changed
+//! meanwhile comes once, as one `update` with its current state — however many edits or
+//! deletions it took. `max_replay` counts messages only.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,12 +28,12 @@ use super::happened::{Happened, Observer};
 use super::member::{Member, MemberSummary, Resume};
 use super::roster::{Listed, Policy, Roster, Told};
 use crate::engine::{
-    Appended, Broker, Busy, EngineFuture, HistoryPage, Loaded, MemberInfo, Numbered, Record,
-    RoomEvent, RoomSink, StorageError, StoredMessage,
+    Appended, Broker, Busy, EngineFuture, HistoryPage, Loaded, MemberInfo, Missed, Numbered, Quote,
+    Record, RecordKind, RoomEvent, RoomSink, StorageError, StoredMessage,
 };
 use crate::metrics::Metrics;
 use crate::protocol::{
-    self, CloseCode, ErrorCode, MemberRef, PresenceEvent, ServerFrame, You, now_ms,
+    self, CloseCode, ErrorCode, MemberRef, PresenceEvent, QuoteRef, ServerFrame, You, now_ms,
 };
 use crate::queue::{Outbox, Shared};
 
@@ -95,9 +101,15 @@ struct RoomState {
     epoch: u64,
     /// The last sequence number delivered here.
     delivered: u64,
-    /// The newest delivered messages, oldest first: what a join replays, shared by every
-    /// replay.
+    /// The newest delivered messages, oldest first, in their current state: what a join
+    /// replays, shared by every replay. A deleted one stays as a mark without its frame.
     history: VecDeque<Stored>,
+    /// The changes delivered since `covered`, oldest first: their `update` frames, for the
+    /// replays of clients that have the messages they changed.
+    changes: VecDeque<Change>,
+    /// The tail holds every record numbered from here on: the messages in `history`, the
+    /// changes in `changes`. Below it a replay reads the engine.
+    covered: u64,
     roster: Roster,
     /// Acknowledgements of retries, owed once the message they repeat is delivered here.
     acks_after: Vec<(u64, Outbox, Bytes)>,
@@ -128,9 +140,27 @@ struct Submitted {
 struct Stored {
     seq: u64,
     time: u64,
-    /// The `message` frame every member got.
+    /// The `message` frame of its current state (empty once deleted).
+    frame: Bytes,
+    deleted: bool,
+    /// The message it answers (0: none): its quote changes when that one is deleted.
+    reply_to: u64,
+}
+
+/// A change in a room's recent history.
+#[derive(Debug, Clone)]
+struct Change {
+    /// The change's own number.
+    at: u64,
+    /// The message it changed.
+    target: u64,
+    /// The `update` frame every member got.
     frame: Bytes,
 }
+
+/// Changes the tail keeps at most, past the messages it keeps: a burst of edits must not
+/// hold memory without bound; the oldest go, and the engine answers for them.
+const MIN_CHANGES_KEPT: usize = 64;
 
 /// A join waiting for older history.
 struct Joining {
@@ -208,6 +238,8 @@ impl Room {
                 epoch: 0,
                 delivered: 0,
                 history: VecDeque::new(),
+                changes: VecDeque::new(),
+                covered: 1,
                 roster: Roster::new(policy),
                 acks_after: Vec::new(),
                 joining: Vec::new(),
@@ -237,13 +269,28 @@ impl Room {
             Ok(loaded) => {
                 state.epoch = loaded.epoch;
                 state.delivered = loaded.seq;
-                for message in &loaded.tail {
+                // The messages are in their current state; the changes that made it are
+                // the engine's to replay, but for those it listed.
+                state.covered = loaded.seq + 1;
+                if let Some((from, mut changed)) = loaded.changes {
+                    state.covered = from;
+                    changed.sort_unstable_by_key(|(at, _)| *at);
+                    for (at, message) in changed {
+                        let frame = update_frame(&self.name, &message, at);
+                        self.history_held.fetch_add(frame.len(), Ordering::Relaxed);
+                        let target = message.seq;
+                        state.changes.push_back(Change { at, target, frame });
+                    }
+                }
+                for message in loaded.tail.iter().filter(|m| !m.deleted) {
                     let frame = message_frame(&self.name, message);
                     self.history_held.fetch_add(frame.len(), Ordering::Relaxed);
                     state.history.push_back(Stored {
                         seq: message.seq,
                         time: message.time,
                         frame,
+                        deleted: false,
+                        reply_to: message.reply.as_ref().map_or(0, |q| q.seq),
                     });
                 }
                 for member in loaded.members {
@@ -286,6 +333,33 @@ impl Room {
         sender: &Member,
         text: &str,
         id: Option<&str>,
+        reply: Option<Quote>,
+    ) -> Result<(), Box<Retry>> {
+        let mut record = Record::new(now_ms(), sender.name.clone(), text);
+        record.reply = reply.map(Box::new);
+        self.submit(sender, record, id)
+    }
+
+    /// Publishes a change of `kind` to message `target` from `sender` (a member), checked
+    /// before (see [`Room::target`]): delivered and acknowledged as a message is.
+    pub(crate) fn change(
+        self: &Arc<Self>,
+        sender: &Member,
+        kind: RecordKind,
+        target: u64,
+        text: &str,
+        id: Option<&str>,
+    ) -> Result<(), Box<Retry>> {
+        let record = Record::change(kind, target, now_ms(), sender.name.clone(), text);
+        self.submit(sender, record, id)
+    }
+
+    /// Hands a member's record to the engine, as [`Room::publish`] says.
+    fn submit(
+        self: &Arc<Self>,
+        sender: &Member,
+        mut record: Record,
+        id: Option<&str>,
     ) -> Result<(), Box<Retry>> {
         let origin = Origin::Member {
             id: sender.id,
@@ -293,7 +367,6 @@ impl Room {
             client_id: id.map(Into::into),
             user: sender.user.clone(),
         };
-        let mut record = Record::new(now_ms(), sender.name.clone(), text);
         record.sender = Some(sender.sender.public().into());
         record.dedupe = id.map(|id| sender.sender.dedupe_key(id));
         match self.append(origin, record) {
@@ -312,10 +385,10 @@ impl Room {
         }
     }
 
-    /// Publishes `text` as `from` on behalf of the host: resolves with its number once the
-    /// engine stored it.
-    pub(crate) async fn publish_as(&self, from: &str, text: &str) -> Result<u64, StorageError> {
-        let mut record = Record::new(now_ms(), from, text);
+    /// Publishes `record` (a message, or a change) on behalf of the host: resolves with its
+    /// number once the engine stored it.
+    pub(crate) async fn publish_as(&self, record: Record) -> Result<u64, StorageError> {
+        let mut record = record;
         loop {
             let (told, delivered) = oneshot::channel();
             match self.append(Origin::Host(Some(told)), record) {
@@ -437,18 +510,19 @@ impl Room {
 
     /// Adds `member` to the room. Its queue receives, in this order and before anything else
     /// from the room: `joined`, then the history it missed (all of the recent history
-    /// without `resume.since`). The other members get a presence event. Messages older than
-    /// the tail are read from the engine with the room's lock released; what is delivered
-    /// meanwhile is kept for the member, behind them.
+    /// without `resume.since`): the older messages that changed since, once each in their
+    /// current state, then the messages after it. The other members get a presence event.
+    /// Records older than the tail are read from the engine with the room's lock released;
+    /// what is delivered meanwhile is kept for the member, behind them.
     pub(crate) async fn join(&self, member: Member, resume: Resume) -> Result<(), Removed> {
-        let (gap, from, to, snapshot) = {
+        let (plan, snapshot) = {
             let mut state = self.state.lock().unwrap();
             if state.removed {
                 return Err(Removed);
             }
             let plan = state.plan(&self.limits, resume);
-            if plan.from >= plan.oldest {
-                let frames = state.tail_from(plan.from);
+            if plan.read.is_none() {
+                let frames = state.tail_from(plan.from, plan.updates);
                 state.admit(&self.name, &self.engine, member, plan.gap, frames);
                 return Ok(());
             }
@@ -456,19 +530,16 @@ impl Room {
                 id: member.id,
                 frames: Vec::new(),
             });
-            (
-                plan.gap,
-                plan.from,
-                plan.oldest,
-                state.tail_from(plan.oldest),
-            )
+            let snapshot = state.tail_from(plan.oldest, true);
+            (plan, snapshot)
         };
+        let (to, limit) = plan.read.unwrap_or_default();
         // Given up (the session went away): the room stops keeping frames for it.
         let waiting = Waiting {
             room: self,
             id: member.id,
         };
-        let older = self.engine.range(&self.name, from, to).await;
+        let older = self.engine.range(&self.name, plan.from, to, limit).await;
         std::mem::forget(waiting);
         let mut state = self.state.lock().unwrap();
         let at = state.joining.iter().position(|j| j.id == member.id);
@@ -478,14 +549,19 @@ impl Room {
         }
         let cutoff = now_ms().saturating_sub(self.limits.retention_age_ms);
         let (older_gap, older) = match older {
-            Ok(older) => {
-                let older: Vec<&StoredMessage> =
-                    older.iter().filter(|m| m.time >= cutoff).collect();
-                let gap = older.first().is_none_or(|m| m.seq != from);
-                (
-                    gap,
-                    older.iter().map(|m| message_frame(&self.name, m)).collect(),
-                )
+            Ok(Missed {
+                messages,
+                changed,
+                complete,
+                ..
+            }) => {
+                let kept = messages.iter().filter(|m| m.time >= cutoff);
+                let too_old = messages.len() > kept.clone().count();
+                let updates = changed.iter().map(|m| update_frame(&self.name, m, to - 1));
+                let frames = updates
+                    .chain(kept.map(|m| message_frame(&self.name, m)))
+                    .collect();
+                (!complete || too_old, frames)
             }
             Err(e) => {
                 tracing::error!(room = %self.name, error = %e, "could not read older history");
@@ -493,8 +569,37 @@ impl Room {
             }
         };
         let frames: Vec<Bytes> = [older, snapshot, meanwhile].concat();
-        state.admit(&self.name, &self.engine, member, gap || older_gap, frames);
+        state.admit(
+            &self.name,
+            &self.engine,
+            member,
+            plan.gap || older_gap,
+            frames,
+        );
         Ok(())
+    }
+
+    /// Message `seq` in its current state (a deleted one as deleted), as an edit, a
+    /// deletion or a reply checks it: from the tail, else from the engine (read without the
+    /// room's lock). None when the room has no such message.
+    pub(crate) async fn target(&self, seq: u64) -> Result<Option<StoredMessage>, StorageError> {
+        {
+            let state = self.state.lock().unwrap();
+            if seq == 0 || seq > state.delivered {
+                return Ok(None);
+            }
+            if let Some(stored) = state.stored(seq) {
+                if stored.deleted {
+                    let mut gone = StoredMessage::new(seq, stored.time, "".into(), None, "".into());
+                    gone.deleted = true;
+                    return Ok(Some(gone));
+                }
+                if let Some(message) = decode(&stored.frame) {
+                    return Ok(Some(message));
+                }
+            }
+        }
+        self.engine.message(&self.name, seq).await
     }
 
     /// Relays a typing notice to the other members (here and on other nodes); may be
@@ -606,7 +711,7 @@ impl Room {
             let recent: Vec<Bytes> = state
                 .history
                 .iter()
-                .filter(|s| s.seq < before && s.time >= cutoff)
+                .filter(|s| s.seq < before && s.time >= cutoff && !s.deleted)
                 .map(|s| s.frame.clone())
                 .collect();
             let below = state
@@ -628,12 +733,6 @@ impl Room {
         let mut messages = older.messages;
         messages.extend(decode_all(&recent));
         Ok(HistoryPage::new(messages, older.more))
-    }
-
-    /// Removes message `seq` from the tail and, if it was a message — `stored` says
-    /// whether the engine had it — tells the members. Returns whether it was.
-    pub(crate) fn forget(&self, seq: u64, stored: bool) -> bool {
-        self.state.lock().unwrap().forget(self, seq, stored)
     }
 
     /// Sends a big room's due presence update and its typing notices (once per presence
@@ -670,10 +769,14 @@ impl Room {
     pub(crate) fn remove(&self) {
         let mut state = self.state.lock().unwrap();
         state.removed = true;
-        while let Some(old) = state.history.pop_front() {
-            self.history_held
-                .fetch_sub(old.frame.len(), Ordering::Relaxed);
-        }
+        let history = std::mem::take(&mut state.history)
+            .into_iter()
+            .map(|s| s.frame);
+        let changes = std::mem::take(&mut state.changes)
+            .into_iter()
+            .map(|c| c.frame);
+        let freed: usize = history.chain(changes).map(|frame| frame.len()).sum();
+        self.history_held.fetch_sub(freed, Ordering::Relaxed);
     }
 
     /// Whether the hub dropped the room (or it was lost).
@@ -692,10 +795,22 @@ impl Room {
         let held = &self.history_held;
         let mut state = self.state.lock().unwrap();
         while held.load(Ordering::Relaxed) > target {
-            let Some(old) = state.history.pop_front() else {
-                return false;
+            // The older of the oldest message and the oldest change goes first.
+            let change_first = match (state.changes.front(), state.history.front()) {
+                (Some(change), Some(message)) => change.at < message.seq,
+                (change, _) => change.is_some(),
             };
-            held.fetch_sub(old.frame.len(), Ordering::Relaxed);
+            let freed = if change_first {
+                let old = state.changes.pop_front().expect("looked at");
+                state.covered = state.covered.max(old.at + 1);
+                old.frame.len()
+            } else {
+                match state.history.pop_front() {
+                    Some(old) => old.frame.len(),
+                    None => return false,
+                }
+            };
+            held.fetch_sub(freed, Ordering::Relaxed);
         }
         true
     }
@@ -742,9 +857,6 @@ impl Room {
                         .collect();
                     state.remove(&self.name, &self.engine, gone);
                     self.add_elsewhere(state, members);
-                }
-                RoomEvent::Deleted(seq) => {
-                    state.forget(self, seq, true);
                 }
                 RoomEvent::Typing { member, name } => {
                     state.typing(&self.name, member, &Arc::from(name));
@@ -868,6 +980,10 @@ impl Room {
                 let frame = delivery.frame.clone();
                 observer.tell(Happened::Message { frame, user });
             }
+            if delivery.kind != RecordKind::Message {
+                self.apply_change(state, delivery);
+                continue;
+            }
             if self.limits.history_len > 0 {
                 self.history_held
                     .fetch_add(delivery.frame.len(), Ordering::Relaxed);
@@ -875,6 +991,8 @@ impl Room {
                     seq: delivery.seq,
                     time: delivery.time,
                     frame: delivery.frame,
+                    deleted: false,
+                    reply_to: delivery.reply_to,
                 });
             }
             if state.history.len() > self.limits.history_len
@@ -895,6 +1013,67 @@ impl Room {
             }
         }
         state.remove(&self.name, &self.engine, slow);
+    }
+}
+
+impl Room {
+    /// A delivered change, applied to the tail: the message it changed takes its new state
+    /// (when the tail has it), and its `update` is kept for replays.
+    fn apply_change(&self, state: &mut RoomState, change: Delivery) {
+        let held = &self.history_held;
+        let at = state
+            .history
+            .binary_search_by_key(&change.target, |s| s.seq)
+            .ok();
+        if let Some(stored) = at.and_then(|at| state.history.get_mut(at))
+            && !stored.deleted
+        {
+            let before = stored.frame.len();
+            match change.kind {
+                RecordKind::Delete => {
+                    stored.deleted = true;
+                    stored.frame = Bytes::new();
+                }
+                _ => {
+                    if let Some(mut message) = decode(&stored.frame) {
+                        message.text = change.text.to_string();
+                        message.edited = Some(change.time);
+                        stored.frame = message_frame(&self.name, &message);
+                    }
+                }
+            }
+            held.fetch_add(stored.frame.len(), Ordering::Relaxed);
+            held.fetch_sub(before, Ordering::Relaxed);
+        }
+        if change.kind == RecordKind::Delete {
+            // The replies to it the tail holds quote it as deleted from now on.
+            for reply in state.history.iter_mut() {
+                if reply.reply_to != change.target || reply.deleted {
+                    continue;
+                }
+                let Some(mut message) = decode(&reply.frame) else {
+                    continue;
+                };
+                message.reply = message.reply.map(Quote::of_deleted);
+                let before = reply.frame.len();
+                reply.frame = message_frame(&self.name, &message);
+                held.fetch_add(reply.frame.len(), Ordering::Relaxed);
+                held.fetch_sub(before, Ordering::Relaxed);
+            }
+        }
+        held.fetch_add(change.frame.len(), Ordering::Relaxed);
+        state.changes.push_back(Change {
+            at: change.seq,
+            target: change.target,
+            frame: change.frame,
+        });
+        // Bounded: the oldest go, and the tail then answers for less.
+        while state.changes.len() > self.limits.history_len.max(MIN_CHANGES_KEPT) {
+            if let Some(old) = state.changes.pop_front() {
+                held.fetch_sub(old.frame.len(), Ordering::Relaxed);
+                state.covered = state.covered.max(old.at + 1);
+            }
+        }
     }
 }
 
@@ -950,7 +1129,15 @@ impl Drop for Waiting<'_> {
 struct Delivery {
     seq: u64,
     time: u64,
-    /// The `message` frame every member gets, history's too.
+    /// A message, or which change, to which message.
+    kind: RecordKind,
+    target: u64,
+    /// An edit's new text.
+    text: Arc<str>,
+    /// The message a message answers (0: none).
+    reply_to: u64,
+    /// The frame every member gets: a message's `message` (history's too), a change's
+    /// `update`.
     frame: Bytes,
     /// The sender's own copy, naming its client id, and its ack (for a member's record).
     own: Option<Bytes>,
@@ -967,16 +1154,32 @@ impl Delivery {
                 seq,
                 from: &record.from,
                 sender: record.sender.as_deref(),
+                reply_to: record.reply.as_deref().map(quote_ref),
                 text: &record.text,
                 time: record.time,
+                edited: None,
                 id,
             })
         };
+        let edit = record.kind == RecordKind::Edit;
         // Everyone's copy, history's too, without the client's id: only its sender knows it.
-        let frame = message(None);
+        let frame = match record.kind {
+            RecordKind::Message => message(None),
+            _ => protocol::encode(&ServerFrame::Update {
+                room,
+                seq: record.target,
+                at: seq,
+                text: edit.then_some(&*record.text),
+                edited: edit.then_some(record.time),
+                deleted: record.kind == RecordKind::Delete,
+            }),
+        };
         let (own, ack) = match &origin {
             Some(Origin::Member { client_id, .. }) => (
-                client_id.as_deref().map(|id| message(Some(id))),
+                client_id
+                    .as_deref()
+                    .filter(|_| record.is_message())
+                    .map(|id| message(Some(id))),
                 ack(room, client_id.as_deref(), seq),
             ),
             _ => (None, Bytes::new()),
@@ -984,6 +1187,10 @@ impl Delivery {
         Delivery {
             seq,
             time: record.time,
+            kind: record.kind,
+            target: record.target,
+            reply_to: record.reply.as_ref().map_or(0, |q| q.seq),
+            text: record.text,
             frame,
             own,
             ack,
@@ -1000,11 +1207,16 @@ impl Delivery {
     }
 }
 
-/// What a join replays: from `from`, with messages below `oldest` read from the engine.
+/// What a join replays: the records from `from` on (with `updates`, the changes to older
+/// messages among them too); those below `oldest` read from the engine.
 struct Plan {
     gap: bool,
     from: u64,
     oldest: u64,
+    updates: bool,
+    /// When the engine must be read: up to which number (exclusive), and how many
+    /// messages at most.
+    read: Option<(u64, usize)>,
 }
 
 impl RoomState {
@@ -1012,40 +1224,110 @@ impl RoomState {
     ///
     /// Without `since`: the recent history. With it: every message after it, at most
     /// `max_replay` (beyond that, the newest `max_replay` and a gap: a client pages back
-    /// for more). Messages older than the tail come from the engine.
+    /// for more), and the changes to the messages it has. Only messages count: a burst of
+    /// edits never pushes messages out of a resume. Records older than the tail come from
+    /// the engine.
     fn plan(&self, limits: &RoomLimits, resume: Resume) -> Plan {
         let head = self.delivered;
         let cutoff = now_ms().saturating_sub(limits.retention_age_ms);
-        let oldest = self
+        let first = self
             .history
             .iter()
             .find(|s| s.time >= cutoff)
             .map_or(head + 1, |s| s.seq);
-        let (gap, from) = match resume.since {
-            None => (false, oldest),
+        // The tail's messages are in their current state from `first` on; the changes it
+        // knows from `covered` on: a resume from before that reads the engine.
+        let oldest = first.max(self.covered).min(head + 1);
+        let recent = |from| Plan {
+            gap: false,
+            from,
+            oldest,
+            updates: false,
+            read: None,
+        };
+        let since = match resume.since {
+            None => return recent(first),
             // Numbers of another room of that name: all of them were missed, unless the
             // client had seen none.
-            Some(since) if resume.epoch.is_some_and(|e| e != self.epoch) => (since > 0, oldest),
-            Some(since) => {
-                let since = since.min(head);
-                let max = limits.max_replay as u64;
-                if head - since > max {
-                    (true, head + 1 - max)
-                } else {
-                    (false, since + 1)
-                }
+            Some(since) if resume.epoch.is_some_and(|e| e != self.epoch) => {
+                return Plan {
+                    gap: since > 0,
+                    ..recent(first)
+                };
             }
+            Some(since) => since.min(head),
         };
-        Plan { gap, from, oldest }
+        let max = limits.max_replay;
+        if max == 0 {
+            return Plan {
+                gap: since < head,
+                ..recent(head + 1)
+            };
+        }
+        // The tail's messages after `since`, newest first: the replay's newest part.
+        let mut newer = self
+            .history
+            .iter()
+            .rev()
+            .take_while(|s| s.seq > since && s.seq >= oldest)
+            .filter(|s| !s.deleted);
+        if let Some(last) = newer.nth(max - 1)
+            && newer.next().is_some()
+        {
+            // More than `max_replay` in the tail alone: its newest ones, and a gap.
+            return Plan {
+                gap: true,
+                from: last.seq,
+                oldest,
+                updates: true,
+                read: None,
+            };
+        }
+        let in_tail = self
+            .history
+            .iter()
+            .filter(|s| s.seq > since && s.seq >= oldest && !s.deleted)
+            .count();
+        Plan {
+            gap: false,
+            from: since + 1,
+            oldest,
+            updates: true,
+            read: (since + 1 < oldest).then_some((oldest, max - in_tail)),
+        }
     }
 
-    /// The tail's frames from `from` on.
-    fn tail_from(&self, from: u64) -> Vec<Bytes> {
-        self.history
-            .iter()
-            .skip_while(|s| s.seq < from)
-            .map(|s| s.frame.clone())
-            .collect()
+    /// The tail's replay from `from` on: with `updates`, first the changes to older
+    /// messages made since, one `update` per message (its last: the current state); then
+    /// the messages, in their current state.
+    fn tail_from(&self, from: u64, updates: bool) -> Vec<Bytes> {
+        let mut frames: Vec<Bytes> = Vec::new();
+        if updates {
+            let mut seen = std::collections::HashSet::new();
+            let mut last: Vec<&Change> = self
+                .changes
+                .iter()
+                .rev()
+                .take_while(|c| c.at >= from)
+                .filter(|c| c.target < from && seen.insert(c.target))
+                .collect();
+            last.reverse();
+            frames.extend(last.into_iter().map(|c| c.frame.clone()));
+        }
+        frames.extend(
+            self.history
+                .iter()
+                .skip_while(|s| s.seq < from)
+                .filter(|s| !s.deleted)
+                .map(|s| s.frame.clone()),
+        );
+        frames
+    }
+
+    /// Message `seq` in the tail, if it is there.
+    fn stored(&self, seq: u64) -> Option<&Stored> {
+        let at = self.history.binary_search_by_key(&seq, |s| s.seq).ok()?;
+        self.history.get(at)
     }
 
     /// Makes `member` a member, and queues its `joined` and `replay`.
@@ -1099,27 +1381,6 @@ impl RoomState {
             });
             self.broadcast(room, engine, &presence, Some(id));
         }
-    }
-
-    /// Removes message `seq` from the tail and tells the members when it was a message.
-    fn forget(&mut self, room: &Room, seq: u64, stored: bool) -> bool {
-        let in_memory = self.history.iter().position(|s| s.seq == seq);
-        if let Some(old) = in_memory.and_then(|at| self.history.remove(at)) {
-            room.history_held
-                .fetch_sub(old.frame.len(), Ordering::Relaxed);
-        }
-        let deleted = stored || in_memory.is_some();
-        if deleted {
-            let frame = protocol::encode(&ServerFrame::Deleted {
-                room: &room.name,
-                seq,
-            });
-            for joining in &mut self.joining {
-                joining.frames.push(frame.clone());
-            }
-            self.broadcast(&room.name, &room.engine, &frame, None);
-        }
-        deleted
     }
 
     /// Relays that `name` (member `id`) is typing: at once in a small room; in a big one,
@@ -1269,14 +1530,39 @@ pub(crate) fn message_frame(room: &str, message: &StoredMessage) -> Bytes {
         seq: message.seq,
         from: &message.from,
         sender: message.sender.as_deref(),
+        reply_to: message.reply.as_ref().map(quote_ref),
         text: &message.text,
         time: message.time,
+        edited: message.edited,
         id: None,
     })
 }
 
-/// Tail frames read back, for history pages.
-fn decode_all(frames: &[Bytes]) -> Vec<StoredMessage> {
+/// A reply's quote as its frames carry it.
+fn quote_ref(quote: &Quote) -> QuoteRef<'_> {
+    QuoteRef {
+        seq: quote.seq,
+        from: &quote.from,
+        text: &quote.text,
+        deleted: quote.deleted,
+    }
+}
+
+/// A stored message's current state as an `update` frame (numbered `at`, or later): what a
+/// replay sends for a message the client has.
+fn update_frame(room: &str, message: &StoredMessage, at: u64) -> Bytes {
+    protocol::encode(&ServerFrame::Update {
+        room,
+        seq: message.seq,
+        at,
+        text: (!message.deleted).then_some(&message.text),
+        edited: message.edited.filter(|_| !message.deleted),
+        deleted: message.deleted,
+    })
+}
+
+/// A tail frame read back.
+fn decode(frame: &[u8]) -> Option<StoredMessage> {
     #[derive(serde::Deserialize)]
     struct Frame {
         seq: u64,
@@ -1284,12 +1570,31 @@ fn decode_all(frames: &[Bytes]) -> Vec<StoredMessage> {
         from: String,
         sender: Option<String>,
         text: String,
+        edited: Option<u64>,
+        #[serde(rename = "replyTo")]
+        reply_to: Option<QuoteFrame>,
     }
-    frames
-        .iter()
-        .filter_map(|frame| serde_json::from_slice::<Frame>(frame).ok())
-        .map(|f| StoredMessage::new(f.seq, f.time, f.from, f.sender, f.text))
-        .collect()
+    #[derive(serde::Deserialize)]
+    struct QuoteFrame {
+        seq: u64,
+        from: String,
+        text: String,
+        #[serde(default)]
+        deleted: bool,
+    }
+    let f: Frame = serde_json::from_slice(frame).ok()?;
+    let mut message = StoredMessage::new(f.seq, f.time, f.from, f.sender, f.text);
+    message.edited = f.edited;
+    message.reply = f.reply_to.map(|q| {
+        let quote = Quote::new(q.seq, q.from, &q.text);
+        if q.deleted { quote.of_deleted() } else { quote }
+    });
+    Some(message)
+}
+
+/// Tail frames read back, for history pages.
+fn decode_all(frames: &[Bytes]) -> Vec<StoredMessage> {
+    frames.iter().filter_map(|frame| decode(frame)).collect()
 }
 
 fn ack(room: &str, id: Option<&str>, seq: u64) -> Bytes {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::*;
+use crate::engine::RecordKind;
 use crate::engine::memory::Memory;
 use crate::protocol::{self, now_ms};
 use crate::queue::{Bounds, Inbox, Outbox};
@@ -16,7 +17,7 @@ impl Hub {
             .expect("the memory engine joins at once")
     }
 }
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn hub_on_memory(config: HubConfig) -> Hub {
     let engine = Arc::new(Memory::new(config.dedupe_window));
@@ -33,7 +34,7 @@ fn queue(frames: usize) -> (Outbox, Inbox, crate::queue::Closing) {
 
 /// A member's message: the memory engine is never busy.
 fn say(room: &Arc<Room>, member: &Member, text: &str, id: Option<&str>) {
-    assert!(room.publish(member, text, id).is_ok());
+    assert!(room.publish(member, text, id, None).is_ok());
 }
 
 /// An anonymous member whose resume key is derived from its name (unique per test).
@@ -448,7 +449,7 @@ fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
 }
 
 #[test]
-fn deleting_a_message_removes_it_from_history_and_tells_the_members() {
+fn the_hosts_changes_reach_the_members_in_order_and_history_keeps_the_current_state() {
     let hub = hub_on_memory(HubConfig::default());
     let (ann, mut ann_in) = member(&hub, "ann", 64);
     let room = hub.join_now("r", ann.clone(), Resume::default()).unwrap();
@@ -456,23 +457,111 @@ fn deleting_a_message_removes_it_from_history_and_tells_the_members() {
         say(&room, &ann, text, None);
     }
     frames(&mut ann_in);
-    assert!(block_on(hub.delete("r", 2)).unwrap());
+    let delete = |seq| block_on(hub.change_as("r", RecordKind::Delete, seq, "")).unwrap();
+    let edit = |seq, text| block_on(hub.change_as("r", RecordKind::Edit, seq, text)).unwrap();
+    assert!(delete(2));
+    assert!(edit(3, "THREE"));
     let got = frames(&mut ann_in);
-    assert_eq!(got.len(), 1);
+    assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(
-        (got[0]["type"].as_str(), got[0]["seq"].as_u64()),
-        (Some("deleted"), Some(2))
+        (
+            &got[0]["type"],
+            &got[0]["seq"],
+            &got[0]["at"],
+            &got[0]["deleted"]
+        ),
+        (&json!("update"), &json!(2), &json!(4), &json!(true))
     );
-    // Not a message (any more): nothing to say.
-    assert!(!block_on(hub.delete("r", 2)).unwrap());
-    assert!(!block_on(hub.delete("r", 99)).unwrap());
+    assert_eq!(
+        (&got[1]["seq"], &got[1]["at"], &got[1]["text"]),
+        (&json!(3), &json!(5), &json!("THREE"))
+    );
+    assert!(got[1]["edited"].as_u64().is_some());
+    // Not a message (any more): nothing to change, nothing said.
+    assert!(!delete(2));
+    assert!(!edit(2, "back"));
+    assert!(!delete(99));
     assert!(frames(&mut ann_in).is_empty());
     let (bob, mut bob_in) = member(&hub, "bob", 64);
     hub.join_now("r", bob, Resume::default()).unwrap();
     assert_eq!(
         texts(&frames(&mut bob_in)),
-        [(1, "one".into()), (3, "three".into())]
+        [(1, "one".into()), (3, "THREE".into())]
     );
+    let page = block_on(hub.history("r", None, 10)).unwrap();
+    let shown: Vec<(u64, &str, bool)> = page
+        .messages
+        .iter()
+        .map(|m| (m.seq, m.text.as_str(), m.edited.is_some()))
+        .collect();
+    assert_eq!(shown, [(1, "one", false), (3, "THREE", true)]);
+}
+
+#[test]
+fn a_resume_gets_each_changed_message_once_in_its_current_state_and_counts_messages_only() {
+    let hub = hub_on_memory(HubConfig {
+        max_replay: 2,
+        ..HubConfig::default()
+    });
+    let (ann, _ann_in) = member(&hub, "ann", 256);
+    let room = hub.join_now("r", ann.clone(), Resume::default()).unwrap();
+    for i in 1..=5 {
+        say(&room, &ann, &format!("m{i}"), None);
+    }
+    let (bob, mut bob_in) = member(&hub, "bob", 256);
+    hub.join_now("r", bob.clone(), Resume::default()).unwrap();
+    let epoch = frames(&mut bob_in)[0]["epoch"].as_u64().unwrap();
+    room.leave(bob.id);
+    // Away: 2 edited three times, 3 deleted, 4 edited then deleted, a new message 6
+    // edited; then forty edits of 1: far more changes than max_replay.
+    let change = |kind, seq, text: &str| {
+        assert!(room.change(&ann, kind, seq, text, None).is_ok());
+    };
+    for text in ["two", "TWO", "Two!"] {
+        change(RecordKind::Edit, 2, text);
+    }
+    change(RecordKind::Delete, 3, "");
+    change(RecordKind::Edit, 4, "four");
+    change(RecordKind::Delete, 4, "");
+    say(&room, &ann, "m6", None);
+    change(RecordKind::Edit, 12, "six");
+    say(&room, &ann, "m7", None);
+    for i in 0..40 {
+        change(RecordKind::Edit, 1, &format!("one {i}"));
+    }
+    let (back, mut back_in) = member(&hub, "bob", 256);
+    hub.join_now(
+        "r",
+        back,
+        Resume {
+            since: Some(5),
+            epoch: Some(epoch),
+        },
+    )
+    .unwrap();
+    let got = frames(&mut back_in);
+    assert_eq!(got[0]["gap"], json!(false), "two messages fit max_replay 2");
+    let replay: Vec<String> = got[1..]
+        .iter()
+        .map(|f| match f["type"].as_str().unwrap() {
+            "message" => format!("message {} {}", f["seq"], f["text"]),
+            _ if f["deleted"] == json!(true) => format!("deleted {}", f["seq"]),
+            _ => format!("update {} {}", f["seq"], f["text"]),
+        })
+        .collect();
+    assert_eq!(
+        replay,
+        [
+            "update 2 \"Two!\"",
+            "deleted 3",
+            "deleted 4",
+            "update 1 \"one 39\"",
+            "message 12 \"six\"",
+            "message 14 \"m7\"",
+        ]
+    );
+    assert_eq!(got[0]["replay"], json!(replay.len()));
+    assert!(got[5]["edited"].as_u64().is_some(), "m6 comes edited");
 }
 
 #[test]

@@ -119,6 +119,7 @@ impl Position {
             room: Option<String>,
             epoch: Option<u64>,
             seq: Option<u64>,
+            at: Option<u64>,
             key: Option<String>,
             you: Option<You>,
         }
@@ -144,7 +145,9 @@ impl Position {
             return self.rooms.remove(room).is_some();
         }
         // Only frames that move a room's position are read.
-        if !(frame.starts_with(br#"{"type":"joined""#)
+        let update = frame.starts_with(br#"{"type":"update""#);
+        if !(update
+            || frame.starts_with(br#"{"type":"joined""#)
             || frame.starts_with(br#"{"type":"message""#))
         {
             return false;
@@ -152,7 +155,9 @@ impl Position {
         let Ok(seen) = serde_json::from_slice::<Seen<'_>>(frame) else {
             return false;
         };
-        let (Some(room), Some(seq)) = (seen.room, seen.seq) else {
+        // A change is numbered `at`; its `seq` is the message it changed.
+        let seq = if update { seen.at } else { seen.seq };
+        let (Some(room), Some(seq)) = (seen.room, seq) else {
             return false;
         };
         match seen.kind {
@@ -381,8 +386,10 @@ mod tests {
             seq: 42,
             from: "ann \"the\" \u{1F600}",
             sender: Some("x"),
+            reply_to: None,
             text: r#"{"type":"message","room":"other","seq":7}"#,
             time: 1,
+            edited: None,
             id: None,
         });
         let frame = frame.strip_suffix(b"\n").unwrap();

@@ -380,8 +380,10 @@ mod tests {
                     seq,
                     from: &from,
                     sender: None,
+                    reply_to: None,
                     text: &text,
                     time: seq / 3,
+                    edited: None,
                     id: id.as_deref(),
                 });
                 Outbound::new(frame, Kind::Frame)
