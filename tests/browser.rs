@@ -500,6 +500,85 @@ async fn pages_resume_after_a_restart_on_a_durable_engine_missing_nothing() {
     .await;
 }
 
+/// Past a gap the page shows nothing stale. Its server stops; meanwhile the host edits the
+/// first message the page shows and says more than a resume replays (`max_replay` 3). Back
+/// in the same room (SQLite) the page is told of a gap: it drops what it showed, shows the
+/// newest three, and loads what is above them again, with the edit.
+#[tokio::test]
+async fn past_a_gap_the_page_reloads_what_it_showed_and_shows_the_edits_it_missed() {
+    let test = "past_a_gap_the_page_reloads_what_it_showed_and_shows_the_edits_it_missed";
+    let Some((_serial, browser)) = take_browser(test).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let engine = Engine::Sqlite(db);
+    let config = |c: wtchat::ConfigBuilder| c.max_replay(3);
+    let server = start_with(|c| config(c).engine(engine.clone())).await;
+    let (http, webtransport) = (server.http, server.webtransport);
+    publish_numbered(&server, "gap", 3).await;
+    let page = open_chat(
+        &browser,
+        &server,
+        "A",
+        (1024, 768),
+        Some(STATUS_LOG),
+        "gap",
+        "ann",
+    )
+    .await;
+    page.wait_connected("webtransport").await;
+    assert_eq!(page.messages(3).await, host_messages(1..=3));
+    server.stop().await;
+    page.wait_for(
+        "the page to notice",
+        "window.__statusLog.includes('reconnecting')",
+    )
+    .await;
+    let elsewhere = start_with(|c| config(c).engine(engine.clone())).await;
+    assert!(
+        elsewhere
+            .chat
+            .edit_message("gap", 1, "message 1, edited")
+            .await
+            .unwrap()
+    );
+    for i in 5..=9 {
+        let text = format!("message {i}");
+        elsewhere.chat.publish("gap", "Host", &text).await.unwrap();
+    }
+    elsewhere.stop().await;
+    let server = start_with(|c| {
+        config(c)
+            .http(http)
+            .webtransport(webtransport)
+            .engine(engine)
+    })
+    .await;
+    page.wait_back_over_webtransport().await;
+    page.wait_for(
+        "the gap notice",
+        "document.querySelector('[data-testid=gap-notice]')",
+    )
+    .await;
+    let mut want = vec![(1, "Host".to_string(), "message 1, edited".to_string())];
+    want.extend(host_messages(2..=3));
+    want.extend(host_messages(5..=9));
+    page.wait_for(
+        "every message, current",
+        &format!("{SHOWN} === {}", want.len()),
+    )
+    .await;
+    assert_eq!(page.messages(want.len()).await, want);
+    assert_eq!(
+        page.eval("window.chat.messages.map((m) => m.seq)").await,
+        json!([7, 8, 9]),
+        "the client holds the replay, not what may be stale"
+    );
+    assert_no_console_errors(&page);
+    server.stop().await;
+}
+
 /// Ann's and Bob's pages are open when the server stops (every client gets `bye` 4000,
 /// reconnect) and a new one starts on the same ports with a new certificate and the same
 /// `engine`, where the host says something before they are back. They come back by

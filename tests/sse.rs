@@ -211,6 +211,55 @@ async fn a_reconnect_with_last_event_id_resumes_with_nothing_lost_or_repeated() 
     server.stop().await;
 }
 
+/// Changes move a stream's place like messages: an edit seen live is not replayed after a
+/// reconnect, and what changed while the stream was down comes once, before the messages
+/// missed.
+#[tokio::test]
+async fn a_reconnect_gets_the_changes_it_missed_and_not_those_it_saw() {
+    let server = server().await;
+    let mut sse = Stream::open(server.http, &[]).await;
+    sse.post(&[json!({"type": "join", "room": "r", "name": "eve"})])
+        .await;
+    sse.next_of("joined").await;
+    let mut ws = Client::ws(&server).await;
+    ws.join("r", "wes").await;
+    for i in 1..=3 {
+        ws.say("r", &format!("m{i}"), &format!("m{i}")).await;
+    }
+    for i in 1..=3u64 {
+        assert_eq!(sse.next_of("message").await["seq"], i);
+    }
+    let edit = json!({"type": "edit", "room": "r", "seq": 1, "text": "m1!", "id": "e1"});
+    ws.send(edit).await;
+    let update = sse.next_of("update").await;
+    assert_eq!((&update["seq"], &update["at"]), (&json!(1), &json!(4)));
+    let last = sse.last_id.clone().expect("update events carry ids");
+    drop(sse);
+    ws.send(json!({"type": "delete", "room": "r", "seq": 2, "id": "d2"}))
+        .await;
+    ws.next_of("ack").await;
+    ws.say("r", "m6", "m6").await;
+    let header = format!("Last-Event-ID: {last}");
+    let mut again = Stream::open(server.http, &[&header]).await;
+    let rejoined = again.next_of("joined").await;
+    assert_eq!(
+        (&rejoined["gap"], &rejoined["replay"]),
+        (&json!(false), &json!(2))
+    );
+    let first = again.next().await.unwrap().data;
+    let second = again.next().await.unwrap().data;
+    assert_eq!(
+        (&first["type"], &first["seq"], &first["deleted"]),
+        (&json!("update"), &json!(2), &json!(true)),
+        "the deletion it missed, not the edit it saw"
+    );
+    assert_eq!(
+        (&second["type"], &second["seq"]),
+        (&json!("message"), &json!(6))
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn bad_posts_get_their_answers_and_the_stream_goes_on() {
     let server = server().await;

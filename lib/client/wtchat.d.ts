@@ -275,7 +275,9 @@ export interface ChatEvents {
   status: StatusEvent;
   /** A server error not tied to a `send()` or `history()` (whose promise rejects instead). */
   error: ChatError;
-  /** Messages were missed and cannot be replayed (too old, or the room was recreated). */
+  /** Messages were missed and cannot be replayed (too old, or the room was recreated).
+   * In the same room (the same epoch), `chat.messages` starts over with the replay that
+   * follows: what it held may be stale. Reload the history you show. */
   gap: GapEvent;
 }
 

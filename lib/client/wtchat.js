@@ -1736,6 +1736,9 @@ export class Chat {
       this._emit("gap", { room: this.room, epoch: frame.epoch, previousEpoch: this.epoch, since: this.seq });
     }
     if (newEpoch || this.epoch == null) this.seq = 0;
+    // Past a gap in the same room, the messages held may be stale (a change to them may not
+    // have been replayed): they go, and the replay brings the newest; page back for more.
+    if (frame.gap && !newEpoch) this.messages = [];
     this.epoch = frame.epoch;
     this.me = frame.you ? { id: frame.you.id, name: frame.you.name, sender: frame.you.sender } : null;
     // Secret: kept for this link's own reconnects and joins, never shown or sent anywhere else.
