@@ -3,7 +3,10 @@
 //! Redis numbers the messages. One Lua script assigns a room's next sequence number, appends
 //! the message to the room's stream (its history), records its client id for idempotent
 //! retries and publishes it on the room's channel, atomically: no two nodes hand out the
-//! same number, and a node that sees message 9 after 7 knows it missed 8.
+//! same number, and a node that sees message 9 after 7 knows it missed 8. An edit or a
+//! deletion is a record like a message (an entry of the stream, published the same way) and
+//! also updates the room's hash of current states, which history and resumes read with the
+//! stream entries.
 //!
 //! Each node subscribes to the channels of the rooms it holds (those with members here)
 //! and hands what arrives to the room, in sequence order and once: a message that comes
@@ -25,7 +28,9 @@
 //!
 //! Keys, under the prefix `P` (`--redis-prefix`), for room `R` (room names have no `/`):
 //! `P:R/meta` (epoch, seq), `P:R/log` (stream, entry id `seq-0`), `P:R/ids` and
-//! `P:R/ids-old` (the dedupe window), `P:R/m` (members by id), channel `P:R/c`; and
+//! `P:R/ids-old` (the dedupe window), `P:R/state` (each changed message's text and time of
+//! its last edit, `x:N` and `e:N`, or its deletion, `d:N`), `P:R/m` (members by id),
+//! channel `P:R/c`; and
 //! `P/nodes` (beats), `P/node/N` (node N's members), `P/nodeseq`, `P/bans`,
 //! `P/sender-key` (the key of public sender ids, when there is no token secret), channels
 //! `P/ctl` (kicks and bans for every node) and `P/inbox/N` (requests for sessions node N

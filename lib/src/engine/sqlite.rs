@@ -7,7 +7,9 @@
 //! appends: group commit, so that a commit's cost is shared by every message in it and
 //! durability costs latency (about one commit), not throughput. When the queue holds
 //! [`MAX_QUEUED`] messages, appends are refused as busy until the writer catches up: a slow
-//! disk slows the senders, and memory stays flat.
+//! disk slows the senders, and memory stays flat. An edit or a deletion is numbered and
+//! committed the same way; it updates its message's row (its current state, and the number
+//! of the change that made it), so that history and resumes read messages as they are now.
 //!
 //! The database is in WAL mode with `synchronous = FULL`: a commit returns once the WAL is
 //! on disk (fsync), so an acknowledged message survives a crash of the process *and* a power
