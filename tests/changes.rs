@@ -247,14 +247,10 @@ async fn away_and_back_across_two_redis_nodes() {
 
 /// A burst of changes while a member was away (5,000 edits of one message, the host's)
 /// takes nothing from its resume: it gets the messages it missed and that one message's
-/// last text, once, without a gap. On SQLite, where the tail cannot hold them all, so
-/// that the engine answers.
-#[tokio::test]
-async fn five_thousand_changes_while_away_still_resume_without_a_gap() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("chat.db");
-    let server =
-        common::start_with(move |b| b.engine(Engine::Sqlite(db)).history(20).max_replay(10)).await;
+/// last text, once, without a gap. With a tail of 20 messages, which keeps 64 changes: the
+/// engine answers.
+async fn five_thousand_changes_while_away(engine: Engine) {
+    let server = common::start_with(move |b| b.engine(engine).history(20).max_replay(10)).await;
     let mut bob = Client::ws(&server).await;
     let (joined, _) = bob.join(ROOM, "Bob").await;
     let epoch = joined["epoch"].as_u64().unwrap();
@@ -312,6 +308,24 @@ async fn five_thousand_changes_while_away_still_resume_without_a_gap() {
         ]
     );
     server.stop().await;
+}
+
+#[tokio::test]
+async fn five_thousand_changes_while_away_still_resume_without_a_gap_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    five_thousand_changes_while_away(Engine::Sqlite(dir.path().join("chat.db"))).await;
+}
+
+#[tokio::test]
+async fn five_thousand_changes_while_away_still_resume_without_a_gap_on_redis() {
+    let Some(redis) = Redis::start_or_skip("changes_five_thousand", Persistence::None).await else {
+        return;
+    };
+    five_thousand_changes_while_away(Engine::Redis {
+        url: redis.url(),
+        prefix: "burst".into(),
+    })
+    .await;
 }
 
 /// Every wrong change gets its own code, and nothing is stored or sent: someone else's

@@ -589,17 +589,21 @@ impl Broker for Redis {
             let read = async {
                 inner.subscribe(&name).await?;
                 let snapshot = inner.read(&name, None, tail).await?;
-                // The newest messages, in their current state.
+                // The newest messages, in their current state, and the changes among the
+                // records read.
                 let mut tail: Vec<StoredMessage> =
                     snapshot.records.iter().filter_map(as_message).collect();
                 inner.current(&name, &mut tail).await?;
+                let (from, changed) = inner.changes_among(&name, &snapshot.records, &tail).await?;
                 tail.retain(|m| !m.deleted);
-                Ok((snapshot, tail))
+                let from = from.min(snapshot.seq + 1);
+                Ok((snapshot, tail, (from, changed)))
             };
             match read.await {
-                Ok((snapshot, tail)) => {
+                Ok((snapshot, tail, changes)) => {
                     let node = inner.node;
                     let mut loaded = Loaded::new(snapshot.epoch, snapshot.seq, tail);
+                    loaded.changes = Some(changes);
                     // This node's own members are listed as they join here: Redis may
                     // still list some that left a moment ago.
                     loaded.members = snapshot
@@ -703,24 +707,7 @@ impl Broker for Redis {
                 .collect();
             targets.sort_unstable();
             targets.dedup();
-            let mut changed = Vec::with_capacity(targets.len());
-            if !targets.is_empty() {
-                let mut pipe = redis::pipe();
-                for target in &targets {
-                    pipe.cmd("XRANGE")
-                        .arg(&log)
-                        .arg(format!("{target}-0"))
-                        .arg(format!("{target}-0"));
-                }
-                let found: Vec<Value> = inner.query_pipe(&pipe).await?;
-                changed.extend(
-                    found
-                        .into_iter()
-                        .flat_map(entries_of)
-                        .filter_map(|r| as_message(&r)),
-                );
-                inner.current(&name, &mut changed).await?;
-            }
+            let changed = inner.messages(&name, &targets).await?;
             inner.current(&name, &mut messages).await?;
             messages.retain(|m| !m.deleted);
             let all = messages.len() <= limit;
@@ -730,22 +717,8 @@ impl Broker for Redis {
     }
 
     fn message(&self, room: &str, seq: u64) -> EngineFuture<'_, Option<StoredMessage>> {
-        let (log, name) = (self.inner.key(room, "log"), room.to_owned());
-        Box::pin(async move {
-            let inner = &self.inner;
-            let entries: Value = inner
-                .query(
-                    redis::cmd("XRANGE")
-                        .arg(log)
-                        .arg(format!("{seq}-0"))
-                        .arg(format!("{seq}-0")),
-                )
-                .await?;
-            let mut found: Vec<StoredMessage> =
-                entries_of(entries).iter().filter_map(as_message).collect();
-            inner.current(&name, &mut found).await?;
-            Ok(found.pop())
-        })
+        let name = room.to_owned();
+        Box::pin(async move { Ok(self.inner.messages(&name, &[seq]).await?.pop()) })
     }
 
     fn page(&self, room: &str, before: u64, limit: usize) -> EngineFuture<'_, HistoryPage> {
@@ -1076,6 +1049,56 @@ impl Inner {
             .await
             .map_err(|_| no_answer(&self.url))?
             .map_err(|e| failed(&self.url, &e))
+    }
+
+    /// Messages `seqs` of `room` that its stream still has (changes' numbers are none), in
+    /// their current state: one round trip for the entries, one for their states.
+    async fn messages(&self, room: &str, seqs: &[u64]) -> Result<Vec<StoredMessage>, StorageError> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let log = self.key(room, "log");
+        let mut pipe = redis::pipe();
+        for seq in seqs {
+            let id = format!("{seq}-0");
+            pipe.cmd("XRANGE").arg(&log).arg(&id).arg(&id);
+        }
+        let found: Vec<Value> = self.query_pipe(&pipe).await?;
+        let mut messages: Vec<StoredMessage> = found
+            .into_iter()
+            .flat_map(entries_of)
+            .filter_map(|r| as_message(&r))
+            .collect();
+        self.current(room, &mut messages).await?;
+        Ok(messages)
+    }
+
+    /// The changes among a room's newest `records` (oldest first, as a room is taken up):
+    /// from the first record's number on, each changed message once, with the number of its
+    /// last change there and its current state — `newest`, the messages among the records in
+    /// their current state, or read. What the hub replays without asking Redis again.
+    async fn changes_among(
+        &self,
+        room: &str,
+        records: &[Numbered],
+        newest: &[StoredMessage],
+    ) -> Result<(u64, Vec<(u64, StoredMessage)>), StorageError> {
+        let Some(first) = records.first().map(|r| r.seq) else {
+            return Ok((u64::MAX, Vec::new()));
+        };
+        let mut last: HashMap<u64, u64> = HashMap::new();
+        for r in records.iter().filter(|r| !r.record.is_message()) {
+            last.insert(r.record.target, r.seq);
+        }
+        let older: Vec<u64> = last.keys().copied().filter(|t| *t < first).collect();
+        let read = self.messages(room, &older).await?;
+        let changed = newest
+            .iter()
+            .filter(|m| last.contains_key(&m.seq))
+            .chain(&read)
+            .map(|m| (last[&m.seq], m.clone()))
+            .collect();
+        Ok((first, changed))
     }
 
     /// Brings `messages` of `room` (as their stream entries have them) to their current

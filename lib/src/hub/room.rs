@@ -15,7 +15,7 @@
 //! meanwhile comes once, as one `update` with its current state — however many edits or
 //! deletions it took. `max_replay` counts messages only.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -521,8 +521,9 @@ impl Room {
                 return Err(Removed);
             }
             let plan = state.plan(&self.limits, resume);
+            let updated_below = if plan.updates { plan.from } else { 0 };
             if plan.read.is_none() {
-                let frames = state.tail_from(plan.from, plan.updates);
+                let (frames, _) = state.tail_from(plan.from, updated_below);
                 state.admit(&self.name, &self.engine, member, plan.gap, frames);
                 return Ok(());
             }
@@ -530,9 +531,13 @@ impl Room {
                 id: member.id,
                 frames: Vec::new(),
             });
-            let snapshot = state.tail_from(plan.oldest, true);
+            // The changes to the messages the engine brings are in their state as it reads
+            // them; the tail's updates are of the older ones, and the engine does not send
+            // those again.
+            let snapshot = state.tail_from(plan.oldest, updated_below);
             (plan, snapshot)
         };
+        let (snapshot, updated) = snapshot;
         let (to, limit) = plan.read.unwrap_or_default();
         // Given up (the session went away): the room stops keeping frames for it.
         let waiting = Waiting {
@@ -557,7 +562,10 @@ impl Room {
             }) => {
                 let kept = messages.iter().filter(|m| m.time >= cutoff);
                 let too_old = messages.len() > kept.clone().count();
-                let updates = changed.iter().map(|m| update_frame(&self.name, m, to - 1));
+                let updates = changed
+                    .iter()
+                    .filter(|m| !updated.contains(&m.seq))
+                    .map(|m| update_frame(&self.name, m, to - 1));
                 let frames = updates
                     .chain(kept.map(|m| message_frame(&self.name, m)))
                     .collect();
@@ -1297,23 +1305,20 @@ impl RoomState {
         }
     }
 
-    /// The tail's replay from `from` on: with `updates`, first the changes to older
-    /// messages made since, one `update` per message (its last: the current state); then
-    /// the messages, in their current state.
-    fn tail_from(&self, from: u64, updates: bool) -> Vec<Bytes> {
-        let mut frames: Vec<Bytes> = Vec::new();
-        if updates {
-            let mut seen = std::collections::HashSet::new();
-            let mut last: Vec<&Change> = self
-                .changes
-                .iter()
-                .rev()
-                .take_while(|c| c.at >= from)
-                .filter(|c| c.target < from && seen.insert(c.target))
-                .collect();
-            last.reverse();
-            frames.extend(last.into_iter().map(|c| c.frame.clone()));
-        }
+    /// The tail's replay from `from` on: first the changes made since to the messages below
+    /// `updated_below` (0: none), one `update` per message (its last: the current state);
+    /// then the messages, in their current state. And the messages those updates are of.
+    fn tail_from(&self, from: u64, updated_below: u64) -> (Vec<Bytes>, HashSet<u64>) {
+        let mut seen = HashSet::new();
+        let mut last: Vec<&Change> = self
+            .changes
+            .iter()
+            .rev()
+            .take_while(|c| c.at >= from)
+            .filter(|c| c.target < updated_below && seen.insert(c.target))
+            .collect();
+        last.reverse();
+        let mut frames: Vec<Bytes> = last.into_iter().map(|c| c.frame.clone()).collect();
         frames.extend(
             self.history
                 .iter()
@@ -1321,7 +1326,7 @@ impl RoomState {
                 .filter(|s| !s.deleted)
                 .map(|s| s.frame.clone()),
         );
-        frames
+        (frames, seen)
     }
 
     /// Message `seq` in the tail, if it is there.
