@@ -500,6 +500,86 @@ async fn pages_resume_after_a_restart_on_a_durable_engine_missing_nothing() {
     .await;
 }
 
+/// Reply, Edit and Delete at phone width, as a thumb uses them: each button is on screen and
+/// is what a tap in its middle hits. Ann (a 390 px page over WebTransport) answers Bob's
+/// message, fixes a typo in hers and deletes her reply; Bob's page (WebSocket) shows each.
+#[tokio::test]
+async fn at_phone_width_a_page_replies_edits_and_deletes_with_taps() {
+    let test = "at_phone_width_a_page_replies_edits_and_deletes_with_taps";
+    let Some((_serial, browser)) = take_browser(test).await else {
+        return;
+    };
+    let server = start_with(|c| c).await;
+    let bob = open_chat(
+        &browser,
+        &server,
+        "B",
+        (1024, 768),
+        Some(NO_WEBTRANSPORT),
+        "thumbs",
+        "bob",
+    )
+    .await;
+    bob.wait_connected("websocket").await;
+    let ann = open_chat(&browser, &server, "A", (390, 844), None, "thumbs", "ann").await;
+    ann.wait_connected("webtransport").await;
+    say(&bob, "hello from bob").await;
+    ann.messages(1).await;
+    say(&ann, "helo from ann").await;
+    bob.messages(2).await;
+    // A tap in the middle of the button lands on it: on screen, nothing over it.
+    let tap = |seq: u64, button: &str| {
+        let selector = format!("[data-testid=message][data-seq=\"{seq}\"] [data-testid={button}]");
+        let ann = &ann;
+        async move {
+            let hit = ann
+                .eval(&format!(
+                    "(() => {{ const b = document.querySelector({sel}); b.scrollIntoView({{ block: 'center' }});
+                        const r = b.getBoundingClientRect();
+                        return r.left >= 0 && r.right <= innerWidth
+                            && document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2) === b; }})()",
+                    sel = json!(selector)
+                ))
+                .await;
+            assert_eq!(hit, json!(true), "{selector} is not what a tap hits");
+            ann.click(&selector).await;
+        }
+    };
+    tap(1, "reply-button").await;
+    say(&ann, "hi bob").await;
+    let quoted = "document.querySelector('[data-testid=message][data-seq=\"3\"] [data-testid=message-quote]')?.textContent";
+    for page in [&ann, &bob] {
+        page.wait_for(
+            "the reply's quote",
+            &format!("{quoted} === 'bobhello from bob'"),
+        )
+        .await;
+    }
+    tap(2, "edit-button").await;
+    ann.type_into("[data-testid=edit-input]", " (fixed)").await;
+    ann.press("Enter").await;
+    for page in [&ann, &bob] {
+        page.wait_for(
+            "ann's edit",
+            "document.querySelector('[data-testid=message][data-seq=\"2\"] [data-testid=message-text]').textContent === 'helo from ann (fixed)'",
+        )
+        .await;
+    }
+    tap(3, "delete-button").await;
+    tap(3, "delete-button").await;
+    for page in [&ann, &bob] {
+        page.wait_for(
+            "ann's deletion",
+            "!document.querySelector('[data-testid=message][data-seq=\"3\"]')",
+        )
+        .await;
+    }
+    ann.screenshot("changes-phone").await;
+    assert_no_console_errors(&ann);
+    assert_no_console_errors(&bob);
+    server.stop().await;
+}
+
 /// Past a gap the page shows nothing stale. Its server stops; meanwhile the host edits the
 /// first message the page shows and says more than a resume replays (`max_replay` 3). Back
 /// in the same room (SQLite) the page is told of a gap: it drops what it showed, shows the
