@@ -271,6 +271,35 @@ async fn a_react_app_chats_through_use_chat_in_strict_mode_and_unmounting_leaves
         json!(["closed", "ready"])
     );
 
+    // The host edits Ann's message and deletes Bob's: the hook's list follows on both pages.
+    assert!(
+        server
+            .chat
+            .edit_message("react", 1, "hello, edited")
+            .await
+            .unwrap()
+    );
+    let edited = json!([["ann", "hello, edited"], ["bob", "hi ann, WebSocket here"]]);
+    for page in [&ann, &bob] {
+        page.wait_for(
+            "the edit on screen",
+            &format!(
+                "JSON.stringify({MESSAGES}) === {}",
+                json!(edited.to_string())
+            ),
+        )
+        .await;
+    }
+    assert!(server.chat.delete_message("react", 2).await.unwrap());
+    let after = json!([["ann", "hello, edited"]]).to_string();
+    for page in [&ann, &bob] {
+        page.wait_for(
+            "the deletion on screen",
+            &format!("JSON.stringify({MESSAGES}) === {}", json!(after)),
+        )
+        .await;
+    }
+
     assert_no_console_errors(&ann);
     assert_no_console_errors(&bob);
     server.stop().await;

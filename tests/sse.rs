@@ -168,14 +168,14 @@ async fn an_sse_client_and_a_websocket_client_share_one_room_in_one_order() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_reconnect_with_last_event_id_resumes_with_nothing_lost_or_repeated() {
-    let server = server().await;
+/// Eve's stream joins room `r`, Wes (WebSocket) says m1-m3, and Eve receives them: her
+/// stream, her `joined`, and Wes.
+async fn eve_heard_three(server: &TestServer) -> (Stream, Value, Client) {
     let mut sse = Stream::open(server.http, &[]).await;
     sse.post(&[json!({"type": "join", "room": "r", "name": "eve"})])
         .await;
     let joined = sse.next_of("joined").await;
-    let mut ws = Client::ws(&server).await;
+    let mut ws = Client::ws(server).await;
     ws.join("r", "wes").await;
     for i in 1..=3 {
         ws.say("r", &format!("m{i}"), &format!("m{i}")).await;
@@ -183,6 +183,13 @@ async fn a_reconnect_with_last_event_id_resumes_with_nothing_lost_or_repeated() 
     for i in 1..=3u64 {
         assert_eq!(sse.next_of("message").await["seq"], i);
     }
+    (sse, joined, ws)
+}
+
+#[tokio::test]
+async fn a_reconnect_with_last_event_id_resumes_with_nothing_lost_or_repeated() {
+    let server = server().await;
+    let (sse, joined, mut ws) = eve_heard_three(&server).await;
     // The stream drops (as a network change would); meanwhile three more are sent.
     let last = sse.last_id.clone().expect("message events carry ids");
     drop(sse);
@@ -217,18 +224,7 @@ async fn a_reconnect_with_last_event_id_resumes_with_nothing_lost_or_repeated() 
 #[tokio::test]
 async fn a_reconnect_gets_the_changes_it_missed_and_not_those_it_saw() {
     let server = server().await;
-    let mut sse = Stream::open(server.http, &[]).await;
-    sse.post(&[json!({"type": "join", "room": "r", "name": "eve"})])
-        .await;
-    sse.next_of("joined").await;
-    let mut ws = Client::ws(&server).await;
-    ws.join("r", "wes").await;
-    for i in 1..=3 {
-        ws.say("r", &format!("m{i}"), &format!("m{i}")).await;
-    }
-    for i in 1..=3u64 {
-        assert_eq!(sse.next_of("message").await["seq"], i);
-    }
+    let (mut sse, _, mut ws) = eve_heard_three(&server).await;
     let edit = json!({"type": "edit", "room": "r", "seq": 1, "text": "m1!", "id": "e1"});
     ws.send(edit).await;
     let update = sse.next_of("update").await;

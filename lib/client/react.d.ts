@@ -5,7 +5,7 @@
 //
 // Checked against react.js by `npm run check` (see check/tsconfig.json).
 
-import type { Ack, Chat, ChatError, ConnectOptions, Me, Member, Message, Status, Transport } from "./wtchat.js";
+import type { Ack, Chat, ChatError, ConnectOptions, Me, Member, Message, SendOptions, Status, Transport } from "./wtchat.js";
 
 /**
  * What `useChat()` connects with: `connect()`'s options but the handlers and the abort
@@ -40,9 +40,10 @@ export interface UseChat {
    * Sends a message to the room; resolves with its acknowledgement. Sent while the first
    * connection is under way, it waits for it (and fails if that fails); while the client
    * reconnects, it is queued and delivered once. Rejects with a ChatError (`closed` once
-   * unmounted). The same function for the component's life.
+   * unmounted). With `replyTo`, the message answers that one. The same function for the
+   * component's life. (Edits and deletions: `chat.edit`, `chat.delete`.)
    */
-  send(text: string): Promise<Ack>;
+  send(text: string, options?: SendOptions): Promise<Ack>;
 }
 
 /**

@@ -131,12 +131,15 @@ export function useChat(options) {
       (chat) => {
         if (ended()) return; // aborted: `connect()` closed it
         // The client's own lists are the truth (in order, deduplicated, trimmed to
-        // `maxMessages`, deletions applied): copied, since the client changes them in place.
+        // `maxMessages`, edits and deletions applied, started over past a gap): copied, since
+        // the client changes them in place.
         const messages = () => update((s) => ({ ...s, messages: chat.messages.slice() }));
         const members = () =>
           update((s) => ({ ...s, members: chat.members.slice(), memberCount: chat.memberCount, me: chat.me }));
         chat.on("message", messages);
+        chat.on("edited", messages);
         chat.on("deleted", messages);
+        chat.on("gap", messages);
         chat.on("presence", members);
         chat.on("error", (error) => update((s) => ({ ...s, error })));
         // Whatever arrived before these handlers is in the lists already.
@@ -169,14 +172,15 @@ export function useChat(options) {
   const send = useCallback(
     /**
      * @param {string} text
+     * @param {import("./wtchat.js").SendOptions} [options]
      * @returns {Promise<import("./wtchat.js").Ack>}
      */
-    (text) => {
+    (text, options) => {
       const session = live.current;
       if (!session) return Promise.reject(new ChatError("closed", "the chat is not mounted"));
       // While the first connection is under way, the send waits for it (as the client
       // queues sends while it reconnects); if it fails, so does the send.
-      return session.ready.then((chat) => chat.send(text));
+      return session.ready.then((chat) => chat.send(text, options));
     },
     [],
   );

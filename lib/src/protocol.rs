@@ -149,7 +149,8 @@ pub struct You<'a> {
 pub enum ServerFrame<'a> {
     /// Answer to `join`: the room's epoch and head sequence number, the member list,
     /// whether messages after the client's `since` are missing (`gap`), and how many
-    /// messages of history follow right after, as ordinary `message` frames (`replay`).
+    /// frames of history follow right after (`replay`): ordinary `message` frames, after a
+    /// resume's `update` frames of the older messages that changed.
     Joined {
         room: &'a str,
         epoch: u64,

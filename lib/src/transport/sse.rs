@@ -119,7 +119,6 @@ impl Position {
             room: Option<String>,
             epoch: Option<u64>,
             seq: Option<u64>,
-            at: Option<u64>,
             key: Option<String>,
             you: Option<You>,
         }
@@ -127,10 +126,10 @@ impl Position {
         struct You {
             name: String,
         }
-        // A message, the frame every member gets: its room and number are read from where
-        // the protocol's encoder puts them (room names hold no quote or escape), not parsed
-        // for each recipient.
-        if let Some((room, seq)) = message_position(frame) {
+        // A message or an update, the frames every member gets: their room and number are
+        // read from where the protocol's encoder puts them (room names hold no quote or
+        // escape), not parsed for each recipient.
+        if let Some((room, seq)) = record_position(frame) {
             return match self.rooms.get_mut(room) {
                 Some(position) => {
                     position.1 = position.1.max(seq);
@@ -145,9 +144,7 @@ impl Position {
             return self.rooms.remove(room).is_some();
         }
         // Only frames that move a room's position are read.
-        let update = frame.starts_with(br#"{"type":"update""#);
-        if !(update
-            || frame.starts_with(br#"{"type":"joined""#)
+        if !(frame.starts_with(br#"{"type":"joined""#)
             || frame.starts_with(br#"{"type":"message""#))
         {
             return false;
@@ -155,9 +152,7 @@ impl Position {
         let Ok(seen) = serde_json::from_slice::<Seen<'_>>(frame) else {
             return false;
         };
-        // A change is numbered `at`; its `seq` is the message it changed.
-        let seq = if update { seen.at } else { seen.seq };
-        let (Some(room), Some(seq)) = (seen.room, seq) else {
+        let (Some(room), Some(seq)) = (seen.room, seen.seq) else {
             return false;
         };
         match seen.kind {
@@ -207,15 +202,26 @@ fn left_room(frame: &[u8]) -> Option<&str> {
 }
 
 /// The room and number of a `message` frame as `protocol::encode` writes it
-/// (`{"type":"message","room":"R","seq":N,…`); None for any other frame or shape.
-fn message_position(frame: &[u8]) -> Option<(&str, u64)> {
-    let rest = frame.strip_prefix(br#"{"type":"message","room":""#)?;
+/// (`{"type":"message","room":"R","seq":N,…`), or of an `update` (the change's own number:
+/// `{"type":"update","room":"R","seq":N,"at":M,…`); None for any other frame or shape.
+fn record_position(frame: &[u8]) -> Option<(&str, u64)> {
+    fn number(bytes: &[u8]) -> Option<(u64, &[u8])> {
+        let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+        let n = std::str::from_utf8(&bytes[..digits]).ok()?.parse().ok()?;
+        Some((n, &bytes[digits..]))
+    }
+    let (update, rest) = match frame.strip_prefix(br#"{"type":"message","room":""#) {
+        Some(rest) => (false, rest),
+        None => (true, frame.strip_prefix(br#"{"type":"update","room":""#)?),
+    };
     let end = rest.iter().position(|&b| b == b'"')?;
     let room = std::str::from_utf8(&rest[..end]).ok()?;
-    let rest = rest[end..].strip_prefix(br#"","seq":"#)?;
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    let seq = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
-    Some((room, seq))
+    let (seq, rest) = number(rest[end..].strip_prefix(br#"","seq":"#)?)?;
+    if !update {
+        return Some((room, seq));
+    }
+    let (at, _) = number(rest.strip_prefix(br#","at":"#)?)?;
+    Some((room, at))
 }
 
 /// `GET /wtchat/sse`: opens a stream (admitted and authenticated as a WebSocket is).
@@ -380,7 +386,7 @@ mod tests {
     }
 
     #[test]
-    fn a_message_frames_position_is_read_where_the_encoder_puts_it() {
+    fn a_message_or_update_frames_position_is_read_where_the_encoder_puts_it() {
         let frame = protocol::encode(&ServerFrame::Message {
             room: "lobby.1:a@b",
             seq: 42,
@@ -393,9 +399,23 @@ mod tests {
             id: None,
         });
         let frame = frame.strip_suffix(b"\n").unwrap();
-        assert_eq!(message_position(frame), Some(("lobby.1:a@b", 42)));
+        assert_eq!(record_position(frame), Some(("lobby.1:a@b", 42)));
+        let update = protocol::encode(&ServerFrame::Update {
+            room: "r",
+            seq: 7,
+            at: 12,
+            text: Some(r#"","at":99"#),
+            edited: Some(1),
+            deleted: false,
+        });
+        let update = update.strip_suffix(b"\n").unwrap();
         assert_eq!(
-            message_position(br#"{"type":"ack","room":"r","seq":1}"#),
+            record_position(update),
+            Some(("r", 12)),
+            "the change's number"
+        );
+        assert_eq!(
+            record_position(br#"{"type":"ack","room":"r","seq":1}"#),
             None
         );
     }
