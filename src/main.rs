@@ -251,6 +251,15 @@ struct ServeArgs {
     /// How long a sender may edit its message after sending it (15m; 0 = never).
     #[arg(long, value_parser = duration)]
     edit_window: Option<Duration>,
+    /// Distinct reactions one message may carry (20).
+    #[arg(long)]
+    reactions_per_message: Option<usize>,
+    /// Reactions one member may add to one message (3).
+    #[arg(long)]
+    reactions_per_member: Option<usize>,
+    /// A name members may react with besides an emoji (repeatable), like plus-one.
+    #[arg(long = "reaction-name")]
+    reaction_name: Vec<String>,
     /// Close a client that sends nothing, not even a ping, for this long (60, 90s, 2m).
     #[arg(long, value_parser = duration)]
     idle_timeout: Option<Duration>,
@@ -342,6 +351,9 @@ impl ServeArgs {
         for origin in self.allow_origin {
             b = b.allow_origin(origin);
         }
+        for name in self.reaction_name {
+            b = b.reaction_name(name);
+        }
         for proxy in self.trusted_proxy {
             b = b.trusted_proxy(proxy);
         }
@@ -391,6 +403,8 @@ impl ServeArgs {
             outbound_bytes,
             renew_before,
             edit_window,
+            reactions_per_message,
+            reactions_per_member,
             idle_timeout,
             shutdown_grace,
             drain_window,

@@ -169,6 +169,14 @@ fn messages(history: &Value) -> Vec<(u64, String, String)> {
         .collect()
 }
 
+/// User `user`'s public sender id, as a connection of its names it in its `joined`: the
+/// one a reaction the host makes on its behalf carries.
+async fn sender_of(server: &TestServer, user: &str) -> Value {
+    let mut client = arrive(server, user, "Someone").await;
+    let (joined, _) = client.join("lobby", "Someone").await;
+    joined["you"]["sender"].clone()
+}
+
 /// Whether `curl` runs here.
 fn curl_installed() -> bool {
     std::process::Command::new("curl")
@@ -282,6 +290,17 @@ async fn the_readme_curl_commands_of_the_http_api_work_as_pasted_into_bash() {
     assert!(said.iter().map(|m| m.0).eq(1..=43), "{said:?}");
     assert_eq!(said[0], (1, "Ann".into(), "hi".into()));
     assert_eq!(said[42], (43, "Shop".into(), "Order #42 shipped".into()));
+
+    // User 43 (Bob) reacts to message 41 through the host: Bob's own connection sees the
+    // count, and who reacted names him.
+    readme.take("react", "-d ").answered(&server).await;
+    let reacted = bob.next_of("update").await;
+    assert_eq!(
+        (&reacted["seq"], &reacted["reactions"]),
+        (&json!(41), &json!([{"reaction": "👍", "count": 1}]))
+    );
+    let who = readme.take("reactions", "").answered(&server).await;
+    assert_eq!(who["reactors"][0]["sender"], sender_of(&server, "43").await);
 
     // Edit message 42: Bob gets its new text, and so does history.
     readme.take("edit", "").answered(&server).await;

@@ -573,12 +573,15 @@ async fn the_events_webhook_gets_messages_joins_and_leaves_in_order_and_retries(
         .await;
     ann.next_of("ack").await;
     assert!(server.chat.delete_message("lobby", 3).await.unwrap());
+    bob.send(json!({"type": "react", "room": "lobby", "seq": 1, "reaction": "👍", "id": "r1"}))
+        .await;
+    bob.next_of("ack").await;
     bob.send(json!({"type": "leave", "room": "lobby"})).await;
     bob.next_of("left").await;
     drop(ann);
 
     let started = Instant::now();
-    let (calls, events) = backend.events(9).await;
+    let (calls, events) = backend.events(10).await;
     let (ann_id, bob_id) = (&ann_joined["you"]["id"], &bob_joined["you"]["id"]);
     let member = |kind: &str, id: &Value, name: &str| {
         json!({"type": kind, "room": "lobby", "member": id, "name": name,
@@ -613,6 +616,8 @@ async fn the_events_webhook_gets_messages_joins_and_leaves_in_order_and_retries(
                    "edited": edited, "user": null}),
             json!({"type": "update", "room": "lobby", "seq": 3, "at": 5, "deleted": true,
                    "user": null}),
+            json!({"type": "update", "room": "lobby", "seq": 1, "at": 6,
+                   "reactions": [{"reaction": "👍", "count": 1}], "user": null}),
             member("left", bob_id, "bob"),
             member("left", ann_id, "ann"),
         ]

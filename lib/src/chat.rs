@@ -41,9 +41,11 @@ use wtransport::endpoint::endpoint_side;
 use crate::auth::Authenticator;
 use crate::certs::{self, CertError, DevCert};
 use crate::config::{Config, Tls};
-use crate::engine::{self, HistoryPage, MemberInfo, MembersPage, Options, StorageError};
+use crate::engine::{
+    self, HistoryPage, MemberInfo, MembersPage, Options, ReactorsPage, RecordKind, StorageError,
+};
 use crate::hooks::{EventsSender, Webhooks};
-use crate::host::{Host, PublishError};
+use crate::host::{Host, PublishError, ReactError};
 use crate::http::{Digests, HttpState, MetricsAccess};
 use crate::hub::{Hub, SenderKey};
 use crate::metrics::Metrics;
@@ -172,6 +174,10 @@ impl Chat {
         let options = Options {
             retention: config.hub.retention,
             dedupe_window: config.hub.dedupe_window,
+            reactions: engine::ReactionLimits {
+                per_message: config.limits.reactions_per_message,
+                per_member: config.limits.reactions_per_member,
+            },
         };
         let mut engine = engine::open(&config.engine, options, metrics.engine.clone()).await?;
         if let Some(layer) = &config.engine_layer {
@@ -217,6 +223,7 @@ impl Chat {
         let host = Host {
             hub: session.hub.clone(),
             limits: session.limits.clone(),
+            senders: session.senders.clone(),
         };
         let transport = Arc::new(transport::Context {
             session,
@@ -340,6 +347,53 @@ impl Chat {
         text: &str,
     ) -> Result<bool, PublishError> {
         self.inner.host.edit(room, seq, text).await
+    }
+
+    /// Adds `reaction` (one emoji, or a name from
+    /// [`reaction_name`](crate::ConfigBuilder::reaction_name)) to message `seq` of `room`
+    /// on behalf of `user` (a user id from the host's authentication), shown as `name` in
+    /// who reacted: as if that user's connection had reacted, within the same limits.
+    /// Resolves, once stored, with the user's own reactions on the message.
+    pub async fn react(
+        &self,
+        room: &str,
+        seq: u64,
+        user: &str,
+        name: &str,
+        reaction: &str,
+    ) -> Result<Vec<String>, ReactError> {
+        let kind = RecordKind::React;
+        self.inner
+            .host
+            .react(room, seq, user, name, reaction, kind)
+            .await
+    }
+
+    /// Takes back `user`'s `reaction` on message `seq` of `room`: see [`Chat::react`].
+    pub async fn unreact(
+        &self,
+        room: &str,
+        seq: u64,
+        user: &str,
+        reaction: &str,
+    ) -> Result<Vec<String>, ReactError> {
+        let kind = RecordKind::Unreact;
+        self.inner
+            .host
+            .react(room, seq, user, "", reaction, kind)
+            .await
+    }
+
+    /// Who reacted to message `seq` of `room`, in the order they did: up to `limit`
+    /// reactions after `after` (the page's `next` for the next page).
+    pub async fn reactions(
+        &self,
+        room: &str,
+        seq: u64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<ReactorsPage, StorageError> {
+        self.inner.host.reactors(room, seq, after, limit).await
     }
 
     /// Bans `user` (a user id from the host's authentication) from `room`, or from every

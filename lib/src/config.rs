@@ -626,6 +626,27 @@ impl ConfigBuilder {
         self
     }
 
+    /// Distinct reactions one message may carry (a 21st different emoji is refused with
+    /// `too_many_reactions`). Default 20.
+    pub fn reactions_per_message(mut self, reactions: usize) -> Self {
+        self.config.limits.reactions_per_message = reactions;
+        self
+    }
+
+    /// Reactions one member may add to one message. Default 3.
+    pub fn reactions_per_member(mut self, reactions: usize) -> Self {
+        self.config.limits.reactions_per_member = reactions;
+        self
+    }
+
+    /// A name members may react with besides an emoji (repeatable): the host's own set,
+    /// such as `plus-one` or `done`, each 1 to 32 characters without spaces. Default: none,
+    /// emojis only.
+    pub fn reaction_name(mut self, name: impl Into<String>) -> Self {
+        self.config.limits.reaction_names.push(name.into());
+        self
+    }
+
     /// A client that sends nothing for this long — not a frame, not a ping — is closed with
     /// code 4003 `idle_timeout` and leaves its rooms: it may have vanished without a word
     /// (a closed laptop, a lost network). Advertised in `/wtchat/config`; the browser client
@@ -831,7 +852,19 @@ impl ConfigBuilder {
                 config.max_new_rooms_per_day_per_ip as usize,
             ),
             ("ws_read_buffer", config.ws_read_buffer),
+            ("reactions_per_message", limits.reactions_per_message),
+            ("reactions_per_member", limits.reactions_per_member),
         ];
+        if let Some(name) = limits.reaction_names.iter().find(|n| {
+            n.is_empty()
+                || n.chars().count() > crate::protocol::MAX_REACTION_NAME
+                || n.chars().any(|c| c.is_whitespace() || c.is_control())
+        }) {
+            return Err(ConfigError::new(
+                "reaction_name",
+                format!("must be 1 to 32 characters without spaces; got {name:?}"),
+            ));
+        }
         if config.metrics_auth && config.api_key.is_none() {
             return Err(ConfigError::new(
                 "metrics_auth",

@@ -7,8 +7,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::{HistoryPage, MemberInfo, MembersPage, RecordKind, StorageError};
-use crate::hub::{Hub, Policy};
+use crate::engine::{
+    HistoryPage, MemberInfo, MembersPage, Reacted, ReactorsPage, Record, RecordKind, StorageError,
+};
+use crate::hub::{Hub, Policy, SenderKey};
 use crate::protocol::{CloseCode, ErrorCode, Limits, now_ms};
 
 /// The host's handle on the hub.
@@ -16,7 +18,61 @@ use crate::protocol::{CloseCode, ErrorCode, Limits, now_ms};
 pub(crate) struct Host {
     pub hub: Hub,
     pub limits: Arc<Limits>,
+    /// What makes a user's public sender id, for reactions on its behalf.
+    pub senders: Arc<SenderKey>,
 }
+
+/// Why [`Chat::react`](crate::Chat::react) or [`Chat::unreact`](crate::Chat::unreact)
+/// changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReactError {
+    /// The reaction is not one emoji, nor a name from the server's list.
+    InvalidReaction,
+    /// The room has no such message (never had, or no longer).
+    UnknownMessage,
+    /// The message was deleted.
+    MessageDeleted,
+    /// The message has as many distinct reactions as allowed, or the user as many on it.
+    TooManyReactions,
+    /// The room name or the user's name is not one the limits allow.
+    Invalid(ErrorCode),
+    /// The reaction could not be stored, or the message read.
+    Storage(StorageError),
+}
+
+impl ReactError {
+    /// The wire code the HTTP API answers with: the same as a client's `error` frame.
+    pub(crate) fn code(&self) -> ErrorCode {
+        match self {
+            ReactError::InvalidReaction => ErrorCode::InvalidReaction,
+            ReactError::UnknownMessage => ErrorCode::UnknownMessage,
+            ReactError::MessageDeleted => ErrorCode::MessageDeleted,
+            ReactError::TooManyReactions => ErrorCode::TooManyReactions,
+            ReactError::Invalid(code) => *code,
+            ReactError::Storage(_) => ErrorCode::StorageFailed,
+        }
+    }
+}
+
+impl fmt::Display for ReactError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReactError::InvalidReaction => {
+                "a reaction is one emoji, or a name from the server's list"
+            }
+            ReactError::UnknownMessage => "the room has no such message",
+            ReactError::MessageDeleted => "the message was deleted",
+            ReactError::TooManyReactions => {
+                "the message has as many reactions as allowed, or the user as many on it"
+            }
+            ReactError::Invalid(code) => return write!(f, "invalid: {}", code.as_str()),
+            ReactError::Storage(e) => return write!(f, "the reaction could not be stored: {e}"),
+        })
+    }
+}
+
+impl std::error::Error for ReactError {}
 
 /// Why [`Chat::publish`](crate::Chat::publish) refused a message. Nothing was stored and
 /// no sequence number was used.
@@ -142,6 +198,56 @@ impl Host {
             .change_as(room, RecordKind::Edit, seq, text)
             .await
             .map_err(PublishError::Storage)
+    }
+
+    /// See [`Chat::react`](crate::Chat::react): `kind` adds or takes back.
+    pub(crate) async fn react(
+        &self,
+        room: &str,
+        seq: u64,
+        user: &str,
+        name: &str,
+        reaction: &str,
+        kind: RecordKind,
+    ) -> Result<Vec<String>, ReactError> {
+        let limits = &self.limits;
+        let invalid = |(code, _)| ReactError::Invalid(code);
+        limits.check_room(room).map_err(invalid)?;
+        if kind == RecordKind::React {
+            limits.check_name(name).map_err(invalid)?;
+        }
+        limits
+            .check_reaction(reaction)
+            .map_err(|_| ReactError::InvalidReaction)?;
+        let mut record = Record::change(kind, seq, now_ms(), name, reaction);
+        record.sender = Some(self.senders.user(user).public().into());
+        let (_, reacted) = self
+            .hub
+            .react_as(room, record)
+            .await
+            .map_err(ReactError::Storage)?;
+        match reacted {
+            Some(Reacted::Counts { mine, .. }) => Ok(mine),
+            Some(Reacted::TooMany) => Err(ReactError::TooManyReactions),
+            Some(Reacted::Gone { deleted: true }) => Err(ReactError::MessageDeleted),
+            Some(Reacted::Gone { .. }) => Err(ReactError::UnknownMessage),
+            None => Err(ReactError::Storage(StorageError::new(
+                "this server's engine keeps no reactions",
+            ))),
+        }
+    }
+
+    /// See [`Chat::reactions`](crate::Chat::reactions).
+    pub(crate) async fn reactors(
+        &self,
+        room: &str,
+        seq: u64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<ReactorsPage, StorageError> {
+        self.hub
+            .reactors(room, seq, after.unwrap_or(0), limit)
+            .await
     }
 
     pub(crate) async fn ban(

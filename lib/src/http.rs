@@ -22,8 +22,8 @@ use serde_json::json;
 
 use crate::auth::{ConnectRequest, TICKET_TTL_SECS, Transport};
 use crate::config::PATH;
-use crate::host::{Host, PublishError};
-use crate::protocol::{CloseCode, ErrorCode, Limits};
+use crate::host::{Host, PublishError, ReactError};
+use crate::protocol::{CloseCode, ErrorCode, Limits, REACTORS_PAGE};
 use crate::throttle::{PerAddressRate, throttled};
 use crate::transport::{self, poll, posted, sse, websocket};
 
@@ -177,6 +177,8 @@ pub(crate) fn router(state: HttpState) -> Router {
             .route(&format!("{PATH}/api/history"), get(api_history))
             .route(&format!("{PATH}/api/delete"), call(post(api_delete)))
             .route(&format!("{PATH}/api/edit"), call(post(api_edit)))
+            .route(&format!("{PATH}/api/react"), call(post(api_react)))
+            .route(&format!("{PATH}/api/reactions"), get(api_reactions))
             .route(&format!("{PATH}/api/ban"), call(post(api_ban)))
             .route(&format!("{PATH}/api/unban"), call(post(api_unban)))
             .route_layer(middleware::from_fn_with_state(
@@ -330,6 +332,9 @@ async fn config(State(state): State<HttpState>, request: axum::extract::Request)
             "idleTimeoutMs": state.transport.session.idle_timeout.as_millis() as u64,
             // How long a sender may edit its message (0: never), for the page's "edit".
             "editWindowMs": limits.edit_window.as_millis() as u64,
+            "reactionsPerMessage": limits.reactions_per_message,
+            "reactionsPerMember": limits.reactions_per_member,
+            "reactionNames": &limits.reaction_names,
         },
     });
     // Pages on other origins fetch it; it holds nothing secret and no credentials are sent.
@@ -602,8 +607,8 @@ struct HistoryQuery {
 }
 
 /// `GET /wtchat/api/history?room=R[&before=SEQ][&limit=N]` →
-/// `{"room","messages":[{"seq","time","from","sender","text"}],"more"}`: up to N (default
-/// 100, at most 1000) messages below `before`, oldest first.
+/// `{"room","messages":[{"seq","time","from","sender","text","edited","reactions"}],"more"}`:
+/// up to N (default 100, at most 1000) messages below `before`, oldest first.
 async fn api_history(
     State(state): State<HttpState>,
     Query(query): Query<HistoryQuery>,
@@ -616,7 +621,8 @@ async fn api_history(
                 .iter()
                 .map(|m| {
                     json!({"seq": m.seq, "time": m.time, "from": m.from,
-                           "sender": m.sender, "text": m.text})
+                           "sender": m.sender, "text": m.text, "edited": m.edited,
+                           "reactions": m.reactions})
                 })
                 .collect();
             Json(json!({"room": query.room, "messages": messages, "more": page.more}))
@@ -659,6 +665,71 @@ async fn api_edit(State(state): State<HttpState>, Json(body): Json<EditRequest>)
         }
         Err(e @ PublishError::Storage(_)) => storage_error(&e),
         Err(e) => api_error(StatusCode::BAD_REQUEST, e.code().as_str(), &e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReactRequest {
+    room: String,
+    seq: u64,
+    user: String,
+    name: Option<String>,
+    reaction: String,
+    #[serde(default)]
+    remove: bool,
+}
+
+/// `POST /wtchat/api/react {"room","seq","user","name","reaction","remove"?}` →
+/// `{"room","seq","mine"}`: adds (or with `remove`, takes back) the user's reaction, as if
+/// its connection had; `mine` is its reactions on the message now.
+async fn api_react(State(state): State<HttpState>, Json(body): Json<ReactRequest>) -> Response {
+    let (room, seq, user) = (&body.room, body.seq, &body.user);
+    let reacted = match body.remove {
+        true => {
+            let kind = crate::engine::RecordKind::Unreact;
+            state
+                .host
+                .react(room, seq, user, "", &body.reaction, kind)
+                .await
+        }
+        false => {
+            let name = body.name.as_deref().unwrap_or(user);
+            let kind = crate::engine::RecordKind::React;
+            state
+                .host
+                .react(room, seq, user, name, &body.reaction, kind)
+                .await
+        }
+    };
+    match reacted {
+        Ok(mine) => Json(json!({"room": room, "seq": seq, "mine": mine})).into_response(),
+        Err(ReactError::Storage(e)) => storage_error(&e),
+        Err(e) => api_error(StatusCode::BAD_REQUEST, e.code().as_str(), &e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReactionsQuery {
+    room: String,
+    seq: u64,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /wtchat/api/reactions?room=R&seq=N[&after=AT][&limit=L]` →
+/// `{"room","seq","reactors":[{"reaction","from","sender","at"}],"next"}`: who reacted to
+/// message N, in their order, up to L (default and at most 100) after `after`.
+async fn api_reactions(
+    State(state): State<HttpState>,
+    Query(query): Query<ReactionsQuery>,
+) -> Response {
+    let limit = query.limit.unwrap_or(REACTORS_PAGE).clamp(1, REACTORS_PAGE);
+    let (room, seq) = (&query.room, query.seq);
+    match state.host.reactors(room, seq, query.after, limit).await {
+        Ok(page) => Json(json!({"room": room, "seq": seq, "reactors": page.reactors,
+                                "next": page.next}))
+        .into_response(),
+        Err(e) => storage_error(&e),
     }
 }
 

@@ -10,6 +10,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::{ReactionCount, Reactor};
+
 /// Milliseconds since 1970: the server's clock, as frames carry it.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -71,6 +73,30 @@ pub enum ClientFrame {
         seq: u64,
         id: Option<String>,
     },
+    /// Add `reaction` (one emoji, or a name from the server's list) to message `seq`;
+    /// acknowledged like a send, the `ack` naming the client's own reactions on it.
+    React {
+        room: String,
+        seq: u64,
+        reaction: String,
+        id: Option<String>,
+    },
+    /// Take back the client's `reaction` on message `seq`; acknowledged like `react`.
+    Unreact {
+        room: String,
+        seq: u64,
+        reaction: String,
+        id: Option<String>,
+    },
+    /// Who reacted to message `seq` of a joined room: up to `limit` (default and maximum
+    /// [`REACTORS_PAGE`]) reactions after `after`, in their order; answered with
+    /// `reactions`.
+    Reactions {
+        room: String,
+        seq: u64,
+        after: Option<u64>,
+        limit: Option<u32>,
+    },
     /// "I am typing": relayed to the room's other members, may be lost.
     Typing { room: String },
     /// Liveness check (browsers cannot send WebSocket pings); answered with `pong`.
@@ -99,14 +125,23 @@ pub const MEMBERS_PAGE: usize = 100;
 /// The default and largest number of messages in one `history` page.
 pub const HISTORY_PAGE: usize = 100;
 
+/// The default and largest number of reactions in one `reactions` page.
+pub const REACTORS_PAGE: usize = 100;
+
+/// A member's own reactions, by message: what its `joined` and `history` name.
+pub type Mine = std::collections::BTreeMap<u64, Vec<String>>;
+
 impl ClientFrame {
     /// The room and client message id a frame names, to echo in an error about it.
     pub(crate) fn room_and_id(&self) -> (Option<&str>, Option<&str>) {
         match self {
             ClientFrame::Send { room, id, .. }
             | ClientFrame::Edit { room, id, .. }
-            | ClientFrame::Delete { room, id, .. } => (Some(room), id.as_deref()),
+            | ClientFrame::Delete { room, id, .. }
+            | ClientFrame::React { room, id, .. }
+            | ClientFrame::Unreact { room, id, .. } => (Some(room), id.as_deref()),
             ClientFrame::Join { room, .. }
+            | ClientFrame::Reactions { room, .. }
             | ClientFrame::History { room, .. }
             | ClientFrame::Members { room, .. }
             | ClientFrame::Leave { room }
@@ -165,6 +200,9 @@ pub enum ServerFrame<'a> {
         count: usize,
         gap: bool,
         replay: usize,
+        /// The joining member's own reactions on the messages replayed, by message.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mine: Option<&'a Mine>,
     },
     /// A room message, identical bytes for every recipient.
     Message {
@@ -184,6 +222,9 @@ pub enum ServerFrame<'a> {
         /// was sent (a replay, a history page).
         #[serde(skip_serializing_if = "Option::is_none")]
         edited: Option<u64>,
+        /// How many reacted with what, in the order the reactions were first added.
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        reactions: &'a [ReactionCount],
         /// The client's message id: in its sender's own copy only.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a str>,
@@ -202,6 +243,9 @@ pub enum ServerFrame<'a> {
         edited: Option<u64>,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         deleted: bool,
+        /// Its reactions now (all of them), when they changed or in a replay.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reactions: Option<&'a [ReactionCount]>,
     },
     /// The sender's acknowledgement: the message is stored under `seq`.
     Ack {
@@ -209,6 +253,17 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a str>,
         seq: u64,
+        /// Of a reaction: the sender's own reactions on the message now.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mine: Option<&'a [String]>,
+    },
+    /// Answer to `reactions`: who reacted to message `seq`, in their order; `next` is the
+    /// `after` of the next page (null at the end).
+    Reactions {
+        room: &'a str,
+        seq: u64,
+        reactors: &'a [Reactor],
+        next: Option<u64>,
     },
     /// Someone joined or left (a small room); `count` is the members after it.
     Presence {
@@ -340,6 +395,11 @@ pub enum ErrorCode {
     EditWindowPassed,
     /// A `send` whose `replyTo` is no message of the room.
     UnknownReply,
+    /// A `react` whose reaction is not one emoji, nor a name from the server's list.
+    InvalidReaction,
+    /// A `react` to a message that has as many distinct reactions as allowed, or that the
+    /// member reacted to as many times as allowed.
+    TooManyReactions,
     /// The connection is already in the maximum number of rooms.
     TooManyRooms,
     /// The server holds the maximum number of rooms and none is empty.
@@ -388,6 +448,8 @@ impl ErrorCode {
             ErrorCode::NotYours => "not_yours",
             ErrorCode::EditWindowPassed => "edit_window_passed",
             ErrorCode::UnknownReply => "unknown_reply",
+            ErrorCode::InvalidReaction => "invalid_reaction",
+            ErrorCode::TooManyReactions => "too_many_reactions",
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::ServerFull => "server_full",
             ErrorCode::RateLimited => "rate_limited",
@@ -487,7 +549,17 @@ pub struct Limits {
     pub new_rooms_per_minute: u32,
     /// How long after sending a message its sender may still edit it (zero: never).
     pub edit_window: std::time::Duration,
+    /// Distinct reactions one message may carry.
+    pub reactions_per_message: usize,
+    /// Reactions one member may add to one message.
+    pub reactions_per_member: usize,
+    /// The names a reaction may be besides one emoji (the host's own set, each at most
+    /// [`MAX_REACTION_NAME`] characters); empty: emojis only.
+    pub reaction_names: Vec<String>,
 }
+
+/// The longest reaction name a host may list.
+pub const MAX_REACTION_NAME: usize = 32;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -502,6 +574,9 @@ impl Default for Limits {
             frame_burst: 40,
             new_rooms_per_minute: 30,
             edit_window: std::time::Duration::from_secs(15 * 60),
+            reactions_per_message: 20,
+            reactions_per_member: 3,
+            reaction_names: Vec::new(),
         }
     }
 }
@@ -523,6 +598,18 @@ impl Limits {
             ));
         }
         Ok(())
+    }
+
+    /// Checks a reaction: one emoji (skin tones and other sequences of one emoji
+    /// included), or one of the host's [`reaction_names`](Self::reaction_names).
+    pub fn check_reaction(&self, reaction: &str) -> Result<(), (ErrorCode, &'static str)> {
+        if emojis::get(reaction).is_some() || self.reaction_names.iter().any(|n| n == reaction) {
+            return Ok(());
+        }
+        Err((
+            ErrorCode::InvalidReaction,
+            "a reaction is one emoji, or a name from the server's list",
+        ))
     }
 
     /// Checks a room name: 1..=max_room_chars of `A-Za-z0-9_-.:@`.
@@ -621,7 +708,7 @@ pub fn encode(frame: &ServerFrame<'_>) -> Bytes {
 /// Encodes a `history` page: `{"type":"history","room":…,"more":…,"messages":[…]}`, where
 /// each message is a `message` frame as [`encode`] made it (trailing `\n` and all), so
 /// stored frames are copied, not decoded and encoded again.
-pub fn encode_history(room: &str, messages: &[Bytes], more: bool) -> Bytes {
+pub fn encode_history(room: &str, messages: &[Bytes], more: bool, mine: &Mine) -> Bytes {
     let body: usize = messages.iter().map(Bytes::len).sum();
     let mut out = Vec::with_capacity(64 + room.len() + body);
     out.extend_from_slice(b"{\"type\":\"history\",\"room\":");
@@ -637,7 +724,12 @@ pub fn encode_history(room: &str, messages: &[Bytes], more: bool) -> Bytes {
         }
         out.extend_from_slice(message.strip_suffix(b"\n").unwrap_or(message));
     }
-    out.extend_from_slice(b"]}\n");
+    out.push(b']');
+    if !mine.is_empty() {
+        out.extend_from_slice(b",\"mine\":");
+        serde_json::to_writer(&mut out, mine).expect("a map of strings always serializes");
+    }
+    out.extend_from_slice(b"}\n");
     Bytes::from(out)
 }
 
@@ -782,6 +874,7 @@ mod tests {
             time: 1_700_000_000_000,
             edited: None,
             id: Some("c-1"),
+            reactions: &[],
         });
         assert_eq!(
             parsed(&bytes),
@@ -812,6 +905,7 @@ mod tests {
             count: 2,
             gap: false,
             replay: 0,
+            mine: None,
         });
         assert_eq!(
             parsed(&joined),
@@ -1262,6 +1356,34 @@ mod tests {
                         id: optional("id")?,
                     })
                 })(),
+                "react" | "unreact" => (|| {
+                    let (room, seq) = (string("room")?, number("seq")?);
+                    let seq = seq.ok_or(ErrorCode::InvalidFrame)?;
+                    let (reaction, id) = (string("reaction")?, optional("id")?);
+                    Ok(if t == "react" {
+                        ClientFrame::React {
+                            room,
+                            seq,
+                            reaction,
+                            id,
+                        }
+                    } else {
+                        ClientFrame::Unreact {
+                            room,
+                            seq,
+                            reaction,
+                            id,
+                        }
+                    })
+                })(),
+                "reactions" => (|| {
+                    Ok(ClientFrame::Reactions {
+                        room: string("room")?,
+                        seq: number("seq")?.ok_or(ErrorCode::InvalidFrame)?,
+                        after: number("after")?,
+                        limit: small("limit")?,
+                    })
+                })(),
                 "typing" => string("room").map(|room| ClientFrame::Typing { room }),
                 "ping" => Ok(ClientFrame::Ping {}),
                 "hello" => small("protocol").and_then(|protocol| {
@@ -1305,6 +1427,9 @@ mod tests {
             ClientFrame::Send { .. } => "send",
             ClientFrame::Edit { .. } => "edit",
             ClientFrame::Delete { .. } => "delete",
+            ClientFrame::React { .. } => "react",
+            ClientFrame::Unreact { .. } => "unreact",
+            ClientFrame::Reactions { .. } => "reactions",
             ClientFrame::Typing { .. } => "typing",
             ClientFrame::Ping {} => "ping",
             ClientFrame::Hello { .. } => "hello",
@@ -1376,6 +1501,7 @@ mod tests {
                             count: refs.len(),
                             gap,
                             replay,
+                            mine: None,
                         });
                         let members: Vec<Value> = members
                             .iter()
@@ -1411,6 +1537,7 @@ mod tests {
                         time,
                         edited: None,
                         id: id.as_deref(),
+                        reactions: &[],
                     });
                     let mut want = json!({"type": "message", "room": room, "seq": seq,
                                           "from": from, "text": text, "time": time});
@@ -1427,6 +1554,7 @@ mod tests {
                     room: &room,
                     id: id.as_deref(),
                     seq,
+                    mine: None,
                 });
                 let mut want = json!({"type": "ack", "room": room, "seq": seq});
                 if let Some(id) = id {

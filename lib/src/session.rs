@@ -22,7 +22,8 @@ use crate::engine::{Quote, RecordKind};
 use crate::hooks::{MessageCheck, MessageEvent, MessageHook, MessageKind, Verdict};
 use crate::hub::{Hub, Member, Resume, Room, Sender, SenderKey, message_frame};
 use crate::protocol::{
-    self, ClientFrame, CloseCode, ErrorCode, HISTORY_PAGE, Limits, MEMBERS_PAGE, ServerFrame,
+    self, ClientFrame, CloseCode, ErrorCode, HISTORY_PAGE, Limits, MEMBERS_PAGE, Mine,
+    REACTORS_PAGE, ServerFrame,
 };
 use crate::queue::{Kind, Outbound, Outbox};
 use crate::throttle::{HolderBudgets, RateLimit, RoomHold, Seat, throttled};
@@ -575,6 +576,24 @@ impl<'a> Session<'a> {
             ClientFrame::Delete { room, seq, id } => {
                 return self.change(room, RecordKind::Delete, seq, String::new(), id);
             }
+            ClientFrame::React {
+                room,
+                seq,
+                reaction,
+                id,
+            } => return self.react(room, RecordKind::React, seq, reaction, id),
+            ClientFrame::Unreact {
+                room,
+                seq,
+                reaction,
+                id,
+            } => return self.react(room, RecordKind::Unreact, seq, reaction, id),
+            ClientFrame::Reactions {
+                room,
+                seq,
+                after,
+                limit,
+            } => return self.reactors(room, seq, after, limit),
             ClientFrame::Typing { room } => match self.joined(&room) {
                 Some(j) => j.room.typing(&j.me),
                 None => self.not_joined(&room, None),
@@ -918,6 +937,98 @@ impl<'a> Session<'a> {
         }))
     }
 
+    /// A `react` or an `unreact` of message `seq`: the reaction checked, the message found
+    /// (in the tail or the engine) and not deleted; then published in the room's order,
+    /// where the engine applies it within the limits, and acknowledged with the member's
+    /// own reactions on the message (or refused with `too_many_reactions`).
+    fn react(
+        &self,
+        room: String,
+        kind: RecordKind,
+        seq: u64,
+        reaction: String,
+        id: Option<String>,
+    ) -> Option<Pending<'a>> {
+        let Some(joined) = self.joined(&room) else {
+            self.not_joined(&room, id.as_deref());
+            return None;
+        };
+        let limits = &self.ctx.limits;
+        if let Err((code, msg)) = limits
+            .check_id(id.as_deref())
+            .and_then(|()| limits.check_reaction(&reaction))
+        {
+            self.error(code, msg, Some(&room), id.as_deref());
+            return None;
+        }
+        let (handle, me, hub) = (joined.room.clone(), joined.me.clone(), &self.ctx.hub);
+        Some(Box::pin(async move {
+            let id = id.as_deref();
+            let refused = match handle.target(seq).await {
+                Err(e) => {
+                    tracing::error!(room, error = %e, "could not read a message to react to");
+                    Some((
+                        ErrorCode::StorageFailed,
+                        "the message could not be read from storage; try again later",
+                    ))
+                }
+                Ok(None) => Some((ErrorCode::UnknownMessage, "this room has no such message")),
+                Ok(Some(target)) if target.deleted => {
+                    Some((ErrorCode::MessageDeleted, "that message was deleted"))
+                }
+                Ok(Some(_)) => None,
+            };
+            if let Some((code, message)) = refused {
+                refuse(hub, &me.outbox, code, message, Some(&room), id);
+                return Effect::None;
+            }
+            if let Err(retry) = handle.change(&me, kind, seq, &reaction, id) {
+                retry.append().await;
+            }
+            Effect::None
+        }))
+    }
+
+    /// Answers `reactions` with one page of who reacted to message `seq`.
+    fn reactors(
+        &self,
+        room: String,
+        seq: u64,
+        after: Option<u64>,
+        limit: Option<u32>,
+    ) -> Option<Pending<'a>> {
+        let Some(joined) = self.joined(&room) else {
+            self.not_joined(&room, None);
+            return None;
+        };
+        let limit = limit.map_or(REACTORS_PAGE, |n| (n as usize).clamp(1, REACTORS_PAGE));
+        let (handle, outbox, hub) = (joined.room.clone(), self.outbox.clone(), &self.ctx.hub);
+        Some(Box::pin(async move {
+            match handle.reactors(seq, after.unwrap_or(0), limit).await {
+                Ok(page) => {
+                    outbox.push(protocol::encode(&ServerFrame::Reactions {
+                        room: &room,
+                        seq,
+                        reactors: &page.reactors,
+                        next: page.next,
+                    }));
+                }
+                Err(e) => {
+                    tracing::error!(room, error = %e, "could not read reactions");
+                    refuse(
+                        hub,
+                        &outbox,
+                        ErrorCode::StorageFailed,
+                        "reactions could not be read from storage; try again later",
+                        Some(&room),
+                        None,
+                    );
+                }
+            };
+            Effect::None
+        }))
+    }
+
     /// The room a `send` goes to (an `edit` of message `edits`), if the text passes the
     /// limits and the host's message hook; else the sender is told why, and None.
     fn accepts(
@@ -970,6 +1081,7 @@ impl<'a> Session<'a> {
         };
         let limit = limit.map_or(HISTORY_PAGE, |n| (n as usize).clamp(1, HISTORY_PAGE));
         let (handle, outbox, hub) = (joined.room.clone(), self.outbox.clone(), &self.ctx.hub);
+        let me = joined.me.clone();
         Some(Box::pin(async move {
             match handle.page(before, limit).await {
                 Ok(page) => {
@@ -978,7 +1090,15 @@ impl<'a> Session<'a> {
                         .iter()
                         .map(|m| message_frame(&room, m))
                         .collect();
-                    outbox.push(protocol::encode_history(&room, &frames, page.more));
+                    // The member's own reactions on the page's messages, when it has any.
+                    let reacted = page.messages.iter().find(|m| !m.reactions.is_empty());
+                    let mut mine = match reacted {
+                        Some(first) => handle.mine(me.sender.public(), first.seq).await,
+                        None => Mine::new(),
+                    };
+                    let last = page.messages.last().map_or(0, |m| m.seq);
+                    mine.retain(|seq, _| *seq <= last);
+                    outbox.push(protocol::encode_history(&room, &frames, page.more, &mine));
                 }
                 Err(e) => {
                     tracing::error!(room, error = %e, "could not read history");
@@ -1099,7 +1219,9 @@ mod tests {
     /// costs it more than its own size).
     #[tokio::test]
     async fn a_sessions_future_stays_small() {
-        let engine = Arc::new(crate::engine::memory::Memory::new(1));
+        let engine = Arc::new(crate::engine::memory::Memory::new(
+            crate::engine::Options::for_tests(1),
+        ));
         let hub = Hub::new(crate::hub::HubConfig::default(), engine, Arc::default())
             .await
             .unwrap();

@@ -1,19 +1,20 @@
 //! The memory engine: rooms numbered in this process, and nothing kept beyond the hub's
-//! recent tail. A message is numbered and handed to its room's sink at once, inside its
-//! append; a room the hub lets go of is forgotten, and comes back under a new epoch.
+//! recent tail but the reactions to its messages (who reacted is not in the tail). A
+//! record is numbered, applied and handed to its room's sink at once, inside its append;
+//! a room the hub lets go of is forgotten, and comes back under a new epoch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::{
-    Appended, Broker, Busy, Dedupe, EngineFuture, Epochs, Loaded, Numbered, Position, Record,
-    RoomEvent, RoomSink, StorageError,
+    Appended, Broker, Busy, Decision, Dedupe, EngineFuture, Epochs, Loaded, Numbered, Options,
+    Position, Reacted, ReactionCount, Reactor, ReactorsPage, Record, RecordKind, RoomEvent,
+    RoomSink, StorageError,
 };
 
 /// The rooms the hub holds, by name.
 pub(crate) struct Memory {
-    /// Client ids remembered per room.
-    dedupe_window: usize,
+    options: Options,
     /// Read on every append, written on attach and detach only.
     rooms: RwLock<HashMap<Arc<str>, Arc<Held>>>,
     epochs: Epochs,
@@ -30,12 +31,64 @@ struct Numbers {
     epoch: u64,
     seq: u64,
     dedupe: Dedupe,
+    /// The reactions to the room's messages, by message: of `retention.messages` messages
+    /// at most, the newest.
+    reactions: BTreeMap<u64, OnMessage>,
+}
+
+/// A message's reactions.
+#[derive(Default)]
+struct OnMessage {
+    counts: Vec<ReactionCount>,
+    /// In their order.
+    reactors: Vec<Reactor>,
+    /// Each member's own, by public sender id.
+    mine: HashMap<Arc<str>, Vec<String>>,
+}
+
+impl Numbers {
+    /// Applies reaction `record`, numbered `seq`, within `options`' limits.
+    fn react(&mut self, seq: u64, record: &Record, options: &Options) -> Reacted {
+        // Bounded: the oldest reacted-to messages are forgotten first.
+        if !self.reactions.contains_key(&record.target)
+            && self.reactions.len() as u64 >= options.retention.messages
+        {
+            self.reactions.pop_first();
+        }
+        let who: Arc<str> = record.sender.clone().unwrap_or_else(|| "".into());
+        let on = self.reactions.entry(record.target).or_default();
+        let mine = on.mine.entry(who.clone()).or_default();
+        let reaction = &*record.text;
+        let decision = Decision::of(record.kind, reaction, &on.counts, mine, options.reactions);
+        if decision == Decision::TooMany {
+            return Reacted::TooMany;
+        }
+        let changed = decision.apply(reaction, &mut on.counts, mine);
+        let mine = mine.clone();
+        match decision {
+            Decision::Add => on.reactors.push(Reactor::new(
+                reaction.to_owned(),
+                record.from.to_string(),
+                who.to_string(),
+                seq,
+            )),
+            Decision::Remove => on
+                .reactors
+                .retain(|r| r.reaction != reaction || *r.sender != *who),
+            _ => {}
+        }
+        Reacted::Counts {
+            counts: on.counts.clone(),
+            mine,
+            changed,
+        }
+    }
 }
 
 impl Memory {
-    pub(crate) fn new(dedupe_window: usize) -> Memory {
+    pub(crate) fn new(options: Options) -> Memory {
         Memory {
-            dedupe_window,
+            options,
             rooms: RwLock::new(HashMap::new()),
             epochs: Epochs::default(),
         }
@@ -56,6 +109,7 @@ impl Broker for Memory {
                 epoch,
                 seq: 0,
                 dedupe: Dedupe::default(),
+                reactions: BTreeMap::new(),
             }),
         });
         self.rooms.write().unwrap().insert(room.into(), held);
@@ -81,12 +135,66 @@ impl Broker for Memory {
         numbers.seq += 1;
         let seq = numbers.seq;
         if let Some(key) = &record.dedupe {
-            numbers.dedupe.insert(key.clone(), seq, self.dedupe_window);
+            numbers
+                .dedupe
+                .insert(key.clone(), seq, self.options.dedupe_window);
         }
-        held.sink
-            .receive(vec![RoomEvent::Record(Numbered::new(seq, 0, record))]);
+        let mut numbered = Numbered::new(seq, 0, record);
+        match numbered.record.kind {
+            kind if kind.is_reaction() => {
+                numbered.reacted = Some(numbers.react(seq, &numbered.record, &self.options));
+            }
+            RecordKind::Delete => drop(numbers.reactions.remove(&numbered.record.target)),
+            _ => {}
+        }
+        held.sink.receive(vec![RoomEvent::Record(numbered)]);
         drop(numbers);
         let stored = Appended::Stored(Position { epoch, seq });
         Ok(Box::pin(std::future::ready(Ok(stored))))
+    }
+
+    fn reactors(
+        &self,
+        room: &str,
+        seq: u64,
+        after: u64,
+        limit: usize,
+    ) -> EngineFuture<'_, ReactorsPage> {
+        let held = self.rooms.read().unwrap().get(room).cloned();
+        let page = held.and_then(|held| {
+            let numbers = held.numbers.lock().unwrap();
+            let on = numbers.reactions.get(&seq)?;
+            let mut reactors: Vec<Reactor> = on
+                .reactors
+                .iter()
+                .filter(|r| r.at > after)
+                .take(limit + 1)
+                .cloned()
+                .collect();
+            let more = reactors.len() > limit;
+            reactors.truncate(limit);
+            let next = reactors.last().filter(|_| more).map(|r| r.at);
+            Some(ReactorsPage::new(reactors, next))
+        });
+        Box::pin(std::future::ready(Ok(page.unwrap_or_default())))
+    }
+
+    fn reacted_by(
+        &self,
+        room: &str,
+        sender: &str,
+        from: u64,
+    ) -> EngineFuture<'_, Vec<(u64, String)>> {
+        let held = self.rooms.read().unwrap().get(room).cloned();
+        let mut own = Vec::new();
+        if let Some(held) = held {
+            let numbers = held.numbers.lock().unwrap();
+            for (&seq, on) in numbers.reactions.range(from..) {
+                for reaction in on.mine.get(sender).into_iter().flatten() {
+                    own.push((seq, reaction.clone()));
+                }
+            }
+        }
+        Box::pin(std::future::ready(Ok(own)))
     }
 }

@@ -8,8 +8,10 @@
 //! - [`Broker::append`] takes a record's place in its room's order at once, and resolves
 //!   with its position (epoch, seq) once it is as durable as the engine promises; a retried
 //!   client id resolves with the position it got the first time. A record is a message or
-//!   a change to one (an edit, a deletion: [`RecordKind`]): changes are numbered in the
-//!   same order, so that a resume replays them with the messages around them.
+//!   a change to one (an edit, a deletion, a reaction: [`RecordKind`]): changes are
+//!   numbered in the same order, so that a resume replays them with the messages around
+//!   them. An engine applies a reaction in that order, against the limits
+//!   ([`ReactionLimits`]), and hands back what it came to ([`Reacted`]) with the record.
 //! - Every numbered record of a room — this node's and other nodes' alike — comes back
 //!   through **one** handler, the room's [`RoomSink`], in order and once: a message or a
 //!   change reaches its members by one route, whatever the engine.
@@ -243,6 +245,185 @@ pub struct StoredMessage {
     pub deleted: bool,
     /// The message it answers, if it is a reply.
     pub reply: Option<Quote>,
+    /// Its reactions: how many members reacted with each, in the order they were first
+    /// added (none once deleted).
+    pub reactions: Vec<ReactionCount>,
+}
+
+/// How many members reacted to a message with one reaction.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct ReactionCount {
+    /// The reaction: one emoji, or a name from the host's list.
+    pub reaction: String,
+    /// How many reacted with it (at least 1).
+    pub count: u32,
+}
+
+impl ReactionCount {
+    /// `count` reactions of `reaction`.
+    pub fn new(reaction: impl Into<String>, count: u32) -> ReactionCount {
+        ReactionCount {
+            reaction: reaction.into(),
+            count,
+        }
+    }
+}
+
+/// Who reacted to a message, and how: one entry of [`Broker::reactors`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Reactor {
+    /// The reaction.
+    pub reaction: String,
+    /// The member's display name when it reacted.
+    pub from: String,
+    /// The member's public sender id.
+    pub sender: String,
+    /// The reaction's number in the room's order: pages go on after it.
+    pub at: u64,
+}
+
+impl Reactor {
+    /// `sender` (named `from`) reacted with `reaction`, numbered `at`.
+    pub fn new(reaction: String, from: String, sender: String, at: u64) -> Reactor {
+        Reactor {
+            reaction,
+            from,
+            sender,
+            at,
+        }
+    }
+}
+
+/// One page of who reacted to a message, in the order they reacted.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ReactorsPage {
+    /// Up to the page's limit.
+    pub reactors: Vec<Reactor>,
+    /// Ask again with this as `after` for the next page; None at the end.
+    pub next: Option<u64>,
+}
+
+impl ReactorsPage {
+    /// A page of `reactors`, the next starting after `next`.
+    pub fn new(reactors: Vec<Reactor>, next: Option<u64>) -> ReactorsPage {
+        ReactorsPage { reactors, next }
+    }
+}
+
+/// How many reactions a message may carry: what every engine checks a reaction against,
+/// in the room's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReactionLimits {
+    /// Distinct reactions per message.
+    pub per_message: usize,
+    /// Reactions per member per message.
+    pub per_member: usize,
+}
+
+impl Default for ReactionLimits {
+    fn default() -> ReactionLimits {
+        ReactionLimits {
+            per_message: 20,
+            per_member: 3,
+        }
+    }
+}
+
+/// What a reaction record came to, as its engine applied it in the room's order: handed
+/// back with the [`Numbered`] record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reacted {
+    /// Applied: the message's reactions after it, the reacting member's own on it, and
+    /// whether it changed anything (a repeated reaction, or the removal of one the member
+    /// did not make, does not).
+    Counts {
+        /// The message's reactions now.
+        counts: Vec<ReactionCount>,
+        /// The reacting member's own reactions on it now.
+        mine: Vec<String>,
+        /// Whether the counts changed.
+        changed: bool,
+    },
+    /// Refused: the message has as many distinct reactions as allowed, or the member as
+    /// many on it.
+    TooMany,
+    /// Refused: the message is not there (never was, or trimmed): `deleted` when it was
+    /// deleted.
+    Gone {
+        /// Whether it was deleted.
+        deleted: bool,
+    },
+}
+
+/// What one reaction does to a message that has `counts`, of which `mine` are the member's:
+/// the one rule every engine applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    Add,
+    Remove,
+    Nothing,
+    TooMany,
+}
+
+impl Decision {
+    /// Whether `kind` (a reaction or its removal) of `reaction` applies, given the message's
+    /// `counts`, the member's own `mine`, and the limits.
+    pub(crate) fn of(
+        kind: RecordKind,
+        reaction: &str,
+        counts: &[ReactionCount],
+        mine: &[String],
+        limits: ReactionLimits,
+    ) -> Decision {
+        let had = mine.iter().any(|m| m == reaction);
+        match kind {
+            RecordKind::Unreact if had => Decision::Remove,
+            RecordKind::React if had => Decision::Nothing,
+            RecordKind::React
+                if mine.len() >= limits.per_member
+                    || (counts.len() >= limits.per_message
+                        && !counts.iter().any(|c| c.reaction == reaction)) =>
+            {
+                Decision::TooMany
+            }
+            RecordKind::React => Decision::Add,
+            _ => Decision::Nothing,
+        }
+    }
+
+    /// Applies it to `counts` and `mine`: whether anything changed.
+    pub(crate) fn apply(
+        self,
+        reaction: &str,
+        counts: &mut Vec<ReactionCount>,
+        mine: &mut Vec<String>,
+    ) -> bool {
+        match self {
+            Decision::Add => {
+                match counts.iter_mut().find(|c| c.reaction == reaction) {
+                    Some(c) => c.count += 1,
+                    None => counts.push(ReactionCount::new(reaction, 1)),
+                }
+                mine.push(reaction.to_owned());
+                true
+            }
+            Decision::Remove => {
+                if let Some(at) = counts.iter().position(|c| c.reaction == reaction) {
+                    counts[at].count -= 1;
+                    if counts[at].count == 0 {
+                        counts.remove(at);
+                    }
+                }
+                mine.retain(|m| m != reaction);
+                true
+            }
+            Decision::Nothing | Decision::TooMany => false,
+        }
+    }
 }
 
 /// The message a reply answers, as the reply keeps it: enough to show the quote without
@@ -297,6 +478,7 @@ impl StoredMessage {
             edited: None,
             deleted: false,
             reply: None,
+            reactions: Vec::new(),
         }
     }
 }
@@ -425,6 +607,23 @@ pub(crate) struct Options {
     pub retention: Retention,
     /// Client ids remembered per room, for idempotent retries.
     pub dedupe_window: usize,
+    pub reactions: ReactionLimits,
+}
+
+#[cfg(test)]
+impl Options {
+    /// Generous retention, `dedupe_window` ids, the default reaction limits.
+    pub(crate) fn for_tests(dedupe_window: usize) -> Options {
+        Options {
+            retention: Retention {
+                messages: 100_000,
+                age_ms: 3_600_000,
+                bytes: 1 << 30,
+            },
+            dedupe_window,
+            reactions: ReactionLimits::default(),
+        }
+    }
 }
 
 /// What a record does to its room.
@@ -439,6 +638,12 @@ pub enum RecordKind {
     Edit,
     /// Deletes message [`Record::target`]: its text is forgotten, and it leaves history.
     Delete,
+    /// Adds the reaction in the record's text to message [`Record::target`], by the
+    /// record's sender (see [`Reacted`] for what it may come to).
+    React,
+    /// Takes back the sender's reaction in the record's text from message
+    /// [`Record::target`].
+    Unreact,
 }
 
 impl RecordKind {
@@ -448,14 +653,27 @@ impl RecordKind {
             RecordKind::Message => "message",
             RecordKind::Edit => "edit",
             RecordKind::Delete => "delete",
+            RecordKind::React => "react",
+            RecordKind::Unreact => "unreact",
         }
+    }
+
+    /// Whether it is a reaction or its removal.
+    pub fn is_reaction(self) -> bool {
+        matches!(self, RecordKind::React | RecordKind::Unreact)
     }
 
     /// The kind [`as_str`](Self::as_str) names.
     pub fn parse(name: &str) -> Option<RecordKind> {
-        [RecordKind::Message, RecordKind::Edit, RecordKind::Delete]
-            .into_iter()
-            .find(|kind| kind.as_str() == name)
+        [
+            RecordKind::Message,
+            RecordKind::Edit,
+            RecordKind::Delete,
+            RecordKind::React,
+            RecordKind::Unreact,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == name)
     }
 }
 
@@ -540,12 +758,20 @@ pub struct Numbered {
     pub node: u64,
     /// The record as appended.
     pub record: Record,
+    /// What a reaction record came to (None for other records, and from an engine that
+    /// keeps no reactions).
+    pub reacted: Option<Reacted>,
 }
 
 impl Numbered {
     /// Record `record`, appended by node `node`, numbered `seq`.
     pub fn new(seq: u64, node: u64, record: Record) -> Numbered {
-        Numbered { seq, node, record }
+        Numbered {
+            seq,
+            node,
+            record,
+            reacted: None,
+        }
     }
 }
 
@@ -718,6 +944,31 @@ pub trait Broker: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(None)))
     }
 
+    /// Who reacted to message `seq` of `room`: up to `limit` reactions numbered after
+    /// `after`, in their order. The default keeps none.
+    fn reactors(
+        &self,
+        room: &str,
+        seq: u64,
+        after: u64,
+        limit: usize,
+    ) -> EngineFuture<'_, ReactorsPage> {
+        let _ = (room, seq, after, limit);
+        Box::pin(std::future::ready(Ok(ReactorsPage::default())))
+    }
+
+    /// The reactions member `sender` (a public sender id) made to the messages of `room`
+    /// numbered `from` or later: (message, reaction) pairs, by message.
+    fn reacted_by(
+        &self,
+        room: &str,
+        sender: &str,
+        from: u64,
+    ) -> EngineFuture<'_, Vec<(u64, String)>> {
+        let _ = (room, sender, from);
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
     /// The newest `limit` stored messages of `room` below `before` (deleted ones left out),
     /// oldest first, in their current state, and whether older ones remain.
     fn page(&self, room: &str, before: u64, limit: usize) -> EngineFuture<'_, HistoryPage> {
@@ -814,7 +1065,7 @@ pub(crate) async fn open(
 ) -> Result<Arc<dyn Broker>, StorageError> {
     let _ = (&options, &stats);
     Ok(match engine {
-        Engine::Memory => Arc::new(memory::Memory::new(options.dedupe_window)),
+        Engine::Memory => Arc::new(memory::Memory::new(options)),
         #[cfg(feature = "sqlite")]
         Engine::Sqlite(path) => Arc::new(sqlite::Sqlite::open(path, options, stats).await?),
         #[cfg(feature = "redis")]

@@ -53,8 +53,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Appended, Ban, Broker, Busy, EngineFuture, HistoryPage, InFlight, Loaded, MemberInfo,
-    MembersPage, Missed, NodeSink, Numbered, Options, Position, Quote, Record, RecordKind,
-    Retention, RoomEvent, RoomSink, StorageError, StoredMessage,
+    MembersPage, Missed, NodeSink, Numbered, Options, Position, Quote, Reacted, ReactionCount,
+    ReactionLimits, Reactor, ReactorsPage, Record, RecordKind, Retention, RoomEvent, RoomSink,
+    StorageError, StoredMessage,
 };
 use crate::auth::random_bytes;
 use crate::metrics::EngineStats;
@@ -98,6 +99,9 @@ const NODE_BITS: u32 = 20;
 /// Every 64th message of a room also drops its messages past the retention age (reads skip
 /// them anyway; looking on every message would cost Redis a stream read each). Every
 /// message pushes back the room's keys' expiry: an idle room's keys go with its history.
+/// Past ARGV[9] entries the stream is trimmed; after a trim, `floor` in the room's hash
+/// (KEYS[1]) is the first number still in it: from there on every number is in the stream
+/// but reactions', which are in none (see [`REACT`]).
 const PUBLISH: &str = r#"
 local dk = nil
 if ARGV[5] ~= '' then
@@ -111,6 +115,7 @@ if not epoch then
   epoch = ARGV[1]
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local trimmed = false
 local fields = {'t', ARGV[2], 'f', ARGV[3], 's', ARGV[4], 'c', ARGV[5], 'x', ARGV[6], 'o', ARGV[7]}
 if ARGV[17] ~= '' then
   for _, v in ipairs({'r', ARGV[17], 'rf', ARGV[18], 'rt', ARGV[19]}) do table.insert(fields, v) end
@@ -118,13 +123,17 @@ end
 if ARGV[15] ~= '' then
   for _, v in ipairs({'k', ARGV[15], 'g', ARGV[16]}) do table.insert(fields, v) end
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], seq .. '-0', unpack(fields))
+redis.call('XADD', KEYS[2], seq .. '-0', unpack(fields))
+if redis.call('XLEN', KEYS[2]) > tonumber(ARGV[9]) then
+  redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[9])
+  trimmed = true
+end
 if ARGV[15] ~= '' then
   local g = ARGV[16]
   if not redis.call('HGET', KEYS[5], 'd:' .. g) then
     if ARGV[15] == 'delete' then
       redis.call('HSET', KEYS[5], 'd:' .. g, seq)
-      redis.call('HDEL', KEYS[5], 'x:' .. g, 'e:' .. g)
+      redis.call('HDEL', KEYS[5], 'x:' .. g, 'e:' .. g, 'r:' .. g)
     else
       redis.call('HSET', KEYS[5], 'x:' .. g, ARGV[6], 'e:' .. g, ARGV[2])
     end
@@ -139,11 +148,110 @@ if seq % 64 == 1 then
     local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
     if not first or tonumber(first[2][2]) >= tonumber(ARGV[12]) then break end
     redis.call('XDEL', KEYS[2], first[1])
+    trimmed = true
   end
+end
+if trimmed then
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+  if first then redis.call('HSET', KEYS[1], 'floor', string.match(first[1], '^%d+')) end
 end
 for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ARGV[11]) end
 redis.call('PUBLISH', ARGV[13], '{"seq":' .. seq .. ',"epoch":' .. epoch .. ARGV[8])
 return {1, seq, epoch}
+"#;
+
+/// Numbers a reaction (ARGV[9] `react` or `unreact`) to message ARGV[10] by ARGV[4] (a
+/// public sender id; ARGV[3] its name) and applies it within the limits (ARGV[11] distinct
+/// reactions per message, ARGV[12] per member), in the room's order, as every node sees
+/// it: `r:N` in the hash of states (KEYS[5]) holds N's counts (JSON `[["👍",2],…]`), KEYS[6]
+/// (per member) N's reactions of that member, KEYS[7] who reacted to N (score: the
+/// reaction's number; member: JSON `[reaction, sender, name]`), KEYS[8] the number of each
+/// message's last reaction change (what a resume reads, as it reads edits in the stream).
+/// A reaction is in no stream entry: thousands of them never push a message out of the
+/// stream. Dedupe as in [`PUBLISH`]. Returns {1, seq, epoch, outcome} ({0, seq} for a
+/// retry); the outcome (JSON) is also in what it publishes.
+const REACT: &str = r#"
+local dk = nil
+if ARGV[5] ~= '' then
+  dk = ARGV[15] .. '\0' .. ARGV[5]
+  local seen = redis.call('HGET', KEYS[3], dk) or redis.call('HGET', KEYS[4], dk)
+  if seen then return {0, tonumber(seen)} end
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[1])
+  epoch = ARGV[1]
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local g, r = ARGV[10], ARGV[6]
+local outcome
+if redis.call('HGET', KEYS[5], 'd:' .. g) then
+  outcome = '{"gone":true,"deleted":true}'
+elseif #redis.call('XRANGE', KEYS[2], g .. '-0', g .. '-0') == 0 then
+  outcome = '{"gone":true,"deleted":false}'
+else
+  local counts = cjson.decode(redis.call('HGET', KEYS[5], 'r:' .. g) or '[]')
+  local mine = cjson.decode(redis.call('HGET', KEYS[6], g) or '[]')
+  local had, known = nil, false
+  for _, m in ipairs(mine) do if m[1] == r then had = m end end
+  for _, c in ipairs(counts) do if c[1] == r then known = true end end
+  local change = 'none'
+  if ARGV[9] == 'unreact' then
+    if had then change = 'remove' end
+  elseif not had then
+    if #mine >= tonumber(ARGV[12]) or (not known and #counts >= tonumber(ARGV[11])) then
+      change = 'too_many'
+    else
+      change = 'add'
+    end
+  end
+  if change == 'too_many' then
+    outcome = '{"tooMany":true}'
+  else
+    if change == 'add' then
+      if known then
+        for _, c in ipairs(counts) do if c[1] == r then c[2] = c[2] + 1 end end
+      else
+        table.insert(counts, {r, 1})
+      end
+      table.insert(mine, {r, ARGV[3]})
+      redis.call('ZADD', KEYS[7], seq, cjson.encode({r, ARGV[4], ARGV[3]}))
+    elseif change == 'remove' then
+      local kept, left = {}, {}
+      for _, c in ipairs(counts) do
+        if c[1] == r then c[2] = c[2] - 1 end
+        if c[2] > 0 then table.insert(kept, c) end
+      end
+      for _, m in ipairs(mine) do if m[1] ~= r then table.insert(left, m) end end
+      counts, mine = kept, left
+      redis.call('ZREM', KEYS[7], cjson.encode({r, ARGV[4], had[2]}))
+    end
+    if change ~= 'none' then
+      if #counts > 0 then
+        redis.call('HSET', KEYS[5], 'r:' .. g, cjson.encode(counts))
+      else
+        redis.call('HDEL', KEYS[5], 'r:' .. g)
+      end
+      if #mine > 0 then
+        redis.call('HSET', KEYS[6], g, cjson.encode(mine))
+      else
+        redis.call('HDEL', KEYS[6], g)
+      end
+      redis.call('ZADD', KEYS[8], seq, g)
+    end
+    local names = {}
+    for _, m in ipairs(mine) do table.insert(names, m[1]) end
+    outcome = cjson.encode({counts = counts, mine = names, changed = change ~= 'none'})
+  end
+end
+if dk and redis.call('HSET', KEYS[3], dk, seq) == 1
+    and redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[16]) then
+  redis.call('RENAME', KEYS[3], KEYS[4])
+end
+for i = 1, 8 do redis.call('PEXPIRE', KEYS[i], ARGV[13]) end
+redis.call('PUBLISH', ARGV[14],
+  '{"seq":' .. seq .. ',"epoch":' .. epoch .. ',"reacted":' .. outcome .. ARGV[8])
+return {1, seq, epoch, outcome}
 "#;
 
 /// A room as a node takes it up: its epoch (made if new), last number, the messages after
@@ -225,6 +333,7 @@ return {missing, redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '
 #[derive(Debug)]
 struct Scripts {
     publish: redis::Script,
+    react: redis::Script,
     load: redis::Script,
     join: redis::Script,
     leave: redis::Script,
@@ -235,6 +344,7 @@ impl Scripts {
     fn new() -> Scripts {
         Scripts {
             publish: redis::Script::new(PUBLISH),
+            react: redis::Script::new(REACT),
             load: redis::Script::new(LOAD),
             join: redis::Script::new(JOIN),
             leave: redis::Script::new(LEAVE),
@@ -242,9 +352,10 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&redis::Script; 5] {
+    fn all(&self) -> [&redis::Script; 6] {
         [
             &self.publish,
+            &self.react,
             &self.load,
             &self.join,
             &self.leave,
@@ -294,6 +405,49 @@ struct Published {
     /// The message a reply answers.
     #[serde(default)]
     reply: Option<PublishedQuote>,
+    /// What a reaction came to, as the script applied it.
+    #[serde(default)]
+    reacted: Option<Box<PublishedReacted>>,
+}
+
+/// A reaction's outcome, as [`REACT`] writes it (an empty list comes as `{}` from Lua).
+#[derive(Debug, Clone, Default, Deserialize)]
+struct PublishedReacted {
+    #[serde(default)]
+    counts: serde_json::Value,
+    #[serde(default)]
+    mine: serde_json::Value,
+    #[serde(default)]
+    changed: bool,
+    #[serde(default, rename = "tooMany")]
+    too_many: bool,
+    #[serde(default)]
+    gone: bool,
+    #[serde(default)]
+    deleted: bool,
+}
+
+impl PublishedReacted {
+    fn reacted(&self) -> Reacted {
+        if self.gone {
+            return Reacted::Gone {
+                deleted: self.deleted,
+            };
+        }
+        if self.too_many {
+            return Reacted::TooMany;
+        }
+        let counts: Vec<(String, u32)> =
+            serde_json::from_value(self.counts.clone()).unwrap_or_default();
+        Reacted::Counts {
+            counts: counts
+                .into_iter()
+                .map(|(reaction, count)| ReactionCount::new(reaction, count))
+                .collect(),
+            mine: serde_json::from_value(self.mine.clone()).unwrap_or_default(),
+            changed: self.changed,
+        }
+    }
 }
 
 /// A reply's quote, as published.
@@ -322,7 +476,9 @@ impl Published {
             .as_ref()
             .map(|q| Box::new(Quote::new(q.seq, q.from.clone(), &q.text)));
         record.token = token;
-        Numbered::new(self.seq, node, record)
+        let mut numbered = Numbered::new(self.seq, node, record);
+        numbered.reacted = self.reacted.as_deref().map(PublishedReacted::reacted);
+        numbered
     }
 }
 
@@ -363,7 +519,7 @@ impl From<MemberInfo> for Listed {
 enum Outcome {
     /// Stored under this number: the message as every node receives it, so that the node
     /// that sent it can hand it to the room at once when it is the next one.
-    Stored(Published),
+    Stored(Box<Published>),
     /// A retry of a client id stored before as this number.
     Duplicate(u64),
 }
@@ -463,6 +619,7 @@ struct Inner {
     retention: Retention,
     /// Client ids remembered per room for idempotent retries.
     dedupe_window: usize,
+    reactions: ReactionLimits,
     client: Client,
     conn: ConnectionManager,
     scripts: Scripts,
@@ -532,6 +689,7 @@ impl Redis {
                 node,
                 retention: options.retention,
                 dedupe_window: options.dedupe_window,
+                reactions: options.reactions,
                 client,
                 conn,
                 scripts: Scripts::new(),
@@ -697,14 +855,28 @@ impl Broker for Redis {
                 )
                 .await?;
             let records = entries_of(entries);
-            // Every number has its entry until the stream is trimmed.
-            let whole = records.first().is_some_and(|r| r.seq == from);
+            // Every number from the floor on has its entry (but reactions').
+            let floor: Option<u64> = inner
+                .query(
+                    redis::cmd("HGET")
+                        .arg(inner.key(&name, "meta"))
+                        .arg("floor"),
+                )
+                .await?;
+            let whole = floor.is_none_or(|floor| floor <= from);
             let mut messages: Vec<StoredMessage> = records.iter().filter_map(as_message).collect();
             let mut targets: Vec<u64> = records
                 .iter()
                 .filter(|r| !r.record.is_message() && r.record.target < from)
                 .map(|r| r.record.target)
                 .collect();
+            let reacted = inner.reacted(&name, from, to).await?;
+            targets.extend(
+                reacted
+                    .into_iter()
+                    .map(|(target, _)| target)
+                    .filter(|t| *t < from),
+            );
             targets.sort_unstable();
             targets.dedup();
             let changed = inner.messages(&name, &targets).await?;
@@ -719,6 +891,63 @@ impl Broker for Redis {
     fn message(&self, room: &str, seq: u64) -> EngineFuture<'_, Option<StoredMessage>> {
         let name = room.to_owned();
         Box::pin(async move { Ok(self.inner.messages(&name, &[seq]).await?.pop()) })
+    }
+
+    fn reactors(
+        &self,
+        room: &str,
+        seq: u64,
+        after: u64,
+        limit: usize,
+    ) -> EngineFuture<'_, ReactorsPage> {
+        let key = self.inner.key(room, &format!("reactors:{seq}"));
+        Box::pin(async move {
+            let found: Vec<(String, u64)> = self
+                .inner
+                .query(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(&key)
+                        .arg(format!("({after}"))
+                        .arg("+inf")
+                        .arg("WITHSCORES")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(limit + 1),
+                )
+                .await?;
+            let more = found.len() > limit;
+            let mut reactors: Vec<Reactor> = found
+                .into_iter()
+                .filter_map(|(entry, at)| {
+                    let (reaction, sender, from): (String, String, String) =
+                        serde_json::from_str(&entry).ok()?;
+                    Some(Reactor::new(reaction, from, sender, at))
+                })
+                .collect();
+            reactors.truncate(limit);
+            let next = reactors.last().filter(|_| more).map(|r| r.at);
+            Ok(ReactorsPage::new(reactors, next))
+        })
+    }
+
+    fn reacted_by(
+        &self,
+        room: &str,
+        sender: &str,
+        from: u64,
+    ) -> EngineFuture<'_, Vec<(u64, String)>> {
+        let key = self.inner.key(room, &format!("mine:{sender}"));
+        Box::pin(async move {
+            let stored: HashMap<u64, String> =
+                self.inner.query(redis::cmd("HGETALL").arg(&key)).await?;
+            let mut own: Vec<(u64, String)> = Vec::new();
+            for (seq, mine) in stored.into_iter().filter(|(seq, _)| *seq >= from) {
+                let mine: Vec<(String, String)> = serde_json::from_str(&mine).unwrap_or_default();
+                own.extend(mine.into_iter().map(|(reaction, _)| (seq, reaction)));
+            }
+            own.sort_by_key(|(seq, _)| *seq);
+            Ok(own)
+        })
     }
 
     fn page(&self, room: &str, before: u64, limit: usize) -> EngineFuture<'_, HistoryPage> {
@@ -1090,6 +1319,10 @@ impl Inner {
         for r in records.iter().filter(|r| !r.record.is_message()) {
             last.insert(r.record.target, r.seq);
         }
+        for (target, at) in self.reacted(room, first, u64::MAX).await? {
+            let at = last.get(&target).map_or(at, |edit| at.max(*edit));
+            last.insert(target, at);
+        }
         let older: Vec<u64> = last.keys().copied().filter(|t| *t < first).collect();
         let read = self.messages(room, &older).await?;
         let changed = newest
@@ -1099,6 +1332,28 @@ impl Inner {
             .map(|m| (last[&m.seq], m.clone()))
             .collect();
         Ok((first, changed))
+    }
+
+    /// The messages of `room` whose reactions last changed by a reaction numbered `from <=
+    /// at < to`: (message, at).
+    async fn reacted(
+        &self,
+        room: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, u64)>, StorageError> {
+        let upto = match to {
+            u64::MAX => "+inf".to_owned(),
+            to => format!("({to}"),
+        };
+        self.query(
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(self.key(room, "reacted"))
+                .arg(from)
+                .arg(upto)
+                .arg("WITHSCORES"),
+        )
+        .await
     }
 
     /// Brings `messages` of `room` (as their stream entries have them) to their current
@@ -1111,7 +1366,8 @@ impl Inner {
         if messages.is_empty() {
             return Ok(());
         }
-        // Per message: its text and time of edit, its deletion, and its quote's deletion.
+        // Per message: its text and time of edit, its deletion, its quote's deletion, and
+        // its reactions.
         let mut fields = redis::cmd("HMGET");
         fields.arg(self.key(room, "state"));
         for m in messages.iter() {
@@ -1120,16 +1376,26 @@ impl Inner {
                 .arg(format!("x:{}", m.seq))
                 .arg(format!("e:{}", m.seq))
                 .arg(format!("d:{}", m.seq))
-                .arg(format!("d:{quoted}"));
+                .arg(format!("d:{quoted}"))
+                .arg(format!("r:{}", m.seq));
         }
         let states: Vec<Option<String>> = self.query(&fields).await?;
-        for (m, state) in messages.iter_mut().zip(states.chunks(4)) {
-            let [text, edited, deleted, quote_deleted] = state else {
+        for (m, state) in messages.iter_mut().zip(states.chunks(5)) {
+            let [text, edited, deleted, quote_deleted, reactions] = state else {
                 continue;
             };
+            let counts: Vec<(String, u32)> = reactions
+                .as_deref()
+                .and_then(|json| serde_json::from_str(json).ok())
+                .unwrap_or_default();
+            m.reactions = counts
+                .into_iter()
+                .map(|(reaction, count)| ReactionCount::new(reaction, count))
+                .collect();
             if deleted.is_some() {
                 m.deleted = true;
                 m.text.clear();
+                m.reactions.clear();
             } else if let (Some(text), Some(edited)) = (text, edited) {
                 m.text.clone_from(text);
                 m.edited = edited.parse().ok();
@@ -1496,8 +1762,18 @@ async fn writer(inner: std::sync::Weak<Inner>, mut queue: mpsc::UnboundedReceive
 
 /// What the publish script said of `record`.
 fn outcome(reply: Value, record: Record, origin: String) -> Result<Outcome, StorageError> {
-    match redis::from_redis_value::<Vec<u64>>(reply).as_deref() {
-        Ok(&[1, seq, epoch]) => Ok(Outcome::Stored(Published {
+    // A reaction's answer ends with what it came to.
+    let mut reply: Vec<Value> = redis::from_redis_value(reply).unwrap_or_default();
+    let reacted = match reply.len() {
+        4 => reply.pop().and_then(|outcome| {
+            let outcome: String = redis::from_redis_value(outcome).ok()?;
+            serde_json::from_str::<Box<PublishedReacted>>(&outcome).ok()
+        }),
+        _ => None,
+    };
+    let numbers: Result<Vec<u64>, _> = reply.into_iter().map(redis::from_redis_value).collect();
+    match numbers.as_deref() {
+        Ok(&[1, seq, epoch]) => Ok(Outcome::Stored(Box::new(Published {
             seq,
             epoch,
             time: record.time,
@@ -1512,7 +1788,8 @@ fn outcome(reply: Value, record: Record, origin: String) -> Result<Outcome, Stor
                 from: q.from.clone(),
                 text: q.text.clone(),
             }),
-        })),
+            reacted,
+        }))),
         Ok(&[0, seq]) => Ok(Outcome::Duplicate(seq)),
         Ok(other) => Err(StorageError::new(format!(
             "Redis: the publish script answered {other:?}"
@@ -1546,6 +1823,39 @@ impl Inner {
                 // `{"seq":N,"epoch":E` comes from the script: the rest of the object.
                 let fragment = format!(",{}", &fragment[1..]);
                 let (dedupe_id, client_id) = record.dedupe_parts().unwrap_or(("", ""));
+                if record.kind.is_reaction() {
+                    let who = record.sender.as_deref().unwrap_or("");
+                    let target = record.target;
+                    pipe.invoke_script(
+                        self.scripts
+                            .react
+                            .key(self.key(name, "meta"))
+                            .key(self.key(name, "log"))
+                            .key(self.key(name, "ids"))
+                            .key(self.key(name, "ids-old"))
+                            .key(self.key(name, "state"))
+                            .key(self.key(name, &format!("mine:{who}")))
+                            .key(self.key(name, &format!("reactors:{target}")))
+                            .key(self.key(name, "reacted"))
+                            .arg(now_ms())
+                            .arg(record.time)
+                            .arg(&*record.from)
+                            .arg(who)
+                            .arg(client_id)
+                            .arg(&*record.text)
+                            .arg(origin)
+                            .arg(fragment)
+                            .arg(record.kind.as_str())
+                            .arg(target)
+                            .arg(self.reactions.per_message)
+                            .arg(self.reactions.per_member)
+                            .arg(self.retention.age_ms)
+                            .arg(self.channel(name))
+                            .arg(dedupe_id)
+                            .arg(self.dedupe_window),
+                    );
+                    return;
+                }
                 pipe.invoke_script(
                     self.scripts
                         .publish

@@ -35,9 +35,9 @@ use rusqlite::{Connection, ErrorCode as SqlCode, OpenFlags, OptionalExtension, p
 use tokio::sync::oneshot;
 
 use super::{
-    Appended, Ban, Broker, Busy, Dedupe, EngineFuture, Epochs, HistoryPage, InFlight, Loaded,
-    Missed, Numbered, Options, Position, Quote, Record, RecordKind, RoomEvent, RoomSink,
-    StorageError, StoredMessage,
+    Appended, Ban, Broker, Busy, Decision, Dedupe, EngineFuture, Epochs, HistoryPage, InFlight,
+    Loaded, Missed, Numbered, Options, Position, Quote, Reacted, ReactionCount, ReactionLimits,
+    Reactor, ReactorsPage, Record, RecordKind, RoomEvent, RoomSink, StorageError, StoredMessage,
 };
 use crate::auth::random_bytes;
 use crate::metrics::EngineStats;
@@ -91,7 +91,7 @@ const SCHEMA: &str = "
 
 /// What each version after 1 changed, in order: a file of version `v` gets the ones after
 /// it, in the transaction that opens it.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     // 2: public sender ids are keyed (see `crate::hub::sender`): the engine's key, and each
     // message's dedupe id beside its public id. Messages of version 1 have none: their
     // public id was their dedupe id.
@@ -123,6 +123,21 @@ const MIGRATIONS: [&str; 3] = [
      ALTER TABLE messages ADD COLUMN reply_text TEXT;
      ALTER TABLE messages ADD COLUMN reply_deleted INTEGER NOT NULL DEFAULT 0;
      CREATE INDEX messages_by_reply ON messages (room, reply_seq) WHERE reply_seq IS NOT NULL;",
+    // 5: reactions. Who reacted how, one row each (in their order for "who reacted", by
+    // member for a member's own); and each message's counts (JSON `[["👍",2],…]`, NULL
+    // for none) beside its text, so that history reads no other table.
+    "ALTER TABLE messages ADD COLUMN reactions TEXT;
+     CREATE TABLE reactions (
+         room     TEXT NOT NULL,
+         seq      INTEGER NOT NULL,
+         who      TEXT NOT NULL,
+         reaction TEXT NOT NULL,
+         name     TEXT NOT NULL,
+         at       INTEGER NOT NULL,
+         PRIMARY KEY (room, seq, who, reaction)
+     ) WITHOUT ROWID;
+     CREATE INDEX reactions_in_order ON reactions (room, seq, at);
+     CREATE INDEX reactions_by_member ON reactions (room, who, seq);",
 ];
 
 /// The name of the engine's key for public sender ids in table `secrets`.
@@ -273,6 +288,7 @@ impl Sqlite {
             shared: Arc::downgrade(&shared),
             path: path.clone(),
             retention: options.retention,
+            reactions: options.reactions,
             runtime,
             stats,
             unchecked: 0,
@@ -483,6 +499,64 @@ impl Broker for Sqlite {
         })
     }
 
+    fn reactors(
+        &self,
+        room: &str,
+        seq: u64,
+        after: u64,
+        limit: usize,
+    ) -> EngineFuture<'_, ReactorsPage> {
+        let room = room.to_owned();
+        self.shared.read(move |conn| {
+            let mut reactors: Vec<Reactor> = conn
+                .prepare_cached(
+                    "SELECT reaction, name, who, at FROM reactions
+                     WHERE room = ?1 AND seq = ?2 AND at > ?3 ORDER BY at LIMIT ?4",
+                )?
+                .query_map(
+                    params![
+                        room,
+                        seq.min(i64::MAX as u64) as i64,
+                        after.min(i64::MAX as u64) as i64,
+                        limit as i64 + 1
+                    ],
+                    |row| {
+                        Ok(Reactor::new(
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            uint(row, 3)?,
+                        ))
+                    },
+                )?
+                .collect::<rusqlite::Result<_>>()?;
+            let more = reactors.len() > limit;
+            reactors.truncate(limit);
+            let next = reactors.last().filter(|_| more).map(|r| r.at);
+            Ok(ReactorsPage::new(reactors, next))
+        })
+    }
+
+    fn reacted_by(
+        &self,
+        room: &str,
+        sender: &str,
+        from: u64,
+    ) -> EngineFuture<'_, Vec<(u64, String)>> {
+        let (room, sender) = (room.to_owned(), sender.to_owned());
+        self.shared.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT seq, reaction FROM reactions WHERE room = ?1 AND who = ?2 AND seq >= ?3
+                 ORDER BY seq, at",
+            )?
+            .query_map(
+                params![room, sender, from.min(i64::MAX as u64) as i64],
+                |row| Ok((uint(row, 0)?, row.get(1)?)),
+            )?
+            .collect()
+        })
+    }
+
     fn page(&self, room: &str, before: u64, limit: usize) -> EngineFuture<'_, HistoryPage> {
         let room = room.to_owned();
         self.shared.read(move |conn| {
@@ -601,7 +675,7 @@ fn load(conn: &Connection, room: &str, tail: usize, dedupe: usize) -> rusqlite::
 }
 
 /// The columns [`message`] reads.
-const COLUMNS: &str = "seq, time, name, sender, text, edited, deleted, reply_seq, reply_from, reply_text, reply_deleted";
+const COLUMNS: &str = "seq, time, name, sender, text, edited, deleted, reply_seq, reply_from, reply_text, reply_deleted, reactions";
 
 /// The newest `limit` messages of `room` below `before` (deleted ones left out), newest
 /// first.
@@ -652,7 +726,94 @@ fn message_at(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<StoredMess
         let deleted: bool = row.get(at + 10)?;
         message.reply = Some(if deleted { quote.of_deleted() } else { quote });
     }
+    message.reactions = counts(row.get(at + 11)?);
     Ok(message)
+}
+
+/// A message's reaction counts as its `reactions` column holds them.
+fn counts(column: Option<String>) -> Vec<ReactionCount> {
+    let pairs: Vec<(String, u32)> = column
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .unwrap_or_default();
+    pairs
+        .into_iter()
+        .map(|(reaction, count)| ReactionCount::new(reaction, count))
+        .collect()
+}
+
+/// Reaction counts as the `reactions` column holds them (NULL for none).
+fn counts_column(counts: &[ReactionCount]) -> Option<String> {
+    let pairs: Vec<(&str, u32)> = counts.iter().map(|c| (&*c.reaction, c.count)).collect();
+    (!pairs.is_empty()).then(|| serde_json::to_string(&pairs).expect("serializable"))
+}
+
+/// Applies reaction `record` (numbered `at`) in the writer's transaction: checks it against
+/// the message and `limits`, and writes the reaction and the message's new counts.
+fn react(
+    tx: &rusqlite::Transaction<'_>,
+    room: &str,
+    at: u64,
+    record: &Record,
+    limits: ReactionLimits,
+) -> rusqlite::Result<Reacted> {
+    let target = record.target as i64;
+    let found: Option<(bool, Option<String>)> = tx
+        .prepare_cached("SELECT deleted, reactions FROM messages WHERE room = ?1 AND seq = ?2")?
+        .query_row(params![room, target], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let (column, who, reaction) = match found {
+        None => return Ok(Reacted::Gone { deleted: false }),
+        Some((true, _)) => return Ok(Reacted::Gone { deleted: true }),
+        Some((false, column)) => (
+            column,
+            record.sender.as_deref().unwrap_or(""),
+            &*record.text,
+        ),
+    };
+    let mut counts = counts(column);
+    let mut mine: Vec<String> = tx
+        .prepare_cached(
+            "SELECT reaction FROM reactions WHERE room = ?1 AND seq = ?2 AND who = ?3 ORDER BY at",
+        )?
+        .query_map(params![room, target, who], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let decision = Decision::of(record.kind, reaction, &counts, &mine, limits);
+    match decision {
+        Decision::TooMany => return Ok(Reacted::TooMany),
+        Decision::Add => {
+            tx.prepare_cached(
+                "INSERT INTO reactions (room, seq, who, reaction, name, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                room,
+                target,
+                who,
+                reaction,
+                &*record.from,
+                at as i64
+            ])?;
+        }
+        Decision::Remove => {
+            tx.prepare_cached(
+                "DELETE FROM reactions WHERE room = ?1 AND seq = ?2 AND who = ?3 AND reaction = ?4",
+            )?
+            .execute(params![room, target, who, reaction])?;
+        }
+        Decision::Nothing => {}
+    }
+    let changed = decision.apply(reaction, &mut counts, &mut mine);
+    if changed {
+        tx.prepare_cached(
+            "UPDATE messages SET reactions = ?3, changed = ?4 WHERE room = ?1 AND seq = ?2",
+        )?
+        .execute(params![room, target, counts_column(&counts), at as i64])?;
+    }
+    Ok(Reacted::Counts {
+        counts,
+        mine,
+        changed,
+    })
 }
 
 enum Setup {
@@ -722,6 +883,7 @@ struct Writer {
     shared: std::sync::Weak<Shared>,
     path: PathBuf,
     retention: super::Retention,
+    reactions: ReactionLimits,
     /// Where committed records are handed to their rooms: on the runtime's workers, so
     /// that fanning them out to members neither waits for nor delays the next commit, and
     /// rooms deliver in parallel.
@@ -818,6 +980,10 @@ impl Writer {
         let started = Instant::now();
         let written = self.write(batch, &progress);
         self.stats.wrote(started.elapsed(), written.is_ok());
+        let (written, mut reacted) = match written {
+            Ok(reacted) => (Ok(()), reacted),
+            Err(e) => (Err(e), Vec::new()),
+        };
         shared.failing.store(written.is_err(), Ordering::Relaxed);
         let messages = batch
             .iter()
@@ -825,7 +991,7 @@ impl Writer {
             .count();
         match written {
             Ok(()) => {
-                for job in batch.drain(..) {
+                for (job, reacted) in batch.drain(..).zip(reacted.drain(..)) {
                     match job {
                         Job::Message {
                             room,
@@ -844,10 +1010,9 @@ impl Writer {
                                 (record.text.len() + record.from.len() + room.name.len() + 32)
                                     as u64;
                             let _ = done.send(Ok(Appended::Stored(position)));
-                            room.outgoing
-                                .lock()
-                                .unwrap()
-                                .push_back(Numbered::new(seq, 0, record));
+                            let mut numbered = Numbered::new(seq, 0, record);
+                            numbered.reacted = reacted;
+                            room.outgoing.lock().unwrap().push_back(numbered);
                         }
                         Job::Ban { done, .. } => drop(done.send(Ok(()))),
                         Job::Flush(done) => drop(done.send(())),
@@ -878,17 +1043,29 @@ impl Writer {
     }
 
     /// The transaction itself: messages inserted, changes applied to their messages (an
-    /// edit of a deleted message changes nothing), bans, each room's head.
-    fn write(&mut self, batch: &[Job], progress: &[Progress]) -> rusqlite::Result<()> {
+    /// edit of a deleted message changes nothing), bans, each room's head. What each
+    /// reaction came to, by job.
+    fn write(
+        &mut self,
+        batch: &[Job],
+        progress: &[Progress],
+    ) -> rusqlite::Result<Vec<Option<Reacted>>> {
         let tx = self.conn.transaction()?;
+        let mut reacted = vec![None; batch.len()];
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO messages (room, seq, time, name, sender, dedupe_id, client_id, text,
                                        reply_seq, reply_from, reply_text)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
-            for job in batch {
+            for (at, job) in batch.iter().enumerate() {
                 match job {
+                    Job::Message {
+                        room, seq, record, ..
+                    } if record.kind.is_reaction() => {
+                        let limits = self.reactions;
+                        reacted[at] = Some(react(&tx, &room.name, *seq, record, limits)?);
+                    }
                     Job::Message {
                         room, seq, record, ..
                     } if record.kind == RecordKind::Edit => {
@@ -908,10 +1085,13 @@ impl Writer {
                         room, seq, record, ..
                     } if record.kind == RecordKind::Delete => {
                         tx.prepare_cached(
-                            "UPDATE messages SET text = '', edited = NULL, deleted = 1, changed = ?3
+                            "UPDATE messages SET text = '', edited = NULL, deleted = 1, changed = ?3,
+                                                 reactions = NULL
                              WHERE room = ?1 AND seq = ?2 AND deleted = 0",
                         )?
                         .execute(params![&*room.name, record.target as i64, *seq as i64])?;
+                        tx.prepare_cached("DELETE FROM reactions WHERE room = ?1 AND seq = ?2")?
+                            .execute(params![&*room.name, record.target as i64])?;
                         tx.prepare_cached(
                             "UPDATE messages SET reply_text = '', reply_deleted = 1
                              WHERE room = ?1 AND reply_seq = ?2",
@@ -969,8 +1149,15 @@ impl Writer {
                  ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, active = excluded.active",
             )?;
             let now = now_ms() as i64;
+            // Messages count, not numbers: a burst of reactions or edits never pushes
+            // messages out. The newest `retention.messages` stay (deleted ones count).
+            let mut cutoff = tx.prepare_cached(
+                "SELECT seq FROM messages WHERE room = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2",
+            )?;
             let mut trim =
                 tx.prepare_cached("DELETE FROM messages WHERE room = ?1 AND seq <= ?2")?;
+            let mut trim_reactions =
+                tx.prepare_cached("DELETE FROM reactions WHERE room = ?1 AND seq <= ?2")?;
             for p in progress {
                 head.execute(params![
                     &*p.room.name,
@@ -978,15 +1165,27 @@ impl Writer {
                     p.last as i64,
                     now
                 ])?;
-                if p.last > self.retention.messages {
-                    trim.execute(params![
-                        &*p.room.name,
-                        (p.last - self.retention.messages) as i64
-                    ])?;
+                // Counting a room's rows takes a walk over them: done when a commit crosses
+                // a multiple of a sixteenth of the retention (a room keeps up to that many
+                // more messages).
+                let every = (self.retention.messages / 16).max(1);
+                if p.last <= self.retention.messages || (p.first - 1) / every == p.last / every {
+                    continue;
+                }
+                let last_kept: Option<i64> = cutoff
+                    .query_row(
+                        params![&*p.room.name, self.retention.messages as i64],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                if let Some(cut) = last_kept {
+                    trim.execute(params![&*p.room.name, cut])?;
+                    trim_reactions.execute(params![&*p.room.name, cut])?;
                 }
             }
         }
-        tx.commit()
+        tx.commit()?;
+        Ok(reacted)
     }
 
     /// Deletes messages past their age and bans past their time.
@@ -999,6 +1198,14 @@ impl Writer {
             .and_then(|_| {
                 self.conn
                     .execute("DELETE FROM bans WHERE until <= ?1", [now as i64])
+            })
+            // The reactions of the messages gone by age or by the stored-bytes budget.
+            .and_then(|_| {
+                self.conn.execute(
+                    "DELETE FROM reactions WHERE NOT EXISTS (SELECT 1 FROM messages m
+                         WHERE m.room = reactions.room AND m.seq = reactions.seq)",
+                    [],
+                )
             });
         if let Err(e) = swept {
             tracing::warn!(error = %describe(&self.path, &e), "could not sweep old history");
@@ -1145,14 +1352,7 @@ mod tests {
     }
 
     fn options() -> Options {
-        Options {
-            retention: super::super::Retention {
-                messages: 100_000,
-                age_ms: 3_600_000,
-                bytes: 1 << 30,
-            },
-            dedupe_window: 100,
-        }
+        Options::for_tests(100)
     }
 
     /// A disk that stalls (here: another process holding the write lock) fills the

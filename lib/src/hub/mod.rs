@@ -36,7 +36,8 @@ pub(crate) use roster::Policy;
 pub(crate) use sender::{Sender, SenderKey};
 
 use crate::engine::{
-    Broker, HistoryPage, MembersPage, NodeSink, Record, RecordKind, Retention, StorageError,
+    Broker, HistoryPage, MembersPage, NodeSink, Reacted, ReactorsPage, Record, RecordKind,
+    Retention, StorageError,
 };
 use crate::metrics::{HubGauges, Metrics};
 use crate::protocol::{CloseCode, ErrorCode, now_ms};
@@ -629,6 +630,41 @@ impl Hub {
         room.publish_as(Record::change(kind, seq, now_ms(), "", text))
             .await?;
         Ok(true)
+    }
+
+    /// Appends reaction `record` to room `name` on the host's behalf, once its message is
+    /// found and not deleted: resolves with its number and what it came to (None: the
+    /// message was not there).
+    pub(crate) async fn react_as(
+        &self,
+        name: &str,
+        record: Record,
+    ) -> Result<(u64, Option<Reacted>), StorageError> {
+        let room = self.room_or_create(name).await.map_err(|code| {
+            StorageError::new(match code {
+                ErrorCode::StorageFailed => "the room could not be read",
+                _ => "the server holds too many rooms",
+            })
+        })?;
+        match room.target(record.target).await? {
+            Some(target) if target.deleted => Ok((0, Some(Reacted::Gone { deleted: true }))),
+            Some(_) => room.append_as(record).await,
+            None => Ok((0, Some(Reacted::Gone { deleted: false }))),
+        }
+    }
+
+    /// Who reacted to message `seq` of room `name`: a page after `after`.
+    pub(crate) async fn reactors(
+        &self,
+        name: &str,
+        seq: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<ReactorsPage, StorageError> {
+        match self.room(name) {
+            Some(room) => room.reactors(seq, after, limit).await,
+            None => self.inner.engine.reactors(name, seq, after, limit).await,
+        }
     }
 
     /// Up to `limit` members of room `name` with ids above `after`, in id order, over all

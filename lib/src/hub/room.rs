@@ -14,9 +14,15 @@
 //! current state (edited text, deleted ones left out), and each older message that changed
 //! meanwhile comes once, as one `update` with its current state — however many edits or
 //! deletions it took. `max_replay` counts messages only.
+//!
+//! Reactions are changes too, applied by the engine in the room's order (it knows who
+//! reacted, and checks the limits); the room gets the counts back and sends them on: at
+//! once in a small room, and in a big one at most once per message per presence interval
+//! (the latest counts), so that thousands reacting cost each member a few frames. The
+//! reacting member's own reactions come in its `ack`, its `joined` and its history pages.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -29,11 +35,12 @@ use super::member::{Member, MemberSummary, Resume};
 use super::roster::{Listed, Policy, Roster, Told};
 use crate::engine::{
     Appended, Broker, Busy, EngineFuture, HistoryPage, Loaded, MemberInfo, Missed, Numbered, Quote,
-    Record, RecordKind, RoomEvent, RoomSink, StorageError, StoredMessage,
+    Reacted, ReactionCount, ReactorsPage, Record, RecordKind, RoomEvent, RoomSink, StorageError,
+    StoredMessage,
 };
 use crate::metrics::Metrics;
 use crate::protocol::{
-    self, CloseCode, ErrorCode, MemberRef, PresenceEvent, QuoteRef, ServerFrame, You, now_ms,
+    self, CloseCode, ErrorCode, MemberRef, Mine, PresenceEvent, QuoteRef, ServerFrame, You, now_ms,
 };
 use crate::queue::{Outbox, Shared};
 
@@ -74,6 +81,9 @@ pub(crate) struct Room {
     /// sender registers its message without waiting for a delivery under way (which holds
     /// `state` for a pass over every member).
     submitted: Mutex<Submitted>,
+    /// Whether a message of the room may have reactions (the tail had some, or one came):
+    /// until then a join asks the engine for none of its member's own.
+    reacted: AtomicBool,
     /// Held only for short, non-async sections: delivering a record and pushing it to every
     /// member's queue must be one step, or two members could see two messages in different
     /// orders.
@@ -118,6 +128,9 @@ struct RoomState {
     joining: Vec<Joining>,
     /// In a big room, who typed since the last presence interval (most recent last).
     typing: Vec<(u64, Arc<str>)>,
+    /// In a big room, the messages whose reactions changed since the last presence
+    /// interval, with their counts now: sent on the next tick, one `update` each.
+    reactions_due: Vec<(u64, Vec<ReactionCount>)>,
     last_active: Instant,
     /// Set when the hub dropped this room; a join that raced with it looks again.
     removed: bool,
@@ -179,8 +192,8 @@ enum Origin {
         user: Option<Arc<str>>,
     },
     /// The host (the Rust or HTTP API): told the number once the room delivered it, so
-    /// that what it reads next (history, say) has it.
-    Host(Option<oneshot::Sender<u64>>),
+    /// that what it reads next (history, say) has it, and what a reaction came to.
+    Host(Option<oneshot::Sender<(u64, Option<Reacted>)>>),
 }
 
 /// The room was dropped while a join waited: join it again, as the hub has it now.
@@ -233,6 +246,7 @@ impl Room {
             loaded: Notify::new(),
             followers: Mutex::new(None),
             submitted: Mutex::new(Submitted::default()),
+            reacted: AtomicBool::new(false),
             state: Mutex::new(RoomState {
                 phase: Phase::Loading(Vec::new()),
                 epoch: 0,
@@ -244,6 +258,7 @@ impl Room {
                 acks_after: Vec::new(),
                 joining: Vec::new(),
                 typing: Vec::new(),
+                reactions_due: Vec::new(),
                 last_active: Instant::now(),
                 removed: false,
                 observer,
@@ -283,6 +298,9 @@ impl Room {
                     }
                 }
                 for message in loaded.tail.iter().filter(|m| !m.deleted) {
+                    if !message.reactions.is_empty() {
+                        self.reacted.store(true, Ordering::Relaxed);
+                    }
                     let frame = message_frame(&self.name, message);
                     self.history_held.fetch_add(frame.len(), Ordering::Relaxed);
                     state.history.push_back(Stored {
@@ -388,6 +406,15 @@ impl Room {
     /// Publishes `record` (a message, or a change) on behalf of the host: resolves with its
     /// number once the engine stored it.
     pub(crate) async fn publish_as(&self, record: Record) -> Result<u64, StorageError> {
+        Ok(self.append_as(record).await?.0)
+    }
+
+    /// Publishes `record` on behalf of the host: resolves with its number, and what a
+    /// reaction came to, once the room delivered it.
+    pub(crate) async fn append_as(
+        &self,
+        record: Record,
+    ) -> Result<(u64, Option<Reacted>), StorageError> {
         let mut record = record;
         loop {
             let (told, delivered) = oneshot::channel();
@@ -401,7 +428,7 @@ impl Room {
                         Appended::Stored(p) | Appended::Duplicate(p) => p.seq,
                     };
                     // Delivered here (or the room is gone, which drops what it owed).
-                    return Ok(delivered.await.unwrap_or(seq));
+                    return Ok(delivered.await.unwrap_or((seq, None)));
                 }
                 Err(busy) => {
                     record = busy.1.0;
@@ -489,7 +516,7 @@ impl Room {
         let mut state = self.state.lock().unwrap();
         match outcome {
             Ok(Appended::Duplicate(position)) => {
-                let ack = ack(&self.name, client_id.as_deref(), position.seq);
+                let ack = ack(&self.name, client_id.as_deref(), position.seq, None);
                 if position.seq <= state.delivered {
                     outbox.push(ack);
                 } else {
@@ -515,6 +542,21 @@ impl Room {
     /// Records older than the tail are read from the engine with the room's lock released;
     /// what is delivered meanwhile is kept for the member, behind them.
     pub(crate) async fn join(&self, member: Member, resume: Resume) -> Result<(), Removed> {
+        // The member's own reactions on the tail's messages (read before: a reaction it
+        // makes meanwhile comes in its ack).
+        let mine = match self.reacted.load(Ordering::Relaxed) {
+            true => {
+                let first = self
+                    .state
+                    .lock()
+                    .unwrap()
+                    .history
+                    .front()
+                    .map_or(0, |s| s.seq);
+                self.mine(member.sender.public(), first).await
+            }
+            false => Mine::new(),
+        };
         let (plan, snapshot) = {
             let mut state = self.state.lock().unwrap();
             if state.removed {
@@ -524,7 +566,7 @@ impl Room {
             let updated_below = if plan.updates { plan.from } else { 0 };
             if plan.read.is_none() {
                 let (frames, _) = state.tail_from(plan.from, updated_below);
-                state.admit(&self.name, &self.engine, member, plan.gap, frames);
+                state.admit(&self.name, &self.engine, member, plan.gap, frames, &mine);
                 return Ok(());
             }
             state.joining.push(Joining {
@@ -583,8 +625,34 @@ impl Room {
             member,
             plan.gap || older_gap,
             frames,
+            &mine,
         );
         Ok(())
+    }
+
+    /// The reactions member `sender` made to the room's messages numbered `from` or later,
+    /// by message (none when the engine could not say: they are a convenience).
+    pub(crate) async fn mine(&self, sender: &str, from: u64) -> Mine {
+        let mut mine = Mine::new();
+        match self.engine.reacted_by(&self.name, sender, from).await {
+            Ok(own) => {
+                for (seq, reaction) in own {
+                    mine.entry(seq).or_default().push(reaction);
+                }
+            }
+            Err(e) => tracing::warn!(room = %self.name, error = %e, "could not read reactions"),
+        }
+        mine
+    }
+
+    /// Who reacted to message `seq`: a page after `after`.
+    pub(crate) async fn reactors(
+        &self,
+        seq: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<ReactorsPage, StorageError> {
+        self.engine.reactors(&self.name, seq, after, limit).await
     }
 
     /// Message `seq` in its current state (a deleted one as deleted), as an edit, a
@@ -748,6 +816,7 @@ impl Room {
     pub(crate) fn tick(&self) {
         let mut state = self.state.lock().unwrap();
         state.send_update(&self.name, &self.engine);
+        self.send_reactions(&mut state);
         for (id, name) in std::mem::take(&mut state.typing) {
             state.relay_typing(&self.name, id, &name);
         }
@@ -922,12 +991,13 @@ impl Room {
                 .map(|n| Some(n).filter(here).and_then(&mut owed))
                 .collect()
         };
+        let big = state.roster.is_big();
         let batch: Vec<Delivery> = records
             .into_iter()
             .zip(origins)
-            .map(|(numbered, origin)| Delivery::new(&self.name, numbered, origin))
+            .map(|(numbered, origin)| Delivery::new(&self.name, numbered, origin, big))
             .collect();
-        let frames: Vec<Bytes> = batch.iter().map(|d| d.frame.clone()).collect();
+        let frames: Vec<Bytes> = batch.iter().filter_map(Delivery::shared).collect();
         let mut senders: Vec<u64> = batch.iter().filter_map(Delivery::sender).collect();
         senders.sort_unstable();
         senders.dedup();
@@ -950,16 +1020,11 @@ impl Room {
                     Some(Origin::Member {
                         id, outbox: own, ..
                     }) if *id == sender => {
-                        share.push(
-                            delivery
-                                .own
-                                .clone()
-                                .unwrap_or_else(|| delivery.frame.clone()),
-                        );
-                        share.push(delivery.ack.clone());
+                        share.extend(delivery.own.clone().or_else(|| delivery.shared()));
+                        share.extend(Some(delivery.ack.clone()).filter(|a| !a.is_empty()));
                         outbox = Some(own);
                     }
-                    _ if in_room => share.push(delivery.frame.clone()),
+                    _ if in_room => share.extend(delivery.shared()),
                     _ => {}
                 }
             }
@@ -977,10 +1042,12 @@ impl Room {
             if let Some(Origin::Host(told)) = &mut delivery.origin
                 && let Some(told) = told.take()
             {
-                let _ = told.send(delivery.seq);
+                let _ = told.send((delivery.seq, delivery.reacted.clone()));
             }
             // Told by the node where it was published: each node tells its own.
-            if let (Some(observer), Some(origin)) = (&state.observer, &delivery.origin) {
+            if let (Some(observer), Some(origin)) = (&state.observer, &delivery.origin)
+                && !delivery.frame.is_empty()
+            {
                 let user = match origin {
                     Origin::Member { user, .. } => user.clone(),
                     Origin::Host(_) => None,
@@ -1026,13 +1093,19 @@ impl Room {
 
 impl Room {
     /// A delivered change, applied to the tail: the message it changed takes its new state
-    /// (when the tail has it), and its `update` is kept for replays.
+    /// (when the tail has it), and its `update` is kept for replays — in a big room, a
+    /// reaction's at the next tick.
     fn apply_change(&self, state: &mut RoomState, change: Delivery) {
+        if change.kind.is_reaction() && change.counts.is_none() {
+            // Refused, or it changed nothing.
+            return;
+        }
         let held = &self.history_held;
         let at = state
             .history
             .binary_search_by_key(&change.target, |s| s.seq)
             .ok();
+        let mut current = None;
         if let Some(stored) = at.and_then(|at| state.history.get_mut(at))
             && !stored.deleted
         {
@@ -1042,11 +1115,17 @@ impl Room {
                     stored.deleted = true;
                     stored.frame = Bytes::new();
                 }
-                _ => {
+                kind => {
                     if let Some(mut message) = decode(&stored.frame) {
-                        message.text = change.text.to_string();
-                        message.edited = Some(change.time);
+                        match (&change.counts, kind) {
+                            (Some(counts), _) => message.reactions.clone_from(counts),
+                            (None, _) => {
+                                message.text = change.text.to_string();
+                                message.edited = Some(change.time);
+                            }
+                        }
                         stored.frame = message_frame(&self.name, &message);
+                        current = Some(message);
                     }
                 }
             }
@@ -1069,18 +1148,77 @@ impl Room {
                 held.fetch_sub(before, Ordering::Relaxed);
             }
         }
-        held.fetch_add(change.frame.len(), Ordering::Relaxed);
-        state.changes.push_back(Change {
-            at: change.seq,
-            target: change.target,
-            frame: change.frame,
-        });
-        // Bounded: the oldest go, and the tail then answers for less.
+        if let Some(counts) = change.counts {
+            self.reacted.store(true, Ordering::Relaxed);
+            if change.quiet {
+                match state
+                    .reactions_due
+                    .iter_mut()
+                    .find(|d| d.0 == change.target)
+                {
+                    Some(due) => due.1 = counts,
+                    None => state.reactions_due.push((change.target, counts)),
+                }
+                return;
+            }
+        }
+        // What a replay sends: the message's whole state when the tail has it, else this
+        // change over the earlier ones the tail kept.
+        let frame = match (current, change.kind) {
+            (Some(message), _) => update_frame(&self.name, &message, change.seq),
+            // A deletion is all there is to say of the message.
+            (None, RecordKind::Delete) => change.frame,
+            (None, _) => overlaid(&self.name, &state.changes, change.target, change.frame),
+        };
+        self.keep_change(state, change.seq, change.target, frame);
+    }
+
+    /// Keeps the `update` of a change numbered `at` for replays, in place of the message's
+    /// earlier one (it holds all that one did: see [`overlaid`]), so that a burst of
+    /// changes to a few messages keeps a few; the oldest go past the bound, and the tail
+    /// then answers for less.
+    fn keep_change(&self, state: &mut RoomState, at: u64, target: u64, frame: Bytes) {
+        let held = &self.history_held;
+        if let Some(earlier) = state.changes.iter().rposition(|c| c.target == target)
+            && let Some(gone) = state.changes.remove(earlier)
+        {
+            held.fetch_sub(gone.frame.len(), Ordering::Relaxed);
+        }
+        held.fetch_add(frame.len(), Ordering::Relaxed);
+        state.changes.push_back(Change { at, target, frame });
         while state.changes.len() > self.limits.history_len.max(MIN_CHANGES_KEPT) {
             if let Some(old) = state.changes.pop_front() {
                 held.fetch_sub(old.frame.len(), Ordering::Relaxed);
                 state.covered = state.covered.max(old.at + 1);
             }
+        }
+    }
+
+    /// Sends a big room's reaction changes since the last tick: one `update` per message,
+    /// with its counts now, numbered as the last record delivered (a client that saw that
+    /// one and reconnects still gets it in its replay).
+    fn send_reactions(&self, state: &mut RoomState) {
+        if state.reactions_due.is_empty() {
+            return;
+        }
+        let at = state.delivered;
+        for (target, counts) in std::mem::take(&mut state.reactions_due) {
+            let current = state
+                .stored(target)
+                .filter(|s| !s.deleted)
+                .and_then(|s| decode(&s.frame));
+            let frame = match current {
+                Some(message) => update_frame(&self.name, &message, at),
+                None => {
+                    let light = reactions_frame(&self.name, target, at, &counts);
+                    overlaid(&self.name, &state.changes, target, light)
+                }
+            };
+            for joining in &mut state.joining {
+                joining.frames.push(frame.clone());
+            }
+            state.broadcast(&self.name, &self.engine, &frame, None);
+            self.keep_change(state, at, target, frame);
         }
     }
 }
@@ -1145,17 +1283,29 @@ struct Delivery {
     /// The message a message answers (0: none).
     reply_to: u64,
     /// The frame every member gets: a message's `message` (history's too), a change's
-    /// `update`.
+    /// `update`; empty for a reaction that was refused or changed nothing.
     frame: Bytes,
-    /// The sender's own copy, naming its client id, and its ack (for a member's record).
+    /// A reaction's counts now, when it changed them.
+    counts: Option<Vec<ReactionCount>>,
+    /// What a reaction came to, for the host that made it.
+    reacted: Option<Reacted>,
+    /// A reaction in a big room: its `update` waits for the next tick.
+    quiet: bool,
+    /// The sender's own copy, naming its client id, and its ack (for a member's record):
+    /// of a reaction, the ack names the sender's own; of a refused one, it is the error.
     own: Option<Bytes>,
     ack: Bytes,
     origin: Option<Origin>,
 }
 
 impl Delivery {
-    fn new(room: &str, numbered: Numbered, origin: Option<Origin>) -> Delivery {
-        let Numbered { seq, record, .. } = numbered;
+    fn new(room: &str, numbered: Numbered, origin: Option<Origin>, big: bool) -> Delivery {
+        let Numbered {
+            seq,
+            record,
+            reacted,
+            ..
+        } = numbered;
         let message = |id| {
             protocol::encode(&ServerFrame::Message {
                 room,
@@ -1166,30 +1316,63 @@ impl Delivery {
                 text: &record.text,
                 time: record.time,
                 edited: None,
+                reactions: &[],
                 id,
             })
         };
         let edit = record.kind == RecordKind::Edit;
+        let counts = match &reacted {
+            Some(Reacted::Counts {
+                counts,
+                changed: true,
+                ..
+            }) => Some(counts.clone()),
+            _ => None,
+        };
         // Everyone's copy, history's too, without the client's id: only its sender knows it.
         let frame = match record.kind {
             RecordKind::Message => message(None),
-            _ => protocol::encode(&ServerFrame::Update {
+            RecordKind::Edit | RecordKind::Delete => protocol::encode(&ServerFrame::Update {
                 room,
                 seq: record.target,
                 at: seq,
                 text: edit.then_some(&*record.text),
                 edited: edit.then_some(record.time),
                 deleted: record.kind == RecordKind::Delete,
+                reactions: None,
             }),
+            _ => match &counts {
+                Some(counts) => reactions_frame(room, record.target, seq, counts),
+                None => Bytes::new(),
+            },
         };
         let (own, ack) = match &origin {
-            Some(Origin::Member { client_id, .. }) => (
-                client_id
-                    .as_deref()
+            Some(Origin::Member { client_id, .. }) => {
+                let id = client_id.as_deref();
+                let own = id
                     .filter(|_| record.is_message())
-                    .map(|id| message(Some(id))),
-                ack(room, client_id.as_deref(), seq),
-            ),
+                    .map(|id| message(Some(id)));
+                let refused = |code, message| protocol::error_frame(code, message, Some(room), id);
+                let ack = match &reacted {
+                    _ if !record.kind.is_reaction() => ack(room, id, seq, None),
+                    Some(Reacted::Counts { mine, .. }) => ack(room, id, seq, Some(mine)),
+                    Some(Reacted::TooMany) => refused(
+                        ErrorCode::TooManyReactions,
+                        "the message has as many reactions as allowed, or you as many on it",
+                    ),
+                    Some(Reacted::Gone { deleted: true }) => {
+                        refused(ErrorCode::MessageDeleted, "that message was deleted")
+                    }
+                    Some(Reacted::Gone { .. }) => {
+                        refused(ErrorCode::UnknownMessage, "this room has no such message")
+                    }
+                    None => refused(
+                        ErrorCode::StorageFailed,
+                        "this server's engine keeps no reactions",
+                    ),
+                };
+                (own, ack)
+            }
             _ => (None, Bytes::new()),
         };
         Delivery {
@@ -1199,7 +1382,10 @@ impl Delivery {
             target: record.target,
             reply_to: record.reply.as_ref().map_or(0, |q| q.seq),
             text: record.text,
+            quiet: big && counts.is_some(),
             frame,
+            counts,
+            reacted,
             own,
             ack,
             origin,
@@ -1212,6 +1398,11 @@ impl Delivery {
             Some(Origin::Member { id, .. }) => Some(id),
             _ => None,
         }
+    }
+
+    /// The frame every member gets now, if any.
+    fn shared(&self) -> Option<Bytes> {
+        (!self.frame.is_empty() && !self.quiet).then(|| self.frame.clone())
     }
 }
 
@@ -1343,6 +1534,7 @@ impl RoomState {
         member: Member,
         gap: bool,
         replay: Vec<Bytes>,
+        mine: &Mine,
     ) {
         let (id, outbox) = (member.id, member.outbox.clone());
         let you = (member.name.clone(), member.sender.clone());
@@ -1370,6 +1562,7 @@ impl RoomState {
             count: self.roster.len(),
             gap,
             replay: replay.len(),
+            mine: (!mine.is_empty()).then_some(mine),
         });
         drop(members);
         if outbox.push(joined) {
@@ -1539,6 +1732,7 @@ pub(crate) fn message_frame(room: &str, message: &StoredMessage) -> Bytes {
         text: &message.text,
         time: message.time,
         edited: message.edited,
+        reactions: &message.reactions,
         id: None,
     })
 }
@@ -1563,6 +1757,51 @@ fn update_frame(room: &str, message: &StoredMessage, at: u64) -> Bytes {
         text: (!message.deleted).then_some(&message.text),
         edited: message.edited.filter(|_| !message.deleted),
         deleted: message.deleted,
+        reactions: (!message.deleted).then_some(&message.reactions),
+    })
+}
+
+/// A reaction change to message `seq` as a live `update` (numbered `at`): its counts only.
+fn reactions_frame(room: &str, seq: u64, at: u64, counts: &[ReactionCount]) -> Bytes {
+    protocol::encode(&ServerFrame::Update {
+        room,
+        seq,
+        at,
+        text: None,
+        edited: None,
+        deleted: false,
+        reactions: Some(counts),
+    })
+}
+
+/// `frame`, an `update` of message `target` in `room`, over the last one the tail keeps of
+/// it: the fields it lacks (an edit's text under a reaction's counts) come from that one,
+/// so that a replay's one `update` of the message holds all it missed.
+fn overlaid(room: &str, changes: &VecDeque<Change>, target: u64, frame: Bytes) -> Bytes {
+    #[derive(serde::Deserialize)]
+    struct Fields {
+        at: u64,
+        text: Option<String>,
+        edited: Option<u64>,
+        reactions: Option<Vec<ReactionCount>>,
+    }
+    let Some(earlier) = changes.iter().rev().find(|c| c.target == target) else {
+        return frame;
+    };
+    let (Ok(older), Ok(newer)) = (
+        serde_json::from_slice::<Fields>(&earlier.frame),
+        serde_json::from_slice::<Fields>(&frame),
+    ) else {
+        return frame;
+    };
+    protocol::encode(&ServerFrame::Update {
+        room,
+        seq: target,
+        at: newer.at,
+        text: newer.text.or(older.text).as_deref(),
+        edited: newer.edited.or(older.edited),
+        deleted: false,
+        reactions: newer.reactions.or(older.reactions).as_deref(),
     })
 }
 
@@ -1578,6 +1817,8 @@ fn decode(frame: &[u8]) -> Option<StoredMessage> {
         edited: Option<u64>,
         #[serde(rename = "replyTo")]
         reply_to: Option<QuoteFrame>,
+        #[serde(default)]
+        reactions: Vec<ReactionCount>,
     }
     #[derive(serde::Deserialize)]
     struct QuoteFrame {
@@ -1590,6 +1831,7 @@ fn decode(frame: &[u8]) -> Option<StoredMessage> {
     let f: Frame = serde_json::from_slice(frame).ok()?;
     let mut message = StoredMessage::new(f.seq, f.time, f.from, f.sender, f.text);
     message.edited = f.edited;
+    message.reactions = f.reactions;
     message.reply = f.reply_to.map(|q| {
         let quote = Quote::new(q.seq, q.from, &q.text);
         if q.deleted { quote.of_deleted() } else { quote }
@@ -1602,6 +1844,11 @@ fn decode_all(frames: &[Bytes]) -> Vec<StoredMessage> {
     frames.iter().filter_map(|frame| decode(frame)).collect()
 }
 
-fn ack(room: &str, id: Option<&str>, seq: u64) -> Bytes {
-    protocol::encode(&ServerFrame::Ack { room, id, seq })
+fn ack(room: &str, id: Option<&str>, seq: u64, mine: Option<&[String]>) -> Bytes {
+    protocol::encode(&ServerFrame::Ack {
+        room,
+        id,
+        seq,
+        mine,
+    })
 }

@@ -20,7 +20,9 @@ impl Hub {
 use serde_json::{Value, json};
 
 fn hub_on_memory(config: HubConfig) -> Hub {
-    let engine = Arc::new(Memory::new(config.dedupe_window));
+    let engine = Arc::new(Memory::new(crate::engine::Options::for_tests(
+        config.dedupe_window,
+    )));
     block_on(Hub::new(config, engine, Arc::default())).unwrap()
 }
 

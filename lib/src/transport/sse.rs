@@ -397,6 +397,7 @@ mod tests {
             time: 1,
             edited: None,
             id: None,
+            reactions: &[],
         });
         let frame = frame.strip_suffix(b"\n").unwrap();
         assert_eq!(record_position(frame), Some(("lobby.1:a@b", 42)));
@@ -407,6 +408,7 @@ mod tests {
             text: Some(r#"","at":99"#),
             edited: Some(1),
             deleted: false,
+            reactions: None,
         });
         let update = update.strip_suffix(b"\n").unwrap();
         assert_eq!(

@@ -385,6 +385,7 @@ mod tests {
                     time: seq / 3,
                     edited: None,
                     id: id.as_deref(),
+                    reactions: &[],
                 });
                 Outbound::new(frame, Kind::Frame)
             });
