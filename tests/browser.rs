@@ -655,7 +655,14 @@ async fn past_a_gap_the_page_reloads_what_it_showed_and_shows_the_edits_it_misse
         json!([7, 8, 9]),
         "the client holds the replay, not what may be stale"
     );
-    assert_no_console_errors(&page);
+    // While the server was down the browser logged each refused reconnect (how many
+    // depends on how long the restarts took); nothing else.
+    let errors: Vec<_> = page
+        .console_errors()
+        .into_iter()
+        .filter(|e| !e.text.contains("net::ERR_CONNECTION_REFUSED"))
+        .collect();
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
     server.stop().await;
 }
 
@@ -2598,4 +2605,198 @@ async fn a_page_whose_webtransport_was_slow_once_is_back_on_it_at_the_next_recon
         numbered(&[("sam", "back on WebTransport")])
     );
     assert_no_console_errors(&page);
+}
+
+/// The reaction buttons under message `seq` on the demo page: `[text, aria-pressed]` each,
+/// as the user sees them ("🎉 2", and whether it is pressed: theirs).
+fn shown_reactions(seq: u64) -> String {
+    format!(
+        "JSON.stringify([...document.querySelectorAll('[data-testid=message][data-seq=\"{seq}\"] [data-testid=reaction]')]
+            .map((b) => [b.textContent, b.getAttribute('aria-pressed')]))"
+    )
+}
+
+/// Waits until `page` shows `want` (`[[text, pressed], ...]`) as message `seq`'s reactions.
+async fn wait_reactions(page: &Page<'_>, seq: u64, want: Value) {
+    page.wait_for(
+        &format!("reactions {want} on message {seq}"),
+        &format!("{} === {}", shown_reactions(seq), json!(want.to_string())),
+    )
+    .await;
+}
+
+/// Reactions on the demo page, by keyboard and at phone width by tap. Ann (WebTransport)
+/// Tabs to React on Bob's message, opens the picker with Enter, Tabs to 🎉 and chooses it
+/// with Enter: the picker closes, the focus is back on React, and Bob's page (WebSocket,
+/// 390 px) shows "🎉 1". Escape closes the picker. Bob taps React (the picker fits his
+/// screen), closes it, and taps "🎉 1" to add his: "🎉 2" on both, pressed on each. Ann
+/// takes hers back from the keyboard (Tab to "🎉 2", Enter): "🎉 1" on both, hers no longer
+/// pressed. A fourth reaction of Ann's is refused, and the page says why.
+#[tokio::test]
+async fn reactions_chosen_by_keyboard_show_on_another_page_and_toggle_off() {
+    let test = "reactions_chosen_by_keyboard_show_on_another_page_and_toggle_off";
+    let Some((_serial, browser)) = take_browser(test).await else {
+        return;
+    };
+    let server = start().await;
+    let bob = open_chat(
+        &browser,
+        &server,
+        "B",
+        (390, 844),
+        Some(NO_WEBTRANSPORT),
+        "reactions",
+        "bob",
+    )
+    .await;
+    bob.wait_connected("websocket").await;
+    let ann = open_chat(
+        &browser,
+        &server,
+        "A",
+        (1024, 768),
+        None,
+        "reactions",
+        "ann",
+    )
+    .await;
+    ann.wait_connected("webtransport").await;
+    say(&bob, "react to this").await;
+    assert_eq!(ann.messages(1).await, numbered(&[("bob", "react to this")]));
+    let focused = "[document.activeElement.dataset.testid, document.activeElement.textContent,
+        document.activeElement.closest('[data-testid=message]')?.dataset.seq]";
+    let picker_open = "!!document.querySelector('[data-testid=reaction-picker]') + ' ' + document.querySelector('[data-seq=\"1\"] [data-testid=react-button]').getAttribute('aria-expanded')";
+
+    // Ann, by keyboard: from the message list, Tab to Bob's message's Reply, then React.
+    ann.focus("[data-testid=message-list]").await;
+    ann.press("Tab").await;
+    ann.press("Tab").await;
+    assert_eq!(
+        ann.eval(focused).await,
+        json!(["react-button", "React", "1"])
+    );
+    assert_eq!(ann.eval(picker_open).await, "false false");
+    ann.press("Enter").await;
+    assert_eq!(ann.eval(picker_open).await, "true true");
+    assert_eq!(ann.eval(focused).await, json!(["pick-reaction", "👍", "1"]));
+    for _ in 0..3 {
+        ann.press("Tab").await;
+    }
+    assert_eq!(ann.eval(focused).await, json!(["pick-reaction", "🎉", "1"]));
+    ann.press("Enter").await;
+    assert_eq!(ann.eval(picker_open).await, "false false");
+    assert_eq!(
+        ann.eval(focused).await,
+        json!(["react-button", "React", "1"])
+    );
+    wait_reactions(&ann, 1, json!([["🎉 1", "true"]])).await;
+    wait_reactions(&bob, 1, json!([["🎉 1", "false"]])).await;
+
+    // Open again: 🎉 is pressed there now; Escape closes it, the focus back on React.
+    ann.press("Enter").await;
+    assert_eq!(
+        ann.eval("[...document.querySelectorAll('[data-testid=pick-reaction]')].map((b) => b.getAttribute('aria-pressed') === 'true' ? b.textContent : '-').join('')")
+            .await,
+        "---🎉--"
+    );
+    ann.press("Escape").await;
+    assert_eq!(ann.eval(picker_open).await, "false false");
+    assert_eq!(
+        ann.eval(focused).await,
+        json!(["react-button", "React", "1"])
+    );
+
+    // Bob, at 390 px, by tap: React, whose picker fits his screen and is what a tap hits.
+    let tappable = |selector: &str| {
+        format!(
+            "[...document.querySelectorAll({sel})].every((b) => {{ b.scrollIntoView({{ block: 'center' }});
+                const r = b.getBoundingClientRect();
+                return r.width > 0 && r.left >= 0 && r.right <= innerWidth
+                    && document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2) === b; }})",
+            sel = json!(selector)
+        )
+    };
+    let bob_react = "[data-testid=message][data-seq=\"1\"] [data-testid=react-button]";
+    assert_eq!(bob.eval(&tappable(bob_react)).await, json!(true));
+    bob.click(bob_react).await;
+    bob.wait_for(
+        "Bob's picker",
+        "document.querySelectorAll('[data-testid=pick-reaction]').length === 6",
+    )
+    .await;
+    assert_eq!(
+        bob.eval(&tappable("[data-testid=pick-reaction]")).await,
+        json!(true),
+        "every choice of the picker is on Bob's screen and what a tap hits"
+    );
+    bob.screenshot("reactions-picker-phone").await;
+    bob.press("Escape").await;
+    assert_eq!(bob.eval(picker_open).await, "false false");
+    let bob_chip = "[data-testid=message][data-seq=\"1\"] [data-testid=reaction]";
+    assert_eq!(bob.eval(&tappable(bob_chip)).await, json!(true));
+    bob.click(bob_chip).await;
+    wait_reactions(&ann, 1, json!([["🎉 2", "true"]])).await;
+    wait_reactions(&bob, 1, json!([["🎉 2", "true"]])).await;
+    ann.screenshot("reactions-desktop").await;
+    bob.screenshot("reactions-phone").await;
+
+    // Ann takes hers back by keyboard: the first thing Tab reaches in the message is its
+    // reactions.
+    ann.focus("[data-testid=message-list]").await;
+    ann.press("Tab").await;
+    assert_eq!(ann.eval(focused).await, json!(["reaction", "🎉 2", "1"]));
+    ann.press("Enter").await;
+    wait_reactions(&ann, 1, json!([["🎉 1", "false"]])).await;
+    wait_reactions(&bob, 1, json!([["🎉 1", "true"]])).await;
+    assert_eq!(
+        ann.eval(focused).await,
+        json!(["reaction", "🎉 1", "1"]),
+        "the focus stays on the button"
+    );
+
+    // Three of Ann's (through the client), then a fourth from the picker: refused, and the
+    // page says why.
+    let mine = ann
+        .eval("Promise.all(['👍', '😂', '👀'].map((r) => window.chat.react(1, r))).then((acks) => acks.at(-1).mine.length)")
+        .await;
+    assert_eq!(mine, 3);
+    wait_reactions(
+        &bob,
+        1,
+        json!([
+            ["🎉 1", "true"],
+            ["👍 1", "false"],
+            ["😂 1", "false"],
+            ["👀 1", "false"]
+        ]),
+    )
+    .await;
+    ann.focus("[data-testid=message][data-seq=\"1\"] [data-testid=react-button]")
+        .await;
+    ann.press("Enter").await;
+    for _ in 0..4 {
+        ann.press("Tab").await;
+    }
+    assert_eq!(ann.eval(focused).await, json!(["pick-reaction", "😮", "1"]));
+    ann.press("Enter").await;
+    ann.wait_for(
+        "the page to say why",
+        "(() => { const t = document.querySelector('[data-testid=error]');
+            return !t.hidden && t.textContent === 'You can add at most 3 reactions to a message.'; })()",
+    )
+    .await;
+    wait_reactions(
+        &ann,
+        1,
+        json!([
+            ["🎉 1", "false"],
+            ["👍 1", "true"],
+            ["😂 1", "true"],
+            ["👀 1", "true"]
+        ]),
+    )
+    .await;
+    assert_no_console_errors(&ann);
+    assert_no_console_errors(&bob);
+    server.stop().await;
 }

@@ -434,8 +434,8 @@ async fn edits_replies_and_deletions_made_in_chromium_and_firefox_show_on_both()
     .await;
 
     // Replies: Firefox through the API answers crow's message; Chromium by keyboard answers
-    // wolf's (Tab from the message list: message 1's Reply, Edit, Delete, then message 2's
-    // Reply). Both pages show both quotes.
+    // wolf's (Tab from the message list: message 1's Reply, Edit, Delete, React, then
+    // message 2's Reply). Both pages show both quotes.
     let acked = wolf
         .eval("window.chat.send('re: hello', { replyTo: 1 }).then((a) => a.seq)")
         .await;
@@ -452,7 +452,7 @@ async fn edits_replies_and_deletions_made_in_chromium_and_firefox_show_on_both()
             .await;
     }
     crow.focus("[data-testid=message-list]").await;
-    for _ in 0..4 {
+    for _ in 0..5 {
         crow_page.press("Tab").await;
     }
     assert_eq!(
@@ -521,6 +521,216 @@ async fn edits_replies_and_deletions_made_in_chromium_and_firefox_show_on_both()
         replies,
         json!([[2, null, null], [7, 1, true], [8, 2, false]])
     );
+    for page in [crow, wolf] {
+        page.assert_no_console_errors();
+    }
+}
+
+/// The reaction buttons under message `seq` on the demo page: `[text, aria-pressed]` each,
+/// as the user sees them ("👍 2", and whether it is pressed: theirs).
+fn shown_reactions(seq: u64) -> String {
+    format!(
+        "[...document.querySelectorAll('[data-testid=message][data-seq=\"{seq}\"] [data-testid=reaction]')]
+            .map((b) => [b.textContent, b.getAttribute('aria-pressed')])"
+    )
+}
+
+/// `call` (a `react` or `unreact` of the page's client) once acknowledged: `[seq, mine]`,
+/// `mine` sorted.
+async fn react(page: Tab<'_>, call: &str) -> Value {
+    page.eval(&format!(
+        "window.chat.{call}.then((a) => [a.seq, a.mine.slice().sort()])"
+    ))
+    .await
+}
+
+/// `call` (a `reactions` of the page's client) once answered: `[[[reaction, from, sender,
+/// at], ...], next]`.
+async fn reactors(page: Tab<'_>, call: &str) -> Value {
+    page.eval(&format!(
+        "window.chat.{call}.then((p) => [p.reactors.map((r) => [r.reaction, r.from, r.sender, r.at]), p.next])"
+    ))
+    .await
+}
+
+/// Waits until `page` shows `shown` (`[[text, pressed], ...]`) as message 1's reactions,
+/// then checks its client holds `held` (`[[reaction, count, mine], ...]`) for it.
+async fn sees(page: Tab<'_>, shown: Value, held: Value) {
+    page.wait_for(
+        &format!("reactions {shown}"),
+        &format!(
+            "JSON.stringify({}) === {}",
+            shown_reactions(1),
+            json!(shown.to_string())
+        ),
+    )
+    .await;
+    assert_eq!(
+        page.eval("window.chat.messages[0].reactions.map((r) => [r.reaction, r.count, r.mine])")
+            .await,
+        held,
+        "[{}]",
+        page.label()
+    );
+}
+
+/// Reactions across two engines and two transports: Chromium (WebTransport) and Firefox
+/// (WebSocket, at phone width) react to one message through the client API; both pages
+/// show the counts, each with its own reactions pressed, and both clients agree (`mine`);
+/// one takes its reaction back and both show the new counts; `chat.reactions()` lists who
+/// reacted, in order, page by page; a history page says which are one's own; a page that
+/// was away gets what changed; a reaction that is no emoji is refused.
+#[tokio::test]
+async fn reactions_made_in_chromium_and_firefox_show_on_both_each_with_its_own() {
+    let test = "reactions_made_in_chromium_and_firefox_show_on_both_each_with_its_own";
+    let Some((_turn, firefox)) = take_firefox(test).await else {
+        return;
+    };
+    let Some(chromium) = browser::Browser::launch_or_skip(test).await else {
+        return;
+    };
+    let server = start().await;
+    let crow_page = chromium.page("crow", 1024, 768, None).await;
+    crow_page
+        .goto(&demo_url(&server, "room=reactions&name=crow"))
+        .await;
+    let crow = Tab::Chromium(&crow_page);
+    crow.wait_connected("webtransport").await;
+    let wolf_page = firefox
+        .page("wolf", (390, 844), Some(NO_WEBTRANSPORT))
+        .await;
+    wolf_page
+        .goto(&demo_url(&server, "room=reactions&name=wolf"))
+        .await;
+    let wolf = Tab::Firefox(&wolf_page);
+    wolf.wait_connected("websocket").await;
+    for page in [crow, wolf] {
+        page.wait_members(&["crow", "wolf"]).await;
+    }
+    crow.say("react to this").await;
+    for page in [crow, wolf] {
+        assert_eq!(
+            page.messages(1).await,
+            numbered(&[("crow", "react to this")])
+        );
+        // Every `reacted` event of the page's client: [seq, "👍2", ...].
+        page.eval(
+            "(window.__reacted = [], window.chat.on('reacted', (e) =>
+                window.__reacted.push([e.seq, ...e.reactions.map((r) => r.reaction + r.count)])), true)",
+        )
+        .await;
+    }
+    // Records 2-4: the reactions (numbered in the room's order, like edits).
+    assert_eq!(react(crow, "react(1, '👍')").await, json!([2, ["👍"]]));
+    assert_eq!(react(wolf, "react(1, '👍')").await, json!([3, ["👍"]]));
+    assert_eq!(
+        react(wolf, "react(1, '🎉')").await,
+        json!([4, ["🎉", "👍"]])
+    );
+    // What each page shows, and its client holds.
+    sees(
+        crow,
+        json!([["👍 2", "true"], ["🎉 1", "false"]]),
+        json!([["👍", 2, true], ["🎉", 1, false]]),
+    )
+    .await;
+    sees(
+        wolf,
+        json!([["👍 2", "true"], ["🎉 1", "true"]]),
+        json!([["👍", 2, true], ["🎉", 1, true]]),
+    )
+    .await;
+
+    // Crow takes its 👍 back: one left, wolf's.
+    assert_eq!(react(crow, "unreact(1, '👍')").await, json!([5, []]));
+    sees(
+        crow,
+        json!([["👍 1", "false"], ["🎉 1", "false"]]),
+        json!([["👍", 1, false], ["🎉", 1, false]]),
+    )
+    .await;
+    sees(
+        wolf,
+        json!([["👍 1", "true"], ["🎉 1", "true"]]),
+        json!([["👍", 1, true], ["🎉", 1, true]]),
+    )
+    .await;
+    for page in [crow, wolf] {
+        assert_eq!(
+            page.eval("window.__reacted.at(-1)").await,
+            json!([1, "👍1", "🎉1"]),
+            "[{}] the last `reacted` event",
+            page.label()
+        );
+    }
+
+    // Who reacted: wolf twice, in order (crow's 👍 is gone), one page or two.
+    let wolf_sender = wolf.eval("window.chat.me.sender").await;
+    assert_eq!(
+        reactors(crow, "reactions(1)").await,
+        json!([
+            [
+                ["👍", "wolf", wolf_sender, 3],
+                ["🎉", "wolf", wolf_sender, 4]
+            ],
+            null
+        ])
+    );
+    assert_eq!(
+        reactors(crow, "reactions(1, { limit: 1 })").await,
+        json!([[["👍", "wolf", wolf_sender, 3]], 3])
+    );
+    assert_eq!(
+        reactors(crow, "reactions(1, { after: 3 })").await,
+        json!([[["🎉", "wolf", wolf_sender, 4]], null])
+    );
+
+    // A history page has the counts, and which are one's own.
+    assert_eq!(
+        wolf.eval("window.chat.history().then((p) => p.messages.map((m) => [m.seq, m.reactions.map((r) => [r.reaction, r.count, r.mine])]))")
+            .await,
+        json!([[1, [["👍", 1, true], ["🎉", 1, true]]]])
+    );
+
+    // Refused: not one emoji (and not a name the server lists).
+    for page in [crow, wolf] {
+        assert_eq!(
+            page.eval("window.chat.react(1, 'abc').then(() => 'stored', (e) => e.code)")
+                .await,
+            "invalid_reaction",
+            "[{}]",
+            page.label()
+        );
+    }
+
+    // Crow's connection drops (closed from the page with a code that says "reconnect");
+    // wolf reacts meanwhile; crow's page, back, shows it.
+    crow.eval(browser::WATCH_WEBTRANSPORT).await;
+    crow.eval(
+        "(window.__dropped = false,
+          window.chat.on('status', (e) => { window.__dropped ||= e.status === 'reconnecting'; }),
+          window.chat._link._conn.close(4002, 'dropped by the test'))",
+    )
+    .await;
+    crow.wait_for("the page to notice", "window.__dropped")
+        .await;
+    assert_eq!(
+        react(wolf, "react(1, '👀')").await,
+        json!([6, ["🎉", "👀", "👍"]])
+    );
+    crow.wait_back_over_webtransport().await;
+    sees(
+        crow,
+        json!([["👍 1", "false"], ["🎉 1", "false"], ["👀 1", "false"]]),
+        json!([["👍", 1, false], ["🎉", 1, false], ["👀", 1, false]]),
+    )
+    .await;
+    sees(
+        wolf,
+        json!([["👍 1", "true"], ["🎉 1", "true"], ["👀 1", "true"]]),
+        json!([["👍", 1, true], ["🎉", 1, true], ["👀", 1, true]]),
+    )
+    .await;
     for page in [crow, wolf] {
         page.assert_no_console_errors();
     }

@@ -17,7 +17,8 @@ export type UseChatOptions = Omit<ConnectOptions, "on" | "signal">;
 /** What `useChat()` returns: the room as it stands, and how to write to it. */
 export interface UseChat {
   /** The room's messages, oldest first: its recent history, then what arrived since, each
-   * once, across reconnects. Render `text` as text, never as HTML. */
+   * once, across reconnects, with edits, deletions and reactions applied as they come.
+   * Render `text` as text, never as HTML. */
   messages: readonly Message[];
   /** The room's members (in a big room, its first ones: see `Chat.membersComplete`). */
   members: readonly Member[];
@@ -41,7 +42,8 @@ export interface UseChat {
    * connection is under way, it waits for it (and fails if that fails); while the client
    * reconnects, it is queued and delivered once. Rejects with a ChatError (`closed` once
    * unmounted). With `replyTo`, the message answers that one. The same function for the
-   * component's life. (Edits and deletions: `chat.edit`, `chat.delete`.)
+   * component's life. (Edits, deletions and reactions: `chat.edit`, `chat.delete`,
+   * `chat.react`, `chat.unreact`.)
    */
   send(text: string, options?: SendOptions): Promise<Ack>;
 }

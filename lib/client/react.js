@@ -131,7 +131,7 @@ export function useChat(options) {
       (chat) => {
         if (ended()) return; // aborted: `connect()` closed it
         // The client's own lists are the truth (in order, deduplicated, trimmed to
-        // `maxMessages`, edits and deletions applied, started over past a gap): copied, since
+        // `maxMessages`, edits, deletions and reactions applied, started over past a gap): copied, since
         // the client changes them in place.
         const messages = () => update((s) => ({ ...s, messages: chat.messages.slice() }));
         const members = () =>
@@ -139,6 +139,7 @@ export function useChat(options) {
         chat.on("message", messages);
         chat.on("edited", messages);
         chat.on("deleted", messages);
+        chat.on("reacted", messages);
         chat.on("gap", messages);
         chat.on("presence", members);
         chat.on("error", (error) => update((s) => ({ ...s, error })));

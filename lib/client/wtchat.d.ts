@@ -61,6 +61,8 @@ export type ErrorCode =
   | "not_yours"
   | "edit_window_passed"
   | "unknown_reply"
+  | "invalid_reaction"
+  | "too_many_reactions"
   | "too_many_rooms"
   | "server_full"
   | "rate_limited"
@@ -134,6 +136,51 @@ export interface Message {
   id?: string;
   /** Whether this client sent it (its `sender` is `me.sender`), in history too. */
   mine: boolean;
+  /** Its reactions, in the order they were first added (empty: none). Kept up to date in
+   * `chat.messages` (a `reacted` event says when). */
+  reactions: Reaction[];
+}
+
+/** One reaction on a message: how many reacted with it, and whether this client did. */
+export interface Reaction {
+  /** One emoji (`"👍"`, `"👍🏽"`), or one of the host's names (`limits.reactionNames`). */
+  reaction: string;
+  /** How many members reacted with it (at least 1). */
+  count: number;
+  /** Whether this client's member is one of them: `chat.unreact()` takes it back. */
+  mine: boolean;
+}
+
+/** One who reacted to a message, as `chat.reactions()` lists them. */
+export interface Reactor {
+  reaction: string;
+  /** Their display name. */
+  from: string;
+  /** Their public sender id (as a message's `sender`). */
+  sender?: string;
+  /** The reaction's number in the room's order (pages go by it: `after`). */
+  at: number;
+}
+
+/** What `chat.reactions()` asks for. */
+export interface ReactorsOptions {
+  /** Only reactions numbered above this one: the previous page's `next`. Default: from the first. */
+  after?: number;
+  /** At most this many. Default and maximum: 100 (the server's). */
+  limit?: number;
+}
+
+/** One page of who reacted to a message, in the order they reacted. */
+export interface ReactorsPage {
+  reactors: Reactor[];
+  /** The `after` of the next page; null when this one is the last. */
+  next: number | null;
+}
+
+/** The answer to `react()` and `unreact()`. */
+export interface ReactionAck extends Ack {
+  /** All of this client's reactions on the message now (maybe none). */
+  mine: string[];
 }
 
 /** The message a reply answers, as the reply keeps it: shown without fetching it. */
@@ -171,6 +218,12 @@ export interface Limits {
   idleTimeoutMs?: number;
   /** How long after sending a message its sender may edit it (0: never). */
   editWindowMs?: number;
+  /** Distinct reactions one message may have (`too_many_reactions` past it). */
+  reactionsPerMessage?: number;
+  /** Reactions one member may put on one message (`too_many_reactions` past it). */
+  reactionsPerMember?: number;
+  /** The names a reaction may also be, besides one emoji (maybe none). */
+  reactionNames?: string[];
 }
 
 /**
@@ -262,6 +315,21 @@ export interface EditedEvent {
   message: Message | null;
 }
 
+/**
+ * A message's reactions changed: someone reacted or took one back (this client too, once
+ * the server stored it), or this client's own changed (`mine`).
+ */
+export interface ReactedEvent {
+  room: string;
+  epoch: number;
+  /** The message's sequence number. */
+  seq: number;
+  /** Its reactions now (the same as `message.reactions`). */
+  reactions: Reaction[];
+  /** The message as `chat.messages` now holds it; null when it holds no such message. */
+  message: Message | null;
+}
+
 export interface ChatEvents {
   message: Message;
   /** A message was edited (`chat.messages` has the new text); after a reconnect, once per
@@ -270,6 +338,10 @@ export interface ChatEvents {
   /** A message was deleted (it is gone from `chat.messages` too); after a reconnect, once
    * per message deleted while away. */
   deleted: DeletedEvent;
+  /** A message's reactions changed (`chat.messages` has them); after a reconnect, once per
+   * message whose reactions changed while away. Of a message the client never held nor
+   * fetched in a `history()` page, it cannot tell an edit from reactions: both events come. */
+  reacted: ReactedEvent;
   presence: PresenceEvent;
   typing: TypingEvent;
   status: StatusEvent;
@@ -436,6 +508,30 @@ export class Chat {
    * ChatError: `not_yours`, `message_deleted`, `unknown_message`, `closed`.
    */
   delete(seq: number): Promise<Ack>;
+
+  /**
+   * Adds this client's `reaction` (one emoji, or one of `limits.reactionNames`) to message
+   * `seq`. Resolves once stored (the ack's `seq` is the reaction's own number, `mine` all of
+   * this client's reactions on the message); the message's `reactions` count it, in every
+   * member's copy (a `reacted` event). Reacting twice with one changes nothing. Rejects with
+   * a ChatError: `invalid_reaction`, `too_many_reactions` (`limits.reactionsPerMessage`
+   * distinct ones on the message, or `limits.reactionsPerMember` of this member's),
+   * `unknown_message`, `message_deleted`, `closed`. Queued with the sends while reconnecting.
+   */
+  react(seq: number, reaction: string): Promise<ReactionAck>;
+
+  /** Takes this client's `reaction` on message `seq` back; resolves and rejects like
+   * `react()` (taking back one it does not have changes nothing). */
+  unreact(seq: number, reaction: string): Promise<ReactionAck>;
+
+  /**
+   * One page of who reacted to message `seq`, in the order they reacted: up to `limit`
+   * numbered above `after`. Rejects with a ChatError: `unknown_message`, `message_deleted`,
+   * `not_joined`, `closed`; with a TypeError when `seq` or `limit` is not a positive whole
+   * number or `after` not a whole number (0 or more). Answered in the order asked; while
+   * reconnecting they wait.
+   */
+  reactions(seq: number, options?: ReactorsOptions): Promise<ReactorsPage>;
 
   /**
    * One page of the room's older messages: up to `limit` below `before`, oldest first, and

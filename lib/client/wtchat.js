@@ -40,6 +40,9 @@
 /** @typedef {import("./wtchat.js").Message} Message */
 /** @typedef {import("./wtchat.js").Member} Member */
 /** @typedef {import("./wtchat.js").Ack} Ack */
+/** @typedef {import("./wtchat.js").Reaction} Reaction */
+/** @typedef {import("./wtchat.js").ReactionAck} ReactionAck */
+/** @typedef {import("./wtchat.js").Reactor} Reactor */
 /** @typedef {import("./wtchat.js").Chat} DeclaredChat */
 /** @typedef {import("./wtchat.js").ChatError} DeclaredChatError */
 
@@ -74,6 +77,12 @@ const PING_TIMEOUT_MS = 10000;
 const TYPING_INTERVAL_MS = 2500;
 /** Messages kept in `chat.messages` (oldest dropped first). */
 const DEFAULT_MAX_MESSAGES = 1000;
+/**
+ * What a room remembers of messages it does not hold (pages of `history()`, messages
+ * dropped from `chat.messages`): their text and reactions, so that an `update` of one says
+ * what changed. At most this many beyond the messages held; the longest known go first.
+ */
+const EXTRA_MESSAGE_STATES = 1000;
 /**
  * How often a request the server dropped (`rate_limited`) or could not store
  * (`storage_failed`) is tried again, keeping its place, before it fails; the n-th retry
@@ -204,6 +213,64 @@ function member({ id, name }) {
 function quote(q) {
   if (!q || typeof q.seq !== "number") return undefined;
   return { seq: q.seq, from: String(q.from ?? ""), text: String(q.text ?? ""), deleted: !!q.deleted };
+}
+
+/**
+ * A message's reactions as frames carry them (`[{reaction, count}]`, in the order they were
+ * first added), each saying whether this client's reactions (`mine`) are among them.
+ * @param {any} list
+ * @param {Set<string>} [mine]
+ * @returns {Reaction[]}
+ */
+function reactionList(list, mine) {
+  if (!Array.isArray(list)) return [];
+  return list
+    .filter((r) => r && typeof r.reaction === "string" && r.count > 0)
+    .map((r) => ({ reaction: r.reaction, count: r.count, mine: !!mine?.has(r.reaction) }));
+}
+
+/**
+ * Whether two lists of reactions show the same.
+ * @param {readonly Reaction[]} a
+ * @param {readonly Reaction[]} b
+ */
+function sameReactions(a, b) {
+  return a.length === b.length && a.every((r, i) => r.reaction === b[i].reaction && r.count === b[i].count && r.mine === b[i].mine);
+}
+
+/**
+ * `counts` with this client's change from the reactions `before` to those `after` counted
+ * in: what an `update` still on its way will say.
+ * @param {{reaction: string, count: number}[]} counts
+ * @param {Set<string>} before
+ * @param {Set<string>} after
+ */
+function countIn(counts, before, after) {
+  const out = counts.map((r) => ({ reaction: r.reaction, count: r.count }));
+  for (const reaction of after) {
+    if (before.has(reaction)) continue;
+    const r = out.find((x) => x.reaction === reaction);
+    if (r) r.count += 1;
+    else out.push({ reaction, count: 1 });
+  }
+  for (const reaction of before) {
+    if (after.has(reaction)) continue;
+    const r = out.find((x) => x.reaction === reaction);
+    if (r) r.count -= 1;
+  }
+  return out.filter((r) => r.count > 0);
+}
+
+/**
+ * One who reacted, as a `reactions` answer names them.
+ * @param {any} r
+ * @returns {Reactor}
+ */
+function reactor(r) {
+  /** @type {Reactor} */
+  const out = { reaction: String(r?.reaction ?? ""), from: String(r?.from ?? ""), at: Number(r?.at) };
+  if (typeof r?.sender === "string") out.sender = r.sender;
+  return out;
 }
 
 function randomId() {
@@ -1276,8 +1343,15 @@ export class Chat {
     this._pending = []; // unacknowledged sends, in order
     this._histories = []; // unanswered history requests, in order
     this._memberPages = []; // unanswered members requests, in order
+    this._reactorPages = []; // unanswered reactions requests (who reacted), in order
     // The lines whose requests carry no id: the server's errors about them name only the room.
-    this._idless = [this._histories, this._memberPages];
+    this._idless = [this._histories, this._memberPages, this._reactorPages];
+    // What the client knows of the room's messages (this epoch), by seq: their text, their
+    // reactions' counts as of the record numbered `at`, and this client's own reactions
+    // (`mine`, from `joined`, `history` and the acks of its reactions; `mineAt`: the number
+    // of the last of those). Held messages and others (history pages): see EXTRA_MESSAGE_STATES.
+    /** @type {Map<number, {text?: string, edited?: number, counts: {reaction: string, count: number}[] | null, at: number, mine: Set<string>, mineAt: number}>} */
+    this._states = new Map();
     // `members` is exactly the room's members with ids up to this: Infinity when it is
     // everyone, -Infinity when an update without lists left it in doubt.
     this._exactThrough = Infinity;
@@ -1345,8 +1419,8 @@ export class Chat {
   }
 
   /**
-   * Subscribes to an event: `message`, `edited`, `deleted`, `presence`, `typing`, `status`,
-   * `error`, `gap`. Returns a function that unsubscribes.
+   * Subscribes to an event: `message`, `edited`, `deleted`, `reacted`, `presence`, `typing`,
+   * `status`, `error`, `gap`. Returns a function that unsubscribes.
    * @template {keyof ChatEvents} E
    * @param {E} event
    * @param {(event: ChatEvents[E]) => void} handler
@@ -1471,6 +1545,66 @@ export class Chat {
    */
   delete(seq) {
     return this._change({ type: "delete", seq });
+  }
+
+  /**
+   * Adds this client's `reaction` (one emoji, or one of the host's `limits.reactionNames`)
+   * to message `seq`. Resolves with `{seq, id, mine}` once stored (`seq`: the reaction's own
+   * number; `mine`: all of this client's reactions on the message now); every member's copy
+   * then counts it (a `reacted` event). Reacting twice with one reaction changes nothing and
+   * resolves too. Rejects with a ChatError: `invalid_reaction`, `too_many_reactions` (the
+   * message has `limits.reactionsPerMessage` distinct ones, or this member
+   * `limits.reactionsPerMember` on it), `unknown_message`, `message_deleted`,
+   * `rate_limited`... Queued with the sends while reconnecting.
+   * @param {number} seq
+   * @param {string} reaction
+   * @returns {Promise<ReactionAck>}
+   */
+  react(seq, reaction) {
+    return this._reaction("react", seq, reaction);
+  }
+
+  /**
+   * Takes this client's `reaction` on message `seq` back. Resolves and rejects like
+   * `react()`; taking back one it does not have changes nothing and resolves too.
+   * @param {number} seq
+   * @param {string} reaction
+   * @returns {Promise<ReactionAck>}
+   */
+  unreact(seq, reaction) {
+    return this._reaction("unreact", seq, reaction);
+  }
+
+  /**
+   * @param {"react" | "unreact"} type
+   * @param {number} seq
+   * @param {string} reaction
+   * @returns {Promise<ReactionAck>}
+   */
+  _reaction(type, seq, reaction) {
+    if (typeof reaction !== "string" || !reaction) {
+      return Promise.reject(new ChatError("invalid_reaction", "a reaction is one emoji or a name the server lists"));
+    }
+    return /** @type {Promise<ReactionAck>} */ (this._change({ type, seq, reaction }));
+  }
+
+  /**
+   * One page of who reacted to message `seq`: up to `limit` (the server's default and
+   * maximum: 100) reactions numbered above `after` (default: from the first), in the order
+   * they were made. Resolves with `{reactors, next}`: `next` is the `after` of the
+   * following page, null at the end. Rejects with a ChatError (`unknown_message`,
+   * `message_deleted`, `not_joined`, `closed`); with a TypeError when `seq` or `limit` is
+   * not a positive whole number or `after` not a whole number. Answered in the order asked;
+   * while reconnecting they wait.
+   * @param {number} seq
+   * @param {import("./wtchat.js").ReactorsOptions} [options]
+   * @returns {Promise<import("./wtchat.js").ReactorsPage>}
+   */
+  reactions(seq, { after, limit } = {}) {
+    if (!Number.isSafeInteger(seq) || seq < 1) {
+      return Promise.reject(new TypeError("reactions: seq must be a positive whole number"));
+    }
+    return this._ask(this._reactorPages, { type: "reactions", room: this.room, seq, after, limit }, { after: 0, limit: 1 });
   }
 
   /** Queues a change to message `frame.seq` with the sends, in their order. */
@@ -1638,7 +1772,12 @@ export class Chat {
     this._joined = false;
     this._readyWaiter.reject(error);
     /** @type {[any[], string][]} */
-    const lines = [[this._pending, "the message was sent"], [this._histories, "history arrived"], [this._memberPages, "the members arrived"]];
+    const lines = [
+      [this._pending, "the message was sent"],
+      [this._histories, "history arrived"],
+      [this._memberPages, "the members arrived"],
+      [this._reactorPages, "the reactions arrived"],
+    ];
     for (const [line, what] of lines) {
       for (const request of line.splice(0)) request.reject(new ChatError("closed", `the chat closed before ${what}`));
     }
@@ -1711,6 +1850,7 @@ export class Chat {
       case "ack": return this._onAck(frame);
       case "history": return this._onHistory(frame);
       case "members": return this._onMembers(frame);
+      case "reactions": return this._onReactors(frame);
       case "update": return this._onChanged(frame);
       case "presence": return this._onPresence(frame);
       case "typing":
@@ -1739,7 +1879,13 @@ export class Chat {
     // Past a gap in the same room, the messages held may be stale (a change to them may not
     // have been replayed): they go, and the replay brings the newest; page back for more.
     if (frame.gap && !newEpoch) this.messages = [];
+    // What was known of the messages is of another room, or stale, past a gap.
+    if (frame.gap || newEpoch) this._states.clear();
     this.epoch = frame.epoch;
+    // This member's own reactions on the messages of the recent history: what the replay's
+    // messages carry, and news for the ones held (made elsewhere, by this user's other tab).
+    this._takeMine(frame.mine);
+    this._refreshHeld();
     this.me = frame.you ? { id: frame.you.id, name: frame.you.name, sender: frame.you.sender } : null;
     // Secret: kept for this link's own reconnects and joins, never shown or sent anywhere else.
     if (frame.key) this._link._key = frame.key;
@@ -1773,13 +1919,73 @@ export class Chat {
   _onMessage(frame) {
     // Dedupe by (epoch, seq): within an epoch the server sends in sequence order, so
     // anything at or below the last seen number is a duplicate.
+    const replayed = this._replayLeft > 0;
     this._replaying();
     if (typeof frame.seq !== "number" || frame.seq <= this.seq) return;
     this.seq = frame.seq;
+    // A replayed message is in its current state: its counts are as of the join's head.
+    this._know(frame, replayed && typeof this._head === "number" ? this._head : frame.seq);
     const message = this._message(frame);
     this.messages.push(message);
     if (this.messages.length > this._maxMessages) this.messages.splice(0, this.messages.length - this._maxMessages);
     this._emit("message", message);
+  }
+
+  /**
+   * Remembers message `frame` (a `message` frame, or one of a history page) as it stands as
+   * of the record numbered `at`.
+   */
+  _know(frame, at) {
+    const state = this._state(frame.seq);
+    state.text = frame.text;
+    state.edited = frame.edited;
+    state.counts = Array.isArray(frame.reactions) ? frame.reactions : [];
+    state.at = Math.max(state.at, at);
+  }
+
+  /** What the client knows of message `seq`, made empty on first use. */
+  _state(seq) {
+    let state = this._states.get(seq);
+    if (!state) {
+      state = { counts: null, at: 0, mine: new Set(), mineAt: 0 };
+      this._states.set(seq, state);
+      this._trimStates();
+    }
+    return state;
+  }
+
+  /** Forgets the messages known longest (not the ones held) past EXTRA_MESSAGE_STATES. */
+  _trimStates() {
+    const max = this._maxMessages + EXTRA_MESSAGE_STATES;
+    if (this._states.size <= max) return;
+    const held = new Set(this.messages.map((m) => m.seq));
+    for (const seq of this._states.keys()) {
+      if (this._states.size <= max) break;
+      if (!held.has(seq)) this._states.delete(seq);
+    }
+  }
+
+  /** `joined.mine` or `history.mine` (`{"12": ["👍"]}`): this member's own reactions, by seq. */
+  _takeMine(mine) {
+    if (!mine || typeof mine !== "object") return;
+    for (const [key, list] of Object.entries(mine)) {
+      const seq = Number(key);
+      if (Number.isSafeInteger(seq) && Array.isArray(list)) this._state(seq).mine = new Set(list.map(String));
+    }
+  }
+
+  /** The held messages whose reactions now read otherwise (their `mine`) change, each with a `reacted` event. */
+  _refreshHeld() {
+    this.messages.forEach((m, i) => {
+      if (m.epoch !== this.epoch) return;
+      const state = this._states.get(m.seq);
+      if (!state?.counts) return;
+      const reactions = reactionList(state.counts, state.mine);
+      if (sameReactions(m.reactions, reactions)) return;
+      const message = { ...m, reactions };
+      this.messages[i] = message;
+      this._emit("reacted", { room: this.room, epoch: this.epoch, seq: m.seq, reactions, message });
+    });
   }
 
   /** A `message` frame as the `message` event and `history()` give it. */
@@ -1796,6 +2002,7 @@ export class Chat {
       replyTo: quote(frame.replyTo),
       id: frame.id,
       mine: this.isMine(frame),
+      reactions: reactionList(frame.reactions, this._states.get(frame.seq)?.mine),
     };
   }
 
@@ -1803,19 +2010,67 @@ export class Chat {
     const i = this._pending.findIndex((p) => p.id === frame.id);
     if (i < 0) return;
     const [pending] = this._pending.splice(i, 1);
-    pending.resolve({ seq: frame.seq, id: pending.id });
+    const request = pending.frame;
+    if ((request.type === "react" || request.type === "unreact") && Array.isArray(frame.mine)) {
+      // Shown before the promise resolves: `chat.messages` says it by then.
+      this._onMine(request.seq, frame.mine.map(String), frame.seq);
+      pending.resolve({ seq: frame.seq, id: pending.id, mine: frame.mine.map(String) });
+    } else {
+      pending.resolve({ seq: frame.seq, id: pending.id });
+    }
     this._writeNext(this._pending);
+  }
+
+  /**
+   * A reaction of this client's to message `seq` was stored (`at`: its number): `mine` is
+   * all of them on it now. Its counts count it at once, unless the update that does came
+   * first (in a big room updates come about a second later, coalesced).
+   */
+  _onMine(seq, mine, at) {
+    const state = this._state(seq);
+    const before = state.mine;
+    const after = new Set(mine);
+    state.mine = after;
+    if (typeof at === "number") state.mineAt = Math.max(state.mineAt, at);
+    if (!state.counts) return; // a message the client knows nothing of: no counts to show
+    if (typeof at === "number" && state.at < at) state.counts = countIn(state.counts, before, after);
+    const reactions = reactionList(state.counts, after);
+    const i = this.messages.findIndex((m) => m.epoch === this.epoch && m.seq === seq);
+    const held = i >= 0 ? this.messages[i] : null;
+    if (held && sameReactions(held.reactions, reactions)) return;
+    const message = held ? { ...held, reactions } : null;
+    if (message) this.messages[i] = message;
+    this._emit("reacted", { room: this.room, epoch: this.epoch, seq, reactions, message });
   }
 
   _onHistory(frame) {
     // One request on the wire at a time: this answers the oldest.
     if (!this._onWire(this._histories)) return;
-    const messages = (Array.isArray(frame.messages) ? frame.messages : []).map((m) => this._message(m));
+    const page = Array.isArray(frame.messages) ? frame.messages : [];
+    // The page is the messages' current state, and says which reactions are this member's.
+    const mine = frame.mine && typeof frame.mine === "object" ? frame.mine : {};
+    for (const m of page) {
+      if (typeof m?.seq !== "number") continue;
+      this._know(m, this.seq);
+      this._state(m.seq).mine = new Set(Array.isArray(mine[m.seq]) ? mine[m.seq].map(String) : []);
+    }
+    const messages = page.map((m) => this._message(m));
     this._settle(this._histories, (request) => request.resolve({ messages, more: !!frame.more }));
   }
 
+  _onReactors(frame) {
+    // One request on the wire at a time, answered in order: this answers the oldest, if it
+    // asked about this message.
+    if (!this._onWire(this._reactorPages) || this._reactorPages[0].frame.seq !== frame.seq) return;
+    const reactors = (Array.isArray(frame.reactors) ? frame.reactors : []).map(reactor);
+    const next = typeof frame.next === "number" ? frame.next : null;
+    this._settle(this._reactorPages, (request) => request.resolve({ reactors, next }));
+  }
+
   /**
-   * Message `seq` changed (`at`: the change's number): a new text, or deleted. Replayed
+   * Message `seq` changed (`at`: the change's number): a new text, reactions, or deleted.
+   * The frame has the message's whole state (text, edited, reactions); what differs from
+   * what the client knew is the news: an `edited` event, a `reacted` one, or both. Replayed
    * after a reconnect too, once per message, with its current state.
    */
   _onChanged(frame) {
@@ -1826,6 +2081,7 @@ export class Chat {
     if (!replayed && typeof frame.at === "number") this.seq = Math.max(this.seq, frame.at);
     const i = this.messages.findIndex((m) => m.epoch === this.epoch && m.seq === frame.seq);
     if (frame.deleted) {
+      this._states.delete(frame.seq);
       if (i >= 0) this.messages.splice(i, 1);
       // The replies to it quote it as deleted from now on, as the server's copies do.
       this.messages = this.messages.map((m) =>
@@ -1833,10 +2089,50 @@ export class Chat {
       this._emit("deleted", { room: this.room, epoch: this.epoch, seq: frame.seq });
       return;
     }
-    if (typeof frame.text !== "string") return;
-    const message = i >= 0 ? { ...this.messages[i], text: frame.text, edited: frame.edited } : null;
-    if (message) this.messages[i] = message;
-    this._emit("edited", { room: this.room, epoch: this.epoch, seq: frame.seq, text: frame.text, edited: frame.edited, message });
+    // The fields present changed (a live edit has no `reactions`, a live reaction may have
+    // no `text`); a replay's update has them all.
+    const held = i >= 0 ? this.messages[i] : null;
+    const known = this._states.get(frame.seq);
+    const state = this._state(frame.seq);
+    // Of a message the client knows nothing of (neither held nor in a page it fetched), it
+    // cannot tell what changed: a text is an edit, reactions are news.
+    const before = held ?? (known?.text !== undefined ? known : null);
+    const editTime = frame.edited !== undefined ? frame.edited : before?.edited;
+    const edited = typeof frame.text === "string" && (!before || before.text !== frame.text || before.edited !== editTime);
+    if (typeof frame.text === "string") {
+      state.text = frame.text;
+      state.edited = editTime;
+    }
+    /** @type {Reaction[] | null} */
+    let reactions = null;
+    if (Array.isArray(frame.reactions)) {
+      const was = held ? held.reactions : known?.counts ? reactionList(known.counts, known.mine) : null;
+      const at = typeof frame.at === "number" ? frame.at : 0;
+      // An update at or after this client's last reaction here knows of it: a reaction
+      // nobody has any more is not this client's either.
+      if (at >= state.mineAt) {
+        for (const r of [...state.mine]) {
+          if (!frame.reactions.some((/** @type {any} */ x) => x?.reaction === r)) state.mine.delete(r);
+        }
+      }
+      state.counts = frame.reactions;
+      state.at = Math.max(state.at, at);
+      const now = reactionList(state.counts, state.mine);
+      if (!was || !sameReactions(was, now)) reactions = now;
+    }
+    if (!edited && !reactions) return;
+    /** @type {Message | null} */
+    let message = null;
+    if (held) {
+      message = { ...held };
+      if (edited) Object.assign(message, { text: frame.text, edited: editTime });
+      if (reactions) message.reactions = reactions;
+      this.messages[i] = message;
+    }
+    if (edited) {
+      this._emit("edited", { room: this.room, epoch: this.epoch, seq: frame.seq, text: frame.text, edited: editTime, message });
+    }
+    if (reactions) this._emit("reacted", { room: this.room, epoch: this.epoch, seq: frame.seq, reactions, message });
   }
 
   _onMembers(frame) {

@@ -52,6 +52,11 @@ export function Room({ room, name }: { room: string; name: string }) {
         {list.map((m) => (
           <li key={`${m.epoch}:${m.seq}`}>
             {m.from}: {m.text}
+            {m.reactions.map((r) => (
+              <button key={r.reaction} aria-pressed={r.mine} onClick={() => (r.mine ? client?.unreact(m.seq, r.reaction) : client?.react(m.seq, r.reaction))}>
+                {r.reaction} {r.count}
+              </button>
+            ))}
           </li>
         ))}
       </ol>

@@ -23,6 +23,12 @@ import {
   type Message,
   type PresenceEvent,
   type Quote,
+  type ReactedEvent,
+  type Reaction,
+  type ReactionAck,
+  type Reactor,
+  type ReactorsOptions,
+  type ReactorsPage,
   type SendOptions,
   type Status,
   type StatusEvent,
@@ -62,6 +68,8 @@ function show(m: Message): void {
   const sender: string | undefined = m.sender;
   const id: string | undefined = m.id;
   render(`${room}#${epoch}.${seq} ${from}: ${text} at ${time} ${mine} ${sender} ${id}`);
+  const reactions: Reaction[] = m.reactions;
+  render(reactions.map((r: Reaction) => `${r.reaction} ${r.count}${r.mine ? " (you)" : ""}`).join(" "));
 }
 
 export async function chatting(signal: AbortSignal): Promise<void> {
@@ -120,7 +128,9 @@ export async function chatting(signal: AbortSignal): Promise<void> {
   const seq: number = chat.seq;
   if (limits) {
     const { maxFrameBytes, maxTextChars, maxNameChars, maxRoomChars, maxRoomsPerConnection, framesPerSecond } = limits;
-    const optional: (number | undefined)[] = [limits.maxPostBytes, limits.frameBurst, limits.idleTimeoutMs, limits.editWindowMs];
+    const optional: (number | undefined)[] = [limits.maxPostBytes, limits.frameBurst, limits.idleTimeoutMs, limits.editWindowMs, limits.reactionsPerMessage, limits.reactionsPerMember];
+    const names: string[] | undefined = limits.reactionNames;
+    render(`${names?.join(",")}`);
     render(`${maxFrameBytes} ${maxTextChars} ${maxNameChars} ${maxRoomChars} ${maxRoomsPerConnection} ${framesPerSecond} ${optional}`);
   }
   render(`${room} ${name} ${server} ${transport} ${status} ${messages.length} ${count} ${complete} ${next} ${epoch} ${seq}`);
@@ -133,6 +143,10 @@ export async function chatting(signal: AbortSignal): Promise<void> {
     message: show,
     edited: (e: EditedEvent) => render(`${e.room} ${e.epoch} ${e.seq} ${e.text} ${e.edited} ${e.message?.text}`),
     deleted: (e: DeletedEvent) => render(`${e.room} ${e.epoch} ${e.seq}`),
+    reacted: (e: ReactedEvent) => {
+      const now: Reaction[] = e.reactions;
+      render(`${e.room} ${e.epoch} ${e.seq} ${now.length} ${e.message?.reactions.length}`);
+    },
     presence: (e: PresenceEvent) => {
       const who: Member | null = e.member;
       const event: "join" | "leave" | "sync" | "update" = e.event;
@@ -147,6 +161,7 @@ export async function chatting(signal: AbortSignal): Promise<void> {
     chat.on("message", handlers.message),
     chat.on("edited", handlers.edited),
     chat.on("deleted", handlers.deleted),
+    chat.on("reacted", handlers.reacted),
     chat.on("presence", handlers.presence),
     chat.on("typing", handlers.typing),
     chat.on("status", handlers.status),
@@ -174,6 +189,22 @@ export async function chatting(signal: AbortSignal): Promise<void> {
   render(`${edit.seq} ${removal.seq}`);
   // @ts-expect-error: a message is named by its number
   void chat.edit("1", "text");
+
+  // Reactions: add, take back, and who reacted, page by page.
+  const reacted: ReactionAck = await chat.react(ack.seq, "👍");
+  const mineNow: string[] = reacted.mine;
+  const unreacted: Ack = await chat.unreact(ack.seq, "👍");
+  render(`${reacted.seq} ${reacted.id} ${mineNow} ${unreacted.seq}`);
+  const reactorsOptions: ReactorsOptions = { after: 0, limit: 50 };
+  let reactorsPage: ReactorsPage = await chat.reactions(ack.seq);
+  while (reactorsPage.next !== null) {
+    reactorsPage.reactors.forEach((r: Reactor) => render(`${r.from} ${r.sender} ${r.reaction} ${r.at}`));
+    reactorsPage = await chat.reactions(ack.seq, { ...reactorsOptions, after: reactorsPage.next });
+  }
+  // @ts-expect-error: a reaction is a string
+  void chat.react(ack.seq, 1);
+  // @ts-expect-error: the message's number comes first
+  void chat.reactions({ after: 0 });
   const typed: boolean = chat.typing();
   render(`${clientId} ${acked} ${typed} ${chat.isMine({ sender: "x" })} ${chat.isMine(messages[0])}`);
 
