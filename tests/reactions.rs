@@ -539,6 +539,69 @@ async fn a_big_room_sends_reactions_coalesced() {
     server.stop().await;
 }
 
+/// A big room's gathered reactions reach a client that left before they were sent,
+/// whatever it saw last: here the message after them, the last number the room had when
+/// it sent them.
+#[tokio::test]
+async fn a_big_room_s_gathered_reactions_reach_a_client_that_left_before_they_went_out() {
+    let server = common::start_with(|b| {
+        b.presence_threshold(3)
+            .presence_interval(Duration::from_millis(1500))
+    })
+    .await;
+    let mut watcher = Client::ws(&server).await;
+    watcher.join(ROOM, "Watcher").await;
+    let mut away = Client::ws(&server).await;
+    let (joined, _) = away.join(ROOM, "Away").await;
+    let (epoch, key) = (joined["epoch"].clone(), joined["key"].clone());
+    let mut members = Vec::new();
+    for i in 0..4 {
+        let mut member = Client::ws(&server).await;
+        member.join(ROOM, &format!("m{i}")).await;
+        members.push(member);
+    }
+    let seq = members[0].say(ROOM, "react to me", "s").await;
+    for (i, member) in members.iter_mut().enumerate() {
+        react(member, "react", seq, "🎉", &format!("r{i}"))
+            .await
+            .unwrap();
+    }
+    let last = members[0].say(ROOM, "after", "s2").await;
+    // Away sees everything up to the message after the reactions (and, if the interval
+    // ended meanwhile, their update), then goes.
+    let mut seen = Vec::new();
+    while seen.last().is_none_or(|f: &Value| f["seq"] != last) {
+        let frame = away
+            .next_matching("a message or an update", |f| {
+                f["type"] == "message" || f["type"] == "update"
+            })
+            .await;
+        seen.push(frame);
+    }
+    drop(away);
+    // The interval ends: the others get the counts.
+    let update = watcher
+        .next_matching("the gathered update", |f| {
+            f["type"] == "update" && counts(&f["reactions"]) == ["🎉4"]
+        })
+        .await;
+    assert_eq!(update["at"], last);
+    let mut away = Client::ws(&server).await;
+    let (joined, replay) = away
+        .join_frame(
+            json!({"type": "join", "room": ROOM, "name": "Away", "key": key,
+                           "since": last, "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(joined["gap"], false);
+    let mut shown = Vec::new();
+    apply(&mut shown, &seen);
+    apply(&mut shown, &replay);
+    let counted: Vec<&Vec<String>> = shown.iter().filter(|m| m.0 == seq).map(|m| &m.2).collect();
+    assert_eq!(counted, [&vec!["🎉4".to_string()]], "replay: {replay:?}");
+    server.stop().await;
+}
+
 /// The host reacts on behalf of a user and reads who reacted, over the HTTP API: what a
 /// PHP or Django backend calls.
 #[tokio::test]

@@ -163,7 +163,8 @@ struct Stored {
 /// A change in a room's recent history.
 #[derive(Debug, Clone)]
 struct Change {
-    /// The change's own number.
+    /// The change's own number: a resume from it or before gets the frame (a big room's
+    /// gathered reactions: one more than the number their frame names).
     at: u64,
     /// The message it changed.
     target: u64,
@@ -1195,8 +1196,9 @@ impl Room {
     }
 
     /// Sends a big room's reaction changes since the last tick: one `update` per message,
-    /// with its counts now, numbered as the last record delivered (a client that saw that
-    /// one and reconnects still gets it in its replay).
+    /// with its counts now, numbered as the last record delivered, D (everyone got every
+    /// record up to D before it). A client that missed it resumes from D at most, so the
+    /// tail keeps it for resumes from D + 1 down: it may come twice, never not at all.
     fn send_reactions(&self, state: &mut RoomState) {
         if state.reactions_due.is_empty() {
             return;
@@ -1218,7 +1220,7 @@ impl Room {
                 joining.frames.push(frame.clone());
             }
             state.broadcast(&self.name, &self.engine, &frame, None);
-            self.keep_change(state, at, target, frame);
+            self.keep_change(state, at + 1, target, frame);
         }
     }
 }
