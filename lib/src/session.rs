@@ -18,7 +18,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, ConnectRequest, Identity, Transport, random_bytes};
-use crate::engine::{Quote, RecordKind};
+use crate::engine::{Quote, RecordKind, StorageError, StoredMessage};
 use crate::hooks::{MessageCheck, MessageEvent, MessageHook, MessageKind, Verdict};
 use crate::hub::{Hub, Member, Resume, Room, Sender, SenderKey, message_frame};
 use crate::protocol::{
@@ -894,22 +894,12 @@ impl<'a> Session<'a> {
             .filter(|_| kind == RecordKind::Edit);
         Some(Box::pin(async move {
             let id = id.as_deref();
-            let refused = match handle.target(seq).await {
-                Err(e) => {
-                    tracing::error!(room, error = %e, "could not read a message to change");
-                    Some((
-                        ErrorCode::StorageFailed,
-                        "the message could not be read from storage; try again later",
-                    ))
-                }
-                Ok(None) => Some((ErrorCode::UnknownMessage, "this room has no such message")),
-                Ok(Some(target)) if target.deleted => {
-                    Some((ErrorCode::MessageDeleted, "that message was deleted"))
-                }
-                Ok(Some(target)) if target.sender.as_deref() != Some(me.sender.public()) => {
+            let refused = match there(handle.target(seq).await, &room) {
+                Err(refused) => Some(refused),
+                Ok(target) if target.sender.as_deref() != Some(me.sender.public()) => {
                     Some((ErrorCode::NotYours, "only its sender may change a message"))
                 }
-                Ok(Some(target))
+                Ok(target)
                     if kind == RecordKind::Edit
                         && (window.is_zero()
                             || protocol::now_ms().saturating_sub(target.time)
@@ -920,7 +910,7 @@ impl<'a> Session<'a> {
                         "the message is older than the edit window",
                     ))
                 }
-                Ok(Some(_)) => None,
+                Ok(_) => None,
             };
             if let Some((code, message)) = refused {
                 refuse(hub, &me.outbox, code, message, Some(&room), id);
@@ -964,21 +954,7 @@ impl<'a> Session<'a> {
         let (handle, me, hub) = (joined.room.clone(), joined.me.clone(), &self.ctx.hub);
         Some(Box::pin(async move {
             let id = id.as_deref();
-            let refused = match handle.target(seq).await {
-                Err(e) => {
-                    tracing::error!(room, error = %e, "could not read a message to react to");
-                    Some((
-                        ErrorCode::StorageFailed,
-                        "the message could not be read from storage; try again later",
-                    ))
-                }
-                Ok(None) => Some((ErrorCode::UnknownMessage, "this room has no such message")),
-                Ok(Some(target)) if target.deleted => {
-                    Some((ErrorCode::MessageDeleted, "that message was deleted"))
-                }
-                Ok(Some(_)) => None,
-            };
-            if let Some((code, message)) = refused {
+            if let Err((code, message)) = there(handle.target(seq).await, &room) {
                 refuse(hub, &me.outbox, code, message, Some(&room), id);
                 return Effect::None;
             }
@@ -1159,27 +1135,39 @@ async fn backend_says(
 
 /// The quote of message `seq` of `room` for a reply to it; or why there is none.
 async fn quote(room: &Room, seq: u64) -> Result<Quote, (ErrorCode, &'static str)> {
-    match room.target(seq).await {
-        Ok(Some(message)) if message.deleted => Err((
-            ErrorCode::MessageDeleted,
-            "the message replied to was deleted",
-        )),
-        Ok(Some(message)) => Ok(Quote::new(seq, message.from, &message.text)),
-        Ok(None) => Err((
+    match there(room.target(seq).await, room.name()) {
+        Ok(message) => Ok(Quote::new(seq, message.from, &message.text)),
+        Err((ErrorCode::UnknownMessage, _)) => Err((
             ErrorCode::UnknownReply,
             "replyTo names no message of this room",
         )),
-        Err(e) => {
-            tracing::error!(room = room.name(), error = %e, "could not read a message replied to");
-            Err((
-                ErrorCode::StorageFailed,
-                "the message replied to could not be read from storage; try again later",
-            ))
-        }
+        Err(refused) => Err(refused),
     }
 }
 
 /// Answers a client frame with an error frame (counted, and logged at debug).
+/// The message a change or a reaction names, as [`Room::target`] found it: there and not
+/// deleted, or why not (a storage failure is logged).
+fn there(
+    target: Result<Option<StoredMessage>, StorageError>,
+    room: &str,
+) -> Result<StoredMessage, (ErrorCode, &'static str)> {
+    match target {
+        Err(e) => {
+            tracing::error!(room, error = %e, "could not read the message a frame names");
+            Err((
+                ErrorCode::StorageFailed,
+                "the message could not be read from storage; try again later",
+            ))
+        }
+        Ok(None) => Err((ErrorCode::UnknownMessage, "this room has no such message")),
+        Ok(Some(target)) if target.deleted => {
+            Err((ErrorCode::MessageDeleted, "that message was deleted"))
+        }
+        Ok(Some(target)) => Ok(target),
+    }
+}
+
 fn refuse(
     hub: &Hub,
     outbox: &Outbox,

@@ -164,17 +164,8 @@ impl Broker for Memory {
         let page = held.and_then(|held| {
             let numbers = held.numbers.lock().unwrap();
             let on = numbers.reactions.get(&seq)?;
-            let mut reactors: Vec<Reactor> = on
-                .reactors
-                .iter()
-                .filter(|r| r.at > after)
-                .take(limit + 1)
-                .cloned()
-                .collect();
-            let more = reactors.len() > limit;
-            reactors.truncate(limit);
-            let next = reactors.last().filter(|_| more).map(|r| r.at);
-            Some(ReactorsPage::new(reactors, next))
+            let read = on.reactors.iter().filter(|r| r.at > after).take(limit + 1);
+            Some(ReactorsPage::of(read.cloned().collect(), limit))
         });
         Box::pin(std::future::ready(Ok(page.unwrap_or_default())))
     }

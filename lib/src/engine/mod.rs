@@ -311,6 +311,15 @@ impl ReactorsPage {
     pub fn new(reactors: Vec<Reactor>, next: Option<u64>) -> ReactorsPage {
         ReactorsPage { reactors, next }
     }
+
+    /// The page of `limit` of `read`, up to `limit + 1` reactions read in their order: the
+    /// one past the page says there is a next.
+    pub(crate) fn of(mut read: Vec<Reactor>, limit: usize) -> ReactorsPage {
+        let more = read.len() > limit;
+        read.truncate(limit);
+        let next = read.last().filter(|_| more).map(|r| r.at);
+        ReactorsPage::new(read, next)
+    }
 }
 
 /// How many reactions a message may carry: what every engine checks a reaction against,

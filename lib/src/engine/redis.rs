@@ -83,6 +83,40 @@ const MAX_BATCH: usize = 1024;
 /// browser reads exactly.
 const NODE_BITS: u32 = 20;
 
+/// The start of the scripts that number a record ([`PUBLISH`], [`REACT`]): a retried client
+/// id (ARGV[5], of the sender's dedupe id ARGV[14]) answers {0, seq} at once; else the room
+/// gets its epoch if new (ARGV[1]) and `seq` is the record's number.
+macro_rules! numbering {
+    () => {
+        r#"
+local dk = nil
+if ARGV[5] ~= '' then
+  dk = ARGV[14] .. '\0' .. ARGV[5]
+  local seen = redis.call('HGET', KEYS[3], dk) or redis.call('HGET', KEYS[4], dk)
+  if seen then return {0, tonumber(seen)} end
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[1])
+  epoch = ARGV[1]
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+"#
+    };
+}
+
+/// The client id's remembering, after the record is stored: see [`PUBLISH`] (ARGV[10], the
+/// dedupe window).
+macro_rules! remembering {
+    () => {
+        r#"if dk and redis.call('HSET', KEYS[3], dk, seq) == 1
+    and redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[10]) then
+  redis.call('RENAME', KEYS[3], KEYS[4])
+end
+"#
+    };
+}
+
 /// Numbers a record, stores it, remembers its client id and publishes it (see the module
 /// documentation). Returns {1, seq, epoch}, or {0, seq} for a client id already stored.
 /// A reply keeps the message it answers (ARGV[17-19]: its number, sender's name, the start of
@@ -102,20 +136,9 @@ const NODE_BITS: u32 = 20;
 /// Past ARGV[9] entries the stream is trimmed; after a trim, `floor` in the room's hash
 /// (KEYS[1]) is the first number still in it: from there on every number is in the stream
 /// but reactions', which are in none (see [`REACT`]).
-const PUBLISH: &str = r#"
-local dk = nil
-if ARGV[5] ~= '' then
-  dk = ARGV[14] .. '\0' .. ARGV[5]
-  local seen = redis.call('HGET', KEYS[3], dk) or redis.call('HGET', KEYS[4], dk)
-  if seen then return {0, tonumber(seen)} end
-end
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  redis.call('HSET', KEYS[1], 'epoch', ARGV[1])
-  epoch = ARGV[1]
-end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local trimmed = false
+const PUBLISH: &str = concat!(
+    numbering!(),
+    r#"local trimmed = false
 local fields = {'t', ARGV[2], 'f', ARGV[3], 's', ARGV[4], 'c', ARGV[5], 'x', ARGV[6], 'o', ARGV[7]}
 if ARGV[17] ~= '' then
   for _, v in ipairs({'r', ARGV[17], 'rf', ARGV[18], 'rt', ARGV[19]}) do table.insert(fields, v) end
@@ -139,11 +162,9 @@ if ARGV[15] ~= '' then
     end
   end
 end
-if dk and redis.call('HSET', KEYS[3], dk, seq) == 1
-    and redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[10]) then
-  redis.call('RENAME', KEYS[3], KEYS[4])
-end
-if seq % 64 == 1 then
+"#,
+    remembering!(),
+    r#"if seq % 64 == 1 then
   for _ = 1, 256 do
     local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
     if not first or tonumber(first[2][2]) >= tonumber(ARGV[12]) then break end
@@ -158,32 +179,23 @@ end
 for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ARGV[11]) end
 redis.call('PUBLISH', ARGV[13], '{"seq":' .. seq .. ',"epoch":' .. epoch .. ARGV[8])
 return {1, seq, epoch}
-"#;
+"#
+);
 
-/// Numbers a reaction (ARGV[9] `react` or `unreact`) to message ARGV[10] by ARGV[4] (a
-/// public sender id; ARGV[3] its name) and applies it within the limits (ARGV[11] distinct
+/// Numbers a reaction (ARGV[15] `react` or `unreact`) to message ARGV[16] by ARGV[4] (a
+/// public sender id; ARGV[3] its name) and applies it within the limits (ARGV[9] distinct
 /// reactions per message, ARGV[12] per member), in the room's order, as every node sees
 /// it: `r:N` in the hash of states (KEYS[5]) holds N's counts (JSON `[["👍",2],…]`), KEYS[6]
 /// (per member) N's reactions of that member, KEYS[7] who reacted to N (score: the
 /// reaction's number; member: JSON `[reaction, sender, name]`), KEYS[8] the number of each
 /// message's last reaction change (what a resume reads, as it reads edits in the stream).
 /// A reaction is in no stream entry: thousands of them never push a message out of the
-/// stream. Dedupe as in [`PUBLISH`]. Returns {1, seq, epoch, outcome} ({0, seq} for a
+/// stream. ARGV[1-8], [10], [11], [13] and [14] are [`PUBLISH`]'s (ARGV[6]: the reaction).
+/// Returns {1, seq, epoch, outcome} ({0, seq} for a
 /// retry); the outcome (JSON) is also in what it publishes.
-const REACT: &str = r#"
-local dk = nil
-if ARGV[5] ~= '' then
-  dk = ARGV[15] .. '\0' .. ARGV[5]
-  local seen = redis.call('HGET', KEYS[3], dk) or redis.call('HGET', KEYS[4], dk)
-  if seen then return {0, tonumber(seen)} end
-end
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  redis.call('HSET', KEYS[1], 'epoch', ARGV[1])
-  epoch = ARGV[1]
-end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local g, r = ARGV[10], ARGV[6]
+const REACT: &str = concat!(
+    numbering!(),
+    r#"local g, r = ARGV[16], ARGV[6]
 local outcome
 if redis.call('HGET', KEYS[5], 'd:' .. g) then
   outcome = '{"gone":true,"deleted":true}'
@@ -196,10 +208,10 @@ else
   for _, m in ipairs(mine) do if m[1] == r then had = m end end
   for _, c in ipairs(counts) do if c[1] == r then known = true end end
   local change = 'none'
-  if ARGV[9] == 'unreact' then
+  if ARGV[15] == 'unreact' then
     if had then change = 'remove' end
   elseif not had then
-    if #mine >= tonumber(ARGV[12]) or (not known and #counts >= tonumber(ARGV[11])) then
+    if #mine >= tonumber(ARGV[12]) or (not known and #counts >= tonumber(ARGV[9])) then
       change = 'too_many'
     else
       change = 'add'
@@ -244,15 +256,14 @@ else
     outcome = cjson.encode({counts = counts, mine = names, changed = change ~= 'none'})
   end
 end
-if dk and redis.call('HSET', KEYS[3], dk, seq) == 1
-    and redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[16]) then
-  redis.call('RENAME', KEYS[3], KEYS[4])
-end
-for i = 1, 8 do redis.call('PEXPIRE', KEYS[i], ARGV[13]) end
-redis.call('PUBLISH', ARGV[14],
+"#,
+    remembering!(),
+    r#"for i = 1, 8 do redis.call('PEXPIRE', KEYS[i], ARGV[11]) end
+redis.call('PUBLISH', ARGV[13],
   '{"seq":' .. seq .. ',"epoch":' .. epoch .. ',"reacted":' .. outcome .. ARGV[8])
 return {1, seq, epoch, outcome}
-"#;
+"#
+);
 
 /// A room as a node takes it up: its epoch (made if new), last number, the messages after
 /// ARGV[2] (or the newest ARGV[3] when empty) and its members.
@@ -915,18 +926,12 @@ impl Broker for Redis {
                         .arg(limit + 1),
                 )
                 .await?;
-            let more = found.len() > limit;
-            let mut reactors: Vec<Reactor> = found
-                .into_iter()
-                .filter_map(|(entry, at)| {
-                    let (reaction, sender, from): (String, String, String) =
-                        serde_json::from_str(&entry).ok()?;
-                    Some(Reactor::new(reaction, from, sender, at))
-                })
-                .collect();
-            reactors.truncate(limit);
-            let next = reactors.last().filter(|_| more).map(|r| r.at);
-            Ok(ReactorsPage::new(reactors, next))
+            let read = found.into_iter().filter_map(|(entry, at)| {
+                let (reaction, sender, from): (String, String, String) =
+                    serde_json::from_str(&entry).ok()?;
+                Some(Reactor::new(reaction, from, sender, at))
+            });
+            Ok(ReactorsPage::of(read.collect(), limit))
         })
     }
 
@@ -1845,14 +1850,14 @@ impl Inner {
                             .arg(&*record.text)
                             .arg(origin)
                             .arg(fragment)
-                            .arg(record.kind.as_str())
-                            .arg(target)
                             .arg(self.reactions.per_message)
-                            .arg(self.reactions.per_member)
+                            .arg(self.dedupe_window)
                             .arg(self.retention.age_ms)
+                            .arg(self.reactions.per_member)
                             .arg(self.channel(name))
                             .arg(dedupe_id)
-                            .arg(self.dedupe_window),
+                            .arg(record.kind.as_str())
+                            .arg(target),
                     );
                     return;
                 }

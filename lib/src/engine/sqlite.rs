@@ -508,7 +508,7 @@ impl Broker for Sqlite {
     ) -> EngineFuture<'_, ReactorsPage> {
         let room = room.to_owned();
         self.shared.read(move |conn| {
-            let mut reactors: Vec<Reactor> = conn
+            let read: Vec<Reactor> = conn
                 .prepare_cached(
                     "SELECT reaction, name, who, at FROM reactions
                      WHERE room = ?1 AND seq = ?2 AND at > ?3 ORDER BY at LIMIT ?4",
@@ -530,10 +530,7 @@ impl Broker for Sqlite {
                     },
                 )?
                 .collect::<rusqlite::Result<_>>()?;
-            let more = reactors.len() > limit;
-            reactors.truncate(limit);
-            let next = reactors.last().filter(|_| more).map(|r| r.at);
-            Ok(ReactorsPage::new(reactors, next))
+            Ok(ReactorsPage::of(read, limit))
         })
     }
 

@@ -1002,14 +1002,19 @@ impl Room {
         let mut senders: Vec<u64> = batch.iter().filter_map(Delivery::sender).collect();
         senders.sort_unstable();
         senders.dedup();
-        let mut in_room = vec![false; senders.len()];
         let mut slow: Vec<u64> = Vec::new();
-        let shared = Shared::new(&frames);
-        for member in state.roster.iter() {
-            match senders.binary_search(&member.id) {
-                Ok(i) => in_room[i] = true,
-                Err(_) if !member.outbox.push_shared(&shared) => slow.push(member.id),
-                Err(_) => {}
+        // A batch that only its senders hear of (reactions refused, that changed nothing, or
+        // gathered for the next tick in a big room) costs no pass over the members: a
+        // sender counts as in the room (one that left is no one to remove).
+        let mut in_room = vec![frames.is_empty(); senders.len()];
+        if !frames.is_empty() {
+            let shared = Shared::new(&frames);
+            for member in state.roster.iter() {
+                match senders.binary_search(&member.id) {
+                    Ok(i) => in_room[i] = true,
+                    Err(_) if !member.outbox.push_shared(&shared) => slow.push(member.id),
+                    Err(_) => {}
+                }
             }
         }
         for (&sender, in_room) in senders.iter().zip(in_room) {
