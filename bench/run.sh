@@ -10,6 +10,7 @@
 #   bench/run.sh redis           # two nodes sharing a room through Redis, beside memory
 #   bench/run.sh posted          # Server-Sent Events and long polling beside WebSocket
 #   bench/run.sh resume          # resumes that read the engine beside a quiet room
+#   bench/run.sh reactions       # 10,000 members react to one message while one sends
 #   RUNS=5 bench/run.sh wt-idle  # more runs
 #   bench/run.sh --list          # the scenarios and what they run
 #
@@ -19,6 +20,8 @@
 #   NO_BUILD=1      skip `cargo build --release`
 #   SERVER=PATH     the `wtchat` binary to run (default target/release/wtchat), e.g. one
 #                   built from another commit, to measure before and after a change
+#   CARGO_TARGET_DIR=DIR  where cargo builds (default target): the tool, and the server
+#                   unless SERVER says otherwise, are taken from DIR/release
 #   OUT=FILE        where the JSON lines go (default target/bench/results-<time>.jsonl)
 #   DB_DIR=DIR      where each SQLite run's fresh database directory is made (default
 #                   $TMPDIR or /tmp); it must be a real disk: on tmpfs fsync is free
@@ -35,7 +38,8 @@
 # Every scenario names the server's engine: `memory`, `sqlite` (a database in a fresh
 # directory made for that one run and removed after it), or `redis` (a redis-server of its
 # own on a free loopback port, fresh for that one run, and REDIS_NODES servers on it; the
-# clients are spread evenly over the servers). Traffic stays on 127.0.0.1.
+# clients are spread evenly over the servers). Traffic stays on 127.0.0.1. Flags of the
+# server's own may follow the engine's name (`memory --history 1000`).
 # Every run is bounded (timeout), and the servers, Redis, the databases and the temporary
 # certificate directory are removed on exit, including on failure and ctrl-c.
 set -euo pipefail
@@ -44,10 +48,11 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 QUIET_WAIT=${QUIET_WAIT:-60}
 QUIET_MAX=${QUIET_MAX:-25}
-SERVER=${SERVER:-target/release/wtchat}
-TOOL=target/release/wtchat-bench
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+SERVER=${SERVER:-$TARGET_DIR/release/wtchat}
+TOOL=$TARGET_DIR/release/wtchat-bench
 
-# name | engine (memory, sqlite or redis) | tool arguments (the script adds --http,
+# name | engine (memory, sqlite or redis; then any server flags) | tool arguments (the script adds --http,
 # --server-pid, with redis --redis-pid, --label, --json). Budgets (issue 5) travel in the JSON line; `wtchat-bench summary`
 # checks medians, and a budget FIELD/LABEL checks the ratio to LABEL's median, so a
 # *-sqlite scenario is judged against its memory twin run in the same invocation.
@@ -88,6 +93,18 @@ EXTRA=(
   "wt-bare-2k|memory|join --transport wt --subscribers 2000 --no-join"
   # 10,000 members, 10 messages/s in total: 100,000 deliveries/s.
   "ws-10k-fanout|memory|fanout --transport ws --subscribers 10000 --publishers 10 --rate 10 --duration 10 --budget latency_us.p99=100000"
+  # Reactions in a big room (issue 25): the 10,000 members each add a reaction (👍 🎉 😂 👀
+  # in turn) to one message, spread evenly over 10 s, while one of them sends 10 msgs/s
+  # (ws-10k-fanout's load). Every reaction acked, every member ending at that count (the
+  # summary checks both), at most one update of the message per member per presence
+  # interval, and the messages' p99 during the reactions under 100 ms. The server keeps
+  # 500 messages in memory per room instead of 100: the memory engine refuses a reaction
+  # to a message older than that tail (`unknown_message`), and at 10 msgs/s the message
+  # would leave it halfway through the reactions.
+  "ws-reactions-10k|memory --history 500|reactions --transport ws --subscribers 10000 --rate 10 --spread 10 --budget latency_us.p99=100000"
+  # The same reactions beside 1 msg/s: the server is far from its limit, so its CPU per
+  # reaction (net of the baseline's) is the reactions' own, and the p99 rise theirs too.
+  "ws-reactions-10k-quiet|memory --history 500|reactions --transport ws --subscribers 10000 --rate 1 --spread 10"
   # Redis (the `redis` set): REDIS_NODES (2) servers share one room through a redis-server
   # of the run's own; clients and publishers are spread evenly over them (500 + 500
   # members, 5 + 5 publishers). Each is its memory twin's load; server figures are summed
@@ -141,6 +158,7 @@ SETS=(
   "engines|ws-fanout ws-fanout-sqlite ws-throughput ws-throughput-sqlite ws-latency ws-latency-sqlite ws-fanout-w64 ws-fanout-sqlite-w64 ws-fanout-3k ws-fanout-sqlite-3k"
   "bigrooms|ws-join-empty-10k ws-join-10k wt-bare-2k wt-join-2k ws-10k-fanout"
   "redis|ws-fanout ws-fanout-redis ws-throughput ws-throughput-redis ws-latency ws-latency-redis"
+  "reactions|ws-10k-fanout ws-reactions-10k ws-reactions-10k-quiet"
   "resume|ws-latency-quiet-sqlite ws-latency-resume-sqlite ws-latency-quiet-redis ws-latency-resume-redis"
   "posted|ws-fanout sse-fanout poll-fanout ws-fanout-1k sse-fanout-1k poll-fanout-1k sse-fanout-1k-wsp poll-fanout-1k-wsp ws-latency sse-latency poll-latency ws-idle sse-idle poll-idle"
 )
@@ -196,7 +214,7 @@ REDIS_NODES=${REDIS_NODES:-2}
 REDIS_SERVER=${REDIS_SERVER:-redis-server}
 uses_redis=
 for s in "${selected[@]}"; do
-  [[ $(cut -d'|' -f2 <<<"$s") == redis ]] && uses_redis=1
+  [[ $(cut -d'|' -f2 <<<"$s") == redis* ]] && uses_redis=1
 done
 if [[ -n $uses_redis ]]; then
   REDIS_CLI=$(dirname "$(command -v "$REDIS_SERVER" || echo /usr/bin/redis-server)")/redis-cli
@@ -218,6 +236,7 @@ HTTPS=()
 DB=
 REDIS_PID=
 REDIS_DIR=
+SERVER_FLAGS=()   # the scenario's own server flags, after its engine's name
 
 stop_server() {
   local pid
@@ -317,7 +336,8 @@ start_node() {
   fi
   RUST_LOG=warn "$SERVER" serve --engine "$engine" --http 127.0.0.1:0 --webtransport 127.0.0.1:0 \
     --certs "$TMP/certs" --frames-per-second 1000000 --frame-burst 1000000 \
-    --max-connections 100000 --max-http-connections 100000 "${budgets[@]}" --idle-timeout 1h >"$log" 2>&1 &
+    --max-connections 100000 --max-http-connections 100000 "${budgets[@]}" --idle-timeout 1h \
+    ${SERVER_FLAGS[@]+"${SERVER_FLAGS[@]}"} >"$log" 2>&1 &
   pid=$!
   SERVER_PIDS+=("$pid")
   for _ in $(seq 100); do
@@ -438,7 +458,7 @@ if [[ -n $uses_redis ]]; then
       echo "no persistence (--save '' --appendonly no)")"
 fi
 for s in "${selected[@]}"; do
-  if [[ $(cut -d'|' -f2 <<<"$s") == sqlite ]]; then
+  if [[ $(cut -d'|' -f2 <<<"$s") == sqlite* ]]; then
     fs=$(df --output=fstype "$DB_DIR" 2>/dev/null | tail -1 || true)
     echo "SQLite databases: a new directory in $DB_DIR (${fs:-unknown file system}) per run"
     [[ $fs == tmpfs || $fs == ramfs ]] &&
@@ -450,9 +470,12 @@ failed=0
 for run in $(seq "$RUNS"); do
   for s in "${selected[@]}"; do
     name=${s%%|*}
-    engine=$(cut -d'|' -f2 <<<"$s")
+    # shellcheck disable=SC2206 # the server flags are split on spaces
+    SERVER_FLAGS=($(cut -d'|' -f2 <<<"$s"))
+    engine=${SERVER_FLAGS[0]}
+    SERVER_FLAGS=("${SERVER_FLAGS[@]:1}")
     args=${s#*|*|}
-    echo "== $name, run $run/$RUNS, engine $engine: wtchat-bench $args"
+    echo "== $name, run $run/$RUNS, engine $engine${SERVER_FLAGS[0]+ ${SERVER_FLAGS[*]}}: wtchat-bench $args"
     start_server "$engine"
     wait_quiet
     redis=()

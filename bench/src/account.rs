@@ -15,6 +15,8 @@ pub enum Kind {
     Ack,
     Joined,
     Presence,
+    /// A change to a message: an edit, a deletion, its reactions.
+    Update,
     Error,
     Bye,
     Other,
@@ -32,6 +34,8 @@ pub fn kind(frame: &[u8]) -> Kind {
         Kind::Ack
     } else if rest.starts_with(b"presence\"") {
         Kind::Presence
+    } else if rest.starts_with(b"update\"") {
+        Kind::Update
     } else if rest.starts_with(b"joined\"") {
         Kind::Joined
     } else if rest.starts_with(b"error\"") {
@@ -418,6 +422,10 @@ mod tests {
         assert_eq!(
             kind(br#"{"type":"error","code":"rate_limited"}"#),
             Kind::Error
+        );
+        assert_eq!(
+            kind(br#"{"type":"update","room":"r","seq":3,"at":9}"#),
+            Kind::Update
         );
         assert_eq!(kind(br#"{"type":"pong"}"#), Kind::Other);
         assert_eq!(kind(b"garbage"), Kind::Other);

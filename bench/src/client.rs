@@ -21,6 +21,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::account::{self, Kind, Marker, Outcome, SendTimes, Tally};
 use crate::http::{self, Poster};
+use crate::react;
 use crate::ws;
 
 /// Phases of a run, in order. Publishers send during `SEND`; readers return their tally at
@@ -147,11 +148,25 @@ pub struct Run {
     pub tracks: Box<[MessageTrack]>,
     /// When each publisher sent its recent messages, to time their acknowledgements.
     pub send_times: SendTimes,
+    /// A reactions run (`react.rs`): every member adds a reaction to one message when its
+    /// turn comes, and counts the updates of that message it receives.
+    pub reactions: Option<react::Shared>,
 }
 
 impl Run {
     /// `targets` must not be empty.
     pub fn new(plan: Plan, targets: Vec<Target>, clients: usize, concurrency: usize) -> Arc<Run> {
+        Run::with_reactions(plan, targets, clients, concurrency, None)
+    }
+
+    /// [`Run::new`], for a reactions run when `reactions` is given.
+    pub fn with_reactions(
+        plan: Plan,
+        targets: Vec<Target>,
+        clients: usize,
+        concurrency: usize,
+        reactions: Option<react::Shared>,
+    ) -> Arc<Run> {
         assert!(!targets.is_empty(), "a run needs a server");
         let tracks = (0..plan.publishers * plan.track_per_publisher)
             .map(|_| MessageTrack {
@@ -181,6 +196,7 @@ impl Run {
             connect_slots: Arc::new(Semaphore::new(concurrency.max(1))),
             tracks,
             send_times,
+            reactions,
         })
     }
 
@@ -397,6 +413,17 @@ fn spawn_publisher<W: AsyncWrite + Unpin + Send + 'static>(
             // Dropping the write half would close the connection while its last messages
             // are still being delivered to it: hold it until the reader, once done, aborts
             // this task.
+            std::future::pending::<()>().await;
+            drop(outlet);
+        });
+        (None, Some(handle))
+    } else if run.reactions.is_some() {
+        // A member of a reactions run: its one reaction, when its turn comes.
+        let run = run.clone();
+        let handle = tokio::spawn(async move {
+            let mut outlet = outlet;
+            let _ = react_once(&run, idx, &mut outlet).await;
+            // As a publisher's: the reader aborts this task once done.
             std::future::pending::<()>().await;
             drop(outlet);
         });
@@ -849,6 +876,8 @@ struct Reader {
     reads: u64,
     acks: u64,
     new_acks: bool,
+    /// A reactions run: when the message's updates arrived.
+    reaction: react::Member,
 }
 
 impl Reader {
@@ -865,6 +894,7 @@ impl Reader {
             reads: 0,
             acks: 0,
             new_acks: false,
+            reaction: react::Member::default(),
         }
     }
 
@@ -881,6 +911,12 @@ impl Reader {
         match account::kind(frame) {
             Kind::Message => self.on_message(frame, now),
             Kind::Ack => {
+                // A reaction's ack is not a send's: counted apart.
+                if let Some(r) = &self.run.reactions
+                    && r.on_ack(self.idx, frame, now)
+                {
+                    return;
+                }
                 self.acks += 1;
                 self.new_acks = true;
                 self.on_ack(frame, now);
@@ -895,6 +931,14 @@ impl Reader {
                 stat.errors.fetch_add(1, Relaxed);
                 if account::find(frame, b"\"rate_limited\"").is_some() {
                     stat.refused.fetch_add(1, Relaxed);
+                }
+                if let Some(r) = &self.run.reactions {
+                    r.on_error(frame);
+                }
+            }
+            Kind::Update => {
+                if let Some(r) = &self.run.reactions {
+                    r.on_update(&mut self.reaction, self.idx, frame, now);
                 }
             }
             Kind::Bye => {
@@ -1051,6 +1095,36 @@ fn build_send(out: &mut Vec<u8>, room: &str, m: Marker, pad: usize, framing: Fra
     });
 }
 
+/// Appends one frame holding `json`, framed for the transport, to `out`.
+fn frame_into(out: &mut Vec<u8>, json: &[u8], framing: Framing) {
+    match framing {
+        Framing::WebSocket => ws::encode_frame(out, ws::OP_TEXT, json),
+        Framing::Lines => {
+            out.extend_from_slice(json);
+            out.push(b'\n');
+        }
+    }
+}
+
+/// Member `idx` of a reactions run (not the publisher): once the reactions start, waits for
+/// its turn and sends its one reaction.
+async fn react_once<W: AsyncWrite + Unpin>(
+    run: &Run,
+    idx: usize,
+    outlet: &mut Outlet<W>,
+) -> io::Result<()> {
+    let Some(r) = &run.reactions else {
+        return Ok(());
+    };
+    if !r.wait_turn(idx).await {
+        return Ok(());
+    }
+    let mut out = Vec::with_capacity(128);
+    let json = r.frame(&run.plan.room, idx, run.now_ns());
+    frame_into(&mut out, json.as_bytes(), outlet.framing());
+    outlet.send(&out).await
+}
+
 /// Publisher `idx`: waits for the send phase, then sends at its share of the rate, or as
 /// fast as its window of unacknowledged sends (and the slowest member) allows.
 async fn publish<W: AsyncWrite + Unpin>(
@@ -1073,6 +1147,7 @@ async fn publish<W: AsyncWrite + Unpin>(
     // stream each is written on its own, as soon as it is due.
     let catch_up = matches!(outlet, Outlet::Post(_));
     let mut counter = 0u64;
+    let mut reacted = false;
     let mut out = Vec::with_capacity(4096);
     // The send time of each message of this turn.
     let mut due: Vec<u64> = Vec::with_capacity(plan.window as usize);
@@ -1136,6 +1211,17 @@ async fn publish<W: AsyncWrite + Unpin>(
             }
         }
         out.clear();
+        // A reactions run: the publisher is a member too, and adds its reaction with the
+        // first send at or after its turn.
+        if !reacted
+            && let Some(r) = &run.reactions
+            && r.due(idx)
+                .is_some_and(|at| at <= tokio::time::Instant::now())
+        {
+            let json = r.frame(&plan.room, idx, run.now_ns());
+            frame_into(&mut out, json.as_bytes(), framing);
+            reacted = true;
+        }
         for &sent_ns in &due {
             let m = Marker {
                 sent_ns,

@@ -21,6 +21,10 @@
 //! - `join`: a join storm. N clients connect and join one room as fast as they can (or a
 //!   room each, or none: the baselines): time until all joined, server CPU per join, server
 //!   memory per member.
+//! - `reactions`: one message in a big room gets a reaction from every member (`react.rs`),
+//!   spread over seconds, while one member keeps sending: acks and errors, the message's
+//!   updates per member and per presence interval, whether every member ends with the
+//!   acknowledged count, server CPU per reaction, and the messages' latency meanwhile.
 //! - `summary`: medians of the JSON lines of several runs, checked against budgets.
 //!
 //! Run the standard set with `bench/run.sh` (see `bench/README.md`), or by hand:
@@ -56,6 +60,7 @@ mod client;
 mod http;
 mod join;
 mod procfs;
+mod react;
 mod resume;
 mod summary;
 mod ws;
@@ -82,6 +87,10 @@ enum Command {
     /// A join storm: N clients join one room (or a room each, or none) as fast as they can:
     /// time until all joined, server CPU per join, server memory per member.
     Join(join::JoinArgs),
+    /// One message in a big room gets a reaction from every member, spread over seconds,
+    /// while one member sends: acks, updates per member, agreement, server CPU per reaction,
+    /// message latency.
+    Reactions(react::ReactArgs),
     /// Medians of JSON result lines (one run per line), grouped by label, with budgets.
     Summary {
         /// Files of JSON lines as printed by `--json` (stdin if none).
@@ -271,6 +280,7 @@ fn main() -> ExitCode {
         Command::Fanout(args) => (args.common.clone(), Work::Fanout(args)),
         Command::Idle(args) => (args.common.clone(), Work::Idle(args)),
         Command::Join(args) => (args.common.clone(), Work::Join(args)),
+        Command::Reactions(args) => (args.common.clone(), Work::Reactions(args)),
     };
     if let Err(e) = budgets(&common) {
         eprintln!("wtchat-bench: {e}");
@@ -298,6 +308,9 @@ fn main() -> ExitCode {
             Work::Fanout(args) => fanout(args).await.map(|r| emit(&common, &r, r.table())),
             Work::Idle(args) => idle(args).await.map(|r| emit(&common, &r, r.table())),
             Work::Join(args) => join::join(args).await.map(|r| emit(&common, &r, r.table())),
+            Work::Reactions(args) => react::reactions(args)
+                .await
+                .map(|r| emit(&common, &r, r.table())),
         }
     });
     // Thousands of connections: do not wait for each to close politely.
@@ -315,6 +328,7 @@ enum Work {
     Fanout(FanoutArgs),
     Idle(IdleArgs),
     Join(join::JoinArgs),
+    Reactions(react::ReactArgs),
 }
 
 /// Prints the human table (stdout, or stderr with `--json`) and the JSON line.

@@ -172,6 +172,69 @@ const JOIN: &[(&str, &str, f64, &str)] = &[
     ),
 ];
 
+const REACTIONS: &[(&str, &str, f64, &str)] = &[
+    ("reactions_sent", "reactions sent", 1.0, ""),
+    ("reactions_acked", "reactions acknowledged", 1.0, ""),
+    ("reaction_errors_total", "reactions refused", 1.0, ""),
+    ("react_ack_us.p50", "reaction to ack p50", 1e-3, "ms"),
+    ("react_ack_us.p99", "reaction to ack p99", 1e-3, "ms"),
+    ("m_updates.median", "updates of M per member", 1.0, ""),
+    ("m_updates.max", "  most at any member", 1.0, ""),
+    ("m_updates_bound", "  at one per interval", 1.0, ""),
+    (
+        "m_updates_max_per_interval",
+        "  most within one interval",
+        1.0,
+        "",
+    ),
+    ("m_update_min_gap_ms", "  shortest gap", 1.0, "ms"),
+    (
+        "members_at_final_count",
+        "members at the final count",
+        1.0,
+        "",
+    ),
+    ("members", "  of members", 1.0, ""),
+    (
+        "server_cpu_per_reaction_us",
+        "server CPU per reaction",
+        1.0,
+        "µs",
+    ),
+    (
+        "server_cpu_per_reaction_net_us",
+        "  net of the messages",
+        1.0,
+        "µs",
+    ),
+    ("latency_us.p50", "message latency p50", 1e-3, "ms"),
+    ("latency_us.p99", "message latency p99", 1e-3, "ms"),
+    ("latency_us.max", "message latency max", 1e-3, "ms"),
+    ("baseline_latency_us.p50", "  baseline p50", 1e-3, "ms"),
+    ("baseline_latency_us.p99", "  baseline p99", 1e-3, "ms"),
+    ("phase_s", "reaction phase", 1.0, "s"),
+    ("server_cpu_pct", "server CPU in the phase", 1.0, "%"),
+    ("baseline_server_cpu_pct", "  in the baseline", 1.0, "%"),
+    ("tool_cpu_pct", "tool CPU", 1.0, "%"),
+    (
+        "tool_sched_delay_us.p99",
+        "tool scheduling delay p99",
+        1e-3,
+        "ms",
+    ),
+    ("other_cpu_pct", "other processes' CPU", 1.0, "%"),
+    ("lost", "lost", 1.0, ""),
+    ("duplicated", "duplicated", 1.0, ""),
+    ("too_slow", "cut off as too slow", 1.0, ""),
+    ("connect_s", "connect + join all", 1.0, "s"),
+    (
+        "server_rss_peak_kib",
+        "server RSS peak",
+        1.0 / 1024.0,
+        "MiB",
+    ),
+];
+
 /// Figures a fan-out's `--versus` compares with its twin's: (JSON path, name).
 const VERSUS: &[(&str, &str)] = &[
     ("server_ns_per_delivery", "server CPU per delivery"),
@@ -360,7 +423,12 @@ pub fn render(runs: &[Value]) -> (String, bool) {
         let first = group[0];
         let kind = first["scenario"].as_str().unwrap_or("fanout");
         let transport = first["transport"].as_str().unwrap_or("?");
-        let describe = if kind == "idle" {
+        let describe = if kind == "reactions" {
+            format!(
+                "{} {transport} members, {} react to one message over {} s, one sends {} msgs/s",
+                first["subscribers"], first["reactors"], first["spread_s"], first["rate"]
+            )
+        } else if kind == "idle" {
             format!("{} idle {transport} connections", first["connections"])
         } else if kind == "join" {
             format!(
@@ -400,6 +468,7 @@ pub fn render(runs: &[Value]) -> (String, bool) {
         let figures = match kind {
             "idle" => IDLE,
             "join" => JOIN,
+            "reactions" => REACTIONS,
             _ => FANOUT,
         };
         for &(path, name, scale, unit) in figures {
@@ -464,6 +533,34 @@ pub fn render(runs: &[Value]) -> (String, bool) {
                 if lossy == 0 { "PASS" } else { "FAIL" },
                 group.len()
             ));
+            if kind == "reactions" {
+                // Every reaction acknowledged, and every member ending with exactly those.
+                let short = group
+                    .iter()
+                    .filter(|r| {
+                        r["members_agree"] != true
+                            || field(r, "reactions_acked") != field(r, "reactions_sent")
+                    })
+                    .count();
+                all_ok &= short == 0;
+                verdicts.push(format!(
+                    "  {:<4} {label:<20} every reaction acknowledged, every member at that count ({short} of {} run(s) not)",
+                    if short == 0 { "PASS" } else { "FAIL" },
+                    group.len()
+                ));
+                // Coalesced: no member got more updates of the message than the phase had
+                // intervals (plus the last one's).
+                let chatty = group
+                    .iter()
+                    .filter(|r| field(r, "m_updates.max") > field(r, "m_updates_bound"))
+                    .count();
+                all_ok &= chatty == 0;
+                verdicts.push(format!(
+                    "  {:<4} {label:<20} updates of the message per member at most one per interval ({chatty} of {} run(s) more)",
+                    if chatty == 0 { "PASS" } else { "FAIL" },
+                    group.len()
+                ));
+            }
             if first.get("resumes").is_some() {
                 // A resume must replay exactly what the client missed, and every one must
                 // have run: a failed one measured nothing.
