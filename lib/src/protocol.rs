@@ -10,8 +10,6 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{ReactionCount, Reactor};
-
 /// Milliseconds since 1970: the server's clock, as frames carry it.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -162,6 +160,23 @@ pub struct QuoteRef<'a> {
     pub deleted: bool,
 }
 
+/// How many reacted to a message with one reaction, as frames carry it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CountRef<'a> {
+    pub reaction: &'a str,
+    pub count: u32,
+}
+
+/// Who reacted how, as a `reactions` answer names them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ReactorRef<'a> {
+    pub reaction: &'a str,
+    pub from: &'a str,
+    pub sender: &'a str,
+    /// The reaction's number in the room's order.
+    pub at: u64,
+}
+
 /// A member as the protocol shows it: the connection's id and its display name.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct MemberRef<'a> {
@@ -224,7 +239,7 @@ pub enum ServerFrame<'a> {
         edited: Option<u64>,
         /// How many reacted with what, in the order the reactions were first added.
         #[serde(skip_serializing_if = "<[_]>::is_empty")]
-        reactions: &'a [ReactionCount],
+        reactions: &'a [CountRef<'a>],
         /// The client's message id: in its sender's own copy only.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a str>,
@@ -245,7 +260,7 @@ pub enum ServerFrame<'a> {
         deleted: bool,
         /// Its reactions now (all of them), when they changed or in a replay.
         #[serde(skip_serializing_if = "Option::is_none")]
-        reactions: Option<&'a [ReactionCount]>,
+        reactions: Option<&'a [CountRef<'a>]>,
     },
     /// The sender's acknowledgement: the message is stored under `seq`.
     Ack {
@@ -262,7 +277,7 @@ pub enum ServerFrame<'a> {
     Reactions {
         room: &'a str,
         seq: u64,
-        reactors: &'a [Reactor],
+        reactors: &'a [ReactorRef<'a>],
         next: Option<u64>,
     },
     /// Someone joined or left (a small room); `count` is the members after it.

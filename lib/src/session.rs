@@ -23,7 +23,7 @@ use crate::hooks::{MessageCheck, MessageEvent, MessageHook, MessageKind, Verdict
 use crate::hub::{Hub, Member, Resume, Room, Sender, SenderKey, message_frame};
 use crate::protocol::{
     self, ClientFrame, CloseCode, ErrorCode, HISTORY_PAGE, Limits, MEMBERS_PAGE, Mine,
-    REACTORS_PAGE, ServerFrame,
+    REACTORS_PAGE, ReactorRef, ServerFrame,
 };
 use crate::queue::{Kind, Outbound, Outbox};
 use crate::throttle::{HolderBudgets, RateLimit, RoomHold, Seat, throttled};
@@ -982,10 +982,20 @@ impl<'a> Session<'a> {
         Some(Box::pin(async move {
             match handle.reactors(seq, after.unwrap_or(0), limit).await {
                 Ok(page) => {
+                    let reactors: Vec<ReactorRef<'_>> = page
+                        .reactors
+                        .iter()
+                        .map(|r| ReactorRef {
+                            reaction: &r.reaction,
+                            from: &r.from,
+                            sender: &r.sender,
+                            at: r.at,
+                        })
+                        .collect();
                     outbox.push(protocol::encode(&ServerFrame::Reactions {
                         room: &room,
                         seq,
-                        reactors: &page.reactors,
+                        reactors: &reactors,
                         next: page.next,
                     }));
                 }

@@ -40,7 +40,8 @@ use crate::engine::{
 };
 use crate::metrics::Metrics;
 use crate::protocol::{
-    self, CloseCode, ErrorCode, MemberRef, Mine, PresenceEvent, QuoteRef, ServerFrame, You, now_ms,
+    self, CloseCode, CountRef, ErrorCode, MemberRef, Mine, PresenceEvent, QuoteRef, ServerFrame,
+    You, now_ms,
 };
 use crate::queue::{Outbox, Shared};
 
@@ -1739,9 +1740,20 @@ pub(crate) fn message_frame(room: &str, message: &StoredMessage) -> Bytes {
         text: &message.text,
         time: message.time,
         edited: message.edited,
-        reactions: &message.reactions,
+        reactions: &count_refs(&message.reactions),
         id: None,
     })
+}
+
+/// A message's reactions as frames carry them.
+fn count_refs(counts: &[ReactionCount]) -> Vec<CountRef<'_>> {
+    counts
+        .iter()
+        .map(|c| CountRef {
+            reaction: &c.reaction,
+            count: c.count,
+        })
+        .collect()
 }
 
 /// A reply's quote as its frames carry it.
@@ -1764,7 +1776,9 @@ fn update_frame(room: &str, message: &StoredMessage, at: u64) -> Bytes {
         text: (!message.deleted).then_some(&message.text),
         edited: message.edited.filter(|_| !message.deleted),
         deleted: message.deleted,
-        reactions: (!message.deleted).then_some(&message.reactions),
+        reactions: (!message.deleted)
+            .then(|| count_refs(&message.reactions))
+            .as_deref(),
     })
 }
 
@@ -1777,7 +1791,7 @@ fn reactions_frame(room: &str, seq: u64, at: u64, counts: &[ReactionCount]) -> B
         text: None,
         edited: None,
         deleted: false,
-        reactions: Some(counts),
+        reactions: Some(&count_refs(counts)),
     })
 }
 
@@ -1801,6 +1815,7 @@ fn overlaid(room: &str, changes: &VecDeque<Change>, target: u64, frame: Bytes) -
     ) else {
         return frame;
     };
+    let counts = newer.reactions.or(older.reactions);
     protocol::encode(&ServerFrame::Update {
         room,
         seq: target,
@@ -1808,7 +1823,7 @@ fn overlaid(room: &str, changes: &VecDeque<Change>, target: u64, frame: Bytes) -
         text: newer.text.or(older.text).as_deref(),
         edited: newer.edited.or(older.edited),
         deleted: false,
-        reactions: newer.reactions.or(older.reactions).as_deref(),
+        reactions: counts.as_deref().map(count_refs).as_deref(),
     })
 }
 
