@@ -9,8 +9,10 @@
 //! read, never contended). Nothing on it allocates per message.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +23,6 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::account::{self, Kind, Marker, Outcome, SendTimes, Tally};
 use crate::http::{self, Poster};
-use crate::react;
 use crate::ws;
 
 /// Phases of a run, in order. Publishers send during `SEND`; readers return their tally at
@@ -148,24 +149,43 @@ pub struct Run {
     pub tracks: Box<[MessageTrack]>,
     /// When each publisher sent its recent messages, to time their acknowledgements.
     pub send_times: SendTimes,
-    /// A reactions run (`react.rs`): every member adds a reaction to one message when its
-    /// turn comes, and counts the updates of that message it receives.
-    pub reactions: Option<react::Shared>,
+    /// A run whose members take turns (a reactions run, `react.rs`): each sends its own
+    /// frame when its turn comes, and the run hears what they read.
+    pub turns: Option<Arc<dyn Turns>>,
+}
+
+/// What a run adds to the fan-out's members (a reactions run: `react.rs`): each member's
+/// one frame of its own, sent when its turn comes, and the acks, errors and updates the
+/// members read.
+pub trait Turns: Send + Sync + std::fmt::Debug {
+    /// When member `idx`'s turn comes, once the turns have started.
+    fn due(&self, idx: usize) -> Option<tokio::time::Instant>;
+    /// Waits for member `idx`'s turn: false when it has none.
+    fn wait_turn(&self, idx: usize) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
+    /// Member `idx`'s frame (JSON), sent at `now_ns` into `room`.
+    fn frame(&self, room: &str, idx: usize, now_ns: u64) -> String;
+    /// An `ack` member `idx` read at `now`: true when it answers its turn's frame (then it
+    /// is not a send's).
+    fn on_ack(&self, idx: usize, frame: &[u8], now: u64) -> bool;
+    /// An `error` a member read.
+    fn on_error(&self, frame: &[u8]);
+    /// An `update` member `idx` read at `now`.
+    fn on_update(&self, idx: usize, frame: &[u8], now: u64);
 }
 
 impl Run {
     /// `targets` must not be empty.
     pub fn new(plan: Plan, targets: Vec<Target>, clients: usize, concurrency: usize) -> Arc<Run> {
-        Run::with_reactions(plan, targets, clients, concurrency, None)
+        Run::with_turns(plan, targets, clients, concurrency, None)
     }
 
-    /// [`Run::new`], for a reactions run when `reactions` is given.
-    pub fn with_reactions(
+    /// [`Run::new`], for a run whose members take `turns`.
+    pub fn with_turns(
         plan: Plan,
         targets: Vec<Target>,
         clients: usize,
         concurrency: usize,
-        reactions: Option<react::Shared>,
+        turns: Option<Arc<dyn Turns>>,
     ) -> Arc<Run> {
         assert!(!targets.is_empty(), "a run needs a server");
         let tracks = (0..plan.publishers * plan.track_per_publisher)
@@ -196,7 +216,7 @@ impl Run {
             connect_slots: Arc::new(Semaphore::new(concurrency.max(1))),
             tracks,
             send_times,
-            reactions,
+            turns,
         })
     }
 
@@ -417,8 +437,8 @@ fn spawn_publisher<W: AsyncWrite + Unpin + Send + 'static>(
             drop(outlet);
         });
         (None, Some(handle))
-    } else if run.reactions.is_some() {
-        // A member of a reactions run: its one reaction, when its turn comes.
+    } else if run.turns.is_some() {
+        // A member of a run of turns (reactions): its one frame, when its turn comes.
         let run = run.clone();
         let handle = tokio::spawn(async move {
             let mut outlet = outlet;
@@ -876,8 +896,6 @@ struct Reader {
     reads: u64,
     acks: u64,
     new_acks: bool,
-    /// A reactions run: when the message's updates arrived.
-    reaction: react::Member,
 }
 
 impl Reader {
@@ -894,7 +912,6 @@ impl Reader {
             reads: 0,
             acks: 0,
             new_acks: false,
-            reaction: react::Member::default(),
         }
     }
 
@@ -911,8 +928,8 @@ impl Reader {
         match account::kind(frame) {
             Kind::Message => self.on_message(frame, now),
             Kind::Ack => {
-                // A reaction's ack is not a send's: counted apart.
-                if let Some(r) = &self.run.reactions
+                // A turn's ack (a reaction's) is not a send's: counted apart.
+                if let Some(r) = &self.run.turns
                     && r.on_ack(self.idx, frame, now)
                 {
                     return;
@@ -932,13 +949,13 @@ impl Reader {
                 if account::find(frame, b"\"rate_limited\"").is_some() {
                     stat.refused.fetch_add(1, Relaxed);
                 }
-                if let Some(r) = &self.run.reactions {
+                if let Some(r) = &self.run.turns {
                     r.on_error(frame);
                 }
             }
             Kind::Update => {
-                if let Some(r) = &self.run.reactions {
-                    r.on_update(&mut self.reaction, self.idx, frame, now);
+                if let Some(r) = &self.run.turns {
+                    r.on_update(self.idx, frame, now);
                 }
             }
             Kind::Bye => {
@@ -1106,14 +1123,14 @@ fn frame_into(out: &mut Vec<u8>, json: &[u8], framing: Framing) {
     }
 }
 
-/// Member `idx` of a reactions run (not the publisher): once the reactions start, waits for
-/// its turn and sends its one reaction.
+/// Member `idx` of a run of turns (not the publisher): once the turns start, waits for its
+/// own and sends its frame.
 async fn react_once<W: AsyncWrite + Unpin>(
     run: &Run,
     idx: usize,
     outlet: &mut Outlet<W>,
 ) -> io::Result<()> {
-    let Some(r) = &run.reactions else {
+    let Some(r) = &run.turns else {
         return Ok(());
     };
     if !r.wait_turn(idx).await {
@@ -1211,10 +1228,10 @@ async fn publish<W: AsyncWrite + Unpin>(
             }
         }
         out.clear();
-        // A reactions run: the publisher is a member too, and adds its reaction with the
-        // first send at or after its turn.
+        // A run of turns: the publisher is a member too, and sends its turn's frame with
+        // the first send at or after its turn.
         if !reacted
-            && let Some(r) = &run.reactions
+            && let Some(r) = &run.turns
             && r.due(idx)
                 .is_some_and(|at| at <= tokio::time::Instant::now())
         {

@@ -18,9 +18,11 @@
 //! the readers' hooks.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -29,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::account;
-use crate::client::{self, Plan, Run};
+use crate::client::{self, Plan, Run, Turns};
 use crate::{
     Common, Percentiles, Snapshot, TransportArg, budgets, check_limits, check_server_limits,
     collect, connect_all, early_errors, fetch_configs, labelled, mib, monitor, opt,
@@ -117,6 +119,8 @@ pub struct Shared {
     min_gap_ns: Box<[AtomicU64]>,
     totals: Box<[AtomicU64]>,
     latest: Box<[Mutex<Vec<u8>>]>,
+    /// Per member: when M's recent updates arrived.
+    recent: Box<[Mutex<Member>]>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -131,9 +135,9 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// One member's reader-side state: when M's recent updates arrived.
+/// One member's state: when M's recent updates arrived.
 #[derive(Debug, Default)]
-pub struct Member {
+struct Member {
     recent: VecDeque<u64>,
     last: Option<u64>,
 }
@@ -194,15 +198,8 @@ impl Shared {
             min_gap_ns: (0..members).map(|_| AtomicU64::new(u64::MAX)).collect(),
             totals: zeros(members),
             latest: zeros(members),
+            recent: zeros(members),
         })
-    }
-
-    /// When member `idx`'s turn comes, once the turns have started (never, if it is not
-    /// a reactor).
-    pub fn due(&self, idx: usize) -> Option<tokio::time::Instant> {
-        let go = *self.go.borrow();
-        go.filter(|_| idx < self.reactors)
-            .map(|at| at + self.offset(idx))
     }
 
     fn offset(&self, idx: usize) -> Duration {
@@ -210,27 +207,41 @@ impl Shared {
             .mul_f64(idx as f64 / self.reactors.max(1) as f64)
     }
 
+    fn errors_total(&self) -> u64 {
+        self.errors.lock().unwrap().iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl Turns for Shared {
+    /// When member `idx`'s turn comes, once the turns have started (never, if it is not
+    /// a reactor).
+    fn due(&self, idx: usize) -> Option<tokio::time::Instant> {
+        let go = *self.go.borrow();
+        go.filter(|_| idx < self.reactors)
+            .map(|at| at + self.offset(idx))
+    }
     /// Waits for member `idx`'s turn; false if the turns never start or it does not react.
-    pub async fn wait_turn(&self, idx: usize) -> bool {
-        if idx >= self.reactors {
-            return false;
-        }
-        let mut go = self.go.subscribe();
-        let start = loop {
-            let now = *go.borrow_and_update();
-            if let Some(at) = now {
-                break at;
-            }
-            if go.changed().await.is_err() {
+    fn wait_turn(&self, idx: usize) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async move {
+            if idx >= self.reactors {
                 return false;
             }
-        };
-        tokio::time::sleep_until(start + self.offset(idx)).await;
-        true
+            let mut go = self.go.subscribe();
+            let start = loop {
+                let now = *go.borrow_and_update();
+                if let Some(at) = now {
+                    break at;
+                }
+                if go.changed().await.is_err() {
+                    return false;
+                }
+            };
+            tokio::time::sleep_until(start + self.offset(idx)).await;
+            true
+        })
     }
-
     /// Member `idx`'s `react` frame (sent at `now_ns`), counted as sent.
-    pub fn frame(&self, room: &str, idx: usize, now_ns: u64) -> String {
+    fn frame(&self, room: &str, idx: usize, now_ns: u64) -> String {
         self.sent_at[idx].store(now_ns.max(1), Relaxed);
         self.sent.fetch_add(1, Relaxed);
         format!(
@@ -239,10 +250,9 @@ impl Shared {
             self.quoted[idx % self.quoted.len()]
         )
     }
-
     /// An `ack` read by member `idx`'s reader: true if it answers a reaction (then it is
     /// counted here, not as a send's). The ack of the sender's first message tells M.
-    pub fn on_ack(&self, idx: usize, frame: &[u8], now: u64) -> bool {
+    fn on_ack(&self, idx: usize, frame: &[u8], now: u64) -> bool {
         if account::find(frame, REACT_ID).is_none() {
             if account::parse_ack_id(frame) == Some((0, 0))
                 && let Some(seq) = account::u64_after(frame, account::SEQ_KEY)
@@ -268,9 +278,8 @@ impl Shared {
         }
         true
     }
-
     /// An `error`: counted by code if it answers a reaction.
-    pub fn on_error(&self, frame: &[u8]) {
+    fn on_error(&self, frame: &[u8]) {
         if account::find(frame, REACT_ID).is_none() {
             return;
         }
@@ -281,15 +290,14 @@ impl Shared {
             None => errors.push((code, 1)),
         }
     }
-
     /// An `update` read by member `idx`'s reader at `now`: counted if it is M's.
-    pub fn on_update(&self, member: &mut Member, idx: usize, frame: &[u8], now: u64) {
+    fn on_update(&self, idx: usize, frame: &[u8], now: u64) {
         let target = self.target.load(Relaxed);
         if target == 0 || account::u64_after(frame, account::SEQ_KEY) != Some(target) {
             return;
         }
         self.updates[idx].fetch_add(1, Relaxed);
-        let (within, gap) = member.record(now, self.window_ns);
+        let (within, gap) = self.recent[idx].lock().unwrap().record(now, self.window_ns);
         self.per_interval[idx].fetch_max(within as u32, Relaxed);
         if let Some(gap) = gap {
             self.min_gap_ns[idx].fetch_min(gap, Relaxed);
@@ -300,10 +308,6 @@ impl Shared {
             latest.clear();
             latest.extend_from_slice(array);
         }
-    }
-
-    fn errors_total(&self) -> u64 {
-        self.errors.lock().unwrap().iter().map(|(_, n)| n).sum()
     }
 }
 
@@ -532,8 +536,9 @@ pub async fn reactions(args: ReactArgs) -> Result<ReactReport, String> {
         udp_buffer: common.udp_buffer,
         track_per_publisher: 0,
     };
-    let run = Run::with_reactions(plan, targets, n, common.connect_concurrency, Some(shared));
-    let shared = run.reactions.as_ref().expect("given above");
+    let shared = Arc::new(shared);
+    let turns: Arc<dyn Turns> = shared.clone();
+    let run = Run::with_turns(plan, targets, n, common.connect_concurrency, Some(turns));
     check_server_limits(pids, n);
 
     // Connect and join.
@@ -978,12 +983,11 @@ mod tests {
         assert!(shared.on_ack(1, wrong.as_bytes(), 3_000_000));
         assert_eq!(shared.mine_wrong.load(Relaxed), 1);
         // Updates of another message are not M's.
-        let mut member = Member::default();
         let other = br#"{"type":"update","room":"r","seq":13,"at":50,"reactions":[]}"#;
-        shared.on_update(&mut member, 2, other, 10);
+        shared.on_update(2, other, 10);
         assert_eq!(shared.updates[2].load(Relaxed), 0);
         let m = r#"{"type":"update","room":"r","seq":12,"at":50,"reactions":[{"reaction":"👍","count":3}]}"#;
-        shared.on_update(&mut member, 2, m.as_bytes(), 10);
+        shared.on_update(2, m.as_bytes(), 10);
         assert_eq!(shared.updates[2].load(Relaxed), 1);
         assert_eq!(shared.totals[2].load(Relaxed), 3);
     }
