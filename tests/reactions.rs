@@ -387,6 +387,53 @@ async fn five_thousand_reactions_while_away_still_resume_without_a_gap_on_redis(
     five_thousand_reactions_while_away(server).await;
 }
 
+/// On SQLite, the reactions of messages gone past their retention age go with them: who
+/// reacted to a message no longer stored is no one.
+#[tokio::test]
+async fn reactions_leave_storage_with_their_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let server = common::start_with(move |b| {
+        b.engine(Engine::Sqlite(db))
+            .retention_age(Duration::from_secs(1))
+    })
+    .await;
+    let chat = &server.chat;
+    assert_eq!(chat.publish(ROOM, "host", "soon gone").await.unwrap(), 1);
+    chat.react(ROOM, 1, "u1", "Ann", "👍").await.unwrap();
+    chat.react(ROOM, 1, "u2", "Bob", "🎉").await.unwrap();
+    assert_eq!(
+        chat.reactions(ROOM, 1, None, 100)
+            .await
+            .unwrap()
+            .reactors
+            .len(),
+        2
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !chat
+        .reactions(ROOM, 1, None, 100)
+        .await
+        .unwrap()
+        .reactors
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reactions stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        chat.history(ROOM, None, 100)
+            .await
+            .unwrap()
+            .messages
+            .is_empty()
+    );
+    server.stop().await;
+}
+
 /// Every wrong reaction gets its own code, and nothing is stored or sent: not one emoji
 /// (nor a listed name), a deleted or unknown message, too many on one message, too many of
 /// one member's. A repeat, or taking back one never made, changes nothing and is acked.

@@ -292,6 +292,9 @@ impl Sqlite {
             runtime,
             stats,
             unchecked: 0,
+            // Not known at start (a process that stopped between a deletion and its sweep):
+            // the first sweep looks.
+            orphaned: true,
         };
         std::thread::Builder::new()
             .name("wtchat-sqlite".into())
@@ -889,6 +892,8 @@ struct Writer {
     /// Bytes of messages written since the stored-bytes budget was last checked (about:
     /// their texts and names); checked again past a sixty-fourth of the budget.
     unchecked: u64,
+    /// Messages went by age or by the budget since their reactions were last dropped.
+    orphaned: bool,
 }
 
 /// One room's messages in one transaction: the first and last sequence numbers.
@@ -1189,21 +1194,24 @@ impl Writer {
     fn sweep(&mut self) {
         let now = now_ms();
         let cutoff = now.saturating_sub(self.retention.age_ms);
-        let swept = self
-            .conn
-            .execute("DELETE FROM messages WHERE time < ?1", [cutoff as i64])
-            .and_then(|_| {
-                self.conn
-                    .execute("DELETE FROM bans WHERE until <= ?1", [now as i64])
-            })
-            // The reactions of the messages gone by age or by the stored-bytes budget.
-            .and_then(|_| {
-                self.conn.execute(
+        let swept = (|| -> rusqlite::Result<()> {
+            let conn = &self.conn;
+            if conn.execute("DELETE FROM messages WHERE time < ?1", [cutoff as i64])? > 0 {
+                self.orphaned = true;
+            }
+            conn.execute("DELETE FROM bans WHERE until <= ?1", [now as i64])?;
+            // The reactions of the messages gone by age or by the stored-bytes budget: a
+            // walk over every reaction, so only when some went.
+            if self.orphaned {
+                conn.execute(
                     "DELETE FROM reactions WHERE NOT EXISTS (SELECT 1 FROM messages m
                          WHERE m.room = reactions.room AND m.seq = reactions.seq)",
                     [],
-                )
-            });
+                )?;
+                self.orphaned = false;
+            }
+            Ok(())
+        })();
         if let Err(e) = swept {
             tracing::warn!(error = %describe(&self.path, &e), "could not sweep old history");
         }
@@ -1251,6 +1259,7 @@ impl Writer {
             }
             Ok(shed)
         })();
+        self.orphaned |= kept.as_ref().is_ok_and(|shed| *shed > 0);
         match kept {
             Ok(0) => {}
             Ok(shed) => tracing::info!(
