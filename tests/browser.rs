@@ -2154,6 +2154,45 @@ async fn a_page_chats_in_several_rooms_over_one_connection_on_every_transport() 
             );
         }
 
+        // Edits and reactions go both ways on this transport too: Bob edits his message in
+        // the lobby and reacts to it, the page shows both, and reacts in turn.
+        bob.send(
+            json!({"type": "edit", "room": &lobby, "seq": 1, "text": "bob's, edited",
+                        "id": "e1"}),
+        )
+        .await;
+        bob.next_matching("the edit's ack", |f| f["type"] == "ack" && f["id"] == "e1")
+            .await;
+        bob.send(json!({"type": "react", "room": &lobby, "seq": 1, "reaction": "👍", "id": "r1"}))
+            .await;
+        bob.next_matching("the reaction's ack", |f| {
+            f["type"] == "ack" && f["id"] == "r1"
+        })
+        .await;
+        page.wait_for(
+            "the edit and the reaction",
+            r#"(() => {
+              const m = window.__rooms.lobby.messages.find((m) => m.seq === 1);
+              return !!m && m.text === "bob's, edited"
+                && JSON.stringify(m.reactions) === JSON.stringify([{ reaction: "👍", count: 1, mine: false }]);
+            })()"#,
+        )
+        .await;
+        let mine = page
+            .eval("window.__rooms.lobby.react(1, '🎉').then((ack) => ack.mine)")
+            .await;
+        assert_eq!(mine, json!(["🎉"]), "{transport}");
+        let update = bob
+            .next_matching("the page's reaction", |f| {
+                f["type"] == "update" && f["room"] == lobby.as_str() && f["at"] == 5
+            })
+            .await;
+        assert_eq!(
+            update["reactions"],
+            json!([{"reaction": "👍", "count": 1}, {"reaction": "🎉", "count": 1}]),
+            "{transport}"
+        );
+
         // Leaving one room leaves that room only; its messages no longer reach the page.
         page.eval("window.__rooms.help.leave()").await;
         bob.next_matching("pia leaving help", |f| {
@@ -2214,7 +2253,7 @@ async fn a_page_chats_in_several_rooms_over_one_connection_on_every_transport() 
             json!({
                 "opened": 2,
                 "news": [format!("bob in {news}"), "pia in news", "news after pia left help", "news while pia reconnects"],
-                "lobby": [format!("bob in {lobby}"), "pia in lobby"],
+                "lobby": ["bob's, edited", "pia in lobby"],
                 "transport": transport,
             }),
             "{transport}"
