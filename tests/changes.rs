@@ -26,15 +26,8 @@ async fn change(client: &mut Client, mut frame: Value, id: &str) -> Result<u64, 
     frame["room"] = ROOM.into();
     frame["id"] = id.into();
     client.send(frame).await;
-    let answer = client
-        .next_matching("ack or error", |f| {
-            (f["type"] == "ack" || f["type"] == "error") && f["id"] == id
-        })
-        .await;
-    match answer["type"].as_str() {
-        Some("ack") => Ok(answer["seq"].as_u64().unwrap()),
-        _ => Err(answer["code"].as_str().unwrap().to_owned()),
-    }
+    let ack = client.answer(id).await?;
+    Ok(ack["seq"].as_u64().unwrap())
 }
 
 fn edit(seq: u64, text: &str) -> Value {

@@ -335,6 +335,34 @@ async fn the_demo_page_loads_in_firefox_without_console_errors_and_checks_room_n
     eprintln!("the demo page in Firefox: {:?}", started.elapsed());
 }
 
+/// Crow in Chromium over WebTransport (desktop size) and Wolf in Firefox over WebSocket (at
+/// phone width) on the demo page of `room`, each connected and seeing both.
+async fn crow_and_wolf<'a>(
+    chromium: &'a browser::Browser,
+    firefox: &'a Firefox,
+    server: &TestServer,
+    room: &str,
+) -> (browser::Page<'a>, firefox::Page<'a>) {
+    let crow_page = chromium.page("crow", 1024, 768, None).await;
+    crow_page
+        .goto(&demo_url(server, &format!("room={room}&name=crow")))
+        .await;
+    Tab::Chromium(&crow_page)
+        .wait_connected("webtransport")
+        .await;
+    let wolf_page = firefox
+        .page("wolf", (390, 844), Some(NO_WEBTRANSPORT))
+        .await;
+    wolf_page
+        .goto(&demo_url(server, &format!("room={room}&name=wolf")))
+        .await;
+    Tab::Firefox(&wolf_page).wait_connected("websocket").await;
+    for page in [Tab::Chromium(&crow_page), Tab::Firefox(&wolf_page)] {
+        page.wait_members(&["crow", "wolf"]).await;
+    }
+    (crow_page, wolf_page)
+}
+
 /// Messages that change, and replies, in one room across two engines and two transports:
 /// Chromium over WebTransport edits, replies and deletes on the demo page by keyboard (arrow
 /// up in the empty composer; Tab to a message's Reply or Delete); Firefox over WebSocket
@@ -352,23 +380,8 @@ async fn edits_replies_and_deletions_made_in_chromium_and_firefox_show_on_both()
         return;
     };
     let server = start().await;
-    let crow_page = chromium.page("crow", 1024, 768, None).await;
-    crow_page
-        .goto(&demo_url(&server, "room=changes&name=crow"))
-        .await;
-    let crow = Tab::Chromium(&crow_page);
-    crow.wait_connected("webtransport").await;
-    let wolf_page = firefox
-        .page("wolf", (390, 844), Some(NO_WEBTRANSPORT))
-        .await;
-    wolf_page
-        .goto(&demo_url(&server, "room=changes&name=wolf"))
-        .await;
-    let wolf = Tab::Firefox(&wolf_page);
-    wolf.wait_connected("websocket").await;
-    for page in [crow, wolf] {
-        page.wait_members(&["crow", "wolf"]).await;
-    }
+    let (crow_page, wolf_page) = crow_and_wolf(&chromium, firefox, &server, "changes").await;
+    let (crow, wolf) = (Tab::Chromium(&crow_page), Tab::Firefox(&wolf_page));
     let mut want = Vec::new();
     for (page, from, text) in [
         (crow, "crow", "helo"),
@@ -590,23 +603,8 @@ async fn reactions_made_in_chromium_and_firefox_show_on_both_each_with_its_own()
         return;
     };
     let server = start().await;
-    let crow_page = chromium.page("crow", 1024, 768, None).await;
-    crow_page
-        .goto(&demo_url(&server, "room=reactions&name=crow"))
-        .await;
-    let crow = Tab::Chromium(&crow_page);
-    crow.wait_connected("webtransport").await;
-    let wolf_page = firefox
-        .page("wolf", (390, 844), Some(NO_WEBTRANSPORT))
-        .await;
-    wolf_page
-        .goto(&demo_url(&server, "room=reactions&name=wolf"))
-        .await;
-    let wolf = Tab::Firefox(&wolf_page);
-    wolf.wait_connected("websocket").await;
-    for page in [crow, wolf] {
-        page.wait_members(&["crow", "wolf"]).await;
-    }
+    let (crow_page, wolf_page) = crow_and_wolf(&chromium, firefox, &server, "reactions").await;
+    let (crow, wolf) = (Tab::Chromium(&crow_page), Tab::Firefox(&wolf_page));
     crow.say("react to this").await;
     for page in [crow, wolf] {
         assert_eq!(

@@ -34,18 +34,11 @@ async fn react(
     client
         .send(json!({"type": kind, "room": ROOM, "seq": seq, "reaction": reaction, "id": id}))
         .await;
-    let answer = client
-        .next_matching("ack or error", |f| {
-            (f["type"] == "ack" || f["type"] == "error") && f["id"] == id
-        })
-        .await;
-    match answer["type"].as_str() {
-        Some("ack") => Ok((
-            answer["seq"].as_u64().unwrap(),
-            serde_json::from_value(answer["mine"].clone()).unwrap(),
-        )),
-        _ => Err(answer["code"].as_str().unwrap().to_owned()),
-    }
+    let ack = client.answer(id).await?;
+    Ok((
+        ack["seq"].as_u64().unwrap(),
+        serde_json::from_value(ack["mine"].clone()).unwrap(),
+    ))
 }
 
 /// A message as a client shows it: seq, text, and its counts as "👍2".

@@ -2069,9 +2069,10 @@ export class Chat {
 
   /**
    * Message `seq` changed (`at`: the change's number): a new text, reactions, or deleted.
-   * The frame has the message's whole state (text, edited, reactions); what differs from
-   * what the client knew is the news: an `edited` event, a `reacted` one, or both. Replayed
-   * after a reconnect too, once per message, with its current state.
+   * A live frame carries the fields that changed (an edit no `reactions`, a reaction maybe
+   * no `text`); a replayed one, after a reconnect, the message's whole current state, once
+   * per message. What differs from what the client knew is the news: an `edited` event, a
+   * `reacted` one, or both.
    */
   _onChanged(frame) {
     const replayed = this._replayLeft > 0;

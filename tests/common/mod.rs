@@ -1200,6 +1200,20 @@ impl Client {
         got
     }
 
+    /// Waits for the answer to the frame sent with client id `id`: Ok(its `ack`), or
+    /// Err(the code of the `error` about it).
+    pub async fn answer(&mut self, id: &str) -> Result<Value, String> {
+        let answer = self
+            .next_matching("ack or error", |f| {
+                (f["type"] == "ack" || f["type"] == "error") && f["id"] == id
+            })
+            .await;
+        match answer["type"].as_str() {
+            Some("ack") => Ok(answer),
+            _ => Err(answer["code"].as_str().unwrap().to_owned()),
+        }
+    }
+
     /// Sends a message and waits for its ack; returns the acknowledged sequence number.
     pub async fn say(&mut self, room: &str, text: &str, id: &str) -> u64 {
         self.send(json!({"type": "send", "room": room, "text": text, "id": id}))
