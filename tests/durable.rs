@@ -481,10 +481,10 @@ async fn a_database_that_cannot_be_used_is_refused_at_start_with_the_reason() {
     // A database from a newer wtchat.
     let newer = dir.path().join("newer.db");
     on_sqlite(&newer, |b| b).await.stop().await;
-    sqlite(&newer, "pragma user_version = 6");
+    sqlite(&newer, "pragma user_version = 7");
     let (cli, _) = refusal(&newer).await;
     assert!(
-        cli.contains("written by a newer wtchat (schema 6; this one knows 5)"),
+        cli.contains("written by a newer wtchat (schema 7; this one knows 6)"),
         "{cli}"
     );
 

@@ -170,9 +170,10 @@ async fn the_metrics_count_what_clients_did_by_the_right_amounts() {
         ) + observed,
         "on loopback, every message is written within a second"
     );
-    // SQLite committed each message (one commit may carry several), and none failed.
+    // SQLite committed each message and each member's first read mark (a first join
+    // makes it; one commit may carry several), and none failed.
     let commits = moved("wtchat_engine_write_duration_seconds_count");
-    assert!((1.0..=3.0).contains(&commits), "{commits}");
+    assert!((1.0..=5.0).contains(&commits), "{commits}");
     assert_eq!(moved("wtchat_engine_errors_total"), 0.0);
 
     // Disconnects by close code: an oversized frame (4409), a client that leaves (1000).

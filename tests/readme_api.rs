@@ -258,7 +258,10 @@ async fn the_readme_curl_commands_of_the_http_api_work_as_pasted_into_bash() {
     assert_eq!(joined["you"]["id"], 7, "{joined}");
 
     // Publish: message 43, and Ann sees it.
-    readme.take("publish", "").answered(&server).await;
+    readme
+        .take("publish", "Order #42 shipped")
+        .answered(&server)
+        .await;
     assert_eq!(
         ann.messages("lobby", 1).await,
         [(43, "Shop".to_string(), "Order #42 shipped".to_string())]
@@ -302,6 +305,22 @@ async fn the_readme_curl_commands_of_the_http_api_work_as_pasted_into_bash() {
     let who = readme.take("reactions", "").answered(&server).await;
     assert_eq!(who["reactors"][0]["sender"], sender_of(&server, "43").await);
 
+    // The shop mentions Ann (user 42), who is away: Bob sees the message naming her, and
+    // her counts have it. Ann read up to her own last message, 7: 8 to 43 and 45 are
+    // unread (44 is Bob's reaction), one mentions her.
+    readme.take("publish", "mentions").answered(&server).await;
+    let mentioning = bob.next_of("message").await;
+    assert_eq!(mentioning["seq"], 45);
+    assert_eq!(
+        mentioning["mentions"],
+        json!([sender_of(&server, "42").await])
+    );
+    readme.take("unread", "").answered(&server).await;
+    // Bob's mark moves to 45: his connection is told.
+    readme.take("read", "").answered(&server).await;
+    let read = bob.next_of("read").await;
+    assert_eq!((&read["seq"], &read["unread"]), (&json!(45), &json!(0)));
+
     // Edit message 42: Bob gets its new text, and so does history.
     readme.take("edit", "").answered(&server).await;
     let edited = bob.next_of("update").await;
@@ -324,7 +343,7 @@ async fn the_readme_curl_commands_of_the_http_api_work_as_pasted_into_bash() {
     );
     let said = messages(&history.answered(&server).await);
     assert!(
-        said.iter().map(|m| m.0).eq((1..=41).chain([43])),
+        said.iter().map(|m| m.0).eq((1..=41).chain([43, 45])),
         "{said:?}"
     );
 

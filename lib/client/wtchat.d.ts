@@ -63,6 +63,7 @@ export type ErrorCode =
   | "unknown_reply"
   | "invalid_reaction"
   | "too_many_reactions"
+  | "invalid_mentions"
   | "too_many_rooms"
   | "server_full"
   | "rate_limited"
@@ -100,10 +101,14 @@ export class ChatError extends Error {
   readonly retryAfter?: number;
 }
 
-/** A member of the room: the connection's id and its display name. */
+/** A member of the room: the connection's id, its display name and its public sender id. */
 export interface Member {
   id: number;
   name: string;
+  /** The member's public sender id: what a message's `sender` says and what a mention names
+   * (`send(text, {mentions: [member.sender]})`). One user's tabs share it. Absent when the
+   * server does not know it. */
+  sender?: string;
 }
 
 /** This connection as the room sees it, with its public sender id. */
@@ -129,6 +134,9 @@ export interface Message {
   edited?: number;
   /** The message this one answers, quoted as it was then (absent: not a reply). */
   replyTo?: Quote;
+  /** The sender ids it mentions (empty: none); `chat.mentionsMe(message)` says whether one
+   * is this user's. */
+  mentions: string[];
   /** The sender's public id (none for messages the host published). */
   sender?: string;
   /** The client message id: on this client's own messages as they are sent (the server
@@ -199,6 +207,71 @@ export interface Quote {
 export interface SendOptions {
   /** The `seq` of the message this one answers. */
   replyTo?: number;
+  /**
+   * The members it mentions, by sender id (a `Member`'s `sender`): at most 20 distinct ones
+   * (a repeated one is sent once). Each is told wherever it is connected (a `mention`
+   * event) and counts the message apart among its unread ones. Not an array of strings: a
+   * TypeError; more than 20, or one that is not a sender id: `invalid_mentions`.
+   */
+  mentions?: readonly string[];
+}
+
+/**
+ * This user's read state in a room: what `chat.unread` holds and a `read` event carries.
+ * The same for every tab of the user (the server keeps it by sender id).
+ */
+export interface Unread {
+  /** The messages from others numbered after `lastRead` and not deleted. */
+  readonly count: number;
+  /** How many of those mention this user. */
+  readonly mentions: number;
+  /** The last-read mark: the room is read up to this message number (0: nothing read). */
+  readonly lastRead: number;
+}
+
+/** The read state in the room changed (`chat.unread`): the new one. */
+export interface ReadEvent extends Unread {
+  readonly room: string;
+}
+
+/** How far one member has read the room, as `chat.readers` holds it. */
+export interface Reader {
+  /** Their public sender id (the key in `chat.readers`). */
+  readonly sender: string;
+  /** Their display name. */
+  readonly name: string;
+  /** They have read the room up to this message number. */
+  readonly seq: number;
+}
+
+/**
+ * Members read further: a small room's `receipts` (at most one a second, with those whose
+ * marks moved), or a message (its sender has read up to it).
+ */
+export interface ReceiptsEvent {
+  room: string;
+  /** The readers that moved, as they are now (empty when a recreated room — a new epoch —
+   * forgot them all). */
+  changed: Reader[];
+  /** Everyone known, after the change (`chat.readers`, not a copy). */
+  readers: ReadonlyMap<string, Reader>;
+}
+
+/**
+ * This user was mentioned in a message of `room` — any room: the connection's other rooms,
+ * and ones it has not joined (where another tab of the user is, or none).
+ */
+export interface MentionEvent {
+  /** The message's room (not necessarily this Chat's). */
+  room: string;
+  /** The message's number there. */
+  seq: number;
+  /** Its sender's display name. */
+  from: string;
+  /** Its sender's public id; absent for the host's messages. */
+  sender?: string;
+  /** Its first 100 characters. Render it as text, never as HTML. */
+  text: string;
 }
 
 /** The server's limits, from `/wtchat/config`. */
@@ -351,6 +424,21 @@ export interface ChatEvents {
    * In the same room (the same epoch), `chat.messages` starts over with the replay that
    * follows: what it held may be stale. Reload the history you show. */
   gap: GapEvent;
+  /**
+   * `chat.unread` changed: the server's read state (after each join, once its replay is in;
+   * when the mark moved here or in another tab; in answer to `markRead()`), or a message
+   * that came since (from others: one more; one's own: read up to it), or one deleted.
+   */
+  read: ReadEvent;
+  /** `chat.readers` changed: members read further (small rooms' receipts; every message
+   * says its sender read up to it). */
+  receipts: ReceiptsEvent;
+  /**
+   * This user was mentioned, in any room (see `MentionEvent.room`). A connection's mention
+   * reaches every Chat on it: each of them fires this once — subscribe on one Chat (one
+   * that stays joined) to hear each mention once.
+   */
+  mention: MentionEvent;
 }
 
 export interface ConnectOptions {
@@ -481,6 +569,25 @@ export class Chat {
   /** The room epoch and the last sequence number seen (what a reconnect resumes from). */
   readonly epoch: number | null;
   readonly seq: number;
+  /**
+   * This user's read state in the room, as the last `read` event said (a new object on each
+   * change): the server's read state settles it — in every `joined` (taken once its
+   * replay is in), in `read` frames whenever the mark moves (here, in another tab, by the host), in answer to
+   * `markRead()` — and the client counts in what comes between: a message from others adds
+   * one (and a mention), one's own reads the room up to it, a deletion takes one out. Zeros
+   * until the first join's replay is in. The client never marks read by
+   * itself: see `markRead()`.
+   */
+  readonly unread: Unread;
+  /**
+   * Who has read the room how far, by sender id (this user too, and members who left):
+   * from the server's receipts, which small rooms send (fewer members than the server's
+   * presence threshold, at most one a second) as members read, and from messages (the
+   * sender of message s has read up to s). Nothing is known of who read before the join
+   * but by their messages. Big rooms send no receipts. Updated in place; a `receipts`
+   * event says when.
+   */
+  readonly readers: ReadonlyMap<string, Reader>;
 
   /** Subscribes to an event; returns a function that unsubscribes. */
   on<E extends keyof ChatEvents>(event: E, handler: (event: ChatEvents[E]) => void): () => void;
@@ -581,6 +688,21 @@ export class Chat {
   /** Whether a message was sent by this client: by its sender id (the same across
    * reconnects), or by one of its client message ids. */
   isMine(message: { sender?: string; id?: string }): boolean;
+
+  /** Whether a message mentions this user: its `mentions` hold `me.sender`. */
+  mentionsMe(message: { mentions?: readonly string[] }): boolean;
+
+  /**
+   * Marks the room read up to message `seq` (default: `chat.seq`, the newest seen) for this
+   * user, in every tab: the server keeps the mark (taking a number past the newest as the
+   * newest) and answers with the new state (a `read` event). The client never marks read
+   * by itself: call it for what the page has shown (visible, on screen). Marks only move
+   * forward: returns false, sending nothing, when `seq` is at or below the mark or below one
+   * already on its way; true when a mark goes out. Calls made while one is on its way, or
+   * while reconnecting, are sent as one once possible. A server error about it is an
+   * `error` event. Throws a TypeError when `seq` is not a whole number.
+   */
+  markRead(seq?: number): boolean;
 }
 
 /**

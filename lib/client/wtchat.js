@@ -43,6 +43,8 @@
 /** @typedef {import("./wtchat.js").Reaction} Reaction */
 /** @typedef {import("./wtchat.js").ReactionAck} ReactionAck */
 /** @typedef {import("./wtchat.js").Reactor} Reactor */
+/** @typedef {import("./wtchat.js").Reader} Reader */
+/** @typedef {import("./wtchat.js").Unread} Unread */
 /** @typedef {import("./wtchat.js").Chat} DeclaredChat */
 /** @typedef {import("./wtchat.js").ChatError} DeclaredChatError */
 
@@ -200,9 +202,27 @@ function withIdentity(url, options, kind) {
   return u.toString();
 }
 
-/** A member as the client keeps it: its id and name, nothing else the frame had. */
-function member({ id, name }) {
-  return { id, name };
+/**
+ * A member as the client keeps it: its id, name and public sender id (what a mention names;
+ * absent when the server does not know it), nothing else the frame had.
+ * @returns {Member}
+ */
+function member({ id, name, sender }) {
+  return typeof sender === "string" ? { id, name, sender } : { id, name };
+}
+
+/** Most sender ids one message may mention (the server's limit). */
+const MAX_MENTIONS = 20;
+/** A sender id: 16 characters of base64url. */
+const SENDER_ID = /^[A-Za-z0-9_-]{16}$/;
+
+/**
+ * A message's `mentions` as frames carry them (absent: none): the sender ids it names.
+ * @param {any} list
+ * @returns {string[]}
+ */
+function mentionList(list) {
+  return Array.isArray(list) ? list.filter((s) => typeof s === "string") : [];
 }
 
 /**
@@ -1270,8 +1290,20 @@ class Link {
       this._conn?.close(CloseCodes.NORMAL, "bye");
       return;
     }
+    if (frame.type === "mention") {
+      // This user was mentioned, in whatever room (one this connection has not joined, too):
+      // news for the page, told once by each of its Chats, like `status`.
+      if (typeof frame.room !== "string" || typeof frame.seq !== "number") return;
+      /** @type {import("./wtchat.js").MentionEvent} */
+      const mention = { room: frame.room, seq: frame.seq, from: String(frame.from ?? ""), text: String(frame.text ?? "") };
+      if (typeof frame.sender === "string") mention.sender = frame.sender;
+      for (const room of [...this.rooms.values()]) room._emit("mention", { ...mention });
+      return;
+    }
     if (frame.room !== undefined) {
-      // Frames about a room this client left (or never joined) are old news.
+      // Frames about a room this client left (or never joined) are old news; so is another
+      // tab's read state in a room this connection has not joined (`read` frames name those
+      // too: a page that wants badges for them joins them).
       this.rooms.get(frame.room)?._onFrame(frame);
       return;
     }
@@ -1313,7 +1345,7 @@ export class Chat {
      */
     this.messages = [];
     /**
-     * The room's members the client knows, `{id, name}`, by id: everyone in a small room; in
+     * The room's members the client knows, `{id, name, sender}`, by id: everyone in a small room; in
      * a big one the first ones (the lowest ids), as many as `joined` and `membersPage()`
      * brought (see `membersComplete`).
      * @type {Member[]}
@@ -1332,6 +1364,13 @@ export class Chat {
      */
     this.epoch = null;
     this.seq = 0;
+    /**
+     * Who has read the room how far, by sender id: `{sender, name, seq}`, each read up to
+     * message `seq` (this user too). From the server's `receipts` (small rooms only, as
+     * members read) and from messages: the sender of message s has read up to s.
+     * @type {Map<string, Reader>}
+     */
+    this.readers = new Map();
 
     this._name = options.name ?? link.options.name;
     this._maxMessages = options.maxMessages ?? link.options.maxMessages ?? DEFAULT_MAX_MESSAGES;
@@ -1344,8 +1383,29 @@ export class Chat {
     this._histories = []; // unanswered history requests, in order
     this._memberPages = []; // unanswered members requests, in order
     this._reactorPages = []; // unanswered reactions requests (who reacted), in order
+    // `markRead()`'s marks: one on the wire at most, and one waiting, which a later call
+    // moves forward rather than adding another (marks only move forward).
+    this._reads = [];
     // The lines whose requests carry no id: the server's errors about them name only the room.
-    this._idless = [this._histories, this._memberPages, this._reactorPages];
+    this._idless = [this._histories, this._memberPages, this._reactorPages, this._reads];
+    // The unread bookkeeping (the protocol's rule): the last-read mark; the messages from
+    // others numbered after it, not deleted, received here (seq → whether it mentions this
+    // user, in seq order), and how many of them mention; and the unread messages the last
+    // `read` frame counted that are not among them (older than what came here, numbered up
+    // to its `head`), and their mentions.
+    this._lastRead = 0;
+    /** @type {Map<number, boolean>} */
+    this._kept = new Map();
+    this._keptMentions = 0;
+    this._outside = 0;
+    this._outsideMentions = 0;
+    this._readHead = 0;
+    // Between a `joined` and the end of its replay, the count is the replay's guess (a
+    // first join counts the whole recent history): no `read` event until the join's read
+    // state (`joined.read`) settles it.
+    this._readSettling = true;
+    /** @type {Unread} What the last `read` event said (`chat.unread`). */
+    this._unread = { count: 0, mentions: 0, lastRead: 0 };
     // What the client knows of the room's messages (this epoch), by seq: their text, their
     // reactions' counts as of the record numbered `at`, and this client's own reactions
     // (`mine`, from `joined`, `history` and the acks of its reactions; `mineAt`: the number
@@ -1419,8 +1479,23 @@ export class Chat {
   }
 
   /**
+   * This user's read state in the room, `{count, mentions, lastRead}`: the messages from
+   * others numbered after its last-read mark and not deleted, how many of those mention it,
+   * and the mark. As the last `read` event said: the server's read state (in every
+   * `joined`, taken once its replay is in; `read` frames whenever the mark moves — here, in
+   * another tab — and in answer to `markRead()`) settles it, and the client counts in what comes between: messages from others add to
+   * it, one's own message reads the room up to it, a deletion takes one out. Zeros until the
+   * first join's replay is in.
+   * @returns {Unread}
+   */
+  get unread() {
+    return this._unread;
+  }
+
+  /**
    * Subscribes to an event: `message`, `edited`, `deleted`, `reacted`, `presence`, `typing`,
-   * `status`, `error`, `gap`. Returns a function that unsubscribes.
+   * `status`, `error`, `gap`, `read`, `receipts`, `mention`. Returns a function that
+   * unsubscribes.
    * @template {keyof ChatEvents} E
    * @param {E} event
    * @param {(event: ChatEvents[E]) => void} handler
@@ -1489,12 +1564,14 @@ export class Chat {
    * promise has an `id` property: the client message id the `message` event will carry.
    * With `replyTo` (a message's `seq`), the message answers that one and carries its quote
    * (`unknown_reply` when the room has no such message, `message_deleted` when it was
-   * deleted).
+   * deleted). With `mentions` (sender ids: a member's `sender`), the message mentions those
+   * members: each gets a `mention` frame wherever it is connected, and counts it apart in its
+   * unread state; at most 20 distinct ones (duplicates are sent once), else `invalid_mentions`.
    * @param {string} text
    * @param {import("./wtchat.js").SendOptions} [options]
    * @returns {Promise<Ack> & { readonly id: string }}
    */
-  send(text, { replyTo } = {}) {
+  send(text, { replyTo, mentions } = {}) {
     // The client id, known at once: the `message` event for this send carries it. A send
     // refused here carries one too (never on the wire), as the declared type promises.
     const id = this._link._nextId();
@@ -1514,8 +1591,21 @@ export class Chat {
     if (replyTo !== undefined && !(Number.isSafeInteger(replyTo) && replyTo > 0)) {
       return withId(Promise.reject(new TypeError("send: replyTo must be a positive whole number")));
     }
+    if (mentions !== undefined && !(Array.isArray(mentions) && mentions.every((m) => typeof m === "string"))) {
+      return withId(Promise.reject(new TypeError("send: mentions must be an array of sender ids (strings)")));
+    }
+    // Each once: the server refuses a list that names one twice.
+    const named = [...new Set(mentions ?? [])];
+    if (named.length > MAX_MENTIONS) {
+      return withId(Promise.reject(new ChatError("invalid_mentions", `a message may mention at most ${MAX_MENTIONS} members`)));
+    }
+    const malformed = named.find((m) => !SENDER_ID.test(m));
+    if (malformed !== undefined) {
+      return withId(Promise.reject(new ChatError("invalid_mentions", `not a sender id: ${JSON.stringify(malformed)}`)));
+    }
     const frame = { type: "send", room: this.room, text, id };
     if (replyTo !== undefined) frame.replyTo = replyTo;
+    if (named.length) frame.mentions = named;
     return withId(this._request(this._pending, frame, { id }));
   }
 
@@ -1715,6 +1805,54 @@ export class Chat {
     return typeof message.id === "string" && message.id.startsWith(this._link._idPrefix);
   }
 
+  /**
+   * Whether a message mentions this user: its `mentions` hold this connection's sender id
+   * (`me.sender`, the same in every tab of a signed-in user).
+   * @param {{ mentions?: readonly string[] }} message
+   * @returns {boolean}
+   */
+  mentionsMe(message) {
+    const me = this.me?.sender;
+    return !!me && Array.isArray(message?.mentions) && message.mentions.includes(me);
+  }
+
+  /**
+   * Marks the room read up to message `seq` (default: the newest the chat has seen), for
+   * this user everywhere: the server keeps the mark, answers with a `read` frame (a `read`
+   * event here) and tells the user's other tabs. Never done on the client's own: a page
+   * calls it for what it has shown. Marks only move forward: a `seq` at or below the mark,
+   * or below one already asked for, changes nothing and sends nothing (returns false).
+   * While reconnecting the mark waits and goes out once joined again; marks asked for
+   * meanwhile make one. A server error about it is an `error` event. Throws a TypeError
+   * when `seq` is not a whole number.
+   * @param {number} [seq]
+   * @returns {boolean}
+   */
+  markRead(seq = this.seq) {
+    if (!Number.isSafeInteger(seq) || seq < 0) throw new TypeError("markRead: seq must be a whole number");
+    if (this.status === "closed" || seq <= this._lastRead) return false;
+    const line = this._reads;
+    // The one not on the wire yet, if there is one: it asks for more instead.
+    const waiting = line.length > 1 || (line.length === 1 && !this._onWire(line)) ? line[line.length - 1] : null;
+    if (waiting) {
+      if (seq <= waiting.frame.seq) return false;
+      waiting.frame = { ...waiting.frame, seq };
+      return true;
+    }
+    if (line.length && seq <= line[0].frame.seq) return false;
+    line.push({
+      frame: { type: "read", room: this.room, seq },
+      resolve: () => {},
+      // No promise to reject: a refusal is news for the page, leaving the room is not.
+      reject: (/** @type {ChatError} */ e) => { if (e.code !== "closed") this._emit("error", e); },
+      gen: -1,
+      retries: 0,
+      held: false,
+    });
+    if (this._joined) this._writeNext(line);
+    return true;
+  }
+
   // ---- joining, on each connection ----
 
   /**
@@ -1777,6 +1915,7 @@ export class Chat {
       [this._histories, "history arrived"],
       [this._memberPages, "the members arrived"],
       [this._reactorPages, "the reactions arrived"],
+      [this._reads, "the room was marked read"],
     ];
     for (const [line, what] of lines) {
       for (const request of line.splice(0)) request.reject(new ChatError("closed", `the chat closed before ${what}`));
@@ -1853,6 +1992,8 @@ export class Chat {
       case "reactions": return this._onReactors(frame);
       case "update": return this._onChanged(frame);
       case "presence": return this._onPresence(frame);
+      case "read": return this._onRead(frame);
+      case "receipts": return this._onReceipts(frame);
       case "typing":
         if (frame.from) this._emit("typing", { room: this.room, from: frame.from });
         return;
@@ -1876,6 +2017,26 @@ export class Chat {
       this._emit("gap", { room: this.room, epoch: frame.epoch, previousEpoch: this.epoch, since: this.seq });
     }
     if (newEpoch || this.epoch == null) this.seq = 0;
+    // The read state is the server's again once the replay is in: `joined.read` counts the
+    // messages up to its head, the replayed ones among them (taken at the replay's end).
+    this._readSettling = true;
+    this._joinRead = frame.read && typeof frame.read.seq === "number" ? frame.read : null;
+    if (newEpoch) {
+      // A recreated room: marks, receipts and unread messages were of the old one's numbers.
+      this._lastRead = 0;
+      this._readHead = 0;
+      this._outside = this._outsideMentions = 0;
+      // A mark asked for while away names the old room's numbers: sent now, it would mark
+      // the new room read up to its newest. (None is on this connection's wire yet.)
+      for (const request of this._reads.splice(0)) request.resolve();
+      if (this.readers.size) {
+        this.readers.clear();
+        this._emit("receipts", { room: this.room, changed: [], readers: this.readers });
+      }
+    }
+    // Past a gap the unread messages held may have been deleted unseen; the join's read
+    // state counts what is unread up to its head without them.
+    if (frame.gap || newEpoch) this._dropKept(Infinity);
     // Past a gap in the same room, the messages held may be stale (a change to them may not
     // have been replayed): they go, and the replay brings the newest; page back for more.
     if (frame.gap && !newEpoch) this.messages = [];
@@ -1907,6 +2068,14 @@ export class Chat {
 
   _replayed() {
     if (typeof this._head === "number") this.seq = Math.max(this.seq, this._head);
+    const read = this._joinRead;
+    this._joinRead = null;
+    if (read) this._takeRead(read);
+    else if (this._readSettling) {
+      // A server that keeps no read state: the counts are this client's own.
+      this._readSettling = false;
+      this._unreadChanged();
+    }
     this._joinDone();
   }
 
@@ -1929,6 +2098,100 @@ export class Chat {
     this.messages.push(message);
     if (this.messages.length > this._maxMessages) this.messages.splice(0, this.messages.length - this._maxMessages);
     this._emit("message", message);
+    // Its sender has read the room up to it.
+    if (typeof frame.sender === "string") this._readUpTo([{ sender: frame.sender, name: frame.from, seq: frame.seq }]);
+    if (message.mine) {
+      // One's own message reads the room up to it (the server marks it so; no frame says it).
+      if (frame.seq > this._lastRead) this._lastRead = frame.seq;
+      this._dropKept(this._lastRead);
+      // What the last `read` frame counted is numbered up to its head: read too, if this is after.
+      if (frame.seq >= this._readHead) this._outside = this._outsideMentions = 0;
+    } else if (frame.seq > this._lastRead) {
+      const mentioned = this.mentionsMe(message);
+      this._kept.set(frame.seq, mentioned);
+      if (mentioned) this._keptMentions += 1;
+    }
+    this._unreadChanged();
+  }
+
+  /** Forgets the unread messages held numbered up to `seq` (they are in seq order). */
+  _dropKept(seq) {
+    for (const [kept, mentioned] of this._kept) {
+      if (kept > seq) break;
+      this._kept.delete(kept);
+      if (mentioned) this._keptMentions -= 1;
+    }
+  }
+
+  /**
+   * The server's read state in this room (`{seq, unread, mentions, head}`): in each `joined`,
+   * when the mark moved (another tab, the host), or in answer to `markRead()`. Its counts
+   * cover messages numbered up to `head`; the unread ones held numbered after it are not in
+   * them and count on top.
+   */
+  _onRead(frame) {
+    if (typeof frame.seq !== "number") return;
+    // Answered in order: this answers the mark on the wire (another tab's news may come
+    // first; the answer that follows is then news like it).
+    if (this._onWire(this._reads)) this._settle(this._reads, (request) => request.resolve());
+    // Another tab's news during a join's replay: the join's own state is older.
+    this._joinRead = null;
+    this._takeRead(frame);
+  }
+
+  /** Takes the server's read state (a `read` frame, or a join's) as the unread counts. */
+  _takeRead(frame) {
+    const head = typeof frame.head === "number" ? frame.head : this.seq;
+    this._lastRead = frame.seq;
+    this._dropKept(frame.seq);
+    let within = 0;
+    let withinMentions = 0;
+    for (const [seq, mentioned] of this._kept) {
+      if (seq > head) break;
+      within += 1;
+      if (mentioned) withinMentions += 1;
+    }
+    this._outside = Math.max(0, (Number(frame.unread) || 0) - within);
+    this._outsideMentions = Math.max(0, (Number(frame.mentions) || 0) - withinMentions);
+    this._readHead = head;
+    this._readSettling = false;
+    this._unreadChanged();
+  }
+
+  /** The unread state changed, perhaps: a `read` event when what it says differs. */
+  _unreadChanged() {
+    if (this._readSettling) return;
+    const count = this._outside + this._kept.size;
+    const mentions = this._outsideMentions + this._keptMentions;
+    const lastRead = this._lastRead;
+    const was = this._unread;
+    if (was.count === count && was.mentions === mentions && was.lastRead === lastRead) return;
+    this._unread = { count, mentions, lastRead };
+    this._emit("read", { room: this.room, count, mentions, lastRead });
+  }
+
+  /** A small room's members read further (`receipts`: those whose marks moved, with their newest). */
+  _onReceipts(frame) {
+    if (!Array.isArray(frame.readers)) return;
+    this._readUpTo(frame.readers);
+  }
+
+  /**
+   * Members read up to the marks given (`[{sender, name, seq}]`): `readers` takes the ones
+   * further than it knew, with a `receipts` event if any was.
+   */
+  _readUpTo(list) {
+    /** @type {Reader[]} */
+    const changed = [];
+    for (const r of list) {
+      if (typeof r?.sender !== "string" || !Number.isSafeInteger(r.seq)) continue;
+      const known = this.readers.get(r.sender);
+      if (known && known.seq >= r.seq) continue;
+      const reader = { sender: r.sender, name: String(r.name ?? known?.name ?? ""), seq: r.seq };
+      this.readers.set(r.sender, reader);
+      changed.push(reader);
+    }
+    if (changed.length) this._emit("receipts", { room: this.room, changed, readers: this.readers });
   }
 
   /**
@@ -2000,6 +2263,7 @@ export class Chat {
       time: frame.time,
       edited: frame.edited,
       replyTo: quote(frame.replyTo),
+      mentions: mentionList(frame.mentions),
       id: frame.id,
       mine: this.isMine(frame),
       reactions: reactionList(frame.reactions, this._states.get(frame.seq)?.mine),
@@ -2083,11 +2347,17 @@ export class Chat {
     const i = this.messages.findIndex((m) => m.epoch === this.epoch && m.seq === frame.seq);
     if (frame.deleted) {
       this._states.delete(frame.seq);
+      // An unread message gone: one fewer to read.
+      if (this._kept.has(frame.seq)) {
+        if (this._kept.get(frame.seq)) this._keptMentions -= 1;
+        this._kept.delete(frame.seq);
+      }
       if (i >= 0) this.messages.splice(i, 1);
       // The replies to it quote it as deleted from now on, as the server's copies do.
       this.messages = this.messages.map((m) =>
         m.replyTo?.seq === frame.seq ? { ...m, replyTo: { ...m.replyTo, text: "", deleted: true } } : m);
       this._emit("deleted", { room: this.room, epoch: this.epoch, seq: frame.seq });
+      this._unreadChanged();
       return;
     }
     // The fields present changed (a live edit has no `reactions`, a live reaction may have

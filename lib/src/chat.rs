@@ -42,10 +42,11 @@ use crate::auth::Authenticator;
 use crate::certs::{self, CertError, DevCert};
 use crate::config::{Config, Tls};
 use crate::engine::{
-    self, HistoryPage, MemberInfo, MembersPage, Options, ReactorsPage, RecordKind, StorageError,
+    self, HistoryPage, MemberInfo, MembersPage, Options, ReactorsPage, ReadState, RecordKind,
+    StorageError,
 };
 use crate::hooks::{EventsSender, Webhooks};
-use crate::host::{Host, PublishError, ReactError};
+use crate::host::{Host, PublishError, ReactError, RoomUnread};
 use crate::http::{Digests, HttpState, MetricsAccess};
 use crate::hub::{Hub, SenderKey};
 use crate::metrics::Metrics;
@@ -312,7 +313,42 @@ impl Chat {
     /// own form), exactly like a member's message: numbered, stored, sent to every member.
     /// Resolves with its sequence number once it is stored (committed, on a durable engine).
     pub async fn publish(&self, room: &str, from: &str, text: &str) -> Result<u64, PublishError> {
-        self.inner.host.publish(room, from, text).await
+        self.inner.host.publish(room, from, text, &[]).await
+    }
+
+    /// Publishes like [`Chat::publish`], mentioning `mentions` (up to 20 user ids from the
+    /// host's authentication, whether or not they are in the room): each of their
+    /// connections gets a `mention` frame, whatever rooms it is in, and each counts the
+    /// message among its mentions until it reads the room ([`Chat::unread`]).
+    pub async fn publish_mentioning(
+        &self,
+        room: &str,
+        from: &str,
+        text: &str,
+        mentions: &[&str],
+    ) -> Result<u64, PublishError> {
+        self.inner.host.publish(room, from, text, mentions).await
+    }
+
+    /// Marks `room` read up to message `seq` for `user` (a user id from the host's
+    /// authentication), as its client's `read` would (a mark never goes back; past the
+    /// room's newest number it stops there): every connection of the user gets its new
+    /// read state, and a small room's members a receipt. Resolves with the read state once
+    /// stored.
+    pub async fn mark_read(
+        &self,
+        user: &str,
+        room: &str,
+        seq: u64,
+    ) -> Result<ReadState, StorageError> {
+        self.inner.host.mark_read(user, room, seq).await
+    }
+
+    /// `user`'s read state in every room where it has a mark (each room it joined, or
+    /// where the host marked it), by room name: for a badge in the host's own pages, or an
+    /// email digest. One read of the engine, however many rooms.
+    pub async fn unread(&self, user: &str) -> Result<Vec<RoomUnread>, StorageError> {
+        self.inner.host.unread(user).await
     }
 
     /// One page of `room`'s history for an archive or an export: up to `limit` messages with

@@ -12,7 +12,7 @@ use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthHook, Refusal};
-use crate::hub::{Member, Observer};
+use crate::hub::{Member, Mentioned, Observer};
 
 /// The webhooks a configuration sets, ready to be called.
 #[derive(Default)]
@@ -130,6 +130,7 @@ pub(crate) trait MessageCheck: Send + Sync {
         text: &'a str,
         id: Option<&'a str>,
         edits: Option<u64>,
+        mentions: &'a [Mentioned],
     ) -> BoxFuture<'a, Verdict>;
 }
 

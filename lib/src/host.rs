@@ -8,10 +8,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::{
-    HistoryPage, MemberInfo, MembersPage, Reacted, ReactorsPage, Record, RecordKind, StorageError,
+    HistoryPage, MemberInfo, MembersPage, Reacted, ReactorsPage, ReadState, Record, RecordKind,
+    StorageError,
 };
 use crate::hub::{Hub, Policy, SenderKey};
-use crate::protocol::{CloseCode, ErrorCode, Limits, now_ms};
+use crate::protocol::{CloseCode, ErrorCode, Limits, MAX_MENTIONS, now_ms};
+
+/// A user's read state in one room: see [`Chat::unread`](crate::Chat::unread).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct RoomUnread {
+    /// The room.
+    pub room: String,
+    /// What the user read up to there, and what it has not read since.
+    #[serde(flatten)]
+    pub state: ReadState,
+}
 
 /// The host's handle on the hub.
 #[derive(Clone)]
@@ -88,6 +100,8 @@ pub enum PublishError {
     EmptyText,
     /// The text is longer than `max_text_chars`.
     TextTooLong,
+    /// More than 20 mentions, or one named twice.
+    InvalidMentions,
     /// The server holds `max_rooms` rooms, none of them empty, and this room is not one.
     ServerFull,
     /// The message could not be stored; it was not delivered.
@@ -102,6 +116,7 @@ impl PublishError {
             PublishError::InvalidSender => ErrorCode::InvalidName,
             PublishError::EmptyText => ErrorCode::InvalidText,
             PublishError::TextTooLong => ErrorCode::TextTooLong,
+            PublishError::InvalidMentions => ErrorCode::InvalidMentions,
             PublishError::ServerFull => ErrorCode::ServerFull,
             PublishError::Storage(_) => ErrorCode::StorageFailed,
         }
@@ -119,6 +134,7 @@ impl fmt::Display for PublishError {
             }
             PublishError::EmptyText => "text must not be empty",
             PublishError::TextTooLong => "text is longer than max_text_chars",
+            PublishError::InvalidMentions => "mentions are up to 20 distinct user ids",
             PublishError::ServerFull => "the server holds max_rooms rooms and none is empty",
             PublishError::Storage(e) => return write!(f, "the message could not be stored: {e}"),
         })
@@ -141,6 +157,7 @@ impl Host {
         room: &str,
         from: &str,
         text: &str,
+        mentions: &[&str],
     ) -> Result<u64, PublishError> {
         let limits = &self.limits;
         limits
@@ -150,9 +167,20 @@ impl Host {
             .check_name(from)
             .map_err(|_| PublishError::InvalidSender)?;
         self.check_text(text)?;
+        let distinct = mentions
+            .iter()
+            .enumerate()
+            .all(|(i, user)| !mentions[..i].contains(user));
+        if mentions.len() > MAX_MENTIONS || !distinct {
+            return Err(PublishError::InvalidMentions);
+        }
+        let mentions = mentions
+            .iter()
+            .map(|user| self.senders.user(user).public().into())
+            .collect();
         let published = self
             .hub
-            .publish_as(room, from, text)
+            .publish_as(room, from, text, mentions)
             .await
             .map_err(|code| match code {
                 ErrorCode::StorageFailed => {
@@ -248,6 +276,32 @@ impl Host {
         self.hub
             .reactors(room, seq, after.unwrap_or(0), limit)
             .await
+    }
+
+    /// See [`Chat::mark_read`](crate::Chat::mark_read).
+    pub(crate) async fn mark_read(
+        &self,
+        user: &str,
+        room: &str,
+        seq: u64,
+    ) -> Result<ReadState, StorageError> {
+        let reader = self.senders.user(user);
+        let (state, _) = self.hub.mark_read(room, reader.public(), Some(seq)).await?;
+        Ok(state)
+    }
+
+    /// See [`Chat::unread`](crate::Chat::unread).
+    pub(crate) async fn unread(&self, user: &str) -> Result<Vec<RoomUnread>, StorageError> {
+        let reader = self.senders.user(user);
+        let mut rooms: Vec<RoomUnread> = self
+            .hub
+            .unread(reader.public())
+            .await?
+            .into_iter()
+            .map(|(room, state)| RoomUnread { room, state })
+            .collect();
+        rooms.sort_unstable_by(|a, b| a.room.cmp(&b.room));
+        Ok(rooms)
     }
 
     pub(crate) async fn ban(

@@ -179,6 +179,8 @@ pub(crate) fn router(state: HttpState) -> Router {
             .route(&format!("{PATH}/api/edit"), call(post(api_edit)))
             .route(&format!("{PATH}/api/react"), call(post(api_react)))
             .route(&format!("{PATH}/api/reactions"), get(api_reactions))
+            .route(&format!("{PATH}/api/read"), call(post(api_read)))
+            .route(&format!("{PATH}/api/unread"), get(api_unread))
             .route(&format!("{PATH}/api/ban"), call(post(api_ban)))
             .route(&format!("{PATH}/api/unban"), call(post(api_unban)))
             .route_layer(middleware::from_fn_with_state(
@@ -576,11 +578,19 @@ struct PublishRequest {
     room: String,
     from: String,
     text: String,
+    #[serde(default)]
+    mentions: Vec<String>,
 }
 
-/// `POST /wtchat/api/publish {"room","from","text"}` → `{"seq"}`.
+/// `POST /wtchat/api/publish {"room","from","text","mentions"?}` → `{"seq"}`; `mentions`
+/// are user ids.
 async fn api_publish(State(state): State<HttpState>, Json(body): Json<PublishRequest>) -> Response {
-    match state.host.publish(&body.room, &body.from, &body.text).await {
+    let mentions: Vec<&str> = body.mentions.iter().map(String::as_str).collect();
+    let published = state
+        .host
+        .publish(&body.room, &body.from, &body.text, &mentions)
+        .await;
+    match published {
         Ok(seq) => Json(json!({"room": body.room, "seq": seq})).into_response(),
         Err(e @ PublishError::Storage(_)) => storage_error(&e),
         Err(e) => api_error(StatusCode::BAD_REQUEST, e.code().as_str(), &e.to_string()),
@@ -729,6 +739,44 @@ async fn api_reactions(
         Ok(page) => Json(json!({"room": room, "seq": seq, "reactors": page.reactors,
                                 "next": page.next}))
         .into_response(),
+        Err(e) => storage_error(&e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReadRequest {
+    user: String,
+    room: String,
+    seq: u64,
+}
+
+/// `POST /wtchat/api/read {"user","room","seq"}` → `{"room","seq","unread","mentions",
+/// "head"}`: marks the room read up to `seq` for the user (a host user id); its connections
+/// get their new read state.
+async fn api_read(State(state): State<HttpState>, Json(body): Json<ReadRequest>) -> Response {
+    if let Err((code, message)) = state.host.limits.check_room(&body.room) {
+        return api_error(StatusCode::BAD_REQUEST, code.as_str(), message);
+    }
+    match state.host.mark_read(&body.user, &body.room, body.seq).await {
+        Ok(read) => Json(
+            json!({"room": body.room, "seq": read.seq, "unread": read.unread,
+                                "mentions": read.mentions, "head": read.head}),
+        )
+        .into_response(),
+        Err(e) => storage_error(&e),
+    }
+}
+
+#[derive(Deserialize)]
+struct UnreadQuery {
+    user: String,
+}
+
+/// `GET /wtchat/api/unread?user=U` → `{"user","rooms":[{"room","seq","unread","mentions",
+/// "head"}]}`: the user's read state in every room where it has a mark, by room name.
+async fn api_unread(State(state): State<HttpState>, Query(query): Query<UnreadQuery>) -> Response {
+    match state.host.unread(&query.user).await {
+        Ok(rooms) => Json(json!({"user": query.user, "rooms": rooms})).into_response(),
         Err(e) => storage_error(&e),
     }
 }

@@ -89,10 +89,10 @@ pub use chat::{Chat, StartError};
 pub use config::{Config, ConfigBuilder, ConfigError, MIN_SECRET_BYTES, PATH, Tls};
 pub use engine::{
     DEFAULT_REDIS_PREFIX, Engine, HistoryPage, MemberInfo, MembersPage, ReactionCount, Reactor,
-    ReactorsPage, StorageError, StoredMessage,
+    ReactorsPage, ReadState, StorageError, StoredMessage,
 };
 pub use hooks::{MessageEvent, MessageKind};
-pub use host::{PublishError, ReactError};
+pub use host::{PublishError, ReactError, RoomUnread};
 pub use server::Server;
 
 /// The property tests' configuration: `cases` per test, few enough for `cargo test`, unless

@@ -56,7 +56,15 @@ pub enum ClientFrame {
         id: Option<String>,
         #[serde(rename = "replyTo")]
         reply_to: Option<u64>,
+        /// The public sender ids of the members it mentions (at most [`MAX_MENTIONS`]):
+        /// each gets a `mention` frame, and counts it until it reads the room.
+        #[serde(default)]
+        mentions: Vec<String>,
     },
+    /// Mark the room read up to message `seq` (a mark never goes back; past the room's
+    /// newest number it stops there). Answered with `read`, which every other connection
+    /// of the same user gets too when the mark moved.
+    Read { room: String, seq: u64 },
     /// Replace the text of message `seq`, one of the client's own, within the edit window;
     /// acknowledged like a send (the `ack`'s `seq` is the edit's own number).
     Edit {
@@ -126,6 +134,9 @@ pub const HISTORY_PAGE: usize = 100;
 /// The default and largest number of reactions in one `reactions` page.
 pub const REACTORS_PAGE: usize = 100;
 
+/// The most members one message may mention.
+pub const MAX_MENTIONS: usize = 20;
+
 /// A member's own reactions, by message: what its `joined` and `history` name.
 pub type Mine = std::collections::BTreeMap<u64, Vec<String>>;
 
@@ -143,6 +154,7 @@ impl ClientFrame {
             | ClientFrame::History { room, .. }
             | ClientFrame::Members { room, .. }
             | ClientFrame::Leave { room }
+            | ClientFrame::Read { room, .. }
             | ClientFrame::Typing { room } => (Some(room), None),
             ClientFrame::Ping {} | ClientFrame::Hello { .. } => (None, None),
         }
@@ -177,11 +189,31 @@ pub struct ReactorRef<'a> {
     pub at: u64,
 }
 
-/// A member as the protocol shows it: the connection's id and its display name.
+/// A member as the protocol shows it: the connection's id, its display name, and its
+/// public sender id (what a mention names), when known.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct MemberRef<'a> {
     pub id: u64,
     pub name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<&'a str>,
+}
+
+/// A user's read state in a room, as its `joined` and `read` frames carry it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ReadRef {
+    pub seq: u64,
+    pub unread: u64,
+    pub mentions: u64,
+    pub head: u64,
+}
+
+/// A member's read mark, as a `receipts` frame names it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ReaderRef<'a> {
+    pub sender: &'a str,
+    pub name: &'a str,
+    pub seq: u64,
 }
 
 /// The joining member, as its own `joined` shows it: its member id, its name, and its
@@ -218,6 +250,10 @@ pub enum ServerFrame<'a> {
         /// The joining member's own reactions on the messages replayed, by message.
         #[serde(skip_serializing_if = "Option::is_none")]
         mine: Option<&'a Mine>,
+        /// The joining user's read state in the room (as a `read` frame has it), when the
+        /// engine could read it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        read: Option<ReadRef>,
     },
     /// A room message, identical bytes for every recipient.
     Message {
@@ -240,6 +276,9 @@ pub enum ServerFrame<'a> {
         /// How many reacted with what, in the order the reactions were first added.
         #[serde(skip_serializing_if = "<[_]>::is_empty")]
         reactions: &'a [CountRef<'a>],
+        /// The public sender ids of the members it mentions.
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        mentions: &'a [&'a str],
         /// The client's message id: in its sender's own copy only.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a str>,
@@ -279,6 +318,32 @@ pub enum ServerFrame<'a> {
         seq: u64,
         reactors: &'a [ReactorRef<'a>],
         next: Option<u64>,
+    },
+    /// The connection's user's read state in `room`: read up to `seq`, with `unread`
+    /// messages after it from others, not deleted (`mentions` of them mentioning it),
+    /// counted up to message `head` (those after it are not in the counts). Sent in answer
+    /// to `read`, and to all of the user's connections whenever its mark in a room moves
+    /// (it may name a room this connection has not joined); `joined` carries it too.
+    Read {
+        room: &'a str,
+        #[serde(flatten)]
+        state: ReadRef,
+    },
+    /// In a small room, who read up to where since the last `receipts` (at most one per
+    /// presence interval); a big room sends none.
+    Receipts {
+        room: &'a str,
+        readers: &'a [ReaderRef<'a>],
+    },
+    /// Message `seq` of `room` mentions the connection's user: sent to each of its
+    /// connections, whatever rooms they are in. `text` is the message's start.
+    Mention {
+        room: &'a str,
+        seq: u64,
+        from: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sender: Option<&'a str>,
+        text: &'a str,
     },
     /// Someone joined or left (a small room); `count` is the members after it.
     Presence {
@@ -415,6 +480,9 @@ pub enum ErrorCode {
     /// A `react` to a message that has as many distinct reactions as allowed, or that the
     /// member reacted to as many times as allowed.
     TooManyReactions,
+    /// A `send` whose `mentions` are more than 20, repeat one, or name something that is
+    /// not a public sender id.
+    InvalidMentions,
     /// The connection is already in the maximum number of rooms.
     TooManyRooms,
     /// The server holds the maximum number of rooms and none is empty.
@@ -465,6 +533,7 @@ impl ErrorCode {
             ErrorCode::UnknownReply => "unknown_reply",
             ErrorCode::InvalidReaction => "invalid_reaction",
             ErrorCode::TooManyReactions => "too_many_reactions",
+            ErrorCode::InvalidMentions => "invalid_mentions",
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::ServerFull => "server_full",
             ErrorCode::RateLimited => "rate_limited",
@@ -625,6 +694,28 @@ impl Limits {
             ErrorCode::InvalidReaction,
             "a reaction is one emoji, or a name from the server's list",
         ))
+    }
+
+    /// Checks a message's mentions: at most [`MAX_MENTIONS`], distinct, each of the shape of
+    /// a public sender id (16 characters of `A-Za-z0-9_-`).
+    pub fn check_mentions(&self, mentions: &[String]) -> Result<(), (ErrorCode, &'static str)> {
+        let id_like = |id: &String| {
+            id.len() == 16
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        let distinct = mentions
+            .iter()
+            .enumerate()
+            .all(|(i, id)| !mentions[..i].contains(id));
+        if mentions.len() > MAX_MENTIONS || !distinct || !mentions.iter().all(id_like) {
+            return Err((
+                ErrorCode::InvalidMentions,
+                "mentions are up to 20 distinct public sender ids (a member's `sender`)",
+            ));
+        }
+        Ok(())
     }
 
     /// Checks a room name: 1..=max_room_chars of `A-Za-z0-9_-.:@`.
@@ -799,6 +890,7 @@ mod tests {
                 text: "hi é".into(),
                 id: Some("c-1".into()),
                 reply_to: None,
+                mentions: vec![],
             })
         );
         assert_eq!(
@@ -817,6 +909,7 @@ mod tests {
                 text: "re".into(),
                 id: None,
                 reply_to: Some(7),
+                mentions: vec![],
             })
         );
         assert_eq!(
@@ -890,6 +983,7 @@ mod tests {
             edited: None,
             id: Some("c-1"),
             reactions: &[],
+            mentions: &[],
         });
         assert_eq!(
             parsed(&bytes),
@@ -903,8 +997,16 @@ mod tests {
     #[test]
     fn encodes_control_frames() {
         let members = [
-            MemberRef { id: 1, name: "ann" },
-            MemberRef { id: 2, name: "bob" },
+            MemberRef {
+                id: 1,
+                name: "ann",
+                sender: None,
+            },
+            MemberRef {
+                id: 2,
+                name: "bob",
+                sender: None,
+            },
         ];
         let joined = encode(&ServerFrame::Joined {
             room: "r",
@@ -921,6 +1023,7 @@ mod tests {
             gap: false,
             replay: 0,
             mine: None,
+            read: None,
         });
         assert_eq!(
             parsed(&joined),
@@ -1354,6 +1457,23 @@ mod tests {
                         text: string("text")?,
                         id: optional("id")?,
                         reply_to: number("replyTo")?,
+                        mentions: match get("mentions") {
+                            None => Vec::new(),
+                            Some(Json::Array(items)) => items
+                                .iter()
+                                .map(|item| match item {
+                                    Json::String(s) => Ok(s.clone()),
+                                    _ => Err(ErrorCode::InvalidFrame),
+                                })
+                                .collect::<Result<_, _>>()?,
+                            Some(_) => return Err(ErrorCode::InvalidFrame),
+                        },
+                    })
+                })(),
+                "read" => (|| {
+                    Ok(ClientFrame::Read {
+                        room: string("room")?,
+                        seq: number("seq")?.ok_or(ErrorCode::InvalidFrame)?,
                     })
                 })(),
                 "edit" => (|| {
@@ -1440,6 +1560,7 @@ mod tests {
             ClientFrame::Join { .. } => "join",
             ClientFrame::Leave { .. } => "leave",
             ClientFrame::Send { .. } => "send",
+            ClientFrame::Read { .. } => "read",
             ClientFrame::Edit { .. } => "edit",
             ClientFrame::Delete { .. } => "delete",
             ClientFrame::React { .. } => "react",
@@ -1500,7 +1621,11 @@ mod tests {
                     |(room, epoch, seq, (you, sender, key), members, gap, replay)| {
                         let refs: Vec<MemberRef> = members
                             .iter()
-                            .map(|(id, name)| MemberRef { id: *id, name })
+                            .map(|(id, name)| MemberRef {
+                                id: *id,
+                                name,
+                                sender: None,
+                            })
                             .collect();
                         let frame = encode(&ServerFrame::Joined {
                             room: &room,
@@ -1517,6 +1642,7 @@ mod tests {
                             gap,
                             replay,
                             mine: None,
+                            read: None,
                         });
                         let members: Vec<Value> = members
                             .iter()
@@ -1553,6 +1679,7 @@ mod tests {
                         edited: None,
                         id: id.as_deref(),
                         reactions: &[],
+                        mentions: &[],
                     });
                     let mut want = json!({"type": "message", "room": room, "seq": seq,
                                           "from": from, "text": text, "time": time});
@@ -1586,7 +1713,11 @@ mod tests {
                 let frame = encode(&ServerFrame::Presence {
                     room: &room,
                     event,
-                    member: MemberRef { id, name: &name },
+                    member: MemberRef {
+                        id,
+                        name: &name,
+                        sender: None,
+                    },
                     count: id as usize,
                 });
                 (
@@ -1726,7 +1857,7 @@ mod tests {
             let send = json!({"type": "send", "room": room, "text": text, "id": id});
             prop_assert_eq!(
                 decode(&serde_json::to_vec(&send).unwrap()),
-                Ok(ClientFrame::Send { room: room.clone(), text, id, reply_to: None })
+                Ok(ClientFrame::Send { room: room.clone(), text, id, reply_to: None, mentions: vec![] })
             );
             for (kind, want) in [
                 ("leave", ClientFrame::Leave { room: room.clone() }),

@@ -20,7 +20,10 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Authenticator, ConnectRequest, Identity, Transport, random_bytes};
 use crate::engine::{Quote, RecordKind, StorageError, StoredMessage};
 use crate::hooks::{MessageCheck, MessageEvent, MessageHook, MessageKind, Verdict};
-use crate::hub::{Hub, Member, Resume, Room, Sender, SenderKey, message_frame};
+use crate::hub::{
+    Hub, Member, Mentioned, ReaderListing, Resume, Room, Sender, SenderKey, message_frame,
+    read_frame,
+};
 use crate::protocol::{
     self, ClientFrame, CloseCode, ErrorCode, HISTORY_PAGE, Limits, MEMBERS_PAGE, Mine,
     REACTORS_PAGE, ReactorRef, ServerFrame,
@@ -191,6 +194,7 @@ pub(crate) async fn start(
         outbox,
         rooms: Vec::new(),
         sender: None,
+        listing: None,
         rate: RateLimit::new(
             f64::from(ctx.limits.frames_per_second),
             f64::from(ctx.limits.frame_burst),
@@ -407,6 +411,9 @@ struct Session<'a> {
     rooms: Vec<Joined>,
     /// Who sends this connection's messages, once it joined a room.
     sender: Option<Arc<Sender>>,
+    /// The connection listed under its sender's id (for its user's read state and
+    /// mentions, wherever they come from), from its first join on.
+    listing: Option<Box<ReaderListing>>,
     rate: RateLimit,
     /// Rooms this connection may still create.
     new_rooms: RateLimit,
@@ -564,7 +571,9 @@ impl<'a> Session<'a> {
                 text,
                 id,
                 reply_to,
-            } => return self.send(room, text, id, reply_to),
+                mentions,
+            } => return self.send(room, text, id, reply_to, mentions),
+            ClientFrame::Read { room, seq } => return self.mark_read(room, seq),
             ClientFrame::Edit {
                 room,
                 seq,
@@ -790,6 +799,11 @@ impl<'a> Session<'a> {
             (None, Some(_)) => return Err("key must be a resume key this server issued"),
             (None, None) => self.ctx.senders.resume_key(&new_resume_key()),
         };
+        let listing = self
+            .ctx
+            .hub
+            .list_reader(sender.public(), self.id, self.outbox.clone());
+        self.listing = Some(Box::new(listing));
         Ok(self.sender.insert(Arc::new(sender)).clone())
     }
 
@@ -824,12 +838,20 @@ impl<'a> Session<'a> {
         text: String,
         id: Option<String>,
         reply_to: Option<u64>,
+        mentions: Vec<String>,
     ) -> Option<Pending<'a>> {
         let joined = self.accepts(&room, &text, id.as_deref(), None)?;
+        if let Err((code, msg)) = self.ctx.limits.check_mentions(&mentions) {
+            self.error(code, msg, Some(&room), id.as_deref());
+            return None;
+        }
+        let mentions: Box<[Arc<str>]> = mentions.into_iter().map(Into::into).collect();
         let (room_handle, me) = (joined.room.clone(), joined.me.clone());
         let check = self.ctx.message_check.as_ref();
         if check.is_none() && reply_to.is_none() {
-            let retry = room_handle.publish(&me, &text, id.as_deref(), None).err()?;
+            let retry = room_handle
+                .publish(&me, &text, id.as_deref(), None, mentions)
+                .err()?;
             return Some(Box::pin(async move {
                 retry.append().await;
                 Effect::None
@@ -849,11 +871,41 @@ impl<'a> Session<'a> {
                     }
                 },
             };
-            let Some(text) = backend_says(hub, check, &room, &me, text, id, None).await else {
+            let mentioned = room_handle.mentioned(&mentions);
+            let said = backend_says(hub, check, &room, &me, text, id, Said::Send(&mentioned)).await;
+            let Some(text) = said else {
                 return Effect::None;
             };
-            if let Err(retry) = room_handle.publish(&me, &text, id, reply) {
+            if let Err(retry) = room_handle.publish(&me, &text, id, reply, mentions) {
                 retry.append().await;
+            }
+            Effect::None
+        }))
+    }
+
+    /// A `read`: raises the connection's user's mark in a joined room, and answers with its
+    /// read state (every connection of the user gets it when the mark moved).
+    fn mark_read(&self, room: String, seq: u64) -> Option<Pending<'a>> {
+        let Some(joined) = self.joined(&room) else {
+            self.not_joined(&room, None);
+            return None;
+        };
+        let (me, hub) = (joined.me.clone(), &self.ctx.hub);
+        Some(Box::pin(async move {
+            match hub.mark_read(&room, me.sender.public(), Some(seq)).await {
+                Ok((_, true)) => {}
+                Ok((state, false)) => drop(me.outbox.push(read_frame(&room, &state))),
+                Err(e) => {
+                    tracing::error!(room, error = %e, "could not store a read mark");
+                    refuse(
+                        hub,
+                        &me.outbox,
+                        ErrorCode::StorageFailed,
+                        "the read mark could not be stored; try again later",
+                        Some(&room),
+                        None,
+                    );
+                }
             }
             Effect::None
         }))
@@ -917,7 +969,8 @@ impl<'a> Session<'a> {
                 return Effect::None;
             }
             // The backend has its say about an edit as about a send.
-            let Some(text) = backend_says(hub, check, &room, &me, text, id, Some(seq)).await else {
+            let said = backend_says(hub, check, &room, &me, text, id, Said::Edit(seq)).await;
+            let Some(text) = said else {
                 return Effect::None;
             };
             if let Err(retry) = handle.change(&me, kind, seq, &text, id) {
@@ -1117,6 +1170,12 @@ impl<'a> Session<'a> {
     }
 }
 
+/// What the backend is asked about: a new message mentioning whom, or an edit of a message.
+enum Said<'a> {
+    Send(&'a [Mentioned]),
+    Edit(u64),
+}
+
 /// The text the host's backend (the message webhook, when there is one) lets `sender` send
 /// into `room` — `text`, or its rewrite — for a new message or (`edits`) an edit; None when
 /// it rejected it, and the sender was told why.
@@ -1127,12 +1186,16 @@ async fn backend_says(
     sender: &Member,
     text: String,
     id: Option<&str>,
-    edits: Option<u64>,
+    said: Said<'_>,
 ) -> Option<String> {
     let Some(check) = check else {
         return Some(text);
     };
-    match check.check(room, sender, &text, id, edits).await {
+    let (edits, mentions) = match said {
+        Said::Send(mentions) => (None, mentions),
+        Said::Edit(seq) => (Some(seq), &[][..]),
+    };
+    match check.check(room, sender, &text, id, edits, mentions).await {
         Verdict::Accept => Some(text),
         Verdict::Rewrite(rewritten) => Some(rewritten),
         Verdict::Reject(reason) => {

@@ -47,7 +47,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::auth::{AuthHook, ConnectRequest, Identity, Refusal, Rooms, unix_now};
 use crate::hooks::{EventsSender, MessageCheck, MessageKind, Verdict, WebhookConfig, Webhooks};
-use crate::hub::{Happened, Member, Observer};
+use crate::hub::{Happened, Member, Mentioned, Observer};
 use crate::metrics::Metrics;
 use crate::protocol::{Limits, now_ms};
 use crate::throttle::throttled;
@@ -415,6 +415,9 @@ struct MessageCall<'a> {
     kind: MessageKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     seq: Option<u64>,
+    /// Whom a message mentions: public sender ids, and user ids where the room lists them.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    mentions: &'a [Mentioned],
 }
 
 /// What the message webhook answers with a 200.
@@ -437,8 +440,10 @@ impl MessageWebhook {
         text: &str,
         id: Option<&str>,
         edits: Option<u64>,
+        mentions: &[Mentioned],
     ) -> Verdict {
         let call = MessageCall {
+            mentions,
             room,
             from: &sender.name,
             user: sender.user.as_deref(),
@@ -608,8 +613,11 @@ impl MessageCheck for MessageWebhook {
         text: &'a str,
         id: Option<&'a str>,
         edits: Option<u64>,
+        mentions: &'a [Mentioned],
     ) -> futures_util::future::BoxFuture<'a, Verdict> {
-        Box::pin(MessageWebhook::check(self, room, sender, text, id, edits))
+        Box::pin(MessageWebhook::check(
+            self, room, sender, text, id, edits, mentions,
+        ))
     }
 }
 
@@ -803,7 +811,11 @@ fn deadline(grace: Duration) -> tokio::time::Instant {
 /// A queued event as the backend gets it.
 fn event_json(queued: Queued) -> Value {
     let (kind, room, member) = match queued.happened {
-        Happened::Message { frame, user } => {
+        Happened::Message {
+            frame,
+            user,
+            mentions,
+        } => {
             // The frame as the members got it — a message's type, room, seq, from, sender,
             // text, time; an update's type, room, seq, at and what changed — and who sent it.
             let mut event: serde_json::Map<String, Value> =
@@ -812,6 +824,10 @@ fn event_json(queued: Queued) -> Value {
                 event.entry("sender").or_insert(Value::Null);
             }
             event.insert("user".into(), json!(user.as_deref()));
+            // Whom it mentions, with their user ids where the room lists them.
+            if !mentions.is_empty() {
+                event.insert("mentions".into(), json!(mentions));
+            }
             return Value::Object(event);
         }
         Happened::Joined { room, member } => ("joined", room, member),

@@ -20,6 +20,7 @@ import {
   type Member,
   type MembersPage,
   type MembersPageOptions,
+  type MentionEvent,
   type Message,
   type PresenceEvent,
   type Quote,
@@ -29,11 +30,15 @@ import {
   type Reactor,
   type ReactorsOptions,
   type ReactorsPage,
+  type ReadEvent,
+  type Reader,
+  type ReceiptsEvent,
   type SendOptions,
   type Status,
   type StatusEvent,
   type Transport,
   type TypingEvent,
+  type Unread,
   ChatError,
   CloseCodes,
   PROTOCOL,
@@ -70,6 +75,8 @@ function show(m: Message): void {
   render(`${room}#${epoch}.${seq} ${from}: ${text} at ${time} ${mine} ${sender} ${id}`);
   const reactions: Reaction[] = m.reactions;
   render(reactions.map((r: Reaction) => `${r.reaction} ${r.count}${r.mine ? " (you)" : ""}`).join(" "));
+  const mentions: string[] = m.mentions;
+  render(mentions.join(","));
 }
 
 export async function chatting(signal: AbortSignal): Promise<void> {
@@ -134,7 +141,17 @@ export async function chatting(signal: AbortSignal): Promise<void> {
     render(`${maxFrameBytes} ${maxTextChars} ${maxNameChars} ${maxRoomChars} ${maxRoomsPerConnection} ${framesPerSecond} ${optional}`);
   }
   render(`${room} ${name} ${server} ${transport} ${status} ${messages.length} ${count} ${complete} ${next} ${epoch} ${seq}`);
-  render(`${me?.id} ${me?.name} ${me?.sender} ${members.map((m: Member) => `${m.id}:${m.name}`)}`);
+  const sender: string | undefined = members[0]?.sender;
+  render(`${me?.id} ${me?.name} ${me?.sender} ${sender} ${members.map((m: Member) => `${m.id}:${m.name}`)}`);
+  const unread: Unread = chat.unread;
+  const { count: unreadCount, mentions: unreadMentions, lastRead }: Unread = unread;
+  const readers: ReadonlyMap<string, Reader> = chat.readers;
+  for (const [sender, r] of readers) render(`${sender} ${r.sender} ${r.name} read up to ${r.seq}`);
+  render(`${unreadCount} ${unreadMentions} ${lastRead}`);
+  // @ts-expect-error: the read state is the client's, read-only
+  chat.unread.count = 0;
+  // @ts-expect-error: so are the readers
+  chat.readers.clear();
   // @ts-expect-error: the lists are the client's, read-only
   chat.messages.push(messages[0]);
 
@@ -156,6 +173,19 @@ export async function chatting(signal: AbortSignal): Promise<void> {
     status: (e: StatusEvent) => render(e.status),
     error: (e: ChatError) => render(e.code),
     gap: (e: GapEvent) => render(`${e.room} ${e.epoch} ${e.previousEpoch} ${e.since}`),
+    read: (e: ReadEvent) => {
+      const now: Unread = e;
+      render(`${e.room} ${now.count} ${now.mentions} ${now.lastRead}`);
+    },
+    receipts: (e: ReceiptsEvent) => {
+      const moved: Reader[] = e.changed;
+      const all: ReadonlyMap<string, Reader> = e.readers;
+      render(`${e.room} ${moved.map((r) => `${r.name}@${r.seq}`)} ${all.size}`);
+    },
+    mention: (e: MentionEvent) => {
+      const sender: string | undefined = e.sender;
+      render(`${e.from} (${sender}) mentioned you in ${e.room}#${e.seq}: ${e.text}`);
+    },
   };
   const offs: (() => void)[] = [
     chat.on("message", handlers.message),
@@ -167,6 +197,9 @@ export async function chatting(signal: AbortSignal): Promise<void> {
     chat.on("status", handlers.status),
     chat.on("error", handlers.error),
     chat.on("gap", handlers.gap),
+    chat.on("read", handlers.read),
+    chat.on("receipts", handlers.receipts),
+    chat.on("mention", handlers.mention),
   ];
   // @ts-expect-error: no such event
   chat.on("nonsense", () => {});
@@ -180,7 +213,8 @@ export async function chatting(signal: AbortSignal): Promise<void> {
   const acked: [number, string] = [ack.seq, ack.id];
   // @ts-expect-error: text only
   void chat.send(42);
-  const sendOptions: SendOptions = { replyTo: ack.seq };
+  const mentionable: string[] = members.flatMap((m: Member) => (m.sender === undefined ? [] : [m.sender]));
+  const sendOptions: SendOptions = { replyTo: ack.seq, mentions: mentionable };
   const reply: Ack = await chat.send("a reply", sendOptions);
   const quoted: Quote | undefined = messages[0].replyTo;
   render(`${reply.seq} ${quoted?.seq} ${quoted?.from} ${quoted?.text} ${quoted?.deleted}`);
@@ -206,6 +240,15 @@ export async function chatting(signal: AbortSignal): Promise<void> {
   // @ts-expect-error: the message's number comes first
   void chat.reactions({ after: 0 });
   const typed: boolean = chat.typing();
+  // Read state: marked by the page, for what it showed.
+  const marked: boolean = chat.markRead(ack.seq);
+  const markedAll: boolean = chat.markRead();
+  const mentioned: boolean = chat.mentionsMe(messages[0]);
+  render(`${marked} ${markedAll} ${mentioned} ${chat.mentionsMe({ mentions: ["AAAAAAAAAAAAAAAA"] })}`);
+  // @ts-expect-error: a message is named by its number
+  chat.markRead("3");
+  // @ts-expect-error: mentions name sender ids, not members
+  void chat.send("hi", { mentions: [members[0]] });
   render(`${clientId} ${acked} ${typed} ${chat.isMine({ sender: "x" })} ${chat.isMine(messages[0])}`);
 
   // Older messages and more members.

@@ -1,15 +1,17 @@
 //! The memory engine: rooms numbered in this process, and nothing kept beyond the hub's
-//! recent tail but the reactions to its messages (who reacted is not in the tail). A
+//! recent tail but the reactions to its messages (who reacted is not in the tail) and what
+//! read state needs: who read up to where, and which messages are there to be unread (and
+//! whom they mention). A
 //! record is numbered, applied and handed to its room's sink at once, inside its append;
 //! a room the hub lets go of is forgotten, and comes back under a new epoch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::{
     Appended, Broker, Busy, Decision, Dedupe, EngineFuture, Epochs, Loaded, Numbered, Options,
-    Position, Reacted, ReactionCount, Reactor, ReactorsPage, Record, RecordKind, RoomEvent,
-    RoomSink, StorageError,
+    Position, Reacted, ReactionCount, Reactor, ReactorsPage, ReadState, Record, RecordKind,
+    RoomEvent, RoomSink, StorageError,
 };
 
 /// The rooms the hub holds, by name.
@@ -34,6 +36,14 @@ struct Numbers {
     /// The reactions to the room's messages, by message: of `retention.messages` messages
     /// at most, the newest.
     reactions: BTreeMap<u64, OnMessage>,
+    /// The numbers of the messages not deleted, in order: the newest `retention.messages`
+    /// (a count after a mark is a binary search).
+    live: VecDeque<u64>,
+    /// By public sender id, the numbers of the messages not deleted that mention it (the
+    /// newest `retention.messages`).
+    mentioned: HashMap<Arc<str>, VecDeque<u64>>,
+    /// Each reader's mark, by public sender id.
+    marks: HashMap<Arc<str>, u64>,
 }
 
 /// A message's reactions.
@@ -47,6 +57,55 @@ struct OnMessage {
 }
 
 impl Numbers {
+    /// Raises `reader`'s mark to `to`; whether it moved.
+    fn raise(&mut self, reader: &str, to: u64) -> bool {
+        match self.marks.get_mut(reader) {
+            Some(mark) if *mark >= to => false,
+            Some(mark) => {
+                *mark = to;
+                true
+            }
+            None => {
+                self.marks.insert(reader.into(), to);
+                true
+            }
+        }
+    }
+
+    /// `reader`'s read state (it has a mark).
+    fn state(&self, reader: &str) -> Option<ReadState> {
+        let mark = *self.marks.get(reader)?;
+        let after = |numbers: &VecDeque<u64>| {
+            (numbers.len() - numbers.partition_point(|seq| *seq <= mark)) as u64
+        };
+        let mentions = self.mentioned.get(reader).map_or(0, after);
+        Some(ReadState::new(mark, after(&self.live), mentions, self.seq))
+    }
+
+    /// Message `seq` (of `mentions`), numbered: it is there to be read.
+    fn add_message(&mut self, seq: u64, mentions: &[Arc<str>], keep: usize) {
+        let add = |numbers: &mut VecDeque<u64>| {
+            numbers.push_back(seq);
+            if numbers.len() > keep {
+                numbers.pop_front();
+            }
+        };
+        add(&mut self.live);
+        for reader in mentions {
+            add(self.mentioned.entry(reader.clone()).or_default());
+        }
+    }
+
+    /// Message `seq` was deleted: it is no longer there to be read.
+    fn remove_message(&mut self, seq: u64) {
+        let numbers = std::iter::once(&mut self.live).chain(self.mentioned.values_mut());
+        for numbers in numbers {
+            if let Ok(at) = numbers.binary_search(&seq) {
+                numbers.remove(at);
+            }
+        }
+    }
+
     /// Applies reaction `record`, numbered `seq`, within `options`' limits.
     fn react(&mut self, seq: u64, record: &Record, options: &Options) -> Reacted {
         // Bounded: the oldest reacted-to messages are forgotten first.
@@ -110,6 +169,9 @@ impl Broker for Memory {
                 seq: 0,
                 dedupe: Dedupe::default(),
                 reactions: BTreeMap::new(),
+                live: VecDeque::new(),
+                mentioned: HashMap::new(),
+                marks: HashMap::new(),
             }),
         });
         self.rooms.write().unwrap().insert(room.into(), held);
@@ -144,13 +206,57 @@ impl Broker for Memory {
             kind if kind.is_reaction() => {
                 numbered.reacted = Some(numbers.react(seq, &numbered.record, &self.options));
             }
-            RecordKind::Delete => drop(numbers.reactions.remove(&numbered.record.target)),
+            RecordKind::Delete => {
+                let target = numbered.record.target;
+                numbers.reactions.remove(&target);
+                numbers.remove_message(target);
+            }
+            RecordKind::Message => {
+                let record = &numbered.record;
+                let keep = self.options.retention.messages as usize;
+                numbers.add_message(seq, &record.mentions, keep);
+                if let Some(sender) = &record.sender {
+                    numbers.raise(sender, seq);
+                }
+            }
             _ => {}
         }
         held.sink.receive(vec![RoomEvent::Record(numbered)]);
         drop(numbers);
         let stored = Appended::Stored(Position { epoch, seq });
         Ok(Box::pin(std::future::ready(Ok(stored))))
+    }
+
+    fn mark_read(
+        &self,
+        room: &str,
+        reader: &str,
+        to: Option<u64>,
+    ) -> EngineFuture<'_, (ReadState, bool)> {
+        let held = self.rooms.read().unwrap().get(room).cloned();
+        let marked = held.map(|held| {
+            let mut numbers = held.numbers.lock().unwrap();
+            let head = numbers.seq;
+            let moved = match to {
+                Some(to) => numbers.raise(reader, to.min(head)),
+                None if numbers.marks.contains_key(reader) => false,
+                None => numbers.raise(reader, head),
+            };
+            (numbers.state(reader).unwrap_or_default(), moved)
+        });
+        Box::pin(std::future::ready(Ok(marked.unwrap_or_default())))
+    }
+
+    fn unread(&self, reader: &str) -> EngineFuture<'_, Vec<(String, ReadState)>> {
+        let rooms = self.rooms.read().unwrap();
+        let states = rooms
+            .iter()
+            .filter_map(|(name, held)| {
+                let state = held.numbers.lock().unwrap().state(reader)?;
+                Some((name.to_string(), state))
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(states)))
     }
 
     fn reactors(

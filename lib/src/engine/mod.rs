@@ -20,6 +20,10 @@
 //!   range names the older messages changed within it, so that a resume is never stale.
 //! - History ranges, history pages and member pages are async reads; the hub makes them
 //!   outside a room's lock.
+//! - Read state is the engine's too, outside the room's order: per reader (a public sender
+//!   id) and room, the number read up to ([`Broker::mark_read`]), raised by the reader's
+//!   own messages as they are appended; and the counts that go with it ([`ReadState`]:
+//!   messages after it that are not deleted, and those of them that mention the reader).
 //! - Presence across nodes (who is connected to other nodes), kicks and bans for every
 //!   node, and requests for sessions another node holds are the engine's too, behind the
 //!   same trait; an engine of one process leaves them at their defaults.
@@ -248,6 +252,37 @@ pub struct StoredMessage {
     /// Its reactions: how many members reacted with each, in the order they were first
     /// added (none once deleted).
     pub reactions: Vec<ReactionCount>,
+    /// The public sender ids of the members it mentions.
+    pub mentions: Vec<String>,
+}
+
+/// A reader's read state in a room: what it read up to, and what it has not read since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[non_exhaustive]
+pub struct ReadState {
+    /// The number of the last record it read (0: none).
+    pub seq: u64,
+    /// The messages numbered after `seq` up to `head` that are not deleted (the reader's
+    /// own are never among them: its messages raise its mark).
+    pub unread: u64,
+    /// How many of those mention the reader.
+    pub mentions: u64,
+    /// The room's last number when the counts were taken: messages numbered after it are
+    /// not in them.
+    pub head: u64,
+}
+
+impl ReadState {
+    /// Read up to `seq`, with `unread` messages after it (`mentions` of them mentioning
+    /// the reader), counted up to `head`.
+    pub fn new(seq: u64, unread: u64, mentions: u64, head: u64) -> ReadState {
+        ReadState {
+            seq,
+            unread,
+            mentions,
+            head,
+        }
+    }
 }
 
 /// How many members reacted to a message with one reaction.
@@ -488,6 +523,7 @@ impl StoredMessage {
             deleted: false,
             reply: None,
             reactions: Vec::new(),
+            mentions: Vec::new(),
         }
     }
 }
@@ -546,12 +582,24 @@ pub struct MemberInfo {
     pub name: String,
     /// The host's user id, when the connection was authenticated.
     pub user: Option<String>,
+    /// The member's public sender id (what its messages carry, and a mention names).
+    pub sender: Option<String>,
 }
 
 impl MemberInfo {
-    /// A member as listed.
+    /// A member as listed, with no sender id.
     pub fn new(id: u64, name: String, user: Option<String>) -> MemberInfo {
-        MemberInfo { id, name, user }
+        MemberInfo {
+            id,
+            name,
+            user,
+            sender: None,
+        }
+    }
+
+    /// The same member, with public sender id `sender`.
+    pub fn with_sender(self, sender: Option<String>) -> MemberInfo {
+        MemberInfo { sender, ..self }
     }
 }
 
@@ -708,6 +756,9 @@ pub struct Record {
     pub dedupe: Option<Box<str>>,
     /// The message a new message answers (None: not a reply; always None for a change).
     pub reply: Option<Box<Quote>>,
+    /// The public sender ids of the members a new message mentions (always empty for a
+    /// change).
+    pub mentions: Box<[Arc<str>]>,
     /// The appending node's own number for the record: handed back in
     /// [`Numbered::record`] so that this node finds who is owed an acknowledgement.
     pub token: u64,
@@ -726,6 +777,7 @@ impl Record {
             text: text.into(),
             dedupe: None,
             reply: None,
+            mentions: Box::default(),
             token: 0,
         }
     }
@@ -975,6 +1027,26 @@ pub trait Broker: Send + Sync + 'static {
         from: u64,
     ) -> EngineFuture<'_, Vec<(u64, String)>> {
         let _ = (room, sender, from);
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    /// Reader `reader`'s (a public sender id's) read state in `room`, after raising its mark
+    /// to `to` (the room's last number at most; a mark never goes back), or — `to` None —
+    /// as it is, made at the room's last number if the reader had none (its first join).
+    /// Whether the mark moved comes with it. The default keeps none: always unread 0.
+    fn mark_read(
+        &self,
+        room: &str,
+        reader: &str,
+        to: Option<u64>,
+    ) -> EngineFuture<'_, (ReadState, bool)> {
+        let _ = (room, reader, to);
+        Box::pin(std::future::ready(Ok((ReadState::default(), false))))
+    }
+
+    /// Reader `reader`'s read state in every room where it has a mark, by room name.
+    fn unread(&self, reader: &str) -> EngineFuture<'_, Vec<(String, ReadState)>> {
+        let _ = reader;
         Box::pin(std::future::ready(Ok(Vec::new())))
     }
 

@@ -30,7 +30,9 @@
 //! `P:R/meta` (epoch, seq), `P:R/log` (stream, entry id `seq-0`), `P:R/ids` and
 //! `P:R/ids-old` (the dedupe window), `P:R/state` (each changed message's text and time of
 //! its last edit, `x:N` and `e:N`, or its deletion, `d:N`), `P:R/m` (members by id),
-//! channel `P:R/c`; and
+//! `P:R/live` (the numbers of its messages not deleted), `P:R/mn:S` (the numbers of the
+//! messages that mention sender S), channel `P:R/c`; and `P/reads/S` (sender S's marks, by
+//! room);
 //! `P/nodes` (beats), `P/node/N` (node N's members), `P/nodeseq`, `P/bans`,
 //! `P/sender-key` (the key of public sender ids, when there is no token secret), channels
 //! `P/ctl` (kicks and bans for every node) and `P/inbox/N` (requests for sessions node N
@@ -54,8 +56,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     Appended, Ban, Broker, Busy, EngineFuture, HistoryPage, InFlight, Loaded, MemberInfo,
     MembersPage, Missed, NodeSink, Numbered, Options, Position, Quote, Reacted, ReactionCount,
-    ReactionLimits, Reactor, ReactorsPage, Record, RecordKind, Retention, RoomEvent, RoomSink,
-    StorageError, StoredMessage,
+    ReactionLimits, Reactor, ReactorsPage, ReadState, Record, RecordKind, Retention, RoomEvent,
+    RoomSink, StorageError, StoredMessage,
 };
 use crate::auth::random_bytes;
 use crate::metrics::EngineStats;
@@ -136,6 +138,11 @@ end
 /// Past ARGV[9] entries the stream is trimmed; after a trim, `floor` in the room's hash
 /// (KEYS[1]) is the first number still in it: from there on every number is in the stream
 /// but reactions', which are in none (see [`REACT`]).
+/// Read state: a message adds its number to the room's live messages (KEYS[6]; a deletion
+/// takes it out, a trim the numbers below the floor), raises its sender's mark in the
+/// sender's hash of marks (KEYS[7], field ARGV[20], the room) and adds it to the mentions of
+/// each public id in ARGV[21] (a JSON list, kept in the entry as `mn`; key ARGV[22] and the
+/// id), which a deletion takes back.
 const PUBLISH: &str = concat!(
     numbering!(),
     r#"local trimmed = false
@@ -146,7 +153,25 @@ end
 if ARGV[15] ~= '' then
   for _, v in ipairs({'k', ARGV[15], 'g', ARGV[16]}) do table.insert(fields, v) end
 end
+if ARGV[21] ~= '' then
+  table.insert(fields, 'mn')
+  table.insert(fields, ARGV[21])
+end
 redis.call('XADD', KEYS[2], seq .. '-0', unpack(fields))
+if ARGV[15] == '' then
+  redis.call('ZADD', KEYS[6], seq, seq)
+  if ARGV[4] ~= '' then
+    local mark = tonumber(redis.call('HGET', KEYS[7], ARGV[20]) or '-1')
+    if seq > mark then redis.call('HSET', KEYS[7], ARGV[20], seq) end
+    redis.call('PEXPIRE', KEYS[7], ARGV[11])
+  end
+  if ARGV[21] ~= '' then
+    for _, id in ipairs(cjson.decode(ARGV[21])) do
+      redis.call('ZADD', ARGV[22] .. id, seq, seq)
+      redis.call('PEXPIRE', ARGV[22] .. id, ARGV[11])
+    end
+  end
+end
 if redis.call('XLEN', KEYS[2]) > tonumber(ARGV[9]) then
   redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[9])
   trimmed = true
@@ -157,6 +182,17 @@ if ARGV[15] ~= '' then
     if ARGV[15] == 'delete' then
       redis.call('HSET', KEYS[5], 'd:' .. g, seq)
       redis.call('HDEL', KEYS[5], 'x:' .. g, 'e:' .. g, 'r:' .. g)
+      redis.call('ZREM', KEYS[6], g)
+      local entry = redis.call('XRANGE', KEYS[2], g .. '-0', g .. '-0')[1]
+      if entry then
+        for i = 1, #entry[2], 2 do
+          if entry[2][i] == 'mn' then
+            for _, id in ipairs(cjson.decode(entry[2][i + 1])) do
+              redis.call('ZREM', ARGV[22] .. id, g)
+            end
+          end
+        end
+      end
     else
       redis.call('HSET', KEYS[5], 'x:' .. g, ARGV[6], 'e:' .. g, ARGV[2])
     end
@@ -174,9 +210,13 @@ end
 end
 if trimmed then
   local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
-  if first then redis.call('HSET', KEYS[1], 'floor', string.match(first[1], '^%d+')) end
+  if first then
+    local floor = string.match(first[1], '^%d+')
+    redis.call('HSET', KEYS[1], 'floor', floor)
+    redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. floor)
+  end
 end
-for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ARGV[11]) end
+for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ARGV[11]) end
 redis.call('PUBLISH', ARGV[13], '{"seq":' .. seq .. ',"epoch":' .. epoch .. ARGV[8])
 return {1, seq, epoch}
 "#
@@ -265,6 +305,35 @@ return {1, seq, epoch, outcome}
 "#
 );
 
+/// A reader's read state in a room (KEYS: the room's hash, its live messages, the reader's
+/// marks, the messages that mention it; ARGV: the room, the number to raise the mark to or
+/// '' to read it — made at the room's last number if there is none —, the expiry): {mark,
+/// unread, mentions, head, moved}.
+const READ: &str = r#"
+local head = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local mark = redis.call('HGET', KEYS[3], ARGV[1])
+local moved = 0
+if ARGV[2] == '' then
+  if not mark then
+    mark = head
+    redis.call('HSET', KEYS[3], ARGV[1], head)
+    moved = 1
+  end
+else
+  local to = math.min(tonumber(ARGV[2]), head)
+  if not mark or to > tonumber(mark) then
+    mark = to
+    redis.call('HSET', KEYS[3], ARGV[1], to)
+    moved = 1
+  end
+end
+mark = tonumber(mark)
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+local unread = redis.call('ZCOUNT', KEYS[2], '(' .. mark, head)
+local mentions = redis.call('ZCOUNT', KEYS[4], '(' .. mark, head)
+return {mark, unread, mentions, head, moved}
+"#;
+
 /// A room as a node takes it up: its epoch (made if new), last number, the messages after
 /// ARGV[2] (or the newest ARGV[3] when empty) and its members.
 const LOAD: &str = r#"
@@ -344,6 +413,7 @@ return {missing, redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '
 #[derive(Debug)]
 struct Scripts {
     publish: redis::Script,
+    read: redis::Script,
     react: redis::Script,
     load: redis::Script,
     join: redis::Script,
@@ -355,6 +425,7 @@ impl Scripts {
     fn new() -> Scripts {
         Scripts {
             publish: redis::Script::new(PUBLISH),
+            read: redis::Script::new(READ),
             react: redis::Script::new(REACT),
             load: redis::Script::new(LOAD),
             join: redis::Script::new(JOIN),
@@ -363,9 +434,10 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&redis::Script; 6] {
+    fn all(&self) -> [&redis::Script; 7] {
         [
             &self.publish,
+            &self.read,
             &self.react,
             &self.load,
             &self.join,
@@ -419,6 +491,9 @@ struct Published {
     /// What a reaction came to, as the script applied it.
     #[serde(default)]
     reacted: Option<Box<PublishedReacted>>,
+    /// The public sender ids a message mentions.
+    #[serde(default)]
+    mentions: Vec<String>,
 }
 
 /// A reaction's outcome, as [`REACT`] writes it (an empty list comes as `{}` from Lua).
@@ -486,6 +561,7 @@ impl Published {
             .reply
             .as_ref()
             .map(|q| Box::new(Quote::new(q.seq, q.from.clone(), &q.text)));
+        record.mentions = self.mentions.iter().map(|m| m.as_str().into()).collect();
         record.token = token;
         let mut numbered = Numbered::new(self.seq, node, record);
         numbered.reacted = self.reacted.as_deref().map(PublishedReacted::reacted);
@@ -507,11 +583,14 @@ struct Listed {
     id: u64,
     name: String,
     user: Option<String>,
+    /// Absent in lists written before members carried it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sender: Option<String>,
 }
 
 impl From<Listed> for MemberInfo {
     fn from(m: Listed) -> MemberInfo {
-        MemberInfo::new(m.id, m.name, m.user)
+        MemberInfo::new(m.id, m.name, m.user).with_sender(m.sender)
     }
 }
 
@@ -521,6 +600,7 @@ impl From<MemberInfo> for Listed {
             id: m.id,
             name: m.name,
             user: m.user,
+            sender: m.sender,
         }
     }
 }
@@ -1161,6 +1241,53 @@ impl Broker for Redis {
         })
     }
 
+    fn mark_read(
+        &self,
+        room: &str,
+        reader: &str,
+        to: Option<u64>,
+    ) -> EngineFuture<'_, (ReadState, bool)> {
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&self.inner.read_invocation(room, reader, to));
+        Box::pin(async move {
+            let (read,): (Vec<u64>,) = self.inner.query_pipe(&pipe).await?;
+            match read[..] {
+                [mark, unread, mentions, head, moved] => {
+                    Ok((ReadState::new(mark, unread, mentions, head), moved == 1))
+                }
+                _ => Err(StorageError::new("Redis: unexpected answer to a read mark")),
+            }
+        })
+    }
+
+    fn unread(&self, reader: &str) -> EngineFuture<'_, Vec<(String, ReadState)>> {
+        let (inner, reader) = (&self.inner, reader.to_owned());
+        Box::pin(async move {
+            let rooms: Vec<String> = inner
+                .query(redis::cmd("HKEYS").arg(inner.reads_key(&reader)))
+                .await?;
+            if rooms.is_empty() {
+                return Ok(Vec::new());
+            }
+            // One round trip for every room: each room's state from its mark.
+            let mut pipe = redis::pipe();
+            for room in &rooms {
+                pipe.invoke_script(&inner.read_invocation(room, &reader, None));
+            }
+            let states: Vec<Vec<u64>> = inner.query_pipe(&pipe).await?;
+            Ok(rooms
+                .into_iter()
+                .zip(states)
+                .filter_map(|(room, read)| match read[..] {
+                    [mark, unread, mentions, head, _] => {
+                        Some((room, ReadState::new(mark, unread, mentions, head)))
+                    }
+                    _ => None,
+                })
+                .collect())
+        })
+    }
+
     /// Whether Redis answers a PING within the response timeout.
     fn reachable(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
@@ -1213,6 +1340,29 @@ impl Inner {
     /// How a message names the submission it came from: `node:token`.
     fn origin(&self, token: u64) -> String {
         format!("{}:{token}", self.node)
+    }
+
+    /// The hash of reader `reader`'s marks, by room.
+    fn reads_key(&self, reader: &str) -> String {
+        format!("{}/reads/{reader}", self.prefix)
+    }
+
+    /// Runs [`READ`] for `reader` in `room`, raising its mark to `to` (or reading it).
+    fn read_invocation(
+        &self,
+        room: &str,
+        reader: &str,
+        to: Option<u64>,
+    ) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.scripts.read.key(self.key(room, "meta"));
+        invocation
+            .key(self.key(room, "live"))
+            .key(self.reads_key(reader))
+            .key(self.key(room, &format!("mn:{reader}")))
+            .arg(room)
+            .arg(to.map(|to| to.to_string()).unwrap_or_default())
+            .arg(self.retention.age_ms);
+        invocation
     }
 
     fn key(&self, room: &str, what: &str) -> String {
@@ -1663,6 +1813,10 @@ fn entries_of(entries: Value) -> Vec<Numbered> {
                 let quote = Quote::new(quoted, from.unwrap_or_default(), &text.unwrap_or_default());
                 record.reply = Some(Box::new(quote));
             }
+            if let Some(mentions) = fields.get("mn") {
+                let ids: Vec<String> = serde_json::from_str(mentions).unwrap_or_default();
+                record.mentions = ids.into_iter().map(Into::into).collect();
+            }
             record.token = token;
             Some(Numbered::new(seq, node, record))
         })
@@ -1682,6 +1836,7 @@ fn as_message(entry: &Numbered) -> Option<StoredMessage> {
     );
     message.deleted = !record.is_message();
     message.reply = record.reply.as_deref().cloned();
+    message.mentions = record.mentions.iter().map(|m| m.to_string()).collect();
     record.is_message().then_some(message)
 }
 
@@ -1794,6 +1949,7 @@ fn outcome(reply: Value, record: Record, origin: String) -> Result<Outcome, Stor
                 text: q.text.clone(),
             }),
             reacted,
+            mentions: record.mentions.iter().map(|m| m.to_string()).collect(),
         }))),
         Ok(&[0, seq]) => Ok(Outcome::Duplicate(seq)),
         Ok(other) => Err(StorageError::new(format!(
@@ -1811,6 +1967,7 @@ impl Inner {
                 let origin = self.origin(record.token);
                 let change = (!record.is_message()).then(|| record.kind.as_str());
                 let reply = record.reply.as_deref();
+                let mentions: Vec<&str> = record.mentions.iter().map(|m| &**m).collect();
                 let fragment = serde_json::json!({
                     "kind": "message",
                     "time": record.time,
@@ -1823,6 +1980,7 @@ impl Inner {
                     "reply": reply.map(|q| serde_json::json!({
                         "seq": q.seq, "from": q.from, "text": q.text,
                     })),
+                    "mentions": mentions,
                 })
                 .to_string();
                 // `{"seq":N,"epoch":E` comes from the script: the rest of the object.
@@ -1869,6 +2027,8 @@ impl Inner {
                         .key(self.key(name, "ids"))
                         .key(self.key(name, "ids-old"))
                         .key(self.key(name, "state"))
+                        .key(self.key(name, "live"))
+                        .key(self.reads_key(record.sender.as_deref().unwrap_or("")))
                         .arg(now_ms())
                         .arg(record.time)
                         .arg(&*record.from)
@@ -1887,7 +2047,14 @@ impl Inner {
                         .arg(record.target)
                         .arg(reply.map_or(String::new(), |q| q.seq.to_string()))
                         .arg(reply.map_or("", |q| q.from.as_str()))
-                        .arg(reply.map_or("", |q| q.text.as_str())),
+                        .arg(reply.map_or("", |q| q.text.as_str()))
+                        .arg(&**name)
+                        .arg(if mentions.is_empty() {
+                            String::new()
+                        } else {
+                            serde_json::to_string(&mentions).expect("strings serialize")
+                        })
+                        .arg(self.key(name, "mn:")),
                 );
             }
             Command::Join { room, members, .. } => {

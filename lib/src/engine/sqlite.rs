@@ -37,7 +37,8 @@ use tokio::sync::oneshot;
 use super::{
     Appended, Ban, Broker, Busy, Decision, Dedupe, EngineFuture, Epochs, HistoryPage, InFlight,
     Loaded, Missed, Numbered, Options, Position, Quote, Reacted, ReactionCount, ReactionLimits,
-    Reactor, ReactorsPage, Record, RecordKind, RoomEvent, RoomSink, StorageError, StoredMessage,
+    Reactor, ReactorsPage, ReadState, Record, RecordKind, RoomEvent, RoomSink, StorageError,
+    StoredMessage,
 };
 use crate::auth::random_bytes;
 use crate::metrics::EngineStats;
@@ -91,7 +92,7 @@ const SCHEMA: &str = "
 
 /// What each version after 1 changed, in order: a file of version `v` gets the ones after
 /// it, in the transaction that opens it.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     // 2: public sender ids are keyed (see `crate::hub::sender`): the engine's key, and each
     // message's dedupe id beside its public id. Messages of version 1 have none: their
     // public id was their dedupe id.
@@ -138,6 +139,23 @@ const MIGRATIONS: [&str; 4] = [
      ) WITHOUT ROWID;
      CREATE INDEX reactions_in_order ON reactions (room, seq, at);
      CREATE INDEX reactions_by_member ON reactions (room, who, seq);",
+    // 6: read state. Each reader's (a public sender id's) mark per room; whom each message
+    // mentions (JSON `["id",…]`, NULL for none) beside its text, and one row per mention,
+    // by room and reader, for the counts. A deleted message's mention rows stay: counts
+    // join the message and skip deleted ones.
+    "ALTER TABLE messages ADD COLUMN mentions TEXT;
+     CREATE TABLE reads (
+         reader TEXT NOT NULL,
+         room   TEXT NOT NULL,
+         seq    INTEGER NOT NULL,
+         PRIMARY KEY (reader, room)
+     ) WITHOUT ROWID;
+     CREATE TABLE mentions (
+         room   TEXT NOT NULL,
+         reader TEXT NOT NULL,
+         seq    INTEGER NOT NULL,
+         PRIMARY KEY (room, reader, seq)
+     ) WITHOUT ROWID;",
 ];
 
 /// The name of the engine's key for public sender ids in table `secrets`.
@@ -229,6 +247,13 @@ enum Job {
         user: Box<str>,
         until: Option<u64>,
         done: oneshot::Sender<Result<(), StorageError>>,
+    },
+    /// A reader's mark raised (`to`), or made at the room's head if it has none (None).
+    Read {
+        room: Box<str>,
+        reader: Box<str>,
+        to: Option<u64>,
+        done: oneshot::Sender<Result<(ReadState, bool), StorageError>>,
     },
     Flush(oneshot::Sender<()>),
 }
@@ -568,6 +593,52 @@ impl Broker for Sqlite {
         })
     }
 
+    fn mark_read(
+        &self,
+        room: &str,
+        reader: &str,
+        to: Option<u64>,
+    ) -> EngineFuture<'_, (ReadState, bool)> {
+        let shared = self.shared.clone();
+        let (room, reader) = (Box::<str>::from(room), Box::<str>::from(reader));
+        Box::pin(async move {
+            // A join reads a mark it has without writing; raising one, or making the
+            // first, is the writer's, in order with the reader's own messages.
+            if to.is_none() {
+                let (r, w) = (room.clone(), reader.clone());
+                let known = shared.read(move |conn| read_state(conn, &r, &w)).await?;
+                if let Some(state) = known {
+                    return Ok((state, false));
+                }
+            }
+            let (done, result) = oneshot::channel();
+            shared.send(Job::Read {
+                room,
+                reader,
+                to,
+                done,
+            });
+            answer(&shared, result).await
+        })
+    }
+
+    fn unread(&self, reader: &str) -> EngineFuture<'_, Vec<(String, ReadState)>> {
+        let reader = reader.to_owned();
+        self.shared.read(move |conn| {
+            let rooms: Vec<String> = conn
+                .prepare_cached("SELECT room FROM reads WHERE reader = ?1")?
+                .query_map([&reader], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut states = Vec::with_capacity(rooms.len());
+            for room in rooms {
+                if let Some(state) = read_state(conn, &room, &reader)? {
+                    states.push((room, state));
+                }
+            }
+            Ok(states)
+        })
+    }
+
     fn bans(&self) -> EngineFuture<'_, Vec<Ban>> {
         self.shared.read(|conn| {
             conn.prepare("SELECT room, user, until FROM bans WHERE until > ?1")?
@@ -675,7 +746,72 @@ fn load(conn: &Connection, room: &str, tail: usize, dedupe: usize) -> rusqlite::
 }
 
 /// The columns [`message`] reads.
-const COLUMNS: &str = "seq, time, name, sender, text, edited, deleted, reply_seq, reply_from, reply_text, reply_deleted, reactions";
+const COLUMNS: &str = "seq, time, name, sender, text, edited, deleted, reply_seq, reply_from, reply_text, reply_deleted, reactions, mentions";
+
+/// `reader`'s read state in `room`, if it has a mark: the messages after it that are not
+/// deleted, and those of them that mention it, up to the room's head.
+fn read_state(conn: &Connection, room: &str, reader: &str) -> rusqlite::Result<Option<ReadState>> {
+    let mark: Option<i64> = conn
+        .prepare_cached("SELECT seq FROM reads WHERE reader = ?1 AND room = ?2")?
+        .query_row(params![reader, room], |row| row.get(0))
+        .optional()?;
+    let Some(mark) = mark else {
+        return Ok(None);
+    };
+    let head: i64 = conn
+        .prepare_cached("SELECT coalesce((SELECT seq FROM rooms WHERE name = ?1), 0)")?
+        .query_row([room], |row| row.get(0))?;
+    let unread: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM messages
+             WHERE room = ?1 AND seq > ?2 AND seq <= ?3 AND deleted = 0",
+        )?
+        .query_row(params![room, mark, head], |row| row.get(0))?;
+    let mentions: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM mentions n JOIN messages m ON m.room = n.room AND m.seq = n.seq
+             WHERE n.room = ?1 AND n.reader = ?2 AND n.seq > ?3 AND n.seq <= ?4
+               AND m.deleted = 0",
+        )?
+        .query_row(params![room, reader, mark, head], |row| row.get(0))?;
+    Ok(Some(ReadState::new(
+        mark.max(0) as u64,
+        unread.max(0) as u64,
+        mentions.max(0) as u64,
+        head.max(0) as u64,
+    )))
+}
+
+/// Raises `reader`'s mark in `room` to `to` (the head at most), or makes it at the head if
+/// it has none (`to` None): its read state after, and whether the mark moved.
+fn mark(
+    tx: &rusqlite::Transaction<'_>,
+    room: &str,
+    reader: &str,
+    to: Option<u64>,
+) -> rusqlite::Result<(ReadState, bool)> {
+    let head: i64 = tx
+        .prepare_cached("SELECT coalesce((SELECT seq FROM rooms WHERE name = ?1), 0)")?
+        .query_row([room], |row| row.get(0))?;
+    let moved = match to {
+        None => tx
+            .prepare_cached("INSERT OR IGNORE INTO reads (reader, room, seq) VALUES (?1, ?2, ?3)")?
+            .execute(params![reader, room, head])?,
+        Some(to) => tx
+            .prepare_cached(
+                "INSERT INTO reads (reader, room, seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (reader, room) DO UPDATE SET seq = excluded.seq
+                 WHERE excluded.seq > reads.seq",
+            )?
+            .execute(params![
+                reader,
+                room,
+                (to.min(i64::MAX as u64) as i64).min(head)
+            ])?,
+    };
+    let state = read_state(tx, room, reader)?.unwrap_or_default();
+    Ok((state, moved > 0))
+}
 
 /// The newest `limit` messages of `room` below `before` (deleted ones left out), newest
 /// first.
@@ -727,6 +863,10 @@ fn message_at(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<StoredMess
         message.reply = Some(if deleted { quote.of_deleted() } else { quote });
     }
     message.reactions = counts(row.get(at + 11)?);
+    message.mentions = row
+        .get::<_, Option<String>>(at + 12)?
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .unwrap_or_default();
     Ok(message)
 }
 
@@ -896,6 +1036,16 @@ struct Writer {
     orphaned: bool,
 }
 
+/// What a job came to in the transaction, beyond being written.
+#[derive(Clone)]
+enum Outcome {
+    None,
+    /// A reaction: what it did.
+    Reacted(Reacted),
+    /// A read mark: the reader's state after it, and whether it moved.
+    Read((ReadState, bool)),
+}
+
 /// One room's messages in one transaction: the first and last sequence numbers.
 struct Progress {
     room: Arc<Held>,
@@ -982,8 +1132,8 @@ impl Writer {
         let started = Instant::now();
         let written = self.write(batch, &progress);
         self.stats.wrote(started.elapsed(), written.is_ok());
-        let (written, mut reacted) = match written {
-            Ok(reacted) => (Ok(()), reacted),
+        let (written, mut outcomes) = match written {
+            Ok(outcomes) => (Ok(()), outcomes),
             Err(e) => (Err(e), Vec::new()),
         };
         shared.failing.store(written.is_err(), Ordering::Relaxed);
@@ -993,7 +1143,7 @@ impl Writer {
             .count();
         match written {
             Ok(()) => {
-                for (job, reacted) in batch.drain(..).zip(reacted.drain(..)) {
+                for (job, outcome) in batch.drain(..).zip(outcomes.drain(..)) {
                     match job {
                         Job::Message {
                             room,
@@ -1013,10 +1163,19 @@ impl Writer {
                                     as u64;
                             let _ = done.send(Ok(Appended::Stored(position)));
                             let mut numbered = Numbered::new(seq, 0, record);
-                            numbered.reacted = reacted;
+                            if let Outcome::Reacted(reacted) = outcome {
+                                numbered.reacted = Some(reacted);
+                            }
                             room.outgoing.lock().unwrap().push_back(numbered);
                         }
                         Job::Ban { done, .. } => drop(done.send(Ok(()))),
+                        Job::Read { done, .. } => {
+                            let read = match outcome {
+                                Outcome::Read(read) => read,
+                                _ => (ReadState::default(), false),
+                            };
+                            let _ = done.send(Ok(read));
+                        }
                         Job::Flush(done) => drop(done.send(())),
                     }
                 }
@@ -1036,6 +1195,7 @@ impl Writer {
                     match job {
                         Job::Message { done, .. } => drop(done.send(Err(error.clone()))),
                         Job::Ban { done, .. } => drop(done.send(Err(error.clone()))),
+                        Job::Read { done, .. } => drop(done.send(Err(error.clone()))),
                         Job::Flush(done) => drop(done.send(())),
                     }
                 }
@@ -1047,18 +1207,23 @@ impl Writer {
     /// The transaction itself: messages inserted, changes applied to their messages (an
     /// edit of a deleted message changes nothing), bans, each room's head. What each
     /// reaction came to, by job.
-    fn write(
-        &mut self,
-        batch: &[Job],
-        progress: &[Progress],
-    ) -> rusqlite::Result<Vec<Option<Reacted>>> {
+    fn write(&mut self, batch: &[Job], progress: &[Progress]) -> rusqlite::Result<Vec<Outcome>> {
         let tx = self.conn.transaction()?;
-        let mut reacted = vec![None; batch.len()];
+        let mut outcomes = vec![Outcome::None; batch.len()];
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO messages (room, seq, time, name, sender, dedupe_id, client_id, text,
-                                       reply_seq, reply_from, reply_text)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                       reply_seq, reply_from, reply_text, mentions)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?;
+            let mut mention = tx.prepare_cached(
+                "INSERT OR IGNORE INTO mentions (room, reader, seq) VALUES (?1, ?2, ?3)",
+            )?;
+            // A member's own message is read: its mark moves past it.
+            let mut own = tx.prepare_cached(
+                "INSERT INTO reads (reader, room, seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (reader, room) DO UPDATE SET seq = excluded.seq
+                 WHERE excluded.seq > reads.seq",
             )?;
             for (at, job) in batch.iter().enumerate() {
                 match job {
@@ -1066,7 +1231,8 @@ impl Writer {
                         room, seq, record, ..
                     } if record.kind.is_reaction() => {
                         let limits = self.reactions;
-                        reacted[at] = Some(react(&tx, &room.name, *seq, record, limits)?);
+                        let reacted = react(&tx, &room.name, *seq, record, limits)?;
+                        outcomes[at] = Outcome::Reacted(reacted);
                     }
                     Job::Message {
                         room, seq, record, ..
@@ -1105,6 +1271,10 @@ impl Writer {
                     } => {
                         let (dedupe_id, client_id) = record.dedupe_parts().unzip();
                         let reply = record.reply.as_deref();
+                        let mentions = (!record.mentions.is_empty()).then(|| {
+                            let ids: Vec<&str> = record.mentions.iter().map(|m| &**m).collect();
+                            serde_json::to_string(&ids).expect("strings serialize")
+                        });
                         insert.execute(params![
                             &*room.name,
                             *seq as i64,
@@ -1117,7 +1287,14 @@ impl Writer {
                             reply.map(|q| q.seq as i64),
                             reply.map(|q| q.from.as_str()),
                             reply.map(|q| q.text.as_str()),
+                            mentions,
                         ])?;
+                        for reader in &record.mentions {
+                            mention.execute(params![&*room.name, &**reader, *seq as i64])?;
+                        }
+                        if let Some(sender) = &record.sender {
+                            own.execute(params![&**sender, &*room.name, *seq as i64])?;
+                        }
                     }
                     Job::Ban {
                         room,
@@ -1143,7 +1320,7 @@ impl Writer {
                         tx.prepare_cached("DELETE FROM bans WHERE room = ?1 AND user = ?2")?
                             .execute(params![&**room, &**user])?;
                     }
-                    Job::Flush(_) => {}
+                    Job::Read { .. } | Job::Flush(_) => {}
                 }
             }
             let mut head = tx.prepare_cached(
@@ -1160,6 +1337,8 @@ impl Writer {
                 tx.prepare_cached("DELETE FROM messages WHERE room = ?1 AND seq <= ?2")?;
             let mut trim_reactions =
                 tx.prepare_cached("DELETE FROM reactions WHERE room = ?1 AND seq <= ?2")?;
+            let mut trim_mentions =
+                tx.prepare_cached("DELETE FROM mentions WHERE room = ?1 AND seq <= ?2")?;
             for p in progress {
                 head.execute(params![
                     &*p.room.name,
@@ -1183,11 +1362,21 @@ impl Writer {
                 if let Some(cut) = last_kept {
                     trim.execute(params![&*p.room.name, cut])?;
                     trim_reactions.execute(params![&*p.room.name, cut])?;
+                    trim_mentions.execute(params![&*p.room.name, cut])?;
                 }
             }
         }
+        // Marks last: against the heads this transaction wrote.
+        for (at, job) in batch.iter().enumerate() {
+            if let Job::Read {
+                room, reader, to, ..
+            } = job
+            {
+                outcomes[at] = Outcome::Read(mark(&tx, room, reader, *to)?);
+            }
+        }
         tx.commit()?;
-        Ok(reacted)
+        Ok(outcomes)
     }
 
     /// Deletes messages past their age and bans past their time.
@@ -1206,6 +1395,11 @@ impl Writer {
                 conn.execute(
                     "DELETE FROM reactions WHERE NOT EXISTS (SELECT 1 FROM messages m
                          WHERE m.room = reactions.room AND m.seq = reactions.seq)",
+                    [],
+                )?;
+                conn.execute(
+                    "DELETE FROM mentions WHERE NOT EXISTS (SELECT 1 FROM messages m
+                         WHERE m.room = mentions.room AND m.seq = mentions.seq)",
                     [],
                 )?;
                 self.orphaned = false;

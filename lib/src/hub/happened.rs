@@ -26,6 +26,8 @@ pub(crate) enum Happened {
     Message {
         frame: Bytes,
         user: Option<Arc<str>>,
+        /// Whom a message mentions.
+        mentions: Vec<Mentioned>,
     },
     /// A member connected here joined `room`.
     Joined {
@@ -38,6 +40,14 @@ pub(crate) enum Happened {
         room: Arc<str>,
         member: MemberSummary,
     },
+}
+
+/// A member a message mentions: its public sender id, and its user id when the room
+/// lists it (a member of the room connected to any node, signed in).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct Mentioned {
+    pub sender: String,
+    pub user: Option<String>,
 }
 
 /// Told of everything that [happens](Happened), under the room's lock.

@@ -28,6 +28,7 @@ impl Member {
             id: self.id,
             name: self.name.clone(),
             user: self.user.clone(),
+            sender: Some(self.sender.public().into()),
         }
     }
 }
@@ -38,6 +39,8 @@ pub(crate) struct MemberSummary {
     pub id: u64,
     pub name: Arc<str>,
     pub user: Option<Arc<str>>,
+    /// Its public sender id (None from an engine that lists none).
+    pub sender: Option<Arc<str>>,
 }
 
 impl MemberSummary {
@@ -45,6 +48,7 @@ impl MemberSummary {
         MemberRef {
             id: self.id,
             name: &self.name,
+            sender: self.sender.as_deref(),
         }
     }
 }
@@ -55,6 +59,7 @@ impl From<MemberInfo> for MemberSummary {
             id: m.id,
             name: m.name.into(),
             user: m.user.map(Into::into),
+            sender: m.sender.map(Into::into),
         }
     }
 }
@@ -62,6 +67,7 @@ impl From<MemberInfo> for MemberSummary {
 impl From<MemberSummary> for MemberInfo {
     fn from(m: MemberSummary) -> MemberInfo {
         MemberInfo::new(m.id, m.name.to_string(), m.user.map(|u| u.to_string()))
+            .with_sender(m.sender.map(|s| s.to_string()))
     }
 }
 

@@ -7,6 +7,8 @@
 //! - [`roster`]: a room's member list and how comings and goings are told.
 //! - [`member`], [`sender`]: who a member is, and who sends its messages.
 //! - [`moderation`]: bans, presence policies, kicks and bans across nodes.
+//! - [`readers`]: each user's connections, for the frames meant for it wherever it is (its
+//!   read state from its other tabs, the mentions of it); read marks go to the engine.
 //! - [`budget`]: the memory budget of the rooms' tails.
 //! - [`happened`]: what the events webhook hears.
 
@@ -14,6 +16,7 @@ mod budget;
 mod happened;
 mod member;
 mod moderation;
+mod readers;
 mod room;
 mod roster;
 mod sender;
@@ -29,21 +32,23 @@ use futures_util::FutureExt;
 
 #[cfg(feature = "webhooks")]
 pub(crate) use happened::Happened;
-pub(crate) use happened::Observer;
+pub(crate) use happened::{Mentioned, Observer};
 pub(crate) use member::{Member, Resume};
+pub(crate) use readers::Listing as ReaderListing;
 pub(crate) use room::{Room, message_frame};
 pub(crate) use roster::Policy;
 pub(crate) use sender::{Sender, SenderKey};
 
 use crate::engine::{
-    Broker, HistoryPage, MembersPage, NodeSink, Reacted, ReactorsPage, Record, RecordKind,
-    Retention, StorageError,
+    Broker, HistoryPage, MembersPage, NodeSink, Reacted, ReactorsPage, ReadState, Record,
+    RecordKind, Retention, StorageError,
 };
 use crate::metrics::{HubGauges, Metrics};
-use crate::protocol::{CloseCode, ErrorCode, now_ms};
+use crate::protocol::{self, CloseCode, ErrorCode, ServerFrame, now_ms};
 use budget::HistoryBudget;
 use moderation::{Control, Moderation, close_code};
-use room::{Removed, RoomLimits};
+use readers::Readers;
+use room::{Common, Removed, RoomLimits};
 
 /// Sizes of the hub's state. Every one bounds memory; every one is configuration.
 #[derive(Debug, Clone)]
@@ -135,6 +140,8 @@ struct HubInner {
     connections: AtomicUsize,
     budget: HistoryBudget,
     moderation: Moderation,
+    /// This node's connections by public sender id.
+    readers: Arc<Readers>,
     /// Told what happens in the rooms (see [`Hub::observe`]); set before the first room.
     observer: OnceLock<Observer>,
     /// Where requests other nodes forward to this one go (see [`Hub::on_forwarded`]).
@@ -222,6 +229,7 @@ impl Hub {
                     bytes: config.history_bytes,
                 },
                 config,
+                readers: Arc::new(Readers::new(engine.clone())),
                 engine,
                 rooms: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(first_id),
@@ -249,6 +257,23 @@ impl Hub {
             }
             Control::Ban { room, user, until } => {
                 self.note_ban(room.as_deref(), &user, until);
+            }
+            Control::Tell { senders, frame } => {
+                let frame = Bytes::from(frame);
+                for sender in &senders {
+                    self.inner.readers.send_here(sender, &frame);
+                }
+            }
+            Control::Read {
+                room,
+                reader,
+                seq,
+                frame,
+            } => {
+                self.inner.readers.send_here(&reader, &Bytes::from(frame));
+                if let Some(room) = self.room(&room) {
+                    room.receipt(&reader, seq);
+                }
             }
         }
     }
@@ -500,9 +525,12 @@ impl Hub {
                 max_replay: config.max_replay,
                 retention_age_ms: config.retention.age_ms,
             },
-            self.inner.budget.held.clone(),
-            self.inner.engine.clone(),
-            self.inner.metrics.clone(),
+            Common {
+                history_held: self.inner.budget.held.clone(),
+                engine: self.inner.engine.clone(),
+                metrics: self.inner.metrics.clone(),
+                readers: self.inner.readers.clone(),
+            },
             self.inner.moderation.policy(&name),
             self.inner.observer.get().cloned(),
         )
@@ -516,9 +544,12 @@ impl Hub {
         name: &str,
         from: &str,
         text: &str,
+        mentions: Box<[Arc<str>]>,
     ) -> Result<Result<u64, StorageError>, ErrorCode> {
         let room = self.room_or_create(name).await?;
-        let published = room.publish_as(Record::new(now_ms(), from, text)).await;
+        let mut record = Record::new(now_ms(), from, text);
+        record.mentions = mentions;
+        let published = room.publish_as(record).await;
         self.keep_history_budget();
         Ok(published)
     }
@@ -558,6 +589,53 @@ impl Hub {
                 Err(Removed) => continue,
             }
         }
+    }
+
+    /// Lists connection `id` under public sender id `sender` (its user's, or its resume
+    /// key's), for the frames meant for that user wherever it is, until the listing is
+    /// dropped.
+    pub(crate) fn list_reader(
+        &self,
+        sender: &str,
+        id: u64,
+        outbox: crate::queue::Outbox,
+    ) -> ReaderListing {
+        self.inner.readers.list(sender, id, outbox)
+    }
+
+    /// `reader`'s (a public sender id's) read state in room `name`, after raising its mark
+    /// to `to` — or, `to` None, as it is (made at the room's last number on a first join).
+    /// When the mark moved, the reader's connections on every node get its `read` frame,
+    /// and a small room's members a receipt. Whether it moved comes with it.
+    pub(crate) async fn mark_read(
+        &self,
+        name: &str,
+        reader: &str,
+        to: Option<u64>,
+    ) -> Result<(ReadState, bool), StorageError> {
+        let (state, moved) = self.inner.engine.mark_read(name, reader, to).await?;
+        if moved && to.is_some() {
+            let frame = read_frame(name, &state);
+            self.inner.readers.send_here(reader, &frame);
+            if let Some(room) = self.room(name) {
+                room.receipt(reader, state.seq);
+            }
+            self.tell_nodes(&Control::Read {
+                room: name.into(),
+                reader: reader.into(),
+                seq: state.seq,
+                frame: String::from_utf8_lossy(&frame).into_owned(),
+            });
+        }
+        Ok((state, moved))
+    }
+
+    /// `reader`'s read state in every room where it has a mark.
+    pub(crate) async fn unread(
+        &self,
+        reader: &str,
+    ) -> Result<Vec<(String, ReadState)>, StorageError> {
+        self.inner.engine.unread(reader).await
     }
 
     /// Whether `user` is banned from `room` (or from the whole server) right now.
@@ -698,5 +776,23 @@ impl Hub {
                 self.inner.engine.page(name, before, limit).await
             }
         }
+    }
+}
+
+/// A reader's read state in `room` as its `read` frame.
+pub(crate) fn read_frame(room: &str, state: &ReadState) -> Bytes {
+    protocol::encode(&ServerFrame::Read {
+        room,
+        state: read_ref(state),
+    })
+}
+
+/// A read state as frames carry it.
+pub(crate) fn read_ref(state: &ReadState) -> protocol::ReadRef {
+    protocol::ReadRef {
+        seq: state.seq,
+        unread: state.unread,
+        mentions: state.mentions,
+        head: state.head,
     }
 }

@@ -11,7 +11,8 @@ use super::roster::Policy;
 use crate::engine::Ban;
 use crate::protocol::{CloseCode, now_ms};
 
-/// A kick or a ban, sent to every other node through the engine.
+/// What one node tells every other through the engine: kicks and bans, and the frames
+/// meant for one user's connections wherever they are (see [`super::readers`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub(crate) enum Control {
@@ -32,6 +33,17 @@ pub(crate) enum Control {
         room: Option<String>,
         user: String,
         until: Option<u64>,
+    },
+    /// `frame` (a server frame, `\n` included) for the connections of each of `senders`
+    /// (public sender ids).
+    Tell { senders: Vec<String>, frame: String },
+    /// `reader` (a public sender id) moved its mark in `room` to `seq`: its connections
+    /// get `frame` (its `read` state), and a small room's members a receipt.
+    Read {
+        room: String,
+        reader: String,
+        seq: u64,
+        frame: String,
     },
 }
 

@@ -20,6 +20,11 @@
 //! once in a small room, and in a big one at most once per message per presence interval
 //! (the latest counts), so that thousands reacting cost each member a few frames. The
 //! reacting member's own reactions come in its `ack`, its `joined` and its history pages.
+//!
+//! A message that mentions members is told to each of their connections (a `mention`,
+//! whatever rooms they are in) by the node that appended it, once it is delivered. A small
+//! room gathers its members' read marks into one `receipts` frame per presence interval; a
+//! big one sends none.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -30,8 +35,9 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::happened::{Happened, Observer};
+use super::happened::{Happened, Mentioned, Observer};
 use super::member::{Member, MemberSummary, Resume};
+use super::readers::Readers;
 use super::roster::{Listed, Policy, Roster, Told};
 use crate::engine::{
     Appended, Broker, Busy, EngineFuture, HistoryPage, Loaded, MemberInfo, Missed, Numbered, Quote,
@@ -40,8 +46,8 @@ use crate::engine::{
 };
 use crate::metrics::Metrics;
 use crate::protocol::{
-    self, CloseCode, CountRef, ErrorCode, MemberRef, Mine, PresenceEvent, QuoteRef, ServerFrame,
-    You, now_ms,
+    self, CloseCode, CountRef, ErrorCode, MemberRef, Mine, PresenceEvent, QuoteRef, ReaderRef,
+    ServerFrame, You, now_ms,
 };
 use crate::queue::{Outbox, Shared};
 
@@ -73,6 +79,8 @@ pub(crate) struct Room {
     /// This node's number: a record it appended comes back naming it.
     node: u64,
     metrics: Arc<Metrics>,
+    /// Where the mentions of a message appended here go.
+    readers: Arc<Readers>,
     /// Wakes the joins that wait for the engine to have taken the room up.
     loaded: Notify,
     /// Appends whose outcome is still to come, for the room's task that awaits them (see
@@ -132,6 +140,9 @@ struct RoomState {
     /// In a big room, the messages whose reactions changed since the last presence
     /// interval, with their counts now: sent on the next tick, one `update` each.
     reactions_due: Vec<(u64, Vec<ReactionCount>)>,
+    /// In a small room, the members whose read marks moved since the last presence
+    /// interval (public sender id, name, mark): sent on the next tick, in one `receipts`.
+    receipts_due: Vec<(Arc<str>, Arc<str>, u64)>,
     last_active: Instant,
     /// Set when the hub dropped this room; a join that raced with it looks again.
     removed: bool,
@@ -198,6 +209,13 @@ enum Origin {
     Host(Option<oneshot::Sender<(u64, Option<Reacted>)>>),
 }
 
+/// What a joining member's `joined` tells it of its own: its reactions on the replayed
+/// messages, and its read state.
+struct Yours {
+    mine: Mine,
+    read: Option<protocol::ReadRef>,
+}
+
 /// The room was dropped while a join waited: join it again, as the hub has it now.
 pub(crate) struct Removed;
 
@@ -228,16 +246,30 @@ impl Retry {
     }
 }
 
+/// What every room of a hub shares.
+pub(crate) struct Common {
+    /// The hub's count of history bytes.
+    pub history_held: Arc<AtomicUsize>,
+    pub engine: Arc<dyn Broker>,
+    pub metrics: Arc<Metrics>,
+    /// Where mentions go.
+    pub readers: Arc<Readers>,
+}
+
 impl Room {
     pub(crate) fn new(
         name: Arc<str>,
         limits: RoomLimits,
-        history_held: Arc<AtomicUsize>,
-        engine: Arc<dyn Broker>,
-        metrics: Arc<Metrics>,
+        common: Common,
         policy: Policy,
         observer: Option<Observer>,
     ) -> Room {
+        let Common {
+            history_held,
+            engine,
+            metrics,
+            readers,
+        } = common;
         Room {
             name,
             limits,
@@ -245,6 +277,7 @@ impl Room {
             node: engine.node(),
             engine,
             metrics,
+            readers,
             loaded: Notify::new(),
             followers: Mutex::new(None),
             submitted: Mutex::new(Submitted::default()),
@@ -261,6 +294,7 @@ impl Room {
                 joining: Vec::new(),
                 typing: Vec::new(),
                 reactions_due: Vec::new(),
+                receipts_due: Vec::new(),
                 last_active: Instant::now(),
                 removed: false,
                 observer,
@@ -354,9 +388,11 @@ impl Room {
         text: &str,
         id: Option<&str>,
         reply: Option<Quote>,
+        mentions: Box<[Arc<str>]>,
     ) -> Result<(), Box<Retry>> {
         let mut record = Record::new(now_ms(), sender.name.clone(), text);
         record.reply = reply.map(Box::new);
+        record.mentions = mentions;
         self.submit(sender, record, id)
     }
 
@@ -544,6 +580,16 @@ impl Room {
     /// Records older than the tail are read from the engine with the room's lock released;
     /// what is delivered meanwhile is kept for the member, behind them.
     pub(crate) async fn join(&self, member: Member, resume: Resume) -> Result<(), Removed> {
+        // Its user's read state (a first join makes its mark at the newest message): read
+        // before, counted up to the head it names; what comes after is the client's to add.
+        let reader = member.sender.public();
+        let read = match self.engine.mark_read(&self.name, reader, None).await {
+            Ok((state, _)) => Some(super::read_ref(&state)),
+            Err(e) => {
+                tracing::error!(room = %self.name, error = %e, "could not read a read mark");
+                None
+            }
+        };
         // The member's own reactions on the tail's messages (read before: a reaction it
         // makes meanwhile comes in its ack).
         let mine = match self.reacted.load(Ordering::Relaxed) {
@@ -559,6 +605,7 @@ impl Room {
             }
             false => Mine::new(),
         };
+        let yours = Yours { mine, read };
         let (plan, snapshot) = {
             let mut state = self.state.lock().unwrap();
             if state.removed {
@@ -568,7 +615,7 @@ impl Room {
             let updated_below = if plan.updates { plan.from } else { 0 };
             if plan.read.is_none() {
                 let (frames, _) = state.tail_from(plan.from, updated_below);
-                state.admit(&self.name, &self.engine, member, plan.gap, frames, &mine);
+                state.admit(&self.name, &self.engine, member, plan.gap, frames, &yours);
                 return Ok(());
             }
             state.joining.push(Joining {
@@ -627,7 +674,7 @@ impl Room {
             member,
             plan.gap || older_gap,
             frames,
-            &mine,
+            &yours,
         );
         Ok(())
     }
@@ -819,9 +866,41 @@ impl Room {
         let mut state = self.state.lock().unwrap();
         state.send_update(&self.name, &self.engine);
         self.send_reactions(&mut state);
+        state.send_receipts(&self.name, &self.engine);
         for (id, name) in std::mem::take(&mut state.typing) {
             state.relay_typing(&self.name, id, &name);
         }
+    }
+
+    /// Who `mentions` (public sender ids) are, as far as the room lists them.
+    pub(crate) fn mentioned(&self, mentions: &[Arc<str>]) -> Vec<Mentioned> {
+        if mentions.is_empty() {
+            return Vec::new();
+        }
+        self.state.lock().unwrap().mentioned(mentions)
+    }
+
+    /// `reader` (a public sender id) read up to `seq`: in a small room of which it is a
+    /// member, the members are told at the next tick; a big room tells no one.
+    pub(crate) fn receipt(&self, reader: &str, seq: u64) {
+        let mut state = self.state.lock().unwrap();
+        if state.roster.is_big() {
+            return;
+        }
+        if let Some(due) = state.receipts_due.iter_mut().find(|(r, ..)| &**r == reader) {
+            due.2 = due.2.max(seq);
+            return;
+        }
+        let (members, _) = state.roster.page(None, usize::MAX);
+        let Some(name) = members
+            .iter()
+            .find(|m| m.sender == Some(reader))
+            .map(|m| m.name.clone())
+        else {
+            return;
+        };
+        drop(members);
+        state.receipts_due.push((reader.into(), name, seq));
     }
 
     /// Sets the room's presence policy.
@@ -960,12 +1039,16 @@ impl Room {
     fn add_elsewhere(&self, state: &mut RoomState, members: Vec<MemberInfo>) {
         for member in members {
             let member = MemberSummary::from(member);
-            let (id, name) = (member.id, member.name.clone());
+            let (id, name, sender) = (member.id, member.name.clone(), member.sender.clone());
             if let Some(Told::Now) = state.roster.add_elsewhere(member) {
                 let presence = protocol::encode(&ServerFrame::Presence {
                     room: &self.name,
                     event: PresenceEvent::Join,
-                    member: MemberRef { id, name: &name },
+                    member: MemberRef {
+                        id,
+                        name: &name,
+                        sender: sender.as_deref(),
+                    },
                     count: state.roster.len(),
                 });
                 state.broadcast(&self.name, &self.engine, &presence, None);
@@ -1060,7 +1143,23 @@ impl Room {
                     Origin::Host(_) => None,
                 };
                 let frame = delivery.frame.clone();
-                observer.tell(Happened::Message { frame, user });
+                let mentions = state.mentioned(&delivery.mentions);
+                observer.tell(Happened::Message {
+                    frame,
+                    user,
+                    mentions,
+                });
+            }
+            // Told by the node where it was appended, to every node.
+            if delivery.origin.is_some() && !delivery.mentions.is_empty() {
+                let frame = protocol::encode(&ServerFrame::Mention {
+                    room: &self.name,
+                    seq: delivery.seq,
+                    from: &delivery.from,
+                    sender: delivery.sender_id.as_deref(),
+                    text: quoted(&delivery.text),
+                });
+                self.readers.tell(&delivery.mentions, frame);
             }
             if delivery.kind != RecordKind::Message {
                 self.apply_change(state, delivery);
@@ -1286,8 +1385,13 @@ struct Delivery {
     /// A message, or which change, to which message.
     kind: RecordKind,
     target: u64,
-    /// An edit's new text.
+    /// A message's text, an edit's new text.
     text: Arc<str>,
+    /// Who appended it, by name and public sender id.
+    from: Arc<str>,
+    sender_id: Option<Arc<str>>,
+    /// The public sender ids a message mentions.
+    mentions: Box<[Arc<str>]>,
     /// The message a message answers (0: none).
     reply_to: u64,
     /// The frame every member gets: a message's `message` (history's too), a change's
@@ -1314,6 +1418,7 @@ impl Delivery {
             reacted,
             ..
         } = numbered;
+        let mentions: Vec<&str> = record.mentions.iter().map(|m| &**m).collect();
         let message = |id| {
             protocol::encode(&ServerFrame::Message {
                 room,
@@ -1325,6 +1430,7 @@ impl Delivery {
                 time: record.time,
                 edited: None,
                 reactions: &[],
+                mentions: &mentions,
                 id,
             })
         };
@@ -1390,6 +1496,9 @@ impl Delivery {
             target: record.target,
             reply_to: record.reply.as_ref().map_or(0, |q| q.seq),
             text: record.text,
+            from: record.from,
+            sender_id: record.sender,
+            mentions: record.mentions,
             quiet: big && counts.is_some(),
             frame,
             counts,
@@ -1542,7 +1651,7 @@ impl RoomState {
         member: Member,
         gap: bool,
         replay: Vec<Bytes>,
-        mine: &Mine,
+        yours: &Yours,
     ) {
         let (id, outbox) = (member.id, member.outbox.clone());
         let you = (member.name.clone(), member.sender.clone());
@@ -1570,7 +1679,8 @@ impl RoomState {
             count: self.roster.len(),
             gap,
             replay: replay.len(),
-            mine: (!mine.is_empty()).then_some(mine),
+            mine: (!yours.mine.is_empty()).then_some(&yours.mine),
+            read: yours.read,
         });
         drop(members);
         if outbox.push(joined) {
@@ -1582,7 +1692,11 @@ impl RoomState {
             let presence = protocol::encode(&ServerFrame::Presence {
                 room,
                 event: PresenceEvent::Join,
-                member: MemberRef { id, name: &you.0 },
+                member: MemberRef {
+                    id,
+                    name: &you.0,
+                    sender: Some(you.1.public()),
+                },
                 count: self.roster.len(),
             });
             self.broadcast(room, engine, &presence, Some(id));
@@ -1704,6 +1818,43 @@ impl RoomState {
         self.remove(room, engine, slow);
     }
 
+    /// Who `mentions` (public sender ids) are, as far as the room lists them.
+    fn mentioned(&self, mentions: &[Arc<str>]) -> Vec<Mentioned> {
+        mentions
+            .iter()
+            .map(|sender| Mentioned {
+                sender: sender.to_string(),
+                user: self.roster.user_of(sender).flatten().map(|u| u.to_string()),
+            })
+            .collect()
+    }
+
+    /// A small room's due receipts: who read up to where since the last ones, to every
+    /// member.
+    fn send_receipts(&mut self, room: &str, engine: &Arc<dyn Broker>) {
+        if self.receipts_due.is_empty() {
+            return;
+        }
+        let due = std::mem::take(&mut self.receipts_due);
+        if self.roster.is_big() {
+            return;
+        }
+        let readers: Vec<ReaderRef<'_>> = due
+            .iter()
+            .map(|(sender, name, seq)| ReaderRef {
+                sender,
+                name,
+                seq: *seq,
+            })
+            .collect();
+        let frame = protocol::encode(&ServerFrame::Receipts {
+            room,
+            readers: &readers,
+        });
+        let slow = self.push_all(&frame, None);
+        self.remove(room, engine, slow);
+    }
+
     /// A big room's update, when one is due: who joined and left since the last one (or
     /// only the count), to every member.
     fn send_update(&mut self, room: &str, engine: &Arc<dyn Broker>) {
@@ -1712,7 +1863,11 @@ impl RoomState {
         };
         fn refs(list: &[(u64, Arc<str>)]) -> Vec<MemberRef<'_>> {
             list.iter()
-                .map(|(id, name)| MemberRef { id: *id, name })
+                .map(|(id, name)| MemberRef {
+                    id: *id,
+                    name,
+                    sender: None,
+                })
                 .collect()
         }
         let (joined, left) = (refs(&changes.joined), refs(&changes.left));
@@ -1731,6 +1886,7 @@ impl RoomState {
 
 /// A stored message as a `message` frame (as everyone but its sender got it).
 pub(crate) fn message_frame(room: &str, message: &StoredMessage) -> Bytes {
+    let mentions: Vec<&str> = message.mentions.iter().map(String::as_str).collect();
     protocol::encode(&ServerFrame::Message {
         room,
         seq: message.seq,
@@ -1741,8 +1897,17 @@ pub(crate) fn message_frame(room: &str, message: &StoredMessage) -> Bytes {
         time: message.time,
         edited: message.edited,
         reactions: &count_refs(&message.reactions),
+        mentions: &mentions,
         id: None,
     })
+}
+
+/// The start of a message's text that a `mention` carries.
+fn quoted(text: &str) -> &str {
+    match text.char_indices().nth(crate::engine::QUOTE_CHARS) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
 }
 
 /// A message's reactions as frames carry them.
@@ -1841,6 +2006,8 @@ fn decode(frame: &[u8]) -> Option<StoredMessage> {
         reply_to: Option<QuoteFrame>,
         #[serde(default)]
         reactions: Vec<ReactionCount>,
+        #[serde(default)]
+        mentions: Vec<String>,
     }
     #[derive(serde::Deserialize)]
     struct QuoteFrame {
@@ -1854,6 +2021,7 @@ fn decode(frame: &[u8]) -> Option<StoredMessage> {
     let mut message = StoredMessage::new(f.seq, f.time, f.from, f.sender, f.text);
     message.edited = f.edited;
     message.reactions = f.reactions;
+    message.mentions = f.mentions;
     message.reply = f.reply_to.map(|q| {
         let quote = Quote::new(q.seq, q.from, &q.text);
         if q.deleted { quote.of_deleted() } else { quote }

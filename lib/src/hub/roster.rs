@@ -58,6 +58,7 @@ pub(crate) struct Listed<'a> {
     pub id: u64,
     pub name: &'a Arc<str>,
     pub user: Option<&'a Arc<str>>,
+    pub sender: Option<&'a str>,
 }
 
 impl<'a> Listed<'a> {
@@ -65,6 +66,7 @@ impl<'a> Listed<'a> {
         MemberRef {
             id: self.id,
             name: self.name,
+            sender: self.sender,
         }
     }
 
@@ -73,6 +75,7 @@ impl<'a> Listed<'a> {
             id: self.id,
             name: self.name.clone(),
             user: self.user.cloned(),
+            sender: self.sender.map(Into::into),
         }
     }
 }
@@ -135,6 +138,20 @@ impl Roster {
     /// The members connected here.
     pub(crate) fn iter(&self) -> std::slice::Iter<'_, Member> {
         self.members.iter()
+    }
+
+    /// The user id of the member with public sender id `sender` (None: anonymous), if the
+    /// room lists one, here or on another node.
+    pub(crate) fn user_of(&self, sender: &str) -> Option<Option<&Arc<str>>> {
+        let here = self.members.iter().find(|m| m.sender.public() == sender);
+        match here {
+            Some(member) => Some(member.user.as_ref()),
+            None => self
+                .elsewhere
+                .iter()
+                .find(|m| m.sender.as_deref() == Some(sender))
+                .map(|m| m.user.as_ref()),
+        }
     }
 
     /// Adds a member connected here; says how to tell the others.
@@ -267,6 +284,7 @@ impl Roster {
                         id: m.id,
                         name: &m.name,
                         user: m.user.as_ref(),
+                        sender: Some(m.sender.public()),
                     }
                 }
                 Slot::Elsewhere(at) => {
@@ -275,6 +293,7 @@ impl Roster {
                         id: m.id,
                         name: &m.name,
                         user: m.user.as_ref(),
+                        sender: m.sender.as_deref(),
                     }
                 }
             })

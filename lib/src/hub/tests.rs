@@ -36,7 +36,7 @@ fn queue(frames: usize) -> (Outbox, Inbox, crate::queue::Closing) {
 
 /// A member's message: the memory engine is never busy.
 fn say(room: &Arc<Room>, member: &Member, text: &str, id: Option<&str>) {
-    assert!(room.publish(member, text, id, None).is_ok());
+    assert!(room.publish(member, text, id, None, Box::default()).is_ok());
 }
 
 /// An anonymous member whose resume key is derived from its name (unique per test).

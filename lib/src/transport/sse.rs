@@ -398,6 +398,7 @@ mod tests {
             edited: None,
             id: None,
             reactions: &[],
+            mentions: &[],
         });
         let frame = frame.strip_suffix(b"\n").unwrap();
         assert_eq!(record_position(frame), Some(("lobby.1:a@b", 42)));

@@ -386,6 +386,7 @@ mod tests {
                     edited: None,
                     id: id.as_deref(),
                     reactions: &[],
+                    mentions: &[],
                 });
                 Outbound::new(frame, Kind::Frame)
             });
