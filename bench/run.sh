@@ -11,6 +11,7 @@
 #   bench/run.sh posted          # Server-Sent Events and long polling beside WebSocket
 #   bench/run.sh resume          # resumes that read the engine beside a quiet room
 #   bench/run.sh reactions       # 10,000 members react to one message while one sends
+#   bench/run.sh reads           # 10,000 members mark the room read while one sends
 #   RUNS=5 bench/run.sh wt-idle  # more runs
 #   bench/run.sh --list          # the scenarios and what they run
 #
@@ -105,6 +106,19 @@ EXTRA=(
   # The same reactions beside 1 msg/s: the server is far from its limit, so its CPU per
   # reaction (net of the baseline's) is the reactions' own, and the p99 rise theirs too.
   "ws-reactions-10k-quiet|memory --history 500|reactions --transport ws --subscribers 10000 --rate 1 --spread 10"
+  # Read marks in a big room (issue 26): the 10,000 members each mark the room read up to
+  # the newest message they have, spread evenly over 10 s (1,000 marks/s), while one of
+  # them sends 10 msgs/s (ws-10k-fanout's load). Every mark answered at or past what it
+  # marked, to the marking member alone: a big room sends the others nothing (no
+  # `receipts`, no `read` they did not ask for; the summary checks both), and the
+  # messages' p99 during the marks under 100 ms. A mark names the newest message, so the
+  # memory engine's default tail of 100 does (no --history).
+  "ws-reads-10k|memory|reads --transport ws --subscribers 10000 --rate 10 --spread 10 --budget latency_us.p99=100000"
+  # The same marks beside 1 msg/s: the server far from its limit, so its CPU per mark (net
+  # of the baseline's) is the marks' own.
+  "ws-reads-10k-quiet|memory|reads --transport ws --subscribers 10000 --rate 1 --spread 10"
+  # ws-reads-10k on SQLite: each mark is a write (the messages' commits beside them).
+  "ws-reads-10k-sqlite|sqlite|reads --transport ws --subscribers 10000 --rate 10 --spread 10 --budget latency_us.p99=100000"
   # Redis (the `redis` set): REDIS_NODES (2) servers share one room through a redis-server
   # of the run's own; clients and publishers are spread evenly over them (500 + 500
   # members, 5 + 5 publishers). Each is its memory twin's load; server figures are summed
@@ -159,6 +173,7 @@ SETS=(
   "bigrooms|ws-join-empty-10k ws-join-10k wt-bare-2k wt-join-2k ws-10k-fanout"
   "redis|ws-fanout ws-fanout-redis ws-throughput ws-throughput-redis ws-latency ws-latency-redis"
   "reactions|ws-10k-fanout ws-reactions-10k ws-reactions-10k-quiet"
+  "reads|ws-10k-fanout ws-reads-10k ws-reads-10k-quiet ws-reads-10k-sqlite"
   "resume|ws-latency-quiet-sqlite ws-latency-resume-sqlite ws-latency-quiet-redis ws-latency-resume-redis"
   "posted|ws-fanout sse-fanout poll-fanout ws-fanout-1k sse-fanout-1k poll-fanout-1k sse-fanout-1k-wsp poll-fanout-1k-wsp ws-latency sse-latency poll-latency ws-idle sse-idle poll-idle"
 )

@@ -17,6 +17,11 @@ pub enum Kind {
     Presence,
     /// A change to a message: an edit, a deletion, its reactions.
     Update,
+    /// A member's read state (issue 26): after each join, in answer to a `read`, and when
+    /// another of the user's connections moves its mark.
+    Read,
+    /// Who read up to where, in a small room (at most one per presence interval).
+    Receipts,
     Error,
     Bye,
     Other,
@@ -27,25 +32,24 @@ pub fn kind(frame: &[u8]) -> Kind {
     let Some(rest) = frame.strip_prefix(b"{\"type\":\"") else {
         return Kind::Other;
     };
-    // Ordered by frequency on the hot path.
-    if rest.starts_with(b"message\"") {
-        Kind::Message
-    } else if rest.starts_with(b"ack\"") {
-        Kind::Ack
-    } else if rest.starts_with(b"presence\"") {
-        Kind::Presence
-    } else if rest.starts_with(b"update\"") {
-        Kind::Update
-    } else if rest.starts_with(b"joined\"") {
-        Kind::Joined
-    } else if rest.starts_with(b"error\"") {
-        Kind::Error
-    } else if rest.starts_with(b"bye\"") {
-        Kind::Bye
-    } else {
-        Kind::Other
-    }
+    KINDS
+        .iter()
+        .find(|(tag, _)| rest.starts_with(tag))
+        .map_or(Kind::Other, |&(_, kind)| kind)
 }
+
+/// The frames' tags (with the closing quote), ordered by frequency on the hot path.
+const KINDS: &[(&[u8], Kind)] = &[
+    (b"message\"", Kind::Message),
+    (b"ack\"", Kind::Ack),
+    (b"presence\"", Kind::Presence),
+    (b"update\"", Kind::Update),
+    (b"read\"", Kind::Read),
+    (b"joined\"", Kind::Joined),
+    (b"receipts\"", Kind::Receipts),
+    (b"error\"", Kind::Error),
+    (b"bye\"", Kind::Bye),
+];
 
 /// Where `needle` starts in `hay`. Frames are ~150 bytes: a first-byte scan is enough.
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -276,6 +280,12 @@ impl Tally {
         }
     }
 
+    /// The highest room number of a message received (the room's when it joined, until
+    /// one arrives).
+    pub fn newest(&self) -> u64 {
+        self.last_seq
+    }
+
     /// Ends the account: `sent[p]` is how many messages publisher `p` sent in all; every one
     /// this subscriber never got counts as lost. Returns the total lost.
     pub fn finish(&mut self, sent: &[u64]) -> u64 {
@@ -415,6 +425,25 @@ mod tests {
         let joined = br#"{"type":"joined","room":"r","epoch":17,"seq":41,"you":{"id":7,"name":"s"},"members":[],"gap":false,"replay":0}"#;
         assert_eq!(kind(joined), Kind::Joined);
         assert_eq!(u64_after(joined, SEQ_KEY), Some(41));
+        // Issue 26: members carry their public sender id, messages their sender's and
+        // whom they mention; the marker is still found.
+        let joined = br#"{"type":"joined","room":"r","epoch":17,"seq":41,"you":{"id":7,"name":"s","sender":"AAAAAAAAAAAAAAAA"},"members":[{"id":7,"name":"s","sender":"AAAAAAAAAAAAAAAA"}],"count":1,"gap":false,"replay":0}"#;
+        assert_eq!(u64_after(joined, SEQ_KEY), Some(41));
+        let mentioning = br#"{"type":"message","room":"r","seq":12,"from":"p0","sender":"B-B_BBBBBBBBBBBB","text":"t=5;p=0;n=3","time":1,"mentions":["AAAAAAAAAAAAAAAA"]}"#;
+        assert_eq!(kind(mentioning), Kind::Message);
+        assert_eq!(u64_after(mentioning, SEQ_KEY), Some(12));
+        assert_eq!(parse_marker(mentioning).map(|m| m.counter), Some(3));
+        let read = br#"{"type":"read","room":"r","seq":40,"unread":1,"mentions":0,"head":41}"#;
+        assert_eq!(kind(read), Kind::Read);
+        assert_eq!(u64_after(read, SEQ_KEY), Some(40));
+        let receipts = br#"{"type":"receipts","room":"r","readers":[{"sender":"AAAAAAAAAAAAAAAA","name":"s","seq":40}]}"#;
+        assert_eq!(kind(receipts), Kind::Receipts);
+        let mention = br#"{"type":"mention","room":"r","seq":12,"from":"p0","text":"hi"}"#;
+        assert_eq!(kind(mention), Kind::Other);
+        assert_eq!(
+            kind(br#"{"type":"reactions","room":"r","seq":3}"#),
+            Kind::Other
+        );
         let bye = br#"{"type":"bye","code":4001,"reason":"too_slow","reconnect":true}"#;
         assert_eq!(kind(bye), Kind::Bye);
         assert_eq!(u64_after(bye, b"\"code\":"), Some(4001));

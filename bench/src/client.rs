@@ -9,10 +9,8 @@
 //! read, never contended). Nothing on it allocates per message.
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -88,6 +86,8 @@ pub struct Plan {
 pub struct ClientStat {
     /// Distinct run messages received (replay excluded).
     pub received: AtomicU64,
+    /// The highest message number received (the room's when it joined, until one comes).
+    pub newest: AtomicU64,
     /// Frames of any kind received.
     pub frames: AtomicU64,
     /// `read` calls that returned data.
@@ -149,28 +149,103 @@ pub struct Run {
     pub tracks: Box<[MessageTrack]>,
     /// When each publisher sent its recent messages, to time their acknowledgements.
     pub send_times: SendTimes,
-    /// A run whose members take turns (a reactions run, `react.rs`): each sends its own
-    /// frame when its turn comes, and the run hears what they read.
+    /// A run whose members take turns (a reactions run, `react.rs`; a reads run,
+    /// `reads.rs`): each sends its own frame when its turn comes, and the run hears what
+    /// they read.
     pub turns: Option<Arc<dyn Turns>>,
 }
 
-/// What a run adds to the fan-out's members (a reactions run: `react.rs`): each member's
-/// one frame of its own, sent when its turn comes, and the acks, errors and updates the
-/// members read.
+/// What a run adds to the fan-out's members (reactions: `react.rs`, read marks:
+/// `reads.rs`): each member's one frame of its own, sent when its turn comes (on the
+/// run's [`Schedule`]), and the frames the members read that the fan-out does not count.
 pub trait Turns: Send + Sync + std::fmt::Debug {
-    /// When member `idx`'s turn comes, once the turns have started.
-    fn due(&self, idx: usize) -> Option<tokio::time::Instant>;
-    /// Waits for member `idx`'s turn: false when it has none.
-    fn wait_turn(&self, idx: usize) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
-    /// Member `idx`'s frame (JSON), sent at `now_ns` into `room`.
-    fn frame(&self, room: &str, idx: usize, now_ns: u64) -> String;
+    /// When the members' turns come.
+    fn schedule(&self) -> &Schedule;
+    /// Member `idx`'s frame (JSON), sent at `now_ns` into `room`; `newest` is the highest
+    /// message number the member has received (or the room's when it joined).
+    fn frame(&self, room: &str, idx: usize, newest: u64, now_ns: u64) -> String;
     /// An `ack` member `idx` read at `now`: true when it answers its turn's frame (then it
     /// is not a send's).
     fn on_ack(&self, idx: usize, frame: &[u8], now: u64) -> bool;
-    /// An `error` a member read.
-    fn on_error(&self, frame: &[u8]);
+    /// An `error` member `idx` read.
+    fn on_error(&self, idx: usize, frame: &[u8]);
+    /// Member `idx`'s `joined`.
+    fn on_joined(&self, idx: usize, frame: &[u8]) {
+        let _ = (idx, frame);
+    }
     /// An `update` member `idx` read at `now`.
-    fn on_update(&self, idx: usize, frame: &[u8], now: u64);
+    fn on_update(&self, idx: usize, frame: &[u8], now: u64) {
+        let _ = (idx, frame, now);
+    }
+    /// A `read` (read state) member `idx` read at `now`.
+    fn on_read(&self, idx: usize, frame: &[u8], now: u64) {
+        let _ = (idx, frame, now);
+    }
+    /// A `receipts` member `idx` read at `now`.
+    fn on_receipts(&self, idx: usize, frame: &[u8], now: u64) {
+        let _ = (idx, frame, now);
+    }
+}
+
+/// When the members of a run of turns take theirs: members 0..takers, spread evenly over
+/// `spread` from the moment the turns start.
+#[derive(Debug)]
+pub struct Schedule {
+    takers: usize,
+    spread: Duration,
+    /// When the turns start (none yet).
+    go: watch::Sender<Option<tokio::time::Instant>>,
+}
+
+impl Schedule {
+    pub fn new(takers: usize, spread: Duration) -> Schedule {
+        Schedule {
+            takers,
+            spread,
+            go: watch::channel(None).0,
+        }
+    }
+
+    /// How many members take a turn (the first ones).
+    pub fn takers(&self) -> usize {
+        self.takers
+    }
+
+    /// The turns start now.
+    pub fn start(&self) {
+        self.go.send_replace(Some(tokio::time::Instant::now()));
+    }
+
+    fn offset(&self, idx: usize) -> Duration {
+        self.spread.mul_f64(idx as f64 / self.takers.max(1) as f64)
+    }
+
+    /// When member `idx`'s turn comes, once the turns have started (never, if it takes
+    /// none).
+    pub fn due(&self, idx: usize) -> Option<tokio::time::Instant> {
+        let go = *self.go.borrow();
+        go.filter(|_| idx < self.takers)
+            .map(|at| at + self.offset(idx))
+    }
+
+    /// Waits for member `idx`'s turn; false if the turns never start or it takes none.
+    pub async fn wait_turn(&self, idx: usize) -> bool {
+        if idx >= self.takers {
+            return false;
+        }
+        let mut go = self.go.subscribe();
+        let start = loop {
+            let now = *go.borrow_and_update();
+            if let Some(at) = now {
+                break at;
+            }
+            if go.changed().await.is_err() {
+                return false;
+            }
+        };
+        tokio::time::sleep_until(start + self.offset(idx)).await;
+        true
+    }
 }
 
 impl Run {
@@ -438,7 +513,8 @@ fn spawn_publisher<W: AsyncWrite + Unpin + Send + 'static>(
         });
         (None, Some(handle))
     } else if run.turns.is_some() {
-        // A member of a run of turns (reactions): its one frame, when its turn comes.
+        // A member of a run of turns (reactions, read marks): its one frame, when its
+        // turn comes.
         let run = run.clone();
         let handle = tokio::spawn(async move {
             let mut outlet = outlet;
@@ -941,6 +1017,9 @@ impl Reader {
             Kind::Joined => {
                 let seq = account::u64_after(frame, account::SEQ_KEY).unwrap_or(0);
                 self.tally = Some(Tally::new(self.run.plan.publishers, seq));
+                if let Some(r) = &self.run.turns {
+                    r.on_joined(self.idx, frame);
+                }
                 self.mark_ready();
             }
             Kind::Error => {
@@ -950,7 +1029,7 @@ impl Reader {
                     stat.refused.fetch_add(1, Relaxed);
                 }
                 if let Some(r) = &self.run.turns {
-                    r.on_error(frame);
+                    r.on_error(self.idx, frame);
                 }
             }
             Kind::Update => {
@@ -958,10 +1037,22 @@ impl Reader {
                     r.on_update(self.idx, frame, now);
                 }
             }
+            Kind::Read => {
+                if let Some(r) = &self.run.turns {
+                    r.on_read(self.idx, frame, now);
+                }
+            }
+            Kind::Receipts => {
+                if let Some(r) = &self.run.turns {
+                    r.on_receipts(self.idx, frame, now);
+                }
+            }
             Kind::Bye => {
                 let code = account::u64_after(frame, b"\"code\":").unwrap_or(1);
                 self.on_close(code as u16);
             }
+            // Presence, and what the fan-out does not look at (`mention`, answers to
+            // requests the tool does not make).
             Kind::Presence | Kind::Other => {}
         }
     }
@@ -1025,6 +1116,7 @@ impl Reader {
         stat.reads.store(self.reads, Relaxed);
         if let Some(tally) = &self.tally {
             stat.received.store(tally.received, Relaxed);
+            stat.newest.store(tally.newest(), Relaxed);
         }
         if self.new_acks {
             self.new_acks = false;
@@ -1133,11 +1225,12 @@ async fn react_once<W: AsyncWrite + Unpin>(
     let Some(r) = &run.turns else {
         return Ok(());
     };
-    if !r.wait_turn(idx).await {
+    if !r.schedule().wait_turn(idx).await {
         return Ok(());
     }
     let mut out = Vec::with_capacity(128);
-    let json = r.frame(&run.plan.room, idx, run.now_ns());
+    let newest = run.clients[idx].newest.load(Relaxed);
+    let json = r.frame(&run.plan.room, idx, newest, run.now_ns());
     frame_into(&mut out, json.as_bytes(), outlet.framing());
     outlet.send(&out).await
 }
@@ -1232,10 +1325,11 @@ async fn publish<W: AsyncWrite + Unpin>(
         // the first send at or after its turn.
         if !reacted
             && let Some(r) = &run.turns
-            && r.due(idx)
+            && r.schedule()
+                .due(idx)
                 .is_some_and(|at| at <= tokio::time::Instant::now())
         {
-            let json = r.frame(&plan.room, idx, run.now_ns());
+            let json = r.frame(&plan.room, idx, stat.newest.load(Relaxed), run.now_ns());
             frame_into(&mut out, json.as_bytes(), framing);
             reacted = true;
         }

@@ -25,6 +25,10 @@
 //!   spread over seconds, while one member keeps sending: acks and errors, the message's
 //!   updates per member and per presence interval, whether every member ends with the
 //!   acknowledged count, server CPU per reaction, and the messages' latency meanwhile.
+//! - `reads`: every member of a big room marks it read (`reads.rs`), spread over seconds,
+//!   while one member keeps sending: the answers to the marking members, the frames that
+//!   reached the others (a big room sends none), server CPU per mark, and the messages'
+//!   latency meanwhile. Both run on `turns.rs`: warm-up, baseline, then the members' turns.
 //! - `summary`: medians of the JSON lines of several runs, checked against budgets.
 //!
 //! Run the standard set with `bench/run.sh` (see `bench/README.md`), or by hand:
@@ -61,8 +65,10 @@ mod http;
 mod join;
 mod procfs;
 mod react;
+mod reads;
 mod resume;
 mod summary;
+mod turns;
 mod ws;
 mod wt;
 
@@ -91,6 +97,9 @@ enum Command {
     /// while one member sends: acks, updates per member, agreement, server CPU per reaction,
     /// message latency.
     Reactions(react::ReactArgs),
+    /// Every member of a big room marks it read, spread over seconds, while one member
+    /// sends: answers, frames to the other members, server CPU per mark, message latency.
+    Reads(reads::ReadsArgs),
     /// Medians of JSON result lines (one run per line), grouped by label, with budgets.
     Summary {
         /// Files of JSON lines as printed by `--json` (stdin if none).
@@ -280,7 +289,8 @@ fn main() -> ExitCode {
         Command::Fanout(args) => (args.common.clone(), Work::Fanout(args)),
         Command::Idle(args) => (args.common.clone(), Work::Idle(args)),
         Command::Join(args) => (args.common.clone(), Work::Join(args)),
-        Command::Reactions(args) => (args.common.clone(), Work::Reactions(args)),
+        Command::Reactions(args) => (args.turns.common.clone(), Work::Reactions(args)),
+        Command::Reads(args) => (args.turns.common.clone(), Work::Reads(args)),
     };
     if let Err(e) = budgets(&common) {
         eprintln!("wtchat-bench: {e}");
@@ -311,6 +321,9 @@ fn main() -> ExitCode {
             Work::Reactions(args) => react::reactions(args)
                 .await
                 .map(|r| emit(&common, &r, r.table())),
+            Work::Reads(args) => reads::reads(args)
+                .await
+                .map(|r| emit(&common, &r, r.table())),
         }
     });
     // Thousands of connections: do not wait for each to close politely.
@@ -329,6 +342,7 @@ enum Work {
     Idle(IdleArgs),
     Join(join::JoinArgs),
     Reactions(react::ReactArgs),
+    Reads(reads::ReadsArgs),
 }
 
 /// Prints the human table (stdout, or stderr with `--json`) and the JSON line.

@@ -207,12 +207,53 @@ const REACTIONS: &[(&str, &str, f64, &str)] = &[
         1.0,
         "µs",
     ),
+];
+
+const READS: &[(&str, &str, f64, &str)] = &[
+    ("marks_sent", "marks sent", 1.0, ""),
+    ("marks_answered", "marks answered", 1.0, ""),
+    ("answers_wrong", "  answers below the mark", 1.0, ""),
+    ("mark_errors_total", "marks refused", 1.0, ""),
+    ("mark_to_answer_us.p50", "mark to answer p50", 1e-3, "ms"),
+    ("mark_to_answer_us.p99", "mark to answer p99", 1e-3, "ms"),
+    ("frames_to_others", "frames to other members", 1.0, ""),
+    ("receipts_frames", "  receipts", 1.0, ""),
+    (
+        "unasked_read_frames",
+        "  read frames not asked for",
+        1.0,
+        "",
+    ),
+    (
+        "receipts_max_per_interval",
+        "  receipts within one interval",
+        1.0,
+        "",
+    ),
+    (
+        "members_with_read_state",
+        "members with their read state",
+        1.0,
+        "",
+    ),
+    ("members", "  of members", 1.0, ""),
+    ("server_cpu_per_mark_us", "server CPU per mark", 1.0, "µs"),
+    (
+        "server_cpu_per_mark_net_us",
+        "  net of the messages",
+        1.0,
+        "µs",
+    ),
+];
+
+/// The figures every run of turns (reactions, reads) shows after its own.
+const TURNS: &[(&str, &str, f64, &str)] = &[
     ("latency_us.p50", "message latency p50", 1e-3, "ms"),
     ("latency_us.p99", "message latency p99", 1e-3, "ms"),
     ("latency_us.max", "message latency max", 1e-3, "ms"),
     ("baseline_latency_us.p50", "  baseline p50", 1e-3, "ms"),
     ("baseline_latency_us.p99", "  baseline p99", 1e-3, "ms"),
-    ("phase_s", "reaction phase", 1.0, "s"),
+    ("phase_s", "phase of the turns", 1.0, "s"),
     ("server_cpu_pct", "server CPU in the phase", 1.0, "%"),
     ("baseline_server_cpu_pct", "  in the baseline", 1.0, "%"),
     ("tool_cpu_pct", "tool CPU", 1.0, "%"),
@@ -428,6 +469,11 @@ pub fn render(runs: &[Value]) -> (String, bool) {
                 "{} {transport} members, {} react to one message over {} s, one sends {} msgs/s",
                 first["subscribers"], first["reactors"], first["spread_s"], first["rate"]
             )
+        } else if kind == "reads" {
+            format!(
+                "{} {transport} members each mark the room read over {} s, one sends {} msgs/s",
+                first["subscribers"], first["spread_s"], first["rate"]
+            )
         } else if kind == "idle" {
             format!("{} idle {transport} connections", first["connections"])
         } else if kind == "join" {
@@ -465,13 +511,14 @@ pub fn render(runs: &[Value]) -> (String, bool) {
             "\n{label} — {describe} — median of {} run(s) [min .. max]\n",
             group.len()
         ));
-        let figures = match kind {
-            "idle" => IDLE,
-            "join" => JOIN,
-            "reactions" => REACTIONS,
-            _ => FANOUT,
+        let (figures, more) = match kind {
+            "idle" => (IDLE, &[][..]),
+            "join" => (JOIN, &[][..]),
+            "reactions" => (REACTIONS, TURNS),
+            "reads" => (READS, TURNS),
+            _ => (FANOUT, &[][..]),
         };
-        for &(path, name, scale, unit) in figures {
+        for &(path, name, scale, unit) in figures.iter().chain(more) {
             let mut values: Vec<f64> = group.iter().filter_map(|r| field(r, path)).collect();
             let Some(med) = median(&mut values) else {
                 continue;
@@ -504,80 +551,85 @@ pub fn render(runs: &[Value]) -> (String, bool) {
             all_ok &= ok;
             verdicts.push(verdict);
         }
+        // A check of every run: its line, with how many runs failed it.
+        let mut judge = |what: &str, failing: &str, failed: &dyn Fn(&Value) -> bool| {
+            let bad = group.iter().filter(|r| failed(r)).count();
+            all_ok &= bad == 0;
+            verdicts.push(format!(
+                "  {:<4} {label:<20} {what} ({bad} of {} run(s) {failing})",
+                if bad == 0 { "PASS" } else { "FAIL" },
+                group.len()
+            ));
+        };
+        let above = |r: &Value, path: &str| field(r, path).unwrap_or(0.0) > 0.0;
         if kind == "join" {
             // A storm in which clients failed, or were cut off, did not fill the room.
-            let short = group
-                .iter()
-                .filter(|r| {
-                    field(r, "failures").unwrap_or(1.0) > 0.0
-                        || field(r, "closed_early").unwrap_or(0.0) > 0.0
-                })
-                .count();
-            all_ok &= short == 0;
-            verdicts.push(format!(
-                "  {:<4} {label:<20} every client joined and stayed ({short} of {} run(s) had failures)",
-                if short == 0 { "PASS" } else { "FAIL" },
-                group.len()
-            ));
+            judge("every client joined and stayed", "had failures", &|r| {
+                field(r, "failures").unwrap_or(1.0) > 0.0 || above(r, "closed_early")
+            });
         } else if kind != "idle" {
-            let lossy = group
-                .iter()
-                .filter(|r| {
-                    field(r, "lost").unwrap_or(0.0) > 0.0
-                        || field(r, "duplicated").unwrap_or(0.0) > 0.0
-                })
-                .count();
-            all_ok &= lossy == 0;
-            verdicts.push(format!(
-                "  {:<4} {label:<20} no loss, no duplicates ({lossy} of {} run(s) had some)",
-                if lossy == 0 { "PASS" } else { "FAIL" },
-                group.len()
-            ));
+            judge("no loss, no duplicates", "had some", &|r| {
+                above(r, "lost") || above(r, "duplicated")
+            });
             if kind == "reactions" {
                 // Every reaction acknowledged, and every member ending with exactly those.
-                let short = group
-                    .iter()
-                    .filter(|r| {
+                judge(
+                    "every reaction acknowledged, every member at that count",
+                    "not",
+                    &|r| {
                         r["members_agree"] != true
                             || field(r, "reactions_acked") != field(r, "reactions_sent")
-                    })
-                    .count();
-                all_ok &= short == 0;
-                verdicts.push(format!(
-                    "  {:<4} {label:<20} every reaction acknowledged, every member at that count ({short} of {} run(s) not)",
-                    if short == 0 { "PASS" } else { "FAIL" },
-                    group.len()
-                ));
+                    },
+                );
                 // Coalesced: no member got more updates of the message than the phase had
                 // intervals (plus the last one's).
-                let chatty = group
-                    .iter()
-                    .filter(|r| field(r, "m_updates.max") > field(r, "m_updates_bound"))
-                    .count();
-                all_ok &= chatty == 0;
-                verdicts.push(format!(
-                    "  {:<4} {label:<20} updates of the message per member at most one per interval ({chatty} of {} run(s) more)",
-                    if chatty == 0 { "PASS" } else { "FAIL" },
-                    group.len()
-                ));
+                judge(
+                    "updates of the message per member at most one per interval",
+                    "more",
+                    &|r| field(r, "m_updates.max") > field(r, "m_updates_bound"),
+                );
+            }
+            if kind == "reads" {
+                // Every member had its read state, every mark an answer at or past it.
+                judge(
+                    "every member had its read state, every mark an answer at or past it",
+                    "not",
+                    &|r| {
+                        !above(r, "marks_sent")
+                            || field(r, "marks_answered") != field(r, "marks_sent")
+                            || field(r, "answers_wrong").unwrap_or(1.0) > 0.0
+                            || field(r, "members_with_read_state") != field(r, "members")
+                    },
+                );
+                // A big room tells no other member of a mark; a small one at most one
+                // receipts frame per member per interval, and no read frame not asked for.
+                if first["big_room"] == true {
+                    judge("no frame to the other members (a big room)", "not", &|r| {
+                        field(r, "frames_to_others").unwrap_or(1.0) > 0.0
+                    });
+                } else {
+                    judge(
+                        "receipts at most one per interval, no read frame not asked for",
+                        "not",
+                        &|r| {
+                            field(r, "receipts_max_per_interval").unwrap_or(2.0) > 1.0
+                                || above(r, "unasked_read_frames")
+                        },
+                    );
+                }
             }
             if first.get("resumes").is_some() {
                 // A resume must replay exactly what the client missed, and every one must
                 // have run: a failed one measured nothing.
-                let inexact = group
-                    .iter()
-                    .filter(|r| {
+                judge(
+                    "every resume replayed exactly what it missed",
+                    "had a miss, a repeat or a failure",
+                    &|r| {
                         ["resume_missing", "resume_duplicated", "resume_failures"]
                             .iter()
-                            .any(|f| field(r, f).unwrap_or(0.0) > 0.0)
-                    })
-                    .count();
-                all_ok &= inexact == 0;
-                verdicts.push(format!(
-                    "  {:<4} {label:<20} every resume replayed exactly what it missed ({inexact} of {} run(s) had a miss, a repeat or a failure)",
-                    if inexact == 0 { "PASS" } else { "FAIL" },
-                    group.len()
-                ));
+                            .any(|f| above(r, f))
+                    },
+                );
             }
         }
     }
@@ -835,6 +887,56 @@ mod tests {
         let (text, ok) = render(&[quiet, run("resume", 3)]);
         assert!(!ok);
         assert!(text.contains("FAIL resume"), "{text}");
+    }
+
+    #[test]
+    fn reads_are_judged_on_answers_and_frames_to_others() {
+        let run = |label: &str, big: bool, others: u64, per_interval: u64, answered: u64| {
+            json!({"scenario":"reads","label":label,"transport":"ws","subscribers":10000,
+                   "rate":10.0,"spread_s":10.0,"big_room":big,"members":10000,
+                   "members_with_read_state":10000,"marks_sent":10000,
+                   "marks_answered":answered,"answers_wrong":0,"frames_to_others":others,
+                   "receipts_frames":others,"unasked_read_frames":0,
+                   "receipts_max_per_interval":per_interval,"server_cpu_per_mark_us":42.0,
+                   "lost":0,"duplicated":0,"latency_us":{"p99":90000.0},
+                   "budget":["latency_us.p99<=100000"]})
+        };
+        let (text, ok) = render(&[run("big", true, 0, 0, 10000)]);
+        assert!(ok, "{text}");
+        assert!(
+            text.contains("big — 10000 ws members each mark the room read over 10.0 s"),
+            "{text}"
+        );
+        assert!(text.contains("server CPU per mark"), "{text}");
+        assert!(
+            text.contains("PASS big                  no frame to the other members"),
+            "{text}"
+        );
+        assert!(
+            text.contains("PASS big                  every member had its read state"),
+            "{text}"
+        );
+        let (text, ok) = render(&[run("big", true, 3, 1, 10000)]);
+        assert!(!ok);
+        assert!(
+            text.contains("FAIL big                  no frame to the other members"),
+            "{text}"
+        );
+        let (text, ok) = render(&[run("big", true, 0, 0, 9999)]);
+        assert!(!ok);
+        assert!(
+            text.contains("FAIL big                  every member"),
+            "{text}"
+        );
+        // A small room: receipts are expected, one per interval at most.
+        let (text, ok) = render(&[run("small", false, 40, 1, 10000)]);
+        assert!(ok, "{text}");
+        assert!(
+            text.contains("PASS small                receipts at most one"),
+            "{text}"
+        );
+        let (_, ok) = render(&[run("small", false, 40, 2, 10000)]);
+        assert!(!ok);
     }
 
     #[test]
