@@ -594,11 +594,37 @@ impl Browser {
             .await
             .expect("createBrowserContext");
         let context = context["browserContextId"].as_str().unwrap().to_string();
+        self.open(context, name, width, height, init_script).await
+    }
+
+    /// Opens another tab beside `page`, in its browser context: the same cookies and
+    /// storage, as a second tab of one user's browser. Otherwise as [`Browser::page`].
+    pub async fn tab(
+        &self,
+        page: &Page<'_>,
+        name: &str,
+        width: u32,
+        height: u32,
+        init_script: Option<&str>,
+    ) -> Page<'_> {
+        self.open(page.context.clone(), name, width, height, init_script)
+            .await
+    }
+
+    /// Opens a page in browser context `context`.
+    async fn open(
+        &self,
+        context: String,
+        name: &str,
+        width: u32,
+        height: u32,
+        init_script: Option<&str>,
+    ) -> Page<'_> {
         let target = self
             .call(
                 None,
                 "Target.createTarget",
-                json!({"url": "about:blank", "browserContextId": context, "width": width, "height": height}),
+                json!({"url": "about:blank", "browserContextId": context, "width": width, "height": height, "newWindow": true}),
             )
             .await
             .expect("createTarget");
@@ -616,6 +642,7 @@ impl Browser {
             browser: self,
             name: name.to_string(),
             session,
+            context,
         };
         for method in ["Runtime.enable", "Log.enable", "Page.enable"] {
             page.call(method, json!({})).await;
@@ -726,6 +753,8 @@ pub struct Page<'b> {
     /// A name for messages and screenshot files.
     pub name: String,
     session: String,
+    /// Its browser context (shared by the tabs [`Browser::tab`] opens beside it).
+    context: String,
 }
 
 impl Page<'_> {
@@ -765,6 +794,7 @@ impl Page<'_> {
             "Tab" => (9, ""),
             "Escape" => (27, ""),
             "ArrowUp" => (38, ""),
+            "ArrowDown" => (40, ""),
             _ => (0, ""),
         };
         let mut down =

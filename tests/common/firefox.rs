@@ -252,26 +252,47 @@ impl Firefox {
     /// Opens a page: a new window (so it is visible, and its timers are not throttled as a
     /// background tab's would be) in a new user context, `width` x `height` CSS pixels.
     /// `init_script` runs before any script of every document the page loads.
-    pub async fn page(
+    pub async fn page(&self, name: &str, size: (u32, u32), init_script: Option<&str>) -> Page<'_> {
+        let user_context = self
+            .call("browser.createUserContext", json!({}))
+            .await
+            .unwrap_or_else(|e| panic!("[{name}] browser.createUserContext failed: {e}"))
+            ["userContext"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        self.open(user_context, true, name, size, init_script).await
+    }
+
+    /// Opens another window beside `page`, in its user context: the same cookies and
+    /// storage, as a second tab of one user's browser (a window, visible like the first).
+    /// Dropping it closes only its window. Otherwise as [`Firefox::page`].
+    pub async fn tab(
         &self,
+        page: &Page<'_>,
+        name: &str,
+        size: (u32, u32),
+        init_script: Option<&str>,
+    ) -> Page<'_> {
+        self.open(page.user_context.clone(), false, name, size, init_script)
+            .await
+    }
+
+    async fn open(
+        &self,
+        user_context: String,
+        owns_context: bool,
         name: &str,
         (width, height): (u32, u32),
         init_script: Option<&str>,
     ) -> Page<'_> {
-        let call = |method: &'static str, params: Value| async move {
-            self.call(method, params)
-                .await
-                .unwrap_or_else(|e| panic!("[{name}] {method} failed: {e}"))
-        };
-        let user_context = call("browser.createUserContext", json!({})).await["userContext"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let context = call(
-            "browsingContext.create",
-            json!({"type": "window", "userContext": user_context}),
-        )
-        .await["context"]
+        let context = self
+            .call(
+                "browsingContext.create",
+                json!({"type": "window", "userContext": user_context}),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("[{name}] browsingContext.create failed: {e}"))["context"]
             .as_str()
             .unwrap()
             .to_string();
@@ -279,6 +300,7 @@ impl Firefox {
             firefox: self,
             name: name.to_string(),
             user_context,
+            owns_context,
             context,
         };
         page.call(
@@ -419,15 +441,23 @@ pub struct Page<'f> {
     /// A name for messages.
     pub name: String,
     user_context: String,
+    /// Whether the user context is this page's own (else it is another page's, whose tab
+    /// this is: see [`Firefox::tab`]).
+    owns_context: bool,
     context: String,
 }
 
 impl Drop for Page<'_> {
     fn drop(&mut self) {
-        self.firefox.send_and_forget(
-            "browser.removeUserContext",
-            json!({"userContext": self.user_context}),
-        );
+        if self.owns_context {
+            self.firefox.send_and_forget(
+                "browser.removeUserContext",
+                json!({"userContext": self.user_context}),
+            );
+        } else {
+            self.firefox
+                .send_and_forget("browsingContext.close", json!({"context": self.context}));
+        }
     }
 }
 
@@ -464,6 +494,8 @@ impl Page<'_> {
             "Enter" => "\u{E007}",
             "Tab" => "\u{E004}",
             "Escape" => "\u{E00C}",
+            "ArrowUp" => "\u{E013}",
+            "ArrowDown" => "\u{E015}",
             other => panic!("no WebDriver code for key {other}"),
         };
         self.keys(&[code.to_string()]).await;
