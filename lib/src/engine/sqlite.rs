@@ -751,35 +751,63 @@ const COLUMNS: &str = "seq, time, name, sender, text, edited, deleted, reply_seq
 /// `reader`'s read state in `room`, if it has a mark: the messages after it that are not
 /// deleted, and those of them that mention it, up to the room's head.
 fn read_state(conn: &Connection, room: &str, reader: &str) -> rusqlite::Result<Option<ReadState>> {
-    let mark: Option<i64> = conn
-        .prepare_cached("SELECT seq FROM reads WHERE reader = ?1 AND room = ?2")?
-        .query_row(params![reader, room], |row| row.get(0))
-        .optional()?;
-    let Some(mark) = mark else {
+    let Some(mark) = mark_of(conn, room, reader)? else {
         return Ok(None);
     };
-    let head: i64 = conn
-        .prepare_cached("SELECT coalesce((SELECT seq FROM rooms WHERE name = ?1), 0)")?
-        .query_row([room], |row| row.get(0))?;
+    Ok(Some(counted(
+        conn,
+        room,
+        reader,
+        mark,
+        head_of(conn, room)?,
+    )?))
+}
+
+/// `reader`'s mark in `room`, if it has one.
+fn mark_of(conn: &Connection, room: &str, reader: &str) -> rusqlite::Result<Option<u64>> {
+    conn.prepare_cached("SELECT seq FROM reads WHERE reader = ?1 AND room = ?2")?
+        .query_row(params![reader, room], |row| uint(row, 0))
+        .optional()
+}
+
+/// The last number of `room` stored (0 for a room with none).
+fn head_of(conn: &Connection, room: &str) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT coalesce((SELECT seq FROM rooms WHERE name = ?1), 0)")?
+        .query_row([room], |row| uint(row, 0))
+}
+
+/// The read state of `reader`, read up to `mark`, in `room` whose head is `head`. A mark at
+/// the head (what marking the newest message makes) has nothing after it to count.
+fn counted(
+    conn: &Connection,
+    room: &str,
+    reader: &str,
+    mark: u64,
+    head: u64,
+) -> rusqlite::Result<ReadState> {
+    if mark >= head {
+        return Ok(ReadState::new(mark, 0, 0, head));
+    }
+    let (from, to) = (mark as i64, head as i64);
     let unread: i64 = conn
         .prepare_cached(
             "SELECT count(*) FROM messages
              WHERE room = ?1 AND seq > ?2 AND seq <= ?3 AND deleted = 0",
         )?
-        .query_row(params![room, mark, head], |row| row.get(0))?;
+        .query_row(params![room, from, to], |row| row.get(0))?;
     let mentions: i64 = conn
         .prepare_cached(
             "SELECT count(*) FROM mentions n JOIN messages m ON m.room = n.room AND m.seq = n.seq
              WHERE n.room = ?1 AND n.reader = ?2 AND n.seq > ?3 AND n.seq <= ?4
                AND m.deleted = 0",
         )?
-        .query_row(params![room, reader, mark, head], |row| row.get(0))?;
-    Ok(Some(ReadState::new(
-        mark.max(0) as u64,
+        .query_row(params![room, reader, from, to], |row| row.get(0))?;
+    Ok(ReadState::new(
+        mark,
         unread.max(0) as u64,
         mentions.max(0) as u64,
-        head.max(0) as u64,
-    )))
+        head,
+    ))
 }
 
 /// Raises `reader`'s mark in `room` to `to` (the head at most), or makes it at the head if
@@ -790,27 +818,21 @@ fn mark(
     reader: &str,
     to: Option<u64>,
 ) -> rusqlite::Result<(ReadState, bool)> {
-    let head: i64 = tx
-        .prepare_cached("SELECT coalesce((SELECT seq FROM rooms WHERE name = ?1), 0)")?
-        .query_row([room], |row| row.get(0))?;
+    let head = head_of(tx, room)?;
     let moved = match to {
         None => tx
             .prepare_cached("INSERT OR IGNORE INTO reads (reader, room, seq) VALUES (?1, ?2, ?3)")?
-            .execute(params![reader, room, head])?,
+            .execute(params![reader, room, head as i64])?,
         Some(to) => tx
             .prepare_cached(
                 "INSERT INTO reads (reader, room, seq) VALUES (?1, ?2, ?3)
                  ON CONFLICT (reader, room) DO UPDATE SET seq = excluded.seq
                  WHERE excluded.seq > reads.seq",
             )?
-            .execute(params![
-                reader,
-                room,
-                (to.min(i64::MAX as u64) as i64).min(head)
-            ])?,
+            .execute(params![reader, room, to.min(head) as i64])?,
     };
-    let state = read_state(tx, room, reader)?.unwrap_or_default();
-    Ok((state, moved > 0))
+    let mark = mark_of(tx, room, reader)?.unwrap_or(head);
+    Ok((counted(tx, room, reader, mark, head)?, moved > 0))
 }
 
 /// The newest `limit` messages of `room` below `before` (deleted ones left out), newest
