@@ -61,20 +61,6 @@ async fn join_read(client: &mut Client, room: &str, name: &str) -> (Value, (u64,
     (joined, state)
 }
 
-/// Sends a message mentioning `mentions`; returns its number.
-async fn say_mentioning(
-    client: &mut Client,
-    room: &str,
-    text: &str,
-    id: &str,
-    mentions: &[&str],
-) -> u64 {
-    client
-        .send(json!({"type": "send", "room": room, "text": text, "id": id, "mentions": mentions}))
-        .await;
-    client.answer(id).await.unwrap()["seq"].as_u64().unwrap()
-}
-
 /// The host's unread call over HTTP: room → (seq, unread, mentions).
 async fn unread_over_http(server: &TestServer, user: &str) -> Vec<(String, u64, u64, u64)> {
     let auth = format!("Bearer {KEY}");
@@ -123,10 +109,7 @@ async fn two_tabs(server: &TestServer) {
     assert!(listed.contains(&ann.as_str()), "{joined}");
     assert_eq!(bob.say(ROOM, "one", "b1").await, 1);
     assert_eq!(bob.say(ROOM, "two", "b2").await, 2);
-    assert_eq!(
-        say_mentioning(&mut bob, ROOM, "hey @ann", "b3", &[&ann]).await,
-        3
-    );
+    assert_eq!(bob.say_mentioning(ROOM, "hey @ann", "b3", &[&ann]).await, 3);
     assert_eq!(bob.say(ROOM, "oops", "b4").await, 4);
     bob.send(json!({"type": "delete", "room": ROOM, "seq": 4, "id": "d4"}))
         .await;
@@ -238,7 +221,7 @@ async fn a_mention_reaches_the_user_in_another_room_on_the_same_connection() {
     join_read(&mut laptop, "elsewhere", "ann").await;
     let mut bob = ws_of(&server, "bob").await;
     bob.join(ROOM, "bob").await;
-    let seq = say_mentioning(&mut bob, ROOM, "@ann look", "b1", &[&ann]).await;
+    let seq = bob.say_mentioning(ROOM, "@ann look", "b1", &[&ann]).await;
     let mention = laptop.next_of("mention").await;
     assert_eq!(
         (&mention["room"], mention["seq"].as_u64(), &mention["text"]),
@@ -301,7 +284,8 @@ async fn an_offline_user_finds_its_mentions_after_a_sqlite_restart() {
         .await;
     assert_eq!(read_state(&mut ann, ROOM).await, (1, 1, 0));
     drop(ann);
-    say_mentioning(&mut bob, ROOM, "where is @ann?", "b3", &[&ann_id]).await;
+    bob.say_mentioning(ROOM, "where is @ann?", "b3", &[&ann_id])
+        .await;
     first.stop().await;
 
     let second = common::start_with(|b| signed(b).engine(Engine::Sqlite(db.clone()))).await;
@@ -339,7 +323,7 @@ async fn read_state_agrees_across_two_redis_nodes() {
     assert_eq!(bob.say(ROOM, "one", "b1").await, 1);
     let mut tab2 = ws_of(&b, "ann").await;
     assert_eq!(join_read(&mut tab2, ROOM, "ann").await.1, (0, 1, 0));
-    say_mentioning(&mut bob, ROOM, "@ann hi", "b2", &[&ann]).await;
+    bob.say_mentioning(ROOM, "@ann hi", "b2", &[&ann]).await;
     assert_eq!(tab2.next_of("mention").await["seq"], 2);
     tab1.send(json!({"type": "read", "room": ROOM, "seq": 1}))
         .await;
@@ -475,5 +459,29 @@ async fn a_wrong_read_or_mention_gets_its_own_code_and_changes_nothing() {
             .await
             .is_err()
     );
+    server.stop().await;
+}
+
+/// On SQLite, a mark that has not moved for the retention age, with nothing unread after it,
+/// goes: an anonymous visitor leaves one per room it joined, and they must not pile up.
+#[tokio::test]
+async fn old_read_marks_leave_sqlite_once_nothing_is_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let server = common::start_with(move |b| {
+        signed(b)
+            .engine(Engine::Sqlite(db))
+            .retention_age(Duration::from_secs(1))
+    })
+    .await;
+    let chat = &server.chat;
+    assert_eq!(chat.publish(ROOM, "host", "soon gone").await.unwrap(), 1);
+    assert_eq!(chat.mark_read("u1", ROOM, 1).await.unwrap().seq, 1);
+    assert_eq!(chat.unread("u1").await.unwrap().len(), 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !chat.unread("u1").await.unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the mark stayed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     server.stop().await;
 }

@@ -147,20 +147,6 @@ async fn client_of(server: &TestServer, user: &str) -> Client {
         .unwrap()
 }
 
-/// Sends a message mentioning `mentions`; returns its number.
-async fn say_mentioning(
-    client: &mut Client,
-    room: &str,
-    text: &str,
-    id: &str,
-    mentions: &[&str],
-) -> u64 {
-    client
-        .send(json!({"type": "send", "room": room, "text": text, "id": id, "mentions": mentions}))
-        .await;
-    client.answer(id).await.unwrap()["seq"].as_u64().unwrap()
-}
-
 /// What the host's API says of `user`'s rooms: (room, seq, unread, mentions) each.
 async fn server_unread(server: &TestServer, user: &str) -> Vec<(String, u64, u64, u64)> {
     let rooms = server.chat.unread(user).await.unwrap();
@@ -286,7 +272,7 @@ async fn one_tab_reads_the_others_count_drops(
     let bob_sender = joined["you"]["sender"].as_str().unwrap().to_owned();
     assert_eq!(bob.say(room, "one", "b1").await, 1);
     assert_eq!(
-        say_mentioning(&mut bob, room, "two, @ann?", "b2", &[&ann]).await,
+        bob.say_mentioning(room, "two, @ann?", "b2", &[&ann]).await,
         2
     );
     assert_eq!(bob.say(room, "three", "b3").await, 3);
@@ -482,10 +468,7 @@ async fn a_mention_reaches_another_room(server: &TestServer, page: &impl DemoPag
     assert!(listed.contains(&("ann", ann.as_str())), "{joined}");
     bob.join(attic, "bob").await;
     let text = "@ann come up to the attic";
-    assert_eq!(
-        say_mentioning(&mut bob, attic, text, "b1", &[&ann]).await,
-        1
-    );
+    assert_eq!(bob.say_mentioning(attic, text, "b1", &[&ann]).await, 1);
     let mention =
         json!({"room": attic, "seq": 1, "from": "bob", "sender": bob_sender, "text": text});
     wait_json(
@@ -524,10 +507,7 @@ async fn a_mention_reaches_another_room(server: &TestServer, page: &impl DemoPag
         "and it is getting cold ".repeat(5)
     );
     assert!(long.len() > 100);
-    assert_eq!(
-        say_mentioning(&mut bob, kitchen, &long, "b2", &[&ann]).await,
-        1
-    );
+    assert_eq!(bob.say_mentioning(kitchen, &long, "b2", &[&ann]).await, 1);
     let cut = json!({"room": kitchen, "seq": 1, "from": "bob", "sender": bob_sender, "text": &long[..100]});
     wait_json(
         page,
@@ -661,7 +641,8 @@ async fn an_offline_user_sees_its_counts_and_mentions_on_its_next_visit() {
     .await;
     assert_eq!(bob.say(room, "two", "b2").await, 2);
     assert_eq!(
-        say_mentioning(&mut bob, room, "@ann are you there?", "b3", &[&ann]).await,
+        bob.say_mentioning(room, "@ann are you there?", "b3", &[&ann])
+            .await,
         3
     );
     assert_eq!(bob.say(room, "three", "b4").await, 4);

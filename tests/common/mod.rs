@@ -1214,6 +1214,22 @@ impl Client {
         }
     }
 
+    /// Sends a message mentioning `mentions` (public sender ids) and waits for its ack;
+    /// returns its number.
+    pub async fn say_mentioning(
+        &mut self,
+        room: &str,
+        text: &str,
+        id: &str,
+        mentions: &[&str],
+    ) -> u64 {
+        self.send(
+            json!({"type": "send", "room": room, "text": text, "id": id, "mentions": mentions}),
+        )
+        .await;
+        self.answer(id).await.unwrap()["seq"].as_u64().unwrap()
+    }
+
     /// Sends a message and waits for its ack; returns the acknowledged sequence number.
     pub async fn say(&mut self, room: &str, text: &str, id: &str) -> u64 {
         self.send(json!({"type": "send", "room": room, "text": text, "id": id}))

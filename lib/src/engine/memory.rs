@@ -42,9 +42,15 @@ struct Numbers {
     /// By public sender id, the numbers of the messages not deleted that mention it (the
     /// newest `retention.messages`).
     mentioned: HashMap<Arc<str>, VecDeque<u64>>,
-    /// Each reader's mark, by public sender id.
+    /// Each reader's mark, by public sender id: of [`MARKS_PER_ROOM`] readers at most.
     marks: HashMap<Arc<str>, u64>,
+    /// The readers with a mark, in the order they first had one: the first forgotten.
+    marked: VecDeque<Arc<str>>,
 }
+
+/// Readers whose marks a room remembers: each anonymous visitor makes one, and this process
+/// keeps nothing for long anyway.
+const MARKS_PER_ROOM: usize = 100_000;
 
 /// A message's reactions.
 #[derive(Default)]
@@ -66,7 +72,14 @@ impl Numbers {
                 true
             }
             None => {
-                self.marks.insert(reader.into(), to);
+                let reader: Arc<str> = reader.into();
+                self.marks.insert(reader.clone(), to);
+                self.marked.push_back(reader);
+                if self.marked.len() > MARKS_PER_ROOM
+                    && let Some(oldest) = self.marked.pop_front()
+                {
+                    self.marks.remove(&oldest);
+                }
                 true
             }
         }
@@ -172,6 +185,7 @@ impl Broker for Memory {
                 live: VecDeque::new(),
                 mentioned: HashMap::new(),
                 marks: HashMap::new(),
+                marked: VecDeque::new(),
             }),
         });
         self.rooms.write().unwrap().insert(room.into(), held);

@@ -139,17 +139,20 @@ const MIGRATIONS: [&str; 5] = [
      ) WITHOUT ROWID;
      CREATE INDEX reactions_in_order ON reactions (room, seq, at);
      CREATE INDEX reactions_by_member ON reactions (room, who, seq);",
-    // 6: read state. Each reader's (a public sender id's) mark per room; whom each message
-    // mentions (JSON `["id",…]`, NULL for none) beside its text, and one row per mention,
-    // by room and reader, for the counts. A deleted message's mention rows stay: counts
-    // join the message and skip deleted ones.
+    // 6: read state. Each reader's (a public sender id's) mark per room, and when it last
+    // moved (for the sweep: see `Writer::sweep`); whom each message mentions (JSON
+    // `["id",…]`, NULL for none) beside its text, and one row per mention, by room and
+    // reader, for the counts. A deleted message's mention rows stay: counts join the message
+    // and skip deleted ones.
     "ALTER TABLE messages ADD COLUMN mentions TEXT;
      CREATE TABLE reads (
-         reader TEXT NOT NULL,
-         room   TEXT NOT NULL,
-         seq    INTEGER NOT NULL,
+         reader  TEXT NOT NULL,
+         room    TEXT NOT NULL,
+         seq     INTEGER NOT NULL,
+         touched INTEGER NOT NULL,
          PRIMARY KEY (reader, room)
      ) WITHOUT ROWID;
+     CREATE INDEX reads_by_touch ON reads (touched);
      CREATE TABLE mentions (
          room   TEXT NOT NULL,
          reader TEXT NOT NULL,
@@ -819,17 +822,21 @@ fn mark(
     to: Option<u64>,
 ) -> rusqlite::Result<(ReadState, bool)> {
     let head = head_of(tx, room)?;
+    let now = now_ms() as i64;
     let moved = match to {
         None => tx
-            .prepare_cached("INSERT OR IGNORE INTO reads (reader, room, seq) VALUES (?1, ?2, ?3)")?
-            .execute(params![reader, room, head as i64])?,
+            .prepare_cached(
+                "INSERT OR IGNORE INTO reads (reader, room, seq, touched) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![reader, room, head as i64, now])?,
         Some(to) => tx
             .prepare_cached(
-                "INSERT INTO reads (reader, room, seq) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (reader, room) DO UPDATE SET seq = excluded.seq
+                "INSERT INTO reads (reader, room, seq, touched) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (reader, room) DO UPDATE SET seq = excluded.seq,
+                                                          touched = excluded.touched
                  WHERE excluded.seq > reads.seq",
             )?
-            .execute(params![reader, room, to.min(head) as i64])?,
+            .execute(params![reader, room, to.min(head) as i64, now])?,
     };
     let mark = mark_of(tx, room, reader)?.unwrap_or(head);
     Ok((counted(tx, room, reader, mark, head)?, moved > 0))
@@ -1243,8 +1250,9 @@ impl Writer {
             )?;
             // A member's own message is read: its mark moves past it.
             let mut own = tx.prepare_cached(
-                "INSERT INTO reads (reader, room, seq) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (reader, room) DO UPDATE SET seq = excluded.seq
+                "INSERT INTO reads (reader, room, seq, touched) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (reader, room) DO UPDATE SET seq = excluded.seq,
+                                                          touched = excluded.touched
                  WHERE excluded.seq > reads.seq",
             )?;
             for (at, job) in batch.iter().enumerate() {
@@ -1315,7 +1323,8 @@ impl Writer {
                             mention.execute(params![&*room.name, &**reader, *seq as i64])?;
                         }
                         if let Some(sender) = &record.sender {
-                            own.execute(params![&**sender, &*room.name, *seq as i64])?;
+                            let at = record.time as i64;
+                            own.execute(params![&**sender, &*room.name, *seq as i64, at])?;
                         }
                     }
                     Job::Ban {
@@ -1411,6 +1420,14 @@ impl Writer {
                 self.orphaned = true;
             }
             conn.execute("DELETE FROM bans WHERE until <= ?1", [now as i64])?;
+            // Marks that have not moved for the retention age and have nothing unread after
+            // them (what was after them is gone by age too): each anonymous visitor leaves
+            // one per room it joined, and a mark made again at the next join loses nothing.
+            conn.execute(
+                "DELETE FROM reads WHERE touched < ?1 AND NOT EXISTS (SELECT 1 FROM messages m
+                     WHERE m.room = reads.room AND m.seq > reads.seq AND m.deleted = 0)",
+                [cutoff as i64],
+            )?;
             // The reactions of the messages gone by age or by the stored-bytes budget: a
             // walk over every reaction, so only when some went.
             if self.orphaned {
