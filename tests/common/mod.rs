@@ -785,6 +785,15 @@ impl Client {
         Client::wt_at(&server.wt_url(path), digests, headers).await
     }
 
+    /// A WebTransport client of `server` on path /wtchat whose packets go to `addr` instead
+    /// of the server's UDP address: through a relay in front of it (tests/common/relay.rs).
+    pub async fn wt_via(server: &TestServer, addr: SocketAddr) -> Client {
+        let url = format!("https://{addr}/wtchat");
+        Client::wt_at(&url, &server.digests, &[])
+            .await
+            .expect("webtransport connects through the relay")
+    }
+
     /// A WebTransport client of the server at `url` whose certificate has one of `digests`;
     /// Err(description) when the session is refused.
     pub async fn wt_at(
