@@ -16,7 +16,7 @@ async fn hello(client: &mut Client, protocol: u32) -> Value {
 }
 
 #[tokio::test]
-async fn clients_of_protocol_1_2_and_3_share_a_room_on_every_transport() {
+async fn clients_of_protocol_1_to_4_share_a_room_on_every_transport() {
     let server = start().await;
     let (status, body) = server.get("/wtchat/config").await;
     assert_eq!(status, 200);
@@ -26,7 +26,7 @@ async fn clients_of_protocol_1_2_and_3_share_a_room_on_every_transport() {
             config["protocol"].as_u64(),
             config["oldestProtocol"].as_u64()
         ),
-        (Some(3), Some(1))
+        (Some(4), Some(1))
     );
 
     // Version 1: no hello, over each transport.
@@ -36,12 +36,14 @@ async fn clients_of_protocol_1_2_and_3_share_a_room_on_every_transport() {
         Client::sse(&server).await,
         Client::poll(&server).await,
     ];
-    // Versions 2 and 3: hello first, answered with the version spoken.
+    // Versions 2 to 4: hello first, answered with the version spoken (4 over WebTransport:
+    // the room's frames on a stream of its own).
     let mut new = [
         Client::ws(&server).await,
         Client::wt(&server).await,
         Client::ws(&server).await,
         Client::sse(&server).await,
+        Client::wt(&server).await.with_room_streams().await,
     ];
     let versions = [2, 2, 3, 3];
     for (client, version) in new.iter_mut().zip(versions) {
@@ -61,7 +63,7 @@ async fn clients_of_protocol_1_2_and_3_share_a_room_on_every_transport() {
         let text = format!(
             "from {} ({})",
             client.transport(),
-            ["v1", "v1", "v1", "v1", "v2", "v2", "v3", "v3"][i]
+            ["v1", "v1", "v1", "v1", "v2", "v2", "v3", "v3", "v4"][i]
         );
         client
             .send(json!({"type": "send", "room": "r", "text": text, "id": format!("m{i}")}))
@@ -116,7 +118,7 @@ async fn a_hello_from_the_future_is_answered_with_the_newest_and_one_from_the_pa
     let mut future = Client::ws(&server).await;
     assert_eq!(
         hello(&mut future, 99).await,
-        json!({"type": "hello", "protocol": 3})
+        json!({"type": "hello", "protocol": 4})
     );
     future.join("r", "future").await;
 

@@ -21,8 +21,43 @@ pub(crate) fn now_ms() -> u64 {
 /// The protocol this server speaks: named by `/wtchat/config` and by the `hello` frames.
 /// 1 had no `hello`; 2 adds it (a client's first frame, answered with the version the
 /// server speaks on that connection); 3 adds `edit` and `delete`, and the `update` frame
-/// that tells a change to a message (it replaces `deleted`).
-pub const PROTOCOL: u32 = 3;
+/// that tells a change to a message (it replaces `deleted`); 4 gives each joined room a
+/// WebTransport stream of its own (other transports are as in 3: see
+/// [`room_stream_of`]).
+pub const PROTOCOL: u32 = 4;
+
+/// The first protocol whose WebTransport sessions carry each room's frames on a stream of
+/// the room's own.
+pub const ROOM_STREAMS: u32 = 4;
+
+/// Which room's stream a server frame goes on, over WebTransport from protocol
+/// [`ROOM_STREAMS`] on: the room it names, for the frames of a room the connection is in
+/// (`joined`, messages, updates, acks, presence, errors about it, `left`…); None for the
+/// session's own frames (`hello`, `pong`, `bye`, errors naming no room) and for those that
+/// may name a room the connection is not in (`read`, `mention`), which stay on the
+/// session's stream. Reads the encoder's layout: `type` first, then `room` (room names
+/// need no escaping); an error names its room after its message, so it is parsed.
+pub(crate) fn room_stream_of(frame: &[u8]) -> Option<&str> {
+    let rest = frame.strip_prefix(br#"{"type":""#)?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    let (kind, rest) = (&rest[..end], &rest[end..]);
+    match kind {
+        b"hello" | b"pong" | b"bye" | b"session" | b"read" | b"mention" => None,
+        b"error" => {
+            #[derive(Deserialize)]
+            struct Named<'a> {
+                #[serde(borrow)]
+                room: Option<&'a str>,
+            }
+            serde_json::from_slice::<Named<'_>>(frame).ok()?.room
+        }
+        _ => {
+            let rest = rest.strip_prefix(br#"","room":""#)?;
+            let end = rest.iter().position(|&b| b == b'"')?;
+            std::str::from_utf8(&rest[..end]).ok()
+        }
+    }
+}
 
 /// The oldest protocol the server still speaks, for a release at least: a client that
 /// sends no `hello` speaks version 1, as clients did before there was one.
@@ -968,6 +1003,39 @@ mod tests {
         assert_eq!(code(b"{\"type\":\"ping\xff\"}"), ErrorCode::InvalidUtf8);
         let missing = decode(br#"{"type":"send","room":"r"}"#).unwrap_err();
         assert!(missing.message.contains("text"), "{}", missing.message);
+    }
+
+    #[test]
+    fn each_frame_goes_on_its_rooms_stream_or_the_sessions() {
+        let message = encode(&ServerFrame::Typing {
+            room: "lobby.1:a@b",
+            from: "ann",
+        });
+        assert_eq!(room_stream_of(&message), Some("lobby.1:a@b"));
+        let history = encode_history("r", &[], false, &Mine::new());
+        assert_eq!(room_stream_of(&history), Some("r"));
+        let about = error_frame(
+            ErrorCode::TextTooLong,
+            "a \"room\":\"x\" text",
+            Some("r"),
+            None,
+        );
+        assert_eq!(room_stream_of(&about), Some("r"));
+        let general = error_frame(ErrorCode::InvalidJson, "bad", None, None);
+        assert_eq!(room_stream_of(&general), None);
+        for own in [
+            encode(&ServerFrame::Pong {}),
+            encode(&ServerFrame::Hello { protocol: 4 }),
+            encode(&ServerFrame::Mention {
+                room: "r",
+                seq: 1,
+                from: "ann",
+                sender: None,
+                text: "hi",
+            }),
+        ] {
+            assert_eq!(room_stream_of(&own), None, "{own:?}");
+        }
     }
 
     #[test]

@@ -99,6 +99,19 @@ pub fn book_block(page: &str, lang: &str, marker: &str) -> String {
         .unwrap_or_else(|| panic!("docs/src/{page}.md has a {lang} block with {marker:?}"))
 }
 
+/// The clock of [`read_at`]: when this test process first asked.
+fn arrival_clock() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+/// When a room stream's frame was read off its stream (a client with room streams marks
+/// each), else None.
+pub fn read_at(frame: &Value) -> Option<Instant> {
+    let us = frame.get("_read_us")?.as_u64()?;
+    Some(arrival_clock() + Duration::from_micros(us))
+}
+
 /// A server with the default configuration on free ports.
 pub async fn start() -> TestServer {
     start_with(|config| config).await
@@ -342,6 +355,9 @@ pub enum Client {
         recv: RecvStream,
         buf: BytesMut,
         bye: Option<u16>,
+        /// From protocol 4 on ([`Client::with_room_streams`]): the frames of the rooms'
+        /// streams, as a task reads them.
+        rooms: Option<tokio::sync::mpsc::UnboundedReceiver<Value>>,
         _endpoint: Endpoint<wtransport::endpoint::endpoint_side::Client>,
     },
     /// Server-Sent Events: a task reads the `GET /wtchat/sse` event stream into `events`
@@ -785,6 +801,49 @@ impl Client {
         Client::wt_at(&server.wt_url(path), digests, headers).await
     }
 
+    /// This WebTransport client speaks protocol 4 (its `hello`, answered): each room's frames
+    /// come on a stream of the room's own, which a task reads into the client's frames.
+    pub async fn with_room_streams(mut self) -> Client {
+        self.send(json!({"type": "hello", "protocol": 4})).await;
+        let answer = self.next_of("hello").await;
+        assert_eq!(answer["protocol"], 4, "{answer}");
+        let Client::Wt {
+            connection, rooms, ..
+        } = &mut self
+        else {
+            panic!("room streams are WebTransport's");
+        };
+        let (frames, read) = tokio::sync::mpsc::unbounded_channel();
+        let connection = connection.clone();
+        tokio::spawn(async move {
+            while let Ok(mut stream) = connection.accept_uni().await {
+                let frames = frames.clone();
+                tokio::spawn(async move {
+                    let mut buf = BytesMut::new();
+                    loop {
+                        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                            let line = buf.split_to(pos + 1);
+                            let mut frame: Value = serde_json::from_slice(&line[..pos]).unwrap();
+                            // When it came off its stream, before it waits behind other
+                            // rooms' frames in this client: `read_at`.
+                            frame["_read_us"] = json!(arrival_clock().elapsed().as_micros() as u64);
+                            if frames.send(frame).is_err() {
+                                return;
+                            }
+                        }
+                        buf.reserve(4096);
+                        match stream.read_buf(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                    }
+                });
+            }
+        });
+        *rooms = Some(read);
+        self
+    }
+
     /// A WebTransport client of `server` on path /wtchat whose packets go to `addr` instead
     /// of the server's UDP address: through a relay in front of it (tests/common/relay.rs).
     pub async fn wt_via(server: &TestServer, addr: SocketAddr) -> Client {
@@ -822,6 +881,7 @@ impl Client {
             recv,
             buf: BytesMut::new(),
             bye: None,
+            rooms: None,
             _endpoint: endpoint,
         })
     }
@@ -1096,6 +1156,7 @@ impl Client {
                 recv,
                 buf,
                 bye,
+                rooms,
                 ..
             } => loop {
                 if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
@@ -1116,6 +1177,12 @@ impl Client {
                         Ok(d) => break Some(serde_json::from_slice(d.payload().chunk()).unwrap()),
                         Err(_) => break None,
                     },
+                    frame = async { rooms.as_mut()?.recv().await }, if rooms.is_some() => {
+                        match frame {
+                            Some(frame) => break Some(frame),
+                            None => *rooms = None,
+                        }
+                    }
                 }
             },
             Client::Sse {

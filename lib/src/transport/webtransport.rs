@@ -1,15 +1,20 @@
 //! WebTransport: the client opens one bidirectional stream as soon as the session is ready;
 //! frames on it are UTF-8 JSON lines. Datagrams carry frames that may be lost (typing) in
-//! both directions.
+//! both directions. A client whose `hello` says protocol 4 or later gets each room's frames
+//! on a unidirectional stream of that room's own, opened by the server with the room's first
+//! frame (its `joined`) and finished after its `left`: a packet lost from one room's stream
+//! holds back no other room (see [`RoomStreams`]).
 //!
 //! Sessions are accepted on [`PATH`](crate::config::PATH) only (other paths get 404), from
 //! allowed origins only (403), up to the connection limit (429). A line longer than
 //! `max_frame_bytes` closes the session with [`CloseCode::FrameTooLarge`]: the stream cannot
 //! be resynchronized without buffering the oversized line.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
@@ -24,7 +29,7 @@ use super::lines::{Line, LineSplitter};
 use super::{Context, Refused};
 use crate::auth::{ConnectRequest, Transport};
 use crate::config::PATH;
-use crate::protocol::CloseCode;
+use crate::protocol::{self, CloseCode};
 use crate::queue::{Kind, Outbound};
 use crate::session::{self, FrameReader, FrameWriter, Inbound};
 
@@ -81,6 +86,9 @@ pub(crate) fn reload(
 fn quic_config(identity: Identity, bind: Option<SocketAddr>) -> io::Result<ServerConfig> {
     let mut transport = wtransport::config::QuicTransportConfig::default();
     transport.keep_alive_interval(Some(KEEP_ALIVE));
+    transport.congestion_controller_factory(Arc::new(
+        wtransport::quinn::congestion::BbrConfig::default(),
+    ));
     transport.max_concurrent_bidi_streams(MAX_STREAMS.into());
     transport.max_concurrent_uni_streams(MAX_STREAMS.into());
     transport.stream_receive_window(STREAM_RECEIVE_WINDOW.into());
@@ -198,6 +206,7 @@ async fn accept(incoming: IncomingSession, ctx: Arc<Context>) {
         send,
         connection,
         pending: Vec::new(),
+        rooms: None,
     };
     let request = (admitted.is_ok() && ctx.session.auth.identifies()).then_some(connect);
     // A task of its own: this one's size is that of its largest state, the handshake, and
@@ -263,6 +272,136 @@ struct WtWriter {
     /// Frames handed to quinn but not fully written yet. quinn consumes them in place, so a
     /// cancelled write leaves exactly the unwritten rest here, never half a line.
     pending: Vec<Bytes>,
+    /// Once the client's `hello` was answered with protocol 4 or later: the streams of the
+    /// rooms it is in. None before (one stream for everything, as in protocol 3).
+    rooms: Option<RoomStreams>,
+}
+
+/// Bytes handed to the room streams' tasks and not written yet, over all the session's
+/// rooms, at most: past it the session's writing waits (its queue then fills, and a client
+/// that does not catch up is cut off as too slow, as on one stream).
+const ROOM_STREAMS_QUEUED: usize = 4 << 20;
+
+/// A session's room streams, each written by a task of its own: a room whose stream waits
+/// for the network (a lost packet to resend, a full window) holds back only its own frames.
+/// Sending them is scheduled by quinn, by each stream's priority: the fewer bytes a room sent
+/// lately, the sooner its frames go (see [`Pace`]), so a busy room's backlog never stands in
+/// front of a quiet room's next message, even while the congestion window is full.
+struct RoomStreams {
+    streams: HashMap<Box<str>, tokio::sync::mpsc::UnboundedSender<Bytes>>,
+    queued: Arc<Queued>,
+}
+
+/// Bytes queued for the room streams, and what wakes a writer waiting for them to drain.
+#[derive(Default)]
+struct Queued {
+    bytes: AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
+impl Queued {
+    fn written(&self, bytes: usize) {
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.drained.notify_waiters();
+    }
+
+    /// Resolves once no more than [`ROOM_STREAMS_QUEUED`] bytes wait.
+    async fn room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.bytes.load(Ordering::Acquire) <= ROOM_STREAMS_QUEUED {
+                return;
+            }
+            drained.await;
+        }
+    }
+}
+
+impl RoomStreams {
+    /// Queues `chunk` (whole frames of `room`) on the room's stream, opening it with the
+    /// room's first frame; `last` (it ends with the room's `left`): the stream is finished
+    /// after it.
+    fn queue(&mut self, connection: &Connection, room: &str, chunk: Bytes, last: bool) {
+        let frames = self.streams.entry(room.into()).or_insert_with(|| {
+            let (frames, queue) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(write_room(connection.clone(), queue, self.queued.clone()));
+            frames
+        });
+        self.queued.bytes.fetch_add(chunk.len(), Ordering::AcqRel);
+        if let Err(unsent) = frames.send(chunk) {
+            // The stream failed (the session is ending): nothing waits for these bytes.
+            self.queued.written(unsent.0.len());
+        }
+        if last {
+            self.streams.remove(room);
+        }
+    }
+}
+
+/// How many bytes a room's stream sent lately (a rate that halves every second it is
+/// quiet): its sending priority. quinn sends the streams of higher priority first, and
+/// among equals in turn; a room that sends little (a quiet room, a member's own ack) goes
+/// before one that sends much, which still shares the rest fairly with its peers.
+struct Pace {
+    bytes_per_s: f64,
+    at: tokio::time::Instant,
+}
+
+impl Pace {
+    fn new() -> Pace {
+        Pace {
+            bytes_per_s: 0.0,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    /// `bytes` more are being sent now: the stream's priority from now on.
+    fn priority(&mut self, bytes: usize) -> i32 {
+        let now = tokio::time::Instant::now();
+        let seconds = now.duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.bytes_per_s = self.bytes_per_s * 0.5f64.powf(seconds) + bytes as f64;
+        // Steps of a doubling: rooms within twice each other's rate share a priority.
+        -(self.bytes_per_s.max(1.0).log2() as i32)
+    }
+}
+
+/// Writes one room's frames, in order, on a unidirectional stream it opens; finishes it
+/// when the room is left (its sender dropped).
+async fn write_room(
+    connection: Connection,
+    mut frames: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+    queued: Arc<Queued>,
+) {
+    let opened = match connection.open_uni().await {
+        Ok(opening) => opening.await.ok(),
+        Err(_) => None,
+    };
+    let mut stream = opened;
+    let mut pace = Pace::new();
+    while let Some(chunk) = frames.recv().await {
+        let len = chunk.len();
+        if let Some(open) = &mut stream {
+            let priority = pace.priority(len);
+            let _ = open.quic_stream_mut().set_priority(priority);
+            if open.write_all(&chunk).await.is_err() {
+                stream = None;
+            }
+        }
+        queued.written(len);
+    }
+    if let Some(mut stream) = stream {
+        let _ = stream.finish().await;
+    }
+}
+
+/// The protocol a `hello` answer names, if `frame` is one.
+fn hello_answer(frame: &[u8]) -> Option<u32> {
+    let rest = frame.strip_prefix(br#"{"type":"hello","protocol":"#)?;
+    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
 impl FrameWriter for WtWriter {
@@ -271,6 +410,8 @@ impl FrameWriter for WtWriter {
         // The batch as one chunk: one copy of each small frame costs less than quinn
         // tracking, framing and acknowledging every frame as a chunk of its own.
         let mut chunk = BytesMut::with_capacity(batch.iter().map(|o| o.frame.len()).sum());
+        // Each room's frames of the batch, as one chunk per room, in the order the rooms came.
+        let mut rooms: Vec<(&str, BytesMut, bool)> = Vec::new();
         for out in batch {
             match out.kind {
                 // Ephemeral frames go as datagrams (without the `\n`); one too large for a
@@ -280,9 +421,42 @@ impl FrameWriter for WtWriter {
                         .connection
                         .send_datagram(&out.frame[..out.frame.len() - 1])
                         .is_ok() => {}
-                Kind::Frame | Kind::Ephemeral => chunk.extend_from_slice(&out.frame),
+                Kind::Frame | Kind::Ephemeral => {
+                    let room = self
+                        .rooms
+                        .as_ref()
+                        .and_then(|_| protocol::room_stream_of(&out.frame));
+                    match room {
+                        Some(room) => {
+                            let at = match rooms.iter().position(|(r, ..)| *r == room) {
+                                Some(at) => at,
+                                None => {
+                                    rooms.push((room, BytesMut::new(), false));
+                                    rooms.len() - 1
+                                }
+                            };
+                            rooms[at].1.extend_from_slice(&out.frame);
+                            rooms[at].2 = out.frame.starts_with(br#"{"type":"left""#);
+                        }
+                        None => chunk.extend_from_slice(&out.frame),
+                    }
+                    // From the answer to a `hello` of 4 or later on, rooms have streams.
+                    if self.rooms.is_none()
+                        && hello_answer(&out.frame).is_some_and(|v| v >= protocol::ROOM_STREAMS)
+                    {
+                        self.rooms = Some(RoomStreams {
+                            streams: HashMap::new(),
+                            queued: Arc::default(),
+                        });
+                    }
+                }
                 // WebTransport has no pings of its own (QUIC keeps itself alive).
                 Kind::Pong => {}
+            }
+        }
+        if let Some(streams) = &mut self.rooms {
+            for (room, frames, last) in rooms {
+                streams.queue(&self.connection, room, frames.freeze(), last);
             }
         }
         self.pending.push(chunk.freeze());
@@ -292,6 +466,9 @@ impl FrameWriter for WtWriter {
             .await
             .map_err(io::Error::other)?;
         self.pending.clear();
+        if let Some(streams) = &self.rooms {
+            streams.queued.room().await;
+        }
         Ok(())
     }
 
