@@ -52,7 +52,7 @@
 export const VERSION = "0.1.0";
 
 /** The protocol version this client speaks: its first frame on every connection says so. */
-export const PROTOCOL = 3;
+export const PROTOCOL = 4;
 
 /** How long WebTransport may try alone before a WebSocket attempt races it. */
 const HEAD_START_MS = 500;
@@ -642,9 +642,10 @@ async function openWebTransport(url, hashes, events, signal) {
     events.closed(conn, info);
   };
 
-  // The stream: UTF-8 JSON lines.
-  (async () => {
-    const reader = stream.readable.pipeThrough(new TextDecoderStream()).getReader();
+  // A stream's frames: UTF-8 JSON lines. Resolves when the stream ends.
+  /** @param {WebTransportBidirectionalStream["readable"]} readable */
+  const readLines = async (readable) => {
+    const reader = readable.pipeThrough(new TextDecoderStream()).getReader();
     let buf = "";
     try {
       for (;;) {
@@ -669,7 +670,22 @@ async function openWebTransport(url, hashes, events, signal) {
     } catch {
       /* the stream was reset or the session closed */
     }
-    finish({});
+  };
+  // The session's stream; its end is the session's.
+  readLines(stream.readable).then(() => finish({}));
+  // Protocol 4: each joined room's frames come on a stream the server opens for the room
+  // (so a packet lost from one room's stream holds back no other room).
+  (async () => {
+    try {
+      const incoming = wt.incomingUnidirectionalStreams.getReader();
+      for (;;) {
+        const { value, done } = await incoming.read();
+        if (done || closed) break;
+        readLines(value);
+      }
+    } catch {
+      /* session closed */
+    }
   })();
 
   // Datagrams: one JSON frame each.
