@@ -422,10 +422,16 @@ impl FrameWriter for WtWriter {
                         .send_datagram(&out.frame[..out.frame.len() - 1])
                         .is_ok() => {}
                 Kind::Frame | Kind::Ephemeral => {
-                    let room = self
-                        .rooms
-                        .as_ref()
-                        .and_then(|_| protocol::room_stream_of(&out.frame));
+                    // A room has a stream from its `joined` until its `left`; a frame about
+                    // a room without one (a refused join, an ack after leaving) goes on the
+                    // session's stream.
+                    let room = self.rooms.as_ref().and_then(|streams| {
+                        let room = protocol::room_stream_of(&out.frame)?;
+                        let open = streams.streams.contains_key(room)
+                            || rooms.iter().any(|(r, ..)| *r == room)
+                            || out.frame.starts_with(br#"{"type":"joined""#);
+                        open.then_some(room)
+                    });
                     match room {
                         Some(room) => {
                             let at = match rooms.iter().position(|(r, ..)| *r == room) {
