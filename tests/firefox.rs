@@ -74,19 +74,6 @@ impl Tab<'_> {
             Tab::Chromium(p) => p.type_and_enter("[data-testid=message-input]", text).await,
         }
     }
-
-    fn assert_no_console_errors(&self) {
-        let errors: Vec<(String, String)> = self
-            .console_errors()
-            .into_iter()
-            .map(|e| (e.source, e.text))
-            .collect();
-        assert!(
-            errors.is_empty(),
-            "[{}] console errors: {errors:#?}",
-            self.label()
-        );
-    }
 }
 
 #[tokio::test]

@@ -200,19 +200,6 @@ fn unread(count: u64, mentions: u64, last_read: u64) -> Value {
     json!({"count": count, "mentions": mentions, "lastRead": last_read})
 }
 
-fn assert_no_console_errors(page: &impl Drive) {
-    let errors: Vec<(String, String)> = page
-        .console_errors()
-        .into_iter()
-        .map(|e| (e.source, e.text))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "[{}] console errors: {errors:#?}",
-        page.label()
-    );
-}
-
 /// A page a user types into, in either browser.
 #[allow(async_fn_in_trait)] // the tests' own trait: no caller needs its futures to be Send
 trait Typing: DemoPage {
@@ -357,8 +344,8 @@ async fn one_tab_reads_the_others_count_drops(
     assert_eq!(tab2.eval("window.chat.unread").await, unread(0, 0, 4));
     wait_badge(tab1, false, 0, 0, &title).await;
     wait_badge(tab2, false, 0, 0, &title).await;
-    assert_no_console_errors(tab1);
-    assert_no_console_errors(tab2);
+    tab1.assert_no_console_errors();
+    tab2.assert_no_console_errors();
 }
 
 /// The tab shows `said`, its badge and title `count` unread of which `mentions` mention
@@ -539,7 +526,7 @@ async fn a_mention_reaches_another_room(server: &TestServer, page: &impl DemoPag
         server_unread(server, "ann").await,
         [(kitchen.to_owned(), 0, 1, 1), (lobby.to_owned(), 0, 0, 0)]
     );
-    assert_no_console_errors(page);
+    page.assert_no_console_errors();
 }
 
 #[tokio::test]
@@ -628,7 +615,7 @@ async fn an_offline_user_sees_its_counts_and_mentions_on_its_next_visit() {
         server_unread(&server, "ann").await,
         [(room.to_owned(), 1, 0, 0)]
     );
-    assert_no_console_errors(&first);
+    first.assert_no_console_errors();
 
     // She closes the tab.
     first
@@ -726,7 +713,7 @@ async fn an_offline_user_sees_its_counts_and_mentions_on_its_next_visit() {
         server_unread(&server, "ann").await,
         [(room.to_owned(), 36, 0, 0)]
     );
-    assert_no_console_errors(&back);
+    back.assert_no_console_errors();
     eprintln!("{test}: {:?}", started.elapsed());
 }
 
@@ -906,7 +893,7 @@ async fn the_demo_page_suggests_whom_to_mention_and_the_keyboard_picks() {
     assert_eq!(amy.eval(MENTIONED).await, json!([1]));
     assert_eq!(amy.eval(SEPARATOR).await, json!(["New messages", 1]));
     assert_eq!(page.eval(MENTIONED).await, json!([]));
-    assert_no_console_errors(&page);
-    assert_no_console_errors(&amy);
+    page.assert_no_console_errors();
+    amy.assert_no_console_errors();
     eprintln!("{test}: {:?}", started.elapsed());
 }

@@ -563,8 +563,9 @@ async function openPoll(url, events, signal, maxPost) {
 }
 
 /**
- * Opens a WebTransport session and its one bidirectional stream. Resolves with a
- * connection once both are ready; rejects if either fails first.
+ * Opens a WebTransport session and its bidirectional stream (the session's own frames; each
+ * joined room's come on a stream the server opens for it). Resolves with a connection once
+ * both are ready; rejects if either fails first.
  */
 async function openWebTransport(url, hashes, events, signal) {
   const options = {};

@@ -116,6 +116,20 @@ pub trait Drive {
             .filter(|e| e.level == "error")
             .collect()
     }
+
+    /// Panics, listing them, if the page logged any error.
+    fn assert_no_console_errors(&self) {
+        let errors: Vec<(String, String)> = self
+            .console_errors()
+            .into_iter()
+            .map(|e| (e.source, e.text))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "[{}] console errors: {errors:#?}",
+            self.label()
+        );
+    }
 }
 
 /// What a test reads off the demo page (`lib/client/index.html`), in any browser.

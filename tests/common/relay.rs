@@ -319,16 +319,29 @@ async fn read_client(
             continue;
         };
         *client.lock().unwrap() = Some(from);
-        match shaper.due(Instant::now()) {
-            None => {
-                counters.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(due) => {
-                order += 1;
-                if queue.send((due, order, buf[..len].to_vec())).is_err() {
-                    return;
-                }
-            }
+        if !pass(&mut shaper, &counters, &queue, &mut order, &buf[..len]) {
+            return;
+        }
+    }
+}
+
+/// Drops `datagram` (counted) or queues it for its due time, as `shaper` says; false once
+/// nobody delivers any more.
+fn pass(
+    shaper: &mut Shaper,
+    counters: &Counters,
+    queue: &mpsc::UnboundedSender<Due>,
+    order: &mut u64,
+    datagram: &[u8],
+) -> bool {
+    match shaper.due(Instant::now()) {
+        None => {
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Some(due) => {
+            *order += 1;
+            queue.send((due, *order, datagram.to_vec())).is_ok()
         }
     }
 }
@@ -356,16 +369,8 @@ async fn read_server(
             read = binding.socket.recv_from(&mut buf) => {
                 let Ok((len, _)) = read else { continue };
                 per_binding.lock().unwrap()[binding.index] += 1;
-                match shaper.due(Instant::now()) {
-                    None => {
-                        counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Some(due) => {
-                        order += 1;
-                        if queue.send((due, order, buf[..len].to_vec())).is_err() {
-                            return;
-                        }
-                    }
+                if !pass(&mut shaper, &counters, &queue, &mut order, &buf[..len]) {
+                    return;
                 }
             }
         }
