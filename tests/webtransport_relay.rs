@@ -287,6 +287,63 @@ async fn a_session_survives_moving_to_new_addresses_mid_chat() {
     chat_across_rebindings([ip(2), ip(3), ip(4)]).await;
 }
 
+/// The per-address budget across a move: a session counts against the address it
+/// connected from until it ends, wherever it moved to (a phone that left Wi-Fi neither takes
+/// a place at its new address nor gives back its old one while it lasts), and gives that
+/// place back when it ends. With one connection per address: the phone moves from
+/// 127.0.0.1 to 127.0.0.7 and chats on; a second session from 127.0.0.1 is told `busy`, one
+/// from 127.0.0.7 comes in; once the phone is gone, 127.0.0.1 may connect again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_session_stays_counted_against_the_address_it_connected_from() {
+    let server = common::start_with(|config| config.max_connections_per_ip(1)).await;
+    let new_network = IpAddr::from([127, 0, 0, 7]);
+    let relay = Relay::symmetric(server.webtransport, Link::PERFECT).await;
+    let mut phone = Client::wt_via(&server, relay.addr()).await;
+    phone.join("moved", "phone").await;
+    assert_eq!(relay.upstream_addr().ip(), IpAddr::from([127, 0, 0, 1]));
+    Client::wt(&server).await.expect_busy().await;
+
+    relay.rebind_from(new_network).await;
+    phone
+        .send(json!({"type": "send", "room": "moved", "text": "from the new network", "id": "m1"}))
+        .await;
+    let ack = loop {
+        let frame = phone.next().await;
+        assert_still_in_session(&frame);
+        if frame["type"] == "ack" {
+            break frame;
+        }
+    };
+    assert_eq!(ack["id"], "m1", "{ack}");
+
+    // The first address still holds its place; the new one has its own.
+    Client::wt(&server).await.expect_busy().await;
+    let other = Relay::symmetric(server.webtransport, Link::PERFECT).await;
+    other.rebind_from(new_network).await;
+    let mut laptop = Client::wt_via(&server, other.addr()).await;
+    let (joined, _) = laptop.join("moved", "laptop").await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+
+    // The phone goes; its place at the first address is free again.
+    drop(phone);
+    let started = Instant::now();
+    loop {
+        let mut next = Client::wt(&server).await;
+        next.send(json!({"type": "join", "room": "moved", "name": "back"}))
+            .await;
+        let first = next.next().await;
+        if first["type"] == "joined" {
+            break;
+        }
+        assert_eq!(first["code"], "busy", "{first}");
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the phone's place at 127.0.0.1 came back once it ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The harness: with 2 % of the datagrams lost each way and 10 ms each way, a WebTransport
 /// client gets 200 messages sent at 50 a second, all, in order, once (QUIC resends what
 /// was lost); the relay did drop datagrams both ways, and did delay them.
