@@ -135,3 +135,41 @@ async fn a_hello_from_the_future_is_answered_with_the_newest_and_one_from_the_pa
     assert_eq!(late.say("r", "still here", "x").await, 1);
     server.stop().await;
 }
+
+/// Protocol 4: leaving a room and joining it again at once (both frames in one write) ends
+/// the room's stream with its `left` and opens a new one for the new `joined`; the room
+/// then lives on the new stream. (Answers that fall into one write batch are split the
+/// same way: `add_to_room`'s unit test.)
+#[tokio::test]
+async fn a_room_left_and_joined_again_at_once_gets_a_new_stream() {
+    let server = common::start().await;
+    let mut client = Client::wt(&server).await.with_room_streams().await;
+    let (joined, _) = client.join("again", "ann").await;
+    assert_eq!(joined["_stream"], 0, "{joined}");
+    let both = format!(
+        "{}\n{}",
+        json!({"type": "leave", "room": "again"}),
+        json!({"type": "join", "room": "again", "name": "ann"})
+    );
+    client.send_raw(both.as_bytes()).await;
+    let left = client.next_of("left").await;
+    assert_eq!(
+        left["_stream"], 0,
+        "the `left` ends the first stream: {left}"
+    );
+    let joined = client.next_of("joined").await;
+    assert_eq!(
+        joined["_stream"], 1,
+        "the new `joined` opens a stream: {joined}"
+    );
+    client
+        .send(json!({"type": "send", "room": "again", "text": "back", "id": "b"}))
+        .await;
+    let ack = client.next_of("ack").await;
+    assert_eq!(
+        (&ack["id"], &ack["_stream"]),
+        (&json!("b"), &json!(1)),
+        "{ack}"
+    );
+    server.stop().await;
+}

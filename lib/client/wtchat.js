@@ -643,9 +643,20 @@ async function openWebTransport(url, hashes, events, signal) {
     events.closed(conn, info);
   };
 
-  // A stream's frames: UTF-8 JSON lines. Resolves when the stream ends.
-  /** @param {WebTransportBidirectionalStream["readable"]} readable */
-  const readLines = async (readable) => {
+  // Protocol 4: the stream that carries each room's frames now (by room). A room left and
+  // joined again at once has two: the old one's last frames (up to its `left`) and the new
+  // one's `joined` travel independently, and when the new stream's come first the old
+  // stream's rest is old news (an edit since overwritten, a member since gone) that would
+  // otherwise be applied over the new.
+  /** @type {Map<string, object>} */
+  const roomStreams = new Map();
+  // A stream's frames: UTF-8 JSON lines. Resolves when the stream ends. `roomStream`: a
+  // token of its own for a room's stream, undefined for the session's.
+  /**
+   * @param {WebTransportBidirectionalStream["readable"]} readable
+   * @param {object} [roomStream]
+   */
+  const readLines = async (readable, roomStream) => {
     const reader = readable.pipeThrough(new TextDecoderStream()).getReader();
     let buf = "";
     try {
@@ -665,6 +676,11 @@ async function openWebTransport(url, hashes, events, signal) {
             continue;
           }
           if (closed) return;
+          if (roomStream && typeof frame?.room === "string") {
+            // A room's stream begins with its `joined`, and is the room's from then on.
+            if (frame.type === "joined") roomStreams.set(frame.room, roomStream);
+            else if (roomStreams.get(frame.room) !== roomStream) continue;
+          }
           events.frame(conn, frame);
         }
       }
@@ -682,7 +698,7 @@ async function openWebTransport(url, hashes, events, signal) {
       for (;;) {
         const { value, done } = await incoming.read();
         if (done || closed) break;
-        readLines(value);
+        readLines(value, {});
       }
     } catch {
       /* session closed */

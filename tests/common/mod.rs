@@ -816,8 +816,12 @@ impl Client {
         let (frames, read) = tokio::sync::mpsc::unbounded_channel();
         let connection = connection.clone();
         tokio::spawn(async move {
+            // Each frame says which stream it came on (`_stream`: 0 for the first opened).
+            let mut opened = 0;
             while let Ok(mut stream) = connection.accept_uni().await {
                 let frames = frames.clone();
+                let number = opened;
+                opened += 1;
                 tokio::spawn(async move {
                     let mut buf = BytesMut::new();
                     loop {
@@ -827,6 +831,7 @@ impl Client {
                             // When it came off its stream, before it waits behind other
                             // rooms' frames in this client: `read_at`.
                             frame["_read_us"] = json!(arrival_clock().elapsed().as_micros() as u64);
+                            frame["_stream"] = json!(number);
                             if frames.send(frame).is_err() {
                                 return;
                             }

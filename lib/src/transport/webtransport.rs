@@ -397,6 +397,25 @@ async fn write_room(
     }
 }
 
+/// A batch's frames for one room stream: the room, its frames, and whether they end with
+/// its `left` (the stream is finished after them).
+type RoomChunk<'a> = (&'a str, BytesMut, bool);
+
+/// Adds `frame` (about `room`) to the room's chunk of the batch, in order. After a `left`
+/// the room's next frames (joined again in the same batch) begin a chunk, and so a stream,
+/// of their own.
+fn add_to_room<'a>(rooms: &mut Vec<RoomChunk<'a>>, room: &'a str, frame: &[u8]) {
+    let at = match rooms.iter().position(|(r, _, last)| *r == room && !last) {
+        Some(at) => at,
+        None => {
+            rooms.push((room, BytesMut::new(), false));
+            rooms.len() - 1
+        }
+    };
+    rooms[at].1.extend_from_slice(frame);
+    rooms[at].2 = frame.starts_with(br#"{"type":"left""#);
+}
+
 /// The protocol a `hello` answer names, if `frame` is one.
 fn hello_answer(frame: &[u8]) -> Option<u32> {
     let rest = frame.strip_prefix(br#"{"type":"hello","protocol":"#)?;
@@ -411,7 +430,7 @@ impl FrameWriter for WtWriter {
         // tracking, framing and acknowledging every frame as a chunk of its own.
         let mut chunk = BytesMut::with_capacity(batch.iter().map(|o| o.frame.len()).sum());
         // Each room's frames of the batch, as one chunk per room, in the order the rooms came.
-        let mut rooms: Vec<(&str, BytesMut, bool)> = Vec::new();
+        let mut rooms: Vec<RoomChunk> = Vec::new();
         for out in batch {
             match out.kind {
                 // Ephemeral frames go as datagrams (without the `\n`); one too large for a
@@ -433,17 +452,7 @@ impl FrameWriter for WtWriter {
                         open.then_some(room)
                     });
                     match room {
-                        Some(room) => {
-                            let at = match rooms.iter().position(|(r, ..)| *r == room) {
-                                Some(at) => at,
-                                None => {
-                                    rooms.push((room, BytesMut::new(), false));
-                                    rooms.len() - 1
-                                }
-                            };
-                            rooms[at].1.extend_from_slice(&out.frame);
-                            rooms[at].2 = out.frame.starts_with(br#"{"type":"left""#);
-                        }
+                        Some(room) => add_to_room(&mut rooms, room, &out.frame),
                         None => chunk.extend_from_slice(&out.frame),
                     }
                     // From the answer to a `hello` of 4 or later on, rooms have streams.
@@ -489,5 +498,36 @@ impl FrameWriter for WtWriter {
             VarInt::from_u32(code.code().into()),
             code.reason().as_bytes(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A room left and joined again within one batch: its `left` ends the old stream's
+    /// chunk, and the new `joined` and what follows go to a chunk (a stream) of their own;
+    /// another room's frames keep theirs.
+    #[test]
+    fn a_room_joined_again_in_the_same_batch_starts_a_new_chunk() {
+        let mut rooms = Vec::new();
+        let frames: [(&str, &[u8]); 5] = [
+            ("a", b"{\"type\":\"message\",\"room\":\"a\"}\n"),
+            ("b", b"{\"type\":\"message\",\"room\":\"b\"}\n"),
+            ("a", b"{\"type\":\"left\",\"room\":\"a\"}\n"),
+            ("a", b"{\"type\":\"joined\",\"room\":\"a\"}\n"),
+            ("a", b"{\"type\":\"message\",\"room\":\"a\"}\n"),
+        ];
+        for (room, frame) in frames {
+            add_to_room(&mut rooms, room, frame);
+        }
+        let chunks: Vec<(&str, usize, bool)> = rooms
+            .iter()
+            .map(|(room, chunk, last)| {
+                (*room, chunk.iter().filter(|&&b| b == b'\n').count(), *last)
+            })
+            .collect();
+        assert_eq!(chunks, [("a", 2, true), ("b", 1, false), ("a", 2, false)]);
+        assert!(rooms[2].1.starts_with(br#"{"type":"joined""#));
     }
 }
