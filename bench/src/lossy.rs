@@ -30,7 +30,9 @@ use crate::account::{self, Kind, Marker, Outcome, Tally};
 use crate::client::{self, Framing, ReadBuf, Target, Transport};
 use crate::resume::{self, Link};
 use crate::tun::{self, Impairment, LossyPath};
-use crate::{Common, Percentiles, TransportArg, budgets, fetch_config, labelled, wt};
+use crate::turns::Usage;
+use crate::{Common, Percentiles, Snapshot, TransportArg, budgets, fetch_config, labelled};
+use crate::{procfs, wt};
 
 #[derive(Args, Clone)]
 pub struct LossyArgs {
@@ -520,7 +522,37 @@ pub struct LossyReport {
     /// The path's packets, per direction, and the drops of both.
     relay: tun::Stats,
     relay_dropped: u64,
+    /// From the start of the schedule until the last message came (100 = one core): the
+    /// server's CPU, the tool's (the path's threads too), and others' (noise).
+    server_cpu_pct: Option<f64>,
+    tool_cpu_pct: Option<f64>,
+    other_cpu_pct: Option<f64>,
+    /// Datagrams the kernel dropped for want of UDP buffer space meanwhile (machine-wide):
+    /// losses that are not the path's.
+    udp_buffer_drops: Option<u64>,
     budget: Vec<String>,
+}
+
+/// The CPU readings of a [`Snapshot`] (its counts of a fan-out's clients left at zero):
+/// what [`Usage`] needs.
+fn cpu_snapshot(pids: &[u32]) -> Snapshot {
+    Snapshot {
+        at: Instant::now(),
+        server: procfs::cpu_time_sum(pids),
+        redis: None,
+        tool: procfs::cpu_time(None),
+        machine: procfs::machine_time(),
+        received: 0,
+        acked: 0,
+        frames: 0,
+        reads: 0,
+        stall_ns: 0,
+        udp_errors: procfs::udp_buffer_errors(),
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
 }
 
 fn by_key<S: Serializer>(phases: &[PhaseReport], s: S) -> Result<S::Ok, S::Error> {
@@ -626,6 +658,7 @@ pub async fn lossy(args: LossyArgs) -> Result<LossyReport, String> {
     let expected = [quiet_times.len() as u64, busy_times.len() as u64];
     let deadline = t0 + end + Duration::from_secs_f64(args.wait_secs);
     let mut links = links.into_iter();
+    let before = cpu_snapshot(&common.server_pid);
     let senders: Vec<_> = [
         (quiet_times, args.quiet_text_bytes),
         (busy_times.clone(), args.busy_text_bytes),
@@ -646,10 +679,12 @@ pub async fn lossy(args: LossyArgs) -> Result<LossyReport, String> {
             Err(_) => break,
         }
     }
+    let after = cpu_snapshot(&common.server_pid);
     let mut published = Vec::new();
     for task in senders {
         published.push(task.await.map_err(|e| e.to_string())??);
     }
+    let usage = Usage::between(&before, &after);
     let relay = path.stats();
     let device = format!("{} ({}/24)", path.name(), addresses.local);
     drop(receiver);
@@ -745,6 +780,10 @@ pub async fn lossy(args: LossyArgs) -> Result<LossyReport, String> {
         busy: busy_report,
         relay_dropped: relay.to_server.dropped + relay.to_client.dropped,
         relay,
+        server_cpu_pct: usage.server_pct.map(round1),
+        tool_cpu_pct: usage.tool_pct.map(round1),
+        other_cpu_pct: usage.other_pct.map(round1),
+        udp_buffer_drops: before.udp_errors.zip(after.udp_errors).map(|(a, b)| b - a),
         budget: budgets(common)?,
     })
 }
@@ -849,6 +888,17 @@ impl LossyReport {
                 s.to_server.dropped,
                 s.to_client.forwarded,
                 s.to_client.dropped
+            ),
+        );
+        row(
+            &mut t,
+            "CPU",
+            format!(
+                "server {}, tool {}, other processes {}; UDP buffer drops {}",
+                crate::opt(self.server_cpu_pct, "%"),
+                crate::opt(self.tool_cpu_pct, "%"),
+                crate::opt(self.other_cpu_pct, "%"),
+                crate::opt(self.udp_buffer_drops, "")
             ),
         );
         t

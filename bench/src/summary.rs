@@ -337,6 +337,8 @@ const LOSSY: &[(&str, &str, f64, &str)] = &[
     ("lost", "lost", 1.0, ""),
     ("duplicated", "duplicated", 1.0, ""),
     ("relay_dropped", "packets the path dropped", 1.0, ""),
+    ("server_cpu_pct", "server CPU", 1.0, "%"),
+    ("other_cpu_pct", "other processes' CPU", 1.0, "%"),
 ];
 
 /// The figures every run of turns (reactions, reads) shows after its own.
