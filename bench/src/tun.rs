@@ -283,23 +283,23 @@ impl LossyPath {
             counters: Default::default(),
             ignored: AtomicU64::new(0),
         });
-        let (queue, due) = mpsc::channel();
-        let threads = vec![
-            spawn("lossy-read", {
-                let shared = shared.clone();
-                move || read(&shared, addresses, impairment, queue)
-            })?,
-            spawn("lossy-write", {
-                let shared = shared.clone();
-                move || write(&shared, due)
-            })?,
-        ];
-        Ok(LossyPath {
+        // Made before its threads: if the second fails to start, dropping the path stops
+        // the first (and removes the device).
+        let mut path = LossyPath {
             name,
             addresses,
             shared,
-            threads,
-        })
+            threads: Vec::new(),
+        };
+        let (queue, due) = mpsc::channel();
+        let shared = path.shared.clone();
+        path.threads.push(spawn("lossy-read", move || {
+            read(&shared, addresses, impairment, queue)
+        })?);
+        let shared = path.shared.clone();
+        path.threads
+            .push(spawn("lossy-write", move || write(&shared, due))?);
+        Ok(path)
     }
 
     /// The device's name (`wtlossy0`).
