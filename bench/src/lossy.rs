@@ -112,9 +112,10 @@ fn schedule(busy_rates: &[u32], length: Duration, drain: Duration) -> Vec<Phase>
 
 /// When each message is due: every `1 / rate` from `from` until `to`.
 fn send_times(start: Instant, from: Duration, to: Duration, rate: u32) -> Vec<Instant> {
-    let period = Duration::from_secs(1) / rate.max(1);
+    // k seconds ÷ rate, not k × (1 s ÷ rate): a period rounded to the nanosecond would add
+    // up to one send too many at a rate that does not divide a second.
     (0..)
-        .map(|k| from + period * k)
+        .map(|k| from + Duration::from_secs(1) * k / rate.max(1))
         .take_while(|at| *at < to)
         .map(|at| start + at)
         .collect()
@@ -943,6 +944,9 @@ mod tests {
         assert_eq!(times[0], start + Duration::from_secs(5));
         assert_eq!(times[1] - times[0], Duration::from_millis(4));
         assert!(*times.last().unwrap() < start + Duration::from_secs(6));
+        // 300 a second for a second: 300, though 1 s ÷ 300 is no whole number of ns.
+        let times = send_times(start, Duration::ZERO, Duration::from_secs(1), 300);
+        assert_eq!(times.len(), 300);
     }
 
     #[test]
