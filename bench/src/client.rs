@@ -1142,7 +1142,7 @@ impl Reader {
 // --- publishing -------------------------------------------------------------------------
 
 #[derive(Debug, Clone, Copy)]
-enum Framing {
+pub enum Framing {
     WebSocket,
     Lines,
 }
@@ -1180,7 +1180,7 @@ thread_local! {
 }
 
 /// Appends one `send` frame, framed for the transport, to `out`.
-fn build_send(out: &mut Vec<u8>, room: &str, m: Marker, pad: usize, framing: Framing) {
+pub fn build_send(out: &mut Vec<u8>, room: &str, m: Marker, pad: usize, framing: Framing) {
     SCRATCH.with(|json| {
         let mut json = json.borrow_mut();
         let json = &mut *json;

@@ -29,6 +29,9 @@
 //!   while one member keeps sending: the answers to the marking members, the frames that
 //!   reached the others (a big room sends none), server CPU per mark, and the messages'
 //!   latency meanwhile. Both run on `turns.rs`: warm-up, baseline, then the members' turns.
+//! - `lossy`: head-of-line blocking under loss (`lossy.rs`): one receiver in a quiet room
+//!   and a busy one, through a lossy path of the tool's own (`tun.rs`, a TUN device: root),
+//!   over WebTransport or WebSocket: the quiet room's latency per phase of the busy room.
 //! - `summary`: medians of the JSON lines of several runs, checked against budgets.
 //!
 //! Run the standard set with `bench/run.sh` (see `bench/README.md`), or by hand:
@@ -63,11 +66,13 @@ mod account;
 mod client;
 mod http;
 mod join;
+mod lossy;
 mod procfs;
 mod react;
 mod reads;
 mod resume;
 mod summary;
+mod tun;
 mod turns;
 mod ws;
 mod wt;
@@ -100,6 +105,10 @@ enum Command {
     /// Every member of a big room marks it read, spread over seconds, while one member
     /// sends: answers, frames to the other members, server CPU per mark, message latency.
     Reads(reads::ReadsArgs),
+    /// One receiver in a quiet room and a busy one, through a lossy path (a TUN device of
+    /// the tool's: root): the quiet room's latency per phase of the busy room, losses,
+    /// repeats and the packets dropped.
+    Lossy(lossy::LossyArgs),
     /// Medians of JSON result lines (one run per line), grouped by label, with budgets.
     Summary {
         /// Files of JSON lines as printed by `--json` (stdin if none).
@@ -291,6 +300,7 @@ fn main() -> ExitCode {
         Command::Join(args) => (args.common.clone(), Work::Join(args)),
         Command::Reactions(args) => (args.turns.common.clone(), Work::Reactions(args)),
         Command::Reads(args) => (args.turns.common.clone(), Work::Reads(args)),
+        Command::Lossy(args) => (args.common.clone(), Work::Lossy(args)),
     };
     if let Err(e) = budgets(&common) {
         eprintln!("wtchat-bench: {e}");
@@ -324,6 +334,9 @@ fn main() -> ExitCode {
             Work::Reads(args) => reads::reads(args)
                 .await
                 .map(|r| emit(&common, &r, r.table())),
+            Work::Lossy(args) => lossy::lossy(args)
+                .await
+                .map(|r| emit(&common, &r, r.table())),
         }
     });
     // Thousands of connections: do not wait for each to close politely.
@@ -343,6 +356,7 @@ enum Work {
     Join(join::JoinArgs),
     Reactions(react::ReactArgs),
     Reads(reads::ReadsArgs),
+    Lossy(lossy::LossyArgs),
 }
 
 /// Prints the human table (stdout, or stderr with `--json`) and the JSON line.

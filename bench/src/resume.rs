@@ -152,7 +152,7 @@ impl Link {
 }
 
 /// Appends a `join` of `room` as `name` (resuming after `since` under `epoch`, if given).
-fn join_frame(out: &mut Vec<u8>, room: &str, name: &str, resume: Option<(u64, u64)>) {
+pub fn join_frame(out: &mut Vec<u8>, room: &str, name: &str, resume: Option<(u64, u64)>) {
     use std::io::Write;
     let _ = write!(out, r#"{{"type":"join","room":"{room}","name":"{name}""#);
     if let Some((since, epoch)) = resume {

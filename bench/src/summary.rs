@@ -246,6 +246,101 @@ const READS: &[(&str, &str, f64, &str)] = &[
     ),
 ];
 
+/// A lossy run's figures, for the phases of the default busy rates (250 and 500 msgs/s;
+/// other rates' phases are in the JSON lines): the quiet room's latency beside the busy
+/// room, against its own with the busy room off.
+const LOSSY: &[(&str, &str, f64, &str)] = &[
+    (
+        "phases.busy_off.quiet_ms.p50",
+        "quiet p50, busy off",
+        1.0,
+        "ms",
+    ),
+    (
+        "phases.busy_off.quiet_ms.p90",
+        "quiet p90, busy off",
+        1.0,
+        "ms",
+    ),
+    (
+        "phases.busy_250.quiet_ms.p50",
+        "quiet p50, busy 250/s",
+        1.0,
+        "ms",
+    ),
+    (
+        "phases.busy_250.quiet_ms.p90",
+        "quiet p90, busy 250/s",
+        1.0,
+        "ms",
+    ),
+    (
+        "phases.busy_250.quiet_p90_vs_off",
+        "  p90 ÷ busy off's",
+        1.0,
+        "×",
+    ),
+    (
+        "phases.busy_500.quiet_ms.p50",
+        "quiet p50, busy 500/s",
+        1.0,
+        "ms",
+    ),
+    (
+        "phases.busy_500.quiet_ms.p90",
+        "quiet p90, busy 500/s",
+        1.0,
+        "ms",
+    ),
+    (
+        "phases.busy_500.quiet_p50_over_off_ms",
+        "  p50 − busy off's",
+        1.0,
+        "ms",
+    ),
+    (
+        "phases.busy_off.quiet_late",
+        "quiet late, busy off",
+        1.0,
+        "",
+    ),
+    (
+        "phases.busy_250.quiet_late",
+        "quiet late, busy 250/s",
+        1.0,
+        "",
+    ),
+    (
+        "phases.busy_500.quiet_late",
+        "quiet late, busy 500/s",
+        1.0,
+        "",
+    ),
+    (
+        "phases.busy_250.busy_delivered_per_s",
+        "busy delivered, 250/s sent",
+        1.0,
+        "/s",
+    ),
+    (
+        "phases.busy_500.busy_delivered_per_s",
+        "busy delivered, 500/s sent",
+        1.0,
+        "/s",
+    ),
+    (
+        "phases.busy_500.busy_ms.p50",
+        "  busy p50 at 500/s",
+        1.0,
+        "ms",
+    ),
+    ("lost", "lost", 1.0, ""),
+    ("duplicated", "duplicated", 1.0, ""),
+    ("relay_dropped", "packets the path dropped", 1.0, ""),
+    ("server_cpu_pct", "server CPU", 1.0, "%"),
+    ("other_cpu_pct", "other processes' CPU", 1.0, "%"),
+];
+
 /// The figures every run of turns (reactions, reads) shows after its own.
 const TURNS: &[(&str, &str, f64, &str)] = &[
     ("latency_us.p50", "message latency p50", 1e-3, "ms"),
@@ -474,6 +569,15 @@ pub fn render(runs: &[Value]) -> (String, bool) {
                 "{} {transport} members each mark the room read over {} s, one sends {} msgs/s",
                 first["subscribers"], first["spread_s"], first["rate"]
             )
+        } else if kind == "lossy" {
+            format!(
+                "{transport} protocol {}, {}% loss and {} ms each way: a quiet room ({} msgs/s) \
+                 beside a busy one",
+                first["protocol"],
+                first["loss"].as_f64().unwrap_or(0.0) * 100.0,
+                first["delay_ms"],
+                first["quiet_rate"]
+            )
         } else if kind == "idle" {
             format!("{} idle {transport} connections", first["connections"])
         } else if kind == "join" {
@@ -516,6 +620,7 @@ pub fn render(runs: &[Value]) -> (String, bool) {
             "join" => (JOIN, &[][..]),
             "reactions" => (REACTIONS, TURNS),
             "reads" => (READS, TURNS),
+            "lossy" => (LOSSY, &[][..]),
             _ => (FANOUT, &[][..]),
         };
         for &(path, name, scale, unit) in figures.iter().chain(more) {
@@ -757,6 +862,33 @@ mod tests {
         assert!(text.contains("median 450 "), "{text}");
         assert!(text.contains("1 of 3 run(s) had some"), "{text}");
         assert_eq!(field(&run(1.0, 0), "latency_us.p99"), Some(1500.0));
+    }
+
+    #[test]
+    fn lossy_runs_show_the_quiet_room_per_phase_and_check_their_budgets() {
+        let run = |p90_vs_off: f64, lost: u64| {
+            json!({"scenario":"lossy","label":"wt-lossy","transport":"wt","protocol":4,
+                   "loss":0.02,"delay_ms":10.0,"quiet_rate":20,"lost":lost,"duplicated":0,
+                   "relay_dropped":60,
+                   "phases":{"busy_off":{"quiet_ms":{"p50":12.0,"p90":14.0}},
+                             "busy_250":{"quiet_ms":{"p50":12.5,"p90":14.0 * p90_vs_off},
+                                         "quiet_p90_vs_off":p90_vs_off}},
+                   "budget":["phases.busy_250.quiet_p90_vs_off<=1.3"]})
+        };
+        let (text, ok) = render(&[run(1.1, 0), run(1.0, 0), run(1.2, 0)]);
+        assert!(ok, "{text}");
+        assert!(
+            text.contains("wt-lossy — wt protocol 4, 2% loss and 10.0 ms each way"),
+            "{text}"
+        );
+        assert!(text.contains("quiet p90, busy 250/s"), "{text}");
+        assert!(text.contains("1.10 ×"), "{text}");
+        assert!(text.contains("PASS wt-lossy             no loss"), "{text}");
+        // Phases a run did not have are left out, not shown as zero.
+        assert!(!text.contains("busy 500/s"), "{text}");
+        let (text, ok) = render(&[run(1.5, 0), run(1.4, 1)]);
+        assert!(!ok, "{text}");
+        assert!(text.contains("FAIL wt-lossy"), "{text}");
     }
 
     #[test]

@@ -292,14 +292,14 @@ impl Spread {
 pub struct Usage {
     pub secs: f64,
     server: Option<Duration>,
-    server_pct: Option<f64>,
-    tool_pct: Option<f64>,
+    pub server_pct: Option<f64>,
+    pub tool_pct: Option<f64>,
     idle_pct: Option<f64>,
-    other_pct: Option<f64>,
+    pub other_pct: Option<f64>,
 }
 
 impl Usage {
-    fn between(a: &Snapshot, b: &Snapshot) -> Usage {
+    pub fn between(a: &Snapshot, b: &Snapshot) -> Usage {
         let secs = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
         let pct = |d: Duration| d.as_secs_f64() / secs * 100.0;
         let server = a.server.zip(b.server).map(|(a, b)| b.since(&a).total());

@@ -7,7 +7,7 @@
 //! for the bursts of a fan-out.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use wtransport::endpoint::endpoint_side::Client;
@@ -23,24 +23,37 @@ pub struct Session {
     pub recv: RecvStream,
 }
 
-/// A loopback UDP socket with `buffer` bytes of kernel buffers each way (capped by
+/// A UDP socket on `bind` with `buffer` bytes of kernel buffers each way (capped by
 /// `net.core.rmem_max` / `wmem_max`).
-fn socket(buffer: usize) -> io::Result<std::net::UdpSocket> {
+fn socket(bind: IpAddr, buffer: usize) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     if buffer > 0 {
         socket.set_recv_buffer_size(buffer)?;
         socket.set_send_buffer_size(buffer)?;
     }
-    socket.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())?;
+    socket.bind(&SocketAddr::from((bind, 0)).into())?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
 
-/// Opens a session to `url` (`https://127.0.0.1:PORT/wtchat`), pinning the server's
-/// certificate by digest, and opens the session's one bidirectional stream.
+/// Opens a session to `url` (`https://127.0.0.1:PORT/wtchat`) from a loopback socket,
+/// pinning the server's certificate by digest, and opens the session's one bidirectional
+/// stream.
 pub async fn connect(url: &str, hashes: &[[u8; 32]], udp_buffer: usize) -> io::Result<Session> {
+    connect_from(Ipv4Addr::LOCALHOST.into(), url, hashes, udp_buffer).await
+}
+
+/// [`connect`] from a socket on `bind`: a server beyond loopback (the lossy path of
+/// `tun.rs`) is unreachable from 127.0.0.1, so its client binds the unspecified address
+/// and the kernel picks the source its route has.
+pub async fn connect_from(
+    bind: IpAddr,
+    url: &str,
+    hashes: &[[u8; 32]],
+    udp_buffer: usize,
+) -> io::Result<Session> {
     let config = ClientConfig::builder()
-        .with_bind_socket(socket(udp_buffer)?)
+        .with_bind_socket(socket(bind, udp_buffer)?)
         .with_server_certificate_hashes(hashes.iter().map(|h| Sha256Digest::new(*h)))
         .build();
     let endpoint = Endpoint::client(config)?;
