@@ -474,13 +474,19 @@ impl FrameWriter for WtWriter {
                 streams.queue(&self.connection, room, frames.freeze(), last);
             }
         }
-        self.pending.push(chunk.freeze());
-        self.send
-            .quic_stream_mut()
-            .write_all_chunks(&mut self.pending)
-            .await
-            .map_err(io::Error::other)?;
-        self.pending.clear();
+        if !chunk.is_empty() {
+            self.pending.push(chunk.freeze());
+        }
+        // Nothing for the session's stream (every frame went to a room's): no write at all,
+        // since even an empty one makes quinn queue the stream and send a packet for it.
+        if !self.pending.is_empty() {
+            self.send
+                .quic_stream_mut()
+                .write_all_chunks(&mut self.pending)
+                .await
+                .map_err(io::Error::other)?;
+            self.pending.clear();
+        }
         if let Some(streams) = &self.rooms {
             streams.queued.room().await;
         }
