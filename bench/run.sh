@@ -60,16 +60,19 @@ TOOL=$TARGET_DIR/release/wtchat-bench
 # --server-pid, with redis --redis-pid, --label, --json). Budgets (issue 5) travel in the JSON line; `wtchat-bench summary`
 # checks medians, and a budget FIELD/LABEL checks the ratio to LABEL's median, so a
 # *-sqlite scenario is judged against its memory twin run in the same invocation.
+# In wt-fanout and wt-latency the WebTransport clients speak protocol 4, as browsers do
+# (`--room-streams`: each room's frames on a stream of its own); the other WebTransport
+# scenarios keep protocol 1's one stream.
 SCENARIOS=(
   "ws-fanout|memory|fanout --transport ws --subscribers 1000 --publishers 10 --duration 5 --budget server_ns_per_delivery=400"
   "ws-fanout-sqlite|sqlite|fanout --transport ws --subscribers 1000 --publishers 10 --duration 5 --budget server_ns_per_delivery/ws-fanout<=1.1"
-  "wt-fanout|memory|fanout --transport wt --subscribers 200 --publishers 10 --duration 5 --budget server_ns_per_delivery=800"
+  "wt-fanout|memory|fanout --transport wt --room-streams --subscribers 200 --publishers 10 --duration 5 --budget server_ns_per_delivery=800"
   "wt-1000|memory|fanout --transport wt --subscribers 1000 --publishers 10 --rate 50 --duration 5"
   "ws-throughput|memory|fanout --transport ws --subscribers 13 --publishers 10 --window 64 --duration 5"
   "ws-throughput-sqlite|sqlite|fanout --transport ws --subscribers 13 --publishers 10 --window 64 --duration 5 --budget acked_per_s>=50000 --budget acked_per_s/ws-throughput>=0.7"
   "ws-latency|memory|fanout --transport ws --subscribers 1000 --publishers 10 --rate 20 --duration 8 --budget latency_us.p99=15000"
   "ws-latency-sqlite|sqlite|fanout --transport ws --subscribers 1000 --publishers 10 --rate 20 --duration 8 --budget latency_us.p99/ws-latency<=1.2"
-  "wt-latency|memory|fanout --transport wt --subscribers 1000 --publishers 10 --rate 20 --duration 8 --budget latency_us.p99=30000"
+  "wt-latency|memory|fanout --transport wt --room-streams --subscribers 1000 --publishers 10 --rate 20 --duration 8 --budget latency_us.p99=30000"
   "ws-idle|memory|idle --transport ws --subscribers 10000 --budget bytes_per_connection=8192"
   "wt-idle|memory|idle --transport wt --subscribers 1000 --budget bytes_per_connection=65536"
 )
@@ -88,6 +91,13 @@ EXTRA=(
   "ws-fanout-1t|memory|fanout --transport ws --subscribers 1000 --publishers 10 --duration 5 --threads 1"
   "ws-latency-1t|memory|fanout --transport ws --subscribers 1000 --publishers 10 --rate 20 --duration 8 --threads 1"
   "wt-latency-1t|memory|fanout --transport wt --subscribers 1000 --publishers 10 --rate 20 --duration 8 --threads 1"
+  # A stream per room (protocol 4) beside one stream for everything: wt-fanout's load with
+  # the clients of protocol 1 (no hello: every frame on the session's one stream, as before
+  # protocol 4), and wt-fanout with every member in 16 rooms (the server's default most per
+  # connection) that the publishers send to in turn, so 16 room streams per session, each
+  # with 1/16 of the messages: what the streams cost a delivery, against wt-fanout's.
+  "wt-fanout-p1|memory|fanout --transport wt --subscribers 200 --publishers 10 --duration 5 --versus wt-fanout"
+  "wt-fanout-16|memory|fanout --transport wt --room-streams --rooms-per-session 16 --subscribers 200 --publishers 10 --duration 5 --versus wt-fanout --budget server_ns_per_delivery/wt-fanout<=1.2"
   # Big rooms (the `bigrooms` set): filling one room must cost what its joins cost, not the
   # square of its size. Each storm is judged against a baseline run in the same invocation:
   # a join into an empty room (each client its own room), and a bare WebTransport session.

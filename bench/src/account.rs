@@ -1,8 +1,9 @@
 //! The load tool's own bookkeeping, with no I/O and no clock, so that it can be tested
 //! exactly: what kind a server frame is (by its first bytes), the numbers in it (by byte
 //! search, not a JSON parse: the receive path must not allocate per message), the send-time
-//! marker a publisher writes into each message's text, and the per-subscriber tally of
-//! expected versus received messages that counts losses and duplicates.
+//! marker a publisher writes into each message's text, which of the run's rooms a send goes
+//! to, and the per-subscriber tally of expected versus received messages that counts losses
+//! and duplicates.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
@@ -88,6 +89,24 @@ pub fn u64_after(frame: &[u8], key: &[u8]) -> Option<u64> {
 
 /// The key that precedes every number the tool reads from a frame.
 pub const SEQ_KEY: &[u8] = b"\"seq\":";
+/// Where a frame's room name starts (the server writes `room` right after `type`).
+const ROOM_KEY: &[u8] = b"\"room\":\"";
+
+/// Which of `rooms` rooms a frame is about, when they are named `<prefix>-0`,
+/// `<prefix>-1`, …: None for a frame naming no room, or another one.
+pub fn room_index(frame: &[u8], prefix: &[u8]) -> Option<usize> {
+    let at = find(frame, ROOM_KEY)? + ROOM_KEY.len();
+    let rest = frame[at..].strip_prefix(prefix)?.strip_prefix(b"-")?;
+    let (index, used) = leading_u64(rest)?;
+    rest[used..].starts_with(b"\"").then_some(index as usize)
+}
+
+/// The room (of `rooms`) that publisher `publisher` sends its message `counter` to: each
+/// publisher goes round the rooms, starting from a room of its own, so that at any moment
+/// the publishers' sends are spread over all of them.
+pub fn room_of(publisher: u32, counter: u64, rooms: usize) -> usize {
+    ((u64::from(publisher) + counter) % rooms as u64) as usize
+}
 /// Where a message's text starts, when the text is one of our markers.
 const MARKER_KEY: &[u8] = b"\"text\":\"t=";
 
@@ -212,37 +231,53 @@ pub enum Outcome {
     Foreign,
 }
 
-/// One subscriber's account of the messages it received, per publisher.
+/// One subscriber's account of the messages it received, per publisher and room.
 ///
-/// Each publisher numbers its messages 0, 1, 2, …; the room keeps each sender's messages in
-/// order, so a subscriber expects exactly the next number of each publisher. A higher
-/// number means the ones between were lost; a lower one is a duplicate. Messages that
-/// never arrived after the last one received are counted by [`Tally::finish`].
+/// Each publisher numbers its messages 0, 1, 2, … and sends them round its rooms
+/// ([`room_of`]); a room keeps each sender's messages in order, so a subscriber expects
+/// exactly the next number of each publisher in each room (with one room, the next number
+/// of each publisher). A higher number means the ones between were lost; a lower one is a
+/// duplicate. Messages that never arrived after the last one received are counted by
+/// [`Tally::finish`]. Rooms are kept apart because nothing orders two rooms' frames
+/// (protocol 4 gives each a stream of its own).
 #[derive(Debug, Clone)]
 pub struct Tally {
-    /// Per publisher: the next counter expected.
+    rooms: usize,
+    /// Per publisher and room (`publisher * rooms + room`): the next counter expected.
     next: Vec<u64>,
-    /// The room's `seq` when this subscriber joined: messages at or below it are history.
-    base_seq: u64,
-    /// Highest room `seq` seen, to count frames that go backwards.
-    last_seq: u64,
+    /// Per room: its `seq` when this subscriber joined (messages at or below it are
+    /// history), and the highest `seq` seen since, to count frames that go backwards.
+    base_seq: Vec<u64>,
+    last_seq: Vec<u64>,
+    /// `joined` frames accounted.
+    joined: usize,
     /// Distinct messages received.
     pub received: u64,
     pub lost: u64,
     pub duplicated: u64,
     /// Messages whose room `seq` was not above the previous one's (order broken).
     pub out_of_order: u64,
+    /// Messages naming a publisher, or a room, this run does not have.
     pub foreign: u64,
 }
 
 impl Tally {
-    /// A tally for a run with `publishers` publishers, for a subscriber that joined when the
-    /// room's latest sequence number was `base_seq`.
-    pub fn new(publishers: usize, base_seq: u64) -> Tally {
+    /// A tally for a run with `publishers` publishers, for a subscriber in `rooms` rooms (at
+    /// least 1), before any of its `joined`.
+    pub fn new(publishers: usize, rooms: usize) -> Tally {
+        let rooms = rooms.max(1);
         Tally {
-            next: vec![0; publishers],
-            base_seq,
-            last_seq: base_seq,
+            rooms,
+            // Publisher p's first message in room r is its first counter that goes there.
+            next: (0..publishers * rooms)
+                .map(|v| {
+                    let (p, r) = ((v / rooms) as u64, (v % rooms) as u64);
+                    (r + rooms as u64 - p % rooms as u64) % rooms as u64
+                })
+                .collect(),
+            base_seq: vec![0; rooms],
+            last_seq: vec![0; rooms],
+            joined: 0,
             received: 0,
             lost: 0,
             duplicated: 0,
@@ -251,26 +286,47 @@ impl Tally {
         }
     }
 
-    /// Accounts one `message` frame with room sequence number `seq` and marker `m`.
-    pub fn record(&mut self, seq: u64, m: &Marker) -> Outcome {
-        if seq <= self.base_seq {
-            return Outcome::Replay;
+    /// Accounts the `joined` of room `room`, whose latest sequence number was then `seq`;
+    /// true once every room's has come.
+    pub fn joined(&mut self, room: usize, seq: u64) -> bool {
+        if let (Some(base), Some(last)) = (self.base_seq.get_mut(room), self.last_seq.get_mut(room))
+        {
+            (*base, *last) = (seq, seq);
+            self.joined += 1;
         }
-        if seq <= self.last_seq {
-            self.out_of_order += 1;
-        } else {
-            self.last_seq = seq;
-        }
-        let Some(next) = self.next.get_mut(m.publisher as usize) else {
+        self.joined >= self.rooms
+    }
+
+    /// Accounts one `message` frame of room `room`, with room sequence number `seq` and
+    /// marker `m`.
+    pub fn record(&mut self, room: usize, seq: u64, m: &Marker) -> Outcome {
+        let (Some(&base), Some(last)) = (self.base_seq.get(room), self.last_seq.get_mut(room))
+        else {
             self.foreign += 1;
             return Outcome::Foreign;
+        };
+        if seq <= base {
+            return Outcome::Replay;
+        }
+        if seq <= *last {
+            self.out_of_order += 1;
+        } else {
+            *last = seq;
+        }
+        let at = m.publisher as usize * self.rooms + room;
+        let next = match self.next.get_mut(at) {
+            Some(next) if room_of(m.publisher, m.counter, self.rooms) == room => next,
+            _ => {
+                self.foreign += 1;
+                return Outcome::Foreign;
+            }
         };
         if m.counter < *next {
             self.duplicated += 1;
             return Outcome::Duplicate;
         }
-        let missing = m.counter - *next;
-        *next = m.counter + 1;
+        let missing = (m.counter - *next) / self.rooms as u64;
+        *next = m.counter + self.rooms as u64;
         self.received += 1;
         self.lost += missing;
         if missing == 0 {
@@ -280,19 +336,24 @@ impl Tally {
         }
     }
 
-    /// The highest room number of a message received (the room's when it joined, until
-    /// one arrives).
+    /// The highest room number of a message received, over the rooms (a room's when it
+    /// joined, until one arrives).
     pub fn newest(&self) -> u64 {
-        self.last_seq
+        self.last_seq.iter().copied().max().unwrap_or(0)
     }
 
     /// Ends the account: `sent[p]` is how many messages publisher `p` sent in all; every one
     /// this subscriber never got counts as lost. Returns the total lost.
     pub fn finish(&mut self, sent: &[u64]) -> u64 {
-        for (next, &sent) in self.next.iter_mut().zip(sent) {
-            if sent > *next {
-                self.lost += sent - *next;
-                *next = sent;
+        let rooms = self.rooms as u64;
+        for (per_room, &sent) in self.next.chunks_mut(self.rooms).zip(sent) {
+            for next in per_room {
+                if sent > *next {
+                    // Counters next, next + rooms, … below `sent`.
+                    let missing = (sent - *next).div_ceil(rooms);
+                    self.lost += missing;
+                    *next += missing * rooms;
+                }
             }
         }
         self.lost
@@ -328,13 +389,14 @@ mod tests {
     #[test]
     fn counts_one_lost_and_one_duplicated_message() {
         // Publisher 0 sends 0..=4; the subscriber misses 2 and gets 3 twice.
-        let mut tally = Tally::new(1, 0);
+        let mut tally = Tally::new(1, 1);
+        assert!(tally.joined(0, 0));
         let seen = [0u64, 1, 3, 3, 4];
         for (i, &n) in seen.iter().enumerate() {
             let frame = message(i as u64 + 1, marker(0, n));
             let m = parse_marker(&frame).unwrap();
             let seq = u64_after(&frame, SEQ_KEY).unwrap();
-            tally.record(seq, &m);
+            tally.record(0, seq, &m);
         }
         assert_eq!(tally.finish(&[5]), 1);
         assert_eq!(tally.lost, 1);
@@ -344,17 +406,18 @@ mod tests {
 
     #[test]
     fn outcomes_per_publisher() {
-        let mut tally = Tally::new(2, 10);
-        assert_eq!(tally.record(5, &marker(0, 0)), Outcome::Replay);
-        assert_eq!(tally.record(11, &marker(0, 0)), Outcome::New);
-        assert_eq!(tally.record(12, &marker(1, 0)), Outcome::New);
+        let mut tally = Tally::new(2, 1);
+        assert!(tally.joined(0, 10));
+        assert_eq!(tally.record(0, 5, &marker(0, 0)), Outcome::Replay);
+        assert_eq!(tally.record(0, 11, &marker(0, 0)), Outcome::New);
+        assert_eq!(tally.record(0, 12, &marker(1, 0)), Outcome::New);
         assert_eq!(
-            tally.record(13, &marker(1, 3)),
+            tally.record(0, 13, &marker(1, 3)),
             Outcome::AfterGap { missing: 2 }
         );
-        assert_eq!(tally.record(14, &marker(0, 0)), Outcome::Duplicate);
-        assert_eq!(tally.record(15, &marker(7, 0)), Outcome::Foreign);
-        assert_eq!(tally.record(15, &marker(0, 1)), Outcome::New);
+        assert_eq!(tally.record(0, 14, &marker(0, 0)), Outcome::Duplicate);
+        assert_eq!(tally.record(0, 15, &marker(7, 0)), Outcome::Foreign);
+        assert_eq!(tally.record(0, 15, &marker(0, 1)), Outcome::New);
         assert_eq!(tally.out_of_order, 1);
         // Publisher 0 sent 4 (2 never came), publisher 1 sent 4 (1 and 2 lost in the gap).
         assert_eq!(tally.finish(&[4, 4]), 4);
@@ -365,16 +428,70 @@ mod tests {
 
     #[test]
     fn a_complete_run_has_nothing_lost() {
-        let mut tally = Tally::new(3, 0);
+        let mut tally = Tally::new(3, 1);
+        assert!(tally.joined(0, 0));
         let mut seq = 0;
         for n in 0..100 {
             for p in 0..3 {
                 seq += 1;
-                assert_eq!(tally.record(seq, &marker(p, n)), Outcome::New);
+                assert_eq!(tally.record(0, seq, &marker(p, n)), Outcome::New);
             }
         }
         assert_eq!(tally.finish(&[100, 100, 100]), 0);
         assert_eq!((tally.received, tally.duplicated), (300, 0));
+    }
+
+    #[test]
+    fn each_room_keeps_its_own_order_and_count() {
+        // 2 publishers round 3 rooms: publisher 1's message n goes to room (1 + n) % 3.
+        let mut tally = Tally::new(2, 3);
+        assert!(!tally.joined(0, 5));
+        assert!(!tally.joined(2, 0));
+        assert!(tally.joined(1, 7));
+        assert_eq!(room_of(1, 0, 3), 1);
+        assert_eq!(room_of(1, 2, 3), 0);
+        // Rooms' frames come in any order between rooms (streams of their own): room 0
+        // first, with publisher 1's message 2 (its first there), then room 1's 0 and 3.
+        assert_eq!(tally.record(0, 6, &marker(1, 2)), Outcome::New);
+        assert_eq!(tally.record(1, 8, &marker(1, 0)), Outcome::New);
+        assert_eq!(tally.record(1, 9, &marker(1, 3)), Outcome::New);
+        // Room 2 skips publisher 1's message 1 (its only one there so far) for 4.
+        assert_eq!(
+            tally.record(2, 1, &marker(1, 4)),
+            Outcome::AfterGap { missing: 1 }
+        );
+        assert_eq!(tally.record(1, 9, &marker(1, 3)), Outcome::Duplicate);
+        // History of room 1, and a message in a room its counter does not go to.
+        assert_eq!(tally.record(1, 7, &marker(0, 1)), Outcome::Replay);
+        assert_eq!(tally.record(1, 10, &marker(0, 0)), Outcome::Foreign);
+        assert_eq!(tally.record(3, 1, &marker(0, 0)), Outcome::Foreign);
+        assert_eq!(tally.out_of_order, 1);
+        assert_eq!(tally.newest(), 10);
+        // Publisher 0 sent 2 (to rooms 0 and 1: neither came); publisher 1 sent 6, of which
+        // 1 (room 2, counted at the gap) and 5 (room 0, after its 2) never came.
+        assert_eq!(tally.finish(&[2, 6]), 2 + 2);
+        assert_eq!((tally.received, tally.duplicated, tally.foreign), (4, 1, 2));
+        // Finishing again counts nothing twice.
+        assert_eq!(tally.finish(&[2, 6]), 4);
+    }
+
+    #[test]
+    fn rooms_are_named_by_their_index() {
+        let frame = br#"{"type":"message","room":"bench-12","seq":3,"text":"t=1;p=0;n=0"}"#;
+        assert_eq!(room_index(frame, b"bench"), Some(12));
+        assert_eq!(room_index(frame, b"bench-1"), None);
+        assert_eq!(room_index(frame, b"other"), None);
+        assert_eq!(
+            room_index(br#"{"type":"ack","room":"bench-1x","seq":3}"#, b"bench"),
+            None
+        );
+        assert_eq!(room_index(br#"{"type":"pong"}"#, b"bench"), None);
+        // Every publisher's sends go round every room.
+        for p in 0..4 {
+            let mut seen: Vec<usize> = (0..5).map(|n| room_of(p, n, 5)).collect();
+            seen.sort_unstable();
+            assert_eq!(seen, [0, 1, 2, 3, 4]);
+        }
     }
 
     #[test]

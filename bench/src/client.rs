@@ -1,12 +1,14 @@
 //! The simulated clients: one task per connection that connects, joins, and reads every
-//! frame; publishers have a second task that sends. All of them share one [`Run`]: the plan,
-//! the phase of the run, and per-client counters the main task and the monitor read.
+//! frame (over WebTransport of protocol 4, on every stream of the session); publishers have
+//! a second task that sends. All of them share one [`Run`]: the plan, the phase of the run,
+//! and per-client counters the main task and the monitor read.
 //!
 //! The receive path is the tool's hot loop (a fan-out run delivers up to a few hundred
 //! thousand frames a second to it): it reads as many bytes as a buffer holds per call,
 //! looks at each frame in place with byte searches, takes one clock reading per read
 //! call, and records latencies into a histogram owned by the worker thread (one lock per
-//! read, never contended). Nothing on it allocates per message.
+//! read, never contended). Nothing on it allocates per message (a room stream's read, of
+//! protocol 4, allocates its place among the session's reads once per read).
 
 use std::cell::RefCell;
 use std::io;
@@ -15,6 +17,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -56,10 +60,16 @@ pub struct Target {
 /// What every client does; fixed for the run.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// The room (with `room_size`, the prefix of the rooms).
+    /// The room (with `room_size`, or `rooms` above 1, the prefix of the rooms).
     pub room: String,
     /// 0: everyone in `room`; otherwise clients fill rooms `room-0`, `room-1`, … of this size.
     pub room_size: usize,
+    /// With `room_size` 0: the rooms every client joins, `room` alone (1), or `room-0` …
+    /// `room-(rooms-1)`, which the publishers send to in turn.
+    pub rooms: usize,
+    /// WebTransport clients speak protocol 4 (its `hello` first): the server opens a stream
+    /// per joined room, which the client reads beside its own.
+    pub room_streams: bool,
     /// Join a room after connecting (false: connect only).
     pub join: bool,
     /// Clients 0..publishers also publish.
@@ -100,6 +110,8 @@ pub struct ClientStat {
     pub errors: AtomicU32,
     /// `error` frames with code `rate_limited`: sends the server dropped.
     pub refused: AtomicU32,
+    /// Unidirectional streams the server opened (protocol 4: one per joined room).
+    pub streams: AtomicU32,
     /// 1 once joined (or connected, without join), 2 once its reader has ended.
     pub state: AtomicU32,
     /// Wakes the publisher when acknowledgements arrive.
@@ -119,6 +131,9 @@ pub struct MessageTrack {
 #[derive(Debug)]
 pub struct Run {
     pub plan: Plan,
+    /// The rooms everyone joins (with `room_size` 0), from the plan: a send's room is one of
+    /// them, named once here rather than per send.
+    rooms: Box<[String]>,
     /// The servers: nodes of one chat (one, unless the engine shares rooms between
     /// processes). Client `i` connects to node `i mod nodes`, so members and publishers
     /// are spread evenly over them.
@@ -273,7 +288,12 @@ impl Run {
         // Full speed keeps at most `window` sends unacknowledged; a fixed rate far fewer
         // than 1024 (unless the server stalls for minutes).
         let send_times = SendTimes::new(plan.publishers, (plan.window as usize).max(1024));
+        let rooms = match plan.rooms {
+            0 | 1 => vec![plan.room.clone()],
+            k => (0..k).map(|i| format!("{}-{i}", plan.room)).collect(),
+        };
         Arc::new(Run {
+            rooms: rooms.into(),
             plan,
             targets,
             start: Instant::now(),
@@ -312,11 +332,25 @@ impl Run {
         &self.targets[idx % self.targets.len()]
     }
 
-    fn room_of(&self, idx: usize) -> String {
+    /// The rooms client `idx` joins.
+    fn rooms_of(&self, idx: usize) -> Vec<String> {
         match self.plan.room_size {
-            0 => self.plan.room.clone(),
-            size => format!("{}-{}", self.plan.room, idx / size),
+            0 => self.rooms.to_vec(),
+            size => vec![format!("{}-{}", self.plan.room, idx / size)],
         }
+    }
+
+    /// The room publisher `publisher` sends its message `counter` to.
+    fn send_room(&self, publisher: u32, counter: u64) -> &str {
+        &self.rooms[account::room_of(publisher, counter, self.rooms.len())]
+    }
+
+    /// Which of the rooms everyone joins a frame is about (with one, the room).
+    fn room_index(&self, frame: &[u8]) -> Option<usize> {
+        if self.rooms.len() == 1 {
+            return Some(0);
+        }
+        account::room_index(frame, self.plan.room.as_bytes())
     }
 }
 
@@ -400,11 +434,12 @@ pub async fn client(run: Arc<Run>, idx: usize, transport: Transport) -> ClientRe
     } else {
         format!("s{idx}")
     };
+    // The joins, one line each.
     let join = run.plan.join.then(|| {
-        format!(
-            r#"{{"type":"join","room":"{}","name":"{name}"}}"#,
-            run.room_of(idx)
-        )
+        run.rooms_of(idx)
+            .iter()
+            .map(|room| format!(r#"{{"type":"join","room":"{room}","name":"{name}"}}"#) + "\n")
+            .collect::<String>()
     });
     let mut reader = Reader::new(run.clone(), idx, permit);
     let result = match transport {
@@ -435,9 +470,11 @@ async fn run_ws(
     let target = run.target(idx);
     let mut tcp = ws::connect(target.http, &target.ws_url).await?;
     if let Some(join) = join {
-        let mut frame = Vec::with_capacity(join.len() + 8);
-        ws::encode_frame(&mut frame, ws::OP_TEXT, join.as_bytes());
-        tcp.write_all(&frame).await?;
+        let mut frames = Vec::with_capacity(join.len() + 8);
+        for line in join.lines() {
+            ws::encode_frame(&mut frames, ws::OP_TEXT, line.as_bytes());
+        }
+        tcp.write_all(&frames).await?;
     } else {
         reader.mark_ready();
     }
@@ -468,18 +505,30 @@ async fn run_wt(
         mut send,
         recv,
     } = conn;
-    if let Some(join) = join {
-        let mut line = Vec::with_capacity(join.len() + 1);
-        line.extend_from_slice(join.as_bytes());
-        line.push(b'\n');
-        send.write_all(&line).await.map_err(io::Error::other)?;
+    // Protocol 4 is asked for before the joins, so that their rooms get streams (a server
+    // that answers with an older version sends everything on this stream, as to no hello).
+    let hello = if run.plan.room_streams {
+        HELLO_ROOM_STREAMS
     } else {
+        ""
+    };
+    let first = [hello, join.unwrap_or_default()].concat();
+    if !first.is_empty() {
+        send.write_all(first.as_bytes())
+            .await
+            .map_err(io::Error::other)?;
+    }
+    if join.is_none() {
         reader.mark_ready();
     }
     // As over WebSocket: dropping the send half would finish the stream and end the session.
     let (_keep, writer) =
         spawn_publisher(run, idx, publisher, Outlet::Stream(send, Framing::Lines));
-    let result = read_lines(recv, reader).await;
+    let result = if run.plan.room_streams {
+        read_streams(&connection, recv, reader).await
+    } else {
+        read_lines(recv, reader).await
+    };
     if let Some(writer) = writer {
         writer.abort();
     }
@@ -490,6 +539,9 @@ async fn run_wt(
         None => e,
     })
 }
+
+/// The `hello` of a client that reads a stream per room.
+const HELLO_ROOM_STREAMS: &str = "{\"type\":\"hello\",\"protocol\":4}\n";
 
 /// Spawns the publishing task of a publisher; otherwise hands the outlet back to be kept
 /// alive.
@@ -595,7 +647,6 @@ async fn run_sse(
     };
     match join {
         Some(join) => {
-            let join = format!("{join}\n");
             http::post_once(target.http, &post, secret.as_deref(), join.as_bytes()).await?
         }
         None => reader.mark_ready(),
@@ -653,7 +704,7 @@ async fn run_poll(
                 &host,
                 &post,
                 secret.as_deref(),
-                format!("{join}\n").as_bytes(),
+                join.as_bytes(),
                 false,
             );
             let (head, _) = http::exchange(&mut tcp, &request, &mut response).await?;
@@ -798,16 +849,62 @@ async fn read_ws<R: AsyncRead + Unpin>(mut rd: R, reader: &mut Reader) -> io::Re
     }
 }
 
+/// One WebTransport stream of `\n`-terminated frames, and what was read of it.
+struct Lines {
+    recv: wtransport::RecvStream,
+    buf: ReadBuf,
+    /// Unconsumed bytes already known to hold no line end (a long line arrives in pieces).
+    scanned: usize,
+}
+
+impl Lines {
+    fn new(recv: wtransport::RecvStream, read_buffer: usize) -> Lines {
+        Lines {
+            recv,
+            buf: ReadBuf::new(read_buffer),
+            scanned: 0,
+        }
+    }
+
+    /// Reads what the stream has; false once it has ended. Cancel-safe: nothing is read
+    /// unless it resolves.
+    async fn read(&mut self) -> io::Result<bool> {
+        match self.recv.read(self.buf.space(None)).await {
+            Ok(Some(n)) => {
+                self.buf.end += n;
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(io::Error::other(e)),
+        }
+    }
+
+    /// Hands every whole frame read to `reader`, as one read stamped now.
+    fn hand_out(&mut self, reader: &mut Reader) {
+        let now = reader.run.now_ns();
+        while let Some(pos) = next_line(self.buf.data(), &mut self.scanned) {
+            reader.on_frame(&self.buf.data()[..pos], now);
+            self.buf.consume(pos + 1);
+        }
+        reader.end_batch();
+    }
+
+    /// Reads once, handing its stream back with what it got: the read of a room's stream
+    /// (protocol 4), which waits among the others' in [`read_streams`].
+    async fn read_owned(mut self) -> (Lines, io::Result<bool>) {
+        let more = self.read().await;
+        (self, more)
+    }
+}
+
 /// Reads `\n`-terminated frames (WebTransport) until the run finishes or the stream ends.
-async fn read_lines(mut recv: wtransport::RecvStream, reader: &mut Reader) -> io::Result<()> {
+async fn read_lines(recv: wtransport::RecvStream, reader: &mut Reader) -> io::Result<()> {
     let mut phase = reader.run.phase.subscribe();
-    let mut buf = ReadBuf::new(reader.run.plan.read_buffer);
-    // Unconsumed bytes already known to hold no line end (a long line arrives in pieces).
-    let mut scanned = 0;
+    let mut lines = Lines::new(recv, reader.run.plan.read_buffer);
     loop {
-        let n = tokio::select! {
+        let more = tokio::select! {
             biased;
-            n = recv.read(buf.space(None)) => n.map_err(io::Error::other)?,
+            more = lines.read() => more?,
             _ = phase.changed() => {
                 if *phase.borrow() == PHASE_FINISH {
                     return Ok(());
@@ -815,16 +912,61 @@ async fn read_lines(mut recv: wtransport::RecvStream, reader: &mut Reader) -> io
                 continue;
             }
         };
-        let Some(n) = n else {
+        if !more {
             return Err(io::ErrorKind::UnexpectedEof.into());
-        };
-        buf.end += n;
-        let now = reader.run.now_ns();
-        while let Some(pos) = next_line(buf.data(), &mut scanned) {
-            reader.on_frame(&buf.data()[..pos], now);
-            buf.consume(pos + 1);
         }
-        reader.end_batch();
+        lines.hand_out(reader);
+    }
+}
+
+/// Reads a session of protocol 4 until the run finishes or its own stream ends: that
+/// stream (`session`), and every unidirectional stream the server opens, one per joined
+/// room, each finished after the room's `left`. All in this one task, into the one
+/// `reader`: a task and a channel per stream would cost the tool, which shares the
+/// machine with the server, more than the streams cost the server. Each frame is whole
+/// on its stream, so each stream keeps its own buffer. Against a server that speaks an
+/// older version no stream is opened, and this reads the session's stream alone.
+async fn read_streams(
+    connection: &wtransport::Connection,
+    session: wtransport::RecvStream,
+    reader: &mut Reader,
+) -> io::Result<()> {
+    let mut phase = reader.run.phase.subscribe();
+    let size = reader.run.plan.read_buffer;
+    let mut session = Lines::new(session, size);
+    // Each room stream's read owns the stream while it waits: only the streams with data
+    // are polled, however many rooms there are.
+    let mut rooms = FuturesUnordered::new();
+    let accept = connection.accept_uni();
+    tokio::pin!(accept);
+    loop {
+        tokio::select! {
+            biased;
+            more = session.read() => {
+                if !more? {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                session.hand_out(reader);
+            }
+            Some((mut room, more)) = rooms.next() => {
+                // A room's stream that ended (after its `left`) is dropped. (`hand_out`
+                // by its path: the set's type is only known from the pushes below.)
+                if more? {
+                    Lines::hand_out(&mut room, reader);
+                    rooms.push(room.read_owned());
+                }
+            }
+            stream = &mut accept => {
+                rooms.push(Lines::new(stream.map_err(io::Error::other)?, size).read_owned());
+                reader.run.clients[reader.idx].streams.fetch_add(1, Relaxed);
+                accept.set(connection.accept_uni());
+            }
+            _ = phase.changed() => {
+                if *phase.borrow() == PHASE_FINISH {
+                    return Ok(());
+                }
+            }
+        }
     }
 }
 
@@ -1016,11 +1158,19 @@ impl Reader {
             }
             Kind::Joined => {
                 let seq = account::u64_after(frame, account::SEQ_KEY).unwrap_or(0);
-                self.tally = Some(Tally::new(self.run.plan.publishers, seq));
+                let (publishers, rooms) = (self.run.plan.publishers, self.run.rooms.len());
+                let room = self.run.room_index(frame).unwrap_or(usize::MAX);
+                let all = self
+                    .tally
+                    .get_or_insert_with(|| Tally::new(publishers, rooms))
+                    .joined(room, seq);
                 if let Some(r) = &self.run.turns {
                     r.on_joined(self.idx, frame);
                 }
-                self.mark_ready();
+                // Ready once in every room (until then it holds its connect permit).
+                if all && !self.counted_ready {
+                    self.mark_ready();
+                }
             }
             Kind::Error => {
                 let stat = &self.run.clients[self.idx];
@@ -1072,8 +1222,10 @@ impl Reader {
         ) else {
             return;
         };
+        // A room that is not the run's is out of range: the tally counts it foreign.
+        let room = self.run.room_index(frame).unwrap_or(usize::MAX);
         if !matches!(
-            tally.record(seq, &m),
+            tally.record(room, seq, &m),
             Outcome::New | Outcome::AfterGap { .. }
         ) {
             return;
@@ -1340,7 +1492,13 @@ async fn publish<W: AsyncWrite + Unpin>(
                 counter,
             };
             run.send_times.sent(publisher, counter, sent_ns);
-            build_send(&mut out, &plan.room, m, plan.pad, framing);
+            build_send(
+                &mut out,
+                run.send_room(publisher, counter),
+                m,
+                plan.pad,
+                framing,
+            );
             counter += 1;
         }
         outlet.send(&out).await?;

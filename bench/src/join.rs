@@ -69,6 +69,8 @@ impl JoinArgs {
                 Rooms::One => 0,
                 Rooms::Each => 1,
             },
+            rooms: 1,
+            room_streams: common.room_streams,
             join: !self.no_join,
             publishers: 0,
             window: 1,

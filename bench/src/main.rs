@@ -16,6 +16,9 @@
 //!   the bottleneck.
 //!   With `--prefill` and `--resumers` (`resume.rs`), the room has deep history and extra
 //!   clients resume from far back in it, again and again, while the members receive.
+//!   With `--rooms-per-session K` every member is in K rooms, which the publishers send to
+//!   in turn; with `--room-streams` WebTransport clients speak protocol 4, as browsers do,
+//!   and read a stream per room.
 //! - `idle`: N connections that join a room and then stay quiet: server memory per
 //!   connection.
 //! - `join`: a join storm. N clients connect and join one room as fast as they can (or a
@@ -176,6 +179,11 @@ struct Common {
     /// Kernel UDP buffers per WebTransport client socket, bytes (0: the kernel default).
     #[arg(long, default_value_t = 1 << 20)]
     udp_buffer: usize,
+    /// WebTransport clients speak protocol 4, as browsers do: a `hello` first, then each
+    /// joined room's frames on a stream of its own that the server opens (a server of an
+    /// older version answers with its own, and everything comes on the one stream).
+    #[arg(long)]
+    room_streams: bool,
     /// Room name (prefix, with `idle --room-size`); default `bench-<pid>`.
     #[arg(long)]
     room: Option<String>,
@@ -255,6 +263,11 @@ struct FanoutArgs {
     /// 500 by default, for a replay without a gap).
     #[arg(long, default_value_t = 500)]
     resume_back: u64,
+    /// Every member joins K rooms (`<room>-0` … `<room>-K-1`; the server allows 16 per
+    /// connection by default) and each publisher sends to them in turn, so that every
+    /// message still reaches every member; with `--room-streams`, K streams per session.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    rooms_per_session: u64,
 }
 
 #[derive(Args, Clone)]
@@ -724,6 +737,16 @@ struct FanoutReport {
     #[serde(skip_serializing_if = "is_zero")]
     poll_clients: usize,
     publishers: usize,
+    /// Rooms each member is in (written only when more than one).
+    #[serde(skip_serializing_if = "is_one")]
+    rooms_per_session: usize,
+    /// `--room-streams`: WebTransport clients asked for protocol 4, and the unidirectional
+    /// streams the server opened them in all (none: it speaks an older version). Written
+    /// only with the option.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    room_streams: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room_streams_opened: Option<u64>,
     /// 0: full speed.
     rate: f64,
     window: u64,
@@ -833,6 +856,13 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
     if args.resumers > 0 && matches!(common.transport, TransportArg::Sse | TransportArg::Poll) {
         return Err("--resumers needs --transport ws, wt or mix".into());
     }
+    let rooms = args.rooms_per_session as usize;
+    if rooms > 1 && (args.resumers > 0 || args.prefill > 0) {
+        return Err(
+            "--prefill and --resumers fill and resume one room: not with --rooms-per-session"
+                .into(),
+        );
+    }
     if let Some(warning) = check_limits(n + args.resumers) {
         return Err(warning);
     }
@@ -857,6 +887,8 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
     let plan = Plan {
         room,
         room_size: 0,
+        rooms,
+        room_streams: common.room_streams,
         join: true,
         publishers: args.publishers,
         window: args.window.max(1),
@@ -1047,6 +1079,11 @@ async fn fanout(args: FanoutArgs) -> Result<FanoutReport, String> {
         sse_clients,
         poll_clients,
         publishers: args.publishers,
+        rooms_per_session: rooms,
+        room_streams: common.room_streams,
+        room_streams_opened: common
+            .room_streams
+            .then(|| sum32(|c| c.streams.load(Relaxed))),
         rate: args.rate,
         window: args.window,
         threads: common.threads,
@@ -1249,6 +1286,16 @@ impl FanoutReport {
                 labelled(&self.label)
             ),
         );
+        if self.rooms_per_session > 1 || self.room_streams {
+            let streams = self
+                .room_streams_opened
+                .map(|n| format!("; protocol 4 asked for: {n} room streams opened"))
+                .unwrap_or_default();
+            row(
+                "rooms per member",
+                format!("{}{streams}", self.rooms_per_session),
+            );
+        }
         row(
             "connect + join all",
             format!(
@@ -1432,6 +1479,8 @@ async fn idle(args: IdleArgs) -> Result<IdleReport, String> {
             .clone()
             .unwrap_or_else(|| format!("idle-{}", std::process::id())),
         room_size: args.room_size,
+        rooms: 1,
+        room_streams: common.room_streams,
         join: !args.no_join,
         publishers: 0,
         window: 1,
@@ -1618,6 +1667,8 @@ mod tests {
         let plan = Plan {
             room: "r".into(),
             room_size: 0,
+            rooms: 1,
+            room_streams: false,
             join: true,
             publishers: 10,
             window: 8,

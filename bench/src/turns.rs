@@ -543,6 +543,8 @@ pub async fn run_turns(
             .clone()
             .unwrap_or_else(|| format!("{scenario}-{}", std::process::id())),
         room_size: 0,
+        rooms: 1,
+        room_streams: common.room_streams,
         join: true,
         publishers: 1,
         window: 1,
