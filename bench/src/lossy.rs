@@ -339,7 +339,7 @@ impl Account {
                         return Ok(());
                     };
                     if matches!(
-                        tally.record(seq, &m),
+                        tally.record(0, seq, &m),
                         Outcome::New | Outcome::AfterGap { .. }
                     ) {
                         room.got.push((m.sent_ns, at));
@@ -348,7 +348,10 @@ impl Account {
                 Kind::Joined => {
                     if let Some(room) = room_of(&frame).and_then(|name| self.room(name)) {
                         let seq = account::u64_after(&frame, account::SEQ_KEY).unwrap_or(0);
-                        room.tally = Some(Tally::new(1, seq));
+                        // One publisher, one room per tally.
+                        let mut tally = Tally::new(1, 1);
+                        tally.joined(0, seq);
+                        room.tally = Some(tally);
                     }
                 }
                 Kind::Error | Kind::Bye => {
