@@ -10,15 +10,16 @@
 //! `max_frame_bytes` closes the session with [`CloseCode::FrameTooLarge`]: the stream cannot
 //! be resynchronized without buffering the oversized line.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::AsyncReadExt;
 use tracing::Instrument;
@@ -277,22 +278,57 @@ struct WtWriter {
     rooms: Option<RoomStreams>,
 }
 
-/// Bytes handed to the room streams' tasks and not written yet, over all the session's
-/// rooms, at most: past it the session's writing waits (its queue then fills, and a client
-/// that does not catch up is cut off as too slow, as on one stream).
+/// Bytes of the session's rooms waiting for streams that could not take them yet, over all
+/// its rooms, at most: past it the session's writing waits (its queue then fills, and a
+/// client that does not catch up is cut off as too slow, as on one stream).
 const ROOM_STREAMS_QUEUED: usize = 4 << 20;
 
-/// A session's room streams, each written by a task of its own: a room whose stream waits
-/// for the network (a lost packet to resend, a full window) holds back only its own frames.
-/// Sending them is scheduled by quinn, by each stream's priority: the fewer bytes a room sent
-/// lately, the sooner its frames go (see [`Pace`]), so a busy room's backlog never stands in
-/// front of a quiet room's next message, even while the congestion window is full.
+/// A session's room streams. The session's writer writes a room's frames straight into the
+/// room's stream: quinn takes them at once unless the stream's window (the client's) or the
+/// connection's (unacknowledged data) is full, so a message costs what it costs on one
+/// stream. A room whose stream cannot take more (its lost packets not resent yet) gets a task
+/// that waits for it with the room's backlog, in order, while the writer goes on with the
+/// other rooms: a room that waits holds back only its own frames. quinn sends the streams'
+/// data by priority: the fewer bytes a room sent lately, the sooner its frames go (see
+/// [`Pace`]), so a busy room's backlog never stands in front of a quiet room's next
+/// message, even while the congestion window is full.
 struct RoomStreams {
-    streams: HashMap<Box<str>, tokio::sync::mpsc::UnboundedSender<Bytes>>,
+    streams: HashMap<Box<str>, Arc<Mutex<RoomStream>>>,
     queued: Arc<Queued>,
 }
 
-/// Bytes queued for the room streams, and what wakes a writer waiting for them to drain.
+/// One room's stream, and what waits for it. Locked for a write that does not wait, never
+/// across an `.await`.
+struct RoomStream {
+    /// The stream, while the writer may write to it; None while a task has it (opening it,
+    /// or waiting for it to take the backlog) and once it failed.
+    stream: Option<SendStream>,
+    /// Frames waiting for the stream, in order. While a task writes them, the writer adds
+    /// to them instead of writing, to keep the room's order.
+    backlog: VecDeque<Bytes>,
+    draining: bool,
+    /// The stream failed (the session is ending): the room's frames are dropped.
+    failed: bool,
+    /// The room was left: the stream is finished once its frames are written.
+    finish: bool,
+    pace: Pace,
+    /// The stream's priority, as last set.
+    priority: i32,
+}
+
+impl RoomStream {
+    /// Sets the stream's priority for `bytes` more (a lock of the connection only when it
+    /// changes).
+    fn prioritize(&mut self, stream: &SendStream, bytes: usize) {
+        let priority = self.pace.priority(bytes);
+        if priority != self.priority {
+            self.priority = priority;
+            stream.set_priority(priority);
+        }
+    }
+}
+
+/// Bytes waiting for the room streams, and what wakes a writer waiting for them to drain.
 #[derive(Default)]
 struct Queued {
     bytes: AtomicUsize,
@@ -320,20 +356,71 @@ impl Queued {
 }
 
 impl RoomStreams {
-    /// Queues `chunk` (whole frames of `room`) on the room's stream, opening it with the
+    /// Sends `chunk` (whole frames of `room`) on the room's stream, opening it with the
     /// room's first frame; `last` (it ends with the room's `left`): the stream is finished
     /// after it.
     fn queue(&mut self, connection: &Connection, room: &str, chunk: Bytes, last: bool) {
-        let frames = self.streams.entry(room.into()).or_insert_with(|| {
-            let (frames, queue) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(write_room(connection.clone(), queue, self.queued.clone()));
-            frames
-        });
-        self.queued.bytes.fetch_add(chunk.len(), Ordering::AcqRel);
-        if let Err(unsent) = frames.send(chunk) {
-            // The stream failed (the session is ending): nothing waits for these bytes.
-            self.queued.written(unsent.0.len());
+        let Some(shared) = self.streams.get(room) else {
+            // The room's first frames: a task opens its stream and writes them.
+            let shared = Arc::new(Mutex::new(RoomStream {
+                stream: None,
+                backlog: VecDeque::from([chunk.clone()]),
+                draining: true,
+                failed: false,
+                finish: last,
+                pace: Pace::new(),
+                priority: 0,
+            }));
+            self.queued.bytes.fetch_add(chunk.len(), Ordering::AcqRel);
+            tokio::spawn(drain(
+                Some(connection.clone()),
+                shared.clone(),
+                self.queued.clone(),
+            ));
+            if !last {
+                self.streams.insert(room.into(), shared);
+            }
+            return;
+        };
+        let mut room_stream = shared.lock().expect("not poisoned");
+        room_stream.finish = last;
+        if room_stream.failed {
+        } else if room_stream.draining {
+            self.queued.bytes.fetch_add(chunk.len(), Ordering::AcqRel);
+            room_stream.backlog.push_back(chunk);
+        } else {
+            let mut stream = room_stream
+                .stream
+                .take()
+                .expect("the writer's while not draining");
+            room_stream.prioritize(&stream, chunk.len());
+            let mut chunks = [chunk];
+            // Whatever quinn takes now, without waiting.
+            match stream
+                .quic_stream_mut()
+                .write_chunks(&mut chunks)
+                .now_or_never()
+            {
+                Some(Err(_)) => room_stream.failed = true,
+                Some(Ok(_)) if chunks[0].is_empty() => {
+                    if last {
+                        let _ = stream.quic_stream_mut().finish();
+                    } else {
+                        room_stream.stream = Some(stream);
+                    }
+                }
+                // The stream cannot take it all now: a task waits for it with the rest.
+                _ => {
+                    let [rest] = chunks;
+                    self.queued.bytes.fetch_add(rest.len(), Ordering::AcqRel);
+                    room_stream.backlog.push_back(rest);
+                    room_stream.stream = Some(stream);
+                    room_stream.draining = true;
+                    tokio::spawn(drain(None, shared.clone(), self.queued.clone()));
+                }
+            }
         }
+        drop(room_stream);
         if last {
             self.streams.remove(room);
         }
@@ -368,32 +455,54 @@ impl Pace {
     }
 }
 
-/// Writes one room's frames, in order, on a unidirectional stream it opens; finishes it
-/// when the room is left (its sender dropped).
-async fn write_room(
-    connection: Connection,
-    mut frames: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
-    queued: Arc<Queued>,
-) {
-    let opened = match connection.open_uni().await {
-        Ok(opening) => opening.await.ok(),
-        Err(_) => None,
+/// Writes a room's backlog, waiting for its stream as long as it takes, then hands the
+/// stream back to the session's writer (or finishes it, the room left). `opening`: the
+/// session's connection when the room's stream is still to be opened.
+async fn drain(opening: Option<Connection>, shared: Arc<Mutex<RoomStream>>, queued: Arc<Queued>) {
+    let mut stream = match opening {
+        Some(connection) => match connection.open_uni().await {
+            Ok(opening) => opening.await.ok(),
+            Err(_) => None,
+        },
+        None => shared.lock().expect("not poisoned").stream.take(),
     };
-    let mut stream = opened;
-    let mut pace = Pace::new();
-    while let Some(chunk) = frames.recv().await {
-        let len = chunk.len();
-        if let Some(open) = &mut stream {
-            let priority = pace.priority(len);
-            let _ = open.quic_stream_mut().set_priority(priority);
-            if open.write_all(&chunk).await.is_err() {
-                stream = None;
+    loop {
+        let chunk = {
+            let mut room_stream = shared.lock().expect("not poisoned");
+            let Some(open) = &stream else {
+                // Failed: nothing of the room is sent any more.
+                let dropped = room_stream.backlog.drain(..).map(|c| c.len()).sum();
+                room_stream.failed = true;
+                room_stream.draining = false;
+                drop(room_stream);
+                queued.written(dropped);
+                return;
+            };
+            match room_stream.backlog.pop_front() {
+                Some(chunk) => {
+                    room_stream.prioritize(open, chunk.len());
+                    chunk
+                }
+                None => {
+                    room_stream.draining = false;
+                    if room_stream.finish {
+                        if let Some(mut stream) = stream {
+                            let _ = stream.quic_stream_mut().finish();
+                        }
+                    } else {
+                        room_stream.stream = stream;
+                    }
+                    return;
+                }
             }
+        };
+        let len = chunk.len();
+        if let Some(open) = &mut stream
+            && open.write_all(&chunk).await.is_err()
+        {
+            stream = None;
         }
         queued.written(len);
-    }
-    if let Some(mut stream) = stream {
-        let _ = stream.finish().await;
     }
 }
 
@@ -401,19 +510,30 @@ async fn write_room(
 /// its `left` (the stream is finished after them).
 type RoomChunk<'a> = (&'a str, BytesMut, bool);
 
-/// Adds `frame` (about `room`) to the room's chunk of the batch, in order. After a `left`
-/// the room's next frames (joined again in the same batch) begin a chunk, and so a stream,
-/// of their own.
-fn add_to_room<'a>(rooms: &mut Vec<RoomChunk<'a>>, room: &'a str, frame: &[u8]) {
-    let at = match rooms.iter().position(|(r, _, last)| *r == room && !last) {
-        Some(at) => at,
-        None => {
+/// Adds `frame` (about `room`) to the room's chunk of the batch, in order, when it is the
+/// room stream's: the room has a stream from before the batch (`had_stream`), or this batch's
+/// `joined` opens one. After a `left` the room's next frames begin a chunk (a stream) of
+/// their own if they begin with a `joined` again; others (an ack that came after the
+/// `left`) are not a room stream's: false, the session's stream takes them.
+fn add_to_room<'a>(
+    rooms: &mut Vec<RoomChunk<'a>>,
+    room: &'a str,
+    frame: &[u8],
+    had_stream: impl FnOnce() -> bool,
+) -> bool {
+    let joined = frame.starts_with(br#"{"type":"joined""#);
+    let at = match rooms.iter().rposition(|(r, ..)| *r == room) {
+        Some(at) if !rooms[at].2 => at,
+        Some(_) if !joined => return false,
+        None if !joined && !had_stream() => return false,
+        _ => {
             rooms.push((room, BytesMut::new(), false));
             rooms.len() - 1
         }
     };
     rooms[at].1.extend_from_slice(frame);
     rooms[at].2 = frame.starts_with(br#"{"type":"left""#);
+    true
 }
 
 /// The protocol a `hello` answer names, if `frame` is one.
@@ -426,9 +546,10 @@ fn hello_answer(frame: &[u8]) -> Option<u32> {
 impl FrameWriter for WtWriter {
     async fn send(&mut self, batch: &[Outbound]) -> io::Result<()> {
         self.pending.retain(|chunk| !chunk.is_empty());
-        // The batch as one chunk: one copy of each small frame costs less than quinn
-        // tracking, framing and acknowledging every frame as a chunk of its own.
-        let mut chunk = BytesMut::with_capacity(batch.iter().map(|o| o.frame.len()).sum());
+        // The session stream's frames of the batch as one chunk: one copy of each small frame
+        // costs less than quinn tracking, framing and acknowledging every frame as a chunk of
+        // its own. (Allocated once it has a frame: over protocol 4 most have none.)
+        let mut chunk = BytesMut::new();
         // Each room's frames of the batch, as one chunk per room, in the order the rooms came.
         let mut rooms: Vec<RoomChunk> = Vec::new();
         for out in batch {
@@ -444,16 +565,19 @@ impl FrameWriter for WtWriter {
                     // A room has a stream from its `joined` until its `left`; a frame about
                     // a room without one (a refused join, an ack after leaving) goes on the
                     // session's stream.
-                    let room = self.rooms.as_ref().and_then(|streams| {
-                        let room = protocol::room_stream_of(&out.frame)?;
-                        let open = streams.streams.contains_key(room)
-                            || rooms.iter().any(|(r, ..)| *r == room)
-                            || out.frame.starts_with(br#"{"type":"joined""#);
-                        open.then_some(room)
-                    });
-                    match room {
-                        Some(room) => add_to_room(&mut rooms, room, &out.frame),
-                        None => chunk.extend_from_slice(&out.frame),
+                    let in_room = match (&self.rooms, protocol::room_stream_of(&out.frame)) {
+                        (Some(streams), Some(room)) => {
+                            add_to_room(&mut rooms, room, &out.frame, || {
+                                streams.streams.contains_key(room)
+                            })
+                        }
+                        _ => false,
+                    };
+                    if !in_room {
+                        if chunk.is_empty() {
+                            chunk.reserve(batch.iter().map(|o| o.frame.len()).sum());
+                        }
+                        chunk.extend_from_slice(&out.frame);
                     }
                     // From the answer to a `hello` of 4 or later on, rooms have streams.
                     if self.rooms.is_none()
@@ -512,20 +636,30 @@ mod tests {
     use super::*;
 
     /// A room left and joined again within one batch: its `left` ends the old stream's
-    /// chunk, and the new `joined` and what follows go to a chunk (a stream) of their own;
-    /// another room's frames keep theirs.
+    /// chunk, an ack between is the session stream's, and the new `joined` and what follows
+    /// go to a chunk (a stream) of their own; another room's frames keep theirs; a room
+    /// without a stream (a refused join's error) has no chunk.
     #[test]
     fn a_room_joined_again_in_the_same_batch_starts_a_new_chunk() {
         let mut rooms = Vec::new();
-        let frames: [(&str, &[u8]); 5] = [
-            ("a", b"{\"type\":\"message\",\"room\":\"a\"}\n"),
-            ("b", b"{\"type\":\"message\",\"room\":\"b\"}\n"),
-            ("a", b"{\"type\":\"left\",\"room\":\"a\"}\n"),
-            ("a", b"{\"type\":\"joined\",\"room\":\"a\"}\n"),
-            ("a", b"{\"type\":\"message\",\"room\":\"a\"}\n"),
+        // Rooms a and b have streams from before; c has none.
+        let frames: [(&str, &[u8], bool); 7] = [
+            ("a", b"{\"type\":\"message\",\"room\":\"a\"}\n", true),
+            ("b", b"{\"type\":\"message\",\"room\":\"b\"}\n", true),
+            ("a", b"{\"type\":\"left\",\"room\":\"a\"}\n", true),
+            ("a", b"{\"type\":\"ack\",\"room\":\"a\"}\n", false),
+            ("a", b"{\"type\":\"joined\",\"room\":\"a\"}\n", true),
+            ("a", b"{\"type\":\"message\",\"room\":\"a\"}\n", true),
+            ("c", b"{\"type\":\"error\",\"room\":\"c\"}\n", false),
         ];
-        for (room, frame) in frames {
-            add_to_room(&mut rooms, room, frame);
+        for (room, frame, taken) in frames {
+            let had = room != "c";
+            assert_eq!(
+                add_to_room(&mut rooms, room, frame, || had),
+                taken,
+                "{}",
+                String::from_utf8_lossy(frame)
+            );
         }
         let chunks: Vec<(&str, usize, bool)> = rooms
             .iter()
