@@ -30,7 +30,7 @@ use axum::extract::Query;
 use axum::http::header;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use browser::{Browser, DemoPage, Drive, NO_WEBTRANSPORT, WAIT, numbered};
+use browser::{Browser, DemoPage, Drive, NO_WEBTRANSPORT, numbered, wait_json};
 use common::{Client, DEADLINE, TestServer, start_host};
 use firefox::Firefox;
 use serde_json::{Value, json};
@@ -173,26 +173,6 @@ async fn wait_badge(page: &impl Drive, shown: bool, count: u64, mentions: u64, t
         &format!("{BADGE} === {}", json!(want)),
     )
     .await;
-}
-
-/// Waits until the page's `expression` is `want` (as JSON values: objects equal whatever
-/// the order of their keys). Panics after [`WAIT`] with the last value and the console.
-async fn wait_json(page: &impl Drive, what: &str, expression: &str, want: Value) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let last = page.try_eval(expression).await;
-        if last.as_ref() == Ok(&want) {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "[{}] timed out waiting for {what}: {want}\n  expression: {expression}\n  last: {last:?}\n  console: {:#?}",
-                page.label(),
-                page.console()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// The client's own read state in the page's room, `{count, mentions, lastRead}`.

@@ -49,9 +49,7 @@ mod common;
 #[path = "common/firefox.rs"]
 mod firefox;
 
-use std::time::{Duration, Instant};
-
-use browser::{Browser, Drive, WAIT};
+use browser::{Browser, Drive};
 use common::{Client, TestServer, start};
 use firefox::Firefox;
 use serde_json::{Value, json};
@@ -262,25 +260,9 @@ const SHOWN: &str = "[...document.querySelectorAll('#under-test ol li')]
 const MEMBERS: &str =
     "[...document.querySelectorAll('#under-test ul li')].map((li) => li.textContent).sort()";
 
-/// Waits until the page's `expression` is `want` (as JSON values). Panics after [`WAIT`] with
-/// the last value, the streams' log and the console.
+/// [`browser::wait_json`], telling the streams' log when it times out.
 async fn wait_json(page: &impl Drive, what: &str, expression: &str, want: Value) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let last = page.try_eval(expression).await;
-        if last.as_ref() == Ok(&want) {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "[{}] timed out waiting for {what}: {want}\n  expression: {expression}\n  last: {last:?}\n  streams: {:?}\n  console: {:#?}",
-                page.label(),
-                page.try_eval("window.__streams").await,
-                page.console()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    browser::wait_json_telling(page, what, expression, want, "window.__streams").await
 }
 
 /// `[seq, from, text]` as [`SHOWN`] gives them.

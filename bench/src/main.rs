@@ -74,6 +74,7 @@ mod procfs;
 mod react;
 mod reads;
 mod resume;
+mod rng;
 mod summary;
 mod tun;
 mod turns;

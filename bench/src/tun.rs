@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::rng::XorShift;
+
 /// The device's name; the kernel puts a free number in place of `%d`.
 const NAME_PATTERN: &str = "wtlossy%d";
 
@@ -181,24 +183,6 @@ fn fold(mut sum: u64) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
-}
-
-/// A tiny xorshift64* generator: reproducible loss without a dependency.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> XorShift {
-        XorShift(seed.max(1))
-    }
-
-    /// Uniform in [0, 1).
-    fn next_f64(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// One direction's packets so far.

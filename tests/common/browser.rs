@@ -242,6 +242,39 @@ pub fn numbered(list: &[(&str, &str)]) -> Vec<(u64, String, String)> {
         .collect()
 }
 
+/// Waits until the page's `expression` is `want` (as JSON values: objects equal whatever
+/// the order of their keys). Panics after [`WAIT`] with the last value and the console.
+pub async fn wait_json(page: &impl Drive, what: &str, expression: &str, want: Value) {
+    wait_json_telling(page, what, expression, want, "null").await
+}
+
+/// [`wait_json`], whose panic also shows the value of `context` (what explains the page's
+/// state, such as a log the test keeps in it).
+pub async fn wait_json_telling(
+    page: &impl Drive,
+    what: &str,
+    expression: &str,
+    want: Value,
+    context: &str,
+) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let last = page.try_eval(expression).await;
+        if last.as_ref() == Ok(&want) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "[{}] timed out waiting for {what}: {want}\n  expression: {expression}\n  last: {last:?}\n  {context}: {:?}\n  console: {:#?}",
+                page.label(),
+                page.try_eval(context).await,
+                page.console()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// After the room's `earlier` messages, each of `senders` sent its `burst` message at
 /// once, one from each page: the server decides their order, and every page shows that
 /// same order with the same sequence numbers, each message once, none left pending.

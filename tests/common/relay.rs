@@ -27,6 +27,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+#[path = "../../bench/src/rng.rs"]
+mod rng;
+
+use rng::XorShift;
+
 /// What one direction of the path does to the datagrams crossing it.
 #[derive(Debug, Clone, Copy)]
 pub struct Link {
@@ -91,24 +96,6 @@ impl Counters {
             forwarded: self.forwarded.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
         }
-    }
-}
-
-/// A tiny xorshift64* generator: reproducible loss without a dependency.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> XorShift {
-        XorShift(seed.max(1))
-    }
-
-    /// Uniform in [0, 1).
-    fn next_f64(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        (x >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

@@ -343,6 +343,10 @@ impl Queued {
 
     /// Resolves once no more than [`ROOM_STREAMS_QUEUED`] bytes wait.
     async fn room(&self) {
+        // Most batches find nothing waiting: no waiter to register.
+        if self.bytes.load(Ordering::Acquire) <= ROOM_STREAMS_QUEUED {
+            return;
+        }
         loop {
             let drained = self.drained.notified();
             tokio::pin!(drained);
@@ -508,7 +512,7 @@ async fn drain(opening: Option<Connection>, shared: Arc<Mutex<RoomStream>>, queu
 
 /// A batch's frames for one room stream: the room, its frames, and whether they end with
 /// its `left` (the stream is finished after them).
-type RoomChunk<'a> = (&'a str, BytesMut, bool);
+type RoomChunk<'a> = (&'a str, Vec<&'a Bytes>, bool);
 
 /// Adds `frame` (about `room`) to the room's chunk of the batch, in order, when it is the
 /// room stream's: the room has a stream from before the batch (`had_stream`), or this batch's
@@ -518,7 +522,7 @@ type RoomChunk<'a> = (&'a str, BytesMut, bool);
 fn add_to_room<'a>(
     rooms: &mut Vec<RoomChunk<'a>>,
     room: &'a str,
-    frame: &[u8],
+    frame: &'a Bytes,
     had_stream: impl FnOnce() -> bool,
 ) -> bool {
     let joined = frame.starts_with(br#"{"type":"joined""#);
@@ -527,13 +531,29 @@ fn add_to_room<'a>(
         Some(_) if !joined => return false,
         None if !joined && !had_stream() => return false,
         _ => {
-            rooms.push((room, BytesMut::new(), false));
+            rooms.push((room, Vec::new(), false));
             rooms.len() - 1
         }
     };
-    rooms[at].1.extend_from_slice(frame);
+    rooms[at].1.push(frame);
     rooms[at].2 = frame.starts_with(br#"{"type":"left""#);
     true
+}
+
+/// A room's frames of a batch as one chunk for its stream: a lone frame as it is (shared
+/// with the other recipients, no copy), several copied into one (one copy of each small
+/// frame costs less than quinn tracking and acknowledging each as a chunk of its own).
+fn one_chunk(frames: &[&Bytes]) -> Bytes {
+    match frames {
+        [frame] => (*frame).clone(),
+        frames => {
+            let mut chunk = BytesMut::with_capacity(frames.iter().map(|f| f.len()).sum());
+            for frame in frames {
+                chunk.extend_from_slice(frame);
+            }
+            chunk.freeze()
+        }
+    }
 }
 
 /// The protocol a `hello` answer names, if `frame` is one.
@@ -595,7 +615,7 @@ impl FrameWriter for WtWriter {
         }
         if let Some(streams) = &mut self.rooms {
             for (room, frames, last) in rooms {
-                streams.queue(&self.connection, room, frames.freeze(), last);
+                streams.queue(&self.connection, room, one_chunk(&frames), last);
             }
         }
         if !chunk.is_empty() {
@@ -652,22 +672,27 @@ mod tests {
             ("a", b"{\"type\":\"message\",\"room\":\"a\"}\n", true),
             ("c", b"{\"type\":\"error\",\"room\":\"c\"}\n", false),
         ];
-        for (room, frame, taken) in frames {
-            let had = room != "c";
+        let frames = frames.map(|(room, frame, taken)| (room, Bytes::from_static(frame), taken));
+        for (room, frame, taken) in &frames {
+            let had = *room != "c";
             assert_eq!(
                 add_to_room(&mut rooms, room, frame, || had),
-                taken,
+                *taken,
                 "{}",
                 String::from_utf8_lossy(frame)
             );
         }
         let chunks: Vec<(&str, usize, bool)> = rooms
             .iter()
-            .map(|(room, chunk, last)| {
-                (*room, chunk.iter().filter(|&&b| b == b'\n').count(), *last)
-            })
+            .map(|(room, chunk, last)| (*room, chunk.len(), *last))
             .collect();
         assert_eq!(chunks, [("a", 2, true), ("b", 1, false), ("a", 2, false)]);
-        assert!(rooms[2].1.starts_with(br#"{"type":"joined""#));
+        assert!(rooms[2].1[0].starts_with(br#"{"type":"joined""#));
+        // A lone frame is handed on as it is; several become one chunk, in order.
+        assert_eq!(one_chunk(&rooms[1].1), rooms[1].1[0]);
+        assert_eq!(
+            one_chunk(&rooms[0].1),
+            [&rooms[0].1[0][..], &rooms[0].1[1][..]].concat()
+        );
     }
 }
