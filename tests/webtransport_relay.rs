@@ -344,6 +344,119 @@ async fn a_moved_session_stays_counted_against_the_address_it_connected_from() {
     }
 }
 
+/// A room's stream that cannot take more holds back only that room. The client stops
+/// reading its busy room's stream (to the server that is what a stream held back by the
+/// network looks like: its flow-control window fills) while 2,000 messages of about 1 KB,
+/// more than the window, are sent to that room; the quiet room's 20 messages, sent after
+/// them, still arrive. Then the client reads the busy room again: its 2,000 come, in order,
+/// once each, and nothing in between was refused or cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_stream_the_client_stops_reading_holds_back_only_its_room() {
+    const BUSY: usize = 2000;
+    const QUIET: usize = 20;
+    let server = start().await;
+    let mut phone = Client::wt(&server).await;
+    phone.send(json!({"type": "hello", "protocol": 4})).await;
+    assert_eq!(phone.next_of("hello").await["protocol"], 4);
+    let Client::Wt { connection, .. } = &phone else {
+        unreachable!()
+    };
+    let connection = connection.clone();
+    let mut streams = Vec::new();
+    for room in ["busy", "quiet"] {
+        phone
+            .send(json!({"type": "join", "room": room, "name": "phone"}))
+            .await;
+        let mut stream = RoomStream {
+            recv: tokio::time::timeout(DEADLINE, connection.accept_uni())
+                .await
+                .expect("the room's stream opens")
+                .unwrap(),
+            buf: Vec::new(),
+        };
+        let joined = stream.next().await;
+        assert_eq!(
+            (&joined["type"], &joined["room"]),
+            (&json!("joined"), &json!(room))
+        );
+        streams.push(stream);
+    }
+    let (mut busy, mut quiet) = (streams.remove(0), streams.remove(0));
+
+    let pad = "x".repeat(1000);
+    let started = Instant::now();
+    Publisher::join(&server, "busy", "desk")
+        .await
+        .publish(started, Duration::from_millis(1), BUSY, |i, _| {
+            format!("b {i} {pad}")
+        })
+        .await;
+    // Every busy message was accepted (so queued for the phone) before the quiet ones.
+    Publisher::join(&server, "quiet", "friend")
+        .await
+        .publish(Instant::now(), Duration::from_millis(10), QUIET, |i, _| {
+            format!("q {i}")
+        })
+        .await;
+    let quiet_seen = quiet.messages(QUIET).await;
+    let texts: Vec<&str> = quiet_seen.iter().map(|m| m.text.as_str()).collect();
+    let want: Vec<String> = (0..QUIET).map(|i| format!("q {i}")).collect();
+    assert_eq!(
+        texts, want,
+        "the quiet room's messages, while the busy room's wait"
+    );
+    assert_consecutive("quiet", &quiet_seen);
+
+    let busy_seen = busy.messages(BUSY).await;
+    assert_consecutive("busy", &busy_seen);
+    let texts: Vec<String> = busy_seen.iter().map(|m| m.text.clone()).collect();
+    let want: Vec<String> = (0..BUSY).map(|i| format!("b {i} {pad}")).collect();
+    assert!(
+        texts == want,
+        "the busy room's messages, once each, in order"
+    );
+    // The session is still there: it answers on its own stream.
+    phone.send(json!({"type": "ping"})).await;
+    assert_eq!(phone.next_of("pong").await["type"], "pong");
+}
+
+/// A room's stream as a client of protocol 4 reads it.
+struct RoomStream {
+    recv: wtransport::RecvStream,
+    buf: Vec<u8>,
+}
+
+impl RoomStream {
+    async fn next(&mut self) -> Value {
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                return serde_json::from_slice(&line[..end]).unwrap();
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let read = tokio::time::timeout(DEADLINE, self.recv.read(&mut chunk))
+                .await
+                .expect("the room's stream goes on")
+                .unwrap()
+                .expect("the room's stream is not finished");
+            self.buf.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    /// The next `count` messages (other frames skipped).
+    async fn messages(&mut self, count: usize) -> Vec<Seen> {
+        let mut seen_here = Vec::new();
+        while seen_here.len() < count {
+            let frame = self.next().await;
+            assert_still_in_session(&frame);
+            if frame["type"] == "message" {
+                seen_here.push(seen(&frame));
+            }
+        }
+        seen_here
+    }
+}
+
 /// The harness: with 2 % of the datagrams lost each way and 10 ms each way, a WebTransport
 /// client gets 200 messages sent at 50 a second, all, in order, once (QUIC resends what
 /// was lost); the relay did drop datagrams both ways, and did delay them.
