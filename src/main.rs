@@ -552,6 +552,7 @@ fn write_certs(dir: PathBuf, days: u32, sans: Vec<String>) -> Result<(), String>
 }
 
 fn serve(config: Config) -> Result<(), String> {
+    raise_open_files(config.open_files_needed());
     let engine = match config.engine() {
         Engine::Redis { url, prefix } => format!("{url}  (key prefix {prefix})"),
         other => other.to_string(),
@@ -576,6 +577,45 @@ fn serve(config: Config) -> Result<(), String> {
         server.run(shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// Raises the soft open-file limit to the hard one: each connection is a socket, and the
+/// usual soft limit of 1,024 would stop the node at about a thousand connections whatever it
+/// is configured for. Warns when even the hard limit is below what the configuration may
+/// hold (`needed`), and says what to raise.
+fn raise_open_files(needed: u64) {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                limit = raised;
+            }
+        }
+        let open: u64 = limit.rlim_cur;
+        if open < needed {
+            eprintln!(
+                "warning: at most {open} open files (the hard limit), while this configuration \
+                 may hold {needed} (max_connections + max_http_connections + 64): connections past \
+                 the limit are refused; raise it (systemd LimitNOFILE=, docker --ulimit nofile=, \
+                 ulimit -Hn) or lower max_connections"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = needed;
 }
 
 /// Ctrl-C, or SIGTERM (what service managers and containers send). The handlers are

@@ -196,3 +196,66 @@ fn token_mints_what_the_server_verifies() {
     assert!(claims.exp > now + 590 && claims.exp <= now + 600);
     assert!(wtchat::auth::verify(b"other", token.trim(), now).is_err());
 }
+
+/// `serve` started with a soft open-file limit of 1,024 (a common default) raises it to the
+/// hard limit, since each connection is a socket; and it warns when even the hard limit is
+/// below what its configuration may hold (`max_connections` + `max_http_connections` + 64).
+#[test]
+fn serve_raises_its_open_file_limit_and_warns_when_the_hard_one_is_too_low() {
+    // (hard limit, max connections, whether it warns)
+    for (hard, max_connections, warns) in [(8192, "1000", false), (1500, "50000", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("prlimit")
+            .arg(format!("--nofile=1024:{hard}"))
+            .arg(env!("CARGO_BIN_EXE_wtchat"))
+            .args(["serve", "--engine", "memory", "--http", "127.0.0.1:0"])
+            .args([
+                "--webtransport",
+                "127.0.0.1:0",
+                "--max-http-connections",
+                "100",
+            ])
+            .args(["--max-connections", max_connections, "--certs"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("prlimit (util-linux) runs");
+        let stderr = child.stderr.take().unwrap();
+        let said = std::thread::spawn(move || {
+            BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<_>>()
+        });
+        // prlimit runs the command in its own place: the child is the server.
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            if line.unwrap().starts_with("Press Ctrl-C") {
+                break;
+            }
+        }
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+        let open_files = limits
+            .lines()
+            .find(|line| line.starts_with("Max open files"))
+            .unwrap()
+            .split_whitespace()
+            .skip(3)
+            .take(2)
+            .collect::<Vec<_>>();
+        let hard = hard.to_string();
+        assert_eq!(
+            open_files,
+            [hard.as_str(), hard.as_str()],
+            "soft raised to hard"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let said = said.join().unwrap().join("\n");
+        let warning = format!("warning: at most {hard} open files");
+        assert_eq!(said.contains(&warning), warns, "stderr: {said}");
+        if warns {
+            assert!(said.contains("may hold 50164"), "{said}");
+        }
+    }
+}

@@ -352,6 +352,50 @@ async fn shutdown_is_bounded_even_when_a_client_stops_reading() {
     drop(stuck);
 }
 
+/// A storm of connects (a restart's clients all coming back at once) waits in the listen
+/// queue rather than overflowing it: 1,000 connections reach a server that is bound but not
+/// yet accepting, all at once, each within a second (a dropped SYN is retried only after
+/// one). With the usual queue of 128 all but about 129 of them would wait.
+#[tokio::test]
+async fn a_storm_of_connects_waits_in_the_listen_queue() {
+    const STORM: usize = 1000;
+    let certs = tempfile::tempdir().unwrap();
+    let config = wtchat::Config::builder()
+        .http("127.0.0.1:0".parse().unwrap())
+        .webtransport("127.0.0.1:0".parse().unwrap())
+        .tls(wtchat::Tls::Dev {
+            dir: certs.path().to_path_buf(),
+        })
+        .build()
+        .unwrap();
+    // Bound, not run: nothing accepts, every connection stays in the queue.
+    let server = wtchat::Server::bind(config).await.unwrap();
+    let addr = server.http_addr();
+    let connects: Vec<_> = (0..STORM)
+        .map(|_| {
+            tokio::spawn(tokio::time::timeout(
+                std::time::Duration::from_millis(900),
+                tokio::net::TcpStream::connect(addr),
+            ))
+        })
+        .collect();
+    let mut connected = Vec::new();
+    for connect in connects {
+        if let Ok(Ok(stream)) = connect.await.unwrap() {
+            connected.push(stream);
+        }
+    }
+    // The kernel caps the queue at net.core.somaxconn (4096 on kernels since 5.4).
+    let cap: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn").map_or(STORM, |max| {
+        max.trim().parse::<usize>().unwrap_or(STORM) + 1
+    });
+    assert_eq!(
+        connected.len(),
+        STORM.min(cap),
+        "connected within the second"
+    );
+}
+
 #[tokio::test]
 async fn a_server_that_cannot_start_says_what_and_why() {
     use std::error::Error;

@@ -236,6 +236,14 @@ impl Config {
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+
+    /// File descriptors a process serving this configuration may hold at once: a socket per
+    /// connection (`max_connections`, and with [`Server`](crate::Server) its
+    /// `max_http_connections` not yet upgraded), and a few dozen of its own (listeners,
+    /// the database, Redis, logs). Below this, the open-file limit refuses connections first.
+    pub fn open_files_needed(&self) -> u64 {
+        (self.hub.max_connections + self.max_http_connections) as u64 + 64
+    }
 }
 
 /// Builds a [`Config`]: each method sets one setting (its default is in its documentation),

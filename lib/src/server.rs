@@ -18,7 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service as _;
 
@@ -51,6 +51,24 @@ struct Pool {
     trusted_proxies: Vec<IpAddr>,
 }
 
+/// Connections the kernel completes and queues for the HTTP listener before it accepts them.
+/// A node restarting with thousands of clients gets them all within a second or two (each
+/// reconnecting at once): with the usual 128, the queue overflowed and most of them waited
+/// out a one-second SYN retransmit. The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// The HTTP listener on `addr`, as `TcpListener::bind` makes it (address reuse on) but with a
+/// queue of [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 impl Server {
     /// Binds both addresses and loads (or creates) the certificate. Nothing is served until
     /// [`run`](Self::run).
@@ -60,7 +78,7 @@ impl Server {
             addr: config.http,
             source,
         };
-        let listener = TcpListener::bind(config.http).await.map_err(bind_error)?;
+        let listener = listen(config.http).map_err(bind_error)?;
         // The address actually bound (port 0 picks one) is the origin pages will have.
         config.http = listener.local_addr().map_err(bind_error)?;
         let pool = Pool {
