@@ -581,8 +581,8 @@ fn serve(config: Config) -> Result<(), String> {
 
 /// Raises the soft open-file limit to the hard one: each connection is a socket, and the
 /// usual soft limit of 1,024 would stop the node at about a thousand connections whatever it
-/// is configured for. Warns when even the hard limit is below what the configuration may
-/// hold (`needed`), and says what to raise.
+/// is configured for. Logs a warning when even the hard limit is below what the
+/// configuration may hold (`needed`), saying what to raise.
 fn raise_open_files(needed: u64) {
     #[cfg(unix)]
     {
@@ -606,10 +606,10 @@ fn raise_open_files(needed: u64) {
         }
         let open: u64 = limit.rlim_cur;
         if open < needed {
-            eprintln!(
-                "warning: at most {open} open files (the hard limit), while this configuration \
-                 may hold {needed} (max_connections + max_http_connections + 64): connections past \
-                 the limit are refused; raise it (systemd LimitNOFILE=, docker --ulimit nofile=, \
+            tracing::warn!(
+                "at most {open} open files (the hard limit), while this configuration may hold \
+                 {needed} (max_connections + max_http_connections + 64): connections past the \
+                 limit are refused; raise it (systemd LimitNOFILE=, docker --ulimit nofile=, \
                  ulimit -Hn) or lower max_connections"
             );
         }

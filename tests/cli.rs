@@ -198,8 +198,9 @@ fn token_mints_what_the_server_verifies() {
 }
 
 /// `serve` started with a soft open-file limit of 1,024 (a common default) raises it to the
-/// hard limit, since each connection is a socket; and it warns when even the hard limit is
-/// below what its configuration may hold (`max_connections` + `max_http_connections` + 64).
+/// hard limit, since each connection is a socket; and it logs a warning when even the hard
+/// limit is below what its configuration may hold (`max_connections` +
+/// `max_http_connections` + 64).
 #[test]
 fn serve_raises_its_open_file_limit_and_warns_when_the_hard_one_is_too_low() {
     // (hard limit, max connections, whether it warns)
@@ -252,7 +253,7 @@ fn serve_raises_its_open_file_limit_and_warns_when_the_hard_one_is_too_low() {
         child.kill().unwrap();
         child.wait().unwrap();
         let said = said.join().unwrap().join("\n");
-        let warning = format!("warning: at most {hard} open files");
+        let warning = format!("at most {hard} open files");
         assert_eq!(said.contains(&warning), warns, "stderr: {said}");
         if warns {
             assert!(said.contains("may hold 50164"), "{said}");
