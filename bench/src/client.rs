@@ -850,7 +850,7 @@ async fn read_ws<R: AsyncRead + Unpin>(mut rd: R, reader: &mut Reader) -> io::Re
 }
 
 /// One WebTransport stream of `\n`-terminated frames, and what was read of it.
-struct Lines {
+pub struct Lines {
     recv: wtransport::RecvStream,
     buf: ReadBuf,
     /// Unconsumed bytes already known to hold no line end (a long line arrives in pieces).
@@ -858,7 +858,7 @@ struct Lines {
 }
 
 impl Lines {
-    fn new(recv: wtransport::RecvStream, read_buffer: usize) -> Lines {
+    pub fn new(recv: wtransport::RecvStream, read_buffer: usize) -> Lines {
         Lines {
             recv,
             buf: ReadBuf::new(read_buffer),
@@ -868,7 +868,7 @@ impl Lines {
 
     /// Reads what the stream has; false once it has ended. Cancel-safe: nothing is read
     /// unless it resolves.
-    async fn read(&mut self) -> io::Result<bool> {
+    pub async fn read(&mut self) -> io::Result<bool> {
         match self.recv.read(self.buf.space(None)).await {
             Ok(Some(n)) => {
                 self.buf.end += n;
@@ -882,11 +882,23 @@ impl Lines {
     /// Hands every whole frame read to `reader`, as one read stamped now.
     fn hand_out(&mut self, reader: &mut Reader) {
         let now = reader.run.now_ns();
-        while let Some(pos) = next_line(self.buf.data(), &mut self.scanned) {
-            reader.on_frame(&self.buf.data()[..pos], now);
-            self.buf.consume(pos + 1);
-        }
+        self.each_frame(|frame| {
+            reader.on_frame(frame, now);
+            true
+        });
         reader.end_batch();
+    }
+
+    /// Calls `take` with every whole frame read (without its `\n`), in order, until it says
+    /// false (the frames after that one stay for the next call).
+    pub fn each_frame(&mut self, mut take: impl FnMut(&[u8]) -> bool) {
+        while let Some(pos) = next_line(self.buf.data(), &mut self.scanned) {
+            let more = take(&self.buf.data()[..pos]);
+            self.buf.consume(pos + 1);
+            if !more {
+                return;
+            }
+        }
     }
 
     /// Reads once, handing its stream back with what it got: the read of a room's stream

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::account::{self, Kind, Marker, Outcome, Tally};
-use crate::client::{self, Framing, ReadBuf, Target, Transport};
+use crate::client::{self, Framing, Lines, Target, Transport};
 use crate::resume::{self, Link};
 use crate::tun::{self, Impairment, LossyPath};
 use crate::turns::Usage;
@@ -258,17 +258,16 @@ async fn receive_wt(
 
 /// Passes on the `\n`-ended frames of one WebTransport stream until it ends.
 async fn read_lines(
-    mut recv: wtransport::RecvStream,
+    recv: wtransport::RecvStream,
     read_buffer: usize,
     clock: Instant,
     tx: mpsc::UnboundedSender<Got>,
 ) {
-    let mut buf = ReadBuf::new(read_buffer);
-    let mut scanned = 0;
+    let mut lines = Lines::new(recv, read_buffer);
     loop {
-        let n = match recv.read(buf.space(None)).await {
-            Ok(Some(n)) => n,
-            Ok(None) => {
+        match lines.read().await {
+            Ok(true) => {}
+            Ok(false) => {
                 let _ = tx.send(Got::Ended("the server finished a stream".into()));
                 return;
             }
@@ -276,14 +275,15 @@ async fn read_lines(
                 let _ = tx.send(Got::Ended(e.to_string()));
                 return;
             }
-        };
-        buf.end += n;
+        }
         let at = ns_since(clock);
-        while let Some(pos) = client::next_line(buf.data(), &mut scanned) {
-            if tx.send(Got::Frame(at, buf.data()[..pos].to_vec())).is_err() {
-                return;
-            }
-            buf.consume(pos + 1);
+        let mut open = true;
+        lines.each_frame(|frame| {
+            open = tx.send(Got::Frame(at, frame.to_vec())).is_ok();
+            open
+        });
+        if !open {
+            return;
         }
     }
 }

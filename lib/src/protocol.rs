@@ -59,6 +59,25 @@ pub(crate) fn room_stream_of(frame: &[u8]) -> Option<&str> {
     }
 }
 
+/// Whether server frame `frame` is a `joined`: it opens its room's stream (protocol
+/// [`ROOM_STREAMS`]). Reads the encoder's layout, `type` first, as [`room_stream_of`] does.
+pub(crate) fn opens_room_stream(frame: &[u8]) -> bool {
+    frame.starts_with(br#"{"type":"joined""#)
+}
+
+/// Whether server frame `frame` is a `left`: its room's stream is finished after it.
+pub(crate) fn closes_room_stream(frame: &[u8]) -> bool {
+    frame.starts_with(br#"{"type":"left""#)
+}
+
+/// The protocol a server's `hello` frame names, if `frame` is one: what the connection
+/// speaks from then on.
+pub(crate) fn hello_answer(frame: &[u8]) -> Option<u32> {
+    let rest = frame.strip_prefix(br#"{"type":"hello","protocol":"#)?;
+    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
 /// The oldest protocol the server still speaks, for a release at least: a client that
 /// sends no `hello` speaks version 1, as clients did before there was one.
 pub const OLDEST_PROTOCOL: u32 = 1;
@@ -1036,6 +1055,11 @@ mod tests {
         ] {
             assert_eq!(room_stream_of(&own), None, "{own:?}");
         }
+        assert_eq!(
+            hello_answer(&encode(&ServerFrame::Hello { protocol: 4 })),
+            Some(4)
+        );
+        assert_eq!(hello_answer(&encode(&ServerFrame::Pong {})), None);
     }
 
     #[test]

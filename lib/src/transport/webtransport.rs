@@ -525,7 +525,7 @@ fn add_to_room<'a>(
     frame: &'a Bytes,
     had_stream: impl FnOnce() -> bool,
 ) -> bool {
-    let joined = frame.starts_with(br#"{"type":"joined""#);
+    let joined = protocol::opens_room_stream(frame);
     let at = match rooms.iter().rposition(|(r, ..)| *r == room) {
         Some(at) if !rooms[at].2 => at,
         Some(_) if !joined => return false,
@@ -536,7 +536,7 @@ fn add_to_room<'a>(
         }
     };
     rooms[at].1.push(frame);
-    rooms[at].2 = frame.starts_with(br#"{"type":"left""#);
+    rooms[at].2 = protocol::closes_room_stream(frame);
     true
 }
 
@@ -554,13 +554,6 @@ fn one_chunk(frames: &[&Bytes]) -> Bytes {
             chunk.freeze()
         }
     }
-}
-
-/// The protocol a `hello` answer names, if `frame` is one.
-fn hello_answer(frame: &[u8]) -> Option<u32> {
-    let rest = frame.strip_prefix(br#"{"type":"hello","protocol":"#)?;
-    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
-    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
 impl FrameWriter for WtWriter {
@@ -601,7 +594,8 @@ impl FrameWriter for WtWriter {
                     }
                     // From the answer to a `hello` of 4 or later on, rooms have streams.
                     if self.rooms.is_none()
-                        && hello_answer(&out.frame).is_some_and(|v| v >= protocol::ROOM_STREAMS)
+                        && protocol::hello_answer(&out.frame)
+                            .is_some_and(|v| v >= protocol::ROOM_STREAMS)
                     {
                         self.rooms = Some(RoomStreams {
                             streams: HashMap::new(),
